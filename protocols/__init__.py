@@ -1,0 +1,63 @@
+"""The xed wire protocol: message records, the sans-I/O codec, constants and errnos.
+
+No I/O happens in this package; the daemon (`xed`) and the clients (`clients`) each
+bring their own sockets and share everything else from here.
+"""
+
+from . import constants, messages
+from .ancillary import pack_fds, unpack_fds
+from .codec import (
+    MAX_DATAGRAM,
+    MAX_FDS,
+    EventMessage,
+    Reply,
+    Request,
+    decode_incoming,
+    decode_request,
+    encode_error,
+    encode_event,
+    encode_reply,
+    encode_request,
+    from_wire,
+    peek_request_id,
+    to_wire,
+)
+from .connection import MAX_STRIKES, ServerConnection, State
+from .errors import LocalProtocolError, ProtocolError, errno_name
+from .ops import COMMON_ERRORS, EVENTS, SPECS, Event, Op, OpSpec, Role
+from .version import PROTOCOL_VERSION
+
+__all__ = [
+    "COMMON_ERRORS",
+    "EVENTS",
+    "MAX_DATAGRAM",
+    "MAX_FDS",
+    "MAX_STRIKES",
+    "PROTOCOL_VERSION",
+    "SPECS",
+    "Event",
+    "EventMessage",
+    "LocalProtocolError",
+    "Op",
+    "OpSpec",
+    "ProtocolError",
+    "Reply",
+    "Request",
+    "Role",
+    "ServerConnection",
+    "State",
+    "constants",
+    "decode_incoming",
+    "decode_request",
+    "encode_error",
+    "encode_event",
+    "encode_reply",
+    "encode_request",
+    "errno_name",
+    "from_wire",
+    "messages",
+    "pack_fds",
+    "peek_request_id",
+    "to_wire",
+    "unpack_fds",
+]

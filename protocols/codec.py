@@ -1,0 +1,219 @@
+"""The sans-I/O codec: (bytes, descriptors) in, messages out, and back.
+
+Frames are msgpack arrays: a request is `[id, op, args]`, a reply `[id, errno, result]`,
+an event `[0, event, data]`. `args`, `result` and `data` are maps keyed by the record's
+field names. Descriptors travel beside the bytes (SCM_RIGHTS) and are handed over as
+plain integers; this module never opens, closes or sends anything.
+"""
+
+from __future__ import annotations
+
+from errno import EINVAL, EMSGSIZE, ENOTTY, EPROTO
+from typing import Any
+
+import attrs
+import msgpack
+
+from .errors import LocalProtocolError, ProtocolError
+from .fields import FieldError
+from .messages import ErrorInfo
+from .ops import EVENTS, SPECS, Event, Op
+
+MAX_DATAGRAM = 64 * 1024
+MAX_FDS = 8
+MAX_REQUEST_ID = 0xFFFF_FFFF
+
+_UNPACK_LIMITS = dict(
+    raw=False,
+    strict_map_key=True,
+    max_str_len=MAX_DATAGRAM,
+    max_bin_len=MAX_DATAGRAM,
+    max_array_len=4096,
+    max_map_len=4096,
+    max_ext_len=0,
+)
+
+
+@attrs.frozen
+class Request:
+    id: int
+    op: Op
+    args: Any
+    fds: tuple[int, ...] = ()
+
+
+@attrs.frozen
+class Reply:
+    id: int
+    errno: int
+    result: Any  # the op's reply record, or ErrorInfo when errno != 0
+    fds: tuple[int, ...] = ()
+
+
+@attrs.frozen
+class EventMessage:
+    event: Event
+    data: Any
+
+
+# --- records <-> maps -----------------------------------------------------------------
+def to_wire(record: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for field in attrs.fields(type(record)):
+        value = getattr(record, field.name)
+        if "record" in field.metadata:
+            value = [to_wire(item) for item in value]
+        elif "nested" in field.metadata:
+            value = to_wire(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[field.name] = value
+    return out
+
+
+def from_wire(cls: type, obj: Any) -> Any:
+    """Build `cls` from a peer's map; missing fields are zero, as in a memset struct."""
+    if type(obj) is not dict:
+        raise FieldError(f"{cls.__name__} must be a map")
+    fields = attrs.fields_dict(cls)
+    unknown = obj.keys() - fields.keys()
+    if unknown:
+        raise FieldError(f"{cls.__name__} has no field {sorted(map(str, unknown))[0]!r}")
+    kwargs: dict[str, Any] = {}
+    for name, value in obj.items():
+        meta = fields[name].metadata
+        if "record" in meta:
+            if type(value) is not list:
+                raise FieldError(f"{name} must be a list")
+            value = tuple(from_wire(meta["record"], item) for item in value)
+        elif "nested" in meta:
+            value = from_wire(meta["nested"], value)
+        elif "array" in meta:
+            if type(value) is not list:
+                raise FieldError(f"{name} must be a list")
+            value = tuple(value)
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise FieldError(str(exc)) from exc
+
+
+def _pack(frame: list[Any]) -> bytes:
+    data: bytes = msgpack.packb(frame, use_bin_type=True)
+    if len(data) > MAX_DATAGRAM:
+        raise LocalProtocolError(f"message of {len(data)} bytes exceeds {MAX_DATAGRAM}")
+    return data
+
+
+def _unpack(data: bytes) -> list[Any]:
+    if len(data) > MAX_DATAGRAM:
+        raise ProtocolError(EMSGSIZE, f"datagram larger than {MAX_DATAGRAM} bytes")
+    try:
+        frame = msgpack.unpackb(data, **_UNPACK_LIMITS)
+    except (ValueError, msgpack.UnpackException, TypeError, RecursionError) as exc:
+        raise ProtocolError(EINVAL, f"not a msgpack frame: {exc}") from exc
+    if type(frame) is not list or len(frame) != 3:
+        raise ProtocolError(EINVAL, "a frame is a 3-element array")
+    if type(frame[0]) is not int or not 0 <= frame[0] <= MAX_REQUEST_ID:
+        raise ProtocolError(EINVAL, "frame id must be a u32")
+    return frame
+
+
+# --- requests ---------------------------------------------------------------------------
+def encode_request(request_id: int, op: Op, args: Any) -> bytes:
+    spec = SPECS[op]
+    if type(args) is not spec.request:
+        raise LocalProtocolError(f"{op.name} takes {spec.request.__name__}")
+    if not 0 < request_id <= MAX_REQUEST_ID:
+        raise LocalProtocolError("request ids are non-zero u32")
+    return _pack([request_id, int(op), to_wire(args)])
+
+
+def peek_request_id(data: bytes) -> int:
+    """The id at the head of a (possibly truncated) request frame, or 0."""
+    unpacker = msgpack.Unpacker(max_buffer_size=MAX_DATAGRAM, **_UNPACK_LIMITS)
+    unpacker.feed(data[:MAX_DATAGRAM])
+    try:
+        if unpacker.read_array_header() != 3:
+            return 0
+        ident = unpacker.unpack()
+    except (ValueError, msgpack.UnpackException, TypeError):
+        return 0
+    return ident if type(ident) is int and 0 < ident <= MAX_REQUEST_ID else 0
+
+
+def decode_request(data: bytes, fds: tuple[int, ...] = (), truncated: bool = False) -> Request:
+    """Raise ProtocolError (with the request id when it could be read) on any defect.
+
+    `truncated`: the transport cut the datagram (it was over the limit). The caller owns
+    `fds` and closes them all when this raises.
+    """
+    if truncated or len(data) > MAX_DATAGRAM:
+        raise ProtocolError(
+            EMSGSIZE, f"datagram larger than {MAX_DATAGRAM} bytes", peek_request_id(data)
+        )
+    request_id, op_number, args = _unpack(data)
+    if request_id == 0:
+        raise ProtocolError(EINVAL, "request id 0 is reserved for events")
+    if type(op_number) is not int:
+        raise ProtocolError(EINVAL, "op must be an integer", request_id)
+    try:
+        op = Op(op_number)
+    except ValueError:
+        raise ProtocolError(ENOTTY, f"unknown op {op_number:#x}", request_id) from None
+    spec = SPECS[op]
+    if len(fds) != spec.fds_in:
+        raise ProtocolError(
+            EINVAL, f"{op.name} takes {spec.fds_in} descriptors, got {len(fds)}", request_id
+        )
+    try:
+        record = from_wire(spec.request, args)
+    except FieldError as exc:
+        raise ProtocolError(EINVAL, f"{op.name}: {exc}", request_id) from exc
+    return Request(request_id, op, record, fds)
+
+
+# --- replies and events -----------------------------------------------------------------
+def encode_reply(request_id: int, op: Op | None, errno: int, result: Any) -> bytes:
+    if errno:
+        if type(result) is not ErrorInfo:
+            raise LocalProtocolError("an error reply carries ErrorInfo")
+    elif op is None or type(result) is not SPECS[op].reply:
+        raise LocalProtocolError(f"{op} answers with {op and SPECS[op].reply.__name__}")
+    return _pack([request_id, errno, to_wire(result)])
+
+
+def encode_error(request_id: int, errno: int, message: str) -> bytes:
+    return encode_reply(request_id, None, errno, ErrorInfo(message=message[:1024]))
+
+
+def encode_event(event: Event, data: Any) -> bytes:
+    if type(data) is not EVENTS[event]:
+        raise LocalProtocolError(f"{event.name} carries {EVENTS[event].__name__}")
+    return _pack([0, int(event), to_wire(data)])
+
+
+def decode_incoming(
+    data: bytes, fds: tuple[int, ...], op_of: dict[int, Op]
+) -> Reply | EventMessage:
+    """Decode what the daemon sent a client: a reply to one of `op_of`'s ids, or an event."""
+    ident, code, body = _unpack(data)
+    try:
+        if ident == 0:
+            event = Event(code)
+            return EventMessage(event, from_wire(EVENTS[event], body))
+        if ident not in op_of:
+            raise ProtocolError(EPROTO, f"reply to unknown request {ident}")
+        if type(code) is not int or code < 0:
+            raise ProtocolError(EPROTO, "errno must be a non-negative integer")
+        if code:
+            return Reply(ident, code, from_wire(ErrorInfo, body), fds)
+        spec = SPECS[op_of[ident]]
+        if len(fds) != spec.fds_out:
+            raise ProtocolError(EPROTO, f"{spec.op.name} reply with {len(fds)} descriptors")
+        return Reply(ident, 0, from_wire(spec.reply, body), fds)
+    except (FieldError, ValueError) as exc:
+        if isinstance(exc, ProtocolError):
+            raise
+        raise ProtocolError(EPROTO, f"bad message from daemon: {exc}") from exc

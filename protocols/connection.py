@@ -1,0 +1,74 @@
+"""Connection state on the daemon side: the handshake, the role, the patience left.
+
+One table says which ops a connection may send in which state; nothing else in the
+daemon tests handshake flags.
+"""
+
+from __future__ import annotations
+
+import enum
+from errno import EACCES, EINVAL, EPROTO
+
+import attrs
+
+from .codec import Request, decode_request
+from .errors import ProtocolError
+from .messages import Hello
+from .ops import SPECS, Op, Role
+from .version import compatible
+
+MAX_STRIKES = 8  # consecutive malformed messages before the peer is disconnected
+
+
+class State(enum.Enum):
+    AWAIT_HELLO = "await_hello"
+    READY = "ready"
+
+
+@attrs.define
+class ServerConnection:
+    state: State = State.AWAIT_HELLO
+    role: Role | None = None
+    strikes: int = 0
+
+    @property
+    def exhausted(self) -> bool:
+        """The peer keeps sending garbage: hang up."""
+        return self.strikes >= MAX_STRIKES
+
+    def receive(self, data: bytes, fds: tuple[int, ...], truncated: bool = False) -> Request:
+        """Decode one datagram and check it is allowed now; raise ProtocolError if not."""
+        try:
+            request = decode_request(data, fds, truncated)
+        except ProtocolError:
+            self.strikes += 1
+            raise
+        self.strikes = 0
+        if request.op is Op.HELLO:
+            if self.state is not State.AWAIT_HELLO:
+                raise ProtocolError(EPROTO, "HELLO was already sent", request.id)
+            self._check_hello(request)
+        elif self.state is State.AWAIT_HELLO:
+            raise ProtocolError(EPROTO, f"{request.op.name} before HELLO", request.id)
+        elif self.role not in SPECS[request.op].roles:
+            role = self.role.value if self.role else "none"
+            raise ProtocolError(EACCES, f"{request.op.name} is not for role {role!r}", request.id)
+        return request
+
+    def _check_hello(self, request: Request) -> None:
+        hello: Hello = request.args
+        if not compatible(hello.version[0]):
+            raise ProtocolError(
+                EPROTO, f"protocol major {hello.version[0]} unsupported", request.id
+            )
+        try:
+            Role(hello.role)
+        except ValueError:
+            raise ProtocolError(EINVAL, f"unknown role {hello.role!r}", request.id) from None
+
+    def accept(self, role: Role) -> None:
+        """The daemon admitted the peer in `role` (credentials checked there)."""
+        if self.state is not State.AWAIT_HELLO:
+            raise RuntimeError("handshake already done")
+        self.state = State.READY
+        self.role = role

@@ -1,0 +1,153 @@
+"""Constants from include/uapi/drm/xe_drm.h and the command streamer xed emulates.
+
+Names and values are the kernel's, so code written against xed reads like code written
+against the real uAPI.
+"""
+
+from __future__ import annotations
+
+import enum
+
+PAGE_SIZE = 4096
+
+# --- memory regions (drm_xe_mem_region.mem_class) and placements -------------------
+DRM_XE_MEM_REGION_CLASS_SYSMEM = 0
+DRM_XE_MEM_REGION_CLASS_VRAM = 1
+
+# placement bitmask bits = region instance: bit 0 system memory, bit 1 VRAM of tile 0
+XE_PLACEMENT_SYSMEM = 1 << 0
+XE_PLACEMENT_VRAM0 = 1 << 1
+
+# --- DRM_IOCTL_XE_GEM_CREATE ----------------------------------------------------------
+DRM_XE_GEM_CREATE_FLAG_DEFER_BACKING = 1 << 0
+DRM_XE_GEM_CREATE_FLAG_SCANOUT = 1 << 1
+DRM_XE_GEM_CREATE_FLAG_NEEDS_VISIBLE_VRAM = 1 << 2
+DRM_XE_GEM_CREATE_FLAGS = (
+    DRM_XE_GEM_CREATE_FLAG_DEFER_BACKING
+    | DRM_XE_GEM_CREATE_FLAG_SCANOUT
+    | DRM_XE_GEM_CREATE_FLAG_NEEDS_VISIBLE_VRAM
+)
+DRM_XE_GEM_CPU_CACHING_WB = 1
+DRM_XE_GEM_CPU_CACHING_WC = 2
+
+# --- DRM_IOCTL_XE_GEM_MMAP_OFFSET -----------------------------------------------------
+DRM_XE_MMAP_OFFSET_FLAG_PCI_BARRIER = 1 << 0
+
+# --- DRM_IOCTL_XE_VM_CREATE -----------------------------------------------------------
+DRM_XE_VM_CREATE_FLAG_SCRATCH_PAGE = 1 << 0
+DRM_XE_VM_CREATE_FLAG_LR_MODE = 1 << 1
+DRM_XE_VM_CREATE_FLAG_FAULT_MODE = 1 << 2
+DRM_XE_VM_CREATE_FLAGS = (
+    DRM_XE_VM_CREATE_FLAG_SCRATCH_PAGE
+    | DRM_XE_VM_CREATE_FLAG_LR_MODE
+    | DRM_XE_VM_CREATE_FLAG_FAULT_MODE
+)
+
+# --- DRM_IOCTL_XE_VM_BIND -------------------------------------------------------------
+DRM_XE_VM_BIND_OP_MAP = 0x0
+DRM_XE_VM_BIND_OP_UNMAP = 0x1
+DRM_XE_VM_BIND_OP_MAP_USERPTR = 0x2
+DRM_XE_VM_BIND_OP_UNMAP_ALL = 0x3
+DRM_XE_VM_BIND_OP_PREFETCH = 0x4
+
+DRM_XE_VM_BIND_FLAG_READONLY = 1 << 0
+DRM_XE_VM_BIND_FLAG_IMMEDIATE = 1 << 1
+DRM_XE_VM_BIND_FLAG_NULL = 1 << 2
+DRM_XE_VM_BIND_FLAG_DUMPABLE = 1 << 3
+DRM_XE_VM_BIND_FLAGS = (
+    DRM_XE_VM_BIND_FLAG_READONLY
+    | DRM_XE_VM_BIND_FLAG_IMMEDIATE
+    | DRM_XE_VM_BIND_FLAG_NULL
+    | DRM_XE_VM_BIND_FLAG_DUMPABLE
+)
+XE_MAX_BINDS_PER_IOCTL = 512  # cap on one VM_BIND's array, like any buffer cap
+
+
+# --- engines --------------------------------------------------------------------------
+class EngineClass(enum.IntEnum):
+    RENDER = 0
+    COPY = 1
+    VIDEO_DECODE = 2
+    VIDEO_ENHANCE = 3
+    COMPUTE = 4
+    VM_BIND = 5
+
+
+XE_HW_ENGINE_MAX_INSTANCE = 9
+
+# --- drm_xe_sync ----------------------------------------------------------------------
+DRM_XE_SYNC_TYPE_SYNCOBJ = 0x0
+DRM_XE_SYNC_TYPE_TIMELINE_SYNCOBJ = 0x1
+DRM_XE_SYNC_TYPE_USER_FENCE = 0x2
+DRM_XE_SYNC_FLAG_SIGNAL = 1 << 0
+XE_MAX_SYNCS = 64
+
+
+# --- DRM_IOCTL_XE_WAIT_USER_FENCE -----------------------------------------------------
+class UfenceOp(enum.IntEnum):
+    EQ = 0x0
+    NEQ = 0x1
+    GT = 0x2
+    GTE = 0x3
+    LT = 0x4
+    LTE = 0x5
+
+
+DRM_XE_UFENCE_WAIT_FLAG_ABSTIME = 1 << 0
+
+
+# --- DRM_IOCTL_XE_DEVICE_QUERY --------------------------------------------------------
+class Query(enum.IntEnum):
+    ENGINES = 0
+    MEM_REGIONS = 1
+    CONFIG = 2
+    GT_LIST = 3
+
+
+# drm_xe_query_config.info[] indices
+DRM_XE_QUERY_CONFIG_REV_AND_DEVICE_ID = 0
+DRM_XE_QUERY_CONFIG_FLAGS = 1
+DRM_XE_QUERY_CONFIG_MIN_ALIGNMENT = 2
+DRM_XE_QUERY_CONFIG_VA_BITS = 3
+DRM_XE_QUERY_CONFIG_MAX_EXEC_QUEUE_PRIORITY = 4
+DRM_XE_QUERY_CONFIG_FLAG_HAS_VRAM = 1 << 0
+
+DRM_XE_QUERY_GT_TYPE_MAIN = 0
+DRM_XE_QUERY_GT_TYPE_MEDIA = 1
+
+# --- mmap(2) bits carried in the MMAP request ----------------------------------------
+PROT_READ = 0x1
+PROT_WRITE = 0x2
+PROT_EXEC = 0x4
+MAP_SHARED = 0x01
+MAP_PRIVATE = 0x02
+
+
+# --- the command streamer (MI_* instructions as on Xe) -------------------------------
+def mi_instr(opcode: int, flags: int = 0) -> int:
+    """MI instructions: client 0 (bits 31:29), opcode in bits 28:23."""
+    return (opcode << 23) | flags
+
+
+MI_NOOP = mi_instr(0x00)
+MI_BATCH_BUFFER_END = mi_instr(0x0A)
+MI_MEM_FENCE = mi_instr(0x09)
+MI_STORE_DATA_IMM = mi_instr(0x20)
+MI_SDI_NUM_QW_BIT = 1 << 21  # data is qwords
+MI_SDI_LEN_DW_MASK = 0x3FF  # dword length minus 2
+MI_FLUSH_DW = mi_instr(0x26)
+MI_FLUSH_DW_OP_STOREDW = 1 << 14  # post-sync write of the immediate
+MI_COPY_MEM_MEM = mi_instr(0x2E, 3)  # copies one dword: dst, src
+MI_ATOMIC = mi_instr(0x2F)
+MI_ATOMIC_OP_SHIFT = 8
+MI_ATOMIC_OP_MASK = 0xFF << MI_ATOMIC_OP_SHIFT
+MI_ATOMIC_INC = 0x05 << MI_ATOMIC_OP_SHIFT
+MI_ATOMIC_ADD = 0x07 << MI_ATOMIC_OP_SHIFT
+MI_ATOMIC_INC8B = 0x25 << MI_ATOMIC_OP_SHIFT  # 64-bit increment
+MI_ATOMIC_INLINE_DATA = 1 << 18
+MI_OPCODE_MASK = 0x3F << 23
+MI_CLIENT_MASK = 0x7 << 29
+# xed's linear copy (the blitter's MEM_COPY, simplified): dw0, len, dst lo/hi, src lo/hi
+XED_MEM_COPY = (2 << 29) | (0x5A << 22)
+XED_MEM_COPY_DWORDS = 6
+XE_MAX_BATCH_DWORDS = 1 << 20  # a batch longer than this is a runaway: the queue is banned

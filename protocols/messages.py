@@ -1,0 +1,356 @@
+"""Message records, named after the xe_drm.h structs whose fields they carry.
+
+Each ioctl has its argument record (what user space fills in) and its result record
+(the fields the kernel writes back). Field names are the kernel's, MBZ fields included,
+so the daemon checks `pad`, `reserved` and `extensions` exactly as xe does. Where the C
+struct has a user pointer plus a count (`syncs`/`num_syncs`, `instances`, the bind
+vector), the record has a list: the count is its length.
+"""
+
+from __future__ import annotations
+
+import typing
+
+import attrs
+
+from .fields import array, mbz, record, records, s64, string, u16, u32, u64
+
+_T = typing.TypeVar("_T")
+
+
+@typing.dataclass_transform(frozen_default=True, kw_only_default=True)
+def frozen(cls: type[_T]) -> type[_T]:
+    """attrs.frozen(kw_only=True), spelled so that type checkers see each record's __init__."""
+    return attrs.frozen(kw_only=True)(cls)
+
+
+# --- handshake and DRM core ------------------------------------------------------------
+@frozen
+class Hello:
+    """First message on a connection: protocol version and role."""
+
+    version: tuple[int, int] = array(2, "u16", "protocol (major, minor)")
+    role: str = string("drm | aux | debugger | admin", max_len=16)
+
+
+@frozen
+class DeviceIdentity:
+    name: str = string("device name")
+    device_id: int = u32("PCI device id")
+    revision: int = u32("revision id")
+    instance: str = string("unique per daemon run: tells two daemons' objects apart")
+
+
+@frozen
+class HelloReply:
+    version: tuple[int, int] = array(2, "u16", "the daemon's protocol (major, minor)")
+    device: DeviceIdentity = record(DeviceIdentity, "who answered")
+    client_id: int = u32("this connection's id, as the admin view shows it")
+
+
+@frozen
+class DrmVersion:
+    """struct drm_version (DRM_IOCTL_VERSION), with no input fields."""
+
+
+@frozen
+class DrmVersionReply:
+    version_major: int = u32()
+    version_minor: int = u32()
+    version_patchlevel: int = u32()
+    name: str = string()
+    date: str = string()
+    desc: str = string()
+
+
+@frozen
+class DrmGemClose:
+    """struct drm_gem_close."""
+
+    handle: int = u32("GEM handle to release")
+    pad: int = u32("not checked (DRM ignores it)")
+
+
+@frozen
+class Empty:
+    """An ioctl that writes nothing back."""
+
+
+# --- DRM_IOCTL_XE_DEVICE_QUERY -----------------------------------------------------------
+@frozen
+class DrmXeDeviceQuery:
+    extensions: int = u64("must be zero")
+    query: int = u32("DRM_XE_DEVICE_QUERY_*")
+    reserved: tuple[int, ...] = mbz(2)
+
+
+@frozen
+class DrmXeEngineClassInstance:
+    engine_class: int = u16("DRM_XE_ENGINE_CLASS_*")
+    engine_instance: int = u16()
+    gt_id: int = u16()
+    pad: int = u16("must be zero")
+
+
+@frozen
+class DrmXeEngine:
+    instance: DrmXeEngineClassInstance = record(DrmXeEngineClassInstance)
+    reserved: tuple[int, ...] = mbz(3)
+
+
+@frozen
+class DrmXeMemRegion:
+    mem_class: int = u16("DRM_XE_MEM_REGION_CLASS_SYSMEM / _VRAM")
+    instance: int = u16("bit number in GEM_CREATE.placement")
+    min_page_size: int = u32()
+    total_size: int = u64()
+    used: int = u64()
+    cpu_visible_size: int = u64()
+    cpu_visible_used: int = u64()
+    reserved: tuple[int, ...] = mbz(6)
+
+
+@frozen
+class DrmXeGt:
+    type: int = u16("DRM_XE_QUERY_GT_TYPE_*")
+    tile_id: int = u16()
+    gt_id: int = u16()
+    pad: tuple[int, ...] = array(3, "u16")
+    reference_clock: int = u32()
+    near_mem_regions: int = u64()
+    far_mem_regions: int = u64()
+    reserved: tuple[int, ...] = mbz(8)
+
+
+@frozen
+class DrmXeDeviceQueryReply:
+    """Exactly one list is filled, the one `query` asked for."""
+
+    query: int = u32()
+    engines: tuple[DrmXeEngine, ...] = records(DrmXeEngine)
+    mem_regions: tuple[DrmXeMemRegion, ...] = records(DrmXeMemRegion)
+    config: tuple[int, ...] = array(5, "u64", "drm_xe_query_config.info[]")
+    gt_list: tuple[DrmXeGt, ...] = records(DrmXeGt)
+
+
+# --- GEM ------------------------------------------------------------------------------
+@frozen
+class DrmXeGemCreate:
+    extensions: int = u64("must be zero")
+    size: int = u64("bytes, a multiple of the page size")
+    placement: int = u32("bitmask of memory region instances")
+    flags: int = u32("DRM_XE_GEM_CREATE_FLAG_*")
+    vm_id: int = u32("non-zero: the BO is private to this VM and never exportable")
+    handle: int = u32("output in the kernel; must be zero on input")
+    cpu_caching: int = u16("DRM_XE_GEM_CPU_CACHING_WB / _WC")
+    pad: tuple[int, ...] = array(3, "u16", "must be zero")
+    reserved: tuple[int, ...] = mbz(2)
+
+
+@frozen
+class DrmXeGemCreateReply:
+    handle: int = u32()
+
+
+@frozen
+class DrmXeGemMmapOffset:
+    extensions: int = u64("must be zero")
+    handle: int = u32()
+    flags: int = u32("DRM_XE_MMAP_OFFSET_FLAG_*")
+    reserved: tuple[int, ...] = mbz(2)
+
+
+@frozen
+class DrmXeGemMmapOffsetReply:
+    offset: int = u64("fake offset to pass to MMAP; valid for this connection only")
+
+
+@frozen
+class XedMmap:
+    """mmap(2) of the DRM file at a fake offset: the checks the kernel's mmap handler makes."""
+
+    offset: int = u64("fake offset from GEM_MMAP_OFFSET")
+    length: int = u64("bytes to map")
+    prot: int = u32("PROT_READ | PROT_WRITE | PROT_EXEC")
+    flags: int = u32("MAP_SHARED or MAP_PRIVATE")
+
+
+@frozen
+class XedMmapReply:
+    """The attached descriptor is mapped at `offset` for `length` bytes."""
+
+    offset: int = u64("offset into the attached descriptor")
+    length: int = u64()
+
+
+# --- VM -------------------------------------------------------------------------------
+@frozen
+class DrmXeVmCreate:
+    extensions: int = u64("must be zero")
+    flags: int = u32("DRM_XE_VM_CREATE_FLAG_*")
+    vm_id: int = u32("output in the kernel; ignored on input")
+    reserved: tuple[int, ...] = mbz(2)
+
+
+@frozen
+class DrmXeVmCreateReply:
+    vm_id: int = u32()
+
+
+@frozen
+class DrmXeVmDestroy:
+    vm_id: int = u32()
+    pad: int = u32("must be zero")
+    reserved: tuple[int, ...] = mbz(2)
+
+
+@frozen
+class DrmXeSync:
+    extensions: int = u64("not checked (xe ignores it)")
+    type: int = u32("DRM_XE_SYNC_TYPE_*")
+    flags: int = u32("DRM_XE_SYNC_FLAG_SIGNAL")
+    handle: int = u32("syncobj handle (syncobj types)")
+    addr: int = u64(
+        "user fence: GPU address in the VM (EXEC) or user address (VM_BIND), 8-byte aligned"
+    )
+    timeline_value: int = u64("value written to a user fence / timeline point")
+    reserved: tuple[int, ...] = mbz(2)
+
+
+@frozen
+class DrmXeVmBindOp:
+    extensions: int = u64("must be zero")
+    obj: int = u32("GEM handle (MAP) or 0")
+    pat_index: int = u16()
+    pad: int = u16("must be zero")
+    obj_offset: int = u64("offset into the BO (MAP) / user address (MAP_USERPTR)")
+    range: int = u64("bytes, page aligned")
+    addr: int = u64("GPU virtual address, page aligned")
+    op: int = u32("DRM_XE_VM_BIND_OP_*")
+    flags: int = u32("DRM_XE_VM_BIND_FLAG_*")
+    prefetch_mem_region_instance: int = u32()
+    pad2: int = u32("must be zero")
+    reserved: tuple[int, ...] = mbz(3)
+
+
+@frozen
+class DrmXeVmBind:
+    extensions: int = u64("must be zero")
+    vm_id: int = u32()
+    exec_queue_id: int = u32("0: the VM's default bind queue")
+    pad: int = u32("must be zero")
+    binds: tuple[DrmXeVmBindOp, ...] = records(DrmXeVmBindOp, "num_binds / vector_of_binds")
+    pad2: int = u32("must be zero")
+    syncs: tuple[DrmXeSync, ...] = records(DrmXeSync, "num_syncs / syncs", max_items=64)
+    reserved: tuple[int, ...] = mbz(2)
+
+
+# --- exec queues and exec ---------------------------------------------------------------
+@frozen
+class DrmXeExecQueueCreate:
+    extensions: int = u64("must be zero")
+    width: int = u16("batch buffers per submission")
+    num_placements: int = u16("engines the queue may run on")
+    vm_id: int = u32()
+    flags: int = u32("must be zero")
+    exec_queue_id: int = u32("output in the kernel; ignored on input")
+    instances: tuple[DrmXeEngineClassInstance, ...] = records(
+        DrmXeEngineClassInstance, "width x num_placements engines", max_items=64
+    )
+    reserved: tuple[int, ...] = mbz(2)
+
+
+@frozen
+class DrmXeExecQueueCreateReply:
+    exec_queue_id: int = u32()
+
+
+@frozen
+class DrmXeExecQueueDestroy:
+    exec_queue_id: int = u32()
+    pad: int = u32("must be zero")
+    reserved: tuple[int, ...] = mbz(2)
+
+
+@frozen
+class DrmXeExec:
+    extensions: int = u64("must be zero")
+    exec_queue_id: int = u32()
+    syncs: tuple[DrmXeSync, ...] = records(DrmXeSync, "num_syncs / syncs", max_items=64)
+    address: int = u64("GPU address of the batch buffer")
+    num_batch_buffer: int = u16("must equal the queue's width (or 0)")
+    pad: tuple[int, ...] = array(3, "u16", "must be zero")
+    reserved: tuple[int, ...] = mbz(2)
+
+
+@frozen
+class DrmXeWaitUserFence:
+    extensions: int = u64("must be zero")
+    addr: int = u64("user address of the fence, 8-byte aligned (see REFERENCE: user addresses)")
+    op: int = u16("DRM_XE_UFENCE_WAIT_OP_*")
+    flags: int = u16("DRM_XE_UFENCE_WAIT_FLAG_ABSTIME")
+    pad: int = u32("must be zero")
+    value: int = u64()
+    mask: int = u64("compared bits", default=0xFFFF_FFFF_FFFF_FFFF)
+    timeout: int = s64("ns; negative waits forever; absolute CLOCK_MONOTONIC with ABSTIME")
+    exec_queue_id: int = u32("non-zero: fail with EIO if this queue is reset while waiting")
+    pad2: int = u32("must be zero")
+    reserved: tuple[int, ...] = mbz(2)
+
+
+@frozen
+class DrmXeWaitUserFenceReply:
+    timeout: int = s64("time left (relative waits), as the kernel writes back")
+
+
+# --- admin -----------------------------------------------------------------------------
+@frozen
+class XedAdminStatus:
+    """Counters of the whole device, for `xed ctl` and for leak tests."""
+
+
+@frozen
+class XedObjectCounts:
+    files: int = u32()
+    bos: int = u32()
+    vms: int = u32()
+    exec_queues: int = u32()
+    mmap_offsets: int = u32()
+    bo_bytes: int = u64()
+
+
+@frozen
+class XedAdminStatusReply:
+    pid: int = u32("daemon pid")
+    objects: XedObjectCounts = record(XedObjectCounts)
+    execs: int = u64("batches executed")
+    bans: int = u64("exec queues banned")
+    refused: int = u64("ioctls answered with an errno")
+
+
+# --- events ----------------------------------------------------------------------------
+@frozen
+class ExecQueueBanned:
+    """The command streamer stopped a queue: bad address, unknown opcode, runaway batch."""
+
+    exec_queue_id: int = u32()
+    address: int = u64("GPU address of the faulting instruction")
+    reason: str = string()
+
+
+@frozen
+class ProtocolErrorInfo:
+    """Sent instead of a reply when the request's id could not be read."""
+
+    errno: int = u32()
+    message: str = string(max_len=1024)
+
+
+@frozen
+class ErrorInfo:
+    """Result of a failed request: errno travels in the reply; this says why."""
+
+    message: str = string(max_len=1024)
+
+
+__all__ = [name for name in dir() if name[:1].isupper() and name != "Any"]

@@ -1,0 +1,293 @@
+"""The op table: every request the daemon understands, in one place.
+
+Op numbers follow the kernel's: DRM core ioctls keep their DRM_IOCTL number, xe ioctls
+are DRM_COMMAND_BASE (0x40) + DRM_XE_*, and xed's own requests (the handshake, mmap of a
+fake offset, admin) live at 0x100 and above. The table says, for each op, the record it
+carries, the record it answers with, how many descriptors travel each way, which roles
+may send it and every errno it can answer with. The daemon dispatches on it, the
+client library encodes with it, and REFERENCE.md is generated from it.
+"""
+
+from __future__ import annotations
+
+import enum
+from errno import (
+    EACCES,
+    EAGAIN,
+    EBUSY,
+    ECANCELED,
+    EFAULT,
+    EINVAL,
+    EIO,
+    EMSGSIZE,
+    ENOENT,
+    ENOMEM,
+    ENOTTY,
+    EOPNOTSUPP,
+    EPROTO,
+    ETIME,
+)
+
+import attrs
+
+from . import messages as m
+
+DRM_COMMAND_BASE = 0x40
+
+
+class Op(enum.IntEnum):
+    VERSION = 0x00
+    GEM_CLOSE = 0x09
+    XE_DEVICE_QUERY = DRM_COMMAND_BASE + 0x00
+    XE_GEM_CREATE = DRM_COMMAND_BASE + 0x01
+    XE_GEM_MMAP_OFFSET = DRM_COMMAND_BASE + 0x02
+    XE_VM_CREATE = DRM_COMMAND_BASE + 0x03
+    XE_VM_DESTROY = DRM_COMMAND_BASE + 0x04
+    XE_VM_BIND = DRM_COMMAND_BASE + 0x05
+    XE_EXEC_QUEUE_CREATE = DRM_COMMAND_BASE + 0x06
+    XE_EXEC_QUEUE_DESTROY = DRM_COMMAND_BASE + 0x07
+    XE_EXEC = DRM_COMMAND_BASE + 0x09
+    XE_WAIT_USER_FENCE = DRM_COMMAND_BASE + 0x0A
+    HELLO = 0x100
+    MMAP = 0x101
+    ADMIN_STATUS = 0x180
+
+
+class Event(enum.IntEnum):
+    EXEC_QUEUE_BANNED = 1
+    PROTOCOL_ERROR = 2  # a datagram too broken to tell which request it was
+
+
+class Role(enum.Enum):
+    DRM = "drm"
+    AUX = "aux"
+    DEBUGGER = "debugger"
+    ADMIN = "admin"
+
+
+DRM_ROLES = frozenset({Role.DRM})
+ANY_ROLE = frozenset(Role)
+
+# errors every op can answer with, besides its own
+COMMON_ERRORS: tuple[tuple[int, str], ...] = (
+    (EPROTO, "sent before HELLO, or a second HELLO"),
+    (ENOTTY, "unknown op"),
+    (EACCES, "op not allowed for the connection's role"),
+    (EINVAL, "malformed message: wrong types, unknown fields, out-of-range values"),
+    (EINVAL, "descriptors attached that the op does not take (they are closed)"),
+    (EMSGSIZE, "datagram larger than the limit"),
+)
+
+
+@attrs.frozen(kw_only=True)
+class OpSpec:
+    op: Op
+    request: type
+    reply: type
+    doc: str
+    errors: tuple[tuple[int, str], ...]
+    roles: frozenset[Role] = DRM_ROLES
+    fds_in: int = 0
+    fds_out: int = 0
+    # blocking ops run beside the connection's reader so a disconnect still cancels them
+    blocking: bool = False
+
+
+_MBZ = (EINVAL, "extensions, pad or reserved not zero")
+
+SPECS: dict[Op, OpSpec] = {
+    s.op: s
+    for s in (
+        OpSpec(
+            op=Op.HELLO,
+            request=m.Hello,
+            reply=m.HelloReply,
+            roles=ANY_ROLE,
+            doc="Handshake. Must be the first message; chooses the connection's role.",
+            errors=(
+                (EPROTO, "incompatible major version"),
+                (EINVAL, "unknown role"),
+                (EACCES, "the peer's credentials do not allow this role"),
+            ),
+        ),
+        OpSpec(
+            op=Op.VERSION,
+            request=m.DrmVersion,
+            reply=m.DrmVersionReply,
+            roles=ANY_ROLE,
+            doc="DRM_IOCTL_VERSION: driver name and version. The cheapest ioctl there is.",
+            errors=(),
+        ),
+        OpSpec(
+            op=Op.XE_DEVICE_QUERY,
+            request=m.DrmXeDeviceQuery,
+            reply=m.DrmXeDeviceQueryReply,
+            roles=frozenset({Role.DRM, Role.ADMIN}),
+            doc="Engines, memory regions (sizes and used bytes), config info[] or the GT list.",
+            errors=(_MBZ, (EINVAL, "unknown query")),
+        ),
+        OpSpec(
+            op=Op.XE_GEM_CREATE,
+            request=m.DrmXeGemCreate,
+            reply=m.DrmXeGemCreateReply,
+            doc="Create a buffer object backed by its own memfd.",
+            errors=(
+                _MBZ,
+                (EINVAL, "placement empty or names a region the device lacks"),
+                (EINVAL, "unknown flags"),
+                (EINVAL, "handle not zero on input"),
+                (EINVAL, "size zero or not page aligned"),
+                (EINVAL, "NEEDS_VISIBLE_VRAM without a VRAM placement"),
+                (EINVAL, "cpu_caching not WB or WC"),
+                (EINVAL, "cpu_caching WB with a VRAM placement or SCANOUT"),
+                (ENOENT, "vm_id names no VM of this file"),
+                (ENOMEM, "fits no region of the placement (VRAM, visible VRAM, system)"),
+            ),
+        ),
+        OpSpec(
+            op=Op.GEM_CLOSE,
+            request=m.DrmGemClose,
+            reply=m.Empty,
+            doc="Release a GEM handle; the object lives on while VMAs or mappings hold it.",
+            errors=((EINVAL, "no such handle (pad is not checked, as in DRM)"),),
+        ),
+        OpSpec(
+            op=Op.XE_GEM_MMAP_OFFSET,
+            request=m.DrmXeGemMmapOffset,
+            reply=m.DrmXeGemMmapOffsetReply,
+            doc="The fake offset at which MMAP maps the BO; allowed for this connection only.",
+            errors=(_MBZ, (EINVAL, "unknown flags"), (ENOENT, "no such handle")),
+        ),
+        OpSpec(
+            op=Op.MMAP,
+            request=m.XedMmap,
+            reply=m.XedMmapReply,
+            fds_out=1,
+            doc=(
+                "mmap(2) of the DRM file: the daemon checks the request as the kernel's mmap "
+                "handler would and answers with the descriptor to map."
+            ),
+            errors=(
+                (EINVAL, "length zero, or offset not page aligned"),
+                (EINVAL, "no object at this offset (or offset not at its start)"),
+                (EACCES, "the offset belongs to another connection"),
+                (EINVAL, "length larger than the object"),
+                (EINVAL, "private (copy-on-write) mapping, or neither shared nor private"),
+                (EINVAL, "unknown prot bits"),
+            ),
+        ),
+        OpSpec(
+            op=Op.XE_VM_CREATE,
+            request=m.DrmXeVmCreate,
+            reply=m.DrmXeVmCreateReply,
+            doc="Create a GPU virtual address space.",
+            errors=(
+                _MBZ,
+                (EINVAL, "unknown flags"),
+                (EINVAL, "SCRATCH_PAGE with FAULT_MODE, or FAULT_MODE without LR_MODE"),
+                (EINVAL, "FAULT_MODE: the emulated device has no page faults"),
+            ),
+        ),
+        OpSpec(
+            op=Op.XE_VM_DESTROY,
+            request=m.DrmXeVmDestroy,
+            reply=m.Empty,
+            doc="Close a VM; exec queues on it keep it alive but it refuses new work.",
+            errors=(_MBZ, (ENOENT, "no such VM"), (EBUSY, "exec queues still use the VM")),
+        ),
+        OpSpec(
+            op=Op.XE_VM_BIND,
+            request=m.DrmXeVmBind,
+            reply=m.Empty,
+            doc="Map and unmap BOs in a VM (gpuvm semantics: a MAP replaces what it covers).",
+            errors=(
+                _MBZ,
+                (EINVAL, "more than 512 binds (none is a legal sync-only bind)"),
+                (EINVAL, "op unknown, or MAP_USERPTR / PREFETCH (not emulated yet)"),
+                (EINVAL, "unknown bind flags"),
+                (EINVAL, "obj given for UNMAP, or missing for MAP without NULL"),
+                (EINVAL, "obj_offset with NULL"),
+                (EINVAL, "addr, range or obj_offset not page aligned, or range zero"),
+                (EINVAL, "range beyond the VM's address space"),
+                (EINVAL, "no such VM"),
+                (ENOENT, "VM closed"),
+                (EINVAL, "exec_queue_id not zero (bind queues are not emulated)"),
+                (ENOENT, "no such BO handle"),
+                (EINVAL, "range beyond the BO"),
+                (EINVAL, "BO is private to another VM"),
+                (EINVAL, "bad sync (see EXEC)"),
+                (EOPNOTSUPP, "user fence on a bind without binds, or without SIGNAL"),
+                (EFAULT, "user fence address not mapped by this connection"),
+            ),
+        ),
+        OpSpec(
+            op=Op.XE_EXEC_QUEUE_CREATE,
+            request=m.DrmXeExecQueueCreate,
+            reply=m.DrmXeExecQueueCreateReply,
+            doc="Create a queue of batches for one engine class, bound to a VM.",
+            errors=(
+                _MBZ,
+                (EINVAL, "unknown flags"),
+                (EINVAL, "width x num_placements zero, too large or not the instances given"),
+                (EINVAL, "width other than 1 (parallel submission is not emulated)"),
+                (EINVAL, "gt_id, class or instance names no engine, or classes differ"),
+                (EINVAL, "VM_BIND engine class (bind queues are not emulated)"),
+                (ENOENT, "no such VM, or VM closed"),
+            ),
+        ),
+        OpSpec(
+            op=Op.XE_EXEC_QUEUE_DESTROY,
+            request=m.DrmXeExecQueueDestroy,
+            reply=m.Empty,
+            doc="Destroy an exec queue; batches already queued are dropped.",
+            errors=(_MBZ, (ENOENT, "no such exec queue")),
+        ),
+        OpSpec(
+            op=Op.XE_EXEC,
+            request=m.DrmXeExec,
+            reply=m.Empty,
+            doc="Queue the batch at a GPU address of the queue's VM; user fences signal when done.",
+            errors=(
+                _MBZ,
+                (ENOENT, "no such exec queue"),
+                (EINVAL, "num_batch_buffer not the queue's width"),
+                (ECANCELED, "the queue was banned"),
+                (EAGAIN, "too many batches outstanding on the queue"),
+                (EINVAL, "sync: reserved, unknown flags or type; more than one user fence"),
+                (EOPNOTSUPP, "sync: user fence without SIGNAL"),
+                (EINVAL, "sync: user fence address not 8-byte aligned"),
+                (ENOENT, "sync: syncobj handle unknown (syncobjs are not emulated)"),
+                (ECANCELED, "the VM was closed"),
+            ),
+        ),
+        OpSpec(
+            op=Op.XE_WAIT_USER_FENCE,
+            request=m.DrmXeWaitUserFence,
+            reply=m.DrmXeWaitUserFenceReply,
+            blocking=True,
+            doc="Wait until (*addr & mask) op (value & mask) holds, or the timeout passes.",
+            errors=(
+                _MBZ,
+                (EINVAL, "unknown flags or op"),
+                (EINVAL, "addr not 8-byte aligned"),
+                (ENOENT, "exec_queue_id names no queue"),
+                (EFAULT, "addr not inside a mapping of this connection"),
+                (EIO, "the exec queue was reset (banned) while waiting"),
+                (ETIME, "the timeout passed"),
+            ),
+        ),
+        OpSpec(
+            op=Op.ADMIN_STATUS,
+            request=m.XedAdminStatus,
+            reply=m.XedAdminStatusReply,
+            roles=frozenset({Role.ADMIN}),
+            doc="Object counts and counters of the whole device.",
+            errors=(),
+        ),
+    )
+}
+
+EVENTS: dict[Event, type] = {
+    Event.EXEC_QUEUE_BANNED: m.ExecQueueBanned,
+    Event.PROTOCOL_ERROR: m.ProtocolErrorInfo,
+}

@@ -1,0 +1,10 @@
+"""Protocol version. A peer with another major version is refused with EPROTO."""
+
+PROTOCOL_MAJOR = 1
+PROTOCOL_MINOR = 0
+PROTOCOL_VERSION = (PROTOCOL_MAJOR, PROTOCOL_MINOR)
+
+
+def compatible(major: int) -> bool:
+    """Minor versions only add ops and fields; a major bump changes meaning."""
+    return major == PROTOCOL_MAJOR

@@ -1,0 +1,330 @@
+"""The sans-I/O codec: round trips, hostile input, exact errnos, and the SCM_RIGHTS packing."""
+
+from __future__ import annotations
+
+import errno
+from errno import EINVAL, EMSGSIZE, ENOTTY, EPROTO
+from typing import Any
+
+import attrs
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from strategies import (
+    events,
+    frame_ints,
+    msgpack_values,
+    replies,
+    request_ids,
+    requests,
+)
+
+from protocols import (
+    MAX_DATAGRAM,
+    SPECS,
+    EventMessage,
+    LocalProtocolError,
+    Op,
+    ProtocolError,
+    Reply,
+    Request,
+    decode_incoming,
+    decode_request,
+    encode_error,
+    encode_event,
+    encode_reply,
+    encode_request,
+    messages,
+    pack_fds,
+    unpack_fds,
+)
+from protocols.ancillary import SCM_RIGHTS, SOL_SOCKET
+
+FUZZ = settings(max_examples=200, deadline=None)
+PEER_ERRNOS = {EINVAL, ENOTTY, EMSGSIZE, EPROTO}
+ALL_OPS_BY_ID = {i: op for i, op in enumerate(sorted(SPECS), start=1)}
+
+
+def pack(frame: Any) -> bytes:
+    data: bytes = msgpack.packb(frame, use_bin_type=True)
+    return data
+
+
+def fds_for(count: int) -> tuple[int, ...]:
+    return tuple(range(100, 100 + count))
+
+
+def refused(data: bytes, fds: tuple[int, ...] = ()) -> ProtocolError:
+    with pytest.raises(ProtocolError) as info:
+        decode_request(data, fds)
+    return info.value
+
+
+# --- round trips -----------------------------------------------------------------------
+@FUZZ
+@given(request_ids, requests())
+def test_request_round_trip(request_id: int, op_and_args: tuple[Op, Any]) -> None:
+    """Every valid request record decodes to an equal Request, with its descriptors."""
+    op, args = op_and_args
+    fds = fds_for(SPECS[op].fds_in)
+    assert decode_request(encode_request(request_id, op, args), fds) == Request(
+        request_id, op, args, fds
+    )
+
+
+@FUZZ
+@given(request_ids, replies())
+def test_reply_round_trip(request_id: int, op_and_result: tuple[Op, Any]) -> None:
+    """Every valid reply record decodes to an equal Reply, with the op's descriptors."""
+    op, result = op_and_result
+    fds = fds_for(SPECS[op].fds_out)
+    data = encode_reply(request_id, op, 0, result)
+    assert decode_incoming(data, fds, {request_id: op}) == Reply(request_id, 0, result, fds)
+
+
+@FUZZ
+@given(events())
+def test_event_round_trip(event_and_data: tuple[Any, Any]) -> None:
+    """Every valid event decodes to an equal EventMessage, whatever requests are pending."""
+    event, data = event_and_data
+    assert decode_incoming(encode_event(event, data), (), {1: Op.VERSION}) == EventMessage(
+        event, data
+    )
+
+
+@FUZZ
+@given(
+    request_ids,
+    st.sampled_from(sorted(SPECS)),
+    st.sampled_from(sorted(errno.errorcode)),
+    st.text(max_size=1024),
+)
+def test_error_reply_round_trip(request_id: int, op: Op, number: int, message: str) -> None:
+    """An error reply decodes to its errno and ErrorInfo, for any op it answers."""
+    data = encode_error(request_id, number, message)
+    assert decode_incoming(data, (), {request_id: op}) == Reply(
+        request_id, number, messages.ErrorInfo(message=message)
+    )
+
+
+# --- hostile input ------------------------------------------------------------------------
+def assert_only_protocol_errors(data: bytes, fds: tuple[int, ...]) -> None:
+    for decode in (
+        lambda: decode_request(data, fds),
+        lambda: decode_incoming(data, fds, ALL_OPS_BY_ID),
+    ):
+        try:
+            decode()
+        except ProtocolError as exc:
+            assert exc.errno in PEER_ERRNOS, exc
+
+
+@FUZZ
+@given(st.binary(max_size=256), st.integers(0, 2).map(fds_for))
+def test_arbitrary_bytes_raise_only_protocol_errors(data: bytes, fds: tuple[int, ...]) -> None:
+    """Random bytes never raise anything but ProtocolError with a peer-fault errno."""
+    assert_only_protocol_errors(data, fds)
+
+
+@FUZZ
+@given(msgpack_values(), st.integers(0, 2).map(fds_for))
+def test_arbitrary_msgpack_raises_only_protocol_errors(obj: Any, fds: tuple[int, ...]) -> None:
+    """Any msgpack value as a frame never raises anything but a peer-fault ProtocolError."""
+    assert_only_protocol_errors(pack(obj), fds)
+
+
+@FUZZ
+@given(frame_ints(), frame_ints(), msgpack_values(), st.integers(0, 2).map(fds_for))
+def test_arbitrary_frames_raise_only_protocol_errors(
+    ident: int, code: int, body: Any, fds: tuple[int, ...]
+) -> None:
+    """3-element frames with any ints and any body raise only peer-fault ProtocolErrors."""
+    assert_only_protocol_errors(pack([ident, code, body]), fds)
+
+
+# --- exact errnos -------------------------------------------------------------------------
+def test_unknown_op_is_enotty_with_request_id() -> None:
+    """An op number no SPECS entry has is ENOTTY, and the error keeps the request id."""
+    error = refused(pack([77, 0x7777, {}]))
+    assert (error.errno, error.request_id) == (ENOTTY, 77)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        pytest.param("size", True, id="bool-for-int"),
+        pytest.param("size", "4096", id="str-for-int"),
+        pytest.param("size", 1.0, id="float-for-int"),
+        pytest.param("size", -1, id="negative-u64"),
+        pytest.param("placement", 1 << 32, id="u32-out-of-range"),
+        pytest.param("cpu_caching", 1 << 16, id="u16-out-of-range"),
+        pytest.param("reserved", [0], id="array-too-short"),
+        pytest.param("reserved", [0, -1], id="array-item-out-of-range"),
+        pytest.param("reserved", 0, id="int-for-array"),
+    ],
+)
+def test_wrong_field_type_is_einval(field: str, value: Any) -> None:
+    """A field value of the wrong type or out of its range is EINVAL, with the request id."""
+    error = refused(pack([5, Op.XE_GEM_CREATE, {field: value}]))
+    assert (error.errno, error.request_id) == (EINVAL, 5)
+
+
+@pytest.mark.parametrize(
+    "syncs",
+    [
+        pytest.param({"type": 2}, id="map-for-list"),
+        pytest.param([{"type": -1}], id="bad-item-field"),
+        pytest.param([{"bogus": 1}], id="unknown-item-field"),
+        pytest.param([{}] * 65, id="too-many-items"),
+    ],
+)
+def test_bad_nested_records_are_einval(syncs: Any) -> None:
+    """A malformed list of nested records is EINVAL like a malformed scalar field."""
+    assert refused(pack([5, Op.XE_EXEC, {"syncs": syncs}])).errno == EINVAL
+
+
+def test_unknown_field_is_einval() -> None:
+    """A field the record does not have is EINVAL, never silently dropped."""
+    assert refused(pack([5, Op.XE_GEM_CREATE, {"size": 4096, "szie": 1}])).errno == EINVAL
+
+
+def test_request_id_zero_is_einval() -> None:
+    """Request id 0 is reserved for events and refused."""
+    assert refused(pack([0, Op.VERSION, {}])).errno == EINVAL
+
+
+@pytest.mark.parametrize("ident", [-1, 1 << 32, True, "1"])
+def test_request_id_not_u32_is_einval(ident: Any) -> None:
+    """A request id that is not a u32 integer is EINVAL."""
+    assert refused(pack([ident, Op.VERSION, {}])).errno == EINVAL
+
+
+def test_oversized_datagram_is_emsgsize() -> None:
+    """A datagram longer than MAX_DATAGRAM is EMSGSIZE before any parsing."""
+    assert refused(b"\x90" * (MAX_DATAGRAM + 1)).errno == EMSGSIZE
+
+
+def test_truncated_datagram_is_emsgsize_with_request_id() -> None:
+    """A datagram the transport cut at the limit is EMSGSIZE, under its request id."""
+    data = encode_request(42, Op.VERSION, messages.DrmVersion())
+    error = refused_truncated(data)
+    assert (error.errno, error.request_id) == (EMSGSIZE, 42)
+
+
+def refused_truncated(data: bytes) -> ProtocolError:
+    with pytest.raises(ProtocolError) as info:
+        decode_request(data, (), truncated=True)
+    return info.value
+
+
+def test_descriptors_on_an_op_that_takes_none_are_einval() -> None:
+    """Descriptors attached to a request whose op takes none are EINVAL."""
+    data = encode_request(9, Op.VERSION, messages.DrmVersion())
+    error = refused(data, fds_for(1))
+    assert (error.errno, error.request_id) == (EINVAL, 9)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        pytest.param({"id": 1}, id="map"),
+        pytest.param(1, id="int"),
+        pytest.param("hello", id="str"),
+        pytest.param([1, 0], id="two-elements"),
+        pytest.param([1, 0, {}, 0], id="four-elements"),
+    ],
+)
+def test_non_list_frame_is_einval(frame: Any) -> None:
+    """A frame that is not a 3-element array is EINVAL."""
+    assert refused(pack(frame)).errno == EINVAL
+
+
+def test_truncated_msgpack_is_einval() -> None:
+    """Bytes that are not one complete msgpack value are EINVAL."""
+    data = encode_request(1, Op.VERSION, messages.DrmVersion())
+    assert refused(data[:-1]).errno == EINVAL
+    assert refused(data + b"\x00").errno == EINVAL
+
+
+def test_missing_fields_decode_as_zero() -> None:
+    """Fields a request leaves out are zero, as in a memset struct."""
+    args = decode_request(pack([1, Op.XE_GEM_CREATE, {"size": 4096}])).args
+    assert args == messages.DrmXeGemCreate(size=4096)
+    for field in attrs.fields(messages.DrmXeGemCreate):
+        value = getattr(args, field.name)
+        if field.name != "size":
+            assert value == 0 or value == (0,) * len(value), field.name
+
+
+@pytest.mark.parametrize("op", sorted(SPECS), ids=lambda op: op.name)
+def test_empty_args_decode_to_the_record_defaults(op: Op) -> None:
+    """An empty args map decodes, for every op, to the record built with no arguments."""
+    assert decode_request(pack([1, op, {}]), fds_for(SPECS[op].fds_in)).args == SPECS[op].request()
+
+
+def test_reply_to_unknown_request_is_eproto() -> None:
+    """A reply whose id no pending request has is EPROTO on the client side."""
+    data = encode_reply(3, Op.VERSION, 0, messages.DrmVersionReply())
+    with pytest.raises(ProtocolError) as info:
+        decode_incoming(data, (), {4: Op.VERSION})
+    assert info.value.errno == EPROTO
+
+
+def test_reply_with_wrong_descriptor_count_is_eproto() -> None:
+    """A successful reply must carry exactly the op's fds_out descriptors."""
+    data = encode_reply(3, Op.MMAP, 0, messages.XedMmapReply())
+    with pytest.raises(ProtocolError) as info:
+        decode_incoming(data, (), {3: Op.MMAP})
+    assert info.value.errno == EPROTO
+
+
+# --- encode side ------------------------------------------------------------------------
+def test_encoding_wrong_record_for_op_is_local_error() -> None:
+    """Encoding a request or reply record that is not the op's is our bug, not the peer's."""
+    with pytest.raises(LocalProtocolError):
+        encode_request(1, Op.XE_GEM_CREATE, messages.DrmXeVmCreate())
+    with pytest.raises(LocalProtocolError):
+        encode_reply(1, Op.XE_GEM_CREATE, 0, messages.DrmXeVmCreateReply())
+    with pytest.raises(LocalProtocolError):
+        encode_reply(1, Op.XE_GEM_CREATE, EINVAL, messages.DrmXeGemCreateReply())
+
+
+@pytest.mark.parametrize("request_id", [0, 1 << 32])
+def test_encoding_bad_request_id_is_local_error(request_id: int) -> None:
+    """Request ids outside 1..0xffffffff are refused before sending."""
+    with pytest.raises(LocalProtocolError):
+        encode_request(request_id, Op.VERSION, messages.DrmVersion())
+
+
+def test_encoding_oversized_message_is_local_error() -> None:
+    """A valid record whose encoding exceeds MAX_DATAGRAM is refused before sending."""
+    big = messages.DrmXeVmBindOp(obj_offset=(1 << 64) - 1, range=(1 << 64) - 1, addr=1 << 63)
+    bind = messages.DrmXeVmBind(binds=(big,) * 512)
+    with pytest.raises(LocalProtocolError):
+        encode_request(1, Op.XE_VM_BIND, bind)
+
+
+# --- SCM_RIGHTS -------------------------------------------------------------------------
+@FUZZ
+@given(st.lists(st.integers(0, (1 << 31) - 1), max_size=8))
+def test_pack_unpack_fds_round_trip(fds: list[int]) -> None:
+    """Descriptors packed for sendmsg unpack to the same list with no junk."""
+    assert unpack_fds(pack_fds(fds)) == (fds, False)
+
+
+def test_pack_no_fds_sends_no_ancillary_data() -> None:
+    """No descriptors means no control message at all."""
+    assert pack_fds([]) == []
+
+
+def test_unpack_odd_length_data_is_junk() -> None:
+    """SCM_RIGHTS data that is not whole ints is junk; the whole ones are still returned."""
+    data = pack_fds([3, 4])[0][2] + b"\x05\x00"
+    assert unpack_fds([(SOL_SOCKET, SCM_RIGHTS, data)]) == ([3, 4], True)
+
+
+def test_unpack_other_control_message_is_junk() -> None:
+    """A control message other than SCM_RIGHTS is junk; descriptors beside it are returned."""
+    credentials = (SOL_SOCKET, 2, b"\x00" * 12)  # SCM_CREDENTIALS
+    assert unpack_fds([credentials, *pack_fds([7])]) == ([7], True)

@@ -1,0 +1,106 @@
+"""Device and daemon configuration: built-in defaults, overridden by a TOML file.
+
+A bad file is the operator's mistake, reported as ConfigError; `xed serve` exits with
+EX_CONFIG (78) so systemd's RestartPreventExitStatus can stop a restart loop.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from protocols.constants import PAGE_SIZE
+
+MiB = 1 << 20
+GiB = 1 << 30
+EX_CONFIG = 78
+
+
+class ConfigError(Exception):
+    pass
+
+
+def _positive(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if type(value) is not int or value <= 0:
+        raise ConfigError(f"{attribute.name} must be a positive integer, got {value!r}")
+
+
+def _non_negative(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if type(value) is not int or value < 0:
+        raise ConfigError(f"{attribute.name} must be a non-negative integer, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class EngineConfig:
+    """Engine instances per class (DRM_XE_ENGINE_CLASS_*), all on GT 0."""
+
+    render: int = attrs.field(default=1, validator=_non_negative)
+    copy: int = attrs.field(default=1, validator=_non_negative)
+    video_decode: int = attrs.field(default=1, validator=_non_negative)
+    video_enhance: int = attrs.field(default=0, validator=_non_negative)
+    compute: int = attrs.field(default=2, validator=_non_negative)
+
+
+@attrs.frozen(kw_only=True)
+class DeviceConfig:
+    name: str = "xed-emulated-xe"
+    device_id: int = attrs.field(default=0xE20B, validator=_non_negative)
+    revision: int = attrs.field(default=0, validator=_non_negative)
+    vram_size: int = attrs.field(default=4 * GiB, validator=_non_negative)
+    visible_vram_size: int = attrs.field(default=256 * MiB, validator=_non_negative)
+    system_memory: int = attrs.field(default=8 * GiB, validator=_positive)
+    va_bits: int = attrs.field(default=48, validator=_positive)
+    page_size: int = attrs.field(default=PAGE_SIZE, validator=_positive)
+    engines: EngineConfig = attrs.field(factory=EngineConfig)
+
+    def __attrs_post_init__(self) -> None:
+        if self.page_size != PAGE_SIZE:
+            raise ConfigError(f"page_size must be {PAGE_SIZE} (the host's page size)")
+        if self.visible_vram_size > self.vram_size:
+            raise ConfigError("visible_vram_size cannot exceed vram_size")
+        if not 32 <= self.va_bits <= 57:
+            raise ConfigError("va_bits must be between 32 and 57")
+        for name in ("vram_size", "visible_vram_size", "system_memory"):
+            if getattr(self, name) % PAGE_SIZE:
+                raise ConfigError(f"{name} must be a multiple of {PAGE_SIZE}")
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    device: DeviceConfig = attrs.field(factory=DeviceConfig)
+
+
+def _build(cls: type, table: Any, where: str) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{where}] must be a table")
+    known = attrs.fields_dict(cls)
+    for key in table:
+        if key not in known:
+            raise ConfigError(f"unknown setting {where}.{key}")
+    kwargs = {}
+    for key, value in table.items():
+        nested = known[key].type
+        if isinstance(nested, str) and nested in ("EngineConfig", "DeviceConfig"):
+            value = _build(globals()[nested], value, f"{where}.{key}")
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"[{where}] {exc}") from exc
+
+
+def load(path: Path | None) -> Config:
+    """Defaults when `path` is None; otherwise the file's settings over the defaults."""
+    if path is None:
+        return Config()
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    unknown = data.keys() - {"device"}
+    if unknown:
+        raise ConfigError(f"unknown section [{sorted(unknown)[0]}]")
+    return Config(device=_build(DeviceConfig, data.get("device", {}), "device"))

@@ -1,0 +1,190 @@
+"""XeBo, the GEM buffer object, and the GEM ioctls that create, name and release it."""
+
+from __future__ import annotations
+
+import mmap
+import os
+from errno import EINVAL, ENOENT
+from typing import TYPE_CHECKING
+
+from protocols import messages as m
+from protocols.constants import (
+    DRM_XE_GEM_CPU_CACHING_WB,
+    DRM_XE_GEM_CPU_CACHING_WC,
+    DRM_XE_GEM_CREATE_FLAG_NEEDS_VISIBLE_VRAM,
+    DRM_XE_GEM_CREATE_FLAG_SCANOUT,
+    DRM_XE_GEM_CREATE_FLAGS,
+    DRM_XE_MEM_REGION_CLASS_VRAM,
+    PAGE_SIZE,
+)
+
+from .errors import IoctlError, refuse_if
+from .memory import MemRegion, create_backing
+from .vma_manager import VmaNode
+
+if TYPE_CHECKING:
+    from .device import XeDevice
+    from .file import XeFile
+    from .vm import XeVm
+
+
+class XeBo:
+    """Memory the device and the CPU share: a memfd, mapped by clients and the daemon.
+
+    References come from GEM handles and from VMAs binding it; the last put frees the
+    record, the region accounting and the daemon's descriptor. Client mappings made
+    earlier keep their pages: they hold the memfd themselves.
+    """
+
+    def __init__(
+        self,
+        device: XeDevice,
+        size: int,
+        region: MemRegion,
+        visible: bool,
+        flags: int,
+        cpu_caching: int,
+        vm: XeVm | None,
+    ) -> None:
+        region.charge(size, visible)
+        try:
+            self.memfd = create_backing("xe-bo", size)
+        except OSError:
+            region.uncharge(size, visible)
+            raise
+        self.device = device
+        self.size = size
+        self.region = region
+        self.visible = visible
+        self.flags = flags
+        self.cpu_caching = cpu_caching
+        self.vm = vm  # VM-private: shares the VM's reservation, never exportable
+        self.refs = 1
+        # the offset exists from the start; which files may map it is the node's business
+        self.node: VmaNode | None = device.vma.add(self, size)
+        self._view: mmap.mmap | None = None
+        device.counts["bo"] += 1
+        device.counts["bo_bytes"] += size
+
+    def get(self) -> XeBo:
+        self.refs += 1
+        return self
+
+    def put(self) -> None:
+        self.refs -= 1
+        if self.refs == 0:
+            self._free()
+
+    def _free(self) -> None:
+        if self.node is not None:
+            self.device.vma.remove(self.node)
+            self.node = None
+        if self._view is not None:
+            self._view.close()
+            self._view = None
+        os.close(self.memfd)
+        self.region.uncharge(self.size, self.visible)
+        self.device.counts["bo"] -= 1
+        self.device.counts["bo_bytes"] -= self.size
+
+    def view(self) -> mmap.mmap:
+        """The device's own mapping of the pages (created on first device access)."""
+        if self._view is None:
+            self._view = mmap.mmap(self.memfd, self.size, mmap.MAP_SHARED)
+        return self._view
+
+    def mmap_node(self) -> VmaNode:
+        assert self.node is not None, "a freed BO has no handle to look it up by"
+        return self.node
+
+
+def xe_gem_create_ioctl(xef: XeFile, args: m.DrmXeGemCreate) -> m.DrmXeGemCreateReply:
+    """DRM_IOCTL_XE_GEM_CREATE: create a BO and a handle to it.
+
+    Checks, in order:
+    - extensions, pad or reserved non-zero: EINVAL
+    - placement empty or naming a region the device lacks: EINVAL
+    - flags outside DEFER_BACKING | SCANOUT | NEEDS_VISIBLE_VRAM: EINVAL
+    - handle non-zero on input: EINVAL
+    - size zero or not a multiple of the page size: EINVAL
+    - NEEDS_VISIBLE_VRAM without a VRAM placement: EINVAL
+    - cpu_caching neither WB nor WC: EINVAL
+    - cpu_caching WB with a VRAM placement or with SCANOUT: EINVAL
+    - vm_id non-zero and naming no open VM of this file: ENOENT
+    - no region of the placement can hold it (VRAM, CPU-visible VRAM on a small BAR,
+      system memory): ENOMEM, as TTM reports it
+    Extension chains are not emulated: a non-zero extensions is EINVAL up front.
+    """
+    xe = xef.device
+    refuse_if(args.extensions, EINVAL, "extensions must be zero")
+    refuse_if(any(args.pad) or any(args.reserved), EINVAL, "pad and reserved must be zero")
+    refuse_if(
+        not args.placement or args.placement & ~xe.mem_region_mask,
+        EINVAL,
+        f"placement {args.placement:#x} not within {xe.mem_region_mask:#x}",
+    )
+    refuse_if(args.flags & ~DRM_XE_GEM_CREATE_FLAGS, EINVAL, f"unknown flags {args.flags:#x}")
+    refuse_if(args.handle, EINVAL, "handle must be zero on input")
+    refuse_if(not args.size or args.size % PAGE_SIZE, EINVAL, "size must be page aligned")
+    vram = [r for r in xe.regions.values() if r.mem_class == DRM_XE_MEM_REGION_CLASS_VRAM]
+    wants_vram = [r for r in vram if args.placement & (1 << r.instance)]
+    visible = bool(args.flags & DRM_XE_GEM_CREATE_FLAG_NEEDS_VISIBLE_VRAM)
+    refuse_if(visible and not wants_vram, EINVAL, "NEEDS_VISIBLE_VRAM needs a VRAM placement")
+    refuse_if(
+        args.cpu_caching not in (DRM_XE_GEM_CPU_CACHING_WB, DRM_XE_GEM_CPU_CACHING_WC),
+        EINVAL,
+        f"cpu_caching {args.cpu_caching} is neither WB nor WC",
+    )
+    refuse_if(
+        args.cpu_caching == DRM_XE_GEM_CPU_CACHING_WB
+        and (wants_vram or args.flags & DRM_XE_GEM_CREATE_FLAG_SCANOUT),
+        EINVAL,
+        "WB caching is not allowed for VRAM or scanout",
+    )
+    vm = None
+    if args.vm_id:
+        vm = xef.vms.get(args.vm_id)
+        refuse_if(vm is None or vm.closed, ENOENT, f"no VM {args.vm_id}")
+    region = _place(xe.regions_for(args.placement), args.size, visible)
+    bo = XeBo(xe, args.size, region, visible and region in vram, args.flags, args.cpu_caching, vm)
+    handle = xef.handle_create(bo)
+    bo.put()  # the handle holds the object now
+    xef.log.debug("bo_created", handle=handle, size=args.size, region=region.instance)
+    return m.DrmXeGemCreateReply(handle=handle)
+
+
+def _place(regions: list[MemRegion], size: int, visible: bool) -> MemRegion:
+    """The first region that fits, VRAM before system memory, as TTM tries them."""
+    for region in regions:
+        if region.fits(size, visible and region.mem_class == DRM_XE_MEM_REGION_CLASS_VRAM):
+            return region
+    last = regions[-1]
+    last.charge(size, visible and last.mem_class == DRM_XE_MEM_REGION_CLASS_VRAM)
+    raise AssertionError("charge() of a region that does not fit must raise")
+
+
+def drm_gem_close_ioctl(xef: XeFile, args: m.DrmGemClose) -> m.Empty:
+    """DRM_IOCTL_GEM_CLOSE: drop a handle.
+
+    Checks: no such handle: EINVAL (drm_gem_handle_delete). pad is not checked, as in DRM.
+    """
+    refuse_if(args.handle not in xef.handles, EINVAL, f"no handle {args.handle}")
+    xef.handle_delete(args.handle)
+    return m.Empty()
+
+
+def xe_gem_mmap_offset_ioctl(xef: XeFile, args: m.DrmXeGemMmapOffset) -> m.DrmXeGemMmapOffsetReply:
+    """DRM_IOCTL_XE_GEM_MMAP_OFFSET: the fake offset that maps a BO.
+
+    Checks, in order:
+    - extensions or reserved non-zero: EINVAL
+    - any flag (the PCI barrier page is not emulated yet): EINVAL
+    - no such handle: ENOENT
+    """
+    refuse_if(args.extensions, EINVAL, "extensions must be zero")
+    refuse_if(any(args.reserved), EINVAL, "reserved must be zero")
+    refuse_if(args.flags, EINVAL, f"unsupported flags {args.flags:#x}")
+    bo = xef.handles.get(args.handle)
+    if bo is None:
+        raise IoctlError(ENOENT, f"no handle {args.handle}")
+    return m.DrmXeGemMmapOffsetReply(offset=bo.mmap_node().start)

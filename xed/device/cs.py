@@ -1,0 +1,129 @@
+"""The command streamer: executes a batch buffer through a VM's bindings.
+
+It understands the instructions xed emulates (see protocols.constants): MI_NOOP,
+MI_BATCH_BUFFER_END, MI_STORE_DATA_IMM (dword and qword), MI_ATOMIC (INC, ADD, INC8B),
+MI_MEM_FENCE, MI_FLUSH_DW, MI_COPY_MEM_MEM and a linear MEM_COPY. Every store lands in
+the BO pages the clients map, so a CPU reader sees it as soon as it happens; the fences
+are therefore ordering points with nothing left to flush.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+
+import trio
+
+from protocols.constants import (
+    MI_ATOMIC_ADD,
+    MI_ATOMIC_INC,
+    MI_ATOMIC_INC8B,
+    MI_ATOMIC_INLINE_DATA,
+    MI_ATOMIC_OP_MASK,
+    MI_FLUSH_DW_OP_STOREDW,
+    MI_SDI_LEN_DW_MASK,
+    MI_SDI_NUM_QW_BIT,
+    XE_MAX_BATCH_DWORDS,
+    XED_MEM_COPY,
+)
+
+from .errors import GpuFault
+
+if TYPE_CHECKING:
+    from .vm import XeVm
+
+_YIELD_EVERY = 1024  # instructions between checkpoints, so a long batch can be cancelled
+_MAX_COPY = 256 << 20
+
+
+class BadInstruction(GpuFault):
+    def __init__(self, address: int, header: int) -> None:
+        super().__init__(address, f"unknown instruction {header:#010x}")
+
+
+def _u32s(vm: XeVm, addr: int, count: int) -> tuple[int, ...]:
+    return struct.unpack(f"<{count}I", vm.read(addr, 4 * count))
+
+
+def _addr(lo: int, hi: int) -> int:
+    return lo | (hi << 32)
+
+
+async def run_batch(vm: XeVm, address: int) -> int:
+    """Run from `address` to MI_BATCH_BUFFER_END; return instructions executed.
+
+    Raises GpuFault (bad address, read-only target) or BadInstruction; the caller bans
+    the queue. A batch longer than XE_MAX_BATCH_DWORDS is a runaway and faults too.
+    """
+    pc = address
+    executed = 0
+    while True:
+        if pc - address >= 4 * XE_MAX_BATCH_DWORDS:
+            raise GpuFault(pc, "batch too long (no MI_BATCH_BUFFER_END)")
+        (header,) = _u32s(vm, pc, 1)
+        executed += 1
+        if executed % _YIELD_EVERY == 0:
+            await trio.lowlevel.checkpoint()
+        client = header >> 29
+        if client == 0:
+            opcode = (header >> 23) & 0x3F
+            if opcode == 0x0A:  # MI_BATCH_BUFFER_END
+                return executed
+            pc += 4 * _mi(vm, pc, header, opcode)
+        elif header & 0xFFC0_0000 == XED_MEM_COPY:
+            length, dst_lo, dst_hi, src_lo, src_hi = _u32s(vm, pc + 4, 5)
+            if length > _MAX_COPY:
+                raise GpuFault(pc, f"MEM_COPY of {length} bytes exceeds {_MAX_COPY}")
+            vm.write(_addr(dst_lo, dst_hi), vm.read(_addr(src_lo, src_hi), length))
+            pc += 24
+        else:
+            raise BadInstruction(pc, header)
+
+
+def _mi(vm: XeVm, pc: int, header: int, opcode: int) -> int:
+    """Execute one MI instruction; return its length in dwords."""
+    if opcode in (0x00, 0x09):  # MI_NOOP, MI_MEM_FENCE: stores are already visible
+        return 1
+    if opcode == 0x26:  # MI_FLUSH_DW: a fence, with an optional immediate post-sync write
+        total = (header & 0x3F) + 2
+        if header & MI_FLUSH_DW_OP_STOREDW:
+            if total not in (4, 5):
+                raise BadInstruction(pc, header)
+            lo, hi, *data = _u32s(vm, pc + 4, total - 1)
+            vm.write(_addr(lo & ~0x7, hi), struct.pack(f"<{len(data)}I", *data))
+        return total
+    if opcode == 0x20:  # MI_STORE_DATA_IMM
+        total = (header & MI_SDI_LEN_DW_MASK) + 2
+        if total < 4:
+            raise BadInstruction(pc, header)
+        lo, hi, *data = _u32s(vm, pc + 4, total - 1)
+        if header & MI_SDI_NUM_QW_BIT and len(data) % 2:
+            raise BadInstruction(pc, header)
+        vm.write(_addr(lo, hi), struct.pack(f"<{len(data)}I", *data))
+        return total
+    if opcode == 0x2E:  # MI_COPY_MEM_MEM: one dword
+        dst_lo, dst_hi, src_lo, src_hi = _u32s(vm, pc + 4, 4)
+        vm.write(_addr(dst_lo, dst_hi), vm.read(_addr(src_lo, src_hi), 4))
+        return 5
+    if opcode == 0x2F:  # MI_ATOMIC
+        total = (header & 0xFF) + 2
+        lo, hi, *inline = _u32s(vm, pc + 4, total - 1)
+        _atomic(vm, pc, header, _addr(lo, hi), inline)
+        return total
+    raise BadInstruction(pc, header)
+
+
+def _atomic(vm: XeVm, pc: int, header: int, target: int, inline: list[int]) -> None:
+    op = header & MI_ATOMIC_OP_MASK
+    if op == MI_ATOMIC_INC8B:
+        (value,) = struct.unpack("<Q", vm.read(target, 8))
+        vm.write(target, struct.pack("<Q", (value + 1) & 0xFFFF_FFFF_FFFF_FFFF))
+        return
+    if op == MI_ATOMIC_INC:
+        operand = 1
+    elif op == MI_ATOMIC_ADD and header & MI_ATOMIC_INLINE_DATA and inline:
+        operand = inline[0]
+    else:
+        raise BadInstruction(pc, header)
+    (value,) = struct.unpack("<I", vm.read(target, 4))
+    vm.write(target, struct.pack("<I", (value + operand) & 0xFFFF_FFFF))

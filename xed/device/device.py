@@ -1,0 +1,110 @@
+"""XeDevice: one emulated GPU. Owns memory regions, offsets, engines and the files."""
+
+from __future__ import annotations
+
+import collections
+import os
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from protocols import messages as m
+from protocols.constants import (
+    DRM_XE_MEM_REGION_CLASS_SYSMEM,
+    DRM_XE_MEM_REGION_CLASS_VRAM,
+    EngineClass,
+)
+
+from ..config import DeviceConfig
+from .file import XeFile
+from .memory import MemRegion
+from .vma_manager import VmaOffsetManager
+
+
+class XeDevice:
+    def __init__(self, config: DeviceConfig) -> None:
+        self.config = config
+        self.identity = m.DeviceIdentity(
+            name=config.name,
+            device_id=config.device_id,
+            revision=config.revision,
+            instance=secrets.token_hex(8),
+        )
+        self.regions: dict[int, MemRegion] = {
+            0: MemRegion(
+                DRM_XE_MEM_REGION_CLASS_SYSMEM, 0, config.system_memory, config.system_memory
+            )
+        }
+        if config.vram_size:
+            self.regions[1] = MemRegion(
+                DRM_XE_MEM_REGION_CLASS_VRAM, 1, config.vram_size, config.visible_vram_size
+            )
+        self.mem_region_mask = sum(1 << i for i in self.regions)
+        self.engines = tuple(self._engines(config))
+        self.vma = VmaOffsetManager()
+        self.files: set[XeFile] = set()
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.stats: collections.Counter[str] = collections.Counter()
+        self.ufence_lot = trio.lowlevel.ParkingLot()
+        self._nursery: trio.Nursery | None = None
+
+    @staticmethod
+    def _engines(config: DeviceConfig) -> list[m.DrmXeEngineClassInstance]:
+        per_class = {
+            EngineClass.RENDER: config.engines.render,
+            EngineClass.COPY: config.engines.copy,
+            EngineClass.VIDEO_DECODE: config.engines.video_decode,
+            EngineClass.VIDEO_ENHANCE: config.engines.video_enhance,
+            EngineClass.COMPUTE: config.engines.compute,
+        }
+        return [
+            m.DrmXeEngineClassInstance(engine_class=cls, engine_instance=i, gt_id=0)
+            for cls, count in per_class.items()
+            for i in range(count)
+        ]
+
+    def has_engine(self, eci: m.DrmXeEngineClassInstance) -> bool:
+        return any(
+            e.engine_class == eci.engine_class
+            and e.engine_instance == eci.engine_instance
+            and e.gt_id == eci.gt_id
+            for e in self.engines
+        )
+
+    def regions_for(self, placement: int) -> list[MemRegion]:
+        """Regions named by a placement mask, VRAM first (TTM's preference order)."""
+        chosen = [r for i, r in self.regions.items() if placement & (1 << i)]
+        return sorted(chosen, key=lambda r: r.mem_class != DRM_XE_MEM_REGION_CLASS_VRAM)
+
+    # --- the device side runs as tasks in the daemon's nursery ------------------------
+    def attach(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+
+    def start_soon(self, fn: Callable[[], Awaitable[Any]]) -> None:
+        if self._nursery is None:
+            raise RuntimeError("device not attached to a nursery")
+        self._nursery.start_soon(fn)
+
+    def ufence_wake(self) -> None:
+        self.ufence_lot.unpark_all()
+
+    def object_counts(self) -> m.XedObjectCounts:
+        return m.XedObjectCounts(
+            files=len(self.files),
+            bos=self.counts["bo"],
+            vms=self.counts["vm"],
+            exec_queues=self.counts["exec_queue"],
+            mmap_offsets=len(self.vma),
+            bo_bytes=self.counts["bo_bytes"],
+        )
+
+    def status(self) -> m.XedAdminStatusReply:
+        return m.XedAdminStatusReply(
+            pid=os.getpid(),
+            objects=self.object_counts(),
+            execs=self.stats["execs"],
+            bans=self.stats["bans"],
+            refused=self.stats["refused"],
+        )

@@ -1,0 +1,176 @@
+"""XeExecQueue: a queue of batches for one engine, its worker, and EXEC."""
+
+from __future__ import annotations
+
+import math
+from errno import EAGAIN, ECANCELED, EINVAL, ENOENT
+from typing import TYPE_CHECKING
+
+import trio
+
+from protocols import messages as m
+from protocols.constants import EngineClass
+from protocols.ops import Event
+
+from .cs import run_batch
+from .errors import GpuFault, IoctlError, refuse_if
+from .sync import UserFence, parse_syncs, signal_user_fences
+
+if TYPE_CHECKING:
+    from .file import XeFile
+    from .vm import XeVm
+
+DRM_XE_EXEC_QUEUE_LOW_LATENCY_HINT = 1 << 0
+MAX_PENDING_JOBS = 4096  # beyond this EXEC answers EAGAIN rather than queue forever
+
+
+class XeExecQueue:
+    def __init__(self, xef: XeFile, vm: XeVm, eci: m.DrmXeEngineClassInstance) -> None:
+        self.file = xef
+        self.device = xef.device
+        self.vm = vm.get()
+        vm.exec_queues += 1
+        self.engine = eci
+        self.id = 0
+        self.banned = False
+        self._send, self._recv = trio.open_memory_channel[tuple[int | None, list[UserFence]]](
+            math.inf
+        )
+        self._pending = 0
+        self._cancel = trio.CancelScope()
+        self.device.counts["exec_queue"] += 1
+        self.device.start_soon(self._run)
+
+    @property
+    def full(self) -> bool:
+        return self._pending >= MAX_PENDING_JOBS
+
+    def submit(self, address: int | None, fences: list[UserFence]) -> None:
+        """Queue a batch (None: a sync-only job that just signals after earlier work)."""
+        self._pending += 1
+        self._send.send_nowait((address, fences))
+
+    def destroy(self) -> None:
+        self._cancel.cancel()
+        self._send.close()
+        self.vm.exec_queues -= 1
+        self.vm.put()
+        self.device.counts["exec_queue"] -= 1
+
+    async def _run(self) -> None:
+        with self._cancel:
+            async for address, fences in self._recv:
+                await self._execute(address, fences)
+                self._pending -= 1
+        self._recv.close()
+
+    async def _execute(self, address: int | None, fences: list[UserFence]) -> None:
+        # a banned queue or closed VM drops the job, but its fences still signal (xe does)
+        if address is not None and not self.banned and not self.vm.closed:
+            try:
+                await run_batch(self.vm, address)
+                self.device.stats["execs"] += 1
+            except GpuFault as fault:
+                self._ban(fault)
+        signal_user_fences(self.file, fences, self.vm)
+
+    def _ban(self, fault: GpuFault) -> None:
+        self.banned = True
+        self.device.stats["bans"] += 1
+        self.file.log.warning(
+            "exec_queue_banned", exec_queue_id=self.id, address=fault.address, reason=fault.reason
+        )
+        self.file.send_event(
+            Event.EXEC_QUEUE_BANNED,
+            m.ExecQueueBanned(exec_queue_id=self.id, address=fault.address, reason=fault.reason),
+        )
+        self.device.ufence_wake()
+
+
+def xe_exec_queue_create_ioctl(
+    xef: XeFile, args: m.DrmXeExecQueueCreate
+) -> m.DrmXeExecQueueCreateReply:
+    """DRM_IOCTL_XE_EXEC_QUEUE_CREATE.
+
+    Checks, in order:
+    - flags other than LOW_LATENCY_HINT, or reserved non-zero: EINVAL
+    - width x num_placements zero, above XE_HW_ENGINE_MAX_INSTANCE, or not the number
+      of instances given: EINVAL
+    - the first instance's gt_id names no GT: EINVAL
+    - VM_BIND class (bind queues are not emulated): EINVAL
+    - width other than 1, an instance with pad set, of another class, or naming no
+      engine of the device: EINVAL
+    - no such VM, or VM closed: ENOENT
+    - extensions non-zero: EINVAL
+    """
+    xe = xef.device
+    refuse_if(args.flags & ~DRM_XE_EXEC_QUEUE_LOW_LATENCY_HINT, EINVAL, "unknown flags")
+    refuse_if(any(args.reserved), EINVAL, "reserved must be zero")
+    count = args.width * args.num_placements
+    refuse_if(
+        not count or count > 9 or count != len(args.instances),
+        EINVAL,
+        "width x num_placements must match the instances",
+    )
+    first = args.instances[0]
+    refuse_if(first.gt_id >= 1, EINVAL, f"no GT {first.gt_id}")
+    refuse_if(first.engine_class == EngineClass.VM_BIND, EINVAL, "bind queues are not emulated")
+    refuse_if(args.width != 1, EINVAL, "parallel submission is not emulated")
+    for eci in args.instances:  # calc_validate_logical_mask(); pad is not checked
+        refuse_if(
+            eci.engine_class != first.engine_class or not xe.has_engine(eci),
+            EINVAL,
+            f"no engine {eci.engine_class}:{eci.engine_instance} on GT {eci.gt_id}",
+        )
+    vm = xef.vms.get(args.vm_id)
+    refuse_if(vm is None or vm.closed, ENOENT, f"no VM {args.vm_id}")
+    assert vm is not None
+    refuse_if(args.extensions, EINVAL, "extensions must be zero")
+    queue = XeExecQueue(xef, vm, first)
+    queue.id = xef.exec_queue_ids.alloc()
+    xef.exec_queues[queue.id] = queue
+    xef.log.debug("exec_queue_created", exec_queue_id=queue.id, vm_id=args.vm_id)
+    return m.DrmXeExecQueueCreateReply(exec_queue_id=queue.id)
+
+
+def xe_exec_queue_destroy_ioctl(xef: XeFile, args: m.DrmXeExecQueueDestroy) -> m.Empty:
+    """DRM_IOCTL_XE_EXEC_QUEUE_DESTROY.
+
+    Checks: pad or reserved non-zero: EINVAL; no such queue: ENOENT.
+    """
+    refuse_if(args.pad or any(args.reserved), EINVAL, "pad and reserved must be zero")
+    queue = xef.exec_queues.pop(args.exec_queue_id, None)
+    if queue is None:
+        raise IoctlError(ENOENT, f"no exec queue {args.exec_queue_id}")
+    xef.exec_queue_ids.release(args.exec_queue_id)
+    queue.destroy()
+    xef.log.debug("exec_queue_destroyed", exec_queue_id=args.exec_queue_id)
+    return m.Empty()
+
+
+def xe_exec_ioctl(xef: XeFile, args: m.DrmXeExec) -> m.Empty:
+    """DRM_IOCTL_XE_EXEC: queue the batch at `address`; it runs after earlier ones.
+
+    Checks, in order:
+    - extensions, pad or reserved non-zero: EINVAL
+    - no such exec queue: ENOENT
+    - num_batch_buffer neither 0 nor the queue's width (1): EINVAL
+    - the queue was banned: ECANCELED
+    - more than MAX_PENDING_JOBS batches outstanding: EAGAIN
+    - syncs (xe_sync_entry_parse): EINVAL / ENOENT / EOPNOTSUPP, see sync.py
+    - num_batch_buffer 0: nothing runs; the syncs signal after the queue's earlier work
+    - the queue's VM was closed: ECANCELED
+    """
+    refuse_if(args.extensions, EINVAL, "extensions must be zero")
+    refuse_if(any(args.pad) or any(args.reserved), EINVAL, "pad and reserved must be zero")
+    queue = xef.exec_queues.get(args.exec_queue_id)
+    if queue is None:
+        raise IoctlError(ENOENT, f"no exec queue {args.exec_queue_id}")
+    refuse_if(args.num_batch_buffer not in (0, 1), EINVAL, "num_batch_buffer != width")
+    refuse_if(queue.banned, ECANCELED, f"exec queue {queue.id} is banned")
+    refuse_if(queue.full, EAGAIN, "too many batches queued")
+    fences = parse_syncs(xef, args.syncs, user_addresses=False)
+    if args.num_batch_buffer:
+        refuse_if(queue.vm.closed, ECANCELED, "the VM is closed")
+    queue.submit(args.address if args.num_batch_buffer else None, fences)
+    return m.Empty()

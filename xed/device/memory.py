@@ -1,0 +1,60 @@
+"""Device memory: one sealed memfd per object, and the regions that account for it."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from errno import ENOMEM
+
+import attrs
+
+from .errors import IoctlError
+
+# A client that holds the descriptor may write the pages but never resize the object
+# (the daemon's own mapping would SIGBUS) nor add seals of its own (a FUTURE_WRITE seal
+# would stop the daemon mapping it writable).
+_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+
+
+def create_backing(name: str, size: int) -> int:
+    """A memfd of exactly `size` bytes, sealed against resizing; pages come on first touch."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        os.ftruncate(fd, size)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+@attrs.define(eq=False)
+class MemRegion:
+    """A drm_xe_mem_region: capacity and what is allocated from it."""
+
+    mem_class: int
+    instance: int
+    total: int
+    cpu_visible: int
+    used: int = 0
+    cpu_visible_used: int = 0
+
+    def charge(self, size: int, visible: bool) -> None:
+        # TTM's ENOSPC reaches user space as ENOMEM (ttm_bo_validate, for compatibility)
+        if self.used + size > self.total:
+            raise IoctlError(ENOMEM, f"{size} bytes do not fit region {self.instance}")
+        if visible and self.cpu_visible_used + size > self.cpu_visible:
+            raise IoctlError(ENOMEM, f"{size} bytes do not fit CPU-visible VRAM")
+        self.used += size
+        if visible:
+            self.cpu_visible_used += size
+
+    def uncharge(self, size: int, visible: bool) -> None:
+        self.used -= size
+        if visible:
+            self.cpu_visible_used -= size
+
+    def fits(self, size: int, visible: bool) -> bool:
+        if self.used + size > self.total:
+            return False
+        return not visible or self.cpu_visible_used + size <= self.cpu_visible

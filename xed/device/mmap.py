@@ -1,0 +1,84 @@
+"""mmap(2) of the DRM file, and user addresses as the daemon can reach them.
+
+The kernel's mmap handler looks the fake offset up, checks the file may map it, checks
+the length and refuses copy-on-write mappings. Here the client asks with MMAP and the
+daemon answers with a descriptor of the object for the client to map itself.
+
+A "user address" (WAIT_USER_FENCE.addr, a VM_BIND user fence) names memory in the
+client's address space; the only user memory the daemon can reach is what the client
+mapped from it, so user addresses are expressed in the file's fake-offset space: the
+fake offset of a mapping plus the offset inside it. The client library translates.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from errno import EACCES, EFAULT, EINVAL
+from typing import TYPE_CHECKING
+
+from protocols import messages as m
+from protocols.constants import (
+    MAP_PRIVATE,
+    MAP_SHARED,
+    PAGE_SIZE,
+    PROT_EXEC,
+    PROT_READ,
+    PROT_WRITE,
+)
+
+from .errors import IoctlError, refuse_if
+
+if TYPE_CHECKING:
+    import mmap as _mmap
+
+    from .file import XeFile
+
+_PROT_ALL = PROT_READ | PROT_WRITE | PROT_EXEC
+
+
+def xed_mmap_ioctl(xef: XeFile, args: m.XedMmap) -> tuple[m.XedMmapReply, list[int]]:
+    """MMAP: map `length` bytes of the DRM file at fake `offset`.
+
+    Checks, in order (mmap(2), drm_gem_mmap, ttm_bo_mmap_obj):
+    - length zero or offset not page aligned: EINVAL
+    - flags not exactly one of MAP_SHARED / MAP_PRIVATE: EINVAL
+    - prot bits outside READ | WRITE | EXEC: EINVAL
+    - no object starts at offset, or length runs past its end: EINVAL
+    - the object is not mapped-allowed for this file: EACCES
+    - a private (copy-on-write) mapping: EINVAL
+
+    Answers with a fresh descriptor of the object's memory to map at reply.offset.
+    """
+    refuse_if(not args.length or args.offset % PAGE_SIZE, EINVAL, "bad length or offset")
+    refuse_if(args.flags not in (MAP_SHARED, MAP_PRIVATE), EINVAL, "need MAP_SHARED or MAP_PRIVATE")
+    refuse_if(args.prot & ~_PROT_ALL, EINVAL, f"unknown prot bits {args.prot:#x}")
+    node = xef.device.vma.exact(args.offset)
+    refuse_if(node is None or args.length > node.size, EINVAL, f"nothing maps at {args.offset:#x}")
+    assert node is not None
+    refuse_if(not node.is_allowed(xef), EACCES, "offset belongs to another file")
+    refuse_if(args.length > node.obj.size, EINVAL, "length larger than the object")
+    refuse_if(args.flags == MAP_PRIVATE, EINVAL, "copy-on-write mappings are refused")
+    fd = os.dup(node.obj.memfd)
+    return m.XedMmapReply(offset=0, length=args.length), [fd]
+
+
+def user_view(xef: XeFile, addr: int, length: int) -> tuple[_mmap.mmap, int]:
+    """The daemon's view and offset behind user address [addr, addr+length): or EFAULT."""
+    node = xef.device.vma.containing(addr)
+    if node is None or not node.is_allowed(xef):
+        raise IoctlError(EFAULT, f"user address {addr:#x} is not mapped by this file")
+    offset = addr - node.start
+    refuse_if(offset + length > node.obj.size, EFAULT, f"user address {addr:#x} overruns")
+    return node.obj.view(), offset
+
+
+def user_read_u64(xef: XeFile, addr: int) -> int:
+    view, offset = user_view(xef, addr, 8)
+    value: int = struct.unpack_from("<Q", view, offset)[0]
+    return value
+
+
+def user_write_u64(xef: XeFile, addr: int, value: int) -> None:
+    view, offset = user_view(xef, addr, 8)
+    struct.pack_into("<Q", view, offset, value)

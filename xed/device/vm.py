@@ -1,0 +1,306 @@
+"""XeVm: a GPU address space, its VMAs, and the VM ioctls.
+
+Binding follows drm_gpuvm: a MAP over addresses already mapped replaces what it covers
+(splitting VMAs at the edges), an UNMAP removes whatever lies in its range, mapped or
+not. Device-side access (the command streamer, user fences) translates GPU addresses
+through the VMAs to the BO pages; a hole is a GpuFault.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator
+from errno import EBUSY, EINVAL, ENOENT
+from typing import TYPE_CHECKING
+
+import attrs
+
+from protocols import messages as m
+from protocols.constants import (
+    DRM_XE_VM_BIND_FLAG_NULL,
+    DRM_XE_VM_BIND_FLAG_READONLY,
+    DRM_XE_VM_BIND_FLAGS,
+    DRM_XE_VM_BIND_OP_MAP,
+    DRM_XE_VM_BIND_OP_PREFETCH,
+    DRM_XE_VM_BIND_OP_UNMAP,
+    DRM_XE_VM_BIND_OP_UNMAP_ALL,
+    DRM_XE_VM_CREATE_FLAG_FAULT_MODE,
+    DRM_XE_VM_CREATE_FLAG_LR_MODE,
+    DRM_XE_VM_CREATE_FLAG_SCRATCH_PAGE,
+    DRM_XE_VM_CREATE_FLAGS,
+    PAGE_SIZE,
+    XE_MAX_BINDS_PER_IOCTL,
+)
+
+from .errors import GpuFault, IoctlError, refuse_if
+from .sync import parse_syncs, signal_user_fences
+
+if TYPE_CHECKING:
+    from .bo import XeBo
+    from .file import XeFile
+
+XE_PAT_ENTRIES = 32
+
+
+@attrs.define(eq=False)
+class Vma:
+    start: int
+    end: int
+    bo: XeBo | None  # None: a NULL binding (reads zero, writes dropped)
+    bo_offset: int
+    flags: int
+
+
+class XeVm:
+    def __init__(self, xef: XeFile, flags: int) -> None:
+        self.file = xef
+        self.id = 0  # set when the file names it
+        self.device = xef.device
+        self.flags = flags
+        self.size = 1 << self.device.config.va_bits
+        self.closed = False
+        self.exec_queues = 0
+        self.refs = 1
+        self._starts: list[int] = []
+        self._vmas: dict[int, Vma] = {}
+        self.device.counts["vm"] += 1
+
+    # --- lifetime ---------------------------------------------------------------------
+    def get(self) -> XeVm:
+        self.refs += 1
+        return self
+
+    def put(self) -> None:
+        self.refs -= 1
+        if self.refs == 0:
+            self.close()
+            self.device.counts["vm"] -= 1
+
+    def close(self) -> None:
+        """xe_vm_close: tear the mappings down now; holders of a reference see it closed."""
+        if not self.closed:
+            self.closed = True
+            self.unmap(0, self.size)
+
+    @property
+    def lr_mode(self) -> bool:
+        return bool(self.flags & DRM_XE_VM_CREATE_FLAG_LR_MODE)
+
+    # --- VMAs ---------------------------------------------------------------------------
+    def vmas(self) -> list[Vma]:
+        return [self._vmas[s] for s in self._starts]
+
+    def map(self, addr: int, length: int, bo: XeBo | None, bo_offset: int, flags: int) -> None:
+        self.unmap(addr, length)
+        vma = Vma(addr, addr + length, bo.get() if bo else None, bo_offset, flags)
+        bisect.insort(self._starts, addr)
+        self._vmas[addr] = vma
+
+    def unmap(self, addr: int, length: int) -> None:
+        end = addr + length
+        for vma in list(self._overlapping(addr, end)):
+            self._remove(vma)
+            if vma.start < addr:  # keep the head
+                self._insert(Vma(vma.start, addr, vma.bo, vma.bo_offset, vma.flags), get=True)
+            if vma.end > end:  # keep the tail
+                tail_offset = vma.bo_offset + (end - vma.start)
+                self._insert(Vma(end, vma.end, vma.bo, tail_offset, vma.flags), get=True)
+            if vma.bo is not None:
+                vma.bo.put()
+
+    def _insert(self, vma: Vma, get: bool) -> None:
+        if get and vma.bo is not None:
+            vma.bo.get()
+        bisect.insort(self._starts, vma.start)
+        self._vmas[vma.start] = vma
+
+    def _remove(self, vma: Vma) -> None:
+        del self._starts[bisect.bisect_left(self._starts, vma.start)]
+        del self._vmas[vma.start]
+
+    def _overlapping(self, start: int, end: int) -> Iterator[Vma]:
+        index = max(bisect.bisect_right(self._starts, start) - 1, 0)
+        while index < len(self._starts):
+            vma = self._vmas[self._starts[index]]
+            if vma.start >= end:
+                break
+            if vma.end > start:
+                yield vma
+            index += 1
+
+    # --- device-side access ---------------------------------------------------------------
+    def _spans(self, addr: int, length: int, write: bool) -> Iterator[tuple[Vma, int, int]]:
+        """(vma, offset in the vma, bytes) covering [addr, addr+length), or GpuFault."""
+        pos, end = addr, addr + length
+        index = bisect.bisect_right(self._starts, pos) - 1
+        while pos < end:
+            if index < 0 or index >= len(self._starts):
+                raise GpuFault(pos)
+            vma = self._vmas[self._starts[index]]
+            if not vma.start <= pos < vma.end:
+                raise GpuFault(pos)
+            if write and vma.flags & DRM_XE_VM_BIND_FLAG_READONLY:
+                raise GpuFault(pos, "write to a read-only binding")
+            n = min(end, vma.end) - pos
+            yield vma, pos - vma.start, n
+            pos += n
+            index += 1
+
+    def read(self, addr: int, length: int) -> bytes:
+        parts = []
+        for vma, offset, n in self._spans(addr, length, write=False):
+            if vma.bo is None:
+                parts.append(bytes(n))
+            else:
+                start = vma.bo_offset + offset
+                parts.append(vma.bo.view()[start : start + n])
+        return b"".join(parts)
+
+    def write(self, addr: int, data: bytes) -> None:
+        pos = 0
+        for vma, offset, n in list(self._spans(addr, len(data), write=True)):
+            if vma.bo is not None:
+                start = vma.bo_offset + offset
+                vma.bo.view()[start : start + n] = data[pos : pos + n]
+            pos += n
+
+
+def xe_vm_create_ioctl(xef: XeFile, args: m.DrmXeVmCreate) -> m.DrmXeVmCreateReply:
+    """DRM_IOCTL_XE_VM_CREATE.
+
+    Checks, in order:
+    - extensions or reserved non-zero: EINVAL
+    - unknown flags: EINVAL
+    - SCRATCH_PAGE together with FAULT_MODE: EINVAL
+    - FAULT_MODE without LR_MODE: EINVAL
+    - FAULT_MODE at all (the emulated device does not fault): EINVAL
+    """
+    refuse_if(args.extensions, EINVAL, "extensions must be zero")
+    refuse_if(any(args.reserved), EINVAL, "reserved must be zero")
+    refuse_if(args.flags & ~DRM_XE_VM_CREATE_FLAGS, EINVAL, f"unknown flags {args.flags:#x}")
+    fault = args.flags & DRM_XE_VM_CREATE_FLAG_FAULT_MODE
+    refuse_if(
+        fault and args.flags & DRM_XE_VM_CREATE_FLAG_SCRATCH_PAGE,
+        EINVAL,
+        "SCRATCH_PAGE and FAULT_MODE exclude each other",
+    )
+    refuse_if(
+        fault and not args.flags & DRM_XE_VM_CREATE_FLAG_LR_MODE,
+        EINVAL,
+        "FAULT_MODE needs LR_MODE",
+    )
+    refuse_if(fault, EINVAL, "this device does not support page faults")
+    vm = XeVm(xef, args.flags)
+    vm_id = xef.vm_ids.alloc()
+    xef.vms[vm_id] = vm
+    vm.id = vm_id
+    xef.log.debug("vm_created", vm_id=vm_id, flags=args.flags)
+    return m.DrmXeVmCreateReply(vm_id=vm_id)
+
+
+def xe_vm_destroy_ioctl(xef: XeFile, args: m.DrmXeVmDestroy) -> m.Empty:
+    """DRM_IOCTL_XE_VM_DESTROY.
+
+    Checks, in order:
+    - pad or reserved non-zero: EINVAL
+    - no such VM in this file: ENOENT
+    - an LR-mode VM with exec queues still on it: EBUSY
+    The VM closes at once (its mappings go); exec queues that hold it see it closed.
+    """
+    refuse_if(args.pad or any(args.reserved), EINVAL, "pad and reserved must be zero")
+    vm = xef.vms.get(args.vm_id)
+    refuse_if(vm is None, ENOENT, f"no VM {args.vm_id}")
+    assert vm is not None
+    refuse_if(vm.lr_mode and vm.exec_queues, EBUSY, "exec queues still use this LR VM")
+    xef.vm_destroy(args.vm_id)
+    xef.log.debug("vm_destroyed", vm_id=args.vm_id)
+    return m.Empty()
+
+
+def _check_bind_op(op: m.DrmXeVmBindOp) -> None:
+    """vm_bind_ioctl_check_args() for one bind: EINVAL for every malformed combination."""
+    is_null = op.flags & DRM_XE_VM_BIND_FLAG_NULL
+    refuse_if(op.extensions or op.pad or op.pad2 or any(op.reserved), EINVAL, "bind MBZ")
+    refuse_if(op.pat_index >= XE_PAT_ENTRIES, EINVAL, f"pat_index {op.pat_index}")
+    refuse_if(op.op > DRM_XE_VM_BIND_OP_PREFETCH, EINVAL, f"unknown bind op {op.op}")
+    refuse_if(op.flags & ~DRM_XE_VM_BIND_FLAGS, EINVAL, f"unknown bind flags {op.flags:#x}")
+    refuse_if(op.obj and is_null, EINVAL, "NULL binding with an object")
+    refuse_if(op.obj_offset and is_null, EINVAL, "NULL binding with obj_offset")
+    refuse_if(op.op != DRM_XE_VM_BIND_OP_MAP and is_null, EINVAL, "NULL flag outside MAP")
+    refuse_if(
+        not op.obj and op.op == DRM_XE_VM_BIND_OP_MAP and not is_null, EINVAL, "MAP needs obj"
+    )
+    refuse_if(
+        op.op == DRM_XE_VM_BIND_OP_UNMAP_ALL and (not op.obj or op.addr or op.range),
+        EINVAL,
+        "UNMAP_ALL takes obj only",
+    )
+    refuse_if(op.obj and op.op == DRM_XE_VM_BIND_OP_UNMAP, EINVAL, "UNMAP takes no obj")
+    refuse_if(
+        op.op not in (DRM_XE_VM_BIND_OP_MAP, DRM_XE_VM_BIND_OP_UNMAP, DRM_XE_VM_BIND_OP_UNMAP_ALL),
+        EINVAL,
+        f"bind op {op.op} is not emulated",
+    )
+    refuse_if(
+        op.obj_offset % PAGE_SIZE or op.addr % PAGE_SIZE or op.range % PAGE_SIZE,
+        EINVAL,
+        "obj_offset, addr and range must be page aligned",
+    )
+    refuse_if(not op.range and op.op != DRM_XE_VM_BIND_OP_UNMAP_ALL, EINVAL, "range is zero")
+
+
+def xe_vm_bind_ioctl(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
+    """DRM_IOCTL_XE_VM_BIND: apply an array of binds, then signal the syncs.
+
+    Checks, in order (all before anything changes):
+    - no such VM: EINVAL
+    - extensions, pad, pad2 or reserved non-zero: EINVAL
+    - more than XE_MAX_BINDS_PER_IOCTL binds: EINVAL (none at all is a sync-only bind)
+    - each bind: MBZ fields, pat_index, op, flags, obj/NULL/op combinations: EINVAL;
+      MAP_USERPTR and PREFETCH: EINVAL (not emulated); alignment, zero range: EINVAL
+    - exec_queue_id non-zero (bind queues are not emulated): EINVAL
+    - VM closed: ENOENT
+    - each bind: range beyond the VM: EINVAL
+    - each bind with obj: no such handle: ENOENT; range beyond the BO: EINVAL;
+      BO private to another VM: EINVAL
+    - syncs: as EXEC's; a user fence address this file has not mapped: EFAULT
+    """
+    vm = xef.vms.get(args.vm_id)
+    if vm is None:
+        raise IoctlError(EINVAL, f"no VM {args.vm_id}")
+    refuse_if(args.pad or args.pad2 or any(args.reserved), EINVAL, "pad/reserved must be zero")
+    refuse_if(args.extensions, EINVAL, "extensions must be zero")
+    refuse_if(len(args.binds) > XE_MAX_BINDS_PER_IOCTL, EINVAL, "too many binds")
+    for op in args.binds:
+        _check_bind_op(op)
+    refuse_if(args.exec_queue_id, EINVAL, "bind exec queues are not emulated")
+    refuse_if(vm.closed, ENOENT, f"VM {args.vm_id} is closed")
+    bos: list[XeBo | None] = []
+    for op in args.binds:
+        refuse_if(op.range > vm.size or op.addr > vm.size - op.range, EINVAL, "range beyond the VM")
+        bo = None
+        if op.obj:
+            bo = xef.handles.get(op.obj)
+            if bo is None:
+                raise IoctlError(ENOENT, f"no handle {op.obj}")
+            if op.op == DRM_XE_VM_BIND_OP_MAP:
+                refuse_if(
+                    op.range > bo.size or op.obj_offset > bo.size - op.range,
+                    EINVAL,
+                    "range beyond the BO",
+                )
+            refuse_if(bo.vm is not None and bo.vm is not vm, EINVAL, "BO private to another VM")
+        bos.append(bo)
+    fences = parse_syncs(xef, args.syncs, user_addresses=True, allow_ufence=bool(args.binds))
+    for op, bo in zip(args.binds, bos, strict=True):
+        if op.op == DRM_XE_VM_BIND_OP_MAP:
+            vm.map(op.addr, op.range, bo, op.obj_offset, op.flags)
+        elif op.op == DRM_XE_VM_BIND_OP_UNMAP:
+            vm.unmap(op.addr, op.range)
+        else:  # UNMAP_ALL: every VMA of this BO
+            for vma in vm.vmas():
+                if vma.bo is bo:
+                    vm.unmap(vma.start, vma.end - vma.start)
+        xef.log.debug("vm_bind", vm_id=args.vm_id, op=op.op, addr=op.addr, range=op.range)
+    signal_user_fences(xef, fences, vm=None)
+    return m.Empty()

@@ -1,0 +1,77 @@
+"""Fake mmap offsets (drm_vma_offset_manager): one node per mappable object.
+
+Offsets are device-wide, so a guessed or replayed offset finds the node; whether the
+caller may map it is a per-file permission on the node (drm_vma_node_allow), which is
+what turns another process's offset into EACCES rather than EINVAL.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Any
+
+import attrs
+
+from protocols.constants import PAGE_SIZE
+
+# DRM_FILE_PAGE_OFFSET_START on 64-bit: above anything a real file offset would use
+FIRST_OFFSET = ((0xFFFF_FFFF >> 12) + 1) * PAGE_SIZE
+
+
+@attrs.define(eq=False)
+class VmaNode:
+    start: int
+    size: int
+    obj: Any
+    # per-file count, like drm_vma_node_allow: every handle a file holds allows it once
+    allowed: dict[Any, int] = attrs.field(factory=dict)
+
+    def allow(self, file: Any) -> None:
+        self.allowed[file] = self.allowed.get(file, 0) + 1
+
+    def revoke(self, file: Any) -> None:
+        left = self.allowed.get(file, 0) - 1
+        if left > 0:
+            self.allowed[file] = left
+        else:
+            self.allowed.pop(file, None)
+
+    def is_allowed(self, file: Any) -> bool:
+        return file in self.allowed
+
+
+class VmaOffsetManager:
+    def __init__(self) -> None:
+        self._next = FIRST_OFFSET
+        self._starts: list[int] = []
+        self._nodes: dict[int, VmaNode] = {}
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def add(self, obj: Any, size: int) -> VmaNode:
+        pages = -(-size // PAGE_SIZE)
+        node = VmaNode(start=self._next, size=pages * PAGE_SIZE, obj=obj)
+        # a one-page guard between nodes: an overrun never lands in the next object
+        self._next += (pages + 1) * PAGE_SIZE
+        self._starts.append(node.start)  # allocation is monotonic: stays sorted
+        self._nodes[node.start] = node
+        return node
+
+    def remove(self, node: VmaNode) -> None:
+        del self._nodes[node.start]
+        index = bisect.bisect_left(self._starts, node.start)
+        del self._starts[index]
+        node.allowed.clear()
+
+    def exact(self, offset: int) -> VmaNode | None:
+        """The node starting at `offset` (drm_vma_offset_exact_lookup_locked)."""
+        return self._nodes.get(offset)
+
+    def containing(self, offset: int) -> VmaNode | None:
+        """The node whose range holds `offset`, for user addresses inside a mapping."""
+        index = bisect.bisect_right(self._starts, offset) - 1
+        if index < 0:
+            return None
+        node = self._nodes[self._starts[index]]
+        return node if offset < node.start + node.size else None

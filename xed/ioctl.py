@@ -1,0 +1,55 @@
+"""The dispatch table: one handler per op, as drm_ioctl's table is for the kernel.
+
+A handler takes the caller's XeFile and the decoded argument record and returns the
+reply record, or (record, descriptors) when descriptors go back. It refuses with
+IoctlError. Blocking ops have coroutine handlers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from protocols import messages as m
+from protocols.ops import Op
+
+from .device import bo, exec_queue, mmap, query, ufence, vm
+from .device.file import XeFile
+
+DRIVER_VERSION = (1, 0, 0)
+
+
+def drm_version_ioctl(xef: XeFile, args: m.DrmVersion) -> m.DrmVersionReply:
+    """DRM_IOCTL_VERSION: never fails."""
+    major, minor, patch = DRIVER_VERSION
+    return m.DrmVersionReply(
+        version_major=major,
+        version_minor=minor,
+        version_patchlevel=patch,
+        name="xe",
+        date="0",
+        desc="Intel Xe2 Graphics (emulated by xed)",
+    )
+
+
+def admin_status_ioctl(xef: XeFile, args: m.XedAdminStatus) -> m.XedAdminStatusReply:
+    """ADMIN_STATUS: counts of every kind of object, and the device's counters."""
+    return xef.device.status()
+
+
+HANDLERS: dict[Op, Callable[[XeFile, Any], Any]] = {
+    Op.VERSION: drm_version_ioctl,
+    Op.GEM_CLOSE: bo.drm_gem_close_ioctl,
+    Op.XE_DEVICE_QUERY: query.xe_query_ioctl,
+    Op.XE_GEM_CREATE: bo.xe_gem_create_ioctl,
+    Op.XE_GEM_MMAP_OFFSET: bo.xe_gem_mmap_offset_ioctl,
+    Op.XE_VM_CREATE: vm.xe_vm_create_ioctl,
+    Op.XE_VM_DESTROY: vm.xe_vm_destroy_ioctl,
+    Op.XE_VM_BIND: vm.xe_vm_bind_ioctl,
+    Op.XE_EXEC_QUEUE_CREATE: exec_queue.xe_exec_queue_create_ioctl,
+    Op.XE_EXEC_QUEUE_DESTROY: exec_queue.xe_exec_queue_destroy_ioctl,
+    Op.XE_EXEC: exec_queue.xe_exec_ioctl,
+    Op.XE_WAIT_USER_FENCE: ufence.xe_wait_user_fence_ioctl,
+    Op.MMAP: mmap.xed_mmap_ioctl,
+    Op.ADMIN_STATUS: admin_status_ioctl,
+}

@@ -1,0 +1,320 @@
+"""The daemon's server: accept connections, decode, dispatch, encode.
+
+One task per connection reads datagrams and answers them in order; ops that block
+(WAIT_USER_FENCE) run in tasks of the connection's own nursery, so a disconnect cancels
+them. Everything a connection held is released when its task ends, however it ends.
+Socket I/O goes straight to the non-blocking socket and only parks in trio when the
+kernel says EAGAIN: a round trip costs two system calls when the peer is quick.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+import struct
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import structlog
+import trio
+
+from protocols import (
+    MAX_DATAGRAM,
+    MAX_FDS,
+    PROTOCOL_VERSION,
+    SPECS,
+    Event,
+    Op,
+    ProtocolError,
+    Request,
+    Role,
+    ServerConnection,
+    encode_error,
+    encode_event,
+    encode_reply,
+    errno_name,
+    pack_fds,
+    unpack_fds,
+)
+from protocols import (
+    messages as m,
+)
+
+from . import log as xlog
+from .config import Config
+from .device.device import XeDevice
+from .device.errors import IoctlError
+from .device.file import XeFile
+from .device.ids import IdAllocator
+from .ioctl import HANDLERS
+
+_ANC_SPACE = socket.CMSG_SPACE(MAX_FDS * 4)
+_PEERCRED = struct.Struct("3i")
+EVENT_QUEUE = 256  # events a slow client may fall behind by before they are dropped
+_DISCONNECT_ERRNOS = {errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.EBADF}
+
+
+class _Disconnected(Exception):
+    pass
+
+
+@attrs.define
+class ServerHandle:
+    """What `nursery.start(serve, ...)` hands back: for tests and the systemd glue."""
+
+    device: XeDevice
+    path: Path | None
+    connections: int = 0
+
+
+def _close_all(fds: list[int] | tuple[int, ...]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+class Connection:
+    def __init__(self, device: XeDevice, sock: socket.socket, client_id: int) -> None:
+        self.device = device
+        self.sock = sock
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+        self.pid, self.uid, self.gid = _PEERCRED.unpack(raw)
+        self.client_id = client_id
+        self.proto = ServerConnection()
+        self.log = structlog.get_logger("xed").bind(client_id=client_id, pid=self.pid)
+        self._send_lock = trio.Lock()
+        self._events_in, self._events_out = trio.open_memory_channel[bytes](EVENT_QUEUE)
+        self.xef = XeFile(
+            device, client_id, self.pid, self.uid, self.gid, self.log, self._queue_event
+        )
+
+    # --- life of a connection -----------------------------------------------------------
+    async def run(self) -> None:
+        self.log.info("client_connected", uid=self.uid, gid=self.gid)
+        reason = "eof"
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write_events)
+                reason = await self._read_requests(nursery)
+                nursery.cancel_scope.cancel()
+        finally:
+            self.xef.release()
+            self.sock.close()
+            self.log.info("client_disconnected", reason=reason)
+
+    async def _read_requests(self, nursery: trio.Nursery) -> str:
+        while True:
+            try:
+                data, ancdata, flags, _ = await self._recvmsg()
+            except _Disconnected:
+                return "reset"
+            fds, junk = unpack_fds(ancdata)
+            if not data and not fds:
+                return "eof"
+            if junk or flags & socket.MSG_CTRUNC:
+                _close_all(fds)
+                await self._refuse(0, errno.EINVAL, "too many or malformed descriptors")
+                continue
+            try:
+                request = self.proto.receive(data, tuple(fds), bool(flags & socket.MSG_TRUNC))
+            except ProtocolError as exc:
+                _close_all(fds)
+                await self._refuse(exc.request_id, exc.errno, exc.message)
+                if self.proto.exhausted:
+                    self.log.warning("client_dropped", reason="malformed messages")
+                    return "garbage"
+                continue
+            if SPECS[request.op].blocking:
+                nursery.start_soon(self._answer_blocking, request)
+            else:
+                await self._answer(request)
+
+    # --- requests -------------------------------------------------------------------------
+    async def _answer(self, request: Request) -> None:
+        try:
+            if request.op is Op.HELLO:
+                result: Any = self._hello(request.args)
+            else:
+                result = HANDLERS[request.op](self.xef, request.args)
+        except IoctlError as exc:
+            await self._refuse(request.id, exc.errno, exc.message, request.op)
+            return
+        await self._reply(request, result)
+
+    async def _answer_blocking(self, request: Request) -> None:
+        try:
+            result = await HANDLERS[request.op](self.xef, request.args)
+        except IoctlError as exc:
+            await self._refuse(request.id, exc.errno, exc.message, request.op)
+            return
+        await self._reply(request, result)
+
+    def _hello(self, hello: m.Hello) -> m.HelloReply:
+        role = Role(hello.role)
+        if role is Role.ADMIN and self.uid not in (0, os.geteuid()):
+            raise IoctlError(errno.EACCES, "admin connections need root or the daemon's uid")
+        self.proto.accept(role)
+        self.xef.role = role
+        self.log = self.log.bind(role=role.value)
+        self.xef.log = self.log
+        self.log.info("client_hello", version=list(hello.version))
+        return m.HelloReply(
+            version=PROTOCOL_VERSION, device=self.device.identity, client_id=self.client_id
+        )
+
+    async def _reply(self, request: Request, result: Any) -> None:
+        fds: list[int] = []
+        if isinstance(result, tuple):
+            result, fds = result
+        try:
+            await self._send(encode_reply(request.id, request.op, 0, result), fds)
+        finally:
+            _close_all(fds)
+
+    async def _refuse(self, request_id: int, err: int, message: str, op: Op | None = None) -> None:
+        self.device.stats["refused"] += 1
+        self.log.info(
+            "ioctl_refused", op=op.name if op else None, errno=errno_name(err), reason=message
+        )
+        if request_id:
+            await self._send(encode_error(request_id, err, message), [])
+        else:
+            event = m.ProtocolErrorInfo(errno=err, message=message[:1024])
+            await self._send(encode_event(Event.PROTOCOL_ERROR, event), [])
+
+    # --- events ---------------------------------------------------------------------------
+    def _queue_event(self, event: Event, data: Any) -> None:
+        try:
+            self._events_in.send_nowait(encode_event(event, data))
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            self.device.stats["events_dropped"] += 1
+
+    async def _write_events(self) -> None:
+        async for frame in self._events_out:
+            try:
+                await self._send(frame, [])
+            except _Disconnected:
+                return
+
+    # --- the socket -------------------------------------------------------------------------
+    async def _recvmsg(self) -> tuple[bytes, list[Any], int, Any]:
+        while True:
+            try:
+                return self.sock.recvmsg(MAX_DATAGRAM + 1, _ANC_SPACE, socket.MSG_CMSG_CLOEXEC)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self.sock)
+            except OSError as exc:
+                if exc.errno in _DISCONNECT_ERRNOS:
+                    raise _Disconnected from exc
+                raise
+
+    async def _send(self, data: bytes, fds: list[int]) -> None:
+        ancdata = pack_fds(fds)
+        try:
+            self.sock.sendmsg([data], ancdata)
+            return
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            if exc.errno in _DISCONNECT_ERRNOS:
+                raise _Disconnected from exc
+            raise
+        async with self._send_lock:  # only one task may wait for room
+            while True:
+                await trio.lowlevel.wait_writable(self.sock)
+                try:
+                    self.sock.sendmsg([data], ancdata)
+                    return
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    if exc.errno in _DISCONNECT_ERRNOS:
+                        raise _Disconnected from exc
+                    raise
+
+
+# --- the listening socket -----------------------------------------------------------------
+class AlreadyRunning(Exception):
+    pass
+
+
+def default_socket_path() -> Path:
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return Path(runtime) / "xed" / "xed.sock"
+    return Path("/run/xed/xed.sock")
+
+
+def bind_listener(path: Path) -> socket.socket:
+    """Bind a SOCK_SEQPACKET socket at `path`, mode 0660, replacing a dead one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() or path.is_symlink():
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise AlreadyRunning(f"{path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            probe.connect(str(path))
+        except ConnectionRefusedError:
+            path.unlink()  # a daemon died without cleaning up
+        else:
+            raise AlreadyRunning(f"a daemon already listens on {path}")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    old_umask = os.umask(0o117)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o660)
+    sock.listen(128)
+    return sock
+
+
+async def serve(
+    config: Config,
+    listener: socket.socket,
+    path: Path | None = None,
+    on_ready: Callable[[ServerHandle], None] | None = None,
+    *,
+    task_status: trio.TaskStatus[ServerHandle] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve one emulated device on `listener` until cancelled."""
+    device = XeDevice(config.device)
+    handle = ServerHandle(device, path)
+    client_ids = IdAllocator()
+    listener.setblocking(False)
+    log = xlog.get()
+    async with trio.open_nursery() as nursery:
+        device.attach(nursery)
+        log.info("daemon_ready", socket=str(path) if path else None, device=device.identity.name)
+        task_status.started(handle)
+        if on_ready:
+            on_ready(handle)
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(listener)
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.error("accept_failed", errno=errno_name(exc.errno or 0))
+                    await trio.sleep(0.1)
+                    continue
+                raise
+            conn.setblocking(False)
+            client_id = client_ids.alloc()
+            handle.connections += 1
+
+            async def run(conn: socket.socket = conn, client_id: int = client_id) -> None:
+                try:
+                    await Connection(device, conn, client_id).run()
+                finally:
+                    client_ids.release(client_id)
+                    handle.connections -= 1
+
+            nursery.start_soon(run)
