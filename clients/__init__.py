@@ -1,0 +1,8 @@
+"""Everything on the client side of the socket: the library and the client programs."""
+
+from .batch import Batch
+from .device import Device, user_fence
+from .errors import DaemonGone, XeError
+from .mapping import Mapping
+
+__all__ = ["Batch", "DaemonGone", "Device", "Mapping", "XeError", "user_fence"]

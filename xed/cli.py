@@ -6,6 +6,7 @@ import argparse
 import os
 import resource
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -26,7 +27,7 @@ def raise_nofile_limit() -> int:
     return hard
 
 
-async def _run(config: Config, listener: object, path: Path | None) -> None:
+async def _run(config: Config, listener: socket.socket, path: Path | None) -> None:
     log = xlog.get()
 
     def ready(handle: ServerHandle) -> None:

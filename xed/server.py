@@ -142,6 +142,9 @@ class Connection:
         except IoctlError as exc:
             await self._refuse(request.id, exc.errno, exc.message, request.op)
             return
+        except Exception:
+            await self._crashed(request)
+            return
         await self._reply(request, result)
 
     async def _answer_blocking(self, request: Request) -> None:
@@ -150,7 +153,17 @@ class Connection:
         except IoctlError as exc:
             await self._refuse(request.id, exc.errno, exc.message, request.op)
             return
+        except Exception:
+            await self._crashed(request)
+            return
         await self._reply(request, result)
+
+    async def _crashed(self, request: Request) -> None:
+        """A bug in a handler (never the client's input): log it loudly, fail the ioctl
+        with EIO, keep serving everyone else. Tests fail on any ioctl_crashed event."""
+        self.device.stats["crashed"] += 1
+        self.log.exception("ioctl_crashed", op=request.op.name)
+        await self._send(encode_error(request.id, errno.EIO, "internal error in xed"), [])
 
     def _hello(self, hello: m.Hello) -> m.HelloReply:
         role = Role(hello.role)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from errno import EINVAL, EIO, ENOENT, ETIME
 from typing import TYPE_CHECKING
 
@@ -22,7 +23,7 @@ LONG_MAX = (1 << 63) - 1
 # noticed on this poll, as the kernel only notices it on the next interrupt or timeout.
 CPU_WRITE_POLL = 0.01
 
-_COMPARE = {
+_COMPARE: dict[UfenceOp, Callable[[int, int], bool]] = {
     UfenceOp.EQ: lambda a, b: a == b,
     UfenceOp.NEQ: lambda a, b: a != b,
     UfenceOp.GT: lambda a, b: a > b,

@@ -1,0 +1,89 @@
+"""A batch-buffer builder for the instructions xed's command streamer executes."""
+
+from __future__ import annotations
+
+import struct
+
+from protocols.constants import (
+    MI_ATOMIC,
+    MI_ATOMIC_ADD,
+    MI_ATOMIC_INC,
+    MI_ATOMIC_INC8B,
+    MI_ATOMIC_INLINE_DATA,
+    MI_BATCH_BUFFER_END,
+    MI_COPY_MEM_MEM,
+    MI_FLUSH_DW,
+    MI_FLUSH_DW_OP_STOREDW,
+    MI_MEM_FENCE,
+    MI_NOOP,
+    MI_SDI_NUM_QW_BIT,
+    MI_STORE_DATA_IMM,
+    XED_MEM_COPY,
+)
+
+
+def _lo_hi(addr: int) -> tuple[int, int]:
+    return addr & 0xFFFF_FFFF, addr >> 32
+
+
+class Batch:
+    """Dwords of a batch, built instruction by instruction; finish with end()."""
+
+    def __init__(self) -> None:
+        self.dwords: list[int] = []
+
+    def _emit(self, *dwords: int) -> Batch:
+        self.dwords.extend(d & 0xFFFF_FFFF for d in dwords)
+        return self
+
+    def noop(self) -> Batch:
+        return self._emit(MI_NOOP)
+
+    def store_dword(self, addr: int, value: int) -> Batch:
+        """MI_STORE_DATA_IMM of one dword (length field = dwords - 2)."""
+        return self._emit(MI_STORE_DATA_IMM | 2, *_lo_hi(addr), value)
+
+    def store_qword(self, addr: int, value: int) -> Batch:
+        return self._emit(MI_STORE_DATA_IMM | MI_SDI_NUM_QW_BIT | 3, *_lo_hi(addr), *_lo_hi(value))
+
+    def atomic_inc(self, addr: int) -> Batch:
+        """MI_ATOMIC INC of the dword at `addr`."""
+        return self._emit(MI_ATOMIC | MI_ATOMIC_INC | 1, *_lo_hi(addr))
+
+    def atomic_inc64(self, addr: int) -> Batch:
+        return self._emit(MI_ATOMIC | MI_ATOMIC_INC8B | 1, *_lo_hi(addr))
+
+    def atomic_add(self, addr: int, value: int) -> Batch:
+        return self._emit(
+            MI_ATOMIC | MI_ATOMIC_ADD | MI_ATOMIC_INLINE_DATA | 2, *_lo_hi(addr), value
+        )
+
+    def mem_fence(self) -> Batch:
+        return self._emit(MI_MEM_FENCE)
+
+    def flush_dw(self, addr: int | None = None, value: int = 0) -> Batch:
+        """MI_FLUSH_DW, with a post-sync store of `value` (a dword) when `addr` is given."""
+        if addr is None:
+            return self._emit(MI_FLUSH_DW | 2, 0, 0, 0)
+        return self._emit(MI_FLUSH_DW | MI_FLUSH_DW_OP_STOREDW | 2, *_lo_hi(addr), value)
+
+    def copy_dword(self, dst: int, src: int) -> Batch:
+        """MI_COPY_MEM_MEM: one dword from `src` to `dst`."""
+        return self._emit(MI_COPY_MEM_MEM, *_lo_hi(dst), *_lo_hi(src))
+
+    def mem_copy(self, dst: int, src: int, length: int) -> Batch:
+        """A linear copy of `length` bytes (the blitter's MEM_COPY, simplified)."""
+        return self._emit(XED_MEM_COPY | 4, length, *_lo_hi(dst), *_lo_hi(src))
+
+    def raw(self, *dwords: int) -> Batch:
+        """Anything at all, e.g. to see the command streamer refuse it."""
+        return self._emit(*dwords)
+
+    def end(self) -> Batch:
+        return self._emit(MI_BATCH_BUFFER_END)
+
+    def tobytes(self) -> bytes:
+        return struct.pack(f"<{len(self.dwords)}I", *self.dwords)
+
+    def __len__(self) -> int:
+        return 4 * len(self.dwords)

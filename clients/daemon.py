@@ -1,0 +1,104 @@
+"""Start a real `xed serve` as a child process and know when it is ready.
+
+Readiness is the daemon's own sd_notify READY=1, received on a datagram socket we pass
+as NOTIFY_SOCKET: the same signal systemd waits for, so no polling and no sleeps.
+Used by the demo, the benchmarks, the scenario runner and the tests.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from types import TracebackType
+
+
+class DaemonFailed(RuntimeError):
+    pass
+
+
+class DaemonProcess:
+    def __init__(
+        self,
+        socket_path: Path | None = None,
+        config: Path | None = None,
+        log_path: Path | None = None,
+        extra_args: tuple[str, ...] = (),
+        ready_timeout: float = 30.0,
+    ) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="xed-")
+        tmp = Path(self._tmp.name)
+        self.socket_path = socket_path or tmp / "xed.sock"
+        self.log_path = log_path or tmp / "daemon.log"
+        self._args = [sys.executable, "-m", "xed", "serve", "--socket", str(self.socket_path)]
+        if config is not None:
+            self._args += ["--config", str(config)]
+        self._args += list(extra_args)
+        self._ready_timeout = ready_timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> DaemonProcess:
+        notify_path = Path(self._tmp.name) / "notify.sock"
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        notify.bind(str(notify_path))
+        notify.settimeout(self._ready_timeout)
+        env = dict(os.environ, NOTIFY_SOCKET=str(notify_path))
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self._args, stdin=subprocess.DEVNULL, stderr=log, env=env)
+        try:
+            while True:
+                try:
+                    message = notify.recv(4096).decode()
+                except TimeoutError:
+                    raise DaemonFailed(f"no READY=1 in {self._ready_timeout}s") from None
+                if "READY=1" in message.split("\n"):
+                    return self
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            notify.close()
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM, wait; returns the exit status."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def log_text(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def open_fds(self) -> int:
+        """How many descriptors the daemon holds (from /proc)."""
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def cleanup(self) -> None:
+        self.stop()
+        self._tmp.cleanup()
+
+    def __enter__(self) -> DaemonProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cleanup()

@@ -1,0 +1,310 @@
+"""The client library: ioctl-like calls on an xed device, synchronous like the code it
+stands in for. Every refusal raises XeError carrying the kernel's errno.
+
+    dev = Device.open()
+    bo = dev.gem_create(1 << 20)
+    with dev.mmap_bo(bo) as m:
+        m[0:5] = b"hello"
+"""
+
+from __future__ import annotations
+
+import collections
+import mmap
+import os
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+from typing import Any
+
+from protocols import (
+    PROTOCOL_VERSION,
+    EventMessage,
+    Op,
+    ProtocolError,
+    decode_incoming,
+    encode_request,
+)
+from protocols import (
+    messages as m,
+)
+from protocols.constants import (
+    DRM_XE_GEM_CPU_CACHING_WB,
+    DRM_XE_GEM_CPU_CACHING_WC,
+    DRM_XE_SYNC_FLAG_SIGNAL,
+    DRM_XE_SYNC_TYPE_USER_FENCE,
+    DRM_XE_VM_BIND_OP_MAP,
+    DRM_XE_VM_BIND_OP_UNMAP,
+    MAP_SHARED,
+    PROT_READ,
+    PROT_WRITE,
+    XE_PLACEMENT_SYSMEM,
+    EngineClass,
+    Query,
+    UfenceOp,
+)
+
+from .errors import DaemonGone, XeError
+from .mapping import Mapping
+from .transport import SeqpacketTransport, default_socket_path
+
+ONE_SECOND_NS = 1_000_000_000
+
+
+def user_fence(addr: int, value: int) -> m.DrmXeSync:
+    """A drm_xe_sync that writes `value` at `addr` when the work is done."""
+    return m.DrmXeSync(
+        type=DRM_XE_SYNC_TYPE_USER_FENCE,
+        flags=DRM_XE_SYNC_FLAG_SIGNAL,
+        addr=addr,
+        timeline_value=value,
+    )
+
+
+class Device:
+    """One connection to the daemon: the equivalent of an open render node."""
+
+    def __init__(self, transport: SeqpacketTransport, role: str = "drm") -> None:
+        self.transport = transport
+        self.events: collections.deque[EventMessage] = collections.deque()
+        self._next_id = 0
+        self._bo_sizes: dict[int, int] = {}
+        self._mappings: list[Mapping] = []
+        hello: m.HelloReply = self.ioctl(Op.HELLO, m.Hello(version=PROTOCOL_VERSION, role=role))
+        self.identity = hello.device
+        self.client_id = hello.client_id
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str] | None = None, role: str = "drm") -> Device:
+        """Connect to the daemon at `path` (default: $XED_SOCKET or the runtime socket)."""
+        return cls(SeqpacketTransport.connect(path or default_socket_path()), role)
+
+    def close(self) -> None:
+        """Close the connection: the daemon releases everything this file held."""
+        self.transport.close()
+
+    def __enter__(self) -> Device:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- the one way to talk to the daemon ------------------------------------------------
+    def ioctl(self, op: Op, args: Any, fds: Sequence[int] = ()) -> Any:
+        """Send one request; return its reply record, or raise XeError."""
+        result, received = self.ioctl_fds(op, args, fds)
+        for fd in received:
+            os.close(fd)
+        return result
+
+    def ioctl_fds(self, op: Op, args: Any, fds: Sequence[int] = ()) -> tuple[Any, list[int]]:
+        """Like ioctl(), but hand back the descriptors the reply carries (caller closes)."""
+        self._next_id = self._next_id % 0xFFFF_FFFF + 1
+        request_id = self._next_id
+        self.transport.send(encode_request(request_id, op, args), fds)
+        while True:
+            data, received = self.transport.recv()
+            if not data:
+                raise DaemonGone("the daemon closed the connection")
+            try:
+                message = decode_incoming(data, tuple(received), {request_id: op})
+            except ProtocolError as exc:
+                for fd in received:
+                    os.close(fd)
+                raise DaemonGone(f"protocol error from the daemon: {exc}") from exc
+            if isinstance(message, EventMessage):
+                self.events.append(message)
+                continue
+            if message.errno:
+                for fd in received:
+                    os.close(fd)
+                raise XeError(message.errno, op.name, message.result.message)
+            return message.result, received
+
+    # --- DRM core and queries ---------------------------------------------------------------
+    def version(self) -> m.DrmVersionReply:
+        reply: m.DrmVersionReply = self.ioctl(Op.VERSION, m.DrmVersion())
+        return reply
+
+    def query(self, query: Query) -> m.DrmXeDeviceQueryReply:
+        reply: m.DrmXeDeviceQueryReply = self.ioctl(
+            Op.XE_DEVICE_QUERY, m.DrmXeDeviceQuery(query=query)
+        )
+        return reply
+
+    def mem_regions(self) -> tuple[m.DrmXeMemRegion, ...]:
+        return self.query(Query.MEM_REGIONS).mem_regions
+
+    def engines(self) -> tuple[m.DrmXeEngine, ...]:
+        return self.query(Query.ENGINES).engines
+
+    # --- buffer objects ---------------------------------------------------------------------
+    def gem_create(
+        self,
+        size: int,
+        placement: int = XE_PLACEMENT_SYSMEM,
+        flags: int = 0,
+        vm: int = 0,
+        cpu_caching: int | None = None,
+    ) -> int:
+        """Create a BO; cpu_caching defaults to WB in system memory only, WC otherwise."""
+        if cpu_caching is None:
+            sysmem_only = placement == XE_PLACEMENT_SYSMEM
+            cpu_caching = DRM_XE_GEM_CPU_CACHING_WB if sysmem_only else DRM_XE_GEM_CPU_CACHING_WC
+        reply: m.DrmXeGemCreateReply = self.ioctl(
+            Op.XE_GEM_CREATE,
+            m.DrmXeGemCreate(
+                size=size, placement=placement, flags=flags, vm_id=vm, cpu_caching=cpu_caching
+            ),
+        )
+        self._bo_sizes[reply.handle] = size
+        return reply.handle
+
+    def gem_close(self, handle: int) -> None:
+        self.ioctl(Op.GEM_CLOSE, m.DrmGemClose(handle=handle))
+        self._bo_sizes.pop(handle, None)
+
+    def gem_mmap_offset(self, handle: int, flags: int = 0) -> int:
+        reply: m.DrmXeGemMmapOffsetReply = self.ioctl(
+            Op.XE_GEM_MMAP_OFFSET, m.DrmXeGemMmapOffset(handle=handle, flags=flags)
+        )
+        return reply.offset
+
+    def mmap(
+        self,
+        offset: int,
+        length: int,
+        prot: int = PROT_READ | PROT_WRITE,
+        flags: int = MAP_SHARED,
+    ) -> Mapping:
+        """mmap(2) of the DRM file at a fake offset: the daemon checks, we map its fd."""
+        reply, fds = self.ioctl_fds(
+            Op.MMAP, m.XedMmap(offset=offset, length=length, prot=prot, flags=flags)
+        )
+        (fd,) = fds
+        try:
+            mm = mmap.mmap(fd, reply.length, mmap.MAP_SHARED, prot, offset=reply.offset)
+        finally:
+            os.close(fd)
+        mapping = Mapping(mm, offset, reply.length)
+        self._mappings.append(mapping)
+        return mapping
+
+    def mmap_bo(self, handle: int, length: int | None = None) -> Mapping:
+        """Map a BO this connection created (whole by default)."""
+        if length is None:
+            length = self._bo_sizes[handle]
+        return self.mmap(self.gem_mmap_offset(handle), length)
+
+    def user_address(self, address: int) -> int:
+        """A CPU address inside one of our mappings, as the daemon names user memory."""
+        self._mappings = [mp for mp in self._mappings if not mp.closed]
+        for mapping in self._mappings:
+            if mapping.contains(address):
+                return mapping.fake_offset + (address - mapping.address)
+        raise ValueError(f"{address:#x} is not inside a mapping of this device")
+
+    # --- VMs --------------------------------------------------------------------------------
+    def vm_create(self, flags: int = 0) -> int:
+        reply: m.DrmXeVmCreateReply = self.ioctl(Op.XE_VM_CREATE, m.DrmXeVmCreate(flags=flags))
+        return reply.vm_id
+
+    def vm_destroy(self, vm: int) -> None:
+        self.ioctl(Op.XE_VM_DESTROY, m.DrmXeVmDestroy(vm_id=vm))
+
+    def vm_bind(
+        self,
+        vm: int,
+        bo: int,
+        addr: int,
+        range: int | None = None,
+        obj_offset: int = 0,
+        flags: int = 0,
+        syncs: Iterable[m.DrmXeSync] = (),
+    ) -> None:
+        """Map `range` bytes of BO `bo` (all of it by default) at GPU address `addr`."""
+        if range is None:
+            range = self._bo_sizes[bo] - obj_offset
+        op = m.DrmXeVmBindOp(
+            obj=bo, obj_offset=obj_offset, range=range, addr=addr,
+            op=DRM_XE_VM_BIND_OP_MAP, flags=flags,
+        )  # fmt: skip
+        self.vm_bind_ops(vm, [op], syncs)
+
+    def vm_unbind(self, vm: int, addr: int, range: int) -> None:
+        op = m.DrmXeVmBindOp(addr=addr, range=range, op=DRM_XE_VM_BIND_OP_UNMAP)
+        self.vm_bind_ops(vm, [op])
+
+    def vm_bind_ops(
+        self, vm: int, ops: Iterable[m.DrmXeVmBindOp], syncs: Iterable[m.DrmXeSync] = ()
+    ) -> None:
+        """VM_BIND with an explicit array of drm_xe_vm_bind_op."""
+        syncs = [self._user_sync(s) for s in syncs]
+        self.ioctl(Op.XE_VM_BIND, m.DrmXeVmBind(vm_id=vm, binds=tuple(ops), syncs=tuple(syncs)))
+
+    def _user_sync(self, sync: m.DrmXeSync) -> m.DrmXeSync:
+        """VM_BIND user fences are user pointers: translate ones inside our mappings."""
+        if sync.type != DRM_XE_SYNC_TYPE_USER_FENCE:
+            return sync
+        try:
+            addr = self.user_address(sync.addr)
+        except ValueError:
+            return sync  # not ours to translate: let the daemon judge it
+        return m.DrmXeSync(
+            type=sync.type, flags=sync.flags, addr=addr, timeline_value=sync.timeline_value
+        )
+
+    # --- exec queues and execution ----------------------------------------------------------
+    def exec_queue_create(
+        self, vm: int, engine_class: int = EngineClass.RENDER, instance: int = 0, gt: int = 0
+    ) -> int:
+        eci = m.DrmXeEngineClassInstance(
+            engine_class=engine_class, engine_instance=instance, gt_id=gt
+        )
+        reply: m.DrmXeExecQueueCreateReply = self.ioctl(
+            Op.XE_EXEC_QUEUE_CREATE,
+            m.DrmXeExecQueueCreate(width=1, num_placements=1, vm_id=vm, instances=(eci,)),
+        )
+        return reply.exec_queue_id
+
+    def exec_queue_destroy(self, queue: int) -> None:
+        self.ioctl(Op.XE_EXEC_QUEUE_DESTROY, m.DrmXeExecQueueDestroy(exec_queue_id=queue))
+
+    def exec(self, queue: int, batch_addr: int, syncs: Iterable[m.DrmXeSync] = ()) -> None:
+        """Submit the batch at GPU address `batch_addr`; returns once it is queued."""
+        self.ioctl(
+            Op.XE_EXEC,
+            m.DrmXeExec(
+                exec_queue_id=queue, address=batch_addr, num_batch_buffer=1, syncs=tuple(syncs)
+            ),
+        )
+
+    def wait_user_fence(
+        self,
+        addr: int,
+        value: int,
+        timeout: int = ONE_SECOND_NS,
+        op: UfenceOp = UfenceOp.EQ,
+        mask: int = 0xFFFF_FFFF_FFFF_FFFF,
+        exec_queue: int = 0,
+        flags: int = 0,
+    ) -> int:
+        """Wait until the u64 at CPU address `addr` (in one of our mappings) passes
+        `op value`; `timeout` in ns (negative: forever). Returns the time left."""
+        reply: m.DrmXeWaitUserFenceReply = self.ioctl(
+            Op.XE_WAIT_USER_FENCE,
+            m.DrmXeWaitUserFence(
+                addr=self.user_address(addr), op=op, flags=flags, value=value, mask=mask,
+                timeout=timeout, exec_queue_id=exec_queue,
+            ),
+        )  # fmt: skip
+        return reply.timeout
+
+    # --- admin ------------------------------------------------------------------------------
+    def admin_status(self) -> m.XedAdminStatusReply:
+        reply: m.XedAdminStatusReply = self.ioctl(Op.ADMIN_STATUS, m.XedAdminStatus())
+        return reply

@@ -1,0 +1,22 @@
+"""Failures as an ioctl reports them: an OSError carrying the kernel's errno."""
+
+from __future__ import annotations
+
+import os
+
+
+class XeError(OSError):
+    """An ioctl the daemon refused. `errno` is the kernel's; `detail` says why."""
+
+    def __init__(self, errno: int, op: str, detail: str = "") -> None:
+        super().__init__(errno, os.strerror(errno))
+        self.op = op
+        self.detail = detail
+
+    def __str__(self) -> str:
+        text = f"{self.op}: [Errno {self.errno}] {self.strerror}"
+        return f"{text} ({self.detail})" if self.detail else text
+
+
+class DaemonGone(ConnectionError):
+    """The daemon closed the connection or sent something that is not the protocol."""
