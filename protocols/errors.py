@@ -24,5 +24,9 @@ class LocalProtocolError(Exception):
     """We were asked to send something invalid: a bug on our side, never the peer's."""
 
 
+# where two names share a number, the one the kernel's sources use
+_KERNEL_NAMES = {_errno.EOPNOTSUPP: "EOPNOTSUPP", _errno.EAGAIN: "EAGAIN"}
+
+
 def errno_name(number: int) -> str:
-    return _errno.errorcode.get(number, f"E{number}")
+    return _KERNEL_NAMES.get(number) or _errno.errorcode.get(number, f"E{number}")

@@ -1,0 +1,229 @@
+"""`make demo`: a daemon and several client processes exercising what xed emulates.
+
+Each client is a separate process (`python -m clients.demo worker NAME SOCKET ...`) that
+prints one JSON line of findings; the parent starts the daemon, runs the workers, and
+tells the story.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+from protocols import errno_name
+
+from .batch import Batch
+from .daemon import DaemonProcess
+from .device import Device, user_fence
+from .errors import XeError
+
+GPU_BASE = 0x1_0000_0000
+COUNTER_INCREMENTS = 200
+
+
+def _attempt(call: Any) -> str:
+    try:
+        call()
+    except XeError as exc:
+        return errno_name(exc.errno or 0)
+    return "allowed"
+
+
+def worker_alice(dev: Device) -> dict[str, Any]:
+    """Create, map, bind, execute, wait: the whole path, then leave an offset for bob."""
+    bo = dev.gem_create(1 << 20)
+    m = dev.mmap_bo(bo)
+    m[0:21] = b"written by the CPU..."
+    vm = dev.vm_create()
+    dev.vm_bind(vm, bo, GPU_BASE)
+    queue = dev.exec_queue_create(vm)
+    batch = (
+        Batch()
+        .store_dword(GPU_BASE + 0x1000, 0xC0FFEE)
+        .mem_copy(GPU_BASE + 0x2000, GPU_BASE, 21)
+        .atomic_inc(GPU_BASE + 0x3000)
+        .atomic_inc(GPU_BASE + 0x3000)
+        .end()
+    )
+    m[0x8000 : 0x8000 + len(batch)] = batch.tobytes()
+    dev.exec(queue, GPU_BASE + 0x8000, syncs=[user_fence(GPU_BASE + 0x4000, 1)])
+    left = dev.wait_user_fence(m.user_address(0x4000), 1)
+    return {
+        "store": hex(m.read_u32(0x1000)),
+        "copy": bytes(m[0x2000 : 0x2000 + 21]).decode(),
+        "counter": m.read_u32(0x3000),
+        "fence_wait_left_ms": round(left / 1e6, 1),
+        "offset": dev.gem_mmap_offset(bo),
+        "handle": bo,
+        "vm": vm,
+    }
+
+
+def worker_bob(dev: Device, offset: str, handle: str, vm: str) -> dict[str, Any]:
+    """Try to reach alice's objects by replaying her numbers; keep our own private."""
+    mine = dev.gem_create(4096)
+    with dev.mmap_bo(mine) as m:
+        m[0:4] = b"bob!"
+        own = bytes(m[0:4]).decode()
+    return {
+        "map_alice_offset": _attempt(lambda: dev.mmap(int(offset), 4096)),
+        "mmap_offset_of_alice_handle": _attempt(lambda: dev.gem_mmap_offset(int(handle) + 1)),
+        "bind_into_alice_vm": _attempt(lambda: dev.vm_bind(int(vm), mine, GPU_BASE)),
+        "own_handle": mine,
+        "own_bo": own,
+    }
+
+
+def worker_carol(dev: Device) -> dict[str, Any]:
+    """Submit a batch with a bad instruction: the queue is banned, the daemon lives on."""
+    bo = dev.gem_create(0x10000)
+    m = dev.mmap_bo(bo)
+    vm = dev.vm_create()
+    dev.vm_bind(vm, bo, GPU_BASE)
+    queue = dev.exec_queue_create(vm)
+    batch = Batch().raw(0xDEADBEEF).end()
+    m[0 : len(batch)] = batch.tobytes()
+    dev.exec(queue, GPU_BASE, syncs=[user_fence(GPU_BASE + 0x1000, 1)])
+    dev.wait_user_fence(m.user_address(0x1000), 1)
+    again = _attempt(lambda: dev.exec(queue, GPU_BASE))
+    events = [e.data.reason for e in dev.events]
+    return {"events": events, "exec_after_ban": again}
+
+
+def worker_counter(dev: Device) -> dict[str, Any]:
+    """Many small batches on one queue, each incrementing a counter, then one fence."""
+    bo = dev.gem_create(0x10000)
+    m = dev.mmap_bo(bo)
+    vm = dev.vm_create()
+    dev.vm_bind(vm, bo, GPU_BASE)
+    queue = dev.exec_queue_create(vm)
+    batch = Batch().atomic_inc(GPU_BASE + 0x1000).end()
+    m[0 : len(batch)] = batch.tobytes()
+    for _ in range(COUNTER_INCREMENTS - 1):
+        dev.exec(queue, GPU_BASE)
+    dev.exec(queue, GPU_BASE, syncs=[user_fence(GPU_BASE + 0x2000, 1)])
+    dev.wait_user_fence(m.user_address(0x2000), 1, timeout=30_000_000_000)
+    return {"counter": m.read_u32(0x1000)}
+
+
+WORKERS = {
+    "alice": worker_alice,
+    "bob": worker_bob,
+    "carol": worker_carol,
+    "counter": worker_counter,
+}
+
+
+def _worker_main(name: str, socket_path: str, args: list[str]) -> int:
+    with Device.open(socket_path) as dev:
+        result = WORKERS[name](dev, *args)
+        print(json.dumps(result), flush=True)
+        sys.stdin.read()  # hold everything until the parent lets go (closes our stdin)
+    return 0
+
+
+def _spawn(name: str, socket_path: str, *args: object) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "clients.demo", "worker", name, socket_path]
+    return subprocess.Popen(
+        [*command, *map(str, args)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+
+
+def _result(proc: subprocess.Popen[str], release: bool = True) -> dict[str, Any]:
+    """The worker's findings; with `release`, let it exit and wait for it."""
+    assert proc.stdout is not None and proc.stdin is not None
+    line = proc.stdout.readline()
+    if not line:
+        proc.wait()
+        raise DemoFailed(f"a demo worker failed with status {proc.returncode}")
+    if release:
+        proc.stdin.close()
+        proc.wait(timeout=60)
+    result: dict[str, Any] = json.loads(line)
+    return result
+
+
+class DemoFailed(Exception):
+    pass
+
+
+def _result_release(proc: subprocess.Popen[str]) -> None:
+    assert proc.stdin is not None
+    proc.stdin.close()
+    proc.wait(timeout=60)
+
+
+def main() -> int:
+    try:
+        return _story()
+    except DemoFailed as exc:
+        print(f"\ndemo failed: {exc}", file=sys.stderr)
+        return 1
+
+
+def _story() -> int:
+    print("xed demo: one emulated Xe device, several client processes\n")
+    with DaemonProcess(extra_args=("--log-level", "warning")) as daemon:
+        sock = str(daemon.socket_path)
+        with Device.open(sock, role="admin") as admin:
+            before = admin.admin_status().objects
+            print(f"daemon pid {daemon.pid} listening on {sock}")
+
+            alice_proc = _spawn("alice", sock)
+            alice = _result(alice_proc, release=False)  # she stays, holding her objects
+            print("\n[alice] created a 1 MiB BO, mapped it, bound it at GPU 0x1_0000_0000")
+            print(f"        a batch stored {alice['store']}, copied {alice['copy']!r}")
+            print(f"        and incremented a counter to {alice['counter']};")
+            print(f"        her user fence woke her with {alice['fence_wait_left_ms']} ms to spare")
+
+            bob = _result(_spawn("bob", sock, alice["offset"], alice["handle"], alice["vm"]))
+            _result_release(alice_proc)
+            print("\n[bob]   replayed alice's numbers from his own process:")
+            print(
+                f"        mmap of her fake offset {alice['offset']:#x}: {bob['map_alice_offset']}"
+            )
+            print(
+                f"        GEM_MMAP_OFFSET of a handle he lacks: {bob['mmap_offset_of_alice_handle']}"
+            )
+            print(f"        VM_BIND into her VM id {alice['vm']}: {bob['bind_into_alice_vm']}")
+            print(
+                f"        his own BO got handle {bob['own_handle']} (handles are per file) "
+                f"and holds {bob['own_bo']!r}"
+            )
+
+            carol = _result(_spawn("carol", sock))
+            print("\n[carol] submitted a batch with an unknown instruction:")
+            print(f"        event: exec queue banned ({', '.join(carol['events'])})")
+            print(f"        her next EXEC on that queue: {carol['exec_after_ban']}")
+
+            counters = [_spawn("counter", sock) for _ in range(4)]
+            totals = [_result(p)["counter"] for p in counters]
+            print(
+                f"\n[4 concurrent processes] each ran {COUNTER_INCREMENTS} batches of MI_ATOMIC INC"
+            )
+            print(f"        counters seen in their own mappings: {totals}")
+
+            after = admin.admin_status()
+            print("\n[admin] every client has exited; what the daemon still holds:")
+            print(
+                f"        BOs {after.objects.bos}, VMs {after.objects.vms}, "
+                f"exec queues {after.objects.exec_queues} (before: {before.bos}/{before.vms}/"
+                f"{before.exec_queues}); batches run {after.execs}, queues banned {after.bans}"
+            )
+    ok = (
+        alice["store"] == "0xc0ffee"
+        and bob["map_alice_offset"] == "EACCES"
+        and carol["exec_after_ban"] == "ECANCELED"
+        and totals == [COUNTER_INCREMENTS] * 4
+        and after.objects.bos == before.bos
+    )
+    print("\nall as expected" if ok else "\nSOMETHING WENT WRONG: see above")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "worker":
+        sys.exit(_worker_main(sys.argv[2], sys.argv[3], sys.argv[4:]))
+    sys.exit(main())

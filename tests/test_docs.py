@@ -1,0 +1,41 @@
+"""The documentation and the code say the same thing."""
+
+from __future__ import annotations
+
+import errno
+import re
+
+import pytest
+
+from protocols import COMMON_ERRORS, SPECS, Op, errno_name
+from xed.ioctl import HANDLERS
+
+_ERRNO = re.compile(r"\bE[A-Z]{2,}\b")
+
+
+def _doc_errnos(op: Op) -> set[str]:
+    doc = HANDLERS[op].__doc__ or ""
+    return {name for name in _ERRNO.findall(doc) if hasattr(errno, name)}
+
+
+@pytest.mark.parametrize("op", sorted(HANDLERS, key=int), ids=lambda op: op.name)
+def test_handler_docstring_errnos_match_op_table(op: Op) -> None:
+    """Every errno a handler documents is in the op table (and the reference), and back."""
+    table = {errno_name(number) for number, _ in SPECS[op].errors}
+    assert _doc_errnos(op) == table
+
+
+def test_every_op_but_hello_has_a_handler() -> None:
+    """The dispatch table covers the op table (HELLO is the server's own)."""
+    assert set(HANDLERS) | {Op.HELLO} == set(SPECS)
+
+
+def test_common_errors_are_protocol_level() -> None:
+    """The errors every op may answer with are the codec's and handshake's."""
+    assert {errno_name(n) for n, _ in COMMON_ERRORS} == {
+        "EPROTO",
+        "ENOTTY",
+        "EACCES",
+        "EINVAL",
+        "EMSGSIZE",
+    }
