@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from protocols import errno_name
@@ -69,7 +70,7 @@ def worker_bob(dev: Device, offset: str, handle: str, vm: str) -> dict[str, Any]
         own = bytes(m[0:4]).decode()
     return {
         "map_alice_offset": _attempt(lambda: dev.mmap(int(offset), 4096)),
-        "mmap_offset_of_alice_handle": _attempt(lambda: dev.gem_mmap_offset(int(handle) + 1)),
+        "offset_of_handle": _attempt(lambda: dev.gem_mmap_offset(int(handle) + 1)),
         "bind_into_alice_vm": _attempt(lambda: dev.vm_bind(int(vm), mine, GPU_BASE)),
         "own_handle": mine,
         "own_bo": own,
@@ -108,7 +109,7 @@ def worker_counter(dev: Device) -> dict[str, Any]:
     return {"counter": m.read_u32(0x1000)}
 
 
-WORKERS = {
+WORKERS: dict[str, Callable[..., dict[str, Any]]] = {
     "alice": worker_alice,
     "bob": worker_bob,
     "carol": worker_carol,
@@ -184,9 +185,7 @@ def _story() -> int:
             print(
                 f"        mmap of her fake offset {alice['offset']:#x}: {bob['map_alice_offset']}"
             )
-            print(
-                f"        GEM_MMAP_OFFSET of a handle he lacks: {bob['mmap_offset_of_alice_handle']}"
-            )
+            print(f"        GEM_MMAP_OFFSET of a handle he lacks: {bob['offset_of_handle']}")
             print(f"        VM_BIND into her VM id {alice['vm']}: {bob['bind_into_alice_vm']}")
             print(
                 f"        his own BO got handle {bob['own_handle']} (handles are per file) "
