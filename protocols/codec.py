@@ -22,6 +22,7 @@ from .ops import EVENTS, SPECS, Event, Op
 MAX_DATAGRAM = 64 * 1024
 MAX_FDS = 8
 MAX_REQUEST_ID = 0xFFFF_FFFF
+_OPS = {int(op): op for op in Op}
 
 _UNPACK_LIMITS = dict(
     raw=False,
@@ -57,17 +58,48 @@ class EventMessage:
 
 
 # --- records <-> maps -----------------------------------------------------------------
+_SCALAR, _LIST, _RECORDS, _NESTED = range(4)
+
+
+_Plan = tuple[tuple[tuple[str, int], ...], dict[str, Any]]
+_PLANS: dict[type, _Plan] = {}
+
+
+def _plan(cls: type) -> _Plan:
+    """How each field of `cls` travels, worked out once per class (the hot path)."""
+    plan = _PLANS.get(cls)
+    if plan is None:
+        plan = _PLANS[cls] = _make_plan(cls)
+    return plan
+
+
+def _make_plan(cls: type) -> _Plan:
+    kinds = []
+    for field in attrs.fields(cls):
+        meta = field.metadata
+        if "record" in meta:
+            kind = _RECORDS
+        elif "nested" in meta:
+            kind = _NESTED
+        elif "array" in meta:
+            kind = _LIST
+        else:
+            kind = _SCALAR
+        kinds.append((field.name, kind))
+    return tuple(kinds), {field.name: field.metadata for field in attrs.fields(cls)}
+
+
 def to_wire(record: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for field in attrs.fields(type(record)):
-        value = getattr(record, field.name)
-        if "record" in field.metadata:
+    for name, kind in _plan(type(record))[0]:
+        value = getattr(record, name)
+        if kind == _RECORDS:
             value = [to_wire(item) for item in value]
-        elif "nested" in field.metadata:
+        elif kind == _NESTED:
             value = to_wire(value)
-        elif isinstance(value, tuple):
+        elif kind == _LIST:
             value = list(value)
-        out[field.name] = value
+        out[name] = value
     return out
 
 
@@ -75,13 +107,13 @@ def from_wire(cls: type, obj: Any) -> Any:
     """Build `cls` from a peer's map; missing fields are zero, as in a memset struct."""
     if type(obj) is not dict:
         raise FieldError(f"{cls.__name__} must be a map")
-    fields = attrs.fields_dict(cls)
+    fields = _plan(cls)[1]
     unknown = obj.keys() - fields.keys()
     if unknown:
         raise FieldError(f"{cls.__name__} has no field {sorted(map(str, unknown))[0]!r}")
     kwargs: dict[str, Any] = {}
     for name, value in obj.items():
-        meta = fields[name].metadata
+        meta = fields[name]
         if "record" in meta:
             if type(value) is not list:
                 raise FieldError(f"{name} must be a list")
@@ -158,10 +190,9 @@ def decode_request(data: bytes, fds: tuple[int, ...] = (), truncated: bool = Fal
         raise ProtocolError(EINVAL, "request id 0 is reserved for events")
     if type(op_number) is not int:
         raise ProtocolError(EINVAL, "op must be an integer", request_id)
-    try:
-        op = Op(op_number)
-    except ValueError:
-        raise ProtocolError(ENOTTY, f"unknown op {op_number:#x}", request_id) from None
+    op = _OPS.get(op_number)
+    if op is None:
+        raise ProtocolError(ENOTTY, f"unknown op {op_number:#x}", request_id)
     spec = SPECS[op]
     if len(fds) != spec.fds_in:
         raise ProtocolError(

@@ -38,6 +38,7 @@ from protocols import (
     encode_reply,
     errno_name,
     pack_fds,
+    peek_request_id,
     unpack_fds,
 )
 from protocols import (
@@ -53,13 +54,14 @@ from .device.ids import IdAllocator
 from .ioctl import HANDLERS
 
 _ANC_SPACE = socket.CMSG_SPACE(MAX_FDS * 4)
+# plain ints: the socket module's flags are IntFlags, slow to test on every datagram
+_MSG_TRUNC = int(socket.MSG_TRUNC)
+_MSG_CTRUNC = int(socket.MSG_CTRUNC)
+_MSG_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
 _PEERCRED = struct.Struct("3i")
 EVENT_QUEUE = 256  # events a slow client may fall behind by before they are dropped
-_DISCONNECT_ERRNOS = {errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.EBADF}
-
-
 class _Disconnected(Exception):
-    pass
+    """The peer is gone (or its socket failed): stop serving it, release its file."""
 
 
 @attrs.define
@@ -106,31 +108,34 @@ class Connection:
             self.log.info("client_disconnected", reason=reason)
 
     async def _read_requests(self, nursery: trio.Nursery) -> str:
-        while True:
-            try:
+        """Answer datagrams in order until the peer leaves; return why the loop ended."""
+        try:
+            while True:
                 data, ancdata, flags, _ = await self._recvmsg()
-            except _Disconnected:
-                return "reset"
-            fds, junk = unpack_fds(ancdata)
-            if not data and not fds:
-                return "eof"
-            if junk or flags & socket.MSG_CTRUNC:
-                _close_all(fds)
-                await self._refuse(0, errno.EINVAL, "too many or malformed descriptors")
-                continue
-            try:
-                request = self.proto.receive(data, tuple(fds), bool(flags & socket.MSG_TRUNC))
-            except ProtocolError as exc:
-                _close_all(fds)
-                await self._refuse(exc.request_id, exc.errno, exc.message)
-                if self.proto.exhausted:
-                    self.log.warning("client_dropped", reason="malformed messages")
-                    return "garbage"
-                continue
-            if SPECS[request.op].blocking:
-                nursery.start_soon(self._answer_blocking, request)
-            else:
-                await self._answer(request)
+                fds, junk = unpack_fds(ancdata)
+                if not data and not fds:
+                    return "eof"  # SOCK_SEQPACKET: a zero-length read is the end
+                if junk or flags & _MSG_CTRUNC:  # the kernel dropped what did not fit
+                    _close_all(fds)
+                    await self._refuse(
+                        peek_request_id(data), errno.EINVAL, "too many or malformed descriptors"
+                    )
+                    continue
+                try:
+                    request = self.proto.receive(data, tuple(fds), bool(flags & _MSG_TRUNC))
+                except ProtocolError as exc:
+                    _close_all(fds)
+                    await self._refuse(exc.request_id, exc.errno, exc.message)
+                    if self.proto.exhausted:
+                        self.log.warning("client_dropped", reason="malformed messages")
+                        return "garbage"
+                    continue
+                if SPECS[request.op].blocking:
+                    nursery.start_soon(self._answer_blocking, request, nursery.cancel_scope)
+                else:
+                    await self._answer(request)
+        except _Disconnected as exc:
+            return f"reset ({exc})"
 
     # --- requests -------------------------------------------------------------------------
     async def _answer(self, request: Request) -> None:
@@ -147,16 +152,19 @@ class Connection:
             return
         await self._reply(request, result)
 
-    async def _answer_blocking(self, request: Request) -> None:
+    async def _answer_blocking(self, request: Request, connection: trio.CancelScope) -> None:
         try:
-            result = await HANDLERS[request.op](self.xef, request.args)
-        except IoctlError as exc:
-            await self._refuse(request.id, exc.errno, exc.message, request.op)
-            return
-        except Exception:
-            await self._crashed(request)
-            return
-        await self._reply(request, result)
+            try:
+                result = await HANDLERS[request.op](self.xef, request.args)
+            except IoctlError as exc:
+                await self._refuse(request.id, exc.errno, exc.message, request.op)
+                return
+            except Exception:
+                await self._crashed(request)
+                return
+            await self._reply(request, result)
+        except _Disconnected:
+            connection.cancel()  # the reader will see the end of the connection too
 
     async def _crashed(self, request: Request) -> None:
         """A bug in a handler (never the client's input): log it loudly, fail the ioctl
@@ -213,16 +221,16 @@ class Connection:
                 return
 
     # --- the socket -------------------------------------------------------------------------
+    # Any failure of the socket itself (ECONNRESET, EPIPE, ...) ends the connection: there
+    # is no one left to answer, and the file must be released like any other.
     async def _recvmsg(self) -> tuple[bytes, list[Any], int, Any]:
         while True:
             try:
-                return self.sock.recvmsg(MAX_DATAGRAM + 1, _ANC_SPACE, socket.MSG_CMSG_CLOEXEC)
+                return self.sock.recvmsg(MAX_DATAGRAM + 1, _ANC_SPACE, _MSG_CMSG_CLOEXEC)
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(self.sock)
             except OSError as exc:
-                if exc.errno in _DISCONNECT_ERRNOS:
-                    raise _Disconnected from exc
-                raise
+                raise _Disconnected(errno_name(exc.errno or 0)) from exc
 
     async def _send(self, data: bytes, fds: list[int]) -> None:
         ancdata = pack_fds(fds)
@@ -232,9 +240,7 @@ class Connection:
         except BlockingIOError:
             pass
         except OSError as exc:
-            if exc.errno in _DISCONNECT_ERRNOS:
-                raise _Disconnected from exc
-            raise
+            raise _Disconnected(errno_name(exc.errno or 0)) from exc
         async with self._send_lock:  # only one task may wait for room
             while True:
                 await trio.lowlevel.wait_writable(self.sock)
@@ -244,9 +250,7 @@ class Connection:
                 except BlockingIOError:
                     continue
                 except OSError as exc:
-                    if exc.errno in _DISCONNECT_ERRNOS:
-                        raise _Disconnected from exc
-                    raise
+                    raise _Disconnected(errno_name(exc.errno or 0)) from exc
 
 
 # --- the listening socket -----------------------------------------------------------------
