@@ -7,6 +7,8 @@ import os
 from errno import EINVAL, ENOENT
 from typing import TYPE_CHECKING
 
+import structlog
+
 from protocols import messages as m
 from protocols.constants import (
     DRM_XE_GEM_CPU_CACHING_WB,
@@ -26,6 +28,9 @@ if TYPE_CHECKING:
     from .device import XeDevice
     from .file import XeFile
     from .vm import XeVm
+
+
+_log = structlog.get_logger("xed")
 
 
 class XeBo:
@@ -84,6 +89,7 @@ class XeBo:
             self._view = None
         os.close(self.memfd)
         self.region.uncharge(self.size, self.visible)
+        _log.debug("bo_freed", size=self.size, region=self.region.instance)
         self.device.counts["bo"] -= 1
         self.device.counts["bo_bytes"] -= self.size
 

@@ -75,6 +75,7 @@ class XeVm:
         if self.refs == 0:
             self.close()
             self.device.counts["vm"] -= 1
+            self.file.log.debug("vm_freed", vm_id=self.id)
 
     def close(self) -> None:
         """xe_vm_close: tear the mappings down now; holders of a reference see it closed."""
