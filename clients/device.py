@@ -10,11 +10,14 @@ stands in for. Every refusal raises XeError carrying the kernel's errno.
 from __future__ import annotations
 
 import collections
+import contextlib
 import mmap
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
+
+import attrs
 
 from protocols import (
     PROTOCOL_VERSION,
@@ -28,6 +31,12 @@ from protocols import (
     messages as m,
 )
 from protocols.constants import (
+    DMA_BUF_SYNC_END,
+    DMA_BUF_SYNC_READ,
+    DMA_BUF_SYNC_RW,
+    DMA_BUF_SYNC_START,
+    DRM_CLOEXEC,
+    DRM_RDWR,
     DRM_XE_GEM_CPU_CACHING_WB,
     DRM_XE_GEM_CPU_CACHING_WC,
     DRM_XE_SYNC_FLAG_SIGNAL,
@@ -37,6 +46,7 @@ from protocols.constants import (
     MAP_SHARED,
     PROT_READ,
     PROT_WRITE,
+    SEEK_END,
     XE_PLACEMENT_SYSMEM,
     EngineClass,
     Query,
@@ -208,6 +218,68 @@ class Device:
                 return mapping.fake_offset + (address - mapping.address)
         raise ValueError(f"{address:#x} is not inside a mapping of this device")
 
+    # --- PRIME and dma-bufs --------------------------------------------------------------
+    def prime_handle_to_fd(self, handle: int, flags: int = DRM_CLOEXEC | DRM_RDWR) -> int:
+        """Export a BO as a dma-buf descriptor (yours to close, send or map)."""
+        reply, (fd,) = self.ioctl_fds(
+            Op.PRIME_HANDLE_TO_FD, m.DrmPrimeHandle(handle=handle, flags=flags)
+        )
+        if not flags & DRM_CLOEXEC:
+            os.set_inheritable(fd, True)
+        self._bo_sizes.setdefault(handle, reply.size)
+        return fd
+
+    def prime_fd_to_handle(self, fd: int) -> int:
+        """Import a dma-buf (of this device, or of another xed daemon) as a GEM handle."""
+        reply: m.DrmPrimeHandleReply = self.ioctl(
+            Op.PRIME_FD_TO_HANDLE, m.DrmPrimeHandle(fd=fd), fds=[fd]
+        )
+        self._bo_sizes[reply.handle] = reply.size
+        return reply.handle
+
+    def dmabuf_size(self, fd: int) -> int:
+        """lseek(fd, 0, SEEK_END) on a dma-buf: its size."""
+        reply: m.DmaBufLlseekReply = self.ioctl(
+            Op.DMA_BUF_LLSEEK, m.DmaBufLlseek(offset=0, whence=SEEK_END), fds=[fd]
+        )
+        return reply.offset
+
+    def dmabuf_mmap(
+        self,
+        fd: int,
+        length: int | None = None,
+        offset: int = 0,
+        prot: int = PROT_READ | PROT_WRITE,
+        flags: int = MAP_SHARED,
+    ) -> Mapping:
+        """mmap(2) of a dma-buf descriptor; bracket CPU access with cpu_access()."""
+        if length is None:
+            length = self.dmabuf_size(fd) - offset
+        reply, (memfd,) = self.ioctl_fds(
+            Op.DMA_BUF_MMAP,
+            m.XedMmap(offset=offset, length=length, prot=prot, flags=flags),
+            fds=[fd],
+        )
+        try:
+            mm = mmap.mmap(memfd, reply.length, mmap.MAP_SHARED, prot, offset=reply.offset)
+        finally:
+            os.close(memfd)
+        return Mapping(mm, 0, reply.length)
+
+    def dmabuf_sync(self, fd: int, flags: int) -> None:
+        """DMA_BUF_IOCTL_SYNC: DMA_BUF_SYNC_START/END | READ/WRITE/RW."""
+        self.ioctl(Op.DMA_BUF_IOCTL_SYNC, m.DmaBufSync(flags=flags), fds=[fd])
+
+    @contextlib.contextmanager
+    def cpu_access(self, fd: int, write: bool = True) -> Iterator[None]:
+        """Bracket CPU access to a mapped dma-buf, as the exporter needs for coherency."""
+        direction = DMA_BUF_SYNC_RW if write else DMA_BUF_SYNC_READ
+        self.dmabuf_sync(fd, DMA_BUF_SYNC_START | direction)
+        try:
+            yield
+        finally:
+            self.dmabuf_sync(fd, DMA_BUF_SYNC_END | direction)
+
     # --- VMs --------------------------------------------------------------------------------
     def vm_create(self, flags: int = 0) -> int:
         reply: m.DrmXeVmCreateReply = self.ioctl(Op.XE_VM_CREATE, m.DrmXeVmCreate(flags=flags))
@@ -254,9 +326,9 @@ class Device:
             addr = self.user_address(sync.addr)
         except ValueError:
             return sync  # not ours to translate: let the daemon judge it
-        return m.DrmXeSync(
-            type=sync.type, flags=sync.flags, addr=addr, timeline_value=sync.timeline_value
-        )
+        # everything else as the caller set it; mypy sees the records through
+        # dataclass_transform, not as attrs classes
+        return attrs.evolve(sync, addr=addr)  # type: ignore[misc]
 
     # --- exec queues and execution ----------------------------------------------------------
     def exec_queue_create(

@@ -14,9 +14,10 @@ import attrs
 from .codec import Request, decode_request
 from .errors import ProtocolError
 from .messages import Hello
-from .ops import SPECS, Op, Role
+from .ops import HELLO_ROLES, SPECS, Op, Role
 from .version import compatible
 
+_HELLO_ROLE_NAMES = frozenset(role.value for role in HELLO_ROLES)
 MAX_STRIKES = 8  # consecutive malformed messages before the peer is disconnected
 
 
@@ -61,10 +62,8 @@ class ServerConnection:
             raise ProtocolError(
                 EPROTO, f"protocol major {hello.version[0]} unsupported", request.id
             )
-        try:
-            Role(hello.role)
-        except ValueError:
-            raise ProtocolError(EINVAL, f"unknown role {hello.role!r}", request.id) from None
+        if hello.role not in _HELLO_ROLE_NAMES:
+            raise ProtocolError(EINVAL, f"unknown role {hello.role!r}", request.id)
 
     def accept(self, role: Role) -> None:
         """The daemon admitted the peer in `role` (credentials checked there)."""

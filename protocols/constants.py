@@ -115,6 +115,18 @@ DRM_XE_QUERY_CONFIG_FLAG_HAS_VRAM = 1 << 0
 DRM_XE_QUERY_GT_TYPE_MAIN = 0
 DRM_XE_QUERY_GT_TYPE_MEDIA = 1
 
+# --- PRIME and dma-buf (drm.h, linux/dma-buf.h) -----------------------------------
+DRM_CLOEXEC = 0o2000000  # O_CLOEXEC
+DRM_RDWR = 0o2  # O_RDWR: the dma-buf may be mapped writable
+DMA_BUF_SYNC_READ = 1 << 0
+DMA_BUF_SYNC_WRITE = 1 << 1
+DMA_BUF_SYNC_RW = DMA_BUF_SYNC_READ | DMA_BUF_SYNC_WRITE
+DMA_BUF_SYNC_START = 0 << 2
+DMA_BUF_SYNC_END = 1 << 2
+DMA_BUF_SYNC_VALID_FLAGS_MASK = DMA_BUF_SYNC_RW | DMA_BUF_SYNC_END
+SEEK_SET = 0
+SEEK_END = 2
+
 # --- mmap(2) bits carried in the MMAP request ----------------------------------------
 PROT_READ = 0x1
 PROT_WRITE = 0x2

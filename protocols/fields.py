@@ -58,6 +58,10 @@ def u64(doc: str = "", default: int = 0) -> Any:
     return _int("u64", 0, 0xFFFF_FFFF_FFFF_FFFF, doc, default)
 
 
+def s32(doc: str = "", default: int = 0) -> Any:
+    return _int("s32", -(1 << 31), (1 << 31) - 1, doc, default)
+
+
 def s64(doc: str = "", default: int = 0) -> Any:
     return _int("s64", -(1 << 63), (1 << 63) - 1, doc, default)
 

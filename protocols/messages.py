@@ -13,7 +13,7 @@ import typing
 
 import attrs
 
-from .fields import array, mbz, record, records, s64, string, u16, u32, u64
+from .fields import array, mbz, record, records, s32, s64, string, u16, u32, u64
 
 _T = typing.TypeVar("_T")
 
@@ -303,6 +303,56 @@ class DrmXeWaitUserFenceReply:
     timeout: int = s64("time left (relative waits), as the kernel writes back")
 
 
+# --- PRIME and dma-buf ------------------------------------------------------------------
+@frozen
+class DrmPrimeHandle:
+    """struct drm_prime_handle. The dma-buf itself travels as an attached descriptor."""
+
+    handle: int = u32("GEM handle (HANDLE_TO_FD)")
+    flags: int = u32("DRM_CLOEXEC | DRM_RDWR (HANDLE_TO_FD)")
+    fd: int = s32("the caller's number for the attached descriptor; informational")
+
+
+@frozen
+class DrmPrimeHandleReply:
+    handle: int = u32("GEM handle (FD_TO_HANDLE)")
+    size: int = u64("xed: the buffer's size, as lseek(SEEK_END) on the dma-buf tells")
+
+
+@frozen
+class DmaBufSync:
+    """struct dma_buf_sync (DMA_BUF_IOCTL_SYNC) on the attached dma-buf."""
+
+    flags: int = u64("DMA_BUF_SYNC_START/END | READ/WRITE/RW")
+
+
+@frozen
+class DmaBufLlseek:
+    """lseek(2) on the attached dma-buf: only the size can be asked for."""
+
+    offset: int = s64()
+    whence: int = u32("SEEK_SET or SEEK_END")
+
+
+@frozen
+class DmaBufLlseekReply:
+    offset: int = u64("the resulting position")
+
+
+@frozen
+class DmaBufAttach:
+    """Sent by a daemon on a dma-buf of another daemon: give me your pages."""
+
+
+@frozen
+class DmaBufAttachReply:
+    """The attached descriptor is the memory; map it shared at offset 0."""
+
+    size: int = u64()
+    writable: int = u32("1 if the dma-buf was exported with DRM_RDWR")
+    device: DeviceIdentity = record(DeviceIdentity, "the exporter")
+
+
 # --- admin -----------------------------------------------------------------------------
 @frozen
 class XedAdminStatus:
@@ -317,6 +367,7 @@ class XedObjectCounts:
     exec_queues: int = u32()
     mmap_offsets: int = u32()
     bo_bytes: int = u64()
+    dma_bufs: int = u32()
 
 
 @frozen
@@ -326,6 +377,7 @@ class XedAdminStatusReply:
     execs: int = u64("batches executed")
     bans: int = u64("exec queues banned")
     refused: int = u64("ioctls answered with an errno")
+    sync_violations: int = u64("device access while a CPU write window was open (strict)")
 
 
 # --- events ----------------------------------------------------------------------------

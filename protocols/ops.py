@@ -14,16 +14,19 @@ import enum
 from errno import (
     EACCES,
     EAGAIN,
+    EBADF,
     EBUSY,
     ECANCELED,
     EFAULT,
     EINVAL,
     EIO,
     EMSGSIZE,
+    ENODEV,
     ENOENT,
     ENOMEM,
     ENOTTY,
     EOPNOTSUPP,
+    EPERM,
     EPROTO,
     ETIME,
 )
@@ -38,6 +41,8 @@ DRM_COMMAND_BASE = 0x40
 class Op(enum.IntEnum):
     VERSION = 0x00
     GEM_CLOSE = 0x09
+    PRIME_HANDLE_TO_FD = 0x2D
+    PRIME_FD_TO_HANDLE = 0x2E
     XE_DEVICE_QUERY = DRM_COMMAND_BASE + 0x00
     XE_GEM_CREATE = DRM_COMMAND_BASE + 0x01
     XE_GEM_MMAP_OFFSET = DRM_COMMAND_BASE + 0x02
@@ -50,6 +55,10 @@ class Op(enum.IntEnum):
     XE_WAIT_USER_FENCE = DRM_COMMAND_BASE + 0x0A
     HELLO = 0x100
     MMAP = 0x101
+    DMA_BUF_MMAP = 0x102
+    DMA_BUF_IOCTL_SYNC = 0x103
+    DMA_BUF_LLSEEK = 0x104
+    DMA_BUF_ATTACH = 0x110
     ADMIN_STATUS = 0x180
 
 
@@ -63,10 +72,16 @@ class Role(enum.Enum):
     AUX = "aux"
     DEBUGGER = "debugger"
     ADMIN = "admin"
+    # not a connection role: whoever speaks on an exported object's descriptor (a daemon
+    # importing another daemon's dma-buf); never accepted in HELLO
+    PEER = "peer"
+
+
+HELLO_ROLES = frozenset({Role.DRM, Role.AUX, Role.DEBUGGER, Role.ADMIN})
 
 
 DRM_ROLES = frozenset({Role.DRM})
-ANY_ROLE = frozenset(Role)
+ANY_ROLE = HELLO_ROLES
 
 # errors every op can answer with, besides its own
 COMMON_ERRORS: tuple[tuple[int, str], ...] = (
@@ -106,7 +121,7 @@ SPECS: dict[Op, OpSpec] = {
             doc="Handshake. Must be the first message; chooses the connection's role.",
             errors=(
                 (EPROTO, "incompatible major version"),
-                (EINVAL, "unknown role"),
+                (EINVAL, "unknown role (or `peer`, which is not a connection role)"),
                 (EACCES, "the peer's credentials do not allow this role"),
             ),
         ),
@@ -156,7 +171,12 @@ SPECS: dict[Op, OpSpec] = {
             request=m.DrmXeGemMmapOffset,
             reply=m.DrmXeGemMmapOffsetReply,
             doc="The fake offset at which MMAP maps the BO; allowed for this connection only.",
-            errors=(_MBZ, (EINVAL, "unknown flags"), (ENOENT, "no such handle")),
+            errors=(
+                _MBZ,
+                (EINVAL, "unknown flags"),
+                (ENOENT, "no such handle"),
+                (ENODEV, "a foreign import, unless dma_buf.imported_mmap = forward"),
+            ),
         ),
         OpSpec(
             op=Op.MMAP,
@@ -275,6 +295,95 @@ SPECS: dict[Op, OpSpec] = {
                 (EIO, "the exec queue was reset (banned) while waiting"),
                 (ETIME, "the timeout passed"),
             ),
+        ),
+        OpSpec(
+            op=Op.PRIME_HANDLE_TO_FD,
+            request=m.DrmPrimeHandle,
+            reply=m.DrmPrimeHandleReply,
+            fds_out=1,
+            doc=(
+                "Export a BO as a dma-buf descriptor. The same BO gives the same dma-buf "
+                "(same inode) while it has handles; a foreign import re-exports the original."
+            ),
+            errors=(
+                (EINVAL, "flags other than DRM_CLOEXEC | DRM_RDWR"),
+                (ENOENT, "no such handle"),
+                (EPERM, "the BO is private to a VM"),
+            ),
+        ),
+        OpSpec(
+            op=Op.PRIME_FD_TO_HANDLE,
+            request=m.DrmPrimeHandle,
+            reply=m.DrmPrimeHandleReply,
+            fds_in=1,
+            blocking=True,
+            doc=(
+                "Import a dma-buf. One of this device: the object itself (the exporting file "
+                "gets its own handle back). One of another xed daemon: a foreign import "
+                "whose pages stay the exporter's."
+            ),
+            errors=(
+                (EBADF, "a closed descriptor: sendmsg(2) refuses it in the caller"),
+                (EINVAL, "the descriptor is not a dma-buf (a memfd, a pipe, a VM fd, ...)"),
+                (EINVAL, "another daemon's descriptor that does not answer as a dma-buf"),
+            ),
+        ),
+        OpSpec(
+            op=Op.DMA_BUF_MMAP,
+            request=m.XedMmap,
+            reply=m.XedMmapReply,
+            fds_in=1,
+            fds_out=1,
+            blocking=True,
+            doc=(
+                "mmap(2) of the attached dma-buf (`offset` is the offset into the buffer); "
+                "works for any holder of the descriptor, handle or not."
+            ),
+            errors=(
+                (EINVAL, "the descriptor is not a dma-buf"),
+                (EINVAL, "length zero or offset not page aligned"),
+                (EINVAL, "flags not exactly one of MAP_SHARED / MAP_PRIVATE, unknown prot"),
+                (EINVAL, "offset + length beyond the buffer"),
+                (EINVAL, "a private (copy-on-write) mapping"),
+                (EACCES, "a writable mapping of a dma-buf exported without DRM_RDWR"),
+            ),
+        ),
+        OpSpec(
+            op=Op.DMA_BUF_IOCTL_SYNC,
+            request=m.DmaBufSync,
+            reply=m.Empty,
+            fds_in=1,
+            blocking=True,
+            doc="Begin (START) or end (END) CPU access to the attached dma-buf.",
+            errors=(
+                (EINVAL, "the descriptor is not a dma-buf"),
+                (EINVAL, "flags outside DMA_BUF_SYNC_VALID_FLAGS_MASK"),
+                (EINVAL, "neither READ nor WRITE"),
+            ),
+        ),
+        OpSpec(
+            op=Op.DMA_BUF_LLSEEK,
+            request=m.DmaBufLlseek,
+            reply=m.DmaBufLlseekReply,
+            fds_in=1,
+            blocking=True,
+            doc="lseek(2) on the attached dma-buf: (0, SEEK_END) tells its size.",
+            errors=(
+                (EINVAL, "the descriptor is not a dma-buf"),
+                (EINVAL, "anything but offset 0 with SEEK_SET or SEEK_END"),
+            ),
+        ),
+        OpSpec(
+            op=Op.DMA_BUF_ATTACH,
+            request=m.DmaBufAttach,
+            reply=m.DmaBufAttachReply,
+            roles=frozenset({Role.PEER}),
+            fds_out=1,
+            doc=(
+                "Spoken on a dma-buf's own descriptor by another daemon importing it: the "
+                "exporter answers with its memory (zero copy). Not valid on a connection."
+            ),
+            errors=((EINVAL, "the descriptor is not a dma-buf (e.g. an exported VM)"),),
         ),
         OpSpec(
             op=Op.ADMIN_STATUS,

@@ -21,6 +21,7 @@ INT_RANGES: dict[str, tuple[int, int]] = {
     "u16": (0, 0xFFFF),
     "u32": (0, 0xFFFF_FFFF),
     "u64": (0, 0xFFFF_FFFF_FFFF_FFFF),
+    "s32": (-(1 << 31), (1 << 31) - 1),
     "s64": (-(1 << 63), (1 << 63) - 1),
 }
 

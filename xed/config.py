@@ -68,9 +68,35 @@ class DeviceConfig:
                 raise ConfigError(f"{name} must be a multiple of {PAGE_SIZE}")
 
 
+def _one_of(*choices: str) -> Any:
+    def check(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value not in choices:
+            raise ConfigError(f"{attribute.name} must be one of {', '.join(choices)}")
+
+    return check
+
+
+def _boolean(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if type(value) is not bool:
+        raise ConfigError(f"{attribute.name} must be true or false, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class DmaBufConfig:
+    """How imported buffers may be reached by the CPU (see README: dma-buf sharing)."""
+
+    # "refuse": mmap of a foreign import through the importer's GEM offset is ENODEV
+    # (user space must mmap the dma-buf and bracket access with DMA_BUF_IOCTL_SYNC);
+    # "forward": map the exporter's pages, as the i915 RFC proposed
+    imported_mmap: str = attrs.field(default="refuse", validator=_one_of("refuse", "forward"))
+    # report device access to a buffer while a CPU write window is open on it
+    strict_sync: bool = attrs.field(default=False, validator=_boolean)
+
+
 @attrs.frozen(kw_only=True)
 class Config:
     device: DeviceConfig = attrs.field(factory=DeviceConfig)
+    dma_buf: DmaBufConfig = attrs.field(factory=DmaBufConfig)
 
 
 def _build(cls: type, table: Any, where: str) -> Any:
@@ -79,17 +105,17 @@ def _build(cls: type, table: Any, where: str) -> Any:
     known = attrs.fields_dict(cls)
     for key in table:
         if key not in known:
-            raise ConfigError(f"unknown setting {where}.{key}")
+            raise ConfigError(f"unknown setting {where}.{key}".replace(" .", " "))
     kwargs = {}
     for key, value in table.items():
         nested = known[key].type
-        if isinstance(nested, str) and nested in ("EngineConfig", "DeviceConfig"):
-            value = _build(globals()[nested], value, f"{where}.{key}")
+        if isinstance(nested, str) and nested in _SECTIONS:
+            value = _build(globals()[nested], value, f"{where}.{key}".lstrip("."))
         kwargs[key] = value
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"[{where}] {exc}") from exc
+        raise ConfigError(f"[{where}] {exc}" if where else str(exc)) from exc
 
 
 def load(path: Path | None) -> Config:
@@ -100,7 +126,8 @@ def load(path: Path | None) -> Config:
         data = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: {exc}") from exc
-    unknown = data.keys() - {"device"}
-    if unknown:
-        raise ConfigError(f"unknown section [{sorted(unknown)[0]}]")
-    return Config(device=_build(DeviceConfig, data.get("device", {}), "device"))
+    config: Config = _build(Config, data, "")
+    return config
+
+
+_SECTIONS = {"EngineConfig", "DeviceConfig", "DmaBufConfig"}

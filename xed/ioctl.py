@@ -13,7 +13,7 @@ from typing import Any
 from protocols import messages as m
 from protocols.ops import Op
 
-from .device import bo, exec_queue, mmap, query, ufence, vm
+from .device import bo, dma_buf, exec_queue, mmap, query, ufence, vm
 from .device.file import XeFile
 
 DRIVER_VERSION = (1, 0, 0)
@@ -37,7 +37,7 @@ def admin_status_ioctl(xef: XeFile, args: m.XedAdminStatus) -> m.XedAdminStatusR
     return xef.device.status()
 
 
-HANDLERS: dict[Op, Callable[[XeFile, Any], Any]] = {
+HANDLERS: dict[Op, Callable[..., Any]] = {
     Op.VERSION: drm_version_ioctl,
     Op.GEM_CLOSE: bo.drm_gem_close_ioctl,
     Op.XE_DEVICE_QUERY: query.xe_query_ioctl,
@@ -52,4 +52,9 @@ HANDLERS: dict[Op, Callable[[XeFile, Any], Any]] = {
     Op.XE_WAIT_USER_FENCE: ufence.xe_wait_user_fence_ioctl,
     Op.MMAP: mmap.xed_mmap_ioctl,
     Op.ADMIN_STATUS: admin_status_ioctl,
+    Op.PRIME_HANDLE_TO_FD: dma_buf.drm_prime_handle_to_fd_ioctl,
+    Op.PRIME_FD_TO_HANDLE: dma_buf.drm_prime_fd_to_handle_ioctl,
+    Op.DMA_BUF_MMAP: dma_buf.dma_buf_mmap_ioctl,
+    Op.DMA_BUF_IOCTL_SYNC: dma_buf.dma_buf_sync_ioctl,
+    Op.DMA_BUF_LLSEEK: dma_buf.dma_buf_llseek_ioctl,
 }

@@ -133,7 +133,10 @@ class Connection:
                 if SPECS[request.op].blocking:
                     nursery.start_soon(self._answer_blocking, request, nursery.cancel_scope)
                 else:
-                    await self._answer(request)
+                    try:
+                        await self._answer(request)
+                    finally:
+                        _close_all(request.fds)
         except _Disconnected as exc:
             return f"reset ({exc})"
 
@@ -143,7 +146,7 @@ class Connection:
             if request.op is Op.HELLO:
                 result: Any = self._hello(request.args)
             else:
-                result = HANDLERS[request.op](self.xef, request.args)
+                result = HANDLERS[request.op](self.xef, request.args, *self._fd_args(request))
         except IoctlError as exc:
             await self._refuse(request.id, exc.errno, exc.message, request.op)
             return
@@ -154,8 +157,18 @@ class Connection:
 
     async def _answer_blocking(self, request: Request, connection: trio.CancelScope) -> None:
         try:
+            await self._answer_blocking_inner(request, connection)
+        finally:
+            _close_all(request.fds)
+
+    async def _answer_blocking_inner(
+        self, request: Request, connection: trio.CancelScope
+    ) -> None:
+        try:
             try:
-                result = await HANDLERS[request.op](self.xef, request.args)
+                result = await HANDLERS[request.op](
+                    self.xef, request.args, *self._fd_args(request)
+                )
             except IoctlError as exc:
                 await self._refuse(request.id, exc.errno, exc.message, request.op)
                 return
@@ -165,6 +178,12 @@ class Connection:
             await self._reply(request, result)
         except _Disconnected:
             connection.cancel()  # the reader will see the end of the connection too
+
+    @staticmethod
+    def _fd_args(request: Request) -> tuple[tuple[int, ...], ...]:
+        """Ops that take descriptors get them as a third argument; they are lent, not
+        given: the connection closes them once the request is answered."""
+        return (request.fds,) if SPECS[request.op].fds_in else ()
 
     async def _crashed(self, request: Request) -> None:
         """A bug in a handler (never the client's input): log it loudly, fail the ioctl
@@ -300,7 +319,7 @@ async def serve(
     task_status: trio.TaskStatus[ServerHandle] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve one emulated device on `listener` until cancelled."""
-    device = XeDevice(config.device)
+    device = XeDevice(config)
     handle = ServerHandle(device, path)
     client_ids = IdAllocator()
     listener.setblocking(False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import mmap
 import os
-from errno import EINVAL, ENOENT
+from errno import EINVAL, ENODEV, ENOENT
 from typing import TYPE_CHECKING
 
 import structlog
@@ -26,6 +26,7 @@ from .vma_manager import VmaNode
 
 if TYPE_CHECKING:
     from .device import XeDevice
+    from .dma_buf import DmaBuf
     from .file import XeFile
     from .vm import XeVm
 
@@ -45,18 +46,22 @@ class XeBo:
         self,
         device: XeDevice,
         size: int,
-        region: MemRegion,
+        region: MemRegion | None,
         visible: bool,
         flags: int,
         cpu_caching: int,
         vm: XeVm | None,
+        memfd: int | None = None,
     ) -> None:
-        region.charge(size, visible)
-        try:
-            self.memfd = create_backing("xe-bo", size)
-        except OSError:
-            region.uncharge(size, visible)
-            raise
+        if memfd is None:
+            assert region is not None
+            region.charge(size, visible)
+            try:
+                memfd = create_backing("xe-bo", size)
+            except OSError:
+                region.uncharge(size, visible)
+                raise
+        self.memfd = memfd
         self.device = device
         self.size = size
         self.region = region
@@ -65,11 +70,37 @@ class XeBo:
         self.cpu_caching = cpu_caching
         self.vm = vm  # VM-private: shares the VM's reservation, never exportable
         self.refs = 1
+        self.handle_count = 0
+        self.dma_buf: DmaBuf | None = None  # obj->dma_buf: our export, while handles exist
+        self.exported_as: DmaBuf | None = None  # our export, for as long as it lives
+        self.import_fd: int | None = None  # a foreign import: the dma-buf it came from
         # the offset exists from the start; which files may map it is the node's business
         self.node: VmaNode | None = device.vma.add(self, size)
         self._view: mmap.mmap | None = None
         device.counts["bo"] += 1
         device.counts["bo_bytes"] += size
+
+    @classmethod
+    def foreign(cls, device: XeDevice, memfd: int, size: int, import_fd: int) -> XeBo:
+        """A BO over another daemon's pages (a foreign dma-buf import): no region of ours
+        pays for it, and `import_fd` keeps the exporter's buffer alive while we use it."""
+        bo = cls(device, size, None, False, 0, 0, None, memfd=memfd)
+        bo.import_fd = import_fd
+        return bo
+
+    @property
+    def imported(self) -> bool:
+        return self.import_fd is not None
+
+    def handle_opened(self) -> None:
+        self.handle_count += 1
+
+    def handle_closed(self) -> None:
+        """The last handle going drops the daemon's copy of its dma-buf (obj->dma_buf)."""
+        self.handle_count -= 1
+        if self.handle_count == 0 and self.dma_buf is not None:
+            self.dma_buf.let_go()
+            self.dma_buf = None
 
     def get(self) -> XeBo:
         self.refs += 1
@@ -88,8 +119,12 @@ class XeBo:
             self._view.close()
             self._view = None
         os.close(self.memfd)
-        self.region.uncharge(self.size, self.visible)
-        _log.debug("bo_freed", size=self.size, region=self.region.instance)
+        if self.import_fd is not None:
+            os.close(self.import_fd)
+            self.import_fd = None
+        if self.region is not None:
+            self.region.uncharge(self.size, self.visible)
+        _log.debug("bo_freed", size=self.size, imported=self.imported)
         self.device.counts["bo"] -= 1
         self.device.counts["bo_bytes"] -= self.size
 
@@ -186,6 +221,10 @@ def xe_gem_mmap_offset_ioctl(xef: XeFile, args: m.DrmXeGemMmapOffset) -> m.DrmXe
     - extensions or reserved non-zero: EINVAL
     - any flag (the PCI barrier page is not emulated yet): EINVAL
     - no such handle: ENOENT
+    - a foreign import while dma_buf.imported_mmap = "refuse" (the default): ENODEV,
+      as i915 answers for objects without pages of its own: mmap the dma-buf instead
+      and bracket CPU access with DMA_BUF_IOCTL_SYNC. ("forward" maps the exporter's
+      pages, as the i915 RFC proposed.)
     """
     refuse_if(args.extensions, EINVAL, "extensions must be zero")
     refuse_if(any(args.reserved), EINVAL, "reserved must be zero")
@@ -193,4 +232,10 @@ def xe_gem_mmap_offset_ioctl(xef: XeFile, args: m.DrmXeGemMmapOffset) -> m.DrmXe
     bo = xef.handles.get(args.handle)
     if bo is None:
         raise IoctlError(ENOENT, f"no handle {args.handle}")
+    refuse_if(
+        bo.imported and xef.device.dma_buf_config.imported_mmap == "refuse",
+        ENODEV,
+        "an imported buffer is mapped through its dma-buf: mmap the dma-buf and bracket "
+        "CPU access with DMA_BUF_IOCTL_SYNC",
+    )
     return m.DrmXeGemMmapOffsetReply(offset=bo.mmap_node().start)

@@ -17,15 +17,18 @@ from protocols.constants import (
     EngineClass,
 )
 
-from ..config import DeviceConfig
+from ..config import Config, DeviceConfig
+from .export import ExportedObject
 from .file import XeFile
 from .memory import MemRegion
 from .vma_manager import VmaOffsetManager
 
 
 class XeDevice:
-    def __init__(self, config: DeviceConfig) -> None:
+    def __init__(self, full_config: Config) -> None:
+        config = full_config.device
         self.config = config
+        self.dma_buf_config = full_config.dma_buf
         self.identity = m.DeviceIdentity(
             name=config.name,
             device_id=config.device_id,
@@ -45,6 +48,7 @@ class XeDevice:
         self.engines = tuple(self._engines(config))
         self.vma = VmaOffsetManager()
         self.files: set[XeFile] = set()
+        self.exported: dict[int, ExportedObject] = {}  # by inode of the handed-out end
         self.counts: collections.Counter[str] = collections.Counter()
         self.stats: collections.Counter[str] = collections.Counter()
         self.ufence_lot = trio.lowlevel.ParkingLot()
@@ -98,6 +102,7 @@ class XeDevice:
             exec_queues=self.counts["exec_queue"],
             mmap_offsets=len(self.vma),
             bo_bytes=self.counts["bo_bytes"],
+            dma_bufs=self.counts["dma_buf"],
         )
 
     def status(self) -> m.XedAdminStatusReply:
@@ -107,4 +112,5 @@ class XeDevice:
             execs=self.stats["execs"],
             bans=self.stats["bans"],
             refused=self.stats["refused"],
+            sync_violations=self.stats["sync_violations"],
         )

@@ -17,6 +17,7 @@ from .errors import GpuFault, IoctlError, refuse_if
 from .sync import UserFence, parse_syncs, signal_user_fences
 
 if TYPE_CHECKING:
+    from .bo import XeBo
     from .file import XeFile
     from .vm import XeVm
 
@@ -67,12 +68,32 @@ class XeExecQueue:
     async def _execute(self, address: int | None, fences: list[UserFence]) -> None:
         # a banned queue or closed VM drops the job, but its fences still signal (xe does)
         if address is not None and not self.banned and not self.vm.closed:
+            strict = self.device.dma_buf_config.strict_sync
+            self.vm.touched = set() if strict else None
             try:
                 await run_batch(self.vm, address)
                 self.device.stats["execs"] += 1
             except GpuFault as fault:
                 self._ban(fault)
+            finally:
+                touched, self.vm.touched = self.vm.touched, None
+            if touched:
+                self._check_cpu_windows(touched)
         signal_user_fences(self.file, fences, self.vm)
+
+    def _check_cpu_windows(self, touched: set[XeBo]) -> None:
+        """Strict mode: the device used a buffer some process is writing with the CPU
+        (between DMA_BUF_SYNC_START|WRITE and END): report it, as a race it is."""
+        for bo in touched:
+            dma_buf = bo.exported_as
+            if dma_buf is not None and dma_buf.cpu_writers():
+                self.device.stats["sync_violations"] += 1
+                self.file.log.warning(
+                    "dma_buf_sync_violation",
+                    exec_queue_id=self.id,
+                    dma_buf=dma_buf.ino,
+                    cpu_writers=dma_buf.cpu_writers(),
+                )
 
     def _ban(self, fault: GpuFault) -> None:
         self.banned = True

@@ -38,6 +38,8 @@ class XeFile:
         self.handles: dict[int, XeBo] = {}
         self.vms: dict[int, XeVm] = {}
         self.exec_queues: dict[int, XeExecQueue] = {}
+        # drm_prime_file_private: dma-buf (ours, or a foreign key) -> handle in this file
+        self.prime_handles: dict[Any, int] = {}
         self._handle_ids = IdAllocator()
         self.vm_ids = IdAllocator()
         self.exec_queue_ids = IdAllocator()
@@ -48,12 +50,16 @@ class XeFile:
         handle = self._handle_ids.alloc()
         self.handles[handle] = bo.get()
         bo.mmap_node().allow(self)
+        bo.handle_opened()
         return handle
 
     def handle_delete(self, handle: int) -> None:
         bo = self.handles.pop(handle)
         self._handle_ids.release(handle)
+        for key in [k for k, h in self.prime_handles.items() if h == handle]:
+            del self.prime_handles[key]
         bo.mmap_node().revoke(self)
+        bo.handle_closed()
         bo.put()
 
     def vm_destroy(self, vm_id: int) -> None:
@@ -70,4 +76,6 @@ class XeFile:
             self.vm_destroy(vm_id)
         for handle in list(self.handles):
             self.handle_delete(handle)
+        for exported in list(self.device.exported.values()):
+            exported.forget(self)
         self.device.files.discard(self)

@@ -61,6 +61,7 @@ class XeVm:
         self.closed = False
         self.exec_queues = 0
         self.refs = 1
+        self.touched: set[XeBo] | None = None  # BOs the device reached, while recording
         self._starts: list[int] = []
         self._vmas: dict[int, Vma] = {}
         self.device.counts["vm"] += 1
@@ -143,6 +144,8 @@ class XeVm:
             if write and vma.flags & DRM_XE_VM_BIND_FLAG_READONLY:
                 raise GpuFault(pos, "write to a read-only binding")
             n = min(end, vma.end) - pos
+            if self.touched is not None and vma.bo is not None:
+                self.touched.add(vma.bo)
             yield vma, pos - vma.start, n
             pos += n
             index += 1

@@ -1,0 +1,254 @@
+"""DmaBuf and PRIME: buffers that travel between processes (and daemons) as descriptors.
+
+A DmaBuf is an exported object (export.py) holding a reference on its BO. While the BO
+has GEM handles the daemon keeps a copy of the dma-buf's descriptor, as the kernel's
+obj->dma_buf does, so exporting again hands out the same dma-buf (same inode); at the
+last handle close that copy goes, and when the last client copy closes too, the dma-buf
+is released and its BO reference dropped.
+
+A dma-buf of another xed daemon is imported by asking that daemon for the pages over the
+dma-buf's own descriptor (DMA_BUF_ATTACH): a foreign import, zero copy, whose BO keeps
+the foreign descriptor (and so the exporter's buffer) alive.
+"""
+
+from __future__ import annotations
+
+import os
+from errno import EACCES, EINVAL, ENOENT, EPERM
+from typing import TYPE_CHECKING, Any
+
+from protocols import messages as m
+from protocols.constants import (
+    DMA_BUF_SYNC_END,
+    DMA_BUF_SYNC_READ,
+    DMA_BUF_SYNC_RW,
+    DMA_BUF_SYNC_VALID_FLAGS_MASK,
+    DMA_BUF_SYNC_WRITE,
+    DRM_CLOEXEC,
+    DRM_RDWR,
+    MAP_PRIVATE,
+    MAP_SHARED,
+    PAGE_SIZE,
+    PROT_EXEC,
+    PROT_READ,
+    PROT_WRITE,
+    SEEK_END,
+    SEEK_SET,
+)
+from protocols.ops import Op
+
+from .bo import XeBo
+from .errors import IoctlError, refuse_if
+from .export import ExportedObject, lookup, peer_call
+
+if TYPE_CHECKING:
+    from .file import XeFile
+
+_PROT_ALL = PROT_READ | PROT_WRITE | PROT_EXEC
+
+
+class DmaBuf(ExportedObject):
+    kind = "dma_buf"
+
+    def __init__(self, bo: XeBo, writable: bool) -> None:
+        super().__init__(bo.device)
+        self.bo = bo.get()
+        bo.exported_as = self
+        self.size = bo.size
+        self.writable = writable  # fixed at the first export, as the file's f_mode is
+        self.windows: dict[Any, list[int]] = {}  # owner -> [open reads, open writes]
+
+    def release(self) -> None:
+        if self.bo.dma_buf is self:
+            self.bo.dma_buf = None
+        if self.bo.exported_as is self:
+            self.bo.exported_as = None
+        self.bo.put()
+
+    def peer_request(self, op: Any, args: Any) -> tuple[Any, list[int]]:
+        if op is Op.DMA_BUF_ATTACH:
+            reply = m.DmaBufAttachReply(
+                size=self.size, writable=int(self.writable), device=self.device.identity
+            )
+            return reply, [os.dup(self.bo.memfd)]
+        return super().peer_request(op, args)
+
+    # --- CPU access windows (DMA_BUF_IOCTL_SYNC) ------------------------------------------
+    def sync(self, owner: Any, flags: int) -> None:
+        counts = self.windows.setdefault(owner, [0, 0])
+        step = -1 if flags & DMA_BUF_SYNC_END else 1
+        if flags & DMA_BUF_SYNC_READ:
+            counts[0] = max(counts[0] + step, 0)
+        if flags & DMA_BUF_SYNC_WRITE:
+            counts[1] = max(counts[1] + step, 0)
+        if counts == [0, 0]:
+            del self.windows[owner]
+
+    def cpu_writers(self) -> int:
+        return sum(writes for _reads, writes in self.windows.values())
+
+    def forget(self, owner: Any) -> None:
+        self.windows.pop(owner, None)
+
+
+def xe_dma_buf_of(xef: XeFile, fd: int) -> DmaBuf | None:
+    """Our own dma-buf behind `fd`; None for a foreign one; EINVAL for our non-dma-bufs."""
+    obj = lookup(xef.device, fd)
+    if obj is None:
+        return None
+    refuse_if(not isinstance(obj, DmaBuf), EINVAL, f"a {obj.kind} is not a dma-buf")
+    assert isinstance(obj, DmaBuf)
+    return obj
+
+
+async def _describe(xef: XeFile, fd: int) -> tuple[int, bool, int | None]:
+    """(size, writable, memfd) of any dma-buf: ours, or asked of its daemon."""
+    own = xe_dma_buf_of(xef, fd)
+    if own is not None:
+        return own.size, own.writable, None
+    info, fds = await peer_call(fd, Op.DMA_BUF_ATTACH, m.DmaBufAttach())
+    return info.size, bool(info.writable), fds[0]
+
+
+def drm_prime_handle_to_fd_ioctl(
+    xef: XeFile, args: m.DrmPrimeHandle
+) -> tuple[m.DrmPrimeHandleReply, list[int]]:
+    """DRM_IOCTL_PRIME_HANDLE_TO_FD.
+
+    Checks, in order:
+    - flags other than DRM_CLOEXEC | DRM_RDWR: EINVAL
+    - no such handle: ENOENT
+    - the BO is private to a VM (xe_gem_prime_export): EPERM
+    A foreign import re-exports the dma-buf it came from.
+    """
+    refuse_if(args.flags & ~(DRM_CLOEXEC | DRM_RDWR), EINVAL, f"flags {args.flags:#x}")
+    bo = xef.handles.get(args.handle)
+    if bo is None:
+        raise IoctlError(ENOENT, f"no handle {args.handle}")
+    reply = m.DrmPrimeHandleReply(handle=args.handle, size=bo.size)
+    if bo.import_fd is not None:
+        return reply, [os.dup(bo.import_fd)]
+    refuse_if(bo.vm is not None, EPERM, "a VM-private BO cannot be exported")
+    dma_buf = bo.dma_buf
+    if dma_buf is None:
+        dma_buf = bo.dma_buf = DmaBuf(bo, writable=bool(args.flags & DRM_RDWR))
+        xef.log.debug("dma_buf_exported", handle=args.handle, ino=dma_buf.ino)
+    xef.prime_handles[dma_buf] = args.handle
+    return reply, [dma_buf.new_fd()]
+
+
+async def drm_prime_fd_to_handle_ioctl(
+    xef: XeFile, args: m.DrmPrimeHandle, fds: tuple[int, ...]
+) -> m.DrmPrimeHandleReply:
+    """DRM_IOCTL_PRIME_FD_TO_HANDLE on the attached descriptor.
+
+    Checks, in order:
+    - one of our exported objects that is not a dma-buf (an exported VM): EINVAL
+    - not ours: asked of its daemon over the descriptor; anything that does not answer
+      as a dma-buf (a memfd, a pipe, a socket, a refusal): EINVAL
+    A dma-buf of this device gives the object itself: the handle this file already has
+    for it (the exporting file gets its own handle back), else a new one. (A closed
+    descriptor cannot be sent at all: sendmsg(2) fails, so the caller sees the kernel's
+    EBADF without the daemon.)
+    """
+    (fd,) = fds
+    own = xe_dma_buf_of(xef, fd)
+    if own is not None:
+        handle = xef.prime_handles.get(own)
+        if handle is None:
+            handle = xef.handle_create(own.bo)
+            xef.prime_handles[own] = handle
+        if own.bo.dma_buf is None:  # re-attach obj->dma_buf, as drm_gem_prime_fd_to_handle
+            own.bo.dma_buf = own
+            own.hold(fd)
+        return m.DrmPrimeHandleReply(handle=handle, size=own.size)
+    info = os.fstat(fd)
+    key = ("foreign", info.st_dev, info.st_ino)
+    handle = xef.prime_handles.get(key)
+    if handle is not None:
+        return m.DrmPrimeHandleReply(handle=handle, size=xef.handles[handle].size)
+    size, _writable, memfd = await _describe(xef, fd)
+    assert memfd is not None
+    bo = XeBo.foreign(xef.device, memfd, size, import_fd=os.dup(fd))
+    handle = xef.handle_create(bo)
+    bo.put()
+    xef.prime_handles[key] = handle
+    xef.log.debug("dma_buf_imported", handle=handle, size=size, foreign=True)
+    return m.DrmPrimeHandleReply(handle=handle, size=size)
+
+
+async def dma_buf_mmap_ioctl(
+    xef: XeFile, args: m.XedMmap, fds: tuple[int, ...]
+) -> tuple[m.XedMmapReply, list[int]]:
+    """mmap(2) of the attached dma-buf; `offset` is an offset into the buffer.
+
+    Checks, in order (mmap(2), the VFS, dma_buf_mmap_internal, ttm_bo_mmap_obj):
+    - length zero or offset not page aligned: EINVAL
+    - flags not exactly one of MAP_SHARED / MAP_PRIVATE, or unknown prot bits: EINVAL
+    - not a dma-buf (ours of another kind, or not answering as one): EINVAL
+    - a shared writable mapping of a dma-buf exported without DRM_RDWR: EACCES
+    - offset + length beyond the buffer: EINVAL
+    - a private (copy-on-write) mapping: EINVAL
+    """
+    refuse_if(not args.length or args.offset % PAGE_SIZE, EINVAL, "bad length or offset")
+    refuse_if(args.flags not in (MAP_SHARED, MAP_PRIVATE), EINVAL, "need MAP_SHARED")
+    refuse_if(args.prot & ~_PROT_ALL, EINVAL, f"unknown prot bits {args.prot:#x}")
+    (fd,) = fds
+    size, writable, memfd = await _describe(xef, fd)
+    try:
+        refuse_if(
+            args.flags == MAP_SHARED and args.prot & PROT_WRITE and not writable,
+            EACCES,
+            "dma-buf exported without DRM_RDWR: map it read-only",
+        )
+        refuse_if(args.offset + args.length > size, EINVAL, "beyond the end of the dma-buf")
+        refuse_if(args.flags == MAP_PRIVATE, EINVAL, "copy-on-write mappings are refused")
+    except IoctlError:
+        if memfd is not None:
+            os.close(memfd)
+        raise
+    if memfd is None:
+        own = xe_dma_buf_of(xef, fd)
+        assert own is not None
+        memfd = os.dup(own.bo.memfd)
+    return m.XedMmapReply(offset=args.offset, length=args.length), [memfd]
+
+
+async def dma_buf_sync_ioctl(
+    xef: XeFile, args: m.DmaBufSync, fds: tuple[int, ...]
+) -> m.Empty:
+    """DMA_BUF_IOCTL_SYNC on the attached dma-buf.
+
+    Checks, in order:
+    - flags outside DMA_BUF_SYNC_VALID_FLAGS_MASK: EINVAL
+    - neither READ nor WRITE: EINVAL
+    - not a dma-buf: EINVAL
+    END without START is not an error (the kernel keeps no such state). This daemon
+    records the open windows of the dma-bufs it exported, per file, for strict mode.
+    """
+    refuse_if(args.flags & ~DMA_BUF_SYNC_VALID_FLAGS_MASK, EINVAL, f"flags {args.flags:#x}")
+    refuse_if(not args.flags & DMA_BUF_SYNC_RW, EINVAL, "neither READ nor WRITE")
+    (fd,) = fds
+    own = xe_dma_buf_of(xef, fd)
+    if own is None:
+        _size, _writable, memfd = await _describe(xef, fd)
+        if memfd is not None:
+            os.close(memfd)
+        return m.Empty()
+    own.sync(xef, args.flags)
+    return m.Empty()
+
+
+async def dma_buf_llseek_ioctl(
+    xef: XeFile, args: m.DmaBufLlseek, fds: tuple[int, ...]
+) -> m.DmaBufLlseekReply:
+    """lseek(2) on the attached dma-buf (dma_buf_llseek).
+
+    Checks: anything but offset 0 with SEEK_SET or SEEK_END: EINVAL; not a dma-buf: EINVAL.
+    """
+    refuse_if(args.offset != 0 or args.whence not in (SEEK_SET, SEEK_END), EINVAL, "bad seek")
+    (fd,) = fds
+    size, _writable, memfd = await _describe(xef, fd)
+    if memfd is not None:
+        os.close(memfd)
+    return m.DmaBufLlseekReply(offset=size if args.whence == SEEK_END else 0)

@@ -1,0 +1,211 @@
+"""Objects that leave a process as a file descriptor: dma-bufs, and exported VMs later.
+
+Each is one end of socketpair(AF_UNIX, SOCK_SEQPACKET); the daemon keeps the other.
+
+- Identity: the inode of the handed-out end. A descriptor that comes back in
+  SCM_RIGHTS is looked up by fstat(); any other kind of file, or another daemon's
+  object, is not found.
+- Lifetime: when every copy of the handed-out end is closed, our end reads EOF; that is
+  the kernel's release(). The daemon may itself hold a copy of the handed-out end for a
+  while (the kernel's obj->dma_buf reference does the same): `hold()` and `let_go()`.
+- Peers: whoever holds the handed-out end can speak on it. Another daemon importing a
+  dma-buf does, to ask for the pages; requests arrive on our end and are answered there.
+"""
+
+from __future__ import annotations
+
+import errno as errnos
+import os
+import socket
+import stat
+from typing import TYPE_CHECKING, Any
+
+import structlog
+import trio
+
+from protocols import (
+    MAX_DATAGRAM,
+    MAX_FDS,
+    SPECS,
+    EventMessage,
+    ProtocolError,
+    Role,
+    decode_incoming,
+    decode_request,
+    encode_error,
+    encode_reply,
+    encode_request,
+    pack_fds,
+    unpack_fds,
+)
+
+from .errors import IoctlError
+
+if TYPE_CHECKING:
+    from .device import XeDevice
+
+_log = structlog.get_logger("xed")
+_ANC_SPACE = socket.CMSG_SPACE(MAX_FDS * 4)
+
+
+class ExportedObject:
+    kind = "exported"
+
+    def __init__(self, device: XeDevice) -> None:
+        ours, theirs = socket.socketpair(
+            socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC
+        )
+        ours.setblocking(False)
+        self.device = device
+        self._ours = ours
+        self._held: int | None = theirs.detach()
+        info = os.fstat(self._held)
+        self.ino = info.st_ino
+        self.st_dev = info.st_dev
+        self.released = False
+        device.exported[self.ino] = self
+        device.counts[self.kind] += 1
+        device.start_soon(self._serve)
+
+    # --- the daemon's own reference to the handed-out end ---------------------------------
+    @property
+    def held(self) -> bool:
+        return self._held is not None
+
+    def hold(self, fd: int) -> None:
+        """Keep a copy of a handed-out end (from one that came back to us)."""
+        if self._held is None:
+            self._held = os.dup(fd)
+
+    def let_go(self) -> None:
+        if self._held is not None:
+            os.close(self._held)
+            self._held = None
+
+    def new_fd(self) -> int:
+        """A fresh descriptor of the handed-out end, for a reply (the server closes it)."""
+        assert self._held is not None, "only a held object can be handed out again"
+        return os.dup(self._held)
+
+    # --- release and peers -------------------------------------------------------------------
+    def release(self) -> None:
+        """Every copy of the handed-out end is closed: drop what the object held."""
+
+    def forget(self, owner: Any) -> None:
+        """A file is gone: drop any state kept on its behalf."""
+
+    def peer_request(self, op: Any, args: Any) -> tuple[Any, list[int]]:
+        raise IoctlError(errnos.EINVAL, f"a {self.kind} does not answer {op.name}")
+
+    async def _serve(self) -> None:
+        try:
+            while True:
+                try:
+                    data, ancdata, _flags, _ = self._ours.recvmsg(MAX_DATAGRAM, _ANC_SPACE)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_readable(self._ours)
+                    continue
+                fds, _junk = unpack_fds(ancdata)
+                for fd in fds:  # peers never need to send us descriptors
+                    os.close(fd)
+                if not data:
+                    break
+                self._answer_peer(data)
+        finally:
+            self.let_go()
+            self._ours.close()
+            del self.device.exported[self.ino]
+            self.device.counts[self.kind] -= 1
+            self.released = True
+            self.release()
+            _log.debug(f"{self.kind}_released", ino=self.ino)
+
+    def _answer_peer(self, data: bytes) -> None:
+        try:
+            request = decode_request(data)
+            if Role.PEER not in SPECS[request.op].roles:
+                message = f"{request.op.name} on a {self.kind}"
+                raise ProtocolError(errnos.EACCES, message, request.id)
+        except ProtocolError as exc:
+            if exc.request_id:
+                self._send_nowait(encode_error(exc.request_id, exc.errno, exc.message), [])
+            return
+        fds: list[int] = []
+        try:
+            result, fds = self.peer_request(request.op, request.args)
+            self._send_nowait(encode_reply(request.id, request.op, 0, result), fds)
+        except IoctlError as exc:
+            self._send_nowait(encode_error(request.id, exc.errno, exc.message), [])
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _send_nowait(self, data: bytes, fds: list[int]) -> None:
+        # a peer that does not read its answers loses them; it cannot stall the daemon
+        try:
+            self._ours.sendmsg([data], pack_fds(fds))
+        except OSError as exc:
+            _log.info("peer_answer_dropped", kind=self.kind, errno=exc.errno)
+
+
+def lookup(device: XeDevice, fd: int) -> ExportedObject | None:
+    """The object behind a descriptor a client sent us, if it is one of ours."""
+    info = os.fstat(fd)
+    if not stat.S_ISSOCK(info.st_mode):
+        return None
+    found = device.exported.get(info.st_ino)
+    if found is None or found.st_dev != info.st_dev or found.released:
+        return None
+    return found
+
+
+PEER_TIMEOUT = 2.0  # seconds another daemon has to answer on its object's descriptor
+
+
+async def peer_call(fd: int, op: Any, args: Any) -> tuple[Any, list[int]]:
+    """Ask the daemon behind a foreign exported object, over the object's descriptor.
+
+    Anything that is not a live xed object answering in time (a pipe, an unconnected
+    socket, a peer that says no) is EINVAL: "not a dma-buf", as the kernel puts it.
+    """
+    if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+        raise IoctlError(errnos.EINVAL, "not a dma-buf")
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) != socket.SOCK_SEQPACKET:
+            raise IoctlError(errnos.EINVAL, "not a dma-buf")
+        sock.setblocking(False)
+        try:
+            sock.sendmsg([encode_request(1, op, args)])
+        except OSError as exc:
+            raise IoctlError(errnos.EINVAL, "not a dma-buf (cannot speak to it)") from exc
+        with trio.move_on_after(PEER_TIMEOUT):
+            while True:
+                try:
+                    data, ancdata, _flags, _ = sock.recvmsg(MAX_DATAGRAM, _ANC_SPACE)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_readable(sock)
+                    continue
+                except OSError as exc:
+                    raise IoctlError(errnos.EINVAL, "not a dma-buf") from exc
+                fds, _junk = unpack_fds(ancdata)
+                try:
+                    reply = decode_incoming(data, tuple(fds), {1: op})
+                except ProtocolError:
+                    _close(fds)
+                    raise IoctlError(errnos.EINVAL, "not a dma-buf (no xed answer)") from None
+                if isinstance(reply, EventMessage):
+                    _close(fds)
+                    continue
+                if reply.errno:
+                    _close(fds)
+                    raise IoctlError(errnos.EINVAL, f"the owner refused: {reply.result.message}")
+                return reply.result, fds
+        raise IoctlError(errnos.EINVAL, "not a dma-buf (no answer)")
+    finally:
+        sock.close()
+
+
+def _close(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
