@@ -8,6 +8,8 @@ tells the story.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -15,6 +17,7 @@ from typing import Any
 
 from protocols import errno_name
 
+from . import fdpass
 from .batch import Batch
 from .daemon import DaemonProcess
 from .device import Device, user_fence
@@ -109,11 +112,57 @@ def worker_counter(dev: Device) -> dict[str, Any]:
     return {"counter": m.read_u32(0x1000)}
 
 
+def worker_dave(dev: Device, peer_fd: str) -> dict[str, Any]:
+    """Export a BO as a dma-buf and hand it to others over a socket; watch it change."""
+    peer = socket.socket(fileno=int(peer_fd))
+    bo = dev.gem_create(1 << 16)
+    m = dev.mmap_bo(bo)
+    m[0:12] = b"dave's words"
+    fd = dev.prime_handle_to_fd(bo)
+    fdpass.send_fds(peer, b"dma-buf", [fd])
+    fdpass.send_fds(peer, b"dma-buf", [fd])  # one copy for each reader
+    peer.recv(16)  # both are done
+    return {"bytes": bytes(m[0:12]).decode(), "ino": os.fstat(fd).st_ino}
+
+
+def worker_erin(dev: Device, peer_fd: str) -> dict[str, Any]:
+    """Receive a dma-buf, import it, write through her own mapping of the same pages."""
+    peer = socket.socket(fileno=int(peer_fd))
+    _msg, (fd,) = fdpass.recv_fds(peer)
+    handle = dev.prime_fd_to_handle(fd)
+    with dev.dmabuf_mmap(fd) as m, dev.cpu_access(fd):
+        m[0:4] = b"ERIN"
+    return {"handle": handle, "size": dev.dmabuf_size(fd)}
+
+
+def worker_frank(dev: Device, peer_fd: str) -> dict[str, Any]:
+    """On another daemon: import the dma-buf (foreign, zero copy), let a batch write it."""
+    peer = socket.socket(fileno=int(peer_fd))
+    _msg, (fd,) = fdpass.recv_fds(peer)
+    bo = dev.prime_fd_to_handle(fd)
+    refused = _attempt(lambda: dev.gem_mmap_offset(bo))
+    scratch = dev.gem_create(0x10000)
+    vm = dev.vm_create()
+    dev.vm_bind(vm, bo, GPU_BASE)
+    dev.vm_bind(vm, scratch, GPU_BASE + 0x100000)
+    queue = dev.exec_queue_create(vm)
+    batch = Batch().store_dword(GPU_BASE + 8, int.from_bytes(b"FRNK", "little")).end()
+    with dev.mmap_bo(scratch) as m:
+        m[0 : len(batch)] = batch.tobytes()
+        dev.exec(queue, GPU_BASE + 0x100000, syncs=[user_fence(GPU_BASE + 0x101000, 1)])
+        dev.wait_user_fence(m.user_address(0x1000), 1)
+    peer.send(b"done")
+    return {"gem_mmap_of_import": refused, "device": dev.identity.instance}
+
+
 WORKERS: dict[str, Callable[..., dict[str, Any]]] = {
     "alice": worker_alice,
     "bob": worker_bob,
     "carol": worker_carol,
     "counter": worker_counter,
+    "dave": worker_dave,
+    "erin": worker_erin,
+    "frank": worker_frank,
 }
 
 
@@ -125,10 +174,16 @@ def _worker_main(name: str, socket_path: str, args: list[str]) -> int:
     return 0
 
 
-def _spawn(name: str, socket_path: str, *args: object) -> subprocess.Popen[str]:
+def _spawn(
+    name: str, socket_path: str, *args: object, pass_fds: tuple[int, ...] = ()
+) -> subprocess.Popen[str]:
     command = [sys.executable, "-m", "clients.demo", "worker", name, socket_path]
     return subprocess.Popen(
-        [*command, *map(str, args)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [*command, *map(str, args)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        pass_fds=pass_fds,
     )
 
 
@@ -204,10 +259,35 @@ def _story() -> int:
             )
             print(f"        counters seen in their own mappings: {totals}")
 
+            dave_end, readers_end = fdpass.socketpair()
+            erin_end, frank_end = readers_end, os.dup(readers_end.fileno())
+            with DaemonProcess(extra_args=("--log-level", "warning")) as second:
+                dave = _spawn("dave", sock, dave_end.fileno(), pass_fds=(dave_end.fileno(),))
+                erin = _result(
+                    _spawn("erin", sock, erin_end.fileno(), pass_fds=(erin_end.fileno(),))
+                )
+                frank = _result(
+                    _spawn("frank", str(second.socket_path), frank_end, pass_fds=(frank_end,))
+                )
+                dave_said = _result(dave)
+            for end in (dave_end, readers_end):
+                end.close()
+            os.close(frank_end)
+            print("\n[dave]  exported a BO as a dma-buf and sent the descriptor over a socket")
+            print(f"[erin]  imported it (handle {erin['handle']}, {erin['size']} bytes), mapped")
+            print("        the dma-buf itself and wrote inside DMA_BUF_IOCTL_SYNC brackets")
+            print("[frank] on a second daemon: a foreign import, the same pages, zero copy;")
+            print(
+                f"        GEM mmap of the import: {frank['gem_mmap_of_import']} (map the dma-buf)"
+            )
+            print("        a batch on the second device wrote into it")
+            print(f"[dave]  now reads {dave_said['bytes']!r} in his own mapping")
+
             after = admin.admin_status()
             print("\n[admin] every client has exited; what the daemon still holds:")
             print(
-                f"        BOs {after.objects.bos}, VMs {after.objects.vms}, "
+                f"        BOs {after.objects.bos}, dma-bufs {after.objects.dma_bufs}, "
+                f"VMs {after.objects.vms}, "
                 f"exec queues {after.objects.exec_queues} (before: {before.bos}/{before.vms}/"
                 f"{before.exec_queues}); batches run {after.execs}, queues banned {after.bans}"
             )
@@ -217,6 +297,9 @@ def _story() -> int:
         and carol["exec_after_ban"] == "ECANCELED"
         and totals == [COUNTER_INCREMENTS] * 4
         and after.objects.bos == before.bos
+        and after.objects.dma_bufs == before.dma_bufs
+        and dave_said["bytes"] == "ERIN's wFRNK"
+        and frank["gem_mmap_of_import"] == "ENODEV"
     )
     print("\nall as expected" if ok else "\nSOMETHING WENT WRONG: see above")
     return 0 if ok else 1

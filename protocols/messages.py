@@ -386,7 +386,7 @@ class ExecQueueBanned:
     """The command streamer stopped a queue: bad address, unknown opcode, runaway batch."""
 
     exec_queue_id: int = u32()
-    address: int = u64("GPU address of the faulting instruction")
+    address: int = u64("GPU address that faulted: the instruction's, or the data it reached")
     reason: str = string()
 
 

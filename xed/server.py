@@ -243,6 +243,10 @@ class Connection:
     # Any failure of the socket itself (ECONNRESET, EPIPE, ...) ends the connection: there
     # is no one left to answer, and the file must be released like any other.
     async def _recvmsg(self) -> tuple[bytes, list[Any], int, Any]:
+        # A request already waiting is taken at once, but not before the other tasks
+        # (exec queues, event writers, other connections) have had their turn: a client
+        # that never lets its socket run dry must not starve the device.
+        await trio.lowlevel.checkpoint()
         while True:
             try:
                 return self.sock.recvmsg(MAX_DATAGRAM + 1, _ANC_SPACE, _MSG_CMSG_CLOEXEC)

@@ -119,8 +119,8 @@ def xe_exec_queue_create_ioctl(
       of instances given: EINVAL
     - the first instance's gt_id names no GT: EINVAL
     - VM_BIND class (bind queues are not emulated): EINVAL
-    - width other than 1, an instance with pad set, of another class, or naming no
-      engine of the device: EINVAL
+    - width other than 1, an instance of another class or naming no engine of the
+      device: EINVAL (pad is not checked, as in calc_validate_logical_mask)
     - no such VM, or VM closed: ENOENT
     - extensions non-zero: EINVAL
     """
