@@ -13,6 +13,7 @@ import collections
 import contextlib
 import mmap
 import os
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
@@ -39,11 +40,16 @@ from protocols.constants import (
     DRM_RDWR,
     DRM_XE_GEM_CPU_CACHING_WB,
     DRM_XE_GEM_CPU_CACHING_WC,
+    DRM_XE_MMAP_OFFSET_FLAG_PCI_BARRIER,
     DRM_XE_SYNC_FLAG_SIGNAL,
     DRM_XE_SYNC_TYPE_USER_FENCE,
     DRM_XE_VM_BIND_OP_MAP,
     DRM_XE_VM_BIND_OP_UNMAP,
     MAP_SHARED,
+    PAGE_SIZE,
+    PCI_BARRIER_IDLE,
+    PCI_BARRIER_SEQ_MASK,
+    PCI_BARRIER_SEQ_TAG,
     PROT_READ,
     PROT_WRITE,
     SEEK_END,
@@ -79,6 +85,8 @@ class Device:
         self._next_id = 0
         self._bo_sizes: dict[int, int] = {}
         self._mappings: list[Mapping] = []
+        self._barrier: Mapping | None = None
+        self._barrier_seq = 0
         hello: m.HelloReply = self.ioctl(Op.HELLO, m.Hello(version=PROTOCOL_VERSION, role=role))
         self.identity = hello.device
         self.client_id = hello.client_id
@@ -217,6 +225,63 @@ class Device:
             if mapping.contains(address):
                 return mapping.fake_offset + (address - mapping.address)
         raise ValueError(f"{address:#x} is not inside a mapping of this device")
+
+    # --- MMIO regions and the PCI barrier page ---------------------------------------------
+    def mmio_regions(self) -> tuple[m.DrmXeMmioRegion, ...]:
+        return self.query(Query.MMIO_REGIONS).mmio_regions
+
+    def mmio_open(self, name: str) -> m.DrmXeMmioRegionOpenReply:
+        """Open the region DEVICE_QUERY lists under `name` ("info", "doorbell")."""
+        for region in self.mmio_regions():
+            if region.name == name:
+                reply: m.DrmXeMmioRegionOpenReply = self.ioctl(
+                    Op.XE_MMIO_REGION_OPEN,
+                    m.DrmXeMmioRegionOpen(bar_offset=region.bar_offset, size=region.size),
+                )
+                return reply
+        raise ValueError(f"the device lists no MMIO region {name!r}")
+
+    def mmio_close(self, region_id: int) -> None:
+        self.ioctl(Op.XE_MMIO_REGION_CLOSE, m.DrmXeMmioRegionClose(region_id=region_id))
+
+    def mmap_mmio(self, region: m.DrmXeMmioRegionOpenReply, writable: bool = False) -> Mapping:
+        """Map a whole region. Register space is uncached on real hardware: every access
+        goes to the device, so read it for each value you need. The mapping is not
+        inherited by fork() (MADV_DONTFORK): a child must open its own."""
+        prot = PROT_READ | (PROT_WRITE if writable else 0)
+        mapping = self.mmap(region.offset, region.size, prot)
+        mapping.mm.madvise(mmap.MADV_DONTFORK)
+        return mapping
+
+    def pci_barrier_offset(self) -> int:
+        """GEM_MMAP_OFFSET with DRM_XE_MMAP_OFFSET_FLAG_PCI_BARRIER: never hard-coded."""
+        return self.gem_mmap_offset(0, DRM_XE_MMAP_OFFSET_FLAG_PCI_BARRIER)
+
+    def pci_barrier(self) -> None:
+        """A PCI memory barrier: one store to the barrier page (mapped on first use)."""
+        page = self._barrier or self._map_barrier()
+        self._barrier_seq = (self._barrier_seq + 1) & PCI_BARRIER_SEQ_MASK
+        page.write_u32(0, PCI_BARRIER_SEQ_TAG | self._barrier_seq)
+
+    @property
+    def barriers_written(self) -> int:
+        return self._barrier_seq
+
+    def pci_barrier_drain(self, attempts: int = 3) -> None:
+        """Make sure the device has seen our last barrier: repeat it (the device counts a
+        repeated number once) and wait for the page to read 0xdeadbeef again."""
+        page = self._barrier
+        if page is None or not self._barrier_seq:
+            return
+        for _ in range(attempts):
+            page.write_u32(0, PCI_BARRIER_SEQ_TAG | self._barrier_seq)
+            while page.read_u32(0) != PCI_BARRIER_IDLE:
+                time.sleep(0.0005)
+
+    def _map_barrier(self) -> Mapping:
+        self._barrier = self.mmap(self.pci_barrier_offset(), PAGE_SIZE, PROT_WRITE)
+        self._barrier.mm.madvise(mmap.MADV_DONTFORK)
+        return self._barrier
 
     # --- PRIME and dma-bufs --------------------------------------------------------------
     def prime_handle_to_fd(self, handle: int, flags: int = DRM_CLOEXEC | DRM_RDWR) -> int:
@@ -380,3 +445,13 @@ class Device:
     def admin_status(self) -> m.XedAdminStatusReply:
         reply: m.XedAdminStatusReply = self.ioctl(Op.ADMIN_STATUS, m.XedAdminStatus())
         return reply
+
+    def admin_clients(self) -> tuple[m.XedClientInfo, ...]:
+        reply: m.XedAdminClientsReply = self.ioctl(Op.ADMIN_CLIENTS, m.XedAdminClients())
+        return reply.clients
+
+    def admin_unplug(self) -> None:
+        self.ioctl(Op.ADMIN_UNPLUG, m.XedAdminUnplug())
+
+    def admin_replug(self) -> None:
+        self.ioctl(Op.ADMIN_REPLUG, m.XedAdminReplug())

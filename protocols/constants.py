@@ -32,6 +32,31 @@ DRM_XE_GEM_CPU_CACHING_WC = 2
 
 # --- DRM_IOCTL_XE_GEM_MMAP_OFFSET -----------------------------------------------------
 DRM_XE_MMAP_OFFSET_FLAG_PCI_BARRIER = 1 << 0
+# not uAPI: clients must ask GEM_MMAP_OFFSET for it (0x50 << XE_PTE_SHIFT in xe)
+XE_PCI_BARRIER_MMAP_OFFSET = 0x50 << 12
+PCI_BARRIER_IDLE = 0xDEADBEEF  # what every word of the barrier page reads back
+# The client library's barrier store: a tagged running sequence number in word 0, so the
+# device can count writes that landed between two of its looks. Any other value is one.
+PCI_BARRIER_SEQ_TAG = 0x5E00_0000
+PCI_BARRIER_SEQ_MASK = 0x00FF_FFFF
+
+# --- MMIO regions (proposal) -----------------------------------------------------------
+XE_MMIO_ACCESS_READ_ONLY = 1  # one sealed page set shared by every file
+XE_MMIO_ACCESS_PER_FILE = 2  # writable, a page of its own for each file (doorbells)
+# BAR0 layout of the emulated device
+XE_BAR0_INFO_OFFSET = 0x0
+XE_BAR0_INFO_SIZE = 0x2000
+XE_BAR0_IRQ_STATUS_OFFSET = 0x2000  # read clears: never exposable
+XE_BAR0_GT_REGS_OFFSET = 0x3000  # engine and power control: never exposable
+XE_BAR0_DOORBELL_OFFSET = 0x100000
+# registers of the info block (offsets into it)
+XE_INFO_DEVICE_ID = 0x00  # u32
+XE_INFO_REVISION = 0x04  # u32
+XE_INFO_VRAM_SIZE = 0x08  # u64
+XE_INFO_TIMESTAMP = 0x10  # u64, free running, in reference clock ticks
+XE_INFO_SYSTEM_MEMORY = 0x18  # u64
+XE_INFO_VA_BITS = 0x20  # u32
+XE_INFO_DOORBELLS = 0x24  # u32: doorbell pages a file may be given
 
 # --- DRM_IOCTL_XE_VM_CREATE -----------------------------------------------------------
 DRM_XE_VM_CREATE_FLAG_SCRATCH_PAGE = 1 << 0
@@ -102,6 +127,7 @@ class Query(enum.IntEnum):
     MEM_REGIONS = 1
     CONFIG = 2
     GT_LIST = 3
+    MMIO_REGIONS = 0x20  # the "mmap-ing mmio regions" proposal: what may be exposed
 
 
 # drm_xe_query_config.info[] indices

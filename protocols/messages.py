@@ -123,6 +123,17 @@ class DrmXeGt:
 
 
 @frozen
+class DrmXeMmioRegion:
+    """An exposable part of BAR0 (proposal: drm/xe: support for mmap-ing mmio regions)."""
+
+    name: str = string(max_len=32)
+    bar_offset: int = u64()
+    size: int = u64()
+    access: int = u32("XE_MMIO_ACCESS_READ_ONLY or _PER_FILE")
+    count: int = u32("per-file regions: how many the device has in all")
+
+
+@frozen
 class DrmXeDeviceQueryReply:
     """Exactly one list is filled, the one `query` asked for."""
 
@@ -131,6 +142,32 @@ class DrmXeDeviceQueryReply:
     mem_regions: tuple[DrmXeMemRegion, ...] = records(DrmXeMemRegion)
     config: tuple[int, ...] = array(5, "u64", "drm_xe_query_config.info[]")
     gt_list: tuple[DrmXeGt, ...] = records(DrmXeGt)
+    mmio_regions: tuple[DrmXeMmioRegion, ...] = records(DrmXeMmioRegion)
+
+
+@frozen
+class DrmXeMmioRegionOpen:
+    extensions: int = u64("must be zero")
+    bar_offset: int = u64("page aligned: a region DEVICE_QUERY(MMIO_REGIONS) lists")
+    size: int = u64("page aligned: that region's size")
+    flags: int = u32("must be zero")
+    pad: int = u32("must be zero")
+    reserved: tuple[int, ...] = mbz(2)
+
+
+@frozen
+class DrmXeMmioRegionOpenReply:
+    region_id: int = u32("this file's name for the region")
+    offset: int = u64("fake offset to MMAP it at, exactly `size` bytes")
+    size: int = u64()
+    bar_offset: int = u64("where in BAR0 it lies (per-file regions: this file's page)")
+
+
+@frozen
+class DrmXeMmioRegionClose:
+    region_id: int = u32()
+    pad: int = u32("must be zero")
+    reserved: tuple[int, ...] = mbz(2)
 
 
 # --- GEM ------------------------------------------------------------------------------
@@ -371,6 +408,43 @@ class XedObjectCounts:
 
 
 @frozen
+class XedAdminClients:
+    """Every connection: who, what it holds, what it did."""
+
+
+@frozen
+class XedClientInfo:
+    client_id: int = u32()
+    pid: int = u32()
+    uid: int = u32()
+    gid: int = u32()
+    role: str = string(max_len=16)
+    comm: str = string("the process's command name", max_len=16)
+    bos: int = u32()
+    bo_bytes: int = u64()
+    vms: int = u32()
+    exec_queues: int = u32()
+    mmio_regions: int = u32()
+    barriers: int = u64("PCI barrier page writes the device counted for this file")
+    doorbell_rings: int = u64("doorbell page writes the device acted on for this file")
+
+
+@frozen
+class XedAdminClientsReply:
+    clients: tuple[XedClientInfo, ...] = records(XedClientInfo)
+
+
+@frozen
+class XedAdminUnplug:
+    """Unplug the device (drm_dev_unplug): ioctls and new mmaps fail with ENODEV."""
+
+
+@frozen
+class XedAdminReplug:
+    """Plug it back in (an emulator's convenience; real hardware cannot)."""
+
+
+@frozen
 class XedAdminStatusReply:
     pid: int = u32("daemon pid")
     objects: XedObjectCounts = record(XedObjectCounts)
@@ -378,6 +452,8 @@ class XedAdminStatusReply:
     bans: int = u64("exec queues banned")
     refused: int = u64("ioctls answered with an errno")
     sync_violations: int = u64("device access while a CPU write window was open (strict)")
+    unplugged: int = u32("1 while the device is unplugged")
+    barriers: int = u64("PCI barrier page writes counted, all files")
 
 
 # --- events ----------------------------------------------------------------------------

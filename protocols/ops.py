@@ -14,6 +14,7 @@ import enum
 from errno import (
     EACCES,
     EAGAIN,
+    EALREADY,
     EBADF,
     EBUSY,
     ECANCELED,
@@ -24,6 +25,7 @@ from errno import (
     ENODEV,
     ENOENT,
     ENOMEM,
+    ENOSPC,
     ENOTTY,
     EOPNOTSUPP,
     EPERM,
@@ -53,6 +55,9 @@ class Op(enum.IntEnum):
     XE_EXEC_QUEUE_DESTROY = DRM_COMMAND_BASE + 0x07
     XE_EXEC = DRM_COMMAND_BASE + 0x09
     XE_WAIT_USER_FENCE = DRM_COMMAND_BASE + 0x0A
+    # proposals not (yet) in xe_drm.h
+    XE_MMIO_REGION_OPEN = DRM_COMMAND_BASE + 0x20
+    XE_MMIO_REGION_CLOSE = DRM_COMMAND_BASE + 0x21
     HELLO = 0x100
     MMAP = 0x101
     DMA_BUF_MMAP = 0x102
@@ -60,6 +65,9 @@ class Op(enum.IntEnum):
     DMA_BUF_LLSEEK = 0x104
     DMA_BUF_ATTACH = 0x110
     ADMIN_STATUS = 0x180
+    ADMIN_CLIENTS = 0x181
+    ADMIN_UNPLUG = 0x182
+    ADMIN_REPLUG = 0x183
 
 
 class Event(enum.IntEnum):
@@ -85,6 +93,7 @@ ANY_ROLE = HELLO_ROLES
 
 # errors every op can answer with, besides its own
 COMMON_ERRORS: tuple[tuple[int, str], ...] = (
+    (ENODEV, "the device is unplugged (every op but the admin role's)"),
     (EPROTO, "sent before HELLO, or a second HELLO"),
     (ENOTTY, "unknown op"),
     (EACCES, "op not allowed for the connection's role"),
@@ -170,10 +179,15 @@ SPECS: dict[Op, OpSpec] = {
             op=Op.XE_GEM_MMAP_OFFSET,
             request=m.DrmXeGemMmapOffset,
             reply=m.DrmXeGemMmapOffsetReply,
-            doc="The fake offset at which MMAP maps the BO; allowed for this connection only.",
+            doc=(
+                "The fake offset at which MMAP maps the BO; allowed for this connection only. "
+                "With DRM_XE_MMAP_OFFSET_FLAG_PCI_BARRIER and handle 0: the offset of this "
+                "file's PCI barrier page."
+            ),
             errors=(
                 _MBZ,
                 (EINVAL, "unknown flags"),
+                (EINVAL, "PCI_BARRIER: a device without VRAM (not discrete), or handle not 0"),
                 (ENOENT, "no such handle"),
                 (ENODEV, "a foreign import, unless dma_buf.imported_mmap = forward"),
             ),
@@ -194,6 +208,8 @@ SPECS: dict[Op, OpSpec] = {
                 (EINVAL, "length larger than the object"),
                 (EINVAL, "private (copy-on-write) mapping, or neither shared nor private"),
                 (EINVAL, "unknown prot bits"),
+                (EINVAL, "an MMIO region: length other than the region's size"),
+                (EINVAL, "the barrier page: more than 4096 bytes, private, PROT_READ/EXEC"),
             ),
         ),
         OpSpec(
@@ -297,6 +313,31 @@ SPECS: dict[Op, OpSpec] = {
             ),
         ),
         OpSpec(
+            op=Op.XE_MMIO_REGION_OPEN,
+            request=m.DrmXeMmioRegionOpen,
+            reply=m.DrmXeMmioRegionOpenReply,
+            doc=(
+                "Open a part of BAR0 for this file: the read-only info block (shared, sealed) "
+                "or a doorbell page of its own. MMAP it at the returned offset."
+            ),
+            errors=(
+                _MBZ,
+                (EINVAL, "flags not zero"),
+                (EINVAL, "bar_offset or size zero or not page aligned, or beyond BAR0"),
+                (EPERM, "the range touches registers that are never exposed"),
+                (EINVAL, "not exactly a region DEVICE_QUERY(MMIO_REGIONS) lists"),
+                (EBUSY, "this file already has its doorbell page"),
+                (ENOSPC, "every doorbell page is taken"),
+            ),
+        ),
+        OpSpec(
+            op=Op.XE_MMIO_REGION_CLOSE,
+            request=m.DrmXeMmioRegionClose,
+            reply=m.Empty,
+            doc="Close a region; its offset no longer maps (mappings made keep their pages).",
+            errors=((EINVAL, "pad or reserved not zero"), (ENOENT, "no such region")),
+        ),
+        OpSpec(
             op=Op.PRIME_HANDLE_TO_FD,
             request=m.DrmPrimeHandle,
             reply=m.DrmPrimeHandleReply,
@@ -392,6 +433,33 @@ SPECS: dict[Op, OpSpec] = {
             roles=frozenset({Role.ADMIN}),
             doc="Object counts and counters of the whole device.",
             errors=(),
+        ),
+        OpSpec(
+            op=Op.ADMIN_CLIENTS,
+            request=m.XedAdminClients,
+            reply=m.XedAdminClientsReply,
+            roles=frozenset({Role.ADMIN}),
+            doc="Every connection with its pid, uid, role, objects and barrier counts.",
+            errors=(),
+        ),
+        OpSpec(
+            op=Op.ADMIN_UNPLUG,
+            request=m.XedAdminUnplug,
+            reply=m.Empty,
+            roles=frozenset({Role.ADMIN}),
+            doc=(
+                "Unplug: every other role's ops answer ENODEV, mappings stay valid, the "
+                "barrier page stops being watched (writes go nowhere)."
+            ),
+            errors=((EALREADY, "already unplugged"),),
+        ),
+        OpSpec(
+            op=Op.ADMIN_REPLUG,
+            request=m.XedAdminReplug,
+            reply=m.Empty,
+            roles=frozenset({Role.ADMIN}),
+            doc="Plug the device back in.",
+            errors=((EALREADY, "not unplugged"),),
         ),
     )
 }

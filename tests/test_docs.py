@@ -33,8 +33,9 @@ def test_every_connection_op_but_hello_has_a_handler() -> None:
 
 
 def test_common_errors_are_protocol_level() -> None:
-    """The errors every op may answer with are the codec's and handshake's."""
+    """The errors every op may answer with are the codec's, the handshake's and unplug's."""
     assert {errno_name(n) for n, _ in COMMON_ERRORS} == {
+        "ENODEV",
         "EPROTO",
         "ENOTTY",
         "EACCES",

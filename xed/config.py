@@ -54,6 +54,8 @@ class DeviceConfig:
     system_memory: int = attrs.field(default=8 * GiB, validator=_positive)
     va_bits: int = attrs.field(default=48, validator=_positive)
     page_size: int = attrs.field(default=PAGE_SIZE, validator=_positive)
+    # BAR0 doorbell pages; the last one is the PCI barrier page, the rest go one per file
+    doorbell_pages: int = attrs.field(default=64, validator=_positive)
     engines: EngineConfig = attrs.field(factory=EngineConfig)
 
     def __attrs_post_init__(self) -> None:
@@ -61,6 +63,8 @@ class DeviceConfig:
             raise ConfigError(f"page_size must be {PAGE_SIZE} (the host's page size)")
         if self.visible_vram_size > self.vram_size:
             raise ConfigError("visible_vram_size cannot exceed vram_size")
+        if self.doorbell_pages < 2:
+            raise ConfigError("doorbell_pages must be at least 2 (one is the barrier page)")
         if not 32 <= self.va_bits <= 57:
             raise ConfigError("va_bits must be between 32 and 57")
         for name in ("vram_size", "visible_vram_size", "system_memory"):

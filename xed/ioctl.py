@@ -8,12 +8,14 @@ IoctlError. Blocking ops have coroutine handlers.
 from __future__ import annotations
 
 from collections.abc import Callable
+from errno import EALREADY
 from typing import Any
 
 from protocols import messages as m
 from protocols.ops import Op
 
-from .device import bo, dma_buf, exec_queue, mmap, query, ufence, vm
+from .device import bo, dma_buf, exec_queue, mmap, mmio, query, ufence, vm
+from .device.errors import refuse_if
 from .device.file import XeFile
 
 DRIVER_VERSION = (1, 0, 0)
@@ -37,6 +39,27 @@ def admin_status_ioctl(xef: XeFile, args: m.XedAdminStatus) -> m.XedAdminStatusR
     return xef.device.status()
 
 
+def admin_clients_ioctl(xef: XeFile, args: m.XedAdminClients) -> m.XedAdminClientsReply:
+    """ADMIN_CLIENTS: every connection, what it holds and what the device did for it."""
+    return m.XedAdminClientsReply(clients=tuple(f.info() for f in xef.device.clients()))
+
+
+def admin_unplug_ioctl(xef: XeFile, args: m.XedAdminUnplug) -> m.Empty:
+    """ADMIN_UNPLUG. Checks: already unplugged: EALREADY."""
+    refuse_if(xef.device.unplugged, EALREADY, "already unplugged")
+    xef.device.unplug()
+    xef.log.warning("device_unplugged")
+    return m.Empty()
+
+
+def admin_replug_ioctl(xef: XeFile, args: m.XedAdminReplug) -> m.Empty:
+    """ADMIN_REPLUG. Checks: not unplugged: EALREADY."""
+    refuse_if(not xef.device.unplugged, EALREADY, "not unplugged")
+    xef.device.replug()
+    xef.log.warning("device_replugged")
+    return m.Empty()
+
+
 HANDLERS: dict[Op, Callable[..., Any]] = {
     Op.VERSION: drm_version_ioctl,
     Op.GEM_CLOSE: bo.drm_gem_close_ioctl,
@@ -57,4 +80,9 @@ HANDLERS: dict[Op, Callable[..., Any]] = {
     Op.DMA_BUF_MMAP: dma_buf.dma_buf_mmap_ioctl,
     Op.DMA_BUF_IOCTL_SYNC: dma_buf.dma_buf_sync_ioctl,
     Op.DMA_BUF_LLSEEK: dma_buf.dma_buf_llseek_ioctl,
+    Op.XE_MMIO_REGION_OPEN: mmio.xe_mmio_region_open_ioctl,
+    Op.XE_MMIO_REGION_CLOSE: mmio.xe_mmio_region_close_ioctl,
+    Op.ADMIN_CLIENTS: admin_clients_ioctl,
+    Op.ADMIN_UNPLUG: admin_unplug_ioctl,
+    Op.ADMIN_REPLUG: admin_replug_ioctl,
 }

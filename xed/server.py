@@ -141,8 +141,17 @@ class Connection:
             return f"reset ({exc})"
 
     # --- requests -------------------------------------------------------------------------
+    def _check_plugged(self, request: Request) -> None:
+        """drm_dev_enter(): once unplugged, only the admin role is still answered."""
+        if not self.device.unplugged:
+            return
+        role = Role(request.args.role) if request.op is Op.HELLO else self.xef.role
+        if role is not Role.ADMIN:
+            raise IoctlError(errno.ENODEV, "the device is unplugged")
+
     async def _answer(self, request: Request) -> None:
         try:
+            self._check_plugged(request)
             if request.op is Op.HELLO:
                 result: Any = self._hello(request.args)
             else:
@@ -166,6 +175,7 @@ class Connection:
     ) -> None:
         try:
             try:
+                self._check_plugged(request)
                 result = await HANDLERS[request.op](
                     self.xef, request.args, *self._fd_args(request)
                 )

@@ -17,7 +17,9 @@ from protocols.constants import (
     DRM_XE_GEM_CREATE_FLAG_SCANOUT,
     DRM_XE_GEM_CREATE_FLAGS,
     DRM_XE_MEM_REGION_CLASS_VRAM,
+    DRM_XE_MMAP_OFFSET_FLAG_PCI_BARRIER,
     PAGE_SIZE,
+    XE_PCI_BARRIER_MMAP_OFFSET,
 )
 
 from .errors import IoctlError, refuse_if
@@ -70,6 +72,7 @@ class XeBo:
         self.cpu_caching = cpu_caching
         self.vm = vm  # VM-private: shares the VM's reservation, never exportable
         self.refs = 1
+        self.writable = True
         self.handle_count = 0
         self.dma_buf: DmaBuf | None = None  # obj->dma_buf: our export, while handles exist
         self.exported_as: DmaBuf | None = None  # our export, for as long as it lives
@@ -81,11 +84,15 @@ class XeBo:
         device.counts["bo_bytes"] += size
 
     @classmethod
-    def foreign(cls, device: XeDevice, memfd: int, size: int, import_fd: int) -> XeBo:
+    def foreign(
+        cls, device: XeDevice, memfd: int, size: int, import_fd: int, writable: bool
+    ) -> XeBo:
         """A BO over another daemon's pages (a foreign dma-buf import): no region of ours
-        pays for it, and `import_fd` keeps the exporter's buffer alive while we use it."""
+        pays for it, and `import_fd` keeps the exporter's buffer alive while we use it.
+        A dma-buf exported without DRM_RDWR comes read-only: the device cannot write it."""
         bo = cls(device, size, None, False, 0, 0, None, memfd=memfd)
         bo.import_fd = import_fd
+        bo.writable = writable
         return bo
 
     @property
@@ -131,8 +138,14 @@ class XeBo:
     def view(self) -> mmap.mmap:
         """The device's own mapping of the pages (created on first device access)."""
         if self._view is None:
-            self._view = mmap.mmap(self.memfd, self.size, mmap.MAP_SHARED)
+            prot = mmap.PROT_READ | (mmap.PROT_WRITE if self.writable else 0)
+            self._view = mmap.mmap(self.memfd, self.size, mmap.MAP_SHARED, prot)
         return self._view
+
+    exact_length = False  # a BO maps in part too, from its start
+
+    def mmap_fd(self) -> int:
+        return os.dup(self.memfd)
 
     def mmap_node(self) -> VmaNode:
         assert self.node is not None, "a freed BO has no handle to look it up by"
@@ -219,7 +232,9 @@ def xe_gem_mmap_offset_ioctl(xef: XeFile, args: m.DrmXeGemMmapOffset) -> m.DrmXe
 
     Checks, in order:
     - extensions or reserved non-zero: EINVAL
-    - any flag (the PCI barrier page is not emulated yet): EINVAL
+    - flags other than DRM_XE_MMAP_OFFSET_FLAG_PCI_BARRIER: EINVAL
+    - PCI_BARRIER: a device without VRAM (not discrete): EINVAL; handle not 0: EINVAL;
+      else the barrier page's offset (not uAPI: clients must ask for it)
     - no such handle: ENOENT
     - a foreign import while dma_buf.imported_mmap = "refuse" (the default): ENODEV,
       as i915 answers for objects without pages of its own: mmap the dma-buf instead
@@ -228,7 +243,13 @@ def xe_gem_mmap_offset_ioctl(xef: XeFile, args: m.DrmXeGemMmapOffset) -> m.DrmXe
     """
     refuse_if(args.extensions, EINVAL, "extensions must be zero")
     refuse_if(any(args.reserved), EINVAL, "reserved must be zero")
-    refuse_if(args.flags, EINVAL, f"unsupported flags {args.flags:#x}")
+    refuse_if(
+        args.flags & ~DRM_XE_MMAP_OFFSET_FLAG_PCI_BARRIER, EINVAL, f"unknown flags {args.flags:#x}"
+    )
+    if args.flags & DRM_XE_MMAP_OFFSET_FLAG_PCI_BARRIER:
+        refuse_if(not xef.device.config.vram_size, EINVAL, "no PCI barrier on an integrated part")
+        refuse_if(args.handle, EINVAL, "the PCI barrier takes handle 0")
+        return m.DrmXeGemMmapOffsetReply(offset=XE_PCI_BARRIER_MMAP_OFFSET)
     bo = xef.handles.get(args.handle)
     if bo is None:
         raise IoctlError(ENOENT, f"no handle {args.handle}")

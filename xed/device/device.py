@@ -21,6 +21,8 @@ from ..config import Config, DeviceConfig
 from .export import ExportedObject
 from .file import XeFile
 from .memory import MemRegion
+from .mmio import Bar0
+from .pages import PageWatcher
 from .vma_manager import VmaOffsetManager
 
 
@@ -52,6 +54,9 @@ class XeDevice:
         self.counts: collections.Counter[str] = collections.Counter()
         self.stats: collections.Counter[str] = collections.Counter()
         self.ufence_lot = trio.lowlevel.ParkingLot()
+        self.bar0 = Bar0(config)
+        self.watcher = PageWatcher()
+        self.unplugged = False
         self._nursery: trio.Nursery | None = None
 
     @staticmethod
@@ -85,6 +90,17 @@ class XeDevice:
     # --- the device side runs as tasks in the daemon's nursery ------------------------
     def attach(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
+        nursery.start_soon(self.watcher.run)
+        nursery.start_soon(self.bar0.run_timestamp)
+
+    # --- unplug (drm_dev_unplug) and the emulator's replug ------------------------------
+    def unplug(self) -> None:
+        self.unplugged = True
+        self.watcher.paused = True  # the barrier page is a dummy page now: writes go nowhere
+
+    def replug(self) -> None:
+        self.unplugged = False
+        self.watcher.resume()
 
     def start_soon(self, fn: Callable[[], Awaitable[Any]]) -> None:
         if self._nursery is None:
@@ -93,6 +109,9 @@ class XeDevice:
 
     def ufence_wake(self) -> None:
         self.ufence_lot.unpark_all()
+
+    def clients(self) -> list[XeFile]:
+        return sorted(self.files, key=lambda f: f.client_id)
 
     def object_counts(self) -> m.XedObjectCounts:
         return m.XedObjectCounts(
@@ -113,4 +132,6 @@ class XeDevice:
             bans=self.stats["bans"],
             refused=self.stats["refused"],
             sync_violations=self.stats["sync_violations"],
+            unplugged=int(self.unplugged),
+            barriers=self.stats["barriers"],
         )

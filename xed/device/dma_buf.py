@@ -40,6 +40,7 @@ from protocols.ops import Op
 from .bo import XeBo
 from .errors import IoctlError, refuse_if
 from .export import ExportedObject, lookup, peer_call
+from .memory import reopen_read_only
 
 if TYPE_CHECKING:
     from .file import XeFile
@@ -58,6 +59,12 @@ class DmaBuf(ExportedObject):
         self.writable = writable  # fixed at the first export, as the file's f_mode is
         self.windows: dict[Any, list[int]] = {}  # owner -> [open reads, open writes]
 
+    def memory_fd(self) -> int:
+        """The pages, as the dma-buf's mode allows: O_RDONLY unless exported DRM_RDWR."""
+        if self.writable:
+            return os.dup(self.bo.memfd)
+        return reopen_read_only(self.bo.memfd)
+
     def release(self) -> None:
         if self.bo.dma_buf is self:
             self.bo.dma_buf = None
@@ -67,10 +74,11 @@ class DmaBuf(ExportedObject):
 
     def peer_request(self, op: Any, args: Any) -> tuple[Any, list[int]]:
         if op is Op.DMA_BUF_ATTACH:
+            # anyone holding the descriptor may ask: never more access than it grants
             reply = m.DmaBufAttachReply(
                 size=self.size, writable=int(self.writable), device=self.device.identity
             )
-            return reply, [os.dup(self.bo.memfd)]
+            return reply, [self.memory_fd()]
         return super().peer_request(op, args)
 
     # --- CPU access windows (DMA_BUF_IOCTL_SYNC) ------------------------------------------
@@ -102,7 +110,8 @@ def xe_dma_buf_of(xef: XeFile, fd: int) -> DmaBuf | None:
 
 
 async def _describe(xef: XeFile, fd: int) -> tuple[int, bool, int | None]:
-    """(size, writable, memfd) of any dma-buf: ours, or asked of its daemon."""
+    """(size, writable, memory) of any dma-buf: ours (no memory yet), or asked of its
+    daemon (the memory it sent, read-only unless the dma-buf is writable)."""
     own = xe_dma_buf_of(xef, fd)
     if own is not None:
         return own.size, own.writable, None
@@ -167,9 +176,9 @@ async def drm_prime_fd_to_handle_ioctl(
     handle = xef.prime_handles.get(key)
     if handle is not None:
         return m.DrmPrimeHandleReply(handle=handle, size=xef.handles[handle].size)
-    size, _writable, memfd = await _describe(xef, fd)
+    size, writable, memfd = await _describe(xef, fd)
     assert memfd is not None
-    bo = XeBo.foreign(xef.device, memfd, size, import_fd=os.dup(fd))
+    bo = XeBo.foreign(xef.device, memfd, size, import_fd=os.dup(fd), writable=writable)
     handle = xef.handle_create(bo)
     bo.put()
     xef.prime_handles[key] = handle
@@ -210,7 +219,7 @@ async def dma_buf_mmap_ioctl(
     if memfd is None:
         own = xe_dma_buf_of(xef, fd)
         assert own is not None
-        memfd = os.dup(own.bo.memfd)
+        memfd = own.memory_fd()
     return m.XedMmapReply(offset=args.offset, length=args.length), [memfd]
 
 

@@ -170,19 +170,22 @@ async def peer_call(fd: int, op: Any, args: Any) -> tuple[Any, list[int]]:
     """
     if not stat.S_ISSOCK(os.fstat(fd).st_mode):
         raise IoctlError(errnos.EINVAL, "not a dma-buf")
+    # The descriptor's open file is shared with the client: never change its flags
+    # (O_NONBLOCK would leak into the client's copy); ask per call with MSG_DONTWAIT.
     sock = socket.socket(fileno=os.dup(fd))
     try:
         if sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) != socket.SOCK_SEQPACKET:
             raise IoctlError(errnos.EINVAL, "not a dma-buf")
-        sock.setblocking(False)
         try:
-            sock.sendmsg([encode_request(1, op, args)])
+            sock.sendmsg([encode_request(1, op, args)], [], socket.MSG_DONTWAIT)
         except OSError as exc:
             raise IoctlError(errnos.EINVAL, "not a dma-buf (cannot speak to it)") from exc
         with trio.move_on_after(PEER_TIMEOUT):
             while True:
                 try:
-                    data, ancdata, _flags, _ = sock.recvmsg(MAX_DATAGRAM, _ANC_SPACE)
+                    data, ancdata, _flags, _ = sock.recvmsg(
+                        MAX_DATAGRAM, _ANC_SPACE, socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC
+                    )
                 except BlockingIOError:
                     await trio.lowlevel.wait_readable(sock)
                     continue

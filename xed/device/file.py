@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from protocols import messages as m
 from protocols.ops import Event, Role
 
 from .ids import IdAllocator
@@ -13,7 +14,18 @@ if TYPE_CHECKING:
     from .bo import XeBo
     from .device import XeDevice
     from .exec_queue import XeExecQueue
+    from .mmio import XeMmioRegion
+    from .pages import BarrierPage
     from .vm import XeVm
+
+
+def _comm(pid: int) -> str:
+    """The peer's command name, for the admin view (it may be gone already)."""
+    try:
+        with open(f"/proc/{pid}/comm") as comm:
+            return comm.read().strip()[:16]
+    except OSError:
+        return "?"
 
 
 class XeFile:
@@ -33,6 +45,7 @@ class XeFile:
         self.uid = uid
         self.gid = gid
         self.role: Role | None = None
+        self.comm = _comm(pid)
         self.log = log
         self.send_event = send_event
         self.handles: dict[int, XeBo] = {}
@@ -40,10 +53,32 @@ class XeFile:
         self.exec_queues: dict[int, XeExecQueue] = {}
         # drm_prime_file_private: dma-buf (ours, or a foreign key) -> handle in this file
         self.prime_handles: dict[Any, int] = {}
+        self.mmio_regions: dict[int, XeMmioRegion] = {}
+        self.mmio_ids = IdAllocator()
+        self.barrier_page: BarrierPage | None = None
         self._handle_ids = IdAllocator()
         self.vm_ids = IdAllocator()
         self.exec_queue_ids = IdAllocator()
         device.files.add(self)
+
+    def info(self) -> m.XedClientInfo:
+        return m.XedClientInfo(
+            client_id=self.client_id,
+            pid=self.pid,
+            uid=self.uid,
+            gid=self.gid,
+            role=self.role.value if self.role else "",
+            comm=self.comm,
+            bos=len(self.handles),
+            bo_bytes=sum(bo.size for bo in self.handles.values()),
+            vms=len(self.vms),
+            exec_queues=len(self.exec_queues),
+            mmio_regions=len(self.mmio_regions),
+            barriers=self.barrier_page.count if self.barrier_page else 0,
+            doorbell_rings=sum(
+                r.doorbell.rings for r in self.mmio_regions.values() if r.doorbell is not None
+            ),
+        )
 
     # --- GEM handles (drm_gem_handle_create / _delete) ---------------------------------
     def handle_create(self, bo: XeBo) -> int:
@@ -78,4 +113,11 @@ class XeFile:
             self.handle_delete(handle)
         for exported in list(self.device.exported.values()):
             exported.forget(self)
+        for region_id in list(self.mmio_regions):
+            self.mmio_regions.pop(region_id).close()
+        if self.barrier_page is not None:
+            self.device.watcher.remove(self.barrier_page)
+            self.log.info("barrier_page_released", **self.barrier_page.summary())
+            self.barrier_page.close()
+            self.barrier_page = None
         self.device.files.discard(self)

@@ -16,16 +16,28 @@ from .errors import IoctlError
 _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 
 
-def create_backing(name: str, size: int) -> int:
-    """A memfd of exactly `size` bytes, sealed against resizing; pages come on first touch."""
+def create_backing(name: str, size: int, sealed: bool = True) -> int:
+    """A memfd of exactly `size` bytes, sealed against resizing; pages come on first touch.
+
+    `sealed=False` leaves the seals to the caller (who wants to add FUTURE_WRITE too).
+    """
     fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
+        # nobody but root may reopen it through /proc/<pid>/fd with more access than the
+        # descriptor they were given (a read-only dma-buf stays read-only)
+        os.fchmod(fd, 0o400)
         os.ftruncate(fd, size)
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+        if sealed:
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
     except OSError:
         os.close(fd)
         raise
     return fd
+
+
+def reopen_read_only(fd: int) -> int:
+    """A new O_RDONLY open of the same memory: a shared writable mmap of it is EACCES."""
+    return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
 
 
 @attrs.define(eq=False)

@@ -12,7 +12,6 @@ fake offset of a mapping plus the offset inside it. The client library translate
 
 from __future__ import annotations
 
-import os
 import struct
 from errno import EACCES, EFAULT, EINVAL
 from typing import TYPE_CHECKING
@@ -25,9 +24,11 @@ from protocols.constants import (
     PROT_EXEC,
     PROT_READ,
     PROT_WRITE,
+    XE_PCI_BARRIER_MMAP_OFFSET,
 )
 
 from .errors import IoctlError, refuse_if
+from .pages import BarrierPage
 
 if TYPE_CHECKING:
     import mmap as _mmap
@@ -47,9 +48,16 @@ def xed_mmap_ioctl(xef: XeFile, args: m.XedMmap) -> tuple[m.XedMmapReply, list[i
     - no object starts at offset, or length runs past its end: EINVAL
     - the object is not mapped-allowed for this file: EACCES
     - a private (copy-on-write) mapping: EINVAL
+    - an MMIO region: length other than the region's size: EINVAL
+
+    The PCI barrier offset goes to xe_pci_barrier_mmap() instead: more than 4096 bytes,
+    a private mapping, or PROT_READ / PROT_EXEC asked for: EINVAL. (On x86 a write-only
+    mapping still reads, which is how its 0xdeadbeef is seen.)
 
     Answers with a fresh descriptor of the object's memory to map at reply.offset.
     """
+    if args.offset == XE_PCI_BARRIER_MMAP_OFFSET:
+        return _pci_barrier_mmap(xef, args)
     refuse_if(not args.length or args.offset % PAGE_SIZE, EINVAL, "bad length or offset")
     refuse_if(args.flags not in (MAP_SHARED, MAP_PRIVATE), EINVAL, "need MAP_SHARED or MAP_PRIVATE")
     refuse_if(args.prot & ~_PROT_ALL, EINVAL, f"unknown prot bits {args.prot:#x}")
@@ -59,8 +67,22 @@ def xed_mmap_ioctl(xef: XeFile, args: m.XedMmap) -> tuple[m.XedMmapReply, list[i
     refuse_if(not node.is_allowed(xef), EACCES, "offset belongs to another file")
     refuse_if(args.length > node.obj.size, EINVAL, "length larger than the object")
     refuse_if(args.flags == MAP_PRIVATE, EINVAL, "copy-on-write mappings are refused")
-    fd = os.dup(node.obj.memfd)
-    return m.XedMmapReply(offset=0, length=args.length), [fd]
+    refuse_if(
+        node.obj.exact_length and args.length != node.obj.size,
+        EINVAL,
+        f"an MMIO region maps whole: {node.obj.size} bytes",
+    )
+    return m.XedMmapReply(offset=0, length=args.length), [node.obj.mmap_fd()]
+
+
+def _pci_barrier_mmap(xef: XeFile, args: m.XedMmap) -> tuple[m.XedMmapReply, list[int]]:
+    refuse_if(args.length > PAGE_SIZE, EINVAL, "the barrier page is 4096 bytes")
+    refuse_if(args.flags != MAP_SHARED, EINVAL, "the barrier page maps shared only")
+    refuse_if(args.prot & (PROT_READ | PROT_EXEC), EINVAL, "the barrier page is write-only")
+    if xef.barrier_page is None:
+        xef.barrier_page = BarrierPage(xef)
+        xef.device.watcher.add(xef.barrier_page)
+    return m.XedMmapReply(offset=0, length=args.length), [xef.barrier_page.mmap_fd()]
 
 
 def user_view(xef: XeFile, addr: int, length: int) -> tuple[_mmap.mmap, int]:

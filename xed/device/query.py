@@ -27,7 +27,8 @@ def xe_query_ioctl(xef: XeFile, args: m.DrmXeDeviceQuery) -> m.DrmXeDeviceQueryR
 
     Checks, in order:
     - extensions or reserved non-zero: EINVAL
-    - query not one this device answers (ENGINES, MEM_REGIONS, CONFIG, GT_LIST): EINVAL
+    - query not one this device answers (ENGINES, MEM_REGIONS, CONFIG, GT_LIST, and the
+      proposal's MMIO_REGIONS): EINVAL
     The kernel's size probing is not needed: the reply carries the data itself.
     """
     refuse_if(args.extensions or any(args.reserved), EINVAL, "extensions/reserved not zero")
@@ -62,6 +63,8 @@ def xe_query_ioctl(xef: XeFile, args: m.DrmXeDeviceQuery) -> m.DrmXeDeviceQueryR
             XE_MAX_EXEC_QUEUE_PRIORITY,
         )
         return m.DrmXeDeviceQueryReply(query=query, config=info)
+    if query is Query.MMIO_REGIONS:
+        return m.DrmXeDeviceQueryReply(query=query, mmio_regions=xe.bar0.regions())
     near = xe.mem_region_mask & ~1 if xe.config.vram_size else 1
     gt = m.DrmXeGt(
         type=DRM_XE_QUERY_GT_TYPE_MAIN,

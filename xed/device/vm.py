@@ -143,6 +143,8 @@ class XeVm:
                 raise GpuFault(pos)
             if write and vma.flags & DRM_XE_VM_BIND_FLAG_READONLY:
                 raise GpuFault(pos, "write to a read-only binding")
+            if write and vma.bo is not None and not vma.bo.writable:
+                raise GpuFault(pos, "write to a read-only import")
             n = min(end, vma.end) - pos
             if self.touched is not None and vma.bo is not None:
                 self.touched.add(vma.bo)

@@ -1,0 +1,252 @@
+"""BAR0 and XeMmioRegion: parts of the register space user space may map (proposal:
+"drm/xe: support for mmap-ing mmio regions").
+
+The reviewers' rules, enforced here: a process cannot read another process's data and
+cannot issue a write that affects another process. So the read-only information block
+is one page set shared by all, sealed so no writable mapping of it can exist in any
+client (F_SEAL_FUTURE_WRITE on an O_RDONLY descriptor: the kernel itself refuses); a
+writable region (a doorbell page, for kernel-bypass submission) is a page of its own for
+each file; registers with read side effects are never exposable.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import mmap
+import struct
+import time
+from errno import EBUSY, EINVAL, ENOENT, ENOSPC, EPERM
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+
+from protocols import messages as m
+from protocols.constants import (
+    PAGE_SIZE,
+    XE_BAR0_DOORBELL_OFFSET,
+    XE_BAR0_GT_REGS_OFFSET,
+    XE_BAR0_INFO_OFFSET,
+    XE_BAR0_INFO_SIZE,
+    XE_BAR0_IRQ_STATUS_OFFSET,
+    XE_INFO_DEVICE_ID,
+    XE_INFO_DOORBELLS,
+    XE_INFO_REVISION,
+    XE_INFO_SYSTEM_MEMORY,
+    XE_INFO_TIMESTAMP,
+    XE_INFO_VA_BITS,
+    XE_INFO_VRAM_SIZE,
+    XE_MMIO_ACCESS_PER_FILE,
+    XE_MMIO_ACCESS_READ_ONLY,
+)
+
+from .errors import IoctlError, refuse_if
+from .memory import create_backing, reopen_read_only
+from .pages import DoorbellPage
+
+if TYPE_CHECKING:
+    from ..config import DeviceConfig
+    from .file import XeFile
+
+# linux/fcntl.h; Python's fcntl module only names it from 3.12 on
+F_SEAL_FUTURE_WRITE = 0x0010
+TIMESTAMP_PERIOD = 0.005  # seconds between updates of the free-running timestamp
+REFERENCE_CLOCK_HZ = 19_200_000
+
+
+@attrs.frozen
+class BarRange:
+    name: str
+    offset: int
+    size: int
+    exposable: bool
+    access: int = 0
+
+    def overlaps(self, offset: int, size: int) -> bool:
+        return offset < self.offset + self.size and self.offset < offset + size
+
+
+class Bar0:
+    """The register space: its layout, the info block's pages and the doorbell pages."""
+
+    def __init__(self, config: DeviceConfig) -> None:
+        pages = config.doorbell_pages
+        self.doorbell_count = pages - 1  # the last doorbell page is the PCI barrier page
+        self.size = XE_BAR0_DOORBELL_OFFSET + pages * PAGE_SIZE
+        self.layout = (
+            BarRange(
+                "info", XE_BAR0_INFO_OFFSET, XE_BAR0_INFO_SIZE, True, XE_MMIO_ACCESS_READ_ONLY
+            ),
+            BarRange("irq_status", XE_BAR0_IRQ_STATUS_OFFSET, PAGE_SIZE, False),
+            BarRange(
+                "gt_regs",
+                XE_BAR0_GT_REGS_OFFSET,
+                XE_BAR0_DOORBELL_OFFSET - XE_BAR0_GT_REGS_OFFSET,
+                False,
+            ),
+            BarRange("doorbell", XE_BAR0_DOORBELL_OFFSET, PAGE_SIZE, True, XE_MMIO_ACCESS_PER_FILE),
+        )
+        self._free_doorbells = list(range(self.doorbell_count))
+        self.info_memfd = create_backing("xe-bar0-info", XE_BAR0_INFO_SIZE, sealed=False)
+        # the daemon's own mapping is made before the seal: it stays writable, while no
+        # writable shared mapping can ever be made again, by anyone
+        self.info = mmap.mmap(self.info_memfd, XE_BAR0_INFO_SIZE, mmap.MAP_SHARED)
+        self._fill_info(config)
+        fcntl.fcntl(
+            self.info_memfd,
+            fcntl.F_ADD_SEALS,
+            F_SEAL_FUTURE_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL,
+        )
+        self.info_users = 0
+        self._info_wanted = trio.Event()
+        self._start = time.monotonic()
+
+    def _fill_info(self, config: DeviceConfig) -> None:
+        struct.pack_into("<I", self.info, XE_INFO_DEVICE_ID, config.device_id)
+        struct.pack_into("<I", self.info, XE_INFO_REVISION, config.revision)
+        struct.pack_into("<Q", self.info, XE_INFO_VRAM_SIZE, config.vram_size)
+        struct.pack_into("<Q", self.info, XE_INFO_SYSTEM_MEMORY, config.system_memory)
+        struct.pack_into("<I", self.info, XE_INFO_VA_BITS, config.va_bits)
+        struct.pack_into("<I", self.info, XE_INFO_DOORBELLS, self.doorbell_count)
+
+    def regions(self) -> tuple[m.DrmXeMmioRegion, ...]:
+        return tuple(
+            m.DrmXeMmioRegion(
+                name=r.name,
+                bar_offset=r.offset,
+                size=r.size,
+                access=r.access,
+                count=self.doorbell_count if r.access == XE_MMIO_ACCESS_PER_FILE else 1,
+            )
+            for r in self.layout
+            if r.exposable
+        )
+
+    def exposable(self, offset: int, size: int) -> BarRange:
+        """The region [offset, offset+size) names, checked as the proposal says."""
+        refuse_if(not size or offset % PAGE_SIZE or size % PAGE_SIZE, EINVAL, "unaligned region")
+        refuse_if(offset + size > self.size, EINVAL, "beyond BAR0")
+        for r in self.layout:
+            refuse_if(
+                not r.exposable and r.overlaps(offset, size),
+                EPERM,
+                f"the range touches {r.name}, which is never exposed",
+            )
+        for r in self.layout:
+            if r.exposable and (r.offset, r.size) == (offset, size):
+                return r
+        raise IoctlError(EINVAL, "not a region DEVICE_QUERY(MMIO_REGIONS) lists")
+
+    def take_doorbell(self) -> int:
+        refuse_if(not self._free_doorbells, ENOSPC, "every doorbell page is taken")
+        return self._free_doorbells.pop(0)
+
+    def give_back_doorbell(self, index: int) -> None:
+        self._free_doorbells.append(index)
+        self._free_doorbells.sort()
+
+    # --- the free-running timestamp, kept moving while anyone has the info block open ---
+    def info_opened(self) -> None:
+        self.info_users += 1
+        self._info_wanted.set()
+
+    def info_closed(self) -> None:
+        self.info_users -= 1
+
+    async def run_timestamp(self) -> None:
+        while True:
+            if not self.info_users:
+                self._info_wanted = trio.Event()
+                await self._info_wanted.wait()
+            ticks = int((time.monotonic() - self._start) * REFERENCE_CLOCK_HZ)
+            struct.pack_into("<Q", self.info, XE_INFO_TIMESTAMP, ticks)
+            await trio.sleep(TIMESTAMP_PERIOD)
+
+
+class XeMmioRegion:
+    """A region opened by one file: mappable at a fake offset allowed for that file only."""
+
+    exact_length = True  # mmap length must equal the region size
+
+    def __init__(self, xef: XeFile, bar: BarRange) -> None:
+        self.file = xef
+        self.bar = bar
+        self.size = bar.size
+        self.doorbell: DoorbellPage | None = None
+        device = xef.device
+        if bar.access == XE_MMIO_ACCESS_PER_FILE:
+            index = device.bar0.take_doorbell()
+            self.doorbell = DoorbellPage(xef, index)
+            self.bar_offset = bar.offset + index * PAGE_SIZE
+            device.watcher.add(self.doorbell)
+        else:
+            self.bar_offset = bar.offset
+            device.bar0.info_opened()
+        self.node = device.vma.add(self, self.size)
+        self.node.allow(xef)
+        self.id = 0
+
+    @property
+    def memfd(self) -> int:
+        return self.doorbell.memfd if self.doorbell else self.file.device.bar0.info_memfd
+
+    def mmap_fd(self) -> int:
+        """What a client maps: the read-only block only ever as an O_RDONLY descriptor."""
+        if self.doorbell is not None:
+            return self.doorbell.mmap_fd()
+        return reopen_read_only(self.memfd)
+
+    def close(self) -> None:
+        device = self.file.device
+        device.vma.remove(self.node)
+        if self.doorbell is not None:
+            device.watcher.remove(self.doorbell)
+            device.bar0.give_back_doorbell(self.doorbell.bar_index)
+            self.doorbell.close()
+        else:
+            device.bar0.info_closed()
+
+
+def xe_mmio_region_open_ioctl(
+    xef: XeFile, args: m.DrmXeMmioRegionOpen
+) -> m.DrmXeMmioRegionOpenReply:
+    """XE_MMIO_REGION_OPEN (proposal): make a part of BAR0 mappable for this file.
+
+    Checks, in order:
+    - extensions, pad or reserved non-zero, or flags non-zero: EINVAL
+    - bar_offset or size zero or not page aligned, or beyond BAR0: EINVAL
+    - the range touches a never-exposable register (irq status, GT control): EPERM
+    - not exactly a region DEVICE_QUERY(MMIO_REGIONS) lists: EINVAL
+    - the doorbell region when this file already has its page: EBUSY
+    - no doorbell page left: ENOSPC
+    """
+    refuse_if(args.extensions or args.pad or any(args.reserved), EINVAL, "extensions/pad/reserved")
+    refuse_if(args.flags, EINVAL, f"unknown flags {args.flags:#x}")
+    bar = xef.device.bar0.exposable(args.bar_offset, args.size)
+    refuse_if(
+        bar.access == XE_MMIO_ACCESS_PER_FILE
+        and any(r.doorbell is not None for r in xef.mmio_regions.values()),
+        EBUSY,
+        "this file already has its doorbell page",
+    )
+    region = XeMmioRegion(xef, bar)
+    region.id = xef.mmio_ids.alloc()
+    xef.mmio_regions[region.id] = region
+    xef.log.debug("mmio_region_opened", region=bar.name, bar_offset=region.bar_offset)
+    return m.DrmXeMmioRegionOpenReply(
+        region_id=region.id,
+        offset=region.node.start,
+        size=region.size,
+        bar_offset=region.bar_offset,
+    )
+
+
+def xe_mmio_region_close_ioctl(xef: XeFile, args: m.DrmXeMmioRegionClose) -> m.Empty:
+    """XE_MMIO_REGION_CLOSE. Checks: pad or reserved non-zero: EINVAL; no such region: ENOENT."""
+    refuse_if(args.pad or any(args.reserved), EINVAL, "pad and reserved must be zero")
+    region = xef.mmio_regions.pop(args.region_id, None)
+    if region is None:
+        raise IoctlError(ENOENT, f"no region {args.region_id}")
+    xef.mmio_ids.release(args.region_id)
+    region.close()
+    return m.Empty()

@@ -1,0 +1,167 @@
+"""Per-file device pages the device watches: the PCI barrier page and doorbells.
+
+The CPU writes these pages directly; nothing tells the daemon. A device task looks at
+every watched page, quickly while there are writes and more and more slowly while there
+are none (so an idle daemon with many pages mapped costs next to nothing), and acts on
+what it finds. Each page belongs to one file and is acted upon for that file only.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import time
+from typing import TYPE_CHECKING
+
+import structlog
+import trio
+
+from protocols.constants import (
+    PAGE_SIZE,
+    PCI_BARRIER_IDLE,
+    PCI_BARRIER_SEQ_MASK,
+    PCI_BARRIER_SEQ_TAG,
+)
+
+from .memory import create_backing
+
+if TYPE_CHECKING:
+    from .file import XeFile
+
+_log = structlog.get_logger("xed")
+FAST_LOOK = 0.001  # seconds between looks while writes keep coming
+SLOW_LOOK = 0.05  # the most an idle page waits to be looked at
+_IDLE_PAGE = struct.pack("<I", PCI_BARRIER_IDLE) * (PAGE_SIZE // 4)
+_ZERO_PAGE = bytes(PAGE_SIZE)
+_SEQ_HALF = (PCI_BARRIER_SEQ_MASK + 1) // 2
+LATENCY_SAMPLES = 4096
+
+
+class WatchedPage:
+    """One page of shared memory, owned by one file, that the device acts upon."""
+
+    kind = "page"
+
+    def __init__(self, xef: XeFile, fill: bytes) -> None:
+        self.file = xef
+        self.memfd = create_backing(f"xe-{self.kind}", PAGE_SIZE)
+        self.view = mmap.mmap(self.memfd, PAGE_SIZE, mmap.MAP_SHARED)
+        self.view[:] = fill
+        self._fill = fill
+
+    def look(self, now: float, since: float) -> bool:
+        """Act on whatever was written since the last look; True if anything was."""
+        raise NotImplementedError
+
+    def mmap_fd(self) -> int:
+        return os.dup(self.memfd)
+
+    def close(self) -> None:
+        self.view.close()
+        os.close(self.memfd)
+
+
+class BarrierPage(WatchedPage):
+    """Writes are barriers: counted for the file, then the page reads 0xdeadbeef again."""
+
+    kind = "pci-barrier"
+
+    def __init__(self, xef: XeFile) -> None:
+        super().__init__(xef, _IDLE_PAGE)
+        self.count = 0
+        self._last_seq = 0
+        self.ack_bounds: list[float] = []  # write-to-restore latency, upper bounds (s)
+
+    def look(self, now: float, since: float) -> bool:
+        data = self.view[:]
+        if data == _IDLE_PAGE:
+            return False
+        (word0,) = struct.unpack_from("<I", data)
+        counted = 0
+        if word0 & ~PCI_BARRIER_SEQ_MASK == PCI_BARRIER_SEQ_TAG:
+            # the client library's running number: every write since the last look counts
+            # (rewriting the last number is idempotent, so a store the restore raced
+            # with can be repeated safely)
+            delta = (word0 - self._last_seq) & PCI_BARRIER_SEQ_MASK
+            if 0 < delta < _SEQ_HALF:
+                counted = delta
+                self._last_seq = word0 & PCI_BARRIER_SEQ_MASK
+        elif word0 != PCI_BARRIER_IDLE:
+            counted = 1
+        if not counted and data[4:] != _IDLE_PAGE[4:]:
+            counted = 1  # any other word written: one barrier
+        self.view[:] = _IDLE_PAGE
+        if counted:
+            self.count += counted
+            self.file.device.stats["barriers"] += counted
+            if len(self.ack_bounds) < LATENCY_SAMPLES:
+                self.ack_bounds.append(now - since)
+        return True
+
+    def summary(self) -> dict[str, float]:
+        bounds = sorted(self.ack_bounds) or [0.0]
+        return {
+            "barriers": self.count,
+            "ack_p50_us": round(bounds[len(bounds) // 2] * 1e6, 1),
+            "ack_p99_us": round(bounds[min(len(bounds) - 1, int(len(bounds) * 0.99))] * 1e6, 1),
+        }
+
+
+class DoorbellPage(WatchedPage):
+    """A non-zero first word rings the bell: counted for the file, then cleared."""
+
+    kind = "doorbell"
+
+    def __init__(self, xef: XeFile, bar_index: int) -> None:
+        super().__init__(xef, _ZERO_PAGE)
+        self.bar_index = bar_index
+        self.rings = 0
+        self.last_value = 0
+
+    def look(self, now: float, since: float) -> bool:
+        (value,) = struct.unpack_from("<I", self.view)
+        if not value:
+            return False
+        self.rings += 1
+        self.last_value = value
+        struct.pack_into("<I", self.view, 0, 0)
+        return True
+
+
+class PageWatcher:
+    """The device task that looks at every watched page."""
+
+    def __init__(self) -> None:
+        self.pages: set[WatchedPage] = set()
+        self.paused = False  # unplugged: writes go nowhere
+        self._wake = trio.Event()
+        self.looks = 0
+
+    def add(self, page: WatchedPage) -> None:
+        self.pages.add(page)
+        self._wake.set()
+
+    def remove(self, page: WatchedPage) -> None:
+        self.pages.discard(page)
+
+    def resume(self) -> None:
+        self.paused = False
+        self._wake.set()
+
+    async def run(self) -> None:
+        interval = SLOW_LOOK
+        last = time.monotonic()
+        while True:
+            if not self.pages or self.paused:
+                self._wake = trio.Event()
+                await self._wake.wait()
+                last = time.monotonic()
+            await trio.sleep(interval)
+            now = time.monotonic()
+            busy = False
+            for page in list(self.pages):
+                busy |= page.look(now, last)
+            self.looks += 1
+            last = now
+            interval = FAST_LOOK if busy else min(interval * 2, SLOW_LOOK)
