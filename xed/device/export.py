@@ -167,6 +167,9 @@ async def peer_call(fd: int, op: Any, args: Any) -> tuple[Any, list[int]]:
 
     Anything that is not a live xed object answering in time (a pipe, an unconnected
     socket, a peer that says no) is EINVAL: "not a dma-buf", as the kernel puts it.
+    An exported object's descriptor is one end of a socketpair: its peer has no address.
+    A socket whose peer has one (a client's connection to a daemon, this one or another)
+    is refused without a word said on it, so nobody's connection is ever spoken on.
     """
     if not stat.S_ISSOCK(os.fstat(fd).st_mode):
         raise IoctlError(errnos.EINVAL, "not a dma-buf")
@@ -174,8 +177,16 @@ async def peer_call(fd: int, op: Any, args: Any) -> tuple[Any, list[int]]:
     # (O_NONBLOCK would leak into the client's copy); ask per call with MSG_DONTWAIT.
     sock = socket.socket(fileno=os.dup(fd))
     try:
+        if sock.family != socket.AF_UNIX:
+            raise IoctlError(errnos.EINVAL, "not a dma-buf")
         if sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) != socket.SOCK_SEQPACKET:
             raise IoctlError(errnos.EINVAL, "not a dma-buf")
+        try:
+            peer = sock.getpeername()
+        except OSError:
+            raise IoctlError(errnos.EINVAL, "not a dma-buf (not connected)") from None
+        if peer:
+            raise IoctlError(errnos.EINVAL, "not a dma-buf (a connection to a named socket)")
         try:
             sock.sendmsg([encode_request(1, op, args)], [], socket.MSG_DONTWAIT)
         except OSError as exc:
