@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import ctypes
 import mmap
-import struct
 from types import TracebackType
+
+from protocols.words import Words
 
 
 class Mapping:
@@ -21,6 +22,7 @@ class Mapping:
         self.fake_offset = fake_offset
         self.length = length
         self.address = _address_of(mm)
+        self.words = Words(mm)
 
     def __len__(self) -> int:
         return self.length
@@ -32,19 +34,19 @@ class Mapping:
         # mmap takes an int at an index and bytes at a slice; it checks the pairing itself
         self.mm[key] = value  # type: ignore[index,assignment]
 
+    # one access per aligned word, so the device and other processes never see half of
+    # one (or the zero struct.pack_into writes first)
     def read_u32(self, offset: int) -> int:
-        value: int = struct.unpack_from("<I", self.mm, offset)[0]
-        return value
+        return self.words.load_u32(offset)
 
     def read_u64(self, offset: int) -> int:
-        value: int = struct.unpack_from("<Q", self.mm, offset)[0]
-        return value
+        return self.words.load_u64(offset)
 
     def write_u32(self, offset: int, value: int) -> None:
-        struct.pack_into("<I", self.mm, offset, value)
+        self.words.store_u32(offset, value)
 
     def write_u64(self, offset: int, value: int) -> None:
-        struct.pack_into("<Q", self.mm, offset, value)
+        self.words.store_u64(offset, value)
 
     def user_address(self, offset: int = 0) -> int:
         """The CPU address of byte `offset`, for ioctls that take a user pointer."""
@@ -60,7 +62,9 @@ class Mapping:
         return self.mm.closed
 
     def close(self) -> None:
-        self.mm.close()
+        if not self.mm.closed:
+            self.words.release()
+            self.mm.close()
 
     def __enter__(self) -> Mapping:
         return self

@@ -21,6 +21,7 @@ from protocols.constants import (
     PAGE_SIZE,
     XE_PCI_BARRIER_MMAP_OFFSET,
 )
+from protocols.words import Words
 
 from .errors import IoctlError, refuse_if
 from .memory import MemRegion, create_backing
@@ -80,6 +81,7 @@ class XeBo:
         # the offset exists from the start; which files may map it is the node's business
         self.node: VmaNode | None = device.vma.add(self, size)
         self._view: mmap.mmap | None = None
+        self._words: Words | None = None
         device.counts["bo"] += 1
         device.counts["bo_bytes"] += size
 
@@ -123,6 +125,9 @@ class XeBo:
             self.device.vma.remove(self.node)
             self.node = None
         if self._view is not None:
+            if self._words is not None:
+                self._words.release()
+                self._words = None
             self._view.close()
             self._view = None
         os.close(self.memfd)
@@ -141,6 +146,12 @@ class XeBo:
             prot = mmap.PROT_READ | (mmap.PROT_WRITE if self.writable else 0)
             self._view = mmap.mmap(self.memfd, self.size, mmap.MAP_SHARED, prot)
         return self._view
+
+    def words(self) -> Words:
+        """Single-access words of the device's view (user fences, atomics)."""
+        if self._words is None:
+            self._words = Words(self.view())
+        return self._words
 
     exact_length = False  # a BO maps in part too, from its start
 

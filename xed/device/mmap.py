@@ -12,7 +12,6 @@ fake offset of a mapping plus the offset inside it. The client library translate
 
 from __future__ import annotations
 
-import struct
 from errno import EACCES, EFAULT, EINVAL
 from typing import TYPE_CHECKING
 
@@ -26,13 +25,12 @@ from protocols.constants import (
     PROT_WRITE,
     XE_PCI_BARRIER_MMAP_OFFSET,
 )
+from protocols.words import Words
 
 from .errors import IoctlError, refuse_if
 from .pages import BarrierPage
 
 if TYPE_CHECKING:
-    import mmap as _mmap
-
     from .file import XeFile
 
 _PROT_ALL = PROT_READ | PROT_WRITE | PROT_EXEC
@@ -50,13 +48,14 @@ def xed_mmap_ioctl(xef: XeFile, args: m.XedMmap) -> tuple[m.XedMmapReply, list[i
     - a private (copy-on-write) mapping: EINVAL
     - an MMIO region: length other than the region's size: EINVAL
 
-    The PCI barrier offset goes to xe_pci_barrier_mmap() instead: more than 4096 bytes,
-    a private mapping, or PROT_READ / PROT_EXEC asked for: EINVAL. (On x86 a write-only
+    The PCI barrier offset (on a discrete device) goes to xe_pci_barrier_mmap()
+    instead: length zero or more than 4096 bytes, a private mapping, or PROT_READ /
+    PROT_EXEC asked for: EINVAL. (On x86 a write-only
     mapping still reads, which is how its 0xdeadbeef is seen.)
 
     Answers with a fresh descriptor of the object's memory to map at reply.offset.
     """
-    if args.offset == XE_PCI_BARRIER_MMAP_OFFSET:
+    if args.offset == XE_PCI_BARRIER_MMAP_OFFSET and xef.device.config.vram_size:
         return _pci_barrier_mmap(xef, args)
     refuse_if(not args.length or args.offset % PAGE_SIZE, EINVAL, "bad length or offset")
     refuse_if(args.flags not in (MAP_SHARED, MAP_PRIVATE), EINVAL, "need MAP_SHARED or MAP_PRIVATE")
@@ -76,6 +75,7 @@ def xed_mmap_ioctl(xef: XeFile, args: m.XedMmap) -> tuple[m.XedMmapReply, list[i
 
 
 def _pci_barrier_mmap(xef: XeFile, args: m.XedMmap) -> tuple[m.XedMmapReply, list[int]]:
+    refuse_if(not args.length, EINVAL, "length zero")
     refuse_if(args.length > PAGE_SIZE, EINVAL, "the barrier page is 4096 bytes")
     refuse_if(args.flags != MAP_SHARED, EINVAL, "the barrier page maps shared only")
     refuse_if(args.prot & (PROT_READ | PROT_EXEC), EINVAL, "the barrier page is write-only")
@@ -85,22 +85,21 @@ def _pci_barrier_mmap(xef: XeFile, args: m.XedMmap) -> tuple[m.XedMmapReply, lis
     return m.XedMmapReply(offset=0, length=args.length), [xef.barrier_page.mmap_fd()]
 
 
-def user_view(xef: XeFile, addr: int, length: int) -> tuple[_mmap.mmap, int]:
-    """The daemon's view and offset behind user address [addr, addr+length): or EFAULT."""
+def user_words(xef: XeFile, addr: int, length: int) -> tuple[Words, int]:
+    """The words and offset behind user address [addr, addr+length) of a BO: or EFAULT."""
     node = xef.device.vma.containing(addr)
-    if node is None or not node.is_allowed(xef):
-        raise IoctlError(EFAULT, f"user address {addr:#x} is not mapped by this file")
+    if node is None or not node.is_allowed(xef) or not hasattr(node.obj, "words"):
+        raise IoctlError(EFAULT, f"user address {addr:#x} is not a BO mapped by this file")
     offset = addr - node.start
     refuse_if(offset + length > node.obj.size, EFAULT, f"user address {addr:#x} overruns")
-    return node.obj.view(), offset
+    return node.obj.words(), offset
 
 
 def user_read_u64(xef: XeFile, addr: int) -> int:
-    view, offset = user_view(xef, addr, 8)
-    value: int = struct.unpack_from("<Q", view, offset)[0]
-    return value
+    words, offset = user_words(xef, addr, 8)
+    return words.load_u64(offset)
 
 
 def user_write_u64(xef: XeFile, addr: int, value: int) -> None:
-    view, offset = user_view(xef, addr, 8)
-    struct.pack_into("<Q", view, offset, value)
+    words, offset = user_words(xef, addr, 8)
+    words.store_u64(offset, value)

@@ -39,6 +39,7 @@ from protocols.constants import (
     XE_MMIO_ACCESS_PER_FILE,
     XE_MMIO_ACCESS_READ_ONLY,
 )
+from protocols.words import Words
 
 from .errors import IoctlError, refuse_if
 from .memory import create_backing, reopen_read_only
@@ -92,6 +93,7 @@ class Bar0:
         # writable shared mapping can ever be made again, by anyone
         self.info = mmap.mmap(self.info_memfd, XE_BAR0_INFO_SIZE, mmap.MAP_SHARED)
         self._fill_info(config)
+        self.info_words = Words(self.info)
         fcntl.fcntl(
             self.info_memfd,
             fcntl.F_ADD_SEALS,
@@ -159,7 +161,7 @@ class Bar0:
                 self._info_wanted = trio.Event()
                 await self._info_wanted.wait()
             ticks = int((time.monotonic() - self._start) * REFERENCE_CLOCK_HZ)
-            struct.pack_into("<Q", self.info, XE_INFO_TIMESTAMP, ticks)
+            self.info_words.store_u64(XE_INFO_TIMESTAMP, ticks)  # readers never see half of it
             await trio.sleep(TIMESTAMP_PERIOD)
 
 

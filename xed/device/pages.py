@@ -23,6 +23,7 @@ from protocols.constants import (
     PCI_BARRIER_SEQ_MASK,
     PCI_BARRIER_SEQ_TAG,
 )
+from protocols.words import Words
 
 from .memory import create_backing
 
@@ -35,6 +36,7 @@ SLOW_LOOK = 0.05  # the most an idle page waits to be looked at
 _IDLE_PAGE = struct.pack("<I", PCI_BARRIER_IDLE) * (PAGE_SIZE // 4)
 _ZERO_PAGE = bytes(PAGE_SIZE)
 _SEQ_HALF = (PCI_BARRIER_SEQ_MASK + 1) // 2
+
 LATENCY_SAMPLES = 4096
 
 
@@ -48,7 +50,7 @@ class WatchedPage:
         self.memfd = create_backing(f"xe-{self.kind}", PAGE_SIZE)
         self.view = mmap.mmap(self.memfd, PAGE_SIZE, mmap.MAP_SHARED)
         self.view[:] = fill
-        self._fill = fill
+        self.words = Words(self.view)
 
     def look(self, now: float, since: float) -> bool:
         """Act on whatever was written since the last look; True if anything was."""
@@ -58,6 +60,7 @@ class WatchedPage:
         return os.dup(self.memfd)
 
     def close(self) -> None:
+        self.words.release()
         self.view.close()
         os.close(self.memfd)
 
@@ -77,7 +80,9 @@ class BarrierPage(WatchedPage):
         data = self.view[:]
         if data == _IDLE_PAGE:
             return False
-        (word0,) = struct.unpack_from("<I", data)
+        # Word 0 is read and restored with single aligned 4-byte accesses: a client store
+        # racing a wider copy could otherwise merge with it into a number nobody wrote.
+        word0 = self.words.load_u32(0)
         counted = 0
         if word0 & ~PCI_BARRIER_SEQ_MASK == PCI_BARRIER_SEQ_TAG:
             # the client library's running number: every write since the last look counts
@@ -89,9 +94,10 @@ class BarrierPage(WatchedPage):
                 self._last_seq = word0 & PCI_BARRIER_SEQ_MASK
         elif word0 != PCI_BARRIER_IDLE:
             counted = 1
-        if not counted and data[4:] != _IDLE_PAGE[4:]:
-            counted = 1  # any other word written: one barrier
-        self.view[:] = _IDLE_PAGE
+        self.words.store_u32(0, PCI_BARRIER_IDLE)
+        if data[4:] != _IDLE_PAGE[4:]:
+            counted = counted or 1  # any other word written: one barrier
+            self.view[4:] = _IDLE_PAGE[4:]
         if counted:
             self.count += counted
             self.file.device.stats["barriers"] += counted
@@ -120,12 +126,12 @@ class DoorbellPage(WatchedPage):
         self.last_value = 0
 
     def look(self, now: float, since: float) -> bool:
-        (value,) = struct.unpack_from("<I", self.view)
+        value = self.words.load_u32(0)
         if not value:
             return False
         self.rings += 1
         self.last_value = value
-        struct.pack_into("<I", self.view, 0, 0)
+        self.words.store_u32(0, 0)
         return True
 
 
@@ -158,6 +164,8 @@ class PageWatcher:
                 await self._wake.wait()
                 last = time.monotonic()
             await trio.sleep(interval)
+            if self.paused:  # unplugged while we slept: look at nothing
+                continue
             now = time.monotonic()
             busy = False
             for page in list(self.pages):

@@ -7,7 +7,6 @@ a VM_BIND's is a user address (see mmap.py).
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterable
 from errno import EINVAL, ENOENT, EOPNOTSUPP
 from typing import TYPE_CHECKING
@@ -23,7 +22,7 @@ from protocols.constants import (
 )
 
 from .errors import GpuFault, IoctlError, refuse_if
-from .mmap import user_view, user_write_u64
+from .mmap import user_words, user_write_u64
 
 if TYPE_CHECKING:
     from .file import XeFile
@@ -60,7 +59,7 @@ def parse_syncs(
         refuse_if(not sync.flags & DRM_XE_SYNC_FLAG_SIGNAL, EOPNOTSUPP, "user fences only signal")
         refuse_if(sync.addr & 0x7, EINVAL, "user fence address must be 8-byte aligned")
         if user_addresses:
-            user_view(xef, sync.addr, 8)
+            user_words(xef, sync.addr, 8)
         fences.append(UserFence(sync.addr, sync.timeline_value))
     refuse_if(len(fences) > 1, EINVAL, "at most one user fence")
     return fences
@@ -74,7 +73,7 @@ def signal_user_fences(xef: XeFile, fences: Iterable[UserFence], vm: XeVm | None
             user_write_u64(xef, fence.addr, fence.value)
         else:
             try:
-                vm.write(fence.addr, struct.pack("<Q", fence.value))
+                vm.write_u64(fence.addr, fence.value)
             except GpuFault as fault:
                 xef.log.warning("user_fence_fault", addr=fence.addr, reason=fault.reason)
                 continue

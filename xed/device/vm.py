@@ -162,6 +162,15 @@ class XeVm:
                 parts.append(vma.bo.view()[start : start + n])
         return b"".join(parts)
 
+    def write_u64(self, addr: int, value: int) -> None:
+        """One 8-byte store (a user fence): a waiter never sees half of the value."""
+        spans = list(self._spans(addr, 8, write=True))
+        vma, offset, n = spans[0]
+        if n == 8 and vma.bo is not None and (vma.bo_offset + offset) % 8 == 0:
+            vma.bo.words().store_u64(vma.bo_offset + offset, value)
+        else:
+            self.write(addr, value.to_bytes(8, "little"))
+
     def write(self, addr: int, data: bytes) -> None:
         pos = 0
         for vma, offset, n in list(self._spans(addr, len(data), write=True)):
