@@ -178,6 +178,10 @@ async def drm_prime_fd_to_handle_ioctl(
         return m.DrmPrimeHandleReply(handle=handle, size=xef.handles[handle].size)
     size, writable, memfd = await _describe(xef, fd)
     assert memfd is not None
+    handle = xef.prime_handles.get(key)
+    if handle is not None:  # another import of it finished while we asked: that one wins
+        os.close(memfd)
+        return m.DrmPrimeHandleReply(handle=handle, size=xef.handles[handle].size)
     bo = XeBo.foreign(xef.device, memfd, size, import_fd=os.dup(fd), writable=writable)
     handle = xef.handle_create(bo)
     bo.put()
@@ -223,9 +227,7 @@ async def dma_buf_mmap_ioctl(
     return m.XedMmapReply(offset=args.offset, length=args.length), [memfd]
 
 
-async def dma_buf_sync_ioctl(
-    xef: XeFile, args: m.DmaBufSync, fds: tuple[int, ...]
-) -> m.Empty:
+async def dma_buf_sync_ioctl(xef: XeFile, args: m.DmaBufSync, fds: tuple[int, ...]) -> m.Empty:
     """DMA_BUF_IOCTL_SYNC on the attached dma-buf.
 
     Checks, in order:
