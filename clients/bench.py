@@ -9,6 +9,7 @@ rtt:  a trivial ioctl (DRM_IOCTL_VERSION) through the daemon vs a raw SOCK_SEQPA
       lets them float.
 mmap: GEM_MMAP_OFFSET + MMAP + mmap(2) of a 1 GiB BO vs a 4 KiB BO: time ratio and the
       bytes each put on the socket (zero copy means the same bytes, whatever the size).
+barrier: one PCI barrier as a page store, as an ioctl round trip, as an MI_MEM_FENCE exec.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from pathlib import Path
 from protocols import Op, encode_request
 from protocols import messages as m
 
+from .batch import Batch
 from .daemon import DaemonProcess
-from .device import Device
+from .device import Device, user_fence
 
 _ECHO = """
 import socket, sys
@@ -154,5 +156,52 @@ def bench_mmap(socket_path: Path | None, repeats: int) -> float:
     print(
         f"socket bytes differ by at most {spread}: msgpack integers (request id, length) "
         "take more bytes as their values grow; no byte of the mapping crosses the socket"
+    )
+    return ratio
+
+
+def bench_barrier(socket_path: Path | None, count: int) -> float:
+    """The same ordering three ways: one store to the barrier page, an ioctl round trip,
+    an EXEC of a batch holding MI_MEM_FENCE waited on with its user fence."""
+    daemon = None if socket_path else DaemonProcess(extra_args=("--log-level", "warning"))
+    try:
+        if daemon:
+            daemon.start()
+        dev = Device.open(socket_path or (daemon.socket_path if daemon else None))
+        dev.pci_barrier()
+        start = time.perf_counter_ns()
+        for _ in range(count):
+            dev.pci_barrier()
+        store_us = (time.perf_counter_ns() - start) / count / 1000
+        dev.pci_barrier_drain()
+        ioctl_us = statistics.median(_time_calls(dev.version, 5000))
+        bo = dev.gem_create(0x10000)
+        vm = dev.vm_create()
+        dev.vm_bind(vm, bo, 0x1_0000_0000)
+        queue = dev.exec_queue_create(vm)
+        mapping = dev.mmap_bo(bo)
+        batch = Batch().mem_fence().end()
+        mapping[0 : len(batch)] = batch.tobytes()
+        fence = mapping.user_address(0x1000)
+        value = 0
+
+        def exec_fence() -> None:
+            nonlocal value
+            value += 1
+            dev.exec(queue, 0x1_0000_0000, syncs=[user_fence(0x1_0000_1000, value)])
+            dev.wait_user_fence(fence, value)
+
+        exec_us = statistics.median(_time_calls(exec_fence, 2000))
+        dev.close()
+    finally:
+        if daemon:
+            daemon.cleanup()
+    print("one PCI memory barrier, three ways (median cost per barrier)")
+    print(f"  store to the barrier page      {store_us:10.3f} us   ({count:,} stores)")
+    print(f"  ioctl round trip (VERSION)     {ioctl_us:10.3f} us")
+    print(f"  EXEC of MI_MEM_FENCE + wait    {exec_us:10.3f} us")
+    ratio = ioctl_us / store_us
+    print(
+        f"ratio ioctl/store: {ratio:.0f}x (target >= 500x); exec/store: {exec_us / store_us:.0f}x"
     )
     return ratio

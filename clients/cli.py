@@ -1,4 +1,4 @@
-"""`xec`: client-side tools (benchmarks now; more as features land)."""
+"""`xec`: client-side tools: benchmarks and load tests (more as features land)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import bench
+from . import bench, load
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,11 +22,39 @@ def main(argv: list[str] | None = None) -> int:
     mm = bench_sub.add_parser("mmap", help="mmap of a 1 GiB BO vs a 4 KiB BO")
     mm.add_argument("--socket", type=Path, help="use a running daemon instead of starting one")
     mm.add_argument("--repeats", type=int, default=200)
+    bar = bench_sub.add_parser("barrier", help="a barrier by page store vs ioctl vs exec")
+    bar.add_argument("--socket", type=Path, help="use a running daemon instead of starting one")
+    bar.add_argument("--count", type=int, default=200_000, help="page stores to time")
+
+    load_p = sub.add_parser("load", help="load tests with many client processes")
+    load_sub = load_p.add_subparsers(dest="which", required=True)
+    lb = load_sub.add_parser("barrier", help="N processes writing their PCI barrier pages")
+    lb.add_argument("--socket", type=Path, help="use a running daemon instead of starting one")
+    lb.add_argument("--clients", type=int, default=8, help="writer processes")
+    lb.add_argument("--seconds", type=float, default=5.0)
+    lb.add_argument("--bo-writes", action="store_true", help="interleave BO writes")
+    lb.add_argument("--ioctls", action="store_true", help="interleave ioctls")
+    lb.add_argument("--nice", type=int, default=0, help="niceness of the writers")
+    lb.add_argument(
+        "--sweep", type=lambda s: [int(x) for x in s.split(",")], default=[],
+        help="run once per writer count, e.g. 1,8,32,64",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.command == "load":
+        opts = load.LoadOptions(
+            clients=args.clients,
+            seconds=args.seconds,
+            bo_writes=args.bo_writes,
+            ioctls=args.ioctls,
+            nice=args.nice,
+        )
+        return load.main_load(args.socket, opts, args.sweep)
     if args.which == "rtt":
         bench.bench_rtt(args.socket, args.rounds, args.per_round, args.spread)
-    else:
+    elif args.which == "mmap":
         bench.bench_mmap(args.socket, args.repeats)
+    else:
+        bench.bench_barrier(args.socket, args.count)
     return 0
 
 

@@ -86,8 +86,13 @@ class Device:
         self._bo_sizes: dict[int, int] = {}
         self._mappings: list[Mapping] = []
         self._barrier: Mapping | None = None
+        self._barrier_word: Any = None
         self._barrier_seq = 0
-        hello: m.HelloReply = self.ioctl(Op.HELLO, m.Hello(version=PROTOCOL_VERSION, role=role))
+        try:
+            hello: m.HelloReply = self.ioctl(Op.HELLO, m.Hello(version=PROTOCOL_VERSION, role=role))
+        except BaseException:
+            transport.close()  # a refused open (ENODEV, EACCES...) keeps nothing open
+            raise
         self.identity = hello.device
         self.client_id = hello.client_id
 
@@ -259,9 +264,10 @@ class Device:
 
     def pci_barrier(self) -> None:
         """A PCI memory barrier: one store to the barrier page (mapped on first use)."""
-        page = self._barrier or self._map_barrier()
-        self._barrier_seq = (self._barrier_seq + 1) & PCI_BARRIER_SEQ_MASK
-        page.write_u32(0, PCI_BARRIER_SEQ_TAG | self._barrier_seq)
+        if self._barrier is None:
+            self._map_barrier()
+        seq = self._barrier_seq = (self._barrier_seq + 1) & PCI_BARRIER_SEQ_MASK
+        self._barrier_word[0] = PCI_BARRIER_SEQ_TAG | seq  # one 4-byte store
 
     @property
     def barriers_written(self) -> int:
@@ -281,6 +287,7 @@ class Device:
     def _map_barrier(self) -> Mapping:
         self._barrier = self.mmap(self.pci_barrier_offset(), PAGE_SIZE, PROT_WRITE)
         self._barrier.mm.madvise(mmap.MADV_DONTFORK)
+        self._barrier_word = self._barrier.words.u32
         return self._barrier
 
     # --- PRIME and dma-bufs --------------------------------------------------------------

@@ -15,7 +15,7 @@ import trio
 from . import log as xlog
 from . import systemd
 from .config import EX_CONFIG, Config, ConfigError, load
-from .ctl import status
+from .ctl import run
 from .server import AlreadyRunning, ServerHandle, bind_listener, default_socket_path, serve
 
 
@@ -89,9 +89,17 @@ def main(argv: list[str] | None = None) -> int:
     ctl_p = sub.add_parser("ctl", help="inspect and steer a running daemon")
     ctl_p.add_argument("--socket", type=Path, default=None, help="daemon socket")
     ctl_sub = ctl_p.add_subparsers(dest="action", required=True)
-    st = ctl_sub.add_parser("status", help="object counts and counters")
-    st.add_argument("--json", action="store_true", help="machine-readable output")
-    st.set_defaults(func=lambda a: status(a.socket or default_socket_path(), a.json))
+    for action, text in (
+        ("status", "object counts and counters of the device"),
+        ("clients", "every connection: pid, uid, command, role, objects, barriers"),
+        ("unplug", "unplug the device: ioctls answer ENODEV, mappings stay"),
+        ("replug", "plug the device back in"),
+    ):
+        action_p = ctl_sub.add_parser(action, help=text)
+        action_p.add_argument("--json", action="store_true", help="machine-readable output")
+        action_p.set_defaults(
+            func=lambda a: run(a.socket or default_socket_path(), a.action, a.json)
+        )
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

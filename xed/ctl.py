@@ -58,21 +58,69 @@ class AdminClient:
         self.sock.close()
 
 
-def status(path: Path, as_json: bool) -> int:
+def _ask(path: Path, op: Op, args: Any) -> Any:
+    client = AdminClient(path)
     try:
-        client = AdminClient(path)
-        reply: m.XedAdminStatusReply = client.call(Op.ADMIN_STATUS, m.XedAdminStatus())
+        return client.call(op, args)
+    finally:
         client.close()
+
+
+def run(path: Path, action: str, as_json: bool) -> int:
+    """One `xed ctl` action; exit status 0 on success, 1 with a message otherwise."""
+    try:
+        if action == "status":
+            _print_status(path, _ask(path, Op.ADMIN_STATUS, m.XedAdminStatus()), as_json)
+        elif action == "clients":
+            _print_clients(_ask(path, Op.ADMIN_CLIENTS, m.XedAdminClients()), as_json)
+        elif action == "unplug":
+            _ask(path, Op.ADMIN_UNPLUG, m.XedAdminUnplug())
+            print("unplugged: ioctls answer ENODEV, mappings stay valid")
+        elif action == "replug":
+            _ask(path, Op.ADMIN_REPLUG, m.XedAdminReplug())
+            print("plugged in")
     except AdminError as exc:
         print(f"xed ctl: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _print_status(path: Path, reply: m.XedAdminStatusReply, as_json: bool) -> None:
     data = to_wire(reply)
     if as_json or not sys.stdout.isatty():
         print(json.dumps(data, sort_keys=True))
-        return 0
-    print(f"daemon pid {reply.pid} at {path}")
+        return
+    state = "UNPLUGGED" if reply.unplugged else "plugged in"
+    print(f"daemon pid {reply.pid} at {path}, device {state}")
     for key, value in data["objects"].items():
-        print(f"  {key:<14} {value}")
-    for key in ("execs", "bans", "refused"):
-        print(f"  {key:<14} {data[key]}")
-    return 0
+        print(f"  {key:<16} {value}")
+    for key in ("execs", "bans", "refused", "barriers", "sync_violations"):
+        print(f"  {key:<16} {data[key]}")
+
+
+_COLUMNS = (
+    ("client_id", "ID"),
+    ("pid", "PID"),
+    ("uid", "UID"),
+    ("comm", "COMMAND"),
+    ("role", "ROLE"),
+    ("bos", "BOS"),
+    ("bo_bytes", "BO BYTES"),
+    ("vms", "VMS"),
+    ("exec_queues", "QUEUES"),
+    ("mmio_regions", "MMIO"),
+    ("barriers", "BARRIERS"),
+    ("doorbell_rings", "DOORBELLS"),
+)
+
+
+def _print_clients(reply: m.XedAdminClientsReply, as_json: bool) -> None:
+    rows = [to_wire(client) for client in reply.clients]
+    if as_json or not sys.stdout.isatty():
+        print(json.dumps(rows, sort_keys=True))
+        return
+    table = [[title for _key, title in _COLUMNS]]
+    table += [[str(row[key]) for key, _title in _COLUMNS] for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(_COLUMNS))]
+    for line in table:
+        print("  ".join(cell.rjust(width) for cell, width in zip(line, widths, strict=True)))

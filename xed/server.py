@@ -60,6 +60,8 @@ _MSG_CTRUNC = int(socket.MSG_CTRUNC)
 _MSG_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
 _PEERCRED = struct.Struct("3i")
 EVENT_QUEUE = 256  # events a slow client may fall behind by before they are dropped
+
+
 class _Disconnected(Exception):
     """The peer is gone (or its socket failed): stop serving it, release its file."""
 
@@ -170,15 +172,11 @@ class Connection:
         finally:
             _close_all(request.fds)
 
-    async def _answer_blocking_inner(
-        self, request: Request, connection: trio.CancelScope
-    ) -> None:
+    async def _answer_blocking_inner(self, request: Request, connection: trio.CancelScope) -> None:
         try:
             try:
                 self._check_plugged(request)
-                result = await HANDLERS[request.op](
-                    self.xef, request.args, *self._fd_args(request)
-                )
+                result = await HANDLERS[request.op](self.xef, request.args, *self._fd_args(request))
             except IoctlError as exc:
                 await self._refuse(request.id, exc.errno, exc.message, request.op)
                 return

@@ -1,0 +1,246 @@
+"""`xec load barrier`: many processes hammering their PCI barrier pages at once.
+
+Each writer is a separate process with its own connection and its own barrier page; it
+writes barriers (the client library's tagged running number) as fast as it can for the
+given time, optionally mixing in BO writes and ioctls, samples how long the device takes
+to acknowledge a write (the page reading 0xdeadbeef again), drains, and reports what it
+wrote. While they run, a separate prober process measures ioctl round trips. The parent
+shows progress, then compares every writer's count with the device's count for that
+writer's file (a barrier written but not counted is lost; counted for the wrong file
+would show as a count above what was written), and prints the table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .daemon import DaemonProcess
+from .device import Device
+
+ACK_SAMPLE_EVERY = 2000  # barriers between two acknowledgement-latency samples
+PROBE_INTERVAL = 0.002  # seconds between the prober's ioctls
+
+
+@attrs.frozen
+class LoadOptions:
+    clients: int
+    seconds: float
+    bo_writes: bool = False
+    ioctls: bool = False
+    nice: int = 0
+
+
+def _percentile(samples: list[float], q: float) -> float:
+    if not samples:
+        return 0.0
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# --- the processes -------------------------------------------------------------------------
+def writer(socket_path: str, seconds: float, bo_writes: bool, ioctls: bool, nice: int) -> None:
+    os.nice(nice)
+    dev = Device.open(socket_path)
+    dev.pci_barrier()  # maps the page
+    bo_map = dev.mmap_bo(dev.gem_create(1 << 16)) if bo_writes else None
+    acks: list[float] = []
+    page = dev._map_barrier() if dev._barrier is None else dev._barrier
+    deadline = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < deadline:
+        for _ in range(200):
+            dev.pci_barrier()
+        n += 200
+        if bo_map is not None:
+            bo_map.write_u64(n % 4096 * 8, n)
+        if ioctls and n % 2000 == 0:
+            dev.version()
+        if n % ACK_SAMPLE_EVERY == 0:
+            start = time.perf_counter()
+            dev.pci_barrier()
+            while page.read_u32(0) != 0xDEADBEEF:
+                pass
+            acks.append(time.perf_counter() - start)
+    dev.pci_barrier_drain()
+    print(json.dumps({"client_id": dev.client_id, "written": dev.barriers_written, "acks": acks}))
+    sys.stdout.flush()
+    sys.stdin.read()  # keep the file open until the parent has read the device's counts
+    dev.close()
+
+
+def prober(socket_path: str, seconds: float) -> None:
+    dev = Device.open(socket_path)
+    samples = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        start = time.perf_counter()
+        dev.version()
+        samples.append(time.perf_counter() - start)
+        time.sleep(PROBE_INTERVAL)
+    print(json.dumps({"samples": samples}))
+
+
+def _spawn(*args: object) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "clients.load", *map(str, args)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _idle_ioctl_latency(socket_path: str, count: int = 500) -> list[float]:
+    with Device.open(socket_path) as dev:
+        samples = []
+        for _ in range(count):
+            start = time.perf_counter()
+            dev.version()
+            samples.append(time.perf_counter() - start)
+            time.sleep(PROBE_INTERVAL)
+        return samples
+
+
+# --- one run -------------------------------------------------------------------------------
+def run_load(
+    socket_path: str, daemon_pid: int, opts: LoadOptions, quiet: bool = False
+) -> dict[str, Any]:
+    idle = _idle_ioctl_latency(socket_path)
+    with Device.open(socket_path, role="admin") as admin:
+        counted_before = admin.admin_status().barriers
+        cpu_before = _cpu_seconds(daemon_pid)
+        started = time.monotonic()
+        writers = [
+            _spawn(
+                "writer",
+                socket_path,
+                opts.seconds,
+                int(opts.bo_writes),
+                int(opts.ioctls),
+                opts.nice,
+            )
+            for _ in range(opts.clients)
+        ]
+        probe = _spawn("prober", socket_path, opts.seconds)
+        while any(w.poll() is None for w in writers) and time.monotonic() - started < opts.seconds:
+            time.sleep(1.0)
+            if not quiet:
+                total = admin.admin_status().barriers - counted_before
+                elapsed = time.monotonic() - started
+                print(
+                    f"  {elapsed:5.1f} s  {total:>12,} barriers counted"
+                    f"  {total / elapsed:>12,.0f}/s",
+                    flush=True,
+                )
+        reports = []
+        for w in writers:
+            assert w.stdout is not None
+            line = w.stdout.readline()
+            if not line:
+                raise RuntimeError(f"a writer died (status {w.wait()})")
+            reports.append(json.loads(line))
+        elapsed = time.monotonic() - started
+        cpu = _cpu_seconds(daemon_pid) - cpu_before
+        counts = {c.client_id: c.barriers for c in admin.admin_clients()}
+        for w in writers:
+            assert w.stdin is not None
+            w.stdin.close()
+            w.wait()
+        probe_out, _ = probe.communicate(timeout=60)
+    loaded = json.loads(probe_out)["samples"]
+    rows = []
+    for report in reports:
+        counted = counts.get(report["client_id"], 0)
+        rows.append((report["client_id"], report["written"], counted))
+    acks = [a for report in reports for a in report["acks"]]
+    total = sum(counted for _, _, counted in rows)
+    return {
+        "rows": rows,
+        "lost": sum(max(written - counted, 0) for _, written, counted in rows),
+        "misattributed": sum(max(counted - written, 0) for _, written, counted in rows),
+        "rate": total / elapsed,
+        "ack_p50_us": _percentile(acks, 0.5) * 1e6,
+        "ack_p99_us": _percentile(acks, 0.99) * 1e6,
+        "ioctl_idle_p50_us": statistics.median(idle) * 1e6,
+        "ioctl_idle_p99_us": _percentile(idle, 0.99) * 1e6,
+        "ioctl_load_p50_us": statistics.median(loaded) * 1e6 if loaded else 0.0,
+        "ioctl_load_p99_us": _percentile(loaded, 0.99) * 1e6,
+        "daemon_cpu_pct": 100 * cpu / elapsed,
+        "seconds": elapsed,
+    }
+
+
+def print_report(opts: LoadOptions, result: dict[str, Any]) -> None:
+    print(f"\n{'client':>8} {'written':>12} {'counted':>12} {'lost':>6}")
+    for client_id, written, counted in result["rows"]:
+        print(f"{client_id:>8} {written:>12,} {counted:>12,} {max(written - counted, 0):>6}")
+    print(f"lost: {result['lost']}")
+    print(f"counted for the wrong file: {result['misattributed']}")
+    print(f"aggregate barrier rate: {result['rate']:,.0f}/s over {result['seconds']:.1f} s")
+    print(
+        f"acknowledgement latency: p50 {result['ack_p50_us']:.0f} us, "
+        f"p99 {result['ack_p99_us']:.0f} us"
+    )
+    print(
+        f"ioctl latency: idle p50 {result['ioctl_idle_p50_us']:.0f} us / p99 "
+        f"{result['ioctl_idle_p99_us']:.0f} us; under load p50 {result['ioctl_load_p50_us']:.0f} us"
+        f" / p99 {result['ioctl_load_p99_us']:.0f} us "
+        f"({result['ioctl_load_p99_us'] / max(result['ioctl_idle_p99_us'], 1e-9):.1f}x idle p99)"
+    )
+    print(f"daemon CPU: {result['daemon_cpu_pct']:.0f}% of one core")
+
+
+def main_load(socket_path: Path | None, opts: LoadOptions, sweep: list[int]) -> int:
+    daemon = None if socket_path else DaemonProcess(extra_args=("--log-level", "warning"))
+    try:
+        if daemon:
+            daemon.start()
+        path = str(socket_path or (daemon.socket_path if daemon else ""))
+        pid = daemon.pid if daemon else _daemon_pid(path)
+        lost = 0
+        for clients in sweep or [opts.clients]:
+            run_opts = attrs.evolve(opts, clients=clients)
+            print(
+                f"\n== {clients} writer process(es), {opts.seconds:g} s, "
+                f"writers at nice {opts.nice} =="
+            )
+            result = run_load(path, pid, run_opts, quiet=bool(sweep))
+            print_report(run_opts, result)
+            lost += result["lost"] + result["misattributed"]
+        return 0 if lost == 0 else 1
+    finally:
+        if daemon:
+            daemon.cleanup()
+
+
+def _daemon_pid(socket_path: str) -> int:
+    with Device.open(socket_path, role="admin") as admin:
+        return admin.admin_status().pid
+
+
+if __name__ == "__main__":
+    role = sys.argv[1]
+    if role == "writer":
+        writer(
+            sys.argv[2],
+            float(sys.argv[3]),
+            sys.argv[4] == "1",
+            sys.argv[5] == "1",
+            int(sys.argv[6]),
+        )
+    elif role == "prober":
+        prober(sys.argv[2], float(sys.argv[3]))
