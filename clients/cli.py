@@ -36,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     lb.add_argument("--ioctls", action="store_true", help="interleave ioctls")
     lb.add_argument("--nice", type=int, default=0, help="niceness of the writers")
     lb.add_argument(
+        "--daemon-nice", type=int, default=None,
+        help="renice the daemon (negative values need root), as a unit's Nice= would",
+    )  # fmt: skip
+    lb.add_argument(
         "--sweep", type=lambda s: [int(x) for x in s.split(",")], default=[],
         help="run once per writer count, e.g. 1,8,32,64",
     )  # fmt: skip
@@ -47,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             bo_writes=args.bo_writes,
             ioctls=args.ioctls,
             nice=args.nice,
+            daemon_nice=args.daemon_nice,
         )
         return load.main_load(args.socket, opts, args.sweep)
     if args.which == "rtt":

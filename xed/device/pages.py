@@ -50,11 +50,16 @@ class WatchedPage:
         self.memfd = create_backing(f"xe-{self.kind}", PAGE_SIZE)
         self.view = mmap.mmap(self.memfd, PAGE_SIZE, mmap.MAP_SHARED)
         self.view[:] = fill
+        self._fill = fill
         self.words = Words(self.view)
 
     def look(self, now: float, since: float) -> bool:
         """Act on whatever was written since the last look; True if anything was."""
         raise NotImplementedError
+
+    def forget(self) -> None:
+        """Writes made while the device was unplugged went nowhere: drop them unseen."""
+        self.view[:] = self._fill
 
     def mmap_fd(self) -> int:
         return os.dup(self.memfd)
@@ -105,6 +110,12 @@ class BarrierPage(WatchedPage):
                 self.ack_bounds.append(now - since)
         return True
 
+    def forget(self) -> None:
+        word0 = self.words.load_u32(0)
+        if word0 & ~PCI_BARRIER_SEQ_MASK == PCI_BARRIER_SEQ_TAG:
+            self._last_seq = word0 & PCI_BARRIER_SEQ_MASK  # later numbers count from here
+        super().forget()
+
     def summary(self) -> dict[str, float]:
         bounds = sorted(self.ack_bounds) or [0.0]
         return {
@@ -152,6 +163,8 @@ class PageWatcher:
         self.pages.discard(page)
 
     def resume(self) -> None:
+        for page in self.pages:
+            page.forget()
         self.paused = False
         self._wake.set()
 

@@ -1,0 +1,700 @@
+"""MMIO regions (proposal: drm/xe: support for mmap-ing mmio regions): what DEVICE_QUERY
+lists, XE_MMIO_REGION_OPEN/CLOSE checks in their documented order, the sealed read-only
+info block, per-file doorbell pages, isolation between processes and MADV_DONTFORK.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import mmap
+import os
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from conftest import run_client, spawn_client
+
+from clients import Device, XeError
+from clients.daemon import DaemonProcess
+from protocols import Op
+from protocols import messages as m
+from protocols.constants import (
+    MAP_PRIVATE,
+    MAP_SHARED,
+    PAGE_SIZE,
+    PROT_READ,
+    PROT_WRITE,
+    XE_BAR0_DOORBELL_OFFSET,
+    XE_BAR0_GT_REGS_OFFSET,
+    XE_BAR0_INFO_OFFSET,
+    XE_BAR0_INFO_SIZE,
+    XE_BAR0_IRQ_STATUS_OFFSET,
+    XE_INFO_DEVICE_ID,
+    XE_INFO_DOORBELLS,
+    XE_INFO_REVISION,
+    XE_INFO_SYSTEM_MEMORY,
+    XE_INFO_TIMESTAMP,
+    XE_INFO_VA_BITS,
+    XE_INFO_VRAM_SIZE,
+    XE_MMIO_ACCESS_PER_FILE,
+    XE_MMIO_ACCESS_READ_ONLY,
+    Query,
+)
+
+GiB = 1 << 30
+MiB = 1 << 20
+F_SEAL_FUTURE_WRITE = 0x0010
+DEFAULT_DOORBELL_PAGES = 64
+BAR0_END = XE_BAR0_DOORBELL_OFFSET + DEFAULT_DOORBELL_PAGES * PAGE_SIZE
+INFO = {"bar_offset": XE_BAR0_INFO_OFFSET, "size": XE_BAR0_INFO_SIZE}
+TIMEOUT = 10.0
+
+
+def wait_until(predicate: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
+    """Poll `predicate` in short steps until it is truthy (bounded); return its value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.001)
+
+
+def open_errno(dev: Device, **fields: Any) -> int:
+    with pytest.raises(XeError) as e:
+        dev.ioctl(Op.XE_MMIO_REGION_OPEN, m.DrmXeMmioRegionOpen(**fields))
+    return e.value.errno
+
+
+def close_errno(dev: Device, **fields: Any) -> int:
+    with pytest.raises(XeError) as e:
+        dev.ioctl(Op.XE_MMIO_REGION_CLOSE, m.DrmXeMmioRegionClose(**fields))
+    return e.value.errno
+
+
+def mmap_errno(dev: Device, offset: int, length: int, prot: int, flags: int = MAP_SHARED) -> int:
+    with pytest.raises(XeError) as e:
+        dev.ioctl(Op.MMAP, m.XedMmap(offset=offset, length=length, prot=prot, flags=flags))
+    return e.value.errno
+
+
+def client_info(admin: Device, client_id: int) -> m.XedClientInfo:
+    (info,) = [c for c in admin.admin_clients() if c.client_id == client_id]
+    return info
+
+
+def regions_by_name(dev: Device) -> dict[str, m.DrmXeMmioRegion]:
+    return {r.name: r for r in dev.mmio_regions()}
+
+
+# --- DEVICE_QUERY(MMIO_REGIONS) ----------------------------------------------------------------
+
+
+def test_query_lists_info_and_doorbell_only(dev: Device) -> None:
+    """MMIO_REGIONS lists the read-only 2-page info block at BAR0 0 and the per-file doorbell."""
+    reply = dev.query(Query.MMIO_REGIONS)
+    assert reply.query == Query.MMIO_REGIONS
+    assert not reply.engines and not reply.mem_regions and not reply.gt_list
+    regions = {r.name: r for r in reply.mmio_regions}
+    assert set(regions) == {"info", "doorbell"}
+    info = regions["info"]
+    assert (info.bar_offset, info.size) == (0, 2 * PAGE_SIZE)
+    assert info.access == XE_MMIO_ACCESS_READ_ONLY
+    assert info.count == 1
+    doorbell = regions["doorbell"]
+    assert (doorbell.bar_offset, doorbell.size) == (XE_BAR0_DOORBELL_OFFSET, PAGE_SIZE)
+    assert doorbell.access == XE_MMIO_ACCESS_PER_FILE
+    assert doorbell.count == DEFAULT_DOORBELL_PAGES - 1  # the last page is the barrier page
+
+
+def test_query_doorbell_count_follows_config(make_daemon: Any) -> None:
+    """The doorbell count is doorbell_pages - 1 of the configuration."""
+    daemon = make_daemon("[device]\ndoorbell_pages = 9\n")
+    with Device.open(daemon.socket_path) as dev:
+        assert regions_by_name(dev)["doorbell"].count == 8
+
+
+# --- XE_MMIO_REGION_OPEN: the checks in docstring order -------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"extensions": 1},
+        {"pad": 1},
+        {"reserved": (1, 0)},
+        {"reserved": (0, 1)},
+        {"flags": 1},
+        {"flags": 1 << 31},
+    ],
+    ids=["extensions", "pad", "reserved0", "reserved1", "flags1", "flags31"],
+)
+def test_open_mbz_fields_and_flags_einval(dev: Device, fields: dict[str, Any]) -> None:
+    """extensions, pad, reserved or flags non-zero on an otherwise valid open: EINVAL."""
+    assert open_errno(dev, **INFO, **fields) == errno.EINVAL
+
+
+def test_open_mbz_checked_before_range(dev: Device) -> None:
+    """A non-zero pad is EINVAL even when the range would be EPERM."""
+    assert open_errno(dev, bar_offset=XE_BAR0_IRQ_STATUS_OFFSET, size=PAGE_SIZE, pad=1) == (
+        errno.EINVAL
+    )
+
+
+@pytest.mark.parametrize(
+    ("bar_offset", "size"),
+    [
+        (1, XE_BAR0_INFO_SIZE),
+        (PAGE_SIZE // 2, PAGE_SIZE),
+        (0, XE_BAR0_INFO_SIZE + 1),
+        (0, PAGE_SIZE - 1),
+        (XE_BAR0_DOORBELL_OFFSET + 8, PAGE_SIZE),
+        (0, 0),
+        (XE_BAR0_DOORBELL_OFFSET, 0),
+        (BAR0_END, PAGE_SIZE),
+        (XE_BAR0_DOORBELL_OFFSET, (DEFAULT_DOORBELL_PAGES + 1) * PAGE_SIZE),
+        (1 << 40, PAGE_SIZE),
+        (0, 1 << 40),
+        (XE_BAR0_GT_REGS_OFFSET, 1 << 40),
+    ],
+    ids=[
+        "offset1",
+        "offset-half-page",
+        "size-plus1",
+        "size-short",
+        "doorbell-plus8",
+        "size0",
+        "doorbell-size0",
+        "at-bar-end",
+        "past-bar-end",
+        "far-offset",
+        "huge-size",
+        "gt-regs-beyond-bar",
+    ],
+)
+def test_open_unaligned_empty_or_beyond_bar0_einval(
+    dev: Device, bar_offset: int, size: int
+) -> None:
+    """bar_offset/size unaligned, size 0, or past the end of BAR0 (checked before EPERM): EINVAL."""
+    assert open_errno(dev, bar_offset=bar_offset, size=size) == errno.EINVAL
+
+
+@pytest.mark.parametrize(
+    ("bar_offset", "size"),
+    [
+        (XE_BAR0_IRQ_STATUS_OFFSET, PAGE_SIZE),
+        (XE_BAR0_GT_REGS_OFFSET, PAGE_SIZE),
+        (XE_BAR0_GT_REGS_OFFSET + 0x10000, PAGE_SIZE),
+        (XE_BAR0_DOORBELL_OFFSET - PAGE_SIZE, PAGE_SIZE),
+        (PAGE_SIZE, 2 * PAGE_SIZE),
+        (0, 3 * PAGE_SIZE),
+        (XE_BAR0_DOORBELL_OFFSET - PAGE_SIZE, 2 * PAGE_SIZE),
+        (0, BAR0_END),
+    ],
+    ids=[
+        "irq-status",
+        "gt-regs-start",
+        "gt-regs-middle",
+        "gt-regs-end",
+        "info-into-irq",
+        "info-and-irq",
+        "gt-regs-into-doorbell",
+        "whole-bar",
+    ],
+)
+def test_open_range_touching_never_exposed_registers_eperm(
+    dev: Device, bar_offset: int, size: int
+) -> None:
+    """A range touching irq_status (read clears) or gt_regs: EPERM."""
+    assert open_errno(dev, bar_offset=bar_offset, size=size) == errno.EPERM
+
+
+@pytest.mark.parametrize(
+    ("bar_offset", "size"),
+    [
+        (0, PAGE_SIZE),
+        (PAGE_SIZE, PAGE_SIZE),
+        (XE_BAR0_DOORBELL_OFFSET, 2 * PAGE_SIZE),
+        (XE_BAR0_DOORBELL_OFFSET + PAGE_SIZE, PAGE_SIZE),
+        (XE_BAR0_DOORBELL_OFFSET + (DEFAULT_DOORBELL_PAGES - 1) * PAGE_SIZE, PAGE_SIZE),
+        (XE_BAR0_DOORBELL_OFFSET, DEFAULT_DOORBELL_PAGES * PAGE_SIZE),
+    ],
+    ids=[
+        "info-first-page",
+        "info-second-page",
+        "two-doorbells",
+        "second-doorbell-page",
+        "barrier-page",
+        "all-doorbells",
+    ],
+)
+def test_open_exposable_but_not_a_listed_region_einval(
+    dev: Device, bar_offset: int, size: int
+) -> None:
+    """A page-aligned range that is exposable but not exactly a listed region: EINVAL."""
+    assert open_errno(dev, bar_offset=bar_offset, size=size) == errno.EINVAL
+
+
+def test_open_info_replies_offset_size_and_bar_offset(dev: Device) -> None:
+    """Opening the info block returns a page-aligned fake offset, its size and BAR offset 0."""
+    reply = dev.mmio_open("info")
+    assert reply.size == XE_BAR0_INFO_SIZE
+    assert reply.bar_offset == XE_BAR0_INFO_OFFSET
+    assert reply.offset and reply.offset % PAGE_SIZE == 0
+    assert reply.region_id
+    dev.mmio_close(reply.region_id)
+
+
+def test_second_doorbell_for_same_file_ebusy(dev: Device) -> None:
+    """A file that already has its doorbell page asking for another: EBUSY; after close, fine."""
+    first = dev.mmio_open("doorbell")
+    with pytest.raises(XeError) as e:
+        dev.mmio_open("doorbell")
+    assert e.value.errno == errno.EBUSY
+    dev.mmio_close(first.region_id)
+    again = dev.mmio_open("doorbell")
+    dev.mmio_close(again.region_id)
+
+
+def test_doorbells_run_out_enospc(make_daemon: Any) -> None:
+    """doorbell_pages = 3: two files get a page each, the third ENOSPC until one is closed."""
+    daemon = make_daemon("[device]\ndoorbell_pages = 3\n")
+    with (
+        Device.open(daemon.socket_path) as a,
+        Device.open(daemon.socket_path) as b,
+        Device.open(daemon.socket_path) as c,
+    ):
+        assert regions_by_name(a)["doorbell"].count == 2
+        ra = a.mmio_open("doorbell")
+        rb = b.mmio_open("doorbell")
+        pages = {ra.bar_offset, rb.bar_offset}
+        assert pages == {XE_BAR0_DOORBELL_OFFSET, XE_BAR0_DOORBELL_OFFSET + PAGE_SIZE}
+        with pytest.raises(XeError) as e:
+            c.mmio_open("doorbell")
+        assert e.value.errno == errno.ENOSPC
+        # the info block is not a doorbell: it still opens
+        c.mmio_close(c.mmio_open("info").region_id)
+        a.mmio_close(ra.region_id)
+        rc = c.mmio_open("doorbell")
+        assert rc.bar_offset == ra.bar_offset  # the page given back, never the barrier page
+
+
+def test_disconnect_gives_doorbell_back(make_daemon: Any) -> None:
+    """A file that disconnects holding a doorbell gives its page back to the next file."""
+    daemon = make_daemon("[device]\ndoorbell_pages = 2\n")
+    with Device.open(daemon.socket_path) as b:
+        with Device.open(daemon.socket_path) as a:
+            a.mmio_open("doorbell")
+            with pytest.raises(XeError) as e:
+                b.mmio_open("doorbell")
+            assert e.value.errno == errno.ENOSPC
+
+        def try_open() -> m.DrmXeMmioRegionOpenReply | None:
+            try:
+                return b.mmio_open("doorbell")
+            except XeError as exc:
+                assert exc.errno == errno.ENOSPC
+                return None
+
+        reply = wait_until(try_open, "the disconnected file's doorbell to be released")
+        assert reply.bar_offset == XE_BAR0_DOORBELL_OFFSET
+
+
+# --- XE_MMIO_REGION_CLOSE ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fields", [{"pad": 1}, {"reserved": (1, 0)}, {"reserved": (0, 1)}], ids=str
+)
+def test_close_pad_or_reserved_einval(dev: Device, fields: dict[str, Any]) -> None:
+    """CLOSE with pad or reserved non-zero: EINVAL (and the region stays open)."""
+    reply = dev.mmio_open("info")
+    assert close_errno(dev, region_id=reply.region_id, **fields) == errno.EINVAL
+    dev.mmio_close(reply.region_id)
+
+
+def test_close_unknown_region_enoent(dev: Device) -> None:
+    """CLOSE of a region id never opened, or already closed: ENOENT."""
+    assert close_errno(dev, region_id=0xDEAD) == errno.ENOENT
+    reply = dev.mmio_open("info")
+    dev.mmio_close(reply.region_id)
+    assert close_errno(dev, region_id=reply.region_id) == errno.ENOENT
+
+
+def test_close_other_files_region_enoent(daemon: DaemonProcess, dev: Device) -> None:
+    """A region id is the file's own name: another file closing it gets ENOENT."""
+    reply = dev.mmio_open("info")
+    with Device.open(daemon.socket_path) as other:
+        assert close_errno(other, region_id=reply.region_id) == errno.ENOENT
+    dev.mmio_close(reply.region_id)
+
+
+@pytest.mark.parametrize("name", ["info", "doorbell"])
+def test_closed_region_offset_no_longer_maps(dev: Device, name: str) -> None:
+    """After CLOSE the offset no longer maps (EINVAL); a mapping made before keeps working."""
+    reply = dev.mmio_open(name)
+    writable = name == "doorbell"
+    mapping = dev.mmap_mmio(reply, writable=writable)
+    dev.mmio_close(reply.region_id)
+    assert mmap_errno(dev, reply.offset, reply.size, PROT_READ) == errno.EINVAL
+    if writable:
+        mapping.write_u32(0x40, 0x1234_5678)
+        assert mapping.read_u32(0x40) == 0x1234_5678
+    else:
+        assert mapping.read_u32(XE_INFO_DEVICE_ID) == 0xE20B
+    mapping.close()
+
+
+# --- MMAP of a region -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("length", [PAGE_SIZE, 3 * PAGE_SIZE], ids=["short", "long"])
+def test_mmap_info_length_other_than_region_size_einval(dev: Device, length: int) -> None:
+    """MMAP of the info block with a length other than its size: EINVAL."""
+    reply = dev.mmio_open("info")
+    assert mmap_errno(dev, reply.offset, length, PROT_READ) == errno.EINVAL
+    dev.mmio_close(reply.region_id)
+
+
+def test_mmap_doorbell_length_other_than_page_einval(dev: Device) -> None:
+    """MMAP of a doorbell with 2 pages: EINVAL."""
+    reply = dev.mmio_open("doorbell")
+    rw = PROT_READ | PROT_WRITE
+    assert mmap_errno(dev, reply.offset, 2 * PAGE_SIZE, rw) == errno.EINVAL
+    dev.mmio_close(reply.region_id)
+
+
+@pytest.mark.parametrize("name", ["info", "doorbell"])
+def test_mmap_region_private_einval(dev: Device, name: str) -> None:
+    """A private (copy-on-write) mapping of a region: EINVAL."""
+    reply = dev.mmio_open(name)
+    assert mmap_errno(dev, reply.offset, reply.size, PROT_READ, MAP_PRIVATE) == errno.EINVAL
+    dev.mmio_close(reply.region_id)
+
+
+# --- the info block -----------------------------------------------------------------------
+
+
+def read_info(mapping: Any) -> dict[str, int]:
+    return {
+        "device_id": mapping.read_u32(XE_INFO_DEVICE_ID),
+        "revision": mapping.read_u32(XE_INFO_REVISION),
+        "vram_size": mapping.read_u64(XE_INFO_VRAM_SIZE),
+        "system_memory": mapping.read_u64(XE_INFO_SYSTEM_MEMORY),
+        "va_bits": mapping.read_u32(XE_INFO_VA_BITS),
+        "doorbells": mapping.read_u32(XE_INFO_DOORBELLS),
+    }
+
+
+def test_info_registers_match_default_config(dev: Device) -> None:
+    """The info block of the default device: 0xE20B, rev 0, 4 GiB VRAM, 8 GiB, 48 bits, 63."""
+    reply = dev.mmio_open("info")
+    with dev.mmap_mmio(reply) as mapping:
+        assert read_info(mapping) == {
+            "device_id": 0xE20B,
+            "revision": 0,
+            "vram_size": 4 * GiB,
+            "system_memory": 8 * GiB,
+            "va_bits": 48,
+            "doorbells": DEFAULT_DOORBELL_PAGES - 1,
+        }
+        assert dev.identity.device_id == mapping.read_u32(XE_INFO_DEVICE_ID)
+    dev.mmio_close(reply.region_id)
+
+
+def test_info_registers_follow_config(make_daemon: Any) -> None:
+    """The info block's registers follow the device configuration."""
+    daemon = make_daemon(
+        """
+        [device]
+        device_id = 0x56A0
+        revision = 3
+        vram_size = 1073741824
+        visible_vram_size = 268435456
+        system_memory = 2147483648
+        va_bits = 47
+        doorbell_pages = 9
+        """
+    )
+    with Device.open(daemon.socket_path) as dev:
+        reply = dev.mmio_open("info")
+        with dev.mmap_mmio(reply) as mapping:
+            assert read_info(mapping) == {
+                "device_id": 0x56A0,
+                "revision": 3,
+                "vram_size": 1 * GiB,
+                "system_memory": 2 * GiB,
+                "va_bits": 47,
+                "doorbells": 8,
+            }
+
+
+def test_info_timestamp_moves(dev: Device) -> None:
+    """The free-running timestamp at XE_INFO_TIMESTAMP changes and never goes back."""
+    reply = dev.mmio_open("info")
+    with dev.mmap_mmio(reply) as mapping:
+        first = mapping.read_u64(XE_INFO_TIMESTAMP)
+        second = wait_until(
+            lambda: (v := mapping.read_u64(XE_INFO_TIMESTAMP)) != first and v,
+            "the timestamp to move",
+        )
+        assert second > first
+        third = wait_until(
+            lambda: (v := mapping.read_u64(XE_INFO_TIMESTAMP)) != second and v,
+            "the timestamp to move again",
+        )
+        assert third > second
+    dev.mmio_close(reply.region_id)
+
+
+def _info_fd(dev: Device) -> tuple[m.DrmXeMmioRegionOpenReply, int]:
+    reply = dev.mmio_open("info")
+    mm_reply, (fd,) = dev.ioctl_fds(
+        Op.MMAP,
+        m.XedMmap(offset=reply.offset, length=reply.size, prot=PROT_READ, flags=MAP_SHARED),
+    )
+    assert mm_reply.length == reply.size
+    return reply, fd
+
+
+def test_info_descriptor_is_rdonly_and_writable_shared_mmap_eacces(dev: Device) -> None:
+    """The info block comes as an O_RDONLY sealed memfd: a PROT_WRITE shared mmap is EACCES."""
+    reply, fd = _info_fd(dev)
+    try:
+        assert fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+        assert seals & F_SEAL_FUTURE_WRITE
+        assert seals & fcntl.F_SEAL_SEAL
+        with pytest.raises(PermissionError) as e:
+            mmap.mmap(fd, reply.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        assert e.value.errno == errno.EACCES
+        with mmap.mmap(fd, reply.size, mmap.MAP_SHARED, mmap.PROT_READ) as ro:
+            assert struct.unpack_from("<I", ro, XE_INFO_DEVICE_ID)[0] == 0xE20B
+    finally:
+        os.close(fd)
+    dev.mmio_close(reply.region_id)
+
+
+def test_info_writable_mmap_through_client_library_eacces(dev: Device) -> None:
+    """mmap_mmio(info, writable=True) fails in the kernel with EACCES, leaking nothing."""
+    reply = dev.mmio_open("info")
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(PermissionError) as e:
+        dev.mmap_mmio(reply, writable=True)
+    assert e.value.errno == errno.EACCES
+    assert len(os.listdir("/proc/self/fd")) == before
+    dev.mmio_close(reply.region_id)
+
+
+def test_info_reopened_read_write_still_cannot_be_written(dev: Device) -> None:
+    """Reopening the info memfd O_RDWR (root only) gives no write: mmap and write are EPERM."""
+    reply, fd = _info_fd(dev)
+    try:
+        if os.geteuid() != 0:
+            with pytest.raises(PermissionError) as e:
+                os.open(f"/proc/self/fd/{fd}", os.O_RDWR)
+            assert e.value.errno == errno.EACCES
+            return
+        rw = os.open(f"/proc/self/fd/{fd}", os.O_RDWR)
+        try:
+            with pytest.raises(PermissionError) as e:
+                mmap.mmap(rw, reply.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            assert e.value.errno == errno.EPERM
+            with pytest.raises(PermissionError) as e:
+                os.pwrite(rw, b"\xff\xff\xff\xff", XE_INFO_DEVICE_ID)
+            assert e.value.errno == errno.EPERM
+            with pytest.raises(PermissionError) as e:
+                os.write(rw, b"\x00")
+            assert e.value.errno == errno.EPERM
+            with pytest.raises(PermissionError) as e:
+                os.ftruncate(rw, 0)
+            assert e.value.errno == errno.EPERM
+            assert os.pread(rw, 4, XE_INFO_DEVICE_ID) == struct.pack("<I", 0xE20B)
+        finally:
+            os.close(rw)
+    finally:
+        os.close(fd)
+    dev.mmio_close(reply.region_id)
+
+
+def test_two_processes_see_the_same_info_bytes(daemon: DaemonProcess, dev: Device) -> None:
+    """Another process's mapping of the info block holds the same bytes (timestamp aside)."""
+    reply = dev.mmio_open("info")
+    with dev.mmap_mmio(reply) as mapping:
+        mine = bytes(mapping[0:XE_BAR0_INFO_SIZE])
+    dev.mmio_close(reply.region_id)
+    theirs = run_client(
+        daemon.socket_path,
+        """
+        r = dev.mmio_open("info")
+        with dev.mmap_mmio(r) as mp:
+            result = bytes(mp[0:r.size]).hex()
+        """,
+    )
+    theirs_bytes = bytes.fromhex(theirs)
+    assert len(theirs_bytes) == XE_BAR0_INFO_SIZE
+
+    def without_timestamp(block: bytes) -> bytes:
+        return block[:XE_INFO_TIMESTAMP] + block[XE_INFO_TIMESTAMP + 8 :]
+
+    assert without_timestamp(theirs_bytes) == without_timestamp(mine)
+
+
+# --- isolation between processes -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["info", "doorbell"])
+def test_region_of_another_process_eacces(daemon: DaemonProcess, dev: Device, name: str) -> None:
+    """A process mapping the fake offset of a region another process opened: EACCES."""
+    reply = dev.mmio_open(name)
+    err = run_client(
+        daemon.socket_path,
+        """
+        from protocols import Op, messages as m
+        from protocols.constants import MAP_SHARED, PROT_READ
+        try:
+            dev.ioctl(Op.MMAP, m.XedMmap(offset=int(argv[0]), length=int(argv[1]),
+                                         prot=PROT_READ, flags=MAP_SHARED))
+            result = 0
+        except XeError as exc:
+            result = exc.errno
+        """,
+        str(reply.offset),
+        str(reply.size),
+    )
+    assert err == errno.EACCES
+    dev.mmio_close(reply.region_id)
+
+
+def test_doorbell_cleared_and_counted_after_ring(dev: Device, admin: Device) -> None:
+    """A non-zero word 0 rings the bell: the device clears it and counts one ring for the file."""
+    reply = dev.mmio_open("doorbell")
+    with dev.mmap_mmio(reply, writable=True) as bell:
+        assert bytes(bell[0:PAGE_SIZE]) == bytes(PAGE_SIZE)
+        assert client_info(admin, dev.client_id).doorbell_rings == 0
+        for ring in (1, 2, 3):
+            bell.write_u32(0, 0xC0FFEE + ring)
+            wait_until(lambda: bell.read_u32(0) == 0, "the device to clear the doorbell")
+            wait_until(
+                lambda ring=ring: client_info(admin, dev.client_id).doorbell_rings == ring,
+                f"{ring} rings counted",
+            )
+    dev.mmio_close(reply.region_id)
+
+
+def _read_json_line(proc: Any) -> Any:
+    import json
+
+    line = proc.stdout.readline()
+    if not line:
+        _, err = proc.communicate(timeout=30)
+        raise AssertionError(f"client failed:\n{err}")
+    return json.loads(line)
+
+
+def test_doorbell_is_per_file_across_processes(
+    daemon: DaemonProcess, dev: Device, admin: Device
+) -> None:
+    """A's doorbell ring is counted for A only and B's own page never shows A's value."""
+    b_reply = dev.mmio_open("doorbell")
+    b_bell = dev.mmap_mmio(b_reply, writable=True)
+    proc = spawn_client(
+        daemon.socket_path,
+        """
+        import time
+        r = dev.mmio_open("doorbell")
+        bell = dev.mmap_mmio(r, writable=True)
+        print(json.dumps([dev.client_id, r.bar_offset]), flush=True)
+        sys.stdin.readline()
+        bell.write_u32(0, 0xA11CE)
+        deadline = time.monotonic() + 10
+        while bell.read_u32(0) != 0 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        print(json.dumps(bell.read_u32(0)), flush=True)
+        sys.stdin.readline()
+        bell.close()
+        dev.close()
+        """,
+    )
+    try:
+        a_id, a_bar_offset = _read_json_line(proc)
+        assert a_bar_offset != b_reply.bar_offset
+        assert proc.stdin is not None
+        proc.stdin.write("ring\n")
+        proc.stdin.flush()
+        assert _read_json_line(proc) == 0  # the device cleared A's bell
+        wait_until(lambda: client_info(admin, a_id).doorbell_rings == 1, "A's ring counted")
+        assert client_info(admin, dev.client_id).doorbell_rings == 0
+        assert bytes(b_bell[0:PAGE_SIZE]) == bytes(PAGE_SIZE)
+        proc.communicate("done\n", timeout=30)
+        assert proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+        b_bell.close()
+    dev.mmio_close(b_reply.region_id)
+
+
+# --- MADV_DONTFORK ---------------------------------------------------------------------------
+
+
+def test_region_mappings_are_dontfork_in_smaps(daemon: DaemonProcess) -> None:
+    """Region mappings carry VmFlags "dc" (VM_DONTCOPY, set by MADV_DONTFORK); a BO's do not."""
+    flags = run_client(
+        daemon.socket_path,
+        """
+        info = dev.mmap_mmio(dev.mmio_open("info"))
+        bell = dev.mmap_mmio(dev.mmio_open("doorbell"), writable=True)
+        bo = dev.mmap_bo(dev.gem_create(4096))
+        result = {}
+        current = None
+        with open("/proc/self/smaps") as smaps:
+            for line in smaps:
+                fields = line.split()
+                if "-" in fields[0] and len(fields) >= 5:
+                    current = fields[5] if len(fields) > 5 else ""
+                elif fields[0] == "VmFlags:" and current.startswith("/memfd:xe-"):
+                    result.setdefault(current, []).append(fields[1:])
+        """,
+    )
+    (info_flags,) = flags["/memfd:xe-bar0-info"]
+    (bell_flags,) = flags["/memfd:xe-doorbell"]
+    assert "dc" in info_flags
+    assert "dc" in bell_flags
+    assert "mw" not in info_flags  # no write possible, ever (VM_MAYWRITE cleared)
+    bo_flags = [v for k, v in flags.items() if k.startswith("/memfd:xe-bo")]
+    assert bo_flags, sorted(flags)
+    assert all("dc" not in f for (f,) in bo_flags)
+
+
+def test_forked_child_does_not_inherit_doorbell_mapping(daemon: DaemonProcess) -> None:
+    """A forked child touching the doorbell mapping dies of SIGSEGV; the parent's mapping works."""
+    outcome = run_client(
+        daemon.socket_path,
+        """
+        import ctypes, os, resource
+        bell = dev.mmap_mmio(dev.mmio_open("doorbell"), writable=True)
+        bell.write_u32(0x10, 0x5A5A5A5A)  # not word 0: no ring
+        address = bell.user_address(0x10)
+        pid = os.fork()
+        if pid == 0:
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+            ctypes.string_at(address, 4)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        result = {
+            "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
+            "exit": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+            "parent": bell.read_u32(0x10),
+        }
+        """,
+    )
+    import signal
+
+    assert outcome == {"signal": signal.SIGSEGV, "exit": None, "parent": 0x5A5A5A5A}

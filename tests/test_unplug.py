@@ -1,0 +1,433 @@
+"""Unplug and replug (drm_dev_unplug): with live client processes holding mappings (a BO,
+the info block, a doorbell, the barrier page), every ioctl of theirs answers ENODEV, new
+connections are refused but the admin's, mappings stay usable without crashing anyone,
+the barrier page stops being watched, and everything works again after replug.
+"""
+
+from __future__ import annotations
+
+import errno
+import gc
+import json
+import os
+import subprocess
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from conftest import baseline, spawn_client
+
+from clients import Device, XeError
+from clients.daemon import DaemonProcess
+from clients.transport import SeqpacketTransport
+
+TIMEOUT = 10.0
+# Long enough for the device to have looked at a watched page many times over, were it
+# watching (it looks at least every 50 ms): how long an unwatched write must stay.
+UNWATCHED_WINDOW = 0.3
+
+
+def wait_until(predicate: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
+    """Poll `predicate` in short steps until it is truthy (bounded); return its value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.001)
+
+
+# A client process holding one of each mapping, then running the snippets the test sends
+# it (one JSON string a line; each sets `out`, answered as one JSON line).
+HOLDER = """
+import time
+from protocols import Op, messages as m
+from protocols.constants import (
+    MAP_SHARED, PAGE_SIZE, PCI_BARRIER_IDLE, PROT_READ, PROT_WRITE, XE_INFO_DEVICE_ID, Query,
+)
+
+def errno_of(fn, *args):
+    try:
+        fn(*args)
+    except XeError as exc:
+        return exc.errno
+    return 0
+
+def stays(read, value, window):
+    # True if read() keeps returning value for the whole window
+    end = time.monotonic() + window
+    while time.monotonic() < end:
+        if read() != value:
+            return False
+        time.sleep(0.001)
+    return True
+
+def until(read, value, timeout=10):
+    end = time.monotonic() + timeout
+    while read() != value:
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.001)
+    return True
+
+bo = dev.gem_create(0x4000)
+bo_map = dev.mmap_bo(bo)
+bo_map[0:4] = b"live"
+spare = dev.gem_create(0x1000)
+spare_offset = dev.gem_mmap_offset(spare)
+info_region = dev.mmio_open("info")
+info = dev.mmap_mmio(info_region)
+bell_region = dev.mmio_open("doorbell")
+bell = dev.mmap_mmio(bell_region, writable=True)
+barrier = dev.mmap(dev.pci_barrier_offset(), PAGE_SIZE, PROT_WRITE)
+barrier.write_u32(0, 1)
+assert until(lambda: barrier.read_u32(0), PCI_BARRIER_IDLE)
+print(json.dumps(dev.client_id), flush=True)
+for line in sys.stdin:
+    out = None
+    try:
+        exec(json.loads(line))
+        reply = {"out": out}
+    except Exception as exc:
+        reply = {"error": f"{type(exc).__name__}: {exc}"}
+    print(json.dumps(reply), flush=True)
+"""
+
+
+class Holder:
+    """A live client process holding a BO mapping, the info block, a doorbell and the
+    barrier page, that runs the snippets it is sent."""
+
+    def __init__(self, daemon: DaemonProcess) -> None:
+        self.proc = spawn_client(daemon.socket_path, HOLDER)
+        self.client_id = self._read()
+
+    def _read(self) -> Any:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            _, err = self.proc.communicate(timeout=30)
+            raise AssertionError(f"holder died:\n{err}")
+        return json.loads(line)
+
+    def run(self, code: str) -> Any:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(code) + "\n")
+        self.proc.stdin.flush()
+        reply = self._read()
+        assert "error" not in reply, reply["error"]
+        return reply["out"]
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def finish(self) -> None:
+        """Close its stdin: it leaves without closing anything; it must exit cleanly."""
+        if self.proc.poll() is None:
+            try:
+                _, err = self.proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                _, err = self.proc.communicate(timeout=30)
+        else:
+            _, err = self.proc.communicate(timeout=30)
+        assert self.proc.returncode == 0, f"holder failed:\n{err}"
+
+
+@pytest.fixture
+def holder(fresh_daemon: DaemonProcess) -> Iterator[Holder]:
+    h = Holder(fresh_daemon)
+    try:
+        yield h
+    finally:
+        h.finish()
+
+
+@pytest.fixture
+def fresh_admin(fresh_daemon: DaemonProcess) -> Iterator[Device]:
+    with Device.open(fresh_daemon.socket_path, role="admin") as adm:
+        yield adm
+        if adm.admin_status().unplugged:
+            adm.admin_replug()  # leave the daemon as it was for the fixture's checks
+
+
+def hello_errno(daemon: DaemonProcess, role: str) -> int:
+    """HELLO on a new raw connection with `role`: 0 or the errno it is refused with."""
+    transport = SeqpacketTransport.connect(daemon.socket_path)
+    try:
+        Device(transport, role)
+    except XeError as exc:
+        return exc.errno
+    finally:
+        transport.close()
+    return 0
+
+
+# The ops a holder tries while unplugged: each must answer ENODEV.
+IOCTLS = {
+    "VERSION": "dev.version()",
+    "GEM_CREATE": "dev.gem_create(0x1000)",
+    "GEM_MMAP_OFFSET": "dev.gem_mmap_offset(bo)",
+    "MMAP of a new offset": "dev.mmap(spare_offset, 0x1000)",
+    "MMAP of the barrier page": "dev.mmap(XE_PCI_BARRIER, PAGE_SIZE, PROT_WRITE)",
+    "PCI_BARRIER offset": "dev.pci_barrier_offset()",
+    "GEM_CLOSE": "dev.gem_close(spare)",
+    "DEVICE_QUERY": "dev.query(Query.MMIO_REGIONS)",
+    "MMIO_REGION_OPEN": (
+        "dev.ioctl(Op.XE_MMIO_REGION_OPEN, m.DrmXeMmioRegionOpen(bar_offset=0, size=0x2000))"
+    ),
+    "MMIO_REGION_CLOSE": "dev.mmio_close(info_region.region_id)",
+    "VM_CREATE": "dev.vm_create()",
+    "PRIME_HANDLE_TO_FD": "dev.prime_handle_to_fd(bo)",
+}
+
+
+def ioctl_errnos(holder: Holder) -> dict[str, int]:
+    code = (
+        "from protocols.constants import XE_PCI_BARRIER_MMAP_OFFSET as XE_PCI_BARRIER\nout = {}\n"
+    )
+    for name, call in IOCTLS.items():
+        code += f"out[{name!r}] = errno_of(lambda: {call})\n"
+    result: dict[str, int] = holder.run(code)
+    return result
+
+
+# --- ENODEV ------------------------------------------------------------------------------------
+
+
+def test_unplugged_every_ioctl_of_a_live_client_enodev(holder: Holder, fresh_admin: Device) -> None:
+    """While unplugged every ioctl of a connected client (VERSION, GEM_CREATE, MMAP...): ENODEV."""
+    fresh_admin.admin_unplug()
+    assert ioctl_errnos(holder) == dict.fromkeys(IOCTLS, errno.ENODEV)
+    assert holder.alive()
+
+
+def test_unplugged_new_connections_enodev_but_admin_hello_works(
+    fresh_daemon: DaemonProcess, fresh_admin: Device
+) -> None:
+    """While unplugged a new drm/aux/debugger HELLO is ENODEV; an admin HELLO is answered."""
+    fresh_admin.admin_unplug()
+    for role in ("drm", "aux", "debugger"):
+        assert hello_errno(fresh_daemon, role) == errno.ENODEV, role
+    with Device.open(fresh_daemon.socket_path, role="admin") as another:
+        assert another.admin_status().unplugged == 1
+        assert another.admin_clients()
+
+
+def test_refused_open_leaves_no_socket_behind(
+    fresh_daemon: DaemonProcess, fresh_admin: Device
+) -> None:
+    """Device.open() refused with ENODEV raises XeError and keeps no descriptor open."""
+    fresh_admin.admin_unplug()
+    fds_before = len(os.listdir("/proc/self/fd"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        err = leaked = None
+        try:
+            Device.open(fresh_daemon.socket_path)
+        except XeError as exc:
+            err = exc.errno
+            leaked = len(os.listdir("/proc/self/fd")) - fds_before
+        gc.collect()
+    assert err == errno.ENODEV
+    assert leaked == 0, "the refused connection's socket is still open"
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+
+
+def test_admin_ops_keep_working_while_unplugged(holder: Holder, fresh_admin: Device) -> None:
+    """Admin status and clients are answered while unplugged, listing the live client."""
+    fresh_admin.admin_unplug()
+    status = fresh_admin.admin_status()
+    assert status.unplugged == 1
+    assert status.objects.files == 2
+    (info,) = [c for c in fresh_admin.admin_clients() if c.client_id == holder.client_id]
+    assert (info.bos, info.mmio_regions) == (2, 2)
+
+
+# --- EALREADY and the state admin_status shows ---------------------------------------------
+
+
+def test_unplug_twice_ealready(fresh_admin: Device) -> None:
+    """A second unplug: EALREADY (the device stays unplugged)."""
+    fresh_admin.admin_unplug()
+    with pytest.raises(XeError) as e:
+        fresh_admin.admin_unplug()
+    assert e.value.errno == errno.EALREADY
+    assert fresh_admin.admin_status().unplugged == 1
+
+
+def test_replug_when_plugged_ealready(fresh_admin: Device) -> None:
+    """Replug of a plugged device: EALREADY, before and after an unplug/replug cycle."""
+    with pytest.raises(XeError) as e:
+        fresh_admin.admin_replug()
+    assert e.value.errno == errno.EALREADY
+    fresh_admin.admin_unplug()
+    fresh_admin.admin_replug()
+    with pytest.raises(XeError) as e:
+        fresh_admin.admin_replug()
+    assert e.value.errno == errno.EALREADY
+
+
+def test_admin_status_reflects_unplug_state(fresh_admin: Device) -> None:
+    """admin_status().unplugged reads 0, 1 after unplug, 0 after replug."""
+    assert fresh_admin.admin_status().unplugged == 0
+    fresh_admin.admin_unplug()
+    assert fresh_admin.admin_status().unplugged == 1
+    fresh_admin.admin_replug()
+    assert fresh_admin.admin_status().unplugged == 0
+
+
+# --- mappings while unplugged --------------------------------------------------------------------
+
+
+def test_unplugged_mappings_stay_readable_and_writable(holder: Holder, fresh_admin: Device) -> None:
+    """BO, info, doorbell and barrier mappings stay readable and writable, crashing no one."""
+    fresh_admin.admin_unplug()
+    out = holder.run(
+        """
+out = {"bo": bytes(bo_map[0:4]).decode(), "device_id": info.read_u32(XE_INFO_DEVICE_ID)}
+bo_map[0x100:0x108] = b"unplugd!"
+out["bo_write"] = bytes(bo_map[0x100:0x108]).decode()
+bell.write_u32(0x80, 0xBE11)
+out["bell"] = bell.read_u32(0x80)
+barrier.write_u32(0x40, 0x1234)
+out["barrier"] = barrier.read_u32(0x40)
+"""
+    )
+    assert out == {
+        "bo": "live",
+        "device_id": 0xE20B,
+        "bo_write": "unplugd!",
+        "bell": 0xBE11,
+        "barrier": 0x1234,
+    }
+    assert holder.alive()
+    fresh_admin.admin_replug()
+    # the BO's memory is the same memory: a new mapping after replug sees the writes
+    assert holder.run("out = bytes(dev.mmap_bo(bo)[0x100:0x108]).decode()") == "unplugd!"
+
+
+def test_unplugged_barrier_writes_are_not_restored_until_replug(
+    holder: Holder, fresh_admin: Device
+) -> None:
+    """Once unplug is answered a barrier write stays (nobody restores or counts it); it
+    went nowhere, so replug restores the page without counting it, and later writes
+    count again. Three rounds."""
+
+    def barriers() -> int:
+        (info,) = [c for c in fresh_admin.admin_clients() if c.client_id == holder.client_id]
+        return info.barriers
+
+    for word in (9, 10, 11):
+        fresh_admin.admin_unplug()
+        counted = barriers()
+        stayed = holder.run(
+            f"barrier.write_u32(4 * {word}, 0x0BADF00D)\n"
+            f"out = stays(lambda: barrier.read_u32(4 * {word}), 0x0BADF00D, {UNWATCHED_WINDOW})"
+        )
+        assert stayed is True, f"round {word}: a write made after the unplug was restored"
+        assert barriers() == counted, f"round {word}: counted while unplugged"
+        fresh_admin.admin_replug()
+        restored = holder.run(
+            f"out = until(lambda: barrier.read_u32(4 * {word}), PCI_BARRIER_IDLE)"
+        )
+        assert restored is True
+        assert barriers() == counted, f"round {word}: a write that went nowhere was counted"
+    # and the page is watched as before: a new write is restored and counted again
+    counted = barriers()
+    restored = holder.run(
+        "barrier.write_u32(4 * 12, 7)\n"
+        "out = until(lambda: barrier.read_u32(4 * 12), PCI_BARRIER_IDLE)"
+    )
+    assert restored is True
+    wait_until(lambda: barriers() == counted + 1, "the write after replug counted")
+
+
+def test_unplugged_doorbell_is_not_acted_upon_until_replug(
+    holder: Holder, fresh_admin: Device
+) -> None:
+    """Once unplug is answered a doorbell ring stays unanswered and uncounted; it went
+    nowhere, so replug clears it without counting it, and a ring after replug counts.
+    Three rounds."""
+
+    def rings() -> int:
+        (info,) = [c for c in fresh_admin.admin_clients() if c.client_id == holder.client_id]
+        return info.doorbell_rings
+
+    for ring in (1, 2, 3):
+        fresh_admin.admin_unplug()
+        stayed = holder.run(
+            f"bell.write_u32(0, 0xD00B + {ring})\n"
+            f"out = stays(lambda: bell.read_u32(0), 0xD00B + {ring}, {UNWATCHED_WINDOW})"
+        )
+        assert stayed is True, f"round {ring}: a ring made after the unplug was acted upon"
+        assert rings() == ring - 1, f"round {ring}: counted while unplugged"
+        fresh_admin.admin_replug()
+        assert holder.run("out = until(lambda: bell.read_u32(0), 0)") is True
+        assert rings() == ring - 1, f"round {ring}: a ring made while unplugged was counted"
+        holder.run(f"bell.write_u32(0, 0xB0B + {ring})\nout = until(lambda: bell.read_u32(0), 0)")
+        wait_until(lambda ring=ring: rings() == ring, f"ring {ring} counted after replug")
+
+
+# --- release while unplugged, and life after replug -----------------------------------------------
+
+
+def test_client_leaving_while_unplugged_is_released(
+    fresh_daemon: DaemonProcess, fresh_admin: Device
+) -> None:
+    """A client holding mappings that exits while unplugged has everything released."""
+    before = baseline(fresh_daemon)
+    h = Holder(fresh_daemon)
+    try:
+        fds, counts = baseline(fresh_daemon)
+        assert counts.files == before[1].files + 1
+        assert counts.bos == 2
+        fresh_admin.admin_unplug()
+    finally:
+        h.finish()  # exits without closing anything
+    current = wait_until(
+        lambda: (b := baseline(fresh_daemon)) == before and b,
+        "the departed client to be released",
+    )
+    assert current == before
+    assert fresh_admin.admin_status().unplugged == 1
+
+
+def test_everything_works_after_replug(
+    fresh_daemon: DaemonProcess, holder: Holder, fresh_admin: Device
+) -> None:
+    """After replug the live client's ioctls, new mmaps, barriers and new connections all work."""
+    fresh_admin.admin_unplug()
+    assert holder.run("out = errno_of(dev.version)") == errno.ENODEV
+    fresh_admin.admin_replug()
+    assert ioctl_errnos(holder) == dict.fromkeys(IOCTLS, 0)
+    out = holder.run(
+        """
+n = 500
+for _ in range(n):
+    dev.pci_barrier()
+dev.pci_barrier_drain()
+mp = dev.mmap_bo(bo)
+out = {"bo": bytes(mp[0:4]).decode(), "written": dev.barriers_written}
+"""
+    )
+    assert out == {"bo": "live", "written": 500}
+    (info,) = [c for c in fresh_admin.admin_clients() if c.client_id == holder.client_id]
+    assert info.barriers == 1 + 500  # the write made before the unplug, and these
+    assert hello_errno(fresh_daemon, "drm") == 0
+    with Device.open(fresh_daemon.socket_path) as dev:
+        handle = dev.gem_create(0x1000)
+        with dev.mmap_bo(handle) as mapping:
+            mapping[0:2] = b"ok"
+            assert bytes(mapping[0:2]) == b"ok"
+        region = dev.mmio_open("info")
+        dev.mmio_close(region.region_id)
+        dev.pci_barrier()
+        dev.pci_barrier_drain()
+        (mine,) = [c for c in fresh_admin.admin_clients() if c.client_id == dev.client_id]
+        assert mine.barriers == 1
+    assert fresh_admin.admin_status().unplugged == 0
