@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     lb.add_argument("--ioctls", action="store_true", help="interleave ioctls")
     lb.add_argument("--nice", type=int, default=0, help="niceness of the writers")
     lb.add_argument(
+        "--prober-nice", type=int, default=0, help="niceness of the ioctl latency prober"
+    )
+    lb.add_argument(
         "--daemon-nice", type=int, default=None,
         help="renice the daemon (negative values need root), as a unit's Nice= would",
     )  # fmt: skip
@@ -52,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             ioctls=args.ioctls,
             nice=args.nice,
             daemon_nice=args.daemon_nice,
+            prober_nice=args.prober_nice,
         )
         return load.main_load(args.socket, opts, args.sweep)
     if args.which == "rtt":

@@ -38,6 +38,7 @@ class LoadOptions:
     ioctls: bool = False
     nice: int = 0
     daemon_nice: int | None = None
+    prober_nice: int = 0
 
 
 def _percentile(samples: list[float], q: float) -> float:
@@ -84,7 +85,8 @@ def writer(socket_path: str, seconds: float, bo_writes: bool, ioctls: bool, nice
     dev.close()
 
 
-def prober(socket_path: str, seconds: float) -> None:
+def prober(socket_path: str, seconds: float, nice: int) -> None:
+    os.setpriority(os.PRIO_PROCESS, 0, nice)
     dev = Device.open(socket_path)
     samples = []
     deadline = time.monotonic() + seconds
@@ -136,7 +138,7 @@ def run_load(
             )
             for _ in range(opts.clients)
         ]
-        probe = _spawn("prober", socket_path, opts.seconds)
+        probe = _spawn("prober", socket_path, opts.seconds, opts.prober_nice)
         while any(w.poll() is None for w in writers) and time.monotonic() - started < opts.seconds:
             time.sleep(1.0)
             if not quiet:
@@ -249,4 +251,4 @@ if __name__ == "__main__":
             int(sys.argv[6]),
         )
     elif role == "prober":
-        prober(sys.argv[2], float(sys.argv[3]))
+        prober(sys.argv[2], float(sys.argv[3]), int(sys.argv[4]))
