@@ -12,25 +12,26 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from protocols import errno_name
+from protocols.constants import XE_BAR0_INFO_SIZE, XE_INFO_DEVICE_ID, XE_INFO_TIMESTAMP
 
 from . import fdpass
 from .batch import Batch
 from .daemon import DaemonProcess
 from .device import Device, user_fence
-from .errors import XeError
 
 GPU_BASE = 0x1_0000_0000
 COUNTER_INCREMENTS = 200
 
 
 def _attempt(call: Any) -> str:
+    """The errno a call fails with (from the daemon or the kernel itself), or "allowed"."""
     try:
         call()
-    except XeError as exc:
+    except OSError as exc:
         return errno_name(exc.errno or 0)
     return "allowed"
 
@@ -155,7 +156,34 @@ def worker_frank(dev: Device, peer_fd: str) -> dict[str, Any]:
     return {"gem_mmap_of_import": refused, "device": dev.identity.instance}
 
 
-WORKERS: dict[str, Callable[..., dict[str, Any]]] = {
+BARRIERS = 10_000
+
+
+def worker_henry(dev: Device) -> Iterator[dict[str, Any]]:
+    """BAR0: the info block, a doorbell, the barrier page; then life through an unplug."""
+    regs = dev.mmap_mmio(dev.mmio_open("info"))
+    bell = dev.mmap_mmio(dev.mmio_open("doorbell"), writable=True)
+    first = regs.read_u64(XE_INFO_TIMESTAMP)
+    bell.write_u32(0, 0x600D)
+    for _ in range(BARRIERS):
+        dev.pci_barrier()
+    dev.pci_barrier_drain()
+    moved = regs.read_u64(XE_INFO_TIMESTAMP) - first
+    writable = _attempt(lambda: dev.mmap(dev.mmio_open("info").offset, XE_BAR0_INFO_SIZE))
+    yield {
+        "device_id": hex(regs.read_u32(XE_INFO_DEVICE_ID)),
+        "timestamp_moved": moved > 0,
+        "written": dev.barriers_written,
+        "client_id": dev.client_id,
+        "info_writable_map": writable,
+    }
+    # the parent has unplugged the device by now
+    bo_mapping_ok = bell.read_u32(0) == 0
+    bell.write_u32(0, 1)  # a doorbell rung into the void: nothing crashes
+    yield {"ioctl": _attempt(dev.version), "mappings_usable": bo_mapping_ok}
+
+
+WORKERS: dict[str, Callable[..., Any]] = {
     "alice": worker_alice,
     "bob": worker_bob,
     "carol": worker_carol,
@@ -163,14 +191,23 @@ WORKERS: dict[str, Callable[..., dict[str, Any]]] = {
     "dave": worker_dave,
     "erin": worker_erin,
     "frank": worker_frank,
+    "henry": worker_henry,
 }
 
 
 def _worker_main(name: str, socket_path: str, args: list[str]) -> int:
+    """Print each result as a JSON line; a worker that yields several waits for a line
+    on stdin between them. Hold everything until the parent closes our stdin."""
     with Device.open(socket_path) as dev:
-        result = WORKERS[name](dev, *args)
-        print(json.dumps(result), flush=True)
-        sys.stdin.read()  # hold everything until the parent lets go (closes our stdin)
+        outcome = WORKERS[name](dev, *args)
+        steps = outcome if isinstance(outcome, Iterator) else iter([outcome])
+        print(json.dumps(next(steps)), flush=True)
+        for line in sys.stdin:  # the parent's go-ahead for each next step
+            result = next(steps, None)
+            if result is None or not line:
+                break
+            print(json.dumps(result), flush=True)
+        sys.stdin.read()
     return 0
 
 
@@ -283,6 +320,31 @@ def _story() -> int:
             print("        a batch on the second device wrote into it")
             print(f"[dave]  now reads {dave_said['bytes']!r} in his own mapping")
 
+            henry_proc = _spawn("henry", sock)
+            henry = _result(henry_proc, release=False)
+            counted = {c.client_id: c.barriers for c in admin.admin_clients()}[henry["client_id"]]
+            print("\n[henry] opened BAR0's info block and a doorbell page of his own")
+            print(
+                f"        device id {henry['device_id']}, the timestamp moves: "
+                f"{henry['timestamp_moved']}; a writable map of the info block: "
+                f"{henry['info_writable_map']}"
+            )
+            print(
+                f"        wrote {henry['written']:,} PCI barriers as page stores; "
+                f"the device counted {counted:,} for his file"
+            )
+            admin.admin_unplug()
+            assert henry_proc.stdin is not None
+            henry_proc.stdin.write("go\n")
+            henry_proc.stdin.flush()
+            unplugged = _result(henry_proc)
+            admin.admin_replug()
+            print("[admin] unplugged the device while henry held his mappings:")
+            print(
+                f"        his next ioctl: {unplugged['ioctl']}; his mappings still "
+                f"work: {unplugged['mappings_usable']}; replugged"
+            )
+
             after = admin.admin_status()
             print("\n[admin] every client has exited; what the daemon still holds:")
             print(
@@ -300,6 +362,9 @@ def _story() -> int:
         and after.objects.dma_bufs == before.dma_bufs
         and dave_said["bytes"] == "ERIN's wFRNK"
         and frank["gem_mmap_of_import"] == "ENODEV"
+        and counted == henry["written"] == BARRIERS
+        and henry["info_writable_map"] == "EACCES"
+        and unplugged["ioctl"] == "ENODEV"
     )
     print("\nall as expected" if ok else "\nSOMETHING WENT WRONG: see above")
     return 0 if ok else 1
