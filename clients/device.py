@@ -402,6 +402,53 @@ class Device:
         # dataclass_transform, not as attrs classes
         return attrs.evolve(sync, addr=addr)  # type: ignore[misc]
 
+    def vm_export(self, vm: int) -> int:
+        """XE_VM_EXPORT: the VM as a descriptor to hand to an auxiliary driver."""
+        _reply, (fd,) = self.ioctl_fds(Op.XE_VM_EXPORT, m.DrmXeVmExport(vm_id=vm))
+        return fd
+
+    # --- the auxiliary driver's side (role "aux") --------------------------------------------
+    def aux_vm_import(self, vm_fd: int, on_behalf_of_pid: int) -> m.XedAuxVmImportReply:
+        reply: m.XedAuxVmImportReply = self.ioctl(
+            Op.AUX_VM_IMPORT, m.XedAuxVmImport(on_behalf_of_pid=on_behalf_of_pid), fds=[vm_fd]
+        )
+        return reply
+
+    def aux_vm_resolve(
+        self, vm_handle: int, va: int, length: int
+    ) -> tuple[tuple[m.XedAuxSpan, ...], list[int]]:
+        """The spans behind [va, va+length) and one descriptor per BO (caller closes)."""
+        reply, fds = self.ioctl_fds(
+            Op.AUX_VM_RESOLVE, m.XedAuxVmResolve(vm_handle=vm_handle, va=va, length=length)
+        )
+        return reply.spans, fds
+
+    def aux_vm_unwatch(self, vm_handle: int, va: int, length: int) -> None:
+        self.ioctl(Op.AUX_VM_UNWATCH, m.XedAuxVmRange(vm_handle=vm_handle, va=va, length=length))
+
+    def aux_vm_release(self, vm_handle: int) -> None:
+        self.ioctl(Op.AUX_VM_RELEASE, m.XedAuxVmRelease(vm_handle=vm_handle))
+
+    def wait_event(self, timeout: float | None = None) -> EventMessage:
+        """The next event from the daemon (queued ones first); TimeoutError if none came."""
+        if self.events:
+            return self.events.popleft()
+        self.transport.sock.settimeout(timeout)
+        try:
+            data, fds = self.transport.recv()
+        except TimeoutError:
+            raise TimeoutError("no event from the daemon") from None
+        finally:
+            self.transport.sock.settimeout(None)
+        for fd in fds:
+            os.close(fd)
+        if not data:
+            raise DaemonGone("the daemon closed the connection")
+        message = decode_incoming(data, (), {})
+        if not isinstance(message, EventMessage):
+            raise DaemonGone("a reply nobody asked for")
+        return message
+
     # --- exec queues and execution ----------------------------------------------------------
     def exec_queue_create(
         self, vm: int, engine_class: int = EngineClass.RENDER, instance: int = 0, gt: int = 0

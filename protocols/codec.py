@@ -17,7 +17,7 @@ import msgpack
 from .errors import LocalProtocolError, ProtocolError
 from .fields import FieldError
 from .messages import ErrorInfo
-from .ops import EVENTS, SPECS, Event, Op
+from .ops import ANY_FDS, EVENTS, SPECS, Event, Op
 
 MAX_DATAGRAM = 64 * 1024
 MAX_FDS = 8
@@ -241,7 +241,7 @@ def decode_incoming(
         if code:
             return Reply(ident, code, from_wire(ErrorInfo, body), fds)
         spec = SPECS[op_of[ident]]
-        if len(fds) != spec.fds_out:
+        if len(fds) != spec.fds_out and not (spec.fds_out == ANY_FDS and len(fds) <= MAX_FDS):
             raise ProtocolError(EPROTO, f"{spec.op.name} reply with {len(fds)} descriptors")
         return Reply(ident, 0, from_wire(spec.reply, body), fds)
     except (FieldError, ValueError) as exc:

@@ -390,6 +390,87 @@ class DmaBufAttachReply:
     device: DeviceIdentity = record(DeviceIdentity, "the exporter")
 
 
+# --- VM export and the auxiliary driver (proposal: sharing VM info between XE drivers) --
+@frozen
+class DrmXeVmExport:
+    vm_id: int = u32()
+    pad: int = u32("must be zero")
+    fd: int = s32("output in the kernel (here the descriptor is attached to the reply)")
+    pad1: int = u32("must be zero")
+    reserved: tuple[int, ...] = mbz(2)
+
+
+@frozen
+class XedAuxBinding:
+    va: int = u64("GPU address")
+    range: int = u64("bytes")
+    bo_size: int = u64("size of the BO bound there (0: a NULL binding)")
+    bo_offset: int = u64("offset into that BO")
+
+
+@frozen
+class XedAuxVmImport:
+    """Import the attached VM descriptor on behalf of the application that exported it."""
+
+    on_behalf_of_pid: int = u32("the application's pid, as the aux driver knows it")
+    flags: int = u32("must be zero")
+    reserved: tuple[int, ...] = mbz(2)
+
+
+@frozen
+class XedAuxVmImportReply:
+    vm_handle: int = u32("this aux connection's name for the VM")
+    va_bits: int = u32()
+    bindings: tuple[XedAuxBinding, ...] = records(XedAuxBinding, "the VM's bindings now")
+
+
+@frozen
+class XedAuxVmResolve:
+    """The memory behind [va, va+length), zero copy; later binds and unbinds that touch
+    the range send AUX_RANGE_INVALIDATED."""
+
+    vm_handle: int = u32()
+    va: int = u64()
+    length: int = u64()
+
+
+@frozen
+class XedAuxSpan:
+    va: int = u64()
+    length: int = u64()
+    fd_index: int = u32("which attached descriptor holds it")
+    offset: int = u64("offset into that descriptor")
+
+
+@frozen
+class XedAuxVmResolveReply:
+    spans: tuple[XedAuxSpan, ...] = records(XedAuxSpan, max_items=64)
+
+
+@frozen
+class XedAuxVmRange:
+    """AUX_VM_UNWATCH: stop hearing about a range."""
+
+    vm_handle: int = u32()
+    va: int = u64()
+    length: int = u64()
+
+
+@frozen
+class XedAuxVmRelease:
+    vm_handle: int = u32()
+
+
+@frozen
+class AuxRangeInvalidated:
+    """A bind or unbind touched a range the aux driver resolved: its backing is stale."""
+
+    vm_handle: int = u32()
+    va: int = u64("start of the bind or unbind")
+    length: int = u64()
+    reason: str = string(max_len=32)
+
+
 # --- admin -----------------------------------------------------------------------------
 @frozen
 class XedAdminStatus:
@@ -405,6 +486,8 @@ class XedObjectCounts:
     mmap_offsets: int = u32()
     bo_bytes: int = u64()
     dma_bufs: int = u32()
+    vm_exports: int = u32()
+    aux_registrations: int = u32()
 
 
 @frozen

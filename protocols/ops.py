@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import enum
 from errno import (
+    E2BIG,
     EACCES,
     EAGAIN,
     EALREADY,
     EBADF,
     EBUSY,
     ECANCELED,
+    EEXIST,
     EFAULT,
     EINVAL,
     EIO,
@@ -58,12 +60,17 @@ class Op(enum.IntEnum):
     # proposals not (yet) in xe_drm.h
     XE_MMIO_REGION_OPEN = DRM_COMMAND_BASE + 0x20
     XE_MMIO_REGION_CLOSE = DRM_COMMAND_BASE + 0x21
+    XE_VM_EXPORT = DRM_COMMAND_BASE + 0x22
     HELLO = 0x100
     MMAP = 0x101
     DMA_BUF_MMAP = 0x102
     DMA_BUF_IOCTL_SYNC = 0x103
     DMA_BUF_LLSEEK = 0x104
     DMA_BUF_ATTACH = 0x110
+    AUX_VM_IMPORT = 0x120
+    AUX_VM_RESOLVE = 0x121
+    AUX_VM_UNWATCH = 0x122
+    AUX_VM_RELEASE = 0x123
     ADMIN_STATUS = 0x180
     ADMIN_CLIENTS = 0x181
     ADMIN_UNPLUG = 0x182
@@ -73,6 +80,7 @@ class Op(enum.IntEnum):
 class Event(enum.IntEnum):
     EXEC_QUEUE_BANNED = 1
     PROTOCOL_ERROR = 2  # a datagram too broken to tell which request it was
+    AUX_RANGE_INVALIDATED = 3
 
 
 class Role(enum.Enum):
@@ -88,6 +96,7 @@ class Role(enum.Enum):
 HELLO_ROLES = frozenset({Role.DRM, Role.AUX, Role.DEBUGGER, Role.ADMIN})
 
 
+ANY_FDS = -1
 DRM_ROLES = frozenset({Role.DRM})
 ANY_ROLE = HELLO_ROLES
 
@@ -112,7 +121,7 @@ class OpSpec:
     errors: tuple[tuple[int, str], ...]
     roles: frozenset[Role] = DRM_ROLES
     fds_in: int = 0
-    fds_out: int = 0
+    fds_out: int = 0  # ANY_FDS: as many as the answer needs, up to MAX_FDS
     # blocking ops run beside the connection's reader so a disconnect still cancels them
     blocking: bool = False
 
@@ -229,7 +238,12 @@ SPECS: dict[Op, OpSpec] = {
             request=m.DrmXeVmDestroy,
             reply=m.Empty,
             doc="Close a VM; exec queues on it keep it alive but it refuses new work.",
-            errors=(_MBZ, (ENOENT, "no such VM"), (EBUSY, "exec queues still use the VM")),
+            errors=(
+                _MBZ,
+                (ENOENT, "no such VM"),
+                (EBUSY, "an LR-mode VM with exec queues on it"),
+                (EBUSY, "the VM is exported, or registered with an aux driver"),
+            ),
         ),
         OpSpec(
             op=Op.XE_VM_BIND,
@@ -336,6 +350,73 @@ SPECS: dict[Op, OpSpec] = {
             reply=m.Empty,
             doc="Close a region; its offset no longer maps (mappings made keep their pages).",
             errors=((EINVAL, "pad or reserved not zero"), (ENOENT, "no such region")),
+        ),
+        OpSpec(
+            op=Op.XE_VM_EXPORT,
+            request=m.DrmXeVmExport,
+            reply=m.Empty,
+            fds_out=1,
+            doc=(
+                "Export a VM as a descriptor for an auxiliary driver (proposal). The export "
+                "keeps the VM alive; closing every copy of the descriptor clears it."
+            ),
+            errors=(
+                (EINVAL, "pad, pad1 or reserved not zero"),
+                (EINVAL, "no such VM"),
+                (ENOENT, "the VM is closed or banned"),
+                (EEXIST, "already exported, or registered with an aux driver"),
+            ),
+        ),
+        OpSpec(
+            op=Op.AUX_VM_IMPORT,
+            request=m.XedAuxVmImport,
+            reply=m.XedAuxVmImportReply,
+            roles=frozenset({Role.AUX}),
+            fds_in=1,
+            doc=(
+                "Register the attached exported VM with this aux driver, on behalf of the "
+                "application that exported it; the reply lists its bindings."
+            ),
+            errors=(
+                (EINVAL, "flags or reserved not zero"),
+                (EINVAL, "not a VM descriptor of this daemon (another daemon's included)"),
+                (ENOENT, "the VM is closed"),
+                (EPERM, "on_behalf_of_pid is not the process that exported it"),
+                (EEXIST, "this aux connection has it registered already"),
+            ),
+        ),
+        OpSpec(
+            op=Op.AUX_VM_RESOLVE,
+            request=m.XedAuxVmResolve,
+            reply=m.XedAuxVmResolveReply,
+            roles=frozenset({Role.AUX}),
+            fds_out=ANY_FDS,
+            doc=(
+                "The BOs behind [va, va+length) of a registered VM: one descriptor per BO, "
+                "attached (at most 8), and where each span lies in them. Watches the range."
+            ),
+            errors=(
+                (ENOENT, "no such vm_handle"),
+                (EINVAL, "length zero, or the range beyond the VM"),
+                (EFAULT, "a hole: some address in the range is not bound (or NULL)"),
+                (E2BIG, "more than 8 BOs behind the range"),
+            ),
+        ),
+        OpSpec(
+            op=Op.AUX_VM_UNWATCH,
+            request=m.XedAuxVmRange,
+            reply=m.Empty,
+            roles=frozenset({Role.AUX}),
+            doc="Stop the invalidation events for watches inside [va, va+length).",
+            errors=((ENOENT, "no such vm_handle"),),
+        ),
+        OpSpec(
+            op=Op.AUX_VM_RELEASE,
+            request=m.XedAuxVmRelease,
+            reply=m.Empty,
+            roles=frozenset({Role.AUX}),
+            doc="Unregister a VM (disconnecting does it for every VM the aux driver held).",
+            errors=((ENOENT, "no such vm_handle"),),
         ),
         OpSpec(
             op=Op.PRIME_HANDLE_TO_FD,
@@ -467,4 +548,5 @@ SPECS: dict[Op, OpSpec] = {
 EVENTS: dict[Event, type] = {
     Event.EXEC_QUEUE_BANNED: m.ExecQueueBanned,
     Event.PROTOCOL_ERROR: m.ProtocolErrorInfo,
+    Event.AUX_RANGE_INVALIDATED: m.AuxRangeInvalidated,
 }

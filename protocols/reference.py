@@ -24,7 +24,7 @@ from .connection import MAX_STRIKES
 from .errors import errno_name
 from .fields import MAX_BLOB, MAX_ITEMS, MAX_STR
 from .messages import ErrorInfo
-from .ops import COMMON_ERRORS, DRM_COMMAND_BASE, EVENTS, SPECS, Op, OpSpec, Role
+from .ops import ANY_FDS, COMMON_ERRORS, DRM_COMMAND_BASE, EVENTS, SPECS, Op, OpSpec, Role
 from .version import PROTOCOL_VERSION
 
 # Constants are grouped by name prefix, first match wins, in the module's definition order;
@@ -438,6 +438,8 @@ def _roles_text(spec: OpSpec) -> str:
 
 
 def _fds_text(count: int, where: str) -> str:
+    if count == ANY_FDS:
+        return f"as many as needed (at most {MAX_FDS}), {where}"
     if not count:
         return "none"
     return f"{count}, {where}"

@@ -40,6 +40,7 @@ from protocols import (
     unpack_fds,
 )
 from protocols.ancillary import SCM_RIGHTS, SOL_SOCKET
+from protocols.ops import ANY_FDS
 
 FUZZ = settings(max_examples=200, deadline=None)
 PEER_ERRNOS = {EINVAL, ENOTTY, EMSGSIZE, EPROTO}
@@ -52,7 +53,8 @@ def pack(frame: Any) -> bytes:
 
 
 def fds_for(count: int) -> tuple[int, ...]:
-    return tuple(range(100, 100 + count))
+    """Stand-in descriptor numbers: `count` of them (some for ops taking any number)."""
+    return tuple(range(100, 100 + (2 if count == ANY_FDS else count)))
 
 
 def refused(data: bytes, fds: tuple[int, ...] = ()) -> ProtocolError:

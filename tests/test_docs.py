@@ -10,7 +10,7 @@ import pytest
 from protocols import COMMON_ERRORS, SPECS, Op, Role, errno_name
 from xed.ioctl import HANDLERS
 
-_ERRNO = re.compile(r"\bE[A-Z]{2,}\b")
+_ERRNO = re.compile(r"\bE[A-Z0-9]{2,}\b")
 
 
 def _doc_errnos(op: Op) -> set[str]:

@@ -97,10 +97,29 @@ class DmaBufConfig:
     strict_sync: bool = attrs.field(default=False, validator=_boolean)
 
 
+def _ids(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if type(value) is not tuple or any(type(v) is not int or v < 0 for v in value):
+        raise ConfigError(f"{attribute.name} must be a list of numeric ids")
+
+
+def _to_tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+@attrs.frozen(kw_only=True)
+class AuxConfig:
+    """Who may connect as an auxiliary driver (role aux): root and the daemon's own uid
+    always, and these uids and groups."""
+
+    allowed_uids: tuple[int, ...] = attrs.field(default=(), converter=_to_tuple, validator=_ids)
+    allowed_gids: tuple[int, ...] = attrs.field(default=(), converter=_to_tuple, validator=_ids)
+
+
 @attrs.frozen(kw_only=True)
 class Config:
     device: DeviceConfig = attrs.field(factory=DeviceConfig)
     dma_buf: DmaBufConfig = attrs.field(factory=DmaBufConfig)
+    aux: AuxConfig = attrs.field(factory=AuxConfig)
 
 
 def _build(cls: type, table: Any, where: str) -> Any:
@@ -134,4 +153,4 @@ def load(path: Path | None) -> Config:
     return config
 
 
-_SECTIONS = {"EngineConfig", "DeviceConfig", "DmaBufConfig"}
+_SECTIONS = {"EngineConfig", "DeviceConfig", "DmaBufConfig", "AuxConfig"}

@@ -14,7 +14,7 @@ from typing import Any
 from protocols import messages as m
 from protocols.ops import Op
 
-from .device import bo, dma_buf, exec_queue, mmap, mmio, query, ufence, vm
+from .device import bo, dma_buf, exec_queue, mmap, mmio, query, ufence, vm, vm_export
 from .device.errors import refuse_if
 from .device.file import XeFile
 
@@ -82,6 +82,11 @@ HANDLERS: dict[Op, Callable[..., Any]] = {
     Op.DMA_BUF_LLSEEK: dma_buf.dma_buf_llseek_ioctl,
     Op.XE_MMIO_REGION_OPEN: mmio.xe_mmio_region_open_ioctl,
     Op.XE_MMIO_REGION_CLOSE: mmio.xe_mmio_region_close_ioctl,
+    Op.XE_VM_EXPORT: vm_export.xe_vm_export_ioctl,
+    Op.AUX_VM_IMPORT: vm_export.aux_vm_import_ioctl,
+    Op.AUX_VM_RESOLVE: vm_export.aux_vm_resolve_ioctl,
+    Op.AUX_VM_UNWATCH: vm_export.aux_vm_unwatch_ioctl,
+    Op.AUX_VM_RELEASE: vm_export.aux_vm_release_ioctl,
     Op.ADMIN_CLIENTS: admin_clients_ioctl,
     Op.ADMIN_UNPLUG: admin_unplug_ioctl,
     Op.ADMIN_REPLUG: admin_replug_ioctl,

@@ -204,6 +204,8 @@ class Connection:
         role = Role(hello.role)
         if role is Role.ADMIN and self.uid not in (0, os.geteuid()):
             raise IoctlError(errno.EACCES, "admin connections need root or the daemon's uid")
+        if role is Role.AUX and not self._aux_allowed():
+            raise IoctlError(errno.EACCES, "this uid may not be an auxiliary driver ([aux])")
         self.proto.accept(role)
         self.xef.role = role
         self.log = self.log.bind(role=role.value)
@@ -211,6 +213,14 @@ class Connection:
         self.log.info("client_hello", version=list(hello.version))
         return m.HelloReply(
             version=PROTOCOL_VERSION, device=self.device.identity, client_id=self.client_id
+        )
+
+    def _aux_allowed(self) -> bool:
+        allowed = self.device.aux_config
+        return (
+            self.uid in (0, os.geteuid())
+            or self.uid in allowed.allowed_uids
+            or self.gid in allowed.allowed_gids
         )
 
     async def _reply(self, request: Request, result: Any) -> None:

@@ -31,6 +31,7 @@ class XeDevice:
         config = full_config.device
         self.config = config
         self.dma_buf_config = full_config.dma_buf
+        self.aux_config = full_config.aux
         self.identity = m.DeviceIdentity(
             name=config.name,
             device_id=config.device_id,
@@ -122,6 +123,8 @@ class XeDevice:
             mmap_offsets=len(self.vma),
             bo_bytes=self.counts["bo_bytes"],
             dma_bufs=self.counts["dma_buf"],
+            vm_exports=self.counts["vm_export"],
+            aux_registrations=sum(len(f.aux_vms) for f in self.files),
         )
 
     def status(self) -> m.XedAdminStatusReply:

@@ -97,6 +97,8 @@ class XeExecQueue:
 
     def _ban(self, fault: GpuFault) -> None:
         self.banned = True
+        if self.vm.lr_mode:
+            self.vm.banned = True  # xe_vm_kill(): a long-running VM dies with its queue
         self.device.stats["bans"] += 1
         self.file.log.warning(
             "exec_queue_banned", exec_queue_id=self.id, address=fault.address, reason=fault.reason

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .mmio import XeMmioRegion
     from .pages import BarrierPage
     from .vm import XeVm
+    from .vm_export import AuxRegistration
 
 
 def _comm(pid: int) -> str:
@@ -56,6 +57,8 @@ class XeFile:
         self.mmio_regions: dict[int, XeMmioRegion] = {}
         self.mmio_ids = IdAllocator()
         self.barrier_page: BarrierPage | None = None
+        self.aux_vms: dict[int, AuxRegistration] = {}  # role aux: the VMs it imported
+        self.aux_ids = IdAllocator()
         self._handle_ids = IdAllocator()
         self.vm_ids = IdAllocator()
         self.exec_queue_ids = IdAllocator()
@@ -100,11 +103,18 @@ class XeFile:
     def vm_destroy(self, vm_id: int) -> None:
         vm = self.vms.pop(vm_id)
         self.vm_ids.release(vm_id)
-        vm.close()
+        if not vm.shared:  # an exported or registered VM outlives its file, open
+            vm.close()
         vm.put()
+
+    def release_aux_vm(self, handle: int) -> None:
+        self.aux_ids.release(handle)
+        self.aux_vms.pop(handle).release()
 
     def release(self) -> None:
         """The last close of the DRM fd: queues, then VMs, then handles (xe_file_close)."""
+        for handle in list(self.aux_vms):
+            self.release_aux_vm(handle)
         for queue_id in list(self.exec_queues):
             self.exec_queues.pop(queue_id).destroy()
         for vm_id in list(self.vms):

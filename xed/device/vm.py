@@ -38,6 +38,7 @@ from .sync import parse_syncs, signal_user_fences
 if TYPE_CHECKING:
     from .bo import XeBo
     from .file import XeFile
+    from .vm_export import AuxRegistration, XeVmExport
 
 XE_PAT_ENTRIES = 32
 
@@ -59,6 +60,9 @@ class XeVm:
         self.flags = flags
         self.size = 1 << self.device.config.va_bits
         self.closed = False
+        self.banned = False  # an LR-mode VM whose queue faulted (xe_vm_kill)
+        self.export: XeVmExport | None = None
+        self.registrations: set[AuxRegistration] = set()
         self.exec_queues = 0
         self.refs = 1
         self.touched: set[XeBo] | None = None  # BOs the device reached, while recording
@@ -83,6 +87,16 @@ class XeVm:
         if not self.closed:
             self.closed = True
             self.unmap(0, self.size)
+
+    @property
+    def shared(self) -> bool:
+        """Exported, or registered with an aux driver: it must outlive its file."""
+        return self.export is not None or bool(self.registrations)
+
+    def notify_aux(self, addr: int, length: int, reason: str) -> None:
+        """Tell the aux drivers watching [addr, addr+length) that it changed."""
+        for registration in list(self.registrations):
+            registration.touched(addr, length, reason)
 
     @property
     def lr_mode(self) -> bool:
@@ -220,6 +234,7 @@ def xe_vm_destroy_ioctl(xef: XeFile, args: m.DrmXeVmDestroy) -> m.Empty:
     - pad or reserved non-zero: EINVAL
     - no such VM in this file: ENOENT
     - an LR-mode VM with exec queues still on it: EBUSY
+    - the VM is exported, or registered with an aux driver: EBUSY
     The VM closes at once (its mappings go); exec queues that hold it see it closed.
     """
     refuse_if(args.pad or any(args.reserved), EINVAL, "pad and reserved must be zero")
@@ -227,6 +242,7 @@ def xe_vm_destroy_ioctl(xef: XeFile, args: m.DrmXeVmDestroy) -> m.Empty:
     refuse_if(vm is None, ENOENT, f"no VM {args.vm_id}")
     assert vm is not None
     refuse_if(vm.lr_mode and vm.exec_queues, EBUSY, "exec queues still use this LR VM")
+    refuse_if(vm.shared, EBUSY, "the VM is exported or registered with an aux driver")
     xef.vm_destroy(args.vm_id)
     xef.log.debug("vm_destroyed", vm_id=args.vm_id)
     return m.Empty()
@@ -274,7 +290,7 @@ def xe_vm_bind_ioctl(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
     - each bind: MBZ fields, pat_index, op, flags, obj/NULL/op combinations: EINVAL;
       MAP_USERPTR and PREFETCH: EINVAL (not emulated); alignment, zero range: EINVAL
     - exec_queue_id non-zero (bind queues are not emulated): EINVAL
-    - VM closed: ENOENT
+    - VM closed or banned: ENOENT
     - each bind: range beyond the VM: EINVAL
     - each bind with obj: no such handle: ENOENT; range beyond the BO: EINVAL;
       BO private to another VM: EINVAL
@@ -290,7 +306,7 @@ def xe_vm_bind_ioctl(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
     for op in args.binds:
         _check_bind_op(op)
     refuse_if(args.exec_queue_id, EINVAL, "bind exec queues are not emulated")
-    refuse_if(vm.closed, ENOENT, f"VM {args.vm_id} is closed")
+    refuse_if(vm.closed or vm.banned, ENOENT, f"VM {args.vm_id} is closed or banned")
     bos: list[XeBo | None] = []
     for op in args.binds:
         refuse_if(op.range > vm.size or op.addr > vm.size - op.range, EINVAL, "range beyond the VM")
@@ -311,12 +327,15 @@ def xe_vm_bind_ioctl(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
     for op, bo in zip(args.binds, bos, strict=True):
         if op.op == DRM_XE_VM_BIND_OP_MAP:
             vm.map(op.addr, op.range, bo, op.obj_offset, op.flags)
+            vm.notify_aux(op.addr, op.range, "bind")
         elif op.op == DRM_XE_VM_BIND_OP_UNMAP:
             vm.unmap(op.addr, op.range)
+            vm.notify_aux(op.addr, op.range, "unbind")
         else:  # UNMAP_ALL: every VMA of this BO
             for vma in vm.vmas():
                 if vma.bo is bo:
                     vm.unmap(vma.start, vma.end - vma.start)
+                    vm.notify_aux(vma.start, vma.end - vma.start, "unbind")
         xef.log.debug("vm_bind", vm_id=args.vm_id, op=op.op, addr=op.addr, range=op.range)
     signal_user_fences(xef, fences, vm=None)
     return m.Empty()
