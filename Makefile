@@ -25,6 +25,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/xec bench rtt
 	$(BIN)/xec bench mmap
+	$(BIN)/xec bench barrier
+	$(BIN)/xec bench rdma
 
 reference: $(STAMP)
 	$(BIN)/python -m protocols.reference > protocols/REFERENCE.md

@@ -205,3 +205,83 @@ def bench_barrier(socket_path: Path | None, count: int) -> float:
         f"ratio ioctl/store: {ratio:.0f}x (target >= 500x); exec/store: {exec_us / store_us:.0f}x"
     )
     return ratio
+
+
+def bench_rdma(socket_path: Path | None, repeats: int) -> float:
+    """RDMA WRITE through the IB-like aux driver vs a plain memcpy between two mappings
+    in one process, 4 KiB to 64 MiB; and a small write's latency vs one daemon ioctl."""
+    from .daemon import AuxDriverProcess
+    from .ib import IbContext
+
+    size = 64 << 20
+    va = 0x1_0000_0000
+    daemon = None if socket_path else DaemonProcess(extra_args=("--log-level", "warning"))
+    try:
+        if daemon:
+            daemon.start()
+        path = socket_path or (daemon.socket_path if daemon else Path())
+        with AuxDriverProcess(path) as aux:
+            apps = [Device.open(path), Device.open(path)]
+            maps, mrs = [], []
+            contexts = []
+            for dev in apps:
+                bo = dev.gem_create(size)
+                mapping = dev.mmap_bo(bo)
+                mapping[0:size] = b"\x5a" * size  # fault the pages in before timing
+                vm = dev.vm_create()
+                dev.vm_bind(vm, bo, va)
+                ctx = IbContext.open(aux.socket_path, dev.vm_export(vm))
+                contexts.append(ctx)
+                mrs.append(ctx.reg_mr(va, size))
+                maps.append(mapping)
+            qp, peer = contexts[0].create_qp(), contexts[1].create_qp()
+            qp.connect(peer.num)
+            print(f"RDMA WRITE via the aux driver vs memcpy in one process ({repeats} runs each)")
+            print(f"{'size':>10} {'rdma MB/s':>12} {'memcpy MB/s':>12} {'ratio':>7}")
+            ratio = 0.0
+            length = 4096
+            src = memoryview(maps[0].mm)
+            dst = memoryview(maps[1].mm)
+            while length <= size:
+
+                def rdma(n: int = length) -> None:
+                    qp.rdma_write(mrs[0], va, mrs[1].rkey, n)
+                    (wc,) = qp.poll_cq()
+                    assert wc.status == 0, wc
+
+                def copy(n: int = length) -> None:
+                    dst[0:n] = src[0:n]
+
+                rdma_us = statistics.median(_time_calls(rdma, repeats))
+                copy_us = statistics.median(_time_calls(copy, repeats))
+                ratio = copy_us / rdma_us
+                print(
+                    f"{_size(length):>10} {length / rdma_us:>12,.0f} "
+                    f"{length / copy_us:>12,.0f} {ratio:>7.2f}"
+                )
+                length *= 4 if length < size // 4 else 2
+            small = statistics.median(
+                _time_calls(
+                    lambda: (qp.rdma_write(mrs[0], va, mrs[1].rkey, 64), qp.poll_cq()), 2000
+                )
+            )
+            ioctl = statistics.median(_time_calls(apps[0].version, 2000))
+            src.release()
+            dst.release()
+            for ctx in contexts:
+                ctx.close()
+            for dev in apps:
+                dev.close()
+        print(f"at 64 MiB: {ratio:.0%} of memcpy bandwidth (target >= 50%)")
+        print(
+            f"64-byte RDMA WRITE + poll: {small:.1f} us; one daemon ioctl: {ioctl:.1f} us; "
+            f"ratio {small / ioctl:.2f} (target <= 2)"
+        )
+    finally:
+        if daemon:
+            daemon.cleanup()
+    return ratio
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB"

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from . import bench, load
+from .transport import default_socket_path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     bar = bench_sub.add_parser("barrier", help="a barrier by page store vs ioctl vs exec")
     bar.add_argument("--socket", type=Path, help="use a running daemon instead of starting one")
     bar.add_argument("--count", type=int, default=200_000, help="page stores to time")
+
+    rd = bench_sub.add_parser("rdma", help="RDMA WRITE bandwidth vs memcpy, latency vs ioctl")
+    rd.add_argument("--socket", type=Path, help="use a running daemon instead of starting one")
+    rd.add_argument("--repeats", type=int, default=20)
 
     load_p = sub.add_parser("load", help="load tests with many client processes")
     load_sub = load_p.add_subparsers(dest="which", required=True)
@@ -46,7 +51,17 @@ def main(argv: list[str] | None = None) -> int:
         "--sweep", type=lambda s: [int(x) for x in s.split(",")], default=[],
         help="run once per writer count, e.g. 1,8,32,64",
     )  # fmt: skip
+    ib_p = sub.add_parser("ib", help="the IB-like auxiliary driver")
+    ib_sub = ib_p.add_subparsers(dest="which", required=True)
+    ib_serve = ib_sub.add_parser("serve", help="serve applications' verbs on a socket")
+    ib_serve.add_argument("--socket", type=Path, required=True, help="the verbs socket to serve")
+    ib_serve.add_argument("--daemon", type=Path, default=None, help="the xed daemon's socket")
+    ib_serve.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
     args = parser.parse_args(argv)
+    if args.command == "ib":
+        return ib_main(args.socket, args.daemon or default_socket_path(), args.log_level)
     if args.command == "load":
         opts = load.LoadOptions(
             clients=args.clients,
@@ -62,9 +77,55 @@ def main(argv: list[str] | None = None) -> int:
         bench.bench_rtt(args.socket, args.rounds, args.per_round, args.spread)
     elif args.which == "mmap":
         bench.bench_mmap(args.socket, args.repeats)
+    elif args.which == "rdma":
+        bench.bench_rdma(args.socket, args.repeats)
     else:
         bench.bench_barrier(args.socket, args.count)
     return 0
+
+
+def ib_main(verbs: Path, daemon: Path, log_level: str) -> int:
+    """Run the aux driver until SIGINT/SIGTERM; READY=1 on NOTIFY_SOCKET once serving."""
+    import logging
+    import signal
+
+    import structlog
+    import trio
+
+    from .ib.driver import serve
+
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[log_level.upper()]
+        ),
+        processors=[structlog.processors.add_log_level, structlog.processors.JSONRenderer()],
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                await nursery.start(serve, verbs, daemon)
+                _notify_ready()
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    break
+
+    trio.run(run)
+    return 0
+
+
+def _notify_ready() -> None:
+    import os
+    import socket
+
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.sendto(b"READY=1", address)
 
 
 if __name__ == "__main__":

@@ -102,3 +102,24 @@ class DaemonProcess:
         tb: TracebackType | None,
     ) -> None:
         self.cleanup()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.socket_path}>"
+
+
+class AuxDriverProcess(DaemonProcess):
+    """`xec ib serve`, the IB-like aux driver, in front of the daemon at `daemon_socket`;
+    ready (READY=1) once it serves its verbs socket (`socket_path`)."""
+
+    def __init__(
+        self,
+        daemon_socket: Path,
+        socket_path: Path | None = None,
+        log_path: Path | None = None,
+    ) -> None:
+        super().__init__(socket_path=socket_path, log_path=log_path)
+        self.socket_path = socket_path or Path(self._tmp.name) / "verbs.sock"
+        self._args = [
+            sys.executable, "-m", "clients", "ib", "serve",
+            "--socket", str(self.socket_path), "--daemon", str(daemon_socket),
+        ]  # fmt: skip

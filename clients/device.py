@@ -9,7 +9,6 @@ stands in for. Every refusal raises XeError carrying the kernel's errno.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import mmap
 import os
@@ -24,9 +23,6 @@ from protocols import (
     PROTOCOL_VERSION,
     EventMessage,
     Op,
-    ProtocolError,
-    decode_incoming,
-    encode_request,
 )
 from protocols import (
     messages as m,
@@ -59,8 +55,8 @@ from protocols.constants import (
     UfenceOp,
 )
 
-from .errors import DaemonGone, XeError
 from .mapping import Mapping
+from .rpc import RpcConnection
 from .transport import SeqpacketTransport, default_socket_path
 
 ONE_SECOND_NS = 1_000_000_000
@@ -81,8 +77,8 @@ class Device:
 
     def __init__(self, transport: SeqpacketTransport, role: str = "drm") -> None:
         self.transport = transport
-        self.events: collections.deque[EventMessage] = collections.deque()
-        self._next_id = 0
+        self.rpc = RpcConnection(transport)
+        self.events = self.rpc.events  # EXEC_QUEUE_BANNED and others, as they came
         self._bo_sizes: dict[int, int] = {}
         self._mappings: list[Mapping] = []
         self._barrier: Mapping | None = None
@@ -126,27 +122,8 @@ class Device:
 
     def ioctl_fds(self, op: Op, args: Any, fds: Sequence[int] = ()) -> tuple[Any, list[int]]:
         """Like ioctl(), but hand back the descriptors the reply carries (caller closes)."""
-        self._next_id = self._next_id % 0xFFFF_FFFF + 1
-        request_id = self._next_id
-        self.transport.send(encode_request(request_id, op, args), fds)
-        while True:
-            data, received = self.transport.recv()
-            if not data:
-                raise DaemonGone("the daemon closed the connection")
-            try:
-                message = decode_incoming(data, tuple(received), {request_id: op})
-            except ProtocolError as exc:
-                for fd in received:
-                    os.close(fd)
-                raise DaemonGone(f"protocol error from the daemon: {exc}") from exc
-            if isinstance(message, EventMessage):
-                self.events.append(message)
-                continue
-            if message.errno:
-                for fd in received:
-                    os.close(fd)
-                raise XeError(message.errno, op.name, message.result.message)
-            return message.result, received
+        result: tuple[Any, list[int]] = self.rpc.call(op, args, fds)
+        return result
 
     # --- DRM core and queries ---------------------------------------------------------------
     def version(self) -> m.DrmVersionReply:
@@ -431,23 +408,7 @@ class Device:
 
     def wait_event(self, timeout: float | None = None) -> EventMessage:
         """The next event from the daemon (queued ones first); TimeoutError if none came."""
-        if self.events:
-            return self.events.popleft()
-        self.transport.sock.settimeout(timeout)
-        try:
-            data, fds = self.transport.recv()
-        except TimeoutError:
-            raise TimeoutError("no event from the daemon") from None
-        finally:
-            self.transport.sock.settimeout(None)
-        for fd in fds:
-            os.close(fd)
-        if not data:
-            raise DaemonGone("the daemon closed the connection")
-        message = decode_incoming(data, (), {})
-        if not isinstance(message, EventMessage):
-            raise DaemonGone("a reply nobody asked for")
-        return message
+        return self.rpc.wait_event(timeout)
 
     # --- exec queues and execution ----------------------------------------------------------
     def exec_queue_create(

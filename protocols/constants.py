@@ -153,6 +153,19 @@ DMA_BUF_SYNC_VALID_FLAGS_MASK = DMA_BUF_SYNC_RW | DMA_BUF_SYNC_END
 SEEK_SET = 0
 SEEK_END = 2
 
+# --- the IB-like aux driver's verbs (names and values from ibverbs) -------------------
+IBV_ACCESS_LOCAL_WRITE = 1 << 0
+IBV_ACCESS_REMOTE_WRITE = 1 << 1
+IBV_ACCESS_REMOTE_READ = 1 << 2
+IBV_ACCESS_FLAGS = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ
+IBV_WR_RDMA_WRITE = 0
+IBV_WR_RDMA_READ = 4
+IBV_WC_SUCCESS = 0
+IBV_WC_LOC_LEN_ERR = 1
+IBV_WC_LOC_PROT_ERR = 4
+IBV_WC_REM_ACCESS_ERR = 10
+IBV_WC_RETRY_EXC_ERR = 12  # the peer QP is gone
+
 # --- mmap(2) bits carried in the MMAP request ----------------------------------------
 PROT_READ = 0x1
 PROT_WRITE = 0x2

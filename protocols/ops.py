@@ -71,6 +71,13 @@ class Op(enum.IntEnum):
     AUX_VM_RESOLVE = 0x121
     AUX_VM_UNWATCH = 0x122
     AUX_VM_RELEASE = 0x123
+    # verbs, spoken to the IB-like aux driver's own socket (not to the daemon)
+    IBV_OPEN_CONTEXT = 0x200
+    IBV_REG_MR = 0x201
+    IBV_DEREG_MR = 0x202
+    IBV_CREATE_QP = 0x203
+    IBV_CONNECT_QP = 0x204
+    IBV_POST_SEND = 0x205
     ADMIN_STATUS = 0x180
     ADMIN_CLIENTS = 0x181
     ADMIN_UNPLUG = 0x182
@@ -91,6 +98,8 @@ class Role(enum.Enum):
     # not a connection role: whoever speaks on an exported object's descriptor (a daemon
     # importing another daemon's dma-buf); never accepted in HELLO
     PEER = "peer"
+    # not a daemon role either: an application on the IB-like aux driver's socket
+    VERBS = "verbs"
 
 
 HELLO_ROLES = frozenset({Role.DRM, Role.AUX, Role.DEBUGGER, Role.ADMIN})
@@ -127,6 +136,81 @@ class OpSpec:
 
 
 _MBZ = (EINVAL, "extensions, pad or reserved not zero")
+_VERBS = frozenset({Role.VERBS})
+_NO_CONTEXT = (EPROTO, "no IBV_OPEN_CONTEXT yet on this connection")
+
+
+def _verbs() -> tuple[OpSpec, ...]:
+    """The IB-like aux driver's ops (clients/ib), served on its own socket."""
+    return (
+        OpSpec(
+            op=Op.IBV_OPEN_CONTEXT,
+            request=m.IbvOpenContext,
+            reply=m.IbvOpenContextReply,
+            roles=_VERBS,
+            fds_in=1,
+            doc="Open a context with our exported VM attached; the aux driver imports it "
+            "from the daemon on behalf of our pid (from SO_PEERCRED).",
+            errors=(
+                (EBUSY, "this connection has a context already"),
+                (EINVAL, "not a VM descriptor of the aux driver's daemon"),
+                (EPERM, "we are not the process that exported the VM"),
+                (ENOENT, "the VM is closed or banned"),
+            ),
+        ),
+        OpSpec(
+            op=Op.IBV_REG_MR,
+            request=m.IbvRegMr,
+            reply=m.IbvRegMrReply,
+            roles=_VERBS,
+            doc="Register [addr, addr+length) of our VM: the aux driver maps the BOs there.",
+            errors=(
+                _NO_CONTEXT,
+                (EINVAL, "unknown access flags, or length zero"),
+                (EFAULT, "some address of the range is not bound to a BO"),
+                (E2BIG, "more than 8 BOs behind the range"),
+            ),
+        ),
+        OpSpec(
+            op=Op.IBV_DEREG_MR,
+            request=m.IbvDeregMr,
+            reply=m.Empty,
+            roles=_VERBS,
+            doc="Forget a memory region.",
+            errors=(_NO_CONTEXT, (ENOENT, "no such lkey in this context")),
+        ),
+        OpSpec(
+            op=Op.IBV_CREATE_QP,
+            request=m.IbvCreateQp,
+            reply=m.IbvCreateQpReply,
+            roles=_VERBS,
+            fds_out=1,
+            doc="A queue pair; its completion queue is the attached shared-memory ring.",
+            errors=(_NO_CONTEXT,),
+        ),
+        OpSpec(
+            op=Op.IBV_CONNECT_QP,
+            request=m.IbvConnectQp,
+            reply=m.Empty,
+            roles=_VERBS,
+            doc="Connect our QP to a QP of another context on the same aux driver.",
+            errors=(_NO_CONTEXT, (ENOENT, "no such QP (ours or the remote one)")),
+        ),
+        OpSpec(
+            op=Op.IBV_POST_SEND,
+            request=m.IbvPostSend,
+            reply=m.Empty,
+            roles=_VERBS,
+            doc="RDMA WRITE or READ between our MR and the peer's, one memcpy between the "
+            "mapped pages; the outcome is a completion in the QP's ring.",
+            errors=(
+                _NO_CONTEXT,
+                (ENOENT, "no such QP"),
+                (EINVAL, "unknown opcode, or the QP is not connected"),
+            ),
+        ),
+    )
+
 
 SPECS: dict[Op, OpSpec] = {
     s.op: s
@@ -418,6 +502,7 @@ SPECS: dict[Op, OpSpec] = {
             doc="Unregister a VM (disconnecting does it for every VM the aux driver held).",
             errors=((ENOENT, "no such vm_handle"),),
         ),
+        *_verbs(),
         OpSpec(
             op=Op.PRIME_HANDLE_TO_FD,
             request=m.DrmPrimeHandle,

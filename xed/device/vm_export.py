@@ -139,7 +139,7 @@ def _bindings(vm: XeVm) -> tuple[m.XedAuxBinding, ...]:
             va=vma.start,
             range=vma.end - vma.start,
             bo_size=vma.bo.size if vma.bo else 0,
-            bo_offset=vma.bo_offset,
+            bo_offset=vma.bo_offset if vma.bo else 0,  # a NULL binding has no BO offset
         )
         for vma in vm.vmas()
     )

@@ -1,0 +1,117 @@
+"""The aux driver's connection to the daemon: the shared codec over a trio socket.
+
+Several tasks may call at once (one per application the aux driver serves); a reader
+task matches replies to their callers by id and hands events to a callback.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from protocols import (
+    MAX_DATAGRAM,
+    MAX_FDS,
+    PROTOCOL_VERSION,
+    EventMessage,
+    Op,
+    ProtocolError,
+    decode_incoming,
+    encode_request,
+    pack_fds,
+    unpack_fds,
+)
+from protocols import messages as m
+
+from ..errors import DaemonGone, XeError
+
+_ANC_SPACE = socket.CMSG_SPACE(MAX_FDS * 4)
+
+
+@attrs.define
+class _Pending:
+    op: Op
+    done: trio.Event = attrs.field(factory=trio.Event)
+    outcome: Any = None
+
+
+class DaemonLink:
+    def __init__(self, sock: trio.socket.SocketType) -> None:
+        self.sock = sock
+        self.on_event: Callable[[EventMessage], None] = lambda event: None
+        self.identity: m.DeviceIdentity | None = None
+        self._pending: dict[int, _Pending] = {}
+        self._next_id = 0
+        self._send_lock = trio.Lock()
+
+    @classmethod
+    async def connect(cls, path: str | os.PathLike[str]) -> DaemonLink:
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            await sock.connect(os.fspath(path))
+        except OSError:
+            sock.close()
+            raise
+        return cls(sock)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Read until the daemon goes away; then every caller still waiting fails."""
+        task_status.started()
+        try:
+            while True:
+                data, ancdata, _flags, _ = await self.sock.recvmsg(
+                    MAX_DATAGRAM, _ANC_SPACE, socket.MSG_CMSG_CLOEXEC
+                )
+                fds, _junk = unpack_fds(ancdata)
+                if not data:
+                    break
+                self._dispatch(data, fds)
+        finally:
+            for pending in self._pending.values():
+                pending.outcome = DaemonGone("the daemon closed the connection")
+                pending.done.set()
+
+    def _dispatch(self, data: bytes, fds: list[int]) -> None:
+        ops = {ident: p.op for ident, p in self._pending.items()}
+        try:
+            message = decode_incoming(data, tuple(fds), ops)
+        except ProtocolError:
+            for fd in fds:
+                os.close(fd)
+            raise
+        if isinstance(message, EventMessage):
+            self.on_event(message)
+            return
+        pending = self._pending.pop(message.id)
+        pending.outcome = message
+        pending.done.set()
+
+    async def call(self, op: Op, args: Any, fds: Sequence[int] = ()) -> tuple[Any, list[int]]:
+        self._next_id = self._next_id % 0xFFFF_FFFF + 1
+        ident = self._next_id
+        pending = self._pending[ident] = _Pending(op)
+        async with self._send_lock:
+            await self.sock.sendmsg([encode_request(ident, op, args)], pack_fds(fds))
+        await pending.done.wait()
+        outcome = pending.outcome
+        if isinstance(outcome, Exception):
+            raise outcome
+        if outcome.errno:
+            for fd in outcome.fds:
+                os.close(fd)
+            raise XeError(outcome.errno, op.name, outcome.result.message)
+        return outcome.result, list(outcome.fds)
+
+    async def hello(self, role: str) -> m.HelloReply:
+        reply, _ = await self.call(Op.HELLO, m.Hello(version=PROTOCOL_VERSION, role=role))
+        self.identity = reply.device
+        hello: m.HelloReply = reply
+        return hello
+
+    def close(self) -> None:
+        self.sock.close()

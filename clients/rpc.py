@@ -1,0 +1,76 @@
+"""One blocking request at a time over a SOCK_SEQPACKET connection: the shared loop of
+every synchronous client (the DRM-like Device, the verbs-like IbContext).
+
+Replies are matched by id; events that arrive meanwhile are queued; a refusal raises
+XeError with the peer's errno; descriptors that come with a refusal are closed.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from protocols import EventMessage, Op, ProtocolError, decode_incoming, encode_request
+
+from .errors import DaemonGone, XeError
+from .transport import SeqpacketTransport
+
+
+class RpcConnection:
+    def __init__(self, transport: SeqpacketTransport, peer: str = "the daemon") -> None:
+        self.transport = transport
+        self.events: collections.deque[EventMessage] = collections.deque()
+        self._peer = peer
+        self._next_id = 0
+
+    def call(self, op: Op, args: Any, fds: Sequence[int] = ()) -> tuple[Any, list[int]]:
+        """Send one request; return its reply record and descriptors (caller closes)."""
+        self._next_id = self._next_id % 0xFFFF_FFFF + 1
+        request_id = self._next_id
+        self.transport.send(encode_request(request_id, op, args), fds)
+        while True:
+            message = self._receive({request_id: op})
+            if isinstance(message, EventMessage):
+                self.events.append(message)
+                continue
+            if message.errno:
+                _close(message.fds)
+                raise XeError(message.errno, op.name, message.result.message)
+            return message.result, list(message.fds)
+
+    def wait_event(self, timeout: float | None = None) -> EventMessage:
+        """The next event (queued ones first); TimeoutError if none came in time."""
+        if self.events:
+            return self.events.popleft()
+        self.transport.sock.settimeout(timeout)
+        try:
+            message = self._receive({})
+        except TimeoutError:
+            raise TimeoutError(f"no event from {self._peer}") from None
+        finally:
+            self.transport.sock.settimeout(None)
+        if not isinstance(message, EventMessage):
+            _close(message.fds)
+            raise DaemonGone(f"a reply nobody asked for from {self._peer}")
+        return message
+
+    def _receive(self, pending: dict[int, Op]) -> Any:
+        data, received = self.transport.recv()
+        if not data:
+            _close(received)
+            raise DaemonGone(f"{self._peer} closed the connection")
+        try:
+            return decode_incoming(data, tuple(received), pending)
+        except ProtocolError as exc:
+            _close(received)
+            raise DaemonGone(f"protocol error from {self._peer}: {exc}") from exc
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+def _close(fds: Sequence[int]) -> None:
+    for fd in fds:
+        os.close(fd)
