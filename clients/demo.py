@@ -20,8 +20,9 @@ from protocols.constants import XE_BAR0_INFO_SIZE, XE_INFO_DEVICE_ID, XE_INFO_TI
 
 from . import fdpass
 from .batch import Batch
-from .daemon import DaemonProcess
+from .daemon import AuxDriverProcess, DaemonProcess
 from .device import Device, user_fence
+from .ib import IbContext
 
 GPU_BASE = 0x1_0000_0000
 COUNTER_INCREMENTS = 200
@@ -183,6 +184,33 @@ def worker_henry(dev: Device) -> Iterator[dict[str, Any]]:
     yield {"ioctl": _attempt(dev.version), "mappings_usable": bo_mapping_ok}
 
 
+def _rdma_app(dev: Device, verbs: str, fill: bytes) -> tuple[Any, Any, Any, Any]:
+    bo = dev.gem_create(1 << 20)
+    mapping = dev.mmap_bo(bo)
+    mapping[0 : 1 << 20] = fill * (1 << 20)
+    vm = dev.vm_create()
+    dev.vm_bind(vm, bo, GPU_BASE)
+    ib = IbContext.open(verbs, dev.vm_export(vm))
+    return ib, ib.reg_mr(GPU_BASE, 1 << 20), ib.create_qp(), mapping
+
+
+def worker_ivy(dev: Device, verbs: str) -> Iterator[dict[str, Any]]:
+    """Export her VM to the IB-like driver, register her BO, wait for jack's RDMA."""
+    _ib, mr, qp, mapping = _rdma_app(dev, verbs, b"i")
+    yield {"qp": qp.num, "rkey": mr.rkey}
+    yield {"got": bytes(mapping[0x1000:0x1010]).decode()}
+
+
+def worker_jack(dev: Device, verbs: str, qp_num: str, rkey: str) -> dict[str, Any]:
+    """RDMA WRITE from his BO into ivy's, through the aux driver: one memcpy."""
+    _ib, mr, qp, mapping = _rdma_app(dev, verbs, b"j")
+    mapping[0:16] = b"jack was here..."
+    qp.connect(int(qp_num))
+    qp.rdma_write(mr, GPU_BASE + 0x1000, int(rkey), 16)
+    (wc,) = qp.poll_cq()
+    return {"status": wc.status, "bytes": wc.byte_len}
+
+
 WORKERS: dict[str, Callable[..., Any]] = {
     "alice": worker_alice,
     "bob": worker_bob,
@@ -192,6 +220,8 @@ WORKERS: dict[str, Callable[..., Any]] = {
     "erin": worker_erin,
     "frank": worker_frank,
     "henry": worker_henry,
+    "ivy": worker_ivy,
+    "jack": worker_jack,
 }
 
 
@@ -345,6 +375,21 @@ def _story() -> int:
                 f"work: {unplugged['mappings_usable']}; replugged"
             )
 
+            with AuxDriverProcess(daemon.socket_path) as aux:
+                verbs = str(aux.socket_path)
+                ivy_proc = _spawn("ivy", sock, verbs)
+                ivy = _result(ivy_proc, release=False)
+                jack = _result(_spawn("jack", sock, verbs, ivy["qp"], ivy["rkey"]))
+                assert ivy_proc.stdin is not None
+                ivy_proc.stdin.write("go\n")
+                ivy_proc.stdin.flush()
+                ivy_got = _result(ivy_proc)
+            print("\n[ivy, jack] exported their VMs to the IB-like aux driver (its own process)")
+            print(
+                f"        jack's RDMA WRITE completed with status {jack['status']} "
+                f"({jack['bytes']} bytes); ivy reads {ivy_got['got']!r} in her own BO"
+            )
+
             after = admin.admin_status()
             print("\n[admin] every client has exited; what the daemon still holds:")
             print(
@@ -365,6 +410,8 @@ def _story() -> int:
         and counted == henry["written"] == BARRIERS
         and henry["info_writable_map"] == "EACCES"
         and unplugged["ioctl"] == "ENODEV"
+        and jack["status"] == 0
+        and ivy_got["got"] == "jack was here..."
     )
     print("\nall as expected" if ok else "\nSOMETHING WENT WRONG: see above")
     return 0 if ok else 1
