@@ -581,11 +581,45 @@ class XedClientInfo:
     mmio_regions: int = u32()
     barriers: int = u64("PCI barrier page writes the device counted for this file")
     doorbell_rings: int = u64("doorbell page writes the device acted on for this file")
+    vm_exports: int = u32("VMs this file exported that are still exported")
+    aux_vms: int = u32("role aux: VMs it holds registered")
 
 
 @frozen
 class XedAdminClientsReply:
     clients: tuple[XedClientInfo, ...] = records(XedClientInfo)
+
+
+@frozen
+class XedAdminStats:
+    """Per-op counts, refusals by errno and latency percentiles."""
+
+
+@frozen
+class XedErrnoCount:
+    errno: str = string(max_len=16)
+    count: int = u64()
+
+
+@frozen
+class XedOpStats:
+    op: str = string(max_len=32)
+    count: int = u64()
+    errors: tuple[XedErrnoCount, ...] = records(XedErrnoCount, max_items=64)
+    p50_us: int = u64("over the latest 2048 calls")
+    p99_us: int = u64()
+
+
+@frozen
+class XedAdminStatsReply:
+    ops: tuple[XedOpStats, ...] = records(XedOpStats, max_items=128)
+    events_dropped: int = u64("events a slow client fell behind on")
+    log_level: str = string(max_len=16)
+
+
+@frozen
+class XedAdminLogLevel:
+    level: str = string("debug | info | warning | error", max_len=16)
 
 
 @frozen

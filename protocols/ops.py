@@ -82,6 +82,8 @@ class Op(enum.IntEnum):
     ADMIN_CLIENTS = 0x181
     ADMIN_UNPLUG = 0x182
     ADMIN_REPLUG = 0x183
+    ADMIN_STATS = 0x184
+    ADMIN_LOG_LEVEL = 0x185
 
 
 class Event(enum.IntEnum):
@@ -224,7 +226,7 @@ SPECS: dict[Op, OpSpec] = {
             errors=(
                 (EPROTO, "incompatible major version"),
                 (EINVAL, "unknown role (or `peer`, which is not a connection role)"),
-                (EACCES, "the peer's credentials do not allow this role"),
+                (EACCES, "the peer's credentials do not allow this role ([admin], [aux])"),
             ),
         ),
         OpSpec(
@@ -607,6 +609,22 @@ SPECS: dict[Op, OpSpec] = {
             roles=frozenset({Role.ADMIN}),
             doc="Every connection with its pid, uid, role, objects and barrier counts.",
             errors=(),
+        ),
+        OpSpec(
+            op=Op.ADMIN_STATS,
+            request=m.XedAdminStats,
+            reply=m.XedAdminStatsReply,
+            roles=frozenset({Role.ADMIN}),
+            doc="Per-op counts, refusals by errno and latency percentiles, since start.",
+            errors=(),
+        ),
+        OpSpec(
+            op=Op.ADMIN_LOG_LEVEL,
+            request=m.XedAdminLogLevel,
+            reply=m.Empty,
+            roles=frozenset({Role.ADMIN}),
+            doc="Change the daemon's log level now, for every connection.",
+            errors=((EINVAL, "not one of debug, info, warning, error"),),
         ),
         OpSpec(
             op=Op.ADMIN_UNPLUG,

@@ -116,10 +116,20 @@ class AuxConfig:
 
 
 @attrs.frozen(kw_only=True)
+class AdminConfig:
+    """Who may connect with role admin (`xed ctl`): root and the daemon's own uid
+    always, and these uids and groups (a group such as `xed-admin`)."""
+
+    allowed_uids: tuple[int, ...] = attrs.field(default=(), converter=_to_tuple, validator=_ids)
+    allowed_gids: tuple[int, ...] = attrs.field(default=(), converter=_to_tuple, validator=_ids)
+
+
+@attrs.frozen(kw_only=True)
 class Config:
     device: DeviceConfig = attrs.field(factory=DeviceConfig)
     dma_buf: DmaBufConfig = attrs.field(factory=DmaBufConfig)
     aux: AuxConfig = attrs.field(factory=AuxConfig)
+    admin: AdminConfig = attrs.field(factory=AdminConfig)
 
 
 def _build(cls: type, table: Any, where: str) -> Any:
@@ -153,4 +163,4 @@ def load(path: Path | None) -> Config:
     return config
 
 
-_SECTIONS = {"EngineConfig", "DeviceConfig", "DmaBufConfig", "AuxConfig"}
+_SECTIONS = {"EngineConfig", "DeviceConfig", "DmaBufConfig", "AuxConfig", "AdminConfig"}

@@ -66,10 +66,15 @@ def _ask(path: Path, op: Op, args: Any) -> Any:
         client.close()
 
 
-def run(path: Path, action: str, as_json: bool) -> int:
+def run(path: Path, action: str, as_json: bool, value: str | None = None) -> int:
     """One `xed ctl` action; exit status 0 on success, 1 with a message otherwise."""
     try:
-        if action == "status":
+        if action == "stats":
+            _print_stats(_ask(path, Op.ADMIN_STATS, m.XedAdminStats()), as_json)
+        elif action == "log-level":
+            _ask(path, Op.ADMIN_LOG_LEVEL, m.XedAdminLogLevel(level=value or ""))
+            print(f"log level: {value}")
+        elif action == "status":
             _print_status(path, _ask(path, Op.ADMIN_STATUS, m.XedAdminStatus()), as_json)
         elif action == "clients":
             _print_clients(_ask(path, Op.ADMIN_CLIENTS, m.XedAdminClients()), as_json)
@@ -111,7 +116,28 @@ _COLUMNS = (
     ("mmio_regions", "MMIO"),
     ("barriers", "BARRIERS"),
     ("doorbell_rings", "DOORBELLS"),
+    ("vm_exports", "VM EXPORTS"),
+    ("aux_vms", "AUX VMS"),
 )
+
+
+def _print_stats(reply: m.XedAdminStatsReply, as_json: bool) -> None:
+    data = to_wire(reply)
+    if as_json or not sys.stdout.isatty():
+        print(json.dumps(data, sort_keys=True))
+        return
+    print(f"log level {reply.log_level}; events dropped for slow clients: {reply.events_dropped}")
+    table = [["OP", "CALLS", "P50 US", "P99 US", "REFUSED"]]
+    for op in reply.ops:
+        refused = ", ".join(f"{e.errno} {e.count}" for e in op.errors) or "-"
+        table.append([op.op, str(op.count), str(op.p50_us), str(op.p99_us), refused])
+    _print_table(table)
+
+
+def _print_table(table: list[list[str]]) -> None:
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    for line in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
 
 
 def _print_clients(reply: m.XedAdminClientsReply, as_json: bool) -> None:
@@ -121,6 +147,4 @@ def _print_clients(reply: m.XedAdminClientsReply, as_json: bool) -> None:
         return
     table = [[title for _key, title in _COLUMNS]]
     table += [[str(row[key]) for key, _title in _COLUMNS] for row in rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(_COLUMNS))]
-    for line in table:
-        print("  ".join(cell.rjust(width) for cell, width in zip(line, widths, strict=True)))
+    _print_table(table)

@@ -8,12 +8,13 @@ IoctlError. Blocking ops have coroutine handlers.
 from __future__ import annotations
 
 from collections.abc import Callable
-from errno import EALREADY
+from errno import EALREADY, EINVAL
 from typing import Any
 
 from protocols import messages as m
 from protocols.ops import Op
 
+from . import log as xlog
 from .device import bo, dma_buf, exec_queue, mmap, mmio, query, ufence, vm, vm_export
 from .device.errors import refuse_if
 from .device.file import XeFile
@@ -42,6 +43,23 @@ def admin_status_ioctl(xef: XeFile, args: m.XedAdminStatus) -> m.XedAdminStatusR
 def admin_clients_ioctl(xef: XeFile, args: m.XedAdminClients) -> m.XedAdminClientsReply:
     """ADMIN_CLIENTS: every connection, what it holds and what the device did for it."""
     return m.XedAdminClientsReply(clients=tuple(f.info() for f in xef.device.clients()))
+
+
+def admin_stats_ioctl(xef: XeFile, args: m.XedAdminStats) -> m.XedAdminStatsReply:
+    """ADMIN_STATS: never fails."""
+    return m.XedAdminStatsReply(
+        ops=xef.device.ioctl_stats.report(),
+        events_dropped=xef.device.stats["events_dropped"],
+        log_level=xlog.current_level(),
+    )
+
+
+def admin_log_level_ioctl(xef: XeFile, args: m.XedAdminLogLevel) -> m.Empty:
+    """ADMIN_LOG_LEVEL. Checks: not one of debug, info, warning, error: EINVAL."""
+    refuse_if(args.level not in xlog.LEVELS, EINVAL, f"unknown level {args.level!r}")
+    xlog.set_level(args.level)
+    xef.log.warning("log_level_changed", level=args.level)
+    return m.Empty()
 
 
 def admin_unplug_ioctl(xef: XeFile, args: m.XedAdminUnplug) -> m.Empty:
@@ -89,5 +107,7 @@ HANDLERS: dict[Op, Callable[..., Any]] = {
     Op.AUX_VM_RELEASE: vm_export.aux_vm_release_ioctl,
     Op.ADMIN_CLIENTS: admin_clients_ioctl,
     Op.ADMIN_UNPLUG: admin_unplug_ioctl,
+    Op.ADMIN_STATS: admin_stats_ioctl,
+    Op.ADMIN_LOG_LEVEL: admin_log_level_ioctl,
     Op.ADMIN_REPLUG: admin_replug_ioctl,
 }

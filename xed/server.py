@@ -10,10 +10,12 @@ kernel says EAGAIN: a round trip costs two system calls when the peer is quick.
 from __future__ import annotations
 
 import errno
+import inspect
 import os
 import socket
 import stat
 import struct
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -152,40 +154,34 @@ class Connection:
             raise IoctlError(errno.ENODEV, "the device is unplugged")
 
     async def _answer(self, request: Request) -> None:
+        """Run the op's handler (awaiting it if it blocks) and send the reply or errno."""
+        started = time.perf_counter()
         try:
             self._check_plugged(request)
             if request.op is Op.HELLO:
                 result: Any = self._hello(request.args)
             else:
                 result = HANDLERS[request.op](self.xef, request.args, *self._fd_args(request))
+                if inspect.isawaitable(result):
+                    result = await result
         except IoctlError as exc:
+            self.device.ioctl_stats.record(request.op, exc.errno, time.perf_counter() - started)
             await self._refuse(request.id, exc.errno, exc.message, request.op)
             return
         except Exception:
             await self._crashed(request)
             return
+        self.device.ioctl_stats.record(request.op, 0, time.perf_counter() - started)
         await self._reply(request, result)
 
     async def _answer_blocking(self, request: Request, connection: trio.CancelScope) -> None:
+        """A blocking op, in a task of its own beside the reader."""
         try:
-            await self._answer_blocking_inner(request, connection)
-        finally:
-            _close_all(request.fds)
-
-    async def _answer_blocking_inner(self, request: Request, connection: trio.CancelScope) -> None:
-        try:
-            try:
-                self._check_plugged(request)
-                result = await HANDLERS[request.op](self.xef, request.args, *self._fd_args(request))
-            except IoctlError as exc:
-                await self._refuse(request.id, exc.errno, exc.message, request.op)
-                return
-            except Exception:
-                await self._crashed(request)
-                return
-            await self._reply(request, result)
+            await self._answer(request)
         except _Disconnected:
             connection.cancel()  # the reader will see the end of the connection too
+        finally:
+            _close_all(request.fds)
 
     @staticmethod
     def _fd_args(request: Request) -> tuple[tuple[int, ...], ...]:
@@ -202,8 +198,8 @@ class Connection:
 
     def _hello(self, hello: m.Hello) -> m.HelloReply:
         role = Role(hello.role)
-        if role is Role.ADMIN and self.uid not in (0, os.geteuid()):
-            raise IoctlError(errno.EACCES, "admin connections need root or the daemon's uid")
+        if role is Role.ADMIN and not self._admin_allowed():
+            raise IoctlError(errno.EACCES, "admin needs root, the daemon's uid or [admin] ids")
         if role is Role.AUX and not self._aux_allowed():
             raise IoctlError(errno.EACCES, "this uid may not be an auxiliary driver ([aux])")
         self.proto.accept(role)
@@ -213,6 +209,14 @@ class Connection:
         self.log.info("client_hello", version=list(hello.version))
         return m.HelloReply(
             version=PROTOCOL_VERSION, device=self.device.identity, client_id=self.client_id
+        )
+
+    def _admin_allowed(self) -> bool:
+        allowed = self.device.admin_config
+        return (
+            self.uid in (0, os.geteuid())
+            or self.uid in allowed.allowed_uids
+            or self.gid in allowed.allowed_gids
         )
 
     def _aux_allowed(self) -> bool:

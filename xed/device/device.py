@@ -18,6 +18,7 @@ from protocols.constants import (
 )
 
 from ..config import Config, DeviceConfig
+from ..stats import IoctlStats
 from .export import ExportedObject
 from .file import XeFile
 from .memory import MemRegion
@@ -32,6 +33,7 @@ class XeDevice:
         self.config = config
         self.dma_buf_config = full_config.dma_buf
         self.aux_config = full_config.aux
+        self.admin_config = full_config.admin
         self.identity = m.DeviceIdentity(
             name=config.name,
             device_id=config.device_id,
@@ -54,6 +56,7 @@ class XeDevice:
         self.exported: dict[int, ExportedObject] = {}  # by inode of the handed-out end
         self.counts: collections.Counter[str] = collections.Counter()
         self.stats: collections.Counter[str] = collections.Counter()
+        self.ioctl_stats = IoctlStats()
         self.ufence_lot = trio.lowlevel.ParkingLot()
         self.bar0 = Bar0(config)
         self.watcher = PageWatcher()

@@ -81,6 +81,8 @@ class XeFile:
             doorbell_rings=sum(
                 r.doorbell.rings for r in self.mmio_regions.values() if r.doorbell is not None
             ),
+            vm_exports=sum(1 for vm in self.vms.values() if vm.export is not None),
+            aux_vms=len(self.aux_vms),
         )
 
     # --- GEM handles (drm_gem_handle_create / _delete) ---------------------------------

@@ -1,0 +1,52 @@
+"""What the admin role sees of the ioctls: counts, refusals by errno, latency."""
+
+from __future__ import annotations
+
+import collections
+
+import attrs
+
+from protocols import Op, errno_name
+from protocols import messages as m
+
+SAMPLES = 2048  # latest latencies kept per op for the percentiles
+
+
+@attrs.define
+class _OpRecord:
+    count: int = 0
+    errors: collections.Counter[int] = attrs.field(factory=collections.Counter)
+    latencies: collections.deque[float] = attrs.field(
+        factory=lambda: collections.deque(maxlen=SAMPLES)
+    )
+
+
+class IoctlStats:
+    def __init__(self) -> None:
+        self._ops: dict[Op, _OpRecord] = collections.defaultdict(_OpRecord)
+
+    def record(self, op: Op, err: int, seconds: float) -> None:
+        entry = self._ops[op]
+        entry.count += 1
+        if err:
+            entry.errors[err] += 1
+        entry.latencies.append(seconds)
+
+    def report(self) -> tuple[m.XedOpStats, ...]:
+        out = []
+        for op in sorted(self._ops, key=int):
+            entry = self._ops[op]
+            ordered = sorted(entry.latencies) or [0.0]
+            out.append(
+                m.XedOpStats(
+                    op=op.name,
+                    count=entry.count,
+                    errors=tuple(
+                        m.XedErrnoCount(errno=errno_name(err), count=n)
+                        for err, n in sorted(entry.errors.items())
+                    ),
+                    p50_us=int(ordered[len(ordered) // 2] * 1e6),
+                    p99_us=int(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1e6),
+                )
+            )
+        return tuple(out)
