@@ -1,0 +1,736 @@
+"""The aux driver's side of VM export: AUX_VM_IMPORT (on behalf of the exporting
+application only), AUX_VM_RESOLVE (zero copy: the BOs' own pages), the
+AUX_RANGE_INVALIDATED events, AUX_VM_UNWATCH / RELEASE, and aux disconnect.
+
+The test process is the application (drm connection `dev`) and the aux driver (a
+connection of role `aux`); other applications and a killable aux driver are spawned
+agent processes. Whether an event was sent is judged after two round trips on the aux
+connection: the daemon queues the event while it handles the bind, and its writer has
+run by the time the aux connection's reader has yielded once more.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import socket
+import tempfile
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from conftest import baseline
+from test_dma_buf import Agent, agent_pool
+from test_vm_export import (
+    BASE,
+    BATCH_VA,
+    SETTLE,
+    SIZE,
+    WAIT_NS,
+    counts,
+    errno_of,
+    settle_to,
+    vm_with_bo,
+    wait_until,
+)
+
+from clients import Batch, Device, user_fence
+from clients.daemon import DaemonProcess
+from protocols import Event, Op
+from protocols import messages as m
+from protocols.constants import (
+    DRM_CLOEXEC,
+    DRM_RDWR,
+    DRM_XE_VM_BIND_FLAG_NULL,
+    DRM_XE_VM_BIND_OP_MAP,
+    DRM_XE_VM_BIND_OP_UNMAP_ALL,
+    DRM_XE_VM_CREATE_FLAG_LR_MODE,
+    PAGE_SIZE,
+)
+
+VA_BITS = 48  # the default device's
+ELSEWHERE = 0x5_0000_0000  # far from BASE
+SENTINEL = 0x7_0000_0000  # far from both: marks the end of a test's events
+
+
+@pytest.fixture
+def aux(daemon: DaemonProcess) -> Iterator[Device]:
+    """An aux-role connection to the shared daemon."""
+    device = Device.open(daemon.socket_path, role="aux")
+    yield device
+    device.close()
+
+
+@pytest.fixture
+def agents() -> Iterator[Callable[[DaemonProcess], Agent]]:
+    """Start agent processes connected to a daemon; ended (and checked) after the test."""
+    yield from agent_pool()
+
+
+def export_import(dev: Device, aux: Device, vm: int) -> m.XedAuxVmImportReply:
+    """Export `vm` from dev, import it on aux on our own behalf, close the descriptor."""
+    fd = dev.vm_export(vm)
+    try:
+        return aux.aux_vm_import(fd, os.getpid())
+    finally:
+        os.close(fd)
+
+
+def export_to(dev: Device, vm: int, *auxes: Device) -> list[int]:
+    """Export `vm` once and import it on every aux connection: their vm_handles."""
+    fd = dev.vm_export(vm)
+    try:
+        return [aux.aux_vm_import(fd, os.getpid()).vm_handle for aux in auxes]
+    finally:
+        os.close(fd)
+
+
+def back_to_back(dev: Device, *pages: int) -> tuple[int, list[int]]:
+    """(vm, bos): a VM with BOs of `pages` pages each, bound one after another at BASE."""
+    vm = dev.vm_create()
+    bos, addr = [], BASE
+    for n in pages:
+        bo = dev.gem_create(n * PAGE_SIZE)
+        dev.vm_bind(vm, bo, addr)
+        bos.append(bo)
+        addr += n * PAGE_SIZE
+    return vm, bos
+
+
+def invalidations(dev: Device, vm: int, aux: Device, handle: int) -> list[Any]:
+    """Every event `aux` got for what was done before this call (taken off its queue).
+
+    Events reach a connection in the order they were queued: a sentinel invalidation
+    (a page bound, resolved and unbound far from everything else) marks the end."""
+    bo = dev.gem_create(PAGE_SIZE)
+    dev.vm_bind(vm, bo, SENTINEL)
+    resolved(aux, handle, SENTINEL, PAGE_SIZE)
+    dev.vm_unbind(vm, SENTINEL, PAGE_SIZE)
+    dev.gem_close(bo)
+    found: list[Any] = []
+    while True:
+        event = aux.wait_event(timeout=SETTLE)
+        data = event.data
+        if event.event == Event.AUX_RANGE_INVALIDATED and data.va == SENTINEL:
+            assert (data.vm_handle, data.length, data.reason) == (handle, PAGE_SIZE, "unbind")
+            return found
+        found.append(data)
+
+
+def resolved(aux: Device, handle: int, va: int, length: int) -> None:
+    """Resolve (and so watch) a range; the descriptors are not needed."""
+    _, fds = aux.aux_vm_resolve(handle, va, length)
+    close_all(fds)
+
+
+def close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+# --- AUX_VM_IMPORT ---------------------------------------------------------------------------
+
+
+def _memfd() -> int:
+    fd = os.memfd_create("not-a-vm")
+    os.ftruncate(fd, PAGE_SIZE)
+    return fd
+
+
+def _pipe() -> int:
+    r, w = os.pipe()
+    os.close(w)
+    return r
+
+
+def _dma_buf(dev: Device) -> int:
+    return dev.prime_handle_to_fd(dev.gem_create(PAGE_SIZE), DRM_CLOEXEC | DRM_RDWR)
+
+
+def _regular_file() -> int:
+    fd, path = tempfile.mkstemp()
+    os.unlink(path)
+    return fd
+
+
+def _socketpair_end() -> int:
+    one, two = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    two.close()
+    return one.detach()
+
+
+NOT_A_VM: dict[str, Callable[[Device], int]] = {
+    "memfd": lambda dev: _memfd(),
+    "pipe": lambda dev: _pipe(),
+    "dma-buf": _dma_buf,
+    "regular-file": lambda dev: _regular_file(),
+    "socketpair": lambda dev: _socketpair_end(),
+}
+
+
+@pytest.mark.parametrize("kind", list(NOT_A_VM))
+def test_aux_import_of_non_vm_descriptor_is_einval(dev: Device, aux: Device, kind: str) -> None:
+    """AUX_VM_IMPORT of a memfd, pipe, dma-buf of this daemon, file or socket: EINVAL."""
+    fd = NOT_A_VM[kind](dev)
+    try:
+        assert errno_of(aux.aux_vm_import, fd, os.getpid()) == errno.EINVAL
+    finally:
+        os.close(fd)
+    assert not aux.events
+
+
+def test_aux_import_of_another_daemons_vm_is_einval(
+    make_daemon: Callable[..., DaemonProcess],
+) -> None:
+    """A VM descriptor exported by another daemon is not a VM of this one: EINVAL."""
+    one, two = make_daemon(name="one"), make_daemon(name="two")
+    with Device.open(one.socket_path) as dev, Device.open(two.socket_path, role="aux") as aux:
+        vm, _ = vm_with_bo(dev)
+        fd = dev.vm_export(vm)
+        try:
+            assert errno_of(aux.aux_vm_import, fd, os.getpid()) == errno.EINVAL
+            assert counts(two).aux_registrations == 0
+            with Device.open(one.socket_path, role="aux") as own:  # its own daemon takes it
+                assert own.aux_vm_import(fd, os.getpid()).vm_handle > 0
+        finally:
+            os.close(fd)
+
+
+def test_aux_import_on_behalf_of_another_pid_is_eperm(
+    daemon: DaemonProcess, dev: Device, aux: Device, agents: Callable[[DaemonProcess], Agent]
+) -> None:
+    """on_behalf_of_pid naming a process that did not export the VM: EPERM."""
+    other = agents(daemon)
+    vm, _ = vm_with_bo(dev)
+    fd = dev.vm_export(vm)
+    try:
+        for pid in (other.pid, 1, os.getppid(), 0):
+            assert errno_of(aux.aux_vm_import, fd, pid) == errno.EPERM
+        assert aux.aux_vm_import(fd, os.getpid()).vm_handle > 0
+    finally:
+        os.close(fd)
+
+
+def test_aux_import_for_app_that_was_handed_the_fd_is_eperm(
+    daemon: DaemonProcess, aux: Device, agents: Callable[[DaemonProcess], Agent]
+) -> None:
+    """App A exports and hands its VM fd to app B: importing it on behalf of B is EPERM."""
+    a, b = agents(daemon), agents(daemon)
+    _, (from_a,) = a.run_fds(
+        f"""
+        vm = dev.vm_create()
+        dev.vm_bind(vm, dev.gem_create({SIZE}), {BASE})
+        send = [dev.vm_export(vm)]
+        """
+    )
+    try:
+        # B holds A's VM now, and hands it to the aux driver as if it were its own
+        _, (from_b,) = b.run_fds("(held,) = fds\nsend = [os.dup(held)]", [from_a])
+    finally:
+        os.close(from_a)
+    try:
+        assert errno_of(aux.aux_vm_import, from_b, b.pid) == errno.EPERM
+        assert aux.aux_vm_import(from_b, a.pid).vm_handle > 0  # A's own request is fine
+    finally:
+        os.close(from_b)
+    b.run("os.close(held)")
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"flags": 1}, {"flags": 1 << 31}, {"reserved": (1, 0)}, {"reserved": (0, 1)}],
+    ids=["flags1", "flags31", "reserved0", "reserved1"],
+)
+def test_aux_import_nonzero_flags_or_reserved_is_einval(
+    dev: Device, aux: Device, fields: dict[str, Any]
+) -> None:
+    """AUX_VM_IMPORT with flags or reserved[] not zero is EINVAL, and registers nothing."""
+    vm, _ = vm_with_bo(dev)
+    fd = dev.vm_export(vm)
+    try:
+        args = m.XedAuxVmImport(on_behalf_of_pid=os.getpid(), **fields)
+        assert errno_of(aux.ioctl, Op.AUX_VM_IMPORT, args, [fd]) == errno.EINVAL
+        assert aux.aux_vm_import(fd, os.getpid()).vm_handle > 0  # not registered before
+    finally:
+        os.close(fd)
+
+
+def test_aux_import_after_the_exported_vm_is_banned_is_enoent(dev: Device, aux: Device) -> None:
+    """A VM exported while healthy and banned afterwards cannot be imported: ENOENT."""
+    vm = dev.vm_create(DRM_XE_VM_CREATE_FLAG_LR_MODE)
+    bo = dev.gem_create(SIZE)
+    dev.vm_bind(vm, bo, BATCH_VA)
+    fd = dev.vm_export(vm)
+    try:
+        queue = dev.exec_queue_create(vm)
+        with dev.mmap_bo(bo) as cpu:
+            batch = Batch().raw(0x1F << 23).end().tobytes()
+            cpu[0x100 : 0x100 + len(batch)] = batch
+            dev.exec(queue, BATCH_VA + 0x100, syncs=[user_fence(BATCH_VA, 1)])
+            dev.wait_user_fence(cpu.user_address(0), 1, timeout=WAIT_NS)
+        assert dev.wait_event(timeout=SETTLE).event == Event.EXEC_QUEUE_BANNED
+        assert errno_of(aux.aux_vm_import, fd, os.getpid()) == errno.ENOENT
+        dev.exec_queue_destroy(queue)
+    finally:
+        os.close(fd)
+
+
+def test_aux_import_twice_on_one_connection_is_eexist(
+    daemon: DaemonProcess, dev: Device, aux: Device
+) -> None:
+    """The same aux connection importing a VM again: EEXIST; a second aux may register it."""
+    vm, _ = vm_with_bo(dev)
+    fd = dev.vm_export(vm)
+    try:
+        first = aux.aux_vm_import(fd, os.getpid())
+        assert errno_of(aux.aux_vm_import, fd, os.getpid()) == errno.EEXIST
+        copy = os.dup(fd)  # another copy of the same descriptor changes nothing
+        try:
+            assert errno_of(aux.aux_vm_import, copy, os.getpid()) == errno.EEXIST
+        finally:
+            os.close(copy)
+        with Device.open(daemon.socket_path, role="aux") as second:
+            other = second.aux_vm_import(fd, os.getpid())
+            assert other.bindings == first.bindings
+            second.aux_vm_release(other.vm_handle)
+        aux.aux_vm_release(first.vm_handle)
+        again = aux.aux_vm_import(fd, os.getpid())  # released: may import once more
+        assert again.bindings == first.bindings
+    finally:
+        os.close(fd)
+
+
+def test_aux_import_reply_lists_the_bindings(dev: Device, aux: Device) -> None:
+    """The import reply lists every binding: va, range, bo_size, bo_offset (NULL: size 0)."""
+    vm = dev.vm_create()
+    big = dev.gem_create(8 * PAGE_SIZE)
+    small = dev.gem_create(2 * PAGE_SIZE)
+    dev.vm_bind(vm, big, BASE, range=3 * PAGE_SIZE, obj_offset=4 * PAGE_SIZE)
+    dev.vm_bind(vm, small, BASE + 3 * PAGE_SIZE)
+    null = m.DrmXeVmBindOp(
+        addr=ELSEWHERE, range=16 * PAGE_SIZE, op=DRM_XE_VM_BIND_OP_MAP,
+        flags=DRM_XE_VM_BIND_FLAG_NULL,
+    )  # fmt: skip
+    dev.vm_bind_ops(vm, [null])
+    dev.vm_bind(vm, big, BASE + 8 * PAGE_SIZE, range=PAGE_SIZE, obj_offset=7 * PAGE_SIZE)
+    reply = export_import(dev, aux, vm)
+    assert reply.va_bits == VA_BITS
+    assert reply.bindings == (
+        m.XedAuxBinding(
+            va=BASE, range=3 * PAGE_SIZE, bo_size=8 * PAGE_SIZE, bo_offset=4 * PAGE_SIZE
+        ),
+        m.XedAuxBinding(va=BASE + 3 * PAGE_SIZE, range=2 * PAGE_SIZE, bo_size=2 * PAGE_SIZE),
+        m.XedAuxBinding(
+            va=BASE + 8 * PAGE_SIZE, range=PAGE_SIZE, bo_size=8 * PAGE_SIZE, bo_offset=7 * PAGE_SIZE
+        ),
+        m.XedAuxBinding(va=ELSEWHERE, range=16 * PAGE_SIZE, bo_size=0),
+    )
+
+
+def test_aux_import_reply_after_splits(dev: Device, aux: Device) -> None:
+    """Binds that split a BO binding and a NULL binding: the pieces, with their offsets
+    (a NULL piece has no BO: size 0 and offset 0)."""
+    vm = dev.vm_create()
+    bo = dev.gem_create(8 * PAGE_SIZE)
+    dev.vm_bind(vm, bo, BASE)
+    dev.vm_unbind(vm, BASE + 2 * PAGE_SIZE, PAGE_SIZE)  # a hole in the middle of the BO
+    null = m.DrmXeVmBindOp(
+        addr=ELSEWHERE, range=16 * PAGE_SIZE, op=DRM_XE_VM_BIND_OP_MAP,
+        flags=DRM_XE_VM_BIND_FLAG_NULL,
+    )  # fmt: skip
+    dev.vm_bind_ops(vm, [null])
+    dev.vm_bind(vm, bo, ELSEWHERE + 4 * PAGE_SIZE, range=PAGE_SIZE)  # splits the NULL one
+    reply = export_import(dev, aux, vm)
+    assert reply.bindings == (
+        m.XedAuxBinding(va=BASE, range=2 * PAGE_SIZE, bo_size=8 * PAGE_SIZE),
+        m.XedAuxBinding(
+            va=BASE + 3 * PAGE_SIZE,
+            range=5 * PAGE_SIZE,
+            bo_size=8 * PAGE_SIZE,
+            bo_offset=3 * PAGE_SIZE,
+        ),
+        m.XedAuxBinding(va=ELSEWHERE, range=4 * PAGE_SIZE, bo_size=0),
+        m.XedAuxBinding(va=ELSEWHERE + 4 * PAGE_SIZE, range=PAGE_SIZE, bo_size=8 * PAGE_SIZE),
+        m.XedAuxBinding(va=ELSEWHERE + 5 * PAGE_SIZE, range=11 * PAGE_SIZE, bo_size=0),
+    )
+
+
+def test_aux_import_of_empty_vm_lists_no_bindings(dev: Device, aux: Device) -> None:
+    """A VM with nothing bound imports with an empty bindings list."""
+    reply = export_import(dev, aux, dev.vm_create())
+    assert reply.bindings == ()
+
+
+# --- AUX_VM_RESOLVE ----------------------------------------------------------------------------
+
+
+def test_aux_resolve_two_bos_back_to_back_is_zero_copy(dev: Device, aux: Device) -> None:
+    """Two BOs bound back to back: two spans, two descriptors mapping the app's own pages."""
+    vm, (one, two) = back_to_back(dev, 2, 2)
+    handle = export_import(dev, aux, vm).vm_handle
+    spans, fds = aux.aux_vm_resolve(handle, BASE + PAGE_SIZE, 2 * PAGE_SIZE)
+    try:
+        assert spans == (
+            m.XedAuxSpan(va=BASE + PAGE_SIZE, length=PAGE_SIZE, fd_index=0, offset=PAGE_SIZE),
+            m.XedAuxSpan(va=BASE + 2 * PAGE_SIZE, length=PAGE_SIZE, fd_index=1, offset=0),
+        )
+        assert len(fds) == 2
+        with (
+            mmap.mmap(fds[0], 2 * PAGE_SIZE) as aux_one,
+            mmap.mmap(fds[1], 2 * PAGE_SIZE) as aux_two,
+            dev.mmap_bo(one) as app_one,
+            dev.mmap_bo(two) as app_two,
+        ):
+            aux_one[PAGE_SIZE : PAGE_SIZE + 8] = b"aux->app"
+            assert app_one[PAGE_SIZE : PAGE_SIZE + 8] == b"aux->app"
+            app_two[0:8] = b"app->aux"
+            assert aux_two[0:8] == b"app->aux"
+            app_one[PAGE_SIZE + 100] = 0x5A
+            assert aux_one[PAGE_SIZE + 100] == 0x5A
+    finally:
+        close_all(fds)
+
+
+def test_aux_resolve_from_the_middle_of_a_bo_gives_its_offset(dev: Device, aux: Device) -> None:
+    """A range starting inside a BO bound with obj_offset: the span's offset adds both."""
+    vm = dev.vm_create()
+    bo = dev.gem_create(8 * PAGE_SIZE)
+    dev.vm_bind(vm, bo, BASE, range=4 * PAGE_SIZE, obj_offset=2 * PAGE_SIZE)
+    with dev.mmap_bo(bo) as app:
+        app[5 * PAGE_SIZE + 16 : 5 * PAGE_SIZE + 22] = b"marker"
+    handle = export_import(dev, aux, vm).vm_handle
+    spans, fds = aux.aux_vm_resolve(handle, BASE + 3 * PAGE_SIZE + 16, 6)
+    try:
+        assert spans == (
+            m.XedAuxSpan(va=BASE + 3 * PAGE_SIZE + 16, length=6, offset=5 * PAGE_SIZE + 16),
+        )
+        with mmap.mmap(fds[0], 0) as whole:
+            assert whole[5 * PAGE_SIZE + 16 : 5 * PAGE_SIZE + 22] == b"marker"
+    finally:
+        close_all(fds)
+
+
+def test_aux_resolve_same_bo_twice_gives_one_descriptor(dev: Device, aux: Device) -> None:
+    """One BO bound at two adjacent places: two spans sharing one descriptor."""
+    vm = dev.vm_create()
+    bo = dev.gem_create(2 * PAGE_SIZE)
+    dev.vm_bind(vm, bo, BASE, range=PAGE_SIZE, obj_offset=PAGE_SIZE)
+    dev.vm_bind(vm, bo, BASE + PAGE_SIZE, range=PAGE_SIZE)
+    handle = export_import(dev, aux, vm).vm_handle
+    spans, fds = aux.aux_vm_resolve(handle, BASE, 2 * PAGE_SIZE)
+    try:
+        assert len(fds) == 1
+        assert spans == (
+            m.XedAuxSpan(va=BASE, length=PAGE_SIZE, fd_index=0, offset=PAGE_SIZE),
+            m.XedAuxSpan(va=BASE + PAGE_SIZE, length=PAGE_SIZE, fd_index=0, offset=0),
+        )
+    finally:
+        close_all(fds)
+
+
+@pytest.mark.parametrize(
+    "va, length",
+    [
+        (BASE + PAGE_SIZE, 2 * PAGE_SIZE),  # crosses the hole between the two BOs
+        (BASE + 2 * PAGE_SIZE, PAGE_SIZE),  # inside the hole
+        (BASE + 4 * PAGE_SIZE, 2 * PAGE_SIZE),  # runs past the last binding
+        (BASE - PAGE_SIZE, 2 * PAGE_SIZE),  # starts before the first
+        (ELSEWHERE, PAGE_SIZE),  # nothing bound anywhere near
+    ],
+    ids=["across-hole", "in-hole", "past-end", "before-start", "unbound"],
+)
+def test_aux_resolve_unbound_address_is_efault(
+    dev: Device, aux: Device, va: int, length: int
+) -> None:
+    """Any address of the range not bound: EFAULT, and no watch is left behind."""
+    vm = dev.vm_create()
+    dev.vm_bind(vm, dev.gem_create(2 * PAGE_SIZE), BASE)
+    dev.vm_bind(vm, dev.gem_create(2 * PAGE_SIZE), BASE + 3 * PAGE_SIZE)
+    handle = export_import(dev, aux, vm).vm_handle
+    assert errno_of(aux.aux_vm_resolve, handle, va, length) == errno.EFAULT
+    dev.vm_unbind(vm, BASE, 8 * PAGE_SIZE)
+    assert invalidations(dev, vm, aux, handle) == []
+
+
+def test_aux_resolve_null_binding_is_efault(dev: Device, aux: Device) -> None:
+    """A NULL binding has no memory behind it: EFAULT, also for a range that ends in one."""
+    vm, _ = back_to_back(dev, 1)
+    null = m.DrmXeVmBindOp(
+        addr=BASE + PAGE_SIZE, range=PAGE_SIZE, op=DRM_XE_VM_BIND_OP_MAP,
+        flags=DRM_XE_VM_BIND_FLAG_NULL,
+    )  # fmt: skip
+    dev.vm_bind_ops(vm, [null])
+    handle = export_import(dev, aux, vm).vm_handle
+    assert errno_of(aux.aux_vm_resolve, handle, BASE + PAGE_SIZE, PAGE_SIZE) == errno.EFAULT
+    assert errno_of(aux.aux_vm_resolve, handle, BASE, 2 * PAGE_SIZE) == errno.EFAULT
+    spans, fds = aux.aux_vm_resolve(handle, BASE, PAGE_SIZE)  # the BO before it is fine
+    close_all(fds)
+    assert len(spans) == 1
+
+
+@pytest.mark.parametrize(
+    "va, length",
+    [
+        (BASE, 0),
+        ((1 << VA_BITS) - PAGE_SIZE, 2 * PAGE_SIZE),
+        (1 << VA_BITS, PAGE_SIZE),
+        (BASE, 1 << VA_BITS),
+    ],
+    ids=["zero-length", "crosses-top", "at-top", "longer-than-vm"],
+)
+def test_aux_resolve_empty_or_beyond_the_vm_is_einval(
+    dev: Device, aux: Device, va: int, length: int
+) -> None:
+    """AUX_VM_RESOLVE of length 0, or reaching past the VM's address space: EINVAL."""
+    vm, _ = vm_with_bo(dev)
+    handle = export_import(dev, aux, vm).vm_handle
+    assert errno_of(aux.aux_vm_resolve, handle, va, length) == errno.EINVAL
+
+
+def test_aux_unknown_vm_handle_is_enoent(dev: Device, aux: Device) -> None:
+    """RESOLVE, UNWATCH and RELEASE of a vm_handle never given (or released): ENOENT."""
+    for handle in (0, 1, 0xFFFF_FFFF):
+        assert errno_of(aux.aux_vm_resolve, handle, BASE, PAGE_SIZE) == errno.ENOENT
+        assert errno_of(aux.aux_vm_unwatch, handle, BASE, PAGE_SIZE) == errno.ENOENT
+        assert errno_of(aux.aux_vm_release, handle) == errno.ENOENT
+    vm, _ = vm_with_bo(dev)
+    handle = export_import(dev, aux, vm).vm_handle
+    aux.aux_vm_release(handle)
+    assert errno_of(aux.aux_vm_resolve, handle, BASE, PAGE_SIZE) == errno.ENOENT
+    assert errno_of(aux.aux_vm_release, handle) == errno.ENOENT
+
+
+def test_aux_vm_handle_is_per_connection(daemon: DaemonProcess, dev: Device, aux: Device) -> None:
+    """Another aux connection's vm_handle means nothing on this one: ENOENT."""
+    vm, _ = vm_with_bo(dev)
+    handle = export_import(dev, aux, vm).vm_handle
+    with Device.open(daemon.socket_path, role="aux") as other:
+        assert errno_of(other.aux_vm_resolve, handle, BASE, PAGE_SIZE) == errno.ENOENT
+        assert errno_of(other.aux_vm_release, handle) == errno.ENOENT
+    spans, fds = aux.aux_vm_resolve(handle, BASE, PAGE_SIZE)
+    close_all(fds)
+
+
+def test_aux_resolve_more_than_8_bos_is_e2big(dev: Device, aux: Device) -> None:
+    """Nine BOs behind the range: E2BIG; eight come back as eight descriptors."""
+    vm, _ = back_to_back(dev, *[1] * 9)
+    handle = export_import(dev, aux, vm).vm_handle
+    assert errno_of(aux.aux_vm_resolve, handle, BASE, 9 * PAGE_SIZE) == errno.E2BIG
+    spans, fds = aux.aux_vm_resolve(handle, BASE + PAGE_SIZE, 8 * PAGE_SIZE)
+    try:
+        assert len(fds) == 8
+        assert [s.fd_index for s in spans] == list(range(8))
+        assert len({os.fstat(fd).st_ino for fd in fds}) == 8
+    finally:
+        close_all(fds)
+
+
+# --- invalidation --------------------------------------------------------------------------------
+
+
+def test_unbind_in_resolved_range_sends_one_invalidation(
+    daemon: DaemonProcess, dev: Device, aux: Device
+) -> None:
+    """An unbind inside a resolved range: one event (va, length, "unbind") to that aux only."""
+    vm, _ = back_to_back(dev, 4)
+    with Device.open(daemon.socket_path, role="aux") as bystander:
+        handle, other = export_to(dev, vm, aux, bystander)  # the bystander resolves nothing
+        resolved(aux, handle, BASE, 4 * PAGE_SIZE)
+        resolved(aux, handle, BASE + PAGE_SIZE, PAGE_SIZE)  # two watches, still one event
+        dev.vm_unbind(vm, BASE + PAGE_SIZE, PAGE_SIZE)
+        assert invalidations(dev, vm, aux, handle) == [
+            m.AuxRangeInvalidated(
+                vm_handle=handle, va=BASE + PAGE_SIZE, length=PAGE_SIZE, reason="unbind"
+            )
+        ]
+        assert invalidations(dev, vm, bystander, other) == []
+
+
+def test_bind_over_resolved_range_sends_invalidation(dev: Device, aux: Device) -> None:
+    """A MAP that replaces part of a resolved range: one event with reason "bind"."""
+    vm, _ = back_to_back(dev, 2)
+    handle = export_import(dev, aux, vm).vm_handle
+    resolved(aux, handle, BASE + PAGE_SIZE, PAGE_SIZE)
+    other = dev.gem_create(4 * PAGE_SIZE)
+    dev.vm_bind(vm, other, BASE + PAGE_SIZE, range=2 * PAGE_SIZE)
+    assert invalidations(dev, vm, aux, handle) == [
+        m.AuxRangeInvalidated(
+            vm_handle=handle, va=BASE + PAGE_SIZE, length=2 * PAGE_SIZE, reason="bind"
+        )
+    ]
+
+
+def test_unmap_all_of_a_bo_in_resolved_range_sends_invalidation(dev: Device, aux: Device) -> None:
+    """UNMAP_ALL of the BO behind a resolved range: an "unbind" event for its VMA."""
+    vm, (_, second) = back_to_back(dev, 1, 2)
+    handle = export_import(dev, aux, vm).vm_handle
+    resolved(aux, handle, BASE + PAGE_SIZE, PAGE_SIZE)
+    dev.vm_bind_ops(vm, [m.DrmXeVmBindOp(obj=second, op=DRM_XE_VM_BIND_OP_UNMAP_ALL)])
+    assert invalidations(dev, vm, aux, handle) == [
+        m.AuxRangeInvalidated(
+            vm_handle=handle, va=BASE + PAGE_SIZE, length=2 * PAGE_SIZE, reason="unbind"
+        )
+    ]
+
+
+def test_binds_outside_resolved_range_send_nothing(dev: Device, aux: Device) -> None:
+    """Binds and unbinds next to (not in) a resolved range send no event."""
+    vm, _ = back_to_back(dev, 1, 1, 1)
+    handle = export_import(dev, aux, vm).vm_handle
+    resolved(aux, handle, BASE + PAGE_SIZE, PAGE_SIZE)
+    dev.vm_unbind(vm, BASE, PAGE_SIZE)  # ends where the range starts
+    dev.vm_unbind(vm, BASE + 2 * PAGE_SIZE, PAGE_SIZE)  # starts where it ends
+    dev.vm_bind(vm, dev.gem_create(PAGE_SIZE), ELSEWHERE)
+    dev.vm_bind(vm, dev.gem_create(PAGE_SIZE), BASE + 2 * PAGE_SIZE)
+    assert invalidations(dev, vm, aux, handle) == []
+    dev.vm_unbind(vm, BASE + PAGE_SIZE, PAGE_SIZE)  # the watch was still there
+    assert [e.reason for e in invalidations(dev, vm, aux, handle)] == ["unbind"]
+
+
+def test_unwatch_stops_invalidations(dev: Device, aux: Device) -> None:
+    """After AUX_VM_UNWATCH of the range, an unbind inside it sends nothing."""
+    vm, _ = back_to_back(dev, 4)
+    handle = export_import(dev, aux, vm).vm_handle
+    resolved(aux, handle, BASE + PAGE_SIZE, PAGE_SIZE)
+    resolved(aux, handle, BASE + 2 * PAGE_SIZE, PAGE_SIZE)
+    aux.aux_vm_unwatch(handle, BASE, 4 * PAGE_SIZE)
+    dev.vm_unbind(vm, BASE, 4 * PAGE_SIZE)
+    assert invalidations(dev, vm, aux, handle) == []
+
+
+def test_unwatch_leaves_watches_outside_its_range(dev: Device, aux: Device) -> None:
+    """AUX_VM_UNWATCH of one range keeps the watch on another."""
+    vm, _ = back_to_back(dev, 4)
+    handle = export_import(dev, aux, vm).vm_handle
+    resolved(aux, handle, BASE, PAGE_SIZE)
+    resolved(aux, handle, BASE + 3 * PAGE_SIZE, PAGE_SIZE)
+    aux.aux_vm_unwatch(handle, BASE, PAGE_SIZE)
+    dev.vm_unbind(vm, BASE, 4 * PAGE_SIZE)
+    assert invalidations(dev, vm, aux, handle) == [
+        m.AuxRangeInvalidated(vm_handle=handle, va=BASE, length=4 * PAGE_SIZE, reason="unbind")
+    ]
+
+
+def test_invalidation_ends_the_watch_until_resolved_again(dev: Device, aux: Device) -> None:
+    """After one invalidation a second unbind sends nothing, until the range is resolved."""
+    vm, _ = back_to_back(dev, 4)
+    handle = export_import(dev, aux, vm).vm_handle
+    resolved(aux, handle, BASE, 2 * PAGE_SIZE)
+    dev.vm_unbind(vm, BASE, PAGE_SIZE)
+    assert len(invalidations(dev, vm, aux, handle)) == 1
+    dev.vm_unbind(vm, BASE + PAGE_SIZE, PAGE_SIZE)
+    dev.vm_bind(vm, dev.gem_create(2 * PAGE_SIZE), BASE)
+    assert invalidations(dev, vm, aux, handle) == []
+    resolved(aux, handle, BASE, 2 * PAGE_SIZE)
+    dev.vm_unbind(vm, BASE + PAGE_SIZE, PAGE_SIZE)
+    assert invalidations(dev, vm, aux, handle) == [
+        m.AuxRangeInvalidated(
+            vm_handle=handle, va=BASE + PAGE_SIZE, length=PAGE_SIZE, reason="unbind"
+        )
+    ]
+
+
+def test_released_vm_sends_no_invalidation(dev: Device, aux: Device) -> None:
+    """After AUX_VM_RELEASE, binds in a range resolved before send nothing (nor later)."""
+    vm, _ = back_to_back(dev, 2)
+    fd = dev.vm_export(vm)
+    try:
+        handle = aux.aux_vm_import(fd, os.getpid()).vm_handle
+        resolved(aux, handle, BASE, 2 * PAGE_SIZE)
+        aux.aux_vm_release(handle)
+        dev.vm_unbind(vm, BASE, PAGE_SIZE)
+        again = aux.aux_vm_import(fd, os.getpid()).vm_handle  # a new registration, no watch
+        dev.vm_unbind(vm, BASE + PAGE_SIZE, PAGE_SIZE)
+        assert invalidations(dev, vm, aux, again) == []
+    finally:
+        os.close(fd)
+
+
+def test_each_aux_hears_only_of_its_own_watches(
+    daemon: DaemonProcess, dev: Device, aux: Device
+) -> None:
+    """Two aux drivers watching different ranges of one VM each hear of their own only."""
+    vm, _ = back_to_back(dev, 4)
+    with Device.open(daemon.socket_path, role="aux") as second:
+        mine, theirs = export_to(dev, vm, aux, second)
+        resolved(aux, mine, BASE, PAGE_SIZE)
+        resolved(second, theirs, BASE + 2 * PAGE_SIZE, PAGE_SIZE)
+        dev.vm_unbind(vm, BASE + 2 * PAGE_SIZE, 2 * PAGE_SIZE)
+        assert invalidations(dev, vm, aux, mine) == []
+        assert invalidations(dev, vm, second, theirs) == [
+            m.AuxRangeInvalidated(
+                vm_handle=theirs, va=BASE + 2 * PAGE_SIZE, length=2 * PAGE_SIZE, reason="unbind"
+            )
+        ]
+
+
+# --- aux disconnect ------------------------------------------------------------------------------
+
+
+def test_aux_close_unregisters_everything(fresh_daemon: DaemonProcess) -> None:
+    """An aux connection closed with VMs registered: all unregistered, VMs destroyable."""
+    path = fresh_daemon.socket_path
+    with Device.open(path) as dev:
+        start = baseline(fresh_daemon)
+        made = [back_to_back(dev, 1, 1) for _ in range(3)]
+        vms = [vm for vm, _ in made]
+        aux = Device.open(path, role="aux")
+        try:
+            for vm in vms:
+                reply = export_import(dev, aux, vm)
+                resolved(aux, reply.vm_handle, BASE, 2 * PAGE_SIZE)
+            seen = wait_until(fresh_daemon, lambda c: c.vm_exports == 0)
+            assert (seen.vm_exports, seen.aux_registrations) == (0, 3)
+            assert errno_of(dev.vm_destroy, vms[0]) == errno.EBUSY
+        finally:
+            aux.close()
+        assert wait_until(fresh_daemon, lambda c: c.aux_registrations == 0).aux_registrations == 0
+        for vm in vms:
+            dev.vm_destroy(vm)
+        for _, bos in made:
+            for bo in bos:
+                dev.gem_close(bo)
+        assert settle_to(fresh_daemon, start) == start
+
+
+def test_aux_killed_unregisters_everything(
+    fresh_daemon: DaemonProcess, agents: Callable[[DaemonProcess], Agent]
+) -> None:
+    """A spawned aux driver SIGKILLed while holding a VM and resolved ranges: the daemon
+    unregisters it, the app can destroy the VM, and nothing is leaked."""
+    path = fresh_daemon.socket_path
+    with Device.open(path) as dev:
+        start = baseline(fresh_daemon)
+        vm, bos = back_to_back(dev, 2, 2)
+        with dev.mmap_bo(bos[0]) as app:
+            app[0:5] = b"hello"
+        ib = agents(fresh_daemon)
+        fd = dev.vm_export(vm)
+        try:
+            seen = ib.run(
+                f"""
+                import mmap
+                ib = Device.open({str(path)!r}, role="aux")
+                (fd,) = fds
+                reply = ib.aux_vm_import(fd, {os.getpid()})
+                os.close(fd)
+                spans, held = ib.aux_vm_resolve(reply.vm_handle, {BASE}, {4 * PAGE_SIZE})
+                maps = [mmap.mmap(f, 0) for f in held]
+                result = maps[0][0:5].decode()
+                """,
+                [fd],
+            )
+        finally:
+            os.close(fd)
+        assert seen == "hello"
+        seen = wait_until(fresh_daemon, lambda c: c.vm_exports == 0)
+        assert (seen.vm_exports, seen.aux_registrations) == (0, 1)
+        assert errno_of(dev.vm_destroy, vm) == errno.EBUSY
+        ib.kill()
+        seen = wait_until(fresh_daemon, lambda c: c.aux_registrations == 0)
+        assert seen.aux_registrations == 0
+        dev.vm_destroy(vm)
+        for bo in bos:
+            dev.gem_close(bo)
+        assert settle_to(fresh_daemon, start) == start
