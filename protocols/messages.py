@@ -591,6 +591,27 @@ class XedAdminClientsReply:
 
 
 @frozen
+class XedAdminObjects:
+    """Object counts, and every object that left a process as a descriptor."""
+
+
+@frozen
+class XedExportedInfo:
+    kind: str = string("dma_buf | vm_export", max_len=16)
+    ino: int = u64("inode of the handed-out descriptor")
+    size: int = u64("dma-buf: bytes")
+    exporter_pid: int = u32("vm_export: the application that exported it")
+    held_by_daemon: int = u32("1 while the daemon keeps a copy (the BO has handles)")
+    registered_by: tuple[int, ...] = array(8, "u32", "vm_export: aux client ids (0 = none)")
+
+
+@frozen
+class XedAdminObjectsReply:
+    objects: XedObjectCounts = record(XedObjectCounts)
+    exported: tuple[XedExportedInfo, ...] = records(XedExportedInfo, max_items=512)
+
+
+@frozen
 class XedAdminStats:
     """Per-op counts, refusals by errno and latency percentiles."""
 

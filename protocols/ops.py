@@ -84,6 +84,7 @@ class Op(enum.IntEnum):
     ADMIN_REPLUG = 0x183
     ADMIN_STATS = 0x184
     ADMIN_LOG_LEVEL = 0x185
+    ADMIN_OBJECTS = 0x186
 
 
 class Event(enum.IntEnum):
@@ -608,6 +609,14 @@ SPECS: dict[Op, OpSpec] = {
             reply=m.XedAdminClientsReply,
             roles=frozenset({Role.ADMIN}),
             doc="Every connection with its pid, uid, role, objects and barrier counts.",
+            errors=(),
+        ),
+        OpSpec(
+            op=Op.ADMIN_OBJECTS,
+            request=m.XedAdminObjects,
+            reply=m.XedAdminObjectsReply,
+            roles=frozenset({Role.ADMIN}),
+            doc="Object counts, and each dma-buf and exported VM with who holds it.",
             errors=(),
         ),
         OpSpec(

@@ -8,7 +8,10 @@ import resource
 import signal
 import socket
 import sys
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -17,6 +20,27 @@ from . import systemd
 from .config import EX_CONFIG, Config, ConfigError, load
 from .ctl import run
 from .server import AlreadyRunning, ServerHandle, bind_listener, default_socket_path, serve
+
+STATUS_INTERVAL = 2.0  # seconds between STATUS= refreshes (sent only when the line changes)
+DRAIN_POLL = 0.05  # how often the drain looks whether the last client has gone
+
+
+class DrainingListener(socket.socket):
+    """The listening socket, able to turn new connections away while the daemon drains.
+
+    Once `draining` is set, each connection that arrives is accepted and closed at once
+    (the client sees the end of the connection), so the accept loop stays parked instead
+    of spinning on a socket that keeps polling readable.
+    """
+
+    draining = False
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        while self.draining:
+            conn, _ = super().accept()  # BlockingIOError when none is waiting: park
+            conn.close()
+            xlog.get().info("connection_refused", reason="draining")
+        return super().accept()
 
 
 def raise_nofile_limit() -> int:
@@ -27,20 +51,119 @@ def raise_nofile_limit() -> int:
     return hard
 
 
-async def _run(config: Config, listener: socket.socket, path: Path | None) -> None:
+def status_line(handle: ServerHandle, barriers_per_s: float) -> str:
+    """STATUS= for `systemctl status`: one line of clients, objects and barrier rate."""
+    counts = handle.device.object_counts()
+    mib = counts.bo_bytes / (1 << 20)
+    return (
+        f"clients: {handle.connections}, BOs: {counts.bos} ({mib:.1f} MiB), VMs: {counts.vms}, "
+        f"exec queues: {counts.exec_queues}, dma-bufs: {counts.dma_bufs}, "
+        f"barriers/s: {barriers_per_s:.0f}"
+    )
+
+
+async def _report_status(handle: ServerHandle, listener: DrainingListener) -> None:
+    """Refresh STATUS= every STATUS_INTERVAL seconds while the line changes."""
+    last = status_line(handle, 0.0)  # what READY=1 carried
+    barriers, since = handle.device.stats["barriers"], trio.current_time()
+    while True:
+        await trio.sleep(STATUS_INTERVAL)
+        now, count = trio.current_time(), handle.device.stats["barriers"]
+        line = status_line(handle, (count - barriers) / max(now - since, 1e-9))
+        if listener.draining:
+            line = f"draining: {line}"
+        barriers, since = count, now
+        if line != last:
+            systemd.notify(f"STATUS={line}")
+            last = line
+
+
+async def _watchdog(period: float) -> None:
+    """WATCHDOG=1 every `period` seconds, from the loop that serves: if the loop hangs,
+    the pings stop and systemd kills and restarts us (Result=watchdog)."""
+    while True:
+        systemd.notify("WATCHDOG=1")
+        await trio.sleep(period)
+
+
+async def _hang_for_tests(delay: float) -> None:
+    """TEST ONLY (XED_TEST_HANG_AFTER): block the whole loop after `delay` seconds, as a
+    handler stuck in a system call would, so tests can see the watchdog fire."""
+    await trio.sleep(delay)
+    xlog.get().warning("test_hang", reason="XED_TEST_HANG_AFTER is set: blocking the loop")
+    time.sleep(1e6)  # deliberately blocking: nothing else in the loop runs any more
+
+
+async def _drain(
+    handle: ServerHandle, listener: DrainingListener, signals: AsyncIterator[int], timeout: float
+) -> None:
+    """Refuse new connections and give connected clients up to `timeout` seconds to
+    leave; a second SIGTERM/SIGINT cuts the wait short."""
+    listener.draining = True
     log = xlog.get()
+    start = trio.current_time()
 
-    def ready(handle: ServerHandle) -> None:
-        systemd.notify(f"READY=1\nSTATUS=serving {handle.device.identity.name}")
+    async def clients_gone(scope: trio.CancelScope) -> None:
+        while handle.connections:
+            await trio.sleep(DRAIN_POLL)
+        scope.cancel()
 
+    async def second_signal(scope: trio.CancelScope) -> None:
+        async for signum in signals:
+            log.info("drain_interrupted", signal=signal.Signals(signum).name)
+            break
+        scope.cancel()
+
+    with trio.move_on_after(timeout) as deadline:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(clients_gone, nursery.cancel_scope)
+            nursery.start_soon(second_signal, nursery.cancel_scope)
+    log.info(
+        "daemon_drained",
+        clients_left=handle.connections,
+        timed_out=deadline.cancelled_caught,
+        seconds=round(trio.current_time() - start, 3),
+    )
+
+
+async def _run(
+    config: Config,
+    listener: DrainingListener,
+    path: Path | None,
+    drain_timeout: float = 2.0,
+    hang_after: float | None = None,
+) -> None:
+    log = xlog.get()
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            nursery.start_soon(serve, config, listener, path, ready)
+            handle: ServerHandle = await nursery.start(serve, config, listener, path)
+            # serve() is in its accept loop from here on: systemd may send us clients
+            systemd.notify(f"READY=1\nSTATUS={status_line(handle, 0.0)}")
+            period = systemd.watchdog_period()
+            if period is not None:
+                nursery.start_soon(_watchdog, period)
+            if systemd.notify_enabled():
+                nursery.start_soon(_report_status, handle, listener)
+            if hang_after is not None:
+                nursery.start_soon(_hang_for_tests, hang_after)
             async for signum in signals:
-                log.info("daemon_stopping", signal=signal.Signals(signum).name)
-                systemd.notify("STOPPING=1")
-                nursery.cancel_scope.cancel()
+                log.info(
+                    "daemon_stopping",
+                    signal=signal.Signals(signum).name,
+                    clients=handle.connections,
+                    drain_timeout=drain_timeout,
+                )
+                systemd.notify(f"STOPPING=1\nSTATUS=draining, clients: {handle.connections}")
                 break
+            await _drain(handle, listener, signals, drain_timeout)
+            nursery.cancel_scope.cancel()
+
+
+def _test_hang_after() -> float | None:
+    """TEST ONLY: XED_TEST_HANG_AFTER=SECONDS makes the daemon block its own loop that
+    long after starting (see _hang_for_tests). Never set it in a real deployment."""
+    value = os.environ.get("XED_TEST_HANG_AFTER")
+    return float(value) if value else None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -49,25 +172,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         config = load(args.config)
         activated = systemd.listen_fds()
-    except (ConfigError, systemd.ActivationError) as exc:
+        if len(activated) > 1:
+            raise systemd.ActivationError(
+                f"expected one socket in LISTEN_FDS, got {len(activated)}"
+            )
+        hang_after = _test_hang_after()
+    except (ConfigError, systemd.ActivationError, ValueError) as exc:
         print(f"xed: {exc}", file=sys.stderr)
         return EX_CONFIG
-    for name in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
-        os.environ.pop(name, None)
+    systemd.forget_activation()
     nofile = raise_nofile_limit()
     path: Path | None
     if activated:
-        listener, path = activated[0], None
+        sock, path = activated[0], None
     else:
         path = args.socket or default_socket_path()
         try:
-            listener = bind_listener(path)
+            sock = bind_listener(path)
         except (AlreadyRunning, OSError) as exc:
             print(f"xed: {exc}", file=sys.stderr)
             return 1
-    log.info("daemon_starting", socket=str(path), activated=bool(activated), nofile=nofile)
+    listener = DrainingListener(fileno=sock.detach())
+    log.info(
+        "daemon_starting",
+        socket=str(path) if path else None,
+        activated=bool(activated),
+        nofile=nofile,
+        watchdog_period=systemd.watchdog_period(),
+        notify=systemd.notify_enabled(),
+    )
     try:
-        trio.run(_run, config, listener, path)
+        trio.run(_run, config, listener, path, args.drain_timeout, hang_after)
     finally:
         listener.close()
         if path is not None:
@@ -84,6 +219,13 @@ def main(argv: list[str] | None = None) -> int:
     serve_p.add_argument("--config", type=Path, help="TOML file overriding the built-in device")
     serve_p.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    serve_p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="on SIGTERM, how long connected clients get to leave (default: %(default)s)",
     )
     serve_p.set_defaults(func=cmd_serve)
     ctl_p = sub.add_parser("ctl", help="inspect and steer a running daemon")

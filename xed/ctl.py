@@ -69,7 +69,9 @@ def _ask(path: Path, op: Op, args: Any) -> Any:
 def run(path: Path, action: str, as_json: bool, value: str | None = None) -> int:
     """One `xed ctl` action; exit status 0 on success, 1 with a message otherwise."""
     try:
-        if action == "stats":
+        if action == "objects":
+            _print_objects(_ask(path, Op.ADMIN_OBJECTS, m.XedAdminObjects()), as_json)
+        elif action == "stats":
             _print_stats(_ask(path, Op.ADMIN_STATS, m.XedAdminStats()), as_json)
         elif action == "log-level":
             _ask(path, Op.ADMIN_LOG_LEVEL, m.XedAdminLogLevel(level=value or ""))
@@ -119,6 +121,22 @@ _COLUMNS = (
     ("vm_exports", "VM EXPORTS"),
     ("aux_vms", "AUX VMS"),
 )
+
+
+def _print_objects(reply: m.XedAdminObjectsReply, as_json: bool) -> None:
+    data = to_wire(reply)
+    if as_json or not sys.stdout.isatty():
+        print(json.dumps(data, sort_keys=True))
+        return
+    print("  ".join(f"{key} {value}" for key, value in data["objects"].items()))
+    table = [["KIND", "INODE", "SIZE", "EXPORTER PID", "HELD BY DAEMON", "AUX CLIENTS"]]
+    for obj in reply.exported:
+        holders = ",".join(str(c) for c in obj.registered_by if c) or "-"
+        table.append(
+            [obj.kind, str(obj.ino), str(obj.size), str(obj.exporter_pid or "-"),
+             "yes" if obj.held_by_daemon else "no", holders]
+        )  # fmt: skip
+    _print_table(table)
 
 
 def _print_stats(reply: m.XedAdminStatsReply, as_json: bool) -> None:

@@ -45,6 +45,13 @@ def admin_clients_ioctl(xef: XeFile, args: m.XedAdminClients) -> m.XedAdminClien
     return m.XedAdminClientsReply(clients=tuple(f.info() for f in xef.device.clients()))
 
 
+def admin_objects_ioctl(xef: XeFile, args: m.XedAdminObjects) -> m.XedAdminObjectsReply:
+    """ADMIN_OBJECTS: never fails."""
+    device = xef.device
+    exported = tuple(obj.info() for obj in list(device.exported.values())[:512])
+    return m.XedAdminObjectsReply(objects=device.object_counts(), exported=exported)
+
+
 def admin_stats_ioctl(xef: XeFile, args: m.XedAdminStats) -> m.XedAdminStatsReply:
     """ADMIN_STATS: never fails."""
     return m.XedAdminStatsReply(
@@ -108,6 +115,7 @@ HANDLERS: dict[Op, Callable[..., Any]] = {
     Op.ADMIN_CLIENTS: admin_clients_ioctl,
     Op.ADMIN_UNPLUG: admin_unplug_ioctl,
     Op.ADMIN_STATS: admin_stats_ioctl,
+    Op.ADMIN_OBJECTS: admin_objects_ioctl,
     Op.ADMIN_LOG_LEVEL: admin_log_level_ioctl,
     Op.ADMIN_REPLUG: admin_replug_ioctl,
 }

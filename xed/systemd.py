@@ -1,16 +1,22 @@
-"""sd_notify and socket activation, by hand: two environment variables and a datagram.
+"""sd_notify, socket activation and the watchdog, by hand: a few environment variables
+and a datagram (as gunicorn does; no dependency on an unmaintained binding).
 
 NOTIFY_SOCKET may name a path or, with a leading '@', an abstract address. LISTEN_FDS
-counts descriptors from 3 up, meant for us only when LISTEN_PID is our pid.
+counts descriptors from 3 up, meant for us only when LISTEN_PID is our pid. WATCHDOG_USEC
+asks for WATCHDOG=1 at least that often, when WATCHDOG_PID (if set) is our pid.
+Processes the daemon spawns must see none of these: give them `child_environment()`.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
 
 SD_LISTEN_FDS_START = 3
-_ACTIVATION_VARS = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
+ACTIVATION_VARS = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
+# everything systemd hands the service itself and no child of it may inherit
+SERVICE_MANAGER_VARS = (*ACTIVATION_VARS, "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
 def notify(message: str) -> bool:
@@ -28,8 +34,13 @@ def notify(message: str) -> bool:
     return True
 
 
+def notify_enabled() -> bool:
+    """Is there a service manager listening for our notifications?"""
+    return bool(os.environ.get("NOTIFY_SOCKET"))
+
+
 class ActivationError(Exception):
-    pass
+    """The service manager passed something we cannot serve on (an operator's mistake)."""
 
 
 def listen_fds() -> list[socket.socket]:
@@ -45,15 +56,43 @@ def listen_fds() -> list[socket.socket]:
         raise ActivationError(f"LISTEN_FDS={count!r} is not a number") from None
     sockets = []
     for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + n):
-        os.set_inheritable(fd, False)
-        sock = socket.socket(fileno=fd)
+        try:
+            os.set_inheritable(fd, False)
+            sock = socket.socket(fileno=fd)
+        except OSError as exc:
+            raise ActivationError(f"fd {fd} from LISTEN_FDS: {exc.strerror}") from exc
         if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_SEQPACKET:
             raise ActivationError(f"fd {fd} is not an AF_UNIX SOCK_SEQPACKET socket")
         sockets.append(sock)
     return sockets
 
 
-def scrub_environment() -> None:
-    """Children we spawn must not think the activation or notify socket is theirs."""
-    for name in (*_ACTIVATION_VARS, "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+def forget_activation() -> None:
+    """Drop LISTEN_* once the sockets are ours (sd_listen_fds' unset_environment)."""
+    for name in ACTIVATION_VARS:
         os.environ.pop(name, None)
+
+
+def watchdog_period() -> float | None:
+    """Seconds between WATCHDOG=1 pings (half of WATCHDOG_USEC); None when not asked."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    if not usec:
+        return None
+    pid = os.environ.get("WATCHDOG_PID")
+    if pid and pid != str(os.getpid()):
+        return None  # the watchdog watches another process
+    try:
+        value = int(usec)
+    except ValueError:
+        return None
+    if value <= 0:
+        return None
+    return value / 2 / 1_000_000
+
+
+def child_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`env` (default: ours) without the service manager's variables: pass it as `env=`
+    to anything the daemon spawns, so a child never answers for the daemon (a READY=1 or
+    a watchdog ping from a child would lie) nor takes the daemon's listening socket."""
+    source = os.environ if env is None else env
+    return {k: v for k, v in source.items() if k not in SERVICE_MANAGER_VARS}

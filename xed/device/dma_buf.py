@@ -59,6 +59,11 @@ class DmaBuf(ExportedObject):
         self.writable = writable  # fixed at the first export, as the file's f_mode is
         self.windows: dict[Any, list[int]] = {}  # owner -> [open reads, open writes]
 
+    def info(self) -> m.XedExportedInfo:
+        return m.XedExportedInfo(
+            kind=self.kind, ino=self.ino, size=self.size, held_by_daemon=int(self.held)
+        )
+
     def memory_fd(self) -> int:
         """The pages, as the dma-buf's mode allows: O_RDONLY unless exported DRM_RDWR."""
         if self.writable:

@@ -38,6 +38,7 @@ from protocols import (
     pack_fds,
     unpack_fds,
 )
+from protocols import messages as m
 
 from .errors import IoctlError
 
@@ -90,6 +91,10 @@ class ExportedObject:
     # --- release and peers -------------------------------------------------------------------
     def release(self) -> None:
         """Every copy of the handed-out end is closed: drop what the object held."""
+
+    def info(self) -> Any:
+        """What the admin view shows of this object."""
+        return m.XedExportedInfo(kind=self.kind, ino=self.ino, held_by_daemon=int(self.held))
 
     def forget(self, owner: Any) -> None:
         """A file is gone: drop any state kept on its behalf."""

@@ -38,6 +38,15 @@ class XeVmExport(ExportedObject):
         self.exporter_pid = exporter.pid
         vm.export = self
 
+    def info(self) -> m.XedExportedInfo:
+        holders = [r.aux.client_id for r in self.vm.registrations][:8]
+        return m.XedExportedInfo(
+            kind=self.kind,
+            ino=self.ino,
+            exporter_pid=self.exporter_pid,
+            registered_by=tuple(holders + [0] * (8 - len(holders))),
+        )
+
     def release(self) -> None:
         """The last copy of the VM descriptor is closed: the export is cleared."""
         if self.vm.export is self:
