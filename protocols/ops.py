@@ -32,6 +32,7 @@ from errno import (
     EOPNOTSUPP,
     EPERM,
     EPROTO,
+    ESRCH,
     ETIME,
 )
 
@@ -78,6 +79,11 @@ class Op(enum.IntEnum):
     IBV_CREATE_QP = 0x203
     IBV_CONNECT_QP = 0x204
     IBV_POST_SEND = 0x205
+    HOST_MEMORY_REGISTER = 0x130
+    HOST_MEMORY_INVALIDATE = 0x131
+    DEBUG_ATTACH = 0x140
+    DEBUG_DETACH = 0x141
+    DEBUG_VM_ACCESS = 0x142
     ADMIN_STATUS = 0x180
     ADMIN_CLIENTS = 0x181
     ADMIN_UNPLUG = 0x182
@@ -91,6 +97,7 @@ class Event(enum.IntEnum):
     EXEC_QUEUE_BANNED = 1
     PROTOCOL_ERROR = 2  # a datagram too broken to tell which request it was
     AUX_RANGE_INVALIDATED = 3
+    DEBUG_EVENT = 4
 
 
 class Role(enum.Enum):
@@ -197,7 +204,12 @@ def _verbs() -> tuple[OpSpec, ...]:
             reply=m.Empty,
             roles=_VERBS,
             doc="Connect our QP to a QP of another context on the same aux driver.",
-            errors=(_NO_CONTEXT, (ENOENT, "no such QP (ours or the remote one)")),
+            errors=(
+                _NO_CONTEXT,
+                (ENOENT, "no such QP (ours or the remote one)"),
+                (EINVAL, "our QP itself"),
+                (EBUSY, "either QP is connected to another already"),
+            ),
         ),
         OpSpec(
             op=Op.IBV_POST_SEND,
@@ -340,7 +352,8 @@ SPECS: dict[Op, OpSpec] = {
             errors=(
                 _MBZ,
                 (EINVAL, "more than 512 binds (none is a legal sync-only bind)"),
-                (EINVAL, "op unknown, or MAP_USERPTR / PREFETCH (not emulated yet)"),
+                (EINVAL, "op unknown, or PREFETCH (not emulated)"),
+                (EFAULT, "MAP_USERPTR outside this connection's registered host memory"),
                 (EINVAL, "unknown bind flags"),
                 (EINVAL, "obj given for UNMAP, or missing for MAP without NULL"),
                 (EINVAL, "obj_offset with NULL"),
@@ -507,6 +520,71 @@ SPECS: dict[Op, OpSpec] = {
         ),
         *_verbs(),
         OpSpec(
+            op=Op.HOST_MEMORY_REGISTER,
+            request=m.XedHostMemoryRegister,
+            reply=m.XedHostMemoryRegisterReply,
+            fds_in=1,
+            doc=(
+                "Register the attached memfd as this connection's host memory, which "
+                "MAP_USERPTR binds may map and the device may reach."
+            ),
+            errors=(
+                (EINVAL, "size zero or not page aligned, or not the memfd's size"),
+                (EINVAL, "the descriptor is not a memfd (or cannot be mapped shared)"),
+                (EBUSY, "this connection registered its host memory already"),
+            ),
+        ),
+        OpSpec(
+            op=Op.HOST_MEMORY_INVALIDATE,
+            request=m.XedHostMemoryInvalidate,
+            reply=m.Empty,
+            doc=(
+                "The client library's MMU notifier: host memory under [addr, addr+length) "
+                "was freed or replaced; userptr sequences move, freed pages are never read."
+            ),
+            errors=((EINVAL, "no host memory registered, or the range outside it"),),
+        ),
+        OpSpec(
+            op=Op.DEBUG_ATTACH,
+            request=m.XedDebugAttach,
+            reply=m.XedDebugAttachReply,
+            roles=frozenset({Role.DEBUGGER}),
+            doc=(
+                "Attach to a process: its VMs and bindings now, and DEBUG_EVENT for what "
+                "it does from here on."
+            ),
+            errors=(
+                (ESRCH, "no drm connection of that pid"),
+                (EPERM, "not the target's uid, and not root"),
+                (EBUSY, "another debugger is attached to it"),
+            ),
+        ),
+        OpSpec(
+            op=Op.DEBUG_DETACH,
+            request=m.XedDebugDetach,
+            reply=m.Empty,
+            roles=frozenset({Role.DEBUGGER}),
+            doc="Detach (disconnecting does it too).",
+            errors=((ENOENT, "not attached to that pid"),),
+        ),
+        OpSpec(
+            op=Op.DEBUG_VM_ACCESS,
+            request=m.XedDebugVmAccess,
+            reply=m.XedDebugVmAccessReply,
+            roles=frozenset({Role.DEBUGGER}),
+            blocking=True,
+            doc=(
+                "Read or write a target VM at GPU addresses, across its VMAs, BO and "
+                "userptr alike (userptr through the notifier: revalidate and retry)."
+            ),
+            errors=(
+                (ENOENT, "not attached to the owner of that connection, or no such VM"),
+                (EINVAL, "length zero or above 32 KiB"),
+                (EINVAL, "a userptr range while debugger.userptr_access = false"),
+                (EFAULT, "an address with nothing bound (or NULL, or freed host memory)"),
+            ),
+        ),
+        OpSpec(
             op=Op.PRIME_HANDLE_TO_FD,
             request=m.DrmPrimeHandle,
             reply=m.DrmPrimeHandleReply,
@@ -661,4 +739,5 @@ EVENTS: dict[Event, type] = {
     Event.EXEC_QUEUE_BANNED: m.ExecQueueBanned,
     Event.PROTOCOL_ERROR: m.ProtocolErrorInfo,
     Event.AUX_RANGE_INVALIDATED: m.AuxRangeInvalidated,
+    Event.DEBUG_EVENT: m.DebugEventInfo,
 }

@@ -55,7 +55,7 @@ from protocols.constants import (
     IBV_WR_RDMA_WRITE,
 )
 
-from ..errors import XeError
+from ..errors import DaemonGone, XeError
 from .cq import CQ_ENTRIES, CompletionRing
 from .link import DaemonLink
 
@@ -243,9 +243,16 @@ class IbDriver:
         return qp.num, fd
 
     def connect_qp(self, context: Context, num: int, remote: int) -> None:
+        """Pair our QP with a remote one; a QP paired with another cannot be taken over."""
         qp, peer = context.qps.get(num), self.qps.get(remote)
         _refuse_if(qp is None or peer is None or peer.closed, errno.ENOENT, "no such QP")
         assert qp is not None and peer is not None
+        _refuse_if(peer is qp, errno.EINVAL, "a QP cannot connect to itself")
+        _refuse_if(
+            (qp.peer not in (None, peer)) or (peer.peer not in (None, qp)),
+            errno.EBUSY,
+            "one of the QPs is connected to another",
+        )
         qp.peer, peer.peer = peer, qp
 
     def post_send(self, context: Context, wr: m.IbvPostSend) -> None:
@@ -295,7 +302,7 @@ class IbDriver:
             self.qps.pop(qp.num, None)
         self.contexts.pop(context.vm_handle, None)
         # the daemon gone, or forgetting already, holds nothing either way
-        with contextlib.suppress(XeError, OSError):
+        with contextlib.suppress(XeError, OSError, DaemonGone):
             await self.link.call(Op.AUX_VM_RELEASE, m.XedAuxVmRelease(vm_handle=context.vm_handle))
 
     # --- one application ----------------------------------------------------------------------
@@ -340,6 +347,10 @@ class IbDriver:
                         os.close(fd)
         except OSError:
             pass  # the application went away mid-request: tidy up below
+        except Exception:
+            # a bug, or an application that corrupted what it shares with us: drop that
+            # one application, never the driver and everyone else with it
+            log.exception("app_dropped", pid=pid)
         finally:
             if context is not None:
                 with trio.CancelScope(shield=True):

@@ -48,6 +48,7 @@ class DaemonLink:
         self._pending: dict[int, _Pending] = {}
         self._next_id = 0
         self._send_lock = trio.Lock()
+        self._gone: Exception | None = None  # set once the reader stopped: calls fail at once
 
     @classmethod
     async def connect(cls, path: str | os.PathLike[str]) -> DaemonLink:
@@ -72,9 +73,11 @@ class DaemonLink:
                     break
                 self._dispatch(data, fds)
         finally:
+            self._gone = DaemonGone("the connection to the daemon is closed")
             for pending in self._pending.values():
-                pending.outcome = DaemonGone("the daemon closed the connection")
+                pending.outcome = self._gone
                 pending.done.set()
+            self._pending.clear()
 
     def _dispatch(self, data: bytes, fds: list[int]) -> None:
         ops = {ident: p.op for ident, p in self._pending.items()}
@@ -92,6 +95,8 @@ class DaemonLink:
         pending.done.set()
 
     async def call(self, op: Op, args: Any, fds: Sequence[int] = ()) -> tuple[Any, list[int]]:
+        if self._gone is not None:
+            raise self._gone
         self._next_id = self._next_id % 0xFFFF_FFFF + 1
         ident = self._next_id
         pending = self._pending[ident] = _Pending(op)
