@@ -59,7 +59,36 @@ def main(argv: list[str] | None = None) -> int:
     ib_serve.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
+    sc_p = sub.add_parser("scenario", help="run scenario files of many client processes")
+    sc_sub = sc_p.add_subparsers(dest="which", required=True)
+    sc_run = sc_sub.add_parser("run", help="run a scenario and print its result table")
+    sc_run.add_argument("file", help="a scenario file, or the name of a shipped one")
+    sc_run.add_argument("--socket", type=Path, help="use a running daemon instead of starting one")
+    sc_check = sc_sub.add_parser("check", help="validate a scenario file without running it")
+    sc_check.add_argument("file", help="a scenario file, or the name of a shipped one")
+    sc_sub.add_parser("list", help="the shipped scenarios")
+    debug_p = sub.add_parser("debug", help="a small debugger for a process using xed")
+    debug_sub = debug_p.add_subparsers(dest="which", required=True)
+    att = debug_sub.add_parser("attach", help="attach to PID: list, dump, patch, follow")
+    att.add_argument("pid", type=int)
+    att.add_argument("--socket", type=Path, default=None, help="the daemon's socket")
+    att.add_argument("--dump", action="append", default=[], metavar="CLIENT:VM:ADDR:LEN")
+    att.add_argument("--patch", action="append", default=[], metavar="CLIENT:VM:ADDR:HEX")
+    att.add_argument(
+        "--follow", type=float, default=0.0, metavar="SECONDS",
+        help="print the target's events for this long (or until it exits)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.command == "debug":
+        from .debugger import attach
+
+        return attach(
+            args.socket or default_socket_path(), args.pid, args.dump, args.patch, args.follow
+        )
+    if args.command == "scenario":
+        from . import scenario
+
+        return scenario.cli(args)
     if args.command == "ib":
         return ib_main(args.socket, args.daemon or default_socket_path(), args.log_level)
     if args.command == "load":

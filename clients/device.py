@@ -40,6 +40,7 @@ from protocols.constants import (
     DRM_XE_SYNC_FLAG_SIGNAL,
     DRM_XE_SYNC_TYPE_USER_FENCE,
     DRM_XE_VM_BIND_OP_MAP,
+    DRM_XE_VM_BIND_OP_MAP_USERPTR,
     DRM_XE_VM_BIND_OP_UNMAP,
     MAP_SHARED,
     PAGE_SIZE,
@@ -55,6 +56,7 @@ from protocols.constants import (
     UfenceOp,
 )
 
+from .host_memory import HostMemory
 from .mapping import Mapping
 from .rpc import RpcConnection
 from .transport import SeqpacketTransport, default_socket_path
@@ -199,6 +201,10 @@ class Device:
         if length is None:
             length = self._bo_sizes[handle]
         return self.mmap(self.gem_mmap_offset(handle), length)
+
+    def track_mapping(self, mapping: Mapping) -> None:
+        """Let user_address() translate CPU addresses inside `mapping`."""
+        self._mappings.append(mapping)
 
     def user_address(self, address: int) -> int:
         """A CPU address inside one of our mappings, as the daemon names user memory."""
@@ -409,6 +415,42 @@ class Device:
     def wait_event(self, timeout: float | None = None) -> EventMessage:
         """The next event from the daemon (queued ones first); TimeoutError if none came."""
         return self.rpc.wait_event(timeout)
+
+    # --- userptr ------------------------------------------------------------------------------
+    def host_memory(self, size: int) -> HostMemory:
+        """This connection's host memory (register it once): userptr binds map into it."""
+        return HostMemory(self, size)
+
+    def vm_bind_userptr(
+        self, vm: int, host: HostMemory, offset: int, addr: int, length: int, flags: int = 0
+    ) -> None:
+        """MAP_USERPTR: [offset, offset+length) of host memory at GPU address `addr`."""
+        op = m.DrmXeVmBindOp(
+            obj_offset=host.user_address(offset), range=length, addr=addr,
+            op=DRM_XE_VM_BIND_OP_MAP_USERPTR, flags=flags,
+        )  # fmt: skip
+        self.vm_bind_ops(vm, [op])
+
+    # --- the debugger's side (role "debugger") ------------------------------------------------
+    def debug_attach(self, pid: int) -> m.XedDebugAttachReply:
+        reply: m.XedDebugAttachReply = self.ioctl(Op.DEBUG_ATTACH, m.XedDebugAttach(pid=pid))
+        return reply
+
+    def debug_detach(self, pid: int) -> None:
+        self.ioctl(Op.DEBUG_DETACH, m.XedDebugDetach(pid=pid))
+
+    def debug_vm_read(self, client_id: int, vm: int, addr: int, length: int) -> bytes:
+        reply: m.XedDebugVmAccessReply = self.ioctl(
+            Op.DEBUG_VM_ACCESS,
+            m.XedDebugVmAccess(client_id=client_id, vm_id=vm, addr=addr, length=length),
+        )
+        return reply.data
+
+    def debug_vm_write(self, client_id: int, vm: int, addr: int, data: bytes) -> None:
+        self.ioctl(
+            Op.DEBUG_VM_ACCESS,
+            m.XedDebugVmAccess(client_id=client_id, vm_id=vm, addr=addr, write=1, data=data),
+        )
 
     # --- exec queues and execution ----------------------------------------------------------
     def exec_queue_create(

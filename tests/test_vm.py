@@ -363,11 +363,11 @@ def test_vm_bind_unmap_all_with_addr_or_range_or_without_obj_is_einval(
     assert errno_of(dev.vm_bind_ops, vm, [op]) == EINVAL
 
 
-def test_vm_bind_map_userptr_is_einval(dev: Device) -> None:
-    """MAP_USERPTR is not emulated: EINVAL."""
+def test_vm_bind_map_userptr_without_host_memory_is_efault(dev: Device) -> None:
+    """MAP_USERPTR of an address outside this file's (unregistered) host memory: EFAULT."""
     vm = dev.vm_create()
     op = bind_op(op=DRM_XE_VM_BIND_OP_MAP_USERPTR, obj_offset=0x7000_0000_0000)
-    assert errno_of(dev.vm_bind_ops, vm, [op]) == EINVAL
+    assert errno_of(dev.vm_bind_ops, vm, [op]) == EFAULT
 
 
 def test_vm_bind_prefetch_is_einval(dev: Device) -> None:

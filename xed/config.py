@@ -116,6 +116,13 @@ class AuxConfig:
 
 
 @attrs.frozen(kw_only=True)
+class DebuggerConfig:
+    # false: DEBUG_VM_ACCESS refuses userptr ranges (EINVAL), for those who see reading
+    # another process's host memory through the GPU as a side channel
+    userptr_access: bool = attrs.field(default=True, validator=_boolean)
+
+
+@attrs.frozen(kw_only=True)
 class AdminConfig:
     """Who may connect with role admin (`xed ctl`): root and the daemon's own uid
     always, and these uids and groups (a group such as `xed-admin`)."""
@@ -130,6 +137,7 @@ class Config:
     dma_buf: DmaBufConfig = attrs.field(factory=DmaBufConfig)
     aux: AuxConfig = attrs.field(factory=AuxConfig)
     admin: AdminConfig = attrs.field(factory=AdminConfig)
+    debugger: DebuggerConfig = attrs.field(factory=DebuggerConfig)
 
 
 def _build(cls: type, table: Any, where: str) -> Any:
@@ -163,4 +171,11 @@ def load(path: Path | None) -> Config:
     return config
 
 
-_SECTIONS = {"EngineConfig", "DeviceConfig", "DmaBufConfig", "AuxConfig", "AdminConfig"}
+_SECTIONS = {
+    "EngineConfig",
+    "DeviceConfig",
+    "DmaBufConfig",
+    "AuxConfig",
+    "AdminConfig",
+    "DebuggerConfig",
+}

@@ -15,7 +15,19 @@ from protocols import messages as m
 from protocols.ops import Op
 
 from . import log as xlog
-from .device import bo, dma_buf, exec_queue, mmap, mmio, query, ufence, vm, vm_export
+from .device import (
+    bo,
+    dma_buf,
+    eudebug,
+    exec_queue,
+    mmap,
+    mmio,
+    query,
+    ufence,
+    userptr,
+    vm,
+    vm_export,
+)
 from .device.errors import refuse_if
 from .device.file import XeFile
 
@@ -112,6 +124,11 @@ HANDLERS: dict[Op, Callable[..., Any]] = {
     Op.AUX_VM_RESOLVE: vm_export.aux_vm_resolve_ioctl,
     Op.AUX_VM_UNWATCH: vm_export.aux_vm_unwatch_ioctl,
     Op.AUX_VM_RELEASE: vm_export.aux_vm_release_ioctl,
+    Op.HOST_MEMORY_REGISTER: userptr.host_memory_register_ioctl,
+    Op.HOST_MEMORY_INVALIDATE: userptr.host_memory_invalidate_ioctl,
+    Op.DEBUG_ATTACH: eudebug.debug_attach_ioctl,
+    Op.DEBUG_DETACH: eudebug.debug_detach_ioctl,
+    Op.DEBUG_VM_ACCESS: eudebug.debug_vm_access_ioctl,
     Op.ADMIN_CLIENTS: admin_clients_ioctl,
     Op.ADMIN_UNPLUG: admin_unplug_ioctl,
     Op.ADMIN_STATS: admin_stats_ioctl,

@@ -51,6 +51,7 @@ from . import log as xlog
 from .config import Config
 from .device.device import XeDevice
 from .device.errors import IoctlError
+from .device.eudebug import debug_event
 from .device.file import XeFile
 from .device.ids import IdAllocator
 from .ioctl import HANDLERS
@@ -207,6 +208,7 @@ class Connection:
         self.log = self.log.bind(role=role.value)
         self.xef.log = self.log
         self.log.info("client_hello", version=list(hello.version))
+        debug_event(self.xef, "open")
         return m.HelloReply(
             version=PROTOCOL_VERSION, device=self.device.identity, client_id=self.client_id
         )

@@ -25,9 +25,11 @@ from protocols.constants import (
     MI_SDI_NUM_QW_BIT,
     XE_MAX_BATCH_DWORDS,
     XED_MEM_COPY,
+    XED_MEM_COPY_DWORDS,
 )
 
 from .errors import GpuFault
+from .userptr import UserptrBusy
 
 if TYPE_CHECKING:
     from .vm import XeVm
@@ -60,24 +62,39 @@ async def run_batch(vm: XeVm, address: int) -> int:
     while True:
         if pc - address >= 4 * XE_MAX_BATCH_DWORDS:
             raise GpuFault(pc, "batch too long (no MI_BATCH_BUFFER_END)")
-        (header,) = _u32s(vm, pc, 1)
         executed += 1
         if executed % _YIELD_EVERY == 0:
             await trio.lowlevel.checkpoint()
-        client = header >> 29
-        if client == 0:
-            opcode = (header >> 23) & 0x3F
-            if opcode == 0x0A:  # MI_BATCH_BUFFER_END
-                return executed
-            pc += 4 * _mi(vm, pc, header, opcode)
-        elif header & 0xFFC0_0000 == XED_MEM_COPY:
-            length, dst_lo, dst_hi, src_lo, src_hi = _u32s(vm, pc + 4, 5)
-            if length > _MAX_COPY:
-                raise GpuFault(pc, f"MEM_COPY of {length} bytes exceeds {_MAX_COPY}")
-            vm.write(_addr(dst_lo, dst_hi), vm.read(_addr(src_lo, src_hi), length))
-            pc += 24
-        else:
-            raise BadInstruction(pc, header)
+        try:
+            length = _step(vm, pc)
+        except UserptrBusy as busy:
+            # host memory under a userptr is being invalidated: stall, as a GPU page
+            # fault would, until the notifier is done; then run the instruction again
+            # (each instruction writes last, so running it again is safe)
+            vm.device.stats["userptr_retries"] += 1
+            await busy.arena.wait_idle()
+            continue
+        if length == 0:
+            return executed
+        pc += 4 * length
+
+
+def _step(vm: XeVm, pc: int) -> int:
+    """Execute the instruction at pc; return its length in dwords (0: batch end)."""
+    (header,) = _u32s(vm, pc, 1)
+    client = header >> 29
+    if client == 0:
+        opcode = (header >> 23) & 0x3F
+        if opcode == 0x0A:  # MI_BATCH_BUFFER_END
+            return 0
+        return _mi(vm, pc, header, opcode)
+    if header & 0xFFC0_0000 == XED_MEM_COPY:
+        length, dst_lo, dst_hi, src_lo, src_hi = _u32s(vm, pc + 4, 5)
+        if length > _MAX_COPY:
+            raise GpuFault(pc, f"MEM_COPY of {length} bytes exceeds {_MAX_COPY}")
+        vm.write(_addr(dst_lo, dst_hi), vm.read(_addr(src_lo, src_hi), length))
+        return XED_MEM_COPY_DWORDS
+    raise BadInstruction(pc, header)
 
 
 def _mi(vm: XeVm, pc: int, header: int, opcode: int) -> int:

@@ -34,6 +34,8 @@ class XeDevice:
         self.dma_buf_config = full_config.dma_buf
         self.aux_config = full_config.aux
         self.admin_config = full_config.admin
+        self.debugger_config = full_config.debugger
+        self.debuggers: dict[int, XeFile] = {}  # target pid -> its debugger's file
         self.identity = m.DeviceIdentity(
             name=config.name,
             device_id=config.device_id,

@@ -14,6 +14,7 @@ from protocols.ops import Event
 
 from .cs import run_batch
 from .errors import GpuFault, IoctlError, refuse_if
+from .eudebug import debug_event
 from .sync import UserFence, parse_syncs, signal_user_fences
 
 if TYPE_CHECKING:
@@ -153,6 +154,7 @@ def xe_exec_queue_create_ioctl(
     queue.id = xef.exec_queue_ids.alloc()
     xef.exec_queues[queue.id] = queue
     xef.log.debug("exec_queue_created", exec_queue_id=queue.id, vm_id=args.vm_id)
+    debug_event(xef, "exec_queue_create", vm_id=args.vm_id, detail=f"queue {queue.id}")
     return m.DrmXeExecQueueCreateReply(exec_queue_id=queue.id)
 
 
@@ -168,6 +170,7 @@ def xe_exec_queue_destroy_ioctl(xef: XeFile, args: m.DrmXeExecQueueDestroy) -> m
     xef.exec_queue_ids.release(args.exec_queue_id)
     queue.destroy()
     xef.log.debug("exec_queue_destroyed", exec_queue_id=args.exec_queue_id)
+    debug_event(xef, "exec_queue_destroy", detail=f"queue {args.exec_queue_id}")
     return m.Empty()
 
 
@@ -196,4 +199,5 @@ def xe_exec_ioctl(xef: XeFile, args: m.DrmXeExec) -> m.Empty:
     if args.num_batch_buffer:
         refuse_if(queue.vm.closed, ECANCELED, "the VM is closed")
     queue.submit(args.address if args.num_batch_buffer else None, fences)
+    debug_event(xef, "exec", vm_id=queue.vm.id, addr=args.address, detail=f"queue {queue.id}")
     return m.Empty()

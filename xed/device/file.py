@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from protocols import messages as m
 from protocols.ops import Event, Role
 
+from . import eudebug
 from .ids import IdAllocator
 
 if TYPE_CHECKING:
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
     from .exec_queue import XeExecQueue
     from .mmio import XeMmioRegion
     from .pages import BarrierPage
+    from .userptr import HostArena
     from .vm import XeVm
     from .vm_export import AuxRegistration
 
@@ -59,6 +61,8 @@ class XeFile:
         self.barrier_page: BarrierPage | None = None
         self.aux_vms: dict[int, AuxRegistration] = {}  # role aux: the VMs it imported
         self.aux_ids = IdAllocator()
+        self.host: HostArena | None = None  # host memory for userptr, once registered
+        self.debugging: set[int] = set()  # role debugger: the pids it is attached to
         self._handle_ids = IdAllocator()
         self.vm_ids = IdAllocator()
         self.exec_queue_ids = IdAllocator()
@@ -115,6 +119,8 @@ class XeFile:
 
     def release(self) -> None:
         """The last close of the DRM fd: queues, then VMs, then handles (xe_file_close)."""
+        eudebug.target_closed(self)
+        eudebug.debugger_closed(self)
         for handle in list(self.aux_vms):
             self.release_aux_vm(handle)
         for queue_id in list(self.exec_queues):
@@ -125,6 +131,9 @@ class XeFile:
             self.handle_delete(handle)
         for exported in list(self.device.exported.values()):
             exported.forget(self)
+        if self.host is not None:  # after the VMs: no userptr VMA refers to it any more
+            self.host.close()
+            self.host = None
         for region_id in list(self.mmio_regions):
             self.mmio_regions.pop(region_id).close()
         if self.barrier_page is not None:

@@ -44,6 +44,7 @@ def xed_mmap_ioctl(xef: XeFile, args: m.XedMmap) -> tuple[m.XedMmapReply, list[i
     - flags not exactly one of MAP_SHARED / MAP_PRIVATE: EINVAL
     - prot bits outside READ | WRITE | EXEC: EINVAL
     - no object starts at offset, or length runs past its end: EINVAL
+    - the offset is this file's host memory (the client maps its own memfd): EINVAL
     - the object is not mapped-allowed for this file: EACCES
     - a private (copy-on-write) mapping: EINVAL
     - an MMIO region: length other than the region's size: EINVAL
@@ -64,6 +65,7 @@ def xed_mmap_ioctl(xef: XeFile, args: m.XedMmap) -> tuple[m.XedMmapReply, list[i
     refuse_if(node is None or args.length > node.size, EINVAL, f"nothing maps at {args.offset:#x}")
     assert node is not None
     refuse_if(not node.is_allowed(xef), EACCES, "offset belongs to another file")
+    refuse_if(not getattr(node.obj, "mappable", True), EINVAL, "host memory is the client's own")
     refuse_if(args.length > node.obj.size, EINVAL, "length larger than the object")
     refuse_if(args.flags == MAP_PRIVATE, EINVAL, "copy-on-write mappings are refused")
     refuse_if(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterator
-from errno import EBUSY, EINVAL, ENOENT
+from errno import EBUSY, EFAULT, EINVAL, ENOENT
 from typing import TYPE_CHECKING
 
 import attrs
@@ -21,6 +21,7 @@ from protocols.constants import (
     DRM_XE_VM_BIND_FLAG_READONLY,
     DRM_XE_VM_BIND_FLAGS,
     DRM_XE_VM_BIND_OP_MAP,
+    DRM_XE_VM_BIND_OP_MAP_USERPTR,
     DRM_XE_VM_BIND_OP_PREFETCH,
     DRM_XE_VM_BIND_OP_UNMAP,
     DRM_XE_VM_BIND_OP_UNMAP_ALL,
@@ -33,11 +34,13 @@ from protocols.constants import (
 )
 
 from .errors import GpuFault, IoctlError, refuse_if
+from .eudebug import debug_event
 from .sync import parse_syncs, signal_user_fences
 
 if TYPE_CHECKING:
     from .bo import XeBo
     from .file import XeFile
+    from .userptr import HostArena
     from .vm_export import AuxRegistration, XeVmExport
 
 XE_PAT_ENTRIES = 32
@@ -47,9 +50,14 @@ XE_PAT_ENTRIES = 32
 class Vma:
     start: int
     end: int
-    bo: XeBo | None  # None: a NULL binding (reads zero, writes dropped)
-    bo_offset: int
+    bo: XeBo | None  # None and no host: a NULL binding (reads zero, writes dropped)
+    bo_offset: int  # offset into the BO, or into the host memory for a userptr
     flags: int
+    host: HostArena | None = None  # a userptr: the file's host memory
+
+    @property
+    def kind(self) -> str:
+        return "userptr" if self.host else "bo" if self.bo else "null"
 
 
 class XeVm:
@@ -106,9 +114,17 @@ class XeVm:
     def vmas(self) -> list[Vma]:
         return [self._vmas[s] for s in self._starts]
 
-    def map(self, addr: int, length: int, bo: XeBo | None, bo_offset: int, flags: int) -> None:
+    def map(
+        self,
+        addr: int,
+        length: int,
+        bo: XeBo | None,
+        bo_offset: int,
+        flags: int,
+        host: HostArena | None = None,
+    ) -> None:
         self.unmap(addr, length)
-        vma = Vma(addr, addr + length, bo.get() if bo else None, bo_offset, flags)
+        vma = Vma(addr, addr + length, bo.get() if bo else None, bo_offset, flags, host)
         bisect.insort(self._starts, addr)
         self._vmas[addr] = vma
 
@@ -117,10 +133,10 @@ class XeVm:
         for vma in list(self._overlapping(addr, end)):
             self._remove(vma)
             if vma.start < addr:  # keep the head
-                self._insert(Vma(vma.start, addr, vma.bo, vma.bo_offset, vma.flags), get=True)
+                self._insert(attrs.evolve(vma, end=addr), get=True)
             if vma.end > end:  # keep the tail
                 tail_offset = vma.bo_offset + (end - vma.start)
-                self._insert(Vma(end, vma.end, vma.bo, tail_offset, vma.flags), get=True)
+                self._insert(attrs.evolve(vma, start=end, bo_offset=tail_offset), get=True)
             if vma.bo is not None:
                 vma.bo.put()
 
@@ -166,31 +182,43 @@ class XeVm:
             pos += n
             index += 1
 
+    def _memory(self, vma: Vma, offset: int, n: int) -> XeBo | HostArena | None:
+        """What backs [offset, offset+n) of a VMA now: a userptr is checked against its
+        notifier first (freed: a fault; being invalidated: UserptrBusy, wait and retry)."""
+        if vma.host is not None:
+            vma.host.check(vma.bo_offset + offset, n, vma.start + offset)
+            return vma.host
+        return vma.bo
+
     def read(self, addr: int, length: int) -> bytes:
         parts = []
         for vma, offset, n in self._spans(addr, length, write=False):
-            if vma.bo is None:
+            memory = self._memory(vma, offset, n)
+            if memory is None:
                 parts.append(bytes(n))
             else:
                 start = vma.bo_offset + offset
-                parts.append(vma.bo.view()[start : start + n])
+                parts.append(memory.view()[start : start + n])
         return b"".join(parts)
 
     def write_u64(self, addr: int, value: int) -> None:
         """One 8-byte store (a user fence): a waiter never sees half of the value."""
         spans = list(self._spans(addr, 8, write=True))
         vma, offset, n = spans[0]
-        if n == 8 and vma.bo is not None and (vma.bo_offset + offset) % 8 == 0:
-            vma.bo.words().store_u64(vma.bo_offset + offset, value)
+        memory = self._memory(vma, offset, n)
+        if n == 8 and memory is not None and (vma.bo_offset + offset) % 8 == 0:
+            memory.words().store_u64(vma.bo_offset + offset, value)
         else:
             self.write(addr, value.to_bytes(8, "little"))
 
     def write(self, addr: int, data: bytes) -> None:
+        spans = list(self._spans(addr, len(data), write=True))
+        backing = [self._memory(vma, offset, n) for vma, offset, n in spans]  # all, or none
         pos = 0
-        for vma, offset, n in list(self._spans(addr, len(data), write=True)):
-            if vma.bo is not None:
+        for (vma, offset, n), memory in zip(spans, backing, strict=True):
+            if memory is not None:
                 start = vma.bo_offset + offset
-                vma.bo.view()[start : start + n] = data[pos : pos + n]
+                memory.view()[start : start + n] = data[pos : pos + n]
             pos += n
 
 
@@ -224,6 +252,7 @@ def xe_vm_create_ioctl(xef: XeFile, args: m.DrmXeVmCreate) -> m.DrmXeVmCreateRep
     xef.vms[vm_id] = vm
     vm.id = vm_id
     xef.log.debug("vm_created", vm_id=vm_id, flags=args.flags)
+    debug_event(xef, "vm_create", vm_id=vm_id)
     return m.DrmXeVmCreateReply(vm_id=vm_id)
 
 
@@ -245,6 +274,7 @@ def xe_vm_destroy_ioctl(xef: XeFile, args: m.DrmXeVmDestroy) -> m.Empty:
     refuse_if(vm.shared, EBUSY, "the VM is exported or registered with an aux driver")
     xef.vm_destroy(args.vm_id)
     xef.log.debug("vm_destroyed", vm_id=args.vm_id)
+    debug_event(xef, "vm_destroy", vm_id=args.vm_id)
     return m.Empty()
 
 
@@ -267,17 +297,31 @@ def _check_bind_op(op: m.DrmXeVmBindOp) -> None:
         "UNMAP_ALL takes obj only",
     )
     refuse_if(op.obj and op.op == DRM_XE_VM_BIND_OP_UNMAP, EINVAL, "UNMAP takes no obj")
-    refuse_if(
-        op.op not in (DRM_XE_VM_BIND_OP_MAP, DRM_XE_VM_BIND_OP_UNMAP, DRM_XE_VM_BIND_OP_UNMAP_ALL),
-        EINVAL,
-        f"bind op {op.op} is not emulated",
-    )
+    refuse_if(op.op == DRM_XE_VM_BIND_OP_PREFETCH, EINVAL, "PREFETCH is not emulated")
     refuse_if(
         op.obj_offset % PAGE_SIZE or op.addr % PAGE_SIZE or op.range % PAGE_SIZE,
         EINVAL,
         "obj_offset, addr and range must be page aligned",
     )
     refuse_if(not op.range and op.op != DRM_XE_VM_BIND_OP_UNMAP_ALL, EINVAL, "range is zero")
+
+
+def _check_userptr(xef: XeFile, op: m.DrmXeVmBindOp) -> None:
+    """MAP_USERPTR: obj_offset is a user address in this file's host memory, every page
+    of it still there (hmm_range_fault of freed memory fails): else EFAULT."""
+    host = xef.host
+    offset = op.obj_offset - host.node.start if host is not None else -1
+    refuse_if(
+        host is None or offset < 0 or offset + op.range > host.size,
+        EFAULT,
+        f"userptr {op.obj_offset:#x} is not inside this file's host memory",
+    )
+    assert host is not None
+    refuse_if(
+        any(host.gone[p] for p in range(offset // PAGE_SIZE, (offset + op.range) // PAGE_SIZE)),
+        EFAULT,
+        "the userptr range holds freed host memory",
+    )
 
 
 def xe_vm_bind_ioctl(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
@@ -288,10 +332,11 @@ def xe_vm_bind_ioctl(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
     - extensions, pad, pad2 or reserved non-zero: EINVAL
     - more than XE_MAX_BINDS_PER_IOCTL binds: EINVAL (none at all is a sync-only bind)
     - each bind: MBZ fields, pat_index, op, flags, obj/NULL/op combinations: EINVAL;
-      MAP_USERPTR and PREFETCH: EINVAL (not emulated); alignment, zero range: EINVAL
+      PREFETCH: EINVAL (not emulated); alignment, zero range: EINVAL
     - exec_queue_id non-zero (bind queues are not emulated): EINVAL
     - VM closed or banned: ENOENT
     - each bind: range beyond the VM: EINVAL
+    - each MAP_USERPTR: not inside this file's host memory, or over freed pages: EFAULT
     - each bind with obj: no such handle: ENOENT; range beyond the BO: EINVAL;
       BO private to another VM: EINVAL
     - syncs: as EXEC's (EINVAL, ENOENT, EOPNOTSUPP); a user fence on a bind with no
@@ -310,6 +355,8 @@ def xe_vm_bind_ioctl(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
     bos: list[XeBo | None] = []
     for op in args.binds:
         refuse_if(op.range > vm.size or op.addr > vm.size - op.range, EINVAL, "range beyond the VM")
+        if op.op == DRM_XE_VM_BIND_OP_MAP_USERPTR:
+            _check_userptr(xef, op)
         bo = None
         if op.obj:
             bo = xef.handles.get(op.obj)
@@ -328,6 +375,11 @@ def xe_vm_bind_ioctl(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
         if op.op == DRM_XE_VM_BIND_OP_MAP:
             vm.map(op.addr, op.range, bo, op.obj_offset, op.flags)
             vm.notify_aux(op.addr, op.range, "bind")
+        elif op.op == DRM_XE_VM_BIND_OP_MAP_USERPTR:
+            assert xef.host is not None
+            offset = op.obj_offset - xef.host.node.start
+            vm.map(op.addr, op.range, None, offset, op.flags, host=xef.host)
+            vm.notify_aux(op.addr, op.range, "bind")
         elif op.op == DRM_XE_VM_BIND_OP_UNMAP:
             vm.unmap(op.addr, op.range)
             vm.notify_aux(op.addr, op.range, "unbind")
@@ -337,5 +389,13 @@ def xe_vm_bind_ioctl(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
                     vm.unmap(vma.start, vma.end - vma.start)
                     vm.notify_aux(vma.start, vma.end - vma.start, "unbind")
         xef.log.debug("vm_bind", vm_id=args.vm_id, op=op.op, addr=op.addr, range=op.range)
+        debug_event(
+            xef,
+            "unbind" if op.op in (DRM_XE_VM_BIND_OP_UNMAP, DRM_XE_VM_BIND_OP_UNMAP_ALL) else "bind",
+            vm_id=args.vm_id,
+            addr=op.addr,
+            range=op.range,
+            detail="userptr" if op.op == DRM_XE_VM_BIND_OP_MAP_USERPTR else f"bo {op.obj}",
+        )
     signal_user_fences(xef, fences, vm=None)
     return m.Empty()

@@ -1,0 +1,172 @@
+"""Host memory and userptr: client memory the device reaches, with notifiers, not pins.
+
+A client registers one memfd as its host memory; MAP_USERPTR binds map parts of it into
+VMs. Nothing is pinned. When the client frees, unmaps or replaces host memory, its
+library reports it as the MMU notifier would: START (the range is about to change: its
+sequence moves, device accesses wait), then END (replaced: the pages are there again;
+freed: they are gone for good). Every device-side access follows mmu_interval_read_begin
+/ read_retry: note the sequence, check the pages, copy, and if the sequence moved
+meanwhile revalidate and retry; freed pages are never read (EFAULT or a GPU fault).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import mmap
+import os
+import stat
+from errno import EBUSY, EINVAL
+from typing import TYPE_CHECKING
+
+import trio
+
+from protocols import messages as m
+from protocols.constants import PAGE_SIZE
+from protocols.words import Words
+
+from .errors import GpuFault, IoctlError, refuse_if
+
+if TYPE_CHECKING:
+    from .file import XeFile
+
+INVALIDATE_START = 1
+INVALIDATE_END_REPLACED = 2
+INVALIDATE_END_FREED = 3
+
+
+class UserptrBusy(Exception):
+    """The range is being invalidated: wait for the notifier to finish, then retry."""
+
+    def __init__(self, arena: HostArena) -> None:
+        super().__init__("host memory is being invalidated")
+        self.arena = arena
+
+
+class HostArena:
+    """One connection's host memory: its pages, their sequences, what is gone or busy."""
+
+    exact_length = False
+    mappable = False  # the client maps its own memfd; MMAP of this offset is refused
+
+    def __init__(self, xef: XeFile, fd: int, size: int) -> None:
+        self.file = xef
+        self.size = size
+        self.memfd = os.dup(fd)
+        self._view = mmap.mmap(self.memfd, size, mmap.MAP_SHARED)
+        self._words = Words(self._view)
+        pages = size // PAGE_SIZE
+        self.seq = [0] * pages  # per page: moves at every invalidation
+        self.gone = bytearray(pages)  # 1: freed, never to be read
+        self.busy = bytearray(pages)  # 1: between START and END
+        self._idle = trio.Event()
+        self._idle.set()
+        self.closed = False  # the file went away; VMs that outlive it fault here
+        self.node = xef.device.vma.add(self, size)
+        self.node.allow(xef)
+
+    def view(self) -> mmap.mmap:
+        return self._view
+
+    def words(self) -> Words:
+        return self._words
+
+    def _pages(self, offset: int, length: int) -> range:
+        return range(offset // PAGE_SIZE, (offset + max(length, 1) - 1) // PAGE_SIZE + 1)
+
+    # --- the notifier -------------------------------------------------------------------------
+    def invalidate(self, offset: int, length: int, event: int) -> None:
+        pages = self._pages(offset, length)
+        for page in pages:
+            self.seq[page] += 1
+            if event == INVALIDATE_START:
+                self.busy[page] = 1
+            else:
+                self.busy[page] = 0
+                self.gone[page] = int(event == INVALIDATE_END_FREED)
+        if event == INVALIDATE_START:
+            self._idle = trio.Event()
+        elif not any(self.busy):
+            self._idle.set()
+
+    def read_begin(self, offset: int, length: int) -> int:
+        """mmu_interval_read_begin(): the sequence the access starts from."""
+        return sum(self.seq[p] for p in self._pages(offset, length))
+
+    def read_retry(self, offset: int, length: int, begun: int) -> bool:
+        """mmu_interval_read_retry(): True if an invalidation moved it since begin."""
+        return self.read_begin(offset, length) != begun
+
+    def check(self, offset: int, length: int, address: int) -> None:
+        """Raise if the device may not touch [offset, offset+length) now."""
+        pages = self._pages(offset, length)
+        if self.closed or any(self.gone[p] for p in pages):
+            raise GpuFault(address, "freed host memory")
+        if any(self.busy[p] for p in pages):
+            raise UserptrBusy(self)
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    def close(self) -> None:
+        self.closed = True
+        self.file.device.vma.remove(self.node)
+        self._words.release()
+        self._view.close()
+        os.close(self.memfd)
+        self._idle.set()
+
+
+def _is_memfd(fd: int) -> bool:
+    try:
+        fcntl.fcntl(fd, fcntl.F_GET_SEALS)  # only memfds (and shmem files) answer this
+    except OSError:
+        return False
+    return stat.S_ISREG(os.fstat(fd).st_mode)
+
+
+def host_memory_register_ioctl(
+    xef: XeFile, args: m.XedHostMemoryRegister, fds: tuple[int, ...]
+) -> m.XedHostMemoryRegisterReply:
+    """HOST_MEMORY_REGISTER: the attached memfd becomes this file's host memory.
+
+    Checks, in order:
+    - size zero or not page aligned: EINVAL
+    - the descriptor is not a memfd, or its size is not `size`: EINVAL
+    - this file registered its host memory already: EBUSY
+    """
+    refuse_if(not args.size or args.size % PAGE_SIZE, EINVAL, "size must be page aligned")
+    (fd,) = fds
+    refuse_if(not _is_memfd(fd), EINVAL, "host memory is a memfd")
+    refuse_if(os.fstat(fd).st_size != args.size, EINVAL, "size is not the memfd's size")
+    refuse_if(xef.host is not None, EBUSY, "host memory is registered once per connection")
+    try:
+        xef.host = HostArena(xef, fd, args.size)
+    except OSError as exc:
+        raise IoctlError(EINVAL, f"cannot map it shared: {exc.strerror}") from exc
+    xef.log.info("host_memory_registered", size=args.size, offset=xef.host.node.start)
+    return m.XedHostMemoryRegisterReply(offset=xef.host.node.start)
+
+
+def host_memory_invalidate_ioctl(xef: XeFile, args: m.XedHostMemoryInvalidate) -> m.Empty:
+    """HOST_MEMORY_INVALIDATE: the client library's MMU notifier.
+
+    Checks: no host memory, the range outside it, or an unknown event: EINVAL.
+    START moves the sequences of the pages and holds device accesses off them; END
+    moves them again and marks them replaced (there, new contents) or freed (gone).
+    """
+    host = xef.host
+    refuse_if(host is None, EINVAL, "no host memory registered")
+    assert host is not None
+    offset = args.addr - host.node.start
+    refuse_if(
+        offset < 0 or not args.length or offset + args.length > host.size,
+        EINVAL,
+        "outside the host memory",
+    )
+    refuse_if(
+        args.event not in (INVALIDATE_START, INVALIDATE_END_REPLACED, INVALIDATE_END_FREED),
+        EINVAL,
+        f"unknown notifier event {args.event}",
+    )
+    host.invalidate(offset, args.length, args.event)
+    return m.Empty()
