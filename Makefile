@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/python -m clients.demo
+	$(BIN)/xec scenario run dma_buf_ring
+	$(BIN)/xec scenario run mmio_isolation
+	$(BIN)/xec scenario run unplug_under_load
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest

@@ -771,6 +771,14 @@ class ProtocolErrorInfo:
 
 
 @frozen
+class DaemonStopping:
+    """The daemon is stopping: finish up and disconnect within `seconds`."""
+
+    seconds: int = u32("how long the daemon waits for clients to leave")
+    reason: str = string(max_len=64)
+
+
+@frozen
 class ErrorInfo:
     """Result of a failed request: errno travels in the reply; this says why."""
 

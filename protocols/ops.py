@@ -98,6 +98,7 @@ class Event(enum.IntEnum):
     PROTOCOL_ERROR = 2  # a datagram too broken to tell which request it was
     AUX_RANGE_INVALIDATED = 3
     DEBUG_EVENT = 4
+    DAEMON_STOPPING = 5
 
 
 class Role(enum.Enum):
@@ -740,4 +741,5 @@ EVENTS: dict[Event, type] = {
     Event.PROTOCOL_ERROR: m.ProtocolErrorInfo,
     Event.AUX_RANGE_INVALIDATED: m.AuxRangeInvalidated,
     Event.DEBUG_EVENT: m.DebugEventInfo,
+    Event.DAEMON_STOPPING: m.DaemonStopping,
 }

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from conftest import baseline, spawn_client
+from helpers import errno_of
 
 from clients import Batch, Device, Mapping, XeError, user_fence
 from protocols import Event, Op
@@ -36,14 +37,6 @@ FENCE = 0
 DATA_VA = 0x2_0000_0000
 SRC_VA = 0x3_0000_0000
 UNBOUND_VA = 0x7_0000_0000
-
-
-def errno_of(call: Any, *args: Any, **kwargs: Any) -> int:
-    """The errno a refused call raised (fails the test if it succeeded)."""
-    with pytest.raises(XeError) as info:
-        call(*args, **kwargs)
-    assert info.value.errno is not None
-    return info.value.errno
 
 
 class Gpu:

@@ -8,8 +8,9 @@ from errno import EBUSY, ECANCELED, EFAULT, EINVAL, ENOENT, EOPNOTSUPP
 from typing import Any
 
 import pytest
+from helpers import errno_of
 
-from clients import Batch, Device, Mapping, XeError, user_fence
+from clients import Batch, Device, Mapping, user_fence
 from protocols import Event, Op
 from protocols import messages as m
 from protocols.constants import (
@@ -39,14 +40,6 @@ FENCE = 0
 DATA_VA = 0x2_0000_0000
 OTHER_VA = 0x3_0000_0000
 VA_SIZE = 1 << 48  # the default device's va_bits
-
-
-def errno_of(call: Any, *args: Any, **kwargs: Any) -> int:
-    """The errno a refused call raised (fails the test if it succeeded)."""
-    with pytest.raises(XeError) as info:
-        call(*args, **kwargs)
-    assert info.value.errno is not None
-    return info.value.errno
 
 
 class Gpu:

@@ -15,6 +15,9 @@ from typing import Any
 
 import trio
 
+from protocols import Event
+from protocols import messages as m
+
 from . import log as xlog
 from . import systemd
 from .config import EX_CONFIG, Config, ConfigError, load
@@ -102,6 +105,11 @@ async def _drain(
     listener.draining = True
     log = xlog.get()
     start = trio.current_time()
+    for xef in handle.device.clients():  # tell everyone still connected
+        xef.send_event(
+            Event.DAEMON_STOPPING,
+            m.DaemonStopping(seconds=int(timeout), reason="the daemon is stopping"),
+        )
 
     async def clients_gone(scope: trio.CancelScope) -> None:
         while handle.connections:
@@ -234,13 +242,20 @@ def main(argv: list[str] | None = None) -> int:
     for action, text in (
         ("status", "object counts and counters of the device"),
         ("clients", "every connection: pid, uid, command, role, objects, barriers"),
+        ("objects", "object counts, and each dma-buf and exported VM with who holds it"),
+        ("stats", "per-op calls, refusals by errno, latency percentiles"),
         ("unplug", "unplug the device: ioctls answer ENODEV, mappings stay"),
         ("replug", "plug the device back in"),
+        ("log-level", "change the daemon's log level now"),
     ):
         action_p = ctl_sub.add_parser(action, help=text)
+        if action == "log-level":
+            action_p.add_argument("level", choices=list(xlog.LEVELS))
         action_p.add_argument("--json", action="store_true", help="machine-readable output")
         action_p.set_defaults(
-            func=lambda a: run(a.socket or default_socket_path(), a.action, a.json)
+            func=lambda a: run(
+                a.socket or default_socket_path(), a.action, a.json, getattr(a, "level", None)
+            )
         )
     args = parser.parse_args(argv)
     result: int = args.func(args)

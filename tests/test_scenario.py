@@ -1,0 +1,271 @@
+"""Scenario files: `xec scenario run|check|list` with real daemon, aux driver and worker
+processes, and the checks that refuse a malformed file before anything starts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from clients.daemon import DaemonProcess
+from clients.scenario import SHIPPED
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_NAMES = sorted(p.stem for p in SHIPPED.glob("*.toml"))
+
+
+def xec(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run `xec` as a user would, in a process of its own."""
+    return subprocess.run(
+        [sys.executable, "-m", "clients", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+
+
+def write(tmp_path: Path, text: str, name: str = "s.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def table_row(output: str, label: str) -> str:
+    (row,) = [line for line in output.splitlines() if line.split()[:1] == [label]]
+    return row
+
+
+def test_the_shipped_scenarios_are_the_six_of_the_issue() -> None:
+    """Barrier load, MMIO isolation, the dma-buf ring, VM export + RDMA, unplug, isolation."""
+    assert SHIPPED_NAMES == [
+        "barrier_load",
+        "dma_buf_ring",
+        "isolation",
+        "mmio_isolation",
+        "unplug_under_load",
+        "vm_export_rdma",
+    ]
+
+
+@pytest.mark.parametrize("name", SHIPPED_NAMES)
+def test_shipped_scenario_runs_green(name: str, fresh_daemon: DaemonProcess) -> None:
+    """Every shipped scenario meets all its expectations (exit 0, no failed step)."""
+    done = xec("scenario", "run", name, "--socket", str(fresh_daemon.socket_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "all expectations met" in done.stdout
+    header = done.stdout.index("first failure")
+    rows = done.stdout[header:].splitlines()[1:-1]
+    assert rows and all(row.split()[3] == "0" for row in rows), done.stdout
+
+
+def test_barrier_load_counts_are_exact_per_process(fresh_daemon: DaemonProcess) -> None:
+    """Eight writers of 10 000 barriers: each passes its own exact-count check."""
+    done = xec("scenario", "run", "barrier_load", "--socket", str(fresh_daemon.socket_path))
+    for i in range(8):
+        assert table_row(done.stdout, f"writer.{i}").split()[2:4] == ["1/1", "0"]
+
+
+def test_run_starts_its_own_daemon_and_aux_driver() -> None:
+    """Without --socket, run starts a daemon and (for role ib) the aux driver itself."""
+    done = xec("scenario", "run", "vm_export_rdma")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "started a daemon" in done.stdout
+    assert "started the IB-like aux driver 'ib'" in done.stdout
+
+
+def test_wrong_expectation_exits_nonzero_naming_the_step(
+    tmp_path: Path, fresh_daemon: DaemonProcess
+) -> None:
+    """A step expected to fail with ENOENT that fails with EACCES: exit 1, the row says so."""
+    text = (SHIPPED / "isolation.toml").read_text()
+    replay = 'offset = "secret.offset"\nsize = 65536\nexpect = "EACCES"'
+    assert replay in text
+    path = write(tmp_path, text.replace(replay, replay.replace("EACCES", "ENOENT")))
+    done = xec("scenario", "run", str(path), "--socket", str(fresh_daemon.socket_path))
+    assert done.returncode == 1
+    assert "step 2 (mmap): expected ENOENT, got EACCES" in table_row(done.stdout, "bob")
+    assert table_row(done.stdout, "alice").split()[2:4] == ["8/8", "0"]
+
+
+def test_wrong_data_names_expected_and_got(tmp_path: Path, fresh_daemon: DaemonProcess) -> None:
+    """A read comparing other bytes than the ones written shows both in the table."""
+    path = write(
+        tmp_path,
+        """
+        [[process]]
+        name = "a"
+        steps = [
+          { do = "create", bo = "b" },
+          { do = "map", bo = "b" },
+          { do = "write", map = "b", data = "real" },
+          { do = "read", map = "b", data = "fake" },
+          { do = "read", map = "b", u32 = 0x6C616572 },
+        ]
+        """,
+    )
+    done = xec("scenario", "run", str(path), "--socket", str(fresh_daemon.socket_path))
+    assert done.returncode == 1
+    row = table_row(done.stdout, "a")
+    assert row.split()[2:4] == ["4/5", "1"]
+    assert "step 4 (read): expected 'fake', got 'real'" in row
+
+
+def test_peer_that_leaves_gives_eof_not_a_hang(tmp_path: Path, fresh_daemon: DaemonProcess) -> None:
+    """A recv from a peer that finished without sending fails at once with end of file."""
+    path = write(
+        tmp_path,
+        """
+        timeout = 30
+        [[process]]
+        name = "quiet"
+        steps = [{ do = "version" }]
+        [[process]]
+        name = "waiting"
+        steps = [{ do = "recv", from = "quiet" }]
+        """,
+    )
+    done = xec("scenario", "run", str(path), "--socket", str(fresh_daemon.socket_path))
+    assert done.returncode == 1
+    assert "quiet has gone" in table_row(done.stdout, "waiting")
+
+
+def test_sync_point_waits_for_every_running_process(
+    tmp_path: Path, fresh_daemon: DaemonProcess
+) -> None:
+    """A sync point lets nobody on before all reach it: the reader sees the writer's bytes."""
+    path = write(
+        tmp_path,
+        """
+        [[process]]
+        name = "owner"
+        steps = [
+          { do = "create", bo = "b" },
+          { do = "export", bo = "b", fd = "fd" },
+          { do = "send", to = "other", fd = "fd" },
+          { do = "map", bo = "b" },
+          { do = "sync_point", name = "written" },
+          { do = "read", map = "b", data = "from the other side" },
+        ]
+        [[process]]
+        name = "other"
+        steps = [
+          { do = "recv", from = "owner" },
+          { do = "barrier", count = 20000 },
+          { do = "dmabuf_map", fd = "fd" },
+          { do = "write", map = "fd", data = "from the other side" },
+          { do = "sync_point", name = "written" },
+        ]
+        """,
+    )
+    done = xec("scenario", "run", str(path), "--socket", str(fresh_daemon.socket_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_check_reports_malformed_steps_with_positions(tmp_path: Path) -> None:
+    """check lists every bad step by process and position, and exits 2 without running."""
+    path = write(
+        tmp_path,
+        """
+        [[process]]
+        name = "a"
+        steps = [
+          { do = "create", bo = "x" },
+          { do = "frobnicate" },
+          { do = "write", map = "x", ofset = 4, data = "hi" },
+          { do = "map", bo = "x", expect = "EWHATEVER" },
+          { do = "exec", vm = "v", batch = 0, ops = [{ op = "jump", addr = 1 }] },
+          { do = "create", size = "big" },
+          { do = "unplug" },
+        ]
+        """,
+    )
+    done = xec("scenario", "check", str(path))
+    assert done.returncode == 2
+    err = done.stderr
+    assert "process 'a', step 2: unknown step 'frobnicate'" in err
+    assert "process 'a', step 3 (write): unknown field 'ofset'" in err
+    assert "process 'a', step 4 (map): expect must be 'success' or an errno name" in err
+    assert "process 'a', step 5 (exec): field 'ops' instruction 1" in err
+    assert "process 'a', step 6 (create): missing field 'bo'" in err
+    assert "process 'a', step 6 (create): field 'size' has a bad placeholder or number" in err
+    assert "process 'a', step 7 (unplug): not a step a process of role 'app' can run" in err
+    assert "step 1" not in err
+
+
+def test_check_reports_bad_peers_and_missing_aux_driver(tmp_path: Path) -> None:
+    """A ring of one, an unknown peer and ib_open without an ib process are refused."""
+    path = write(
+        tmp_path,
+        """
+        [[process]]
+        name = "a"
+        steps = [
+          { do = "send", to = "next" },
+          { do = "recv", from = "nobody" },
+          { do = "ib_open", fd = "vm" },
+        ]
+        """,
+    )
+    done = xec("scenario", "check", str(path))
+    assert done.returncode == 2
+    assert "process 'a', step 1 (send): 'next' needs count >= 2" in done.stderr
+    assert "process 'a', step 2 (recv): no process instance named 'nobody'" in done.stderr
+    assert "process 'a', step 3 (ib_open): no process has role 'ib'" in done.stderr
+
+
+def test_check_reports_invalid_toml_with_line_and_column(tmp_path: Path) -> None:
+    """A file that is not TOML: the parser's line and column, exit 2."""
+    path = write(tmp_path, 'name = "x"\n[[process]\n')
+    done = xec("scenario", "check", str(path))
+    assert done.returncode == 2
+    assert "invalid TOML" in done.stderr and "line 2" in done.stderr
+
+
+@pytest.mark.parametrize("command", ["check", "run"])
+def test_debugger_role_refused_with_a_clear_message(tmp_path: Path, command: str) -> None:
+    """Role 'debugger' does not exist yet: check and run both refuse it, starting nothing."""
+    path = write(
+        tmp_path,
+        """
+        [[process]]
+        name = "app"
+        steps = [{ do = "version" }]
+        [[process]]
+        name = "dbg"
+        role = "debugger"
+        """,
+    )
+    done = xec("scenario", command, str(path))
+    assert done.returncode == 2
+    assert "process 'dbg': role 'debugger' is not supported yet" in done.stderr
+    assert "started a daemon" not in done.stdout
+
+
+def test_check_accepts_every_shipped_scenario() -> None:
+    """check passes on each shipped file and counts its processes."""
+    for name in SHIPPED_NAMES:
+        done = xec("scenario", "check", name)
+        assert done.returncode == 0, done.stderr
+        assert ": ok (" in done.stdout
+
+
+def test_list_shows_shipped_scenarios_with_descriptions() -> None:
+    """list prints one line per shipped scenario, its name then its description."""
+    done = xec("scenario", "list")
+    assert done.returncode == 0
+    lines = done.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == SHIPPED_NAMES
+    assert all(len(line.split()) > 3 for line in lines)
+
+
+def test_run_with_a_socket_nobody_serves_exits_2(tmp_path: Path) -> None:
+    """--socket naming no daemon: a message and exit 2, no worker spawned."""
+    done = xec("scenario", "run", "isolation", "--socket", str(tmp_path / "none.sock"))
+    assert done.returncode == 2
+    assert "no daemon at" in done.stderr
