@@ -103,6 +103,18 @@ def _on_root_fs(path: Path) -> bool:
     return os.stat(path).st_dev == os.stat("/").st_dev
 
 
+# the sandbox gets fresh, empty /tmp and /run: whatever lives there must be bound in
+_REPLACED = (Path("/tmp"), Path("/run"))
+
+
+def _needs_bind(path: Path) -> bool:
+    """Not visible through the overlay of the root file system as it is."""
+    resolved = path.resolve()
+    return not _on_root_fs(resolved) or any(
+        resolved == top or top in resolved.parents for top in _REPLACED
+    )
+
+
 class Sandbox:
     """One booted systemd; `run` executes commands inside it."""
 
@@ -120,7 +132,11 @@ class Sandbox:
         base = Path(tempfile.mkdtemp(prefix="overlay-", dir=workdir))
         log = workdir / f"{base.name}.log"
         binds = sorted(
-            {str(p) for p in (ROOT, Path(sys.prefix), Path(sys.base_prefix)) if not _on_root_fs(p)}
+            {
+                str(p.resolve())
+                for p in (ROOT, Path(sys.prefix), Path(sys.base_prefix))
+                if _needs_bind(p)
+            }
         )
         with open(log, "wb") as out:
             unshare = subprocess.Popen(
