@@ -275,7 +275,8 @@ def xed_units(dest: Path, python: str = sys.executable, extra: Sequence[str] = (
     A drop-in per service points PYTHONPATH at the checkout and, where the interpreter
     or checkout lives under a home directory (which ProtectHome=yes hides), switches to
     ProtectHome=tmpfs with those directories bound read-only: the documented way to run
-    it from there. `extra` lines are added to that drop-in.
+    it from there; a checkout under /tmp (which PrivateTmp=yes hides) is bound likewise.
+    `extra` lines are added to that drop-in.
     """
     dest.mkdir(parents=True, exist_ok=True)
     exec_start = re.compile(r"^ExecStart=\S+ serve ", re.M)
@@ -286,10 +287,14 @@ def xed_units(dest: Path, python: str = sys.executable, extra: Sequence[str] = (
             assert n == 1, f"deploy/{unit}: no `ExecStart=... serve ...` line to rewrite"
         (dest / unit).write_text(text)
     lines = ["[Service]", f"Environment=PYTHONPATH={ROOT}"]
-    needed = {Path(sys.base_prefix), Path(sys.prefix), ROOT}
+    needed = {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(), ROOT.resolve()}
     hidden = sorted(str(p) for p in needed if _under_home(p))
     if hidden:
         lines += ["ProtectHome=tmpfs", "BindReadOnlyPaths=" + " ".join(hidden)]
+    # PrivateTmp=yes gives the service an empty /tmp: a checkout there is bound back in
+    in_tmp = sorted(str(p) for p in needed if Path("/tmp") in p.parents)
+    if in_tmp:
+        lines += ["BindReadOnlyPaths=" + " ".join(in_tmp)]
     lines += list(extra)
     for service in ("xed.service", "xed@.service"):
         drop_in = dest / f"{service}.d"
