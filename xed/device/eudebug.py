@@ -160,11 +160,18 @@ async def _access(
         spans = list(vm._spans(addr, length, write=data is not None))
     except GpuFault as fault:
         raise IoctlError(EFAULT, f"{fault.reason} at {fault.address:#x}") from None
+    for vma, offset, n in spans:  # all checks before any byte is touched
+        refuse_if(vma.bo is None and vma.host is None, EFAULT, f"NULL binding at {vma.start:#x}")
+        refuse_if(vma.host is not None and not allowed, EINVAL, "userptr access is disabled")
+        if vma.host is not None:
+            refuse_if(
+                vma.host.is_gone(vma.bo_offset + offset, n),
+                EFAULT,
+                f"freed host memory at {vma.start + offset:#x}",
+            )
     out = bytearray()
     retries = 0
     for vma, offset, n in spans:
-        refuse_if(vma.bo is None and vma.host is None, EFAULT, f"NULL binding at {vma.start:#x}")
-        refuse_if(vma.host is not None and not allowed, EINVAL, "userptr access is disabled")
         for start in range(offset, offset + n, CHUNK):
             size = min(CHUNK, offset + n - start)
             gpu = vma.start + start

@@ -76,6 +76,7 @@ class HostArena:
     # --- the notifier -------------------------------------------------------------------------
     def invalidate(self, offset: int, length: int, event: int) -> None:
         pages = self._pages(offset, length)
+        was_idle = not any(self.busy)
         for page in pages:
             self.seq[page] += 1
             if event == INVALIDATE_START:
@@ -84,7 +85,8 @@ class HostArena:
                 self.busy[page] = 0
                 self.gone[page] = int(event == INVALIDATE_END_FREED)
         if event == INVALIDATE_START:
-            self._idle = trio.Event()
+            if was_idle:  # those already waiting keep the event they wait on
+                self._idle = trio.Event()
         elif not any(self.busy):
             self._idle.set()
 
@@ -96,12 +98,14 @@ class HostArena:
         """mmu_interval_read_retry(): True if an invalidation moved it since begin."""
         return self.read_begin(offset, length) != begun
 
+    def is_gone(self, offset: int, length: int) -> bool:
+        return self.closed or any(self.gone[p] for p in self._pages(offset, length))
+
     def check(self, offset: int, length: int, address: int) -> None:
         """Raise if the device may not touch [offset, offset+length) now."""
-        pages = self._pages(offset, length)
-        if self.closed or any(self.gone[p] for p in pages):
+        if self.is_gone(offset, length):
             raise GpuFault(address, "freed host memory")
-        if any(self.busy[p] for p in pages):
+        if any(self.busy[p] for p in self._pages(offset, length)):
             raise UserptrBusy(self)
 
     async def wait_idle(self) -> None:

@@ -297,6 +297,7 @@ def _check_bind_op(op: m.DrmXeVmBindOp) -> None:
         "UNMAP_ALL takes obj only",
     )
     refuse_if(op.obj and op.op == DRM_XE_VM_BIND_OP_UNMAP, EINVAL, "UNMAP takes no obj")
+    refuse_if(op.obj and op.op == DRM_XE_VM_BIND_OP_MAP_USERPTR, EINVAL, "MAP_USERPTR takes no obj")
     refuse_if(op.op == DRM_XE_VM_BIND_OP_PREFETCH, EINVAL, "PREFETCH is not emulated")
     refuse_if(
         op.obj_offset % PAGE_SIZE or op.addr % PAGE_SIZE or op.range % PAGE_SIZE,

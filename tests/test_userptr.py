@@ -1,0 +1,630 @@
+"""Host memory and MAP_USERPTR: registration, the kernel's bind checks, batches reading and
+writing host memory, and the notifier (free and replace under a userptr, a batch stalled
+by an invalidation in progress).
+
+The test process is the application; the daemon is a real process of its own. Host
+memory is a real memfd the client library maps and registers.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import mmap
+import os
+import socket
+import time
+from collections.abc import Iterator
+from errno import EACCES, EBUSY, ECANCELED, EFAULT, EINVAL, ETIME
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import baseline
+
+from clients import Batch, Device, XeError, user_fence
+from clients.daemon import DaemonProcess
+from clients.host_memory import HostMemory
+from protocols import Event, Op
+from protocols import messages as m
+from protocols.constants import (
+    DRM_XE_VM_BIND_FLAG_NULL,
+    DRM_XE_VM_BIND_OP_MAP_USERPTR,
+    PAGE_SIZE,
+)
+
+WAIT = 5_000_000_000  # ns: an upper bound, never an expectation
+STALLED = 50_000_000  # ns: long enough for the queue to reach the stalled instruction
+BATCH_VA = 0x1_0000_0000  # batch BO: fence qword at 0, batches from 0x100
+BATCH_SIZE = 4 * PAGE_SIZE
+DATA_VA = 0x2_0000_0000  # a BO the batches copy into
+DATA_SIZE = 4 * PAGE_SIZE
+USERPTR_VA = 0x3_0000_0000  # host memory bound here
+HOST_SIZE = 4 * PAGE_SIZE
+MARK = 0xEE
+
+START, END_REPLACED, END_FREED = 1, 2, 3
+
+
+def errno_of(call: Any, *args: Any, **kwargs: Any) -> int:
+    """The errno a refused call raised (fails the test if it succeeded)."""
+    with pytest.raises(XeError) as info:
+        call(*args, **kwargs)
+    assert info.value.errno is not None
+    return info.value.errno
+
+
+def register(dev: Device, fd: int, size: int) -> None:
+    """HOST_MEMORY_REGISTER of `fd` as sent (no client-side checks)."""
+    dev.ioctl(Op.HOST_MEMORY_REGISTER, m.XedHostMemoryRegister(size=size), [fd])
+
+
+def invalidate(dev: Device, addr: int, length: int, event: int) -> None:
+    """HOST_MEMORY_INVALIDATE as sent: START and END at the test's pace."""
+    dev.ioctl(
+        Op.HOST_MEMORY_INVALIDATE, m.XedHostMemoryInvalidate(addr=addr, length=length, event=event)
+    )
+
+
+def userptr_op(obj_offset: int, addr: int, range: int, obj: int = 0, flags: int = 0) -> Any:
+    return m.DrmXeVmBindOp(
+        obj=obj, obj_offset=obj_offset, range=range, addr=addr,
+        op=DRM_XE_VM_BIND_OP_MAP_USERPTR, flags=flags,
+    )  # fmt: skip
+
+
+def memfd(size: int) -> int:
+    fd = os.memfd_create("test-host-memory", os.MFD_CLOEXEC)
+    os.ftruncate(fd, size)
+    return fd
+
+
+class Rig:
+    """A VM with a batch BO, a data BO, this connection's host memory bound as a
+    userptr at USERPTR_VA, and an exec queue."""
+
+    def __init__(self, dev: Device, bind_userptr: bool = True) -> None:
+        self.dev = dev
+        self.hm = dev.host_memory(HOST_SIZE)
+        self.vm = dev.vm_create()
+        self.batch_bo = dev.gem_create(BATCH_SIZE)
+        dev.vm_bind(self.vm, self.batch_bo, BATCH_VA)
+        self.cpu = dev.mmap_bo(self.batch_bo)
+        self.data_bo = dev.gem_create(DATA_SIZE)
+        dev.vm_bind(self.vm, self.data_bo, DATA_VA)
+        self.data = dev.mmap_bo(self.data_bo)
+        self.data[0:DATA_SIZE] = bytes([MARK]) * DATA_SIZE
+        if bind_userptr:
+            dev.vm_bind_userptr(self.vm, self.hm, 0, USERPTR_VA, HOST_SIZE)
+        self.queue = dev.exec_queue_create(self.vm)
+        self._offset = 0x100
+        self._seq = 0
+
+    def place(self, batch: Batch) -> int:
+        data = batch.tobytes()
+        if self._offset + len(data) > BATCH_SIZE:
+            self._offset = 0x100
+        offset = self._offset
+        self.cpu[offset : offset + len(data)] = data
+        self._offset = (offset + len(data) + 63) & ~63
+        return BATCH_VA + offset
+
+    def submit(self, batch: Batch, queue: int | None = None) -> int:
+        self._seq += 1
+        fence = user_fence(BATCH_VA, self._seq)
+        self.dev.exec(queue or self.queue, self.place(batch), syncs=[fence])
+        return self._seq
+
+    def wait(self, seq: int, timeout: int = WAIT) -> None:
+        self.dev.wait_user_fence(self.cpu.user_address(0), seq, timeout=timeout)
+
+    def run(self, batch: Batch, queue: int | None = None) -> None:
+        self.wait(self.submit(batch, queue))
+
+    def ban_events(self) -> list[m.ExecQueueBanned]:
+        return [e.data for e in self.dev.events if e.event == Event.EXEC_QUEUE_BANNED]
+
+    def close(self) -> None:
+        self.cpu.close()
+        self.data.close()
+        self.hm.mapping.close()
+
+
+@pytest.fixture
+def rig(dev: Device) -> Iterator[Rig]:
+    r = Rig(dev)
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def hm(dev: Device) -> Iterator[HostMemory]:
+    host = dev.host_memory(HOST_SIZE)
+    yield host
+    host.mapping.close()
+
+
+# --- HOST_MEMORY_REGISTER ------------------------------------------------------------------
+
+
+def test_host_memory_register_returns_a_page_aligned_user_address(hm: HostMemory) -> None:
+    """HOST_MEMORY_REGISTER answers with a page-aligned user address naming its first byte."""
+    assert hm.base > 0
+    assert hm.base % PAGE_SIZE == 0
+    assert hm.user_address(PAGE_SIZE) == hm.base + PAGE_SIZE
+
+
+def test_host_memory_register_twice_is_ebusy(dev: Device, hm: HostMemory) -> None:
+    """A connection registers its host memory once: a second HOST_MEMORY_REGISTER is EBUSY."""
+    fd = memfd(PAGE_SIZE)
+    try:
+        assert errno_of(register, dev, fd, PAGE_SIZE) == EBUSY
+    finally:
+        os.close(fd)
+    hm[0:4] = b"kept"  # the first registration is untouched
+    assert hm[0:4] == b"kept"
+
+
+def test_host_memory_register_on_another_connection_is_independent(
+    daemon: DaemonProcess, hm: HostMemory
+) -> None:
+    """Once per connection, not per process: another connection of ours registers its own."""
+    with Device.open(daemon.socket_path) as other:
+        mine = other.host_memory(PAGE_SIZE)
+        assert mine.base != hm.base
+        mine.mapping.close()
+
+
+@pytest.mark.parametrize("size", [0, 100, PAGE_SIZE + 1])
+def test_host_memory_register_size_zero_or_unaligned_is_einval(dev: Device, size: int) -> None:
+    """HOST_MEMORY_REGISTER of size 0 or not page aligned (even the memfd's own) is EINVAL."""
+    fd = memfd(size)
+    try:
+        assert errno_of(register, dev, fd, size) == EINVAL
+    finally:
+        os.close(fd)
+    fd = memfd(PAGE_SIZE)  # the connection can still register afterwards
+    try:
+        register(dev, fd, PAGE_SIZE)
+    finally:
+        os.close(fd)
+
+
+def test_host_memory_register_pipe_is_einval(dev: Device) -> None:
+    """HOST_MEMORY_REGISTER of a pipe (not a memfd) is EINVAL."""
+    read_end, write_end = os.pipe()
+    try:
+        assert errno_of(register, dev, read_end, PAGE_SIZE) == EINVAL
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_host_memory_register_regular_file_is_einval(dev: Device, tmp_path: Path) -> None:
+    """HOST_MEMORY_REGISTER of a regular file on disk (not a memfd) is EINVAL."""
+    path = tmp_path / "not-a-memfd"
+    path.write_bytes(bytes(PAGE_SIZE))
+    fd = os.open(path, os.O_RDWR)
+    try:
+        assert errno_of(register, dev, fd, PAGE_SIZE) == EINVAL
+    finally:
+        os.close(fd)
+
+
+def test_host_memory_register_socket_is_einval(dev: Device) -> None:
+    """HOST_MEMORY_REGISTER of a socket (not a memfd) is EINVAL."""
+    a, b = socket.socketpair()
+    try:
+        assert errno_of(register, dev, a.fileno(), PAGE_SIZE) == EINVAL
+    finally:
+        a.close()
+        b.close()
+
+
+def test_host_memory_register_write_sealed_memfd_is_einval(dev: Device) -> None:
+    """HOST_MEMORY_REGISTER of a write-sealed memfd (cannot be mapped shared writable) is EINVAL."""
+    fd = os.memfd_create("sealed", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        os.ftruncate(fd, PAGE_SIZE)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE)
+        assert errno_of(register, dev, fd, PAGE_SIZE) == EINVAL
+    finally:
+        os.close(fd)
+
+
+def test_host_memory_register_read_only_memfd_is_einval(dev: Device) -> None:
+    """HOST_MEMORY_REGISTER of an O_RDONLY descriptor of a memfd is EINVAL."""
+    fd = memfd(PAGE_SIZE)
+    try:
+        ro = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            assert errno_of(register, dev, ro, PAGE_SIZE) == EINVAL
+        finally:
+            os.close(ro)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("size", [PAGE_SIZE, 3 * PAGE_SIZE])
+def test_host_memory_register_size_not_the_memfds_is_einval(dev: Device, size: int) -> None:
+    """HOST_MEMORY_REGISTER whose size differs from the memfd's (smaller or larger) is EINVAL."""
+    fd = memfd(2 * PAGE_SIZE)
+    try:
+        assert errno_of(register, dev, fd, size) == EINVAL
+    finally:
+        os.close(fd)
+
+
+def test_mmap_of_host_memory_offset_is_einval(dev: Device, hm: HostMemory) -> None:
+    """MMAP at the host memory's offset is EINVAL: the client maps its own memfd."""
+    assert errno_of(dev.mmap, hm.base, PAGE_SIZE) == EINVAL
+    assert errno_of(dev.mmap, hm.base, HOST_SIZE) == EINVAL
+
+
+def test_mmap_of_another_connections_host_memory_is_eacces(
+    daemon: DaemonProcess, hm: HostMemory
+) -> None:
+    """MMAP of another connection's host-memory offset is EACCES (not its file's)."""
+    with Device.open(daemon.socket_path) as other:
+        assert errno_of(other.mmap, hm.base, PAGE_SIZE) == EACCES
+
+
+def test_host_memory_is_the_clients_own_memory(rig: Rig) -> None:
+    """Bytes the application writes in host memory are what the device reads (shared memfd)."""
+    rig.hm[0:16] = b"host memory here"
+    rig.run(Batch().mem_copy(DATA_VA, USERPTR_VA, 16).end())
+    assert rig.data[0:16] == b"host memory here"
+
+
+# --- HOST_MEMORY_INVALIDATE ----------------------------------------------------------------
+
+
+def test_host_memory_invalidate_without_host_memory_is_einval(dev: Device) -> None:
+    """HOST_MEMORY_INVALIDATE on a connection with no host memory is EINVAL."""
+    assert errno_of(invalidate, dev, 0x10_0000, PAGE_SIZE, START) == EINVAL
+
+
+@pytest.mark.parametrize(
+    "offset,length",
+    [
+        (-PAGE_SIZE, PAGE_SIZE),
+        (HOST_SIZE, PAGE_SIZE),
+        (HOST_SIZE - PAGE_SIZE, 2 * PAGE_SIZE),
+        (0, 0),
+    ],
+)
+def test_host_memory_invalidate_outside_the_range_is_einval(
+    dev: Device, hm: HostMemory, offset: int, length: int
+) -> None:
+    """HOST_MEMORY_INVALIDATE of a range not inside the host memory (or empty) is EINVAL."""
+    assert errno_of(invalidate, dev, hm.base + offset, length, START) == EINVAL
+
+
+@pytest.mark.parametrize("event", [0, 4])
+def test_host_memory_invalidate_unknown_event_is_einval(
+    dev: Device, hm: HostMemory, event: int
+) -> None:
+    """HOST_MEMORY_INVALIDATE with an event other than START/END_REPLACED/END_FREED is EINVAL."""
+    assert errno_of(invalidate, dev, hm.base, PAGE_SIZE, event) == EINVAL
+
+
+# --- MAP_USERPTR checks ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("obj_offset", 8),
+        ("obj_offset", PAGE_SIZE // 2),
+        ("addr", 0x800),
+        ("range", 0x100),
+        ("range", PAGE_SIZE + 8),
+    ],
+)
+def test_map_userptr_unaligned_is_einval(
+    dev: Device, hm: HostMemory, field: str, value: int
+) -> None:
+    """MAP_USERPTR with obj_offset, addr or range not page aligned is EINVAL."""
+    vm = dev.vm_create()
+    fields = dict(obj_offset=hm.base, addr=USERPTR_VA, range=PAGE_SIZE)
+    fields[field] = fields[field] + value if field != "range" else value
+    assert errno_of(dev.vm_bind_ops, vm, [userptr_op(**fields)]) == EINVAL
+
+
+def test_map_userptr_zero_range_is_einval(dev: Device, hm: HostMemory) -> None:
+    """MAP_USERPTR of range 0 is EINVAL."""
+    vm = dev.vm_create()
+    assert errno_of(dev.vm_bind_ops, vm, [userptr_op(hm.base, USERPTR_VA, 0)]) == EINVAL
+
+
+def test_map_userptr_range_beyond_the_vm_is_einval(dev: Device, hm: HostMemory) -> None:
+    """MAP_USERPTR at an address range past the end of the VM is EINVAL."""
+    vm = dev.vm_create()
+    top = 1 << 48
+    op = userptr_op(hm.base, top - PAGE_SIZE, 2 * PAGE_SIZE)
+    assert errno_of(dev.vm_bind_ops, vm, [op]) == EINVAL
+
+
+def test_map_userptr_null_flag_is_einval(dev: Device, hm: HostMemory) -> None:
+    """MAP_USERPTR with DRM_XE_VM_BIND_FLAG_NULL is EINVAL (NULL is for MAP only)."""
+    vm = dev.vm_create()
+    op = userptr_op(0, USERPTR_VA, PAGE_SIZE, flags=DRM_XE_VM_BIND_FLAG_NULL)
+    assert errno_of(dev.vm_bind_ops, vm, [op]) == EINVAL
+
+
+def test_map_userptr_with_obj_is_einval(dev: Device, hm: HostMemory) -> None:
+    """MAP_USERPTR naming a GEM object (obj non-zero) is EINVAL, as xe's check_args has it."""
+    vm = dev.vm_create()
+    bo = dev.gem_create(PAGE_SIZE)
+    assert errno_of(dev.vm_bind_ops, vm, [userptr_op(hm.base, USERPTR_VA, PAGE_SIZE, bo)]) == EINVAL
+
+
+def test_map_userptr_with_unknown_obj_is_einval(dev: Device, hm: HostMemory) -> None:
+    """MAP_USERPTR naming any obj is EINVAL before the handle is looked up (not ENOENT)."""
+    vm = dev.vm_create()
+    op = userptr_op(hm.base, USERPTR_VA, PAGE_SIZE, obj=0xBAD)
+    assert errno_of(dev.vm_bind_ops, vm, [op]) == EINVAL
+
+
+@pytest.mark.parametrize(
+    "offset,length",
+    [
+        (HOST_SIZE, PAGE_SIZE),  # just past the end
+        (HOST_SIZE - PAGE_SIZE, 2 * PAGE_SIZE),  # runs past the end
+        (-PAGE_SIZE, PAGE_SIZE),  # just before the start
+        (-PAGE_SIZE, 2 * PAGE_SIZE),  # starts before it
+        (1 << 30, PAGE_SIZE),  # far away
+    ],
+)
+def test_map_userptr_outside_host_memory_is_efault(
+    dev: Device, hm: HostMemory, offset: int, length: int
+) -> None:
+    """MAP_USERPTR of user addresses not inside this connection's host memory is EFAULT."""
+    vm = dev.vm_create()
+    op = userptr_op(hm.base + offset, USERPTR_VA, length)
+    assert errno_of(dev.vm_bind_ops, vm, [op]) == EFAULT
+
+
+def test_map_userptr_of_a_bo_mapping_is_efault(dev: Device, hm: HostMemory) -> None:
+    """MAP_USERPTR of a BO's fake offset (mapped, but not host memory) is EFAULT."""
+    vm = dev.vm_create()
+    bo = dev.gem_create(PAGE_SIZE)
+    with dev.mmap_bo(bo) as cpu:
+        op = userptr_op(cpu.fake_offset, USERPTR_VA, PAGE_SIZE)
+        assert errno_of(dev.vm_bind_ops, vm, [op]) == EFAULT
+
+
+def test_map_userptr_without_host_memory_is_efault(dev: Device) -> None:
+    """MAP_USERPTR on a connection that registered no host memory is EFAULT."""
+    vm = dev.vm_create()
+    assert errno_of(dev.vm_bind_ops, vm, [userptr_op(0x10_0000, USERPTR_VA, PAGE_SIZE)]) == EFAULT
+
+
+def test_map_userptr_of_another_connections_host_memory_is_efault(
+    daemon: DaemonProcess, hm: HostMemory
+) -> None:
+    """MAP_USERPTR of user addresses of another connection's host memory is EFAULT."""
+    with Device.open(daemon.socket_path) as other:
+        mine = other.host_memory(PAGE_SIZE)
+        vm = other.vm_create()
+        op = userptr_op(hm.base, USERPTR_VA, PAGE_SIZE)
+        assert errno_of(other.vm_bind_ops, vm, [op]) == EFAULT
+        mine.mapping.close()
+
+
+def test_map_userptr_over_freed_pages_is_efault(dev: Device, hm: HostMemory) -> None:
+    """MAP_USERPTR over host memory the application freed is EFAULT; the rest still binds."""
+    vm = dev.vm_create()
+    hm.free(PAGE_SIZE, PAGE_SIZE)
+    assert errno_of(dev.vm_bind_userptr, vm, hm, 0, USERPTR_VA, 2 * PAGE_SIZE) == EFAULT
+    assert errno_of(dev.vm_bind_userptr, vm, hm, PAGE_SIZE, USERPTR_VA, PAGE_SIZE) == EFAULT
+    dev.vm_bind_userptr(vm, hm, 0, USERPTR_VA, PAGE_SIZE)
+    dev.vm_bind_userptr(vm, hm, 2 * PAGE_SIZE, USERPTR_VA + PAGE_SIZE, 2 * PAGE_SIZE)
+
+
+def test_map_userptr_refused_changes_nothing(rig: Rig) -> None:
+    """A VM_BIND refused for an EFAULT userptr leaves the other binds of the array undone."""
+    ops = [
+        m.DrmXeVmBindOp(obj=rig.data_bo, range=PAGE_SIZE, addr=0x5_0000_0000),
+        userptr_op(rig.hm.base + HOST_SIZE, 0x5_0000_1000, PAGE_SIZE),
+    ]
+    assert errno_of(rig.dev.vm_bind_ops, rig.vm, ops) == EFAULT
+    rig.run(Batch().store_dword(DATA_VA + 0x80, 1).end())  # the queue is healthy...
+    seq = rig.submit(Batch().store_dword(0x5_0000_0000, 2).end())
+    rig.wait(seq)
+    rig.wait(seq)  # a second blocking wait: the ban event is out before its reply
+    assert [e.address for e in rig.ban_events()] == [0x5_0000_0000]  # ...the BO was not bound
+    assert rig.data[0:4] == bytes([MARK]) * 4
+
+
+# --- batches reading and writing host memory -------------------------------------------------
+
+
+def test_batch_reads_userptr_memory(rig: Rig) -> None:
+    """A batch copies from a userptr range into a BO: the BO holds the host memory's bytes."""
+    payload = bytes(range(256)) * 16
+    rig.hm[PAGE_SIZE : 2 * PAGE_SIZE] = payload
+    rig.run(Batch().mem_copy(DATA_VA, USERPTR_VA + PAGE_SIZE, PAGE_SIZE).end())
+    assert rig.data[0:PAGE_SIZE] == payload
+    assert rig.data[PAGE_SIZE : PAGE_SIZE + 4] == bytes([MARK]) * 4
+
+
+def test_batch_writes_userptr_memory(rig: Rig) -> None:
+    """store_dword into a userptr range lands in the application's host memory."""
+    rig.run(
+        Batch()
+        .store_dword(USERPTR_VA + 0x10, 0xC0FFEE)
+        .store_qword(USERPTR_VA + 3 * PAGE_SIZE + 8, 0x1122_3344_5566_7788)
+        .end()
+    )
+    assert rig.hm.mapping.read_u32(0x10) == 0xC0FFEE
+    assert rig.hm.mapping.read_u64(3 * PAGE_SIZE + 8) == 0x1122_3344_5566_7788
+
+
+def test_batch_copies_bo_into_userptr_across_pages(rig: Rig) -> None:
+    """A copy from a BO into a userptr range across a page boundary lands in host memory."""
+    rig.data[0:64] = b"0123456789abcdef" * 4
+    rig.run(Batch().mem_copy(USERPTR_VA + PAGE_SIZE - 32, DATA_VA, 64).end())
+    assert rig.hm[PAGE_SIZE - 32 : PAGE_SIZE + 32] == b"0123456789abcdef" * 4
+
+
+def test_batch_atomic_on_userptr_memory(rig: Rig) -> None:
+    """MI_ATOMIC INC on a userptr dword increments the application's value."""
+    rig.hm.mapping.write_u32(0x40, 41)
+    rig.run(Batch().atomic_inc(USERPTR_VA + 0x40).end())
+    assert rig.hm.mapping.read_u32(0x40) == 42
+
+
+def test_userptr_bound_at_an_offset_of_host_memory(dev: Device) -> None:
+    """MAP_USERPTR of a middle part of host memory maps exactly those bytes at addr."""
+    r = Rig(dev, bind_userptr=False)
+    try:
+        dev.vm_bind_userptr(r.vm, r.hm, 2 * PAGE_SIZE, USERPTR_VA, PAGE_SIZE)
+        r.hm[2 * PAGE_SIZE : 2 * PAGE_SIZE + 8] = b"page two"
+        r.run(Batch().mem_copy(DATA_VA, USERPTR_VA, 8).store_dword(USERPTR_VA + 8, 7).end())
+        assert r.data[0:8] == b"page two"
+        assert r.hm.mapping.read_u32(2 * PAGE_SIZE + 8) == 7
+        seq = r.submit(Batch().store_dword(USERPTR_VA + PAGE_SIZE, 1).end())
+        r.wait(seq)
+        r.wait(seq)  # a second blocking wait: the ban event is out before its reply
+        assert [e.address for e in r.ban_events()] == [USERPTR_VA + PAGE_SIZE]  # not mapped
+    finally:
+        r.close()
+
+
+def test_exec_user_fence_in_host_memory(rig: Rig) -> None:
+    """An EXEC user fence at a userptr GPU address is written to host memory and waitable."""
+    rig.dev.exec(rig.queue, rig.place(Batch().end()), syncs=[user_fence(USERPTR_VA + 0x100, 77)])
+    rig.dev.wait_user_fence(rig.hm.mapping.user_address(0x100), 77, timeout=WAIT)
+    assert rig.hm.mapping.read_u64(0x100) == 77
+
+
+def test_vm_bind_user_fence_in_host_memory(rig: Rig) -> None:
+    """A VM_BIND user fence at a host-memory user address is written there."""
+    fence = user_fence(rig.hm.mapping.user_address(0x200), 0xFE)
+    rig.dev.vm_bind(rig.vm, rig.data_bo, 0x6_0000_0000, syncs=[fence])
+    rig.dev.wait_user_fence(rig.hm.mapping.user_address(0x200), 0xFE, timeout=WAIT)
+    assert rig.hm.mapping.read_u64(0x200) == 0xFE
+
+
+def test_wait_user_fence_on_host_memory_written_by_the_cpu(dev: Device, hm: HostMemory) -> None:
+    """WAIT_USER_FENCE reads host memory the application wrote itself."""
+    hm.mapping.write_u64(0x300, 5)
+    dev.wait_user_fence(hm.mapping.user_address(0x300), 5, timeout=0)
+    assert errno_of(dev.wait_user_fence, hm.mapping.user_address(0x300), 6, timeout=0) == ETIME
+
+
+# --- notifiers ---------------------------------------------------------------------------------
+
+
+def test_replace_under_userptr_batch_reads_new_contents(rig: Rig) -> None:
+    """replace() under a userptr: a later batch reads the new contents, not the old."""
+    rig.hm[0:PAGE_SIZE] = b"A" * PAGE_SIZE
+    rig.run(Batch().mem_copy(DATA_VA, USERPTR_VA, PAGE_SIZE).end())
+    assert rig.data[0:PAGE_SIZE] == b"A" * PAGE_SIZE
+    rig.hm.replace(0, b"B" * PAGE_SIZE)
+    rig.run(Batch().mem_copy(DATA_VA, USERPTR_VA, PAGE_SIZE).end())
+    assert rig.data[0:PAGE_SIZE] == b"B" * PAGE_SIZE
+    assert not rig.ban_events()
+
+
+def test_replace_then_batch_write_lands_in_host_memory(rig: Rig) -> None:
+    """After replace(), a batch store goes to the host memory the application now holds."""
+    rig.hm.replace(PAGE_SIZE, bytes(PAGE_SIZE))
+    rig.run(Batch().store_dword(USERPTR_VA + PAGE_SIZE + 4, 0xABCD).end())
+    assert rig.hm.mapping.read_u32(PAGE_SIZE + 4) == 0xABCD
+
+
+def test_free_under_userptr_batch_faults_and_never_reads_freed_pages(rig: Rig) -> None:
+    """free() under a userptr: a reading batch faults (ban, then ECANCELED) and copies nothing."""
+    rig.hm[0 : 2 * PAGE_SIZE] = b"\x11" * (2 * PAGE_SIZE)
+    rig.hm.free(PAGE_SIZE, PAGE_SIZE)
+    other = rig.dev.exec_queue_create(rig.vm)
+    seq = rig.submit(Batch().mem_copy(DATA_VA, USERPTR_VA, 2 * PAGE_SIZE).end())
+    rig.wait(seq)
+    rig.wait(seq)  # a second blocking wait: the ban event is out before its reply
+    events = rig.ban_events()
+    assert [e.exec_queue_id for e in events] == [rig.queue]
+    assert USERPTR_VA <= events[0].address < USERPTR_VA + 2 * PAGE_SIZE
+    assert "freed" in events[0].reason
+    assert rig.data[0 : 2 * PAGE_SIZE] == bytes([MARK]) * (2 * PAGE_SIZE)  # nothing copied
+    assert errno_of(rig.dev.exec, rig.queue, rig.place(Batch().end())) == ECANCELED
+    rig.run(Batch().mem_copy(DATA_VA, USERPTR_VA, PAGE_SIZE).end(), other)
+    assert rig.data[0:PAGE_SIZE] == b"\x11" * PAGE_SIZE
+
+
+def test_free_under_userptr_batch_store_faults(rig: Rig) -> None:
+    """free() under a userptr: a batch storing there faults, and the freed page stays zero."""
+    rig.hm.free(0, PAGE_SIZE)
+    seq = rig.submit(Batch().store_dword(USERPTR_VA + 8, 0x5EED).end())
+    rig.wait(seq)
+    rig.wait(seq)
+    events = rig.ban_events()
+    assert [e.exec_queue_id for e in events] == [rig.queue]
+    assert events[0].address == USERPTR_VA + 8
+    assert rig.hm.mapping.read_u32(8) == 0
+    assert errno_of(rig.dev.exec, rig.queue, rig.place(Batch().end())) == ECANCELED
+
+
+def test_batch_stalls_while_invalidation_in_progress(rig: Rig) -> None:
+    """Between START and END a batch touching the range waits; after END it reads new contents."""
+    rig.hm[0:8] = b"old data"
+    invalidate(rig.dev, rig.hm.base, PAGE_SIZE, START)
+    seq = rig.submit(Batch().mem_copy(DATA_VA, USERPTR_VA, 8).end())
+    assert errno_of(rig.wait, seq, STALLED) == ETIME  # stalled, as on a GPU page fault
+    assert rig.data[0:8] == bytes([MARK]) * 8
+    rig.hm[0:8] = b"new data"
+    invalidate(rig.dev, rig.hm.base, PAGE_SIZE, END_REPLACED)
+    rig.wait(seq)
+    assert rig.data[0:8] == b"new data"
+    assert not rig.ban_events()
+
+
+def test_batch_stalled_by_invalidation_faults_if_freed(rig: Rig) -> None:
+    """A batch stalled on START faults (ban) when the invalidation ends with the pages freed."""
+    invalidate(rig.dev, rig.hm.base, PAGE_SIZE, START)
+    seq = rig.submit(Batch().mem_copy(DATA_VA, USERPTR_VA, 8).end())
+    assert errno_of(rig.wait, seq, STALLED) == ETIME
+    rig.hm.mapping.mm.madvise(mmap.MADV_REMOVE, 0, PAGE_SIZE)
+    invalidate(rig.dev, rig.hm.base, PAGE_SIZE, END_FREED)
+    rig.wait(seq)
+    rig.wait(seq)
+    assert [e.exec_queue_id for e in rig.ban_events()] == [rig.queue]
+    assert rig.data[0:8] == bytes([MARK]) * 8
+
+
+def test_batch_outside_invalidated_range_is_not_stalled(rig: Rig) -> None:
+    """An invalidation of one page does not hold off a batch touching another page."""
+    invalidate(rig.dev, rig.hm.base, PAGE_SIZE, START)
+    try:
+        rig.run(Batch().store_dword(USERPTR_VA + 2 * PAGE_SIZE, 9).end())
+        assert rig.hm.mapping.read_u32(2 * PAGE_SIZE) == 9
+    finally:
+        invalidate(rig.dev, rig.hm.base, PAGE_SIZE, END_REPLACED)
+
+
+def test_batch_stalled_by_overlapping_invalidations_resumes_after_the_last_end(rig: Rig) -> None:
+    """A batch stalled under two overlapping invalidations runs once both have ended."""
+    invalidate(rig.dev, rig.hm.base, PAGE_SIZE, START)
+    seq = rig.submit(Batch().store_dword(USERPTR_VA, 0xD0D0).end())
+    assert errno_of(rig.wait, seq, STALLED) == ETIME  # the batch waits on page 0
+    invalidate(rig.dev, rig.hm.base + PAGE_SIZE, PAGE_SIZE, START)
+    invalidate(rig.dev, rig.hm.base, PAGE_SIZE, END_REPLACED)
+    invalidate(rig.dev, rig.hm.base + PAGE_SIZE, PAGE_SIZE, END_REPLACED)
+    rig.wait(seq, timeout=2_000_000_000)  # an upper bound: nothing holds the batch back now
+    assert rig.hm.mapping.read_u32(0) == 0xD0D0
+
+
+def test_connection_close_with_userptr_binds_releases_everything(
+    fresh_daemon: DaemonProcess,
+) -> None:
+    """Closing a connection with host memory, userptr binds and a queue leaves no objects."""
+    before = baseline(fresh_daemon)
+    with Device.open(fresh_daemon.socket_path) as dev:
+        r = Rig(dev)
+        r.run(Batch().store_dword(USERPTR_VA, 1).end())
+        r.close()
+    for _ in range(500):  # the daemon notices the close on its own schedule
+        if baseline(fresh_daemon) == before:
+            break
+        time.sleep(0.01)
+    assert baseline(fresh_daemon) == before
