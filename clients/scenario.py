@@ -1,13 +1,16 @@
 """Scenarios: many client processes, described in a TOML file, run against one daemon.
 
-A scenario names processes by role (`app`, `load`, `admin`, `ib`), how many of each, and
-the steps each runs with the outcome it expects (success by default, or an errno name).
+A scenario names processes by role (`app`, `load`, `admin`, `ib`, `debugger`), how many
+of each, and the steps each runs with the outcome it expects (success by default, or an
+errno name).
 `xec scenario run FILE` starts a daemon (unless given one) and the IB-like aux driver when
 a process has role `ib`, spawns every other process as `python -m clients.scenario worker`,
 wires a socket pair between every two processes that send to or receive from each other
 (descriptors travel over them with SCM_RIGHTS), releases `sync_point` steps once every
 running process has reached them (a line on the worker's stdout, "go" back on its stdin:
-no sleeps), and prints a table: per process, steps passed and failed and the first failure.
+no sleeps), tells each `debugger` process the pid of every other one (its first stdin
+line: `attach` names its target by process), and prints a table: per process, steps
+passed and failed and the first failure.
 
 The file format is in the README ("Scenarios"); `STEPS` below is the vocabulary.
 """
@@ -31,7 +34,7 @@ from typing import Any, TextIO
 import attrs
 import trio
 
-from protocols import errno_name
+from protocols import Event, errno_name
 from protocols.constants import (
     DMA_BUF_SYNC_END,
     DMA_BUF_SYNC_READ,
@@ -50,6 +53,7 @@ from . import fdpass
 from .batch import Batch
 from .daemon import AuxDriverProcess, DaemonProcess
 from .device import Device, user_fence
+from .host_memory import HostMemory
 from .ib import IbContext, MemoryRegion, QueuePair
 from .mapping import Mapping as CpuMapping
 from .transport import SeqpacketTransport
@@ -147,16 +151,61 @@ _DEVICE_STEPS: dict[str, Fields] = {
     },
 }
 _DEVICE_STEPS["rdma_read"] = _DEVICE_STEPS["rdma_write"]
+_DATA_ONLY: Fields = {k: v for k, v in _DATA.items() if k not in ("map", "offset")}
+_DEVICE_STEPS |= {
+    "host_memory": {"host": ("name", REQUIRED), "size": ("int", 65536)},
+    "bind_userptr": {
+        "vm": ("ref", REQUIRED),
+        "host": ("name", REQUIRED),
+        "offset": ("int", 0),
+        "addr": ("int", REQUIRED),
+        "length": ("int", None),
+    },
+    "host_replace": {"host": ("name", REQUIRED), "offset": ("int", 0), **_DATA_ONLY},
+    "host_free": {
+        "host": ("name", REQUIRED),
+        "offset": ("int", REQUIRED),
+        "length": ("int", REQUIRED),
+    },
+}
+_VM_ACCESS: Fields = {
+    "client_id": ("ref", REQUIRED),
+    "vm": ("ref", REQUIRED),
+    "addr": ("int", REQUIRED),
+    **_DATA_ONLY,
+}
+_DEBUGGER_STEPS: dict[str, Fields] = {
+    "attach": {"target": ("name", REQUIRED)},
+    "detach": {"target": ("name", REQUIRED)},
+    "debug_read": {**_VM_ACCESS, "length": ("int", None)},
+    "debug_write": _VM_ACCESS,
+    "events": {"kinds": ("names", REQUIRED), "timeout": ("float", 10.0)},
+}
 _ADMIN_STEPS: dict[str, Fields] = {"unplug": {}, "replug": {}}
 _ANY_STEPS: dict[str, Fields] = {"sync_point": {"name": ("name", REQUIRED)}}
-STEPS: dict[str, Fields] = {**_DEVICE_STEPS, **_ADMIN_STEPS, **_ANY_STEPS}
+STEPS: dict[str, Fields] = {**_DEVICE_STEPS, **_DEBUGGER_STEPS, **_ADMIN_STEPS, **_ANY_STEPS}
 
 ROLES = {
     "app": set(_DEVICE_STEPS) | set(_ANY_STEPS),
     "load": set(_DEVICE_STEPS) | set(_ANY_STEPS),
     "admin": set(_ADMIN_STEPS) | set(_ANY_STEPS),
     "ib": set(),
+    "debugger": set(_DEBUGGER_STEPS) | {"send", "recv"} | set(_ANY_STEPS),
 }
+# the steps that compare or store bytes given as one of data, hex, u32, u64
+_DATA_STEPS = ("read", "write", "host_replace", "debug_read", "debug_write")
+DEBUG_EVENT_KINDS = (
+    "open",
+    "close",
+    "vm_create",
+    "vm_destroy",
+    "bind",
+    "unbind",
+    "exec_queue_create",
+    "exec_queue_destroy",
+    "exec",
+    "detach",
+)
 BATCH_OPS: dict[str, tuple[str, ...]] = {
     "store_dword": ("addr", "value"),
     "store_qword": ("addr", "value"),
@@ -185,6 +234,7 @@ _CHOICES = {
     ("sync", "access"): SYNC_ACCESS,
     ("rdma_write", "status"): WC_STATUS,
     ("rdma_read", "status"): WC_STATUS,
+    ("events", "kinds"): DEBUG_EVENT_KINDS,
 }
 
 
@@ -252,8 +302,10 @@ class Scenario:
                 return spec, i
         return None
 
-    def peer(self, spec: ProcessSpec, i: int, ref: str) -> str:
-        """The label a `to`/`from` names: next/prev in a ring, NAME or NAME.K."""
+    def peer(
+        self, spec: ProcessSpec, i: int, ref: str, verb: str = "send to or receive from"
+    ) -> str:
+        """The label a `to`/`from`/`target` names: next/prev in a ring, NAME or NAME.K."""
         if ref in ("next", "prev"):
             if spec.count < 2:
                 raise ValueError(f"{ref!r} needs count >= 2 (process {spec.name!r} has 1)")
@@ -262,7 +314,7 @@ class Scenario:
         if found is None:
             raise ValueError(f"no process instance named {ref!r}")
         if found == (spec, i):
-            raise ValueError("a process cannot send to or receive from itself")
+            raise ValueError(f"a process cannot {verb} itself")
         return ref
 
     def pairs(self) -> set[tuple[str, str]]:
@@ -345,12 +397,6 @@ def _process(n: int, entry: Any, problems: list[str]) -> ProcessSpec | None:
         return None
     where = f"process {name!r}"
     role = entry.get("role", "app")
-    if role == "debugger":
-        problems.append(
-            f"{where}: role 'debugger' is not supported yet: xed has no debugger "
-            "(eudebug) interface so far; remove this process until that feature lands"
-        )
-        return None
     if role not in ROLES:
         problems.append(f"{where}: unknown role {role!r} (one of {', '.join(ROLES)})")
         return None
@@ -403,10 +449,13 @@ def _step(
         if problem:
             problems.append(f"{place}: field {key!r} {problem}")
         args[key] = [raw[key]] if kind == "names" and isinstance(raw[key], str) else raw[key]
-    if do in ("read", "write"):
-        given = [k for k in ("data", "hex", "u32", "u64") if k in raw]
+    if do in _DATA_STEPS:
+        kinds = ("data", "hex", "u32", "u64") + (("length",) if do == "debug_read" else ())
+        given = [k for k in kinds if k in raw]
         if len(given) != 1:
-            problems.append(f"{place}: give exactly one of data, hex, u32, u64")
+            problems.append(f"{place}: give exactly one of {', '.join(kinds)}")
+    if do == "events" and not raw.get("kinds"):
+        problems.append(f"{place}: field 'kinds' names no event")
     expect = raw.get("expect", SUCCESS)
     if not isinstance(expect, str) or not (expect == SUCCESS or _errno_number(expect)):
         problems.append(f"{place}: expect must be 'success' or an errno name, not {expect!r}")
@@ -446,9 +495,13 @@ def _check_field(do: str, key: str, kind: str, value: Any) -> str:
     except (ValueError, IndexError) as exc:
         return f"has a bad placeholder or number: {exc}"
     choices = _CHOICES.get((do, key))
-    if choices is not None and value not in choices:
+    if choices is not None and any(v not in choices for v in _listed(value)):
         return f"must be one of {', '.join(choices)}"
     return ""
+
+
+def _listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
 
 
 def _check_ops(value: Any) -> str:
@@ -476,6 +529,12 @@ def _cross_check(scenario: Scenario, problems: list[str]) -> None:
                 ref = step.args["to" if step.do == "send" else "from"]
                 try:
                     scenario.peer(spec, i, fill(ref, spec.context(i)))
+                except (ValueError, KeyError) as exc:
+                    problems.append(f"{place}: {exc}")
+            if step.do in ("attach", "detach"):
+                try:
+                    target = fill(step.args["target"], spec.context(i))
+                    scenario.peer(spec, i, target, verb="attach to")
                 except (ValueError, KeyError) as exc:
                     problems.append(f"{place}: {exc}")
             if step.do == "ib_open":
@@ -526,10 +585,13 @@ class Worker:
         self.peers = peers
         self.control_in = control_in
         self.report = report
-        role = "admin" if spec.role == "admin" else "drm"
+        role = spec.role if spec.role in ("admin", "debugger") else "drm"
         self.dev = Device.open(socket_path, role=role)
         self._admin: Device | None = None
-        self.values: dict[str, int] = {}
+        # its own pid and client id, to `send` to a debugger (names a file may reuse)
+        self.values: dict[str, int] = {"pid": os.getpid(), "client_id": self.dev.client_id}
+        self.pids: dict[str, int] = {}  # a debugger's: every process's, from the runner
+        self.hosts: dict[str, HostMemory] = {}
         self.bos: dict[str, int] = {}
         self.vms: dict[str, int] = {}
         self.fds: dict[str, int] = {}
@@ -547,6 +609,8 @@ class Worker:
 
     # --- running ----------------------------------------------------------------------------
     def run(self) -> None:
+        if self.spec.role == "debugger":  # the runner's first line: who has which pid
+            self.pids = json.loads(self.control_in.readline() or "{}").get("pids", {})
         for step in self.spec.steps:
             self.report(self.run_step(step))
         self.report({"event": "done"})
@@ -668,11 +732,16 @@ class Worker:
         offset = self._int(a["offset"])
         got = mapping.mm[offset : offset + len(data)]
         if got != data:
-            if a["data"] is not None:
-                raise Mismatch(shown, repr(got.decode(errors="replace")))
-            if a["hex"] is not None:
-                raise Mismatch(shown, got.hex())
-            raise Mismatch(shown, f"{int.from_bytes(got, 'little'):#x}")
+            raise Mismatch(shown, self._shown(a, got))
+
+    @staticmethod
+    def _shown(a: dict[str, Any], got: bytes) -> str:
+        """Bytes that came, shown the way the file gave the expected ones."""
+        if a["data"] is not None:
+            return repr(got.decode(errors="replace"))
+        if a["hex"] is not None:
+            return got.hex()
+        return f"{int.from_bytes(got, 'little'):#x}"
 
     # --- VMs and execution --------------------------------------------------------------------
     def do_vm(self, a: dict[str, Any]) -> None:
@@ -867,6 +936,75 @@ class Worker:
     def do_rdma_read(self, a: dict[str, Any]) -> None:
         self.do_rdma_write(a, read=True)
 
+    # --- host memory and userptr ---------------------------------------------------------------
+    def do_host_memory(self, a: dict[str, Any]) -> None:
+        host = self.dev.host_memory(self._int(a["size"]))
+        self.hosts[a["host"]] = host
+        self.maps[a["host"]] = host.mapping  # `write` and `read` work on it by its name
+        self.values[f"{a['host']}.addr"] = host.base
+
+    def do_bind_userptr(self, a: dict[str, Any]) -> None:
+        host: HostMemory = self._named(self.hosts, a["host"], "host memory")
+        offset = self._int(a["offset"])
+        length = host.size - offset if a["length"] is None else self._int(a["length"])
+        self.dev.vm_bind_userptr(
+            self._ref(a["vm"], self.vms), host, offset, self._int(a["addr"]), length
+        )
+
+    def do_host_replace(self, a: dict[str, Any]) -> None:
+        host: HostMemory = self._named(self.hosts, a["host"], "host memory")
+        host.replace(self._int(a["offset"]), self._data(a)[0])
+
+    def do_host_free(self, a: dict[str, Any]) -> None:
+        host: HostMemory = self._named(self.hosts, a["host"], "host memory")
+        host.free(self._int(a["offset"]), self._int(a["length"]))
+
+    # --- the debugger -------------------------------------------------------------------------
+    def _target_pid(self, ref: str) -> int:
+        label = self.scenario.peer(self.spec, self.index, ref, verb="attach to")
+        pid: int = self._named(self.pids, label, "pid (from the runner) of a process")
+        return pid
+
+    def do_attach(self, a: dict[str, Any]) -> None:
+        self.dev.debug_attach(self._target_pid(a["target"]))
+
+    def do_detach(self, a: dict[str, Any]) -> None:
+        self.dev.debug_detach(self._target_pid(a["target"]))
+
+    def do_debug_read(self, a: dict[str, Any]) -> None:
+        client_id, vm, addr = self._ref(a["client_id"]), self._ref(a["vm"]), self._int(a["addr"])
+        if a["length"] is not None:
+            self.dev.debug_vm_read(client_id, vm, addr, self._int(a["length"]))
+            return
+        data, shown = self._data(a)
+        got = self.dev.debug_vm_read(client_id, vm, addr, len(data))
+        if got != data:
+            raise Mismatch(shown, self._shown(a, got))
+
+    def do_debug_write(self, a: dict[str, Any]) -> None:
+        client_id, vm, addr = self._ref(a["client_id"]), self._ref(a["vm"]), self._int(a["addr"])
+        self.dev.debug_vm_write(client_id, vm, addr, self._data(a)[0])
+
+    def do_events(self, a: dict[str, Any]) -> None:
+        """DEBUG_EVENTs of these kinds, in this order; others in between are passed over."""
+        wanted: list[str] = list(a["kinds"])
+        seen: list[str] = []
+        deadline = time.monotonic() + float(a["timeout"])
+        while wanted:
+            try:
+                message = self.dev.wait_event(max(deadline - time.monotonic(), 0.001))
+            except TimeoutError:
+                got = ", ".join(seen[-8:]) or "no event"
+                raise Mismatch(
+                    f"events {', '.join(a['kinds'])}", f"{got} in {a['timeout']:g} s"
+                ) from None
+            if message.event != Event.DEBUG_EVENT:
+                continue
+            kind = message.data.kind
+            seen.append(kind)
+            if kind == wanted[0]:
+                wanted.pop(0)
+
     # --- admin and coordination -----------------------------------------------------------------
     def do_unplug(self, a: dict[str, Any]) -> None:
         self.dev.admin_unplug()
@@ -988,6 +1126,12 @@ class Runner:
             for peers in ends.values():  # the children hold theirs: EOF when one exits
                 for end in peers.values():
                     end.close()
+        pids = {run.result.label: run.proc.pid for run in self.running}
+        line = (json.dumps({"pids": pids}) + "\n").encode()
+        for run, (spec, _) in zip(self.running, self.scenario.instances(), strict=True):
+            if spec.role == "debugger":
+                assert run.proc.stdin is not None
+                await run.proc.stdin.send_all(line)
         self.say(f"started {len(self.running)} processes")
         with trio.move_on_after(self.scenario.timeout) as scope:
             async with trio.open_nursery() as nursery:
@@ -1060,12 +1204,14 @@ class Runner:
 def print_table(scenario: Scenario, results: list[ProcessResult], out: TextIO) -> None:
     print(f"\nscenario {scenario.name}: {len(results)} processes", file=out)
     width = max([len("process"), *(len(r.label) for r in results)])
+    rw = max([5, *(len(r.role) for r in results)])
     print(
-        f"{'process':<{width}}  {'role':<5}  {'passed':>9}  {'failed':>6}  first failure", file=out
+        f"{'process':<{width}}  {'role':<{rw}}  {'passed':>9}  {'failed':>6}  first failure",
+        file=out,
     )
     for r in results:
         passed = f"{r.passed}/{r.total}"
-        line = f"{r.label:<{width}}  {r.role:<5}  {passed:>9}  {r.failed:>6}  {r.first_failure}"
+        line = f"{r.label:<{width}}  {r.role:<{rw}}  {passed:>9}  {r.failed:>6}  {r.first_failure}"
         print(line.rstrip(), file=out)
     failed = sum(1 for r in results if r.failed)
     verdict = "all expectations met" if not failed else f"{failed} process(es) FAILED"

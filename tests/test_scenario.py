@@ -41,10 +41,11 @@ def table_row(output: str, label: str) -> str:
     return row
 
 
-def test_the_shipped_scenarios_are_the_six_of_the_issue() -> None:
-    """Barrier load, MMIO isolation, the dma-buf ring, VM export + RDMA, unplug, isolation."""
+def test_the_shipped_scenarios_are_the_seven_of_the_issue() -> None:
+    """Barrier load, MMIO isolation, dma-buf ring, VM export, debugger, unplug, isolation."""
     assert SHIPPED_NAMES == [
         "barrier_load",
+        "debugger_userptr",
         "dma_buf_ring",
         "isolation",
         "mmio_isolation",
@@ -227,24 +228,91 @@ def test_check_reports_invalid_toml_with_line_and_column(tmp_path: Path) -> None
     assert "invalid TOML" in done.stderr and "line 2" in done.stderr
 
 
-@pytest.mark.parametrize("command", ["check", "run"])
-def test_debugger_role_refused_with_a_clear_message(tmp_path: Path, command: str) -> None:
-    """Role 'debugger' does not exist yet: check and run both refuse it, starting nothing."""
-    path = write(
+def test_check_accepts_the_debugger_role_and_places_its_bad_steps(tmp_path: Path) -> None:
+    """Role debugger checks now; its malformed steps are listed by process and position."""
+    good = write(
         tmp_path,
         """
         [[process]]
         name = "app"
-        steps = [{ do = "version" }]
+        steps = [{ do = "host_memory", host = "h" }, { do = "send", to = "dbg", value = "pid" }]
         [[process]]
         name = "dbg"
         role = "debugger"
+        steps = [{ do = "recv", from = "app" }, { do = "attach", target = "app" }]
         """,
+        name="good.toml",
     )
-    done = xec("scenario", command, str(path))
+    done = xec("scenario", "check", str(good))
+    assert done.returncode == 0, done.stderr
+    assert ": ok (2 processes, 4 steps, 1 socket pairs)" in done.stdout
+    bad = write(
+        tmp_path,
+        """
+        [[process]]
+        name = "app"
+        steps = [{ do = "attach", target = "dbg" }]
+        [[process]]
+        name = "dbg"
+        role = "debugger"
+        steps = [
+          { do = "attach", target = "app" },
+          { do = "create", bo = "b" },
+          { do = "events", kinds = ["bind", "frobbed"] },
+          { do = "events", kinds = [] },
+          { do = "debug_read", client_id = 1, vm = 1, addr = 0, data = "x", length = 1 },
+          { do = "debug_write", client_id = 1, addr = 0, data = "x" },
+          { do = "detach", target = "app", expect = "ENOPE" },
+        ]
+        """,
+        name="bad.toml",
+    )
+    done = xec("scenario", "check", str(bad))
     assert done.returncode == 2
-    assert "process 'dbg': role 'debugger' is not supported yet" in done.stderr
-    assert "started a daemon" not in done.stdout
+    err = done.stderr
+    assert "process 'app', step 1 (attach): not a step a process of role 'app' can run" in err
+    assert "process 'dbg', step 2 (create): not a step a process of role 'debugger'" in err
+    assert "process 'dbg', step 3 (events): field 'kinds' must be one of open, close" in err
+    assert "process 'dbg', step 4 (events): field 'kinds' names no event" in err
+    assert "step 5 (debug_read): give exactly one of data, hex, u32, u64, length" in err
+    assert "process 'dbg', step 6 (debug_write): missing field 'vm'" in err
+    assert "process 'dbg', step 7 (detach): expect must be 'success' or an errno name" in err
+    assert "'dbg', step 1 " not in err
+    targets = write(
+        tmp_path,
+        """
+        [[process]]
+        name = "dbg"
+        role = "debugger"
+        steps = [{ do = "attach", target = "nobody" }, { do = "detach", target = "{self}" }]
+        """,
+        name="targets.toml",
+    )
+    done = xec("scenario", "check", str(targets))
+    assert done.returncode == 2
+    assert "process 'dbg', step 1 (attach): no process instance named 'nobody'" in done.stderr
+    assert "process 'dbg', step 2 (detach): a process cannot attach to itself" in done.stderr
+
+
+def test_debugger_wrong_expectations_name_their_steps(
+    tmp_path: Path, fresh_daemon: DaemonProcess
+) -> None:
+    """The debugger scenario with EBUSY expected as EPERM and a wrong dword: exit 1, both named."""
+    text = (SHIPPED / "debugger_userptr.toml").read_text()
+    for old, new in [
+        ('target = "app", expect = "EBUSY"', 'target = "app", expect = "EPERM"'),
+        ("0x1_0000_2100, u32 = 0xC0FFEE01", "0x1_0000_2100, u32 = 0xC0FFEE02"),
+    ]:
+        assert text.count(old) == 1
+        text = text.replace(old, new)
+    path = write(tmp_path, text)
+    done = xec("scenario", "run", str(path), "--socket", str(fresh_daemon.socket_path))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "step 2 (attach): expected EPERM, got EBUSY" in table_row(done.stdout, "other_dbg")
+    row = table_row(done.stdout, "dbg")
+    assert row.split()[2:4] == ["21/22", "1"]
+    assert "step 9 (debug_read): expected 0xc0ffee02, got 0xc0ffee01" in row
+    assert table_row(done.stdout, "app").split()[2:4] == ["23/23", "0"]
 
 
 def test_check_accepts_every_shipped_scenario() -> None:
