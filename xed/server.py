@@ -48,7 +48,7 @@ from protocols import (
 )
 
 from . import log as xlog
-from .config import Config
+from .config import AdminConfig, AuxConfig, Config
 from .device.device import XeDevice
 from .device.errors import IoctlError
 from .device.eudebug import debug_event
@@ -199,9 +199,9 @@ class Connection:
 
     def _hello(self, hello: m.Hello) -> m.HelloReply:
         role = Role(hello.role)
-        if role is Role.ADMIN and not self._admin_allowed():
+        if role is Role.ADMIN and not self._allowed(self.device.admin_config):
             raise IoctlError(errno.EACCES, "admin needs root, the daemon's uid or [admin] ids")
-        if role is Role.AUX and not self._aux_allowed():
+        if role is Role.AUX and not self._allowed(self.device.aux_config):
             raise IoctlError(errno.EACCES, "this uid may not be an auxiliary driver ([aux])")
         self.proto.accept(role)
         self.xef.role = role
@@ -213,16 +213,8 @@ class Connection:
             version=PROTOCOL_VERSION, device=self.device.identity, client_id=self.client_id
         )
 
-    def _admin_allowed(self) -> bool:
-        allowed = self.device.admin_config
-        return (
-            self.uid in (0, os.geteuid())
-            or self.uid in allowed.allowed_uids
-            or self.gid in allowed.allowed_gids
-        )
-
-    def _aux_allowed(self) -> bool:
-        allowed = self.device.aux_config
+    def _allowed(self, allowed: AdminConfig | AuxConfig) -> bool:
+        """Root and the daemon's own uid always; then the role's configured ids."""
         return (
             self.uid in (0, os.geteuid())
             or self.uid in allowed.allowed_uids
