@@ -75,7 +75,6 @@ class XeBo:
         self.refs = 1
         self.writable = True
         self.handle_count = 0
-        self.dma_buf: DmaBuf | None = None  # obj->dma_buf: our export, while handles exist
         self.exported_as: DmaBuf | None = None  # our export, for as long as it lives
         self.import_fd: int | None = None  # a foreign import: the dma-buf it came from
         # the offset exists from the start; which files may map it is the node's business
@@ -104,12 +103,17 @@ class XeBo:
     def handle_opened(self) -> None:
         self.handle_count += 1
 
+    @property
+    def dma_buf(self) -> DmaBuf | None:
+        """obj->dma_buf: our export while the daemon holds it, i.e. while handles exist."""
+        exported = self.exported_as
+        return exported if exported is not None and exported.held else None
+
     def handle_closed(self) -> None:
         """The last handle going drops the daemon's copy of its dma-buf (obj->dma_buf)."""
         self.handle_count -= 1
-        if self.handle_count == 0 and self.dma_buf is not None:
-            self.dma_buf.let_go()
-            self.dma_buf = None
+        if self.handle_count == 0 and self.exported_as is not None:
+            self.exported_as.let_go()
 
     def get(self) -> XeBo:
         self.refs += 1

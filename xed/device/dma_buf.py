@@ -71,8 +71,6 @@ class DmaBuf(ExportedObject):
         return reopen_read_only(self.bo.memfd)
 
     def release(self) -> None:
-        if self.bo.dma_buf is self:
-            self.bo.dma_buf = None
         if self.bo.exported_as is self:
             self.bo.exported_as = None
         self.bo.put()
@@ -145,7 +143,7 @@ def drm_prime_handle_to_fd_ioctl(
     refuse_if(bo.vm is not None, EPERM, "a VM-private BO cannot be exported")
     dma_buf = bo.dma_buf
     if dma_buf is None:
-        dma_buf = bo.dma_buf = DmaBuf(bo, writable=bool(args.flags & DRM_RDWR))
+        dma_buf = DmaBuf(bo, writable=bool(args.flags & DRM_RDWR))
         xef.log.debug("dma_buf_exported", handle=args.handle, ino=dma_buf.ino)
     xef.prime_handles[dma_buf] = args.handle
     return reply, [dma_buf.new_fd()]
@@ -172,9 +170,7 @@ async def drm_prime_fd_to_handle_ioctl(
         if handle is None:
             handle = xef.handle_create(own.bo)
             xef.prime_handles[own] = handle
-        if own.bo.dma_buf is None:  # re-attach obj->dma_buf, as drm_gem_prime_fd_to_handle
-            own.bo.dma_buf = own
-            own.hold(fd)
+        own.hold(fd)  # re-attach obj->dma_buf, as drm_gem_prime_fd_to_handle (if let go)
         return m.DrmPrimeHandleReply(handle=handle, size=own.size)
     info = os.fstat(fd)
     key = ("foreign", info.st_dev, info.st_ino)
