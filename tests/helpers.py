@@ -1,12 +1,20 @@
-"""Helpers several test files share."""
+"""Helpers several test files share: the errno of a refused call, a ready GPU context."""
 
 from __future__ import annotations
 
+from errno import ECANCELED
 from typing import Any
 
 import pytest
 
-from clients import XeError
+from clients import Batch, Device, XeError, user_fence
+from protocols import Event
+from protocols import messages as m
+
+WAIT = 5_000_000_000  # ns: an upper bound, never an expectation
+BATCH_VA = 0x1_0000_0000  # the batch BO: fence qword at offset 0, batches after it
+BATCH_BO_SIZE = 0x10000
+FENCE = 0
 
 
 def errno_of(call: Any, *args: Any, **kwargs: Any) -> int:
@@ -15,3 +23,72 @@ def errno_of(call: Any, *args: Any, **kwargs: Any) -> int:
         call(*args, **kwargs)
     assert info.value.errno is not None
     return info.value.errno
+
+
+class Gpu:
+    """A VM with a batch BO bound at BATCH_VA (its first qword is the fence) and a queue."""
+
+    def __init__(self, dev: Device, vm_flags: int = 0) -> None:
+        self.dev = dev
+        self.vm = dev.vm_create(vm_flags)
+        self.batch_bo = dev.gem_create(BATCH_BO_SIZE)
+        dev.vm_bind(self.vm, self.batch_bo, BATCH_VA)
+        self.cpu = dev.mmap_bo(self.batch_bo)
+        self.queue = dev.exec_queue_create(self.vm)
+        self._offset = 0x100
+        self._seq = 0
+
+    def place(self, batch: Batch) -> int:
+        """Write `batch` into the batch BO; return its GPU address."""
+        data = batch.tobytes()
+        if self._offset + len(data) > BATCH_BO_SIZE:
+            self._offset = 0x100
+        offset = self._offset
+        self.cpu[offset : offset + len(data)] = data
+        self._offset = (offset + len(data) + 63) & ~63
+        return BATCH_VA + offset
+
+    def submit_at(self, address: int, queue: int | None = None) -> int:
+        """EXEC the batch at `address` with a fresh user-fence value; return that value."""
+        self._seq += 1
+        fence = user_fence(BATCH_VA + FENCE, self._seq)
+        self.dev.exec(queue or self.queue, address, syncs=[fence])
+        return self._seq
+
+    def submit(self, batch: Batch, queue: int | None = None) -> int:
+        return self.submit_at(self.place(batch), queue)
+
+    def wait(self, seq: int, exec_queue: int = 0) -> None:
+        self.dev.wait_user_fence(
+            self.cpu.user_address(FENCE), seq, timeout=WAIT, exec_queue=exec_queue
+        )
+
+    def run(self, batch: Batch, queue: int | None = None) -> None:
+        """Submit and wait for the batch's user fence."""
+        self.wait(self.submit(batch, queue))
+
+    def banned_queues(self) -> list[int]:
+        return [e.data.exec_queue_id for e in self.dev.events if e.event == Event.EXEC_QUEUE_BANNED]
+
+    def ban_events(self, queue: int) -> list[m.ExecQueueBanned]:
+        return [
+            e.data
+            for e in self.dev.events
+            if e.event == Event.EXEC_QUEUE_BANNED and e.data.exec_queue_id == queue
+        ]
+
+    def expect_ban(self, batch: Batch, queue: int) -> None:
+        """The batch faults: its fence is still written, the queue is banned and says so."""
+        seq = self.submit(batch, queue)
+        self.wait(seq)
+        # The event travels beside the replies, not in order with them: a second wait
+        # gives the event, queued before the fence was written, time to be out first.
+        self.wait(seq)
+        banned = [
+            e.data.exec_queue_id for e in self.dev.events if e.event == Event.EXEC_QUEUE_BANNED
+        ]
+        assert queue in banned
+        assert errno_of(self.dev.exec, queue, self.place(Batch().end())) == ECANCELED
+
+    def close(self) -> None:
+        self.cpu.close()

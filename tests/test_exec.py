@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 from conftest import baseline, spawn_client
-from helpers import errno_of
+from helpers import BATCH_VA, FENCE, WAIT, Gpu, errno_of
 
 from clients import Batch, Device, Mapping, XeError, user_fence
-from protocols import Event, Op
+from protocols import Op
 from protocols import messages as m
 from protocols.constants import (
     DRM_XE_SYNC_FLAG_SIGNAL,
@@ -29,70 +29,10 @@ from protocols.constants import (
     UfenceOp,
 )
 
-WAIT = 5_000_000_000  # ns: an upper bound, never an expectation
 LONG_MAX = (1 << 63) - 1
-BATCH_VA = 0x1_0000_0000  # the batch BO: fence qword at offset 0, batches after it
-BATCH_BO_SIZE = 0x10000
-FENCE = 0
 DATA_VA = 0x2_0000_0000
 SRC_VA = 0x3_0000_0000
 UNBOUND_VA = 0x7_0000_0000
-
-
-class Gpu:
-    """A VM with a batch BO bound at BATCH_VA (its first qword is the fence) and a queue."""
-
-    def __init__(self, dev: Device, vm_flags: int = 0) -> None:
-        self.dev = dev
-        self.vm = dev.vm_create(vm_flags)
-        self.batch_bo = dev.gem_create(BATCH_BO_SIZE)
-        dev.vm_bind(self.vm, self.batch_bo, BATCH_VA)
-        self.cpu = dev.mmap_bo(self.batch_bo)
-        self.queue = dev.exec_queue_create(self.vm)
-        self._offset = 0x100
-        self._seq = 0
-
-    def place(self, batch: Batch) -> int:
-        """Write `batch` into the batch BO; return its GPU address."""
-        data = batch.tobytes()
-        if self._offset + len(data) > BATCH_BO_SIZE:
-            self._offset = 0x100
-        offset = self._offset
-        self.cpu[offset : offset + len(data)] = data
-        self._offset = (offset + len(data) + 63) & ~63
-        return BATCH_VA + offset
-
-    def submit_at(self, address: int, queue: int | None = None) -> int:
-        """EXEC the batch at `address` with a fresh user-fence value; return that value."""
-        self._seq += 1
-        fence = user_fence(BATCH_VA + FENCE, self._seq)
-        self.dev.exec(queue or self.queue, address, syncs=[fence])
-        return self._seq
-
-    def submit(self, batch: Batch, queue: int | None = None) -> int:
-        return self.submit_at(self.place(batch), queue)
-
-    def wait(self, seq: int, exec_queue: int = 0) -> None:
-        self.dev.wait_user_fence(
-            self.cpu.user_address(FENCE), seq, timeout=WAIT, exec_queue=exec_queue
-        )
-
-    def run(self, batch: Batch, queue: int | None = None) -> None:
-        """Submit and wait for the batch's user fence."""
-        self.wait(self.submit(batch, queue))
-
-    def banned_queues(self) -> list[int]:
-        return [e.data.exec_queue_id for e in self.dev.events if e.event == Event.EXEC_QUEUE_BANNED]
-
-    def ban_events(self, queue: int) -> list[m.ExecQueueBanned]:
-        return [
-            e.data
-            for e in self.dev.events
-            if e.event == Event.EXEC_QUEUE_BANNED and e.data.exec_queue_id == queue
-        ]
-
-    def close(self) -> None:
-        self.cpu.close()
 
 
 @pytest.fixture

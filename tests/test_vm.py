@@ -8,10 +8,10 @@ from errno import EBUSY, ECANCELED, EFAULT, EINVAL, ENOENT, EOPNOTSUPP
 from typing import Any
 
 import pytest
-from helpers import errno_of
+from helpers import BATCH_VA, Gpu, errno_of
 
 from clients import Batch, Device, Mapping, user_fence
-from protocols import Event, Op
+from protocols import Op
 from protocols import messages as m
 from protocols.constants import (
     DRM_XE_SYNC_FLAG_SIGNAL,
@@ -33,68 +33,9 @@ from protocols.constants import (
     PAGE_SIZE,
 )
 
-WAIT = 5_000_000_000  # ns: an upper bound, never a expectation
-BATCH_VA = 0x1_0000_0000  # the batch BO: fence qword at offset 0, batches after it
-BATCH_BO_SIZE = 0x10000
-FENCE = 0
 DATA_VA = 0x2_0000_0000
 OTHER_VA = 0x3_0000_0000
 VA_SIZE = 1 << 48  # the default device's va_bits
-
-
-class Gpu:
-    """A VM with a batch BO bound at BATCH_VA (its first qword is the fence) and a queue."""
-
-    def __init__(self, dev: Device, vm_flags: int = 0) -> None:
-        self.dev = dev
-        self.vm = dev.vm_create(vm_flags)
-        self.batch_bo = dev.gem_create(BATCH_BO_SIZE)
-        dev.vm_bind(self.vm, self.batch_bo, BATCH_VA)
-        self.cpu = dev.mmap_bo(self.batch_bo)
-        self.queue = dev.exec_queue_create(self.vm)
-        self._offset = 0x100
-        self._seq = 0
-
-    def place(self, batch: Batch) -> int:
-        """Write `batch` into the batch BO; return its GPU address."""
-        data = batch.tobytes()
-        if self._offset + len(data) > BATCH_BO_SIZE:
-            self._offset = 0x100
-        offset = self._offset
-        self.cpu[offset : offset + len(data)] = data
-        self._offset = (offset + len(data) + 63) & ~63
-        return BATCH_VA + offset
-
-    def submit(self, batch: Batch, queue: int | None = None) -> int:
-        """Queue `batch` with a fresh user-fence value; return that value."""
-        self._seq += 1
-        fence = user_fence(BATCH_VA + FENCE, self._seq)
-        self.dev.exec(queue or self.queue, self.place(batch), syncs=[fence])
-        return self._seq
-
-    def wait(self, seq: int) -> None:
-        self.dev.wait_user_fence(self.cpu.user_address(FENCE), seq, timeout=WAIT)
-
-    def run(self, batch: Batch, queue: int | None = None) -> None:
-        """Submit and wait for the batch's user fence."""
-        self.wait(self.submit(batch, queue))
-
-    def expect_ban(self, batch: Batch, queue: int) -> None:
-        """The batch faults: its fence is still written, the queue is banned and says so."""
-        seq = self.submit(batch, queue)
-        self.wait(seq)
-        # The event travels beside the replies, not in order with them, and the daemon's
-        # reader does not yield while requests keep coming: a second (blocking) wait makes
-        # it yield, so the event, queued before the fence was written, is out before it.
-        self.wait(seq)
-        banned = [
-            e.data.exec_queue_id for e in self.dev.events if e.event == Event.EXEC_QUEUE_BANNED
-        ]
-        assert queue in banned
-        assert errno_of(self.dev.exec, queue, self.place(Batch().end())) == ECANCELED
-
-    def close(self) -> None:
-        self.cpu.close()
 
 
 @pytest.fixture
