@@ -112,12 +112,12 @@ def xe_dma_buf_of(xef: XeFile, fd: int) -> DmaBuf | None:
     return obj
 
 
-async def _describe(xef: XeFile, fd: int) -> tuple[int, bool, int | None]:
-    """(size, writable, memory) of any dma-buf: ours (no memory yet), or asked of its
-    daemon (the memory it sent, read-only unless the dma-buf is writable)."""
+async def _describe(xef: XeFile, fd: int) -> tuple[int, bool, int]:
+    """(size, writable, memory) of any dma-buf, ours or asked of its daemon; the memory
+    is a descriptor the caller owns, read-only unless the dma-buf is writable."""
     own = xe_dma_buf_of(xef, fd)
     if own is not None:
-        return own.size, own.writable, None
+        return own.size, own.writable, own.memory_fd()
     info, fds = await peer_call(fd, Op.DMA_BUF_ATTACH, m.DmaBufAttach())
     return info.size, bool(info.writable), fds[0]
 
@@ -178,7 +178,6 @@ async def drm_prime_fd_to_handle_ioctl(
     if handle is not None:
         return m.DrmPrimeHandleReply(handle=handle, size=xef.handles[handle].size)
     size, writable, memfd = await _describe(xef, fd)
-    assert memfd is not None
     handle = xef.prime_handles.get(key)
     if handle is not None:  # another import of it finished while we asked: that one wins
         os.close(memfd)
@@ -218,13 +217,8 @@ async def dma_buf_mmap_ioctl(
         refuse_if(args.offset + args.length > size, EINVAL, "beyond the end of the dma-buf")
         refuse_if(args.flags == MAP_PRIVATE, EINVAL, "copy-on-write mappings are refused")
     except IoctlError:
-        if memfd is not None:
-            os.close(memfd)
+        os.close(memfd)
         raise
-    if memfd is None:
-        own = xe_dma_buf_of(xef, fd)
-        assert own is not None
-        memfd = own.memory_fd()
     return m.XedMmapReply(offset=args.offset, length=args.length), [memfd]
 
 
@@ -244,8 +238,7 @@ async def dma_buf_sync_ioctl(xef: XeFile, args: m.DmaBufSync, fds: tuple[int, ..
     own = xe_dma_buf_of(xef, fd)
     if own is None:
         _size, _writable, memfd = await _describe(xef, fd)
-        if memfd is not None:
-            os.close(memfd)
+        os.close(memfd)
         return m.Empty()
     own.sync(xef, args.flags)
     return m.Empty()
@@ -261,6 +254,5 @@ async def dma_buf_llseek_ioctl(
     refuse_if(args.offset != 0 or args.whence not in (SEEK_SET, SEEK_END), EINVAL, "bad seek")
     (fd,) = fds
     size, _writable, memfd = await _describe(xef, fd)
-    if memfd is not None:
-        os.close(memfd)
+    os.close(memfd)
     return m.DmaBufLlseekReply(offset=size if args.whence == SEEK_END else 0)
