@@ -8,6 +8,7 @@ plain integers; this module never opens, closes or sends anything.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from errno import EINVAL, EMSGSIZE, ENOTTY, EPROTO
 from typing import Any
 
@@ -58,81 +59,98 @@ class EventMessage:
 
 
 # --- records <-> maps -----------------------------------------------------------------
-_SCALAR, _LIST, _RECORDS, _NESTED = range(4)
-
-
-_Plan = tuple[tuple[tuple[str, int], ...], dict[str, Any]]
-_PLANS: dict[type, _Plan] = {}
-
-
-def _plan(cls: type) -> _Plan:
-    """How each field of `cls` travels, worked out once per class (the hot path)."""
-    plan = _PLANS.get(cls)
-    if plan is None:
-        plan = _PLANS[cls] = _make_plan(cls)
-    return plan
-
-
-def _make_plan(cls: type) -> _Plan:
-    kinds = []
-    for field in attrs.fields(cls):
-        meta = field.metadata
-        if "record" in meta:
-            kind = _RECORDS
-        elif "nested" in meta:
-            kind = _NESTED
-        elif "array" in meta:
-            kind = _LIST
-        else:
-            kind = _SCALAR
-        kinds.append((field.name, kind))
-    return tuple(kinds), {field.name: field.metadata for field in attrs.fields(cls)}
+# One pair of functions per record class, written from its fields' metadata the first
+# time the class travels (the hot path: a loop over the fields cost more than the
+# socket). The values themselves are checked by the record's own __init__ (fields.py).
+_TO_WIRE: dict[type, Callable[[Any], dict[str, Any]]] = {}
+_FROM_WIRE: dict[type, Callable[[Any], Any]] = {}
 
 
 def to_wire(record: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, kind in _plan(type(record))[0]:
-        value = getattr(record, name)
-        if kind == _RECORDS:
-            value = [to_wire(item) for item in value]
-        elif kind == _NESTED:
-            value = to_wire(value)
-        elif kind == _LIST:
-            value = list(value)
-        out[name] = value
-    return out
+    cls = type(record)
+    encode = _TO_WIRE.get(cls) or _compile_to_wire(cls)
+    return encode(record)
 
 
 def from_wire(cls: type, obj: Any) -> Any:
     """Build `cls` from a peer's map; missing fields are zero, as in a memset struct."""
-    if type(obj) is not dict:
-        raise FieldError(f"{cls.__name__} must be a map")
-    fields = _plan(cls)[1]
-    unknown = obj.keys() - fields.keys()
+    decode = _FROM_WIRE.get(cls) or _compile_from_wire(cls)
+    return decode(obj)
+
+
+def _compile(name: str, source: str, g: dict[str, Any]) -> Any:
+    exec(compile(source, f"<xed generated {name}>", "exec"), g)  # noqa: S102 - from metadata
+    return g[name]
+
+
+def _compile_to_wire(cls: type) -> Callable[[Any], dict[str, Any]]:
+    g: dict[str, Any] = {"_to_wire": to_wire}
+    items = []
+    for field in attrs.fields(cls):
+        name, kind = field.name, field.metadata["kind"]
+        if kind == "records":
+            items.append(f"'{name}': [_to_wire(item) for item in r.{name}]")
+        elif kind == "nested":
+            items.append(f"'{name}': _to_wire(r.{name})")
+        else:  # scalars as they are; tuples pack as msgpack arrays
+            items.append(f"'{name}': r.{name}")
+    source = f"def to_wire_{cls.__name__}(r):\n    return {{{', '.join(items)}}}\n"
+    encode = _TO_WIRE[cls] = _compile(f"to_wire_{cls.__name__}", source, g)
+    return encode  # type: ignore[no-any-return]
+
+
+def _compile_from_wire(cls: type) -> Callable[[Any], Any]:
+    g: dict[str, Any] = {
+        "_cls": cls,
+        "_type": type,
+        "_dict": dict,
+        "_list": list,
+        "_from_wire": from_wire,
+        "_no_such_field": _no_such_field,
+        "_FieldError": FieldError,
+    }
+    lines = [
+        "if _type(obj) is not _dict:",
+        f"    raise _FieldError('{cls.__name__} must be a map')",
+    ]
+    for field in attrs.fields(cls):
+        name, kind = field.name, field.metadata["kind"]
+        if kind == "records":
+            g[f"_cls_{name}"] = field.metadata["record"]
+            lines += [
+                f"if '{name}' in obj:",
+                f"    if _type(obj['{name}']) is not _list:",
+                f"        raise _FieldError('{name} must be a list')",
+                f"    obj['{name}'] = [_from_wire(_cls_{name}, i) for i in obj['{name}']]",
+            ]
+        elif kind == "nested":
+            g[f"_cls_{name}"] = field.metadata["nested"]
+            lines += [f"if '{name}' in obj: obj['{name}'] = _from_wire(_cls_{name}, obj['{name}'])"]
+    lines += [
+        "try:",
+        "    return _cls(**obj)",
+        "except TypeError as exc:",  # a key that is no field (the checks raise FieldError)
+        "    raise _no_such_field(_cls, obj, exc) from None",
+    ]
+    source = f"def from_wire_{cls.__name__}(obj):\n" + "".join(f"    {x}\n" for x in lines)
+    decode = _FROM_WIRE[cls] = _compile(f"from_wire_{cls.__name__}", source, g)
+    return decode  # type: ignore[no-any-return]
+
+
+def _no_such_field(cls: type, obj: dict[Any, Any], exc: TypeError) -> FieldError:
+    unknown = obj.keys() - {field.name for field in attrs.fields(cls)}
     if unknown:
-        raise FieldError(f"{cls.__name__} has no field {sorted(map(str, unknown))[0]!r}")
-    kwargs: dict[str, Any] = {}
-    for name, value in obj.items():
-        meta = fields[name]
-        if "record" in meta:
-            if type(value) is not list:
-                raise FieldError(f"{name} must be a list")
-            value = tuple(from_wire(meta["record"], item) for item in value)
-        elif "nested" in meta:
-            value = from_wire(meta["nested"], value)
-        elif "array" in meta:
-            if type(value) is not list:
-                raise FieldError(f"{name} must be a list")
-            value = tuple(value)
-        kwargs[name] = value
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as exc:
-        raise FieldError(str(exc)) from exc
+        return FieldError(f"{cls.__name__} has no field {sorted(map(str, unknown))[0]!r}")
+    return FieldError(str(exc))
+
+
+# One packer for the process: packb() would build a new one per frame. Packing holds the
+# GIL from start to end, so threads cannot interleave inside it.
+_PACKER = msgpack.Packer(use_bin_type=True)
 
 
 def _pack(frame: list[Any]) -> bytes:
-    data: bytes = msgpack.packb(frame, use_bin_type=True)
+    data: bytes = _PACKER.pack(frame)
     if len(data) > MAX_DATAGRAM:
         raise LocalProtocolError(f"message of {len(data)} bytes exceeds {MAX_DATAGRAM}")
     return data

@@ -1,15 +1,20 @@
-"""Typed wire fields for the message records.
+"""Typed wire fields for the message records, and the checks that make a record valid.
 
 Every field of every message is made by one of these helpers, so the codec knows how to
 check a value that arrived from a peer (exact type, range, length) and the reference can
 say what each field is. Values are checked on construction too: a record that exists is
 valid.
+
+The checks are not attrs validators: `compile_init` writes one `__init__` per record with
+every field's check inline, the way attrs writes its own. A round trip builds a record
+per message on each side, and a validator call per field cost more than the rest of the
+codec together.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+import linecache
 from typing import Any
 
 import attrs
@@ -18,52 +23,53 @@ MAX_STR = 256
 MAX_BLOB = 4096
 MAX_ITEMS = 512
 
+_INT_RANGES = {
+    "u16": (0, 0xFFFF),
+    "u32": (0, 0xFFFF_FFFF),
+    "u64": (0, 0xFFFF_FFFF_FFFF_FFFF),
+    "s32": (-(1 << 31), (1 << 31) - 1),
+    "s64": (-(1 << 63), (1 << 63) - 1),
+}
+
 
 class FieldError(ValueError):
     """A value does not fit its field; the codec turns it into EINVAL."""
 
 
-def _check_int(lo: int, hi: int) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
-    def check(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if type(value) is not int or not lo <= value <= hi:
-            raise FieldError(f"{attribute.name} must be an integer in [{lo}, {hi}], got {value!r}")
-
-    return check
-
-
-def _plain_int(value: Any) -> Any:
-    """IntEnum members become plain ints, so records compare and encode alike."""
-    return int(value) if isinstance(value, enum.IntEnum) else value
+# --- the field helpers: what each field is, in its metadata ----------------------------
+def _field(default: Any, meta: dict[str, Any]) -> Any:
+    if isinstance(default, _Factory):
+        return attrs.field(factory=default.make, kw_only=True, metadata=meta)
+    return attrs.field(default=default, kw_only=True, metadata=meta)
 
 
-def _int(wire: str, lo: int, hi: int, doc: str, default: int) -> Any:
-    return attrs.field(
-        default=default,
-        kw_only=True,
-        converter=_plain_int,
-        validator=_check_int(lo, hi),
-        metadata={"wire": wire, "doc": doc},
-    )
+@attrs.frozen
+class _Factory:
+    make: Any
+
+
+def _int(wire: str, doc: str, default: int) -> Any:
+    return _field(default, {"wire": wire, "doc": doc, "kind": "int"})
 
 
 def u16(doc: str = "", default: int = 0) -> Any:
-    return _int("u16", 0, 0xFFFF, doc, default)
+    return _int("u16", doc, default)
 
 
 def u32(doc: str = "", default: int = 0) -> Any:
-    return _int("u32", 0, 0xFFFF_FFFF, doc, default)
+    return _int("u32", doc, default)
 
 
 def u64(doc: str = "", default: int = 0) -> Any:
-    return _int("u64", 0, 0xFFFF_FFFF_FFFF_FFFF, doc, default)
+    return _int("u64", doc, default)
 
 
 def s32(doc: str = "", default: int = 0) -> Any:
-    return _int("s32", -(1 << 31), (1 << 31) - 1, doc, default)
+    return _int("s32", doc, default)
 
 
 def s64(doc: str = "", default: int = 0) -> Any:
-    return _int("s64", -(1 << 63), (1 << 63) - 1, doc, default)
+    return _int("s64", doc, default)
 
 
 def mbz(n: int, doc: str = "must be zero") -> Any:
@@ -72,84 +78,140 @@ def mbz(n: int, doc: str = "must be zero") -> Any:
 
 
 def array(n: int, wire: str = "u64", doc: str = "") -> Any:
-    hi = {"u16": 0xFFFF, "u32": 0xFFFF_FFFF, "u64": 0xFFFF_FFFF_FFFF_FFFF}[wire]
-
-    def check(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if (
-            type(value) is not tuple
-            or len(value) != n
-            or any(type(v) is not int or not 0 <= v <= hi for v in value)
-        ):
-            raise FieldError(f"{attribute.name} must be {n} x {wire}, got {value!r}")
-
-    return attrs.field(
-        default=(0,) * n,
-        kw_only=True,
-        converter=_to_tuple,
-        validator=check,
-        metadata={"wire": f"{wire}[{n}]", "doc": doc, "array": n},
-    )
+    meta = {"wire": f"{wire}[{n}]", "doc": doc, "kind": "array", "array": n, "item": wire}
+    return _field((0,) * n, meta)
 
 
 def string(doc: str = "", default: str = "", max_len: int = MAX_STR) -> Any:
-    def check(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if type(value) is not str or len(value) > max_len:
-            raise FieldError(f"{attribute.name} must be a string of at most {max_len}")
-
-    return attrs.field(
-        default=default,
-        kw_only=True,
-        validator=check,
-        metadata={"wire": "str", "doc": doc, "max_len": max_len},
-    )
+    return _field(default, {"wire": "str", "doc": doc, "kind": "str", "max_len": max_len})
 
 
 def blob(doc: str = "", max_len: int = MAX_BLOB) -> Any:
-    def check(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if type(value) is not bytes or len(value) > max_len:
-            raise FieldError(f"{attribute.name} must be at most {max_len} bytes")
-
-    return attrs.field(
-        default=b"",
-        kw_only=True,
-        validator=check,
-        metadata={"wire": "bin", "doc": doc, "max_len": max_len},
-    )
+    return _field(b"", {"wire": "bin", "doc": doc, "kind": "bin", "max_len": max_len})
 
 
 def records(cls: type, doc: str = "", max_items: int = MAX_ITEMS) -> Any:
     """A list of nested records; stands where the C struct has a pointer and a count."""
-
-    def check(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if type(value) is not tuple or len(value) > max_items:
-            raise FieldError(f"{attribute.name} must hold at most {max_items} items")
-        for item in value:
-            if type(item) is not cls:
-                raise FieldError(f"{attribute.name} items must be {cls.__name__}")
-
-    return attrs.field(
-        default=(),
-        kw_only=True,
-        converter=_to_tuple,
-        validator=check,
-        metadata={"wire": f"{cls.__name__}[]", "doc": doc, "record": cls, "max_items": max_items},
-    )
+    meta = {
+        "wire": f"{cls.__name__}[]",
+        "doc": doc,
+        "kind": "records",
+        "record": cls,
+        "max_items": max_items,
+    }
+    return _field((), meta)
 
 
 def record(cls: type, doc: str = "") -> Any:
     """One nested record, sent as a map."""
+    meta = {"wire": cls.__name__, "doc": doc, "kind": "nested", "nested": cls}
+    return _field(_Factory(cls), meta)
 
-    def check(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if type(value) is not cls:
-            raise FieldError(f"{attribute.name} must be a {cls.__name__}")
 
-    return attrs.field(
-        factory=cls,
-        kw_only=True,
-        validator=check,
-        metadata={"wire": cls.__name__, "doc": doc, "nested": cls},
+# --- the generated __init__ -------------------------------------------------------------
+def _uints(value: Any, n: int, hi: int) -> bool:
+    """A tuple of exactly n ints in [0, hi] (bools and floats are not ints here)."""
+    if type(value) is not tuple or len(value) != n:
+        return False
+    for item in value:  # noqa: SIM110 - a loop costs half what all() over a generator does
+        if type(item) is not int or not 0 <= item <= hi:
+            return False
+    return True
+
+
+_NOTHING = object()  # "not passed": the field's factory makes the default
+
+
+def _check_lines(field: attrs.Attribute[Any], g: dict[str, Any]) -> list[str]:
+    """The statements that convert and check parameter `name` (already bound)."""
+    name, meta = field.name, field.metadata
+    kind = meta["kind"]
+    if kind == "int":
+        lo, hi = _INT_RANGES[meta["wire"]]
+        message = f"f'{name} must be an integer in [{lo}, {hi}], got {{{name}!r}}'"
+        # IntEnum members become plain ints, so records compare and encode alike
+        return [
+            f"if _type({name}) is not _int:",
+            f"    if _isinstance({name}, _IntEnum): {name} = _int({name})",
+            f"    else: raise _FieldError({message})",
+            f"if not {lo} <= {name} <= {hi}: raise _FieldError({message})",
+        ]
+    if kind == "array":
+        n, hi = meta["array"], _INT_RANGES[meta["item"]][1]
+        return [
+            f"if _type({name}) is _list: {name} = _tuple({name})",
+            f"if not _uints({name}, {n}, {hi}):",
+            f"    raise _FieldError(f'{name} must be {n} x {meta['item']}, got {{{name}!r}}')",
+        ]
+    if kind in ("str", "bin"):
+        pytype, what = ("_str", "a string of at most") if kind == "str" else ("_bytes", "at most")
+        unit = "" if kind == "str" else " bytes"
+        max_len = meta["max_len"]
+        return [
+            f"if _type({name}) is not {pytype} or _len({name}) > {max_len}:",
+            f"    raise _FieldError('{name} must be {what} {max_len}{unit}')",
+        ]
+    if kind == "records":
+        cls_name = f"_cls_{name}"
+        g[cls_name] = meta["record"]
+        max_items = meta["max_items"]
+        return [
+            f"if _type({name}) is _list: {name} = _tuple({name})",
+            f"if _type({name}) is not _tuple or _len({name}) > {max_items}:",
+            f"    raise _FieldError('{name} must hold at most {max_items} items')",
+            f"for _item in {name}:",
+            f"    if _type(_item) is not {cls_name}:",
+            f"        raise _FieldError('{name} items must be {meta['record'].__name__}')",
+        ]
+    if kind == "nested":
+        cls_name = f"_cls_{name}"
+        g[cls_name] = meta["nested"]
+        return [
+            f"if {name} is _NOTHING: {name} = {cls_name}()",
+            f"elif _type({name}) is not {cls_name}:",
+            f"    raise _FieldError('{name} must be a {meta['nested'].__name__}')",
+        ]
+    raise AssertionError(f"unknown field kind {kind!r}")
+
+
+def compile_init(cls: type) -> None:
+    """Give an attrs record an `__init__` that checks every field inline."""
+    g: dict[str, Any] = {
+        "_type": type,
+        "_int": int,
+        "_list": list,
+        "_tuple": tuple,
+        "_str": str,
+        "_bytes": bytes,
+        "_len": len,
+        "_isinstance": isinstance,
+        "_IntEnum": enum.IntEnum,
+        "_FieldError": FieldError,
+        "_uints": _uints,
+        "_NOTHING": _NOTHING,
+    }
+    params, body = [], []
+    for field in attrs.fields(cls):
+        name = field.name
+        if name.startswith("_"):
+            raise AssertionError(f"{cls.__name__}.{name}: wire fields are public names")
+        if isinstance(field.default, attrs.Factory):  # type: ignore[arg-type]
+            params.append(f"{name}=_NOTHING")
+        else:
+            g[f"_default_{name}"] = field.default
+            params.append(f"{name}=_default_{name}")
+        body += _check_lines(field, g)
+        # the slot's own descriptor: frozen records refuse setattr, and this skips it
+        g[f"_set_{name}"] = cls.__dict__[name].__set__
+        body.append(f"_set_{name}(self, {name})")
+    signature = f"self, *, {', '.join(params)}" if params else "self"
+    source = f"def __init__({signature}):\n" + "".join(
+        f"    {line}\n" for line in body or ["pass"]
     )
-
-
-def _to_tuple(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
+    filename = f"<xed generated __init__ {cls.__module__}.{cls.__qualname__}>"
+    # kept in linecache so a traceback through a check shows the line that raised
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    exec(compile(source, filename, "exec"), g)  # noqa: S102 - source built from metadata
+    init = g["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    type.__setattr__(cls, "__init__", init)

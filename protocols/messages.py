@@ -13,7 +13,20 @@ import typing
 
 import attrs
 
-from .fields import array, blob, mbz, record, records, s32, s64, string, u16, u32, u64
+from .fields import (
+    array,
+    blob,
+    compile_init,
+    mbz,
+    record,
+    records,
+    s32,
+    s64,
+    string,
+    u16,
+    u32,
+    u64,
+)
 
 _T = typing.TypeVar("_T")
 
@@ -21,7 +34,9 @@ _T = typing.TypeVar("_T")
 @typing.dataclass_transform(frozen_default=True, kw_only_default=True)
 def frozen(cls: type[_T]) -> type[_T]:
     """attrs.frozen(kw_only=True), spelled so that type checkers see each record's __init__."""
-    return attrs.frozen(kw_only=True)(cls)
+    record_cls = attrs.frozen(kw_only=True)(cls)
+    compile_init(record_cls)
+    return record_cls
 
 
 # --- handshake and DRM core ------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 Every strategy is built from a record's attrs fields and their metadata (`wire`, `array`,
 `record`, `nested`), so a new op, record or field is covered without touching this file.
-String and list limits are not in the metadata; they are read off each field's own
-validator (the longest value it accepts), so they follow fields.py.
+String and list limits are not taken from the metadata; they are read off the record's
+own constructor (the longest value it accepts), so they follow the checks it really runs.
 """
 
 from __future__ import annotations
@@ -36,15 +36,17 @@ def ints(wire: str) -> st.SearchStrategy[int]:
 @functools.cache
 def records_of(cls: type) -> st.SearchStrategy[Any]:
     """Any valid instance of the message record `cls`."""
-    return st.builds(cls, **{f.name: for_field(f) for f in attrs.fields(cls)})
+    return st.builds(cls, **{f.name: for_field(cls, f) for f in attrs.fields(cls)})
 
 
-def for_field(field: attrs.Attribute[Any]) -> st.SearchStrategy[Any]:
+def for_field(cls: type, field: attrs.Attribute[Any]) -> st.SearchStrategy[Any]:
     """Any value the field accepts, from its metadata."""
     meta = field.metadata
     wire: str = meta["wire"]
     if "record" in meta:
-        size = min(MAX_LIST_SIZE, _longest(field, lambda n: (meta["record"](),) * n, MAX_ITEMS))
+        size = min(
+            MAX_LIST_SIZE, _longest(cls, field, lambda n: (meta["record"](),) * n, MAX_ITEMS)
+        )
         return st.lists(records_of(meta["record"]), max_size=size).map(tuple)
     if "nested" in meta:
         return records_of(meta["nested"])
@@ -54,21 +56,18 @@ def for_field(field: attrs.Attribute[Any]) -> st.SearchStrategy[Any]:
     if wire in INT_RANGES:
         return ints(wire)
     if wire == "str":
-        return st.text(max_size=_longest(field, lambda n: "x" * n, 1 << 16))
+        return st.text(max_size=_longest(cls, field, lambda n: "x" * n, 1 << 16))
     if wire == "bin":
-        return st.binary(max_size=_longest(field, lambda n: b"x" * n, MAX_BLOB))
+        return st.binary(max_size=_longest(cls, field, lambda n: b"x" * n, MAX_BLOB))
     raise AssertionError(f"no strategy for wire type {wire!r} of {field.name}")
 
 
-def _longest(field: attrs.Attribute[Any], make: Any, upper: int) -> int:
-    """The largest n (up to `upper`) for which the field's validator accepts make(n)."""
-
-    validator = field.validator
-    assert validator is not None, f"{field.name} has no validator"
+def _longest(cls: type, field: attrs.Attribute[Any], make: Any, upper: int) -> int:
+    """The largest n (up to `upper`) for which `cls` accepts make(n) in this field."""
 
     def accepts(n: int) -> bool:
         try:
-            validator(None, field, make(n))
+            cls(**{field.name: make(n)})
         except FieldError:
             return False
         return True

@@ -65,6 +65,14 @@ _PEERCRED = struct.Struct("3i")
 EVENT_QUEUE = 256  # events a slow client may fall behind by before they are dropped
 
 
+# op -> (handler, whether it takes the request's descriptors, whether it must be awaited),
+# worked out once rather than on every request
+_DISPATCH = {
+    op: (handler, bool(SPECS[op].fds_in), inspect.iscoroutinefunction(handler))
+    for op, handler in HANDLERS.items()
+}
+
+
 class _Disconnected(Exception):
     """The peer is gone (or its socket failed): stop serving it, release its file."""
 
@@ -162,8 +170,12 @@ class Connection:
             if request.op is Op.HELLO:
                 result: Any = self._hello(request.args)
             else:
-                result = HANDLERS[request.op](self.xef, request.args, *self._fd_args(request))
-                if inspect.isawaitable(result):
+                handler, takes_fds, is_async = _DISPATCH[request.op]
+                if takes_fds:  # lent, not given: closed once the request is answered
+                    result = handler(self.xef, request.args, request.fds)
+                else:
+                    result = handler(self.xef, request.args)
+                if is_async:
                     result = await result
         except IoctlError as exc:
             self.device.ioctl_stats.record(request.op, exc.errno, time.perf_counter() - started)
@@ -183,12 +195,6 @@ class Connection:
             connection.cancel()  # the reader will see the end of the connection too
         finally:
             _close_all(request.fds)
-
-    @staticmethod
-    def _fd_args(request: Request) -> tuple[tuple[int, ...], ...]:
-        """Ops that take descriptors get them as a third argument; they are lent, not
-        given: the connection closes them once the request is answered."""
-        return (request.fds,) if SPECS[request.op].fds_in else ()
 
     async def _crashed(self, request: Request) -> None:
         """A bug in a handler (never the client's input): log it loudly, fail the ioctl
@@ -259,17 +265,24 @@ class Connection:
     # Any failure of the socket itself (ECONNRESET, EPIPE, ...) ends the connection: there
     # is no one left to answer, and the file must be released like any other.
     async def _recvmsg(self) -> tuple[bytes, list[Any], int, Any]:
-        # A request already waiting is taken at once, but not before the other tasks
-        # (exec queues, event writers, other connections) have had their turn: a client
-        # that never lets its socket run dry must not starve the device.
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()  # a flood must not outlast a cancel
+        parked = False
         while True:
             try:
-                return self.sock.recvmsg(MAX_DATAGRAM + 1, _ANC_SPACE, _MSG_CMSG_CLOEXEC)
+                message = self.sock.recvmsg(MAX_DATAGRAM + 1, _ANC_SPACE, _MSG_CMSG_CLOEXEC)
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(self.sock)
+                parked = True
+                continue
             except OSError as exc:
                 raise _Disconnected(errno_name(exc.errno or 0)) from exc
+            if not parked:
+                # The request was already waiting: take it, but not before the other
+                # tasks (exec queues, event writers, other connections) have had their
+                # turn, or a client that never lets its socket run dry would starve the
+                # device. A request that had to be waited for has let them run already.
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            return message
 
     async def _send(self, data: bytes, fds: list[int]) -> None:
         ancdata = pack_fds(fds)

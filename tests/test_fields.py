@@ -1,0 +1,87 @@
+"""The records' generated constructors: each field's check runs on construction, so a
+record that exists is valid, whether user code built it or the codec decoded it."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import attrs
+import pytest
+
+from protocols import messages as m
+from protocols.fields import FieldError
+
+
+class Engine(enum.IntEnum):
+    COPY = 1
+
+
+def test_int_enum_becomes_a_plain_int() -> None:
+    """IntEnum members are stored as ints, so records compare and encode alike."""
+    record = m.DrmXeGemCreate(size=4096, placement=Engine.COPY)
+    assert type(record.placement) is int
+    assert record == m.DrmXeGemCreate(size=4096, placement=1)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [
+        pytest.param("size", True, "size must be an integer", id="bool"),
+        pytest.param("size", 1.0, "size must be an integer", id="float"),
+        pytest.param("size", -1, "[0, 18446744073709551615]", id="negative-u64"),
+        pytest.param("cpu_caching", 1 << 16, "[0, 65535]", id="u16-range"),
+        pytest.param("pad", (0, 0), "pad must be 3 x u16", id="short-array"),
+        pytest.param("pad", (0, 0, 1 << 16), "pad must be 3 x u16", id="array-item-range"),
+        pytest.param("pad", (0, 0, False), "pad must be 3 x u16", id="array-bool-item"),
+        pytest.param("reserved", 0, "reserved must be 2 x u64", id="int-for-array"),
+    ],
+)
+def test_a_bad_value_names_its_field(field: str, value: Any, words: str) -> None:
+    with pytest.raises(FieldError, match=words.replace("[", r"\[")):
+        m.DrmXeGemCreate(**{field: value})
+
+
+def test_lists_become_tuples() -> None:
+    """Arrays and record lists are immutable once in a record, like the record itself."""
+    record = m.DrmXeExec(pad=[0, 0, 0], syncs=[m.DrmXeSync(type=1)])
+    assert record.pad == (0, 0, 0) and type(record.pad) is tuple
+    assert type(record.syncs) is tuple
+
+
+def test_record_lists_check_their_items_and_length() -> None:
+    with pytest.raises(FieldError, match="syncs items must be DrmXeSync"):
+        m.DrmXeExec(syncs=(m.DrmXeGemCreate(),))
+    with pytest.raises(FieldError, match="at most 64 items"):
+        m.DrmXeExec(syncs=(m.DrmXeSync(),) * 65)
+
+
+def test_strings_and_nested_records_are_checked() -> None:
+    with pytest.raises(FieldError, match="role must be a string of at most 16"):
+        m.Hello(role="x" * 17)
+    with pytest.raises(FieldError, match="role must be a string"):
+        m.Hello(role=b"drm")
+    with pytest.raises(FieldError, match="device must be a DeviceIdentity"):
+        m.HelloReply(device=m.DrmVersion())
+
+
+def test_defaults_are_zero_and_nested_defaults_are_records() -> None:
+    reply = m.HelloReply()
+    assert reply.client_id == 0 and reply.version == (0, 0)
+    assert type(reply.device) is m.DeviceIdentity
+
+
+def test_fields_are_keyword_only_and_unknown_names_are_refused() -> None:
+    with pytest.raises(TypeError):
+        m.DrmXeGemCreate(4096)  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        m.DrmXeGemCreate(szie=4096)  # type: ignore[call-arg]
+
+
+def test_records_stay_frozen_and_evolve_rechecks() -> None:
+    record = m.DrmXeGemCreate(size=4096)
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        record.size = 1  # type: ignore[misc]
+    assert attrs.evolve(record, size=8192).size == 8192
+    with pytest.raises(FieldError):
+        attrs.evolve(record, size=-1)
