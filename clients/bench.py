@@ -64,6 +64,38 @@ def _us(x: float) -> str:
     return f"{x:8.1f} us"
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class _CpuMeter:
+    """CPU time per call of the client (this process) and of its server, summed over
+    the rounds: where a round trip's time goes, side by side."""
+
+    def __init__(self, server_pid: int | None) -> None:
+        self.server_pid = server_pid
+        self.client = self.server = 0.0
+        self.calls = 0
+
+    def time(self, call: Callable[[], object], n: int) -> list[float]:
+        me, server = os.getpid(), self.server_pid
+        c0 = _cpu_seconds(me)
+        s0 = _cpu_seconds(server) if server else 0.0
+        samples = _time_calls(call, n)
+        self.client += _cpu_seconds(me) - c0
+        self.server += (_cpu_seconds(server) - s0) if server else 0.0
+        self.calls += n
+        return samples
+
+    def per_call(self) -> tuple[str, str]:
+        client = _us(self.client / self.calls * 1e6)
+        server = _us(self.server / self.calls * 1e6) if self.server_pid else "       n/a"
+        return client, server
+
+
 def _pin(pid: int, cpus: set[int] | None) -> None:
     if cpus is not None:
         os.sched_setaffinity(pid, cpus)
@@ -98,9 +130,11 @@ def bench_rtt(socket_path: Path | None, rounds: int, per_round: int, spread: boo
             echo_samples: list[float] = []
             _time_calls(dev.version, 500)  # warm up both paths
             _time_calls(echo_once, 500)
+            daemon_cpu = _CpuMeter(daemon.pid if daemon else None)
+            echo_cpu = _CpuMeter(echo.pid)
             for _ in range(rounds):
-                echo_samples += _time_calls(echo_once, per_round)
-                daemon_samples += _time_calls(dev.version, per_round)
+                echo_samples += echo_cpu.time(echo_once, per_round)
+                daemon_samples += daemon_cpu.time(dev.version, per_round)
             dev.close()
         finally:
             sock.close()
@@ -110,10 +144,18 @@ def bench_rtt(socket_path: Path | None, rounds: int, per_round: int, spread: boo
     d_med, e_med = statistics.median(daemon_samples), statistics.median(echo_samples)
     where = "spread over the CPUs" if spread else f"client and server on CPU {min(cpus or {0})}"
     print(f"round trips: {len(daemon_samples)} each, {rounds} interleaved rounds, {where}")
-    print(f"{'':24}{'median':>12}{'p99':>12}")
+    print(f"{'':24}{'median':>12}{'p99':>12}{'client CPU':>14}{'server CPU':>14}")
     d99, e99 = _percentile(daemon_samples, 0.99), _percentile(echo_samples, 0.99)
-    print(f"{'daemon VERSION ioctl':24}{_us(d_med):>12}{_us(d99):>12}")
-    print(f"{'raw seqpacket echo':24}{_us(e_med):>12}{_us(e99):>12}")
+    for label, med, p99, cpu in (
+        ("daemon VERSION ioctl", d_med, d99, daemon_cpu),
+        ("raw seqpacket echo", e_med, e99, echo_cpu),
+    ):
+        client_cpu, server_cpu = cpu.per_call()
+        print(f"{label:24}{_us(med):>12}{_us(p99):>12}{client_cpu:>14}{server_cpu:>14}")
+    print(
+        "(CPU per round trip, from /proc: the gap is Python work on each side, "
+        "the codec and dispatch, not the socket)"
+    )
     ratio = d_med / e_med
     print(f"ratio: {ratio:.2f}  (target <= 1.3)")
     return ratio

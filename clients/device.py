@@ -117,7 +117,7 @@ class Device:
     # --- the one way to talk to the daemon ------------------------------------------------
     def ioctl(self, op: Op, args: Any, fds: Sequence[int] = ()) -> Any:
         """Send one request; return its reply record, or raise XeError."""
-        result, received = self.ioctl_fds(op, args, fds)
+        result, received = self.rpc.call(op, args, fds)
         for fd in received:
             os.close(fd)
         return result

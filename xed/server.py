@@ -125,7 +125,7 @@ class Connection:
         try:
             while True:
                 data, ancdata, flags, _ = await self._recvmsg()
-                fds, junk = unpack_fds(ancdata)
+                fds, junk = unpack_fds(ancdata) if ancdata else ([], False)
                 if not data and not fds:
                     return "eof"  # SOCK_SEQPACKET: a zero-length read is the end
                 if junk or flags & _MSG_CTRUNC:  # the kernel dropped what did not fit
@@ -149,7 +149,8 @@ class Connection:
                     try:
                         await self._answer(request)
                     finally:
-                        _close_all(request.fds)
+                        if request.fds:
+                            _close_all(request.fds)
         except _Disconnected as exc:
             return f"reset ({exc})"
 
@@ -285,7 +286,7 @@ class Connection:
             return message
 
     async def _send(self, data: bytes, fds: list[int]) -> None:
-        ancdata = pack_fds(fds)
+        ancdata = pack_fds(fds) if fds else []
         try:
             self.sock.sendmsg([data], ancdata)
             return

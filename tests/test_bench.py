@@ -1,0 +1,59 @@
+"""The benchmark commands run end to end and print the figures the issues ask for.
+
+Nothing here looks at how fast anything was (tests never assert wall-clock times); it
+checks that each benchmark starts its own daemon, measures both sides and reports them,
+so `make bench` cannot rot unnoticed.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+RATIO = re.compile(r"^ratio: (\d+\.\d\d)", re.MULTILINE)
+
+
+def xec(*args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "clients.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_bench_rtt_reports_both_sides_and_their_cpu() -> None:
+    out = xec("bench", "rtt", "--rounds", "2", "--per-round", "100")
+    assert "round trips: 200 each, 2 interleaved rounds" in out
+    for label in ("daemon VERSION ioctl", "raw seqpacket echo"):
+        (row,) = [line for line in out.splitlines() if line.startswith(label)]
+        # median, p99, client CPU, server CPU: four measured figures per row
+        assert len(re.findall(r"\d+\.\d us", row)) == 4, row
+    assert float(RATIO.search(out).group(1)) > 0  # type: ignore[union-attr]
+
+
+def test_bench_mmap_shows_no_byte_of_the_mapping_on_the_socket() -> None:
+    out = xec("bench", "mmap", "--repeats", "5")
+    sizes = [
+        [int(n) for n in re.findall(r"\d+", found)]
+        for found in re.findall(r"bytes on the socket per mmap \[([\d, ]+)\]", out)
+    ]
+    assert len(sizes) == 2  # 4 KiB and 1 GiB
+    assert max(max(s) for s in sizes) < 200  # a 1 GiB BO crosses as a descriptor
+    assert RATIO.search(out)
+
+
+def test_bench_barrier_compares_the_three_ways() -> None:
+    out = xec("bench", "barrier", "--count", "2000")
+    for way in ("store to the barrier page", "ioctl round trip", "EXEC of MI_MEM_FENCE"):
+        assert re.search(rf"{way}.*\s(\d+\.\d+) us", out), out
+    assert re.search(r"^ratio ioctl/store: \d+x", out, re.MULTILINE), out
+
+
+def test_bench_rdma_compares_with_memcpy_and_an_ioctl() -> None:
+    out = xec("bench", "rdma", "--repeats", "1")
+    assert re.search(r"^at 64 MiB: \d+% of memcpy bandwidth", out, re.MULTILINE), out
+    assert re.search(r"64-byte RDMA WRITE \+ poll: [\d.]+ us; one daemon ioctl", out), out
