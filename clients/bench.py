@@ -15,10 +15,7 @@ barrier: one PCI barrier as a page store, as an ioctl round trip, as an MI_MEM_F
 from __future__ import annotations
 
 import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -30,19 +27,7 @@ from protocols import messages as m
 from .batch import Batch
 from .daemon import DaemonProcess
 from .device import Device, user_fence
-
-_ECHO = """
-import socket, sys
-srv = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-srv.bind(sys.argv[1]); srv.listen(1)
-print("ready", flush=True)
-conn, _ = srv.accept()
-while True:
-    data = conn.recv(65536)
-    if not data:
-        break
-    conn.send(data)
-"""
+from .echo import EchoClient, EchoServer
 
 
 def _percentile(samples: list[float], q: float) -> float:
@@ -105,16 +90,11 @@ def bench_rtt(socket_path: Path | None, rounds: int, per_round: int, spread: boo
     cpus = None if spread else {min(os.sched_getaffinity(0))}
     _pin(0, cpus)
     with tempfile.TemporaryDirectory(prefix="xed-bench-") as tmp:
-        echo_path = os.path.join(tmp, "echo.sock")
-        echo = subprocess.Popen(
-            [sys.executable, "-c", _ECHO, echo_path], stdout=subprocess.PIPE, text=True
-        )
+        echo = EchoServer(os.path.join(tmp, "echo.sock"))
         _pin(echo.pid, cpus)
-        assert echo.stdout is not None
-        echo.stdout.readline()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        sock.connect(echo_path)
-        payload = encode_request(1, Op.VERSION, m.DrmVersion())
+        echo_client = EchoClient(echo.path, encode_request(1, Op.VERSION, m.DrmVersion()))
+        sock = echo_client.sock
+        payload = echo_client.payload
 
         def echo_once() -> None:
             sock.send(payload)
@@ -137,8 +117,8 @@ def bench_rtt(socket_path: Path | None, rounds: int, per_round: int, spread: boo
                 daemon_samples += daemon_cpu.time(dev.version, per_round)
             dev.close()
         finally:
-            sock.close()
-            echo.wait()
+            echo_client.close()
+            echo.stop()
             if daemon:
                 daemon.cleanup()
     d_med, e_med = statistics.median(daemon_samples), statistics.median(echo_samples)

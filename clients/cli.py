@@ -41,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     lb.add_argument("--ioctls", action="store_true", help="interleave ioctls")
     lb.add_argument("--nice", type=int, default=0, help="niceness of the writers")
     lb.add_argument(
+        "--writer-policy", choices=sorted(load.POLICIES), default="normal",
+        help="scheduling policy of the writers: idle or batch marks them as background "
+        "load, which the scheduler makes way for (as for any batch job)",
+    )  # fmt: skip
+    lb.add_argument(
         "--prober-nice", type=int, default=0, help="niceness of the ioctl latency prober"
     )
     lb.add_argument(
@@ -100,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             nice=args.nice,
             daemon_nice=args.daemon_nice,
             prober_nice=args.prober_nice,
+            writer_policy=args.writer_policy,
         )
         return load.main_load(args.socket, opts, args.sweep)
     if args.which == "rtt":

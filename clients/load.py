@@ -4,10 +4,12 @@ Each writer is a separate process with its own connection and its own barrier pa
 writes barriers (the client library's tagged running number) as fast as it can for the
 given time, optionally mixing in BO writes and ioctls, samples how long the device takes
 to acknowledge a write (the page reading 0xdeadbeef again), drains, and reports what it
-wrote. While they run, a separate prober process measures ioctl round trips. The parent
-shows progress, then compares every writer's count with the device's count for that
-writer's file (a barrier written but not counted is lost; counted for the wrong file
-would show as a count above what was written), and prints the table.
+wrote. While they run, a separate prober process measures ioctl round trips and, as a
+control, round trips through a raw socket echo server running at the daemon's priority:
+what the same load does to any round trip between two processes on this machine. The
+parent shows progress, then compares every writer's count with the device's count for
+that writer's file (a barrier written but not counted is lost; counted for the wrong
+file would show as a count above what was written), and prints the table.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,9 +28,11 @@ import attrs
 
 from .daemon import DaemonProcess
 from .device import Device
+from .echo import EchoClient, EchoServer
 
 ACK_SAMPLE_EVERY = 2000  # barriers between two acknowledgement-latency samples
-PROBE_INTERVAL = 0.002  # seconds between the prober's ioctls
+PROBE_INTERVAL = 0.002  # seconds between the prober's round trips
+IDLE_PROBE_SECONDS = 2.0  # how long the idle round trips are sampled before the load
 
 
 @attrs.frozen
@@ -39,6 +44,7 @@ class LoadOptions:
     nice: int = 0
     daemon_nice: int | None = None
     prober_nice: int = 0
+    writer_policy: str = "normal"  # a POLICIES key
 
 
 def _percentile(samples: list[float], q: float) -> float:
@@ -55,13 +61,29 @@ def _cpu_seconds(pid: int) -> float:
 
 
 # --- the processes -------------------------------------------------------------------------
-def writer(socket_path: str, seconds: float, bo_writes: bool, ioctls: bool, nice: int) -> None:
+POLICIES = {"normal": os.SCHED_OTHER, "batch": os.SCHED_BATCH, "idle": os.SCHED_IDLE}
+
+
+def _ready_then_wait_for_go() -> None:
+    """Tell the parent this process is set up, then start when everyone is: 64 Python
+    processes starting at once would otherwise be what the prober measures."""
+    print("ready", flush=True)
+    if sys.stdin.readline().strip() != "go":
+        sys.exit(0)  # the parent gave up
+
+
+def writer(
+    socket_path: str, seconds: float, bo_writes: bool, ioctls: bool, nice: int, policy: str
+) -> None:
     os.nice(nice)
+    if policy != "normal":
+        os.sched_setscheduler(0, POLICIES[policy], os.sched_param(0))
     dev = Device.open(socket_path)
     dev.pci_barrier()  # maps the page
     bo_map = dev.mmap_bo(dev.gem_create(1 << 16)) if bo_writes else None
     acks: list[float] = []
     page = dev._map_barrier() if dev._barrier is None else dev._barrier
+    _ready_then_wait_for_go()
     deadline = time.monotonic() + seconds
     n = 0
     while time.monotonic() < deadline:
@@ -85,17 +107,29 @@ def writer(socket_path: str, seconds: float, bo_writes: bool, ioctls: bool, nice
     dev.close()
 
 
-def prober(socket_path: str, seconds: float, nice: int) -> None:
+def prober(socket_path: str, echo_path: str, seconds: float, nice: int) -> None:
+    """Round trips while the writers run: a daemon ioctl, then (the control) a raw socket
+    echo served at the daemon's priority, alternately, so both see the same load."""
     os.setpriority(os.PRIO_PROCESS, 0, nice)
     dev = Device.open(socket_path)
-    samples = []
-    deadline = time.monotonic() + seconds
+    echo = EchoClient(echo_path)
+    _ready_then_wait_for_go()
+    samples, echoes = _probe(dev, echo, time.monotonic() + seconds)
+    echo.close()
+    print(json.dumps({"samples": samples, "echo": echoes}))
+
+
+def _probe(dev: Device, echo: EchoClient, deadline: float) -> tuple[list[float], list[float]]:
+    samples: list[float] = []
+    echoes: list[float] = []
     while time.monotonic() < deadline:
         start = time.perf_counter()
         dev.version()
         samples.append(time.perf_counter() - start)
         time.sleep(PROBE_INTERVAL)
-    print(json.dumps({"samples": samples}))
+        echoes.append(echo.round_trip())
+        time.sleep(PROBE_INTERVAL)
+    return samples, echoes
 
 
 def _spawn(*args: object) -> subprocess.Popen[str]:
@@ -107,26 +141,28 @@ def _spawn(*args: object) -> subprocess.Popen[str]:
     )
 
 
-def _idle_ioctl_latency(socket_path: str, count: int = 500) -> list[float]:
-    with Device.open(socket_path) as dev:
-        samples = []
-        for _ in range(count):
-            start = time.perf_counter()
-            dev.version()
-            samples.append(time.perf_counter() - start)
-            time.sleep(PROBE_INTERVAL)
-        return samples
-
-
 # --- one run -------------------------------------------------------------------------------
 def run_load(
     socket_path: str, daemon_pid: int, opts: LoadOptions, quiet: bool = False
 ) -> dict[str, Any]:
-    idle = _idle_ioctl_latency(socket_path)
+    echo_server = EchoServer(os.path.join(tempfile.mkdtemp(prefix="xec-load-"), "echo.sock"))
+    os.setpriority(os.PRIO_PROCESS, echo_server.pid, os.getpriority(os.PRIO_PROCESS, daemon_pid))
+    try:
+        return _run_load(socket_path, daemon_pid, opts, echo_server, quiet)
+    finally:
+        echo_server.stop()
+        os.rmdir(os.path.dirname(echo_server.path))
+
+
+def _run_load(
+    socket_path: str, daemon_pid: int, opts: LoadOptions, echo_server: EchoServer, quiet: bool
+) -> dict[str, Any]:
+    echo = echo_server.connect()
+    with Device.open(socket_path) as dev:  # before the load: the idle values
+        idle, idle_echo = _probe(dev, echo, time.monotonic() + IDLE_PROBE_SECONDS)
+    echo.close()
     with Device.open(socket_path, role="admin") as admin:
         counted_before = admin.admin_status().barriers
-        cpu_before = _cpu_seconds(daemon_pid)
-        started = time.monotonic()
         writers = [
             _spawn(
                 "writer",
@@ -135,10 +171,21 @@ def run_load(
                 int(opts.bo_writes),
                 int(opts.ioctls),
                 opts.nice,
+                opts.writer_policy,
             )
             for _ in range(opts.clients)
         ]
-        probe = _spawn("prober", socket_path, opts.seconds, opts.prober_nice)
+        probe = _spawn("prober", socket_path, echo_server.path, opts.seconds, opts.prober_nice)
+        for process in [*writers, probe]:
+            assert process.stdout is not None and process.stdin is not None
+            if process.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"a load process died starting (status {process.wait()})")
+        cpu_before = _cpu_seconds(daemon_pid)
+        started = time.monotonic()
+        for process in [*writers, probe]:
+            assert process.stdin is not None
+            process.stdin.write("go\n")
+            process.stdin.flush()
         while any(w.poll() is None for w in writers) and time.monotonic() - started < opts.seconds:
             time.sleep(1.0)
             if not quiet:
@@ -164,7 +211,7 @@ def run_load(
             w.stdin.close()
             w.wait()
         probe_out, _ = probe.communicate(timeout=60)
-    loaded = json.loads(probe_out)["samples"]
+    loaded = json.loads(probe_out)
     rows = []
     for report in reports:
         counted = counts.get(report["client_id"], 0)
@@ -178,13 +225,22 @@ def run_load(
         "rate": total / elapsed,
         "ack_p50_us": _percentile(acks, 0.5) * 1e6,
         "ack_p99_us": _percentile(acks, 0.99) * 1e6,
-        "ioctl_idle_p50_us": statistics.median(idle) * 1e6,
-        "ioctl_idle_p99_us": _percentile(idle, 0.99) * 1e6,
-        "ioctl_load_p50_us": statistics.median(loaded) * 1e6 if loaded else 0.0,
-        "ioctl_load_p99_us": _percentile(loaded, 0.99) * 1e6,
+        "ioctl": _latencies(idle, loaded["samples"]),
+        "echo": _latencies(idle_echo, loaded["echo"]),
         "daemon_cpu_pct": 100 * cpu / elapsed,
         "seconds": elapsed,
     }
+
+
+def _latencies(idle: list[float], loaded: list[float]) -> dict[str, float]:
+    lat = {
+        "idle_p50_us": statistics.median(idle) * 1e6,
+        "idle_p99_us": _percentile(idle, 0.99) * 1e6,
+        "load_p50_us": statistics.median(loaded) * 1e6 if loaded else 0.0,
+        "load_p99_us": _percentile(loaded, 0.99) * 1e6,
+    }
+    lat["p99_ratio"] = lat["load_p99_us"] / max(lat["idle_p99_us"], 1e-3)
+    return lat
 
 
 def print_report(opts: LoadOptions, result: dict[str, Any]) -> None:
@@ -198,12 +254,13 @@ def print_report(opts: LoadOptions, result: dict[str, Any]) -> None:
         f"acknowledgement latency: p50 {result['ack_p50_us']:.0f} us, "
         f"p99 {result['ack_p99_us']:.0f} us"
     )
-    print(
-        f"ioctl latency: idle p50 {result['ioctl_idle_p50_us']:.0f} us / p99 "
-        f"{result['ioctl_idle_p99_us']:.0f} us; under load p50 {result['ioctl_load_p50_us']:.0f} us"
-        f" / p99 {result['ioctl_load_p99_us']:.0f} us "
-        f"({result['ioctl_load_p99_us'] / max(result['ioctl_idle_p99_us'], 1e-9):.1f}x idle p99)"
-    )
+    for label, key in (("ioctl latency", "ioctl"), ("raw echo (control)", "echo")):
+        lat = result[key]
+        print(
+            f"{label}: idle p50 {lat['idle_p50_us']:.0f} us / p99 {lat['idle_p99_us']:.0f} us; "
+            f"under load p50 {lat['load_p50_us']:.0f} us / p99 {lat['load_p99_us']:.0f} us "
+            f"({lat['p99_ratio']:.1f}x idle p99)"
+        )
     print(f"daemon CPU: {result['daemon_cpu_pct']:.0f}% of one core")
 
 
@@ -223,8 +280,8 @@ def main_load(socket_path: Path | None, opts: LoadOptions, sweep: list[int]) -> 
             run_opts = attrs.evolve(opts, clients=clients)
             daemon_nice = os.getpriority(os.PRIO_PROCESS, pid)
             print(
-                f"\n== {clients} writer process(es), {opts.seconds:g} s, "
-                f"writers at nice {opts.nice}, daemon at nice {daemon_nice} =="
+                f"\n== {clients} writer process(es), {opts.seconds:g} s, writers at nice "
+                f"{opts.nice} ({opts.writer_policy} policy), daemon at nice {daemon_nice} =="
             )
             result = run_load(path, pid, run_opts, quiet=bool(sweep))
             print_report(run_opts, result)
@@ -249,6 +306,7 @@ if __name__ == "__main__":
             sys.argv[4] == "1",
             sys.argv[5] == "1",
             int(sys.argv[6]),
+            sys.argv[7],
         )
     elif role == "prober":
-        prober(sys.argv[2], float(sys.argv[3]), int(sys.argv[4]))
+        prober(sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5]))

@@ -1,0 +1,42 @@
+"""`xec load barrier` end to end: real writer processes, a real daemon, the device's own
+counts against what each writer wrote. Speeds are printed, never asserted."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+
+def test_load_sweep_counts_every_barrier_for_its_own_file() -> None:
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "clients.cli", "load", "barrier",
+            "--sweep", "1,3", "--seconds", "0.5", "--writer-policy", "batch", "--nice", "5",
+        ],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    runs = out.split("\n== ")[1:]
+    assert [int(run.split()[0]) for run in runs] == [1, 3]
+    for run in runs:
+        assert "writers at nice 5 (batch policy)" in run
+        rows = re.findall(r"^\s+(\d+)\s+([\d,]+)\s+([\d,]+)\s+(\d+)$", run, re.MULTILINE)
+        assert len(rows) == int(run.split()[0])
+        for _client, written, counted, lost in rows:
+            assert int(written.replace(",", "")) > 0
+            assert written == counted and lost == "0"
+        assert "lost: 0\n" in run and "counted for the wrong file: 0\n" in run
+        # the daemon's ioctl and the raw echo control, each idle and under load
+        for label in ("ioctl latency", "raw echo (control)"):
+            line = rf"^{re.escape(label)}: idle p50 \d+ us / p99 \d+ us; under load p50 \d+ us"
+            assert re.search(line, run, re.MULTILINE), run
+
+
+def test_load_refuses_an_unknown_policy() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "clients.cli", "load", "barrier", "--writer-policy", "fifo"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2 and "invalid choice: 'fifo'" in done.stderr
