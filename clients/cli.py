@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     rd = bench_sub.add_parser("rdma", help="RDMA WRITE bandwidth vs memcpy, latency vs ioctl")
     rd.add_argument("--socket", type=Path, help="use a running daemon instead of starting one")
     rd.add_argument("--repeats", type=int, default=20)
+    rd.add_argument("--spread", action="store_true", help="do not pin the processes to one CPU")
 
     load_p = sub.add_parser("load", help="load tests with many client processes")
     load_sub = load_p.add_subparsers(dest="which", required=True)
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.which == "mmap":
         bench.bench_mmap(args.socket, args.repeats)
     elif args.which == "rdma":
-        bench.bench_rdma(args.socket, args.repeats)
+        bench.bench_rdma(args.socket, args.repeats, args.spread)
     else:
         bench.bench_barrier(args.socket, args.count)
     return 0

@@ -382,14 +382,21 @@ class IbDriver:
 
 
 # Straight to the non-blocking socket, parking in trio only on EAGAIN (as the daemon
-# does): a verb's round trip is the two system calls, plus a turn for the other tasks.
+# does): a verb's round trip is the two system calls. A request that was already waiting
+# gives the other tasks a turn first; one that had to be waited for has given it.
 async def _recvmsg(sock: socket.socket) -> tuple[bytes, list[Any], int, Any]:
-    await trio.lowlevel.checkpoint()
+    await trio.lowlevel.checkpoint_if_cancelled()
+    parked = False
     while True:
         try:
-            return sock.recvmsg(MAX_DATAGRAM, _ANC_SPACE, socket.MSG_CMSG_CLOEXEC)
+            message = sock.recvmsg(MAX_DATAGRAM, _ANC_SPACE, socket.MSG_CMSG_CLOEXEC)
         except BlockingIOError:
             await trio.lowlevel.wait_readable(sock)
+            parked = True
+            continue
+        if not parked:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        return message
 
 
 async def _send(sock: socket.socket, data: bytes, fds: list[int] | None = None) -> None:
