@@ -15,14 +15,20 @@ import subprocess
 import sys
 import time
 
+import trio
+
 
 class EchoServer:
-    """The echo server in a process of its own, listening at `path`."""
+    """The echo server in a process of its own, listening at `path`. With `trio`, the
+    echo runs in a trio task reading the socket the way the daemon does (straight to the
+    non-blocking socket, parking in trio on EAGAIN): the daemon's I/O without its work."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, in_trio: bool = False) -> None:
         self.path = path
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "clients.echo", path], stdout=subprocess.PIPE, text=True
+            [sys.executable, "-m", "clients.echo", path, *(["--trio"] if in_trio else [])],
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert self.process.stdout is not None
         if self.process.stdout.readline().strip() != "ready":
@@ -56,7 +62,7 @@ class EchoClient:
         self.sock.close()
 
 
-def serve(path: str) -> None:
+def serve(path: str, in_trio: bool = False) -> None:
     """Echo each connection until it closes, one connection at a time, until killed."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     listener.bind(path)
@@ -64,13 +70,29 @@ def serve(path: str) -> None:
     print("ready", flush=True)
     while True:
         conn, _ = listener.accept()
-        while True:
-            data = conn.recv(65536)
-            if not data:
-                break
-            conn.send(data)
+        if in_trio:
+            conn.setblocking(False)
+            trio.run(_echo_in_trio, conn)
+        else:
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    break
+                conn.send(data)
         conn.close()
 
 
+async def _echo_in_trio(conn: socket.socket) -> None:
+    while True:
+        try:
+            data = conn.recv(65536)
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(conn)
+            continue
+        if not data:
+            return
+        conn.send(data)  # a datagram this small always fits: never EAGAIN here
+
+
 if __name__ == "__main__":
-    serve(sys.argv[1])
+    serve(sys.argv[1], in_trio="--trio" in sys.argv[2:])

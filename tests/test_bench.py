@@ -28,7 +28,7 @@ def xec(*args: str) -> str:
 def test_bench_rtt_reports_both_sides_and_their_cpu() -> None:
     out = xec("bench", "rtt", "--rounds", "2", "--per-round", "100")
     assert "round trips: 200 each, 2 interleaved rounds" in out
-    for label in ("daemon VERSION ioctl", "raw seqpacket echo"):
+    for label in ("daemon VERSION ioctl", "raw seqpacket echo", "  same echo in trio"):
         (row,) = [line for line in out.splitlines() if line.startswith(label)]
         # median, p99, client CPU, server CPU: four measured figures per row
         assert len(re.findall(r"\d+\.\d us", row)) == 4, row
