@@ -108,6 +108,10 @@ class Connection:
 
     # --- life of a connection -----------------------------------------------------------
     async def run(self) -> None:
+        # Every event logged from this connection's task, and from tasks it starts (its
+        # exec queues' work), names the client, even where the code logging it (a BO
+        # freed, a dma-buf released) knows nothing of connections.
+        structlog.contextvars.bind_contextvars(client_id=self.client_id, pid=self.pid)
         self.log.info("client_connected", uid=self.uid, gid=self.gid)
         reason = "eof"
         try:
