@@ -145,42 +145,53 @@ def _echo_once(client: EchoClient) -> Callable[[], None]:
     return echo_once
 
 
-def bench_mmap(socket_path: Path | None, repeats: int) -> float:
+def bench_mmap(socket_path: Path | None, repeats: int, spread: bool = False) -> float:
+    """Both sizes alternate, one mapping each in turn, with client and daemon on one CPU
+    (unless `spread`): placement and drift then fall on both alike."""
+    cpus = None if spread else {min(os.sched_getaffinity(0))}
+    _pin(0, cpus)
     daemon = None if socket_path else DaemonProcess(extra_args=("--log-level", "warning"))
     try:
         if daemon:
             daemon.start()
+            _pin(daemon.pid, cpus)
         dev = Device.open(socket_path or (daemon.socket_path if daemon else None))
-        results: dict[str, tuple[float, set[int]]] = {}
-        for label, size in (("4 KiB", 4096), ("1 GiB", 1 << 30)):
-            bo = dev.gem_create(size)
-            samples: list[float] = []
-            wire: list[int] = []
-            for _ in range(repeats):
+        sizes = {"4 KiB": 4096, "1 GiB": 1 << 30}
+        bos = {label: dev.gem_create(size) for label, size in sizes.items()}
+        samples: dict[str, list[float]] = {label: [] for label in sizes}
+        wire: dict[str, set[int]] = {label: set() for label in sizes}
+        for _ in range(repeats):
+            for label, bo in bos.items():
                 sent, received = dev.transport.bytes_sent, dev.transport.bytes_received
                 start = time.perf_counter_ns()
                 mapping = dev.mmap_bo(bo)
-                samples.append((time.perf_counter_ns() - start) / 1000)
-                wire.append(
+                samples[label].append((time.perf_counter_ns() - start) / 1000)
+                wire[label].add(
                     dev.transport.bytes_sent - sent + dev.transport.bytes_received - received
                 )
                 mapping.close()
+        for bo in bos.values():
             dev.gem_close(bo)
-            results[label] = (statistics.median(samples), set(wire))
         dev.close()
+        results = {label: (statistics.median(samples[label]), wire[label]) for label in sizes}
     finally:
         if daemon:
             daemon.cleanup()
-    print(f"mmap of a BO (GEM_MMAP_OFFSET + MMAP + mmap(2)), {repeats} times each")
-    for label, (median, sizes) in results.items():
+    where = "spread over the CPUs" if spread else "client and daemon on one CPU"
+    print(
+        f"mmap of a BO (GEM_MMAP_OFFSET + MMAP + mmap(2)), {repeats} times each, "
+        f"alternating, {where}"
+    )
+    for label, (median, on_socket) in results.items():
         print(
-            f"  {label:>6}: median {median:8.1f} us, bytes on the socket per mmap {sorted(sizes)}"
+            f"  {label:>6}: median {median:8.1f} us, "
+            f"bytes on the socket per mmap {sorted(on_socket)}"
         )
     ratio = results["1 GiB"][0] / results["4 KiB"][0]
-    spread = max(results["1 GiB"][1]) - min(results["4 KiB"][1])
+    differ = max(results["1 GiB"][1]) - min(results["4 KiB"][1])
     print(f"ratio: {ratio:.2f}  (target <= 1.2)")
     print(
-        f"socket bytes differ by at most {spread}: msgpack integers (request id, length) "
+        f"socket bytes differ by at most {differ}: msgpack integers (request id, length) "
         "take more bytes as their values grow; no byte of the mapping crosses the socket"
     )
     return ratio

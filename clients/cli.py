@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     mm = bench_sub.add_parser("mmap", help="mmap of a 1 GiB BO vs a 4 KiB BO")
     mm.add_argument("--socket", type=Path, help="use a running daemon instead of starting one")
     mm.add_argument("--repeats", type=int, default=200)
+    mm.add_argument("--spread", action="store_true", help="do not pin both ends to one CPU")
     bar = bench_sub.add_parser("barrier", help="a barrier by page store vs ioctl vs exec")
     bar.add_argument("--socket", type=Path, help="use a running daemon instead of starting one")
     bar.add_argument("--count", type=int, default=200_000, help="page stores to time")
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.which == "rtt":
         bench.bench_rtt(args.socket, args.rounds, args.per_round, args.spread)
     elif args.which == "mmap":
-        bench.bench_mmap(args.socket, args.repeats)
+        bench.bench_mmap(args.socket, args.repeats, args.spread)
     elif args.which == "rdma":
         bench.bench_rdma(args.socket, args.repeats, args.spread)
     else:
