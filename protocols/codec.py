@@ -16,7 +16,7 @@ import attrs
 import msgpack
 
 from .errors import LocalProtocolError, ProtocolError
-from .fields import FieldError
+from .fields import FieldError, generate
 from .messages import ErrorInfo
 from .ops import ANY_FDS, EVENTS, SPECS, Event, Op
 
@@ -78,11 +78,6 @@ def from_wire(cls: type, obj: Any) -> Any:
     return decode(obj)
 
 
-def _compile(name: str, source: str, g: dict[str, Any]) -> Any:
-    exec(compile(source, f"<xed generated {name}>", "exec"), g)  # noqa: S102 - from metadata
-    return g[name]
-
-
 def _compile_to_wire(cls: type) -> Callable[[Any], dict[str, Any]]:
     g: dict[str, Any] = {"_to_wire": to_wire}
     items = []
@@ -94,8 +89,8 @@ def _compile_to_wire(cls: type) -> Callable[[Any], dict[str, Any]]:
             items.append(f"'{name}': _to_wire(r.{name})")
         else:  # scalars as they are; tuples pack as msgpack arrays
             items.append(f"'{name}': r.{name}")
-    source = f"def to_wire_{cls.__name__}(r):\n    return {{{', '.join(items)}}}\n"
-    encode = _TO_WIRE[cls] = _compile(f"to_wire_{cls.__name__}", source, g)
+    body = [f"return {{{', '.join(items)}}}"]
+    encode = _TO_WIRE[cls] = generate(f"to_wire[{cls.__qualname__}]", "to_wire(r)", body, g)
     return encode  # type: ignore[no-any-return]
 
 
@@ -132,8 +127,8 @@ def _compile_from_wire(cls: type) -> Callable[[Any], Any]:
         "except TypeError as exc:",  # a key that is no field (the checks raise FieldError)
         "    raise _no_such_field(_cls, obj, exc) from None",
     ]
-    source = f"def from_wire_{cls.__name__}(obj):\n" + "".join(f"    {x}\n" for x in lines)
-    decode = _FROM_WIRE[cls] = _compile(f"from_wire_{cls.__name__}", source, g)
+    qualname = f"from_wire[{cls.__qualname__}]"
+    decode = _FROM_WIRE[cls] = generate(qualname, "from_wire(obj)", lines, g)
     return decode  # type: ignore[no-any-return]
 
 

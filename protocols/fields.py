@@ -38,14 +38,7 @@ class FieldError(ValueError):
 
 # --- the field helpers: what each field is, in its metadata ----------------------------
 def _field(default: Any, meta: dict[str, Any]) -> Any:
-    if isinstance(default, _Factory):
-        return attrs.field(factory=default.make, kw_only=True, metadata=meta)
     return attrs.field(default=default, kw_only=True, metadata=meta)
-
-
-@attrs.frozen
-class _Factory:
-    make: Any
 
 
 def _int(wire: str, doc: str, default: int) -> Any:
@@ -105,7 +98,7 @@ def records(cls: type, doc: str = "", max_items: int = MAX_ITEMS) -> Any:
 def record(cls: type, doc: str = "") -> Any:
     """One nested record, sent as a map."""
     meta = {"wire": cls.__name__, "doc": doc, "kind": "nested", "nested": cls}
-    return _field(_Factory(cls), meta)
+    return attrs.field(factory=cls, kw_only=True, metadata=meta)
 
 
 # --- the generated __init__ -------------------------------------------------------------
@@ -205,13 +198,18 @@ def compile_init(cls: type) -> None:
         g[f"_set_{name}"] = cls.__dict__[name].__set__
         body.append(f"_set_{name}(self, {name})")
     signature = f"self, *, {', '.join(params)}" if params else "self"
-    source = f"def __init__({signature}):\n" + "".join(
-        f"    {line}\n" for line in body or ["pass"]
-    )
-    filename = f"<xed generated __init__ {cls.__module__}.{cls.__qualname__}>"
-    # kept in linecache so a traceback through a check shows the line that raised
+    init = generate(f"{cls.__qualname__}.__init__", f"__init__({signature})", body, g)
+    type.__setattr__(cls, "__init__", init)
+
+
+def generate(qualname: str, head: str, body: list[str], g: dict[str, Any]) -> Any:
+    """Compile `def head: body` with globals `g` and return the function. The source is
+    kept in linecache, so a traceback through generated code shows the line that raised.
+    Used for the records' __init__ here and for the codec's per-class map functions."""
+    source = f"def {head}:\n" + "".join(f"    {line}\n" for line in body or ["pass"])
+    filename = f"<xed generated {qualname}>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     exec(compile(source, filename, "exec"), g)  # noqa: S102 - source built from metadata
-    init = g["__init__"]
-    init.__qualname__ = f"{cls.__qualname__}.__init__"
-    type.__setattr__(cls, "__init__", init)
+    function = g[head.partition("(")[0]]
+    function.__qualname__ = qualname
+    return function
