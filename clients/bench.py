@@ -22,18 +22,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from protocols import Op, encode_request
-from protocols import messages as m
-
 from .batch import Batch
 from .daemon import DaemonProcess
 from .device import Device, user_fence
-from .echo import EchoClient, EchoServer
-
-
-def _percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+from .echo import EchoServer
+from .measure import cpu_seconds, percentile, pin, pin_here
 
 
 def _time_calls(call: Callable[[], object], n: int) -> list[float]:
@@ -50,13 +43,6 @@ def _us(x: float) -> str:
     return f"{x:8.1f} us"
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far (/proc/PID/stat)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 class _CpuMeter:
     """CPU time per call of the client (this process) and of its server, summed over
     the rounds: where a round trip's time goes, side by side."""
@@ -68,11 +54,11 @@ class _CpuMeter:
 
     def time(self, call: Callable[[], object], n: int) -> list[float]:
         me, server = os.getpid(), self.server_pid
-        c0 = _cpu_seconds(me)
-        s0 = _cpu_seconds(server) if server else 0.0
+        c0 = cpu_seconds(me)
+        s0 = cpu_seconds(server) if server else 0.0
         samples = _time_calls(call, n)
-        self.client += _cpu_seconds(me) - c0
-        self.server += (_cpu_seconds(server) - s0) if server else 0.0
+        self.client += cpu_seconds(me) - c0
+        self.server += (cpu_seconds(server) - s0) if server else 0.0
         self.calls += n
         return samples
 
@@ -82,22 +68,15 @@ class _CpuMeter:
         return client, server
 
 
-def _pin(pid: int, cpus: set[int] | None) -> None:
-    if cpus is not None:
-        os.sched_setaffinity(pid, cpus)
-
-
 def bench_rtt(socket_path: Path | None, rounds: int, per_round: int, spread: bool) -> float:
-    cpus = None if spread else {min(os.sched_getaffinity(0))}
-    _pin(0, cpus)
-    payload = encode_request(1, Op.VERSION, m.DrmVersion())
+    cpus = pin_here(spread)
     with tempfile.TemporaryDirectory(prefix="xed-bench-") as tmp, contextlib.ExitStack() as stack:
         contestants: list[tuple[str, Callable[[], object], _CpuMeter]] = []
         daemon = None if socket_path else DaemonProcess(extra_args=("--log-level", "warning"))
         if daemon:
             daemon.start()
             stack.callback(daemon.cleanup)
-            _pin(daemon.pid, cpus)
+            pin(daemon.pid, cpus)
         dev = Device.open(socket_path or (daemon.socket_path if daemon else None))
         stack.callback(dev.close)
         contestants.append(
@@ -106,10 +85,10 @@ def bench_rtt(socket_path: Path | None, rounds: int, per_round: int, spread: boo
         for label, in_trio in (("raw seqpacket echo", False), ("  same echo in trio", True)):
             echo = EchoServer(os.path.join(tmp, f"echo-{in_trio}.sock"), in_trio)
             stack.callback(echo.stop)
-            _pin(echo.pid, cpus)
-            client = EchoClient(echo.path, payload)
+            pin(echo.pid, cpus)
+            client = echo.connect()
             stack.callback(client.close)
-            contestants.append((label, _echo_once(client), _CpuMeter(echo.pid)))
+            contestants.append((label, client.once, _CpuMeter(echo.pid)))
         samples: dict[str, list[float]] = {label: [] for label, _, _ in contestants}
         for _, call, _ in contestants:
             _time_calls(call, 500)  # warm up every path
@@ -120,7 +99,7 @@ def bench_rtt(socket_path: Path | None, rounds: int, per_round: int, spread: boo
     print(f"round trips: {rounds * per_round} each, {rounds} interleaved rounds, {where}")
     print(f"{'':24}{'median':>12}{'p99':>12}{'client CPU':>14}{'server CPU':>14}")
     for label, _, meter in contestants:
-        med, p99 = statistics.median(samples[label]), _percentile(samples[label], 0.99)
+        med, p99 = statistics.median(samples[label]), percentile(samples[label], 0.99)
         client_cpu, server_cpu = meter.per_call()
         print(f"{label:24}{_us(med):>12}{_us(p99):>12}{client_cpu:>14}{server_cpu:>14}")
     print(
@@ -135,26 +114,15 @@ def bench_rtt(socket_path: Path | None, rounds: int, per_round: int, spread: boo
     return ratio
 
 
-def _echo_once(client: EchoClient) -> Callable[[], None]:
-    sock, payload = client.sock, client.payload
-
-    def echo_once() -> None:
-        sock.send(payload)
-        sock.recv(65536)
-
-    return echo_once
-
-
 def bench_mmap(socket_path: Path | None, repeats: int, spread: bool = False) -> float:
     """Both sizes alternate, one mapping each in turn, with client and daemon on one CPU
     (unless `spread`): placement and drift then fall on both alike."""
-    cpus = None if spread else {min(os.sched_getaffinity(0))}
-    _pin(0, cpus)
+    cpus = pin_here(spread)
     daemon = None if socket_path else DaemonProcess(extra_args=("--log-level", "warning"))
     try:
         if daemon:
             daemon.start()
-            _pin(daemon.pid, cpus)
+            pin(daemon.pid, cpus)
         dev = Device.open(socket_path or (daemon.socket_path if daemon else None))
         sizes = {"4 KiB": 4096, "1 GiB": 1 << 30}
         bos = {label: dev.gem_create(size) for label, size in sizes.items()}
@@ -216,11 +184,11 @@ def bench_barrier(socket_path: Path | None, count: int) -> float:
         if daemon:  # the same ioctl with the daemon made to share the caller's CPU
             placement = os.sched_getaffinity(daemon.pid), os.sched_getaffinity(0)
             cpu = {min(placement[1])}
-            _pin(daemon.pid, cpu)
-            _pin(0, cpu)
+            pin(daemon.pid, cpu)
+            pin(0, cpu)
             shared_us = statistics.median(_time_calls(dev.version, 5000))
-            _pin(daemon.pid, placement[0])
-            _pin(0, placement[1])
+            pin(daemon.pid, placement[0])
+            pin(0, placement[1])
         bo = dev.gem_create(0x10000)
         vm = dev.vm_create()
         dev.vm_bind(vm, bo, 0x1_0000_0000)
@@ -265,18 +233,17 @@ def bench_rdma(socket_path: Path | None, repeats: int, spread: bool = False) -> 
     from .daemon import AuxDriverProcess
     from .ib import IbContext
 
-    cpus = None if spread else {min(os.sched_getaffinity(0))}
-    _pin(0, cpus)
+    cpus = pin_here(spread)
     size = 64 << 20
     va = 0x1_0000_0000
     daemon = None if socket_path else DaemonProcess(extra_args=("--log-level", "warning"))
     try:
         if daemon:
             daemon.start()
-            _pin(daemon.pid, cpus)
+            pin(daemon.pid, cpus)
         path = socket_path or (daemon.socket_path if daemon else Path())
         with AuxDriverProcess(path) as aux:
-            _pin(aux.pid, cpus)
+            pin(aux.pid, cpus)
             apps = [Device.open(path), Device.open(path)]
             maps, mrs = [], []
             contexts = []

@@ -17,6 +17,9 @@ import time
 
 import trio
 
+from protocols import Op, encode_request
+from protocols import messages as m
+
 
 class EchoServer:
     """The echo server in a process of its own, listening at `path`. With `trio`, the
@@ -46,16 +49,24 @@ class EchoServer:
 
 
 class EchoClient:
-    def __init__(self, path: str, payload: bytes = b"\x93\x01\x00\x80") -> None:
+    """A connection to the echo server that sends what a VERSION request is, byte for
+    byte, so the echo and the daemon carry the same datagram."""
+
+    def __init__(self, path: str) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         self.sock.connect(path)
-        self.payload = payload  # the size of a VERSION request
+        sock, payload = self.sock, encode_request(1, Op.VERSION, m.DrmVersion())
+
+        def once() -> None:  # a closure over locals: the cheapest call Python has
+            sock.send(payload)
+            sock.recv(65536)
+
+        self.once = once
 
     def round_trip(self) -> float:
         """One send and its echo; seconds taken."""
         start = time.perf_counter()
-        self.sock.send(self.payload)
-        self.sock.recv(65536)
+        self.once()
         return time.perf_counter() - start
 
     def close(self) -> None:

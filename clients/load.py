@@ -29,6 +29,7 @@ import attrs
 from .daemon import DaemonProcess
 from .device import Device
 from .echo import EchoClient, EchoServer
+from .measure import cpu_seconds, percentile
 
 ACK_SAMPLE_EVERY = 2000  # barriers between two acknowledgement-latency samples
 PROBE_INTERVAL = 0.002  # seconds between the prober's round trips
@@ -45,19 +46,6 @@ class LoadOptions:
     daemon_nice: int | None = None
     prober_nice: int = 0
     writer_policy: str = "normal"  # a POLICIES key
-
-
-def _percentile(samples: list[float], q: float) -> float:
-    if not samples:
-        return 0.0
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # --- the processes -------------------------------------------------------------------------
@@ -145,13 +133,14 @@ def _spawn(*args: object) -> subprocess.Popen[str]:
 def run_load(
     socket_path: str, daemon_pid: int, opts: LoadOptions, quiet: bool = False
 ) -> dict[str, Any]:
-    echo_server = EchoServer(os.path.join(tempfile.mkdtemp(prefix="xec-load-"), "echo.sock"))
-    os.setpriority(os.PRIO_PROCESS, echo_server.pid, os.getpriority(os.PRIO_PROCESS, daemon_pid))
-    try:
-        return _run_load(socket_path, daemon_pid, opts, echo_server, quiet)
-    finally:
-        echo_server.stop()
-        os.rmdir(os.path.dirname(echo_server.path))
+    with tempfile.TemporaryDirectory(prefix="xec-load-") as tmp:
+        echo_server = EchoServer(os.path.join(tmp, "echo.sock"))
+        try:
+            daemon_priority = os.getpriority(os.PRIO_PROCESS, daemon_pid)
+            os.setpriority(os.PRIO_PROCESS, echo_server.pid, daemon_priority)
+            return _run_load(socket_path, daemon_pid, opts, echo_server, quiet)
+        finally:
+            echo_server.stop()
 
 
 def _run_load(
@@ -180,7 +169,7 @@ def _run_load(
             assert process.stdout is not None and process.stdin is not None
             if process.stdout.readline().strip() != "ready":
                 raise RuntimeError(f"a load process died starting (status {process.wait()})")
-        cpu_before = _cpu_seconds(daemon_pid)
+        cpu_before = cpu_seconds(daemon_pid)
         started = time.monotonic()
         for process in [*writers, probe]:
             assert process.stdin is not None
@@ -204,7 +193,7 @@ def _run_load(
                 raise RuntimeError(f"a writer died (status {w.wait()})")
             reports.append(json.loads(line))
         elapsed = time.monotonic() - started
-        cpu = _cpu_seconds(daemon_pid) - cpu_before
+        cpu = cpu_seconds(daemon_pid) - cpu_before
         counts = {c.client_id: c.barriers for c in admin.admin_clients()}
         for w in writers:
             assert w.stdin is not None
@@ -223,8 +212,8 @@ def _run_load(
         "lost": sum(max(written - counted, 0) for _, written, counted in rows),
         "misattributed": sum(max(counted - written, 0) for _, written, counted in rows),
         "rate": total / elapsed,
-        "ack_p50_us": _percentile(acks, 0.5) * 1e6,
-        "ack_p99_us": _percentile(acks, 0.99) * 1e6,
+        "ack_p50_us": percentile(acks, 0.5) * 1e6,
+        "ack_p99_us": percentile(acks, 0.99) * 1e6,
         "ioctl": _latencies(idle, loaded["samples"]),
         "echo": _latencies(idle_echo, loaded["echo"]),
         "daemon_cpu_pct": 100 * cpu / elapsed,
@@ -235,9 +224,9 @@ def _run_load(
 def _latencies(idle: list[float], loaded: list[float]) -> dict[str, float]:
     lat = {
         "idle_p50_us": statistics.median(idle) * 1e6,
-        "idle_p99_us": _percentile(idle, 0.99) * 1e6,
+        "idle_p99_us": percentile(idle, 0.99) * 1e6,
         "load_p50_us": statistics.median(loaded) * 1e6 if loaded else 0.0,
-        "load_p99_us": _percentile(loaded, 0.99) * 1e6,
+        "load_p99_us": percentile(loaded, 0.99) * 1e6,
     }
     lat["p99_ratio"] = lat["load_p99_us"] / max(lat["idle_p99_us"], 1e-3)
     return lat

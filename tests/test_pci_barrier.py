@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import subprocess
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from conftest import run_client, spawn_client
 
 from clients import Device, XeError
 from clients.daemon import DaemonProcess
+from clients.measure import cpu_seconds
 from protocols import Op
 from protocols import messages as m
 from protocols.constants import (
@@ -347,12 +347,6 @@ def test_library_barriers_from_two_processes_attributed_to_each(
 # --- idle cost ---------------------------------------------------------------------------------
 
 
-def _cpu_ticks(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
-
-
 @pytest.mark.slow
 def test_idle_daemon_with_32_barrier_pages_costs_little_cpu(fresh_daemon: DaemonProcess) -> None:
     """32 processes holding the barrier page mapped, nobody writing: daemon CPU < 10% of a core."""
@@ -368,11 +362,10 @@ def test_idle_daemon_with_32_barrier_pages_costs_little_cpu(fresh_daemon: Daemon
         ids = [_read_line(proc) for proc in procs]
         with Device.open(fresh_daemon.socket_path, role="admin") as admin:
             assert [barriers_of(admin, i) for i in ids] == [1] * 32
-        clock = os.sysconf("SC_CLK_TCK")
-        ticks0, t0 = _cpu_ticks(fresh_daemon.pid), time.monotonic()
+        cpu0, t0 = cpu_seconds(fresh_daemon.pid), time.monotonic()
         time.sleep(2.0)  # the measurement window itself
-        ticks1, t1 = _cpu_ticks(fresh_daemon.pid), time.monotonic()
-        percent = 100.0 * (ticks1 - ticks0) / clock / (t1 - t0)
+        cpu1, t1 = cpu_seconds(fresh_daemon.pid), time.monotonic()
+        percent = 100.0 * (cpu1 - cpu0) / (t1 - t0)
         print(f"idle daemon with 32 barrier pages: {percent:.2f}% of one core")
         assert percent < 10.0
     finally:
