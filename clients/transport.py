@@ -39,7 +39,7 @@ class SeqpacketTransport:
         return cls(sock)
 
     def send(self, data: bytes, fds: Sequence[int] = ()) -> None:
-        self.sock.sendmsg([data], pack_fds(fds) if fds else ())
+        self.sock.sendmsg([data], pack_fds(fds))
         self.bytes_sent += len(data)
 
     def recv(self) -> tuple[bytes, list[int]]:
@@ -47,7 +47,7 @@ class SeqpacketTransport:
         data, ancdata, _flags, _ = self.sock.recvmsg(
             MAX_DATAGRAM, _ANC_SPACE, socket.MSG_CMSG_CLOEXEC
         )
-        fds = unpack_fds(ancdata)[0] if ancdata else []
+        fds, _junk = unpack_fds(ancdata)
         self.bytes_received += len(data)
         return data, fds
 

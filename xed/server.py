@@ -129,7 +129,7 @@ class Connection:
         try:
             while True:
                 data, ancdata, flags, _ = await self._recvmsg()
-                fds, junk = unpack_fds(ancdata) if ancdata else ([], False)
+                fds, junk = unpack_fds(ancdata)
                 if not data and not fds:
                     return "eof"  # SOCK_SEQPACKET: a zero-length read is the end
                 if junk or flags & _MSG_CTRUNC:  # the kernel dropped what did not fit
@@ -153,8 +153,7 @@ class Connection:
                     try:
                         await self._answer(request)
                     finally:
-                        if request.fds:
-                            _close_all(request.fds)
+                        _close_all(request.fds)
         except _Disconnected as exc:
             return f"reset ({exc})"
 
@@ -290,7 +289,7 @@ class Connection:
             return message
 
     async def _send(self, data: bytes, fds: list[int]) -> None:
-        ancdata = pack_fds(fds) if fds else []
+        ancdata = pack_fds(fds)
         try:
             self.sock.sendmsg([data], ancdata)
             return
