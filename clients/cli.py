@@ -55,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
         help="renice the daemon (negative values need root), as a unit's Nice= would",
     )  # fmt: skip
     lb.add_argument(
+        "--one-session", action="store_true",
+        help="keep the daemon, the prober and the echo control in the writers' session "
+        "(by default each has its own: with autogroup, the kernel shares CPU time "
+        "between sessions first, as a deployment's daemon and a separate program have)",
+    )  # fmt: skip
+    lb.add_argument(
         "--sweep", type=lambda s: [int(x) for x in s.split(",")], default=[],
         help="run once per writer count, e.g. 1,8,32,64",
     )  # fmt: skip
@@ -108,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             daemon_nice=args.daemon_nice,
             prober_nice=args.prober_nice,
             writer_policy=args.writer_policy,
+            one_session=args.one_session,
         )
         return load.main_load(args.socket, opts, args.sweep)
     if args.which == "rtt":

@@ -29,6 +29,7 @@ class DaemonProcess:
         log_path: Path | None = None,
         extra_args: tuple[str, ...] = (),
         ready_timeout: float = 30.0,
+        own_session: bool = False,
     ) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="xed-")
         tmp = Path(self._tmp.name)
@@ -39,6 +40,11 @@ class DaemonProcess:
             self._args += ["--config", str(config)]
         self._args += list(extra_args)
         self._ready_timeout = ready_timeout
+        # A daemon normally runs apart from the programs that use it (a systemd unit has
+        # its own cgroup; one started in another terminal, its own session). With the
+        # kernel's autogroup, a session is what the scheduler shares CPU time between, so
+        # the load tool starts its daemon in a session of its own, as a deployment would.
+        self._own_session = own_session
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -53,7 +59,13 @@ class DaemonProcess:
         notify.settimeout(self._ready_timeout)
         env = dict(os.environ, NOTIFY_SOCKET=str(notify_path))
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self._args, stdin=subprocess.DEVNULL, stderr=log, env=env)
+            self.proc = subprocess.Popen(
+                self._args,
+                stdin=subprocess.DEVNULL,
+                stderr=log,
+                env=env,
+                start_new_session=self._own_session,
+            )
         try:
             while True:
                 try:

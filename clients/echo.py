@@ -26,12 +26,13 @@ class EchoServer:
     echo runs in a trio task reading the socket the way the daemon does (straight to the
     non-blocking socket, parking in trio on EAGAIN): the daemon's I/O without its work."""
 
-    def __init__(self, path: str, in_trio: bool = False) -> None:
+    def __init__(self, path: str, in_trio: bool = False, own_session: bool = False) -> None:
         self.path = path
         self.process = subprocess.Popen(
             [sys.executable, "-m", "clients.echo", path, *(["--trio"] if in_trio else [])],
             stdout=subprocess.PIPE,
             text=True,
+            start_new_session=own_session,  # as the daemon it stands in for may be
         )
         assert self.process.stdout is not None
         if self.process.stdout.readline().strip() != "ready":

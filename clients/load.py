@@ -10,6 +10,15 @@ what the same load does to any round trip between two processes on this machine.
 parent shows progress, then compares every writer's count with the device's count for
 that writer's file (a barrier written but not counted is lost; counted for the wrong
 file would show as a count above what was written), and prints the table.
+
+Sessions matter to the scheduler. With autogroup (Linux's default on desktops and most
+distributions), CPU time is shared between sessions before it is shared between the
+processes of one session: 64 busy writers started by this tool get, together, what one
+other session gets. A daemon deployed for real runs apart from its users (a systemd unit
+in its own cgroup, or started from another terminal), and a latency-sensitive client is a
+program of its own. So the daemon this tool starts, the prober and the echo server each
+get a session of their own, and the writers share the tool's; `--one-session` puts them
+all in one, to see the difference. The report prints every process's session id.
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ class LoadOptions:
     daemon_nice: int | None = None
     prober_nice: int = 0
     writer_policy: str = "normal"  # a POLICIES key
+    one_session: bool = False  # daemon (if started here), prober and echo with the writers
 
 
 # --- the processes -------------------------------------------------------------------------
@@ -89,7 +99,12 @@ def writer(
                 pass
             acks.append(time.perf_counter() - start)
     dev.pci_barrier_drain()
-    print(json.dumps({"client_id": dev.client_id, "written": dev.barriers_written, "acks": acks}))
+    written = dev.barriers_written
+    print(
+        json.dumps(
+            {"client_id": dev.client_id, "written": written, "acks": acks, "session": os.getsid(0)}
+        )
+    )
     sys.stdout.flush()
     sys.stdin.read()  # keep the file open until the parent has read the device's counts
     dev.close()
@@ -104,7 +119,7 @@ def prober(socket_path: str, echo_path: str, seconds: float, nice: int) -> None:
     _ready_then_wait_for_go()
     samples, echoes = _probe(dev, echo, time.monotonic() + seconds)
     echo.close()
-    print(json.dumps({"samples": samples, "echo": echoes}))
+    print(json.dumps({"samples": samples, "echo": echoes, "session": os.getsid(0)}))
 
 
 def _probe(dev: Device, echo: EchoClient, deadline: float) -> tuple[list[float], list[float]]:
@@ -120,13 +135,26 @@ def _probe(dev: Device, echo: EchoClient, deadline: float) -> tuple[list[float],
     return samples, echoes
 
 
-def _spawn(*args: object) -> subprocess.Popen[str]:
+def _spawn(*args: object, own_session: bool = False) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "clients.load", *map(str, args)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
+        start_new_session=own_session,
     )
+
+
+_AUTOGROUP_STATE = {True: "on", False: "off", None: "unknown"}
+
+
+def autogroup_enabled() -> bool | None:
+    """Whether the kernel shares CPU time between sessions first; None if it cannot."""
+    try:
+        with open("/proc/sys/kernel/sched_autogroup_enabled") as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return None
 
 
 # --- one run -------------------------------------------------------------------------------
@@ -134,7 +162,7 @@ def run_load(
     socket_path: str, daemon_pid: int, opts: LoadOptions, quiet: bool = False
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="xec-load-") as tmp:
-        echo_server = EchoServer(os.path.join(tmp, "echo.sock"))
+        echo_server = EchoServer(os.path.join(tmp, "echo.sock"), own_session=not opts.one_session)
         try:
             daemon_priority = os.getpriority(os.PRIO_PROCESS, daemon_pid)
             os.setpriority(os.PRIO_PROCESS, echo_server.pid, daemon_priority)
@@ -164,42 +192,57 @@ def _run_load(
             )
             for _ in range(opts.clients)
         ]
-        probe = _spawn("prober", socket_path, echo_server.path, opts.seconds, opts.prober_nice)
-        for process in [*writers, probe]:
-            assert process.stdout is not None and process.stdin is not None
-            if process.stdout.readline().strip() != "ready":
-                raise RuntimeError(f"a load process died starting (status {process.wait()})")
-        cpu_before = cpu_seconds(daemon_pid)
-        started = time.monotonic()
-        for process in [*writers, probe]:
-            assert process.stdin is not None
-            process.stdin.write("go\n")
-            process.stdin.flush()
-        while any(w.poll() is None for w in writers) and time.monotonic() - started < opts.seconds:
-            time.sleep(1.0)
-            if not quiet:
-                total = admin.admin_status().barriers - counted_before
-                elapsed = time.monotonic() - started
-                print(
-                    f"  {elapsed:5.1f} s  {total:>12,} barriers counted"
-                    f"  {total / elapsed:>12,.0f}/s",
-                    flush=True,
-                )
-        reports = []
-        for w in writers:
-            assert w.stdout is not None
-            line = w.stdout.readline()
-            if not line:
-                raise RuntimeError(f"a writer died (status {w.wait()})")
-            reports.append(json.loads(line))
-        elapsed = time.monotonic() - started
-        cpu = cpu_seconds(daemon_pid) - cpu_before
-        counts = {c.client_id: c.barriers for c in admin.admin_clients()}
-        for w in writers:
-            assert w.stdin is not None
-            w.stdin.close()
-            w.wait()
-        probe_out, _ = probe.communicate(timeout=60)
+        probe = _spawn(
+            "prober",
+            socket_path,
+            echo_server.path,
+            opts.seconds,
+            opts.prober_nice,
+            own_session=not opts.one_session,
+        )
+        try:
+            for process in [*writers, probe]:
+                assert process.stdout is not None and process.stdin is not None
+                if process.stdout.readline().strip() != "ready":
+                    raise RuntimeError(f"a load process died starting (status {process.wait()})")
+            cpu_before = cpu_seconds(daemon_pid)
+            started = time.monotonic()
+            for process in [*writers, probe]:
+                assert process.stdin is not None
+                process.stdin.write("go\n")
+                process.stdin.flush()
+            while (
+                any(w.poll() is None for w in writers) and time.monotonic() - started < opts.seconds
+            ):
+                time.sleep(1.0)
+                if not quiet:
+                    total = admin.admin_status().barriers - counted_before
+                    elapsed = time.monotonic() - started
+                    print(
+                        f"  {elapsed:5.1f} s  {total:>12,} barriers counted"
+                        f"  {total / elapsed:>12,.0f}/s",
+                        flush=True,
+                    )
+            reports = []
+            for w in writers:
+                assert w.stdout is not None
+                line = w.stdout.readline()
+                if not line:
+                    raise RuntimeError(f"a writer died (status {w.wait()})")
+                reports.append(json.loads(line))
+            elapsed = time.monotonic() - started
+            cpu = cpu_seconds(daemon_pid) - cpu_before
+            counts = {c.client_id: c.barriers for c in admin.admin_clients()}
+            for w in writers:
+                assert w.stdin is not None
+                w.stdin.close()
+                w.wait()
+            probe_out, _ = probe.communicate(timeout=60)
+        finally:
+            for process in [*writers, probe]:  # still running only if something failed
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
     loaded = json.loads(probe_out)
     rows = []
     for report in reports:
@@ -218,6 +261,13 @@ def _run_load(
         "echo": _latencies(idle_echo, loaded["echo"]),
         "daemon_cpu_pct": 100 * cpu / elapsed,
         "seconds": elapsed,
+        "sessions": {
+            "tool": os.getsid(0),
+            "writers": sorted({report["session"] for report in reports}),
+            "daemon": os.getsid(daemon_pid),
+            "prober": loaded["session"],
+            "echo": os.getsid(echo_server.pid),
+        },
     }
 
 
@@ -251,10 +301,20 @@ def print_report(opts: LoadOptions, result: dict[str, Any]) -> None:
             f"({lat['p99_ratio']:.1f}x idle p99)"
         )
     print(f"daemon CPU: {result['daemon_cpu_pct']:.0f}% of one core")
+    sessions = result["sessions"]
+    print(
+        f"sessions: tool {sessions['tool']}, writers {', '.join(map(str, sessions['writers']))}, "
+        f"daemon {sessions['daemon']}, prober {sessions['prober']}, "
+        f"echo control {sessions['echo']}"
+    )
 
 
 def main_load(socket_path: Path | None, opts: LoadOptions, sweep: list[int]) -> int:
-    daemon = None if socket_path else DaemonProcess(extra_args=("--log-level", "warning"))
+    daemon = (
+        None
+        if socket_path
+        else DaemonProcess(extra_args=("--log-level", "warning"), own_session=not opts.one_session)
+    )
     try:
         if daemon:
             daemon.start()
@@ -270,7 +330,8 @@ def main_load(socket_path: Path | None, opts: LoadOptions, sweep: list[int]) -> 
             daemon_nice = os.getpriority(os.PRIO_PROCESS, pid)
             print(
                 f"\n== {clients} writer process(es), {opts.seconds:g} s, writers at nice "
-                f"{opts.nice} ({opts.writer_policy} policy), daemon at nice {daemon_nice} =="
+                f"{opts.nice} ({opts.writer_policy} policy), daemon at nice {daemon_nice}, "
+                f"autogroup {_AUTOGROUP_STATE[autogroup_enabled()]} =="
             )
             result = run_load(path, pid, run_opts, quiet=bool(sweep))
             print_report(run_opts, result)

@@ -7,6 +7,18 @@ import re
 import subprocess
 import sys
 
+SESSIONS = re.compile(
+    r"^sessions: tool (\d+), writers ([\d, ]+), daemon (\d+), prober (\d+), echo control (\d+)$",
+    re.MULTILINE,
+)
+
+
+def _sessions(run: str) -> tuple[int, set[int], int, int, int]:
+    found = SESSIONS.search(run)
+    assert found, run
+    tool, writers, daemon, prober, echo = found.groups()
+    return int(tool), {int(w) for w in writers.split(", ")}, int(daemon), int(prober), int(echo)
+
 
 def test_load_sweep_counts_every_barrier_for_its_own_file() -> None:
     done = subprocess.run(
@@ -32,6 +44,26 @@ def test_load_sweep_counts_every_barrier_for_its_own_file() -> None:
         for label in ("ioctl latency", "raw echo (control)"):
             line = rf"^{re.escape(label)}: idle p50 \d+ us / p99 \d+ us; under load p50 \d+ us"
             assert re.search(line, run, re.MULTILINE), run
+        # the writers stay in the tool's session; the daemon, the prober and the echo
+        # control each have one of their own, as a deployment's daemon and a separate
+        # program would (the kernel's autogroup shares CPU time between sessions)
+        tool, writers, daemon, prober, echo = _sessions(run)
+        assert writers == {tool}
+        assert len({tool, daemon, prober, echo}) == 4, run
+
+
+def test_load_one_session_keeps_everyone_with_the_writers() -> None:
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "clients.cli", "load", "barrier",
+            "--clients", "2", "--seconds", "0.3", "--one-session",
+        ],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "lost: 0\n" in done.stdout
+    tool, writers, daemon, prober, echo = _sessions(done.stdout)
+    assert writers == {daemon} == {prober} == {echo} == {tool}
 
 
 def test_load_refuses_an_unknown_policy() -> None:
