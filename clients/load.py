@@ -38,7 +38,7 @@ import attrs
 from .daemon import DaemonProcess
 from .device import Device
 from .echo import EchoClient, EchoServer
-from .measure import cpu_seconds, percentile
+from .measure import cpu_seconds, daemon_pid, percentile
 
 ACK_SAMPLE_EVERY = 2000  # barriers between two acknowledgement-latency samples
 PROBE_INTERVAL = 0.002  # seconds between the prober's round trips
@@ -319,7 +319,7 @@ def main_load(socket_path: Path | None, opts: LoadOptions, sweep: list[int]) -> 
         if daemon:
             daemon.start()
         path = str(socket_path or (daemon.socket_path if daemon else ""))
-        pid = daemon.pid if daemon else _daemon_pid(path)
+        pid = daemon.pid if daemon else daemon_pid(path)
         if opts.daemon_nice is not None:
             # the daemon stands in for kernel code, which runs in the caller's own time
             # slice; giving it priority over the writers is how a deployment would run it
@@ -340,11 +340,6 @@ def main_load(socket_path: Path | None, opts: LoadOptions, sweep: list[int]) -> 
     finally:
         if daemon:
             daemon.cleanup()
-
-
-def _daemon_pid(socket_path: str) -> int:
-    with Device.open(socket_path, role="admin") as admin:
-        return admin.admin_status().pid
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from .device import Device
+
 
 def percentile(samples: list[float], q: float) -> float:
     """The q-quantile (0 <= q <= 1) of `samples` by rank; 0.0 when there are none."""
@@ -18,6 +20,12 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()  # utime, stime: fields 14 and 15
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def daemon_pid(socket_path: str) -> int:
+    """The pid of the daemon serving `socket_path` (asked as admin), to measure its CPU."""
+    with Device.open(socket_path, role="admin") as admin:
+        return admin.admin_status().pid
 
 
 def pin(pid: int, cpus: set[int] | None) -> None:

@@ -51,6 +51,8 @@ def test_bench_barrier_compares_the_three_ways() -> None:
     for way in ("store to the barrier page", "ioctl round trip", "EXEC of MI_MEM_FENCE"):
         assert re.search(rf"{way}.*\s(\d+\.\d+) us", out), out
     assert re.search(r"^ratio ioctl/store: \d+x", out, re.MULTILINE), out
+    idle = r"^idle daemon, 32 barrier pages mapped, nobody writing: \d+\.\d+% of one core"
+    assert re.search(idle, out, re.MULTILINE), out
 
 
 def test_bench_rdma_compares_with_memcpy_and_an_ioctl() -> None:
