@@ -40,8 +40,8 @@ class DaemonProcess:
             self._args += ["--config", str(config)]
         self._args += list(extra_args)
         self._ready_timeout = ready_timeout
-        # A daemon normally runs apart from the programs that use it (a systemd unit has
-        # its own cgroup; one started in another terminal, its own session). With the
+        # A daemon normally runs apart from the programs that use it (systemd gives a unit
+        # its own session and cgroup; another terminal, its own session). With the
         # kernel's autogroup, a session is what the scheduler shares CPU time between, so
         # the load tool starts its daemon in a session of its own, as a deployment would.
         self._own_session = own_session

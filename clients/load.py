@@ -14,8 +14,9 @@ file would show as a count above what was written), and prints the table.
 Sessions matter to the scheduler. With autogroup (Linux's default on desktops and most
 distributions), CPU time is shared between sessions before it is shared between the
 processes of one session: 64 busy writers started by this tool get, together, what one
-other session gets. A daemon deployed for real runs apart from its users (a systemd unit
-in its own cgroup, or started from another terminal), and a latency-sensitive client is a
+other session gets. A daemon deployed for real runs apart from its users (systemd gives a
+service its own session and cgroup; one started from another terminal has its own
+session), and a latency-sensitive client is a
 program of its own. So the daemon this tool starts, the prober and the echo server each
 get a session of their own, and the writers share the tool's; `--one-session` puts them
 all in one, to see the difference. The report prints every process's session id.

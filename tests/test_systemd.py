@@ -161,6 +161,10 @@ def test_client_activates_service_and_journal_has_events(sd: Sandbox) -> None:
     status = sd.run("cat", f"/proc/{main_pid}/status").stdout
     uid = sd.run("id", "-u", "xed-daemon").stdout.strip()
     assert re.search(rf"^Uid:\s+{uid}\s", status, re.M), status
+    # systemd gives a service a session of its own (setsid): with autogroup, the
+    # scheduler weighs it apart from users' sessions, as `xec load barrier` assumes
+    stat = sd.run("cat", f"/proc/{main_pid}/stat").stdout
+    assert stat.rsplit(")", 1)[1].split()[3] == main_pid, stat
     wait_until(lambda: bool(_events(sd, "client_disconnected")), 10, "client_disconnected")
     connected = _events(sd, "client_connected")
     assert [e["pid"] for e in connected] == [seen["pid"]]
