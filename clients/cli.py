@@ -92,6 +92,14 @@ def main(argv: list[str] | None = None) -> int:
         help="print the target's events for this long (or until it exits)",
     )  # fmt: skip
     args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:  # the tools' own cleanup (daemon, helpers) has run by now
+        print("xec: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "debug":
         from .debugger import attach
 

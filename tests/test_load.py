@@ -3,7 +3,9 @@ counts against what each writer wrote. Speeds are printed, never asserted."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -72,3 +74,45 @@ def test_load_refuses_an_unknown_policy() -> None:
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 2 and "invalid choice: 'fifo'" in done.stderr
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            found |= {int(child) for child in f.read().split()}
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_interrupted_load_leaves_no_process_behind() -> None:
+    """Ctrl-C to the tool alone: the daemon, the echo server and the prober live in
+    sessions of their own and see no signal, so the tool must stop them itself."""
+    tool = subprocess.Popen(
+        [sys.executable, "-m", "clients.cli", "load", "barrier", "--clients", "3"]
+        + ["--seconds", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    try:
+        assert tool.stdout is not None
+        for line in tool.stdout:  # progress lines come once the load runs
+            if "barriers counted" in line:
+                break
+        children = _children(tool.pid)
+        assert len(children) >= 6  # daemon, echo server, 3 writers, prober
+        tool.send_signal(signal.SIGINT)
+        _, err = tool.communicate(timeout=60)
+    finally:
+        if tool.poll() is None:
+            tool.kill()
+    assert tool.returncode == 130, err
+    assert err.strip().endswith("xec: interrupted") and "Traceback" not in err, err
+    assert not [pid for pid in children if _alive(pid)]
