@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .batch import Batch
-from .daemon import DaemonProcess
+from .daemon import daemon_at
 from .device import Device, user_fence
 from .echo import EchoServer
 from .measure import cpu_seconds, daemon_pid, percentile, pin, pin_here
@@ -78,12 +78,10 @@ def bench_rtt(socket_path: Path | None, rounds: int, per_round: int, spread: boo
     cpus = pin_here(spread)
     with tempfile.TemporaryDirectory(prefix="xed-bench-") as tmp, contextlib.ExitStack() as stack:
         contestants: list[tuple[str, Callable[[], object], _CpuMeter]] = []
-        daemon = None if socket_path else DaemonProcess(extra_args=("--log-level", "warning"))
+        path, daemon = stack.enter_context(daemon_at(socket_path))
         if daemon:
-            daemon.start()
-            stack.callback(daemon.cleanup)
             pin(daemon.pid, cpus)
-        dev = Device.open(socket_path or (daemon.socket_path if daemon else None))
+        dev = Device.open(path)
         stack.callback(dev.close)
         contestants.append(
             ("daemon VERSION ioctl", dev.version, _CpuMeter(daemon.pid if daemon else None))
@@ -124,12 +122,10 @@ def bench_mmap(socket_path: Path | None, repeats: int, spread: bool = False) -> 
     """Both sizes alternate, one mapping each in turn, with client and daemon on one CPU
     (unless `spread`): placement and drift then fall on both alike."""
     cpus = pin_here(spread)
-    daemon = None if socket_path else DaemonProcess(extra_args=("--log-level", "warning"))
-    try:
+    with daemon_at(socket_path) as (path, daemon):
         if daemon:
-            daemon.start()
             pin(daemon.pid, cpus)
-        dev = Device.open(socket_path or (daemon.socket_path if daemon else None))
+        dev = Device.open(path)
         sizes = {"4 KiB": 4096, "1 GiB": 1 << 30}
         bos = {label: dev.gem_create(size) for label, size in sizes.items()}
         samples: dict[str, list[float]] = {label: [] for label in sizes}
@@ -148,9 +144,6 @@ def bench_mmap(socket_path: Path | None, repeats: int, spread: bool = False) -> 
             dev.gem_close(bo)
         dev.close()
         results = {label: (statistics.median(samples[label]), wire[label]) for label in sizes}
-    finally:
-        if daemon:
-            daemon.cleanup()
     where = "spread over the CPUs" if spread else "client and daemon on one CPU"
     print(
         f"mmap of a BO (GEM_MMAP_OFFSET + MMAP + mmap(2)), {repeats} times each, "
@@ -215,11 +208,8 @@ def _idle_watch_cost(socket_path: str, daemon_pid: int, pages: int, seconds: flo
 def bench_barrier(socket_path: Path | None, count: int) -> float:
     """The same ordering three ways: one store to the barrier page, an ioctl round trip,
     an EXEC of a batch holding MI_MEM_FENCE waited on with its user fence."""
-    daemon = None if socket_path else DaemonProcess(extra_args=("--log-level", "warning"))
-    try:
-        if daemon:
-            daemon.start()
-        dev = Device.open(socket_path or (daemon.socket_path if daemon else None))
+    with daemon_at(socket_path) as (path, daemon):
+        dev = Device.open(path)
         dev.pci_barrier()
         start = time.perf_counter_ns()
         for _ in range(count):
@@ -254,12 +244,8 @@ def bench_barrier(socket_path: Path | None, count: int) -> float:
 
         exec_us = statistics.median(_time_calls(exec_fence, 2000))
         dev.close()
-        path = str(socket_path or (daemon.socket_path if daemon else ""))
-        pid = daemon.pid if daemon else daemon_pid(path)
-        idle_pct = _idle_watch_cost(path, pid, IDLE_PAGES, IDLE_SECONDS)
-    finally:
-        if daemon:
-            daemon.cleanup()
+        pid = daemon.pid if daemon else daemon_pid(str(path))
+        idle_pct = _idle_watch_cost(str(path), pid, IDLE_PAGES, IDLE_SECONDS)
     print("one PCI memory barrier, three ways (median cost per barrier)")
     print(f"  store to the barrier page      {store_us:10.3f} us   ({count:,} stores)")
     print(f"  ioctl round trip (VERSION)     {ioctl_us:10.3f} us   (placed by the scheduler)")
@@ -290,12 +276,9 @@ def bench_rdma(socket_path: Path | None, repeats: int, spread: bool = False) -> 
     cpus = pin_here(spread)
     size = 64 << 20
     va = 0x1_0000_0000
-    daemon = None if socket_path else DaemonProcess(extra_args=("--log-level", "warning"))
-    try:
+    with daemon_at(socket_path) as (path, daemon):
         if daemon:
-            daemon.start()
             pin(daemon.pid, cpus)
-        path = socket_path or (daemon.socket_path if daemon else Path())
         with AuxDriverProcess(path) as aux:
             pin(aux.pid, cpus)
             apps = [Device.open(path), Device.open(path)]
@@ -358,9 +341,6 @@ def bench_rdma(socket_path: Path | None, repeats: int, spread: bool = False) -> 
             f"64-byte RDMA WRITE + poll: {small:.1f} us; one daemon ioctl: {ioctl:.1f} us; "
             f"ratio {small / ioctl:.2f} (target <= 2; {where})"
         )
-    finally:
-        if daemon:
-            daemon.cleanup()
     return ratio
 
 

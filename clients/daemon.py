@@ -7,12 +7,14 @@ Used by the demo, the benchmarks, the scenario runner and the tests.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -117,6 +119,23 @@ class DaemonProcess:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.socket_path}>"
+
+
+@contextlib.contextmanager
+def daemon_at(
+    socket_path: Path | None, own_session: bool = False
+) -> Iterator[tuple[Path, DaemonProcess | None]]:
+    """The daemon listening at `socket_path` (None: ours to start); without a path, a
+    fresh daemon logging warnings only, stopped on exit. What a tool's `--socket` means."""
+    if socket_path is not None:
+        yield socket_path, None
+        return
+    daemon = DaemonProcess(extra_args=("--log-level", "warning"), own_session=own_session)
+    try:
+        daemon.start()
+        yield daemon.socket_path, daemon
+    finally:
+        daemon.cleanup()
 
 
 class AuxDriverProcess(DaemonProcess):

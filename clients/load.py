@@ -36,7 +36,7 @@ from typing import Any
 
 import attrs
 
-from .daemon import DaemonProcess
+from .daemon import daemon_at
 from .device import Device
 from .echo import EchoClient, EchoServer
 from .measure import cpu_seconds, daemon_pid, percentile
@@ -146,16 +146,14 @@ def _spawn(*args: object, own_session: bool = False) -> subprocess.Popen[str]:
     )
 
 
-_AUTOGROUP_STATE = {True: "on", False: "off", None: "unknown"}
-
-
-def autogroup_enabled() -> bool | None:
-    """Whether the kernel shares CPU time between sessions first; None if it cannot."""
+def autogroup_state() -> str:
+    """"on" if the kernel shares CPU time between sessions first, else "off" ("unknown"
+    where it does not say)."""
     try:
         with open("/proc/sys/kernel/sched_autogroup_enabled") as f:
-            return f.read().strip() == "1"
+            return "on" if f.read().strip() == "1" else "off"
     except OSError:
-        return None
+        return "unknown"
 
 
 # --- one run -------------------------------------------------------------------------------
@@ -311,15 +309,8 @@ def print_report(opts: LoadOptions, result: dict[str, Any]) -> None:
 
 
 def main_load(socket_path: Path | None, opts: LoadOptions, sweep: list[int]) -> int:
-    daemon = (
-        None
-        if socket_path
-        else DaemonProcess(extra_args=("--log-level", "warning"), own_session=not opts.one_session)
-    )
-    try:
-        if daemon:
-            daemon.start()
-        path = str(socket_path or (daemon.socket_path if daemon else ""))
+    with daemon_at(socket_path, own_session=not opts.one_session) as (socket, daemon):
+        path = str(socket)
         pid = daemon.pid if daemon else daemon_pid(path)
         if opts.daemon_nice is not None:
             # the daemon stands in for kernel code, which runs in the caller's own time
@@ -332,15 +323,12 @@ def main_load(socket_path: Path | None, opts: LoadOptions, sweep: list[int]) -> 
             print(
                 f"\n== {clients} writer process(es), {opts.seconds:g} s, writers at nice "
                 f"{opts.nice} ({opts.writer_policy} policy), daemon at nice {daemon_nice}, "
-                f"autogroup {_AUTOGROUP_STATE[autogroup_enabled()]} =="
+                f"autogroup {autogroup_state()} =="
             )
             result = run_load(path, pid, run_opts, quiet=bool(sweep))
             print_report(run_opts, result)
             lost += result["lost"] + result["misattributed"]
         return 0 if lost == 0 else 1
-    finally:
-        if daemon:
-            daemon.cleanup()
 
 
 if __name__ == "__main__":
