@@ -45,6 +45,8 @@ class EchoServer:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
@@ -82,16 +84,22 @@ def serve(path: str, in_trio: bool = False) -> None:
     print("ready", flush=True)
     while True:
         conn, _ = listener.accept()
-        if in_trio:
-            conn.setblocking(False)
-            trio.run(_echo_in_trio, conn)
-        else:
-            while True:
-                data = conn.recv(65536)
-                if not data:
-                    break
-                conn.send(data)
-        conn.close()
+        # A client killed mid-exchange (the load tool's prober on Ctrl-C) resets the
+        # connection: that ends it like a close, and the server waits for the next one.
+        with conn, contextlib.suppress(ConnectionResetError, BrokenPipeError):
+            if in_trio:
+                conn.setblocking(False)
+                trio.run(_echo_in_trio, conn)
+            else:
+                _echo_blocking(conn)
+
+
+def _echo_blocking(conn: socket.socket) -> None:
+    while True:
+        data = conn.recv(65536)
+        if not data:
+            return
+        conn.send(data)
 
 
 async def _echo_in_trio(conn: socket.socket) -> None:

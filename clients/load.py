@@ -147,8 +147,8 @@ def _spawn(*args: object, own_session: bool = False) -> subprocess.Popen[str]:
 
 
 def autogroup_state() -> str:
-    """"on" if the kernel shares CPU time between sessions first, else "off" ("unknown"
-    where it does not say)."""
+    """The word "on" if the kernel shares CPU time between sessions first, else "off"
+    ("unknown" where it does not say)."""
     try:
         with open("/proc/sys/kernel/sched_autogroup_enabled") as f:
             return "on" if f.read().strip() == "1" else "off"

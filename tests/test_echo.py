@@ -1,0 +1,37 @@
+"""The echo server the benchmarks and the load tool compare the daemon with: a client
+that dies mid-exchange must not take it down (the load tool's prober does, on Ctrl-C)."""
+
+from __future__ import annotations
+
+import select
+import socket
+
+import pytest
+
+from clients.echo import EchoServer
+
+
+def _reset_mid_exchange(path: str) -> None:
+    """Send one datagram and close without reading its echo: closing with unread data
+    makes the kernel report ECONNRESET to the server instead of a plain end of file."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sock.connect(path)
+    sock.send(b"ping")
+    assert select.select([sock], [], [], 10)[0]  # the echo waits unread in our queue
+    sock.close()
+
+
+@pytest.mark.parametrize("in_trio", [False, True], ids=["blocking", "trio"])
+def test_echo_server_outlives_a_reset_connection(tmp_path, in_trio):
+    server = EchoServer(str(tmp_path / "echo.sock"), in_trio=in_trio)
+    try:
+        for _ in range(3):
+            _reset_mid_exchange(server.path)
+        client = server.connect()
+        try:
+            assert client.round_trip() > 0  # a later client is still served
+        finally:
+            client.close()
+        assert server.process.poll() is None
+    finally:
+        server.stop()
