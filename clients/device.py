@@ -400,7 +400,8 @@ class Device:
     def aux_vm_resolve(
         self, vm_handle: int, va: int, length: int
     ) -> tuple[tuple[m.XedAuxSpan, ...], list[int]]:
-        """The spans behind [va, va+length) and one descriptor per BO (caller closes)."""
+        """The spans behind [va, va+length) and one descriptor per BO or host memory
+        (caller closes)."""
         reply, fds = self.ioctl_fds(
             Op.AUX_VM_RESOLVE, m.XedAuxVmResolve(vm_handle=vm_handle, va=va, length=length)
         )
@@ -411,6 +412,12 @@ class Device:
 
     def aux_vm_release(self, vm_handle: int) -> None:
         self.ioctl(Op.AUX_VM_RELEASE, m.XedAuxVmRelease(vm_handle=vm_handle))
+
+    def aux_vm_invalidate_done(self, vm_handle: int, seqno: int) -> None:
+        """Every range invalidated up to `seqno` is let go (a host-memory change waits)."""
+        self.ioctl(
+            Op.AUX_VM_INVALIDATE_DONE, m.XedAuxVmInvalidateDone(vm_handle=vm_handle, seqno=seqno)
+        )
 
     def wait_event(self, timeout: float | None = None) -> EventMessage:
         """The next event from the daemon (queued ones first); TimeoutError if none came."""

@@ -441,8 +441,9 @@ class XedAuxVmImportReply:
 
 @frozen
 class XedAuxVmResolve:
-    """The memory behind [va, va+length), zero copy; later binds and unbinds that touch
-    the range send AUX_RANGE_INVALIDATED."""
+    """The memory behind [va, va+length), zero copy (a BO's pages, or for a userptr
+    the host memory's); later binds and unbinds that touch the range, and changes of the
+    host memory under it, send AUX_RANGE_INVALIDATED."""
 
     vm_handle: int = u32()
     va: int = u64()
@@ -478,12 +479,23 @@ class XedAuxVmRelease:
 
 @frozen
 class AuxRangeInvalidated:
-    """A bind or unbind touched a range the aux driver resolved: its backing is stale."""
+    """A bind or unbind touched a range the aux driver resolved (its backing is stale),
+    or host memory under a userptr range it resolved is about to change (reason
+    "userptr": let the pages go, then acknowledge; resolve again to use the range)."""
 
     vm_handle: int = u32()
-    va: int = u64("start of the bind or unbind")
+    va: int = u64("start of the bind, unbind or userptr range")
     length: int = u64()
     reason: str = string(max_len=32)
+    seqno: int = u64("this registration's invalidation count: AUX_VM_INVALIDATE_DONE takes it")
+
+
+@frozen
+class XedAuxVmInvalidateDone:
+    """The aux driver let go of the pages of every range invalidated up to `seqno`."""
+
+    vm_handle: int = u32()
+    seqno: int = u64()
 
 
 # --- userptr: host memory the device can reach, and the debugger (eudebug) -----------------

@@ -72,6 +72,7 @@ class Op(enum.IntEnum):
     AUX_VM_RESOLVE = 0x121
     AUX_VM_UNWATCH = 0x122
     AUX_VM_RELEASE = 0x123
+    AUX_VM_INVALIDATE_DONE = 0x124
     # verbs, spoken to the IB-like aux driver's own socket (not to the daemon)
     IBV_OPEN_CONTEXT = 0x200
     IBV_REG_MR = 0x201
@@ -492,14 +493,18 @@ SPECS: dict[Op, OpSpec] = {
             reply=m.XedAuxVmResolveReply,
             roles=frozenset({Role.AUX}),
             fds_out=ANY_FDS,
+            blocking=True,
             doc=(
-                "The BOs behind [va, va+length) of a registered VM: one descriptor per BO, "
-                "attached (at most 8), and where each span lies in them. Watches the range."
+                "The memory behind [va, va+length) of a registered VM: one descriptor per "
+                "BO, or per host memory under userptr ranges, attached (at most 8), and "
+                "where each span lies in them. Watches the range. Host memory being "
+                "invalidated is waited for, then revalidated."
             ),
             errors=(
                 (ENOENT, "no such vm_handle"),
                 (EINVAL, "length zero, or the range beyond the VM"),
                 (EFAULT, "a hole: some address in the range is not bound (or NULL)"),
+                (EFAULT, "freed host memory under a userptr range"),
                 (E2BIG, "more than 8 BOs behind the range"),
             ),
         ),
@@ -518,6 +523,21 @@ SPECS: dict[Op, OpSpec] = {
             roles=frozenset({Role.AUX}),
             doc="Unregister a VM (disconnecting does it for every VM the aux driver held).",
             errors=((ENOENT, "no such vm_handle"),),
+        ),
+        OpSpec(
+            op=Op.AUX_VM_INVALIDATE_DONE,
+            request=m.XedAuxVmInvalidateDone,
+            reply=m.Empty,
+            roles=frozenset({Role.AUX}),
+            doc=(
+                "The aux driver let go of the pages of every range invalidated up to "
+                "seqno: a host-memory change waiting on it (HOST_MEMORY_INVALIDATE START) "
+                "goes on."
+            ),
+            errors=(
+                (ENOENT, "no such vm_handle"),
+                (EINVAL, "seqno zero, or beyond the last invalidation sent"),
+            ),
         ),
         *_verbs(),
         OpSpec(
@@ -539,9 +559,12 @@ SPECS: dict[Op, OpSpec] = {
             op=Op.HOST_MEMORY_INVALIDATE,
             request=m.XedHostMemoryInvalidate,
             reply=m.Empty,
+            blocking=True,
             doc=(
                 "The client library's MMU notifier: host memory under [addr, addr+length) "
-                "was freed or replaced; userptr sequences move, freed pages are never read."
+                "was freed or replaced; userptr sequences move, freed pages are never read. "
+                "START returns once every aux driver that resolved those pages has let "
+                "them go (AUX_VM_INVALIDATE_DONE, or its registration ended)."
             ),
             errors=((EINVAL, "no host memory registered, or the range outside it"),),
         ),

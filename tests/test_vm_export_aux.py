@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import attrs
 import pytest
 from conftest import baseline
 from test_dma_buf import Agent, agent_pool
@@ -99,7 +100,8 @@ def back_to_back(dev: Device, *pages: int) -> tuple[int, list[int]]:
 
 
 def invalidations(dev: Device, vm: int, aux: Device, handle: int) -> list[Any]:
-    """Every event `aux` got for what was done before this call (taken off its queue).
+    """Every event `aux` got for what was done before this call (taken off its queue),
+    with seqno zeroed once checked here: each is one more than the one before.
 
     Events reach a connection in the order they were queued: a sentinel invalidation
     (a page bound, resolved and unbound far from everything else) marks the end."""
@@ -114,7 +116,9 @@ def invalidations(dev: Device, vm: int, aux: Device, handle: int) -> list[Any]:
         data = event.data
         if event.event == Event.AUX_RANGE_INVALIDATED and data.va == SENTINEL:
             assert (data.vm_handle, data.length, data.reason) == (handle, PAGE_SIZE, "unbind")
-            return found
+            seqnos = [e.seqno for e in found if e.vm_handle == handle] + [data.seqno]
+            assert seqnos == list(range(seqnos[0], seqnos[0] + len(seqnos)))
+            return [attrs.evolve(e, seqno=0) for e in found]
         found.append(data)
 
 

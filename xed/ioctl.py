@@ -124,6 +124,7 @@ HANDLERS: dict[Op, Callable[..., Any]] = {
     Op.AUX_VM_RESOLVE: vm_export.aux_vm_resolve_ioctl,
     Op.AUX_VM_UNWATCH: vm_export.aux_vm_unwatch_ioctl,
     Op.AUX_VM_RELEASE: vm_export.aux_vm_release_ioctl,
+    Op.AUX_VM_INVALIDATE_DONE: vm_export.aux_vm_invalidate_done_ioctl,
     Op.HOST_MEMORY_REGISTER: userptr.host_memory_register_ioctl,
     Op.HOST_MEMORY_INVALIDATE: userptr.host_memory_invalidate_ioctl,
     Op.DEBUG_ATTACH: eudebug.debug_attach_ioctl,

@@ -8,6 +8,12 @@ GPU address space to the BOs bound there, which the driver maps (zero copy). RDM
 and READ between two registered regions are one memcpy between mapped pages. When the
 daemon reports a bind or unbind under a region, the region is invalidated: its pages
 are let go and later work on it completes with an error status.
+
+A region over userptr ranges maps the application's host memory itself, with nothing
+pinned, as on-demand paging does. When that memory is about to change the daemon says
+so (reason "userptr"): the region lets its pages go at once and acknowledges, and the
+next work request on it faults them in again (the daemon waits out the change), or
+completes with an error status if the memory was freed.
 """
 
 from __future__ import annotations
@@ -90,12 +96,14 @@ class MemoryRegion:
         self.lkey = lkey
         self.rkey = rkey
         self.valid = True
+        self.evicted = False  # pages let go for a userptr change: fault them in again
         self._maps: list[mmap.mmap] = []
         self._spans: list[tuple[int, int, memoryview]] = []  # (va, length, pages)
 
     def map(self, spans: tuple[m.XedAuxSpan, ...], fds: list[int]) -> None:
         maps = [mmap.mmap(fd, os.fstat(fd).st_size, mmap.MAP_SHARED) for fd in fds]
         self._maps = maps
+        self.evicted = False
         for span in spans:
             whole = memoryview(maps[span.fd_index])
             self._spans.append(
@@ -122,6 +130,11 @@ class MemoryRegion:
     def invalidate(self) -> None:
         """Let the pages go: nothing of this region is touched again."""
         self.valid = False
+        self.evict()
+
+    def evict(self) -> None:
+        """Let the pages go until the next fault maps them again."""
+        self.evicted = True
         for _va, _len, pages in self._spans:
             pages.release()
         self._spans.clear()
@@ -168,31 +181,76 @@ class Context:
         self.vm_handle = vm_handle
         self.mrs: dict[int, MemoryRegion] = {}
         self.qps: dict[int, QueuePair] = {}
+        self.notifier_seq = 0  # moves with every invalidation the daemon sends
 
 
 class IbDriver:
-    def __init__(self, link: DaemonLink) -> None:
+    def __init__(self, link: DaemonLink, nursery: trio.Nursery) -> None:
         self.link = link
+        self.nursery = nursery  # where acknowledgements go out from
         self.contexts: dict[int, Context] = {}  # by vm_handle
         self.rkeys: dict[int, MemoryRegion] = {}
         self.qps: dict[int, QueuePair] = {}
         self._keys = itertools.count(0x1000)
         self._qp_nums = itertools.count(1)
-        self.stats = {"rdma_bytes": 0, "invalidations": 0}
+        self.stats = {"rdma_bytes": 0, "invalidations": 0, "evictions": 0, "faults": 0}
 
     # --- daemon events: the MMU-notifier side ----------------------------------------------
     def on_daemon_event(self, event: EventMessage) -> None:
+        """Runs as the event arrives, between two work requests (they never await while
+        copying), so no copy is in flight: let the pages go, then acknowledge."""
         if event.event is not Event.AUX_RANGE_INVALIDATED:
             return
         data = event.data
         context = self.contexts.get(data.vm_handle)
         if context is None:
-            return
+            return  # released: the daemon waits for nothing from us there
+        context.notifier_seq += 1
         for mr in context.mrs.values():
-            if mr.valid and mr.overlaps(data.va, data.length):
+            if not mr.valid or not mr.overlaps(data.va, data.length):
+                continue
+            if data.reason == "userptr":
+                if not mr.evicted:
+                    mr.evict()
+                    self.stats["evictions"] += 1
+                    log.info("mr_evicted", lkey=mr.lkey, va=data.va, length=data.length)
+            else:
                 mr.invalidate()
                 self.stats["invalidations"] += 1
                 log.info("mr_invalidated", lkey=mr.lkey, va=data.va, reason=data.reason)
+        self.nursery.start_soon(self._acknowledge, data.vm_handle, data.seqno)
+
+    async def _acknowledge(self, vm_handle: int, seqno: int) -> None:
+        # a registration released meanwhile, or the daemon gone: nobody waits any more
+        with contextlib.suppress(XeError, OSError, DaemonGone):
+            await self.link.call(
+                Op.AUX_VM_INVALIDATE_DONE,
+                m.XedAuxVmInvalidateDone(vm_handle=vm_handle, seqno=seqno),
+            )
+
+    async def _resolve(self, context: Context, addr: int, length: int) -> tuple[Any, list[int]]:
+        try:
+            return await self.link.call(
+                Op.AUX_VM_RESOLVE,
+                m.XedAuxVmResolve(vm_handle=context.vm_handle, va=addr, length=length),
+            )
+        except XeError as exc:
+            raise VerbsError(exc.errno or errno.EIO, exc.detail) from exc
+
+    async def _fault_in(self, mr: MemoryRegion) -> None:
+        """Map an evicted region's pages again, as the daemon resolves them now (it waits
+        out a change in progress). An invalidation that arrives while we wait makes the
+        answer stale: the region stays evicted and the caller tries again."""
+        begun = mr.context.notifier_seq
+        reply, fds = await self._resolve(mr.context, mr.addr, mr.length)
+        try:
+            if mr.valid and mr.evicted and mr.context.notifier_seq == begun:
+                mr.map(reply.spans, fds)
+                self.stats["faults"] += 1
+                log.info("mr_faulted", lkey=mr.lkey, va=mr.addr, length=mr.length)
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     # --- the verbs ----------------------------------------------------------------------------
     async def open_context(self, pid: int, vm_fd: int) -> tuple[Context, m.IbvOpenContextReply]:
@@ -210,17 +268,15 @@ class IbDriver:
     async def reg_mr(self, context: Context, args: m.IbvRegMr) -> m.IbvRegMrReply:
         _refuse_if(args.access & ~IBV_ACCESS_FLAGS, errno.EINVAL, "unknown access flags")
         _refuse_if(not args.length, errno.EINVAL, "length zero")
-        try:
-            spans, fds = await self.link.call(
-                Op.AUX_VM_RESOLVE,
-                m.XedAuxVmResolve(vm_handle=context.vm_handle, va=args.addr, length=args.length),
-            )
-        except XeError as exc:
-            raise VerbsError(exc.errno or errno.EIO, exc.detail) from exc
+        begun = context.notifier_seq
+        reply, fds = await self._resolve(context, args.addr, args.length)
         lkey, rkey = next(self._keys), next(self._keys)
         mr = MemoryRegion(context, args.addr, args.length, args.access, lkey, rkey)
         try:
-            mr.map(spans.spans, fds)
+            if context.notifier_seq == begun:
+                mr.map(reply.spans, fds)
+            else:  # stale before it was mapped: the first work request faults it in
+                mr.evicted = True
         finally:
             for fd in fds:
                 os.close(fd)
@@ -255,22 +311,49 @@ class IbDriver:
         )
         qp.peer, peer.peer = peer, qp
 
-    def post_send(self, context: Context, wr: m.IbvPostSend) -> None:
+    async def post_send(self, context: Context, wr: m.IbvPostSend) -> None:
         qp = context.qps.get(wr.qp_num)
         _refuse_if(qp is None, errno.ENOENT, f"no QP {wr.qp_num}")
         assert qp is not None
         _refuse_if(wr.opcode not in (IBV_WR_RDMA_WRITE, IBV_WR_RDMA_READ), errno.EINVAL, "opcode")
         _refuse_if(qp.peer is None, errno.EINVAL, "the QP is not connected")
-        qp.complete(wr.wr_id, self._transfer(qp, wr), wr.opcode, wr.length)
+        qp.complete(wr.wr_id, await self._transfer(qp, wr), wr.opcode, wr.length)
 
-    def _transfer(self, qp: QueuePair, wr: m.IbvPostSend) -> int:
-        """Do the work request; return its completion status."""
-        assert qp.peer is not None
-        if qp.peer.closed:
-            return IBV_WC_RETRY_EXC_ERR
+    async def _transfer(self, qp: QueuePair, wr: m.IbvPostSend) -> int:
+        """Do the work request; return its completion status. Evicted regions are faulted
+        in first, and everything is checked again after each wait: the copy itself runs
+        with no wait between the last check and its end."""
+        while True:
+            status, local, remote = self._check(qp, wr)
+            if status != IBV_WC_SUCCESS:
+                return status
+            assert local is not None and remote is not None
+            evicted = next((mr for mr in (local, remote) if mr.evicted), None)
+            if evicted is None:
+                break
+            try:
+                await self._fault_in(evicted)
+            except VerbsError as exc:  # freed host memory (EFAULT), or the VM is gone
+                log.info("mr_fault_failed", lkey=evicted.lkey, errno=exc.errno, why=exc.message)
+                return IBV_WC_LOC_PROT_ERR if evicted is local else IBV_WC_REM_ACCESS_ERR
+        writing = wr.opcode == IBV_WR_RDMA_WRITE
+        src, dst = (local, remote) if writing else (remote, local)
+        src_addr, dst_addr = (
+            (wr.local_addr, wr.remote_addr) if writing else (wr.remote_addr, wr.local_addr)
+        )
+        moved = copy_pieces(dst.pieces(dst_addr, wr.length), src.pieces(src_addr, wr.length))
+        self.stats["rdma_bytes"] += moved
+        return IBV_WC_SUCCESS
+
+    def _check(
+        self, qp: QueuePair, wr: m.IbvPostSend
+    ) -> tuple[int, MemoryRegion | None, MemoryRegion | None]:
+        """The work request's status if it cannot be done, else success and its regions."""
+        if qp.peer is None or qp.peer.closed:
+            return IBV_WC_RETRY_EXC_ERR, None, None
         local = qp.context.mrs.get(wr.lkey)
         if local is None or not local.valid or not local.covers(wr.local_addr, wr.length):
-            return IBV_WC_LOC_PROT_ERR
+            return IBV_WC_LOC_PROT_ERR, None, None
         remote = self.rkeys.get(wr.rkey)
         writing = wr.opcode == IBV_WR_RDMA_WRITE
         needed = IBV_ACCESS_REMOTE_WRITE if writing else IBV_ACCESS_REMOTE_READ
@@ -281,16 +364,10 @@ class IbDriver:
             or not remote.access & needed
             or not remote.covers(wr.remote_addr, wr.length)
         ):
-            return IBV_WC_REM_ACCESS_ERR
+            return IBV_WC_REM_ACCESS_ERR, None, None
         if not writing and not local.access & IBV_ACCESS_LOCAL_WRITE:
-            return IBV_WC_LOC_PROT_ERR
-        src, dst = (local, remote) if writing else (remote, local)
-        src_addr, dst_addr = (
-            (wr.local_addr, wr.remote_addr) if writing else (wr.remote_addr, wr.local_addr)
-        )
-        moved = copy_pieces(dst.pieces(dst_addr, wr.length), src.pieces(src_addr, wr.length))
-        self.stats["rdma_bytes"] += moved
-        return IBV_WC_SUCCESS
+            return IBV_WC_LOC_PROT_ERR, None, None
+        return IBV_WC_SUCCESS, local, remote
 
     async def close_context(self, context: Context) -> None:
         for mr in context.mrs.values():
@@ -377,7 +454,7 @@ class IbDriver:
         elif op is Op.IBV_CONNECT_QP:
             self.connect_qp(context, args.qp_num, args.remote_qp_num)
         elif op is Op.IBV_POST_SEND:
-            self.post_send(context, args)
+            await self.post_send(context, args)
         return m.Empty(), context
 
 
@@ -432,7 +509,7 @@ async def serve(
         async with trio.open_nursery() as nursery:
             await nursery.start(link.run)
             await link.hello("aux")
-            driver = IbDriver(link)
+            driver = IbDriver(link, nursery)
             link.on_event = driver.on_daemon_event
             log.info(
                 "ib_ready", socket=str(verbs_path), device=link.identity and link.identity.name

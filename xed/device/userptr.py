@@ -7,6 +7,8 @@ sequence moves, device accesses wait), then END (replaced: the pages are there a
 freed: they are gone for good). Every device-side access follows mmu_interval_read_begin
 / read_retry: note the sequence, check the pages, copy, and if the sequence moved
 meanwhile revalidate and retry; freed pages are never read (EFAULT or a GPU fault).
+Aux drivers that were handed the pages themselves (vm_export.py) are told at START, and
+START waits until they let go.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from .errors import GpuFault, IoctlError, refuse_if
 
 if TYPE_CHECKING:
     from .file import XeFile
+    from .vm_export import AuxRegistration
 
 INVALIDATE_START = 1
 INVALIDATE_END_REPLACED = 2
@@ -61,6 +64,7 @@ class HostArena:
         self._idle = trio.Event()
         self._idle.set()
         self.closed = False  # the file went away; VMs that outlive it fault here
+        self.aux_users: set[AuxRegistration] = set()  # aux drivers holding some of its pages
         self.node = xef.device.vma.add(self, size)
         self.node.allow(xef)
 
@@ -111,8 +115,18 @@ class HostArena:
     async def wait_idle(self) -> None:
         await self._idle.wait()
 
+    async def aux_let_go(self, lo: int, hi: int) -> None:
+        """[lo, hi) is about to change: every aux driver handed some of its pages is told,
+        and this returns once each has let them go (or its registration ended)."""
+        waits = [(r, r.host_changing(self, lo, hi)) for r in list(self.aux_users)]
+        for registration, seqno in waits:
+            if seqno:
+                await registration.wait_acknowledged(seqno)
+
     def close(self) -> None:
         self.closed = True
+        for registration in list(self.aux_users):  # no one is left to wait for them
+            registration.host_changing(self, 0, self.size)
         self.file.device.vma.remove(self.node)
         self._words.release()
         self._view.close()
@@ -151,12 +165,15 @@ def host_memory_register_ioctl(
     return m.XedHostMemoryRegisterReply(offset=xef.host.node.start)
 
 
-def host_memory_invalidate_ioctl(xef: XeFile, args: m.XedHostMemoryInvalidate) -> m.Empty:
+async def host_memory_invalidate_ioctl(
+    xef: XeFile, args: m.XedHostMemoryInvalidate
+) -> m.Empty:
     """HOST_MEMORY_INVALIDATE: the client library's MMU notifier.
 
     Checks: no host memory, the range outside it, or an unknown event: EINVAL.
-    START moves the sequences of the pages and holds device accesses off them; END
-    moves them again and marks them replaced (there, new contents) or freed (gone).
+    START moves the sequences of the pages and holds device accesses off them, then
+    waits until every aux driver handed those pages has let them go; END moves them
+    again and marks them replaced (there, new contents) or freed (gone).
     """
     host = xef.host
     refuse_if(host is None, EINVAL, "no host memory registered")
@@ -173,4 +190,6 @@ def host_memory_invalidate_ioctl(xef: XeFile, args: m.XedHostMemoryInvalidate) -
         f"unknown notifier event {args.event}",
     )
     host.invalidate(offset, args.length, args.event)
+    if args.event == INVALIDATE_START:
+        await host.aux_let_go(offset, offset + args.length)
     return m.Empty()

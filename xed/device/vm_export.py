@@ -9,6 +9,13 @@ registration hold a reference: the VM outlives its creator's file while either e
 A registered aux driver resolves address ranges to the BOs behind them (zero copy:
 their descriptors) and hears of every later bind or unbind that touches a range it
 resolved, as an MMU notifier would tell it: its view of that range is stale.
+
+A userptr range resolves to the host memory's own pages, as an on-demand-paging RDMA
+driver maps user memory: nothing is pinned. Before those pages change, the notifier
+(HOST_MEMORY_INVALIDATE START) tells the aux driver and waits until it acknowledges
+that it let them go (AUX_VM_INVALIDATE_DONE), as mmu_interval_notifier's invalidate
+callback waits for the device; a resolve that meets pages mid-change waits for the
+change to end and revalidates, and one that meets freed pages fails with EFAULT.
 """
 
 from __future__ import annotations
@@ -17,14 +24,19 @@ import os
 from errno import E2BIG, EEXIST, EFAULT, EINVAL, ENOENT, EPERM
 from typing import TYPE_CHECKING
 
+import attrs
+import trio
+
 from protocols import MAX_FDS
 from protocols import messages as m
 from protocols.ops import Event
 
-from .errors import IoctlError, refuse_if
+from .errors import GpuFault, IoctlError, refuse_if
 from .export import ExportedObject, lookup
+from .userptr import HostArena, UserptrBusy
 
 if TYPE_CHECKING:
+    from .bo import XeBo
     from .file import XeFile
     from .vm import XeVm
 
@@ -54,15 +66,45 @@ class XeVmExport(ExportedObject):
         self.vm.put()
 
 
+@attrs.frozen
+class HostMap:
+    """Host memory [lo, hi) the aux driver got from a resolve, seen at GPU address `va`;
+    `since`: the invalidations sent before it was handed out (they do not cover it)."""
+
+    arena: HostArena
+    lo: int
+    hi: int
+    va: int
+    since: int
+
+    @property
+    def va_end(self) -> int:
+        return self.va + self.hi - self.lo
+
+    def overlaps(self, start: int, end: int) -> bool:
+        return self.va < end and start < self.va_end
+
+
 class AuxRegistration:
-    """One aux connection's hold on a VM, and the ranges it watches."""
+    """One aux connection's hold on a VM, the ranges it watches, and the host memory
+    pages it was handed and has not yet acknowledged letting go of."""
 
     def __init__(self, aux: XeFile, vm: XeVm, handle: int) -> None:
         self.aux = aux
         self.vm = vm.get()
         self.handle = handle
         self.watches: list[tuple[int, int]] = []
+        self.host_maps: list[HostMap] = []
+        self.seqno = 0  # invalidations sent
+        self.acked = 0  # invalidations the aux driver has acknowledged
+        self._unacked: dict[int, tuple[int, int]] = {}  # seqno -> its range
+        self._ack = trio.Event()
+        self.released = False
         vm.registrations.add(self)
+
+    def watch(self, start: int, end: int) -> None:
+        if (start, end) not in self.watches:
+            self.watches.append((start, end))
 
     def touched(self, start: int, length: int, reason: str) -> None:
         """A bind or unbind covered [start, start+length): tell the aux driver once, and
@@ -72,14 +114,67 @@ class AuxRegistration:
         if not stale:
             return
         self.watches = [w for w in self.watches if w not in stale]
+        self._invalidate(start, length, reason)
+
+    def host_changing(self, arena: HostArena, lo: int, hi: int) -> int:
+        """Host memory [lo, hi) is about to change: tell the aux driver of every range it
+        holds there. The seqno to wait for, or 0 if it holds none of it."""
+        last = 0
+        for h in self.host_maps:
+            if h.arena is arena and h.lo < hi and lo < h.hi:
+                start, stop = max(lo, h.lo), min(hi, h.hi)
+                last = self._invalidate(h.va + start - h.lo, stop - start, "userptr")
+        return last
+
+    def _invalidate(self, va: int, length: int, reason: str) -> int:
+        self.seqno += 1
+        self._unacked[self.seqno] = (va, va + length)
         self.aux.send_event(
             Event.AUX_RANGE_INVALIDATED,
-            m.AuxRangeInvalidated(vm_handle=self.handle, va=start, length=length, reason=reason),
+            m.AuxRangeInvalidated(
+                vm_handle=self.handle, va=va, length=length, reason=reason, seqno=self.seqno
+            ),
         )
+        return self.seqno
+
+    def acknowledge(self, seqno: int) -> None:
+        """The aux driver let go of every range invalidated up to `seqno`."""
+        for seq in [s for s in self._unacked if s <= seqno]:
+            start, end = self._unacked.pop(seq)
+            self._keep_host_maps(
+                [h for h in self.host_maps if h.since >= seq or not h.overlaps(start, end)]
+            )
+        self.acked = max(self.acked, seqno)
+        self._ack.set()
+        self._ack = trio.Event()
+
+    async def wait_acknowledged(self, seqno: int) -> None:
+        """Until the aux driver acknowledged `seqno`, or its registration ended."""
+        while self.acked < seqno and not self.released:
+            await self._ack.wait()
+
+    def hold_host(self, arena: HostArena, lo: int, hi: int, va: int) -> None:
+        self.host_maps.append(HostMap(arena, lo, hi, va, self.seqno))
+        arena.aux_users.add(self)
+
+    def unwatch(self, start: int, end: int) -> None:
+        """The aux driver no longer cares about what lies inside [start, end)."""
+        self.watches = [(s, e) for s, e in self.watches if not (start <= s and e <= end)]
+        self._keep_host_maps(
+            [h for h in self.host_maps if not (start <= h.va and h.va_end <= end)]
+        )
+
+    def _keep_host_maps(self, kept: list[HostMap]) -> None:
+        for arena in {h.arena for h in self.host_maps} - {h.arena for h in kept}:
+            arena.aux_users.discard(self)
+        self.host_maps = kept
 
     def release(self) -> None:
         self.vm.registrations.discard(self)
         self.watches.clear()
+        self._keep_host_maps([])
+        self.released = True
+        self._ack.set()  # whoever waits for this aux driver waits no more
         self.vm.put()
 
 
@@ -161,58 +256,93 @@ def _registration(xef: XeFile, handle: int) -> AuxRegistration:
     return registration
 
 
-def aux_vm_resolve_ioctl(
+async def aux_vm_resolve_ioctl(
     xef: XeFile, args: m.XedAuxVmResolve
 ) -> tuple[m.XedAuxVmResolveReply, list[int]]:
-    """AUX_VM_RESOLVE: the BOs behind [va, va+length), and a watch on the range.
+    """AUX_VM_RESOLVE: the memory behind [va, va+length), and a watch on the range.
 
     Checks, in order:
     - no such vm_handle: ENOENT
     - length zero or the range beyond the VM: EINVAL
     - any address of the range unbound, or bound NULL: EFAULT
-    - more than MAX_FDS distinct BOs: E2BIG
+    - freed host memory under a userptr range: EFAULT
+    - more than MAX_FDS distinct BOs and host memories: E2BIG
+    Host memory under a userptr range that is being invalidated is waited for (as
+    hmm_range_fault retries), and the whole range is then resolved again.
     """
-    registration = _registration(xef, args.vm_handle)
-    vm = registration.vm
-    refuse_if(
-        not args.length or args.va + args.length > vm.size, EINVAL, "empty or beyond the VM"
-    )
+    while True:
+        registration = _registration(xef, args.vm_handle)  # again: it may end meanwhile
+        vm = registration.vm
+        refuse_if(
+            not args.length or args.va + args.length > vm.size, EINVAL, "empty or beyond the VM"
+        )
+        try:
+            spans, backing = _resolve(vm, args.va, args.va + args.length)
+        except UserptrBusy as busy:
+            xef.device.stats["userptr_retries"] += 1
+            await busy.arena.wait_idle()
+            continue
+        break
+    registration.watch(args.va, args.va + args.length)
+    for span in spans:
+        memory = backing[span.fd_index]
+        if isinstance(memory, HostArena):  # its pages are the aux driver's until it acks
+            registration.hold_host(memory, span.offset, span.offset + span.length, span.va)
+    fds = [os.dup(memory.memfd) for memory in backing]
+    return m.XedAuxVmResolveReply(spans=tuple(spans)), fds
+
+
+def _resolve(vm: XeVm, pos: int, end: int) -> tuple[list[m.XedAuxSpan], list[XeBo | HostArena]]:
+    """The spans of [pos, end) and what backs them; raises before anything is held."""
     spans: list[m.XedAuxSpan] = []
-    bos: list[object] = []
-    pos, end = args.va, args.va + args.length
+    backing: list[XeBo | HostArena] = []
     for vma in vm.vmas():
         if vma.end <= pos or vma.start >= end:
             continue
-        refuse_if(vma.start > pos or vma.bo is None, EFAULT, f"nothing usable at {pos:#x}")
-        assert vma.bo is not None
-        if vma.bo not in bos:
-            bos.append(vma.bo)
+        memory = vma.host or vma.bo
+        refuse_if(vma.start > pos or memory is None, EFAULT, f"nothing usable at {pos:#x}")
+        assert memory is not None
         stop = min(end, vma.end)
+        offset = vma.bo_offset + (pos - vma.start)
+        if vma.host is not None:
+            try:
+                vma.host.check(offset, stop - pos, pos)  # freed: GpuFault; changing: busy
+            except GpuFault as fault:
+                raise IoctlError(EFAULT, f"{fault.reason} at {fault.address:#x}") from None
+        if memory not in backing:
+            backing.append(memory)
         spans.append(
-            m.XedAuxSpan(
-                va=pos,
-                length=stop - pos,
-                fd_index=bos.index(vma.bo),
-                offset=vma.bo_offset + (pos - vma.start),
-            )
+            m.XedAuxSpan(va=pos, length=stop - pos, fd_index=backing.index(memory), offset=offset)
         )
         pos = stop
         if pos >= end:
             break
     refuse_if(pos < end, EFAULT, f"nothing bound at {pos:#x}")
-    refuse_if(len(bos) > MAX_FDS, E2BIG, f"{len(bos)} BOs behind the range")
-    registration.watches.append((args.va, end))
-    fds = [os.dup(bo.memfd) for bo in bos]  # type: ignore[attr-defined]
-    return m.XedAuxVmResolveReply(spans=tuple(spans)), fds
+    refuse_if(len(backing) > MAX_FDS, E2BIG, f"{len(backing)} BOs behind the range")
+    return spans, backing
 
 
 def aux_vm_unwatch_ioctl(xef: XeFile, args: m.XedAuxVmRange) -> m.Empty:
     """AUX_VM_UNWATCH. Checks: no such vm_handle: ENOENT."""
+    _registration(xef, args.vm_handle).unwatch(args.va, args.va + args.length)
+    return m.Empty()
+
+
+def aux_vm_invalidate_done_ioctl(xef: XeFile, args: m.XedAuxVmInvalidateDone) -> m.Empty:
+    """AUX_VM_INVALIDATE_DONE: the aux driver let go of every range invalidated up to
+    seqno (the return of mmu_interval_notifier's invalidate callback).
+
+    Checks, in order:
+    - no such vm_handle: ENOENT
+    - seqno zero, or beyond the last invalidation sent: EINVAL
+    """
     registration = _registration(xef, args.vm_handle)
-    end = args.va + args.length
-    registration.watches = [
-        (s, e) for s, e in registration.watches if not (args.va <= s and e <= end)
-    ]
+    refuse_if(
+        not 0 < args.seqno <= registration.seqno,
+        EINVAL,
+        f"seqno {args.seqno}: {registration.seqno} invalidations were sent",
+    )
+    registration.acknowledge(args.seqno)
     return m.Empty()
 
 
