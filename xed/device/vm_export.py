@@ -84,6 +84,15 @@ class HostMap:
     def overlaps(self, start: int, end: int) -> bool:
         return self.va < end and start < self.va_end
 
+    def outside(self, start: int, end: int) -> list[HostMap]:
+        """What is left of this map once GPU range [start, end) is cut out of it."""
+        left = [(self.va, min(start, self.va_end)), (max(end, self.va), self.va_end)]
+        return [
+            attrs.evolve(self, lo=self.lo + a - self.va, hi=self.lo + b - self.va, va=a)
+            for a, b in left
+            if a < b
+        ]
+
 
 class AuxRegistration:
     """One aux connection's hold on a VM, the ranges it watches, and the host memory
@@ -140,9 +149,13 @@ class AuxRegistration:
     def acknowledge(self, seqno: int) -> None:
         """The aux driver let go of every range invalidated up to `seqno`."""
         for seq in [s for s in self._unacked if s <= seqno]:
-            start, end = self._unacked.pop(seq)
+            start, end = self._unacked.pop(seq)  # only these pages were let go
             self._keep_host_maps(
-                [h for h in self.host_maps if h.since >= seq or not h.overlaps(start, end)]
+                [
+                    part
+                    for h in self.host_maps
+                    for part in ([h] if h.since >= seq else h.outside(start, end))
+                ]
             )
         self.acked = max(self.acked, seqno)
         self._ack.set()
@@ -154,7 +167,19 @@ class AuxRegistration:
             await self._ack.wait()
 
     def hold_host(self, arena: HostArena, lo: int, hi: int, va: int) -> None:
-        self.host_maps.append(HostMap(arena, lo, hi, va, self.seqno))
+        """The aux driver was handed host memory [lo, hi) at `va`. Pages it held there
+        already are held once, from now on: one invalidation each, not one per resolve."""
+        new = HostMap(arena, lo, hi, va, self.seqno)
+        kept = [
+            part
+            for h in self.host_maps
+            for part in (
+                h.outside(new.va, new.va_end)
+                if h.arena is arena and h.va - h.lo == va - lo
+                else [h]
+            )
+        ]
+        self._keep_host_maps([*kept, new])
         arena.aux_users.add(self)
 
     def unwatch(self, start: int, end: int) -> None:
