@@ -228,28 +228,22 @@ def test_acknowledgement_is_cumulative(dev: Device, aux: Device) -> None:
     invalidate(dev, host.base, HOST_SIZE, END_REPLACED)
 
 
-def test_start_returns_when_the_aux_releases_the_vm(dev: Device, aux: Device) -> None:
-    """START waiting for an aux that releases the VM instead of acknowledging returns."""
+@pytest.mark.parametrize("instead", ["release", "close"])
+def test_start_returns_when_the_aux_lets_go_of_the_vm(
+    dev: Device, aux: Device, instead: str
+) -> None:
+    """START waiting for an aux that releases the VM, or closes its connection, instead
+    of acknowledging returns: nobody holds the pages any more."""
     vm, host = userptr_vm(dev)
     handle = export_import(dev, aux, vm).vm_handle
     resolved(aux, handle, BASE, P)
     with background(aux, invalidate, dev, host.base, P, START) as start:
         assert next_invalidation(aux).seqno == 1
         assert start.blocked()
-        aux.aux_vm_release(handle)
-        start.result()
-    invalidate(dev, host.base, P, END_REPLACED)
-
-
-def test_start_returns_when_the_aux_disconnects(dev: Device, aux: Device) -> None:
-    """START waiting for an aux connection that closes instead of acknowledging returns."""
-    vm, host = userptr_vm(dev)
-    handle = export_import(dev, aux, vm).vm_handle
-    resolved(aux, handle, BASE, P)
-    with background(aux, invalidate, dev, host.base, P, START) as start:
-        assert next_invalidation(aux).seqno == 1
-        assert start.blocked()
-        aux.close()
+        if instead == "release":
+            aux.aux_vm_release(handle)
+        else:
+            aux.close()
         start.result()
     invalidate(dev, host.base, P, END_REPLACED)
 
