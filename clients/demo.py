@@ -16,7 +16,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from protocols import errno_name
-from protocols.constants import XE_BAR0_INFO_SIZE, XE_INFO_DEVICE_ID, XE_INFO_TIMESTAMP
+from protocols.constants import (
+    PAGE_SIZE,
+    XE_BAR0_INFO_SIZE,
+    XE_INFO_DEVICE_ID,
+    XE_INFO_TIMESTAMP,
+)
 
 from . import fdpass
 from .batch import Batch
@@ -184,31 +189,50 @@ def worker_henry(dev: Device) -> Iterator[dict[str, Any]]:
     yield {"ioctl": _attempt(dev.version), "mappings_usable": bo_mapping_ok}
 
 
-def _rdma_app(dev: Device, verbs: str, fill: bytes) -> tuple[Any, Any, Any, Any]:
+NOTES_VA = GPU_BASE + (1 << 20)  # ivy's page of host memory, bound as a userptr
+
+
+def _rdma_app(dev: Device, verbs: str, fill: bytes) -> tuple[Any, Any, Any, Any, int]:
     bo = dev.gem_create(1 << 20)
     mapping = dev.mmap_bo(bo)
     mapping[0 : 1 << 20] = fill * (1 << 20)
     vm = dev.vm_create()
     dev.vm_bind(vm, bo, GPU_BASE)
     ib = IbContext.open(verbs, dev.vm_export(vm))
-    return ib, ib.reg_mr(GPU_BASE, 1 << 20), ib.create_qp(), mapping
+    return ib, ib.reg_mr(GPU_BASE, 1 << 20), ib.create_qp(), mapping, vm
 
 
 def worker_ivy(dev: Device, verbs: str) -> Iterator[dict[str, Any]]:
-    """Export her VM to the IB-like driver, register her BO, wait for jack's RDMA."""
-    _ib, mr, qp, mapping = _rdma_app(dev, verbs, b"i")
-    yield {"qp": qp.num, "rkey": mr.rkey}
+    """Export her VM to the IB-like driver, register her BO and a page of her host
+    memory (userptr), wait for jack's RDMA; then rewrite that page under the driver."""
+    ib, mr, qp, mapping, vm = _rdma_app(dev, verbs, b"i")
+    notes = dev.host_memory(PAGE_SIZE)
+    notes[0:16] = b"ivy's notes, v1."
+    dev.vm_bind_userptr(vm, notes, 0, NOTES_VA, PAGE_SIZE)
+    notes_mr = ib.reg_mr(NOTES_VA, PAGE_SIZE)
+    yield {"qp": qp.num, "rkey": mr.rkey, "notes_rkey": notes_mr.rkey}
+    notes.replace(0, b"ivy's notes, v2.")  # returns once the driver let the page go
     yield {"got": bytes(mapping[0x1000:0x1010]).decode()}
 
 
-def worker_jack(dev: Device, verbs: str, qp_num: str, rkey: str) -> dict[str, Any]:
-    """RDMA WRITE from his BO into ivy's, through the aux driver: one memcpy."""
-    _ib, mr, qp, mapping = _rdma_app(dev, verbs, b"j")
+def worker_jack(
+    dev: Device, verbs: str, qp_num: str, rkey: str, notes_rkey: str
+) -> Iterator[dict[str, Any]]:
+    """RDMA WRITE from his BO into ivy's, through the aux driver: one memcpy; RDMA READ
+    of ivy's host memory, before and after she rewrites it."""
+    _ib, mr, qp, mapping, _vm = _rdma_app(dev, verbs, b"j")
     mapping[0:16] = b"jack was here..."
     qp.connect(int(qp_num))
     qp.rdma_write(mr, GPU_BASE + 0x1000, int(rkey), 16)
     (wc,) = qp.poll_cq()
-    return {"status": wc.status, "bytes": wc.byte_len}
+
+    def read_notes() -> str:
+        qp.rdma_read(mr, NOTES_VA, int(notes_rkey), 16, local_addr=GPU_BASE + 0x2000)
+        read = qp.wait_cq()
+        return bytes(mapping[0x2000:0x2010]).decode() if read.status == 0 else str(read.status)
+
+    yield {"status": wc.status, "bytes": wc.byte_len, "notes": read_notes()}
+    yield {"notes": read_notes()}
 
 
 WORKERS: dict[str, Callable[..., Any]] = {
@@ -270,6 +294,13 @@ def _result(proc: subprocess.Popen[str], release: bool = True) -> dict[str, Any]
 
 class DemoFailed(Exception):
     pass
+
+
+def _go(proc: subprocess.Popen[str]) -> None:
+    """Let a worker that yields several results take its next step."""
+    assert proc.stdin is not None
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
 
 
 def _result_release(proc: subprocess.Popen[str]) -> None:
@@ -364,9 +395,7 @@ def _story() -> int:
                 f"the device counted {counted:,} for his file"
             )
             admin.admin_unplug()
-            assert henry_proc.stdin is not None
-            henry_proc.stdin.write("go\n")
-            henry_proc.stdin.flush()
+            _go(henry_proc)
             unplugged = _result(henry_proc)
             admin.admin_replug()
             print("[admin] unplugged the device while henry held his mappings:")
@@ -379,15 +408,22 @@ def _story() -> int:
                 verbs = str(aux.socket_path)
                 ivy_proc = _spawn("ivy", sock, verbs)
                 ivy = _result(ivy_proc, release=False)
-                jack = _result(_spawn("jack", sock, verbs, ivy["qp"], ivy["rkey"]))
-                assert ivy_proc.stdin is not None
-                ivy_proc.stdin.write("go\n")
-                ivy_proc.stdin.flush()
-                ivy_got = _result(ivy_proc)
+                jack_proc = _spawn("jack", sock, verbs, ivy["qp"], ivy["rkey"], ivy["notes_rkey"])
+                jack = _result(jack_proc, release=False)
+                _go(ivy_proc)
+                ivy_got = _result(ivy_proc, release=False)  # she stays for jack's read
+                _go(jack_proc)
+                jack_again = _result(jack_proc)
+                _result_release(ivy_proc)
             print("\n[ivy, jack] exported their VMs to the IB-like aux driver (its own process)")
             print(
                 f"        jack's RDMA WRITE completed with status {jack['status']} "
                 f"({jack['bytes']} bytes); ivy reads {ivy_got['got']!r} in her own BO"
+            )
+            print(
+                f"        jack's RDMA READ of ivy's host memory (userptr, nothing pinned): "
+                f"{jack['notes']!r}\n        ivy rewrote it (her call returned once the "
+                f"driver had let the page go); jack reads again: {jack_again['notes']!r}"
             )
 
             after = admin.admin_status()
@@ -412,6 +448,8 @@ def _story() -> int:
         and unplugged["ioctl"] == "ENODEV"
         and jack["status"] == 0
         and ivy_got["got"] == "jack was here..."
+        and jack["notes"] == "ivy's notes, v1."
+        and jack_again["notes"] == "ivy's notes, v2."
     )
     print("\nall as expected" if ok else "\nSOMETHING WENT WRONG: see above")
     return 0 if ok else 1
