@@ -137,7 +137,8 @@ class AuxRegistration:
 
     def _invalidate(self, va: int, length: int, reason: str) -> int:
         self.seqno += 1
-        self._unacked[self.seqno] = (va, va + length)
+        if self.host_maps:  # an ack matters only to pages held before it was sent
+            self._unacked[self.seqno] = (va, va + length)
         self.aux.send_event(
             Event.AUX_RANGE_INVALIDATED,
             m.AuxRangeInvalidated(
