@@ -322,28 +322,21 @@ def _resolve(vm: XeVm, pos: int, end: int) -> tuple[list[m.XedAuxSpan], list[XeB
     """The spans of [pos, end) and what backs them; raises before anything is held."""
     spans: list[m.XedAuxSpan] = []
     backing: list[XeBo | HostArena] = []
-    for vma in vm.vmas():
-        if vma.end <= pos or vma.start >= end:
-            continue
-        memory = vma.host or vma.bo
-        refuse_if(vma.start > pos or memory is None, EFAULT, f"nothing usable at {pos:#x}")
-        assert memory is not None
-        stop = min(end, vma.end)
-        offset = vma.bo_offset + (pos - vma.start)
-        if vma.host is not None:
-            try:
-                vma.host.check(offset, stop - pos, pos)  # freed: GpuFault; changing: busy
-            except GpuFault as fault:
-                raise IoctlError(EFAULT, f"{fault.reason} at {fault.address:#x}") from None
-        if memory not in backing:
-            backing.append(memory)
-        spans.append(
-            m.XedAuxSpan(va=pos, length=stop - pos, fd_index=backing.index(memory), offset=offset)
-        )
-        pos = stop
-        if pos >= end:
-            break
-    refuse_if(pos < end, EFAULT, f"nothing bound at {pos:#x}")
+    try:
+        for vma, offset, n in vm._spans(pos, end - pos, write=False):
+            memory = vm._memory(vma, offset, n)  # a userptr: freed faults, changing is busy
+            va = vma.start + offset
+            refuse_if(memory is None, EFAULT, f"NULL binding at {va:#x}")
+            assert memory is not None
+            if memory not in backing:
+                backing.append(memory)
+            spans.append(
+                m.XedAuxSpan(
+                    va=va, length=n, fd_index=backing.index(memory), offset=vma.bo_offset + offset
+                )
+            )
+    except GpuFault as fault:  # a hole, or freed host memory
+        raise IoctlError(EFAULT, f"{fault.reason} at {fault.address:#x}") from None
     refuse_if(len(backing) > MAX_FDS, E2BIG, f"{len(backing)} BOs behind the range")
     return spans, backing
 
