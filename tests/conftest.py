@@ -92,6 +92,14 @@ def dev(daemon: DaemonProcess) -> Iterator[Device]:
 
 
 @pytest.fixture
+def aux(daemon: DaemonProcess) -> Iterator[Device]:
+    """An aux-role connection to the shared daemon (an auxiliary driver's)."""
+    device = Device.open(daemon.socket_path, role="aux")
+    yield device
+    device.close()
+
+
+@pytest.fixture
 def admin(daemon: DaemonProcess) -> Iterator[Device]:
     device = Device.open(daemon.socket_path, role="admin")
     yield device

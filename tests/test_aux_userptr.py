@@ -36,14 +36,6 @@ HOST_SIZE = 4 * P
 BLOCKED = 0.2  # seconds a call is given to (wrongly) finish before it counts as blocked
 
 
-@pytest.fixture
-def aux(daemon: DaemonProcess) -> Iterator[Device]:
-    """An aux-role connection to the shared daemon."""
-    device = Device.open(daemon.socket_path, role="aux")
-    yield device
-    device.close()
-
-
 class Background:
     """`fn(*args)` in a thread of its own; its return value or exception kept."""
 

@@ -111,14 +111,6 @@ def read_through_resolve(aux: Device, handle: int, va: int, length: int) -> byte
 
 
 @pytest.fixture
-def aux(daemon: DaemonProcess) -> Iterator[Device]:
-    """An aux-role connection to the shared daemon."""
-    device = Device.open(daemon.socket_path, role="aux")
-    yield device
-    device.close()
-
-
-@pytest.fixture
 def agents() -> Iterator[Callable[[DaemonProcess], Agent]]:
     """Start agent processes connected to a daemon; ended (and checked) after the test."""
     yield from agent_pool()

@@ -56,14 +56,6 @@ SENTINEL = 0x7_0000_0000  # far from both: marks the end of a test's events
 
 
 @pytest.fixture
-def aux(daemon: DaemonProcess) -> Iterator[Device]:
-    """An aux-role connection to the shared daemon."""
-    device = Device.open(daemon.socket_path, role="aux")
-    yield device
-    device.close()
-
-
-@pytest.fixture
 def agents() -> Iterator[Callable[[DaemonProcess], Agent]]:
     """Start agent processes connected to a daemon; ended (and checked) after the test."""
     yield from agent_pool()
