@@ -39,7 +39,10 @@ class SeqpacketTransport:
         return cls(sock)
 
     def send(self, data: bytes, fds: Sequence[int] = ()) -> None:
-        self.sock.sendmsg([data], pack_fds(fds))
+        if fds:
+            self.sock.sendmsg([data], pack_fds(fds))
+        else:  # most requests: send() is the cheaper call
+            self.sock.send(data)
         self.bytes_sent += len(data)
 
     def recv(self) -> tuple[bytes, list[int]]:

@@ -25,16 +25,6 @@ MAX_FDS = 8
 MAX_REQUEST_ID = 0xFFFF_FFFF
 _OPS = {int(op): op for op in Op}
 
-_UNPACK_LIMITS = dict(
-    raw=False,
-    strict_map_key=True,
-    max_str_len=MAX_DATAGRAM,
-    max_bin_len=MAX_DATAGRAM,
-    max_array_len=4096,
-    max_map_len=4096,
-    max_ext_len=0,
-)
-
 
 @attrs.frozen
 class Request:
@@ -155,7 +145,10 @@ def _unpack(data: bytes) -> list[Any]:
     if len(data) > MAX_DATAGRAM:
         raise ProtocolError(EMSGSIZE, f"datagram larger than {MAX_DATAGRAM} bytes")
     try:
-        frame = msgpack.unpackb(data, **_UNPACK_LIMITS)
+        # unpackb's own limits default to len(data), which was just bounded: no string,
+        # array or map can outgrow the datagram. Keys are str only (strict_map_key) and
+        # text is UTF-8 (raw=False), msgpack's defaults; extension types are refused.
+        frame = msgpack.unpackb(data, max_ext_len=0)
     except (ValueError, msgpack.UnpackException, TypeError, RecursionError) as exc:
         raise ProtocolError(EINVAL, f"not a msgpack frame: {exc}") from exc
     if type(frame) is not list or len(frame) != 3:
@@ -172,12 +165,12 @@ def encode_request(request_id: int, op: Op, args: Any) -> bytes:
         raise LocalProtocolError(f"{op.name} takes {spec.request.__name__}")
     if not 0 < request_id <= MAX_REQUEST_ID:
         raise LocalProtocolError("request ids are non-zero u32")
-    return _pack([request_id, int(op), to_wire(args)])
+    return _pack([request_id, op, to_wire(args)])  # an IntEnum packs as its int
 
 
 def peek_request_id(data: bytes) -> int:
     """The id at the head of a (possibly truncated) request frame, or 0."""
-    unpacker = msgpack.Unpacker(max_buffer_size=MAX_DATAGRAM, **_UNPACK_LIMITS)
+    unpacker = msgpack.Unpacker(max_buffer_size=MAX_DATAGRAM, max_ext_len=0)
     unpacker.feed(data[:MAX_DATAGRAM])
     try:
         if unpacker.read_array_header() != 3:

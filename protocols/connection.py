@@ -26,11 +26,20 @@ class State(enum.Enum):
     READY = "ready"
 
 
+def _ops_for(role: Role) -> frozenset[Op]:
+    return frozenset(op for op, spec in SPECS.items() if role in spec.roles and op is not Op.HELLO)
+
+
+# what each role may send once the handshake is done: one set lookup per request
+_OPS_FOR = {role: _ops_for(role) for role in Role}
+
+
 @attrs.define
 class ServerConnection:
     state: State = State.AWAIT_HELLO
     role: Role | None = None
     strikes: int = 0
+    allowed: frozenset[Op] = frozenset()  # ops that pass as they are, in this state
 
     @property
     def exhausted(self) -> bool:
@@ -45,6 +54,8 @@ class ServerConnection:
             self.strikes += 1
             raise
         self.strikes = 0
+        if request.op in self.allowed:
+            return request
         if request.op is Op.HELLO:
             if self.state is not State.AWAIT_HELLO:
                 raise ProtocolError(EPROTO, "HELLO was already sent", request.id)
@@ -71,3 +82,4 @@ class ServerConnection:
             raise RuntimeError("handshake already done")
         self.state = State.READY
         self.role = role
+        self.allowed = _OPS_FOR[role]

@@ -34,17 +34,20 @@ from .device.file import XeFile
 DRIVER_VERSION = (1, 0, 0)
 
 
+# the same for every caller, and records are immutable: built once
+_VERSION = m.DrmVersionReply(
+    version_major=DRIVER_VERSION[0],
+    version_minor=DRIVER_VERSION[1],
+    version_patchlevel=DRIVER_VERSION[2],
+    name="xe",
+    date="0",
+    desc="Intel Xe2 Graphics (emulated by xed)",
+)
+
+
 def drm_version_ioctl(xef: XeFile, args: m.DrmVersion) -> m.DrmVersionReply:
     """DRM_IOCTL_VERSION: never fails."""
-    major, minor, patch = DRIVER_VERSION
-    return m.DrmVersionReply(
-        version_major=major,
-        version_minor=minor,
-        version_patchlevel=patch,
-        name="xe",
-        date="0",
-        desc="Intel Xe2 Graphics (emulated by xed)",
-    )
+    return _VERSION
 
 
 def admin_status_ioctl(xef: XeFile, args: m.XedAdminStatus) -> m.XedAdminStatusReply:

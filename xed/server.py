@@ -63,6 +63,7 @@ _MSG_CTRUNC = int(socket.MSG_CTRUNC)
 _MSG_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
 _PEERCRED = struct.Struct("3i")
 EVENT_QUEUE = 256  # events a slow client may fall behind by before they are dropped
+TURN_EVERY = 8  # requests read without waiting before the reader lets other tasks run
 
 
 # op -> (handler, whether it takes the request's descriptors, whether it must be awaited),
@@ -101,6 +102,7 @@ class Connection:
         self.proto = ServerConnection()
         self.log = structlog.get_logger("xed").bind(client_id=client_id, pid=self.pid)
         self._send_lock = trio.Lock()
+        self._unparked = 0  # requests read in a row without waiting for the socket
         self._events_in, self._events_out = trio.open_memory_channel[bytes](EVENT_QUEUE)
         self.xef = XeFile(
             device, client_id, self.pid, self.uid, self.gid, self.log, self._queue_event
@@ -189,7 +191,15 @@ class Connection:
             await self._crashed(request)
             return
         self.device.ioctl_stats.record(request.op, 0, time.perf_counter() - started)
-        await self._reply(request, result)
+        fds: list[int] = []
+        if type(result) is tuple:
+            result, fds = result
+        try:  # the reply is sent here rather than by a helper: this is every ioctl's path
+            data, ancdata = encode_reply(request.id, request.op, 0, result), pack_fds(fds)
+            if not self._send_now(data, ancdata):
+                await self._send_later(data, ancdata)
+        finally:
+            _close_all(fds)
 
     async def _answer_blocking(self, request: Request, connection: trio.CancelScope) -> None:
         """A blocking op, in a task of its own beside the reader."""
@@ -231,15 +241,6 @@ class Connection:
             or self.gid in allowed.allowed_gids
         )
 
-    async def _reply(self, request: Request, result: Any) -> None:
-        fds: list[int] = []
-        if isinstance(result, tuple):
-            result, fds = result
-        try:
-            await self._send(encode_reply(request.id, request.op, 0, result), fds)
-        finally:
-            _close_all(fds)
-
     async def _refuse(self, request_id: int, err: int, message: str, op: Op | None = None) -> None:
         self.device.stats["refused"] += 1
         self.log.info(
@@ -280,23 +281,37 @@ class Connection:
                 continue
             except OSError as exc:
                 raise _Disconnected(errno_name(exc.errno or 0)) from exc
-            if not parked:
-                # The request was already waiting: take it, but not before the other
-                # tasks (exec queues, event writers, other connections) have had their
-                # turn, or a client that never lets its socket run dry would starve the
-                # device. A request that had to be waited for has let them run already.
-                await trio.lowlevel.cancel_shielded_checkpoint()
+            if parked:
+                self._unparked = 0
+            else:
+                # The request was already waiting: take it, but let the other tasks
+                # (exec queues, event writers, other connections) have their turn every
+                # few such requests, or a client that never lets its socket run dry
+                # would starve the device. A request that had to be waited for has let
+                # them run already. Not on every request: a turn through trio's
+                # scheduler costs about as much as the rest of a trivial ioctl.
+                self._unparked += 1
+                if self._unparked >= TURN_EVERY:
+                    self._unparked = 0
+                    await trio.lowlevel.cancel_shielded_checkpoint()
             return message
 
     async def _send(self, data: bytes, fds: list[int]) -> None:
         ancdata = pack_fds(fds)
+        if not self._send_now(data, ancdata):
+            await self._send_later(data, ancdata)
+
+    def _send_now(self, data: bytes, ancdata: list[tuple[int, int, bytes]]) -> bool:
+        """Send if the socket has room (it nearly always has); False if it has not."""
         try:
             self.sock.sendmsg([data], ancdata)
-            return
+            return True
         except BlockingIOError:
-            pass
+            return False
         except OSError as exc:
             raise _Disconnected(errno_name(exc.errno or 0)) from exc
+
+    async def _send_later(self, data: bytes, ancdata: list[tuple[int, int, bytes]]) -> None:
         async with self._send_lock:  # only one task may wait for room
             while True:
                 await trio.lowlevel.wait_writable(self.sock)
