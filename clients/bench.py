@@ -2,7 +2,9 @@
 
 rtt:  a trivial ioctl (DRM_IOCTL_VERSION) through the daemon vs a raw SOCK_SEQPACKET
       echo between two Python processes, same message size, interleaved in rounds so
-      machine noise hits both alike. Prints medians, p99s and `ratio: X.XX`.
+      machine noise hits both alike. Prints medians, p99s and `ratio: X.XX`; and beside
+      them the msgpack floor: a pair of processes that only pack and unpack the same
+      request and reply, the least the wire format costs whatever the daemon does.
       By default the client and the server (daemon or echo) share one CPU: a wake-up
       across CPUs costs tens of microseconds on a virtual machine and lands at random,
       which would measure the scheduler's placement rather than the software. --spread
@@ -24,6 +26,10 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import msgpack
+
+from protocols import to_wire
 
 from .batch import Batch
 from .daemon import daemon_at
@@ -86,8 +92,15 @@ def bench_rtt(socket_path: Path | None, rounds: int, per_round: int, spread: boo
         contestants.append(
             ("daemon VERSION ioctl", dev.version, _CpuMeter(daemon.pid if daemon else None))
         )
-        for label, in_trio in (("raw seqpacket echo", False), ("  same echo in trio", True)):
-            echo = EchoServer(os.path.join(tmp, f"echo-{in_trio}.sock"), in_trio)
+        reply = msgpack.packb(to_wire(dev.version()))  # what the floor answers with
+        for n, (label, in_trio, floor) in enumerate(
+            (
+                ("raw seqpacket echo", False, None),
+                ("  same echo in trio", True, None),
+                ("  msgpack floor", False, reply),
+            )
+        ):
+            echo = EchoServer(os.path.join(tmp, f"echo-{n}.sock"), in_trio, reply=floor)
             stack.callback(echo.stop)
             pin(echo.pid, cpus)
             client = echo.connect()
@@ -108,12 +121,14 @@ def bench_rtt(socket_path: Path | None, rounds: int, per_round: int, spread: boo
         print(f"{label:24}{_us(med):>12}{_us(p99):>12}{client_cpu:>14}{server_cpu:>14}")
     print(
         "(CPU per round trip, from /proc. The echo in trio reads its socket as the daemon\n"
-        " does: what is left of the gap is the work on each side, decoding, checking,\n"
-        " dispatching and encoding in Python.)"
+        " does. The msgpack floor packs and unpacks the same request and reply and does\n"
+        " nothing else: no check, no dispatch, no record. What is left of the gap above\n"
+        " it is the daemon's and the library's own work in Python.)"
     )
-    ratio = statistics.median(samples["daemon VERSION ioctl"]) / statistics.median(
-        samples["raw seqpacket echo"]
-    )
+    echo_us = statistics.median(samples["raw seqpacket echo"])
+    floor = statistics.median(samples["  msgpack floor"]) / echo_us
+    print(f"floor: {floor:.2f}  (msgpack floor / echo: the wire format alone, before any work)")
+    ratio = statistics.median(samples["daemon VERSION ioctl"]) / echo_us
     print(f"ratio: {ratio:.2f}  (target <= 1.3)")
     return ratio
 

@@ -4,6 +4,11 @@ No codec, no event loop, no work: a blocking recv and a send. `xec bench rtt` ti
 round trip through it beside a daemon ioctl; `xec load barrier` probes it beside the
 daemon under the same load, to show what the machine alone does to a round trip.
 Kept to the bare loop on purpose: anything added here makes the daemon look better.
+
+With a `reply`, it is the msgpack floor instead: the server unpacks each request and
+packs that reply under the request's id, and its client packs each request and unpacks
+the answer. Nothing is checked, dispatched or built: what the wire format alone costs
+in Python, the least any daemon speaking it could add to the echo.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import subprocess
 import sys
 import time
 
+import msgpack
 import trio
 
 from protocols import Op, encode_request
@@ -26,10 +32,20 @@ class EchoServer:
     echo runs in a trio task reading the socket the way the daemon does (straight to the
     non-blocking socket, parking in trio on EAGAIN): the daemon's I/O without its work."""
 
-    def __init__(self, path: str, in_trio: bool = False, own_session: bool = False) -> None:
+    def __init__(
+        self,
+        path: str,
+        in_trio: bool = False,
+        own_session: bool = False,
+        reply: bytes | None = None,
+    ) -> None:
         self.path = path
+        self.floor = reply is not None
+        args = ["--trio"] if in_trio else []
+        if reply is not None:
+            args += ["--reply", reply.hex()]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "clients.echo", path, *(["--trio"] if in_trio else [])],
+            [sys.executable, "-m", "clients.echo", path, *args],
             stdout=subprocess.PIPE,
             text=True,
             start_new_session=own_session,  # as the daemon it stands in for may be
@@ -40,7 +56,7 @@ class EchoServer:
         self.pid = self.process.pid
 
     def connect(self) -> EchoClient:
-        return EchoClient(self.path)
+        return EchoClient(self.path, self.floor)
 
     def stop(self) -> None:
         self.process.terminate()
@@ -53,18 +69,24 @@ class EchoServer:
 
 class EchoClient:
     """A connection to the echo server that sends what a VERSION request is, byte for
-    byte, so the echo and the daemon carry the same datagram."""
+    byte, so the echo and the daemon carry the same datagram. With `floor`, each request
+    is packed and each answer unpacked, as any msgpack client must."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, floor: bool = False) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         self.sock.connect(path)
         sock, payload = self.sock, encode_request(1, Op.VERSION, m.DrmVersion())
+        pack, unpack = msgpack.Packer().pack, msgpack.unpackb
 
         def once() -> None:  # a closure over locals: the cheapest call Python has
             sock.send(payload)
             sock.recv(65536)
 
-        self.once = once
+        def once_packed() -> None:
+            sock.send(pack([1, Op.VERSION, {}]))
+            unpack(sock.recv(65536))
+
+        self.once = once_packed if floor else once
 
     def round_trip(self) -> float:
         """One send and its echo; seconds taken."""
@@ -76,8 +98,9 @@ class EchoClient:
         self.sock.close()
 
 
-def serve(path: str, in_trio: bool = False) -> None:
-    """Echo each connection until it closes, one connection at a time, until killed."""
+def serve(path: str, in_trio: bool = False, reply: bytes | None = None) -> None:
+    """Echo each connection until it closes, one connection at a time, until killed;
+    with `reply` (a packed map), answer each request with it instead."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     listener.bind(path)
     listener.listen(4)
@@ -87,7 +110,9 @@ def serve(path: str, in_trio: bool = False) -> None:
         # A client killed mid-exchange (the load tool's prober on Ctrl-C) resets the
         # connection: that ends it like a close, and the server waits for the next one.
         with conn, contextlib.suppress(ConnectionResetError, BrokenPipeError):
-            if in_trio:
+            if reply is not None:
+                _answer_packed(conn, msgpack.unpackb(reply))
+            elif in_trio:
                 conn.setblocking(False)
                 trio.run(_echo_in_trio, conn)
             else:
@@ -100,6 +125,16 @@ def _echo_blocking(conn: socket.socket) -> None:
         if not data:
             return
         conn.send(data)
+
+
+def _answer_packed(conn: socket.socket, body: object) -> None:
+    pack, unpack = msgpack.Packer().pack, msgpack.unpackb
+    while True:
+        data = conn.recv(65536)
+        if not data:
+            return
+        request_id, _op, _args = unpack(data)
+        conn.send(pack([request_id, 0, body]))
 
 
 async def _echo_in_trio(conn: socket.socket) -> None:
@@ -115,4 +150,6 @@ async def _echo_in_trio(conn: socket.socket) -> None:
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1], in_trio="--trio" in sys.argv[2:])
+    flags = sys.argv[2:]
+    reply = bytes.fromhex(flags[flags.index("--reply") + 1]) if "--reply" in flags else None
+    serve(sys.argv[1], in_trio="--trio" in flags, reply=reply)

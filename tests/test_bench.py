@@ -28,10 +28,12 @@ def xec(*args: str) -> str:
 def test_bench_rtt_reports_both_sides_and_their_cpu() -> None:
     out = xec("bench", "rtt", "--rounds", "2", "--per-round", "100")
     assert "round trips: 200 each, 2 interleaved rounds" in out
-    for label in ("daemon VERSION ioctl", "raw seqpacket echo", "  same echo in trio"):
+    labels = ("daemon VERSION ioctl", "raw seqpacket echo", "  same echo in trio")
+    for label in (*labels, "  msgpack floor"):
         (row,) = [line for line in out.splitlines() if line.startswith(label)]
         # median, p99, client CPU, server CPU: four measured figures per row
         assert len(re.findall(r"\d+\.\d us", row)) == 4, row
+    assert re.search(r"^floor: \d+\.\d\d ", out, re.MULTILINE), out
     assert float(RATIO.search(out).group(1)) > 0  # type: ignore[union-attr]
 
 

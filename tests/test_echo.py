@@ -6,6 +6,7 @@ from __future__ import annotations
 import select
 import socket
 
+import msgpack
 import pytest
 
 from clients.echo import EchoServer
@@ -33,5 +34,26 @@ def test_echo_server_outlives_a_reset_connection(tmp_path, in_trio):
         finally:
             client.close()
         assert server.process.poll() is None
+    finally:
+        server.stop()
+
+
+def test_the_msgpack_floor_answers_each_request_under_its_id(tmp_path):
+    """The floor `xec bench rtt` prints is a real exchange: the reply it was given, under
+    the id of the request it unpacked."""
+    reply = {"name": "xe", "version_major": 1}
+    server = EchoServer(str(tmp_path / "floor.sock"), reply=msgpack.packb(reply))
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with sock:
+            sock.connect(server.path)
+            for request_id in (7, 0xFFFF_FFFF):
+                sock.send(msgpack.packb([request_id, 0, {}]))
+                assert msgpack.unpackb(sock.recv(65536)) == [request_id, 0, reply]
+        client = server.connect()
+        try:
+            assert client.round_trip() > 0  # its own client packs and unpacks
+        finally:
+            client.close()
     finally:
         server.stop()
