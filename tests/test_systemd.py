@@ -66,15 +66,29 @@ def client(sandbox: Sandbox, socket: str = SOCKET) -> Any:
     return json.loads(done.stdout)
 
 
+def journal_entries(sandbox: Sandbox, *matches: str, unit: str = "xed.service") -> list[Any]:
+    """What journald stored for `unit` (optionally only entries with FIELD=value
+    `matches`, selected by journalctl itself), each entry a dict of its fields."""
+    out = sandbox.run("journalctl", "--no-pager", "-u", unit, "-o", "json", *matches).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def _read_back(value: Any) -> Any:
+    """A field as the daemon logged it: it sends non-strings as JSON."""
+    try:
+        return json.loads(value)
+    except (TypeError, ValueError):
+        return value
+
+
 def journal(sandbox: Sandbox, unit: str = "xed.service") -> list[dict[str, Any]]:
-    """The daemon's structured events, as journald stored them for `unit`."""
-    out = sandbox.run("journalctl", "--no-pager", "-u", unit, "-o", "json").stdout
-    events = []
-    for line in out.splitlines():
-        message = json.loads(line).get("MESSAGE")
-        if isinstance(message, str) and message.startswith("{"):
-            events.append(json.loads(message))
-    return events
+    """The daemon's structured events, rebuilt from the native fields of its entries
+    (XED_EVENT=... becomes "event": ...)."""
+    return [
+        {key[4:].lower(): _read_back(value) for key, value in entry.items() if key[:4] == "XED_"}
+        for entry in journal_entries(sandbox, unit=unit)
+        if "XED_EVENT" in entry
+    ]
 
 
 def _events(sandbox: Sandbox, name: str) -> list[dict[str, Any]]:
@@ -170,6 +184,29 @@ def test_client_activates_service_and_journal_has_events(sd: Sandbox) -> None:
     assert [e["pid"] for e in connected] == [seen["pid"]]
     assert _events(sd, "daemon_starting")[0]["activated"] is True
     assert sd.show("xed.service", "StatusText").startswith("clients: ")
+
+
+def test_journal_entries_carry_each_event_field_natively(sd: Sandbox) -> None:
+    """Under systemd the daemon sends native journal entries: journalctl selects events
+    by their fields, and a refused ioctl is an info-priority entry naming its errno."""
+    sd.systemctl("enable", "--now", "xed.socket")
+    seen = client(sd)
+    refuse = "from clients import Device; import sys; d = Device.open(sys.argv[1])\n"
+    refuse += "try: d.gem_close(12345)\nexcept OSError as e: print(e.errno)"
+    done = sd.run(sys.executable, "-c", refuse, SOCKET, env={"PYTHONPATH": str(ROOT)})
+    assert done.stdout.strip() == "22"  # EINVAL, as drm_gem_close answers
+    wait_until(lambda: bool(_events(sd, "client_disconnected")), 10, "client_disconnected")
+    (connected,) = journal_entries(sd, "XED_EVENT=client_connected", f"XED_PID={seen['pid']}")
+    assert connected["SYSLOG_IDENTIFIER"] == "xed"
+    assert connected["PRIORITY"] == "6"
+    assert connected["MESSAGE"].startswith("client_connected ")
+    assert f"pid={seen['pid']}" in connected["MESSAGE"].split()
+    assert "XED_TIMESTAMP" not in connected  # journald stamps entries itself
+    (refused,) = journal_entries(sd, "XED_EVENT=ioctl_refused", "XED_OP=GEM_CLOSE")
+    assert refused["XED_ERRNO"] == "EINVAL"
+    assert refused["XED_CLIENT_ID"].isdigit()
+    # no JSON lines on the stream beside the entries: every event went natively
+    assert not [e for e in journal_entries(sd) if e.get("MESSAGE", "").startswith("{")]
 
 
 def test_socket_file_owner_and_mode(sd: Sandbox) -> None:

@@ -1,9 +1,11 @@
-"""structlog, configured once: JSON lines off a terminal, a readable console on one.
+"""structlog, configured once: a readable console on a terminal, native journal entries
+under systemd, JSON lines anywhere else.
 
 The level can change while the daemon runs (`xed ctl log-level debug`): loggers bound
 per connection long ago must obey it too, so the level is a filter every event passes
-through rather than the bound loggers' class. A journald stream (JOURNAL_STREAM naming
-our stderr) gets JSON lines, which journalctl -o json-pretty shows field by field.
+through rather than the bound loggers' class. When JOURNAL_STREAM names our stderr,
+journald is reading it, and each event goes to journald as an entry whose fields are
+the event's (journal.py) rather than as a JSON line in one MESSAGE.
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ from typing import Any
 
 import structlog
 
+from .journal import JOURNAL_SOCKET, JournalLogger, stderr_is_journal
+
 LEVELS = ("debug", "info", "warning", "error")
 _NUMBERS = logging.getLevelNamesMapping()
 _threshold = _NUMBERS["INFO"]
+_journal: JournalLogger | None = None
 
 
 def set_level(level: str) -> None:
@@ -40,24 +45,58 @@ def _filter_by_level(
     return event
 
 
-def configure(level: str = "info", stream: Any = None) -> None:
+def _traceback_of_exception(
+    _logger: Any, method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """log.exception() records the exception being handled, as logging's does (the
+    generic bound logger would treat it as a plain error)."""
+    if method == "exception":
+        event.setdefault("exc_info", True)
+    return event
+
+
+def _as_fields(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    return event  # the JournalLogger takes the event's fields as they are
+
+
+def configure(level: str = "info", stream: Any = None, journal: str | None = None) -> None:
+    """Log to `stream` (stderr by default), or to journald at the socket `journal`; with
+    neither given, to journald's own socket when stderr is a journal stream."""
+    if journal is None and stream is None and stderr_is_journal():
+        journal = JOURNAL_SOCKET
     stream = stream or sys.stderr
     set_level(level)
-    renderer: Any
-    if stream.isatty():
-        renderer = structlog.dev.ConsoleRenderer()
+    processors: list[Any] = [
+        _filter_by_level,
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        _traceback_of_exception,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    factory: Any
+    global _journal
+    if _journal is not None:  # configured before: its socket is not needed any more
+        _journal.close()
+        _journal = None
+    if journal is not None:
+        journal_logger = _journal = JournalLogger(journal, fallback=stream)
+        processors += [structlog.processors.format_exc_info, _as_fields]
+        factory = lambda *_args: journal_logger  # noqa: E731 - one logger for every name
+    elif stream.isatty():
+        processors.append(structlog.dev.ConsoleRenderer())  # renders tracebacks itself
+        factory = structlog.PrintLoggerFactory(stream)
     else:
-        renderer = structlog.processors.JSONRenderer()
+        processors += [
+            structlog.processors.format_exc_info,  # or a logged exception loses its traceback
+            structlog.processors.JSONRenderer(),
+        ]
+        factory = structlog.PrintLoggerFactory(stream)
     structlog.configure(
-        processors=[
-            _filter_by_level,
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            renderer,
-        ],
+        processors=processors,
         wrapper_class=structlog.BoundLogger,
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=factory,
         cache_logger_on_first_use=False,
     )
 
