@@ -18,4 +18,4 @@ def test_demo_story_finds_everything_as_expected() -> None:
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert demo.stdout.rstrip().endswith("all as expected"), demo.stdout
     # the RDMA READs of ivy's host memory, before and after she rewrote it
-    assert "\"ivy's notes, v1.\"" in demo.stdout and "\"ivy's notes, v2.\"" in demo.stdout
+    assert '"ivy\'s notes, v1."' in demo.stdout and '"ivy\'s notes, v2."' in demo.stdout

@@ -122,9 +122,7 @@ def debug_detach_ioctl(xef: XeFile, args: m.XedDebugDetach) -> m.Empty:
     return m.Empty()
 
 
-async def debug_vm_access_ioctl(
-    xef: XeFile, args: m.XedDebugVmAccess
-) -> m.XedDebugVmAccessReply:
+async def debug_vm_access_ioctl(xef: XeFile, args: m.XedDebugVmAccess) -> m.XedDebugVmAccessReply:
     """DEBUG_VM_ACCESS: read `length` bytes at addr, or write `data` there.
 
     Checks, in order:

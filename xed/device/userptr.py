@@ -165,9 +165,7 @@ def host_memory_register_ioctl(
     return m.XedHostMemoryRegisterReply(offset=xef.host.node.start)
 
 
-async def host_memory_invalidate_ioctl(
-    xef: XeFile, args: m.XedHostMemoryInvalidate
-) -> m.Empty:
+async def host_memory_invalidate_ioctl(xef: XeFile, args: m.XedHostMemoryInvalidate) -> m.Empty:
     """HOST_MEMORY_INVALIDATE: the client library's MMU notifier.
 
     Checks: no host memory, the range outside it, or an unknown event: EINVAL.

@@ -186,9 +186,7 @@ class AuxRegistration:
     def unwatch(self, start: int, end: int) -> None:
         """The aux driver no longer cares about what lies inside [start, end)."""
         self.watches = [(s, e) for s, e in self.watches if not (start <= s and e <= end)]
-        self._keep_host_maps(
-            [h for h in self.host_maps if not (start <= h.va and h.va_end <= end)]
-        )
+        self._keep_host_maps([h for h in self.host_maps if not (start <= h.va and h.va_end <= end)])
 
     def _keep_host_maps(self, kept: list[HostMap]) -> None:
         for arena in {h.arena for h in self.host_maps} - {h.arena for h in kept}:
@@ -252,9 +250,7 @@ def aux_vm_import_ioctl(
         f"pid {args.on_behalf_of_pid} did not export this VM: a VM is shared with a "
         "driver, not with another application",
     )
-    refuse_if(
-        any(r.aux is xef for r in vm.registrations), EEXIST, "registered by this aux already"
-    )
+    refuse_if(any(r.aux is xef for r in vm.registrations), EEXIST, "registered by this aux already")
     handle = xef.aux_ids.alloc()
     xef.aux_vms[handle] = AuxRegistration(xef, vm, handle)
     xef.log.info("aux_vm_imported", vm_handle=handle, on_behalf_of=args.on_behalf_of_pid)
