@@ -24,6 +24,7 @@ MAX_DATAGRAM = 64 * 1024
 MAX_FDS = 8
 MAX_REQUEST_ID = 0xFFFF_FFFF
 _OPS = {int(op): op for op in Op}
+_ITEMS = 4096  # the longest array or map a frame may hold, at any depth
 
 
 @attrs.frozen
@@ -145,10 +146,11 @@ def _unpack(data: bytes) -> list[Any]:
     if len(data) > MAX_DATAGRAM:
         raise ProtocolError(EMSGSIZE, f"datagram larger than {MAX_DATAGRAM} bytes")
     try:
-        # unpackb's own limits default to len(data), which was just bounded: no string,
-        # array or map can outgrow the datagram. Keys are str only (strict_map_key) and
-        # text is UTF-8 (raw=False), msgpack's defaults; extension types are refused.
-        frame = msgpack.unpackb(data, max_ext_len=0)
+        # unpackb's own limits default to len(data), which was just bounded: no string
+        # can outgrow the datagram. Keys are str only (strict_map_key) and text is UTF-8
+        # (raw=False), msgpack's defaults. Passed as literals, not **kwargs: a dict
+        # spread on every frame cost more than the decoding.
+        frame = msgpack.unpackb(data, max_ext_len=0, max_array_len=_ITEMS, max_map_len=_ITEMS)
     except (ValueError, msgpack.UnpackException, TypeError, RecursionError) as exc:
         raise ProtocolError(EINVAL, f"not a msgpack frame: {exc}") from exc
     if type(frame) is not list or len(frame) != 3:
@@ -170,7 +172,9 @@ def encode_request(request_id: int, op: Op, args: Any) -> bytes:
 
 def peek_request_id(data: bytes) -> int:
     """The id at the head of a (possibly truncated) request frame, or 0."""
-    unpacker = msgpack.Unpacker(max_buffer_size=MAX_DATAGRAM, max_ext_len=0)
+    unpacker = msgpack.Unpacker(
+        max_buffer_size=MAX_DATAGRAM, max_ext_len=0, max_array_len=_ITEMS, max_map_len=_ITEMS
+    )
     unpacker.feed(data[:MAX_DATAGRAM])
     try:
         if unpacker.read_array_header() != 3:
