@@ -60,12 +60,11 @@ class ServerConnection:
             if self.state is not State.AWAIT_HELLO:
                 raise ProtocolError(EPROTO, "HELLO was already sent", request.id)
             self._check_hello(request)
-        elif self.state is State.AWAIT_HELLO:
+            return request
+        if self.state is State.AWAIT_HELLO:
             raise ProtocolError(EPROTO, f"{request.op.name} before HELLO", request.id)
-        elif self.role not in SPECS[request.op].roles:
-            role = self.role.value if self.role else "none"
-            raise ProtocolError(EACCES, f"{request.op.name} is not for role {role!r}", request.id)
-        return request
+        role = self.role.value if self.role else "none"  # READY: `allowed` is the role's ops
+        raise ProtocolError(EACCES, f"{request.op.name} is not for role {role!r}", request.id)
 
     def _check_hello(self, request: Request) -> None:
         hello: Hello = request.args
