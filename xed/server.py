@@ -192,10 +192,8 @@ class Connection:
         fds: list[int] = []
         if type(result) is tuple:
             result, fds = result
-        try:  # the reply is sent here rather than by a helper: this is every ioctl's path
-            data, ancdata = encode_reply(request.id, request.op, 0, result), pack_fds(fds)
-            if not self._send_now(data, ancdata):
-                await self._send_later(data, ancdata)
+        try:
+            await self._send(encode_reply(request.id, request.op, 0, result), fds)
         finally:
             _close_all(fds)
 
@@ -292,20 +290,13 @@ class Connection:
 
     async def _send(self, data: bytes, fds: list[int]) -> None:
         ancdata = pack_fds(fds)
-        if not self._send_now(data, ancdata):
-            await self._send_later(data, ancdata)
-
-    def _send_now(self, data: bytes, ancdata: list[tuple[int, int, bytes]]) -> bool:
-        """Send if the socket has room (it nearly always has); False if it has not."""
         try:
             self.sock.sendmsg([data], ancdata)
-            return True
+            return
         except BlockingIOError:
-            return False
+            pass
         except OSError as exc:
             raise _Disconnected(errno_name(exc.errno or 0)) from exc
-
-    async def _send_later(self, data: bytes, ancdata: list[tuple[int, int, bytes]]) -> None:
         async with self._send_lock:  # only one task may wait for room
             while True:
                 await trio.lowlevel.wait_writable(self.sock)
