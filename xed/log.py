@@ -55,12 +55,6 @@ def _traceback_of_exception(
     return event
 
 
-def _as_fields(
-    _logger: Any, _method: str, event: MutableMapping[str, Any]
-) -> MutableMapping[str, Any]:
-    return event  # the JournalLogger takes the event's fields as they are
-
-
 def configure(level: str = "info", stream: Any = None, journal: str | None = None) -> None:
     """Log to `stream` (stderr by default), or to journald at the socket `journal`; with
     neither given, to journald's own socket when stderr is a journal stream."""
@@ -82,7 +76,8 @@ def configure(level: str = "info", stream: Any = None, journal: str | None = Non
         _journal = None
     if journal is not None:
         journal_logger = _journal = JournalLogger(journal, fallback=stream)
-        processors += [structlog.processors.format_exc_info, _as_fields]
+        # no renderer: the event dict itself reaches the logger, as keyword arguments
+        processors.append(structlog.processors.format_exc_info)
         factory = lambda *_args: journal_logger  # noqa: E731 - one logger for every name
     elif stream.isatty():
         processors.append(structlog.dev.ConsoleRenderer())  # renders tracebacks itself
