@@ -777,6 +777,10 @@ class XedAdminStatusReply:
     sync_violations: int = u64("device access while a CPU write window was open (strict)")
     unplugged: int = u32("1 while the device is unplugged")
     barriers: int = u64("PCI barrier page writes counted, all files")
+    task_crashes: int = u64("device tasks (queues, exported objects) ended by a bug of ours")
+    ioctl_crashes: int = u64("ioctls that failed with EIO by a bug of ours")
+    limits_hit: int = u64("requests refused because a client reached one of its limits")
+    log_dropped: int = u64("log events dropped: rate-limited, or the log could not keep up")
 
 
 # --- events ----------------------------------------------------------------------------

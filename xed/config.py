@@ -132,12 +132,35 @@ class AdminConfig:
 
 
 @attrs.frozen(kw_only=True)
+class LimitsConfig:
+    """What one client (one connection: the drm_file) may hold at once, and the headroom
+    the daemon keeps for everyone else. A client that reaches one of its limits gets
+    ENOMEM (EMFILE where the call hands back a descriptor) and nobody else notices. The
+    defaults lie far above what a real driver's user holds."""
+
+    bos: int = attrs.field(default=65536, validator=_positive)  # GEM handles
+    vms: int = attrs.field(default=1024, validator=_positive)
+    exec_queues: int = attrs.field(default=16384, validator=_positive)
+    fence_waits: int = attrs.field(default=1024, validator=_positive)  # at once
+    # dma-bufs and VM exports the client created that are still alive
+    exported: int = attrs.field(default=4096, validator=_positive)
+    # descriptors in replies the client has not read yet; and for all connections of
+    # one uid together (the kernel caps descriptors in flight per sending user)
+    unread_descriptors: int = attrs.field(default=1024, validator=_positive)
+    unread_descriptors_per_uid: int = attrs.field(default=8192, validator=_positive)
+    # daemon-wide: descriptors kept free so that new connections and the admin role are
+    # served while clients sit at the limit
+    descriptor_reserve: int = attrs.field(default=256, validator=_positive)
+
+
+@attrs.frozen(kw_only=True)
 class Config:
     device: DeviceConfig = attrs.field(factory=DeviceConfig)
     dma_buf: DmaBufConfig = attrs.field(factory=DmaBufConfig)
     aux: AuxConfig = attrs.field(factory=AuxConfig)
     admin: AdminConfig = attrs.field(factory=AdminConfig)
     debugger: DebuggerConfig = attrs.field(factory=DebuggerConfig)
+    limits: LimitsConfig = attrs.field(factory=LimitsConfig)
 
 
 def _build(cls: type, table: Any, where: str) -> Any:
@@ -178,4 +201,5 @@ _SECTIONS = {
     "AuxConfig",
     "AdminConfig",
     "DebuggerConfig",
+    "LimitsConfig",
 }

@@ -101,7 +101,17 @@ def _print_status(path: Path, reply: m.XedAdminStatusReply, as_json: bool) -> No
     print(f"daemon pid {reply.pid} at {path}, device {state}")
     for key, value in data["objects"].items():
         print(f"  {key:<16} {value}")
-    for key in ("execs", "bans", "refused", "barriers", "sync_violations"):
+    for key in (
+        "execs",
+        "bans",
+        "refused",
+        "barriers",
+        "sync_violations",
+        "limits_hit",
+        "task_crashes",
+        "ioctl_crashes",
+        "log_dropped",
+    ):
         print(f"  {key:<16} {data[key]}")
 
 

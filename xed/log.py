@@ -21,6 +21,9 @@ from .journal import JOURNAL_SOCKET, JournalLogger, stderr_is_journal
 
 LEVELS = ("debug", "info", "warning", "error")
 _NUMBERS = logging.getLevelNamesMapping()
+# structlog's method names that logging does not know: log.exception() is an error
+# (a crash must show at --log-level error), log.msg() is info
+_NUMBERS.update(EXCEPTION=_NUMBERS["ERROR"], MSG=_NUMBERS["INFO"])
 _threshold = _NUMBERS["INFO"]
 _journal: JournalLogger | None = None
 

@@ -8,6 +8,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import structlog
 import trio
 
 from protocols import messages as m
@@ -26,6 +27,8 @@ from .mmio import Bar0
 from .pages import PageWatcher
 from .vma_manager import VmaOffsetManager
 
+_log = structlog.get_logger("xed")
+
 
 class XeDevice:
     def __init__(self, full_config: Config) -> None:
@@ -35,6 +38,7 @@ class XeDevice:
         self.aux_config = full_config.aux
         self.admin_config = full_config.admin
         self.debugger_config = full_config.debugger
+        self.limits = full_config.limits
         self.debuggers: dict[int, XeFile] = {}  # target pid -> its debugger's file
         self.identity = m.DeviceIdentity(
             name=config.name,
@@ -96,8 +100,8 @@ class XeDevice:
     # --- the device side runs as tasks in the daemon's nursery ------------------------
     def attach(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
-        nursery.start_soon(self.watcher.run)
-        nursery.start_soon(self.bar0.run_timestamp)
+        self.start_soon(self.watcher.run, what="page_watcher")
+        self.start_soon(self.bar0.run_timestamp, what="bar0_timestamp")
 
     # --- unplug (drm_dev_unplug) and the emulator's replug ------------------------------
     def unplug(self) -> None:
@@ -108,10 +112,43 @@ class XeDevice:
         self.unplugged = False
         self.watcher.resume()
 
-    def start_soon(self, fn: Callable[[], Awaitable[Any]]) -> None:
+    def start_soon(
+        self,
+        fn: Callable[[], Awaitable[Any]],
+        *,
+        what: str,
+        on_crash: Callable[[], None] | None = None,
+        log: Any = None,
+    ) -> None:
+        """Start a device task (a queue's worker, an exported object's server...).
+
+        Contained: an unexpected exception in it is a bug of ours, never a reason for
+        every other client to lose the device. It is logged with its traceback at error
+        level (`task_crashed`, with the client's fields when `log` is bound to one),
+        counted (`xed ctl status`: task_crashes), and `on_crash` ends only what the task
+        served: the queue is banned, the object closed. The daemon goes on.
+        """
         if self._nursery is None:
             raise RuntimeError("device not attached to a nursery")
-        self._nursery.start_soon(fn)
+        self._nursery.start_soon(self._contained, fn, what, on_crash, log or _log)
+
+    async def _contained(
+        self,
+        fn: Callable[[], Awaitable[Any]],
+        what: str,
+        on_crash: Callable[[], None] | None,
+        log: Any,
+    ) -> None:
+        try:
+            await fn()
+        except Exception:  # trio.Cancelled is a BaseException: cancellation passes
+            self.stats["task_crashes"] += 1
+            log.exception("task_crashed", task=what)
+            if on_crash is not None:
+                try:
+                    on_crash()
+                except Exception:
+                    log.exception("task_cleanup_crashed", task=what)
 
     def ufence_wake(self) -> None:
         self.ufence_lot.unpark_all()
@@ -142,4 +179,8 @@ class XeDevice:
             sync_violations=self.stats["sync_violations"],
             unplugged=int(self.unplugged),
             barriers=self.stats["barriers"],
+            task_crashes=self.stats["task_crashes"],
+            ioctl_crashes=self.stats["crashed"],
+            limits_hit=self.stats["limits_hit"],
+            log_dropped=self.stats["log_dropped"],
         )

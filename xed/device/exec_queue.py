@@ -41,7 +41,7 @@ class XeExecQueue:
         self._pending = 0
         self._cancel = trio.CancelScope()
         self.device.counts["exec_queue"] += 1
-        self.device.start_soon(self._run)
+        self.device.start_soon(self._run, what="exec_queue", log=xef.log)
 
     @property
     def full(self) -> bool:

@@ -66,7 +66,7 @@ class ExportedObject:
         self.released = False
         device.exported[self.ino] = self
         device.counts[self.kind] += 1
-        device.start_soon(self._serve)
+        device.start_soon(self._serve, what=self.kind)
 
     # --- the daemon's own reference to the handed-out end ---------------------------------
     @property
