@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -32,6 +33,7 @@ class DaemonProcess:
         extra_args: tuple[str, ...] = (),
         ready_timeout: float = 30.0,
         own_session: bool = False,
+        nofile: int | None = None,
     ) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="xed-")
         tmp = Path(self._tmp.name)
@@ -47,6 +49,9 @@ class DaemonProcess:
         # kernel's autogroup, a session is what the scheduler shares CPU time between, so
         # the load tool starts its daemon in a session of its own, as a deployment would.
         self._own_session = own_session
+        # a descriptor limit of its own (soft and hard), so that tests and the chaos
+        # load reach the daemon's limit quickly; None inherits ours
+        self._nofile = nofile
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -67,6 +72,7 @@ class DaemonProcess:
                 stderr=log,
                 env=env,
                 start_new_session=self._own_session,
+                preexec_fn=self._limit_nofile if self._nofile else None,
             )
         try:
             while True:
@@ -81,6 +87,10 @@ class DaemonProcess:
             raise
         finally:
             notify.close()
+
+    def _limit_nofile(self) -> None:
+        assert self._nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self._nofile, self._nofile))
 
     def stop(self, timeout: float = 10.0) -> int:
         """SIGTERM, wait; returns the exit status."""

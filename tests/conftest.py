@@ -29,7 +29,9 @@ def _check_log(daemon: DaemonProcess) -> None:
     assert not bad, "daemon logged an internal error:\n" + "\n".join(bad[:20])
 
 
-def start_daemon(tmp_path: Path, config: str | None = None) -> DaemonProcess:
+def start_daemon(
+    tmp_path: Path, config: str | None = None, nofile: int | None = None
+) -> DaemonProcess:
     config_path = None
     if config is not None:
         config_path = tmp_path / "xed.toml"
@@ -39,6 +41,7 @@ def start_daemon(tmp_path: Path, config: str | None = None) -> DaemonProcess:
         config=config_path,
         log_path=tmp_path / "daemon.log",
         extra_args=("--log-level", "debug"),
+        nofile=nofile,
     ).start()
 
 
@@ -69,10 +72,13 @@ def make_daemon(tmp_path: Path) -> Iterator[Any]:
     """Start daemons with a configuration of the test's choosing."""
     started: list[DaemonProcess] = []
 
-    def make(config: str | None = None, name: str = "d") -> DaemonProcess:
+    def make(
+        config: str | None = None, name: str = "d", nofile: int | None = None
+    ) -> DaemonProcess:
+        """`nofile`: the daemon's descriptor limit (soft = hard), to reach it quickly."""
         where = tmp_path / f"{name}{len(started)}"
         where.mkdir()
-        proc = start_daemon(where, config)
+        proc = start_daemon(where, config, nofile)
         started.append(proc)
         return proc
 
