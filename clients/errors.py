@@ -19,4 +19,7 @@ class XeError(OSError):
 
 
 class DaemonGone(ConnectionError):
-    """The daemon closed the connection or sent something that is not the protocol."""
+    """The daemon (or the aux driver) is gone: it closed the connection, died with our
+    request unread (a reset), could not be written to (a broken pipe), or sent something
+    that is not the protocol. The one error a caller sees for all of these; the
+    connection is useless afterwards. It is a ConnectionError, so an OSError too."""

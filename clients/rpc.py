@@ -2,7 +2,10 @@
 every synchronous client (the DRM-like Device, the verbs-like IbContext).
 
 Replies are matched by id; events that arrive meanwhile are queued; a refusal raises
-XeError with the peer's errno; descriptors that come with a refusal are closed.
+XeError with the peer's errno; descriptors that come with a refusal are closed. However
+the peer goes away (it closed the connection, died with our request unread, left a
+reply half-said, or answers with something that is not the protocol), the caller sees
+one error: DaemonGone.
 """
 
 from __future__ import annotations
@@ -29,7 +32,10 @@ class RpcConnection:
         """Send one request; return its reply record and descriptors (caller closes)."""
         self._next_id = self._next_id % 0xFFFF_FFFF + 1
         request_id = self._next_id
-        self.transport.send(encode_request(request_id, op, args), fds)
+        try:
+            self.transport.send(encode_request(request_id, op, args), fds)
+        except ConnectionError as exc:  # EPIPE, ECONNRESET: nobody is listening any more
+            raise DaemonGone(f"{self._peer} is gone ({exc.strerror})") from exc
         while True:
             message = self._receive({request_id: op})
             if isinstance(message, EventMessage):
@@ -57,7 +63,10 @@ class RpcConnection:
         return message
 
     def _receive(self, pending: dict[int, Op]) -> Any:
-        data, received = self.transport.recv()
+        try:
+            data, received = self.transport.recv()
+        except ConnectionError as exc:  # it died with something of ours unread
+            raise DaemonGone(f"{self._peer} is gone ({exc.strerror})") from exc
         if not data:
             _close(received)
             raise DaemonGone(f"{self._peer} closed the connection")
