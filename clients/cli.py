@@ -64,6 +64,22 @@ def main(argv: list[str] | None = None) -> int:
         "--sweep", type=lambda s: [int(x) for x in s.split(",")], default=[],
         help="run once per writer count, e.g. 1,8,32,64",
     )  # fmt: skip
+    lc = load_sub.add_parser(
+        "chaos",
+        help="hostile and careless clients against a daemon of its own, then its account",
+        description="Fuzzed datagrams, SIGKILL storms of clients doing real work, forged "
+        "dma-bufs, hogs at their limits and unplug/replug, beside a bystander client; "
+        "then daemon restarts, unclean replies, leaked descriptors and objects (all must "
+        "be 0) and the bystander's round trips at rest and during. Exit status 0 if clean.",
+    )
+    lc.add_argument("--seconds", type=float, default=30.0, help="length of the storm (default: 30)")
+    lc.add_argument("--agents", type=int, default=6, help="agents alive at once (default: 6)")
+    lc.add_argument("--seed", type=int, default=None, help="repeat a run (default: random)")
+    lc.add_argument(
+        "--unplug-every", type=float, default=2.0,
+        help="seconds between short unplugs of the device, 0 for none (default: 2)",
+    )  # fmt: skip
+    lc.add_argument("--json", action="store_true", help="the result as one JSON object")
     ib_p = sub.add_parser("ib", help="the IB-like auxiliary driver")
     ib_sub = ib_p.add_subparsers(dest="which", required=True)
     ib_serve = ib_sub.add_parser("serve", help="serve applications' verbs on a socket")
@@ -112,6 +128,14 @@ def _run(args: argparse.Namespace) -> int:
         return scenario.cli(args)
     if args.command == "ib":
         return ib_main(args.socket, args.daemon or default_socket_path(), args.log_level)
+    if args.command == "load" and args.which == "chaos":
+        from . import chaos
+
+        chaos_opts = chaos.ChaosOptions(
+            seconds=args.seconds, agents=args.agents, seed=args.seed,
+            unplug_every=args.unplug_every,
+        )  # fmt: skip
+        return chaos.main(chaos_opts, args.json)
     if args.command == "load":
         opts = load.LoadOptions(
             clients=args.clients,
