@@ -109,12 +109,13 @@ dev.gem_close(h)
 
 
 def others_unharmed(daemon: DaemonProcess, before: tuple[int, Any]) -> None:
-    """The daemon lives, ADMIN_STATUS answers with what it held `before`, and another
-    process maps a BO of its own through GEM_MMAP_OFFSET + MMAP."""
+    """The daemon lives, ADMIN_STATUS, ADMIN_OBJECTS and ADMIN_CLIENTS answer (status with
+    what it held `before`), and another process maps a BO of its own through
+    GEM_MMAP_OFFSET + MMAP."""
     assert daemon.proc is not None and daemon.proc.poll() is None, "the daemon died"
     assert run_client(daemon.socket_path, OTHER_CLIENT, timeout=30) == "other"
     with Device.open(daemon.socket_path, role="admin") as adm:
-        adm.admin_status()
+        adm.ioctl(Op.ADMIN_OBJECTS, m.XedAdminObjects())
         adm.admin_clients()
     assert baseline(daemon) == before
 
