@@ -1,6 +1,8 @@
 """Host memory: ordinary memory of the application that the device can reach (userptr).
 
-It is a memfd the library maps and registers with the daemon once per connection. Use
+It is a memfd the library maps and registers with the daemon once per connection,
+sealed so that it never shrinks under the daemon's mapping (the daemon refuses memory
+that could, see protocols.memfd). Use
 it like a bytearray; bind parts of it into a VM with MAP_USERPTR. Nothing is pinned:
 when the application frees or replaces part of it, `free()` and `replace()` play the MMU
 notifier, telling the daemon before the pages change (so the device waits) and after
@@ -9,6 +11,7 @@ notifier, telling the daemon before the pages change (so the device waits) and a
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 from typing import TYPE_CHECKING
@@ -25,6 +28,8 @@ if TYPE_CHECKING:
 INVALIDATE_START = 1
 INVALIDATE_END_REPLACED = 2
 INVALIDATE_END_FREED = 3
+# never resized, and no seal added later (a write seal would stop the aux driver mapping it)
+_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 
 
 class HostMemory:
@@ -33,9 +38,12 @@ class HostMemory:
             raise ValueError("host memory is a whole number of pages")
         self.dev = dev
         self.size = size
-        fd = os.memfd_create("xed-host-memory", os.MFD_CLOEXEC)
+        fd = os.memfd_create("xed-host-memory", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             os.ftruncate(fd, size)
+            # the daemon and the aux driver map it too: it may never shrink under them
+            # (they would die of SIGBUS), and the daemon refuses it unless it cannot
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
             reply, _ = dev.rpc.call(
                 Op.HOST_MEMORY_REGISTER, m.XedHostMemoryRegister(size=size), [fd]
             )

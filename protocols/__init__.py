@@ -1,7 +1,8 @@
 """The xed wire protocol: message records, the sans-I/O codec, constants and errnos.
 
-No I/O happens in this package; the daemon (`xed`) and the clients (`clients`) each
-bring their own sockets and share everything else from here.
+No I/O happens in this package (memfd.py asks the kernel about a descriptor, but reads
+none of it); the daemon (`xed`) and the clients (`clients`) each bring their own
+sockets and share everything else from here.
 """
 
 from . import constants, messages

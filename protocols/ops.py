@@ -180,6 +180,7 @@ def _verbs() -> tuple[OpSpec, ...]:
                 _NO_CONTEXT,
                 (EINVAL, "unknown access flags, or length zero"),
                 (EFAULT, "some address of the range is not bound to a BO"),
+                (EFAULT, "memory the driver cannot map safely, or read-only with write access"),
                 (E2BIG, "more than 8 BOs behind the range"),
             ),
         ),
@@ -550,8 +551,10 @@ SPECS: dict[Op, OpSpec] = {
                 "MAP_USERPTR binds may map and the device may reach."
             ),
             errors=(
-                (EINVAL, "size zero or not page aligned, or not the memfd's size"),
-                (EINVAL, "the descriptor is not a memfd (or cannot be mapped shared)"),
+                (EINVAL, "size zero, not page aligned, beyond the device, or not the memfd's"),
+                (EINVAL, "not a memfd on shmem (a pipe, a file on disk, a hugetlbfs memfd)"),
+                (EINVAL, "a memfd not sealed F_SEAL_SHRINK: it could shrink under the device"),
+                (EINVAL, "a read-only descriptor, or a memfd sealed against writes"),
                 (EBUSY, "this connection registered its host memory already"),
             ),
         ),
@@ -638,6 +641,12 @@ SPECS: dict[Op, OpSpec] = {
                 (EBADF, "a closed descriptor: sendmsg(2) refuses it in the caller"),
                 (EINVAL, "the descriptor is not a dma-buf (a memfd, a pipe, a VM fd, ...)"),
                 (EINVAL, "another daemon's descriptor that does not answer as a dma-buf"),
+                (
+                    EINVAL,
+                    "a foreign answer with untrusted memory: not a memfd on shmem, not "
+                    "sealed F_SEAL_SHRINK, smaller than the size claimed; a size zero, "
+                    "unaligned or beyond the device",
+                ),
             ),
         ),
         OpSpec(
@@ -652,7 +661,7 @@ SPECS: dict[Op, OpSpec] = {
                 "works for any holder of the descriptor, handle or not."
             ),
             errors=(
-                (EINVAL, "the descriptor is not a dma-buf"),
+                (EINVAL, "the descriptor is not a dma-buf (or answers with untrusted memory)"),
                 (EINVAL, "length zero or offset not page aligned"),
                 (EINVAL, "flags not exactly one of MAP_SHARED / MAP_PRIVATE, unknown prot"),
                 (EINVAL, "offset + length beyond the buffer"),
@@ -668,7 +677,7 @@ SPECS: dict[Op, OpSpec] = {
             blocking=True,
             doc="Begin (START) or end (END) CPU access to the attached dma-buf.",
             errors=(
-                (EINVAL, "the descriptor is not a dma-buf"),
+                (EINVAL, "the descriptor is not a dma-buf (or answers with untrusted memory)"),
                 (EINVAL, "flags outside DMA_BUF_SYNC_VALID_FLAGS_MASK"),
                 (EINVAL, "neither READ nor WRITE"),
             ),
@@ -681,7 +690,7 @@ SPECS: dict[Op, OpSpec] = {
             blocking=True,
             doc="lseek(2) on the attached dma-buf: (0, SEEK_END) tells its size.",
             errors=(
-                (EINVAL, "the descriptor is not a dma-buf"),
+                (EINVAL, "the descriptor is not a dma-buf (or answers with untrusted memory)"),
                 (EINVAL, "anything but offset 0 with SEEK_SET or SEEK_END"),
             ),
         ),

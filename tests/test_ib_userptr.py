@@ -9,6 +9,7 @@ still maps host memory is read from its /proc/<pid>/maps.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import signal
@@ -40,16 +41,18 @@ from test_ib import (
     stop_aux,
     wait_for_log,
 )
+from test_userptr import host_memfd, memfd, userptr_op
 
 from clients import Device
 from clients.daemon import AuxDriverProcess, DaemonProcess
 from clients.host_memory import HostMemory
-from clients.ib import IbContext, MemoryRegion, QueuePair
+from clients.ib import ALL_ACCESS, IbContext, MemoryRegion, QueuePair, driver
 from clients.rpc import RpcConnection
 from clients.transport import SeqpacketTransport
 from protocols import Op
 from protocols import messages as m
 from protocols.constants import (
+    IBV_ACCESS_REMOTE_READ,
     IBV_WC_LOC_PROT_ERR,
     IBV_WC_REM_ACCESS_ERR,
     IBV_WC_SUCCESS,
@@ -57,6 +60,7 @@ from protocols.constants import (
     IBV_WR_RDMA_WRITE,
     PAGE_SIZE,
 )
+from protocols.memfd import F_SEAL_FUTURE_WRITE
 
 # test_ib's fixtures, for this module's tests too (an aux driver of this module's own)
 agents, apps, aux_driver, verbs = test_ib.agents, test_ib.apps, test_ib.aux_driver, test_ib.verbs
@@ -455,3 +459,117 @@ def test_closed_applications_leave_nothing_behind(fresh_daemon: DaemonProcess) -
     finally:
         probe.close()
         stop_aux(aux)
+
+
+# --- memory the aux driver must not die of ----------------------------------------------------
+
+
+def test_region_over_host_memory_survives_a_truncate_attempt(
+    apps: Callable[..., App], aux_driver: AuxDriverProcess
+) -> None:
+    """A tries to truncate the host memory under its region, which the aux driver maps:
+    ftruncate(0) is EPERM (the library seals it), the aux driver lives, and B's READ and
+    WRITE of A's region still move the bytes."""
+    fill = pattern(SIZE, 40)
+    _a, b, host, mr_a, mr_b, _qp_a, qp_b = host_pair(apps, aux_driver.socket_path, fill)
+    assert aux_maps(aux_driver, host) > 0
+    with pytest.raises(PermissionError):
+        os.ftruncate(host_memfd(host), 0)
+    assert status_of(qp_b, IBV_WR_RDMA_READ, mr_b, BASE, mr_a.rkey, SIZE) == IBV_WC_SUCCESS
+    assert b.read(BASE, SIZE) == fill
+    new = pattern(SIZE, 41)
+    b.write(BASE, new)
+    assert status_of(qp_b, IBV_WR_RDMA_WRITE, mr_b, BASE, mr_a.rkey, SIZE) == IBV_WC_SUCCESS
+    assert host[0:SIZE] == new
+    assert aux_driver.proc is not None and aux_driver.proc.poll() is None
+
+
+def test_region_with_write_access_over_write_sealed_host_memory_is_efault(
+    apps: Callable[..., App], aux_driver: AuxDriverProcess
+) -> None:
+    """A registers host memory of its own making and seals it F_SEAL_FUTURE_WRITE after: a
+    region over it with write access is EFAULT (the aux driver cannot map it writable),
+    one for remote reads maps it read-only and B reads it; A and the aux driver live."""
+    fill = pattern(SIZE, 42)
+    a, b = apps(sizes=()), apps()
+    fd = memfd(SIZE)
+    try:
+        os.pwrite(fd, fill, 0)
+        reply = a.dev.ioctl(Op.HOST_MEMORY_REGISTER, m.XedHostMemoryRegister(size=SIZE), [fd])
+        a.dev.vm_bind_ops(a.vm, [userptr_op(reply.offset, BASE, SIZE)])
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, F_SEAL_FUTURE_WRITE)
+    finally:
+        os.close(fd)
+    ib_a, ib_b = ib_of(a, aux_driver.socket_path), ib_of(b, aux_driver.socket_path)
+    assert errno_of(ib_a.reg_mr, BASE, SIZE) == errno.EFAULT
+    mr_a = ib_a.reg_mr(BASE, SIZE, access=IBV_ACCESS_REMOTE_READ)
+    mr_b = ib_b.reg_mr(BASE, SIZE)
+    _qp_a, qp_b = connect(ib_a, ib_b)
+    assert status_of(qp_b, IBV_WR_RDMA_READ, mr_b, BASE, mr_a.rkey, SIZE) == IBV_WC_SUCCESS
+    assert b.read(BASE, SIZE) == fill
+    assert status_of(qp_b, IBV_WR_RDMA_WRITE, mr_b, BASE, mr_a.rkey, SIZE) == (
+        IBV_WC_REM_ACCESS_ERR
+    )
+    assert aux_driver.proc is not None and aux_driver.proc.poll() is None
+
+
+def _span_beyond(_: Path) -> tuple[int, m.XedAuxSpan]:
+    return memfd(PAGE_SIZE), m.XedAuxSpan(va=BASE, length=2 * PAGE_SIZE, fd_index=0, offset=0)
+
+
+def _span_of_no_memory(_: Path) -> tuple[int, m.XedAuxSpan]:
+    return memfd(SIZE), m.XedAuxSpan(va=BASE, length=SIZE, fd_index=1, offset=0)
+
+
+def _whole(fd: int) -> tuple[int, m.XedAuxSpan]:
+    return fd, m.XedAuxSpan(va=BASE, length=PAGE_SIZE, fd_index=0, offset=0)
+
+
+def _file_on_disk(tmp_path: Path) -> tuple[int, m.XedAuxSpan]:
+    path = tmp_path / "memory"
+    path.write_bytes(bytes(PAGE_SIZE))
+    return _whole(os.open(path, os.O_RDWR | os.O_CLOEXEC))
+
+
+def _pipe(_: Path) -> tuple[int, m.XedAuxSpan]:
+    read_end, write_end = os.pipe()
+    os.close(write_end)
+    return _whole(read_end)
+
+
+def _hugetlb(_: Path) -> tuple[int, m.XedAuxSpan]:
+    flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING | os.MFD_HUGETLB
+    try:
+        fd = os.memfd_create("hugetlb", flags)
+    except OSError as exc:
+        pytest.skip(f"this machine cannot create a hugetlb memfd: {exc.strerror}")
+    os.ftruncate(fd, 2 << 20)
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
+    return _whole(fd)
+
+
+UNSAFE = {
+    "memfd-not-sealed-against-shrinking": lambda _: _whole(memfd(PAGE_SIZE, seals=0)),
+    "span-beyond-the-memory": _span_beyond,
+    "span-of-no-descriptor": _span_of_no_memory,
+    "file-on-disk": _file_on_disk,
+    "pipe": _pipe,
+    "hugetlb-memfd": _hugetlb,
+}
+
+
+@pytest.mark.parametrize("kind", sorted(UNSAFE))
+def test_region_refuses_memory_it_cannot_map_safely(tmp_path: Path, kind: str) -> None:
+    """The aux driver judges what it is handed before mapping it, as the daemon judges
+    what clients send: memory that could fault it, or spans beyond it, fail the region
+    with EFAULT (reg_mr's errno; a fault-in completes with an error) and nothing is
+    mapped. (The daemon never hands out such memory: this is the driver's own guard.)"""
+    fd, span = UNSAFE[kind](tmp_path)
+    region = driver.MemoryRegion(None, BASE, SIZE, ALL_ACCESS, 1, 2)  # type: ignore[arg-type]
+    try:
+        with pytest.raises(driver.VerbsError) as refused:
+            region.map((span,), [fd])
+        assert refused.value.errno == errno.EFAULT
+        assert region.pieces(BASE, SIZE) == []
+    finally:
+        os.close(fd)

@@ -31,6 +31,7 @@ from protocols.constants import (
     DRM_XE_VM_BIND_OP_MAP_USERPTR,
     PAGE_SIZE,
 )
+from xed.config import DeviceConfig
 
 WAIT = 5_000_000_000  # ns: an upper bound, never an expectation
 STALLED = 50_000_000  # ns: long enough for the queue to reach the stalled instruction
@@ -40,6 +41,7 @@ DATA_VA = 0x2_0000_0000  # a BO the batches copy into
 DATA_SIZE = 4 * PAGE_SIZE
 USERPTR_VA = 0x3_0000_0000  # host memory bound here
 HOST_SIZE = 4 * PAGE_SIZE
+HUGE_PAGE = 2 << 20
 MARK = 0xEE
 
 START, END_REPLACED, END_FREED = 1, 2, 3
@@ -72,9 +74,11 @@ def userptr_op(obj_offset: int, addr: int, range: int, obj: int = 0, flags: int 
     )  # fmt: skip
 
 
-def memfd(size: int) -> int:
-    fd = os.memfd_create("test-host-memory", os.MFD_CLOEXEC)
+def memfd(size: int, seals: int = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW) -> int:
+    """A memfd of `size` bytes with `seals` (as the library seals host memory)."""
+    fd = os.memfd_create("test-host-memory", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     os.ftruncate(fd, size)
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
     return fd
 
 
@@ -252,6 +256,111 @@ def test_host_memory_register_size_not_the_memfds_is_einval(dev: Device, size: i
         assert errno_of(register, dev, fd, size) == EINVAL
     finally:
         os.close(fd)
+
+
+def _unsealable(size: int) -> int:
+    fd = os.memfd_create("test-host-memory", os.MFD_CLOEXEC)  # seals: F_SEAL_SEAL alone
+    os.ftruncate(fd, size)
+    return fd
+
+
+SHRINKABLE = {
+    "memfd-without-sealing": _unsealable,
+    "no-seal": lambda size: memfd(size, seals=0),
+    "F_SEAL_GROW-only": lambda size: memfd(size, seals=fcntl.F_SEAL_GROW),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SHRINKABLE))
+def test_host_memory_register_memfd_that_can_shrink_is_einval(
+    fresh_daemon: DaemonProcess, kind: str
+) -> None:
+    """HOST_MEMORY_REGISTER of a memfd not sealed F_SEAL_SHRINK (the client could truncate
+    it under the daemon's mapping, which would die of SIGBUS) is EINVAL; nothing is kept."""
+    d = fresh_daemon
+    fd = SHRINKABLE[kind](HOST_SIZE)
+    try:
+        with Device.open(d.socket_path) as dev:
+            before = baseline(d)
+            assert errno_of(register, dev, fd, HOST_SIZE) == EINVAL
+            os.ftruncate(fd, 0)  # what it kept the right to do
+            assert dev.version() is not None
+            assert baseline(d) == before
+    finally:
+        os.close(fd)
+
+
+def test_host_memory_register_hugetlb_memfd_is_einval(dev: Device) -> None:
+    """HOST_MEMORY_REGISTER of a hugetlb memfd, even sealed, is EINVAL: its pages can run
+    out under a mapping (SIGBUS)."""
+    flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING | os.MFD_HUGETLB
+    try:
+        fd = os.memfd_create("test-host-memory", flags)
+    except OSError as exc:
+        pytest.skip(f"this machine cannot create a hugetlb memfd: {exc.strerror}")
+    try:
+        os.ftruncate(fd, HUGE_PAGE)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
+        assert errno_of(register, dev, fd, HUGE_PAGE) == EINVAL
+    finally:
+        os.close(fd)
+
+
+def test_host_memory_register_beyond_the_device_is_einval(fresh_daemon: DaemonProcess) -> None:
+    """HOST_MEMORY_REGISTER of more than the device could ever hold (a sparse memfd) is
+    EINVAL: the daemon never maps that much for one client."""
+    d = fresh_daemon
+    size = DeviceConfig().vram_size + DeviceConfig().system_memory + PAGE_SIZE
+    fd = memfd(size)
+    try:
+        with Device.open(d.socket_path) as dev:
+            before = baseline(d)
+            assert errno_of(register, dev, fd, size) == EINVAL
+            assert baseline(d) == before
+    finally:
+        os.close(fd)
+
+
+def host_memfd(hm: HostMemory) -> int:
+    """The descriptor of `hm`'s memfd this process still holds (its mmap object's own
+    copy): what a client has in hand to resize its host memory."""
+    maps = Path("/proc/self/maps").read_text().splitlines()
+    (line,) = [ln for ln in maps if ln.startswith(f"{hm.mapping.address:x}-")]
+    inode = int(line.split()[4])
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.fstat(int(name)).st_ino == inode:
+                return int(name)
+        except OSError:
+            continue  # the directory's own descriptor, gone by now
+    raise AssertionError("no descriptor of the host memory in this process")
+
+
+def test_host_memory_cannot_shrink_under_the_device(fresh_daemon: DaemonProcess) -> None:
+    """The library's host memory is sealed: its ftruncate(0) is EPERM, and then a fence wait
+    in it, a batch through a userptr binding of it and a VM_BIND user fence in it work."""
+    d = fresh_daemon
+    with Device.open(d.socket_path) as dev:
+        r = Rig(dev)
+        try:
+            r.hm[0:16] = b"host memory here"
+            fd = host_memfd(r.hm)
+            with pytest.raises(PermissionError):
+                os.ftruncate(fd, 0)
+            assert os.fstat(fd).st_size == HOST_SIZE
+            r.hm.mapping.write_u64(0x300, 5)
+            dev.wait_user_fence(r.hm.mapping.user_address(0x300), 5, timeout=0)
+            r.run(Batch().mem_copy(DATA_VA, USERPTR_VA, 16).end())
+            assert r.data[0:16] == b"host memory here"
+            dev.exec(r.queue, r.place(Batch().end()), syncs=[user_fence(USERPTR_VA + 0x100, 77)])
+            dev.wait_user_fence(r.hm.mapping.user_address(0x100), 77, timeout=WAIT)
+            fence = user_fence(r.hm.mapping.user_address(0x200), 0xFE)
+            dev.vm_bind(r.vm, r.data_bo, 0x6_0000_0000, syncs=[fence])
+            dev.wait_user_fence(r.hm.mapping.user_address(0x200), 0xFE, timeout=WAIT)
+            assert not r.ban_events()
+        finally:
+            r.close()
+    assert d.proc is not None and d.proc.poll() is None, "the daemon died"
 
 
 def test_mmap_of_host_memory_offset_is_einval(dev: Device, hm: HostMemory) -> None:

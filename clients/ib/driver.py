@@ -59,7 +59,9 @@ from protocols.constants import (
     IBV_WC_SUCCESS,
     IBV_WR_RDMA_READ,
     IBV_WR_RDMA_WRITE,
+    PAGE_SIZE,
 )
+from protocols.memfd import UnsafeMemory, check_memfd
 
 from ..errors import DaemonGone, XeError
 from .cq import CQ_ENTRIES, CompletionRing
@@ -101,7 +103,8 @@ class MemoryRegion:
         self._spans: list[tuple[int, int, memoryview]] = []  # (va, length, pages)
 
     def map(self, spans: tuple[m.XedAuxSpan, ...], fds: list[int]) -> None:
-        maps = [mmap.mmap(fd, os.fstat(fd).st_size, mmap.MAP_SHARED) for fd in fds]
+        """Map the spans' pages; EFAULT (nothing mapped) for memory not safe to map."""
+        maps = _map_safely(spans, fds, self.access)
         self._maps = maps
         self.evicted = False
         for span in spans:
@@ -141,6 +144,38 @@ class MemoryRegion:
         for mapping in self._maps:
             mapping.close()
         self._maps.clear()
+
+
+def _map_safely(spans: tuple[m.XedAuxSpan, ...], fds: list[int], access: int) -> list[mmap.mmap]:
+    """Map each descriptor as far as the spans reach into it, after judging it as the
+    daemon judges what clients send (protocols.memfd): memory someone could shrink under
+    us, hugetlbfs, or a span beyond the memory would end this process with SIGBUS, so
+    they fail the region (EFAULT, as ib_umem_get fails on pages it cannot get). A
+    read-only descriptor maps read-only, for a region that never receives bytes."""
+    ends = [0] * len(fds)
+    for span in spans:
+        _refuse_if(span.fd_index >= len(fds), errno.EFAULT, "a span without its memory")
+        ends[span.fd_index] = max(ends[span.fd_index], span.offset + span.length)
+    writes = access & (IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE)
+    maps: list[mmap.mmap] = []
+    try:
+        for fd, end in zip(fds, ends, strict=True):
+            size = -(-end // PAGE_SIZE) * PAGE_SIZE
+            try:
+                writable = check_memfd(fd, size)
+            except UnsafeMemory as exc:
+                raise VerbsError(errno.EFAULT, f"memory not safe to map: {exc}") from None
+            _refuse_if(writes and not writable, errno.EFAULT, "read-only memory, write access")
+            prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+            try:
+                maps.append(mmap.mmap(fd, size, mmap.MAP_SHARED, prot))
+            except OSError as exc:
+                raise VerbsError(errno.EFAULT, f"cannot map it: {exc.strerror}") from None
+    except VerbsError:
+        for mapping in maps:
+            mapping.close()
+        raise
+    return maps
 
 
 def copy_pieces(dst: list[memoryview], src: list[memoryview]) -> int:

@@ -22,7 +22,7 @@ from ..config import Config, DeviceConfig
 from ..stats import IoctlStats
 from .export import ExportedObject
 from .file import XeFile
-from .memory import MemRegion
+from .memory import MemRegion, reported_bytes
 from .mmio import Bar0
 from .pages import PageWatcher
 from .vma_manager import VmaOffsetManager
@@ -163,7 +163,7 @@ class XeDevice:
             vms=self.counts["vm"],
             exec_queues=self.counts["exec_queue"],
             mmap_offsets=len(self.vma),
-            bo_bytes=self.counts["bo_bytes"],
+            bo_bytes=reported_bytes(self.counts["bo_bytes"]),
             dma_bufs=self.counts["dma_buf"],
             vm_exports=self.counts["vm_export"],
             aux_registrations=sum(len(f.aux_vms) for f in self.files),

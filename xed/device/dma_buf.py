@@ -40,7 +40,7 @@ from protocols.ops import Op
 from .bo import XeBo
 from .errors import IoctlError, refuse_if
 from .export import ExportedObject, lookup, peer_call
-from .memory import reopen_read_only
+from .memory import client_memory, reopen_read_only
 
 if TYPE_CHECKING:
     from .file import XeFile
@@ -114,12 +114,25 @@ def xe_dma_buf_of(xef: XeFile, fd: int) -> DmaBuf | None:
 
 async def _describe(xef: XeFile, fd: int) -> tuple[int, bool, int]:
     """(size, writable, memory) of any dma-buf, ours or asked of its daemon; the memory
-    is a descriptor the caller owns, read-only unless the dma-buf is writable."""
+    is a descriptor the caller owns, read-only unless the dma-buf is writable.
+
+    Whoever holds the other end of a foreign descriptor answers for it, and may be any
+    client forging an answer: its memory is judged as a client's (memory.client_memory:
+    a memfd on shmem that cannot shrink, holding the size claimed, a size within bounds)
+    and is writable only if the descriptor itself allows it. Refused: EINVAL, "not a
+    dma-buf", as the kernel answers for a file that is not one.
+    """
     own = xe_dma_buf_of(xef, fd)
     if own is not None:
         return own.size, own.writable, own.memory_fd()
     info, fds = await peer_call(fd, Op.DMA_BUF_ATTACH, m.DmaBufAttach())
-    return info.size, bool(info.writable), fds[0]
+    (memfd,) = fds  # the codec let through exactly the one DMA_BUF_ATTACH answers with
+    try:
+        writable = client_memory(memfd, info.size, xef.device.regions.values())
+    except IoctlError as exc:
+        os.close(memfd)
+        raise IoctlError(EINVAL, f"not a dma-buf: {exc.message}") from None
+    return info.size, writable and bool(info.writable), memfd
 
 
 def drm_prime_handle_to_fd_ioctl(
@@ -158,6 +171,9 @@ async def drm_prime_fd_to_handle_ioctl(
     - one of our exported objects that is not a dma-buf (an exported VM): EINVAL
     - not ours: asked of its daemon over the descriptor; anything that does not answer
       as a dma-buf (a memfd, a pipe, a socket, a refusal): EINVAL
+    - an answer whose memory cannot be trusted (_describe: not a memfd on shmem, not
+      sealed against shrinking, smaller than the size claimed; a size zero, unaligned
+      or beyond what this device could hold): EINVAL
     A dma-buf of this device gives the object itself: the handle this file already has
     for it (the exporting file gets its own handle back), else a new one. (A closed
     descriptor cannot be sent at all: sendmsg(2) fails, so the caller sees the kernel's
@@ -198,7 +214,8 @@ async def dma_buf_mmap_ioctl(
     Checks, in order (mmap(2), the VFS, dma_buf_mmap_internal, ttm_bo_mmap_obj):
     - length zero or offset not page aligned: EINVAL
     - flags not exactly one of MAP_SHARED / MAP_PRIVATE, or unknown prot bits: EINVAL
-    - not a dma-buf (ours of another kind, or not answering as one): EINVAL
+    - not a dma-buf (ours of another kind, not answering as one, or answering with
+      memory that cannot be trusted, as _describe judges it): EINVAL
     - a shared writable mapping of a dma-buf exported without DRM_RDWR: EACCES
     - offset + length beyond the buffer: EINVAL
     - a private (copy-on-write) mapping: EINVAL
@@ -228,7 +245,7 @@ async def dma_buf_sync_ioctl(xef: XeFile, args: m.DmaBufSync, fds: tuple[int, ..
     Checks, in order:
     - flags outside DMA_BUF_SYNC_VALID_FLAGS_MASK: EINVAL
     - neither READ nor WRITE: EINVAL
-    - not a dma-buf: EINVAL
+    - not a dma-buf (or a foreign one answering with untrusted memory): EINVAL
     END without START is not an error (the kernel keeps no such state). This daemon
     records the open windows of the dma-bufs it exported, per file, for strict mode.
     """
@@ -249,7 +266,8 @@ async def dma_buf_llseek_ioctl(
 ) -> m.DmaBufLlseekReply:
     """lseek(2) on the attached dma-buf (dma_buf_llseek).
 
-    Checks: anything but offset 0 with SEEK_SET or SEEK_END: EINVAL; not a dma-buf: EINVAL.
+    Checks: anything but offset 0 with SEEK_SET or SEEK_END: EINVAL; not a dma-buf (or
+    a foreign one answering with untrusted memory): EINVAL.
     """
     refuse_if(args.offset != 0 or args.whence not in (SEEK_SET, SEEK_END), EINVAL, "bad seek")
     (fd,) = fds

@@ -10,6 +10,7 @@ from protocols.ops import Event, Role
 
 from . import eudebug
 from .ids import IdAllocator
+from .memory import reported_bytes
 
 if TYPE_CHECKING:
     from .bo import XeBo
@@ -77,7 +78,7 @@ class XeFile:
             role=self.role.value if self.role else "",
             comm=self.comm,
             bos=len(self.handles),
-            bo_bytes=sum(bo.size for bo in self.handles.values()),
+            bo_bytes=reported_bytes(sum(bo.size for bo in self.handles.values())),
             vms=len(self.vms),
             exec_queues=len(self.exec_queues),
             mmio_regions=len(self.mmio_regions),

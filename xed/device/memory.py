@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import fcntl
 import os
-from errno import ENOMEM
+from collections.abc import Iterable
+from errno import EINVAL, ENOMEM
 
 import attrs
 
+from protocols.memfd import MAX_SHARED_SIZE, UnsafeMemory, check_memfd
+
 from .errors import IoctlError
+
+U64_MAX = (1 << 64) - 1
 
 # A client that holds the descriptor may write the pages but never resize the object
 # (the daemon's own mapping would SIGBUS) nor add seals of its own (a FUTURE_WRITE seal
@@ -33,6 +38,30 @@ def create_backing(name: str, size: int, sealed: bool = True) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def client_memory(fd: int, size: int, regions: Iterable[MemRegion]) -> bool:
+    """Judge memory a client (or another daemon, through a dma-buf) hands us before
+    anything maps it; return whether the descriptor allows a writable mapping.
+
+    Refused with EINVAL, as the kernel refuses what is not memory it can use: what
+    protocols.memfd refuses (a pipe, a file on disk, hugetlbfs, a memfd that could
+    shrink, fewer bytes than `size`, not readable), and a size beyond everything this
+    device could hold (and 2^47): such an object is never larger than an honest BO
+    could be, so it fills u64 counters and the fake-offset space no faster than one.
+    """
+    limit = min(sum(region.total for region in regions), MAX_SHARED_SIZE)
+    try:
+        return check_memfd(fd, size, limit)
+    except UnsafeMemory as exc:
+        raise IoctlError(EINVAL, f"not memory the device may map: {exc}") from None
+
+
+def reported_bytes(total: int) -> int:
+    """A sum of object sizes as a u64 field of a reply carries it: saturated. Every object
+    is bounded, their number only by descriptors; a total past 2^64 must not make
+    ADMIN_STATUS unencodable for everyone."""
+    return min(total, U64_MAX)
 
 
 def reopen_read_only(fd: int) -> int:

@@ -13,10 +13,8 @@ START waits until they let go.
 
 from __future__ import annotations
 
-import fcntl
 import mmap
 import os
-import stat
 from errno import EBUSY, EINVAL
 from typing import TYPE_CHECKING
 
@@ -27,6 +25,7 @@ from protocols.constants import PAGE_SIZE
 from protocols.words import Words
 
 from .errors import GpuFault, IoctlError, refuse_if
+from .memory import client_memory
 
 if TYPE_CHECKING:
     from .file import XeFile
@@ -134,28 +133,26 @@ class HostArena:
         self._idle.set()
 
 
-def _is_memfd(fd: int) -> bool:
-    try:
-        fcntl.fcntl(fd, fcntl.F_GET_SEALS)  # only memfds (and shmem files) answer this
-    except OSError:
-        return False
-    return stat.S_ISREG(os.fstat(fd).st_mode)
-
-
 def host_memory_register_ioctl(
     xef: XeFile, args: m.XedHostMemoryRegister, fds: tuple[int, ...]
 ) -> m.XedHostMemoryRegisterReply:
     """HOST_MEMORY_REGISTER: the attached memfd becomes this file's host memory.
 
-    Checks, in order:
-    - size zero or not page aligned: EINVAL
-    - the descriptor is not a memfd, or its size is not `size`: EINVAL
+    Checks, in order (memory.client_memory: the kernel has no such ioctl, and EINVAL is
+    its answer to an argument it cannot use):
+    - size zero, not page aligned, or beyond what the device could hold: EINVAL
+    - the descriptor is not a memfd on shmem (a pipe, a socket, a file on disk, a
+      hugetlbfs memfd), or not sealed F_SEAL_SHRINK (the client could truncate it under
+      the daemon's mapping: SIGBUS): EINVAL
+    - its size is not `size`: EINVAL
+    - it cannot be mapped writable (an O_RDONLY descriptor, F_SEAL_WRITE or
+      F_SEAL_FUTURE_WRITE): EINVAL
     - this file registered its host memory already: EBUSY
     """
-    refuse_if(not args.size or args.size % PAGE_SIZE, EINVAL, "size must be page aligned")
     (fd,) = fds
-    refuse_if(not _is_memfd(fd), EINVAL, "host memory is a memfd")
+    writable = client_memory(fd, args.size, xef.device.regions.values())
     refuse_if(os.fstat(fd).st_size != args.size, EINVAL, "size is not the memfd's size")
+    refuse_if(not writable, EINVAL, "host memory is mapped writable: a read-only descriptor")
     refuse_if(xef.host is not None, EBUSY, "host memory is registered once per connection")
     try:
         xef.host = HostArena(xef, fd, args.size)
