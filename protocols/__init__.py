@@ -19,6 +19,7 @@ from .codec import (
     encode_reply,
     encode_request,
     from_wire,
+    peek_op,
     peek_request_id,
     to_wire,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "from_wire",
     "messages",
     "pack_fds",
+    "peek_op",
     "peek_request_id",
     "to_wire",
     "unpack_fds",

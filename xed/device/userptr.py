@@ -27,6 +27,7 @@ from protocols.constants import PAGE_SIZE
 from protocols.words import Words
 
 from .errors import GpuFault, IoctlError, refuse_if
+from .limits import EXHAUSTED
 
 if TYPE_CHECKING:
     from .file import XeFile
@@ -55,7 +56,11 @@ class HostArena:
         self.file = xef
         self.size = size
         self.memfd = os.dup(fd)
-        self._view = mmap.mmap(self.memfd, size, mmap.MAP_SHARED)
+        try:
+            self._view = mmap.mmap(self.memfd, size, mmap.MAP_SHARED)
+        except OSError:
+            os.close(self.memfd)
+            raise
         self._words = Words(self._view)
         pages = size // PAGE_SIZE
         self.seq = [0] * pages  # per page: moves at every invalidation
@@ -148,6 +153,7 @@ def host_memory_register_ioctl(
     """HOST_MEMORY_REGISTER: the attached memfd becomes this file's host memory.
 
     Checks, in order:
+    - the daemon is down to its descriptor reserve (limits.descriptor_reserve): ENOMEM
     - size zero or not page aligned: EINVAL
     - the descriptor is not a memfd, or its size is not `size`: EINVAL
     - this file registered its host memory already: EBUSY
@@ -160,6 +166,8 @@ def host_memory_register_ioctl(
     try:
         xef.host = HostArena(xef, fd, args.size)
     except OSError as exc:
+        if exc.errno in EXHAUSTED:  # the daemon's want, not the client's mistake
+            raise
         raise IoctlError(EINVAL, f"cannot map it shared: {exc.strerror}") from exc
     xef.log.info("host_memory_registered", size=args.size, offset=xef.host.node.start)
     return m.XedHostMemoryRegisterReply(offset=xef.host.node.start)
