@@ -249,8 +249,11 @@ SPECS: dict[Op, OpSpec] = {
                 (EPROTO, "incompatible major version"),
                 (EINVAL, "unknown role (or `peer`, which is not a connection role)"),
                 (EACCES, "the peer's credentials do not allow this role ([admin], [aux])"),
-                (EMFILE, "the daemon has no descriptor left for the connection: it answers, "
-                 "then hangs up"),
+                (
+                    EMFILE,
+                    "the daemon has no descriptor left for the connection: it answers, "
+                    "then hangs up",
+                ),
             ),
         ),
         OpSpec(
