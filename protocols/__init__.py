@@ -20,6 +20,7 @@ from .codec import (
     encode_reply,
     encode_request,
     from_wire,
+    peek_op,
     peek_request_id,
     to_wire,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "from_wire",
     "messages",
     "pack_fds",
+    "peek_op",
     "peek_request_id",
     "to_wire",
     "unpack_fds",

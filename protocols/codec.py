@@ -170,19 +170,32 @@ def encode_request(request_id: int, op: Op, args: Any) -> bytes:
     return _pack([request_id, op, to_wire(args)])  # an IntEnum packs as its int
 
 
-def peek_request_id(data: bytes) -> int:
-    """The id at the head of a (possibly truncated) request frame, or 0."""
+def _peek(data: bytes, items: int) -> list[Any]:
+    """The first `items` elements of a (possibly truncated) request frame, or []."""
     unpacker = msgpack.Unpacker(
         max_buffer_size=MAX_DATAGRAM, max_ext_len=0, max_array_len=_ITEMS, max_map_len=_ITEMS
     )
     unpacker.feed(data[:MAX_DATAGRAM])
     try:
         if unpacker.read_array_header() != 3:
-            return 0
-        ident = unpacker.unpack()
+            return []
+        return [unpacker.unpack() for _ in range(items)]
     except (ValueError, msgpack.UnpackException, TypeError):
-        return 0
+        return []
+
+
+def peek_request_id(data: bytes) -> int:
+    """The id at the head of a (possibly truncated) request frame, or 0."""
+    head = _peek(data, 1)
+    ident = head[0] if head else 0
     return ident if type(ident) is int and 0 < ident <= MAX_REQUEST_ID else 0
+
+
+def peek_op(data: bytes) -> Op | None:
+    """The op of a request frame that cannot be decoded whole (its descriptors were
+    dropped on the way), or None."""
+    head = _peek(data, 2)
+    return _OPS.get(head[1]) if len(head) == 2 and type(head[1]) is int else None
 
 
 def decode_request(data: bytes, fds: tuple[int, ...] = (), truncated: bool = False) -> Request:

@@ -697,11 +697,27 @@ class XedClientInfo:
     doorbell_rings: int = u64("doorbell page writes the device acted on for this file")
     vm_exports: int = u32("VMs this file exported that are still exported")
     aux_vms: int = u32("role aux: VMs it holds registered")
+    exported: int = u32("dma-bufs and VM exports it created that are alive (limits.exported)")
+
+
+@frozen
+class XedLimits:
+    """The [limits] in force: what one client may hold, and the daemon's headroom."""
+
+    bos: int = u64("GEM handles per client")
+    vms: int = u64("VMs per client")
+    exec_queues: int = u64("exec queues per client")
+    fence_waits: int = u64("WAIT_USER_FENCE calls per client at once")
+    exported: int = u64("dma-bufs and VM exports per client, while they live")
+    unread_descriptors: int = u64("descriptors in replies a client has not read yet")
+    unread_descriptors_per_uid: int = u64("the same, for all connections of one uid")
+    descriptor_reserve: int = u64("descriptors kept free for new connections and admin")
 
 
 @frozen
 class XedAdminClientsReply:
     clients: tuple[XedClientInfo, ...] = records(XedClientInfo)
+    limits: XedLimits = record(XedLimits, "the limits every client is held to")
 
 
 @frozen

@@ -23,6 +23,7 @@ from errno import (
     EFAULT,
     EINVAL,
     EIO,
+    EMFILE,
     EMSGSIZE,
     ENODEV,
     ENOENT,
@@ -130,7 +131,13 @@ COMMON_ERRORS: tuple[tuple[int, str], ...] = (
     (EINVAL, "malformed message: wrong types, unknown fields, out-of-range values"),
     (EINVAL, "descriptors attached that the op does not take (they are closed)"),
     (EMSGSIZE, "datagram larger than the limit"),
+    (ENOMEM, "the daemon ran out of memory or descriptors answering it (counted in limits_hit)"),
+    (EMFILE, "the same, for an op that hands a descriptor back"),
 )
+# [limits] (xed/config.py LimitsConfig): a client that reaches one is refused, not others
+_RESERVE_FD = (EMFILE, "the daemon is down to its last limits.descriptor_reserve descriptors")
+_RESERVE = (ENOMEM, "the daemon is down to its last limits.descriptor_reserve descriptors")
+_EXPORTED = (ENOMEM, "limits.exported: this client's dma-bufs and VM exports still alive")
 
 
 @attrs.frozen(kw_only=True)
@@ -243,6 +250,11 @@ SPECS: dict[Op, OpSpec] = {
                 (EPROTO, "incompatible major version"),
                 (EINVAL, "unknown role (or `peer`, which is not a connection role)"),
                 (EACCES, "the peer's credentials do not allow this role ([admin], [aux])"),
+                (
+                    EMFILE,
+                    "the daemon has no descriptor left for the connection: it answers, "
+                    "then hangs up",
+                ),
             ),
         ),
         OpSpec(
@@ -277,6 +289,8 @@ SPECS: dict[Op, OpSpec] = {
                 (EINVAL, "cpu_caching WB with a VRAM placement or SCANOUT"),
                 (ENOENT, "vm_id names no VM of this file"),
                 (ENOMEM, "fits no region of the placement (VRAM, visible VRAM, system)"),
+                _RESERVE,
+                (ENOMEM, "limits.bos: this client holds that many GEM handles already"),
             ),
         ),
         OpSpec(
@@ -321,6 +335,7 @@ SPECS: dict[Op, OpSpec] = {
                 (EINVAL, "unknown prot bits"),
                 (EINVAL, "an MMIO region: length other than the region's size"),
                 (EINVAL, "the barrier page: more than 4096 bytes, private, PROT_READ/EXEC"),
+                _RESERVE_FD,
             ),
         ),
         OpSpec(
@@ -333,6 +348,7 @@ SPECS: dict[Op, OpSpec] = {
                 (EINVAL, "unknown flags"),
                 (EINVAL, "SCRATCH_PAGE with FAULT_MODE, or FAULT_MODE without LR_MODE"),
                 (EINVAL, "FAULT_MODE: the emulated device has no page faults"),
+                (ENOMEM, "limits.vms: this client holds that many VMs already"),
             ),
         ),
         OpSpec(
@@ -386,6 +402,7 @@ SPECS: dict[Op, OpSpec] = {
                 (EINVAL, "gt_id, class or instance names no engine, or classes differ"),
                 (EINVAL, "VM_BIND engine class (bind queues are not emulated)"),
                 (ENOENT, "no such VM, or VM closed"),
+                (ENOMEM, "limits.exec_queues: this client holds that many queues already"),
             ),
         ),
         OpSpec(
@@ -445,6 +462,7 @@ SPECS: dict[Op, OpSpec] = {
                 (EINVAL, "not exactly a region DEVICE_QUERY(MMIO_REGIONS) lists"),
                 (EBUSY, "this file already has its doorbell page"),
                 (ENOSPC, "every doorbell page is taken"),
+                _RESERVE,
             ),
         ),
         OpSpec(
@@ -468,6 +486,8 @@ SPECS: dict[Op, OpSpec] = {
                 (EINVAL, "no such VM"),
                 (ENOENT, "the VM is closed or banned"),
                 (EEXIST, "already exported, or registered with an aux driver"),
+                _RESERVE_FD,
+                _EXPORTED,
             ),
         ),
         OpSpec(
@@ -507,6 +527,7 @@ SPECS: dict[Op, OpSpec] = {
                 (EFAULT, "a hole: some address in the range is not bound (or NULL)"),
                 (EFAULT, "freed host memory under a userptr range"),
                 (E2BIG, "more than 8 BOs behind the range"),
+                _RESERVE_FD,
             ),
         ),
         OpSpec(
@@ -556,6 +577,7 @@ SPECS: dict[Op, OpSpec] = {
                 (EINVAL, "a memfd not sealed F_SEAL_SHRINK: it could shrink under the device"),
                 (EINVAL, "a read-only descriptor, or a memfd sealed against writes"),
                 (EBUSY, "this connection registered its host memory already"),
+                _RESERVE,
             ),
         ),
         OpSpec(
@@ -624,6 +646,8 @@ SPECS: dict[Op, OpSpec] = {
                 (EINVAL, "flags other than DRM_CLOEXEC | DRM_RDWR"),
                 (ENOENT, "no such handle"),
                 (EPERM, "the BO is private to a VM"),
+                _RESERVE_FD,
+                _EXPORTED,
             ),
         ),
         OpSpec(
@@ -647,6 +671,8 @@ SPECS: dict[Op, OpSpec] = {
                     "sealed F_SEAL_SHRINK, smaller than the size claimed; a size zero, "
                     "unaligned or beyond the device",
                 ),
+                _RESERVE,
+                (ENOMEM, "limits.bos: a new handle while this client holds that many"),
             ),
         ),
         OpSpec(
@@ -667,6 +693,7 @@ SPECS: dict[Op, OpSpec] = {
                 (EINVAL, "offset + length beyond the buffer"),
                 (EINVAL, "a private (copy-on-write) mapping"),
                 (EACCES, "a writable mapping of a dma-buf exported without DRM_RDWR"),
+                _RESERVE_FD,
             ),
         ),
         OpSpec(

@@ -34,7 +34,8 @@ def test_every_connection_op_but_hello_has_a_handler() -> None:
 
 
 def test_common_errors_are_protocol_level() -> None:
-    """The errors every op may answer with are the codec's, the handshake's and unplug's."""
+    """The errors every op may answer with are the codec's, the handshake's, unplug's
+    and the daemon's own exhaustion (out of memory or descriptors)."""
     assert {errno_name(n) for n, _ in COMMON_ERRORS} == {
         "ENODEV",
         "EPROTO",
@@ -42,4 +43,6 @@ def test_common_errors_are_protocol_level() -> None:
         "EACCES",
         "EINVAL",
         "EMSGSIZE",
+        "ENOMEM",
+        "EMFILE",
     }

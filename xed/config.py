@@ -135,14 +135,21 @@ class AdminConfig:
 class LimitsConfig:
     """What one client (one connection: the drm_file) may hold at once, and the headroom
     the daemon keeps for everyone else. A client that reaches one of its limits gets
-    ENOMEM (EMFILE where the call hands back a descriptor) and nobody else notices. The
-    defaults lie far above what a real driver's user holds."""
+    ENOMEM and nobody else notices; the daemon short of descriptors answers EMFILE where
+    the call hands one back. The defaults lie far above what a real driver's user holds
+    (xed/device/limits.py)."""
 
-    bos: int = attrs.field(default=65536, validator=_positive)  # GEM handles
+    # GEM handles. Mesa holds thousands (BO caches, suballocation keep it there); a
+    # process cannot map more than vm.max_map_count (65530) BOs anyway
+    bos: int = attrs.field(default=65536, validator=_positive)
+    # ANV and iris use one or a few per device or context; IGT xe_exec_basic many-vm: 16
     vms: int = attrs.field(default=1024, validator=_positive)
+    # tens per process in Mesa and compute runtimes; IGT xe_create create-contexts
+    # makes 4096 in one file, create-execqueues-*-shared 2048
     exec_queues: int = attrs.field(default=16384, validator=_positive)
     fence_waits: int = attrs.field(default=1024, validator=_positive)  # at once
-    # dma-bufs and VM exports the client created that are still alive
+    # dma-bufs and VM exports the client created that are still alive, wherever their
+    # descriptors went (a swapchain or a video pipeline exports tens)
     exported: int = attrs.field(default=4096, validator=_positive)
     # descriptors in replies the client has not read yet; and for all connections of
     # one uid together (the kernel caps descriptors in flight per sending user)

@@ -130,6 +130,7 @@ _COLUMNS = (
     ("doorbell_rings", "DOORBELLS"),
     ("vm_exports", "VM EXPORTS"),
     ("aux_vms", "AUX VMS"),
+    ("exported", "EXPORTED"),
 )
 
 
@@ -173,6 +174,8 @@ def _print_clients(reply: m.XedAdminClientsReply, as_json: bool) -> None:
     if as_json or not sys.stdout.isatty():
         print(json.dumps(rows, sort_keys=True))
         return
+    limits = to_wire(reply.limits)
+    print("limits: " + ", ".join(f"{key} {value}" for key, value in limits.items()))
     table = [[title for _key, title in _COLUMNS]]
     table += [[str(row[key]) for key, _title in _COLUMNS] for row in rows]
     _print_table(table)

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from errno import EALREADY, EINVAL
 from typing import Any
 
+import attrs
+
 from protocols import messages as m
 from protocols.ops import Op
 
@@ -56,8 +58,13 @@ def admin_status_ioctl(xef: XeFile, args: m.XedAdminStatus) -> m.XedAdminStatusR
 
 
 def admin_clients_ioctl(xef: XeFile, args: m.XedAdminClients) -> m.XedAdminClientsReply:
-    """ADMIN_CLIENTS: every connection, what it holds and what the device did for it."""
-    return m.XedAdminClientsReply(clients=tuple(f.info() for f in xef.device.clients()))
+    """ADMIN_CLIENTS: every connection, what it holds and what the device did for it,
+    and the limits each is held to."""
+    device = xef.device
+    return m.XedAdminClientsReply(
+        clients=tuple(f.info() for f in device.clients()),
+        limits=m.XedLimits(**attrs.asdict(device.limits)),
+    )
 
 
 def admin_objects_ioctl(xef: XeFile, args: m.XedAdminObjects) -> m.XedAdminObjectsReply:

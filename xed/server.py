@@ -40,6 +40,7 @@ from protocols import (
     encode_reply,
     errno_name,
     pack_fds,
+    peek_op,
     peek_request_id,
     unpack_fds,
 )
@@ -54,6 +55,8 @@ from .device.errors import IoctlError
 from .device.eudebug import debug_event
 from .device.file import XeFile
 from .device.ids import IdAllocator
+from .device.limits import EXHAUSTED, OPENS_DESCRIPTORS, DescriptorReserve, out_of_errno
+from .device.limits import out_of_resources as _out_of_resources
 from .ioctl import HANDLERS
 
 _ANC_SPACE = socket.CMSG_SPACE(MAX_FDS * 4)
@@ -63,6 +66,7 @@ _MSG_CTRUNC = int(socket.MSG_CTRUNC)
 _MSG_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
 _PEERCRED = struct.Struct("3i")
 EVENT_QUEUE = 256  # events a slow client may fall behind by before they are dropped
+TURN_AWAY_WAIT = 2.0  # seconds a connection we have no room for has to send its HELLO
 
 
 # op -> (handler, whether it takes the request's descriptors, whether it must be awaited),
@@ -134,9 +138,7 @@ class Connection:
                     return "eof"  # SOCK_SEQPACKET: a zero-length read is the end
                 if junk or flags & _MSG_CTRUNC:  # the kernel dropped what did not fit
                     _close_all(fds)
-                    await self._refuse(
-                        peek_request_id(data), errno.EINVAL, "too many or malformed descriptors"
-                    )
+                    await self._refuse(peek_request_id(data), *self._lost_descriptors(data))
                     continue
                 try:
                     request = self.proto.receive(data, tuple(fds), bool(flags & _MSG_TRUNC))
@@ -157,6 +159,17 @@ class Connection:
         except _Disconnected as exc:
             return f"reset ({exc})"
 
+    def _lost_descriptors(self, data: bytes) -> tuple[int, str]:
+        """Why the kernel dropped descriptors attached to a request: more than a request
+        carries (EINVAL), or no room left in our table for them (scm_detach_fds fails
+        quietly): ENOMEM, EMFILE for an op that hands a descriptor back."""
+        if not self.device.descriptors.short():
+            return errno.EINVAL, "too many or malformed descriptors"
+        op = peek_op(data)
+        self.device.stats["limits_hit"] += 1
+        err = out_of_errno(op) if op is not None else errno.ENOMEM
+        return err, "the daemon had no room for the descriptors attached"
+
     # --- requests -------------------------------------------------------------------------
     def _check_plugged(self, request: Request) -> None:
         """drm_dev_enter(): once unplugged, only the admin role is still answered."""
@@ -174,6 +187,8 @@ class Connection:
             if request.op is Op.HELLO:
                 result: Any = self._hello(request.args)
             else:
+                if request.op in OPENS_DESCRIPTORS:
+                    self.device.descriptors.check(self.xef, request.op)
                 handler, takes_fds, is_async = _DISPATCH[request.op]
                 if takes_fds:  # lent, not given: closed once the request is answered
                     result = handler(self.xef, request.args, request.fds)
@@ -184,6 +199,16 @@ class Connection:
         except IoctlError as exc:
             self.device.ioctl_stats.record(request.op, exc.errno, time.perf_counter() - started)
             await self._refuse(request.id, exc.errno, exc.message, request.op)
+            return
+        except OSError as exc:
+            if exc.errno not in EXHAUSTED:
+                await self._crashed(request)
+                return
+            # out of descriptors or memory where no handler expected it: a limit the
+            # client hit, not a bug of ours
+            refusal = _out_of_resources(self.xef, request.op, exc)
+            self.device.ioctl_stats.record(request.op, refusal.errno, time.perf_counter() - started)
+            await self._refuse(request.id, refusal.errno, refusal.message, request.op)
             return
         except Exception:
             await self._crashed(request)
@@ -358,36 +383,99 @@ async def serve(
     """Serve one emulated device on `listener` until cancelled."""
     device = XeDevice(config)
     handle = ServerHandle(device, path)
-    client_ids = IdAllocator()
     listener.setblocking(False)
     log = xlog.get()
-    async with trio.open_nursery() as nursery:
-        device.attach(nursery)
-        log.info("daemon_ready", socket=str(path) if path else None, device=device.identity.name)
-        task_status.started(handle)
-        if on_ready:
-            on_ready(handle)
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(listener)
-                continue
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.error("accept_failed", errno=errno_name(exc.errno or 0))
-                    await trio.sleep(0.1)
-                    continue
-                raise
-            conn.setblocking(False)
-            client_id = client_ids.alloc()
-            handle.connections += 1
+    try:
+        async with trio.open_nursery() as nursery:
+            device.attach(nursery)
+            log.info(
+                "daemon_ready", socket=str(path) if path else None, device=device.identity.name
+            )
+            task_status.started(handle)
+            if on_ready:
+                on_ready(handle)
+            await _accept_loop(device, handle, listener, nursery, log)
+    finally:
+        device.descriptors.close()
 
-            async def run(conn: socket.socket = conn, client_id: int = client_id) -> None:
+
+async def _accept_loop(
+    device: XeDevice,
+    handle: ServerHandle,
+    listener: socket.socket,
+    nursery: trio.Nursery,
+    log: Any,
+) -> None:
+    client_ids = IdAllocator()
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(listener)
+            continue
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
                 try:
-                    await Connection(device, conn, client_id).run()
-                finally:
-                    client_ids.release(client_id)
-                    handle.connections -= 1
+                    turned_away = await _turn_away(listener, device.descriptors, log)
+                except BlockingIOError:  # accept() wants room before it looks at the backlog
+                    await trio.lowlevel.wait_readable(listener)
+                    continue
+                if turned_away:
+                    device.stats["limits_hit"] += 1
+                    continue
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                # no spare descriptor to answer with, or the kernel is short of memory
+                log.error("accept_failed", errno=errno_name(exc.errno or 0))
+                await trio.sleep(0.1)
+                device.descriptors.reopen_spare()
+                continue
+            raise
+        conn.setblocking(False)
+        client_id = client_ids.alloc()
+        handle.connections += 1
 
-            nursery.start_soon(run)
+        async def run(conn: socket.socket = conn, client_id: int = client_id) -> None:
+            try:
+                await Connection(device, conn, client_id).run()
+            finally:
+                client_ids.release(client_id)
+                handle.connections -= 1
+
+        nursery.start_soon(run)
+
+
+async def _turn_away(listener: socket.socket, reserve: DescriptorReserve, log: Any) -> bool:
+    """Our descriptor table is full and a connection may wait in the backlog: accept it
+    into the spare descriptor's slot, answer its first request with EMFILE (a client
+    sends HELLO right after connect; one that says nothing in TURN_AWAY_WAIT seconds gets
+    a PROTOCOL_ERROR event instead), close it and take the spare back. Nobody hangs in
+    the backlog. False if there is no spare to give up; BlockingIOError if nobody waits.
+    """
+    if not reserve.close_spare():
+        return False
+    try:
+        conn, _ = listener.accept()
+    except OSError:
+        reserve.reopen_spare()
+        raise
+    message = "the daemon is out of descriptors: try again later"
+    try:
+        request_id = 0
+        with trio.move_on_after(TURN_AWAY_WAIT):
+            await trio.lowlevel.wait_readable(conn)
+            # no room for ancillary data: descriptors it attached are dropped by the kernel
+            request_id = peek_request_id(conn.recv(MAX_DATAGRAM, socket.MSG_DONTWAIT))
+        if request_id:
+            frame = encode_error(request_id, errno.EMFILE, message)
+        else:
+            info = m.ProtocolErrorInfo(errno=errno.EMFILE, message=message)
+            frame = encode_event(Event.PROTOCOL_ERROR, info)
+        conn.send(frame, socket.MSG_DONTWAIT)
+    except OSError as exc:  # it hung up first, or its buffer is full: it is closed anyway
+        log.info("turn_away_unanswered", errno=errno_name(exc.errno or 0))
+    finally:
+        conn.close()
+        reserve.reopen_spare()
+    log.info("connection_refused", reason="out of descriptors")
+    reserve.warn_low(refused="a new connection")
+    return True

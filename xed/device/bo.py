@@ -24,6 +24,7 @@ from protocols.constants import (
 from protocols.words import Words
 
 from .errors import IoctlError, refuse_if
+from .limits import refuse_over
 from .memory import MemRegion, create_backing
 from .vma_manager import VmaNode
 
@@ -171,6 +172,7 @@ def xe_gem_create_ioctl(xef: XeFile, args: m.DrmXeGemCreate) -> m.DrmXeGemCreate
     """DRM_IOCTL_XE_GEM_CREATE: create a BO and a handle to it.
 
     Checks, in order:
+    - the daemon is down to its descriptor reserve (limits.descriptor_reserve): ENOMEM
     - extensions, pad or reserved non-zero: EINVAL
     - placement empty or naming a region the device lacks: EINVAL
     - flags outside DEFER_BACKING | SCANOUT | NEEDS_VISIBLE_VRAM: EINVAL
@@ -180,6 +182,7 @@ def xe_gem_create_ioctl(xef: XeFile, args: m.DrmXeGemCreate) -> m.DrmXeGemCreate
     - cpu_caching neither WB nor WC: EINVAL
     - cpu_caching WB with a VRAM placement or with SCANOUT: EINVAL
     - vm_id non-zero and naming no open VM of this file: ENOENT
+    - the file holds limits.bos GEM handles already: ENOMEM
     - no region of the placement can hold it (VRAM, CPU-visible VRAM on a small BAR,
       system memory): ENOMEM, as TTM reports it
     Extension chains are not emulated: a non-zero extensions is EINVAL up front.
@@ -214,6 +217,7 @@ def xe_gem_create_ioctl(xef: XeFile, args: m.DrmXeGemCreate) -> m.DrmXeGemCreate
     if args.vm_id:
         vm = xef.vms.get(args.vm_id)
         refuse_if(vm is None or vm.closed, ENOENT, f"no VM {args.vm_id}")
+    refuse_over(xef, "bos", len(xef.handles))
     region = _place(xe.regions_for(args.placement), args.size, visible)
     bo = XeBo(xe, args.size, region, visible and region in vram, args.flags, args.cpu_caching, vm)
     handle = xef.handle_create(bo)

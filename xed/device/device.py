@@ -22,6 +22,7 @@ from ..config import Config, DeviceConfig
 from ..stats import IoctlStats
 from .export import ExportedObject
 from .file import XeFile
+from .limits import DescriptorReserve
 from .memory import MemRegion, reported_bytes
 from .mmio import Bar0
 from .pages import PageWatcher
@@ -39,6 +40,7 @@ class XeDevice:
         self.admin_config = full_config.admin
         self.debugger_config = full_config.debugger
         self.limits = full_config.limits
+        self.descriptors = DescriptorReserve(full_config.limits)
         self.debuggers: dict[int, XeFile] = {}  # target pid -> its debugger's file
         self.identity = m.DeviceIdentity(
             name=config.name,

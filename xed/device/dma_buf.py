@@ -40,6 +40,7 @@ from protocols.ops import Op
 from .bo import XeBo
 from .errors import IoctlError, refuse_if
 from .export import ExportedObject, lookup, peer_call
+from .limits import charge_export, refuse_over
 from .memory import client_memory, reopen_read_only
 
 if TYPE_CHECKING:
@@ -141,9 +142,12 @@ def drm_prime_handle_to_fd_ioctl(
     """DRM_IOCTL_PRIME_HANDLE_TO_FD.
 
     Checks, in order:
+    - the daemon is down to its descriptor reserve (limits.descriptor_reserve): EMFILE
     - flags other than DRM_CLOEXEC | DRM_RDWR: EINVAL
     - no such handle: ENOENT
     - the BO is private to a VM (xe_gem_prime_export): EPERM
+    - a new dma-buf while this file's live exports reach limits.exported: ENOMEM (the
+      dma-buf counts against its creator until it is freed, wherever it went)
     A foreign import re-exports the dma-buf it came from.
     """
     refuse_if(args.flags & ~(DRM_CLOEXEC | DRM_RDWR), EINVAL, f"flags {args.flags:#x}")
@@ -156,7 +160,9 @@ def drm_prime_handle_to_fd_ioctl(
     refuse_if(bo.vm is not None, EPERM, "a VM-private BO cannot be exported")
     dma_buf = bo.dma_buf
     if dma_buf is None:
+        refuse_over(xef, "exported", xef.account.exported)
         dma_buf = DmaBuf(bo, writable=bool(args.flags & DRM_RDWR))
+        charge_export(xef, dma_buf)
         xef.log.debug("dma_buf_exported", handle=args.handle, ino=dma_buf.ino)
     xef.prime_handles[dma_buf] = args.handle
     return reply, [dma_buf.new_fd()]
@@ -168,7 +174,9 @@ async def drm_prime_fd_to_handle_ioctl(
     """DRM_IOCTL_PRIME_FD_TO_HANDLE on the attached descriptor.
 
     Checks, in order:
+    - the daemon is down to its descriptor reserve (limits.descriptor_reserve): ENOMEM
     - one of our exported objects that is not a dma-buf (an exported VM): EINVAL
+    - a new handle while the file holds limits.bos already: ENOMEM
     - not ours: asked of its daemon over the descriptor; anything that does not answer
       as a dma-buf (a memfd, a pipe, a socket, a refusal): EINVAL
     - an answer whose memory cannot be trusted (_describe: not a memfd on shmem, not
@@ -184,21 +192,32 @@ async def drm_prime_fd_to_handle_ioctl(
     if own is not None:
         handle = xef.prime_handles.get(own)
         if handle is None:
+            refuse_over(xef, "bos", len(xef.handles))
+        # re-attach obj->dma_buf, as drm_gem_prime_fd_to_handle (if let go); first, as
+        # it may want a descriptor: a refusal then leaves no handle behind
+        own.hold(fd)
+        if handle is None:
             handle = xef.handle_create(own.bo)
             xef.prime_handles[own] = handle
-        own.hold(fd)  # re-attach obj->dma_buf, as drm_gem_prime_fd_to_handle (if let go)
         return m.DrmPrimeHandleReply(handle=handle, size=own.size)
     info = os.fstat(fd)
     key = ("foreign", info.st_dev, info.st_ino)
     handle = xef.prime_handles.get(key)
     if handle is not None:
         return m.DrmPrimeHandleReply(handle=handle, size=xef.handles[handle].size)
+    refuse_over(xef, "bos", len(xef.handles))
     size, writable, memfd = await _describe(xef, fd)
     handle = xef.prime_handles.get(key)
     if handle is not None:  # another import of it finished while we asked: that one wins
         os.close(memfd)
         return m.DrmPrimeHandleReply(handle=handle, size=xef.handles[handle].size)
-    bo = XeBo.foreign(xef.device, memfd, size, import_fd=os.dup(fd), writable=writable)
+    try:
+        refuse_over(xef, "bos", len(xef.handles))  # again: other imports ran meanwhile
+        import_fd = os.dup(fd)
+    except BaseException:
+        os.close(memfd)
+        raise
+    bo = XeBo.foreign(xef.device, memfd, size, import_fd=import_fd, writable=writable)
     handle = xef.handle_create(bo)
     bo.put()
     xef.prime_handles[key] = handle
@@ -212,6 +231,7 @@ async def dma_buf_mmap_ioctl(
     """mmap(2) of the attached dma-buf; `offset` is an offset into the buffer.
 
     Checks, in order (mmap(2), the VFS, dma_buf_mmap_internal, ttm_bo_mmap_obj):
+    - the daemon is down to its descriptor reserve (limits.descriptor_reserve): EMFILE
     - length zero or offset not page aligned: EINVAL
     - flags not exactly one of MAP_SHARED / MAP_PRIVATE, or unknown prot bits: EINVAL
     - not a dma-buf (ours of another kind, not answering as one, or answering with

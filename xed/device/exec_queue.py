@@ -15,6 +15,7 @@ from protocols.ops import Event
 from .cs import run_batch
 from .errors import GpuFault, IoctlError, refuse_if
 from .eudebug import debug_event
+from .limits import refuse_over
 from .sync import UserFence, parse_syncs, signal_user_fences
 
 if TYPE_CHECKING:
@@ -126,6 +127,7 @@ def xe_exec_queue_create_ioctl(
       device: EINVAL (pad is not checked, as in calc_validate_logical_mask)
     - no such VM, or VM closed: ENOENT
     - extensions non-zero: EINVAL
+    - the file holds limits.exec_queues queues already: ENOMEM
     """
     xe = xef.device
     refuse_if(args.flags & ~DRM_XE_EXEC_QUEUE_LOW_LATENCY_HINT, EINVAL, "unknown flags")
@@ -150,6 +152,7 @@ def xe_exec_queue_create_ioctl(
     refuse_if(vm is None or vm.closed, ENOENT, f"no VM {args.vm_id}")
     assert vm is not None
     refuse_if(args.extensions, EINVAL, "extensions must be zero")
+    refuse_over(xef, "exec_queues", len(xef.exec_queues))
     queue = XeExecQueue(xef, vm, first)
     queue.id = xef.exec_queue_ids.alloc()
     xef.exec_queues[queue.id] = queue

@@ -41,6 +41,7 @@ from protocols import (
 from protocols import messages as m
 
 from .errors import IoctlError
+from .limits import Account, uncharge_export
 
 if TYPE_CHECKING:
     from .device import XeDevice
@@ -64,6 +65,7 @@ class ExportedObject:
         self.ino = info.st_ino
         self.st_dev = info.st_dev
         self.released = False
+        self.account: Account | None = None  # whose limits.exported it counts against
         device.exported[self.ino] = self
         device.counts[self.kind] += 1
         device.start_soon(self._serve, what=self.kind)
@@ -122,6 +124,7 @@ class ExportedObject:
             del self.device.exported[self.ino]
             self.device.counts[self.kind] -= 1
             self.released = True
+            uncharge_export(self)
             self.release()
             _log.debug(f"{self.kind}_released", ino=self.ino)
 

@@ -10,6 +10,7 @@ from protocols.ops import Event, Role
 
 from . import eudebug
 from .ids import IdAllocator
+from .limits import Account
 from .memory import reported_bytes
 
 if TYPE_CHECKING:
@@ -67,6 +68,8 @@ class XeFile:
         self._handle_ids = IdAllocator()
         self.vm_ids = IdAllocator()
         self.exec_queue_ids = IdAllocator()
+        self.account = Account()  # exported objects keep it: they may outlive the file
+        self.limits_warned: set[str] = set()  # limits already logged as warnings
         device.files.add(self)
 
     def info(self) -> m.XedClientInfo:
@@ -87,6 +90,7 @@ class XeFile:
                 r.doorbell.rings for r in self.mmio_regions.values() if r.doorbell is not None
             ),
             vm_exports=sum(1 for vm in self.vms.values() if vm.export is not None),
+            exported=self.account.exported,
             aux_vms=len(self.aux_vms),
         )
 

@@ -40,6 +40,7 @@ def xed_mmap_ioctl(xef: XeFile, args: m.XedMmap) -> tuple[m.XedMmapReply, list[i
     """MMAP: map `length` bytes of the DRM file at fake `offset`.
 
     Checks, in order (mmap(2), drm_gem_mmap, ttm_bo_mmap_obj):
+    - the daemon is down to its descriptor reserve (limits.descriptor_reserve): EMFILE
     - length zero or offset not page aligned: EINVAL
     - flags not exactly one of MAP_SHARED / MAP_PRIVATE: EINVAL
     - prot bits outside READ | WRITE | EXEC: EINVAL

@@ -178,7 +178,11 @@ class XeMmioRegion:
         device = xef.device
         if bar.access == XE_MMIO_ACCESS_PER_FILE:
             index = device.bar0.take_doorbell()
-            self.doorbell = DoorbellPage(xef, index)
+            try:
+                self.doorbell = DoorbellPage(xef, index)
+            except OSError:  # out of descriptors or memory: the page is free for another
+                device.bar0.give_back_doorbell(index)
+                raise
             self.bar_offset = bar.offset + index * PAGE_SIZE
             device.watcher.add(self.doorbell)
         else:
@@ -215,6 +219,7 @@ def xe_mmio_region_open_ioctl(
     """XE_MMIO_REGION_OPEN (proposal): make a part of BAR0 mappable for this file.
 
     Checks, in order:
+    - the daemon is down to its descriptor reserve (limits.descriptor_reserve): ENOMEM
     - extensions, pad or reserved non-zero, or flags non-zero: EINVAL
     - bar_offset or size zero or not page aligned, or beyond BAR0: EINVAL
     - the range touches a never-exposable register (irq status, GT control): EPERM

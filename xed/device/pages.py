@@ -48,7 +48,11 @@ class WatchedPage:
     def __init__(self, xef: XeFile, fill: bytes) -> None:
         self.file = xef
         self.memfd = create_backing(f"xe-{self.kind}", PAGE_SIZE)
-        self.view = mmap.mmap(self.memfd, PAGE_SIZE, mmap.MAP_SHARED)
+        try:
+            self.view = mmap.mmap(self.memfd, PAGE_SIZE, mmap.MAP_SHARED)
+        except OSError:  # out of memory or mappings: the ioctl fails, nothing is kept
+            os.close(self.memfd)
+            raise
         self.view[:] = fill
         self._fill = fill
         self.words = Words(self.view)

@@ -25,6 +25,7 @@ from protocols.constants import PAGE_SIZE
 from protocols.words import Words
 
 from .errors import GpuFault, IoctlError, refuse_if
+from .limits import EXHAUSTED
 from .memory import client_memory
 
 if TYPE_CHECKING:
@@ -54,7 +55,11 @@ class HostArena:
         self.file = xef
         self.size = size
         self.memfd = os.dup(fd)
-        self._view = mmap.mmap(self.memfd, size, mmap.MAP_SHARED)
+        try:
+            self._view = mmap.mmap(self.memfd, size, mmap.MAP_SHARED)
+        except OSError:
+            os.close(self.memfd)
+            raise
         self._words = Words(self._view)
         pages = size // PAGE_SIZE
         self.seq = [0] * pages  # per page: moves at every invalidation
@@ -140,6 +145,7 @@ def host_memory_register_ioctl(
 
     Checks, in order (memory.client_memory: the kernel has no such ioctl, and EINVAL is
     its answer to an argument it cannot use):
+    - the daemon is down to its descriptor reserve (limits.descriptor_reserve): ENOMEM
     - size zero, not page aligned, or beyond what the device could hold: EINVAL
     - the descriptor is not a memfd on shmem (a pipe, a socket, a file on disk, a
       hugetlbfs memfd), or not sealed F_SEAL_SHRINK (the client could truncate it under
@@ -157,6 +163,8 @@ def host_memory_register_ioctl(
     try:
         xef.host = HostArena(xef, fd, args.size)
     except OSError as exc:
+        if exc.errno in EXHAUSTED:  # the daemon's want, not the client's mistake
+            raise
         raise IoctlError(EINVAL, f"cannot map it shared: {exc.strerror}") from exc
     xef.log.info("host_memory_registered", size=args.size, offset=xef.host.node.start)
     return m.XedHostMemoryRegisterReply(offset=xef.host.node.start)

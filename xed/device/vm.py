@@ -35,6 +35,7 @@ from protocols.constants import (
 
 from .errors import GpuFault, IoctlError, refuse_if
 from .eudebug import debug_event
+from .limits import refuse_over
 from .sync import parse_syncs, signal_user_fences
 
 if TYPE_CHECKING:
@@ -231,6 +232,7 @@ def xe_vm_create_ioctl(xef: XeFile, args: m.DrmXeVmCreate) -> m.DrmXeVmCreateRep
     - SCRATCH_PAGE together with FAULT_MODE: EINVAL
     - FAULT_MODE without LR_MODE: EINVAL
     - FAULT_MODE at all (the emulated device does not fault): EINVAL
+    - the file holds limits.vms VMs already: ENOMEM
     """
     refuse_if(args.extensions, EINVAL, "extensions must be zero")
     refuse_if(any(args.reserved), EINVAL, "reserved must be zero")
@@ -247,6 +249,7 @@ def xe_vm_create_ioctl(xef: XeFile, args: m.DrmXeVmCreate) -> m.DrmXeVmCreateRep
         "FAULT_MODE needs LR_MODE",
     )
     refuse_if(fault, EINVAL, "this device does not support page faults")
+    refuse_over(xef, "vms", len(xef.vms))
     vm = XeVm(xef, args.flags)
     vm_id = xef.vm_ids.alloc()
     xef.vms[vm_id] = vm

@@ -33,6 +33,7 @@ from protocols.ops import Event
 
 from .errors import GpuFault, IoctlError, refuse_if
 from .export import ExportedObject, lookup
+from .limits import charge_export, refuse_over
 from .userptr import HostArena, UserptrBusy
 
 if TYPE_CHECKING:
@@ -206,10 +207,13 @@ def xe_vm_export_ioctl(xef: XeFile, args: m.DrmXeVmExport) -> tuple[m.Empty, lis
     """XE_VM_EXPORT (proposal): the VM as a descriptor for an auxiliary driver.
 
     Checks, in order:
+    - the daemon is down to its descriptor reserve (limits.descriptor_reserve): EMFILE
     - pad, pad1 or reserved non-zero: EINVAL
     - no such VM: EINVAL
     - the VM is closed or banned: ENOENT
     - the VM is exported already, or registered with an aux driver: EEXIST
+    - this file's live exports reach limits.exported: ENOMEM (the export counts against
+      its creator until it is released, after the file is gone if need be)
     """
     refuse_if(args.pad or args.pad1 or any(args.reserved), EINVAL, "pad/pad1/reserved")
     vm = xef.vms.get(args.vm_id)
@@ -217,9 +221,13 @@ def xe_vm_export_ioctl(xef: XeFile, args: m.DrmXeVmExport) -> tuple[m.Empty, lis
         raise IoctlError(EINVAL, f"no VM {args.vm_id}")
     refuse_if(vm.closed or vm.banned, ENOENT, f"VM {args.vm_id} is closed or banned")
     refuse_if(vm.export is not None or vm.registrations, EEXIST, "already exported")
+    refuse_over(xef, "exported", xef.account.exported)
     export = XeVmExport(vm, xef)
-    fd = export.new_fd()
-    export.let_go()  # the descriptor's life is the clients' from now on
+    charge_export(xef, export)
+    try:
+        fd = export.new_fd()
+    finally:
+        export.let_go()  # the descriptor's life is the clients' from now on (if it got one)
     xef.log.info("vm_exported", vm_id=args.vm_id, ino=export.ino)
     return m.Empty(), [fd]
 
@@ -284,6 +292,7 @@ async def aux_vm_resolve_ioctl(
     """AUX_VM_RESOLVE: the memory behind [va, va+length), and a watch on the range.
 
     Checks, in order:
+    - the daemon is down to its descriptor reserve (limits.descriptor_reserve): EMFILE
     - no such vm_handle: ENOENT
     - length zero or the range beyond the VM: EINVAL
     - any address of the range unbound, or bound NULL: EFAULT
@@ -305,12 +314,19 @@ async def aux_vm_resolve_ioctl(
             await busy.arena.wait_idle()
             continue
         break
+    fds: list[int] = []
+    try:  # the descriptors first: running out of them must leave nothing watched or held
+        for memory in backing:
+            fds.append(os.dup(memory.memfd))
+    except OSError:
+        for fd in fds:
+            os.close(fd)
+        raise
     registration.watch(args.va, args.va + args.length)
     for span in spans:
         memory = backing[span.fd_index]
         if isinstance(memory, HostArena):  # its pages are the aux driver's until it acks
             registration.hold_host(memory, span.offset, span.offset + span.length, span.va)
-    fds = [os.dup(memory.memfd) for memory in backing]
     return m.XedAuxVmResolveReply(spans=tuple(spans)), fds
 
 

@@ -1,0 +1,311 @@
+"""[limits]: what one client may hold, and the descriptors the daemon keeps for everyone.
+
+A client at one of its limits gets ENOMEM (EMFILE where the call hands a descriptor
+back) and nobody else notices; a daemon down to its descriptor reserve still accepts
+connections and serves the admin role; one with no descriptor at all answers a new
+connection rather than leaving it in the backlog. Every connection here has a socket
+timeout, so a daemon that hangs fails the test instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from errno import EMFILE, ENOMEM
+from typing import Any
+
+import pytest
+from conftest import baseline
+from helpers import errno_of
+from test_vm_export import SETTLE, settle_to
+
+from clients import Device, XeError
+from clients.daemon import DaemonProcess
+from clients.transport import SeqpacketTransport
+from protocols import SPECS, Event, EventMessage, Op, decode_incoming
+from protocols import messages as m
+from protocols.constants import PAGE_SIZE
+from xed.device.limits import OPENS_DESCRIPTORS, out_of_errno
+from xed.server import TURN_AWAY_WAIT
+
+TIMEOUT = 10.0
+LIMITS = """
+[limits]
+bos = 4
+vms = 2
+exec_queues = 3
+exported = 2
+"""
+NOFILE = 96  # the daemon's descriptor limit in the reserve tests
+RESERVE = 16
+
+
+def connect(daemon: DaemonProcess, role: str = "drm") -> Device:
+    """A connection whose every call is bounded by TIMEOUT."""
+    transport = SeqpacketTransport.connect(daemon.socket_path)
+    transport.sock.settimeout(TIMEOUT)
+    return Device(transport, role)
+
+
+def status(daemon: DaemonProcess) -> m.XedAdminStatusReply:
+    with connect(daemon, "admin") as adm:
+        return adm.admin_status()
+
+
+def client_info(daemon: DaemonProcess, client_id: int) -> m.XedClientInfo:
+    with connect(daemon, "admin") as adm:
+        (info,) = [c for c in adm.admin_clients() if c.client_id == client_id]
+        return info
+
+
+def exported_settles(daemon: DaemonProcess, client_id: int, count: int) -> int:
+    """Poll the client's live exports until `count` (release is asynchronous); the last."""
+    deadline = time.monotonic() + SETTLE
+    while True:
+        seen = client_info(daemon, client_id).exported
+        if seen == count or time.monotonic() > deadline:
+            return seen
+        time.sleep(0.01)
+
+
+# --- per-client limits ------------------------------------------------------------------------
+def test_gem_create_past_limits_bos_is_enomem(make_daemon: Any) -> None:
+    """The (limits.bos+1)th GEM handle of a file is ENOMEM; another file gets its own;
+    a closed handle makes room; the admin view shows the limits."""
+    daemon = make_daemon(LIMITS)
+    before = baseline(daemon)
+    with connect(daemon) as hog, connect(daemon) as other:
+        bos = [hog.gem_create(PAGE_SIZE) for _ in range(4)]
+        assert errno_of(hog.gem_create, PAGE_SIZE) == ENOMEM
+        assert len([other.gem_create(PAGE_SIZE) for _ in range(4)]) == 4
+        hog.gem_close(bos.pop())
+        bos.append(hog.gem_create(PAGE_SIZE))
+        assert errno_of(hog.gem_create, PAGE_SIZE) == ENOMEM
+        with connect(daemon, "admin") as adm:
+            reply = adm.ioctl(Op.ADMIN_CLIENTS, m.XedAdminClients())
+            assert reply.limits.bos == 4 and reply.limits.exported == 2
+            assert adm.admin_status().limits_hit == 2
+    assert settle_to(daemon, before) == before
+    assert '"limit": "bos"' in daemon.log_text()
+
+
+def test_prime_import_past_limits_bos_is_enomem(make_daemon: Any) -> None:
+    """Importing a dma-buf is a new handle, ENOMEM past limits.bos; importing one the file
+    already has a handle for is not."""
+    daemon = make_daemon(LIMITS)
+    before = baseline(daemon)
+    with connect(daemon) as hog, connect(daemon) as other:
+        bos = [hog.gem_create(PAGE_SIZE) for _ in range(4)]
+        theirs = other.prime_handle_to_fd(other.gem_create(PAGE_SIZE))
+        ours = hog.prime_handle_to_fd(bos[0])
+        try:
+            assert errno_of(hog.prime_fd_to_handle, theirs) == ENOMEM
+            assert hog.prime_fd_to_handle(ours) == bos[0]
+            assert other.prime_fd_to_handle(ours)  # the other file has room
+        finally:
+            os.close(theirs)
+            os.close(ours)
+    assert settle_to(daemon, before) == before
+
+
+def test_vm_create_past_limits_vms_is_enomem(make_daemon: Any) -> None:
+    """The (limits.vms+1)th VM of a file is ENOMEM; another file is not affected; a
+    destroyed VM makes room."""
+    daemon = make_daemon(LIMITS)
+    before = baseline(daemon)
+    with connect(daemon) as hog, connect(daemon) as other:
+        vms = [hog.vm_create(), hog.vm_create()]
+        assert errno_of(hog.vm_create) == ENOMEM
+        assert other.vm_create() and other.vm_create()
+        hog.vm_destroy(vms.pop())
+        vms.append(hog.vm_create())
+    assert settle_to(daemon, before) == before
+
+
+def test_exec_queue_create_past_limits_exec_queues_is_enomem(make_daemon: Any) -> None:
+    """The (limits.exec_queues+1)th queue of a file is ENOMEM, whichever VM it is on;
+    another file is not affected; a destroyed queue makes room; a disconnect frees all."""
+    daemon = make_daemon(LIMITS)
+    before = baseline(daemon)
+    with connect(daemon) as hog, connect(daemon) as other:
+        vm, vm2 = hog.vm_create(), hog.vm_create()
+        queues = [hog.exec_queue_create(vm) for _ in range(3)]
+        assert errno_of(hog.exec_queue_create, vm2) == ENOMEM
+        other_vm = other.vm_create()
+        assert len([other.exec_queue_create(other_vm) for _ in range(3)]) == 3
+        hog.exec_queue_destroy(queues.pop())
+        queues.append(hog.exec_queue_create(vm2))
+        assert errno_of(hog.exec_queue_create, vm) == ENOMEM
+    assert settle_to(daemon, before) == before
+
+
+def test_exports_count_against_their_creator_until_freed(make_daemon: Any) -> None:
+    """limits.exported counts the dma-bufs and VM exports a file created that are alive:
+    exporting the same BO again is the same dma-buf, closing the handle does not give the
+    charge back (the dma-buf lives on in its descriptors), closing those does."""
+    daemon = make_daemon(LIMITS)
+    before = baseline(daemon)
+    with connect(daemon) as hog, connect(daemon) as other:
+        a, b = hog.gem_create(PAGE_SIZE), hog.gem_create(PAGE_SIZE)
+        fds = [hog.prime_handle_to_fd(a), hog.prime_handle_to_fd(a)]
+        fds.append(hog.vm_export(hog.vm_create()))
+        try:
+            assert client_info(daemon, hog.client_id).exported == 2
+            assert errno_of(hog.prime_handle_to_fd, b) == ENOMEM
+            assert errno_of(hog.vm_export, hog.vm_create()) == ENOMEM
+            os.close(other.prime_handle_to_fd(other.gem_create(PAGE_SIZE)))  # room there
+            hog.gem_close(a)
+            assert errno_of(hog.prime_handle_to_fd, b) == ENOMEM
+            for fd in fds[:2]:
+                os.close(fd)
+            del fds[:2]
+            assert exported_settles(daemon, hog.client_id, 1) == 1
+            os.close(hog.prime_handle_to_fd(b))
+        finally:
+            for fd in fds:
+                os.close(fd)
+    assert settle_to(daemon, before) == before
+
+
+def test_an_export_outliving_its_file_is_freed_cleanly(make_daemon: Any) -> None:
+    """A dma-buf whose creator disconnected stays alive in its descriptor, can be
+    imported, and gives back everything when that descriptor closes."""
+    daemon = make_daemon(LIMITS)
+    before = baseline(daemon)
+    with connect(daemon) as creator:
+        fd = creator.prime_handle_to_fd(creator.gem_create(PAGE_SIZE))
+    try:
+        with connect(daemon) as importer:
+            assert importer.prime_fd_to_handle(fd)
+        assert status(daemon).objects.dma_bufs == before[1].dma_bufs + 1
+    finally:
+        os.close(fd)
+    assert settle_to(daemon, before) == before
+
+
+# --- the descriptor reserve -------------------------------------------------------------------
+def fill_to_reserve(dev: Device) -> list[int]:
+    """BOs until the daemon refuses for want of descriptors (ENOMEM, never EIO)."""
+    bos: list[int] = []
+    while True:
+        try:
+            bos.append(dev.gem_create(PAGE_SIZE))
+        except XeError as exc:
+            assert exc.errno == ENOMEM, exc
+            return bos
+        assert len(bos) < NOFILE, "the daemon never ran short"
+
+
+def test_a_client_at_the_descriptor_reserve_leaves_room_for_others(make_daemon: Any) -> None:
+    """A client creating BOs until the daemon is down to descriptor_reserve gets ENOMEM,
+    then EMFILE for calls that hand a descriptor back; meanwhile a new client connects
+    and is served and the admin role works; its disconnect frees everything."""
+    daemon = make_daemon(f"[limits]\ndescriptor_reserve = {RESERVE}\n", nofile=NOFILE)
+    before = baseline(daemon)
+    with connect(daemon) as hog:
+        bos = fill_to_reserve(hog)
+        assert errno_of(hog.mmap, hog.gem_mmap_offset(bos[0]), PAGE_SIZE) == EMFILE
+        assert errno_of(hog.prime_handle_to_fd, bos[0]) == EMFILE
+        vm = hog.vm_create()  # costs no descriptor: still served
+        assert errno_of(hog.vm_export, vm) == EMFILE
+        with connect(daemon) as newcomer, connect(daemon, "admin") as adm:
+            assert newcomer.version().name == "xe"
+            assert adm.admin_status().limits_hit == 4
+        assert daemon.open_fds() >= NOFILE - RESERVE
+    assert settle_to(daemon, before) == before
+    assert "descriptors_low" in daemon.log_text()
+
+
+def test_a_full_descriptor_table_answers_new_connections(make_daemon: Any) -> None:
+    """With no descriptor left at all, a new connection is accepted into the spare one
+    and its HELLO answered EMFILE (a silent one gets a PROTOCOL_ERROR event) rather than
+    hanging in the backlog; descriptors attached to requests that find no room are
+    ENOMEM / EMFILE; a connection closing makes room again."""
+    daemon = make_daemon(f"[limits]\ndescriptor_reserve = {RESERVE}\n", nofile=NOFILE)
+    before = baseline(daemon)
+    held: list[Device] = []
+    with connect(daemon) as hog:
+        bos = fill_to_reserve(hog)
+        dma_buf = os.memfd_create("not-a-dma-buf")
+        try:
+            while True:  # each connection costs the daemon one descriptor of its reserve
+                try:
+                    held.append(connect(daemon))
+                except XeError as exc:
+                    assert exc.errno == EMFILE and exc.op == "HELLO"
+                    break
+                assert len(held) <= RESERVE
+            assert errno_of(hog.prime_fd_to_handle, dma_buf) == ENOMEM
+            assert errno_of(hog.dmabuf_mmap, dma_buf, PAGE_SIZE) == EMFILE
+            assert _silent_connection_is_told(daemon) == EMFILE
+            held.pop().close()
+            _connect_eventually(daemon).close()
+            assert hog.gem_mmap_offset(bos[0])  # the hog itself is still served
+        finally:
+            os.close(dma_buf)
+            for dev in held:
+                dev.close()
+    # room for an admin visit first: the daemon learns of the closes asynchronously
+    assert _fds_settle_below(daemon, NOFILE - RESERVE) < NOFILE - RESERVE
+    assert settle_to(daemon, before) == before
+    assert status(daemon).limits_hit >= 5
+    assert "connection_refused" in daemon.log_text()
+
+
+def _silent_connection_is_told(daemon: DaemonProcess) -> int:
+    """Connect and say nothing: the errno of the PROTOCOL_ERROR event that comes."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+        sock.settimeout(TURN_AWAY_WAIT + TIMEOUT)
+        sock.connect(str(daemon.socket_path))
+        message = decode_incoming(sock.recv(4096), (), {})
+        assert isinstance(message, EventMessage) and message.event is Event.PROTOCOL_ERROR
+        assert sock.recv(4096) == b""  # and hung up
+        errno: int = message.data.errno
+        return errno
+
+
+def _fds_settle_below(daemon: DaemonProcess, count: int) -> int:
+    """Poll the daemon's open descriptors (from /proc) until fewer than `count`."""
+    deadline = time.monotonic() + SETTLE
+    while True:
+        seen = daemon.open_fds()
+        if seen < count or time.monotonic() > deadline:
+            return seen
+        time.sleep(0.01)
+
+
+def _connect_eventually(daemon: DaemonProcess) -> Device:
+    """A connection, once the daemon has seen a close that makes room (asynchronous)."""
+    deadline = time.monotonic() + SETTLE
+    while True:
+        try:
+            return connect(daemon)
+        except XeError as exc:
+            if exc.errno != EMFILE or time.monotonic() > deadline:
+                raise
+        time.sleep(0.01)
+
+
+def test_running_out_inside_an_ioctl_is_emfile_not_eio(make_daemon: Any) -> None:
+    """Descriptors that run out halfway through an ioctl (past the reserve check: a
+    dma-buf needs three) answer EMFILE, counted and logged as a limit, not a crash."""
+    daemon = make_daemon("[limits]\ndescriptor_reserve = 1\n", nofile=64)
+    before = baseline(daemon)
+    with connect(daemon) as hog:
+        bos = fill_to_reserve(hog)  # one descriptor left
+        hog.gem_close(bos.pop())  # two: the reserve check passes, a socketpair takes both
+        assert errno_of(hog.prime_handle_to_fd, bos[0]) == EMFILE
+    assert _fds_settle_below(daemon, 64 - 1) < 64 - 1  # room for an admin visit
+    assert settle_to(daemon, before) == before
+    assert status(daemon).limits_hit == 2
+    assert "daemon descriptors" in daemon.log_text()
+
+
+@pytest.mark.parametrize("op", sorted(OPENS_DESCRIPTORS), ids=lambda op: op.name)
+def test_ops_refused_at_the_reserve_list_it(op: Op) -> None:
+    """Every op refused at the descriptor reserve lists that errno in the op table:
+    EMFILE where it hands a descriptor back, ENOMEM otherwise."""
+    expected = EMFILE if SPECS[op].fds_out else ENOMEM
+    assert out_of_errno(op) == expected
+    assert any(e == expected and "descriptor_reserve" in why for e, why in SPECS[op].errors)
