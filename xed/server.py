@@ -55,6 +55,7 @@ from .device.eudebug import debug_event
 from .device.file import XeFile
 from .device.ids import IdAllocator
 from .ioctl import HANDLERS
+from .seqpacket import EmptyRead, empty_read
 
 _ANC_SPACE = socket.CMSG_SPACE(MAX_FDS * 4)
 # plain ints: the socket module's flags are IntFlags, slow to test on every datagram
@@ -130,8 +131,8 @@ class Connection:
             while True:
                 data, ancdata, flags, _ = await self._recvmsg()
                 fds, junk = unpack_fds(ancdata)
-                if not data and not fds:
-                    return "eof"  # SOCK_SEQPACKET: a zero-length read is the end
+                if not data and not fds and empty_read(self.sock) is not EmptyRead.DATAGRAM:
+                    return "eof"  # the client closed (or shut down) its end
                 if junk or flags & _MSG_CTRUNC:  # the kernel dropped what did not fit
                     _close_all(fds)
                     await self._refuse(
@@ -171,6 +172,8 @@ class Connection:
         started = time.perf_counter()
         try:
             self._check_plugged(request)
+            if self.device.test_crashes:
+                self.device.crash_point(request.op.name)
             if request.op is Op.HELLO:
                 result: Any = self._hello(request.args)
             else:

@@ -19,18 +19,26 @@ ACTIVATION_VARS = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
 SERVICE_MANAGER_VARS = (*ACTIVATION_VARS, "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
+_notify_sock: socket.socket | None = None
+
+
 def notify(message: str) -> bool:
-    """Send `message` (e.g. "READY=1") to the service manager; False if there is none."""
+    """Send `message` (e.g. "READY=1") to the service manager; False if there is none,
+    or it could not be told. Never raises: the pings must go on when the daemon is out
+    of descriptors, so the socket is made once (at READY=1) and kept, and a failure to
+    make it is only tried again at the next message."""
+    global _notify_sock
     address = os.environ.get("NOTIFY_SOCKET")
     if not address:
         return False
     if address.startswith("@"):
         address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-        try:
-            sock.sendto(message.encode(), address)
-        except OSError:
-            return False
+    try:
+        if _notify_sock is None:
+            _notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        _notify_sock.sendto(message.encode(), address)
+    except (OSError, ValueError):  # ValueError: a message that cannot be encoded
+        return False
     return True
 
 
