@@ -233,8 +233,13 @@ def test_page_watcher_crash_ends_one_page_not_the_watcher(
         dev.pci_barrier()
         wait_until(lambda: status(daemon).task_crashes == 1, "the crash")
         other.pci_barrier()
-        other.pci_barrier_drain()
         with Device.open(daemon.socket_path, role="admin") as admin:
-            barriers = {c.client_id: c.barriers for c in admin.admin_clients()}
-        assert barriers[other.client_id] == 1
-        assert barriers[dev.client_id] == 0
+
+            def barriers() -> dict[int, int]:
+                return {c.client_id: c.barriers for c in admin.admin_clients()}
+
+            wait_until(lambda: barriers()[other.client_id] == 1, "the other page's barrier")
+            dev.pci_barrier()
+            other.pci_barrier()
+            wait_until(lambda: barriers()[other.client_id] == 2, "the other page's barrier")
+            assert barriers()[dev.client_id] == 0
