@@ -370,6 +370,8 @@ SPECS: dict[Op, OpSpec] = {
                 (EINVAL, "bad sync (see EXEC)"),
                 (EOPNOTSUPP, "user fence on a bind without binds, or without SIGNAL"),
                 (EFAULT, "user fence address not mapped by this connection"),
+                (EFAULT, "user fence in a BO the daemon cannot map (a foreign buffer's seal)"),
+                (ENOMEM, "user fence in a BO the daemon cannot map (out of descriptors or memory)"),
             ),
         ),
         OpSpec(
@@ -424,6 +426,8 @@ SPECS: dict[Op, OpSpec] = {
                 (EINVAL, "addr not 8-byte aligned"),
                 (ENOENT, "exec_queue_id names no queue"),
                 (EFAULT, "addr not inside a mapping of this connection"),
+                (EFAULT, "addr in a BO the daemon cannot map (a foreign buffer's seal)"),
+                (ENOMEM, "addr in a BO the daemon cannot map (out of descriptors or memory)"),
                 (EIO, "the exec queue was reset (banned) while waiting"),
                 (ETIME, "the timeout passed"),
             ),

@@ -45,7 +45,8 @@ def parse_syncs(
     - SYNCOBJ / TIMELINE_SYNCOBJ: ENOENT (no syncobj handle exists here)
     - USER_FENCE on a VM_BIND with no binds: EOPNOTSUPP
     - USER_FENCE without SIGNAL: EOPNOTSUPP; address not 8-byte aligned: EINVAL
-    - USER_FENCE at a user address this file has not mapped: EFAULT
+    - USER_FENCE at a user address this file has not mapped: EFAULT; in a BO the daemon
+      cannot map: ENOMEM (out of descriptors or memory), else EFAULT
     - any other type: EINVAL
     - more than one user fence: EINVAL
     """
