@@ -699,7 +699,10 @@ SPECS: dict[Op, OpSpec] = {
                 "Spoken on a dma-buf's own descriptor by another daemon importing it: the "
                 "exporter answers with its memory (zero copy). Not valid on a connection."
             ),
-            errors=((EINVAL, "the descriptor is not a dma-buf (e.g. an exported VM)"),),
+            errors=(
+                (EINVAL, "the descriptor is not a dma-buf (e.g. an exported VM)"),
+                (ENOMEM, "the exporter cannot open its memory (out of descriptors or memory)"),
+            ),
         ),
         OpSpec(
             op=Op.ADMIN_STATUS,

@@ -14,7 +14,7 @@ import select
 import socket
 import time
 from collections.abc import Callable, Iterator
-from errno import EBUSY, EINVAL
+from errno import EBUSY, EINVAL, ENOMEM
 from typing import Any
 
 import pytest
@@ -40,6 +40,7 @@ from xed.device.device import XeDevice
 from xed.device.export import ExportedObject
 
 TIMEOUT = 10.0  # seconds: an upper bound, never an expectation
+NOFILE = 64  # a daemon's descriptor limit, where a test takes them all
 BYSTANDER_CALLS = 2000
 # an upper bound for them: answered one per turn they take a second or two; when the
 # flood had the device they took three quarters of a minute (45 calls/s)
@@ -170,6 +171,31 @@ def test_descriptor_closed_with_an_answer_unread_is_released(
                "the release")  # fmt: skip
     dev.vm_destroy(vm)
     wait_until(lambda: baseline(fresh_daemon) == before, "every object and descriptor back")
+
+
+def test_attach_while_the_daemon_is_out_of_descriptors_is_enomem(
+    make_daemon: Callable[..., DaemonProcess],
+) -> None:
+    """DMA_BUF_ATTACH while clients hold every descriptor the daemon may have: ENOMEM on
+    the dma-buf's descriptor, and the dma-buf lives on (served once they are back)."""
+    daemon = make_daemon(nofile=NOFILE)
+    hogs: list[socket.socket] = []
+    with Device.open(daemon.socket_path) as dev:
+        handle = dev.gem_create(0x1000)
+        sock = socket.socket(fileno=dev.prime_handle_to_fd(handle))
+        try:
+            for _ in range(NOFILE + 16):  # connections it cannot all accept: EMFILE
+                hogs.append(socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET))
+                hogs[-1].connect(str(daemon.socket_path))
+            wait_until(lambda: daemon.open_fds() >= NOFILE, "the daemon to run out")
+            assert attach(sock).errno == ENOMEM
+        finally:
+            for hog in hogs:
+                hog.close()
+        wait_until(lambda: daemon.open_fds() < NOFILE - 8, "the hogs to be gone")
+        assert attach(sock, request_id=8).errno == 0
+        assert dev.prime_fd_to_handle(sock.fileno()) == handle
+        sock.close()
 
 
 # --- a flood on the descriptor ----------------------------------------------------------------

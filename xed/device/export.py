@@ -188,6 +188,9 @@ class ExportedObject:
             self._send_nowait(encode_reply(request.id, request.op, 0, result), fds)
         except IoctlError as exc:
             self._send_nowait(encode_error(request.id, exc.errno, exc.message), [])
+        except OSError as exc:  # opening the memory for the answer: no descriptor left
+            message = f"the exporter cannot open its memory: {exc.strerror}"
+            self._send_nowait(encode_error(request.id, errnos.ENOMEM, message), [])
         finally:
             for fd in fds:
                 os.close(fd)
