@@ -519,6 +519,8 @@ def test_daemon_serves_after_abuse(fresh_daemon: DaemonProcess) -> None:
         assert b.recv_raw() == b""
         c.hello()
         c.send_bytes(b"")
+        assert c.event().data.errno == errno.EINVAL
+        c.sock.shutdown(socket.SHUT_WR)
         assert c.recv_raw() == b""
         d.send_bytes(b"\x93\xce\xff\xff\xff\xff\xcd\x01")  # truncated in the middle
         d.recv()
