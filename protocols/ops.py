@@ -387,6 +387,8 @@ SPECS: dict[Op, OpSpec] = {
                 (EINVAL, "bad sync (see EXEC)"),
                 (EOPNOTSUPP, "user fence on a bind without binds, or without SIGNAL"),
                 (EFAULT, "user fence address not mapped by this connection"),
+                (EFAULT, "user fence in a BO the daemon cannot map (a foreign buffer's seal)"),
+                (ENOMEM, "user fence in a BO the daemon cannot map (out of descriptors or memory)"),
             ),
         ),
         OpSpec(
@@ -442,6 +444,8 @@ SPECS: dict[Op, OpSpec] = {
                 (EINVAL, "addr not 8-byte aligned"),
                 (ENOENT, "exec_queue_id names no queue"),
                 (EFAULT, "addr not inside a mapping of this connection"),
+                (EFAULT, "addr in a BO the daemon cannot map (a foreign buffer's seal)"),
+                (ENOMEM, "addr in a BO the daemon cannot map (out of descriptors or memory)"),
                 (EIO, "the exec queue was reset (banned) while waiting"),
                 (ETIME, "the timeout passed"),
             ),
@@ -731,7 +735,10 @@ SPECS: dict[Op, OpSpec] = {
                 "Spoken on a dma-buf's own descriptor by another daemon importing it: the "
                 "exporter answers with its memory (zero copy). Not valid on a connection."
             ),
-            errors=((EINVAL, "the descriptor is not a dma-buf (e.g. an exported VM)"),),
+            errors=(
+                (EINVAL, "the descriptor is not a dma-buf (e.g. an exported VM)"),
+                (ENOMEM, "the exporter cannot open its memory (out of descriptors or memory)"),
+            ),
         ),
         OpSpec(
             op=Op.ADMIN_STATUS,

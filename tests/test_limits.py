@@ -27,7 +27,6 @@ from protocols import SPECS, Event, EventMessage, Op, decode_incoming
 from protocols import messages as m
 from protocols.constants import PAGE_SIZE
 from xed.device.limits import OPENS_DESCRIPTORS, out_of_errno
-from xed.server import TURN_AWAY_WAIT
 
 TIMEOUT = 10.0
 LIMITS = """
@@ -256,7 +255,7 @@ def test_a_full_descriptor_table_answers_new_connections(make_daemon: Any) -> No
 def _silent_connection_is_told(daemon: DaemonProcess) -> int:
     """Connect and say nothing: the errno of the PROTOCOL_ERROR event that comes."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
-        sock.settimeout(TURN_AWAY_WAIT + TIMEOUT)
+        sock.settimeout(TIMEOUT)
         sock.connect(str(daemon.socket_path))
         message = decode_incoming(sock.recv(4096), (), {})
         assert isinstance(message, EventMessage) and message.event is Event.PROTOCOL_ERROR

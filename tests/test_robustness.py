@@ -457,15 +457,25 @@ def test_strikes_before_hello_hang_up(raw: Raw) -> None:
     assert raw.recv_raw() == b""
 
 
-def test_zero_length_datagram_ends_connection(fresh_daemon: DaemonProcess) -> None:
-    """A zero-length datagram is taken as end of connection: the daemon closes its end."""
+def test_zero_length_datagram_is_einval_and_the_connection_lives(raw: Raw) -> None:
+    """A zero-length datagram is a malformed message (a PROTOCOL_ERROR event, EINVAL),
+    not the end of the connection: the socket says whether the peer is still there."""
+    raw.hello()
+    raw.send_bytes(b"")
+    assert raw.event().data.errno == errno.EINVAL
+    assert raw.call(2, Op.VERSION, m.DrmVersion()).errno == 0
+
+
+def test_shutdown_for_sending_ends_connection(fresh_daemon: DaemonProcess) -> None:
+    """A client that shuts its end for sending can say nothing more: the daemon ends the
+    connection and releases what it held, as at a close."""
     conn = Raw(fresh_daemon.socket_path)
     try:
         conn.hello()
         conn.send(2, Op.XE_GEM_CREATE, m.DrmXeGemCreate(size=4096, placement=1, cpu_caching=1))
         assert conn.reply().errno == 0
         assert baseline(fresh_daemon)[1].bos == 1
-        conn.send_bytes(b"")
+        conn.sock.shutdown(socket.SHUT_WR)
         assert conn.recv_raw() == b""
     finally:
         conn.close()
@@ -509,6 +519,8 @@ def test_daemon_serves_after_abuse(fresh_daemon: DaemonProcess) -> None:
         assert b.recv_raw() == b""
         c.hello()
         c.send_bytes(b"")
+        assert c.event().data.errno == errno.EINVAL
+        c.sock.shutdown(socket.SHUT_WR)
         assert c.recv_raw() == b""
         d.send_bytes(b"\x93\xce\xff\xff\xff\xff\xcd\x01")  # truncated in the middle
         d.recv()

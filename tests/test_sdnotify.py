@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import secrets
 import signal
 import socket
@@ -26,7 +27,8 @@ from xed import systemd
 ENV = {
     k: v
     for k, v in os.environ.items()
-    if k not in (*systemd.SERVICE_MANAGER_VARS, "XED_SOCKET", "XED_TEST_HANG_AFTER")
+    if k not in systemd.SERVICE_MANAGER_VARS
+    and k not in ("XED_SOCKET", "XED_TEST_HANG_AFTER", "XED_TEST_CRASH")
 }
 ENV["PYTHONPATH"] = str(ROOT)
 # become the process LISTEN_PID names, move the passed socket to fd 3, exec the daemon
@@ -117,7 +119,12 @@ def start(
     args: list[str],
     env: dict[str, str],
     pass_fds: tuple[int, ...] = (),
+    nofile: int | None = None,
 ) -> subprocess.Popen[bytes]:
+    def limit() -> None:
+        assert nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
     with open(tmp_path / "daemon.log", "ab") as log:
         proc = subprocess.Popen(
             args,
@@ -126,6 +133,7 @@ def start(
             cwd=ROOT,
             env=dict(ENV, **env),
             pass_fds=pass_fds,
+            preexec_fn=limit if nofile else None,
         )
     children.append(proc)
     return proc
@@ -136,11 +144,13 @@ def serve(
     tmp_path: Path,
     manager: Manager,
     *args: str,
+    nofile: int | None = None,
     **env: str,
 ) -> subprocess.Popen[bytes]:
-    """`xed serve --socket TMP/xed.sock ARGS` reporting to `manager`."""
+    """`xed serve --socket TMP/xed.sock ARGS` reporting to `manager`; `nofile`: its
+    descriptor limit (soft and hard)."""
     cmd = [sys.executable, "-m", "xed", "serve", "--socket", str(tmp_path / "xed.sock"), *args]
-    return start(children, tmp_path, cmd, dict(env, NOTIFY_SOCKET=manager.address))
+    return start(children, tmp_path, cmd, dict(env, NOTIFY_SOCKET=manager.address), nofile=nofile)
 
 
 def activated(
@@ -378,3 +388,78 @@ def test_second_sigterm_cuts_the_drain_short(
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
     assert any(e["event"] == "drain_interrupted" for e in events(tmp_path))
+
+
+# --- the service manager's tasks are contained ----------------------------------------------
+NOFILE = 64  # the daemon's descriptor limit in the exhaustion test
+PINGS = 3
+
+
+def pings_after(manager: Manager, since: float, count: int = PINGS) -> None:
+    """Wait until `count` WATCHDOG=1 arrived after `since` (monotonic), within bounds."""
+    while sum(1 for t, line in manager.seen if t > since and line == "WATCHDOG=1") < count:
+        manager.expect(lambda line: line == "WATCHDOG=1", timeout=5)
+
+
+def test_watchdog_and_status_go_on_with_every_descriptor_taken(
+    tmp_path: Path, manager: Manager, children: list[subprocess.Popen[bytes]]
+) -> None:
+    """Clients take every descriptor the daemon may have (its accept fails with EMFILE):
+    WATCHDOG=1 keeps coming, STATUS= still follows the objects, the daemon lives on
+    and serves again once the descriptors are back."""
+    config = tmp_path / "xed.toml"  # a reserve below the limit: the table really fills
+    config.write_text("[limits]\ndescriptor_reserve = 4\n")
+    proc = serve(
+        children, tmp_path, manager, "--config", str(config), nofile=NOFILE,
+        WATCHDOG_USEC="200000",
+    )  # fmt: skip
+    manager.expect(is_ready)
+    hogs: list[socket.socket] = []
+    with Device.open(tmp_path / "xed.sock") as dev:
+        handle = dev.gem_create(0x1000)
+        manager.expect(lambda line: line.startswith("STATUS=clients: 1, BOs: 1"))
+        try:
+            for _ in range(NOFILE + 16):  # more than it can accept: the rest wait in backlog
+                hog = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+                hogs.append(hog)
+                hog.connect(str(tmp_path / "xed.sock"))
+            deadline = time.monotonic() + 20
+            full = ("accept_failed", "connection_refused")  # refused: the spare was used
+            while not any(e["event"] in full for e in events(tmp_path)):
+                assert time.monotonic() < deadline, "the daemon never ran out of descriptors"
+                time.sleep(0.05)
+            exhausted = time.monotonic()
+            pings_after(manager, exhausted)
+            dev.gem_close(handle)  # one descriptor back, and taken again by a waiting hog
+            manager.expect(lambda line: line.startswith("STATUS=") and "BOs: 0" in line)
+            pings_after(manager, time.monotonic())
+            assert proc.poll() is None
+        finally:
+            for hog in hogs:
+                hog.close()
+    manager.expect(lambda line: line.startswith("STATUS=clients: 0"), timeout=20)
+    with Device.open(tmp_path / "xed.sock") as dev:
+        assert dev.gem_create(0x1000)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+
+
+def test_watchdog_task_that_crashes_starts_again(
+    tmp_path: Path, manager: Manager, children: list[subprocess.Popen[bytes]]
+) -> None:
+    """A crash in the watchdog task (XED_TEST_CRASH, test only) is logged with its
+    traceback and counted; the task starts again and the pings resume."""
+    proc = serve(children, tmp_path, manager, WATCHDOG_USEC="200000", XED_TEST_CRASH="sd_watchdog")
+    manager.expect(is_ready)
+    deadline = time.monotonic() + 20
+    while not any(e["event"] == "task_crashed" for e in events(tmp_path)):
+        assert time.monotonic() < deadline, "the watchdog task never crashed"
+        time.sleep(0.05)
+    (crash,) = [e for e in events(tmp_path) if e["event"] == "task_crashed"]
+    assert crash["task"] == "sd_watchdog" and crash["level"] == "error"
+    assert crash["exception"].startswith("Traceback (most recent call last)")
+    pings_after(manager, time.monotonic())
+    with Device.open(tmp_path / "xed.sock", role="admin") as admin:
+        assert admin.admin_status().task_crashes == 1
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0

@@ -43,6 +43,7 @@ USERPTR_VA = 0x3_0000_0000  # host memory bound here
 HOST_SIZE = 4 * PAGE_SIZE
 HUGE_PAGE = 2 << 20
 MARK = 0xEE
+LONG_BATCH = 1500  # instructions: past the command streamer's first checkpoint, not its second
 
 START, END_REPLACED, END_FREED = 1, 2, 3
 
@@ -737,3 +738,39 @@ def test_connection_close_with_userptr_binds_releases_everything(
             break
         time.sleep(0.01)
     assert baseline(fresh_daemon) == before
+
+
+# --- user fences in host memory under the notifier ----------------------------------------------
+
+
+def test_exec_user_fence_over_invalidated_host_memory_waits_then_lands(rig: Rig) -> None:
+    """An EXEC's user fence in host memory whose page is being invalidated waits for the
+    notifier, as every device access does, then lands at END; nothing is banned."""
+    fence_at = 0x100
+    invalidate(rig.dev, rig.hm.base, PAGE_SIZE, START)
+    rig.dev.exec(rig.queue, rig.place(Batch().end()), syncs=[user_fence(USERPTR_VA + fence_at, 77)])
+    address = rig.hm.mapping.user_address(fence_at)
+    assert errno_of(rig.dev.wait_user_fence, address, 77, timeout=STALLED) == ETIME
+    invalidate(rig.dev, rig.hm.base, PAGE_SIZE, END_REPLACED)
+    rig.dev.wait_user_fence(address, 77, timeout=WAIT)
+    rig.run(Batch().store_dword(USERPTR_VA + 8, 5).end())  # the queue still runs
+    assert rig.hm.mapping.read_u32(8) == 5
+    assert not rig.ban_events()
+
+
+def test_replace_under_a_running_batchs_user_fence_again_and_again(rig: Rig) -> None:
+    """The library only: a batch long enough to be caught mid-way (it yields every 1024
+    instructions), its user fence in host memory, and replace() of the fence's page
+    while it runs, again and again: every fence lands, nothing is banned."""
+    fence_at = 0x100
+    address = rig.hm.mapping.user_address(fence_at)
+    batch = Batch()
+    for _ in range(LONG_BATCH):
+        batch.noop()
+    long_batch = rig.place(batch.end())
+    for value in range(1, 21):
+        fence = user_fence(USERPTR_VA + fence_at, value)
+        rig.dev.exec(rig.queue, long_batch, syncs=[fence])
+        rig.hm.replace(0, b"new data")  # page 0 (the fence's) changes; the fence's bytes do not
+        rig.dev.wait_user_fence(address, value, timeout=WAIT)
+    assert not rig.ban_events()

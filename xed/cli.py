@@ -10,6 +10,7 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,7 @@ async def _report_status(handle: ServerHandle, listener: DrainingListener) -> No
     barriers, since = handle.device.stats["barriers"], trio.current_time()
     while True:
         await trio.sleep(STATUS_INTERVAL)
+        handle.device.crash_point("sd_status")
         now, count = trio.current_time(), handle.device.stats["barriers"]
         line = status_line(handle, (count - barriers) / max(now - since, 1e-9))
         if listener.draining:
@@ -81,12 +83,13 @@ async def _report_status(handle: ServerHandle, listener: DrainingListener) -> No
             last = line
 
 
-async def _watchdog(period: float) -> None:
+async def _watchdog(handle: ServerHandle, period: float) -> None:
     """WATCHDOG=1 every `period` seconds, from the loop that serves: if the loop hangs,
     the pings stop and systemd kills and restarts us (Result=watchdog)."""
     while True:
         systemd.notify("WATCHDOG=1")
         await trio.sleep(period)
+        handle.device.crash_point("sd_watchdog")
 
 
 async def _hang_for_tests(delay: float) -> None:
@@ -147,11 +150,14 @@ async def _run(
             handle: ServerHandle = await nursery.start(serve, config, listener, path)
             # serve() is in its accept loop from here on: systemd may send us clients
             systemd.notify(f"READY=1\nSTATUS={status_line(handle, 0.0)}")
+            # device tasks: a bug in them is logged and counted, and they start again;
+            # the daemon never ends for want of a ping (nor a descriptor: systemd.notify)
+            device = handle.device
             period = systemd.watchdog_period()
             if period is not None:
-                nursery.start_soon(_watchdog, period)
+                device.start_forever(partial(_watchdog, handle, period), what="sd_watchdog")
             if systemd.notify_enabled():
-                nursery.start_soon(_report_status, handle, listener)
+                device.start_forever(partial(_report_status, handle, listener), what="sd_status")
             if hang_after is not None:
                 nursery.start_soon(_hang_for_tests, hang_after)
             async for signum in signals:

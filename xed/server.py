@@ -58,6 +58,7 @@ from .device.ids import IdAllocator
 from .device.limits import EXHAUSTED, OPENS_DESCRIPTORS, DescriptorReserve, out_of_errno
 from .device.limits import out_of_resources as _out_of_resources
 from .ioctl import HANDLERS
+from .seqpacket import EmptyRead, empty_read
 
 _ANC_SPACE = socket.CMSG_SPACE(MAX_FDS * 4)
 # plain ints: the socket module's flags are IntFlags, slow to test on every datagram
@@ -66,7 +67,6 @@ _MSG_CTRUNC = int(socket.MSG_CTRUNC)
 _MSG_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
 _PEERCRED = struct.Struct("3i")
 EVENT_QUEUE = 256  # events a slow client may fall behind by before they are dropped
-TURN_AWAY_WAIT = 2.0  # seconds a connection we have no room for has to send its HELLO
 
 
 # op -> (handler, whether it takes the request's descriptors, whether it must be awaited),
@@ -134,8 +134,8 @@ class Connection:
             while True:
                 data, ancdata, flags, _ = await self._recvmsg()
                 fds, junk = unpack_fds(ancdata)
-                if not data and not fds:
-                    return "eof"  # SOCK_SEQPACKET: a zero-length read is the end
+                if not data and not fds and empty_read(self.sock) is not EmptyRead.DATAGRAM:
+                    return "eof"  # the client closed (or shut down) its end
                 if junk or flags & _MSG_CTRUNC:  # the kernel dropped what did not fit
                     _close_all(fds)
                     await self._refuse(peek_request_id(data), *self._lost_descriptors(data))
@@ -184,6 +184,8 @@ class Connection:
         started = time.perf_counter()
         try:
             self._check_plugged(request)
+            if self.device.test_crashes:
+                self.device.crash_point(request.op.name)
             if request.op is Op.HELLO:
                 result: Any = self._hello(request.args)
             else:
@@ -416,7 +418,7 @@ async def _accept_loop(
         except OSError as exc:
             if exc.errno in (errno.EMFILE, errno.ENFILE):
                 try:
-                    turned_away = await _turn_away(listener, device.descriptors, log)
+                    turned_away = _turn_away(listener, device.descriptors, log)
                 except BlockingIOError:  # accept() wants room before it looks at the backlog
                     await trio.lowlevel.wait_readable(listener)
                     continue
@@ -444,12 +446,12 @@ async def _accept_loop(
         nursery.start_soon(run)
 
 
-async def _turn_away(listener: socket.socket, reserve: DescriptorReserve, log: Any) -> bool:
+def _turn_away(listener: socket.socket, reserve: DescriptorReserve, log: Any) -> bool:
     """Our descriptor table is full and a connection may wait in the backlog: accept it
     into the spare descriptor's slot, answer its first request with EMFILE (a client
-    sends HELLO right after connect; one that says nothing in TURN_AWAY_WAIT seconds gets
-    a PROTOCOL_ERROR event instead), close it and take the spare back. Nobody hangs in
-    the backlog. False if there is no spare to give up; BlockingIOError if nobody waits.
+    sends HELLO right after connect; one that has said nothing yet gets a PROTOCOL_ERROR
+    event instead), close it and take the spare back. Nobody hangs in the backlog.
+    False if there is no spare to give up; BlockingIOError if nobody waits.
     """
     if not reserve.close_spare():
         return False
@@ -460,11 +462,13 @@ async def _turn_away(listener: socket.socket, reserve: DescriptorReserve, log: A
         raise
     message = "the daemon is out of descriptors: try again later"
     try:
-        request_id = 0
-        with trio.move_on_after(TURN_AWAY_WAIT):
-            await trio.lowlevel.wait_readable(conn)
-            # no room for ancillary data: descriptors it attached are dropped by the kernel
+        # Its HELLO is normally there already (it waited in the backlog). Never wait for
+        # it: every connection in the backlog waits behind this one. No room for
+        # ancillary data: descriptors it attached are dropped by the kernel.
+        try:
             request_id = peek_request_id(conn.recv(MAX_DATAGRAM, socket.MSG_DONTWAIT))
+        except BlockingIOError:
+            request_id = 0
         if request_id:
             frame = encode_error(request_id, errno.EMFILE, message)
         else:

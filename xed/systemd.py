@@ -23,11 +23,10 @@ _notify_sock: socket.socket | None = None
 
 
 def notify(message: str) -> bool:
-    """Send `message` (e.g. "READY=1") to the service manager; False if there is none.
-
-    The socket is made once (at READY=1) and kept: a daemon whose clients took every
-    descriptor must still ping the watchdog, or systemd would kill it for them.
-    """
+    """Send `message` (e.g. "READY=1") to the service manager; False if there is none,
+    or it could not be told. Never raises: the pings must go on when the daemon is out
+    of descriptors, so the socket is made once (at READY=1) and kept, and a failure to
+    make it is only tried again at the next message."""
     global _notify_sock
     address = os.environ.get("NOTIFY_SOCKET")
     if not address:
@@ -38,7 +37,7 @@ def notify(message: str) -> bool:
         if _notify_sock is None:
             _notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         _notify_sock.sendto(message.encode(), address)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a message that cannot be encoded
         return False
     return True
 

@@ -130,11 +130,8 @@ class XeBo:
             self.device.vma.remove(self.node)
             self.node = None
         if self._view is not None:
-            if self._words is not None:
-                self._words.release()
-                self._words = None
-            self._view.close()
-            self._view = None
+            self.device.views.forget(self)
+            self.drop_view()
         os.close(self.memfd)
         if self.import_fd is not None:
             os.close(self.import_fd)
@@ -146,17 +143,33 @@ class XeBo:
         self.device.counts["bo_bytes"] -= self.size
 
     def view(self) -> mmap.mmap:
-        """The device's own mapping of the pages (created on first device access)."""
+        """The device's own mapping of the pages, made on demand and unmapped again when
+        the device maps too many (views.py): use it at once, never across an await.
+        OSError if the kernel refuses the map (out of descriptors or memory, or a seal)."""
         if self._view is None:
             prot = mmap.PROT_READ | (mmap.PROT_WRITE if self.writable else 0)
-            self._view = mmap.mmap(self.memfd, self.size, mmap.MAP_SHARED, prot)
+            self._view = self.device.views.map(
+                self, lambda: mmap.mmap(self.memfd, self.size, mmap.MAP_SHARED, prot)
+            )
+        else:
+            self.device.views.used(self)
         return self._view
 
     def words(self) -> Words:
-        """Single-access words of the device's view (user fences, atomics)."""
+        """Single-access words of the device's view (user fences, atomics): as view()."""
+        view = self.view()
         if self._words is None:
-            self._words = Words(self.view())
+            self._words = Words(view)
         return self._words
+
+    def drop_view(self) -> None:
+        """Unmap the device's view (its words first: they hold it exported)."""
+        if self._words is not None:
+            self._words.release()
+            self._words = None
+        if self._view is not None:
+            self._view.close()
+            self._view = None
 
     exact_length = False  # a BO maps in part too, from its start
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import collections
+import functools
 import os
+import resource
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -26,9 +28,21 @@ from .limits import DescriptorReserve
 from .memory import MemRegion, reported_bytes
 from .mmio import Bar0
 from .pages import PageWatcher
+from .views import ViewCache, views_limit
 from .vma_manager import VmaOffsetManager
 
 _log = structlog.get_logger("xed")
+RESPAWN_DELAY = 1.0  # seconds before a device-wide task that crashed is started again
+TEST_CRASH_ENV = "XED_TEST_CRASH"
+
+
+def _test_crash_points() -> set[str]:
+    """TEST ONLY: XED_TEST_CRASH=NAME[,NAME...] makes the first device task of that kind
+    (its `what`: exec_queue, dma_buf, vm_export, page_watcher, sd_watchdog...) or the
+    first request of that op (XE_VM_CREATE...) raise RuntimeError, once each, so tests
+    can see the safety nets hold. Never set it in a real deployment."""
+    value = os.environ.get(TEST_CRASH_ENV, "")
+    return {name.strip() for name in value.split(",") if name.strip()}
 
 
 class XeDevice:
@@ -67,9 +81,14 @@ class XeDevice:
         self.ioctl_stats = IoctlStats()
         self.ufence_lot = trio.lowlevel.ParkingLot()
         self.bar0 = Bar0(config)
-        self.watcher = PageWatcher()
+        self.watcher = PageWatcher(self)
+        nofile, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.views = ViewCache(views_limit(nofile))
         self.unplugged = False
         self._nursery: trio.Nursery | None = None
+        self.test_crashes = _test_crash_points()
+        if self.test_crashes:
+            _log.warning("test_crash_armed", names=sorted(self.test_crashes))
 
     @staticmethod
     def _engines(config: DeviceConfig) -> list[m.DrmXeEngineClassInstance]:
@@ -102,8 +121,8 @@ class XeDevice:
     # --- the device side runs as tasks in the daemon's nursery ------------------------
     def attach(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
-        self.start_soon(self.watcher.run, what="page_watcher")
-        self.start_soon(self.bar0.run_timestamp, what="bar0_timestamp")
+        self.start_forever(self.watcher.run, what="page_watcher")
+        self.start_forever(self.bar0.run_timestamp, what="bar0_timestamp")
 
     # --- unplug (drm_dev_unplug) and the emulator's replug ------------------------------
     def unplug(self) -> None:
@@ -133,6 +152,25 @@ class XeDevice:
         if self._nursery is None:
             raise RuntimeError("device not attached to a nursery")
         self._nursery.start_soon(self._contained, fn, what, on_crash, log or _log)
+
+    def start_forever(self, fn: Callable[[], Awaitable[Any]], *, what: str) -> None:
+        """Start a task that serves every client (the page watcher, the timestamp, the
+        service manager's pings): contained like any device task, and should it crash
+        all the same, started again after RESPAWN_DELAY, so that one bug costs everyone
+        a moment rather than the feature for good (and a task that keeps crashing logs
+        once a delay, never in a tight loop)."""
+
+        def respawn() -> None:
+            later = functools.partial(_after, RESPAWN_DELAY, fn)
+            self.start_soon(later, what=what, on_crash=respawn)
+
+        self.start_soon(fn, what=what, on_crash=respawn)
+
+    def crash_point(self, name: str) -> None:
+        """TEST ONLY (XED_TEST_CRASH): raise the first time `name` gets here."""
+        if name in self.test_crashes:
+            self.test_crashes.discard(name)
+            raise RuntimeError(f"{TEST_CRASH_ENV}={name}: crashing on purpose")
 
     async def _contained(
         self,
@@ -186,3 +224,8 @@ class XeDevice:
             limits_hit=self.stats["limits_hit"],
             log_dropped=self.stats["log_dropped"],
         )
+
+
+async def _after(delay: float, fn: Callable[[], Awaitable[Any]]) -> None:
+    await trio.sleep(delay)
+    await fn()

@@ -16,7 +16,7 @@ from .cs import run_batch
 from .errors import GpuFault, IoctlError, refuse_if
 from .eudebug import debug_event
 from .limits import refuse_over
-from .sync import UserFence, parse_syncs, signal_user_fences
+from .sync import UserFence, parse_syncs, signal_gpu_fences
 
 if TYPE_CHECKING:
     from .bo import XeBo
@@ -40,9 +40,10 @@ class XeExecQueue:
             math.inf
         )
         self._pending = 0
+        self._running = 0  # the batch the worker is on, for a crash's ban event
         self._cancel = trio.CancelScope()
         self.device.counts["exec_queue"] += 1
-        self.device.start_soon(self._run, what="exec_queue", log=xef.log)
+        self.device.start_soon(self._run, what="exec_queue", on_crash=self._crashed, log=xef.log)
 
     @property
     def full(self) -> bool:
@@ -70,6 +71,8 @@ class XeExecQueue:
     async def _execute(self, address: int | None, fences: list[UserFence]) -> None:
         # a banned queue or closed VM drops the job, but its fences still signal (xe does)
         if address is not None and not self.banned and not self.vm.closed:
+            self._running = address
+            self.device.crash_point("exec_queue")
             strict = self.device.dma_buf_config.strict_sync
             self.vm.touched = set() if strict else None
             try:
@@ -81,7 +84,7 @@ class XeExecQueue:
                 touched, self.vm.touched = self.vm.touched, None
             if touched:
                 self._check_cpu_windows(touched)
-        signal_user_fences(self.file, fences, self.vm)
+        await signal_gpu_fences(self.file, fences, self.vm)
 
     def _check_cpu_windows(self, touched: set[XeBo]) -> None:
         """Strict mode: the device used a buffer some process is writing with the CPU
@@ -96,6 +99,15 @@ class XeExecQueue:
                     dma_buf=dma_buf.ino,
                     cpu_writers=dma_buf.cpu_writers(),
                 )
+
+    def _crashed(self) -> None:
+        """The worker died of a bug of ours (logged and counted by the device): this
+        queue is banned as a GPU fault would have it, and nothing else is touched.
+        Batches still queued are dropped with their fences; waiters on the queue wake
+        to EIO, and later EXECs are ECANCELED."""
+        self._recv.close()
+        if not self.banned:
+            self._ban(GpuFault(self._running, "internal error"))
 
     def _ban(self, fault: GpuFault) -> None:
         self.banned = True

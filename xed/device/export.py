@@ -5,11 +5,16 @@ Each is one end of socketpair(AF_UNIX, SOCK_SEQPACKET); the daemon keeps the oth
 - Identity: the inode of the handed-out end. A descriptor that comes back in
   SCM_RIGHTS is looked up by fstat(); any other kind of file, or another daemon's
   object, is not found.
-- Lifetime: when every copy of the handed-out end is closed, our end reads EOF; that is
-  the kernel's release(). The daemon may itself hold a copy of the handed-out end for a
-  while (the kernel's obj->dma_buf reference does the same): `hold()` and `let_go()`.
+- Lifetime: when every copy of the handed-out end is closed, our end reads EOF and
+  polls POLLHUP (an empty datagram reads the same, so the poll decides: seqpacket.py);
+  that is the kernel's release(). The daemon may itself hold a copy of the handed-out
+  end for a while (the kernel's obj->dma_buf reference does the same): `hold()` and
+  `let_go()`.
 - Peers: whoever holds the handed-out end can speak on it. Another daemon importing a
-  dma-buf does, to ask for the pages; requests arrive on our end and are answered there.
+  dma-buf does, to ask for the pages; requests arrive on our end and are answered there,
+  one per scheduler turn and without ever waiting for room, so no holder can stall the
+  device. A holder that shuts the descriptor down both ways ends it for every holder:
+  the kernel shows that exactly as the last close.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from protocols import (
 )
 from protocols import messages as m
 
+from ..seqpacket import EmptyRead, empty_read
 from .errors import IoctlError
 from .limits import Account, uncharge_export
 
@@ -48,6 +54,7 @@ if TYPE_CHECKING:
 
 _log = structlog.get_logger("xed")
 _ANC_SPACE = socket.CMSG_SPACE(MAX_FDS * 4)
+SHUT_POLL = 1.0  # seconds between looks for the last close of a descriptor shut for sending
 
 
 class ExportedObject:
@@ -105,28 +112,68 @@ class ExportedObject:
         raise IoctlError(errnos.EINVAL, f"a {self.kind} does not answer {op.name}")
 
     async def _serve(self) -> None:
+        """Answer the peers until every copy of the handed-out end is closed, then
+        release the object. However this ends (a crash of ours included: the device
+        logs and counts it), the object is released, and only this object."""
         try:
-            while True:
-                try:
-                    data, ancdata, _flags, _ = self._ours.recvmsg(MAX_DATAGRAM, _ANC_SPACE)
-                except BlockingIOError:
-                    await trio.lowlevel.wait_readable(self._ours)
-                    continue
-                fds, _junk = unpack_fds(ancdata)
-                for fd in fds:  # peers never need to send us descriptors
-                    os.close(fd)
-                if not data:
-                    break
-                self._answer_peer(data)
+            await self._serve_peers()
         finally:
-            self.let_go()
-            self._ours.close()
-            del self.device.exported[self.ino]
-            self.device.counts[self.kind] -= 1
-            self.released = True
-            uncharge_export(self)
-            self.release()
-            _log.debug(f"{self.kind}_released", ino=self.ino)
+            self._release()
+
+    async def _serve_peers(self) -> None:
+        waited = True
+        while True:
+            try:
+                data, ancdata, _flags, _ = self._ours.recvmsg(
+                    MAX_DATAGRAM, _ANC_SPACE, socket.MSG_CMSG_CLOEXEC
+                )
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self._ours)
+                waited = True
+                continue
+            except OSError as exc:
+                # ECONNRESET: the last copy was closed with an answer of ours unread;
+                # whatever else fails on our own end, nobody can reach the object again
+                _log.debug(f"{self.kind}_peer_reset", ino=self.ino, errno=exc.errno)
+                return
+            fds, _junk = unpack_fds(ancdata)
+            for fd in fds:  # peers never need to send us descriptors
+                os.close(fd)
+            if not data and not fds:
+                why = empty_read(self._ours)
+                if why is EmptyRead.GONE:
+                    return
+                if why is EmptyRead.SHUT:
+                    await self._wait_gone()
+                    return
+            if not waited:
+                # it was already waiting: take the next only after everyone else had a
+                # turn, or a holder that floods the descriptor would have the device
+                await trio.lowlevel.checkpoint()
+            waited = False
+            self.device.crash_point(self.kind)
+            if data:
+                self._answer_peer(data)
+
+    async def _wait_gone(self) -> None:
+        """A holder shut the descriptor for sending: nothing can come any more, but the
+        object lives on in every copy. Our end now polls readable for good, so look for
+        the last close now and then rather than at every wakeup."""
+        _log.info(f"{self.kind}_peer_shut", ino=self.ino)
+        while empty_read(self._ours) is not EmptyRead.GONE:
+            await trio.sleep(SHUT_POLL)
+
+    def _release(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        self.let_go()
+        self._ours.close()
+        del self.device.exported[self.ino]
+        self.device.counts[self.kind] -= 1
+        uncharge_export(self)
+        self.release()
+        _log.debug(f"{self.kind}_released", ino=self.ino)
 
     def _answer_peer(self, data: bytes) -> None:
         try:
@@ -144,6 +191,9 @@ class ExportedObject:
             self._send_nowait(encode_reply(request.id, request.op, 0, result), fds)
         except IoctlError as exc:
             self._send_nowait(encode_error(request.id, exc.errno, exc.message), [])
+        except OSError as exc:  # opening the memory for the answer: no descriptor left
+            message = f"the exporter cannot open its memory: {exc.strerror}"
+            self._send_nowait(encode_error(request.id, errnos.ENOMEM, message), [])
         finally:
             for fd in fds:
                 os.close(fd)

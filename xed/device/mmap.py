@@ -12,7 +12,7 @@ fake offset of a mapping plus the offset inside it. The client library translate
 
 from __future__ import annotations
 
-from errno import EACCES, EFAULT, EINVAL
+from errno import EACCES, EFAULT, EINVAL, ENOMEM
 from typing import TYPE_CHECKING
 
 from protocols import messages as m
@@ -29,6 +29,7 @@ from protocols.words import Words
 
 from .errors import IoctlError, refuse_if
 from .pages import BarrierPage
+from .views import SHORT_OF
 
 if TYPE_CHECKING:
     from .file import XeFile
@@ -89,13 +90,22 @@ def _pci_barrier_mmap(xef: XeFile, args: m.XedMmap) -> tuple[m.XedMmapReply, lis
 
 
 def user_words(xef: XeFile, addr: int, length: int) -> tuple[Words, int]:
-    """The words and offset behind user address [addr, addr+length) of a BO: or EFAULT."""
+    """The words and offset behind user address [addr, addr+length) of a BO: or EFAULT.
+
+    The daemon maps the BO to reach it (views.py); a map the kernel refuses is ENOMEM
+    when the daemon is short of descriptors or memory, else EFAULT (pages it cannot
+    map as it must, as copy_to_user would fault). Use the words at once: the next
+    mapping may unmap them."""
     node = xef.device.vma.containing(addr)
     if node is None or not node.is_allowed(xef) or not hasattr(node.obj, "words"):
         raise IoctlError(EFAULT, f"user address {addr:#x} is not a BO mapped by this file")
     offset = addr - node.start
     refuse_if(offset + length > node.obj.size, EFAULT, f"user address {addr:#x} overruns")
-    return node.obj.words(), offset
+    try:
+        return node.obj.words(), offset
+    except OSError as exc:
+        err = ENOMEM if exc.errno in SHORT_OF else EFAULT
+        raise IoctlError(err, f"the daemon cannot map {addr:#x}: {exc.strerror}") from exc
 
 
 def user_read_u64(xef: XeFile, addr: int) -> int:

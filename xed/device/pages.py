@@ -28,6 +28,7 @@ from protocols.words import Words
 from .memory import create_backing
 
 if TYPE_CHECKING:
+    from .device import XeDevice
     from .file import XeFile
 
 _log = structlog.get_logger("xed")
@@ -151,9 +152,12 @@ class DoorbellPage(WatchedPage):
 
 
 class PageWatcher:
-    """The device task that looks at every watched page."""
+    """The device task that looks at every watched page. It serves every client, so a
+    failure while looking at one page (a bug of ours) ends that page only: logged with
+    its traceback, counted as a task crash, and the page is not looked at again."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: XeDevice) -> None:
+        self.device = device
         self.pages: set[WatchedPage] = set()
         self.paused = False  # unplugged: writes go nowhere
         self._wake = trio.Event()
@@ -186,7 +190,16 @@ class PageWatcher:
             now = time.monotonic()
             busy = False
             for page in list(self.pages):
-                busy |= page.look(now, last)
+                try:
+                    self.device.crash_point("page_watcher")
+                    busy |= page.look(now, last)
+                except Exception:
+                    self._crashed(page)
             self.looks += 1
             last = now
             interval = FAST_LOOK if busy else min(interval * 2, SLOW_LOOK)
+
+    def _crashed(self, page: WatchedPage) -> None:
+        self.pages.discard(page)
+        self.device.stats["task_crashes"] += 1
+        page.file.log.exception("task_crashed", task="page_watcher", page=page.kind)

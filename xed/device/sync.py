@@ -23,6 +23,7 @@ from protocols.constants import (
 
 from .errors import GpuFault, IoctlError, refuse_if
 from .mmap import user_words, user_write_u64
+from .userptr import UserptrBusy
 
 if TYPE_CHECKING:
     from .file import XeFile
@@ -44,7 +45,8 @@ def parse_syncs(
     - SYNCOBJ / TIMELINE_SYNCOBJ: ENOENT (no syncobj handle exists here)
     - USER_FENCE on a VM_BIND with no binds: EOPNOTSUPP
     - USER_FENCE without SIGNAL: EOPNOTSUPP; address not 8-byte aligned: EINVAL
-    - USER_FENCE at a user address this file has not mapped: EFAULT
+    - USER_FENCE at a user address this file has not mapped: EFAULT; in a BO the daemon
+      cannot map: ENOMEM (out of descriptors or memory), else EFAULT
     - any other type: EINVAL
     - more than one user fence: EINVAL
     """
@@ -65,18 +67,34 @@ def parse_syncs(
     return fences
 
 
-def signal_user_fences(xef: XeFile, fences: Iterable[UserFence], vm: XeVm | None) -> None:
-    """Write each fence's value (through `vm` for GPU addresses) and wake the waiters."""
+def signal_user_fences(xef: XeFile, fences: Iterable[UserFence]) -> None:
+    """Write each fence's value at its user address (a VM_BIND's) and wake the waiters.
+    A write the daemon cannot make is the ioctl's EFAULT or ENOMEM (mmap.py)."""
+    fences = list(fences)
+    for fence in fences:
+        user_write_u64(xef, fence.addr, fence.value)
+    if fences:
+        xef.device.ufence_wake()
+
+
+async def signal_gpu_fences(xef: XeFile, fences: Iterable[UserFence], vm: XeVm) -> None:
+    """Write each fence's value at its GPU address in `vm` (an EXEC's) and wake the
+    waiters. The write is a device access like any other: over host memory being
+    invalidated it waits for the notifier, then lands (cs.py); a fault (nothing bound,
+    freed host memory, a BO the device cannot map) loses that fence, logged."""
     wrote = False
     for fence in fences:
-        if vm is None:
-            user_write_u64(xef, fence.addr, fence.value)
-        else:
+        while True:
             try:
                 vm.write_u64(fence.addr, fence.value)
+            except UserptrBusy as busy:
+                xef.device.stats["userptr_retries"] += 1
+                await busy.arena.wait_idle()
+                continue
             except GpuFault as fault:
                 xef.log.warning("user_fence_fault", addr=fence.addr, reason=fault.reason)
-                continue
-        wrote = True
+            else:
+                wrote = True
+            break
     if wrote:
         xef.device.ufence_wake()

@@ -44,8 +44,10 @@ async def xe_wait_user_fence_ioctl(
     - op above LTE: EINVAL
     - addr not 8-byte aligned: EINVAL
     - exec_queue_id non-zero and naming no queue: ENOENT
-    Then, each time it looks: addr not inside a mapping of this file: EFAULT; the test
-    passes: done; the queue was reset (banned): EIO; the timeout passed: ETIME.
+    Then, each time it looks: addr not inside a mapping of this file: EFAULT; the BO
+    behind it cannot be mapped by the daemon: ENOMEM if it is out of descriptors or
+    memory, else EFAULT (mmap.py); the test passes: done; the queue was reset (banned):
+    EIO; the timeout passed: ETIME.
     timeout < 0 waits forever; 0 looks once; ABSTIME makes it a CLOCK_MONOTONIC deadline.
     The reply's timeout is what is left of a relative wait (LONG_MAX - elapsed if endless).
     """

@@ -9,12 +9,14 @@ through the VMAs to the BO pages; a hole is a GpuFault.
 from __future__ import annotations
 
 import bisect
+import mmap
 from collections.abc import Iterator
 from errno import EBUSY, EFAULT, EINVAL, ENOENT
 from typing import TYPE_CHECKING
 
 import attrs
 
+from protocols import errno_name
 from protocols import messages as m
 from protocols.constants import (
     DRM_XE_VM_BIND_FLAG_NULL,
@@ -32,6 +34,7 @@ from protocols.constants import (
     PAGE_SIZE,
     XE_MAX_BINDS_PER_IOCTL,
 )
+from protocols.words import Words
 
 from .errors import GpuFault, IoctlError, refuse_if
 from .eudebug import debug_event
@@ -191,6 +194,23 @@ class XeVm:
             return vma.host
         return vma.bo
 
+    @staticmethod
+    def _view(memory: XeBo | HostArena, address: int) -> mmap.mmap:
+        """The device's mapping of `memory`; a map the kernel refuses (no descriptor or
+        memory left, a seal on a foreign buffer) is a fault on the access, as a page the
+        GPU cannot reach would be."""
+        try:
+            return memory.view()
+        except OSError as exc:
+            raise _unmappable(address, exc) from exc
+
+    @staticmethod
+    def _words(memory: XeBo | HostArena, address: int) -> Words:
+        try:
+            return memory.words()
+        except OSError as exc:
+            raise _unmappable(address, exc) from exc
+
     def read(self, addr: int, length: int) -> bytes:
         parts = []
         for vma, offset, n in self._spans(addr, length, write=False):
@@ -199,7 +219,7 @@ class XeVm:
                 parts.append(bytes(n))
             else:
                 start = vma.bo_offset + offset
-                parts.append(memory.view()[start : start + n])
+                parts.append(self._view(memory, vma.start + offset)[start : start + n])
         return b"".join(parts)
 
     def write_u64(self, addr: int, value: int) -> None:
@@ -208,7 +228,7 @@ class XeVm:
         vma, offset, n = spans[0]
         memory = self._memory(vma, offset, n)
         if n == 8 and memory is not None and (vma.bo_offset + offset) % 8 == 0:
-            memory.words().store_u64(vma.bo_offset + offset, value)
+            self._words(memory, addr).store_u64(vma.bo_offset + offset, value)
         else:
             self.write(addr, value.to_bytes(8, "little"))
 
@@ -219,8 +239,12 @@ class XeVm:
         for (vma, offset, n), memory in zip(spans, backing, strict=True):
             if memory is not None:
                 start = vma.bo_offset + offset
-                memory.view()[start : start + n] = data[pos : pos + n]
+                self._view(memory, vma.start + offset)[start : start + n] = data[pos : pos + n]
             pos += n
+
+
+def _unmappable(address: int, exc: OSError) -> GpuFault:
+    return GpuFault(address, f"the device cannot map it ({errno_name(exc.errno or 0)})")
 
 
 def xe_vm_create_ioctl(xef: XeFile, args: m.DrmXeVmCreate) -> m.DrmXeVmCreateReply:
@@ -344,7 +368,8 @@ def xe_vm_bind_ioctl(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
     - each bind with obj: no such handle: ENOENT; range beyond the BO: EINVAL;
       BO private to another VM: EINVAL
     - syncs: as EXEC's (EINVAL, ENOENT, EOPNOTSUPP); a user fence on a bind with no
-      binds: EOPNOTSUPP; a user fence address this file has not mapped: EFAULT
+      binds: EOPNOTSUPP; a user fence address this file has not mapped: EFAULT; in a BO
+      the daemon cannot map: ENOMEM (out of descriptors or memory), else EFAULT
     """
     vm = xef.vms.get(args.vm_id)
     if vm is None:
@@ -401,5 +426,5 @@ def xe_vm_bind_ioctl(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
             range=op.range,
             detail="userptr" if op.op == DRM_XE_VM_BIND_OP_MAP_USERPTR else f"bo {op.obj}",
         )
-    signal_user_fences(xef, fences, vm=None)
+    signal_user_fences(xef, fences)
     return m.Empty()
