@@ -426,6 +426,7 @@ SPECS: dict[Op, OpSpec] = {
                 (EFAULT, "addr not inside a mapping of this connection"),
                 (EIO, "the exec queue was reset (banned) while waiting"),
                 (ETIME, "the timeout passed"),
+                (ENOMEM, "[limits] fence_waits waits of this connection asleep already (xed)"),
             ),
         ),
         OpSpec(

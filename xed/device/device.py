@@ -25,6 +25,7 @@ from .file import XeFile
 from .memory import MemRegion
 from .mmio import Bar0
 from .pages import PageWatcher
+from .ufence import UfenceWaiters
 from .vma_manager import VmaOffsetManager
 
 _log = structlog.get_logger("xed")
@@ -63,7 +64,7 @@ class XeDevice:
         self.counts: collections.Counter[str] = collections.Counter()
         self.stats: collections.Counter[str] = collections.Counter()
         self.ioctl_stats = IoctlStats()
-        self.ufence_lot = trio.lowlevel.ParkingLot()
+        self.ufences = UfenceWaiters(self)
         self.bar0 = Bar0(config)
         self.watcher = PageWatcher()
         self.unplugged = False
@@ -102,6 +103,7 @@ class XeDevice:
         self._nursery = nursery
         self.start_soon(self.watcher.run, what="page_watcher")
         self.start_soon(self.bar0.run_timestamp, what="bar0_timestamp")
+        self.start_soon(self.ufences.run, what="ufence_looks")
 
     # --- unplug (drm_dev_unplug) and the emulator's replug ------------------------------
     def unplug(self) -> None:
@@ -149,9 +151,6 @@ class XeDevice:
                     on_crash()
                 except Exception:
                     log.exception("task_cleanup_crashed", task=what)
-
-    def ufence_wake(self) -> None:
-        self.ufence_lot.unpark_all()
 
     def clients(self) -> list[XeFile]:
         return sorted(self.files, key=lambda f: f.client_id)

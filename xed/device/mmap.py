@@ -13,7 +13,7 @@ fake offset of a mapping plus the offset inside it. The client library translate
 from __future__ import annotations
 
 from errno import EACCES, EFAULT, EINVAL
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from protocols import messages as m
 from protocols.constants import (
@@ -87,21 +87,24 @@ def _pci_barrier_mmap(xef: XeFile, args: m.XedMmap) -> tuple[m.XedMmapReply, lis
     return m.XedMmapReply(offset=0, length=args.length), [xef.barrier_page.mmap_fd()]
 
 
-def user_words(xef: XeFile, addr: int, length: int) -> tuple[Words, int]:
-    """The words and offset behind user address [addr, addr+length) of a BO: or EFAULT."""
+def user_memory(xef: XeFile, addr: int, length: int) -> tuple[Any, int]:
+    """The object (BO or host memory) and offset behind user address [addr,
+    addr+length): or EFAULT. The pair names the memory word whatever address reaches it."""
     node = xef.device.vma.containing(addr)
     if node is None or not node.is_allowed(xef) or not hasattr(node.obj, "words"):
         raise IoctlError(EFAULT, f"user address {addr:#x} is not a BO mapped by this file")
     offset = addr - node.start
     refuse_if(offset + length > node.obj.size, EFAULT, f"user address {addr:#x} overruns")
-    return node.obj.words(), offset
+    return node.obj, offset
+
+
+def user_words(xef: XeFile, addr: int, length: int) -> tuple[Words, int]:
+    """The words and offset behind user address [addr, addr+length) of a BO: or EFAULT."""
+    memory, offset = user_memory(xef, addr, length)
+    words: Words = memory.words()
+    return words, offset
 
 
 def user_read_u64(xef: XeFile, addr: int) -> int:
     words, offset = user_words(xef, addr, 8)
     return words.load_u64(offset)
-
-
-def user_write_u64(xef: XeFile, addr: int, value: int) -> None:
-    words, offset = user_words(xef, addr, 8)
-    words.store_u64(offset, value)

@@ -22,7 +22,7 @@ from protocols.constants import (
 )
 
 from .errors import GpuFault, IoctlError, refuse_if
-from .mmap import user_words, user_write_u64
+from .mmap import user_memory, user_words
 
 if TYPE_CHECKING:
     from .file import XeFile
@@ -66,17 +66,19 @@ def parse_syncs(
 
 
 def signal_user_fences(xef: XeFile, fences: Iterable[UserFence], vm: XeVm | None) -> None:
-    """Write each fence's value (through `vm` for GPU addresses) and wake the waiters."""
-    wrote = False
+    """Write each fence's value (through `vm` for GPU addresses) and wake the waiters of
+    that word whose test it passes; no other waiter wakes."""
     for fence in fences:
         if vm is None:
-            user_write_u64(xef, fence.addr, fence.value)
+            memory, offset = user_memory(xef, fence.addr, 8)
+            memory.words().store_u64(offset, fence.value)
         else:
             try:
-                vm.write_u64(fence.addr, fence.value)
+                landed = vm.write_u64(fence.addr, fence.value)
             except GpuFault as fault:
                 xef.log.warning("user_fence_fault", addr=fence.addr, reason=fault.reason)
                 continue
-        wrote = True
-    if wrote:
-        xef.device.ufence_wake()
+            if landed is None:
+                continue  # written nowhere (a NULL binding), or split: the looks see it
+            memory, offset = landed
+        xef.device.ufences.signalled(memory, offset, fence.value)
