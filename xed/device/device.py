@@ -18,6 +18,7 @@ from protocols.constants import (
     EngineClass,
 )
 
+from .. import log as xlog
 from ..config import Config, DeviceConfig
 from ..stats import IoctlStats
 from .export import ExportedObject
@@ -104,6 +105,13 @@ class XeDevice:
         self.start_soon(self.watcher.run, what="page_watcher")
         self.start_soon(self.bar0.run_timestamp, what="bar0_timestamp")
         self.start_soon(self.ufences.run, what="ufence_looks")
+        self.start_soon(self._count_log_drops, what="log_drops")
+
+    async def _count_log_drops(self) -> None:
+        """Events the log drops (its stream not keeping up) count as log_dropped, for as
+        long as the device serves."""
+        with xlog.drops_counted_in(self.stats):
+            await trio.sleep_forever()
 
     # --- unplug (drm_dev_unplug) and the emulator's replug ------------------------------
     def unplug(self) -> None:
