@@ -38,8 +38,8 @@ class LineSink:
         self.dropped = 0  # events dropped, all told
         # counted in each of these too, as log_dropped (the device's stats)
         self.counters = counters if counters is not None else []
-        try:
-            self._fd: int | None = stream.fileno()
+        try:  # a descriptor of our own: the stream's may be closed and its number reused
+            self._fd: int | None = os.dup(stream.fileno())
         except (AttributeError, OSError, ValueError):  # io.StringIO and the like
             self._fd = None
         self._queue: collections.deque[str] = collections.deque()
@@ -47,8 +47,6 @@ class LineSink:
         self._lost = 0  # events the thread took but could not write
         self._closing = False
         self._cond = threading.Condition()
-        self._idle = threading.Event()
-        self._idle.set()
         self._thread = threading.Thread(target=self._run, name="xed-log-writer", daemon=True)
         self._thread.start()
         atexit.register(self.close)
@@ -63,34 +61,27 @@ class LineSink:
             else:
                 self._queue.append(text)
                 self._queued += len(text)
-                self._idle.clear()
                 self._cond.notify()
         if dropped:
             self.dropped += dropped
             for counter in self.counters:
                 counter["log_dropped"] += dropped
 
-    def flush(self, timeout: float | None = None) -> bool:
-        """Wait until everything queued so far is written; False if it took too long."""
-        return self._idle.wait(timeout)
-
     def close(self, timeout: float = FLUSH_TIMEOUT) -> None:
-        """Write what is queued (waiting up to `timeout`), then stop taking lines."""
+        """Take no more events; give the thread up to `timeout` to write what is queued."""
         atexit.unregister(self.close)
-        self.flush(timeout)
         with self._cond:
             self._closing = True
             self._cond.notify()
+        self._thread.join(timeout)
 
     def _run(self) -> None:
         while True:
             with self._cond:
                 while not self._queue and not self._closing:
-                    self._idle.set()
                     self._cond.wait()
                 if not self._queue:
-                    self._idle.set()
-                    return
+                    break
                 lines = list(self._queue)
                 self._queue.clear()
                 self._queued = 0
@@ -99,6 +90,8 @@ class LineSink:
             except (OSError, ValueError):  # the reader went away, or the stream closed
                 with self._cond:
                     self._lost += len(lines)
+        if self._fd is not None:  # here, never under a write still in progress
+            os.close(self._fd)
 
     def _write(self, text: str) -> None:
         if self._fd is None:
