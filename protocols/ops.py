@@ -448,6 +448,7 @@ SPECS: dict[Op, OpSpec] = {
                 (ENOMEM, "addr in a BO the daemon cannot map (out of descriptors or memory)"),
                 (EIO, "the exec queue was reset (banned) while waiting"),
                 (ETIME, "the timeout passed"),
+                (ENOMEM, "[limits] fence_waits waits of this connection asleep already (xed)"),
             ),
         ),
         OpSpec(

@@ -188,13 +188,18 @@ def test_client_activates_service_and_journal_has_events(sd: Sandbox) -> None:
 
 def test_journal_entries_carry_each_event_field_natively(sd: Sandbox) -> None:
     """Under systemd the daemon sends native journal entries: journalctl selects events
-    by their fields, and a refused ioctl is an info-priority entry naming its errno."""
+    by their fields, and a refused ioctl is a debug-priority entry naming its errno (at
+    the shipped info level a refusal leaves no entry)."""
     sd.systemctl("enable", "--now", "xed.socket")
     seen = client(sd)
     refuse = "from clients import Device; import sys; d = Device.open(sys.argv[1])\n"
-    refuse += "try: d.gem_close(12345)\nexcept OSError as e: print(e.errno)"
-    done = sd.run(sys.executable, "-c", refuse, SOCKET, env={"PYTHONPATH": str(ROOT)})
+    refuse += "try: d.gem_close(int(sys.argv[2]))\nexcept OSError as e: print(e.errno)"
+    env = {"PYTHONPATH": str(ROOT)}
+    done = sd.run(sys.executable, "-c", refuse, SOCKET, "12345", env=env)
     assert done.stdout.strip() == "22"  # EINVAL, as drm_gem_close answers
+    sd.run(sys.executable, "-m", "xed", "ctl", "--socket", SOCKET, "log-level", "debug", env=env)
+    done = sd.run(sys.executable, "-c", refuse, SOCKET, "54321", env=env)
+    assert done.stdout.strip() == "22"
     wait_until(lambda: bool(_events(sd, "client_disconnected")), 10, "client_disconnected")
     (connected,) = journal_entries(sd, "XED_EVENT=client_connected", f"XED_PID={seen['pid']}")
     assert connected["SYSLOG_IDENTIFIER"] == "xed"
@@ -202,8 +207,12 @@ def test_journal_entries_carry_each_event_field_natively(sd: Sandbox) -> None:
     assert connected["MESSAGE"].startswith("client_connected ")
     assert f"pid={seen['pid']}" in connected["MESSAGE"].split()
     assert "XED_TIMESTAMP" not in connected  # journald stamps entries itself
+    # the sample client, the two refused ones and `xed ctl` have all come and gone
+    wait_until(lambda: len(_events(sd, "client_disconnected")) >= 4, 10, "4 disconnects")
     (refused,) = journal_entries(sd, "XED_EVENT=ioctl_refused", "XED_OP=GEM_CLOSE")
     assert refused["XED_ERRNO"] == "EINVAL"
+    assert "54321" in refused["XED_REASON"]  # the one made at debug level
+    assert refused["PRIORITY"] == "7"
     assert refused["XED_CLIENT_ID"].isdigit()
     # no JSON lines on the stream beside the entries: every event went natively
     assert not [e for e in journal_entries(sd) if e.get("MESSAGE", "").startswith("{")]

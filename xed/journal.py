@@ -21,7 +21,9 @@ import socket
 import struct
 import sys
 from collections.abc import Iterable, Mapping
-from typing import Any, TextIO
+from typing import Any
+
+from .logsink import LineSink
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 IDENTIFIER = "xed"
@@ -92,12 +94,13 @@ def entry_fields(event: Mapping[str, Any]) -> list[tuple[str, str]]:
 class JournalLogger:
     """A structlog logger that sends each event as a native journal entry. If journald
     cannot take it (gone, its queue full, the entry too big for a datagram), the event
-    is written to `fallback` as a JSON line instead: lost events are worse than
-    unstructured ones. Never blocks: the daemon logs from its event loop."""
+    goes to `fallback` as a JSON line instead: lost events are worse than unstructured
+    ones. Never blocks: the daemon logs from its event loop, the socket does not wait
+    and the fallback is a queue (logsink.py) that drops and counts what will not fit."""
 
-    def __init__(self, path: str = JOURNAL_SOCKET, fallback: TextIO | None = None) -> None:
+    def __init__(self, path: str = JOURNAL_SOCKET, fallback: LineSink | None = None) -> None:
         self.path = path
-        self.fallback = fallback or sys.stderr
+        self.fallback = fallback or LineSink(sys.stderr)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self.sock.setblocking(False)
 
@@ -105,8 +108,7 @@ class JournalLogger:
         try:
             self.sock.sendto(encode_entry(entry_fields(event)), self.path)
         except OSError:
-            self.fallback.write(json.dumps(event, default=str) + "\n")
-            self.fallback.flush()
+            self.fallback.put(json.dumps(event, default=str) + "\n")
 
     debug = info = warning = warn = error = err = critical = exception = log = msg
 

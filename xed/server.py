@@ -105,6 +105,7 @@ class Connection:
         self.proto = ServerConnection()
         self.log = structlog.get_logger("xed").bind(client_id=client_id, pid=self.pid)
         self._send_lock = trio.Lock()
+        self._refusals = xlog.RateLimit()
         self._events_in, self._events_out = trio.open_memory_channel[bytes](EVENT_QUEUE)
         self.xef = XeFile(
             device, client_id, self.pid, self.uid, self.gid, self.log, self._queue_event
@@ -126,6 +127,8 @@ class Connection:
         finally:
             self.xef.release()
             self.sock.close()
+            if self._refusals.missed:  # nothing is suppressed without saying how much
+                self.log.debug("ioctl_refused_suppressed", count=self._refusals.missed)
             self.log.info("client_disconnected", reason=reason)
 
     async def _read_requests(self, nursery: trio.Nursery) -> str:
@@ -265,10 +268,23 @@ class Connection:
         )
 
     async def _refuse(self, request_id: int, err: int, message: str, op: Op | None = None) -> None:
+        """Answer with an errno. A refusal is the client's business, not the operator's:
+        it is counted (`xed ctl stats`), and logged at debug level only (the kernel's
+        XE_IOCTL_DBG is a drm_dbg), rate-limited per connection as the kernel's noisy
+        messages are: a client refused in a loop must not make the daemon write without
+        end. What the limit held back is logged as ioctl_refused_suppressed, with a count."""
         self.device.stats["refused"] += 1
-        self.log.info(
-            "ioctl_refused", op=op.name if op else None, errno=errno_name(err), reason=message
-        )
+        if xlog.enabled("debug"):  # the limit counts only what would be logged
+            allowed, suppressed = self._refusals(time.monotonic())
+            if suppressed:
+                self.log.debug("ioctl_refused_suppressed", count=suppressed)
+            if allowed:
+                self.log.debug(
+                    "ioctl_refused",
+                    op=op.name if op else None,
+                    errno=errno_name(err),
+                    reason=message,
+                )
         if request_id:
             await self._send(encode_error(request_id, err, message), [])
         else:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
+import attrs
 import trio
 
 from protocols.constants import (
@@ -34,13 +35,37 @@ from .userptr import UserptrBusy
 if TYPE_CHECKING:
     from .vm import XeVm
 
-_YIELD_EVERY = 1024  # instructions between checkpoints, so a long batch can be cancelled
+# The most the streamer does between two turns of the scheduler, so that other clients
+# keep their latency and the watchdog its pings whatever a batch holds: instructions
+# (a long batch can be cancelled), and bytes moved (one MEM_COPY moves up to _MAX_COPY).
+TURN_INSTRUCTIONS = 1024
+TURN_BYTES = 1 << 20
 _MAX_COPY = 256 << 20
 
 
 class BadInstruction(GpuFault):
     def __init__(self, address: int, header: int) -> None:
         super().__init__(address, f"unknown instruction {header:#010x}")
+
+
+class _Turn:
+    """The work done since the streamer last let the others run."""
+
+    def __init__(self) -> None:
+        self.instructions = 0
+        self.bytes = 0
+
+    async def spend(self, instructions: int = 0, moved: int = 0) -> None:
+        """Count work; past either bound, let every other task run (and a cancel in)."""
+        self.instructions += instructions
+        self.bytes += moved
+        if self.instructions >= TURN_INSTRUCTIONS or self.bytes >= TURN_BYTES:
+            self.instructions = self.bytes = 0
+            await trio.lowlevel.checkpoint()
+
+    @property
+    def bytes_left(self) -> int:
+        return TURN_BYTES - self.bytes
 
 
 def _u32s(vm: XeVm, addr: int, count: int) -> tuple[int, ...]:
@@ -59,14 +84,14 @@ async def run_batch(vm: XeVm, address: int) -> int:
     """
     pc = address
     executed = 0
+    turn = _Turn()
     while True:
         if pc - address >= 4 * XE_MAX_BATCH_DWORDS:
             raise GpuFault(pc, "batch too long (no MI_BATCH_BUFFER_END)")
         executed += 1
-        if executed % _YIELD_EVERY == 0:
-            await trio.lowlevel.checkpoint()
+        await turn.spend(instructions=1)
         try:
-            length = _step(vm, pc)
+            step = _step(vm, pc)
         except UserptrBusy as busy:
             # host memory under a userptr is being invalidated: stall, as a GPU page
             # fault would, until the notifier is done; then run the instruction again
@@ -74,13 +99,52 @@ async def run_batch(vm: XeVm, address: int) -> int:
             vm.device.stats["userptr_retries"] += 1
             await busy.arena.wait_idle()
             continue
-        if length == 0:
+        if isinstance(step, MemCopy):
+            await _mem_copy(vm, step, turn)
+            step = XED_MEM_COPY_DWORDS
+        if step == 0:
             return executed
-        pc += 4 * length
+        pc += 4 * step
 
 
-def _step(vm: XeVm, pc: int) -> int:
-    """Execute the instruction at pc; return its length in dwords (0: batch end)."""
+@attrs.frozen
+class MemCopy:
+    """A MEM_COPY decoded: the streamer moves it a turn's worth of bytes at a time."""
+
+    dst: int
+    src: int
+    length: int
+
+
+async def _mem_copy(vm: XeVm, copy: MemCopy, turn: _Turn) -> None:
+    """memmove() through the VM, in chunks of at most what is left of the turn.
+
+    Overlap is judged in GPU addresses: a destination above an overlapping source is
+    copied from the end down, so every chunk is read before anything overwrites it. Each
+    chunk reads, then writes (all of it or nothing, vm.write), so a chunk that meets host
+    memory being invalidated waits and runs again alone: the chunks done stay done. A
+    cancel (the queue destroyed) lands between chunks; a fault in a later chunk leaves
+    the earlier ones written, as a GPU's would.
+    """
+    dst, src, length = copy.dst, copy.src, copy.length
+    backwards = src < dst < src + length
+    done = 0
+    while done < length:
+        n = min(length - done, max(turn.bytes_left, 1))
+        offset = length - done - n if backwards else done
+        try:
+            vm.write(dst + offset, vm.read(src + offset, n))
+        except UserptrBusy as busy:
+            vm.device.stats["userptr_retries"] += 1
+            await busy.arena.wait_idle()
+            continue
+        done += n
+        await turn.spend(moved=n)
+
+
+def _step(vm: XeVm, pc: int) -> int | MemCopy:
+    """Execute the instruction at pc; return its length in dwords (0: batch end).
+    A MEM_COPY is only decoded, for run_batch to move in chunks."""
     (header,) = _u32s(vm, pc, 1)
     client = header >> 29
     if client == 0:
@@ -92,8 +156,7 @@ def _step(vm: XeVm, pc: int) -> int:
         length, dst_lo, dst_hi, src_lo, src_hi = _u32s(vm, pc + 4, 5)
         if length > _MAX_COPY:
             raise GpuFault(pc, f"MEM_COPY of {length} bytes exceeds {_MAX_COPY}")
-        vm.write(_addr(dst_lo, dst_hi), vm.read(_addr(src_lo, src_hi), length))
-        return XED_MEM_COPY_DWORDS
+        return MemCopy(_addr(dst_lo, dst_hi), _addr(src_lo, src_hi), length)
     raise BadInstruction(pc, header)
 
 

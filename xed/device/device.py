@@ -20,6 +20,7 @@ from protocols.constants import (
     EngineClass,
 )
 
+from .. import log as xlog
 from ..config import Config, DeviceConfig
 from ..stats import IoctlStats
 from .export import ExportedObject
@@ -28,6 +29,7 @@ from .limits import DescriptorReserve
 from .memory import MemRegion, reported_bytes
 from .mmio import Bar0
 from .pages import PageWatcher
+from .ufence import UfenceWaiters
 from .views import ViewCache, views_limit
 from .vma_manager import VmaOffsetManager
 
@@ -79,7 +81,7 @@ class XeDevice:
         self.counts: collections.Counter[str] = collections.Counter()
         self.stats: collections.Counter[str] = collections.Counter()
         self.ioctl_stats = IoctlStats()
-        self.ufence_lot = trio.lowlevel.ParkingLot()
+        self.ufences = UfenceWaiters(self)
         self.bar0 = Bar0(config)
         self.watcher = PageWatcher(self)
         nofile, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -123,6 +125,14 @@ class XeDevice:
         self._nursery = nursery
         self.start_forever(self.watcher.run, what="page_watcher")
         self.start_forever(self.bar0.run_timestamp, what="bar0_timestamp")
+        self.start_forever(self.ufences.run, what="ufence_looks")
+        self.start_forever(self._count_log_drops, what="log_drops")
+
+    async def _count_log_drops(self) -> None:
+        """Events the log drops (its stream not keeping up) count as log_dropped, for as
+        long as the device serves."""
+        with xlog.drops_counted_in(self.stats):
+            await trio.sleep_forever()
 
     # --- unplug (drm_dev_unplug) and the emulator's replug ------------------------------
     def unplug(self) -> None:
@@ -189,9 +199,6 @@ class XeDevice:
                     on_crash()
                 except Exception:
                     log.exception("task_cleanup_crashed", task=what)
-
-    def ufence_wake(self) -> None:
-        self.ufence_lot.unpark_all()
 
     def clients(self) -> list[XeFile]:
         return sorted(self.files, key=lambda f: f.client_id)

@@ -121,7 +121,7 @@ class XeExecQueue:
             Event.EXEC_QUEUE_BANNED,
             m.ExecQueueBanned(exec_queue_id=self.id, address=fault.address, reason=fault.reason),
         )
-        self.device.ufence_wake()
+        self.device.ufences.queue_reset(self)
 
 
 def xe_exec_queue_create_ioctl(

@@ -13,7 +13,7 @@ fake offset of a mapping plus the offset inside it. The client library translate
 from __future__ import annotations
 
 from errno import EACCES, EFAULT, EINVAL, ENOMEM
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from protocols import messages as m
 from protocols.constants import (
@@ -89,30 +89,37 @@ def _pci_barrier_mmap(xef: XeFile, args: m.XedMmap) -> tuple[m.XedMmapReply, lis
     return m.XedMmapReply(offset=0, length=args.length), [xef.barrier_page.mmap_fd()]
 
 
-def user_words(xef: XeFile, addr: int, length: int) -> tuple[Words, int]:
-    """The words and offset behind user address [addr, addr+length) of a BO: or EFAULT.
-
-    The daemon maps the BO to reach it (views.py); a map the kernel refuses is ENOMEM
-    when the daemon is short of descriptors or memory, else EFAULT (pages it cannot
-    map as it must, as copy_to_user would fault). Use the words at once: the next
-    mapping may unmap them."""
+def user_memory(xef: XeFile, addr: int, length: int) -> tuple[Any, int]:
+    """The object (BO or host memory) and offset behind user address [addr,
+    addr+length): or EFAULT. The pair names the memory word whatever address reaches it."""
     node = xef.device.vma.containing(addr)
     if node is None or not node.is_allowed(xef) or not hasattr(node.obj, "words"):
         raise IoctlError(EFAULT, f"user address {addr:#x} is not a BO mapped by this file")
     offset = addr - node.start
     refuse_if(offset + length > node.obj.size, EFAULT, f"user address {addr:#x} overruns")
+    return node.obj, offset
+
+
+def words_of(memory: Any, addr: int) -> Words:
+    """The words of a BO or host memory, mapped by the daemon to reach them (views.py).
+    A map the kernel refuses is ENOMEM when the daemon is short of descriptors or
+    memory, else EFAULT (pages it cannot map as it must, as copy_to_user would fault).
+    Use the words at once: the next mapping may unmap them."""
     try:
-        return node.obj.words(), offset
+        words: Words = memory.words()
     except OSError as exc:
         err = ENOMEM if exc.errno in SHORT_OF else EFAULT
         raise IoctlError(err, f"the daemon cannot map {addr:#x}: {exc.strerror}") from exc
+    return words
+
+
+def user_words(xef: XeFile, addr: int, length: int) -> tuple[Words, int]:
+    """The words and offset behind user address [addr, addr+length) of a BO: or EFAULT
+    (or ENOMEM, see words_of)."""
+    memory, offset = user_memory(xef, addr, length)
+    return words_of(memory, addr), offset
 
 
 def user_read_u64(xef: XeFile, addr: int) -> int:
     words, offset = user_words(xef, addr, 8)
     return words.load_u64(offset)
-
-
-def user_write_u64(xef: XeFile, addr: int, value: int) -> None:
-    words, offset = user_words(xef, addr, 8)
-    words.store_u64(offset, value)

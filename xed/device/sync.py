@@ -22,7 +22,7 @@ from protocols.constants import (
 )
 
 from .errors import GpuFault, IoctlError, refuse_if
-from .mmap import user_words, user_write_u64
+from .mmap import user_memory, user_words, words_of
 from .userptr import UserptrBusy
 
 if TYPE_CHECKING:
@@ -68,33 +68,33 @@ def parse_syncs(
 
 
 def signal_user_fences(xef: XeFile, fences: Iterable[UserFence]) -> None:
-    """Write each fence's value at its user address (a VM_BIND's) and wake the waiters.
-    A write the daemon cannot make is the ioctl's EFAULT or ENOMEM (mmap.py)."""
-    fences = list(fences)
+    """Write each fence's value at its user address (a VM_BIND's) and wake the waiters
+    of that word whose test it passes; no other waiter wakes. A write the daemon cannot
+    make is the ioctl's EFAULT or ENOMEM (mmap.py)."""
     for fence in fences:
-        user_write_u64(xef, fence.addr, fence.value)
-    if fences:
-        xef.device.ufence_wake()
+        memory, offset = user_memory(xef, fence.addr, 8)
+        words_of(memory, fence.addr).store_u64(offset, fence.value)
+        xef.device.ufences.signalled(memory, offset, fence.value)
 
 
 async def signal_gpu_fences(xef: XeFile, fences: Iterable[UserFence], vm: XeVm) -> None:
     """Write each fence's value at its GPU address in `vm` (an EXEC's) and wake the
-    waiters. The write is a device access like any other: over host memory being
-    invalidated it waits for the notifier, then lands (cs.py); a fault (nothing bound,
-    freed host memory, a BO the device cannot map) loses that fence, logged."""
-    wrote = False
+    waiters of that word whose test it passes. The write is a device access like any
+    other: over host memory being invalidated it waits for the notifier, then lands
+    (cs.py); a fault (nothing bound, freed host memory, a BO the device cannot map)
+    loses that fence, logged."""
     for fence in fences:
         while True:
             try:
-                vm.write_u64(fence.addr, fence.value)
+                landed = vm.write_u64(fence.addr, fence.value)
             except UserptrBusy as busy:
                 xef.device.stats["userptr_retries"] += 1
                 await busy.arena.wait_idle()
                 continue
             except GpuFault as fault:
                 xef.log.warning("user_fence_fault", addr=fence.addr, reason=fault.reason)
-            else:
-                wrote = True
+                landed = None
             break
-    if wrote:
-        xef.device.ufence_wake()
+        if landed is not None:  # None: written nowhere (a NULL binding), or split in two
+            memory, offset = landed
+            xef.device.ufences.signalled(memory, offset, fence.value)

@@ -222,15 +222,18 @@ class XeVm:
                 parts.append(self._view(memory, vma.start + offset)[start : start + n])
         return b"".join(parts)
 
-    def write_u64(self, addr: int, value: int) -> None:
-        """One 8-byte store (a user fence): a waiter never sees half of the value."""
+    def write_u64(self, addr: int, value: int) -> tuple[XeBo | HostArena, int] | None:
+        """One 8-byte store (a user fence): a waiter never sees half of the value.
+        Returns the memory and offset it landed at, to wake the waiters of that word
+        (None where it was no single store: a NULL binding, a word split in two)."""
         spans = list(self._spans(addr, 8, write=True))
         vma, offset, n = spans[0]
         memory = self._memory(vma, offset, n)
         if n == 8 and memory is not None and (vma.bo_offset + offset) % 8 == 0:
             self._words(memory, addr).store_u64(vma.bo_offset + offset, value)
-        else:
-            self.write(addr, value.to_bytes(8, "little"))
+            return memory, vma.bo_offset + offset
+        self.write(addr, value.to_bytes(8, "little"))
+        return None
 
     def write(self, addr: int, data: bytes) -> None:
         spans = list(self._spans(addr, len(data), write=True))
