@@ -23,6 +23,7 @@ from errno import (
     EFAULT,
     EINVAL,
     EIO,
+    EMFILE,
     EMSGSIZE,
     ENODEV,
     ENOENT,
@@ -574,12 +575,15 @@ SPECS: dict[Op, OpSpec] = {
             reply=m.XedDebugAttachReply,
             roles=frozenset({Role.DEBUGGER}),
             doc=(
-                "Attach to a process: its VMs and bindings now, and DEBUG_EVENT for what "
-                "it does from here on."
+                "Attach to the process that has the pid now (never to a later process given "
+                "the same pid): its VMs and bindings now, and DEBUG_EVENT for what it does "
+                "from here on, until it exits."
             ),
             errors=(
-                (ESRCH, "no drm connection of that pid"),
-                (EPERM, "not the target's uid, and not root"),
+                (ESRCH, "no such process"),
+                (EMFILE, "the daemon has no descriptor left for the process's pidfd"),
+                (ESRCH, "no drm connection opened by that process"),
+                (EPERM, "a connection of it opened by a uid not ours, and we are not root"),
                 (EBUSY, "another debugger is attached to it"),
             ),
         ),
@@ -602,7 +606,9 @@ SPECS: dict[Op, OpSpec] = {
                 "userptr alike (userptr through the notifier: revalidate and retry)."
             ),
             errors=(
-                (ENOENT, "not attached to the owner of that connection, or no such VM"),
+                (ENOENT, "not a connection opened by the process we are attached to"),
+                (EPERM, "the connection was opened by a uid not ours, and we are not root"),
+                (ENOENT, "no such VM"),
                 (EINVAL, "length zero or above 32 KiB"),
                 (EINVAL, "a userptr range while debugger.userptr_access = false"),
                 (EFAULT, "an address with nothing bound (or NULL, or freed host memory)"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import inspect
 import os
+import select
 import socket
 import stat
 import struct
@@ -54,6 +55,7 @@ from .device.errors import IoctlError
 from .device.eudebug import debug_event
 from .device.file import XeFile
 from .device.ids import IdAllocator
+from .device.process import peer_instance
 from .ioctl import HANDLERS
 
 _ANC_SPACE = socket.CMSG_SPACE(MAX_FDS * 4)
@@ -103,7 +105,15 @@ class Connection:
         self._send_lock = trio.Lock()
         self._events_in, self._events_out = trio.open_memory_channel[bytes](EVENT_QUEUE)
         self.xef = XeFile(
-            device, client_id, self.pid, self.uid, self.gid, self.log, self._queue_event
+            device,
+            client_id,
+            self.pid,
+            self.uid,
+            self.gid,
+            self.log,
+            self._queue_event,
+            process=peer_instance(sock, self.pid),
+            peer_gone=self._peer_gone,
         )
 
     # --- life of a connection -----------------------------------------------------------
@@ -247,6 +257,13 @@ class Connection:
         else:
             event = m.ProtocolErrorInfo(errno=err, message=message[:1024])
             await self._send(encode_event(Event.PROTOCOL_ERROR, event), [])
+
+    def _peer_gone(self) -> bool:
+        """Every copy of the client's end is closed: only its EOF (and what it sent
+        before) is left to read. SOCK_SEQPACKET polls POLLHUP from then on."""
+        poller = select.poll()
+        poller.register(self.sock, select.POLLHUP)
+        return any(revents & select.POLLHUP for _, revents in poller.poll(0))
 
     # --- events ---------------------------------------------------------------------------
     def _queue_event(self, event: Event, data: Any) -> None:

@@ -20,11 +20,13 @@ from protocols.constants import (
 
 from ..config import Config, DeviceConfig
 from ..stats import IoctlStats
+from .eudebug import Attachment
 from .export import ExportedObject
 from .file import XeFile
 from .memory import MemRegion
 from .mmio import Bar0
 from .pages import PageWatcher
+from .process import Instance
 from .vma_manager import VmaOffsetManager
 
 _log = structlog.get_logger("xed")
@@ -39,7 +41,8 @@ class XeDevice:
         self.admin_config = full_config.admin
         self.debugger_config = full_config.debugger
         self.limits = full_config.limits
-        self.debuggers: dict[int, XeFile] = {}  # target pid -> its debugger's file
+        # target process instance -> its debugger's attachment
+        self.debuggers: dict[Instance, Attachment] = {}
         self.identity = m.DeviceIdentity(
             name=config.name,
             device_id=config.device_id,
