@@ -133,6 +133,16 @@ COMMON_ERRORS: tuple[tuple[int, str], ...] = (
     (EMSGSIZE, "datagram larger than the limit"),
 )
 
+# errors every op whose reply carries descriptors can answer with, besides its own: the
+# descriptors could not be given (the request is refused, the connection goes on)
+FDS_OUT_ERRORS: tuple[tuple[int, str], ...] = (
+    (EMFILE, "this connection left limits.unread_descriptors descriptors of earlier "
+     "replies unread, or its uid limits.unread_descriptors_per_uid over all its "
+     "connections"),
+    (EMFILE, "the kernel refused the daemon more descriptors in flight (its budget, "
+     "RLIMIT_NOFILE, shared by every client)"),
+)
+
 
 @attrs.frozen(kw_only=True)
 class OpSpec:
