@@ -133,6 +133,25 @@ def test_the_uids_cap_spans_its_connections(make_daemon: Any) -> None:
         second.close()
 
 
+def test_replies_read_on_another_connection_do_not_count(make_daemon: Any) -> None:
+    """Replies the uid's other connection has read stop counting against the uid's cap,
+    though that connection has asked for nothing since: this one may use the whole cap."""
+    daemon = make_daemon("[limits]\nunread_descriptors = 12\nunread_descriptors_per_uid = 12\n")
+    with Device.open(daemon.socket_path) as first, Device.open(daemon.socket_path) as second:
+        bo = first.gem_create(PAGE_SIZE)
+        for _ in range(8):
+            first.mmap_bo(bo).close()  # each reply read
+        ids = {1000 + i: Op.MMAP for i in range(12)}
+        offset = second.gem_mmap_offset(second.gem_create(PAGE_SIZE))
+        for request_id in ids:
+            second.transport.send(mmap_request(request_id, offset))
+        await_mmaps_answered(daemon, 8 + 12)
+        assert [(r.errno, len(r.fds)) for r in (receive(second, ids) for _ in ids)] == [
+            (0, 1)
+        ] * 12
+    assert limits_hit(daemon) == 0
+
+
 def test_unread_events_are_not_descriptors(make_daemon: Any) -> None:
     """A client that always has an event unread when its next MMAP is answered, but has
     read every earlier reply, never reaches limits.unread_descriptors."""
