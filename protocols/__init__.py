@@ -26,12 +26,13 @@ from .codec import (
 )
 from .connection import MAX_STRIKES, ServerConnection, State
 from .errors import LocalProtocolError, ProtocolError, errno_name
-from .ops import COMMON_ERRORS, EVENTS, SPECS, Event, Op, OpSpec, Role
+from .ops import COMMON_ERRORS, EVENTS, FDS_OUT_ERRORS, SPECS, Event, Op, OpSpec, Role
 from .version import PROTOCOL_VERSION
 
 __all__ = [
     "COMMON_ERRORS",
     "EVENTS",
+    "FDS_OUT_ERRORS",
     "MAX_DATAGRAM",
     "MAX_FDS",
     "MAX_STRIKES",

@@ -139,6 +139,16 @@ _RESERVE_FD = (EMFILE, "the daemon is down to its last limits.descriptor_reserve
 _RESERVE = (ENOMEM, "the daemon is down to its last limits.descriptor_reserve descriptors")
 _EXPORTED = (ENOMEM, "limits.exported: this client's dma-bufs and VM exports still alive")
 
+# errors every op whose reply carries descriptors can answer with, besides its own: the
+# descriptors could not be given (the request is refused, the connection goes on)
+FDS_OUT_ERRORS: tuple[tuple[int, str], ...] = (
+    (EMFILE, "this connection left limits.unread_descriptors descriptors of earlier "
+     "replies unread, or its uid limits.unread_descriptors_per_uid over all its "
+     "connections"),
+    (EMFILE, "the kernel refused the daemon more descriptors in flight (its budget, "
+     "RLIMIT_NOFILE, shared by every client)"),
+)
+
 
 @attrs.frozen(kw_only=True)
 class OpSpec:
@@ -604,12 +614,15 @@ SPECS: dict[Op, OpSpec] = {
             reply=m.XedDebugAttachReply,
             roles=frozenset({Role.DEBUGGER}),
             doc=(
-                "Attach to a process: its VMs and bindings now, and DEBUG_EVENT for what "
-                "it does from here on."
+                "Attach to the process that has the pid now (never to a later process given "
+                "the same pid): its VMs and bindings now, and DEBUG_EVENT for what it does "
+                "from here on, until it exits."
             ),
             errors=(
-                (ESRCH, "no drm connection of that pid"),
-                (EPERM, "not the target's uid, and not root"),
+                (ESRCH, "no such process"),
+                (EMFILE, "the daemon has no descriptor left for the process's pidfd"),
+                (ESRCH, "no drm connection opened by that process"),
+                (EPERM, "a connection of it opened by a uid not ours, and we are not root"),
                 (EBUSY, "another debugger is attached to it"),
             ),
         ),
@@ -632,7 +645,9 @@ SPECS: dict[Op, OpSpec] = {
                 "userptr alike (userptr through the notifier: revalidate and retry)."
             ),
             errors=(
-                (ENOENT, "not attached to the owner of that connection, or no such VM"),
+                (ENOENT, "not a connection opened by the process we are attached to"),
+                (EPERM, "the connection was opened by a uid not ours, and we are not root"),
+                (ENOENT, "no such VM"),
                 (EINVAL, "length zero or above 32 KiB"),
                 (EINVAL, "a userptr range while debugger.userptr_access = false"),
                 (EFAULT, "an address with nothing bound (or NULL, or freed host memory)"),

@@ -24,7 +24,17 @@ from .connection import MAX_STRIKES
 from .errors import errno_name
 from .fields import MAX_BLOB, MAX_ITEMS, MAX_STR
 from .messages import ErrorInfo
-from .ops import ANY_FDS, COMMON_ERRORS, DRM_COMMAND_BASE, EVENTS, SPECS, Op, OpSpec, Role
+from .ops import (
+    ANY_FDS,
+    COMMON_ERRORS,
+    DRM_COMMAND_BASE,
+    EVENTS,
+    FDS_OUT_ERRORS,
+    SPECS,
+    Op,
+    OpSpec,
+    Role,
+)
 from .version import PROTOCOL_VERSION
 
 # Constants are grouped by name prefix, first match wins, in the module's definition order;
@@ -100,6 +110,7 @@ fields of the `xe_drm.h` struct it stands for.
 - [User addresses](#user-addresses)
 - [Ops](#ops)
 - [Common errors](#common-errors)
+- [Errors of replies with descriptors](#errors-of-replies-with-descriptors)
 - [Events](#events)
 - [Nested records](#nested-records)
 - [Constants](#constants)
@@ -249,7 +260,12 @@ def _op_section(spec: OpSpec) -> str:
         _field_table(spec.request),
         _titled("**Reply**", spec.reply),
         _field_table(spec.reply),
-        "**Errors**, besides the [common errors](#common-errors):\n",
+        "**Errors**, besides the [common errors](#common-errors)"
+        + (
+            " and those of [replies with descriptors](#errors-of-replies-with-descriptors):\n"
+            if spec.fds_out and not spec.roles <= {Role.PEER, Role.VERBS}  # not on a connection
+            else ":\n"
+        ),
     ]
     if spec.errors:
         out.append(_error_table(spec.errors))
@@ -264,6 +280,10 @@ def _common_errors() -> str:
             "## Common errors\n",
             "Any request can be answered with these, whatever its op:\n",
             _error_table(COMMON_ERRORS),
+            "## Errors of replies with descriptors\n",
+            "An op of a daemon connection whose reply carries descriptors can also be "
+            "answered with these; the reply then carries none, and the connection goes on:\n",
+            _error_table(FDS_OUT_ERRORS),
         ]
     )
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import inspect
 import os
+import select
 import socket
 import stat
 import struct
@@ -57,6 +58,8 @@ from .device.file import XeFile
 from .device.ids import IdAllocator
 from .device.limits import EXHAUSTED, OPENS_DESCRIPTORS, DescriptorReserve, out_of_errno
 from .device.limits import out_of_resources as _out_of_resources
+from .device.process import peer_instance
+from .inflight import Unread, UnreadLedger
 from .ioctl import HANDLERS
 from .seqpacket import EmptyRead, empty_read
 
@@ -81,6 +84,23 @@ class _Disconnected(Exception):
     """The peer is gone (or its socket failed): stop serving it, release its file."""
 
 
+class _FdsRefused(Exception):
+    """A reply's descriptors cannot go to this client now: too many left unread by it
+    (or its uid), or the kernel refused them (the daemon's budget of descriptors in
+    flight, shared by every client). The request is answered EMFILE instead."""
+
+    def __init__(self, reason: str, by_kernel: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.by_kernel = by_kernel
+
+
+# sendmsg(2) failures that are about the descriptors attached, not about the peer
+_FDS_ERRNOS = frozenset(
+    {errno.ETOOMANYREFS, errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+)
+
+
 @attrs.define
 class ServerHandle:
     """What `nursery.start(serve, ...)` hands back: for tests and the systemd glue."""
@@ -96,11 +116,19 @@ def _close_all(fds: list[int] | tuple[int, ...]) -> None:
 
 
 class Connection:
-    def __init__(self, device: XeDevice, sock: socket.socket, client_id: int) -> None:
+    def __init__(
+        self,
+        device: XeDevice,
+        sock: socket.socket,
+        client_id: int,
+        ledger: UnreadLedger | None = None,
+    ) -> None:
         self.device = device
         self.sock = sock
         raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
         self.pid, self.uid, self.gid = _PEERCRED.unpack(raw)
+        # descriptors this client has not read; the ledger is the daemon's, by uid
+        self.unread = Unread(ledger or UnreadLedger(device.limits), sock.fileno(), self.uid)
         self.client_id = client_id
         self.proto = ServerConnection()
         self.log = structlog.get_logger("xed").bind(client_id=client_id, pid=self.pid)
@@ -108,7 +136,15 @@ class Connection:
         self._refusals = xlog.RateLimit()
         self._events_in, self._events_out = trio.open_memory_channel[bytes](EVENT_QUEUE)
         self.xef = XeFile(
-            device, client_id, self.pid, self.uid, self.gid, self.log, self._queue_event
+            device,
+            client_id,
+            self.pid,
+            self.uid,
+            self.gid,
+            self.log,
+            self._queue_event,
+            process=peer_instance(sock, self.pid),
+            peer_gone=self._peer_gone,
         )
 
     # --- life of a connection -----------------------------------------------------------
@@ -126,6 +162,7 @@ class Connection:
                 nursery.cancel_scope.cancel()
         finally:
             self.xef.release()
+            self.unread.release()
             self.sock.close()
             if self._refusals.missed:  # nothing is suppressed without saying how much
                 self.log.debug("ioctl_refused_suppressed", count=self._refusals.missed)
@@ -218,14 +255,28 @@ class Connection:
         except Exception:
             await self._crashed(request)
             return
-        self.device.ioctl_stats.record(request.op, 0, time.perf_counter() - started)
         fds: list[int] = []
         if type(result) is tuple:
             result, fds = result
         try:
             await self._send(encode_reply(request.id, request.op, 0, result), fds)
+        except _FdsRefused as exc:
+            self.device.ioctl_stats.record(
+                request.op, errno.EMFILE, time.perf_counter() - started
+            )
+            await self._fds_refused(request, exc)
+        else:
+            self.device.ioctl_stats.record(request.op, 0, time.perf_counter() - started)
         finally:
-            _close_all(fds)
+            _close_all(fds)  # the client's copies are its own; ours go, sent or not
+
+    async def _fds_refused(self, request: Request, exc: _FdsRefused) -> None:
+        """The reply's descriptors could not go: this request fails with EMFILE, and the
+        connection, whoever's fault it was, goes on."""
+        self.device.stats["limits_hit"] += 1
+        if exc.by_kernel:  # every client's replies with descriptors fail meanwhile
+            self.log.warning("fds_in_flight_refused", op=request.op.name, reason=exc.reason)
+        await self._refuse(request.id, errno.EMFILE, exc.reason, request.op)
 
     async def _answer_blocking(self, request: Request, connection: trio.CancelScope) -> None:
         """A blocking op, in a task of its own beside the reader."""
@@ -291,6 +342,13 @@ class Connection:
             event = m.ProtocolErrorInfo(errno=err, message=message[:1024])
             await self._send(encode_event(Event.PROTOCOL_ERROR, event), [])
 
+    def _peer_gone(self) -> bool:
+        """Every copy of the client's end is closed: only its EOF (and what it sent
+        before) is left to read. SOCK_SEQPACKET polls POLLHUP from then on."""
+        poller = select.poll()
+        poller.register(self.sock, select.POLLHUP)
+        return any(revents & select.POLLHUP for _, revents in poller.poll(0))
+
     # --- events ---------------------------------------------------------------------------
     def _queue_event(self, event: Event, data: Any) -> None:
         try:
@@ -331,25 +389,51 @@ class Connection:
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return message
 
+    # A reply with descriptors is first checked against what the client left unread (the
+    # check and the send with no checkpoint between them, so no other task of this
+    # connection sends in between); _FdsRefused if it may not go.
     async def _send(self, data: bytes, fds: list[int]) -> None:
         ancdata = pack_fds(fds)
+        unread = self.unread
         try:
+            if fds:
+                self._admit(len(fds))
             self.sock.sendmsg([data], ancdata)
-            return
         except BlockingIOError:
             pass
         except OSError as exc:
-            raise _Disconnected(errno_name(exc.errno or 0)) from exc
+            raise _send_failed(exc, fds) from exc
+        else:
+            if fds or unread.tracking:
+                unread.sent(len(data), len(fds))
+            return
         async with self._send_lock:  # only one task may wait for room
             while True:
                 await trio.lowlevel.wait_writable(self.sock)
                 try:
+                    if fds:
+                        self._admit(len(fds))
                     self.sock.sendmsg([data], ancdata)
-                    return
                 except BlockingIOError:
                     continue
                 except OSError as exc:
-                    raise _Disconnected(errno_name(exc.errno or 0)) from exc
+                    raise _send_failed(exc, fds) from exc
+                if fds or unread.tracking:
+                    unread.sent(len(data), len(fds))
+                return
+
+    def _admit(self, fds: int) -> None:
+        reason = self.unread.refusal(fds)
+        if reason is not None:
+            raise _FdsRefused(reason)
+
+
+def _send_failed(exc: OSError, fds: list[int]) -> Exception:
+    """What a failed sendmsg(2) means: descriptors refused (the kernel's budget of
+    descriptors in flight, which every client's replies share), or the peer gone."""
+    if fds and exc.errno in _FDS_ERRNOS:
+        return _FdsRefused(f"sendmsg: {errno_name(exc.errno or 0)}", by_kernel=True)
+    return _Disconnected(errno_name(exc.errno or 0))
 
 
 # --- the listening socket -----------------------------------------------------------------
@@ -401,6 +485,7 @@ async def serve(
     """Serve one emulated device on `listener` until cancelled."""
     device = XeDevice(config)
     handle = ServerHandle(device, path)
+    ledger = UnreadLedger(config.limits)
     listener.setblocking(False)
     log = xlog.get()
     try:
@@ -412,7 +497,7 @@ async def serve(
             task_status.started(handle)
             if on_ready:
                 on_ready(handle)
-            await _accept_loop(device, handle, listener, nursery, log)
+            await _accept_loop(device, handle, listener, nursery, ledger, log)
     finally:
         device.descriptors.close()
 
@@ -422,6 +507,7 @@ async def _accept_loop(
     handle: ServerHandle,
     listener: socket.socket,
     nursery: trio.Nursery,
+    ledger: UnreadLedger,
     log: Any,
 ) -> None:
     client_ids = IdAllocator()
@@ -454,7 +540,7 @@ async def _accept_loop(
 
         async def run(conn: socket.socket = conn, client_id: int = client_id) -> None:
             try:
-                await Connection(device, conn, client_id).run()
+                await Connection(device, conn, client_id, ledger).run()
             finally:
                 client_ids.release(client_id)
                 handle.connections -= 1

@@ -23,12 +23,14 @@ from protocols.constants import (
 from .. import log as xlog
 from ..config import Config, DeviceConfig
 from ..stats import IoctlStats
+from .eudebug import Attachment
 from .export import ExportedObject
 from .file import XeFile
 from .limits import DescriptorReserve
 from .memory import MemRegion, reported_bytes
 from .mmio import Bar0
 from .pages import PageWatcher
+from .process import Instance
 from .ufence import UfenceWaiters
 from .views import ViewCache, views_limit
 from .vma_manager import VmaOffsetManager
@@ -57,7 +59,8 @@ class XeDevice:
         self.debugger_config = full_config.debugger
         self.limits = full_config.limits
         self.descriptors = DescriptorReserve(full_config.limits)
-        self.debuggers: dict[int, XeFile] = {}  # target pid -> its debugger's file
+        # target process instance -> its debugger's attachment
+        self.debuggers: dict[Instance, Attachment] = {}
         self.identity = m.DeviceIdentity(
             name=config.name,
             device_id=config.device_id,

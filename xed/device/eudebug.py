@@ -1,26 +1,41 @@
 """The debugger (eudebug): attach to a process, hear what it does, read and write its VMs.
 
-A connection with role `debugger` attaches to a process by pid: allowed when the
-debugger runs as the target's uid or as root, one debugger per target. From then on
-every drm connection of that process reports to it (open, close, VM create/destroy,
-bind/unbind, exec queue create/destroy, exec) as DEBUG_EVENT, and the debugger can read
-and write the target's VMs at GPU addresses, across VMAs, BO and userptr alike. Userptr
-access goes through the notifier (userptr.py): note the sequence, copy, let
-invalidations in, retry if it moved. `[debugger] userptr_access = false` refuses userptr
-ranges, for those who hold that reading another process's host memory through the GPU
-is a side channel.
+A connection with role `debugger` attaches to a process by pid, one debugger per
+process. From then on every drm connection of that process reports to it (open, close,
+VM create/destroy, bind/unbind, exec queue create/destroy, exec) as DEBUG_EVENT, and the
+debugger can read and write the process's VMs at GPU addresses, across VMAs, BO and
+userptr alike. Userptr access goes through the notifier (userptr.py): note the sequence,
+copy, let invalidations in, retry if it moved. `[debugger] userptr_access = false`
+refuses userptr ranges, for those who hold that reading another process's host memory
+through the GPU is a side channel.
+
+What an attachment reaches is decided as the kernel decides it for ptrace:
+
+- It names one process instance, not a pid: DEBUG_ATTACH takes a pidfd of the process
+  and keeps it. A connection is the target's only if that very process opened it
+  (process.py: its instance, recorded at accept), so a newcomer that inherits the pid
+  is a stranger. When the pidfd reports the exit, the attachment is over (a detach
+  event), even if a connection of the dead process lives on in a child it forked.
+- Credentials are checked per connection, every time (ptrace_may_access): the debugger
+  reaches a connection only if it runs as root or as the uid that opened it (SO_PEERCRED
+  at connect). A target that was uid 65534 when the debugger attached and is root again
+  when it opens its next connection keeps that connection to itself: DEBUG_VM_ACCESS
+  refuses it (EPERM) and none of its events are forwarded.
 """
 
 from __future__ import annotations
 
-from errno import EBUSY, EFAULT, EINVAL, ENOENT, EPERM, ESRCH
+import os
+from errno import EBUSY, EFAULT, EINVAL, EMFILE, ENFILE, ENOENT, EPERM, ESRCH
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import trio
 
 from protocols import messages as m
 from protocols.ops import Event, Role
 
+from . import process
 from .errors import GpuFault, IoctlError, refuse_if
 from .userptr import UserptrBusy
 
@@ -31,14 +46,45 @@ if TYPE_CHECKING:
 
 MAX_ACCESS = 32768
 CHUNK = 4096  # bytes copied between two chances for an invalidation to come in
+EXITED = "the target exited"
+
+
+@attrs.define(eq=False)
+class Attachment:
+    """A debugger attached to one process instance (the pidfd keeps it from any other)."""
+
+    debugger: XeFile
+    pid: int
+    process: process.Instance
+    pidfd: int
+    watch: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+
+    def close_pidfd(self) -> None:
+        if self.pidfd >= 0:
+            trio.lowlevel.notify_closing(self.pidfd)  # wakes the watcher, if it waits
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+
+def may_access(debugger: XeFile, target: XeFile) -> bool:
+    """ptrace_may_access for a connection: root, or the uid that opened it."""
+    return debugger.uid == 0 or debugger.uid == target.uid
+
+
+def _attachment(xef: XeFile) -> Attachment | None:
+    """The attachment to the process that opened this drm connection, if any."""
+    if xef.process is None or xef.role is not Role.DRM:
+        return None
+    return xef.device.debuggers.get(xef.process)
 
 
 def debug_event(xef: XeFile, kind: str, **fields: Any) -> None:
-    """Tell the debugger attached to this file's process, if any, what just happened."""
-    debugger = xef.device.debuggers.get(xef.pid)
-    if debugger is None or xef.role is not Role.DRM:
+    """Tell the debugger attached to this file's process, if any, what just happened
+    (not if the file was opened with a uid the debugger may not reach)."""
+    attachment = _attachment(xef)
+    if attachment is None or not may_access(attachment.debugger, xef):
         return
-    debugger.send_event(
+    attachment.debugger.send_event(
         Event.DEBUG_EVENT,
         m.DebugEventInfo(kind=kind, pid=xef.pid, client_id=xef.client_id, **fields),
     )
@@ -46,28 +92,67 @@ def debug_event(xef: XeFile, kind: str, **fields: Any) -> None:
 
 def target_closed(xef: XeFile) -> None:
     """The target's file is gone; with its last one, the debugger is detached cleanly."""
-    device = xef.device
-    if xef.pid not in device.debuggers or xef.role is not Role.DRM:
+    attachment = _attachment(xef)
+    if attachment is None:
         return
     debug_event(xef, "close")
-    if not _targets(device, xef.pid, excluding=xef):
-        debugger = device.debuggers.pop(xef.pid)
-        debugger.debugging.discard(xef.pid)
-        debugger.send_event(
-            Event.DEBUG_EVENT,
-            m.DebugEventInfo(kind="detach", pid=xef.pid, detail="the target exited"),
-        )
+    if not _targets(xef.device, attachment.process, excluding=xef):
+        _detach(attachment, EXITED)
 
 
 def debugger_closed(xef: XeFile) -> None:
-    for pid in list(xef.debugging):
-        xef.device.debuggers.pop(pid, None)
-    xef.debugging.clear()
+    for attachment in list(xef.debugging):
+        _end(attachment)
 
 
-def _targets(device: XeDevice, pid: int, excluding: XeFile | None = None) -> list[XeFile]:
+def _end(attachment: Attachment) -> None:
+    """Forget the attachment, stop its watcher and let its pidfd go (no event)."""
+    attachment.debugger.device.debuggers.pop(attachment.process, None)
+    attachment.debugger.debugging.discard(attachment)
+    attachment.watch.cancel()
+    attachment.close_pidfd()
+
+
+def _detach(attachment: Attachment, detail: str) -> None:
+    """The attachment ended without the debugger asking: end it and say so."""
+    _end(attachment)
+    attachment.debugger.send_event(
+        Event.DEBUG_EVENT, m.DebugEventInfo(kind="detach", pid=attachment.pid, detail=detail)
+    )
+
+
+async def _watch(attachment: Attachment) -> None:
+    """Wait for the target process to exit; then the attachment is over.
+
+    Its own connections were closed before its pidfd said so (the kernel closes a
+    process's files before it notifies its exit): the daemon reads their EOF at any
+    moment, and the last one's release detaches after its close event, in order. A
+    connection of the process still open by someone else (a child it forked) is no
+    reason to stay attached to a process that is gone: detach now.
+    """
+    with attachment.watch:
+        if attachment.pidfd < 0:
+            return
+        try:
+            await trio.lowlevel.wait_readable(attachment.pidfd)
+        except trio.ClosedResourceError:
+            return  # detached meanwhile
+        attachment.close_pidfd()
+        device = attachment.debugger.device
+        if any(not f.peer_gone() for f in _targets(device, attachment.process)):
+            _detach(attachment, EXITED)
+
+
+def _targets(
+    device: XeDevice, instance: process.Instance | None, excluding: XeFile | None = None
+) -> list[XeFile]:
+    """The drm connections the process instance opened (none for a process that is gone)."""
+    if instance is None:
+        return []
     return [
-        f for f in device.clients() if f.pid == pid and f.role is Role.DRM and f is not excluding
+        f
+        for f in device.clients()
+        if f.process == instance and f.role is Role.DRM and f is not excluding
     ]
 
 
@@ -92,33 +177,55 @@ def _vm_view(xef: XeFile) -> tuple[m.XedDebugVm, ...]:
 
 
 def debug_attach_ioctl(xef: XeFile, args: m.XedDebugAttach) -> m.XedDebugAttachReply:
-    """DEBUG_ATTACH.
+    """DEBUG_ATTACH: attach to the process that has pid `pid` now (a pidfd pins it).
 
     Checks, in order:
-    - no drm connection of that pid: ESRCH
-    - the debugger is neither root nor the target's uid: EPERM
+    - no such process (or a thread id): ESRCH
+    - no descriptor left in the daemon for its pidfd: EMFILE
+    - no drm connection opened by that process (one opened by an earlier process that
+      had its pid is not its): ESRCH
+    - one of its drm connections was opened with a uid the debugger may not reach: it
+      is neither root nor that uid (ptrace_may_access): EPERM
     - another debugger is attached to it (or this one already): EBUSY
     """
     device = xef.device
-    targets = _targets(device, args.pid)
-    refuse_if(not targets, ESRCH, f"no drm connection of pid {args.pid}")
-    refuse_if(
-        xef.uid != 0 and xef.uid != targets[0].uid,
-        EPERM,
-        f"uid {xef.uid} may not debug a process of uid {targets[0].uid}",
-    )
-    refuse_if(args.pid in device.debuggers, EBUSY, f"pid {args.pid} has a debugger")
-    device.debuggers[args.pid] = xef
-    xef.debugging.add(args.pid)
+    try:
+        pidfd = process.pidfd_open(args.pid)
+    except OSError as exc:
+        if exc.errno not in (EMFILE, ENFILE):
+            raise
+        raise IoctlError(EMFILE, "no descriptor left for a pidfd") from None
+    refuse_if(pidfd is None, ESRCH, f"no process {args.pid}")
+    assert pidfd is not None
+    try:
+        instance = process.instance(pidfd, args.pid)
+        targets = _targets(device, instance)
+        refuse_if(not targets, ESRCH, f"no drm connection of pid {args.pid}")
+        assert instance is not None
+        for target in targets:
+            refuse_if(
+                not may_access(xef, target),
+                EPERM,
+                f"uid {xef.uid} may not debug connection {target.client_id} (uid {target.uid})",
+            )
+        refuse_if(instance in device.debuggers, EBUSY, f"pid {args.pid} has a debugger")
+    except BaseException:
+        os.close(pidfd)
+        raise
+    attachment = Attachment(debugger=xef, pid=args.pid, process=instance, pidfd=pidfd)
+    device.debuggers[instance] = attachment
+    xef.debugging.add(attachment)
+    device.start_soon(lambda: _watch(attachment), what="debug_watch", log=xef.log)
     xef.log.info("debugger_attached", target=args.pid)
     return m.XedDebugAttachReply(vms=tuple(v for t in targets for v in _vm_view(t))[:64])
 
 
 def debug_detach_ioctl(xef: XeFile, args: m.XedDebugDetach) -> m.Empty:
     """DEBUG_DETACH. Checks: not attached to that pid: ENOENT."""
-    refuse_if(args.pid not in xef.debugging, ENOENT, f"not attached to pid {args.pid}")
-    xef.debugging.discard(args.pid)
-    xef.device.debuggers.pop(args.pid, None)
+    attached = [a for a in xef.debugging if a.pid == args.pid]
+    refuse_if(not attached, ENOENT, f"not attached to pid {args.pid}")
+    for attachment in attached:
+        _end(attachment)
     return m.Empty()
 
 
@@ -126,19 +233,28 @@ async def debug_vm_access_ioctl(xef: XeFile, args: m.XedDebugVmAccess) -> m.XedD
     """DEBUG_VM_ACCESS: read `length` bytes at addr, or write `data` there.
 
     Checks, in order:
-    - client_id is not a connection of a process we are attached to, or no such VM:
-      ENOENT
+    - client_id is not a drm connection opened by a process we are attached to (a
+      process that has since been given the pid of one is not): ENOENT
+    - the connection was opened with a uid we may not reach: we are neither root nor
+      that uid (ptrace_may_access, checked on every access): EPERM
+    - no such VM in it: ENOENT
     - length (or the data's) zero or above 32 KiB: EINVAL
     - an address with nothing bound, a NULL binding, freed host memory: EFAULT
     - a userptr range while [debugger] userptr_access is false: EINVAL
     """
     target = next((f for f in xef.device.files if f.client_id == args.client_id), None)
+    attached = {a.process for a in xef.debugging}
     refuse_if(
-        target is None or target.pid not in xef.debugging or target.role is not Role.DRM,
+        target is None or target.process not in attached or target.role is not Role.DRM,
         ENOENT,
         f"no debugged connection {args.client_id}",
     )
     assert target is not None
+    refuse_if(
+        not may_access(xef, target),
+        EPERM,
+        f"uid {xef.uid} may not debug connection {args.client_id} (uid {target.uid})",
+    )
     vm = target.vms.get(args.vm_id)
     if vm is None:
         raise IoctlError(ENOENT, f"no VM {args.vm_id} in connection {args.client_id}")

@@ -12,10 +12,12 @@ from . import eudebug
 from .ids import IdAllocator
 from .limits import Account
 from .memory import reported_bytes
+from .process import Instance
 
 if TYPE_CHECKING:
     from .bo import XeBo
     from .device import XeDevice
+    from .eudebug import Attachment
     from .exec_queue import XeExecQueue
     from .mmio import XeMmioRegion
     from .pages import BarrierPage
@@ -43,12 +45,21 @@ class XeFile:
         gid: int,
         log: Any,
         send_event: Callable[[Event, Any], None],
+        *,
+        process: Instance | None = None,
+        peer_gone: Callable[[], bool] = lambda: False,
     ) -> None:
         self.device = device
         self.client_id = client_id
         self.pid = pid
         self.uid = uid
         self.gid = gid
+        # the process instance that opened it (None: gone before it was accepted); the
+        # debugger reaches files of the process it attached to, never of a newcomer
+        # that was given the same pid
+        self.process = process
+        # whether the client's end is closed (its EOF waits for the reader)
+        self.peer_gone = peer_gone
         self.role: Role | None = None
         self.comm = _comm(pid)
         self.log = log
@@ -64,7 +75,7 @@ class XeFile:
         self.aux_vms: dict[int, AuxRegistration] = {}  # role aux: the VMs it imported
         self.aux_ids = IdAllocator()
         self.host: HostArena | None = None  # host memory for userptr, once registered
-        self.debugging: set[int] = set()  # role debugger: the pids it is attached to
+        self.debugging: set[Attachment] = set()  # role debugger: what it is attached to
         self._handle_ids = IdAllocator()
         self.vm_ids = IdAllocator()
         self.exec_queue_ids = IdAllocator()
