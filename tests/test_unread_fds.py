@@ -308,7 +308,9 @@ def test_hostile_uid_is_capped_and_a_bystander_maps(
     EMFILE past its caps, so the daemon's budget of descriptors in flight is never spent
     and another client's MMAP works; the caps are the uid's again once it has read."""
     daemon = unprivileged(
-        "[limits]\nunread_descriptors = 24\nunread_descriptors_per_uid = 48\n", 128
+        "[limits]\nunread_descriptors = 24\nunread_descriptors_per_uid = 48\n"
+        "descriptor_reserve = 8\n",  # below the small table: the in-flight budget bites
+        128,
     )
     before = baseline(daemon)
     hostile = Hostile(daemon, conns=4, each=40)  # 160 descriptors: more than the 128
@@ -336,7 +338,8 @@ def test_descriptors_refused_by_the_kernel_fail_that_request_only(
     """When the kernel refuses the daemon more descriptors in flight (ETOOMANYREFS), the
     reply that needed them is EMFILE and no connection is dropped, the hostile's or a
     bystander's; once the hostile's unread replies are gone, MMAP works again."""
-    daemon = unprivileged("", 64)  # the default caps lie far above the kernel's limit
+    # the default caps lie far above the kernel's limit; a reserve below the small table
+    daemon = unprivileged("[limits]\ndescriptor_reserve = 8\n", 64)
     hostile = Hostile(daemon, conns=2, each=50)  # 100 descriptors: more than the 64
     hostile.answered(daemon)
     with Device.open(daemon.socket_path) as bystander:
