@@ -175,13 +175,15 @@ def ib_main(verbs: Path, daemon: Path, log_level: str, reconnect_for: float = 30
                     nursery.cancel_scope.cancel()
                     break
 
-    unavailable: list[BaseException] = []
+    unavailable: BaseException | None = None
     try:
         trio.run(run)
     except* DaemonUnavailable as group:
-        unavailable += group.exceptions
-    if unavailable:
-        print(f"xec ib serve: {unavailable[0]}", file=sys.stderr)
+        unavailable = group
+        while isinstance(unavailable, BaseExceptionGroup):  # the nurseries it came through
+            unavailable = unavailable.exceptions[0]
+    if unavailable is not None:
+        print(f"xec ib serve: {unavailable}", file=sys.stderr)
         return EX_UNAVAILABLE
     return 0
 

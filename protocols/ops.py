@@ -163,7 +163,8 @@ def _verbs() -> tuple[OpSpec, ...]:
             roles=_VERBS,
             fds_in=1,
             doc="Open a context with our exported VM attached; the aux driver imports it "
-            "from the daemon on behalf of our pid (from SO_PEERCRED).",
+            "from the daemon on behalf of our pid (from SO_PEERCRED). While the daemon is "
+            "away (restarting), the answer waits for it to come back.",
             errors=(
                 (
                     EIO,

@@ -94,32 +94,39 @@ async def serve(
     seconds."""
     link: DaemonLink | None = None
     listener: trio.socket.SocketType | None = None
+    gave_up: DaemonUnavailable | None = None
     try:
         async with trio.open_nursery() as nursery:
             try:
-                link = await _open_link(daemon_path, nursery)
-            except OSError as exc:
-                raise DaemonUnavailable(f"no xed daemon at {daemon_path} ({exc})") from exc
-            listener = trio.socket.from_stdlib_socket(bind_verbs_socket(verbs_path))
-            driver = IbDriver(nursery)
-            driver.attach(link)
-            log.info(
-                "ib_ready", socket=str(verbs_path), device=link.identity and link.identity.name
-            )
-            task_status.started(driver)
-            nursery.start_soon(_accept, listener, driver)
-            while True:
-                await link.closed.wait()
-                link.close()
-                dead = driver.daemon_lost(link)
-                log.warning("daemon_lost", daemon=str(daemon_path), contexts=dead)
-                link = None
-                link = await _reconnect(daemon_path, nursery, reconnect_for)
+                try:
+                    link = await _open_link(daemon_path, nursery)
+                except OSError as exc:
+                    raise DaemonUnavailable(f"no xed daemon at {daemon_path} ({exc})") from exc
+                listener = trio.socket.from_stdlib_socket(bind_verbs_socket(verbs_path))
+                driver = IbDriver(nursery)
                 driver.attach(link)
-                log.info("daemon_reconnected", daemon=str(daemon_path))
+                log.info(
+                    "ib_ready", socket=str(verbs_path), device=link.identity and link.identity.name
+                )
+                task_status.started(driver)
+                nursery.start_soon(_accept, listener, driver)
+                while True:
+                    await link.closed.wait()
+                    link.close()
+                    dead = driver.daemon_lost(link)
+                    log.warning("daemon_lost", daemon=str(daemon_path), contexts=dead)
+                    link = None
+                    link = await _reconnect(daemon_path, nursery, reconnect_for)
+                    driver.attach(link)
+                    log.info("daemon_reconnected", daemon=str(daemon_path))
+            except DaemonUnavailable as exc:
+                gave_up = exc  # raised below, alone rather than in the nursery's group
+                nursery.cancel_scope.cancel()
     finally:
         if listener is not None:
             listener.close()
             verbs_path.unlink(missing_ok=True)
         if link is not None:
             link.close()
+    if gave_up is not None:
+        raise gave_up
