@@ -1197,6 +1197,20 @@ def test_connect_a_connected_qp_to_another_is_ebusy(
     assert status_of(p.qp_a, IBV_WR_RDMA_WRITE, p.mr_a, BASE, p.mr_b.rkey, 8) == IBV_WC_SUCCESS
 
 
+def test_qp_named_by_one_side_only_cannot_post_until_the_other_names_it(pair: Pair) -> None:
+    """A QP whose remote has not named it back: post is EINVAL with no completion (not
+    ready to send); once the remote names it, the same work request completes."""
+    p = pair
+    assert p.a.ib is not None and p.b.ib is not None
+    half, other = p.a.ib.create_qp(), p.b.ib.create_qp()
+    half.connect(other.num)
+    assert errno_of(half.rdma_write, p.mr_a, BASE, p.mr_b.rkey, 8) == errno.EINVAL
+    assert half.poll_cq() == () and p.untouched()
+    other.connect(half.num)
+    assert status_of(half, IBV_WR_RDMA_WRITE, p.mr_a, BASE, p.mr_b.rkey, 8) == IBV_WC_SUCCESS
+    assert p.b.read(BASE, 8) == p.fill_a[:8]
+
+
 def test_connect_qp_to_itself_is_einval(pair: Pair) -> None:
     """Connecting a QP to its own number: EINVAL."""
     assert pair.a.ib is not None
