@@ -9,6 +9,11 @@ and READ between two registered regions are one memcpy between mapped pages. Whe
 daemon reports a bind or unbind under a region, the region is invalidated: its pages
 are let go and later work on it completes with an error status.
 
+One application reaches another's region only as RC verbs allow: through a QP pair
+both of them connected (naming a QP is one half of that), with an rkey (a random
+secret) of a region the other registered with the remote access the op needs (none
+unless asked).
+
 A region over userptr ranges maps the application's host memory itself, with nothing
 pinned, as on-demand paging does. When that memory is about to change the daemon says
 so (reason "userptr"): the region lets its pages go at once and acknowledges, and the

@@ -4,7 +4,8 @@ daemon's restarts.
 Every context belongs to the daemon its VM was imported from. When that daemon goes
 away (it died; a socket unit restarts it), the contexts die with it: their regions and
 QPs are let go at once, and each application's next verb answers EIO, as uverbs does
-once its device is gone, so it closes the context and opens a new one. The driver
+once its device is gone, so it closes the context and opens a new one (work requests
+complete before IBV_POST_SEND answers, so none is left to flush). The driver
 connects again meanwhile, with a growing pause, and serves new contexts against the
 daemon that comes back; if none does within `reconnect_for` seconds it gives up
 (DaemonUnavailable: `xec ib serve` exits 69, EX_UNAVAILABLE) rather than keep a socket
