@@ -285,8 +285,10 @@ def bench_rdma(socket_path: Path | None, repeats: int, spread: bool = False) -> 
     in one process, 4 KiB to 64 MiB; and a small write's latency vs one daemon ioctl,
     interleaved in rounds with the application, daemon and driver on one CPU (as in
     bench rtt: where the scheduler places them would otherwise decide the ratio)."""
+    from protocols.constants import IBV_ACCESS_LOCAL_WRITE, IBV_ACCESS_REMOTE_WRITE
+
     from .daemon import AuxDriverProcess
-    from .ib import IbContext
+    from .ib import LOCAL_ONLY, IbContext
 
     cpus = pin_here(spread)
     size = 64 << 20
@@ -299,7 +301,9 @@ def bench_rdma(socket_path: Path | None, repeats: int, spread: bool = False) -> 
             apps = [Device.open(path), Device.open(path)]
             maps, mrs = [], []
             contexts = []
-            for dev in apps:
+            # the source is read by our own work requests only; the target takes writes
+            wanted = (LOCAL_ONLY, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE)
+            for dev, access in zip(apps, wanted, strict=True):
                 bo = dev.gem_create(size)
                 mapping = dev.mmap_bo(bo)
                 mapping[0:size] = b"\x5a" * size  # fault the pages in before timing
@@ -307,10 +311,11 @@ def bench_rdma(socket_path: Path | None, repeats: int, spread: bool = False) -> 
                 dev.vm_bind(vm, bo, va)
                 ctx = IbContext.open(aux.socket_path, dev.vm_export(vm))
                 contexts.append(ctx)
-                mrs.append(ctx.reg_mr(va, size))
+                mrs.append(ctx.reg_mr(va, size, access))
                 maps.append(mapping)
             qp, peer = contexts[0].create_qp(), contexts[1].create_qp()
             qp.connect(peer.num)
+            peer.connect(qp.num)
             print(f"RDMA WRITE via the aux driver vs memcpy in one process ({repeats} runs each)")
             print(f"{'size':>10} {'rdma MB/s':>12} {'memcpy MB/s':>12} {'ratio':>7}")
             ratio = 0.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
 from . import bench, load
@@ -88,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     ib_serve.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
+    ib_serve.add_argument(
+        "--reconnect-for", type=float, default=30.0, metavar="SECONDS",
+        help="when the daemon goes away, wait this long for it to come back (the socket "
+        "unit restarts it) before exiting with status 69 (default: 30)",
+    )  # fmt: skip
     sc_p = sub.add_parser("scenario", help="run scenario files of many client processes")
     sc_sub = sc_p.add_subparsers(dest="which", required=True)
     sc_run = sc_sub.add_parser("run", help="run a scenario and print its result table")
@@ -127,7 +133,8 @@ def _run(args: argparse.Namespace) -> int:
 
         return scenario.cli(args)
     if args.command == "ib":
-        return ib_main(args.socket, args.daemon or default_socket_path(), args.log_level)
+        daemon = args.daemon or default_socket_path()
+        return ib_main(args.socket, daemon, args.log_level, args.reconnect_for)
     if args.command == "load" and args.which == "chaos":
         from . import chaos
 
@@ -160,15 +167,20 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def ib_main(verbs: Path, daemon: Path, log_level: str) -> int:
-    """Run the aux driver until SIGINT/SIGTERM; READY=1 on NOTIFY_SOCKET once serving."""
+EX_UNAVAILABLE = 69  # sysexits.h: a service the program needs is not there
+
+
+def ib_main(verbs: Path, daemon: Path, log_level: str, reconnect_for: float = 30.0) -> int:
+    """Run the aux driver until SIGINT/SIGTERM; READY=1 on NOTIFY_SOCKET once serving.
+    No daemon at start, or none back `reconnect_for` seconds after it went away: one
+    line on stderr and status 69."""
     import logging
     import signal
 
     import structlog
     import trio
 
-    from .ib.driver import serve
+    from .ib.service import DaemonUnavailable, serve
 
     structlog.configure(
         wrapper_class=structlog.make_filtering_bound_logger(
@@ -181,13 +193,22 @@ def ib_main(verbs: Path, daemon: Path, log_level: str) -> int:
     async def run() -> None:
         async with trio.open_nursery() as nursery:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                await nursery.start(serve, verbs, daemon)
+                await nursery.start(partial(serve, reconnect_for=reconnect_for), verbs, daemon)
                 _notify_ready()
                 async for _ in signals:
                     nursery.cancel_scope.cancel()
                     break
 
-    trio.run(run)
+    unavailable: BaseException | None = None
+    try:
+        trio.run(run)
+    except* DaemonUnavailable as group:
+        unavailable = group
+        while isinstance(unavailable, BaseExceptionGroup):  # the nurseries it came through
+            unavailable = unavailable.exceptions[0]
+    if unavailable is not None:
+        print(f"xec ib serve: {unavailable}", file=sys.stderr)
+        return EX_UNAVAILABLE
     return 0
 
 

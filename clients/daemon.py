@@ -157,10 +157,11 @@ class AuxDriverProcess(DaemonProcess):
         daemon_socket: Path,
         socket_path: Path | None = None,
         log_path: Path | None = None,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         super().__init__(socket_path=socket_path, log_path=log_path)
         self.socket_path = socket_path or Path(self._tmp.name) / "verbs.sock"
         self._args = [
             sys.executable, "-m", "clients", "ib", "serve",
-            "--socket", str(self.socket_path), "--daemon", str(daemon_socket),
+            "--socket", str(self.socket_path), "--daemon", str(daemon_socket), *extra_args,
         ]  # fmt: skip

@@ -12,11 +12,14 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 from protocols import errno_name
 from protocols.constants import (
+    IBV_ACCESS_LOCAL_WRITE,
+    IBV_ACCESS_REMOTE_READ,
+    IBV_ACCESS_REMOTE_WRITE,
     PAGE_SIZE,
     XE_BAR0_INFO_SIZE,
     XE_INFO_DEVICE_ID,
@@ -192,37 +195,46 @@ def worker_henry(dev: Device) -> Iterator[dict[str, Any]]:
 NOTES_VA = GPU_BASE + (1 << 20)  # ivy's page of host memory, bound as a userptr
 
 
-def _rdma_app(dev: Device, verbs: str, fill: bytes) -> tuple[Any, Any, Any, Any, int]:
+def _rdma_app(
+    dev: Device, verbs: str, fill: bytes, access: int
+) -> tuple[Any, Any, Any, Any, int]:
     bo = dev.gem_create(1 << 20)
     mapping = dev.mmap_bo(bo)
     mapping[0 : 1 << 20] = fill * (1 << 20)
     vm = dev.vm_create()
     dev.vm_bind(vm, bo, GPU_BASE)
     ib = IbContext.open(verbs, dev.vm_export(vm))
-    return ib, ib.reg_mr(GPU_BASE, 1 << 20), ib.create_qp(), mapping, vm
+    return ib, ib.reg_mr(GPU_BASE, 1 << 20, access), ib.create_qp(), mapping, vm
 
 
-def worker_ivy(dev: Device, verbs: str) -> Iterator[dict[str, Any]]:
-    """Export her VM to the IB-like driver, register her BO and a page of her host
-    memory (userptr), wait for jack's RDMA; then rewrite that page under the driver."""
-    ib, mr, qp, mapping, vm = _rdma_app(dev, verbs, b"i")
+Steps = Generator[dict[str, Any], list[str], None]  # each go-ahead line's words come in
+
+
+def worker_ivy(dev: Device, verbs: str) -> Steps:
+    """Export her VM to the IB-like driver, register her BO (jack may write it) and a
+    page of her host memory (userptr; jack may read it), connect her QP to jack's once
+    she learns its number; wait for jack's RDMA; then rewrite that page under the driver."""
+    ib, mr, qp, mapping, vm = _rdma_app(
+        dev, verbs, b"i", IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE
+    )
     notes = dev.host_memory(PAGE_SIZE)
     notes[0:16] = b"ivy's notes, v1."
     dev.vm_bind_userptr(vm, notes, 0, NOTES_VA, PAGE_SIZE)
-    notes_mr = ib.reg_mr(NOTES_VA, PAGE_SIZE)
-    yield {"qp": qp.num, "rkey": mr.rkey, "notes_rkey": notes_mr.rkey}
+    notes_mr = ib.reg_mr(NOTES_VA, PAGE_SIZE, IBV_ACCESS_REMOTE_READ)
+    (jack_qp,) = yield {"qp": qp.num, "rkey": mr.rkey, "notes_rkey": notes_mr.rkey}
+    qp.connect(int(jack_qp))  # connecting takes both sides, as with RC queue pairs
+    yield {"connected": True}
     notes.replace(0, b"ivy's notes, v2.")  # returns once the driver let the page go
     yield {"got": bytes(mapping[0x1000:0x1010]).decode()}
 
 
-def worker_jack(
-    dev: Device, verbs: str, qp_num: str, rkey: str, notes_rkey: str
-) -> Iterator[dict[str, Any]]:
+def worker_jack(dev: Device, verbs: str, qp_num: str, rkey: str, notes_rkey: str) -> Steps:
     """RDMA WRITE from his BO into ivy's, through the aux driver: one memcpy; RDMA READ
-    of ivy's host memory, before and after she rewrites it."""
-    _ib, mr, qp, mapping, _vm = _rdma_app(dev, verbs, b"j")
+    of ivy's host memory into his BO, before and after she rewrites it."""
+    _ib, mr, qp, mapping, _vm = _rdma_app(dev, verbs, b"j", IBV_ACCESS_LOCAL_WRITE)
     mapping[0:16] = b"jack was here..."
     qp.connect(int(qp_num))
+    yield {"qp": qp.num}  # ivy connects hers to it
     qp.rdma_write(mr, GPU_BASE + 0x1000, int(rkey), 16)
     (wc,) = qp.poll_cq()
 
@@ -254,11 +266,15 @@ def _worker_main(name: str, socket_path: str, args: list[str]) -> int:
     on stdin between them. Hold everything until the parent closes our stdin."""
     with Device.open(socket_path) as dev:
         outcome = WORKERS[name](dev, *args)
-        steps = outcome if isinstance(outcome, Iterator) else iter([outcome])
-        print(json.dumps(next(steps)), flush=True)
-        for line in sys.stdin:  # the parent's go-ahead for each next step
-            result = next(steps, None)
-            if result is None or not line:
+        if not isinstance(outcome, Generator):
+            print(json.dumps(outcome), flush=True)
+            sys.stdin.read()
+            return 0
+        print(json.dumps(next(outcome)), flush=True)
+        for line in sys.stdin:  # the parent's go-ahead for each next step, with words
+            try:
+                result = outcome.send(line.split()[1:])
+            except StopIteration:
                 break
             print(json.dumps(result), flush=True)
         sys.stdin.read()
@@ -296,10 +312,10 @@ class DemoFailed(Exception):
     pass
 
 
-def _go(proc: subprocess.Popen[str]) -> None:
-    """Let a worker that yields several results take its next step."""
+def _go(proc: subprocess.Popen[str], *words: object) -> None:
+    """Let a worker that yields several results take its next step (told `words`)."""
     assert proc.stdin is not None
-    proc.stdin.write("go\n")
+    proc.stdin.write(" ".join(["go", *map(str, words)]) + "\n")
     proc.stdin.flush()
 
 
@@ -409,6 +425,10 @@ def _story() -> int:
                 ivy_proc = _spawn("ivy", sock, verbs)
                 ivy = _result(ivy_proc, release=False)
                 jack_proc = _spawn("jack", sock, verbs, ivy["qp"], ivy["rkey"], ivy["notes_rkey"])
+                jack_qp = _result(jack_proc, release=False)
+                _go(ivy_proc, jack_qp["qp"])
+                _result(ivy_proc, release=False)  # her QP named his: connected
+                _go(jack_proc)
                 jack = _result(jack_proc, release=False)
                 _go(ivy_proc)
                 ivy_got = _result(ivy_proc, release=False)  # she stays for jack's read

@@ -43,6 +43,9 @@ from protocols.constants import (
     DMA_BUF_SYNC_WRITE,
     DRM_CLOEXEC,
     DRM_RDWR,
+    IBV_ACCESS_LOCAL_WRITE,
+    IBV_ACCESS_REMOTE_READ,
+    IBV_ACCESS_REMOTE_WRITE,
     PROT_READ,
     PROT_WRITE,
     XE_PLACEMENT_SYSMEM,
@@ -137,7 +140,12 @@ _DEVICE_STEPS: dict[str, Fields] = {
     "version": {},
     "vm_export": {"vm": ("ref", REQUIRED), "fd": ("name", REQUIRED)},
     "ib_open": {"fd": ("name", REQUIRED), "ib": ("name", None)},
-    "reg_mr": {"mr": ("name", REQUIRED), "addr": ("int", REQUIRED), "length": ("int", REQUIRED)},
+    "reg_mr": {
+        "mr": ("name", REQUIRED),
+        "addr": ("int", REQUIRED),
+        "length": ("int", REQUIRED),
+        "access": ("names", []),  # none: local only, as ibv_reg_mr's access 0
+    },
     "qp": {"qp": ("name", REQUIRED)},
     "connect": {"qp": ("name", REQUIRED), "remote": ("ref", REQUIRED)},
     "rdma_write": {
@@ -216,6 +224,11 @@ BATCH_OPS: dict[str, tuple[str, ...]] = {
     "copy_dword": ("dst", "src"),
     "mem_copy": ("dst", "src", "length"),
 }
+MR_ACCESS = {
+    "local_write": IBV_ACCESS_LOCAL_WRITE,
+    "remote_write": IBV_ACCESS_REMOTE_WRITE,
+    "remote_read": IBV_ACCESS_REMOTE_READ,
+}
 WC_STATUS = {
     "SUCCESS": 0,
     "LOC_LEN_ERR": 1,
@@ -232,6 +245,7 @@ _CHOICES = {
     ("mmap", "prot"): PROTS,
     ("sync", "op"): SYNC_OPS,
     ("sync", "access"): SYNC_ACCESS,
+    ("reg_mr", "access"): MR_ACCESS,
     ("rdma_write", "status"): WC_STATUS,
     ("rdma_read", "status"): WC_STATUS,
     ("events", "kinds"): DEBUG_EVENT_KINDS,
@@ -906,7 +920,8 @@ class Worker:
         return self.ib
 
     def do_reg_mr(self, a: dict[str, Any]) -> None:
-        mr = self._ib().reg_mr(self._int(a["addr"]), self._int(a["length"]))
+        access = sum(MR_ACCESS[flag] for flag in set(a["access"]))
+        mr = self._ib().reg_mr(self._int(a["addr"]), self._int(a["length"]), access)
         self.mrs[a["mr"]] = mr
         self.values[f"{a['mr']}.rkey"], self.values[f"{a['mr']}.lkey"] = mr.rkey, mr.lkey
 

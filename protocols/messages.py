@@ -600,13 +600,13 @@ class IbvOpenContextReply:
 class IbvRegMr:
     addr: int = u64("GPU virtual address in our VM")
     length: int = u64()
-    access: int = u32("IBV_ACCESS_LOCAL_WRITE | REMOTE_WRITE | REMOTE_READ")
+    access: int = u32("IBV_ACCESS_LOCAL_WRITE | REMOTE_WRITE | REMOTE_READ; 0: local only")
 
 
 @frozen
 class IbvRegMrReply:
     lkey: int = u32()
-    rkey: int = u32("give it to a peer to let it reach this region")
+    rkey: int = u32("random: give it to the connected peer to let it reach this region")
 
 
 @frozen
@@ -631,7 +631,7 @@ class IbvCreateQpReply:
 @frozen
 class IbvConnectQp:
     qp_num: int = u32()
-    remote_qp_num: int = u32("a QP of another context on this aux driver")
+    remote_qp_num: int = u32("a QP on this aux driver, that must name ours too")
 
 
 @frozen

@@ -167,6 +167,7 @@ class OpSpec:
 _MBZ = (EINVAL, "extensions, pad or reserved not zero")
 _VERBS = frozenset({Role.VERBS})
 _NO_CONTEXT = (EPROTO, "no IBV_OPEN_CONTEXT yet on this connection")
+_DEAD_CONTEXT = (EIO, "the daemon behind the context went away (it restarted): close it")
 
 
 def _verbs() -> tuple[OpSpec, ...]:
@@ -179,8 +180,14 @@ def _verbs() -> tuple[OpSpec, ...]:
             roles=_VERBS,
             fds_in=1,
             doc="Open a context with our exported VM attached; the aux driver imports it "
-            "from the daemon on behalf of our pid (from SO_PEERCRED).",
+            "from the daemon on behalf of our pid (from SO_PEERCRED). While the daemon is "
+            "away (restarting), the answer waits for it to come back.",
             errors=(
+                (
+                    EIO,
+                    "the daemon went away (during the import, or since this connection's "
+                    "context was opened: it is dead)",
+                ),
                 (EBUSY, "this connection has a context already"),
                 (EINVAL, "not a VM descriptor of the aux driver's daemon"),
                 (EPERM, "we are not the process that exported the VM"),
@@ -192,10 +199,13 @@ def _verbs() -> tuple[OpSpec, ...]:
             request=m.IbvRegMr,
             reply=m.IbvRegMrReply,
             roles=_VERBS,
-            doc="Register [addr, addr+length) of our VM: the aux driver maps the BOs there.",
+            doc="Register [addr, addr+length) of our VM: the aux driver maps the BOs there. "
+            "Access 0 is local only (read): a peer reaches the region only with the rkey "
+            "and REMOTE_WRITE / REMOTE_READ granted here. lkey and rkey are random.",
             errors=(
+                (EIO, "the daemon behind the context went away (before or during the call)"),
                 _NO_CONTEXT,
-                (EINVAL, "unknown access flags, or length zero"),
+                (EINVAL, "unknown access flags, REMOTE_WRITE without LOCAL_WRITE, or length 0"),
                 (EFAULT, "some address of the range is not bound to a BO"),
                 (EFAULT, "memory the driver cannot map safely, or read-only with write access"),
                 (E2BIG, "more than 8 BOs behind the range"),
@@ -207,7 +217,7 @@ def _verbs() -> tuple[OpSpec, ...]:
             reply=m.Empty,
             roles=_VERBS,
             doc="Forget a memory region.",
-            errors=(_NO_CONTEXT, (ENOENT, "no such lkey in this context")),
+            errors=(_DEAD_CONTEXT, _NO_CONTEXT, (ENOENT, "no such lkey in this context")),
         ),
         OpSpec(
             op=Op.IBV_CREATE_QP,
@@ -216,19 +226,22 @@ def _verbs() -> tuple[OpSpec, ...]:
             roles=_VERBS,
             fds_out=1,
             doc="A queue pair; its completion queue is the attached shared-memory ring.",
-            errors=(_NO_CONTEXT,),
+            errors=(_DEAD_CONTEXT, _NO_CONTEXT),
         ),
         OpSpec(
             op=Op.IBV_CONNECT_QP,
             request=m.IbvConnectQp,
             reply=m.Empty,
             roles=_VERBS,
-            doc="Connect our QP to a QP of another context on the same aux driver.",
+            doc="Name a QP on the same aux driver as our QP's remote. Two-sided, as RC "
+            "QPs are: the pair is connected (work can be posted) once the remote QP has "
+            "named ours too; naming it again is allowed.",
             errors=(
+                _DEAD_CONTEXT,
                 _NO_CONTEXT,
                 (ENOENT, "no such QP (ours or the remote one)"),
                 (EINVAL, "our QP itself"),
-                (EBUSY, "either QP is connected to another already"),
+                (EBUSY, "our QP named another already, or the remote QP named another"),
             ),
         ),
         OpSpec(
@@ -237,11 +250,16 @@ def _verbs() -> tuple[OpSpec, ...]:
             reply=m.Empty,
             roles=_VERBS,
             doc="RDMA WRITE or READ between our MR and the peer's, one memcpy between the "
-            "mapped pages; the outcome is a completion in the QP's ring.",
+            "mapped pages; the outcome is a completion in the QP's ring: LOC_PROT_ERR for "
+            "an lkey not ours or a range outside it (or a READ into a region without "
+            "LOCAL_WRITE), REM_ACCESS_ERR for an rkey not of the connected peer's "
+            "context, without the REMOTE_WRITE / REMOTE_READ the op needs, or a range "
+            "outside it, RETRY_EXC_ERR once the peer's context is closed.",
             errors=(
+                _DEAD_CONTEXT,
                 _NO_CONTEXT,
                 (ENOENT, "no such QP"),
-                (EINVAL, "unknown opcode, or the QP is not connected"),
+                (EINVAL, "unknown opcode, or the QP is not connected (both sides named)"),
             ),
         ),
     )

@@ -250,6 +250,16 @@ def settle(probe: Callable[[], Any], target: Any) -> Any:
         time.sleep(0.01)
 
 
+def quiet_fds(aux: AuxDriverProcess, ib: IbContext) -> int:
+    """The aux driver's descriptor count once it has answered one more verb of `ib`'s.
+    It closes a descriptor it hands out (a CQ ring) just after sending the reply, so a
+    count taken as soon as that verb returns may still see it; it serves a connection's
+    verbs in order, so its answer to the next one comes after that close."""
+    refused = m.IbvDeregMr(lkey=0)  # no region has lkey 0: ENOENT, and no descriptor
+    assert errno_of(ib.call, Op.IBV_DEREG_MR, refused) == errno.ENOENT
+    return aux.open_fds()
+
+
 def start_aux(daemon: DaemonProcess) -> AuxDriverProcess:
     aux = AuxDriverProcess(daemon.socket_path)
     aux.start()
@@ -337,9 +347,10 @@ def open_pair(apps: Callable[..., App], verbs: Path) -> Pair:
     assert a.ib is not None and b.ib is not None
     for ib in (a.ib, b.ib):
         ib.rpc.transport.sock.settimeout(ANSWER)
-    mr_a, mr_b = a.ib.reg_mr(BASE, SIZE), b.ib.reg_mr(BASE, SIZE)
+    mr_a, mr_b = a.ib.reg_mr(BASE, SIZE, ALL_ACCESS), b.ib.reg_mr(BASE, SIZE, ALL_ACCESS)
     qp_a, qp_b = a.ib.create_qp(), b.ib.create_qp()
     qp_a.connect(qp_b.num)
+    qp_b.connect(qp_a.num)
     return Pair(a, b, mr_a, mr_b, qp_a, qp_b, fill_a, fill_b)
 
 
@@ -378,6 +389,12 @@ def remote_read(agent: Agent, va: int, n: int) -> bytes:
     return bytes.fromhex(agent.run(f"result = b.read({va}, {n}).hex()"))
 
 
+def connect_remote(agent: Agent, qp: QueuePair, remote: dict[str, int]) -> None:
+    """Connect our QP and B's (remote_app's, in `agent`) to each other: both sides."""
+    qp.connect(remote["qp"])
+    agent.run(f"qp.connect({qp.num})")
+
+
 def close_remote(agent: Agent) -> None:
     agent.run("b.close(); os.close(kept)")
 
@@ -399,9 +416,9 @@ def test_rdma_write_lands_in_the_peers_bo(
     a.write(BASE, data)
     a.open(verbs)
     assert a.ib is not None
-    mr = a.ib.reg_mr(BASE, SIZE)
+    mr = a.ib.reg_mr(BASE, SIZE, ALL_ACCESS)
     qp = a.ib.create_qp()
-    qp.connect(remote["qp"])
+    connect_remote(b, qp, remote)
     wr_id = qp.rdma_write(mr, BASE, remote["rkey"], SIZE)
     wc = one(qp)
     assert (wc.wr_id, wc.status, wc.opcode, wc.byte_len) == (
@@ -426,9 +443,9 @@ def test_rdma_read_from_the_peer_lands_in_our_mapping(
     a.write(BASE, b"\xee" * SIZE)
     a.open(verbs)
     assert a.ib is not None
-    mr = a.ib.reg_mr(BASE, SIZE)
+    mr = a.ib.reg_mr(BASE, SIZE, ALL_ACCESS)
     qp = a.ib.create_qp()
-    qp.connect(remote["qp"])
+    connect_remote(b, qp, remote)
     wr_id = qp.rdma_read(mr, BASE, remote["rkey"], SIZE, wr_id=0xFFFF_FFFF_FFFF_FFFE)
     wc = one(qp)
     assert (wc.wr_id, wc.status, wc.opcode, wc.byte_len) == (
@@ -455,9 +472,9 @@ def test_gpu_batch_in_the_receiving_vm_reads_what_arrived(
     a.write(BASE, data)
     a.open(verbs)
     assert a.ib is not None
-    mr = a.ib.reg_mr(BASE, SIZE)
+    mr = a.ib.reg_mr(BASE, SIZE, ALL_ACCESS)
     qp = a.ib.create_qp()
-    qp.connect(remote["qp"])
+    connect_remote(b, qp, remote)
     qp.rdma_write(mr, BASE + 0x40, remote["rkey"], PAGE_SIZE)
     assert one(qp).status == IBV_WC_SUCCESS
     dst = BASE + SIZE + PAGE_SIZE  # in B's second BO
@@ -489,9 +506,9 @@ def test_transfers_cross_bo_boundaries_on_both_sides(
     a.write(BASE, data)
     a.open(verbs)
     assert a.ib is not None
-    mr = a.ib.reg_mr(BASE, 8 * PAGE_SIZE)
+    mr = a.ib.reg_mr(BASE, 8 * PAGE_SIZE, ALL_ACCESS)
     qp = a.ib.create_qp()
-    qp.connect(remote["qp"])
+    connect_remote(b, qp, remote)
     # 6 pages from A's page 1 (crosses A's boundaries at 2 and 5) to B's page 1 (crosses 4)
     n = 6 * PAGE_SIZE
     qp.rdma_write(mr, BASE + PAGE_SIZE, remote["rkey"], n, local_addr=BASE + PAGE_SIZE)
@@ -524,9 +541,9 @@ def test_transfers_at_unaligned_offsets_inside_regions(
     a.write(BASE, fill_a)
     a.open(verbs)
     assert a.ib is not None
-    mr = a.ib.reg_mr(BASE, SIZE)
+    mr = a.ib.reg_mr(BASE, SIZE, ALL_ACCESS)
     qp = a.ib.create_qp()
-    qp.connect(remote["qp"])
+    connect_remote(b, qp, remote)
     src, dst, n = 123, SIZE - 77, 1000  # dst crosses B's BO boundary
     qp.rdma_write(mr, BASE + dst, remote["rkey"], n, local_addr=BASE + src, wr_id=41)
     wc = one(qp)
@@ -545,7 +562,7 @@ def test_transfers_at_unaligned_offsets_inside_regions(
 
 
 def test_both_directions_on_one_connection(pair: Pair) -> None:
-    """B's QP (connected by A) works too: B writes into A, A's bytes change, B's completion."""
+    """B's QP of the pair works too: B writes into A, A's bytes change, B's completion."""
     p = pair
     p.qp_b.rdma_write(p.mr_b, BASE + 8, p.mr_a.rkey, 16, wr_id=7)
     wc = one(p.qp_b)
@@ -612,7 +629,7 @@ def test_rkey_of_a_context_that_is_not_the_peer_is_rem_access_err(
     c.write(BASE, fill_c)
     c.open(verbs)
     assert c.ib is not None
-    mr_c = c.ib.reg_mr(BASE, SIZE)
+    mr_c = c.ib.reg_mr(BASE, SIZE, ALL_ACCESS)
     for rkey in (mr_c.rkey, p.mr_a.rkey):
         for opcode in (IBV_WR_RDMA_WRITE, IBV_WR_RDMA_READ):
             assert status_of(p.qp_a, opcode, p.mr_a, BASE, rkey, 64) == IBV_WC_REM_ACCESS_ERR
@@ -997,10 +1014,11 @@ def test_unbind_under_a_region_invalidates_it(
     a.open(verbs)
     b.open(verbs)
     assert a.ib is not None and b.ib is not None
-    mr_a = a.ib.reg_mr(BASE, 2 * SIZE)
-    mr_b, far = b.ib.reg_mr(BASE, 2 * SIZE), b.ib.reg_mr(ELSEWHERE, SIZE)
-    qp = a.ib.create_qp()
-    qp.connect(b.ib.create_qp().num)
+    mr_a = a.ib.reg_mr(BASE, 2 * SIZE, ALL_ACCESS)
+    mr_b, far = b.ib.reg_mr(BASE, 2 * SIZE, ALL_ACCESS), b.ib.reg_mr(ELSEWHERE, SIZE, ALL_ACCESS)
+    qp, qp_b = a.ib.create_qp(), b.ib.create_qp()
+    qp.connect(qp_b.num)
+    qp_b.connect(qp.num)
 
     hole = BASE + SIZE + PAGE_SIZE  # the second page of B's second BO
     b.dev.vm_unbind(b.vm, hole, PAGE_SIZE)
@@ -1019,7 +1037,7 @@ def test_unbind_under_a_region_invalidates_it(
 
     second_bo = b.bound[1][2]
     b.dev.vm_bind(b.vm, second_bo, hole, range=PAGE_SIZE, obj_offset=PAGE_SIZE)
-    again = b.ib.reg_mr(BASE, 2 * SIZE)
+    again = b.ib.reg_mr(BASE, 2 * SIZE, ALL_ACCESS)
     n = 2 * PAGE_SIZE
     assert status_of(qp, IBV_WR_RDMA_WRITE, mr_a, hole - PAGE_SIZE, again.rkey, n) == (
         IBV_WC_SUCCESS
@@ -1179,6 +1197,20 @@ def test_connect_a_connected_qp_to_another_is_ebusy(
     assert status_of(p.qp_a, IBV_WR_RDMA_WRITE, p.mr_a, BASE, p.mr_b.rkey, 8) == IBV_WC_SUCCESS
 
 
+def test_qp_named_by_one_side_only_cannot_post_until_the_other_names_it(pair: Pair) -> None:
+    """A QP whose remote has not named it back: post is EINVAL with no completion (not
+    ready to send); once the remote names it, the same work request completes."""
+    p = pair
+    assert p.a.ib is not None and p.b.ib is not None
+    half, other = p.a.ib.create_qp(), p.b.ib.create_qp()
+    half.connect(other.num)
+    assert errno_of(half.rdma_write, p.mr_a, BASE, p.mr_b.rkey, 8) == errno.EINVAL
+    assert half.poll_cq() == () and p.untouched()
+    other.connect(half.num)
+    assert status_of(half, IBV_WR_RDMA_WRITE, p.mr_a, BASE, p.mr_b.rkey, 8) == IBV_WC_SUCCESS
+    assert p.b.read(BASE, 8) == p.fill_a[:8]
+
+
 def test_connect_qp_to_itself_is_einval(pair: Pair) -> None:
     """Connecting a QP to its own number: EINVAL."""
     assert pair.a.ib is not None
@@ -1212,6 +1244,7 @@ def test_app_shrinking_its_cq_ring_cannot_crash_the_aux_driver(
         os.close(fd)
     other = p.a.ib.create_qp()
     p.b.ib.call(Op.IBV_CONNECT_QP, m.IbvConnectQp(qp_num=reply.qp_num, remote_qp_num=other.num))
+    other.connect(reply.qp_num)
     wr = m.IbvPostSend(
         qp_num=reply.qp_num, wr_id=1, opcode=IBV_WR_RDMA_WRITE, lkey=p.mr_b.lkey,
         local_addr=BASE, length=8, remote_addr=BASE, rkey=p.mr_a.rkey,
@@ -1264,14 +1297,14 @@ def test_app_exit_with_open_context_releases_its_vm(
                 mr = a.ib.reg_mr(BASE, SIZE)
                 qp = a.ib.create_qp()
                 start = baseline(fresh_daemon)
-                aux_fds = aux.open_fds()
+                aux_fds = quiet_fds(aux, a.ib)
                 assert start[1].aux_registrations == 1
 
                 b = agents(fresh_daemon)
                 remote = remote_app(b, aux.socket_path)
                 # B keeps its export fd open, and hands A a copy of it
                 _, (b_vm_fd,) = b.run_fds("send = [os.dup(kept)]")
-                qp.connect(remote["qp"])
+                connect_remote(b, qp, remote)
                 assert status_of(qp, IBV_WR_RDMA_WRITE, mr, BASE, remote["rkey"], 8) == (
                     IBV_WC_SUCCESS
                 )
@@ -1306,9 +1339,10 @@ def test_aux_driver_killed_mid_session(fresh_daemon: DaemonProcess) -> None:
                 a.open(aux.socket_path)
                 b.open(aux.socket_path)
                 assert a.ib is not None and b.ib is not None
-                mr_a, mr_b = a.ib.reg_mr(BASE, SIZE), b.ib.reg_mr(BASE, SIZE)
-                qp = a.ib.create_qp()
-                qp.connect(b.ib.create_qp().num)
+                mr_a, mr_b = a.ib.reg_mr(BASE, SIZE), b.ib.reg_mr(BASE, SIZE, ALL_ACCESS)
+                qp, qp_b = a.ib.create_qp(), b.ib.create_qp()
+                qp.connect(qp_b.num)
+                qp_b.connect(qp.num)
                 a.write(BASE, b"payload!")
                 assert status_of(qp, IBV_WR_RDMA_WRITE, mr_a, BASE, mr_b.rkey, 8) == (
                     IBV_WC_SUCCESS

@@ -31,6 +31,7 @@ from test_ib import (
     App,
     check_log,
     close_remote,
+    connect_remote,
     counts,
     errno_of,
     one,
@@ -52,6 +53,7 @@ from clients.transport import SeqpacketTransport
 from protocols import Op
 from protocols import messages as m
 from protocols.constants import (
+    IBV_ACCESS_LOCAL_WRITE,
     IBV_ACCESS_REMOTE_READ,
     IBV_WC_LOC_PROT_ERR,
     IBV_WC_REM_ACCESS_ERR,
@@ -89,8 +91,10 @@ def ib_of(app: App, verbs: Path) -> IbContext:
 
 
 def connect(a: IbContext, b: IbContext) -> tuple[QueuePair, QueuePair]:
+    """A QP of each, connected to each other (both sides)."""
     qp_a, qp_b = a.create_qp(), b.create_qp()
     qp_a.connect(qp_b.num)
+    qp_b.connect(qp_a.num)
     return qp_a, qp_b
 
 
@@ -104,7 +108,14 @@ def host_pair(apps: Callable[..., App], verbs: Path, fill: bytes, bound: int = 0
     host = with_host(a, BASE, fill, bound)
     b.write(BASE, bytes(SIZE))
     ib_a, ib_b = ib_of(a, verbs), ib_of(b, verbs)
-    return a, b, host, ib_a.reg_mr(BASE, SIZE), ib_b.reg_mr(BASE, SIZE), *connect(ib_a, ib_b)
+    return (
+        a,
+        b,
+        host,
+        ib_a.reg_mr(BASE, SIZE, ALL_ACCESS),
+        ib_b.reg_mr(BASE, SIZE, ALL_ACCESS),
+        *connect(ib_a, ib_b),
+    )
 
 
 def mr_events(aux: DaemonProcess, lkey: int) -> list[str]:
@@ -157,7 +168,7 @@ def remote_userptr_app(agent: Agent, verbs: Path, fill: bytes) -> dict[str, int]
         host[0:{len(fill)}] = bytes.fromhex({fill.hex()!r})
         dev.vm_bind_userptr(b.vm, host, 0, BASE, {len(fill)})
         kept = b.open({str(verbs)!r}, keep_fd=True)
-        mr = b.ib.reg_mr(BASE, {len(fill)})
+        mr = b.ib.reg_mr(BASE, {len(fill)}, {ALL_ACCESS})
         qp = b.ib.create_qp()
         result = {{"qp": qp.num, "rkey": mr.rkey, "lkey": mr.lkey}}
         """
@@ -184,9 +195,9 @@ def test_rdma_between_the_host_memories_of_two_processes(
     a = apps(sizes=())
     host = with_host(a, BASE, bytes(SIZE))
     ib = ib_of(a, verbs)
-    mr = ib.reg_mr(BASE, SIZE)
+    mr = ib.reg_mr(BASE, SIZE, ALL_ACCESS)
     qp = ib.create_qp()
-    qp.connect(remote["qp"])
+    connect_remote(b, qp, remote)
 
     def b_host() -> bytes:
         return bytes.fromhex(b.run(f"result = bytes(host[0:{SIZE}]).hex()"))
@@ -219,7 +230,7 @@ def test_region_mixing_a_bo_and_host_memory(apps: Callable[..., App], verbs: Pat
     host = with_host(a, BASE + SIZE, fill_host)
     b.write(BASE, b"\0" * 2 * SIZE)
     ib_a, ib_b = ib_of(a, verbs), ib_of(b, verbs)
-    mr_a, mr_b = ib_a.reg_mr(BASE, 2 * SIZE), ib_b.reg_mr(BASE, 2 * SIZE)
+    mr_a, mr_b = ib_a.reg_mr(BASE, 2 * SIZE, ALL_ACCESS), ib_b.reg_mr(BASE, 2 * SIZE, ALL_ACCESS)
     qp_a, qp_b = connect(ib_a, ib_b)
     both = fill_bo + fill_host
 
@@ -294,7 +305,7 @@ def test_replace_waits_until_the_aux_driver_let_go(
     try:
         a = apps(sizes=())
         host = with_host(a, BASE, b"\1" * SIZE)
-        mr = ib_of(a, aux.socket_path).reg_mr(BASE, SIZE)
+        mr = ib_of(a, aux.socket_path).reg_mr(BASE, SIZE, ALL_ACCESS)
         os.kill(aux.pid, signal.SIGSTOP)
         try:
             thread, failed = in_thread(lambda: host.replace(0, b"\2" * SIZE))
@@ -324,7 +335,7 @@ def test_freed_page_fails_work_on_the_region_and_the_qp_survives(
     a.add_bo(ELSEWHERE, SIZE)
     a.write(ELSEWHERE, fill_bo)
     assert a.ib is not None
-    mr_bo = a.ib.reg_mr(ELSEWHERE, SIZE)
+    mr_bo = a.ib.reg_mr(ELSEWHERE, SIZE, ALL_ACCESS)
 
     host.free(PAGE_SIZE, PAGE_SIZE)
     assert aux_maps(aux_driver, host) == 0
@@ -412,7 +423,7 @@ def test_unbind_of_the_userptr_range_invalidates_for_good(
     assert mr_events(aux_driver, mr_a.lkey) == ["mr_invalidated"]
 
     assert a.ib is not None
-    again = a.ib.reg_mr(BASE, SIZE)
+    again = a.ib.reg_mr(BASE, SIZE, ALL_ACCESS)
     assert status_of(qp_b, IBV_WR_RDMA_READ, mr_b, BASE, again.rkey, SIZE) == IBV_WC_SUCCESS
     assert b.read(BASE, SIZE) == b"\x33" * SIZE
     a.ib.dereg_mr(mr_a)  # the invalidated region can still be deregistered
@@ -435,7 +446,10 @@ def test_closed_applications_leave_nothing_behind(fresh_daemon: DaemonProcess) -
                 hosts = [with_host(a, BASE, pattern(SIZE, 33))]
                 hosts.append(with_host(b, BASE + SIZE, pattern(SIZE, 34)))
                 ib_a, ib_b = ib_of(a, aux.socket_path), ib_of(b, aux.socket_path)
-                mr_a, mr_b = ib_a.reg_mr(BASE, SIZE), ib_b.reg_mr(BASE, 2 * SIZE)
+                mr_a, mr_b = (
+                    ib_a.reg_mr(BASE, SIZE, ALL_ACCESS),
+                    ib_b.reg_mr(BASE, 2 * SIZE, ALL_ACCESS),
+                )
                 qp_a, _qp_b = connect(ib_a, ib_b)
                 rkey = mr_b.rkey
                 write, read = IBV_WR_RDMA_WRITE, IBV_WR_RDMA_READ
@@ -501,9 +515,9 @@ def test_region_with_write_access_over_write_sealed_host_memory_is_efault(
     finally:
         os.close(fd)
     ib_a, ib_b = ib_of(a, aux_driver.socket_path), ib_of(b, aux_driver.socket_path)
-    assert errno_of(ib_a.reg_mr, BASE, SIZE) == errno.EFAULT
+    assert errno_of(ib_a.reg_mr, BASE, SIZE, access=ALL_ACCESS) == errno.EFAULT
     mr_a = ib_a.reg_mr(BASE, SIZE, access=IBV_ACCESS_REMOTE_READ)
-    mr_b = ib_b.reg_mr(BASE, SIZE)
+    mr_b = ib_b.reg_mr(BASE, SIZE, access=IBV_ACCESS_LOCAL_WRITE)
     _qp_a, qp_b = connect(ib_a, ib_b)
     assert status_of(qp_b, IBV_WR_RDMA_READ, mr_b, BASE, mr_a.rkey, SIZE) == IBV_WC_SUCCESS
     assert b.read(BASE, SIZE) == fill

@@ -9,6 +9,11 @@ and READ between two registered regions are one memcpy between mapped pages. Whe
 daemon reports a bind or unbind under a region, the region is invalidated: its pages
 are let go and later work on it completes with an error status.
 
+One application reaches another's region only as RC verbs allow: through a QP pair
+both of them connected (naming a QP is one half of that), with an rkey (a random
+secret) of a region the other registered with the remote access the op needs (none
+unless asked).
+
 A region over userptr ranges maps the application's host memory itself, with nothing
 pinned, as on-demand paging does. When that memory is about to change the daemon says
 so (reason "userptr"): the region lets its pages go at once and acknowledges, and the
@@ -21,11 +26,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import itertools
-import mmap
 import os
 import socket
 import struct
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -59,176 +62,96 @@ from protocols.constants import (
     IBV_WC_SUCCESS,
     IBV_WR_RDMA_READ,
     IBV_WR_RDMA_WRITE,
-    PAGE_SIZE,
 )
-from protocols.memfd import UnsafeMemory, check_memfd
 
 from ..errors import DaemonGone, XeError
 from .cq import CQ_ENTRIES, CompletionRing
+from .errors import VerbsError
+from .errors import refuse_if as _refuse_if
 from .link import DaemonLink
+from .mr import Keys, MemoryRegion, copy_pieces
 
 log = structlog.get_logger("xec.ib")
 _ANC_SPACE = socket.CMSG_SPACE(MAX_FDS * 4)
 _PEERCRED = struct.Struct("3i")
-
-
-class VerbsError(Exception):
-    def __init__(self, err: int, message: str) -> None:
-        super().__init__(message)
-        self.errno = err
-        self.message = message
-
-
-def _refuse_if(condition: object, err: int, message: str) -> None:
-    if condition:
-        raise VerbsError(err, message)
-
-
-# --- memory regions ------------------------------------------------------------------------
-class MemoryRegion:
-    """Mapped pages behind [addr, addr+length) of one context's VM."""
-
-    def __init__(
-        self, context: Context, addr: int, length: int, access: int, lkey: int, rkey: int
-    ) -> None:
-        self.context = context
-        self.addr = addr
-        self.length = length
-        self.access = access
-        self.lkey = lkey
-        self.rkey = rkey
-        self.valid = True
-        self.evicted = False  # pages let go for a userptr change: fault them in again
-        self._maps: list[mmap.mmap] = []
-        self._spans: list[tuple[int, int, memoryview]] = []  # (va, length, pages)
-
-    def map(self, spans: tuple[m.XedAuxSpan, ...], fds: list[int]) -> None:
-        """Map the spans' pages; EFAULT (nothing mapped) for memory not safe to map."""
-        maps = _map_safely(spans, fds, self.access)
-        self._maps = maps
-        self.evicted = False
-        for span in spans:
-            whole = memoryview(maps[span.fd_index])
-            self._spans.append(
-                (span.va, span.length, whole[span.offset : span.offset + span.length])
-            )
-            whole.release()
-
-    def covers(self, addr: int, length: int) -> bool:
-        return self.addr <= addr and addr + length <= self.addr + self.length
-
-    def overlaps(self, start: int, length: int) -> bool:
-        return start < self.addr + self.length and self.addr < start + length
-
-    def pieces(self, addr: int, length: int) -> list[memoryview]:
-        """The mapped pages of [addr, addr+length), in order."""
-        out = []
-        end = addr + length
-        for va, span_len, pages in self._spans:
-            lo, hi = max(addr, va), min(end, va + span_len)
-            if lo < hi:
-                out.append(pages[lo - va : hi - va])
-        return out
-
-    def invalidate(self) -> None:
-        """Let the pages go: nothing of this region is touched again."""
-        self.valid = False
-        self.evict()
-
-    def evict(self) -> None:
-        """Let the pages go until the next fault maps them again."""
-        self.evicted = True
-        for _va, _len, pages in self._spans:
-            pages.release()
-        self._spans.clear()
-        for mapping in self._maps:
-            mapping.close()
-        self._maps.clear()
-
-
-def _map_safely(spans: tuple[m.XedAuxSpan, ...], fds: list[int], access: int) -> list[mmap.mmap]:
-    """Map each descriptor as far as the spans reach into it, after judging it as the
-    daemon judges what clients send (protocols.memfd): memory someone could shrink under
-    us, hugetlbfs, or a span beyond the memory would end this process with SIGBUS, so
-    they fail the region (EFAULT, as ib_umem_get fails on pages it cannot get). A
-    read-only descriptor maps read-only, for a region that never receives bytes."""
-    ends = [0] * len(fds)
-    for span in spans:
-        _refuse_if(span.fd_index >= len(fds), errno.EFAULT, "a span without its memory")
-        ends[span.fd_index] = max(ends[span.fd_index], span.offset + span.length)
-    writes = access & (IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE)
-    maps: list[mmap.mmap] = []
-    try:
-        for fd, end in zip(fds, ends, strict=True):
-            size = -(-end // PAGE_SIZE) * PAGE_SIZE
-            try:
-                writable = check_memfd(fd, size)
-            except UnsafeMemory as exc:
-                raise VerbsError(errno.EFAULT, f"memory not safe to map: {exc}") from None
-            _refuse_if(writes and not writable, errno.EFAULT, "read-only memory, write access")
-            prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-            try:
-                maps.append(mmap.mmap(fd, size, mmap.MAP_SHARED, prot))
-            except OSError as exc:
-                raise VerbsError(errno.EFAULT, f"cannot map it: {exc.strerror}") from None
-    except VerbsError:
-        for mapping in maps:
-            mapping.close()
-        raise
-    return maps
-
-
-def copy_pieces(dst: list[memoryview], src: list[memoryview]) -> int:
-    """One memcpy per overlap of the two piece lists (they cover equal lengths)."""
-    moved = 0
-    di = si = 0
-    doff = soff = 0
-    while di < len(dst) and si < len(src):
-        n = min(len(dst[di]) - doff, len(src[si]) - soff)
-        dst[di][doff : doff + n] = src[si][soff : soff + n]
-        moved += n
-        doff += n
-        soff += n
-        if doff == len(dst[di]):
-            di, doff = di + 1, 0
-        if soff == len(src[si]):
-            si, soff = si + 1, 0
-    return moved
+_DEAD = "the daemon this context's VM came from is gone: close it, open a new one"
 
 
 # --- queue pairs and contexts --------------------------------------------------------------
 @attrs.define(eq=False)
 class QueuePair:
+    """An RC queue pair. Connecting is two-sided, as modify_qp to RTR on both ends is:
+    naming a remote QP only makes ours ready to receive from it; the pair is connected
+    (ready to send) once the remote QP has named ours too. Until then nothing can be
+    posted, so naming somebody's QP gives no way into its context's regions."""
+
     context: Context
     num: int
     cq: CompletionRing
-    peer: QueuePair | None = None
+    remote: QueuePair | None = None  # the QP ours named; for life, as an RC QP's dest
     closed: bool = False
+
+    @property
+    def connected(self) -> bool:
+        return self.remote is not None and self.remote.remote is self
 
     def complete(self, wr_id: int, status: int, opcode: int, byte_len: int) -> None:
         self.cq.push(wr_id, status, opcode, byte_len)
 
 
 class Context:
-    def __init__(self, driver: IbDriver, pid: int, vm_handle: int) -> None:
+    """One application's verbs context (its protection domain too): the VM imported on
+    its behalf through `link`, its regions by lkey, its QPs. `dead` once that daemon
+    is gone: every VM descriptor it lent is gone with it."""
+
+    def __init__(self, driver: IbDriver, link: DaemonLink, pid: int, vm_handle: int) -> None:
         self.driver = driver
+        self.link = link
         self.pid = pid
         self.vm_handle = vm_handle
         self.mrs: dict[int, MemoryRegion] = {}
         self.qps: dict[int, QueuePair] = {}
         self.notifier_seq = 0  # moves with every invalidation the daemon sends
+        self.dead = False
 
 
 class IbDriver:
-    def __init__(self, link: DaemonLink, nursery: trio.Nursery) -> None:
-        self.link = link
+    def __init__(self, nursery: trio.Nursery) -> None:
         self.nursery = nursery  # where acknowledgements go out from
-        self.contexts: dict[int, Context] = {}  # by vm_handle
+        self.link: DaemonLink | None = None  # None while the daemon is away
+        self._up = trio.Event()  # set while `link` is there
+        self.contexts: dict[int, Context] = {}  # by vm_handle, of the daemon at `link`
         self.rkeys: dict[int, MemoryRegion] = {}
         self.qps: dict[int, QueuePair] = {}
-        self._keys = itertools.count(0x1000)
+        self.keys = Keys()
         self._qp_nums = itertools.count(1)
         self.stats = {"rdma_bytes": 0, "invalidations": 0, "evictions": 0, "faults": 0}
+
+    # --- the daemon coming and going ---------------------------------------------------------
+    def attach(self, link: DaemonLink) -> None:
+        """Serve new contexts against the daemon at the other end of `link`."""
+        link.on_event = self.on_daemon_event
+        self.link = link
+        self._up.set()
+
+    def daemon_lost(self, link: DaemonLink) -> int:
+        """The daemon at `link` is gone, and every VM it lent us with it: each context
+        imported through it dies. Its regions and QPs go now; the application learns it
+        from its next verb (EIO, see _answer). Returns how many contexts died."""
+        if self.link is link:
+            self.link = None
+            self._up = trio.Event()
+        dead = [context for context in self.contexts.values() if context.link is link]
+        for context in dead:
+            context.dead = True
+            self._forget(context)
+        return len(dead)
+
+    async def _daemon(self) -> DaemonLink:
+        """The daemon link, waiting while it is away (the driver exits if it stays away)."""
+        while self.link is None:
+            await self._up.wait()
+        return self.link
 
     # --- daemon events: the MMU-notifier side ----------------------------------------------
     def on_daemon_event(self, event: EventMessage) -> None:
@@ -253,24 +176,26 @@ class IbDriver:
                 mr.invalidate()
                 self.stats["invalidations"] += 1
                 log.info("mr_invalidated", lkey=mr.lkey, va=data.va, reason=data.reason)
-        self.nursery.start_soon(self._acknowledge, data.vm_handle, data.seqno)
+        self.nursery.start_soon(self._acknowledge, context.link, data.vm_handle, data.seqno)
 
-    async def _acknowledge(self, vm_handle: int, seqno: int) -> None:
+    async def _acknowledge(self, link: DaemonLink, vm_handle: int, seqno: int) -> None:
         # a registration released meanwhile, or the daemon gone: nobody waits any more
         with contextlib.suppress(XeError, OSError, DaemonGone):
-            await self.link.call(
+            await link.call(
                 Op.AUX_VM_INVALIDATE_DONE,
                 m.XedAuxVmInvalidateDone(vm_handle=vm_handle, seqno=seqno),
             )
 
     async def _resolve(self, context: Context, addr: int, length: int) -> tuple[Any, list[int]]:
         try:
-            return await self.link.call(
+            return await context.link.call(
                 Op.AUX_VM_RESOLVE,
                 m.XedAuxVmResolve(vm_handle=context.vm_handle, va=addr, length=length),
             )
         except XeError as exc:
             raise VerbsError(exc.errno or errno.EIO, exc.detail) from exc
+        except DaemonGone as exc:
+            raise VerbsError(errno.EIO, _DEAD) from exc
 
     async def _fault_in(self, mr: MemoryRegion) -> None:
         """Map an evicted region's pages again, as the daemon resolves them now (it waits
@@ -289,25 +214,39 @@ class IbDriver:
 
     # --- the verbs ----------------------------------------------------------------------------
     async def open_context(self, pid: int, vm_fd: int) -> tuple[Context, m.IbvOpenContextReply]:
+        link = await self._daemon()
         try:
-            reply, _ = await self.link.call(
+            reply, _ = await link.call(
                 Op.AUX_VM_IMPORT, m.XedAuxVmImport(on_behalf_of_pid=pid), [vm_fd]
             )
         except XeError as exc:
             raise VerbsError(exc.errno or errno.EIO, exc.detail) from exc
-        context = Context(self, pid, reply.vm_handle)
+        except DaemonGone as exc:
+            raise VerbsError(errno.EIO, "the daemon went away during the import") from exc
+        # the daemon went away as it answered: the VM went with it (nothing to release)
+        _refuse_if(link is not self.link, errno.EIO, "the daemon went away during the import")
+        context = Context(self, link, pid, reply.vm_handle)
         self.contexts[reply.vm_handle] = context
         log.info("context_opened", pid=pid, vm_handle=reply.vm_handle)
         return context, m.IbvOpenContextReply(va_bits=reply.va_bits)
 
     async def reg_mr(self, context: Context, args: m.IbvRegMr) -> m.IbvRegMrReply:
+        """Checks, in order: unknown access bits, or REMOTE_WRITE without LOCAL_WRITE (as
+        ib_check_mr_access refuses it): EINVAL; length zero: EINVAL; the range, as the
+        daemon resolves it (EFAULT, E2BIG); the daemon gone meanwhile: EIO."""
         _refuse_if(args.access & ~IBV_ACCESS_FLAGS, errno.EINVAL, "unknown access flags")
+        _refuse_if(
+            args.access & IBV_ACCESS_REMOTE_WRITE and not args.access & IBV_ACCESS_LOCAL_WRITE,
+            errno.EINVAL,
+            "REMOTE_WRITE needs LOCAL_WRITE",
+        )
         _refuse_if(not args.length, errno.EINVAL, "length zero")
         begun = context.notifier_seq
         reply, fds = await self._resolve(context, args.addr, args.length)
-        lkey, rkey = next(self._keys), next(self._keys)
-        mr = MemoryRegion(context, args.addr, args.length, args.access, lkey, rkey)
         try:
+            _refuse_if(context.dead, errno.EIO, _DEAD)
+            lkey, rkey = self.keys.take(), self.keys.take()
+            mr = MemoryRegion(context, args.addr, args.length, args.access, lkey, rkey)
             if context.notifier_seq == begun:
                 mr.map(reply.spans, fds)
             else:  # stale before it was mapped: the first work request faults it in
@@ -323,7 +262,11 @@ class IbDriver:
         mr = context.mrs.pop(lkey, None)
         _refuse_if(mr is None, errno.ENOENT, f"no lkey {lkey}")
         assert mr is not None
+        self._drop_mr(mr)
+
+    def _drop_mr(self, mr: MemoryRegion) -> None:
         self.rkeys.pop(mr.rkey, None)
+        self.keys.give_back(mr.lkey, mr.rkey)
         mr.invalidate()
 
     def create_qp(self, context: Context) -> tuple[int, int]:
@@ -334,25 +277,33 @@ class IbDriver:
         return qp.num, fd
 
     def connect_qp(self, context: Context, num: int, remote: int) -> None:
-        """Pair our QP with a remote one; a QP paired with another cannot be taken over."""
+        """Name `remote` as our QP's destination. Checks, in order: our QP or the remote
+        one unknown (or closed): ENOENT; the remote is our QP itself: EINVAL; our QP named
+        another already, or the remote QP named another: EBUSY. Naming the same QP again
+        is allowed. The pair is connected once both have named each other."""
         qp, peer = context.qps.get(num), self.qps.get(remote)
         _refuse_if(qp is None or peer is None or peer.closed, errno.ENOENT, "no such QP")
         assert qp is not None and peer is not None
         _refuse_if(peer is qp, errno.EINVAL, "a QP cannot connect to itself")
         _refuse_if(
-            (qp.peer not in (None, peer)) or (peer.peer not in (None, qp)),
+            (qp.remote not in (None, peer)) or (peer.remote not in (None, qp)),
             errno.EBUSY,
             "one of the QPs is connected to another",
         )
-        qp.peer, peer.peer = peer, qp
+        qp.remote = peer
+        log.info("qp_connected" if qp.connected else "qp_ready", qp=qp.num, remote=peer.num)
 
     async def post_send(self, context: Context, wr: m.IbvPostSend) -> None:
         qp = context.qps.get(wr.qp_num)
         _refuse_if(qp is None, errno.ENOENT, f"no QP {wr.qp_num}")
         assert qp is not None
         _refuse_if(wr.opcode not in (IBV_WR_RDMA_WRITE, IBV_WR_RDMA_READ), errno.EINVAL, "opcode")
-        _refuse_if(qp.peer is None, errno.EINVAL, "the QP is not connected")
-        qp.complete(wr.wr_id, await self._transfer(qp, wr), wr.opcode, wr.length)
+        _refuse_if(
+            not qp.connected, errno.EINVAL, "the QP is not connected (both sides must name it)"
+        )
+        status = await self._transfer(qp, wr)
+        _refuse_if(context.dead, errno.EIO, _DEAD)  # gone during a fault: its ring too
+        qp.complete(wr.wr_id, status, wr.opcode, wr.length)
 
     async def _transfer(self, qp: QueuePair, wr: m.IbvPostSend) -> int:
         """Do the work request; return its completion status. Evicted regions are faulted
@@ -383,8 +334,11 @@ class IbDriver:
     def _check(
         self, qp: QueuePair, wr: m.IbvPostSend
     ) -> tuple[int, MemoryRegion | None, MemoryRegion | None]:
-        """The work request's status if it cannot be done, else success and its regions."""
-        if qp.peer is None or qp.peer.closed:
+        """The work request's status if it cannot be done, else success and its regions.
+        The lkey is looked up in our context only; the rkey must name a region of the
+        connected peer's context (its protection domain) whose access allows the op."""
+        peer = qp.remote
+        if peer is None or peer.closed or peer.remote is not qp:
             return IBV_WC_RETRY_EXC_ERR, None, None
         local = qp.context.mrs.get(wr.lkey)
         if local is None or not local.valid or not local.covers(wr.local_addr, wr.length):
@@ -394,7 +348,7 @@ class IbDriver:
         needed = IBV_ACCESS_REMOTE_WRITE if writing else IBV_ACCESS_REMOTE_READ
         if (
             remote is None
-            or remote.context is not qp.peer.context
+            or remote.context is not peer.context
             or not remote.valid
             or not remote.access & needed
             or not remote.covers(wr.remote_addr, wr.length)
@@ -404,18 +358,28 @@ class IbDriver:
             return IBV_WC_LOC_PROT_ERR, None, None
         return IBV_WC_SUCCESS, local, remote
 
-    async def close_context(self, context: Context) -> None:
+    def _forget(self, context: Context) -> None:
+        """Everything of the context's on our side: its regions, keys and QPs."""
         for mr in context.mrs.values():
-            self.rkeys.pop(mr.rkey, None)
-            mr.invalidate()
+            self._drop_mr(mr)
+        context.mrs.clear()
         for qp in context.qps.values():
             qp.closed = True
             qp.cq.close()
             self.qps.pop(qp.num, None)
-        self.contexts.pop(context.vm_handle, None)
+        context.qps.clear()
+        if self.contexts.get(context.vm_handle) is context:  # a new daemon may reuse it
+            del self.contexts[context.vm_handle]
+
+    async def close_context(self, context: Context) -> None:
+        self._forget(context)
+        if context.dead:
+            return  # its daemon went away with the VM: nothing to release
         # the daemon gone, or forgetting already, holds nothing either way
         with contextlib.suppress(XeError, OSError, DaemonGone):
-            await self.link.call(Op.AUX_VM_RELEASE, m.XedAuxVmRelease(vm_handle=context.vm_handle))
+            await context.link.call(
+                Op.AUX_VM_RELEASE, m.XedAuxVmRelease(vm_handle=context.vm_handle)
+            )
 
     # --- one application ----------------------------------------------------------------------
     async def serve_app(self, sock: socket.socket) -> None:
@@ -473,6 +437,9 @@ class IbDriver:
         self, pid: int, context: Context | None, request: Any
     ) -> tuple[Any, Context | None]:
         op, args = request.op, request.args
+        # a dead context answers EIO to everything, as uverbs does once its device is
+        # disassociated: the application closes it and opens a new one
+        _refuse_if(context is not None and context.dead, errno.EIO, _DEAD)
         if op is Op.IBV_OPEN_CONTEXT:
             _refuse_if(context is not None, errno.EBUSY, "a context is open already")
             context, reply = await self.open_context(pid, request.fds[0])
@@ -518,42 +485,3 @@ async def _send(sock: socket.socket, data: bytes, fds: list[int] | None = None) 
             return
         except BlockingIOError:
             await trio.lowlevel.wait_writable(sock)
-
-
-def bind_verbs_socket(path: Path) -> socket.socket:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.unlink(missing_ok=True)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    sock.bind(str(path))
-    os.chmod(path, 0o660)
-    sock.listen(128)
-    return sock
-
-
-async def serve(
-    verbs_path: Path,
-    daemon_path: Path,
-    *,
-    task_status: trio.TaskStatus[IbDriver] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve applications on `verbs_path` as the daemon's aux driver, until cancelled."""
-    link = await DaemonLink.connect(daemon_path)
-    listener = bind_verbs_socket(verbs_path)
-    tlistener = trio.socket.from_stdlib_socket(listener)
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(link.run)
-            await link.hello("aux")
-            driver = IbDriver(link, nursery)
-            link.on_event = driver.on_daemon_event
-            log.info(
-                "ib_ready", socket=str(verbs_path), device=link.identity and link.identity.name
-            )
-            task_status.started(driver)
-            while True:
-                conn, _ = await tlistener.accept()
-                nursery.start_soon(driver.serve_app, socket.socket(fileno=conn.detach()))
-    finally:
-        tlistener.close()
-        link.close()
-        verbs_path.unlink(missing_ok=True)

@@ -49,6 +49,7 @@ class DaemonLink:
         self._next_id = 0
         self._send_lock = trio.Lock()
         self._gone: Exception | None = None  # set once the reader stopped: calls fail at once
+        self.closed = trio.Event()  # the reader stopped: the daemon is gone
 
     @classmethod
     async def connect(cls, path: str | os.PathLike[str]) -> DaemonLink:
@@ -61,13 +62,17 @@ class DaemonLink:
         return cls(sock)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Read until the daemon goes away; then every caller still waiting fails."""
+        """Read until the daemon goes away (end of file, a reset, or our own close());
+        then every caller still waiting fails, and `closed` is set."""
         task_status.started()
         try:
             while True:
-                data, ancdata, _flags, _ = await self.sock.recvmsg(
-                    MAX_DATAGRAM, _ANC_SPACE, socket.MSG_CMSG_CLOEXEC
-                )
+                try:
+                    data, ancdata, _flags, _ = await self.sock.recvmsg(
+                        MAX_DATAGRAM, _ANC_SPACE, socket.MSG_CMSG_CLOEXEC
+                    )
+                except (OSError, trio.ClosedResourceError):
+                    break  # reset by a daemon that died, or closed by us: gone either way
                 fds, _junk = unpack_fds(ancdata)
                 if not data:
                     break
@@ -78,6 +83,11 @@ class DaemonLink:
                 pending.outcome = self._gone
                 pending.done.set()
             self._pending.clear()
+            self.closed.set()
+
+    @property
+    def gone(self) -> bool:
+        return self._gone is not None
 
     def _dispatch(self, data: bytes, fds: list[int]) -> None:
         ops = {ident: p.op for ident, p in self._pending.items()}
@@ -100,8 +110,12 @@ class DaemonLink:
         self._next_id = self._next_id % 0xFFFF_FFFF + 1
         ident = self._next_id
         pending = self._pending[ident] = _Pending(op)
-        async with self._send_lock:
-            await self.sock.sendmsg([encode_request(ident, op, args)], pack_fds(fds))
+        try:
+            async with self._send_lock:
+                await self.sock.sendmsg([encode_request(ident, op, args)], pack_fds(fds))
+        except (OSError, trio.ClosedResourceError) as exc:
+            self._pending.pop(ident, None)
+            raise DaemonGone(f"the daemon connection failed: {exc!r}") from exc
         await pending.done.wait()
         outcome = pending.outcome
         if isinstance(outcome, Exception):

@@ -1,11 +1,16 @@
 """The application's side of the IB-like aux driver: ibverbs-shaped and synchronous.
 
 ib = IbContext.open(aux_socket, vm_fd)        # vm_fd from dev.vm_export(vm)
-mr = ib.reg_mr(gpu_addr, length)
+mr = ib.reg_mr(gpu_addr, length)              # local only: for a peer, pass the
+                                              # REMOTE_WRITE / REMOTE_READ it needs
 qp = ib.create_qp()
-qp.connect(peer_qp_num)
+qp.connect(peer_qp_num)                       # and the peer connects its QP to qp.num
 qp.rdma_write(mr, remote_addr, rkey, length)
 (wc,) = qp.poll_cq()                          # wc.status == IBV_WC_SUCCESS
+
+As with libibverbs, registering asks for the least by default (access 0: the region
+can be read by our own work requests, and nothing else), and a QP can post once both
+it and its peer have connected to each other.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from ..rpc import RpcConnection
 from ..transport import SeqpacketTransport
 from .cq import CompletionRing
 
+LOCAL_ONLY = 0  # ibv_reg_mr's access 0: our own work requests may read the region
 ALL_ACCESS = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ
 
 
@@ -49,6 +55,7 @@ class QueuePair:
         self._wr_ids = 0
 
     def connect(self, remote_qp_num: int) -> None:
+        """Name the peer's QP; posting works once the peer has named ours too."""
         self.context.call(
             Op.IBV_CONNECT_QP, m.IbvConnectQp(qp_num=self.num, remote_qp_num=remote_qp_num)
         )
@@ -127,7 +134,7 @@ class IbContext:
             os.close(fd)
         return result
 
-    def reg_mr(self, addr: int, length: int, access: int = ALL_ACCESS) -> MemoryRegion:
+    def reg_mr(self, addr: int, length: int, access: int = LOCAL_ONLY) -> MemoryRegion:
         reply = self.call(Op.IBV_REG_MR, m.IbvRegMr(addr=addr, length=length, access=access))
         assert isinstance(reply, m.IbvRegMrReply)
         return MemoryRegion(addr, length, reply.lkey, reply.rkey)

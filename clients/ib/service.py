@@ -1,0 +1,133 @@
+"""The aux driver as a process: its verbs socket, and its link to the daemon across the
+daemon's restarts.
+
+Every context belongs to the daemon its VM was imported from. When that daemon goes
+away (it died; a socket unit restarts it), the contexts die with it: their regions and
+QPs are let go at once, and each application's next verb answers EIO, as uverbs does
+once its device is gone, so it closes the context and opens a new one (work requests
+complete before IBV_POST_SEND answers, so none is left to flush). The driver
+connects again meanwhile, with a growing pause, and serves new contexts against the
+daemon that comes back; if none does within `reconnect_for` seconds it gives up
+(DaemonUnavailable: `xec ib serve` exits 69, EX_UNAVAILABLE) rather than keep a socket
+that can only answer errors.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import structlog
+import trio
+
+from .driver import IbDriver
+from .link import DaemonLink
+
+log = structlog.get_logger("xec.ib")
+RECONNECT_FOR = 30.0  # seconds to wait for the daemon to come back before giving up
+RECONNECT_PAUSE = (0.05, 1.0)  # the first and the longest pause between two tries
+
+
+def bind_verbs_socket(path: Path) -> socket.socket:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    sock.bind(str(path))
+    os.chmod(path, 0o660)
+    sock.listen(128)
+    return sock
+
+
+class DaemonUnavailable(Exception):
+    """No daemon to serve against: none at start, or none back in time after it went."""
+
+
+async def _open_link(daemon_path: Path, nursery: trio.Nursery) -> DaemonLink:
+    """Connect as role aux; the link's reader runs in `nursery` until the daemon goes."""
+    link = await DaemonLink.connect(daemon_path)
+    try:
+        await nursery.start(link.run)
+        await link.hello("aux")
+    except BaseException:
+        link.close()
+        raise
+    return link
+
+
+async def _reconnect(daemon_path: Path, nursery: trio.Nursery, within: float) -> DaemonLink:
+    """A link to the daemon once it is back (the socket unit restarts it), trying with a
+    growing pause for `within` seconds; DaemonUnavailable after that."""
+    deadline = trio.current_time() + within
+    pause, why = RECONNECT_PAUSE[0], "not tried"
+    while True:
+        with trio.move_on_at(deadline):
+            try:
+                return await _open_link(daemon_path, nursery)
+            except OSError as exc:  # refused, not there yet, or gone again mid-HELLO
+                why = f"{type(exc).__name__}: {exc}"
+            await trio.sleep(pause)
+            pause = min(2 * pause, RECONNECT_PAUSE[1])
+        if trio.current_time() >= deadline:
+            raise DaemonUnavailable(
+                f"the xed daemon at {daemon_path} did not come back within {within:g} s ({why})"
+            )
+
+
+async def _accept(listener: trio.socket.SocketType, driver: IbDriver) -> None:
+    while True:
+        conn, _ = await listener.accept()
+        driver.nursery.start_soon(driver.serve_app, socket.socket(fileno=conn.detach()))
+
+
+async def serve(
+    verbs_path: Path,
+    daemon_path: Path,
+    *,
+    reconnect_for: float = RECONNECT_FOR,
+    task_status: trio.TaskStatus[IbDriver] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve applications on `verbs_path` as the daemon's aux driver, until cancelled.
+
+    When the daemon goes away, every context dies with it (their VMs were that daemon's)
+    and the driver connects again, serving new contexts against the daemon that comes
+    back. DaemonUnavailable if there is none at start, or none back in `reconnect_for`
+    seconds."""
+    link: DaemonLink | None = None
+    listener: trio.socket.SocketType | None = None
+    gave_up: DaemonUnavailable | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            try:
+                try:
+                    link = await _open_link(daemon_path, nursery)
+                except OSError as exc:
+                    raise DaemonUnavailable(f"no xed daemon at {daemon_path} ({exc})") from exc
+                listener = trio.socket.from_stdlib_socket(bind_verbs_socket(verbs_path))
+                driver = IbDriver(nursery)
+                driver.attach(link)
+                log.info(
+                    "ib_ready", socket=str(verbs_path), device=link.identity and link.identity.name
+                )
+                task_status.started(driver)
+                nursery.start_soon(_accept, listener, driver)
+                while True:
+                    await link.closed.wait()
+                    link.close()
+                    dead = driver.daemon_lost(link)
+                    log.warning("daemon_lost", daemon=str(daemon_path), contexts=dead)
+                    link = None
+                    link = await _reconnect(daemon_path, nursery, reconnect_for)
+                    driver.attach(link)
+                    log.info("daemon_reconnected", daemon=str(daemon_path))
+            except DaemonUnavailable as exc:
+                gave_up = exc  # raised below, alone rather than in the nursery's group
+                nursery.cancel_scope.cancel()
+    finally:
+        if listener is not None:
+            listener.close()
+            verbs_path.unlink(missing_ok=True)
+        if link is not None:
+            link.close()
+    if gave_up is not None:
+        raise gave_up
