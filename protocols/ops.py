@@ -124,7 +124,11 @@ ANY_ROLE = HELLO_ROLES
 
 # errors every op can answer with, besides its own
 COMMON_ERRORS: tuple[tuple[int, str], ...] = (
-    (ENODEV, "the device is unplugged (every op but the admin role's)"),
+    (
+        ENODEV,
+        "the device is unplugged (every op but the admin role's and the aux driver's "
+        "AUX_VM_UNWATCH, AUX_VM_RELEASE and AUX_VM_INVALIDATE_DONE)",
+    ),
     (EPROTO, "sent before HELLO, or a second HELLO"),
     (ENOTTY, "unknown op"),
     (EACCES, "op not allowed for the connection's role"),
@@ -142,11 +146,17 @@ _EXPORTED = (ENOMEM, "limits.exported: this client's dma-bufs and VM exports sti
 # errors every op whose reply carries descriptors can answer with, besides its own: the
 # descriptors could not be given (the request is refused, the connection goes on)
 FDS_OUT_ERRORS: tuple[tuple[int, str], ...] = (
-    (EMFILE, "this connection left limits.unread_descriptors descriptors of earlier "
-     "replies unread, or its uid limits.unread_descriptors_per_uid over all its "
-     "connections"),
-    (EMFILE, "the kernel refused the daemon more descriptors in flight (its budget, "
-     "RLIMIT_NOFILE, shared by every client)"),
+    (
+        EMFILE,
+        "this connection left limits.unread_descriptors descriptors of earlier "
+        "replies unread, or its uid limits.unread_descriptors_per_uid over all its "
+        "connections",
+    ),
+    (
+        EMFILE,
+        "the kernel refused the daemon more descriptors in flight (its budget, "
+        "RLIMIT_NOFILE, shared by every client)",
+    ),
 )
 
 
@@ -162,6 +172,10 @@ class OpSpec:
     fds_out: int = 0  # ANY_FDS: as many as the answer needs, up to MAX_FDS
     # blocking ops run beside the connection's reader so a disconnect still cancels them
     blocking: bool = False
+    # answered after an unplug too: the aux driver letting go of what it holds, which the
+    # proposal does with in-kernel calls (xe_vm_put, the notifier's return) that an
+    # unplugged device never refuses; refusing them would leak what it let go of
+    while_unplugged: bool = False
 
 
 _MBZ = (EINVAL, "extensions, pad or reserved not zero")
@@ -565,6 +579,7 @@ SPECS: dict[Op, OpSpec] = {
         ),
         OpSpec(
             op=Op.AUX_VM_UNWATCH,
+            while_unplugged=True,
             request=m.XedAuxVmRange,
             reply=m.Empty,
             roles=frozenset({Role.AUX}),
@@ -573,6 +588,7 @@ SPECS: dict[Op, OpSpec] = {
         ),
         OpSpec(
             op=Op.AUX_VM_RELEASE,
+            while_unplugged=True,
             request=m.XedAuxVmRelease,
             reply=m.Empty,
             roles=frozenset({Role.AUX}),
@@ -581,6 +597,7 @@ SPECS: dict[Op, OpSpec] = {
         ),
         OpSpec(
             op=Op.AUX_VM_INVALIDATE_DONE,
+            while_unplugged=True,
             request=m.XedAuxVmInvalidateDone,
             reply=m.Empty,
             roles=frozenset({Role.AUX}),

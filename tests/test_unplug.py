@@ -431,3 +431,40 @@ out = {"bo": bytes(mp[0:4]).decode(), "written": dev.barriers_written}
         (mine,) = [c for c in fresh_admin.admin_clients() if c.client_id == dev.client_id]
         assert mine.barriers == 1
     assert fresh_admin.admin_status().unplugged == 0
+
+
+def test_aux_driver_lets_go_of_a_vm_while_unplugged(fresh_daemon: DaemonProcess) -> None:
+    """Unplugged, the aux driver is refused new work (ENODEV) but can still let go of
+    what it holds (INVALIDATE_DONE, UNWATCH, RELEASE answer), so nothing outlives the
+    application that exported the VM."""
+    from tests.helpers import errno_of as refused_with
+
+    before = baseline(fresh_daemon)
+    path = fresh_daemon.socket_path
+    va = 0x10_0000
+    with (
+        Device.open(path) as app,
+        Device.open(path, role="aux") as aux,
+        Device.open(path, role="admin") as adm,
+    ):
+        vm = app.vm_create()
+        bo = app.gem_create(4096)
+        app.vm_bind(vm, bo, va)
+        vm_fd = app.vm_export(vm)
+        handle = aux.aux_vm_import(vm_fd, os.getpid()).vm_handle
+        os.close(vm_fd)
+        _spans, fds = aux.aux_vm_resolve(handle, va, 4096)
+        for fd in fds:
+            os.close(fd)
+        app.vm_unbind(vm, va, 4096)  # the aux driver's watch is told, with a seqno
+        seqno = aux.wait_event(timeout=TIMEOUT).data.seqno
+        adm.admin_unplug()
+        assert refused_with(aux.aux_vm_resolve, handle, va, 4096) == errno.ENODEV
+        aux.aux_vm_invalidate_done(handle, seqno)
+        aux.aux_vm_unwatch(handle, va, 4096)
+        aux.aux_vm_release(handle)
+        assert refused_with(app.vm_destroy, vm) == errno.ENODEV
+        adm.admin_replug()
+        app.vm_destroy(vm)  # no longer registered: it goes
+        app.gem_close(bo)
+    assert wait_until(lambda: baseline(fresh_daemon) == before, "everything released")

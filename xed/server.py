@@ -212,8 +212,9 @@ class Connection:
 
     # --- requests -------------------------------------------------------------------------
     def _check_plugged(self, request: Request) -> None:
-        """drm_dev_enter(): once unplugged, only the admin role is still answered."""
-        if not self.device.unplugged:
+        """drm_dev_enter(): once unplugged, only the admin role is still answered, and
+        the aux driver letting go of what it holds (OpSpec.while_unplugged)."""
+        if not self.device.unplugged or SPECS[request.op].while_unplugged:
             return
         role = Role(request.args.role) if request.op is Op.HELLO else self.xef.role
         if role is not Role.ADMIN:
