@@ -234,7 +234,8 @@ def _storm(
                 agents.remove(agent)
                 _collect(agent, tally)
             while len(agents) < opts.agents:
-                kind = rng.choice(kinds)
+                # one of each kind first, so that even a short run meets them all
+                kind = KINDS[n][0] if n < len(KINDS) else rng.choice(kinds)
                 if kind == "hog" and sum(a.kind == "hog" for a in agents) >= MAX_HOGS:
                     kind = "worker"
                 n += 1
