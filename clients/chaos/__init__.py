@@ -68,6 +68,7 @@ class Agent:
     kind: str
     proc: subprocess.Popen[str]
     dies_at: float
+    errors: Path
     lines: list[dict[str, Any]] = attrs.Factory(list)
 
     def read(self) -> None:
@@ -86,19 +87,20 @@ class Tally:
     unplugs: int = 0
     ops: int = 0
     unclean: list[str] = attrs.Factory(list)
+    failed: list[str] = attrs.Factory(list)  # agents that died on their own: our bugs
 
 
 def _spawn(
     kind: str, daemon: Path, verbs: Path, seed: int, now: float, rng: random.Random
 ) -> Agent:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "clients.chaos.agents", kind, str(daemon), str(verbs), str(seed)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,  # a killed agent's last words are noise
-        text=True,
-    )
-    agent = Agent(kind, proc, now + rng.uniform(0.3, 4.0))
+    errors = daemon.parent / f"agent-{seed}.err"  # read only if it failed on its own
+    with open(errors, "w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "clients.chaos.agents", kind, str(daemon), str(verbs),
+             str(seed)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr, text=True,
+        )  # fmt: skip
+    agent = Agent(kind, proc, now + rng.uniform(0.3, 4.0), errors)
     threading.Thread(target=agent.read, daemon=True).start()
     return agent
 
@@ -202,6 +204,7 @@ def _result(
         "daemon_restarts": int(not alive[0]),
         "aux_restarts": int(not alive[1]),
         "unclean_replies": len(tally.unclean),
+        "agent_failures": tally.failed[:10],
         "unclean_examples": tally.unclean[:10],
         "leaked_descriptors": leaked_fds,
         "leaked_objects": leaked,
@@ -258,7 +261,10 @@ def _storm(
 
 
 def _collect(agent: Agent, tally: Tally) -> None:
-    agent.proc.wait()
+    status = agent.proc.wait()
+    if status not in (0, -signal.SIGKILL):
+        last = agent.errors.read_text().strip().splitlines()[-1:] or ["(nothing on stderr)"]
+        tally.failed.append(f"{agent.kind} exited {status}: {last[0][:200]}")
     for line in agent.lines:
         tally.ops += int(line.get("ops", 0))
         if "unclean" in line:
@@ -284,6 +290,9 @@ def print_report(result: dict[str, Any], out: Any = sys.stdout) -> None:
     print(f"unclean replies: {result['unclean_replies']}", file=out)
     for example in result["unclean_examples"]:
         print(f"  {example}", file=out)
+    print(f"agents that failed on their own: {len(result['agent_failures'])}", file=out)
+    for failure in result["agent_failures"]:
+        print(f"  {failure}", file=out)
     print(f"leaked descriptors: {result['leaked_descriptors']}", file=out)
     leaked = result["leaked_objects"]
     print(
@@ -311,6 +320,7 @@ def clean(result: dict[str, Any]) -> bool:
         not result["daemon_restarts"]
         and not result["aux_restarts"]
         and not result["unclean_replies"]
+        and not result["agent_failures"]
         and not result["leaked_descriptors"]
         and not result["leaked_objects"]
         and not bystander.get("problems")

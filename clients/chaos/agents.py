@@ -27,7 +27,9 @@ import random
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
+from errno import ENODEV
 from functools import partial
 from typing import Any
 
@@ -56,6 +58,17 @@ def unclean(what: str) -> None:
     say(unclean=what)
 
 
+def open_device(path: str) -> Device:
+    """A new connection; while the device is unplugged HELLO is ENODEV: wait it out."""
+    while True:
+        try:
+            return Device.open(path)
+        except XeError as exc:
+            if exc.errno != ENODEV:
+                raise
+        time.sleep(0.02)
+
+
 def checked(call: Callable[[], Any]) -> Any:
     """Run one library call; a refusal is fine if the op may answer with that errno."""
     try:
@@ -70,7 +83,7 @@ def checked(call: Callable[[], Any]) -> Any:
 class Worker:
     def __init__(self, path: str, verbs: str, rng: random.Random) -> None:
         self.path, self.verbs, self.rng = path, verbs, rng
-        self.dev = Device.open(path)
+        self.dev = open_device(path)
         self.host: HostMemory | None = None  # registered once per connection
         self.seq = 0
 
@@ -89,7 +102,7 @@ class Worker:
     def _fresh(self) -> None:
         with contextlib.suppress(OSError):
             self.dev.close()
-        self.dev = Device.open(self.path)
+        self.dev = open_device(self.path)
         self.host = None
 
     def bos(self) -> None:
@@ -118,7 +131,7 @@ class Worker:
         dev.gem_close(bo)
 
     def dma_buf(self) -> None:
-        other = Device.open(self.path)
+        other = open_device(self.path)
         try:
             bo = self.dev.gem_create(65536)
             fd = self.dev.prime_handle_to_fd(bo)
@@ -209,7 +222,7 @@ def _forged_peer(size: int, memfd: int) -> int:
 
 
 def forger(path: str, rng: random.Random) -> None:
-    dev = Device.open(path)
+    dev = open_device(path)
     while True:
         memfd = os.memfd_create("forged", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         os.ftruncate(memfd, rng.choice([4096, 65536]))
@@ -241,7 +254,7 @@ def forger(path: str, rng: random.Random) -> None:
 
 # --- hog -------------------------------------------------------------------------------------
 def hog(path: str, rng: random.Random) -> None:
-    dev = Device.open(path)
+    dev = open_device(path)
     held = 0
     while held < 100_000:  # until a limit says no
         try:
@@ -270,7 +283,7 @@ def _raw(path: str) -> socket.socket:
 
 def _unread_replies(path: str) -> None:
     """MMAP replies carry descriptors: ask for thousands and never read one."""
-    dev = Device.open(path)
+    dev = open_device(path)
     offset = dev.gem_mmap_offset(dev.gem_create(4096))
     raw = _raw(path)
     args = {"offset": offset, "length": 4096, "prot": 3, "flags": 1}
@@ -282,7 +295,7 @@ def _unread_replies(path: str) -> None:
 
 def _long_copies(path: str) -> None:
     """Batches of large copies, to hold the device as long as a batch may."""
-    gpu = Device.open(path)
+    gpu = open_device(path)
     vm = gpu.vm_create()
     big = gpu.gem_create(64 << 20)
     gpu.vm_bind(vm, big, VA)

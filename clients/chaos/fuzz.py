@@ -10,6 +10,7 @@ may drop a connection that keeps sending garbage: we connect again.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import select
@@ -119,6 +120,10 @@ class Fuzzer:
                 if not self._drain(sock):
                     raise ConnectionResetError from None
                 select.select([sock], [sock], [], 0.05)
+            except OSError as exc:
+                if exc.errno != errno.EMSGSIZE:
+                    raise
+                return  # more than the socket can carry: nothing left us
         self.tally.sent += 1
 
     def _garbage(self, sock: socket.socket) -> None:
