@@ -789,6 +789,7 @@ SPECS: dict[Op, OpSpec] = {
             errors=(
                 (EINVAL, "the descriptor is not a dma-buf (e.g. an exported VM)"),
                 (ENOMEM, "the exporter cannot open its memory (out of descriptors or memory)"),
+                (EMFILE, "the peer left answers with memory unread (a few may be in flight)"),
             ),
         ),
         OpSpec(

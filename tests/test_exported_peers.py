@@ -14,7 +14,7 @@ import select
 import socket
 import time
 from collections.abc import Callable, Iterator
-from errno import EBUSY, EINVAL, ENOMEM
+from errno import EBUSY, EINVAL, EMFILE, ENOMEM
 from typing import Any
 
 import pytest
@@ -37,7 +37,8 @@ from protocols import (
 from protocols import messages as m
 from xed.config import Config
 from xed.device.device import XeDevice
-from xed.device.export import ExportedObject
+from xed.device.export import PEER_UNREAD, ExportedObject
+from xed.inflight import outq
 
 TIMEOUT = 10.0  # seconds: an upper bound, never an expectation
 NOFILE = 64  # a daemon's descriptor limit, where a test takes them all
@@ -266,3 +267,36 @@ async def test_queued_datagrams_let_other_tasks_run_between_them() -> None:
         nursery.cancel_scope.cancel()
     assert turns >= QUEUED, turns  # a turn per datagram at least
     assert not device.exported
+
+
+def test_answers_with_memory_left_unread_are_not_piled_up(dev: Device) -> None:
+    """A holder that asks DMA_BUF_ATTACH again and again without reading gets a few
+    answers with memory in flight at most, EMFILE for the rest (descriptors in flight are
+    the daemon's budget, every client's replies need it); once read, it is answered."""
+    handle = dev.gem_create(0x1000)
+    sock = socket.socket(fileno=dev.prime_handle_to_fd(handle))
+    sock.settimeout(TIMEOUT)
+    try:
+        for request_id in range(1, 51):
+            sock.send(encode_request(request_id, Op.DMA_BUF_ATTACH, m.DmaBufAttach()))
+        # once it has taken the 50th request off the socket, it has answered the 49
+        # before it (each answer goes out before it reads on): only the last may race
+        # with our reading
+        wait_until(lambda: not outq(sock.fileno()), "the daemon to read every request")
+        answers: list[int] = []
+        descriptors = 0
+        while len(answers) < 50:
+            data, ancdata, _flags, _ = sock.recvmsg(MAX_DATAGRAM, socket.CMSG_SPACE(4 * MAX_FDS))
+            fds, _junk = unpack_fds(ancdata)
+            descriptors += len(fds)
+            for fd in fds:
+                os.close(fd)
+            reply = decode_incoming(data, tuple(fds), {len(answers) + 1: Op.DMA_BUF_ATTACH})
+            assert isinstance(reply, Reply)
+            answers.append(reply.errno)
+        assert descriptors == answers.count(0)
+        assert answers[:49] == [0] * PEER_UNREAD + [EMFILE] * (49 - PEER_UNREAD), answers
+        assert attach(sock, request_id=99).errno == 0  # all read: answered again
+    finally:
+        sock.close()
+        dev.gem_close(handle)

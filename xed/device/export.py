@@ -45,6 +45,7 @@ from protocols import (
 )
 from protocols import messages as m
 
+from ..inflight import outq, smallest_truesize
 from ..seqpacket import EmptyRead, empty_read
 from .errors import IoctlError
 from .limits import Account, uncharge_export
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     from .device import XeDevice
 
 _log = structlog.get_logger("xed")
+PEER_UNREAD = 4  # answers on an exported object's descriptor a peer may leave unread
 _ANC_SPACE = socket.CMSG_SPACE(MAX_FDS * 4)
 SHUT_POLL = 1.0  # seconds between looks for the last close of a descriptor shut for sending
 
@@ -188,6 +190,13 @@ class ExportedObject:
         fds: list[int] = []
         try:
             result, fds = self.peer_request(request.op, request.args)
+            if fds and outq(self._ours.fileno()) >= PEER_UNREAD * smallest_truesize():
+                # Descriptors in flight count against the daemon's user, whoever leaves
+                # them unread, and every client's replies need that budget. A peer (a
+                # daemon importing) reads each answer, and has at most a few imports of
+                # one dma-buf under way; no message is smaller than the smallest
+                # truesize, so fewer than PEER_UNREAD answers are unread below this.
+                raise IoctlError(errnos.EMFILE, "answers with memory are still unread")
             self._send_nowait(encode_reply(request.id, request.op, 0, result), fds)
         except IoctlError as exc:
             self._send_nowait(encode_error(request.id, exc.errno, exc.message), [])
@@ -203,7 +212,7 @@ class ExportedObject:
         try:
             self._ours.sendmsg([data], pack_fds(fds))
         except OSError as exc:
-            _log.info("peer_answer_dropped", kind=self.kind, errno=exc.errno)
+            _log.debug("peer_answer_dropped", kind=self.kind, errno=exc.errno)
 
 
 def lookup(device: XeDevice, fd: int) -> ExportedObject | None:
