@@ -2,19 +2,36 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from errno import ECANCELED
 from typing import Any
 
 import pytest
 
 from clients import Batch, Device, XeError, user_fence
-from protocols import Event
+from protocols import MAX_DATAGRAM, MAX_FDS, Event, Op, Reply, decode_incoming, encode_request
 from protocols import messages as m
+from protocols.ancillary import unpack_fds
 
 WAIT = 5_000_000_000  # ns: an upper bound, never an expectation
 BATCH_VA = 0x1_0000_0000  # the batch BO: fence qword at offset 0, batches after it
 BATCH_BO_SIZE = 0x10000
 FENCE = 0
+
+
+def peer_attach(sock: socket.socket, request_id: int = 7, timeout: float = 10.0) -> Reply:
+    """DMA_BUF_ATTACH spoken on an exported object's descriptor, as another daemon would;
+    the descriptors of its answer are closed."""
+    sock.settimeout(timeout)
+    sock.send(encode_request(request_id, Op.DMA_BUF_ATTACH, m.DmaBufAttach()))
+    data, ancdata, _flags, _ = sock.recvmsg(MAX_DATAGRAM, socket.CMSG_SPACE(4 * MAX_FDS))
+    fds, _junk = unpack_fds(ancdata)
+    for fd in fds:
+        os.close(fd)
+    reply = decode_incoming(data, tuple(fds), {request_id: Op.DMA_BUF_ATTACH})
+    assert isinstance(reply, Reply)
+    return reply
 
 
 def errno_of(call: Any, *args: Any, **kwargs: Any) -> int:

@@ -22,19 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import BATCH_VA, Gpu, errno_of
+from helpers import BATCH_VA, Gpu, errno_of, peer_attach
 
 from clients import Batch, Device
 from clients.daemon import DaemonProcess
 from protocols import (
-    MAX_DATAGRAM,
-    MAX_FDS,
     Event,
-    Op,
     Reply,
-    decode_incoming,
-    encode_request,
-    unpack_fds,
 )
 from protocols import messages as m
 
@@ -118,19 +112,8 @@ def wait_until(check: Callable[[], Any], what: str) -> Any:
 
 def attach(fd: int, request_id: int = 7) -> Reply:
     """Speak on an exported object's descriptor as another daemon would: DMA_BUF_ATTACH."""
-    sock = socket.socket(fileno=os.dup(fd))
-    try:
-        sock.settimeout(TIMEOUT)
-        sock.send(encode_request(request_id, Op.DMA_BUF_ATTACH, m.DmaBufAttach()))
-        data, ancdata, _flags, _ = sock.recvmsg(MAX_DATAGRAM, socket.CMSG_SPACE(4 * MAX_FDS))
-        fds, _junk = unpack_fds(ancdata)
-        for fd_in in fds:
-            os.close(fd_in)
-        reply = decode_incoming(data, tuple(fds), {request_id: Op.DMA_BUF_ATTACH})
-        assert isinstance(reply, Reply)
-        return reply
-    finally:
-        sock.close()
+    with socket.socket(fileno=os.dup(fd)) as sock:
+        return peer_attach(sock, request_id, TIMEOUT)
 
 
 # --- ioctl handlers -----------------------------------------------------------------------

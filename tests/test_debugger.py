@@ -47,15 +47,9 @@ EVENT_WAIT = 10.0  # s: an upper bound for an event to come, never an expectatio
 BO_PATTERN = bytes(i % 251 for i in range(BO_SIZE))
 HOST_PATTERN = bytes((i * 7 + 3) % 253 for i in range(HOST_SIZE))
 
-# A target: connects (conftest's spawn_client does), says who it is, then runs one snippet
-# per stdin line in a namespace that persists, answering {"result": ...} or {"error": ...}.
-TARGET = r"""
-import mmap, os, traceback
-from clients.host_memory import HostMemory
-from protocols import Op, messages as m
-from protocols.constants import *
-BO_VA, BO_SIZE, UP_VA, HOST_SIZE, NULL_VA = (int(v) for v in argv[1:6])
-print(json.dumps({"pid": os.getpid(), "client_id": dev.client_id}), flush=True)
+# Runs one snippet per stdin line in a namespace that persists, answering
+# {"result": ...} or {"error": ...}: the end of every process script below.
+SNIPPETS = r"""
 ns = dict(globals())
 while True:
     line = sys.stdin.readline()
@@ -69,6 +63,16 @@ while True:
         reply = {"error": traceback.format_exc()}
     print(json.dumps(reply), flush=True)
 """
+
+# A target: connects (conftest's spawn_client does), says who it is, then runs snippets.
+TARGET = r"""
+import mmap, os, traceback
+from clients.host_memory import HostMemory
+from protocols import Op, messages as m
+from protocols.constants import *
+BO_VA, BO_SIZE, UP_VA, HOST_SIZE, NULL_VA = (int(v) for v in argv[1:6])
+print(json.dumps({"pid": os.getpid(), "client_id": dev.client_id}), flush=True)
+""" + SNIPPETS
 
 # The usual target state: a VM with a BO at BO_VA and host memory bound right after it
 # at UP_VA (back to back), both holding known patterns, and a NULL binding at NULL_VA.
@@ -987,19 +991,7 @@ def vm_with(dev, data):  # a VM with a page BO holding data at BO_VA; and its ma
     return vm, cpu
 
 print(json.dumps({"pid": os.getpid(), "client_id": 0}), flush=True)
-ns = dict(globals())
-while True:
-    line = sys.stdin.readline()
-    if not line:
-        break
-    ns["result"] = None
-    try:
-        exec(json.loads(line), ns)
-        reply = {"result": ns["result"]}
-    except Exception:
-        reply = {"error": traceback.format_exc()}
-    print(json.dumps(reply), flush=True)
-"""
+""" + SNIPPETS
 
 
 class Repl(Target):

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import trio
 from conftest import baseline, spawn_client
-from helpers import errno_of
+from helpers import errno_of, peer_attach
 
 from clients import Device
 from clients.daemon import DaemonProcess
@@ -62,16 +62,7 @@ def counts(daemon: DaemonProcess) -> Any:
 
 
 def attach(sock: socket.socket, request_id: int = 7) -> Reply:
-    """DMA_BUF_ATTACH spoken on an exported object's descriptor, as another daemon would."""
-    sock.settimeout(TIMEOUT)
-    sock.send(encode_request(request_id, Op.DMA_BUF_ATTACH, m.DmaBufAttach()))
-    data, ancdata, _flags, _ = sock.recvmsg(MAX_DATAGRAM, socket.CMSG_SPACE(4 * MAX_FDS))
-    fds, _junk = unpack_fds(ancdata)
-    for fd in fds:
-        os.close(fd)
-    reply = decode_incoming(data, tuple(fds), {request_id: Op.DMA_BUF_ATTACH})
-    assert isinstance(reply, Reply)
-    return reply
+    return peer_attach(sock, request_id, TIMEOUT)
 
 
 @pytest.fixture
