@@ -481,7 +481,9 @@ class XedAuxVmRelease:
 class AuxRangeInvalidated:
     """A bind or unbind touched a range the aux driver resolved (its backing is stale),
     or host memory under a userptr range it resolved is about to change (reason
-    "userptr": let the pages go, then acknowledge; resolve again to use the range)."""
+    "userptr": let the pages go, then acknowledge; resolve again to use the range), or
+    the VM closed with the file that created it (reason "vm_closed", once, over the
+    whole address space: let everything go; nothing resolves any more, release it)."""
 
     vm_handle: int = u32()
     va: int = u64("start of the bind, unbind or userptr range")

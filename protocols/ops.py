@@ -526,7 +526,10 @@ SPECS: dict[Op, OpSpec] = {
             fds_out=1,
             doc=(
                 "Export a VM as a descriptor for an auxiliary driver (proposal). The export "
-                "keeps the VM alive; closing every copy of the descriptor clears it."
+                "keeps the VM object, not its contents: the VM closes with the file that "
+                "created it (its bindings go, an aux driver that registered it gets "
+                "AUX_RANGE_INVALIDATED of the whole range, reason vm_closed). Closing every "
+                "copy of the descriptor clears the export."
             ),
             errors=(
                 (EINVAL, "pad, pad1 or reserved not zero"),
@@ -550,7 +553,7 @@ SPECS: dict[Op, OpSpec] = {
             errors=(
                 (EINVAL, "flags or reserved not zero"),
                 (EINVAL, "not a VM descriptor of this daemon (another daemon's included)"),
-                (ENOENT, "the VM is closed"),
+                (ENOENT, "the VM is closed (the file that created it is gone, included)"),
                 (EPERM, "on_behalf_of_pid is not the process that exported it"),
                 (EEXIST, "this aux connection has it registered already"),
             ),
@@ -570,6 +573,7 @@ SPECS: dict[Op, OpSpec] = {
             ),
             errors=(
                 (ENOENT, "no such vm_handle"),
+                (ENOENT, "the VM is closed: the file that created it is gone"),
                 (EINVAL, "length zero, or the range beyond the VM"),
                 (EFAULT, "a hole: some address in the range is not bound (or NULL)"),
                 (EFAULT, "freed host memory under a userptr range"),

@@ -1073,6 +1073,29 @@ def test_bind_over_a_region_invalidates_it(pair: Pair, aux_driver: AuxDriverProc
     assert p.untouched()
 
 
+def test_closing_the_file_that_exported_the_vm_invalidates_every_region(
+    pair: Pair, aux_driver: AuxDriverProcess
+) -> None:
+    """B's drm file (which created and exported its VM) closes while B's verbs context
+    lives: the VM closes with it, the aux driver invalidates B's region; A's WRITE and READ
+    against it and B's own work complete with errors, B registers nothing more (ENOENT),
+    and no byte moves."""
+    p = pair
+    p.b.dev.close()
+    wait_for_log(aux_driver, "context_vm_closed")
+    wait_for_log(aux_driver, "mr_invalidated", lkey=p.mr_b.lkey, reason="vm_closed")
+    for opcode in (IBV_WR_RDMA_WRITE, IBV_WR_RDMA_READ):
+        status = status_of(p.qp_a, opcode, p.mr_a, BASE, p.mr_b.rkey, 64)
+        assert status == IBV_WC_REM_ACCESS_ERR
+        status = status_of(p.qp_b, opcode, p.mr_b, BASE, p.mr_a.rkey, 64)
+        assert status == IBV_WC_LOC_PROT_ERR
+    assert p.b.ib is not None
+    assert errno_of(p.b.ib.reg_mr, BASE, SIZE, ALL_ACCESS) == errno.ENOENT
+    assert p.untouched()
+    again = p.a.ib.reg_mr(BASE, SIZE, ALL_ACCESS) if p.a.ib else None
+    assert again is not None  # A's own VM is untouched by B's going
+
+
 # --- the completion ring ----------------------------------------------------------------------
 
 

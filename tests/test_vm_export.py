@@ -1,6 +1,7 @@
 """VM export (proposal "drm/xe: support sharing VM info between XE drivers"), daemon side:
 XE_VM_EXPORT and its errnos, VM_DESTROY while exported or registered, the reference the
-export holds (the VM outlives the process that exported it), and who may be an aux driver.
+export holds (the VM object only: the VM closes with the file that created it), and who
+may be an aux driver.
 
 The test process plays the application and, on a connection of role `aux`, the auxiliary
 driver; other applications are spawned agent processes (tests/test_dma_buf.py) that hand
@@ -285,7 +286,7 @@ def test_vm_destroy_after_export_closed_and_nothing_registered(
         assert settle_to(fresh_daemon, start) == start
 
 
-# --- lifetime: the export holds a reference ----------------------------------------------------
+# --- lifetime: the VM closes with the file that created it -------------------------------------
 
 APP = f"""
 vm = dev.vm_create()
@@ -296,15 +297,14 @@ dev.vm_bind(vm, bo, {BASE})
 send = [dev.vm_export(vm)]
 result = os.getpid()
 """
+VA_BITS = 48  # the default device's
 
 
-@pytest.mark.parametrize("let_go", ["release", "disconnect"])
-@pytest.mark.parametrize("order", ["descriptor-first", "aux-first"])
-def test_exported_vm_outlives_the_exporting_process(
-    fresh_daemon: DaemonProcess, agents: Callable[[DaemonProcess], Agent], let_go: str, order: str
+def test_exported_vm_closes_with_the_exporting_process(
+    fresh_daemon: DaemonProcess, agents: Callable[[DaemonProcess], Agent]
 ) -> None:
-    """The app exports and exits: the VM lives (importable on its behalf, its data
-    resolvable) until the aux driver lets go and the descriptor copies are closed."""
+    """The app exports its VM and exits: the VM closes with its file (xe_file_close), its
+    BO goes, the descriptor keeps a closed VM only: importing it is ENOENT."""
     start = baseline(fresh_daemon)
     app = agents(fresh_daemon)
     app_pid, (fd,) = app.run_fds(APP)
@@ -312,39 +312,71 @@ def test_exported_vm_outlives_the_exporting_process(
     app.close()  # the application exits; its file is released
     seen = wait_until(fresh_daemon, lambda c: c.files == start[1].files)
     assert seen.files == start[1].files
-    assert (seen.vms, seen.bos, seen.vm_exports) == (start[1].vms + 1, start[1].bos + 1, 1)
-
-    aux = Device.open(fresh_daemon.socket_path, role="aux")
+    # the closed VM object is still counted while the descriptor holds it; its BO is gone
+    assert (seen.vms, seen.bos, seen.vm_exports) == (start[1].vms + 1, start[1].bos, 1)
     try:
-        reply = aux.aux_vm_import(fd, app_pid)  # on behalf of a process that is gone
-        assert reply.bindings == (m.XedAuxBinding(va=BASE, range=SIZE, bo_size=SIZE),)
-        assert read_through_resolve(aux, reply.vm_handle, BASE, 16) == b"written by app A"
+        with Device.open(fresh_daemon.socket_path, role="aux") as aux:
+            assert errno_of(aux.aux_vm_import, fd, app_pid) == errno.ENOENT
+            assert counts(fresh_daemon).aux_registrations == 0
+    finally:
+        os.close(fd)
+    assert settle_to(fresh_daemon, start) == start
 
-        def close_descriptor() -> None:
-            os.close(fd)
-            seen = wait_until(fresh_daemon, lambda c: c.vm_exports == 0)
-            assert (seen.vm_exports, seen.aux_registrations, seen.vms) == (0, 1, 1)
 
-        def aux_lets_go() -> None:
+@pytest.mark.parametrize("let_go", ["release", "disconnect"])
+def test_registered_aux_driver_hears_the_vm_close_once(
+    fresh_daemon: DaemonProcess, let_go: str
+) -> None:
+    """The exporter's file closes while an aux driver holds the VM: the aux driver gets one
+    AUX_RANGE_INVALIDATED of the whole range (reason vm_closed); then resolving any range
+    (BO or userptr) is ENOENT, a new import is ENOENT, and letting go leaves nothing."""
+    path = fresh_daemon.socket_path
+    start = baseline(fresh_daemon)
+    dev = Device.open(path)
+    aux = Device.open(path, role="aux")
+    try:
+        vm, _bo = vm_with_bo(dev, b"secret of app A")
+        host = dev.host_memory(SIZE)
+        host[0:6] = b"userpt"
+        dev.vm_bind_userptr(vm, host, 0, BASE + SIZE, SIZE)
+        fd = dev.vm_export(vm)
+        try:
+            handle = aux.aux_vm_import(fd, os.getpid()).vm_handle
+            for va in (BASE, BASE + SIZE):  # watched, and the host pages held
+                _, fds = aux.aux_vm_resolve(handle, va, SIZE)
+                for held in fds:
+                    os.close(held)
+            host.mapping.close()
+            dev.close()  # the exporter's file closes (this process lives on)
+
+            event = aux.wait_event(timeout=SETTLE)
+            assert event.event == Event.AUX_RANGE_INVALIDATED
+            data = event.data
+            assert (data.vm_handle, data.va, data.length, data.reason) == (
+                handle,
+                0,
+                1 << VA_BITS,
+                "vm_closed",
+            )
+            for va in (BASE, BASE + SIZE, 0):
+                assert errno_of(aux.aux_vm_resolve, handle, va, SIZE) == errno.ENOENT
+            with Device.open(path, role="aux") as other:
+                assert errno_of(other.aux_vm_import, fd, os.getpid()) == errno.ENOENT
+            aux.aux_vm_invalidate_done(handle, data.seqno)  # acknowledging it is harmless
+            aux.version()
+            assert not aux.events, f"more than one event: {list(aux.events)}"
+            seen = counts(fresh_daemon)
+            assert (seen.bos, seen.vm_exports, seen.aux_registrations) == (start[1].bos, 1, 1)
             if let_go == "release":
-                aux.aux_vm_release(reply.vm_handle)
+                aux.aux_vm_release(handle)
+                assert errno_of(aux.aux_vm_resolve, handle, BASE, SIZE) == errno.ENOENT
             else:
                 aux.close()
-            seen = wait_until(fresh_daemon, lambda c: c.aux_registrations == 0)
-            assert seen.aux_registrations == 0
-
-        if order == "descriptor-first":
-            close_descriptor()
-            # registered only: still alive, still readable through the aux driver
-            assert read_through_resolve(aux, reply.vm_handle, BASE, 7) == b"written"
-            aux_lets_go()
-        else:
-            aux_lets_go()
-            seen = counts(fresh_daemon)
-            assert (seen.vms, seen.vm_exports) == (start[1].vms + 1, 1)  # the descriptor holds it
+        finally:
             os.close(fd)
     finally:
         aux.close()
+        dev.close()
     assert settle_to(fresh_daemon, start) == start
 
 

@@ -19,6 +19,11 @@ pinned, as on-demand paging does. When that memory is about to change the daemon
 so (reason "userptr"): the region lets its pages go at once and acknowledges, and the
 next work request on it faults them in again (the daemon waits out the change), or
 completes with an error status if the memory was freed.
+
+The VM lives only as long as the application's drm file that created it: when that
+closes, the daemon invalidates the whole range (reason "vm_closed"). Every region of
+the context is invalidated, work on them completes with an error status, and
+registering a new one fails (ENOENT) until the application opens a new context.
 """
 
 from __future__ import annotations
@@ -164,6 +169,10 @@ class IbDriver:
         if context is None:
             return  # released: the daemon waits for nothing from us there
         context.notifier_seq += 1
+        if data.reason == "vm_closed":
+            # the application's file that created the VM closed, and the VM with it:
+            # every region is invalidated below, and registering more fails (ENOENT)
+            log.info("context_vm_closed", pid=context.pid, vm_handle=data.vm_handle)
         for mr in context.mrs.values():
             if not mr.valid or not mr.overlaps(data.va, data.length):
                 continue

@@ -125,8 +125,9 @@ class XeFile:
     def vm_destroy(self, vm_id: int) -> None:
         vm = self.vms.pop(vm_id)
         self.vm_ids.release(vm_id)
-        if not vm.shared:  # an exported or registered VM outlives its file, open
-            vm.close()
+        # xe_vm_close_and_put: closed now, even exported or registered (their references
+        # keep only the closed object)
+        vm.close()
         vm.put()
 
     def release_aux_vm(self, handle: int) -> None:

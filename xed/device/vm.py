@@ -95,14 +95,19 @@ class XeVm:
             self.file.log.debug("vm_freed", vm_id=self.id)
 
     def close(self) -> None:
-        """xe_vm_close: tear the mappings down now; holders of a reference see it closed."""
+        """xe_vm_close: tear the mappings down now; holders of a reference see it closed.
+        An aux driver that registered the VM is told (the whole range is invalidated,
+        reason "vm_closed"): it can resolve nothing more of it, and holds it only until
+        it releases it."""
         if not self.closed:
             self.closed = True
             self.unmap(0, self.size)
+            for registration in list(self.registrations):
+                registration.vm_closed()
 
     @property
     def shared(self) -> bool:
-        """Exported, or registered with an aux driver: it must outlive its file."""
+        """Exported, or registered with an aux driver: VM_DESTROY refuses it (EBUSY)."""
         return self.export is not None or bool(self.registrations)
 
     def notify_aux(self, addr: int, length: int, reason: str) -> None:

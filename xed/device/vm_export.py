@@ -5,10 +5,13 @@ An application exports its VM as a descriptor (an exported object, see export.py
 hands it to an auxiliary driver (role `aux`), which imports it on behalf of that
 application: the proposal shares a VM with another driver, not with another
 application, so the importer must name the exporting process. The export and every
-registration hold a reference: the VM outlives its creator's file while either exists.
-A registered aux driver resolves address ranges to the BOs behind them (zero copy:
-their descriptors) and hears of every later bind or unbind that touches a range it
-resolved, as an MMU notifier would tell it: its view of that range is stale.
+registration hold a reference to the VM object, not to its contents: when the file that
+created the VM closes, the VM closes with it (xe_file_close -> xe_vm_close_and_put), its
+bindings go, and a registered aux driver is told once, with an invalidation of the whole
+address space (reason "vm_closed"). From then on the VM is closed: an import is ENOENT,
+and so is a resolve. A registered aux driver resolves address ranges to the BOs behind
+them (zero copy: their descriptors) and hears of every later bind or unbind that touches
+a range it resolved, as an MMU notifier would tell it: its view of that range is stale.
 
 A userptr range resolves to the host memory's own pages, as an on-demand-paging RDMA
 driver maps user memory: nothing is pinned. Before those pages change, the notifier
@@ -125,6 +128,16 @@ class AuxRegistration:
             return
         self.watches = [w for w in self.watches if w not in stale]
         self._invalidate(start, length, reason)
+
+    def vm_closed(self) -> None:
+        """The VM closed under the aux driver (its creator's file is gone): everything it
+        was handed is stale and nothing more can be resolved. It hears it once, as an
+        invalidation of the whole address space with reason "vm_closed"; the pages it
+        held are no longer held for it (nobody waits for an acknowledgement: the VM's
+        memory goes now, as the kernel's notifier release does not wait either)."""
+        self.watches.clear()
+        self._keep_host_maps([])
+        self._invalidate(0, self.vm.size, "vm_closed")
 
     def host_changing(self, arena: HostArena, lo: int, hi: int) -> int:
         """Host memory [lo, hi) is about to change: tell the aux driver of every range it
@@ -294,6 +307,7 @@ async def aux_vm_resolve_ioctl(
     Checks, in order:
     - the daemon is down to its descriptor reserve (limits.descriptor_reserve): EMFILE
     - no such vm_handle: ENOENT
+    - the VM is closed (the file that created it is gone): ENOENT
     - length zero or the range beyond the VM: EINVAL
     - any address of the range unbound, or bound NULL: EFAULT
     - freed host memory under a userptr range: EFAULT
@@ -304,6 +318,7 @@ async def aux_vm_resolve_ioctl(
     while True:
         registration = _registration(xef, args.vm_handle)  # again: it may end meanwhile
         vm = registration.vm
+        refuse_if(vm.closed, ENOENT, "the VM is closed: the file that created it is gone")
         refuse_if(
             not args.length or args.va + args.length > vm.size, EINVAL, "empty or beyond the VM"
         )
