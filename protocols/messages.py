@@ -567,7 +567,7 @@ class XedDebugVmAccess:
 @frozen
 class XedDebugVmAccessReply:
     data: bytes = blob("what was read", max_len=32768)
-    retries: int = u32("times a userptr's notifier sequence moved and the access retried")
+    retries: int = u32("times the access met userptr pages mid-change and started over")
 
 
 @frozen

@@ -641,7 +641,8 @@ SPECS: dict[Op, OpSpec] = {
             blocking=True,
             doc=(
                 "The client library's MMU notifier: host memory under [addr, addr+length) "
-                "was freed or replaced; userptr sequences move, freed pages are never read. "
+                "is freed or replaced; device access waits while it changes, freed pages are "
+                "never read. "
                 "START returns once every aux driver that resolved those pages has let "
                 "them go (AUX_VM_INVALIDATE_DONE, or its registration ended)."
             ),
@@ -681,7 +682,9 @@ SPECS: dict[Op, OpSpec] = {
             blocking=True,
             doc=(
                 "Read or write a target VM at GPU addresses, across its VMAs, BO and "
-                "userptr alike (userptr through the notifier: revalidate and retry)."
+                "userptr alike. One access is atomic against invalidation, as the kernel "
+                "copies under the notifier lock: it sees one generation of a userptr's "
+                "pages, and one meeting pages mid-change waits and starts over, whole."
             ),
             errors=(
                 (ENOENT, "not a connection opened by the process we are attached to"),

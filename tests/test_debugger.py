@@ -888,6 +888,85 @@ def test_write_racing_invalidation_lands_in_current_memory(
     assert t.run("result = hm[0x100:0x104].hex()") == b"last".hex()
 
 
+MIN_READS = 200  # reads racing the replaces, at least (old code tore about 1 in 6)
+MAX_READS = 5000  # the bound, should the target's replaces be slow to come
+
+
+def one_generation(data: bytes) -> int | None:
+    """The fill (1 to 250) every byte of `data` has, or None if it is not one fill."""
+    fills = set(data)
+    if len(fills) != 1:
+        return None
+    fill = fills.pop()
+    return fill if 1 <= fill <= 250 else None
+
+
+def test_read_racing_invalidation_sees_one_generation(
+    daemon: DaemonProcess,
+    dbg: Device,
+    targets: Callable[[DaemonProcess], Target],
+    tmp_path: Path,
+) -> None:
+    """Each 32 KiB read racing replace() sees one generation of the userptr's pages, whole
+    (the kernel copies under the notifier lock), never pages of two replaces."""
+    t = targets(daemon).setup()
+    dbg.debug_attach(t.pid)
+    stop = tmp_path / "stop"
+    t.start(f"argv_stop = {str(stop)!r}\n" + textwrap.dedent(RACE))
+    seen: set[int] = set()
+    reads = 0
+    try:
+        while reads < MAX_READS and (reads < MIN_READS or len(seen) < 3):
+            data = access(dbg, t.client_id, t.vm, UP_VA, HOST_SIZE).data
+            reads += 1
+            if data == HOST_PATTERN:
+                continue  # before the first replace
+            fill = one_generation(data)
+            pages = [data[p] for p in range(0, HOST_SIZE, PAGE_SIZE)]
+            assert fill is not None, f"read {reads} mixes generations: page fills {pages}"
+            seen.add(fill)
+    finally:
+        stop.touch()
+        t.wait()
+    assert len(seen) >= 3, f"{reads} reads saw only generations {seen}: no race"
+
+
+def test_write_racing_invalidation_lands_once_and_whole(
+    daemon: DaemonProcess,
+    dbg: Device,
+    targets: Callable[[DaemonProcess], Target],
+    tmp_path: Path,
+) -> None:
+    """A 32 KiB debugger write racing replace() lands whole in one generation: read back
+    at once, the range is all of that write, or all of a later replace, never part of each."""
+    t = targets(daemon).setup()
+    dbg.debug_attach(t.pid)
+    stop = tmp_path / "stop"
+    t.start(f"argv_stop = {str(stop)!r}\n" + textwrap.dedent(RACE))
+    landed = replaced = 0
+    n = 0
+    try:
+        while n < MAX_READS and (n < MIN_READS or not landed or not replaced):
+            n += 1
+            stamp = (n.to_bytes(4, "little") + b"dbg!") * (HOST_SIZE // 8)
+            access(dbg, t.client_id, t.vm, UP_VA, data=stamp)
+            back = access(dbg, t.client_id, t.vm, UP_VA, HOST_SIZE).data
+            if back == stamp:
+                landed += 1
+                continue
+            pages = [back[p : p + 8] for p in range(0, HOST_SIZE, PAGE_SIZE)]
+            assert one_generation(back) is not None, f"write {n} torn: pages start {pages}"
+            replaced += 1  # a replace came after the write, over all of it
+    finally:
+        stop.touch()
+        done = t.wait()
+    assert landed and replaced, f"{n} writes: {landed} read back, {replaced} replaced: no race"
+    final = (b"last" + b"dbg!") * (HOST_SIZE // 8)
+    access(dbg, t.client_id, t.vm, UP_VA, data=final)
+    assert t.run("result = hm[0:HOST_SIZE].hex()") == final.hex()
+    assert done["replaces"] > 0
+
+
 def test_userptr_access_disabled_is_einval_bo_still_works(
     make_daemon: Callable[..., DaemonProcess], targets: Callable[[DaemonProcess], Target]
 ) -> None:

@@ -4,8 +4,9 @@ A connection with role `debugger` attaches to a process by pid, one debugger per
 process. From then on every drm connection of that process reports to it (open, close,
 VM create/destroy, bind/unbind, exec queue create/destroy, exec) as DEBUG_EVENT, and the
 debugger can read and write the process's VMs at GPU addresses, across VMAs, BO and
-userptr alike. Userptr access goes through the notifier (userptr.py): note the sequence,
-copy, let invalidations in, retry if it moved. `[debugger] userptr_access = false`
+userptr alike. Userptr access goes through the notifier (userptr.py): one access is
+copied whole with no invalidation in between (the notifier lock, in the kernel); pages
+being invalidated are waited for and the access starts over. `[debugger] userptr_access = false`
 refuses userptr ranges, for those who hold that reading another process's host memory
 through the GPU is a side channel.
 
@@ -45,7 +46,6 @@ if TYPE_CHECKING:
     from .vm import XeVm
 
 MAX_ACCESS = 32768
-CHUNK = 4096  # bytes copied between two chances for an invalidation to come in
 EXITED = "the target exited"
 
 
@@ -269,47 +269,37 @@ async def debug_vm_access_ioctl(xef: XeFile, args: m.XedDebugVmAccess) -> m.XedD
 async def _access(
     xef: XeFile, vm: XeVm, addr: int, length: int, data: bytes | None
 ) -> tuple[bytes, int]:
+    """The copy, atomic against invalidation as the eudebug patch's is (it copies under
+    the notifier lock): every check, then the whole access with no await in between, so
+    no invalidation can come in halfway and one access sees one generation of the
+    userptr's pages. Pages being invalidated are waited for, and then the whole access
+    starts again, never a part of it: a write lands once, whole, in the pages there are
+    after the change. Returns the bytes read (none for a write) and the restarts."""
     allowed = xef.device.debugger_config.userptr_access
-    try:
-        spans = list(vm._spans(addr, length, write=data is not None))
-    except GpuFault as fault:
-        raise IoctlError(EFAULT, f"{fault.reason} at {fault.address:#x}") from None
-    for vma, offset, n in spans:  # all checks before any byte is touched
-        refuse_if(vma.bo is None and vma.host is None, EFAULT, f"NULL binding at {vma.start:#x}")
-        refuse_if(vma.host is not None and not allowed, EINVAL, "userptr access is disabled")
-        if vma.host is not None:
-            refuse_if(
-                vma.host.is_gone(vma.bo_offset + offset, n),
-                EFAULT,
-                f"freed host memory at {vma.start + offset:#x}",
-            )
-    out = bytearray()
     retries = 0
-    for vma, offset, n in spans:
-        for start in range(offset, offset + n, CHUNK):
-            size = min(CHUNK, offset + n - start)
-            gpu = vma.start + start
-            done = len(out) if data is None else gpu - addr
-            while True:
-                host = vma.host
-                begun = host.read_begin(vma.bo_offset + start, size) if host else 0
-                try:
-                    if data is None:
-                        chunk = vm.read(gpu, size)
-                    else:
-                        vm.write(gpu, data[done : done + size])
-                except UserptrBusy as busy:
-                    retries += 1
-                    await busy.arena.wait_idle()
-                    continue
-                except GpuFault as fault:
-                    raise IoctlError(EFAULT, f"{fault.reason} at {fault.address:#x}") from None
-                if host is not None:
-                    await trio.lowlevel.checkpoint()  # the notifier lock is dropped here
-                    if host.read_retry(vma.bo_offset + start, size, begun):
-                        retries += 1
-                        continue
-                break
+    while True:
+        try:
+            spans = list(vm._spans(addr, length, write=data is not None))
+        except GpuFault as fault:
+            raise IoctlError(EFAULT, f"{fault.reason} at {fault.address:#x}") from None
+        for vma, offset, n in spans:  # all checks before any byte is touched
+            refuse_if(
+                vma.bo is None and vma.host is None, EFAULT, f"NULL binding at {vma.start:#x}"
+            )
+            refuse_if(vma.host is not None and not allowed, EINVAL, "userptr access is disabled")
+            if vma.host is not None:
+                refuse_if(
+                    vma.host.is_gone(vma.bo_offset + offset, n),
+                    EFAULT,
+                    f"freed host memory at {vma.start + offset:#x}",
+                )
+        try:
             if data is None:
-                out += chunk
-    return bytes(out), retries
+                return vm.read(addr, length), retries
+            vm.write(addr, data)  # checks every span's pages before it writes any
+            return b"", retries
+        except UserptrBusy as busy:
+            retries += 1
+            await busy.arena.wait_idle()  # the notifier is done: check all of it again
+        except GpuFault as fault:
+            raise IoctlError(EFAULT, f"{fault.reason} at {fault.address:#x}") from None

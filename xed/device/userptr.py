@@ -2,11 +2,12 @@
 
 A client registers one memfd as its host memory; MAP_USERPTR binds map parts of it into
 VMs. Nothing is pinned. When the client frees, unmaps or replaces host memory, its
-library reports it as the MMU notifier would: START (the range is about to change: its
-sequence moves, device accesses wait), then END (replaced: the pages are there again;
-freed: they are gone for good). Every device-side access follows mmu_interval_read_begin
-/ read_retry: note the sequence, check the pages, copy, and if the sequence moved
-meanwhile revalidate and retry; freed pages are never read (EFAULT or a GPU fault).
+library reports it as the MMU notifier would: START (the range is about to change:
+device accesses wait), then END (replaced: the pages are there again; freed: they are
+gone for good). Every device-side access checks the pages and copies with no await in
+between, as the kernel copies under the notifier lock, so no invalidation comes in
+halfway; pages mid-change are waited for (UserptrBusy) and the access starts over, whole;
+freed pages are never read (EFAULT or a GPU fault).
 Aux drivers that were handed the pages themselves (vm_export.py) are told at START, and
 START waits until they let go.
 """
@@ -46,7 +47,7 @@ class UserptrBusy(Exception):
 
 
 class HostArena:
-    """One connection's host memory: its pages, their sequences, what is gone or busy."""
+    """One connection's host memory: its pages, which are gone and which are busy."""
 
     exact_length = False
     mappable = False  # the client maps its own memfd; MMAP of this offset is refused
@@ -62,7 +63,6 @@ class HostArena:
             raise
         self._words = Words(self._view)
         pages = size // PAGE_SIZE
-        self.seq = [0] * pages  # per page: moves at every invalidation
         self.gone = bytearray(pages)  # 1: freed, never to be read
         self.busy = bytearray(pages)  # 1: between START and END
         self._idle = trio.Event()
@@ -86,7 +86,6 @@ class HostArena:
         pages = self._pages(offset, length)
         was_idle = not any(self.busy)
         for page in pages:
-            self.seq[page] += 1
             if event == INVALIDATE_START:
                 self.busy[page] = 1
             else:
@@ -97,14 +96,6 @@ class HostArena:
                 self._idle = trio.Event()
         elif not any(self.busy):
             self._idle.set()
-
-    def read_begin(self, offset: int, length: int) -> int:
-        """mmu_interval_read_begin(): the sequence the access starts from."""
-        return sum(self.seq[p] for p in self._pages(offset, length))
-
-    def read_retry(self, offset: int, length: int, begun: int) -> bool:
-        """mmu_interval_read_retry(): True if an invalidation moved it since begin."""
-        return self.read_begin(offset, length) != begun
 
     def is_gone(self, offset: int, length: int) -> bool:
         return self.closed or any(self.gone[p] for p in self._pages(offset, length))
@@ -174,9 +165,9 @@ async def host_memory_invalidate_ioctl(xef: XeFile, args: m.XedHostMemoryInvalid
     """HOST_MEMORY_INVALIDATE: the client library's MMU notifier.
 
     Checks: no host memory, the range outside it, or an unknown event: EINVAL.
-    START moves the sequences of the pages and holds device accesses off them, then
-    waits until every aux driver handed those pages has let them go; END moves them
-    again and marks them replaced (there, new contents) or freed (gone).
+    START holds device accesses off the pages, then waits until every aux driver handed
+    those pages has let them go; END lets accesses in again and marks the pages replaced
+    (there, new contents) or freed (gone).
     """
     host = xef.host
     refuse_if(host is None, EINVAL, "no host memory registered")
