@@ -516,7 +516,11 @@ SPECS: dict[Op, OpSpec] = {
             op=Op.XE_MMIO_REGION_CLOSE,
             request=m.DrmXeMmioRegionClose,
             reply=m.Empty,
-            doc="Close a region; its offset no longer maps (mappings made keep their pages).",
+            doc=(
+                "Close a region: its offset no longer maps, and a doorbell page is revoked "
+                "(mappings of it fault, SIGBUS). Mappings of the shared read-only info "
+                "block keep reading it."
+            ),
             errors=((EINVAL, "pad or reserved not zero"), (ENOENT, "no such region")),
         ),
         OpSpec(

@@ -9,6 +9,7 @@ import errno
 import fcntl
 import mmap
 import os
+import signal
 import struct
 import time
 from collections.abc import Callable
@@ -336,18 +337,97 @@ def test_close_other_files_region_enoent(daemon: DaemonProcess, dev: Device) -> 
 
 @pytest.mark.parametrize("name", ["info", "doorbell"])
 def test_closed_region_offset_no_longer_maps(dev: Device, name: str) -> None:
-    """After CLOSE the offset no longer maps (EINVAL); a mapping made before keeps working."""
+    """After CLOSE the offset no longer maps (EINVAL); an info mapping made before keeps
+    reading the shared block (not revoked: a departure, see the reference)."""
     reply = dev.mmio_open(name)
-    writable = name == "doorbell"
-    mapping = dev.mmap_mmio(reply, writable=writable)
+    mapping = dev.mmap_mmio(reply, writable=name == "doorbell")
     dev.mmio_close(reply.region_id)
     assert mmap_errno(dev, reply.offset, reply.size, PROT_READ) == errno.EINVAL
-    if writable:
-        mapping.write_u32(0x40, 0x1234_5678)
-        assert mapping.read_u32(0x40) == 0x1234_5678
-    else:
+    if name == "info":
         assert mapping.read_u32(XE_INFO_DEVICE_ID) == 0xE20B
-    mapping.close()
+    mapping.close()  # a revoked doorbell's mapping is never touched here: it faults
+
+
+DOORBELL_TOUCHED_AFTER_CLOSE = """
+import ctypes, resource
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+r = dev.mmio_open("doorbell")
+bell = dev.mmap_mmio(r, writable=True)
+bell.write_u32(0x10, 1)  # mapped and writable (not word 0: no ring)
+address = bell.user_address(0x10)
+dev.mmio_close(r.region_id)
+print(json.dumps("closed"), flush=True)
+if argv[0] == "read":
+    ctypes.string_at(address, 4)
+else:
+    ctypes.memmove(address, b"ring", 4)
+print(json.dumps("survived"), flush=True)
+"""
+
+
+@pytest.mark.parametrize("access", ["read", "write"])
+def test_closed_doorbell_mapping_faults_sigbus(
+    daemon: DaemonProcess, dev: Device, admin: Device, access: str
+) -> None:
+    """A client touching its doorbell mapping after closing the region dies of SIGBUS (the
+    page is revoked); the daemon lives, and another client's doorbell keeps ringing."""
+    mine = dev.mmio_open("doorbell")
+    with dev.mmap_mmio(mine, writable=True) as bell:
+        proc = spawn_client(daemon.socket_path, DOORBELL_TOUCHED_AFTER_CLOSE, access)
+        try:
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate(timeout=30)
+        assert out.split() == ['"closed"'], err
+        assert proc.returncode == -signal.SIGBUS, err
+        rings = client_info(admin, dev.client_id).doorbell_rings
+        bell.write_u32(0, 0xBE11)
+        wait_until(lambda: bell.read_u32(0) == 0, "the device to clear our doorbell")
+        wait_until(
+            lambda: client_info(admin, dev.client_id).doorbell_rings == rings + 1, "our ring"
+        )
+    dev.mmio_close(mine.region_id)
+
+
+def test_doorbell_cut_by_its_owner_harms_no_one_else(
+    daemon: DaemonProcess, dev: Device, admin: Device
+) -> None:
+    """A client may cut its own doorbell's memfd (it must stay revocable): the daemon does
+    not fault, other doorbells ring; the owner cannot grow it back nor seal it (EPERM)."""
+    mine = dev.mmio_open("doorbell")
+    with Device.open(daemon.socket_path) as owner, dev.mmap_mmio(mine, writable=True) as bell:
+        region = owner.mmio_open("doorbell")
+        args = m.XedMmap(
+            offset=region.offset, length=region.size, prot=PROT_READ | PROT_WRITE, flags=MAP_SHARED
+        )
+        _, (fd,) = owner.ioctl_fds(Op.MMAP, args)
+        try:
+            os.pwrite(fd, struct.pack("<I", 7), 0)  # one ring, through the descriptor
+            wait_until(
+                lambda: client_info(admin, owner.client_id).doorbell_rings == 1, "its ring"
+            )
+            os.pwrite(fd, struct.pack("<I", 8), 0)  # a ring the device may never see
+            os.ftruncate(fd, 0)
+            with pytest.raises(PermissionError):
+                os.ftruncate(fd, PAGE_SIZE)
+            for seal in (fcntl.F_SEAL_SHRINK, fcntl.F_SEAL_WRITE, F_SEAL_FUTURE_WRITE):
+                with pytest.raises(PermissionError):
+                    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seal)
+            rings = client_info(admin, dev.client_id).doorbell_rings
+            for ring in (1, 2):  # the device looks at the cut page between these
+                bell.write_u32(0, 0xBE11 + ring)
+                wait_until(lambda: bell.read_u32(0) == 0, "the device to clear our doorbell")
+                wait_until(
+                    lambda ring=ring: client_info(admin, dev.client_id).doorbell_rings
+                    == rings + ring,
+                    "our ring",
+                )
+            owner.mmio_close(region.region_id)
+        finally:
+            os.close(fd)
+    dev.mmio_close(mine.region_id)
 
 
 # --- MMAP of a region -----------------------------------------------------------------------

@@ -6,7 +6,8 @@ cannot issue a write that affects another process. So the read-only information 
 is one page set shared by all, sealed so no writable mapping of it can exist in any
 client (F_SEAL_FUTURE_WRITE on an O_RDONLY descriptor: the kernel itself refuses); a
 writable region (a doorbell page, for kernel-bypass submission) is a page of its own for
-each file; registers with read side effects are never exposable.
+each file, revoked when the region is closed (its mappings fault); registers with read
+side effects are never exposable.
 """
 
 from __future__ import annotations
@@ -202,11 +203,18 @@ class XeMmioRegion:
             return self.doorbell.mmap_fd()
         return reopen_read_only(self.memfd)
 
-    def close(self) -> None:
+    def close(self, revoke: bool = False) -> None:
+        """The offset no longer maps. With `revoke` (XE_MMIO_REGION_CLOSE) a doorbell
+        page is revoked too: every mapping of it faults from now on. The read-only info
+        block is shared by every file and cannot be: mappings of it keep reading it.
+        Without (the file is released) mappings of the page stay, writing to nobody: the
+        kernel's mapping would keep the file, and its doorbell, alive."""
         device = self.file.device
         device.vma.remove(self.node)
         if self.doorbell is not None:
             device.watcher.remove(self.doorbell)
+            if revoke:
+                self.doorbell.revoke()
             device.bar0.give_back_doorbell(self.doorbell.bar_index)
             self.doorbell.close()
         else:
@@ -249,11 +257,15 @@ def xe_mmio_region_open_ioctl(
 
 
 def xe_mmio_region_close_ioctl(xef: XeFile, args: m.DrmXeMmioRegionClose) -> m.Empty:
-    """XE_MMIO_REGION_CLOSE. Checks: pad or reserved non-zero: EINVAL; no such region: ENOENT."""
+    """XE_MMIO_REGION_CLOSE: the offset is revoked, and a doorbell page's mappings fault
+    (SIGBUS) from now on, as the final version of the proposal zaps them.
+
+    Checks: pad or reserved non-zero: EINVAL; no such region: ENOENT.
+    """
     refuse_if(args.pad or any(args.reserved), EINVAL, "pad and reserved must be zero")
     region = xef.mmio_regions.pop(args.region_id, None)
     if region is None:
         raise IoctlError(ENOENT, f"no region {args.region_id}")
     xef.mmio_ids.release(args.region_id)
-    region.close()
+    region.close(revoke=True)
     return m.Empty()

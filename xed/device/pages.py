@@ -8,6 +8,8 @@ what it finds. Each page belongs to one file and is acted upon for that file onl
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import mmap
 import os
 import struct
@@ -131,24 +133,65 @@ class BarrierPage(WatchedPage):
 
 
 class DoorbellPage(WatchedPage):
-    """A non-zero first word rings the bell: counted for the file, then cleared."""
+    """A non-zero first word rings the bell: counted for the file, then cleared.
+
+    Closing its region revokes the page: its memfd is cut to nothing, so every mapping
+    of it faults (SIGBUS) from then on, as the kernel zaps the mappings of a revoked
+    region. So the memfd cannot be sealed against shrinking, and its owner may cut it
+    too: the device never maps it (a mapping of its own would fault the daemon), it
+    reads and clears the bell with pread/pwrite, which read nothing from a page that
+    was cut and cannot make it grow again (sealed).
+    """
 
     kind = "doorbell"
 
     def __init__(self, xef: XeFile, bar_index: int) -> None:
-        super().__init__(xef, _ZERO_PAGE)
+        self.file = xef
+        self.memfd = create_backing(f"xe-{self.kind}", PAGE_SIZE, sealed=False)
+        try:
+            # the owner may not add seals: SHRINK would stop the revocation, WRITE or
+            # FUTURE_WRITE the device clearing the bell
+            fcntl.fcntl(self.memfd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
+        except OSError:
+            os.close(self.memfd)
+            raise
         self.bar_index = bar_index
         self.rings = 0
         self.last_value = 0
 
     def look(self, now: float, since: float) -> bool:
-        value = self.words.load_u32(0)
+        word = _pread(self.memfd, 4)
+        value = int.from_bytes(word, "little") if len(word) == 4 else 0
         if not value:
             return False
         self.rings += 1
         self.last_value = value
-        self.words.store_u32(0, 0)
+        _pwrite(self.memfd, bytes(4))
         return True
+
+    def forget(self) -> None:
+        _pwrite(self.memfd, _ZERO_PAGE)
+
+    def revoke(self) -> None:
+        """The region is closed: every mapping of the page faults from now on."""
+        os.ftruncate(self.memfd, 0)
+
+    def close(self) -> None:
+        os.close(self.memfd)
+
+
+def _pread(fd: int, n: int) -> bytes:
+    try:
+        return os.pread(fd, n, 0)
+    except OSError:  # a page its owner broke is a page that reads nothing
+        return b""
+
+
+def _pwrite(fd: int, data: bytes) -> None:
+    # cut by its owner: writing would grow it (sealed: EPERM); a clear that cannot
+    # happen is a bell that cannot ring again, the owner's doing and no one else's
+    with contextlib.suppress(OSError):
+        os.pwrite(fd, data, 0)
 
 
 class PageWatcher:
