@@ -57,7 +57,7 @@ from protocols.constants import (
 )
 
 from .host_memory import HostMemory
-from .mapping import Mapping
+from .mapping import Mapping, map_shared
 from .rpc import RpcConnection
 from .transport import SeqpacketTransport, default_socket_path
 
@@ -189,7 +189,7 @@ class Device:
         )
         (fd,) = fds
         try:
-            mm = mmap.mmap(fd, reply.length, mmap.MAP_SHARED, prot, offset=reply.offset)
+            mm = map_shared(fd, reply.length, prot, reply.offset)
         finally:
             os.close(fd)
         mapping = Mapping(mm, offset, reply.length)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import os
+import stat
 from types import TracebackType
 
 from protocols.words import Words
@@ -86,3 +88,39 @@ def _address_of(mm: mmap.mmap) -> int:
     address = ctypes.addressof(probe)
     del probe  # an outstanding export would keep mm.close() from working
     return address
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = (
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_long,
+)
+_MAP_FAILED = ctypes.c_void_p(-1).value
+_MAP_FIXED = 0x10  # linux/mman.h (Python's mmap module does not name it)
+
+
+def map_shared(fd: int, length: int, prot: int, offset: int = 0) -> mmap.mmap:
+    """mmap(2) of `length` bytes of `fd` at `offset`, MAP_SHARED, as the kernel maps it.
+
+    Python's mmap refuses a length past the end of a file (ValueError); the kernel does
+    not, and an access past the end then raises SIGBUS. The daemon answers with such a
+    file where an access must fault (a GEM mmap of a foreign dma-buf import, as xe's):
+    map it as mmap(2) would, over a placeholder of the right size that the returned
+    object unmaps when closed.
+    """
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_size >= offset + length:
+        return mmap.mmap(fd, length, mmap.MAP_SHARED, prot, offset=offset)
+    placeholder = mmap.mmap(-1, length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    address = _address_of(placeholder)
+    done = _libc.mmap(address, length, prot, mmap.MAP_SHARED | _MAP_FIXED, fd, offset)
+    if done in (None, _MAP_FAILED):
+        err = ctypes.get_errno()
+        placeholder.close()
+        raise OSError(err, os.strerror(err))
+    return placeholder

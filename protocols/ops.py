@@ -356,7 +356,11 @@ SPECS: dict[Op, OpSpec] = {
                 (EINVAL, "unknown flags"),
                 (EINVAL, "PCI_BARRIER: a device without VRAM (not discrete), or handle not 0"),
                 (ENOENT, "no such handle"),
-                (ENODEV, "a foreign import, unless dma_buf.imported_mmap = forward"),
+                (
+                    ENODEV,
+                    "a foreign import with dma_buf.imported_mmap = refuse (i915's answer; "
+                    "the default, xe, gives the offset and the mapping faults: SIGBUS)",
+                ),
             ),
         ),
         OpSpec(
@@ -429,6 +433,7 @@ SPECS: dict[Op, OpSpec] = {
                 (EINVAL, "bad sync (see EXEC)"),
                 (EOPNOTSUPP, "user fence on a bind without binds, or without SIGNAL"),
                 (EFAULT, "user fence address not mapped by this connection"),
+                (EFAULT, "user fence in a GEM mapping of a foreign import (it faults, as xe's)"),
                 (EFAULT, "user fence in a BO the daemon cannot map (a foreign buffer's seal)"),
                 (ENOMEM, "user fence in a BO the daemon cannot map (out of descriptors or memory)"),
             ),
@@ -486,6 +491,7 @@ SPECS: dict[Op, OpSpec] = {
                 (EINVAL, "addr not 8-byte aligned"),
                 (ENOENT, "exec_queue_id names no queue"),
                 (EFAULT, "addr not inside a mapping of this connection"),
+                (EFAULT, "addr in a GEM mapping of a foreign import (it faults, as xe's)"),
                 (EFAULT, "addr in a BO the daemon cannot map (a foreign buffer's seal)"),
                 (ENOMEM, "addr in a BO the daemon cannot map (out of descriptors or memory)"),
                 (EIO, "the exec queue was reset (banned) while waiting"),

@@ -15,6 +15,7 @@ import itertools
 import json
 import mmap
 import os
+import signal
 import socket
 import subprocess
 import textwrap
@@ -995,11 +996,64 @@ def test_foreign_import_is_the_exporters_pages(
             os.close(fd)
 
 
-def test_foreign_import_gem_mmap_offset_is_enodev_by_default(
+FOREIGN_GEM_MMAP_TOUCHED = """
+import ctypes, resource, signal
+(fd,) = fds
+hc = dev.prime_fd_to_handle(fd)
+mp = dev.mmap_bo(hc)  # GEM_MMAP_OFFSET and MMAP both succeed
+length = len(mp)
+address = mp.address
+statuses = []
+for touch in ("read", "write"):
+    pid = os.fork()
+    if pid == 0:  # the child inherits the mapping (a BO's is not MADV_DONTFORK)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if touch == "read":
+            ctypes.string_at(address, 4)
+        else:
+            ctypes.memmove(address, b"mine", 4)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    statuses.append(os.WTERMSIG(status) if os.WIFSIGNALED(status) else -os.WEXITSTATUS(status))
+try:  # a user fence there is memory the CPU cannot reach: as copy_from_user, EFAULT
+    dev.wait_user_fence(mp.user_address(0), 0, timeout=0)
+    statuses.append(0)
+except XeError as exc:
+    statuses.append(exc.errno)
+with dev.dmabuf_mmap(fd) as dm, dev.cpu_access(fd):
+    seen = dm[0:8].decode()
+os.close(fd)
+result = [length, statuses, seen]
+"""
+
+
+def test_foreign_import_gem_mmap_faults_by_default(
     make_daemon: Callable[..., DaemonProcess], agents: Callable[[DaemonProcess], Agent]
 ) -> None:
-    """GEM_MMAP_OFFSET of a foreign import: ENODEV naming DMA_BUF_IOCTL_SYNC; dma-buf mmap works."""
+    """By default (imported_mmap = "xe") GEM_MMAP_OFFSET and MMAP of a foreign import
+    succeed and the first access, read or write, raises SIGBUS, as on xe (TTM); a user
+    fence there is EFAULT; the dma-buf's own mmap works, the exporter's bytes untouched."""
     d1, d2 = make_daemon(), make_daemon()
+    c = agents(d2)
+    with Device.open(d1.socket_path) as a:
+        handle, fd = exported(a, b"exporter")
+        try:
+            length, statuses, seen = c.run(FOREIGN_GEM_MMAP_TOUCHED, [fd])
+            assert length == SIZE
+            assert statuses == [signal.SIGBUS, signal.SIGBUS, errno.EFAULT]
+            assert seen == "exporter"
+            with a.mmap_bo(handle) as mine:
+                assert mine[0:8] == b"exporter"
+        finally:
+            os.close(fd)
+
+
+def test_foreign_import_gem_mmap_offset_is_enodev_when_refused(
+    make_daemon: Callable[..., DaemonProcess], agents: Callable[[DaemonProcess], Agent]
+) -> None:
+    """With imported_mmap = "refuse" (i915's answer) GEM_MMAP_OFFSET of a foreign import is
+    ENODEV naming DMA_BUF_IOCTL_SYNC; the dma-buf's own mmap works."""
+    d1, d2 = make_daemon(), make_daemon('[dma_buf]\nimported_mmap = "refuse"\n')
     c = agents(d2)
     with Device.open(d1.socket_path) as a:
         handle, fd = exported(a, b"exporter")

@@ -89,10 +89,14 @@ def _boolean(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
 class DmaBufConfig:
     """How imported buffers may be reached by the CPU (see README: dma-buf sharing)."""
 
-    # "refuse": mmap of a foreign import through the importer's GEM offset is ENODEV
-    # (user space must mmap the dma-buf and bracket access with DMA_BUF_IOCTL_SYNC);
+    # mmap of a foreign import through the importer's GEM offset (user space should
+    # mmap the dma-buf and bracket access with DMA_BUF_IOCTL_SYNC):
+    # "xe": as xe (TTM) does, the offset and the mmap succeed, the first access SIGBUS;
+    # "refuse": GEM_MMAP_OFFSET is ENODEV, as i915 answers;
     # "forward": map the exporter's pages, as the i915 RFC proposed
-    imported_mmap: str = attrs.field(default="refuse", validator=_one_of("refuse", "forward"))
+    imported_mmap: str = attrs.field(
+        default="xe", validator=_one_of("xe", "refuse", "forward")
+    )
     # report device access to a buffer while a CPU write window is open on it
     strict_sync: bool = attrs.field(default=False, validator=_boolean)
 

@@ -25,7 +25,7 @@ from protocols.words import Words
 
 from .errors import IoctlError, refuse_if
 from .limits import refuse_over
-from .memory import MemRegion, create_backing
+from .memory import MemRegion, create_backing, unbacked
 from .vma_manager import VmaNode
 
 if TYPE_CHECKING:
@@ -174,6 +174,10 @@ class XeBo:
     exact_length = False  # a BO maps in part too, from its start
 
     def mmap_fd(self) -> int:
+        if self.imported and self.device.dma_buf_config.imported_mmap == "xe":
+            # xe's TTM mapping of an import has no pages of its own to fault in: the
+            # mmap succeeds and the first access raises SIGBUS
+            return unbacked()
         return os.dup(self.memfd)
 
     def mmap_node(self) -> VmaNode:
@@ -268,10 +272,11 @@ def xe_gem_mmap_offset_ioctl(xef: XeFile, args: m.DrmXeGemMmapOffset) -> m.DrmXe
     - PCI_BARRIER: a device without VRAM (not discrete): EINVAL; handle not 0: EINVAL;
       else the barrier page's offset (not uAPI: clients must ask for it)
     - no such handle: ENOENT
-    - a foreign import while dma_buf.imported_mmap = "refuse" (the default): ENODEV,
-      as i915 answers for objects without pages of its own: mmap the dma-buf instead
-      and bracket CPU access with DMA_BUF_IOCTL_SYNC. ("forward" maps the exporter's
-      pages, as the i915 RFC proposed.)
+    - a foreign import while dma_buf.imported_mmap = "refuse": ENODEV, as i915 answers
+      for objects without pages of its own (mmap the dma-buf instead and bracket CPU
+      access with DMA_BUF_IOCTL_SYNC). With "xe" (the default) the offset is given and
+      MMAP of it succeeds, but the first access raises SIGBUS, as xe's TTM mapping of
+      an import faults; "forward" maps the exporter's pages, as the i915 RFC proposed.
     """
     refuse_if(args.extensions, EINVAL, "extensions must be zero")
     refuse_if(any(args.reserved), EINVAL, "reserved must be zero")

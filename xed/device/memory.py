@@ -40,6 +40,12 @@ def create_backing(name: str, size: int, sealed: bool = True) -> int:
     return fd
 
 
+def unbacked() -> int:
+    """An empty memfd, sealed so that it never grows: mapped at any length, its first
+    access raises SIGBUS, as a mapping of an object with no pages to fault in does."""
+    return create_backing("xe-unbacked", 0)
+
+
 def client_memory(fd: int, size: int, regions: Iterable[MemRegion]) -> bool:
     """Judge memory a client (or another daemon, through a dma-buf) hands us before
     anything maps it; return whether the descriptor allows a writable mapping.

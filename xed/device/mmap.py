@@ -91,10 +91,17 @@ def _pci_barrier_mmap(xef: XeFile, args: m.XedMmap) -> tuple[m.XedMmapReply, lis
 
 def user_memory(xef: XeFile, addr: int, length: int) -> tuple[Any, int]:
     """The object (BO or host memory) and offset behind user address [addr,
-    addr+length): or EFAULT. The pair names the memory word whatever address reaches it."""
+    addr+length): or EFAULT (also inside a GEM mapping of a foreign import while
+    dma_buf.imported_mmap = "xe": the CPU faults there, so copy_from_user would). The
+    pair names the memory word whatever address reaches it."""
     node = xef.device.vma.containing(addr)
     if node is None or not node.is_allowed(xef) or not hasattr(node.obj, "words"):
         raise IoctlError(EFAULT, f"user address {addr:#x} is not a BO mapped by this file")
+    refuse_if(
+        getattr(node.obj, "imported", False) and xef.device.dma_buf_config.imported_mmap == "xe",
+        EFAULT,
+        f"user address {addr:#x} is in a GEM mapping of a foreign import: no pages (SIGBUS)",
+    )
     offset = addr - node.start
     refuse_if(offset + length > node.obj.size, EFAULT, f"user address {addr:#x} overruns")
     return node.obj, offset

@@ -225,7 +225,8 @@ async def xe_wait_user_fence_ioctl(
     - op above LTE: EINVAL
     - addr not 8-byte aligned: EINVAL
     - exec_queue_id non-zero and naming no queue: ENOENT
-    Then, each time it looks: addr not inside a mapping of this file: EFAULT; the BO
+    Then, each time it looks: addr not inside a mapping of this file, or inside a GEM
+    mapping of a foreign import that faults (imported_mmap = "xe"): EFAULT; the BO
     behind it cannot be mapped by the daemon: ENOMEM if it is out of descriptors or
     memory, else EFAULT (mmap.py); the test passes: done; the queue was reset (banned):
     EIO; the timeout passed: ETIME.

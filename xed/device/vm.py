@@ -376,7 +376,8 @@ def xe_vm_bind_ioctl(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
     - each bind with obj: no such handle: ENOENT; range beyond the BO: EINVAL;
       BO private to another VM: EINVAL
     - syncs: as EXEC's (EINVAL, ENOENT, EOPNOTSUPP); a user fence on a bind with no
-      binds: EOPNOTSUPP; a user fence address this file has not mapped: EFAULT; in a BO
+      binds: EOPNOTSUPP; a user fence address this file has not mapped, or in a GEM
+      mapping of a foreign import that faults (imported_mmap = "xe"): EFAULT; in a BO
       the daemon cannot map: ENOMEM (out of descriptors or memory), else EFAULT
     """
     vm = xef.vms.get(args.vm_id)
