@@ -21,6 +21,7 @@ import attrs
 from . import constants
 from .codec import MAX_DATAGRAM, MAX_FDS, MAX_REQUEST_ID
 from .connection import MAX_STRIKES
+from .departures import DEPARTURES
 from .errors import errno_name
 from .fields import MAX_BLOB, MAX_ITEMS, MAX_STR
 from .messages import ErrorInfo
@@ -108,6 +109,7 @@ fields of the `xe_drm.h` struct it stands for.
 - [Records on the wire](#records-on-the-wire)
 - [Handshake and roles](#handshake-and-roles)
 - [User addresses](#user-addresses)
+- [Departures from the kernel](#departures-from-the-kernel)
 - [Ops](#ops)
 - [Common errors](#common-errors)
 - [Errors of replies with descriptors](#errors-of-replies-with-descriptors)
@@ -182,6 +184,15 @@ that falls in no mapping of this connection is refused (`EFAULT`), and it must b
 aligned as in the kernel. A user fence given to `XE_EXEC` is different: its `addr` is a
 GPU virtual address in the exec queue's VM, as in the kernel.
 
+## Departures from the kernel
+
+What xed does differently from the kernel, and why; an op's own departures are also in
+its errors below. Some cannot be enforced at all: the kernel decides a mapping's flags in
+its mmap handler, while a client of xed maps the memfd it was sent and calls `mmap()`,
+`mremap()`, `mprotect()` and `madvise()` on it itself. None of them reaches memory the
+descriptor did not already reach.
+
+{departures}
 ## Ops
 
 Op numbers follow the kernel's: DRM core ioctls keep their `DRM_IOCTL` number, xe ioctls
@@ -207,6 +218,7 @@ def render() -> str:
             error_info=_field_table(ErrorInfo),
             roles=_roles(),
             op_index=_op_index(),
+            departures=_departures(),
         )
     ]
     for op in sorted(SPECS):
@@ -229,6 +241,10 @@ def _roles() -> str:
         ops = [op.name for op in sorted(SPECS) if role in SPECS[op].roles]
         lines.append(f"- `{role.value}`: {', '.join(f'`{name}`' for name in ops)}")
     return "\n".join(lines) + "\n"
+
+
+def _departures() -> str:
+    return "".join(f"- **{what}**: {why}\n" for what, why in DEPARTURES)
 
 
 def _op_index() -> str:

@@ -1,0 +1,70 @@
+"""Where xed departs from the kernel, said once (rendered into REFERENCE.md).
+
+Each entry is (what, what xed does and why). An op's own departures are also in its
+errors and in its handler's docstring; the ones here belong to no single op, or are
+things xed cannot enforce at all because clients map the descriptors themselves: the
+kernel decides a mapping's flags in its mmap handler, xed hands out a memfd and the
+client calls mmap(2), mremap(2), mprotect(2) and madvise(2) on it as it likes. None of
+them reaches memory the descriptor did not already reach.
+"""
+
+from __future__ import annotations
+
+DEPARTURES: tuple[tuple[str, str], ...] = (
+    (
+        "Extension chains",
+        "never followed: a non-zero `extensions` is `EINVAL` wherever the kernel would walk "
+        "the chain.",
+    ),
+    (
+        "Syncobjs",
+        "do not exist: every syncobj handle in a sync is `ENOENT`; user fences are the "
+        "only syncs.",
+    ),
+    (
+        "Not emulated",
+        "bind exec queues, `PREFETCH` binds, parallel submission (width above 1) and "
+        "page-fault mode (`DRM_XE_VM_CREATE_FLAG_FAULT_MODE`): `EINVAL`.",
+    ),
+    (
+        "User addresses",
+        "the daemon cannot see a client's address space: a user pointer is an address in "
+        "the connection's fake-offset space (see [User addresses](#user-addresses)).",
+    ),
+    (
+        "`VM_DONTEXPAND`",
+        "the kernel sets it on every mapping of the DRM file (BOs, MMIO regions, the "
+        "barrier page), so `mremap()` cannot grow one. The client maps the memfd itself: "
+        "growing a mapping with `mremap()` is not refused. It reaches no more than the "
+        "descriptor did (the rest of the same BO; past the memfd's end, pages that raise "
+        "SIGBUS).",
+    ),
+    (
+        "`VM_MAYREAD` cleared (the barrier page)",
+        "the kernel maps the barrier page write-only for good, so `mprotect(PROT_READ)` "
+        "fails. Here `mprotect(PROT_READ)` of a barrier mapping is not refused; it reads "
+        "`0xdeadbeef`, as the write-only mapping reads on x86 anyway.",
+    ),
+    (
+        "`VM_DONTCOPY` outside the client library",
+        "MMIO-region mappings are not inherited across `fork()` because the client library "
+        "asks `MADV_DONTFORK`. A program that maps the descriptor itself, or undoes it with "
+        "`MADV_DOFORK`, keeps the mapping in its child (the kernel's `VM_DONTCOPY` on a "
+        "`VM_IO` mapping cannot be cleared). The child reaches only what its parent did.",
+    ),
+    (
+        "The info block after `XE_MMIO_REGION_CLOSE`",
+        "a closed doorbell region is revoked: its memfd is cut to nothing and every mapping "
+        "of it raises SIGBUS, as the final version of the proposal zaps them. The "
+        "read-only info block is one memfd shared by every file and cannot be cut for one: "
+        "mappings of a closed info region keep reading it (nothing in it is anyone's data, "
+        "and nothing can write it).",
+    ),
+    (
+        "A doorbell mapping left when its connection closes",
+        "the kernel's mapping holds the DRM file, so the doorbell goes on working after "
+        "`close()`. Here the connection is the file: when it closes, its doorbell page is "
+        "let go, and a mapping left behind is plain memory that rings nothing (not "
+        "revoked: the kernel would not fault it).",
+    ),
+)
