@@ -1308,8 +1308,9 @@ def test_app_exit_with_open_context_releases_its_vm(
 ) -> None:
     """B is SIGKILLed with its context, MR and QP open: the aux driver releases B's VM
     (aux_registrations back to before), A's work to B completes RETRY_EXC_ERR, B's VM
-    and BOs live while A holds a copy of B's export fd and are freed when it is closed;
-    the daemon's and the aux driver's descriptor counts return to what they were."""
+    closes with its file (its BOs are freed) and the closed VM lives while A holds a copy
+    of B's export fd, freed when that is closed; the daemon's and the aux driver's
+    descriptor counts return to what they were."""
     aux = start_aux(fresh_daemon)
     try:
         with Device.open(fresh_daemon.socket_path) as dev:
@@ -1333,12 +1334,15 @@ def test_app_exit_with_open_context_releases_its_vm(
                 )
                 assert counts(fresh_daemon).aux_registrations == 2
                 b.kill()
-                seen = wait_until(fresh_daemon, lambda c: c.aux_registrations == 1)
+                seen = wait_until(
+                    fresh_daemon,
+                    lambda c: c.aux_registrations == 1 and c.bos == start[1].bos,
+                )
                 assert seen.aux_registrations == 1
                 assert status_of(qp, IBV_WR_RDMA_WRITE, mr, BASE, remote["rkey"], 8) == (
                     IBV_WC_RETRY_EXC_ERR
                 )
-                assert (seen.vms, seen.bos) == (start[1].vms + 1, start[1].bos + 1)
+                assert (seen.vms, seen.bos) == (start[1].vms + 1, start[1].bos)
                 os.close(b_vm_fd)
                 assert settle(lambda: baseline(fresh_daemon), start) == start
                 assert settle(aux.open_fds, aux_fds) == aux_fds
