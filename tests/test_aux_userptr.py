@@ -22,7 +22,7 @@ import pytest
 from conftest import baseline
 from test_userptr import END_FREED, END_REPLACED, START, invalidate
 from test_vm_export import BASE, SETTLE, errno_of, settle_to, wait_until
-from test_vm_export_aux import close_all, export_import, invalidations, resolved
+from test_vm_export_aux import VA_BITS, close_all, export_import, invalidations, resolved
 
 from clients import Device
 from clients.daemon import DaemonProcess
@@ -246,7 +246,7 @@ def test_start_returns_when_the_aux_lets_go_of_the_vm(
 @pytest.mark.parametrize("end", ["replaced", "freed", "app-closed"])
 def test_resolve_during_start_waits_for_end(dev: Device, aux: Device, end: str) -> None:
     """A resolve between START and END waits. END replaced: it resolves the new pages;
-    END freed, or the app closing instead of sending END: EFAULT."""
+    END freed: EFAULT; the app closing instead of sending END: ENOENT (its VM closed)."""
     vm, host = userptr_vm(dev)
     handle = export_import(dev, aux, vm).vm_handle
     resolved(aux, handle, BASE, 2 * P)
@@ -262,7 +262,8 @@ def test_resolve_during_start_waits_for_end(dev: Device, aux: Device, end: str) 
         else:
             dev.close()
         if end != "replaced":
-            assert errno_of(resolve.result) == errno.EFAULT
+            gone = errno.EFAULT if end == "freed" else errno.ENOENT
+            assert errno_of(resolve.result) == gone
             return
         spans, fds = resolve.result()
     try:
@@ -381,8 +382,9 @@ def test_invalidate_done_errors(dev: Device, aux: Device) -> None:
 
 
 def test_app_disconnect_while_aux_holds_its_pages(fresh_daemon: DaemonProcess) -> None:
-    """The app closes while the aux holds its host pages: the aux hears "userptr", the
-    range resolves EFAULT from then on, and releasing it leaves nothing behind."""
+    """The app closes while the aux holds its host pages and a BO: its VM closes with it,
+    the aux hears it once ("vm_closed", the whole range), every range resolves ENOENT
+    from then on, the BO is freed, and releasing it leaves nothing behind."""
     path = fresh_daemon.socket_path
     start = baseline(fresh_daemon)
     aux = Device.open(path, role="aux")
@@ -396,13 +398,18 @@ def test_app_disconnect_while_aux_holds_its_pages(fresh_daemon: DaemonProcess) -
             host.mapping.close()
         event = next_invalidation(aux)
         assert event == m.AuxRangeInvalidated(
-            vm_handle=handle, va=BASE, length=2 * P, reason="userptr", seqno=1
+            vm_handle=handle, va=0, length=1 << VA_BITS, reason="vm_closed", seqno=1
         )
-        assert errno_of(aux.aux_vm_resolve, handle, BASE, P) == errno.EFAULT
-        assert errno_of(aux.aux_vm_resolve, handle, BASE + P, 2 * P) == errno.EFAULT
-        resolved(aux, handle, BASE + 2 * P, P)  # the BO is still there
+        for va, length in ((BASE, P), (BASE + P, 2 * P), (BASE + 2 * P, P)):
+            assert errno_of(aux.aux_vm_resolve, handle, va, length) == errno.ENOENT
         seen = wait_until(fresh_daemon, lambda c: c.files == start[1].files + 1)
-        assert (seen.vms, seen.aux_registrations) == (start[1].vms + 1, 1)
+        assert (seen.vms, seen.bos, seen.aux_registrations) == (
+            start[1].vms + 1,
+            start[1].bos,
+            1,
+        )
+        aux.version()  # one round trip: no second event came
+        assert not aux.events, list(aux.events)
         aux.aux_vm_invalidate_done(handle, 1)
         aux.aux_vm_release(handle)
     finally:
