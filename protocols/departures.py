@@ -18,8 +18,7 @@ DEPARTURES: tuple[tuple[str, str], ...] = (
     ),
     (
         "Syncobjs",
-        "do not exist: every syncobj handle in a sync is `ENOENT`; user fences are the "
-        "only syncs.",
+        "do not exist: every syncobj handle in a sync is `ENOENT`; user fences are the only syncs.",
     ),
     (
         "Not emulated",

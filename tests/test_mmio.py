@@ -405,9 +405,7 @@ def test_doorbell_cut_by_its_owner_harms_no_one_else(
         _, (fd,) = owner.ioctl_fds(Op.MMAP, args)
         try:
             os.pwrite(fd, struct.pack("<I", 7), 0)  # one ring, through the descriptor
-            wait_until(
-                lambda: client_info(admin, owner.client_id).doorbell_rings == 1, "its ring"
-            )
+            wait_until(lambda: client_info(admin, owner.client_id).doorbell_rings == 1, "its ring")
             os.pwrite(fd, struct.pack("<I", 8), 0)  # a ring the device may never see
             os.ftruncate(fd, 0)
             with pytest.raises(PermissionError):
@@ -420,8 +418,9 @@ def test_doorbell_cut_by_its_owner_harms_no_one_else(
                 bell.write_u32(0, 0xBE11 + ring)
                 wait_until(lambda: bell.read_u32(0) == 0, "the device to clear our doorbell")
                 wait_until(
-                    lambda ring=ring: client_info(admin, dev.client_id).doorbell_rings
-                    == rings + ring,
+                    lambda ring=ring: (
+                        client_info(admin, dev.client_id).doorbell_rings == rings + ring
+                    ),
                     "our ring",
                 )
             owner.mmio_close(region.region_id)

@@ -94,9 +94,7 @@ class DmaBufConfig:
     # "xe": as xe (TTM) does, the offset and the mmap succeed, the first access SIGBUS;
     # "refuse": GEM_MMAP_OFFSET is ENODEV, as i915 answers;
     # "forward": map the exporter's pages, as the i915 RFC proposed
-    imported_mmap: str = attrs.field(
-        default="xe", validator=_one_of("xe", "refuse", "forward")
-    )
+    imported_mmap: str = attrs.field(default="xe", validator=_one_of("xe", "refuse", "forward"))
     # report device access to a buffer while a CPU write window is open on it
     strict_sync: bool = attrs.field(default=False, validator=_boolean)
 

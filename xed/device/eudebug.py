@@ -6,9 +6,9 @@ VM create/destroy, bind/unbind, exec queue create/destroy, exec) as DEBUG_EVENT,
 debugger can read and write the process's VMs at GPU addresses, across VMAs, BO and
 userptr alike. Userptr access goes through the notifier (userptr.py): one access is
 copied whole with no invalidation in between (the notifier lock, in the kernel); pages
-being invalidated are waited for and the access starts over. `[debugger] userptr_access = false`
-refuses userptr ranges, for those who hold that reading another process's host memory
-through the GPU is a side channel.
+being invalidated are waited for and the access starts over.
+`[debugger] userptr_access = false` refuses userptr ranges, for those who hold that
+reading another process's host memory through the GPU is a side channel.
 
 What an attachment reaches is decided as the kernel decides it for ptrace:
 
