@@ -252,7 +252,7 @@ class DrmXeMmioRegionClose:
 # --- GEM ------------------------------------------------------------------------------
 @frozen
 class DrmXeGemCreate:
-    extensions: int = u64("must be zero")
+    extensions: int = u64("must be zero (checked last, as xe walks the chain last)")
     size: int = u64("bytes, a multiple of the page size")
     placement: int = u32("bitmask of memory region instances")
     flags: int = u32("DRM_XE_GEM_CREATE_FLAG_*")

@@ -356,7 +356,7 @@ SPECS: dict[Op, OpSpec] = {
             reply=m.DrmXeGemCreateReply,
             doc="Create a buffer object backed by its own memfd.",
             errors=(
-                _MBZ,
+                (EINVAL, "pad or reserved not zero"),
                 (EINVAL, "placement empty or names a region the device lacks"),
                 (EINVAL, "unknown flags"),
                 (EINVAL, "handle not zero on input"),
@@ -368,6 +368,7 @@ SPECS: dict[Op, OpSpec] = {
                 (ENOMEM, "fits no region of the placement (VRAM, visible VRAM, system)"),
                 _RESERVE,
                 (ENOMEM, "limits.bos: this client holds that many GEM handles already"),
+                (EINVAL, "extensions not zero (no extension is emulated; checked last)"),
             ),
         ),
         OpSpec(

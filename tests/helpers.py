@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import socket
+from collections.abc import Callable
 from errno import ECANCELED
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from clients import Batch, Device, XeError, user_fence
+from clients.daemon import DaemonProcess
 from protocols import MAX_DATAGRAM, MAX_FDS, Event, Op, Reply, decode_incoming, encode_request
 from protocols import messages as m
 from protocols.ancillary import unpack_fds
@@ -18,6 +23,7 @@ WAIT = 5_000_000_000  # ns: an upper bound, never an expectation
 BATCH_VA = 0x1_0000_0000  # the batch BO: fence qword at offset 0, batches after it
 BATCH_BO_SIZE = 0x10000
 FENCE = 0
+NOBODY = 65534
 
 
 def peer_attach(sock: socket.socket, request_id: int = 7, timeout: float = 10.0) -> Reply:
@@ -109,3 +115,84 @@ class Gpu:
 
     def close(self) -> None:
         self.cpu.close()
+
+
+# --- children that run as uid 65534 -------------------------------------------------------------
+
+
+class NobodyChild:
+    """A child forked from the test process that drops to uid/gid 65534 and runs `work`.
+
+    `work(report, wait_go)` may report JSON-able dicts (one line each) and block in
+    wait_go() until the test calls go(). The child closes every descriptor it inherited
+    but its pipes and stdio, so the test's own connections stay the test's.
+    """
+
+    def __init__(
+        self, socket_path: Path, work: Callable[[Callable[[Any], None], Callable[[], None]], None]
+    ) -> None:
+        report_r, report_w = os.pipe()
+        go_r, go_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: never return into pytest
+            code = 1
+            try:
+                keep = {0, 1, 2, report_w, go_r}
+                for fd in [int(name) for name in os.listdir("/proc/self/fd")]:
+                    if fd not in keep:
+                        with contextlib.suppress(OSError):
+                            os.close(fd)
+                os.chdir(socket_path.parent)  # as root: the path above may be closed to nobody
+                os.setgroups([])
+                os.setgid(NOBODY)
+                os.setuid(NOBODY)
+
+                def report(value: Any) -> None:
+                    os.write(report_w, json.dumps(value).encode() + b"\n")
+
+                def wait_go() -> None:
+                    while os.read(go_r, 1):
+                        pass
+
+                work(report, wait_go)
+                code = 0
+            except BaseException as exc:  # report anything to the parent
+                os.write(report_w, json.dumps({"error": repr(exc)}).encode() + b"\n")
+            finally:
+                os._exit(code)
+        os.close(report_w)
+        os.close(go_r)
+        self.pid = pid
+        self._go = go_w
+        self._reports = os.fdopen(report_r, "r")
+
+    def report(self) -> Any:
+        line = self._reports.readline()
+        assert line, "the child ended without reporting"
+        value = json.loads(line)
+        assert not (isinstance(value, dict) and "error" in value), value
+        return value
+
+    def go(self) -> None:
+        if self._go >= 0:
+            os.close(self._go)
+            self._go = -1
+
+    def join(self) -> int:
+        self.go()
+        _, status = os.waitpid(self.pid, 0)
+        self._reports.close()
+        return os.waitstatus_to_exitcode(status)
+
+
+def open_to_nobody(daemon: DaemonProcess) -> str:
+    """Let uid 65534 reach the daemon's socket (as tests/test_robustness.py does)."""
+    path = daemon.socket_path
+    os.chmod(path.parent, 0o711)  # nobody may look the socket up in its directory
+    os.chown(path, 0, NOBODY)  # and connect to it through the group bits (mode 0660)
+    return path.name
+
+
+def needs_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run a child as uid 65534")

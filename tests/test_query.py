@@ -227,9 +227,7 @@ def test_query_unknown_query_is_einval(dev: Device, query: int) -> None:
     assert query_errno(dev, query=query) == errno.EINVAL
 
 
-@pytest.mark.parametrize(
-    "query", [Query.GT_TOPOLOGY, Query.ENGINE_CYCLES, Query.UC_FW_VERSION]
-)
+@pytest.mark.parametrize("query", [Query.GT_TOPOLOGY, Query.ENGINE_CYCLES, Query.UC_FW_VERSION])
 def test_query_not_emulated_is_einval(dev: Device, query: int) -> None:
     """GT_TOPOLOGY, ENGINE_CYCLES, UC_FW_VERSION: not emulated, EINVAL."""
     assert query_errno(dev, query=query) == errno.EINVAL

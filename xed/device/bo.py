@@ -212,7 +212,7 @@ def xe_gem_create_ioctl(xef: XeFile, args: m.DrmXeGemCreate) -> m.DrmXeGemCreate
 
     Checks, in order:
     - the daemon is down to its descriptor reserve (limits.descriptor_reserve): ENOMEM
-    - extensions, pad or reserved non-zero: EINVAL
+    - pad or reserved non-zero: EINVAL
     - placement empty or naming a region the device lacks: EINVAL
     - flags outside DEFER_BACKING | SCANOUT | NEEDS_VISIBLE_VRAM: EINVAL
     - handle non-zero on input: EINVAL
@@ -224,10 +224,12 @@ def xe_gem_create_ioctl(xef: XeFile, args: m.DrmXeGemCreate) -> m.DrmXeGemCreate
     - the file holds limits.bos GEM handles already: ENOMEM
     - no region of the placement can hold it (VRAM, CPU-visible VRAM on a small BAR,
       system memory): ENOMEM, as TTM reports it
-    Extension chains are not emulated: a non-zero extensions is EINVAL up front.
+    - extensions non-zero: EINVAL. xe walks the chain (a user pointer) once the BO
+      exists, and frees the BO if an extension fails; none is emulated here. A C
+      library reads the chain itself: it asks with extensions 0 and, if the chain is
+      bad (EFAULT, E2BIG, EINVAL) or names PXP (ENODEV), closes the new handle.
     """
     xe = xef.device
-    refuse_if(args.extensions, EINVAL, "extensions must be zero")
     refuse_if(any(args.pad) or any(args.reserved), EINVAL, "pad and reserved must be zero")
     refuse_if(
         not args.placement or args.placement & ~xe.mem_region_mask,
@@ -258,6 +260,7 @@ def xe_gem_create_ioctl(xef: XeFile, args: m.DrmXeGemCreate) -> m.DrmXeGemCreate
         refuse_if(vm is None or vm.closed, ENOENT, f"no VM {args.vm_id}")
     refuse_over(xef, "bos", len(xef.handles))
     region = _place(xe.regions_for(args.placement), args.size, visible)
+    refuse_if(args.extensions, EINVAL, "no GEM_CREATE extension is emulated")
     bo = XeBo(xe, args.size, region, visible and region in vram, args.flags, args.cpu_caching, vm)
     handle = xef.handle_create(bo)
     bo.put()  # the handle holds the object now
