@@ -5,8 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
+import signal
 import socket
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from errno import ECANCELED
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ BATCH_VA = 0x1_0000_0000  # the batch BO: fence qword at offset 0, batches after
 BATCH_BO_SIZE = 0x10000
 FENCE = 0
 NOBODY = 65534
+CHILD_WAIT = 30.0  # s: an upper bound for a forked child's report or exit
 
 
 def peer_attach(sock: socket.socket, request_id: int = 7, timeout: float = 10.0) -> Reply:
@@ -117,19 +121,28 @@ class Gpu:
         self.cpu.close()
 
 
-# --- children that run as uid 65534 -------------------------------------------------------------
+# --- children forked from the test process (as uid 65534, or not) ------------------------------
 
 
-class NobodyChild:
-    """A child forked from the test process that drops to uid/gid 65534 and runs `work`.
+Work = Callable[[Callable[[Any], None], Callable[[], None]], None]
+
+
+class ForkedChild:
+    """A child forked from the test process that runs `work` (as `uid`, if given).
 
     `work(report, wait_go)` may report JSON-able dicts (one line each) and block in
     wait_go() until the test calls go(). The child closes every descriptor it inherited
-    but its pipes and stdio, so the test's own connections stay the test's.
+    but its pipes, stdio and `keep`, so the test's own connections stay the test's (a
+    descriptor in `keep` is a copy the child holds, as a forked program does).
     """
 
     def __init__(
-        self, socket_path: Path, work: Callable[[Callable[[Any], None], Callable[[], None]], None]
+        self,
+        socket_path: Path,
+        work: Work,
+        *,
+        uid: int | None = None,
+        keep: Iterable[int] = (),
     ) -> None:
         report_r, report_w = os.pipe()
         go_r, go_w = os.pipe()
@@ -137,15 +150,16 @@ class NobodyChild:
         if pid == 0:  # the child: never return into pytest
             code = 1
             try:
-                keep = {0, 1, 2, report_w, go_r}
+                kept = {0, 1, 2, report_w, go_r, *keep}
                 for fd in [int(name) for name in os.listdir("/proc/self/fd")]:
-                    if fd not in keep:
+                    if fd not in kept:
                         with contextlib.suppress(OSError):
                             os.close(fd)
-                os.chdir(socket_path.parent)  # as root: the path above may be closed to nobody
-                os.setgroups([])
-                os.setgid(NOBODY)
-                os.setuid(NOBODY)
+                if uid is not None:
+                    os.chdir(socket_path.parent)  # as root: the path above may be closed
+                    os.setgroups([])
+                    os.setgid(uid)
+                    os.setuid(uid)
 
                 def report(value: Any) -> None:
                     os.write(report_w, json.dumps(value).encode() + b"\n")
@@ -164,11 +178,20 @@ class NobodyChild:
         os.close(go_r)
         self.pid = pid
         self._go = go_w
-        self._reports = os.fdopen(report_r, "r")
+        self._reports = report_r
+        self._pending = b""
 
-    def report(self) -> Any:
-        line = self._reports.readline()
-        assert line, "the child ended without reporting"
+    def report(self, timeout: float = CHILD_WAIT) -> Any:
+        """The child's next report (it failed, or is stuck past `timeout`: the test fails)."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._pending:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([self._reports], [], [], max(left, 0))
+            assert ready, f"the child reported nothing in {timeout} s"
+            chunk = os.read(self._reports, 4096)
+            assert chunk, "the child ended without reporting"
+            self._pending += chunk
+        line, _, self._pending = self._pending.partition(b"\n")
         value = json.loads(line)
         assert not (isinstance(value, dict) and "error" in value), value
         return value
@@ -178,10 +201,19 @@ class NobodyChild:
             os.close(self._go)
             self._go = -1
 
-    def join(self) -> int:
+    def join(self, timeout: float = CHILD_WAIT) -> int:
+        """Let the child go and wait for its exit status (killed past `timeout`)."""
         self.go()
+        pidfd = os.pidfd_open(self.pid)
+        try:
+            exited, _, _ = select.select([pidfd], [], [], timeout)  # readable once it exits
+        finally:
+            os.close(pidfd)
+        if not exited:
+            os.kill(self.pid, signal.SIGKILL)
         _, status = os.waitpid(self.pid, 0)
-        self._reports.close()
+        os.close(self._reports)
+        assert exited, f"the child did not exit in {timeout} s"
         return os.waitstatus_to_exitcode(status)
 
 
@@ -196,3 +228,10 @@ def open_to_nobody(daemon: DaemonProcess) -> str:
 def needs_root() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to run a child as uid 65534")
+
+
+class NobodyChild(ForkedChild):
+    """A ForkedChild that drops to uid/gid 65534 before it runs `work`."""
+
+    def __init__(self, socket_path: Path, work: Work) -> None:
+        super().__init__(socket_path, work, uid=NOBODY)
