@@ -431,7 +431,9 @@ SPECS: dict[Op, OpSpec] = {
             fds_out=1,
             doc=(
                 "mmap(2) of the DRM file: the daemon checks the request as the kernel's mmap "
-                "handler would and answers with the descriptor to map."
+                "handler would and answers with the descriptor to map. VRAM outside a small "
+                "BAR (a BO created without NEEDS_VISIBLE_VRAM) answers an empty memfd: the "
+                "map succeeds and every access is SIGBUS, as xe's fault handler answers."
             ),
             errors=(
                 (EINVAL, "length zero, or offset not page aligned"),

@@ -1,4 +1,9 @@
-"""XeFile: one connection, the drm_file. Everything a client holds hangs off it."""
+"""XeFile: the drm_file. Everything a client holds hangs off it.
+
+A drm file is opened by one connection (its own, whose last close releases it) and may
+be acted on by channels: connections of other processes, such as a child that forked
+with the program's descriptor (server.py). Handles, VMs, offsets are the file's.
+"""
 
 from __future__ import annotations
 
