@@ -175,15 +175,23 @@ struct drm_xe_gt {
 	uint32_t reference_clock;
 	uint64_t near_mem_regions;
 	uint64_t far_mem_regions;
-	uint64_t reserved[8];
+	uint16_t ip_ver_major;
+	uint16_t ip_ver_minor;
+	uint16_t ip_ver_rev;
+	uint16_t pad2;
+	uint64_t reserved[7];
 };
 XED_CHECK(drm_xe_gt, 96);
+XED_AT(drm_xe_gt, ip_ver_major, 32);
+XED_AT(drm_xe_gt, ip_ver_minor, 34);
+XED_AT(drm_xe_gt, ip_ver_rev, 36);
+XED_AT(drm_xe_gt, pad2, 38);
 XED_AT(drm_xe_gt, gt_id, 4);
 XED_AT(drm_xe_gt, pad, 6);
 XED_AT(drm_xe_gt, reference_clock, 12);
 XED_AT(drm_xe_gt, near_mem_regions, 16);
 XED_AT(drm_xe_gt, far_mem_regions, 24);
-XED_AT(drm_xe_gt, reserved, 32);
+XED_AT(drm_xe_gt, reserved, 40);
 
 struct drm_xe_query_gt_list {
 	uint32_t num_gt;
@@ -192,6 +200,35 @@ struct drm_xe_query_gt_list {
 };
 XED_CHECK(drm_xe_query_gt_list, 8);
 
+struct drm_xe_oa_unit {
+	uint64_t extensions;
+	uint32_t oa_unit_id;
+	uint32_t oa_unit_type;
+	uint64_t capabilities;
+	uint64_t oa_timestamp_freq;
+	uint64_t reserved[4];
+	uint64_t num_engines;
+	struct drm_xe_engine_class_instance eci[];
+};
+XED_CHECK(drm_xe_oa_unit, 72);
+XED_AT(drm_xe_oa_unit, oa_unit_id, 8);
+XED_AT(drm_xe_oa_unit, oa_unit_type, 12);
+XED_AT(drm_xe_oa_unit, capabilities, 16);
+XED_AT(drm_xe_oa_unit, oa_timestamp_freq, 24);
+XED_AT(drm_xe_oa_unit, reserved, 32);
+XED_AT(drm_xe_oa_unit, num_engines, 64);
+XED_AT(drm_xe_oa_unit, eci, 72);
+
+struct drm_xe_query_oa_units {
+	uint64_t extensions;
+	uint32_t num_oa_units;
+	uint32_t pad;
+	uint64_t oa_units[];
+};
+XED_CHECK(drm_xe_query_oa_units, 16);
+XED_AT(drm_xe_query_oa_units, num_oa_units, 8);
+XED_AT(drm_xe_query_oa_units, oa_units, 16);
+
 #define DRM_XE_DEVICE_QUERY_ENGINES 0
 #define DRM_XE_DEVICE_QUERY_MEM_REGIONS 1
 #define DRM_XE_DEVICE_QUERY_CONFIG 2
@@ -199,6 +236,10 @@ XED_CHECK(drm_xe_query_gt_list, 8);
 #define DRM_XE_DEVICE_QUERY_HWCONFIG 4
 #define DRM_XE_DEVICE_QUERY_GT_TOPOLOGY 5
 #define DRM_XE_DEVICE_QUERY_ENGINE_CYCLES 6
+#define DRM_XE_DEVICE_QUERY_UC_FW_VERSION 7
+#define DRM_XE_DEVICE_QUERY_OA_UNITS 8
+#define DRM_XE_DEVICE_QUERY_PXP_STATUS 9
+#define DRM_XE_DEVICE_QUERY_EU_STALL 10
 struct drm_xe_device_query {
 	uint64_t extensions;
 	uint32_t query;
