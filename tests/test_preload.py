@@ -180,3 +180,14 @@ def test_c_constants_match_protocols(program: Programs) -> None:
     defined = set(re.findall(r"#define (XED_\w+) ", (preload.SOURCE_DIR / "proto.h").read_text()))
     assert defined == printed, f"constants.c misses {sorted(defined - printed)}"
 
+
+
+# --- ioctls -------------------------------------------------------------------------------
+def test_ioctls(daemon: DaemonProcess, program: Programs) -> None:
+    """Every translated ioctl succeeds and fails as the kernel's, errno for errno."""
+    passes(daemon.socket_path, program("ioctls"))
+
+
+def test_bad_pointers_are_efault(daemon: DaemonProcess, program: Programs) -> None:
+    """NULL, unmapped and read-only pointers in and inside ioctls: EFAULT, no SIGSEGV."""
+    passes(daemon.socket_path, program("efault"))

@@ -57,9 +57,32 @@ static int get_syncs(struct drm_xe_sync *out, uint64_t ptr, uint32_t n)
 	return copy_from_user(out, ptr, n * sizeof *out);
 }
 
+/*
+ * gem_create_user_extensions(): xe walks the chain once the BO exists and frees it if
+ * an extension fails. The only extension is SET_PROPERTY(PXP_TYPE), and the emulated
+ * device has no PXP: the first link of any chain fails, so the chain is never walked on.
+ */
+static int create_extensions(uint64_t ptr)
+{
+	struct {
+		struct drm_xe_user_extension base;
+		uint32_t property, pad;
+		uint64_t value, reserved[2];
+	} ext;
+	if (copy_from_user(&ext.base, ptr, sizeof ext.base))
+		return EFAULT;
+	if (ext.base.pad || ext.base.name != 0) /* DRM_XE_GEM_CREATE_EXTENSION_SET_PROPERTY */
+		return EINVAL;
+	if (copy_from_user(&ext, ptr, sizeof ext))
+		return EFAULT;
+	if (ext.pad || ext.reserved[0] || ext.reserved[1] || ext.property != 0)
+		return EINVAL; /* DRM_XE_GEM_CREATE_SET_PROPERTY_PXP_TYPE is 0 */
+	return ENODEV;	       /* a valid PXP request: this device has no PXP */
+}
+
 static int gem_create(struct xcall *c, struct drm_xe_gem_create *a)
 {
-	xc_u(c, "extensions", a->extensions);
+	xc_u(c, "extensions", 0);
 	xc_u(c, "size", a->size);
 	xc_u(c, "placement", a->placement);
 	xc_u(c, "flags", a->flags);
@@ -71,6 +94,22 @@ static int gem_create(struct xcall *c, struct drm_xe_gem_create *a)
 	int err = xc_run(c, -1);
 	if (!err)
 		a->handle = (uint32_t)r_get_uint(&c->body, "handle");
+	return err;
+}
+
+/* the BO exists; a bad extension chain undoes it, as xe frees the BO */
+static int gem_create_finish(struct xed_file *f, struct drm_xe_gem_create *a)
+{
+	int err = create_extensions(a->extensions);
+	if (!err)
+		return 0;
+	struct xcall c;
+	if (!xc_begin(&c, f, XED_OP_GEM_CLOSE)) {
+		xc_u(&c, "handle", a->handle);
+		xc_run(&c, -1);
+		xc_end(&c);
+	}
+	a->handle = 0;
 	return err;
 }
 
@@ -315,5 +354,7 @@ int xe_ioctl(struct xed_file *f, unsigned nr, void *kdata)
 	default: err = EINVAL;
 	}
 	xc_end(&c);
+	if (!err && nr == DRM_XE_GEM_CREATE && ((struct drm_xe_gem_create *)kdata)->extensions)
+		err = gem_create_finish(f, kdata);
 	return err;
 }
