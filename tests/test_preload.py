@@ -8,20 +8,24 @@ released, barriers counted) and what `xec run` itself promises.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from clients import preload
+from clients import Device, preload
 from clients.daemon import DaemonProcess
 from protocols import Op, constants
 from protocols.codec import MAX_DATAGRAM, MAX_FDS
 from protocols.version import PROTOCOL_VERSION
+from tests.conftest import baseline
+from tests.test_lifecycle import wait_for_baseline
 
 ROOT = Path(__file__).resolve().parent.parent
 PROGRAMS = ROOT / "tests" / "preload"
@@ -70,6 +74,21 @@ def xec_run(
         [*cmd, "--", *argv], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
         env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})),
     )  # fmt: skip
+
+
+@contextlib.contextmanager
+def spawn(argv: list[str]) -> Iterator[subprocess.Popen[str]]:
+    """A running process with stdout and stderr piped; killed if still running at the end."""
+    with subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    ) as proc:  # fmt: skip
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=TIMEOUT)
 
 
 def passes(socket_path: Path, exe: Path, *args: str, node: str | None = None) -> str:
@@ -191,3 +210,56 @@ def test_ioctls(daemon: DaemonProcess, program: Programs) -> None:
 def test_bad_pointers_are_efault(daemon: DaemonProcess, program: Programs) -> None:
     """NULL, unmapped and read-only pointers in and inside ioctls: EFAULT, no SIGSEGV."""
     passes(daemon.socket_path, program("efault"))
+
+
+# --- one file, many descriptors and callers ---------------------------------------------
+def test_dup_fork_threads_share_one_file(daemon: DaemonProcess, program: Programs) -> None:
+    """dup*/F_DUPFD copies, a forked child and threads all act on one drm file."""
+    passes(daemon.socket_path, program("sharing"))
+
+
+def test_files_released_after_sharing(fresh_daemon: DaemonProcess, program: Programs) -> None:
+    """Once every copy (the child's, the threads' channels) is closed, nothing is left."""
+    before = baseline(fresh_daemon)
+    passes(fresh_daemon.socket_path, program("sharing"))
+    assert wait_for_baseline(fresh_daemon, before) == before
+
+
+# --- dma-bufs --------------------------------------------------------------------------------
+def test_dma_buf_descriptors(daemon: DaemonProcess, program: Programs) -> None:
+    """dup/close/lseek/mmap/SYNC on dma-bufs as the kernel; memory lives while held."""
+    passes(daemon.socket_path, program("dmabuf"))
+
+
+def test_dma_buf_passed_between_programs(
+    fresh_daemon: DaemonProcess, program: Programs, tmp_path: Path
+) -> None:
+    """A dma-buf sent over a Unix socket to another program under xec run imports and maps."""
+    exe, where = program("dmabuf_pass"), str(tmp_path / "pass.sock")
+    before = baseline(fresh_daemon)
+    cmd = [sys.executable, "-m", "clients", "run", "--socket", str(fresh_daemon.socket_path)]
+    with spawn(cmd + ["--", str(exe), "send", where]) as sender:
+        assert sender.stdout is not None
+        assert sender.stdout.readline().strip() == "listening"
+        passes(fresh_daemon.socket_path, exe, "receive", where)
+        _out, err = sender.communicate(timeout=TIMEOUT)
+        assert sender.returncode == 0, err
+    assert wait_for_baseline(fresh_daemon, before) == before
+
+
+# --- a program that dies -----------------------------------------------------------------------
+def test_sigkilled_program_releases_everything(
+    fresh_daemon: DaemonProcess, program: Programs
+) -> None:
+    """SIGKILL with BOs, a mapping, a dma-buf, a VM and a queue held: the daemon frees all."""
+    before = baseline(fresh_daemon)
+    cmd = [sys.executable, "-m", "clients", "run", "--socket", str(fresh_daemon.socket_path)]
+    with spawn(cmd + ["--", str(program("holder"))]) as holder:
+        assert holder.stdout is not None
+        word, pid = holder.stdout.readline().split()
+        assert word == "ready"
+        with Device.open(fresh_daemon.socket_path, role="admin") as admin:
+            assert admin.admin_status().objects.bos == 2
+        os.kill(int(pid), signal.SIGKILL)
+        assert holder.wait(timeout=TIMEOUT) == 128 + signal.SIGKILL
+    assert wait_for_baseline(fresh_daemon, before) == before

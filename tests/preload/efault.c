@@ -4,9 +4,10 @@
  * pointer inside one (query data, binds, syncs, engine instances, VERSION's buffers).
  * The program also installs a SIGSEGV handler that fails the test if it ever runs.
  */
+#include "check.h"
+
 #include <signal.h>
 
-#include "check.h"
 
 #define VA 0x100000000ull
 
