@@ -1,0 +1,431 @@
+/* The PCI barrier page through the fault path: reads give 0xdeadbeef, no store is ever
+ * visible, and each store is one barrier of the drm file, counted by the daemon.
+ *
+ * The program's page is a private page full of 0xdeadbeef, always read-only. A store
+ * faults (SIGSEGV); the handler moves every general register that points into or next to
+ * the page by the distance to a scratch copy of its own (a slot: two pages of
+ * 0xdeadbeef), sets the trap flag and returns; the CPU performs the store on the slot,
+ * traps (SIGTRAP), and the handler moves the registers back, refills the slot, clears
+ * the flag and counts. Neither this thread's next read nor any other thread ever sees the
+ * value, and another thread's concurrent store faults and counts on its own. If no
+ * register points near the page (an address the instruction computes from registers
+ * that all point elsewhere), or the moved register was not the address (the store faults
+ * on the page again), the page itself is made writable for that one instruction under a
+ * process-wide lock (the fallback: another thread could then see the value or store
+ * uncounted during that instruction).
+ *
+ * Counting: a running number per drm file lives in a MAP_SHARED page of ours, so a forked
+ * child and its parent share it, and is published in word 0 of the daemon's page as
+ * PCI_BARRIER_SEQ_TAG | seq by compare-and-swap, never over a higher number (the daemon
+ * counts the difference with the last number it saw). The daemon restores 0xdeadbeef by a
+ * read then a write, so a number published over another number may be lost if it lands
+ * in between; a number published over 0xdeadbeef never is. Unmap and exit therefore wait
+ * (bounded) for the page to read 0xdeadbeef and publish the count again.
+ *
+ * x86-64 only: the trap flag is EFLAGS bit 8 (gregs[REG_EFL]) and the page-fault error
+ * code (gregs[REG_ERR]) says write. An aarch64 port has no trap flag it can set from user
+ * space (single-step needs ptrace), so it would emulate the store instead: A64 stores are
+ * 4-byte instructions with a handful of encodings; ESR_EL1 in the ucontext (esr_context)
+ * gives WnR and, for most stores, the size and register; skip the instruction (pc += 4),
+ * apply the base write-back of pre/post-indexed forms, and give atomics, swaps and
+ * exclusives the 0xdeadbeef they would have loaded and a successful status.
+ */
+#define _GNU_SOURCE
+#include "barrier.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "signals.h"
+
+#if !defined(__x86_64__)
+#error "barrier.c single-steps with the x86 trap flag (see the aarch64 note above)"
+#endif
+
+#define PAGE 4096ul
+#define MAX_FILES 64
+#define MAX_MAPS 64
+#define SLOTS 16
+#define TRAP_FLAG 0x100
+#define PF_WRITE 0x2  /* page-fault error code: a write ... */
+#define PF_FETCH 0x10 /* ... not an instruction fetch */
+#define FLUSH_WAIT_MS 200 /* the daemon looks at a busy page every 1 ms, an idle one 50 ms */
+#define HALF ((XED_PCI_BARRIER_SEQ_MASK + 1) / 2)
+#define TLS __thread __attribute__((tls_model("initial-exec")))
+#define PASS_FLAGS (MAP_FIXED | MAP_FIXED_NOREPLACE | MAP_32BIT | MAP_LOCKED | MAP_POPULATE)
+#define BIT(sig) (1ull << ((sig) - 1))
+/* blocked while the store is stepped: all but the signals its execution could raise */
+#define STEP_MASK (~(BIT(SIGSEGV) | BIT(SIGBUS) | BIT(SIGILL) | BIT(SIGFPE) | BIT(SIGTRAP)))
+
+struct shared { /* one page per drm file, MAP_SHARED: parent and children count together */
+	_Atomic uint64_t seq;  /* barriers so far */
+	_Atomic uint64_t safe; /* highest number published over 0xdeadbeef */
+};
+struct file {
+	dev_t dev;
+	ino_t ino;
+	int maps;              /* program mappings in this process */
+	_Atomic uint32_t *word; /* the daemon's page (the memfd), word 0 */
+	struct shared *sh;
+};
+struct map {
+	_Atomic uintptr_t page; /* 0: free */
+	_Atomic int busy;       /* stores being stepped: unmap waits for them */
+	int file, writable;
+};
+enum mode { NONE, REDIRECT, FALLBACK };
+struct step {
+	enum mode mode;
+	struct map *map;
+	uintptr_t page;
+	intptr_t delta;
+	uint32_t moved; /* gregs moved by delta */
+	int slot, saved_tf;
+	uint64_t mask; /* the interrupted signal mask */
+};
+
+static struct file files[MAX_FILES];
+static struct map maps[MAX_MAPS];
+static atomic_flag table_lock = ATOMIC_FLAG_INIT, fallback_lock = ATOMIC_FLAG_INIT;
+static unsigned char *slots;
+static _Atomic int slot_busy[SLOTS];
+static TLS struct step step;
+
+static void fill(void *p, size_t len)
+{
+	uint64_t *w = p;
+
+	for (size_t i = 0; i < len / 8; i++)
+		w[i] = 0xdeadbeefdeadbeefull;
+}
+
+static void spin(atomic_flag *f)
+{
+	while (atomic_flag_test_and_set_explicit(f, memory_order_acquire))
+		sched_yield();
+}
+
+static void publish(struct file *f, uint64_t seq)
+{
+	uint32_t want = XED_PCI_BARRIER_SEQ_TAG | (seq & XED_PCI_BARRIER_SEQ_MASK);
+	uint32_t cur = atomic_load(f->word);
+	uint64_t safe;
+
+	for (;;) {
+		if ((cur & ~XED_PCI_BARRIER_SEQ_MASK) == XED_PCI_BARRIER_SEQ_TAG &&
+		    ((cur - want) & XED_PCI_BARRIER_SEQ_MASK) < HALF)
+			return; /* the same or a higher number is there: it counts ours */
+		if (atomic_compare_exchange_weak(f->word, &cur, want))
+			break;
+	}
+	if (cur != XED_PCI_BARRIER_IDLE)
+		return;
+	safe = atomic_load(&f->sh->safe);
+	while (safe < seq && !atomic_compare_exchange_weak(&f->sh->safe, &safe, seq))
+		;
+}
+
+/* Make sure the daemon sees the count: publish it over 0xdeadbeef once. */
+static void flush(struct file *f)
+{
+	struct timespec ms = {0, 1000000};
+
+	for (int i = 0; i < FLUSH_WAIT_MS; i++) {
+		uint64_t seq = atomic_load(&f->sh->seq);
+
+		if (atomic_load(&f->sh->safe) >= seq)
+			return;
+		if (atomic_load(f->word) == XED_PCI_BARRIER_IDLE) {
+			publish(f, seq);
+			continue;
+		}
+		nanosleep(&ms, NULL);
+	}
+}
+
+int xed_barrier_stepping(void)
+{
+	return step.mode != NONE;
+}
+
+static int claim_slot(void)
+{
+	for (;;) {
+		for (int i = 0; i < SLOTS; i++) {
+			int free_ = 0;
+
+			if (atomic_compare_exchange_strong(&slot_busy[i], &free_, 1))
+				return i;
+		}
+		sched_yield();
+	}
+}
+
+/* Undo what the fault did to the context: registers, trap flag, signal mask. */
+static void finish(ucontext_t *uc)
+{
+	greg_t *g = uc->uc_mcontext.gregs;
+
+	if (step.mode == REDIRECT) {
+		uintptr_t low = (uintptr_t)slots + 2 * PAGE * step.slot - PAGE - 64;
+
+		for (int r = 0; r < REG_RSP; r++) /* unless the store loaded something else */
+			if (step.moved & (1u << r) && (uintptr_t)g[r] - low < 3 * PAGE + 128)
+				g[r] -= step.delta;
+		fill(slots + 2 * PAGE * step.slot, 2 * PAGE);
+		atomic_store(&slot_busy[step.slot], 0);
+	} else {
+		fill((void *)step.page, PAGE);
+		mprotect((void *)step.page, PAGE, PROT_READ);
+		atomic_flag_clear_explicit(&fallback_lock, memory_order_release);
+	}
+	if (!step.saved_tf)
+		g[REG_EFL] &= ~TRAP_FLAG;
+	memcpy(&uc->uc_sigmask, &step.mask, sizeof(step.mask));
+	atomic_fetch_sub(&step.map->busy, 1);
+	step.mode = NONE;
+}
+
+int xed_barrier_fault(siginfo_t *info, ucontext_t *uc)
+{
+	greg_t *g = uc->uc_mcontext.gregs;
+	uintptr_t addr = (uintptr_t)info->si_addr, page = addr & ~(PAGE - 1);
+	uint64_t mask = STEP_MASK;
+	struct map *m = NULL;
+	int again = 0;
+
+	if (step.mode != NONE) { /* the stepped instruction faulted */
+		again = step.mode == REDIRECT && step.page == page;
+		finish(uc);
+		if (!again)
+			return 0; /* on its other operand: the program's fault */
+	} else if (info->si_code != SEGV_ACCERR || (g[REG_ERR] & (PF_WRITE | PF_FETCH)) != PF_WRITE) {
+		return 0;
+	}
+	for (int i = 0; i < MAX_MAPS && !m; i++)
+		if (atomic_load(&maps[i].page) == page)
+			m = &maps[i];
+	if (!m || !m->writable)
+		return 0;
+	atomic_fetch_add(&m->busy, 1);
+	if (atomic_load(&m->page) != page) { /* unmapped meanwhile: as if stored after munmap */
+		atomic_fetch_sub(&m->busy, 1);
+		return 0;
+	}
+	step.map = m;
+	step.page = page;
+	step.moved = 0;
+	step.saved_tf = g[REG_EFL] & TRAP_FLAG;
+	if (!again) {
+		step.slot = claim_slot();
+		step.delta = (intptr_t)(slots + 2 * PAGE * step.slot) - (intptr_t)page;
+		for (int r = 0; r < REG_RSP; r++) { /* gregs 0..14: every register but rsp, rip */
+			if ((uintptr_t)g[r] - (page - PAGE) < 3 * PAGE) {
+				g[r] += step.delta;
+				step.moved |= 1u << r;
+			}
+		}
+	}
+	if (step.moved) {
+		step.mode = REDIRECT;
+	} else {
+		if (!again)
+			atomic_store(&slot_busy[step.slot], 0);
+		spin(&fallback_lock);
+		mprotect((void *)page, PAGE, PROT_READ | PROT_WRITE);
+		step.mode = FALLBACK;
+	}
+	g[REG_EFL] |= TRAP_FLAG;
+	memcpy(&step.mask, &uc->uc_sigmask, sizeof(step.mask));
+	memcpy(&uc->uc_sigmask, &mask, sizeof(mask));
+	return 1;
+}
+
+int xed_barrier_trap(siginfo_t *info, ucontext_t *uc)
+{
+	struct file *f = &files[step.map->file]; /* alive while map->busy */
+	int tf = step.saved_tf;
+
+	if (step.mode == NONE || info->si_code <= 0)
+		return 0;
+	publish(f, atomic_fetch_add(&f->sh->seq, 1) + 1);
+	finish(uc);
+	return tf ? 2 : 1;
+}
+
+static void child_after_fork(void)
+{
+	atomic_flag_clear(&table_lock);
+	atomic_flag_clear(&fallback_lock);
+	for (int i = 0; i < SLOTS; i++)
+		atomic_store(&slot_busy[i], 0);
+	for (int i = 0; i < MAX_MAPS; i++)
+		atomic_store(&maps[i].busy, 0);
+}
+
+static void drop_map(struct map *m) /* table_lock held */
+{
+	struct file *f = &files[m->file];
+	struct timespec ms = {0, 1000000};
+
+	atomic_store(&m->page, 0);
+	for (int i = 0; i < 1000 && atomic_load(&m->busy); i++)
+		nanosleep(&ms, NULL); /* a store mid-step: one instruction, unless lost */
+	flush(f);
+	f->maps--; /* the file's count stays: mapping the page again goes on from it */
+}
+
+static void release_file(struct file *f)
+{
+	munmap((void *)f->word, PAGE);
+	munmap(f->sh, PAGE);
+	f->word = NULL;
+}
+
+static int file_busy(int file)
+{
+	for (int i = 0; i < MAX_MAPS; i++)
+		if (maps[i].file == file && atomic_load(&maps[i].busy))
+			return 1;
+	return 0;
+}
+
+/* The file behind memfd (its daemon page's inode): one count per drm file, kept after
+ * its last page is unmapped, since the daemon counts on from the last number it saw. */
+static struct file *get_file(int memfd)
+{
+	struct stat st;
+	struct file *f = NULL;
+
+	if (fstat(memfd, &st) < 0)
+		return NULL;
+	for (int i = 0; i < MAX_FILES; i++) {
+		if (files[i].word && files[i].dev == st.st_dev && files[i].ino == st.st_ino)
+			return &files[i];
+		if (!files[i].word && !f)
+			f = &files[i];
+	}
+	for (int i = 0; i < MAX_FILES && !f; i++) /* full: forget a file no page maps now */
+		if (!files[i].maps && !file_busy(i))
+			release_file(f = &files[i]);
+	if (!f) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	f->sh = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (f->sh == MAP_FAILED)
+		return NULL;
+	f->word = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+	if (f->word == MAP_FAILED) {
+		munmap(f->sh, PAGE);
+		f->word = NULL;
+		return NULL;
+	}
+	f->dev = st.st_dev;
+	f->ino = st.st_ino;
+	f->maps = 0;
+	return f;
+}
+
+static void *map_locked(void *addr, int prot, int flags, int memfd)
+{
+	static int at_fork;
+	struct map *m = NULL;
+	struct file *f;
+	void *p;
+
+	if (!slots) {
+		p = mmap(NULL, SLOTS * 2 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+			 -1, 0);
+		if (p == MAP_FAILED)
+			return MAP_FAILED;
+		fill(p, SLOTS * 2 * PAGE);
+		slots = p;
+	}
+	if (!at_fork && pthread_atfork(NULL, NULL, child_after_fork) == 0)
+		at_fork = 1;
+	for (int i = 0; i < MAX_MAPS && !m; i++)
+		if (!atomic_load(&maps[i].page) && !atomic_load(&maps[i].busy))
+			m = &maps[i];
+	if (!m) {
+		errno = ENOMEM;
+		return MAP_FAILED;
+	}
+	f = get_file(memfd);
+	if (!f)
+		return MAP_FAILED;
+	p = mmap(addr, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | (flags & PASS_FLAGS),
+		 -1, 0);
+	if (p != MAP_FAILED) {
+		fill(p, PAGE); /* then read-only: x86 has no write-only pages, and stores must fault */
+		if (mprotect(p, PAGE, prot & PROT_WRITE ? PROT_READ : PROT_NONE) < 0) {
+			munmap(p, PAGE);
+			p = MAP_FAILED;
+		}
+	}
+	if (p == MAP_FAILED) {
+		int err = errno;
+
+		errno = err;
+		return MAP_FAILED;
+	}
+	f->maps++;
+	m->file = (int)(f - files);
+	m->writable = !!(prot & PROT_WRITE);
+	atomic_store(&m->page, (uintptr_t)p);
+	return p;
+}
+
+void *xed_barrier_map(void *addr, size_t len, int prot, int flags, int memfd)
+{
+	uint64_t old;
+	void *p;
+
+	if (len == 0 || len > PAGE) {
+		errno = EINVAL;
+		return MAP_FAILED;
+	}
+	if (xed_signals_install() < 0)
+		return MAP_FAILED;
+	if (flags & MAP_FIXED) /* what was there goes, as with mmap */
+		xed_barrier_unmap(addr, PAGE);
+	old = xed_signals_block();
+	spin(&table_lock);
+	p = map_locked(addr, prot, flags, memfd);
+	atomic_flag_clear_explicit(&table_lock, memory_order_release);
+	xed_signals_restore(old);
+	return p;
+}
+
+void xed_barrier_unmap(void *addr, size_t len)
+{
+	uintptr_t start = (uintptr_t)addr, end = start + len;
+	uint64_t old;
+
+	if (start & (PAGE - 1) || len == 0 || end < start)
+		return; /* munmap refuses it */
+	old = xed_signals_block();
+	spin(&table_lock);
+	for (int i = 0; i < MAX_MAPS; i++) {
+		uintptr_t page = atomic_load(&maps[i].page);
+
+		if (page && page >= (start & ~(PAGE - 1)) && page < end)
+			drop_map(&maps[i]);
+	}
+	atomic_flag_clear_explicit(&table_lock, memory_order_release);
+	xed_signals_restore(old);
+}
+
+__attribute__((destructor)) static void flush_at_exit(void)
+{
+	for (int i = 0; i < MAX_FILES; i++)
+		if (files[i].word)
+			flush(&files[i]);
+}
