@@ -315,3 +315,21 @@ def test_program_signal_handlers_still_fire(daemon: DaemonProcess, program: Prog
     """The program's SIGSEGV (siglongjmp out) and SIGBUS (small BAR) handlers run; barrier
     stores in between never reach them."""
     passes(daemon.socket_path, program("own_handlers"))
+
+
+# --- debugfs, mmap, and the IGT tests' own calls -----------------------------------------
+def test_debugfs_stand_in(daemon: DaemonProcess, program: Programs) -> None:
+    """/sys/kernel/debug looks mounted; dri/<minor>/name and forcewake_all open."""
+    passes(daemon.socket_path, program("debugfs"))
+
+
+def test_mmap_rules(daemon: DaemonProcess, program: Programs) -> None:
+    """mmap of a fake offset: the kernel's errnos, the program's address/length/prot."""
+    passes(daemon.socket_path, program("mmap_rules"))
+
+
+def test_prime_self_import_races(fresh_daemon: DaemonProcess, program: Programs) -> None:
+    """xe_prime_self_import's calls, threaded races included; nothing leaks after."""
+    before = baseline(fresh_daemon)
+    passes(fresh_daemon.socket_path, program("prime_races"), "1")
+    assert wait_for_baseline(fresh_daemon, before) == before

@@ -139,12 +139,16 @@ static void *do_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t 
 		}
 	}
 	void *p = sys_mmap(addr, len, prot, flags, fd, off);
-	if (p == MAP_FAILED && errno == ENODEV && fd >= 0 && dmabuf_is(fd)) {
-		int err = dmabuf_mmap(fd, addr, len, prot, flags, off, &p);
-		if (err) {
-			errno = err;
-			return MAP_FAILED;
-		}
+	if (p != MAP_FAILED || errno != ENODEV || fd < 0)
+		return p;
+	if (!dmabuf_is(fd)) {
+		errno = ENODEV; /* the kernel's answer, whatever asking left in errno */
+		return MAP_FAILED;
+	}
+	int err = dmabuf_mmap(fd, addr, len, prot, flags, off, &p);
+	if (err) {
+		errno = err;
+		return MAP_FAILED;
 	}
 	return p;
 }
