@@ -64,7 +64,11 @@ def program(tmp_path: Path, library: Path) -> Programs:
 
 
 def xec_run(
-    socket_path: Path, argv: list[str], *, node: str | None = None, timeout: float = TIMEOUT,
+    socket_path: Path,
+    argv: list[str],
+    *,
+    node: str | None = None,
+    timeout: float = TIMEOUT,
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """`xec run` as a user types it; stdout and stderr captured."""
@@ -212,7 +216,6 @@ def test_c_constants_match_protocols(program: Programs) -> None:
     printed = set(c)
     defined = set(re.findall(r"#define (XED_\w+) ", (preload.SOURCE_DIR / "proto.h").read_text()))
     assert defined == printed, f"constants.c misses {sorted(defined - printed)}"
-
 
 
 # --- ioctls -------------------------------------------------------------------------------

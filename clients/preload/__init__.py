@@ -99,6 +99,31 @@ def build() -> Path:
     return target
 
 
+def build_program(name: str) -> Path:
+    """A C program of bench/ (NAME.c), built beside the library it is run under."""
+    cc = compiler()
+    source = SOURCE_DIR / "bench" / f"{name}.c"
+    target = library_path().parent / name
+    if target.exists() and target.stat().st_mtime >= source.stat().st_mtime:
+        return target
+    if shutil.which(cc) is None:
+        raise BuildError(f"cannot build {name}: no C compiler {cc!r} on PATH", EX_UNAVAILABLE)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{name}-")
+    os.close(fd)
+    command = [cc, "-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror", f"-I{SOURCE_DIR}",
+               "-o", partial, str(source)]  # fmt: skip
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            raise BuildError(f"cannot build {name}:\n{done.stderr}", EX_SOFTWARE)
+        os.replace(partial, target)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+    return target
+
+
 def main() -> int:
     """Build (if needed) and print the library's path; a BuildError's status if not."""
     try:
@@ -107,4 +132,3 @@ def main() -> int:
         print(f"xed preload: {exc}", file=sys.stderr)
         return exc.status
     return 0
-
