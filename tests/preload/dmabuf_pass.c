@@ -1,8 +1,9 @@
 /*
  * dmabuf_pass.c - a dma-buf sent from one program to another (both under `xec run`)
  * over a Unix socket. `dmabuf_pass send PATH` exports a BO holding a message and
- * sends the descriptor; `dmabuf_pass receive PATH` imports it (and maps the dma-buf
- * itself, a descriptor the library never handed out) and checks the message.
+ * sends the descriptor; `dmabuf_pass receive PATH` first uses the dma-buf alone (lseek
+ * and mmap of a descriptor the library never handed out, before this program opened
+ * any device), then opens the device, imports it and checks the message.
  */
 #include "check.h"
 
@@ -35,7 +36,7 @@ static int unix_socket(const char *path, int listen_too)
 int main(int argc, char **argv)
 {
 	CHECK(argc == 3);
-	int fd = open_card();
+	int fd = -1;
 	union {
 		char buf[CMSG_SPACE(sizeof(int))];
 		struct cmsghdr align;
@@ -45,6 +46,7 @@ int main(int argc, char **argv)
 	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
 			     .msg_controllen = sizeof u.buf};
 	if (!strcmp(argv[1], "send")) {
+		fd = open_card();
 		uint32_t bo = bo_create(fd, 4096);
 		char *cpu = bo_map(fd, bo, 4096);
 		strcpy(cpu, message);
@@ -66,6 +68,7 @@ int main(int argc, char **argv)
 	CHECK(lseek(buf, 0, SEEK_END) == 4096);
 	char *view = mmap(NULL, 4096, PROT_READ, MAP_SHARED, buf, 0);
 	CHECK(view != MAP_FAILED && !strcmp(view, message));
+	fd = open_card();
 	struct drm_prime_handle imp = {.fd = buf};
 	CHECK_OK(ioctl(fd, DRM_IOCTL_PRIME_FD_TO_HANDLE, &imp));
 	char *cpu = bo_map(fd, imp.handle, 4096);
