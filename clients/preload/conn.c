@@ -15,7 +15,6 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <poll.h>
 #include <sched.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -27,7 +26,6 @@
 #include "sys.h"
 
 enum { CHAN_EMPTY = 0, CHAN_IDLE = 1, CHAN_BUSY = 2 };
-#define SEND_CAP 65536
 
 static atomic_uint next_id;
 
@@ -62,99 +60,9 @@ static void drop_chan(struct xed_chan *ch)
 	ch->buf = NULL;
 }
 
-static int wait_for(int fd, short events)
-{
-	struct pollfd p = {.fd = fd, .events = events};
-	while (syscall(SYS_poll, &p, 1ul, -1L) < 0)
-		if (errno != EINTR)
-			return ENODEV;
-	return 0;
-}
-
-/* the daemon is gone, or our connection was closed under us: as an unplugged device */
-static int lost(const char *what, int err)
-{
-	xed_log("%s: %s: the daemon connection is lost", what, strerror(err));
-	return ENODEV;
-}
-
-static int send_frame(int fd, const void *data, size_t len, int fd_in)
-{
-	union {
-		char buf[CMSG_SPACE(sizeof(int))];
-		struct cmsghdr align;
-	} u;
-	struct iovec iov = {(void *)data, len};
-	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
-	if (fd_in >= 0) {
-		msg.msg_control = u.buf;
-		msg.msg_controllen = sizeof u.buf;
-		struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
-		cm->cmsg_level = SOL_SOCKET;
-		cm->cmsg_type = SCM_RIGHTS;
-		cm->cmsg_len = CMSG_LEN(sizeof(int));
-		memcpy(CMSG_DATA(cm), &fd_in, sizeof(int));
-	}
-	for (;;) {
-		if (syscall(SYS_sendmsg, (long)fd, &msg, (long)MSG_NOSIGNAL) >= 0)
-			return 0;
-		if (errno == EINTR)
-			continue;
-		if (errno == EAGAIN) { /* the program made its descriptor non-blocking */
-			if (wait_for(fd, POLLOUT))
-				return ENODEV;
-			continue;
-		}
-		if (errno == EBADF && fd_in >= 0 && sys_fcntl(fd_in, F_GETFD, 0L) < 0)
-			return EBADF; /* the descriptor passed in the argument is not open */
-		return lost("sendmsg", errno);
-	}
-}
-
-/* one datagram: its length, with its descriptors in fds[] (*nfds of them) */
-static long recv_frame(int fd, void *buf, size_t cap, int *fds, int *nfds)
-{
-	union {
-		char buf[CMSG_SPACE(sizeof(int) * XED_MAX_FDS)];
-		struct cmsghdr align;
-	} u;
-	struct iovec iov = {buf, cap};
-	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
-			     .msg_controllen = sizeof u.buf};
-	long n;
-	*nfds = 0;
-	for (;;) {
-		n = syscall(SYS_recvmsg, (long)fd, &msg, (long)MSG_CMSG_CLOEXEC);
-		if (n >= 0)
-			break;
-		if (errno == EINTR)
-			continue;
-		if (errno == EAGAIN) {
-			if (wait_for(fd, POLLIN))
-				return -ENODEV;
-			continue;
-		}
-		return -lost("recvmsg", errno);
-	}
-	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
-		if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
-			continue;
-		int k = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-		for (int i = 0; i < k; i++) {
-			int got;
-			memcpy(&got, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
-			if (*nfds < XED_MAX_FDS)
-				fds[(*nfds)++] = got;
-			else
-				sys_close(got);
-		}
-	}
-	return n ? n : -lost("recvmsg", EPIPE); /* EOF: the daemon hung up */
-}
-
 static void start_frame(struct xcall *c, uint32_t op)
 {
-	w_init(&c->w, c->chan->buf, SEND_CAP);
+	w_init(&c->w, c->chan->buf, XED_SEND_CAP);
 	w_array(&c->w, 3);
 	w_uint(&c->w, new_id());
 	w_uint(&c->w, op);
@@ -314,99 +222,6 @@ int xc_begin(struct xcall *c, struct xed_file *f, int op)
 	c->temporary = 1;
 	start_frame(c, (uint32_t)op);
 	return 0;
-}
-
-void xc_key(struct xcall *c, const char *key)
-{
-	w_str(&c->w, key);
-	c->keys++;
-}
-
-void xc_u(struct xcall *c, const char *key, uint64_t v)
-{
-	xc_key(c, key);
-	w_uint(&c->w, v);
-}
-
-void xc_i(struct xcall *c, const char *key, int64_t v)
-{
-	xc_key(c, key);
-	w_int(&c->w, v);
-}
-
-void xc_u64s(struct xcall *c, const char *key, const uint64_t *v, uint32_t n)
-{
-	w_kuints(&c->w, key, v, n);
-	c->keys++;
-}
-
-void xc_u16s(struct xcall *c, const char *key, const uint16_t *v, uint32_t n)
-{
-	w_kuints16(&c->w, key, v, n);
-	c->keys++;
-}
-
-int xc_run(struct xcall *c, int fd_in)
-{
-	if (c->w.overflow)
-		return EINVAL; /* more than a datagram holds: the daemon would refuse it */
-	uint8_t *m = c->w.p + c->map_at + 1;
-	m[0] = (uint8_t)(c->keys >> 24);
-	m[1] = (uint8_t)(c->keys >> 16);
-	m[2] = (uint8_t)(c->keys >> 8);
-	m[3] = (uint8_t)c->keys;
-	struct rbuf head;
-	r_init(&head, c->w.p, c->w.len);
-	r_array(&head);
-	uint64_t id = r_uint(&head);
-	int fd = c->chan->fd;
-	int err = send_frame(fd, c->w.p, c->w.len, fd_in);
-	if (err)
-		return err;
-	uint8_t *in = c->chan->buf + SEND_CAP;
-	for (;;) {
-		long n = recv_frame(fd, in, XED_CHAN_BUF - SEND_CAP, c->fds, &c->nfds);
-		if (n < 0)
-			return (int)-n;
-		struct rbuf r;
-		r_init(&r, in, (size_t)n);
-		int64_t items = r_array(&r);
-		uint64_t got = r_uint(&r);
-		int64_t code = r_int(&r);
-		if (items == 3 && !r.bad && got == id) {
-			c->body = r;
-			if (code == 0)
-				return 0;
-			struct rbuf msg;
-			size_t len = 0;
-			const char *text = r_find(&r, "message", &msg) ? r_str(&msg, &len) : NULL;
-			xed_log("op %#x refused: %s: %.*s", (unsigned)c->op,
-				strerror((int)code), (int)len, text ? text : "");
-			xc_end_fds(c);
-			return code > 0 && code < 4096 ? (int)code : EIO;
-		}
-		/* an event (id 0), or the reply to a call a signal interrupted for good */
-		xc_end_fds(c);
-	}
-}
-
-void xc_end_fds(struct xcall *c)
-{
-	for (int i = 0; i < c->nfds; i++)
-		if (c->fds[i] >= 0)
-			sys_close(c->fds[i]);
-	c->nfds = 0;
-}
-
-int xc_take_fd(struct xcall *c)
-{
-	for (int i = 0; i < c->nfds; i++)
-		if (c->fds[i] >= 0) {
-			int fd = c->fds[i];
-			c->fds[i] = -1;
-			return fd;
-		}
-	return -1;
 }
 
 void xc_end(struct xcall *c)

@@ -7,7 +7,8 @@
  * connection (a channel) act on the same file, and the connections this process talks
  * on. Modules: sys (libc without recursion), usermem (the program's memory, never
  * faulting), wire (msgpack), conn (talking to the daemon), files (the fd table), node
- * (paths), stat, debugfs, ioctl/xe_ioctl/query (translation), mmap, dmabuf; and the
+ * (paths), stat, debugfs, ioctl/xe_ioctl/xe_exec/query (translation), mmap, dmabuf,
+ * config, sock and xcall (one request on one connection); and the
  * barrier page (barrier.c, signals.c: see barrier.h).
  */
 #ifndef XED_PRELOAD_H
@@ -76,9 +77,16 @@ void fd_forget(int fd); /* the descriptor was closed */
 /* a drm file of this process to carry requests that need one (dma-buf ops) */
 struct xed_file *xf_any(void);
 int xed_private_fd(int fd); /* move a descriptor of ours out of the program's way */
+void files_after_fork(void);
+
+/* --- sock.c: datagrams ------------------------------------------------------------ */
+int send_frame(int fd, const void *data, size_t len, int fd_in); /* 0 or errno */
+/* one datagram: its length (its descriptors in fds[], *nfds of them), or -errno */
+long recv_frame(int fd, void *buf, size_t cap, int *fds, int *nfds);
 
 /* --- conn.c: requests and replies ---------------------------------------------------- */
 #define XED_CHAN_BUF (2 * 65536)
+#define XED_SEND_CAP (XED_CHAN_BUF / 2) /* the request half; the reply comes in the other */
 struct xcall {
 	struct xed_file *file;
 	struct xed_chan *chan;
@@ -132,6 +140,13 @@ int drm_ioctl(struct xed_file *f, int fd, unsigned long cmd, uint64_t arg); /* 0
 int xe_ioctl(struct xed_file *f, unsigned nr, void *kdata);		  /* 0 or errno */
 int xe_query(struct xed_file *f, struct drm_xe_device_query *q);
 int drm_version_ioctl(struct xed_file *f, void *kdata);
+void xe_reserved(struct xcall *c, const uint64_t *r, uint32_t n);
+/* xe_exec.c: each fills the begun call `c` with its argument, runs it, writes back */
+int xe_vm_bind(struct xcall *c, struct drm_xe_vm_bind *a);
+int xe_exec_queue_create(struct xcall *c, struct drm_xe_exec_queue_create *a);
+int xe_exec_queue_destroy(struct xcall *c, struct drm_xe_exec_queue_destroy *a);
+int xe_exec(struct xcall *c, struct drm_xe_exec *a);
+int xe_wait_user_fence(struct xcall *c, struct drm_xe_wait_user_fence *a);
 
 /* --- mmap.c: mappings of device files ------------------------------------------------ */
 /* a CPU address inside a mapping of `f`, as the daemon names user memory; 0 if none */

@@ -242,7 +242,11 @@ static void vm_exec_fence(int fd)
 	struct drm_xe_vm_destroy vd = {.vm_id = vc.vm_id};
 	CHECK_ERR(ioctl(fd, DRM_IOCTL_XE_VM_DESTROY, &vd), EBUSY);
 	CHECK_OK(close(exp.fd));
-	CHECK_OK(ioctl(fd, DRM_IOCTL_XE_VM_DESTROY, &vd));
+	/* the daemon sees the export's last close when it reads its end's EOF: soon after */
+	int tries = 0;
+	while (ioctl(fd, DRM_IOCTL_XE_VM_DESTROY, &vd) && errno == EBUSY && tries++ < 5000)
+		usleep(1000);
+	CHECK(tries < 5000);
 	CHECK_ERR(ioctl(fd, DRM_IOCTL_XE_VM_DESTROY, &vd), ENOENT);
 	CHECK_OK(munmap(cpu, 0x10000));
 	CHECK_OK(gem_close(fd, bo));
