@@ -41,8 +41,8 @@ def poll_until(check: Callable[[], bool]) -> None:
 
 
 def file_info(daemon: DaemonProcess, client_id: int) -> m.XedClientInfo | None:
-    with Device.open(daemon.socket_path, role="admin") as adm:
-        return next((c for c in adm.admin_clients() if c.client_id == client_id), None)
+    """The drm file with that id (ids are reused: the admin visit may take a freed one)."""
+    return next((c for c in drm_clients(daemon) if c.client_id == client_id), None)
 
 
 def drm_clients(daemon: DaemonProcess) -> list[m.XedClientInfo]:
@@ -371,11 +371,14 @@ def test_channel_close_cancels_its_blocking_ops(make_daemon: Any) -> None:
                 addr=dev.user_address(fence), op=UfenceOp.EQ, value=1, timeout=-1
             )
             channel.transport.send(encode_request(5, Op.XE_WAIT_USER_FENCE, wait))
+            # answered after the wait's task ran up to its sleep (a request taken from the
+            # socket lets every task started before it run first): the wait is parked
+            channel.version()
 
             def file_wait_errno() -> int:
                 return errno_of(dev.wait_user_fence, fence, 1, timeout=1_000_000)
 
-            poll_until(lambda: file_wait_errno() == errno.ENOMEM)  # the channel's is parked
+            assert file_wait_errno() == errno.ENOMEM  # the file's one wait is the channel's
         finally:
             channel.close()
         poll_until(lambda: (file_info(daemon, dev.client_id) or m.XedClientInfo()).channels == 0)

@@ -134,6 +134,7 @@ def test_query_mem_regions_default(dev: Device) -> None:
     assert vram.mem_class == DRM_XE_MEM_REGION_CLASS_VRAM
     assert vram.total_size == DEFAULT.vram_size == 4 * GiB
     assert vram.cpu_visible_size == DEFAULT.visible_vram_size == 256 * MiB
+    assert (sysmem.cpu_visible_size, sysmem.cpu_visible_used) == (0, 0)  # as xe: VRAM's only
     for r in reply.mem_regions:
         assert r.min_page_size == PAGE_SIZE
         assert not any(r.reserved)

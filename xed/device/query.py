@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from protocols import messages as m
 from protocols.constants import (
+    DRM_XE_MEM_REGION_CLASS_VRAM,
     DRM_XE_QUERY_CONFIG_FLAG_HAS_VRAM,
     DRM_XE_QUERY_GT_TYPE_MAIN,
     PAGE_SIZE,
@@ -37,7 +38,8 @@ def _engines(xe: XeDevice) -> m.DrmXeDeviceQueryReply:
 
 
 def _mem_regions(xe: XeDevice) -> m.DrmXeDeviceQueryReply:
-    """Indexed by instance, which is the region's bit in GEM_CREATE.placement."""
+    """Indexed by instance, which is the region's bit in GEM_CREATE.placement. The
+    CPU-visible fields are VRAM's only: xe leaves them zero for system memory."""
     regions = tuple(
         m.DrmXeMemRegion(
             mem_class=r.mem_class,
@@ -45,8 +47,10 @@ def _mem_regions(xe: XeDevice) -> m.DrmXeDeviceQueryReply:
             min_page_size=PAGE_SIZE,
             total_size=r.total,
             used=r.used,
-            cpu_visible_size=r.cpu_visible,
-            cpu_visible_used=r.cpu_visible_used,
+            cpu_visible_size=r.cpu_visible if r.mem_class == DRM_XE_MEM_REGION_CLASS_VRAM else 0,
+            cpu_visible_used=(
+                r.cpu_visible_used if r.mem_class == DRM_XE_MEM_REGION_CLASS_VRAM else 0
+            ),
         )
         for r in xe.regions.values()
     )
