@@ -1,0 +1,141 @@
+"""The PCI barrier page and signal interposition of the preload library (barrier.c,
+signals.c), without a daemon: C programs under tests/preload/barrier_*.c link the two files
+directly and map a memfd page as the daemon would hand it over, then store, fault and trap.
+Each program checks itself and exits 0; the exit statuses and output are checked here.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from protocols import constants
+
+ROOT = Path(__file__).resolve().parent.parent
+LIB = ROOT / "clients" / "preload"
+TESTS = ROOT / "tests" / "preload"
+CFLAGS = ("-Wall", "-Wextra", "-Werror", "-O2", "-pthread")
+TIMEOUT = 60
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every barrier_*.c program, compiled with the two library files."""
+    cc = shutil.which("cc")
+    assert cc, "the preload library needs a C compiler (cc)"
+    out = tmp_path_factory.mktemp("barrier")
+    for source in sorted(TESTS.glob("barrier_*.c")):
+        sources = [str(source), str(LIB / "barrier.c"), str(LIB / "signals.c")]
+        command = [cc, *CFLAGS, f"-I{LIB}", *sources, "-o", str(out / source.stem)]
+        subprocess.run(command, check=True, timeout=TIMEOUT)
+    return out
+
+
+def run(built: Path, name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(built / name), *args], capture_output=True, text=True, timeout=TIMEOUT
+    )
+
+
+def passes(built: Path, name: str, *args: str) -> str:
+    proc = run(built, name, *args)
+    assert proc.returncode == 0, f"{name} {args}: status {proc.returncode}\n{proc.stderr}"
+    return proc.stdout
+
+
+def test_library_files_build_as_shared_objects(tmp_path: Path) -> None:
+    """barrier.c and signals.c compile cleanly (-Wall -Wextra -Werror) into a shared object."""
+    sources = [str(LIB / "barrier.c"), str(LIB / "signals.c")]
+    command = ["cc", *CFLAGS, "-fPIC", "-shared", *sources, "-o", str(tmp_path / "lib.so")]
+    subprocess.run(command, check=True, timeout=TIMEOUT)
+
+
+def test_c_constants_match_protocols() -> None:
+    """barrier.h's PCI barrier constants are protocols.constants' (the two cannot drift)."""
+    text = (LIB / "barrier.h").read_text()
+    found = {
+        name: int(value, 16)
+        for name, value in re.findall(r"#define XED_(PCI_BARRIER_\w+) (0x[0-9a-f]+)u", text)
+    }
+    assert found == {
+        "PCI_BARRIER_IDLE": constants.PCI_BARRIER_IDLE,
+        "PCI_BARRIER_SEQ_TAG": constants.PCI_BARRIER_SEQ_TAG,
+        "PCI_BARRIER_SEQ_MASK": constants.PCI_BARRIER_SEQ_MASK,
+    }
+
+
+def test_every_store_width_reads_deadbeef_and_counts_once(built: Path) -> None:
+    """1, 2, 4, 8, 16-byte stores, RMWs, string and far-addressed stores: 0xdeadbeef, one each."""
+    assert passes(built, "barrier_rw").strip() == "ok 31 barriers"
+
+
+def test_four_threads_count_exactly_and_no_reader_sees_a_value(built: Path) -> None:
+    """4 threads x 20000 stores (one with every signal blocked): 80000, and nothing visible."""
+    assert passes(built, "barrier_threads").strip() == "count 80000 seen 0"
+
+
+def test_forked_child_shares_the_count(built: Path) -> None:
+    """Parent and forked child storing at once (the child through two mappings): exact sum."""
+    assert passes(built, "barrier_fork").strip() == "count 60001"
+
+
+def test_program_segv_and_trap_handlers_are_called_as_the_kernel_would(built: Path) -> None:
+    """NULL store: SA_SIGINFO handler, si_addr, mask, NODEFER, ONSTACK, RESETHAND, longjmp."""
+    out = passes(built, "barrier_segv")
+    assert "NULL store: program's handler, si_addr 16, siglongjmp out" in out
+    assert "the program's own trap flag: its trap after the barrier store" in out
+    assert len(out.splitlines()) == 11
+
+
+def test_igt_small_bar_sigbus_pattern(built: Path) -> None:
+    """signal(SIGBUS)/signal(SIGSEGV) with sigsetjmp and siglongjmp out, three times over."""
+    assert passes(built, "barrier_sigbus").strip() == "ok"
+
+
+@pytest.mark.parametrize(
+    ("case", "status"),
+    [
+        ("segv-dfl", -signal.SIGSEGV),
+        ("segv-ign", -signal.SIGSEGV),
+        ("segv-dfl-kill", -signal.SIGSEGV),
+        ("trap-dfl", -signal.SIGTRAP),
+        ("trap-ign", -signal.SIGTRAP),
+        ("resethand", -signal.SIGSEGV),
+        ("segv-ign-kill", 0),
+    ],
+)
+def test_no_handler_ends_the_program_as_the_kernel_would(
+    built: Path, case: str, status: int
+) -> None:
+    """SIG_DFL/SIG_IGN faults kill with the signal; kill() under SIG_IGN is discarded."""
+    proc = run(built, "barrier_dfl", case)
+    assert proc.returncode == status, proc.stderr
+    assert "still alive" not in proc.stdout
+    if case == "resethand":
+        assert proc.stdout == "first fault handled\n"
+
+
+def test_sigaction_reads_back_the_programs_action(built: Path) -> None:
+    """oldact and signal()'s return are the program's, equal to what SIGBUS reads back."""
+    out = passes(built, "barrier_sigaction")
+    assert out.splitlines() == [
+        "read-back equals the kernel's",
+        "SIGSEGV is never blocked",
+        "a handler's sa_mask reads back SIGSEGV but does not block it",
+    ]
+
+
+def test_disposition_inherited_across_exec_is_the_programs(built: Path) -> None:
+    """SIGSEGV/SIGTRAP ignored before exec read back SIG_IGN after the library installs."""
+    assert passes(built, "barrier_sigaction", "exec").strip() == "inherited SIG_IGN read back"
+
+
+def test_bench_counts_every_store(built: Path) -> None:
+    """The benchmark program's stores all count (its timing is reported, never asserted)."""
+    out = passes(built, "barrier_bench", "1000")
+    assert '"stores": 1000' in out
