@@ -21,6 +21,10 @@ LIB = ROOT / "clients" / "preload"
 TESTS = ROOT / "tests" / "preload"
 CFLAGS = ("-Wall", "-Wextra", "-Werror", "-O2", "-pthread")
 TIMEOUT = 60
+INTERPOSED = (
+    "sigaction", "__sigaction", "signal", "bsd_signal", "ssignal", "sysv_signal",
+    "__sysv_signal", "sigset", "sigignore", "sighold", "sigprocmask", "pthread_sigmask",
+)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +53,16 @@ def passes(built: Path, name: str, *args: str) -> str:
 
 
 def test_library_files_build_as_shared_objects(tmp_path: Path) -> None:
-    """barrier.c and signals.c compile cleanly (-Wall -Wextra -Werror) into a shared object."""
+    """barrier.c and signals.c build as the library is built (-fvisibility=hidden, -Werror)
+    and still export every interposer."""
     sources = [str(LIB / "barrier.c"), str(LIB / "signals.c")]
-    command = ["cc", *CFLAGS, "-fPIC", "-shared", *sources, "-o", str(tmp_path / "lib.so")]
+    lib = tmp_path / "lib.so"
+    command = ["cc", *CFLAGS, "-fPIC", "-shared", "-fvisibility=hidden", *sources, "-o", str(lib)]
     subprocess.run(command, check=True, timeout=TIMEOUT)
+    symbols = subprocess.run(
+        ["nm", "-D", "--defined-only", str(lib)], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert set(INTERPOSED) <= set(symbols)
 
 
 def test_c_constants_match_protocols() -> None:

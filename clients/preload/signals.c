@@ -22,6 +22,8 @@
 	(SA_NOCLDSTOP | SA_NOCLDWAIT | SA_SIGINFO | SA_ONSTACK | SA_RESTART | SA_NODEFER |      \
 	 SA_RESETHAND | 0x800 /* SA_EXPOSE_TAGBITS */ | SA_RESTORER_)
 #define BIT(sig) (1ull << ((sig) - 1))
+/* interposers stay visible when the library is built with -fvisibility=hidden */
+#define EXPORT __attribute__((visibility("default")))
 
 typedef int sigaction_fn(int, const struct sigaction *, struct sigaction *);
 typedef sighandler_t handler_fn(int, sighandler_t);
@@ -151,7 +153,7 @@ int xed_signals_install(void)
 	return err ? -1 : 0;
 }
 
-int sigaction(int sig, const struct sigaction *act, struct sigaction *oldact)
+EXPORT int sigaction(int sig, const struct sigaction *act, struct sigaction *oldact)
 {
 	struct sigaction in;
 	struct action prev;
@@ -186,7 +188,7 @@ int sigaction(int sig, const struct sigaction *act, struct sigaction *oldact)
 		segv ? atomic_fetch_or(&had_segv, bit) : atomic_fetch_and(&had_segv, ~bit);
 	return r;
 }
-__typeof__(sigaction) __sigaction __attribute__((alias("sigaction"), copy(sigaction)));
+__typeof__(sigaction) __sigaction __attribute__((alias("sigaction"), copy(sigaction), visibility("default")));
 
 /* signal() and its relatives: the action glibc would build, through our sigaction (for
  * every signal: glibc's own would call its internal sigaction, past ours). */
@@ -207,26 +209,27 @@ static sighandler_t simple(int sig, sighandler_t handler, int flags, int self)
 	return sigaction(sig, &a, &old) < 0 ? SIG_ERR : old.sa_handler;
 }
 
-sighandler_t signal(int sig, sighandler_t handler)
+EXPORT sighandler_t signal(int sig, sighandler_t handler)
 {
 	resolve();
 	return managed(sig) < 0 ? real_signal(sig, handler) : simple(sig, handler, SA_RESTART, 1);
 }
-__typeof__(signal) bsd_signal __attribute__((alias("signal"), copy(signal)));
-__typeof__(signal) ssignal __attribute__((alias("signal"), copy(signal)));
+__typeof__(signal) bsd_signal __attribute__((alias("signal"), copy(signal), visibility("default")));
+__typeof__(signal) ssignal __attribute__((alias("signal"), copy(signal), visibility("default")));
 
-sighandler_t sysv_signal(int sig, sighandler_t handler)
+EXPORT sighandler_t sysv_signal(int sig, sighandler_t handler)
 {
 	return simple(sig, handler, SA_RESETHAND | SA_NODEFER, 0);
 }
-__typeof__(sysv_signal) __sysv_signal __attribute__((alias("sysv_signal"), copy(sysv_signal)));
+__typeof__(sysv_signal) __sysv_signal
+	__attribute__((alias("sysv_signal"), copy(sysv_signal), visibility("default")));
 
-int sigignore(int sig)
+EXPORT int sigignore(int sig)
 {
 	return simple(sig, SIG_IGN, 0, 0) == SIG_ERR ? -1 : 0;
 }
 
-sighandler_t sigset(int sig, sighandler_t disp)
+EXPORT sighandler_t sigset(int sig, sighandler_t disp)
 {
 	sigset_t one, was;
 	struct sigaction old;
@@ -256,7 +259,7 @@ static const sigset_t *without_segv(int how, const sigset_t *set, sigset_t *copy
 	return copy;
 }
 
-int sigprocmask(int how, const sigset_t *set, sigset_t *oldset)
+EXPORT int sigprocmask(int how, const sigset_t *set, sigset_t *oldset)
 {
 	sigset_t copy;
 
@@ -264,7 +267,7 @@ int sigprocmask(int how, const sigset_t *set, sigset_t *oldset)
 	return real_sigprocmask(how, without_segv(how, set, &copy), oldset);
 }
 
-int pthread_sigmask(int how, const sigset_t *set, sigset_t *oldset)
+EXPORT int pthread_sigmask(int how, const sigset_t *set, sigset_t *oldset)
 {
 	sigset_t copy;
 
@@ -272,7 +275,7 @@ int pthread_sigmask(int how, const sigset_t *set, sigset_t *oldset)
 	return real_pthread_sigmask(how, without_segv(how, set, &copy), oldset);
 }
 
-int sighold(int sig)
+EXPORT int sighold(int sig)
 {
 	sigset_t one;
 
