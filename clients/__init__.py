@@ -2,7 +2,7 @@
 
 from .batch import Batch
 from .device import Device, user_fence
-from .errors import DaemonGone, XeError
+from .errors import DaemonGone, NotCpuVisible, XeError
 from .mapping import Mapping
 
-__all__ = ["Batch", "DaemonGone", "Device", "Mapping", "XeError", "user_fence"]
+__all__ = ["Batch", "DaemonGone", "Device", "Mapping", "NotCpuVisible", "XeError", "user_fence"]

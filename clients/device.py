@@ -56,6 +56,7 @@ from protocols.constants import (
     UfenceOp,
 )
 
+from .errors import NotCpuVisible
 from .host_memory import HostMemory
 from .mapping import Mapping
 from .rpc import RpcConnection
@@ -74,10 +75,24 @@ def user_fence(addr: int, value: int) -> m.DrmXeSync:
     )
 
 
+def _check_reachable(fd: int, end: int) -> None:
+    """A mapping the kernel would answer with SIGBUS on every access (VRAM the CPU
+    cannot reach: the daemon hands an empty memfd) would kill the interpreter at the
+    first touch: refuse it here instead."""
+    if os.fstat(fd).st_size < end:
+        raise NotCpuVisible("the memory is not CPU-visible: every access would be SIGBUS")
+
+
 class Device:
     """One connection to the daemon: the equivalent of an open render node."""
 
-    def __init__(self, transport: SeqpacketTransport, role: str = "drm") -> None:
+    def __init__(
+        self,
+        transport: SeqpacketTransport,
+        role: str = "drm",
+        node: str = "primary",
+        join: str = "",
+    ) -> None:
         self.transport = transport
         self.rpc = RpcConnection(transport)
         self.events = self.rpc.events  # EXEC_QUEUE_BANNED and others, as they came
@@ -87,17 +102,33 @@ class Device:
         self._barrier_word: Any = None
         self._barrier_seq = 0
         try:
-            hello: m.HelloReply = self.ioctl(Op.HELLO, m.Hello(version=PROTOCOL_VERSION, role=role))
+            hello: m.HelloReply = self.ioctl(
+                Op.HELLO, m.Hello(version=PROTOCOL_VERSION, role=role, node=node, join=join)
+            )
         except BaseException:
             transport.close()  # a refused open (ENODEV, EACCES...) keeps nothing open
             raise
         self.identity = hello.device
         self.client_id = hello.client_id
+        # the drm file's secret: a process given it may join the file (keep it private)
+        self.token = hello.token
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str] | None = None, role: str = "drm") -> Device:
-        """Connect to the daemon at `path` (default: $XED_SOCKET or the runtime socket)."""
-        return cls(SeqpacketTransport.connect(path or default_socket_path()), role)
+    def open(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        role: str = "drm",
+        node: str = "primary",
+        join: str = "",
+    ) -> Device:
+        """Connect to the daemon at `path` (default: $XED_SOCKET or the runtime socket).
+
+        `node`: "primary" (/dev/dri/card0) or "render" (renderD128, which refuses
+        GEM_FLINK and GEM_OPEN). `join`: another Device's `token`: this connection acts
+        on that drm file (same handles, VMs and offsets) instead of opening a new one;
+        closing it releases nothing, and the file's release closes it."""
+        transport = SeqpacketTransport.connect(path or default_socket_path())
+        return cls(transport, role, node, join)
 
     def close(self) -> None:
         """Close the connection: the daemon releases everything this file held."""
@@ -170,6 +201,17 @@ class Device:
         self.ioctl(Op.GEM_CLOSE, m.DrmGemClose(handle=handle))
         self._bo_sizes.pop(handle, None)
 
+    def gem_flink(self, handle: int) -> int:
+        """GEM_FLINK: the object's global name (primary node only)."""
+        reply: m.DrmGemFlinkReply = self.ioctl(Op.GEM_FLINK, m.DrmGemFlink(handle=handle))
+        return reply.name
+
+    def gem_open(self, name: int) -> tuple[int, int]:
+        """GEM_OPEN: a new handle to the object `name` names, and its size."""
+        reply: m.DrmGemOpenReply = self.ioctl(Op.GEM_OPEN, m.DrmGemOpen(name=name))
+        self._bo_sizes[reply.handle] = reply.size
+        return reply.handle, reply.size
+
     def gem_mmap_offset(self, handle: int, flags: int = 0) -> int:
         reply: m.DrmXeGemMmapOffsetReply = self.ioctl(
             Op.XE_GEM_MMAP_OFFSET, m.DrmXeGemMmapOffset(handle=handle, flags=flags)
@@ -189,6 +231,7 @@ class Device:
         )
         (fd,) = fds
         try:
+            _check_reachable(fd, reply.offset + reply.length)
             mm = mmap.mmap(fd, reply.length, mmap.MAP_SHARED, prot, offset=reply.offset)
         finally:
             os.close(fd)
@@ -316,6 +359,7 @@ class Device:
             fds=[fd],
         )
         try:
+            _check_reachable(memfd, reply.offset + reply.length)
             mm = mmap.mmap(memfd, reply.length, mmap.MAP_SHARED, prot, offset=reply.offset)
         finally:
             os.close(memfd)

@@ -23,3 +23,10 @@ class DaemonGone(ConnectionError):
     request unread (a reset), could not be written to (a broken pipe), or sent something
     that is not the protocol. The one error a caller sees for all of these; the
     connection is useless afterwards. It is a ConnectionError, so an OSError too."""
+
+
+class NotCpuVisible(MemoryError):
+    """A CPU mapping every access of which the kernel answers with SIGBUS: VRAM outside
+    the CPU-visible part (a BO created without NEEDS_VISIBLE_VRAM on a small-BAR
+    device). A C program gets that mapping, and the signal; the Python library refuses
+    to map it, since the first touch would kill the interpreter."""

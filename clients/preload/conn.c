@@ -1,0 +1,443 @@
+/*
+ * conn.c - talking to the daemon: opening drm files, channels, one request at a time.
+ *
+ * The program's descriptor is the drm file's connection, but two readers of one socket
+ * would take each other's replies. So each connection is used by one caller at a time:
+ * in the process that opened the file, the file's own connection (through a private,
+ * close-on-exec copy of the program's descriptor, whose number the program cannot
+ * close or reuse under us); for every other caller at the same moment (another
+ * thread) and in every other process (a forked child), a channel: a connection of its
+ * own that joined the file with the token HELLO gave (same handles, same file). A
+ * connection is taken with compare-and-swap and never waited for: a caller that finds
+ * them all busy opens a one-off channel. Nothing here blocks on a lock, so a signal
+ * handler that longjmps out of a call (IGT does) costs at most one connection, never
+ * a hang.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <poll.h>
+#include <sched.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include "preload.h"
+#include "proto.h"
+#include "sys.h"
+
+enum { CHAN_EMPTY = 0, CHAN_IDLE = 1, CHAN_BUSY = 2 };
+#define SEND_CAP 65536
+
+static atomic_uint next_id;
+
+static uint32_t new_id(void)
+{
+	uint32_t id;
+	do
+		id = atomic_fetch_add(&next_id, 1) + 1;
+	while (!id);
+	return id;
+}
+
+static int buffer(struct xed_chan *ch)
+{
+	if (ch->buf)
+		return 0;
+	void *p = sys_mmap(NULL, XED_CHAN_BUF, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+			   -1, 0);
+	if (p == MAP_FAILED)
+		return ENOMEM;
+	ch->buf = p;
+	return 0;
+}
+
+static void drop_chan(struct xed_chan *ch)
+{
+	if (ch->fd >= 0)
+		sys_close(ch->fd);
+	ch->fd = -1;
+	if (ch->buf)
+		sys_munmap(ch->buf, XED_CHAN_BUF);
+	ch->buf = NULL;
+}
+
+static int wait_for(int fd, short events)
+{
+	struct pollfd p = {.fd = fd, .events = events};
+	while (syscall(SYS_poll, &p, 1ul, -1L) < 0)
+		if (errno != EINTR)
+			return ENODEV;
+	return 0;
+}
+
+/* the daemon is gone, or our connection was closed under us: as an unplugged device */
+static int lost(const char *what, int err)
+{
+	xed_log("%s: %s: the daemon connection is lost", what, strerror(err));
+	return ENODEV;
+}
+
+static int send_frame(int fd, const void *data, size_t len, int fd_in)
+{
+	union {
+		char buf[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} u;
+	struct iovec iov = {(void *)data, len};
+	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+	if (fd_in >= 0) {
+		msg.msg_control = u.buf;
+		msg.msg_controllen = sizeof u.buf;
+		struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_RIGHTS;
+		cm->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(cm), &fd_in, sizeof(int));
+	}
+	for (;;) {
+		if (syscall(SYS_sendmsg, (long)fd, &msg, (long)MSG_NOSIGNAL) >= 0)
+			return 0;
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN) { /* the program made its descriptor non-blocking */
+			if (wait_for(fd, POLLOUT))
+				return ENODEV;
+			continue;
+		}
+		if (errno == EBADF && fd_in >= 0 && sys_fcntl(fd_in, F_GETFD, 0L) < 0)
+			return EBADF; /* the descriptor passed in the argument is not open */
+		return lost("sendmsg", errno);
+	}
+}
+
+/* one datagram: its length, with its descriptors in fds[] (*nfds of them) */
+static long recv_frame(int fd, void *buf, size_t cap, int *fds, int *nfds)
+{
+	union {
+		char buf[CMSG_SPACE(sizeof(int) * XED_MAX_FDS)];
+		struct cmsghdr align;
+	} u;
+	struct iovec iov = {buf, cap};
+	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
+			     .msg_controllen = sizeof u.buf};
+	long n;
+	*nfds = 0;
+	for (;;) {
+		n = syscall(SYS_recvmsg, (long)fd, &msg, (long)MSG_CMSG_CLOEXEC);
+		if (n >= 0)
+			break;
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN) {
+			if (wait_for(fd, POLLIN))
+				return -ENODEV;
+			continue;
+		}
+		return -lost("recvmsg", errno);
+	}
+	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
+		if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+			continue;
+		int k = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+		for (int i = 0; i < k; i++) {
+			int got;
+			memcpy(&got, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
+			if (*nfds < XED_MAX_FDS)
+				fds[(*nfds)++] = got;
+			else
+				sys_close(got);
+		}
+	}
+	return n ? n : -lost("recvmsg", EPIPE); /* EOF: the daemon hung up */
+}
+
+static void start_frame(struct xcall *c, uint32_t op)
+{
+	w_init(&c->w, c->chan->buf, SEND_CAP);
+	w_array(&c->w, 3);
+	w_uint(&c->w, new_id());
+	w_uint(&c->w, op);
+	c->map_at = w_map32(&c->w); /* the count is filled in by xc_run */
+	c->op = (int)op;
+	c->keys = 0;
+	c->nfds = 0;
+}
+
+/* HELLO on a fresh connection; joins the file named by `token` if one is given */
+static int hello(struct xcall *c, int node, const char *join, char *token_out)
+{
+	start_frame(c, XED_OP_HELLO);
+	static const uint64_t version[2] = {XED_PROTOCOL_MAJOR, XED_PROTOCOL_MINOR};
+	xc_u64s(c, "version", version, 2);
+	xc_key(c, "role");
+	w_str(&c->w, "drm");
+	if (node == XED_NODE_RENDER) {
+		xc_key(c, "node");
+		w_str(&c->w, "render");
+	}
+	if (join && *join) {
+		xc_key(c, "join");
+		w_str(&c->w, join);
+	}
+	int err = xc_run(c, -1);
+	if (!err && token_out) {
+		struct rbuf v;
+		size_t n = 0;
+		const char *t = r_find(&c->body, "token", &v) ? r_str(&v, &n) : NULL;
+		if (!t || n >= XED_TOKEN_MAX)
+			n = 0;
+		memcpy(token_out, t ? t : "", n);
+		token_out[n] = 0;
+	}
+	for (int i = 0; i < c->nfds; i++)
+		sys_close(c->fds[i]);
+	c->nfds = 0;
+	return err;
+}
+
+static int connect_daemon(int cloexec)
+{
+	const struct xed_config *cfg = xed_config();
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	memcpy(sa.sun_path, cfg->socket, sizeof sa.sun_path);
+	int fd = (int)syscall(SYS_socket, (long)AF_UNIX,
+			      (long)(SOCK_SEQPACKET | (cloexec ? SOCK_CLOEXEC : 0)), 0L);
+	if (fd < 0)
+		return -errno;
+	while (syscall(SYS_connect, (long)fd, &sa, (long)sizeof sa) < 0) {
+		if (errno == EINTR)
+			continue;
+		xed_log("cannot reach the daemon at %s: %s", cfg->socket, strerror(errno));
+		sys_close(fd);
+		return -ENODEV;
+	}
+	return fd;
+}
+
+/* a channel of f in slot ch (state BUSY, fd -1): connected, joined, ready */
+static int open_channel(struct xed_file *f, struct xed_chan *ch)
+{
+	if (!f->token[0])
+		return ENODEV; /* a daemon without channels: the file cannot be shared */
+	int err = buffer(ch);
+	if (err)
+		return err;
+	int fd = connect_daemon(1);
+	if (fd < 0)
+		return -fd;
+	ch->fd = xed_private_fd(fd);
+	struct xcall c = {.file = f, .chan = ch};
+	err = hello(&c, f->node, f->token, NULL);
+	if (err) {
+		sys_close(ch->fd);
+		ch->fd = -1;
+	}
+	return err;
+}
+
+int xed_open_node(int node, int cloexec, struct xed_file **out)
+{
+	int fd = connect_daemon(cloexec);
+	if (fd < 0)
+		return fd;
+	struct xed_file *f = xf_alloc(node);
+	if (!f) {
+		sys_close(fd);
+		return -ENFILE;
+	}
+	int err = buffer(&f->io);
+	int io = err ? -1 : sys_fcntl(fd, F_DUPFD_CLOEXEC, 0L);
+	if (io < 0) {
+		sys_close(fd);
+		xf_put(f);
+		return err ? -err : -errno;
+	}
+	f->io.fd = xed_private_fd(io);
+	struct xcall c = {.file = f, .chan = &f->io};
+	err = hello(&c, node, NULL, f->token);
+	if (err) {
+		sys_close(fd);
+		xf_put(f);
+		return -err;
+	}
+	atomic_store(&f->io.state, CHAN_IDLE);
+	*out = f;
+	return fd;
+}
+
+int xc_begin(struct xcall *c, struct xed_file *f, int op)
+{
+	c->file = f;
+	c->temporary = 0;
+	int idle = CHAN_IDLE;
+	if (f->owner == xed_pid && atomic_compare_exchange_strong(&f->io.state, &idle, CHAN_BUSY)) {
+		c->chan = &f->io;
+		start_frame(c, (uint32_t)op);
+		return 0;
+	}
+	for (int pass = 0;; pass++) {
+		for (int i = 0; i < XED_CHANNELS; i++) {
+			struct xed_chan *ch = &f->chans[i];
+			int want = pass ? CHAN_EMPTY : CHAN_IDLE;
+			if (!atomic_compare_exchange_strong(&ch->state, &want, CHAN_BUSY))
+				continue;
+			if (pass) {
+				int err = open_channel(f, ch);
+				if (err) {
+					atomic_store(&ch->state, CHAN_EMPTY);
+					if (err != ENODEV || f->owner != xed_pid || f->token[0])
+						return err;
+					/* no channels from this daemon: wait for the file's own */
+					while (idle = CHAN_IDLE, !atomic_compare_exchange_weak(
+									 &f->io.state, &idle, CHAN_BUSY))
+						sched_yield();
+					ch = &f->io;
+				}
+			}
+			c->chan = ch;
+			start_frame(c, (uint32_t)op);
+			return 0;
+		}
+		if (pass)
+			break;
+	}
+	/* every slot busy: a channel for this call only */
+	c->own.fd = -1;
+	c->own.buf = NULL;
+	int err = open_channel(f, &c->own);
+	if (err) {
+		drop_chan(&c->own);
+		return err;
+	}
+	c->chan = &c->own;
+	c->temporary = 1;
+	start_frame(c, (uint32_t)op);
+	return 0;
+}
+
+void xc_key(struct xcall *c, const char *key)
+{
+	w_str(&c->w, key);
+	c->keys++;
+}
+
+void xc_u(struct xcall *c, const char *key, uint64_t v)
+{
+	xc_key(c, key);
+	w_uint(&c->w, v);
+}
+
+void xc_i(struct xcall *c, const char *key, int64_t v)
+{
+	xc_key(c, key);
+	w_int(&c->w, v);
+}
+
+void xc_u64s(struct xcall *c, const char *key, const uint64_t *v, uint32_t n)
+{
+	w_kuints(&c->w, key, v, n);
+	c->keys++;
+}
+
+void xc_u16s(struct xcall *c, const char *key, const uint16_t *v, uint32_t n)
+{
+	w_kuints16(&c->w, key, v, n);
+	c->keys++;
+}
+
+int xc_run(struct xcall *c, int fd_in)
+{
+	if (c->w.overflow)
+		return EINVAL; /* more than a datagram holds: the daemon would refuse it */
+	uint8_t *m = c->w.p + c->map_at + 1;
+	m[0] = (uint8_t)(c->keys >> 24);
+	m[1] = (uint8_t)(c->keys >> 16);
+	m[2] = (uint8_t)(c->keys >> 8);
+	m[3] = (uint8_t)c->keys;
+	struct rbuf head;
+	r_init(&head, c->w.p, c->w.len);
+	r_array(&head);
+	uint64_t id = r_uint(&head);
+	int fd = c->chan->fd;
+	int err = send_frame(fd, c->w.p, c->w.len, fd_in);
+	if (err)
+		return err;
+	uint8_t *in = c->chan->buf + SEND_CAP;
+	for (;;) {
+		long n = recv_frame(fd, in, XED_CHAN_BUF - SEND_CAP, c->fds, &c->nfds);
+		if (n < 0)
+			return (int)-n;
+		struct rbuf r;
+		r_init(&r, in, (size_t)n);
+		int64_t items = r_array(&r);
+		uint64_t got = r_uint(&r);
+		int64_t code = r_int(&r);
+		if (items == 3 && !r.bad && got == id) {
+			c->body = r;
+			if (code == 0)
+				return 0;
+			struct rbuf msg;
+			size_t len = 0;
+			const char *text = r_find(&r, "message", &msg) ? r_str(&msg, &len) : NULL;
+			xed_log("op %#x refused: %s: %.*s", (unsigned)c->op,
+				strerror((int)code), (int)len, text ? text : "");
+			xc_end_fds(c);
+			return code > 0 && code < 4096 ? (int)code : EIO;
+		}
+		/* an event (id 0), or the reply to a call a signal interrupted for good */
+		xc_end_fds(c);
+	}
+}
+
+void xc_end_fds(struct xcall *c)
+{
+	for (int i = 0; i < c->nfds; i++)
+		if (c->fds[i] >= 0)
+			sys_close(c->fds[i]);
+	c->nfds = 0;
+}
+
+int xc_take_fd(struct xcall *c)
+{
+	for (int i = 0; i < c->nfds; i++)
+		if (c->fds[i] >= 0) {
+			int fd = c->fds[i];
+			c->fds[i] = -1;
+			return fd;
+		}
+	return -1;
+}
+
+void xc_end(struct xcall *c)
+{
+	xc_end_fds(c);
+	if (c->temporary)
+		drop_chan(c->chan);
+	else
+		atomic_store(&c->chan->state, CHAN_IDLE);
+	c->chan = NULL;
+}
+
+void conn_after_fork(struct xed_file *f)
+{
+	/* the parent's channels are the parent's: its threads may be reading them now */
+	for (int i = 0; i < XED_CHANNELS; i++) {
+		struct xed_chan *ch = &f->chans[i];
+		if (ch->fd >= 0)
+			sys_close(ch->fd);
+		ch->fd = -1;
+		atomic_store(&ch->state, CHAN_EMPTY);
+	}
+}
+
+void conn_release(struct xed_file *f)
+{
+	/* the daemon sees EOF once every copy of the program's descriptor is closed too */
+	drop_chan(&f->io);
+	for (int i = 0; i < XED_CHANNELS; i++) {
+		drop_chan(&f->chans[i]);
+		atomic_store(&f->chans[i].state, CHAN_EMPTY);
+	}
+	atomic_store(&f->io.state, CHAN_EMPTY);
+}
