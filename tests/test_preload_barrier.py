@@ -1,20 +1,31 @@
 """The PCI barrier page and signal interposition of the preload library (barrier.c,
-signals.c), without a daemon: C programs under tests/preload/barrier_*.c link the two files
-directly and map a memfd page as the daemon would hand it over, then store, fault and trap.
-Each program checks itself and exits 0; the exit statuses and output are checked here.
+signals.c).
+
+Without a daemon: C programs under tests/preload/barrier_*.c link the two files directly
+and map a memfd page as the daemon would hand it over, then store, fault and trap. Each
+checks itself and exits 0; the exit statuses and output are checked here.
+
+With a daemon: tests/preload/barrier_xec.c maps /dev/dri/card0's barrier page under
+`xec run` (the whole library), and the daemon's own count (`xed ctl clients`) is checked
+against the stores the program made.
 """
 
 from __future__ import annotations
 
-import re
+import os
 import shutil
 import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from protocols import constants
+from clients import Device
+from clients.daemon import DaemonProcess
+from tests.conftest import baseline
+from tests.test_lifecycle import wait_for_baseline
 
 ROOT = Path(__file__).resolve().parent.parent
 LIB = ROOT / "clients" / "preload"
@@ -34,6 +45,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert cc, "the preload library needs a C compiler (cc)"
     out = tmp_path_factory.mktemp("barrier")
     for source in sorted(TESTS.glob("barrier_*.c")):
+        if source.stem == "barrier_xec":  # the whole library's, under xec run
+            continue
         sources = [str(source), str(LIB / "barrier.c"), str(LIB / "signals.c")]
         command = [cc, *CFLAGS, f"-I{LIB}", *sources, "-o", str(out / source.stem)]
         subprocess.run(command, check=True, timeout=TIMEOUT)
@@ -63,20 +76,6 @@ def test_library_files_build_as_shared_objects(tmp_path: Path) -> None:
         ["nm", "-D", "--defined-only", str(lib)], capture_output=True, text=True, check=True
     ).stdout.split()
     assert set(INTERPOSED) <= set(symbols)
-
-
-def test_c_constants_match_protocols() -> None:
-    """barrier.h's PCI barrier constants are protocols.constants' (the two cannot drift)."""
-    text = (LIB / "barrier.h").read_text()
-    found = {
-        name: int(value, 16)
-        for name, value in re.findall(r"#define XED_(PCI_BARRIER_\w+) (0x[0-9a-f]+)u", text)
-    }
-    assert found == {
-        "PCI_BARRIER_IDLE": constants.PCI_BARRIER_IDLE,
-        "PCI_BARRIER_SEQ_TAG": constants.PCI_BARRIER_SEQ_TAG,
-        "PCI_BARRIER_SEQ_MASK": constants.PCI_BARRIER_SEQ_MASK,
-    }
 
 
 def test_every_store_width_reads_deadbeef_and_counts_once(built: Path) -> None:
@@ -149,3 +148,81 @@ def test_bench_counts_every_store(built: Path) -> None:
     """The benchmark program's stores all count (its timing is reported, never asserted)."""
     out = passes(built, "barrier_bench", "1000")
     assert '"stores": 1000' in out
+
+
+# --- under `xec run`, against a real daemon ---------------------------------------------
+@pytest.fixture(scope="module")
+def xec_program(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """barrier_xec.c, compiled as any program (the library comes with `xec run`)."""
+    exe = tmp_path_factory.mktemp("barrier-xec") / "barrier_xec"
+    command = [
+        "cc", "-std=gnu11", "-O1", *CFLAGS, f"-I{LIB}", f"-I{TESTS}",
+        str(TESTS / "barrier_xec.c"), "-o", str(exe),
+    ]  # fmt: skip
+    subprocess.run(command, check=True, timeout=TIMEOUT)
+    return exe
+
+
+def xec(daemon: DaemonProcess, exe: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "clients", "run", "--socket", str(daemon.socket_path),
+         "--", str(exe), *args],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )  # fmt: skip
+
+
+def counted(admin: Device, pid: int, files: int, want: int) -> list[int]:
+    """The barriers the daemon counted for each drm file of `pid`, once they add up to
+    `want` (or after 10 s, whatever they are then)."""
+    deadline = time.monotonic() + 10
+    while True:
+        mine = [c.barriers for c in admin.admin_clients() if c.pid == pid and c.role == "drm"]
+        if (len(mine) == files and sum(mine) >= want) or time.monotonic() > deadline:
+            return mine
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize(
+    ("case", "files", "per_file"),
+    [
+        ("igt", 1, [1024 + 1000]),
+        ("threads", 1, [4 * 1000]),
+        ("fork", 1, [2 * 1000]),
+        ("parallel", 2, [1000, 1000]),
+        ("segv", 1, [3 * 1000]),
+    ],
+)
+def test_daemon_counts_every_store(
+    daemon: DaemonProcess, admin: Device, xec_program: Path, case: str, files: int,
+    per_file: list[int],
+) -> None:
+    """Under xec run: IGT's checks, threads, fork, two files, the program's SIGSEGV handler;
+    xed ctl clients shows exactly one barrier per store for each drm file."""  # fmt: skip
+    before = baseline(daemon)
+    proc = xec(daemon, xec_program, case, "1000")
+    try:
+        assert proc.stdout is not None
+        words = proc.stdout.readline().split()
+        assert words[:1] == ["stored"], proc.communicate(timeout=TIMEOUT)[1]
+        total, pid = int(words[1]), int(words[3])
+        assert total == sum(per_file)
+        assert sorted(counted(admin, pid, files, total)) == per_file
+        _, err = proc.communicate("\n", timeout=TIMEOUT)
+        assert proc.returncode == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=TIMEOUT)
+    assert wait_for_baseline(daemon, before) == before
+
+
+def test_fault_without_handler_kills_under_xec_run(
+    daemon: DaemonProcess, xec_program: Path
+) -> None:
+    """Under xec run, a NULL store with no handler (barrier page mapped) ends it by SIGSEGV."""
+    before = baseline(daemon)
+    proc = xec(daemon, xec_program, "segv-dfl", "10")
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 128 + signal.SIGSEGV, err
+    assert wait_for_baseline(daemon, before) == before

@@ -96,21 +96,20 @@ static void publish(struct file *f, uint64_t seq)
 		;
 }
 
-/* Make sure the daemon sees the count: publish it over 0xdeadbeef once. */
+/* Make sure the daemon has counted every store (bounded): wait for its look, publish the
+ * count over 0xdeadbeef if the last number may have been lost, and wait for that look. */
 static void flush(struct file *f)
 {
 	struct timespec ms = {0, 1000000};
+	int i = 0;
 
-	for (int i = 0; i < FLUSH_WAIT_MS; i++) {
-		uint64_t seq = atomic_load(&f->sh->seq);
-
-		if (atomic_load(&f->sh->safe) >= seq)
-			return;
-		if (atomic_load(f->word) == XED_PCI_BARRIER_IDLE)
-			publish(f, seq);
-		else
-			nanosleep(&ms, NULL);
-	}
+	while (i++ < FLUSH_WAIT_MS && atomic_load(f->word) != XED_PCI_BARRIER_IDLE)
+		nanosleep(&ms, NULL);
+	if (atomic_load(&f->sh->safe) >= atomic_load(&f->sh->seq))
+		return;
+	publish(f, atomic_load(&f->sh->seq));
+	while (i++ < FLUSH_WAIT_MS && atomic_load(f->word) != XED_PCI_BARRIER_IDLE)
+		nanosleep(&ms, NULL);
 }
 
 int xed_barrier_stepping(void)

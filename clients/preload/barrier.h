@@ -22,8 +22,10 @@
  * the daemon counts the difference from the last number it saw. The daemon restores
  * 0xdeadbeef with a read and then a write, so a number published over another number can
  * be lost in between (the next one makes up for it); one published over 0xdeadbeef never
- * is. Unmapping and exit therefore wait, at most 200 ms, for the page to read 0xdeadbeef
- * and publish the count once more. The count of a file outlives its mappings (mapping the
+ * is. So munmap and exit wait, at most 200 ms in all, for the daemon to have looked at
+ * the page (it reads 0xdeadbeef again), publish the count once more over 0xdeadbeef if the
+ * last number may have been lost, and wait for that look too: once munmap returns, the
+ * daemon has counted every store. The count of a file outlives its mappings (mapping the
  * page again goes on from it, as the daemon does); up to 64 files are remembered.
  *
  * x86-64 only: the trap flag is EFLAGS bit 8 (gregs[REG_EFL]) and the page-fault error
@@ -51,10 +53,7 @@
 #include <stddef.h>
 #include <ucontext.h>
 
-/* protocols/constants.py: PCI_BARRIER_IDLE, PCI_BARRIER_SEQ_TAG, PCI_BARRIER_SEQ_MASK */
-#define XED_PCI_BARRIER_IDLE 0xdeadbeefu
-#define XED_PCI_BARRIER_SEQ_TAG 0x5e000000u
-#define XED_PCI_BARRIER_SEQ_MASK 0x00ffffffu
+#include "proto.h" /* XED_PCI_BARRIER_IDLE, _SEQ_TAG, _SEQ_MASK (checked against protocols) */
 
 /* Map the barrier page for the program at addr (MAP_FIXED, MAP_FIXED_NOREPLACE as mmap),
  * writable if prot has PROT_WRITE, inaccessible if not; its stores count in the daemon's
