@@ -25,6 +25,7 @@ from protocols import Op, constants
 from protocols.codec import MAX_DATAGRAM, MAX_FDS
 from protocols.version import PROTOCOL_VERSION
 from tests.conftest import baseline
+from tests.sandbox import wait_until
 from tests.test_lifecycle import wait_for_baseline
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,7 +81,8 @@ def xec_run(
 def spawn(argv: list[str]) -> Iterator[subprocess.Popen[str]]:
     """A running process with stdout and stderr piped; killed if still running at the end."""
     with subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
         env=dict(os.environ, PYTHONPATH=str(ROOT)),
     ) as proc:  # fmt: skip
         try:
@@ -148,6 +150,7 @@ def test_broken_source_is_software_error(tmp_path: Path, monkeypatch: pytest.Mon
     src = tmp_path / "src"
     src.mkdir()
     (src / "broken.c").write_text("int f(void) { return x; }\n")
+    (src / preload.EXPORTS).write_text("{ global: f; local: *; };\n")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(preload, "SOURCE_DIR", src)
     with pytest.raises(preload.BuildError) as info:
@@ -155,6 +158,17 @@ def test_broken_source_is_software_error(tmp_path: Path, monkeypatch: pytest.Mon
     assert info.value.status == 70
     assert "broken.c" in str(info.value)
     assert not list((tmp_path / "cache").rglob("*.so"))
+
+
+def test_library_exports_only_the_interposed_functions(library: Path) -> None:
+    """The built library exports exactly exports.map's libc names, nothing of its own."""
+    out = subprocess.run(
+        ["nm", "-D", "--defined-only", str(library)], capture_output=True, text=True, check=True
+    ).stdout
+    exported = {line.split()[-1].split("@")[0] for line in out.splitlines() if line.strip()}
+    text = (preload.SOURCE_DIR / preload.EXPORTS).read_text()
+    listed = set(re.findall(r"\b(\w+);", text.split("global:")[1].split("local:")[0]))
+    assert exported == listed
 
 
 def test_build_is_cached_by_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -262,4 +276,60 @@ def test_sigkilled_program_releases_everything(
             assert admin.admin_status().objects.bos == 2
         os.kill(int(pid), signal.SIGKILL)
         assert holder.wait(timeout=TIMEOUT) == 128 + signal.SIGKILL
+    assert wait_for_baseline(fresh_daemon, before) == before
+
+
+# --- the PCI barrier page ---------------------------------------------------------------------
+def test_barrier_page_reads_and_errors(daemon: DaemonProcess, program: Programs) -> None:
+    """Every word reads 0xdeadbeef, no store is read back; 8192 bytes, private, PROT_READ
+    and a real handle are EINVAL (xe_mmap pci-membarrier, -bad-pagesize, -bad-object)."""
+    passes(daemon.socket_path, program("membarrier"))
+
+
+def test_barrier_page_parallel(daemon: DaemonProcess, program: Programs) -> None:
+    """A reopened file in a forked child and the parent never see each other's stores."""
+    passes(daemon.socket_path, program("membarrier"), "parallel")
+
+
+def test_barrier_stores_are_counted(fresh_daemon: DaemonProcess, program: Programs) -> None:
+    """Each store through the fault path counts one barrier of that file in the daemon."""
+    stores = 500
+    cmd = [sys.executable, "-m", "clients", "run", "--socket", str(fresh_daemon.socket_path)]
+    with spawn(cmd + ["--", str(program("membarrier")), "count", str(stores)]) as proc:
+        assert proc.stdout is not None
+        word, n, pid = proc.stdout.readline().split()
+        assert (word, int(n)) == ("stored", stores)
+
+        def counted() -> int:
+            with Device.open(fresh_daemon.socket_path, role="admin") as admin:
+                mine = [c for c in admin.admin_clients() if c.pid == int(pid)]
+            assert len(mine) == 1
+            return mine[0].barriers
+
+        wait_until(lambda: counted() == stores, TIMEOUT, f"{stores} barriers counted")
+        with Device.open(fresh_daemon.socket_path, role="admin") as admin:
+            assert admin.admin_status().barriers == stores
+
+
+def test_program_signal_handlers_still_fire(daemon: DaemonProcess, program: Programs) -> None:
+    """The program's SIGSEGV (siglongjmp out) and SIGBUS (small BAR) handlers run; barrier
+    stores in between never reach them."""
+    passes(daemon.socket_path, program("own_handlers"))
+
+
+# --- debugfs, mmap, and the IGT tests' own calls -----------------------------------------
+def test_debugfs_stand_in(daemon: DaemonProcess, program: Programs) -> None:
+    """/sys/kernel/debug looks mounted; dri/<minor>/name and forcewake_all open."""
+    passes(daemon.socket_path, program("debugfs"))
+
+
+def test_mmap_rules(daemon: DaemonProcess, program: Programs) -> None:
+    """mmap of a fake offset: the kernel's errnos, the program's address/length/prot."""
+    passes(daemon.socket_path, program("mmap_rules"))
+
+
+def test_prime_self_import_races(fresh_daemon: DaemonProcess, program: Programs) -> None:
+    """xe_prime_self_import's calls, threaded races included; nothing leaks after."""
+    before = baseline(fresh_daemon)
+    passes(fresh_daemon.socket_path, program("prime_races"), "1")
     assert wait_for_baseline(fresh_daemon, before) == before

@@ -22,10 +22,9 @@ from pathlib import Path
 
 SOURCE_DIR = Path(__file__).resolve().parent
 LIBRARY = "libxed-preload.so"
-CFLAGS = (
-    "-std=gnu11", "-O2", "-g", "-Wall", "-Wextra", "-Werror", "-fPIC",
-    "-fvisibility=hidden", "-pthread", "-shared",
-)  # fmt: skip
+CFLAGS = ("-std=gnu11", "-O2", "-g", "-Wall", "-Wextra", "-Werror", "-fPIC", "-pthread", "-shared")
+# what the library exports (the libc functions it stands in for) is listed in one place
+EXPORTS = "exports.map"
 EX_UNAVAILABLE = 69  # sysexits.h: no C compiler here
 EX_SOFTWARE = 70  # the sources do not compile: a bug of ours
 
@@ -58,7 +57,7 @@ def cache_dir() -> Path:
 
 def _digest(cc: str) -> str:
     h = hashlib.sha256()
-    for path in [*sources(), *headers()]:
+    for path in [*sources(), *headers(), SOURCE_DIR / EXPORTS]:
         h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     h.update(" ".join((cc, *CFLAGS)).encode())
     return h.hexdigest()[:16]
@@ -84,7 +83,8 @@ def build() -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, partial = tempfile.mkstemp(dir=target.parent, prefix=".build-", suffix=".so")
     os.close(fd)
-    command = [cc, *CFLAGS, "-o", partial, *map(str, sources())]
+    exports = f"-Wl,--version-script={SOURCE_DIR / EXPORTS}"
+    command = [cc, *CFLAGS, exports, "-o", partial, *map(str, sources())]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=300)
         if done.returncode != 0:

@@ -125,8 +125,12 @@ static off_t do_lseek(int fd, off_t off, int whence)
 	off_t pos;
 	if (fd_kind(fd) != FD_DMABUF) {
 		pos = sys_lseek(fd, off, whence);
-		if (pos >= 0 || errno != ESPIPE || !dmabuf_is(fd))
+		if (pos >= 0 || errno != ESPIPE)
 			return pos;
+		if (!dmabuf_is(fd)) {
+			errno = ESPIPE; /* the kernel's answer, whatever asking left in errno */
+			return -1;
+		}
 	}
 	int err = llseek(fd, off, whence, &pos);
 	if (err) {

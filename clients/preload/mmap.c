@@ -15,6 +15,7 @@
 #include <pthread.h>
 #include <sys/mman.h>
 
+#include "barrier.h"
 #include "preload.h"
 #include "proto.h"
 #include "sys.h"
@@ -80,17 +81,6 @@ int user_address(struct xed_file *f, uint64_t addr, uint64_t *out)
 	return found;
 }
 
-/* without the barrier module, the page is mapped as it comes (stores stay a moment) */
-__attribute__((weak)) void *xed_barrier_map(void *addr, size_t len, int prot, int flags, int memfd)
-{
-	return sys_mmap(addr, len, prot, flags, memfd, 0);
-}
-__attribute__((weak)) void xed_barrier_unmap(void *addr, size_t len)
-{
-	(void)addr;
-	(void)len;
-}
-
 static void *device_mmap(struct xed_file *f, void *addr, size_t len, int prot, int flags,
 			 off_t off)
 {
@@ -138,6 +128,8 @@ static void *device_mmap(struct xed_file *f, void *addr, size_t len, int prot, i
 
 static void *do_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
+	if (flags & MAP_FIXED) /* whatever it maps replaces a barrier page there */
+		xed_barrier_unmap(addr, len);
 	if (fd >= 0 && !(flags & MAP_ANONYMOUS)) {
 		struct xed_file *f = xf_get(fd);
 		if (f) {
@@ -147,12 +139,16 @@ static void *do_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t 
 		}
 	}
 	void *p = sys_mmap(addr, len, prot, flags, fd, off);
-	if (p == MAP_FAILED && errno == ENODEV && fd >= 0 && dmabuf_is(fd)) {
-		int err = dmabuf_mmap(fd, addr, len, prot, flags, off, &p);
-		if (err) {
-			errno = err;
-			return MAP_FAILED;
-		}
+	if (p != MAP_FAILED || errno != ENODEV || fd < 0)
+		return p;
+	if (!dmabuf_is(fd)) {
+		errno = ENODEV; /* the kernel's answer, whatever asking left in errno */
+		return MAP_FAILED;
+	}
+	int err = dmabuf_mmap(fd, addr, len, prot, flags, off, &p);
+	if (err) {
+		errno = err;
+		return MAP_FAILED;
 	}
 	return p;
 }

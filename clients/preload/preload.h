@@ -7,7 +7,8 @@
  * connection (a channel) act on the same file, and the connections this process talks
  * on. Modules: sys (libc without recursion), usermem (the program's memory, never
  * faulting), wire (msgpack), conn (talking to the daemon), files (the fd table), node
- * (paths), debugfs, ioctl/xe_ioctl/query (translation), mmap, dmabuf.
+ * (paths), stat, debugfs, ioctl/xe_ioctl/query (translation), mmap, dmabuf; and the
+ * barrier page (barrier.c, signals.c: see barrier.h).
  */
 #ifndef XED_PRELOAD_H
 #define XED_PRELOAD_H
@@ -21,6 +22,7 @@
 #include "uapi.h"
 #include "wire.h"
 
+/* marks a libc function the library stands in for; exports.map is what exports it */
 #define XED_EXPORT __attribute__((visibility("default")))
 
 enum xed_node { XED_NODE_PRIMARY = 0, XED_NODE_RENDER = 1 };
@@ -140,9 +142,5 @@ void maps_after_fork(void);
 int dmabuf_is(int fd); /* 1 if fd is a dma-buf of an xed daemon (asked once per fd) */
 int dmabuf_ioctl(int fd, unsigned long cmd, uint64_t arg);
 int dmabuf_mmap(int fd, void *addr, size_t len, int prot, int flags, off_t off, void **out);
-
-/* --- the barrier page (barrier.c, another module's; weak fallbacks in mmap.c) -------- */
-void *xed_barrier_map(void *addr, size_t len, int prot, int flags, int memfd);
-void xed_barrier_unmap(void *addr, size_t len);
 
 #endif /* XED_PRELOAD_H */

@@ -1,9 +1,12 @@
 /*
  * constants.c - prints every constant proto.h defines, one "NAME VALUE" a line, for
  * tests/test_preload.py to hold against the Python protocol. Not run under the library.
+ * barrier.h repeats the barrier constants: included beside proto.h, any difference
+ * between the two is a redefinition, which fails this program's compilation.
  */
 #include <stdio.h>
 
+#include "barrier.h"
 #include "proto.h"
 
 #define SHOW(name) printf("%s %#llx\n", #name, (unsigned long long)(name))
