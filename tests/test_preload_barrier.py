@@ -191,14 +191,19 @@ def counted(admin: Device, pid: int, files: int, want: int) -> list[int]:
         ("fork", 1, [2 * 1000]),
         ("parallel", 2, [1000, 1000]),
         ("segv", 1, [3 * 1000]),
+        ("replaced", 1, [1000]),
     ],
 )
 def test_daemon_counts_every_store(
-    daemon: DaemonProcess, admin: Device, xec_program: Path, case: str, files: int,
+    daemon: DaemonProcess,
+    admin: Device,
+    xec_program: Path,
+    case: str,
+    files: int,
     per_file: list[int],
 ) -> None:
-    """Under xec run: IGT's checks, threads, fork, two files, the program's SIGSEGV handler;
-    xed ctl clients shows exactly one barrier per store for each drm file."""  # fmt: skip
+    """Under xec run: IGT's checks, threads, fork, two files, the program's SIGSEGV handler,
+    a page replaced by MAP_FIXED; xed ctl clients shows exactly one barrier per store."""
     before = baseline(daemon)
     proc = xec(daemon, xec_program, case, "1000")
     try:

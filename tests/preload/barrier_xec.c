@@ -157,6 +157,21 @@ int main(int argc, char **argv)
 			stores(page, 0, stores_each);
 		}
 		total = 3 * stores_each;
+	} else if (!strcmp(what, "replaced")) { /* MAP_FIXED over the page ends it */
+		struct sigaction a = {.sa_sigaction = on_segv, .sa_flags = SA_SIGINFO};
+		volatile uint32_t *ro;
+
+		sigemptyset(&a.sa_mask);
+		CHECK_OK(sigaction(SIGSEGV, &a, NULL));
+		page = map_barrier(fd);
+		stores(page, 0, stores_each);
+		ro = mmap((void *)page, PAGE, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+		CHECK(ro == page && ro[0] == 0);
+		if (!sigsetjmp(jb, 1))
+			ro[1] = 1; /* a read-only page of the program's now: its fault */
+		CHECK(fault_addr == ro + 1);
+		page = map_barrier(fd); /* (for the checks below) */
+		total = stores_each;
 	} else if (!strcmp(what, "segv-dfl")) { /* no handler: killed with SIGSEGV */
 		page = map_barrier(fd);
 		stores(page, 0, stores_each);
