@@ -42,6 +42,7 @@ struct file {
 	dev_t dev;
 	ino_t ino;
 	int maps;               /* program mappings in this process */
+	int stored;             /* this process stored since it began (or forked) */
 	_Atomic uint32_t *word; /* the daemon's page (the memfd), word 0; NULL: a free entry */
 	struct shared *sh;
 };
@@ -205,6 +206,7 @@ int xed_barrier_trap(siginfo_t *info, ucontext_t *uc)
 		return 0;
 	f = &files[step.map->file]; /* alive while map->busy */
 	publish(f, atomic_fetch_add(&f->sh->seq, 1) + 1);
+	f->stored = 1;
 	finish(uc);
 	return tf ? 2 : 1;
 }
@@ -217,6 +219,8 @@ static void child_after_fork(void)
 		atomic_store(&slot_busy[i], 0);
 	for (int i = 0; i < MAX_MAPS; i++)
 		atomic_store(&maps[i].busy, 0);
+	for (int i = 0; i < MAX_FILES; i++)
+		files[i].stored = 0; /* the parent's stores are the parent's to see counted */
 }
 
 /* The file behind memfd (the inode of its daemon page): one count per drm file, kept after
@@ -325,9 +329,14 @@ void xed_barrier_unmap(void *addr, size_t len)
 	uintptr_t start = (uintptr_t)addr, end = start + len;
 	struct timespec ms = {0, 1000000};
 	uint64_t old;
+	int any = 0;
 
 	if (start & (PAGE - 1) || len == 0 || end < start)
 		return; /* munmap refuses it */
+	for (int i = 0; i < MAX_MAPS && !any; i++) /* the common case: no barrier page there */
+		any = atomic_load(&maps[i].page) - start < len;
+	if (!any)
+		return;
 	old = xed_signals_block();
 	spin(&table_lock);
 	for (int i = 0; i < MAX_MAPS; i++) {
@@ -349,6 +358,6 @@ void xed_barrier_unmap(void *addr, size_t len)
 __attribute__((destructor)) static void flush_at_exit(void)
 {
 	for (int i = 0; i < MAX_FILES; i++)
-		if (files[i].word)
+		if (files[i].word && files[i].stored)
 			flush(&files[i]);
 }
