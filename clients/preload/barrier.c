@@ -1,34 +1,5 @@
 /* The PCI barrier page through the fault path: reads give 0xdeadbeef, no store is ever
- * visible, and each store is one barrier of the drm file, counted by the daemon.
- *
- * The program's page is a private page full of 0xdeadbeef, always read-only. A store
- * faults (SIGSEGV); the handler moves every general register that points into or next to
- * the page by the distance to a scratch copy of its own (a slot: two pages of
- * 0xdeadbeef), sets the trap flag and returns; the CPU performs the store on the slot,
- * traps (SIGTRAP), and the handler moves the registers back, refills the slot, clears
- * the flag and counts. Neither this thread's next read nor any other thread ever sees the
- * value, and another thread's concurrent store faults and counts on its own. If no
- * register points near the page (an address the instruction computes from registers
- * that all point elsewhere), or the moved register was not the address (the store faults
- * on the page again), the page itself is made writable for that one instruction under a
- * process-wide lock (the fallback: another thread could then see the value or store
- * uncounted during that instruction).
- *
- * Counting: a running number per drm file lives in a MAP_SHARED page of ours, so a forked
- * child and its parent share it, and is published in word 0 of the daemon's page as
- * PCI_BARRIER_SEQ_TAG | seq by compare-and-swap, never over a higher number (the daemon
- * counts the difference with the last number it saw). The daemon restores 0xdeadbeef by a
- * read then a write, so a number published over another number may be lost if it lands
- * in between; a number published over 0xdeadbeef never is. Unmap and exit therefore wait
- * (bounded) for the page to read 0xdeadbeef and publish the count again.
- *
- * x86-64 only: the trap flag is EFLAGS bit 8 (gregs[REG_EFL]) and the page-fault error
- * code (gregs[REG_ERR]) says write. An aarch64 port has no trap flag it can set from user
- * space (single-step needs ptrace), so it would emulate the store instead: A64 stores are
- * 4-byte instructions with a handful of encodings; ESR_EL1 in the ucontext (esr_context)
- * gives WnR and, for most stores, the size and register; skip the instruction (pc += 4),
- * apply the base write-back of pre/post-indexed forms, and give atomics, swaps and
- * exclusives the 0xdeadbeef they would have loaded and a successful status.
+ * visible, each store is one barrier of the drm file (how, and the aarch64 note: barrier.h).
  */
 #define _GNU_SOURCE
 #include "barrier.h"
@@ -46,7 +17,7 @@
 #include "signals.h"
 
 #if !defined(__x86_64__)
-#error "barrier.c single-steps with the x86 trap flag (see the aarch64 note above)"
+#error "barrier.c single-steps with the x86 trap flag (see the aarch64 note in barrier.h)"
 #endif
 
 #define PAGE 4096ul
@@ -58,7 +29,6 @@
 #define PF_FETCH 0x10 /* ... not an instruction fetch */
 #define FLUSH_WAIT_MS 200 /* the daemon looks at a busy page every 1 ms, an idle one 50 ms */
 #define HALF ((XED_PCI_BARRIER_SEQ_MASK + 1) / 2)
-#define TLS __thread __attribute__((tls_model("initial-exec")))
 #define PASS_FLAGS (MAP_FIXED | MAP_FIXED_NOREPLACE | MAP_32BIT | MAP_LOCKED | MAP_POPULATE)
 #define BIT(sig) (1ull << ((sig) - 1))
 /* blocked while the store is stepped: all but the signals its execution could raise */
@@ -71,8 +41,9 @@ struct shared { /* one page per drm file, MAP_SHARED: parent and children count 
 struct file {
 	dev_t dev;
 	ino_t ino;
-	int maps;              /* program mappings in this process */
-	_Atomic uint32_t *word; /* the daemon's page (the memfd), word 0 */
+	int maps;               /* program mappings in this process */
+	int stored;             /* this process stored since it began (or forked) */
+	_Atomic uint32_t *word; /* the daemon's page (the memfd), word 0; NULL: a free entry */
 	struct shared *sh;
 };
 struct map {
@@ -80,30 +51,27 @@ struct map {
 	_Atomic int busy;       /* stores being stepped: unmap waits for them */
 	int file, writable;
 };
-enum mode { NONE, REDIRECT, FALLBACK };
-struct step {
-	enum mode mode;
+static struct file files[MAX_FILES];
+static struct map maps[MAX_MAPS];
+static atomic_flag table_lock = ATOMIC_FLAG_INIT, fallback_lock = ATOMIC_FLAG_INIT;
+static unsigned char *slots; /* SLOTS x two pages of 0xdeadbeef, where moved stores land */
+static _Atomic int slot_busy[SLOTS];
+
+/* This thread's store between its fault and its trap. */
+static __thread __attribute__((tls_model("initial-exec"))) struct step {
+	enum { NONE, REDIRECT, FALLBACK } mode;
 	struct map *map;
 	uintptr_t page;
 	intptr_t delta;
 	uint32_t moved; /* gregs moved by delta */
 	int slot, saved_tf;
 	uint64_t mask; /* the interrupted signal mask */
-};
-
-static struct file files[MAX_FILES];
-static struct map maps[MAX_MAPS];
-static atomic_flag table_lock = ATOMIC_FLAG_INIT, fallback_lock = ATOMIC_FLAG_INIT;
-static unsigned char *slots;
-static _Atomic int slot_busy[SLOTS];
-static TLS struct step step;
+} step;
 
 static void fill(void *p, size_t len)
 {
-	uint64_t *w = p;
-
-	for (size_t i = 0; i < len / 8; i++)
-		w[i] = 0xdeadbeefdeadbeefull;
+	for (uint64_t *w = p; len >= 8; len -= 8)
+		*w++ = 0xdeadbeefdeadbeefull;
 }
 
 static void spin(atomic_flag *f)
@@ -118,36 +86,31 @@ static void publish(struct file *f, uint64_t seq)
 	uint32_t cur = atomic_load(f->word);
 	uint64_t safe;
 
-	for (;;) {
+	do {
 		if ((cur & ~XED_PCI_BARRIER_SEQ_MASK) == XED_PCI_BARRIER_SEQ_TAG &&
 		    ((cur - want) & XED_PCI_BARRIER_SEQ_MASK) < HALF)
 			return; /* the same or a higher number is there: it counts ours */
-		if (atomic_compare_exchange_weak(f->word, &cur, want))
-			break;
-	}
-	if (cur != XED_PCI_BARRIER_IDLE)
-		return;
+	} while (!atomic_compare_exchange_weak(f->word, &cur, want));
 	safe = atomic_load(&f->sh->safe);
-	while (safe < seq && !atomic_compare_exchange_weak(&f->sh->safe, &safe, seq))
+	while (cur == XED_PCI_BARRIER_IDLE && safe < seq &&
+	       !atomic_compare_exchange_weak(&f->sh->safe, &safe, seq))
 		;
 }
 
-/* Make sure the daemon sees the count: publish it over 0xdeadbeef once. */
+/* Make sure the daemon has counted every store (bounded): wait for its look, publish the
+ * count over 0xdeadbeef if the last number may have been lost, and wait for that look. */
 static void flush(struct file *f)
 {
 	struct timespec ms = {0, 1000000};
+	int i = 0;
 
-	for (int i = 0; i < FLUSH_WAIT_MS; i++) {
-		uint64_t seq = atomic_load(&f->sh->seq);
-
-		if (atomic_load(&f->sh->safe) >= seq)
-			return;
-		if (atomic_load(f->word) == XED_PCI_BARRIER_IDLE) {
-			publish(f, seq);
-			continue;
-		}
+	while (i++ < FLUSH_WAIT_MS && atomic_load(f->word) != XED_PCI_BARRIER_IDLE)
 		nanosleep(&ms, NULL);
-	}
+	if (atomic_load(&f->sh->safe) >= atomic_load(&f->sh->seq))
+		return;
+	publish(f, atomic_load(&f->sh->seq));
+	while (i++ < FLUSH_WAIT_MS && atomic_load(f->word) != XED_PCI_BARRIER_IDLE)
+		nanosleep(&ms, NULL);
 }
 
 int xed_barrier_stepping(void)
@@ -155,27 +118,13 @@ int xed_barrier_stepping(void)
 	return step.mode != NONE;
 }
 
-static int claim_slot(void)
-{
-	for (;;) {
-		for (int i = 0; i < SLOTS; i++) {
-			int free_ = 0;
-
-			if (atomic_compare_exchange_strong(&slot_busy[i], &free_, 1))
-				return i;
-		}
-		sched_yield();
-	}
-}
-
 /* Undo what the fault did to the context: registers, trap flag, signal mask. */
 static void finish(ucontext_t *uc)
 {
 	greg_t *g = uc->uc_mcontext.gregs;
+	uintptr_t low = (uintptr_t)slots + 2 * PAGE * step.slot - PAGE - 64;
 
 	if (step.mode == REDIRECT) {
-		uintptr_t low = (uintptr_t)slots + 2 * PAGE * step.slot - PAGE - 64;
-
 		for (int r = 0; r < REG_RSP; r++) /* unless the store loaded something else */
 			if (step.moved & (1u << r) && (uintptr_t)g[r] - low < 3 * PAGE + 128)
 				g[r] -= step.delta;
@@ -196,7 +145,7 @@ static void finish(ucontext_t *uc)
 int xed_barrier_fault(siginfo_t *info, ucontext_t *uc)
 {
 	greg_t *g = uc->uc_mcontext.gregs;
-	uintptr_t addr = (uintptr_t)info->si_addr, page = addr & ~(PAGE - 1);
+	uintptr_t page = (uintptr_t)info->si_addr & ~(PAGE - 1);
 	uint64_t mask = STEP_MASK;
 	struct map *m = NULL;
 	int again = 0;
@@ -219,28 +168,28 @@ int xed_barrier_fault(siginfo_t *info, ucontext_t *uc)
 		atomic_fetch_sub(&m->busy, 1);
 		return 0;
 	}
-	step.map = m;
-	step.page = page;
-	step.moved = 0;
-	step.saved_tf = g[REG_EFL] & TRAP_FLAG;
-	if (!again) {
-		step.slot = claim_slot();
-		step.delta = (intptr_t)(slots + 2 * PAGE * step.slot) - (intptr_t)page;
-		for (int r = 0; r < REG_RSP; r++) { /* gregs 0..14: every register but rsp, rip */
-			if ((uintptr_t)g[r] - (page - PAGE) < 3 * PAGE) {
-				g[r] += step.delta;
-				step.moved |= 1u << r;
-			}
+	step = (struct step){.map = m, .page = page, .saved_tf = g[REG_EFL] & TRAP_FLAG};
+	for (step.slot = 0; !again; step.slot = (step.slot + 1) % SLOTS) {
+		int free_ = 0;
+
+		if (atomic_compare_exchange_strong(&slot_busy[step.slot], &free_, 1))
+			break;
+		if (step.slot == SLOTS - 1)
+			sched_yield(); /* every slot busy: SLOTS threads are mid-store */
+	}
+	step.delta = (intptr_t)(slots + 2 * PAGE * step.slot) - (intptr_t)page;
+	for (int r = 0; r < REG_RSP && !again; r++) { /* gregs 0..14: all but rsp and rip */
+		if ((uintptr_t)g[r] - (page - PAGE) < 3 * PAGE) {
+			g[r] += step.delta;
+			step.moved |= 1u << r;
 		}
 	}
-	if (step.moved) {
-		step.mode = REDIRECT;
-	} else {
+	step.mode = step.moved ? REDIRECT : FALLBACK;
+	if (step.mode == FALLBACK) {
 		if (!again)
 			atomic_store(&slot_busy[step.slot], 0);
 		spin(&fallback_lock);
 		mprotect((void *)page, PAGE, PROT_READ | PROT_WRITE);
-		step.mode = FALLBACK;
 	}
 	g[REG_EFL] |= TRAP_FLAG;
 	memcpy(&step.mask, &uc->uc_sigmask, sizeof(step.mask));
@@ -250,87 +199,68 @@ int xed_barrier_fault(siginfo_t *info, ucontext_t *uc)
 
 int xed_barrier_trap(siginfo_t *info, ucontext_t *uc)
 {
-	struct file *f = &files[step.map->file]; /* alive while map->busy */
+	struct file *f;
 	int tf = step.saved_tf;
 
 	if (step.mode == NONE || info->si_code <= 0)
 		return 0;
+	f = &files[step.map->file]; /* alive while map->busy */
 	publish(f, atomic_fetch_add(&f->sh->seq, 1) + 1);
+	f->stored = 1;
 	finish(uc);
 	return tf ? 2 : 1;
 }
 
 static void child_after_fork(void)
 {
-	atomic_flag_clear(&table_lock);
+	atomic_flag_clear(&table_lock); /* other threads' locks and steps did not fork */
 	atomic_flag_clear(&fallback_lock);
 	for (int i = 0; i < SLOTS; i++)
 		atomic_store(&slot_busy[i], 0);
 	for (int i = 0; i < MAX_MAPS; i++)
 		atomic_store(&maps[i].busy, 0);
+	for (int i = 0; i < MAX_FILES; i++)
+		files[i].stored = 0; /* the parent's stores are the parent's to see counted */
 }
 
-static void drop_map(struct map *m) /* table_lock held */
-{
-	struct file *f = &files[m->file];
-	struct timespec ms = {0, 1000000};
-
-	atomic_store(&m->page, 0);
-	for (int i = 0; i < 1000 && atomic_load(&m->busy); i++)
-		nanosleep(&ms, NULL); /* a store mid-step: one instruction, unless lost */
-	flush(f);
-	f->maps--; /* the file's count stays: mapping the page again goes on from it */
-}
-
-static void release_file(struct file *f)
-{
-	munmap((void *)f->word, PAGE);
-	munmap(f->sh, PAGE);
-	f->word = NULL;
-}
-
-static int file_busy(int file)
-{
-	for (int i = 0; i < MAX_MAPS; i++)
-		if (maps[i].file == file && atomic_load(&maps[i].busy))
-			return 1;
-	return 0;
-}
-
-/* The file behind memfd (its daemon page's inode): one count per drm file, kept after
+/* The file behind memfd (the inode of its daemon page): one count per drm file, kept after
  * its last page is unmapped, since the daemon counts on from the last number it saw. */
 static struct file *get_file(int memfd)
 {
-	struct stat st;
 	struct file *f = NULL;
+	struct stat st;
 
 	if (fstat(memfd, &st) < 0)
 		return NULL;
 	for (int i = 0; i < MAX_FILES; i++) {
 		if (files[i].word && files[i].dev == st.st_dev && files[i].ino == st.st_ino)
 			return &files[i];
-		if (!files[i].word && !f)
+		if (!f && !files[i].word)
 			f = &files[i];
 	}
-	for (int i = 0; i < MAX_FILES && !f; i++) /* full: forget a file no page maps now */
-		if (!files[i].maps && !file_busy(i))
-			release_file(f = &files[i]);
-	if (!f) {
-		errno = ENOMEM;
-		return NULL;
+	for (int i = 0; i < MAX_FILES && !f; i++) { /* full: forget a file nothing maps */
+		int busy = files[i].maps;
+
+		for (int k = 0; k < MAX_MAPS; k++)
+			busy |= maps[k].file == i && atomic_load(&maps[k].busy);
+		if (!busy) {
+			f = &files[i];
+			munmap((void *)f->word, PAGE);
+			munmap(f->sh, PAGE);
+		}
 	}
+	if (!f)
+		return errno = ENOMEM, NULL;
+	f->word = NULL;
 	f->sh = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	if (f->sh == MAP_FAILED)
 		return NULL;
 	f->word = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
 	if (f->word == MAP_FAILED) {
 		munmap(f->sh, PAGE);
-		f->word = NULL;
-		return NULL;
+		return f->word = NULL, NULL;
 	}
-	f->dev = st.st_dev;
-	f->ino = st.st_ino;
-	f->maps = 0;
+	*f = (struct file){.dev = st.st_dev, .ino = st.st_ino, .word = f->word, .sh = f->sh};
 	return f;
 }
 
@@ -349,31 +279,23 @@ static void *map_locked(void *addr, int prot, int flags, int memfd)
 		fill(p, SLOTS * 2 * PAGE);
 		slots = p;
 	}
-	if (!at_fork && pthread_atfork(NULL, NULL, child_after_fork) == 0)
-		at_fork = 1;
+	if (!at_fork)
+		at_fork = !pthread_atfork(NULL, NULL, child_after_fork);
 	for (int i = 0; i < MAX_MAPS && !m; i++)
 		if (!atomic_load(&maps[i].page) && !atomic_load(&maps[i].busy))
 			m = &maps[i];
-	if (!m) {
-		errno = ENOMEM;
-		return MAP_FAILED;
-	}
+	if (!m)
+		return errno = ENOMEM, MAP_FAILED;
 	f = get_file(memfd);
 	if (!f)
 		return MAP_FAILED;
 	p = mmap(addr, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | (flags & PASS_FLAGS),
 		 -1, 0);
-	if (p != MAP_FAILED) {
-		fill(p, PAGE); /* then read-only: x86 has no write-only pages, and stores must fault */
-		if (mprotect(p, PAGE, prot & PROT_WRITE ? PROT_READ : PROT_NONE) < 0) {
-			munmap(p, PAGE);
-			p = MAP_FAILED;
-		}
-	}
-	if (p == MAP_FAILED) {
-		int err = errno;
-
-		errno = err;
+	if (p == MAP_FAILED)
+		return MAP_FAILED;
+	fill(p, PAGE); /* then read-only (or nothing), so that every store faults */
+	if (mprotect(p, PAGE, prot & PROT_WRITE ? PROT_READ : PROT_NONE) < 0) {
+		munmap(p, PAGE);
 		return MAP_FAILED;
 	}
 	f->maps++;
@@ -388,10 +310,8 @@ void *xed_barrier_map(void *addr, size_t len, int prot, int flags, int memfd)
 	uint64_t old;
 	void *p;
 
-	if (len == 0 || len > PAGE) {
-		errno = EINVAL;
-		return MAP_FAILED;
-	}
+	if (len == 0 || len > PAGE)
+		return errno = EINVAL, MAP_FAILED;
 	if (xed_signals_install() < 0)
 		return MAP_FAILED;
 	if (flags & MAP_FIXED) /* what was there goes, as with mmap */
@@ -407,17 +327,29 @@ void *xed_barrier_map(void *addr, size_t len, int prot, int flags, int memfd)
 void xed_barrier_unmap(void *addr, size_t len)
 {
 	uintptr_t start = (uintptr_t)addr, end = start + len;
+	struct timespec ms = {0, 1000000};
 	uint64_t old;
+	int any = 0;
 
 	if (start & (PAGE - 1) || len == 0 || end < start)
 		return; /* munmap refuses it */
+	for (int i = 0; i < MAX_MAPS && !any; i++) /* the common case: no barrier page there */
+		any = atomic_load(&maps[i].page) - start < len;
+	if (!any)
+		return;
 	old = xed_signals_block();
 	spin(&table_lock);
 	for (int i = 0; i < MAX_MAPS; i++) {
-		uintptr_t page = atomic_load(&maps[i].page);
+		struct map *m = &maps[i];
+		uintptr_t page = atomic_load(&m->page);
 
-		if (page && page >= (start & ~(PAGE - 1)) && page < end)
-			drop_map(&maps[i]);
+		if (!page || page < start || page >= end)
+			continue;
+		atomic_store(&m->page, 0);
+		for (int k = 0; k < 1000 && atomic_load(&m->busy); k++)
+			nanosleep(&ms, NULL); /* a store mid-step: one instruction, unless stopped */
+		flush(&files[m->file]);
+		files[m->file].maps--; /* its count stays: mapping the page again goes on from it */
 	}
 	atomic_flag_clear_explicit(&table_lock, memory_order_release);
 	xed_signals_restore(old);
@@ -426,6 +358,6 @@ void xed_barrier_unmap(void *addr, size_t len)
 __attribute__((destructor)) static void flush_at_exit(void)
 {
 	for (int i = 0; i < MAX_FILES; i++)
-		if (files[i].word)
+		if (files[i].word && files[i].stored)
 			flush(&files[i]);
 }
