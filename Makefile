@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench reference clean
+.PHONY: demo test lint bench reference clean preload
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,13 +12,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+# the C preload library for `xec run`, built into the cache `xec run` uses
+preload: $(STAMP)
+	$(BIN)/python -m clients.preload
+
+demo: $(STAMP) preload
 	$(BIN)/python -m clients.demo
 	$(BIN)/xec scenario run dma_buf_ring
 	$(BIN)/xec scenario run mmio_isolation
 	$(BIN)/xec scenario run unplug_under_load
 
-test: $(STAMP) lint
+test: $(STAMP) lint preload
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

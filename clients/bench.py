@@ -2,9 +2,11 @@
 
 rtt:  a trivial ioctl (DRM_IOCTL_VERSION) through the daemon vs a raw SOCK_SEQPACKET
       echo between two Python processes, same message size, interleaved in rounds so
-      machine noise hits both alike. Prints medians, p99s and `ratio: X.XX`; and beside
-      them the msgpack floor: a pair of processes that only pack and unpack the same
-      request and reply, the least the wire format costs whatever the daemon does.
+      machine noise hits both alike; and the same two from a C client: the ioctl
+      through the preload library (as an unmodified C program makes it), the echo raw.
+      Prints medians, p99s and `ratio: X.XX`; and beside them the msgpack floor: a
+      pair of processes that only pack and unpack the same request and reply, the
+      least the wire format costs whatever the daemon does.
       By default the client and the server (daemon or echo) share one CPU: a wake-up
       across CPUs costs tens of microseconds on a virtual machine and lands at random,
       which would measure the scheduler's placement rather than the software. --spread
@@ -12,7 +14,9 @@ rtt:  a trivial ioctl (DRM_IOCTL_VERSION) through the daemon vs a raw SOCK_SEQPA
 mmap: GEM_MMAP_OFFSET + MMAP + mmap(2) of a 1 GiB BO vs a 4 KiB BO: time ratio and the
       bytes each put on the socket (zero copy means the same bytes, whatever the size).
 barrier: one PCI barrier as a page store, as an ioctl round trip, as an MI_MEM_FENCE exec;
-      and what an idle daemon spends watching 32 mapped barrier pages nobody writes.
+      a store from C through the preload library's fault path (what an unmodified
+      program's store costs) beside that ioctl from C; and what an idle daemon spends
+      watching 32 mapped barrier pages nobody writes.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import msgpack
@@ -32,6 +37,7 @@ import msgpack
 from protocols import to_wire
 
 from .batch import Batch
+from .bench_c import CRounds, barrier_store_us
 from .daemon import daemon_at
 from .device import Device, user_fence
 from .echo import EchoServer
@@ -56,19 +62,23 @@ def _us(x: float) -> str:
 
 
 class _CpuMeter:
-    """CPU time per call of the client (this process) and of its server, summed over
-    the rounds: where a round trip's time goes, side by side."""
+    """CPU time per call of the client (this process, or a C client's) and of its
+    server, summed over the rounds: where a round trip's time goes, side by side."""
 
-    def __init__(self, server_pid: int | None) -> None:
+    def __init__(self, server_pid: int | None, client_pid: int | None = None) -> None:
         self.server_pid = server_pid
+        self.client_pid = client_pid or os.getpid()
         self.client = self.server = 0.0
         self.calls = 0
 
     def time(self, call: Callable[[], object], n: int) -> list[float]:
-        me, server = os.getpid(), self.server_pid
+        return self.rounds(lambda k: _time_calls(call, k), n)
+
+    def rounds(self, run: Callable[[int], list[float]], n: int) -> list[float]:
+        me, server = self.client_pid, self.server_pid
         c0 = cpu_seconds(me)
         s0 = cpu_seconds(server) if server else 0.0
-        samples = _time_calls(call, n)
+        samples = run(n)
         self.client += cpu_seconds(me) - c0
         self.server += (cpu_seconds(server) - s0) if server else 0.0
         self.calls += n
@@ -83,14 +93,21 @@ class _CpuMeter:
 def bench_rtt(socket_path: Path | None, rounds: int, per_round: int, spread: bool) -> float:
     cpus = pin_here(spread)
     with tempfile.TemporaryDirectory(prefix="xed-bench-") as tmp, contextlib.ExitStack() as stack:
-        contestants: list[tuple[str, Callable[[], object], _CpuMeter]] = []
+        contestants: list[tuple[str, Callable[[int], list[float]], _CpuMeter]] = []
         path, daemon = stack.enter_context(daemon_at(socket_path))
+        daemon_pid = daemon.pid if daemon else None
         if daemon:
             pin(daemon.pid, cpus)
         dev = Device.open(path)
         stack.callback(dev.close)
         contestants.append(
-            ("daemon VERSION ioctl", dev.version, _CpuMeter(daemon.pid if daemon else None))
+            ("daemon VERSION ioctl", partial(_time_calls, dev.version), _CpuMeter(daemon_pid))
+        )
+        c_ioctl = CRounds.ioctl(path, per_round)
+        stack.callback(c_ioctl.close)
+        pin(c_ioctl.pid, cpus)
+        contestants.append(
+            ("  same ioctl from C", c_ioctl.run, _CpuMeter(daemon_pid, c_ioctl.pid))
         )
         reply = msgpack.packb(to_wire(dev.version()))  # what the floor answers with
         for n, (label, in_trio, floor) in enumerate(
@@ -105,13 +122,23 @@ def bench_rtt(socket_path: Path | None, rounds: int, per_round: int, spread: boo
             pin(echo.pid, cpus)
             client = echo.connect()
             stack.callback(client.close)
-            contestants.append((label, client.once, _CpuMeter(echo.pid)))
+            contestants.append((label, partial(_time_calls, client.once), _CpuMeter(echo.pid)))
+            if n == 0:  # the C echo: a server of its own (one connection at a time)
+                c_echo_server = EchoServer(os.path.join(tmp, "echo-c.sock"))
+                stack.callback(c_echo_server.stop)
+                pin(c_echo_server.pid, cpus)
+                c_echo = CRounds.echo(c_echo_server.path, per_round)
+                stack.callback(c_echo.close)
+                pin(c_echo.pid, cpus)
+                contestants.append(
+                    ("  same echo from C", c_echo.run, _CpuMeter(c_echo_server.pid, c_echo.pid))
+                )
         samples: dict[str, list[float]] = {label: [] for label, _, _ in contestants}
-        for _, call, _ in contestants:
-            _time_calls(call, 500)  # warm up every path
+        for _, run, _ in contestants:
+            run(per_round)  # warm up every path
         for _ in range(rounds):
-            for label, call, meter in contestants:
-                samples[label] += meter.time(call, per_round)
+            for label, run, meter in contestants:
+                samples[label] += meter.rounds(run, per_round)
     where = "spread over the CPUs" if spread else f"client and server on CPU {min(cpus or {0})}"
     print(f"round trips: {rounds * per_round} each, {rounds} interleaved rounds, {where}")
     print(f"{'':24}{'median':>12}{'p99':>12}{'client CPU':>14}{'server CPU':>14}")
@@ -130,6 +157,13 @@ def bench_rtt(socket_path: Path | None, rounds: int, per_round: int, spread: boo
     print(f"floor: {floor:.2f}  (msgpack floor / echo: the wire format alone, before any work)")
     ratio = statistics.median(samples["daemon VERSION ioctl"]) / echo_us
     print(f"ratio: {ratio:.2f}  (target <= 1.3)")
+    c_ratio = statistics.median(samples["  same ioctl from C"]) / statistics.median(
+        samples["  same echo from C"]
+    )
+    print(
+        f"C ratio: {c_ratio:.2f}  (an unmodified C program's VERSION through the preload "
+        "library / the C echo)"
+    )
     return ratio
 
 
@@ -259,6 +293,14 @@ def bench_barrier(socket_path: Path | None, count: int) -> float:
 
         exec_us = statistics.median(_time_calls(exec_fence, 2000))
         dev.close()
+        c_count = max(count // 10, 1000)
+        c_store_us = barrier_store_us(path, c_count)
+        c_ioctl = CRounds.ioctl(path, 2000)
+        try:
+            c_ioctl.run(2000)  # warm up
+            c_ioctl_us = statistics.median(c_ioctl.run(2000))
+        finally:
+            c_ioctl.close()
         pid = daemon.pid if daemon else daemon_pid(str(path))
         idle_pct = _idle_watch_cost(str(path), pid, IDLE_PAGES, IDLE_SECONDS)
     print("one PCI memory barrier, three ways (median cost per barrier)")
@@ -267,6 +309,10 @@ def bench_barrier(socket_path: Path | None, count: int) -> float:
     if daemon:
         print(f"  ioctl, daemon on caller's CPU  {shared_us:10.3f} us   (both pinned to one CPU)")
     print(f"  EXEC of MI_MEM_FENCE + wait    {exec_us:10.3f} us")
+    print("from an unmodified C program, through the preload library (xec run):")
+    print(f"  store via the fault path       {c_store_us:10.3f} us   ({c_count:,} stores)")
+    print(f"  ioctl round trip (VERSION)     {c_ioctl_us:10.3f} us")
+    print(f"ratio C ioctl/C store: {c_ioctl_us / c_store_us:.1f}x")
     ratio = ioctl_us / store_us
     print(
         f"ratio ioctl/store: {ratio:.0f}x (target >= 500x); exec/store: {exec_us / store_us:.0f}x"

@@ -102,6 +102,23 @@ def main(argv: list[str] | None = None) -> int:
     sc_check = sc_sub.add_parser("check", help="validate a scenario file without running it")
     sc_check.add_argument("file", help="a scenario file, or the name of a shipped one")
     sc_sub.add_parser("list", help="the shipped scenarios")
+    run_p = sub.add_parser(
+        "run",
+        help="run an unmodified program against the daemon (LD_PRELOAD)",
+        description="Run PROGRAM with the preload library: /dev/dri/card0 and "
+        "/dev/dri/renderD128 exist for it, and each open of them is a drm file of the "
+        "daemon (see README: Running unmodified C programs). The library is built with "
+        "the system C compiler on first use. Exit status: PROGRAM's own (128+N if a "
+        "signal N ended it); 69 if no daemon answers or no C compiler is found, 70 if "
+        "the library does not compile, 127 if PROGRAM is not found.",
+    )
+    run_p.add_argument("--socket", type=Path, default=None, help="the daemon's socket")
+    run_p.add_argument(
+        "--node", choices=["card0", "renderD128"], default=None,
+        help="the only device node that exists for PROGRAM (default: both; a node "
+        "not chosen is missing, ENOENT, whatever the host has)",
+    )  # fmt: skip
+    run_p.add_argument("program", nargs=argparse.REMAINDER, help="-- PROGRAM [ARGS...]")
     debug_p = sub.add_parser("debug", help="a small debugger for a process using xed")
     debug_sub = debug_p.add_subparsers(dest="which", required=True)
     att = debug_sub.add_parser("attach", help="attach to PID: list, dump, patch, follow")
@@ -122,6 +139,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        from .run import run
+
+        program = args.program[1:] if args.program[:1] == ["--"] else args.program
+        if not program:
+            print("xec run: no PROGRAM given (xec run [options] -- PROGRAM [ARGS...])",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        return run(program, args.socket or default_socket_path(), args.node)
     if args.command == "debug":
         from .debugger import attach
 

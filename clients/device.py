@@ -77,7 +77,13 @@ def user_fence(addr: int, value: int) -> m.DrmXeSync:
 class Device:
     """One connection to the daemon: the equivalent of an open render node."""
 
-    def __init__(self, transport: SeqpacketTransport, role: str = "drm") -> None:
+    def __init__(
+        self,
+        transport: SeqpacketTransport,
+        role: str = "drm",
+        node: str = "primary",
+        join: str = "",
+    ) -> None:
         self.transport = transport
         self.rpc = RpcConnection(transport)
         self.events = self.rpc.events  # EXEC_QUEUE_BANNED and others, as they came
@@ -87,17 +93,33 @@ class Device:
         self._barrier_word: Any = None
         self._barrier_seq = 0
         try:
-            hello: m.HelloReply = self.ioctl(Op.HELLO, m.Hello(version=PROTOCOL_VERSION, role=role))
+            hello: m.HelloReply = self.ioctl(
+                Op.HELLO, m.Hello(version=PROTOCOL_VERSION, role=role, node=node, join=join)
+            )
         except BaseException:
             transport.close()  # a refused open (ENODEV, EACCES...) keeps nothing open
             raise
         self.identity = hello.device
         self.client_id = hello.client_id
+        # the drm file's secret: a process given it may join the file (keep it private)
+        self.token = hello.token
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str] | None = None, role: str = "drm") -> Device:
-        """Connect to the daemon at `path` (default: $XED_SOCKET or the runtime socket)."""
-        return cls(SeqpacketTransport.connect(path or default_socket_path()), role)
+    def open(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        role: str = "drm",
+        node: str = "primary",
+        join: str = "",
+    ) -> Device:
+        """Connect to the daemon at `path` (default: $XED_SOCKET or the runtime socket).
+
+        `node`: "primary" (/dev/dri/card0) or "render" (renderD128, which refuses
+        GEM_FLINK and GEM_OPEN). `join`: another Device's `token`: this connection acts
+        on that drm file (same handles, VMs and offsets) instead of opening a new one;
+        closing it releases nothing, and the file's release closes it."""
+        transport = SeqpacketTransport.connect(path or default_socket_path())
+        return cls(transport, role, node, join)
 
     def close(self) -> None:
         """Close the connection: the daemon releases everything this file held."""
@@ -169,6 +191,17 @@ class Device:
     def gem_close(self, handle: int) -> None:
         self.ioctl(Op.GEM_CLOSE, m.DrmGemClose(handle=handle))
         self._bo_sizes.pop(handle, None)
+
+    def gem_flink(self, handle: int) -> int:
+        """GEM_FLINK: the object's global name (primary node only)."""
+        reply: m.DrmGemFlinkReply = self.ioctl(Op.GEM_FLINK, m.DrmGemFlink(handle=handle))
+        return reply.name
+
+    def gem_open(self, name: int) -> tuple[int, int]:
+        """GEM_OPEN: a new handle to the object `name` names, and its size."""
+        reply: m.DrmGemOpenReply = self.ioctl(Op.GEM_OPEN, m.DrmGemOpen(name=name))
+        self._bo_sizes[reply.handle] = reply.size
+        return reply.handle, reply.size
 
     def gem_mmap_offset(self, handle: int, flags: int = 0) -> int:
         reply: m.DrmXeGemMmapOffsetReply = self.ioctl(
@@ -316,7 +349,7 @@ class Device:
             fds=[fd],
         )
         try:
-            mm = mmap.mmap(memfd, reply.length, mmap.MAP_SHARED, prot, offset=reply.offset)
+            mm = map_shared(memfd, reply.length, prot, reply.offset)
         finally:
             os.close(memfd)
         return Mapping(mm, 0, reply.length)

@@ -26,7 +26,7 @@ from .codec import (
 )
 from .connection import MAX_STRIKES, ServerConnection, State
 from .errors import LocalProtocolError, ProtocolError, errno_name
-from .ops import COMMON_ERRORS, EVENTS, FDS_OUT_ERRORS, SPECS, Event, Op, OpSpec, Role
+from .ops import COMMON_ERRORS, EVENTS, FDS_OUT_ERRORS, SPECS, Event, Node, Op, OpSpec, Role
 from .version import PROTOCOL_VERSION
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "Event",
     "EventMessage",
     "LocalProtocolError",
+    "Node",
     "Op",
     "OpSpec",
     "ProtocolError",

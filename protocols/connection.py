@@ -14,10 +14,11 @@ import attrs
 from .codec import Request, decode_request
 from .errors import ProtocolError
 from .messages import Hello
-from .ops import HELLO_ROLES, SPECS, Op, Role
+from .ops import HELLO_ROLES, SPECS, Node, Op, Role
 from .version import compatible
 
 _HELLO_ROLE_NAMES = frozenset(role.value for role in HELLO_ROLES)
+_NODE_NAMES = frozenset(node.value for node in Node)
 MAX_STRIKES = 8  # consecutive malformed messages before the peer is disconnected
 
 
@@ -26,18 +27,26 @@ class State(enum.Enum):
     READY = "ready"
 
 
-def _ops_for(role: Role) -> frozenset[Op]:
-    return frozenset(op for op, spec in SPECS.items() if role in spec.roles and op is not Op.HELLO)
+def _ops_for(role: Role, node: Node) -> frozenset[Op]:
+    return frozenset(
+        op
+        for op, spec in SPECS.items()
+        if role in spec.roles
+        and op is not Op.HELLO
+        and (spec.render_allow or node is Node.PRIMARY or role is not Role.DRM)
+    )
 
 
-# what each role may send once the handshake is done: one set lookup per request
-_OPS_FOR = {role: _ops_for(role) for role in Role}
+# what each role may send on each node once the handshake is done: one set lookup per
+# request (drm_ioctl_permit: a render node answers only DRM_RENDER_ALLOW ioctls)
+_OPS_FOR = {(role, node): _ops_for(role, node) for role in Role for node in Node}
 
 
 @attrs.define
 class ServerConnection:
     state: State = State.AWAIT_HELLO
     role: Role | None = None
+    node: Node = Node.PRIMARY
     strikes: int = 0
     allowed: frozenset[Op] = frozenset()  # ops that pass as they are, in this state
 
@@ -64,6 +73,9 @@ class ServerConnection:
         if self.state is State.AWAIT_HELLO:
             raise ProtocolError(EPROTO, f"{request.op.name} before HELLO", request.id)
         role = self.role.value if self.role else "none"  # READY: `allowed` is the role's ops
+        if self.role is Role.DRM and self.role in SPECS[request.op].roles:
+            message = f"{request.op.name} is not allowed on a {self.node.value} node"
+            raise ProtocolError(EACCES, message, request.id)
         raise ProtocolError(EACCES, f"{request.op.name} is not for role {role!r}", request.id)
 
     def _check_hello(self, request: Request) -> None:
@@ -74,11 +86,16 @@ class ServerConnection:
             )
         if hello.role not in _HELLO_ROLE_NAMES:
             raise ProtocolError(EINVAL, f"unknown role {hello.role!r}", request.id)
+        if hello.node not in _NODE_NAMES:
+            raise ProtocolError(EINVAL, f"unknown node {hello.node!r}", request.id)
+        if hello.join and hello.role != Role.DRM.value:
+            raise ProtocolError(EINVAL, "only a drm connection joins a drm file", request.id)
 
-    def accept(self, role: Role) -> None:
-        """The daemon admitted the peer in `role` (credentials checked there)."""
+    def accept(self, role: Role, node: Node = Node.PRIMARY) -> None:
+        """The daemon admitted the peer in `role` on `node` (credentials checked there)."""
         if self.state is not State.AWAIT_HELLO:
             raise RuntimeError("handshake already done")
         self.state = State.READY
         self.role = role
-        self.allowed = _OPS_FOR[role]
+        self.node = node
+        self.allowed = _OPS_FOR[role, node]

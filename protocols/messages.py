@@ -42,10 +42,20 @@ def frozen(cls: type[_T]) -> type[_T]:
 # --- handshake and DRM core ------------------------------------------------------------
 @frozen
 class Hello:
-    """First message on a connection: protocol version and role."""
+    """First message on a connection: protocol version and role; for role drm, which
+    device node was opened, or the drm file this connection is to be a channel of."""
 
     version: tuple[int, int] = array(2, "u16", "protocol (major, minor)")
     role: str = string("drm | aux | debugger | admin", max_len=16)
+    node: str = string(
+        "primary (/dev/dri/card0) | render (renderD128): render refuses GEM_FLINK/GEM_OPEN",
+        default="primary",
+        max_len=16,
+    )
+    join: str = string(
+        "role drm: a token from another connection's HELLO: act on that drm file (a channel)",
+        max_len=64,
+    )
 
 
 @frozen
@@ -60,7 +70,11 @@ class DeviceIdentity:
 class HelloReply:
     version: tuple[int, int] = array(2, "u16", "the daemon's protocol (major, minor)")
     device: DeviceIdentity = record(DeviceIdentity, "who answered")
-    client_id: int = u32("this connection's id, as the admin view shows it")
+    client_id: int = u32("the drm file's id, as the admin view shows it")
+    token: str = string(
+        "role drm, not a channel: a secret naming this drm file, for HELLO.join",
+        max_len=64,
+    )
 
 
 @frozen
@@ -84,6 +98,34 @@ class DrmGemClose:
 
     handle: int = u32("GEM handle to release")
     pad: int = u32("not checked (DRM ignores it)")
+
+
+@frozen
+class DrmGemFlink:
+    """struct drm_gem_flink: a global name for a GEM object."""
+
+    handle: int = u32("GEM handle to name")
+    name: int = u32("output in the kernel; ignored on input")
+
+
+@frozen
+class DrmGemFlinkReply:
+    name: int = u32("the object's global name (the same for every FLINK of it)")
+
+
+@frozen
+class DrmGemOpen:
+    """struct drm_gem_open: a new handle to the object a global name names."""
+
+    name: int = u32("a name from GEM_FLINK")
+    handle: int = u32("output in the kernel; ignored on input")
+    size: int = u64("output in the kernel; ignored on input")
+
+
+@frozen
+class DrmGemOpenReply:
+    handle: int = u32("a new handle in this file (a new one on every GEM_OPEN)")
+    size: int = u64("the object's size")
 
 
 @frozen
@@ -134,7 +176,11 @@ class DrmXeGt:
     reference_clock: int = u32()
     near_mem_regions: int = u64()
     far_mem_regions: int = u64()
-    reserved: tuple[int, ...] = mbz(8)
+    ip_ver_major: int = u16("graphics IP version (GMD_ID), major")
+    ip_ver_minor: int = u16()
+    ip_ver_rev: int = u16()
+    pad2: int = u16("must be zero")
+    reserved: tuple[int, ...] = mbz(7)
 
 
 @frozen
@@ -149,14 +195,32 @@ class DrmXeMmioRegion:
 
 
 @frozen
+class DrmXeOaUnit:
+    """struct drm_xe_oa_unit (the emulated device has none: OA_UNITS lists no unit)."""
+
+    oa_unit_id: int = u32()
+    oa_unit_type: int = u32()
+    capabilities: int = u64()
+    oa_timestamp_freq: int = u64()
+    reserved: tuple[int, ...] = mbz(4)
+    eci: tuple[DrmXeEngineClassInstance, ...] = records(
+        DrmXeEngineClassInstance, "num_engines / eci[]", max_items=64
+    )
+
+
+@frozen
 class DrmXeDeviceQueryReply:
-    """Exactly one list is filled, the one `query` asked for."""
+    """The query's data, structured: exactly one field is filled, the one `query` asked
+    for (its C layout is the uAPI's drm_xe_query_* struct, whose size the kernel's size
+    probe reports). CONFIG: num_params is len(config)."""
 
     query: int = u32()
     engines: tuple[DrmXeEngine, ...] = records(DrmXeEngine)
     mem_regions: tuple[DrmXeMemRegion, ...] = records(DrmXeMemRegion)
     config: tuple[int, ...] = array(5, "u64", "drm_xe_query_config.info[]")
     gt_list: tuple[DrmXeGt, ...] = records(DrmXeGt)
+    hwconfig: bytes = blob("HWCONFIG: the GuC's hwconfig table (empty: size 0)", max_len=4096)
+    oa_units: tuple[DrmXeOaUnit, ...] = records(DrmXeOaUnit, "OA_UNITS", max_items=16)
     mmio_regions: tuple[DrmXeMmioRegion, ...] = records(DrmXeMmioRegion)
 
 
@@ -188,7 +252,7 @@ class DrmXeMmioRegionClose:
 # --- GEM ------------------------------------------------------------------------------
 @frozen
 class DrmXeGemCreate:
-    extensions: int = u64("must be zero")
+    extensions: int = u64("must be zero (checked last, as xe walks the chain last)")
     size: int = u64("bytes, a multiple of the page size")
     placement: int = u32("bitmask of memory region instances")
     flags: int = u32("DRM_XE_GEM_CREATE_FLAG_*")
@@ -700,6 +764,8 @@ class XedClientInfo:
     vm_exports: int = u32("VMs this file exported that are still exported")
     aux_vms: int = u32("role aux: VMs it holds registered")
     exported: int = u32("dma-bufs and VM exports it created that are alive (limits.exported)")
+    node: str = string("role drm: primary | render", max_len=16)
+    channels: int = u32("role drm: connections of other processes acting on this file")
 
 
 @frozen

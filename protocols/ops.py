@@ -47,6 +47,8 @@ DRM_COMMAND_BASE = 0x40
 class Op(enum.IntEnum):
     VERSION = 0x00
     GEM_CLOSE = 0x09
+    GEM_FLINK = 0x0A
+    GEM_OPEN = 0x0B
     PRIME_HANDLE_TO_FD = 0x2D
     PRIME_FD_TO_HANDLE = 0x2E
     XE_DEVICE_QUERY = DRM_COMMAND_BASE + 0x00
@@ -118,6 +120,13 @@ class Role(enum.Enum):
 HELLO_ROLES = frozenset({Role.DRM, Role.AUX, Role.DEBUGGER, Role.ADMIN})
 
 
+class Node(enum.Enum):
+    """The device node a drm connection stands for (HELLO.node)."""
+
+    PRIMARY = "primary"  # /dev/dri/card0
+    RENDER = "render"  # /dev/dri/renderD128: only DRM_RENDER_ALLOW ops (OpSpec.render_allow)
+
+
 ANY_FDS = -1
 DRM_ROLES = frozenset({Role.DRM})
 ANY_ROLE = HELLO_ROLES
@@ -132,6 +141,7 @@ COMMON_ERRORS: tuple[tuple[int, str], ...] = (
     (EPROTO, "sent before HELLO, or a second HELLO"),
     (ENOTTY, "unknown op"),
     (EACCES, "op not allowed for the connection's role"),
+    (EACCES, "op not DRM_RENDER_ALLOW, on a render node (GEM_FLINK, GEM_OPEN)"),
     (EINVAL, "malformed message: wrong types, unknown fields, out-of-range values"),
     (EINVAL, "descriptors attached that the op does not take (they are closed)"),
     (EMSGSIZE, "datagram larger than the limit"),
@@ -172,6 +182,9 @@ class OpSpec:
     fds_out: int = 0  # ANY_FDS: as many as the answer needs, up to MAX_FDS
     # blocking ops run beside the connection's reader so a disconnect still cancels them
     blocking: bool = False
+    # DRM_RENDER_ALLOW in drm_ioctl.c's table: may be sent on a render node (every xe
+    # ioctl is; the DRM core's GEM_FLINK and GEM_OPEN are DRM_AUTH only)
+    render_allow: bool = True
     # answered after an unplug too: the aux driver letting go of what it holds, which the
     # proposal does with in-kernel calls (xe_vm_put, the notifier's return) that an
     # unplugged device never refuses; refusing them would leak what it let go of
@@ -287,11 +300,22 @@ SPECS: dict[Op, OpSpec] = {
             request=m.Hello,
             reply=m.HelloReply,
             roles=ANY_ROLE,
-            doc="Handshake. Must be the first message; chooses the connection's role.",
+            doc=(
+                "Handshake. Must be the first message; chooses the connection's role. Role "
+                "drm opens a new drm file on the node named and answers with its token; "
+                "with `join` the connection is instead a channel of the live drm file the "
+                "token names: its requests act on that file and are answered on the "
+                "channel, closing it releases nothing of the file, and the file's release "
+                "(its own connection's last close) closes it."
+            ),
             errors=(
                 (EPROTO, "incompatible major version"),
                 (EINVAL, "unknown role (or `peer`, which is not a connection role)"),
+                (EINVAL, "node neither primary nor render"),
+                (EINVAL, "join with a role other than drm"),
                 (EACCES, "the peer's credentials do not allow this role ([admin], [aux])"),
+                (ENOENT, "join: no live drm file has that token (it was released)"),
+                (EACCES, "join: the drm file was opened by another uid, and we are not root"),
                 (
                     EMFILE,
                     "the daemon has no descriptor left for the connection: it answers, "
@@ -312,8 +336,19 @@ SPECS: dict[Op, OpSpec] = {
             request=m.DrmXeDeviceQuery,
             reply=m.DrmXeDeviceQueryReply,
             roles=frozenset({Role.DRM, Role.ADMIN}),
-            doc="Engines, memory regions (sizes and used bytes), config info[] or the GT list.",
-            errors=(_MBZ, (EINVAL, "unknown query")),
+            doc=(
+                "Engines, memory regions (sizes and used bytes), config info[], the GT "
+                "list, the hwconfig blob (empty), OA units (none), or the proposal's MMIO "
+                "regions, as a record; a C library lays it out as the uAPI's "
+                "drm_xe_query_* (the size probe, `size` != that size: EINVAL, and a data "
+                "pointer it cannot write: EFAULT, or ENOSPC for MEM_REGIONS, as xe does)."
+            ),
+            errors=(
+                _MBZ,
+                (EINVAL, "unknown query; GT_TOPOLOGY, ENGINE_CYCLES, UC_FW_VERSION: not emulated"),
+                (ENODEV, "PXP_STATUS: the device has no PXP"),
+                (ENODEV, "EU_STALL: the device has no EU stall sampling"),
+            ),
         ),
         OpSpec(
             op=Op.XE_GEM_CREATE,
@@ -321,7 +356,7 @@ SPECS: dict[Op, OpSpec] = {
             reply=m.DrmXeGemCreateReply,
             doc="Create a buffer object backed by its own memfd.",
             errors=(
-                _MBZ,
+                (EINVAL, "pad or reserved not zero"),
                 (EINVAL, "placement empty or names a region the device lacks"),
                 (EINVAL, "unknown flags"),
                 (EINVAL, "handle not zero on input"),
@@ -333,6 +368,7 @@ SPECS: dict[Op, OpSpec] = {
                 (ENOMEM, "fits no region of the placement (VRAM, visible VRAM, system)"),
                 _RESERVE,
                 (ENOMEM, "limits.bos: this client holds that many GEM handles already"),
+                (EINVAL, "extensions not zero (no extension is emulated; checked last)"),
             ),
         ),
         OpSpec(
@@ -341,6 +377,35 @@ SPECS: dict[Op, OpSpec] = {
             reply=m.Empty,
             doc="Release a GEM handle; the object lives on while VMAs or mappings hold it.",
             errors=((EINVAL, "no such handle (pad is not checked, as in DRM)"),),
+        ),
+        OpSpec(
+            op=Op.GEM_FLINK,
+            request=m.DrmGemFlink,
+            reply=m.DrmGemFlinkReply,
+            render_allow=False,
+            doc=(
+                "A global name for the object behind a handle: the same name for every "
+                "FLINK of the object, until its last handle (in any file) is closed. "
+                "GEM_OPEN by a file of another uid than every flinker's finds no such name "
+                "(xed: the kernel asks for DRM authentication instead)."
+            ),
+            errors=((ENOENT, "no such handle"),),
+        ),
+        OpSpec(
+            op=Op.GEM_OPEN,
+            request=m.DrmGemOpen,
+            reply=m.DrmGemOpenReply,
+            render_allow=False,
+            doc=(
+                "A new handle to the object a global name names (a new one each time; "
+                "PRIME_FD_TO_HANDLE of the object's dma-buf still gives the handle it "
+                "registered, as drm_prime does)."
+            ),
+            errors=(
+                (ENOENT, "no such name (never given, or the object's last handle closed)"),
+                (ENOENT, "a name only files of other uids flinked, and we are not root"),
+                (ENOMEM, "limits.bos: this client holds that many GEM handles already"),
+            ),
         ),
         OpSpec(
             op=Op.XE_GEM_MMAP_OFFSET,
@@ -370,7 +435,9 @@ SPECS: dict[Op, OpSpec] = {
             fds_out=1,
             doc=(
                 "mmap(2) of the DRM file: the daemon checks the request as the kernel's mmap "
-                "handler would and answers with the descriptor to map."
+                "handler would and answers with the descriptor to map. VRAM outside a small "
+                "BAR (a BO created without NEEDS_VISIBLE_VRAM) answers an empty memfd: the "
+                "map succeeds and every access is SIGBUS, as xe's fault handler answers."
             ),
             errors=(
                 (EINVAL, "length zero, or offset not page aligned"),

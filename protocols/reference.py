@@ -170,6 +170,23 @@ another op is `EACCES`):
 {roles}
 A peer that sends {max_strikes} malformed datagrams in a row is disconnected.
 
+A `drm` connection names the device node it stands for in `HELLO.node`: `primary`
+(`/dev/dri/card0`, the default) or `render` (`renderD128`). A render node answers only
+the ops the kernel marks `DRM_RENDER_ALLOW`; the others ({render_refused}) are `EACCES`
+there, before their arguments are looked at.
+
+A `drm` HELLO opens a new **drm file** and answers with its `token`, a secret. A `drm`
+HELLO with `join` set to such a token opens no file: the connection becomes a
+**channel** of that live file. Its requests act on the file (the same handles, VMs and
+fake offsets) and are answered on the channel; what is counted per connection (the
+descriptors a client leaves unread, its blocking requests, which end with it) is the
+channel's own. Closing a channel releases nothing of the file. The file is released
+when its own connection reads EOF, i.e. when every copy of that socket is closed; the
+daemon then closes every channel of it. This is how a process that inherited a
+program's descriptor (a forked child) reaches the program's drm file without reading
+replies meant for another process. Joining needs the file's uid, or root (`EACCES`),
+and a live token (`ENOENT`); the admin view shows a file once, with its channel count.
+
 ## User addresses
 
 Some fields name a location in the client's memory rather than in a GPU VM:
@@ -217,6 +234,9 @@ def render() -> str:
             wire_types=_table(("wire type", "msgpack value"), _WIRE_TYPES),
             error_info=_field_table(ErrorInfo),
             roles=_roles(),
+            render_refused=", ".join(
+                f"`{op.name}`" for op, spec in sorted(SPECS.items()) if not spec.render_allow
+            ),
             op_index=_op_index(),
             departures=_departures(),
         )

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import select
+import signal
 import socket
+import time
+from collections.abc import Callable, Iterable
 from errno import ECANCELED
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from clients import Batch, Device, XeError, user_fence
+from clients.daemon import DaemonProcess
 from protocols import MAX_DATAGRAM, MAX_FDS, Event, Op, Reply, decode_incoming, encode_request
 from protocols import messages as m
 from protocols.ancillary import unpack_fds
@@ -18,6 +26,8 @@ WAIT = 5_000_000_000  # ns: an upper bound, never an expectation
 BATCH_VA = 0x1_0000_0000  # the batch BO: fence qword at offset 0, batches after it
 BATCH_BO_SIZE = 0x10000
 FENCE = 0
+NOBODY = 65534
+CHILD_WAIT = 30.0  # s: an upper bound for a forked child's report or exit
 
 
 def peer_attach(sock: socket.socket, request_id: int = 7, timeout: float = 10.0) -> Reply:
@@ -109,3 +119,119 @@ class Gpu:
 
     def close(self) -> None:
         self.cpu.close()
+
+
+# --- children forked from the test process (as uid 65534, or not) ------------------------------
+
+
+Work = Callable[[Callable[[Any], None], Callable[[], None]], None]
+
+
+class ForkedChild:
+    """A child forked from the test process that runs `work` (as `uid`, if given).
+
+    `work(report, wait_go)` may report JSON-able dicts (one line each) and block in
+    wait_go() until the test calls go(). The child closes every descriptor it inherited
+    but its pipes, stdio and `keep`, so the test's own connections stay the test's (a
+    descriptor in `keep` is a copy the child holds, as a forked program does).
+    """
+
+    def __init__(
+        self,
+        socket_path: Path,
+        work: Work,
+        *,
+        uid: int | None = None,
+        keep: Iterable[int] = (),
+    ) -> None:
+        report_r, report_w = os.pipe()
+        go_r, go_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: never return into pytest
+            code = 1
+            try:
+                kept = {0, 1, 2, report_w, go_r, *keep}
+                for fd in [int(name) for name in os.listdir("/proc/self/fd")]:
+                    if fd not in kept:
+                        with contextlib.suppress(OSError):
+                            os.close(fd)
+                if uid is not None:
+                    os.chdir(socket_path.parent)  # as root: the path above may be closed
+                    os.setgroups([])
+                    os.setgid(uid)
+                    os.setuid(uid)
+
+                def report(value: Any) -> None:
+                    os.write(report_w, json.dumps(value).encode() + b"\n")
+
+                def wait_go() -> None:
+                    while os.read(go_r, 1):
+                        pass
+
+                work(report, wait_go)
+                code = 0
+            except BaseException as exc:  # report anything to the parent
+                os.write(report_w, json.dumps({"error": repr(exc)}).encode() + b"\n")
+            finally:
+                os._exit(code)
+        os.close(report_w)
+        os.close(go_r)
+        self.pid = pid
+        self._go = go_w
+        self._reports = report_r
+        self._pending = b""
+
+    def report(self, timeout: float = CHILD_WAIT) -> Any:
+        """The child's next report (it failed, or is stuck past `timeout`: the test fails)."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._pending:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([self._reports], [], [], max(left, 0))
+            assert ready, f"the child reported nothing in {timeout} s"
+            chunk = os.read(self._reports, 4096)
+            assert chunk, "the child ended without reporting"
+            self._pending += chunk
+        line, _, self._pending = self._pending.partition(b"\n")
+        value = json.loads(line)
+        assert not (isinstance(value, dict) and "error" in value), value
+        return value
+
+    def go(self) -> None:
+        if self._go >= 0:
+            os.close(self._go)
+            self._go = -1
+
+    def join(self, timeout: float = CHILD_WAIT) -> int:
+        """Let the child go and wait for its exit status (killed past `timeout`)."""
+        self.go()
+        pidfd = os.pidfd_open(self.pid)
+        try:
+            exited, _, _ = select.select([pidfd], [], [], timeout)  # readable once it exits
+        finally:
+            os.close(pidfd)
+        if not exited:
+            os.kill(self.pid, signal.SIGKILL)
+        _, status = os.waitpid(self.pid, 0)
+        os.close(self._reports)
+        assert exited, f"the child did not exit in {timeout} s"
+        return os.waitstatus_to_exitcode(status)
+
+
+def open_to_nobody(daemon: DaemonProcess) -> str:
+    """Let uid 65534 reach the daemon's socket (as tests/test_robustness.py does)."""
+    path = daemon.socket_path
+    os.chmod(path.parent, 0o711)  # nobody may look the socket up in its directory
+    os.chown(path, 0, NOBODY)  # and connect to it through the group bits (mode 0660)
+    return path.name
+
+
+def needs_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run a child as uid 65534")
+
+
+class NobodyChild(ForkedChild):
+    """A ForkedChild that drops to uid/gid 65534 before it runs `work`."""
+
+    def __init__(self, socket_path: Path, work: Work) -> None:
+        super().__init__(socket_path, work, uid=NOBODY)

@@ -9,7 +9,6 @@ the uid rules, a child forked from it that drops to uid 65534).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import select
@@ -26,6 +25,7 @@ from typing import Any
 import msgpack
 import pytest
 from conftest import ROOT, baseline, spawn_client
+from helpers import NOBODY, NobodyChild, needs_root, open_to_nobody
 
 from clients import Device, XeError
 from clients.daemon import DaemonProcess
@@ -34,7 +34,6 @@ from protocols import messages as m
 from protocols.codec import to_wire
 from protocols.constants import PAGE_SIZE
 
-NOBODY = 65534
 BO_VA = 0x1_0000_0000  # the target's BO (BO_SIZE) and, right after it, its userptr
 BO_SIZE = 2 * PAGE_SIZE
 UP_VA = BO_VA + BO_SIZE
@@ -65,14 +64,17 @@ while True:
 """
 
 # A target: connects (conftest's spawn_client does), says who it is, then runs snippets.
-TARGET = r"""
+TARGET = (
+    r"""
 import mmap, os, traceback
 from clients.host_memory import HostMemory
 from protocols import Op, messages as m
 from protocols.constants import *
 BO_VA, BO_SIZE, UP_VA, HOST_SIZE, NULL_VA = (int(v) for v in argv[1:6])
 print(json.dumps({"pid": os.getpid(), "client_id": dev.client_id}), flush=True)
-""" + SNIPPETS
+"""
+    + SNIPPETS
+)
 
 # The usual target state: a VM with a BO at BO_VA and host memory bound right after it
 # at UP_VA (back to back), both holding known patterns, and a NULL binding at NULL_VA.
@@ -231,84 +233,6 @@ def attach_errno(dbg: Device, pid: int) -> int:
 
 
 # --- children that run as uid 65534 -------------------------------------------------------------
-
-
-class NobodyChild:
-    """A child forked from the test process that drops to uid/gid 65534 and runs `work`.
-
-    `work(report, wait_go)` may report JSON-able dicts (one line each) and block in
-    wait_go() until the test calls go(). The child closes every descriptor it inherited
-    but its pipes and stdio, so the test's own connections stay the test's.
-    """
-
-    def __init__(
-        self, socket_path: Path, work: Callable[[Callable[[Any], None], Callable[[], None]], None]
-    ) -> None:
-        report_r, report_w = os.pipe()
-        go_r, go_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: never return into pytest
-            code = 1
-            try:
-                keep = {0, 1, 2, report_w, go_r}
-                for fd in [int(name) for name in os.listdir("/proc/self/fd")]:
-                    if fd not in keep:
-                        with contextlib.suppress(OSError):
-                            os.close(fd)
-                os.chdir(socket_path.parent)  # as root: the path above may be closed to nobody
-                os.setgroups([])
-                os.setgid(NOBODY)
-                os.setuid(NOBODY)
-
-                def report(value: Any) -> None:
-                    os.write(report_w, json.dumps(value).encode() + b"\n")
-
-                def wait_go() -> None:
-                    while os.read(go_r, 1):
-                        pass
-
-                work(report, wait_go)
-                code = 0
-            except BaseException as exc:  # report anything to the parent
-                os.write(report_w, json.dumps({"error": repr(exc)}).encode() + b"\n")
-            finally:
-                os._exit(code)
-        os.close(report_w)
-        os.close(go_r)
-        self.pid = pid
-        self._go = go_w
-        self._reports = os.fdopen(report_r, "r")
-
-    def report(self) -> Any:
-        line = self._reports.readline()
-        assert line, "the child ended without reporting"
-        value = json.loads(line)
-        assert not (isinstance(value, dict) and "error" in value), value
-        return value
-
-    def go(self) -> None:
-        if self._go >= 0:
-            os.close(self._go)
-            self._go = -1
-
-    def join(self) -> int:
-        self.go()
-        _, status = os.waitpid(self.pid, 0)
-        self._reports.close()
-        return os.waitstatus_to_exitcode(status)
-
-
-def open_to_nobody(daemon: DaemonProcess) -> str:
-    """Let uid 65534 reach the daemon's socket (as tests/test_robustness.py does)."""
-    path = daemon.socket_path
-    os.chmod(path.parent, 0o711)  # nobody may look the socket up in its directory
-    os.chown(path, 0, NOBODY)  # and connect to it through the group bits (mode 0660)
-    return path.name
-
-
-def needs_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to run a child as uid 65534")
 
 
 def nobody_target(name: str) -> Callable[[Callable[[Any], None], Callable[[], None]], None]:
@@ -1049,7 +973,8 @@ def test_target_killed_while_attached_detaches(
 
 # A process of the test's with no connection yet, running snippets as TARGET does, in the
 # socket's directory (name = the socket's name there): as root, or as uid 65534.
-REPL = r"""
+REPL = (
+    r"""
 import json, os, subprocess, sys, traceback
 from clients import Device, XeError
 from protocols.constants import PAGE_SIZE
@@ -1070,7 +995,9 @@ def vm_with(dev, data):  # a VM with a page BO holding data at BO_VA; and its ma
     return vm, cpu
 
 print(json.dumps({"pid": os.getpid(), "client_id": 0}), flush=True)
-""" + SNIPPETS
+"""
+    + SNIPPETS
+)
 
 
 class Repl(Target):

@@ -134,6 +134,7 @@ def test_query_mem_regions_default(dev: Device) -> None:
     assert vram.mem_class == DRM_XE_MEM_REGION_CLASS_VRAM
     assert vram.total_size == DEFAULT.vram_size == 4 * GiB
     assert vram.cpu_visible_size == DEFAULT.visible_vram_size == 256 * MiB
+    assert (sysmem.cpu_visible_size, sysmem.cpu_visible_used) == (0, 0)  # as xe: VRAM's only
     for r in reply.mem_regions:
         assert r.min_page_size == PAGE_SIZE
         assert not any(r.reserved)
@@ -213,16 +214,62 @@ def test_query_gt_list(dev: Device) -> None:
     assert gt.reference_clock > 0
     assert gt.near_mem_regions == XE_PLACEMENT_VRAM0
     assert gt.far_mem_regions == XE_PLACEMENT_SYSMEM
+    assert (gt.ip_ver_major, gt.ip_ver_minor) == (20, 1)  # Xe2 graphics IP
+    assert not gt.pad2
     assert not any(gt.reserved)
 
 
 # --- errors -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("query", [4, 5, 0x100, 0xFFFF_FFFF])
+@pytest.mark.parametrize("query", [11, 0x1F, 0x21, 0x100, 0xFFFF_FFFF])
 def test_query_unknown_query_is_einval(dev: Device, query: int) -> None:
-    """A query number the device does not answer: EINVAL."""
+    """A query number xe does not know: EINVAL."""
     assert query_errno(dev, query=query) == errno.EINVAL
+
+
+@pytest.mark.parametrize("query", [Query.GT_TOPOLOGY, Query.ENGINE_CYCLES, Query.UC_FW_VERSION])
+def test_query_not_emulated_is_einval(dev: Device, query: int) -> None:
+    """GT_TOPOLOGY, ENGINE_CYCLES, UC_FW_VERSION: not emulated, EINVAL."""
+    assert query_errno(dev, query=query) == errno.EINVAL
+
+
+@pytest.mark.parametrize("query", [Query.PXP_STATUS, Query.EU_STALL])
+def test_query_absent_feature_is_enodev(dev: Device, query: int) -> None:
+    """PXP_STATUS and EU_STALL on a device without PXP or EU stall sampling: ENODEV, as
+    xe answers on such a platform (IGT's xe_query treats both as optional)."""
+    assert query_errno(dev, query=query) == errno.ENODEV
+
+
+def test_query_hwconfig_is_empty(dev: Device) -> None:
+    """HWCONFIG succeeds with an empty table (size 0, which IGT takes as "none")."""
+    reply = dev.query(Query.HWCONFIG)
+    assert reply.query == Query.HWCONFIG
+    assert reply.hwconfig == b""
+
+
+def test_query_oa_units_lists_none(dev: Device) -> None:
+    """OA_UNITS succeeds with no unit (num_oa_units 0)."""
+    reply = dev.query(Query.OA_UNITS)
+    assert reply.query == Query.OA_UNITS
+    assert reply.oa_units == ()
+
+
+def test_query_every_answer_fills_only_its_field(dev: Device) -> None:
+    """Each answered query fills its own field; the rest keep their zero defaults."""
+    empty = m.DrmXeDeviceQueryReply()
+    fields = {
+        Query.ENGINES: "engines",
+        Query.MEM_REGIONS: "mem_regions",
+        Query.CONFIG: "config",
+        Query.GT_LIST: "gt_list",
+        Query.MMIO_REGIONS: "mmio_regions",
+    }
+    for query, field in fields.items():
+        reply = dev.query(query)
+        for other in ("engines", "mem_regions", "config", "gt_list", "hwconfig", "oa_units"):
+            if other != field:
+                assert getattr(reply, other) == getattr(empty, other), (query, other)
 
 
 def test_query_nonzero_extensions_is_einval(dev: Device) -> None:

@@ -121,6 +121,8 @@ _COLUMNS = (
     ("uid", "UID"),
     ("comm", "COMMAND"),
     ("role", "ROLE"),
+    ("node", "NODE"),
+    ("channels", "CHANNELS"),
     ("bos", "BOS"),
     ("bo_bytes", "BO BYTES"),
     ("vms", "VMS"),

@@ -22,6 +22,7 @@ from .device import (
     dma_buf,
     eudebug,
     exec_queue,
+    flink,
     mmap,
     mmio,
     query,
@@ -58,8 +59,9 @@ def admin_status_ioctl(xef: XeFile, args: m.XedAdminStatus) -> m.XedAdminStatusR
 
 
 def admin_clients_ioctl(xef: XeFile, args: m.XedAdminClients) -> m.XedAdminClientsReply:
-    """ADMIN_CLIENTS: every connection, what it holds and what the device did for it,
-    and the limits each is held to."""
+    """ADMIN_CLIENTS: every drm file and other connection (a channel shows as its file's
+    count, not as a client), what it holds and what the device did for it, and the
+    limits each is held to."""
     device = xef.device
     return m.XedAdminClientsReply(
         clients=tuple(f.info() for f in device.clients()),
@@ -110,6 +112,8 @@ def admin_replug_ioctl(xef: XeFile, args: m.XedAdminReplug) -> m.Empty:
 HANDLERS: dict[Op, Callable[..., Any]] = {
     Op.VERSION: drm_version_ioctl,
     Op.GEM_CLOSE: bo.drm_gem_close_ioctl,
+    Op.GEM_FLINK: flink.drm_gem_flink_ioctl,
+    Op.GEM_OPEN: flink.drm_gem_open_ioctl,
     Op.XE_DEVICE_QUERY: query.xe_query_ioctl,
     Op.XE_GEM_CREATE: bo.xe_gem_create_ioctl,
     Op.XE_GEM_MMAP_OFFSET: bo.xe_gem_mmap_offset_ioctl,

@@ -3,6 +3,12 @@
 One task per connection reads datagrams and answers them in order; ops that block
 (WAIT_USER_FENCE) run in tasks of the connection's own nursery, so a disconnect cancels
 them. Everything a connection held is released when its task ends, however it ends.
+
+A drm connection is a drm file, or a channel of one (HELLO.join): a connection of
+another process acting on that file, answered on the channel. A channel that closes
+releases nothing of the file; the file's release (its own connection's EOF, i.e. the
+last close of every copy of the program's descriptor) closes its channels first, and
+waits for them to end, so that none of their requests acts on a released file.
 Socket I/O goes straight to the non-blocking socket and only parks in trio when the
 kernel says EAGAIN: a round trip costs two system calls when the peer is quick.
 """
@@ -12,6 +18,7 @@ from __future__ import annotations
 import errno
 import inspect
 import os
+import secrets
 import select
 import socket
 import stat
@@ -31,6 +38,7 @@ from protocols import (
     PROTOCOL_VERSION,
     SPECS,
     Event,
+    Node,
     Op,
     ProtocolError,
     Request,
@@ -52,7 +60,7 @@ from protocols import (
 from . import log as xlog
 from .config import AdminConfig, AuxConfig, Config
 from .device.device import XeDevice
-from .device.errors import IoctlError
+from .device.errors import IoctlError, refuse_if
 from .device.eudebug import debug_event
 from .device.file import XeFile
 from .device.ids import IdAllocator
@@ -146,6 +154,9 @@ class Connection:
             process=peer_instance(sock, self.pid),
             peer_gone=self._peer_gone,
         )
+        self.joined = False  # a channel: self.xef is another connection's drm file
+        self.scope = trio.CancelScope()  # cancelled by the file's release, if a channel
+        self.done = trio.Event()  # set once everything of the connection is let go
 
     # --- life of a connection -----------------------------------------------------------
     async def run(self) -> None:
@@ -156,17 +167,36 @@ class Connection:
         self.log.info("client_connected", uid=self.uid, gid=self.gid)
         reason = "eof"
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write_events)
-                reason = await self._read_requests(nursery)
-                nursery.cancel_scope.cancel()
+            with self.scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._write_events)
+                    reason = await self._read_requests(nursery)
+                    nursery.cancel_scope.cancel()
+            if self.scope.cancelled_caught:
+                reason = "its drm file was released"
         finally:
-            self.xef.release()
+            if self.joined:
+                self.xef.channels.discard(self)
+            else:
+                await self._close_channels()
+                self.xef.release()
             self.unread.release()
             self.sock.close()
+            self.done.set()
             if self._refusals.missed:  # nothing is suppressed without saying how much
                 self.log.debug("ioctl_refused_suppressed", count=self._refusals.missed)
             self.log.info("client_disconnected", reason=reason)
+
+    async def _close_channels(self) -> None:
+        """The file is being released: nobody may join it any more, and its channels
+        end first (their blocking requests cancelled), so that none acts on it after."""
+        self.device.tokens.pop(self.xef.token, None)
+        channels = list(self.xef.channels)
+        for channel in channels:
+            channel.scope.cancel()
+        with trio.CancelScope(shield=True):  # a daemon stopping cancels us meanwhile
+            for channel in channels:
+                await channel.done.wait()
 
     async def _read_requests(self, nursery: trio.Nursery) -> str:
         """Answer datagrams in order until the peer leaves; return why the loop ended."""
@@ -296,19 +326,56 @@ class Connection:
         await self._send(encode_error(request.id, errno.EIO, "internal error in xed"), [])
 
     def _hello(self, hello: m.Hello) -> m.HelloReply:
+        """HELLO, once the protocol layer checked version, role and node names and that
+        only role drm joins. Checks, in order: admin or aux for credentials that do
+        not allow it: EACCES; then join's (_join)."""
         role = Role(hello.role)
         if role is Role.ADMIN and not self._allowed(self.device.admin_config):
             raise IoctlError(errno.EACCES, "admin needs root, the daemon's uid or [admin] ids")
         if role is Role.AUX and not self._allowed(self.device.aux_config):
             raise IoctlError(errno.EACCES, "this uid may not be an auxiliary driver ([aux])")
-        self.proto.accept(role)
-        self.xef.role = role
+        if hello.join:
+            return self._join(hello)
+        node = Node(hello.node)
+        self.proto.accept(role, node)
+        xef = self.xef
+        xef.role = role
         self.log = self.log.bind(role=role.value)
-        self.xef.log = self.log
-        self.log.info("client_hello", version=list(hello.version))
-        debug_event(self.xef, "open")
+        xef.log = self.log
+        if role is Role.DRM:
+            xef.node = node
+            xef.token = secrets.token_hex(16)  # never logged: it opens the file
+            self.device.tokens[xef.token] = xef
+        self.log.info("client_hello", version=list(hello.version), node=xef.node.value)
+        debug_event(xef, "open")
         return m.HelloReply(
-            version=PROTOCOL_VERSION, device=self.device.identity, client_id=self.client_id
+            version=PROTOCOL_VERSION,
+            device=self.device.identity,
+            client_id=self.client_id,
+            token=xef.token,
+        )
+
+    def _join(self, hello: m.Hello) -> m.HelloReply:
+        """HELLO with join: become a channel of the live drm file the token names (its
+        node, whatever HELLO.node says). Checks, in order: no live file has that token:
+        ENOENT; the file was opened by another uid and we are not root: EACCES."""
+        file = self.device.tokens.get(hello.join)
+        refuse_if(file is None, errno.ENOENT, "no live drm file has that token")
+        assert file is not None
+        refuse_if(
+            self.uid not in (0, file.uid),
+            errno.EACCES,
+            f"the drm file was opened by uid {file.uid}",
+        )
+        self.proto.accept(Role.DRM, file.node)
+        self.xef.release()  # our own, unused: it only leaves the device's list
+        self.xef = file
+        self.joined = True
+        file.channels.add(self)
+        self.log = self.log.bind(role=Role.DRM.value, channel_of=file.client_id)
+        self.log.info("channel_joined", version=list(hello.version), file_pid=file.pid)
+        return m.HelloReply(
+            version=PROTOCOL_VERSION, device=self.device.identity, client_id=file.client_id
         )
 
     def _allowed(self, allowed: AdminConfig | AuxConfig) -> bool:

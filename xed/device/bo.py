@@ -24,6 +24,7 @@ from protocols.constants import (
 from protocols.words import Words
 
 from .errors import IoctlError, refuse_if
+from .flink import drop_name
 from .limits import refuse_over
 from .memory import MemRegion, create_backing, unbacked
 from .vma_manager import VmaNode
@@ -77,6 +78,8 @@ class XeBo:
         self.writable = True
         self.handle_count = 0
         self.exported_as: DmaBuf | None = None  # our export, for as long as it lives
+        self.name = 0  # GEM_FLINK's global name while handles exist (flink.py)
+        self.name_uids: set[int] = set()  # the uids of the files that flinked it
         self.import_fd: int | None = None  # a foreign import: the dma-buf it came from
         # the offset exists from the start; which files may map it is the node's business
         self.node: VmaNode | None = device.vma.add(self, size)
@@ -111,10 +114,29 @@ class XeBo:
         return exported if exported is not None and exported.held else None
 
     def handle_closed(self) -> None:
-        """The last handle going drops the daemon's copy of its dma-buf (obj->dma_buf)."""
+        """The last handle going drops the object's name and the daemon's copy of its
+        dma-buf (obj->dma_buf), as drm_gem_object_handle_put_unlocked does."""
         self.handle_count -= 1
-        if self.handle_count == 0 and self.exported_as is not None:
+        if self.handle_count:
+            return
+        drop_name(self)
+        if self.exported_as is not None:
             self.exported_as.let_go()
+
+    @property
+    def cpu_visible(self) -> bool:
+        """Whether the CPU can reach the pages through a mapping. VRAM outside the
+        CPU-visible part of a small BAR cannot be: xe places a VRAM BO created without
+        NEEDS_VISIBLE_VRAM top-down (out of the BAR) on such a device, and its CPU
+        fault handler answers SIGBUS for a resource not wholly inside the BAR
+        (xe_ttm_io_mem_reserve). System memory and a full BAR always can."""
+        region = self.region
+        return (
+            region is None
+            or region.mem_class != DRM_XE_MEM_REGION_CLASS_VRAM
+            or self.visible
+            or region.cpu_visible >= region.total
+        )
 
     def get(self) -> XeBo:
         self.refs += 1
@@ -174,9 +196,13 @@ class XeBo:
     exact_length = False  # a BO maps in part too, from its start
 
     def mmap_fd(self) -> int:
+        """What a CPU mapping maps: the pages, or an empty memfd (sealed against
+        growing) every access of which faults SIGBUS: memory the CPU cannot reach (VRAM
+        outside a small BAR), and, with imported_mmap = "xe", a foreign import, which
+        xe's TTM mapping has no pages of its own to fault in for."""
+        if not self.cpu_visible:
+            return unbacked()
         if self.imported and self.device.dma_buf_config.imported_mmap == "xe":
-            # xe's TTM mapping of an import has no pages of its own to fault in: the
-            # mmap succeeds and the first access raises SIGBUS
             return unbacked()
         return os.dup(self.memfd)
 
@@ -190,7 +216,7 @@ def xe_gem_create_ioctl(xef: XeFile, args: m.DrmXeGemCreate) -> m.DrmXeGemCreate
 
     Checks, in order:
     - the daemon is down to its descriptor reserve (limits.descriptor_reserve): ENOMEM
-    - extensions, pad or reserved non-zero: EINVAL
+    - pad or reserved non-zero: EINVAL
     - placement empty or naming a region the device lacks: EINVAL
     - flags outside DEFER_BACKING | SCANOUT | NEEDS_VISIBLE_VRAM: EINVAL
     - handle non-zero on input: EINVAL
@@ -202,10 +228,12 @@ def xe_gem_create_ioctl(xef: XeFile, args: m.DrmXeGemCreate) -> m.DrmXeGemCreate
     - the file holds limits.bos GEM handles already: ENOMEM
     - no region of the placement can hold it (VRAM, CPU-visible VRAM on a small BAR,
       system memory): ENOMEM, as TTM reports it
-    Extension chains are not emulated: a non-zero extensions is EINVAL up front.
+    - extensions non-zero: EINVAL. xe walks the chain (a user pointer) once the BO
+      exists, and frees the BO if an extension fails; none is emulated here. A C
+      library reads the chain itself: it asks with extensions 0 and, if the chain is
+      bad or names PXP, closes the new handle and answers as xe would.
     """
     xe = xef.device
-    refuse_if(args.extensions, EINVAL, "extensions must be zero")
     refuse_if(any(args.pad) or any(args.reserved), EINVAL, "pad and reserved must be zero")
     refuse_if(
         not args.placement or args.placement & ~xe.mem_region_mask,
@@ -236,6 +264,7 @@ def xe_gem_create_ioctl(xef: XeFile, args: m.DrmXeGemCreate) -> m.DrmXeGemCreate
         refuse_if(vm is None or vm.closed, ENOENT, f"no VM {args.vm_id}")
     refuse_over(xef, "bos", len(xef.handles))
     region = _place(xe.regions_for(args.placement), args.size, visible)
+    refuse_if(args.extensions, EINVAL, "no GEM_CREATE extension is emulated")
     bo = XeBo(xe, args.size, region, visible and region in vram, args.flags, args.cpu_caching, vm)
     handle = xef.handle_create(bo)
     bo.put()  # the handle holds the object now

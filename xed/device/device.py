@@ -8,7 +8,7 @@ import os
 import resource
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
@@ -26,6 +26,7 @@ from ..stats import IoctlStats
 from .eudebug import Attachment
 from .export import ExportedObject
 from .file import XeFile
+from .ids import IdAllocator
 from .limits import DescriptorReserve
 from .memory import MemRegion, reported_bytes
 from .mmio import Bar0
@@ -34,6 +35,9 @@ from .process import Instance
 from .ufence import UfenceWaiters
 from .views import ViewCache, views_limit
 from .vma_manager import VmaOffsetManager
+
+if TYPE_CHECKING:
+    from .bo import XeBo
 
 _log = structlog.get_logger("xed")
 RESPAWN_DELAY = 1.0  # seconds before a device-wide task that crashed is started again
@@ -80,6 +84,10 @@ class XeDevice:
         self.engines = tuple(self._engines(config))
         self.vma = VmaOffsetManager()
         self.files: set[XeFile] = set()
+        self.tokens: dict[str, XeFile] = {}  # HELLO.join: live drm files by their secret
+        # GEM_FLINK's global names (dev->object_name_idr): the lowest free one, from 1
+        self.names: dict[int, XeBo] = {}
+        self.name_ids = IdAllocator()
         self.exported: dict[int, ExportedObject] = {}  # by inode of the handed-out end
         self.counts: collections.Counter[str] = collections.Counter()
         self.stats: collections.Counter[str] = collections.Counter()

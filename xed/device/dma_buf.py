@@ -239,6 +239,8 @@ async def dma_buf_mmap_ioctl(
     - a shared writable mapping of a dma-buf exported without DRM_RDWR: EACCES
     - offset + length beyond the buffer: EINVAL
     - a private (copy-on-write) mapping: EINVAL
+    A BO of ours in VRAM the CPU cannot reach maps as GEM mmap maps it: every access
+    faults SIGBUS (XeBo.cpu_visible).
     """
     refuse_if(not args.length or args.offset % PAGE_SIZE, EINVAL, "bad length or offset")
     refuse_if(args.flags not in (MAP_SHARED, MAP_PRIVATE), EINVAL, "need MAP_SHARED")
@@ -256,6 +258,10 @@ async def dma_buf_mmap_ioctl(
     except IoctlError:
         os.close(memfd)
         raise
+    own = xe_dma_buf_of(xef, fd)
+    if own is not None and not own.bo.cpu_visible:  # the same fault handler as GEM mmap
+        os.close(memfd)
+        memfd = own.bo.mmap_fd()
     return m.XedMmapReply(offset=args.offset, length=args.length), [memfd]
 
 

@@ -1,4 +1,9 @@
-"""XeFile: one connection, the drm_file. Everything a client holds hangs off it."""
+"""XeFile: the drm_file. Everything a client holds hangs off it.
+
+A drm file is opened by one connection (its own, whose last close releases it) and may
+be acted on by channels: connections of other processes, such as a child that forked
+with the program's descriptor (server.py). Handles, VMs, offsets are the file's.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from protocols import messages as m
-from protocols.ops import Event, Role
+from protocols.ops import Event, Node, Role
 
 from . import eudebug
 from .ids import IdAllocator
@@ -61,6 +66,11 @@ class XeFile:
         # whether the client's end is closed (its EOF waits for the reader)
         self.peer_gone = peer_gone
         self.role: Role | None = None
+        self.node = Node.PRIMARY  # role drm: the device node it was opened on
+        self.token = ""  # role drm: the secret a channel joins it by (HELLO.join)
+        # connections of other processes acting on this file (server.py Connection):
+        # closed by the file's release, never releasing anything of it themselves
+        self.channels: set[Any] = set()
         self.comm = _comm(pid)
         self.log = log
         self.send_event = send_event
@@ -103,6 +113,8 @@ class XeFile:
             vm_exports=sum(1 for vm in self.vms.values() if vm.export is not None),
             exported=self.account.exported,
             aux_vms=len(self.aux_vms),
+            node=self.node.value if self.role is Role.DRM else "",
+            channels=len(self.channels),
         )
 
     # --- GEM handles (drm_gem_handle_create / _delete) ---------------------------------

@@ -56,7 +56,10 @@ def xed_mmap_ioctl(xef: XeFile, args: m.XedMmap) -> tuple[m.XedMmapReply, list[i
     PROT_EXEC asked for: EINVAL. (On x86 a write-only
     mapping still reads, which is how its 0xdeadbeef is seen.)
 
-    Answers with a fresh descriptor of the object's memory to map at reply.offset.
+    Answers with a fresh descriptor of the object's memory to map at reply.offset. For
+    VRAM the CPU cannot reach (outside a small BAR, XeBo.cpu_visible) that is an empty
+    memfd: the mapping is made, and every access faults SIGBUS, as xe's fault handler
+    answers.
     """
     if args.offset == XE_PCI_BARRIER_MMAP_OFFSET and xef.device.config.vram_size:
         return _pci_barrier_mmap(xef, args)

@@ -1,0 +1,144 @@
+/*
+ * dmabuf.c - the dma-buf descriptors PRIME_HANDLE_TO_FD hands out, as the program uses them.
+ *
+ * An xed dma-buf is one end of a socket pair whose other end the daemon holds, so the
+ * kernel answers lseek with ESPIPE, mmap with ENODEV and the dma-buf ioctls with
+ * ENOTTY. Those answers are where the library steps in: it asks the daemon, on any drm
+ * connection of this process, with the descriptor attached (DMA_BUF_LLSEEK,
+ * DMA_BUF_MMAP, DMA_BUF_IOCTL_SYNC), and gives the kernel's dma-buf answer instead.
+ * Descriptors made here are known; one that came from elsewhere (another program sent
+ * it) is recognised the first time such a call fails on it, by asking the daemon.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+
+#include "preload.h"
+#include "proto.h"
+#include "sys.h"
+
+static int dmabuf_call(int fd, int op, struct xcall *c, uint64_t a, uint64_t b, uint64_t p,
+		       uint64_t fl)
+{
+	c->chan = NULL;
+	c->file = xf_any();
+	if (!c->file)
+		return ENODEV;
+	int err = xc_begin(c, c->file, op);
+	if (!err) {
+		if (op == XED_OP_DMA_BUF_LLSEEK) {
+			xc_i(c, "offset", (int64_t)a);
+			xc_u(c, "whence", b);
+		} else if (op == XED_OP_DMA_BUF_IOCTL_SYNC) {
+			xc_u(c, "flags", a);
+		} else {
+			xc_u(c, "offset", a);
+			xc_u(c, "length", b);
+			xc_u(c, "prot", p);
+			xc_u(c, "flags", fl);
+		}
+		err = xc_run(c, fd);
+	}
+	return err;
+}
+
+static void dmabuf_end(struct xcall *c)
+{
+	if (c->chan)
+		xc_end(c);
+	if (c->file)
+		xf_put(c->file);
+}
+
+static int llseek(int fd, off_t off, int whence, off_t *pos)
+{
+	struct xcall c;
+	int err = dmabuf_call(fd, XED_OP_DMA_BUF_LLSEEK, &c, (uint64_t)off, (uint64_t)whence, 0, 0);
+	if (!err)
+		*pos = (off_t)r_get_uint(&c.body, "offset");
+	dmabuf_end(&c);
+	return err;
+}
+
+int dmabuf_is(int fd)
+{
+	if (fd_kind(fd) == FD_DMABUF)
+		return 1;
+	int type = 0, domain = 0;
+	socklen_t len = sizeof type;
+	if (syscall(SYS_getsockopt, (long)fd, (long)SOL_SOCKET, (long)SO_TYPE, &type, &len) < 0 ||
+	    type != SOCK_SEQPACKET)
+		return 0;
+	len = sizeof domain;
+	if (syscall(SYS_getsockopt, (long)fd, (long)SOL_SOCKET, (long)SO_DOMAIN, &domain, &len) < 0 ||
+	    domain != AF_UNIX || fd_kind(fd) == FD_DRM)
+		return 0;
+	off_t size;
+	if (llseek(fd, 0, SEEK_END, &size))
+		return 0;
+	fd_mark_dmabuf(fd);
+	return 1;
+}
+
+int dmabuf_ioctl(int fd, unsigned long cmd, uint64_t arg)
+{
+	if (cmd != DMA_BUF_IOCTL_SYNC)
+		return ENOTTY;
+	struct dma_buf_sync sync;
+	if (copy_from_user(&sync, arg, sizeof sync))
+		return EFAULT;
+	struct xcall c;
+	int err = dmabuf_call(fd, XED_OP_DMA_BUF_IOCTL_SYNC, &c, sync.flags, 0, 0, 0);
+	dmabuf_end(&c);
+	return err;
+}
+
+int dmabuf_mmap(int fd, void *addr, size_t len, int prot, int flags, off_t off, void **out)
+{
+	int type = flags & MAP_TYPE;
+	struct xcall c;
+	uint64_t plen = (len + 4095) & ~4095ul;
+	int err = dmabuf_call(fd, XED_OP_DMA_BUF_MMAP, &c, (uint64_t)off, plen, (unsigned)prot,
+			      type == MAP_PRIVATE ? MAP_PRIVATE : MAP_SHARED);
+	uint64_t at = err ? 0 : r_get_uint(&c.body, "offset");
+	int memfd = err ? -1 : xc_take_fd(&c);
+	dmabuf_end(&c);
+	if (err)
+		return err;
+	if (memfd < 0)
+		return EIO;
+	void *p = sys_mmap(addr, len, prot, (flags & ~MAP_TYPE) | MAP_SHARED, memfd, at);
+	err = p == MAP_FAILED ? errno : 0;
+	sys_close(memfd);
+	*out = p;
+	return err;
+}
+
+static off_t do_lseek(int fd, off_t off, int whence)
+{
+	struct xed_file *f = xf_get(fd);
+	if (f) {
+		xf_put(f);
+		return 0; /* drm files use noop_llseek: the position stays 0 */
+	}
+	off_t pos;
+	if (fd_kind(fd) != FD_DMABUF) {
+		pos = sys_lseek(fd, off, whence);
+		if (pos >= 0 || errno != ESPIPE)
+			return pos;
+		if (!dmabuf_is(fd)) {
+			errno = ESPIPE; /* the kernel's answer, whatever asking left in errno */
+			return -1;
+		}
+	}
+	int err = llseek(fd, off, whence, &pos);
+	if (err) {
+		errno = err;
+		return -1;
+	}
+	return pos;
+}
+
+XED_EXPORT off_t lseek(int fd, off_t off, int whence) { return do_lseek(fd, off, whence); }
+XED_EXPORT off_t lseek64(int fd, off_t off, int whence) { return do_lseek(fd, off, whence); }

@@ -1,0 +1,161 @@
+/*
+ * preload.h - what the preload library's modules share.
+ *
+ * One drm file (an open of /dev/dri/card0 or renderD128) is one connection to the
+ * daemon; the descriptor the program holds is that connection. `struct xed_file` is
+ * the library's record of it in this process: which node, the token that lets another
+ * connection (a channel) act on the same file, and the connections this process talks
+ * on. Modules: sys (libc without recursion), usermem (the program's memory, never
+ * faulting), wire (msgpack), conn (talking to the daemon), files (the fd table), node
+ * (paths), stat, debugfs, ioctl/xe_ioctl/xe_exec/query (translation), mmap, dmabuf,
+ * config, sock and xcall (one request on one connection); and the
+ * barrier page (barrier.c, signals.c: see barrier.h).
+ */
+#ifndef XED_PRELOAD_H
+#define XED_PRELOAD_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+
+#include "uapi.h"
+#include "wire.h"
+
+/* marks a libc function the library stands in for; exports.map is what exports it */
+#define XED_EXPORT __attribute__((visibility("default")))
+
+enum xed_node { XED_NODE_PRIMARY = 0, XED_NODE_RENDER = 1 };
+#define XED_DRM_MAJOR 226
+#define XED_TOKEN_MAX 64
+#define XED_CHANNELS 16
+
+/* one connection this process may talk on; used by one caller at a time */
+struct xed_chan {
+	atomic_int state; /* CHAN_EMPTY / CHAN_IDLE / CHAN_BUSY */
+	int fd;
+	uint8_t *buf; /* XED_CHAN_BUF bytes: the request, then the reply */
+};
+
+struct xed_file {
+	atomic_int refs;  /* fd-table entries in this process + calls in flight; 0: free */
+	int node;	  /* enum xed_node */
+	pid_t owner;	  /* the process whose io connection is the file's own */
+	struct xed_chan io; /* the file's own connection (a private copy of the program's fd) */
+	char token[XED_TOKEN_MAX];
+	struct xed_chan chans[XED_CHANNELS]; /* channels: other threads, forked children */
+};
+
+/* --- configuration (environment, read once) ------------------------------------------ */
+struct xed_config {
+	char socket[108];
+	int nodes;		/* bit per enum xed_node: which device nodes exist */
+	char debugfs[256];	/* directory serving /sys/kernel/debug, or "" */
+	int debug;		/* XED_PRELOAD_DEBUG: say on stderr why calls fail */
+};
+const struct xed_config *xed_config(void);
+extern pid_t xed_pid; /* this process's pid, kept current across fork */
+void xed_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* --- usermem.c: the program's memory, read and written without ever faulting -------- */
+int copy_from_user(void *dst, uint64_t src, size_t n);	  /* 0 or EFAULT */
+int copy_to_user(uint64_t dst, const void *src, size_t n); /* 0 or EFAULT */
+/* a NUL-terminated string of at most max-1 bytes: its length, or -EFAULT/-ENAMETOOLONG */
+long string_from_user(char *dst, const char *src, size_t max);
+
+/* --- files.c: the fd table --------------------------------------------------------- */
+enum fd_kind { FD_NONE = 0, FD_DRM = 1, FD_DMABUF = 2 };
+struct xed_file *xf_alloc(int node);
+struct xed_file *xf_get(int fd); /* a reference, or NULL if fd is no drm file of ours */
+void xf_hold(struct xed_file *f);
+void xf_put(struct xed_file *f);
+int fd_kind(int fd);
+void fd_install(int fd, struct xed_file *f); /* takes over a reference */
+void fd_mark_dmabuf(int fd);
+void fd_forget(int fd); /* the descriptor was closed */
+/* a drm file of this process to carry requests that need one (dma-buf ops) */
+struct xed_file *xf_any(void);
+int xed_private_fd(int fd); /* move a descriptor of ours out of the program's way */
+void files_after_fork(void);
+
+/* --- sock.c: datagrams ------------------------------------------------------------ */
+int send_frame(int fd, const void *data, size_t len, int fd_in); /* 0 or errno */
+/* one datagram: its length (its descriptors in fds[], *nfds of them), or -errno */
+long recv_frame(int fd, void *buf, size_t cap, int *fds, int *nfds);
+
+/* --- conn.c: requests and replies ---------------------------------------------------- */
+#define XED_CHAN_BUF (2 * 65536)
+#define XED_SEND_CAP (XED_CHAN_BUF / 2) /* the request half; the reply comes in the other */
+struct xcall {
+	struct xed_file *file;
+	struct xed_chan *chan;
+	int temporary; /* chan is `own`, a one-off channel closed after the call */
+	struct xed_chan own;
+	int op;
+	struct wbuf w;
+	size_t map_at; /* where the args map's count goes */
+	uint32_t keys;
+	struct rbuf body; /* the reply's result map (or ErrorInfo) */
+	int fds[8];
+	int nfds;
+};
+/* open a new drm file on `node`: the connection's descriptor (the program's), or -errno */
+int xed_open_node(int node, int cloexec, struct xed_file **out);
+int xc_begin(struct xcall *c, struct xed_file *f, int op); /* 0 or errno */
+void xc_key(struct xcall *c, const char *key);		  /* a top-level field follows */
+void xc_u(struct xcall *c, const char *key, uint64_t v);
+void xc_i(struct xcall *c, const char *key, int64_t v);
+void xc_u64s(struct xcall *c, const char *key, const uint64_t *v, uint32_t n);
+void xc_u16s(struct xcall *c, const char *key, const uint16_t *v, uint32_t n);
+int xc_run(struct xcall *c, int fd_in); /* the reply's errno (0: success) */
+int xc_take_fd(struct xcall *c);	/* the reply's first descriptor, now the caller's */
+void xc_end_fds(struct xcall *c);	/* close the reply's descriptors not taken */
+void xc_end(struct xcall *c);
+void conn_after_fork(struct xed_file *f); /* in the child: the parent's channels go */
+void conn_release(struct xed_file *f);	  /* the file's last reference went */
+
+/* --- node.c / debugfs.c: paths ------------------------------------------------------- */
+enum path_kind {
+	PATH_OTHER = 0,
+	PATH_NODE,	/* /dev/dri/card0 or renderD128 (`node` says which) */
+	PATH_DRI_DIR,	/* /dev/dri */
+	PATH_PROC_FD,	/* /proc/self/fd/N and the like (`fd` says which) */
+	PATH_DEBUGFS,	/* /sys/kernel/debug/...: served from config.debugfs */
+	PATH_MISSING,	/* a device node this run does not have */
+};
+struct path_info {
+	int kind, node, fd;
+	char mapped[4096 + 256]; /* PATH_DEBUGFS: the real path to use */
+	int debugfs_top;	 /* 1: the debugfs root itself, 2: its parent (..) */
+};
+/* classify a path the program passed (a user pointer): 0, or -errno if unreadable */
+int path_classify(const char *user_path, struct path_info *pi);
+int debugfs_map(const char *path, struct path_info *pi);
+void node_stat(int node, struct stat *st);
+const char *node_path(int node);
+
+/* --- ioctl.c / xe_ioctl.c / query.c: translation ------------------------------------- */
+int drm_ioctl(struct xed_file *f, int fd, unsigned long cmd, uint64_t arg); /* 0 or errno */
+int xe_ioctl(struct xed_file *f, unsigned nr, void *kdata);		  /* 0 or errno */
+int xe_query(struct xed_file *f, struct drm_xe_device_query *q);
+int drm_version_ioctl(struct xed_file *f, void *kdata);
+void xe_reserved(struct xcall *c, const uint64_t *r, uint32_t n);
+/* xe_exec.c: each fills the begun call `c` with its argument, runs it, writes back */
+int xe_vm_bind(struct xcall *c, struct drm_xe_vm_bind *a);
+int xe_exec_queue_create(struct xcall *c, struct drm_xe_exec_queue_create *a);
+int xe_exec_queue_destroy(struct xcall *c, struct drm_xe_exec_queue_destroy *a);
+int xe_exec(struct xcall *c, struct drm_xe_exec *a);
+int xe_wait_user_fence(struct xcall *c, struct drm_xe_wait_user_fence *a);
+
+/* --- mmap.c: mappings of device files ------------------------------------------------ */
+/* a CPU address inside a mapping of `f`, as the daemon names user memory; 0 if none */
+int user_address(struct xed_file *f, uint64_t addr, uint64_t *out);
+void maps_after_fork(void);
+
+/* --- dmabuf.c ---------------------------------------------------------------------- */
+int dmabuf_is(int fd); /* 1 if fd is a dma-buf of an xed daemon (asked once per fd) */
+int dmabuf_ioctl(int fd, unsigned long cmd, uint64_t arg);
+int dmabuf_mmap(int fd, void *addr, size_t len, int prot, int flags, off_t off, void **out);
+
+#endif /* XED_PRELOAD_H */

@@ -1,0 +1,49 @@
+/*
+ * proto.h - the few constants of xed's own wire protocol the C side needs.
+ *
+ * The protocol's source of truth is the Python package `protocols` (ops.py, codec.py,
+ * version.py, constants.py). These are copies by hand, so tests/test_preload.py
+ * compiles a program that prints every one of them and checks it against `protocols`:
+ * the two cannot drift apart unnoticed.
+ */
+#ifndef XED_PROTO_H
+#define XED_PROTO_H
+
+#define XED_PROTOCOL_MAJOR 1
+#define XED_PROTOCOL_MINOR 0
+#define XED_MAX_DATAGRAM (64 * 1024)
+#define XED_MAX_FDS 8
+
+/* op numbers (protocols/ops.py Op): DRM core and xe ops keep their ioctl numbers */
+#define XED_OP_VERSION 0x00
+#define XED_OP_GEM_CLOSE 0x09
+#define XED_OP_GEM_FLINK 0x0a
+#define XED_OP_GEM_OPEN 0x0b
+#define XED_OP_PRIME_HANDLE_TO_FD 0x2d
+#define XED_OP_PRIME_FD_TO_HANDLE 0x2e
+#define XED_OP_XE_DEVICE_QUERY 0x40
+#define XED_OP_XE_GEM_CREATE 0x41
+#define XED_OP_XE_GEM_MMAP_OFFSET 0x42
+#define XED_OP_XE_VM_CREATE 0x43
+#define XED_OP_XE_VM_DESTROY 0x44
+#define XED_OP_XE_VM_BIND 0x45
+#define XED_OP_XE_EXEC_QUEUE_CREATE 0x46
+#define XED_OP_XE_EXEC_QUEUE_DESTROY 0x47
+#define XED_OP_XE_EXEC 0x49
+#define XED_OP_XE_WAIT_USER_FENCE 0x4a
+#define XED_OP_XE_MMIO_REGION_OPEN 0x60
+#define XED_OP_XE_MMIO_REGION_CLOSE 0x61
+#define XED_OP_XE_VM_EXPORT 0x62
+#define XED_OP_HELLO 0x100
+#define XED_OP_MMAP 0x101
+#define XED_OP_DMA_BUF_MMAP 0x102
+#define XED_OP_DMA_BUF_IOCTL_SYNC 0x103
+#define XED_OP_DMA_BUF_LLSEEK 0x104
+
+/* protocols/constants.py */
+#define XED_PCI_BARRIER_MMAP_OFFSET (0x50ull << 12)
+#define XED_PCI_BARRIER_IDLE 0xdeadbeefu
+#define XED_PCI_BARRIER_SEQ_TAG 0x5e000000u
+#define XED_PCI_BARRIER_SEQ_MASK 0x00ffffffu
+
+#endif /* XED_PROTO_H */

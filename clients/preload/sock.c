@@ -1,0 +1,108 @@
+/*
+ * sock.c - one datagram out, one datagram in, on a connection to the daemon.
+ *
+ * SOCK_SEQPACKET keeps each request and reply whole, with its descriptors (SCM_RIGHTS)
+ * attached to exactly that datagram. The program may have made its descriptor
+ * non-blocking (the library's copy shares its open file), so EAGAIN waits in poll();
+ * EINTR retries; MSG_NOSIGNAL keeps a vanished daemon from raising SIGPIPE in the
+ * program. A failed connection is reported as ENODEV, what an unplugged device answers.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "preload.h"
+#include "proto.h"
+#include "sys.h"
+
+static int wait_for(int fd, short events)
+{
+	struct pollfd p = {.fd = fd, .events = events};
+	while (syscall(SYS_poll, &p, 1ul, -1L) < 0)
+		if (errno != EINTR)
+			return ENODEV;
+	return 0;
+}
+
+/* the daemon is gone, or our connection was closed under us: as an unplugged device */
+static int lost(const char *what, int err)
+{
+	xed_log("%s: %s: the daemon connection is lost", what, strerror(err));
+	return ENODEV;
+}
+
+int send_frame(int fd, const void *data, size_t len, int fd_in)
+{
+	union {
+		char buf[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} u;
+	struct iovec iov = {(void *)data, len};
+	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+	if (fd_in >= 0) {
+		msg.msg_control = u.buf;
+		msg.msg_controllen = sizeof u.buf;
+		struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_RIGHTS;
+		cm->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(cm), &fd_in, sizeof(int));
+	}
+	for (;;) {
+		if (syscall(SYS_sendmsg, (long)fd, &msg, (long)MSG_NOSIGNAL) >= 0)
+			return 0;
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN) { /* the program made its descriptor non-blocking */
+			if (wait_for(fd, POLLOUT))
+				return ENODEV;
+			continue;
+		}
+		if (errno == EBADF && fd_in >= 0 && sys_fcntl(fd_in, F_GETFD, 0L) < 0)
+			return EBADF; /* the descriptor passed in the argument is not open */
+		return lost("sendmsg", errno);
+	}
+}
+
+/* one datagram: its length, with its descriptors in fds[] (*nfds of them) */
+long recv_frame(int fd, void *buf, size_t cap, int *fds, int *nfds)
+{
+	union {
+		char buf[CMSG_SPACE(sizeof(int) * XED_MAX_FDS)];
+		struct cmsghdr align;
+	} u;
+	struct iovec iov = {buf, cap};
+	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
+			     .msg_controllen = sizeof u.buf};
+	long n;
+	*nfds = 0;
+	for (;;) {
+		n = syscall(SYS_recvmsg, (long)fd, &msg, (long)MSG_CMSG_CLOEXEC);
+		if (n >= 0)
+			break;
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN) {
+			if (wait_for(fd, POLLIN))
+				return -ENODEV;
+			continue;
+		}
+		return -lost("recvmsg", errno);
+	}
+	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
+		if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+			continue;
+		int k = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+		for (int i = 0; i < k; i++) {
+			int got;
+			memcpy(&got, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
+			if (*nfds < XED_MAX_FDS)
+				fds[(*nfds)++] = got;
+			else
+				sys_close(got);
+		}
+	}
+	return n ? n : -lost("recvmsg", EPIPE); /* EOF: the daemon hung up */
+}

@@ -1,0 +1,109 @@
+/*
+ * xcall.c - one request as a call: its fields written into the frame, the frame sent,
+ * the reply that carries its id waited for and handed back with its descriptors.
+ *
+ * A frame is [id, op, {field: value}]; the map's count is written last, once every
+ * field is in. Replies to other ids (a call a signal handler longjmp'd out of, long
+ * ago, on this connection) and events (id 0) are dropped with their descriptors. A
+ * refusal is its errno (the daemon's message goes to XED_PRELOAD_DEBUG's stderr).
+ */
+#include <errno.h>
+#include <string.h>
+
+#include "preload.h"
+#include "proto.h"
+#include "sys.h"
+
+
+void xc_key(struct xcall *c, const char *key)
+{
+	w_str(&c->w, key);
+	c->keys++;
+}
+
+void xc_u(struct xcall *c, const char *key, uint64_t v)
+{
+	xc_key(c, key);
+	w_uint(&c->w, v);
+}
+
+void xc_i(struct xcall *c, const char *key, int64_t v)
+{
+	xc_key(c, key);
+	w_int(&c->w, v);
+}
+
+void xc_u64s(struct xcall *c, const char *key, const uint64_t *v, uint32_t n)
+{
+	w_kuints(&c->w, key, v, n);
+	c->keys++;
+}
+
+void xc_u16s(struct xcall *c, const char *key, const uint16_t *v, uint32_t n)
+{
+	w_kuints16(&c->w, key, v, n);
+	c->keys++;
+}
+
+int xc_run(struct xcall *c, int fd_in)
+{
+	if (c->w.overflow)
+		return EINVAL; /* more than a datagram holds: the daemon would refuse it */
+	uint8_t *m = c->w.p + c->map_at + 1;
+	m[0] = (uint8_t)(c->keys >> 24);
+	m[1] = (uint8_t)(c->keys >> 16);
+	m[2] = (uint8_t)(c->keys >> 8);
+	m[3] = (uint8_t)c->keys;
+	struct rbuf head;
+	r_init(&head, c->w.p, c->w.len);
+	r_array(&head);
+	uint64_t id = r_uint(&head);
+	int fd = c->chan->fd;
+	int err = send_frame(fd, c->w.p, c->w.len, fd_in);
+	if (err)
+		return err;
+	uint8_t *in = c->chan->buf + XED_SEND_CAP;
+	for (;;) {
+		long n = recv_frame(fd, in, XED_CHAN_BUF - XED_SEND_CAP, c->fds, &c->nfds);
+		if (n < 0)
+			return (int)-n;
+		struct rbuf r;
+		r_init(&r, in, (size_t)n);
+		int64_t items = r_array(&r);
+		uint64_t got = r_uint(&r);
+		int64_t code = r_int(&r);
+		if (items == 3 && !r.bad && got == id) {
+			c->body = r;
+			if (code == 0)
+				return 0;
+			struct rbuf msg;
+			size_t len = 0;
+			const char *text = r_find(&r, "message", &msg) ? r_str(&msg, &len) : NULL;
+			xed_log("op %#x refused: %s: %.*s", (unsigned)c->op,
+				strerror((int)code), (int)len, text ? text : "");
+			xc_end_fds(c);
+			return code > 0 && code < 4096 ? (int)code : EIO;
+		}
+		/* an event (id 0), or the reply to a call a signal interrupted for good */
+		xc_end_fds(c);
+	}
+}
+
+void xc_end_fds(struct xcall *c)
+{
+	for (int i = 0; i < c->nfds; i++)
+		if (c->fds[i] >= 0)
+			sys_close(c->fds[i]);
+	c->nfds = 0;
+}
+
+int xc_take_fd(struct xcall *c)
+{
+	for (int i = 0; i < c->nfds; i++)
+		if (c->fds[i] >= 0) {
+			int fd = c->fds[i];
+			c->fds[i] = -1;
+			return fd;
+		}
+	return -1;
+}

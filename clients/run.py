@@ -1,0 +1,106 @@
+"""`xec run`: an unmodified program against the daemon, through the preload library.
+
+The library (clients/preload) is built on first use, the daemon is asked whether it
+answers (a short HELLO + VERSION, so a wrong socket is said plainly before the program
+starts), a directory standing in for /sys/kernel/debug is made, and the program runs
+with LD_PRELOAD and the socket in its environment. Its exit status comes back as it is,
+a death by signal N as 128+N, as shells report it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from . import preload
+from .device import Device
+from .errors import DaemonGone, XeError
+
+EX_UNAVAILABLE = 69  # sysexits.h: the daemon is not there
+NODES = ("card0", "renderD128")
+# what the debugfs stand-in holds: enough for the IGT xe tests to find their files
+_DEBUGFS_FILES = ("name", "clients", "gem_names", "forcewake_all")
+
+
+def environment(
+    library: Path, socket_path: Path, nodes: Sequence[str], debugfs: Path | None
+) -> dict[str, str]:
+    """The program's environment: ours plus the library, preloaded first."""
+    env = dict(os.environ)
+    preloads = [str(library), *filter(None, env.get("LD_PRELOAD", "").split(":"))]
+    env["LD_PRELOAD"] = ":".join(preloads)
+    env["XED_SOCKET"] = str(socket_path)
+    env["XED_PRELOAD_NODES"] = ",".join(nodes)
+    if debugfs is not None:
+        env["XED_PRELOAD_DEBUGFS"] = str(debugfs)
+    return env
+
+
+@contextlib.contextmanager
+def debugfs_dir(device_name: str) -> Iterator[Path]:
+    """A directory laid out as /sys/kernel/debug is for one xe device: dri/0 and dri/128."""
+    with tempfile.TemporaryDirectory(prefix="xed-debugfs-") as tmp:
+        root = Path(tmp) / "debugfs"
+        for minor in (0, 128):
+            where = root / "dri" / str(minor)
+            where.mkdir(parents=True)
+            for name in _DEBUGFS_FILES:
+                (where / name).write_text("")
+            (where / "name").write_text(f"xe dev={device_name} unique={device_name}\n")
+        yield root
+
+
+def check_daemon(socket_path: Path) -> str | None:
+    """None if a daemon answers at `socket_path`, else why not."""
+    try:
+        with Device.open(socket_path) as dev:
+            dev.version()
+    except (OSError, DaemonGone, XeError) as exc:
+        return str(exc)
+    return None
+
+
+def run(argv: Sequence[str], socket_path: Path, node: str | None = None) -> int:
+    """Run `argv` under the library; its exit status (128+N for a signal N)."""
+    try:
+        library = preload.build()
+    except preload.BuildError as exc:
+        print(f"xec run: {exc}", file=sys.stderr)
+        return exc.status
+    problem = check_daemon(socket_path)
+    if problem is not None:
+        print(f"xec run: no xed daemon answers at {socket_path}: {problem}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    nodes = (node,) if node else NODES
+    with debugfs_dir("0000:00:02.0") as debugfs:
+        env = environment(library, socket_path, nodes, debugfs)
+        try:
+            child = subprocess.Popen(list(argv), env=env)
+        except FileNotFoundError:
+            print(f"xec run: {argv[0]}: command not found", file=sys.stderr)
+            return 127
+        except PermissionError:
+            print(f"xec run: {argv[0]}: permission denied", file=sys.stderr)
+            return 126
+        return _wait(child)
+
+
+def _wait(child: subprocess.Popen[bytes]) -> int:
+    """Wait for the program, passing SIGTERM and SIGHUP on; SIGINT reaches it from the
+    terminal by itself (same process group), so here it is only waited out."""
+    forwarded = (signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, lambda n, _f: child.send_signal(n)) for sig in forwarded}
+    previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        status = child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        signal.signal(signal.SIGINT, previous_int)
+    return 128 - status if status < 0 else status

@@ -1,0 +1,338 @@
+"""Unmodified C programs against a real daemon, through the preload library (`xec run`).
+
+Each C program under tests/preload/ is compiled with the system `cc` into a temporary
+directory and run under `xec run`; it exits 0 when every check it makes held, else it
+prints the failed check. The Python side checks what only the daemon can tell (objects
+released, barriers counted) and what `xec run` itself promises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from clients import Device, preload
+from clients.daemon import DaemonProcess
+from protocols import Op, constants
+from protocols.codec import MAX_DATAGRAM, MAX_FDS
+from protocols.version import PROTOCOL_VERSION
+from tests.conftest import baseline
+from tests.sandbox import wait_until
+from tests.test_lifecycle import wait_for_baseline
+
+ROOT = Path(__file__).resolve().parent.parent
+PROGRAMS = ROOT / "tests" / "preload"
+TIMEOUT = 120
+
+
+@pytest.fixture(scope="session")
+def library() -> Path:
+    """The preload library, built once for the session (as `xec run` would)."""
+    return preload.build()
+
+
+class Programs:
+    """Compiles tests/preload/NAME.c on demand, once per test."""
+
+    def __init__(self, where: Path) -> None:
+        self.where = where
+
+    def __call__(self, name: str) -> Path:
+        exe = self.where / name
+        if not exe.exists():
+            cmd = [
+                "cc", "-std=gnu11", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-pthread",
+                f"-I{preload.SOURCE_DIR}", f"-I{PROGRAMS}", "-o", str(exe),
+                str(PROGRAMS / f"{name}.c"),
+            ]  # fmt: skip
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT)
+            assert done.returncode == 0, f"{name}.c does not compile:\n{done.stderr}"
+        return exe
+
+
+@pytest.fixture
+def program(tmp_path: Path, library: Path) -> Programs:
+    return Programs(tmp_path)
+
+
+def xec_run(
+    socket_path: Path,
+    argv: list[str],
+    *,
+    node: str | None = None,
+    timeout: float = TIMEOUT,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """`xec run` as a user types it; stdout and stderr captured."""
+    cmd = [sys.executable, "-m", "clients", "run", "--socket", str(socket_path)]
+    if node:
+        cmd += ["--node", node]
+    return subprocess.run(
+        [*cmd, "--", *argv], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})),
+    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def spawn(argv: list[str]) -> Iterator[subprocess.Popen[str]]:
+    """A running process with stdout and stderr piped; killed if still running at the end."""
+    with subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    ) as proc:  # fmt: skip
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=TIMEOUT)
+
+
+def passes(socket_path: Path, exe: Path, *args: str, node: str | None = None) -> str:
+    """Run a test program under the library; it must exit 0. Its stdout."""
+    done = xec_run(socket_path, [str(exe), *args], node=node)
+    assert done.returncode == 0, f"{exe.name} failed ({done.returncode}):\n{done.stderr}"
+    return done.stdout
+
+
+# --- device nodes ---------------------------------------------------------------------
+def test_device_nodes(daemon: DaemonProcess, program: Programs) -> None:
+    """stat/open (every libc entry point)/fstat/readlink/reopen of the nodes as the kernel."""
+    passes(daemon.socket_path, program("nodes"))
+
+
+def test_node_option_leaves_one_node(daemon: DaemonProcess, program: Programs) -> None:
+    """--node renderD128: card0 is missing (ENOENT), renderD128 opens."""
+    exe = program("one_node")
+    passes(daemon.socket_path, exe, "renderD128", node="renderD128")
+    passes(daemon.socket_path, exe, "card0", node="card0")
+
+
+# --- xec run ------------------------------------------------------------------------------
+def test_exit_status_passes_through(daemon: DaemonProcess) -> None:
+    """PROGRAM's exit status comes back; a signal death as 128+N."""
+    assert xec_run(daemon.socket_path, ["sh", "-c", "exit 7"]).returncode == 7
+    killed = xec_run(daemon.socket_path, ["sh", "-c", "kill -9 $$"])
+    assert killed.returncode == 128 + signal.SIGKILL
+
+
+def test_no_daemon_is_said_plainly(tmp_path: Path) -> None:
+    """No daemon at the socket: one line naming it, status 69, the program never runs."""
+    marker = tmp_path / "ran"
+    done = xec_run(tmp_path / "none.sock", ["touch", str(marker)])
+    assert done.returncode == 69
+    assert str(tmp_path / "none.sock") in done.stderr
+    assert not marker.exists()
+
+
+def test_missing_program_is_127(daemon: DaemonProcess) -> None:
+    """A PROGRAM that does not exist: 127, as a shell says."""
+    assert xec_run(daemon.socket_path, ["/nonexistent/program"]).returncode == 127
+
+
+def test_no_compiler_is_unavailable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No C compiler: BuildError with status 69 and a message that says so."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    with pytest.raises(preload.BuildError) as info:
+        preload.build()
+    assert info.value.status == 69
+    assert "no C compiler" in str(info.value)
+
+
+def test_broken_source_is_software_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sources that do not compile: BuildError 70 with the compiler's words, nothing cached."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "broken.c").write_text("int f(void) { return x; }\n")
+    (src / preload.EXPORTS).write_text("{ global: f; local: *; };\n")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(preload, "SOURCE_DIR", src)
+    with pytest.raises(preload.BuildError) as info:
+        preload.build()
+    assert info.value.status == 70
+    assert "broken.c" in str(info.value)
+    assert not list((tmp_path / "cache").rglob("*.so"))
+
+
+def test_library_exports_only_the_interposed_functions(library: Path) -> None:
+    """The built library exports exactly exports.map's libc names, nothing of its own."""
+    out = subprocess.run(
+        ["nm", "-D", "--defined-only", str(library)], capture_output=True, text=True, check=True
+    ).stdout
+    exported = {line.split()[-1].split("@")[0] for line in out.splitlines() if line.strip()}
+    text = (preload.SOURCE_DIR / preload.EXPORTS).read_text()
+    listed = set(re.findall(r"\b(\w+);", text.split("global:")[1].split("local:")[0]))
+    assert exported == listed
+
+
+def test_build_is_cached_by_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The library lands under the cache in a directory named by the sources' hash."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    built = preload.build()
+    assert built.parent.parent == tmp_path / "xed"
+    assert re.fullmatch(r"preload-[0-9a-f]{16}", built.parent.name)
+    assert preload.build() == built
+
+
+# --- the constants the C side copies --------------------------------------------------------
+def _c_constants(program: Programs) -> dict[str, int]:
+    out = subprocess.run(
+        [str(program("constants"))], capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert out.returncode == 0, out.stderr
+    pairs = (line.split() for line in out.stdout.splitlines() if line)
+    return {name: int(value, 0) for name, value in pairs}
+
+
+def test_c_constants_match_protocols(program: Programs) -> None:
+    """Every protocol constant proto.h hard-codes equals the Python protocol's."""
+    c = _c_constants(program)
+    ops = {name.removeprefix("XED_OP_"): v for name, v in c.items() if name.startswith("XED_OP_")}
+    assert ops, "constants.c printed no op"
+    for name, value in ops.items():
+        assert Op[name] == value, name
+    expected = {
+        "XED_PROTOCOL_MAJOR": PROTOCOL_VERSION[0],
+        "XED_PROTOCOL_MINOR": PROTOCOL_VERSION[1],
+        "XED_MAX_DATAGRAM": MAX_DATAGRAM,
+        "XED_MAX_FDS": MAX_FDS,
+        "XED_PCI_BARRIER_MMAP_OFFSET": constants.XE_PCI_BARRIER_MMAP_OFFSET,
+        "XED_PCI_BARRIER_IDLE": constants.PCI_BARRIER_IDLE,
+        "XED_PCI_BARRIER_SEQ_TAG": constants.PCI_BARRIER_SEQ_TAG,
+        "XED_PCI_BARRIER_SEQ_MASK": constants.PCI_BARRIER_SEQ_MASK,
+    }
+    for name, value in expected.items():
+        assert c[name] == value, name
+    printed = set(c)
+    defined = set(re.findall(r"#define (XED_\w+) ", (preload.SOURCE_DIR / "proto.h").read_text()))
+    assert defined == printed, f"constants.c misses {sorted(defined - printed)}"
+
+
+# --- ioctls -------------------------------------------------------------------------------
+def test_ioctls(daemon: DaemonProcess, program: Programs) -> None:
+    """Every translated ioctl succeeds and fails as the kernel's, errno for errno."""
+    passes(daemon.socket_path, program("ioctls"))
+
+
+def test_bad_pointers_are_efault(daemon: DaemonProcess, program: Programs) -> None:
+    """NULL, unmapped and read-only pointers in and inside ioctls: EFAULT, no SIGSEGV."""
+    passes(daemon.socket_path, program("efault"))
+
+
+# --- one file, many descriptors and callers ---------------------------------------------
+def test_dup_fork_threads_share_one_file(daemon: DaemonProcess, program: Programs) -> None:
+    """dup*/F_DUPFD copies, a forked child and threads all act on one drm file."""
+    passes(daemon.socket_path, program("sharing"))
+
+
+def test_files_released_after_sharing(fresh_daemon: DaemonProcess, program: Programs) -> None:
+    """Once every copy (the child's, the threads' channels) is closed, nothing is left."""
+    before = baseline(fresh_daemon)
+    passes(fresh_daemon.socket_path, program("sharing"))
+    assert wait_for_baseline(fresh_daemon, before) == before
+
+
+# --- dma-bufs --------------------------------------------------------------------------------
+def test_dma_buf_descriptors(daemon: DaemonProcess, program: Programs) -> None:
+    """dup/close/lseek/mmap/SYNC on dma-bufs as the kernel; memory lives while held."""
+    passes(daemon.socket_path, program("dmabuf"))
+
+
+def test_dma_buf_passed_between_programs(
+    fresh_daemon: DaemonProcess, program: Programs, tmp_path: Path
+) -> None:
+    """A dma-buf sent over a Unix socket to another program under xec run imports and maps."""
+    exe, where = program("dmabuf_pass"), str(tmp_path / "pass.sock")
+    before = baseline(fresh_daemon)
+    cmd = [sys.executable, "-m", "clients", "run", "--socket", str(fresh_daemon.socket_path)]
+    with spawn(cmd + ["--", str(exe), "send", where]) as sender:
+        assert sender.stdout is not None
+        assert sender.stdout.readline().strip() == "listening"
+        passes(fresh_daemon.socket_path, exe, "receive", where)
+        _out, err = sender.communicate(timeout=TIMEOUT)
+        assert sender.returncode == 0, err
+    assert wait_for_baseline(fresh_daemon, before) == before
+
+
+# --- a program that dies -----------------------------------------------------------------------
+def test_sigkilled_program_releases_everything(
+    fresh_daemon: DaemonProcess, program: Programs
+) -> None:
+    """SIGKILL with BOs, a mapping, a dma-buf, a VM and a queue held: the daemon frees all."""
+    before = baseline(fresh_daemon)
+    cmd = [sys.executable, "-m", "clients", "run", "--socket", str(fresh_daemon.socket_path)]
+    with spawn(cmd + ["--", str(program("holder"))]) as holder:
+        assert holder.stdout is not None
+        word, pid = holder.stdout.readline().split()
+        assert word == "ready"
+        with Device.open(fresh_daemon.socket_path, role="admin") as admin:
+            assert admin.admin_status().objects.bos == 2
+        os.kill(int(pid), signal.SIGKILL)
+        assert holder.wait(timeout=TIMEOUT) == 128 + signal.SIGKILL
+    assert wait_for_baseline(fresh_daemon, before) == before
+
+
+# --- the PCI barrier page ---------------------------------------------------------------------
+def test_barrier_page_reads_and_errors(daemon: DaemonProcess, program: Programs) -> None:
+    """Every word reads 0xdeadbeef, no store is read back; 8192 bytes, private, PROT_READ
+    and a real handle are EINVAL (xe_mmap pci-membarrier, -bad-pagesize, -bad-object)."""
+    passes(daemon.socket_path, program("membarrier"))
+
+
+def test_barrier_page_parallel(daemon: DaemonProcess, program: Programs) -> None:
+    """A reopened file in a forked child and the parent never see each other's stores."""
+    passes(daemon.socket_path, program("membarrier"), "parallel")
+
+
+def test_barrier_stores_are_counted(fresh_daemon: DaemonProcess, program: Programs) -> None:
+    """Each store through the fault path counts one barrier of that file in the daemon."""
+    stores = 500
+    cmd = [sys.executable, "-m", "clients", "run", "--socket", str(fresh_daemon.socket_path)]
+    with spawn(cmd + ["--", str(program("membarrier")), "count", str(stores)]) as proc:
+        assert proc.stdout is not None
+        word, n, pid = proc.stdout.readline().split()
+        assert (word, int(n)) == ("stored", stores)
+
+        def counted() -> int:
+            with Device.open(fresh_daemon.socket_path, role="admin") as admin:
+                mine = [c for c in admin.admin_clients() if c.pid == int(pid)]
+            assert len(mine) == 1
+            return mine[0].barriers
+
+        wait_until(lambda: counted() == stores, TIMEOUT, f"{stores} barriers counted")
+        with Device.open(fresh_daemon.socket_path, role="admin") as admin:
+            assert admin.admin_status().barriers == stores
+
+
+def test_program_signal_handlers_still_fire(daemon: DaemonProcess, program: Programs) -> None:
+    """The program's SIGSEGV (siglongjmp out) and SIGBUS (small BAR) handlers run; barrier
+    stores in between never reach them."""
+    passes(daemon.socket_path, program("own_handlers"))
+
+
+# --- debugfs, mmap, and the IGT tests' own calls -----------------------------------------
+def test_debugfs_stand_in(daemon: DaemonProcess, program: Programs) -> None:
+    """/sys/kernel/debug looks mounted; dri/<minor>/name and forcewake_all open."""
+    passes(daemon.socket_path, program("debugfs"))
+
+
+def test_mmap_rules(daemon: DaemonProcess, program: Programs) -> None:
+    """mmap of a fake offset: the kernel's errnos, the program's address/length/prot."""
+    passes(daemon.socket_path, program("mmap_rules"))
+
+
+def test_prime_self_import_races(fresh_daemon: DaemonProcess, program: Programs) -> None:
+    """xe_prime_self_import's calls, threaded races included; nothing leaks after."""
+    before = baseline(fresh_daemon)
+    passes(fresh_daemon.socket_path, program("prime_races"), "1")
+    assert wait_for_baseline(fresh_daemon, before) == before

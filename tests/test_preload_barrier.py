@@ -1,0 +1,233 @@
+"""The PCI barrier page and signal interposition of the preload library (barrier.c,
+signals.c).
+
+Without a daemon: C programs under tests/preload/barrier_*.c link the two files directly
+and map a memfd page as the daemon would hand it over, then store, fault and trap. Each
+checks itself and exits 0; the exit statuses and output are checked here.
+
+With a daemon: tests/preload/barrier_xec.c maps /dev/dri/card0's barrier page under
+`xec run` (the whole library), and the daemon's own count (`xed ctl clients`) is checked
+against the stores the program made.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from clients import Device
+from clients.daemon import DaemonProcess
+from tests.conftest import baseline
+from tests.test_lifecycle import wait_for_baseline
+
+ROOT = Path(__file__).resolve().parent.parent
+LIB = ROOT / "clients" / "preload"
+TESTS = ROOT / "tests" / "preload"
+CFLAGS = ("-Wall", "-Wextra", "-Werror", "-O2", "-pthread")
+TIMEOUT = 60
+INTERPOSED = (
+    "sigaction", "__sigaction", "signal", "bsd_signal", "ssignal", "sysv_signal",
+    "__sysv_signal", "sigset", "sigignore", "sighold", "sigprocmask", "pthread_sigmask",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every barrier_*.c program, compiled with the two library files."""
+    cc = shutil.which("cc")
+    assert cc, "the preload library needs a C compiler (cc)"
+    out = tmp_path_factory.mktemp("barrier")
+    for source in sorted(TESTS.glob("barrier_*.c")):
+        if source.stem == "barrier_xec":  # the whole library's, under xec run
+            continue
+        sources = [str(source), str(LIB / "barrier.c"), str(LIB / "signals.c")]
+        command = [cc, *CFLAGS, f"-I{LIB}", *sources, "-o", str(out / source.stem)]
+        subprocess.run(command, check=True, timeout=TIMEOUT)
+    return out
+
+
+def run(built: Path, name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(built / name), *args], capture_output=True, text=True, timeout=TIMEOUT
+    )
+
+
+def passes(built: Path, name: str, *args: str) -> str:
+    proc = run(built, name, *args)
+    assert proc.returncode == 0, f"{name} {args}: status {proc.returncode}\n{proc.stderr}"
+    return proc.stdout
+
+
+def test_library_files_build_as_shared_objects(tmp_path: Path) -> None:
+    """barrier.c and signals.c build as the library is built (-fvisibility=hidden, -Werror)
+    and still export every interposer."""
+    sources = [str(LIB / "barrier.c"), str(LIB / "signals.c")]
+    lib = tmp_path / "lib.so"
+    command = ["cc", *CFLAGS, "-fPIC", "-shared", "-fvisibility=hidden", *sources, "-o", str(lib)]
+    subprocess.run(command, check=True, timeout=TIMEOUT)
+    symbols = subprocess.run(
+        ["nm", "-D", "--defined-only", str(lib)], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert set(INTERPOSED) <= set(symbols)
+
+
+def test_every_store_width_reads_deadbeef_and_counts_once(built: Path) -> None:
+    """1, 2, 4, 8, 16-byte stores, RMWs, string and far-addressed stores: 0xdeadbeef, one each."""
+    assert passes(built, "barrier_rw").strip() == "ok 31 barriers"
+
+
+def test_four_threads_count_exactly_and_no_reader_sees_a_value(built: Path) -> None:
+    """4 threads x 20000 stores (one with every signal blocked): 80000, and nothing visible."""
+    assert passes(built, "barrier_threads").strip() == "count 80000 seen 0"
+
+
+def test_forked_child_shares_the_count(built: Path) -> None:
+    """Parent and forked child storing at once (the child through two mappings): exact sum."""
+    assert passes(built, "barrier_fork").strip() == "count 60001"
+
+
+def test_program_segv_and_trap_handlers_are_called_as_the_kernel_would(built: Path) -> None:
+    """NULL store: SA_SIGINFO handler, si_addr, mask, NODEFER, ONSTACK, RESETHAND, longjmp."""
+    out = passes(built, "barrier_segv")
+    assert "NULL store: program's handler, si_addr 16, siglongjmp out" in out
+    assert "the program's own trap flag: its trap after the barrier store" in out
+    assert len(out.splitlines()) == 11
+
+
+def test_igt_small_bar_sigbus_pattern(built: Path) -> None:
+    """signal(SIGBUS)/signal(SIGSEGV) with sigsetjmp and siglongjmp out, three times over."""
+    assert passes(built, "barrier_sigbus").strip() == "ok"
+
+
+@pytest.mark.parametrize(
+    ("case", "status"),
+    [
+        ("segv-dfl", -signal.SIGSEGV),
+        ("segv-ign", -signal.SIGSEGV),
+        ("segv-dfl-kill", -signal.SIGSEGV),
+        ("trap-dfl", -signal.SIGTRAP),
+        ("trap-ign", -signal.SIGTRAP),
+        ("resethand", -signal.SIGSEGV),
+        ("segv-ign-kill", 0),
+    ],
+)
+def test_no_handler_ends_the_program_as_the_kernel_would(
+    built: Path, case: str, status: int
+) -> None:
+    """SIG_DFL/SIG_IGN faults kill with the signal; kill() under SIG_IGN is discarded."""
+    proc = run(built, "barrier_dfl", case)
+    assert proc.returncode == status, proc.stderr
+    assert "still alive" not in proc.stdout
+    if case == "resethand":
+        assert proc.stdout == "first fault handled\n"
+
+
+def test_sigaction_reads_back_the_programs_action(built: Path) -> None:
+    """oldact and signal()'s return are the program's, equal to what SIGBUS reads back."""
+    out = passes(built, "barrier_sigaction")
+    assert out.splitlines() == [
+        "read-back equals the kernel's",
+        "SIGSEGV is never blocked",
+        "a handler's sa_mask reads back SIGSEGV but does not block it",
+    ]
+
+
+def test_disposition_inherited_across_exec_is_the_programs(built: Path) -> None:
+    """SIGSEGV/SIGTRAP ignored before exec read back SIG_IGN after the library installs."""
+    assert passes(built, "barrier_sigaction", "exec").strip() == "inherited SIG_IGN read back"
+
+
+def test_bench_counts_every_store(built: Path) -> None:
+    """The benchmark program's stores all count (its timing is reported, never asserted)."""
+    out = passes(built, "barrier_bench", "1000")
+    assert '"stores": 1000' in out
+
+
+# --- under `xec run`, against a real daemon ---------------------------------------------
+@pytest.fixture(scope="module")
+def xec_program(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """barrier_xec.c, compiled as any program (the library comes with `xec run`)."""
+    exe = tmp_path_factory.mktemp("barrier-xec") / "barrier_xec"
+    command = [
+        "cc", "-std=gnu11", "-O1", *CFLAGS, f"-I{LIB}", f"-I{TESTS}",
+        str(TESTS / "barrier_xec.c"), "-o", str(exe),
+    ]  # fmt: skip
+    subprocess.run(command, check=True, timeout=TIMEOUT)
+    return exe
+
+
+def xec(daemon: DaemonProcess, exe: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "clients", "run", "--socket", str(daemon.socket_path),
+         "--", str(exe), *args],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )  # fmt: skip
+
+
+def counted(admin: Device, pid: int, files: int, want: int) -> list[int]:
+    """The barriers the daemon counted for each drm file of `pid`, once they add up to
+    `want` (or after 10 s, whatever they are then)."""
+    deadline = time.monotonic() + 10
+    while True:
+        mine = [c.barriers for c in admin.admin_clients() if c.pid == pid and c.role == "drm"]
+        if (len(mine) == files and sum(mine) >= want) or time.monotonic() > deadline:
+            return mine
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize(
+    ("case", "files", "per_file"),
+    [
+        ("igt", 1, [1024 + 1000]),
+        ("threads", 1, [4 * 1000]),
+        ("fork", 1, [2 * 1000]),
+        ("parallel", 2, [1000, 1000]),
+        ("segv", 1, [3 * 1000]),
+        ("replaced", 1, [1000]),
+    ],
+)
+def test_daemon_counts_every_store(
+    daemon: DaemonProcess,
+    admin: Device,
+    xec_program: Path,
+    case: str,
+    files: int,
+    per_file: list[int],
+) -> None:
+    """Under xec run: IGT's checks, threads, fork, two files, the program's SIGSEGV handler,
+    a page replaced by MAP_FIXED; xed ctl clients shows exactly one barrier per store."""
+    before = baseline(daemon)
+    proc = xec(daemon, xec_program, case, "1000")
+    try:
+        assert proc.stdout is not None
+        words = proc.stdout.readline().split()
+        assert words[:1] == ["stored"], proc.communicate(timeout=TIMEOUT)[1]
+        total, pid = int(words[1]), int(words[3])
+        assert total == sum(per_file)
+        assert sorted(counted(admin, pid, files, total)) == per_file
+        _, err = proc.communicate("\n", timeout=TIMEOUT)
+        assert proc.returncode == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=TIMEOUT)
+    assert wait_for_baseline(daemon, before) == before
+
+
+def test_fault_without_handler_kills_under_xec_run(
+    daemon: DaemonProcess, xec_program: Path
+) -> None:
+    """Under xec run, a NULL store with no handler (barrier page mapped) ends it by SIGSEGV."""
+    before = baseline(daemon)
+    proc = xec(daemon, xec_program, "segv-dfl", "10")
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 128 + signal.SIGSEGV, err
+    assert wait_for_baseline(daemon, before) == before
