@@ -3,14 +3,14 @@
 One task per connection reads datagrams and answers them in order; ops that block
 (WAIT_USER_FENCE) run in tasks of the connection's own nursery, so a disconnect cancels
 them. Everything a connection held is released when its task ends, however it ends.
+Socket I/O goes straight to the non-blocking socket and only parks in trio when the
+kernel says EAGAIN: a round trip costs two system calls when the peer is quick.
 
 A drm connection is a drm file, or a channel of one (HELLO.join): a connection of
 another process acting on that file, answered on the channel. A channel that closes
 releases nothing of the file; the file's release (its own connection's EOF, i.e. the
 last close of every copy of the program's descriptor) closes its channels first, and
 waits for them to end, so that none of their requests acts on a released file.
-Socket I/O goes straight to the non-blocking socket and only parks in trio when the
-kernel says EAGAIN: a round trip costs two system calls when the peer is quick.
 """
 
 from __future__ import annotations
