@@ -3,14 +3,12 @@
 One task per connection reads datagrams and answers them in order; ops that block
 (WAIT_USER_FENCE) run in tasks of the connection's own nursery, so a disconnect cancels
 them. Everything a connection held is released when its task ends, however it ends.
-
-A drm connection is a drm file, or a channel of one (HELLO.join): a connection of
-another process acting on that file, answered on the channel. A channel that closes
-releases nothing of the file; the file's release (its own connection's EOF, i.e. the
-last close of every copy of the program's descriptor) closes its channels first, and
-waits for them to end, so that none of their requests acts on a released file.
 Socket I/O goes straight to the non-blocking socket and only parks in trio when the
 kernel says EAGAIN: a round trip costs two system calls when the peer is quick.
+
+A drm connection is a drm file, or a channel of one (channels.py): a connection of
+another process acting on that file. The file's release (its own connection's EOF, the
+last close of every copy of the program's descriptor) closes its channels first.
 """
 
 from __future__ import annotations
@@ -58,9 +56,10 @@ from protocols import (
 )
 
 from . import log as xlog
+from .channels import close_channels, join
 from .config import AdminConfig, AuxConfig, Config
 from .device.device import XeDevice
-from .device.errors import IoctlError, refuse_if
+from .device.errors import IoctlError
 from .device.eudebug import debug_event
 from .device.file import XeFile
 from .device.ids import IdAllocator
@@ -178,7 +177,7 @@ class Connection:
             if self.joined:
                 self.xef.channels.discard(self)
             else:
-                await self._close_channels()
+                await close_channels(self)
                 self.xef.release()
             self.unread.release()
             self.sock.close()
@@ -186,17 +185,6 @@ class Connection:
             if self._refusals.missed:  # nothing is suppressed without saying how much
                 self.log.debug("ioctl_refused_suppressed", count=self._refusals.missed)
             self.log.info("client_disconnected", reason=reason)
-
-    async def _close_channels(self) -> None:
-        """The file is being released: nobody may join it any more, and its channels
-        end first (their blocking requests cancelled), so that none acts on it after."""
-        self.device.tokens.pop(self.xef.token, None)
-        channels = list(self.xef.channels)
-        for channel in channels:
-            channel.scope.cancel()
-        with trio.CancelScope(shield=True):  # a daemon stopping cancels us meanwhile
-            for channel in channels:
-                await channel.done.wait()
 
     async def _read_requests(self, nursery: trio.Nursery) -> str:
         """Answer datagrams in order until the peer leaves; return why the loop ended."""
@@ -328,14 +316,14 @@ class Connection:
     def _hello(self, hello: m.Hello) -> m.HelloReply:
         """HELLO, once the protocol layer checked version, role and node names and that
         only role drm joins. Checks, in order: admin or aux for credentials that do
-        not allow it: EACCES; then join's (_join)."""
+        not allow it: EACCES; then join's (channels.py)."""
         role = Role(hello.role)
         if role is Role.ADMIN and not self._allowed(self.device.admin_config):
             raise IoctlError(errno.EACCES, "admin needs root, the daemon's uid or [admin] ids")
         if role is Role.AUX and not self._allowed(self.device.aux_config):
             raise IoctlError(errno.EACCES, "this uid may not be an auxiliary driver ([aux])")
         if hello.join:
-            return self._join(hello)
+            return join(self, hello)
         node = Node(hello.node)
         self.proto.accept(role, node)
         xef = self.xef
@@ -353,29 +341,6 @@ class Connection:
             device=self.device.identity,
             client_id=self.client_id,
             token=xef.token,
-        )
-
-    def _join(self, hello: m.Hello) -> m.HelloReply:
-        """HELLO with join: become a channel of the live drm file the token names (its
-        node, whatever HELLO.node says). Checks, in order: no live file has that token:
-        ENOENT; the file was opened by another uid and we are not root: EACCES."""
-        file = self.device.tokens.get(hello.join)
-        refuse_if(file is None, errno.ENOENT, "no live drm file has that token")
-        assert file is not None
-        refuse_if(
-            self.uid not in (0, file.uid),
-            errno.EACCES,
-            f"the drm file was opened by uid {file.uid}",
-        )
-        self.proto.accept(Role.DRM, file.node)
-        self.xef.release()  # our own, unused: it only leaves the device's list
-        self.xef = file
-        self.joined = True
-        file.channels.add(self)
-        self.log = self.log.bind(role=Role.DRM.value, channel_of=file.client_id)
-        self.log.info("channel_joined", version=list(hello.version), file_pid=file.pid)
-        return m.HelloReply(
-            version=PROTOCOL_VERSION, device=self.device.identity, client_id=file.client_id
         )
 
     def _allowed(self, allowed: AdminConfig | AuxConfig) -> bool:

@@ -231,7 +231,8 @@ def xe_gem_create_ioctl(xef: XeFile, args: m.DrmXeGemCreate) -> m.DrmXeGemCreate
     - extensions non-zero: EINVAL. xe walks the chain (a user pointer) once the BO
       exists, and frees the BO if an extension fails; none is emulated here. A C
       library reads the chain itself: it asks with extensions 0 and, if the chain is
-      bad or names PXP, closes the new handle and answers as xe would.
+      refused (unreadable, too long, an unknown name, PXP asked of a device without
+      it), closes the new handle and answers the chain's errno.
     """
     xe = xef.device
     refuse_if(any(args.pad) or any(args.reserved), EINVAL, "pad and reserved must be zero")

@@ -38,7 +38,8 @@ def drop_name(bo: XeBo) -> None:
 
 
 def drm_gem_flink_ioctl(xef: XeFile, args: m.DrmGemFlink) -> m.DrmGemFlinkReply:
-    """DRM_IOCTL_GEM_FLINK (DRM_AUTH: a render node refuses it first, a common error).
+    """DRM_IOCTL_GEM_FLINK (DRM_AUTH, not DRM_RENDER_ALLOW: a render node refuses it
+    before this handler runs, protocols/connection.py).
 
     Checks: no such handle: ENOENT. The object's name, made on its first FLINK.
     """
@@ -55,7 +56,8 @@ def drm_gem_flink_ioctl(xef: XeFile, args: m.DrmGemFlink) -> m.DrmGemFlinkReply:
 
 
 def drm_gem_open_ioctl(xef: XeFile, args: m.DrmGemOpen) -> m.DrmGemOpenReply:
-    """DRM_IOCTL_GEM_OPEN (DRM_AUTH: a render node refuses it first, a common error).
+    """DRM_IOCTL_GEM_OPEN (DRM_AUTH, not DRM_RENDER_ALLOW: a render node refuses it
+    before this handler runs, protocols/connection.py).
 
     Checks, in order:
     - no object has that name (never given, or its last handle closed): ENOENT
