@@ -10,6 +10,7 @@ stands in for. Every refusal raises XeError carrying the kernel's errno.
 from __future__ import annotations
 
 import contextlib
+import errno
 import mmap
 import os
 import time
@@ -27,6 +28,7 @@ from protocols import (
 from protocols import (
     messages as m,
 )
+from protocols.cli import connect_timeout, socket_path
 from protocols.constants import (
     DMA_BUF_SYNC_END,
     DMA_BUF_SYNC_READ,
@@ -59,7 +61,7 @@ from protocols.constants import (
 from .host_memory import HostMemory
 from .mapping import Mapping
 from .rpc import RpcConnection
-from .transport import SeqpacketTransport, default_socket_path
+from .transport import SeqpacketTransport, unreachable
 
 ONE_SECOND_NS = 1_000_000_000
 
@@ -95,9 +97,28 @@ class Device:
         self.client_id = hello.client_id
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str] | None = None, role: str = "drm") -> Device:
-        """Connect to the daemon at `path` (default: $XED_SOCKET or the runtime socket)."""
-        return cls(SeqpacketTransport.connect(path or default_socket_path()), role)
+    def open(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        role: str = "drm",
+        *,
+        timeout: float | None = None,
+    ) -> Device:
+        """Connect to the daemon at `path` (default: $XED_SOCKET, else the runtime
+        socket) and say HELLO, waiting at most `timeout` seconds for each (default:
+        $XED_TIMEOUT, else 5). An unreachable daemon raises the OSError of its errno
+        (TimeoutError if it never answers) with the socket path as `filename` and what
+        to check as `strerror`; a refused HELLO raises XeError."""
+        where = socket_path(path)
+        wait = connect_timeout(timeout)
+        transport = SeqpacketTransport.connect(where, wait)
+        transport.sock.settimeout(wait)
+        try:
+            device = cls(transport, role)
+        except TimeoutError:  # the socket's own: connected, but HELLO went unanswered
+            raise unreachable(errno.ETIMEDOUT, where, wait) from None
+        transport.sock.settimeout(None)
+        return device
 
     def close(self) -> None:
         """Close the connection: the daemon releases everything this file held."""
