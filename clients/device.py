@@ -81,7 +81,8 @@ class Device:
 
     def __init__(self, transport: SeqpacketTransport, role: str = "drm") -> None:
         self.transport = transport
-        self.rpc = RpcConnection(transport)
+        where = transport.sock.getpeername()  # the socket's path: errors name it
+        self.rpc = RpcConnection(transport, f"the daemon at {where}" if where else "the daemon")
         self.events = self.rpc.events  # EXEC_QUEUE_BANNED and others, as they came
         self._bo_sizes: dict[int, int] = {}
         self._mappings: list[Mapping] = []

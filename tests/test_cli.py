@@ -29,6 +29,7 @@ from conftest import ROOT, spawn_client
 
 import clients.cli
 import xed.cli
+from clients import DaemonGone, Device
 from clients.daemon import DaemonFailed, DaemonProcess
 from protocols.cli import DEFAULT_TIMEOUT, HelpFormatter, connect_timeout, socket_path
 
@@ -493,3 +494,13 @@ def test_a_daemon_that_exits_at_start_is_reported_at_once(tmp_path: Path) -> Non
     assert failed.value.status == 78
     assert str(failed.value).startswith("the xed daemon exited with status 78 before it was ready")
     assert "va_bits must be between 32 and 57" in str(failed.value)
+
+
+def test_daemon_gone_names_its_socket(make_daemon: Any) -> None:
+    """A daemon that dies under a connection: DaemonGone names the socket it was at."""
+    daemon = make_daemon()
+    with Device.open(daemon.socket_path) as dev:
+        daemon.proc.kill()
+        daemon.proc.wait()
+        with pytest.raises(DaemonGone, match=f"the daemon at {re.escape(str(daemon.socket_path))}"):
+            dev.version()
