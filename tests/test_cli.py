@@ -29,7 +29,7 @@ from conftest import ROOT, spawn_client
 
 import clients.cli
 import xed.cli
-from clients import DaemonGone, Device
+from clients import DaemonGone, Device, exits
 from clients.daemon import DaemonFailed, DaemonProcess
 from protocols.cli import DEFAULT_TIMEOUT, HelpFormatter, connect_timeout, socket_path
 
@@ -314,7 +314,8 @@ def _start_in_own_group(*argv: str) -> subprocess.Popen[str]:
 
 def test_ctrl_c_in_scenario_run_is_130_without_traceback(tmp_path: Path) -> None:
     """Ctrl-C (SIGINT to the process group) during `xec scenario run`: exit 130, one
-    line, no traceback, no worker or daemon left (it used to exit 1)."""
+    line, no traceback, no worker or daemon left (it could exit 1 with a traceback: an
+    interrupt that arrived inside trio's nursery came as an exception group)."""
     path = tmp_path / "wait.toml"
     path.write_text(
         textwrap.dedent(
@@ -445,10 +446,11 @@ def _parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParse
                 yield from _parsers(sub)
 
 
-@pytest.mark.parametrize("build", [xed.cli.build_parser, clients.cli.build_parser])
-def test_every_option_has_help_and_shows_its_default(build: Any) -> None:
+@pytest.mark.parametrize("prog", ["xed", "xec"])
+def test_every_option_has_help_and_shows_its_default(prog: str) -> None:
     """Every option and argument of every command says what it is; each with a default
     shows it, none shows `default: None`; no "(more as features land)"."""
+    build = {"xed": xed.cli, "xec": clients.cli}[prog].build_parser
     for parser in _parsers(build()):
         assert parser.formatter_class is HelpFormatter, parser.prog
         text = parser.format_help()
@@ -504,3 +506,30 @@ def test_daemon_gone_names_its_socket(make_daemon: Any) -> None:
         daemon.proc.wait()
         with pytest.raises(DaemonGone, match=f"the daemon at {re.escape(str(daemon.socket_path))}"):
             dev.version()
+
+
+def test_reported_unwraps_exception_groups_and_lets_bugs_through(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Ctrl-C inside a trio nursery arrives as an exception group: still 130 and one
+    line (the race that made `xec scenario run` exit 1 with a traceback); a group of a
+    user's failures is its first; anything else is a bug and raises."""
+
+    def raising(exc: BaseException) -> Any:
+        def command() -> int:
+            raise exc
+
+        return command
+
+    interrupted = BaseExceptionGroup("nursery", [KeyboardInterrupt(), DaemonGone("gone")])
+    assert exits.reported("xec x", raising(interrupted)) == 130
+    unreachable = OSError(errno.ECONNREFUSED, "Connection refused (...)", "/s.sock")
+    assert exits.reported("xec x", raising(ExceptionGroup("n", [unreachable]))) == 69
+    assert capsys.readouterr().err.splitlines() == [
+        "xec x: interrupted",
+        "xec x: /s.sock: Connection refused (...)",
+    ]
+    with pytest.raises(ExceptionGroup):
+        exits.reported("xec x", raising(ExceptionGroup("n", [unreachable, RuntimeError()])))
+    with pytest.raises(OSError):  # no file named: not the user's, ours
+        exits.reported("xec x", raising(OSError(errno.EBADF, "Bad file descriptor")))
