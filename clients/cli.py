@@ -14,6 +14,7 @@ import os
 import sys
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from protocols.cli import (
     EX_NOPERM,
@@ -33,8 +34,14 @@ SOCKET_DEFAULT = "$XED_SOCKET, else $XDG_RUNTIME_DIR/xed/xed.sock, else /run/xed
 OWN_DAEMON = "a running daemon's socket (default: start a daemon of its own, and stop it after)"
 
 
-def _sub(parent: argparse._SubParsersAction[argparse.ArgumentParser], name: str, text: str,
-         description: str | None = None) -> argparse.ArgumentParser:  # fmt: skip
+if TYPE_CHECKING:  # generic only in typeshed
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+def _sub(
+    parent: Subparsers, name: str, text: str, description: str | None = None
+) -> argparse.ArgumentParser:
+    """A command with help text, a description, and defaults shown in its --help."""
     return parent.add_parser(
         name, help=text, description=description or text[0].upper() + text[1:] + ".",
         formatter_class=HelpFormatter,
@@ -68,7 +75,7 @@ def _spread_option(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def _bench_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _bench_parsers(sub: Subparsers) -> None:
     bench_p = _sub(sub, "bench", "speed figures, measured side by side in one run")
     bench_sub = bench_p.add_subparsers(dest="which", required=True, metavar="BENCHMARK")
     rtt = _sub(bench_sub, "rtt", "ioctl round trip vs a raw socket echo")
@@ -91,7 +98,7 @@ def _bench_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         _json_option(p)
 
 
-def _load_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _load_parsers(sub: Subparsers) -> None:
     load_p = _sub(sub, "load", "load tests with many client processes")
     load_sub = load_p.add_subparsers(dest="which", required=True, metavar="TEST")
     lb = _sub(load_sub, "barrier", "N processes writing their PCI barrier pages")
@@ -144,7 +151,7 @@ def _load_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     _json_option(lc)
 
 
-def _other_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _other_parsers(sub: Subparsers) -> None:
     ib_p = _sub(sub, "ib", "the IB-like auxiliary driver")
     ib_sub = ib_p.add_subparsers(dest="which", required=True, metavar="ACTION")
     ib_serve = _sub(
