@@ -17,6 +17,9 @@ barrier: one PCI barrier as a page store, as an ioctl round trip, as an MI_MEM_F
       a store from C through the preload library's fault path (what an unmodified
       program's store costs) beside that ioctl from C; and what an idle daemon spends
       watching 32 mapped barrier pages nobody writes.
+
+Each prints its figures as text and returns them as a dict (`xec bench ... --json`);
+progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import msgpack
 
@@ -42,6 +46,7 @@ from .daemon import daemon_at
 from .device import Device, user_fence
 from .echo import EchoServer
 from .measure import cpu_seconds, daemon_pid, percentile, pin, pin_here
+from .progress import Progress
 
 IDLE_PAGES = 32
 IDLE_SECONDS = 3.0
@@ -84,13 +89,14 @@ class _CpuMeter:
         self.calls += n
         return samples
 
-    def per_call(self) -> tuple[str, str]:
-        client = _us(self.client / self.calls * 1e6)
-        server = _us(self.server / self.calls * 1e6) if self.server_pid else "       n/a"
-        return client, server
+    def per_call_us(self) -> tuple[float, float | None]:
+        client = self.client / self.calls * 1e6
+        return client, self.server / self.calls * 1e6 if self.server_pid else None
 
 
-def bench_rtt(socket_path: Path | None, rounds: int, per_round: int, spread: bool) -> float:
+def bench_rtt(
+    socket_path: Path | None, rounds: int, per_round: int, spread: bool
+) -> dict[str, Any]:
     cpus = pin_here(spread)
     with tempfile.TemporaryDirectory(prefix="xed-bench-") as tmp, contextlib.ExitStack() as stack:
         contestants: list[tuple[str, Callable[[int], list[float]], _CpuMeter]] = []
@@ -136,16 +142,24 @@ def bench_rtt(socket_path: Path | None, rounds: int, per_round: int, spread: boo
         samples: dict[str, list[float]] = {label: [] for label, _, _ in contestants}
         for _, run, _ in contestants:
             run(per_round)  # warm up every path
-        for _ in range(rounds):
+        progress = Progress()
+        for n in range(rounds):
+            progress(f"round {n + 1}/{rounds}", force=n in (0, rounds - 1))
             for label, run, meter in contestants:
                 samples[label] += meter.rounds(run, per_round)
     where = "spread over the CPUs" if spread else f"client and server on CPU {min(cpus or {0})}"
     print(f"round trips: {rounds * per_round} each, {rounds} interleaved rounds, {where}")
     print(f"{'':24}{'median':>12}{'p99':>12}{'client CPU':>14}{'server CPU':>14}")
+    rows = {}
     for label, _, meter in contestants:
         med, p99 = statistics.median(samples[label]), percentile(samples[label], 0.99)
-        client_cpu, server_cpu = meter.per_call()
-        print(f"{label:24}{_us(med):>12}{_us(p99):>12}{client_cpu:>14}{server_cpu:>14}")
+        client_cpu, server_cpu = meter.per_call_us()
+        server_text = _us(server_cpu) if server_cpu is not None else "       n/a"
+        print(f"{label:24}{_us(med):>12}{_us(p99):>12}{_us(client_cpu):>14}{server_text:>14}")
+        rows[label.strip()] = {
+            "median_us": med, "p99_us": p99,
+            "client_cpu_us": client_cpu, "server_cpu_us": server_cpu,
+        }  # fmt: skip
     print(
         "(CPU per round trip, from /proc. The echo in trio reads its socket as the daemon\n"
         " does. The msgpack floor packs and unpacks the same request and reply and does\n"
@@ -164,10 +178,13 @@ def bench_rtt(socket_path: Path | None, rounds: int, per_round: int, spread: boo
         f"C ratio: {c_ratio:.2f}  (an unmodified C program's VERSION through the preload "
         "library / the C echo)"
     )
-    return ratio
+    return {
+        "round_trips": rounds * per_round, "rounds": rounds, "spread": spread,
+        "rows": rows, "floor": floor, "ratio": ratio, "c_ratio": c_ratio,
+    }  # fmt: skip
 
 
-def bench_mmap(socket_path: Path | None, repeats: int, spread: bool = False) -> float:
+def bench_mmap(socket_path: Path | None, repeats: int, spread: bool = False) -> dict[str, Any]:
     """Both sizes alternate, one mapping each in turn, with client and daemon on one CPU
     (unless `spread`): placement and drift then fall on both alike."""
     cpus = pin_here(spread)
@@ -179,7 +196,9 @@ def bench_mmap(socket_path: Path | None, repeats: int, spread: bool = False) -> 
         bos = {label: dev.gem_create(size) for label, size in sizes.items()}
         samples: dict[str, list[float]] = {label: [] for label in sizes}
         wire: dict[str, set[int]] = {label: set() for label in sizes}
-        for _ in range(repeats):
+        progress = Progress()
+        for n in range(repeats):
+            progress(f"mapping {n + 1}/{repeats} of each size", force=n in (0, repeats - 1))
             for label, bo in bos.items():
                 sent, received = dev.transport.bytes_sent, dev.transport.bytes_received
                 start = time.perf_counter_ns()
@@ -210,13 +229,20 @@ def bench_mmap(socket_path: Path | None, repeats: int, spread: bool = False) -> 
         f"socket bytes differ by at most {differ}: msgpack integers (request id, length) "
         "take more bytes as their values grow; no byte of the mapping crosses the socket"
     )
-    return ratio
+    return {
+        "repeats": repeats, "spread": spread, "ratio": ratio,
+        "sizes": {
+            label: {"median_us": median, "socket_bytes": sorted(on_socket)}
+            for label, (median, on_socket) in results.items()
+        },
+    }  # fmt: skip
 
 
 # a client that maps its barrier page, makes one barrier (so the device watches the page)
 # and then holds it, writing nothing, until told to go
 _BARRIER_HOLDER = """
-import sys
+import signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the bench's to handle
 from clients.device import Device
 dev = Device.open(sys.argv[1])
 dev.pci_barrier()
@@ -254,17 +280,20 @@ def _idle_watch_cost(socket_path: str, daemon_pid: int, pages: int, seconds: flo
                 holder.communicate("go\n", timeout=30)
 
 
-def bench_barrier(socket_path: Path | None, count: int) -> float:
+def bench_barrier(socket_path: Path | None, count: int) -> dict[str, Any]:
     """The same ordering three ways: one store to the barrier page, an ioctl round trip,
     an EXEC of a batch holding MI_MEM_FENCE waited on with its user fence."""
+    progress = Progress()
     with daemon_at(socket_path) as (path, daemon):
         dev = Device.open(path)
         dev.pci_barrier()
+        progress(f"{count:,} page stores", force=True)
         start = time.perf_counter_ns()
         for _ in range(count):
             dev.pci_barrier()
         store_us = (time.perf_counter_ns() - start) / count / 1000
         dev.pci_barrier_drain()
+        progress("ioctl round trips", force=True)
         ioctl_us = statistics.median(_time_calls(dev.version, 5000))
         shared_us = ioctl_us
         if daemon:  # the same ioctl with the daemon made to share the caller's CPU
@@ -291,6 +320,7 @@ def bench_barrier(socket_path: Path | None, count: int) -> float:
             dev.exec(queue, 0x1_0000_0000, syncs=[user_fence(0x1_0000_1000, value)])
             dev.wait_user_fence(fence, value)
 
+        progress("exec of MI_MEM_FENCE and wait", force=True)
         exec_us = statistics.median(_time_calls(exec_fence, 2000))
         dev.close()
         c_count = max(count // 10, 1000)
@@ -302,6 +332,7 @@ def bench_barrier(socket_path: Path | None, count: int) -> float:
         finally:
             c_ioctl.close()
         pid = daemon.pid if daemon else daemon_pid(str(path))
+        progress(f"the idle daemon's CPU over {IDLE_SECONDS:g} s", force=True)
         idle_pct = _idle_watch_cost(str(path), pid, IDLE_PAGES, IDLE_SECONDS)
     print("one PCI memory barrier, three ways (median cost per barrier)")
     print(f"  store to the barrier page      {store_us:10.3f} us   ({count:,} stores)")
@@ -323,10 +354,15 @@ def bench_barrier(socket_path: Path | None, count: int) -> float:
         f"idle daemon, {IDLE_PAGES} barrier pages mapped, nobody writing: "
         f"{idle_pct:.2f}% of one core over {IDLE_SECONDS:g} s (target <= 2%)"
     )
-    return ratio
+    return {
+        "count": count, "store_us": store_us, "ioctl_us": ioctl_us,
+        "ioctl_same_cpu_us": shared_us if daemon else None, "exec_us": exec_us,
+        "ratio": ratio, "exec_ratio": exec_us / store_us, "idle_pages": IDLE_PAGES,
+        "idle_daemon_cpu_pct": idle_pct,
+    }  # fmt: skip
 
 
-def bench_rdma(socket_path: Path | None, repeats: int, spread: bool = False) -> float:
+def bench_rdma(socket_path: Path | None, repeats: int, spread: bool = False) -> dict[str, Any]:
     """RDMA WRITE through the IB-like aux driver vs a plain memcpy between two mappings
     in one process, 4 KiB to 64 MiB; and a small write's latency vs one daemon ioctl,
     interleaved in rounds with the application, daemon and driver on one CPU (as in
@@ -366,6 +402,7 @@ def bench_rdma(socket_path: Path | None, repeats: int, spread: bool = False) -> 
             print(f"{'size':>10} {'rdma MB/s':>12} {'memcpy MB/s':>12} {'ratio':>7}")
             ratio = 0.0
             length = 4096
+            rows = []
             src = memoryview(maps[0].mm)
             dst = memoryview(maps[1].mm)
             while length <= size:
@@ -381,6 +418,10 @@ def bench_rdma(socket_path: Path | None, repeats: int, spread: bool = False) -> 
                 rdma_us = statistics.median(_time_calls(rdma, repeats))
                 copy_us = statistics.median(_time_calls(copy, repeats))
                 ratio = copy_us / rdma_us
+                rows.append(
+                    {"bytes": length, "rdma_mb_s": length / rdma_us,
+                     "memcpy_mb_s": length / copy_us, "ratio": ratio}
+                )  # fmt: skip
                 print(
                     f"{_size(length):>10} {length / rdma_us:>12,.0f} "
                     f"{length / copy_us:>12,.0f} {ratio:>7.2f}"
@@ -407,7 +448,10 @@ def bench_rdma(socket_path: Path | None, repeats: int, spread: bool = False) -> 
             f"64-byte RDMA WRITE + poll: {small:.1f} us; one daemon ioctl: {ioctl:.1f} us; "
             f"ratio {small / ioctl:.2f} (target <= 2; {where})"
         )
-    return ratio
+    return {
+        "repeats": repeats, "spread": spread, "sizes": rows, "ratio": ratio,
+        "small_write_us": small, "ioctl_us": ioctl, "latency_ratio": small / ioctl,
+    }  # fmt: skip
 
 
 def _size(n: int) -> str:

@@ -1,45 +1,110 @@
-"""`xec`: client-side tools: benchmarks and load tests (more as features land)."""
+"""`xec`: the client-side tools: benchmarks, load tests, scenarios, the IB-like aux
+driver and a debugger.
+
+Exit status: 0 done (every expectation held), 1 an expectation failed, 2 a usage error or
+a bad scenario file, 69 no daemon to talk to (or it went away), 77 not allowed, 130
+interrupted. `--json` prints the results as one JSON document on stdout; progress goes
+to stderr either way.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from . import bench, load
-from .transport import default_socket_path
+from protocols.cli import (
+    EX_NOPERM,
+    EX_UNAVAILABLE,
+    EX_USAGE,
+    TIMEOUT_ENV,
+    HelpFormatter,
+    VersionAction,
+    connect_timeout,
+    socket_path,
+)
+
+from . import bench, exits, load
+from .progress import results_as_json
+
+SOCKET_DEFAULT = "$XED_SOCKET, else $XDG_RUNTIME_DIR/xed/xed.sock, else /run/xed/xed.sock"
+OWN_DAEMON = "a running daemon's socket (default: start a daemon of its own, and stop it after)"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="xec", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    bench_p = sub.add_parser("bench", help="speed figures, measured side by side")
-    bench_sub = bench_p.add_subparsers(dest="which", required=True)
-    rtt = bench_sub.add_parser("rtt", help="ioctl round trip vs a raw socket echo")
-    rtt.add_argument("--socket", type=Path, help="use a running daemon instead of starting one")
-    rtt.add_argument("--rounds", type=int, default=10)
-    rtt.add_argument("--per-round", type=int, default=2000)
-    rtt.add_argument("--spread", action="store_true", help="do not pin both ends to one CPU")
-    mm = bench_sub.add_parser("mmap", help="mmap of a 1 GiB BO vs a 4 KiB BO")
-    mm.add_argument("--socket", type=Path, help="use a running daemon instead of starting one")
-    mm.add_argument("--repeats", type=int, default=200)
-    mm.add_argument("--spread", action="store_true", help="do not pin both ends to one CPU")
-    bar = bench_sub.add_parser("barrier", help="a barrier by page store vs ioctl vs exec")
-    bar.add_argument("--socket", type=Path, help="use a running daemon instead of starting one")
+if TYPE_CHECKING:  # generic only in typeshed
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+def _sub(
+    parent: Subparsers, name: str, text: str, description: str | None = None
+) -> argparse.ArgumentParser:
+    """A command with help text, a description, and defaults shown in its --help."""
+    return parent.add_parser(
+        name, help=text, description=description or text[0].upper() + text[1:] + ".",
+        formatter_class=HelpFormatter,
+    )  # fmt: skip
+
+
+def _connection_options(p: argparse.ArgumentParser, own_daemon: bool = True) -> None:
+    """--socket and --timeout, as every command that talks to a daemon has them."""
+    text = OWN_DAEMON if own_daemon else f"the daemon's socket (default: {SOCKET_DEFAULT})"
+    p.add_argument("--socket", type=Path, metavar="PATH", help=text)
+    p.add_argument(
+        "--timeout", type=float, metavar="SECONDS",
+        help="how long to wait for a daemon to accept and answer HELLO; sets "
+        f"${TIMEOUT_ENV} for the processes this command starts (default: ${TIMEOUT_ENV}, "
+        "else 5)",
+    )  # fmt: skip
+
+
+def _json_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--json", action="store_true",
+        help="the results as one JSON document on stdout (the text goes to stderr)",
+    )  # fmt: skip
+
+
+def _spread_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--spread", action="store_true",
+        help="let the processes float over the CPUs (by default they share one, so that "
+        "where the scheduler places them does not decide the figures)",
+    )  # fmt: skip
+
+
+def _bench_parsers(sub: Subparsers) -> None:
+    bench_p = _sub(sub, "bench", "speed figures, measured side by side in one run")
+    bench_sub = bench_p.add_subparsers(dest="which", required=True, metavar="BENCHMARK")
+    rtt = _sub(bench_sub, "rtt", "ioctl round trip vs a raw socket echo")
+    _connection_options(rtt)
+    rtt.add_argument("--rounds", type=int, default=10, help="interleaved rounds")
+    rtt.add_argument("--per-round", type=int, default=2000, help="round trips per round")
+    _spread_option(rtt)
+    mm = _sub(bench_sub, "mmap", "mmap of a 1 GiB BO vs a 4 KiB BO")
+    _connection_options(mm)
+    mm.add_argument("--repeats", type=int, default=200, help="mappings of each size")
+    _spread_option(mm)
+    bar = _sub(bench_sub, "barrier", "a barrier by page store vs ioctl vs exec")
+    _connection_options(bar)
     bar.add_argument("--count", type=int, default=200_000, help="page stores to time")
+    rd = _sub(bench_sub, "rdma", "RDMA WRITE bandwidth vs memcpy, latency vs ioctl")
+    _connection_options(rd)
+    rd.add_argument("--repeats", type=int, default=20, help="runs of each size")
+    _spread_option(rd)
+    for p in (rtt, mm, bar, rd):
+        _json_option(p)
 
-    rd = bench_sub.add_parser("rdma", help="RDMA WRITE bandwidth vs memcpy, latency vs ioctl")
-    rd.add_argument("--socket", type=Path, help="use a running daemon instead of starting one")
-    rd.add_argument("--repeats", type=int, default=20)
-    rd.add_argument("--spread", action="store_true", help="do not pin the processes to one CPU")
 
-    load_p = sub.add_parser("load", help="load tests with many client processes")
-    load_sub = load_p.add_subparsers(dest="which", required=True)
-    lb = load_sub.add_parser("barrier", help="N processes writing their PCI barrier pages")
-    lb.add_argument("--socket", type=Path, help="use a running daemon instead of starting one")
+def _load_parsers(sub: Subparsers) -> None:
+    load_p = _sub(sub, "load", "load tests with many client processes")
+    load_sub = load_p.add_subparsers(dest="which", required=True, metavar="TEST")
+    lb = _sub(load_sub, "barrier", "N processes writing their PCI barrier pages")
+    _connection_options(lb)
     lb.add_argument("--clients", type=int, default=8, help="writer processes")
-    lb.add_argument("--seconds", type=float, default=5.0)
+    lb.add_argument("--seconds", type=float, default=5.0, help="how long the writers write")
     lb.add_argument("--bo-writes", action="store_true", help="interleave BO writes")
     lb.add_argument("--ioctls", action="store_true", help="interleave ioctls")
     lb.add_argument("--nice", type=int, default=0, help="niceness of the writers")
@@ -52,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         "--prober-nice", type=int, default=0, help="niceness of the ioctl latency prober"
     )
     lb.add_argument(
-        "--daemon-nice", type=int, default=None,
-        help="renice the daemon (negative values need root), as a unit's Nice= would",
+        "--daemon-nice", type=int, metavar="NICE",
+        help="renice the daemon (negative values need root), as a unit's Nice= would "
+        "(default: leave it as it is)",
     )  # fmt: skip
     lb.add_argument(
         "--one-session", action="store_true",
@@ -63,79 +129,142 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     lb.add_argument(
         "--sweep", type=lambda s: [int(x) for x in s.split(",")], default=[],
-        help="run once per writer count, e.g. 1,8,32,64",
+        metavar="N,N,...", help="run once per writer count, e.g. 1,8,32,64 (default: once, "
+        "with --clients)",
     )  # fmt: skip
-    lc = load_sub.add_parser(
-        "chaos",
-        help="hostile and careless clients against a daemon of its own, then its account",
-        description="Fuzzed datagrams, SIGKILL storms of clients doing real work, forged "
-        "dma-bufs, hogs at their limits and unplug/replug, beside a bystander client; "
-        "then daemon restarts, unclean replies, leaked descriptors and objects (all must "
-        "be 0) and the bystander's round trips at rest and during. Exit status 0 if clean.",
-    )
-    lc.add_argument("--seconds", type=float, default=30.0, help="length of the storm (default: 30)")
-    lc.add_argument("--agents", type=int, default=6, help="agents alive at once (default: 6)")
-    lc.add_argument("--seed", type=int, default=None, help="repeat a run (default: random)")
+    _json_option(lb)
+    lc = _sub(
+        load_sub, "chaos",
+        "hostile and careless clients against a daemon of its own, then its account",
+        "Fuzzed datagrams, SIGKILL storms of clients doing real work, forged dma-bufs, "
+        "hogs at their limits and unplug/replug, beside a bystander client; then daemon "
+        "restarts, unclean replies, leaked descriptors and objects (all must be 0) and "
+        "the bystander's round trips at rest and during. Exit status 0 if clean.",
+    )  # fmt: skip
+    lc.add_argument("--seconds", type=float, default=30.0, help="length of the storm")
+    lc.add_argument("--agents", type=int, default=6, help="agents alive at once")
+    lc.add_argument("--seed", type=int, help="repeat a run (default: random)")
     lc.add_argument(
-        "--unplug-every", type=float, default=2.0,
-        help="seconds between short unplugs of the device, 0 for none (default: 2)",
+        "--unplug-every", type=float, default=2.0, metavar="SECONDS",
+        help="seconds between short unplugs of the device, 0 for none",
     )  # fmt: skip
-    lc.add_argument("--json", action="store_true", help="the result as one JSON object")
-    ib_p = sub.add_parser("ib", help="the IB-like auxiliary driver")
-    ib_sub = ib_p.add_subparsers(dest="which", required=True)
-    ib_serve = ib_sub.add_parser("serve", help="serve applications' verbs on a socket")
-    ib_serve.add_argument("--socket", type=Path, required=True, help="the verbs socket to serve")
-    ib_serve.add_argument("--daemon", type=Path, default=None, help="the xed daemon's socket")
+    _json_option(lc)
+
+
+def _other_parsers(sub: Subparsers) -> None:
+    ib_p = _sub(sub, "ib", "the IB-like auxiliary driver")
+    ib_sub = ib_p.add_subparsers(dest="which", required=True, metavar="ACTION")
+    ib_serve = _sub(
+        ib_sub, "serve", "serve applications' verbs on a socket",
+        "Serve applications' verbs on a socket as the daemon's auxiliary driver (role "
+        "aux: root, the daemon's uid, or [aux] allowed_uids/allowed_gids), until SIGTERM "
+        "or SIGINT. Exit status: 0 stopped, 69 no daemon, 77 not allowed the aux role.",
+    )  # fmt: skip
     ib_serve.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+        "--socket", type=Path, required=True, metavar="PATH", help="the verbs socket to serve"
     )
+    ib_serve.add_argument(
+        "--daemon", type=Path, metavar="PATH",
+        help=f"the xed daemon's socket (default: {SOCKET_DEFAULT})",
+    )  # fmt: skip
+    ib_serve.add_argument(
+        "--timeout", type=float, metavar="SECONDS",
+        help=f"how long to wait for the daemon to answer HELLO (default: ${TIMEOUT_ENV}, else 5)",
+    )  # fmt: skip
+    ib_serve.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"],
+        help="events below it are dropped",
+    )  # fmt: skip
     ib_serve.add_argument(
         "--reconnect-for", type=float, default=30.0, metavar="SECONDS",
         help="when the daemon goes away, wait this long for it to come back (the socket "
-        "unit restarts it) before exiting with status 69 (default: 30)",
+        "unit restarts it) before exiting with status 69",
     )  # fmt: skip
-    sc_p = sub.add_parser("scenario", help="run scenario files of many client processes")
-    sc_sub = sc_p.add_subparsers(dest="which", required=True)
-    sc_run = sc_sub.add_parser("run", help="run a scenario and print its result table")
+    sc_p = _sub(sub, "scenario", "run scenario files of many client processes")
+    sc_sub = sc_p.add_subparsers(dest="which", required=True, metavar="ACTION")
+    sc_run = _sub(
+        sc_sub, "run", "run a scenario and print its result table",
+        "Run a scenario and print its result table. Exit status: 0 every expectation "
+        "held, 1 one failed, 2 a bad file, 69 no daemon at --socket.",
+    )  # fmt: skip
     sc_run.add_argument("file", help="a scenario file, or the name of a shipped one")
-    sc_run.add_argument("--socket", type=Path, help="use a running daemon instead of starting one")
-    sc_check = sc_sub.add_parser("check", help="validate a scenario file without running it")
+    _connection_options(sc_run)
+    _json_option(sc_run)
+    sc_check = _sub(
+        sc_sub, "check", "validate a scenario file without running it",
+        "Validate a scenario file without running it: every problem, with its place. "
+        "Exit status: 0 good, 2 bad.",
+    )  # fmt: skip
     sc_check.add_argument("file", help="a scenario file, or the name of a shipped one")
-    sc_sub.add_parser("list", help="the shipped scenarios")
-    run_p = sub.add_parser(
-        "run",
-        help="run an unmodified program against the daemon (LD_PRELOAD)",
-        description="Run PROGRAM with the preload library: /dev/dri/card0 and "
-        "/dev/dri/renderD128 exist for it, and each open of them is a drm file of the "
-        "daemon (see README: Running unmodified C programs). The library is built with "
-        "the system C compiler on first use. Exit status: PROGRAM's own (128+N if a "
-        "signal N ended it); 69 if no daemon answers or no C compiler is found, 70 if "
-        "the library does not compile, 127 if PROGRAM is not found.",
-    )
-    run_p.add_argument("--socket", type=Path, default=None, help="the daemon's socket")
+    _json_option(sc_check)
+    sc_list = _sub(sc_sub, "list", "the shipped scenarios")
+    _json_option(sc_list)
+    run_p = _sub(
+        sub, "run", "run an unmodified program against the daemon (LD_PRELOAD)",
+        "Run PROGRAM with the preload library: /dev/dri/card0 and /dev/dri/renderD128 "
+        "exist for it, and each open of them is a drm file of the daemon (see README: "
+        "Running unmodified C programs). The library is built with the system C compiler "
+        "on first use. Exit status: PROGRAM's own (128+N if a signal N ended it); 69 if "
+        "no daemon answers or no C compiler is found, 70 if the library does not "
+        "compile, 127 if PROGRAM is not found.",
+    )  # fmt: skip
+    _connection_options(run_p, own_daemon=False)
     run_p.add_argument(
         "--node", choices=["card0", "renderD128"], default=None,
         help="the only device node that exists for PROGRAM (default: both; a node "
         "not chosen is missing, ENOENT, whatever the host has)",
     )  # fmt: skip
     run_p.add_argument("program", nargs=argparse.REMAINDER, help="-- PROGRAM [ARGS...]")
-    debug_p = sub.add_parser("debug", help="a small debugger for a process using xed")
-    debug_sub = debug_p.add_subparsers(dest="which", required=True)
-    att = debug_sub.add_parser("attach", help="attach to PID: list, dump, patch, follow")
-    att.add_argument("pid", type=int)
-    att.add_argument("--socket", type=Path, default=None, help="the daemon's socket")
-    att.add_argument("--dump", action="append", default=[], metavar="CLIENT:VM:ADDR:LEN")
-    att.add_argument("--patch", action="append", default=[], metavar="CLIENT:VM:ADDR:HEX")
+    debug_p = _sub(sub, "debug", "a small debugger for a process using xed")
+    debug_sub = debug_p.add_subparsers(dest="which", required=True, metavar="ACTION")
+    att = _sub(
+        debug_sub, "attach", "attach to PID: list, dump, patch, follow",
+        "Attach to a process using xed (same uid, or root): list its VMs and bindings, "
+        "dump or patch its memory at GPU addresses, follow its events. Exit status: 0 "
+        "done, 1 refused, 69 no daemon, 77 not allowed.",
+    )  # fmt: skip
+    att.add_argument("pid", type=int, help="the process to attach to")
+    _connection_options(att, own_daemon=False)
+    att.add_argument(
+        "--dump", action="append", default=[], metavar="CLIENT:VM:ADDR:LEN",
+        help="print LEN bytes at GPU address ADDR of VM in connection CLIENT (repeatable)",
+    )  # fmt: skip
+    att.add_argument(
+        "--patch", action="append", default=[], metavar="CLIENT:VM:ADDR:HEX",
+        help="write the bytes HEX at GPU address ADDR of VM in connection CLIENT "
+        "(repeatable; patches go before dumps)",
+    )  # fmt: skip
     att.add_argument(
         "--follow", type=float, default=0.0, metavar="SECONDS",
-        help="print the target's events for this long (or until it exits)",
+        help="print the target's events for this long (or until it exits), 0 for none",
     )  # fmt: skip
-    args = parser.parse_args(argv)
+    _json_option(att)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xec", description=__doc__, formatter_class=HelpFormatter
+    )
+    parser.add_argument("--version", action=VersionAction)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _bench_parsers(sub)
+    _load_parsers(sub)
+    _other_parsers(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    prog = " ".join(filter(None, ["xec", args.command, getattr(args, "which", None)]))
+    timeout = getattr(args, "timeout", None)
     try:
-        return _run(args)
-    except KeyboardInterrupt:  # the tools' own cleanup (daemon, helpers) has run by now
-        print("xec: interrupted", file=sys.stderr)
-        return 130
+        connect_timeout(timeout)  # a bad $XED_TIMEOUT is a usage error, said at once
+    except ValueError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return EX_USAGE
+    if timeout is not None:  # for the library here and in every process we start
+        os.environ[TIMEOUT_ENV] = repr(timeout)
+    return exits.reported(prog, partial(_run, args))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -146,21 +275,19 @@ def _run(args: argparse.Namespace) -> int:
         if not program:
             print("xec run: no PROGRAM given (xec run [options] -- PROGRAM [ARGS...])",
                   file=sys.stderr)  # fmt: skip
-            return 2
-        return run(program, args.socket or default_socket_path(), args.node)
+            return EX_USAGE
+        return run(program, socket_path(args.socket), args.node)
     if args.command == "debug":
         from .debugger import attach
 
-        return attach(
-            args.socket or default_socket_path(), args.pid, args.dump, args.patch, args.follow
-        )
+        path = socket_path(args.socket)
+        return attach(path, args.pid, args.dump, args.patch, args.follow, args.json)
     if args.command == "scenario":
         from . import scenario
 
         return scenario.cli(args)
     if args.command == "ib":
-        daemon = args.daemon or default_socket_path()
-        return ib_main(args.socket, daemon, args.log_level, args.reconnect_for)
+        return ib_main(args.socket, socket_path(args.daemon), args.log_level, args.reconnect_for)
     if args.command == "load" and args.which == "chaos":
         from . import chaos
 
@@ -181,32 +308,30 @@ def _run(args: argparse.Namespace) -> int:
             writer_policy=args.writer_policy,
             one_session=args.one_session,
         )
-        return load.main_load(args.socket, opts, args.sweep)
-    if args.which == "rtt":
-        bench.bench_rtt(args.socket, args.rounds, args.per_round, args.spread)
-    elif args.which == "mmap":
-        bench.bench_mmap(args.socket, args.repeats, args.spread)
-    elif args.which == "rdma":
-        bench.bench_rdma(args.socket, args.repeats, args.spread)
-    else:
-        bench.bench_barrier(args.socket, args.count)
+        return load.main_load(args.socket, opts, args.sweep, args.json)
+    with results_as_json(args.json) as emit:
+        if args.which == "rtt":
+            emit(bench.bench_rtt(args.socket, args.rounds, args.per_round, args.spread))
+        elif args.which == "mmap":
+            emit(bench.bench_mmap(args.socket, args.repeats, args.spread))
+        elif args.which == "rdma":
+            emit(bench.bench_rdma(args.socket, args.repeats, args.spread))
+        else:
+            emit(bench.bench_barrier(args.socket, args.count))
     return 0
-
-
-EX_UNAVAILABLE = 69  # sysexits.h: a service the program needs is not there
 
 
 def ib_main(verbs: Path, daemon: Path, log_level: str, reconnect_for: float = 30.0) -> int:
     """Run the aux driver until SIGINT/SIGTERM; READY=1 on NOTIFY_SOCKET once serving.
     No daemon at start, or none back `reconnect_for` seconds after it went away: one
-    line on stderr and status 69."""
+    line on stderr and status 69; the daemon refusing us the aux role: 77."""
     import logging
     import signal
 
     import structlog
     import trio
 
-    from .ib.service import DaemonUnavailable, serve
+    from .ib.service import AuxRefused, DaemonUnavailable, serve
 
     structlog.configure(
         wrapper_class=structlog.make_filtering_bound_logger(
@@ -225,21 +350,20 @@ def ib_main(verbs: Path, daemon: Path, log_level: str, reconnect_for: float = 30
                     nursery.cancel_scope.cancel()
                     break
 
-    unavailable: BaseException | None = None
+    failure: BaseException | None = None
     try:
         trio.run(run)
-    except* DaemonUnavailable as group:
-        unavailable = group
-        while isinstance(unavailable, BaseExceptionGroup):  # the nurseries it came through
-            unavailable = unavailable.exceptions[0]
-    if unavailable is not None:
-        print(f"xec ib serve: {unavailable}", file=sys.stderr)
-        return EX_UNAVAILABLE
+    except* (DaemonUnavailable, AuxRefused) as group:
+        failure = group
+        while isinstance(failure, BaseExceptionGroup):  # the nurseries it came through
+            failure = failure.exceptions[0]
+    if failure is not None:
+        print(f"xec ib serve: {failure}", file=sys.stderr)
+        return EX_NOPERM if isinstance(failure, AuxRefused) else EX_UNAVAILABLE
     return 0
 
 
 def _notify_ready() -> None:
-    import os
     import socket
 
     address = os.environ.get("NOTIFY_SOCKET")

@@ -10,18 +10,33 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import select
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
+from protocols.cli import EX_CONFIG, EX_NOPERM, EX_SOFTWARE, EX_UNAVAILABLE
+
+from .device import Device
+
+# what a child's exit status already says, passed on as the command's own
+_PASSED_ON = (EX_UNAVAILABLE, EX_NOPERM, EX_CONFIG)
+
 
 class DaemonFailed(RuntimeError):
-    pass
+    """A daemon (or aux driver) we started did not come up; `status` is the exit status
+    a command reports for it: the child's own when it exited with a sysexits code
+    (69 no daemon behind it, 77, 78...), else 70 (EX_SOFTWARE)."""
+
+    def __init__(self, message: str, status: int = EX_SOFTWARE) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class DaemonProcess:
@@ -53,6 +68,7 @@ class DaemonProcess:
         # load reach the daemon's limit quickly; None inherits ours
         self._nofile = nofile
         self.proc: subprocess.Popen[bytes] | None = None
+        self.name = "the xed daemon"
 
     @property
     def pid(self) -> int:
@@ -75,18 +91,42 @@ class DaemonProcess:
                 preexec_fn=self._limit_nofile if self._nofile else None,
             )
         try:
-            while True:
-                try:
-                    message = notify.recv(4096).decode()
-                except TimeoutError:
-                    raise DaemonFailed(f"no READY=1 in {self._ready_timeout}s") from None
-                if "READY=1" in message.split("\n"):
-                    return self
+            self._wait_ready(notify)
         except BaseException:
             self.stop()
             raise
         finally:
             notify.close()
+        return self
+
+    def _wait_ready(self, notify: socket.socket) -> None:
+        """Until READY=1 comes; DaemonFailed at once if the process exits first (with
+        the last line it wrote), or after the ready timeout."""
+        assert self.proc is not None
+        deadline = time.monotonic() + self._ready_timeout
+        exited = os.pidfd_open(self.proc.pid)
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                readable, _, _ = select.select([notify.fileno(), exited], [], [], max(left, 0))
+                if notify.fileno() in readable:
+                    if "READY=1" in notify.recv(4096).decode().split("\n"):
+                        return
+                elif exited in readable:
+                    status = self.proc.wait()
+                    raise DaemonFailed(
+                        f"{self.name} exited with status {status} before it was ready: "
+                        f"{self._last_words()}",
+                        status if status in _PASSED_ON else EX_SOFTWARE,
+                    )
+                elif left <= 0:
+                    raise DaemonFailed(f"{self.name}: no READY=1 in {self._ready_timeout:g} s")
+        finally:
+            os.close(exited)
+
+    def _last_words(self) -> str:
+        lines = [line for line in self.log_text().splitlines() if line.strip()]
+        return lines[-1].strip() if lines else "it said nothing"
 
     def _limit_nofile(self) -> None:
         assert self._nofile is not None
@@ -138,6 +178,7 @@ def daemon_at(
     """The daemon listening at `socket_path` (None: ours to start); without a path, a
     fresh daemon logging warnings only, stopped on exit. What a tool's `--socket` means."""
     if socket_path is not None:
+        check_daemon(socket_path)
         yield socket_path, None
         return
     daemon = DaemonProcess(extra_args=("--log-level", "warning"), own_session=own_session)
@@ -146,6 +187,12 @@ def daemon_at(
         yield daemon.socket_path, daemon
     finally:
         daemon.cleanup()
+
+
+def check_daemon(socket_path: Path) -> None:
+    """Connect and say HELLO once, so a tool given a socket nobody serves says so (the
+    library's error names the path and what to check) before it starts anything."""
+    Device.open(socket_path).close()
 
 
 class AuxDriverProcess(DaemonProcess):
@@ -165,3 +212,4 @@ class AuxDriverProcess(DaemonProcess):
             sys.executable, "-m", "clients", "ib", "serve",
             "--socket", str(self.socket_path), "--daemon", str(daemon_socket), *extra_args,
         ]  # fmt: skip
+        self.name = "the IB-like aux driver"

@@ -15,16 +15,26 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+from protocols import to_wire
+from protocols.cli import EX_USAGE, exit_status
 
 from .device import Device
 from .errors import XeError
+from .progress import results_as_json
 
 
-def _parse(spec: str, parts: int) -> list[str]:
-    fields = spec.split(":")
-    if len(fields) != parts:
-        raise SystemExit(f"xec debug: expected {parts} fields separated by ':', got {spec!r}")
-    return fields
+def _parse(option: str, spec: str) -> tuple[int, int, int, int | bytes]:
+    """CLIENT:VM:ADDR:LEN (--dump) or CLIENT:VM:ADDR:HEX (--patch); ValueError says
+    what is wrong with it."""
+    last = "LEN" if option == "--dump" else "HEX"
+    try:
+        client, vm_id, addr, tail = spec.split(":")
+        value = int(tail, 0) if option == "--dump" else bytes.fromhex(tail)
+        return int(client, 0), int(vm_id, 0), int(addr, 0), value
+    except ValueError:
+        raise ValueError(f"{option} takes CLIENT:VM:ADDR:{last} (numbers), not {spec!r}") from None
 
 
 def _hexdump(addr: int, data: bytes) -> None:
@@ -34,33 +44,58 @@ def _hexdump(addr: int, data: bytes) -> None:
         print(f"  {addr + row:#018x}  {chunk.hex(' '):<47}  {text}")
 
 
-def attach(socket_path: Path, pid: int, dumps: list[str], patches: list[str], follow: float) -> int:
+def attach(
+    socket_path: Path,
+    pid: int,
+    dumps: list[str],
+    patches: list[str],
+    follow: float,
+    as_json: bool = False,
+) -> int:
+    """List, patch, dump, follow; with `as_json`, everything as one JSON document
+    ({"pid", "vms", "patched", "dumps", "events"}) once done. Exit status 0, or 1 if
+    the daemon refused the attach or an access (the message says why)."""
+    result: dict[str, Any] = {"pid": pid, "vms": [], "patched": [], "dumps": [], "events": []}
     try:
-        dbg = Device.open(socket_path, role="debugger")
+        writes = [_parse("--patch", spec) for spec in patches]
+        reads = [_parse("--dump", spec) for spec in dumps]
+    except ValueError as exc:
+        print(f"xec debug attach: {exc}", file=sys.stderr)
+        return EX_USAGE
+    dbg = Device.open(socket_path, role="debugger")
+    try:
         reply = dbg.debug_attach(pid)
-    except (OSError, XeError) as exc:
-        print(f"xec debug: {exc}", file=sys.stderr)
-        return 1
-    with dbg:
+    except XeError as exc:
+        dbg.close()
+        print(f"xec debug attach: {exc}", file=sys.stderr)
+        return exit_status(exc.errno)
+    with dbg, results_as_json(as_json) as emit:
         print(f"attached to pid {pid}")
         for vm in reply.vms:
+            result["vms"].append(to_wire(vm))
             print(f"  connection {vm.client_id}, VM {vm.vm_id}:")
             for b in vm.bindings:
                 what = f"handle {b.handle}" if b.kind == "bo" else f"user {b.userptr:#x}"
                 what = "" if b.kind == "null" else what
                 print(f"    {b.va:#018x} +{b.range:#x}  {b.kind:<8} {what}")
         try:
-            for spec in patches:
-                client, vm_id, addr, text = _parse(spec, 4)
-                dbg.debug_vm_write(int(client), int(vm_id), int(addr, 0), bytes.fromhex(text))
-                print(f"patched {len(text) // 2} bytes at {int(addr, 0):#x}")
-            for spec in dumps:
-                client, vm_id, addr, length = _parse(spec, 4)
-                data = dbg.debug_vm_read(int(client), int(vm_id), int(addr, 0), int(length, 0))
-                _hexdump(int(addr, 0), data)
+            for client, vm_id, addr, data in writes:
+                assert isinstance(data, bytes)
+                dbg.debug_vm_write(client, vm_id, addr, data)
+                result["patched"].append(
+                    {"client_id": client, "vm_id": vm_id, "addr": addr, "hex": data.hex()}
+                )
+                print(f"patched {len(data)} bytes at {addr:#x}")
+            for client, vm_id, addr, length in reads:
+                assert isinstance(length, int)
+                data = dbg.debug_vm_read(client, vm_id, addr, length)
+                result["dumps"].append(
+                    {"client_id": client, "vm_id": vm_id, "addr": addr, "hex": data.hex()}
+                )
+                _hexdump(addr, data)
         except XeError as exc:
-            print(f"xec debug: {exc}", file=sys.stderr)
-            return 1
+            print(f"xec debug attach: {exc}", file=sys.stderr)
+            return exit_status(exc.errno)
         deadline = time.monotonic() + follow
         while follow and time.monotonic() < deadline:
             try:
@@ -68,6 +103,7 @@ def attach(socket_path: Path, pid: int, dumps: list[str], patches: list[str], fo
             except TimeoutError:
                 break
             e = event.data
+            result["events"].append(to_wire(e))
             print(
                 f"event {e.kind:<18} pid {e.pid} conn {e.client_id} vm {e.vm_id} "
                 f"addr {e.addr:#x} range {e.range:#x} {e.detail}",
@@ -75,4 +111,5 @@ def attach(socket_path: Path, pid: int, dumps: list[str], patches: list[str], fo
             )
             if e.kind == "detach":
                 break
+        emit(result)
     return 0

@@ -10,6 +10,7 @@ stands in for. Every refusal raises XeError carrying the kernel's errno.
 from __future__ import annotations
 
 import contextlib
+import errno
 import mmap
 import os
 import time
@@ -27,6 +28,7 @@ from protocols import (
 from protocols import (
     messages as m,
 )
+from protocols.cli import connect_timeout, socket_path
 from protocols.constants import (
     DMA_BUF_SYNC_END,
     DMA_BUF_SYNC_READ,
@@ -59,7 +61,7 @@ from protocols.constants import (
 from .host_memory import HostMemory
 from .mapping import Mapping, map_shared
 from .rpc import RpcConnection
-from .transport import SeqpacketTransport, default_socket_path
+from .transport import SeqpacketTransport, unreachable
 
 ONE_SECOND_NS = 1_000_000_000
 
@@ -85,7 +87,8 @@ class Device:
         join: str = "",
     ) -> None:
         self.transport = transport
-        self.rpc = RpcConnection(transport)
+        where = transport.sock.getpeername()  # the socket's path: errors name it
+        self.rpc = RpcConnection(transport, f"the daemon at {where}" if where else "the daemon")
         self.events = self.rpc.events  # EXEC_QUEUE_BANNED and others, as they came
         self._bo_sizes: dict[int, int] = {}
         self._mappings: list[Mapping] = []
@@ -111,15 +114,29 @@ class Device:
         role: str = "drm",
         node: str = "primary",
         join: str = "",
+        *,
+        timeout: float | None = None,
     ) -> Device:
-        """Connect to the daemon at `path` (default: $XED_SOCKET or the runtime socket).
+        """Connect to the daemon at `path` (default: $XED_SOCKET, else the runtime
+        socket) and say HELLO, waiting at most `timeout` seconds for each (default:
+        $XED_TIMEOUT, else 5). An unreachable daemon raises the OSError of its errno
+        (TimeoutError if it never answers) with the socket path as `filename` and what
+        to check as `strerror`; a refused HELLO raises XeError.
 
         `node`: "primary" (/dev/dri/card0) or "render" (renderD128, which refuses
         GEM_FLINK and GEM_OPEN). `join`: another Device's `token`: this connection acts
         on that drm file (same handles, VMs and offsets) instead of opening a new one;
         closing it releases nothing, and the file's release closes it."""
-        transport = SeqpacketTransport.connect(path or default_socket_path())
-        return cls(transport, role, node, join)
+        where = socket_path(path)
+        wait = connect_timeout(timeout)
+        transport = SeqpacketTransport.connect(where, wait)
+        transport.sock.settimeout(wait)
+        try:
+            device = cls(transport, role, node, join)
+        except TimeoutError:  # the socket's own: connected, but HELLO went unanswered
+            raise unreachable(errno.ETIMEDOUT, where, wait) from None
+        transport.sock.settimeout(None)
+        return device
 
     def close(self) -> None:
         """Close the connection: the daemon releases everything this file held."""

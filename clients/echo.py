@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -150,6 +151,8 @@ async def _echo_in_trio(conn: socket.socket) -> None:
 
 
 if __name__ == "__main__":
+    # Ctrl-C reaches the whole process group: the tool that started us stops us itself
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     flags = sys.argv[2:]
     reply = bytes.fromhex(flags[flags.index("--reply") + 1]) if "--reply" in flags else None
     serve(sys.argv[1], in_trio="--trio" in flags, reply=reply)

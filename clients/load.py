@@ -20,12 +20,16 @@ session), and a latency-sensitive client is a
 program of its own. So the daemon this tool starts, the prober and the echo server each
 get a session of their own, and the writers share the tool's; `--one-session` puts them
 all in one, to see the difference. The report prints every process's session id.
+
+Progress (each second: barriers counted so far, and the rate) goes to stderr, in a sweep
+too; the report goes to stdout, as text or (`--json`) one JSON document for all runs.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -40,6 +44,7 @@ from .daemon import daemon_at
 from .device import Device
 from .echo import EchoClient, EchoServer
 from .measure import cpu_seconds, daemon_pid, percentile
+from .progress import Progress, results_as_json
 
 ACK_SAMPLE_EVERY = 2000  # barriers between two acknowledgement-latency samples
 PROBE_INTERVAL = 0.002  # seconds between the prober's round trips
@@ -157,28 +162,29 @@ def autogroup_state() -> str:
 
 
 # --- one run -------------------------------------------------------------------------------
-def run_load(
-    socket_path: str, daemon_pid: int, opts: LoadOptions, quiet: bool = False
-) -> dict[str, Any]:
+def run_load(socket_path: str, daemon_pid: int, opts: LoadOptions) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="xec-load-") as tmp:
         echo_server = EchoServer(os.path.join(tmp, "echo.sock"), own_session=not opts.one_session)
         try:
             daemon_priority = os.getpriority(os.PRIO_PROCESS, daemon_pid)
             os.setpriority(os.PRIO_PROCESS, echo_server.pid, daemon_priority)
-            return _run_load(socket_path, daemon_pid, opts, echo_server, quiet)
+            return _run_load(socket_path, daemon_pid, opts, echo_server)
         finally:
             echo_server.stop()
 
 
 def _run_load(
-    socket_path: str, daemon_pid: int, opts: LoadOptions, echo_server: EchoServer, quiet: bool
+    socket_path: str, daemon_pid: int, opts: LoadOptions, echo_server: EchoServer
 ) -> dict[str, Any]:
+    progress = Progress()
+    progress(f"idle round trips for {IDLE_PROBE_SECONDS:g} s", force=True)
     echo = echo_server.connect()
     with Device.open(socket_path) as dev:  # before the load: the idle values
         idle, idle_echo = _probe(dev, echo, time.monotonic() + IDLE_PROBE_SECONDS)
     echo.close()
     with Device.open(socket_path, role="admin") as admin:
         counted_before = admin.admin_status().barriers
+        progress(f"starting {opts.clients} writer(s) and the prober", force=True)
         writers = [
             _spawn(
                 "writer",
@@ -213,15 +219,10 @@ def _run_load(
             while (
                 any(w.poll() is None for w in writers) and time.monotonic() - started < opts.seconds
             ):
-                time.sleep(1.0)
-                if not quiet:
-                    total = admin.admin_status().barriers - counted_before
-                    elapsed = time.monotonic() - started
-                    print(
-                        f"  {elapsed:5.1f} s  {total:>12,} barriers counted"
-                        f"  {total / elapsed:>12,.0f}/s",
-                        flush=True,
-                    )
+                time.sleep(min(1.0, opts.seconds))
+                total = admin.admin_status().barriers - counted_before
+                elapsed = time.monotonic() - started
+                progress(f"{total:>12,} barriers counted  {total / elapsed:>12,.0f}/s", force=True)
             reports = []
             for w in writers:
                 assert w.stdout is not None
@@ -308,7 +309,19 @@ def print_report(opts: LoadOptions, result: dict[str, Any]) -> None:
     )
 
 
-def main_load(socket_path: Path | None, opts: LoadOptions, sweep: list[int]) -> int:
+def main_load(
+    socket_path: Path | None, opts: LoadOptions, sweep: list[int], as_json: bool = False
+) -> int:
+    """One run, or one per writer count of `sweep`; 0 if no barrier was lost or counted
+    for the wrong file, else 1."""
+    with results_as_json(as_json) as emit:
+        runs = _main_load(socket_path, opts, sweep)
+        emit({"runs": runs, "lost": sum(r["lost"] + r["misattributed"] for r in runs)})
+    return 0 if all(r["lost"] + r["misattributed"] == 0 for r in runs) else 1
+
+
+def _main_load(socket_path: Path | None, opts: LoadOptions, sweep: list[int]) -> list[Any]:
+    runs = []
     with daemon_at(socket_path, own_session=not opts.one_session) as (socket, daemon):
         path = str(socket)
         pid = daemon.pid if daemon else daemon_pid(path)
@@ -316,7 +329,6 @@ def main_load(socket_path: Path | None, opts: LoadOptions, sweep: list[int]) -> 
             # the daemon stands in for kernel code, which runs in the caller's own time
             # slice; giving it priority over the writers is how a deployment would run it
             os.setpriority(os.PRIO_PROCESS, pid, opts.daemon_nice)
-        lost = 0
         for clients in sweep or [opts.clients]:
             run_opts = attrs.evolve(opts, clients=clients)
             daemon_nice = os.getpriority(os.PRIO_PROCESS, pid)
@@ -325,13 +337,15 @@ def main_load(socket_path: Path | None, opts: LoadOptions, sweep: list[int]) -> 
                 f"{opts.nice} ({opts.writer_policy} policy), daemon at nice {daemon_nice}, "
                 f"autogroup {autogroup_state()} =="
             )
-            result = run_load(path, pid, run_opts, quiet=bool(sweep))
+            result = run_load(path, pid, run_opts)
             print_report(run_opts, result)
-            lost += result["lost"] + result["misattributed"]
-        return 0 if lost == 0 else 1
+            runs.append({"clients": clients, "daemon_nice": daemon_nice, **result})
+    return runs
 
 
 if __name__ == "__main__":
+    # Ctrl-C reaches the whole process group: the tool stops its writers and prober itself
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     role = sys.argv[1]
     if role == "writer":
         writer(

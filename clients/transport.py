@@ -2,24 +2,47 @@
 
 from __future__ import annotations
 
+import errno
+import grp
 import os
 import socket
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from protocols import MAX_DATAGRAM, MAX_FDS, pack_fds, unpack_fds
+from protocols.cli import connect_failure, connect_timeout, socket_path
 
 _ANC_SPACE = socket.CMSG_SPACE(MAX_FDS * 4)
+_BACKLOG_PAUSE = 0.01  # seconds between two connects while the daemon's backlog is full
 
 
 def default_socket_path() -> Path:
-    """Where `xed serve` listens by default; $XED_SOCKET overrides it."""
-    if "XED_SOCKET" in os.environ:
-        return Path(os.environ["XED_SOCKET"])
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime:
-        return Path(runtime) / "xed" / "xed.sock"
-    return Path("/run/xed/xed.sock")
+    """The daemon's socket when the caller names none: $XED_SOCKET, else the default."""
+    return socket_path(None)
+
+
+def _group_of(path: Path) -> str | None:
+    """The group that may connect: the socket's, or its directory's if we cannot see in."""
+    for where in (path, path.parent):
+        try:
+            gid = os.stat(where).st_gid
+        except OSError:
+            continue
+        try:
+            return grp.getgrgid(gid).gr_name
+        except KeyError:
+            return str(gid)
+    return None
+
+
+def unreachable(
+    code: int, path: str | os.PathLike[str], timeout: float | None = None
+) -> OSError:
+    """The OSError of `code` (FileNotFoundError, PermissionError, TimeoutError...) whose
+    filename is the socket path and whose strerror says what to check."""
+    group = _group_of(Path(path)) if code in (errno.EACCES, errno.EPERM) else None
+    return OSError(code, connect_failure(code, group, timeout), os.fspath(path))
 
 
 class SeqpacketTransport:
@@ -29,13 +52,30 @@ class SeqpacketTransport:
         self.bytes_received = 0
 
     @classmethod
-    def connect(cls, path: str | os.PathLike[str]) -> SeqpacketTransport:
+    def connect(
+        cls, path: str | os.PathLike[str], timeout: float | None = None
+    ) -> SeqpacketTransport:
+        """Connect to `path`, waiting at most `timeout` seconds ($XED_TIMEOUT, else 5)
+        while the listener's backlog is full; a failure raises `unreachable()`'s error."""
+        wait = connect_timeout(timeout)
+        deadline = time.monotonic() + wait
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        sock.setblocking(False)  # a full backlog would block a blocking connect for good
         try:
-            sock.connect(os.fspath(path))
-        except OSError:
+            while True:
+                try:
+                    sock.connect(os.fspath(path))
+                    break
+                except BlockingIOError:  # EAGAIN: nobody accepts, the backlog is full
+                    if time.monotonic() >= deadline:
+                        raise unreachable(errno.ETIMEDOUT, path, wait) from None
+                    time.sleep(_BACKLOG_PAUSE)
+                except OSError as exc:
+                    raise unreachable(exc.errno or errno.EIO, path) from exc
+        except BaseException:
             sock.close()
             raise
+        sock.setblocking(True)
         return cls(sock)
 
     def send(self, data: bytes, fds: Sequence[int] = ()) -> None:

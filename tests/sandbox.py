@@ -268,6 +268,17 @@ def _under_home(path: Path) -> bool:
     return any(path == home or home in path.parents for home in _HOMES)
 
 
+def home_drop_in(paths: Sequence[str]) -> list[str]:
+    """The settings of deploy/xed.service.d/home.conf, its BindReadOnlyPaths= adjusted
+    to `paths` as its comment tells an installer to."""
+    text = (DEPLOY / "xed.service.d" / "home.conf").read_text()
+    settings = [line for line in text.splitlines() if line and line[0] not in "#["]
+    bind = [i for i, line in enumerate(settings) if line.startswith("BindReadOnlyPaths=")]
+    assert len(bind) == 1, "home.conf: one BindReadOnlyPaths= line to adjust"
+    settings[bind[0]] = "BindReadOnlyPaths=" + " ".join(paths)
+    return settings
+
+
 def xed_units(dest: Path, python: str = sys.executable, extra: Sequence[str] = ()) -> Path:
     """Copy deploy/'s units into `dest` with ExecStart running `python -m xed serve`
     (same arguments, same socket paths, same hardening) from this checkout.
@@ -289,8 +300,8 @@ def xed_units(dest: Path, python: str = sys.executable, extra: Sequence[str] = (
     lines = ["[Service]", f"Environment=PYTHONPATH={ROOT}"]
     needed = {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(), ROOT.resolve()}
     hidden = sorted(str(p) for p in needed if _under_home(p))
-    if hidden:
-        lines += ["ProtectHome=tmpfs", "BindReadOnlyPaths=" + " ".join(hidden)]
+    if hidden:  # the shipped drop-in for interpreters under /home or /root, pointed at ours
+        lines += home_drop_in(hidden)
     # PrivateTmp=yes gives the service an empty /tmp: a checkout there is bound back in
     in_tmp = sorted(str(p) for p in needed if Path("/tmp") in p.parents)
     if in_tmp:

@@ -15,7 +15,8 @@ from clients.chaos import clean, print_report
 def test_a_short_chaos_run_leaves_the_daemon_clean() -> None:
     """Five seconds of fuzzers, forgers, hogs and SIGKILLed workers with unplugs: no
     restart, no unclean reply, no leaked descriptor or object, every kind of agent ran
-    and was killed, and the bystander was measured at rest and during the storm."""
+    and was killed, the bystander was measured at rest and during the storm, and the
+    storm showed its progress on stderr."""
     done = subprocess.run(
         [sys.executable, "-m", "clients", "load", "chaos", "--seconds", "5", "--agents", "5",
          "--seed", "11", "--unplug-every", "1", "--json"],
@@ -32,6 +33,7 @@ def test_a_short_chaos_run_leaves_the_daemon_clean() -> None:
     assert phases["idle"]["calls"] > 0 and phases["chaos"]["calls"] > 0
     assert not result["bystander"]["problems"] and not result["bystander"]["refusals"]
     assert clean(result) and done.returncode == 0
+    assert "s left: " in done.stderr and "agents started" in done.stderr  # progress
     report = io.StringIO()
     print_report(result, report)
     lines = report.getvalue().splitlines()

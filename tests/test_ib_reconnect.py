@@ -213,6 +213,8 @@ def test_driver_with_no_daemon_at_start_exits_69(tmp_path: Path) -> None:
         env=dict(os.environ, PYTHONPATH=str(ROOT)),
     )  # fmt: skip
     assert done.returncode == EX_UNAVAILABLE, done.stderr
-    assert done.stderr.startswith(f"xec ib serve: no xed daemon at {missing} (")
+    assert done.stderr.startswith(
+        f"xec ib serve: no xed daemon at {missing}: No such file or directory (no daemon"
+    )
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert not (tmp_path / "verbs.sock").exists()

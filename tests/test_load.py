@@ -23,6 +23,7 @@ def _sessions(run: str) -> tuple[int, set[int], int, int, int]:
 
 
 def test_load_sweep_counts_every_barrier_for_its_own_file() -> None:
+    """Each run of a sweep counts every barrier for its own file, with progress shown."""
     done = subprocess.run(
         [
             sys.executable, "-m", "clients.cli", "load", "barrier",
@@ -34,6 +35,8 @@ def test_load_sweep_counts_every_barrier_for_its_own_file() -> None:
     out = done.stdout
     runs = out.split("\n== ")[1:]
     assert [int(run.split()[0]) for run in runs] == [1, 3]
+    # a sweep shows progress as a single run does: at least a line per run, on stderr
+    assert done.stderr.count("barriers counted") >= 2, done.stderr
     for run in runs:
         assert "writers at nice 5 (batch policy)" in run
         rows = re.findall(r"^\s+(\d+)\s+([\d,]+)\s+([\d,]+)\s+(\d+)$", run, re.MULTILINE)
@@ -102,17 +105,21 @@ def test_interrupted_load_leaves_no_process_behind() -> None:
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     try:
-        assert tool.stdout is not None
-        for line in tool.stdout:  # progress lines come once the load runs
+        assert tool.stderr is not None
+        seen = []
+        for line in tool.stderr:  # progress lines (on stderr) come once the load runs
+            seen.append(line)
             if "barriers counted" in line:
                 break
         children = _children(tool.pid)
         assert len(children) >= 6  # daemon, echo server, 3 writers, prober
         tool.send_signal(signal.SIGINT)
         _, err = tool.communicate(timeout=60)
+        err = "".join(seen) + err
     finally:
         if tool.poll() is None:
             tool.kill()
+            tool.wait()
     assert tool.returncode == 130, err
-    assert err.strip().endswith("xec: interrupted") and "Traceback" not in err, err
+    assert err.strip().endswith("xec load barrier: interrupted") and "Traceback" not in err, err
     assert not [pid for pid in children if _alive(pid)]

@@ -76,8 +76,8 @@ def test_run_starts_its_own_daemon_and_aux_driver() -> None:
     """Without --socket, run starts a daemon and (for role ib) the aux driver itself."""
     done = xec("scenario", "run", "vm_export_rdma")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "started a daemon" in done.stdout
-    assert "started the IB-like aux driver 'ib'" in done.stdout
+    assert "started a daemon" in done.stderr  # progress, on stderr
+    assert "started the IB-like aux driver 'ib'" in done.stderr
 
 
 def test_wrong_expectation_exits_nonzero_naming_the_step(
@@ -332,8 +332,131 @@ def test_list_shows_shipped_scenarios_with_descriptions() -> None:
     assert all(len(line.split()) > 3 for line in lines)
 
 
-def test_run_with_a_socket_nobody_serves_exits_2(tmp_path: Path) -> None:
-    """--socket naming no daemon: a message and exit 2, no worker spawned."""
-    done = xec("scenario", "run", "isolation", "--socket", str(tmp_path / "none.sock"))
+def test_run_with_a_socket_nobody_serves_exits_69(tmp_path: Path) -> None:
+    """--socket naming no daemon: a message naming the socket, exit 69 (EX_UNAVAILABLE),
+    no worker spawned."""
+    path = tmp_path / "none.sock"
+    done = xec("scenario", "run", "isolation", "--socket", str(path))
+    assert done.returncode == 69, done.stderr
+    assert f"{path}: No such file or directory (no daemon listens there" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_check_reports_every_problem_at_once_with_did_you_mean(tmp_path: Path) -> None:
+    """A bad role does not hide its process's step errors; `steps` that is not a list is
+    one problem (not one per character); misspelt keys, roles, steps, fields, choices and
+    errno names each get a "did you mean"; the problems come in file order."""
+    path = write(
+        tmp_path,
+        """
+        nmae = "typo"
+        [[process]]
+        name = "a"
+        role = "ap"
+        steps = [
+          { do = "creat", bo = "x" },
+          { do = "create", bo = "buf", sise = 4096 },
+          { do = "sync", fd = "f", op = "strat" },
+          { do = "version", expect = "EACCESS" },
+        ]
+        [[process]]
+        name = "b"
+        coutn = 2
+        steps = "not a list"
+        """,
+    )
+    done = xec("scenario", "check", str(path))
     assert done.returncode == 2
-    assert "no daemon at" in done.stderr
+    assert done.stderr.splitlines() == [
+        f"{path}: {line}"
+        for line in [
+            "unknown top-level key 'nmae' (did you mean 'name'?)",
+            "process 'a': unknown role 'ap' (one of app, load, admin, ib, debugger) "
+            "(did you mean 'app'?)",
+            "process 'a', step 1: unknown step 'creat' (did you mean 'create'?)",
+            "process 'a', step 2 (create): unknown field 'sise' (did you mean 'size'?)",
+            "process 'a', step 3 (sync): field 'op' must be one of start, end "
+            "(did you mean 'start'?)",
+            "process 'a', step 4 (version): expect must be 'success' or an errno name, "
+            "not 'EACCESS' (did you mean 'EACCES'?)",
+            "process 'b': unknown key 'coutn' (did you mean 'count'?)",
+            "process 'b': 'steps' must be a list of step tables",
+        ]
+    ]
+
+
+def test_check_refuses_names_no_earlier_step_makes(tmp_path: Path) -> None:
+    """A BO, mapping, descriptor or value no earlier step of that process makes or
+    receives is a problem of the file, with the closest name it does hold; what a peer
+    sends counts as received, whatever the order of the steps in the file."""
+    path = write(
+        tmp_path,
+        """
+        [[process]]
+        name = "a"
+        steps = [
+          { do = "create", bo = "mine" },
+          { do = "map", bo = "mien" },
+          { do = "recv", from = "b", prefix = "b." },
+          { do = "import", fd = "b.thiers", bo = "t" },
+          { do = "import", fd = "b.theirs", bo = "t2", expect = "EINVAL" },
+          { do = "close", bo = "t2" },
+          { do = "send", to = "b", value = ["mine", "nothing", "0x10"] },
+          { do = "wait" },
+        ]
+        [[process]]
+        name = "b"
+        steps = [
+          { do = "create", bo = "b" },
+          { do = "recv", from = "a" },
+          { do = "read", map = "mine", data = "x" },
+          { do = "export", bo = "b", fd = "theirs" },
+          { do = "send", to = "a", fd = "theirs" },
+        ]
+        """,
+    )
+    done = xec("scenario", "check", str(path))
+    assert done.returncode == 2
+    bo, fd, value = "BO", "descriptor", "value"
+    assert done.stderr.splitlines() == [
+        f"{path}: process {line}"
+        for line in [
+            f"'a', step 2 (map): field 'bo': no earlier step makes or receives a {bo} named "
+            "'mien' (did you mean 'mine'?)",
+            f"'a', step 4 (import): field 'fd': no earlier step makes or receives a {fd} named "
+            "'b.thiers' (did you mean 'b.theirs'?)",
+            f"'a', step 6 (close): field 'bo': no earlier step makes or receives a {bo} named "
+            "'t2' (did you mean 't'?)",
+            f"'a', step 7 (send): field 'value': no earlier step makes or receives a {value} "
+            "named 'nothing'",
+            "'a', step 8 (wait): no exec with a fence before it",
+            "'b', step 3 (read): field 'map': no earlier step makes or receives a mapping "
+            "named 'mine'",
+        ]
+    ]
+
+
+def test_run_refuses_a_bad_name_before_starting_anything(
+    tmp_path: Path, fresh_daemon: DaemonProcess
+) -> None:
+    """`run` checks names first: a misspelt map is exit 2 with its place, and no
+    process connects (it used to run and fail the step with a KeyError)."""
+    path = write(
+        tmp_path,
+        """
+        [[process]]
+        name = "a"
+        steps = [
+          { do = "create", bo = "buf" },
+          { do = "map", bo = "buf" },
+          { do = "read", map = "bfu", data = "x" },
+        ]
+        """,
+    )
+    done = xec("scenario", "run", str(path), "--socket", str(fresh_daemon.socket_path))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert (
+        "process 'a', step 3 (read): field 'map': no earlier step makes or receives a "
+        "mapping named 'bfu' (did you mean 'buf'?)"
+    ) in done.stderr
+    assert "started" not in done.stderr and done.stdout == ""

@@ -17,7 +17,15 @@ from typing import Any
 
 import attrs
 import pytest
-from sandbox import DEPLOY, ROOT, Sandbox, SandboxUnavailable, wait_until, xed_units
+from sandbox import (
+    DEPLOY,
+    ROOT,
+    Sandbox,
+    SandboxUnavailable,
+    home_drop_in,
+    wait_until,
+    xed_units,
+)
 
 import xed.config
 from xed.config import Config, load
@@ -123,6 +131,14 @@ def _service_section(path: Path) -> list[str]:
     section = lines[lines.index("[Service]") + 1 :]
     section = section[: next((i for i, x in enumerate(section) if x.startswith("[")), None)]
     return [line for line in section if line and not line.startswith("#")]
+
+
+def test_home_drop_in_unhides_only_what_it_binds() -> None:
+    """deploy/xed.service.d/home.conf, for an interpreter under /home or /root: an empty
+    tmpfs over them and read-only binds of the interpreter and venv (every sandbox test
+    runs with it whenever this interpreter lives there)."""
+    settings = home_drop_in(["/root/.pyenv"])
+    assert settings == ["ProtectHome=tmpfs", "BindReadOnlyPaths=/root/.pyenv"]
 
 
 def test_template_service_matches_plain_service() -> None:
@@ -316,3 +332,10 @@ def test_bad_config_exits_78_and_is_not_restarted(sd: Sandbox) -> None:
     assert sd.show("xed@broken.service", "Result") == "exit-code"
     assert sd.show("xed@broken.service", "NRestarts") == "0"
     assert sd.show("xed@broken.service", "ActiveState") == "failed"
+    # journaled at error priority, so that `journalctl -p warning` shows it (a plain
+    # stderr line would be priority 6)
+    entries = journal_entries(sd, "XED_EVENT=config_invalid", unit="xed@broken.service")
+    assert [e["PRIORITY"] for e in entries] == ["3"], entries
+    assert "va_bits must be between 32 and 57" in entries[0]["XED_ERROR"]
+    warned = sd.run("journalctl", "--no-pager", "-u", "xed@broken.service", "-p", "warning")
+    assert "va_bits must be between 32 and 57" in warned.stdout

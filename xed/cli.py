@@ -18,12 +18,24 @@ import trio
 
 from protocols import Event
 from protocols import messages as m
+from protocols.cli import (
+    EX_CANTCREAT,
+    EX_CONFIG,
+    EX_INTERRUPTED,
+    EX_USAGE,
+    TIMEOUT_ENV,
+    HelpFormatter,
+    VersionAction,
+    connect_timeout,
+    socket_path,
+)
 
 from . import log as xlog
 from . import systemd
-from .config import EX_CONFIG, Config, ConfigError, load
+from .config import Config, ConfigError, load
 from .ctl import run
-from .server import AlreadyRunning, ServerHandle, bind_listener, default_socket_path, serve
+from .journal import stderr_is_journal
+from .server import AlreadyRunning, ServerHandle, bind_listener, serve
 
 STATUS_INTERVAL = 2.0  # seconds between STATUS= refreshes (sent only when the line changes)
 DRAIN_POLL = 0.05  # how often the drain looks whether the last client has gone
@@ -180,6 +192,17 @@ def _test_hang_after() -> float | None:
     return float(value) if value else None
 
 
+def _fatal(event: str, exc: Exception, status: int) -> int:
+    """A reason not to start, said where the operator looks: as an error-priority
+    journal entry under systemd (a plain stderr line there would be priority 6, and
+    `journalctl -p warning` would show nothing), as one plain line anywhere else."""
+    if stderr_is_journal():
+        xlog.get().error(event, error=str(exc), exit_status=status)
+    else:
+        print(f"xed: {exc}", file=sys.stderr)
+    return status
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     xlog.configure(args.log_level)
     log = xlog.get()
@@ -192,20 +215,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
             )
         hang_after = _test_hang_after()
     except (ConfigError, systemd.ActivationError, ValueError) as exc:
-        print(f"xed: {exc}", file=sys.stderr)
-        return EX_CONFIG
+        return _fatal("config_invalid", exc, EX_CONFIG)
     systemd.forget_activation()
     nofile = raise_nofile_limit()
     path: Path | None
     if activated:
         sock, path = activated[0], None
     else:
-        path = args.socket or default_socket_path()
+        path = socket_path(args.socket)
         try:
             sock = bind_listener(path)
         except (AlreadyRunning, OSError) as exc:
-            print(f"xed: {exc}", file=sys.stderr)
-            return 1
+            return _fatal("socket_unavailable", exc, EX_CANTCREAT)
     listener = DrainingListener(fileno=sock.detach())
     log.info(
         "daemon_starting",
@@ -225,25 +246,59 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="xed", description=__doc__)
+def cmd_ctl(args: argparse.Namespace) -> int:
+    try:
+        timeout = connect_timeout(args.timeout)
+    except ValueError as exc:
+        print(f"xed ctl: {exc}", file=sys.stderr)
+        return EX_USAGE
+    return run(socket_path(args.socket), args.action, args.json, args.level, timeout)
+
+
+SOCKET_DEFAULT = "default: $XED_SOCKET, else $XDG_RUNTIME_DIR/xed/xed.sock, else /run/xed/xed.sock"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xed", description=__doc__, formatter_class=HelpFormatter
+    )
+    parser.add_argument("--version", action=VersionAction)
     sub = parser.add_subparsers(dest="command", required=True)
-    serve_p = sub.add_parser("serve", help="run the daemon in the foreground")
-    serve_p.add_argument("--socket", type=Path, help="listening socket (default: %(default)s)")
-    serve_p.add_argument("--config", type=Path, help="TOML file overriding the built-in device")
+    serve_p = sub.add_parser(
+        "serve", help="run the daemon in the foreground", formatter_class=HelpFormatter,
+        description="Run the daemon in the foreground until SIGTERM or SIGINT. Exit "
+        "status: 0 stopped, 78 bad configuration, 73 cannot create the socket.",
+    )  # fmt: skip
     serve_p.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+        "--socket", type=Path, metavar="PATH",
+        help=f"the socket to listen on ({SOCKET_DEFAULT}; not used when socket-activated)",
     )
     serve_p.add_argument(
-        "--drain-timeout",
-        type=float,
-        default=2.0,
-        metavar="SECONDS",
-        help="on SIGTERM, how long connected clients get to leave (default: %(default)s)",
+        "--config", type=Path, metavar="FILE",
+        help="TOML file overriding the built-in device (default: the built-in device)",
+    )  # fmt: skip
+    serve_p.add_argument(
+        "--log-level", default="info", choices=list(xlog.LEVELS), help="events below it are dropped"
     )
+    serve_p.add_argument(
+        "--drain-timeout", type=float, default=2.0, metavar="SECONDS",
+        help="on SIGTERM, how long connected clients get to leave",
+    )  # fmt: skip
     serve_p.set_defaults(func=cmd_serve)
-    ctl_p = sub.add_parser("ctl", help="inspect and steer a running daemon")
-    ctl_p.add_argument("--socket", type=Path, default=None, help="daemon socket")
+    ctl_p = sub.add_parser(
+        "ctl", help="inspect and steer a running daemon", formatter_class=HelpFormatter,
+        description="Talk to a running daemon as its admin (root, the daemon's uid, or "
+        "[admin] allowed_uids/allowed_gids). Exit status: 0 done, 69 no daemon, 77 not "
+        "allowed, 1 refused.",
+    )  # fmt: skip
+    ctl_p.add_argument(
+        "--socket", type=Path, metavar="PATH", help=f"the daemon's socket ({SOCKET_DEFAULT})"
+    )
+    ctl_p.add_argument(
+        "--timeout", type=float, default=None, metavar="SECONDS",
+        help="how long to wait for the daemon to accept and answer "
+        f"(default: ${TIMEOUT_ENV}, else 5)",
+    )  # fmt: skip
     ctl_sub = ctl_p.add_subparsers(dest="action", required=True)
     for action, text in (
         ("status", "object counts and counters of the device"),
@@ -254,17 +309,26 @@ def main(argv: list[str] | None = None) -> int:
         ("replug", "plug the device back in"),
         ("log-level", "change the daemon's log level now"),
     ):
-        action_p = ctl_sub.add_parser(action, help=text)
+        action_p = ctl_sub.add_parser(
+            action, help=text, description=text[0].upper() + text[1:] + ".",
+            formatter_class=HelpFormatter,
+        )  # fmt: skip
         if action == "log-level":
-            action_p.add_argument("level", choices=list(xlog.LEVELS))
-        action_p.add_argument("--json", action="store_true", help="machine-readable output")
-        action_p.set_defaults(
-            func=lambda a: run(
-                a.socket or default_socket_path(), a.action, a.json, getattr(a, "level", None)
-            )
+            action_p.add_argument("level", choices=list(xlog.LEVELS), help="the new level")
+        action_p.add_argument(
+            "--json", action="store_true", help="one JSON document instead of text"
         )
-    args = parser.parse_args(argv)
-    result: int = args.func(args)
+        action_p.set_defaults(func=cmd_ctl, level=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result: int = args.func(args)
+    except KeyboardInterrupt:  # `xed ctl` waiting on a daemon, stopped by Ctrl-C
+        print("xed: interrupted", file=sys.stderr)
+        return EX_INTERRUPTED
     return result
 
 

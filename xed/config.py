@@ -12,11 +12,11 @@ from typing import Any
 
 import attrs
 
+from protocols.cli import EX_CONFIG as EX_CONFIG  # re-exported: its home was here
 from protocols.constants import PAGE_SIZE
 
 MiB = 1 << 20
 GiB = 1 << 30
-EX_CONFIG = 78
 
 
 class ConfigError(Exception):

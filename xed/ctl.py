@@ -1,8 +1,15 @@
-"""`xed ctl`: the admin role, spoken with the shared codec over a blocking socket."""
+"""`xed ctl`: the admin role, spoken with the shared codec over a blocking socket.
+
+Output is for people, as systemctl's is, whether or not stdout is a terminal; `--json`
+gives one JSON document instead, for every action.
+"""
 
 from __future__ import annotations
 
+import errno
+import grp
 import json
+import os
 import socket
 import sys
 from pathlib import Path
@@ -21,22 +28,56 @@ from protocols import (
 from protocols import (
     messages as m,
 )
+from protocols.cli import EX_FAILURE, EX_UNAVAILABLE, connect_failure, exit_status
 
 
 class AdminError(Exception):
-    pass
+    """What `xed ctl` says before exiting with `status` (sysexits: 69, 77...)."""
+
+    def __init__(self, message: str, status: int = EX_FAILURE) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _group_of(path: Path) -> str | None:
+    """The group that may connect: the socket's, or its directory's if we cannot see in."""
+    for where in (path, path.parent):
+        try:
+            gid = os.stat(where).st_gid
+        except OSError:
+            continue
+        try:
+            return grp.getgrgid(gid).gr_name
+        except KeyError:
+            return str(gid)
+    return None
+
+
+def _unreachable(path: Path, code: int, timeout: float) -> AdminError:
+    group = _group_of(path) if code in (errno.EACCES, errno.EPERM) else None
+    text = connect_failure(code, group, timeout)
+    return AdminError(f"cannot connect to {path}: {text}", exit_status(code))
 
 
 class AdminClient:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, timeout: float) -> None:
+        """Connect and say HELLO as admin, each within `timeout` seconds."""
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        self.sock.settimeout(timeout)
+        self._id = 0
         try:
             self.sock.connect(str(path))
+            self.call(Op.HELLO, m.Hello(version=PROTOCOL_VERSION, role="admin"))
+        except TimeoutError:  # connected (or queued), but HELLO went unanswered
+            self.sock.close()
+            raise _unreachable(path, errno.ETIMEDOUT, timeout) from None
         except OSError as exc:
             self.sock.close()
-            raise AdminError(f"cannot connect to {path}: {exc.strerror}") from exc
-        self._id = 0
-        self.call(Op.HELLO, m.Hello(version=PROTOCOL_VERSION, role="admin"))
+            raise _unreachable(path, exc.errno or errno.EIO, timeout) from exc
+        except AdminError:
+            self.sock.close()
+            raise
+        self.sock.settimeout(None)
 
     def call(self, op: Op, args: Any) -> Any:
         self._id += 1
@@ -44,13 +85,14 @@ class AdminClient:
         while True:
             data = self.sock.recv(MAX_DATAGRAM)
             if not data:
-                raise AdminError("the daemon closed the connection")
+                raise AdminError("the daemon closed the connection", EX_UNAVAILABLE)
             message = decode_incoming(data, (), {self._id: op})
             if isinstance(message, EventMessage):
                 continue
             if message.errno:
                 raise AdminError(
-                    f"{op.name}: {errno_name(message.errno)}: {message.result.message}"
+                    f"{op.name}: {errno_name(message.errno)}: {message.result.message}",
+                    exit_status(message.errno),
                 )
             return message.result
 
@@ -58,43 +100,50 @@ class AdminClient:
         self.sock.close()
 
 
-def _ask(path: Path, op: Op, args: Any) -> Any:
-    client = AdminClient(path)
+def _ask(path: Path, timeout: float, op: Op, args: Any) -> Any:
+    client = AdminClient(path, timeout)
     try:
         return client.call(op, args)
     finally:
         client.close()
 
 
-def run(path: Path, action: str, as_json: bool, value: str | None = None) -> int:
-    """One `xed ctl` action; exit status 0 on success, 1 with a message otherwise."""
+def _print_done(text: str, data: dict[str, Any], as_json: bool) -> None:
+    print(json.dumps(data, sort_keys=True) if as_json else text)
+
+
+def run(path: Path, action: str, as_json: bool, value: str | None, timeout: float) -> int:
+    """One `xed ctl` action; exit status 0 on success, else a message and a status
+    that says why (69 no daemon, 77 not allowed, 1 refused)."""
     try:
         if action == "objects":
-            _print_objects(_ask(path, Op.ADMIN_OBJECTS, m.XedAdminObjects()), as_json)
+            _print_objects(_ask(path, timeout, Op.ADMIN_OBJECTS, m.XedAdminObjects()), as_json)
         elif action == "stats":
-            _print_stats(_ask(path, Op.ADMIN_STATS, m.XedAdminStats()), as_json)
+            _print_stats(_ask(path, timeout, Op.ADMIN_STATS, m.XedAdminStats()), as_json)
         elif action == "log-level":
-            _ask(path, Op.ADMIN_LOG_LEVEL, m.XedAdminLogLevel(level=value or ""))
-            print(f"log level: {value}")
+            _ask(path, timeout, Op.ADMIN_LOG_LEVEL, m.XedAdminLogLevel(level=value or ""))
+            _print_done(f"log level: {value}", {"log_level": value}, as_json)
         elif action == "status":
-            _print_status(path, _ask(path, Op.ADMIN_STATUS, m.XedAdminStatus()), as_json)
+            reply = _ask(path, timeout, Op.ADMIN_STATUS, m.XedAdminStatus())
+            _print_status(path, reply, as_json)
         elif action == "clients":
-            _print_clients(_ask(path, Op.ADMIN_CLIENTS, m.XedAdminClients()), as_json)
+            _print_clients(_ask(path, timeout, Op.ADMIN_CLIENTS, m.XedAdminClients()), as_json)
         elif action == "unplug":
-            _ask(path, Op.ADMIN_UNPLUG, m.XedAdminUnplug())
-            print("unplugged: ioctls answer ENODEV, mappings stay valid")
+            _ask(path, timeout, Op.ADMIN_UNPLUG, m.XedAdminUnplug())
+            text = "unplugged: ioctls answer ENODEV, mappings stay valid"
+            _print_done(text, {"unplugged": True}, as_json)
         elif action == "replug":
-            _ask(path, Op.ADMIN_REPLUG, m.XedAdminReplug())
-            print("plugged in")
+            _ask(path, timeout, Op.ADMIN_REPLUG, m.XedAdminReplug())
+            _print_done("plugged in", {"unplugged": False}, as_json)
     except AdminError as exc:
         print(f"xed ctl: {exc}", file=sys.stderr)
-        return 1
+        return exc.status
     return 0
 
 
 def _print_status(path: Path, reply: m.XedAdminStatusReply, as_json: bool) -> None:
     data = to_wire(reply)
-    if as_json or not sys.stdout.isatty():
+    if as_json:
         print(json.dumps(data, sort_keys=True))
         return
     state = "UNPLUGGED" if reply.unplugged else "plugged in"
@@ -138,7 +187,7 @@ _COLUMNS = (
 
 def _print_objects(reply: m.XedAdminObjectsReply, as_json: bool) -> None:
     data = to_wire(reply)
-    if as_json or not sys.stdout.isatty():
+    if as_json:
         print(json.dumps(data, sort_keys=True))
         return
     print("  ".join(f"{key} {value}" for key, value in data["objects"].items()))
@@ -154,7 +203,7 @@ def _print_objects(reply: m.XedAdminObjectsReply, as_json: bool) -> None:
 
 def _print_stats(reply: m.XedAdminStatsReply, as_json: bool) -> None:
     data = to_wire(reply)
-    if as_json or not sys.stdout.isatty():
+    if as_json:
         print(json.dumps(data, sort_keys=True))
         return
     print(f"log level {reply.log_level}; events dropped for slow clients: {reply.events_dropped}")
@@ -173,7 +222,7 @@ def _print_table(table: list[list[str]]) -> None:
 
 def _print_clients(reply: m.XedAdminClientsReply, as_json: bool) -> None:
     rows = [to_wire(client) for client in reply.clients]
-    if as_json or not sys.stdout.isatty():
+    if as_json:
         print(json.dumps(rows, sort_keys=True))
         return
     limits = to_wire(reply.limits)

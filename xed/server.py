@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import inspect
+import itertools
 import os
 import secrets
 import select
@@ -62,7 +63,6 @@ from .device.device import XeDevice
 from .device.errors import IoctlError
 from .device.eudebug import debug_event
 from .device.file import XeFile
-from .device.ids import IdAllocator
 from .device.limits import EXHAUSTED, OPENS_DESCRIPTORS, DescriptorReserve, out_of_errno
 from .device.limits import out_of_resources as _out_of_resources
 from .device.process import peer_instance
@@ -474,13 +474,6 @@ class AlreadyRunning(Exception):
     pass
 
 
-def default_socket_path() -> Path:
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime:
-        return Path(runtime) / "xed" / "xed.sock"
-    return Path("/run/xed/xed.sock")
-
-
 def bind_listener(path: Path) -> socket.socket:
     """Bind a SOCK_SEQPACKET socket at `path`, mode 0660, replacing a dead one."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -543,7 +536,8 @@ async def _accept_loop(
     ledger: UnreadLedger,
     log: Any,
 ) -> None:
-    client_ids = IdAllocator()
+    # never reused while the daemon lives: one id follows one connection through the log
+    client_ids = itertools.count(1)
     while True:
         try:
             conn, _ = listener.accept()
@@ -568,14 +562,13 @@ async def _accept_loop(
                 continue
             raise
         conn.setblocking(False)
-        client_id = client_ids.alloc()
+        client_id = next(client_ids)
         handle.connections += 1
 
         async def run(conn: socket.socket = conn, client_id: int = client_id) -> None:
             try:
                 await Connection(device, conn, client_id, ledger).run()
             finally:
-                client_ids.release(client_id)
                 handle.connections -= 1
 
         nursery.start_soon(run)

@@ -40,6 +40,7 @@ from protocols import to_wire
 
 from ..daemon import AuxDriverProcess, DaemonProcess
 from ..device import Device
+from ..progress import Progress
 
 # Limits low enough to be reached within seconds: a hog meets them, nobody else should.
 CHAOS_CONFIG = """\
@@ -52,6 +53,7 @@ NOFILE = 16384
 KINDS = (("worker", 5), ("fuzz", 2), ("forger", 2), ("hog", 1))
 MAX_HOGS = 2  # at once: each holds up to its limits until killed
 SETTLE_SECONDS = 20.0
+PROGRESS_EVERY = 5.0  # seconds between two progress lines on stderr during the storm
 
 
 @attrs.frozen
@@ -228,8 +230,13 @@ def _storm(
     next_unplug = time.monotonic() + opts.unplug_every if opts.unplug_every else float("inf")
     kinds = [kind for kind, weight in KINDS for _ in range(weight)]
     n = 0
+    progress = Progress(every=PROGRESS_EVERY)
     try:
         while (now := time.monotonic()) < end:
+            progress(
+                f"{end - now:5.1f} s left: {sum(tally.started.values())} agents started, "
+                f"{tally.killed} killed, {tally.unplugs} unplugs"
+            )
             for agent in [a for a in agents if now >= a.dies_at or a.proc.poll() is not None]:
                 if agent.proc.poll() is None:
                     agent.proc.send_signal(signal.SIGKILL)

@@ -6,6 +6,7 @@ task matches replies to their callers by id and hands events to a callback.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 from collections.abc import Callable, Sequence
@@ -29,6 +30,7 @@ from protocols import (
 from protocols import messages as m
 
 from ..errors import DaemonGone, XeError
+from ..transport import unreachable
 
 _ANC_SPACE = socket.CMSG_SPACE(MAX_FDS * 4)
 
@@ -56,9 +58,9 @@ class DaemonLink:
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             await sock.connect(os.fspath(path))
-        except OSError:
+        except OSError as exc:
             sock.close()
-            raise
+            raise unreachable(exc.errno or errno.EIO, path) from exc
         return cls(sock)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -14,6 +14,7 @@ that can only answer errors.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 from pathlib import Path
@@ -21,6 +22,10 @@ from pathlib import Path
 import structlog
 import trio
 
+from protocols.cli import connect_timeout
+
+from ..errors import XeError
+from ..transport import unreachable
 from .driver import IbDriver
 from .link import DaemonLink
 
@@ -43,12 +48,32 @@ class DaemonUnavailable(Exception):
     """No daemon to serve against: none at start, or none back in time after it went."""
 
 
+class AuxRefused(Exception):
+    """The daemon does not let this uid be an auxiliary driver (HELLO answered EACCES)."""
+
+
 async def _open_link(daemon_path: Path, nursery: trio.Nursery) -> DaemonLink:
-    """Connect as role aux; the link's reader runs in `nursery` until the daemon goes."""
+    """Connect as role aux, within the connect timeout ($XED_TIMEOUT, else 5 s); the
+    link's reader runs in `nursery` until the daemon goes. A daemon that never answers
+    raises unreachable()'s TimeoutError, one that refuses the role AuxRefused."""
+    timeout = connect_timeout()
     link = await DaemonLink.connect(daemon_path)
     try:
         await nursery.start(link.run)
-        await link.hello("aux")
+        with trio.fail_after(timeout):
+            await link.hello("aux")
+    except trio.TooSlowError:
+        link.close()
+        raise unreachable(errno.ETIMEDOUT, daemon_path, timeout) from None
+    except XeError as exc:
+        link.close()
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise AuxRefused(
+                f"the daemon at {daemon_path} refuses this uid ({os.getuid()}) the aux role: "
+                "only root, the daemon's own uid and [aux] allowed_uids/allowed_gids of its "
+                f"configuration may be an auxiliary driver ({exc.detail or exc.strerror})"
+            ) from None
+        raise
     except BaseException:
         link.close()
         raise
@@ -95,14 +120,15 @@ async def serve(
     seconds."""
     link: DaemonLink | None = None
     listener: trio.socket.SocketType | None = None
-    gave_up: DaemonUnavailable | None = None
+    gave_up: DaemonUnavailable | AuxRefused | None = None
     try:
         async with trio.open_nursery() as nursery:
             try:
                 try:
                     link = await _open_link(daemon_path, nursery)
                 except OSError as exc:
-                    raise DaemonUnavailable(f"no xed daemon at {daemon_path} ({exc})") from exc
+                    what = exc.strerror if exc.filename else str(exc)
+                    raise DaemonUnavailable(f"no xed daemon at {daemon_path}: {what}") from exc
                 listener = trio.socket.from_stdlib_socket(bind_verbs_socket(verbs_path))
                 driver = IbDriver(nursery)
                 driver.attach(link)
@@ -120,7 +146,7 @@ async def serve(
                     link = await _reconnect(daemon_path, nursery, reconnect_for)
                     driver.attach(link)
                     log.info("daemon_reconnected", daemon=str(daemon_path))
-            except DaemonUnavailable as exc:
+            except (DaemonUnavailable, AuxRefused) as exc:
                 gave_up = exc  # raised below, alone rather than in the nursery's group
                 nursery.cancel_scope.cancel()
     finally:
