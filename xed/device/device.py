@@ -53,6 +53,8 @@ class XeDevice:
     def __init__(self, full_config: Config) -> None:
         config = full_config.device
         self.config = config
+        # the host page size the rules follow (config: 4 KiB, or an emulated 64 KiB)
+        self.page_size = config.page_size
         self.dma_buf_config = full_config.dma_buf
         self.aux_config = full_config.aux
         self.admin_config = full_config.admin
@@ -78,7 +80,7 @@ class XeDevice:
             )
         self.mem_region_mask = sum(1 << i for i in self.regions)
         self.engines = tuple(self._engines(config))
-        self.vma = VmaOffsetManager()
+        self.vma = VmaOffsetManager(config.page_size)
         self.files: set[XeFile] = set()
         self.exported: dict[int, ExportedObject] = {}  # by inode of the handed-out end
         self.counts: collections.Counter[str] = collections.Counter()

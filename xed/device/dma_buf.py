@@ -28,7 +28,6 @@ from protocols.constants import (
     DRM_RDWR,
     MAP_PRIVATE,
     MAP_SHARED,
-    PAGE_SIZE,
     PROT_EXEC,
     PROT_READ,
     PROT_WRITE,
@@ -129,7 +128,7 @@ async def _describe(xef: XeFile, fd: int) -> tuple[int, bool, int]:
     info, fds = await peer_call(fd, Op.DMA_BUF_ATTACH, m.DmaBufAttach())
     (memfd,) = fds  # the codec let through exactly the one DMA_BUF_ATTACH answers with
     try:
-        writable = client_memory(memfd, info.size, xef.device.regions.values())
+        writable = client_memory(memfd, info.size, xef.device)
     except IoctlError as exc:
         os.close(memfd)
         raise IoctlError(EINVAL, f"not a dma-buf: {exc.message}") from None
@@ -230,7 +229,9 @@ async def dma_buf_mmap_ioctl(
 ) -> tuple[m.XedMmapReply, list[int]]:
     """mmap(2) of the attached dma-buf; `offset` is an offset into the buffer.
 
-    Checks, in order (mmap(2), the VFS, dma_buf_mmap_internal, ttm_bo_mmap_obj):
+    Checks, in order (mmap(2), the VFS, dma_buf_mmap_internal, ttm_bo_mmap_obj), in
+    pages of the host page size the device follows ([device] page_size; the length
+    rounded up to one, as mmap(2) maps whole pages):
     - the daemon is down to its descriptor reserve (limits.descriptor_reserve): EMFILE
     - length zero or offset not page aligned: EINVAL
     - flags not exactly one of MAP_SHARED / MAP_PRIVATE, or unknown prot bits: EINVAL
@@ -240,7 +241,8 @@ async def dma_buf_mmap_ioctl(
     - offset + length beyond the buffer: EINVAL
     - a private (copy-on-write) mapping: EINVAL
     """
-    refuse_if(not args.length or args.offset % PAGE_SIZE, EINVAL, "bad length or offset")
+    page = xef.device.page_size
+    refuse_if(not args.length or args.offset % page, EINVAL, "bad length or offset")
     refuse_if(args.flags not in (MAP_SHARED, MAP_PRIVATE), EINVAL, "need MAP_SHARED")
     refuse_if(args.prot & ~_PROT_ALL, EINVAL, f"unknown prot bits {args.prot:#x}")
     (fd,) = fds
@@ -251,7 +253,8 @@ async def dma_buf_mmap_ioctl(
             EACCES,
             "dma-buf exported without DRM_RDWR: map it read-only",
         )
-        refuse_if(args.offset + args.length > size, EINVAL, "beyond the end of the dma-buf")
+        length = -(-args.length // page) * page  # the vma's length
+        refuse_if(args.offset + length > size, EINVAL, "beyond the end of the dma-buf")
         refuse_if(args.flags == MAP_PRIVATE, EINVAL, "copy-on-write mappings are refused")
     except IoctlError:
         os.close(memfd)

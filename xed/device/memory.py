@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Iterable
 from errno import EINVAL, ENOMEM
+from typing import TYPE_CHECKING
 
 import attrs
 
 from protocols.memfd import MAX_SHARED_SIZE, UnsafeMemory, check_memfd
 
 from .errors import IoctlError
+
+if TYPE_CHECKING:
+    from .device import XeDevice
 
 U64_MAX = (1 << 64) - 1
 
@@ -40,17 +43,20 @@ def create_backing(name: str, size: int, sealed: bool = True) -> int:
     return fd
 
 
-def client_memory(fd: int, size: int, regions: Iterable[MemRegion]) -> bool:
+def client_memory(fd: int, size: int, device: XeDevice) -> bool:
     """Judge memory a client (or another daemon, through a dma-buf) hands us before
     anything maps it; return whether the descriptor allows a writable mapping.
 
     Refused with EINVAL, as the kernel refuses what is not memory it can use: what
     protocols.memfd refuses (a pipe, a file on disk, hugetlbfs, a memfd that could
-    shrink, fewer bytes than `size`, not readable), and a size beyond everything this
-    device could hold (and 2^47): such an object is never larger than an honest BO
-    could be, so it fills u64 counters and the fake-offset space no faster than one.
+    shrink, fewer bytes than `size`, not readable), a size that is not a multiple of
+    the device's page size, and a size beyond everything this device could hold (and
+    2^47): such an object is never larger than an honest BO could be, so it fills u64
+    counters and the fake-offset space no faster than one.
     """
-    limit = min(sum(region.total for region in regions), MAX_SHARED_SIZE)
+    limit = min(sum(region.total for region in device.regions.values()), MAX_SHARED_SIZE)
+    if size % device.page_size:
+        raise IoctlError(EINVAL, f"size {size:#x} is not a multiple of the page size")
     try:
         return check_memfd(fd, size, limit)
     except UnsafeMemory as exc:

@@ -72,6 +72,9 @@ class Bar0:
 
     def __init__(self, config: DeviceConfig) -> None:
         pages = config.doorbell_pages
+        # a region maps whole host pages: with pages over 4 KiB ([device] page_size)
+        # the 4 KiB register blocks cannot be exposed on their own
+        self.page_size = config.page_size
         self.doorbell_count = pages - 1  # the last doorbell page is the PCI barrier page
         self.size = XE_BAR0_DOORBELL_OFFSET + pages * PAGE_SIZE
         self.layout = (
@@ -121,12 +124,13 @@ class Bar0:
                 count=self.doorbell_count if r.access == XE_MMIO_ACCESS_PER_FILE else 1,
             )
             for r in self.layout
-            if r.exposable
+            if r.exposable and not (r.offset % self.page_size or r.size % self.page_size)
         )
 
     def exposable(self, offset: int, size: int) -> BarRange:
         """The region [offset, offset+size) names, checked as the proposal says."""
-        refuse_if(not size or offset % PAGE_SIZE or size % PAGE_SIZE, EINVAL, "unaligned region")
+        page = self.page_size
+        refuse_if(not size or offset % page or size % page, EINVAL, "unaligned region")
         refuse_if(offset + size > self.size, EINVAL, "beyond BAR0")
         for r in self.layout:
             refuse_if(
@@ -221,7 +225,9 @@ def xe_mmio_region_open_ioctl(
     Checks, in order:
     - the daemon is down to its descriptor reserve (limits.descriptor_reserve): ENOMEM
     - extensions, pad or reserved non-zero, or flags non-zero: EINVAL
-    - bar_offset or size zero or not page aligned, or beyond BAR0: EINVAL
+    - bar_offset or size zero or not aligned to the host page ([device] page_size: with
+      64 KiB pages no 4 KiB block is exposable, and the query lists none), or beyond
+      BAR0: EINVAL
     - the range touches a never-exposable register (irq status, GT control): EPERM
     - not exactly a region DEVICE_QUERY(MMIO_REGIONS) lists: EINVAL
     - the doorbell region when this file already has its page: EBUSY

@@ -9,7 +9,7 @@ from protocols import messages as m
 from protocols.constants import (
     DRM_XE_QUERY_CONFIG_FLAG_HAS_VRAM,
     DRM_XE_QUERY_GT_TYPE_MAIN,
-    PAGE_SIZE,
+    SZ_4K,
     Query,
 )
 
@@ -43,7 +43,7 @@ def xe_query_ioctl(xef: XeFile, args: m.DrmXeDeviceQuery) -> m.DrmXeDeviceQueryR
             m.DrmXeMemRegion(
                 mem_class=r.mem_class,
                 instance=r.instance,
-                min_page_size=PAGE_SIZE,
+                min_page_size=xe.page_size,  # PAGE_SIZE: the host's
                 total_size=r.total,
                 used=r.used,
                 cpu_visible_size=r.cpu_visible,
@@ -58,7 +58,7 @@ def xe_query_ioctl(xef: XeFile, args: m.DrmXeDeviceQuery) -> m.DrmXeDeviceQueryR
         info = (
             cfg.device_id | cfg.revision << 16,
             flags,
-            PAGE_SIZE,
+            SZ_4K,  # MIN_ALIGNMENT: the GPU's (SZ_64K only for NEED64K VRAM)
             cfg.va_bits,
             XE_MAX_EXEC_QUEUE_PRIORITY,
         )
