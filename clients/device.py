@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
@@ -44,9 +43,6 @@ from protocols.constants import (
     DRM_XE_VM_BIND_OP_UNMAP,
     MAP_SHARED,
     PAGE_SIZE,
-    PCI_BARRIER_IDLE,
-    PCI_BARRIER_SEQ_MASK,
-    PCI_BARRIER_SEQ_TAG,
     PROT_READ,
     PROT_WRITE,
     SEEK_END,
@@ -56,6 +52,7 @@ from protocols.constants import (
     UfenceOp,
 )
 
+from .barrier import PciBarrier
 from .host_memory import HostMemory
 from .mapping import Mapping
 from .rpc import RpcConnection
@@ -83,9 +80,7 @@ class Device:
         self.events = self.rpc.events  # EXEC_QUEUE_BANNED and others, as they came
         self._bo_sizes: dict[int, int] = {}
         self._mappings: list[Mapping] = []
-        self._barrier: Mapping | None = None
-        self._barrier_word: Any = None
-        self._barrier_seq = 0
+        self._barrier: PciBarrier | None = None
         try:
             hello: m.HelloReply = self.ioctl(Op.HELLO, m.Hello(version=PROTOCOL_VERSION, role=role))
         except BaseException:
@@ -246,32 +241,30 @@ class Device:
         return self.gem_mmap_offset(0, DRM_XE_MMAP_OFFSET_FLAG_PCI_BARRIER)
 
     def pci_barrier(self) -> None:
-        """A PCI memory barrier: one store to the barrier page (mapped on first use)."""
+        """A PCI memory barrier: one store to the barrier page (mapped on first use).
+        The mapping is inherited by fork() as the kernel's is, and stays after close():
+        a child's barriers count for this file too (clients/barrier.py)."""
+        self.pci_barrier_mapping()
+        assert self._barrier is not None
+        self._barrier.store()
+
+    def pci_barrier_mapping(self) -> Mapping:
+        """The barrier page pci_barrier() stores to (mapped now if it is not yet)."""
         if self._barrier is None:
-            self._map_barrier()
-        seq = self._barrier_seq = (self._barrier_seq + 1) & PCI_BARRIER_SEQ_MASK
-        self._barrier_word[0] = PCI_BARRIER_SEQ_TAG | seq  # one 4-byte store
+            page = self.mmap(self.pci_barrier_offset(), PAGE_SIZE, PROT_WRITE)
+            self._barrier = PciBarrier(page)
+        return self._barrier.page
 
     @property
     def barriers_written(self) -> int:
-        return self._barrier_seq
+        """Barriers stored through this device, by this process and its forked children."""
+        return self._barrier.written if self._barrier is not None else 0
 
     def pci_barrier_drain(self, attempts: int = 3) -> None:
         """Make sure the device has seen our last barrier: repeat it (the device counts a
         repeated number once) and wait for the page to read 0xdeadbeef again."""
-        page = self._barrier
-        if page is None or not self._barrier_seq:
-            return
-        for _ in range(attempts):
-            page.write_u32(0, PCI_BARRIER_SEQ_TAG | self._barrier_seq)
-            while page.read_u32(0) != PCI_BARRIER_IDLE:
-                time.sleep(0.0005)
-
-    def _map_barrier(self) -> Mapping:
-        self._barrier = self.mmap(self.pci_barrier_offset(), PAGE_SIZE, PROT_WRITE)
-        self._barrier.mm.madvise(mmap.MADV_DONTFORK)
-        self._barrier_word = self._barrier.words.u32
-        return self._barrier
+        if self._barrier is not None:
+            self._barrier.drain(attempts)
 
     # --- PRIME and dma-bufs --------------------------------------------------------------
     def prime_handle_to_fd(self, handle: int, flags: int = DRM_CLOEXEC | DRM_RDWR) -> int:

@@ -4,10 +4,21 @@ The CPU writes these pages directly; nothing tells the daemon. A device task loo
 every watched page, quickly while there are writes and more and more slowly while there
 are none (so an idle daemon with many pages mapped costs next to nothing), and acts on
 what it finds. Each page belongs to one file and is acted upon for that file only.
+
+A barrier page outlives its file: the kernel's mapping holds the device, not the file
+(and is inherited across fork), so after the last close it still reads 0xdeadbeef and
+swallows writes. The page is watched on, its barriers counted for the device only,
+until no process maps it any more. Whether one does, the kernel tells cheaply: clients
+are handed a file of their own on the page (a second open of the memfd, which every
+descriptor and every mapping made from it keeps alive), and a write lease on it is
+granted only once no such file is left (F_SETLEASE checks the inode's open files, not
+descriptors). Where leases are not to be had, the page is kept until the device goes.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import mmap
 import os
 import struct
@@ -34,6 +45,8 @@ if TYPE_CHECKING:
 _log = structlog.get_logger("xed")
 FAST_LOOK = 0.001  # seconds between looks while writes keep coming
 SLOW_LOOK = 0.05  # the most an idle page waits to be looked at
+ORPHAN_SWEEP = 1.0  # seconds between asking whether closed files' pages are still mapped
+F_SETLEASE = getattr(fcntl, "F_SETLEASE", 1024)
 _IDLE_PAGE = struct.pack("<I", PCI_BARRIER_IDLE) * (PAGE_SIZE // 4)
 _ZERO_PAGE = bytes(PAGE_SIZE)
 _SEQ_HALF = (PCI_BARRIER_SEQ_MASK + 1) // 2
@@ -82,9 +95,48 @@ class BarrierPage(WatchedPage):
 
     def __init__(self, xef: XeFile) -> None:
         super().__init__(xef, _IDLE_PAGE)
+        try:
+            self._handout: int | None = _reopen_writable(self.memfd)
+        except OSError:
+            super().close()
+            raise
         self.count = 0
         self._last_seq = 0
         self.ack_bounds: list[float] = []  # write-to-restore latency, upper bounds (s)
+
+    def mmap_fd(self) -> int:
+        assert self._handout is not None, "no new mapping of a closed file's page"
+        return os.dup(self._handout)
+
+    @property
+    def orphaned(self) -> bool:
+        """Its file is closed: only mappings made before (and inherited) remain."""
+        return self._handout is None
+
+    def orphan(self) -> None:
+        """The file closed: no new mapping can be made, existing ones go on."""
+        if self._handout is not None:
+            os.close(self._handout)
+            self._handout = None
+
+    def still_mapped(self) -> bool:
+        """Whether any process may still map the page (True when the kernel cannot say)."""
+        probe = os.open(f"/proc/self/fd/{self.memfd}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.fcntl(probe, F_SETLEASE, fcntl.F_WRLCK)
+        except OSError as exc:
+            if exc.errno != errno.EAGAIN:  # leases disabled: keep it until the device goes
+                _log.debug("barrier_page_lease_refused", errno=exc.errno)
+            return True
+        else:
+            fcntl.fcntl(probe, F_SETLEASE, fcntl.F_UNLCK)
+            return False
+        finally:
+            os.close(probe)
+
+    def close(self) -> None:
+        self.orphan()
+        super().close()
 
     def look(self, now: float, since: float) -> bool:
         data = self.view[:]
@@ -130,6 +182,17 @@ class BarrierPage(WatchedPage):
         }
 
 
+def _reopen_writable(memfd: int) -> int:
+    """A second open file of the memfd, for clients: the one a lease can see. (The memfd
+    is made read-only to reopen, so that a descriptor handed out never reopens with more
+    than it was given; this reopen comes before anyone holds one.)"""
+    os.fchmod(memfd, 0o600)
+    try:
+        return os.open(f"/proc/self/fd/{memfd}", os.O_RDWR | os.O_CLOEXEC)
+    finally:
+        os.fchmod(memfd, 0o400)
+
+
 class DoorbellPage(WatchedPage):
     """A non-zero first word rings the bell: counted for the file, then cleared."""
 
@@ -162,6 +225,7 @@ class PageWatcher:
         self.paused = False  # unplugged: writes go nowhere
         self._wake = trio.Event()
         self.looks = 0
+        self._next_sweep = 0.0
 
     def add(self, page: WatchedPage) -> None:
         self.pages.add(page)
@@ -169,6 +233,23 @@ class PageWatcher:
 
     def remove(self, page: WatchedPage) -> None:
         self.pages.discard(page)
+
+    def orphan(self, page: BarrierPage) -> None:
+        """Its file closed: watched on while any process maps it (see the module)."""
+        page.orphan()
+        # a process that died has unmapped everything before its descriptors close: its
+        # page goes at once; one still mapped waits for a sweep
+        if page not in self.pages or not page.still_mapped():
+            self.pages.discard(page)
+            page.close()
+
+    def _sweep(self) -> None:
+        """Let go of closed files' pages nobody maps any more."""
+        for page in [p for p in self.pages if isinstance(p, BarrierPage) and p.orphaned]:
+            if not page.still_mapped():
+                self.pages.discard(page)
+                page.file.log.debug("barrier_page_unmapped", **page.summary())
+                page.close()
 
     def resume(self) -> None:
         for page in self.pages:
@@ -197,9 +278,14 @@ class PageWatcher:
                     self._crashed(page)
             self.looks += 1
             last = now
+            if now >= self._next_sweep:
+                self._next_sweep = now + ORPHAN_SWEEP
+                self._sweep()
             interval = FAST_LOOK if busy else min(interval * 2, SLOW_LOOK)
 
     def _crashed(self, page: WatchedPage) -> None:
         self.pages.discard(page)
+        if isinstance(page, BarrierPage) and page.orphaned:
+            page.close()
         self.device.stats["task_crashes"] += 1
         page.file.log.exception("task_crashed", task="page_watcher", page=page.kind)
