@@ -10,6 +10,7 @@ stands in for. Every refusal raises XeError carrying the kernel's errno.
 from __future__ import annotations
 
 import contextlib
+import errno
 import mmap
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -52,7 +53,9 @@ from protocols.constants import (
     UfenceOp,
 )
 
+from . import unplug
 from .barrier import PciBarrier
+from .errors import XeError
 from .host_memory import HostMemory
 from .mapping import Mapping
 from .rpc import RpcConnection
@@ -178,7 +181,10 @@ class Device:
         prot: int = PROT_READ | PROT_WRITE,
         flags: int = MAP_SHARED,
     ) -> Mapping:
-        """mmap(2) of the DRM file at a fake offset: the daemon checks, we map its fd."""
+        """mmap(2) of the DRM file at a fake offset: the daemon checks, we map its fd.
+        Once the device is unplugged the mapping reads zeros, and what is written to it
+        afterwards reaches nobody (clients/unplug.py)."""
+        watch = self.unplug_watch()
         reply, fds = self.ioctl_fds(
             Op.MMAP, m.XedMmap(offset=offset, length=length, prot=prot, flags=flags)
         )
@@ -187,7 +193,8 @@ class Device:
             mm = mmap.mmap(fd, reply.length, mmap.MAP_SHARED, prot, offset=reply.offset)
         finally:
             os.close(fd)
-        mapping = Mapping(mm, offset, reply.length)
+        mapping = Mapping(mm, offset, reply.length, prot)
+        watch.add(mapping)
         self._mappings.append(mapping)
         return mapping
 
@@ -196,6 +203,29 @@ class Device:
         if length is None:
             length = self._bo_sizes[handle]
         return self.mmap(self.gem_mmap_offset(handle), length)
+
+    def unplug_watch(self) -> unplug.UnplugWatch:
+        """This device's notice page in this process (asked for once, UNPLUG_NOTICE)."""
+
+        def notice() -> int:
+            _reply, (fd,) = self.ioctl_fds(Op.UNPLUG_NOTICE, m.XedUnplugNotice())
+            return fd
+
+        return unplug.watch(self.identity.instance, notice)
+
+    def wait_unplugged(self, timeout: float | None = None) -> bool:
+        """Wait until the device is unplugged and every mapping this process made of it
+        reads from private zero pages (the kernel's dummy page); False after `timeout`
+        seconds."""
+        try:
+            watch = self.unplug_watch()
+        except XeError as exc:
+            if exc.errno != errno.ENODEV:
+                raise
+            # unplugged before this process mapped anything of it: nothing to fall
+            # (a watch exists as soon as one mapping does)
+            return True
+        return watch.wait(timeout)
 
     def track_mapping(self, mapping: Mapping) -> None:
         """Let user_address() translate CPU addresses inside `mapping`."""
@@ -234,6 +264,7 @@ class Device:
         prot = PROT_READ | (PROT_WRITE if writable else 0)
         mapping = self.mmap(region.offset, region.size, prot)
         mapping.mm.madvise(mmap.MADV_DONTFORK)
+        mapping.inherited = False
         return mapping
 
     def pci_barrier_offset(self) -> int:
@@ -303,6 +334,7 @@ class Device:
         """mmap(2) of a dma-buf descriptor; bracket CPU access with cpu_access()."""
         if length is None:
             length = self.dmabuf_size(fd) - offset
+        watch = self.unplug_watch()
         reply, (memfd,) = self.ioctl_fds(
             Op.DMA_BUF_MMAP,
             m.XedMmap(offset=offset, length=length, prot=prot, flags=flags),
@@ -312,7 +344,9 @@ class Device:
             mm = mmap.mmap(memfd, reply.length, mmap.MAP_SHARED, prot, offset=reply.offset)
         finally:
             os.close(memfd)
-        return Mapping(mm, 0, reply.length)
+        mapping = Mapping(mm, 0, reply.length, prot)
+        watch.add(mapping)  # falls with this device (a foreign dma-buf's too)
+        return mapping
 
     def dmabuf_sync(self, fd: int, flags: int) -> None:
         """DMA_BUF_IOCTL_SYNC: DMA_BUF_SYNC_START/END | READ/WRITE/RW."""

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import ctypes
 import mmap
+import threading
 from types import TracebackType
 
+from protocols.constants import PROT_READ, PROT_WRITE
 from protocols.words import Words
+
+from .unplug import buffer_address, zero_pages
 
 
 class Mapping:
@@ -17,12 +20,18 @@ class Mapping:
     (WAIT_USER_FENCE, VM_BIND user fences) expect.
     """
 
-    def __init__(self, mm: mmap.mmap, fake_offset: int, length: int) -> None:
+    def __init__(
+        self, mm: mmap.mmap, fake_offset: int, length: int, prot: int = PROT_READ | PROT_WRITE
+    ) -> None:
         self.mm = mm
         self.fake_offset = fake_offset
         self.length = length
-        self.address = _address_of(mm)
+        self.prot = prot
+        self.address = buffer_address(mm)
         self.words = Words(mm)
+        self.inherited = True  # by a forked child (False once MADV_DONTFORK)
+        # held while the device's unplug puts zero pages under it (unplug.py)
+        self.guard: threading.Lock | None = None
 
     def __len__(self) -> int:
         return self.length
@@ -61,7 +70,20 @@ class Mapping:
     def closed(self) -> bool:
         return self.mm.closed
 
+    def zap(self) -> None:
+        """The device is unplugged: private zero pages under the whole mapping, at the
+        same address (the kernel's dummy page). The caller holds `guard`."""
+        if not self.mm.closed:
+            zero_pages(self.address, len(self.mm), self.prot)
+
     def close(self) -> None:
+        if self.guard is None:
+            self._close()
+        else:
+            with self.guard:  # never unmapped while the unplug maps over it
+                self._close()
+
+    def _close(self) -> None:
         if not self.mm.closed:
             self.words.release()
             self.mm.close()
@@ -77,12 +99,3 @@ class Mapping:
     ) -> None:
         self.close()
 
-
-def _address_of(mm: mmap.mmap) -> int:
-    try:
-        probe = ctypes.c_char.from_buffer(mm)
-    except TypeError:  # a read-only mapping cannot be exported writable
-        return 0
-    address = ctypes.addressof(probe)
-    del probe  # an outstanding export would keep mm.close() from working
-    return address

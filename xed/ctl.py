@@ -82,10 +82,10 @@ def run(path: Path, action: str, as_json: bool, value: str | None = None) -> int
             _print_clients(_ask(path, Op.ADMIN_CLIENTS, m.XedAdminClients()), as_json)
         elif action == "unplug":
             _ask(path, Op.ADMIN_UNPLUG, m.XedAdminUnplug())
-            print("unplugged: ioctls answer ENODEV, mappings stay valid")
+            print("unplugged: ioctls answer ENODEV, mappings read zeros")
         elif action == "replug":
             _ask(path, Op.ADMIN_REPLUG, m.XedAdminReplug())
-            print("plugged in")
+            print("plugged in: a new device; connections opened before stay ENODEV")
     except AdminError as exc:
         print(f"xed ctl: {exc}", file=sys.stderr)
         return 1

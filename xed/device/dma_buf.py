@@ -103,7 +103,8 @@ class DmaBuf(ExportedObject):
 
 
 def xe_dma_buf_of(xef: XeFile, fd: int) -> DmaBuf | None:
-    """Our own dma-buf behind `fd`; None for a foreign one; EINVAL for our non-dma-bufs."""
+    """Our own dma-buf behind `fd`; None for a foreign one; EINVAL for our non-dma-bufs;
+    ENODEV for one of a device since unplugged."""
     obj = lookup(xef.device, fd)
     if obj is None:
         return None
@@ -174,6 +175,7 @@ async def drm_prime_fd_to_handle_ioctl(
 
     Checks, in order:
     - the daemon is down to its descriptor reserve (limits.descriptor_reserve): ENOMEM
+    - one of our exported objects of a device since unplugged (unplug.py): ENODEV
     - one of our exported objects that is not a dma-buf (an exported VM): EINVAL
     - a new handle while the file holds limits.bos already: ENOMEM
     - not ours: asked of its daemon over the descriptor; anything that does not answer
@@ -235,6 +237,7 @@ async def dma_buf_mmap_ioctl(
     - the daemon is down to its descriptor reserve (limits.descriptor_reserve): EMFILE
     - length zero or offset not page aligned: EINVAL
     - flags not exactly one of MAP_SHARED / MAP_PRIVATE, or unknown prot bits: EINVAL
+    - one of ours of a device since unplugged (unplug.py): ENODEV
     - not a dma-buf (ours of another kind, not answering as one, or answering with
       memory that cannot be trusted, as _describe judges it): EINVAL
     - a shared writable mapping of a dma-buf exported without DRM_RDWR: EACCES
@@ -268,6 +271,7 @@ async def dma_buf_sync_ioctl(xef: XeFile, args: m.DmaBufSync, fds: tuple[int, ..
     Checks, in order:
     - flags outside DMA_BUF_SYNC_VALID_FLAGS_MASK: EINVAL
     - neither READ nor WRITE: EINVAL
+    - one of ours of a device since unplugged (unplug.py): ENODEV
     - not a dma-buf (or a foreign one answering with untrusted memory): EINVAL
     END without START is not an error (the kernel keeps no such state). This daemon
     records the open windows of the dma-bufs it exported, per file, for strict mode.
@@ -289,8 +293,9 @@ async def dma_buf_llseek_ioctl(
 ) -> m.DmaBufLlseekReply:
     """lseek(2) on the attached dma-buf (dma_buf_llseek).
 
-    Checks: anything but offset 0 with SEEK_SET or SEEK_END: EINVAL; not a dma-buf (or
-    a foreign one answering with untrusted memory): EINVAL.
+    Checks: anything but offset 0 with SEEK_SET or SEEK_END: EINVAL; one of ours of a
+    device since unplugged: ENODEV; not a dma-buf (or a foreign one answering with
+    untrusted memory): EINVAL.
     """
     refuse_if(args.offset != 0 or args.whence not in (SEEK_SET, SEEK_END), EINVAL, "bad seek")
     (fd,) = fds

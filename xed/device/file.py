@@ -60,6 +60,7 @@ class XeFile:
         self.process = process
         # whether the client's end is closed (its EOF waits for the reader)
         self.peer_gone = peer_gone
+        self.generation = device.generation  # of the device it was opened on
         self.role: Role | None = None
         self.comm = _comm(pid)
         self.log = log

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
 from errno import EINVAL, ENOMEM
@@ -68,6 +69,21 @@ def reported_bytes(total: int) -> int:
     is bounded, their number only by descriptors; a total past 2^64 must not make
     ADMIN_STATUS unencodable for everyone."""
     return min(total, U64_MAX)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+
+
+def punch_hole(fd: int, size: int) -> None:
+    """Give back every page of the memfd (it keeps its size): each mapping of it, in any
+    process, reads zeros from now on, and a write allocates a fresh page. Refused only
+    for write-sealed memory (EPERM), which the caller zeroes otherwise."""
+    if _libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, size) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
 def reopen_read_only(fd: int) -> int:

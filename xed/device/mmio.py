@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import mmap
+import os
 import struct
 import time
 from errno import EBUSY, EINVAL, ENOENT, ENOSPC, EPERM
@@ -103,6 +104,7 @@ class Bar0:
             F_SEAL_FUTURE_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL,
         )
         self.info_users = 0
+        self.retired = False
         self._info_wanted = trio.Event()
         self._start = time.monotonic()
 
@@ -151,6 +153,22 @@ class Bar0:
         self._free_doorbells.append(index)
         self._free_doorbells.sort()
 
+    def retire(self) -> None:
+        """The device is unplugged: the info block reads zeros in every mapping (it is
+        sealed against hole punching: zeroed through the daemon's own mapping) and its
+        timestamp stops. A replugged device has a BAR0 of its own."""
+        self.retired = True
+        self.info[:] = bytes(len(self.info))
+        self._info_wanted.set()  # the timestamp task sees it retired and ends
+        if not self.info_users:
+            self._close_info()
+
+    def _close_info(self) -> None:
+        """The daemon's own hold on a retired info block: clients' mappings keep theirs."""
+        self.info_words.release()
+        self.info.close()
+        os.close(self.info_memfd)
+
     # --- the free-running timestamp, kept moving while anyone has the info block open ---
     def info_opened(self) -> None:
         self.info_users += 1
@@ -158,12 +176,15 @@ class Bar0:
 
     def info_closed(self) -> None:
         self.info_users -= 1
+        if self.retired and not self.info_users:
+            self._close_info()
 
     async def run_timestamp(self) -> None:
-        while True:
+        while not self.retired:
             if not self.info_users:
                 self._info_wanted = trio.Event()
                 await self._info_wanted.wait()
+                continue
             ticks = int((time.monotonic() - self._start) * REFERENCE_CLOCK_HZ)
             self.info_words.store_u64(XE_INFO_TIMESTAMP, ticks)  # readers never see half of it
             await trio.sleep(TIMESTAMP_PERIOD)
@@ -180,25 +201,26 @@ class XeMmioRegion:
         self.size = bar.size
         self.doorbell: DoorbellPage | None = None
         device = xef.device
+        self.bar0 = device.bar0  # the device's, even after it is unplugged and replaced
         if bar.access == XE_MMIO_ACCESS_PER_FILE:
-            index = device.bar0.take_doorbell()
+            index = self.bar0.take_doorbell()
             try:
                 self.doorbell = DoorbellPage(xef, index)
             except OSError:  # out of descriptors or memory: the page is free for another
-                device.bar0.give_back_doorbell(index)
+                self.bar0.give_back_doorbell(index)
                 raise
             self.bar_offset = bar.offset + index * PAGE_SIZE
             device.watcher.add(self.doorbell)
         else:
             self.bar_offset = bar.offset
-            device.bar0.info_opened()
+            self.bar0.info_opened()
         self.node = device.vma.add(self, self.size)
         self.node.allow(xef)
         self.id = 0
 
     @property
     def memfd(self) -> int:
-        return self.doorbell.memfd if self.doorbell else self.file.device.bar0.info_memfd
+        return self.doorbell.memfd if self.doorbell else self.bar0.info_memfd
 
     def mmap_fd(self) -> int:
         """What a client maps: the read-only block only ever as an O_RDONLY descriptor."""
@@ -211,10 +233,10 @@ class XeMmioRegion:
         device.vma.remove(self.node)
         if self.doorbell is not None:
             device.watcher.remove(self.doorbell)
-            device.bar0.give_back_doorbell(self.doorbell.bar_index)
+            self.bar0.give_back_doorbell(self.doorbell.bar_index)
             self.doorbell.close()
         else:
-            device.bar0.info_closed()
+            self.bar0.info_closed()
 
 
 def xe_mmio_region_open_ioctl(

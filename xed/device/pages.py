@@ -36,7 +36,7 @@ from protocols.constants import (
 )
 from protocols.words import Words
 
-from .memory import create_backing
+from .memory import create_backing, punch_hole
 
 if TYPE_CHECKING:
     from .device import XeDevice
@@ -68,16 +68,11 @@ class WatchedPage:
             os.close(self.memfd)
             raise
         self.view[:] = fill
-        self._fill = fill
         self.words = Words(self.view)
 
     def look(self, now: float, since: float) -> bool:
         """Act on whatever was written since the last look; True if anything was."""
         raise NotImplementedError
-
-    def forget(self) -> None:
-        """Writes made while the device was unplugged went nowhere: drop them unseen."""
-        self.view[:] = self._fill
 
     def mmap_fd(self) -> int:
         return os.dup(self.memfd)
@@ -167,12 +162,6 @@ class BarrierPage(WatchedPage):
                 self.ack_bounds.append(now - since)
         return True
 
-    def forget(self) -> None:
-        word0 = self.words.load_u32(0)
-        if word0 & ~PCI_BARRIER_SEQ_MASK == PCI_BARRIER_SEQ_TAG:
-            self._last_seq = word0 & PCI_BARRIER_SEQ_MASK  # later numbers count from here
-        super().forget()
-
     def summary(self) -> dict[str, float]:
         bounds = sorted(self.ack_bounds) or [0.0]
         return {
@@ -222,7 +211,6 @@ class PageWatcher:
     def __init__(self, device: XeDevice) -> None:
         self.device = device
         self.pages: set[WatchedPage] = set()
-        self.paused = False  # unplugged: writes go nowhere
         self._wake = trio.Event()
         self.looks = 0
         self._next_sweep = 0.0
@@ -251,23 +239,24 @@ class PageWatcher:
                 page.file.log.debug("barrier_page_unmapped", **page.summary())
                 page.close()
 
-    def resume(self) -> None:
-        for page in self.pages:
-            page.forget()
-        self.paused = False
-        self._wake.set()
+    def unplug(self) -> None:
+        """drm_dev_unplug: every page is emptied (it reads zeros in every mapping) and
+        never looked at again; closed files' pages go now (see unplug.py)."""
+        pages, self.pages = self.pages, set()
+        for page in pages:
+            punch_hole(page.memfd, PAGE_SIZE)
+            if isinstance(page, BarrierPage) and page.orphaned:
+                page.close()
 
     async def run(self) -> None:
         interval = SLOW_LOOK
         last = time.monotonic()
         while True:
-            if not self.pages or self.paused:
+            if not self.pages:
                 self._wake = trio.Event()
                 await self._wake.wait()
                 last = time.monotonic()
             await trio.sleep(interval)
-            if self.paused:  # unplugged while we slept: look at nothing
-                continue
             now = time.monotonic()
             busy = False
             for page in list(self.pages):

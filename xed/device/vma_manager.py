@@ -66,6 +66,9 @@ class VmaOffsetManager:
         del self._starts[index]
         node.allowed.clear()
 
+    def nodes(self) -> list[VmaNode]:
+        return list(self._nodes.values())
+
     def exact(self, offset: int) -> VmaNode | None:
         """The node starting at `offset` (drm_vma_offset_exact_lookup_locked)."""
         return self._nodes.get(offset)
