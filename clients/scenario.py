@@ -138,6 +138,8 @@ _DEVICE_STEPS: dict[str, Fields] = {
     "map_mmio": {"region": ("name", REQUIRED), "map": ("name", None), "writable": ("bool", False)},
     "ring": {"map": ("name", REQUIRED), "value": ("int", 1), "ack": ("bool", True)},
     "version": {},
+    "unplugged": {"timeout": ("float", 10.0)},
+    "reopen": {},
     "vm_export": {"vm": ("ref", REQUIRED), "fd": ("name", REQUIRED)},
     "ib_open": {"fd": ("name", REQUIRED), "ib": ("name", None)},
     "reg_mr": {
@@ -902,6 +904,29 @@ class Worker:
 
     def do_version(self, a: dict[str, Any]) -> None:
         self.dev.version()
+
+    # --- the device's unplug, as a process lives it -----------------------------------------
+    def do_unplugged(self, a: dict[str, Any]) -> None:
+        """Wait until the device is unplugged and every mapping of this process reads
+        from its own zero pages (clients/unplug.py)."""
+        if not self.dev.wait_unplugged(a["timeout"]):
+            raise Mismatch("the device unplugged", "still plugged in")
+
+    def do_reopen(self, a: dict[str, Any]) -> None:
+        """close(2) of the DRM file and a new open(2): everything the file held goes
+        (handles, VMs, queues, regions: their names are forgotten); mappings and
+        received descriptors stay. After an unplug and REPLUG, the new device."""
+        self.dev.close()
+        self.dev = Device.open(self.socket_path)
+        self.values["client_id"] = self.dev.client_id
+        for space in (self.bos, self.vms, self.regions):
+            for name in space:
+                self.values.pop(name, None)
+                self.values.pop(f"{name}.offset", None)
+            space.clear()
+        for held in (self.bo_maps, self.sizes, self.bindings, self.queues, self.hosts):
+            held.clear()
+        self.last_fence = None
 
     # --- VM export and the IB-like driver -----------------------------------------------------
     def do_vm_export(self, a: dict[str, Any]) -> None:
