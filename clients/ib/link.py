@@ -29,8 +29,10 @@ from protocols import (
 from protocols import messages as m
 
 from ..errors import DaemonGone, XeError
+from ..unplug import UnplugWatch
 
 _ANC_SPACE = socket.CMSG_SPACE(MAX_FDS * 4)
+UNPLUG_LOOK = 0.5  # seconds a thread waits on the notice page before looking at the link
 
 
 @attrs.define
@@ -131,6 +133,27 @@ class DaemonLink:
         self.identity = reply.device
         hello: m.HelloReply = reply
         return hello
+
+    async def watch_unplug(self) -> None:
+        """Close the link when its device is unplugged (the notice page, as the client
+        library waits on it: clients/unplug.py), so that the driver lets its contexts
+        go and connects again to the device REPLUG plugs in. Ends with the link."""
+        try:
+            _reply, fds = await self.call(Op.UNPLUG_NOTICE, m.XedUnplugNotice())
+        except XeError:  # ENODEV: unplugged since HELLO (EMFILE: keep the link)
+            self.close()
+            return
+        except DaemonGone:
+            return
+        (fd,) = fds
+        try:
+            notice = UnplugWatch(self.identity.instance if self.identity else "", fd)
+        finally:
+            os.close(fd)
+        while not self.gone:
+            if await trio.to_thread.run_sync(notice.wait, UNPLUG_LOOK):
+                self.close()
+                return
 
     def close(self) -> None:
         self.sock.close()
