@@ -23,6 +23,7 @@ memory, until it is unmapped.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import mmap
 import os
@@ -53,6 +54,7 @@ _libc.mmap.argtypes = [
 ]
 _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _MAP_FAILED = ctypes.c_void_p(-1).value
+_MAP_FIXED = 0x10  # linux/mman.h; the mmap module does not name it
 
 
 class _PyBuffer(ctypes.Structure):
@@ -99,8 +101,6 @@ def zero_pages(address: int, length: int, prot: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
-_MAP_FIXED = 0x10  # linux/mman.h; the mmap module does not name it
-
 
 class UnplugWatch:
     """One device's notice page in this process, and the library's mappings of that
@@ -115,7 +115,8 @@ class UnplugWatch:
             raise OSError(err, os.strerror(err))
         self._address: int = address
         self._word = ctypes.c_uint32.from_address(address)
-        weakref.finalize(self, _libc.munmap, address, PAGE_SIZE)
+        # unmapped with the watch, never at exit: a daemon thread may still look at it
+        weakref.finalize(self, _libc.munmap, address, PAGE_SIZE).atexit = False
         self.lock = threading.Lock()  # a mapping is closed, or zapped, never both at once
         self._mappings: weakref.WeakSet[Mapping] = weakref.WeakSet()
         self.zapped = threading.Event()  # every mapping of the device is on zero pages
@@ -148,7 +149,8 @@ class UnplugWatch:
         with self.lock:
             mapping.guard = self.lock
             if self.unplugged:
-                mapping.zap()
+                with contextlib.suppress(OSError):  # as in _run
+                    mapping.zap()
                 return
             self._mappings.add(mapping)
             if self._thread is None:
@@ -167,7 +169,9 @@ class UnplugWatch:
                 return
         with self.lock:
             for mapping in list(self._mappings):
-                mapping.zap()
+                # refused (out of memory or map count): that one keeps the emptied pages
+                with contextlib.suppress(OSError):
+                    mapping.zap()
             self._mappings.clear()
         self.zapped.set()
 

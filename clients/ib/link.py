@@ -134,22 +134,22 @@ class DaemonLink:
         hello: m.HelloReply = reply
         return hello
 
-    async def watch_unplug(self) -> None:
+    async def unplug_notice(self) -> UnplugWatch:
+        """The notice page of the device this link reaches (UNPLUG_NOTICE), to wait on
+        with watch_unplug(); XeError if the daemon refuses it (ENODEV: unplugged since
+        HELLO). Asked for before the link serves anyone, so that its descriptor is
+        closed by then."""
+        _reply, fds = await self.call(Op.UNPLUG_NOTICE, m.XedUnplugNotice())
+        (fd,) = fds
+        try:
+            return UnplugWatch(self.identity.instance if self.identity else "", fd)
+        finally:
+            os.close(fd)
+
+    async def watch_unplug(self, notice: UnplugWatch) -> None:
         """Close the link when its device is unplugged (the notice page, as the client
         library waits on it: clients/unplug.py), so that the driver lets its contexts
         go and connects again to the device REPLUG plugs in. Ends with the link."""
-        try:
-            _reply, fds = await self.call(Op.UNPLUG_NOTICE, m.XedUnplugNotice())
-        except XeError:  # ENODEV: unplugged since HELLO (EMFILE: keep the link)
-            self.close()
-            return
-        except DaemonGone:
-            return
-        (fd,) = fds
-        try:
-            notice = UnplugWatch(self.identity.instance if self.identity else "", fd)
-        finally:
-            os.close(fd)
         while not self.gone:
             if await trio.to_thread.run_sync(notice.wait, UNPLUG_LOOK):
                 self.close()

@@ -55,10 +55,11 @@ async def _open_link(daemon_path: Path, nursery: trio.Nursery) -> DaemonLink:
     try:
         await nursery.start(link.run)
         await link.hello("aux")
+        notice = await link.unplug_notice()
     except BaseException:
         link.close()
         raise
-    nursery.start_soon(link.watch_unplug)
+    nursery.start_soon(link.watch_unplug, notice)
     return link
 
 
