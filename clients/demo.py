@@ -201,10 +201,11 @@ def worker_henry(dev: Device) -> Iterator[dict[str, Any]]:
         "client_id": dev.client_id,
         "info_writable_map": writable,
     }
-    # the parent has unplugged the device by now
-    bo_mapping_ok = bell.read_u32(0) == 0
-    bell.write_u32(0, 1)  # a doorbell rung into the void: nothing crashes
-    yield {"ioctl": _attempt(dev.version), "mappings_usable": bo_mapping_ok}
+    # the parent has unplugged the device by now: his mappings fall onto zero pages
+    dev.wait_unplugged(10)
+    zeros = regs.read_u32(XE_INFO_DEVICE_ID) == 0 and bell.read_u32(0) == 0
+    bell.write_u32(0, 1)  # a doorbell rung into the void: nothing crashes, nobody hears
+    yield {"ioctl": _attempt(dev.version), "mappings_read_zeros": zeros}
 
 
 NOTES_VA = GPU_BASE + (1 << 20)  # ivy's page of host memory, bound as a userptr
@@ -432,8 +433,8 @@ def _story() -> int:
             admin.admin_replug()
             print("[admin] unplugged the device while henry held his mappings:")
             print(
-                f"        his next ioctl: {unplugged['ioctl']}; his mappings still "
-                f"work: {unplugged['mappings_usable']}; replugged"
+                f"        his next ioctl: {unplugged['ioctl']}; his mappings read zeros, "
+                f"no fault: {unplugged['mappings_read_zeros']}; replugged (a new device)"
             )
 
             with AuxDriverProcess(daemon.socket_path) as aux:
@@ -482,6 +483,7 @@ def _story() -> int:
         and counted == henry["written"] == BARRIERS
         and henry["info_writable_map"] == "EACCES"
         and unplugged["ioctl"] == "ENODEV"
+        and unplugged["mappings_read_zeros"]
         and jack["status"] == 0
         and ivy_got["got"] == "jack was here..."
         and jack["notes"] == "ivy's notes, v1."

@@ -13,7 +13,6 @@ import contextlib
 import errno
 import mmap
 import os
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
@@ -46,9 +45,6 @@ from protocols.constants import (
     DRM_XE_VM_BIND_OP_UNMAP,
     MAP_SHARED,
     PAGE_SIZE,
-    PCI_BARRIER_IDLE,
-    PCI_BARRIER_SEQ_MASK,
-    PCI_BARRIER_SEQ_TAG,
     PROT_READ,
     PROT_WRITE,
     SEEK_END,
@@ -58,6 +54,9 @@ from protocols.constants import (
     UfenceOp,
 )
 
+from . import unplug
+from .barrier import PciBarrier
+from .errors import XeError
 from .host_memory import HostMemory
 from .mapping import Mapping, map_shared
 from .rpc import RpcConnection
@@ -92,9 +91,7 @@ class Device:
         self.events = self.rpc.events  # EXEC_QUEUE_BANNED and others, as they came
         self._bo_sizes: dict[int, int] = {}
         self._mappings: list[Mapping] = []
-        self._barrier: Mapping | None = None
-        self._barrier_word: Any = None
-        self._barrier_seq = 0
+        self._barrier: PciBarrier | None = None
         try:
             hello: m.HelloReply = self.ioctl(
                 Op.HELLO, m.Hello(version=PROTOCOL_VERSION, role=role, node=node, join=join)
@@ -233,7 +230,10 @@ class Device:
         prot: int = PROT_READ | PROT_WRITE,
         flags: int = MAP_SHARED,
     ) -> Mapping:
-        """mmap(2) of the DRM file at a fake offset: the daemon checks, we map its fd."""
+        """mmap(2) of the DRM file at a fake offset: the daemon checks, we map its fd.
+        Once the device is unplugged the mapping reads zeros, and what is written to it
+        afterwards reaches nobody (clients/unplug.py)."""
+        watch = self.unplug_watch()
         reply, fds = self.ioctl_fds(
             Op.MMAP, m.XedMmap(offset=offset, length=length, prot=prot, flags=flags)
         )
@@ -242,7 +242,8 @@ class Device:
             mm = map_shared(fd, reply.length, prot, reply.offset)
         finally:
             os.close(fd)
-        mapping = Mapping(mm, offset, reply.length)
+        mapping = Mapping(mm, offset, reply.length, prot)
+        watch.add(mapping)
         self._mappings.append(mapping)
         return mapping
 
@@ -251,6 +252,29 @@ class Device:
         if length is None:
             length = self._bo_sizes[handle]
         return self.mmap(self.gem_mmap_offset(handle), length)
+
+    def unplug_watch(self) -> unplug.UnplugWatch:
+        """This device's notice page in this process (asked for once, UNPLUG_NOTICE)."""
+
+        def notice() -> int:
+            _reply, (fd,) = self.ioctl_fds(Op.UNPLUG_NOTICE, m.XedUnplugNotice())
+            return fd
+
+        return unplug.watch(self.identity.instance, notice)
+
+    def wait_unplugged(self, timeout: float | None = None) -> bool:
+        """Wait until the device is unplugged and every mapping this process made of it
+        reads from private zero pages (the kernel's dummy page); False after `timeout`
+        seconds."""
+        try:
+            watch = self.unplug_watch()
+        except XeError as exc:
+            if exc.errno != errno.ENODEV:
+                raise
+            # unplugged before this process mapped anything of it: nothing to fall
+            # (a watch exists as soon as one mapping does)
+            return True
+        return watch.wait(timeout)
 
     def track_mapping(self, mapping: Mapping) -> None:
         """Let user_address() translate CPU addresses inside `mapping`."""
@@ -289,6 +313,7 @@ class Device:
         prot = PROT_READ | (PROT_WRITE if writable else 0)
         mapping = self.mmap(region.offset, region.size, prot)
         mapping.mm.madvise(mmap.MADV_DONTFORK)
+        mapping.inherited = False
         return mapping
 
     def pci_barrier_offset(self) -> int:
@@ -296,32 +321,30 @@ class Device:
         return self.gem_mmap_offset(0, DRM_XE_MMAP_OFFSET_FLAG_PCI_BARRIER)
 
     def pci_barrier(self) -> None:
-        """A PCI memory barrier: one store to the barrier page (mapped on first use)."""
+        """A PCI memory barrier: one store to the barrier page (mapped on first use).
+        The mapping is inherited by fork() as the kernel's is, and stays after close():
+        a child's barriers count for this file too (clients/barrier.py)."""
+        self.pci_barrier_mapping()
+        assert self._barrier is not None
+        self._barrier.store()
+
+    def pci_barrier_mapping(self) -> Mapping:
+        """The barrier page pci_barrier() stores to (mapped now if it is not yet)."""
         if self._barrier is None:
-            self._map_barrier()
-        seq = self._barrier_seq = (self._barrier_seq + 1) & PCI_BARRIER_SEQ_MASK
-        self._barrier_word[0] = PCI_BARRIER_SEQ_TAG | seq  # one 4-byte store
+            page = self.mmap(self.pci_barrier_offset(), PAGE_SIZE, PROT_WRITE)
+            self._barrier = PciBarrier(page)
+        return self._barrier.page
 
     @property
     def barriers_written(self) -> int:
-        return self._barrier_seq
+        """Barriers stored through this device, by this process and its forked children."""
+        return self._barrier.written if self._barrier is not None else 0
 
     def pci_barrier_drain(self, attempts: int = 3) -> None:
         """Make sure the device has seen our last barrier: repeat it (the device counts a
         repeated number once) and wait for the page to read 0xdeadbeef again."""
-        page = self._barrier
-        if page is None or not self._barrier_seq:
-            return
-        for _ in range(attempts):
-            page.write_u32(0, PCI_BARRIER_SEQ_TAG | self._barrier_seq)
-            while page.read_u32(0) != PCI_BARRIER_IDLE:
-                time.sleep(0.0005)
-
-    def _map_barrier(self) -> Mapping:
-        self._barrier = self.mmap(self.pci_barrier_offset(), PAGE_SIZE, PROT_WRITE)
-        self._barrier.mm.madvise(mmap.MADV_DONTFORK)
-        self._barrier_word = self._barrier.words.u32
-        return self._barrier
+        if self._barrier is not None:
+            self._barrier.drain(attempts)
 
     # --- PRIME and dma-bufs --------------------------------------------------------------
     def prime_handle_to_fd(self, handle: int, flags: int = DRM_CLOEXEC | DRM_RDWR) -> int:
@@ -360,6 +383,7 @@ class Device:
         """mmap(2) of a dma-buf descriptor; bracket CPU access with cpu_access()."""
         if length is None:
             length = self.dmabuf_size(fd) - offset
+        watch = self.unplug_watch()
         reply, (memfd,) = self.ioctl_fds(
             Op.DMA_BUF_MMAP,
             m.XedMmap(offset=offset, length=length, prot=prot, flags=flags),
@@ -369,7 +393,9 @@ class Device:
             mm = map_shared(memfd, reply.length, prot, reply.offset)
         finally:
             os.close(memfd)
-        return Mapping(mm, 0, reply.length)
+        mapping = Mapping(mm, 0, reply.length, prot)
+        watch.add(mapping)  # falls with this device (a foreign dma-buf's too)
+        return mapping
 
     def dmabuf_sync(self, fd: int, flags: int) -> None:
         """DMA_BUF_IOCTL_SYNC: DMA_BUF_SYNC_START/END | READ/WRITE/RW."""

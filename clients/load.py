@@ -83,10 +83,9 @@ def writer(
     if policy != "normal":
         os.sched_setscheduler(0, POLICIES[policy], os.sched_param(0))
     dev = Device.open(socket_path)
-    dev.pci_barrier()  # maps the page
+    page = dev.pci_barrier_mapping()
     bo_map = dev.mmap_bo(dev.gem_create(1 << 16)) if bo_writes else None
     acks: list[float] = []
-    page = dev._map_barrier() if dev._barrier is None else dev._barrier
     _ready_then_wait_for_go()
     deadline = time.monotonic() + seconds
     n = 0

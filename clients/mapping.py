@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import ctypes
 import mmap
 import os
 import stat
+import threading
 from types import TracebackType
 
+from protocols.constants import PROT_READ, PROT_WRITE
 from protocols.words import Words
+
+from .unplug import buffer_address, shared_over, zero_pages
 
 
 class Mapping:
@@ -19,12 +22,18 @@ class Mapping:
     (WAIT_USER_FENCE, VM_BIND user fences) expect.
     """
 
-    def __init__(self, mm: mmap.mmap, fake_offset: int, length: int) -> None:
+    def __init__(
+        self, mm: mmap.mmap, fake_offset: int, length: int, prot: int = PROT_READ | PROT_WRITE
+    ) -> None:
         self.mm = mm
         self.fake_offset = fake_offset
         self.length = length
-        self.address = _address_of(mm)
+        self.prot = prot
+        self.address = buffer_address(mm)
         self.words = Words(mm)
+        self.inherited = True  # by a forked child (False once MADV_DONTFORK)
+        # held while the device's unplug puts zero pages under it (unplug.py)
+        self.guard: threading.Lock | None = None
 
     def __len__(self) -> int:
         return self.length
@@ -63,7 +72,20 @@ class Mapping:
     def closed(self) -> bool:
         return self.mm.closed
 
+    def zap(self) -> None:
+        """The device is unplugged: private zero pages under the whole mapping, at the
+        same address (the kernel's dummy page). The caller holds `guard`."""
+        if not self.mm.closed:
+            zero_pages(self.address, len(self.mm), self.prot)
+
     def close(self) -> None:
+        if self.guard is None:
+            self._close()
+        else:
+            with self.guard:  # never unmapped while the unplug maps over it
+                self._close()
+
+    def _close(self) -> None:
         if not self.mm.closed:
             self.words.release()
             self.mm.close()
@@ -80,47 +102,22 @@ class Mapping:
         self.close()
 
 
-def _address_of(mm: mmap.mmap) -> int:
-    try:
-        probe = ctypes.c_char.from_buffer(mm)
-    except TypeError:  # a read-only mapping cannot be exported writable
-        return 0
-    address = ctypes.addressof(probe)
-    del probe  # an outstanding export would keep mm.close() from working
-    return address
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mmap.restype = ctypes.c_void_p
-_libc.mmap.argtypes = (
-    ctypes.c_void_p,
-    ctypes.c_size_t,
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.c_long,
-)
-_MAP_FAILED = ctypes.c_void_p(-1).value
-_MAP_FIXED = 0x10  # linux/mman.h (Python's mmap module does not name it)
-
-
 def map_shared(fd: int, length: int, prot: int, offset: int = 0) -> mmap.mmap:
     """mmap(2) of `length` bytes of `fd` at `offset`, MAP_SHARED, as the kernel maps it.
 
     Python's mmap refuses a length past the end of a file (ValueError); the kernel does
     not, and an access past the end then raises SIGBUS. The daemon answers with such a
-    file where an access must fault (a GEM mmap of a foreign dma-buf import, as xe's):
-    map it as mmap(2) would, over a placeholder of the right size that the returned
-    object unmaps when closed.
+    file where an access must fault (a GEM mmap of a foreign dma-buf import, as xe's;
+    VRAM outside a small BAR): map it as mmap(2) would, over a placeholder of the right
+    size that the returned object unmaps when closed.
     """
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode) or info.st_size >= offset + length:
         return mmap.mmap(fd, length, mmap.MAP_SHARED, prot, offset=offset)
     placeholder = mmap.mmap(-1, length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-    address = _address_of(placeholder)
-    done = _libc.mmap(address, length, prot, mmap.MAP_SHARED | _MAP_FIXED, fd, offset)
-    if done in (None, _MAP_FAILED):
-        err = ctypes.get_errno()
+    try:
+        shared_over(buffer_address(placeholder), length, prot, fd, offset)
+    except OSError:
         placeholder.close()
-        raise OSError(err, os.strerror(err))
+        raise
     return placeholder

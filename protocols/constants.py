@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import enum
 
-PAGE_SIZE = 4096
+PAGE_SIZE = 4096  # the host's (x86-64); a daemon may emulate 64 KiB ([device] page_size)
+SZ_4K = 4096  # the kernel's SZ_4K: sizes of the hardware's, whatever the host page
 
 # --- memory regions (drm_xe_mem_region.mem_class) and placements -------------------
 DRM_XE_MEM_REGION_CLASS_SYSMEM = 0

@@ -66,4 +66,20 @@ DEPARTURES: tuple[tuple[str, str], ...] = (
         "let go, and a mapping left behind is plain memory that rings nothing (not "
         "revoked: the kernel would not fault it).",
     ),
+    (
+        "Writes after an unplug, through a mapping made by hand",
+        "the kernel zaps every mapping of an unplugged device and later accesses fault in a "
+        "private zeroed page. The daemon empties the memory (every mapping reads zeros) and "
+        "turns the device's `UNPLUG_NOTICE` page; the Python library then puts private zero "
+        "pages under its mappings. A program that maps the descriptors itself (the C "
+        "preload library included) keeps mappings of the emptied memfds: what it writes "
+        "afterwards is seen by other such mappings of the same memory, never by the device.",
+    ),
+    (
+        "Objects of an unplugged device",
+        "a dma-buf or exported VM of a device since unplugged is `ENODEV` wherever it is "
+        "presented (mmap and lseek of such a dma-buf included, where the kernel would map "
+        "its dummy pages). Another daemon that imported one of its dma-bufs reads zeros "
+        "after the unplug (the kernel's importing device would keep the pages).",
+    ),
 )

@@ -299,6 +299,12 @@ class XedMmapReply:
     length: int = u64()
 
 
+@frozen
+class XedUnplugNotice:
+    """The device's unplug notice page, to map read-only (no kernel equivalent: the
+    kernel zaps mappings itself; here clients map memory themselves, so they are told)."""
+
+
 # --- VM -------------------------------------------------------------------------------
 @frozen
 class DrmXeVmCreate:
@@ -843,12 +849,14 @@ class XedAdminLogLevel:
 
 @frozen
 class XedAdminUnplug:
-    """Unplug the device (drm_dev_unplug): ioctls and new mmaps fail with ENODEV."""
+    """Unplug the device (drm_dev_unplug): ioctls and new mmaps fail with ENODEV, and
+    every mapping of its memory reads zeros."""
 
 
 @frozen
 class XedAdminReplug:
-    """Plug it back in (an emulator's convenience; real hardware cannot)."""
+    """Plug a new device in (an emulator's convenience, as a driver rebind): files
+    opened before the unplug stay ENODEV."""
 
 
 @frozen

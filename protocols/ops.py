@@ -70,6 +70,7 @@ class Op(enum.IntEnum):
     DMA_BUF_MMAP = 0x102
     DMA_BUF_IOCTL_SYNC = 0x103
     DMA_BUF_LLSEEK = 0x104
+    UNPLUG_NOTICE = 0x105
     DMA_BUF_ATTACH = 0x110
     AUX_VM_IMPORT = 0x120
     AUX_VM_RESOLVE = 0x121
@@ -135,8 +136,10 @@ ANY_ROLE = HELLO_ROLES
 COMMON_ERRORS: tuple[tuple[int, str], ...] = (
     (
         ENODEV,
-        "the device is unplugged (every op but the admin role's and the aux driver's "
-        "AUX_VM_UNWATCH, AUX_VM_RELEASE and AUX_VM_INVALIDATE_DONE)",
+        "the device is unplugged, or the connection was opened on a device since "
+        "unplugged (after REPLUG too: the replugged device is a new one); every op but "
+        "the admin role's and the aux driver's AUX_VM_UNWATCH, AUX_VM_RELEASE and "
+        "AUX_VM_INVALIDATE_DONE",
     ),
     (EPROTO, "sent before HELLO, or a second HELLO"),
     (ENOTTY, "unknown op"),
@@ -152,6 +155,7 @@ COMMON_ERRORS: tuple[tuple[int, str], ...] = (
 _RESERVE_FD = (EMFILE, "the daemon is down to its last limits.descriptor_reserve descriptors")
 _RESERVE = (ENOMEM, "the daemon is down to its last limits.descriptor_reserve descriptors")
 _EXPORTED = (ENOMEM, "limits.exported: this client's dma-bufs and VM exports still alive")
+_GONE = (ENODEV, "the descriptor is an exported object of a device since unplugged")
 
 # errors every op whose reply carries descriptors can answer with, besides its own: the
 # descriptors could not be given (the request is refused, the connection goes on)
@@ -194,7 +198,11 @@ class OpSpec:
 _MBZ = (EINVAL, "extensions, pad or reserved not zero")
 _VERBS = frozenset({Role.VERBS})
 _NO_CONTEXT = (EPROTO, "no IBV_OPEN_CONTEXT yet on this connection")
-_DEAD_CONTEXT = (EIO, "the daemon behind the context went away (it restarted): close it")
+_DEAD_CONTEXT = (
+    EIO,
+    "the daemon behind the context went away (it restarted), or its device was "
+    "unplugged: close it",
+)
 
 
 def _verbs() -> tuple[OpSpec, ...]:
@@ -360,7 +368,7 @@ SPECS: dict[Op, OpSpec] = {
                 (EINVAL, "placement empty or names a region the device lacks"),
                 (EINVAL, "unknown flags"),
                 (EINVAL, "handle not zero on input"),
-                (EINVAL, "size zero or not page aligned"),
+                (EINVAL, "size zero or not a multiple of the page size ([device] page_size)"),
                 (EINVAL, "NEEDS_VISIBLE_VRAM without a VRAM placement"),
                 (EINVAL, "cpu_caching not WB or WC"),
                 (EINVAL, "cpu_caching WB with a VRAM placement or SCANOUT"),
@@ -420,6 +428,7 @@ SPECS: dict[Op, OpSpec] = {
                 _MBZ,
                 (EINVAL, "unknown flags"),
                 (EINVAL, "PCI_BARRIER: a device without VRAM (not discrete), or handle not 0"),
+                (EINVAL, "PCI_BARRIER: host pages over 4 KiB ([device] page_size = 65536)"),
                 (ENOENT, "no such handle"),
                 (
                     ENODEV,
@@ -448,8 +457,29 @@ SPECS: dict[Op, OpSpec] = {
                 (EINVAL, "unknown prot bits"),
                 (EINVAL, "an MMIO region: length other than the region's size"),
                 (EINVAL, "the barrier page: more than 4096 bytes, private, PROT_READ/EXEC"),
+                (EINVAL, "the barrier offset with host pages over 4 KiB"),
                 _RESERVE_FD,
             ),
+        ),
+        OpSpec(
+            op=Op.UNPLUG_NOTICE,
+            request=m.XedUnplugNotice,
+            reply=m.XedMmapReply,
+            roles=frozenset({Role.DRM, Role.AUX, Role.DEBUGGER}),
+            fds_out=1,
+            doc=(
+                "No kernel equivalent (the kernel zaps mappings itself; here clients map "
+                "memory themselves, so they are told to). The device's unplug notice: a "
+                "read-only page (map it shared, PROT_READ) whose first u32 reads 0 while "
+                "the device lives and 1, for good, once it is unplugged; the daemon then "
+                "wakes every futex waiter on that word (FUTEX_WAKE, not private). The "
+                "unplug empties the memory under every mapping (it reads zeros); a client "
+                "that puts private zero pages under its mappings when the word turns, as "
+                "the client library does, also keeps what it writes afterwards from "
+                "everyone else, as drm_dev_unplug's dummy page does. Each device has its "
+                "own page: one plugged in by REPLUG has a new one."
+            ),
+            errors=(_RESERVE_FD,),
         ),
         OpSpec(
             op=Op.XE_VM_CREATE,
@@ -563,6 +593,7 @@ SPECS: dict[Op, OpSpec] = {
                 (ENOMEM, "addr in a BO the daemon cannot map (out of descriptors or memory)"),
                 (EIO, "the exec queue was reset (banned) while waiting"),
                 (ETIME, "the timeout passed"),
+                (ENODEV, "the device was unplugged while waiting (it never writes again)"),
                 (ENOMEM, "[limits] fence_waits waits of this connection asleep already (xed)"),
             ),
         ),
@@ -630,6 +661,7 @@ SPECS: dict[Op, OpSpec] = {
             errors=(
                 (EINVAL, "flags or reserved not zero"),
                 (EINVAL, "not a VM descriptor of this daemon (another daemon's included)"),
+                _GONE,
                 (ENOENT, "the VM is closed (the file that created it is gone, included)"),
                 (EPERM, "on_behalf_of_pid is not the process that exported it"),
                 (EEXIST, "this aux connection has it registered already"),
@@ -738,7 +770,7 @@ SPECS: dict[Op, OpSpec] = {
             errors=(
                 (ESRCH, "no such process"),
                 (EMFILE, "the daemon has no descriptor left for the process's pidfd"),
-                (ESRCH, "no drm connection opened by that process"),
+                (ESRCH, "no drm connection opened by that process (on this device)"),
                 (EPERM, "a connection of it opened by a uid not ours, and we are not root"),
                 (EBUSY, "another debugger is attached to it"),
             ),
@@ -764,7 +796,11 @@ SPECS: dict[Op, OpSpec] = {
                 "pages, and one meeting pages mid-change waits and starts over, whole."
             ),
             errors=(
-                (ENOENT, "not a connection opened by the process we are attached to"),
+                (
+                    ENOENT,
+                    "not a connection opened by the process we are attached to, on this "
+                    "device (not one since unplugged)",
+                ),
                 (EPERM, "the connection was opened by a uid not ours, and we are not root"),
                 (ENOENT, "no such VM"),
                 (EINVAL, "length zero or above 32 KiB"),
@@ -802,6 +838,7 @@ SPECS: dict[Op, OpSpec] = {
             ),
             errors=(
                 (EBADF, "a closed descriptor: sendmsg(2) refuses it in the caller"),
+                _GONE,
                 (EINVAL, "the descriptor is not a dma-buf (a memfd, a pipe, a VM fd, ...)"),
                 (EINVAL, "another daemon's descriptor that does not answer as a dma-buf"),
                 (
@@ -827,6 +864,7 @@ SPECS: dict[Op, OpSpec] = {
             ),
             errors=(
                 (EINVAL, "the descriptor is not a dma-buf (or answers with untrusted memory)"),
+                _GONE,
                 (EINVAL, "length zero or offset not page aligned"),
                 (EINVAL, "flags not exactly one of MAP_SHARED / MAP_PRIVATE, unknown prot"),
                 (EINVAL, "offset + length beyond the buffer"),
@@ -844,6 +882,7 @@ SPECS: dict[Op, OpSpec] = {
             doc="Begin (START) or end (END) CPU access to the attached dma-buf.",
             errors=(
                 (EINVAL, "the descriptor is not a dma-buf (or answers with untrusted memory)"),
+                _GONE,
                 (EINVAL, "flags outside DMA_BUF_SYNC_VALID_FLAGS_MASK"),
                 (EINVAL, "neither READ nor WRITE"),
             ),
@@ -857,6 +896,7 @@ SPECS: dict[Op, OpSpec] = {
             doc="lseek(2) on the attached dma-buf: (0, SEEK_END) tells its size.",
             errors=(
                 (EINVAL, "the descriptor is not a dma-buf (or answers with untrusted memory)"),
+                _GONE,
                 (EINVAL, "anything but offset 0 with SEEK_SET or SEEK_END"),
             ),
         ),
@@ -872,6 +912,7 @@ SPECS: dict[Op, OpSpec] = {
             ),
             errors=(
                 (EINVAL, "the descriptor is not a dma-buf (e.g. an exported VM)"),
+                (ENODEV, "a dma-buf of a device since unplugged"),
                 (ENOMEM, "the exporter cannot open its memory (out of descriptors or memory)"),
                 (EMFILE, "the peer left answers with memory unread (a few may be in flight)"),
             ),
@@ -922,8 +963,14 @@ SPECS: dict[Op, OpSpec] = {
             reply=m.Empty,
             roles=frozenset({Role.ADMIN}),
             doc=(
-                "Unplug: every other role's ops answer ENODEV, mappings stay valid, the "
-                "barrier page stops being watched (writes go nowhere)."
+                "Unplug (drm_dev_unplug): every other role's ops answer ENODEV, for good "
+                "on the connections open now, and new connections' HELLO too until "
+                "REPLUG; the device stops (batches are dropped and their fences never "
+                "signal, parked fence waits answer ENODEV, debuggers get a detach event, "
+                "barrier and doorbell writes are no longer seen or counted) and every "
+                "mapping of its memory reads zeros, with no fault: BOs, dma-bufs, MMIO "
+                "regions, barrier pages (UNPLUG_NOTICE tells clients, which put private "
+                "zero pages under their mappings)."
             ),
             errors=((EALREADY, "already unplugged"),),
         ),
@@ -932,7 +979,14 @@ SPECS: dict[Op, OpSpec] = {
             request=m.XedAdminReplug,
             reply=m.Empty,
             roles=frozenset({Role.ADMIN}),
-            doc="Plug the device back in.",
+            doc=(
+                "Plug a new device in, as a driver rebind makes a new drm_device: a new "
+                "identity (HELLO's instance), empty memory, a new BAR0 and notice page. "
+                "New connections reach it; connections opened before the unplug stay "
+                "ENODEV until closed (their objects belong to the device that went), as "
+                "do that device's dma-bufs and exported VMs, and their mappings stay on "
+                "zero pages."
+            ),
             errors=((EALREADY, "not unplugged"),),
         ),
     )

@@ -199,6 +199,7 @@ def shmem() -> int:
 IMPORT_AND_MAP = """
 big, small = fds
 t = dev.transport
+dev.unplug_watch()  # the device's notice page is asked for once, before the first mapping
 
 
 def cost(fd, through_handle):

@@ -29,6 +29,7 @@ from test_ib import (
     check_log,
     counts,
     errno_of,
+    log_events,
     pattern,
     settle,
     status_of,
@@ -159,6 +160,88 @@ def test_daemon_restart_kills_old_contexts_and_new_ones_work(tmp_path: Path) -> 
         first.cleanup()  # SIGKILLed: nothing of it to check
         if second is not None:
             stop_daemon(second)
+
+
+def test_unplug_kills_old_contexts_and_after_replug_new_ones_work(tmp_path: Path) -> None:
+    """The device unplugged under two apps with connected contexts: the driver lets
+    their contexts go at once (every verb EIO, no completion), waits through the unplug
+    however long it lasts (longer than --reconnect-for) and, once REPLUG has plugged a
+    new device in, serves new apps on it; nothing is left in the daemon or the driver."""
+    sock = tmp_path / "xed.sock"
+    daemon = daemon_at(sock, tmp_path / "daemon.log").start()
+    aux = AuxDriverProcess(sock, extra_args=("--reconnect-for", "0.2"))
+    aux.start()
+    probe = RpcConnection(SeqpacketTransport.connect(aux.socket_path), peer="the aux driver")
+    try:
+        assert errno_of(probe.call, Op.IBV_CREATE_QP, m.IbvCreateQp()) == errno.EPROTO
+        aux_fds = aux.open_fds()
+        before = counts(daemon)
+        with (
+            Device.open(sock) as dev_a,
+            Device.open(sock) as dev_b,
+            Device.open(sock, role="admin") as admin,
+        ):
+            a, b = opened(dev_a, aux.socket_path, 60), opened(dev_b, aux.socket_path, 61)
+            try:
+                ib_a, ib_b = a.ib, b.ib
+                assert ib_a is not None and ib_b is not None
+                mr_a, mr_b = ib_a.reg_mr(BASE, SIZE), ib_b.reg_mr(BASE, SIZE, ALL_ACCESS)
+                qp_a, qp_b = connected(a, b)
+                admin.admin_unplug()
+                wait_for_log(aux, "daemon_lost", contexts=2)
+                verbs: list[Callable[[], object]] = [
+                    lambda: ib_a.reg_mr(BASE, SIZE),
+                    lambda: qp_a.rdma_write(mr_a, BASE, mr_b.rkey, 8),
+                    ib_b.create_qp,
+                ]
+                assert [errno_of(verb) for verb in verbs] == [errno.EIO] * len(verbs)
+                assert qp_a.poll_cq() == () and qp_b.poll_cq() == ()
+                # unplugged for longer than --reconnect-for (its HELLOs, refused, come
+                # 0.05, 0.1, 0.2 s apart): the driver waits on
+                assert hello_of(sock) == errno.ENODEV
+                assert settle(lambda: refused_hellos(daemon, aux.pid) >= 4, True)
+                check_alive(aux)
+                admin.admin_replug()
+                wait_for_log(aux, "daemon_reconnected")
+            finally:
+                a.close()
+                b.close()
+        with Device.open(sock) as dev_c, Device.open(sock) as dev_d:
+            c, d = opened(dev_c, aux.socket_path, 62), opened(dev_d, aux.socket_path, 63)
+            try:
+                assert c.ib is not None and d.ib is not None
+                mr_c = c.ib.reg_mr(BASE, SIZE)
+                mr_d = d.ib.reg_mr(BASE, SIZE, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE)
+                qp_c, _qp_d = connected(c, d)
+                assert status_of(qp_c, IBV_WR_RDMA_WRITE, mr_c, BASE, mr_d.rkey, SIZE) == (
+                    IBV_WC_SUCCESS
+                )
+                assert d.read(BASE, SIZE) == pattern(SIZE, 62)
+            finally:
+                c.close()
+                d.close()
+        assert wait_until(daemon, lambda now: now == before) == before
+        assert settle(aux.open_fds, aux_fds) == aux_fds
+        check_alive(aux)
+    finally:
+        probe.close()
+        stop_aux(aux)
+        stop_daemon(daemon)
+
+
+def refused_hellos(daemon: DaemonProcess, pid: int) -> int:
+    """How many HELLOs of process `pid` the daemon refused (its debug log says)."""
+    refused = log_events(daemon, "ioctl_refused")
+    return sum(1 for r in refused if r.get("op") == "HELLO" and r.get("pid") == pid)
+
+
+def hello_of(sock: Path) -> int:
+    """The errno a new drm connection's HELLO gets (0: answered)."""
+    try:
+        Device.open(sock).close()
+    except OSError as exc:
+        return exc.errno or -1
+    return 0
 
 
 def test_driver_exits_69_when_the_daemon_stays_away(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
-"""Unplug and replug (drm_dev_unplug): with live client processes holding mappings (a BO,
-the info block, a doorbell, the barrier page), every ioctl of theirs answers ENODEV, new
-connections are refused but the admin's, mappings stay usable without crashing anyone,
-the barrier page stops being watched, and everything works again after replug.
+"""Unplug (drm_dev_unplug): with live client processes holding mappings (a BO, the info
+block, a doorbell, the barrier page), every ioctl of theirs answers ENODEV, new
+connections are refused but the admin's, EALREADY twice, and what a client holds is
+released when it goes. What happens to the mappings: test_unplug_zap.py; what REPLUG
+plugs in: test_replug.py.
 """
 
 from __future__ import annotations
@@ -41,14 +42,17 @@ def wait_until(predicate: Callable[[], Any], what: str, timeout: float = TIMEOUT
         time.sleep(0.001)
 
 
-# A client process holding one of each mapping, then running the snippets the test sends
-# it (one JSON string a line; each sets `out`, answered as one JSON line).
+# A client process holding one of each mapping, through the library and by hand (a
+# descriptor from MMAP it maps itself), then running the snippets the test sends it (one
+# JSON string a line; each sets `out`, answered as one JSON line).
 HOLDER = """
-import time
+import mmap, os, time
 from protocols import Op, messages as m
 from protocols.constants import (
-    MAP_SHARED, PAGE_SIZE, PCI_BARRIER_IDLE, PROT_READ, PROT_WRITE, XE_INFO_DEVICE_ID, Query,
+    MAP_SHARED, PAGE_SIZE, PCI_BARRIER_IDLE, PROT_READ, PROT_WRITE, XE_INFO_DEVICE_ID,
+    XE_INFO_TIMESTAMP, XE_PCI_BARRIER_MMAP_OFFSET, Query,
 )
+from protocols.words import Words
 
 def errno_of(fn, *args):
     try:
@@ -86,6 +90,19 @@ bell = dev.mmap_mmio(bell_region, writable=True)
 barrier = dev.mmap(dev.pci_barrier_offset(), PAGE_SIZE, PROT_WRITE)
 barrier.write_u32(0, 1)
 assert until(lambda: barrier.read_u32(0), PCI_BARRIER_IDLE)
+
+def by_hand(offset, length, prot):
+    # what a program that maps the descriptor itself holds: no library watches over it
+    reply, (fd,) = dev.ioctl_fds(
+        Op.MMAP, m.XedMmap(offset=offset, length=length, prot=prot, flags=MAP_SHARED)
+    )
+    mm = mmap.mmap(fd, length, mmap.MAP_SHARED, prot)
+    os.close(fd)
+    return Words(mm)
+
+bo_hand = by_hand(dev.gem_mmap_offset(bo), 0x4000, PROT_READ | PROT_WRITE)
+bell_hand = by_hand(bell_region.offset, bell_region.size, PROT_READ | PROT_WRITE)
+barrier_hand = by_hand(XE_PCI_BARRIER_MMAP_OFFSET, PAGE_SIZE, PROT_WRITE)
 print(json.dumps(dev.client_id), flush=True)
 for line in sys.stdin:
     out = None
@@ -281,105 +298,15 @@ def test_admin_status_reflects_unplug_state(fresh_admin: Device) -> None:
     assert fresh_admin.admin_status().unplugged == 0
 
 
-# --- mappings while unplugged --------------------------------------------------------------------
-
-
-def test_unplugged_mappings_stay_readable_and_writable(holder: Holder, fresh_admin: Device) -> None:
-    """BO, info, doorbell and barrier mappings stay readable and writable, crashing no one."""
-    fresh_admin.admin_unplug()
-    out = holder.run(
-        """
-out = {"bo": bytes(bo_map[0:4]).decode(), "device_id": info.read_u32(XE_INFO_DEVICE_ID)}
-bo_map[0x100:0x108] = b"unplugd!"
-out["bo_write"] = bytes(bo_map[0x100:0x108]).decode()
-bell.write_u32(0x80, 0xBE11)
-out["bell"] = bell.read_u32(0x80)
-barrier.write_u32(0x40, 0x1234)
-out["barrier"] = barrier.read_u32(0x40)
-"""
-    )
-    assert out == {
-        "bo": "live",
-        "device_id": 0xE20B,
-        "bo_write": "unplugd!",
-        "bell": 0xBE11,
-        "barrier": 0x1234,
-    }
-    assert holder.alive()
-    fresh_admin.admin_replug()
-    # the BO's memory is the same memory: a new mapping after replug sees the writes
-    assert holder.run("out = bytes(dev.mmap_bo(bo)[0x100:0x108]).decode()") == "unplugd!"
-
-
-def test_unplugged_barrier_writes_are_not_restored_until_replug(
-    holder: Holder, fresh_admin: Device
-) -> None:
-    """Once unplug is answered a barrier write stays (nobody restores or counts it); it
-    went nowhere, so replug restores the page without counting it, and later writes
-    count again. Three rounds."""
-
-    def barriers() -> int:
-        (info,) = [c for c in fresh_admin.admin_clients() if c.client_id == holder.client_id]
-        return info.barriers
-
-    for word in (9, 10, 11):
-        fresh_admin.admin_unplug()
-        counted = barriers()
-        stayed = holder.run(
-            f"barrier.write_u32(4 * {word}, 0x0BADF00D)\n"
-            f"out = stays(lambda: barrier.read_u32(4 * {word}), 0x0BADF00D, {UNWATCHED_WINDOW})"
-        )
-        assert stayed is True, f"round {word}: a write made after the unplug was restored"
-        assert barriers() == counted, f"round {word}: counted while unplugged"
-        fresh_admin.admin_replug()
-        restored = holder.run(
-            f"out = until(lambda: barrier.read_u32(4 * {word}), PCI_BARRIER_IDLE)"
-        )
-        assert restored is True
-        assert barriers() == counted, f"round {word}: a write that went nowhere was counted"
-    # and the page is watched as before: a new write is restored and counted again
-    counted = barriers()
-    restored = holder.run(
-        "barrier.write_u32(4 * 12, 7)\n"
-        "out = until(lambda: barrier.read_u32(4 * 12), PCI_BARRIER_IDLE)"
-    )
-    assert restored is True
-    wait_until(lambda: barriers() == counted + 1, "the write after replug counted")
-
-
-def test_unplugged_doorbell_is_not_acted_upon_until_replug(
-    holder: Holder, fresh_admin: Device
-) -> None:
-    """Once unplug is answered a doorbell ring stays unanswered and uncounted; it went
-    nowhere, so replug clears it without counting it, and a ring after replug counts.
-    Three rounds."""
-
-    def rings() -> int:
-        (info,) = [c for c in fresh_admin.admin_clients() if c.client_id == holder.client_id]
-        return info.doorbell_rings
-
-    for ring in (1, 2, 3):
-        fresh_admin.admin_unplug()
-        stayed = holder.run(
-            f"bell.write_u32(0, 0xD00B + {ring})\n"
-            f"out = stays(lambda: bell.read_u32(0), 0xD00B + {ring}, {UNWATCHED_WINDOW})"
-        )
-        assert stayed is True, f"round {ring}: a ring made after the unplug was acted upon"
-        assert rings() == ring - 1, f"round {ring}: counted while unplugged"
-        fresh_admin.admin_replug()
-        assert holder.run("out = until(lambda: bell.read_u32(0), 0)") is True
-        assert rings() == ring - 1, f"round {ring}: a ring made while unplugged was counted"
-        holder.run(f"bell.write_u32(0, 0xB0B + {ring})\nout = until(lambda: bell.read_u32(0), 0)")
-        wait_until(lambda ring=ring: rings() == ring, f"ring {ring} counted after replug")
-
-
-# --- release while unplugged, and life after replug -----------------------------------------------
+# --- release while unplugged, and after replug --------------------------------------------------
 
 
 def test_client_leaving_while_unplugged_is_released(
     fresh_daemon: DaemonProcess, fresh_admin: Device
 ) -> None:
-    """A client holding mappings that exits while unplugged has everything released."""
+    """A client holding mappings that exits while unplugged has everything released: once
+    a new device is plugged in, the daemon holds what it held before the client came
+    (the device that went let go of its BAR0 and notice page with its last user)."""
     before = baseline(fresh_daemon)
     h = Holder(fresh_daemon)
     try:
@@ -389,54 +316,19 @@ def test_client_leaving_while_unplugged_is_released(
         fresh_admin.admin_unplug()
     finally:
         h.finish()  # exits without closing anything
-    current = wait_until(
-        lambda: (b := baseline(fresh_daemon)) == before and b,
-        "the departed client to be released",
+    wait_until(
+        lambda: baseline(fresh_daemon)[1] == before[1], "the departed client to be released"
     )
-    assert current == before
     assert fresh_admin.admin_status().unplugged == 1
-
-
-def test_everything_works_after_replug(
-    fresh_daemon: DaemonProcess, holder: Holder, fresh_admin: Device
-) -> None:
-    """After replug the live client's ioctls, new mmaps, barriers and new connections all work."""
-    fresh_admin.admin_unplug()
-    assert holder.run("out = errno_of(dev.version)") == errno.ENODEV
     fresh_admin.admin_replug()
-    assert ioctl_errnos(holder) == dict.fromkeys(IOCTLS, 0)
-    out = holder.run(
-        """
-n = 500
-for _ in range(n):
-    dev.pci_barrier()
-dev.pci_barrier_drain()
-mp = dev.mmap_bo(bo)
-out = {"bo": bytes(mp[0:4]).decode(), "written": dev.barriers_written}
-"""
-    )
-    assert out == {"bo": "live", "written": 500}
-    (info,) = [c for c in fresh_admin.admin_clients() if c.client_id == holder.client_id]
-    assert info.barriers == 1 + 500  # the write made before the unplug, and these
-    assert hello_errno(fresh_daemon, "drm") == 0
-    with Device.open(fresh_daemon.socket_path) as dev:
-        handle = dev.gem_create(0x1000)
-        with dev.mmap_bo(handle) as mapping:
-            mapping[0:2] = b"ok"
-            assert bytes(mapping[0:2]) == b"ok"
-        region = dev.mmio_open("info")
-        dev.mmio_close(region.region_id)
-        dev.pci_barrier()
-        dev.pci_barrier_drain()
-        (mine,) = [c for c in fresh_admin.admin_clients() if c.client_id == dev.client_id]
-        assert mine.barriers == 1
-    assert fresh_admin.admin_status().unplugged == 0
+    assert baseline(fresh_daemon) == before
 
 
 def test_aux_driver_lets_go_of_a_vm_while_unplugged(fresh_daemon: DaemonProcess) -> None:
     """Unplugged, the aux driver is refused new work (ENODEV) but can still let go of
     what it holds (INVALIDATE_DONE, UNWATCH, RELEASE answer), so nothing outlives the
-    application that exported the VM."""
+    application that exported the VM; after replug the application's connection is
+    still one of the device that went (ENODEV) and its close releases everything."""
     from tests.helpers import errno_of as refused_with
 
     before = baseline(fresh_daemon)
@@ -465,6 +357,6 @@ def test_aux_driver_lets_go_of_a_vm_while_unplugged(fresh_daemon: DaemonProcess)
         aux.aux_vm_release(handle)
         assert refused_with(app.vm_destroy, vm) == errno.ENODEV
         adm.admin_replug()
-        app.vm_destroy(vm)  # no longer registered: it goes
-        app.gem_close(bo)
+        assert refused_with(app.vm_destroy, vm) == errno.ENODEV
+        assert refused_with(aux.aux_vm_release, handle) == errno.ENOENT  # let go already
     assert wait_until(lambda: baseline(fresh_daemon) == before, "everything released")

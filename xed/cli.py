@@ -305,8 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("clients", "every connection: pid, uid, command, role, objects, barriers"),
         ("objects", "object counts, and each dma-buf and exported VM with who holds it"),
         ("stats", "per-op calls, refusals by errno, latency percentiles"),
-        ("unplug", "unplug the device: ioctls answer ENODEV, mappings stay"),
-        ("replug", "plug the device back in"),
+        ("unplug", "unplug the device: ioctls answer ENODEV, mappings read zeros"),
+        ("replug", "plug a new device in (connections opened before stay ENODEV)"),
         ("log-level", "change the daemon's log level now"),
     ):
         action_p = ctl_sub.add_parser(

@@ -16,6 +16,9 @@ from protocols.cli import EX_CONFIG as EX_CONFIG  # re-exported: its home was he
 from protocols.constants import PAGE_SIZE
 
 MiB = 1 << 20
+# the host page sizes a device may emulate: x86-64's, and the 64 KiB of arm64 and
+# ppc64le kernels built so (where the PCI barrier page is refused)
+HOST_PAGE_SIZES = (PAGE_SIZE, 64 << 10)
 GiB = 1 << 30
 
 
@@ -53,14 +56,16 @@ class DeviceConfig:
     visible_vram_size: int = attrs.field(default=256 * MiB, validator=_non_negative)
     system_memory: int = attrs.field(default=8 * GiB, validator=_positive)
     va_bits: int = attrs.field(default=48, validator=_positive)
+    # the host page size the device's rules follow (GEM_CREATE sizes, VM_BIND and mmap
+    # alignment, min_page_size); memfds and mappings stay the real host's 4 KiB pages
     page_size: int = attrs.field(default=PAGE_SIZE, validator=_positive)
     # BAR0 doorbell pages; the last one is the PCI barrier page, the rest go one per file
     doorbell_pages: int = attrs.field(default=64, validator=_positive)
     engines: EngineConfig = attrs.field(factory=EngineConfig)
 
     def __attrs_post_init__(self) -> None:
-        if self.page_size != PAGE_SIZE:
-            raise ConfigError(f"page_size must be {PAGE_SIZE} (the host's page size)")
+        if self.page_size not in HOST_PAGE_SIZES:
+            raise ConfigError(f"page_size must be one of {', '.join(map(str, HOST_PAGE_SIZES))}")
         if self.visible_vram_size > self.vram_size:
             raise ConfigError("visible_vram_size cannot exceed vram_size")
         if self.doorbell_pages < 2:
@@ -68,8 +73,8 @@ class DeviceConfig:
         if not 32 <= self.va_bits <= 57:
             raise ConfigError("va_bits must be between 32 and 57")
         for name in ("vram_size", "visible_vram_size", "system_memory"):
-            if getattr(self, name) % PAGE_SIZE:
-                raise ConfigError(f"{name} must be a multiple of {PAGE_SIZE}")
+            if getattr(self, name) % self.page_size:
+                raise ConfigError(f"{name} must be a multiple of page_size ({self.page_size})")
 
 
 def _one_of(*choices: str) -> Any:

@@ -130,11 +130,12 @@ def run(path: Path, action: str, as_json: bool, value: str | None, timeout: floa
             _print_clients(_ask(path, timeout, Op.ADMIN_CLIENTS, m.XedAdminClients()), as_json)
         elif action == "unplug":
             _ask(path, timeout, Op.ADMIN_UNPLUG, m.XedAdminUnplug())
-            text = "unplugged: ioctls answer ENODEV, mappings stay valid"
+            text = "unplugged: ioctls answer ENODEV, mappings read zeros"
             _print_done(text, {"unplugged": True}, as_json)
         elif action == "replug":
             _ask(path, timeout, Op.ADMIN_REPLUG, m.XedAdminReplug())
-            _print_done("plugged in", {"unplugged": False}, as_json)
+            text = "plugged in: a new device; connections opened before stay ENODEV"
+            _print_done(text, {"unplugged": False}, as_json)
     except AdminError as exc:
         print(f"xed ctl: {exc}", file=sys.stderr)
         return exc.status

@@ -231,12 +231,15 @@ class Connection:
     # --- requests -------------------------------------------------------------------------
     def _check_plugged(self, request: Request) -> None:
         """drm_dev_enter(): once unplugged, only the admin role is still answered, and
-        the aux driver letting go of what it holds (OpSpec.while_unplugged)."""
-        if not self.device.unplugged or SPECS[request.op].while_unplugged:
+        the aux driver letting go of what it holds (OpSpec.while_unplugged); a file
+        opened on a device since unplugged stays so after REPLUG (unplug.py)."""
+        if not self.device.is_gone(self.xef.generation) or SPECS[request.op].while_unplugged:
             return
         role = Role(request.args.role) if request.op is Op.HELLO else self.xef.role
         if role is not Role.ADMIN:
-            raise IoctlError(errno.ENODEV, "the device is unplugged")
+            if self.device.unplugged:
+                raise IoctlError(errno.ENODEV, "the device is unplugged")
+            raise IoctlError(errno.ENODEV, "opened on a device since unplugged (and replaced)")
 
     async def _answer(self, request: Request) -> None:
         """Run the op's handler (awaiting it if it blocks) and send the reply or errno."""

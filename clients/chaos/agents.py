@@ -69,6 +69,15 @@ def open_device(path: str) -> Device:
         time.sleep(0.02)
 
 
+def unplugged(dev: Device) -> bool:
+    """Whether the device of `dev` was unplugged (its memory then reads zeros)."""
+    try:
+        dev.version()
+    except XeError as exc:
+        return exc.errno == ENODEV
+    return False
+
+
 def checked(call: Callable[[], Any]) -> Any:
     """Run one library call; a refusal is fine if the op may answer with that errno."""
     try:
@@ -124,7 +133,7 @@ class Worker:
             cpu[0x100 : 0x100 + len(batch)] = batch
             dev.exec(queue, VA + 0x100, syncs=[user_fence(VA, self.seq)])
             dev.wait_user_fence(cpu.user_address(0), self.seq, timeout=10 * ONE_SECOND_NS)
-            if cpu.read_u32(64) != self.seq:
+            if cpu.read_u32(64) != self.seq and not unplugged(dev):
                 unclean("a batch's store did not land")
         dev.exec_queue_destroy(queue)
         dev.vm_destroy(vm)
@@ -224,6 +233,9 @@ def _forged_peer(size: int, memfd: int) -> int:
 def forger(path: str, rng: random.Random) -> None:
     dev = open_device(path)
     while True:
+        if unplugged(dev):  # its connection is the old device's for good: the next one
+            dev.close()
+            dev = open_device(path)
         memfd = os.memfd_create("forged", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         os.ftruncate(memfd, rng.choice([4096, 65536]))
         size = rng.choice([4096, 65536, 1 << 30, 2**64 - 4096, 0, 4097])

@@ -6,7 +6,9 @@ It makes VERSION calls back to back and, every so often, a BO it writes and read
 through its mapping. Each line on stdin ("chaos", "stop") starts the next phase; at
 "stop" it prints one JSON line: per phase, calls, p50 and p99 in microseconds, and what
 went wrong (a refusal other than ENODEV while the device is unplugged, a BO that did not
-read back what was written, the daemon dropping it).
+read back what was written while the device stayed, the daemon dropping it). An unplug
+leaves its connection one of the device that went (ENODEV for good): it opens a new one
+as soon as REPLUG has plugged the next device in.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ..errors import DaemonGone, XeError
 from ..measure import percentile
 
 BO_EVERY = 50
+UNPLUGGED_PAUSE = 0.01  # seconds between two opens refused while the device is unplugged
 
 
 def main(path: str) -> int:
@@ -38,12 +41,14 @@ def main(path: str) -> int:
         state["phase"] = "stop"
 
     threading.Thread(target=control, daemon=True).start()
-    dev = Device.open(path)
+    dev: Device | None = Device.open(path)
     calls = 0
     while state["phase"] != "stop":
         phase = state["phase"]
         start = time.perf_counter()
         try:
+            if dev is None:  # the device went: a connection to the next one, once it is in
+                dev = Device.open(path)
             dev.version()
             phases.setdefault(phase, []).append(time.perf_counter() - start)
             calls += 1
@@ -52,12 +57,18 @@ def main(path: str) -> int:
                 with dev.mmap_bo(handle) as cpu:
                     cpu[100:108] = calls.to_bytes(8, "little")
                     if cpu[100:108] != calls.to_bytes(8, "little"):
+                        dev.version()  # ENODEV if the unplug emptied it meanwhile
                         problems.append("a BO did not read back what was written")
                 dev.gem_close(handle)
         except XeError as exc:
-            if exc.errno != ENODEV:  # unplugged for a moment: the chaos does that
+            if exc.errno != ENODEV:
                 key = f"{exc.op} {exc.errno}"
                 refusals[key] = refusals.get(key, 0) + 1
+            elif dev is not None:  # unplugged: this connection is the old device's for good
+                dev.close()
+                dev = None
+            else:  # still unplugged
+                time.sleep(UNPLUGGED_PAUSE)
         except DaemonGone as exc:
             problems.append(f"the daemon dropped the bystander: {exc}")
             try:

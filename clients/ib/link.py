@@ -31,8 +31,10 @@ from protocols import messages as m
 
 from ..errors import DaemonGone, XeError
 from ..transport import unreachable
+from ..unplug import UnplugWatch
 
 _ANC_SPACE = socket.CMSG_SPACE(MAX_FDS * 4)
+UNPLUG_LOOK = 0.5  # seconds a thread waits on the notice page before looking at the link
 
 
 @attrs.define
@@ -133,6 +135,27 @@ class DaemonLink:
         self.identity = reply.device
         hello: m.HelloReply = reply
         return hello
+
+    async def unplug_notice(self) -> UnplugWatch:
+        """The notice page of the device this link reaches (UNPLUG_NOTICE), to wait on
+        with watch_unplug(); XeError if the daemon refuses it (ENODEV: unplugged since
+        HELLO). Asked for before the link serves anyone, so that its descriptor is
+        closed by then."""
+        _reply, fds = await self.call(Op.UNPLUG_NOTICE, m.XedUnplugNotice())
+        (fd,) = fds
+        try:
+            return UnplugWatch(self.identity.instance if self.identity else "", fd)
+        finally:
+            os.close(fd)
+
+    async def watch_unplug(self, notice: UnplugWatch) -> None:
+        """Close the link when its device is unplugged (the notice page, as the client
+        library waits on it: clients/unplug.py), so that the driver lets its contexts
+        go and connects again to the device REPLUG plugs in. Ends with the link."""
+        while not self.gone:
+            if await trio.to_thread.run_sync(notice.wait, UNPLUG_LOOK):
+                self.close()
+                return
 
     def close(self) -> None:
         self.sock.close()

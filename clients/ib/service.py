@@ -10,6 +10,11 @@ connects again meanwhile, with a growing pause, and serves new contexts against 
 daemon that comes back; if none does within `reconnect_for` seconds it gives up
 (DaemonUnavailable: `xec ib serve` exits 69, EX_UNAVAILABLE) rather than keep a socket
 that can only answer errors.
+
+An unplug of the daemon's device is the same end for the contexts (their VMs belong to
+the device that went, and the daemon's connection of ours with them): the driver
+watches the device's notice page, closes its link at the unplug and connects again
+once REPLUG has plugged a new device in, however long the daemon stays unplugged.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ async def _open_link(daemon_path: Path, nursery: trio.Nursery) -> DaemonLink:
         await nursery.start(link.run)
         with trio.fail_after(timeout):
             await link.hello("aux")
+        notice = await link.unplug_notice()
     except trio.TooSlowError:
         link.close()
         raise unreachable(errno.ETIMEDOUT, daemon_path, timeout) from None
@@ -77,6 +83,7 @@ async def _open_link(daemon_path: Path, nursery: trio.Nursery) -> DaemonLink:
     except BaseException:
         link.close()
         raise
+    nursery.start_soon(link.watch_unplug, notice)
     return link
 
 
@@ -91,6 +98,8 @@ async def _reconnect(daemon_path: Path, nursery: trio.Nursery, within: float) ->
                 return await _open_link(daemon_path, nursery)
             except OSError as exc:  # refused, not there yet, or gone again mid-HELLO
                 why = f"{type(exc).__name__}: {exc}"
+                if exc.errno == errno.ENODEV:  # there, its device unplugged: wait for it
+                    deadline = trio.current_time() + within
             await trio.sleep(pause)
             pause = min(2 * pause, RECONNECT_PAUSE[1])
         if trio.current_time() >= deadline:

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from .. import fdpass
+from ..device import Device
 from .worker import Mismatch, Worker, step
 
 ACK_TIMEOUT = 5.0  # seconds for the device to acknowledge a doorbell or a barrier drain
@@ -110,6 +111,32 @@ def do_unplug(w: Worker, a: dict[str, Any]) -> None:
 @step("replug")
 def do_replug(w: Worker, a: dict[str, Any]) -> None:
     w.dev.admin_replug()
+
+
+@step("unplugged")
+def do_unplugged(w: Worker, a: dict[str, Any]) -> None:
+    """Wait until the device is unplugged and every mapping of this process reads from
+    its own zero pages (clients/unplug.py)."""
+    if not w.dev.wait_unplugged(a["timeout"]):
+        raise Mismatch("the device unplugged", "still plugged in")
+
+
+@step("reopen")
+def do_reopen(w: Worker, a: dict[str, Any]) -> None:
+    """close(2) of the DRM file and a new open(2): everything the file held goes
+    (handles, VMs, queues, regions: their names are forgotten); mappings and received
+    descriptors stay. After an unplug and REPLUG, the new device."""
+    w.dev.close()
+    w.dev = Device.open(w.socket_path)
+    w.values["client_id"] = w.dev.client_id
+    for space in (w.bos, w.vms, w.regions):
+        for name in space:
+            w.values.pop(name, None)
+            w.values.pop(f"{name}.offset", None)
+        space.clear()
+    for held in (w.bo_maps, w.sizes, w.bindings, w.queues, w.hosts):
+        held.clear()
+    w.last_fence = None
 
 
 @step("sync_point")

@@ -102,6 +102,8 @@ _DEVICE_STEPS: dict[str, Fields] = {
     "map_mmio": {"region": ("name", REQUIRED), "map": ("name", None), "writable": ("bool", False)},
     "ring": {"map": ("name", REQUIRED), "value": ("int", 1), "ack": ("bool", True)},
     "version": {},
+    "unplugged": {"timeout": ("float", 10.0)},
+    "reopen": {},
     "vm_export": {"vm": ("ref", REQUIRED), "fd": ("name", REQUIRED)},
     "ib_open": {"fd": ("name", REQUIRED), "ib": ("name", None)},
     "reg_mr": {

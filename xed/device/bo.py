@@ -18,7 +18,7 @@ from protocols.constants import (
     DRM_XE_GEM_CREATE_FLAGS,
     DRM_XE_MEM_REGION_CLASS_VRAM,
     DRM_XE_MMAP_OFFSET_FLAG_PCI_BARRIER,
-    PAGE_SIZE,
+    SZ_4K,
     XE_PCI_BARRIER_MMAP_OFFSET,
 )
 from protocols.words import Words
@@ -243,7 +243,7 @@ def xe_gem_create_ioctl(xef: XeFile, args: m.DrmXeGemCreate) -> m.DrmXeGemCreate
     )
     refuse_if(args.flags & ~DRM_XE_GEM_CREATE_FLAGS, EINVAL, f"unknown flags {args.flags:#x}")
     refuse_if(args.handle, EINVAL, "handle must be zero on input")
-    refuse_if(not args.size or args.size % PAGE_SIZE, EINVAL, "size must be page aligned")
+    refuse_if(not args.size or args.size % xe.page_size, EINVAL, "size must be page aligned")
     vram = [r for r in xe.regions.values() if r.mem_class == DRM_XE_MEM_REGION_CLASS_VRAM]
     wants_vram = [r for r in vram if args.placement & (1 << r.instance)]
     visible = bool(args.flags & DRM_XE_GEM_CREATE_FLAG_NEEDS_VISIBLE_VRAM)
@@ -300,7 +300,9 @@ def xe_gem_mmap_offset_ioctl(xef: XeFile, args: m.DrmXeGemMmapOffset) -> m.DrmXe
     - extensions or reserved non-zero: EINVAL
     - flags other than DRM_XE_MMAP_OFFSET_FLAG_PCI_BARRIER: EINVAL
     - PCI_BARRIER: a device without VRAM (not discrete): EINVAL; handle not 0: EINVAL;
-      else the barrier page's offset (not uAPI: clients must ask for it)
+      a host page larger than 4 KiB ([device] page_size): EINVAL, so that user space
+      falls back to the ioctl path; else the barrier page's offset (not uAPI: clients
+      must ask for it)
     - no such handle: ENOENT
     - a foreign import while dma_buf.imported_mmap = "refuse": ENODEV, as i915 answers
       for objects without pages of its own (mmap the dma-buf instead and bracket CPU
@@ -316,6 +318,7 @@ def xe_gem_mmap_offset_ioctl(xef: XeFile, args: m.DrmXeGemMmapOffset) -> m.DrmXe
     if args.flags & DRM_XE_MMAP_OFFSET_FLAG_PCI_BARRIER:
         refuse_if(not xef.device.config.vram_size, EINVAL, "no PCI barrier on an integrated part")
         refuse_if(args.handle, EINVAL, "the PCI barrier takes handle 0")
+        refuse_if(xef.device.page_size > SZ_4K, EINVAL, "no PCI barrier with pages over 4 KiB")
         return m.DrmXeGemMmapOffsetReply(offset=XE_PCI_BARRIER_MMAP_OFFSET)
     bo = xef.handles.get(args.handle)
     if bo is None:

@@ -33,6 +33,7 @@ from .mmio import Bar0
 from .pages import PageWatcher
 from .process import Instance
 from .ufence import UfenceWaiters
+from .unplug import UnplugNotice, drm_dev_unplug
 from .views import ViewCache, views_limit
 from .vma_manager import VmaOffsetManager
 
@@ -57,6 +58,8 @@ class XeDevice:
     def __init__(self, full_config: Config) -> None:
         config = full_config.device
         self.config = config
+        # the host page size the rules follow (config: 4 KiB, or an emulated 64 KiB)
+        self.page_size = config.page_size
         self.dma_buf_config = full_config.dma_buf
         self.aux_config = full_config.aux
         self.admin_config = full_config.admin
@@ -65,24 +68,11 @@ class XeDevice:
         self.descriptors = DescriptorReserve(full_config.limits)
         # target process instance -> its debugger's attachment
         self.debuggers: dict[Instance, Attachment] = {}
-        self.identity = m.DeviceIdentity(
-            name=config.name,
-            device_id=config.device_id,
-            revision=config.revision,
-            instance=secrets.token_hex(8),
-        )
-        self.regions: dict[int, MemRegion] = {
-            0: MemRegion(
-                DRM_XE_MEM_REGION_CLASS_SYSMEM, 0, config.system_memory, config.system_memory
-            )
-        }
-        if config.vram_size:
-            self.regions[1] = MemRegion(
-                DRM_XE_MEM_REGION_CLASS_VRAM, 1, config.vram_size, config.visible_vram_size
-            )
+        self.identity = self._identity(config)
+        self.regions = self._regions(config)
         self.mem_region_mask = sum(1 << i for i in self.regions)
         self.engines = tuple(self._engines(config))
-        self.vma = VmaOffsetManager()
+        self.vma = VmaOffsetManager(config.page_size)
         self.files: set[XeFile] = set()
         self.tokens: dict[str, XeFile] = {}  # HELLO.join: live drm files by their secret
         # GEM_FLINK's global names (dev->object_name_idr): the lowest free one, from 1
@@ -94,14 +84,39 @@ class XeDevice:
         self.ioctl_stats = IoctlStats()
         self.ufences = UfenceWaiters(self)
         self.bar0 = Bar0(config)
+        self.notice = UnplugNotice()
         self.watcher = PageWatcher(self)
         nofile, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         self.views = ViewCache(views_limit(nofile))
         self.unplugged = False
+        # one more at every unplug: files of an earlier one belong to a device that went
+        self.generation = 0
         self._nursery: trio.Nursery | None = None
         self.test_crashes = _test_crash_points()
         if self.test_crashes:
             _log.warning("test_crash_armed", names=sorted(self.test_crashes))
+
+    @staticmethod
+    def _identity(config: DeviceConfig) -> m.DeviceIdentity:
+        return m.DeviceIdentity(
+            name=config.name,
+            device_id=config.device_id,
+            revision=config.revision,
+            instance=secrets.token_hex(8),  # a new one for each replugged device
+        )
+
+    @staticmethod
+    def _regions(config: DeviceConfig) -> dict[int, MemRegion]:
+        regions = {
+            0: MemRegion(
+                DRM_XE_MEM_REGION_CLASS_SYSMEM, 0, config.system_memory, config.system_memory
+            )
+        }
+        if config.vram_size:
+            regions[1] = MemRegion(
+                DRM_XE_MEM_REGION_CLASS_VRAM, 1, config.vram_size, config.visible_vram_size
+            )
+        return regions
 
     @staticmethod
     def _engines(config: DeviceConfig) -> list[m.DrmXeEngineClassInstance]:
@@ -147,12 +162,25 @@ class XeDevice:
 
     # --- unplug (drm_dev_unplug) and the emulator's replug ------------------------------
     def unplug(self) -> None:
+        """drm_dev_unplug (unplug.py): the files open now are dead for good, the device
+        stops, its memory is emptied under every mapping, and clients are told."""
         self.unplugged = True
-        self.watcher.paused = True  # the barrier page is a dummy page now: writes go nowhere
+        self.generation += 1
+        drm_dev_unplug(self)
 
     def replug(self) -> None:
+        """A new device: its own identity, memory accounting, BAR0 and notice page. The
+        old device's objects stay with the files that hold them, and go with them."""
+        self.identity = self._identity(self.config)
+        self.regions = self._regions(self.config)
+        self.bar0 = Bar0(self.config)
+        self.notice = UnplugNotice()
+        self.start_forever(self.bar0.run_timestamp, what="bar0_timestamp")
         self.unplugged = False
-        self.watcher.resume()
+
+    def is_gone(self, generation: int) -> bool:
+        """Whether an object made at `generation` belongs to a device since unplugged."""
+        return self.unplugged or generation != self.generation
 
     def start_soon(
         self,

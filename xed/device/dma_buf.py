@@ -28,7 +28,6 @@ from protocols.constants import (
     DRM_RDWR,
     MAP_PRIVATE,
     MAP_SHARED,
-    PAGE_SIZE,
     PROT_EXEC,
     PROT_READ,
     PROT_WRITE,
@@ -104,7 +103,8 @@ class DmaBuf(ExportedObject):
 
 
 def xe_dma_buf_of(xef: XeFile, fd: int) -> DmaBuf | None:
-    """Our own dma-buf behind `fd`; None for a foreign one; EINVAL for our non-dma-bufs."""
+    """Our own dma-buf behind `fd`; None for a foreign one; EINVAL for our non-dma-bufs;
+    ENODEV for one of a device since unplugged."""
     obj = lookup(xef.device, fd)
     if obj is None:
         return None
@@ -129,7 +129,7 @@ async def _describe(xef: XeFile, fd: int) -> tuple[int, bool, int]:
     info, fds = await peer_call(fd, Op.DMA_BUF_ATTACH, m.DmaBufAttach())
     (memfd,) = fds  # the codec let through exactly the one DMA_BUF_ATTACH answers with
     try:
-        writable = client_memory(memfd, info.size, xef.device.regions.values())
+        writable = client_memory(memfd, info.size, xef.device)
     except IoctlError as exc:
         os.close(memfd)
         raise IoctlError(EINVAL, f"not a dma-buf: {exc.message}") from None
@@ -175,6 +175,7 @@ async def drm_prime_fd_to_handle_ioctl(
 
     Checks, in order:
     - the daemon is down to its descriptor reserve (limits.descriptor_reserve): ENOMEM
+    - one of our exported objects of a device since unplugged (unplug.py): ENODEV
     - one of our exported objects that is not a dma-buf (an exported VM): EINVAL
     - a new handle while the file holds limits.bos already: ENOMEM
     - not ours: asked of its daemon over the descriptor; anything that does not answer
@@ -230,10 +231,13 @@ async def dma_buf_mmap_ioctl(
 ) -> tuple[m.XedMmapReply, list[int]]:
     """mmap(2) of the attached dma-buf; `offset` is an offset into the buffer.
 
-    Checks, in order (mmap(2), the VFS, dma_buf_mmap_internal, ttm_bo_mmap_obj):
+    Checks, in order (mmap(2), the VFS, dma_buf_mmap_internal, ttm_bo_mmap_obj), in
+    pages of the host page size the device follows ([device] page_size; the length
+    rounded up to one, as mmap(2) maps whole pages):
     - the daemon is down to its descriptor reserve (limits.descriptor_reserve): EMFILE
     - length zero or offset not page aligned: EINVAL
     - flags not exactly one of MAP_SHARED / MAP_PRIVATE, or unknown prot bits: EINVAL
+    - one of ours of a device since unplugged (unplug.py): ENODEV
     - not a dma-buf (ours of another kind, not answering as one, or answering with
       memory that cannot be trusted, as _describe judges it): EINVAL
     - a shared writable mapping of a dma-buf exported without DRM_RDWR: EACCES
@@ -242,7 +246,8 @@ async def dma_buf_mmap_ioctl(
     A BO of ours in VRAM the CPU cannot reach maps as GEM mmap maps it: every access
     faults SIGBUS (XeBo.cpu_visible).
     """
-    refuse_if(not args.length or args.offset % PAGE_SIZE, EINVAL, "bad length or offset")
+    page = xef.device.page_size
+    refuse_if(not args.length or args.offset % page, EINVAL, "bad length or offset")
     refuse_if(args.flags not in (MAP_SHARED, MAP_PRIVATE), EINVAL, "need MAP_SHARED")
     refuse_if(args.prot & ~_PROT_ALL, EINVAL, f"unknown prot bits {args.prot:#x}")
     (fd,) = fds
@@ -253,7 +258,8 @@ async def dma_buf_mmap_ioctl(
             EACCES,
             "dma-buf exported without DRM_RDWR: map it read-only",
         )
-        refuse_if(args.offset + args.length > size, EINVAL, "beyond the end of the dma-buf")
+        length = -(-args.length // page) * page  # the vma's length
+        refuse_if(args.offset + length > size, EINVAL, "beyond the end of the dma-buf")
         refuse_if(args.flags == MAP_PRIVATE, EINVAL, "copy-on-write mappings are refused")
     except IoctlError:
         os.close(memfd)
@@ -271,6 +277,7 @@ async def dma_buf_sync_ioctl(xef: XeFile, args: m.DmaBufSync, fds: tuple[int, ..
     Checks, in order:
     - flags outside DMA_BUF_SYNC_VALID_FLAGS_MASK: EINVAL
     - neither READ nor WRITE: EINVAL
+    - one of ours of a device since unplugged (unplug.py): ENODEV
     - not a dma-buf (or a foreign one answering with untrusted memory): EINVAL
     END without START is not an error (the kernel keeps no such state). This daemon
     records the open windows of the dma-bufs it exported, per file, for strict mode.
@@ -292,8 +299,9 @@ async def dma_buf_llseek_ioctl(
 ) -> m.DmaBufLlseekReply:
     """lseek(2) on the attached dma-buf (dma_buf_llseek).
 
-    Checks: anything but offset 0 with SEEK_SET or SEEK_END: EINVAL; not a dma-buf (or
-    a foreign one answering with untrusted memory): EINVAL.
+    Checks: anything but offset 0 with SEEK_SET or SEEK_END: EINVAL; one of ours of a
+    device since unplugged: ENODEV; not a dma-buf (or a foreign one answering with
+    untrusted memory): EINVAL.
     """
     refuse_if(args.offset != 0 or args.whence not in (SEEK_SET, SEEK_END), EINVAL, "bad seek")
     (fd,) = fds

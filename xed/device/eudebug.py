@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
 MAX_ACCESS = 32768
 EXITED = "the target exited"
+UNPLUGGED = "the device was unplugged"
 
 
 @attrs.define(eq=False)
@@ -72,10 +73,12 @@ def may_access(debugger: XeFile, target: XeFile) -> bool:
 
 
 def _attachment(xef: XeFile) -> Attachment | None:
-    """The attachment to the process that opened this drm connection, if any."""
+    """The attachment to the process that opened this drm connection, if any (a
+    debugger of the device that replaced the file's, unplugged, is not its)."""
     if xef.process is None or xef.role is not Role.DRM:
         return None
-    return xef.device.debuggers.get(xef.process)
+    found = xef.device.debuggers.get(xef.process)
+    return found if found is not None and found.debugger.generation == xef.generation else None
 
 
 def debug_event(xef: XeFile, kind: str, **fields: Any) -> None:
@@ -96,13 +99,20 @@ def target_closed(xef: XeFile) -> None:
     if attachment is None:
         return
     debug_event(xef, "close")
-    if not _targets(xef.device, attachment.process, excluding=xef):
+    if not _targets(attachment.debugger, attachment.process, excluding=xef):
         _detach(attachment, EXITED)
 
 
 def debugger_closed(xef: XeFile) -> None:
     for attachment in list(xef.debugging):
         _end(attachment)
+
+
+def device_unplugged(device: XeDevice) -> None:
+    """drm_dev_unplug: every attachment ends, and each debugger is told (its connection
+    answers ENODEV from now on; one of the next device attaches anew)."""
+    for attachment in list(device.debuggers.values()):
+        _detach(attachment, UNPLUGGED)
 
 
 def _end(attachment: Attachment) -> None:
@@ -138,21 +148,24 @@ async def _watch(attachment: Attachment) -> None:
         except trio.ClosedResourceError:
             return  # detached meanwhile
         attachment.close_pidfd()
-        device = attachment.debugger.device
-        if any(not f.peer_gone() for f in _targets(device, attachment.process)):
+        if any(not f.peer_gone() for f in _targets(attachment.debugger, attachment.process)):
             _detach(attachment, EXITED)
 
 
 def _targets(
-    device: XeDevice, instance: process.Instance | None, excluding: XeFile | None = None
+    debugger: XeFile, instance: process.Instance | None, excluding: XeFile | None = None
 ) -> list[XeFile]:
-    """The drm connections the process instance opened (none for a process that is gone)."""
+    """The drm connections the process instance opened on the debugger's device (none
+    for a process that is gone; those of a device since unplugged are not reached)."""
     if instance is None:
         return []
     return [
         f
-        for f in device.clients()
-        if f.process == instance and f.role is Role.DRM and f is not excluding
+        for f in debugger.device.clients()
+        if f.process == instance
+        and f.role is Role.DRM
+        and f is not excluding
+        and f.generation == debugger.generation
     ]
 
 
@@ -183,7 +196,7 @@ def debug_attach_ioctl(xef: XeFile, args: m.XedDebugAttach) -> m.XedDebugAttachR
     - no such process (or a thread id): ESRCH
     - no descriptor left in the daemon for its pidfd: EMFILE
     - no drm connection opened by that process (one opened by an earlier process that
-      had its pid is not its): ESRCH
+      had its pid is not its, nor one of a device since unplugged): ESRCH
     - one of its drm connections was opened with a uid the debugger may not reach: it
       is neither root nor that uid (ptrace_may_access): EPERM
     - another debugger is attached to it (or this one already): EBUSY
@@ -199,7 +212,7 @@ def debug_attach_ioctl(xef: XeFile, args: m.XedDebugAttach) -> m.XedDebugAttachR
     assert pidfd is not None
     try:
         instance = process.instance(pidfd, args.pid)
-        targets = _targets(device, instance)
+        targets = _targets(xef, instance)
         refuse_if(not targets, ESRCH, f"no drm connection of pid {args.pid}")
         assert instance is not None
         for target in targets:
@@ -234,7 +247,8 @@ async def debug_vm_access_ioctl(xef: XeFile, args: m.XedDebugVmAccess) -> m.XedD
 
     Checks, in order:
     - client_id is not a drm connection opened by a process we are attached to (a
-      process that has since been given the pid of one is not): ENOENT
+      process that has since been given the pid of one is not), on this device (not
+      on one since unplugged): ENOENT
     - the connection was opened with a uid we may not reach: we are neither root nor
       that uid (ptrace_may_access, checked on every access): EPERM
     - no such VM in it: ENOENT
@@ -245,7 +259,10 @@ async def debug_vm_access_ioctl(xef: XeFile, args: m.XedDebugVmAccess) -> m.XedD
     target = next((f for f in xef.device.files if f.client_id == args.client_id), None)
     attached = {a.process for a in xef.debugging}
     refuse_if(
-        target is None or target.process not in attached or target.role is not Role.DRM,
+        target is None
+        or target.process not in attached
+        or target.role is not Role.DRM
+        or target.generation != xef.generation,
         ENOENT,
         f"no debugged connection {args.client_id}",
     )

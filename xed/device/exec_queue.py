@@ -54,6 +54,11 @@ class XeExecQueue:
         self._pending += 1
         self._send.send_nowait((address, fences))
 
+    def halt(self) -> None:
+        """The device is unplugged: the batch running stops where it is and nothing
+        queued runs or signals (its fences never come)."""
+        self._cancel.cancel()
+
     def destroy(self) -> None:
         self._cancel.cancel()
         self._send.close()

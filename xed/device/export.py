@@ -74,6 +74,7 @@ class ExportedObject:
         self.ino = info.st_ino
         self.st_dev = info.st_dev
         self.released = False
+        self.generation = device.generation  # of the device that made it
         self.account: Account | None = None  # whose limits.exported it counts against
         device.exported[self.ino] = self
         device.counts[self.kind] += 1
@@ -189,6 +190,8 @@ class ExportedObject:
             return
         fds: list[int] = []
         try:
+            if self.device.is_gone(self.generation):
+                raise IoctlError(errnos.ENODEV, f"a {self.kind} of a device since unplugged")
             result, fds = self.peer_request(request.op, request.args)
             if fds and outq(self._ours.fileno()) >= PEER_UNREAD * smallest_truesize():
                 # Descriptors in flight count against the daemon's user, whoever leaves
@@ -216,13 +219,16 @@ class ExportedObject:
 
 
 def lookup(device: XeDevice, fd: int) -> ExportedObject | None:
-    """The object behind a descriptor a client sent us, if it is one of ours."""
+    """The object behind a descriptor a client sent us, if it is one of ours; ENODEV
+    for one of a device since unplugged (after REPLUG: of the device that went)."""
     info = os.fstat(fd)
     if not stat.S_ISSOCK(info.st_mode):
         return None
     found = device.exported.get(info.st_ino)
     if found is None or found.st_dev != info.st_dev or found.released:
         return None
+    if device.is_gone(found.generation):
+        raise IoctlError(errnos.ENODEV, f"a {found.kind} of a device since unplugged")
     return found
 
 

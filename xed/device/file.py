@@ -65,6 +65,7 @@ class XeFile:
         self.process = process
         # whether the client's end is closed (its EOF waits for the reader)
         self.peer_gone = peer_gone
+        self.generation = device.generation  # of the device it was opened on
         self.role: Role | None = None
         self.node = Node.PRIMARY  # role drm: the device node it was opened on
         self.token = ""  # role drm: the secret a channel joins it by (HELLO.join)
@@ -165,9 +166,8 @@ class XeFile:
             self.host = None
         for region_id in list(self.mmio_regions):
             self.mmio_regions.pop(region_id).close()
-        if self.barrier_page is not None:
-            self.device.watcher.remove(self.barrier_page)
+        if self.barrier_page is not None:  # its mappings hold the device, not the file
             self.log.info("barrier_page_released", **self.barrier_page.summary())
-            self.barrier_page.close()
+            self.device.watcher.orphan(self.barrier_page)
             self.barrier_page = None
         self.device.files.discard(self)

@@ -56,6 +56,7 @@ OPENS_DESCRIPTORS = frozenset(
         Op.AUX_VM_RESOLVE,
         Op.XE_MMIO_REGION_OPEN,
         Op.HOST_MEMORY_REGISTER,
+        Op.UNPLUG_NOTICE,
     }
 )
 

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
-from collections.abc import Iterable
 from errno import EINVAL, ENOMEM
+from typing import TYPE_CHECKING
 
 import attrs
 
 from protocols.memfd import MAX_SHARED_SIZE, UnsafeMemory, check_memfd
 
 from .errors import IoctlError
+
+if TYPE_CHECKING:
+    from .device import XeDevice
 
 U64_MAX = (1 << 64) - 1
 
@@ -46,17 +50,20 @@ def unbacked() -> int:
     return create_backing("xe-unbacked", 0)
 
 
-def client_memory(fd: int, size: int, regions: Iterable[MemRegion]) -> bool:
+def client_memory(fd: int, size: int, device: XeDevice) -> bool:
     """Judge memory a client (or another daemon, through a dma-buf) hands us before
     anything maps it; return whether the descriptor allows a writable mapping.
 
     Refused with EINVAL, as the kernel refuses what is not memory it can use: what
     protocols.memfd refuses (a pipe, a file on disk, hugetlbfs, a memfd that could
-    shrink, fewer bytes than `size`, not readable), and a size beyond everything this
-    device could hold (and 2^47): such an object is never larger than an honest BO
-    could be, so it fills u64 counters and the fake-offset space no faster than one.
+    shrink, fewer bytes than `size`, not readable), a size that is not a multiple of
+    the device's page size, and a size beyond everything this device could hold (and
+    2^47): such an object is never larger than an honest BO could be, so it fills u64
+    counters and the fake-offset space no faster than one.
     """
-    limit = min(sum(region.total for region in regions), MAX_SHARED_SIZE)
+    limit = min(sum(region.total for region in device.regions.values()), MAX_SHARED_SIZE)
+    if size % device.page_size:
+        raise IoctlError(EINVAL, f"size {size:#x} is not a multiple of the page size")
     try:
         return check_memfd(fd, size, limit)
     except UnsafeMemory as exc:
@@ -68,6 +75,21 @@ def reported_bytes(total: int) -> int:
     is bounded, their number only by descriptors; a total past 2^64 must not make
     ADMIN_STATUS unencodable for everyone."""
     return min(total, U64_MAX)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+
+
+def punch_hole(fd: int, size: int) -> None:
+    """Give back every page of the memfd (it keeps its size): each mapping of it, in any
+    process, reads zeros from now on, and a write allocates a fresh page. Refused only
+    for write-sealed memory (EPERM), which the caller zeroes otherwise."""
+    if _libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, size) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
 def reopen_read_only(fd: int) -> int:

@@ -19,10 +19,10 @@ from protocols import messages as m
 from protocols.constants import (
     MAP_PRIVATE,
     MAP_SHARED,
-    PAGE_SIZE,
     PROT_EXEC,
     PROT_READ,
     PROT_WRITE,
+    SZ_4K,
     XE_PCI_BARRIER_MMAP_OFFSET,
 )
 from protocols.words import Words
@@ -40,7 +40,9 @@ _PROT_ALL = PROT_READ | PROT_WRITE | PROT_EXEC
 def xed_mmap_ioctl(xef: XeFile, args: m.XedMmap) -> tuple[m.XedMmapReply, list[int]]:
     """MMAP: map `length` bytes of the DRM file at fake `offset`.
 
-    Checks, in order (mmap(2), drm_gem_mmap, ttm_bo_mmap_obj):
+    Checks, in order (mmap(2), drm_gem_mmap, ttm_bo_mmap_obj), in pages of the host
+    page size the device follows ([device] page_size: mmap(2) maps whole pages, so the
+    length is rounded up to one before it is compared):
     - the daemon is down to its descriptor reserve (limits.descriptor_reserve): EMFILE
     - length zero or offset not page aligned: EINVAL
     - flags not exactly one of MAP_SHARED / MAP_PRIVATE: EINVAL
@@ -53,28 +55,33 @@ def xed_mmap_ioctl(xef: XeFile, args: m.XedMmap) -> tuple[m.XedMmapReply, list[i
 
     The PCI barrier offset (on a discrete device) goes to xe_pci_barrier_mmap()
     instead: length zero or more than 4096 bytes, a private mapping, or PROT_READ /
-    PROT_EXEC asked for: EINVAL. (On x86 a write-only
-    mapping still reads, which is how its 0xdeadbeef is seen.)
+    PROT_EXEC asked for: EINVAL. (On x86 a write-only mapping still reads, which is how
+    its 0xdeadbeef is seen.) With pages over 4 KiB no mapping of it is 4 KiB and xe's
+    offset test does not match: EINVAL (drm_gem_mmap finds no object there).
 
-    Answers with a fresh descriptor of the object's memory to map at reply.offset. For
+    Answers with a fresh descriptor of the object's memory to map at reply.offset (the
+    length asked for: the real host's pages are 4 KiB whatever the device follows). For
     VRAM the CPU cannot reach (outside a small BAR, XeBo.cpu_visible) that is an empty
     memfd: the mapping is made, and every access faults SIGBUS, as xe's fault handler
     answers.
     """
+    page = xef.device.page_size
     if args.offset == XE_PCI_BARRIER_MMAP_OFFSET and xef.device.config.vram_size:
+        refuse_if(page > SZ_4K, EINVAL, "no PCI barrier page with pages over 4 KiB")
         return _pci_barrier_mmap(xef, args)
-    refuse_if(not args.length or args.offset % PAGE_SIZE, EINVAL, "bad length or offset")
+    refuse_if(not args.length or args.offset % page, EINVAL, "bad length or offset")
+    length = -(-args.length // page) * page  # the vma's length
     refuse_if(args.flags not in (MAP_SHARED, MAP_PRIVATE), EINVAL, "need MAP_SHARED or MAP_PRIVATE")
     refuse_if(args.prot & ~_PROT_ALL, EINVAL, f"unknown prot bits {args.prot:#x}")
     node = xef.device.vma.exact(args.offset)
-    refuse_if(node is None or args.length > node.size, EINVAL, f"nothing maps at {args.offset:#x}")
+    refuse_if(node is None or length > node.size, EINVAL, f"nothing maps at {args.offset:#x}")
     assert node is not None
     refuse_if(not node.is_allowed(xef), EACCES, "offset belongs to another file")
     refuse_if(not getattr(node.obj, "mappable", True), EINVAL, "host memory is the client's own")
-    refuse_if(args.length > node.obj.size, EINVAL, "length larger than the object")
+    refuse_if(length > node.obj.size, EINVAL, "length larger than the object")
     refuse_if(args.flags == MAP_PRIVATE, EINVAL, "copy-on-write mappings are refused")
     refuse_if(
-        node.obj.exact_length and args.length != node.obj.size,
+        node.obj.exact_length and length != node.obj.size,
         EINVAL,
         f"an MMIO region maps whole: {node.obj.size} bytes",
     )
@@ -83,7 +90,7 @@ def xed_mmap_ioctl(xef: XeFile, args: m.XedMmap) -> tuple[m.XedMmapReply, list[i
 
 def _pci_barrier_mmap(xef: XeFile, args: m.XedMmap) -> tuple[m.XedMmapReply, list[int]]:
     refuse_if(not args.length, EINVAL, "length zero")
-    refuse_if(args.length > PAGE_SIZE, EINVAL, "the barrier page is 4096 bytes")
+    refuse_if(args.length > SZ_4K, EINVAL, "the barrier page is 4096 bytes")
     refuse_if(args.flags != MAP_SHARED, EINVAL, "the barrier page maps shared only")
     refuse_if(args.prot & (PROT_READ | PROT_EXEC), EINVAL, "the barrier page is write-only")
     if xef.barrier_page is None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import mmap
+import os
 import struct
 import time
 from errno import EBUSY, EINVAL, ENOENT, ENOSPC, EPERM
@@ -73,6 +74,9 @@ class Bar0:
 
     def __init__(self, config: DeviceConfig) -> None:
         pages = config.doorbell_pages
+        # a region maps whole host pages: with pages over 4 KiB ([device] page_size)
+        # the 4 KiB register blocks cannot be exposed on their own
+        self.page_size = config.page_size
         self.doorbell_count = pages - 1  # the last doorbell page is the PCI barrier page
         self.size = XE_BAR0_DOORBELL_OFFSET + pages * PAGE_SIZE
         self.layout = (
@@ -101,6 +105,7 @@ class Bar0:
             F_SEAL_FUTURE_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL,
         )
         self.info_users = 0
+        self.retired = False
         self._info_wanted = trio.Event()
         self._start = time.monotonic()
 
@@ -122,12 +127,13 @@ class Bar0:
                 count=self.doorbell_count if r.access == XE_MMIO_ACCESS_PER_FILE else 1,
             )
             for r in self.layout
-            if r.exposable
+            if r.exposable and not (r.offset % self.page_size or r.size % self.page_size)
         )
 
     def exposable(self, offset: int, size: int) -> BarRange:
         """The region [offset, offset+size) names, checked as the proposal says."""
-        refuse_if(not size or offset % PAGE_SIZE or size % PAGE_SIZE, EINVAL, "unaligned region")
+        page = self.page_size
+        refuse_if(not size or offset % page or size % page, EINVAL, "unaligned region")
         refuse_if(offset + size > self.size, EINVAL, "beyond BAR0")
         for r in self.layout:
             refuse_if(
@@ -148,6 +154,22 @@ class Bar0:
         self._free_doorbells.append(index)
         self._free_doorbells.sort()
 
+    def retire(self) -> None:
+        """The device is unplugged: the info block reads zeros in every mapping (it is
+        sealed against hole punching: zeroed through the daemon's own mapping) and its
+        timestamp stops. A replugged device has a BAR0 of its own."""
+        self.retired = True
+        self.info[:] = bytes(len(self.info))
+        self._info_wanted.set()  # the timestamp task sees it retired and ends
+        if not self.info_users:
+            self._close_info()
+
+    def _close_info(self) -> None:
+        """The daemon's own hold on a retired info block: clients' mappings keep theirs."""
+        self.info_words.release()
+        self.info.close()
+        os.close(self.info_memfd)
+
     # --- the free-running timestamp, kept moving while anyone has the info block open ---
     def info_opened(self) -> None:
         self.info_users += 1
@@ -155,12 +177,15 @@ class Bar0:
 
     def info_closed(self) -> None:
         self.info_users -= 1
+        if self.retired and not self.info_users:
+            self._close_info()
 
     async def run_timestamp(self) -> None:
-        while True:
+        while not self.retired:
             if not self.info_users:
                 self._info_wanted = trio.Event()
                 await self._info_wanted.wait()
+                continue
             ticks = int((time.monotonic() - self._start) * REFERENCE_CLOCK_HZ)
             self.info_words.store_u64(XE_INFO_TIMESTAMP, ticks)  # readers never see half of it
             await trio.sleep(TIMESTAMP_PERIOD)
@@ -177,25 +202,26 @@ class XeMmioRegion:
         self.size = bar.size
         self.doorbell: DoorbellPage | None = None
         device = xef.device
+        self.bar0 = device.bar0  # the device's, even after it is unplugged and replaced
         if bar.access == XE_MMIO_ACCESS_PER_FILE:
-            index = device.bar0.take_doorbell()
+            index = self.bar0.take_doorbell()
             try:
                 self.doorbell = DoorbellPage(xef, index)
             except OSError:  # out of descriptors or memory: the page is free for another
-                device.bar0.give_back_doorbell(index)
+                self.bar0.give_back_doorbell(index)
                 raise
             self.bar_offset = bar.offset + index * PAGE_SIZE
             device.watcher.add(self.doorbell)
         else:
             self.bar_offset = bar.offset
-            device.bar0.info_opened()
+            self.bar0.info_opened()
         self.node = device.vma.add(self, self.size)
         self.node.allow(xef)
         self.id = 0
 
     @property
     def memfd(self) -> int:
-        return self.doorbell.memfd if self.doorbell else self.file.device.bar0.info_memfd
+        return self.doorbell.memfd if self.doorbell else self.bar0.info_memfd
 
     def mmap_fd(self) -> int:
         """What a client maps: the read-only block only ever as an O_RDONLY descriptor."""
@@ -215,10 +241,10 @@ class XeMmioRegion:
             device.watcher.remove(self.doorbell)
             if revoke:
                 self.doorbell.revoke()
-            device.bar0.give_back_doorbell(self.doorbell.bar_index)
+            self.bar0.give_back_doorbell(self.doorbell.bar_index)
             self.doorbell.close()
         else:
-            device.bar0.info_closed()
+            self.bar0.info_closed()
 
 
 def xe_mmio_region_open_ioctl(
@@ -229,7 +255,9 @@ def xe_mmio_region_open_ioctl(
     Checks, in order:
     - the daemon is down to its descriptor reserve (limits.descriptor_reserve): ENOMEM
     - extensions, pad or reserved non-zero, or flags non-zero: EINVAL
-    - bar_offset or size zero or not page aligned, or beyond BAR0: EINVAL
+    - bar_offset or size zero or not aligned to the host page ([device] page_size: with
+      64 KiB pages no 4 KiB block is exposable, and the query lists none), or beyond
+      BAR0: EINVAL
     - the range touches a never-exposable register (irq status, GT control): EPERM
     - not exactly a region DEVICE_QUERY(MMIO_REGIONS) lists: EINVAL
     - the doorbell region when this file already has its page: EBUSY

@@ -4,11 +4,21 @@ The CPU writes these pages directly; nothing tells the daemon. A device task loo
 every watched page, quickly while there are writes and more and more slowly while there
 are none (so an idle daemon with many pages mapped costs next to nothing), and acts on
 what it finds. Each page belongs to one file and is acted upon for that file only.
+
+A barrier page outlives its file: the kernel's mapping holds the device, not the file
+(and is inherited across fork), so after the last close it still reads 0xdeadbeef and
+swallows writes. The page is watched on, its barriers counted for the device only,
+until no process maps it any more. Whether one does, the kernel tells cheaply: clients
+are handed a file of their own on the page (a second open of the memfd, which every
+descriptor and every mapping made from it keeps alive), and a write lease on it is
+granted only once no such file is left (F_SETLEASE checks the inode's open files, not
+descriptors). Where leases are not to be had, the page is kept until the device goes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import mmap
 import os
@@ -27,7 +37,7 @@ from protocols.constants import (
 )
 from protocols.words import Words
 
-from .memory import create_backing
+from .memory import create_backing, punch_hole
 
 if TYPE_CHECKING:
     from .device import XeDevice
@@ -36,6 +46,8 @@ if TYPE_CHECKING:
 _log = structlog.get_logger("xed")
 FAST_LOOK = 0.001  # seconds between looks while writes keep coming
 SLOW_LOOK = 0.05  # the most an idle page waits to be looked at
+ORPHAN_SWEEP = 1.0  # seconds between asking whether closed files' pages are still mapped
+F_SETLEASE = getattr(fcntl, "F_SETLEASE", 1024)
 _IDLE_PAGE = struct.pack("<I", PCI_BARRIER_IDLE) * (PAGE_SIZE // 4)
 _ZERO_PAGE = bytes(PAGE_SIZE)
 _SEQ_HALF = (PCI_BARRIER_SEQ_MASK + 1) // 2
@@ -57,16 +69,11 @@ class WatchedPage:
             os.close(self.memfd)
             raise
         self.view[:] = fill
-        self._fill = fill
         self.words = Words(self.view)
 
     def look(self, now: float, since: float) -> bool:
         """Act on whatever was written since the last look; True if anything was."""
         raise NotImplementedError
-
-    def forget(self) -> None:
-        """Writes made while the device was unplugged went nowhere: drop them unseen."""
-        self.view[:] = self._fill
 
     def mmap_fd(self) -> int:
         return os.dup(self.memfd)
@@ -84,9 +91,48 @@ class BarrierPage(WatchedPage):
 
     def __init__(self, xef: XeFile) -> None:
         super().__init__(xef, _IDLE_PAGE)
+        try:
+            self._handout: int | None = _reopen_writable(self.memfd)
+        except OSError:
+            super().close()
+            raise
         self.count = 0
         self._last_seq = 0
         self.ack_bounds: list[float] = []  # write-to-restore latency, upper bounds (s)
+
+    def mmap_fd(self) -> int:
+        assert self._handout is not None, "no new mapping of a closed file's page"
+        return os.dup(self._handout)
+
+    @property
+    def orphaned(self) -> bool:
+        """Its file is closed: only mappings made before (and inherited) remain."""
+        return self._handout is None
+
+    def orphan(self) -> None:
+        """The file closed: no new mapping can be made, existing ones go on."""
+        if self._handout is not None:
+            os.close(self._handout)
+            self._handout = None
+
+    def still_mapped(self) -> bool:
+        """Whether any process may still map the page (True when the kernel cannot say)."""
+        probe = os.open(f"/proc/self/fd/{self.memfd}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.fcntl(probe, F_SETLEASE, fcntl.F_WRLCK)
+        except OSError as exc:
+            if exc.errno != errno.EAGAIN:  # leases disabled: keep it until the device goes
+                _log.debug("barrier_page_lease_refused", errno=exc.errno)
+            return True
+        else:
+            fcntl.fcntl(probe, F_SETLEASE, fcntl.F_UNLCK)
+            return False
+        finally:
+            os.close(probe)
+
+    def close(self) -> None:
+        self.orphan()
+        super().close()
 
     def look(self, now: float, since: float) -> bool:
         data = self.view[:]
@@ -117,12 +163,6 @@ class BarrierPage(WatchedPage):
                 self.ack_bounds.append(now - since)
         return True
 
-    def forget(self) -> None:
-        word0 = self.words.load_u32(0)
-        if word0 & ~PCI_BARRIER_SEQ_MASK == PCI_BARRIER_SEQ_TAG:
-            self._last_seq = word0 & PCI_BARRIER_SEQ_MASK  # later numbers count from here
-        super().forget()
-
     def summary(self) -> dict[str, float]:
         bounds = sorted(self.ack_bounds) or [0.0]
         return {
@@ -130,6 +170,17 @@ class BarrierPage(WatchedPage):
             "ack_p50_us": round(bounds[len(bounds) // 2] * 1e6, 1),
             "ack_p99_us": round(bounds[min(len(bounds) - 1, int(len(bounds) * 0.99))] * 1e6, 1),
         }
+
+
+def _reopen_writable(memfd: int) -> int:
+    """A second open file of the memfd, for clients: the one a lease can see. (The memfd
+    is made read-only to reopen, so that a descriptor handed out never reopens with more
+    than it was given; this reopen comes before anyone holds one.)"""
+    os.fchmod(memfd, 0o600)
+    try:
+        return os.open(f"/proc/self/fd/{memfd}", os.O_RDWR | os.O_CLOEXEC)
+    finally:
+        os.fchmod(memfd, 0o400)
 
 
 class DoorbellPage(WatchedPage):
@@ -169,9 +220,6 @@ class DoorbellPage(WatchedPage):
         _pwrite(self.memfd, bytes(4))
         return True
 
-    def forget(self) -> None:
-        _pwrite(self.memfd, _ZERO_PAGE)
-
     def revoke(self) -> None:
         """The region is closed: every mapping of the page faults from now on."""
         os.ftruncate(self.memfd, 0)
@@ -202,9 +250,9 @@ class PageWatcher:
     def __init__(self, device: XeDevice) -> None:
         self.device = device
         self.pages: set[WatchedPage] = set()
-        self.paused = False  # unplugged: writes go nowhere
         self._wake = trio.Event()
         self.looks = 0
+        self._next_sweep = 0.0
 
     def add(self, page: WatchedPage) -> None:
         self.pages.add(page)
@@ -213,23 +261,41 @@ class PageWatcher:
     def remove(self, page: WatchedPage) -> None:
         self.pages.discard(page)
 
-    def resume(self) -> None:
-        for page in self.pages:
-            page.forget()
-        self.paused = False
-        self._wake.set()
+    def orphan(self, page: BarrierPage) -> None:
+        """Its file closed: watched on while any process maps it (see the module)."""
+        page.orphan()
+        # a process that died has unmapped everything before its descriptors close: its
+        # page goes at once; one still mapped waits for a sweep
+        if page not in self.pages or not page.still_mapped():
+            self.pages.discard(page)
+            page.close()
+
+    def _sweep(self) -> None:
+        """Let go of closed files' pages nobody maps any more."""
+        for page in [p for p in self.pages if isinstance(p, BarrierPage) and p.orphaned]:
+            if not page.still_mapped():
+                self.pages.discard(page)
+                page.file.log.debug("barrier_page_unmapped", **page.summary())
+                page.close()
+
+    def unplug(self) -> None:
+        """drm_dev_unplug: every page is emptied (it reads zeros in every mapping) and
+        never looked at again; closed files' pages go now (see unplug.py)."""
+        pages, self.pages = self.pages, set()
+        for page in pages:
+            punch_hole(page.memfd, PAGE_SIZE)
+            if isinstance(page, BarrierPage) and page.orphaned:
+                page.close()
 
     async def run(self) -> None:
         interval = SLOW_LOOK
         last = time.monotonic()
         while True:
-            if not self.pages or self.paused:
+            if not self.pages:
                 self._wake = trio.Event()
                 await self._wake.wait()
                 last = time.monotonic()
             await trio.sleep(interval)
-            if self.paused:  # unplugged while we slept: look at nothing
-                continue
             now = time.monotonic()
             busy = False
             for page in list(self.pages):
@@ -240,9 +306,14 @@ class PageWatcher:
                     self._crashed(page)
             self.looks += 1
             last = now
+            if now >= self._next_sweep:
+                self._next_sweep = now + ORPHAN_SWEEP
+                self._sweep()
             interval = FAST_LOOK if busy else min(interval * 2, SLOW_LOOK)
 
     def _crashed(self, page: WatchedPage) -> None:
         self.pages.discard(page)
+        if isinstance(page, BarrierPage) and page.orphaned:
+            page.close()
         self.device.stats["task_crashes"] += 1
         page.file.log.exception("task_crashed", task="page_watcher", page=page.kind)

@@ -17,7 +17,7 @@ from protocols.constants import (
     DRM_XE_MEM_REGION_CLASS_VRAM,
     DRM_XE_QUERY_CONFIG_FLAG_HAS_VRAM,
     DRM_XE_QUERY_GT_TYPE_MAIN,
-    PAGE_SIZE,
+    SZ_4K,
     Query,
 )
 
@@ -44,7 +44,7 @@ def _mem_regions(xe: XeDevice) -> m.DrmXeDeviceQueryReply:
         m.DrmXeMemRegion(
             mem_class=r.mem_class,
             instance=r.instance,
-            min_page_size=PAGE_SIZE,
+            min_page_size=xe.page_size,  # PAGE_SIZE: the host's
             total_size=r.total,
             used=r.used,
             cpu_visible_size=r.cpu_visible if r.mem_class == DRM_XE_MEM_REGION_CLASS_VRAM else 0,
@@ -63,7 +63,7 @@ def _config(xe: XeDevice) -> m.DrmXeDeviceQueryReply:
     info = (
         cfg.device_id | cfg.revision << 16,
         flags,
-        PAGE_SIZE,
+        SZ_4K,  # MIN_ALIGNMENT: the GPU's (SZ_64K only for NEED64K VRAM)
         cfg.va_bits,
         XE_MAX_EXEC_QUEUE_PRIORITY,
     )

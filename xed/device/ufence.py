@@ -27,7 +27,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable
-from errno import EINVAL, EIO, ENOENT, ENOMEM, ETIME
+from errno import EINVAL, EIO, ENODEV, ENOENT, ENOMEM, ETIME
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -161,6 +161,12 @@ class UfenceWaiters:
             if waiter in self.parked and waiter.passes(value):
                 self._wake(waiter)
 
+    def unplugged(self) -> None:
+        """drm_dev_unplug: the device will never write a fence again; every parked
+        waiter wakes and answers ENODEV."""
+        for waiter in list(self.parked):
+            self._wake(waiter)
+
     def queue_reset(self, queue: XeExecQueue) -> None:
         """A queue was banned: its waiters answer EIO unless their value is there."""
         for waiter in [w for w in self.parked if w.queue is queue]:
@@ -229,7 +235,8 @@ async def xe_wait_user_fence_ioctl(
     mapping of a foreign import that faults (imported_mmap = "xe"): EFAULT; the BO
     behind it cannot be mapped by the daemon: ENOMEM if it is out of descriptors or
     memory, else EFAULT (mmap.py); the test passes: done; the queue was reset (banned):
-    EIO; the timeout passed: ETIME.
+    EIO; the timeout passed: ETIME; the device was unplugged while it slept (it will
+    never write the fence): ENODEV.
     Before it first sleeps: this file has limits.fence_waits waits asleep already:
     ENOMEM (the kernel has no such limit; ENOMEM is this daemon's answer to a client
     past any of its [limits]; a wait that need not sleep never meets it).
@@ -274,6 +281,7 @@ async def xe_wait_user_fence_ioctl(
                 waiter = parking
             until = math.inf if deadline is None else trio.current_time() + (deadline - now) / 1e9
             await waiters.park(waiter, until)
+            refuse_if(xef.device.is_gone(xef.generation), ENODEV, "the device was unplugged")
     finally:
         if waiter is not None:
             waiters.remove(waiter)

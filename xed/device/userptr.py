@@ -137,7 +137,8 @@ def host_memory_register_ioctl(
     Checks, in order (memory.client_memory: the kernel has no such ioctl, and EINVAL is
     its answer to an argument it cannot use):
     - the daemon is down to its descriptor reserve (limits.descriptor_reserve): ENOMEM
-    - size zero, not page aligned, or beyond what the device could hold: EINVAL
+    - size zero, not page aligned ([device] page_size), or beyond what the device could
+      hold: EINVAL
     - the descriptor is not a memfd on shmem (a pipe, a socket, a file on disk, a
       hugetlbfs memfd), or not sealed F_SEAL_SHRINK (the client could truncate it under
       the daemon's mapping: SIGBUS): EINVAL
@@ -147,7 +148,7 @@ def host_memory_register_ioctl(
     - this file registered its host memory already: EBUSY
     """
     (fd,) = fds
-    writable = client_memory(fd, args.size, xef.device.regions.values())
+    writable = client_memory(fd, args.size, xef.device)
     refuse_if(os.fstat(fd).st_size != args.size, EINVAL, "size is not the memfd's size")
     refuse_if(not writable, EINVAL, "host memory is mapped writable: a read-only descriptor")
     refuse_if(xef.host is not None, EBUSY, "host memory is registered once per connection")

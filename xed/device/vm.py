@@ -313,8 +313,9 @@ def xe_vm_destroy_ioctl(xef: XeFile, args: m.DrmXeVmDestroy) -> m.Empty:
     return m.Empty()
 
 
-def _check_bind_op(op: m.DrmXeVmBindOp) -> None:
-    """vm_bind_ioctl_check_args() for one bind: EINVAL for every malformed combination."""
+def _check_bind_op(op: m.DrmXeVmBindOp, page: int) -> None:
+    """vm_bind_ioctl_check_args() for one bind: EINVAL for every malformed combination
+    (alignment: to `page`, the host page size the device follows, as PAGE_MASK is)."""
     is_null = op.flags & DRM_XE_VM_BIND_FLAG_NULL
     refuse_if(op.extensions or op.pad or op.pad2 or any(op.reserved), EINVAL, "bind MBZ")
     refuse_if(op.pat_index >= XE_PAT_ENTRIES, EINVAL, f"pat_index {op.pat_index}")
@@ -335,7 +336,7 @@ def _check_bind_op(op: m.DrmXeVmBindOp) -> None:
     refuse_if(op.obj and op.op == DRM_XE_VM_BIND_OP_MAP_USERPTR, EINVAL, "MAP_USERPTR takes no obj")
     refuse_if(op.op == DRM_XE_VM_BIND_OP_PREFETCH, EINVAL, "PREFETCH is not emulated")
     refuse_if(
-        op.obj_offset % PAGE_SIZE or op.addr % PAGE_SIZE or op.range % PAGE_SIZE,
+        op.obj_offset % page or op.addr % page or op.range % page,
         EINVAL,
         "obj_offset, addr and range must be page aligned",
     )
@@ -368,7 +369,8 @@ def xe_vm_bind_ioctl(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
     - extensions, pad, pad2 or reserved non-zero: EINVAL
     - more than XE_MAX_BINDS_PER_IOCTL binds: EINVAL (none at all is a sync-only bind)
     - each bind: MBZ fields, pat_index, op, flags, obj/NULL/op combinations: EINVAL;
-      PREFETCH: EINVAL (not emulated); alignment, zero range: EINVAL
+      PREFETCH: EINVAL (not emulated); addr, range or obj_offset not a multiple of the
+      page size ([device] page_size), zero range: EINVAL
     - exec_queue_id non-zero (bind queues are not emulated): EINVAL
     - VM closed or banned: ENOENT
     - each bind: range beyond the VM: EINVAL
@@ -387,7 +389,7 @@ def xe_vm_bind_ioctl(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
     refuse_if(args.extensions, EINVAL, "extensions must be zero")
     refuse_if(len(args.binds) > XE_MAX_BINDS_PER_IOCTL, EINVAL, "too many binds")
     for op in args.binds:
-        _check_bind_op(op)
+        _check_bind_op(op, xef.device.page_size)
     refuse_if(args.exec_queue_id, EINVAL, "bind exec queues are not emulated")
     refuse_if(vm.closed or vm.banned, ENOENT, f"VM {args.vm_id} is closed or banned")
     bos: list[XeBo | None] = []

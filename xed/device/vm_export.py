@@ -253,7 +253,7 @@ def aux_vm_import_ioctl(
     Checks, in order:
     - flags or reserved non-zero: EINVAL
     - not an exported VM of this daemon (a dma-buf, any other file, another daemon's
-      VM descriptor): EINVAL
+      VM descriptor): EINVAL; one of a device since unplugged (unplug.py): ENODEV
     - the VM is closed or banned: ENOENT
     - on_behalf_of_pid is not the process that exported the VM: EPERM
     - this aux connection has registered it already: EEXIST

@@ -12,10 +12,9 @@ from typing import Any
 
 import attrs
 
-from protocols.constants import PAGE_SIZE
-
-# DRM_FILE_PAGE_OFFSET_START on 64-bit: above anything a real file offset would use
-FIRST_OFFSET = ((0xFFFF_FFFF >> 12) + 1) * PAGE_SIZE
+# DRM_FILE_PAGE_OFFSET_START on 64-bit: 0xFFFFFFFF >> PAGE_SHIFT + 1 pages, above
+# anything a real file offset would use (the same 4 GiB for 4 KiB and 64 KiB pages)
+FIRST_OFFSET = 1 << 32
 
 
 @attrs.define(eq=False)
@@ -41,7 +40,10 @@ class VmaNode:
 
 
 class VmaOffsetManager:
-    def __init__(self) -> None:
+    """Offsets and node sizes in pages of the (emulated) host page size."""
+
+    def __init__(self, page_size: int) -> None:
+        self.page_size = page_size
         self._next = FIRST_OFFSET
         self._starts: list[int] = []
         self._nodes: dict[int, VmaNode] = {}
@@ -50,10 +52,10 @@ class VmaOffsetManager:
         return len(self._nodes)
 
     def add(self, obj: Any, size: int) -> VmaNode:
-        pages = -(-size // PAGE_SIZE)
-        node = VmaNode(start=self._next, size=pages * PAGE_SIZE, obj=obj)
+        pages = -(-size // self.page_size)
+        node = VmaNode(start=self._next, size=pages * self.page_size, obj=obj)
         # a one-page guard between nodes: an overrun never lands in the next object
-        self._next += (pages + 1) * PAGE_SIZE
+        self._next += (pages + 1) * self.page_size
         self._starts.append(node.start)  # allocation is monotonic: stays sorted
         self._nodes[node.start] = node
         return node
@@ -63,6 +65,9 @@ class VmaOffsetManager:
         index = bisect.bisect_left(self._starts, node.start)
         del self._starts[index]
         node.allowed.clear()
+
+    def nodes(self) -> list[VmaNode]:
+        return list(self._nodes.values())
 
     def exact(self, offset: int) -> VmaNode | None:
         """The node starting at `offset` (drm_vma_offset_exact_lookup_locked)."""

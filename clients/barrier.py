@@ -1,0 +1,76 @@
+"""The PCI barrier page as the library uses it: one 4-byte store per barrier.
+
+Each store is `PCI_BARRIER_SEQ_TAG | n`, n a running number, so the device counts every
+barrier made between two of its looks (it counts how far n moved). The mapping is
+inherited across fork, as the kernel's is (no VM_DONTCOPY), and a child's barriers count
+for the same file: so the running number lives in a page of its own shared with every
+child (MAP_SHARED, anonymous), and once the process has forked it is advanced with an
+atomic add (protocols.futex), never read-then-written, so that two processes never go
+backwards. Whoever adds then stores the number as it reads it afterwards, which may be
+another's later number: a number stored twice counts once, a lower one not at all, and
+the highest one stored covers every add before it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import time
+
+from protocols import futex
+from protocols.constants import (
+    PAGE_SIZE,
+    PCI_BARRIER_IDLE,
+    PCI_BARRIER_SEQ_MASK,
+    PCI_BARRIER_SEQ_TAG,
+)
+
+from .mapping import Mapping
+
+_SCRATCH = 64  # the futex FUTEX_WAKE_OP names beside the counter; nobody waits there
+_state = {"forked": False}
+
+
+def _forking() -> None:
+    # from now on parent and child may add at once (set in both, before the fork)
+    _state["forked"] = True
+
+
+os.register_at_fork(before=_forking)
+
+
+class PciBarrier:
+    """The barrier page mapped write-only, and the running number of its stores."""
+
+    def __init__(self, page: Mapping) -> None:
+        self.page = page
+        self._store = page.words.u32
+        self._shared = mmap.mmap(-1, PAGE_SIZE, mmap.MAP_SHARED)
+        self._counter = ctypes.c_uint32.from_buffer(self._shared)
+        self._address = ctypes.addressof(self._counter)
+
+    @property
+    def written(self) -> int:
+        """Barriers stored by this process and every child sharing the page with it."""
+        return int(self._counter.value)
+
+    def store(self) -> None:
+        """One barrier: one store to the page."""
+        if _state["forked"]:
+            futex.atomic_add(self._address, 1, self._address + _SCRATCH)
+            seq = self._counter.value
+        else:
+            seq = self._counter.value = (self._counter.value + 1) & 0xFFFF_FFFF
+        self._store[0] = PCI_BARRIER_SEQ_TAG | seq & PCI_BARRIER_SEQ_MASK
+
+    def drain(self, attempts: int = 3) -> None:
+        """Make sure the device has seen the last barrier: repeat it (a repeated number
+        counts once) and wait for the page to read 0xdeadbeef again."""
+        seq = self._counter.value
+        if not seq:
+            return
+        for _ in range(attempts):
+            self.page.write_u32(0, PCI_BARRIER_SEQ_TAG | seq & PCI_BARRIER_SEQ_MASK)
+            while self.page.read_u32(0) != PCI_BARRIER_IDLE:
+                time.sleep(0.0005)

@@ -1,0 +1,183 @@
+"""The PCI barrier page's mapping holds the device, not the file (xe maps it without
+VM_DONTCOPY and its vma holds the drm_device): after the file is closed the page still
+reads 0xdeadbeef and swallows writes, until no process maps it; across fork the child's
+barriers work and count for the file, as many as were made, from parent and child at
+once.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable
+from typing import Any
+
+from conftest import baseline, spawn_client
+
+from clients import Device
+from clients.daemon import DaemonProcess
+
+TIMEOUT = 10.0
+
+
+def wait_until(predicate: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
+    """Poll `predicate` in short steps until it is truthy (bounded); return its value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+def _line(proc: subprocess.Popen[str]) -> Any:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        _, err = proc.communicate(timeout=30)
+        raise AssertionError(f"client failed:\n{err}")
+    return json.loads(line)
+
+
+def _send(proc: subprocess.Popen[str], line: str) -> None:
+    assert proc.stdin is not None
+    proc.stdin.write(line + "\n")
+    proc.stdin.flush()
+
+
+def _finish(proc: subprocess.Popen[str]) -> None:
+    try:
+        _, err = proc.communicate("\n", timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, f"client failed:\n{err}"
+
+
+def listed(admin: Device, client_id: int) -> bool:
+    return any(c.client_id == client_id for c in admin.admin_clients())
+
+
+def barriers_of(admin: Device, client_id: int) -> int:
+    (info,) = [c for c in admin.admin_clients() if c.client_id == client_id]
+    return info.barriers
+
+
+# Maps the barrier page, makes one barrier, closes the DRM file and waits for "go"; then
+# writes one word of the page and reports whether it came back to 0xdeadbeef; at
+# "unmap" unmaps the page.
+AFTER_CLOSE = """
+import time
+from protocols.constants import PAGE_SIZE, PCI_BARRIER_IDLE, PROT_WRITE
+
+def until_idle(page, index, timeout=10):
+    end = time.monotonic() + timeout
+    while page.read_u32(4 * index) != PCI_BARRIER_IDLE:
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.001)
+    return True
+
+page = dev.mmap(dev.pci_barrier_offset(), PAGE_SIZE, PROT_WRITE)
+page.write_u32(0, 1)
+assert until_idle(page, 0)
+print(json.dumps(dev.client_id), flush=True)
+dev.close()
+sys.stdin.readline()
+out = {"idle": [page.read_u32(4 * i) for i in range(PAGE_SIZE // 4)] == [PCI_BARRIER_IDLE] * 1024}
+page.write_u32(4 * 9, 0x0BADF00D)
+out["restored"] = until_idle(page, 9)
+print(json.dumps(out), flush=True)
+sys.stdin.readline()
+page.close()
+print(json.dumps("unmapped"), flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_barrier_page_after_close_reads_deadbeef_and_swallows_writes(
+    fresh_daemon: DaemonProcess,
+) -> None:
+    """After the DRM file is closed (the daemon released it), a mapping made before still
+    reads 0xdeadbeef and a write to it is swallowed (the word reads 0xdeadbeef again),
+    counted for the device; once unmapped, the daemon lets the page go."""
+    before = baseline(fresh_daemon)
+    proc = spawn_client(fresh_daemon.socket_path, AFTER_CLOSE)
+    try:
+        client_id = _line(proc)
+        with Device.open(fresh_daemon.socket_path, role="admin") as admin:
+            wait_until(lambda: not listed(admin, client_id), "the file to be released")
+            counted = admin.admin_status().barriers
+            assert counted == 1
+            _send(proc, "go")
+            assert _line(proc) == {"idle": True, "restored": True}
+            wait_until(lambda: admin.admin_status().barriers == 2, "the write counted")
+        _send(proc, "unmap")
+        assert _line(proc) == "unmapped"
+        wait_until(lambda: baseline(fresh_daemon) == before, "the page to be let go")
+    finally:
+        _finish(proc)
+
+
+def test_barrier_page_of_a_process_that_died_goes_with_it(fresh_daemon: DaemonProcess) -> None:
+    """A process that maps the barrier page and exits without closing anything leaves
+    nothing behind in the daemon (its mappings went with it)."""
+    before = baseline(fresh_daemon)
+    code = "dev.pci_barrier()\ndev.pci_barrier_drain()\nprint(json.dumps(1), flush=True)\n"
+    proc = spawn_client(fresh_daemon.socket_path, code)
+    _line(proc)
+    _finish(proc)
+    wait_until(lambda: baseline(fresh_daemon) == before, "the page to be let go")
+
+
+# Makes `argv[0]` barriers, forks; the child makes `argv[1]` and drains, the parent makes
+# `argv[2]` meanwhile (both at once), waits for the child, drains; reports.
+FORKED = """
+import os
+before, in_child, in_parent = (int(a) for a in argv[:3])
+for _ in range(before):
+    dev.pci_barrier()
+pid = os.fork()
+if pid == 0:
+    try:
+        for _ in range(in_child):
+            dev.pci_barrier()
+        dev.pci_barrier_drain()
+    finally:
+        os._exit(0)
+for _ in range(in_parent):
+    dev.pci_barrier()
+_, status = os.waitpid(pid, 0)
+dev.pci_barrier_drain()
+print(json.dumps({"client_id": dev.client_id, "child_status": status,
+                  "written": dev.barriers_written}), flush=True)
+sys.stdin.readline()
+"""
+
+
+def run_forked(daemon: DaemonProcess, before: int, in_child: int, in_parent: int) -> None:
+    proc = spawn_client(daemon.socket_path, FORKED, str(before), str(in_child), str(in_parent))
+    try:
+        out = _line(proc)
+        total = before + in_child + in_parent
+        assert out["child_status"] == 0, "the child died of its barriers"
+        assert out["written"] == total
+        with Device.open(daemon.socket_path, role="admin") as admin:
+            assert barriers_of(admin, out["client_id"]) == total
+    finally:
+        _finish(proc)
+
+
+def test_forked_child_barriers_count_for_the_file(fresh_daemon: DaemonProcess) -> None:
+    """A child forked after the barrier page was mapped makes barriers through the
+    inherited mapping (no crash) and every one counts for the file: 300 + 500 + 0."""
+    run_forked(fresh_daemon, 300, 500, 0)
+
+
+def test_parent_and_child_barriers_at_once_count_exactly(fresh_daemon: DaemonProcess) -> None:
+    """Parent and child storing barriers at the same time: the running number never goes
+    backwards, so the device counts exactly 10 + 20 000 + 20 000."""
+    run_forked(fresh_daemon, 10, 20_000, 20_000)
