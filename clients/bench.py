@@ -403,8 +403,8 @@ def bench_rdma(socket_path: Path | None, repeats: int, spread: bool = False) -> 
             ratio = 0.0
             length = 4096
             rows = []
-            src = memoryview(maps[0].mm)
-            dst = memoryview(maps[1].mm)
+            src = memoryview(maps[0])
+            dst = memoryview(maps[1])
             while length <= size:
 
                 def rdma(n: int = length) -> None:

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import mmap
 import os
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
@@ -37,6 +38,7 @@ from protocols.constants import (
     DRM_RDWR,
     DRM_XE_GEM_CPU_CACHING_WB,
     DRM_XE_GEM_CPU_CACHING_WC,
+    DRM_XE_MEM_REGION_CLASS_VRAM,
     DRM_XE_MMAP_OFFSET_FLAG_PCI_BARRIER,
     DRM_XE_SYNC_FLAG_SIGNAL,
     DRM_XE_SYNC_TYPE_USER_FENCE,
@@ -58,7 +60,7 @@ from . import unplug
 from .barrier import PciBarrier
 from .errors import XeError
 from .host_memory import HostMemory
-from .mapping import Mapping, map_shared
+from .mapping import Mapping
 from .rpc import RpcConnection
 from .transport import SeqpacketTransport, unreachable
 
@@ -73,6 +75,20 @@ def user_fence(addr: int, value: int) -> m.DrmXeSync:
         addr=addr,
         timeline_value=value,
     )
+
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"{old} is deprecated: use {new}", DeprecationWarning, stacklevel=3)
+
+
+def _renamed(deprecated: dict[str, int], where: str, size: int | None) -> int | None:
+    """`size`, or what a caller still passes as `range=` (which shadows a builtin)."""
+    if set(deprecated) - {"range"}:
+        raise TypeError(f"{where}() got unexpected keywords {sorted(deprecated)}")
+    if "range" in deprecated:
+        warnings.warn(f"{where}(range=) is deprecated: use size=", DeprecationWarning, stacklevel=3)
+        return deprecated["range"]
+    return size
 
 
 class Device:
@@ -180,23 +196,58 @@ class Device:
     def engines(self) -> tuple[m.DrmXeEngine, ...]:
         return self.query(Query.ENGINES).engines
 
+    def placement(self, *names: str) -> int:
+        """GEM_CREATE.placement for memory regions by name: "system", "vram0", "vram1"...,
+        or "vram" for every VRAM region; KeyError for a region this device lacks."""
+        bits = {}
+        for region in self.mem_regions():
+            vram = region.mem_class == DRM_XE_MEM_REGION_CLASS_VRAM
+            bits[f"vram{region.instance - 1}" if vram else "system"] = 1 << region.instance
+        mask = 0
+        for name in names:
+            if name == "vram":
+                mask |= sum(bit for key, bit in bits.items() if key.startswith("vram"))
+            else:
+                mask |= bits[name]
+        if not mask:
+            raise KeyError(f"no memory region {', '.join(names)} on this device")
+        return mask
+
+    def alignment(self, placement: int = XE_PLACEMENT_SYSMEM) -> int:
+        """What a BO's size and its GPU addresses must be multiples of for `placement`:
+        the largest min_page_size of its regions (DEVICE_QUERY MEM_REGIONS)."""
+        sizes = [r.min_page_size for r in self.mem_regions() if placement & 1 << r.instance]
+        if not sizes:
+            raise ValueError(f"placement {placement:#x} names no region of this device")
+        return max(sizes)
+
     # --- buffer objects ---------------------------------------------------------------------
     def gem_create(
         self,
         size: int,
         placement: int = XE_PLACEMENT_SYSMEM,
         flags: int = 0,
-        vm: int = 0,
+        vm_id: int = 0,
         cpu_caching: int | None = None,
+        *,
+        vm: int | None = None,
     ) -> int:
-        """Create a BO; cpu_caching defaults to WB in system memory only, WC otherwise."""
+        """Create a BO; cpu_caching defaults to WB in system memory only, WC otherwise.
+        `vm_id` makes it private to that VM (`vm=` is the deprecated spelling)."""
+        if vm is not None:
+            _deprecated("gem_create(vm=)", "vm_id=")
+            vm_id = vm
         if cpu_caching is None:
             sysmem_only = placement == XE_PLACEMENT_SYSMEM
             cpu_caching = DRM_XE_GEM_CPU_CACHING_WB if sysmem_only else DRM_XE_GEM_CPU_CACHING_WC
         reply: m.DrmXeGemCreateReply = self.ioctl(
             Op.XE_GEM_CREATE,
             m.DrmXeGemCreate(
-                size=size, placement=placement, flags=flags, vm_id=vm, cpu_caching=cpu_caching
+                size=size,
+                placement=placement,
+                flags=flags,
+                vm_id=vm_id,
+                cpu_caching=cpu_caching,
             ),
         )
         self._bo_sizes[reply.handle] = size
@@ -217,11 +268,37 @@ class Device:
         self._bo_sizes[reply.handle] = reply.size
         return reply.handle, reply.size
 
-    def gem_mmap_offset(self, handle: int, flags: int = 0) -> int:
-        reply: m.DrmXeGemMmapOffsetReply = self.ioctl(
-            Op.XE_GEM_MMAP_OFFSET, m.DrmXeGemMmapOffset(handle=handle, flags=flags)
+    def gem_mmap_offset(
+        self,
+        handle: int,
+        flags: int = 0,
+        *,
+        extensions: int = 0,
+        reserved: tuple[int, int] = (0, 0),
+    ) -> int:
+        """XE_GEM_MMAP_OFFSET: the fake offset to mmap. Every field of the uAPI struct
+        can be set, must-be-zero ones included, to try the kernel's checks."""
+        args = m.DrmXeGemMmapOffset(
+            extensions=extensions, handle=handle, flags=flags, reserved=reserved
         )
+        reply: m.DrmXeGemMmapOffsetReply = self.ioctl(Op.XE_GEM_MMAP_OFFSET, args)
         return reply.offset
+
+    def mmap_fd(
+        self,
+        offset: int,
+        length: int,
+        prot: int = PROT_READ | PROT_WRITE,
+        flags: int = MAP_SHARED,
+    ) -> tuple[int, int, int]:
+        """The MMAP request alone: the descriptor the daemon answers with, the offset in
+        it to map and the length to map (the request's, rounded up to whole pages). The
+        descriptor is yours to keep and close: map it yourself, pass it on, or map it
+        again later. mmap() does all of it for you."""
+        reply, (fd,) = self.ioctl_fds(
+            Op.MMAP, m.XedMmap(offset=offset, length=length, prot=prot, flags=flags)
+        )
+        return fd, reply.offset, reply.length
 
     def mmap(
         self,
@@ -234,15 +311,11 @@ class Device:
         Once the device is unplugged the mapping reads zeros, and what is written to it
         afterwards reaches nobody (clients/unplug.py)."""
         watch = self.unplug_watch()
-        reply, fds = self.ioctl_fds(
-            Op.MMAP, m.XedMmap(offset=offset, length=length, prot=prot, flags=flags)
-        )
-        (fd,) = fds
+        fd, file_offset, length = self.mmap_fd(offset, length, prot, flags)
         try:
-            mm = map_shared(fd, reply.length, prot, reply.offset)
+            mapping = Mapping(fd, length, prot, file_offset, fake_offset=offset)
         finally:
             os.close(fd)
-        mapping = Mapping(mm, offset, reply.length, prot)
         watch.add(mapping)
         self._mappings.append(mapping)
         return mapping
@@ -312,7 +385,7 @@ class Device:
         inherited by fork() (MADV_DONTFORK): a child must open its own."""
         prot = PROT_READ | (PROT_WRITE if writable else 0)
         mapping = self.mmap(region.offset, region.size, prot)
-        mapping.mm.madvise(mmap.MADV_DONTFORK)
+        mapping.madvise(mmap.MADV_DONTFORK)
         mapping.inherited = False
         return mapping
 
@@ -390,10 +463,9 @@ class Device:
             fds=[fd],
         )
         try:
-            mm = map_shared(memfd, reply.length, prot, reply.offset)
+            mapping = Mapping(memfd, reply.length, prot, reply.offset)
         finally:
             os.close(memfd)
-        mapping = Mapping(mm, 0, reply.length, prot)
         watch.add(mapping)  # falls with this device (a foreign dma-buf's too)
         return mapping
 
@@ -424,22 +496,29 @@ class Device:
         vm: int,
         bo: int,
         addr: int,
-        range: int | None = None,
+        size: int | None = None,
         obj_offset: int = 0,
         flags: int = 0,
         syncs: Iterable[m.DrmXeSync] = (),
+        **deprecated: int,
     ) -> None:
-        """Map `range` bytes of BO `bo` (all of it by default) at GPU address `addr`."""
-        if range is None:
-            range = self._bo_sizes[bo] - obj_offset
+        """Map `size` bytes of BO `bo` (all of it by default) at GPU address `addr`
+        (the bind op's `range`; `range=` is the deprecated spelling, IGT's is `size`)."""
+        size = _renamed(deprecated, "vm_bind", size)
+        if size is None:
+            size = self._bo_sizes[bo] - obj_offset
         op = m.DrmXeVmBindOp(
-            obj=bo, obj_offset=obj_offset, range=range, addr=addr,
+            obj=bo, obj_offset=obj_offset, range=size, addr=addr,
             op=DRM_XE_VM_BIND_OP_MAP, flags=flags,
         )  # fmt: skip
         self.vm_bind_ops(vm, [op], syncs)
 
-    def vm_unbind(self, vm: int, addr: int, range: int) -> None:
-        op = m.DrmXeVmBindOp(addr=addr, range=range, op=DRM_XE_VM_BIND_OP_UNMAP)
+    def vm_unbind(self, vm: int, addr: int, size: int | None = None, **deprecated: int) -> None:
+        """Unmap `size` bytes at GPU address `addr` (`range=` deprecated, as vm_bind)."""
+        size = _renamed(deprecated, "vm_unbind", size)
+        if size is None:
+            raise TypeError("vm_unbind() needs the size to unmap")
+        op = m.DrmXeVmBindOp(addr=addr, range=size, op=DRM_XE_VM_BIND_OP_UNMAP)
         self.vm_bind_ops(vm, [op])
 
     def vm_bind_ops(
@@ -461,9 +540,13 @@ class Device:
         # dataclass_transform, not as attrs classes
         return attrs.evolve(sync, addr=addr)  # type: ignore[misc]
 
-    def vm_export(self, vm: int) -> int:
-        """XE_VM_EXPORT: the VM as a descriptor to hand to an auxiliary driver."""
-        _reply, (fd,) = self.ioctl_fds(Op.XE_VM_EXPORT, m.DrmXeVmExport(vm_id=vm))
+    def vm_export(
+        self, vm: int, *, pad: int = 0, pad1: int = 0, reserved: tuple[int, int] = (0, 0)
+    ) -> int:
+        """XE_VM_EXPORT: the VM as a descriptor to hand to an auxiliary driver. The
+        must-be-zero fields can be set, to try the kernel's checks."""
+        args = m.DrmXeVmExport(vm_id=vm, pad=pad, pad1=pad1, reserved=reserved)
+        _reply, (fd,) = self.ioctl_fds(Op.XE_VM_EXPORT, args)
         return fd
 
     # --- the auxiliary driver's side (role "aux") --------------------------------------------

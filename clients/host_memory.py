@@ -47,7 +47,7 @@ class HostMemory:
             reply, _ = dev.rpc.call(
                 Op.HOST_MEMORY_REGISTER, m.XedHostMemoryRegister(size=size), [fd]
             )
-            self.mapping = Mapping(mmap.mmap(fd, size, mmap.MAP_SHARED), reply.offset, size)
+            self.mapping = Mapping(fd, size, fake_offset=reply.offset)
         finally:
             os.close(fd)
         dev.track_mapping(self.mapping)
@@ -57,7 +57,8 @@ class HostMemory:
         return self.mapping[key]
 
     def __setitem__(self, key: int | slice, value: int | bytes) -> None:
-        self.mapping[key] = value
+        # mmap takes an int at an index and bytes at a slice; it checks the pairing itself
+        self.mapping[key] = value  # type: ignore[index,assignment]
 
     def user_address(self, offset: int = 0) -> int:
         """What MAP_USERPTR's obj_offset takes for the byte at `offset`."""
@@ -85,6 +86,6 @@ class HostMemory:
             raise ValueError("free whole pages")
         self._notify(offset, length, INVALIDATE_START)
         try:
-            self.mapping.mm.madvise(mmap.MADV_REMOVE, offset, length)  # the pages are gone
+            self.mapping.madvise(mmap.MADV_REMOVE, offset, length)  # the pages are gone
         finally:
             self._notify(offset, length, INVALIDATE_END_FREED)

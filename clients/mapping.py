@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import mmap
-import os
-import stat
 import threading
-from types import TracebackType
+import warnings
 
 from protocols.constants import PROT_READ, PROT_WRITE
 from protocols.words import Words
@@ -14,36 +12,66 @@ from protocols.words import Words
 from .unplug import buffer_address, shared_over, zero_pages
 
 
-class Mapping:
-    """Shared memory mapped from a fake offset of the DRM file.
+class Mapping(mmap.mmap):
+    """Shared memory mapped from a fake offset of the DRM file: an `mmap.mmap`.
 
-    Index and slice it like a bytearray; `address` is where it lives in this process,
-    and `user_address(offset)` names a byte of it the way ioctls taking a user pointer
-    (WAIT_USER_FENCE, VM_BIND user fences) expect.
+    Being an mmap, it is a buffer: index and slice it like a bytearray, and hand it to
+    `memoryview`, `struct.pack_into`, `numpy.frombuffer` and anything else that takes
+    one. `address` is where it lives in this process, and `user_address(offset)` names
+    a byte of it the way ioctls taking a user pointer (WAIT_USER_FENCE, VM_BIND user
+    fences) expect. `read_u32`/`write_u32` (and u64) access one aligned word at once,
+    as the device and other processes must see it; `close()` also lets go of the views
+    those use (views you made yourself you release first, as with any mmap).
+
+    It maps as mmap(2) does: past the end of the descriptor's file too, where an access
+    raises SIGBUS (a GEM mapping of a foreign import on xe, VRAM outside a small BAR),
+    which Python's own mmap refuses to map at all.
     """
 
+    def __new__(
+        cls,
+        fd: int,
+        length: int,
+        prot: int = PROT_READ | PROT_WRITE,
+        file_offset: int = 0,
+        fake_offset: int = 0,
+    ) -> Mapping:
+        # a placeholder of the right size and protection (so Python refuses writes to a
+        # read-only one), then the descriptor mapped over it in one step
+        self = super().__new__(cls, -1, length, mmap.MAP_SHARED, prot)
+        try:
+            shared_over(buffer_address(self), length, prot, fd, file_offset)
+        except OSError:
+            mmap.mmap.close(self)
+            raise
+        return self
+
     def __init__(
-        self, mm: mmap.mmap, fake_offset: int, length: int, prot: int = PROT_READ | PROT_WRITE
+        self,
+        fd: int,
+        length: int,
+        prot: int = PROT_READ | PROT_WRITE,
+        file_offset: int = 0,
+        fake_offset: int = 0,
     ) -> None:
-        self.mm = mm
         self.fake_offset = fake_offset
         self.length = length
         self.prot = prot
-        self.address = buffer_address(mm)
-        self.words = Words(mm)
+        self.address = buffer_address(self)
+        self.words = Words(self)
         self.inherited = True  # by a forked child (False once MADV_DONTFORK)
         # held while the device's unplug puts zero pages under it (unplug.py)
         self.guard: threading.Lock | None = None
 
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, key: int | slice) -> int | bytes:
-        return self.mm[key]
-
-    def __setitem__(self, key: int | slice, value: int | bytes) -> None:
-        # mmap takes an int at an index and bytes at a slice; it checks the pairing itself
-        self.mm[key] = value  # type: ignore[index,assignment]
+    @property
+    def mm(self) -> mmap.mmap:
+        """The mapping itself (it was a separate mmap once). Deprecated: use the Mapping."""
+        warnings.warn(
+            "Mapping.mm is the Mapping itself now; use it directly",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self
 
     # one access per aligned word, so the device and other processes never see half of
     # one (or the zero struct.pack_into writes first)
@@ -68,15 +96,11 @@ class Mapping:
     def contains(self, address: int) -> bool:
         return self.address <= address < self.address + self.length
 
-    @property
-    def closed(self) -> bool:
-        return self.mm.closed
-
     def zap(self) -> None:
         """The device is unplugged: private zero pages under the whole mapping, at the
         same address (the kernel's dummy page). The caller holds `guard`."""
-        if not self.mm.closed:
-            zero_pages(self.address, len(self.mm), self.prot)
+        if not self.closed:
+            zero_pages(self.address, self.length, self.prot)
 
     def close(self) -> None:
         if self.guard is None:
@@ -86,38 +110,13 @@ class Mapping:
                 self._close()
 
     def _close(self) -> None:
-        if not self.mm.closed:
+        if not self.closed:
             self.words.release()
-            self.mm.close()
+            mmap.mmap.close(self)
 
     def __enter__(self) -> Mapping:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
+        # mmap's own would close it without letting go of the word views first
         self.close()
-
-
-def map_shared(fd: int, length: int, prot: int, offset: int = 0) -> mmap.mmap:
-    """mmap(2) of `length` bytes of `fd` at `offset`, MAP_SHARED, as the kernel maps it.
-
-    Python's mmap refuses a length past the end of a file (ValueError); the kernel does
-    not, and an access past the end then raises SIGBUS. The daemon answers with such a
-    file where an access must fault (a GEM mmap of a foreign dma-buf import, as xe's;
-    VRAM outside a small BAR): map it as mmap(2) would, over a placeholder of the right
-    size that the returned object unmaps when closed.
-    """
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode) or info.st_size >= offset + length:
-        return mmap.mmap(fd, length, mmap.MAP_SHARED, prot, offset=offset)
-    placeholder = mmap.mmap(-1, length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-    try:
-        shared_over(buffer_address(placeholder), length, prot, fd, offset)
-    except OSError:
-        placeholder.close()
-        raise
-    return placeholder

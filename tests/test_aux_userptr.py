@@ -146,7 +146,7 @@ def test_resolve_mixed_bo_and_userptr(dev: Device, aux: Device) -> None:
     vm = dev.vm_create()
     bo = dev.gem_create(2 * P)
     dev.vm_bind_userptr(vm, host, 0, BASE, P)
-    dev.vm_bind(vm, bo, BASE + P, range=P, obj_offset=P)
+    dev.vm_bind(vm, bo, BASE + P, size=P, obj_offset=P)
     dev.vm_bind_userptr(vm, host, 2 * P, BASE + 2 * P, P)
     host[8:12] = b"host"
     host[2 * P + 8 : 2 * P + 12] = b"HOST"
@@ -257,7 +257,7 @@ def test_resolve_during_start_waits_for_end(dev: Device, aux: Device, end: str) 
             host[0:8] = b"new data"
             invalidate(dev, host.base, P, END_REPLACED)
         elif end == "freed":
-            host.mapping.mm.madvise(mmap.MADV_REMOVE, 0, P)
+            host.mapping.madvise(mmap.MADV_REMOVE, 0, P)
             invalidate(dev, host.base, P, END_FREED)
         else:
             dev.close()
@@ -436,7 +436,7 @@ def test_resolve_invalidate_release_many_times_leaks_nothing(fresh_daemon: Daemo
             invalidate(dev, host.base, P, END_REPLACED)
         resolved(aux, handle, BASE, 2 * P)
         start_acked(dev, host, aux, P, P)
-        host.mapping.mm.madvise(mmap.MADV_REMOVE, P, P)
+        host.mapping.madvise(mmap.MADV_REMOVE, P, P)
         invalidate(dev, host.base + P, P, END_FREED)
         for _ in range(10):
             assert errno_of(aux.aux_vm_resolve, handle, BASE, 3 * P) == errno.EFAULT

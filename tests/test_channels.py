@@ -404,7 +404,7 @@ def test_debugger_sees_a_channels_requests_as_the_files(fresh_daemon: DaemonProc
                 bo = channel.gem_create(PAGE_SIZE)
                 with channel.mmap(channel.gem_mmap_offset(bo), PAGE_SIZE) as cpu:
                     cpu[0:8] = b"child!!!"
-                channel.vm_bind(vm, bo, 0x10000, range=PAGE_SIZE)
+                channel.vm_bind(vm, bo, 0x10000, size=PAGE_SIZE)
                 report({"vm": vm})
 
         child = ForkedChild(path, work)

@@ -732,7 +732,7 @@ def test_export_of_another_files_handle_is_enoent(dev: Device, daemon: DaemonPro
 def test_export_of_vm_private_bo_is_eperm(dev: Device) -> None:
     """A BO created private to a VM cannot be exported: EPERM."""
     vm = dev.vm_create()
-    handle = dev.gem_create(PAGE_SIZE, vm=vm)
+    handle = dev.gem_create(PAGE_SIZE, vm_id=vm)
     assert errno_of(dev.prime_handle_to_fd, handle) == errno.EPERM
     assert errno_of(dev.prime_handle_to_fd, handle, 0) == errno.EPERM
 

@@ -224,7 +224,7 @@ result = [big_cost, small_cost, len(mp)]
 def touch(index: int) -> str:
     """Write byte `index`+1 at offset `index` of every 4 KiB page of the agent's mapping."""
     return f"""
-view = memoryview(mp.mm)
+view = memoryview(mp)
 view[{index}::{PAGE_SIZE}] = bytes([{index + 1}]) * (len(mp) // {PAGE_SIZE})
 view.release()
 """

@@ -1036,7 +1036,7 @@ def test_unbind_under_a_region_invalidates_it(
     assert not any(r.get("lkey") == far.lkey for r in log_events(aux_driver, "mr_invalidated"))
 
     second_bo = b.bound[1][2]
-    b.dev.vm_bind(b.vm, second_bo, hole, range=PAGE_SIZE, obj_offset=PAGE_SIZE)
+    b.dev.vm_bind(b.vm, second_bo, hole, size=PAGE_SIZE, obj_offset=PAGE_SIZE)
     again = b.ib.reg_mr(BASE, 2 * SIZE, ALL_ACCESS)
     n = 2 * PAGE_SIZE
     assert status_of(qp, IBV_WR_RDMA_WRITE, mr_a, hole - PAGE_SIZE, again.rkey, n) == (

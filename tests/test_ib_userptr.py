@@ -487,8 +487,12 @@ def test_region_over_host_memory_survives_a_truncate_attempt(
     fill = pattern(SIZE, 40)
     _a, b, host, mr_a, mr_b, _qp_a, qp_b = host_pair(apps, aux_driver.socket_path, fill)
     assert aux_maps(aux_driver, host) > 0
-    with pytest.raises(PermissionError):
-        os.ftruncate(host_memfd(host), 0)
+    fd = host_memfd(host)
+    try:
+        with pytest.raises(PermissionError):
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)
     assert status_of(qp_b, IBV_WR_RDMA_READ, mr_b, BASE, mr_a.rkey, SIZE) == IBV_WC_SUCCESS
     assert b.read(BASE, SIZE) == fill
     new = pattern(SIZE, 41)

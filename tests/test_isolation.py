@@ -104,7 +104,7 @@ def test_other_process_gem_handle_in_vm_bind_is_enoent(
     daemon: DaemonProcess, holder: Holder
 ) -> None:
     """B binding A's handle number into B's own VM gets ENOENT (no such handle in B)."""
-    call = "dev.vm_bind(dev.vm_create(), ids['bo'], 0x1000000, range=0x1000)"
+    call = "dev.vm_bind(dev.vm_create(), ids['bo'], 0x1000000, size=0x1000)"
     assert _errno_of(daemon, call, holder.ids) == errno.ENOENT
 
 

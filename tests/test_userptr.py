@@ -323,18 +323,12 @@ def test_host_memory_register_beyond_the_device_is_einval(fresh_daemon: DaemonPr
 
 
 def host_memfd(hm: HostMemory) -> int:
-    """The descriptor of `hm`'s memfd this process still holds (its mmap object's own
-    copy): what a client has in hand to resize its host memory."""
+    """A descriptor of `hm`'s memfd, opened again through the mapping (as any process
+    can for its own mappings): what a client has in hand to resize its host memory.
+    The caller closes it."""
     maps = Path("/proc/self/maps").read_text().splitlines()
     (line,) = [ln for ln in maps if ln.startswith(f"{hm.mapping.address:x}-")]
-    inode = int(line.split()[4])
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            if os.fstat(int(name)).st_ino == inode:
-                return int(name)
-        except OSError:
-            continue  # the directory's own descriptor, gone by now
-    raise AssertionError("no descriptor of the host memory in this process")
+    return os.open(f"/proc/self/map_files/{line.split()[0]}", os.O_RDWR)
 
 
 def test_host_memory_cannot_shrink_under_the_device(fresh_daemon: DaemonProcess) -> None:
@@ -346,9 +340,12 @@ def test_host_memory_cannot_shrink_under_the_device(fresh_daemon: DaemonProcess)
         try:
             r.hm[0:16] = b"host memory here"
             fd = host_memfd(r.hm)
-            with pytest.raises(PermissionError):
-                os.ftruncate(fd, 0)
-            assert os.fstat(fd).st_size == HOST_SIZE
+            try:
+                with pytest.raises(PermissionError):
+                    os.ftruncate(fd, 0)
+                assert os.fstat(fd).st_size == HOST_SIZE
+            finally:
+                os.close(fd)
             r.hm.mapping.write_u64(0x300, 5)
             dev.wait_user_fence(r.hm.mapping.user_address(0x300), 5, timeout=0)
             r.run(Batch().mem_copy(DATA_VA, USERPTR_VA, 16).end())
@@ -694,7 +691,7 @@ def test_batch_stalled_by_invalidation_faults_if_freed(rig: Rig) -> None:
     invalidate(rig.dev, rig.hm.base, PAGE_SIZE, START)
     seq = rig.submit(Batch().mem_copy(DATA_VA, USERPTR_VA, 8).end())
     assert errno_of(rig.wait, seq, STALLED) == ETIME
-    rig.hm.mapping.mm.madvise(mmap.MADV_REMOVE, 0, PAGE_SIZE)
+    rig.hm.mapping.madvise(mmap.MADV_REMOVE, 0, PAGE_SIZE)
     invalidate(rig.dev, rig.hm.base, PAGE_SIZE, END_FREED)
     rig.wait(seq)
     rig.wait(seq)

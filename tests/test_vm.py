@@ -426,7 +426,7 @@ def test_vm_bind_vm_private_bo_into_another_vm_is_einval(dev: Device) -> None:
     """A BO created private to one VM cannot be bound into another (EINVAL), only its own."""
     vm_a = dev.vm_create()
     vm_b = dev.vm_create()
-    bo = dev.gem_create(PAGE_SIZE, vm=vm_a)
+    bo = dev.gem_create(PAGE_SIZE, vm_id=vm_a)
     assert errno_of(dev.vm_bind, vm_b, bo, DATA_VA) == EINVAL
     dev.vm_bind(vm_a, bo, DATA_VA)
 
@@ -500,7 +500,7 @@ def test_vm_bind_obj_offset_maps_from_inside_the_bo(gpu: Gpu) -> None:
     """MAP with obj_offset: GPU address `addr` reaches BO byte `obj_offset`."""
     dev = gpu.dev
     bo, cpu = mapped_bo(dev, 4 * PAGE_SIZE)
-    dev.vm_bind(gpu.vm, bo, DATA_VA, range=PAGE_SIZE, obj_offset=2 * PAGE_SIZE)
+    dev.vm_bind(gpu.vm, bo, DATA_VA, size=PAGE_SIZE, obj_offset=2 * PAGE_SIZE)
     gpu.run(Batch().store_dword(DATA_VA + 4, 0x0FF5E7).end())
     assert cpu.read_u32(2 * PAGE_SIZE + 4) == 0x0FF5E7
     assert cpu.read_u32(4) == 0

@@ -302,14 +302,14 @@ def test_aux_import_reply_lists_the_bindings(dev: Device, aux: Device) -> None:
     vm = dev.vm_create()
     big = dev.gem_create(8 * PAGE_SIZE)
     small = dev.gem_create(2 * PAGE_SIZE)
-    dev.vm_bind(vm, big, BASE, range=3 * PAGE_SIZE, obj_offset=4 * PAGE_SIZE)
+    dev.vm_bind(vm, big, BASE, size=3 * PAGE_SIZE, obj_offset=4 * PAGE_SIZE)
     dev.vm_bind(vm, small, BASE + 3 * PAGE_SIZE)
     null = m.DrmXeVmBindOp(
         addr=ELSEWHERE, range=16 * PAGE_SIZE, op=DRM_XE_VM_BIND_OP_MAP,
         flags=DRM_XE_VM_BIND_FLAG_NULL,
     )  # fmt: skip
     dev.vm_bind_ops(vm, [null])
-    dev.vm_bind(vm, big, BASE + 8 * PAGE_SIZE, range=PAGE_SIZE, obj_offset=7 * PAGE_SIZE)
+    dev.vm_bind(vm, big, BASE + 8 * PAGE_SIZE, size=PAGE_SIZE, obj_offset=7 * PAGE_SIZE)
     reply = export_import(dev, aux, vm)
     assert reply.va_bits == VA_BITS
     assert reply.bindings == (
@@ -336,7 +336,7 @@ def test_aux_import_reply_after_splits(dev: Device, aux: Device) -> None:
         flags=DRM_XE_VM_BIND_FLAG_NULL,
     )  # fmt: skip
     dev.vm_bind_ops(vm, [null])
-    dev.vm_bind(vm, bo, ELSEWHERE + 4 * PAGE_SIZE, range=PAGE_SIZE)  # splits the NULL one
+    dev.vm_bind(vm, bo, ELSEWHERE + 4 * PAGE_SIZE, size=PAGE_SIZE)  # splits the NULL one
     reply = export_import(dev, aux, vm)
     assert reply.bindings == (
         m.XedAuxBinding(va=BASE, range=2 * PAGE_SIZE, bo_size=8 * PAGE_SIZE),
@@ -392,7 +392,7 @@ def test_aux_resolve_from_the_middle_of_a_bo_gives_its_offset(dev: Device, aux: 
     """A range starting inside a BO bound with obj_offset: the span's offset adds both."""
     vm = dev.vm_create()
     bo = dev.gem_create(8 * PAGE_SIZE)
-    dev.vm_bind(vm, bo, BASE, range=4 * PAGE_SIZE, obj_offset=2 * PAGE_SIZE)
+    dev.vm_bind(vm, bo, BASE, size=4 * PAGE_SIZE, obj_offset=2 * PAGE_SIZE)
     with dev.mmap_bo(bo) as app:
         app[5 * PAGE_SIZE + 16 : 5 * PAGE_SIZE + 22] = b"marker"
     handle = export_import(dev, aux, vm).vm_handle
@@ -411,8 +411,8 @@ def test_aux_resolve_same_bo_twice_gives_one_descriptor(dev: Device, aux: Device
     """One BO bound at two adjacent places: two spans sharing one descriptor."""
     vm = dev.vm_create()
     bo = dev.gem_create(2 * PAGE_SIZE)
-    dev.vm_bind(vm, bo, BASE, range=PAGE_SIZE, obj_offset=PAGE_SIZE)
-    dev.vm_bind(vm, bo, BASE + PAGE_SIZE, range=PAGE_SIZE)
+    dev.vm_bind(vm, bo, BASE, size=PAGE_SIZE, obj_offset=PAGE_SIZE)
+    dev.vm_bind(vm, bo, BASE + PAGE_SIZE, size=PAGE_SIZE)
     handle = export_import(dev, aux, vm).vm_handle
     spans, fds = aux.aux_vm_resolve(handle, BASE, 2 * PAGE_SIZE)
     try:
@@ -549,7 +549,7 @@ def test_bind_over_resolved_range_sends_invalidation(dev: Device, aux: Device) -
     handle = export_import(dev, aux, vm).vm_handle
     resolved(aux, handle, BASE + PAGE_SIZE, PAGE_SIZE)
     other = dev.gem_create(4 * PAGE_SIZE)
-    dev.vm_bind(vm, other, BASE + PAGE_SIZE, range=2 * PAGE_SIZE)
+    dev.vm_bind(vm, other, BASE + PAGE_SIZE, size=2 * PAGE_SIZE)
     assert invalidations(dev, vm, aux, handle) == [
         m.AuxRangeInvalidated(
             vm_handle=handle, va=BASE + PAGE_SIZE, length=2 * PAGE_SIZE, reason="bind"

@@ -66,7 +66,7 @@ def do_read(w: Worker, a: dict[str, Any]) -> None:
     mapping = w.named(w.maps, a["map"], "mapping")
     data, shown = w.data(a)
     offset = w.number(a["offset"])
-    got = mapping.mm[offset : offset + len(data)]
+    got = mapping[offset : offset + len(data)]
     if got != data:
         raise Mismatch(shown, w.shown(a, got))
 
