@@ -286,6 +286,19 @@ def test_vm_destroy_after_export_closed_and_nothing_registered(
         assert settle_to(fresh_daemon, start) == start
 
 
+def test_vm_destroy_right_after_the_last_close_succeeds(fresh_daemon: DaemonProcess) -> None:
+    """close(2) of the last copy releases the export at once, as in the kernel: a
+    VM_DESTROY on the very next line succeeds, every time (it raced the daemon noticing
+    the hangup, and answered EBUSY now and then); nothing is left behind."""
+    with Device.open(fresh_daemon.socket_path) as dev:
+        start = baseline(fresh_daemon)
+        for _ in range(200):
+            vm = dev.vm_create()
+            os.close(dev.vm_export(vm))
+            dev.vm_destroy(vm)
+        assert settle_to(fresh_daemon, start) == start
+
+
 # --- lifetime: the VM closes with the file that created it -------------------------------------
 
 APP = f"""

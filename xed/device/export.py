@@ -104,6 +104,17 @@ class ExportedObject:
     def release(self) -> None:
         """Every copy of the handed-out end is closed: drop what the object held."""
 
+    def settle(self) -> None:
+        """Release the object now if every copy of the handed-out end is closed already.
+        close(2) of the last copy releases a kernel object at once, so an ioctl right
+        after it (VM_DESTROY after closing the export) must find it gone, not wait for
+        our task to notice the hangup."""
+        if self.released or self._held is not None:
+            return
+        if empty_read(self._ours) is EmptyRead.GONE:
+            trio.lowlevel.notify_closing(self._ours)  # our task's wait ends, quietly
+            self._release()
+
     def info(self) -> Any:
         """What the admin view shows of this object."""
         return m.XedExportedInfo(kind=self.kind, ino=self.ino, held_by_daemon=int(self.held))
@@ -131,7 +142,10 @@ class ExportedObject:
                     MAX_DATAGRAM, _ANC_SPACE, socket.MSG_CMSG_CLOEXEC
                 )
             except BlockingIOError:
-                await trio.lowlevel.wait_readable(self._ours)
+                try:
+                    await trio.lowlevel.wait_readable(self._ours)
+                except trio.ClosedResourceError:  # settle() released it under us
+                    return
                 waited = True
                 continue
             except OSError as exc:

@@ -306,6 +306,8 @@ def xe_vm_destroy_ioctl(xef: XeFile, args: m.DrmXeVmDestroy) -> m.Empty:
     refuse_if(vm is None, ENOENT, f"no VM {args.vm_id}")
     assert vm is not None
     refuse_if(vm.lr_mode and vm.exec_queues, EBUSY, "exec queues still use this LR VM")
+    if vm.export is not None:
+        vm.export.settle()  # an export whose every descriptor is closed is gone already
     refuse_if(vm.shared, EBUSY, "the VM is exported or registered with an aux driver")
     xef.vm_destroy(args.vm_id)
     xef.log.debug("vm_destroyed", vm_id=args.vm_id)
