@@ -22,8 +22,10 @@ demo: $(STAMP) preload
 	$(BIN)/xec scenario run mmio_isolation
 	$(BIN)/xec scenario run unplug_under_load
 
+# two workers: most tests wait on real daemons and client processes, so two share
+# two cores well (each worker starts its own daemons on its own temporary sockets)
 test: $(STAMP) lint preload
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2
 
 lint: $(STAMP)
 	$(BIN)/ruff check protocols xed clients tests
