@@ -1,0 +1,164 @@
+"""A pytest plugin for suites that test their own code against xed.
+
+Registered through the `pytest11` entry point as `xed`, it does nothing until a test
+asks for one of its fixtures:
+
+- `xed_daemon`: a daemon for the session, on a temporary socket of this worker (so
+  `pytest -n N` gives each xdist worker a daemon of its own). A test marked
+  `@pytest.mark.xed_daemon(config="...TOML...")` gets a daemon of its own, with that
+  configuration, started for it and stopped after it.
+- `xed_device`: a `clients.Device` opened on that daemon, closed after the test.
+- `xed_ib`: the IB-like aux driver (`xec ib serve`) in front of that daemon; its
+  `socket_path` is where applications open it.
+- `xed_run_c`: runs a program under the preload library against that daemon
+  (`xed_run_c(["./prog", "arg"])` returns the CompletedProcess); skips the test where
+  no C compiler can build the library.
+
+When a test that used a daemon fails, the report gets a section with the last lines of
+the daemon's log (and the aux driver's), where the reason usually is.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from . import preload
+from .daemon import AuxDriverProcess, DaemonProcess
+from .device import Device
+from .run import debugfs_dir, environment
+
+LOG_TAIL_LINES = 40
+_STASH = pytest.StashKey[list[DaemonProcess]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "xed_daemon(config=None): give this test a daemon of its own, started with the "
+        "TOML configuration `config` (xed's pytest plugin)",
+    )
+
+
+def _log_tail(process: DaemonProcess) -> str:
+    lines = process.log_text().splitlines()
+    return "\n".join(lines[-LOG_TAIL_LINES:]) or "(the log is empty)"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.failed:
+        for process in item.stash.get(_STASH, []):
+            report.sections.append(
+                (f"{process.name} log tail ({process.log_path})", _log_tail(process))
+            )
+    return report
+
+
+def _watched(request: pytest.FixtureRequest, process: DaemonProcess) -> None:
+    """Show `process`'s log tail if the test fails."""
+    request.node.stash.setdefault(_STASH, []).append(process)
+
+
+def _start(where: Path, config: str | None) -> DaemonProcess:
+    where.mkdir(parents=True, exist_ok=True)
+    config_path = None
+    if config is not None:
+        config_path = where / "xed.toml"
+        config_path.write_text(config)
+    return DaemonProcess(
+        socket_path=where / "xed.sock",
+        config=config_path,
+        log_path=where / "daemon.log",
+        extra_args=("--log-level", "info"),
+    ).start()
+
+
+@pytest.fixture(scope="session")
+def _xed_session_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    daemon = _start(tmp_path_factory.mktemp("xed-daemon"), None)
+    yield daemon
+    daemon.cleanup()
+
+
+@pytest.fixture
+def xed_daemon(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[DaemonProcess]:
+    """The daemon this test talks to: the session's, or (marker xed_daemon) its own."""
+    marker = request.node.get_closest_marker("xed_daemon")
+    if marker is None:
+        daemon: DaemonProcess = request.getfixturevalue("_xed_session_daemon")
+        _watched(request, daemon)
+        yield daemon
+        return
+    config = marker.kwargs.get("config", marker.args[0] if marker.args else None)
+    daemon = _start(tmp_path_factory.mktemp("xed-own-daemon"), config)
+    _watched(request, daemon)
+    try:
+        yield daemon
+    finally:
+        daemon.cleanup()
+
+
+@pytest.fixture
+def xed_device(xed_daemon: DaemonProcess) -> Iterator[Device]:
+    """A drm connection (a `drm_file`) to the test's daemon."""
+    with Device.open(xed_daemon.socket_path) as device:
+        yield device
+
+
+@pytest.fixture
+def xed_ib(
+    request: pytest.FixtureRequest,
+    xed_daemon: DaemonProcess,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[AuxDriverProcess]:
+    """The IB-like aux driver in front of the test's daemon (`.socket_path`: its verbs
+    socket, where `clients.ib` opens it)."""
+    where = tmp_path_factory.mktemp("xed-ib")
+    driver = AuxDriverProcess(
+        xed_daemon.socket_path, socket_path=where / "verbs.sock", log_path=where / "ib.log"
+    )
+    driver.start()
+    _watched(request, driver)
+    try:
+        yield driver
+    finally:
+        driver.cleanup()
+
+
+RunC = Callable[..., "subprocess.CompletedProcess[str]"]
+
+
+@pytest.fixture
+def xed_run_c(xed_daemon: DaemonProcess) -> Iterator[RunC]:
+    """Run a program under the preload library (as `xec run` does) against the test's
+    daemon: `xed_run_c(argv, node=None, timeout=60, **subprocess_kwargs)`."""
+    try:
+        library = preload.build()
+    except preload.BuildError as exc:
+        pytest.skip(f"the preload library cannot be built here: {exc}")
+    with debugfs_dir("xed") as debugfs:
+
+        def run(
+            argv: Sequence[str | os.PathLike[str]],
+            node: str | None = None,
+            timeout: float = 60.0,
+            **kwargs: Any,
+        ) -> subprocess.CompletedProcess[str]:
+            nodes = [node] if node else ["card0", "renderD128"]
+            env = environment(library, xed_daemon.socket_path, nodes, debugfs)
+            env.update(kwargs.pop("env", {}))
+            kwargs.setdefault("capture_output", True)
+            return subprocess.run(
+                [os.fspath(a) for a in argv], env=env, text=True, timeout=timeout, **kwargs
+            )
+
+        yield run

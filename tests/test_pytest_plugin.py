@@ -1,0 +1,138 @@
+"""xed's pytest plugin, as a downstream suite uses it: real pytest runs in a subprocess,
+two xdist workers, a daemon each, fixtures for a Device, the aux driver and C programs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from importlib.metadata import entry_points
+from pathlib import Path
+
+DOWNSTREAM = '''
+import os
+from pathlib import Path
+
+import pytest
+
+PIDS = Path(os.environ["XED_PLUGIN_PIDS"])
+
+
+def _note(daemon):
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    with open(PIDS / worker, "a") as f:
+        f.write(f"{daemon.pid}\\n")
+
+
+@pytest.mark.parametrize("n", range(6))
+def test_a_device_per_test(xed_daemon, xed_device, n):
+    _note(xed_daemon)
+    bo = xed_device.gem_create(4096)
+    with xed_device.mmap_bo(bo) as cpu:
+        cpu[0:4] = b"mine"
+        assert cpu[0:4] == b"mine"
+
+
+@pytest.mark.xed_daemon(config="[device]\\npage_size = 65536\\n")
+def test_own_daemon_with_its_configuration(xed_daemon, xed_device):
+    assert xed_device.alignment() == 65536
+
+
+def test_the_aux_driver_serves(xed_ib):
+    assert Path(xed_ib.socket_path).exists()
+    assert xed_ib.proc.poll() is None
+
+
+def test_a_c_program_under_the_preload_library(xed_run_c, tmp_path):
+    source = tmp_path / "open.c"
+    source.write_text(
+        "#include <fcntl.h>\\n#include <unistd.h>\\n"
+        "int main(void) { int fd = open(\\"/dev/dri/card0\\", O_RDWR);"
+        " return fd < 0 ? 1 : close(fd); }\\n"
+    )
+    prog = tmp_path / "open"
+    import subprocess
+    subprocess.run(["cc", "-o", str(prog), str(source)], check=True)
+    done = xed_run_c([prog])
+    assert done.returncode == 0, done.stderr
+'''
+
+FAILING = """
+def test_fails_after_using_the_daemon(xed_device):
+    xed_device.version()
+    assert False, "on purpose"
+"""
+
+
+def _pytest(suite: Path, *args: str, pids: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, XED_PLUGIN_PIDS=str(pids))
+    env.pop("PYTEST_XDIST_WORKER", None)  # ours, not the downstream suite's
+    env.pop("PYTEST_ADDOPTS", None)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *args],
+        cwd=suite, env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+
+
+def test_the_plugin_is_registered_as_a_pytest11_entry_point() -> None:
+    """`pip install` registers clients.pytest_plugin with pytest (inert until used)."""
+    (ours,) = [e for e in entry_points(group="pytest11") if e.name == "xed"]
+    assert ours.value == "clients.pytest_plugin"
+
+
+def test_a_downstream_suite_runs_on_two_workers_with_a_daemon_each(tmp_path: Path) -> None:
+    """`pytest -n 2` of a suite using the fixtures passes, and the two workers talked to
+    two different daemons (no shared sockets); the marked test had a daemon of its own."""
+    suite, pids = tmp_path / "suite", tmp_path / "pids"
+    suite.mkdir()
+    pids.mkdir()
+    (suite / "test_downstream.py").write_text(textwrap.dedent(DOWNSTREAM))
+    done = _pytest(suite, "-n", "2", pids=pids)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "9 passed" in done.stdout, done.stdout
+    workers = {f.name: set(f.read_text().split()) for f in pids.iterdir()}
+    assert set(workers) == {"gw0", "gw1"}, workers
+    assert all(len(seen) == 1 for seen in workers.values()), workers  # one session daemon
+    assert workers["gw0"].isdisjoint(workers["gw1"]), workers
+
+
+def test_a_failing_test_shows_the_daemons_log_tail(tmp_path: Path) -> None:
+    """A failure of a test that used a daemon reports the last lines of its log."""
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "test_failing.py").write_text(FAILING)
+    done = _pytest(suite, pids=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "the xed daemon log tail" in done.stdout, done.stdout
+    assert "client_connected" in done.stdout, done.stdout  # a line of the daemon's own
+
+
+PLAIN = """
+import os
+
+
+def test_no_daemon_was_started_for_us():
+    me = str(os.getpid())
+    children = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                stat = open(f"/proc/{name}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if stat[1] == me:
+                children.append(name)
+    assert children == []
+"""
+
+
+def test_the_plugin_is_inert_for_a_suite_that_does_not_use_it(tmp_path: Path) -> None:
+    """The plugin is loaded in every suite (the entry point), and one that asks for none
+    of its fixtures gets no daemon: pytest has no child process during the test."""
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "test_plain.py").write_text(PLAIN)
+    done = _pytest(suite, pids=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 passed" in done.stdout
