@@ -21,6 +21,14 @@ demo: $(STAMP) preload
 	$(BIN)/xec scenario run dma_buf_ring
 	$(BIN)/xec scenario run mmio_isolation
 	$(BIN)/xec scenario run unplug_under_load
+	@echo
+	@echo "What to try next:"
+	@echo "  .venv/bin/xed serve --socket /tmp/xed.sock &          a daemon of your own"
+	@echo "  XED_SOCKET=/tmp/xed.sock .venv/bin/python             then README: A first program"
+	@echo "  .venv/bin/xec run --socket /tmp/xed.sock -- PROGRAM   an unmodified C program"
+	@echo "  .venv/bin/xed ctl --socket /tmp/xed.sock clients      who is connected, what they hold"
+	@echo "  .venv/bin/xec scenario list                            more scenarios; xec --help for all"
+	@echo "  make bench                                             the speed figures"
 
 # two workers: most tests wait on real daemons and client processes, so two share
 # two cores well (each worker starts its own daemons on its own temporary sockets)
