@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import collections
 from errno import EAGAIN, ECANCELED, EINVAL, ENOENT
 from typing import TYPE_CHECKING
 
@@ -28,6 +28,10 @@ MAX_PENDING_JOBS = 4096  # beyond this EXEC answers EAGAIN rather than queue for
 
 
 class XeExecQueue:
+    """A queue of batches for one engine. An idle queue is a record and nothing more:
+    a worker task runs only while it has jobs (started by the first, gone when the
+    last is done), so ten thousand idle queues cost no tasks and no channels."""
+
     def __init__(self, xef: XeFile, vm: XeVm, eci: m.DrmXeEngineClassInstance) -> None:
         self.file = xef
         self.device = xef.device
@@ -36,42 +40,58 @@ class XeExecQueue:
         self.engine = eci
         self.id = 0
         self.banned = False
-        self._send, self._recv = trio.open_memory_channel[tuple[int | None, list[UserFence]]](
-            math.inf
-        )
-        self._pending = 0
+        self._jobs: collections.deque[tuple[int | None, list[UserFence]]] | None = None
         self._running = 0  # the batch the worker is on, for a crash's ban event
-        self._cancel = trio.CancelScope()
+        self._worker: trio.CancelScope | None = None  # while a worker runs
+        self._stopped = False  # halted or destroyed: nothing more runs or signals
         self.device.counts["exec_queue"] += 1
-        self.device.start_soon(self._run, what="exec_queue", on_crash=self._crashed, log=xef.log)
 
     @property
     def full(self) -> bool:
-        return self._pending >= MAX_PENDING_JOBS
+        return self._jobs is not None and len(self._jobs) >= MAX_PENDING_JOBS
 
     def submit(self, address: int | None, fences: list[UserFence]) -> None:
         """Queue a batch (None: a sync-only job that just signals after earlier work)."""
-        self._pending += 1
-        self._send.send_nowait((address, fences))
+        if self._stopped:
+            return
+        if self._jobs is None:
+            self._jobs = collections.deque()
+        self._jobs.append((address, fences))
+        if self._worker is None:
+            self._worker = trio.CancelScope()
+            self.device.start_soon(
+                self._run, what="exec_queue", on_crash=self._crashed, log=self.file.log
+            )
 
     def halt(self) -> None:
         """The device is unplugged: the batch running stops where it is and nothing
         queued runs or signals (its fences never come)."""
-        self._cancel.cancel()
+        self._stopped = True
+        self._jobs = None
+        if self._worker is not None:
+            self._worker.cancel()
 
     def destroy(self) -> None:
-        self._cancel.cancel()
-        self._send.close()
+        self.halt()
         self.vm.exec_queues -= 1
         self.vm.put()
         self.device.counts["exec_queue"] -= 1
 
     async def _run(self) -> None:
-        with self._cancel:
-            async for address, fences in self._recv:
-                await self._execute(address, fences)
-                self._pending -= 1
-        self._recv.close()
+        scope = self._worker
+        assert scope is not None
+        try:
+            with scope:
+                while self._jobs:
+                    address, fences = self._jobs[0]
+                    await self._execute(address, fences)
+                    if self._jobs:  # a halt while it ran dropped them all
+                        self._jobs.popleft()
+        finally:
+            if self._worker is scope:
+                self._worker = None
+            if not self._jobs:
+                self._jobs = None  # an idle queue keeps no deque either
 
     async def _execute(self, address: int | None, fences: list[UserFence]) -> None:
         # a banned queue or closed VM drops the job, but its fences still signal (xe does)
@@ -110,7 +130,8 @@ class XeExecQueue:
         queue is banned as a GPU fault would have it, and nothing else is touched.
         Batches still queued are dropped with their fences; waiters on the queue wake
         to EIO, and later EXECs are ECANCELED."""
-        self._recv.close()
+        self._stopped = True
+        self._jobs = None
         if not self.banned:
             self._ban(GpuFault(self._running, "internal error"))
 
