@@ -94,7 +94,13 @@ def _bench_parsers(sub: Subparsers) -> None:
     _connection_options(rd)
     rd.add_argument("--repeats", type=int, default=20, help="runs of each size")
     _spread_option(rd)
-    for p in (rtt, mm, bar, rd):
+    sc = _sub(
+        bench_sub, "scale",
+        "many clients and objects: daemon memory and time per object, start to READY=1",
+    )  # fmt: skip
+    sc.add_argument("--connections", type=int, default=10_000, help="concurrent connections")
+    sc.add_argument("--objects", type=int, default=10_000, help="BOs, VMs and exec queues each")
+    for p in (rtt, mm, bar, rd, sc):
         _json_option(p)
 
 
@@ -316,6 +322,10 @@ def _run(args: argparse.Namespace) -> int:
             emit(bench.bench_mmap(args.socket, args.repeats, args.spread))
         elif args.which == "rdma":
             emit(bench.bench_rdma(args.socket, args.repeats, args.spread))
+        elif args.which == "scale":
+            from .bench_scale import bench_scale
+
+            emit(bench_scale(args.connections, args.objects))
         else:
             emit(bench.bench_barrier(args.socket, args.count))
     return 0
