@@ -15,7 +15,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from protocols import EventMessage, Op, ProtocolError, decode_incoming, encode_request
+from protocols import Event, EventMessage, Op, ProtocolError, decode_incoming, encode_request
 
 from .errors import DaemonGone, XeError
 from .transport import SeqpacketTransport
@@ -35,6 +35,7 @@ class RpcConnection:
         try:
             self.transport.send(encode_request(request_id, op, args), fds)
         except ConnectionError as exc:  # EPIPE, ECONNRESET: nobody is listening any more
+            self._last_word(op)
             raise DaemonGone(f"{self._peer} is gone ({exc.strerror})") from exc
         while True:
             message = self._receive({request_id: op})
@@ -75,6 +76,23 @@ class RpcConnection:
         except ProtocolError as exc:
             _close(received)
             raise DaemonGone(f"protocol error from {self._peer}: {exc}") from exc
+
+    def _last_word(self, op: Op) -> None:
+        """The peer hung up before our request went out: if it said why first (a
+        PROTOCOL_ERROR event: a daemon out of descriptors turns a new connection away
+        with EMFILE, perhaps before its HELLO is sent), raise that as the refusal."""
+        self.transport.sock.settimeout(1.0)  # it hung up: what it sent is there already
+        while True:
+            try:
+                message = self._receive({})
+            except (DaemonGone, OSError):
+                return
+            if not isinstance(message, EventMessage):
+                _close(message.fds)
+                continue
+            if message.event is Event.PROTOCOL_ERROR:
+                raise XeError(message.data.errno, op.name, message.data.message)
+            self.events.append(message)
 
     def close(self) -> None:
         self.transport.close()
