@@ -29,12 +29,14 @@ def test_bench_rtt_reports_both_sides_and_their_cpu() -> None:
     out = xec("bench", "rtt", "--rounds", "2", "--per-round", "100")
     assert "round trips: 200 each, 2 interleaved rounds" in out
     labels = ("daemon VERSION ioctl", "raw seqpacket echo", "  same echo in trio")
-    for label in (*labels, "  msgpack floor"):
+    for label in (*labels, "  msgpack floor", "  design floor"):
         (row,) = [line for line in out.splitlines() if line.startswith(label)]
         # median, p99, client CPU, server CPU: four measured figures per row
         assert len(re.findall(r"\d+\.\d us", row)) == 4, row
     assert re.search(r"^floor: \d+\.\d\d ", out, re.MULTILINE), out
     assert float(RATIO.search(out).group(1)) > 0  # type: ignore[union-attr]
+    assert re.search(r"^ratio: \d+\.\d\d  design floor: \d+\.\d\d ", out, re.MULTILINE), out
+    assert re.search(r"^over floor: \d+\.\d\d  .*target <= 1\.25", out, re.MULTILINE), out
 
 
 def test_bench_mmap_shows_no_byte_of_the_mapping_on_the_socket() -> None:
