@@ -70,9 +70,9 @@ def test_the_design_floor_serves_connections_at_once_each_under_its_ids(tmp_path
             sock.settimeout(10)
             sock.connect(server.path)
         for ids in ((3, 4), (0xFFFF_FFFF, 0xFFFF_FFFE)):
-            for sock, request_id in zip(socks, ids):  # both sent before either is read
+            for sock, request_id in zip(socks, ids, strict=True):  # both sent before either is read
                 sock.send(msgpack.packb([request_id, 0, {}]))
-            for sock, request_id in zip(socks, ids):
+            for sock, request_id in zip(socks, ids, strict=True):
                 assert msgpack.unpackb(sock.recv(65536)) == [request_id, 0, reply]
         for sock in socks:
             sock.close()
