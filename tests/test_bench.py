@@ -63,3 +63,18 @@ def test_bench_rdma_compares_with_memcpy_and_an_ioctl() -> None:
     out = xec("bench", "rdma", "--repeats", "1")
     assert re.search(r"^at 64 MiB: \d+% of memcpy bandwidth", out, re.MULTILINE), out
     assert re.search(r"64-byte RDMA WRITE \+ poll: [\d.]+ us; one daemon ioctl", out), out
+
+
+def test_bench_throughput_prints_each_count_against_the_design_floor() -> None:
+    """bench throughput runs N client processes through the daemon and through the
+    design floor's server, and prints per N both rates, their ratio and both p99s."""
+    out = xec("bench", "throughput", "--clients", "1,2", "--seconds", "0.2", "--rounds", "1")
+    for clients in (1, 2):
+        row = re.search(
+            rf"^\s+{clients}\s+([\d,]+)\s+([\d,]+)\s+(\d+\.\d\d)\s+.* us\s+.* us$",
+            out,
+            re.MULTILINE,
+        )
+        assert row, out
+        assert int(row.group(1).replace(",", "")) > 0 and int(row.group(2).replace(",", "")) > 0
+    assert re.search(r"^throughput ratio: \d+\.\d\d at worst", out, re.MULTILINE), out
