@@ -90,6 +90,8 @@ _DISPATCH = {
     )
     for op, handler in HANDLERS.items()
 }
+_now = time.perf_counter
+_HELLO = Op.HELLO  # an enum's members are slow to look up on its class (EnumType.__getattr__)
 _BLOCKING = frozenset(op for op, spec in SPECS.items() if spec.blocking)
 _NO_FDS: tuple[int, ...] = ()
 
@@ -256,14 +258,14 @@ class Connection:
 
     async def _answer(self, request: Request) -> None:
         """Run the op's handler (awaiting it if it blocks) and send the reply or errno."""
-        started = time.perf_counter()
+        started = _now()
         device, op = self.device, request.op
         try:
             if device.is_gone(self.xef.generation):
                 self._check_plugged(request)
             if device.test_crashes:
                 device.crash_point(op.name)
-            if op is Op.HELLO:
+            if op is _HELLO:
                 result: Any = self._hello(request.args)
             else:
                 handler, takes_fds, is_async, opens_descriptors = _DISPATCH[op]
@@ -293,8 +295,10 @@ class Connection:
             await self._crashed(request)
             return
         if type(result) is not tuple:  # most replies: no descriptor goes back
-            await self._send(encode_reply(request.id, op, 0, result), [])
-            device.ioctl_stats.record(op, 0, time.perf_counter() - started)
+            data = encode_reply(request.id, op, 0, result)
+            if not self._send_now(data):
+                await self._send_when_room(data, [])
+            device.ioctl_stats.record(op, 0, _now() - started)
             return
         result, fds = result
         try:
@@ -444,31 +448,38 @@ class Connection:
     # check and the send with no checkpoint between them, so no other task of this
     # connection sends in between); _FdsRefused if it may not go.
     async def _send(self, data: bytes, fds: list[int]) -> None:
+        if not fds:
+            if not self._send_now(data):
+                await self._send_when_room(data, fds)
+            return
         unread = self.unread
-        if not fds:  # most messages: send(2) is the cheaper call
-            try:
-                self.sock.send(data)
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                raise _send_failed(exc, fds) from exc
-            else:
-                if unread.tracking:
-                    unread.sent(len(data), 0)
-                return
-        ancdata = pack_fds(fds)
         try:
-            if fds:
-                self._admit(len(fds))
-            self.sock.sendmsg([data], ancdata)
+            self._admit(len(fds))
+            self.sock.sendmsg([data], pack_fds(fds))
         except BlockingIOError:
-            pass
+            await self._send_when_room(data, fds)
         except OSError as exc:
             raise _send_failed(exc, fds) from exc
         else:
-            if fds or unread.tracking:
-                unread.sent(len(data), len(fds))
-            return
+            unread.sent(len(data), len(fds))
+
+    def _send_now(self, data: bytes) -> bool:
+        """Send a message without descriptors if the socket has room for it now (nearly
+        always: send(2) is the cheaper call); False if it has not."""
+        try:
+            self.sock.send(data)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            raise _send_failed(exc, []) from exc
+        unread = self.unread
+        if unread.tracking:
+            unread.sent(len(data), 0)
+        return True
+
+    async def _send_when_room(self, data: bytes, fds: list[int]) -> None:
+        unread = self.unread
+        ancdata = pack_fds(fds)
         async with self._send_lock:  # only one task may wait for room
             while True:
                 await trio.lowlevel.wait_writable(self.sock)
