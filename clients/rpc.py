@@ -94,7 +94,7 @@ class RpcConnection:
             _close(received)
             raise DaemonGone(f"{self._peer} closed the connection")
         try:
-            return decode_incoming(data, tuple(received), pending)
+            return decode_incoming(data, tuple(received) if received else (), pending)
         except ProtocolError as exc:
             _close(received)
             raise DaemonGone(f"protocol error from {self._peer}: {exc}") from exc
