@@ -100,8 +100,27 @@ def _bench_parsers(sub: Subparsers) -> None:
     )  # fmt: skip
     sc.add_argument("--connections", type=int, default=10_000, help="concurrent connections")
     sc.add_argument("--objects", type=int, default=10_000, help="BOs, VMs and exec queues each")
-    for p in (rtt, mm, bar, rd, sc):
+    tp = _sub(bench_sub, "throughput", "ioctls per second from N client processes at once")
+    _connection_options(tp)
+    tp.add_argument(
+        "--clients", type=_counts, default=[1, 4, 16, 64], metavar="N,N,...",
+        help="how many client processes at once, one figure each (default: 1,4,16,64)",
+    )  # fmt: skip
+    tp.add_argument("--seconds", type=float, default=1.0, help="length of each round")
+    tp.add_argument("--rounds", type=int, default=2, help="alternating rounds per N")
+    for p in (rtt, mm, bar, rd, sc, tp):
         _json_option(p)
+
+
+def _counts(text: str) -> list[int]:
+    """A list of positive counts, written as "1,4,16"."""
+    try:
+        counts = [int(n) for n in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of counts: {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"counts are at least 1: {text!r}")
+    return counts
 
 
 def _load_parsers(sub: Subparsers) -> None:
@@ -326,6 +345,10 @@ def _run(args: argparse.Namespace) -> int:
             from .bench_scale import bench_scale
 
             emit(bench_scale(args.connections, args.objects))
+        elif args.which == "throughput":
+            from .throughput import bench_throughput
+
+            emit(bench_throughput(args.socket, args.clients, args.seconds, args.rounds))
         else:
             emit(bench.bench_barrier(args.socket, args.count))
     return 0

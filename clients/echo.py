@@ -9,6 +9,15 @@ With a `reply`, it is the msgpack floor instead: the server unpacks each request
 packs that reply under the request's id, and its client packs each request and unpacks
 the answer. Nothing is checked, dispatched or built: what the wire format alone costs
 in Python, the least any daemon speaking it could add to the echo.
+
+With both (`design_floor()`), it is the design floor: the least any daemon built on trio
+and speaking this protocol can cost. The server serves every connection at once, each
+in a trio task that reads its socket exactly as the daemon's reader does (recvmsg with
+room for descriptors, parking in trio on EAGAIN, one scheduler turn before a request that
+was already waiting, so that no client starves the others), unpacks the request with
+the daemon's limits and packs and sends a fixed reply under its id. Its client does what
+the library cannot do without: a fresh request id, the request packed, the reply read
+with room for descriptors, unpacked with the same limits and matched to its id.
 """
 
 from __future__ import annotations
@@ -24,8 +33,11 @@ import time
 import msgpack
 import trio
 
-from protocols import Op, encode_request
+from protocols import MAX_DATAGRAM, MAX_FDS, Op, encode_request
 from protocols import messages as m
+
+_ANC_SPACE = socket.CMSG_SPACE(MAX_FDS * 4)
+_MSG_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
 
 
 class EchoServer:
@@ -42,6 +54,7 @@ class EchoServer:
     ) -> None:
         self.path = path
         self.floor = reply is not None
+        self.design = in_trio and reply is not None
         args = ["--trio"] if in_trio else []
         if reply is not None:
             args += ["--reply", reply.hex()]
@@ -56,8 +69,14 @@ class EchoServer:
             raise RuntimeError(f"the echo server did not start (status {self.process.wait()})")
         self.pid = self.process.pid
 
+    @classmethod
+    def design_floor(cls, path: str, reply: bytes) -> EchoServer:
+        """The design floor's server, answering every request with `reply` (a packed
+        map), to as many connections at once as connect."""
+        return cls(path, in_trio=True, reply=reply)
+
     def connect(self) -> EchoClient:
-        return EchoClient(self.path, self.floor)
+        return EchoClient(self.path, self.floor, self.design)
 
     def stop(self) -> None:
         self.process.terminate()
@@ -71,9 +90,10 @@ class EchoServer:
 class EchoClient:
     """A connection to the echo server that sends what a VERSION request is, byte for
     byte, so the echo and the daemon carry the same datagram. With `floor`, each request
-    is packed and each answer unpacked, as any msgpack client must."""
+    is packed and each answer unpacked, as any msgpack client must; with `design`, also
+    read and matched as the library must (the design floor's client)."""
 
-    def __init__(self, path: str, floor: bool = False) -> None:
+    def __init__(self, path: str, floor: bool = False, design: bool = False) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         self.sock.connect(path)
         sock, payload = self.sock, encode_request(1, Op.VERSION, m.DrmVersion())
@@ -87,7 +107,19 @@ class EchoClient:
             sock.send(pack([1, Op.VERSION, {}]))
             unpack(sock.recv(65536))
 
-        self.once = once_packed if floor else once
+        library_pack = msgpack.Packer(use_bin_type=True).pack
+        request_id = 0
+
+        def once_design() -> None:
+            nonlocal request_id
+            request_id = request_id % 0xFFFF_FFFF + 1
+            sock.send(library_pack([request_id, Op.VERSION, {}]))
+            data = sock.recvmsg(MAX_DATAGRAM, _ANC_SPACE, _MSG_CMSG_CLOEXEC)[0]
+            frame = unpack(data, max_ext_len=0, max_array_len=4096, max_map_len=4096)
+            if frame[0] != request_id:
+                raise RuntimeError(f"reply to {frame[0]}, not to {request_id}")
+
+        self.once = once_design if design else once_packed if floor else once
 
     def round_trip(self) -> float:
         """One send and its echo; seconds taken."""
@@ -101,11 +133,15 @@ class EchoClient:
 
 def serve(path: str, in_trio: bool = False, reply: bytes | None = None) -> None:
     """Echo each connection until it closes, one connection at a time, until killed;
-    with `reply` (a packed map), answer each request with it instead."""
+    with `reply` (a packed map), answer each request with it instead; with both, serve
+    as the design floor (every connection at once) instead."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     listener.bind(path)
-    listener.listen(4)
+    listener.listen(128)
     print("ready", flush=True)
+    if in_trio and reply is not None:
+        listener.setblocking(False)
+        trio.run(_design_floor, listener, msgpack.unpackb(reply))
     while True:
         conn, _ = listener.accept()
         # A client killed mid-exchange (the load tool's prober on Ctrl-C) resets the
@@ -136,6 +172,41 @@ def _answer_packed(conn: socket.socket, body: object) -> None:
             return
         request_id, _op, _args = unpack(data)
         conn.send(pack([request_id, 0, body]))
+
+
+async def _design_floor(listener: socket.socket, body: object) -> None:
+    """Accept connections as the daemon does, each served by a task of its own."""
+    async with trio.open_nursery() as nursery:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(listener)
+                continue
+            conn.setblocking(False)
+            nursery.start_soon(_answer_in_trio, conn, body)
+
+
+async def _answer_in_trio(conn: socket.socket, body: object) -> None:
+    pack, unpack = msgpack.Packer(use_bin_type=True).pack, msgpack.unpackb
+    with conn, contextlib.suppress(ConnectionResetError, BrokenPipeError):
+        while True:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            parked = False
+            while True:
+                try:
+                    data = conn.recvmsg(MAX_DATAGRAM + 1, _ANC_SPACE, _MSG_CMSG_CLOEXEC)[0]
+                except BlockingIOError:
+                    await trio.lowlevel.wait_readable(conn)
+                    parked = True
+                    continue
+                break
+            if not parked:  # the daemon's turn for the others (xed/server.py)
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            if not data:
+                return
+            request_id = unpack(data, max_ext_len=0, max_array_len=4096, max_map_len=4096)[0]
+            conn.send(pack([request_id, 0, body]))
 
 
 async def _echo_in_trio(conn: socket.socket) -> None:

@@ -12,10 +12,19 @@ from __future__ import annotations
 
 import collections
 import os
+import socket
 from collections.abc import Sequence
 from typing import Any
 
-from protocols import Event, EventMessage, Op, ProtocolError, decode_incoming, encode_request
+from protocols import (
+    MAX_DATAGRAM,
+    Event,
+    EventMessage,
+    Op,
+    ProtocolError,
+    decode_incoming,
+    encode_request,
+)
 
 from .errors import DaemonGone, XeError
 from .transport import SeqpacketTransport
@@ -30,22 +39,35 @@ class RpcConnection:
 
     def call(self, op: Op, args: Any, fds: Sequence[int] = ()) -> tuple[Any, list[int]]:
         """Send one request; return its reply record and descriptors (caller closes)."""
-        self._next_id = self._next_id % 0xFFFF_FFFF + 1
-        request_id = self._next_id
+        self._next_id = request_id = self._next_id % 0xFFFF_FFFF + 1
         try:
             self.transport.send(encode_request(request_id, op, args), fds)
         except ConnectionError as exc:  # EPIPE, ECONNRESET: nobody is listening any more
-            self._last_word(op)
-            raise DaemonGone(f"{self._peer} is gone ({exc.strerror})") from exc
+            raise self._unheard(op, exc) from exc
+        pending = {request_id: op}
         while True:
-            message = self._receive({request_id: op})
-            if isinstance(message, EventMessage):
+            message = self._receive(pending)
+            if type(message) is EventMessage:
                 self.events.append(message)
                 continue
             if message.errno:
                 _close(message.fds)
                 raise XeError(message.errno, op.name, message.result.message)
             return message.result, list(message.fds)
+
+    def _unheard(self, op: Op, exc: OSError) -> Exception:
+        """Our request found the connection closed. If the daemon said why before it
+        hung up (a PROTOCOL_ERROR event: EMFILE when it turned us away for want of
+        descriptors before our HELLO came), that is the request's refusal; otherwise
+        the daemon is gone."""
+        try:
+            data = self.transport.sock.recv(MAX_DATAGRAM, socket.MSG_DONTWAIT)
+            message = decode_incoming(data, (), {})
+        except (OSError, ProtocolError):
+            message = None
+        if isinstance(message, EventMessage) and message.event is Event.PROTOCOL_ERROR:
+            return XeError(message.data.errno, op.name, message.data.message)
+        return DaemonGone(f"{self._peer} is gone ({exc.strerror})")
 
     def wait_event(self, timeout: float | None = None) -> EventMessage:
         """The next event (queued ones first); TimeoutError if none came in time."""
@@ -72,27 +94,10 @@ class RpcConnection:
             _close(received)
             raise DaemonGone(f"{self._peer} closed the connection")
         try:
-            return decode_incoming(data, tuple(received), pending)
+            return decode_incoming(data, tuple(received) if received else (), pending)
         except ProtocolError as exc:
             _close(received)
             raise DaemonGone(f"protocol error from {self._peer}: {exc}") from exc
-
-    def _last_word(self, op: Op) -> None:
-        """The peer hung up before our request went out: if it said why first (a
-        PROTOCOL_ERROR event: a daemon out of descriptors turns a new connection away
-        with EMFILE, perhaps before its HELLO is sent), raise that as the refusal."""
-        self.transport.sock.settimeout(1.0)  # it hung up: what it sent is there already
-        while True:
-            try:
-                message = self._receive({})
-            except (DaemonGone, OSError):
-                return
-            if not isinstance(message, EventMessage):
-                _close(message.fds)
-                continue
-            if message.event is Event.PROTOCOL_ERROR:
-                raise XeError(message.data.errno, op.name, message.data.message)
-            self.events.append(message)
 
     def close(self) -> None:
         self.transport.close()

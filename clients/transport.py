@@ -14,6 +14,7 @@ from protocols import MAX_DATAGRAM, MAX_FDS, pack_fds, unpack_fds
 from protocols.cli import connect_failure, connect_timeout, socket_path
 
 _ANC_SPACE = socket.CMSG_SPACE(MAX_FDS * 4)
+_MSG_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)  # an IntFlag costs a conversion per call
 _BACKLOG_PAUSE = 0.01  # seconds between two connects while the daemon's backlog is full
 
 
@@ -87,11 +88,11 @@ class SeqpacketTransport:
 
     def recv(self) -> tuple[bytes, list[int]]:
         """One datagram and the descriptors that came with it (b"" at EOF)."""
-        data, ancdata, _flags, _ = self.sock.recvmsg(
-            MAX_DATAGRAM, _ANC_SPACE, socket.MSG_CMSG_CLOEXEC
-        )
-        fds, _junk = unpack_fds(ancdata)
+        data, ancdata, _flags, _ = self.sock.recvmsg(MAX_DATAGRAM, _ANC_SPACE, _MSG_CMSG_CLOEXEC)
         self.bytes_received += len(data)
+        if not ancdata:  # most replies
+            return data, []
+        fds, _junk = unpack_fds(ancdata)
         return data, fds
 
     def close(self) -> None:

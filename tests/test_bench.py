@@ -29,12 +29,14 @@ def test_bench_rtt_reports_both_sides_and_their_cpu() -> None:
     out = xec("bench", "rtt", "--rounds", "2", "--per-round", "100")
     assert "round trips: 200 each, 2 interleaved rounds" in out
     labels = ("daemon VERSION ioctl", "raw seqpacket echo", "  same echo in trio")
-    for label in (*labels, "  msgpack floor"):
+    for label in (*labels, "  msgpack floor", "  design floor"):
         (row,) = [line for line in out.splitlines() if line.startswith(label)]
         # median, p99, client CPU, server CPU: four measured figures per row
         assert len(re.findall(r"\d+\.\d us", row)) == 4, row
     assert re.search(r"^floor: \d+\.\d\d ", out, re.MULTILINE), out
     assert float(RATIO.search(out).group(1)) > 0  # type: ignore[union-attr]
+    assert re.search(r"^ratio: \d+\.\d\d  design floor: \d+\.\d\d ", out, re.MULTILINE), out
+    assert re.search(r"^over floor: \d+\.\d\d  .*target <= 1\.25", out, re.MULTILINE), out
 
 
 def test_bench_mmap_shows_no_byte_of_the_mapping_on_the_socket() -> None:
@@ -71,3 +73,18 @@ def test_bench_scale_prints_ready_time_and_a_row_per_kind() -> None:
     for kind in ("connection", "bo", "vm", "exec queue (idle)"):
         (row,) = [line for line in out.splitlines() if line.startswith(kind + " ")]
         assert re.search(r"\s20\s+-?\d+\.\d\d KiB\s+\d+ us\s+\d+ us$", row), row
+
+
+def test_bench_throughput_prints_each_count_against_the_design_floor() -> None:
+    """bench throughput runs N client processes through the daemon and through the
+    design floor's server, and prints per N both rates, their ratio and both p99s."""
+    out = xec("bench", "throughput", "--clients", "1,2", "--seconds", "0.2", "--rounds", "1")
+    for clients in (1, 2):
+        row = re.search(
+            rf"^\s+{clients}\s+([\d,]+)\s+([\d,]+)\s+(\d+\.\d\d)\s+.* us\s+.* us$",
+            out,
+            re.MULTILINE,
+        )
+        assert row, out
+        assert int(row.group(1).replace(",", "")) > 0 and int(row.group(2).replace(",", "")) > 0
+    assert re.search(r"^throughput ratio: \d+\.\d\d at worst", out, re.MULTILINE), out

@@ -368,11 +368,13 @@ def test_bench_json_is_one_document_and_progress_is_on_stderr() -> None:
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["round_trips"] == 100 and result["ratio"] > 0
+    assert result["design_floor"] > 0 and result["over_floor"] > 0
     assert set(result["rows"]) == {
         "daemon VERSION ioctl", "raw seqpacket echo", "same echo in trio", "msgpack floor",
-        "same ioctl from C", "same echo from C",
+        "design floor", "same ioctl from C", "same echo from C",
     }  # fmt: skip
     assert "round 2/2" in done.stderr and "ratio:" in done.stderr
+    assert "over floor:" in done.stderr
 
 
 def test_load_json_counts_every_barrier() -> None:

@@ -57,3 +57,30 @@ def test_the_msgpack_floor_answers_each_request_under_its_id(tmp_path):
             client.close()
     finally:
         server.stop()
+
+
+def test_the_design_floor_serves_connections_at_once_each_under_its_ids(tmp_path):
+    """The design floor is a real trio server: two connections open at once are each
+    answered the fixed reply under their own request ids, and its client matches them."""
+    reply = {"name": "xe", "version_major": 1}
+    server = EchoServer.design_floor(str(tmp_path / "design.sock"), msgpack.packb(reply))
+    try:
+        socks = [socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(2)]
+        for sock in socks:
+            sock.settimeout(10)
+            sock.connect(server.path)
+        for ids in ((3, 4), (0xFFFF_FFFF, 0xFFFF_FFFE)):
+            for sock, request_id in zip(socks, ids, strict=True):  # both sent before either is read
+                sock.send(msgpack.packb([request_id, 0, {}]))
+            for sock, request_id in zip(socks, ids, strict=True):
+                assert msgpack.unpackb(sock.recv(65536)) == [request_id, 0, reply]
+        for sock in socks:
+            sock.close()
+        client = server.connect()
+        try:
+            for _ in range(3):  # ids 1, 2, 3, each matched to its reply
+                assert client.round_trip() > 0
+        finally:
+            client.close()
+    finally:
+        server.stop()

@@ -59,8 +59,14 @@ def test_a_c_program_under_the_preload_library(xed_run_c, tmp_path):
 '''
 
 FAILING = """
-def test_fails_after_using_the_daemon(xed_device):
+import time
+
+
+def test_fails_after_using_the_daemon(xed_daemon, xed_device):
     xed_device.version()
+    deadline = time.monotonic() + 30  # the daemon's log is written by a thread of its own
+    while "client_connected" not in xed_daemon.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert False, "on purpose"
 """
 

@@ -79,12 +79,21 @@ _PEERCRED = struct.Struct("3i")
 EVENT_QUEUE = 256  # events a slow client may fall behind by before they are dropped
 
 
-# op -> (handler, whether it takes the request's descriptors, whether it must be awaited),
-# worked out once rather than on every request
+# op -> (handler, whether it takes the request's descriptors, whether it must be awaited,
+# whether its answer opens descriptors), worked out once rather than on every request
 _DISPATCH = {
-    op: (handler, bool(SPECS[op].fds_in), inspect.iscoroutinefunction(handler))
+    op: (
+        handler,
+        bool(SPECS[op].fds_in),
+        inspect.iscoroutinefunction(handler),
+        op in OPENS_DESCRIPTORS,
+    )
     for op, handler in HANDLERS.items()
 }
+_now = time.perf_counter
+_HELLO = Op.HELLO  # an enum's members are slow to look up on its class (EnumType.__getattr__)
+_BLOCKING = frozenset(op for op, spec in SPECS.items() if spec.blocking)
+_NO_FDS: tuple[int, ...] = ()
 
 
 class _Disconnected(Exception):
@@ -191,7 +200,11 @@ class Connection:
         try:
             while True:
                 data, ancdata, flags, _ = await self._recvmsg()
-                fds, junk = unpack_fds(ancdata)
+                fds: list[int] | tuple[int, ...]
+                if ancdata:
+                    fds, junk = unpack_fds(ancdata)
+                else:  # nearly every request: nothing came beside the bytes
+                    fds, junk = _NO_FDS, False
                 if not data and not fds and empty_read(self.sock) is not EmptyRead.DATAGRAM:
                     return "eof"  # the client closed (or shut down) its end
                 if junk or flags & _MSG_CTRUNC:  # the kernel dropped what did not fit
@@ -207,13 +220,15 @@ class Connection:
                         self.log.warning("client_dropped", reason="malformed messages")
                         return "garbage"
                     continue
-                if SPECS[request.op].blocking:
+                if request.op in _BLOCKING:
                     nursery.start_soon(self._answer_blocking, request, nursery.cancel_scope)
-                else:
+                elif request.fds:
                     try:
                         await self._answer(request)
                     finally:
                         _close_all(request.fds)
+                else:
+                    await self._answer(request)
         except _Disconnected as exc:
             return f"reset ({exc})"
 
@@ -243,17 +258,19 @@ class Connection:
 
     async def _answer(self, request: Request) -> None:
         """Run the op's handler (awaiting it if it blocks) and send the reply or errno."""
-        started = time.perf_counter()
+        started = _now()
+        device, op = self.device, request.op
         try:
-            self._check_plugged(request)
-            if self.device.test_crashes:
-                self.device.crash_point(request.op.name)
-            if request.op is Op.HELLO:
+            if device.is_gone(self.xef.generation):
+                self._check_plugged(request)
+            if device.test_crashes:
+                device.crash_point(op.name)
+            if op is _HELLO:
                 result: Any = self._hello(request.args)
             else:
-                if request.op in OPENS_DESCRIPTORS:
-                    self.device.descriptors.check(self.xef, request.op)
-                handler, takes_fds, is_async = _DISPATCH[request.op]
+                handler, takes_fds, is_async, opens_descriptors = _DISPATCH[op]
+                if opens_descriptors:
+                    device.descriptors.check(self.xef, op)
                 if takes_fds:  # lent, not given: closed once the request is answered
                     result = handler(self.xef, request.args, request.fds)
                 else:
@@ -277,18 +294,20 @@ class Connection:
         except Exception:
             await self._crashed(request)
             return
-        fds: list[int] = []
-        if type(result) is tuple:
-            result, fds = result
+        if type(result) is not tuple:  # most replies: no descriptor goes back
+            data = encode_reply(request.id, op, 0, result)
+            if not self._send_now(data):
+                await self._send_when_room(data, [])
+            device.ioctl_stats.record(op, 0, _now() - started)
+            return
+        result, fds = result
         try:
-            await self._send(encode_reply(request.id, request.op, 0, result), fds)
+            await self._send(encode_reply(request.id, op, 0, result), fds)
         except _FdsRefused as exc:
-            self.device.ioctl_stats.record(
-                request.op, errno.EMFILE, time.perf_counter() - started
-            )
+            device.ioctl_stats.record(op, errno.EMFILE, time.perf_counter() - started)
             await self._fds_refused(request, exc)
         else:
-            self.device.ioctl_stats.record(request.op, 0, time.perf_counter() - started)
+            device.ioctl_stats.record(op, 0, time.perf_counter() - started)
         finally:
             _close_all(fds)  # the client's copies are its own; ours go, sent or not
 
@@ -429,20 +448,38 @@ class Connection:
     # check and the send with no checkpoint between them, so no other task of this
     # connection sends in between); _FdsRefused if it may not go.
     async def _send(self, data: bytes, fds: list[int]) -> None:
-        ancdata = pack_fds(fds)
+        if not fds:
+            if not self._send_now(data):
+                await self._send_when_room(data, fds)
+            return
         unread = self.unread
         try:
-            if fds:
-                self._admit(len(fds))
-            self.sock.sendmsg([data], ancdata)
+            self._admit(len(fds))
+            self.sock.sendmsg([data], pack_fds(fds))
         except BlockingIOError:
-            pass
+            await self._send_when_room(data, fds)
         except OSError as exc:
             raise _send_failed(exc, fds) from exc
         else:
-            if fds or unread.tracking:
-                unread.sent(len(data), len(fds))
-            return
+            unread.sent(len(data), len(fds))
+
+    def _send_now(self, data: bytes) -> bool:
+        """Send a message without descriptors if the socket has room for it now (nearly
+        always: send(2) is the cheaper call); False if it has not."""
+        try:
+            self.sock.send(data)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            raise _send_failed(exc, []) from exc
+        unread = self.unread
+        if unread.tracking:
+            unread.sent(len(data), 0)
+        return True
+
+    async def _send_when_room(self, data: bytes, fds: list[int]) -> None:
+        unread = self.unread
+        ancdata = pack_fds(fds)
         async with self._send_lock:  # only one task may wait for room
             while True:
                 await trio.lowlevel.wait_writable(self.sock)
