@@ -27,7 +27,7 @@ from protocols.cli import (
     socket_path,
 )
 
-from . import bench, exits, load
+from . import bench, bench_scale, exits, load
 from .progress import results_as_json
 
 SOCKET_DEFAULT = "$XED_SOCKET, else $XDG_RUNTIME_DIR/xed/xed.sock, else /run/xed/xed.sock"
@@ -94,7 +94,10 @@ def _bench_parsers(sub: Subparsers) -> None:
     _connection_options(rd)
     rd.add_argument("--repeats", type=int, default=20, help="runs of each size")
     _spread_option(rd)
-    for p in (rtt, mm, bar, rd):
+    sc = _sub(bench_sub, "scale", "many connections, BOs, VMs, queues: memory and time each")
+    sc.add_argument("--connections", type=int, default=10_000, help="connections at once")
+    sc.add_argument("--objects", type=int, default=10_000, help="BOs, VMs, queues at once")
+    for p in (rtt, mm, bar, rd, sc):
         _json_option(p)
 
 
@@ -242,9 +245,7 @@ def _other_parsers(sub: Subparsers) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="xec", description=__doc__, formatter_class=HelpFormatter
-    )
+    parser = argparse.ArgumentParser(prog="xec", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--version", action=VersionAction)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _bench_parsers(sub)
@@ -316,6 +317,8 @@ def _run(args: argparse.Namespace) -> int:
             emit(bench.bench_mmap(args.socket, args.repeats, args.spread))
         elif args.which == "rdma":
             emit(bench.bench_rdma(args.socket, args.repeats, args.spread))
+        elif args.which == "scale":
+            emit(bench_scale.bench_scale(args.connections, args.objects))
         else:
             emit(bench.bench_barrier(args.socket, args.count))
     return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import collections
 from errno import EAGAIN, ECANCELED, EINVAL, ENOENT
 from typing import TYPE_CHECKING
 
@@ -28,6 +28,15 @@ MAX_PENDING_JOBS = 4096  # beyond this EXEC answers EAGAIN rather than queue for
 
 
 class XeExecQueue:
+    """A queue costs a record while it has no work: its worker task is started by the
+    first batch submitted and ends when the queue runs dry (10,000 idle queues are
+    10,000 records, not 10,000 tasks)."""
+
+    __slots__ = (
+        "file", "device", "vm", "engine", "id", "banned",
+        "_jobs", "_pending", "_running", "_worker", "_stopped",
+    )  # fmt: skip
+
     def __init__(self, xef: XeFile, vm: XeVm, eci: m.DrmXeEngineClassInstance) -> None:
         self.file = xef
         self.device = xef.device
@@ -36,14 +45,12 @@ class XeExecQueue:
         self.engine = eci
         self.id = 0
         self.banned = False
-        self._send, self._recv = trio.open_memory_channel[tuple[int | None, list[UserFence]]](
-            math.inf
-        )
+        self._jobs: collections.deque[tuple[int | None, list[UserFence]]] | None = None
         self._pending = 0
         self._running = 0  # the batch the worker is on, for a crash's ban event
-        self._cancel = trio.CancelScope()
+        self._worker: trio.CancelScope | None = None  # while a worker task runs
+        self._stopped = False  # halted or destroyed: nothing more runs
         self.device.counts["exec_queue"] += 1
-        self.device.start_soon(self._run, what="exec_queue", on_crash=self._crashed, log=xef.log)
 
     @property
     def full(self) -> bool:
@@ -51,27 +58,43 @@ class XeExecQueue:
 
     def submit(self, address: int | None, fences: list[UserFence]) -> None:
         """Queue a batch (None: a sync-only job that just signals after earlier work)."""
+        if self._jobs is None:
+            self._jobs = collections.deque()
         self._pending += 1
-        self._send.send_nowait((address, fences))
+        self._jobs.append((address, fences))
+        if self._worker is None and not self._stopped:
+            self._worker = trio.CancelScope()
+            self.device.start_soon(
+                self._run, what="exec_queue", on_crash=self._crashed, log=self.file.log
+            )
 
     def halt(self) -> None:
         """The device is unplugged: the batch running stops where it is and nothing
         queued runs or signals (its fences never come)."""
-        self._cancel.cancel()
+        self._stopped = True
+        if self._worker is not None:
+            self._worker.cancel()
 
     def destroy(self) -> None:
-        self._cancel.cancel()
-        self._send.close()
+        self.halt()
         self.vm.exec_queues -= 1
         self.vm.put()
         self.device.counts["exec_queue"] -= 1
 
     async def _run(self) -> None:
-        with self._cancel:
-            async for address, fences in self._recv:
-                await self._execute(address, fences)
-                self._pending -= 1
-        self._recv.close()
+        assert self._worker is not None and self._jobs is not None
+        try:
+            with self._worker:
+                while self._jobs and not self._stopped:
+                    address, fences = self._jobs.popleft()
+                    await self._execute(address, fences)
+                    self._pending -= 1
+        finally:
+            # no checkpoint between the last look at the jobs and this: a batch submitted
+            # from now on starts a worker of its own
+            self._worker = None
+            if self._stopped:
+                self._jobs = None
 
     async def _execute(self, address: int | None, fences: list[UserFence]) -> None:
         # a banned queue or closed VM drops the job, but its fences still signal (xe does)
@@ -110,7 +133,8 @@ class XeExecQueue:
         queue is banned as a GPU fault would have it, and nothing else is touched.
         Batches still queued are dropped with their fences; waiters on the queue wake
         to EIO, and later EXECs are ECANCELED."""
-        self._recv.close()
+        self._stopped = True
+        self._jobs = None
         if not self.banned:
             self._ban(GpuFault(self._running, "internal error"))
 

@@ -1,0 +1,171 @@
+"""`xec bench scale`: many clients and many objects at once, and what each costs the daemon.
+
+For each kind (connections, BOs, VMs, exec queues) it creates `count` of them, all alive
+at once, and prints the daemon's memory per object (its resident set grown, divided by
+the count) and the time to create and to release one (the mean over the count); and the
+time from starting a daemon process to its READY=1 (the median of a few starts).
+
+10,000 connections need 10,000 descriptors on each side: the daemon this tool starts
+gets a descriptor limit to match (DaemonProcess(nofile=)), and this process raises its
+own soft limit as far as the hard one allows (or the count is cut to fit, and says so).
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .daemon import DaemonProcess
+from .device import Device
+from .progress import Progress
+
+READY_STARTS = 3  # daemon starts timed to READY=1
+PER_FILE_VMS = 1000  # below the per-file VM limit (1024 by default)
+SPARE_FDS = 512  # descriptors this process and the daemon keep beside the count
+ONE_KIB = 1024
+
+
+def _rss(pid: int) -> int:
+    """The resident set of process `pid`, in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * ONE_KIB
+    return 0
+
+
+def _room_for(count: int) -> int:
+    """Raise our descriptor limit towards `count` connections; how many fit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = count + SPARE_FDS
+    if hard != resource.RLIM_INFINITY:
+        wanted = min(wanted, hard)
+    if wanted > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    return min(count, wanted - SPARE_FDS)
+
+
+def _ready_ms() -> list[float]:
+    times = []
+    for _ in range(READY_STARTS):
+        daemon = DaemonProcess(extra_args=("--log-level", "warning"))
+        start = time.perf_counter()
+        daemon.start()
+        times.append((time.perf_counter() - start) * 1000)
+        daemon.cleanup()
+    return times
+
+
+def _kind(
+    pid: int,
+    count: int,
+    create: Callable[[], object],
+    release: Callable[[object], None],
+    released: Callable[[], bool] = lambda: True,
+) -> dict[str, float]:
+    """Create `count` objects, all alive at once, then release them (until `released()`
+    says the daemon is done with them): memory and times."""
+    before = _rss(pid)
+    start = time.perf_counter()
+    made = [create() for _ in range(count)]
+    created = time.perf_counter() - start
+    grown = _rss(pid) - before
+    start = time.perf_counter()
+    for obj in made:
+        release(obj)
+    while not released():
+        time.sleep(0.001)
+    gone = time.perf_counter() - start
+    return {
+        "count": count,
+        "bytes_each": grown / count,
+        "create_us": created / count * 1e6,
+        "release_us": gone / count * 1e6,
+    }
+
+
+def bench_scale(connections: int, objects: int) -> dict[str, Any]:
+    """Connections, BOs, VMs and exec queues, `connections` and `objects` of each."""
+    progress = Progress()
+    progress(f"daemon start to READY=1, {READY_STARTS} times", force=True)
+    ready = _ready_ms()
+    fitting = _room_for(connections)
+    nofile = max(fitting, objects) + SPARE_FDS * 2
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY:
+        nofile = min(nofile, hard)
+    results: dict[str, dict[str, float]] = {}
+    with DaemonProcess(extra_args=("--log-level", "warning"), nofile=nofile) as daemon:
+        path, pid = daemon.socket_path, daemon.pid
+        progress(f"{fitting:,} connections", force=True)
+        with Device.open(path, role="admin") as admin:
+            files = admin.admin_status().objects.files
+            results["connections"] = _kind(
+                pid,
+                fitting,
+                lambda: Device.open(path),
+                lambda dev: dev.close(),  # type: ignore[attr-defined]
+                lambda: admin.admin_status().objects.files <= files,
+            )
+        with Device.open(path) as dev:
+            progress(f"{objects:,} BOs", force=True)
+            results["bos"] = _kind(
+                pid,
+                objects,
+                lambda: dev.gem_create(4096),
+                lambda h: dev.gem_close(h),  # type: ignore[arg-type]
+            )
+            progress(f"{objects:,} exec queues", force=True)
+            vm = dev.vm_create()
+            results["exec_queues"] = _kind(
+                pid,
+                objects,
+                lambda: dev.exec_queue_create(vm),
+                lambda q: dev.exec_queue_destroy(q),  # type: ignore[arg-type]
+            )
+            dev.vm_destroy(vm)
+        progress(f"{objects:,} VMs", force=True)
+        holders = [Device.open(path) for _ in range(-(-objects // PER_FILE_VMS))]
+        turn = iter(range(objects))
+
+        def vm_create() -> tuple[Device, int]:
+            holder = holders[next(turn) // PER_FILE_VMS]
+            return holder, holder.vm_create()
+
+        results["vms"] = _kind(
+            pid,
+            objects,
+            vm_create,
+            lambda made: made[0].vm_destroy(made[1]),  # type: ignore[index]
+        )
+        for holder in holders:
+            holder.close()
+    _print(results, ready, connections)
+    return {"ready_ms": statistics.median(ready), "ready_ms_all": ready, **results}
+
+
+def _print(results: dict[str, dict[str, float]], ready: list[float], asked: int) -> None:
+    print("many objects at once: the daemon's memory per object, time to create and release one")
+    print(f"{'kind':>12} {'count':>8} {'memory each':>12} {'create':>10} {'release':>10}")
+    for kind, row in results.items():
+        print(
+            f"{kind:>12} {int(row['count']):>8,} {row['bytes_each'] / ONE_KIB:>8.2f} KiB "
+            f"{row['create_us']:>7.1f} us {row['release_us']:>7.1f} us"
+        )
+    if results["connections"]["count"] < asked:
+        print(f"(connections cut to {int(results['connections']['count']):,}: descriptor limit)")
+    print(
+        f"exec queue, idle: {results['exec_queues']['bytes_each'] / ONE_KIB:.2f} KiB each "
+        f"(target <= 1 KiB at 10,000)"
+    )
+    print(
+        f"connection: {results['connections']['bytes_each'] / ONE_KIB:.1f} KiB each "
+        f"(target: ~17 KiB, kept)"
+    )
+    print(
+        f"daemon start to READY=1: {statistics.median(ready):.0f} ms "
+        f"(median of {len(ready)}; target <= 300 ms)"
+    )
