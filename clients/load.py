@@ -365,7 +365,24 @@ def _main_load(socket_path: Path | None, opts: LoadOptions, sweep: list[int]) ->
             result = run_load(path, pid, run_opts)
             print_report(run_opts, result)
             runs.append({"clients": clients, "daemon_nice": daemon_nice, **result})
+    if len(runs) > 1:
+        _print_sweep(runs)
     return runs
+
+
+def _print_sweep(runs: list[Any]) -> None:
+    """The sweep at a glance: one line per writer count."""
+    print("\n== sweep ==")
+    print(
+        f"{'writers':>8} {'barriers/s':>12} {'ack p50':>9} {'ack p99':>9} "
+        f"{'writers p50':>12} {'writers p99':>12} {'lost':>5} {'daemon CPU':>11}"
+    )
+    for run in runs:
+        print(
+            f"{run['clients']:>8} {run['rate']:>12,.0f} {run['ack_p50_us']:>6.0f} us "
+            f"{run['ack_p99_us']:>6.0f} us {run['writer_ack_p50_us']:>9.0f} us "
+            f"{run['writer_ack_p99_us']:>9.0f} us {run['lost']:>5} {run['daemon_cpu_pct']:>10.0f}%"
+        )
 
 
 if __name__ == "__main__":

@@ -33,8 +33,12 @@ def test_load_sweep_counts_every_barrier_for_its_own_file() -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
-    runs = out.split("\n== ")[1:]
+    each, sweep = out.split("\n== sweep ==")
+    runs = each.split("\n== ")[1:]
     assert [int(run.split()[0]) for run in runs] == [1, 3]
+    # the sweep at a glance: both acknowledgement figures for each writer count
+    table = re.findall(r"^\s+([13])\s+[\d,]+\s+\d+ us\s+\d+ us\s+\d+ us\s+\d+ us\s+0 ", sweep, re.M)
+    assert table == ["1", "3"], sweep
     # a sweep shows progress as a single run does: at least a line per run, on stderr
     assert done.stderr.count("barriers counted") >= 2, done.stderr
     for run in runs:
