@@ -1,9 +1,11 @@
 """`xec bench scale`: many clients and many objects at once, and what each costs the daemon.
 
-For each kind (connections, BOs, VMs, exec queues) it creates `count` of them, all alive
-at once, and prints the daemon's memory per object (its resident set grown, divided by
-the count) and the time to create and to release one (the mean over the count); and the
-time from starting a daemon process to its READY=1 (the median of a few starts).
+For each kind (connections, BOs, VMs, exec queues) it starts a daemon of its own and
+creates `count` of them there, all alive at once, and prints the daemon's memory per
+object (its resident set grown, divided by the count) and the time to create and to
+release one (the mean over the count; a connection is released once the daemon has let
+go of its file, not when the client has closed its end); and the time from starting a
+daemon process to its READY=1 (the median of a few starts).
 
 10,000 connections need 10,000 descriptors on each side: the daemon this tool starts
 gets a descriptor limit to match (DaemonProcess(nofile=)), and this process raises its
@@ -98,37 +100,43 @@ def bench_scale(connections: int, objects: int) -> dict[str, Any]:
     if hard != resource.RLIM_INFINITY:
         nofile = min(nofile, hard)
     results: dict[str, dict[str, float]] = {}
-    with DaemonProcess(extra_args=("--log-level", "warning"), nofile=nofile) as daemon:
-        path, pid = daemon.socket_path, daemon.pid
+
+    # each kind in a daemon of its own: memory freed by one kind would be reused by the next
+    # (the interpreter keeps it), and the next would seem to cost nothing
+    def daemon() -> DaemonProcess:
+        return DaemonProcess(extra_args=("--log-level", "warning"), nofile=nofile)
+
+    with daemon() as d, Device.open(d.socket_path, role="admin") as admin:
         progress(f"{fitting:,} connections", force=True)
-        with Device.open(path, role="admin") as admin:
-            files = admin.admin_status().objects.files
-            results["connections"] = _kind(
-                pid,
-                fitting,
-                lambda: Device.open(path),
-                lambda dev: dev.close(),  # type: ignore[attr-defined]
-                lambda: admin.admin_status().objects.files <= files,
-            )
-        with Device.open(path) as dev:
-            progress(f"{objects:,} BOs", force=True)
-            results["bos"] = _kind(
-                pid,
-                objects,
-                lambda: dev.gem_create(4096),
-                lambda h: dev.gem_close(h),  # type: ignore[arg-type]
-            )
-            progress(f"{objects:,} exec queues", force=True)
-            vm = dev.vm_create()
-            results["exec_queues"] = _kind(
-                pid,
-                objects,
-                lambda: dev.exec_queue_create(vm),
-                lambda q: dev.exec_queue_destroy(q),  # type: ignore[arg-type]
-            )
-            dev.vm_destroy(vm)
+        path = d.socket_path
+        files = admin.admin_status().objects.files
+        results["connections"] = _kind(
+            d.pid,
+            fitting,
+            lambda: Device.open(path),
+            lambda dev: dev.close(),  # type: ignore[attr-defined]
+            lambda: admin.admin_status().objects.files <= files,
+        )
+    with daemon() as d, Device.open(d.socket_path) as dev:
+        progress(f"{objects:,} BOs", force=True)
+        results["bos"] = _kind(
+            d.pid,
+            objects,
+            lambda: dev.gem_create(4096),
+            lambda h: dev.gem_close(h),  # type: ignore[arg-type]
+        )
+    with daemon() as d, Device.open(d.socket_path) as dev:
+        progress(f"{objects:,} exec queues", force=True)
+        vm = dev.vm_create()
+        results["exec_queues"] = _kind(
+            d.pid,
+            objects,
+            lambda: dev.exec_queue_create(vm),
+            lambda q: dev.exec_queue_destroy(q),  # type: ignore[arg-type]
+        )
+    with daemon() as d:
         progress(f"{objects:,} VMs", force=True)
-        holders = [Device.open(path) for _ in range(-(-objects // PER_FILE_VMS))]
+        holders = [Device.open(d.socket_path) for _ in range(-(-objects // PER_FILE_VMS))]
         turn = iter(range(objects))
 
         def vm_create() -> tuple[Device, int]:
@@ -136,7 +144,7 @@ def bench_scale(connections: int, objects: int) -> dict[str, Any]:
             return holder, holder.vm_create()
 
         results["vms"] = _kind(
-            pid,
+            d.pid,
             objects,
             vm_create,
             lambda made: made[0].vm_destroy(made[1]),  # type: ignore[index]
