@@ -9,6 +9,12 @@ atomic add (protocols.futex), never read-then-written, so that two processes nev
 backwards. Whoever adds then stores the number as it reads it afterwards, which may be
 another's later number: a number stored twice counts once, a lower one not at all, and
 the highest one stored covers every add before it.
+
+After the store, the library looks at the device's notice page: if its page watcher is
+asleep (NOTICE_WATCHER_ASLEEP reads non-zero), it wakes it (FUTEX_WAKE), so a barrier
+after a quiet spell is acknowledged at once; while the watcher is awake (barriers keep
+coming) that costs one load. A store without the wake-up is counted all the same, at
+the watcher's next timed look.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import time
 
 from protocols import futex
 from protocols.constants import (
+    NOTICE_WATCHER_ASLEEP,
     PAGE_SIZE,
     PCI_BARRIER_IDLE,
     PCI_BARRIER_SEQ_MASK,
@@ -43,9 +50,13 @@ os.register_at_fork(before=_forking)
 class PciBarrier:
     """The barrier page mapped write-only, and the running number of its stores."""
 
-    def __init__(self, page: Mapping) -> None:
+    def __init__(self, page: Mapping, notice: int) -> None:
+        """`notice`: the address of the device's notice page, mapped for as long as the
+        process lives (clients/unplug.py)."""
         self.page = page
         self._store = page.words.u32
+        self._asleep_at = notice + NOTICE_WATCHER_ASLEEP
+        self._asleep = ctypes.c_uint32.from_address(self._asleep_at)
         self._shared = mmap.mmap(-1, PAGE_SIZE, mmap.MAP_SHARED)
         self._counter = ctypes.c_uint32.from_buffer(self._shared)
         self._address = ctypes.addressof(self._counter)
@@ -63,6 +74,8 @@ class PciBarrier:
         else:
             seq = self._counter.value = (self._counter.value + 1) & 0xFFFF_FFFF
         self._store[0] = PCI_BARRIER_SEQ_TAG | seq & PCI_BARRIER_SEQ_MASK
+        if self._asleep.value:
+            futex.wake(self._asleep_at, 1)
 
     def drain(self, attempts: int = 3) -> None:
         """Make sure the device has seen the last barrier: repeat it (a repeated number
@@ -72,5 +85,7 @@ class PciBarrier:
             return
         for _ in range(attempts):
             self.page.write_u32(0, PCI_BARRIER_SEQ_TAG | seq & PCI_BARRIER_SEQ_MASK)
+            if self._asleep.value:
+                futex.wake(self._asleep_at, 1)
             while self.page.read_u32(0) != PCI_BARRIER_IDLE:
                 time.sleep(0.0005)

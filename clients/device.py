@@ -405,7 +405,7 @@ class Device:
         """The barrier page pci_barrier() stores to (mapped now if it is not yet)."""
         if self._barrier is None:
             page = self.mmap(self.pci_barrier_offset(), PAGE_SIZE, PROT_WRITE)
-            self._barrier = PciBarrier(page)
+            self._barrier = PciBarrier(page, self.unplug_watch().address)
         return self._barrier.page
 
     @property

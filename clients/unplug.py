@@ -133,6 +133,11 @@ class UnplugWatch:
         self._thread: threading.Thread | None = None
 
     @property
+    def address(self) -> int:
+        """Where the notice page is mapped (for as long as the watch lives: the process)."""
+        return self._address
+
+    @property
     def unplugged(self) -> bool:
         return bool(self._word.value == NOTICE_UNPLUGGED)
 

@@ -40,6 +40,12 @@ PCI_BARRIER_IDLE = 0xDEADBEEF  # what every word of the barrier page reads back
 # device can count writes that landed between two of its looks. Any other value is one.
 PCI_BARRIER_SEQ_TAG = 0x5E00_0000
 PCI_BARRIER_SEQ_MASK = 0x00FF_FFFF
+# A u32 at this byte offset of the device's notice page (UNPLUG_NOTICE, read-only for
+# clients) is non-zero while the device's page watcher sleeps: a writer that finds it so
+# after a barrier store FUTEX_WAKEs it there, so a barrier after a quiet spell is seen at
+# once rather than at the watcher's next timed look. A plain store without the wake-up
+# is counted all the same, at that next look.
+NOTICE_WATCHER_ASLEEP = 64
 
 # --- MMIO regions (proposal) -----------------------------------------------------------
 XE_MMIO_ACCESS_READ_ONLY = 1  # one sealed page set shared by every file

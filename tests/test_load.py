@@ -33,8 +33,12 @@ def test_load_sweep_counts_every_barrier_for_its_own_file() -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
-    runs = out.split("\n== ")[1:]
+    each, sweep = out.split("\n== sweep ==")
+    runs = each.split("\n== ")[1:]
     assert [int(run.split()[0]) for run in runs] == [1, 3]
+    # the sweep at a glance: both acknowledgement figures for each writer count
+    table = re.findall(r"^\s+([13])\s+[\d,]+\s+\d+ us\s+\d+ us\s+\d+ us\s+\d+ us\s+0 ", sweep, re.M)
+    assert table == ["1", "3"], sweep
     # a sweep shows progress as a single run does: at least a line per run, on stderr
     assert done.stderr.count("barriers counted") >= 2, done.stderr
     for run in runs:
@@ -45,6 +49,9 @@ def test_load_sweep_counts_every_barrier_for_its_own_file() -> None:
             assert int(written.replace(",", "")) > 0
             assert written == counted and lost == "0"
         assert "lost: 0\n" in run and "counted for the wrong file: 0\n" in run
+        # a barrier's acknowledgement, the prober's and the writers' own (never a time)
+        for label in ("acknowledgement latency", "acknowledgement latency, writers' own samples"):
+            assert re.search(rf"^{label}: p50 \d+ us, p99 \d+ us", run, re.MULTILINE), run
         # the daemon's ioctl and the raw echo control, each idle and under load
         for label in ("ioctl latency", "raw echo (control)"):
             line = rf"^{re.escape(label)}: idle p50 \d+ us / p99 \d+ us; under load p50 \d+ us"
@@ -55,6 +62,22 @@ def test_load_sweep_counts_every_barrier_for_its_own_file() -> None:
         tool, writers, daemon, prober, echo = _sessions(run)
         assert writers == {tool}
         assert len({tool, daemon, prober, echo}) == 4, run
+
+
+def test_load_one_run_prints_both_acknowledgement_figures() -> None:
+    """One run (--clients) prints the acknowledgement's p50 and p99, the prober's and the
+    writers' own, and the daemon's CPU, with every barrier counted."""
+    done = subprocess.run(
+        [sys.executable, "-m", "clients.cli", "load", "barrier", "--clients", "2",
+         "--seconds", "0.3"],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert re.search(r"^acknowledgement latency: p50 \d+ us, p99 \d+ us \(the prober's", out, re.M)
+    assert re.search(r"^acknowledgement latency, writers' own samples: p50 \d+ us", out, re.M)
+    assert re.search(r"^daemon CPU: \d+% of one core$", out, re.MULTILINE), out
+    assert "lost: 0\n" in out
 
 
 def test_load_one_session_keeps_everyone_with_the_writers() -> None:

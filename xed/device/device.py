@@ -30,12 +30,12 @@ from .ids import IdAllocator
 from .limits import DescriptorReserve
 from .memory import MemRegion, reported_bytes
 from .mmio import Bar0
-from .pages import PageWatcher
 from .process import Instance
 from .ufence import UfenceWaiters
 from .unplug import UnplugNotice, drm_dev_unplug
 from .views import ViewCache, views_limit
 from .vma_manager import VmaOffsetManager
+from .watcher import PageWatcher
 
 if TYPE_CHECKING:
     from .bo import XeBo
@@ -175,6 +175,7 @@ class XeDevice:
         self.regions = self._regions(self.config)
         self.bar0 = Bar0(self.config)
         self.notice = UnplugNotice()
+        self.watcher.replug(self.notice)
         self.start_forever(self.bar0.run_timestamp, what="bar0_timestamp")
         self.unplugged = False
 

@@ -28,9 +28,14 @@ MAX_PENDING_JOBS = 4096  # beyond this EXEC answers EAGAIN rather than queue for
 
 
 class XeExecQueue:
-    """A queue of batches for one engine. An idle queue is a record and nothing more:
-    a worker task runs only while it has jobs (started by the first, gone when the
-    last is done), so ten thousand idle queues cost no tasks and no channels."""
+    """A queue costs a record while it has no work: its worker task is started by the
+    first batch submitted and ends when the queue runs dry (10,000 idle queues are
+    10,000 records, not 10,000 tasks)."""
+
+    __slots__ = (
+        "file", "device", "vm", "engine", "id", "banned",
+        "_jobs", "_pending", "_running", "_worker", "_stopped",
+    )  # fmt: skip
 
     def __init__(self, xef: XeFile, vm: XeVm, eci: m.DrmXeEngineClassInstance) -> None:
         self.file = xef
@@ -41,23 +46,23 @@ class XeExecQueue:
         self.id = 0
         self.banned = False
         self._jobs: collections.deque[tuple[int | None, list[UserFence]]] | None = None
+        self._pending = 0
         self._running = 0  # the batch the worker is on, for a crash's ban event
-        self._worker: trio.CancelScope | None = None  # while a worker runs
-        self._stopped = False  # halted or destroyed: nothing more runs or signals
+        self._worker: trio.CancelScope | None = None  # while a worker task runs
+        self._stopped = False  # halted or destroyed: nothing more runs
         self.device.counts["exec_queue"] += 1
 
     @property
     def full(self) -> bool:
-        return self._jobs is not None and len(self._jobs) >= MAX_PENDING_JOBS
+        return self._pending >= MAX_PENDING_JOBS
 
     def submit(self, address: int | None, fences: list[UserFence]) -> None:
         """Queue a batch (None: a sync-only job that just signals after earlier work)."""
-        if self._stopped:
-            return
         if self._jobs is None:
             self._jobs = collections.deque()
+        self._pending += 1
         self._jobs.append((address, fences))
-        if self._worker is None:
+        if self._worker is None and not self._stopped:
             self._worker = trio.CancelScope()
             self.device.start_soon(
                 self._run, what="exec_queue", on_crash=self._crashed, log=self.file.log
@@ -67,7 +72,6 @@ class XeExecQueue:
         """The device is unplugged: the batch running stops where it is and nothing
         queued runs or signals (its fences never come)."""
         self._stopped = True
-        self._jobs = None
         if self._worker is not None:
             self._worker.cancel()
 
@@ -78,20 +82,19 @@ class XeExecQueue:
         self.device.counts["exec_queue"] -= 1
 
     async def _run(self) -> None:
-        scope = self._worker
-        assert scope is not None
+        assert self._worker is not None and self._jobs is not None
         try:
-            with scope:
-                while self._jobs:
-                    address, fences = self._jobs[0]
+            with self._worker:
+                while self._jobs and not self._stopped:
+                    address, fences = self._jobs.popleft()
                     await self._execute(address, fences)
-                    if self._jobs:  # a halt while it ran dropped them all
-                        self._jobs.popleft()
+                    self._pending -= 1
         finally:
-            if self._worker is scope:
-                self._worker = None
-            if not self._jobs:
-                self._jobs = None  # an idle queue keeps no deque either
+            # no checkpoint between the last look at the jobs and this: a batch submitted
+            # from now on starts a worker of its own
+            self._worker = None
+            if self._stopped:
+                self._jobs = None
 
     async def _execute(self, address: int | None, fences: list[UserFence]) -> None:
         # a banned queue or closed VM drops the job, but its fences still signal (xe does)

@@ -1,8 +1,7 @@
 """Per-file device pages the device watches: the PCI barrier page and doorbells.
 
-The CPU writes these pages directly; nothing tells the daemon. A device task looks at
-every watched page, quickly while there are writes and more and more slowly while there
-are none (so an idle daemon with many pages mapped costs next to nothing), and acts on
+The CPU writes these pages directly; nothing tells the daemon (a library writer may
+wake the watcher: watcher.py). The page watcher looks at every watched page and acts on
 what it finds. Each page belongs to one file and is acted upon for that file only.
 
 A barrier page outlives its file: the kernel's mapping holds the device, not the file
@@ -23,11 +22,9 @@ import fcntl
 import mmap
 import os
 import struct
-import time
 from typing import TYPE_CHECKING
 
 import structlog
-import trio
 
 from protocols.constants import (
     PAGE_SIZE,
@@ -37,19 +34,15 @@ from protocols.constants import (
 )
 from protocols.words import Words
 
-from .memory import create_backing, punch_hole
+from .memory import create_backing
 
 if TYPE_CHECKING:
-    from .device import XeDevice
     from .file import XeFile
 
 _log = structlog.get_logger("xed")
-FAST_LOOK = 0.001  # seconds between looks while writes keep coming
-SLOW_LOOK = 0.05  # the most an idle page waits to be looked at
-ORPHAN_SWEEP = 1.0  # seconds between asking whether closed files' pages are still mapped
 F_SETLEASE = getattr(fcntl, "F_SETLEASE", 1024)
 _IDLE_PAGE = struct.pack("<I", PCI_BARRIER_IDLE) * (PAGE_SIZE // 4)
-_ZERO_PAGE = bytes(PAGE_SIZE)
+_IDLE_REST = _IDLE_PAGE[4:]
 _SEQ_HALF = (PCI_BARRIER_SEQ_MASK + 1) // 2
 
 LATENCY_SAMPLES = 4096
@@ -71,8 +64,9 @@ class WatchedPage:
         self.view[:] = fill
         self.words = Words(self.view)
 
-    def look(self, now: float, since: float) -> bool:
-        """Act on whatever was written since the last look; True if anything was."""
+    def look(self, now: float, since: float, full: bool) -> bool:
+        """Act on whatever was written since the last look; True if anything was. A
+        look that is not `full` may leave what is costly to find for a full one."""
         raise NotImplementedError
 
     def mmap_fd(self) -> int:
@@ -96,6 +90,7 @@ class BarrierPage(WatchedPage):
         except OSError:
             super().close()
             raise
+        self._u32 = self.words.u32
         self.count = 0
         self._last_seq = 0
         self.ack_bounds: list[float] = []  # write-to-restore latency, upper bounds (s)
@@ -134,28 +129,32 @@ class BarrierPage(WatchedPage):
         self.orphan()
         super().close()
 
-    def look(self, now: float, since: float) -> bool:
-        data = self.view[:]
-        if data == _IDLE_PAGE:
-            return False
+    def look(self, now: float, since: float, full: bool) -> bool:
         # Word 0 is read and restored with single aligned 4-byte accesses: a client store
         # racing a wider copy could otherwise merge with it into a number nobody wrote.
-        word0 = self.words.load_u32(0)
-        counted = 0
-        if word0 & ~PCI_BARRIER_SEQ_MASK == PCI_BARRIER_SEQ_TAG:
-            # the client library's running number: every write since the last look counts
-            # (rewriting the last number is idempotent, so a store the restore raced
-            # with can be repeated safely)
-            delta = (word0 - self._last_seq) & PCI_BARRIER_SEQ_MASK
-            if 0 < delta < _SEQ_HALF:
-                counted = delta
-                self._last_seq = word0 & PCI_BARRIER_SEQ_MASK
-        elif word0 != PCI_BARRIER_IDLE:
-            counted = 1
-        self.words.store_u32(0, PCI_BARRIER_IDLE)
-        if data[4:] != _IDLE_PAGE[4:]:
+        # The library's barriers land there, so that word is looked at every time; the
+        # rest of the page (a raw store anywhere: one barrier) only on `full` looks.
+        word0 = self._u32[0]
+        if word0 == PCI_BARRIER_IDLE:
+            if not full or self.view[4:] == _IDLE_REST:
+                return False
+            counted = 0
+        else:
+            counted = 0
+            if word0 & ~PCI_BARRIER_SEQ_MASK == PCI_BARRIER_SEQ_TAG:
+                # the client library's running number: every write since the last look
+                # counts (rewriting the last number is idempotent, so a store the restore
+                # raced with can be repeated safely)
+                delta = (word0 - self._last_seq) & PCI_BARRIER_SEQ_MASK
+                if 0 < delta < _SEQ_HALF:
+                    counted = delta
+                    self._last_seq = word0 & PCI_BARRIER_SEQ_MASK
+            else:
+                counted = 1
+            self._u32[0] = PCI_BARRIER_IDLE
+        if full and self.view[4:] != _IDLE_REST:
             counted = counted or 1  # any other word written: one barrier
-            self.view[4:] = _IDLE_PAGE[4:]
+            self.view[4:] = _IDLE_REST
         if counted:
             self.count += counted
             self.file.device.stats["barriers"] += counted
@@ -210,7 +209,7 @@ class DoorbellPage(WatchedPage):
         self.rings = 0
         self.last_value = 0
 
-    def look(self, now: float, since: float) -> bool:
+    def look(self, now: float, since: float, full: bool) -> bool:
         word = _pread(self.memfd, 4)
         value = int.from_bytes(word, "little") if len(word) == 4 else 0
         if not value:
@@ -240,80 +239,3 @@ def _pwrite(fd: int, data: bytes) -> None:
     # happen is a bell that cannot ring again, the owner's doing and no one else's
     with contextlib.suppress(OSError):
         os.pwrite(fd, data, 0)
-
-
-class PageWatcher:
-    """The device task that looks at every watched page. It serves every client, so a
-    failure while looking at one page (a bug of ours) ends that page only: logged with
-    its traceback, counted as a task crash, and the page is not looked at again."""
-
-    def __init__(self, device: XeDevice) -> None:
-        self.device = device
-        self.pages: set[WatchedPage] = set()
-        self._wake = trio.Event()
-        self.looks = 0
-        self._next_sweep = 0.0
-
-    def add(self, page: WatchedPage) -> None:
-        self.pages.add(page)
-        self._wake.set()
-
-    def remove(self, page: WatchedPage) -> None:
-        self.pages.discard(page)
-
-    def orphan(self, page: BarrierPage) -> None:
-        """Its file closed: watched on while any process maps it (see the module)."""
-        page.orphan()
-        # a process that died has unmapped everything before its descriptors close: its
-        # page goes at once; one still mapped waits for a sweep
-        if page not in self.pages or not page.still_mapped():
-            self.pages.discard(page)
-            page.close()
-
-    def _sweep(self) -> None:
-        """Let go of closed files' pages nobody maps any more."""
-        for page in [p for p in self.pages if isinstance(p, BarrierPage) and p.orphaned]:
-            if not page.still_mapped():
-                self.pages.discard(page)
-                page.file.log.debug("barrier_page_unmapped", **page.summary())
-                page.close()
-
-    def unplug(self) -> None:
-        """drm_dev_unplug: every page is emptied (it reads zeros in every mapping) and
-        never looked at again; closed files' pages go now (see unplug.py)."""
-        pages, self.pages = self.pages, set()
-        for page in pages:
-            punch_hole(page.memfd, PAGE_SIZE)
-            if isinstance(page, BarrierPage) and page.orphaned:
-                page.close()
-
-    async def run(self) -> None:
-        interval = SLOW_LOOK
-        last = time.monotonic()
-        while True:
-            if not self.pages:
-                self._wake = trio.Event()
-                await self._wake.wait()
-                last = time.monotonic()
-            await trio.sleep(interval)
-            now = time.monotonic()
-            busy = False
-            for page in list(self.pages):
-                try:
-                    self.device.crash_point("page_watcher")
-                    busy |= page.look(now, last)
-                except Exception:
-                    self._crashed(page)
-            self.looks += 1
-            last = now
-            if now >= self._next_sweep:
-                self._next_sweep = now + ORPHAN_SWEEP
-                self._sweep()
-            interval = FAST_LOOK if busy else min(interval * 2, SLOW_LOOK)
-
-    def _crashed(self, page: WatchedPage) -> None:
-        self.pages.discard(page)
-        if isinstance(page, BarrierPage) and page.orphaned:
-            page.close()
-        self.device.stats["task_crashes"] += 1
-        page.file.log.exception("task_crashed", task="page_watcher", page=page.kind)

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING
 
 from protocols import futex
 from protocols import messages as m
-from protocols.constants import PAGE_SIZE
+from protocols.constants import NOTICE_WATCHER_ASLEEP, PAGE_SIZE
 from protocols.memfd import F_SEAL_FUTURE_WRITE
 
 from . import eudebug
@@ -78,14 +78,25 @@ class UnplugNotice:
     def mmap_fd(self) -> int:
         return reopen_read_only(self.memfd)
 
+    def watcher_word(self) -> int | None:
+        """The address of the page watcher's asleep word (NOTICE_WATCHER_ASLEEP) in the
+        daemon's mapping, valid until announce(); None once announced."""
+        if self.view is None:
+            return None
+        return ctypes.addressof(ctypes.c_uint32.from_buffer(self.view, NOTICE_WATCHER_ASLEEP))
+
     def announce(self) -> None:
         """The device is gone: turn the word and wake everyone waiting on it. The page
-        lives on in the clients' mappings; the daemon lets go of its own."""
+        lives on in the clients' mappings; the daemon lets go of its own. The watcher's
+        asleep word is cleared (nothing is watched any more: writers need not wake it)."""
         assert self.view is not None, "a device is unplugged once"
+        asleep = ctypes.c_uint32.from_buffer(self.view, NOTICE_WATCHER_ASLEEP)
+        asleep.value = 0
+        futex.wake(ctypes.addressof(asleep))
         word = ctypes.c_uint32.from_buffer(self.view)
         word.value = NOTICE_UNPLUGGED
         futex.wake(ctypes.addressof(word))
-        del word  # the export would keep the view from closing
+        del word, asleep  # the exports would keep the view from closing
         self.view.close()
         self.view = None
         os.close(self.memfd)

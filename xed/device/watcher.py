@@ -1,0 +1,210 @@
+"""The page watcher: a thread that looks at every watched page (pages.py) for the device.
+
+A thread rather than a trio task: trio sleeps in epoll, whose timeouts are whole
+milliseconds, and a barrier should be acknowledged (its page reading 0xdeadbeef again)
+well within one. A thread sleeps as finely as the kernel lets it and holds the
+interpreter only while it looks.
+
+How often it looks:
+- hot: while writes keep coming, and HOT_HOLD after the last one, every FAST_LOOK (or
+  LOOK_RATIO times what a look takes, if more: the cost stays bounded). Such a look
+  reads word 0 of each barrier page (where the library's barriers land) and each
+  doorbell; the rest of each barrier page (a raw store anywhere is one barrier) is
+  compared every FULL_LOOK.
+- asleep: otherwise it sleeps on a futex, the u32 NOTICE_WATCHER_ASLEEP of the device's
+  notice page (read-only for clients), which reads 1 meanwhile. The client library
+  wakes it after a barrier store that finds it so. It also wakes by itself every
+  SLOW_LOOK and looks at everything: a plain store that wakes nobody (a C program's) is
+  counted then, and so is one that raced with the watcher falling asleep.
+Whoever wakes it, it looks at most once per FAST_LOOK: a client waking it in a loop
+costs the daemon no more than one writing its barrier page in a loop.
+
+The trio side adds and removes pages under `lock`, which the thread holds while it
+looks: a page removed is never looked at again, so it may be closed at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import trio
+
+from protocols import futex
+from protocols.constants import PAGE_SIZE
+
+from .memory import punch_hole
+from .pages import BarrierPage, WatchedPage
+
+if TYPE_CHECKING:
+    from .device import XeDevice
+    from .unplug import UnplugNotice
+
+FAST_LOOK = 0.0002  # seconds between looks while writes keep coming, at the least
+LOOK_RATIO = 12  # ... and at least this many times what the last look took: many busy
+# pages make each look dearer, and looking more than ~1/LOOK_RATIO of a core buys little
+HOT_HOLD = 0.02  # how long it keeps looking that often after the last write
+FULL_LOOK = 0.01  # seconds between looks at whole barrier pages while hot
+SLOW_LOOK = 0.05  # the most a page waits to be looked at when nobody wakes the watcher
+ORPHAN_SWEEP = 1.0  # seconds between asking whether closed files' pages are still mapped
+
+
+class PageWatcher:
+    """Looks at every watched page. It serves every client, so a failure while looking
+    at one page (a bug of ours) ends that page only: logged with its traceback, counted
+    as a task crash, and the page is not looked at again."""
+
+    def __init__(self, device: XeDevice) -> None:
+        self.device = device
+        self.pages: set[WatchedPage] = set()
+        self.lock = threading.Lock()
+        self.looks = 0
+        self._asleep_at: int | None = device.notice.watcher_word()
+        self._spare = ctypes.c_uint32(0)  # slept on while the device has no notice page
+        self._sleeping_on: int | None = None
+        self._next_sweep = 0.0
+        self._stopping = False
+        self._limiter = trio.CapacityLimiter(1)
+        self._token: trio.lowlevel.TrioToken | None = None
+
+    # --- the trio side ------------------------------------------------------------------
+    def add(self, page: WatchedPage) -> None:
+        with self.lock:
+            self.pages.add(page)
+            self._kick()
+
+    def remove(self, page: WatchedPage) -> None:
+        with self.lock:
+            self.pages.discard(page)
+
+    def orphan(self, page: BarrierPage) -> None:
+        """Its file closed: watched on while any process maps it (see pages.py)."""
+        with self.lock:
+            page.orphan()
+            # a process that died has unmapped everything before its descriptors close:
+            # its page goes at once; one still mapped waits for a sweep
+            if page not in self.pages or not page.still_mapped():
+                self.pages.discard(page)
+                page.close()
+
+    def unplug(self) -> None:
+        """drm_dev_unplug: every page is emptied (it reads zeros in every mapping) and
+        never looked at again; closed files' pages go now (see unplug.py). The notice
+        page is about to go: the watcher no longer touches it."""
+        with self.lock:
+            pages, self.pages = self.pages, set()
+            self._asleep_at = None
+            for page in pages:
+                punch_hole(page.memfd, PAGE_SIZE)
+                if isinstance(page, BarrierPage) and page.orphaned:
+                    page.close()
+
+    def replug(self, notice: UnplugNotice) -> None:
+        with self.lock:
+            self._asleep_at = notice.watcher_word()
+
+    def _kick(self) -> None:
+        """Wake the thread if it sleeps (the lock held): a new page is looked at now."""
+        if self._sleeping_on is not None:
+            with contextlib.suppress(OSError):  # its notice page went meanwhile (unplug)
+                futex.wake(self._sleeping_on, 1)
+
+    async def run(self) -> None:
+        """The device task: the thread, for as long as the device serves (a crash of the
+        thread is the task's, contained and restarted by the device)."""
+        self._token = trio.lowlevel.current_trio_token()
+        self._stopping = False
+        try:
+            await trio.to_thread.run_sync(
+                self._serve, abandon_on_cancel=True, limiter=self._limiter
+            )
+        finally:
+            self._stopping = True
+            with self.lock:
+                self._kick()
+
+    # --- the thread -----------------------------------------------------------------------
+    def _serve(self) -> None:
+        hot_until = next_full = 0.0
+        last = time.monotonic()
+        while not self._stopping:
+            now = time.monotonic()
+            full = now >= next_full
+            with self.lock:
+                busy = self._look(now, last, full)
+                if now >= self._next_sweep:
+                    self._next_sweep = now + ORPHAN_SWEEP
+                    self._sweep()
+            last = now
+            if full:
+                next_full = now + FULL_LOOK
+            if busy:
+                hot_until = now + HOT_HOLD
+            if now < hot_until:
+                time.sleep(max(FAST_LOOK, (time.monotonic() - now) * LOOK_RATIO))
+                continue
+            if self._doze(last):
+                next_full = 0.0  # slept its fill: a whole look at everything
+            else:  # woken: at most one look per FAST_LOOK, whoever wakes it
+                time.sleep(max(0.0, FAST_LOOK - (time.monotonic() - now)))
+
+    def _look(self, now: float, since: float, full: bool) -> bool:
+        busy = False
+        crashed: list[tuple[WatchedPage, Exception]] = []
+        for page in self.pages:
+            try:
+                if self.device.test_crashes:
+                    self.device.crash_point("page_watcher")
+                busy |= page.look(now, since, full)
+            except Exception as exc:
+                crashed.append((page, exc))
+        self.looks += 1
+        for page, error in crashed:
+            self._crashed(page, error)
+        return busy
+
+    def _doze(self, since: float) -> bool:
+        """Sleep until a writer wakes the watcher or its time is up; True if it was up.
+        The asleep word turns 1 first, then one more look catches a barrier whose writer
+        found it still 0."""
+        timeout = SLOW_LOOK if self.pages else ORPHAN_SWEEP
+        with self.lock:
+            address = self._asleep_at or ctypes.addressof(self._spare)
+            word = ctypes.c_uint32.from_address(address)
+            word.value = 1
+            self._sleeping_on = address
+            busy = self._look(time.monotonic(), since, False)
+        start = time.monotonic()
+        if not busy and not self._stopping:
+            with contextlib.suppress(OSError):  # the notice page went (unplug): woken
+                futex.wait(address, 1, timeout)
+        with self.lock:
+            self._sleeping_on = None
+            if address in (self._asleep_at, ctypes.addressof(self._spare)):  # still mapped
+                word.value = 0
+        return not busy and time.monotonic() - start >= timeout
+
+    def _sweep(self) -> None:
+        """Let go of closed files' pages nobody maps any more (the lock held)."""
+        for page in [p for p in self.pages if isinstance(p, BarrierPage) and p.orphaned]:
+            if not page.still_mapped():
+                self.pages.discard(page)
+                page.file.log.debug("barrier_page_unmapped", **page.summary())
+                page.close()
+
+    def _crashed(self, page: WatchedPage, exc: Exception) -> None:
+        """(The lock held.) The page is not looked at again; the crash is told on the
+        trio side, where the device's counters are kept."""
+        self.pages.discard(page)
+        if isinstance(page, BarrierPage) and page.orphaned:
+            page.close()
+
+        def report() -> None:
+            self.device.stats["task_crashes"] += 1
+            page.file.log.error("task_crashed", task="page_watcher", page=page.kind, exc_info=exc)
+
+        if self._token is not None:
+            self._token.run_sync_soon(report)
