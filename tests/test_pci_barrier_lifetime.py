@@ -7,13 +7,12 @@ once.
 
 from __future__ import annotations
 
-import json
-import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
 
 from conftest import baseline, spawn_client
+from test_pci_barrier import _finish, _read_line, _send
 
 from clients import Device
 from clients.daemon import DaemonProcess
@@ -31,30 +30,6 @@ def wait_until(predicate: Callable[[], Any], what: str, timeout: float = TIMEOUT
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.005)
-
-
-def _line(proc: subprocess.Popen[str]) -> Any:
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line:
-        _, err = proc.communicate(timeout=30)
-        raise AssertionError(f"client failed:\n{err}")
-    return json.loads(line)
-
-
-def _send(proc: subprocess.Popen[str], line: str) -> None:
-    assert proc.stdin is not None
-    proc.stdin.write(line + "\n")
-    proc.stdin.flush()
-
-
-def _finish(proc: subprocess.Popen[str]) -> None:
-    try:
-        _, err = proc.communicate("\n", timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, f"client failed:\n{err}"
 
 
 def listed(admin: Device, client_id: int) -> bool:
@@ -107,16 +82,16 @@ def test_barrier_page_after_close_reads_deadbeef_and_swallows_writes(
     before = baseline(fresh_daemon)
     proc = spawn_client(fresh_daemon.socket_path, AFTER_CLOSE)
     try:
-        client_id = _line(proc)
+        client_id = _read_line(proc)
         with Device.open(fresh_daemon.socket_path, role="admin") as admin:
             wait_until(lambda: not listed(admin, client_id), "the file to be released")
             counted = admin.admin_status().barriers
             assert counted == 1
             _send(proc, "go")
-            assert _line(proc) == {"idle": True, "restored": True}
+            assert _read_line(proc) == {"idle": True, "restored": True}
             wait_until(lambda: admin.admin_status().barriers == 2, "the write counted")
         _send(proc, "unmap")
-        assert _line(proc) == "unmapped"
+        assert _read_line(proc) == "unmapped"
         wait_until(lambda: baseline(fresh_daemon) == before, "the page to be let go")
     finally:
         _finish(proc)
@@ -128,7 +103,7 @@ def test_barrier_page_of_a_process_that_died_goes_with_it(fresh_daemon: DaemonPr
     before = baseline(fresh_daemon)
     code = "dev.pci_barrier()\ndev.pci_barrier_drain()\nprint(json.dumps(1), flush=True)\n"
     proc = spawn_client(fresh_daemon.socket_path, code)
-    _line(proc)
+    _read_line(proc)
     _finish(proc)
     wait_until(lambda: baseline(fresh_daemon) == before, "the page to be let go")
 
@@ -161,7 +136,7 @@ sys.stdin.readline()
 def run_forked(daemon: DaemonProcess, before: int, in_child: int, in_parent: int) -> None:
     proc = spawn_client(daemon.socket_path, FORKED, str(before), str(in_child), str(in_parent))
     try:
-        out = _line(proc)
+        out = _read_line(proc)
         total = before + in_child + in_parent
         assert out["child_status"] == 0, "the child died of its barriers"
         assert out["written"] == total
