@@ -77,8 +77,11 @@ def user_fence(addr: int, value: int) -> m.DrmXeSync:
     )
 
 
-def _deprecated(old: str, new: str) -> None:
-    warnings.warn(f"{old} is deprecated: use {new}", DeprecationWarning, stacklevel=3)
+def _deprecated(old: str, new: str, frames: int = 1) -> None:
+    """Warn that `old` is deprecated, at the line of the caller of the API function
+    `frames` levels up from here (1: the function that called us)."""
+    message = f"{old} is deprecated: use {new}"
+    warnings.warn(message, DeprecationWarning, stacklevel=2 + frames)
 
 
 def _renamed(deprecated: dict[str, int], where: str, size: int | None) -> int | None:
@@ -86,7 +89,7 @@ def _renamed(deprecated: dict[str, int], where: str, size: int | None) -> int | 
     if set(deprecated) - {"range"}:
         raise TypeError(f"{where}() got unexpected keywords {sorted(deprecated)}")
     if "range" in deprecated:
-        warnings.warn(f"{where}(range=) is deprecated: use size=", DeprecationWarning, stacklevel=3)
+        _deprecated(f"{where}(range=)", "size=", frames=2)
         return deprecated["range"]
     return size
 
