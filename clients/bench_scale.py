@@ -5,7 +5,7 @@ creates `count` of them there, all alive at once, and prints the daemon's memory
 object (its resident set grown, divided by the count) and the time to create and to
 release one (the mean over the count; a connection is released once the daemon has let
 go of its file, not when the client has closed its end); and the time from starting a
-daemon process to its READY=1 (the median of a few starts).
+daemon process to its READY=1 (the median of READY_STARTS starts).
 
 10,000 connections need 10,000 descriptors on each side: the daemon this tool starts
 gets a descriptor limit to match (DaemonProcess(nofile=)), and this process raises its
@@ -24,7 +24,7 @@ from .daemon import DaemonProcess
 from .device import Device
 from .progress import Progress
 
-READY_STARTS = 3  # daemon starts timed to READY=1
+READY_STARTS = 7  # daemon starts timed to READY=1: their median, as one can be held up
 PER_FILE_VMS = 1000  # below the per-file VM limit (1024 by default)
 SPARE_FDS = 512  # descriptors this process and the daemon keep beside the count
 ONE_KIB = 1024
