@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -49,6 +49,7 @@ class DaemonProcess:
         ready_timeout: float = 30.0,
         own_session: bool = False,
         nofile: int | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="xed-")
         tmp = Path(self._tmp.name)
@@ -67,6 +68,7 @@ class DaemonProcess:
         # a descriptor limit of its own (soft and hard), so that tests and the chaos
         # load reach the daemon's limit quickly; None inherits ours
         self._nofile = nofile
+        self._env = os.environ if env is None else env  # the daemon's, NOTIFY_SOCKET aside
         self.proc: subprocess.Popen[bytes] | None = None
         self.name = "the xed daemon"
 
@@ -80,7 +82,7 @@ class DaemonProcess:
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         notify.bind(str(notify_path))
         notify.settimeout(self._ready_timeout)
-        env = dict(os.environ, NOTIFY_SOCKET=str(notify_path))
+        env = dict(self._env, NOTIFY_SOCKET=str(notify_path))
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 self._args,

@@ -5,8 +5,8 @@ check a value that arrived from a peer (exact type, range, length) and the refer
 say what each field is. Values are checked on construction too: a record that exists is
 valid.
 
-The checks are not attrs validators: `compile_init` writes one `__init__` per record with
-every field's check inline, the way attrs writes its own. A round trip builds a record
+The checks are not attrs validators: `generate_methods` writes one `__init__` per record
+with every field's check inline, the way attrs writes its own. A round trip builds a record
 per message on each side, and a validator call per field cost more than the rest of the
 codec together.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import linecache
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -101,7 +102,7 @@ def record(cls: type, doc: str = "") -> Any:
     return attrs.field(factory=cls, kw_only=True, metadata=meta)
 
 
-# --- the generated __init__ -------------------------------------------------------------
+# --- the generated methods -------------------------------------------------------------
 def _uints(value: Any, n: int, hi: int) -> bool:
     """A tuple of exactly n ints in [0, hi] (bools and floats are not ints here)."""
     if type(value) is not tuple or len(value) != n:
@@ -167,8 +168,8 @@ def _check_lines(field: attrs.Attribute[Any], g: dict[str, Any]) -> list[str]:
     raise AssertionError(f"unknown field kind {kind!r}")
 
 
-def compile_init(cls: type) -> None:
-    """Give an attrs record an `__init__` that checks every field inline."""
+def _make_init(cls: type) -> Any:
+    """The record's `__init__`, with every field's check inline."""
     g: dict[str, Any] = {
         "_type": type,
         "_int": int,
@@ -186,8 +187,6 @@ def compile_init(cls: type) -> None:
     params, body = [], []
     for field in attrs.fields(cls):
         name = field.name
-        if name.startswith("_"):
-            raise AssertionError(f"{cls.__name__}.{name}: wire fields are public names")
         if isinstance(field.default, attrs.Factory):  # type: ignore[arg-type]
             params.append(f"{name}=_NOTHING")
         else:
@@ -198,14 +197,74 @@ def compile_init(cls: type) -> None:
         g[f"_set_{name}"] = cls.__dict__[name].__set__
         body.append(f"_set_{name}(self, {name})")
     signature = f"self, *, {', '.join(params)}" if params else "self"
-    init = generate(f"{cls.__qualname__}.__init__", f"__init__({signature})", body, g)
-    type.__setattr__(cls, "__init__", init)
+    return generate(f"{cls.__qualname__}.__init__", f"__init__({signature})", body, g)
+
+
+# What attrs would write for a frozen record (its _make_repr_script, _make_eq_script and
+# _make_hash_script), less the repr's guard against cycles: a record holds only values
+# and records built before it, so it can never reach itself.
+def _make_repr(cls: type) -> Any:
+    values = ", ".join(f"{field.name}={{self.{field.name}!r}}" for field in attrs.fields(cls))
+    body = [f"return f'{{self.__class__.__qualname__.rsplit(\">.\", 1)[-1]}}({values})'"]
+    return generate(f"{cls.__qualname__}.__repr__", "__repr__(self)", body, {})
+
+
+def _make_eq(cls: type) -> Any:
+    same = " and ".join(f"self.{f.name} == other.{f.name}" for f in attrs.fields(cls))
+    body = [
+        "if other.__class__ is not self.__class__:",
+        "    return NotImplemented",
+        f"return {same or 'True'}",
+    ]
+    return generate(f"{cls.__qualname__}.__eq__", "__eq__(self, other)", body, {})
+
+
+def _make_hash(cls: type) -> Any:
+    values = "".join(f", self.{field.name}" for field in attrs.fields(cls))
+    body = [f"return hash(({hash(cls.__qualname__)}{values}))"]
+    return generate(f"{cls.__qualname__}.__hash__", "__hash__(self)", body, {})
+
+
+_METHODS: dict[str, Callable[[type], Any]] = {
+    "__init__": _make_init,
+    "__repr__": _make_repr,
+    "__eq__": _make_eq,
+    "__hash__": _make_hash,
+}
+
+
+def generate_methods(cls: type) -> None:
+    """Give an attrs record (made with repr=False, eq=False: these replace attrs' own)
+    an `__init__` that checks every field inline, and `__repr__`, `__eq__`, `__hash__`.
+
+    Each is written and compiled at its first call, by a stand-in that then puts it in
+    its place: a hundred records' methods compiled up front were a sixth of the daemon's
+    start to READY=1, and most records never travel in a given process (nor are printed
+    or compared).
+    """
+    for field in attrs.fields(cls):
+        if field.name.startswith("_"):
+            raise AssertionError(f"{cls.__name__}.{field.name}: wire fields are public names")
+    for name, make in _METHODS.items():
+        type.__setattr__(cls, name, _compiled_on_first_call(cls, name, make))
+
+
+def _compiled_on_first_call(cls: type, name: str, make: Callable[[type], Any]) -> Any:
+    def first_call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        method = cls.__dict__[name]
+        if method is first_call:  # else another thread has just put it in place
+            method = make(cls)
+            type.__setattr__(cls, name, method)
+        return method(self, *args, **kwargs)
+
+    first_call.__qualname__ = f"{cls.__qualname__}.{name}"
+    return first_call
 
 
 def generate(qualname: str, head: str, body: list[str], g: dict[str, Any]) -> Any:
     """Compile `def head: body` with globals `g` and return the function. The source is
     kept in linecache, so a traceback through generated code shows the line that raised.
-    Used for the records' __init__ here and for the codec's per-class map functions."""
+    Used for the records' methods here and for the codec's per-class map functions."""
     source = f"def {head}:\n" + "".join(f"    {line}\n" for line in body or ["pass"])
     filename = f"<xed generated {qualname}>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)

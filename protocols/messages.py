@@ -16,7 +16,7 @@ import attrs
 from .fields import (
     array,
     blob,
-    compile_init,
+    generate_methods,
     mbz,
     record,
     records,
@@ -33,9 +33,10 @@ _T = typing.TypeVar("_T")
 
 @typing.dataclass_transform(frozen_default=True, kw_only_default=True)
 def frozen(cls: type[_T]) -> type[_T]:
-    """attrs.frozen(kw_only=True), spelled so that type checkers see each record's __init__."""
-    record_cls = attrs.frozen(kw_only=True)(cls)
-    compile_init(record_cls)
+    """attrs.frozen(kw_only=True), spelled so that type checkers see each record's __init__;
+    its methods are ours (fields.py), written at their first call."""
+    record_cls = attrs.frozen(kw_only=True, repr=False, eq=False)(cls)
+    generate_methods(record_cls)
     return record_cls
 
 

@@ -4,13 +4,15 @@ record that exists is valid, whether user code built it or the codec decoded it.
 from __future__ import annotations
 
 import enum
+import linecache
+import traceback
 from typing import Any
 
 import attrs
 import pytest
 
 from protocols import messages as m
-from protocols.fields import FieldError
+from protocols.fields import FieldError, records, string, u64
 
 
 class Engine(enum.IntEnum):
@@ -85,3 +87,62 @@ def test_records_stay_frozen_and_evolve_rechecks() -> None:
     assert attrs.evolve(record, size=8192).size == 8192
     with pytest.raises(FieldError):
         attrs.evolve(record, size=-1)
+
+
+def _fresh_record(decorate: Any = m.frozen) -> Any:
+    """A record class of its own, never built before (its methods are not compiled yet)."""
+
+    @decorate
+    class Fresh:
+        size: int = u64("bytes")
+        name: str = string(max_len=4)
+        syncs: tuple[m.DrmXeSync, ...] = records(m.DrmXeSync, max_items=2)
+
+    return Fresh
+
+
+def test_a_record_never_built_checks_its_fields_on_first_use() -> None:
+    """A record's checking __init__ is compiled at its first construction, not when the
+    module is imported, and that first construction checks every field all the same."""
+    fresh = _fresh_record()
+    assert f"<xed generated {fresh.__qualname__}.__init__>" not in linecache.cache
+    with pytest.raises(FieldError, match=r"size must be an integer in \[0, 18446744073709551615\]"):
+        fresh(size=-1)
+    assert fresh.__init__.__code__.co_filename == f"<xed generated {fresh.__qualname__}.__init__>"
+    with pytest.raises(FieldError, match="name must be a string of at most 4"):
+        _fresh_record()(name="12345")
+    with pytest.raises(FieldError, match="syncs items must be DrmXeSync"):
+        _fresh_record()(syncs=(m.DrmVersion(),))
+    with pytest.raises(TypeError):
+        _fresh_record()(1)
+    with pytest.raises(TypeError):
+        _fresh_record()(szie=1)
+    assert _fresh_record()(size=1, name="ab", syncs=[m.DrmXeSync()]).syncs == (m.DrmXeSync(),)
+
+
+def test_a_traceback_through_a_first_construction_shows_the_generated_line() -> None:
+    """The generated source is in linecache, so a failed check shows the line that
+    raised, the first time the record is built as any other."""
+    for _ in range(2):  # the first construction compiles, the second finds it compiled
+        fresh = _fresh_record()
+        with pytest.raises(FieldError) as caught:
+            fresh(name=b"bytes")
+        text = "".join(traceback.format_exception(caught.value))
+        assert f'File "<xed generated {fresh.__qualname__}.__init__>", line' in text
+        assert "raise _FieldError('name must be a string of at most 4')" in text
+
+
+def test_generated_repr_eq_and_hash_behave_as_attrs_own() -> None:
+    """__repr__, __eq__ and __hash__, written at their first call, do what attrs would
+    have written for the same record."""
+    ours, theirs = _fresh_record(), _fresh_record(attrs.frozen(kw_only=True))
+    values = {"size": 1, "name": "ab", "syncs": (m.DrmXeSync(type=2),)}
+    assert repr(ours(**values)) == repr(theirs(**values))
+    assert repr(ours()) == repr(theirs())
+    for cls in (ours, theirs):
+        same, other = cls(**values), cls(**values)
+        assert (same == other, same != other) == (True, False)
+        assert (same == cls(), same != cls()) == (False, True)
+        assert cls().__eq__(m.DrmVersion()) is NotImplemented
+        assert hash(cls(**values)) == hash(cls(**values))
+        assert len({cls(**values), cls(**values), cls()}) == 2

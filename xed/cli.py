@@ -33,7 +33,6 @@ from protocols.cli import (
 from . import log as xlog
 from . import systemd
 from .config import Config, ConfigError, load
-from .ctl import run
 from .journal import stderr_is_journal
 from .server import AlreadyRunning, ServerHandle, bind_listener, serve
 
@@ -252,6 +251,8 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"xed ctl: {exc}", file=sys.stderr)
         return EX_USAGE
+    from .ctl import run  # the admin tool's client: `xed serve` never needs it
+
     return run(socket_path(args.socket), args.action, args.json, args.level, timeout)
 
 
