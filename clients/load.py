@@ -179,6 +179,37 @@ def autogroup_state() -> str:
         return "unknown"
 
 
+_POLICY_NAMES = {0: "normal", 1: "fifo", 2: "rr", 3: "batch", 5: "idle", 6: "deadline"}
+
+
+def watcher_scheduling(daemon_pid: int) -> str:
+    """How the kernel runs the daemon's page watcher thread (named xed-watcher), as
+    /proc tells: its policy, and for an ordinary thread the slice it asked for."""
+    tasks = f"/proc/{daemon_pid}/task"
+    try:
+        for tid in os.listdir(tasks):
+            with open(f"{tasks}/{tid}/comm") as f:
+                if f.read().strip() != "xed-watcher":
+                    continue
+            with open(f"{tasks}/{tid}/sched") as f:
+                fields = dict(
+                    (key.strip(), value.strip())
+                    for key, _, value in (line.partition(":") for line in f)
+                )
+            policy = _POLICY_NAMES.get(int(fields.get("policy", "0")), "other")
+            if policy == "fifo":
+                return "fifo (real-time: runs as soon as it wakes)"
+            slice_ms = int(fields.get("se.slice", "0")) / 1e6
+            if slice_ms <= 0.1:
+                note = "no real-time priority: a short slice instead"
+            else:
+                note = "no real-time priority nor short slice: looks wait for a CPU"
+            return f"{policy}, slice {slice_ms:g} ms ({note})"
+    except (OSError, ValueError):  # gone, or another user's process
+        pass
+    return "unknown"
+
+
 # --- one run -------------------------------------------------------------------------------
 def run_load(socket_path: str, daemon_pid: int, opts: LoadOptions) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="xec-load-") as tmp:
@@ -280,6 +311,7 @@ def _run_load(
         "ioctl": _latencies(idle, loaded["samples"]),
         "echo": _latencies(idle_echo, loaded["echo"]),
         "daemon_cpu_pct": 100 * cpu / elapsed,
+        "watcher_scheduling": watcher_scheduling(daemon_pid),
         "seconds": elapsed,
         "sessions": {
             "tool": os.getsid(0),
@@ -326,6 +358,7 @@ def print_report(opts: LoadOptions, result: dict[str, Any]) -> None:
             f"({lat['p99_ratio']:.1f}x idle p99)"
         )
     print(f"daemon CPU: {result['daemon_cpu_pct']:.0f}% of one core")
+    print(f"page watcher thread: {result['watcher_scheduling']}")
     sessions = result["sessions"]
     print(
         f"sessions: tool {sessions['tool']}, writers {', '.join(map(str, sessions['writers']))}, "

@@ -7,7 +7,8 @@ interpreter only while it looks.
 
 How often it looks:
 - hot: while writes keep coming, and HOT_HOLD after the last one, every FAST_LOOK (or
-  LOOK_RATIO times what a look takes, if more: the cost stays bounded). Such a look
+  LOOK_RATIO times the CPU the thread took since it last slept, if more: the cost
+  stays bounded, whatever the thread's priority). Such a look
   reads word 0 of each barrier page (where the library's barriers land) and each
   doorbell; the rest of each barrier page (a raw store anywhere is one barrier) is
   compared every FULL_LOOK.
@@ -18,6 +19,11 @@ How often it looks:
   counted then, and so is one that raced with the watcher falling asleep.
 Whoever wakes it, it looks at most once per FAST_LOOK: a client waking it in a loop
 costs the daemon no more than one writing its barrier page in a loop.
+
+While it watches, the thread asks the kernel to run it the moment it wakes (real-time
+priority where permitted, else a short slice: promptness.py); busy writers on every CPU
+would otherwise make each look wait for a slice of theirs to end (1.5 ms and more). How
+it runs is logged (page_watcher_started, scheduling=) and shown by `xec load barrier`.
 
 The trio side adds and removes pages under `lock`, which the thread holds while it
 looks: a page removed is never looked at again, so it may be closed at once.
@@ -31,6 +37,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+import structlog
 import trio
 
 from protocols import futex
@@ -38,11 +45,13 @@ from protocols.constants import PAGE_SIZE
 
 from .memory import punch_hole
 from .pages import BarrierPage, WatchedPage
+from .promptness import hasten_thread
 
 if TYPE_CHECKING:
     from .device import XeDevice
     from .unplug import UnplugNotice
 
+_log = structlog.get_logger("xed")
 FAST_LOOK = 0.0002  # seconds between looks while writes keep coming, at the least
 LOOK_RATIO = 12  # ... and at least this many times what the last look took: many busy
 # pages make each look dearer, and looking more than ~1/LOOK_RATIO of a core buys little
@@ -69,6 +78,7 @@ class PageWatcher:
         self._stopping = False
         self._limiter = trio.CapacityLimiter(1)
         self._token: trio.lowlevel.TrioToken | None = None
+        self.scheduling = "normal"  # how the kernel runs the thread (promptness.py)
 
     # --- the trio side ------------------------------------------------------------------
     def add(self, page: WatchedPage) -> None:
@@ -128,8 +138,22 @@ class PageWatcher:
 
     # --- the thread -----------------------------------------------------------------------
     def _serve(self) -> None:
+        how, undo = hasten_thread()
+        self.scheduling = how
+        if self._token is not None:
+            self._token.run_sync_soon(self._started, how)
+        try:
+            self._watch()
+        finally:
+            undo()
+
+    def _started(self, how: str) -> None:
+        _log.info("page_watcher_started", scheduling=how)
+
+    def _watch(self) -> None:
         hot_until = next_full = 0.0
         last = time.monotonic()
+        slept = time.thread_time()
         while not self._stopping:
             now = time.monotonic()
             full = now >= next_full
@@ -144,12 +168,17 @@ class PageWatcher:
             if busy:
                 hot_until = now + HOT_HOLD
             if now < hot_until:
-                time.sleep(max(FAST_LOOK, (time.monotonic() - now) * LOOK_RATIO))
+                # the CPU the thread took since it last slept (waking, the look, its own
+                # bookkeeping), not the look's wall time: a prompt thread must pay its way
+                cpu = time.thread_time()
+                time.sleep(max(FAST_LOOK, (cpu - slept) * LOOK_RATIO))
+                slept = cpu
                 continue
             if self._doze(last):
                 next_full = 0.0  # slept its fill: a whole look at everything
             else:  # woken: at most one look per FAST_LOOK, whoever wakes it
                 time.sleep(max(0.0, FAST_LOOK - (time.monotonic() - now)))
+            slept = time.thread_time()
 
     def _look(self, now: float, since: float, full: bool) -> bool:
         busy = False
