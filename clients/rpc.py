@@ -18,6 +18,7 @@ from typing import Any
 
 from protocols import (
     MAX_DATAGRAM,
+    MAX_FDS,
     Event,
     EventMessage,
     Op,
@@ -28,6 +29,9 @@ from protocols import (
 
 from .errors import DaemonGone, XeError
 from .transport import SeqpacketTransport
+
+_ANC_SPACE = socket.CMSG_SPACE(MAX_FDS * 4)
+_MSG_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)  # an IntFlag costs a conversion per call
 
 
 class RpcConnection:
@@ -40,8 +44,14 @@ class RpcConnection:
     def call(self, op: Op, args: Any, fds: Sequence[int] = ()) -> tuple[Any, list[int]]:
         """Send one request; return its reply record and descriptors (caller closes)."""
         self._next_id = request_id = self._next_id % 0xFFFF_FFFF + 1
+        data = encode_request(request_id, op, args)
+        transport = self.transport
         try:
-            self.transport.send(encode_request(request_id, op, args), fds)
+            if fds:
+                transport.send(data, fds)
+            else:  # most requests: the socket's send(), without the transport's layer
+                transport.sock.send(data)
+                transport.bytes_sent += len(data)
         except ConnectionError as exc:  # EPIPE, ECONNRESET: nobody is listening any more
             raise self._unheard(op, exc) from exc
         pending = {request_id: op}
@@ -53,7 +63,7 @@ class RpcConnection:
             if message.errno:
                 _close(message.fds)
                 raise XeError(message.errno, op.name, message.result.message)
-            return message.result, list(message.fds)
+            return message.result, list(message.fds) if message.fds else []
 
     def _unheard(self, op: Op, exc: OSError) -> Exception:
         """Our request found the connection closed. If the daemon said why before it
@@ -86,10 +96,15 @@ class RpcConnection:
         return message
 
     def _receive(self, pending: dict[int, Op]) -> Any:
+        transport = self.transport
         try:
-            data, received = self.transport.recv()
+            data, ancdata, _flags, _ = transport.sock.recvmsg(
+                MAX_DATAGRAM, _ANC_SPACE, _MSG_CMSG_CLOEXEC
+            )
         except ConnectionError as exc:  # it died with something of ours unread
             raise DaemonGone(f"{self._peer} is gone ({exc.strerror})") from exc
+        transport.bytes_received += len(data)
+        received = transport.descriptors(ancdata) if ancdata else []
         if not data:
             _close(received)
             raise DaemonGone(f"{self._peer} closed the connection")
