@@ -8,7 +8,9 @@ root, without /usr/lib/systemd/systemd, or where namespaces or overlays cannot b
 from __future__ import annotations
 
 import json
+import os
 import re
+import resource
 import sys
 import tomllib
 from collections.abc import Iterator
@@ -29,8 +31,10 @@ from sandbox import (
 
 import xed.config
 from xed.config import Config, load
+from xed.device import promptness
 
 SOCKET = "/run/xed/xed.sock"
+CAP_SYS_RESOURCE = 24  # linux/capability.h
 # connect with the client library, create a BO, write it through one mapping and read
 # it back through another; print what the daemon saw of us
 CLIENT = """
@@ -232,6 +236,73 @@ def test_journal_entries_carry_each_event_field_natively(sd: Sandbox) -> None:
     assert refused["XED_CLIENT_ID"].isdigit()
     # no JSON lines on the stream beside the entries: every event went natively
     assert not [e for e in journal_entries(sd) if e.get("MESSAGE", "").startswith("{")]
+
+
+def _threads(sandbox: Sandbox, pid: str) -> list[tuple[str, int, int]]:
+    """Each thread of process `pid`: its name, real-time priority and scheduling policy
+    (fields 2, 40 and 41 of /proc/PID/task/TID/stat)."""
+    # an idle trio worker thread may end meanwhile (trio keeps one 10 s): skip it then
+    script = f"for task in /proc/{pid}/task/*; do cat $task/stat 2>/dev/null; done; true"
+    out = sandbox.run("sh", "-c", script).stdout
+    threads = []
+    for line in out.splitlines():
+        head, tail = line.rsplit(")", 1)
+        fields = tail.split()  # from field 3 on
+        threads.append((head.split("(", 1)[1], int(fields[37]), int(fields[38])))
+    return threads
+
+
+def _watcher_runs_fifo(sandbox: Sandbox) -> None:
+    """xed.service's page watcher thread, and it alone, runs SCHED_FIFO at priority 1,
+    and the daemon said so in the journal."""
+    wait_until(lambda: bool(_events(sandbox, "page_watcher_started")), 10, "the watcher")
+    assert [e["scheduling"] for e in _events(sandbox, "page_watcher_started")] == ["fifo"]
+    threads = _threads(sandbox, sandbox.show("xed.service", "MainPID"))
+    watcher = promptness.THREAD_NAME.decode()
+    assert [(p, policy) for name, p, policy in threads if name == watcher] == [(1, os.SCHED_FIFO)]
+    others = {(p, policy) for name, p, policy in threads if name != watcher}
+    assert others == {(0, os.SCHED_OTHER)}, threads
+
+
+def _cannot_raise_rtprio() -> str | None:
+    """Why no process of this test run (systemd in the sandbox included) can have an
+    RLIMIT_RTPRIO of 1, or None: a hard limit below 1 and no CAP_SYS_RESOURCE to raise it."""
+    hard = resource.getrlimit(resource.RLIMIT_RTPRIO)[1]
+    status = Path("/proc/self/status").read_text().splitlines()
+    effective = int(next(x for x in status if x.startswith("CapEff:")).split()[1], 16)
+    if hard != resource.RLIM_INFINITY and hard < 1 and not effective >> CAP_SYS_RESOURCE & 1:
+        return f"this test run's hard RLIMIT_RTPRIO is {hard} and it lacks CAP_SYS_RESOURCE"
+    return None
+
+
+def test_page_watcher_runs_fifo_under_the_shipped_units(sd: Sandbox) -> None:
+    """The shipped units let the page watcher thread, and it alone, take SCHED_FIFO
+    priority 1 with no capability: LimitRTPRIO=1, no RestrictRealtime=, sched_setscheduler
+    allowed back (the journal says page_watcher_started scheduling=fifo)."""
+    sd.systemctl("enable", "--now", "xed.socket")
+    client(sd)  # the first connection starts the daemon, and with it the watcher
+    assert sd.show("xed.service", "LimitRTPRIO") == "1"
+    assert sd.show("xed.service", "RestrictRealtime") == "no"
+    limits = sd.run("cat", f"/proc/{sd.show('xed.service', 'MainPID')}/limits").stdout
+    rtprio = re.search(r"^Max realtime priority\s+(\d+)\s+(\d+)", limits, re.M)
+    assert rtprio is not None, limits
+    why = _cannot_raise_rtprio()
+    if rtprio.groups() != ("1", "1") and why is not None:
+        # systemd lowers a limit it may not raise to the hard one it has, silently
+        pytest.skip(f"systemd cannot grant LimitRTPRIO=1 here: {why}")
+    assert rtprio.groups() == ("1", "1"), limits
+    _watcher_runs_fifo(sd)
+
+
+def test_hardening_leaves_the_watcher_its_fifo(tmp_path: Path) -> None:
+    """Whatever grants the privilege (here CAP_SYS_NICE, where RLIMIT_RTPRIO cannot be
+    raised), neither the seccomp filter nor anything else of the shipped hardening
+    refuses the page watcher its SCHED_FIFO priority 1, and no other thread takes it."""
+    extra = ("CapabilityBoundingSet=CAP_SYS_NICE", "AmbientCapabilities=CAP_SYS_NICE")
+    with _boot(tmp_path, extra) as sandbox:
+        sandbox.systemctl("enable", "--now", "xed.socket")
+        client(sandbox)
+        _watcher_runs_fifo(sandbox)
 
 
 def test_socket_file_owner_and_mode(sd: Sandbox) -> None:
