@@ -321,3 +321,29 @@ def test_a_barrier_after_a_quiet_spell_wakes_the_page_watcher(
                 if proc.poll() is None:
                     proc.kill()
                     proc.communicate(timeout=TIMEOUT)
+
+
+def test_barrier_store_after_unplug_and_replug_does_not_crash(
+    sleepy_daemon: DaemonProcess, xec_program: Path
+) -> None:
+    """Stores and munmap after the device is unplugged (its notice page let go, its asleep
+    word 0) and replugged end the program normally: the old page is never woken or faulted."""
+    path = sleepy_daemon.socket_path
+    with Device.open(path, role="admin") as admin:
+        proc = xec(sleepy_daemon, xec_program, "wake")
+        try:
+            assert proc.stdin is not None and proc.stdout is not None
+            words = proc.stdout.readline().split()
+            assert words[:1] == ["mapped"], proc.communicate(timeout=TIMEOUT)[1]
+            admin.admin_unplug()
+            admin.admin_replug()
+            for reply in (["store", "done"], ["stored", "1"]):
+                proc.stdin.write("\n")
+                proc.stdin.flush()
+                assert proc.stdout.readline().split()[:2] == reply
+            _, err = proc.communicate("\n", timeout=TIMEOUT)
+            assert proc.returncode == 0, err
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate(timeout=TIMEOUT)
