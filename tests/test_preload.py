@@ -210,6 +210,7 @@ def test_c_constants_match_protocols(program: Programs) -> None:
         "XED_PCI_BARRIER_IDLE": constants.PCI_BARRIER_IDLE,
         "XED_PCI_BARRIER_SEQ_TAG": constants.PCI_BARRIER_SEQ_TAG,
         "XED_PCI_BARRIER_SEQ_MASK": constants.PCI_BARRIER_SEQ_MASK,
+        "XED_NOTICE_WATCHER_ASLEEP": constants.NOTICE_WATCHER_ASLEEP,
     }
     for name, value in expected.items():
         assert c[name] == value, name

@@ -7,24 +7,32 @@ checks itself and exits 0; the exit statuses and output are checked here.
 
 With a daemon: tests/preload/barrier_xec.c maps /dev/dri/card0's barrier page under
 `xec run` (the whole library), and the daemon's own count (`xed ctl clients`) is checked
-against the stores the program made.
+against the stores the program made. A daemon whose page watcher, asleep, would look by
+itself only after an hour shows that a barrier after a quiet spell wakes it.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from clients import Device
 from clients.daemon import DaemonProcess
-from tests.conftest import baseline
+from protocols import Op
+from protocols import messages as m
+from protocols.constants import NOTICE_WATCHER_ASLEEP, PAGE_SIZE
+from tests.conftest import _check_log, baseline
+from tests.sandbox import wait_until
 from tests.test_lifecycle import wait_for_baseline
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -231,3 +239,111 @@ def test_fault_without_handler_kills_under_xec_run(
     _, err = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == 128 + signal.SIGSEGV, err
     assert wait_for_baseline(daemon, before) == before
+
+
+# --- waking the page watcher ---------------------------------------------------------------
+# The daemon itself, its page watcher's own looks while asleep made an hour apart (SLOW_LOOK
+# is 50 ms): a barrier counted within a test's bounds was counted because someone woke it.
+SLEEPY_WATCHER = (
+    "import sys\n"
+    "import xed.device.watcher\n"
+    "xed.device.watcher.SLOW_LOOK = 3600.0\n"
+    "from xed.cli import main\n"
+    "sys.exit(main())\n"
+)
+SYS_FUTEX, FUTEX_WAIT = 202, 0  # x86-64, as barrier.c
+WATCHER_THREAD = "xed-watcher"  # xed/device/promptness.py THREAD_NAME
+
+
+@pytest.fixture
+def sleepy_daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
+    """A daemon of this test's own whose page watcher sleeps an hour unless woken."""
+    proc = DaemonProcess(
+        socket_path=tmp_path / "xed.sock",
+        log_path=tmp_path / "daemon.log",
+        extra_args=("--log-level", "debug"),
+    )
+    proc._args[1:3] = ["-c", SLEEPY_WATCHER]  # instead of -m xed; the arguments stay
+    proc.start()
+    yield proc
+    assert proc.proc is not None and proc.proc.poll() is None, "the daemon died"
+    proc.stop()
+    _check_log(proc)
+    proc.cleanup()
+
+
+def watcher_sleeps(daemon: DaemonProcess) -> bool:
+    """The page watcher thread is blocked in FUTEX_WAIT for its asleep word to leave 1: a
+    FUTEX_WAKE from now on wakes it (one sent while it is on its way there would not)."""
+    for task in Path(f"/proc/{daemon.pid}/task").iterdir():
+        try:
+            if (task / "comm").read_text().strip() != WATCHER_THREAD:
+                continue
+            call = (task / "syscall").read_text().split()  # "running" while it runs
+        except FileNotFoundError:  # a thread that ended meanwhile
+            continue
+        return call[:1] == [str(SYS_FUTEX)] and [int(a, 16) for a in call[2:4]] == [FUTEX_WAIT, 1]
+    return False
+
+
+def test_a_barrier_after_a_quiet_spell_wakes_the_page_watcher(
+    sleepy_daemon: DaemonProcess, xec_program: Path
+) -> None:
+    """Under xec run, one store while the daemon's page watcher sleeps (its own look an hour
+    away) is counted while the page is still mapped: the library woke the watcher."""
+    path = sleepy_daemon.socket_path
+    with Device.open(path, role="admin") as admin, Device.open(path) as dev:
+        _, (fd,) = dev.ioctl_fds(Op.UNPLUG_NOTICE, m.XedUnplugNotice())
+        with mmap.mmap(fd, PAGE_SIZE, mmap.MAP_SHARED, mmap.PROT_READ) as notice:
+            os.close(fd)
+            proc = xec(sleepy_daemon, xec_program, "wake")
+            try:
+                assert proc.stdin is not None and proc.stdout is not None
+                words = proc.stdout.readline().split()
+                assert words[:1] == ["mapped"], proc.communicate(timeout=TIMEOUT)[1]
+                pid = int(words[2])
+
+                def asleep() -> bool:
+                    word = struct.unpack_from("<I", notice, NOTICE_WATCHER_ASLEEP)[0]
+                    return bool(word == 1 and watcher_sleeps(sleepy_daemon))
+
+                wait_until(asleep, 10, "the page watcher asleep on its notice word")
+                proc.stdin.write("\n")
+                proc.stdin.flush()
+                assert proc.stdout.readline().split()[:2] == ["store", "done"]
+                assert counted(admin, pid, 1, 1) == [1]
+                proc.stdin.write("\n")
+                proc.stdin.flush()
+                assert proc.stdout.readline().split()[:2] == ["stored", "1"]
+                _, err = proc.communicate("\n", timeout=TIMEOUT)
+                assert proc.returncode == 0, err
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.communicate(timeout=TIMEOUT)
+
+
+def test_barrier_store_after_unplug_and_replug_does_not_crash(
+    sleepy_daemon: DaemonProcess, xec_program: Path
+) -> None:
+    """Stores and munmap after the device is unplugged (its notice page let go, its asleep
+    word 0) and replugged end the program normally: the old page is never woken or faulted."""
+    path = sleepy_daemon.socket_path
+    with Device.open(path, role="admin") as admin:
+        proc = xec(sleepy_daemon, xec_program, "wake")
+        try:
+            assert proc.stdin is not None and proc.stdout is not None
+            words = proc.stdout.readline().split()
+            assert words[:1] == ["mapped"], proc.communicate(timeout=TIMEOUT)[1]
+            admin.admin_unplug()
+            admin.admin_replug()
+            for reply in (["store", "done"], ["stored", "1"]):
+                proc.stdin.write("\n")
+                proc.stdin.flush()
+                assert proc.stdout.readline().split()[:2] == reply
+            _, err = proc.communicate("\n", timeout=TIMEOUT)
+            assert proc.returncode == 0, err
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate(timeout=TIMEOUT)

@@ -5,6 +5,7 @@
 #include "barrier.h"
 
 #include <errno.h>
+#include <linux/futex.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -12,7 +13,9 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "signals.h"
 
@@ -27,7 +30,7 @@
 #define TRAP_FLAG 0x100
 #define PF_WRITE 0x2  /* page-fault error code: a write ... */
 #define PF_FETCH 0x10 /* ... not an instruction fetch */
-#define FLUSH_WAIT_MS 200 /* the daemon looks at a busy page every 1 ms, an idle one 50 ms */
+#define FLUSH_WAIT_MS 200 /* a woken daemon looks at once; one nobody wakes, within 50 ms */
 #define HALF ((XED_PCI_BARRIER_SEQ_MASK + 1) / 2)
 #define PASS_FLAGS (MAP_FIXED | MAP_FIXED_NOREPLACE | MAP_32BIT | MAP_LOCKED | MAP_POPULATE)
 #define BIT(sig) (1ull << ((sig) - 1))
@@ -45,6 +48,8 @@ struct file {
 	int stored;             /* this process stored since it began (or forked) */
 	_Atomic uint32_t *word; /* the daemon's page (the memfd), word 0; NULL: a free entry */
 	struct shared *sh;
+	/* non-zero while the daemon's page watcher sleeps (the device's notice page) */
+	const _Atomic uint32_t *_Atomic asleep;
 };
 struct map {
 	_Atomic uintptr_t page; /* 0: free */
@@ -80,6 +85,19 @@ static void spin(atomic_flag *f)
 		sched_yield();
 }
 
+/* A sleeping page watcher looks at the page only every 50 ms by itself: wake it, so that
+ * the barrier is counted now. While it is awake (barriers keep coming), one load. Only a
+ * syscall: this runs in the signal handler. */
+static void wake(struct file *f)
+{
+	const _Atomic uint32_t *asleep = atomic_load(&f->asleep);
+	int saved = errno;
+
+	if (asleep && atomic_load(asleep)) /* after the CAS that published: never before it */
+		syscall(SYS_futex, asleep, FUTEX_WAKE, 1, NULL, NULL, 0);
+	errno = saved;
+}
+
 static void publish(struct file *f, uint64_t seq)
 {
 	uint32_t want = XED_PCI_BARRIER_SEQ_TAG | (seq & XED_PCI_BARRIER_SEQ_MASK);
@@ -91,6 +109,7 @@ static void publish(struct file *f, uint64_t seq)
 		    ((cur - want) & XED_PCI_BARRIER_SEQ_MASK) < HALF)
 			return; /* the same or a higher number is there: it counts ours */
 	} while (!atomic_compare_exchange_weak(f->word, &cur, want));
+	wake(f);
 	safe = atomic_load(&f->sh->safe);
 	while (cur == XED_PCI_BARRIER_IDLE && safe < seq &&
 	       !atomic_compare_exchange_weak(&f->sh->safe, &safe, seq))
@@ -104,6 +123,8 @@ static void flush(struct file *f)
 	struct timespec ms = {0, 1000000};
 	int i = 0;
 
+	if (atomic_load(f->word) != XED_PCI_BARRIER_IDLE)
+		wake(f); /* a number is there: the watcher may be asleep over it */
 	while (i++ < FLUSH_WAIT_MS && atomic_load(f->word) != XED_PCI_BARRIER_IDLE)
 		nanosleep(&ms, NULL);
 	if (atomic_load(&f->sh->safe) >= atomic_load(&f->sh->seq))
@@ -322,6 +343,18 @@ void *xed_barrier_map(void *addr, size_t len, int prot, int flags, int memfd)
 	atomic_flag_clear_explicit(&table_lock, memory_order_release);
 	xed_signals_restore(old);
 	return p;
+}
+
+void xed_barrier_waker(void *page, const _Atomic uint32_t *asleep)
+{
+	uint64_t old = xed_signals_block();
+
+	spin(&table_lock);
+	for (int i = 0; i < MAX_MAPS; i++)
+		if (atomic_load(&maps[i].page) == (uintptr_t)page)
+			atomic_store(&files[maps[i].file].asleep, asleep);
+	atomic_flag_clear_explicit(&table_lock, memory_order_release);
+	xed_signals_restore(old);
 }
 
 void xed_barrier_unmap(void *addr, size_t len)

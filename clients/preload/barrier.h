@@ -28,6 +28,14 @@
  * daemon has counted every store. The count of a file outlives its mappings (mapping the
  * page again goes on from it, as the daemon does); up to 64 files are remembered.
  *
+ * Waking. The daemon's page watcher sleeps on a futex while no barrier comes, the u32 at
+ * NOTICE_WATCHER_ASLEEP of the device's notice page, which reads non-zero meanwhile; by
+ * itself it looks every 50 ms. After each number it publishes (and before munmap and
+ * exit wait for the daemon's look) the library reads that word and, if it is set,
+ * FUTEX_WAKEs the watcher, as the Python library does, so a barrier after a quiet spell
+ * is counted at once. The notice page is mapped read-only by notice.c and never
+ * unmapped; after an unplug it reads 0 and nobody is woken.
+ *
  * x86-64 only: the trap flag is EFLAGS bit 8 (gregs[REG_EFL]) and the page-fault error
  * code (gregs[REG_ERR]) says write. An aarch64 port has no trap flag it can set from user
  * space (single-stepping needs ptrace), so it would emulate the store: A64 stores are
@@ -39,7 +47,8 @@
  * Interface with the rest of the library:
  *   - the mmap interposer, once the daemon's MMAP check of the barrier offset passed and
  *     handed over the barrier memfd, calls xed_barrier_map() with the program's addr, len,
- *     prot and flags, returns what it returns, and closes the memfd afterwards;
+ *     prot and flags, returns what it returns, and closes the memfd afterwards; on
+ *     success it then calls xed_barrier_waker() with the device's notice word (notice.c);
  *   - the munmap interposer calls xed_barrier_unmap() for every range before the real
  *     munmap (ranges holding no barrier page are ignored, and so is a call munmap would
  *     refuse), and so must anything that replaces a mapping (mmap with MAP_FIXED of
@@ -50,7 +59,9 @@
 #define XED_BARRIER_H
 
 #include <signal.h>
+#include <stdatomic.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <ucontext.h>
 
 #include "proto.h" /* XED_PCI_BARRIER_IDLE, _SEQ_TAG, _SEQ_MASK (checked against protocols) */
@@ -60,6 +71,11 @@
  * page behind memfd. The daemon has checked len, prot and flags. MAP_FAILED and errno on
  * failure. */
 void *xed_barrier_map(void *addr, size_t len, int prot, int flags, int memfd);
+
+/* Stores to the barrier page at `page` (mapped by xed_barrier_map) wake the daemon's page
+ * watcher through `asleep`, the watcher's word of the device's notice page, mapped for as
+ * long as the process lives (NULL: nobody is woken; the watcher counts at its next look). */
+void xed_barrier_waker(void *page, const _Atomic uint32_t *asleep);
 
 /* Forget the barrier pages in [addr, addr + len) before they are unmapped. */
 void xed_barrier_unmap(void *addr, size_t len);

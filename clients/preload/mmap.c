@@ -5,8 +5,9 @@
  * flags suit the object; here the daemon makes those checks (MMAP) and answers with a
  * descriptor of the object's memory, which is mapped where, how long and how the
  * program asked. The PCI barrier page goes to the barrier module instead, which maps
- * it so that stores never stay. The library remembers each mapping (address, length,
- * fake offset, file) because the daemon names user memory by fake offset: a
+ * it so that stores never stay, and its stores wake the daemon's page watcher through
+ * the device's notice page (notice.c). The library remembers each mapping (address,
+ * length, fake offset, file) because the daemon names user memory by fake offset: a
  * WAIT_USER_FENCE at a CPU address is translated through this table. munmap and every
  * mapping of anything else go to the kernel untouched.
  */
@@ -122,6 +123,8 @@ static void *device_mmap(struct xed_file *f, void *addr, size_t len, int prot, i
 		errno = err;
 		return MAP_FAILED;
 	}
+	if ((uint64_t)off == XED_PCI_BARRIER_MMAP_OFFSET) /* its stores wake the page watcher */
+		xed_barrier_waker(p, notice_asleep(f));
 	remember(f, p, plen, (uint64_t)off);
 	return p;
 }

@@ -8,8 +8,8 @@
  * on. Modules: sys (libc without recursion), usermem (the program's memory, never
  * faulting), wire (msgpack), conn (talking to the daemon), files (the fd table), node
  * (paths), stat, debugfs, ioctl/xe_ioctl/xe_exec/query (translation), mmap, dmabuf,
- * config, sock and xcall (one request on one connection); and the
- * barrier page (barrier.c, signals.c: see barrier.h).
+ * config, sock and xcall (one request on one connection), notice (the device's notice
+ * page); and the barrier page (barrier.c, signals.c: see barrier.h).
  */
 #ifndef XED_PRELOAD_H
 #define XED_PRELOAD_H
@@ -45,6 +45,7 @@ struct xed_file {
 	struct xed_chan io; /* the file's own connection (a private copy of the program's fd) */
 	char token[XED_TOKEN_MAX];
 	struct xed_chan chans[XED_CHANNELS]; /* channels: other threads, forked children */
+	const _Atomic uint32_t *_Atomic asleep; /* notice.c: NULL until asked for */
 };
 
 /* --- configuration (environment, read once) ------------------------------------------ */
@@ -152,6 +153,11 @@ int xe_wait_user_fence(struct xcall *c, struct drm_xe_wait_user_fence *a);
 /* a CPU address inside a mapping of `f`, as the daemon names user memory; 0 if none */
 int user_address(struct xed_file *f, uint64_t addr, uint64_t *out);
 void maps_after_fork(void);
+
+/* --- notice.c: the device's notice page -------------------------------------------- */
+/* the page watcher's asleep word of f's device (mapped once per device, for good); NULL
+ * if the daemon did not hand the page over */
+const _Atomic uint32_t *notice_asleep(struct xed_file *f);
 
 /* --- dmabuf.c ---------------------------------------------------------------------- */
 int dmabuf_is(int fd); /* 1 if fd is a dma-buf of an xed daemon (asked once per fd) */

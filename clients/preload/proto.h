@@ -39,11 +39,13 @@
 #define XED_OP_DMA_BUF_MMAP 0x102
 #define XED_OP_DMA_BUF_IOCTL_SYNC 0x103
 #define XED_OP_DMA_BUF_LLSEEK 0x104
+#define XED_OP_UNPLUG_NOTICE 0x105
 
 /* protocols/constants.py */
 #define XED_PCI_BARRIER_MMAP_OFFSET (0x50ull << 12)
 #define XED_PCI_BARRIER_IDLE 0xdeadbeefu
 #define XED_PCI_BARRIER_SEQ_TAG 0x5e000000u
 #define XED_PCI_BARRIER_SEQ_MASK 0x00ffffffu
+#define XED_NOTICE_WATCHER_ASLEEP 64 /* byte offset of a u32 in the notice page */
 
 #endif /* XED_PROTO_H */

@@ -4,6 +4,10 @@
  * per writer. The program prints "stored <total> pid <pid>" once its pages are unmapped
  * (so the daemon has counted them all), then waits for a line on stdin, keeping its drm
  * files open while the test reads their counts with `xed ctl`.
+ *
+ * "wake": one barrier after a quiet spell. The program maps the page and prints "mapped
+ * pid <pid>", waits for a line (the test sees the daemon's page watcher asleep), stores
+ * once, prints "store done pid <pid>" and waits for a line before it unmaps the page.
  */
 #include "check.h" /* first: it asks for _GNU_SOURCE */
 
@@ -172,6 +176,16 @@ int main(int argc, char **argv)
 		CHECK(fault_addr == ro + 1);
 		page = map_barrier(fd); /* (for the checks below) */
 		total = stores_each;
+	} else if (!strcmp(what, "wake")) {
+		page = map_barrier(fd);
+		printf("mapped pid %d\n", (int)getpid());
+		fflush(stdout);
+		CHECK(fgets(line, sizeof(line), stdin) != NULL);
+		page[0] = 1;
+		printf("store done pid %d\n", (int)getpid());
+		fflush(stdout);
+		CHECK(fgets(line, sizeof(line), stdin) != NULL);
+		total = 1;
 	} else if (!strcmp(what, "segv-dfl")) { /* no handler: killed with SIGSEGV */
 		page = map_barrier(fd);
 		stores(page, 0, stores_each);
