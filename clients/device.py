@@ -173,8 +173,9 @@ class Device:
     def ioctl(self, op: Op, args: Any, fds: Sequence[int] = ()) -> Any:
         """Send one request; return its reply record, or raise XeError."""
         result, received = self.rpc.call(op, args, fds)
-        for fd in received:
-            os.close(fd)
+        if received:  # most replies carry none
+            for fd in received:
+                os.close(fd)
         return result
 
     def ioctl_fds(self, op: Op, args: Any, fds: Sequence[int] = ()) -> tuple[Any, list[int]]:

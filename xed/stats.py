@@ -4,26 +4,25 @@ from __future__ import annotations
 
 import collections
 
-import attrs
-
 from protocols import Op, errno_name
 from protocols import messages as m
 
 SAMPLES = 2048  # latest latencies kept per op for the percentiles
 
 
-@attrs.define
 class _OpRecord:
-    count: int = 0
-    errors: collections.Counter[int] = attrs.field(factory=collections.Counter)
-    latencies: collections.deque[float] = attrs.field(
-        factory=lambda: collections.deque(maxlen=SAMPLES)
-    )
+    __slots__ = ("count", "errors", "latencies")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.errors: collections.Counter[int] = collections.Counter()
+        self.latencies: collections.deque[float] = collections.deque(maxlen=SAMPLES)
 
 
 class IoctlStats:
     def __init__(self) -> None:
-        self._ops: dict[Op, _OpRecord] = collections.defaultdict(_OpRecord)
+        # every op's record made up front: recording is then one plain dict lookup
+        self._ops: dict[Op, _OpRecord] = {op: _OpRecord() for op in Op}
 
     def record(self, op: Op, err: int, seconds: float) -> None:
         entry = self._ops[op]
@@ -36,6 +35,8 @@ class IoctlStats:
         out = []
         for op in sorted(self._ops, key=int):
             entry = self._ops[op]
+            if not entry.count:
+                continue
             ordered = sorted(entry.latencies) or [0.0]
             out.append(
                 m.XedOpStats(
