@@ -47,7 +47,15 @@ from .bench_c import CRounds, barrier_store_us
 from .daemon import daemon_at
 from .device import Device, user_fence
 from .echo import EchoServer
-from .measure import cpu_seconds, daemon_pid, percentile, pin, pin_here
+from .measure import (
+    cpu_between_ns,
+    cpu_seconds,
+    daemon_pid,
+    percentile,
+    pin,
+    pin_here,
+    threads_cpu_ns,
+)
 from .progress import Progress
 
 IDLE_PAGES = 32
@@ -284,9 +292,10 @@ def _idle_watch_cost(socket_path: str, daemon_pid: int, pages: int, seconds: flo
             if holder.stdout.readline().strip() != "ready":
                 raise RuntimeError(f"a barrier-page holder died (status {holder.wait()})")
         time.sleep(0.5)  # the watcher slows down once it sees nothing change
-        cpu0, t0 = cpu_seconds(daemon_pid), time.monotonic()
+        cpu0, t0 = threads_cpu_ns(daemon_pid), time.monotonic()
         time.sleep(seconds)
-        return 100 * (cpu_seconds(daemon_pid) - cpu0) / (time.monotonic() - t0)
+        used = cpu_between_ns(cpu0, threads_cpu_ns(daemon_pid)) / 1e9
+        return 100 * used / (time.monotonic() - t0)
     finally:
         for holder in holders:
             with contextlib.suppress(BrokenPipeError):

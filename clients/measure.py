@@ -22,6 +22,25 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def threads_cpu_ns(pid: int) -> dict[int, int]:
+    """Each live thread's CPU time so far, in ns (/proc/PID/task/TID/schedstat): a clock
+    tick (10 ms) would be a third of a small figure over a few seconds."""
+    times = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as stat:
+                times[int(tid)] = int(stat.read().split()[0])
+        except (FileNotFoundError, ProcessLookupError):  # it ended meanwhile
+            continue
+    return times
+
+
+def cpu_between_ns(before: dict[int, int], after: dict[int, int]) -> int:
+    """The CPU the threads took between two `threads_cpu_ns` readings; a thread that
+    ended in between is missing its last part (the window is kept short for that)."""
+    return sum(ns - before.get(tid, 0) for tid, ns in after.items())
+
+
 def daemon_pid(socket_path: str) -> int:
     """The pid of the daemon serving `socket_path` (asked as admin), to measure its CPU."""
     with Device.open(socket_path, role="admin") as admin:
