@@ -117,15 +117,27 @@ def attach(fd: int, request_id: int = 7) -> Reply:
 
 
 # --- ioctl handlers -----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("op", "call"),
+    [
+        # answered in the reader's own step (server.py _PLAIN)
+        ("XE_VM_CREATE", lambda dev: dev.vm_create()),
+        # answered by _answer: its reply opens a descriptor
+        ("XE_GEM_CREATE", lambda dev: dev.gem_create(4096)),
+    ],
+)
 def test_ioctl_crash_is_eio_logged_at_error_level_and_counted(
     crashing: Callable[[str, Expected], DaemonProcess],
+    op: str,
+    call: Callable[[Device], object],
 ) -> None:
     """A handler that crashes answers EIO; the crash is logged with its traceback even at
-    --log-level error, counted as ioctl_crashes, and the next call is served."""
-    daemon = crashing("XE_VM_CREATE", [("ioctl_crashed", "XE_VM_CREATE")])
+    --log-level error, counted as ioctl_crashes, and the next call is served: on either
+    of the daemon's two ways of answering."""
+    daemon = crashing(op, [("ioctl_crashed", op)])
     with Device.open(daemon.socket_path) as dev:
-        assert errno_of(dev.vm_create) == EIO
-        assert dev.vm_create()
+        assert errno_of(lambda: call(dev)) == EIO
+        assert call(dev)
     assert status(daemon).ioctl_crashes == 1
 
 

@@ -259,13 +259,11 @@ class Connection:
                     continue
                 op = request.op
                 handler = _PLAIN.get(op)
-                if (
-                    handler is not None
-                    and not device.test_crashes
-                    and not device.is_gone(self.xef.generation)
-                ):
+                if handler is not None and not device.is_gone(self.xef.generation):
                     started = _now()
                     try:
+                        if device.test_crashes:
+                            device.crash_point(op.name)
                         result = handler(self.xef, request.args)
                     except Exception as exc:
                         await self._failed(request, exc, started)
