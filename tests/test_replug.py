@@ -13,9 +13,9 @@ import os
 from collections.abc import Callable, Iterator
 
 import pytest
-from conftest import baseline
+from conftest import Holder, baseline
 from test_dma_buf import Agent, agent_pool
-from test_unplug import IOCTLS, TIMEOUT, Holder, hello_errno, ioctl_errnos, wait_until
+from test_unplug import IOCTLS, TIMEOUT, hello_errno, ioctl_errnos, wait_until
 
 from clients import Device
 from clients.daemon import DaemonProcess
@@ -26,15 +26,6 @@ from protocols.constants import (
     XE_INFO_DEVICE_ID,
 )
 from tests.helpers import errno_of
-
-
-@pytest.fixture
-def holder(fresh_daemon: DaemonProcess) -> Iterator[Holder]:
-    h = Holder(fresh_daemon)
-    try:
-        yield h
-    finally:
-        h.finish()
 
 
 @pytest.fixture

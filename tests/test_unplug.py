@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import errno
 import gc
-import json
 import os
-import subprocess
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import baseline, spawn_client
+from conftest import Holder, baseline
 
 from clients import Device, XeError
 from clients.daemon import DaemonProcess
@@ -45,133 +43,6 @@ def wait_until(predicate: Callable[[], Any], what: str, timeout: float = TIMEOUT
 # A client process holding one of each mapping, through the library and by hand (a
 # descriptor from MMAP it maps itself), then running the snippets the test sends it (one
 # JSON string a line; each sets `out`, answered as one JSON line).
-HOLDER = """
-import mmap, os, time
-from protocols import Op, messages as m
-from protocols.constants import (
-    MAP_SHARED, PAGE_SIZE, PCI_BARRIER_IDLE, PROT_READ, PROT_WRITE, XE_INFO_DEVICE_ID,
-    XE_INFO_TIMESTAMP, XE_PCI_BARRIER_MMAP_OFFSET, Query,
-)
-from protocols.words import Words
-
-def errno_of(fn, *args):
-    try:
-        fn(*args)
-    except XeError as exc:
-        return exc.errno
-    return 0
-
-def stays(read, value, window):
-    # True if read() keeps returning value for the whole window
-    end = time.monotonic() + window
-    while time.monotonic() < end:
-        if read() != value:
-            return False
-        time.sleep(0.001)
-    return True
-
-def until(read, value, timeout=10):
-    end = time.monotonic() + timeout
-    while read() != value:
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.001)
-    return True
-
-bo = dev.gem_create(0x4000)
-bo_map = dev.mmap_bo(bo)
-bo_map[0:4] = b"live"
-spare = dev.gem_create(0x1000)
-spare_offset = dev.gem_mmap_offset(spare)
-info_region = dev.mmio_open("info")
-info = dev.mmap_mmio(info_region)
-bell_region = dev.mmio_open("doorbell")
-bell = dev.mmap_mmio(bell_region, writable=True)
-barrier = dev.mmap(dev.pci_barrier_offset(), PAGE_SIZE, PROT_WRITE)
-barrier.write_u32(0, 1)
-assert until(lambda: barrier.read_u32(0), PCI_BARRIER_IDLE)
-
-def by_hand(offset, length, prot):
-    # what a program that maps the descriptor itself holds: no library watches over it
-    reply, (fd,) = dev.ioctl_fds(
-        Op.MMAP, m.XedMmap(offset=offset, length=length, prot=prot, flags=MAP_SHARED)
-    )
-    mm = mmap.mmap(fd, length, mmap.MAP_SHARED, prot)
-    os.close(fd)
-    return Words(mm)
-
-bo_hand = by_hand(dev.gem_mmap_offset(bo), 0x4000, PROT_READ | PROT_WRITE)
-bell_hand = by_hand(bell_region.offset, bell_region.size, PROT_READ | PROT_WRITE)
-barrier_hand = by_hand(XE_PCI_BARRIER_MMAP_OFFSET, PAGE_SIZE, PROT_WRITE)
-print(json.dumps(dev.client_id), flush=True)
-for line in sys.stdin:
-    out = None
-    try:
-        exec(json.loads(line))
-        reply = {"out": out}
-    except Exception as exc:
-        reply = {"error": f"{type(exc).__name__}: {exc}"}
-    print(json.dumps(reply), flush=True)
-"""
-
-
-class Holder:
-    """A live client process holding a BO mapping, the info block, a doorbell and the
-    barrier page, that runs the snippets it is sent."""
-
-    def __init__(self, daemon: DaemonProcess) -> None:
-        self.proc = spawn_client(daemon.socket_path, HOLDER)
-        self.client_id = self._read()
-
-    def _read(self) -> Any:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            _, err = self.proc.communicate(timeout=30)
-            raise AssertionError(f"holder died:\n{err}")
-        return json.loads(line)
-
-    def run(self, code: str) -> Any:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(code) + "\n")
-        self.proc.stdin.flush()
-        reply = self._read()
-        assert "error" not in reply, reply["error"]
-        return reply["out"]
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def finish(self) -> None:
-        """Close its stdin: it leaves without closing anything; it must exit cleanly."""
-        if self.proc.poll() is None:
-            try:
-                _, err = self.proc.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                _, err = self.proc.communicate(timeout=30)
-        else:
-            _, err = self.proc.communicate(timeout=30)
-        assert self.proc.returncode == 0, f"holder failed:\n{err}"
-
-
-@pytest.fixture
-def holder(fresh_daemon: DaemonProcess) -> Iterator[Holder]:
-    h = Holder(fresh_daemon)
-    try:
-        yield h
-    finally:
-        h.finish()
-
-
-@pytest.fixture
-def fresh_admin(fresh_daemon: DaemonProcess) -> Iterator[Device]:
-    with Device.open(fresh_daemon.socket_path, role="admin") as adm:
-        yield adm
-        if adm.admin_status().unplugged:
-            adm.admin_replug()  # leave the daemon as it was for the fixture's checks
-
-
 def hello_errno(daemon: DaemonProcess, role: str) -> int:
     """HELLO on a new raw connection with `role`: 0 or the errno it is refused with."""
     transport = SeqpacketTransport.connect(daemon.socket_path)
@@ -316,9 +187,7 @@ def test_client_leaving_while_unplugged_is_released(
         fresh_admin.admin_unplug()
     finally:
         h.finish()  # exits without closing anything
-    wait_until(
-        lambda: baseline(fresh_daemon)[1] == before[1], "the departed client to be released"
-    )
+    wait_until(lambda: baseline(fresh_daemon)[1] == before[1], "the departed client to be released")
     assert fresh_admin.admin_status().unplugged == 1
     fresh_admin.admin_replug()
     assert baseline(fresh_daemon) == before

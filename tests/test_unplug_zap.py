@@ -14,9 +14,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from conftest import Holder
 from test_dma_buf import Agent, agent_pool
 from test_fence_waits import _read_reply, _send_wait
-from test_unplug import TIMEOUT, UNWATCHED_WINDOW, Holder
+from test_unplug import TIMEOUT, UNWATCHED_WINDOW
 
 from clients import Device
 from clients.daemon import DaemonProcess
@@ -24,23 +25,6 @@ from protocols import Event, Op
 from protocols.constants import PAGE_SIZE, PCI_BARRIER_IDLE
 
 WAITED = f"assert dev.wait_unplugged({TIMEOUT})\n"
-
-
-@pytest.fixture
-def holder(fresh_daemon: DaemonProcess) -> Iterator[Holder]:
-    h = Holder(fresh_daemon)
-    try:
-        yield h
-    finally:
-        h.finish()
-
-
-@pytest.fixture
-def fresh_admin(fresh_daemon: DaemonProcess) -> Iterator[Device]:
-    with Device.open(fresh_daemon.socket_path, role="admin") as adm:
-        yield adm
-        if adm.admin_status().unplugged:
-            adm.admin_replug()
 
 
 @pytest.fixture
