@@ -9,6 +9,7 @@ Processes the daemon spawns must see none of these: give them `child_environment
 
 from __future__ import annotations
 
+import atexit
 import os
 import socket
 from collections.abc import Mapping
@@ -36,6 +37,7 @@ def notify(message: str) -> bool:
     try:
         if _notify_sock is None:
             _notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            atexit.register(_notify_sock.close)  # kept to the end, closed, not dropped
         _notify_sock.sendto(message.encode(), address)
     except (OSError, ValueError):  # ValueError: a message that cannot be encoded
         return False
