@@ -15,12 +15,16 @@ asks for one of its fixtures:
   no C compiler can build the library.
 
 When a test that used a daemon fails, the report gets a section with the last lines of
-the daemon's log (and the aux driver's), where the reason usually is.
+the daemon's log (and the aux driver's), where the reason usually is. A test after which
+its daemon (or aux driver) is no longer running fails, naming how it exited, even if the
+test itself passed: whatever killed it is a finding. The next test that asks for the
+session's daemon gets a fresh one, so one death fails one test, not the rest.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -45,6 +49,35 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+def _exit_of(process: DaemonProcess) -> str | None:
+    """How `process` exited, or None while it runs."""
+    status = None if process.proc is None else process.proc.poll()
+    if status is None:
+        return None
+    if status < 0:
+        try:
+            return f"killed by {signal.Signals(-status).name}"
+        except ValueError:
+            return f"killed by signal {-status}"
+    return f"exited with status {status}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    """A test that passed but left a daemon it used dead fails: whatever it did to the
+    daemon is the finding. (One that failed already keeps its own error; the report's
+    log section says the daemon exited.)"""
+    result = yield
+    dead = [
+        f"{process.name} ({process.log_path}) {how} during the test"
+        for process in item.stash.get(_STASH, [])
+        if (how := _exit_of(process)) is not None
+    ]
+    if dead:
+        pytest.fail("; ".join(dead), pytrace=False)
+    return result
+
+
 def _log_tail(process: DaemonProcess) -> str:
     lines = process.log_text().splitlines()
     return "\n".join(lines[-LOG_TAIL_LINES:]) or "(the log is empty)"
@@ -55,8 +88,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     if report.failed:
         for process in item.stash.get(_STASH, []):
+            how = _exit_of(process)
+            exited = f", {how}" if how else ""
             report.sections.append(
-                (f"{process.name} log tail ({process.log_path})", _log_tail(process))
+                (f"{process.name} log tail ({process.log_path}{exited})", _log_tail(process))
             )
     return report
 
@@ -80,11 +115,28 @@ def _start(where: Path, config: str | None) -> DaemonProcess:
     ).start()
 
 
+class _SessionDaemon:
+    """The session's daemon (this xdist worker's), started when a test first asks for
+    it and started again for the next test if it has died: the test during which it
+    died fails for it (pytest_runtest_call), the others go on."""
+
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self._tmp_path_factory = tmp_path_factory
+        self.started: list[DaemonProcess] = []
+
+    def running(self) -> DaemonProcess:
+        if not self.started or _exit_of(self.started[-1]) is not None:
+            where = self._tmp_path_factory.mktemp("xed-daemon")
+            self.started.append(_start(where, None))
+        return self.started[-1]
+
+
 @pytest.fixture(scope="session")
-def _xed_session_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
-    daemon = _start(tmp_path_factory.mktemp("xed-daemon"), None)
-    yield daemon
-    daemon.cleanup()
+def _xed_session_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_SessionDaemon]:
+    session = _SessionDaemon(tmp_path_factory)
+    yield session
+    for daemon in session.started:
+        daemon.cleanup()
 
 
 @pytest.fixture
@@ -94,7 +146,8 @@ def xed_daemon(
     """The daemon this test talks to: the session's, or (marker xed_daemon) its own."""
     marker = request.node.get_closest_marker("xed_daemon")
     if marker is None:
-        daemon: DaemonProcess = request.getfixturevalue("_xed_session_daemon")
+        session: _SessionDaemon = request.getfixturevalue("_xed_session_daemon")
+        daemon = session.running()
         _watched(request, daemon)
         yield daemon
         return
