@@ -14,8 +14,9 @@ asks for one of its fixtures:
   (`xed_run_c(["./prog", "arg"])` returns the CompletedProcess); skips the test where
   no C compiler can build the library.
 
-When a test that used a daemon fails, the report gets a section with the last lines of
-the daemon's log (and the aux driver's), where the reason usually is. A test after which
+When a test that used a daemon fails, the report gets a section with the last lines the
+daemon (and the aux driver) logged while that test ran, where the reason usually is;
+the session daemon's lines from earlier tests are left out. A test after which
 its daemon (or aux driver) is no longer running fails, naming how it exited, even if the
 test itself passed: whatever killed it is a finding. The next test that asks for the
 session's daemon gets a fresh one, so one death fails one test, not the rest.
@@ -38,7 +39,8 @@ from .device import Device
 from .run import debugfs_dir, environment
 
 LOG_TAIL_LINES = 40
-_STASH = pytest.StashKey[list[DaemonProcess]]()
+# the processes a test used, each with where its log ended when the test took it
+_STASH = pytest.StashKey[list[tuple[DaemonProcess, int]]]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -70,7 +72,7 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
     result = yield
     dead = [
         f"{process.name} ({process.log_path}) {how} during the test"
-        for process in item.stash.get(_STASH, [])
+        for process, _ in item.stash.get(_STASH, [])
         if (how := _exit_of(process)) is not None
     ]
     if dead:
@@ -78,27 +80,48 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
     return result
 
 
-def _log_tail(process: DaemonProcess) -> str:
-    lines = process.log_text().splitlines()
-    return "\n".join(lines[-LOG_TAIL_LINES:]) or "(the log is empty)"
+def _log_size(process: DaemonProcess) -> int:
+    try:
+        return process.log_path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _log_tail(process: DaemonProcess, offset: int) -> str:
+    """The last lines `process` logged after `offset` (the test's own). The daemon logs
+    from a thread of its own, so a line can come a moment after what caused it."""
+    try:
+        with open(process.log_path, "rb") as log:
+            log.seek(offset)
+            lines = log.read().decode(errors="replace").splitlines()
+    except FileNotFoundError:
+        lines = []
+    if not lines:
+        return "(nothing logged during this test)"
+    earlier = len(lines) - LOG_TAIL_LINES
+    skipped = f"({earlier} earlier lines of this test's in the log)\n" if earlier > 0 else ""
+    return skipped + "\n".join(lines[-LOG_TAIL_LINES:])
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
     if report.failed:
-        for process in item.stash.get(_STASH, []):
+        for process, offset in item.stash.get(_STASH, []):
             how = _exit_of(process)
-            exited = f", {how}" if how else ""
+            where = f"{process.log_path}, {how}" if how else process.log_path
             report.sections.append(
-                (f"{process.name} log tail ({process.log_path}{exited})", _log_tail(process))
+                (
+                    f"{process.name} log tail, this test's lines ({where})",
+                    _log_tail(process, offset),
+                )
             )
     return report
 
 
 def _watched(request: pytest.FixtureRequest, process: DaemonProcess) -> None:
-    """Show `process`'s log tail if the test fails."""
-    request.node.stash.setdefault(_STASH, []).append(process)
+    """Show what `process` logs from now on if the test fails; fail the test if it dies."""
+    request.node.stash.setdefault(_STASH, []).append((process, _log_size(process)))
 
 
 def _start(where: Path, config: str | None) -> DaemonProcess:
