@@ -14,13 +14,18 @@ asks for one of its fixtures:
   (`xed_run_c(["./prog", "arg"])` returns the CompletedProcess); skips the test where
   no C compiler can build the library.
 
-When a test that used a daemon fails, the report gets a section with the last lines of
-the daemon's log (and the aux driver's), where the reason usually is.
+When a test that used a daemon fails, the report gets a section with the last lines the
+daemon (and the aux driver) logged while that test ran, where the reason usually is;
+the session daemon's lines from earlier tests are left out. A test after which
+its daemon (or aux driver) is no longer running fails, naming how it exited, even if the
+test itself passed: whatever killed it is a finding. The next test that asks for the
+session's daemon gets a fresh one, so one death fails one test, not the rest.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -34,7 +39,8 @@ from .device import Device
 from .run import debugfs_dir, environment
 
 LOG_TAIL_LINES = 40
-_STASH = pytest.StashKey[list[DaemonProcess]]()
+# the processes a test used, each with where its log ended when the test took it
+_STASH = pytest.StashKey[list[tuple[DaemonProcess, int]]]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -45,25 +51,77 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-def _log_tail(process: DaemonProcess) -> str:
-    lines = process.log_text().splitlines()
-    return "\n".join(lines[-LOG_TAIL_LINES:]) or "(the log is empty)"
+def _exit_of(process: DaemonProcess) -> str | None:
+    """How `process` exited, or None while it runs."""
+    status = None if process.proc is None else process.proc.poll()
+    if status is None:
+        return None
+    if status < 0:
+        try:
+            return f"killed by {signal.Signals(-status).name}"
+        except ValueError:
+            return f"killed by signal {-status}"
+    return f"exited with status {status}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    """A test that passed but left a daemon it used dead fails: whatever it did to the
+    daemon is the finding. (One that failed already keeps its own error; the report's
+    log section says the daemon exited.)"""
+    result = yield
+    dead = [
+        f"{process.name} ({process.log_path}) {how} during the test"
+        for process, _ in item.stash.get(_STASH, [])
+        if (how := _exit_of(process)) is not None
+    ]
+    if dead:
+        pytest.fail("; ".join(dead), pytrace=False)
+    return result
+
+
+def _log_size(process: DaemonProcess) -> int:
+    try:
+        return process.log_path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _log_tail(process: DaemonProcess, offset: int) -> str:
+    """The last lines `process` logged after `offset` (the test's own). The daemon logs
+    from a thread of its own, so a line can come a moment after what caused it."""
+    try:
+        with open(process.log_path, "rb") as log:
+            log.seek(offset)
+            lines = log.read().decode(errors="replace").splitlines()
+    except FileNotFoundError:
+        lines = []
+    if not lines:
+        return "(nothing logged during this test)"
+    earlier = len(lines) - LOG_TAIL_LINES
+    skipped = f"({earlier} earlier lines of this test's in the log)\n" if earlier > 0 else ""
+    return skipped + "\n".join(lines[-LOG_TAIL_LINES:])
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
     if report.failed:
-        for process in item.stash.get(_STASH, []):
+        for process, offset in item.stash.get(_STASH, []):
+            how = _exit_of(process)
+            where = f"{process.log_path}, {how}" if how else process.log_path
             report.sections.append(
-                (f"{process.name} log tail ({process.log_path})", _log_tail(process))
+                (
+                    f"{process.name} log tail, this test's lines ({where})",
+                    _log_tail(process, offset),
+                )
             )
     return report
 
 
 def _watched(request: pytest.FixtureRequest, process: DaemonProcess) -> None:
-    """Show `process`'s log tail if the test fails."""
-    request.node.stash.setdefault(_STASH, []).append(process)
+    """Show what `process` logs from now on if the test fails; fail the test if it dies."""
+    request.node.stash.setdefault(_STASH, []).append((process, _log_size(process)))
 
 
 def _start(where: Path, config: str | None) -> DaemonProcess:
@@ -80,11 +138,28 @@ def _start(where: Path, config: str | None) -> DaemonProcess:
     ).start()
 
 
+class _SessionDaemon:
+    """The session's daemon (this xdist worker's), started when a test first asks for
+    it and started again for the next test if it has died: the test during which it
+    died fails for it (pytest_runtest_call), the others go on."""
+
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self._tmp_path_factory = tmp_path_factory
+        self.started: list[DaemonProcess] = []
+
+    def running(self) -> DaemonProcess:
+        if not self.started or _exit_of(self.started[-1]) is not None:
+            where = self._tmp_path_factory.mktemp("xed-daemon")
+            self.started.append(_start(where, None))
+        return self.started[-1]
+
+
 @pytest.fixture(scope="session")
-def _xed_session_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
-    daemon = _start(tmp_path_factory.mktemp("xed-daemon"), None)
-    yield daemon
-    daemon.cleanup()
+def _xed_session_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_SessionDaemon]:
+    session = _SessionDaemon(tmp_path_factory)
+    yield session
+    for daemon in session.started:
+        daemon.cleanup()
 
 
 @pytest.fixture
@@ -94,7 +169,8 @@ def xed_daemon(
     """The daemon this test talks to: the session's, or (marker xed_daemon) its own."""
     marker = request.node.get_closest_marker("xed_daemon")
     if marker is None:
-        daemon: DaemonProcess = request.getfixturevalue("_xed_session_daemon")
+        session: _SessionDaemon = request.getfixturevalue("_xed_session_daemon")
+        daemon = session.running()
         _watched(request, daemon)
         yield daemon
         return

@@ -114,6 +114,89 @@ def test_a_failing_test_shows_the_daemons_log_tail(tmp_path: Path) -> None:
     assert "client_connected" in done.stdout, done.stdout  # a line of the daemon's own
 
 
+KILLING = """
+import os
+import signal
+from pathlib import Path
+
+PIDS = Path(os.environ["XED_PLUGIN_PIDS"])
+
+
+def test_1_kills_the_session_daemon(xed_daemon, xed_device):
+    (PIDS / "killed").write_text(str(xed_daemon.pid))
+    os.kill(xed_daemon.pid, signal.SIGKILL)
+    xed_daemon.proc.wait(30)
+
+
+def test_2_has_a_daemon_again(xed_daemon, xed_device):
+    (PIDS / "next").write_text(str(xed_daemon.pid))
+    assert xed_device.version().name == "xe"
+"""
+
+
+def test_a_test_that_kills_the_daemon_fails_and_the_next_has_a_fresh_one(
+    tmp_path: Path,
+) -> None:
+    """A test after which the session daemon is dead fails, naming how it exited (though
+    the test itself raised nothing); the next test gets a new daemon and passes."""
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "test_killing.py").write_text(KILLING)
+    done = _pytest(suite, pids=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "1 failed, 1 passed" in done.stdout, done.stdout
+    assert "FAILED test_killing.py::test_1_kills_the_session_daemon" in done.stdout
+    report = done.stdout.split("_ test_1_kills_the_session_daemon _", 1)[1]
+    assert "the xed daemon (" in report, done.stdout
+    assert "killed by SIGKILL during the test" in report, done.stdout
+    assert (tmp_path / "killed").read_text() != (tmp_path / "next").read_text()
+
+
+SLICED = """
+import time
+
+from clients import Device
+
+
+def _logged(daemon, event, client_id):
+    # the daemon's log is written by a thread of its own
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for line in daemon.log_text().splitlines():
+            if f'"client_id": {client_id},' in line and f'"event": "{event}"' in line:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"no {event} of client {client_id} in {daemon.log_path}")
+
+
+def test_1_passes_after_a_visit(xed_daemon):
+    Device.open(xed_daemon.socket_path).close()
+    _logged(xed_daemon, "client_disconnected", 1)  # nothing of ours comes later
+
+
+def test_2_fails(xed_daemon):
+    Device.open(xed_daemon.socket_path).close()
+    _logged(xed_daemon, "client_disconnected", 2)
+    assert False, "on purpose"
+"""
+
+
+def test_a_failing_tests_log_section_has_only_its_own_lines(tmp_path: Path) -> None:
+    """The failure report's log section holds what the session daemon logged while that
+    test ran, not what earlier tests made it log."""
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "test_sliced.py").write_text(SLICED)
+    done = _pytest(suite, pids=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "1 failed, 1 passed" in done.stdout, done.stdout
+    report = done.stdout.split("_ test_2_fails _", 1)[1]
+    section = report.split("the xed daemon log tail", 1)[1]
+    assert '"client_id": 2,' in section, done.stdout
+    assert '"client_id": 1,' not in section, done.stdout
+    assert "daemon_ready" not in section, done.stdout  # the daemon started before test 2
+
+
 PLAIN = """
 import os
 
