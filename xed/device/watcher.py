@@ -53,8 +53,9 @@ if TYPE_CHECKING:
 
 _log = structlog.get_logger("xed")
 FAST_LOOK = 0.0002  # seconds between looks while writes keep coming, at the least
-LOOK_RATIO = 12  # ... and at least this many times what the last look took: many busy
-# pages make each look dearer, and looking more than ~1/LOOK_RATIO of a core buys little
+LOOK_RATIO = 14  # ... and at least this many times the CPU it took since it last slept:
+# many busy pages make each look dearer, and looking more than ~1/LOOK_RATIO of a core buys
+# little (12 left the daemon at 10% of a core under 8 writers, the ceiling)
 HOT_HOLD = 0.02  # how long it keeps looking that often after the last write
 FULL_LOOK = 0.01  # seconds between looks at whole barrier pages while hot
 SLOW_LOOK = 0.05  # the most a page waits to be looked at when nobody wakes the watcher
