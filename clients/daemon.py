@@ -50,12 +50,15 @@ class DaemonProcess:
         own_session: bool = False,
         nofile: int | None = None,
         env: Mapping[str, str] | None = None,
+        entry: tuple[str, ...] = ("-m", "xed"),
     ) -> None:
+        """`entry`: what the interpreter runs, before `serve` and its options (a test
+        may run `-c CODE` that adjusts the daemon and then calls `xed.cli.main`)."""
         self._tmp = tempfile.TemporaryDirectory(prefix="xed-")
         tmp = Path(self._tmp.name)
         self.socket_path = socket_path or tmp / "xed.sock"
         self.log_path = log_path or tmp / "daemon.log"
-        self._args = [sys.executable, "-m", "xed", "serve", "--socket", str(self.socket_path)]
+        self._args = [sys.executable, *entry, "serve", "--socket", str(self.socket_path)]
         if config is not None:
             self._args += ["--config", str(config)]
         self._args += list(extra_args)

@@ -262,8 +262,8 @@ def sleepy_daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
         socket_path=tmp_path / "xed.sock",
         log_path=tmp_path / "daemon.log",
         extra_args=("--log-level", "debug"),
+        entry=("-c", SLEEPY_WATCHER),
     )
-    proc._args[1:3] = ["-c", SLEEPY_WATCHER]  # instead of -m xed; the arguments stay
     proc.start()
     yield proc
     assert proc.proc is not None and proc.proc.poll() is None, "the daemon died"
