@@ -23,6 +23,7 @@ import ctypes
 import mmap
 import os
 import time
+import weakref
 
 from protocols import futex
 from protocols.constants import (
@@ -36,12 +37,19 @@ from protocols.constants import (
 from .mapping import Mapping
 
 _SCRATCH = 64  # the futex FUTEX_WAKE_OP names beside the counter; nobody waits there
-_state = {"forked": False}
+_forked = False  # once True, parent and children may add to a shared counter at once
+# Until the process forks, a barrier's running number is a plain int (a store costs one
+# add): the shared page only has to hold it from the fork on, for the child and for the
+# atomic adds of both. The hook writes it there, in the parent, just before the fork.
+_barriers: weakref.WeakSet[PciBarrier] = weakref.WeakSet()
 
 
 def _forking() -> None:
-    # from now on parent and child may add at once (set in both, before the fork)
-    _state["forked"] = True
+    global _forked
+    if not _forked:
+        _forked = True
+        for barrier in list(_barriers):
+            barrier.publish_count()
 
 
 os.register_at_fork(before=_forking)
@@ -56,36 +64,44 @@ class PciBarrier:
         self.page = page
         self._store = page.words.u32
         self._asleep_at = notice + NOTICE_WATCHER_ASLEEP
-        self._asleep = ctypes.c_uint32.from_address(self._asleep_at)
+        # the asleep word as a one-item memoryview: a load is half a ctypes .value
+        word = (ctypes.c_char * 4).from_address(self._asleep_at)
+        self._asleep = memoryview(word).cast("B").cast("I")
         self._shared = mmap.mmap(-1, PAGE_SIZE, mmap.MAP_SHARED)
         self._counter = ctypes.c_uint32.from_buffer(self._shared)
         self._address = ctypes.addressof(self._counter)
+        self._seq = 0  # the running number while the process has not forked
+        _barriers.add(self)
+
+    def publish_count(self) -> None:
+        """Put the running number in the shared page (before a fork: see _forking)."""
+        self._counter.value = self._seq
 
     @property
     def written(self) -> int:
         """Barriers stored by this process and every child sharing the page with it."""
-        return int(self._counter.value)
+        return int(self._counter.value) if _forked else self._seq
 
     def store(self) -> None:
         """One barrier: one store to the page."""
-        if _state["forked"]:
+        if _forked:
             futex.atomic_add(self._address, 1, self._address + _SCRATCH)
             seq = self._counter.value
         else:
-            seq = self._counter.value = (self._counter.value + 1) & 0xFFFF_FFFF
+            self._seq = seq = (self._seq + 1) & 0xFFFF_FFFF
         self._store[0] = PCI_BARRIER_SEQ_TAG | seq & PCI_BARRIER_SEQ_MASK
-        if self._asleep.value:
+        if self._asleep[0]:
             futex.wake(self._asleep_at, 1)
 
     def drain(self, attempts: int = 3) -> None:
         """Make sure the device has seen the last barrier: repeat it (a repeated number
         counts once) and wait for the page to read 0xdeadbeef again."""
-        seq = self._counter.value
+        seq = self.written
         if not seq:
             return
         for _ in range(attempts):
             self.page.write_u32(0, PCI_BARRIER_SEQ_TAG | seq & PCI_BARRIER_SEQ_MASK)
-            if self._asleep.value:
+            if self._asleep[0]:
                 futex.wake(self._asleep_at, 1)
             while self.page.read_u32(0) != PCI_BARRIER_IDLE:
                 time.sleep(0.0005)

@@ -401,9 +401,12 @@ class Device:
         """A PCI memory barrier: one store to the barrier page (mapped on first use).
         The mapping is inherited by fork() as the kernel's is, and stays after close():
         a child's barriers count for this file too (clients/barrier.py)."""
-        self.pci_barrier_mapping()
-        assert self._barrier is not None
-        self._barrier.store()
+        barrier = self._barrier
+        if barrier is None:
+            self.pci_barrier_mapping()
+            barrier = self._barrier
+            assert barrier is not None
+        barrier.store()
 
     def pci_barrier_mapping(self) -> Mapping:
         """The barrier page pci_barrier() stores to (mapped now if it is not yet)."""
