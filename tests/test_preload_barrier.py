@@ -13,6 +13,7 @@ itself only after an hour shows that a barrier after a quiet spell wakes it.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import shutil
@@ -180,6 +181,26 @@ def xec(daemon: DaemonProcess, exe: Path, *args: str) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
+@contextlib.contextmanager
+def running(daemon: DaemonProcess, exe: Path, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """`xec` for a test that talks to the program: it is killed if a check fails first."""
+    proc = xec(daemon, exe, *args)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=TIMEOUT)
+
+
+def step(proc: subprocess.Popen[str]) -> list[str]:
+    """Let the program go on (a line on its stdin); the words of the line it answers."""
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    return proc.stdout.readline().split()
+
+
 def counted(admin: Device, pid: int, files: int, want: int) -> list[int]:
     """The barriers the daemon counted for each drm file of `pid`, once they add up to
     `want` (or after 10 s, whatever they are then)."""
@@ -213,8 +234,7 @@ def test_daemon_counts_every_store(
     """Under xec run: IGT's checks, threads, fork, two files, the program's SIGSEGV handler,
     a page replaced by MAP_FIXED; xed ctl clients shows exactly one barrier per store."""
     before = baseline(daemon)
-    proc = xec(daemon, xec_program, case, "1000")
-    try:
+    with running(daemon, xec_program, case, "1000") as proc:
         assert proc.stdout is not None
         words = proc.stdout.readline().split()
         assert words[:1] == ["stored"], proc.communicate(timeout=TIMEOUT)[1]
@@ -223,10 +243,6 @@ def test_daemon_counts_every_store(
         assert sorted(counted(admin, pid, files, total)) == per_file
         _, err = proc.communicate("\n", timeout=TIMEOUT)
         assert proc.returncode == 0, err
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=TIMEOUT)
     assert wait_for_baseline(daemon, before) == before
 
 
@@ -296,9 +312,8 @@ def test_a_barrier_after_a_quiet_spell_wakes_the_page_watcher(
         _, (fd,) = dev.ioctl_fds(Op.UNPLUG_NOTICE, m.XedUnplugNotice())
         with mmap.mmap(fd, PAGE_SIZE, mmap.MAP_SHARED, mmap.PROT_READ) as notice:
             os.close(fd)
-            proc = xec(sleepy_daemon, xec_program, "wake")
-            try:
-                assert proc.stdin is not None and proc.stdout is not None
+            with running(sleepy_daemon, xec_program, "wake") as proc:
+                assert proc.stdout is not None
                 words = proc.stdout.readline().split()
                 assert words[:1] == ["mapped"], proc.communicate(timeout=TIMEOUT)[1]
                 pid = int(words[2])
@@ -308,19 +323,11 @@ def test_a_barrier_after_a_quiet_spell_wakes_the_page_watcher(
                     return bool(word == 1 and watcher_sleeps(sleepy_daemon))
 
                 wait_until(asleep, 10, "the page watcher asleep on its notice word")
-                proc.stdin.write("\n")
-                proc.stdin.flush()
-                assert proc.stdout.readline().split()[:2] == ["store", "done"]
+                assert step(proc)[:2] == ["store", "done"]
                 assert counted(admin, pid, 1, 1) == [1]
-                proc.stdin.write("\n")
-                proc.stdin.flush()
-                assert proc.stdout.readline().split()[:2] == ["stored", "1"]
+                assert step(proc)[:2] == ["stored", "1"]
                 _, err = proc.communicate("\n", timeout=TIMEOUT)
                 assert proc.returncode == 0, err
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.communicate(timeout=TIMEOUT)
 
 
 def test_barrier_store_after_unplug_and_replug_does_not_crash(
@@ -329,21 +336,16 @@ def test_barrier_store_after_unplug_and_replug_does_not_crash(
     """Stores and munmap after the device is unplugged (its notice page let go, its asleep
     word 0) and replugged end the program normally: the old page is never woken or faulted."""
     path = sleepy_daemon.socket_path
-    with Device.open(path, role="admin") as admin:
-        proc = xec(sleepy_daemon, xec_program, "wake")
-        try:
-            assert proc.stdin is not None and proc.stdout is not None
-            words = proc.stdout.readline().split()
-            assert words[:1] == ["mapped"], proc.communicate(timeout=TIMEOUT)[1]
-            admin.admin_unplug()
-            admin.admin_replug()
-            for reply in (["store", "done"], ["stored", "1"]):
-                proc.stdin.write("\n")
-                proc.stdin.flush()
-                assert proc.stdout.readline().split()[:2] == reply
-            _, err = proc.communicate("\n", timeout=TIMEOUT)
-            assert proc.returncode == 0, err
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate(timeout=TIMEOUT)
+    with (
+        Device.open(path, role="admin") as admin,
+        running(sleepy_daemon, xec_program, "wake") as proc,
+    ):
+        assert proc.stdout is not None
+        words = proc.stdout.readline().split()
+        assert words[:1] == ["mapped"], proc.communicate(timeout=TIMEOUT)[1]
+        admin.admin_unplug()
+        admin.admin_replug()
+        for reply in (["store", "done"], ["stored", "1"]):
+            assert step(proc)[:2] == reply
+        _, err = proc.communicate("\n", timeout=TIMEOUT)
+        assert proc.returncode == 0, err
