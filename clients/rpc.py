@@ -18,7 +18,6 @@ from typing import Any
 
 from protocols import (
     MAX_DATAGRAM,
-    MAX_FDS,
     Event,
     EventMessage,
     Op,
@@ -29,9 +28,6 @@ from protocols import (
 
 from .errors import DaemonGone, XeError
 from .transport import SeqpacketTransport
-
-_ANC_SPACE = socket.CMSG_SPACE(MAX_FDS * 4)
-_MSG_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)  # an IntFlag costs a conversion per call
 
 
 class RpcConnection:
@@ -44,14 +40,8 @@ class RpcConnection:
     def call(self, op: Op, args: Any, fds: Sequence[int] = ()) -> tuple[Any, list[int]]:
         """Send one request; return its reply record and descriptors (caller closes)."""
         self._next_id = request_id = self._next_id % 0xFFFF_FFFF + 1
-        data = encode_request(request_id, op, args)
-        transport = self.transport
         try:
-            if fds:
-                transport.send(data, fds)
-            else:  # most requests: the socket's send(), without the transport's layer
-                transport.sock.send(data)
-                transport.bytes_sent += len(data)
+            self.transport.send(encode_request(request_id, op, args), fds)
         except ConnectionError as exc:  # EPIPE, ECONNRESET: nobody is listening any more
             raise self._unheard(op, exc) from exc
         pending = {request_id: op}
@@ -63,7 +53,7 @@ class RpcConnection:
             if message.errno:
                 _close(message.fds)
                 raise XeError(message.errno, op.name, message.result.message)
-            return message.result, list(message.fds) if message.fds else []
+            return message.result, list(message.fds)
 
     def _unheard(self, op: Op, exc: OSError) -> Exception:
         """Our request found the connection closed. If the daemon said why before it
@@ -96,20 +86,15 @@ class RpcConnection:
         return message
 
     def _receive(self, pending: dict[int, Op]) -> Any:
-        transport = self.transport
         try:
-            data, ancdata, _flags, _ = transport.sock.recvmsg(
-                MAX_DATAGRAM, _ANC_SPACE, _MSG_CMSG_CLOEXEC
-            )
+            data, received = self.transport.recv()
         except ConnectionError as exc:  # it died with something of ours unread
             raise DaemonGone(f"{self._peer} is gone ({exc.strerror})") from exc
-        transport.bytes_received += len(data)
-        received = transport.descriptors(ancdata) if ancdata else []
         if not data:
             _close(received)
             raise DaemonGone(f"{self._peer} closed the connection")
         try:
-            return decode_incoming(data, tuple(received) if received else (), pending)
+            return decode_incoming(data, tuple(received), pending)
         except ProtocolError as exc:
             _close(received)
             raise DaemonGone(f"protocol error from {self._peer}: {exc}") from exc

@@ -92,13 +92,8 @@ class SeqpacketTransport:
         self.bytes_received += len(data)
         if not ancdata:  # most replies
             return data, []
-        return data, self.descriptors(ancdata)
-
-    @staticmethod
-    def descriptors(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
-        """The descriptors of a datagram's ancillary data (what else came is dropped)."""
         fds, _junk = unpack_fds(ancdata)
-        return fds
+        return data, fds
 
     def close(self) -> None:
         self.sock.close()

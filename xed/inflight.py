@@ -83,18 +83,13 @@ class Unread:
         self._ledger = ledger
         self._fd = fd
         self.uid = uid
-        self.count = 0  # descriptors in _pending
+        self.count = 0  # descriptors in _pending: while non-zero, every message is counted
         # bytes sent (each message counted as at least the smallest truesize) since
         # _pending was last empty, and the replies with descriptors sent meanwhile that
         # may be unread: (bytes sent before it, its descriptors), oldest first
         self._sent = 0
         self._pending: collections.deque[tuple[int, int]] = collections.deque()
         ledger.connections[uid].add(self)
-
-    @property
-    def tracking(self) -> bool:
-        """Whether a reply with descriptors may be unread (messages must be counted)."""
-        return bool(self._pending)
 
     def refusal(self, fds: int) -> str | None:
         """Why a reply with `fds` descriptors may not be sent now, or None if it may."""

@@ -316,8 +316,7 @@ class Connection:
         started = _now()
         device, op = self.device, request.op
         try:
-            if device.is_gone(self.xef.generation):
-                self._check_plugged(request)
+            self._check_plugged(request)
             if device.test_crashes:
                 device.crash_point(op.name)
             if op is _HELLO:
@@ -335,13 +334,11 @@ class Connection:
         except Exception as exc:
             await self._failed(request, exc, started)
             return
-        if type(result) is not tuple:  # most replies: no descriptor goes back
-            data = encode_reply(request.id, op, 0, result)
-            if not self._send_now(data):
-                await self._send_when_room(data, [])
-            device.ioctl_stats.record(op, 0, _now() - started)
+        if type(result) is tuple:
+            await self._send_result(request, result, started)
             return
-        await self._send_result(request, result, started)
+        await self._send(encode_reply(request.id, op, 0, result), [])
+        device.ioctl_stats.record(op, 0, _now() - started)
 
     async def _failed(self, request: Request, exc: Exception, started: float) -> None:
         """The handler raised: its errno (IoctlError), a limit the client hit (out of
@@ -529,7 +526,7 @@ class Connection:
                     continue
                 except OSError as exc:
                     raise _send_failed(exc, fds) from exc
-                if fds or unread.tracking:
+                if fds or unread.count:
                     unread.sent(len(data), len(fds))
                 return
 
