@@ -171,13 +171,11 @@ def _unpack(data: bytes) -> list[Any]:
 
 # --- requests ---------------------------------------------------------------------------
 def encode_request(request_id: int, op: Op, args: Any) -> bytes:
-    cls = type(args)
-    if cls is not _REQUEST_RECORDS[op]:
+    if type(args) is not _REQUEST_RECORDS[op]:
         raise LocalProtocolError(f"{op.name} takes {SPECS[op].request.__name__}")
     if not 0 < request_id <= MAX_REQUEST_ID:
         raise LocalProtocolError("request ids are non-zero u32")
-    body = (_TO_WIRE.get(cls) or _compile_to_wire(cls))(args)
-    return _pack([request_id, op, body])  # an IntEnum packs as its int
+    return _pack([request_id, op, to_wire(args)])  # an IntEnum packs as its int
 
 
 def _peek(data: bytes, items: int) -> list[Any]:
@@ -232,7 +230,7 @@ def decode_request(data: bytes, fds: tuple[int, ...] = (), truncated: bool = Fal
             EINVAL, f"{op.name} takes {fds_in} descriptors, got {len(fds)}", request_id
         )
     try:
-        record = (_FROM_WIRE.get(cls) or _compile_from_wire(cls))(args)
+        record = from_wire(cls, args)
     except FieldError as exc:
         raise ProtocolError(EINVAL, f"{op.name}: {exc}", request_id) from exc
     return _tuple_new(Request, (request_id, op, record, fds))
@@ -245,12 +243,7 @@ def encode_reply(request_id: int, op: Op | None, errno: int, result: Any) -> byt
             raise LocalProtocolError("an error reply carries ErrorInfo")
     elif op is None or type(result) is not _REPLIES[op]:
         raise LocalProtocolError(f"{op} answers with {op and SPECS[op].reply.__name__}")
-    cls = type(result)
-    body = (_TO_WIRE.get(cls) or _compile_to_wire(cls))(result)
-    data: bytes = _PACKER.pack([request_id, errno, body])
-    if len(data) > MAX_DATAGRAM:
-        raise LocalProtocolError(f"message of {len(data)} bytes exceeds {MAX_DATAGRAM}")
-    return data
+    return _pack([request_id, errno, to_wire(result)])
 
 
 def encode_error(request_id: int, errno: int, message: str) -> bytes:
@@ -282,8 +275,7 @@ def decode_incoming(
         cls, fds_out = _REPLY_SHAPES[op]
         if len(fds) != fds_out and not (fds_out == ANY_FDS and len(fds) <= MAX_FDS):
             raise ProtocolError(EPROTO, f"{op.name} reply with {len(fds)} descriptors")
-        result = (_FROM_WIRE.get(cls) or _compile_from_wire(cls))(body)
-        return _tuple_new(Reply, (ident, 0, result, fds))
+        return _tuple_new(Reply, (ident, 0, from_wire(cls, body), fds))
     except (FieldError, ValueError) as exc:
         if isinstance(exc, ProtocolError):
             raise
