@@ -71,6 +71,14 @@ def test_fails_after_using_the_daemon(xed_daemon, xed_device):
 """
 
 
+def _suite(tmp_path: Path, name: str, source: str) -> Path:
+    """A downstream suite of one test file, `name` holding `source`."""
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / name).write_text(textwrap.dedent(source))
+    return suite
+
+
 def _pytest(suite: Path, *args: str, pids: Path) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, XED_PLUGIN_PIDS=str(pids))
     env.pop("PYTEST_XDIST_WORKER", None)  # ours, not the downstream suite's
@@ -90,10 +98,8 @@ def test_the_plugin_is_registered_as_a_pytest11_entry_point() -> None:
 def test_a_downstream_suite_runs_on_two_workers_with_a_daemon_each(tmp_path: Path) -> None:
     """`pytest -n 2` of a suite using the fixtures passes, and the two workers talked to
     two different daemons (no shared sockets); the marked test had a daemon of its own."""
-    suite, pids = tmp_path / "suite", tmp_path / "pids"
-    suite.mkdir()
+    suite, pids = _suite(tmp_path, "test_downstream.py", DOWNSTREAM), tmp_path / "pids"
     pids.mkdir()
-    (suite / "test_downstream.py").write_text(textwrap.dedent(DOWNSTREAM))
     done = _pytest(suite, "-n", "2", pids=pids)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "9 passed" in done.stdout, done.stdout
@@ -105,9 +111,7 @@ def test_a_downstream_suite_runs_on_two_workers_with_a_daemon_each(tmp_path: Pat
 
 def test_a_failing_test_shows_the_daemons_log_tail(tmp_path: Path) -> None:
     """A failure of a test that used a daemon reports the last lines of its log."""
-    suite = tmp_path / "suite"
-    suite.mkdir()
-    (suite / "test_failing.py").write_text(FAILING)
+    suite = _suite(tmp_path, "test_failing.py", FAILING)
     done = _pytest(suite, pids=tmp_path)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "the xed daemon log tail" in done.stdout, done.stdout
@@ -139,9 +143,7 @@ def test_a_test_that_kills_the_daemon_fails_and_the_next_has_a_fresh_one(
 ) -> None:
     """A test after which the session daemon is dead fails, naming how it exited (though
     the test itself raised nothing); the next test gets a new daemon and passes."""
-    suite = tmp_path / "suite"
-    suite.mkdir()
-    (suite / "test_killing.py").write_text(KILLING)
+    suite = _suite(tmp_path, "test_killing.py", KILLING)
     done = _pytest(suite, pids=tmp_path)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "1 failed, 1 passed" in done.stdout, done.stdout
@@ -184,9 +186,7 @@ def test_2_fails(xed_daemon):
 def test_a_failing_tests_log_section_has_only_its_own_lines(tmp_path: Path) -> None:
     """The failure report's log section holds what the session daemon logged while that
     test ran, not what earlier tests made it log."""
-    suite = tmp_path / "suite"
-    suite.mkdir()
-    (suite / "test_sliced.py").write_text(SLICED)
+    suite = _suite(tmp_path, "test_sliced.py", SLICED)
     done = _pytest(suite, pids=tmp_path)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "1 failed, 1 passed" in done.stdout, done.stdout
@@ -219,9 +219,7 @@ def test_no_daemon_was_started_for_us():
 def test_the_plugin_is_inert_for_a_suite_that_does_not_use_it(tmp_path: Path) -> None:
     """The plugin is loaded in every suite (the entry point), and one that asks for none
     of its fixtures gets no daemon: pytest has no child process during the test."""
-    suite = tmp_path / "suite"
-    suite.mkdir()
-    (suite / "test_plain.py").write_text(PLAIN)
+    suite = _suite(tmp_path, "test_plain.py", PLAIN)
     done = _pytest(suite, pids=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1 passed" in done.stdout
