@@ -222,7 +222,12 @@ def run_scenario(scenario: Scenario, socket_path: Path | None) -> list[ProcessRe
                 verbs[name] = str(driver.socket_path)
                 say(f"started the IB-like aux driver {name!r} (pid {driver.pid})")
             runner = Runner(scenario)
-            results: list[ProcessResult] = trio.run(runner.run, str(socket_path), verbs, tmp)
+            # Ctrl-C lands at a checkpoint, never between a task made and started (its
+            # coroutine would be left unawaited, and say so on stderr at exit)
+            results: list[ProcessResult] = trio.run(
+                runner.run, str(socket_path), verbs, tmp,
+                restrict_keyboard_interrupt_to_checkpoints=True,
+            )  # fmt: skip
         finally:
             for driver in aux:
                 driver.cleanup()
