@@ -8,7 +8,9 @@ checks itself and exits 0; the exit statuses and output are checked here.
 With a daemon: tests/preload/barrier_xec.c maps /dev/dri/card0's barrier page under
 `xec run` (the whole library), and the daemon's own count (`xed ctl clients`) is checked
 against the stores the program made. A daemon whose page watcher, asleep, would look by
-itself only after an hour shows that a barrier after a quiet spell wakes it.
+itself only after an hour shows that a barrier after a quiet spell wakes it, and one whose
+watcher lingers between its last look and its sleep, that a wake-up lost there costs
+nothing (the watcher sleeps on the barrier words too).
 """
 
 from __future__ import annotations
@@ -267,18 +269,31 @@ SLEEPY_WATCHER = (
     "from xed.cli import main\n"
     "sys.exit(main())\n"
 )
-SYS_FUTEX, FUTEX_WAIT = 202, 0  # x86-64, as barrier.c
+# ... and whose watcher, once it has looked on its way to sleep, lingers half a second
+# before it sleeps: a barrier whose writer wakes it then wakes nobody.
+LATE_SLEEPER = SLEEPY_WATCHER.replace(
+    "from xed.cli",
+    "import time\n"
+    "import protocols.futex\n"
+    "sleep = protocols.futex.Sleeper.sleep\n"
+    "def late(self, timeout):\n"
+    "    time.sleep(0.5)\n"
+    "    sleep(self, timeout)\n"
+    "protocols.futex.Sleeper.sleep = late\n"
+    "from xed.cli",
+)
+SYS_FUTEX, FUTEX_WAIT, SYS_FUTEX_WAITV = 202, 0, 449  # x86-64, as barrier.c
+SYS_CLOCK_NANOSLEEP = 230  # time.sleep
 WATCHER_THREAD = "xed-watcher"  # xed/device/promptness.py THREAD_NAME
 
 
-@pytest.fixture
-def sleepy_daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
-    """A daemon of this test's own whose page watcher sleeps an hour unless woken."""
+@contextlib.contextmanager
+def own_daemon(tmp_path: Path, entry: str) -> Iterator[DaemonProcess]:
     proc = DaemonProcess(
         socket_path=tmp_path / "xed.sock",
         log_path=tmp_path / "daemon.log",
         extra_args=("--log-level", "debug"),
-        entry=("-c", SLEEPY_WATCHER),
+        entry=("-c", entry),
     )
     proc.start()
     yield proc
@@ -288,9 +303,30 @@ def sleepy_daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
     proc.cleanup()
 
 
-def watcher_sleeps(daemon: DaemonProcess) -> bool:
-    """The page watcher thread is blocked in FUTEX_WAIT for its asleep word to leave 1: a
-    FUTEX_WAKE from now on wakes it (one sent while it is on its way there would not)."""
+@pytest.fixture(params=["futex_waitv", "FUTEX_WAIT"])
+def sleepy_daemon(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[DaemonProcess]:
+    """A daemon of this test's own whose page watcher sleeps an hour unless woken: on its
+    asleep word and the barrier words, or (as where futex_waitv is missing or filtered
+    out) on its asleep word alone."""
+    entry = SLEEPY_WATCHER
+    if request.param == "FUTEX_WAIT":
+        entry = entry.replace(
+            "from xed.cli", "import protocols.futex\nprotocols.futex._waitv = False\nfrom xed.cli"
+        )
+    with own_daemon(tmp_path, entry) as proc:
+        yield proc
+
+
+@pytest.fixture
+def late_sleeper(tmp_path: Path) -> Iterator[DaemonProcess]:
+    """The same, whose watcher lingers between its last look and its sleep."""
+    with own_daemon(tmp_path, LATE_SLEEPER) as proc:
+        yield proc
+
+
+def watcher_syscall(daemon: DaemonProcess) -> list[int]:
+    """The system call the page watcher thread is blocked in, and its arguments (empty
+    while it runs)."""
     for task in Path(f"/proc/{daemon.pid}/task").iterdir():
         try:
             if (task / "comm").read_text().strip() != WATCHER_THREAD:
@@ -298,8 +334,26 @@ def watcher_sleeps(daemon: DaemonProcess) -> bool:
             call = (task / "syscall").read_text().split()  # "running" while it runs
         except FileNotFoundError:  # a thread that ended meanwhile
             continue
-        return call[:1] == [str(SYS_FUTEX)] and [int(a, 16) for a in call[2:4]] == [FUTEX_WAIT, 1]
-    return False
+        return [int(call[0]), *(int(a, 16) for a in call[1:7])] if call[0] != "running" else []
+    return []
+
+
+def watcher_sleeps(daemon: DaemonProcess) -> bool:
+    """The page watcher thread is blocked until its asleep word is woken (FUTEX_WAIT for
+    it to leave 1, or futex_waitv with the barrier pages' words): a FUTEX_WAKE from now on
+    wakes it (one sent while it is on its way there would not)."""
+    call = watcher_syscall(daemon)
+    return call[:1] == [SYS_FUTEX_WAITV] or (
+        call[:1] == [SYS_FUTEX] and call[2:4] == [FUTEX_WAIT, 1]
+    )
+
+
+def notice_page(dev: Device) -> mmap.mmap:
+    _, (fd,) = dev.ioctl_fds(Op.UNPLUG_NOTICE, m.XedUnplugNotice())
+    try:
+        return mmap.mmap(fd, PAGE_SIZE, mmap.MAP_SHARED, mmap.PROT_READ)
+    finally:
+        os.close(fd)
 
 
 def test_a_barrier_after_a_quiet_spell_wakes_the_page_watcher(
@@ -308,26 +362,59 @@ def test_a_barrier_after_a_quiet_spell_wakes_the_page_watcher(
     """Under xec run, one store while the daemon's page watcher sleeps (its own look an hour
     away) is counted while the page is still mapped: the library woke the watcher."""
     path = sleepy_daemon.socket_path
-    with Device.open(path, role="admin") as admin, Device.open(path) as dev:
-        _, (fd,) = dev.ioctl_fds(Op.UNPLUG_NOTICE, m.XedUnplugNotice())
-        with mmap.mmap(fd, PAGE_SIZE, mmap.MAP_SHARED, mmap.PROT_READ) as notice:
-            os.close(fd)
-            with running(sleepy_daemon, xec_program, "wake") as proc:
-                assert proc.stdout is not None
-                words = proc.stdout.readline().split()
-                assert words[:1] == ["mapped"], proc.communicate(timeout=TIMEOUT)[1]
-                pid = int(words[2])
+    with (
+        Device.open(path, role="admin") as admin,
+        Device.open(path) as dev,
+        notice_page(dev) as notice,
+        running(sleepy_daemon, xec_program, "wake") as proc,
+    ):
+        assert proc.stdout is not None
+        words = proc.stdout.readline().split()
+        assert words[:1] == ["mapped"], proc.communicate(timeout=TIMEOUT)[1]
+        pid = int(words[2])
 
-                def asleep() -> bool:
-                    word = struct.unpack_from("<I", notice, NOTICE_WATCHER_ASLEEP)[0]
-                    return bool(word == 1 and watcher_sleeps(sleepy_daemon))
+        def asleep() -> bool:
+            word = struct.unpack_from("<I", notice, NOTICE_WATCHER_ASLEEP)[0]
+            return bool(word == 1 and watcher_sleeps(sleepy_daemon))
 
-                wait_until(asleep, 10, "the page watcher asleep on its notice word")
-                assert step(proc)[:2] == ["store", "done"]
-                assert counted(admin, pid, 1, 1) == [1]
-                assert step(proc)[:2] == ["stored", "1"]
-                _, err = proc.communicate("\n", timeout=TIMEOUT)
-                assert proc.returncode == 0, err
+        wait_until(asleep, 10, "the page watcher asleep on its notice word")
+        assert step(proc)[:2] == ["store", "done"]
+        assert counted(admin, pid, 1, 1) == [1]
+        assert step(proc)[:2] == ["stored", "1"]
+        _, err = proc.communicate("\n", timeout=TIMEOUT)
+        assert proc.returncode == 0, err
+
+
+def barriers_of(admin: Device, dev: Device) -> int:
+    (info,) = [c for c in admin.admin_clients() if c.client_id == dev.client_id]
+    return info.barriers
+
+
+def lingers(daemon: DaemonProcess, notice: mmap.mmap) -> bool:
+    """The late sleeper's watcher has set its asleep word and looked, and not yet slept."""
+    word = struct.unpack_from("<I", notice, NOTICE_WATCHER_ASLEEP)[0]
+    return bool(word == 1 and watcher_syscall(daemon)[:1] == [SYS_CLOCK_NANOSLEEP])
+
+
+def test_a_barrier_whose_wake_up_is_lost_is_counted_at_once_all_the_same(
+    late_sleeper: DaemonProcess,
+) -> None:
+    """A store after the page watcher's last look on its way to sleep, whose wake-up comes
+    before the watcher sleeps (and so wakes nobody), ends that sleep as it begins: the
+    watcher sleeps on the word the store changed too. Its own look is an hour away. (The
+    library's store; the preload library's stores land in the same word.)"""
+    path = late_sleeper.socket_path
+    with (
+        Device.open(path, role="admin") as admin,
+        Device.open(path) as dev,
+        notice_page(dev) as notice,
+    ):
+        dev.pci_barrier()  # maps the page, and may be counted while the watcher is awake
+        wait_until(lambda: barriers_of(admin, dev) == 1, 10, "the first barrier")
+        wait_until(lambda: lingers(late_sleeper, notice), 10, "the watcher on its way", 0.002)
+        dev.pci_barrier()
+        assert lingers(late_sleeper, notice), "the store landed outside the window"
+        wait_until(lambda: barriers_of(admin, dev) == 2, 10, "the second barrier")
 
 
 def test_barrier_store_after_unplug_and_replug_does_not_crash(

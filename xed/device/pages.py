@@ -17,6 +17,7 @@ descriptors). Where leases are not to be had, the page is kept until the device 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import mmap
@@ -91,6 +92,11 @@ class BarrierPage(WatchedPage):
             super().close()
             raise
         self._u32 = self.words.u32
+        # where the library's barriers land, for the watcher to sleep on (watcher.py);
+        # the ctypes view goes at once, so that the mapping can still be closed
+        view = ctypes.c_uint32.from_buffer(self.view)
+        self.word0_at = ctypes.addressof(view)
+        del view
         self.count = 0
         self._last_seq = 0
         self.ack_bounds: list[float] = []  # write-to-restore latency, upper bounds (s)

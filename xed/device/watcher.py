@@ -12,11 +12,14 @@ How often it looks:
   reads word 0 of each barrier page (where the library's barriers land) and each
   doorbell; the rest of each barrier page (a raw store anywhere is one barrier) is
   compared every FULL_LOOK.
-- asleep: otherwise it sleeps on a futex, the u32 NOTICE_WATCHER_ASLEEP of the device's
-  notice page (read-only for clients), which reads 1 meanwhile. The client library
-  wakes it after a barrier store that finds it so. It also wakes by itself every
-  SLOW_LOOK and looks at everything: a plain store that wakes nobody (a C program's) is
-  counted then, and so is one that raced with the watcher falling asleep.
+- asleep: otherwise it sleeps on futexes (futex_waitv): the u32 NOTICE_WATCHER_ASLEEP
+  of the device's notice page (read-only for clients), which reads 1 meanwhile, and
+  word 0 of each barrier page (the first 127), which reads 0xdeadbeef. The client
+  library (and the C preload library) wakes it after a barrier store that finds the
+  asleep word set; a store that raced with the watcher falling asleep has changed its
+  page's word 0, so the wait ends at once. It also wakes by itself every SLOW_LOOK and
+  looks at everything: a plain store that wakes nobody elsewhere in a page is counted
+  then (and anything on a kernel older than 5.16, where only the asleep word is slept on).
 Whoever wakes it, it looks at most once per FAST_LOOK: a client waking it in a loop
 costs the daemon no more than one writing its barrier page in a loop.
 
@@ -41,7 +44,7 @@ import structlog
 import trio
 
 from protocols import futex
-from protocols.constants import PAGE_SIZE
+from protocols.constants import PAGE_SIZE, PCI_BARRIER_IDLE
 
 from .memory import punch_hole
 from .pages import BarrierPage, WatchedPage
@@ -75,6 +78,10 @@ class PageWatcher:
         self._asleep_at: int | None = device.notice.watcher_word()
         self._spare = ctypes.c_uint32(0)  # slept on while the device has no notice page
         self._sleeping_on: int | None = None
+        self._changed = 0  # how often `pages` changed: the sleeper is made again then
+        self._sleeper = futex.Sleeper(((ctypes.addressof(self._spare), 1),))
+        self._sleeper_for: tuple[int, int] | None = None  # (asleep word, _changed)
+        self._sleeps_on_all = False  # on every barrier page's word 0 (else looks first)
         self._next_sweep = 0.0
         self._stopping = False
         self._limiter = trio.CapacityLimiter(1)
@@ -85,11 +92,12 @@ class PageWatcher:
     def add(self, page: WatchedPage) -> None:
         with self.lock:
             self.pages.add(page)
+            self._changed += 1
             self._kick()
 
     def remove(self, page: WatchedPage) -> None:
         with self.lock:
-            self.pages.discard(page)
+            self._forget(page)
 
     def orphan(self, page: BarrierPage) -> None:
         """Its file closed: watched on while any process maps it (see pages.py)."""
@@ -98,7 +106,7 @@ class PageWatcher:
             # a process that died has unmapped everything before its descriptors close:
             # its page goes at once; one still mapped waits for a sweep
             if page not in self.pages or not page.still_mapped():
-                self.pages.discard(page)
+                self._forget(page)
                 page.close()
 
     def unplug(self) -> None:
@@ -107,6 +115,7 @@ class PageWatcher:
         page is about to go: the watcher no longer touches it."""
         with self.lock:
             pages, self.pages = self.pages, set()
+            self._changed += 1
             self._asleep_at = None
             for page in pages:
                 punch_hole(page.memfd, PAGE_SIZE)
@@ -198,37 +207,56 @@ class PageWatcher:
 
     def _doze(self, since: float) -> bool:
         """Sleep until a writer wakes the watcher or its time is up; True if it was up.
-        The asleep word turns 1 first, then one more look catches a barrier whose writer
-        found it still 0."""
+        Called right after a look that found nothing. The asleep word turns 1 first; a
+        barrier whose writer found it still 0 then changes the word 0 its page is slept
+        on with, and the sleep ends at once. Where the sleep cannot cover every barrier
+        page (futex_waitv missing, more than 127 pages), one more look catches it."""
         timeout = SLOW_LOOK if self.pages else ORPHAN_SWEEP
         with self.lock:
             address = self._asleep_at or ctypes.addressof(self._spare)
             word = ctypes.c_uint32.from_address(address)
             word.value = 1
             self._sleeping_on = address
-            busy = self._look(time.monotonic(), since, False)
+            if self._sleeper_for != (address, self._changed):
+                self._sleeper_for = (address, self._changed)
+                barrier = [
+                    (page.word0_at, PCI_BARRIER_IDLE)
+                    for page in self.pages
+                    if isinstance(page, BarrierPage)
+                ]
+                self._sleeper = futex.Sleeper(((address, 1), *barrier[: futex.WAITV_MAX - 1]))
+                self._sleeps_on_all = futex.waitv_available() and len(barrier) < futex.WAITV_MAX
+            sleeper = self._sleeper
+            busy = False if self._sleeps_on_all else self._look(time.monotonic(), since, False)
         start = time.monotonic()
         if not busy and not self._stopping:
-            with contextlib.suppress(OSError):  # the notice page went (unplug): woken
-                futex.wait(address, 1, timeout)
+            try:
+                sleeper.sleep(timeout)
+            except OSError:  # a page, or the notice page, that went meanwhile: woken
+                self._sleeper_for = None
         with self.lock:
             self._sleeping_on = None
             if address in (self._asleep_at, ctypes.addressof(self._spare)):  # still mapped
                 word.value = 0
         return not busy and time.monotonic() - start >= timeout
 
+    def _forget(self, page: WatchedPage) -> None:
+        """(The lock held.) The page is not looked at, or slept on, again."""
+        self.pages.discard(page)
+        self._changed += 1
+
     def _sweep(self) -> None:
         """Let go of closed files' pages nobody maps any more (the lock held)."""
         for page in [p for p in self.pages if isinstance(p, BarrierPage) and p.orphaned]:
             if not page.still_mapped():
-                self.pages.discard(page)
+                self._forget(page)
                 page.file.log.debug("barrier_page_unmapped", **page.summary())
                 page.close()
 
     def _crashed(self, page: WatchedPage, exc: Exception) -> None:
         """(The lock held.) The page is not looked at again; the crash is told on the
         trio side, where the device's counters are kept."""
-        self.pages.discard(page)
+        self._forget(page)
         if isinstance(page, BarrierPage) and page.orphaned:
             page.close()
 
