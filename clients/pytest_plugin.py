@@ -185,9 +185,11 @@ def xed_daemon(
 
 @pytest.fixture
 def xed_device(xed_daemon: DaemonProcess) -> Iterator[Device]:
-    """A drm connection (a `drm_file`) to the test's daemon."""
+    """A drm connection (a `drm_file`) to the test's daemon. Its barrier page, if the
+    test mapped it, is unmapped with it, so the daemon lets go of it at once."""
     with Device.open(xed_daemon.socket_path) as device:
         yield device
+        device.pci_barrier_unmap()
 
 
 @pytest.fixture

@@ -91,9 +91,12 @@ def make_daemon(tmp_path: Path) -> Iterator[Any]:
 
 @pytest.fixture
 def dev(daemon: DaemonProcess) -> Iterator[Device]:
-    """A drm connection to the shared daemon."""
+    """A drm connection to the shared daemon. Its barrier page is unmapped when the test
+    is done, so that the daemon lets go of the page with the file, not when this process
+    next collects garbage and the daemon next sweeps (a later test would see it go)."""
     device = Device.open(daemon.socket_path)
     yield device
+    device.pci_barrier_unmap()
     device.close()
 
 

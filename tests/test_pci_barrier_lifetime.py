@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from conftest import baseline, spawn_client
@@ -156,3 +157,44 @@ def test_parent_and_child_barriers_at_once_count_exactly(fresh_daemon: DaemonPro
     """Parent and child storing barriers at the same time: the running number never goes
     backwards, so the device counts exactly 10 + 20 000 + 20 000."""
     run_forked(fresh_daemon, 10, 20_000, 20_000)
+
+
+# A daemon whose sweep for closed files' pages nobody maps any more comes an hour apart:
+# a page let go within a test's bounds went with its file.
+SLOW_SWEEP = (
+    "import sys\n"
+    "import xed.device.watcher\n"
+    "xed.device.watcher.ORPHAN_SWEEP = 3600.0\n"
+    "from xed.cli import main\n"
+    "sys.exit(main())\n"
+)
+
+
+def test_library_unmaps_its_barrier_page_and_goes_on_counting(tmp_path: Path) -> None:
+    """pci_barrier_unmap() before close: the daemon lets go of the page with the file (its
+    sweep is an hour away). A barrier after an unmap maps the page again, and the running
+    number goes on: every barrier counts, before and after."""
+    daemon = DaemonProcess(socket_path=tmp_path / "xed.sock", entry=("-c", SLOW_SWEEP))
+    daemon.start()
+    try:
+        with Device.open(daemon.socket_path) as first:
+            first.unplug_watch()  # the device's notice page, made once and kept
+        before = baseline(daemon)
+        with Device.open(daemon.socket_path, role="admin") as admin:
+            dev = Device.open(daemon.socket_path)
+            for _ in range(100):
+                dev.pci_barrier()
+            dev.pci_barrier_unmap()
+            assert dev.barriers_written == 100
+            dev.pci_barrier_unmap()  # nothing mapped: nothing to do
+            for _ in range(50):
+                dev.pci_barrier()
+            dev.pci_barrier_drain()
+            assert dev.barriers_written == 150
+            assert barriers_of(admin, dev.client_id) == 150
+            dev.pci_barrier_unmap()
+            dev.close()
+        wait_until(lambda: baseline(daemon) == before, "the page to be let go")
+    finally:
+        daemon.stop()
+        daemon.cleanup()
