@@ -417,6 +417,44 @@ def test_a_barrier_whose_wake_up_is_lost_is_counted_at_once_all_the_same(
         wait_until(lambda: barriers_of(admin, dev) == 2, 10, "the second barrier")
 
 
+REPLUGS = 20  # devices met by one process: three blocks of notice.c (8 each), and more than
+# the 16 it once remembered
+
+
+@pytest.mark.parametrize("sleepy_daemon", ["futex_waitv"], indirect=True)  # either would do
+def test_barrier_stores_wake_the_page_watcher_of_every_device_plugged_in(
+    sleepy_daemon: DaemonProcess, xec_program: Path
+) -> None:
+    """One program under xec run meets device after device (unplugged and plugged in again
+    before each round): a store on each new device's page, while its watcher sleeps an
+    hour, is counted at once. The library maps each device's notice page, however many."""
+    path = sleepy_daemon.socket_path
+    with (
+        Device.open(path, role="admin") as admin,
+        running(sleepy_daemon, xec_program, "replugs", str(REPLUGS)) as proc,
+    ):
+        for round_ in range(REPLUGS):
+            admin.admin_unplug()
+            admin.admin_replug()
+            words = step(proc)
+            assert words[:3] == ["mapped", "round", str(round_)], proc.communicate(timeout=TIMEOUT)
+            pid = int(words[4])
+            with Device.open(path) as dev, notice_page(dev) as notice:
+
+                def asleep(notice: mmap.mmap = notice) -> bool:
+                    word = struct.unpack_from("<I", notice, NOTICE_WATCHER_ASLEEP)[0]
+                    return bool(word == 1 and watcher_sleeps(sleepy_daemon))
+
+                wait_until(asleep, 10, "the page watcher asleep on its notice word", 0.002)
+            assert step(proc) == ["store", "done", "round", str(round_)]
+            # its file on this round's device, and the one it opened on the first device
+            mine = counted(admin, pid, 2, 1)
+            assert sorted(mine) == [0, 1], (round_, mine)
+            assert step(proc) == ["closed", "round", str(round_)]
+        _, err = proc.communicate("\n", timeout=TIMEOUT)
+        assert proc.returncode == 0, err
+
+
 def test_barrier_store_after_unplug_and_replug_does_not_crash(
     sleepy_daemon: DaemonProcess, xec_program: Path
 ) -> None:

@@ -10,8 +10,9 @@
  * signal handler may read it at any moment: after an unplug the daemon has cleared the
  * word and let go of its own mapping, ours lives on (the memfd is sealed against
  * shrinking, so it never faults) and reads 0, so nobody is woken. A device plugged in
- * again has a page of its own, asked for by its own files. Failing to get the page costs
- * only promptness: the watcher counts at its next look.
+ * again has a page of its own, asked for by its own files: a process keeps one page and
+ * one entry for every device it has met, however many replugs. Failing to get the page
+ * costs only promptness: the watcher counts at its next look.
  */
 #define _GNU_SOURCE
 #include <stdint.h>
@@ -21,44 +22,88 @@
 #include "proto.h"
 #include "sys.h"
 
-#define MAX_DEVICES 16 /* devices (replugs) one process meets; more go unwoken */
 #define PAGE 4096ul
+#define PER_BLOCK 8 /* devices a block remembers; more take another block */
 
-static struct device {
+struct device {
 	atomic_int state; /* 0 free, 1 being filled, 2 ready */
 	dev_t dev;
 	ino_t ino;
 	const _Atomic uint32_t *asleep;
-} devices[MAX_DEVICES];
+};
+/* Every device (replug) the process has met, never forgotten: a page of its mapped for
+ * good (see above) and an entry here. Blocks are chained as they fill, never freed. */
+struct block {
+	struct device devices[PER_BLOCK];
+	struct block *_Atomic next;
+};
+static struct block first;
+
+static const _Atomic uint32_t *find(const struct stat *st)
+{
+	for (struct block *b = &first; b; b = atomic_load(&b->next))
+		for (int i = 0; i < PER_BLOCK; i++)
+			if (atomic_load(&b->devices[i].state) == 2 &&
+			    b->devices[i].dev == st->st_dev && b->devices[i].ino == st->st_ino)
+				return b->devices[i].asleep;
+	return NULL;
+}
+
+/* A free entry, claimed (state 1); NULL only if no memory is left for another block. */
+static struct device *claim(void)
+{
+	struct block *b = &first;
+
+	for (;;) {
+		struct block *next, *fresh;
+
+		for (int i = 0; i < PER_BLOCK; i++) {
+			int free_ = 0;
+
+			if (atomic_compare_exchange_strong(&b->devices[i].state, &free_, 1))
+				return &b->devices[i];
+		}
+		next = atomic_load(&b->next);
+		if (!next) {
+			fresh = sys_mmap(NULL, sizeof(*fresh), PROT_READ | PROT_WRITE,
+					 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+			if (fresh == MAP_FAILED)
+				return NULL;
+			if (atomic_compare_exchange_strong(&b->next, &next, fresh))
+				next = fresh;
+			else /* another thread chained one first: use it */
+				sys_munmap(fresh, sizeof(*fresh));
+		}
+		b = next;
+	}
+}
 
 /* The notice page behind fd, mapped once per device: its asleep word, or NULL. */
 static const _Atomic uint32_t *map_notice(int fd)
 {
+	const _Atomic uint32_t *asleep;
+	struct device *entry;
 	struct stat st;
 	uint8_t *page;
 
 	if (sys_fstatat(fd, "", &st, AT_EMPTY_PATH) < 0 || st.st_size < (off_t)PAGE)
 		return NULL; /* past the end, a read would fault */
-	for (int i = 0; i < MAX_DEVICES; i++)
-		if (atomic_load(&devices[i].state) == 2 && devices[i].dev == st.st_dev &&
-		    devices[i].ino == st.st_ino)
-			return devices[i].asleep;
+	asleep = find(&st);
+	if (asleep)
+		return asleep;
 	page = sys_mmap(NULL, PAGE, PROT_READ, MAP_SHARED, fd, 0);
 	if (page == MAP_FAILED)
 		return NULL;
-	for (int i = 0; i < MAX_DEVICES; i++) {
-		int free_ = 0;
-
-		if (!atomic_compare_exchange_strong(&devices[i].state, &free_, 1))
-			continue;
-		devices[i].dev = st.st_dev;
-		devices[i].ino = st.st_ino;
-		devices[i].asleep = (const _Atomic uint32_t *)(page + XED_NOTICE_WATCHER_ASLEEP);
-		atomic_store(&devices[i].state, 2);
-		return devices[i].asleep;
+	entry = claim();
+	if (!entry) {
+		sys_munmap(page, PAGE); /* nobody has seen it yet */
+		return NULL;
 	}
-	sys_munmap(page, PAGE); /* nobody has seen it yet */
-	return NULL;
+	entry->dev = st.st_dev;
+	entry->ino = st.st_ino;
+	entry->asleep = (const _Atomic uint32_t *)(page + XED_NOTICE_WATCHER_ASLEEP);
+	atomic_store(&entry->state, 2);
+	return entry->asleep;
 }
 
 const _Atomic uint32_t *notice_asleep(struct xed_file *f)

@@ -8,6 +8,8 @@
  * "wake": one barrier after a quiet spell. The program maps the page and prints "mapped
  * pid <pid>", waits for a line (the test sees the daemon's page watcher asleep), stores
  * once, prints "store done pid <pid>" and waits for a line before it unmaps the page.
+ * "replugs": the same on a device plugged in anew before each of argv[2] rounds, each
+ * round with a drm file of its own, opened after a line on stdin.
  */
 #include "check.h" /* first: it asks for _GNU_SOURCE */
 
@@ -80,6 +82,33 @@ static void on_segv(int sig, siginfo_t *info, void *uc)
 	(void)sig, (void)uc;
 	fault_addr = info->si_addr;
 	siglongjmp(jb, 1);
+}
+
+/* "replugs": a round per device, each opened anew once a line says it is plugged in */
+static int replugs(long rounds)
+{
+	char line[16];
+
+	for (long round = 0; round < rounds; round++) {
+		volatile uint32_t *page;
+		int card;
+
+		CHECK(fgets(line, sizeof(line), stdin) != NULL);
+		card = open_card();
+		page = map_barrier(card);
+		printf("mapped round %ld pid %d\n", round, (int)getpid());
+		fflush(stdout);
+		CHECK(fgets(line, sizeof(line), stdin) != NULL);
+		page[0] = 1;
+		printf("store done round %ld\n", round);
+		fflush(stdout);
+		CHECK(fgets(line, sizeof(line), stdin) != NULL);
+		CHECK_OK(munmap((void *)page, PAGE));
+		CHECK_OK(close(card));
+		printf("closed round %ld\n", round);
+		fflush(stdout);
+	}
+	return 0;
 }
 
 int main(int argc, char **argv)
@@ -186,6 +215,8 @@ int main(int argc, char **argv)
 		fflush(stdout);
 		CHECK(fgets(line, sizeof(line), stdin) != NULL);
 		total = 1;
+	} else if (!strcmp(what, "replugs")) {
+		return replugs(stores_each);
 	} else if (!strcmp(what, "segv-dfl")) { /* no handler: killed with SIGSEGV */
 		page = map_barrier(fd);
 		stores(page, 0, stores_each);
