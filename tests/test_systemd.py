@@ -282,6 +282,10 @@ def test_page_watcher_runs_fifo_under_the_shipped_units(sd: Sandbox) -> None:
     cannot grant the limit, the watcher falls back to an ordinary thread and says so."""
     sd.systemctl("enable", "--now", "xed.socket")
     client(sd)  # the first connection starts the daemon, and with it the watcher
+    # the seccomp filter lets it sleep on the barrier words too (systemd >= 250's
+    # @system-service has futex_waitv)
+    wait_until(lambda: bool(_events(sd, "page_watcher_started")), 10, "the watcher")
+    assert [e["sleeps_on"] for e in _events(sd, "page_watcher_started")] == ["futex_waitv"]
     assert sd.show("xed.service", "LimitRTPRIO") == "1"
     assert sd.show("xed.service", "RestrictRealtime") == "no"
     limits = sd.run("cat", f"/proc/{sd.show('xed.service', 'MainPID')}/limits").stdout

@@ -26,7 +26,8 @@ costs the daemon no more than one writing its barrier page in a loop.
 While it watches, the thread asks the kernel to run it the moment it wakes (real-time
 priority where permitted, else a short slice: promptness.py); busy writers on every CPU
 would otherwise make each look wait for a slice of theirs to end (1.5 ms and more). How
-it runs is logged (page_watcher_started, scheduling=) and shown by `xec load barrier`.
+it runs is logged (page_watcher_started, scheduling=) and shown by `xec load barrier`;
+how it sleeps too (sleeps_on=futex_waitv, or futex where that is missing or filtered).
 
 The trio side adds and removes pages under `lock`, which the thread holds while it
 looks: a page removed is never looked at again, so it may be closed at once.
@@ -151,14 +152,15 @@ class PageWatcher:
         how, undo = hasten_thread()
         self.scheduling = how
         if self._token is not None:
-            self._token.run_sync_soon(self._started, how)
+            sleeps_on = "futex_waitv" if futex.waitv_available() else "futex"
+            self._token.run_sync_soon(self._started, how, sleeps_on)
         try:
             self._watch()
         finally:
             undo()
 
-    def _started(self, how: str) -> None:
-        _log.info("page_watcher_started", scheduling=how)
+    def _started(self, how: str, sleeps_on: str) -> None:
+        _log.info("page_watcher_started", scheduling=how, sleeps_on=sleeps_on)
 
     def _watch(self) -> None:
         hot_until = next_full = 0.0
