@@ -58,12 +58,10 @@ os.register_at_fork(before=_forking)
 class PciBarrier:
     """The barrier page mapped write-only, and the running number of its stores."""
 
-    def __init__(self, page: Mapping, notice: int, written: int = 0) -> None:
+    def __init__(self, page: Mapping, notice: int) -> None:
         """`notice`: the address of the device's notice page, mapped for as long as the
-        process lives (clients/unplug.py). `written`: where the running number stands
-        (the page mapped again after unmap(): numbers never go back)."""
-        self.page = page
-        self._store = page.words.u32
+        process lives (clients/unplug.py)."""
+        self.attach(page)
         self._asleep_at = notice + NOTICE_WATCHER_ASLEEP
         # the asleep word as a one-item memoryview: a load is half a ctypes .value
         word = (ctypes.c_char * 4).from_address(self._asleep_at)
@@ -71,8 +69,7 @@ class PciBarrier:
         self._shared = mmap.mmap(-1, PAGE_SIZE, mmap.MAP_SHARED)
         self._counter = ctypes.c_uint32.from_buffer(self._shared)
         self._address = ctypes.addressof(self._counter)
-        self._seq = written  # the running number while the process has not forked
-        self._counter.value = written
+        self._seq = 0  # the running number while the process has not forked
         _barriers.add(self)
 
     def publish_count(self) -> None:
@@ -95,13 +92,17 @@ class PciBarrier:
         if self._asleep[0]:
             futex.wake(self._asleep_at, 1)
 
+    def attach(self, page: Mapping) -> None:
+        """Store to `page` from now on (the page mapped, or mapped again after unmap():
+        the running number, shared with any forked child, goes on)."""
+        self.page = page
+        self._store = page.words.u32
+
     def unmap(self) -> None:
         """Let go of the page in this process (a forked child's copy is its own): once
-        nobody maps it, the device lets go of a closed file's page at once."""
-        _barriers.discard(self)
+        nobody maps it, the device lets go of a closed file's page at once. Nothing is
+        stored until attach()."""
         self._store.release()
-        del self._counter
-        self._shared.close()
         self.page.close()
 
     def drain(self, attempts: int = 3) -> None:

@@ -111,7 +111,7 @@ class Device:
         self._bo_sizes: dict[int, int] = {}
         self._mappings: list[Mapping] = []
         self._barrier: PciBarrier | None = None
-        self._unmapped_at = 0  # the barriers' running number when the page was unmapped
+        self._unmapped: PciBarrier | None = None  # its running number, while unmapped
         try:
             hello: m.HelloReply = self.ioctl(
                 Op.HELLO, m.Hello(version=PROTOCOL_VERSION, role=role, node=node, join=join)
@@ -413,23 +413,28 @@ class Device:
         """The barrier page pci_barrier() stores to (mapped now if it is not yet)."""
         if self._barrier is None:
             page = self.mmap(self.pci_barrier_offset(), PAGE_SIZE, PROT_WRITE)
-            self._barrier = PciBarrier(page, self.unplug_watch().address, self._unmapped_at)
+            if self._unmapped is None:
+                self._barrier = PciBarrier(page, self.unplug_watch().address)
+            else:  # its running number goes on
+                self._barrier, self._unmapped = self._unmapped, None
+                self._barrier.attach(page)
         return self._barrier.page
 
     def pci_barrier_unmap(self) -> None:
         """Unmap the barrier page pci_barrier() stores to, in this process (a forked
         child keeps its copy), closed or not: the device lets go of a closed file's page
-        as soon as nobody maps it, not at its next sweep (up to a second later). A later
-        pci_barrier() maps it again, and its running number goes on."""
+        as soon as nobody maps it, not at its next sweep (up to a second later). The
+        Mapping pci_barrier_mapping() gave is closed. A later pci_barrier() maps the page
+        again, and its running number (shared with forked children) goes on."""
         if self._barrier is not None:
-            self._unmapped_at = self._barrier.written
             self._barrier.unmap()
-            self._barrier = None
+            self._barrier, self._unmapped = None, self._barrier
 
     @property
     def barriers_written(self) -> int:
         """Barriers stored through this device, by this process and its forked children."""
-        return self._barrier.written if self._barrier is not None else self._unmapped_at
+        barrier = self._barrier or self._unmapped
+        return barrier.written if barrier is not None else 0
 
     def pci_barrier_drain(self, attempts: int = 3) -> None:
         """Make sure the device has seen our last barrier: repeat it (the device counts a

@@ -110,10 +110,12 @@ def test_barrier_page_of_a_process_that_died_goes_with_it(fresh_daemon: DaemonPr
 
 
 # Makes `argv[0]` barriers, forks; the child makes `argv[1]` and drains, the parent makes
-# `argv[2]` meanwhile (both at once), waits for the child, drains; reports.
+# `argv[2]` meanwhile (both at once; with `argv[3]` "remap", after unmapping its page, so
+# that its barriers map it again), waits for the child, drains; reports.
 FORKED = """
 import os
 before, in_child, in_parent = (int(a) for a in argv[:3])
+remap = argv[3:] == ["remap"]
 for _ in range(before):
     dev.pci_barrier()
 pid = os.fork()
@@ -124,6 +126,8 @@ if pid == 0:
         dev.pci_barrier_drain()
     finally:
         os._exit(0)
+if remap:
+    dev.pci_barrier_unmap()
 for _ in range(in_parent):
     dev.pci_barrier()
 _, status = os.waitpid(pid, 0)
@@ -134,8 +138,11 @@ sys.stdin.readline()
 """
 
 
-def run_forked(daemon: DaemonProcess, before: int, in_child: int, in_parent: int) -> None:
-    proc = spawn_client(daemon.socket_path, FORKED, str(before), str(in_child), str(in_parent))
+def run_forked(
+    daemon: DaemonProcess, before: int, in_child: int, in_parent: int, *how: str
+) -> None:
+    args = (str(before), str(in_child), str(in_parent), *how)
+    proc = spawn_client(daemon.socket_path, FORKED, *args)
     try:
         out = _read_line(proc)
         total = before + in_child + in_parent
@@ -157,6 +164,15 @@ def test_parent_and_child_barriers_at_once_count_exactly(fresh_daemon: DaemonPro
     """Parent and child storing barriers at the same time: the running number never goes
     backwards, so the device counts exactly 10 + 20 000 + 20 000."""
     run_forked(fresh_daemon, 10, 20_000, 20_000)
+
+
+def test_parent_mapping_its_page_again_goes_on_sharing_the_count(
+    fresh_daemon: DaemonProcess,
+) -> None:
+    """The parent unmaps its page (pci_barrier_unmap) while the child stores through the
+    inherited mapping, then maps it again with its next barrier: the running number is
+    still the one they share, so the device counts exactly 10 + 5 000 + 5 000."""
+    run_forked(fresh_daemon, 10, 5_000, 5_000, "remap")
 
 
 # A daemon whose sweep for closed files' pages nobody maps any more comes an hour apart:
