@@ -18,8 +18,9 @@ How often it looks:
   library (and the C preload library) wakes it after a barrier store that finds the
   asleep word set; a store that raced with the watcher falling asleep has changed its
   page's word 0, so the wait ends at once. It also wakes by itself every SLOW_LOOK and
-  looks at everything: a plain store that wakes nobody elsewhere in a page is counted
-  then (and anything on a kernel older than 5.16, where only the asleep word is slept on).
+  looks at everything: a plain store that wakes nobody (a program's own, without the
+  preload library) is counted then, and so, where only the asleep word can be slept on
+  (no futex_waitv), is one that raced with the watcher falling asleep.
 Whoever wakes it, it looks at most once per FAST_LOOK: a client waking it in a loop
 costs the daemon no more than one writing its barrier page in a loop.
 
