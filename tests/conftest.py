@@ -160,6 +160,12 @@ def spawn_client(socket_path: Path, code: str, *args: str) -> subprocess.Popen[s
     )
 
 
+def adjusted_xed(*setup: str) -> tuple[str, str]:
+    """DaemonProcess(entry=...) for a daemon that runs the lines of `setup` (a test's
+    adjustments: a constant changed, a function wrapped) before xed starts as usual."""
+    return ("-c", "\n".join(("import sys", *setup, "from xed.cli import main", "sys.exit(main())")))
+
+
 def baseline(daemon: DaemonProcess) -> tuple[int, Any]:
     """(open descriptors, object counts) of a daemon, seen from a short admin visit."""
     with Device.open(daemon.socket_path, role="admin") as adm:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import baseline, spawn_client
+from conftest import adjusted_xed, baseline, spawn_client
 from test_pci_barrier import _finish, _read_line, _send
 
 from clients import Device
@@ -177,20 +177,14 @@ def test_parent_mapping_its_page_again_goes_on_sharing_the_count(
 
 # A daemon whose sweep for closed files' pages nobody maps any more comes an hour apart:
 # a page let go within a test's bounds went with its file.
-SLOW_SWEEP = (
-    "import sys\n"
-    "import xed.device.watcher\n"
-    "xed.device.watcher.ORPHAN_SWEEP = 3600.0\n"
-    "from xed.cli import main\n"
-    "sys.exit(main())\n"
-)
+SLOW_SWEEP = adjusted_xed("import xed.device.watcher", "xed.device.watcher.ORPHAN_SWEEP = 3600.0")
 
 
 def test_library_unmaps_its_barrier_page_and_goes_on_counting(tmp_path: Path) -> None:
     """pci_barrier_unmap() before close: the daemon lets go of the page with the file (its
     sweep is an hour away). A barrier after an unmap maps the page again, and the running
     number goes on: every barrier counts, before and after."""
-    daemon = DaemonProcess(socket_path=tmp_path / "xed.sock", entry=("-c", SLOW_SWEEP))
+    daemon = DaemonProcess(socket_path=tmp_path / "xed.sock", entry=SLOW_SWEEP)
     daemon.start()
     try:
         with Device.open(daemon.socket_path) as first:

@@ -34,9 +34,10 @@ from clients.daemon import DaemonProcess
 from protocols import Op
 from protocols import messages as m
 from protocols.constants import NOTICE_WATCHER_ASLEEP, PAGE_SIZE
-from tests.conftest import _check_log, baseline
+from tests.conftest import _check_log, adjusted_xed, baseline
 from tests.sandbox import wait_until
 from tests.test_lifecycle import wait_for_baseline
+from tests.test_preload import spawn
 
 ROOT = Path(__file__).resolve().parent.parent
 LIB = ROOT / "clients" / "preload"
@@ -174,25 +175,17 @@ def xec_program(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return exe
 
 
-def xec(daemon: DaemonProcess, exe: Path, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "clients", "run", "--socket", str(daemon.socket_path),
-         "--", str(exe), *args],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
-    )  # fmt: skip
+def xec_argv(daemon: DaemonProcess, exe: Path, *args: str) -> list[str]:
+    """`xec run` of `exe` against `daemon`."""
+    socket_path = str(daemon.socket_path)
+    return [sys.executable, "-m", "clients", "run", "--socket", socket_path, "--", str(exe), *args]
 
 
-@contextlib.contextmanager
-def running(daemon: DaemonProcess, exe: Path, *args: str) -> Iterator[subprocess.Popen[str]]:
+def running(
+    daemon: DaemonProcess, exe: Path, *args: str
+) -> contextlib.AbstractContextManager[subprocess.Popen[str]]:
     """`xec` for a test that talks to the program: it is killed if a check fails first."""
-    proc = xec(daemon, exe, *args)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=TIMEOUT)
+    return spawn(xec_argv(daemon, exe, *args))
 
 
 def step(proc: subprocess.Popen[str]) -> list[str]:
@@ -253,47 +246,42 @@ def test_fault_without_handler_kills_under_xec_run(
 ) -> None:
     """Under xec run, a NULL store with no handler (barrier page mapped) ends it by SIGSEGV."""
     before = baseline(daemon)
-    proc = xec(daemon, xec_program, "segv-dfl", "10")
-    _, err = proc.communicate(timeout=TIMEOUT)
-    assert proc.returncode == 128 + signal.SIGSEGV, err
+    with running(daemon, xec_program, "segv-dfl", "10") as proc:
+        _, err = proc.communicate(timeout=TIMEOUT)
+        assert proc.returncode == 128 + signal.SIGSEGV, err
     assert wait_for_baseline(daemon, before) == before
 
 
 # --- waking the page watcher ---------------------------------------------------------------
 # The daemon itself, its page watcher's own looks while asleep made an hour apart (SLOW_LOOK
 # is 50 ms): a barrier counted within a test's bounds was counted because someone woke it.
-SLEEPY_WATCHER = (
-    "import sys\n"
-    "import xed.device.watcher\n"
-    "xed.device.watcher.SLOW_LOOK = 3600.0\n"
-    "from xed.cli import main\n"
-    "sys.exit(main())\n"
-)
+SLEEPY_WATCHER = ("import xed.device.watcher", "xed.device.watcher.SLOW_LOOK = 3600.0")
 # ... and whose watcher, once it has looked on its way to sleep, lingers half a second
 # before it sleeps: a barrier whose writer wakes it then wakes nobody.
-LATE_SLEEPER = SLEEPY_WATCHER.replace(
-    "from xed.cli",
-    "import time\n"
-    "import protocols.futex\n"
-    "sleep = protocols.futex.Sleeper.sleep\n"
-    "def late(self, timeout):\n"
-    "    time.sleep(0.5)\n"
-    "    sleep(self, timeout)\n"
-    "protocols.futex.Sleeper.sleep = late\n"
-    "from xed.cli",
+LATE_SLEEPER = (
+    *SLEEPY_WATCHER,
+    "import time",
+    "import protocols.futex",
+    "sleep = protocols.futex.Sleeper.sleep",
+    "def late(self, timeout):",
+    "    time.sleep(0.5)",
+    "    sleep(self, timeout)",
+    "protocols.futex.Sleeper.sleep = late",
 )
+# ... or whose watcher sleeps as where futex_waitv is missing or filtered out
+WAITV_MISSING = ("import protocols.futex", "protocols.futex._waitv = False")
 SYS_FUTEX, FUTEX_WAIT, SYS_FUTEX_WAITV = 202, 0, 449  # x86-64, as barrier.c
 SYS_CLOCK_NANOSLEEP = 230  # time.sleep
 WATCHER_THREAD = "xed-watcher"  # xed/device/promptness.py THREAD_NAME
 
 
 @contextlib.contextmanager
-def own_daemon(tmp_path: Path, entry: str) -> Iterator[DaemonProcess]:
+def own_daemon(tmp_path: Path, *setup: str) -> Iterator[DaemonProcess]:
     proc = DaemonProcess(
         socket_path=tmp_path / "xed.sock",
         log_path=tmp_path / "daemon.log",
         extra_args=("--log-level", "debug"),
-        entry=("-c", entry),
+        entry=adjusted_xed(*setup),
     )
     proc.start()
     yield proc
@@ -308,19 +296,15 @@ def sleepy_daemon(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Da
     """A daemon of this test's own whose page watcher sleeps an hour unless woken: on its
     asleep word and the barrier words, or (as where futex_waitv is missing or filtered
     out) on its asleep word alone."""
-    entry = SLEEPY_WATCHER
-    if request.param == "FUTEX_WAIT":
-        entry = entry.replace(
-            "from xed.cli", "import protocols.futex\nprotocols.futex._waitv = False\nfrom xed.cli"
-        )
-    with own_daemon(tmp_path, entry) as proc:
+    setup = SLEEPY_WATCHER if request.param == "futex_waitv" else SLEEPY_WATCHER + WAITV_MISSING
+    with own_daemon(tmp_path, *setup) as proc:
         yield proc
 
 
 @pytest.fixture
 def late_sleeper(tmp_path: Path) -> Iterator[DaemonProcess]:
     """The same, whose watcher lingers between its last look and its sleep."""
-    with own_daemon(tmp_path, LATE_SLEEPER) as proc:
+    with own_daemon(tmp_path, *LATE_SLEEPER) as proc:
         yield proc
 
 
@@ -348,6 +332,16 @@ def watcher_sleeps(daemon: DaemonProcess) -> bool:
     )
 
 
+def says_asleep(notice: mmap.mmap) -> bool:
+    """The device's notice page says its page watcher is asleep (or on its way there)."""
+    return bool(struct.unpack_from("<I", notice, NOTICE_WATCHER_ASLEEP)[0] == 1)
+
+
+def asleep(daemon: DaemonProcess, notice: mmap.mmap) -> bool:
+    """The page watcher says so and is blocked in its sleep: a wake-up reaches it."""
+    return says_asleep(notice) and watcher_sleeps(daemon)
+
+
 def notice_page(dev: Device) -> mmap.mmap:
     _, (fd,) = dev.ioctl_fds(Op.UNPLUG_NOTICE, m.XedUnplugNotice())
     try:
@@ -373,11 +367,7 @@ def test_a_barrier_after_a_quiet_spell_wakes_the_page_watcher(
         assert words[:1] == ["mapped"], proc.communicate(timeout=TIMEOUT)[1]
         pid = int(words[2])
 
-        def asleep() -> bool:
-            word = struct.unpack_from("<I", notice, NOTICE_WATCHER_ASLEEP)[0]
-            return bool(word == 1 and watcher_sleeps(sleepy_daemon))
-
-        wait_until(asleep, 10, "the page watcher asleep on its notice word")
+        wait_until(lambda: asleep(sleepy_daemon, notice), 10, "the page watcher asleep")
         assert step(proc)[:2] == ["store", "done"]
         assert counted(admin, pid, 1, 1) == [1]
         assert step(proc)[:2] == ["stored", "1"]
@@ -392,8 +382,7 @@ def barriers_of(admin: Device, dev: Device) -> int:
 
 def lingers(daemon: DaemonProcess, notice: mmap.mmap) -> bool:
     """The late sleeper's watcher has set its asleep word and looked, and not yet slept."""
-    word = struct.unpack_from("<I", notice, NOTICE_WATCHER_ASLEEP)[0]
-    return bool(word == 1 and watcher_syscall(daemon)[:1] == [SYS_CLOCK_NANOSLEEP])
+    return says_asleep(notice) and watcher_syscall(daemon)[:1] == [SYS_CLOCK_NANOSLEEP]
 
 
 def test_a_barrier_whose_wake_up_is_lost_is_counted_at_once_all_the_same(
@@ -440,12 +429,9 @@ def test_barrier_stores_wake_the_page_watcher_of_every_device_plugged_in(
             assert words[:3] == ["mapped", "round", str(round_)], proc.communicate(timeout=TIMEOUT)
             pid = int(words[4])
             with Device.open(path) as dev, notice_page(dev) as notice:
-
-                def asleep(notice: mmap.mmap = notice) -> bool:
-                    word = struct.unpack_from("<I", notice, NOTICE_WATCHER_ASLEEP)[0]
-                    return bool(word == 1 and watcher_sleeps(sleepy_daemon))
-
-                wait_until(asleep, 10, "the page watcher asleep on its notice word", 0.002)
+                wait_until(
+                    lambda: asleep(sleepy_daemon, notice), 10, "the page watcher asleep", 0.002
+                )
             assert step(proc) == ["store", "done", "round", str(round_)]
             # its file on this round's device, and the one it opened on the first device
             mine = counted(admin, pid, 2, 1)
