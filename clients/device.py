@@ -65,6 +65,8 @@ from .rpc import RpcConnection
 from .transport import SeqpacketTransport, unreachable
 
 ONE_SECOND_NS = 1_000_000_000
+# struct drm_version has no input: one immutable record serves every call
+_NO_VERSION_ARGS = m.DrmVersion()
 
 
 def user_fence(addr: int, value: int) -> m.DrmXeSync:
@@ -186,7 +188,7 @@ class Device:
 
     # --- DRM core and queries ---------------------------------------------------------------
     def version(self) -> m.DrmVersionReply:
-        reply: m.DrmVersionReply = self.ioctl(Op.VERSION, m.DrmVersion())
+        reply: m.DrmVersionReply = self.ioctl(Op.VERSION, _NO_VERSION_ARGS)
         return reply
 
     def query(self, query: Query) -> m.DrmXeDeviceQueryReply:

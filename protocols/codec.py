@@ -16,7 +16,7 @@ import attrs
 import msgpack
 
 from .errors import LocalProtocolError, ProtocolError
-from .fields import FieldError, generate
+from .fields import FieldError, full_map_lines, generate
 from .messages import ErrorInfo
 from .ops import ANY_FDS, EVENTS, SPECS, Event, Op
 
@@ -61,7 +61,8 @@ _tuple_new = tuple.__new__  # a NamedTuple's own __new__ is a Python function ar
 # --- records <-> maps -----------------------------------------------------------------
 # One pair of functions per record class, written from its fields' metadata the first
 # time the class travels (the hot path: a loop over the fields cost more than the
-# socket). The values themselves are checked by the record's own __init__ (fields.py).
+# socket). The values themselves are checked by the record's own checks (fields.py):
+# inline in from_wire for a map holding every field, in `__init__` for any other.
 _TO_WIRE: dict[type, Callable[[Any], dict[str, Any]]] = {}
 _FROM_WIRE: dict[type, Callable[[Any], Any]] = {}
 
@@ -78,8 +79,8 @@ def from_wire(cls: type, obj: Any) -> Any:
     return decode(obj)
 
 
-def _compile_to_wire(cls: type) -> Callable[[Any], dict[str, Any]]:
-    g: dict[str, Any] = {"_to_wire": to_wire}
+def _map_of(cls: type) -> str:
+    """The expression building record `r`'s map (names the globals `_to_wire`)."""
     items = []
     for field in attrs.fields(cls):
         name, kind = field.name, field.metadata["kind"]
@@ -89,23 +90,44 @@ def _compile_to_wire(cls: type) -> Callable[[Any], dict[str, Any]]:
             items.append(f"'{name}': _to_wire(r.{name})")
         else:  # scalars as they are; tuples pack as msgpack arrays
             items.append(f"'{name}': r.{name}")
-    body = [f"return {{{', '.join(items)}}}"]
+    return f"{{{', '.join(items)}}}"
+
+
+def _compile_to_wire(cls: type) -> Callable[[Any], dict[str, Any]]:
+    body = [f"return {_map_of(cls)}"]
+    g = {"_to_wire": to_wire}
     encode = _TO_WIRE[cls] = generate(f"to_wire[{cls.__qualname__}]", "to_wire(r)", body, g)
     return encode  # type: ignore[no-any-return]
 
 
+# A frame `[head, code, map of r]` packed by one function per record class: the map
+# built, packed and its size checked in one call, where to_wire and a packing helper
+# were three on every message.
+_FRAMES: dict[type, Callable[[int, int, Any], bytes]] = {}
+# One packer for the process: packb() would build a new one per frame. Packing holds the
+# GIL from start to end, so threads cannot interleave inside it.
+_PACKER = msgpack.Packer(use_bin_type=True)
+
+
+def _frame(cls: type) -> Callable[[int, int, Any], bytes]:
+    return _FRAMES.get(cls) or _compile_frame(cls)
+
+
+def _compile_frame(cls: type) -> Callable[[int, int, Any], bytes]:
+    g = {"_to_wire": to_wire, "_pack": _PACKER.pack, "_len": len, "_too_big": _too_big}
+    body = [
+        f"data = _pack([head, code, {_map_of(cls)}])",
+        f"if _len(data) > {MAX_DATAGRAM}: raise _too_big(data)",
+        "return data",
+    ]
+    encode = _FRAMES[cls] = generate(f"frame[{cls.__qualname__}]", "frame(head, code, r)", body, g)
+    return encode  # type: ignore[no-any-return]
+
+
 def _compile_from_wire(cls: type) -> Callable[[Any], Any]:
-    g: dict[str, Any] = {
-        "_cls": cls,
-        "_type": type,
-        "_dict": dict,
-        "_list": list,
-        "_from_wire": from_wire,
-        "_no_such_field": _no_such_field,
-        "_FieldError": FieldError,
-    }
+    g: dict[str, Any] = {"_dict": dict, "_from_wire": from_wire}
     lines = [
-        "if _type(obj) is not _dict:",
+        "if _type(_map) is not _dict:",
         f"    raise _FieldError('{cls.__name__} must be a map')",
     ]
     for field in attrs.fields(cls):
@@ -113,22 +135,29 @@ def _compile_from_wire(cls: type) -> Callable[[Any], Any]:
         if kind == "records":
             g[f"_cls_{name}"] = field.metadata["record"]
             lines += [
-                f"if '{name}' in obj:",
-                f"    if _type(obj['{name}']) is not _list:",
+                f"if '{name}' in _map:",
+                f"    if _type(_map['{name}']) is not _list:",
                 f"        raise _FieldError('{name} must be a list')",
-                f"    obj['{name}'] = [_from_wire(_cls_{name}, i) for i in obj['{name}']]",
+                f"    _map['{name}'] = [_from_wire(_cls_{name}, i) for i in _map['{name}']]",
             ]
         elif kind == "nested":
             g[f"_cls_{name}"] = field.metadata["nested"]
-            lines += [f"if '{name}' in obj: obj['{name}'] = _from_wire(_cls_{name}, obj['{name}'])"]
-    lines += [
-        "try:",
-        "    return _cls(**obj)",
-        "except TypeError as exc:",  # a key that is no field (the checks raise FieldError)
-        "    raise _no_such_field(_cls, obj, exc) from None",
-    ]
+            lines += [
+                f"if '{name}' in _map:",
+                f"    _map['{name}'] = _from_wire(_cls_{name}, _map['{name}'])",
+            ]
+    lines += full_map_lines(cls, g)
+    lines.append("return _self")
+
+    def keywords(obj: dict[str, Any]) -> Any:  # a map that is not every field, exactly
+        try:
+            return cls(**obj)
+        except TypeError as exc:  # a key that is no field (the checks raise FieldError)
+            raise _no_such_field(cls, obj, exc) from None
+
+    g["_fallback"] = keywords
     qualname = f"from_wire[{cls.__qualname__}]"
-    decode = _FROM_WIRE[cls] = generate(qualname, "from_wire(obj)", lines, g)
+    decode = _FROM_WIRE[cls] = generate(qualname, "from_wire(_map)", lines, g)
     return decode  # type: ignore[no-any-return]
 
 
@@ -139,16 +168,8 @@ def _no_such_field(cls: type, obj: dict[Any, Any], exc: TypeError) -> FieldError
     return FieldError(str(exc))
 
 
-# One packer for the process: packb() would build a new one per frame. Packing holds the
-# GIL from start to end, so threads cannot interleave inside it.
-_PACKER = msgpack.Packer(use_bin_type=True)
-
-
-def _pack(frame: list[Any]) -> bytes:
-    data: bytes = _PACKER.pack(frame)
-    if len(data) > MAX_DATAGRAM:
-        raise LocalProtocolError(f"message of {len(data)} bytes exceeds {MAX_DATAGRAM}")
-    return data
+def _too_big(data: bytes) -> LocalProtocolError:
+    return LocalProtocolError(f"message of {len(data)} bytes exceeds {MAX_DATAGRAM}")
 
 
 def _unpack(data: bytes) -> list[Any]:
@@ -175,7 +196,7 @@ def encode_request(request_id: int, op: Op, args: Any) -> bytes:
         raise LocalProtocolError(f"{op.name} takes {SPECS[op].request.__name__}")
     if not 0 < request_id <= MAX_REQUEST_ID:
         raise LocalProtocolError("request ids are non-zero u32")
-    return _pack([request_id, op, to_wire(args)])  # an IntEnum packs as its int
+    return _frame(type(args))(request_id, op, args)  # an IntEnum packs as its int
 
 
 def _peek(data: bytes, items: int) -> list[Any]:
@@ -229,8 +250,8 @@ def decode_request(data: bytes, fds: tuple[int, ...] = (), truncated: bool = Fal
         raise ProtocolError(
             EINVAL, f"{op.name} takes {fds_in} descriptors, got {len(fds)}", request_id
         )
-    try:
-        record = from_wire(cls, args)
+    try:  # from_wire() without its call: the request's hot path
+        record = (_FROM_WIRE.get(cls) or _compile_from_wire(cls))(args)
     except FieldError as exc:
         raise ProtocolError(EINVAL, f"{op.name}: {exc}", request_id) from exc
     return _tuple_new(Request, (request_id, op, record, fds))
@@ -243,7 +264,7 @@ def encode_reply(request_id: int, op: Op | None, errno: int, result: Any) -> byt
             raise LocalProtocolError("an error reply carries ErrorInfo")
     elif op is None or type(result) is not _REPLIES[op]:
         raise LocalProtocolError(f"{op} answers with {op and SPECS[op].reply.__name__}")
-    return _pack([request_id, errno, to_wire(result)])
+    return _frame(type(result))(request_id, errno, result)
 
 
 def encode_error(request_id: int, errno: int, message: str) -> bytes:
@@ -253,7 +274,7 @@ def encode_error(request_id: int, errno: int, message: str) -> bytes:
 def encode_event(event: Event, data: Any) -> bytes:
     if type(data) is not EVENTS[event]:
         raise LocalProtocolError(f"{event.name} carries {EVENTS[event].__name__}")
-    return _pack([0, int(event), to_wire(data)])
+    return _frame(type(data))(0, int(event), data)
 
 
 def decode_incoming(
@@ -275,7 +296,8 @@ def decode_incoming(
         cls, fds_out = _REPLY_SHAPES[op]
         if len(fds) != fds_out and not (fds_out == ANY_FDS and len(fds) <= MAX_FDS):
             raise ProtocolError(EPROTO, f"{op.name} reply with {len(fds)} descriptors")
-        return _tuple_new(Reply, (ident, 0, from_wire(cls, body), fds))
+        record = (_FROM_WIRE.get(cls) or _compile_from_wire(cls))(body)  # from_wire()
+        return _tuple_new(Reply, (ident, 0, record, fds))
     except (FieldError, ValueError) as exc:
         if isinstance(exc, ProtocolError):
             raise

@@ -168,9 +168,9 @@ def _check_lines(field: attrs.Attribute[Any], g: dict[str, Any]) -> list[str]:
     raise AssertionError(f"unknown field kind {kind!r}")
 
 
-def _make_init(cls: type) -> Any:
-    """The record's `__init__`, with every field's check inline."""
-    g: dict[str, Any] = {
+def _globals() -> dict[str, Any]:
+    """What the generated checks refer to."""
+    return {
         "_type": type,
         "_int": int,
         "_list": list,
@@ -184,6 +184,11 @@ def _make_init(cls: type) -> Any:
         "_uints": _uints,
         "_NOTHING": _NOTHING,
     }
+
+
+def _make_init(cls: type) -> Any:
+    """The record's `__init__`, with every field's check inline."""
+    g = _globals()
     params, body = [], []
     for field in attrs.fields(cls):
         name = field.name
@@ -198,6 +203,30 @@ def _make_init(cls: type) -> Any:
         body.append(f"_set_{name}(self, {name})")
     signature = f"self, *, {', '.join(params)}" if params else "self"
     return generate(f"{cls.__qualname__}.__init__", f"__init__({signature})", body, g)
+
+
+def full_map_lines(cls: type, g: dict[str, Any]) -> list[str]:
+    """Statements building `cls` as `_self` from a peer's map `_map` (nested records
+    already built) with the same checks as `__init__`, but without a keyword call: a
+    map that holds every field and nothing else (what `to_wire` sends) is read key by
+    key, and any other map goes to `_fallback(_map)` (the keyword call, which fills the
+    defaults and names a stray key), as does a missing key. Replies are built this way
+    on every round trip, and the keyword call was a third of it. Adds to `g` what the
+    lines refer to, less `_fallback`. (Locals are the fields' names: a field may be
+    called `obj` or `self`, never `_map`.)"""
+    g.update(_globals(), _new=object.__new__, _record=cls)
+    fields = attrs.fields(cls)
+    lines = [f"if _len(_map) != {len(fields)}: return _fallback(_map)", "_self = _new(_record)"]
+    if fields:
+        lines.append("try:")
+        for field in fields:
+            name = field.name
+            lines.append(f"    {name} = _map['{name}']")
+            lines += [f"    {line}" for line in _check_lines(field, g)]
+            g[f"_set_{name}"] = cls.__dict__[name].__set__
+            lines.append(f"    _set_{name}(_self, {name})")
+        lines += ["except KeyError:", "    return _fallback(_map)"]
+    return lines
 
 
 # What attrs would write for a frozen record (its _make_repr_script, _make_eq_script and

@@ -37,6 +37,7 @@ from protocols import (
     encode_request,
     messages,
     pack_fds,
+    to_wire,
     unpack_fds,
 )
 from protocols.ancillary import SCM_RIGHTS, SOL_SOCKET
@@ -170,6 +171,37 @@ def test_wrong_field_type_is_einval(field: str, value: Any) -> None:
     """A field value of the wrong type or out of its range is EINVAL, with the request id."""
     error = refused(pack([5, Op.XE_GEM_CREATE, {field: value}]))
     assert (error.errno, error.request_id) == (EINVAL, 5)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        pytest.param("size", "4096", id="str-for-int"),
+        pytest.param("size", True, id="bool-for-int"),
+        pytest.param("size", -1, id="negative-u64"),
+        pytest.param("placement", 1 << 32, id="u32-out-of-range"),
+        pytest.param("reserved", [0, -1], id="array-item-out-of-range"),
+    ],
+)
+def test_full_map_is_checked_like_a_partial_one(field: str, value: Any) -> None:
+    """A map with every field (what peers send, read key by key) is refused with the
+    same errno and message as one with only the bad field (the keyword call)."""
+    full = to_wire(messages.DrmXeGemCreate()) | {field: value}
+    assert len(full) == len(attrs.fields(messages.DrmXeGemCreate))
+    whole, alone = refused(pack([5, Op.XE_GEM_CREATE, full])), refused(
+        pack([5, Op.XE_GEM_CREATE, {field: value}])
+    )
+    assert (whole.errno, whole.request_id, whole.message) == (EINVAL, 5, alone.message)
+
+
+def test_full_map_with_a_stray_key_is_einval() -> None:
+    """As many keys as the record has fields, one of them no field (a field missing in
+    its place): EINVAL naming the stray key, not a zero for the missing field."""
+    full = to_wire(messages.DrmXeGemCreate())
+    del full["size"]
+    error = refused(pack([5, Op.XE_GEM_CREATE, full | {"szie": 4096}]))
+    assert (error.errno, error.request_id) == (EINVAL, 5)
+    assert "szie" in error.message
 
 
 @pytest.mark.parametrize(
