@@ -37,6 +37,7 @@ from protocols import (
     PROTOCOL_VERSION,
     SPECS,
     Event,
+    LocalProtocolError,
     Node,
     Op,
     ProtocolError,
@@ -265,13 +266,14 @@ class Connection:
                         if device.test_crashes:
                             device.crash_point(op.name)
                         result = handler(self.xef, request.args)
+                        if type(result) is not tuple:  # a reply that cannot go is ours too
+                            reply = encode_reply(request.id, op, 0, result)
                     except Exception as exc:
                         await self._failed(request, exc, started)
                         continue
                     if type(result) is tuple:  # descriptors it already held
                         await self._send_result(request, result, started)
                         continue
-                    reply = encode_reply(request.id, op, 0, result)
                     if not self._send_now(reply):
                         await self._send_when_room(reply, [])
                     stats.record(op, 0, _now() - started)
@@ -331,13 +333,15 @@ class Connection:
                     result = handler(self.xef, request.args)
                 if is_async:
                     result = await result
+            if type(result) is not tuple:  # a reply that cannot be encoded is our bug too
+                reply = encode_reply(request.id, op, 0, result)
         except Exception as exc:
             await self._failed(request, exc, started)
             return
         if type(result) is tuple:
             await self._send_result(request, result, started)
             return
-        await self._send(encode_reply(request.id, op, 0, result), [])
+        await self._send(reply, [])
         device.ioctl_stats.record(op, 0, _now() - started)
 
     async def _failed(self, request: Request, exc: Exception, started: float) -> None:
@@ -360,7 +364,13 @@ class Connection:
         """Send a reply that carries descriptors (ours are closed, sent or not)."""
         record, fds = result
         try:
-            await self._send(encode_reply(request.id, request.op, 0, record), fds)
+            reply = encode_reply(request.id, request.op, 0, record)
+        except LocalProtocolError as exc:  # a bug of ours: EIO, never the daemon's end
+            _close_all(fds)
+            await self._crashed(request, exc)
+            return
+        try:
+            await self._send(reply, fds)
         except _FdsRefused as exc:
             self.device.ioctl_stats.record(request.op, errno.EMFILE, _now() - started)
             await self._fds_refused(request, exc)
