@@ -15,6 +15,7 @@ import time
 from errno import EMFILE, ENOMEM
 from typing import Any
 
+import attrs
 import pytest
 from conftest import baseline
 from helpers import errno_of
@@ -23,10 +24,11 @@ from test_vm_export import SETTLE, settle_to
 from clients import Device, XeError
 from clients.daemon import DaemonProcess
 from clients.transport import SeqpacketTransport
-from protocols import SPECS, Event, EventMessage, Op, decode_incoming
+from protocols import MAX_DATAGRAM, SPECS, Event, EventMessage, Op, decode_incoming, encode_reply
 from protocols import messages as m
 from protocols.constants import PAGE_SIZE
 from xed.device.limits import OPENS_DESCRIPTORS, out_of_errno
+from xed.ioctl import ADMIN_CLIENTS_LISTED
 
 TIMEOUT = 10.0
 LIMITS = """
@@ -299,6 +301,41 @@ def test_running_out_inside_an_ioctl_is_emfile_not_eio(make_daemon: Any) -> None
     assert settle_to(daemon, before) == before
     assert status(daemon).limits_hit == 2
     assert "daemon descriptors" in daemon.log_text()
+
+
+def test_admin_clients_with_520_connections_lists_what_fits(
+    fresh_daemon: DaemonProcess,
+) -> None:
+    """ADMIN_CLIENTS under 520 connections (any uid may open them) lists the first ones,
+    as many as one reply holds; the whole list did not fit and ended the daemon."""
+    held = []
+    try:
+        for _ in range(520):
+            held.append(connect(fresh_daemon))
+        with connect(fresh_daemon, "admin") as adm:
+            listed = adm.admin_clients()
+            assert len(listed) == ADMIN_CLIENTS_LISTED
+            assert [c.client_id for c in listed] == sorted(c.client_id for c in listed)
+            assert adm.admin_status().objects.files == 521  # the count says how many
+    finally:
+        for dev in held:
+            dev.close()
+
+
+def test_admin_clients_reply_at_its_largest_fits_one_datagram() -> None:
+    """The largest ADMIN_CLIENTS reply (ADMIN_CLIENTS_LISTED clients, every field at its
+    widest) encodes."""
+    widest = {
+        field.name: "x" * field.metadata["max_len"]
+        if field.metadata["wire"] == "str"
+        else (1 << int(field.metadata["wire"][1:])) - 1
+        for field in attrs.fields(m.XedClientInfo)
+    }
+    limits = m.XedLimits(**{field.name: 2**64 - 1 for field in attrs.fields(m.XedLimits)})
+    reply = m.XedAdminClientsReply(
+        clients=(m.XedClientInfo(**widest),) * ADMIN_CLIENTS_LISTED, limits=limits
+    )
+    assert len(encode_reply(2**32 - 1, Op.ADMIN_CLIENTS, 0, reply)) <= MAX_DATAGRAM
 
 
 @pytest.mark.parametrize("op", sorted(OPENS_DESCRIPTORS), ids=lambda op: op.name)
