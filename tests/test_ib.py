@@ -939,6 +939,19 @@ def test_reg_mr_over_more_than_8_bos_is_e2big(apps: Callable[..., App], verbs: P
     assert a.ib.reg_mr(BASE, 8 * PAGE_SIZE).lkey
 
 
+def test_reg_mr_over_more_than_64_bindings_is_e2big(apps: Callable[..., App], verbs: Path) -> None:
+    """reg_mr over one BO bound 65 times back to back (one BO, more bindings than the
+    daemon's resolve lists): E2BIG, not the daemon's internal error; over 64 it works."""
+    a = apps(sizes=())
+    bo = a.dev.gem_create(PAGE_SIZE)
+    for i in range(65):
+        a.dev.vm_bind(a.vm, bo, BASE + i * PAGE_SIZE)
+    a.open(verbs)
+    assert a.ib is not None
+    assert errno_of(a.ib.reg_mr, BASE, 65 * PAGE_SIZE) == errno.E2BIG
+    assert a.ib.reg_mr(BASE, 64 * PAGE_SIZE).lkey
+
+
 def test_dereg_unknown_lkey_is_enoent(pair: Pair) -> None:
     """dereg of an lkey never registered, of one already deregistered, or of the peer's
     (another context's): ENOENT."""

@@ -522,6 +522,20 @@ def test_aux_resolve_more_than_8_bos_is_e2big(dev: Device, aux: Device) -> None:
         close_all(fds)
 
 
+def test_aux_resolve_more_than_64_spans_is_e2big(dev: Device, aux: Device) -> None:
+    """65 bindings of one BO behind the range (one descriptor, more spans than a reply
+    lists): E2BIG, as for too many BOs; 64 of them resolve."""
+    vm = dev.vm_create()
+    bo = dev.gem_create(PAGE_SIZE)
+    for i in range(65):
+        dev.vm_bind(vm, bo, BASE + i * PAGE_SIZE)
+    handle = export_import(dev, aux, vm).vm_handle
+    assert errno_of(aux.aux_vm_resolve, handle, BASE, 65 * PAGE_SIZE) == errno.E2BIG
+    spans, fds = aux.aux_vm_resolve(handle, BASE, 64 * PAGE_SIZE)
+    close_all(fds)
+    assert (len(spans), len(fds)) == (64, 1)
+
+
 # --- invalidation --------------------------------------------------------------------------------
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 from errno import E2BIG, EEXIST, EFAULT, EINVAL, ENOENT, EPERM
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -43,6 +43,12 @@ if TYPE_CHECKING:
     from .bo import XeBo
     from .file import XeFile
     from .vm import XeVm
+
+
+# the spans one AUX_VM_RESOLVE reply holds (its record refuses more); mypy sees records
+# through dataclass_transform, not as attrs classes
+_RESOLVE_REPLY: Any = m.XedAuxVmResolveReply
+MAX_SPANS: int = attrs.fields(_RESOLVE_REPLY).spans.metadata["max_items"]
 
 
 class XeVmExport(ExportedObject):
@@ -311,7 +317,8 @@ async def aux_vm_resolve_ioctl(
     - length zero or the range beyond the VM: EINVAL
     - any address of the range unbound, or bound NULL: EFAULT
     - freed host memory under a userptr range: EFAULT
-    - more than MAX_FDS distinct BOs and host memories: E2BIG
+    - more than MAX_FDS distinct BOs and host memories, or more than MAX_SPANS spans
+      (bindings: one BO bound many times over): E2BIG
     Host memory under a userptr range that is being invalidated is waited for (as
     hmm_range_fault retries), and the whole range is then resolved again.
     """
@@ -365,6 +372,7 @@ def _resolve(vm: XeVm, pos: int, end: int) -> tuple[list[m.XedAuxSpan], list[XeB
     except GpuFault as fault:  # a hole, or freed host memory
         raise IoctlError(EFAULT, f"{fault.reason} at {fault.address:#x}") from None
     refuse_if(len(backing) > MAX_FDS, E2BIG, f"{len(backing)} BOs behind the range")
+    refuse_if(len(spans) > MAX_SPANS, E2BIG, f"{len(spans)} bindings behind the range")
     return spans, backing
 
 
