@@ -173,7 +173,8 @@ def test_reply_that_cannot_be_encoded_is_eio_not_the_end_of_the_daemon(tmp_path:
             assert errno_of(dev.version) == EIO  # answered in the reader's own step
             assert errno_of(dev.prime_handle_to_fd, handle) == EIO  # a reply with descriptors
             assert errno_of(dev.dmabuf_size, anything.fileno()) == EIO  # an async handler's
-            assert daemon.open_fds() == fds
+            # the lent descriptor is closed just after the answer went: poll for it
+            wait_until(lambda: daemon.open_fds() == fds, "the descriptors to be closed")
             assert dev.vm_create()
         assert status(daemon).ioctl_crashes == 3
         assert daemon.proc is not None and daemon.proc.poll() is None, "the daemon died"
