@@ -24,9 +24,20 @@ from test_vm_export import SETTLE, settle_to
 from clients import Device, XeError
 from clients.daemon import DaemonProcess
 from clients.transport import SeqpacketTransport
-from protocols import MAX_DATAGRAM, SPECS, Event, EventMessage, Op, decode_incoming, encode_reply
+from protocols import (
+    MAX_DATAGRAM,
+    PROTOCOL_VERSION,
+    SPECS,
+    Event,
+    EventMessage,
+    Op,
+    decode_incoming,
+    encode_reply,
+    encode_request,
+    pack_fds,
+)
 from protocols import messages as m
-from protocols.constants import PAGE_SIZE
+from protocols.constants import PAGE_SIZE, SEEK_END
 from xed.device.limits import OPENS_DESCRIPTORS, out_of_errno
 from xed.ioctl import ADMIN_CLIENTS_LISTED
 
@@ -301,6 +312,43 @@ def test_running_out_inside_an_ioctl_is_emfile_not_eio(make_daemon: Any) -> None
     assert settle_to(daemon, before) == before
     assert status(daemon).limits_hit == 2
     assert "daemon descriptors" in daemon.log_text()
+
+
+def test_requests_lending_one_descriptor_again_and_again_cannot_fill_the_daemons_table(
+    make_daemon: Any,
+) -> None:
+    """A client that sends DMA_BUF_LLSEEK after DMA_BUF_LLSEEK, each with a copy of one
+    socket whose peer never answers (each waits PEER_TIMEOUT for it), holds a few dozen
+    of the daemon's descriptors at most, not one per request: another client is served
+    meanwhile, and everything is let go after."""
+    daemon = make_daemon(nofile=1024)
+    before = baseline(daemon)
+    silent, kept = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    hog = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        hog.connect(str(daemon.socket_path))
+        hello = m.Hello(version=PROTOCOL_VERSION, role="drm")
+        hog.sendmsg([encode_request(1, Op.HELLO, hello)])
+        hog.recv(MAX_DATAGRAM)
+        hog.setblocking(False)
+        seek = m.DmaBufLlseek(offset=0, whence=SEEK_END)
+        sent, deadline = 0, time.monotonic() + 1.0
+        while time.monotonic() < deadline and sent < 5000:
+            try:
+                hog.sendmsg(
+                    [encode_request(sent + 2, Op.DMA_BUF_LLSEEK, seek)], pack_fds([silent.fileno()])
+                )
+                sent += 1
+            except BlockingIOError:
+                time.sleep(0.001)
+        assert daemon.open_fds() < before[0] + 64
+        with connect(daemon) as other:
+            assert other.gem_create(PAGE_SIZE)
+    finally:
+        hog.close()
+        silent.close()
+        kept.close()
+    assert settle_to(daemon, before) == before
 
 
 def test_admin_clients_with_520_connections_lists_what_fits(

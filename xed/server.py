@@ -78,6 +78,12 @@ _MSG_CTRUNC = int(socket.MSG_CTRUNC)
 _MSG_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
 _PEERCRED = struct.Struct("3i")
 EVENT_QUEUE = 256  # events a slow client may fall behind by before they are dropped
+# Blocking requests with a descriptor attached (a dma-buf op asking another daemon, up
+# to PEER_TIMEOUT) a connection may have under way at once. Each holds the descriptor it
+# lent, a copy of one the client may send again and again: unbounded, one client fills
+# the daemon's table from a single descriptor of its own. Past this the reader waits for
+# one to end before it reads on, as a thread's next ioctl waits for its last.
+LENT_IN_FLIGHT = 16
 
 
 # op -> (handler, whether it takes the request's descriptors, whether it must be awaited,
@@ -172,6 +178,7 @@ class Connection:
             peer_gone=self._peer_gone,
         )
         self.joined = False  # a channel: self.xef is another connection's drm file
+        self._lent = trio.Semaphore(LENT_IN_FLIGHT)  # blocking requests holding descriptors
         self.scope = trio.CancelScope()  # cancelled by the file's release, if a channel
         self.done = trio.Event()  # set once everything of the connection is let go
 
@@ -278,6 +285,12 @@ class Connection:
                         await self._send_when_room(reply, [])
                     stats.record(op, 0, _now() - started)
                 elif op in _BLOCKING:
+                    if fds:
+                        try:
+                            await self._lent.acquire()
+                        except BaseException:  # the connection ends: nobody answers it
+                            _close_all(fds)
+                            raise
                     nursery.start_soon(self._answer_blocking, request, nursery.cancel_scope)
                 elif fds:
                     try:
@@ -395,6 +408,8 @@ class Connection:
             connection.cancel()  # the reader will see the end of the connection too
         finally:
             _close_all(request.fds)
+            if request.fds:
+                self._lent.release()
 
     async def _crashed(self, request: Request, exc: Exception) -> None:
         """A bug in a handler (never the client's input): log it loudly, fail the ioctl
