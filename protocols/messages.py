@@ -507,7 +507,9 @@ class XedAuxVmImport:
 class XedAuxVmImportReply:
     vm_handle: int = u32("this aux connection's name for the VM")
     va_bits: int = u32()
-    bindings: tuple[XedAuxBinding, ...] = records(XedAuxBinding, "the VM's bindings now")
+    bindings: tuple[XedAuxBinding, ...] = records(
+        XedAuxBinding, "the VM's bindings now (the first 512)"
+    )
 
 
 @frozen

@@ -243,7 +243,7 @@ def _verbs() -> tuple[OpSpec, ...]:
                 (EINVAL, "unknown access flags, REMOTE_WRITE without LOCAL_WRITE, or length 0"),
                 (EFAULT, "some address of the range is not bound to a BO"),
                 (EFAULT, "memory the driver cannot map safely, or read-only with write access"),
-                (E2BIG, "more than 8 BOs behind the range"),
+                (E2BIG, "more than 8 BOs behind the range, or more than 64 bindings"),
             ),
         ),
         OpSpec(
@@ -686,7 +686,7 @@ SPECS: dict[Op, OpSpec] = {
                 (EINVAL, "length zero, or the range beyond the VM"),
                 (EFAULT, "a hole: some address in the range is not bound (or NULL)"),
                 (EFAULT, "freed host memory under a userptr range"),
-                (E2BIG, "more than 8 BOs behind the range"),
+                (E2BIG, "more than 8 BOs behind the range, or more than 64 bindings"),
                 _RESERVE_FD,
             ),
         ),

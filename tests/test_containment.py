@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import adjusted_xed
 from helpers import BATCH_VA, Gpu, errno_of, peer_attach
 
 from clients import Batch, Device
@@ -139,6 +140,47 @@ def test_ioctl_crash_is_eio_logged_at_error_level_and_counted(
         assert errno_of(lambda: call(dev)) == EIO
         assert call(dev)
     assert status(daemon).ioctl_crashes == 1
+
+
+# A daemon whose handlers answer with replies the codec refuses (the wrong record, as an
+# oversized one is refused: LocalProtocolError), on each of the three ways of answering.
+UNENCODABLE = adjusted_xed(
+    "import os",
+    "from protocols import Op, messages as m",
+    "from xed.ioctl import HANDLERS",
+    "HANDLERS[Op.VERSION] = lambda xef, args: m.Empty()",
+    "async def llseek(xef, args, fds): return m.Empty()",
+    "HANDLERS[Op.DMA_BUF_LLSEEK] = llseek",
+    "HANDLERS[Op.PRIME_HANDLE_TO_FD] = lambda xef, args: "
+    "(m.Empty(), [os.open('/dev/null', os.O_RDONLY | os.O_CLOEXEC)])",
+)
+
+
+def test_reply_that_cannot_be_encoded_is_eio_not_the_end_of_the_daemon(tmp_path: Path) -> None:
+    """A reply the codec refuses to encode is a bug of ours like a handler's crash: EIO,
+    logged as ioctl_crashed, the descriptors it would have carried closed, and the
+    daemon serves on (it used to end the connection's task, and with it the daemon)."""
+    daemon = DaemonProcess(
+        socket_path=tmp_path / "xed.sock",
+        log_path=tmp_path / "daemon.log",
+        extra_args=("--log-level", "error"),
+        entry=UNENCODABLE,
+    ).start()
+    try:
+        with Device.open(daemon.socket_path) as dev, open(os.devnull) as anything:
+            handle = dev.gem_create(0x1000)
+            fds = daemon.open_fds()
+            assert errno_of(dev.version) == EIO  # answered in the reader's own step
+            assert errno_of(dev.prime_handle_to_fd, handle) == EIO  # a reply with descriptors
+            assert errno_of(dev.dmabuf_size, anything.fileno()) == EIO  # an async handler's
+            # the lent descriptor is closed just after the answer went: poll for it
+            wait_until(lambda: daemon.open_fds() == fds, "the descriptors to be closed")
+            assert dev.vm_create()
+        assert status(daemon).ioctl_crashes == 3
+        assert daemon.proc is not None and daemon.proc.poll() is None, "the daemon died"
+    finally:
+        daemon.stop()
+        daemon.cleanup()
 
 
 # --- exec queues --------------------------------------------------------------------------

@@ -29,10 +29,11 @@ from helpers import NOBODY, NobodyChild, needs_root, open_to_nobody
 
 from clients import Device, XeError
 from clients.daemon import DaemonProcess
-from protocols import Event, EventMessage, Op, Reply, decode_incoming
+from protocols import MAX_DATAGRAM, Event, EventMessage, Op, Reply, decode_incoming, encode_reply
 from protocols import messages as m
 from protocols.codec import to_wire
 from protocols.constants import PAGE_SIZE
+from xed.device import eudebug
 
 BO_VA = 0x1_0000_0000  # the target's BO (BO_SIZE) and, right after it, its userptr
 BO_SIZE = 2 * PAGE_SIZE
@@ -273,6 +274,45 @@ def test_attach_same_uid_lists_vms_and_bindings(
     assert (by_va[UP_VA].kind, by_va[UP_VA].range) == ("userptr", HOST_SIZE)
     assert by_va[UP_VA].userptr == target.host
     assert (by_va[NULL_VA].kind, by_va[NULL_VA].range) == ("null", PAGE_SIZE)
+
+
+MANY_BINDINGS = """
+bo = dev.gem_create(PAGE_SIZE)
+for _ in range(8):
+    vm = dev.vm_create()
+    dev.vm_bind_ops(vm, [m.DrmXeVmBindOp(obj=bo, range=PAGE_SIZE, addr=(1 << 46) + (i << 33),
+                                         op=DRM_XE_VM_BIND_OP_MAP) for i in range(256)])
+"""
+
+
+def test_attach_to_a_process_with_thousands_of_bindings_lists_what_fits(
+    fresh_daemon: DaemonProcess, targets: Callable[[DaemonProcess], Target]
+) -> None:
+    """DEBUG_ATTACH to a process with 8 VMs of 256 bindings each answers with every VM
+    and as many bindings as one reply holds (the whole list, 140 KB, ended the daemon)."""
+    target = targets(fresh_daemon)
+    target.run(MANY_BINDINGS)
+    with Device.open(fresh_daemon.socket_path, role="debugger") as dbg:
+        reply = dbg.debug_attach(target.pid)
+        assert len(reply.vms) == 8
+        assert 0 < sum(len(vm.bindings) for vm in reply.vms) <= 8 * 256
+        assert len(reply.vms[0].bindings) == 256  # the first VMs whole, in order
+        assert dbg.version()
+
+
+def test_attach_reply_at_its_largest_fits_one_datagram() -> None:
+    """The largest reply DEBUG_ATTACH can make (every VM, every binding listed, every
+    field at its widest) encodes: no target makes the reply fail."""
+    widest = m.XedDebugBinding(
+        va=2**64 - 1, range=2**64 - 1, kind="x" * 8, handle=2**32 - 1, userptr=2**64 - 1
+    )
+    left, vms = eudebug.VIEW_BINDINGS, []
+    for _ in range(eudebug.VIEW_VMS):
+        shown = min(eudebug.VIEW_BINDINGS_PER_VM, left)
+        left -= shown
+        vms.append(m.XedDebugVm(client_id=2**32 - 1, vm_id=2**32 - 1, bindings=(widest,) * shown))
+    reply = m.XedDebugAttachReply(vms=tuple(vms))
+    assert len(encode_reply(2**32 - 1, Op.DEBUG_ATTACH, 0, reply)) <= MAX_DATAGRAM
 
 
 def test_attach_same_non_root_uid_is_allowed(fresh_daemon: DaemonProcess) -> None:
@@ -978,6 +1018,7 @@ REPL = (
 import json, os, subprocess, sys, traceback
 from clients import Device, XeError
 from protocols.constants import PAGE_SIZE
+from xed.device import eudebug
 name, BO_VA, NOBODY = sys.argv[1], int(sys.argv[2]), 65534
 
 def errno_of(call, *args):

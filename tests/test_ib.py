@@ -16,6 +16,8 @@ import contextlib
 import errno
 import json
 import os
+import resource
+import socket
 import subprocess
 import sys
 import time
@@ -939,6 +941,19 @@ def test_reg_mr_over_more_than_8_bos_is_e2big(apps: Callable[..., App], verbs: P
     assert a.ib.reg_mr(BASE, 8 * PAGE_SIZE).lkey
 
 
+def test_reg_mr_over_more_than_64_bindings_is_e2big(apps: Callable[..., App], verbs: Path) -> None:
+    """reg_mr over one BO bound 65 times back to back (one BO, more bindings than the
+    daemon's resolve lists): E2BIG, not the daemon's internal error; over 64 it works."""
+    a = apps(sizes=())
+    bo = a.dev.gem_create(PAGE_SIZE)
+    for i in range(65):
+        a.dev.vm_bind(a.vm, bo, BASE + i * PAGE_SIZE)
+    a.open(verbs)
+    assert a.ib is not None
+    assert errno_of(a.ib.reg_mr, BASE, 65 * PAGE_SIZE) == errno.E2BIG
+    assert a.ib.reg_mr(BASE, 64 * PAGE_SIZE).lkey
+
+
 def test_dereg_unknown_lkey_is_enoent(pair: Pair) -> None:
     """dereg of an lkey never registered, of one already deregistered, or of the peer's
     (another context's): ENOENT."""
@@ -1297,6 +1312,40 @@ def test_app_corrupting_its_cq_ring_indices_cannot_crash_the_aux_driver(
     with contextlib.suppress(XeError, ConnectionError):  # refusing or dropping B is fine
         p.qp_b.rdma_write(p.mr_b, BASE, p.mr_a.rkey, 8)
     still_serving(own_aux, p)
+    check_alive(own_aux)
+
+
+def test_connections_past_the_aux_drivers_descriptor_limit_cannot_end_it(
+    daemon: DaemonProcess, own_aux: AuxDriverProcess
+) -> None:
+    """Connections to the verbs socket until the aux driver has no descriptor left for
+    the next (its limit lowered here; any application may open that many): it goes on,
+    and once they close, a newcomer is served."""
+    held = len(os.listdir(f"/proc/{own_aux.pid}/fd"))
+    resource.prlimit(own_aux.pid, resource.RLIMIT_NOFILE, (held + 8, held + 8))
+    flood = []
+    try:
+        for _ in range(24):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            flood.append(sock)
+            sock.connect(str(own_aux.socket_path))
+        deadline = time.monotonic() + ANSWER
+        while own_aux.proc is not None and own_aux.proc.poll() is None:
+            if len(os.listdir(f"/proc/{own_aux.pid}/fd")) >= held + 8:  # a full table
+                break
+            assert time.monotonic() < deadline, "the driver never filled its table"
+            time.sleep(0.01)
+        check_alive(own_aux)
+    finally:
+        for sock in flood:
+            sock.close()
+    with Device.open(daemon.socket_path) as dev:
+        c = App(dev)
+        try:
+            c.open(own_aux.socket_path)
+            assert c.ib is not None and c.ib.reg_mr(BASE, SIZE).lkey
+        finally:
+            c.close()
     check_alive(own_aux)
 
 

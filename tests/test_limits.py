@@ -15,6 +15,7 @@ import time
 from errno import EMFILE, ENOMEM
 from typing import Any
 
+import attrs
 import pytest
 from conftest import baseline
 from helpers import errno_of
@@ -23,10 +24,22 @@ from test_vm_export import SETTLE, settle_to
 from clients import Device, XeError
 from clients.daemon import DaemonProcess
 from clients.transport import SeqpacketTransport
-from protocols import SPECS, Event, EventMessage, Op, decode_incoming
+from protocols import (
+    MAX_DATAGRAM,
+    PROTOCOL_VERSION,
+    SPECS,
+    Event,
+    EventMessage,
+    Op,
+    decode_incoming,
+    encode_reply,
+    encode_request,
+    pack_fds,
+)
 from protocols import messages as m
-from protocols.constants import PAGE_SIZE
+from protocols.constants import PAGE_SIZE, SEEK_END
 from xed.device.limits import OPENS_DESCRIPTORS, out_of_errno
+from xed.ioctl import ADMIN_CLIENTS_LISTED
 
 TIMEOUT = 10.0
 LIMITS = """
@@ -299,6 +312,78 @@ def test_running_out_inside_an_ioctl_is_emfile_not_eio(make_daemon: Any) -> None
     assert settle_to(daemon, before) == before
     assert status(daemon).limits_hit == 2
     assert "daemon descriptors" in daemon.log_text()
+
+
+def test_requests_lending_one_descriptor_again_and_again_cannot_fill_the_daemons_table(
+    make_daemon: Any,
+) -> None:
+    """A client that sends DMA_BUF_LLSEEK after DMA_BUF_LLSEEK, each with a copy of one
+    socket whose peer never answers (each waits PEER_TIMEOUT for it), holds a few dozen
+    of the daemon's descriptors at most, not one per request: another client is served
+    meanwhile, and everything is let go after."""
+    daemon = make_daemon(nofile=1024)
+    before = baseline(daemon)
+    silent, kept = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    hog = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        hog.connect(str(daemon.socket_path))
+        hello = m.Hello(version=PROTOCOL_VERSION, role="drm")
+        hog.sendmsg([encode_request(1, Op.HELLO, hello)])
+        hog.recv(MAX_DATAGRAM)
+        hog.setblocking(False)
+        seek = m.DmaBufLlseek(offset=0, whence=SEEK_END)
+        sent, deadline = 0, time.monotonic() + 1.0
+        while time.monotonic() < deadline and sent < 5000:
+            try:
+                hog.sendmsg(
+                    [encode_request(sent + 2, Op.DMA_BUF_LLSEEK, seek)], pack_fds([silent.fileno()])
+                )
+                sent += 1
+            except BlockingIOError:
+                time.sleep(0.001)
+        assert daemon.open_fds() < before[0] + 64
+        with connect(daemon) as other:
+            assert other.gem_create(PAGE_SIZE)
+    finally:
+        hog.close()
+        silent.close()
+        kept.close()
+    assert settle_to(daemon, before) == before
+
+
+def test_admin_clients_with_520_connections_lists_what_fits(
+    fresh_daemon: DaemonProcess,
+) -> None:
+    """ADMIN_CLIENTS under 520 connections (any uid may open them) lists the first ones,
+    as many as one reply holds; the whole list did not fit and ended the daemon."""
+    held = []
+    try:
+        for _ in range(520):
+            held.append(connect(fresh_daemon))
+        with connect(fresh_daemon, "admin") as adm:
+            listed = adm.admin_clients()
+            assert len(listed) == ADMIN_CLIENTS_LISTED
+            assert [c.client_id for c in listed] == sorted(c.client_id for c in listed)
+            assert adm.admin_status().objects.files == 521  # the count says how many
+    finally:
+        for dev in held:
+            dev.close()
+
+
+def test_admin_clients_reply_at_its_largest_fits_one_datagram() -> None:
+    """The largest ADMIN_CLIENTS reply (ADMIN_CLIENTS_LISTED clients, every field at its
+    widest) encodes."""
+    widest = {
+        field.name: "x" * field.metadata["max_len"]
+        if field.metadata["wire"] == "str"
+        else (1 << int(field.metadata["wire"][1:])) - 1
+        for field in attrs.fields(m.XedClientInfo)
+    }
+    limits = m.XedLimits(**{field.name: 2**64 - 1 for field in attrs.fields(m.XedLimits)})
+    reply = m.XedAdminClientsReply(
+        clients=(m.XedClientInfo(**widest),) * ADMIN_CLIENTS_LISTED, limits=limits
+    )
+    assert len(encode_reply(2**32 - 1, Op.ADMIN_CLIENTS, 0, reply)) <= MAX_DATAGRAM
 
 
 @pytest.mark.parametrize("op", sorted(OPENS_DESCRIPTORS), ids=lambda op: op.name)

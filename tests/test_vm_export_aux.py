@@ -324,6 +324,33 @@ def test_aux_import_reply_lists_the_bindings(dev: Device, aux: Device) -> None:
     )
 
 
+def test_aux_import_of_a_vm_with_600_bindings_lists_the_first_512(dev: Device, aux: Device) -> None:
+    """A VM of 600 bindings imports: the reply lists the first 512 (what its record
+    holds), the rest resolve as any binding does; the import used to fail (EIO) and
+    leave the VM registered all the same (EEXIST on the next import, EBUSY on destroy)."""
+    vm = dev.vm_create()
+    bo = dev.gem_create(PAGE_SIZE)
+    for start in range(0, 600, 300):
+        ops = [
+            m.DrmXeVmBindOp(
+                obj=bo, range=PAGE_SIZE, addr=BASE + i * PAGE_SIZE, op=DRM_XE_VM_BIND_OP_MAP
+            )
+            for i in range(start, start + 300)
+        ]
+        dev.vm_bind_ops(vm, ops)
+    fd = dev.vm_export(vm)
+    try:
+        reply = aux.aux_vm_import(fd, os.getpid())
+    finally:
+        os.close(fd)
+    assert [b.va for b in reply.bindings] == [BASE + i * PAGE_SIZE for i in range(512)]
+    spans, fds = aux.aux_vm_resolve(reply.vm_handle, BASE + 599 * PAGE_SIZE, PAGE_SIZE)
+    close_all(fds)
+    assert len(spans) == 1
+    aux.aux_vm_release(reply.vm_handle)
+    dev.vm_destroy(vm)
+
+
 def test_aux_import_reply_after_splits(dev: Device, aux: Device) -> None:
     """Binds that split a BO binding and a NULL binding: the pieces, with their offsets
     (a NULL piece has no BO: size 0 and offset 0)."""
@@ -520,6 +547,20 @@ def test_aux_resolve_more_than_8_bos_is_e2big(dev: Device, aux: Device) -> None:
         assert len({os.fstat(fd).st_ino for fd in fds}) == 8
     finally:
         close_all(fds)
+
+
+def test_aux_resolve_more_than_64_spans_is_e2big(dev: Device, aux: Device) -> None:
+    """65 bindings of one BO behind the range (one descriptor, more spans than a reply
+    lists): E2BIG, as for too many BOs; 64 of them resolve."""
+    vm = dev.vm_create()
+    bo = dev.gem_create(PAGE_SIZE)
+    for i in range(65):
+        dev.vm_bind(vm, bo, BASE + i * PAGE_SIZE)
+    handle = export_import(dev, aux, vm).vm_handle
+    assert errno_of(aux.aux_vm_resolve, handle, BASE, 65 * PAGE_SIZE) == errno.E2BIG
+    spans, fds = aux.aux_vm_resolve(handle, BASE, 64 * PAGE_SIZE)
+    close_all(fds)
+    assert (len(spans), len(fds)) == (64, 1)
 
 
 # --- invalidation --------------------------------------------------------------------------------

@@ -59,13 +59,19 @@ def admin_status_ioctl(xef: XeFile, args: m.XedAdminStatus) -> m.XedAdminStatusR
     return xef.device.status()
 
 
+# XedClientInfo is 281 bytes at its widest: one datagram holds 232 of them, and any uid
+# may open that many connections. ADMIN_STATUS counts every one (objects.files).
+ADMIN_CLIENTS_LISTED = 224
+
+
 def admin_clients_ioctl(xef: XeFile, args: m.XedAdminClients) -> m.XedAdminClientsReply:
     """ADMIN_CLIENTS: every drm file and other connection (a channel shows as its file's
     count, not as a client), what it holds and what the device did for it, and the
-    limits each is held to."""
+    limits each is held to; the first ADMIN_CLIENTS_LISTED by client id, what one reply
+    holds."""
     device = xef.device
     return m.XedAdminClientsReply(
-        clients=tuple(f.info() for f in device.clients()),
+        clients=tuple(f.info() for f in device.clients()[:ADMIN_CLIENTS_LISTED]),
         limits=m.XedLimits(**attrs.asdict(device.limits)),
     )
 

@@ -37,6 +37,7 @@ from protocols import (
     PROTOCOL_VERSION,
     SPECS,
     Event,
+    LocalProtocolError,
     Node,
     Op,
     ProtocolError,
@@ -77,6 +78,12 @@ _MSG_CTRUNC = int(socket.MSG_CTRUNC)
 _MSG_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
 _PEERCRED = struct.Struct("3i")
 EVENT_QUEUE = 256  # events a slow client may fall behind by before they are dropped
+# Blocking requests with a descriptor attached (a dma-buf op asking another daemon, up
+# to PEER_TIMEOUT) a connection may have under way at once. Each holds the descriptor it
+# lent, a copy of one the client may send again and again: unbounded, one client fills
+# the daemon's table from a single descriptor of its own. Past this the reader waits for
+# one to end before it reads on, as a thread's next ioctl waits for its last.
+LENT_IN_FLIGHT = 16
 
 
 # op -> (handler, whether it takes the request's descriptors, whether it must be awaited,
@@ -171,6 +178,7 @@ class Connection:
             peer_gone=self._peer_gone,
         )
         self.joined = False  # a channel: self.xef is another connection's drm file
+        self._lent = trio.Semaphore(LENT_IN_FLIGHT)  # blocking requests holding descriptors
         self.scope = trio.CancelScope()  # cancelled by the file's release, if a channel
         self.done = trio.Event()  # set once everything of the connection is let go
 
@@ -265,17 +273,24 @@ class Connection:
                         if device.test_crashes:
                             device.crash_point(op.name)
                         result = handler(self.xef, request.args)
+                        if type(result) is not tuple:  # a reply that cannot go is ours too
+                            reply = encode_reply(request.id, op, 0, result)
                     except Exception as exc:
                         await self._failed(request, exc, started)
                         continue
                     if type(result) is tuple:  # descriptors it already held
                         await self._send_result(request, result, started)
                         continue
-                    reply = encode_reply(request.id, op, 0, result)
                     if not self._send_now(reply):
                         await self._send_when_room(reply, [])
                     stats.record(op, 0, _now() - started)
                 elif op in _BLOCKING:
+                    if fds:
+                        try:
+                            await self._lent.acquire()
+                        except BaseException:  # the connection ends: nobody answers it
+                            _close_all(fds)
+                            raise
                     nursery.start_soon(self._answer_blocking, request, nursery.cancel_scope)
                 elif fds:
                     try:
@@ -331,13 +346,15 @@ class Connection:
                     result = handler(self.xef, request.args)
                 if is_async:
                     result = await result
+            if type(result) is not tuple:  # a reply that cannot be encoded is our bug too
+                reply = encode_reply(request.id, op, 0, result)
         except Exception as exc:
             await self._failed(request, exc, started)
             return
         if type(result) is tuple:
             await self._send_result(request, result, started)
             return
-        await self._send(encode_reply(request.id, op, 0, result), [])
+        await self._send(reply, [])
         device.ioctl_stats.record(op, 0, _now() - started)
 
     async def _failed(self, request: Request, exc: Exception, started: float) -> None:
@@ -360,7 +377,13 @@ class Connection:
         """Send a reply that carries descriptors (ours are closed, sent or not)."""
         record, fds = result
         try:
-            await self._send(encode_reply(request.id, request.op, 0, record), fds)
+            reply = encode_reply(request.id, request.op, 0, record)
+        except LocalProtocolError as exc:  # a bug of ours: EIO, never the daemon's end
+            _close_all(fds)
+            await self._crashed(request, exc)
+            return
+        try:
+            await self._send(reply, fds)
         except _FdsRefused as exc:
             self.device.ioctl_stats.record(request.op, errno.EMFILE, _now() - started)
             await self._fds_refused(request, exc)
@@ -385,6 +408,8 @@ class Connection:
             connection.cancel()  # the reader will see the end of the connection too
         finally:
             _close_all(request.fds)
+            if request.fds:
+                self._lent.release()
 
     async def _crashed(self, request: Request, exc: Exception) -> None:
         """A bug in a handler (never the client's input): log it loudly, fail the ioctl

@@ -108,9 +108,27 @@ async def _reconnect(daemon_path: Path, nursery: trio.Nursery, within: float) ->
             )
 
 
+ACCEPT_PAUSE = 0.1  # seconds between tries while accept(2) finds no descriptor or memory
+
+
 async def _accept(listener: trio.socket.SocketType, driver: IbDriver) -> None:
+    """Serve each application that connects. Out of descriptors (any application may
+    hold connections until the table is full) or of kernel memory: log, pause, go on;
+    the connection waits in the backlog until an application lets some go (logged once
+    per shortage, not at every try)."""
+    short = False
     while True:
-        conn, _ = await listener.accept()
+        try:
+            conn, _ = await listener.accept()
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                raise
+            if not short:
+                log.warning("accept_failed", errno=errno.errorcode.get(exc.errno or 0))
+            short = True
+            await trio.sleep(ACCEPT_PAUSE)
+            continue
+        short = False
         driver.nursery.start_soon(driver.serve_app, socket.socket(fileno=conn.detach()))
 
 

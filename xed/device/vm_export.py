@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 from errno import E2BIG, EEXIST, EFAULT, EINVAL, ENOENT, EPERM
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -43,6 +43,15 @@ if TYPE_CHECKING:
     from .bo import XeBo
     from .file import XeFile
     from .vm import XeVm
+
+
+# the spans one AUX_VM_RESOLVE reply holds (its record refuses more); mypy sees records
+# through dataclass_transform, not as attrs classes
+_RESOLVE_REPLY: Any = m.XedAuxVmResolveReply
+MAX_SPANS: int = attrs.fields(_RESOLVE_REPLY).spans.metadata["max_items"]
+# the bindings one AUX_VM_IMPORT reply lists, likewise
+_IMPORT_REPLY: Any = m.XedAuxVmImportReply
+MAX_BINDINGS: int = attrs.fields(_IMPORT_REPLY).bindings.metadata["max_items"]
 
 
 class XeVmExport(ExportedObject):
@@ -257,6 +266,7 @@ def aux_vm_import_ioctl(
     - the VM is closed or banned: ENOENT
     - on_behalf_of_pid is not the process that exported the VM: EPERM
     - this aux connection has registered it already: EEXIST
+    The reply lists the VM's first MAX_BINDINGS bindings (what its record holds).
     """
     refuse_if(args.flags or any(args.reserved), EINVAL, "flags/reserved")
     (fd,) = fds
@@ -272,15 +282,18 @@ def aux_vm_import_ioctl(
         "driver, not with another application",
     )
     refuse_if(any(r.aux is xef for r in vm.registrations), EEXIST, "registered by this aux already")
+    bindings = _bindings(vm)  # the reply is made before anything is registered
     handle = xef.aux_ids.alloc()
     xef.aux_vms[handle] = AuxRegistration(xef, vm, handle)
     xef.log.info("aux_vm_imported", vm_handle=handle, on_behalf_of=args.on_behalf_of_pid)
     return m.XedAuxVmImportReply(
-        vm_handle=handle, va_bits=xef.device.config.va_bits, bindings=_bindings(vm)
+        vm_handle=handle, va_bits=xef.device.config.va_bits, bindings=bindings
     )
 
 
 def _bindings(vm: XeVm) -> tuple[m.XedAuxBinding, ...]:
+    """The VM's first MAX_BINDINGS bindings, in address order (AUX_VM_RESOLVE reaches
+    every one)."""
     return tuple(
         m.XedAuxBinding(
             va=vma.start,
@@ -288,7 +301,7 @@ def _bindings(vm: XeVm) -> tuple[m.XedAuxBinding, ...]:
             bo_size=vma.bo.size if vma.bo else 0,
             bo_offset=vma.bo_offset if vma.bo else 0,  # a NULL binding has no BO offset
         )
-        for vma in vm.vmas()
+        for vma in vm.vmas()[:MAX_BINDINGS]
     )
 
 
@@ -311,7 +324,8 @@ async def aux_vm_resolve_ioctl(
     - length zero or the range beyond the VM: EINVAL
     - any address of the range unbound, or bound NULL: EFAULT
     - freed host memory under a userptr range: EFAULT
-    - more than MAX_FDS distinct BOs and host memories: E2BIG
+    - more than MAX_FDS distinct BOs and host memories, or more than MAX_SPANS spans
+      (bindings: one BO bound many times over): E2BIG
     Host memory under a userptr range that is being invalidated is waited for (as
     hmm_range_fault retries), and the whole range is then resolved again.
     """
@@ -365,6 +379,7 @@ def _resolve(vm: XeVm, pos: int, end: int) -> tuple[list[m.XedAuxSpan], list[XeB
     except GpuFault as fault:  # a hole, or freed host memory
         raise IoctlError(EFAULT, f"{fault.reason} at {fault.address:#x}") from None
     refuse_if(len(backing) > MAX_FDS, E2BIG, f"{len(backing)} BOs behind the range")
+    refuse_if(len(spans) > MAX_SPANS, E2BIG, f"{len(spans)} bindings behind the range")
     return spans, backing
 
 
