@@ -125,6 +125,7 @@ def _compile_frame(cls: type) -> Callable[[int, int, Any], bytes]:
 
 
 def _compile_from_wire(cls: type) -> Callable[[Any], Any]:
+    # the checks' own globals (_type, _list, _FieldError...) come with full_map_lines
     g: dict[str, Any] = {"_dict": dict, "_from_wire": from_wire}
     lines = [
         "if _type(_map) is not _dict:",
@@ -250,8 +251,8 @@ def decode_request(data: bytes, fds: tuple[int, ...] = (), truncated: bool = Fal
         raise ProtocolError(
             EINVAL, f"{op.name} takes {fds_in} descriptors, got {len(fds)}", request_id
         )
-    try:  # from_wire() without its call: the request's hot path
-        record = (_FROM_WIRE.get(cls) or _compile_from_wire(cls))(args)
+    try:
+        record = from_wire(cls, args)
     except FieldError as exc:
         raise ProtocolError(EINVAL, f"{op.name}: {exc}", request_id) from exc
     return _tuple_new(Request, (request_id, op, record, fds))
@@ -296,8 +297,7 @@ def decode_incoming(
         cls, fds_out = _REPLY_SHAPES[op]
         if len(fds) != fds_out and not (fds_out == ANY_FDS and len(fds) <= MAX_FDS):
             raise ProtocolError(EPROTO, f"{op.name} reply with {len(fds)} descriptors")
-        record = (_FROM_WIRE.get(cls) or _compile_from_wire(cls))(body)  # from_wire()
-        return _tuple_new(Reply, (ident, 0, record, fds))
+        return _tuple_new(Reply, (ident, 0, from_wire(cls, body), fds))
     except (FieldError, ValueError) as exc:
         if isinstance(exc, ProtocolError):
             raise

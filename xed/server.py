@@ -377,13 +377,9 @@ class Connection:
         """Send a reply that carries descriptors (ours are closed, sent or not)."""
         record, fds = result
         try:
-            reply = encode_reply(request.id, request.op, 0, record)
-        except LocalProtocolError as exc:  # a bug of ours: EIO, never the daemon's end
-            _close_all(fds)
+            await self._send(encode_reply(request.id, request.op, 0, record), fds)
+        except LocalProtocolError as exc:  # a reply that cannot be encoded: a bug of ours
             await self._crashed(request, exc)
-            return
-        try:
-            await self._send(reply, fds)
         except _FdsRefused as exc:
             self.device.ioctl_stats.record(request.op, errno.EMFILE, _now() - started)
             await self._fds_refused(request, exc)
