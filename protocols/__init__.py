@@ -22,6 +22,7 @@ from .codec import (
     from_wire,
     peek_op,
     peek_request_id,
+    reply_record,
     to_wire,
 )
 from .connection import MAX_STRIKES, ServerConnection, State
@@ -63,6 +64,7 @@ __all__ = [
     "pack_fds",
     "peek_op",
     "peek_request_id",
+    "reply_record",
     "to_wire",
     "unpack_fds",
 ]

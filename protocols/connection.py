@@ -62,7 +62,8 @@ class ServerConnection:
         except ProtocolError:
             self.strikes += 1
             raise
-        self.strikes = 0
+        if self.strikes:
+            self.strikes = 0
         if request.op in self.allowed:
             return request
         if request.op is Op.HELLO:

@@ -23,6 +23,7 @@ from strategies import (
 from protocols import (
     MAX_DATAGRAM,
     SPECS,
+    Event,
     EventMessage,
     LocalProtocolError,
     Op,
@@ -37,6 +38,7 @@ from protocols import (
     encode_request,
     messages,
     pack_fds,
+    reply_record,
     to_wire,
     unpack_fds,
 )
@@ -310,6 +312,80 @@ def test_reply_with_wrong_descriptor_count_is_eproto() -> None:
     data = encode_reply(3, Op.MMAP, 0, messages.XedMmapReply())
     with pytest.raises(ProtocolError) as info:
         decode_incoming(data, (), {3: Op.MMAP})
+    assert info.value.errno == EPROTO
+
+
+# --- the one-pass reply ------------------------------------------------------------------
+def agrees(data: bytes, fds: tuple[int, ...], request_id: int, op: Op) -> Any:
+    """reply_record's answer, checked against decode_incoming's for the same datagram:
+    the same record, or None (decode_incoming says what it is), or the same refusal."""
+    try:
+        full: Any = decode_incoming(data, fds, {request_id: op})
+    except ProtocolError as exc:
+        full = exc
+    try:
+        fast = reply_record(data, fds, request_id, op)
+    except ProtocolError as exc:
+        assert type(full) is ProtocolError, full
+        assert exc.errno == full.errno == EPROTO
+        return None
+    if fast is not None:
+        assert full == Reply(request_id, 0, fast, fds)
+    return fast
+
+
+@FUZZ
+@given(request_ids, replies())
+def test_reply_record_is_the_reply_decoded(request_id: int, op_and_result: tuple[Op, Any]) -> None:
+    """The success reply a client waits for is read in one pass to decode_incoming's
+    record (a reply with any number of descriptors is left to decode_incoming)."""
+    op, result = op_and_result
+    fds = fds_for(SPECS[op].fds_out)
+    fast = agrees(encode_reply(request_id, op, 0, result), fds, request_id, op)
+    assert (fast is None) == (SPECS[op].fds_out == ANY_FDS)
+
+
+@FUZZ
+@given(
+    frame_ints(),
+    frame_ints(),
+    st.one_of(msgpack_values(), replies().map(lambda r: to_wire(r[1]))),
+    st.integers(0, 2).map(fds_for),
+    st.sampled_from(sorted(SPECS)),
+)
+def test_reply_record_agrees_with_decode_incoming_on_any_frame(
+    ident: int, code: int, body: Any, fds: tuple[int, ...], op: Op
+) -> None:
+    """Whatever a frame holds, reply_record gives decode_incoming's record or leaves it
+    to decode_incoming; it refuses (EPROTO) only what decode_incoming refuses."""
+    request_id = ident if 0 < ident <= 0xFFFF_FFFF else 1
+    agrees(pack([ident, code, body]), fds, request_id, op)
+
+
+def test_reply_record_leaves_every_other_message_to_decode_incoming() -> None:
+    """An event, a refusal, a reply to another request, an id that is a bool, a count
+    of descriptors the op does not answer with, or nothing at all: None."""
+    version = to_wire(messages.DrmVersionReply())
+    assert agrees(encode_reply(1, Op.VERSION, 0, messages.DrmVersionReply()), (), 1, Op.VERSION)
+    event = messages.ProtocolErrorInfo(errno=EINVAL, message="x")
+    for data, fds, request_id in (
+        (encode_event(Event.PROTOCOL_ERROR, event), (), 1),
+        (encode_error(1, EINVAL, "no"), (), 1),
+        (encode_reply(2, Op.VERSION, 0, messages.DrmVersionReply()), (), 1),
+        (pack([True, 0, version]), (), 1),
+        (pack([1, False, version]), (), 1),
+        (encode_reply(1, Op.VERSION, 0, messages.DrmVersionReply()), (100,), 1),
+        (b"", (), 1),
+    ):
+        assert reply_record(data, fds, request_id, Op.VERSION) is None, data
+
+
+def test_reply_record_with_a_bad_field_is_eproto() -> None:
+    """A success reply whose record does not check is the daemon's protocol error."""
+    agrees(encode_reply(1, Op.VERSION, 0, messages.DrmVersionReply()), (), 1, Op.VERSION)
+    data = pack([1, 0, {**to_wire(messages.DrmVersionReply()), "version_major": -1}])
+    with pytest.raises(ProtocolError) as info:
+        reply_record(data, (), 1, Op.VERSION)
     assert info.value.errno == EPROTO
 
 
