@@ -26,7 +26,8 @@ MAX_REQUEST_ID = 0xFFFF_FFFF
 _OPS = {int(op): op for op in Op}
 # op number -> (op, descriptors it takes, its argument record): one lookup per request
 _REQUESTS = {int(op): (op, spec.fds_in, spec.request) for op, spec in SPECS.items()}
-_REQUEST_RECORDS = {op: spec.request for op, spec in SPECS.items()}
+# op -> (its argument record, its number): an IntEnum packs by msgpack's slow path
+_REQUEST_RECORDS = {op: (spec.request, int(op)) for op, spec in SPECS.items()}
 _REPLIES = {op: spec.reply for op, spec in SPECS.items()}
 # op -> (its reply record, the descriptors a reply carries): what a client checks
 _REPLY_SHAPES = {op: (spec.reply, spec.fds_out) for op, spec in SPECS.items()}
@@ -193,12 +194,12 @@ def _unpack(data: bytes) -> list[Any]:
 
 # --- requests ---------------------------------------------------------------------------
 def encode_request(request_id: int, op: Op, args: Any) -> bytes:
-    if type(args) is not _REQUEST_RECORDS[op]:
-        raise LocalProtocolError(f"{op.name} takes {SPECS[op].request.__name__}")
+    cls, number = _REQUEST_RECORDS[op]
+    if type(args) is not cls:
+        raise LocalProtocolError(f"{op.name} takes {cls.__name__}")
     if not 0 < request_id <= MAX_REQUEST_ID:
         raise LocalProtocolError("request ids are non-zero u32")
-    cls = type(args)  # an IntEnum op packs as its int
-    return (_FRAMES.get(cls) or _compile_frame(cls))(request_id, op, args)
+    return (_FRAMES.get(cls) or _compile_frame(cls))(request_id, number, args)
 
 
 def _peek(data: bytes, items: int) -> list[Any]:
