@@ -26,7 +26,7 @@ from .codec import (
     to_wire,
 )
 from .connection import MAX_STRIKES, ServerConnection, State
-from .errors import LocalProtocolError, ProtocolError, errno_name
+from .errors import SHORTAGE, LocalProtocolError, ProtocolError, errno_name
 from .ops import COMMON_ERRORS, EVENTS, FDS_OUT_ERRORS, SPECS, Event, Node, Op, OpSpec, Role
 from .version import PROTOCOL_VERSION
 
@@ -38,6 +38,7 @@ __all__ = [
     "MAX_FDS",
     "MAX_STRIKES",
     "PROTOCOL_VERSION",
+    "SHORTAGE",
     "SPECS",
     "Event",
     "EventMessage",

@@ -24,6 +24,11 @@ class LocalProtocolError(Exception):
     """We were asked to send something invalid: a bug on our side, never the peer's."""
 
 
+# What the kernel answers when a descriptor or memory cannot be had: a shortage to wait
+# out or to report, never a peer's fault (the daemon, the aux driver and the library
+# all tell it apart from the rest).
+SHORTAGE = frozenset({_errno.EMFILE, _errno.ENFILE, _errno.ENOMEM, _errno.ENOBUFS})
+
 # where two names share a number, the one the kernel's sources use
 _KERNEL_NAMES = {_errno.EOPNOTSUPP: "EOPNOTSUPP", _errno.EAGAIN: "EAGAIN"}
 

@@ -127,9 +127,7 @@ class _FdsRefused(Exception):
 
 
 # sendmsg(2) failures that are about the descriptors attached, not about the peer
-_FDS_ERRNOS = frozenset(
-    {errno.ETOOMANYREFS, errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
-)
+_FDS_ERRNOS = EXHAUSTED | {errno.ETOOMANYREFS}
 
 
 @attrs.define
@@ -650,7 +648,7 @@ async def _accept_loop(
                 if turned_away:
                     device.stats["limits_hit"] += 1
                     continue
-            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+            if exc.errno in EXHAUSTED:
                 # no spare descriptor to answer with, or the kernel is short of memory
                 log.error("accept_failed", errno=errno_name(exc.errno or 0))
                 await trio.sleep(0.1)

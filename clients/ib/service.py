@@ -27,6 +27,7 @@ from pathlib import Path
 import structlog
 import trio
 
+from protocols import SHORTAGE
 from protocols.cli import connect_timeout
 
 from ..errors import XeError
@@ -121,7 +122,7 @@ async def _accept(listener: trio.socket.SocketType, driver: IbDriver) -> None:
         try:
             conn, _ = await listener.accept()
         except OSError as exc:
-            if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+            if exc.errno not in SHORTAGE:
                 raise
             if not short:
                 log.warning("accept_failed", errno=errno.errorcode.get(exc.errno or 0))

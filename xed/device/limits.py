@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import os
 import resource
-from errno import EMFILE, ENFILE, ENOBUFS, ENOMEM
+from errno import EMFILE, ENFILE, ENOMEM
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from protocols import SPECS, Op
+from protocols import SHORTAGE, SPECS, Op
 
 from .errors import IoctlError
 
@@ -40,8 +40,7 @@ if TYPE_CHECKING:
 
 _log = structlog.get_logger("xed")
 
-# what the kernel answers when a descriptor or memory cannot be had
-EXHAUSTED = frozenset({EMFILE, ENFILE, ENOMEM, ENOBUFS})
+EXHAUSTED = SHORTAGE  # what the kernel answers when a descriptor or memory cannot be had
 
 # ops whose answer makes the daemon open a descriptor for the client: a BO's memfd, an
 # exported object's socketpair, the descriptor a reply carries, a page of its own
