@@ -161,9 +161,13 @@ class Connection:
         self.client_id = client_id
         self.proto = ServerConnection()
         self.log = structlog.get_logger("xed").bind(client_id=client_id, pid=self.pid)
-        self._send_lock = trio.Lock()
+        # Made at first use: most connections never wait for room to send, nor get an
+        # event; a lock, an event queue and its writer task were a fifth of the memory
+        # of an idle connection.
+        self._send_lock: trio.Lock | None = None
+        self._events: trio.MemorySendChannel[bytes] | None = None
+        self._nursery: trio.Nursery | None = None  # while the connection is served
         self._refusals = xlog.RateLimit()
-        self._events_in, self._events_out = trio.open_memory_channel[bytes](EVENT_QUEUE)
         self.xef = XeFile(
             device,
             client_id,
@@ -191,8 +195,11 @@ class Connection:
         try:
             with self.scope:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._write_events)
-                    reason = await self._read_requests(nursery)
+                    self._nursery = nursery
+                    try:
+                        reason = await self._read_requests(nursery)
+                    finally:  # the nursery takes no new task from here: nor any event
+                        self._nursery = self._events = None
                     nursery.cancel_scope.cancel()
             if self.scope.cancelled_caught:
                 reason = "its drm file was released"
@@ -483,13 +490,27 @@ class Connection:
 
     # --- events ---------------------------------------------------------------------------
     def _queue_event(self, event: Event, data: Any) -> None:
+        events = self._events or self._open_events()
+        if events is None:  # the connection has ended: nobody to tell
+            return
         try:
-            self._events_in.send_nowait(encode_event(event, data))
+            events.send_nowait(encode_event(event, data))
         except (trio.WouldBlock, trio.ClosedResourceError):
             self.device.stats["events_dropped"] += 1
 
-    async def _write_events(self) -> None:
-        async for frame in self._events_out:
+    def _open_events(self) -> trio.MemorySendChannel[bytes] | None:
+        """The event queue and the task writing it out, made at the connection's first
+        event; None once the connection has ended."""
+        if self._nursery is None:
+            return None
+        self._events, queued = trio.open_memory_channel[bytes](EVENT_QUEUE)
+        self._nursery.start_soon(self._write_events, queued)
+        return self._events
+
+    async def _write_events(self, queued: trio.MemoryReceiveChannel[bytes]) -> None:
+        # started by whichever task queued the first event, whose log context it copied
+        structlog.contextvars.bind_contextvars(client_id=self.client_id, pid=self.pid)
+        async for frame in queued:
             try:
                 await self._send(frame, [])
             except _Disconnected:
@@ -534,6 +555,8 @@ class Connection:
     async def _send_when_room(self, data: bytes, fds: list[int]) -> None:
         unread = self.unread
         ancdata = pack_fds(fds)
+        if self._send_lock is None:
+            self._send_lock = trio.Lock()
         async with self._send_lock:  # only one task may wait for room
             while True:
                 await trio.lowlevel.wait_writable(self.sock)
