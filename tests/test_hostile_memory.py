@@ -5,6 +5,10 @@ file that holds a handle to the object (drm_gem_handle_create_tail allows the fi
 drm_gem_object_release_handle revokes it with its last handle) may map it (EACCES). A
 channel joined to a file is that file. After each refusal the daemon answers and the
 object's own file still maps it.
+
+Then memory a client changes after handing it over: a forged dma-buf's memfd grown
+after the import (the buffer stays the size judged), and one sealed against writes
+before the daemon mapped it (a debugger's access there is EFAULT, not a crash).
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ import errno
 import fcntl
 import os
 from collections.abc import Callable
+from errno import EFAULT
 
 from conftest import baseline
 from helpers import errno_of
 from test_dma_buf_forged import SIZE, Forger, forge, others_unharmed, sealed_memfd
+from test_device_views import fake_exporter
 from test_mmap import RW, mmap_errno, mmap_request
 
 from clients import Device
@@ -24,6 +30,7 @@ from clients.daemon import DaemonProcess
 from protocols.constants import PAGE_SIZE, PROT_READ
 
 __all__ = ["forge"]  # the fixture, imported to be found
+SEALED_VA = 0x3_0000_0000
 
 
 def test_opened_bo_offset_is_eacces_after_the_openers_last_handle(
@@ -94,3 +101,37 @@ def test_grown_forged_memory_is_bounded_by_the_size_claimed(
             others_unharmed(d, before)
     finally:
         os.close(memory)
+
+
+def test_debugger_access_to_a_buffer_the_daemon_cannot_map_is_efault(
+    fresh_daemon: DaemonProcess,
+) -> None:
+    """A foreign buffer sealed against writes after the import: a debugger's VM access
+    there is EFAULT (the daemon's writable map is EPERM), and the daemon goes on."""
+    d = fresh_daemon
+    memfd = os.memfd_create("sealed-later", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    os.ftruncate(memfd, PAGE_SIZE)
+    fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)  # what an import asks
+    owner, buf = fake_exporter(memfd, PAGE_SIZE)
+    try:
+        with (
+            Device.open(d.socket_path) as dev,
+            Device.open(d.socket_path, role="debugger") as dbg,
+        ):
+            before = baseline(d)
+            handle = dev.prime_fd_to_handle(buf.fileno())
+            vm = dev.vm_create()
+            dev.vm_bind(vm, handle, SEALED_VA)
+            fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE)  # nobody maps it yet
+            dbg.debug_attach(os.getpid())
+            assert errno_of(dbg.debug_vm_write, dev.client_id, vm, SEALED_VA, b"x") == EFAULT
+            assert errno_of(dbg.debug_vm_read, dev.client_id, vm, SEALED_VA, 8) == EFAULT
+            dbg.debug_detach(os.getpid())
+            dev.vm_destroy(vm)
+            dev.gem_close(handle)
+            assert d.proc is not None and d.proc.poll() is None
+            assert baseline(d) == before
+    finally:
+        owner.close()
+        buf.close()
+        os.close(memfd)
