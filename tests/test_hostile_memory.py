@@ -21,8 +21,8 @@ from errno import EFAULT
 
 from conftest import baseline
 from helpers import errno_of
-from test_dma_buf_forged import SIZE, Forger, forge, others_unharmed, sealed_memfd
 from test_device_views import fake_exporter
+from test_dma_buf_forged import SIZE, Forger, forge, others_unharmed, sealed_memfd
 from test_mmap import RW, mmap_errno, mmap_request
 
 from clients import Device
