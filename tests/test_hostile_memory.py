@@ -135,3 +135,29 @@ def test_debugger_access_to_a_buffer_the_daemon_cannot_map_is_efault(
         owner.close()
         buf.close()
         os.close(memfd)
+
+
+def test_offset_allowed_while_any_handle_of_the_file_is_open(
+    fresh_daemon: DaemonProcess,
+) -> None:
+    """A file with two handles to one object (GEM_OPEN, PRIME import) maps its offset
+    until it closes both (drm_vma_node_allow counts per file), then EACCES."""
+    d = fresh_daemon
+    with Device.open(d.socket_path) as dev, Device.open(d.socket_path) as other:
+        before = baseline(d)
+        bo = dev.gem_create(PAGE_SIZE)
+        offset = dev.gem_mmap_offset(bo)
+        dmabuf = dev.prime_handle_to_fd(bo)
+        try:
+            opened, _ = other.gem_open(dev.gem_flink(bo))
+            imported = other.prime_fd_to_handle(dmabuf)
+        finally:
+            os.close(dmabuf)
+        assert opened != imported
+        other.gem_close(opened)
+        mmap_request(other, offset, PAGE_SIZE, RW)  # the import still allows it
+        other.gem_close(imported)
+        assert mmap_errno(other, offset, PAGE_SIZE) == errno.EACCES
+        mmap_request(dev, offset, PAGE_SIZE, RW)
+        dev.gem_close(bo)
+        assert baseline(d) == before
