@@ -1,0 +1,163 @@
+"""Fake offsets across files: who may map what another file was given.
+
+drm_gem_mmap looks the offset up (none: EINVAL), then drm_vma_node_is_allowed: only a
+file that holds a handle to the object (drm_gem_handle_create_tail allows the file,
+drm_gem_object_release_handle revokes it with its last handle) may map it (EACCES). A
+channel joined to a file is that file. After each refusal the daemon answers and the
+object's own file still maps it.
+
+Then memory a client changes after handing it over: a forged dma-buf's memfd grown
+after the import (the buffer stays the size judged), and one sealed against writes
+before the daemon mapped it (a debugger's access there is EFAULT, not a crash).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from collections.abc import Callable
+from errno import EFAULT
+
+from conftest import baseline
+from helpers import errno_of
+from test_device_views import fake_exporter
+from test_dma_buf_forged import SIZE, Forger, forge, others_unharmed, sealed_memfd
+from test_mmap import RW, mmap_errno, mmap_request
+
+from clients import Device
+from clients.daemon import DaemonProcess
+from protocols.constants import PAGE_SIZE, PROT_READ
+
+__all__ = ["forge"]  # the fixture, imported to be found
+SEALED_VA = 0x3_0000_0000
+
+
+def test_opened_bo_offset_is_eacces_after_the_openers_last_handle(
+    fresh_daemon: DaemonProcess,
+) -> None:
+    """GEM_OPEN allows the opener the object's offset; its GEM_CLOSE revokes it (EACCES)
+    while the flinking file still maps it."""
+    d = fresh_daemon
+    with Device.open(d.socket_path) as dev:
+        before = baseline(d)
+        bo = dev.gem_create(2 * PAGE_SIZE)
+        offset = dev.gem_mmap_offset(bo)
+        with Device.open(d.socket_path) as other:
+            assert mmap_errno(other, offset, PAGE_SIZE) == errno.EACCES
+            handle, _ = other.gem_open(dev.gem_flink(bo))
+            assert other.gem_mmap_offset(handle) == offset  # one node per object
+            with other.mmap_bo(handle) as theirs:
+                theirs[0:4] = b"open"
+            other.gem_close(handle)
+            assert mmap_errno(other, offset, PAGE_SIZE) == errno.EACCES
+        with dev.mmap_bo(bo) as mine:
+            assert mine[0:4] == b"open"
+        dev.gem_close(bo)
+        assert mmap_errno(dev, offset, PAGE_SIZE) == errno.EINVAL
+        assert baseline(d) == before
+
+
+def test_channel_maps_its_files_offsets(fresh_daemon: DaemonProcess) -> None:
+    """A channel is its file: it maps an offset the file was given, and a BO it made
+    itself maps through the file too; another file is refused both (EACCES)."""
+    d = fresh_daemon
+    with (
+        Device.open(d.socket_path) as dev,
+        Device.open(d.socket_path, join=dev.token) as channel,
+        Device.open(d.socket_path) as other,
+    ):
+        bo = dev.gem_create(PAGE_SIZE)
+        offset = dev.gem_mmap_offset(bo)
+        mmap_request(channel, offset, PAGE_SIZE, RW)  # answered: the file's own offset
+        mine = channel.gem_create(PAGE_SIZE)
+        theirs = channel.gem_mmap_offset(mine)
+        assert mmap_errno(other, offset, PAGE_SIZE) == errno.EACCES
+        assert mmap_errno(other, theirs, PAGE_SIZE) == errno.EACCES
+        with dev.mmap_bo(bo) as cpu:
+            cpu[0:2] = b"ok"
+
+
+def test_grown_forged_memory_is_bounded_by_the_size_claimed(
+    fresh_daemon: DaemonProcess, forge: Callable[..., Forger]
+) -> None:
+    """A forged dma-buf's memfd grown after the import: the buffer keeps the size the
+    import judged; a mapping past it is EINVAL, the bytes past it are never handed out."""
+    d = fresh_daemon
+    memory = sealed_memfd(SIZE, seals=fcntl.F_SEAL_SHRINK, fill=b"claimed")
+    try:
+        with Device.open(d.socket_path) as dev:
+            before = baseline(d)
+            forger = forge(memory, SIZE)
+            handle = dev.prime_fd_to_handle(forger.fd)
+            os.ftruncate(memory, 4 * SIZE)
+            os.pwrite(memory, b"secret", SIZE)
+            assert dev.dmabuf_size(forger.fd) == SIZE
+            assert errno_of(dev.dmabuf_mmap, forger.fd, PAGE_SIZE, offset=SIZE) == errno.EINVAL
+            assert errno_of(dev.dmabuf_mmap, forger.fd, SIZE + PAGE_SIZE) == errno.EINVAL
+            with dev.dmabuf_mmap(forger.fd, prot=PROT_READ) as seen:
+                assert len(seen) == SIZE and seen[0:7] == b"claimed"
+            dev.gem_close(handle)
+            others_unharmed(d, before)
+    finally:
+        os.close(memory)
+
+
+def test_debugger_access_to_a_buffer_the_daemon_cannot_map_is_efault(
+    fresh_daemon: DaemonProcess,
+) -> None:
+    """A foreign buffer sealed against writes after the import: a debugger's VM access
+    there is EFAULT (the daemon's writable map is EPERM), and the daemon goes on."""
+    d = fresh_daemon
+    memfd = os.memfd_create("sealed-later", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    os.ftruncate(memfd, PAGE_SIZE)
+    fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)  # what an import asks
+    owner, buf = fake_exporter(memfd, PAGE_SIZE)
+    try:
+        with (
+            Device.open(d.socket_path) as dev,
+            Device.open(d.socket_path, role="debugger") as dbg,
+        ):
+            before = baseline(d)
+            handle = dev.prime_fd_to_handle(buf.fileno())
+            vm = dev.vm_create()
+            dev.vm_bind(vm, handle, SEALED_VA)
+            fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE)  # nobody maps it yet
+            dbg.debug_attach(os.getpid())
+            assert errno_of(dbg.debug_vm_write, dev.client_id, vm, SEALED_VA, b"x") == EFAULT
+            assert errno_of(dbg.debug_vm_read, dev.client_id, vm, SEALED_VA, 8) == EFAULT
+            dbg.debug_detach(os.getpid())
+            dev.vm_destroy(vm)
+            dev.gem_close(handle)
+            assert d.proc is not None and d.proc.poll() is None
+            assert baseline(d) == before
+    finally:
+        owner.close()
+        buf.close()
+        os.close(memfd)
+
+
+def test_offset_allowed_while_any_handle_of_the_file_is_open(
+    fresh_daemon: DaemonProcess,
+) -> None:
+    """A file with two handles to one object (GEM_OPEN, PRIME import) maps its offset
+    until it closes both (drm_vma_node_allow counts per file), then EACCES."""
+    d = fresh_daemon
+    with Device.open(d.socket_path) as dev, Device.open(d.socket_path) as other:
+        before = baseline(d)
+        bo = dev.gem_create(PAGE_SIZE)
+        offset = dev.gem_mmap_offset(bo)
+        dmabuf = dev.prime_handle_to_fd(bo)
+        try:
+            opened, _ = other.gem_open(dev.gem_flink(bo))
+            imported = other.prime_fd_to_handle(dmabuf)
+        finally:
+            os.close(dmabuf)
+        assert opened != imported
+        other.gem_close(opened)
+        mmap_request(other, offset, PAGE_SIZE, RW)  # the import still allows it
+        other.gem_close(imported)
+        assert mmap_errno(other, offset, PAGE_SIZE) == errno.EACCES
+        mmap_request(dev, offset, PAGE_SIZE, RW)
+        dev.gem_close(bo)
+        assert baseline(d) == before
