@@ -208,8 +208,7 @@ _VERBS = frozenset({Role.VERBS})
 _NO_CONTEXT = (EPROTO, "no IBV_OPEN_CONTEXT yet on this connection")
 _DEAD_CONTEXT = (
     EIO,
-    "the daemon behind the context went away (it restarted), or its device was "
-    "unplugged: close it",
+    "the daemon behind the context went away (it restarted), or its device was unplugged: close it",
 )
 
 
@@ -950,7 +949,8 @@ SPECS: dict[Op, OpSpec] = {
             request=m.XedAdminObjects,
             reply=m.XedAdminObjectsReply,
             roles=frozenset({Role.ADMIN}),
-            doc="Object counts, and each dma-buf and exported VM with who holds it.",
+            doc="Object counts, and the first 448 dma-bufs and exported VMs with who holds them "
+            "(what one reply holds; the counts say how many there are).",
             errors=(),
         ),
         OpSpec(
