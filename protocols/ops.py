@@ -156,6 +156,14 @@ _RESERVE_FD = (EMFILE, "the daemon is down to its last limits.descriptor_reserve
 _RESERVE = (ENOMEM, "the daemon is down to its last limits.descriptor_reserve descriptors")
 _EXPORTED = (ENOMEM, "limits.exported: this client's dma-bufs and VM exports still alive")
 _GONE = (ENODEV, "the descriptor is an exported object of a device since unplugged")
+# checked before the handler runs: the kernel never holds a caller's descriptors for
+# it, so a uid may not make the daemon hold more than this many of its own (EMFILE, a
+# descriptor table with no room, as the per-uid unread descriptors are refused)
+_LENT = (
+    EMFILE,
+    "this uid's blocking requests, over all its connections, already hold 64 lent "
+    "descriptors (LENT_PER_UID): refused at once, the connection goes on",
+)
 
 # errors every op whose reply carries descriptors can answer with, besides its own: the
 # descriptors could not be given (the request is refused, the connection goes on)
@@ -200,8 +208,7 @@ _VERBS = frozenset({Role.VERBS})
 _NO_CONTEXT = (EPROTO, "no IBV_OPEN_CONTEXT yet on this connection")
 _DEAD_CONTEXT = (
     EIO,
-    "the daemon behind the context went away (it restarted), or its device was "
-    "unplugged: close it",
+    "the daemon behind the context went away (it restarted), or its device was unplugged: close it",
 )
 
 
@@ -838,6 +845,7 @@ SPECS: dict[Op, OpSpec] = {
             ),
             errors=(
                 (EBADF, "a closed descriptor: sendmsg(2) refuses it in the caller"),
+                _LENT,
                 _GONE,
                 (EINVAL, "the descriptor is not a dma-buf (a memfd, a pipe, a VM fd, ...)"),
                 (EINVAL, "another daemon's descriptor that does not answer as a dma-buf"),
@@ -863,6 +871,7 @@ SPECS: dict[Op, OpSpec] = {
                 "works for any holder of the descriptor, handle or not."
             ),
             errors=(
+                _LENT,
                 (EINVAL, "the descriptor is not a dma-buf (or answers with untrusted memory)"),
                 _GONE,
                 (EINVAL, "length zero or offset not page aligned"),
@@ -881,6 +890,7 @@ SPECS: dict[Op, OpSpec] = {
             blocking=True,
             doc="Begin (START) or end (END) CPU access to the attached dma-buf.",
             errors=(
+                _LENT,
                 (EINVAL, "the descriptor is not a dma-buf (or answers with untrusted memory)"),
                 _GONE,
                 (EINVAL, "flags outside DMA_BUF_SYNC_VALID_FLAGS_MASK"),
@@ -895,6 +905,7 @@ SPECS: dict[Op, OpSpec] = {
             blocking=True,
             doc="lseek(2) on the attached dma-buf: (0, SEEK_END) tells its size.",
             errors=(
+                _LENT,
                 (EINVAL, "the descriptor is not a dma-buf (or answers with untrusted memory)"),
                 _GONE,
                 (EINVAL, "anything but offset 0 with SEEK_SET or SEEK_END"),
@@ -938,7 +949,8 @@ SPECS: dict[Op, OpSpec] = {
             request=m.XedAdminObjects,
             reply=m.XedAdminObjectsReply,
             roles=frozenset({Role.ADMIN}),
-            doc="Object counts, and each dma-buf and exported VM with who holds it.",
+            doc="Object counts, and the first 448 dma-bufs and exported VMs with who holds them "
+            "(what one reply holds; the counts say how many there are).",
             errors=(),
         ),
         OpSpec(

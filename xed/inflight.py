@@ -72,6 +72,9 @@ class UnreadLedger:
         self.connections: dict[int, set[Unread]] = collections.defaultdict(set)
         self.swept: dict[int, float] = {}  # uid -> when its connections were last looked at
         self.smallest = smallest_truesize()
+        # uid -> its blocking requests under way that hold a lent descriptor, over all
+        # its connections (server.py LENT_PER_UID): what it makes the daemon hold
+        self.lent: collections.Counter[int] = collections.Counter()
 
 
 class Unread:

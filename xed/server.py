@@ -64,7 +64,13 @@ from .device.device import XeDevice
 from .device.errors import IoctlError
 from .device.eudebug import debug_event
 from .device.file import XeFile
-from .device.limits import EXHAUSTED, OPENS_DESCRIPTORS, DescriptorReserve, out_of_errno
+from .device.limits import (
+    EXHAUSTED,
+    OPENS_DESCRIPTORS,
+    DescriptorReserve,
+    limit_hit,
+    out_of_errno,
+)
 from .device.limits import out_of_resources as _out_of_resources
 from .device.process import peer_instance
 from .inflight import Unread, UnreadLedger
@@ -84,6 +90,13 @@ EVENT_QUEUE = 256  # events a slow client may fall behind by before they are dro
 # the daemon's table from a single descriptor of its own. Past this the reader waits for
 # one to end before it reads on, as a thread's next ioctl waits for its last.
 LENT_IN_FLIGHT = 16
+# And for all connections of one uid (a copy of the descriptor each, plus its own held
+# by peer_call meanwhile): connections cost a uid nothing to open, so without this one
+# uid parks LENT_IN_FLIGHT on each of as many as it likes and takes the table every
+# other uid's GEM_CREATE, MMAP and accept() need. Past it the request is refused at
+# once with EMFILE, the errno of a descriptor table with no room: the kernel never
+# holds a process's descriptors for it, so the process must not make xed hold more.
+LENT_PER_UID = 64
 
 
 # op -> (handler, whether it takes the request's descriptors, whether it must be awaited,
@@ -157,7 +170,8 @@ class Connection:
         raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
         self.pid, self.uid, self.gid = _PEERCRED.unpack(raw)
         # descriptors this client has not read; the ledger is the daemon's, by uid
-        self.unread = Unread(ledger or UnreadLedger(device.limits), sock.fileno(), self.uid)
+        self.ledger = ledger or UnreadLedger(device.limits)
+        self.unread = Unread(self.ledger, sock.fileno(), self.uid)
         self.client_id = client_id
         self.proto = ServerConnection()
         self.log = structlog.get_logger("xed").bind(client_id=client_id, pid=self.pid)
@@ -296,6 +310,8 @@ class Connection:
                         except BaseException:  # the connection ends: nobody answers it
                             _close_all(fds)
                             raise
+                        if not await self._lend(request):
+                            continue
                     nursery.start_soon(self._answer_blocking, request, nursery.cancel_scope)
                 elif fds:
                     try:
@@ -306,6 +322,21 @@ class Connection:
                     await self._answer(request)
         except _Disconnected as exc:
             return f"reset ({exc})"
+
+    async def _lend(self, request: Request) -> bool:
+        """Count a blocking request's descriptors against the uid (LENT_PER_UID); past it,
+        let them go and refuse the request with EMFILE."""
+        lent = self.ledger.lent
+        if lent[self.uid] < LENT_PER_UID:
+            lent[self.uid] += 1
+            return True
+        self._lent.release()
+        _close_all(request.fds)
+        limit_hit(self.xef, "lent_descriptors_per_uid")
+        message = f"uid {self.uid} has {LENT_PER_UID} blocking requests holding descriptors"
+        self.device.ioctl_stats.record(request.op, errno.EMFILE, 0.0)
+        await self._refuse(request.id, errno.EMFILE, message, request.op)
+        return False
 
     def _lost_descriptors(self, data: bytes) -> tuple[int, str]:
         """Why the kernel dropped descriptors attached to a request: more than a request
@@ -411,6 +442,10 @@ class Connection:
             _close_all(request.fds)
             if request.fds:
                 self._lent.release()
+                lent = self.ledger.lent
+                lent[self.uid] -= 1
+                if not lent[self.uid]:
+                    del lent[self.uid]
 
     async def _crashed(self, request: Request, exc: Exception) -> None:
         """A bug in a handler (never the client's input): log it loudly, fail the ioctl

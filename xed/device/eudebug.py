@@ -177,19 +177,32 @@ VIEW_BINDINGS_PER_VM = 256
 VIEW_BINDINGS = 768
 
 
+def _first_handles(xef: XeFile) -> dict[int, int]:
+    """id(BO) -> its first handle in the file. One pass: looking each binding's BO up
+    among the handles was VIEW_BINDINGS x limits.bos steps (768 x 65536, over a second
+    with every other client waiting) for a target that opens one BO's name 65535 times."""
+    first: dict[int, int] = {}
+    for handle, bo in xef.handles.items():
+        first.setdefault(id(bo), handle)
+    return first
+
+
 def _vm_view(targets: list[XeFile]) -> tuple[m.XedDebugVm, ...]:
     vms: list[m.XedDebugVm] = []
     left = VIEW_BINDINGS
     for xef in targets:
+        handles: dict[int, int] | None = None
         for vm_id, vm in list(xef.vms.items())[: VIEW_VMS - len(vms)]:
             shown = vm.vmas()[: min(VIEW_BINDINGS_PER_VM, left)]
             left -= len(shown)
+            if shown and handles is None:
+                handles = _first_handles(xef)
             bindings = tuple(
                 m.XedDebugBinding(
                     va=vma.start,
                     range=vma.end - vma.start,
                     kind=vma.kind,
-                    handle=next((h for h, bo in xef.handles.items() if bo is vma.bo), 0),
+                    handle=handles.get(id(vma.bo), 0) if handles else 0,
                     userptr=vma.host.node.start + vma.bo_offset if vma.host else 0,
                 )
                 for vma in shown

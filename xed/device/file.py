@@ -32,12 +32,18 @@ if TYPE_CHECKING:
 
 
 def _comm(pid: int) -> str:
-    """The peer's command name, for the admin view (it may be gone already)."""
+    """The peer's command name, for the admin view (it may be gone already).
+
+    Any bytes the process chose (prctl(PR_SET_NAME)): not always UTF-8, so undecodable
+    ones are replaced, and the name is cut to 16 bytes of UTF-8, the width ADMIN_CLIENTS
+    counts with (ADMIN_CLIENTS_LISTED)."""
     try:
-        with open(f"/proc/{pid}/comm") as comm:
-            return comm.read().strip()[:16]
+        with open(f"/proc/{pid}/comm", "rb") as comm:
+            raw = comm.read().rstrip(b"\n")
     except OSError:
         return "?"
+    name = raw.decode("utf-8", "replace").encode()[:16]
+    return name.decode("utf-8", "ignore")  # a character the cut split goes whole
 
 
 class XeFile:
