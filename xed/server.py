@@ -525,22 +525,26 @@ class Connection:
 
     # --- events ---------------------------------------------------------------------------
     def _queue_event(self, event: Event, data: Any) -> None:
-        events = self._events or self._open_events()
-        if events is None:  # the connection has ended: nobody to tell
-            return
+        """Send an event now if nothing is queued before it and the socket has room
+        (nearly always); else queue it for a writer task, made the first time one is
+        needed. None of this ever waits: events come from any task of the daemon."""
+        frame = encode_event(event, data)
+        events = self._events
+        if events is None:
+            if self._nursery is None:  # the connection has ended: nobody to tell
+                return
+            try:
+                if self._send_now(frame):
+                    return
+            except _Disconnected:  # its reader sees the end as well
+                return
+            events, queued = trio.open_memory_channel[bytes](EVENT_QUEUE)
+            self._nursery.start_soon(self._write_events, queued)
+            self._events = events
         try:
-            events.send_nowait(encode_event(event, data))
+            events.send_nowait(frame)
         except (trio.WouldBlock, trio.ClosedResourceError):
             self.device.stats["events_dropped"] += 1
-
-    def _open_events(self) -> trio.MemorySendChannel[bytes] | None:
-        """The event queue and the task writing it out, made at the connection's first
-        event; None once the connection has ended."""
-        if self._nursery is None:
-            return None
-        self._events, queued = trio.open_memory_channel[bytes](EVENT_QUEUE)
-        self._nursery.start_soon(self._write_events, queued)
-        return self._events
 
     async def _write_events(self, queued: trio.MemoryReceiveChannel[bytes]) -> None:
         # started by whichever task queued the first event, whose log context it copied
