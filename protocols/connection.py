@@ -62,8 +62,7 @@ class ServerConnection:
         except ProtocolError:
             self.strikes += 1
             raise
-        if self.strikes:
-            self.strikes = 0
+        self.strikes = 0
         if request.op in self.allowed:
             return request
         if request.op is Op.HELLO:

@@ -35,6 +35,7 @@ from protocols import (
     MAX_DATAGRAM,
     MAX_FDS,
     PROTOCOL_VERSION,
+    SHORTAGE,
     SPECS,
     Event,
     LocalProtocolError,
@@ -65,7 +66,6 @@ from .device.errors import IoctlError
 from .device.eudebug import debug_event
 from .device.file import XeFile
 from .device.limits import (
-    EXHAUSTED,
     OPENS_DESCRIPTORS,
     DescriptorReserve,
     limit_hit,
@@ -140,7 +140,7 @@ class _FdsRefused(Exception):
 
 
 # sendmsg(2) failures that are about the descriptors attached, not about the peer
-_FDS_ERRNOS = EXHAUSTED | {errno.ETOOMANYREFS}
+_FDS_ERRNOS = SHORTAGE | {errno.ETOOMANYREFS}
 
 
 @attrs.define
@@ -398,7 +398,7 @@ class Connection:
         descriptors or memory where no handler expected it), or a bug of ours (EIO)."""
         if isinstance(exc, IoctlError):
             err, message = exc.errno, exc.message
-        elif isinstance(exc, OSError) and exc.errno in EXHAUSTED:
+        elif isinstance(exc, OSError) and exc.errno in SHORTAGE:
             refusal = _out_of_resources(self.xef, request.op, exc)
             err, message = refusal.errno, refusal.message
         else:
@@ -710,7 +710,7 @@ async def _accept_loop(
                 if turned_away:
                     device.stats["limits_hit"] += 1
                     continue
-            if exc.errno in EXHAUSTED:
+            if exc.errno in SHORTAGE:
                 # no spare descriptor to answer with, or the kernel is short of memory
                 log.error("accept_failed", errno=errno_name(exc.errno or 0))
                 await trio.sleep(0.1)

@@ -40,8 +40,6 @@ if TYPE_CHECKING:
 
 _log = structlog.get_logger("xed")
 
-EXHAUSTED = SHORTAGE  # what the kernel answers when a descriptor or memory cannot be had
-
 # ops whose answer makes the daemon open a descriptor for the client: a BO's memfd, an
 # exported object's socketpair, the descriptor a reply carries, a page of its own
 OPENS_DESCRIPTORS = frozenset(
@@ -139,7 +137,7 @@ class DescriptorReserve:
         try:
             probe = self._probe()
         except OSError as exc:
-            if exc.errno in EXHAUSTED:
+            if exc.errno in SHORTAGE:
                 return True
             raise
         os.close(probe)

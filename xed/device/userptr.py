@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from protocols import SHORTAGE
 from protocols import messages as m
 from protocols.constants import PAGE_SIZE
 from protocols.words import Words
 
 from .errors import GpuFault, IoctlError, refuse_if
-from .limits import EXHAUSTED
 from .memory import client_memory
 
 if TYPE_CHECKING:
@@ -155,7 +155,7 @@ def host_memory_register_ioctl(
     try:
         xef.host = HostArena(xef, fd, args.size)
     except OSError as exc:
-        if exc.errno in EXHAUSTED:  # the daemon's want, not the client's mistake
+        if exc.errno in SHORTAGE:  # the daemon's want, not the client's mistake
             raise
         raise IoctlError(EINVAL, f"cannot map it shared: {exc.strerror}") from exc
     xef.log.info("host_memory_registered", size=args.size, offset=xef.host.node.start)
