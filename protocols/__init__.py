@@ -22,6 +22,7 @@ from .codec import (
     from_wire,
     peek_op,
     peek_request_id,
+    plain_request,
     reply_record,
     to_wire,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "pack_fds",
     "peek_op",
     "peek_request_id",
+    "plain_request",
     "reply_record",
     "to_wire",
     "unpack_fds",

@@ -261,6 +261,34 @@ def decode_request(data: bytes, fds: tuple[int, ...] = (), truncated: bool = Fal
     return _tuple_new(Request, (request_id, op, record, fds))
 
 
+def plain_request(data: bytes, allowed: frozenset[Op]) -> tuple[int, Op, Any] | None:
+    """(id, op, args record) of a request that passes every check decode_request makes,
+    is for an op in `allowed` and carries no descriptor; None for anything else (a
+    defect, an op not allowed, one that takes descriptors), which decode_request and
+    the handshake then refuse with their errno. The caller has seen that the datagram
+    came whole and without descriptors.
+
+    The daemon's twin of reply_record: nearly every request is one of these, and one
+    pass with no envelope is the cost of its round trip (the layers and the Request
+    built around each were a tenth of the daemon's CPU, with both processes on one
+    CPU)."""
+    try:
+        request_id, number, args = _unpack(data)  # its id a u32 int, or ProtocolError
+    except ProtocolError:
+        return None
+    if type(number) is not int or not request_id:  # an unhashable op, a bool, a float
+        return None
+    entry = _REQUESTS.get(number)
+    if entry is None or entry[1] or entry[0] not in allowed:
+        return None
+    cls = entry[2]
+    try:
+        record = (_FROM_WIRE.get(cls) or _compile_from_wire(cls))(args)
+    except FieldError:
+        return None
+    return request_id, entry[0], record
+
+
 # --- replies and events -----------------------------------------------------------------
 def encode_reply(request_id: int, op: Op | None, errno: int, result: Any) -> bytes:
     if errno:

@@ -38,6 +38,7 @@ from protocols import (
     encode_request,
     messages,
     pack_fds,
+    plain_request,
     reply_record,
     to_wire,
     unpack_fds,
@@ -387,6 +388,91 @@ def test_reply_record_with_a_bad_field_is_eproto() -> None:
     with pytest.raises(ProtocolError) as info:
         reply_record(data, (), 1, Op.VERSION)
     assert info.value.errno == EPROTO
+
+
+# --- the one-pass request ----------------------------------------------------------------
+ALL_OPS = frozenset(SPECS)
+
+
+def plain_agrees(data: bytes, allowed: frozenset[Op] = ALL_OPS) -> Any:
+    """plain_request's answer, checked against decode_request's for the same datagram
+    (whole, no descriptors): the same id, op and record, or None where decode_request
+    refuses it, the op takes descriptors or is not allowed."""
+    try:
+        full: Any = decode_request(data, ())
+    except ProtocolError as exc:
+        full = exc
+    fast = plain_request(data, allowed)
+    if fast is not None:
+        assert type(full) is Request and full == Request(*fast)
+        assert fast[1] in allowed and not SPECS[fast[1]].fds_in
+    else:
+        assert (
+            type(full) is ProtocolError or full.op not in allowed or SPECS[full.op].fds_in
+        ), full
+    return fast
+
+
+@FUZZ
+@given(request_ids, requests())
+def test_plain_request_is_the_request_decoded(
+    request_id: int, op_and_args: tuple[Op, Any]
+) -> None:
+    """Every valid request of an op that takes no descriptors is read in one pass to
+    decode_request's record; one that takes descriptors is left to decode_request."""
+    op, args = op_and_args
+    fast = plain_agrees(encode_request(request_id, op, args))
+    assert (fast is None) == bool(SPECS[op].fds_in)
+
+
+@FUZZ
+@given(request_ids, requests())
+def test_plain_request_leaves_ops_not_allowed_to_the_long_way(
+    request_id: int, op_and_args: tuple[Op, Any]
+) -> None:
+    """An op outside the connection's allowed set is None: the handshake's table says
+    which errno (EPROTO before HELLO, EACCES for another role or node)."""
+    op, args = op_and_args
+    data = encode_request(request_id, op, args)
+    assert plain_agrees(data, ALL_OPS - {op}) is None
+    assert plain_agrees(data, frozenset()) is None
+
+
+@FUZZ
+@given(
+    frame_ints(),
+    st.one_of(frame_ints(), msgpack_values()),
+    st.one_of(msgpack_values(), requests().map(lambda r: to_wire(r[1]))),
+)
+def test_plain_request_agrees_with_decode_request_on_any_frame(
+    ident: int, number: Any, body: Any
+) -> None:
+    """Whatever a frame holds, plain_request gives decode_request's request or None; it
+    never raises and never passes what decode_request refuses."""
+    plain_agrees(pack([ident, number, body]))
+
+
+def test_plain_request_leaves_every_defect_to_decode_request() -> None:
+    """Ids 0, past u32 or a bool; an op that is a bool, a float, a list or unknown; a
+    bad field; a frame that is not three elements; garbage; too long: all None."""
+    version = int(Op.VERSION)
+    assert plain_agrees(pack([1, version, {}])) == (1, Op.VERSION, messages.DrmVersion())
+    for frame in (
+        [0, version, {}],
+        [1 << 32, version, {}],
+        [True, version, {}],
+        [1, True, {}],
+        [1, float(version), {}],
+        [1, [version], {}],
+        [1, 0x7FFF, {}],
+        [1, int(Op.XE_GEM_CREATE), {"size": -1}],
+        [1, version, {"stray": 1}],
+        [1, version],
+        {"id": 1},
+    ):
+        assert plain_agrees(pack(frame)) is None, frame
+    assert plain_agrees(b"\xc1") is None
+    assert plain_agrees(pack([1, version, {}]) + b"\0" * MAX_DATAGRAM) is None
 
 
 # --- encode side ------------------------------------------------------------------------

@@ -52,6 +52,7 @@ from protocols import (
     pack_fds,
     peek_op,
     peek_request_id,
+    plain_request,
     unpack_fds,
 )
 from protocols import (
@@ -236,7 +237,7 @@ class Connection:
         The socket is read here rather than in a helper coroutine, and a plain op
         (_PLAIN) is answered here too: two coroutines a request were a tenth of the
         daemon's CPU per round trip."""
-        sock, receive, device = self.sock, self.proto.receive, self.device
+        sock, proto, device = self.sock, self.proto, self.device
         stats = device.ioctl_stats
         try:
             while True:
@@ -275,35 +276,48 @@ class Connection:
                     _close_all(fds)
                     await self._refuse(peek_request_id(data), *self._lost_descriptors(data))
                     continue
-                try:
-                    request = receive(data, fds, bool(flags & _MSG_TRUNC))
-                except ProtocolError as exc:
-                    _close_all(fds)
-                    await self._refuse(exc.request_id, exc.errno, exc.message)
-                    if self.proto.exhausted:
-                        self.log.warning("client_dropped", reason="malformed messages")
-                        return "garbage"
-                    continue
-                op = request.op
+                # nearly every request: whole, no descriptors, an op allowed now
+                plain = None if fds or flags & _MSG_TRUNC else plain_request(data, proto.allowed)
+                request: Request | None = None  # an envelope only where one is needed
+                if plain is not None:
+                    request_id, op, args = plain
+                    if proto.strikes:  # it was well-formed: the strikes start again
+                        proto.strikes = 0
+                else:
+                    try:
+                        request = proto.receive(data, fds, bool(flags & _MSG_TRUNC))
+                    except ProtocolError as exc:
+                        _close_all(fds)
+                        await self._refuse(exc.request_id, exc.errno, exc.message)
+                        if proto.exhausted:
+                            self.log.warning("client_dropped", reason="malformed messages")
+                            return "garbage"
+                        continue
+                    request_id, op, args = request.id, request.op, request.args
                 handler = _PLAIN.get(op)
                 if handler is not None and not device.is_gone(self.xef.generation):
                     started = _now()
                     try:
                         if device.test_crashes:
                             device.crash_point(op.name)
-                        result = handler(self.xef, request.args)
+                        result = handler(self.xef, args)
                         if type(result) is not tuple:  # a reply that cannot go is ours too
-                            reply = encode_reply(request.id, op, 0, result)
+                            reply = encode_reply(request_id, op, 0, result)
                     except Exception as exc:
+                        request = request or Request(request_id, op, args)
                         await self._failed(request, exc, started)
                         continue
                     if type(result) is tuple:  # descriptors it already held
+                        request = request or Request(request_id, op, args)
                         await self._send_result(request, result, started)
                         continue
                     if not self._send_now(reply):
                         await self._send_when_room(reply, [])
                     stats.record(op, 0, _now() - started)
-                elif op in _BLOCKING:
+                    continue
+                if request is None:
+                    request = Request(request_id, op, args)
+                if op in _BLOCKING:
                     if fds:
                         try:
                             await self._lent.acquire()
