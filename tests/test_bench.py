@@ -83,7 +83,8 @@ def test_bench_rdma_compares_with_memcpy_and_an_ioctl() -> None:
 
 def test_bench_throughput_prints_each_count_against_the_design_floor() -> None:
     """bench throughput runs N client processes through the daemon and through the
-    design floor's server, and prints per N both rates, their ratio and both p99s."""
+    design floor's server, and prints per N both rates, their ratio and both p99s, then
+    the CPU each call cost in the clients and in the server, for both."""
     out = xec("bench", "throughput", "--clients", "1,2", "--seconds", "0.2", "--rounds", "1")
     for clients in (1, 2):
         row = re.search(
@@ -93,4 +94,11 @@ def test_bench_throughput_prints_each_count_against_the_design_floor() -> None:
         )
         assert row, out
         assert int(row.group(1).replace(",", "")) > 0 and int(row.group(2).replace(",", "")) > 0
+    cpu = out.split("CPU per call", 1)[1]
+    for clients in (1, 2):  # clients, server and their sum, for each side
+        cells = re.search(rf"^\s+{clients}((?:\s+\d+\.\d){{6}})$", cpu, re.MULTILINE)
+        assert cells, out
+        daemon_client, daemon_server, daemon_sum = map(float, cells.group(1).split()[:3])
+        assert daemon_client > 0 and daemon_server > 0
+        assert abs(daemon_sum - (daemon_client + daemon_server)) <= 0.11
     assert re.search(r"^throughput ratio: \d+\.\d\d at worst", out, re.MULTILINE), out
