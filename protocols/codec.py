@@ -64,20 +64,30 @@ _tuple_new = tuple.__new__  # a NamedTuple's own __new__ is a Python function ar
 # time the class travels (the hot path: a loop over the fields cost more than the
 # socket). The values themselves are checked by the record's own checks (fields.py):
 # inline in from_wire for a map holding every field, in `__init__` for any other.
-_TO_WIRE: dict[type, Callable[[Any], dict[str, Any]]] = {}
-_FROM_WIRE: dict[type, Callable[[Any], Any]] = {}
+class _Compiled(dict[type, Any]):
+    """Record class -> its compiled function, compiled at its first lookup: `table[cls]`
+    is one dict lookup on the hot path, where a helper to look up or compile was a call
+    more on every message."""
+
+    def __init__(self, compile_for: Callable[[type], Any]) -> None:
+        super().__init__()
+        self._compile_for = compile_for
+
+    def __missing__(self, cls: type) -> Any:
+        return self._compile_for(cls)  # which stores it
+
+
+_TO_WIRE: dict[type, Callable[[Any], dict[str, Any]]] = _Compiled(lambda cls: _compile_to_wire(cls))
+_FROM_WIRE: dict[type, Callable[[Any], Any]] = _Compiled(lambda cls: _compile_from_wire(cls))
 
 
 def to_wire(record: Any) -> dict[str, Any]:
-    cls = type(record)
-    encode = _TO_WIRE.get(cls) or _compile_to_wire(cls)
-    return encode(record)
+    return _TO_WIRE[type(record)](record)
 
 
 def from_wire(cls: type, obj: Any) -> Any:
     """Build `cls` from a peer's map; missing fields are zero, as in a memset struct."""
-    decode = _FROM_WIRE.get(cls) or _compile_from_wire(cls)
-    return decode(obj)
+    return _FROM_WIRE[cls](obj)
 
 
 def _map_of(cls: type) -> str:
@@ -104,14 +114,10 @@ def _compile_to_wire(cls: type) -> Callable[[Any], dict[str, Any]]:
 # A frame `[head, code, map of r]` packed by one function per record class: the map
 # built, packed and its size checked in one call, where to_wire and a packing helper
 # were three on every message.
-_FRAMES: dict[type, Callable[[int, int, Any], bytes]] = {}
+_FRAMES: dict[type, Callable[[int, int, Any], bytes]] = _Compiled(lambda cls: _compile_frame(cls))
 # One packer for the process: packb() would build a new one per frame. Packing holds the
 # GIL from start to end, so threads cannot interleave inside it.
 _PACKER = msgpack.Packer(use_bin_type=True)
-
-
-def _frame(cls: type) -> Callable[[int, int, Any], bytes]:
-    return _FRAMES.get(cls) or _compile_frame(cls)
 
 
 def _compile_frame(cls: type) -> Callable[[int, int, Any], bytes]:
@@ -199,7 +205,7 @@ def encode_request(request_id: int, op: Op, args: Any) -> bytes:
         raise LocalProtocolError(f"{op.name} takes {cls.__name__}")
     if not 0 < request_id <= MAX_REQUEST_ID:
         raise LocalProtocolError("request ids are non-zero u32")
-    return _frame(cls)(request_id, number, args)
+    return _FRAMES[cls](request_id, number, args)
 
 
 def _peek(data: bytes, items: int) -> list[Any]:
@@ -253,7 +259,7 @@ def decode_request(data: bytes, fds: tuple[int, ...] = (), truncated: bool = Fal
         raise ProtocolError(
             EINVAL, f"{op.name} takes {fds_in} descriptors, got {len(fds)}", request_id
         )
-    decode = _FROM_WIRE.get(cls) or _compile_from_wire(cls)  # from_wire(), inline
+    decode = _FROM_WIRE[cls]  # from_wire(), inline
     try:
         record = decode(args)
     except FieldError as exc:
@@ -283,7 +289,7 @@ def plain_request(data: bytes, allowed: frozenset[Op]) -> tuple[int, Op, Any] | 
         return None
     cls = entry[2]
     try:
-        record = (_FROM_WIRE.get(cls) or _compile_from_wire(cls))(args)
+        record = _FROM_WIRE[cls](args)
     except FieldError:
         return None
     return request_id, entry[0], record
@@ -296,7 +302,7 @@ def encode_reply(request_id: int, op: Op | None, errno: int, result: Any) -> byt
             raise LocalProtocolError("an error reply carries ErrorInfo")
     elif op is None or type(result) is not _REPLIES[op]:
         raise LocalProtocolError(f"{op} answers with {op and SPECS[op].reply.__name__}")
-    return _frame(type(result))(request_id, errno, result)
+    return _FRAMES[type(result)](request_id, errno, result)
 
 
 def encode_error(request_id: int, errno: int, message: str) -> bytes:
@@ -306,7 +312,7 @@ def encode_error(request_id: int, errno: int, message: str) -> bytes:
 def encode_event(event: Event, data: Any) -> bytes:
     if type(data) is not EVENTS[event]:
         raise LocalProtocolError(f"{event.name} carries {EVENTS[event].__name__}")
-    return _frame(type(data))(0, int(event), data)
+    return _FRAMES[type(data)](0, int(event), data)
 
 
 # op -> (its reply record's decoder, the descriptors a reply carries), for reply_record:
