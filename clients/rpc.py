@@ -5,7 +5,8 @@ Replies are matched by id; events that arrive meanwhile are queued; a refusal ra
 XeError with the peer's errno; descriptors that come with a refusal are closed. However
 the peer goes away (it closed the connection, died with our request unread, left a
 reply half-said, or answers with something that is not the protocol), the caller sees
-one error: DaemonGone.
+one error: DaemonGone; unless it said why just before it hung up (a PROTOCOL_ERROR
+event, as for a connection it will not serve), which is then the request's refusal.
 """
 
 from __future__ import annotations
@@ -63,7 +64,14 @@ class RpcConnection:
         while True:
             if type(message) is EventMessage:
                 self.events.append(message)
-                message = self._receive(pending)
+                try:
+                    message = self._receive(pending)
+                except DaemonGone:
+                    # it said why, then hung up: our request came after it looked
+                    refusal = _refusal(message, op)
+                    if refusal is None:
+                        raise
+                    raise refusal from None
                 continue
             if message.errno:
                 _close(message.fds)
@@ -80,9 +88,7 @@ class RpcConnection:
             message = decode_incoming(data, (), {})
         except (OSError, ProtocolError):
             message = None
-        if isinstance(message, EventMessage) and message.event is Event.PROTOCOL_ERROR:
-            return XeError(message.data.errno, op.name, message.data.message)
-        return DaemonGone(f"{self._peer} is gone ({exc.strerror})")
+        return _refusal(message, op) or DaemonGone(f"{self._peer} is gone ({exc.strerror})")
 
     def wait_event(self, timeout: float | None = None) -> EventMessage:
         """The next event (queued ones first); TimeoutError if none came in time."""
@@ -122,6 +128,14 @@ class RpcConnection:
 
     def close(self) -> None:
         self.transport.close()
+
+
+def _refusal(message: Any, op: Op) -> XeError | None:
+    """The daemon's last word before it hung up, if it was a PROTOCOL_ERROR event (a
+    connection it would not serve: EMFILE), as the refusal of our request `op`."""
+    if isinstance(message, EventMessage) and message.event is Event.PROTOCOL_ERROR:
+        return XeError(message.data.errno, op.name, message.data.message)
+    return None
 
 
 def _close(fds: Sequence[int]) -> None:
