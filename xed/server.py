@@ -3,6 +3,8 @@
 One task per connection reads datagrams and answers them in order; ops that block
 (WAIT_USER_FENCE) run in tasks of the connection's own nursery, so a disconnect cancels
 them. Everything a connection held is released when its task ends, however it ends.
+Each uid may have [limits] connections_per_uid connections open: one more is answered
+EMFILE at accept and closed, as when the descriptor table is full.
 Socket I/O goes straight to the non-blocking socket and only parks in trio when the
 kernel says EAGAIN: a round trip costs two system calls when the peer is quick.
 
@@ -669,6 +671,7 @@ async def serve(
     device = XeDevice(config)
     handle = ServerHandle(device, path)
     ledger = UnreadLedger(config.limits)
+    refusals = xlog.RateLimit()  # connections turned away, logged as refused ioctls are
     listener.setblocking(False)
     log = xlog.get()
     try:
@@ -683,9 +686,11 @@ async def serve(
             task_status.started(handle)
             if on_ready:
                 on_ready(handle)
-            await _accept_loop(device, handle, listener, nursery, ledger, log)
+            await _accept_loop(device, handle, listener, nursery, ledger, log, refusals)
     finally:
         device.descriptors.close()
+        if refusals.missed:  # nothing is suppressed without saying how much
+            log.info("connection_refused_suppressed", count=refusals.missed)
 
 
 async def _accept_loop(
@@ -695,64 +700,60 @@ async def _accept_loop(
     nursery: trio.Nursery,
     ledger: UnreadLedger,
     log: Any,
+    refusals: xlog.RateLimit,
 ) -> None:
     # never reused while the daemon lives: one id follows one connection through the log
     client_ids = itertools.count(1)
-    refusals = xlog.RateLimit()  # connections turned away, logged as ioctls refused are
-    try:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(listener)
-                continue
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE):
-                    try:
-                        turned_away = _turn_away(listener, device.descriptors, log, refusals)
-                    except BlockingIOError:  # accept() wants room before it looks at the backlog
-                        await trio.lowlevel.wait_readable(listener)
-                        continue
-                    if turned_away:
-                        device.stats["limits_hit"] += 1
-                        continue
-                if exc.errno in SHORTAGE:
-                    # no spare descriptor to answer with, or the kernel is short of memory
-                    log.error("accept_failed", errno=errno_name(exc.errno or 0))
-                    await trio.sleep(0.1)
-                    device.descriptors.reopen_spare()
-                    continue
-                raise
-            # Counted here, before the next accept (which does not wait when more are in
-            # the backlog), and let go when the connection's task ends, however it ends.
-            uid = _PEERCRED.unpack(
-                conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-            )[1]
-            if not ledger.connect(uid):
-                limit = device.limits.connections_per_uid
-                message = f"uid {uid} has {limit} connections open (limits.connections_per_uid)"
-                _refuse_connection(
-                    conn, message, log, refusals, reason="connections_per_uid", uid=uid
-                )
-                device.stats["limits_hit"] += 1
-                continue
-            conn.setblocking(False)
-            client_id = next(client_ids)
-            handle.connections += 1
-
-            async def run(
-                conn: socket.socket = conn, client_id: int = client_id, uid: int = uid
-            ) -> None:
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(listener)
+            continue
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
                 try:
-                    await Connection(device, conn, client_id, ledger).run()
-                finally:
-                    handle.connections -= 1
-                    ledger.disconnect(uid)
+                    turned_away = _turn_away(listener, device.descriptors, log, refusals)
+                except BlockingIOError:  # accept() wants room before it looks at the backlog
+                    await trio.lowlevel.wait_readable(listener)
+                    continue
+                if turned_away:
+                    device.stats["limits_hit"] += 1
+                    continue
+            if exc.errno in SHORTAGE:
+                # no spare descriptor to answer with, or the kernel is short of memory
+                log.error("accept_failed", errno=errno_name(exc.errno or 0))
+                await trio.sleep(0.1)
+                device.descriptors.reopen_spare()
+                continue
+            raise
+        # Counted here, before the next accept (which does not wait when more are in the
+        # backlog), and let go when the connection's task ends, however it ends.
+        uid = _PEERCRED.unpack(
+            conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+        )[1]
+        if not ledger.connect(uid):
+            limit = device.limits.connections_per_uid
+            message = f"uid {uid} has {limit} connections open (limits.connections_per_uid)"
+            _refuse_connection(conn, message, log, refusals, reason="connections_per_uid", uid=uid)
+            device.stats["limits_hit"] += 1
+            continue
+        conn.setblocking(False)
+        client_id = next(client_ids)
+        handle.connections += 1
 
-            nursery.start_soon(run)
-    finally:
-        if refusals.missed:  # nothing is suppressed without saying how much
-            log.info("connection_refused_suppressed", count=refusals.missed)
+        async def run(
+            conn: socket.socket = conn, client_id: int = client_id, uid: int = uid
+        ) -> None:
+            try:
+                await Connection(device, conn, client_id, ledger).run()
+            finally:
+                handle.connections -= 1
+                # in the step that closed its socket, before any other accept: a client
+                # that saw the end of its connection finds its place free
+                ledger.disconnect(uid)
+
+        nursery.start_soon(run)
 
 
 def _turn_away(
