@@ -9,8 +9,9 @@ daemon process to its READY=1 (the median of READY_STARTS starts), as run here a
 with the daemon's bytecode cached as an installed daemon's is.
 
 10,000 connections need 10,000 descriptors on each side: the daemon this tool starts
-gets a descriptor limit to match (DaemonProcess(nofile=)), and this process raises its
-own soft limit as far as the hard one allows (or the count is cut to fit, and says so).
+gets a descriptor limit to match (DaemonProcess(nofile=)) and lets one uid, ours, open
+them all ([limits] connections_per_uid), and this process raises its own soft limit as
+far as the hard one allows (or the count is cut to fit, and says so).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from .daemon import DaemonProcess
@@ -109,6 +111,11 @@ def _kind(
 
 def bench_scale(connections: int, objects: int) -> dict[str, Any]:
     """Connections, BOs, VMs and exec queues, `connections` and `objects` of each."""
+    with tempfile.TemporaryDirectory(prefix="xed-bench-") as scratch:
+        return _bench_scale(connections, objects, Path(scratch) / "xed.toml")
+
+
+def _bench_scale(connections: int, objects: int, config: Path) -> dict[str, Any]:
     progress = Progress()
     progress(f"daemon start to READY=1, {READY_STARTS} times each way", force=True)
     ready = _ready_ms()
@@ -119,11 +126,14 @@ def bench_scale(connections: int, objects: int) -> dict[str, Any]:
     if hard != resource.RLIM_INFINITY:
         nofile = min(nofile, hard)
     results: dict[str, dict[str, float]] = {}
+    # Every connection is ours, one uid's, and the daemon's table is cut to fit the
+    # count: by default one uid may have only three quarters of it.
+    config.write_text(f"[limits]\nconnections_per_uid = {fitting + 1}\n")  # + the admin
 
     # each kind in a daemon of its own: memory freed by one kind would be reused by the next
     # (the interpreter keeps it), and the next would seem to cost nothing
     def daemon() -> DaemonProcess:
-        return DaemonProcess(extra_args=("--log-level", "warning"), nofile=nofile)
+        return DaemonProcess(extra_args=("--log-level", "warning"), nofile=nofile, config=config)
 
     with daemon() as d, Device.open(d.socket_path, role="admin") as admin:
         progress(f"{fitting:,} connections", force=True)

@@ -5,7 +5,8 @@ Replies are matched by id; events that arrive meanwhile are queued; a refusal ra
 XeError with the peer's errno; descriptors that come with a refusal are closed. However
 the peer goes away (it closed the connection, died with our request unread, left a
 reply half-said, or answers with something that is not the protocol), the caller sees
-one error: DaemonGone.
+one error: DaemonGone; unless it said why just before it hung up (a PROTOCOL_ERROR
+event, as for a connection it will not serve), which is then the request's refusal.
 """
 
 from __future__ import annotations
@@ -46,43 +47,53 @@ class RpcConnection:
         general path and a reply envelope built and read cost more than their code
         suggests: about a fifth of the library's time."""
         self._next_id = request_id = self._next_id % 0xFFFF_FFFF + 1
+        heard = len(self.events)
         try:
             self.transport.send(encode_request(request_id, op, args), fds)
         except ConnectionError as exc:  # EPIPE, ECONNRESET: nobody is listening any more
-            raise self._unheard(op, exc) from exc
-        data, received = self._recv()
+            gone = DaemonGone(f"{self._peer} is gone ({exc.strerror})")
+            raise self._last_word(op, heard) or gone from exc
         try:
-            record = reply_record(data, received, request_id, op)
-        except ProtocolError as exc:
-            _close(received)
-            raise DaemonGone(f"protocol error from {self._peer}: {exc}") from exc
-        if record is not None:
-            return record, list(received)
-        pending = {request_id: op}
-        message = self._decode(data, received, pending)
-        while True:
-            if type(message) is EventMessage:
+            data, received = self._recv()
+            try:
+                record = reply_record(data, received, request_id, op)
+            except ProtocolError as exc:
+                _close(received)
+                raise DaemonGone(f"protocol error from {self._peer}: {exc}") from exc
+            if record is not None:
+                return record, list(received)
+            pending = {request_id: op}
+            message = self._decode(data, received, pending)
+            while type(message) is EventMessage:
                 self.events.append(message)
                 message = self._receive(pending)
-                continue
-            if message.errno:
-                _close(message.fds)
-                raise XeError(message.errno, op.name, message.result.message)
-            return message.result, list(message.fds)
+        except DaemonGone as exc:
+            refusal = self._last_word(op, heard)
+            if refusal is None:
+                raise
+            raise refusal from exc
+        if message.errno:
+            _close(message.fds)
+            raise XeError(message.errno, op.name, message.result.message)
+        return message.result, list(message.fds)
 
-    def _unheard(self, op: Op, exc: OSError) -> Exception:
-        """Our request found the connection closed. If the daemon said why before it
-        hung up (a PROTOCOL_ERROR event: EMFILE when it turned us away for want of
-        descriptors before our HELLO came), that is the request's refusal; otherwise
-        the daemon is gone."""
-        try:
-            data = self.transport.sock.recv(MAX_DATAGRAM, socket.MSG_DONTWAIT)
-            message = decode_incoming(data, (), {})
-        except (OSError, ProtocolError):
-            message = None
-        if isinstance(message, EventMessage) and message.event is Event.PROTOCOL_ERROR:
-            return XeError(message.data.errno, op.name, message.data.message)
-        return DaemonGone(f"{self._peer} is gone ({exc.strerror})")
+    def _last_word(self, op: Op, heard: int) -> XeError | None:
+        """The daemon hung up under our request: if the last thing it said was a
+        PROTOCOL_ERROR event (EMFILE: a connection it will not serve, when it looked for
+        our HELLO before it came), that is the request's refusal. The event is read
+        already (one of the `self.events` past `heard`), or still queued: the kernel
+        reports a reset before what is queued."""
+        if len(self.events) > heard:
+            last: Any = self.events[-1]
+        else:
+            try:
+                data = self.transport.sock.recv(MAX_DATAGRAM, socket.MSG_DONTWAIT)
+                last = decode_incoming(data, (), {})
+            except (OSError, ProtocolError):
+                return None
+        if isinstance(last, EventMessage) and last.event is Event.PROTOCOL_ERROR:
+            return XeError(last.data.errno, op.name, last.data.message)
+        return None
 
     def wait_event(self, timeout: float | None = None) -> EventMessage:
         """The next event (queued ones first); TimeoutError if none came in time."""

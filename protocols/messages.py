@@ -789,6 +789,10 @@ class XedLimits:
     unread_descriptors: int = u64("descriptors in replies a client has not read yet")
     unread_descriptors_per_uid: int = u64("the same, for all connections of one uid")
     descriptor_reserve: int = u64("descriptors kept free for new connections and admin")
+    connections_per_uid: int = u64("connections one uid may have open at once")
+    lent_descriptors_per_uid: int = u64(
+        "descriptors one uid's blocking requests may hold, over all its connections"
+    )
 
 
 @frozen

@@ -161,8 +161,9 @@ _GONE = (ENODEV, "the descriptor is an exported object of a device since unplugg
 # descriptor table with no room, as the per-uid unread descriptors are refused)
 _LENT = (
     EMFILE,
-    "this uid's blocking requests, over all its connections, already hold 64 lent "
-    "descriptors (LENT_PER_UID): refused at once, the connection goes on",
+    "this uid's blocking requests, over all its connections, already hold "
+    "limits.lent_descriptors_per_uid lent descriptors: refused at once, the connection "
+    "goes on",
 )
 
 # errors every op whose reply carries descriptors can answer with, besides its own: the
@@ -335,6 +336,11 @@ SPECS: dict[Op, OpSpec] = {
                     EMFILE,
                     "the daemon has no descriptor left for the connection: it answers, "
                     "then hangs up",
+                ),
+                (
+                    EMFILE,
+                    "this uid has limits.connections_per_uid connections open already "
+                    "(every role, channels too): it answers, then hangs up",
                 ),
             ),
         ),

@@ -170,8 +170,9 @@ def test_attach_while_the_daemon_is_out_of_descriptors_is_enomem(
 ) -> None:
     """DMA_BUF_ATTACH while clients hold every descriptor the daemon may have: ENOMEM on
     the dma-buf's descriptor, and the dma-buf lives on (served once they are back)."""
-    # a reserve below the limit, so that the table really fills
-    daemon = make_daemon("[limits]\ndescriptor_reserve = 4\n", nofile=NOFILE)
+    # a reserve below the limit, and room for our uid's connections: the table really fills
+    limits = f"[limits]\ndescriptor_reserve = 4\nconnections_per_uid = {NOFILE * 2}\n"
+    daemon = make_daemon(limits, nofile=NOFILE)
     hogs: list[socket.socket] = []
     with Device.open(daemon.socket_path) as dev:
         handle = dev.gem_create(0x1000)

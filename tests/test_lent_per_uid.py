@@ -3,8 +3,9 @@
 A blocking request with a descriptor (a foreign dma-buf's DMA_BUF_LLSEEK, ...) keeps it,
 and a copy, in the daemon's table until its peer answers or PEER_TIMEOUT passes. Each
 connection parks at most LENT_IN_FLIGHT of them; one uid, over all its connections, at
-most LENT_PER_UID: past that the request is refused at once with EMFILE, so a uid that
-opens many connections cannot fill the table every other uid's requests need.
+most [limits] lent_descriptors_per_uid: past that the request is refused at once with
+EMFILE, so a uid that opens many connections cannot fill the table every other uid's
+requests need.
 """
 
 from __future__ import annotations
@@ -37,11 +38,12 @@ from protocols import (
 )
 from protocols import messages as m
 from protocols.constants import PAGE_SIZE, SEEK_END
-from xed.server import LENT_IN_FLIGHT, LENT_PER_UID
+from xed.server import LENT_IN_FLIGHT
 
 TIMEOUT = 10.0
 NOFILE = 256
 CONNECTIONS = 16  # each parks LENT_IN_FLIGHT: on the old code, past NOFILE
+LENT = 32  # [limits] lent_descriptors_per_uid, below its default (64)
 
 
 def _outq(sock: socket.socket) -> int:
@@ -126,12 +128,12 @@ def test_one_uid_parking_requests_on_many_connections_leaves_other_uids_served(
 
 
 def test_blocking_request_past_the_uids_lent_limit_is_emfile(make_daemon: Any) -> None:
-    """With LENT_PER_UID descriptors lent by a uid's blocking requests, one more, on any
-    of its connections, is answered EMFILE at once; the connection goes on, and once
-    they end the uid's blocking requests are served again."""
-    daemon = make_daemon(nofile=4096)
+    """With limits.lent_descriptors_per_uid descriptors lent by a uid's blocking
+    requests, one more, on any of its connections, is answered EMFILE at once; the
+    connection goes on, and once they end the uid's blocking requests are served again."""
+    daemon = make_daemon(f"[limits]\nlent_descriptors_per_uid = {LENT}\n", nofile=4096)
     before = baseline(daemon)
-    full = LENT_PER_UID // LENT_IN_FLIGHT
+    full = LENT // LENT_IN_FLIGHT
     with parked(daemon, full, LENT_IN_FLIGHT):
         silent, kept = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with silent, kept:
@@ -146,6 +148,7 @@ def test_blocking_request_past_the_uids_lent_limit_is_emfile(make_daemon: Any) -
                 reply = decode_incoming(last.recv(MAX_DATAGRAM), (), {7: Op.DMA_BUF_LLSEEK})
                 assert isinstance(reply, Reply)
                 assert (reply.id, reply.errno) == (7, EMFILE)
+                assert f"has {LENT} blocking requests" in reply.result.message
                 # the connection goes on: a request without descriptors is answered
                 last.sendmsg([encode_request(8, Op.VERSION, m.DrmVersion())])
                 reply = decode_incoming(last.recv(MAX_DATAGRAM), (), {8: Op.VERSION})

@@ -407,8 +407,9 @@ def test_watchdog_and_status_go_on_with_every_descriptor_taken(
     """Clients take every descriptor the daemon may have (its accept fails with EMFILE):
     WATCHDOG=1 keeps coming, STATUS= still follows the objects, the daemon lives on
     and serves again once the descriptors are back."""
-    config = tmp_path / "xed.toml"  # a reserve below the limit: the table really fills
-    config.write_text("[limits]\ndescriptor_reserve = 4\n")
+    config = tmp_path / "xed.toml"  # a reserve below the limit, and room for our uid's
+    # connections: the table really fills
+    config.write_text(f"[limits]\ndescriptor_reserve = 4\nconnections_per_uid = {NOFILE * 2}\n")
     proc = serve(
         children, tmp_path, manager, "--config", str(config), nofile=NOFILE,
         WATCHDOG_USEC="200000",

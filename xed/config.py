@@ -140,11 +140,12 @@ class AdminConfig:
 
 @attrs.frozen(kw_only=True)
 class LimitsConfig:
-    """What one client (one connection: the drm_file) may hold at once, and the headroom
-    the daemon keeps for everyone else. A client that reaches one of its limits gets
-    ENOMEM and nobody else notices; the daemon short of descriptors answers EMFILE where
-    the call hands one back. The defaults lie far above what a real driver's user holds
-    (xed/device/limits.py)."""
+    """What one client (one connection: the drm_file) may hold at once, what one uid may
+    make the daemon hold over all its connections, and the headroom the daemon keeps for
+    everyone else. A client that reaches one of its limits gets ENOMEM and nobody else
+    notices; the daemon short of descriptors answers EMFILE where the call hands one
+    back, as do the per-uid descriptor limits. The defaults lie far above what a real
+    driver's user holds (xed/device/limits.py)."""
 
     # GEM handles. Mesa holds thousands (BO caches, suballocation keep it there); a
     # process cannot map more than vm.max_map_count (65530) BOs anyway
@@ -165,6 +166,32 @@ class LimitsConfig:
     # daemon-wide: descriptors kept free so that new connections and the admin role are
     # served while clients sit at the limit
     descriptor_reserve: int = attrs.field(default=256, validator=_positive)
+    # connections one uid may have open at once, whatever their role (channels count
+    # too): each costs the daemon a descriptor of the table every uid shares, and costs
+    # the uid nothing. Past it a new connection is answered EMFILE and closed, as the
+    # kernel's per-user instance limits answer (inotify's max_user_instances). 0: three
+    # quarters of what the daemon may open (RLIMIT_NOFILE at start, less
+    # descriptor_reserve), so that one uid never takes the whole table
+    connections_per_uid: int = attrs.field(default=0, validator=_non_negative)
+    # blocking requests with a descriptor attached (a dma-buf op asking another daemon,
+    # up to PEER_TIMEOUT) under way at once over all connections of one uid. Each holds
+    # the descriptor it lent, a copy of one the client may send again and again, and
+    # peer_call holds one more meanwhile: without a cap one uid parks as many as it has
+    # connections, and takes the table every other uid's GEM_CREATE, MMAP and accept()
+    # need. Past it the request is refused at once with EMFILE, the errno of a
+    # descriptor table with no room: the kernel never holds a process's descriptors for
+    # it, so the process must not make xed hold more
+    lent_descriptors_per_uid: int = attrs.field(default=64, validator=_positive)
+
+    def for_table(self, nofile: int) -> LimitsConfig:
+        """These limits in a daemon that may open `nofile` descriptors (its RLIMIT_NOFILE
+        soft limit at start; never infinite, the kernel caps it at fs.nr_open):
+        connections_per_uid 0 becomes three quarters of what descriptor_reserve leaves,
+        at least 1."""
+        if self.connections_per_uid:
+            return self
+        share = max(1, (nofile - self.descriptor_reserve) * 3 // 4)
+        return attrs.evolve(self, connections_per_uid=share)
 
 
 @attrs.frozen(kw_only=True)

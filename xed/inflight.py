@@ -25,6 +25,11 @@ SETTLE_EVERY replies, so that what a connection has read is not counted for long
 the uid's count would pass its limit, the uid's other connections are asked too, at
 most once every SWEEP_INTERVAL: a client that keeps asking past its limit costs the
 daemon one ioctl a request, not one per connection it holds.
+
+The ledger is the daemon's book of what each uid makes it hold over all its
+connections: besides the descriptors in flight, its connections (limits.
+connections_per_uid, counted by the accept loop) and the descriptors its blocking
+requests have lent it (limits.lent_descriptors_per_uid), both in server.py.
 """
 
 from __future__ import annotations
@@ -64,7 +69,8 @@ SWEEP_INTERVAL = 0.01  # s: at most one look at all of a uid's connections in th
 
 
 class UnreadLedger:
-    """The daemon's descriptors in flight, per client uid, against the limits."""
+    """What each client uid makes the daemon hold, against the limits: descriptors in
+    flight, descriptors lent, connections."""
 
     def __init__(self, limits: LimitsConfig) -> None:
         self.limits = limits
@@ -73,8 +79,27 @@ class UnreadLedger:
         self.swept: dict[int, float] = {}  # uid -> when its connections were last looked at
         self.smallest = smallest_truesize()
         # uid -> its blocking requests under way that hold a lent descriptor, over all
-        # its connections (server.py LENT_PER_UID): what it makes the daemon hold
+        # its connections (limits.lent_descriptors_per_uid): what it makes the daemon hold
         self.lent: collections.Counter[int] = collections.Counter()
+        # uid -> its connections open now, each a descriptor of the daemon's table: from
+        # accept to the end of the connection's task, however it ends
+        self.connected: collections.Counter[int] = collections.Counter()
+
+    def connect(self, uid: int) -> bool:
+        """Count a new connection of `uid`; False, and nothing counted, if the uid has
+        limits.connections_per_uid open already."""
+        if self.connected[uid] >= self.limits.connections_per_uid:
+            return False
+        self.connected[uid] += 1
+        return True
+
+    def disconnect(self, uid: int) -> None:
+        """A connection that connect() counted has ended."""
+        left = self.connected[uid] - 1
+        if left:
+            self.connected[uid] = left
+        else:
+            del self.connected[uid]
 
 
 class Unread:

@@ -3,6 +3,8 @@
 One task per connection reads datagrams and answers them in order; ops that block
 (WAIT_USER_FENCE) run in tasks of the connection's own nursery, so a disconnect cancels
 them. Everything a connection held is released when its task ends, however it ends.
+Each uid may have [limits] connections_per_uid connections open: one more is answered
+EMFILE at accept and closed, as when the descriptor table is full.
 Socket I/O goes straight to the non-blocking socket and only parks in trio when the
 kernel says EAGAIN: a round trip costs two system calls when the peer is quick.
 
@@ -17,6 +19,7 @@ import errno
 import inspect
 import itertools
 import os
+import resource
 import secrets
 import select
 import socket
@@ -89,15 +92,9 @@ EVENT_QUEUE = 256  # events a slow client may fall behind by before they are dro
 # to PEER_TIMEOUT) a connection may have under way at once. Each holds the descriptor it
 # lent, a copy of one the client may send again and again: unbounded, one client fills
 # the daemon's table from a single descriptor of its own. Past this the reader waits for
-# one to end before it reads on, as a thread's next ioctl waits for its last.
+# one to end before it reads on, as a thread's next ioctl waits for its last. (Over all
+# connections of one uid: [limits] lent_descriptors_per_uid, refused past it.)
 LENT_IN_FLIGHT = 16
-# And for all connections of one uid (a copy of the descriptor each, plus its own held
-# by peer_call meanwhile): connections cost a uid nothing to open, so without this one
-# uid parks LENT_IN_FLIGHT on each of as many as it likes and takes the table every
-# other uid's GEM_CREATE, MMAP and accept() need. Past it the request is refused at
-# once with EMFILE, the errno of a descriptor table with no room: the kernel never
-# holds a process's descriptors for it, so the process must not make xed hold more.
-LENT_PER_UID = 64
 
 
 # op -> (handler, whether it takes the request's descriptors, whether it must be awaited,
@@ -338,16 +335,20 @@ class Connection:
             return f"reset ({exc})"
 
     async def _lend(self, request: Request) -> bool:
-        """Count a blocking request's descriptors against the uid (LENT_PER_UID); past it,
-        let them go and refuse the request with EMFILE."""
-        lent = self.ledger.lent
-        if lent[self.uid] < LENT_PER_UID:
+        """Count a blocking request's descriptors against the uid
+        (limits.lent_descriptors_per_uid); past it, let them go and refuse the request
+        with EMFILE."""
+        lent, limit = self.ledger.lent, self.device.limits.lent_descriptors_per_uid
+        if lent[self.uid] < limit:
             lent[self.uid] += 1
             return True
         self._lent.release()
         _close_all(request.fds)
         limit_hit(self.xef, "lent_descriptors_per_uid")
-        message = f"uid {self.uid} has {LENT_PER_UID} blocking requests holding descriptors"
+        message = (
+            f"uid {self.uid} has {limit} blocking requests holding descriptors "
+            "(limits.lent_descriptors_per_uid)"
+        )
         self.device.ioctl_stats.record(request.op, errno.EMFILE, 0.0)
         await self._refuse(request.id, errno.EMFILE, message, request.op)
         return False
@@ -679,23 +680,31 @@ async def serve(
     task_status: trio.TaskStatus[ServerHandle] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve one emulated device on `listener` until cancelled."""
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    config = attrs.evolve(config, limits=config.limits.for_table(nofile))
     device = XeDevice(config)
     handle = ServerHandle(device, path)
     ledger = UnreadLedger(config.limits)
+    refusals = xlog.RateLimit()  # connections turned away, logged as refused ioctls are
     listener.setblocking(False)
     log = xlog.get()
     try:
         async with trio.open_nursery() as nursery:
             device.attach(nursery)
             log.info(
-                "daemon_ready", socket=str(path) if path else None, device=device.identity.name
+                "daemon_ready",
+                socket=str(path) if path else None,
+                device=device.identity.name,
+                connections_per_uid=config.limits.connections_per_uid,
             )
             task_status.started(handle)
             if on_ready:
                 on_ready(handle)
-            await _accept_loop(device, handle, listener, nursery, ledger, log)
+            await _accept_loop(device, handle, listener, nursery, ledger, log, refusals)
     finally:
         device.descriptors.close()
+        if refusals.missed:  # nothing is suppressed without saying how much
+            log.info("connection_refused_suppressed", count=refusals.missed)
 
 
 async def _accept_loop(
@@ -705,6 +714,7 @@ async def _accept_loop(
     nursery: trio.Nursery,
     ledger: UnreadLedger,
     log: Any,
+    refusals: xlog.RateLimit,
 ) -> None:
     # never reused while the daemon lives: one id follows one connection through the log
     client_ids = itertools.count(1)
@@ -717,7 +727,7 @@ async def _accept_loop(
         except OSError as exc:
             if exc.errno in (errno.EMFILE, errno.ENFILE):
                 try:
-                    turned_away = _turn_away(listener, device.descriptors, log)
+                    turned_away = _turn_away(listener, device.descriptors, log, refusals)
                 except BlockingIOError:  # accept() wants room before it looks at the backlog
                     await trio.lowlevel.wait_readable(listener)
                     continue
@@ -731,25 +741,42 @@ async def _accept_loop(
                 device.descriptors.reopen_spare()
                 continue
             raise
+        # Counted here, before the next accept (which does not wait when more are in the
+        # backlog), and let go when the connection's task ends, however it ends.
+        uid = _PEERCRED.unpack(
+            conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+        )[1]
+        if not ledger.connect(uid):
+            limit = device.limits.connections_per_uid
+            message = f"uid {uid} has {limit} connections open (limits.connections_per_uid)"
+            _refuse_connection(conn, message, log, refusals, reason="connections_per_uid", uid=uid)
+            device.stats["limits_hit"] += 1
+            continue
         conn.setblocking(False)
         client_id = next(client_ids)
         handle.connections += 1
 
-        async def run(conn: socket.socket = conn, client_id: int = client_id) -> None:
+        async def run(
+            conn: socket.socket = conn, client_id: int = client_id, uid: int = uid
+        ) -> None:
             try:
                 await Connection(device, conn, client_id, ledger).run()
             finally:
                 handle.connections -= 1
+                # in the step that closed its socket, before any other accept: a client
+                # that saw the end of its connection finds its place free
+                ledger.disconnect(uid)
 
         nursery.start_soon(run)
 
 
-def _turn_away(listener: socket.socket, reserve: DescriptorReserve, log: Any) -> bool:
+def _turn_away(
+    listener: socket.socket, reserve: DescriptorReserve, log: Any, refusals: xlog.RateLimit
+) -> bool:
     """Our descriptor table is full and a connection may wait in the backlog: accept it
-    into the spare descriptor's slot, answer its first request with EMFILE (a client
-    sends HELLO right after connect; one that has said nothing yet gets a PROTOCOL_ERROR
-    event instead), close it and take the spare back. Nobody hangs in the backlog.
-    False if there is no spare to give up; BlockingIOError if nobody waits.
+    into the spare descriptor's slot, refuse it (_refuse_connection) and take the spare
+    back. Nobody hangs in the backlog. False if there is no spare to give up;
+    BlockingIOError if nobody waits.
     """
     if not reserve.close_spare():
         return False
@@ -760,9 +787,25 @@ def _turn_away(listener: socket.socket, reserve: DescriptorReserve, log: Any) ->
         raise
     message = "the daemon is out of descriptors: try again later"
     try:
-        # Its HELLO is normally there already (it waited in the backlog). Never wait for
-        # it: every connection in the backlog waits behind this one. No room for
-        # ancillary data: descriptors it attached are dropped by the kernel.
+        _refuse_connection(conn, message, log, refusals, reason="out of descriptors")
+    finally:
+        reserve.reopen_spare()
+    reserve.warn_low(refused="a new connection")
+    return True
+
+
+def _refuse_connection(
+    conn: socket.socket, message: str, log: Any, refusals: xlog.RateLimit, **fields: Any
+) -> None:
+    """Answer a connection we will not serve with EMFILE and close it: its first request
+    gets the errno (a client sends HELLO right after connect); one that has said nothing
+    yet gets a PROTOCOL_ERROR event instead. Logged as connection_refused, rate-limited
+    as refused ioctls are: a client connecting in a loop must not make the daemon write
+    without end."""
+    try:
+        # Its HELLO is normally there already. Never wait for it: every connection in
+        # the backlog waits behind this one. No room for ancillary data: descriptors it
+        # attached are dropped by the kernel.
         try:
             request_id = peek_request_id(conn.recv(MAX_DATAGRAM, socket.MSG_DONTWAIT))
         except BlockingIOError:
@@ -777,7 +820,8 @@ def _turn_away(listener: socket.socket, reserve: DescriptorReserve, log: Any) ->
         log.info("turn_away_unanswered", errno=errno_name(exc.errno or 0))
     finally:
         conn.close()
-        reserve.reopen_spare()
-    log.info("connection_refused", reason="out of descriptors")
-    reserve.warn_low(refused="a new connection")
-    return True
+    allowed, suppressed = refusals(time.monotonic())
+    if suppressed:
+        log.info("connection_refused_suppressed", count=suppressed)
+    if allowed:
+        log.info("connection_refused", **fields)

@@ -175,7 +175,7 @@ async def drm_prime_fd_to_handle_ioctl(
 
     Checks, in order:
     - more blocking requests lending a descriptor under way for this uid than
-      LENT_PER_UID (checked by the server before this handler): EMFILE
+      limits.lent_descriptors_per_uid (checked by the server before this handler): EMFILE
     - the daemon is down to its descriptor reserve (limits.descriptor_reserve): ENOMEM
     - one of our exported objects of a device since unplugged (unplug.py): ENODEV
     - one of our exported objects that is not a dma-buf (an exported VM): EINVAL
@@ -278,7 +278,7 @@ async def dma_buf_sync_ioctl(xef: XeFile, args: m.DmaBufSync, fds: tuple[int, ..
 
     Checks, in order:
     - more blocking requests lending a descriptor under way for this uid than
-      LENT_PER_UID (checked by the server before this handler): EMFILE
+      limits.lent_descriptors_per_uid (checked by the server before this handler): EMFILE
     - flags outside DMA_BUF_SYNC_VALID_FLAGS_MASK: EINVAL
     - neither READ nor WRITE: EINVAL
     - one of ours of a device since unplugged (unplug.py): ENODEV
@@ -304,9 +304,9 @@ async def dma_buf_llseek_ioctl(
     """lseek(2) on the attached dma-buf (dma_buf_llseek).
 
     Checks: more blocking requests lending a descriptor under way for this uid than
-    LENT_PER_UID (checked by the server first): EMFILE; anything but offset 0 with
-    SEEK_SET or SEEK_END: EINVAL; one of ours of a device since unplugged: ENODEV; not a
-    dma-buf (or a foreign one answering with untrusted memory): EINVAL.
+    limits.lent_descriptors_per_uid (checked by the server first): EMFILE; anything but
+    offset 0 with SEEK_SET or SEEK_END: EINVAL; one of ours of a device since unplugged:
+    ENODEV; not a dma-buf (or a foreign one answering with untrusted memory): EINVAL.
     """
     refuse_if(args.offset != 0 or args.whence not in (SEEK_SET, SEEK_END), EINVAL, "bad seek")
     (fd,) = fds
