@@ -538,7 +538,11 @@ SPECS: dict[Op, OpSpec] = {
                 (EOPNOTSUPP, "user fence on a bind without binds, or without SIGNAL"),
                 (EFAULT, "user fence address not mapped by this connection"),
                 (EFAULT, "user fence in a GEM mapping of a foreign import (it faults, as xe's)"),
-                (EFAULT, "user fence in a BO the daemon cannot map (a foreign buffer's seal)"),
+                (
+                    EFAULT,
+                    "user fence in a BO the daemon cannot write (a read-only import, a "
+                    "foreign buffer sealed against writes)",
+                ),
                 (ENOMEM, "user fence in a BO the daemon cannot map (out of descriptors or memory)"),
             ),
         ),
@@ -596,7 +600,6 @@ SPECS: dict[Op, OpSpec] = {
                 (ENOENT, "exec_queue_id names no queue"),
                 (EFAULT, "addr not inside a mapping of this connection"),
                 (EFAULT, "addr in a GEM mapping of a foreign import (it faults, as xe's)"),
-                (EFAULT, "addr in a BO the daemon cannot map (a foreign buffer's seal)"),
                 (ENOMEM, "addr in a BO the daemon cannot map (out of descriptors or memory)"),
                 (EIO, "the exec queue was reset (banned) while waiting"),
                 (ETIME, "the timeout passed"),
@@ -813,6 +816,7 @@ SPECS: dict[Op, OpSpec] = {
                 (EINVAL, "length zero or above 32 KiB"),
                 (EINVAL, "a userptr range while debugger.userptr_access = false"),
                 (EFAULT, "an address with nothing bound (or NULL, or freed host memory)"),
+                (EFAULT, "a write to a foreign buffer sealed against writes (a read reads it)"),
             ),
         ),
         OpSpec(

@@ -279,6 +279,8 @@ async def debug_vm_access_ioctl(xef: XeFile, args: m.XedDebugVmAccess) -> m.XedD
     - length (or the data's) zero or above 32 KiB: EINVAL
     - an address with nothing bound, a NULL binding, freed host memory: EFAULT
     - a userptr range while [debugger] userptr_access is false: EINVAL
+    - a write to a foreign buffer its owner sealed against writes (the daemon cannot map
+      it writable; a read of it reads): EFAULT
     """
     target = next((f for f in xef.device.files if f.client_id == args.client_id), None)
     attached = {a.process for a in xef.debugging}

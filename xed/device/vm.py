@@ -200,19 +200,20 @@ class XeVm:
         return vma.bo
 
     @staticmethod
-    def _view(memory: XeBo | HostArena, address: int) -> mmap.mmap:
-        """The device's mapping of `memory`; a map the kernel refuses (no descriptor or
-        memory left, a seal on a foreign buffer) is a fault on the access, as a page the
-        GPU cannot reach would be."""
+    def _view(memory: XeBo | HostArena, address: int, write: bool) -> mmap.mmap:
+        """The device's mapping of `memory`, for reading or writing; a map the kernel
+        refuses (no descriptor or memory left, a write seal on a foreign buffer: that one
+        is read through a read-only map) is a fault on the access, as a page the GPU
+        cannot reach would be."""
         try:
-            return memory.view()
+            return memory.view(write)
         except OSError as exc:
             raise _unmappable(address, exc) from exc
 
     @staticmethod
     def _words(memory: XeBo | HostArena, address: int) -> Words:
         try:
-            return memory.words()
+            return memory.words(write=True)
         except OSError as exc:
             raise _unmappable(address, exc) from exc
 
@@ -224,7 +225,8 @@ class XeVm:
                 parts.append(bytes(n))
             else:
                 start = vma.bo_offset + offset
-                parts.append(self._view(memory, vma.start + offset)[start : start + n])
+                view = self._view(memory, vma.start + offset, write=False)
+                parts.append(view[start : start + n])
         return b"".join(parts)
 
     def write_u64(self, addr: int, value: int) -> tuple[XeBo | HostArena, int] | None:
@@ -247,7 +249,8 @@ class XeVm:
         for (vma, offset, n), memory in zip(spans, backing, strict=True):
             if memory is not None:
                 start = vma.bo_offset + offset
-                self._view(memory, vma.start + offset)[start : start + n] = data[pos : pos + n]
+                view = self._view(memory, vma.start + offset, write=True)
+                view[start : start + n] = data[pos : pos + n]
             pos += n
 
 
@@ -382,7 +385,8 @@ def xe_vm_bind_ioctl(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
     - syncs: as EXEC's (EINVAL, ENOENT, EOPNOTSUPP); a user fence on a bind with no
       binds: EOPNOTSUPP; a user fence address this file has not mapped, or in a GEM
       mapping of a foreign import that faults (imported_mmap = "xe"): EFAULT; in a BO
-      the daemon cannot map: ENOMEM (out of descriptors or memory), else EFAULT
+      the daemon cannot map: ENOMEM (out of descriptors or memory), else EFAULT; in a
+      BO the daemon may not write (a read-only import, a write-sealed buffer): EFAULT
     """
     vm = xef.vms.get(args.vm_id)
     if vm is None:
