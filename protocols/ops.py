@@ -801,9 +801,13 @@ SPECS: dict[Op, OpSpec] = {
             blocking=True,
             doc=(
                 "Read or write a target VM at GPU addresses, across its VMAs, BO and "
-                "userptr alike. One access is atomic against invalidation, as the kernel "
-                "copies under the notifier lock: it sees one generation of a userptr's "
-                "pages, and one meeting pages mid-change waits and starts over, whole."
+                "userptr alike, one VMA after the other as xe's eudebug VM file does. "
+                "Each VMA's part is atomic against invalidation, as the kernel copies "
+                "under the notifier lock: it sees one generation of a userptr's pages, "
+                "and one meeting pages mid-change waits and starts over, whole. A VMA "
+                "refused after others were done ends the access short, as pread/pwrite "
+                "do: the reply's `length` (and for a read, its data) says how far it "
+                "got, with no error; a VMA's error is the answer only if it is the first."
             ),
             errors=(
                 (
@@ -814,9 +818,17 @@ SPECS: dict[Op, OpSpec] = {
                 (EPERM, "the connection was opened by a uid not ours, and we are not root"),
                 (ENOENT, "no such VM"),
                 (EINVAL, "length zero or above 32 KiB"),
+                (
+                    EFAULT,
+                    "an address with nothing bound (or NULL), or a write to a read-only "
+                    "binding or import",
+                ),
                 (EINVAL, "a userptr range while debugger.userptr_access = false"),
-                (EFAULT, "an address with nothing bound (or NULL, or freed host memory)"),
-                (EFAULT, "a write to a foreign buffer sealed against writes (a read reads it)"),
+                (
+                    EFAULT,
+                    "freed host memory; a write to a foreign buffer sealed against writes "
+                    "(a read of it reads); memory the daemon cannot map",
+                ),
             ),
         ),
         OpSpec(

@@ -187,6 +187,41 @@ def test_gpu_batch_reads_a_buffer_sealed_against_writes(fresh_daemon: DaemonProc
         assert d.proc is not None and d.proc.poll() is None
 
 
+def test_debugger_write_into_a_sealed_buffer_past_a_bo_is_short(
+    fresh_daemon: DaemonProcess,
+) -> None:
+    """A debugger write from a BO on into the write-sealed foreign buffer bound after it
+    writes the BO's part and answers that count, no error (xe's eudebug VM file: a
+    short pwrite); one starting in the sealed buffer is EFAULT; a read reads both."""
+    d = fresh_daemon
+    with (
+        foreign_buffer() as (memfd, buf),
+        Device.open(d.socket_path) as dev,
+        Device.open(d.socket_path, role="debugger") as dbg,
+    ):
+        before = baseline(d)
+        bo = dev.gem_create(PAGE_SIZE)
+        handle = dev.prime_fd_to_handle(buf.fileno())
+        vm = dev.vm_create()
+        dev.vm_bind(vm, bo, SEALED_VA - PAGE_SIZE)
+        dev.vm_bind(vm, handle, SEALED_VA)
+        fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE)  # nobody maps it yet
+        dbg.debug_attach(os.getpid())
+        cid = dev.client_id
+        assert dbg.debug_vm_write(cid, vm, SEALED_VA - 8, b"BO part!sealed!!") == 8
+        with dev.mmap_bo(bo) as cpu:
+            assert cpu[PAGE_SIZE - 16 :] == bytes(8) + b"BO part!"
+        assert os.pread(memfd, PAGE_SIZE, 0) == PATTERN
+        assert errno_of(dbg.debug_vm_write, cid, vm, SEALED_VA, b"sealed!!") == EFAULT
+        assert dbg.debug_vm_read(cid, vm, SEALED_VA - 8, 16) == b"BO part!" + PATTERN[:8]
+        dbg.debug_detach(os.getpid())
+        dev.vm_destroy(vm)
+        dev.gem_close(handle)
+        dev.gem_close(bo)
+        assert d.proc is not None and d.proc.poll() is None
+        assert baseline(d) == before
+
+
 def test_offset_allowed_while_any_handle_of_the_file_is_open(
     fresh_daemon: DaemonProcess,
 ) -> None:

@@ -199,6 +199,11 @@ class XeVm:
             return vma.host
         return vma.bo
 
+    def binding_at(self, addr: int, length: int, write: bool) -> tuple[Vma, int, int]:
+        """The VMA at addr, the offset into it and how many of the `length` bytes from
+        there it covers; GpuFault as _spans (nothing bound, a write it refuses)."""
+        return next(self._spans(addr, length, write))
+
     @staticmethod
     def _view(memory: XeBo | HostArena, address: int, write: bool) -> mmap.mmap:
         """The device's mapping of `memory`, for reading or writing; a map the kernel
@@ -243,8 +248,14 @@ class XeVm:
         return None
 
     def write(self, addr: int, data: bytes) -> None:
+        """Store `data` at addr, across VMAs. Every span is checked before any byte is
+        written (bound, writable, its userptr pages neither freed nor mid-change: so a
+        UserptrBusy retry never finds half of it done). The views are made span by span,
+        each used at once (views.py): one the kernel refuses past the first span is a
+        GpuFault with the spans before it written, as a GPU's store faulting part way
+        leaves them. The debugger does not come here across VMAs (eudebug.py)."""
         spans = list(self._spans(addr, len(data), write=True))
-        backing = [self._memory(vma, offset, n) for vma, offset, n in spans]  # all, or none
+        backing = [self._memory(vma, offset, n) for vma, offset, n in spans]
         pos = 0
         for (vma, offset, n), memory in zip(spans, backing, strict=True):
             if memory is not None:
