@@ -22,6 +22,7 @@ import socket
 from collections.abc import Callable, Iterator
 from errno import EFAULT
 
+import pytest
 from conftest import baseline
 from helpers import BATCH_VA, Gpu, errno_of
 from test_device_views import fake_exporter
@@ -31,6 +32,7 @@ from test_mmap import RW, mmap_errno, mmap_request
 from clients import Batch, Device
 from clients.daemon import DaemonProcess
 from protocols.constants import PAGE_SIZE, PROT_READ
+from protocols.memfd import F_SEAL_FUTURE_WRITE
 
 __all__ = ["forge"]  # the fixture, imported to be found
 SEALED_VA = 0x3_0000_0000
@@ -133,8 +135,9 @@ def daemon_maps(daemon: DaemonProcess) -> list[str]:
         return [line.split()[1] for line in maps if f"memfd:{SEALED_NAME}" in line]
 
 
+@pytest.mark.parametrize("seal", [fcntl.F_SEAL_WRITE, F_SEAL_FUTURE_WRITE])
 def test_debugger_reads_a_buffer_sealed_against_writes_and_cannot_write_it(
-    fresh_daemon: DaemonProcess,
+    fresh_daemon: DaemonProcess, seal: int
 ) -> None:
     """A foreign buffer sealed against writes after the import: a debugger's VM read there
     returns its bytes (the daemon maps it read-only, once), a write is EFAULT and changes
@@ -149,7 +152,7 @@ def test_debugger_reads_a_buffer_sealed_against_writes_and_cannot_write_it(
         handle = dev.prime_fd_to_handle(buf.fileno())
         vm = dev.vm_create()
         dev.vm_bind(vm, handle, SEALED_VA)
-        fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE)  # nobody maps it yet
+        fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, seal)  # nobody maps it yet
         dbg.debug_attach(os.getpid())
         assert errno_of(dbg.debug_vm_write, dev.client_id, vm, SEALED_VA, b"x") == EFAULT
         assert dbg.debug_vm_read(dev.client_id, vm, SEALED_VA + 8, 8) == PATTERN[8:16]
