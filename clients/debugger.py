@@ -81,11 +81,12 @@ def attach(
         try:
             for client, vm_id, addr, data in writes:
                 assert isinstance(data, bytes)
-                dbg.debug_vm_write(client, vm_id, addr, data)
+                written = dbg.debug_vm_write(client, vm_id, addr, data)
                 result["patched"].append(
-                    {"client_id": client, "vm_id": vm_id, "addr": addr, "hex": data.hex()}
+                    {"client_id": client, "vm_id": vm_id, "addr": addr, "hex": data[:written].hex()}
                 )
-                print(f"patched {len(data)} bytes at {addr:#x}")
+                short = f" of {len(data)} (the rest is out of reach)" if written < len(data) else ""
+                print(f"patched {written} bytes{short} at {addr:#x}")
             for client, vm_id, addr, length in reads:
                 assert isinstance(length, int)
                 data = dbg.debug_vm_read(client, vm_id, addr, length)

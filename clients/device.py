@@ -631,17 +631,22 @@ class Device:
         self.ioctl(Op.DEBUG_DETACH, m.XedDebugDetach(pid=pid))
 
     def debug_vm_read(self, client_id: int, vm: int, addr: int, length: int) -> bytes:
+        """The bytes at addr: fewer than `length` if the read met a binding it could
+        not reach after the first (pread's short count)."""
         reply: m.XedDebugVmAccessReply = self.ioctl(
             Op.DEBUG_VM_ACCESS,
             m.XedDebugVmAccess(client_id=client_id, vm_id=vm, addr=addr, length=length),
         )
         return reply.data
 
-    def debug_vm_write(self, client_id: int, vm: int, addr: int, data: bytes) -> None:
-        self.ioctl(
+    def debug_vm_write(self, client_id: int, vm: int, addr: int, data: bytes) -> int:
+        """Write `data` at addr; return the bytes written: fewer than len(data) if the
+        write met a binding it could not reach after the first (pwrite's short count)."""
+        reply: m.XedDebugVmAccessReply = self.ioctl(
             Op.DEBUG_VM_ACCESS,
             m.XedDebugVmAccess(client_id=client_id, vm_id=vm, addr=addr, write=1, data=data),
         )
+        return reply.length
 
     # --- exec queues and execution ----------------------------------------------------------
     def exec_queue_create(

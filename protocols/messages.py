@@ -640,6 +640,10 @@ class XedDebugVmAccess:
 @frozen
 class XedDebugVmAccessReply:
     data: bytes = blob("what was read", max_len=32768)
+    length: int = u64(
+        "bytes read or written: fewer than asked when the access met, past its first "
+        "binding, one it could not reach (a short count, as pread/pwrite)"
+    )
     retries: int = u32("times the access met userptr pages mid-change and started over")
 
 

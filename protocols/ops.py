@@ -544,7 +544,11 @@ SPECS: dict[Op, OpSpec] = {
                 (EOPNOTSUPP, "user fence on a bind without binds, or without SIGNAL"),
                 (EFAULT, "user fence address not mapped by this connection"),
                 (EFAULT, "user fence in a GEM mapping of a foreign import (it faults, as xe's)"),
-                (EFAULT, "user fence in a BO the daemon cannot map (a foreign buffer's seal)"),
+                (
+                    EFAULT,
+                    "user fence in a BO the daemon cannot write (a read-only import, a "
+                    "foreign buffer sealed against writes)",
+                ),
                 (ENOMEM, "user fence in a BO the daemon cannot map (out of descriptors or memory)"),
             ),
         ),
@@ -602,7 +606,6 @@ SPECS: dict[Op, OpSpec] = {
                 (ENOENT, "exec_queue_id names no queue"),
                 (EFAULT, "addr not inside a mapping of this connection"),
                 (EFAULT, "addr in a GEM mapping of a foreign import (it faults, as xe's)"),
-                (EFAULT, "addr in a BO the daemon cannot map (a foreign buffer's seal)"),
                 (ENOMEM, "addr in a BO the daemon cannot map (out of descriptors or memory)"),
                 (EIO, "the exec queue was reset (banned) while waiting"),
                 (ETIME, "the timeout passed"),
@@ -804,9 +807,13 @@ SPECS: dict[Op, OpSpec] = {
             blocking=True,
             doc=(
                 "Read or write a target VM at GPU addresses, across its VMAs, BO and "
-                "userptr alike. One access is atomic against invalidation, as the kernel "
-                "copies under the notifier lock: it sees one generation of a userptr's "
-                "pages, and one meeting pages mid-change waits and starts over, whole."
+                "userptr alike, one VMA after the other as xe's eudebug VM file does. "
+                "Each VMA's part is atomic against invalidation, as the kernel copies "
+                "under the notifier lock: it sees one generation of a userptr's pages, "
+                "and one meeting pages mid-change waits and starts over, whole. A VMA "
+                "refused after others were done ends the access short, as pread/pwrite "
+                "do: the reply's `length` (and for a read, its data) says how far it "
+                "got, with no error; a VMA's error is the answer only if it is the first."
             ),
             errors=(
                 (
@@ -817,8 +824,17 @@ SPECS: dict[Op, OpSpec] = {
                 (EPERM, "the connection was opened by a uid not ours, and we are not root"),
                 (ENOENT, "no such VM"),
                 (EINVAL, "length zero or above 32 KiB"),
+                (
+                    EFAULT,
+                    "an address with nothing bound (or NULL), or a write to a read-only "
+                    "binding or import",
+                ),
                 (EINVAL, "a userptr range while debugger.userptr_access = false"),
-                (EFAULT, "an address with nothing bound (or NULL, or freed host memory)"),
+                (
+                    EFAULT,
+                    "freed host memory; a write to a foreign buffer sealed against writes "
+                    "(a read of it reads); memory the daemon cannot map",
+                ),
             ),
         ),
         OpSpec(

@@ -13,7 +13,7 @@ import fcntl
 import os
 import socket
 from collections.abc import Callable
-from errno import EFAULT
+from errno import EFAULT, ETIME
 from typing import Any
 
 from helpers import BATCH_VA, WAIT, Gpu, errno_of
@@ -112,15 +112,17 @@ def next_ban(dev: Device) -> Any:
             return event.data
 
 
-def test_user_fence_wait_on_a_buffer_the_daemon_cannot_map_is_efault(
+def test_user_fence_wait_reads_a_buffer_sealed_against_writes(
     make_daemon: Callable[..., DaemonProcess],
 ) -> None:
-    """WAIT_USER_FENCE on a forwarded foreign buffer the daemon cannot map (sealed
-    against writes after the import; the client maps it read-only): EFAULT, not EIO;
-    a VM_BIND user fence there likewise."""
+    """WAIT_USER_FENCE on a forwarded foreign buffer sealed against writes after the
+    import (the client maps it read-only) reads it, as copy_from_user reads a read-only
+    mapping: the value there passes, another times out (ETIME); a VM_BIND user fence
+    there, a write the daemon cannot make, is EFAULT."""
     daemon = make_daemon('[dma_buf]\nimported_mmap = "forward"\n')
     memfd = os.memfd_create("sealed-later", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     os.ftruncate(memfd, PAGE_SIZE)
+    os.pwrite(memfd, (7).to_bytes(8, "little"), 0)
     fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)  # what an import asks
     owner, buf = fake_exporter(memfd, PAGE_SIZE)
     try:
@@ -129,11 +131,43 @@ def test_user_fence_wait_on_a_buffer_the_daemon_cannot_map_is_efault(
             fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE)  # before any mapping
             mapping = dev.mmap(dev.gem_mmap_offset(handle), PAGE_SIZE, prot=PROT_READ)
             address = mapping.user_address(0)
-            assert errno_of(dev.wait_user_fence, address, 0, timeout=0) == EFAULT
+            dev.wait_user_fence(address, 7, timeout=0)
+            assert errno_of(dev.wait_user_fence, address, 8, timeout=0) == ETIME
             vm = dev.vm_create()
             fence = user_fence(address, 1)
             other = dev.gem_create(PAGE_SIZE)
             assert errno_of(dev.vm_bind, vm, other, BASE, syncs=[fence]) == EFAULT
+            dev.wait_user_fence(address, 7, timeout=0)  # the read-only map still serves
+            mapping.close()
+    finally:
+        owner.close()
+        buf.close()
+        os.close(memfd)
+
+
+def test_user_fence_in_a_read_only_import_is_efault(
+    make_daemon: Callable[..., DaemonProcess],
+) -> None:
+    """A VM_BIND user fence in a forwarded mapping of a read-only foreign import (sealed
+    against writes before the import) is EFAULT, as copy_to_user into a read-only
+    mapping is (it crashed the ioctl: the daemon stored into its read-only map);
+    WAIT_USER_FENCE there reads it."""
+    daemon = make_daemon('[dma_buf]\nimported_mmap = "forward"\n')
+    memfd = os.memfd_create("sealed-before", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    os.ftruncate(memfd, PAGE_SIZE)
+    os.pwrite(memfd, (5).to_bytes(8, "little"), 0)
+    fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_WRITE)
+    owner, buf = fake_exporter(memfd, PAGE_SIZE)
+    try:
+        with Device.open(daemon.socket_path) as dev:
+            handle = dev.prime_fd_to_handle(buf.fileno())
+            mapping = dev.mmap(dev.gem_mmap_offset(handle), PAGE_SIZE, prot=PROT_READ)
+            address = mapping.user_address(0)
+            vm = dev.vm_create()
+            other = dev.gem_create(PAGE_SIZE)
+            assert errno_of(dev.vm_bind, vm, other, BASE, syncs=[user_fence(address, 1)]) == EFAULT
+            dev.wait_user_fence(address, 5, timeout=0)
+            assert os.pread(memfd, 8, 0) == (5).to_bytes(8, "little")
             mapping.close()
     finally:
         owner.close()

@@ -8,26 +8,31 @@ object's own file still maps it.
 
 Then memory a client changes after handing it over: a forged dma-buf's memfd grown
 after the import (the buffer stays the size judged), and one sealed against writes
-before the daemon mapped it (a debugger's access there is EFAULT, not a crash).
+before the daemon mapped it: the device reads it through a read-only map, as its DMA
+would, and a write there is a fault (EFAULT for the debugger, a GPU fault for a batch).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterator
 from errno import EFAULT
 
+import pytest
 from conftest import baseline
-from helpers import errno_of
+from helpers import BATCH_VA, Gpu, errno_of
 from test_device_views import fake_exporter
 from test_dma_buf_forged import SIZE, Forger, forge, others_unharmed, sealed_memfd
 from test_mmap import RW, mmap_errno, mmap_request
 
-from clients import Device
+from clients import Batch, Device
 from clients.daemon import DaemonProcess
 from protocols.constants import PAGE_SIZE, PROT_READ
+from protocols.memfd import F_SEAL_FUTURE_WRITE
 
 __all__ = ["forge"]  # the fixture, imported to be found
 SEALED_VA = 0x3_0000_0000
@@ -103,38 +108,121 @@ def test_grown_forged_memory_is_bounded_by_the_size_claimed(
         os.close(memory)
 
 
-def test_debugger_access_to_a_buffer_the_daemon_cannot_map_is_efault(
-    fresh_daemon: DaemonProcess,
-) -> None:
-    """A foreign buffer sealed against writes after the import: a debugger's VM access
-    there is EFAULT (the daemon's writable map is EPERM), and the daemon goes on."""
-    d = fresh_daemon
-    memfd = os.memfd_create("sealed-later", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+PATTERN = bytes(range(256)) * (PAGE_SIZE // 256)  # what the foreign buffer holds
+SEALED_NAME = "xed-test-sealed-later"  # the memfd's name, as the daemon's maps show it
+
+
+@contextlib.contextmanager
+def foreign_buffer() -> Iterator[tuple[int, socket.socket]]:
+    """(memfd, dma-buf) of a fake exporter: one page holding PATTERN, sealed against
+    shrinking (what an import asks) and nothing else yet; closed at the end."""
+    memfd = os.memfd_create(SEALED_NAME, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     os.ftruncate(memfd, PAGE_SIZE)
-    fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)  # what an import asks
+    os.pwrite(memfd, PATTERN, 0)
+    fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
     owner, buf = fake_exporter(memfd, PAGE_SIZE)
     try:
-        with (
-            Device.open(d.socket_path) as dev,
-            Device.open(d.socket_path, role="debugger") as dbg,
-        ):
-            before = baseline(d)
-            handle = dev.prime_fd_to_handle(buf.fileno())
-            vm = dev.vm_create()
-            dev.vm_bind(vm, handle, SEALED_VA)
-            fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE)  # nobody maps it yet
-            dbg.debug_attach(os.getpid())
-            assert errno_of(dbg.debug_vm_write, dev.client_id, vm, SEALED_VA, b"x") == EFAULT
-            assert errno_of(dbg.debug_vm_read, dev.client_id, vm, SEALED_VA, 8) == EFAULT
-            dbg.debug_detach(os.getpid())
-            dev.vm_destroy(vm)
-            dev.gem_close(handle)
-            assert d.proc is not None and d.proc.poll() is None
-            assert baseline(d) == before
+        yield memfd, buf
     finally:
         owner.close()
         buf.close()
         os.close(memfd)
+
+
+def daemon_maps(daemon: DaemonProcess) -> list[str]:
+    """The permissions of each of the daemon's maps of the foreign buffer (/proc maps)."""
+    with open(f"/proc/{daemon.pid}/maps") as maps:
+        return [line.split()[1] for line in maps if f"memfd:{SEALED_NAME}" in line]
+
+
+@pytest.mark.parametrize("seal", [fcntl.F_SEAL_WRITE, F_SEAL_FUTURE_WRITE])
+def test_debugger_reads_a_buffer_sealed_against_writes_and_cannot_write_it(
+    fresh_daemon: DaemonProcess, seal: int
+) -> None:
+    """A foreign buffer sealed against writes after the import: a debugger's VM read there
+    returns its bytes (the daemon maps it read-only, once), a write is EFAULT and changes
+    nothing, before the read-only map and after; the map goes with the BO."""
+    d = fresh_daemon
+    with (
+        foreign_buffer() as (memfd, buf),
+        Device.open(d.socket_path) as dev,
+        Device.open(d.socket_path, role="debugger") as dbg,
+    ):
+        before = baseline(d)
+        handle = dev.prime_fd_to_handle(buf.fileno())
+        vm = dev.vm_create()
+        dev.vm_bind(vm, handle, SEALED_VA)
+        fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, seal)  # nobody maps it yet
+        dbg.debug_attach(os.getpid())
+        assert errno_of(dbg.debug_vm_write, dev.client_id, vm, SEALED_VA, b"x") == EFAULT
+        assert dbg.debug_vm_read(dev.client_id, vm, SEALED_VA + 8, 8) == PATTERN[8:16]
+        assert errno_of(dbg.debug_vm_write, dev.client_id, vm, SEALED_VA + 8, b"y") == EFAULT
+        assert dbg.debug_vm_read(dev.client_id, vm, SEALED_VA, PAGE_SIZE) == PATTERN
+        assert os.pread(memfd, PAGE_SIZE, 0) == PATTERN
+        assert daemon_maps(d) == ["r--s"]
+        dbg.debug_detach(os.getpid())
+        dev.vm_destroy(vm)
+        dev.gem_close(handle)
+        assert daemon_maps(d) == []
+        assert d.proc is not None and d.proc.poll() is None
+        assert baseline(d) == before
+
+
+def test_gpu_batch_reads_a_buffer_sealed_against_writes(fresh_daemon: DaemonProcess) -> None:
+    """A batch copying out of a foreign buffer sealed against writes after the import
+    gets its bytes (MI_COPY_MEM_MEM and MEM_COPY read it through a read-only map); a
+    store into it is still a GPU fault, and leaves it as it was."""
+    d = fresh_daemon
+    with foreign_buffer() as (memfd, buf), Device.open(d.socket_path) as dev:
+        gpu = Gpu(dev)
+        handle = dev.prime_fd_to_handle(buf.fileno())
+        dev.vm_bind(gpu.vm, handle, SEALED_VA)
+        fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE)  # nobody maps it yet
+        copy = Batch().copy_dword(BATCH_VA + 0x40, SEALED_VA + 4)
+        gpu.run(copy.mem_copy(BATCH_VA + 0x80, SEALED_VA + 16, 32).end())
+        assert not gpu.banned_queues()
+        assert gpu.cpu[0x40:0x44] == PATTERN[4:8]
+        assert gpu.cpu[0x80:0xA0] == PATTERN[16:48]
+        gpu.expect_ban(Batch().store_dword(SEALED_VA, 1).end(), gpu.queue)
+        assert os.pread(memfd, PAGE_SIZE, 0) == PATTERN
+        gpu.close()
+        dev.gem_close(handle)
+        assert d.proc is not None and d.proc.poll() is None
+
+
+def test_debugger_write_into_a_sealed_buffer_past_a_bo_is_short(
+    fresh_daemon: DaemonProcess,
+) -> None:
+    """A debugger write from a BO on into the write-sealed foreign buffer bound after it
+    writes the BO's part and answers that count, no error (xe's eudebug VM file: a
+    short pwrite); one starting in the sealed buffer is EFAULT; a read reads both."""
+    d = fresh_daemon
+    with (
+        foreign_buffer() as (memfd, buf),
+        Device.open(d.socket_path) as dev,
+        Device.open(d.socket_path, role="debugger") as dbg,
+    ):
+        before = baseline(d)
+        bo = dev.gem_create(PAGE_SIZE)
+        handle = dev.prime_fd_to_handle(buf.fileno())
+        vm = dev.vm_create()
+        dev.vm_bind(vm, bo, SEALED_VA - PAGE_SIZE)
+        dev.vm_bind(vm, handle, SEALED_VA)
+        fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE)  # nobody maps it yet
+        dbg.debug_attach(os.getpid())
+        cid = dev.client_id
+        assert dbg.debug_vm_write(cid, vm, SEALED_VA - 8, b"BO part!sealed!!") == 8
+        with dev.mmap_bo(bo) as cpu:
+            assert cpu[PAGE_SIZE - 16 :] == bytes(8) + b"BO part!"
+        assert os.pread(memfd, PAGE_SIZE, 0) == PATTERN
+        assert errno_of(dbg.debug_vm_write, cid, vm, SEALED_VA, b"sealed!!") == EFAULT
+        assert dbg.debug_vm_read(cid, vm, SEALED_VA - 8, 16) == b"BO part!" + PATTERN[:8]
+        dbg.debug_detach(os.getpid())
+        dev.vm_destroy(vm)
+        dev.gem_close(handle)
+        dev.gem_close(bo)
+        assert d.proc is not None and d.proc.poll() is None
+        assert baseline(d) == before
 
 
 def test_offset_allowed_while_any_handle_of_the_file_is_open(

@@ -130,7 +130,10 @@ def do_debug_read(w: Worker, a: dict[str, Any]) -> None:
 @step("debug_write")
 def do_debug_write(w: Worker, a: dict[str, Any]) -> None:
     client_id, vm, addr = w.ref(a["client_id"]), w.ref(a["vm"]), w.number(a["addr"])
-    w.dev.debug_vm_write(client_id, vm, addr, w.data(a)[0])
+    data = w.data(a)[0]
+    written = w.dev.debug_vm_write(client_id, vm, addr, data)
+    if written != len(data):  # a short write: a binding past the first was out of reach
+        raise Mismatch(f"{len(data)} bytes written", str(written))
 
 
 @step("events")

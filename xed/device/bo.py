@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import mmap
 import os
-from errno import EINVAL, ENODEV, ENOENT
+from errno import EACCES, EINVAL, ENODEV, ENOENT, EPERM
 from typing import TYPE_CHECKING
 
 import structlog
@@ -26,7 +26,7 @@ from protocols.words import Words
 from .errors import IoctlError, refuse_if
 from .flink import drop_name
 from .limits import refuse_over
-from .memory import MemRegion, create_backing, unbacked
+from .memory import MemRegion, create_backing, unbacked, write_sealed
 from .vma_manager import VmaNode
 
 if TYPE_CHECKING:
@@ -76,6 +76,7 @@ class XeBo:
         self.vm = vm  # VM-private: shares the VM's reservation, never exportable
         self.refs = 1
         self.writable = True
+        self.sealed = False  # its owner sealed it against writes since the import (view())
         self.handle_count = 0
         self.exported_as: DmaBuf | None = None  # our export, for as long as it lives
         self.name = 0  # GEM_FLINK's global name while handles exist (flink.py)
@@ -164,22 +165,43 @@ class XeBo:
         self.device.counts["bo"] -= 1
         self.device.counts["bo_bytes"] -= self.size
 
-    def view(self) -> mmap.mmap:
+    def view(self, write: bool = True) -> mmap.mmap:
         """The device's own mapping of the pages, made on demand and unmapped again when
         the device maps too many (views.py): use it at once, never across an await.
-        OSError if the kernel refuses the map (out of descriptors or memory, or a seal)."""
+        OSError if the kernel refuses the map (out of descriptors or memory), or if
+        `write` is asked of pages the device cannot write: a read-only import (EACCES,
+        as a writable map of its O_RDONLY descriptor would be), or a foreign buffer its
+        owner sealed against writes after the import (EPERM, the kernel's answer to a
+        writable map of it). The device's DMA would write such pages; the daemon has no
+        way in but a map, so it reads them through a read-only one and faults a write."""
         if self._view is None:
-            prot = mmap.PROT_READ | (mmap.PROT_WRITE if self.writable else 0)
-            self._view = self.device.views.map(
-                self, lambda: mmap.mmap(self.memfd, self.size, mmap.MAP_SHARED, prot)
-            )
+            self._view = self.device.views.map(self, self._map)
         else:
             self.device.views.used(self)
+        if write and not self.writable:
+            raise OSError(EACCES, "a read-only import: the device may not write it")
+        if write and self.sealed:
+            raise OSError(EPERM, "its owner sealed it against writes")
         return self._view
 
-    def words(self) -> Words:
+    def _map(self) -> mmap.mmap:
+        """A shared map of the pages: writable if the device may write them, else (a
+        read-only import, or write-sealed) read-only. A seal is found when the kernel
+        refuses the writable map, and kept: seals are never removed, so the read-only
+        view is the only one the BO will have."""
+        if self.writable and not self.sealed:
+            prot = mmap.PROT_READ | mmap.PROT_WRITE
+            try:
+                return mmap.mmap(self.memfd, self.size, mmap.MAP_SHARED, prot)
+            except OSError as exc:
+                if exc.errno != EPERM or not write_sealed(self.memfd):
+                    raise
+                self.sealed = True
+        return mmap.mmap(self.memfd, self.size, mmap.MAP_SHARED, mmap.PROT_READ)
+
+    def words(self, write: bool = True) -> Words:
         """Single-access words of the device's view (user fences, atomics): as view()."""
-        view = self.view()
+        view = self.view(write)
         if self._words is None:
             self._words = Words(view)
         return self._words

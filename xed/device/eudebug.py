@@ -4,9 +4,11 @@ A connection with role `debugger` attaches to a process by pid, one debugger per
 process. From then on every drm connection of that process reports to it (open, close,
 VM create/destroy, bind/unbind, exec queue create/destroy, exec) as DEBUG_EVENT, and the
 debugger can read and write the process's VMs at GPU addresses, across VMAs, BO and
-userptr alike. Userptr access goes through the notifier (userptr.py): one access is
-copied whole with no invalidation in between (the notifier lock, in the kernel); pages
-being invalidated are waited for and the access starts over.
+userptr alike, one VMA after the other as xe's eudebug VM file does: an access that
+meets a VMA it cannot reach after others were done stops there with a short count.
+Userptr access goes through the notifier (userptr.py): each VMA's part is copied whole
+with no invalidation in between (the notifier lock, in the kernel); pages being
+invalidated are waited for and that part starts over.
 `[debugger] userptr_access = false` refuses userptr ranges, for those who hold that
 reading another process's host memory through the GPU is a side channel.
 
@@ -277,8 +279,18 @@ async def debug_vm_access_ioctl(xef: XeFile, args: m.XedDebugVmAccess) -> m.XedD
       that uid (ptrace_may_access, checked on every access): EPERM
     - no such VM in it: ENOENT
     - length (or the data's) zero or above 32 KiB: EINVAL
-    - an address with nothing bound, a NULL binding, freed host memory: EFAULT
+    Then binding by binding from addr, as xe's eudebug VM file reads and writes (one
+    VMA per step, each step all of its part or nothing):
+    - nothing bound at the address, or a write to a read-only binding or import: EFAULT
+    - a NULL binding: EFAULT
     - a userptr range while [debugger] userptr_access is false: EINVAL
+    - freed host memory: EFAULT
+    - a write to a foreign buffer its owner sealed against writes (the daemon cannot map
+      it writable; a read of it reads), or memory the daemon cannot map at all (out of
+      descriptors or maps): EFAULT
+    A step that fails after others were done ends the access short, as pread/pwrite do:
+    the reply carries the bytes read, or written (`length`), before that binding, and
+    no error; the error is the answer only when no byte was.
     """
     target = next((f for f in xef.device.files if f.client_id == args.client_id), None)
     attached = {a.process for a in xef.debugging}
@@ -301,46 +313,64 @@ async def debug_vm_access_ioctl(xef: XeFile, args: m.XedDebugVmAccess) -> m.XedD
         raise IoctlError(ENOENT, f"no VM {args.vm_id} in connection {args.client_id}")
     length = len(args.data) if args.write else args.length
     refuse_if(not length or length > MAX_ACCESS, EINVAL, f"access of {length} bytes")
-    data, retries = await _access(xef, vm, args.addr, length, args.data if args.write else None)
+    data, done, retries = await _access(
+        xef, vm, args.addr, length, args.data if args.write else None
+    )
     if retries:
         xef.device.stats["userptr_retries"] += retries
-    return m.XedDebugVmAccessReply(data=data, retries=retries)
+    return m.XedDebugVmAccessReply(data=data, length=done, retries=retries)
 
 
 async def _access(
     xef: XeFile, vm: XeVm, addr: int, length: int, data: bytes | None
-) -> tuple[bytes, int]:
-    """The copy, atomic against invalidation as the eudebug patch's is (it copies under
-    the notifier lock): every check, then the whole access with no await in between, so
-    no invalidation can come in halfway and one access sees one generation of the
-    userptr's pages. Pages being invalidated are waited for, and then the whole access
-    starts again, never a part of it: a write lands once, whole, in the pages there are
-    after the change. Returns the bytes read (none for a write) and the restarts."""
-    allowed = xef.device.debugger_config.userptr_access
-    retries = 0
-    while True:
+) -> tuple[bytes, int, int]:
+    """The copy, one VMA at a time, as xe_eudebug_vm_access copies: each VMA's part is
+    checked and then copied with no await in between, atomic against invalidation as
+    the kernel's copy under the notifier lock is, so it sees one generation of a
+    userptr's pages. Pages being invalidated are waited for and that part starts again,
+    whole (a write lands once in the pages there are after the change), from the
+    binding found there then. The first part refused ends the access: its error if it
+    was the first, else the bytes done so far. Returns the bytes read (none for a
+    write), the bytes done and the restarts."""
+    parts: list[bytes] = []
+    done = retries = 0
+    while done < length:
         try:
-            spans = list(vm._spans(addr, length, write=data is not None))
-        except GpuFault as fault:
-            raise IoctlError(EFAULT, f"{fault.reason} at {fault.address:#x}") from None
-        for vma, offset, n in spans:  # all checks before any byte is touched
-            refuse_if(
-                vma.bo is None and vma.host is None, EFAULT, f"NULL binding at {vma.start:#x}"
-            )
-            refuse_if(vma.host is not None and not allowed, EINVAL, "userptr access is disabled")
-            if vma.host is not None:
-                refuse_if(
-                    vma.host.is_gone(vma.bo_offset + offset, n),
-                    EFAULT,
-                    f"freed host memory at {vma.start + offset:#x}",
-                )
-        try:
-            if data is None:
-                return vm.read(addr, length), retries
-            vm.write(addr, data)  # checks every span's pages before it writes any
-            return b"", retries
+            n = _access_vma(xef, vm, addr + done, length - done, data, done, parts)
         except UserptrBusy as busy:
             retries += 1
-            await busy.arena.wait_idle()  # the notifier is done: check all of it again
-        except GpuFault as fault:
-            raise IoctlError(EFAULT, f"{fault.reason} at {fault.address:#x}") from None
+            await busy.arena.wait_idle()  # the notifier is done: check that part again
+            continue
+        except IoctlError:
+            if not done:
+                raise
+            break  # a short count, as the kernel's read/write returns `copied`
+        done += n
+    return b"".join(parts), done, retries
+
+
+def _access_vma(
+    xef: XeFile, vm: XeVm, addr: int, left: int, data: bytes | None, done: int, parts: list[bytes]
+) -> int:
+    """Read or write the part of [addr, addr+left) that the VMA at addr holds, whole or
+    not at all; return its length. IoctlError if refused, UserptrBusy if mid-change."""
+    write = data is not None
+    try:
+        vma, offset, n = vm.binding_at(addr, left, write)
+    except GpuFault as fault:
+        raise IoctlError(EFAULT, f"{fault.reason} at {fault.address:#x}") from None
+    refuse_if(vma.bo is None and vma.host is None, EFAULT, f"NULL binding at {vma.start:#x}")
+    if vma.host is not None:
+        allowed = xef.device.debugger_config.userptr_access
+        refuse_if(not allowed, EINVAL, "userptr access is disabled")
+        refuse_if(
+            vma.host.is_gone(vma.bo_offset + offset, n), EFAULT, f"freed host memory at {addr:#x}"
+        )
+    try:
+        if data is None:
+            parts.append(vm.read(addr, n))
+        else:
+            vm.write(addr, data[done : done + n])
+    except GpuFault as fault:
+        raise IoctlError(EFAULT, f"{fault.reason} at {fault.address:#x}") from None
+    return n

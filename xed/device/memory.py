@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from protocols.memfd import MAX_SHARED_SIZE, UnsafeMemory, check_memfd
+from protocols.memfd import F_SEAL_FUTURE_WRITE, MAX_SHARED_SIZE, UnsafeMemory, check_memfd
 
 from .errors import IoctlError
 
@@ -68,6 +68,13 @@ def client_memory(fd: int, size: int, device: XeDevice) -> bool:
         return check_memfd(fd, size, limit)
     except UnsafeMemory as exc:
         raise IoctlError(EINVAL, f"not memory the device may map: {exc}") from None
+
+
+def write_sealed(fd: int) -> bool:
+    """Whether the memfd is sealed against writes (F_SEAL_WRITE or F_SEAL_FUTURE_WRITE):
+    the kernel then refuses every new writable shared map of it (EPERM), and for good,
+    since a seal is never removed; a read-only shared map is still allowed."""
+    return bool(fcntl.fcntl(fd, fcntl.F_GET_SEALS) & (fcntl.F_SEAL_WRITE | F_SEAL_FUTURE_WRITE))
 
 
 def reported_bytes(total: int) -> int:

@@ -117,26 +117,28 @@ def user_memory(xef: XeFile, addr: int, length: int) -> tuple[Any, int]:
     return node.obj, offset
 
 
-def words_of(memory: Any, addr: int) -> Words:
-    """The words of a BO or host memory, mapped by the daemon to reach them (views.py).
-    A map the kernel refuses is ENOMEM when the daemon is short of descriptors or
-    memory, else EFAULT (pages it cannot map as it must, as copy_to_user would fault).
+def words_of(memory: Any, addr: int, write: bool = True) -> Words:
+    """The words of a BO or host memory, mapped by the daemon to reach them (views.py),
+    to write them or only read them. A map the kernel refuses is ENOMEM when the daemon
+    is short of descriptors or memory, else EFAULT (pages it cannot map as it must, as
+    copy_to_user would fault: a write to a read-only import or to a buffer sealed
+    against writes; reading those works, as copy_from_user would).
     Use the words at once: the next mapping may unmap them."""
     try:
-        words: Words = memory.words()
+        words: Words = memory.words(write)
     except OSError as exc:
         err = ENOMEM if exc.errno in SHORT_OF else EFAULT
         raise IoctlError(err, f"the daemon cannot map {addr:#x}: {exc.strerror}") from exc
     return words
 
 
-def user_words(xef: XeFile, addr: int, length: int) -> tuple[Words, int]:
+def user_words(xef: XeFile, addr: int, length: int, write: bool = True) -> tuple[Words, int]:
     """The words and offset behind user address [addr, addr+length) of a BO: or EFAULT
     (or ENOMEM, see words_of)."""
     memory, offset = user_memory(xef, addr, length)
-    return words_of(memory, addr), offset
+    return words_of(memory, addr, write), offset
 
 
 def user_read_u64(xef: XeFile, addr: int) -> int:
-    words, offset = user_words(xef, addr, 8)
+    words, offset = user_words(xef, addr, 8, write=False)
     return words.load_u64(offset)

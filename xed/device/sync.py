@@ -46,7 +46,9 @@ def parse_syncs(
     - USER_FENCE on a VM_BIND with no binds: EOPNOTSUPP
     - USER_FENCE without SIGNAL: EOPNOTSUPP; address not 8-byte aligned: EINVAL
     - USER_FENCE at a user address this file has not mapped: EFAULT; in a BO the daemon
-      cannot map: ENOMEM (out of descriptors or memory), else EFAULT
+      cannot map: ENOMEM (out of descriptors or memory), else EFAULT; in a BO the
+      daemon may not write (a read-only import, a foreign buffer sealed against
+      writes): EFAULT, as copy_to_user into a read-only mapping faults
     - any other type: EINVAL
     - more than one user fence: EINVAL
     """

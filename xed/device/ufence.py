@@ -234,7 +234,8 @@ async def xe_wait_user_fence_ioctl(
     Then, each time it looks: addr not inside a mapping of this file, or inside a GEM
     mapping of a foreign import that faults (imported_mmap = "xe"): EFAULT; the BO
     behind it cannot be mapped by the daemon: ENOMEM if it is out of descriptors or
-    memory, else EFAULT (mmap.py); the test passes: done; the queue was reset (banned):
+    memory, else EFAULT (mmap.py; a buffer sealed against writes is read through a
+    read-only map); the test passes: done; the queue was reset (banned):
     EIO; the timeout passed: ETIME; the device was unplugged while it slept (it will
     never write the fence): ENODEV.
     Before it first sleeps: this file has limits.fence_waits waits asleep already:

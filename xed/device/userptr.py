@@ -72,10 +72,11 @@ class HostArena:
         self.node = xef.device.vma.add(self, size)
         self.node.allow(xef)
 
-    def view(self) -> mmap.mmap:
+    def view(self, write: bool = True) -> mmap.mmap:
+        """Mapped writable for its whole life (registration refuses what cannot be)."""
         return self._view
 
-    def words(self) -> Words:
+    def words(self, write: bool = True) -> Words:
         return self._words
 
     def _pages(self, offset: int, length: int) -> range:

@@ -10,6 +10,11 @@ descriptors or memory, every cached one is dropped and the map tried once more (
 kernel's shrinker, in small). A map that fails even then is the caller's to report: a
 GPU fault on the device side, an errno on an ioctl.
 
+A BO has one view at most. It is read-only where the device may not write the pages
+(a read-only import, or a foreign buffer its owner sealed against writes since: the
+kernel refuses a writable shared map of it, not a read-only one); a seal is never
+removed, so such a view is kept as it is, never swapped for a writable one.
+
 Whoever maps must use the view and its words at once: nothing may keep either across
 an await, since the next access (any task's) may unmap it.
 """

@@ -199,20 +199,26 @@ class XeVm:
             return vma.host
         return vma.bo
 
+    def binding_at(self, addr: int, length: int, write: bool) -> tuple[Vma, int, int]:
+        """The VMA at addr, the offset into it and how many of the `length` bytes from
+        there it covers; GpuFault as _spans (nothing bound, a write it refuses)."""
+        return next(self._spans(addr, length, write))
+
     @staticmethod
-    def _view(memory: XeBo | HostArena, address: int) -> mmap.mmap:
-        """The device's mapping of `memory`; a map the kernel refuses (no descriptor or
-        memory left, a seal on a foreign buffer) is a fault on the access, as a page the
-        GPU cannot reach would be."""
+    def _view(memory: XeBo | HostArena, address: int, write: bool) -> mmap.mmap:
+        """The device's mapping of `memory`, for reading or writing; a map the kernel
+        refuses (no descriptor or memory left, a write seal on a foreign buffer: that one
+        is read through a read-only map) is a fault on the access, as a page the GPU
+        cannot reach would be."""
         try:
-            return memory.view()
+            return memory.view(write)
         except OSError as exc:
             raise _unmappable(address, exc) from exc
 
     @staticmethod
     def _words(memory: XeBo | HostArena, address: int) -> Words:
         try:
-            return memory.words()
+            return memory.words(write=True)
         except OSError as exc:
             raise _unmappable(address, exc) from exc
 
@@ -224,7 +230,8 @@ class XeVm:
                 parts.append(bytes(n))
             else:
                 start = vma.bo_offset + offset
-                parts.append(self._view(memory, vma.start + offset)[start : start + n])
+                view = self._view(memory, vma.start + offset, write=False)
+                parts.append(view[start : start + n])
         return b"".join(parts)
 
     def write_u64(self, addr: int, value: int) -> tuple[XeBo | HostArena, int] | None:
@@ -241,13 +248,20 @@ class XeVm:
         return None
 
     def write(self, addr: int, data: bytes) -> None:
+        """Store `data` at addr, across VMAs. Every span is checked before any byte is
+        written (bound, writable, its userptr pages neither freed nor mid-change: so a
+        UserptrBusy retry never finds half of it done). The views are made span by span,
+        each used at once (views.py): one the kernel refuses past the first span is a
+        GpuFault with the spans before it written, as a GPU's store faulting part way
+        leaves them. The debugger does not come here across VMAs (eudebug.py)."""
         spans = list(self._spans(addr, len(data), write=True))
-        backing = [self._memory(vma, offset, n) for vma, offset, n in spans]  # all, or none
+        backing = [self._memory(vma, offset, n) for vma, offset, n in spans]
         pos = 0
         for (vma, offset, n), memory in zip(spans, backing, strict=True):
             if memory is not None:
                 start = vma.bo_offset + offset
-                self._view(memory, vma.start + offset)[start : start + n] = data[pos : pos + n]
+                view = self._view(memory, vma.start + offset, write=True)
+                view[start : start + n] = data[pos : pos + n]
             pos += n
 
 
@@ -382,7 +396,8 @@ def xe_vm_bind_ioctl(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
     - syncs: as EXEC's (EINVAL, ENOENT, EOPNOTSUPP); a user fence on a bind with no
       binds: EOPNOTSUPP; a user fence address this file has not mapped, or in a GEM
       mapping of a foreign import that faults (imported_mmap = "xe"): EFAULT; in a BO
-      the daemon cannot map: ENOMEM (out of descriptors or memory), else EFAULT
+      the daemon cannot map: ENOMEM (out of descriptors or memory), else EFAULT; in a
+      BO the daemon may not write (a read-only import, a write-sealed buffer): EFAULT
     """
     vm = xef.vms.get(args.vm_id)
     if vm is None:
