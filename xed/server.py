@@ -150,6 +150,13 @@ class ServerHandle:
     connections: int = 0
 
 
+def _peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """The peer's (pid, uid, gid) as the kernel recorded them at connect (SO_PEERCRED)."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    pid, uid, gid = _PEERCRED.unpack(raw)
+    return pid, uid, gid
+
+
 def _close_all(fds: list[int] | tuple[int, ...]) -> None:
     for fd in fds:
         os.close(fd)
@@ -162,11 +169,11 @@ class Connection:
         sock: socket.socket,
         client_id: int,
         ledger: UnreadLedger | None = None,
+        credentials: tuple[int, int, int] | None = None,  # the accept loop read them
     ) -> None:
         self.device = device
         self.sock = sock
-        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-        self.pid, self.uid, self.gid = _PEERCRED.unpack(raw)
+        self.pid, self.uid, self.gid = credentials or _peer_credentials(sock)
         # descriptors this client has not read; the ledger is the daemon's, by uid
         self.ledger = ledger or UnreadLedger(device.limits)
         self.unread = Unread(self.ledger, sock.fileno(), self.uid)
@@ -743,9 +750,8 @@ async def _accept_loop(
             raise
         # Counted here, before the next accept (which does not wait when more are in the
         # backlog), and let go when the connection's task ends, however it ends.
-        uid = _PEERCRED.unpack(
-            conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-        )[1]
+        credentials = _peer_credentials(conn)
+        uid = credentials[1]
         if not ledger.connect(uid):
             limit = device.limits.connections_per_uid
             message = f"uid {uid} has {limit} connections open (limits.connections_per_uid)"
@@ -757,10 +763,13 @@ async def _accept_loop(
         handle.connections += 1
 
         async def run(
-            conn: socket.socket = conn, client_id: int = client_id, uid: int = uid
+            conn: socket.socket = conn,
+            client_id: int = client_id,
+            credentials: tuple[int, int, int] = credentials,
+            uid: int = uid,
         ) -> None:
             try:
-                await Connection(device, conn, client_id, ledger).run()
+                await Connection(device, conn, client_id, ledger, credentials).run()
             finally:
                 handle.connections -= 1
                 # in the step that closed its socket, before any other accept: a client
