@@ -336,7 +336,8 @@ async def _access(
     done = retries = 0
     while done < length:
         try:
-            n = _access_vma(xef, vm, addr + done, length - done, data, done, parts)
+            rest = None if data is None else data[done:]
+            n, got = _access_vma(xef, vm, addr + done, length - done, rest)
         except UserptrBusy as busy:
             retries += 1
             await busy.arena.wait_idle()  # the notifier is done: check that part again
@@ -345,15 +346,17 @@ async def _access(
             if not done:
                 raise
             break  # a short count, as the kernel's read/write returns `copied`
+        parts.append(got)
         done += n
     return b"".join(parts), done, retries
 
 
 def _access_vma(
-    xef: XeFile, vm: XeVm, addr: int, left: int, data: bytes | None, done: int, parts: list[bytes]
-) -> int:
-    """Read or write the part of [addr, addr+left) that the VMA at addr holds, whole or
-    not at all; return its length. IoctlError if refused, UserptrBusy if mid-change."""
+    xef: XeFile, vm: XeVm, addr: int, left: int, data: bytes | None
+) -> tuple[int, bytes]:
+    """Read, or write from `data` (the rest of the access), the part of [addr, addr+left)
+    that the VMA at addr holds, whole or not at all; return its length and the bytes
+    read (none for a write). IoctlError if refused, UserptrBusy if mid-change."""
     write = data is not None
     try:
         vma, offset, n = vm.binding_at(addr, left, write)
@@ -368,9 +371,8 @@ def _access_vma(
         )
     try:
         if data is None:
-            parts.append(vm.read(addr, n))
-        else:
-            vm.write(addr, data[done : done + n])
+            return n, vm.read(addr, n)
+        vm.write(addr, data[:n])
     except GpuFault as fault:
         raise IoctlError(EFAULT, f"{fault.reason} at {fault.address:#x}") from None
-    return n
+    return n, b""
