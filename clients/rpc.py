@@ -49,12 +49,13 @@ class RpcConnection:
         self._next_id = request_id = self._next_id % 0xFFFF_FFFF + 1
         heard = len(self.events)
         try:
-            self.transport.send(encode_request(request_id, op, args), fds)
-        except ConnectionError as exc:  # EPIPE, ECONNRESET: nobody is listening any more
+            data, received = self.transport.exchange(encode_request(request_id, op, args), fds)
+        except ConnectionError as exc:
+            # EPIPE, ECONNRESET: nobody is listening any more, or it died with our
+            # request unread
             gone = DaemonGone(f"{self._peer} is gone ({exc.strerror})")
             raise self._last_word(op, heard) or gone from exc
         try:
-            data, received = self._recv()
             try:
                 record = reply_record(data, received, request_id, op)
             except ProtocolError as exc:
@@ -116,10 +117,9 @@ class RpcConnection:
 
     def _recv(self) -> tuple[bytes, tuple[int, ...]]:
         try:
-            data, fds = self.transport.recv()
+            return self.transport.recv()
         except ConnectionError as exc:  # it died with something of ours unread
             raise DaemonGone(f"{self._peer} is gone ({exc.strerror})") from exc
-        return data, tuple(fds) if fds else ()
 
     def _decode(self, data: bytes, received: tuple[int, ...], pending: dict[int, Op]) -> Any:
         if not data:
