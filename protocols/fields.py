@@ -213,21 +213,24 @@ def full_map_lines(cls: type, g: dict[str, Any]) -> list[str]:
     defaults and names a stray key), as does a missing key. Replies are built this way
     on every round trip, and the keyword call was a third of it. The map becomes the
     record's own `__dict__` (any value converted put back first): a peer's map is
-    decoded for this alone, and a new dict was a tenth of the decoding. Adds to `g`
-    what the lines refer to, less `_fallback`. (Locals are the fields' names: a field
-    may be called `obj` or `self`, never `_map`.)"""
+    decoded for this alone, and a new dict was a tenth of the decoding. A record
+    without fields is one shared instance: it has one value, and a new one was most
+    of the cost of an empty reply. Adds to `g` what the lines refer to, less
+    `_fallback`. (Locals are the fields' names: a field may be called `obj` or `self`,
+    never `_map`.)"""
     g.update(_globals(), _new=object.__new__, _record=cls)
     fields = attrs.fields(cls)
-    lines = [f"if _len(_map) != {len(fields)}: return _fallback(_map)", "_self = _new(_record)"]
-    if fields:
-        lines.append("try:")
-        for field in fields:
-            name = field.name
-            lines.append(f"    {name} = _map['{name}']")
-            keep = f"; _map['{name}'] = {name}"
-            lines += [f"    {line}" for line in _check_lines(field, g, keep)]
-        lines += ["except KeyError:", "    return _fallback(_map)"]
-    lines.append("_set_dict(_self, _map)")
+    lines = [f"if _len(_map) != {len(fields)}: return _fallback(_map)"]
+    if not fields:  # one value, as () is one tuple: the replies of most ops, VERSION's args
+        g["_one"] = cls()
+        return [*lines, "_self = _one"]
+    lines += ["_self = _new(_record)", "try:"]
+    for field in fields:
+        name = field.name
+        lines.append(f"    {name} = _map['{name}']")
+        keep = f"; _map['{name}'] = {name}"
+        lines += [f"    {line}" for line in _check_lines(field, g, keep)]
+    lines += ["except KeyError:", "    return _fallback(_map)", "_set_dict(_self, _map)"]
     g["_set_dict"] = _dict_setter(cls)
     return lines
 

@@ -200,6 +200,18 @@ def test_full_map_is_checked_like_a_partial_one(field: str, value: Any) -> None:
     assert (whole.errno, whole.request_id, whole.message) == (EINVAL, 5, alone.message)
 
 
+def test_a_record_without_fields_decodes_to_its_one_value() -> None:
+    """An empty map of a record without fields is that record's one shared instance
+    (equal to a constructed one, and immutable); a key in it is still EINVAL."""
+    first = decode_request(pack([1, int(Op.VERSION), {}])).args
+    assert first is decode_request(pack([2, int(Op.VERSION), {}])).args
+    assert first == messages.DrmVersion() and hash(first) == hash(messages.DrmVersion())
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        first.extra = 1  # type: ignore[attr-defined]
+    error = refused(pack([3, int(Op.VERSION), {"stray": 1}]))
+    assert (error.errno, error.request_id) == (EINVAL, 3) and "stray" in error.message
+
+
 class _Placement(enum.IntEnum):
     SYSTEM = 1
 
