@@ -19,13 +19,13 @@ from typing import Any
 
 from protocols import (
     MAX_DATAGRAM,
+    REPLY_READERS,
+    REQUEST_ENCODERS,
     Event,
     EventMessage,
     Op,
     ProtocolError,
     decode_incoming,
-    encode_request,
-    reply_record,
 )
 
 from .errors import DaemonGone, XeError
@@ -42,14 +42,16 @@ class RpcConnection:
     def call(self, op: Op, args: Any, fds: Sequence[int] = ()) -> tuple[Any, list[int]]:
         """Send one request; return its reply record and descriptors (caller closes).
 
-        The reply it waits for is read in one pass (reply_record); anything else goes
-        the long way (decode_incoming). With both processes on one CPU, decode_incoming's
+        The reply it waits for is read in one pass (reply_record, its op's reader
+        called straight, as its encoder is); anything else goes the long way
+        (decode_incoming). With both processes on one CPU, decode_incoming's
         general path and a reply envelope built and read cost more than their code
         suggests: about a fifth of the library's time."""
         self._next_id = request_id = self._next_id % 0xFFFF_FFFF + 1
         heard = len(self.events)
+        request = REQUEST_ENCODERS[op](request_id, args)  # encode_request(), one call
         try:
-            data, received = self.transport.exchange(encode_request(request_id, op, args), fds)
+            data, received = self.transport.exchange(request, fds)
         except ConnectionError as exc:
             # EPIPE, ECONNRESET: nobody is listening any more, or it died with our
             # request unread
@@ -57,7 +59,7 @@ class RpcConnection:
             raise self._last_word(op, heard) or gone from exc
         try:
             try:
-                record = reply_record(data, received, request_id, op)
+                record = REPLY_READERS[op](data, received, request_id)  # reply_record()
             except ProtocolError as exc:
                 _close(received)
                 raise DaemonGone(f"protocol error from {self._peer}: {exc}") from exc

@@ -38,6 +38,7 @@ from protocols import (
     MAX_DATAGRAM,
     MAX_FDS,
     PROTOCOL_VERSION,
+    REPLY_ENCODERS,
     SHORTAGE,
     SPECS,
     Event,
@@ -311,7 +312,7 @@ class Connection:
                             device.crash_point(op.name)
                         result = handler(xef, args)
                         if type(result) is not tuple:  # a reply that cannot go is ours too
-                            reply = encode_reply(request_id, op, 0, result)
+                            reply = REPLY_ENCODERS[op](request_id, result)  # encode_reply()
                     except Exception as exc:
                         request = request or Request(request_id, op, args)
                         await self._failed(request, exc, started)
