@@ -19,13 +19,13 @@ from typing import Any
 
 from protocols import (
     MAX_DATAGRAM,
+    REPLY_READERS,
+    REQUEST_ENCODERS,
     Event,
     EventMessage,
     Op,
     ProtocolError,
     decode_incoming,
-    encode_request,
-    reply_record,
 )
 
 from .errors import DaemonGone, XeError
@@ -42,21 +42,24 @@ class RpcConnection:
     def call(self, op: Op, args: Any, fds: Sequence[int] = ()) -> tuple[Any, list[int]]:
         """Send one request; return its reply record and descriptors (caller closes).
 
-        The reply it waits for is read in one pass (reply_record); anything else goes
-        the long way (decode_incoming). With both processes on one CPU, decode_incoming's
+        The reply it waits for is read in one pass (reply_record, its op's reader
+        called straight, as its encoder is); anything else goes the long way
+        (decode_incoming). With both processes on one CPU, decode_incoming's
         general path and a reply envelope built and read cost more than their code
         suggests: about a fifth of the library's time."""
         self._next_id = request_id = self._next_id % 0xFFFF_FFFF + 1
         heard = len(self.events)
+        request = REQUEST_ENCODERS[op](request_id, args)  # encode_request(), one call
         try:
-            self.transport.send(encode_request(request_id, op, args), fds)
-        except ConnectionError as exc:  # EPIPE, ECONNRESET: nobody is listening any more
+            data, received = self.transport.exchange(request, fds)
+        except ConnectionError as exc:
+            # EPIPE, ECONNRESET: nobody is listening any more, or it died with our
+            # request unread
             gone = DaemonGone(f"{self._peer} is gone ({exc.strerror})")
             raise self._last_word(op, heard) or gone from exc
         try:
-            data, received = self._recv()
             try:
-                record = reply_record(data, received, request_id, op)
+                record = REPLY_READERS[op](data, received, request_id)  # reply_record()
             except ProtocolError as exc:
                 _close(received)
                 raise DaemonGone(f"protocol error from {self._peer}: {exc}") from exc
@@ -116,10 +119,9 @@ class RpcConnection:
 
     def _recv(self) -> tuple[bytes, tuple[int, ...]]:
         try:
-            data, fds = self.transport.recv()
+            return self.transport.recv()
         except ConnectionError as exc:  # it died with something of ours unread
             raise DaemonGone(f"{self._peer} is gone ({exc.strerror})") from exc
-        return data, tuple(fds) if fds else ()
 
     def _decode(self, data: bytes, received: tuple[int, ...], pending: dict[int, Op]) -> Any:
         if not data:

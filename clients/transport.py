@@ -79,21 +79,25 @@ class SeqpacketTransport:
         sock.setblocking(True)
         return cls(sock)
 
-    def send(self, data: bytes, fds: Sequence[int] = ()) -> None:
+    def exchange(self, data: bytes, fds: Sequence[int] = ()) -> tuple[bytes, tuple[int, ...]]:
+        """Send one datagram (with `fds`), then recv() the first one back: a request and
+        its reply, nearly always. One call where a send and a receive through the
+        client's layers were a twentieth of its round trip."""
         if fds:
             self.sock.sendmsg([data], pack_fds(fds))
         else:  # most requests: send() is the cheaper call
             self.sock.send(data)
         self.bytes_sent += len(data)
+        return self.recv()
 
-    def recv(self) -> tuple[bytes, list[int]]:
+    def recv(self) -> tuple[bytes, tuple[int, ...]]:
         """One datagram and the descriptors that came with it (b"" at EOF)."""
         data, ancdata, _flags, _ = self.sock.recvmsg(MAX_DATAGRAM, _ANC_SPACE, _MSG_CMSG_CLOEXEC)
         self.bytes_received += len(data)
         if not ancdata:  # most replies
-            return data, []
+            return data, ()
         fds, _junk = unpack_fds(ancdata)
-        return data, fds
+        return data, tuple(fds)
 
     def close(self) -> None:
         self.sock.close()

@@ -64,17 +64,17 @@ _tuple_new = tuple.__new__  # a NamedTuple's own __new__ is a Python function ar
 # time the class travels (the hot path: a loop over the fields cost more than the
 # socket). The values themselves are checked by the record's own checks (fields.py):
 # inline in from_wire for a map holding every field, in `__init__` for any other.
-class _Compiled(dict[type, Any]):
-    """Record class -> its compiled function, compiled at its first lookup: `table[cls]`
-    is one dict lookup on the hot path, where a helper to look up or compile was a call
-    more on every message."""
+class _Compiled(dict[Any, Any]):
+    """Record class (or op) -> its compiled function, compiled at its first lookup:
+    `table[cls]` is one dict lookup on the hot path, where a helper to look up or
+    compile was a call more on every message."""
 
-    def __init__(self, compile_for: Callable[[type], Any]) -> None:
+    def __init__(self, compile_for: Callable[[Any], Any]) -> None:
         super().__init__()
         self._compile_for = compile_for
 
-    def __missing__(self, cls: type) -> Any:
-        return self._compile_for(cls)  # which stores it
+    def __missing__(self, key: Any) -> Any:
+        return self._compile_for(key)  # which stores it
 
 
 _TO_WIRE: dict[type, Callable[[Any], dict[str, Any]]] = _Compiled(lambda cls: _compile_to_wire(cls))
@@ -86,7 +86,9 @@ def to_wire(record: Any) -> dict[str, Any]:
 
 
 def from_wire(cls: type, obj: Any) -> Any:
-    """Build `cls` from a peer's map; missing fields are zero, as in a memset struct."""
+    """Build `cls` from a peer's map; missing fields are zero, as in a memset struct.
+    The map is the record's from then on (its `__dict__`, when it holds every field):
+    hand over a map nothing else holds."""
     return _FROM_WIRE[cls](obj)
 
 
@@ -120,20 +122,40 @@ _FRAMES: dict[type, Callable[[int, int, Any], bytes]] = _Compiled(lambda cls: _c
 _PACKER = msgpack.Packer(use_bin_type=True)
 
 
-def _compile_frame(cls: type) -> Callable[[int, int, Any], bytes]:
-    g = {"_to_wire": to_wire, "_pack": _PACKER.pack, "_len": len, "_too_big": _too_big}
-    body = [
-        f"data = _pack([head, code, {_map_of(cls)}])",
+def _frame_lines(cls: type, code: str) -> list[str]:
+    """Statements packing `[head, code, map of r]` and checking its size (a flat
+    record's map is its own __dict__, which holds its fields and nothing else)."""
+    flat = all(f.metadata["kind"] not in ("records", "nested") for f in attrs.fields(cls))
+    return [
+        f"data = _pack([head, {code}, {'r.__dict__' if flat else _map_of(cls)}])",
         f"if _len(data) > {MAX_DATAGRAM}: raise _too_big(data)",
         "return data",
     ]
+
+
+def _frame_globals() -> dict[str, Any]:
+    return {"_to_wire": to_wire, "_pack": _PACKER.pack, "_len": len, "_too_big": _too_big}
+
+
+def _compile_frame(cls: type) -> Callable[[int, int, Any], bytes]:
+    body, g = _frame_lines(cls, "code"), _frame_globals()
     encode = _FRAMES[cls] = generate(f"frame[{cls.__qualname__}]", "frame(head, code, r)", body, g)
     return encode  # type: ignore[no-any-return]
 
 
 def _compile_from_wire(cls: type) -> Callable[[Any], Any]:
+    g: dict[str, Any] = {}
+    lines = _from_wire_lines(cls, g)
+    qualname = f"from_wire[{cls.__qualname__}]"
+    decode = _FROM_WIRE[cls] = generate(qualname, "from_wire(_map)", lines, g)
+    return decode  # type: ignore[no-any-return]
+
+
+def _from_wire_lines(cls: type, g: dict[str, Any]) -> list[str]:
+    """Statements building `cls` from the map `_map` and returning it (from_wire's body,
+    and the end of an op's reply reader); adds to `g` what they refer to."""
     # the checks' own globals (_type, _list, _FieldError...) come with full_map_lines
-    g: dict[str, Any] = {"_dict": dict, "_from_wire": from_wire}
+    g.update(_dict=dict, _from_wire=from_wire)
     lines = [
         "if _type(_map) is not _dict:",
         f"    raise _FieldError('{cls.__name__} must be a map')",
@@ -164,9 +186,7 @@ def _compile_from_wire(cls: type) -> Callable[[Any], Any]:
             raise _no_such_field(cls, obj, exc) from None
 
     g["_fallback"] = keywords
-    qualname = f"from_wire[{cls.__qualname__}]"
-    decode = _FROM_WIRE[cls] = generate(qualname, "from_wire(_map)", lines, g)
-    return decode  # type: ignore[no-any-return]
+    return lines
 
 
 def _no_such_field(cls: type, obj: dict[Any, Any], exc: TypeError) -> FieldError:
@@ -200,12 +220,27 @@ def _unpack(data: bytes) -> list[Any]:
 
 # --- requests ---------------------------------------------------------------------------
 def encode_request(request_id: int, op: Op, args: Any) -> bytes:
+    return REQUEST_ENCODERS[op](request_id, args)
+
+
+# op -> encode(request id, args): encode_request() for that op, in one call: the library's
+# round trip is its encoder, its reply reader and little else (a call through to a
+# record's frame was a tenth of the library's CPU, with both processes on one CPU)
+REQUEST_ENCODERS: dict[Op, Callable[[int, Any], bytes]] = _Compiled(
+    lambda op: _compile_request(op)
+)
+
+
+def _compile_request(op: Op) -> Callable[[int, Any], bytes]:
     cls, number = _REQUEST_RECORDS[op]
-    if type(args) is not cls:
-        raise LocalProtocolError(f"{op.name} takes {cls.__name__}")
-    if not 0 < request_id <= MAX_REQUEST_ID:
-        raise LocalProtocolError("request ids are non-zero u32")
-    return _FRAMES[cls](request_id, number, args)
+    g = _frame_globals() | {"_type": type, "_cls": cls, "_error": LocalProtocolError}
+    body = [
+        f"if _type(r) is not _cls: raise _error('{op.name} takes {cls.__name__}')",
+        f"if not 0 < head <= {MAX_REQUEST_ID}: raise _error('request ids are non-zero u32')",
+        *_frame_lines(cls, str(number)),
+    ]
+    encode = REQUEST_ENCODERS[op] = generate(f"request[{op.name}]", "encode(head, r)", body, g)
+    return encode  # type: ignore[no-any-return]
 
 
 def _peek(data: bytes, items: int) -> list[Any]:
@@ -267,42 +302,76 @@ def decode_request(data: bytes, fds: tuple[int, ...] = (), truncated: bool = Fal
     return _tuple_new(Request, (request_id, op, record, fds))
 
 
-def plain_request(data: bytes, allowed: frozenset[Op]) -> tuple[int, Op, Any] | None:
-    """(id, op, args record) of a request that passes every check decode_request makes,
-    is for an op in `allowed` and carries no descriptor; None for anything else (a
-    defect, an op not allowed, one that takes descriptors), which decode_request and
-    the handshake then refuse with their errno. The caller has seen that the datagram
-    came whole and without descriptors.
+# op number -> (op, its argument record), for the ops a connection may send as they are
+# (no descriptors) in its state: what plain_request() looks an op up in
+PlainOps = dict[int, tuple[Op, type]]
+
+
+def plain_ops(ops: frozenset[Op]) -> PlainOps:
+    """The PlainOps table of `ops` (those taking descriptors left out)."""
+    return {int(op): (op, SPECS[op].request) for op in ops if not SPECS[op].fds_in}
+
+
+def plain_request(data: bytes, plain: PlainOps) -> tuple[int, Op, Any] | None:
+    """(id, op, args record) of a request that passes every check decode_request makes
+    and is for an op of `plain` (allowed now, and carrying no descriptor); None for
+    anything else (a defect, an op not allowed, one that takes descriptors), which
+    decode_request and the handshake then refuse with their errno. The caller has seen
+    that the datagram came whole and without descriptors.
 
     The daemon's twin of reply_record: nearly every request is one of these, and one
     pass with no envelope is the cost of its round trip (the layers and the Request
     built around each were a tenth of the daemon's CPU, with both processes on one
-    CPU)."""
+    CPU; _unpack() called from here, and three lookups where `plain` does with one,
+    were a tenth more)."""
+    if len(data) > MAX_DATAGRAM:
+        return None
     try:
-        request_id, number, args = _unpack(data)  # its id a u32 int, or ProtocolError
-    except ProtocolError:
+        frame = msgpack.unpackb(data, max_ext_len=0, max_array_len=_ITEMS, max_map_len=_ITEMS)
+    except (ValueError, msgpack.UnpackException, TypeError, RecursionError):
         return None
-    if type(number) is not int or not request_id:  # an unhashable op, a bool, a float
+    if type(frame) is not list or len(frame) != 3:
         return None
-    entry = _REQUESTS.get(number)
-    if entry is None or entry[1] or entry[0] not in allowed:
+    request_id, number, args = frame
+    # an id that is no u32 or is 0; an op that is a bool, a float, unhashable
+    if type(request_id) is not int or not 0 < request_id <= MAX_REQUEST_ID:
         return None
-    cls = entry[2]
+    if type(number) is not int:
+        return None
+    entry = plain.get(number)
+    if entry is None:
+        return None
     try:
-        record = _FROM_WIRE[cls](args)
+        return request_id, entry[0], _FROM_WIRE[entry[1]](args)
     except FieldError:
         return None
-    return request_id, entry[0], record
 
 
 # --- replies and events -----------------------------------------------------------------
 def encode_reply(request_id: int, op: Op | None, errno: int, result: Any) -> bytes:
-    if errno:
-        if type(result) is not ErrorInfo:
-            raise LocalProtocolError("an error reply carries ErrorInfo")
-    elif op is None or type(result) is not _REPLIES[op]:
-        raise LocalProtocolError(f"{op} answers with {op and SPECS[op].reply.__name__}")
-    return _FRAMES[type(result)](request_id, errno, result)
+    if not errno:
+        if op is None:
+            raise LocalProtocolError("a success reply answers an op")
+        return REPLY_ENCODERS[op](request_id, result)
+    if type(result) is not ErrorInfo:
+        raise LocalProtocolError("an error reply carries ErrorInfo")
+    return _FRAMES[ErrorInfo](request_id, errno, result)
+
+
+# op -> encode(request id, result): encode_reply() of a success in one call, as the
+# daemon answers nearly every request
+REPLY_ENCODERS: dict[Op, Callable[[int, Any], bytes]] = _Compiled(lambda op: _compile_reply(op))
+
+
+def _compile_reply(op: Op) -> Callable[[int, Any], bytes]:
+    cls = _REPLIES[op]
+    g = _frame_globals() | {"_type": type, "_cls": cls, "_error": LocalProtocolError}
+    body = [
+        f"if _type(r) is not _cls: raise _error('{op.name} answers with {cls.__name__}')",
+        *_frame_lines(cls, "0"),
+    ]
+    encode = REPLY_ENCODERS[op] = generate(f"reply[{op.name}]", "encode(head, r)", body, g)
+    return encode  # type: ignore[no-any-return]
 
 
 def encode_error(request_id: int, errno: int, message: str) -> bytes:
@@ -315,32 +384,57 @@ def encode_event(event: Event, data: Any) -> bytes:
     return _FRAMES[type(data)](0, int(event), data)
 
 
-# op -> (its reply record's decoder, the descriptors a reply carries), for reply_record:
-# filled by decode_incoming as it decodes each op's first success
-_REPLY_PLANS: dict[Op, tuple[Callable[[Any], Any], int]] = {}
-
-
 def reply_record(data: bytes, fds: tuple[int, ...], request_id: int, op: Op) -> Any:
     """The record of the success reply to `request_id` (an `op`), if `data` is exactly
     that with every check decode_incoming makes; None for anything else (an event, a
-    refusal, a defect, an op's first reply), which decode_incoming then says.
+    refusal, a defect, a reply with any number of descriptors), which decode_incoming
+    then says; ProtocolError (EPROTO) for a success reply with a bad field.
 
     A client with one request in flight waits for nothing else nearly always, and this
     is the cost of its round trip: one pass, no envelope (a Reply built and read was a
     tenth of the library's time, with both processes on one CPU)."""
-    plan = _REPLY_PLANS.get(op)
-    if plan is None or len(fds) != plan[1]:
-        return None
-    try:
-        ident, code, body = _unpack(data)  # its id a u32 int, or ProtocolError
-    except ProtocolError:
-        return None
-    if ident != request_id or code != 0 or type(code) is not int:
-        return None
-    try:
-        return plan[0](body)
-    except ValueError as exc:  # FieldError: a value that does not fit its field
-        raise ProtocolError(EPROTO, f"bad message from daemon: {exc}") from exc
+    return REPLY_READERS[op](data, fds, request_id)
+
+
+# op -> read(data, descriptors, request id): reply_record() for that op in one call, the
+# frame's checks and its record's in one function (a reader calling the record's
+# decoder was a tenth of the library's CPU)
+REPLY_READERS: dict[Op, Callable[[bytes, tuple[int, ...], int], Any]] = _Compiled(
+    lambda op: _compile_reader(op)
+)
+_UNPACK_ERRORS = (ValueError, msgpack.UnpackException, TypeError, RecursionError)
+
+
+def _compile_reader(op: Op) -> Callable[[bytes, tuple[int, ...], int], Any]:
+    cls, fds_out = _REPLY_SHAPES[op]
+    g: dict[str, Any] = {
+        "_unpackb": msgpack.unpackb,
+        "_UNPACK_ERRORS": _UNPACK_ERRORS,
+        "_ProtocolError": ProtocolError,
+    }
+    if fds_out == ANY_FDS:  # the count is the reply's to say: decode_incoming reads it
+        body = ["return None"]
+    else:
+        body = [
+            f"if _len(fds) != {fds_out} or _len(data) > {MAX_DATAGRAM}: return None",
+            "try:",
+            f"    frame = _unpackb(data, max_ext_len=0, max_array_len={_ITEMS}, "
+            f"max_map_len={_ITEMS})",
+            "except _UNPACK_ERRORS:",
+            "    return None",
+            "if _type(frame) is not _list or _len(frame) != 3: return None",
+            "ident, code, _map = frame",
+            # the request's id (an int: 1 == True) and errno 0 (an int: 0 == 0.0 == False)
+            "if ident != request_id or _type(ident) is not _int: return None",
+            "if code != 0 or _type(code) is not _int: return None",
+            "try:",
+            *[f"    {line}" for line in _from_wire_lines(cls, g)],
+            "except ValueError as exc:  # FieldError: a value that does not fit its field",
+            f"    raise _ProtocolError({EPROTO}, f'bad message from daemon: {{exc}}') from exc",
+        ]
+    head = "read(data, fds, request_id)"
+    read = REPLY_READERS[op] = generate(f"reply[{op.name}]", head, body, g)
+    return read  # type: ignore[no-any-return]
 
 
 def decode_incoming(
@@ -362,10 +456,7 @@ def decode_incoming(
         cls, fds_out = _REPLY_SHAPES[op]
         if len(fds) != fds_out and not (fds_out == ANY_FDS and len(fds) <= MAX_FDS):
             raise ProtocolError(EPROTO, f"{op.name} reply with {len(fds)} descriptors")
-        record = from_wire(cls, body)
-        if fds_out != ANY_FDS:  # compiled by now; any other count is decoded here
-            _REPLY_PLANS[op] = (_FROM_WIRE[cls], fds_out)
-        return _tuple_new(Reply, (ident, 0, record, fds))
+        return _tuple_new(Reply, (ident, 0, from_wire(cls, body), fds))
     except (FieldError, ValueError) as exc:
         if isinstance(exc, ProtocolError):
             raise

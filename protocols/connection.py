@@ -11,7 +11,7 @@ from errno import EACCES, EINVAL, EPROTO
 
 import attrs
 
-from .codec import Request, decode_request
+from .codec import PlainOps, Request, decode_request, plain_ops
 from .errors import ProtocolError
 from .messages import Hello
 from .ops import HELLO_ROLES, SPECS, Node, Op, Role
@@ -40,6 +40,8 @@ def _ops_for(role: Role, node: Node) -> frozenset[Op]:
 # what each role may send on each node once the handshake is done: one set lookup per
 # request (drm_ioctl_permit: a render node answers only DRM_RENDER_ALLOW ioctls)
 _OPS_FOR = {(role, node): _ops_for(role, node) for role in Role for node in Node}
+# the same, less the ops that take descriptors, by number: what plain_request() reads
+_PLAIN_FOR = {key: plain_ops(ops) for key, ops in _OPS_FOR.items()}
 
 
 @attrs.define
@@ -49,6 +51,7 @@ class ServerConnection:
     node: Node = Node.PRIMARY
     strikes: int = 0
     allowed: frozenset[Op] = frozenset()  # ops that pass as they are, in this state
+    plain: PlainOps = attrs.field(factory=dict)  # those of them without descriptors
 
     @property
     def exhausted(self) -> bool:
@@ -99,3 +102,4 @@ class ServerConnection:
         self.role = role
         self.node = node
         self.allowed = _OPS_FOR[role, node]
+        self.plain = _PLAIN_FOR[role, node]

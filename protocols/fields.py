@@ -116,8 +116,9 @@ def _uints(value: Any, n: int, hi: int) -> bool:
 _NOTHING = object()  # "not passed": the field's factory makes the default
 
 
-def _check_lines(field: attrs.Attribute[Any], g: dict[str, Any]) -> list[str]:
-    """The statements that convert and check parameter `name` (already bound)."""
+def _check_lines(field: attrs.Attribute[Any], g: dict[str, Any], keep: str = "") -> list[str]:
+    """The statements that convert and check parameter `name` (already bound); `keep`
+    follows each conversion (full_map_lines puts the converted value back in its map)."""
     name, meta = field.name, field.metadata
     kind = meta["kind"]
     if kind == "int":
@@ -126,14 +127,14 @@ def _check_lines(field: attrs.Attribute[Any], g: dict[str, Any]) -> list[str]:
         # IntEnum members become plain ints, so records compare and encode alike
         return [
             f"if _type({name}) is not _int:",
-            f"    if _isinstance({name}, _IntEnum): {name} = _int({name})",
+            f"    if _isinstance({name}, _IntEnum): {name} = _int({name}){keep}",
             f"    else: raise _FieldError({message})",
             f"if not {lo} <= {name} <= {hi}: raise _FieldError({message})",
         ]
     if kind == "array":
         n, hi = meta["array"], _INT_RANGES[meta["item"]][1]
         return [
-            f"if _type({name}) is _list: {name} = _tuple({name})",
+            f"if _type({name}) is _list: {name} = _tuple({name}){keep}",
             f"if not _uints({name}, {n}, {hi}):",
             f"    raise _FieldError(f'{name} must be {n} x {meta['item']}, got {{{name}!r}}')",
         ]
@@ -150,7 +151,7 @@ def _check_lines(field: attrs.Attribute[Any], g: dict[str, Any]) -> list[str]:
         g[cls_name] = meta["record"]
         max_items = meta["max_items"]
         return [
-            f"if _type({name}) is _list: {name} = _tuple({name})",
+            f"if _type({name}) is _list: {name} = _tuple({name}){keep}",
             f"if _type({name}) is not _tuple or _len({name}) > {max_items}:",
             f"    raise _FieldError('{name} must hold at most {max_items} items')",
             f"for _item in {name}:",
@@ -161,7 +162,7 @@ def _check_lines(field: attrs.Attribute[Any], g: dict[str, Any]) -> list[str]:
         cls_name = f"_cls_{name}"
         g[cls_name] = meta["nested"]
         return [
-            f"if {name} is _NOTHING: {name} = {cls_name}()",
+            f"if {name} is _NOTHING: {name} = {cls_name}(){keep}",
             f"elif _type({name}) is not {cls_name}:",
             f"    raise _FieldError('{name} must be a {meta['nested'].__name__}')",
         ]
@@ -198,9 +199,8 @@ def _make_init(cls: type) -> Any:
             g[f"_default_{name}"] = field.default
             params.append(f"{name}=_default_{name}")
         body += _check_lines(field, g)
-        # the slot's own descriptor: frozen records refuse setattr, and this skips it
-        g[f"_set_{name}"] = cls.__dict__[name].__set__
-        body.append(f"_set_{name}(self, {name})")
+    body.append(f"_set_dict(self, {_dict_of(cls)})")
+    g["_set_dict"] = _dict_setter(cls)
     signature = f"self, *, {', '.join(params)}" if params else "self"
     return generate(f"{cls.__qualname__}.__init__", f"__init__({signature})", body, g)
 
@@ -211,22 +211,39 @@ def full_map_lines(cls: type, g: dict[str, Any]) -> list[str]:
     map that holds every field and nothing else (what `to_wire` sends) is read key by
     key, and any other map goes to `_fallback(_map)` (the keyword call, which fills the
     defaults and names a stray key), as does a missing key. Replies are built this way
-    on every round trip, and the keyword call was a third of it. Adds to `g` what the
-    lines refer to, less `_fallback`. (Locals are the fields' names: a field may be
-    called `obj` or `self`, never `_map`.)"""
+    on every round trip, and the keyword call was a third of it. The map becomes the
+    record's own `__dict__` (any value converted put back first): a peer's map is
+    decoded for this alone, and a new dict was a tenth of the decoding. A record
+    without fields is one shared instance: it has one value, and a new one was most
+    of the cost of an empty reply. Adds to `g` what the lines refer to, less
+    `_fallback`. (Locals are the fields' names: a field may be called `obj` or `self`,
+    never `_map`.)"""
     g.update(_globals(), _new=object.__new__, _record=cls)
     fields = attrs.fields(cls)
-    lines = [f"if _len(_map) != {len(fields)}: return _fallback(_map)", "_self = _new(_record)"]
-    if fields:
-        lines.append("try:")
-        for field in fields:
-            name = field.name
-            lines.append(f"    {name} = _map['{name}']")
-            lines += [f"    {line}" for line in _check_lines(field, g)]
-            g[f"_set_{name}"] = cls.__dict__[name].__set__
-            lines.append(f"    _set_{name}(_self, {name})")
-        lines += ["except KeyError:", "    return _fallback(_map)"]
+    lines = [f"if _len(_map) != {len(fields)}: return _fallback(_map)"]
+    if not fields:  # one value, as () is one tuple: the replies of most ops, VERSION's args
+        g["_one"] = cls()
+        return [*lines, "_self = _one"]
+    lines += ["_self = _new(_record)", "try:"]
+    for field in fields:
+        name = field.name
+        lines.append(f"    {name} = _map['{name}']")
+        keep = f"; _map['{name}'] = {name}"
+        lines += [f"    {line}" for line in _check_lines(field, g, keep)]
+    lines += ["except KeyError:", "    return _fallback(_map)", "_set_dict(_self, _map)"]
+    g["_set_dict"] = _dict_setter(cls)
     return lines
+
+
+def _dict_of(cls: type) -> str:
+    return "{" + ", ".join(f"'{f.name}': {f.name}" for f in attrs.fields(cls)) + "}"
+
+
+def _dict_setter(cls: type) -> Any:
+    for klass in cls.__mro__:
+        if "__dict__" in klass.__dict__:
+            return klass.__dict__["__dict__"].__set__
+    raise AssertionError(f"{cls.__name__} has no __dict__")
 
 
 # What attrs would write for a frozen record (its _make_repr_script, _make_eq_script and

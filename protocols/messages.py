@@ -35,7 +35,7 @@ _T = typing.TypeVar("_T")
 def frozen(cls: type[_T]) -> type[_T]:
     """attrs.frozen(kw_only=True), spelled so that type checkers see each record's __init__;
     its methods are ours (fields.py), written at their first call."""
-    record_cls = attrs.frozen(kw_only=True, repr=False, eq=False)(cls)
+    record_cls = attrs.frozen(kw_only=True, repr=False, eq=False, slots=False)(cls)
     generate_methods(record_cls)
     return record_cls
 

@@ -199,7 +199,7 @@ def test_channel_requests_are_answered_on_the_channel(fresh_daemon: DaemonProces
         Device.open(fresh_daemon.socket_path) as dev,
         Device.open(fresh_daemon.socket_path, join=dev.token) as channel,
     ):
-        channel.transport.send(encode_request(77, Op.VERSION, m.DrmVersion()))
+        channel.transport.sock.send(encode_request(77, Op.VERSION, m.DrmVersion()))
         ready, _, _ = select.select([channel.transport.sock], [], [], WAIT)
         assert ready
         data, fds = channel.transport.recv()
@@ -343,7 +343,7 @@ def test_unread_descriptors_are_counted_per_channel(make_daemon: Any) -> None:
         with Device.open(daemon.socket_path, join=dev.token) as channel:
             ids = {1000 + i: Op.MMAP for i in range(6)}
             for request_id in ids:
-                channel.transport.send(mmap_request(request_id, offset))
+                channel.transport.sock.send(mmap_request(request_id, offset))
             poll_until(lambda: mmaps_answered(daemon) >= len(ids))
             dev.mmap(offset, PAGE_SIZE).close()  # the file's connection has its own count
             got = []
@@ -370,7 +370,7 @@ def test_channel_close_cancels_its_blocking_ops(make_daemon: Any) -> None:
             wait = m.DrmXeWaitUserFence(
                 addr=dev.user_address(fence), op=UfenceOp.EQ, value=1, timeout=-1
             )
-            channel.transport.send(encode_request(5, Op.XE_WAIT_USER_FENCE, wait))
+            channel.transport.sock.send(encode_request(5, Op.XE_WAIT_USER_FENCE, wait))
             # answered after the wait's task ran up to its sleep (a request taken from the
             # socket lets every task started before it run first): the wait is parked
             channel.version()

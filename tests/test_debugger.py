@@ -714,7 +714,7 @@ def test_write_above_32_kib_is_einval(dbg: Device, attached: Target) -> None:
     t = attached
     args = m.XedDebugVmAccess(client_id=t.client_id, vm_id=t.vm, addr=BO_VA, write=1, data=b"w")
     wire = dict(to_wire(args), data=b"w" * (MAX_ACCESS + 1))
-    dbg.transport.send(msgpack.packb([77, int(Op.DEBUG_VM_ACCESS), wire], use_bin_type=True))
+    dbg.transport.sock.send(msgpack.packb([77, int(Op.DEBUG_VM_ACCESS), wire], use_bin_type=True))
     while True:
         data, fds = dbg.transport.recv()
         assert data, "the daemon hung up"

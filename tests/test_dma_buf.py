@@ -1220,14 +1220,15 @@ def test_concurrent_foreign_imports_of_one_dma_buf_give_one_handle(
         try:
             pairs = c.run(
                 """
-                from protocols import decode_incoming, encode_request
+                from protocols import decode_incoming, encode_request, pack_fds
                 pairs = []
                 for fd in fds:
                     ids = {0xF001: Op.PRIME_FD_TO_HANDLE, 0xF002: Op.PRIME_FD_TO_HANDLE}
                     request = m.DrmPrimeHandle(fd=fd)
                     for ident in ids:
-                        dev.transport.send(
-                            encode_request(ident, Op.PRIME_FD_TO_HANDLE, request), [fd]
+                        dev.transport.sock.sendmsg(
+                            [encode_request(ident, Op.PRIME_FD_TO_HANDLE, request)],
+                            pack_fds([fd]),
                         )
                     os.close(fd)
                     replies = {}

@@ -806,7 +806,7 @@ def test_client_disconnecting_during_an_endless_wait_leaves_the_daemon_clean(
         wait = messages.DrmXeWaitUserFence(
             addr=dev.user_address(m.user_address(0)), value=1, timeout=-1
         )
-        dev.transport.send(encode_request(1000, Op.XE_WAIT_USER_FENCE, wait))
+        dev.transport.sock.send(encode_request(1000, Op.XE_WAIT_USER_FENCE, wait))
         print("sent", flush=True)
         dev.transport.recv()  # never answered
         print("answered", flush=True)

@@ -260,7 +260,7 @@ def test_a_busy_word_is_looked_at_every_tick() -> None:
 
 def _send_wait(dev: Device, ident: int, addr: int, value: int, timeout: int = -1) -> None:
     args = m.DrmXeWaitUserFence(addr=addr, value=value, timeout=timeout)
-    dev.transport.send(encode_request(ident, Op.XE_WAIT_USER_FENCE, args))
+    dev.transport.sock.send(encode_request(ident, Op.XE_WAIT_USER_FENCE, args))
 
 
 def _read_reply(dev: Device, pending: dict[int, Op]) -> Reply:

@@ -89,7 +89,7 @@ dev.exec(queues[0], {BASE} + 0x100, syncs=[user_fence({BASE} + 0x2000, 1)])
 dev.wait_user_fence(maps[0].user_address(0x2000), 1)
 wait = m.DrmXeWaitUserFence(addr=dev.user_address(maps[1].user_address(0x800)), value=1,
                             timeout=-1)
-dev.transport.send(encode_request(0xFFFF0000, Op.XE_WAIT_USER_FENCE, wait))
+dev.transport.sock.send(encode_request(0xFFFF0000, Op.XE_WAIT_USER_FENCE, wait))
 dev.version()
 print(json.dumps("blocked"), flush=True)
 MODE = argv[0]
@@ -516,7 +516,7 @@ def test_close_with_endless_wait_pending_leaks_nothing(fresh_daemon: DaemonProce
         wait = m.DrmXeWaitUserFence(
             addr=dev.user_address(mapping.user_address(0)), value=1, timeout=-1
         )
-        dev.transport.send(encode_request(0xFFFF0000, Op.XE_WAIT_USER_FENCE, wait))
+        dev.transport.sock.send(encode_request(0xFFFF0000, Op.XE_WAIT_USER_FENCE, wait))
         assert dev.version().name == "xe"
         mapping.close()
     assert wait_for_baseline(fresh_daemon, before) == before

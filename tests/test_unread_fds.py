@@ -88,7 +88,7 @@ def test_replies_beyond_the_connections_cap_are_emfile(make_daemon: Any) -> None
         offset = dev.gem_mmap_offset(dev.gem_create(PAGE_SIZE))
         ids = {1000 + i: Op.MMAP for i in range(12)}
         for request_id in ids:
-            dev.transport.send(mmap_request(request_id, offset))
+            dev.transport.sock.send(mmap_request(request_id, offset))
         await_mmaps_answered(daemon, len(ids))  # every reply waits in the socket, unread
         got = []
         for _ in ids:
@@ -112,14 +112,14 @@ def test_the_uids_cap_spans_its_connections(make_daemon: Any) -> None:
         ids = {1000 + i: Op.MMAP for i in range(8)}
         offset = first.gem_mmap_offset(first.gem_create(PAGE_SIZE))
         for request_id in ids:
-            first.transport.send(mmap_request(request_id, offset))
+            first.transport.sock.send(mmap_request(request_id, offset))
         await_mmaps_answered(daemon, 8)  # eight descriptors left unread
         offset = second.gem_mmap_offset(second.gem_create(PAGE_SIZE))
 
         def five_unread_then_read() -> list[tuple[int, int]]:
             answered = mmaps_answered(daemon)
             for request_id in list(ids)[:5]:
-                second.transport.send(mmap_request(request_id, offset))
+                second.transport.sock.send(mmap_request(request_id, offset))
             await_mmaps_answered(daemon, answered + 5)
             return [(r.errno, len(r.fds)) for r in (receive(second, ids) for _ in range(5))]
 
@@ -144,7 +144,7 @@ def test_replies_read_on_another_connection_do_not_count(make_daemon: Any) -> No
         ids = {1000 + i: Op.MMAP for i in range(12)}
         offset = second.gem_mmap_offset(second.gem_create(PAGE_SIZE))
         for request_id in ids:
-            second.transport.send(mmap_request(request_id, offset))
+            second.transport.sock.send(mmap_request(request_id, offset))
         await_mmaps_answered(daemon, 8 + 12)
         assert [(r.errno, len(r.fds)) for r in (receive(second, ids) for _ in ids)] == [
             (0, 1)
@@ -161,8 +161,8 @@ def test_unread_events_are_not_descriptors(make_daemon: Any) -> None:
         for request_id in range(1000, 1008):
             # request id 0 cannot be answered: a PROTOCOL_ERROR event, sent before the
             # MMAP after it is answered; both are read only once both are sent
-            dev.transport.send(msgpack.packb([0, int(Op.VERSION), {}]))
-            dev.transport.send(mmap_request(request_id, offset))
+            dev.transport.sock.send(msgpack.packb([0, int(Op.VERSION), {}]))
+            dev.transport.sock.send(mmap_request(request_id, offset))
             event = receive(dev, {})
             assert isinstance(event, EventMessage) and event.event is Event.PROTOCOL_ERROR
             reply = receive(dev, {request_id: Op.MMAP})
@@ -237,7 +237,7 @@ for _ in range(conns):
                      length=PAGE_SIZE, prot=PROT_READ | PROT_WRITE, flags=MAP_SHARED)
     try:
         for request_id in ids:
-            dev.transport.send(encode_request(request_id, Op.MMAP, args))
+            dev.transport.sock.send(encode_request(request_id, Op.MMAP, args))
     except BrokenPipeError:  # hung up on (what a daemon did before EMFILE replies)
         pass
     devs.append(dev)

@@ -38,6 +38,7 @@ from protocols import (
     MAX_DATAGRAM,
     MAX_FDS,
     PROTOCOL_VERSION,
+    REPLY_ENCODERS,
     SHORTAGE,
     SPECS,
     Event,
@@ -241,8 +242,8 @@ class Connection:
         The socket is read here rather than in a helper coroutine, and a plain op
         (_PLAIN) is answered here too: two coroutines a request were a tenth of the
         daemon's CPU per round trip."""
-        sock, proto, device = self.sock, self.proto, self.device
-        stats = device.ioctl_stats
+        sock, proto, device, unread = self.sock, self.proto, self.device, self.unread
+        by_op = device.ioctl_stats.by_op
         try:
             while True:
                 await trio.lowlevel.checkpoint_if_cancelled()  # a flood must not outlast a cancel
@@ -281,7 +282,7 @@ class Connection:
                     await self._refuse(peek_request_id(data), *self._lost_descriptors(data))
                     continue
                 # nearly every request: whole, no descriptors, an op allowed now
-                plain = None if fds or flags & _MSG_TRUNC else plain_request(data, proto.allowed)
+                plain = None if fds or flags & _MSG_TRUNC else plain_request(data, proto.plain)
                 request: Request | None = None  # an envelope only where one is needed
                 if plain is not None:
                     request_id, op, args = plain
@@ -299,14 +300,19 @@ class Connection:
                         continue
                     request_id, op, args = request.id, request.op, request.args
                 handler = _PLAIN.get(op)
-                if handler is not None and not device.is_gone(self.xef.generation):
+                xef = self.xef  # a channel's is another connection's, from its JOIN on
+                # Inline from here to the reply: device.is_gone(), _send_now() and
+                # stats.record(). Each call on the way was a twentieth of this step.
+                if handler is not None and not (
+                    device.unplugged or xef.generation != device.generation
+                ):
                     started = _now()
                     try:
                         if device.test_crashes:
                             device.crash_point(op.name)
-                        result = handler(self.xef, args)
+                        result = handler(xef, args)
                         if type(result) is not tuple:  # a reply that cannot go is ours too
-                            reply = encode_reply(request_id, op, 0, result)
+                            reply = REPLY_ENCODERS[op](request_id, result)  # encode_reply()
                     except Exception as exc:
                         request = request or Request(request_id, op, args)
                         await self._failed(request, exc, started)
@@ -315,9 +321,18 @@ class Connection:
                         request = request or Request(request_id, op, args)
                         await self._send_result(request, result, started)
                         continue
-                    if not self._send_now(reply):
+                    try:
+                        sock.send(reply)
+                    except BlockingIOError:
                         await self._send_when_room(reply, [])
-                    stats.record(op, 0, _now() - started)
+                    except OSError as exc:
+                        raise _send_failed(exc, []) from exc
+                    else:
+                        if unread.count:  # a reply with descriptors may be unread
+                            unread.sent(len(reply), 0)
+                    entry = by_op[op]
+                    entry.count += 1
+                    entry.latencies.append(_now() - started)
                     continue
                 if request is None:
                     request = Request(request_id, op, args)
