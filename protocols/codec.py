@@ -200,6 +200,10 @@ def _too_big(data: bytes) -> LocalProtocolError:
     return LocalProtocolError(f"message of {len(data)} bytes exceeds {MAX_DATAGRAM}")
 
 
+# what msgpack.unpackb raises on bytes that are no frame, whatever they hold
+_UNPACK_ERRORS = (ValueError, msgpack.UnpackException, TypeError, RecursionError)
+
+
 def _unpack(data: bytes) -> list[Any]:
     if len(data) > MAX_DATAGRAM:
         raise ProtocolError(EMSGSIZE, f"datagram larger than {MAX_DATAGRAM} bytes")
@@ -209,7 +213,7 @@ def _unpack(data: bytes) -> list[Any]:
         # (raw=False), msgpack's defaults. Passed as literals, not **kwargs: a dict
         # spread on every frame cost more than the decoding.
         frame = msgpack.unpackb(data, max_ext_len=0, max_array_len=_ITEMS, max_map_len=_ITEMS)
-    except (ValueError, msgpack.UnpackException, TypeError, RecursionError) as exc:
+    except _UNPACK_ERRORS as exc:
         raise ProtocolError(EINVAL, f"not a msgpack frame: {exc}") from exc
     if type(frame) is not list or len(frame) != 3:
         raise ProtocolError(EINVAL, "a frame is a 3-element array")
@@ -233,14 +237,21 @@ REQUEST_ENCODERS: dict[Op, Callable[[int, Any], bytes]] = _Compiled(
 
 def _compile_request(op: Op) -> Callable[[int, Any], bytes]:
     cls, number = _REQUEST_RECORDS[op]
+    check_id = f"if not 0 < head <= {MAX_REQUEST_ID}: raise _error('request ids are non-zero u32')"
+    encode = REQUEST_ENCODERS[op] = _checked_frame(
+        f"request[{op.name}]", cls, str(number), f"{op.name} takes {cls.__name__}", check_id
+    )
+    return encode
+
+
+def _checked_frame(
+    qualname: str, cls: type, code: str, wrong: str, *checks: str
+) -> Callable[[int, Any], bytes]:
+    """encode(head, r): LocalProtocolError(`wrong`) unless r is a `cls`, then `checks`,
+    then the frame `[head, code, map of r]`."""
     g = _frame_globals() | {"_type": type, "_cls": cls, "_error": LocalProtocolError}
-    body = [
-        f"if _type(r) is not _cls: raise _error('{op.name} takes {cls.__name__}')",
-        f"if not 0 < head <= {MAX_REQUEST_ID}: raise _error('request ids are non-zero u32')",
-        *_frame_lines(cls, str(number)),
-    ]
-    encode = REQUEST_ENCODERS[op] = generate(f"request[{op.name}]", "encode(head, r)", body, g)
-    return encode  # type: ignore[no-any-return]
+    body = [f"if _type(r) is not _cls: raise _error({wrong!r})", *checks, *_frame_lines(cls, code)]
+    return generate(qualname, "encode(head, r)", body, g)  # type: ignore[no-any-return]
 
 
 def _peek(data: bytes, items: int) -> list[Any]:
@@ -328,7 +339,7 @@ def plain_request(data: bytes, plain: PlainOps) -> tuple[int, Op, Any] | None:
         return None
     try:
         frame = msgpack.unpackb(data, max_ext_len=0, max_array_len=_ITEMS, max_map_len=_ITEMS)
-    except (ValueError, msgpack.UnpackException, TypeError, RecursionError):
+    except _UNPACK_ERRORS:
         return None
     if type(frame) is not list or len(frame) != 3:
         return None
@@ -365,13 +376,9 @@ REPLY_ENCODERS: dict[Op, Callable[[int, Any], bytes]] = _Compiled(lambda op: _co
 
 def _compile_reply(op: Op) -> Callable[[int, Any], bytes]:
     cls = _REPLIES[op]
-    g = _frame_globals() | {"_type": type, "_cls": cls, "_error": LocalProtocolError}
-    body = [
-        f"if _type(r) is not _cls: raise _error('{op.name} answers with {cls.__name__}')",
-        *_frame_lines(cls, "0"),
-    ]
-    encode = REPLY_ENCODERS[op] = generate(f"reply[{op.name}]", "encode(head, r)", body, g)
-    return encode  # type: ignore[no-any-return]
+    wrong = f"{op.name} answers with {cls.__name__}"
+    encode = REPLY_ENCODERS[op] = _checked_frame(f"reply[{op.name}]", cls, "0", wrong)
+    return encode
 
 
 def encode_error(request_id: int, errno: int, message: str) -> bytes:
@@ -402,9 +409,6 @@ def reply_record(data: bytes, fds: tuple[int, ...], request_id: int, op: Op) -> 
 REPLY_READERS: dict[Op, Callable[[bytes, tuple[int, ...], int], Any]] = _Compiled(
     lambda op: _compile_reader(op)
 )
-_UNPACK_ERRORS = (ValueError, msgpack.UnpackException, TypeError, RecursionError)
-
-
 def _compile_reader(op: Op) -> Callable[[bytes, tuple[int, ...], int], Any]:
     cls, fds_out = _REPLY_SHAPES[op]
     g: dict[str, Any] = {
