@@ -242,8 +242,8 @@ class Connection:
         The socket is read here rather than in a helper coroutine, and a plain op
         (_PLAIN) is answered here too: two coroutines a request were a tenth of the
         daemon's CPU per round trip."""
-        sock, proto, device, unread = self.sock, self.proto, self.device, self.unread
-        by_op = device.ioctl_stats.by_op
+        sock, proto, device = self.sock, self.proto, self.device
+        stats = device.ioctl_stats
         try:
             while True:
                 await trio.lowlevel.checkpoint_if_cancelled()  # a flood must not outlast a cancel
@@ -301,11 +301,7 @@ class Connection:
                     request_id, op, args = request.id, request.op, request.args
                 handler = _PLAIN.get(op)
                 xef = self.xef  # a channel's is another connection's, from its JOIN on
-                # Inline from here to the reply: device.is_gone(), _send_now() and
-                # stats.record(). Each call on the way was a twentieth of this step.
-                if handler is not None and not (
-                    device.unplugged or xef.generation != device.generation
-                ):
+                if handler is not None and not device.is_gone(xef.generation):
                     started = _now()
                     try:
                         if device.test_crashes:
@@ -321,18 +317,9 @@ class Connection:
                         request = request or Request(request_id, op, args)
                         await self._send_result(request, result, started)
                         continue
-                    try:
-                        sock.send(reply)
-                    except BlockingIOError:
+                    if not self._send_now(reply):
                         await self._send_when_room(reply, [])
-                    except OSError as exc:
-                        raise _send_failed(exc, []) from exc
-                    else:
-                        if unread.count:  # a reply with descriptors may be unread
-                            unread.sent(len(reply), 0)
-                    entry = by_op[op]
-                    entry.count += 1
-                    entry.latencies.append(_now() - started)
+                    stats.record(op, 0, _now() - started)
                     continue
                 if request is None:
                     request = Request(request_id, op, args)

@@ -21,12 +21,11 @@ class _OpRecord:
 
 class IoctlStats:
     def __init__(self) -> None:
-        # every op's record made up front: recording is then one plain dict lookup (the
-        # reader of plain ops records inline, as record() does)
-        self.by_op: dict[Op, _OpRecord] = {op: _OpRecord() for op in Op}
+        # every op's record made up front: recording is then one plain dict lookup
+        self._ops: dict[Op, _OpRecord] = {op: _OpRecord() for op in Op}
 
     def record(self, op: Op, err: int, seconds: float) -> None:
-        entry = self.by_op[op]
+        entry = self._ops[op]
         entry.count += 1
         if err:
             entry.errors[err] += 1
@@ -34,8 +33,8 @@ class IoctlStats:
 
     def report(self) -> tuple[m.XedOpStats, ...]:
         out = []
-        for op in sorted(self.by_op, key=int):
-            entry = self.by_op[op]
+        for op in sorted(self._ops, key=int):
+            entry = self._ops[op]
             if not entry.count:
                 continue
             ordered = sorted(entry.latencies) or [0.0]
