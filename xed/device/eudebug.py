@@ -357,19 +357,14 @@ def _access_vma(
     """Read, or write from `data` (the rest of the access), the part of [addr, addr+left)
     that the VMA at addr holds, whole or not at all; return its length and the bytes
     read (none for a write). IoctlError if refused, UserptrBusy if mid-change."""
-    write = data is not None
-    try:
-        vma, offset, n = vm.binding_at(addr, left, write)
-    except GpuFault as fault:
-        raise IoctlError(EFAULT, f"{fault.reason} at {fault.address:#x}") from None
-    refuse_if(vma.bo is None and vma.host is None, EFAULT, f"NULL binding at {vma.start:#x}")
-    if vma.host is not None:
-        allowed = xef.device.debugger_config.userptr_access
-        refuse_if(not allowed, EINVAL, "userptr access is disabled")
-        refuse_if(
-            vma.host.is_gone(vma.bo_offset + offset, n), EFAULT, f"freed host memory at {addr:#x}"
-        )
-    try:
+    try:  # nothing bound there, a write it refuses, pages the daemon cannot map: EFAULT
+        vma, offset, n = vm.binding_at(addr, left, write=data is not None)
+        refuse_if(vma.bo is None and vma.host is None, EFAULT, f"NULL binding at {vma.start:#x}")
+        if vma.host is not None:
+            allowed = xef.device.debugger_config.userptr_access
+            refuse_if(not allowed, EINVAL, "userptr access is disabled")
+            gone = vma.host.is_gone(vma.bo_offset + offset, n)
+            refuse_if(gone, EFAULT, f"freed host memory at {addr:#x}")
         if data is None:
             return n, vm.read(addr, n)
         vm.write(addr, data[:n])
