@@ -135,6 +135,24 @@ def daemon_maps(daemon: DaemonProcess) -> list[str]:
         return [line.split()[1] for line in maps if f"memfd:{SEALED_NAME}" in line]
 
 
+@contextlib.contextmanager
+def debugged_foreign_buffer(
+    d: DaemonProcess,
+) -> Iterator[tuple[int, socket.socket, Device, Device]]:
+    """A foreign buffer (foreign_buffer()), a drm connection to import it and a debugger
+    connection; when the test is done with them, the daemon is alive and holds nothing
+    more than before."""
+    with (
+        foreign_buffer() as (memfd, buf),
+        Device.open(d.socket_path) as dev,
+        Device.open(d.socket_path, role="debugger") as dbg,
+    ):
+        before = baseline(d)
+        yield memfd, buf, dev, dbg
+        assert d.proc is not None and d.proc.poll() is None
+        assert baseline(d) == before
+
+
 @pytest.mark.parametrize("seal", [fcntl.F_SEAL_WRITE, F_SEAL_FUTURE_WRITE])
 def test_debugger_reads_a_buffer_sealed_against_writes_and_cannot_write_it(
     fresh_daemon: DaemonProcess, seal: int
@@ -143,12 +161,7 @@ def test_debugger_reads_a_buffer_sealed_against_writes_and_cannot_write_it(
     returns its bytes (the daemon maps it read-only, once), a write is EFAULT and changes
     nothing, before the read-only map and after; the map goes with the BO."""
     d = fresh_daemon
-    with (
-        foreign_buffer() as (memfd, buf),
-        Device.open(d.socket_path) as dev,
-        Device.open(d.socket_path, role="debugger") as dbg,
-    ):
-        before = baseline(d)
+    with debugged_foreign_buffer(d) as (memfd, buf, dev, dbg):
         handle = dev.prime_fd_to_handle(buf.fileno())
         vm = dev.vm_create()
         dev.vm_bind(vm, handle, SEALED_VA)
@@ -164,8 +177,6 @@ def test_debugger_reads_a_buffer_sealed_against_writes_and_cannot_write_it(
         dev.vm_destroy(vm)
         dev.gem_close(handle)
         assert daemon_maps(d) == []
-        assert d.proc is not None and d.proc.poll() is None
-        assert baseline(d) == before
 
 
 def test_gpu_batch_reads_a_buffer_sealed_against_writes(fresh_daemon: DaemonProcess) -> None:
@@ -197,12 +208,7 @@ def test_debugger_write_into_a_sealed_buffer_past_a_bo_is_short(
     writes the BO's part and answers that count, no error (xe's eudebug VM file: a
     short pwrite); one starting in the sealed buffer is EFAULT; a read reads both."""
     d = fresh_daemon
-    with (
-        foreign_buffer() as (memfd, buf),
-        Device.open(d.socket_path) as dev,
-        Device.open(d.socket_path, role="debugger") as dbg,
-    ):
-        before = baseline(d)
+    with debugged_foreign_buffer(d) as (memfd, buf, dev, dbg):
         bo = dev.gem_create(PAGE_SIZE)
         handle = dev.prime_fd_to_handle(buf.fileno())
         vm = dev.vm_create()
@@ -221,8 +227,6 @@ def test_debugger_write_into_a_sealed_buffer_past_a_bo_is_short(
         dev.vm_destroy(vm)
         dev.gem_close(handle)
         dev.gem_close(bo)
-        assert d.proc is not None and d.proc.poll() is None
-        assert baseline(d) == before
 
 
 def test_offset_allowed_while_any_handle_of_the_file_is_open(
