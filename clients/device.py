@@ -67,6 +67,8 @@ from .transport import SeqpacketTransport, unreachable
 ONE_SECOND_NS = 1_000_000_000
 # struct drm_version has no input: one immutable record serves every call
 _NO_VERSION_ARGS = m.DrmVersion()
+# an enum's member is slow to look up on its class (EnumType.__getattr__ on 3.11)
+_VERSION = Op.VERSION
 
 
 def user_fence(addr: int, value: int) -> m.DrmXeSync:
@@ -181,14 +183,18 @@ class Device:
                 os.close(fd)
         return result
 
-    def ioctl_fds(self, op: Op, args: Any, fds: Sequence[int] = ()) -> tuple[Any, list[int]]:
+    def ioctl_fds(
+        self, op: Op, args: Any, fds: Sequence[int] = ()
+    ) -> tuple[Any, tuple[int, ...]]:
         """Like ioctl(), but hand back the descriptors the reply carries (caller closes)."""
-        result: tuple[Any, list[int]] = self.rpc.call(op, args, fds)
+        result: tuple[Any, tuple[int, ...]] = self.rpc.call(op, args, fds)
         return result
 
     # --- DRM core and queries ---------------------------------------------------------------
     def version(self) -> m.DrmVersionReply:
-        reply: m.DrmVersionReply = self.ioctl(Op.VERSION, _NO_VERSION_ARGS)
+        # no descriptor comes with a VERSION reply (the library refuses one): nothing
+        # for ioctl() to close
+        reply: m.DrmVersionReply = self.rpc.call(_VERSION, _NO_VERSION_ARGS)[0]
         return reply
 
     def query(self, query: Query) -> m.DrmXeDeviceQueryReply:
@@ -583,7 +589,7 @@ class Device:
 
     def aux_vm_resolve(
         self, vm_handle: int, va: int, length: int
-    ) -> tuple[tuple[m.XedAuxSpan, ...], list[int]]:
+    ) -> tuple[tuple[m.XedAuxSpan, ...], tuple[int, ...]]:
         """The spans behind [va, va+length) and one descriptor per BO or host memory
         (caller closes)."""
         reply, fds = self.ioctl_fds(

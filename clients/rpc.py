@@ -39,7 +39,9 @@ class RpcConnection:
         self._peer = peer
         self._next_id = 0
 
-    def call(self, op: Op, args: Any, fds: Sequence[int] = ()) -> tuple[Any, list[int]]:
+    def call(
+        self, op: Op, args: Any, fds: Sequence[int] = ()
+    ) -> tuple[Any, tuple[int, ...]]:
         """Send one request; return its reply record and descriptors (caller closes).
 
         The reply it waits for is read in one pass (reply_record, its op's reader
@@ -64,7 +66,7 @@ class RpcConnection:
                 _close(received)
                 raise DaemonGone(f"protocol error from {self._peer}: {exc}") from exc
             if record is not None:
-                return record, list(received)
+                return record, received
             pending = {request_id: op}
             message = self._decode(data, received, pending)
             while type(message) is EventMessage:
@@ -78,7 +80,7 @@ class RpcConnection:
         if message.errno:
             _close(message.fds)
             raise XeError(message.errno, op.name, message.result.message)
-        return message.result, list(message.fds)
+        return message.result, message.fds
 
     def _last_word(self, op: Op, heard: int) -> XeError | None:
         """The daemon hung up under our request: if the last thing it said was a

@@ -24,8 +24,8 @@ MAX_DATAGRAM = 64 * 1024
 MAX_FDS = 8
 MAX_REQUEST_ID = 0xFFFF_FFFF
 _OPS = {int(op): op for op in Op}
-# op number -> (op, descriptors it takes, its argument record): one lookup per request
-_REQUESTS = {int(op): (op, spec.fds_in, spec.request) for op, spec in SPECS.items()}
+# op number -> (op, descriptors it takes): one lookup per request
+_REQUESTS = {int(op): (op, spec.fds_in) for op, spec in SPECS.items()}
 # op -> (its argument record, its number): an IntEnum packs by msgpack's slow path
 _REQUEST_RECORDS = {op: (spec.request, int(op)) for op, spec in SPECS.items()}
 _REPLIES = {op: spec.reply for op, spec in SPECS.items()}
@@ -75,6 +75,22 @@ class _Compiled(dict[Any, Any]):
 
     def __missing__(self, key: Any) -> Any:
         return self._compile_for(key)  # which stores it
+
+
+def _per_op(compile_for: Callable[[Op], Any]) -> dict[Op, Any]:
+    """Op -> its compiled function, in a plain dict holding a stand-in for every op: the
+    stand-in's first call compiles the function (compile_for stores it in the table)
+    and calls it. Where the table is looked up on every message: subscripting a dict
+    subclass (_Compiled) costs twice a plain dict's, and at 64 client processes, which
+    evict each other's caches, every object a round trip touches shows."""
+
+    def stand_in(op: Op) -> Callable[..., Any]:
+        def first_call(*args: Any) -> Any:
+            return compile_for(op)(*args)
+
+        return first_call
+
+    return {op: stand_in(op) for op in SPECS}
 
 
 _TO_WIRE: dict[type, Callable[[Any], dict[str, Any]]] = _Compiled(lambda cls: _compile_to_wire(cls))
@@ -230,9 +246,7 @@ def encode_request(request_id: int, op: Op, args: Any) -> bytes:
 # op -> encode(request id, args): encode_request() for that op, in one call: the library's
 # round trip is its encoder, its reply reader and little else (a call through to a
 # record's frame was a tenth of the library's CPU, with both processes on one CPU)
-REQUEST_ENCODERS: dict[Op, Callable[[int, Any], bytes]] = _Compiled(
-    lambda op: _compile_request(op)
-)
+REQUEST_ENCODERS: dict[Op, Callable[[int, Any], bytes]] = _per_op(lambda op: _compile_request(op))
 
 
 def _compile_request(op: Op) -> Callable[[int, Any], bytes]:
@@ -300,12 +314,12 @@ def decode_request(data: bytes, fds: tuple[int, ...] = (), truncated: bool = Fal
     entry = _REQUESTS.get(op_number)
     if entry is None:
         raise ProtocolError(ENOTTY, f"unknown op {op_number:#x}", request_id)
-    op, fds_in, cls = entry
+    op, fds_in = entry
     if len(fds) != fds_in:
         raise ProtocolError(
             EINVAL, f"{op.name} takes {fds_in} descriptors, got {len(fds)}", request_id
         )
-    decode = _FROM_WIRE[cls]  # from_wire(), inline
+    decode = _REQUEST_DECODERS[op]  # from_wire(), inline
     try:
         record = decode(args)
     except FieldError as exc:
@@ -313,14 +327,23 @@ def decode_request(data: bytes, fds: tuple[int, ...] = (), truncated: bool = Fal
     return _tuple_new(Request, (request_id, op, record, fds))
 
 
-# op number -> (op, its argument record), for the ops a connection may send as they are
-# (no descriptors) in its state: what plain_request() looks an op up in
-PlainOps = dict[int, tuple[Op, type]]
+def _request_decoder(op: Op) -> Callable[[Any], Any]:
+    decode = _REQUEST_DECODERS[op] = _FROM_WIRE[SPECS[op].request]
+    return decode
+
+
+# op -> from_wire() of its argument record: looked up by op, in a plain dict
+_REQUEST_DECODERS: dict[Op, Callable[[Any], Any]] = _per_op(_request_decoder)
+
+
+# op number -> op, for the ops a connection may send as they are (no descriptors) in its
+# state: what plain_request() looks an op up in
+PlainOps = dict[int, Op]
 
 
 def plain_ops(ops: frozenset[Op]) -> PlainOps:
     """The PlainOps table of `ops` (those taking descriptors left out)."""
-    return {int(op): (op, SPECS[op].request) for op in ops if not SPECS[op].fds_in}
+    return {int(op): op for op in ops if not SPECS[op].fds_in}
 
 
 def plain_request(data: bytes, plain: PlainOps) -> tuple[int, Op, Any] | None:
@@ -349,11 +372,11 @@ def plain_request(data: bytes, plain: PlainOps) -> tuple[int, Op, Any] | None:
         return None
     if type(number) is not int:
         return None
-    entry = plain.get(number)
-    if entry is None:
+    op = plain.get(number)
+    if op is None:
         return None
     try:
-        return request_id, entry[0], _FROM_WIRE[entry[1]](args)
+        return request_id, op, _REQUEST_DECODERS[op](args)
     except FieldError:
         return None
 
@@ -371,7 +394,7 @@ def encode_reply(request_id: int, op: Op | None, errno: int, result: Any) -> byt
 
 # op -> encode(request id, result): encode_reply() of a success in one call, as the
 # daemon answers nearly every request
-REPLY_ENCODERS: dict[Op, Callable[[int, Any], bytes]] = _Compiled(lambda op: _compile_reply(op))
+REPLY_ENCODERS: dict[Op, Callable[[int, Any], bytes]] = _per_op(lambda op: _compile_reply(op))
 
 
 def _compile_reply(op: Op) -> Callable[[int, Any], bytes]:
@@ -406,9 +429,11 @@ def reply_record(data: bytes, fds: tuple[int, ...], request_id: int, op: Op) -> 
 # op -> read(data, descriptors, request id): reply_record() for that op in one call, the
 # frame's checks and its record's in one function (a reader calling the record's
 # decoder was a tenth of the library's CPU)
-REPLY_READERS: dict[Op, Callable[[bytes, tuple[int, ...], int], Any]] = _Compiled(
+REPLY_READERS: dict[Op, Callable[[bytes, tuple[int, ...], int], Any]] = _per_op(
     lambda op: _compile_reader(op)
 )
+
+
 def _compile_reader(op: Op) -> Callable[[bytes, tuple[int, ...], int], Any]:
     cls, fds_out = _REPLY_SHAPES[op]
     g: dict[str, Any] = {

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import array
 import collections
 
 from protocols import Op, errno_name
 from protocols import messages as m
 
-SAMPLES = 2048  # latest latencies kept per op for the percentiles
+SAMPLES = 2048  # latest latencies kept per op for the percentiles (a power of two)
+_RING = SAMPLES - 1
 
 
 class _OpRecord:
@@ -16,7 +18,9 @@ class _OpRecord:
     def __init__(self) -> None:
         self.count = 0
         self.errors: collections.Counter[int] = collections.Counter()
-        self.latencies: collections.deque[float] = collections.deque(maxlen=SAMPLES)
+        # seconds, by call number modulo SAMPLES: stored in place, not as float objects
+        # a deque of them would let go of one cold object per call, the oldest
+        self.latencies = array.array("d")
 
 
 class IoctlStats:
@@ -26,10 +30,14 @@ class IoctlStats:
 
     def record(self, op: Op, err: int, seconds: float) -> None:
         entry = self._ops[op]
-        entry.count += 1
+        calls = entry.count
+        entry.count = calls + 1
         if err:
             entry.errors[err] += 1
-        entry.latencies.append(seconds)
+        if calls < SAMPLES:
+            entry.latencies.append(seconds)
+        else:
+            entry.latencies[calls & _RING] = seconds
 
     def report(self) -> tuple[m.XedOpStats, ...]:
         out = []
