@@ -23,6 +23,9 @@ from strategies import (
 
 from protocols import (
     MAX_DATAGRAM,
+    REPLY_ENCODERS,
+    REPLY_READERS,
+    REQUEST_ENCODERS,
     SPECS,
     Event,
     EventMessage,
@@ -210,6 +213,22 @@ def test_a_record_without_fields_decodes_to_its_one_value() -> None:
         first.extra = 1  # type: ignore[attr-defined]
     error = refused(pack([3, int(Op.VERSION), {"stray": 1}]))
     assert (error.errno, error.request_id) == (EINVAL, 3) and "stray" in error.message
+
+
+def test_per_op_tables_are_plain_dicts_whose_entries_compile_once() -> None:
+    """Each op's encoder and reader sits in a plain dict (the hot path's lookup): a
+    stand-in until its first call, which puts the compiled function in its place and
+    answers as that function does."""
+    op, args, result = Op.GEM_CLOSE, messages.DrmGemClose(handle=7), messages.Empty()
+    for table in (REQUEST_ENCODERS, REPLY_ENCODERS, REPLY_READERS):
+        assert type(table) is dict and set(table) == set(SPECS)
+    request = REQUEST_ENCODERS[op](5, args)
+    reply = REPLY_ENCODERS[op](5, result)
+    assert REPLY_READERS[op](reply, (), 5) == result
+    compiled = (REQUEST_ENCODERS[op], REPLY_ENCODERS[op], REPLY_READERS[op])
+    assert [f.__name__ for f in compiled] == ["encode", "encode", "read"]
+    assert request == encode_request(5, op, args) and decode_request(request).args == args
+    assert (REQUEST_ENCODERS[op], REPLY_ENCODERS[op], REPLY_READERS[op]) == compiled
 
 
 class _Placement(enum.IntEnum):
