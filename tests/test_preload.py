@@ -9,9 +9,11 @@ released, barriers counted) and what `xec run` itself promises.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,18 +21,20 @@ from pathlib import Path
 
 import pytest
 
-from clients import Device, preload
+from clients import Device, preload, run
 from clients.daemon import DaemonProcess
-from protocols import Op, constants
+from protocols import Event, Op, constants, encode_event
+from protocols import messages as m
 from protocols.codec import MAX_DATAGRAM, MAX_FDS
 from protocols.version import PROTOCOL_VERSION
-from tests.conftest import baseline
+from tests.conftest import baseline, start_daemon
 from tests.sandbox import wait_until
 from tests.test_lifecycle import wait_for_baseline
 
 ROOT = Path(__file__).resolve().parent.parent
 PROGRAMS = ROOT / "tests" / "preload"
 TIMEOUT = 120
+RENDER = "/dev/dri/renderD128"
 
 
 @pytest.fixture(scope="session")
@@ -82,12 +86,12 @@ def xec_run(
 
 
 @contextlib.contextmanager
-def spawn(argv: list[str]) -> Iterator[subprocess.Popen[str]]:
+def spawn(argv: list[str], env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[str]]:
     """A running process with stdout and stderr piped; killed if still running at the end."""
     with subprocess.Popen(
         argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        env=env if env is not None else dict(os.environ, PYTHONPATH=str(ROOT)),
     ) as proc:  # fmt: skip
         try:
             yield proc
@@ -211,6 +215,7 @@ def test_c_constants_match_protocols(program: Programs) -> None:
         "XED_PCI_BARRIER_SEQ_TAG": constants.PCI_BARRIER_SEQ_TAG,
         "XED_PCI_BARRIER_SEQ_MASK": constants.PCI_BARRIER_SEQ_MASK,
         "XED_NOTICE_WATCHER_ASLEEP": constants.NOTICE_WATCHER_ASLEEP,
+        "XED_EVENT_PROTOCOL_ERROR": Event.PROTOCOL_ERROR,
     }
     for name, value in expected.items():
         assert c[name] == value, name
@@ -337,3 +342,54 @@ def test_prime_self_import_races(fresh_daemon: DaemonProcess, program: Programs)
     before = baseline(fresh_daemon)
     passes(fresh_daemon.socket_path, program("prime_races"), "1")
     assert wait_for_baseline(fresh_daemon, before) == before
+
+
+# --- a connection the daemon will not serve ----------------------------------------------
+def test_open_past_the_connection_limit_is_emfile(
+    tmp_path: Path, library: Path, program: Programs
+) -> None:
+    """open() of the device by a uid at [limits] connections_per_uid is EMFILE, as the
+    library's Device.open: whether the daemon answered the library's HELLO or, not
+    having seen it yet, said so in a PROTOCOL_ERROR event and hung up. (Run without
+    `xec run`, whose own check of the daemon would be the refused connection.)"""
+    daemon = start_daemon(tmp_path, "[limits]\nconnections_per_uid = 1\n")
+    env = run.environment(library, daemon.socket_path, ("renderD128",), None)
+    argv = [str(program("open_errno")), RENDER]
+    try:
+        with Device.open(daemon.socket_path):  # the uid's one connection
+            done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=TIMEOUT)
+            assert (done.returncode, done.stdout) == (0, f"errno {errno.EMFILE}\n"), done.stderr
+
+        def refused() -> bool:  # logged by the daemon's log thread, a moment later
+            return "connection_refused" in daemon.log_path.read_text()
+
+        wait_until(refused, TIMEOUT, "the refusal logged")
+    finally:
+        daemon.stop()
+        daemon.cleanup()
+
+
+@pytest.mark.parametrize("reads_hello", [True, False], ids=["eof", "reset"])
+def test_a_hang_up_after_protocol_error_is_that_errno(
+    tmp_path: Path, library: Path, program: Programs, reads_hello: bool
+) -> None:
+    """The daemon's other way to turn a connection away, made certain rather than left
+    to a race: accept, send a PROTOCOL_ERROR event (EMFILE), hang up. The program's
+    open() fails with EMFILE, not ENODEV: after the event and EOF (its HELLO read) or
+    after the reset the kernel reports first when its HELLO was left unread."""
+    path = tmp_path / "refuser.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(str(path))
+    listener.listen(1)
+    listener.settimeout(TIMEOUT)
+    env = run.environment(library, path, ("renderD128",), None)
+    with listener, spawn([str(program("open_errno")), RENDER], env) as opener:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(TIMEOUT)
+            if reads_hello:
+                assert conn.recv(MAX_DATAGRAM)
+            info = m.ProtocolErrorInfo(errno=errno.EMFILE, message="turned away")
+            conn.send(encode_event(Event.PROTOCOL_ERROR, info))
+        out, err = opener.communicate(timeout=TIMEOUT)
+    assert (opener.returncode, out) == (0, f"errno {errno.EMFILE}\n"), err

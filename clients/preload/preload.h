@@ -84,6 +84,7 @@ void files_after_fork(void);
 int send_frame(int fd, const void *data, size_t len, int fd_in); /* 0 or errno */
 /* one datagram: its length (its descriptors in fds[], *nfds of them), or -errno */
 long recv_frame(int fd, void *buf, size_t cap, int *fds, int *nfds);
+long recv_queued(int fd, void *buf, size_t cap); /* a datagram already there, or -1 */
 
 /* --- conn.c: requests and replies ---------------------------------------------------- */
 #define XED_CHAN_BUF (2 * 65536)

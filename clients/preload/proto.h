@@ -41,6 +41,9 @@
 #define XED_OP_DMA_BUF_LLSEEK 0x104
 #define XED_OP_UNPLUG_NOTICE 0x105
 
+/* event numbers (protocols/ops.py Event): an event is a frame with request id 0 */
+#define XED_EVENT_PROTOCOL_ERROR 2
+
 /* protocols/constants.py */
 #define XED_PCI_BARRIER_MMAP_OFFSET (0x50ull << 12)
 #define XED_PCI_BARRIER_IDLE 0xdeadbeefu

@@ -106,3 +106,14 @@ long recv_frame(int fd, void *buf, size_t cap, int *fds, int *nfds)
 	}
 	return n ? n : -lost("recvmsg", EPIPE); /* EOF: the daemon hung up */
 }
+
+/* a datagram already queued (descriptors with it are dropped by the kernel, as no room is
+ * given for them), without waiting: what a daemon said before it hung up */
+long recv_queued(int fd, void *buf, size_t cap)
+{
+	long n;
+	do
+		n = syscall(SYS_recvfrom, (long)fd, buf, (long)cap, (long)MSG_DONTWAIT, 0L, 0L);
+	while (n < 0 && errno == EINTR);
+	return n;
+}

@@ -6,6 +6,11 @@
  * field is in. Replies to other ids (a call a signal handler longjmp'd out of, long
  * ago, on this connection) and events (id 0) are dropped with their descriptors. A
  * refusal is its errno (the daemon's message goes to XED_PRELOAD_DEBUG's stderr).
+ *
+ * A daemon that will not serve a connection (one over its uid's connection limit) may
+ * say why in a PROTOCOL_ERROR event and hang up before our request is read: the call
+ * then fails with that event's errno (EMFILE), whether the event was read before the
+ * hang-up or is still queued behind the reset, rather than with ENODEV.
  */
 #include <errno.h>
 #include <string.h>
@@ -45,6 +50,29 @@ void xc_u16s(struct xcall *c, const char *key, const uint16_t *v, uint32_t n)
 	c->keys++;
 }
 
+/* the errno a frame gives, if it is a PROTOCOL_ERROR event; 0 for anything else */
+static int last_word(const uint8_t *frame, size_t len)
+{
+	struct rbuf r;
+	r_init(&r, frame, len);
+	if (r_array(&r) != 3 || r_uint(&r) != 0 || r_uint(&r) != XED_EVENT_PROTOCOL_ERROR)
+		return 0;
+	uint64_t err = r_get_uint(&r, "errno");
+	return !r.bad && err > 0 && err < 4096 ? (int)err : 0;
+}
+
+/* The daemon hung up: the errno of the PROTOCOL_ERROR event it sent before, already read
+ * (`said`) or still queued (the kernel reports a reset before what is queued); else
+ * ENODEV, as an unplugged device answers. */
+static int hung_up(int fd, uint8_t *buf, size_t cap, int said)
+{
+	if (said)
+		return said;
+	long n = recv_queued(fd, buf, cap);
+	int why = n > 0 ? last_word(buf, (size_t)n) : 0;
+	return why ? why : ENODEV;
+}
+
 int xc_run(struct xcall *c, int fd_in)
 {
 	if (c->w.overflow)
@@ -59,14 +87,16 @@ int xc_run(struct xcall *c, int fd_in)
 	r_array(&head);
 	uint64_t id = r_uint(&head);
 	int fd = c->chan->fd;
+	uint8_t *in = c->chan->buf + XED_SEND_CAP;
+	size_t cap = XED_CHAN_BUF - XED_SEND_CAP;
 	int err = send_frame(fd, c->w.p, c->w.len, fd_in);
 	if (err)
-		return err;
-	uint8_t *in = c->chan->buf + XED_SEND_CAP;
+		return err == ENODEV ? hung_up(fd, in, cap, 0) : err;
+	int said = 0; /* a PROTOCOL_ERROR event's errno, until our reply comes */
 	for (;;) {
-		long n = recv_frame(fd, in, XED_CHAN_BUF - XED_SEND_CAP, c->fds, &c->nfds);
+		long n = recv_frame(fd, in, cap, c->fds, &c->nfds);
 		if (n < 0)
-			return (int)-n;
+			return n == -ENODEV ? hung_up(fd, in, cap, said) : (int)-n;
 		struct rbuf r;
 		r_init(&r, in, (size_t)n);
 		int64_t items = r_array(&r);
@@ -85,6 +115,9 @@ int xc_run(struct xcall *c, int fd_in)
 			return code > 0 && code < 4096 ? (int)code : EIO;
 		}
 		/* an event (id 0), or the reply to a call a signal interrupted for good */
+		int why = last_word(in, (size_t)n);
+		if (why)
+			said = why;
 		xc_end_fds(c);
 	}
 }
