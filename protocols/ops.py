@@ -824,11 +824,8 @@ SPECS: dict[Op, OpSpec] = {
                 (EPERM, "the connection was opened by a uid not ours, and we are not root"),
                 (ENOENT, "no such VM"),
                 (EINVAL, "length zero or above 32 KiB"),
-                (
-                    EFAULT,
-                    "an address with nothing bound (or NULL), or a write to a read-only "
-                    "binding or import",
-                ),
+                (EINVAL, "an address with nothing bound (xe: no VMA there)"),
+                (EFAULT, "a NULL binding, or a write to a read-only binding or import"),
                 (EINVAL, "a userptr range while debugger.userptr_access = false"),
                 (
                     EFAULT,

@@ -281,7 +281,8 @@ async def debug_vm_access_ioctl(xef: XeFile, args: m.XedDebugVmAccess) -> m.XedD
     - length (or the data's) zero or above 32 KiB: EINVAL
     Then binding by binding from addr, as xe's eudebug VM file reads and writes (one
     VMA per step, each step all of its part or nothing):
-    - nothing bound at the address, or a write to a read-only binding or import: EFAULT
+    - nothing bound at the address: EINVAL (xe_eudebug_vm_access finds no VMA there)
+    - a write to a read-only binding or import: EFAULT
     - a NULL binding: EFAULT
     - a userptr range while [debugger] userptr_access is false: EINVAL
     - freed host memory: EFAULT
@@ -357,7 +358,8 @@ def _access_vma(
     """Read, or write from `data` (the rest of the access), the part of [addr, addr+left)
     that the VMA at addr holds, whole or not at all; return its length and the bytes
     read (none for a write). IoctlError if refused, UserptrBusy if mid-change."""
-    try:  # nothing bound there, a write it refuses, pages the daemon cannot map: EFAULT
+    refuse_if(not vm.bound_at(addr), EINVAL, f"nothing bound at {addr:#x}")
+    try:  # a write the binding refuses, pages the daemon cannot map: EFAULT
         vma, offset, n = vm.binding_at(addr, left, write=data is not None)
         refuse_if(vma.bo is None and vma.host is None, EFAULT, f"NULL binding at {vma.start:#x}")
         if vma.host is not None:

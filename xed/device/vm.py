@@ -199,6 +199,11 @@ class XeVm:
             return vma.host
         return vma.bo
 
+    def bound_at(self, addr: int) -> bool:
+        """Whether a VMA holds addr."""
+        index = bisect.bisect_right(self._starts, addr) - 1
+        return index >= 0 and addr < self._vmas[self._starts[index]].end
+
     def binding_at(self, addr: int, length: int, write: bool) -> tuple[Vma, int, int]:
         """The VMA at addr, the offset into it and how many of the `length` bytes from
         there it covers; GpuFault as _spans (nothing bound, a write it refuses)."""
