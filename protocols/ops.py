@@ -825,7 +825,7 @@ SPECS: dict[Op, OpSpec] = {
                 (ENOENT, "no such VM"),
                 (EINVAL, "length zero or above 32 KiB"),
                 (EINVAL, "an address with nothing bound (xe: no VMA there)"),
-                (EFAULT, "a NULL binding, or a write to a read-only binding or import"),
+                (EFAULT, "a NULL binding, or a write to a read-only import"),
                 (EINVAL, "a userptr range while debugger.userptr_access = false"),
                 (
                     EFAULT,

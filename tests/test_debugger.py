@@ -695,6 +695,18 @@ def test_access_of_null_binding_is_efault(dbg: Device, attached: Target) -> None
     assert errno_of(dbg.debug_vm_write, t.client_id, t.vm, NULL_VA + 8, b"12345678") == EFAULT
 
 
+def test_write_through_a_read_only_binding_lands(dbg: Device, attached: Target) -> None:
+    """A READONLY binding of the BO takes the debugger's write, as xe's eudebug writes
+    through the BO whatever the VMA's flags (a GPU store there still faults: test_vm);
+    the target sees the bytes through its own mapping."""
+    t = attached
+    ro_va = 0x5_0000_0000
+    t.run(f"dev.vm_bind(vm, bo, {ro_va}, flags=DRM_XE_VM_BIND_FLAG_READONLY)")
+    assert dbg.debug_vm_write(t.client_id, t.vm, ro_va + 16, b"breakpt!") == 8
+    assert dbg.debug_vm_read(t.client_id, t.vm, BO_VA + 16, 8) == b"breakpt!"
+    assert t.run("result = cpu[16:24].hex()") == b"breakpt!".hex()
+
+
 @pytest.mark.parametrize("length", [0, MAX_ACCESS + 1, 1 << 40])
 def test_read_length_zero_or_above_32_kib_is_einval(
     dbg: Device, attached: Target, length: int

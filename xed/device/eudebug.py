@@ -282,7 +282,8 @@ async def debug_vm_access_ioctl(xef: XeFile, args: m.XedDebugVmAccess) -> m.XedD
     Then binding by binding from addr, as xe's eudebug VM file reads and writes (one
     VMA per step, each step all of its part or nothing):
     - nothing bound at the address: EINVAL (xe_eudebug_vm_access finds no VMA there)
-    - a write to a read-only binding or import: EFAULT
+    - a write to a read-only import: EFAULT (a READONLY binding is written, as xe's
+      eudebug writes through the BO or the user pages whatever the VMA's flags)
     - a NULL binding: EFAULT
     - a userptr range while [debugger] userptr_access is false: EINVAL
     - freed host memory: EFAULT
@@ -360,7 +361,7 @@ def _access_vma(
     read (none for a write). IoctlError if refused, UserptrBusy if mid-change."""
     refuse_if(not vm.bound_at(addr), EINVAL, f"nothing bound at {addr:#x}")
     try:  # a write the binding refuses, pages the daemon cannot map: EFAULT
-        vma, offset, n = vm.binding_at(addr, left, write=data is not None)
+        vma, offset, n = vm.binding_at(addr, left, data is not None, readonly_binds=False)
         refuse_if(vma.bo is None and vma.host is None, EFAULT, f"NULL binding at {vma.start:#x}")
         if vma.host is not None:
             allowed = xef.device.debugger_config.userptr_access
@@ -369,7 +370,7 @@ def _access_vma(
             refuse_if(gone, EFAULT, f"freed host memory at {addr:#x}")
         if data is None:
             return n, vm.read(addr, n)
-        vm.write(addr, data[:n])
+        vm.write(addr, data[:n], readonly_binds=False)
     except GpuFault as fault:
         raise IoctlError(EFAULT, f"{fault.reason} at {fault.address:#x}") from None
     return n, b""

@@ -170,8 +170,12 @@ class XeVm:
             index += 1
 
     # --- device-side access ---------------------------------------------------------------
-    def _spans(self, addr: int, length: int, write: bool) -> Iterator[tuple[Vma, int, int]]:
-        """(vma, offset in the vma, bytes) covering [addr, addr+length), or GpuFault."""
+    def _spans(
+        self, addr: int, length: int, write: bool, readonly_binds: bool = True
+    ) -> Iterator[tuple[Vma, int, int]]:
+        """(vma, offset in the vma, bytes) covering [addr, addr+length), or GpuFault.
+        Without `readonly_binds` a READONLY binding takes a write (the debugger's: xe's
+        eudebug writes through the BO or the user pages, whatever the VMA's flags)."""
         pos, end = addr, addr + length
         index = bisect.bisect_right(self._starts, pos) - 1
         while pos < end:
@@ -180,7 +184,7 @@ class XeVm:
             vma = self._vmas[self._starts[index]]
             if not vma.start <= pos < vma.end:
                 raise GpuFault(pos)
-            if write and vma.flags & DRM_XE_VM_BIND_FLAG_READONLY:
+            if write and readonly_binds and vma.flags & DRM_XE_VM_BIND_FLAG_READONLY:
                 raise GpuFault(pos, "write to a read-only binding")
             if write and vma.bo is not None and not vma.bo.writable:
                 raise GpuFault(pos, "write to a read-only import")
@@ -204,10 +208,12 @@ class XeVm:
         index = bisect.bisect_right(self._starts, addr) - 1
         return index >= 0 and addr < self._vmas[self._starts[index]].end
 
-    def binding_at(self, addr: int, length: int, write: bool) -> tuple[Vma, int, int]:
+    def binding_at(
+        self, addr: int, length: int, write: bool, readonly_binds: bool = True
+    ) -> tuple[Vma, int, int]:
         """The VMA at addr, the offset into it and how many of the `length` bytes from
         there it covers; GpuFault as _spans (nothing bound, a write it refuses)."""
-        return next(self._spans(addr, length, write))
+        return next(self._spans(addr, length, write, readonly_binds))
 
     @staticmethod
     def _view(memory: XeBo | HostArena, address: int, write: bool) -> mmap.mmap:
@@ -252,14 +258,14 @@ class XeVm:
         self.write(addr, value.to_bytes(8, "little"))
         return None
 
-    def write(self, addr: int, data: bytes) -> None:
+    def write(self, addr: int, data: bytes, readonly_binds: bool = True) -> None:
         """Store `data` at addr, across VMAs. Every span is checked before any byte is
         written (bound, writable, its userptr pages neither freed nor mid-change: so a
         UserptrBusy retry never finds half of it done). The views are made span by span,
         each used at once (views.py): one the kernel refuses past the first span is a
         GpuFault with the spans before it written, as a GPU's store faulting part way
         leaves them. The debugger does not come here across VMAs (eudebug.py)."""
-        spans = list(self._spans(addr, len(data), write=True))
+        spans = list(self._spans(addr, len(data), True, readonly_binds))
         backing = [self._memory(vma, offset, n) for vma, offset, n in spans]
         pos = 0
         for (vma, offset, n), memory in zip(spans, backing, strict=True):
