@@ -90,6 +90,7 @@ class Tally:
     ops: int = 0
     unclean: list[str] = attrs.Factory(list)
     failed: list[str] = attrs.Factory(list)  # agents that died on their own: our bugs
+    unclean_clients: dict[str, list[str]] = attrs.Factory(dict)  # a leak's connections
 
 
 def _spawn(
@@ -112,6 +113,15 @@ def _account(daemon: DaemonProcess) -> tuple[int, dict[str, int], Any]:
         status = admin.admin_status()
         fds = daemon.open_fds()
     return fds, to_wire(status.objects), status
+
+
+def _clients(daemon: DaemonProcess) -> list[str]:
+    """Who is connected (role, command, objects held): what a leak report names."""
+    with Device.open(daemon.socket_path, role="admin") as admin:
+        return sorted(
+            f"{c.role} {c.comm} bos={c.bos} vms={c.vms} exported={c.exported}"
+            for c in admin.admin_clients()
+        )
 
 
 def _settle(
@@ -143,6 +153,7 @@ def run(opts: ChaosOptions, out: Any = sys.stdout) -> dict[str, Any]:
             aux.start()
             pids = (daemon.pid, aux.pid)
             fds0, objects0, _ = _account(daemon)
+            clients0 = _clients(daemon)
             bystander = subprocess.Popen(
                 [sys.executable, "-m", "clients.chaos.bystander", str(daemon.socket_path)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
@@ -156,7 +167,10 @@ def run(opts: ChaosOptions, out: Any = sys.stdout) -> dict[str, Any]:
             bystander.wait(30)
             alive = (_alive(daemon), _alive(aux))
             if alive[0]:
+                _plug_in(daemon)
                 fds1, objects1, status = _settle(daemon, (fds0, objects0))
+                if (fds1, objects1) != (fds0, objects0):  # who came or went, for the report
+                    tally.unclean_clients = {"before": clients0, "after": _clients(daemon)}
             log = daemon.log_text()
         finally:
             aux.cleanup()
@@ -210,6 +224,7 @@ def _result(
         "unclean_examples": tally.unclean[:10],
         "leaked_descriptors": leaked_fds,
         "leaked_objects": leaked,
+        "leaked_from": tally.unclean_clients,  # the connections before and after a leak
         "limits_hit": status.limits_hit if status is not None else 0,
         "bystander": seen,
     }
@@ -276,6 +291,15 @@ def _collect(agent: Agent, tally: Tally) -> None:
         tally.ops += int(line.get("ops", 0))
         if "unclean" in line:
             tally.unclean.append(f"{agent.kind}: {line['unclean']}")
+
+
+def _plug_in(daemon: DaemonProcess) -> None:
+    """A device in, as at the start, before the account is compared: a fuzzer is
+    root too, so it may send ADMIN_UNPLUG last, and the aux driver connects again only
+    to a device that is in (it waits for one while it is out)."""
+    with Device.open(daemon.socket_path, role="admin") as admin:
+        if admin.admin_status().unplugged:
+            admin.admin_replug()
 
 
 def _unplug_briefly(daemon: DaemonProcess) -> None:
