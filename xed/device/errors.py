@@ -23,3 +23,10 @@ class GpuFault(Exception):
         super().__init__(f"{reason} at {address:#x}")
         self.address = address
         self.reason = reason
+
+
+class Unbound(GpuFault):
+    """The GPU address is a hole: no VMA holds it."""
+
+    def __init__(self, address: int) -> None:
+        super().__init__(address)

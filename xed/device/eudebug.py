@@ -39,7 +39,7 @@ from protocols import messages as m
 from protocols.ops import Event, Role
 
 from . import process
-from .errors import GpuFault, IoctlError, refuse_if
+from .errors import GpuFault, IoctlError, Unbound, refuse_if
 from .userptr import UserptrBusy
 
 if TYPE_CHECKING:
@@ -359,8 +359,7 @@ def _access_vma(
     """Read, or write from `data` (the rest of the access), the part of [addr, addr+left)
     that the VMA at addr holds, whole or not at all; return its length and the bytes
     read (none for a write). IoctlError if refused, UserptrBusy if mid-change."""
-    refuse_if(not vm.bound_at(addr), EINVAL, f"nothing bound at {addr:#x}")
-    try:  # a write the binding refuses, pages the daemon cannot map: EFAULT
+    try:  # nothing bound there: EINVAL; a write refused, pages not mapped: EFAULT
         vma, offset, n = vm.binding_at(addr, left, data is not None, readonly_binds=False)
         refuse_if(vma.bo is None and vma.host is None, EFAULT, f"NULL binding at {vma.start:#x}")
         if vma.host is not None:
@@ -371,6 +370,8 @@ def _access_vma(
         if data is None:
             return n, vm.read(addr, n)
         vm.write(addr, data[:n], readonly_binds=False)
+    except Unbound as hole:  # xe_eudebug_vm_access finds no VMA there
+        raise IoctlError(EINVAL, f"nothing bound at {hole.address:#x}") from None
     except GpuFault as fault:
         raise IoctlError(EFAULT, f"{fault.reason} at {fault.address:#x}") from None
     return n, b""

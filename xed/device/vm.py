@@ -36,7 +36,7 @@ from protocols.constants import (
 )
 from protocols.words import Words
 
-from .errors import GpuFault, IoctlError, refuse_if
+from .errors import GpuFault, IoctlError, Unbound, refuse_if
 from .eudebug import debug_event
 from .limits import refuse_over
 from .sync import parse_syncs, signal_user_fences
@@ -173,17 +173,18 @@ class XeVm:
     def _spans(
         self, addr: int, length: int, write: bool, readonly_binds: bool = True
     ) -> Iterator[tuple[Vma, int, int]]:
-        """(vma, offset in the vma, bytes) covering [addr, addr+length), or GpuFault.
+        """(vma, offset in the vma, bytes) covering [addr, addr+length), or GpuFault
+        (Unbound at a hole).
         Without `readonly_binds` a READONLY binding takes a write (the debugger's: xe's
         eudebug writes through the BO or the user pages, whatever the VMA's flags)."""
         pos, end = addr, addr + length
         index = bisect.bisect_right(self._starts, pos) - 1
         while pos < end:
             if index < 0 or index >= len(self._starts):
-                raise GpuFault(pos)
+                raise Unbound(pos)
             vma = self._vmas[self._starts[index]]
             if not vma.start <= pos < vma.end:
-                raise GpuFault(pos)
+                raise Unbound(pos)
             if write and readonly_binds and vma.flags & DRM_XE_VM_BIND_FLAG_READONLY:
                 raise GpuFault(pos, "write to a read-only binding")
             if write and vma.bo is not None and not vma.bo.writable:
@@ -202,11 +203,6 @@ class XeVm:
             vma.host.check(vma.bo_offset + offset, n, vma.start + offset)
             return vma.host
         return vma.bo
-
-    def bound_at(self, addr: int) -> bool:
-        """Whether a VMA holds addr."""
-        index = bisect.bisect_right(self._starts, addr) - 1
-        return index >= 0 and addr < self._vmas[self._starts[index]].end
 
     def binding_at(
         self, addr: int, length: int, write: bool, readonly_binds: bool = True
