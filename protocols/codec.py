@@ -64,17 +64,17 @@ _tuple_new = tuple.__new__  # a NamedTuple's own __new__ is a Python function ar
 # time the class travels (the hot path: a loop over the fields cost more than the
 # socket). The values themselves are checked by the record's own checks (fields.py):
 # inline in from_wire for a map holding every field, in `__init__` for any other.
-class _Compiled(dict[Any, Any]):
-    """Record class (or op) -> its compiled function, compiled at its first lookup:
-    `table[cls]` is one dict lookup on the hot path, where a helper to look up or
-    compile was a call more on every message."""
+class _Compiled(dict[type, Any]):
+    """Record class -> its compiled function, compiled at its first lookup: `table[cls]`
+    is one dict lookup on the hot path, where a helper to look up or compile was a call
+    more on every message."""
 
-    def __init__(self, compile_for: Callable[[Any], Any]) -> None:
+    def __init__(self, compile_for: Callable[[type], Any]) -> None:
         super().__init__()
         self._compile_for = compile_for
 
-    def __missing__(self, key: Any) -> Any:
-        return self._compile_for(key)  # which stores it
+    def __missing__(self, cls: type) -> Any:
+        return self._compile_for(cls)  # which stores it
 
 
 def _per_op(compile_for: Callable[[Op], Any]) -> dict[Op, Any]:
