@@ -73,8 +73,10 @@ class Forger:
             request = decode_request(data)
             reply = m.DmaBufAttachReply(size=self.size, writable=self.writable, device=FORGED)
             wire = encode_reply(request.id, Op.DMA_BUF_ATTACH, 0, reply)
-            self._ours.sendmsg([wire], pack_fds([self.memory]))
+            # counted before it goes: the daemon's refusal may reach the test before
+            # this thread runs again
             self.answered += 1
+            self._ours.sendmsg([wire], pack_fds([self.memory]))
 
     def close(self) -> None:
         self._ours.shutdown(socket.SHUT_RDWR)
