@@ -201,7 +201,7 @@ async def _answer_in_trio(conn: socket.socket, body: object) -> None:
                     parked = True
                     continue
                 break
-            if not parked:  # the daemon's turn for the others (xed/server.py)
+            if not parked:  # the daemon's turn for the others (xed/connection.py)
                 await trio.lowlevel.cancel_shielded_checkpoint()
             if not data:
                 return

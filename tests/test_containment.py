@@ -121,7 +121,7 @@ def attach(fd: int, request_id: int = 7) -> Reply:
 @pytest.mark.parametrize(
     ("op", "call"),
     [
-        # answered in the reader's own step (server.py _PLAIN)
+        # answered in the reader's own step (connection.py _PLAIN)
         ("XE_VM_CREATE", lambda dev: dev.vm_create()),
         # answered by _answer: its reply opens a descriptor
         ("XE_GEM_CREATE", lambda dev: dev.gem_create(4096)),

@@ -39,9 +39,9 @@ from protocols import (
 from protocols import messages as m
 from protocols.constants import MAP_SHARED, PAGE_SIZE, PROT_READ, PROT_WRITE, XE_PLACEMENT_SYSMEM
 from xed.config import Config
+from xed.connection import Connection
 from xed.device.device import XeDevice
 from xed.device.ufence import LOOK_TICK, SLOW_LOOK
-from xed.server import Connection
 
 WAITERS = 1000
 BATCH_VA = 0x1_0000_0000

@@ -38,7 +38,7 @@ from protocols import (
 )
 from protocols import messages as m
 from protocols.constants import PAGE_SIZE, SEEK_END
-from xed.server import LENT_IN_FLIGHT
+from xed.connection import LENT_IN_FLIGHT
 
 TIMEOUT = 10.0
 NOFILE = 256

@@ -1,6 +1,6 @@
 """Every reply fits one datagram at its widest, whatever the clients hold.
 
-A reply that cannot be encoded is EIO for the asker (server.py), so a list a client can
+A reply that cannot be encoded is EIO for the asker (connection.py), so a list a client can
 make long must be cut where one datagram ends: each reply is built here with every
 field at its widest and every list as long as the schema allows, or as the daemon cuts
 it (ADMIN_CLIENTS_LISTED, ADMIN_OBJECTS_LISTED, eudebug VIEW_*, ...), and encoded.

@@ -15,8 +15,8 @@ import trio
 from protocols import PROTOCOL_VERSION, Op, encode_request
 from protocols import messages as m
 from xed.config import Config
+from xed.connection import Connection
 from xed.device.device import XeDevice
-from xed.server import Connection
 
 QUEUED = 200  # requests waiting before the reader starts
 

@@ -23,7 +23,7 @@ from protocols import messages as m
 from .device.errors import refuse_if
 
 if TYPE_CHECKING:
-    from .server import Connection
+    from .connection import Connection
 
 
 def join(conn: Connection, hello: m.Hello) -> m.HelloReply:

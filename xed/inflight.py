@@ -29,7 +29,7 @@ daemon one ioctl a request, not one per connection it holds.
 The ledger is the daemon's book of what each uid makes it hold over all its
 connections: besides the descriptors in flight, its connections (limits.
 connections_per_uid, counted by the accept loop) and the descriptors its blocking
-requests have lent it (limits.lent_descriptors_per_uid), both in server.py.
+requests have lent it (limits.lent_descriptors_per_uid), both in connection.py.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A drm file is opened by one connection (its own, whose last close releases it) and may
 be acted on by channels: connections of other processes, such as a child that forked
-with the program's descriptor (server.py). Handles, VMs, offsets are the file's.
+with the program's descriptor (connection.py). Handles, VMs, offsets are the file's.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class XeFile:
         self.role: Role | None = None
         self.node = Node.PRIMARY  # role drm: the device node it was opened on
         self.token = ""  # role drm: the secret a channel joins it by (HELLO.join)
-        # connections of other processes acting on this file (server.py Connection):
+        # connections of other processes acting on this file (connection.py):
         # closed by the file's release, never releasing anything of it themselves
         self.channels: set[Any] = set()
         self.comm = _comm(pid)

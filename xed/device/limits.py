@@ -18,7 +18,7 @@ every descriptor below that mark is taken: one system call pair, on allocating o
 
 A spare descriptor (/dev/null) is kept for accept(): with the table full, it is closed
 to accept the connection waiting in the backlog, which is answered at once and closed,
-and the spare is opened again (the classic trick; see server.py).
+and the spare is opened again (the classic trick; see server.py, the accept loop).
 """
 
 from __future__ import annotations
