@@ -10,9 +10,10 @@ rtt:  a trivial ioctl (DRM_IOCTL_VERSION) through the daemon vs a raw SOCK_SEQPA
       exchange served in trio as the daemon reads (clients/echo.py): `over floor: X.XX`
       is the daemon over it, what the daemon and the library add to the design.
       By default the client and the server (daemon or echo) share one CPU: a wake-up
-      across CPUs costs tens of microseconds on a virtual machine and lands at random,
-      which would measure the scheduler's placement rather than the software. --spread
-      lets them float.
+      across CPUs costs tens of microseconds on a virtual machine, and where the
+      scheduler puts each pair would decide the figures. --spread puts the clients on
+      one CPU and the servers on another (every round trip crosses, each alike);
+      --float pins nothing.
 mmap: GEM_MMAP_OFFSET + MMAP + mmap(2) of a 1 GiB BO vs a 4 KiB BO: time ratio and the
       bytes each put on the socket (zero copy means the same bytes, whatever the size).
 barrier: one PCI barrier as a page store, as an ioctl round trip, as an MI_MEM_FENCE exec;
@@ -53,7 +54,7 @@ from .measure import (
     daemon_pid,
     percentile,
     pin,
-    pin_here,
+    place_here,
     threads_cpu_ns,
 )
 from .progress import Progress
@@ -105,15 +106,20 @@ class _CpuMeter:
 
 
 def bench_rtt(
-    socket_path: Path | None, rounds: int, per_round: int, spread: bool
+    socket_path: Path | None, rounds: int, per_round: int, placement: str = "shared"
 ) -> dict[str, Any]:
-    cpus = pin_here(spread)
+    place = place_here(placement)
     with tempfile.TemporaryDirectory(prefix="xed-bench-") as tmp, contextlib.ExitStack() as stack:
         contestants: list[tuple[str, Callable[[int], list[float]], _CpuMeter]] = []
         path, daemon = stack.enter_context(daemon_at(socket_path))
         daemon_pid = daemon.pid if daemon else None
         if daemon:
-            pin(daemon.pid, cpus)
+            pin(daemon.pid, place.servers)
+        # read back from the kernel, not what was asked: the --json shows where they ran
+        cpus = {
+            "client": sorted(os.sched_getaffinity(0)),
+            "daemon": sorted(os.sched_getaffinity(daemon.pid)) if daemon else None,
+        }
         dev = Device.open(path)
         stack.callback(dev.close)
         contestants.append(
@@ -121,7 +127,7 @@ def bench_rtt(
         )
         c_ioctl = CRounds.ioctl(path, per_round)
         stack.callback(c_ioctl.close)
-        pin(c_ioctl.pid, cpus)
+        pin(c_ioctl.pid, place.clients)
         contestants.append(
             ("  same ioctl from C", c_ioctl.run, _CpuMeter(daemon_pid, c_ioctl.pid))
         )
@@ -136,17 +142,17 @@ def bench_rtt(
         ):
             echo = EchoServer(os.path.join(tmp, f"echo-{n}.sock"), in_trio, reply=floor)
             stack.callback(echo.stop)
-            pin(echo.pid, cpus)
+            pin(echo.pid, place.servers)
             client = echo.connect()
             stack.callback(client.close)
             contestants.append((label, partial(_time_calls, client.once), _CpuMeter(echo.pid)))
             if n == 0:  # the C echo: a server of its own (one connection at a time)
                 c_echo_server = EchoServer(os.path.join(tmp, "echo-c.sock"))
                 stack.callback(c_echo_server.stop)
-                pin(c_echo_server.pid, cpus)
+                pin(c_echo_server.pid, place.servers)
                 c_echo = CRounds.echo(c_echo_server.path, per_round)
                 stack.callback(c_echo.close)
-                pin(c_echo.pid, cpus)
+                pin(c_echo.pid, place.clients)
                 contestants.append(
                     ("  same echo from C", c_echo.run, _CpuMeter(c_echo_server.pid, c_echo.pid))
                 )
@@ -158,8 +164,7 @@ def bench_rtt(
             progress(f"round {n + 1}/{rounds}", force=n in (0, rounds - 1))
             for label, run, meter in contestants:
                 samples[label] += meter.rounds(run, per_round)
-    where = "spread over the CPUs" if spread else f"client and server on CPU {min(cpus or {0})}"
-    print(f"round trips: {rounds * per_round} each, {rounds} interleaved rounds, {where}")
+    print(f"round trips: {rounds * per_round} each, {rounds} interleaved rounds, {place.where}")
     print(f"{'':24}{'median':>12}{'p99':>12}{'client CPU':>14}{'server CPU':>14}")
     rows = {}
     for label, _, meter in contestants:
@@ -199,19 +204,21 @@ def bench_rtt(
         "library / the C echo)"
     )
     return {
-        "round_trips": rounds * per_round, "rounds": rounds, "spread": spread,
-        "rows": rows, "floor": floor, "ratio": ratio, "design_floor": design_floor,
+        "round_trips": rounds * per_round, "rounds": rounds, "placement": placement,
+        "cpus": cpus, "rows": rows, "floor": floor, "ratio": ratio, "design_floor": design_floor,
         "over_floor": over_floor, "c_ratio": c_ratio,
     }  # fmt: skip
 
 
-def bench_mmap(socket_path: Path | None, repeats: int, spread: bool = False) -> dict[str, Any]:
+def bench_mmap(
+    socket_path: Path | None, repeats: int, placement: str = "shared"
+) -> dict[str, Any]:
     """Both sizes alternate, one mapping each in turn, with client and daemon on one CPU
-    (unless `spread`): placement and drift then fall on both alike."""
-    cpus = pin_here(spread)
+    by default (place_here): placement and drift then fall on both alike."""
+    place = place_here(placement)
     with daemon_at(socket_path) as (path, daemon):
         if daemon:
-            pin(daemon.pid, cpus)
+            pin(daemon.pid, place.servers)
         dev = Device.open(path)
         sizes = {"4 KiB": 4096, "1 GiB": 1 << 30}
         bos = {label: dev.gem_create(size) for label, size in sizes.items()}
@@ -233,10 +240,9 @@ def bench_mmap(socket_path: Path | None, repeats: int, spread: bool = False) -> 
             dev.gem_close(bo)
         dev.close()
         results = {label: (statistics.median(samples[label]), wire[label]) for label in sizes}
-    where = "spread over the CPUs" if spread else "client and daemon on one CPU"
     print(
         f"mmap of a BO (GEM_MMAP_OFFSET + MMAP + mmap(2)), {repeats} times each, "
-        f"alternating, {where}"
+        f"alternating, {place.where}"
     )
     for label, (median, on_socket) in results.items():
         print(
@@ -251,7 +257,7 @@ def bench_mmap(socket_path: Path | None, repeats: int, spread: bool = False) -> 
         "take more bytes as their values grow; no byte of the mapping crosses the socket"
     )
     return {
-        "repeats": repeats, "spread": spread, "ratio": ratio,
+        "repeats": repeats, "placement": placement, "ratio": ratio,
         "sizes": {
             label: {"median_us": median, "socket_bytes": sorted(on_socket)}
             for label, (median, on_socket) in results.items()
@@ -385,24 +391,26 @@ def bench_barrier(socket_path: Path | None, count: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def bench_rdma(socket_path: Path | None, repeats: int, spread: bool = False) -> dict[str, Any]:
+def bench_rdma(
+    socket_path: Path | None, repeats: int, placement: str = "shared"
+) -> dict[str, Any]:
     """RDMA WRITE through the IB-like aux driver vs a plain memcpy between two mappings
     in one process, 4 KiB to 64 MiB; and a small write's latency vs one daemon ioctl,
-    interleaved in rounds with the application, daemon and driver on one CPU (as in
-    bench rtt: where the scheduler places them would otherwise decide the ratio)."""
+    interleaved in rounds with the application, daemon and driver on one CPU by default
+    (place_here: the daemon and the driver are the servers)."""
     from protocols.constants import IBV_ACCESS_LOCAL_WRITE, IBV_ACCESS_REMOTE_WRITE
 
     from .daemon import AuxDriverProcess
     from .ib import LOCAL_ONLY, IbContext
 
-    cpus = pin_here(spread)
+    place = place_here(placement)
     size = 64 << 20
     va = 0x1_0000_0000
     with daemon_at(socket_path) as (path, daemon):
         if daemon:
-            pin(daemon.pid, cpus)
+            pin(daemon.pid, place.servers)
         with AuxDriverProcess(path) as aux:
-            pin(aux.pid, cpus)
+            pin(aux.pid, place.servers)
             apps = [Device.open(path), Device.open(path)]
             maps, mrs = [], []
             contexts = []
@@ -466,13 +474,12 @@ def bench_rdma(socket_path: Path | None, repeats: int, spread: bool = False) -> 
             for dev in apps:
                 dev.close()
         print(f"at 64 MiB: {ratio:.0%} of memcpy bandwidth (target >= 50%)")
-        where = "spread over the CPUs" if spread else "application, daemon and driver on one CPU"
         print(
             f"64-byte RDMA WRITE + poll: {small:.1f} us; one daemon ioctl: {ioctl:.1f} us; "
-            f"ratio {small / ioctl:.2f} (target <= 2; {where})"
+            f"ratio {small / ioctl:.2f} (target <= 2; {place.where})"
         )
     return {
-        "repeats": repeats, "spread": spread, "sizes": rows, "ratio": ratio,
+        "repeats": repeats, "placement": placement, "sizes": rows, "ratio": ratio,
         "small_write_us": small, "ioctl_us": ioctl, "latency_ratio": small / ioctl,
     }  # fmt: skip
 

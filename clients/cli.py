@@ -67,12 +67,20 @@ def _json_option(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def _spread_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--spread", action="store_true",
-        help="let the processes float over the CPUs (by default they share one, so that "
-        "where the scheduler places them does not decide the figures)",
+def _placement_options(p: argparse.ArgumentParser) -> None:
+    """Where the processes run (measure.place_here): by default all on one CPU."""
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--spread", dest="placement", action="store_const", const="spread",
+        help="clients on one CPU, servers (daemon, echo servers) on another: every "
+        "round trip crosses CPUs, each contestant's alike (by default all share one)",
     )  # fmt: skip
+    where.add_argument(
+        "--float", dest="placement", action="store_const", const="float",
+        help="pin nothing: the scheduler places each pair, and the figures then compare "
+        "placements as much as software",
+    )  # fmt: skip
+    p.set_defaults(placement="shared")
 
 
 def _bench_parsers(sub: Subparsers) -> None:
@@ -82,18 +90,18 @@ def _bench_parsers(sub: Subparsers) -> None:
     _connection_options(rtt)
     rtt.add_argument("--rounds", type=int, default=10, help="interleaved rounds")
     rtt.add_argument("--per-round", type=int, default=2000, help="round trips per round")
-    _spread_option(rtt)
+    _placement_options(rtt)
     mm = _sub(bench_sub, "mmap", "mmap of a 1 GiB BO vs a 4 KiB BO")
     _connection_options(mm)
     mm.add_argument("--repeats", type=int, default=200, help="mappings of each size")
-    _spread_option(mm)
+    _placement_options(mm)
     bar = _sub(bench_sub, "barrier", "a barrier by page store vs ioctl vs exec")
     _connection_options(bar)
     bar.add_argument("--count", type=int, default=200_000, help="page stores to time")
     rd = _sub(bench_sub, "rdma", "RDMA WRITE bandwidth vs memcpy, latency vs ioctl")
     _connection_options(rd)
     rd.add_argument("--repeats", type=int, default=20, help="runs of each size")
-    _spread_option(rd)
+    _placement_options(rd)
     sc = _sub(
         bench_sub, "scale",
         "many clients and objects: daemon memory and time per object, start to READY=1",
@@ -334,11 +342,11 @@ def _run(args: argparse.Namespace) -> int:
         return load.main_load(args.socket, opts, args.sweep, args.json)
     with results_as_json(args.json) as emit:
         if args.which == "rtt":
-            emit(bench.bench_rtt(args.socket, args.rounds, args.per_round, args.spread))
+            emit(bench.bench_rtt(args.socket, args.rounds, args.per_round, args.placement))
         elif args.which == "mmap":
-            emit(bench.bench_mmap(args.socket, args.repeats, args.spread))
+            emit(bench.bench_mmap(args.socket, args.repeats, args.placement))
         elif args.which == "rdma":
-            emit(bench.bench_rdma(args.socket, args.repeats, args.spread))
+            emit(bench.bench_rdma(args.socket, args.repeats, args.placement))
         elif args.which == "scale":
             from .bench_scale import bench_scale
 

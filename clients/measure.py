@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 from .device import Device
 
@@ -53,11 +54,33 @@ def pin(pid: int, cpus: set[int] | None) -> None:
         os.sched_setaffinity(pid, cpus)
 
 
-def pin_here(spread: bool) -> set[int] | None:
-    """Pin this process to its lowest allowed CPU and return that set, for the other
-    processes of a measurement to join; with `spread`, pin nothing and return None.
-    A wake-up across CPUs costs tens of microseconds on a virtual machine and lands at
-    random: one CPU measures the software rather than the scheduler's placement."""
-    cpus = None if spread else {min(os.sched_getaffinity(0))}
-    pin(0, cpus)
-    return cpus
+class Placement(NamedTuple):
+    """The CPUs for a measurement's clients and for its servers (daemon, aux driver,
+    echo servers); None: wherever the scheduler puts them. `where` says it in words."""
+
+    clients: set[int] | None
+    servers: set[int] | None
+    where: str
+
+
+def place_here(mode: str = "shared") -> Placement:
+    """Pin this process (a measurement's client) and return where the others go.
+
+    shared: every process on this process's lowest allowed CPU. A wake-up across CPUs
+    costs tens of microseconds on a virtual machine; on one CPU the software is measured.
+    spread: the clients on the lowest CPU, the servers on the next: every round trip
+    wakes its peer on the other CPU, and every contestant crosses the same way.
+    float: nothing pinned. The scheduler places each pair of processes as it likes and
+    keeps it there: a pair that shares a CPU beats one that does not by that wake-up,
+    so a ratio between contestants then compares their placements."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if mode == "float":
+        return Placement(None, None, "placed by the scheduler (floating)")
+    here = {allowed[0]}
+    pin(0, here)
+    if mode == "spread" and len(allowed) > 1:
+        there = {allowed[1]}
+        return Placement(here, there, f"clients on CPU {allowed[0]}, servers on CPU {allowed[1]}")
+    if mode == "spread":
+        return Placement(here, here, f"one CPU allowed: all on CPU {allowed[0]}")
+    return Placement(here, here, f"client and server on CPU {allowed[0]}")

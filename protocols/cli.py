@@ -121,7 +121,7 @@ def connect_failure(errno: int, group: str | None = None, timeout: float | None 
 
 class HelpFormatter(argparse.HelpFormatter):
     """--help as systemctl and docker show it: each option says its default, when it
-    has one worth saying (not None, not a switch's False, not a list still empty)."""
+    has one worth saying (not None, not a switch's, not a list still empty)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
@@ -130,6 +130,7 @@ class HelpFormatter(argparse.HelpFormatter):
             "%(default)" in text
             or "default:" in text
             or default in (None, False, argparse.SUPPRESS)
+            or action.nargs == 0  # a switch: its default is the others' absence
             or default == []
             or action.option_strings == []
         ):

@@ -7,6 +7,8 @@ so `make bench` cannot rot unnoticed.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
 import sys
@@ -102,3 +104,29 @@ def test_bench_throughput_prints_each_count_against_the_design_floor() -> None:
         assert daemon_client > 0 and daemon_server > 0
         assert abs(daemon_sum - (daemon_client + daemon_server)) <= 0.11
     assert re.search(r"^throughput ratio: \d+\.\d\d at worst", out, re.MULTILINE), out
+
+
+def test_bench_rtt_places_its_processes_as_asked() -> None:
+    """Pinned by default (client and daemon on one CPU), --spread puts the daemon on
+    another CPU than its client, --float pins neither; the two cannot be combined. Where
+    they ran is read back from the kernel (the JSON's `cpus`)."""
+    allowed = sorted(os.sched_getaffinity(0))
+    found = {}
+    for option in ((), ("--spread",), ("--float",)):
+        out = xec("bench", "rtt", "--rounds", "1", "--per-round", "20", "--json", *option)
+        found[option] = json.loads(out)
+    shared, spread, floating = found.values()
+    assert shared["placement"] == "shared"
+    assert shared["cpus"] == {"client": allowed[:1], "daemon": allowed[:1]}
+    assert spread["placement"] == "spread"
+    if len(allowed) > 1:
+        assert spread["cpus"] == {"client": allowed[:1], "daemon": allowed[1:2]}
+    assert floating["placement"] == "float"
+    assert floating["cpus"] == {"client": allowed, "daemon": allowed}
+    both = subprocess.run(
+        [sys.executable, "-m", "clients.cli", "bench", "rtt", "--spread", "--float"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
