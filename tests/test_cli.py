@@ -451,7 +451,8 @@ def _parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParse
 @pytest.mark.parametrize("prog", ["xed", "xec"])
 def test_every_option_has_help_and_shows_its_default(prog: str) -> None:
     """Every option and argument of every command says what it is; each with a default
-    shows it, none shows `default: None`; no "(more as features land)"."""
+    shows it (a switch's default is its absence: not shown), none shows `default: None`;
+    no "(more as features land)"."""
     build = {"xed": xed.cli, "xec": clients.cli}[prog].build_parser
     for parser in _parsers(build()):
         assert parser.formatter_class is HelpFormatter, parser.prog
@@ -465,8 +466,12 @@ def test_every_option_has_help_and_shows_its_default(prog: str) -> None:
                 continue
             assert action.help, f"{parser.prog}: {action.dest} has no help"
             shown = HelpFormatter(parser.prog)._get_help_string(action) or ""
-            if action.default not in (None, False, [], argparse.SUPPRESS) and action.option_strings:
+            switch = action.nargs == 0  # its default is its absence: nothing to show
+            valued = action.default not in (None, False, [], argparse.SUPPRESS)
+            if valued and action.option_strings and not switch:
                 assert "default" in shown, f"{parser.prog} {action.option_strings}: {shown}"
+            if switch:
+                assert "(default:" not in shown, f"{parser.prog} {action.option_strings}: {shown}"
 
 
 def test_help_shows_defaults_in_a_real_process() -> None:
