@@ -130,3 +130,21 @@ def test_bench_rtt_places_its_processes_as_asked() -> None:
         timeout=60,
     )
     assert both.returncode == 2 and "not allowed with argument" in both.stderr
+
+
+def test_bench_rtt_spread_with_one_cpu_says_so() -> None:
+    """Allowed one CPU, --spread cannot put the servers elsewhere: every process shares
+    it, and the output says so rather than claiming a spread."""
+    cpu = min(os.sched_getaffinity(0))
+    done = subprocess.run(
+        [sys.executable, "-m", "clients.cli", "bench", "rtt", "--spread", "--json",
+         "--rounds", "1", "--per-round", "20"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["cpus"] == {"client": [cpu], "daemon": [cpu]}
+    assert f"one CPU allowed: all on CPU {cpu}" in done.stderr
