@@ -34,12 +34,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from protocols import futex
-from protocols.constants import PAGE_SIZE
+from protocols.constants import NOTICE_UNPLUGGED, PAGE_SIZE
 
 if TYPE_CHECKING:
     from .mapping import Mapping
 
-NOTICE_UNPLUGGED = 1  # the notice page's first word once its device is unplugged
 IDLE_LOOK = 1.0  # seconds between two looks at whether the process still maps the device
 
 _libc = ctypes.CDLL(None, use_errno=True)

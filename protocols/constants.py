@@ -46,6 +46,9 @@ PCI_BARRIER_SEQ_MASK = 0x00FF_FFFF
 # once rather than at the watcher's next timed look. A plain store without the wake-up
 # is counted all the same, at that next look.
 NOTICE_WATCHER_ASLEEP = 64
+# Word 0 of the notice page turns to this when the device is unplugged (its futex waiters
+# are woken): the client libraries then put private zero pages under their mappings.
+NOTICE_UNPLUGGED = 1
 
 # --- MMIO regions (proposal) -----------------------------------------------------------
 XE_MMIO_ACCESS_READ_ONLY = 1  # one sealed page set shared by every file

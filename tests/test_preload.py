@@ -215,6 +215,7 @@ def test_c_constants_match_protocols(program: Programs) -> None:
         "XED_PCI_BARRIER_SEQ_TAG": constants.PCI_BARRIER_SEQ_TAG,
         "XED_PCI_BARRIER_SEQ_MASK": constants.PCI_BARRIER_SEQ_MASK,
         "XED_NOTICE_WATCHER_ASLEEP": constants.NOTICE_WATCHER_ASLEEP,
+        "XED_NOTICE_UNPLUGGED": constants.NOTICE_UNPLUGGED,
         "XED_EVENT_PROTOCOL_ERROR": Event.PROTOCOL_ERROR,
     }
     for name, value in expected.items():

@@ -50,5 +50,6 @@
 #define XED_PCI_BARRIER_SEQ_TAG 0x5e000000u
 #define XED_PCI_BARRIER_SEQ_MASK 0x00ffffffu
 #define XED_NOTICE_WATCHER_ASLEEP 64 /* byte offset of a u32 in the notice page */
+#define XED_NOTICE_UNPLUGGED 1 /* the notice page's word 0 once its device is unplugged */
 
 #endif /* XED_PROTO_H */

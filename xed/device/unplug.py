@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING
 
 from protocols import futex
 from protocols import messages as m
-from protocols.constants import NOTICE_WATCHER_ASLEEP, PAGE_SIZE
+from protocols.constants import NOTICE_UNPLUGGED, NOTICE_WATCHER_ASLEEP, PAGE_SIZE
 from protocols.memfd import F_SEAL_FUTURE_WRITE
 
 from . import eudebug
@@ -53,8 +53,6 @@ from .mmio import XeMmioRegion
 if TYPE_CHECKING:
     from .device import XeDevice
     from .file import XeFile
-
-NOTICE_UNPLUGGED = 1  # the notice page's first u32 once the device is unplugged
 
 
 class UnplugNotice:
