@@ -48,8 +48,9 @@ struct file {
 	int stored;             /* this process stored since it began (or forked) */
 	_Atomic uint32_t *word; /* the daemon's page (the memfd), word 0; NULL: a free entry */
 	struct shared *sh;
-	/* non-zero while the daemon's page watcher sleeps (the device's notice page) */
-	const _Atomic uint32_t *_Atomic asleep;
+	/* the device's notice page: word 0 says unplugged; NOTICE_WATCHER_ASLEEP, non-zero
+	 * while the daemon's page watcher sleeps */
+	const _Atomic uint32_t *_Atomic notice;
 };
 struct map {
 	_Atomic uintptr_t page; /* 0: free */
@@ -90,12 +91,21 @@ static void spin(atomic_flag *f)
  * syscall: this runs in the signal handler. */
 static void wake(struct file *f)
 {
-	const _Atomic uint32_t *asleep = atomic_load(&f->asleep);
+	const _Atomic uint32_t *notice = atomic_load(&f->notice);
+	const _Atomic uint32_t *asleep = notice ? notice + XED_NOTICE_WATCHER_ASLEEP / 4 : NULL;
 	int saved = errno;
 
 	if (asleep && atomic_load(asleep)) /* after the CAS that published: never before it */
 		syscall(SYS_futex, asleep, FUTEX_WAKE, 1, NULL, NULL, 0);
 	errno = saved;
+}
+
+/* The device is gone: nothing is published, nobody is waited for (barrier.h). */
+static int unplugged(struct file *f)
+{
+	const _Atomic uint32_t *notice = atomic_load(&f->notice);
+
+	return notice && atomic_load(notice) == XED_NOTICE_UNPLUGGED;
 }
 
 static void publish(struct file *f, uint64_t seq)
@@ -104,6 +114,8 @@ static void publish(struct file *f, uint64_t seq)
 	uint32_t cur = atomic_load(f->word);
 	uint64_t safe;
 
+	if (unplugged(f))
+		return;
 	do {
 		if ((cur & ~XED_PCI_BARRIER_SEQ_MASK) == XED_PCI_BARRIER_SEQ_TAG &&
 		    ((cur - want) & XED_PCI_BARRIER_SEQ_MASK) < HALF)
@@ -123,6 +135,8 @@ static void flush(struct file *f)
 	struct timespec ms = {0, 1000000};
 	int i = 0;
 
+	if (unplugged(f))
+		return;
 	if (atomic_load(f->word) != XED_PCI_BARRIER_IDLE)
 		wake(f); /* a number is there: the watcher may be asleep over it */
 	while (i++ < FLUSH_WAIT_MS && atomic_load(f->word) != XED_PCI_BARRIER_IDLE)
@@ -345,14 +359,14 @@ void *xed_barrier_map(void *addr, size_t len, int prot, int flags, int memfd)
 	return p;
 }
 
-void xed_barrier_waker(void *page, const _Atomic uint32_t *asleep)
+void xed_barrier_waker(void *page, const _Atomic uint32_t *notice)
 {
 	uint64_t old = xed_signals_block();
 
 	spin(&table_lock);
 	for (int i = 0; i < MAX_MAPS; i++)
 		if (atomic_load(&maps[i].page) == (uintptr_t)page)
-			atomic_store(&files[maps[i].file].asleep, asleep);
+			atomic_store(&files[maps[i].file].notice, notice);
 	atomic_flag_clear_explicit(&table_lock, memory_order_release);
 	xed_signals_restore(old);
 }

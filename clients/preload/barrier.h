@@ -36,6 +36,16 @@
  * is counted at once. The notice page is mapped read-only by notice.c and never
  * unmapped; after an unplug it reads 0 and nobody is woken.
  *
+ * Unplug. Once the notice page's word 0 says the device is unplugged, nothing is
+ * published any more and munmap and exit wait for nobody (the daemon no longer looks, and
+ * its page is emptied). The program's page is left as it is, and is not among the
+ * mappings unplug.c puts zero pages under: it still reads 0xdeadbeef, a store still
+ * faults and is stepped into a slot, and goes nowhere, so the address keeps working
+ * without a crash and without a word reaching the daemon. (The kernel's dummy page would
+ * read zeros and keep what is written; replacing a page whose stores may be mid-step in
+ * other threads is what this avoids.) A store racing the unplug's announcement may still
+ * land in the emptied page, which nobody reads.
+ *
  * x86-64 only: the trap flag is EFLAGS bit 8 (gregs[REG_EFL]) and the page-fault error
  * code (gregs[REG_ERR]) says write. An aarch64 port has no trap flag it can set from user
  * space (single-stepping needs ptrace), so it would emulate the store: A64 stores are
@@ -48,7 +58,7 @@
  *   - the mmap interposer, once the daemon's MMAP check of the barrier offset passed and
  *     handed over the barrier memfd, calls xed_barrier_map() with the program's addr, len,
  *     prot and flags, returns what it returns, and closes the memfd afterwards; on
- *     success it then calls xed_barrier_waker() with the device's notice word (notice.c);
+ *     success it then calls xed_barrier_waker() with the device's notice page (notice.c);
  *   - the munmap interposer calls xed_barrier_unmap() for every range before the real
  *     munmap (ranges holding no barrier page are ignored, and so is a call munmap would
  *     refuse), and so must anything that replaces a mapping (mmap with MAP_FIXED of
@@ -73,9 +83,10 @@
 void *xed_barrier_map(void *addr, size_t len, int prot, int flags, int memfd);
 
 /* Stores to the barrier page at `page` (mapped by xed_barrier_map) wake the daemon's page
- * watcher through `asleep`, the watcher's word of the device's notice page, mapped for as
- * long as the process lives (NULL: nobody is woken; the watcher counts at its next look). */
-void xed_barrier_waker(void *page, const _Atomic uint32_t *asleep);
+ * watcher through the device's notice page `notice` (its word 0), mapped for as long as the
+ * process lives, and stop counting once it says unplugged (NULL: nobody is woken, the
+ * watcher counts at its next look; and an unplug goes unnoticed here). */
+void xed_barrier_waker(void *page, const _Atomic uint32_t *notice);
 
 /* Forget the barrier pages in [addr, addr + len) before they are unmapped. */
 void xed_barrier_unmap(void *addr, size_t len);

@@ -7,7 +7,9 @@
  * connection of this process, with the descriptor attached (DMA_BUF_LLSEEK,
  * DMA_BUF_MMAP, DMA_BUF_IOCTL_SYNC), and gives the kernel's dma-buf answer instead.
  * Descriptors made here are known; one that came from elsewhere (another program sent
- * it) is recognised the first time such a call fails on it, by asking the daemon.
+ * it) is recognised the first time such a call fails on it, by asking the daemon. Its
+ * mappings are remembered as the drm file's are (mmap.c), so that they fall onto zero
+ * pages when the device is unplugged (unplug.c).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -18,11 +20,12 @@
 #include "proto.h"
 #include "sys.h"
 
-static int dmabuf_call(int fd, int op, struct xcall *c, uint64_t a, uint64_t b, uint64_t p,
-		       uint64_t fl)
+/* one request about dma-buf fd on drm file f (held: dmabuf_end lets it go) */
+static int dmabuf_call(struct xed_file *f, int fd, int op, struct xcall *c, uint64_t a,
+		       uint64_t b, uint64_t p, uint64_t fl)
 {
 	c->chan = NULL;
-	c->file = xf_any();
+	c->file = f;
 	if (!c->file)
 		return ENODEV;
 	int err = xc_begin(c, c->file, op);
@@ -54,7 +57,8 @@ static void dmabuf_end(struct xcall *c)
 static int llseek(int fd, off_t off, int whence, off_t *pos)
 {
 	struct xcall c;
-	int err = dmabuf_call(fd, XED_OP_DMA_BUF_LLSEEK, &c, (uint64_t)off, (uint64_t)whence, 0, 0);
+	int err = dmabuf_call(xf_any(), fd, XED_OP_DMA_BUF_LLSEEK, &c, (uint64_t)off,
+			      (uint64_t)whence, 0, 0);
 	if (!err)
 		*pos = (off_t)r_get_uint(&c.body, "offset");
 	dmabuf_end(&c);
@@ -89,7 +93,7 @@ int dmabuf_ioctl(int fd, unsigned long cmd, uint64_t arg)
 	if (copy_from_user(&sync, arg, sizeof sync))
 		return EFAULT;
 	struct xcall c;
-	int err = dmabuf_call(fd, XED_OP_DMA_BUF_IOCTL_SYNC, &c, sync.flags, 0, 0, 0);
+	int err = dmabuf_call(xf_any(), fd, XED_OP_DMA_BUF_IOCTL_SYNC, &c, sync.flags, 0, 0, 0);
 	dmabuf_end(&c);
 	return err;
 }
@@ -97,9 +101,17 @@ int dmabuf_ioctl(int fd, unsigned long cmd, uint64_t arg)
 int dmabuf_mmap(int fd, void *addr, size_t len, int prot, int flags, off_t off, void **out)
 {
 	int type = flags & MAP_TYPE;
+	struct xed_file *f = xf_any();
 	struct xcall c;
 	uint64_t plen = (len + 4095) & ~4095ul;
-	int err = dmabuf_call(fd, XED_OP_DMA_BUF_MMAP, &c, (uint64_t)off, plen, (unsigned)prot,
+	/* the mapping falls with the device of the file that asks (a foreign dma-buf's too,
+	 * as the Python library's) */
+	struct xed_notice *n = f ? notice_get(f) : NULL;
+	if (f && !n && errno == ENODEV) {
+		xf_put(f);
+		return ENODEV; /* unplugged: DMA_BUF_MMAP would say so too */
+	}
+	int err = dmabuf_call(f, fd, XED_OP_DMA_BUF_MMAP, &c, (uint64_t)off, plen, (unsigned)prot,
 			      type == MAP_PRIVATE ? MAP_PRIVATE : MAP_SHARED);
 	uint64_t at = err ? 0 : r_get_uint(&c.body, "offset");
 	int memfd = err ? -1 : xc_take_fd(&c);
@@ -108,7 +120,7 @@ int dmabuf_mmap(int fd, void *addr, size_t len, int prot, int flags, off_t off, 
 		return err;
 	if (memfd < 0)
 		return EIO;
-	void *p = sys_mmap(addr, len, prot, (flags & ~MAP_TYPE) | MAP_SHARED, memfd, at);
+	void *p = maps_map(NULL, (uint64_t)off, n, addr, len, prot, flags, memfd, (off_t)at);
 	err = p == MAP_FAILED ? errno : 0;
 	sys_close(memfd);
 	*out = p;

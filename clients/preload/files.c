@@ -49,7 +49,7 @@ struct xed_file *xf_alloc(int node)
 		f->owner = xed_pid;
 		f->io.fd = -1;
 		f->token[0] = 0;
-		atomic_store(&f->asleep, NULL);
+		atomic_store(&f->notice, NULL);
 		atomic_store(&f->io.state, 0);
 		for (int c = 0; c < XED_CHANNELS; c++) {
 			atomic_store(&f->chans[c].state, 0);

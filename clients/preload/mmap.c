@@ -6,48 +6,97 @@
  * descriptor of the object's memory, which is mapped where, how long and how the
  * program asked. The PCI barrier page goes to the barrier module instead, which maps
  * it so that stores never stay, and its stores wake the daemon's page watcher through
- * the device's notice page (notice.c). The library remembers each mapping (address,
- * length, fake offset, file) because the daemon names user memory by fake offset: a
- * WAIT_USER_FENCE at a CPU address is translated through this table. munmap and every
- * mapping of anything else go to the kernel untouched.
+ * the device's notice page (notice.c). The library remembers each mapping it makes
+ * (address, length, fake offset, file, protection, device) because the daemon names
+ * user memory by fake offset: a WAIT_USER_FENCE at a CPU address is translated through
+ * this table; and because when the device is unplugged each of them falls onto a private
+ * zero page (unplug.c), dma-buf mappings included. Every mapping of anything else goes to
+ * the kernel as it is.
+ *
+ * The zero pages are mapped over the table's ranges (MAP_FIXED), so the table must never
+ * name a range the program has since given to something else: munmap, a MAP_FIXED mmap
+ * and mremap over a mapping of ours change the kernel's mappings and the table together,
+ * under its lock, and a forked child forgets what it did not inherit (MADV_DONTFORK).
+ * Only a raw syscall slips past: a range unmapped that way could later be zapped. The
+ * lock is taken with every signal blocked, so a handler never finds it held by the code
+ * it interrupted, nor does a siglongjmp out of one leave it held; fork takes it too, so
+ * a child's table is never one half changed (a zap half done, say).
  */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <pthread.h>
+#include <sched.h>
+#include <stdarg.h>
 #include <sys/mman.h>
 
 #include "barrier.h"
 #include "preload.h"
 #include "proto.h"
+#include "signals.h"
 #include "sys.h"
 
 #define MAX_MAPS 4096
 #define PAGE 4096ul
+#define ROUND(len) (((uint64_t)(len) + PAGE - 1) & ~(PAGE - 1))
 
 struct map {
 	uint64_t addr, len, offset;
-	struct xed_file *file;
+	struct xed_file *file;	   /* NULL: a dma-buf's (no fake offset to translate) */
+	struct xed_notice *notice; /* its device's; NULL: never zapped (barrier page) */
+	int prot, zapped;
 };
 static struct map maps[MAX_MAPS];
-static int nmaps;
-static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static _Atomic int nmaps;
+static atomic_flag lock = ATOMIC_FLAG_INIT;
+static __thread __attribute__((tls_model("initial-exec"))) uint64_t fork_mask;
 
-void maps_after_fork(void) { pthread_mutex_init(&lock, NULL); }
-
-static void remember(struct xed_file *f, void *addr, uint64_t len, uint64_t offset)
+static uint64_t lock_maps(void)
 {
-	pthread_mutex_lock(&lock);
-	if (nmaps < MAX_MAPS)
-		maps[nmaps++] = (struct map){(uintptr_t)addr, len, offset, f};
-	pthread_mutex_unlock(&lock);
+	uint64_t old = xed_signals_block();
+
+	while (atomic_flag_test_and_set_explicit(&lock, memory_order_acquire))
+		sched_yield();
+	return old;
 }
 
-/* [addr, addr+len) is unmapped: drop or trim what it covered */
+static void unlock_maps(uint64_t old)
+{
+	atomic_flag_clear_explicit(&lock, memory_order_release);
+	xed_signals_restore(old);
+}
+
+/* The kernel's dummy page: private zeros of the mapping's protection, at its address,
+ * in one step. Refused (no memory, too many mappings): it keeps the emptied memfd. */
+static void zap(struct map *m)
+{
+	m->zapped = sys_mmap((void *)(uintptr_t)m->addr, m->len, m->prot,
+			     MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) != MAP_FAILED;
+}
+
+/* not on zero pages yet, and its device is unplugged */
+static int unplugged(const struct map *m)
+{
+	return m->notice && !m->zapped &&
+	       atomic_load(m->notice->page) == XED_NOTICE_UNPLUGGED;
+}
+
+/* Under the lock. A device unplugged since the daemon answered: it falls at once (its
+ * watcher may have been and gone). */
+static void remember(struct map m)
+{
+	if (unplugged(&m))
+		zap(&m);
+	if (nmaps < MAX_MAPS)
+		maps[nmaps++] = m;
+	else
+		xed_log("more than %d mappings: %#llx is not remembered", MAX_MAPS,
+			(unsigned long long)m.addr);
+}
+
+/* Under the lock: [addr, addr+len) is unmapped or replaced; drop or trim what it covered */
 static void forget(uint64_t addr, uint64_t len)
 {
-	pthread_mutex_lock(&lock);
 	for (int i = 0; i < nmaps; i++) {
-		struct map *m = &maps[i];
+		struct map *m = &maps[i], tail = *m;
 		uint64_t lo = addr > m->addr ? addr : m->addr;
 		uint64_t end = m->addr + m->len, hi = addr + len < end ? addr + len : end;
 		if (lo >= hi)
@@ -60,26 +109,105 @@ static void forget(uint64_t addr, uint64_t len)
 			m->len = end - hi;
 			m->addr = hi;
 		} else {
-			if (hi < end && nmaps < MAX_MAPS) /* a hole in the middle: keep the tail */
-				maps[nmaps++] = (struct map){hi, end - hi, m->offset + (hi - m->addr),
-							     m->file};
+			if (hi < end && nmaps < MAX_MAPS) { /* a hole in the middle: keep the tail */
+				tail.offset += hi - m->addr;
+				tail.len = end - hi;
+				tail.addr = hi;
+				maps[nmaps++] = tail;
+			}
 			m->len = lo - m->addr;
 		}
 	}
-	pthread_mutex_unlock(&lock);
 }
 
 int user_address(struct xed_file *f, uint64_t addr, uint64_t *out)
 {
+	uint64_t old = lock_maps();
 	int found = 0;
-	pthread_mutex_lock(&lock);
+
 	for (int i = 0; i < nmaps && !found; i++)
 		if (maps[i].file == f && addr - maps[i].addr < maps[i].len) {
 			*out = maps[i].offset + (addr - maps[i].addr);
 			found = 1;
 		}
-	pthread_mutex_unlock(&lock);
+	unlock_maps(old);
 	return found;
+}
+
+void *maps_map(struct xed_file *f, uint64_t offset, struct xed_notice *n, void *addr,
+	       size_t len, int prot, int flags, int memfd, off_t at)
+{
+	uint64_t old = lock_maps();
+	void *p = sys_mmap(addr, len, prot, (flags & ~MAP_TYPE) | MAP_SHARED, memfd, at);
+	int err = errno;
+
+	if (p != MAP_FAILED) {
+		forget((uintptr_t)p, ROUND(len)); /* what MAP_FIXED replaced, or stale */
+		remember((struct map){(uintptr_t)p, ROUND(len), offset, f, n, prot, 0});
+	}
+	unlock_maps(old);
+	if (p != MAP_FAILED && n && atomic_load(n->page) != XED_NOTICE_UNPLUGGED)
+		unplug_watch(n);
+	errno = err;
+	return p;
+}
+
+void maps_zap(void)
+{
+	uint64_t old = lock_maps();
+
+	for (int i = 0; i < nmaps; i++)
+		if (unplugged(&maps[i]))
+			zap(&maps[i]);
+	unlock_maps(old);
+}
+
+void maps_before_fork(void) { fork_mask = lock_maps(); }
+void maps_after_fork_parent(void) { unlock_maps(fork_mask); }
+
+void maps_after_fork(void)
+{
+	int saved = errno;
+
+	unlock_maps(fork_mask);
+	for (int i = 0; i < nmaps; i++) /* not inherited (MADV_DONTFORK): no longer mapped */
+		if (syscall(SYS_msync, maps[i].addr, maps[i].len, MS_ASYNC) < 0 && errno == ENOMEM) {
+			maps[i] = maps[--nmaps];
+			i--;
+		}
+	errno = saved;
+}
+
+void maps_watch(void)
+{
+	maps_zap(); /* devices unplugged already */
+	for (int i = 0; i < nmaps; i++) {
+		uint64_t old = lock_maps();
+		struct xed_notice *n = i < nmaps && !maps[i].zapped ? maps[i].notice : NULL;
+
+		unlock_maps(old);
+		if (n && atomic_load(n->page) != XED_NOTICE_UNPLUGGED)
+			unplug_watch(n); /* once per device: the next call finds it running */
+	}
+}
+
+/* mmap(2) of anything else: what a MAP_FIXED one replaces is no mapping of ours now. */
+static void *other_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+	uint64_t old;
+	void *p;
+	int err;
+
+	if (!(flags & MAP_FIXED) || !nmaps)
+		return sys_mmap(addr, len, prot, flags, fd, off);
+	old = lock_maps();
+	p = sys_mmap(addr, len, prot, flags, fd, off);
+	err = errno;
+	if (p != MAP_FAILED)
+		forget((uintptr_t)p, ROUND(len));
+	unlock_maps(old);
+	errno = err;
+	return p;
 }
 
 static void *device_mmap(struct xed_file *f, void *addr, size_t len, int prot, int flags,
@@ -90,7 +218,10 @@ static void *device_mmap(struct xed_file *f, void *addr, size_t len, int prot, i
 		errno = EINVAL;
 		return MAP_FAILED;
 	}
-	uint64_t plen = (len + PAGE - 1) & ~(PAGE - 1);
+	struct xed_notice *n = notice_get(f); /* before the mapping can exist: see maps_map */
+	if (!n && errno == ENODEV)
+		return MAP_FAILED; /* unplugged: MMAP would say so too */
+	uint64_t plen = ROUND(len);
 	struct xcall c;
 	int err = xc_begin(&c, f, XED_OP_MMAP);
 	if (err) {
@@ -112,20 +243,22 @@ static void *device_mmap(struct xed_file *f, void *addr, size_t len, int prot, i
 		return MAP_FAILED;
 	}
 	void *p;
-	int shared = (flags & ~MAP_TYPE) | MAP_SHARED;
-	if ((uint64_t)off == XED_PCI_BARRIER_MMAP_OFFSET)
-		p = xed_barrier_map(addr, len, prot, shared, memfd);
-	else
-		p = sys_mmap(addr, len, prot, shared, memfd, at);
-	err = errno;
-	sys_close(memfd);
-	if (p == MAP_FAILED) {
-		errno = err;
-		return MAP_FAILED;
+	if ((uint64_t)off == XED_PCI_BARRIER_MMAP_OFFSET) {
+		p = xed_barrier_map(addr, len, prot, (flags & ~MAP_TYPE) | MAP_SHARED, memfd);
+		err = errno;
+		if (p != MAP_FAILED) { /* its stores wake the page watcher; it is never zapped */
+			xed_barrier_waker(p, n ? n->page : NULL);
+			uint64_t old = lock_maps();
+			forget((uintptr_t)p, plen);
+			remember((struct map){(uintptr_t)p, plen, (uint64_t)off, f, NULL, prot, 0});
+			unlock_maps(old);
+		}
+	} else {
+		p = maps_map(f, (uint64_t)off, n, addr, len, prot, flags, memfd, (off_t)at);
+		err = errno;
 	}
-	if ((uint64_t)off == XED_PCI_BARRIER_MMAP_OFFSET) /* its stores wake the page watcher */
-		xed_barrier_waker(p, notice_asleep(f));
-	remember(f, p, plen, (uint64_t)off);
+	sys_close(memfd);
+	errno = err;
 	return p;
 }
 
@@ -141,7 +274,7 @@ static void *do_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t 
 			return p;
 		}
 	}
-	void *p = sys_mmap(addr, len, prot, flags, fd, off);
+	void *p = other_mmap(addr, len, prot, flags, fd, off);
 	if (p != MAP_FAILED || errno != ENODEV || fd < 0)
 		return p;
 	if (!dmabuf_is(fd)) {
@@ -168,9 +301,46 @@ XED_EXPORT void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off
 
 XED_EXPORT int munmap(void *addr, size_t len)
 {
+	uint64_t old;
+	int r, err;
+
 	xed_barrier_unmap(addr, len);
-	int r = sys_munmap(addr, len);
-	if (!r && nmaps)
-		forget((uintptr_t)addr, (len + PAGE - 1) & ~(PAGE - 1));
+	if (!nmaps)
+		return sys_munmap(addr, len);
+	old = lock_maps();
+	r = sys_munmap(addr, len);
+	err = errno;
+	if (!r)
+		forget((uintptr_t)addr, ROUND(len));
+	unlock_maps(old);
+	errno = err;
 	return r;
+}
+
+/* A mapping of ours moved or resized is forgotten (not translated, never zapped): the
+ * table never names a range it may no longer be. */
+XED_EXPORT void *mremap(void *from, size_t len, size_t new_len, int flags, ...)
+{
+	void *to = NULL, *p;
+	uint64_t old;
+	va_list ap;
+	int err;
+
+	if (flags & MREMAP_FIXED) {
+		va_start(ap, flags);
+		to = va_arg(ap, void *);
+		va_end(ap);
+	}
+	if (!nmaps)
+		return (void *)syscall(SYS_mremap, from, len, new_len, (long)flags, to);
+	old = lock_maps();
+	p = (void *)syscall(SYS_mremap, from, len, new_len, (long)flags, to);
+	err = errno;
+	if (p != MAP_FAILED) {
+		forget((uintptr_t)from, ROUND(len));
+		forget((uintptr_t)p, ROUND(new_len));
+	}
+	unlock_maps(old);
+	errno = err;
+	return p;
 }

@@ -1,25 +1,31 @@
 /*
- * notice.c - the device's notice page (UNPLUG_NOTICE), for the word that says whether
- * the daemon's page watcher sleeps.
+ * notice.c - the device's notice page (UNPLUG_NOTICE): the word that says the device is
+ * unplugged, and the word that says whether the daemon's page watcher sleeps.
  *
- * The watcher sleeps on a futex while no barrier comes, the u32 at NOTICE_WATCHER_ASLEEP
- * of the device's notice page, and looks by itself only every 50 ms; a barrier store that
- * finds the word set wakes it (barrier.c), as the Python library does. The page is asked
- * for once per drm file, when it first maps its barrier page, and mapped read-only once
- * per device (per inode: files of one device share it). It is never unmapped, since a
- * signal handler may read it at any moment: after an unplug the daemon has cleared the
- * word and let go of its own mapping, ours lives on (the memfd is sealed against
- * shrinking, so it never faults) and reads 0, so nobody is woken. A device plugged in
- * again has a page of its own, asked for by its own files: a process keeps one page and
- * one entry for every device it has met, however many replugs. Failing to get the page
- * costs only promptness: the watcher counts at its next look.
+ * Word 0 turns XED_NOTICE_UNPLUGGED when the device goes and its futex waiters are woken:
+ * unplug.c waits there, then puts zero pages under the process's mappings of the device.
+ * The daemon's page watcher sleeps on a futex while no barrier comes, the u32 at
+ * NOTICE_WATCHER_ASLEEP, and looks by itself only every 50 ms; a barrier store that finds
+ * the word set wakes it (barrier.c), as the Python library does. The page is asked for
+ * once per drm file, when it first maps anything, and mapped read-only once per device
+ * (per inode: files of one device share it). It is never unmapped, since a signal handler
+ * may read it at any moment and a watcher thread may wait on it: after an unplug the
+ * daemon has cleared the asleep word and let go of its own mapping, ours lives on (the
+ * memfd is sealed against shrinking, so it never faults). A device plugged in again has a
+ * page of its own, asked for by its own files: a process keeps one page and one entry for
+ * every device it has met, however many replugs. Failing to get the page costs only
+ * promptness for barriers (the watcher counts at its next look) and the zero pages after
+ * an unplug (the mappings keep the emptied memfds, as a mapping made by hand does).
  */
 #define _GNU_SOURCE
+#include <errno.h>
+#include <sched.h>
 #include <stdint.h>
 #include <sys/mman.h>
 
 #include "preload.h"
 #include "proto.h"
+#include "signals.h"
 #include "sys.h"
 
 #define PAGE 4096ul
@@ -29,7 +35,7 @@ struct device {
 	atomic_int state; /* 0 free, 1 being filled, 2 ready */
 	dev_t dev;
 	ino_t ino;
-	const _Atomic uint32_t *asleep;
+	struct xed_notice notice;
 };
 /* Every device (replug) the process has met, never forgotten: a page of its mapped for
  * good (see above) and an entry here. Blocks are chained as they fill, never freed. */
@@ -38,14 +44,17 @@ struct block {
 	struct block *_Atomic next;
 };
 static struct block first;
+static atomic_flag lock = ATOMIC_FLAG_INIT; /* map_once's */
 
-static const _Atomic uint32_t *find(const struct stat *st)
+void notice_after_fork(void) { atomic_flag_clear(&lock); } /* another thread may hold it */
+
+static struct xed_notice *find(const struct stat *st)
 {
 	for (struct block *b = &first; b; b = atomic_load(&b->next))
 		for (int i = 0; i < PER_BLOCK; i++)
 			if (atomic_load(&b->devices[i].state) == 2 &&
 			    b->devices[i].dev == st->st_dev && b->devices[i].ino == st->st_ino)
-				return b->devices[i].asleep;
+				return &b->devices[i].notice;
 	return NULL;
 }
 
@@ -78,49 +87,75 @@ static struct device *claim(void)
 	}
 }
 
-/* The notice page behind fd, mapped once per device: its asleep word, or NULL. */
-static const _Atomic uint32_t *map_notice(int fd)
+/* The notice page behind fd, mapped once per device; NULL and errno. */
+static struct xed_notice *map_notice(int fd, const struct stat *st)
 {
-	const _Atomic uint32_t *asleep;
+	struct xed_notice *found = find(st);
 	struct device *entry;
-	struct stat st;
-	uint8_t *page;
+	void *page;
 
-	if (sys_fstatat(fd, "", &st, AT_EMPTY_PATH) < 0 || st.st_size < (off_t)PAGE)
-		return NULL; /* past the end, a read would fault */
-	asleep = find(&st);
-	if (asleep)
-		return asleep;
+	if (found)
+		return found;
 	page = sys_mmap(NULL, PAGE, PROT_READ, MAP_SHARED, fd, 0);
 	if (page == MAP_FAILED)
 		return NULL;
 	entry = claim();
 	if (!entry) {
 		sys_munmap(page, PAGE); /* nobody has seen it yet */
-		return NULL;
+		return errno = ENOMEM, NULL;
 	}
-	entry->dev = st.st_dev;
-	entry->ino = st.st_ino;
-	entry->asleep = (const _Atomic uint32_t *)(page + XED_NOTICE_WATCHER_ASLEEP);
+	entry->dev = st->st_dev;
+	entry->ino = st->st_ino;
+	entry->notice.page = page;
 	atomic_store(&entry->state, 2);
-	return entry->asleep;
+	return &entry->notice;
 }
 
-const _Atomic uint32_t *notice_asleep(struct xed_file *f)
+/* One entry per device, so one watcher: two files of a device asking at once take
+ * turns (with signals blocked, so that a handler never finds the lock held). */
+static struct xed_notice *map_once(int fd)
 {
-	const _Atomic uint32_t *asleep = atomic_load(&f->asleep);
-	struct xcall c;
-	int fd = -1;
+	struct xed_notice *n;
+	struct stat st;
+	uint64_t old;
+	int err;
 
-	if (asleep || xc_begin(&c, f, XED_OP_UNPLUG_NOTICE))
-		return asleep;
-	if (!xc_run(&c, -1))
+	if (sys_fstatat(fd, "", &st, AT_EMPTY_PATH) < 0)
+		return NULL;
+	if (st.st_size < (off_t)PAGE)
+		return errno = EIO, NULL; /* past the end, a read would fault */
+	old = xed_signals_block();
+	while (atomic_flag_test_and_set_explicit(&lock, memory_order_acquire))
+		sched_yield();
+	n = map_notice(fd, &st);
+	err = errno;
+	atomic_flag_clear_explicit(&lock, memory_order_release);
+	xed_signals_restore(old);
+	errno = err;
+	return n;
+}
+
+struct xed_notice *notice_get(struct xed_file *f)
+{
+	struct xed_notice *n = atomic_load(&f->notice);
+	struct xcall c;
+	int fd = -1, err;
+
+	if (n)
+		return n;
+	err = xc_begin(&c, f, XED_OP_UNPLUG_NOTICE);
+	if (err)
+		return errno = err, NULL;
+	err = xc_run(&c, -1);
+	if (!err)
 		fd = xc_take_fd(&c);
 	xc_end(&c);
 	if (fd < 0)
-		return NULL;
-	asleep = map_notice(fd);
+		return errno = err ? err : EIO, NULL;
+	n = map_once(fd);
+	err = errno;
 	sys_close(fd);
-	atomic_store(&f->asleep, asleep);
-	return asleep;
+	atomic_store(&f->notice, n);
+	errno = err;
+	return n;
 }

@@ -9,7 +9,8 @@
  * faulting), wire (msgpack), conn (talking to the daemon), files (the fd table), node
  * (paths), stat, debugfs, ioctl/xe_ioctl/xe_exec/query (translation), mmap, dmabuf,
  * config, sock and xcall (one request on one connection), notice (the device's notice
- * page); and the barrier page (barrier.c, signals.c: see barrier.h).
+ * page), unplug (mappings falling onto zero pages when the device goes); and the barrier
+ * page (barrier.c, signals.c: see barrier.h).
  */
 #ifndef XED_PRELOAD_H
 #define XED_PRELOAD_H
@@ -38,6 +39,8 @@ struct xed_chan {
 	uint8_t *buf; /* XED_CHAN_BUF bytes: the request, then the reply */
 };
 
+struct xed_notice;
+
 struct xed_file {
 	atomic_int refs;  /* fd-table entries in this process + calls in flight; 0: free */
 	int node;	  /* enum xed_node */
@@ -45,7 +48,7 @@ struct xed_file {
 	struct xed_chan io; /* the file's own connection (a private copy of the program's fd) */
 	char token[XED_TOKEN_MAX];
 	struct xed_chan chans[XED_CHANNELS]; /* channels: other threads, forked children */
-	const _Atomic uint32_t *_Atomic asleep; /* notice.c: NULL until asked for */
+	struct xed_notice *_Atomic notice; /* its device's (notice.c): NULL until asked for */
 };
 
 /* --- configuration (environment, read once) ------------------------------------------ */
@@ -153,12 +156,35 @@ int xe_wait_user_fence(struct xcall *c, struct drm_xe_wait_user_fence *a);
 /* --- mmap.c: mappings of device files ------------------------------------------------ */
 /* a CPU address inside a mapping of `f`, as the daemon names user memory; 0 if none */
 int user_address(struct xed_file *f, uint64_t addr, uint64_t *out);
+/* mmap(2) of a memfd the daemon sent (at `at`) where and how the program asked, kept in
+ * the table: a mapping of drm file f at fake offset `offset` (f NULL: a dma-buf's),
+ * falling onto zero pages when n's device is unplugged (n NULL: never) */
+void *maps_map(struct xed_file *f, uint64_t offset, struct xed_notice *n, void *addr,
+	       size_t len, int prot, int flags, int memfd, off_t at);
+/* pthread_atfork's three (config.c): no thread changes the table while the process
+ * forks, and the child's forgets what it did not inherit */
+void maps_before_fork(void);
+void maps_after_fork_parent(void);
 void maps_after_fork(void);
+void maps_zap(void);   /* zero pages under every mapping of an unplugged device */
+void maps_watch(void); /* a watcher for every device the table maps (after fork) */
 
 /* --- notice.c: the device's notice page -------------------------------------------- */
-/* the page watcher's asleep word of f's device (mapped once per device, for good); NULL
- * if the daemon did not hand the page over */
-const _Atomic uint32_t *notice_asleep(struct xed_file *f);
+/* One device (one plug-in) as this process met it, never freed: its notice page, mapped
+ * read-only for good (word 0 turns XED_NOTICE_UNPLUGGED at the unplug; the page
+ * watcher's asleep word is at XED_NOTICE_WATCHER_ASLEEP), and the watcher waiting on it. */
+struct xed_notice {
+	const _Atomic uint32_t *page;
+	_Atomic unsigned watcher; /* unplug.c: which process's watcher waits (its epoch) */
+};
+/* f's device's notice, asked for once per file; NULL and errno if the daemon did not hand
+ * it over (ENODEV: the device is unplugged already) */
+struct xed_notice *notice_get(struct xed_file *f);
+void notice_after_fork(void);
+
+/* --- unplug.c: the device's unplug under the program's mappings --------------------- */
+void unplug_watch(struct xed_notice *n); /* n's watcher runs in this process from now on */
+void unplug_after_fork(void);		  /* in the child: watchers for what it inherited */
 
 /* --- dmabuf.c ---------------------------------------------------------------------- */
 int dmabuf_is(int fd); /* 1 if fd is a dma-buf of an xed daemon (asked once per fd) */
