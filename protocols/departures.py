@@ -70,10 +70,15 @@ DEPARTURES: tuple[tuple[str, str], ...] = (
         "Writes after an unplug, through a mapping made by hand",
         "the kernel zaps every mapping of an unplugged device and later accesses fault in a "
         "private zeroed page. The daemon empties the memory (every mapping reads zeros) and "
-        "turns the device's `UNPLUG_NOTICE` page; the Python library then puts private zero "
-        "pages under its mappings. A program that maps the descriptors itself (the C "
-        "preload library included) keeps mappings of the emptied memfds: what it writes "
-        "afterwards is seen by other such mappings of the same memory, never by the device.",
+        "turns the device's `UNPLUG_NOTICE` page; the Python library and the C preload "
+        "library then put private zero pages under the mappings they made, a few "
+        "milliseconds later (until then a write still lands in the emptied memory). A "
+        "mapping made some other way (a descriptor the daemon sent mapped by hand, or with "
+        "a raw `mmap` syscall past the preload library) keeps the emptied memfd: what is "
+        "written to it afterwards is seen by other such mappings of the same memory, never "
+        "by the device. The C library's barrier page keeps reading `0xdeadbeef` and "
+        "swallowing stores (counted nowhere) where the kernel's dummy page would read zeros "
+        "and keep them.",
     ),
     (
         "Objects of an unplugged device",
