@@ -24,7 +24,6 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <sched.h>
 #include <stdarg.h>
 #include <sys/mman.h>
 
@@ -49,20 +48,9 @@ static _Atomic int nmaps;
 static atomic_flag lock = ATOMIC_FLAG_INIT;
 static __thread __attribute__((tls_model("initial-exec"))) uint64_t fork_mask;
 
-static uint64_t lock_maps(void)
-{
-	uint64_t old = xed_signals_block();
+static uint64_t lock_maps(void) { return xed_lock(&lock); }
 
-	while (atomic_flag_test_and_set_explicit(&lock, memory_order_acquire))
-		sched_yield();
-	return old;
-}
-
-static void unlock_maps(uint64_t old)
-{
-	atomic_flag_clear_explicit(&lock, memory_order_release);
-	xed_signals_restore(old);
-}
+static void unlock_maps(uint64_t old) { xed_unlock(&lock, old); }
 
 /* The kernel's dummy page: private zeros of the mapping's protection, at its address,
  * in one step. Refused (no memory, too many mappings): it keeps the emptied memfd. */

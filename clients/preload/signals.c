@@ -74,20 +74,24 @@ uint64_t xed_signals_block(void)
 	return old;
 }
 
-static uint64_t take_lock(void)
+uint64_t xed_lock(atomic_flag *l)
 {
 	uint64_t old = xed_signals_block();
 
-	while (atomic_flag_test_and_set_explicit(&lock, memory_order_acquire))
+	while (atomic_flag_test_and_set_explicit(l, memory_order_acquire))
 		sched_yield();
 	return old;
 }
 
-static void drop_lock(uint64_t old)
+void xed_unlock(atomic_flag *l, uint64_t old)
 {
-	atomic_flag_clear_explicit(&lock, memory_order_release);
+	atomic_flag_clear_explicit(l, memory_order_release);
 	xed_signals_restore(old);
 }
+
+static uint64_t take_lock(void) { return xed_lock(&lock); }
+
+static void drop_lock(uint64_t old) { xed_unlock(&lock, old); }
 
 static struct action read_action(int i)
 {

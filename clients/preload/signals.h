@@ -36,6 +36,7 @@
 #ifndef XED_SIGNALS_H
 #define XED_SIGNALS_H
 
+#include <stdatomic.h>
 #include <stdint.h>
 
 /* Install the library's SIGSEGV and SIGTRAP handlers (once; later calls return 0).
@@ -47,5 +48,11 @@ int xed_signals_install(void);
  * held by the code it interrupted. */
 uint64_t xed_signals_block(void);
 void xed_signals_restore(uint64_t old);
+
+/* One of the library's locks: signals blocked (xed_signals_block), then a spin; the
+ * holders never wait for anything while they hold it. xed_lock returns the old mask for
+ * xed_unlock to put back. */
+uint64_t xed_lock(atomic_flag *lock);
+void xed_unlock(atomic_flag *lock, uint64_t old);
 
 #endif
