@@ -105,4 +105,23 @@ static inline void *unmapped_page(void)
 	return p;
 }
 
+/* Open the first MMIO region DEVICE_QUERY lists, which must be the info block. */
+static inline struct drm_xe_mmio_region_open info_region_open(int fd)
+{
+	static struct {
+		struct drm_xe_query_mmio_regions h;
+		struct drm_xe_mmio_region r[16];
+	} regions;
+	struct drm_xe_device_query q = {.query = DRM_XE_DEVICE_QUERY_MMIO_REGIONS};
+	CHECK_OK(ioctl(fd, DRM_IOCTL_XE_DEVICE_QUERY, &q)); /* the size */
+	q.data = (uintptr_t)&regions;
+	CHECK_OK(ioctl(fd, DRM_IOCTL_XE_DEVICE_QUERY, &q));
+	CHECK(regions.h.num_regions >= 1 && !strcmp(regions.r[0].name, "info"));
+	struct drm_xe_mmio_region_open op = {.bar_offset = regions.r[0].bar_offset,
+					     .size = regions.r[0].size};
+	CHECK_OK(ioctl(fd, DRM_IOCTL_XE_MMIO_REGION_OPEN, &op));
+	CHECK(op.offset && op.size == regions.r[0].size);
+	return op;
+}
+
 #endif

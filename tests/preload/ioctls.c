@@ -294,19 +294,7 @@ static void query(int fd)
 
 static void mmio(int fd)
 {
-	static struct {
-		struct drm_xe_query_mmio_regions h;
-		struct drm_xe_mmio_region r[16];
-	} regions;
-	struct drm_xe_device_query q = {.query = DRM_XE_DEVICE_QUERY_MMIO_REGIONS};
-	CHECK_OK(ioctl(fd, DRM_IOCTL_XE_DEVICE_QUERY, &q));
-	q.data = (uintptr_t)&regions;
-	CHECK_OK(ioctl(fd, DRM_IOCTL_XE_DEVICE_QUERY, &q));
-	CHECK(regions.h.num_regions >= 1 && !strcmp(regions.r[0].name, "info"));
-	struct drm_xe_mmio_region_open op = {.bar_offset = regions.r[0].bar_offset,
-					     .size = regions.r[0].size};
-	CHECK_OK(ioctl(fd, DRM_IOCTL_XE_MMIO_REGION_OPEN, &op));
-	CHECK(op.offset && op.size == regions.r[0].size);
+	struct drm_xe_mmio_region_open op = info_region_open(fd);
 	volatile uint32_t *info = mmap(NULL, op.size, PROT_READ, MAP_SHARED, fd, (off_t)op.offset);
 	CHECK(info != MAP_FAILED);
 	CHECK(info[0] != 0); /* XE_INFO_DEVICE_ID */

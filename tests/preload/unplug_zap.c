@@ -126,18 +126,7 @@ static void fallen(char *p, const char *mine)
 /* The info block (an MMIO region), mapped read-only. */
 static const volatile uint32_t *info_map(int fd, size_t *size)
 {
-	static struct {
-		struct drm_xe_query_mmio_regions h;
-		struct drm_xe_mmio_region r[16];
-	} regions;
-	struct drm_xe_device_query q = {.query = DRM_XE_DEVICE_QUERY_MMIO_REGIONS};
-	CHECK_OK(ioctl(fd, DRM_IOCTL_XE_DEVICE_QUERY, &q)); /* the size */
-	q.data = (uintptr_t)&regions;
-	CHECK_OK(ioctl(fd, DRM_IOCTL_XE_DEVICE_QUERY, &q));
-	CHECK(regions.h.num_regions >= 1 && !strcmp(regions.r[0].name, "info"));
-	struct drm_xe_mmio_region_open op = {.bar_offset = regions.r[0].bar_offset,
-					     .size = regions.r[0].size};
-	CHECK_OK(ioctl(fd, DRM_IOCTL_XE_MMIO_REGION_OPEN, &op));
+	struct drm_xe_mmio_region_open op = info_region_open(fd);
 	const volatile uint32_t *info = mmap(NULL, op.size, PROT_READ, MAP_SHARED, fd, (off_t)op.offset);
 	CHECK(info != MAP_FAILED);
 	*size = op.size;
