@@ -351,24 +351,20 @@ void *xed_barrier_map(void *addr, size_t len, int prot, int flags, int memfd)
 		return MAP_FAILED;
 	if (flags & MAP_FIXED) /* what was there goes, as with mmap */
 		xed_barrier_unmap(addr, PAGE);
-	old = xed_signals_block();
-	spin(&table_lock);
+	old = xed_lock(&table_lock);
 	p = map_locked(addr, prot, flags, memfd);
-	atomic_flag_clear_explicit(&table_lock, memory_order_release);
-	xed_signals_restore(old);
+	xed_unlock(&table_lock, old);
 	return p;
 }
 
 void xed_barrier_waker(void *page, const _Atomic uint32_t *notice)
 {
-	uint64_t old = xed_signals_block();
+	uint64_t old = xed_lock(&table_lock);
 
-	spin(&table_lock);
 	for (int i = 0; i < MAX_MAPS; i++)
 		if (atomic_load(&maps[i].page) == (uintptr_t)page)
 			atomic_store(&files[maps[i].file].notice, notice);
-	atomic_flag_clear_explicit(&table_lock, memory_order_release);
-	xed_signals_restore(old);
+	xed_unlock(&table_lock, old);
 }
 
 void xed_barrier_unmap(void *addr, size_t len)
@@ -384,8 +380,7 @@ void xed_barrier_unmap(void *addr, size_t len)
 		any = atomic_load(&maps[i].page) - start < len;
 	if (!any)
 		return;
-	old = xed_signals_block();
-	spin(&table_lock);
+	old = xed_lock(&table_lock);
 	for (int i = 0; i < MAX_MAPS; i++) {
 		struct map *m = &maps[i];
 		uintptr_t page = atomic_load(&m->page);
@@ -398,8 +393,7 @@ void xed_barrier_unmap(void *addr, size_t len)
 		flush(&files[m->file]);
 		files[m->file].maps--; /* its count stays: mapping the page again goes on from it */
 	}
-	atomic_flag_clear_explicit(&table_lock, memory_order_release);
-	xed_signals_restore(old);
+	xed_unlock(&table_lock, old);
 }
 
 __attribute__((destructor)) static void flush_at_exit(void)

@@ -19,7 +19,6 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <sched.h>
 #include <stdint.h>
 #include <sys/mman.h>
 
@@ -124,13 +123,10 @@ static struct xed_notice *map_once(int fd)
 		return NULL;
 	if (st.st_size < (off_t)PAGE)
 		return errno = EIO, NULL; /* past the end, a read would fault */
-	old = xed_signals_block();
-	while (atomic_flag_test_and_set_explicit(&lock, memory_order_acquire))
-		sched_yield();
+	old = xed_lock(&lock);
 	n = map_notice(fd, &st);
 	err = errno;
-	atomic_flag_clear_explicit(&lock, memory_order_release);
-	xed_signals_restore(old);
+	xed_unlock(&lock, old);
 	errno = err;
 	return n;
 }
