@@ -145,8 +145,9 @@ def test_mapping_after_the_unplug_is_enodev(
     fresh_daemon: DaemonProcess, fresh_admin: Device, program: Programs
 ) -> None:
     """mmap after the unplug, of a file that mapped before, of one that never did and of
-    a dma-buf: ENODEV, and the program goes on and exits. What it mapped where an mremap
-    moved a mapping of the device away from is not zapped."""
+    a dma-buf: ENODEV, and the program goes on and exits. A mapping moved or shrunk by
+    mremap falls where it now is; what the program mapped where it was, or where the
+    shrunk one's tail was, is not zapped."""
     with running(fresh_daemon, program("unplug_zap"), "after") as proc:
         assert said(proc)[0] == "mapped"
         fresh_admin.admin_unplug()

@@ -305,14 +305,28 @@ XED_EXPORT int munmap(void *addr, size_t len)
 	return r;
 }
 
-/* A mapping of ours moved or resized is forgotten (not translated, never zapped): the
- * table never names a range it may no longer be. */
+/* The entry holding addr, copied into *out; 0 if none. Under the lock. */
+static int holding(uint64_t addr, struct map *out)
+{
+	for (int i = 0; i < nmaps; i++)
+		if (addr - maps[i].addr < maps[i].len) {
+			*out = maps[i];
+			return 1;
+		}
+	return 0;
+}
+
+/* A mapping of ours moved or resized goes on being ours where it now is, as the kernel's
+ * VMA keeps its file and vm_ops: translated for WAIT_USER_FENCE and zapped at an unplug.
+ * What it left behind (all of it, unless MREMAP_DONTUNMAP; a shrunk mapping's tail) is
+ * no mapping of ours any more. */
 XED_EXPORT void *mremap(void *from, size_t len, size_t new_len, int flags, ...)
 {
 	void *to = NULL, *p;
+	struct map moved;
 	uint64_t old;
 	va_list ap;
-	int err;
+	int err, ours;
 
 	if (flags & MREMAP_FIXED) {
 		va_start(ap, flags);
@@ -325,8 +339,16 @@ XED_EXPORT void *mremap(void *from, size_t len, size_t new_len, int flags, ...)
 	p = (void *)syscall(SYS_mremap, from, len, new_len, (long)flags, to);
 	err = errno;
 	if (p != MAP_FAILED) {
-		forget((uintptr_t)from, ROUND(len));
+		ours = holding((uintptr_t)from, &moved);
+		if (len && !(flags & MREMAP_DONTUNMAP))
+			forget((uintptr_t)from, ROUND(len));
 		forget((uintptr_t)p, ROUND(new_len));
+		if (ours) {
+			moved.offset += (uintptr_t)from - moved.addr;
+			moved.addr = (uintptr_t)p;
+			moved.len = ROUND(new_len);
+			remember(moved);
+		}
 	}
 	unlock_maps(old);
 	errno = err;

@@ -18,8 +18,9 @@
  *                keeps the emptied page's 0), the page still reads 0xdeadbeef, munmap works.
  *   after        mmap after the unplug (a BO of a file that mapped before, one of a file
  *                that never did, a dma-buf): ENODEV, no crash, no hang. A mapping moved
- *                away by mremap is forgotten: what the program put where it was is not
- *                zapped.
+ *                by mremap falls where it went, and what the program put where it was
+ *                is not zapped; a mapping shrunk by mremap falls, and what the program
+ *                put where its tail was is not zapped.
  *   exit         one watcher thread per device, started by the first mapping, with every
  *                signal blocked but glibc's own; setgid() still returns; exits while the
  *                watcher waits.
@@ -265,13 +266,20 @@ static void after(void)
 	uint64_t late_at = bo_offset(fd, late), theirs_at = bo_offset(never, theirs);
 	int buf = export(fd, late);
 	char *p = bo_map(fd, bo, SIZE), *moved = bo_map(fd, bo_create(fd, SIZE), SIZE), *to;
+	char *shrunk = bo_map(fd, bo_create(fd, SIZE), SIZE), *tail = shrunk + SIZE / 2;
 
+	strcpy(moved, "moved");
 	to = mmap(NULL, SIZE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0); /* a place */
 	CHECK(to != MAP_FAILED);
 	CHECK(mremap(moved, SIZE, SIZE, MREMAP_MAYMOVE | MREMAP_FIXED, to) == to);
+	CHECK(!strcmp(to, "moved"));
 	CHECK((char *)syscall(SYS_mmap, moved, SIZE, PROT_READ | PROT_WRITE,
 			      MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0) == moved);
 	strcpy(moved, "not a mapping of the device");
+	CHECK(mremap(shrunk, SIZE, SIZE / 2, 0) == shrunk);
+	CHECK((char *)syscall(SYS_mmap, tail, SIZE / 2, PROT_READ | PROT_WRITE,
+			      MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0) == tail);
+	strcpy(tail, "not a mapping of the device either");
 	say("mapped", flink(fd, bo));
 	wait_line();
 	CHECK(mmap(NULL, SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)late_at) == MAP_FAILED);
@@ -281,8 +289,12 @@ static void after(void)
 	CHECK(mmap(NULL, SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, buf, 0) == MAP_FAILED);
 	CHECK(errno == ENODEV);
 	until_anonymous(p);
+	until_anonymous(to);
+	until_anonymous(shrunk);
+	CHECK(zeros(to, SIZE) && zeros(shrunk, SIZE / 2));
 	CHECK_OK(munmap(p, SIZE)); /* once it has the lock, the watcher's pass is over */
 	CHECK(!strcmp(moved, "not a mapping of the device"));
+	CHECK(!strcmp(tail, "not a mapping of the device either"));
 	CHECK_OK(close(buf));
 	say("written", 0);
 	wait_line();
