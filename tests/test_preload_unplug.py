@@ -156,6 +156,19 @@ def test_mapping_after_the_unplug_is_enodev(
         tell(proc)
 
 
+def test_more_mappings_than_the_first_table_holds_all_fall(
+    fresh_daemon: DaemonProcess, fresh_admin: Device, program: Programs
+) -> None:
+    """5000 mappings of one BO, past the 4096 the library's table starts with: the first,
+    a middle one and the last all fall onto zero pages."""
+    with running(fresh_daemon, program("unplug_zap"), "many") as proc:
+        assert said(proc) == ["mapped"]
+        fresh_admin.admin_unplug()
+        tell(proc)
+        assert said(proc) == ["written"]
+        tell(proc)
+
+
 def test_one_watcher_started_by_the_first_mapping_and_exit_while_it_waits(
     daemon: DaemonProcess, program: Programs
 ) -> None:

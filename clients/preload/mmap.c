@@ -25,6 +25,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdarg.h>
+#include <string.h>
 #include <sys/mman.h>
 
 #include "barrier.h"
@@ -33,7 +34,7 @@
 #include "signals.h"
 #include "sys.h"
 
-#define MAX_MAPS 4096
+#define FIRST_MAPS 4096
 #define PAGE 4096ul
 #define ROUND(len) (((uint64_t)(len) + PAGE - 1) & ~(PAGE - 1))
 
@@ -43,7 +44,9 @@ struct map {
 	struct xed_notice *notice; /* its device's; NULL: never zapped (barrier page) */
 	int prot, zapped;
 };
-static struct map maps[MAX_MAPS];
+static struct map first[FIRST_MAPS];
+static struct map *maps = first; /* first, then pages of its own as it doubles */
+static int capacity = FIRST_MAPS;
 static _Atomic int nmaps;
 static atomic_flag lock = ATOMIC_FLAG_INIT;
 static __thread __attribute__((tls_model("initial-exec"))) uint64_t fork_mask;
@@ -67,16 +70,36 @@ static int unplugged(const struct map *m)
 	       atomic_load(m->notice->page) == XED_NOTICE_UNPLUGGED;
 }
 
+/* Under the lock: room for one entry more, doubling the table if it is full. Its pages
+ * come from the kernel, not malloc: this runs with every signal blocked, in whatever
+ * the program was doing (a signal handler's mmap, a fork child). 0: no memory. */
+static int room(void)
+{
+	if (nmaps < capacity)
+		return 1;
+	size_t bytes = 2 * (size_t)capacity * sizeof *maps;
+	struct map *bigger = sys_mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+				      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (bigger == MAP_FAILED)
+		return 0;
+	memcpy(bigger, maps, (size_t)nmaps * sizeof *maps);
+	if (maps != first)
+		sys_munmap(maps, (size_t)capacity * sizeof *maps);
+	maps = bigger;
+	capacity *= 2;
+	return 1;
+}
+
 /* Under the lock. A device unplugged since the daemon answered: it falls at once (its
  * watcher may have been and gone). */
 static void remember(struct map m)
 {
 	if (unplugged(&m))
 		zap(&m);
-	if (nmaps < MAX_MAPS)
+	if (room())
 		maps[nmaps++] = m;
 	else
-		xed_log("more than %d mappings: %#llx is not remembered", MAX_MAPS,
+		xed_log("no memory for the table of mappings: %#llx is not remembered",
 			(unsigned long long)m.addr);
 }
 
@@ -97,13 +120,13 @@ static void forget(uint64_t addr, uint64_t len)
 			m->len = end - hi;
 			m->addr = hi;
 		} else {
-			if (hi < end && nmaps < MAX_MAPS) { /* a hole in the middle: keep the tail */
-				tail.offset += hi - m->addr;
+			m->len = lo - m->addr; /* before room(), which may move the table */
+			if (hi < end && room()) { /* a hole in the middle: keep the tail */
+				tail.offset += hi - tail.addr;
 				tail.len = end - hi;
 				tail.addr = hi;
 				maps[nmaps++] = tail;
 			}
-			m->len = lo - m->addr;
 		}
 	}
 }

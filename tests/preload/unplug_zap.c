@@ -21,6 +21,8 @@
  *                by mremap falls where it went, and what the program put where it was
  *                is not zapped; a mapping shrunk by mremap falls, and what the program
  *                put where its tail was is not zapped.
+ *   many         more mappings than the library's first table holds (4096): the table
+ *                grows, and the first, a middle and the last mapping all fall.
  *   exit         one watcher thread per device, started by the first mapping, with every
  *                signal blocked but glibc's own; setgid() still returns; exits while the
  *                watcher waits.
@@ -300,6 +302,28 @@ static void after(void)
 	wait_line();
 }
 
+#define MANY 5000
+
+static void many(void)
+{
+	static char *p[MANY];
+	int fd = open_card();
+	uint32_t bo = bo_create(fd, SIZE);
+
+	for (int i = 0; i < MANY; i++)
+		p[i] = bo_map(fd, bo, SIZE);
+	strcpy(p[0], "before");
+	CHECK(!strcmp(p[MANY - 1], "before")); /* one BO, mapped MANY times */
+	say("mapped", 0);
+	wait_line();
+	until_anonymous(p[MANY - 1]);
+	until_anonymous(p[MANY / 2]);
+	until_anonymous(p[0]);
+	CHECK(zeros(p[0], SIZE) && zeros(p[MANY - 1], SIZE));
+	say("written", 0);
+	wait_line();
+}
+
 static int tasks(void)
 {
 	DIR *d = opendir("/proc/self/task");
@@ -388,9 +412,11 @@ int main(int argc, char **argv)
 		after();
 	else if (!strcmp(mode, "barrier"))
 		barrier();
+	else if (!strcmp(mode, "many"))
+		many();
 	else if (!strcmp(mode, "exit"))
 		leaves();
 	else
-		CHECK(!"mode: bo, dmabuf, fork, barrier, after or exit");
+		CHECK(!"mode: bo, dmabuf, fork, barrier, after, many or exit");
 	return 0;
 }
