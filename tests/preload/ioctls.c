@@ -214,6 +214,18 @@ static void vm_exec_fence(int fd)
 	CHECK_ERR(ioctl(fd, DRM_IOCTL_XE_WAIT_USER_FENCE, &never), EFAULT);
 	never.addr = (uintptr_t)cpu + 4;
 	CHECK_ERR(ioctl(fd, DRM_IOCTL_XE_WAIT_USER_FENCE, &never), EINVAL);
+	/* a second mapping of the BO, moved by mremap: the fence is found where it went, and
+	 * where it was is nobody's memory */
+	char *again = (char *)bo_map(fd, bo, 0x10000), *place;
+	place = mmap(NULL, 0x10000, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	CHECK(place != MAP_FAILED);
+	CHECK(mremap(again, 0x10000, 0x10000, MREMAP_MAYMOVE | MREMAP_FIXED, place) == place);
+	struct drm_xe_wait_user_fence moved = w;
+	moved.addr = (uintptr_t)place;
+	CHECK_OK(ioctl(fd, DRM_IOCTL_XE_WAIT_USER_FENCE, &moved));
+	moved.addr = (uintptr_t)again;
+	CHECK_ERR(ioctl(fd, DRM_IOCTL_XE_WAIT_USER_FENCE, &moved), EFAULT);
+	CHECK_OK(munmap(place, 0x10000));
 	struct drm_xe_exec badex = ex;
 	badex.exec_queue_id = 0xdead;
 	CHECK_ERR(ioctl(fd, DRM_IOCTL_XE_EXEC, &badex), ENOENT);
