@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench reference clean preload bytecode
+.PHONY: demo test lint bench reference clean preload bytecode igt
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,7 @@ demo: $(STAMP) bytecode preload
 	@echo "  .venv/bin/xec run --socket /tmp/xed.sock -- PROGRAM   an unmodified C program"
 	@echo "  .venv/bin/xed ctl --socket /tmp/xed.sock clients      who is connected, what they hold"
 	@echo "  .venv/bin/xec scenario list                            more scenarios; xec --help for all"
+	@echo "  make igt                                               IGT's xe tests against xed"
 	@echo "  make bench                                             the speed figures"
 
 # two workers: most tests wait on real daemons and client processes, so two share
@@ -52,6 +53,11 @@ bench: $(STAMP) bytecode
 	$(BIN)/xec bench mmap
 	$(BIN)/xec bench barrier
 	$(BIN)/xec bench rdma
+
+# IGT's xe tests that are xed's yardstick, unmodified (fetched from Debian on first use)
+igt: $(STAMP) bytecode preload
+	$(BIN)/xec igt run xe_mmap
+	$(BIN)/xec igt run xe_prime_self_import
 
 reference: $(STAMP)
 	$(BIN)/python -m protocols.reference > protocols/REFERENCE.md

@@ -248,6 +248,7 @@ def _other_parsers(sub: Subparsers) -> None:
         "not chosen is missing, ENOENT, whatever the host has)",
     )  # fmt: skip
     run_p.add_argument("program", nargs=argparse.REMAINDER, help="-- PROGRAM [ARGS...]")
+    _igt_parsers(sub)
     debug_p = _sub(sub, "debug", "a small debugger for a process using xed")
     debug_sub = debug_p.add_subparsers(dest="which", required=True, metavar="ACTION")
     att = _sub(
@@ -272,6 +273,53 @@ def _other_parsers(sub: Subparsers) -> None:
         help="print the target's events for this long (or until it exits), 0 for none",
     )  # fmt: skip
     _json_option(att)
+
+
+def _igt_parsers(sub: Subparsers) -> None:
+    igt_p = _sub(
+        sub, "igt", "IGT's xe tests, unmodified, against the daemon",
+        "IGT's xe tests (igt-gpu-tools, as Debian unstable builds them), unmodified, run "
+        "with the preload library against the daemon. The tests and every library they "
+        "need are fetched from the Debian archive once, checked (gpgv, SHA256) and kept "
+        "in $XDG_CACHE_HOME/xed/igt (see README: Running IGT's xe tests).",
+    )  # fmt: skip
+    igt_sub = igt_p.add_subparsers(dest="which", required=True, metavar="ACTION")
+    fetch_p = _sub(
+        igt_sub, "fetch", "fetch, check and unpack IGT's tests and libraries",
+        "Fetch, check and unpack IGT's tests and the libraries they need, unless they "
+        "are cached already. Exit status: 0 done, 65 a file failed its check, 69 the "
+        "archive cannot be reached or the signature cannot be checked.",
+    )  # fmt: skip
+    fetch_p.add_argument(
+        "--mirror", default="http://deb.debian.org/debian", metavar="URL",
+        help="the Debian archive to fetch from",
+    )  # fmt: skip
+    fetch_p.add_argument(
+        "--refresh", action="store_true",
+        help="fetch the index again and unpack what it names now, cached or not",
+    )  # fmt: skip
+    fetch_p.add_argument(
+        "--no-verify", dest="verify", action="store_false",
+        help="do not check the archive's signature (no gpgv or Debian keyring here); "
+        "every file is still checked against the index's SHA256",
+    )  # fmt: skip
+    _json_option(fetch_p)
+    list_p = _sub(igt_sub, "list", "the xe tests there are (fetched first if need be)")
+    _json_option(list_p)
+    run_p = _sub(
+        igt_sub, "run", "run one IGT test against the daemon",
+        "Run one IGT test (fetched first if need be) under the preload library, as "
+        "`xec run` runs a program: `xec igt run xe_mmap --run-subtest pci-membarrier`. "
+        "Exit status: the test's own (IGT: 0 passed, 77 skipped, 98 a subtest failed); "
+        "2 no such test; 65 or 69 as for fetch, or no daemon.",
+    )  # fmt: skip
+    _connection_options(run_p)
+    run_p.add_argument(
+        "--node", choices=["card0", "renderD128"], default=None,
+        help="the only device node that exists for the test (default: both)",
+    )  # fmt: skip
+    run_p.add_argument("test", metavar="TEST", help="an IGT test: xe_mmap, xe_prime_self_import...")
+    run_p.add_argument("args", nargs=argparse.REMAINDER, help="the test's own options")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -308,6 +356,15 @@ def _run(args: argparse.Namespace) -> int:
                   file=sys.stderr)  # fmt: skip
             return EX_USAGE
         return run(program, socket_path(args.socket), args.node)
+    if args.command == "igt":
+        from . import igt
+
+        if args.which == "fetch":
+            return igt.cmd_fetch(args.mirror, args.refresh, args.verify, args.json)
+        if args.which == "list":
+            return igt.cmd_list(args.json)
+        test_args = args.args[1:] if args.args[:1] == ["--"] else args.args
+        return igt.cmd_run(args.socket, args.node, args.test, test_args)
     if args.command == "debug":
         from .debugger import attach
 

@@ -1,0 +1,86 @@
+"""IGT's own xe tests, unmodified, against a real daemon through the preload library: the
+yardstick of issue 14. The tests are Debian's build of IGT (clients/igt.py fetches them
+with their libraries once, into the cache; later runs need no network). Every subtest
+the program lists must report SUCCESS, and the daemon must be left as it was found."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from clients import igt
+from clients.daemon import DaemonProcess
+from tests.conftest import baseline
+from tests.test_lifecycle import wait_for_baseline
+
+TIMEOUT = 300
+# the subtests issue 14 names: they must be among those the program lists
+NAMED = {
+    "xe_mmap": {
+        "system", "vram", "vram-system", "pci-membarrier", "pci-membarrier-parallel",
+        "pci-membarrier-bad-pagesize", "pci-membarrier-bad-object", "bad-flags",
+        "bad-extensions", "bad-object", "small-bar", "cpu-caching",
+    },
+    "xe_prime_self_import": {
+        "basic-with_one_bo", "basic-with_one_bo_two_files", "basic-with_two_bos",
+        "basic-with_fd_dup", "export-vs-gem_close-race", "reimport-vs-gem_close-race",
+        "basic-llseek-size", "basic-llseek-bad",
+    },
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def install() -> igt.Install:
+    return igt.fetch()
+
+
+def xec_igt(*args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "clients", "igt", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT)
+
+
+@pytest.mark.parametrize("test", sorted(NAMED))
+def test_every_subtest_passes(
+    install: igt.Install, fresh_daemon: DaemonProcess, test: str
+) -> None:
+    listed = subprocess.run(
+        install.command(test, ["--list-subtests"]), capture_output=True, text=True,
+        timeout=TIMEOUT,
+    ).stdout.split()  # fmt: skip
+    assert NAMED[test] <= set(listed), f"{test} lacks {NAMED[test] - set(listed)}"
+    before = baseline(fresh_daemon)
+    done = xec_igt("run", "--socket", str(fresh_daemon.socket_path), test)
+    results = dict(re.findall(r"^Subtest (\S+): (\w+)", done.stdout, re.M))
+    failed = {name: result for name, result in results.items() if result != "SUCCESS"}
+    assert not failed, f"{test}: {failed}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    assert sorted(results) == sorted(listed), f"{test} ran {sorted(results)} of {listed}"
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Opened device: /dev/dri/card0" in done.stdout
+    assert wait_for_baseline(fresh_daemon, before) == before
+
+
+def test_one_subtest_and_its_status(install: igt.Install, daemon: DaemonProcess) -> None:
+    """IGT's own options pass through; a subtest that does not exist is IGT's exit
+    status 79 (IGT_EXIT_INVALID), passed back as it is."""
+    socket = str(daemon.socket_path)
+    done = xec_igt("run", "--socket", socket, "xe_mmap", "--run-subtest", "bad-flags")
+    assert done.returncode == 0, done.stderr
+    assert re.findall(r"^Subtest (\S+): (\w+)", done.stdout, re.M) == [("bad-flags", "SUCCESS")]
+    done = xec_igt("run", "--socket", socket, "xe_mmap", "--run-subtest", "no-such-subtest")
+    assert done.returncode == 79, (done.returncode, done.stderr)
+
+
+def test_list_and_unknown_tests(install: igt.Install) -> None:
+    done = xec_igt("list")
+    assert done.returncode == 0
+    assert {"xe_mmap", "xe_prime_self_import"} <= set(done.stdout.split())
+    for name, why in (("xe_nothing", "has no test xe_nothing"), ("../x", "no IGT test name")):
+        done = xec_igt("run", name)
+        assert done.returncode == 2, done.stderr
+        assert why in done.stderr
+    done = xec_igt("fetch")  # cached: no network, the same install
+    assert done.returncode == 0
+    assert str(install.root) in done.stdout
