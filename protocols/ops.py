@@ -389,6 +389,7 @@ SPECS: dict[Op, OpSpec] = {
                 (ENOMEM, "fits no region of the placement (VRAM, visible VRAM, system)"),
                 _RESERVE,
                 (ENOMEM, "limits.bos: this client holds that many GEM handles already"),
+                (ENOSPC, "larger than the fake mmap offset space (about 1 TiB)"),
                 (EINVAL, "extensions not zero (no extension is emulated; checked last)"),
             ),
         ),

@@ -135,11 +135,13 @@ def test_gem_create_nonzero_extensions_is_einval(dev: Device) -> None:
 
 
 def test_gem_create_extensions_are_checked_last(fresh_daemon: DaemonProcess) -> None:
-    """xe walks the extension chain once the BO exists: an unknown vm_id (ENOENT) and a
-    size no region holds (ENOMEM) are answered before a non-zero extensions."""
+    """xe walks the extension chain once the BO exists: an unknown vm_id (ENOENT), a size
+    beyond the mmap offset space (ENOSPC) and a size no region holds (ENOMEM) are
+    answered before a non-zero extensions."""
     with Device.open(fresh_daemon.socket_path) as dev:
         assert create_errno(dev, extensions=1, vm_id=999) == errno.ENOENT
-        assert create_errno(dev, extensions=1, size=1 << 50) == errno.ENOMEM
+        assert create_errno(dev, extensions=1, size=1 << 50) == errno.ENOSPC
+        assert create_errno(dev, extensions=1, size=1 << 39) == errno.ENOMEM
         assert create_errno(dev, extensions=1, cpu_caching=0) == errno.EINVAL
 
 
@@ -254,6 +256,22 @@ def test_gem_create_einval_checks_come_before_vm_lookup(dev: Device) -> None:
 def test_gem_create_vm_lookup_comes_before_allocation(dev: Device) -> None:
     """An unknown vm_id with a size no region holds is ENOENT, not ENOMEM."""
     assert create_errno(dev, size=1 << 50, vm_id=999) == errno.ENOENT
+
+
+@pytest.mark.parametrize("size", [(1 << 40) + (1 << 32), 1 << 50, -(1 << 32) & (2**64 - 1)])
+@pytest.mark.parametrize("placement", [XE_PLACEMENT_SYSMEM, XE_PLACEMENT_VRAM0])
+def test_gem_create_beyond_the_mmap_offset_space_is_enospc(
+    dev: Device, size: int, placement: int
+) -> None:
+    """A BO larger than the whole fake offset space (DRM_FILE_PAGE_OFFSET_SIZE, 1 TiB less
+    256 pages) cannot get its mmap offset: ENOSPC in every region, before the placement
+    is tried (IGT's create-massive-size asks 0xffffffff00000000 bytes); just under it,
+    the region's ENOMEM. Nothing is created."""
+    wc = DRM_XE_GEM_CPU_CACHING_WC
+    assert create_errno(dev, size=size, placement=placement, cpu_caching=wc) == errno.ENOSPC
+    space = ((0xFFFFFFFF >> 12) * 256) << 12
+    assert create_errno(dev, size=space, placement=placement, cpu_caching=wc) == errno.ENOMEM
+    assert create_errno(dev, size=space + PAGE_SIZE, cpu_caching=wc) == errno.ENOSPC
 
 
 def test_gem_create_refusal_creates_nothing(dev: Device) -> None:

@@ -17,6 +17,7 @@ from protocols.constants import (
     DRM_XE_GEM_CREATE_FLAG_NEEDS_VISIBLE_VRAM,
     DRM_XE_MEM_REGION_CLASS_SYSMEM,
     DRM_XE_MEM_REGION_CLASS_VRAM,
+    DRM_XE_QUERY_CONFIG_FLAG_HAS_LOW_LATENCY,
     DRM_XE_QUERY_CONFIG_FLAG_HAS_VRAM,
     DRM_XE_QUERY_CONFIG_FLAGS,
     DRM_XE_QUERY_CONFIG_MAX_EXEC_QUEUE_PRIORITY,
@@ -175,14 +176,17 @@ def test_query_mem_regions_placement_bit_is_instance(make_daemon: Any) -> None:
 
 
 def test_query_config_default(dev: Device) -> None:
-    """CONFIG info[]: device id | revision << 16, HAS_VRAM, 4 KiB alignment, 48 VA bits."""
+    """CONFIG info[]: device id | revision << 16, HAS_VRAM and HAS_LOW_LATENCY (set by xe
+    on every device), 4 KiB alignment, 48 VA bits."""
     reply = dev.query(Query.CONFIG)
     assert reply.query == Query.CONFIG
     info = reply.config
     assert len(info) == 5
     assert info[DRM_XE_QUERY_CONFIG_REV_AND_DEVICE_ID] == DEFAULT.device_id | DEFAULT.revision << 16
     assert info[DRM_XE_QUERY_CONFIG_REV_AND_DEVICE_ID] & 0xFFFF == dev.identity.device_id
-    assert info[DRM_XE_QUERY_CONFIG_FLAGS] & DRM_XE_QUERY_CONFIG_FLAG_HAS_VRAM
+    assert info[DRM_XE_QUERY_CONFIG_FLAGS] == (
+        DRM_XE_QUERY_CONFIG_FLAG_HAS_VRAM | DRM_XE_QUERY_CONFIG_FLAG_HAS_LOW_LATENCY
+    )
     assert info[DRM_XE_QUERY_CONFIG_MIN_ALIGNMENT] == 4096
     assert info[DRM_XE_QUERY_CONFIG_VA_BITS] == 48
     assert info[DRM_XE_QUERY_CONFIG_MAX_EXEC_QUEUE_PRIORITY] > 0
@@ -194,7 +198,9 @@ def test_query_config_follows_config(make_daemon: Any) -> None:
     with Device.open(d.socket_path) as dev:
         info = dev.query(Query.CONFIG).config
         assert info[DRM_XE_QUERY_CONFIG_REV_AND_DEVICE_ID] == 0x64A0 | 3 << 16
-        assert info[DRM_XE_QUERY_CONFIG_FLAGS] == DRM_XE_QUERY_CONFIG_FLAG_HAS_VRAM
+        assert info[DRM_XE_QUERY_CONFIG_FLAGS] == (
+            DRM_XE_QUERY_CONFIG_FLAG_HAS_VRAM | DRM_XE_QUERY_CONFIG_FLAG_HAS_LOW_LATENCY
+        )
         assert info[DRM_XE_QUERY_CONFIG_VA_BITS] == 57
         assert dev.identity.device_id == 0x64A0
         assert dev.identity.revision == 3
@@ -301,7 +307,7 @@ def test_no_vram_device_reports_only_system_memory(make_daemon: Any) -> None:
         assert region.mem_class == DRM_XE_MEM_REGION_CLASS_SYSMEM
         assert region.total_size == 64 * MiB
         info = dev.query(Query.CONFIG).config
-        assert not info[DRM_XE_QUERY_CONFIG_FLAGS] & DRM_XE_QUERY_CONFIG_FLAG_HAS_VRAM
+        assert info[DRM_XE_QUERY_CONFIG_FLAGS] == DRM_XE_QUERY_CONFIG_FLAG_HAS_LOW_LATENCY
         (gt,) = dev.query(Query.GT_LIST).gt_list
         assert gt.near_mem_regions == XE_PLACEMENT_SYSMEM
         assert gt.far_mem_regions == 0

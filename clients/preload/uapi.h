@@ -399,6 +399,7 @@ XED_AT(drm_xe_exec_queue_create, flags, 16);
 XED_AT(drm_xe_exec_queue_create, exec_queue_id, 20);
 XED_AT(drm_xe_exec_queue_create, instances, 24);
 XED_AT(drm_xe_exec_queue_create, reserved, 32);
+#define DRM_XE_EXEC_QUEUE_LOW_LATENCY_HINT (1 << 0)
 
 struct drm_xe_exec_queue_destroy {
 	uint32_t exec_queue_id;

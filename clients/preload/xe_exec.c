@@ -18,7 +18,7 @@
 
 #define MAX_SYNCS 64	 /* protocols/constants.py XE_MAX_SYNCS */
 #define MAX_BINDS 512	 /* XE_MAX_BINDS_PER_IOCTL */
-#define MAX_INSTANCES 64 /* the daemon's list cap */
+#define MAX_INSTANCES 9	 /* XE_HW_ENGINE_MAX_INSTANCE: more is EINVAL before any copy */
 /* an address no mapping has: the daemon answers EFAULT after its own checks */
 #define NOWHERE(addr) (0xfffffffffffff000ull | ((addr) & 0xfffull))
 
@@ -106,15 +106,26 @@ int xe_vm_bind(struct xcall *c, struct drm_xe_vm_bind *a)
 	return xc_run(c, -1);
 }
 
+/* Set by the last EXEC_QUEUE_CREATE of this thread whose extension chain could not be
+ * read: xe walks the chain once the queue exists (exec_queue_user_extensions) and the
+ * copy faults, so the queue the daemon made without it is destroyed and the answer is
+ * EFAULT (xe_exec_queue_create_finish). A chain that can be read goes to the daemon,
+ * which refuses any extension (EINVAL) after its other checks. */
+static __thread int chain_faulted;
+
 int xe_exec_queue_create(struct xcall *c, struct drm_xe_exec_queue_create *a)
 {
 	struct drm_xe_engine_class_instance eci[MAX_INSTANCES];
+	struct drm_xe_user_extension link;
 	uint32_t n = (uint32_t)a->width * a->num_placements;
-	if (a->extensions || a->flags || a->reserved[0] || a->reserved[1] || n > MAX_INSTANCES)
+	/* xe checks the flags, reserved and the count, then copies the instances */
+	if (a->flags & ~DRM_XE_EXEC_QUEUE_LOW_LATENCY_HINT || a->reserved[0] || a->reserved[1] ||
+	    !n || n > MAX_INSTANCES)
 		n = 0; /* the daemon refuses it before looking at the engines */
 	else if (copy_from_user(eci, a->instances, n * sizeof *eci))
 		return EFAULT;
-	xc_u(c, "extensions", a->extensions);
+	chain_faulted = a->extensions && copy_from_user(&link, a->extensions, sizeof link);
+	xc_u(c, "extensions", chain_faulted ? 0 : a->extensions);
 	xc_u(c, "width", a->width);
 	xc_u(c, "num_placements", a->num_placements);
 	xc_u(c, "vm_id", a->vm_id);
@@ -134,6 +145,24 @@ int xe_exec_queue_create(struct xcall *c, struct drm_xe_exec_queue_create *a)
 	if (!err)
 		a->exec_queue_id = (uint32_t)r_get_uint(&c->body, "exec_queue_id");
 	return err;
+}
+
+int xe_exec_queue_create_finish(struct xed_file *f, struct drm_xe_exec_queue_create *a)
+{
+	struct xcall c;
+
+	if (!chain_faulted)
+		return 0;
+	chain_faulted = 0;
+	if (!xc_begin(&c, f, XED_OP_XE_EXEC_QUEUE_DESTROY)) {
+		xc_u(&c, "exec_queue_id", a->exec_queue_id);
+		xc_u(&c, "pad", 0);
+		xc_u64s(&c, "reserved", (uint64_t[2]){0, 0}, 2);
+		xc_run(&c, -1);
+		xc_end(&c);
+	}
+	a->exec_queue_id = 0;
+	return EFAULT;
 }
 
 int xe_exec_queue_destroy(struct xcall *c, struct drm_xe_exec_queue_destroy *a)

@@ -79,6 +79,28 @@ int main(void)
 	struct drm_xe_engine_class_instance eci = {0};
 	qc.instances = (uintptr_t)&eci;
 	CHECK_OK(ioctl(fd, DRM_IOCTL_XE_EXEC_QUEUE_CREATE, &qc));
+	/* the instances are copied before the extension chain is looked at (IGT xe_create's
+	 * invalid-extensions: both pointers bad); a chain that faults is walked once the
+	 * queue exists: EFAULT, and the queue is gone (ids are the lowest free) */
+	struct drm_xe_exec_queue_create chained = qc;
+	chained.exec_queue_id = 0, chained.extensions = (uintptr_t)-1, chained.instances = 0;
+	CHECK_ERR(ioctl(fd, DRM_IOCTL_XE_EXEC_QUEUE_CREATE, &chained), EFAULT);
+	chained.instances = (uintptr_t)&eci, chained.extensions = (uintptr_t)gone;
+	CHECK_ERR(ioctl(fd, DRM_IOCTL_XE_EXEC_QUEUE_CREATE, &chained), EFAULT);
+	CHECK(chained.exec_queue_id == 0);
+	struct drm_xe_user_extension link = {.name = 7}; /* readable: no extension is emulated */
+	chained.extensions = (uintptr_t)&link;
+	CHECK_ERR(ioctl(fd, DRM_IOCTL_XE_EXEC_QUEUE_CREATE, &chained), EINVAL);
+	chained.vm_id = 999; /* the VM is looked up before the chain */
+	CHECK_ERR(ioctl(fd, DRM_IOCTL_XE_EXEC_QUEUE_CREATE, &chained), ENOENT);
+	chained.extensions = (uintptr_t)gone;
+	CHECK_ERR(ioctl(fd, DRM_IOCTL_XE_EXEC_QUEUE_CREATE, &chained), ENOENT);
+	chained.vm_id = qc.vm_id, chained.extensions = 0;
+	chained.flags = DRM_XE_EXEC_QUEUE_LOW_LATENCY_HINT; /* a hint xe takes on any device */
+	CHECK_OK(ioctl(fd, DRM_IOCTL_XE_EXEC_QUEUE_CREATE, &chained));
+	CHECK(chained.exec_queue_id == qc.exec_queue_id + 1); /* nothing was left behind */
+	struct drm_xe_exec_queue_destroy qd = {.exec_queue_id = chained.exec_queue_id};
+	CHECK_OK(ioctl(fd, DRM_IOCTL_XE_EXEC_QUEUE_DESTROY, &qd));
 	struct drm_xe_exec ex = {.exec_queue_id = qc.exec_queue_id, .num_syncs = 3,
 				 .syncs = (uintptr_t)gone, .address = VA, .num_batch_buffer = 1};
 	CHECK_ERR(ioctl(fd, DRM_IOCTL_XE_EXEC, &ex), EFAULT);

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import mmap
 import os
-from errno import EACCES, EINVAL, ENODEV, ENOENT, EPERM
+from errno import EACCES, EINVAL, ENODEV, ENOENT, ENOSPC, EPERM
 from typing import TYPE_CHECKING
 
 import structlog
@@ -248,6 +248,9 @@ def xe_gem_create_ioctl(xef: XeFile, args: m.DrmXeGemCreate) -> m.DrmXeGemCreate
     - cpu_caching WB with a VRAM placement or with SCANOUT: EINVAL
     - vm_id non-zero and naming no open VM of this file: ENOENT
     - the file holds limits.bos GEM handles already: ENOMEM
+    - larger than the whole fake mmap offset space (DRM_FILE_PAGE_OFFSET_SIZE, about
+      1 TiB): ENOSPC, from drm_vma_offset_add in ttm_bo_init_reserved, before any
+      placement is tried (IGT's xe_create create-massive-size)
     - no region of the placement can hold it (VRAM, CPU-visible VRAM on a small BAR,
       system memory): ENOMEM, as TTM reports it
     - extensions non-zero: EINVAL. xe walks the chain (a user pointer) once the BO
@@ -286,6 +289,7 @@ def xe_gem_create_ioctl(xef: XeFile, args: m.DrmXeGemCreate) -> m.DrmXeGemCreate
         vm = xef.vms.get(args.vm_id)
         refuse_if(vm is None or vm.closed, ENOENT, f"no VM {args.vm_id}")
     refuse_over(xef, "bos", len(xef.handles))
+    refuse_if(args.size > xe.vma.space, ENOSPC, "larger than the fake mmap offset space")
     region = _place(xe.regions_for(args.placement), args.size, visible)
     refuse_if(args.extensions, EINVAL, "no GEM_CREATE extension is emulated")
     bo = XeBo(xe, args.size, region, visible and region in vram, args.flags, args.cpu_caching, vm)

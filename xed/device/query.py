@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from protocols import messages as m
 from protocols.constants import (
     DRM_XE_MEM_REGION_CLASS_VRAM,
+    DRM_XE_QUERY_CONFIG_FLAG_HAS_LOW_LATENCY,
     DRM_XE_QUERY_CONFIG_FLAG_HAS_VRAM,
     DRM_XE_QUERY_GT_TYPE_MAIN,
     SZ_4K,
@@ -59,7 +60,9 @@ def _mem_regions(xe: XeDevice) -> m.DrmXeDeviceQueryReply:
 
 def _config(xe: XeDevice) -> m.DrmXeDeviceQueryReply:
     cfg = xe.config
-    flags = DRM_XE_QUERY_CONFIG_FLAG_HAS_VRAM if cfg.vram_size else 0
+    flags = DRM_XE_QUERY_CONFIG_FLAG_HAS_LOW_LATENCY  # unconditional in xe
+    if cfg.vram_size:
+        flags |= DRM_XE_QUERY_CONFIG_FLAG_HAS_VRAM
     info = (
         cfg.device_id | cfg.revision << 16,
         flags,

@@ -51,6 +51,13 @@ class VmaOffsetManager:
     def __len__(self) -> int:
         return len(self._nodes)
 
+    @property
+    def space(self) -> int:
+        """Bytes of the whole offset space: no node can be larger (drm_vma_offset_add
+        of a larger one is ENOSPC, whatever is free)."""
+        shift = self.page_size.bit_length() - 1
+        return (0xFFFFFFFF >> shift) * 256 * self.page_size
+
     def add(self, obj: Any, size: int) -> VmaNode:
         pages = -(-size // self.page_size)
         node = VmaNode(start=self._next, size=pages * self.page_size, obj=obj)
