@@ -311,9 +311,15 @@ def _igt_parsers(sub: Subparsers) -> None:
         "Run one IGT test (fetched first if need be) under the preload library, as "
         "`xec run` runs a program: `xec igt run xe_mmap --run-subtest pci-membarrier`. "
         "Exit status: the test's own (IGT: 0 passed, 77 skipped, 98 a subtest failed); "
-        "2 no such test; 65 or 69 as for fetch, or no daemon.",
+        "2 no such test; 65 or 69 as for fetch, or no daemon; 77 as root, a test not "
+        "known to be harmless to the host without --as-root.",
     )  # fmt: skip
     _connection_options(run_p)
+    run_p.add_argument(
+        "--as-root", action="store_true",
+        help="run a test as root even if it may touch the host (load kernel modules, "
+        "suspend, write sysfs); xe_mmap, xe_prime_self_import and xe_create need not",
+    )  # fmt: skip
     run_p.add_argument(
         "--node", choices=["card0", "renderD128"], default=None,
         help="the only device node that exists for the test (default: both)",
@@ -364,7 +370,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.which == "list":
             return igt.cmd_list(args.json)
         test_args = args.args[1:] if args.args[:1] == ["--"] else args.args
-        return igt.cmd_run(args.socket, args.node, args.test, test_args)
+        return igt.cmd_run(args.socket, args.node, args.test, test_args, args.as_root)
     if args.command == "debug":
         from .debugger import attach
 

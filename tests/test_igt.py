@@ -5,6 +5,7 @@ the program lists must report SUCCESS, and the daemon must be left as it was fou
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -81,6 +82,16 @@ def test_one_subtest_and_its_status(install: igt.Install, daemon: DaemonProcess)
     assert re.findall(r"^Subtest (\S+): (\w+)", done.stdout, re.M) == [("bad-flags", "SUCCESS")]
     done = xec_igt("run", "--socket", socket, "xe_mmap", "--run-subtest", "no-such-subtest")
     assert done.returncode == 79, (done.returncode, done.stderr)
+
+
+def test_as_root_only_what_is_known_to_leave_the_host_alone(install: igt.Install) -> None:
+    """As root, a test that may touch the host (xe_module_load loads and unloads
+    modules) is refused (77) before anything starts; the yardstick's tests are not."""
+    assert os.geteuid() == 0, "CI and this machine run the suite as root: the check needs it"
+    done = xec_igt("run", "xe_module_load")
+    assert done.returncode == 77, done.stderr
+    assert "--as-root" in done.stderr
+    assert set(NAMED) | set(PARTLY) <= igt.SAFE_AS_ROOT
 
 
 def test_list_and_unknown_tests(install: igt.Install) -> None:
