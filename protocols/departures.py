@@ -18,7 +18,12 @@ DEPARTURES: tuple[tuple[str, str], ...] = (
     ),
     (
         "Syncobjs",
-        "do not exist: every syncobj handle in a sync is `ENOENT`; user fences are the only syncs.",
+        "binary ones only, and they never leave their drm file: timeline syncobjs (a "
+        "`TIMELINE_SYNCOBJ` sync is `EOPNOTSUPP`; TIMELINE_WAIT, QUERY, TRANSFER, "
+        "TIMELINE_SIGNAL) and syncobj descriptors (HANDLE_TO_FD, FD_TO_HANDLE, sync "
+        "files) are not emulated. A VM_BIND that waits on a fence not signalled yet "
+        "answers once it has signalled and the binds are made (the caller's thread "
+        "waits; xe's binds queue and the ioctl returns at once).",
     ),
     (
         "Not emulated",

@@ -426,6 +426,60 @@ class DrmXeWaitUserFenceReply:
     timeout: int = s64("time left (relative waits), as the kernel writes back")
 
 
+# --- DRM syncobjs (binary; drm_syncobj.c) -------------------------------------------------
+@frozen
+class DrmSyncobjCreate:
+    """struct drm_syncobj_create."""
+
+    handle: int = u32("written back (not read)")
+    flags: int = u32("DRM_SYNCOBJ_CREATE_SIGNALED: born with a signalled fence")
+
+
+@frozen
+class DrmSyncobjCreateReply:
+    handle: int = u32()
+
+
+@frozen
+class DrmSyncobjDestroy:
+    """struct drm_syncobj_destroy."""
+
+    handle: int = u32()
+    pad: int = u32("must be zero")
+
+
+@frozen
+class DrmSyncobjHandle:
+    """One element of a syncobj ioctl's handles[] (a user pointer and count_handles)."""
+
+    handle: int = u32()
+
+
+@frozen
+class DrmSyncobjWait:
+    """struct drm_syncobj_wait; handles is the array count_handles long."""
+
+    handles: tuple[DrmSyncobjHandle, ...] = records(DrmSyncobjHandle, max_items=4096)
+    timeout_nsec: int = s64("absolute CLOCK_MONOTONIC deadline; 0 looks once")
+    flags: int = u32("WAIT_ALL | WAIT_FOR_SUBMIT | WAIT_DEADLINE")
+    first_signaled: int = u32("written back (not read)")
+    pad: int = u32("not checked, as in DRM")
+    deadline_nsec: int = u64("WAIT_DEADLINE: a hint for the driver (ignored)")
+
+
+@frozen
+class DrmSyncobjWaitReply:
+    first_signaled: int = u32("the first signalled of handles[], ~0 if none was at the start")
+
+
+@frozen
+class DrmSyncobjArray:
+    """struct drm_syncobj_array (RESET, SIGNAL); handles is the array count_handles long."""
+
+    handles: tuple[DrmSyncobjHandle, ...] = records(DrmSyncobjHandle, max_items=4096)
+    pad: int = u32("must be zero")
+
+
 # --- PRIME and dma-buf ------------------------------------------------------------------
 @frozen
 class DrmPrimeHandle:
@@ -752,6 +806,7 @@ class XedObjectCounts:
     dma_bufs: int = u32()
     vm_exports: int = u32()
     aux_registrations: int = u32()
+    syncobjs: int = u32()
 
 
 @frozen

@@ -51,6 +51,11 @@ class Op(enum.IntEnum):
     GEM_OPEN = 0x0B
     PRIME_HANDLE_TO_FD = 0x2D
     PRIME_FD_TO_HANDLE = 0x2E
+    SYNCOBJ_CREATE = 0xBF
+    SYNCOBJ_DESTROY = 0xC0
+    SYNCOBJ_WAIT = 0xC3
+    SYNCOBJ_RESET = 0xC4
+    SYNCOBJ_SIGNAL = 0xC5
     XE_DEVICE_QUERY = DRM_COMMAND_BASE + 0x00
     XE_GEM_CREATE = DRM_COMMAND_BASE + 0x01
     XE_GEM_MMAP_OFFSET = DRM_COMMAND_BASE + 0x02
@@ -524,7 +529,12 @@ SPECS: dict[Op, OpSpec] = {
             op=Op.XE_VM_BIND,
             request=m.DrmXeVmBind,
             reply=m.Empty,
-            doc="Map and unmap BOs in a VM (gpuvm semantics: a MAP replaces what it covers).",
+            blocking=True,
+            doc=(
+                "Map and unmap BOs in a VM (gpuvm semantics: a MAP replaces what it covers). "
+                "A sync waiting on a syncobj fence not signalled yet makes the ioctl answer "
+                "once it has signalled and the binds are made (xe's returns at once)."
+            ),
             errors=(
                 _MBZ,
                 (EINVAL, "more than 512 binds (none is a legal sync-only bind)"),
@@ -833,6 +843,66 @@ SPECS: dict[Op, OpSpec] = {
                     "freed host memory; a write to a foreign buffer sealed against writes "
                     "(a read of it reads); memory the daemon cannot map",
                 ),
+            ),
+        ),
+        OpSpec(
+            op=Op.SYNCOBJ_CREATE,
+            request=m.DrmSyncobjCreate,
+            reply=m.DrmSyncobjCreateReply,
+            doc=(
+                "DRM_IOCTL_SYNCOBJ_CREATE: a binary syncobj of this file, empty or holding "
+                "a signalled fence (SIGNALED). An EXEC or VM_BIND sync of type SYNCOBJ "
+                "puts its job's fence in it (SIGNAL) or waits for the fence it holds."
+            ),
+            errors=((EINVAL, "flags other than SIGNALED"),),
+        ),
+        OpSpec(
+            op=Op.SYNCOBJ_DESTROY,
+            request=m.DrmSyncobjDestroy,
+            reply=m.Empty,
+            doc="DRM_IOCTL_SYNCOBJ_DESTROY: drop the handle (a job holding its fence goes on).",
+            errors=((EINVAL, "pad not zero"), (EINVAL, "no such handle")),
+        ),
+        OpSpec(
+            op=Op.SYNCOBJ_WAIT,
+            request=m.DrmSyncobjWait,
+            reply=m.DrmSyncobjWaitReply,
+            blocking=True,
+            doc=(
+                "DRM_IOCTL_SYNCOBJ_WAIT: until one (or, WAIT_ALL, every) syncobj's fence is "
+                "signalled, or the absolute CLOCK_MONOTONIC timeout_nsec passes. Without "
+                "WAIT_FOR_SUBMIT an empty syncobj is EINVAL; with it, the wait also waits "
+                "for a fence to be put in."
+            ),
+            errors=(
+                (EINVAL, "flags other than WAIT_ALL, WAIT_FOR_SUBMIT, WAIT_DEADLINE"),
+                (EINVAL, "no handles"),
+                (ENOENT, "a handle names no syncobj of this file"),
+                (EINVAL, "a syncobj holds no fence (without WAIT_FOR_SUBMIT)"),
+                (ETIME, "the timeout passed"),
+                (ENOMEM, "[limits] fence_waits waits of this connection asleep already (xed)"),
+            ),
+        ),
+        OpSpec(
+            op=Op.SYNCOBJ_RESET,
+            request=m.DrmSyncobjArray,
+            reply=m.Empty,
+            doc="DRM_IOCTL_SYNCOBJ_RESET: each syncobj drops its fence (empty again).",
+            errors=(
+                (EINVAL, "pad not zero"),
+                (EINVAL, "no handles"),
+                (ENOENT, "a handle names no syncobj of this file (none is reset)"),
+            ),
+        ),
+        OpSpec(
+            op=Op.SYNCOBJ_SIGNAL,
+            request=m.DrmSyncobjArray,
+            reply=m.Empty,
+            doc="DRM_IOCTL_SYNCOBJ_SIGNAL: each syncobj holds a signalled fence from now on.",
+            errors=(
+                (EINVAL, "pad not zero"),
+                (EINVAL, "no handles"),
+                (ENOENT, "a handle names no syncobj of this file (none is signalled)"),
             ),
         ),
         OpSpec(

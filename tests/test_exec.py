@@ -278,8 +278,9 @@ def test_exec_num_batch_buffer_2_is_einval(gpu: Gpu) -> None:
 
 @pytest.mark.parametrize("kind", [DRM_XE_SYNC_TYPE_SYNCOBJ, DRM_XE_SYNC_TYPE_TIMELINE_SYNCOBJ])
 def test_exec_syncobj_sync_is_enoent(gpu: Gpu, kind: int) -> None:
-    """SYNCOBJ and TIMELINE_SYNCOBJ syncs name no syncobj here: ENOENT."""
-    sync = m.DrmXeSync(type=kind, flags=DRM_XE_SYNC_FLAG_SIGNAL, handle=3)
+    """SYNCOBJ and TIMELINE_SYNCOBJ syncs naming no syncobj of the file: ENOENT (more in
+    test_syncobj.py)."""
+    sync = m.DrmXeSync(type=kind, flags=DRM_XE_SYNC_FLAG_SIGNAL, handle=3, timeline_value=1)
     assert errno_of(gpu.dev.exec, gpu.queue, gpu.place(Batch().end()), [sync]) == ENOENT
 
 

@@ -236,6 +236,12 @@ def test_bad_pointers_are_efault(daemon: DaemonProcess, program: Programs) -> No
     passes(daemon.socket_path, program("efault"))
 
 
+def test_syncobjs(daemon: DaemonProcess, program: Programs) -> None:
+    """SYNCOBJ CREATE/DESTROY/WAIT/RESET/SIGNAL errno for errno, deadlines, and syncobjs
+    signalled by VM_BIND and EXEC and waited on by EXEC."""
+    passes(daemon.socket_path, program("syncobj"))
+
+
 # --- one file, many descriptors and callers ---------------------------------------------
 def test_dup_fork_threads_share_one_file(daemon: DaemonProcess, program: Programs) -> None:
     """dup*/F_DUPFD copies, a forked child and threads all act on one drm file."""

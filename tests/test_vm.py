@@ -644,10 +644,11 @@ def test_vm_bind_two_user_fences_is_einval(dev: Device) -> None:
 
 @pytest.mark.parametrize("kind", [DRM_XE_SYNC_TYPE_SYNCOBJ, DRM_XE_SYNC_TYPE_TIMELINE_SYNCOBJ])
 def test_vm_bind_syncobj_sync_is_enoent(dev: Device, kind: int) -> None:
-    """SYNCOBJ and TIMELINE_SYNCOBJ syncs name no syncobj here: ENOENT."""
+    """SYNCOBJ and TIMELINE_SYNCOBJ syncs naming no syncobj of the file: ENOENT (more in
+    test_syncobj.py)."""
     vm = dev.vm_create()
     bo = dev.gem_create(PAGE_SIZE)
-    sync = m.DrmXeSync(type=kind, flags=DRM_XE_SYNC_FLAG_SIGNAL, handle=1)
+    sync = m.DrmXeSync(type=kind, flags=DRM_XE_SYNC_FLAG_SIGNAL, handle=1, timeline_value=1)
     assert errno_of(dev.vm_bind, vm, bo, DATA_VA, syncs=[sync]) == ENOENT
 
 

@@ -6,8 +6,9 @@
  * out (even after a failure): a short, unreadable or read-only argument gets EFAULT at
  * the same point as there, a command of another type ENOTTY, an unknown DRM number
  * EINVAL. Here the handler is a request to the daemon: the DRM core ioctls (VERSION,
- * GEM_CLOSE, GEM_FLINK, GEM_OPEN, PRIME) are translated below, the xe ones in
- * xe_ioctl.c. Descriptors that are not ours go to the kernel untouched.
+ * GEM_CLOSE, GEM_FLINK, GEM_OPEN, PRIME) are translated below, the syncobj ones in
+ * syncobj.c, the xe ones in xe_ioctl.c. Descriptors that are not ours go to the kernel
+ * untouched.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -154,13 +155,19 @@ struct drm_ioctl_desc {
 	int (*func)(struct xed_file *f, void *kdata);
 };
 
-static const struct drm_ioctl_desc core_ioctls[0x40] = {
+/* by number; the driver's range (DRM_COMMAND_BASE..END) is xe_sizes' and stays empty */
+static const struct drm_ioctl_desc core_ioctls[0x100] = {
 	[0x00] = {sizeof(struct drm_version), drm_version_ioctl},
 	[0x09] = {sizeof(struct drm_gem_close), gem_close},
 	[0x0a] = {sizeof(struct drm_gem_flink), gem_flink},
 	[0x0b] = {sizeof(struct drm_gem_open), gem_open},
 	[0x2d] = {sizeof(struct drm_prime_handle), prime_handle_to_fd},
 	[0x2e] = {sizeof(struct drm_prime_handle), prime_fd_to_handle},
+	[0xbf] = {sizeof(struct drm_syncobj_create), drm_syncobj_create_ioctl},
+	[0xc0] = {sizeof(struct drm_syncobj_destroy), drm_syncobj_destroy_ioctl},
+	[0xc3] = {sizeof(struct drm_syncobj_wait), drm_syncobj_wait_ioctl},
+	[0xc4] = {sizeof(struct drm_syncobj_array), drm_syncobj_reset_ioctl},
+	[0xc5] = {sizeof(struct drm_syncobj_array), drm_syncobj_signal_ioctl},
 };
 
 static const unsigned xe_sizes[0x60] = {
@@ -190,7 +197,7 @@ int drm_ioctl(struct xed_file *f, int fd, unsigned long cmd, uint64_t arg)
 	if (xe)
 		drv_size = xe_sizes[nr - DRM_COMMAND_BASE];
 	else
-		drv_size = nr < 0x40 && core_ioctls[nr].func ? core_ioctls[nr].size : 0;
+		drv_size = core_ioctls[nr].func ? core_ioctls[nr].size : 0;
 	if (!drv_size)
 		return EINVAL; /* no such ioctl on this driver */
 	unsigned usize = XED_IOC_SIZE(cmd), dir = XED_IOC_DIR(cmd);

@@ -7,10 +7,10 @@
  * connection (a channel) act on the same file, and the connections this process talks
  * on. Modules: sys (libc without recursion), usermem (the program's memory, never
  * faulting), wire (msgpack), conn (talking to the daemon), files (the fd table), node
- * (paths), stat, debugfs, ioctl/xe_ioctl/xe_exec/query (translation), mmap, dmabuf,
- * config, sock and xcall (one request on one connection), notice (the device's notice
- * page), unplug (mappings falling onto zero pages when the device goes); and the barrier
- * page (barrier.c, signals.c: see barrier.h).
+ * (paths), stat, debugfs, ioctl/syncobj/xe_ioctl/xe_exec/query (translation), mmap,
+ * dmabuf, config, sock and xcall (one request on one connection), notice (the device's
+ * notice page), unplug (mappings falling onto zero pages when the device goes); and the
+ * barrier page (barrier.c, signals.c: see barrier.h).
  */
 #ifndef XED_PRELOAD_H
 #define XED_PRELOAD_H
@@ -140,11 +140,17 @@ int debugfs_map(const char *path, struct path_info *pi);
 void node_stat(int node, struct stat *st);
 const char *node_path(int node);
 
-/* --- ioctl.c / xe_ioctl.c / query.c: translation ------------------------------------- */
+/* --- ioctl.c / syncobj.c / xe_ioctl.c / query.c: translation ------------------------- */
 int drm_ioctl(struct xed_file *f, int fd, unsigned long cmd, uint64_t arg); /* 0 or errno */
 int xe_ioctl(struct xed_file *f, unsigned nr, void *kdata);		  /* 0 or errno */
 int xe_query(struct xed_file *f, struct drm_xe_device_query *q);
 int drm_version_ioctl(struct xed_file *f, void *kdata);
+/* syncobj.c: DRM core's binary syncobj ioctls, argument as ioctl.c framed it */
+int drm_syncobj_create_ioctl(struct xed_file *f, void *kdata);
+int drm_syncobj_destroy_ioctl(struct xed_file *f, void *kdata);
+int drm_syncobj_wait_ioctl(struct xed_file *f, void *kdata);
+int drm_syncobj_reset_ioctl(struct xed_file *f, void *kdata);
+int drm_syncobj_signal_ioctl(struct xed_file *f, void *kdata);
 void xe_reserved(struct xcall *c, const uint64_t *r, uint32_t n);
 /* xe_exec.c: each fills the begun call `c` with its argument, runs it, writes back */
 int xe_vm_bind(struct xcall *c, struct drm_xe_vm_bind *a);

@@ -91,12 +91,63 @@ XED_CHECK(drm_prime_handle, 12);
 XED_AT(drm_prime_handle, flags, 4);
 XED_AT(drm_prime_handle, fd, 8);
 
+/* drm_syncobj.c: binary syncobjs (the timeline ioctls and the fd ones are not emulated) */
+#define DRM_SYNCOBJ_CREATE_SIGNALED (1 << 0)
+struct drm_syncobj_create {
+	uint32_t handle;
+	uint32_t flags;
+};
+XED_CHECK(drm_syncobj_create, 8);
+XED_AT(drm_syncobj_create, flags, 4);
+
+struct drm_syncobj_destroy {
+	uint32_t handle;
+	uint32_t pad;
+};
+XED_CHECK(drm_syncobj_destroy, 8);
+XED_AT(drm_syncobj_destroy, pad, 4);
+
+#define DRM_SYNCOBJ_WAIT_FLAGS_WAIT_ALL (1 << 0)
+#define DRM_SYNCOBJ_WAIT_FLAGS_WAIT_FOR_SUBMIT (1 << 1)
+#define DRM_SYNCOBJ_WAIT_FLAGS_WAIT_AVAILABLE (1 << 2)
+#define DRM_SYNCOBJ_WAIT_FLAGS_WAIT_DEADLINE (1 << 3)
+struct drm_syncobj_wait {
+	uint64_t handles;
+	int64_t timeout_nsec;
+	uint32_t count_handles;
+	uint32_t flags;
+	uint32_t first_signaled;
+	uint32_t pad;
+	uint64_t deadline_nsec;
+};
+XED_CHECK(drm_syncobj_wait, 40);
+XED_AT(drm_syncobj_wait, timeout_nsec, 8);
+XED_AT(drm_syncobj_wait, count_handles, 16);
+XED_AT(drm_syncobj_wait, flags, 20);
+XED_AT(drm_syncobj_wait, first_signaled, 24);
+XED_AT(drm_syncobj_wait, pad, 28);
+XED_AT(drm_syncobj_wait, deadline_nsec, 32);
+
+struct drm_syncobj_array {
+	uint64_t handles;
+	uint32_t count_handles;
+	uint32_t pad;
+};
+XED_CHECK(drm_syncobj_array, 16);
+XED_AT(drm_syncobj_array, count_handles, 8);
+XED_AT(drm_syncobj_array, pad, 12);
+
 #define DRM_IOCTL_VERSION DRM_IOWR(0x00, struct drm_version)
 #define DRM_IOCTL_GEM_CLOSE DRM_IOW(0x09, struct drm_gem_close)
 #define DRM_IOCTL_GEM_FLINK DRM_IOWR(0x0a, struct drm_gem_flink)
 #define DRM_IOCTL_GEM_OPEN DRM_IOWR(0x0b, struct drm_gem_open)
 #define DRM_IOCTL_PRIME_HANDLE_TO_FD DRM_IOWR(0x2d, struct drm_prime_handle)
 #define DRM_IOCTL_PRIME_FD_TO_HANDLE DRM_IOWR(0x2e, struct drm_prime_handle)
+#define DRM_IOCTL_SYNCOBJ_CREATE DRM_IOWR(0xbf, struct drm_syncobj_create)
+#define DRM_IOCTL_SYNCOBJ_DESTROY DRM_IOWR(0xc0, struct drm_syncobj_destroy)
+#define DRM_IOCTL_SYNCOBJ_WAIT DRM_IOWR(0xc3, struct drm_syncobj_wait)
+#define DRM_IOCTL_SYNCOBJ_RESET DRM_IOWR(0xc4, struct drm_syncobj_array)
+#define DRM_IOCTL_SYNCOBJ_SIGNAL DRM_IOWR(0xc5, struct drm_syncobj_array)
 
 /* --- xe_drm.h --------------------------------------------------------------------- */
 struct drm_xe_user_extension {
@@ -604,6 +655,11 @@ _Static_assert(DRM_IOCTL_GEM_FLINK == 0xc008640aul, "DRM_IOCTL_GEM_FLINK");
 _Static_assert(DRM_IOCTL_GEM_OPEN == 0xc010640bul, "DRM_IOCTL_GEM_OPEN");
 _Static_assert(DRM_IOCTL_PRIME_HANDLE_TO_FD == 0xc00c642dul, "DRM_IOCTL_PRIME_HANDLE_TO_FD");
 _Static_assert(DRM_IOCTL_PRIME_FD_TO_HANDLE == 0xc00c642eul, "DRM_IOCTL_PRIME_FD_TO_HANDLE");
+_Static_assert(DRM_IOCTL_SYNCOBJ_CREATE == 0xc00864bful, "DRM_IOCTL_SYNCOBJ_CREATE");
+_Static_assert(DRM_IOCTL_SYNCOBJ_DESTROY == 0xc00864c0ul, "DRM_IOCTL_SYNCOBJ_DESTROY");
+_Static_assert(DRM_IOCTL_SYNCOBJ_WAIT == 0xc02864c3ul, "DRM_IOCTL_SYNCOBJ_WAIT");
+_Static_assert(DRM_IOCTL_SYNCOBJ_RESET == 0xc01064c4ul, "DRM_IOCTL_SYNCOBJ_RESET");
+_Static_assert(DRM_IOCTL_SYNCOBJ_SIGNAL == 0xc01064c5ul, "DRM_IOCTL_SYNCOBJ_SIGNAL");
 _Static_assert(DRM_IOCTL_XE_DEVICE_QUERY == 0xc0286440ul, "DRM_IOCTL_XE_DEVICE_QUERY");
 _Static_assert(DRM_IOCTL_XE_GEM_CREATE == 0xc0386441ul, "DRM_IOCTL_XE_GEM_CREATE");
 _Static_assert(DRM_IOCTL_XE_GEM_MMAP_OFFSET == 0xc0286442ul, "DRM_IOCTL_XE_GEM_MMAP_OFFSET");

@@ -254,6 +254,7 @@ class XeDevice:
             dma_bufs=self.counts["dma_buf"],
             vm_exports=self.counts["vm_export"],
             aux_registrations=sum(len(f.aux_vms) for f in self.files),
+            syncobjs=self.counts["syncobj"],
         )
 
     def status(self) -> m.XedAdminStatusReply:

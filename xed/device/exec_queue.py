@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import collections
-from errno import EAGAIN, ECANCELED, EINVAL, ENOENT
+from errno import EAGAIN, ECANCELED, EINVAL, ENODEV, ENOENT
 from typing import TYPE_CHECKING
 
 import trio
@@ -16,7 +16,8 @@ from .cs import run_batch
 from .errors import GpuFault, IoctlError, refuse_if
 from .eudebug import debug_event
 from .limits import refuse_over
-from .sync import UserFence, parse_syncs, signal_gpu_fences
+from .sync import Syncs, parse_syncs, signal_gpu_fences
+from .syncobj import Fence
 
 if TYPE_CHECKING:
     from .bo import XeBo
@@ -34,7 +35,7 @@ class XeExecQueue:
 
     __slots__ = (
         "file", "device", "vm", "engine", "id", "banned",
-        "_jobs", "_pending", "_running", "_worker", "_stopped",
+        "_jobs", "_pending", "_running", "_fence", "_worker", "_stopped",
     )  # fmt: skip
 
     def __init__(self, xef: XeFile, vm: XeVm, eci: m.DrmXeEngineClassInstance) -> None:
@@ -45,9 +46,10 @@ class XeExecQueue:
         self.engine = eci
         self.id = 0
         self.banned = False
-        self._jobs: collections.deque[tuple[int | None, list[UserFence]]] | None = None
+        self._jobs: collections.deque[tuple[int | None, Syncs, Fence]] | None = None
         self._pending = 0
         self._running = 0  # the batch the worker is on, for a crash's ban event
+        self._fence: Fence | None = None  # the job the worker is on: its fence
         self._worker: trio.CancelScope | None = None  # while a worker task runs
         self._stopped = False  # halted or destroyed: nothing more runs
         self.device.counts["exec_queue"] += 1
@@ -56,12 +58,15 @@ class XeExecQueue:
     def full(self) -> bool:
         return self._pending >= MAX_PENDING_JOBS
 
-    def submit(self, address: int | None, fences: list[UserFence]) -> None:
-        """Queue a batch (None: a sync-only job that just signals after earlier work)."""
+    def submit(self, address: int | None, syncs: Syncs) -> None:
+        """Queue a batch (None: a sync-only job that just signals after earlier work).
+        Its fence is in its SIGNAL syncobjs from now on, and signals when it is done."""
         if self._jobs is None:
             self._jobs = collections.deque()
+        fence = Fence()
+        syncs.submit(fence)
         self._pending += 1
-        self._jobs.append((address, fences))
+        self._jobs.append((address, syncs, fence))
         if self._worker is None and not self._stopped:
             self._worker = trio.CancelScope()
             self.device.start_soon(
@@ -69,11 +74,17 @@ class XeExecQueue:
             )
 
     def halt(self) -> None:
-        """The device is unplugged: the batch running stops where it is and nothing
-        queued runs or signals (its fences never come)."""
+        """The device is unplugged (or the queue destroyed): the batch running stops
+        where it is and nothing queued runs. Their user fences never come; their
+        syncobj fences signal with an error, as xe's do when it kills a queue, so that
+        no SYNCOBJ_WAIT waits for work that will never run."""
         self._stopped = True
         if self._worker is not None:
             self._worker.cancel()
+        if self._fence is not None:
+            self._fence.signal(ENODEV)
+        for _address, _syncs, fence in self._jobs or ():
+            fence.signal(ENODEV)
 
     def destroy(self) -> None:
         self.halt()
@@ -86,8 +97,11 @@ class XeExecQueue:
         try:
             with self._worker:
                 while self._jobs and not self._stopped:
-                    address, fences = self._jobs.popleft()
-                    await self._execute(address, fences)
+                    address, syncs, fence = self._jobs.popleft()
+                    self._fence = fence
+                    await self._execute(address, syncs)
+                    fence.signal()
+                    self._fence = None
                     self._pending -= 1
         finally:
             # no checkpoint between the last look at the jobs and this: a batch submitted
@@ -96,7 +110,9 @@ class XeExecQueue:
             if self._stopped:
                 self._jobs = None
 
-    async def _execute(self, address: int | None, fences: list[UserFence]) -> None:
+    async def _execute(self, address: int | None, syncs: Syncs) -> None:
+        for wait in syncs.waits:  # the scheduler runs a job once its dependencies are done
+            await wait.wait()
         # a banned queue or closed VM drops the job, but its fences still signal (xe does)
         if address is not None and not self.banned and not self.vm.closed:
             self._running = address
@@ -112,7 +128,7 @@ class XeExecQueue:
                 touched, self.vm.touched = self.vm.touched, None
             if touched:
                 self._check_cpu_windows(touched)
-        await signal_gpu_fences(self.file, fences, self.vm)
+        await signal_gpu_fences(self.file, syncs.user_fences, self.vm)
 
     def _check_cpu_windows(self, touched: set[XeBo]) -> None:
         """Strict mode: the device used a buffer some process is writing with the CPU
@@ -239,9 +255,9 @@ def xe_exec_ioctl(xef: XeFile, args: m.DrmXeExec) -> m.Empty:
     refuse_if(args.num_batch_buffer not in (0, 1), EINVAL, "num_batch_buffer != width")
     refuse_if(queue.banned, ECANCELED, f"exec queue {queue.id} is banned")
     refuse_if(queue.full, EAGAIN, "too many batches queued")
-    fences = parse_syncs(xef, args.syncs, user_addresses=False)
+    syncs = parse_syncs(xef, args.syncs, user_addresses=False, lr_mode=queue.vm.lr_mode)
     if args.num_batch_buffer:
         refuse_if(queue.vm.closed, ECANCELED, "the VM is closed")
-    queue.submit(args.address if args.num_batch_buffer else None, fences)
+    queue.submit(args.address if args.num_batch_buffer else None, syncs)
     debug_event(xef, "exec", vm_id=queue.vm.id, addr=args.address, detail=f"queue {queue.id}")
     return m.Empty()

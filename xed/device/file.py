@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .exec_queue import XeExecQueue
     from .mmio import XeMmioRegion
     from .pages import BarrierPage
+    from .syncobj import DrmSyncobj
     from .userptr import HostArena
     from .vm import XeVm
     from .vm_export import AuxRegistration
@@ -96,6 +97,8 @@ class XeFile:
         self._handle_ids = IdAllocator()
         self.vm_ids = IdAllocator()
         self.exec_queue_ids = IdAllocator()
+        self.syncobjs: dict[int, DrmSyncobj] = {}
+        self._syncobj_ids = IdAllocator()
         self.account = Account()  # exported objects keep it: they may outlive the file
         self.limits_warned: set[str] = set()  # limits already logged as warnings
         device.files.add(self)
@@ -149,6 +152,18 @@ class XeFile:
         vm.close()
         vm.put()
 
+    def syncobj_create(self, syncobj: DrmSyncobj) -> int:
+        handle = self._syncobj_ids.alloc()
+        self.syncobjs[handle] = syncobj
+        self.device.counts["syncobj"] += 1
+        return handle
+
+    def syncobj_destroy(self, handle: int) -> None:
+        """Drop the handle; a job or a wait holding its fence is not disturbed."""
+        del self.syncobjs[handle]
+        self._syncobj_ids.release(handle)
+        self.device.counts["syncobj"] -= 1
+
     def release_aux_vm(self, handle: int) -> None:
         self.aux_ids.release(handle)
         self.aux_vms.pop(handle).release()
@@ -165,6 +180,8 @@ class XeFile:
             self.vm_destroy(vm_id)
         for handle in list(self.handles):
             self.handle_delete(handle)
+        for handle in list(self.syncobjs):
+            self.syncobj_destroy(handle)
         for exported in list(self.device.exported.values()):
             exported.forget(self)
         if self.host is not None:  # after the VMs: no userptr VMA refers to it any more

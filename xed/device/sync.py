@@ -1,14 +1,16 @@
-"""drm_xe_sync: the fences an EXEC or VM_BIND signals when it is done.
+"""drm_xe_sync: the fences an EXEC or VM_BIND waits for, and signals when it is done.
 
-Only user fences exist on the emulated device (syncobjs are not emulated, so every
-syncobj handle is unknown). An EXEC's user fence is a GPU address in the queue's VM;
-a VM_BIND's is a user address (see mmap.py).
+A user fence is a word written when the job is done: an EXEC's at a GPU address in the
+queue's VM, a VM_BIND's at a user address (see mmap.py). A SYNCOBJ sync names a binary
+syncobj of the file (syncobj.py): with SIGNAL it holds the job's fence from submission
+on, which signals when the job is done; without, the job waits for the fence it holds.
+Timeline syncobjs are not emulated.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from errno import EINVAL, ENOENT, EOPNOTSUPP
+from errno import EINVAL, EOPNOTSUPP
 from typing import TYPE_CHECKING
 
 import attrs
@@ -23,6 +25,7 @@ from protocols.constants import (
 
 from .errors import GpuFault, IoctlError, refuse_if
 from .mmap import user_memory, user_words, words_of
+from .syncobj import DrmSyncobj, Fence, lookup
 from .userptr import UserptrBusy
 
 if TYPE_CHECKING:
@@ -36,13 +39,40 @@ class UserFence:
     value: int
 
 
+@attrs.frozen
+class Syncs:
+    """What a job's syncs ask: the user fences it writes when done, the syncobjs that
+    hold its fence from submission on, the fences it must wait for before it runs."""
+
+    user_fences: list[UserFence]
+    signals: list[DrmSyncobj]
+    waits: list[Fence]
+
+    def unsignalled(self) -> list[Fence]:
+        return [fence for fence in self.waits if not fence.signalled]
+
+    def submit(self, fence: Fence) -> None:
+        """The job is submitted: each SIGNAL syncobj holds its fence from now on."""
+        for syncobj in self.signals:
+            syncobj.replace_fence(fence)
+
+
 def parse_syncs(
-    xef: XeFile, syncs: Iterable[m.DrmXeSync], user_addresses: bool, allow_ufence: bool = True
-) -> list[UserFence]:
+    xef: XeFile,
+    syncs: Iterable[m.DrmXeSync],
+    user_addresses: bool,
+    allow_ufence: bool = True,
+    lr_mode: bool = False,
+) -> Syncs:
     """xe_sync_entry_parse() for each sync, then the one-user-fence rule.
 
     - reserved non-zero, flags other than SIGNAL: EINVAL (extensions is not checked)
-    - SYNCOBJ / TIMELINE_SYNCOBJ: ENOENT (no syncobj handle exists here)
+    - SYNCOBJ / TIMELINE_SYNCOBJ: SIGNAL on an LR_MODE VM: EOPNOTSUPP; the upper 32
+      bits of addr (the union's handle is its lower half) not zero: EINVAL
+    - SYNCOBJ naming no syncobj of this file: ENOENT; without SIGNAL (a wait), one
+      holding no fence: EINVAL
+    - TIMELINE_SYNCOBJ: timeline_value 0: EINVAL; no such syncobj: ENOENT; else
+      EOPNOTSUPP (not emulated)
     - USER_FENCE on a VM_BIND with no binds: EOPNOTSUPP
     - USER_FENCE without SIGNAL: EOPNOTSUPP; address not 8-byte aligned: EINVAL
     - USER_FENCE at a user address this file has not mapped: EFAULT; in a BO the daemon
@@ -53,11 +83,29 @@ def parse_syncs(
     - more than one user fence: EINVAL
     """
     fences = []
+    signals: list[DrmSyncobj] = []
+    waits: list[Fence] = []
     for sync in syncs:
         refuse_if(any(sync.reserved), EINVAL, "sync reserved must be zero")
         refuse_if(sync.flags & ~DRM_XE_SYNC_FLAG_SIGNAL, EINVAL, f"sync flags {sync.flags:#x}")
         if sync.type in (DRM_XE_SYNC_TYPE_SYNCOBJ, DRM_XE_SYNC_TYPE_TIMELINE_SYNCOBJ):
-            raise IoctlError(ENOENT, f"no syncobj {sync.handle}")
+            signal = sync.flags & DRM_XE_SYNC_FLAG_SIGNAL
+            refuse_if(lr_mode and signal, EOPNOTSUPP, "syncobjs do not signal in LR mode")
+            refuse_if(sync.addr >> 32, EINVAL, "a syncobj handle is 32 bits")
+        if sync.type == DRM_XE_SYNC_TYPE_SYNCOBJ:
+            syncobj = lookup(xef, sync.handle)
+            if sync.flags & DRM_XE_SYNC_FLAG_SIGNAL:
+                signals.append(syncobj)
+            else:
+                fence = syncobj.fence
+                if fence is None:
+                    raise IoctlError(EINVAL, f"syncobj {sync.handle} holds no fence to wait on")
+                waits.append(fence)
+            continue
+        if sync.type == DRM_XE_SYNC_TYPE_TIMELINE_SYNCOBJ:
+            refuse_if(not sync.timeline_value, EINVAL, "timeline_value must not be zero")
+            lookup(xef, sync.handle)
+            raise IoctlError(EOPNOTSUPP, "timeline syncobjs are not emulated")
         refuse_if(sync.type != DRM_XE_SYNC_TYPE_USER_FENCE, EINVAL, f"sync type {sync.type}")
         refuse_if(not allow_ufence, EOPNOTSUPP, "no user fence on a bind without binds")
         refuse_if(not sync.flags & DRM_XE_SYNC_FLAG_SIGNAL, EOPNOTSUPP, "user fences only signal")
@@ -66,7 +114,7 @@ def parse_syncs(
             user_words(xef, sync.addr, 8)
         fences.append(UserFence(sync.addr, sync.timeline_value))
     refuse_if(len(fences) > 1, EINVAL, "at most one user fence")
-    return fences
+    return Syncs(fences, signals, waits)
 
 
 def signal_user_fences(xef: XeFile, fences: Iterable[UserFence]) -> None:

@@ -21,12 +21,13 @@ again if its test does not hold (the value may have moved on since).
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from errno import EINVAL, EIO, ENODEV, ENOENT, ENOMEM, ETIME
 from typing import TYPE_CHECKING, Any
 
@@ -127,6 +128,22 @@ class UfenceWaiters:
             raise IoctlError(ENOMEM, f"{limit} fence waits already parked ([limits])")
         self._per_file[waiter.file] += 1
         self._by_word.setdefault(waiter.word, set()).add(waiter)
+
+    @contextlib.contextmanager
+    def asleep(self, xef: XeFile) -> Iterator[None]:
+        """A wait of another kind (SYNCOBJ_WAIT) asleep: it counts against the same
+        limits.fence_waits of its file (ENOMEM past it)."""
+        limit = self.device.limits.fence_waits
+        if self._per_file[xef] >= limit:
+            self.device.stats["limits_hit"] += 1
+            raise IoctlError(ENOMEM, f"{limit} fence waits already parked ([limits])")
+        self._per_file[xef] += 1
+        try:
+            yield
+        finally:
+            self._per_file[xef] -= 1
+            if not self._per_file[xef]:
+                del self._per_file[xef]
 
     def remove(self, waiter: UfenceWaiter) -> None:
         self.parked.discard(waiter)

@@ -40,6 +40,7 @@ from .errors import GpuFault, IoctlError, Unbound, refuse_if
 from .eudebug import debug_event
 from .limits import refuse_over
 from .sync import parse_syncs, signal_user_fences
+from .syncobj import Fence
 
 if TYPE_CHECKING:
     from .bo import XeBo
@@ -384,8 +385,21 @@ def _check_userptr(xef: XeFile, op: m.DrmXeVmBindOp) -> None:
     )
 
 
-def xe_vm_bind_ioctl(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
+class _MustWait(Exception):  # noqa: N818 - control flow, not an error
+    """A VM_BIND whose every check passed waits on fences not signalled yet."""
+
+    def __init__(self, fences: list[Fence]) -> None:
+        super().__init__()
+        self.fences = fences
+
+
+async def xe_vm_bind_ioctl(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
     """DRM_IOCTL_XE_VM_BIND: apply an array of binds, then signal the syncs.
+
+    xe binds on a queue of its own, after the fences its syncs wait on: here the binds
+    are applied at once unless a sync waits on a syncobj fence not signalled yet; then
+    the ioctl answers once those have signalled and the binds are made (every check is
+    made again then: the caller's thread waits, where xe's would go on).
 
     Checks, in order (all before anything changes):
     - no such VM: EINVAL
@@ -405,7 +419,20 @@ def xe_vm_bind_ioctl(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
       mapping of a foreign import that faults (imported_mmap = "xe"): EFAULT; in a BO
       the daemon cannot map: ENOMEM (out of descriptors or memory), else EFAULT; in a
       BO the daemon may not write (a read-only import, a write-sealed buffer): EFAULT
+    - it must wait, and this file has limits.fence_waits waits asleep already (a fence
+      wait, as WAIT_USER_FENCE's and SYNCOBJ_WAIT's): ENOMEM
     """
+    while True:
+        try:
+            return _vm_bind(xef, args)
+        except _MustWait as must:
+            with xef.device.ufences.asleep(xef):
+                for fence in must.fences:
+                    await fence.wait()
+
+
+def _vm_bind(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
+    """VM_BIND's checks and work; _MustWait before anything changes if it must wait."""
     vm = xef.vms.get(args.vm_id)
     if vm is None:
         raise IoctlError(EINVAL, f"no VM {args.vm_id}")
@@ -434,7 +461,12 @@ def xe_vm_bind_ioctl(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
                 )
             refuse_if(bo.vm is not None and bo.vm is not vm, EINVAL, "BO private to another VM")
         bos.append(bo)
-    fences = parse_syncs(xef, args.syncs, user_addresses=True, allow_ufence=bool(args.binds))
+    syncs = parse_syncs(
+        xef, args.syncs, user_addresses=True, allow_ufence=bool(args.binds), lr_mode=vm.lr_mode
+    )
+    pending = syncs.unsignalled()
+    if pending:
+        raise _MustWait(pending)
     for op, bo in zip(args.binds, bos, strict=True):
         if op.op == DRM_XE_VM_BIND_OP_MAP:
             vm.map(op.addr, op.range, bo, op.obj_offset, op.flags)
@@ -461,5 +493,6 @@ def xe_vm_bind_ioctl(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
             range=op.range,
             detail="userptr" if op.op == DRM_XE_VM_BIND_OP_MAP_USERPTR else f"bo {op.obj}",
         )
-    signal_user_fences(xef, fences)
+    syncs.submit(Fence(True))  # done: SIGNAL syncobjs hold a signalled fence
+    signal_user_fences(xef, syncs.user_fences)
     return m.Empty()

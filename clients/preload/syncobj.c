@@ -1,0 +1,127 @@
+/*
+ * syncobj.c - DRM core's binary syncobj ioctls (drm_syncobj.c) as daemon requests:
+ * CREATE, DESTROY, WAIT, RESET and SIGNAL. The fd and timeline ones (HANDLE_TO_FD,
+ * FD_TO_HANDLE, TIMELINE_WAIT, QUERY, TRANSFER, TIMELINE_SIGNAL, EVENTFD) are not
+ * emulated: ioctl.c has no entry for them, so they are EINVAL as any unknown number.
+ *
+ * The handles array is read from the program with copy_from_user after the checks the
+ * kernel makes before its own copy (WAIT: flags, then count; RESET and SIGNAL: pad,
+ * then count): a request failing those goes with an empty list and the daemon refuses
+ * it (EINVAL) in the kernel's order, without the array ever being read. A bad array is
+ * then EFAULT here, before the daemon looks any handle up (ENOENT).
+ */
+#include <errno.h>
+
+#include "preload.h"
+#include "proto.h"
+
+/* The daemon's cap on a request's handles list (protocols/messages.py). The kernel has
+ * none of its own: drm_syncobj_array_find() allocates count_handles entries, which fails
+ * (ENOMEM) only for counts far larger. A longer array cannot be sent, so it is ENOMEM
+ * here, the kernel's answer for an array too big to hold, not an EINVAL it never gives. */
+#define MAX_HANDLES 4096
+
+#define WAIT_FLAGS                                                                  \
+	(DRM_SYNCOBJ_WAIT_FLAGS_WAIT_ALL | DRM_SYNCOBJ_WAIT_FLAGS_WAIT_FOR_SUBMIT | \
+	 DRM_SYNCOBJ_WAIT_FLAGS_WAIT_DEADLINE)
+
+/* The `handles` field: n records {handle} read from the program at ptr (n == 0: an
+ * empty list, nothing read). 0, ENOMEM or EFAULT. */
+static int put_handles(struct xcall *c, uint64_t ptr, uint32_t n)
+{
+	/* read into the reply half of the channel's buffer: free until the reply comes */
+	uint32_t *h = (void *)(c->chan->buf + XED_CHAN_BUF / 2);
+	_Static_assert(MAX_HANDLES * sizeof *h <= XED_CHAN_BUF / 2, "handles fit");
+	if (n > MAX_HANDLES)
+		return ENOMEM;
+	if (copy_from_user(h, ptr, n * sizeof *h))
+		return EFAULT;
+	xc_key(c, "handles");
+	w_array(&c->w, n);
+	for (uint32_t i = 0; i < n; i++) {
+		w_map(&c->w, 1);
+		w_kuint(&c->w, "handle", h[i]);
+	}
+	return 0;
+}
+
+int drm_syncobj_create_ioctl(struct xed_file *f, void *kdata)
+{
+	struct drm_syncobj_create *a = kdata;
+	struct xcall c;
+	int err = xc_begin(&c, f, XED_OP_SYNCOBJ_CREATE);
+	if (err)
+		return err;
+	xc_u(&c, "handle", a->handle);
+	xc_u(&c, "flags", a->flags);
+	err = xc_run(&c, -1);
+	if (!err)
+		a->handle = (uint32_t)r_get_uint(&c.body, "handle");
+	xc_end(&c);
+	return err;
+}
+
+int drm_syncobj_destroy_ioctl(struct xed_file *f, void *kdata)
+{
+	struct drm_syncobj_destroy *a = kdata;
+	struct xcall c;
+	int err = xc_begin(&c, f, XED_OP_SYNCOBJ_DESTROY);
+	if (err)
+		return err;
+	xc_u(&c, "handle", a->handle);
+	xc_u(&c, "pad", a->pad);
+	err = xc_run(&c, -1);
+	xc_end(&c);
+	return err;
+}
+
+/* blocking on the daemon's side, as WAIT_USER_FENCE: the reply comes when the wait ends */
+int drm_syncobj_wait_ioctl(struct xed_file *f, void *kdata)
+{
+	struct drm_syncobj_wait *a = kdata;
+	struct xcall c;
+	int err = xc_begin(&c, f, XED_OP_SYNCOBJ_WAIT);
+	if (err)
+		return err;
+	int refused = (a->flags & ~WAIT_FLAGS) || !a->count_handles;
+	err = put_handles(&c, a->handles, refused ? 0 : a->count_handles);
+	if (!err) {
+		xc_i(&c, "timeout_nsec", a->timeout_nsec);
+		xc_u(&c, "flags", a->flags);
+		xc_u(&c, "first_signaled", a->first_signaled);
+		xc_u(&c, "pad", a->pad);
+		xc_u(&c, "deadline_nsec", a->deadline_nsec);
+		err = xc_run(&c, -1);
+	}
+	if (!err)
+		a->first_signaled = (uint32_t)r_get_uint(&c.body, "first_signaled");
+	xc_end(&c);
+	return err;
+}
+
+/* RESET and SIGNAL: the same argument, each syncobj of the array emptied or signalled */
+static int syncobj_array(struct xed_file *f, int op, struct drm_syncobj_array *a)
+{
+	struct xcall c;
+	int err = xc_begin(&c, f, op);
+	if (err)
+		return err;
+	int refused = a->pad || !a->count_handles;
+	err = put_handles(&c, a->handles, refused ? 0 : a->count_handles);
+	if (!err) {
+		xc_u(&c, "pad", a->pad);
+		err = xc_run(&c, -1);
+	}
+	xc_end(&c);
+	return err;
+}
+
+int drm_syncobj_reset_ioctl(struct xed_file *f, void *kdata)
+{
+	return syncobj_array(f, XED_OP_SYNCOBJ_RESET, kdata);
+}
+
+int drm_syncobj_signal_ioctl(struct xed_file *f, void *kdata)
+{
+	return syncobj_array(f, XED_OP_SYNCOBJ_SIGNAL, kdata);
+}

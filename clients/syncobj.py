@@ -1,0 +1,88 @@
+"""DRM syncobjs, as libdrm's drmSyncobj* functions spell them (xf86drm.h): functions of a
+Device rather than methods, as they are DRM core ioctls and not xe's.
+
+    from clients import syncobj
+    done = syncobj.create(dev)
+    dev.exec(queue, batch_addr, syncs=[syncobj.signal_sync(done)])
+    syncobj.wait(dev, [done])
+
+A wait's timeout is an absolute CLOCK_MONOTONIC time in nanoseconds, as the ioctl's
+(`deadline_in(seconds)` makes one); it raises XeError(ETIME) when it passes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from protocols import Op
+from protocols import messages as m
+from protocols.constants import (
+    DRM_SYNCOBJ_CREATE_SIGNALED,
+    DRM_SYNCOBJ_WAIT_FLAGS_WAIT_ALL,
+    DRM_SYNCOBJ_WAIT_FLAGS_WAIT_FOR_SUBMIT,
+    DRM_XE_SYNC_FLAG_SIGNAL,
+    DRM_XE_SYNC_TYPE_SYNCOBJ,
+)
+
+from .device import Device
+
+FOREVER = 2**63 - 1  # INT64_MAX, IGT's "wait forever"
+
+
+def deadline_in(seconds: float) -> int:
+    """The absolute timeout_nsec `seconds` from now."""
+    return time.monotonic_ns() + int(seconds * 1e9)
+
+
+def create(dev: Device, signaled: bool = False) -> int:
+    """drmSyncobjCreate: a new syncobj handle, empty or holding a signalled fence."""
+    flags = DRM_SYNCOBJ_CREATE_SIGNALED if signaled else 0
+    reply: m.DrmSyncobjCreateReply = dev.ioctl(Op.SYNCOBJ_CREATE, m.DrmSyncobjCreate(flags=flags))
+    return reply.handle
+
+
+def destroy(dev: Device, handle: int) -> None:
+    """drmSyncobjDestroy."""
+    dev.ioctl(Op.SYNCOBJ_DESTROY, m.DrmSyncobjDestroy(handle=handle))
+
+
+def _handles(handles: Iterable[int]) -> tuple[m.DrmSyncobjHandle, ...]:
+    return tuple(m.DrmSyncobjHandle(handle=h) for h in handles)
+
+
+def wait(
+    dev: Device,
+    handles: Iterable[int],
+    timeout_nsec: int = FOREVER,
+    wait_all: bool = False,
+    for_submit: bool = False,
+) -> int:
+    """drmSyncobjWait: the index of the first signalled syncobj (~0 if none was at the
+    start and `wait_all`); XeError ETIME when the deadline passes first."""
+    flags = (DRM_SYNCOBJ_WAIT_FLAGS_WAIT_ALL if wait_all else 0) | (
+        DRM_SYNCOBJ_WAIT_FLAGS_WAIT_FOR_SUBMIT if for_submit else 0
+    )
+    args = m.DrmSyncobjWait(handles=_handles(handles), timeout_nsec=timeout_nsec, flags=flags)
+    reply: m.DrmSyncobjWaitReply = dev.ioctl(Op.SYNCOBJ_WAIT, args)
+    return reply.first_signaled
+
+
+def reset(dev: Device, handles: Iterable[int]) -> None:
+    """drmSyncobjReset: each drops its fence."""
+    dev.ioctl(Op.SYNCOBJ_RESET, m.DrmSyncobjArray(handles=_handles(handles)))
+
+
+def signal(dev: Device, handles: Iterable[int]) -> None:
+    """drmSyncobjSignal: each holds a signalled fence."""
+    dev.ioctl(Op.SYNCOBJ_SIGNAL, m.DrmSyncobjArray(handles=_handles(handles)))
+
+
+def signal_sync(handle: int) -> m.DrmXeSync:
+    """An EXEC or VM_BIND sync that puts the job's fence in syncobj `handle`."""
+    return m.DrmXeSync(type=DRM_XE_SYNC_TYPE_SYNCOBJ, flags=DRM_XE_SYNC_FLAG_SIGNAL, handle=handle)
+
+
+def wait_sync(handle: int) -> m.DrmXeSync:
+    """An EXEC or VM_BIND sync that makes the job wait for the fence `handle` holds."""
+    return m.DrmXeSync(type=DRM_XE_SYNC_TYPE_SYNCOBJ, handle=handle)

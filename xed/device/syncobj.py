@@ -1,0 +1,201 @@
+"""DRM syncobjs (drm_syncobj.c), binary only: a handle that holds a fence or nothing.
+
+A Fence stands for a dma_fence: signalled once, by the job that owns it (an EXEC's
+batch, a VM_BIND), by SYNCOBJ_SIGNAL (the stub fence, signalled from birth) or, with an
+error, by the device's end (an unplug: xe signals what it will never run). A syncobj's
+fence is replaced, never changed: a wait holds the fence it found, as the kernel's
+does, and a RESET or a later SIGNAL job does not disturb it.
+
+Each drm file has its own handle space (lowest free id from 1, as idr_alloc). Handles
+cannot leave their file: HANDLE_TO_FD and FD_TO_HANDLE, and timeline syncobjs, are not
+emulated.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from errno import EINVAL, ENOENT, ETIME
+from typing import TYPE_CHECKING
+
+import trio
+
+from protocols import messages as m
+from protocols.constants import (
+    DRM_SYNCOBJ_CREATE_SIGNALED,
+    DRM_SYNCOBJ_WAIT_FLAGS_WAIT_ALL,
+    DRM_SYNCOBJ_WAIT_FLAGS_WAIT_DEADLINE,
+    DRM_SYNCOBJ_WAIT_FLAGS_WAIT_FOR_SUBMIT,
+)
+
+from .errors import IoctlError, refuse_if
+
+if TYPE_CHECKING:
+    from .file import XeFile
+
+_WAIT_FLAGS = (
+    DRM_SYNCOBJ_WAIT_FLAGS_WAIT_ALL
+    | DRM_SYNCOBJ_WAIT_FLAGS_WAIT_FOR_SUBMIT
+    | DRM_SYNCOBJ_WAIT_FLAGS_WAIT_DEADLINE
+)
+NONE_SIGNALLED = 0xFFFF_FFFF  # first_signaled when nothing was signalled at the start
+
+
+class Fence:
+    """A dma_fence: signalled once; `error` says why if not by its work (an unplug)."""
+
+    __slots__ = ("signalled", "error", "_event")
+
+    def __init__(self, signalled: bool = False) -> None:
+        self.signalled = signalled
+        self.error = 0
+        self._event: trio.Event | None = None
+
+    def signal(self, error: int = 0) -> None:
+        if self.signalled:
+            return
+        self.signalled, self.error = True, error
+        if self._event is not None:
+            self._event.set()
+
+    async def wait(self) -> None:
+        if not self.signalled:
+            if self._event is None:
+                self._event = trio.Event()
+            await self._event.wait()
+
+
+class DrmSyncobj:
+    """A binary syncobj: the fence it holds now (None: empty)."""
+
+    __slots__ = ("fence", "_submitted")
+
+    def __init__(self, fence: Fence | None = None) -> None:
+        self.fence = fence
+        self._submitted: trio.Event | None = None  # WAIT_FOR_SUBMIT waiters of a fence
+
+    def replace_fence(self, fence: Fence | None) -> None:
+        """drm_syncobj_replace_fence: from now on it holds `fence`."""
+        self.fence = fence
+        if fence is not None and self._submitted is not None:
+            self._submitted.set()
+            self._submitted = None
+
+    async def fence_submitted(self) -> Fence:
+        """The fence it holds, waiting for one to be put in if it is empty."""
+        while self.fence is None:
+            if self._submitted is None:
+                self._submitted = trio.Event()
+            await self._submitted.wait()
+        return self.fence
+
+
+def lookup(xef: XeFile, handle: int) -> DrmSyncobj:
+    """drm_syncobj_find: ENOENT for a handle this file does not hold."""
+    syncobj = xef.syncobjs.get(handle)
+    if syncobj is None:
+        raise IoctlError(ENOENT, f"no syncobj {handle}")
+    return syncobj
+
+
+def _array(xef: XeFile, handles: Iterable[m.DrmSyncobjHandle]) -> list[DrmSyncobj]:
+    """drm_syncobj_array_find: every handle, or ENOENT for the first unknown."""
+    return [lookup(xef, h.handle) for h in handles]
+
+
+def drm_syncobj_create_ioctl(xef: XeFile, args: m.DrmSyncobjCreate) -> m.DrmSyncobjCreateReply:
+    """DRM_IOCTL_SYNCOBJ_CREATE. Checks: flags other than SIGNALED: EINVAL."""
+    refuse_if(args.flags & ~DRM_SYNCOBJ_CREATE_SIGNALED, EINVAL, f"flags {args.flags:#x}")
+    signalled = bool(args.flags & DRM_SYNCOBJ_CREATE_SIGNALED)
+    handle = xef.syncobj_create(DrmSyncobj(Fence(True) if signalled else None))
+    return m.DrmSyncobjCreateReply(handle=handle)
+
+
+def drm_syncobj_destroy_ioctl(xef: XeFile, args: m.DrmSyncobjDestroy) -> m.Empty:
+    """DRM_IOCTL_SYNCOBJ_DESTROY. Checks: pad not zero: EINVAL; no such handle: EINVAL
+    (drm_syncobj_destroy's answer; the other syncobj ioctls find none otherwise)."""
+    refuse_if(args.pad, EINVAL, "pad must be zero")
+    refuse_if(args.handle not in xef.syncobjs, EINVAL, f"no syncobj {args.handle}")
+    xef.syncobj_destroy(args.handle)
+    return m.Empty()
+
+
+def _array_checks(args: m.DrmSyncobjArray) -> None:
+    refuse_if(args.pad, EINVAL, "pad must be zero")
+    refuse_if(not args.handles, EINVAL, "no handles")
+
+
+def drm_syncobj_reset_ioctl(xef: XeFile, args: m.DrmSyncobjArray) -> m.Empty:
+    """DRM_IOCTL_SYNCOBJ_RESET. Checks: pad not zero, no handles: EINVAL; a handle
+    naming no syncobj: ENOENT (and none is reset)."""
+    _array_checks(args)
+    for syncobj in _array(xef, args.handles):
+        syncobj.replace_fence(None)
+    return m.Empty()
+
+
+def drm_syncobj_signal_ioctl(xef: XeFile, args: m.DrmSyncobjArray) -> m.Empty:
+    """DRM_IOCTL_SYNCOBJ_SIGNAL. Checks: pad not zero, no handles: EINVAL; a handle
+    naming no syncobj: ENOENT (and none is signalled). Each then holds a signalled fence."""
+    _array_checks(args)
+    for syncobj in _array(xef, args.handles):
+        syncobj.replace_fence(Fence(True))
+    return m.Empty()
+
+
+async def drm_syncobj_wait_ioctl(xef: XeFile, args: m.DrmSyncobjWait) -> m.DrmSyncobjWaitReply:
+    """DRM_IOCTL_SYNCOBJ_WAIT: until any (WAIT_ALL: every) fence is signalled.
+
+    Checks, in order:
+    - flags other than WAIT_ALL, WAIT_FOR_SUBMIT, WAIT_DEADLINE: EINVAL
+    - no handles: EINVAL
+    - a handle naming no syncobj: ENOENT
+    - without WAIT_FOR_SUBMIT, a syncobj holding no fence: EINVAL (before any wait)
+    - the absolute CLOCK_MONOTONIC timeout_nsec passes first (0: look once): ETIME
+    - this file has limits.fence_waits waits asleep already: ENOMEM (xed's limit)
+    first_signaled is the index of the first fence found signalled: at the start, or,
+    without WAIT_ALL, while waiting; ~0 if none was. A fence signalled by the device's
+    end (an unplug) counts as signalled, as the kernel's error fences do.
+    """
+    refuse_if(args.flags & ~_WAIT_FLAGS, EINVAL, f"flags {args.flags:#x}")
+    refuse_if(not args.handles, EINVAL, "no handles")
+    syncobjs = _array(xef, args.handles)
+    wait_all = bool(args.flags & DRM_SYNCOBJ_WAIT_FLAGS_WAIT_ALL)
+    for_submit = bool(args.flags & DRM_SYNCOBJ_WAIT_FLAGS_WAIT_FOR_SUBMIT)
+    fences: list[Fence | None] = [s.fence for s in syncobjs]
+    refuse_if(not for_submit and None in fences, EINVAL, "a syncobj holds no fence")
+    done = [f is not None and f.signalled for f in fences]
+    first = done.index(True) if any(done) else NONE_SIGNALLED
+    if all(done) or (any(done) and not wait_all):
+        return m.DrmSyncobjWaitReply(first_signaled=first)
+    refuse_if(args.timeout_nsec <= time.monotonic_ns(), ETIME, "timed out")
+    signalled = trio.Event()
+
+    async def watch(index: int, syncobj: DrmSyncobj) -> None:
+        fence = fences[index]
+        if fence is None:  # WAIT_FOR_SUBMIT: the first fence put in from now on
+            fence = fences[index] = await syncobj.fence_submitted()
+        await fence.wait()
+        done[index] = True
+        if all(done) or not wait_all:
+            signalled.set()
+
+    with xef.device.ufences.asleep(xef):
+        async with trio.open_nursery() as nursery:
+            for index, syncobj in enumerate(syncobjs):
+                if not done[index]:
+                    nursery.start_soon(watch, index, syncobj)
+            # the deadline is CLOCK_MONOTONIC nanoseconds; trio's clock is a float of
+            # seconds: look again until the nanoseconds say it has passed
+            while not signalled.is_set():
+                left = args.timeout_nsec - time.monotonic_ns()
+                if left <= 0:
+                    break
+                with trio.move_on_after(left / 1e9):
+                    await signalled.wait()
+            nursery.cancel_scope.cancel()
+    if not signalled.is_set():
+        raise IoctlError(ETIME, "timed out")
+    if not wait_all:  # the kernel looks over them in order once woken: the lowest
+        first = next(i for i, f in enumerate(fences) if f is not None and f.signalled)
+    return m.DrmSyncobjWaitReply(first_signaled=first)
