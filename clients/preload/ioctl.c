@@ -150,6 +150,29 @@ static int prime_fd_to_handle(struct xed_file *f, void *kdata)
 	return err;
 }
 
+/* drm_getcap() of a driver without modesetting: the emulated device has no display, so
+ * the KMS capabilities (dumb buffers, cursors, page flips...) are EOPNOTSUPP. Answered
+ * here: they are what the emulation is, not state of the daemon. */
+static int get_cap(struct xed_file *f, void *kdata)
+{
+	struct drm_get_cap *a = kdata;
+	(void)f;
+	switch (a->capability) {
+	case DRM_CAP_TIMESTAMP_MONOTONIC: a->value = 1; return 0;
+	case DRM_CAP_PRIME: a->value = DRM_PRIME_CAP_IMPORT | DRM_PRIME_CAP_EXPORT; return 0;
+	case DRM_CAP_SYNCOBJ: a->value = 1; return 0;
+	case DRM_CAP_SYNCOBJ_TIMELINE: a->value = 0; return 0; /* not emulated */
+	default: return EOPNOTSUPP;
+	}
+}
+
+/* drm_setclientcap(): every client capability is a KMS one */
+static int set_client_cap(struct xed_file *f, void *kdata)
+{
+	(void)f, (void)kdata;
+	return EOPNOTSUPP;
+}
+
 struct drm_ioctl_desc {
 	unsigned size; /* the driver's struct size (what _IOC_SIZE of its command says) */
 	int (*func)(struct xed_file *f, void *kdata);
@@ -161,6 +184,8 @@ static const struct drm_ioctl_desc core_ioctls[0x100] = {
 	[0x09] = {sizeof(struct drm_gem_close), gem_close},
 	[0x0a] = {sizeof(struct drm_gem_flink), gem_flink},
 	[0x0b] = {sizeof(struct drm_gem_open), gem_open},
+	[0x0c] = {sizeof(struct drm_get_cap), get_cap},
+	[0x0d] = {sizeof(struct drm_set_client_cap), set_client_cap},
 	[0x2d] = {sizeof(struct drm_prime_handle), prime_handle_to_fd},
 	[0x2e] = {sizeof(struct drm_prime_handle), prime_fd_to_handle},
 	[0xbf] = {sizeof(struct drm_syncobj_create), drm_syncobj_create_ioctl},

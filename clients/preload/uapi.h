@@ -57,6 +57,25 @@ XED_AT(drm_version, date, 40);
 XED_AT(drm_version, desc_len, 48);
 XED_AT(drm_version, desc, 56);
 
+/* DRM_IOCTL_GET_CAP / DRM_IOCTL_SET_CLIENT_CAP */
+struct drm_get_cap {
+	uint64_t capability;
+	uint64_t value;
+};
+XED_CHECK(drm_get_cap, 16);
+XED_AT(drm_get_cap, value, 8);
+struct drm_set_client_cap {
+	uint64_t capability;
+	uint64_t value;
+};
+XED_CHECK(drm_set_client_cap, 16);
+#define DRM_CAP_PRIME 0x5
+#define DRM_PRIME_CAP_IMPORT 0x1
+#define DRM_PRIME_CAP_EXPORT 0x2
+#define DRM_CAP_TIMESTAMP_MONOTONIC 0x6
+#define DRM_CAP_SYNCOBJ 0x13
+#define DRM_CAP_SYNCOBJ_TIMELINE 0x14
+
 struct drm_gem_close {
 	uint32_t handle;
 	uint32_t pad;
@@ -141,6 +160,8 @@ XED_AT(drm_syncobj_array, pad, 12);
 #define DRM_IOCTL_GEM_CLOSE DRM_IOW(0x09, struct drm_gem_close)
 #define DRM_IOCTL_GEM_FLINK DRM_IOWR(0x0a, struct drm_gem_flink)
 #define DRM_IOCTL_GEM_OPEN DRM_IOWR(0x0b, struct drm_gem_open)
+#define DRM_IOCTL_GET_CAP DRM_IOWR(0x0c, struct drm_get_cap)
+#define DRM_IOCTL_SET_CLIENT_CAP DRM_IOW(0x0d, struct drm_set_client_cap)
 #define DRM_IOCTL_PRIME_HANDLE_TO_FD DRM_IOWR(0x2d, struct drm_prime_handle)
 #define DRM_IOCTL_PRIME_FD_TO_HANDLE DRM_IOWR(0x2e, struct drm_prime_handle)
 #define DRM_IOCTL_SYNCOBJ_CREATE DRM_IOWR(0xbf, struct drm_syncobj_create)
@@ -653,6 +674,8 @@ _Static_assert(DRM_IOCTL_VERSION == 0xc0406400ul, "DRM_IOCTL_VERSION");
 _Static_assert(DRM_IOCTL_GEM_CLOSE == 0x40086409ul, "DRM_IOCTL_GEM_CLOSE");
 _Static_assert(DRM_IOCTL_GEM_FLINK == 0xc008640aul, "DRM_IOCTL_GEM_FLINK");
 _Static_assert(DRM_IOCTL_GEM_OPEN == 0xc010640bul, "DRM_IOCTL_GEM_OPEN");
+_Static_assert(DRM_IOCTL_GET_CAP == 0xc010640cul, "DRM_IOCTL_GET_CAP");
+_Static_assert(DRM_IOCTL_SET_CLIENT_CAP == 0x4010640dul, "DRM_IOCTL_SET_CLIENT_CAP");
 _Static_assert(DRM_IOCTL_PRIME_HANDLE_TO_FD == 0xc00c642dul, "DRM_IOCTL_PRIME_HANDLE_TO_FD");
 _Static_assert(DRM_IOCTL_PRIME_FD_TO_HANDLE == 0xc00c642eul, "DRM_IOCTL_PRIME_FD_TO_HANDLE");
 _Static_assert(DRM_IOCTL_SYNCOBJ_CREATE == 0xc00864bful, "DRM_IOCTL_SYNCOBJ_CREATE");

@@ -345,10 +345,34 @@ static void framing(int fd)
 	close(p[1]);
 }
 
+/* GET_CAP as a driver without modesetting answers: the render capabilities, and
+ * EOPNOTSUPP for the KMS ones (the emulated device has no display) */
+static void caps(int fd)
+{
+	struct drm_get_cap cap = {.capability = DRM_CAP_PRIME};
+	CHECK_OK(ioctl(fd, DRM_IOCTL_GET_CAP, &cap));
+	CHECK(cap.value == (DRM_PRIME_CAP_IMPORT | DRM_PRIME_CAP_EXPORT));
+	cap = (struct drm_get_cap){.capability = DRM_CAP_SYNCOBJ};
+	CHECK_OK(ioctl(fd, DRM_IOCTL_GET_CAP, &cap));
+	CHECK(cap.value == 1);
+	cap = (struct drm_get_cap){.capability = DRM_CAP_SYNCOBJ_TIMELINE, .value = 7};
+	CHECK_OK(ioctl(fd, DRM_IOCTL_GET_CAP, &cap));
+	CHECK(cap.value == 0); /* timelines are not emulated */
+	cap = (struct drm_get_cap){.capability = DRM_CAP_TIMESTAMP_MONOTONIC};
+	CHECK_OK(ioctl(fd, DRM_IOCTL_GET_CAP, &cap));
+	CHECK(cap.value == 1);
+	cap = (struct drm_get_cap){.capability = 0x1}; /* DRM_CAP_DUMB_BUFFER: KMS */
+	CHECK_ERR(ioctl(fd, DRM_IOCTL_GET_CAP, &cap), EOPNOTSUPP);
+	CHECK_ERR(ioctl(fd, DRM_IOCTL_GET_CAP, (void *)8), EFAULT);
+	struct drm_set_client_cap set = {.capability = 2, .value = 1}; /* UNIVERSAL_PLANES */
+	CHECK_ERR(ioctl(fd, DRM_IOCTL_SET_CLIENT_CAP, &set), EOPNOTSUPP);
+}
+
 int main(void)
 {
 	int fd = open_card(), other = open_card();
 	version(fd);
+	caps(fd);
 	gem(fd);
 	flink(fd, other);
 	prime(fd, other);
