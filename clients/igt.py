@@ -176,6 +176,18 @@ def cmd_list(as_json: bool) -> int:
     return 0
 
 
+def refused_as_root(test: str, euid: int, as_root: bool) -> str | None:
+    """Why `test` is not run for this user (None: it is run)."""
+    if euid != 0 or test in SAFE_AS_ROOT or as_root:
+        return None
+    return (
+        f"not running {test} as root: IGT as root may load kernel modules, suspend or "
+        "write sysfs on this machine, which the preload library does not stand in for. "
+        f"Run it as another user, or pass --as-root (harmless as root: "
+        f"{', '.join(sorted(SAFE_AS_ROOT))})"
+    )
+
+
 def cmd_run(
     socket: Path | None, node: str | None, test: str, args: Sequence[str], as_root: bool = False
 ) -> int:
@@ -194,13 +206,9 @@ def cmd_run(
     if not (install.tests / test).is_file():
         _say(f"IGT {install.version} has no test {test} (xec igt list shows them)")
         return EX_USAGE
-    if os.geteuid() == 0 and test not in SAFE_AS_ROOT and not as_root:
-        _say(
-            f"not running {test} as root: IGT as root may load kernel modules, suspend or "
-            "write sysfs on this machine, which the preload library does not stand in "
-            f"for. Run it as another user, or pass --as-root (harmless as root: "
-            f"{', '.join(sorted(SAFE_AS_ROOT))})"
-        )
+    refusal = refused_as_root(test, os.geteuid(), as_root)
+    if refusal:
+        _say(refusal)
         return EX_NOPERM
     with daemon_at(socket) as (path, _daemon):
         return run(install.command(test, args), path, node)
