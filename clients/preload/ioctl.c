@@ -64,15 +64,7 @@ int drm_version_ioctl(struct xed_file *f, void *kdata)
 static int gem_close(struct xed_file *f, void *kdata)
 {
 	struct drm_gem_close *a = kdata;
-	struct xcall c;
-	int err = xc_begin(&c, f, XED_OP_GEM_CLOSE);
-	if (err)
-		return err;
-	xc_u(&c, "handle", a->handle);
-	xc_u(&c, "pad", a->pad);
-	err = xc_run(&c, -1);
-	xc_end(&c);
-	return err;
+	return xc_handle_pad(f, XED_OP_GEM_CLOSE, a->handle, a->pad);
 }
 
 static int gem_flink(struct xed_file *f, void *kdata)

@@ -117,6 +117,9 @@ int xc_run(struct xcall *c, int fd_in); /* the reply's errno (0: success) */
 int xc_take_fd(struct xcall *c);	/* the reply's first descriptor, now the caller's */
 void xc_end_fds(struct xcall *c);	/* close the reply's descriptors not taken */
 void xc_end(struct xcall *c);
+/* the whole call for an argument of a handle and a pad and no reply fields (GEM_CLOSE,
+ * SYNCOBJ_DESTROY): 0 or errno */
+int xc_handle_pad(struct xed_file *f, int op, uint32_t handle, uint32_t pad);
 void conn_after_fork(struct xed_file *f); /* in the child: the parent's channels go */
 void conn_release(struct xed_file *f);	  /* the file's last reference went */
 

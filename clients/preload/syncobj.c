@@ -64,15 +64,7 @@ int drm_syncobj_create_ioctl(struct xed_file *f, void *kdata)
 int drm_syncobj_destroy_ioctl(struct xed_file *f, void *kdata)
 {
 	struct drm_syncobj_destroy *a = kdata;
-	struct xcall c;
-	int err = xc_begin(&c, f, XED_OP_SYNCOBJ_DESTROY);
-	if (err)
-		return err;
-	xc_u(&c, "handle", a->handle);
-	xc_u(&c, "pad", a->pad);
-	err = xc_run(&c, -1);
-	xc_end(&c);
-	return err;
+	return xc_handle_pad(f, XED_OP_SYNCOBJ_DESTROY, a->handle, a->pad);
 }
 
 /* blocking on the daemon's side, as WAIT_USER_FENCE: the reply comes when the wait ends */

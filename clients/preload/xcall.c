@@ -140,3 +140,16 @@ int xc_take_fd(struct xcall *c)
 		}
 	return -1;
 }
+
+int xc_handle_pad(struct xed_file *f, int op, uint32_t handle, uint32_t pad)
+{
+	struct xcall c;
+	int err = xc_begin(&c, f, op);
+	if (err)
+		return err;
+	xc_u(&c, "handle", handle);
+	xc_u(&c, "pad", pad);
+	err = xc_run(&c, -1);
+	xc_end(&c);
+	return err;
+}
