@@ -318,8 +318,8 @@ def _igt_parsers(sub: Subparsers) -> None:
     run_p.add_argument(
         "--as-root", action="store_true",
         help="run a test as root even if it may touch the host (load kernel modules, "
-        "suspend, write sysfs); xe_mmap, xe_prime_self_import, xe_create and "
-        "xe_exec_basic need not",
+        "suspend, write sysfs); xe_mmap, xe_prime_self_import, xe_create, xe_exec_basic "
+        "and xe_waitfence need not",
     )  # fmt: skip
     run_p.add_argument(
         "--node", choices=["card0", "renderD128"], default=None,

@@ -44,7 +44,9 @@ EX_NOPERM = 77
 # unload kernel modules, suspend the machine or write sysfs: on a machine with a real
 # Intel GPU that is the real one. These tests were seen, traced under the library, to
 # do nothing to the host as root but those kernel log lines; any other needs --as-root.
-SAFE_AS_ROOT = frozenset({"xe_mmap", "xe_prime_self_import", "xe_create", "xe_exec_basic"})
+SAFE_AS_ROOT = frozenset(
+    {"xe_mmap", "xe_prime_self_import", "xe_create", "xe_exec_basic", "xe_waitfence"}
+)
 # uname -m -> (Debian's architecture, the loader's name, the multiarch directory)
 _ARCHES = {
     "x86_64": ("amd64", "ld-linux-x86-64.so.2", "x86_64-linux-gnu"),

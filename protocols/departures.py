@@ -33,7 +33,10 @@ DEPARTURES: tuple[tuple[str, str], ...] = (
     (
         "User addresses",
         "the daemon cannot see a client's address space: a user pointer is an address in "
-        "the connection's fake-offset space (see [User addresses](#user-addresses)).",
+        "the connection's fake-offset space (see [User addresses](#user-addresses)), and "
+        "a user fence anywhere else is `EFAULT`. The C preload library keeps such a "
+        "fence itself: a VM_BIND's is written when the daemon answers, and "
+        "WAIT_USER_FENCE watches the word in the program.",
     ),
     (
         "`VM_DONTEXPAND`",

@@ -28,12 +28,15 @@ static uint64_t fence_address(struct xed_file *f, uint64_t addr)
 	return user_address(f, addr, &out) ? out : NOWHERE(addr);
 }
 
+/* the syncs but the one at index `skip` (-1: none) */
 static void put_syncs(struct xcall *c, struct xed_file *f, const struct drm_xe_sync *s,
-		      uint32_t n, int user_addresses)
+		      uint32_t n, int user_addresses, int skip)
 {
 	xc_key(c, "syncs");
-	w_array(&c->w, n);
+	w_array(&c->w, n - (skip >= 0));
 	for (uint32_t i = 0; i < n; i++) {
+		if ((int)i == skip)
+			continue;
 		uint64_t addr = s[i].addr;
 		if (user_addresses && s[i].type == DRM_XE_SYNC_TYPE_USER_FENCE)
 			addr = fence_address(f, addr);
@@ -101,9 +104,13 @@ int xe_vm_bind(struct xcall *c, struct drm_xe_vm_bind *a)
 		w_kuints(&c->w, "reserved", o->reserved, 3);
 	}
 	xc_u(c, "pad2", a->pad2);
-	put_syncs(c, c->file, syncs, ns, 1);
+	int kept = ufence_kept_back(c->file, syncs, ns, nb); /* plain memory: ufence.c */
+	put_syncs(c, c->file, syncs, ns, 1, kept);
 	xe_reserved(c, a->reserved, 2);
-	return xc_run(c, -1);
+	err = xc_run(c, -1);
+	if (!err && kept >= 0)
+		ufence_signal(&syncs[kept]);
+	return err;
 }
 
 /* Set by the last EXEC_QUEUE_CREATE of this thread whose extension chain could not be
@@ -184,7 +191,7 @@ int xe_exec(struct xcall *c, struct drm_xe_exec *a)
 		return err;
 	xc_u(c, "extensions", a->extensions);
 	xc_u(c, "exec_queue_id", a->exec_queue_id);
-	put_syncs(c, c->file, syncs, mbz ? 0 : ns, 0);
+	put_syncs(c, c->file, syncs, mbz ? 0 : ns, 0, -1);
 	xc_u(c, "address", a->address);
 	xc_u(c, "num_batch_buffer", a->num_batch_buffer);
 	xc_u16s(c, "pad", a->pad, 3);
@@ -206,6 +213,8 @@ int xe_wait_user_fence(struct xcall *c, struct drm_xe_wait_user_fence *a)
 	xc_u(c, "pad2", a->pad2);
 	xe_reserved(c, a->reserved, 2);
 	int err = xc_run(c, -1);
+	if (err == EFAULT && ufence_is_local(c->file, a->addr))
+		return ufence_wait(a); /* the daemon's checks passed; the word is ours */
 	int relative = !(a->flags & DRM_XE_UFENCE_WAIT_FLAG_ABSTIME);
 	if (!err && relative)
 		a->timeout = r_get_int(&c->body, "timeout");

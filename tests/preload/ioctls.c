@@ -210,8 +210,15 @@ static void vm_exec_fence(int fd)
 	never.value = 43, never.timeout = 1000000;
 	CHECK_ERR(ioctl(fd, DRM_IOCTL_XE_WAIT_USER_FENCE, &never), ETIME);
 	CHECK(never.timeout == 0);
-	never.addr = (uintptr_t)&never; /* not device memory */
+	never.addr = (uintptr_t)&never; /* plain memory: the library watches it, as xe reads it */
+	never.timeout = 1000000;
+	CHECK_ERR(ioctl(fd, DRM_IOCTL_XE_WAIT_USER_FENCE, &never), ETIME);
+	CHECK(never.timeout == 0);
+	never.addr = (uintptr_t)bad_address(); /* nothing there: copy_from_user faults */
 	CHECK_ERR(ioctl(fd, DRM_IOCTL_XE_WAIT_USER_FENCE, &never), EFAULT);
+	never.addr = (uintptr_t)&never, never.exec_queue_id = 0xdead; /* the daemon's checks first */
+	CHECK_ERR(ioctl(fd, DRM_IOCTL_XE_WAIT_USER_FENCE, &never), ENOENT);
+	never.exec_queue_id = 0;
 	never.addr = (uintptr_t)cpu + 4;
 	CHECK_ERR(ioctl(fd, DRM_IOCTL_XE_WAIT_USER_FENCE, &never), EINVAL);
 	/* a second mapping of the BO, moved by mremap: the fence is found where it went, and
@@ -239,6 +246,25 @@ static void vm_exec_fence(int fd)
 	fenced.num_syncs = 1, fenced.syncs = (uintptr_t)&ufence;
 	CHECK_OK(ioctl(fd, DRM_IOCTL_XE_VM_BIND, &fenced));
 	CHECK(*(volatile uint64_t *)(cpu + 2) == 7);
+	/* in plain memory the library writes it once the binds are done, as xe's worker does,
+	 * and WAIT_USER_FENCE finds it there */
+	volatile uint64_t plain = 0;
+	ufence.addr = (uintptr_t)&plain, ufence.timeline_value = 9;
+	CHECK_OK(ioctl(fd, DRM_IOCTL_XE_VM_BIND, &fenced));
+	CHECK(plain == 9);
+	struct drm_xe_wait_user_fence seen = {.addr = (uintptr_t)&plain, .op = DRM_XE_UFENCE_WAIT_OP_GTE,
+					      .value = 9, .mask = ~0ull, .timeout = 5000000000ll};
+	CHECK_OK(ioctl(fd, DRM_IOCTL_XE_WAIT_USER_FENCE, &seen));
+	CHECK(seen.timeout > 0 && seen.timeout <= 5000000000ll);
+	ufence.addr = (uintptr_t)&plain + 4; /* the daemon's checks still apply: alignment */
+	CHECK_ERR(ioctl(fd, DRM_IOCTL_XE_VM_BIND, &fenced), EINVAL);
+	struct drm_xe_sync two_fences[2] = {ufence, ufence};
+	two_fences[0].addr = two_fences[1].addr = (uintptr_t)&plain; /* and one fence at most */
+	fenced.num_syncs = 2, fenced.syncs = (uintptr_t)two_fences;
+	CHECK_ERR(ioctl(fd, DRM_IOCTL_XE_VM_BIND, &fenced), EINVAL);
+	fenced.num_syncs = 1, fenced.syncs = (uintptr_t)&ufence;
+	ufence.addr = (uintptr_t)bad_address(); /* a fence nothing can hold: dropped, as xe's */
+	CHECK_OK(ioctl(fd, DRM_IOCTL_XE_VM_BIND, &fenced));
 
 	struct drm_xe_exec_queue_destroy qd = {.exec_queue_id = qc.exec_queue_id};
 	CHECK_OK(ioctl(fd, DRM_IOCTL_XE_EXEC_QUEUE_DESTROY, &qd));

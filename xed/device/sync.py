@@ -75,12 +75,13 @@ def parse_syncs(
       EOPNOTSUPP (not emulated)
     - USER_FENCE on a VM_BIND with no binds: EOPNOTSUPP
     - USER_FENCE without SIGNAL: EOPNOTSUPP; address not 8-byte aligned: EINVAL
-    - USER_FENCE at a user address this file has not mapped: EFAULT; in a BO the daemon
+    - any other type: EINVAL
+    - more than one user fence: EINVAL
+    - then (xed's own check, xe asks only access_ok()): a VM_BIND's USER_FENCE at a user
+      address this file has not mapped: EFAULT; in a BO the daemon
       cannot map: ENOMEM (out of descriptors or memory), else EFAULT; in a BO the
       daemon may not write (a read-only import, a foreign buffer sealed against
       writes): EFAULT, as copy_to_user into a read-only mapping faults
-    - any other type: EINVAL
-    - more than one user fence: EINVAL
     """
     fences = []
     signals: list[DrmSyncobj] = []
@@ -110,10 +111,11 @@ def parse_syncs(
         refuse_if(not allow_ufence, EOPNOTSUPP, "no user fence on a bind without binds")
         refuse_if(not sync.flags & DRM_XE_SYNC_FLAG_SIGNAL, EOPNOTSUPP, "user fences only signal")
         refuse_if(sync.addr & 0x7, EINVAL, "user fence address must be 8-byte aligned")
-        if user_addresses:
-            user_words(xef, sync.addr, 8)
         fences.append(UserFence(sync.addr, sync.timeline_value))
     refuse_if(len(fences) > 1, EINVAL, "at most one user fence")
+    if user_addresses:  # xe only asks access_ok() here: this is xed's own check, last
+        for user_fence in fences:
+            user_words(xef, user_fence.addr, 8)
     return Syncs(fences, signals, waits)
 
 
