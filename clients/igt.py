@@ -8,7 +8,7 @@ need from the same suite, C library and dynamic loader included, so that they ru
 on any Linux machine whatever libraries it has (clients/debian.py fetches and checks
 them). They are unpacked into a cache,
 
-    $XDG_CACHE_HOME/xed/igt/<suite>-<arch>/root/   (~/.cache/xed/... without it)
+    $XDG_CACHE_HOME/xed/igt/<suite>-<arch>/root-<version>/   (~/.cache/xed/... without it)
 
 once, and from then on run without a network: each through that suite's own loader
 (`ld-linux... --library-path ... xe_mmap`) under `xec run`, so that the preload library
