@@ -23,11 +23,13 @@ DEPARTURES: tuple[tuple[str, str], ...] = (
         "TIMELINE_SIGNAL) and syncobj descriptors (HANDLE_TO_FD, FD_TO_HANDLE, sync "
         "files) are not emulated. A VM_BIND that waits on a fence not signalled yet "
         "answers once it has signalled and the binds are made (the caller's thread "
-        "waits; xe's binds queue and the ioctl returns at once).",
+        "waits; xe's binds queue and the ioctl returns at once). Binds are made as "
+        "their ioctl is answered, so a bind queue orders nothing more: two threads' "
+        "binds on one queue, the first waiting on a fence, may be made out of order.",
     ),
     (
         "Not emulated",
-        "bind exec queues, `PREFETCH` binds, parallel submission (width above 1) and "
+        "`PREFETCH` binds, parallel submission (width above 1) and "
         "page-fault mode (`DRM_XE_VM_CREATE_FLAG_FAULT_MODE`): `EINVAL`.",
     ),
     (

@@ -146,10 +146,18 @@ def test_exec_queue_create_gt_1_is_einval(dev: Device) -> None:
     assert errno_of(create_queue, dev, vm_id=vm, instances=(eci(gt=1),)) == EINVAL
 
 
-def test_exec_queue_create_vm_bind_class_is_einval(dev: Device) -> None:
-    """The VM_BIND engine class (bind queues are not emulated) is EINVAL."""
-    vm = dev.vm_create()
-    assert errno_of(create_queue, dev, vm_id=vm, instances=(eci(EngineClass.VM_BIND),)) == EINVAL
+def test_exec_queue_create_bind_queue(gpu: Gpu) -> None:
+    """The VM_BIND engine class makes a bind queue: one placement, instance 0 (else
+    EINVAL), a VM of the file (else ENOENT); an EXEC on it is EINVAL."""
+    dev, vm = gpu.dev, gpu.vm
+    bind = eci(EngineClass.VM_BIND)
+    queue = create_queue(dev, vm_id=vm, instances=(bind,))
+    assert errno_of(dev.exec, queue, gpu.place(Batch().end())) == EINVAL
+    assert errno_of(create_queue, dev, vm_id=vm, instances=(eci(EngineClass.VM_BIND, 1),)) == EINVAL
+    two = dict(num_placements=2, instances=(bind, bind))
+    assert errno_of(create_queue, dev, vm_id=vm, **two) == EINVAL
+    assert errno_of(create_queue, dev, vm_id=999, instances=(bind,)) == ENOENT
+    dev.exec_queue_destroy(queue)
 
 
 def test_exec_queue_create_width_2_is_einval(dev: Device) -> None:

@@ -44,7 +44,6 @@ PARTLY = {
     "xe_waitfence": {},  # every subtest: user fences in plain C memory
     "xe_exec_basic": {
         "multigpu-*": ("SKIP", "it needs two devices"),
-        "*bindexecqueue*": ("FAIL", "bind exec queues are not emulated"),
         "*userptr*": ("FAIL", "userptr of plain C memory: the daemon reaches only registered"),
     },
 }

@@ -31,6 +31,7 @@ from protocols.constants import (
     DRM_XE_VM_CREATE_FLAG_LR_MODE,
     DRM_XE_VM_CREATE_FLAG_SCRATCH_PAGE,
     PAGE_SIZE,
+    EngineClass,
 )
 
 DATA_VA = 0x2_0000_0000
@@ -348,13 +349,31 @@ def test_vm_bind_range_zero_is_einval(dev: Device, op: int) -> None:
     assert errno_of(dev.vm_bind_ops, vm, [bind_op(op=op, obj=obj, range=0)]) == EINVAL
 
 
-def test_vm_bind_exec_queue_id_is_einval(dev: Device) -> None:
-    """A non-zero exec_queue_id (bind queues are not emulated) is EINVAL, even a real queue."""
-    vm = dev.vm_create()
+def bind_queue(dev: Device, vm: int) -> int:
+    instance = m.DrmXeEngineClassInstance(engine_class=EngineClass.VM_BIND)
+    args = m.DrmXeExecQueueCreate(width=1, num_placements=1, vm_id=vm, instances=(instance,))
+    queue: int = dev.ioctl(Op.XE_EXEC_QUEUE_CREATE, args).exec_queue_id
+    return queue
+
+
+def test_vm_bind_on_a_bind_queue(dev: Device) -> None:
+    """exec_queue_id names a bind queue of the VM: the bind is made (binds are made as
+    the ioctl is answered, so in the queue's order). A queue that is not a bind queue,
+    or one of another VM: EINVAL; no such queue: ENOENT."""
+    vm, other = dev.vm_create(), dev.vm_create()
     bo = dev.gem_create(PAGE_SIZE)
-    queue = dev.exec_queue_create(vm)
-    args = m.DrmXeVmBind(vm_id=vm, exec_queue_id=queue, binds=(bind_op(obj=bo),))
-    assert errno_of(dev.ioctl, Op.XE_VM_BIND, args) == EINVAL
+    mine, theirs, engine = bind_queue(dev, vm), bind_queue(dev, other), dev.exec_queue_create(vm)
+
+    def bind(queue: int) -> None:
+        args = m.DrmXeVmBind(vm_id=vm, exec_queue_id=queue, binds=(bind_op(obj=bo),))
+        dev.ioctl(Op.XE_VM_BIND, args)
+
+    bind(mine)
+    assert errno_of(bind, theirs) == EINVAL
+    assert errno_of(bind, engine) == EINVAL
+    assert errno_of(bind, 999) == ENOENT
+    dev.exec_queue_destroy(mine)
+    assert errno_of(bind, mine) == ENOENT
 
 
 def test_vm_bind_to_destroyed_vm_held_by_exec_queue_is_einval(dev: Device) -> None:
@@ -431,10 +450,12 @@ def test_vm_bind_vm_private_bo_into_another_vm_is_einval(dev: Device) -> None:
     dev.vm_bind(vm_a, bo, DATA_VA)
 
 
-def test_vm_bind_exec_queue_id_checked_before_handle_is_einval(dev: Device) -> None:
-    """exec_queue_id is checked before handles: both wrong gives EINVAL, not ENOENT."""
+def test_vm_bind_exec_queue_id_checked_before_handle(dev: Device) -> None:
+    """exec_queue_id is checked before handles: a queue that is no bind queue with an
+    unknown handle gives EINVAL, not ENOENT."""
     vm = dev.vm_create()
-    args = m.DrmXeVmBind(vm_id=vm, exec_queue_id=1, binds=(bind_op(obj=999),))
+    queue = dev.exec_queue_create(vm)
+    args = m.DrmXeVmBind(vm_id=vm, exec_queue_id=queue, binds=(bind_op(obj=999),))
     assert errno_of(dev.ioctl, Op.XE_VM_BIND, args) == EINVAL
 
 

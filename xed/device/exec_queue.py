@@ -34,7 +34,7 @@ class XeExecQueue:
     10,000 records, not 10,000 tasks)."""
 
     __slots__ = (
-        "file", "device", "vm", "engine", "id", "banned",
+        "file", "device", "vm", "engine", "id", "banned", "bind",
         "_jobs", "_pending", "_running", "_fence", "_worker", "_stopped",
     )  # fmt: skip
 
@@ -46,6 +46,9 @@ class XeExecQueue:
         self.engine = eci
         self.id = 0
         self.banned = False
+        # a bind queue (engine class VM_BIND): VM_BINDs name it, never an EXEC; binds are
+        # made as their ioctl is answered, so it orders nothing more and has no worker
+        self.bind = eci.engine_class == EngineClass.VM_BIND
         self._jobs: collections.deque[tuple[int | None, Syncs, Fence]] | None = None
         self._pending = 0
         self._running = 0  # the batch the worker is on, for a crash's ban event
@@ -179,9 +182,10 @@ def xe_exec_queue_create_ioctl(
     - width x num_placements zero, above XE_HW_ENGINE_MAX_INSTANCE, or not the number
       of instances given: EINVAL
     - the first instance's gt_id names no GT: EINVAL
-    - VM_BIND class (bind queues are not emulated): EINVAL
-    - width other than 1, an instance of another class or naming no engine of the
-      device: EINVAL (pad is not checked, as in calc_validate_logical_mask)
+    - VM_BIND class (a bind queue): width or num_placements other than 1, or
+      engine_instance other than 0: EINVAL
+    - else: width other than 1, an instance of another class or naming no engine of
+      the device: EINVAL (pad is not checked, as in calc_validate_logical_mask)
     - no such VM, or VM closed: ENOENT
     - extensions non-zero: EINVAL
     - the file holds limits.exec_queues queues already: ENOMEM
@@ -197,14 +201,20 @@ def xe_exec_queue_create_ioctl(
     )
     first = args.instances[0]
     refuse_if(first.gt_id >= 1, EINVAL, f"no GT {first.gt_id}")
-    refuse_if(first.engine_class == EngineClass.VM_BIND, EINVAL, "bind queues are not emulated")
-    refuse_if(args.width != 1, EINVAL, "parallel submission is not emulated")
-    for eci in args.instances:  # calc_validate_logical_mask(); pad is not checked
+    if first.engine_class == EngineClass.VM_BIND:
         refuse_if(
-            eci.engine_class != first.engine_class or not xe.has_engine(eci),
+            args.width != 1 or args.num_placements != 1 or first.engine_instance,
             EINVAL,
-            f"no engine {eci.engine_class}:{eci.engine_instance} on GT {eci.gt_id}",
+            "a bind queue has one placement, instance 0",
         )
+    else:
+        refuse_if(args.width != 1, EINVAL, "parallel submission is not emulated")
+        for eci in args.instances:  # calc_validate_logical_mask(); pad is not checked
+            refuse_if(
+                eci.engine_class != first.engine_class or not xe.has_engine(eci),
+                EINVAL,
+                f"no engine {eci.engine_class}:{eci.engine_instance} on GT {eci.gt_id}",
+            )
     vm = xef.vms.get(args.vm_id)
     refuse_if(vm is None or vm.closed, ENOENT, f"no VM {args.vm_id}")
     assert vm is not None
@@ -241,6 +251,7 @@ def xe_exec_ioctl(xef: XeFile, args: m.DrmXeExec) -> m.Empty:
     - extensions, pad or reserved non-zero: EINVAL
     - no such exec queue: ENOENT
     - num_batch_buffer neither 0 nor the queue's width (1): EINVAL
+    - a bind queue: EINVAL
     - the queue was banned: ECANCELED
     - more than MAX_PENDING_JOBS batches outstanding: EAGAIN
     - syncs (xe_sync_entry_parse): EINVAL / ENOENT / EOPNOTSUPP, see sync.py
@@ -253,6 +264,7 @@ def xe_exec_ioctl(xef: XeFile, args: m.DrmXeExec) -> m.Empty:
     if queue is None:
         raise IoctlError(ENOENT, f"no exec queue {args.exec_queue_id}")
     refuse_if(args.num_batch_buffer not in (0, 1), EINVAL, "num_batch_buffer != width")
+    refuse_if(queue.bind, EINVAL, f"exec queue {queue.id} is a bind queue")
     refuse_if(queue.banned, ECANCELED, f"exec queue {queue.id} is banned")
     refuse_if(queue.full, EAGAIN, "too many batches queued")
     syncs = parse_syncs(xef, args.syncs, user_addresses=False, lr_mode=queue.vm.lr_mode)

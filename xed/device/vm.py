@@ -408,7 +408,8 @@ async def xe_vm_bind_ioctl(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
     - each bind: MBZ fields, pat_index, op, flags, obj/NULL/op combinations: EINVAL;
       PREFETCH: EINVAL (not emulated); addr, range or obj_offset not a multiple of the
       page size ([device] page_size), zero range: EINVAL
-    - exec_queue_id non-zero (bind queues are not emulated): EINVAL
+    - exec_queue_id naming no queue of this file: ENOENT; a queue that is not a bind
+      queue, or a bind queue of another VM: EINVAL
     - VM closed or banned: ENOENT
     - each bind: range beyond the VM: EINVAL
     - each MAP_USERPTR: not inside this file's host memory, or over freed pages: EFAULT
@@ -441,7 +442,11 @@ def _vm_bind(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
     refuse_if(len(args.binds) > XE_MAX_BINDS_PER_IOCTL, EINVAL, "too many binds")
     for op in args.binds:
         _check_bind_op(op, xef.device.page_size)
-    refuse_if(args.exec_queue_id, EINVAL, "bind exec queues are not emulated")
+    if args.exec_queue_id:  # binds are made as the ioctl is answered: in order anyway
+        queue = xef.exec_queues.get(args.exec_queue_id)
+        if queue is None:
+            raise IoctlError(ENOENT, f"no exec queue {args.exec_queue_id}")
+        refuse_if(not queue.bind or queue.vm is not vm, EINVAL, "not a bind queue of this VM")
     refuse_if(vm.closed or vm.banned, ENOENT, f"VM {args.vm_id} is closed or banned")
     bos: list[XeBo | None] = []
     for op in args.binds:
