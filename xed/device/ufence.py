@@ -120,30 +120,33 @@ class UfenceWaiters:
         self.wakeups = 0  # waiters woken, by any of the three ways
 
     # --- the waiters' side ----------------------------------------------------------------
-    def add(self, waiter: UfenceWaiter) -> None:
-        """Count a waiter against its file's limit (ENOMEM past it) and index it."""
-        limit = self.device.limits.fence_waits
-        if self._per_file[waiter.file] >= limit:
-            self.device.stats["limits_hit"] += 1
-            raise IoctlError(ENOMEM, f"{limit} fence waits already parked ([limits])")
-        self._per_file[waiter.file] += 1
-        self._by_word.setdefault(waiter.word, set()).add(waiter)
-
-    @contextlib.contextmanager
-    def asleep(self, xef: XeFile) -> Iterator[None]:
-        """A wait of another kind (SYNCOBJ_WAIT) asleep: it counts against the same
-        limits.fence_waits of its file (ENOMEM past it)."""
+    def _count_in(self, xef: XeFile) -> None:
+        """One more wait of `xef` asleep, against limits.fence_waits (ENOMEM past it)."""
         limit = self.device.limits.fence_waits
         if self._per_file[xef] >= limit:
             self.device.stats["limits_hit"] += 1
             raise IoctlError(ENOMEM, f"{limit} fence waits already parked ([limits])")
         self._per_file[xef] += 1
+
+    def _count_out(self, xef: XeFile) -> None:
+        self._per_file[xef] -= 1
+        if not self._per_file[xef]:
+            del self._per_file[xef]
+
+    def add(self, waiter: UfenceWaiter) -> None:
+        """Count a waiter against its file's limit (ENOMEM past it) and index it."""
+        self._count_in(waiter.file)
+        self._by_word.setdefault(waiter.word, set()).add(waiter)
+
+    @contextlib.contextmanager
+    def asleep(self, xef: XeFile) -> Iterator[None]:
+        """A wait of another kind (SYNCOBJ_WAIT, a VM_BIND waiting on fences) asleep:
+        it counts against the same limits.fence_waits of its file (ENOMEM past it)."""
+        self._count_in(xef)
         try:
             yield
         finally:
-            self._per_file[xef] -= 1
-            if not self._per_file[xef]:
-                del self._per_file[xef]
+            self._count_out(xef)
 
     def remove(self, waiter: UfenceWaiter) -> None:
         self.parked.discard(waiter)
@@ -152,9 +155,7 @@ class UfenceWaiters:
         waiters.discard(waiter)
         if not waiters:
             del self._by_word[waiter.word]
-        self._per_file[waiter.file] -= 1
-        if not self._per_file[waiter.file]:
-            del self._per_file[waiter.file]
+        self._count_out(waiter.file)
 
     async def park(self, waiter: UfenceWaiter, until: float) -> None:
         """Sleep until something may have made the waiter's test pass, or `until`
