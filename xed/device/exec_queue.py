@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import collections
-from errno import EAGAIN, ECANCELED, EINVAL, ENODEV, ENOENT
+from errno import EAGAIN, ECANCELED, EINVAL, ENOENT
 from typing import TYPE_CHECKING
 
 import trio
@@ -80,14 +80,15 @@ class XeExecQueue:
         """The device is unplugged (or the queue destroyed): the batch running stops
         where it is and nothing queued runs. Their user fences never come; their
         syncobj fences signal with an error, as xe's do when it kills a queue, so that
-        no SYNCOBJ_WAIT waits for work that will never run."""
+        no SYNCOBJ_WAIT waits for work that will never run (the error is nobody's to
+        read: a syncobj wait reports none)."""
         self._stopped = True
         if self._worker is not None:
             self._worker.cancel()
         if self._fence is not None:
-            self._fence.signal(ENODEV)
+            self._fence.signal()
         for _address, _syncs, fence in self._jobs or ():
-            fence.signal(ENODEV)
+            fence.signal()
 
     def destroy(self) -> None:
         self.halt()

@@ -89,13 +89,13 @@ def parse_syncs(
     for sync in syncs:
         refuse_if(any(sync.reserved), EINVAL, "sync reserved must be zero")
         refuse_if(sync.flags & ~DRM_XE_SYNC_FLAG_SIGNAL, EINVAL, f"sync flags {sync.flags:#x}")
+        signal = sync.flags & DRM_XE_SYNC_FLAG_SIGNAL
         if sync.type in (DRM_XE_SYNC_TYPE_SYNCOBJ, DRM_XE_SYNC_TYPE_TIMELINE_SYNCOBJ):
-            signal = sync.flags & DRM_XE_SYNC_FLAG_SIGNAL
             refuse_if(lr_mode and signal, EOPNOTSUPP, "syncobjs do not signal in LR mode")
             refuse_if(sync.addr >> 32, EINVAL, "a syncobj handle is 32 bits")
         if sync.type == DRM_XE_SYNC_TYPE_SYNCOBJ:
             syncobj = lookup(xef, sync.handle)
-            if sync.flags & DRM_XE_SYNC_FLAG_SIGNAL:
+            if signal:
                 signals.append(syncobj)
             else:
                 fence = syncobj.fence
@@ -109,7 +109,7 @@ def parse_syncs(
             raise IoctlError(EOPNOTSUPP, "timeline syncobjs are not emulated")
         refuse_if(sync.type != DRM_XE_SYNC_TYPE_USER_FENCE, EINVAL, f"sync type {sync.type}")
         refuse_if(not allow_ufence, EOPNOTSUPP, "no user fence on a bind without binds")
-        refuse_if(not sync.flags & DRM_XE_SYNC_FLAG_SIGNAL, EOPNOTSUPP, "user fences only signal")
+        refuse_if(not signal, EOPNOTSUPP, "user fences only signal")
         refuse_if(sync.addr & 0x7, EINVAL, "user fence address must be 8-byte aligned")
         fences.append(UserFence(sync.addr, sync.timeline_value))
     refuse_if(len(fences) > 1, EINVAL, "at most one user fence")

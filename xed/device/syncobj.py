@@ -1,8 +1,9 @@
 """DRM syncobjs (drm_syncobj.c), binary only: a handle that holds a fence or nothing.
 
 A Fence stands for a dma_fence: signalled once, by the job that owns it (an EXEC's
-batch, a VM_BIND), by SYNCOBJ_SIGNAL (the stub fence, signalled from birth) or, with an
-error, by the device's end (an unplug: xe signals what it will never run). A syncobj's
+batch, a VM_BIND), by SYNCOBJ_SIGNAL (the stub fence, signalled from birth) or by the
+queue's end (destroyed, or the device unplugged: xe signals what it will never run,
+with an error no syncobj ioctl reports). A syncobj's
 fence is replaced, never changed: a wait holds the fence it found, as the kernel's
 does, and a RESET or a later SIGNAL job does not disturb it.
 
@@ -42,19 +43,18 @@ NONE_SIGNALLED = 0xFFFF_FFFF  # first_signaled when nothing was signalled at the
 
 
 class Fence:
-    """A dma_fence: signalled once; `error` says why if not by its work (an unplug)."""
+    """A dma_fence: signalled once."""
 
-    __slots__ = ("signalled", "error", "_event")
+    __slots__ = ("signalled", "_event")
 
     def __init__(self, signalled: bool = False) -> None:
         self.signalled = signalled
-        self.error = 0
         self._event: trio.Event | None = None
 
-    def signal(self, error: int = 0) -> None:
+    def signal(self) -> None:
         if self.signalled:
             return
-        self.signalled, self.error = True, error
+        self.signalled = True
         if self._event is not None:
             self._event.set()
 
