@@ -84,8 +84,10 @@ int ufence_wait(struct drm_xe_wait_user_fence *a)
 {
 	int relative = !(a->flags & DRM_XE_UFENCE_WAIT_FLAG_ABSTIME);
 	int64_t start = now_ns(), until = INT64_MAX;
-	if (a->timeout >= 0)
-		until = relative ? start + a->timeout : a->timeout;
+	if (!relative && a->timeout >= 0)
+		until = a->timeout;
+	else if (a->timeout >= 0 && a->timeout < INT64_MAX - start) /* else: no end in sight */
+		until = start + a->timeout;
 	uint64_t want = a->value & a->mask, have;
 	long pause = 20000; /* ns: a word just waited on is often about to move */
 	for (;;) {

@@ -4,6 +4,18 @@
  */
 #include "check.h"
 
+#include <pthread.h>
+#include <time.h>
+
+/* after a moment, 10 into the word at p (a user fence in plain memory) */
+static void *write_later(void *p)
+{
+	struct timespec moment = {0, 50000000};
+	nanosleep(&moment, NULL);
+	*(volatile uint64_t *)p = 10;
+	return NULL;
+}
+
 #define VA 0x100000000ull
 #define MI_BATCH_BUFFER_END (0x0Au << 23)
 
@@ -256,6 +268,14 @@ static void vm_exec_fence(int fd)
 					      .value = 9, .mask = ~0ull, .timeout = 5000000000ll};
 	CHECK_OK(ioctl(fd, DRM_IOCTL_XE_WAIT_USER_FENCE, &seen));
 	CHECK(seen.timeout > 0 && seen.timeout <= 5000000000ll);
+	/* a relative timeout of INT64_MAX is as good as endless: the word written later by
+	 * another thread ends the wait (the deadline must not wrap round into the past) */
+	pthread_t writer;
+	seen.value = 10, seen.timeout = INT64_MAX;
+	CHECK(pthread_create(&writer, NULL, write_later, (void *)&plain) == 0);
+	CHECK_OK(ioctl(fd, DRM_IOCTL_XE_WAIT_USER_FENCE, &seen));
+	CHECK(pthread_join(writer, NULL) == 0);
+	CHECK(plain == 10);
 	ufence.addr = (uintptr_t)&plain + 4; /* the daemon's checks still apply: alignment */
 	CHECK_ERR(ioctl(fd, DRM_IOCTL_XE_VM_BIND, &fenced), EINVAL);
 	struct drm_xe_sync two_fences[2] = {ufence, ufence};
