@@ -242,11 +242,7 @@ def _other_parsers(sub: Subparsers) -> None:
         "compile, 127 if PROGRAM is not found.",
     )  # fmt: skip
     _connection_options(run_p, own_daemon=False)
-    run_p.add_argument(
-        "--node", choices=["card0", "renderD128"], default=None,
-        help="the only device node that exists for PROGRAM (default: both; a node "
-        "not chosen is missing, ENOENT, whatever the host has)",
-    )  # fmt: skip
+    _node_option(run_p, "PROGRAM")
     run_p.add_argument("program", nargs=argparse.REMAINDER, help="-- PROGRAM [ARGS...]")
     _igt_parsers(sub)
     debug_p = _sub(sub, "debug", "a small debugger for a process using xed")
@@ -273,6 +269,15 @@ def _other_parsers(sub: Subparsers) -> None:
         help="print the target's events for this long (or until it exits), 0 for none",
     )  # fmt: skip
     _json_option(att)
+
+
+def _node_option(p: argparse.ArgumentParser, runs: str) -> None:
+    """--node, as `xec run` and `xec igt run` take it (preload: the nodes a program sees)."""
+    p.add_argument(
+        "--node", choices=["card0", "renderD128"], default=None,
+        help=f"the only device node that exists for {runs} (default: both; a node "
+        "not chosen is missing, ENOENT, whatever the host has)",
+    )  # fmt: skip
 
 
 def _igt_parsers(sub: Subparsers) -> None:
@@ -321,10 +326,7 @@ def _igt_parsers(sub: Subparsers) -> None:
         "suspend, write sysfs); xe_mmap, xe_prime_self_import, xe_create, xe_exec_basic "
         "and xe_waitfence need not",
     )  # fmt: skip
-    run_p.add_argument(
-        "--node", choices=["card0", "renderD128"], default=None,
-        help="the only device node that exists for the test (default: both)",
-    )  # fmt: skip
+    _node_option(run_p, "the test")
     run_p.add_argument("test", metavar="TEST", help="an IGT test: xe_mmap, xe_prime_self_import...")
     run_p.add_argument("args", nargs=argparse.REMAINDER, help="the test's own options")
 
