@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import Gpu
 
 from clients import Device
 from clients.daemon import DaemonProcess
@@ -87,6 +88,14 @@ def make_daemon(tmp_path: Path) -> Iterator[Any]:
         proc.stop()
         _check_log(proc)
         proc.cleanup()
+
+
+@pytest.fixture
+def gpu(dev: Device) -> Iterator[Gpu]:
+    """A VM with a batch BO bound and an exec queue, on `dev` (helpers.Gpu)."""
+    g = Gpu(dev)
+    yield g
+    g.close()
 
 
 @pytest.fixture

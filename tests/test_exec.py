@@ -35,13 +35,6 @@ SRC_VA = 0x3_0000_0000
 UNBOUND_VA = 0x7_0000_0000
 
 
-@pytest.fixture
-def gpu(dev: Device) -> Iterator[Gpu]:
-    g = Gpu(dev)
-    yield g
-    g.close()
-
-
 def mapped_bo(dev: Device, size: int) -> tuple[int, Mapping]:
     bo = dev.gem_create(size)
     return bo, dev.mmap_bo(bo)

@@ -41,13 +41,6 @@ NONE = 0xFFFF_FFFF  # first_signaled when nothing was signalled at the start
 MARK_WORD = MARK * 0x0101_0101
 
 
-@pytest.fixture
-def gpu(dev: Device) -> Iterator[Gpu]:
-    g = Gpu(dev)
-    yield g
-    g.close()
-
-
 def wait_errno(dev: Device, handles: list[int], **kw: object) -> int:
     return errno_of(syncobj.wait, dev, handles, **kw)
 

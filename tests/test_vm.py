@@ -3,7 +3,6 @@ GPU sees them (a batch stores through the VM, the CPU mappings show where it lan
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from errno import EBUSY, ECANCELED, EFAULT, EINVAL, ENOENT, EOPNOTSUPP
 from typing import Any
 
@@ -37,13 +36,6 @@ from protocols.constants import (
 DATA_VA = 0x2_0000_0000
 OTHER_VA = 0x3_0000_0000
 VA_SIZE = 1 << 48  # the default device's va_bits
-
-
-@pytest.fixture
-def gpu(dev: Device) -> Iterator[Gpu]:
-    g = Gpu(dev)
-    yield g
-    g.close()
 
 
 def bind_op(**fields: Any) -> m.DrmXeVmBindOp:
