@@ -63,12 +63,7 @@ static int gem_create_finish(struct xed_file *f, struct drm_xe_gem_create *a)
 	int err = create_extensions(a->extensions);
 	if (!err)
 		return 0;
-	struct xcall c;
-	if (!xc_begin(&c, f, XED_OP_GEM_CLOSE)) {
-		xc_u(&c, "handle", a->handle);
-		xc_run(&c, -1);
-		xc_end(&c);
-	}
+	(void)xc_handle_pad(f, XED_OP_GEM_CLOSE, a->handle, 0);
 	a->handle = 0;
 	return err;
 }
