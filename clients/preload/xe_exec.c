@@ -162,10 +162,8 @@ int xe_exec_queue_create_finish(struct xed_file *f, struct drm_xe_exec_queue_cre
 		return 0;
 	chain_faulted = 0;
 	if (!xc_begin(&c, f, XED_OP_XE_EXEC_QUEUE_DESTROY)) {
-		xc_u(&c, "exec_queue_id", a->exec_queue_id);
-		xc_u(&c, "pad", 0);
-		xc_u64s(&c, "reserved", (uint64_t[2]){0, 0}, 2);
-		xc_run(&c, -1);
+		struct drm_xe_exec_queue_destroy made = {.exec_queue_id = a->exec_queue_id};
+		(void)xe_exec_queue_destroy(&c, &made);
 		xc_end(&c);
 	}
 	a->exec_queue_id = 0;
