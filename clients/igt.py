@@ -29,6 +29,8 @@ from pathlib import Path
 
 import attrs
 
+from protocols.cli import EX_NOPERM, EX_USAGE
+
 from . import debian
 from .daemon import daemon_at
 from .preload import cache_dir
@@ -37,8 +39,6 @@ from .run import run
 SUITE = "sid"
 # the test programs, and the package of libigt.so they link (no library by its name)
 ROOTS = ("igt-gpu-tools-tests", "igt-gpu-tools")
-EX_USAGE = 2
-EX_NOPERM = 77
 # The preload library stands in for /dev/dri and debugfs only. Run as root, IGT also
 # writes its progress to the host's kernel log (/dev/kmsg), and some xe tests load and
 # unload kernel modules, suspend the machine or write sysfs: on a machine with a real
