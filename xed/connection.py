@@ -62,12 +62,14 @@ from .hello import hello
 from .inflight import Unread, UnreadLedger
 from .ioctl import HANDLERS
 from .seqpacket import EmptyRead, empty_read
+from .stats import RING as _RING
 
 _ANC_SPACE = socket.CMSG_SPACE(MAX_FDS * 4)
 # plain ints: the socket module's flags are IntFlags, slow to test on every datagram
 _MSG_TRUNC = int(socket.MSG_TRUNC)
 _MSG_CTRUNC = int(socket.MSG_CTRUNC)
 _MSG_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
+_CUT = _MSG_TRUNC | _MSG_CTRUNC  # recvmsg's flags: what came was cut short
 _PEERCRED = struct.Struct("3i")
 EVENT_QUEUE = 256  # events a slow client may fall behind by before they are dropped
 # Blocking requests with a descriptor attached (a dma-buf op asking another daemon, up
@@ -216,7 +218,7 @@ class Connection:
         (_PLAIN) is answered here too: two coroutines a request were a tenth of the
         daemon's CPU per round trip."""
         sock, proto, device = self.sock, self.proto, self.device
-        stats = device.ioctl_stats
+        by_op, unread = device.ioctl_stats.by_op, self.unread
         try:
             while True:
                 await trio.lowlevel.checkpoint_if_cancelled()  # a flood must not outlast a cancel
@@ -243,19 +245,23 @@ class Connection:
                     # file its client had already closed.
                     await trio.lowlevel.cancel_shielded_checkpoint()
                 fds: list[int] | tuple[int, ...]
-                if ancdata:
-                    received, junk = unpack_fds(ancdata)
-                    fds = tuple(received)
-                else:  # nearly every request: nothing came beside the bytes
-                    fds, junk = _NO_FDS, False
-                if not data and not fds and empty_read(sock) is not EmptyRead.DATAGRAM:
-                    return "eof"  # the client closed (or shut down) its end
-                if junk or flags & _MSG_CTRUNC:  # the kernel dropped what did not fit
-                    _close_all(fds)
-                    await self._refuse(peek_request_id(data), *self._lost_descriptors(data))
-                    continue
-                # nearly every request: whole, no descriptors, an op allowed now
-                plain = None if fds or flags & _MSG_TRUNC else plain_request(data, proto.plain)
+                if data and not ancdata and not flags & _CUT:
+                    # nearly every request: bytes only, and whole; and nearly always for
+                    # an op allowed now (plain_request; None sends it the long way)
+                    fds, plain = _NO_FDS, plain_request(data, proto.plain)
+                else:
+                    if ancdata:
+                        received, junk = unpack_fds(ancdata)
+                        fds = tuple(received)
+                    else:
+                        fds, junk = _NO_FDS, False
+                    if not data and not fds and empty_read(sock) is not EmptyRead.DATAGRAM:
+                        return "eof"  # the client closed (or shut down) its end
+                    if junk or flags & _MSG_CTRUNC:  # the kernel dropped what did not fit
+                        _close_all(fds)
+                        await self._refuse(peek_request_id(data), *self._lost_descriptors(data))
+                        continue
+                    plain = None
                 request: Request | None = None  # an envelope only where one is needed
                 if plain is not None:
                     request_id, op, args = plain
@@ -274,7 +280,10 @@ class Connection:
                     request_id, op, args = request.id, request.op, request.args
                 handler = _PLAIN.get(op)
                 xef = self.xef  # a channel's is another connection's, from its JOIN on
-                if handler is not None and not device.is_gone(xef.generation):
+                # device.is_gone(xef.generation), inline
+                if handler is not None and not (
+                    device.unplugged or xef.generation != device.generation
+                ):
                     started = _now()
                     try:
                         if device.test_crashes:
@@ -290,9 +299,19 @@ class Connection:
                         request = request or Request(request_id, op, args)
                         await self._send_result(request, result, started)
                         continue
-                    if not self._send_now(reply):
+                    try:  # _send_now(), inline
+                        sock.send(reply)
+                    except BlockingIOError:
                         await self._send_when_room(reply, [])
-                    stats.record(op, 0, _now() - started)
+                    except OSError as exc:
+                        raise _send_failed(exc, []) from exc
+                    else:
+                        if unread.count:
+                            unread.sent(len(reply), 0)
+                    entry = by_op[op]  # stats.record(op, 0, seconds), inline
+                    calls = entry.count
+                    entry.latencies[calls & _RING] = _now() - started
+                    entry.count = calls + 1
                     continue
                 if request is None:
                     request = Request(request_id, op, args)
