@@ -462,7 +462,7 @@ def _compile_reader(op: Op) -> Callable[[bytes, tuple[int, ...], int], Any]:
             f"    raise _ProtocolError({EPROTO}, f'bad message from daemon: {{exc}}') from exc",
         ]
     head = "read(data, fds, request_id)"
-    read = REPLY_READERS[op] = generate(f"reply[{op.name}]", head, body, g)
+    read = REPLY_READERS[op] = generate(f"read_reply[{op.name}]", head, body, g)
     return read  # type: ignore[no-any-return]
 
 

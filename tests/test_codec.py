@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 import errno
+import linecache
+import traceback
 from errno import EINVAL, EMSGSIZE, ENOTTY, EPROTO
 from typing import Any
 
@@ -229,6 +231,28 @@ def test_per_op_tables_are_plain_dicts_whose_entries_compile_once() -> None:
     assert [f.__name__ for f in compiled] == ["encode", "encode", "read"]
     assert request == encode_request(5, op, args) and decode_request(request).args == args
     assert (REQUEST_ENCODERS[op], REPLY_ENCODERS[op], REPLY_READERS[op]) == compiled
+
+
+def test_each_generated_function_of_an_op_keeps_its_own_source() -> None:
+    """An op's reply encoder and reply reader are two functions: each has its own source
+    in linecache, so a traceback through either shows its own line. (They once shared a
+    name, and the second compiled replaced the first's source.)"""
+    op = Op.VERSION
+    reply = REPLY_ENCODERS[op](5, messages.DrmVersionReply(name="xe"))
+    REPLY_READERS[op](reply, (), 5)
+    REQUEST_ENCODERS[op](5, messages.DrmVersion())
+    compiled = (REQUEST_ENCODERS[op], REPLY_ENCODERS[op], REPLY_READERS[op])
+    names = [f.__code__.co_filename for f in compiled]
+    assert len(set(names)) == 3
+    for function, name in zip(compiled, names, strict=True):
+        source = "".join(linecache.getlines(name))
+        assert source.startswith(f"def {function.__name__}(")
+    bad = msgpack.packb([5, 0, {**to_wire(messages.DrmVersionReply()), "name": 7}])
+    with pytest.raises(ProtocolError) as caught:
+        REPLY_READERS[op](bad, (), 5)
+    text = "".join(traceback.format_exception(caught.value))
+    assert f'File "{names[2]}", line' in text
+    assert "raise _FieldError('name must be a string of at most 256')" in text
 
 
 class _Placement(enum.IntEnum):
