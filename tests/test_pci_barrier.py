@@ -32,6 +32,7 @@ from protocols.constants import (
     PROT_WRITE,
     XE_PCI_BARRIER_MMAP_OFFSET,
 )
+from xed.device.watcher import COST_CLAMP, COST_WEIGHT, LOOK_RATIO, look_cost
 
 TIMEOUT = 10.0
 WORDS = PAGE_SIZE // 4
@@ -372,3 +373,28 @@ def test_idle_daemon_with_32_barrier_pages_costs_little_cpu(fresh_daemon: Daemon
     finally:
         for proc in procs:
             _finish(proc)
+
+
+def test_a_stall_in_the_watcher_thread_does_not_hold_back_its_next_looks() -> None:
+    """The watcher sleeps LOOK_RATIO times what a look costs on average. A rare stall in
+    its thread (the cyclic GC collecting there: 1.5 ms) counts as at most COST_CLAMP
+    times the average, so the next look still comes within a millisecond; when it
+    counted in full, the next look waited 21 ms, and a barrier written meanwhile with it."""
+    usual = 25e-6  # what a look at 65 busy pages costs
+    mean = look_cost(0.0, usual)
+    assert mean == usual  # the first look is taken as it is
+    stalled = look_cost(mean, 1.5e-3)
+    assert stalled == pytest.approx(usual * (1 + (COST_CLAMP - 1) * COST_WEIGHT))
+    assert stalled * LOOK_RATIO < 1e-3
+    for _ in range(40):  # and it is forgotten as the looks go on
+        stalled = look_cost(stalled, usual)
+    assert stalled == pytest.approx(usual, rel=0.01)
+
+
+def test_looks_that_grow_dearer_raise_the_average_within_a_few_looks() -> None:
+    """More pages make every look dearer: the average follows within some twenty looks
+    (about 12 ms while hot), so the watcher's CPU stays near 1/LOOK_RATIO of a core."""
+    mean = 25e-6
+    for _ in range(20):
+        mean = look_cost(mean, 100e-6)
+    assert 90e-6 < mean <= 100e-6
