@@ -45,6 +45,7 @@ F_SETLEASE = getattr(fcntl, "F_SETLEASE", 1024)
 _IDLE_PAGE = struct.pack("<I", PCI_BARRIER_IDLE) * (PAGE_SIZE // 4)
 _IDLE_REST = _IDLE_PAGE[4:]
 _SEQ_HALF = (PCI_BARRIER_SEQ_MASK + 1) // 2
+_TAG_BITS = 0xFFFF_FFFF & ~PCI_BARRIER_SEQ_MASK  # of word 0: the library's tag
 
 LATENCY_SAMPLES = 4096
 
@@ -98,6 +99,7 @@ class BarrierPage(WatchedPage):
         self.word0_at = ctypes.addressof(view)
         del view
         self.count = 0
+        self._device_stats = xef.device.stats  # counted in there too, at every look
         self._last_seq = 0
         self.ack_bounds: list[float] = []  # write-to-restore latency, upper bounds (s)
 
@@ -147,7 +149,7 @@ class BarrierPage(WatchedPage):
             counted = 0
         else:
             counted = 0
-            if word0 & ~PCI_BARRIER_SEQ_MASK == PCI_BARRIER_SEQ_TAG:
+            if word0 & _TAG_BITS == PCI_BARRIER_SEQ_TAG:
                 # the client library's running number: every write since the last look
                 # counts (rewriting the last number is idempotent, so a store the restore
                 # raced with can be repeated safely)
@@ -163,7 +165,7 @@ class BarrierPage(WatchedPage):
             self.view[4:] = _IDLE_REST
         if counted:
             self.count += counted
-            self.file.device.stats["barriers"] += counted
+            self._device_stats["barriers"] += counted
             if len(self.ack_bounds) < LATENCY_SAMPLES:
                 self.ack_bounds.append(now - since)
         return True
