@@ -13,8 +13,8 @@ from pathlib import Path
 from protocols import MAX_DATAGRAM, MAX_FDS, pack_fds, unpack_fds
 from protocols.cli import connect_failure, connect_timeout, socket_path
 
-_ANC_SPACE = socket.CMSG_SPACE(MAX_FDS * 4)
-_MSG_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)  # an IntFlag costs a conversion per call
+ANC_SPACE = socket.CMSG_SPACE(MAX_FDS * 4)  # room for the most descriptors a message carries
+RECV_FLAGS = int(socket.MSG_CMSG_CLOEXEC)  # a plain int: an IntFlag costs a conversion per call
 _BACKLOG_PAUSE = 0.01  # seconds between two connects while the daemon's backlog is full
 
 
@@ -44,6 +44,11 @@ def unreachable(
     filename is the socket path and whose strerror says what to check."""
     group = _group_of(Path(path)) if code in (errno.EACCES, errno.EPERM) else None
     return OSError(code, connect_failure(code, group, timeout), os.fspath(path))
+
+
+def unpack_received(ancdata: list[tuple[int, int, bytes]]) -> tuple[int, ...]:
+    fds, _junk = unpack_fds(ancdata)
+    return tuple(fds)
 
 
 class SeqpacketTransport:
@@ -92,12 +97,11 @@ class SeqpacketTransport:
 
     def recv(self) -> tuple[bytes, tuple[int, ...]]:
         """One datagram and the descriptors that came with it (b"" at EOF)."""
-        data, ancdata, _flags, _ = self.sock.recvmsg(MAX_DATAGRAM, _ANC_SPACE, _MSG_CMSG_CLOEXEC)
+        data, ancdata, _flags, _ = self.sock.recvmsg(MAX_DATAGRAM, ANC_SPACE, RECV_FLAGS)
         self.bytes_received += len(data)
         if not ancdata:  # most replies
             return data, ()
-        fds, _junk = unpack_fds(ancdata)
-        return data, tuple(fds)
+        return data, unpack_received(ancdata)
 
     def close(self) -> None:
         self.sock.close()
