@@ -47,6 +47,7 @@ def unreachable(
 
 
 def unpack_received(ancdata: list[tuple[int, int, bytes]]) -> tuple[int, ...]:
+    """The descriptors a reply's ancillary data carries (anything else in it is dropped)."""
     fds, _junk = unpack_fds(ancdata)
     return tuple(fds)
 

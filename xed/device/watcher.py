@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 
 _log = structlog.get_logger("xed")
 FAST_LOOK = 0.0002  # seconds between looks while writes keep coming, at the least
-LOOK_RATIO = 14  # ... and at least this many times the CPU it took since it last slept:
+LOOK_RATIO = 14  # ... and at least this many times the CPU a look takes, on average:
 # many busy pages make each look dearer, and looking more than ~1/LOOK_RATIO of a core buys
 # little (12 left the daemon at 10% of a core under 8 writers, the ceiling)
 COST_WEIGHT = 1 / 8  # what one look's CPU counts for in the running average of them
