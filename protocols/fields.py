@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import linecache
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -318,3 +319,15 @@ def generate(qualname: str, head: str, body: list[str], g: dict[str, Any]) -> An
     function = g[head.partition("(")[0]]
     function.__qualname__ = qualname
     return function
+
+
+_T = typing.TypeVar("_T")
+
+
+@typing.dataclass_transform(frozen_default=True, kw_only_default=True)
+def frozen(cls: type[_T]) -> type[_T]:
+    """attrs.frozen(kw_only=True), spelled so that type checkers see each record's __init__;
+    its methods are ours (written at their first call)."""
+    record_cls = attrs.frozen(kw_only=True, repr=False, eq=False, slots=False)(cls)
+    generate_methods(record_cls)
+    return record_cls

@@ -32,6 +32,16 @@ def test_every_op_and_event_has_a_spec_and_a_section() -> None:
         assert f"### {event.name} ({event.value})\n" in text, event.name
 
 
+def test_an_op_in_two_tables_is_refused() -> None:
+    """The op table is assembled from one module per family: an op listed twice stops
+    the import instead of one entry silently replacing the other."""
+    from protocols.ops import _index, admin
+
+    assert _index(admin.SPECS) == {spec.op: spec for spec in admin.SPECS}
+    with pytest.raises(ValueError, match="ADMIN_STATUS is in the op table twice"):
+        _index(admin.SPECS, admin.SPECS[:1])
+
+
 def test_render_is_deterministic() -> None:
     """Rendering twice gives the same text."""
     assert reference.render() == reference.render()

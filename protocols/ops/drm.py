@@ -1,0 +1,272 @@
+"""The DRM core's ioctls (VERSION, GEM names, binary syncobjs, PRIME) and the dma-buf
+file's, with xed's handshake, which opens the drm file."""
+
+from __future__ import annotations
+
+from errno import (
+    EACCES,
+    EBADF,
+    EINVAL,
+    EMFILE,
+    ENODEV,
+    ENOENT,
+    ENOMEM,
+    EPERM,
+    EPROTO,
+    ETIME,
+)
+
+from .. import messages as m
+from .spec import ANY_ROLE, EXPORTED, GONE, LENT, RESERVE, RESERVE_FD, Op, OpSpec, Role
+
+SPECS: tuple[OpSpec, ...] = (
+    OpSpec(
+        op=Op.HELLO,
+        request=m.Hello,
+        reply=m.HelloReply,
+        roles=ANY_ROLE,
+        doc=(
+            "Handshake. Must be the first message; chooses the connection's role. Role "
+            "drm opens a new drm file on the node named and answers with its token; "
+            "with `join` the connection is instead a channel of the live drm file the "
+            "token names: its requests act on that file and are answered on the "
+            "channel, closing it releases nothing of the file, and the file's release "
+            "(its own connection's last close) closes it."
+        ),
+        errors=(
+            (EPROTO, "incompatible major version"),
+            (EINVAL, "unknown role (or `peer`, which is not a connection role)"),
+            (EINVAL, "node neither primary nor render"),
+            (EINVAL, "join with a role other than drm"),
+            (EACCES, "the peer's credentials do not allow this role ([admin], [aux])"),
+            (ENOENT, "join: no live drm file has that token (it was released)"),
+            (EACCES, "join: the drm file was opened by another uid, and we are not root"),
+            (
+                EMFILE,
+                "the daemon has no descriptor left for the connection: it answers, then hangs up",
+            ),
+            (
+                EMFILE,
+                "this uid has limits.connections_per_uid connections open already "
+                "(every role, channels too): it answers, then hangs up",
+            ),
+        ),
+    ),
+    OpSpec(
+        op=Op.VERSION,
+        request=m.DrmVersion,
+        reply=m.DrmVersionReply,
+        roles=ANY_ROLE,
+        doc="DRM_IOCTL_VERSION: driver name and version. The cheapest ioctl there is.",
+        errors=(),
+    ),
+    OpSpec(
+        op=Op.GEM_CLOSE,
+        request=m.DrmGemClose,
+        reply=m.Empty,
+        doc="Release a GEM handle; the object lives on while VMAs or mappings hold it.",
+        errors=((EINVAL, "no such handle (pad is not checked, as in DRM)"),),
+    ),
+    OpSpec(
+        op=Op.GEM_FLINK,
+        request=m.DrmGemFlink,
+        reply=m.DrmGemFlinkReply,
+        render_allow=False,
+        doc=(
+            "A global name for the object behind a handle: the same name for every "
+            "FLINK of the object, until its last handle (in any file) is closed. "
+            "GEM_OPEN by a file of another uid than every flinker's finds no such name "
+            "(xed: the kernel asks for DRM authentication instead)."
+        ),
+        errors=((ENOENT, "no such handle"),),
+    ),
+    OpSpec(
+        op=Op.GEM_OPEN,
+        request=m.DrmGemOpen,
+        reply=m.DrmGemOpenReply,
+        render_allow=False,
+        doc=(
+            "A new handle to the object a global name names (a new one each time; "
+            "PRIME_FD_TO_HANDLE of the object's dma-buf still gives the handle it "
+            "registered, as drm_prime does)."
+        ),
+        errors=(
+            (ENOENT, "no such name (never given, or the object's last handle closed)"),
+            (ENOENT, "a name only files of other uids flinked, and we are not root"),
+            (ENOMEM, "limits.bos: this client holds that many GEM handles already"),
+        ),
+    ),
+    OpSpec(
+        op=Op.SYNCOBJ_CREATE,
+        request=m.DrmSyncobjCreate,
+        reply=m.DrmSyncobjCreateReply,
+        doc=(
+            "DRM_IOCTL_SYNCOBJ_CREATE: a binary syncobj of this file, empty or holding "
+            "a signalled fence (SIGNALED). An EXEC or VM_BIND sync of type SYNCOBJ "
+            "puts its job's fence in it (SIGNAL) or waits for the fence it holds."
+        ),
+        errors=((EINVAL, "flags other than SIGNALED"),),
+    ),
+    OpSpec(
+        op=Op.SYNCOBJ_DESTROY,
+        request=m.DrmSyncobjDestroy,
+        reply=m.Empty,
+        doc="DRM_IOCTL_SYNCOBJ_DESTROY: drop the handle (a job holding its fence goes on).",
+        errors=((EINVAL, "pad not zero"), (EINVAL, "no such handle")),
+    ),
+    OpSpec(
+        op=Op.SYNCOBJ_WAIT,
+        request=m.DrmSyncobjWait,
+        reply=m.DrmSyncobjWaitReply,
+        blocking=True,
+        doc=(
+            "DRM_IOCTL_SYNCOBJ_WAIT: until one (or, WAIT_ALL, every) syncobj's fence is "
+            "signalled, or the absolute CLOCK_MONOTONIC timeout_nsec passes. Without "
+            "WAIT_FOR_SUBMIT an empty syncobj is EINVAL; with it, the wait also waits "
+            "for a fence to be put in."
+        ),
+        errors=(
+            (EINVAL, "flags other than WAIT_ALL, WAIT_FOR_SUBMIT, WAIT_DEADLINE"),
+            (EINVAL, "no handles"),
+            (ENOENT, "a handle names no syncobj of this file"),
+            (EINVAL, "a syncobj holds no fence (without WAIT_FOR_SUBMIT)"),
+            (ETIME, "the timeout passed"),
+            (ENOMEM, "[limits] fence_waits waits of this connection asleep already (xed)"),
+        ),
+    ),
+    OpSpec(
+        op=Op.SYNCOBJ_RESET,
+        request=m.DrmSyncobjArray,
+        reply=m.Empty,
+        doc="DRM_IOCTL_SYNCOBJ_RESET: each syncobj drops its fence (empty again).",
+        errors=(
+            (EINVAL, "pad not zero"),
+            (EINVAL, "no handles"),
+            (ENOENT, "a handle names no syncobj of this file (none is reset)"),
+        ),
+    ),
+    OpSpec(
+        op=Op.SYNCOBJ_SIGNAL,
+        request=m.DrmSyncobjArray,
+        reply=m.Empty,
+        doc="DRM_IOCTL_SYNCOBJ_SIGNAL: each syncobj holds a signalled fence from now on.",
+        errors=(
+            (EINVAL, "pad not zero"),
+            (EINVAL, "no handles"),
+            (ENOENT, "a handle names no syncobj of this file (none is signalled)"),
+        ),
+    ),
+    OpSpec(
+        op=Op.PRIME_HANDLE_TO_FD,
+        request=m.DrmPrimeHandle,
+        reply=m.DrmPrimeHandleReply,
+        fds_out=1,
+        doc=(
+            "Export a BO as a dma-buf descriptor. The same BO gives the same dma-buf "
+            "(same inode) while it has handles; a foreign import re-exports the original."
+        ),
+        errors=(
+            (EINVAL, "flags other than DRM_CLOEXEC | DRM_RDWR"),
+            (ENOENT, "no such handle"),
+            (EPERM, "the BO is private to a VM"),
+            RESERVE_FD,
+            EXPORTED,
+        ),
+    ),
+    OpSpec(
+        op=Op.PRIME_FD_TO_HANDLE,
+        request=m.DrmPrimeHandle,
+        reply=m.DrmPrimeHandleReply,
+        fds_in=1,
+        blocking=True,
+        doc=(
+            "Import a dma-buf. One of this device: the object itself (the exporting file "
+            "gets its own handle back). One of another xed daemon: a foreign import "
+            "whose pages stay the exporter's."
+        ),
+        errors=(
+            (EBADF, "a closed descriptor: sendmsg(2) refuses it in the caller"),
+            LENT,
+            GONE,
+            (EINVAL, "the descriptor is not a dma-buf (a memfd, a pipe, a VM fd, ...)"),
+            (EINVAL, "another daemon's descriptor that does not answer as a dma-buf"),
+            (
+                EINVAL,
+                "a foreign answer with untrusted memory: not a memfd on shmem, not "
+                "sealed F_SEAL_SHRINK, smaller than the size claimed; a size zero, "
+                "unaligned or beyond the device",
+            ),
+            RESERVE,
+            (ENOMEM, "limits.bos: a new handle while this client holds that many"),
+        ),
+    ),
+    OpSpec(
+        op=Op.DMA_BUF_MMAP,
+        request=m.XedMmap,
+        reply=m.XedMmapReply,
+        fds_in=1,
+        fds_out=1,
+        blocking=True,
+        doc=(
+            "mmap(2) of the attached dma-buf (`offset` is the offset into the buffer); "
+            "works for any holder of the descriptor, handle or not."
+        ),
+        errors=(
+            LENT,
+            (EINVAL, "the descriptor is not a dma-buf (or answers with untrusted memory)"),
+            GONE,
+            (EINVAL, "length zero or offset not page aligned"),
+            (EINVAL, "flags not exactly one of MAP_SHARED / MAP_PRIVATE, unknown prot"),
+            (EINVAL, "offset + length beyond the buffer"),
+            (EINVAL, "a private (copy-on-write) mapping"),
+            (EACCES, "a writable mapping of a dma-buf exported without DRM_RDWR"),
+            RESERVE_FD,
+        ),
+    ),
+    OpSpec(
+        op=Op.DMA_BUF_IOCTL_SYNC,
+        request=m.DmaBufSync,
+        reply=m.Empty,
+        fds_in=1,
+        blocking=True,
+        doc="Begin (START) or end (END) CPU access to the attached dma-buf.",
+        errors=(
+            LENT,
+            (EINVAL, "the descriptor is not a dma-buf (or answers with untrusted memory)"),
+            GONE,
+            (EINVAL, "flags outside DMA_BUF_SYNC_VALID_FLAGS_MASK"),
+            (EINVAL, "neither READ nor WRITE"),
+        ),
+    ),
+    OpSpec(
+        op=Op.DMA_BUF_LLSEEK,
+        request=m.DmaBufLlseek,
+        reply=m.DmaBufLlseekReply,
+        fds_in=1,
+        blocking=True,
+        doc="lseek(2) on the attached dma-buf: (0, SEEK_END) tells its size.",
+        errors=(
+            LENT,
+            (EINVAL, "the descriptor is not a dma-buf (or answers with untrusted memory)"),
+            GONE,
+            (EINVAL, "anything but offset 0 with SEEK_SET or SEEK_END"),
+        ),
+    ),
+    OpSpec(
+        op=Op.DMA_BUF_ATTACH,
+        request=m.DmaBufAttach,
+        reply=m.DmaBufAttachReply,
+        roles=frozenset({Role.PEER}),
+        fds_out=1,
+        doc=(
+            "Spoken on a dma-buf's own descriptor by another daemon importing it: the "
+            "exporter answers with its memory (zero copy). Not valid on a connection."
+        ),
+        errors=(
+            (EINVAL, "the descriptor is not a dma-buf (e.g. an exported VM)"),
+            (ENODEV, "a dma-buf of a device since unplugged"),
+            (ENOMEM, "the exporter cannot open its memory (out of descriptors or memory)"),
+            (EMFILE, "the peer left answers with memory unread (a few may be in flight)"),
+        ),
+    ),
+)
