@@ -61,6 +61,7 @@ from .barrier import PciBarrier
 from .errors import XeError
 from .host_memory import HostMemory
 from .mapping import Mapping
+from .roles import RoleOps
 from .rpc import RpcConnection
 from .transport import SeqpacketTransport, unreachable
 
@@ -98,7 +99,7 @@ def _renamed(deprecated: dict[str, int], where: str, size: int | None) -> int | 
     return size
 
 
-class Device:
+class Device(RoleOps):
     """One connection to the daemon: the equivalent of an open render node."""
 
     def __init__(
@@ -580,35 +581,6 @@ class Device:
         _reply, (fd,) = self.ioctl_fds(Op.XE_VM_EXPORT, args)
         return fd
 
-    # --- the auxiliary driver's side (role "aux") --------------------------------------------
-    def aux_vm_import(self, vm_fd: int, on_behalf_of_pid: int) -> m.XedAuxVmImportReply:
-        reply: m.XedAuxVmImportReply = self.ioctl(
-            Op.AUX_VM_IMPORT, m.XedAuxVmImport(on_behalf_of_pid=on_behalf_of_pid), fds=[vm_fd]
-        )
-        return reply
-
-    def aux_vm_resolve(
-        self, vm_handle: int, va: int, length: int
-    ) -> tuple[tuple[m.XedAuxSpan, ...], tuple[int, ...]]:
-        """The spans behind [va, va+length) and one descriptor per BO or host memory
-        (caller closes)."""
-        reply, fds = self.ioctl_fds(
-            Op.AUX_VM_RESOLVE, m.XedAuxVmResolve(vm_handle=vm_handle, va=va, length=length)
-        )
-        return reply.spans, fds
-
-    def aux_vm_unwatch(self, vm_handle: int, va: int, length: int) -> None:
-        self.ioctl(Op.AUX_VM_UNWATCH, m.XedAuxVmRange(vm_handle=vm_handle, va=va, length=length))
-
-    def aux_vm_release(self, vm_handle: int) -> None:
-        self.ioctl(Op.AUX_VM_RELEASE, m.XedAuxVmRelease(vm_handle=vm_handle))
-
-    def aux_vm_invalidate_done(self, vm_handle: int, seqno: int) -> None:
-        """Every range invalidated up to `seqno` is let go (a host-memory change waits)."""
-        self.ioctl(
-            Op.AUX_VM_INVALIDATE_DONE, m.XedAuxVmInvalidateDone(vm_handle=vm_handle, seqno=seqno)
-        )
-
     def wait_event(self, timeout: float | None = None) -> EventMessage:
         """The next event from the daemon (queued ones first); TimeoutError if none came."""
         return self.rpc.wait_event(timeout)
@@ -627,32 +599,6 @@ class Device:
             op=DRM_XE_VM_BIND_OP_MAP_USERPTR, flags=flags,
         )  # fmt: skip
         self.vm_bind_ops(vm, [op])
-
-    # --- the debugger's side (role "debugger") ------------------------------------------------
-    def debug_attach(self, pid: int) -> m.XedDebugAttachReply:
-        reply: m.XedDebugAttachReply = self.ioctl(Op.DEBUG_ATTACH, m.XedDebugAttach(pid=pid))
-        return reply
-
-    def debug_detach(self, pid: int) -> None:
-        self.ioctl(Op.DEBUG_DETACH, m.XedDebugDetach(pid=pid))
-
-    def debug_vm_read(self, client_id: int, vm: int, addr: int, length: int) -> bytes:
-        """The bytes at addr: fewer than `length` if the read met a binding it could
-        not reach after the first (pread's short count)."""
-        reply: m.XedDebugVmAccessReply = self.ioctl(
-            Op.DEBUG_VM_ACCESS,
-            m.XedDebugVmAccess(client_id=client_id, vm_id=vm, addr=addr, length=length),
-        )
-        return reply.data
-
-    def debug_vm_write(self, client_id: int, vm: int, addr: int, data: bytes) -> int:
-        """Write `data` at addr; return the bytes written: fewer than len(data) if the
-        write met a binding it could not reach after the first (pwrite's short count)."""
-        reply: m.XedDebugVmAccessReply = self.ioctl(
-            Op.DEBUG_VM_ACCESS,
-            m.XedDebugVmAccess(client_id=client_id, vm_id=vm, addr=addr, write=1, data=data),
-        )
-        return reply.length
 
     # --- exec queues and execution ----------------------------------------------------------
     def exec_queue_create(
@@ -699,18 +645,3 @@ class Device:
             ),
         )  # fmt: skip
         return reply.timeout
-
-    # --- admin ------------------------------------------------------------------------------
-    def admin_status(self) -> m.XedAdminStatusReply:
-        reply: m.XedAdminStatusReply = self.ioctl(Op.ADMIN_STATUS, m.XedAdminStatus())
-        return reply
-
-    def admin_clients(self) -> tuple[m.XedClientInfo, ...]:
-        reply: m.XedAdminClientsReply = self.ioctl(Op.ADMIN_CLIENTS, m.XedAdminClients())
-        return reply.clients
-
-    def admin_unplug(self) -> None:
-        self.ioctl(Op.ADMIN_UNPLUG, m.XedAdminUnplug())
-
-    def admin_replug(self) -> None:
-        self.ioctl(Op.ADMIN_REPLUG, m.XedAdminReplug())
