@@ -16,10 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Gpu
 
 from clients import Device
 from clients.daemon import DaemonProcess
+
+# the support modules the tests share: their asserts explain a failure as a test's own do
+pytest.register_assert_rewrite(
+    "agent", "debugger_support", "dma_buf_support", "helpers", "ib_support"
+)
+from helpers import Gpu  # noqa: E402  (after the registration, or it has no effect)
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,8 +13,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from agent import Agent, agent_pool
 from conftest import baseline
-from test_dma_buf import Agent, agent_pool, exported, ino, wait_for
+from dma_buf_support import exported, ino, wait_for
 
 from clients import Device
 from clients.daemon import DaemonProcess

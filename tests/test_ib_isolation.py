@@ -6,7 +6,7 @@ post to it. lkeys and rkeys are random secrets, so a counted or guessed rkey rea
 nothing. A region is registered with the least access unless its owner asks for more.
 
 The victim is root (the test process); the attacker is a child forked from the test
-process that drops to uid 65534 (tests/test_debugger.py's NobodyChild) and reaches the
+process that drops to uid 65534 (tests/helpers.py's NobodyChild) and reaches the
 daemon's and the aux driver's sockets, which sit side by side, through their group.
 """
 
@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from test_debugger import NOBODY, NobodyChild, needs_root, open_to_nobody
-from test_ib import (
+from helpers import NOBODY, NobodyChild, needs_root, open_to_nobody
+from ib_support import (
     ANSWER,
     BASE,
     ELSEWHERE,

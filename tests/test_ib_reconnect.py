@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from conftest import ROOT, _check_log
-from test_ib import (
+from ib_support import (
     ANSWER,
     BASE,
     SIZE,

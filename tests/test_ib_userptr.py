@@ -2,7 +2,7 @@
 maps those very pages, nothing pinned. Before that memory changes (`host.replace`,
 `host.free`) the aux driver lets the pages go (mr_evicted) and acknowledges; the next work
 request faults the region in again (mr_faulted) or, the pages freed, completes with an
-error. Real processes, with test_ib's App, fixtures and helpers; whether the aux driver
+error. Real processes, with ib_support's App, fixtures and helpers; whether the aux driver
 still maps host memory is read from its /proc/<pid>/maps.
 """
 
@@ -17,11 +17,11 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import ib_support
 import pytest
-import test_ib
+from agent import Agent
 from conftest import baseline
-from test_dma_buf import Agent
-from test_ib import (
+from ib_support import (
     ANSWER,
     BASE,
     ELSEWHERE,
@@ -64,8 +64,13 @@ from protocols.constants import (
 )
 from protocols.memfd import F_SEAL_FUTURE_WRITE
 
-# test_ib's fixtures, for this module's tests too (an aux driver of this module's own)
-agents, apps, aux_driver, verbs = test_ib.agents, test_ib.apps, test_ib.aux_driver, test_ib.verbs
+# ib_support's fixtures, for this module's tests too (an aux driver of this module's own)
+agents, apps, aux_driver, verbs = (
+    ib_support.agents,
+    ib_support.apps,
+    ib_support.aux_driver,
+    ib_support.verbs,
+)
 
 MR_EVENTS = ("mr_evicted", "mr_faulted", "mr_fault_failed", "mr_invalidated")
 
@@ -162,7 +167,7 @@ def remote_userptr_app(agent: Agent, verbs: Path, fill: bytes) -> dict[str, int]
         f"""
         import sys
         sys.path.insert(0, {TESTS!r})
-        from test_ib import App, BASE
+        from ib_support import App, BASE
         b = App(dev, [])
         host = dev.host_memory({len(fill)})
         host[0:{len(fill)}] = bytes.fromhex({fill.hex()!r})

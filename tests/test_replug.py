@@ -13,8 +13,8 @@ import os
 from collections.abc import Callable, Iterator
 
 import pytest
+from agent import Agent, agent_pool
 from conftest import Holder, baseline
-from test_dma_buf import Agent, agent_pool
 from test_unplug import IOCTLS, TIMEOUT, hello_errno, ioctl_errnos, wait_until
 
 from clients import Device

@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from agent import Agent, agent_pool
 from conftest import Holder
-from test_dma_buf import Agent, agent_pool
 from test_fence_waits import _read_reply, _send_wait
 from test_unplug import TIMEOUT, UNWATCHED_WINDOW
 

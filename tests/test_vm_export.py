@@ -4,7 +4,7 @@ export holds (the VM object only: the VM closes with the file that created it), 
 may be an aux driver.
 
 The test process plays the application and, on a connection of role `aux`, the auxiliary
-driver; other applications are spawned agent processes (tests/test_dma_buf.py) that hand
+driver; other applications are spawned agent processes (tests/agent.py) that hand
 descriptors to the test over SCM_RIGHTS. AUX_VM_IMPORT / RESOLVE and the invalidation
 events are in test_vm_export_aux.py.
 """
@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from agent import Agent, agent_pool
 from conftest import baseline
-from test_dma_buf import Agent, agent_pool
 
 from clients import Batch, Device, user_fence
 from clients.daemon import DaemonProcess

@@ -21,8 +21,8 @@ from typing import Any
 
 import attrs
 import pytest
+from agent import Agent, agent_pool
 from conftest import baseline
-from test_dma_buf import Agent, agent_pool
 from test_vm_export import (
     BASE,
     BATCH_VA,
