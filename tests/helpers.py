@@ -218,7 +218,7 @@ class ForkedChild:
 
 
 def open_to_nobody(daemon: DaemonProcess) -> str:
-    """Let uid 65534 reach the daemon's socket (as tests/test_robustness.py does)."""
+    """Let uid 65534 reach the daemon's socket (as tests/test_hello_roles.py does)."""
     path = daemon.socket_path
     os.chmod(path.parent, 0o711)  # nobody may look the socket up in its directory
     os.chown(path, 0, NOBODY)  # and connect to it through the group bits (mode 0660)

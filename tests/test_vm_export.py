@@ -5,8 +5,8 @@ may be an aux driver.
 
 The test process plays the application and, on a connection of role `aux`, the auxiliary
 driver; other applications are spawned agent processes (tests/agent.py) that hand
-descriptors to the test over SCM_RIGHTS. AUX_VM_IMPORT / RESOLVE and the invalidation
-events are in test_vm_export_aux.py.
+descriptors to the test over SCM_RIGHTS. AUX_VM_IMPORT is in test_vm_export_aux.py,
+AUX_VM_RESOLVE and the invalidation events in test_vm_export_resolve.py.
 """
 
 from __future__ import annotations
