@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import pytest
 from conftest import spawn_client
 
 from clients import fdpass
@@ -163,7 +162,3 @@ def agent_pool() -> Iterator[Callable[[DaemonProcess], Agent]]:
         agent.close()
 
 
-@pytest.fixture
-def agents() -> Iterator[Callable[[DaemonProcess], Agent]]:
-    """Start agents connected to a daemon; they are ended (and checked) after the test."""
-    yield from agent_pool()

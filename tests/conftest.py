@@ -96,6 +96,15 @@ def make_daemon(tmp_path: Path) -> Iterator[Any]:
 
 
 @pytest.fixture
+def agents() -> Iterator[Any]:
+    """Start agent processes (tests/agent.py) connected to a daemon: `agents(daemon)`
+    gives one; they are ended, and checked, after the test."""
+    from agent import agent_pool  # here, not at the top: agent.py imports this module
+
+    yield from agent_pool()
+
+
+@pytest.fixture
 def gpu(dev: Device) -> Iterator[Gpu]:
     """A VM with a batch BO bound and an exec queue, on `dev` (helpers.Gpu)."""
     g = Gpu(dev)

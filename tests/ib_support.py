@@ -19,7 +19,7 @@ from typing import Any
 
 import attrs
 import pytest
-from agent import Agent, agent_pool
+from agent import Agent
 from conftest import baseline
 
 from clients import Batch, Device, XeError, user_fence
@@ -297,11 +297,6 @@ def apps(daemon: DaemonProcess) -> Iterator[Callable[..., App]]:
         app.close()
         app.dev.close()
 
-
-@pytest.fixture
-def agents() -> Iterator[Callable[[DaemonProcess], Agent]]:
-    """Start agent processes connected to a daemon; ended (and checked) after the test."""
-    yield from agent_pool()
 
 
 @attrs.define

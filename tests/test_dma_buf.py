@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import agent
 from agent import Agent
 from conftest import baseline
 from dma_buf_support import BASE, BATCH, SIZE, errno_of, exported, ino, wait_for
@@ -32,9 +31,6 @@ from protocols.constants import (
     DRM_CLOEXEC,
     PAGE_SIZE,
 )
-
-agents = agent.agents  # the fixture, for this module's tests
-
 
 # --- PRIME between processes (IGT prime_self_import / prime_mmap scenarios) ----------------
 

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import agent
 import pytest
 from agent import Agent
 from dma_buf_support import RW, SIZE, errno_of, exported, ino
@@ -42,9 +41,6 @@ from protocols.constants import (
     SEEK_END,
     SEEK_SET,
 )
-
-agents = agent.agents  # the fixture, for this module's tests
-
 
 # --- helpers --------------------------------------------------------------------------------
 

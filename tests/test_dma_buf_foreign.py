@@ -15,7 +15,6 @@ import os
 import signal
 from collections.abc import Callable
 
-import agent
 from agent import Agent
 from conftest import baseline
 from dma_buf_support import BASE, BATCH, SIZE, exported, ino, wait_for
@@ -23,9 +22,6 @@ from dma_buf_support import BASE, BATCH, SIZE, exported, ino, wait_for
 from clients import Device
 from clients.daemon import DaemonProcess
 from protocols.constants import DRM_CLOEXEC, PAGE_SIZE
-
-agents = agent.agents  # the fixture, for this module's tests
-
 
 FOREIGN_EXEC = f"""
 (fd,) = fds

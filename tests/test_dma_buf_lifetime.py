@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import pytest
-from agent import Agent, agent_pool
+from agent import Agent
 from conftest import baseline
 from dma_buf_support import exported, ino, wait_for
 
@@ -25,11 +24,6 @@ GiB = 1 << 30
 MiB = 1 << 20
 LEAK_CYCLES = 10_000
 
-
-@pytest.fixture
-def agents() -> Iterator[Callable[[DaemonProcess], Agent]]:
-    """Start agents connected to a daemon; they are ended (and checked) after the test."""
-    yield from agent_pool()
 
 
 def held(daemon: DaemonProcess, before: tuple[int, Any], **extra: int) -> None:

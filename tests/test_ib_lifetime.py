@@ -53,8 +53,7 @@ from protocols import messages as m
 from protocols.constants import IBV_WC_RETRY_EXC_ERR, IBV_WC_SUCCESS, IBV_WR_RDMA_WRITE
 
 # ib_support's fixtures, for this module's tests (an aux driver of this module's own)
-agents, apps, aux_driver, pair, verbs = (
-    ib_support.agents,
+apps, aux_driver, pair, verbs = (
     ib_support.apps,
     ib_support.aux_driver,
     ib_support.pair,

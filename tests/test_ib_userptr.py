@@ -65,8 +65,7 @@ from protocols.constants import (
 from protocols.memfd import F_SEAL_FUTURE_WRITE
 
 # ib_support's fixtures, for this module's tests too (an aux driver of this module's own)
-agents, apps, aux_driver, verbs = (
-    ib_support.agents,
+apps, aux_driver, verbs = (
     ib_support.apps,
     ib_support.aux_driver,
     ib_support.verbs,

@@ -52,8 +52,7 @@ from protocols.constants import (
 )
 
 # ib_support's fixtures, for this module's tests (an aux driver of this module's own)
-agents, apps, aux_driver, pair, verbs = (
-    ib_support.agents,
+apps, aux_driver, pair, verbs = (
     ib_support.apps,
     ib_support.aux_driver,
     ib_support.pair,

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-import pytest
-from agent import Agent, agent_pool
+from agent import Agent
 from conftest import Holder, baseline
 from test_unplug import IOCTLS, TIMEOUT, hello_errno, ioctl_errnos, wait_until
 
@@ -26,11 +25,6 @@ from protocols.constants import (
     XE_INFO_DEVICE_ID,
 )
 from tests.helpers import errno_of
-
-
-@pytest.fixture
-def agents() -> Iterator[Callable[[DaemonProcess], Agent]]:
-    yield from agent_pool()
 
 
 def replugged(daemon: DaemonProcess) -> None:

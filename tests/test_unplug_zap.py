@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import pytest
-from agent import Agent, agent_pool
+from agent import Agent
 from conftest import Holder
 from test_fence_waits import _read_reply, _send_wait
 from test_unplug import TIMEOUT, UNWATCHED_WINDOW
@@ -26,10 +25,6 @@ from protocols.constants import PAGE_SIZE, PCI_BARRIER_IDLE
 
 WAITED = f"assert dev.wait_unplugged({TIMEOUT})\n"
 
-
-@pytest.fixture
-def agents() -> Iterator[Callable[[DaemonProcess], Agent]]:
-    yield from agent_pool()
 
 
 def counted(admin: Device, client_id: int) -> tuple[int, int, int]:

@@ -18,12 +18,12 @@ import os
 import socket
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from agent import Agent, agent_pool
+from agent import Agent
 from conftest import baseline
 
 from clients import Batch, Device, user_fence
@@ -110,11 +110,6 @@ def read_through_resolve(aux: Device, handle: int, va: int, length: int) -> byte
         for fd in fds:
             os.close(fd)
 
-
-@pytest.fixture
-def agents() -> Iterator[Callable[[DaemonProcess], Agent]]:
-    """Start agent processes connected to a daemon; ended (and checked) after the test."""
-    yield from agent_pool()
 
 
 # --- XE_VM_EXPORT ------------------------------------------------------------------------------

@@ -14,12 +14,12 @@ import errno
 import os
 import socket
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 import pytest
-from agent import Agent, agent_pool
+from agent import Agent
 from conftest import baseline
 from test_vm_export import (
     BASE,
@@ -51,11 +51,6 @@ VA_BITS = 48  # the default device's
 ELSEWHERE = 0x5_0000_0000  # far from BASE
 SENTINEL = 0x7_0000_0000  # far from both: marks the end of a test's events
 
-
-@pytest.fixture
-def agents() -> Iterator[Callable[[DaemonProcess], Agent]]:
-    """Start agent processes connected to a daemon; ended (and checked) after the test."""
-    yield from agent_pool()
 
 
 def export_import(dev: Device, aux: Device, vm: int) -> m.XedAuxVmImportReply:
