@@ -50,7 +50,6 @@ class RpcConnection:
         general path and a reply envelope built and read cost more than their code
         suggests: about a fifth of the library's time."""
         self._next_id = request_id = self._next_id % 0xFFFF_FFFF + 1
-        heard = len(self.events)
         request = REQUEST_ENCODERS[op](request_id, args)  # encode_request(), one call
         transport = self.transport
         try:
@@ -68,15 +67,17 @@ class RpcConnection:
             # EPIPE, ECONNRESET: nobody is listening any more, or it died with our
             # request unread
             gone = DaemonGone(f"{self._peer} is gone ({exc.strerror})")
-            raise self._last_word(op, heard) or gone from exc
+            raise self._last_word(op, len(self.events)) or gone from exc
         try:
-            try:
-                record = REPLY_READERS[op](data, received, request_id)  # reply_record()
-            except ProtocolError as exc:
-                _close(received)
-                raise DaemonGone(f"protocol error from {self._peer}: {exc}") from exc
-            if record is not None:
-                return record, received
+            record = REPLY_READERS[op](data, received, request_id)  # reply_record()
+        except ProtocolError as exc:
+            _close(received)
+            gone = DaemonGone(f"protocol error from {self._peer}: {exc}")
+            raise self._last_word(op, len(self.events)) or gone from exc
+        if record is not None:
+            return record, received
+        heard = len(self.events)  # those before this call's: any it reads are queued after
+        try:
             pending = {request_id: op}
             message = self._decode(data, received, pending)
             while type(message) is EventMessage:
