@@ -9,12 +9,11 @@ stands in for. Every refusal raises XeError carrying the kernel's errno.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import mmap
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -30,12 +29,6 @@ from protocols import (
 )
 from protocols.cli import connect_timeout, socket_path
 from protocols.constants import (
-    DMA_BUF_SYNC_END,
-    DMA_BUF_SYNC_READ,
-    DMA_BUF_SYNC_RW,
-    DMA_BUF_SYNC_START,
-    DRM_CLOEXEC,
-    DRM_RDWR,
     DRM_XE_GEM_CPU_CACHING_WB,
     DRM_XE_GEM_CPU_CACHING_WC,
     DRM_XE_MEM_REGION_CLASS_VRAM,
@@ -49,7 +42,6 @@ from protocols.constants import (
     PAGE_SIZE,
     PROT_READ,
     PROT_WRITE,
-    SEEK_END,
     XE_PLACEMENT_SYSMEM,
     EngineClass,
     Query,
@@ -61,6 +53,7 @@ from .barrier import PciBarrier
 from .errors import XeError
 from .host_memory import HostMemory
 from .mapping import Mapping
+from .prime import PrimeOps
 from .roles import RoleOps
 from .rpc import RpcConnection
 from .transport import SeqpacketTransport, unreachable
@@ -99,7 +92,7 @@ def _renamed(deprecated: dict[str, int], where: str, size: int | None) -> int | 
     return size
 
 
-class Device(RoleOps):
+class Device(PrimeOps, RoleOps):
     """One connection to the daemon: the equivalent of an open render node."""
 
     def __init__(
@@ -450,70 +443,6 @@ class Device(RoleOps):
         repeated number once) and wait for the page to read 0xdeadbeef again."""
         if self._barrier is not None:
             self._barrier.drain(attempts)
-
-    # --- PRIME and dma-bufs --------------------------------------------------------------
-    def prime_handle_to_fd(self, handle: int, flags: int = DRM_CLOEXEC | DRM_RDWR) -> int:
-        """Export a BO as a dma-buf descriptor (yours to close, send or map)."""
-        reply, (fd,) = self.ioctl_fds(
-            Op.PRIME_HANDLE_TO_FD, m.DrmPrimeHandle(handle=handle, flags=flags)
-        )
-        if not flags & DRM_CLOEXEC:
-            os.set_inheritable(fd, True)
-        self._bo_sizes.setdefault(handle, reply.size)
-        return fd
-
-    def prime_fd_to_handle(self, fd: int) -> int:
-        """Import a dma-buf (of this device, or of another xed daemon) as a GEM handle."""
-        reply: m.DrmPrimeHandleReply = self.ioctl(
-            Op.PRIME_FD_TO_HANDLE, m.DrmPrimeHandle(fd=fd), fds=[fd]
-        )
-        self._bo_sizes[reply.handle] = reply.size
-        return reply.handle
-
-    def dmabuf_size(self, fd: int) -> int:
-        """lseek(fd, 0, SEEK_END) on a dma-buf: its size."""
-        reply: m.DmaBufLlseekReply = self.ioctl(
-            Op.DMA_BUF_LLSEEK, m.DmaBufLlseek(offset=0, whence=SEEK_END), fds=[fd]
-        )
-        return reply.offset
-
-    def dmabuf_mmap(
-        self,
-        fd: int,
-        length: int | None = None,
-        offset: int = 0,
-        prot: int = PROT_READ | PROT_WRITE,
-        flags: int = MAP_SHARED,
-    ) -> Mapping:
-        """mmap(2) of a dma-buf descriptor; bracket CPU access with cpu_access()."""
-        if length is None:
-            length = self.dmabuf_size(fd) - offset
-        watch = self.unplug_watch()
-        reply, (memfd,) = self.ioctl_fds(
-            Op.DMA_BUF_MMAP,
-            m.XedMmap(offset=offset, length=length, prot=prot, flags=flags),
-            fds=[fd],
-        )
-        try:
-            mapping = Mapping(memfd, reply.length, prot, reply.offset)
-        finally:
-            os.close(memfd)
-        watch.add(mapping)  # falls with this device (a foreign dma-buf's too)
-        return mapping
-
-    def dmabuf_sync(self, fd: int, flags: int) -> None:
-        """DMA_BUF_IOCTL_SYNC: DMA_BUF_SYNC_START/END | READ/WRITE/RW."""
-        self.ioctl(Op.DMA_BUF_IOCTL_SYNC, m.DmaBufSync(flags=flags), fds=[fd])
-
-    @contextlib.contextmanager
-    def cpu_access(self, fd: int, write: bool = True) -> Iterator[None]:
-        """Bracket CPU access to a mapped dma-buf, as the exporter needs for coherency."""
-        direction = DMA_BUF_SYNC_RW if write else DMA_BUF_SYNC_READ
-        self.dmabuf_sync(fd, DMA_BUF_SYNC_START | direction)
-        try:
-            yield
-        finally:
-            self.dmabuf_sync(fd, DMA_BUF_SYNC_END | direction)
 
     # --- VMs --------------------------------------------------------------------------------
     def vm_create(self, flags: int = 0) -> int:
