@@ -1,4 +1,4 @@
-"""The sans-I/O codec: round trips, hostile input, exact errnos, and the SCM_RIGHTS packing."""
+"""The sans-I/O codec: round trips, hostile input, exact errnos, the one-pass paths, encoding."""
 
 from __future__ import annotations
 
@@ -44,14 +44,11 @@ from protocols import (
     encode_request,
     from_wire,
     messages,
-    pack_fds,
     plain_ops,
     plain_request,
     reply_record,
     to_wire,
-    unpack_fds,
 )
-from protocols.ancillary import SCM_RIGHTS, SOL_SOCKET
 from protocols.ops import ANY_FDS
 
 FUZZ = settings(max_examples=200, deadline=None)
@@ -581,28 +578,3 @@ def test_encoding_oversized_message_is_local_error() -> None:
     bind = messages.DrmXeVmBind(binds=(big,) * 512)
     with pytest.raises(LocalProtocolError):
         encode_request(1, Op.XE_VM_BIND, bind)
-
-
-# --- SCM_RIGHTS -------------------------------------------------------------------------
-@FUZZ
-@given(st.lists(st.integers(0, (1 << 31) - 1), max_size=8))
-def test_pack_unpack_fds_round_trip(fds: list[int]) -> None:
-    """Descriptors packed for sendmsg unpack to the same list with no junk."""
-    assert unpack_fds(pack_fds(fds)) == (fds, False)
-
-
-def test_pack_no_fds_sends_no_ancillary_data() -> None:
-    """No descriptors means no control message at all."""
-    assert pack_fds([]) == []
-
-
-def test_unpack_odd_length_data_is_junk() -> None:
-    """SCM_RIGHTS data that is not whole ints is junk; the whole ones are still returned."""
-    data = pack_fds([3, 4])[0][2] + b"\x05\x00"
-    assert unpack_fds([(SOL_SOCKET, SCM_RIGHTS, data)]) == ([3, 4], True)
-
-
-def test_unpack_other_control_message_is_junk() -> None:
-    """A control message other than SCM_RIGHTS is junk; descriptors beside it are returned."""
-    credentials = (SOL_SOCKET, 2, b"\x00" * 12)  # SCM_CREDENTIALS
-    assert unpack_fds([credentials, *pack_fds([7])]) == ([7], True)
