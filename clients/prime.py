@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
-from typing import Any, Protocol
+from collections.abc import Iterator
+from typing import Protocol
 
 from protocols import Op
 from protocols import messages as m
@@ -26,18 +26,13 @@ from protocols.constants import (
 
 from . import unplug
 from .mapping import Mapping
+from .roles import Ioctls
 
 
-class _Device(Protocol):
-    """What these ops use of the Device they are mixed into."""
+class _Device(Ioctls, Protocol):
+    """What these ops use of the Device they are mixed into, beside its ioctls."""
 
     _bo_sizes: dict[int, int]  # handle -> size, for mmap_bo() and vm_bind()
-
-    def ioctl(self, op: Op, args: Any, fds: Sequence[int] = ()) -> Any: ...
-
-    def ioctl_fds(
-        self, op: Op, args: Any, fds: Sequence[int] = ()
-    ) -> tuple[Any, tuple[int, ...]]: ...
 
     def unplug_watch(self) -> unplug.UnplugWatch: ...
 

@@ -11,7 +11,9 @@ from protocols import Op
 from protocols import messages as m
 
 
-class _Ioctls(Protocol):
+class Ioctls(Protocol):
+    """What a mixin of Device's ops uses of it: the one way to talk to the daemon."""
+
     def ioctl(self, op: Op, args: Any, fds: Sequence[int] = ()) -> Any: ...
 
     def ioctl_fds(
@@ -23,14 +25,14 @@ class RoleOps:
     """Mixed into Device."""
 
     # --- the auxiliary driver's side (role "aux") --------------------------------------------
-    def aux_vm_import(self: _Ioctls, vm_fd: int, on_behalf_of_pid: int) -> m.XedAuxVmImportReply:
+    def aux_vm_import(self: Ioctls, vm_fd: int, on_behalf_of_pid: int) -> m.XedAuxVmImportReply:
         reply: m.XedAuxVmImportReply = self.ioctl(
             Op.AUX_VM_IMPORT, m.XedAuxVmImport(on_behalf_of_pid=on_behalf_of_pid), fds=[vm_fd]
         )
         return reply
 
     def aux_vm_resolve(
-        self: _Ioctls, vm_handle: int, va: int, length: int
+        self: Ioctls, vm_handle: int, va: int, length: int
     ) -> tuple[tuple[m.XedAuxSpan, ...], tuple[int, ...]]:
         """The spans behind [va, va+length) and one descriptor per BO or host memory
         (caller closes)."""
@@ -39,27 +41,27 @@ class RoleOps:
         )
         return reply.spans, fds
 
-    def aux_vm_unwatch(self: _Ioctls, vm_handle: int, va: int, length: int) -> None:
+    def aux_vm_unwatch(self: Ioctls, vm_handle: int, va: int, length: int) -> None:
         self.ioctl(Op.AUX_VM_UNWATCH, m.XedAuxVmRange(vm_handle=vm_handle, va=va, length=length))
 
-    def aux_vm_release(self: _Ioctls, vm_handle: int) -> None:
+    def aux_vm_release(self: Ioctls, vm_handle: int) -> None:
         self.ioctl(Op.AUX_VM_RELEASE, m.XedAuxVmRelease(vm_handle=vm_handle))
 
-    def aux_vm_invalidate_done(self: _Ioctls, vm_handle: int, seqno: int) -> None:
+    def aux_vm_invalidate_done(self: Ioctls, vm_handle: int, seqno: int) -> None:
         """Every range invalidated up to `seqno` is let go (a host-memory change waits)."""
         self.ioctl(
             Op.AUX_VM_INVALIDATE_DONE, m.XedAuxVmInvalidateDone(vm_handle=vm_handle, seqno=seqno)
         )
 
     # --- the debugger's side (role "debugger") ------------------------------------------------
-    def debug_attach(self: _Ioctls, pid: int) -> m.XedDebugAttachReply:
+    def debug_attach(self: Ioctls, pid: int) -> m.XedDebugAttachReply:
         reply: m.XedDebugAttachReply = self.ioctl(Op.DEBUG_ATTACH, m.XedDebugAttach(pid=pid))
         return reply
 
-    def debug_detach(self: _Ioctls, pid: int) -> None:
+    def debug_detach(self: Ioctls, pid: int) -> None:
         self.ioctl(Op.DEBUG_DETACH, m.XedDebugDetach(pid=pid))
 
-    def debug_vm_read(self: _Ioctls, client_id: int, vm: int, addr: int, length: int) -> bytes:
+    def debug_vm_read(self: Ioctls, client_id: int, vm: int, addr: int, length: int) -> bytes:
         """The bytes at addr: fewer than `length` if the read met a binding it could
         not reach after the first (pread's short count)."""
         reply: m.XedDebugVmAccessReply = self.ioctl(
@@ -68,7 +70,7 @@ class RoleOps:
         )
         return reply.data
 
-    def debug_vm_write(self: _Ioctls, client_id: int, vm: int, addr: int, data: bytes) -> int:
+    def debug_vm_write(self: Ioctls, client_id: int, vm: int, addr: int, data: bytes) -> int:
         """Write `data` at addr; return the bytes written: fewer than len(data) if the
         write met a binding it could not reach after the first (pwrite's short count)."""
         reply: m.XedDebugVmAccessReply = self.ioctl(
@@ -78,16 +80,16 @@ class RoleOps:
         return reply.length
 
     # --- admin ------------------------------------------------------------------------------
-    def admin_status(self: _Ioctls) -> m.XedAdminStatusReply:
+    def admin_status(self: Ioctls) -> m.XedAdminStatusReply:
         reply: m.XedAdminStatusReply = self.ioctl(Op.ADMIN_STATUS, m.XedAdminStatus())
         return reply
 
-    def admin_clients(self: _Ioctls) -> tuple[m.XedClientInfo, ...]:
+    def admin_clients(self: Ioctls) -> tuple[m.XedClientInfo, ...]:
         reply: m.XedAdminClientsReply = self.ioctl(Op.ADMIN_CLIENTS, m.XedAdminClients())
         return reply.clients
 
-    def admin_unplug(self: _Ioctls) -> None:
+    def admin_unplug(self: Ioctls) -> None:
         self.ioctl(Op.ADMIN_UNPLUG, m.XedAdminUnplug())
 
-    def admin_replug(self: _Ioctls) -> None:
+    def admin_replug(self: Ioctls) -> None:
         self.ioctl(Op.ADMIN_REPLUG, m.XedAdminReplug())
