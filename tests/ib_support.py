@@ -298,7 +298,6 @@ def apps(daemon: DaemonProcess) -> Iterator[Callable[..., App]]:
         app.dev.close()
 
 
-
 @attrs.define
 class Pair:
     """A and B with contexts, an MR over each one's BOs (all access), connected QPs."""

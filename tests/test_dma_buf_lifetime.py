@@ -25,7 +25,6 @@ MiB = 1 << 20
 LEAK_CYCLES = 10_000
 
 
-
 def held(daemon: DaemonProcess, before: tuple[int, Any], **extra: int) -> None:
     """The daemon holds exactly `extra` more objects than at `before`."""
     _, counts = baseline(daemon)

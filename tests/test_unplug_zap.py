@@ -26,7 +26,6 @@ from protocols.constants import PAGE_SIZE, PCI_BARRIER_IDLE
 WAITED = f"assert dev.wait_unplugged({TIMEOUT})\n"
 
 
-
 def counted(admin: Device, client_id: int) -> tuple[int, int, int]:
     """(the file's barriers, its doorbell rings, the device's barriers) as admin sees them."""
     (info,) = [c for c in admin.admin_clients() if c.client_id == client_id]

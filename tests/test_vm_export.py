@@ -111,7 +111,6 @@ def read_through_resolve(aux: Device, handle: int, va: int, length: int) -> byte
             os.close(fd)
 
 
-
 # --- XE_VM_EXPORT ------------------------------------------------------------------------------
 
 

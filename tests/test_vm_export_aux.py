@@ -52,7 +52,6 @@ ELSEWHERE = 0x5_0000_0000  # far from BASE
 SENTINEL = 0x7_0000_0000  # far from both: marks the end of a test's events
 
 
-
 def export_import(dev: Device, aux: Device, vm: int) -> m.XedAuxVmImportReply:
     """Export `vm` from dev, import it on aux on our own behalf, close the descriptor."""
     fd = dev.vm_export(vm)
