@@ -18,6 +18,9 @@ from typing import TYPE_CHECKING
 
 from protocols import Op
 from protocols import messages as m
+from protocols.constants import HOST_INVALIDATE_END_FREED as INVALIDATE_END_FREED
+from protocols.constants import HOST_INVALIDATE_END_REPLACED as INVALIDATE_END_REPLACED
+from protocols.constants import HOST_INVALIDATE_START as INVALIDATE_START
 from protocols.constants import PAGE_SIZE
 
 from .mapping import Mapping
@@ -25,9 +28,6 @@ from .mapping import Mapping
 if TYPE_CHECKING:
     from .device import Device
 
-INVALIDATE_START = 1
-INVALIDATE_END_REPLACED = 2
-INVALIDATE_END_FREED = 3
 # never resized, and no seal added later (a write seal would stop the aux driver mapping it)
 _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 

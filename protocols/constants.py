@@ -50,6 +50,13 @@ NOTICE_WATCHER_ASLEEP = 64
 # are woken): the client libraries then put private zero pages under their mappings.
 NOTICE_UNPLUGGED = 1
 
+# HOST_MEMORY_INVALIDATE's events, as the MMU notifier reports a range of host memory:
+# about to change (device accesses wait), then changed: replaced (new contents there) or
+# freed (never to be read again)
+HOST_INVALIDATE_START = 1
+HOST_INVALIDATE_END_REPLACED = 2
+HOST_INVALIDATE_END_FREED = 3
+
 # --- MMIO regions (proposal) -----------------------------------------------------------
 XE_MMIO_ACCESS_READ_ONLY = 1  # one sealed page set shared by every file
 XE_MMIO_ACCESS_PER_FILE = 2  # writable, a page of its own for each file (doorbells)

@@ -379,7 +379,7 @@ def _check_userptr(xef: XeFile, op: m.DrmXeVmBindOp) -> None:
     )
     assert host is not None
     refuse_if(
-        any(host.gone[p] for p in range(offset // PAGE_SIZE, (offset + op.range) // PAGE_SIZE)),
+        1 in host.gone[offset // PAGE_SIZE : (offset + op.range) // PAGE_SIZE],
         EFAULT,
         "the userptr range holds freed host memory",
     )
