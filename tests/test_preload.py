@@ -216,6 +216,9 @@ def test_c_constants_match_protocols(program: Programs) -> None:
         "XED_PCI_BARRIER_SEQ_MASK": constants.PCI_BARRIER_SEQ_MASK,
         "XED_NOTICE_WATCHER_ASLEEP": constants.NOTICE_WATCHER_ASLEEP,
         "XED_NOTICE_UNPLUGGED": constants.NOTICE_UNPLUGGED,
+        "XED_HOST_INVALIDATE_START": constants.HOST_INVALIDATE_START,
+        "XED_HOST_INVALIDATE_END_REPLACED": constants.HOST_INVALIDATE_END_REPLACED,
+        "XED_HOST_INVALIDATE_END_FREED": constants.HOST_INVALIDATE_END_FREED,
         "XED_EVENT_PROTOCOL_ERROR": Event.PROTOCOL_ERROR,
     }
     for name, value in expected.items():
@@ -240,6 +243,20 @@ def test_syncobjs(daemon: DaemonProcess, program: Programs) -> None:
     """SYNCOBJ CREATE/DESTROY/WAIT/RESET/SIGNAL errno for errno, deadlines, and syncobjs
     signalled by VM_BIND and EXEC and waited on by EXEC."""
     passes(daemon.socket_path, program("syncobj"))
+
+
+# --- userptr ----------------------------------------------------------------------------
+def test_userptr_of_the_programs_own_memory(
+    fresh_daemon: DaemonProcess, program: Programs
+) -> None:
+    """MAP_USERPTR of heap and anonymous memory as it is: the device runs batches from
+    it and stores into it, through two files; the stack, a file's pages, nothing mapped
+    and PROT_NONE are EFAULT; memory mapped over a binding, moved by mremap or unmapped
+    is what the device then finds; a forked child's private copy is its own. Nothing
+    is left in the daemon afterwards."""
+    before = baseline(fresh_daemon)
+    assert "userptr ok" in passes(fresh_daemon.socket_path, program("userptr"))
+    assert wait_for_baseline(fresh_daemon, before) == before
 
 
 # --- one file, many descriptors and callers ---------------------------------------------

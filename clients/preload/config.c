@@ -26,8 +26,22 @@ static void after_fork_child(void)
 	xed_pid = (pid_t)syscall(SYS_getpid);
 	files_after_fork();
 	maps_after_fork();
+	userptr_after_fork();
 	notice_after_fork();
 	unplug_after_fork(); /* last: its watchers find the table as the child has it */
+}
+
+/* the userptr table before the mappings' table: the order userptr.c takes them in */
+static void before_fork(void)
+{
+	userptr_before_fork();
+	maps_before_fork();
+}
+
+static void after_fork_parent(void)
+{
+	maps_after_fork_parent();
+	userptr_after_fork_parent();
 }
 
 static void init(void)
@@ -52,7 +66,7 @@ static void init(void)
 		snprintf(config.debugfs, sizeof config.debugfs, "%s", dbg);
 	config.debug = getenv("XED_PRELOAD_DEBUG") != NULL;
 	xed_pid = (pid_t)syscall(SYS_getpid);
-	pthread_atfork(maps_before_fork, maps_after_fork_parent, after_fork_child);
+	pthread_atfork(before_fork, after_fork_parent, after_fork_child);
 }
 
 const struct xed_config *xed_config(void)

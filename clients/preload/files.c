@@ -50,6 +50,7 @@ struct xed_file *xf_alloc(int node)
 		f->io.fd = -1;
 		f->token[0] = 0;
 		atomic_store(&f->notice, NULL);
+		atomic_store(&f->host_base, 0);
 		atomic_store(&f->io.state, 0);
 		for (int c = 0; c < XED_CHANNELS; c++) {
 			atomic_store(&f->chans[c].state, 0);
@@ -166,6 +167,20 @@ struct xed_file *xf_any(void)
 		xf_put(f); /* another thread made one first */
 	xf_hold(hidden);
 	return hidden;
+}
+
+void xf_for_each(void (*fn)(struct xed_file *, void *), void *arg)
+{
+	for (int i = 0; i < MAX_FILES; i++) {
+		struct xed_file *f = &slots[i];
+		int refs = atomic_load(&f->refs);
+		while (atomic_load(&slot_used[i]) && refs > 0)
+			if (atomic_compare_exchange_weak(&f->refs, &refs, refs + 1)) {
+				fn(f, arg);
+				xf_put(f);
+				break;
+			}
+	}
 }
 
 int xed_private_fd(int fd)

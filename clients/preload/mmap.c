@@ -107,26 +107,21 @@ static void remember(struct map m)
 static void forget(uint64_t addr, uint64_t len)
 {
 	for (int i = 0; i < nmaps; i++) {
-		struct map *m = &maps[i], tail = *m;
-		uint64_t lo = addr > m->addr ? addr : m->addr;
-		uint64_t end = m->addr + m->len, hi = addr + len < end ? addr + len : end;
-		if (lo >= hi)
+		struct map *m = &maps[i], kept = *m;
+		struct span head = {m->addr, m->len, m->offset}, tail;
+		if (!span_cut(&head, addr, len, &tail))
 			continue;
-		if (lo == m->addr && hi == end) {
+		if (!head.len && !tail.len) {
 			*m = maps[--nmaps];
 			i--;
-		} else if (lo == m->addr) {
-			m->offset += hi - m->addr;
-			m->len = end - hi;
-			m->addr = hi;
-		} else {
-			m->len = lo - m->addr; /* before room(), which may move the table */
-			if (hi < end && room()) { /* a hole in the middle: keep the tail */
-				tail.offset += hi - tail.addr;
-				tail.len = end - hi;
-				tail.addr = hi;
-				maps[nmaps++] = tail;
-			}
+			continue;
+		}
+		if (!head.len)
+			head = tail, tail.len = 0;
+		m->addr = head.addr, m->len = head.len, m->offset = head.off;
+		if (tail.len && room()) { /* a hole in the middle: keep the tail (room() may move m) */
+			kept.addr = tail.addr, kept.len = tail.len, kept.offset = tail.off;
+			maps[nmaps++] = kept;
 		}
 	}
 }
@@ -300,17 +295,38 @@ static void *do_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t 
 	return p;
 }
 
+/* A MAP_FIXED mmap over memory moved for a userptr is the MMU notifier's business too
+ * (userptr.c); fresh anonymous memory there stays within the device's reach. */
+static void *mmap_fixed(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+	uint64_t mask;
+	void *p;
+	int err;
+
+	if (flags & MAP_ANONYMOUS && (p = userptr_fresh(addr, len, prot, flags)))
+		return p;
+	if (!userptr_begin((uintptr_t)addr, len, &mask))
+		return do_mmap(addr, len, prot, flags, fd, off);
+	p = do_mmap(addr, len, prot, flags, fd, off);
+	err = errno;
+	userptr_end((uintptr_t)addr, len, p != MAP_FAILED, mask);
+	errno = err;
+	return p;
+}
+
 XED_EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
+	if (flags & MAP_FIXED)
+		return mmap_fixed(addr, len, prot, flags, fd, off);
 	return do_mmap(addr, len, prot, flags, fd, off);
 }
 
 XED_EXPORT void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
-	return do_mmap(addr, len, prot, flags, fd, off);
+	return mmap(addr, len, prot, flags, fd, off);
 }
 
-XED_EXPORT int munmap(void *addr, size_t len)
+static int do_munmap(void *addr, size_t len)
 {
 	uint64_t old;
 	int r, err;
@@ -324,6 +340,20 @@ XED_EXPORT int munmap(void *addr, size_t len)
 	if (!r)
 		forget((uintptr_t)addr, ROUND(len));
 	unlock_maps(old);
+	errno = err;
+	return r;
+}
+
+XED_EXPORT int munmap(void *addr, size_t len)
+{
+	uint64_t mask;
+	int r, err;
+
+	if (!userptr_begin((uintptr_t)addr, len, &mask))
+		return do_munmap(addr, len);
+	r = do_munmap(addr, len);
+	err = errno;
+	userptr_end((uintptr_t)addr, len, r == 0, mask);
 	errno = err;
 	return r;
 }
@@ -343,19 +373,13 @@ static int holding(uint64_t addr, struct map *out)
  * VMA keeps its file and vm_ops: translated for WAIT_USER_FENCE and zapped at an unplug.
  * What it left behind (all of it, unless MREMAP_DONTUNMAP; a shrunk mapping's tail) is
  * no mapping of ours any more. */
-XED_EXPORT void *mremap(void *from, size_t len, size_t new_len, int flags, ...)
+static void *do_mremap(void *from, size_t len, size_t new_len, int flags, void *to)
 {
-	void *to = NULL, *p;
 	struct map moved;
 	uint64_t old;
-	va_list ap;
+	void *p;
 	int err, ours;
 
-	if (flags & MREMAP_FIXED) {
-		va_start(ap, flags);
-		to = va_arg(ap, void *);
-		va_end(ap);
-	}
 	if (!nmaps)
 		return (void *)syscall(SYS_mremap, from, len, new_len, (long)flags, to);
 	old = lock_maps();
@@ -374,6 +398,29 @@ XED_EXPORT void *mremap(void *from, size_t len, size_t new_len, int flags, ...)
 		}
 	}
 	unlock_maps(old);
+	errno = err;
+	return p;
+}
+
+/* Memory moved for a userptr that moves again is reported freed where it was (userptr.c
+ * takes it back, wherever it went, at its next bind). */
+XED_EXPORT void *mremap(void *from, size_t len, size_t new_len, int flags, ...)
+{
+	void *to = NULL, *p;
+	uint64_t mask;
+	va_list ap;
+	int err;
+
+	if (flags & MREMAP_FIXED) {
+		va_start(ap, flags);
+		to = va_arg(ap, void *);
+		va_end(ap);
+	}
+	if (!userptr_begin((uintptr_t)from, len, &mask))
+		return do_mremap(from, len, new_len, flags, to);
+	p = do_mremap(from, len, new_len, flags, to);
+	err = errno;
+	userptr_end((uintptr_t)from, len, p != MAP_FAILED, mask);
 	errno = err;
 	return p;
 }

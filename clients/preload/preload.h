@@ -9,7 +9,8 @@
  * faulting), wire (msgpack), conn (talking to the daemon), files (the fd table), node
  * (paths), stat, debugfs, ioctl/syncobj/xe_ioctl/xe_exec/query (translation), mmap,
  * dmabuf, config, sock and xcall (one request on one connection), notice (the device's
- * notice page), unplug (mappings falling onto zero pages when the device goes); and the
+ * notice page), unplug (mappings falling onto zero pages when the device goes), userptr
+ * (the program's own memory bound as a userptr) and procmaps (/proc/self/maps); and the
  * barrier page (barrier.c, signals.c: see barrier.h).
  */
 #ifndef XED_PRELOAD_H
@@ -49,6 +50,7 @@ struct xed_file {
 	char token[XED_TOKEN_MAX];
 	struct xed_chan chans[XED_CHANNELS]; /* channels: other threads, forked children */
 	struct xed_notice *_Atomic notice; /* its device's (notice.c): NULL until asked for */
+	_Atomic uint64_t host_base; /* where the daemon put userptr.c's arena; 0: not yet */
 };
 
 /* --- configuration (environment, read once) ------------------------------------------ */
@@ -61,6 +63,24 @@ struct xed_config {
 const struct xed_config *xed_config(void);
 extern pid_t xed_pid; /* this process's pid, kept current across fork */
 void xed_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* --- ranges of the program's address space, kept in the library's tables ------------- */
+/* [addr, addr+len), and where `off` (an offset its first byte stands for) goes with it */
+struct span {
+	uint64_t addr, len, off;
+};
+/* Cut [addr, addr+len) out of *s: 0 if they do not meet; else 1, with *s the part left
+ * before the cut and *tail the part after it (either may be empty: len 0). */
+static inline int span_cut(struct span *s, uint64_t addr, uint64_t len, struct span *tail)
+{
+	uint64_t end = s->addr + s->len, lo = addr > s->addr ? addr : s->addr;
+	uint64_t hi = addr + len < end ? addr + len : end;
+	if (lo >= hi)
+		return 0;
+	*tail = (struct span){hi, end - hi, s->off + (hi - s->addr)};
+	s->len = lo - s->addr;
+	return 1;
+}
 
 /* --- usermem.c: the program's memory, read and written without ever faulting -------- */
 int copy_from_user(void *dst, uint64_t src, size_t n);	  /* 0 or EFAULT */
@@ -80,6 +100,8 @@ void fd_mark_dmabuf(int fd);
 void fd_forget(int fd); /* the descriptor was closed */
 /* a drm file of this process to carry requests that need one (dma-buf ops) */
 struct xed_file *xf_any(void);
+/* fn(f, arg) for each drm file of this process, a reference held across the call */
+void xf_for_each(void (*fn)(struct xed_file *, void *), void *arg);
 int xed_private_fd(int fd); /* move a descriptor of ours out of the program's way */
 void files_after_fork(void);
 
@@ -184,6 +206,35 @@ void maps_after_fork_parent(void);
 void maps_after_fork(void);
 void maps_zap(void);   /* zero pages under every mapping of an unplugged device */
 void maps_watch(void); /* a watcher for every device the table maps (after fork) */
+
+/* --- procmaps.c: /proc/self/maps ------------------------------------------------------ */
+enum seg_kind { SEG_OTHER, SEG_ANON, SEG_ARENA };
+/* one mapping: anonymous (the heap, MAP_ANONYMOUS private or shared) or other (userptr.c
+ * tells its arena apart by device and inode) */
+struct seg {
+	uint64_t lo, hi, off; /* off: the offset in its file (memfd) that lo maps */
+	uint64_t dev, ino;
+	int prot, shared, kind;
+};
+/* the mappings covering [lo, hi), clipped to it, in segs[]: their number, or -1 if there
+ * is a hole, more than max pieces, or the file cannot be read */
+int proc_maps(uint64_t lo, uint64_t hi, struct seg *segs, int max);
+
+/* --- userptr.c: MAP_USERPTR of the program's own memory ------------------------------ */
+/* The address a MAP_USERPTR of [addr, addr+len) names in f's host memory, the memory
+ * moved there first if need be; addr itself where it cannot be (the daemon: EFAULT) */
+uint64_t userptr_address(struct xed_file *f, uint64_t addr, uint64_t len);
+/* Around a munmap, MAP_FIXED mmap or mremap of [addr, addr+len): begin returns 1 (and
+ * holds the table) if moved memory is there, reported about to change; end reports it
+ * freed (`changed`) or as it was, and lets go of the table with `mask` */
+int userptr_begin(uint64_t addr, uint64_t len, uint64_t *mask);
+void userptr_end(uint64_t addr, uint64_t len, int changed, uint64_t mask);
+/* A MAP_FIXED anonymous mmap wholly over moved memory: fresh zeroed pages of the arena
+ * there (still the device's to reach), and addr; NULL where that is not the case */
+void *userptr_fresh(void *addr, size_t len, int prot, int flags);
+void userptr_before_fork(void);
+void userptr_after_fork_parent(void);
+void userptr_after_fork(void); /* in the child: private memory is private again */
 
 /* --- notice.c: the device's notice page -------------------------------------------- */
 /* One device (one plug-in) as this process met it, never freed: its notice page, mapped

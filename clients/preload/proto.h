@@ -45,6 +45,8 @@
 #define XED_OP_DMA_BUF_IOCTL_SYNC 0x103
 #define XED_OP_DMA_BUF_LLSEEK 0x104
 #define XED_OP_UNPLUG_NOTICE 0x105
+#define XED_OP_HOST_MEMORY_REGISTER 0x130
+#define XED_OP_HOST_MEMORY_INVALIDATE 0x131
 
 /* event numbers (protocols/ops.py Event): an event is a frame with request id 0 */
 #define XED_EVENT_PROTOCOL_ERROR 2
@@ -56,5 +58,8 @@
 #define XED_PCI_BARRIER_SEQ_MASK 0x00ffffffu
 #define XED_NOTICE_WATCHER_ASLEEP 64 /* byte offset of a u32 in the notice page */
 #define XED_NOTICE_UNPLUGGED 1 /* the notice page's word 0 once its device is unplugged */
+#define XED_HOST_INVALIDATE_START 1 /* HOST_MEMORY_INVALIDATE's events */
+#define XED_HOST_INVALIDATE_END_REPLACED 2
+#define XED_HOST_INVALIDATE_END_FREED 3
 
 #endif /* XED_PROTO_H */

@@ -89,12 +89,15 @@ int xe_vm_bind(struct xcall *c, struct drm_xe_vm_bind *a)
 	w_array(&c->w, nb);
 	for (uint32_t i = 0; i < nb; i++) {
 		const struct drm_xe_vm_bind_op *o = &ops[i];
+		uint64_t obj_offset = o->obj_offset;
+		if (o->op == DRM_XE_VM_BIND_OP_MAP_USERPTR && !o->obj) /* userptr.c */
+			obj_offset = userptr_address(c->file, obj_offset, o->range);
 		w_map(&c->w, 12);
 		w_kuint(&c->w, "extensions", o->extensions);
 		w_kuint(&c->w, "obj", o->obj);
 		w_kuint(&c->w, "pat_index", o->pat_index);
 		w_kuint(&c->w, "pad", o->pad);
-		w_kuint(&c->w, "obj_offset", o->obj_offset);
+		w_kuint(&c->w, "obj_offset", obj_offset);
 		w_kuint(&c->w, "range", o->range);
 		w_kuint(&c->w, "addr", o->addr);
 		w_kuint(&c->w, "op", o->op);

@@ -1,0 +1,101 @@
+/*
+ * procmaps.c - which mappings the program has where, from /proc/self/maps.
+ *
+ * Read with raw syscalls into a buffer on the stack: it runs in a fork child (before
+ * fork returns to it) and with every signal blocked, where neither malloc nor stdio
+ * may be used. Lines come in address order, so the walk stops once past the range.
+ */
+#define _GNU_SOURCE
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/sysmacros.h>
+
+#include "preload.h"
+#include "sys.h"
+
+static const char *hex(const char *p, uint64_t *v)
+{
+	uint64_t x = 0;
+	for (;; p++) {
+		int d = *p >= '0' && *p <= '9' ? *p - '0' : *p >= 'a' && *p <= 'f' ? *p - 'a' + 10 : -1;
+		if (d < 0)
+			break;
+		x = x << 4 | (uint64_t)d;
+	}
+	*v = x;
+	return p;
+}
+
+/* "lo-hi perms offset major:minor inode   path" */
+static int parse_line(const char *p, struct seg *s)
+{
+	uint64_t major, minor, inode = 0;
+	p = hex(p, &s->lo);
+	if (*p++ != '-')
+		return 0;
+	p = hex(p, &s->hi);
+	if (*p++ != ' ' || strlen(p) < 5)
+		return 0;
+	s->prot = (p[0] == 'r' ? PROT_READ : 0) | (p[1] == 'w' ? PROT_WRITE : 0) |
+		  (p[2] == 'x' ? PROT_EXEC : 0);
+	s->shared = p[3] == 's';
+	p = hex(p + 5, &s->off);
+	p = hex(p + 1, &major);
+	p = hex(p + 1, &minor);
+	for (p++; *p >= '0' && *p <= '9'; p++)
+		inode = inode * 10 + (uint64_t)(*p - '0');
+	while (*p == ' ')
+		p++;
+	s->dev = makedev(major, minor);
+	s->ino = inode;
+	if (!inode && (!*p || !strncmp(p, "[heap]", 6) || !strncmp(p, "[anon:", 6)))
+		s->kind = SEG_ANON; /* not [stack], [vdso], [vvar] */
+	else if (s->shared && !strncmp(p, "/dev/zero", 9))
+		s->kind = SEG_ANON; /* MAP_SHARED | MAP_ANONYMOUS */
+	else
+		s->kind = SEG_OTHER;
+	return 1;
+}
+
+int proc_maps(uint64_t lo, uint64_t hi, struct seg *segs, int max)
+{
+	int fd = sys_openat(AT_FDCWD, "/proc/self/maps", O_RDONLY | O_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+	char buf[4096 + 1];
+	size_t have = 0;
+	int n = 0, done = 0;
+	uint64_t at = lo;
+	while (!done) {
+		long got = syscall(SYS_read, fd, buf + have, sizeof buf - 1 - have);
+		if (got <= 0)
+			break;
+		have += (size_t)got;
+		buf[have] = 0;
+		char *line = buf, *nl;
+		while (!done && (nl = strchr(line, '\n'))) {
+			*nl = 0;
+			struct seg s;
+			if (parse_line(line, &s) && s.hi > at) {
+				if (s.lo > at || n == max) {
+					done = -1; /* a hole, or too many pieces */
+				} else { /* clipped to [at, hi) */
+					s.off += at - s.lo;
+					s.lo = at;
+					if (s.hi > hi)
+						s.hi = hi;
+					segs[n++] = s;
+					at = s.hi;
+					done = at >= hi;
+				}
+			}
+			line = nl + 1;
+		}
+		have -= (size_t)(line - buf);
+		memmove(buf, line, have);
+		if (have == sizeof buf - 1)
+			have = 0; /* a line longer than the buffer: a path nobody binds */
+	}
+	sys_close(fd);
+	return done == 1 ? n : -1;
+}

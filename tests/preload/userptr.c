@@ -1,0 +1,258 @@
+/*
+ * userptr.c - MAP_USERPTR of the program's own memory (clients/preload/userptr.c).
+ *
+ * Heap and anonymous memory bind as they are: the batch the device runs is read from
+ * them, its stores land where the program reads, and what was there before the bind is
+ * still there. One range bound through two drm files is one set of pages. Memory the
+ * daemon cannot reach (the stack, a file's pages, nothing mapped, PROT_NONE) is EFAULT,
+ * an unaligned address EINVAL. Fresh memory mapped over a binding (MAP_FIXED) is what
+ * the device then sees; memory moved by mremap binds where it now is; unmapped memory
+ * binds no more. A forked child's copy of private memory is its own, while shared
+ * memory stays shared.
+ */
+#include "check.h"
+
+#include <stdint.h>
+#include <sys/wait.h>
+
+#define VA 0x1a0000ull
+#define SIZE 0x10000ul
+#define MI_STORE_DWORD_IMM ((0x20u << 23) | 2) /* 4 dwords: header, address, data */
+#define MI_BATCH_BUFFER_END (0x0Au << 23)
+
+struct gpu {
+	int fd;
+	uint32_t vm, queue, done;
+};
+
+static struct gpu gpu_open(void)
+{
+	struct gpu g = {.fd = open_card()};
+	struct drm_xe_vm_create vc = {0};
+	CHECK_OK(ioctl(g.fd, DRM_IOCTL_XE_VM_CREATE, &vc));
+	g.vm = vc.vm_id;
+	struct drm_xe_engine_class_instance eci = {.engine_class = 0};
+	struct drm_xe_exec_queue_create qc = {.width = 1, .num_placements = 1, .vm_id = g.vm,
+					      .instances = (uintptr_t)&eci};
+	CHECK_OK(ioctl(g.fd, DRM_IOCTL_XE_EXEC_QUEUE_CREATE, &qc));
+	g.queue = qc.exec_queue_id;
+	struct drm_syncobj_create sc = {0};
+	CHECK_OK(ioctl(g.fd, DRM_IOCTL_SYNCOBJ_CREATE, &sc));
+	g.done = sc.handle;
+	return g;
+}
+
+static void gpu_close(struct gpu *g)
+{
+	struct drm_xe_exec_queue_destroy qd = {.exec_queue_id = g->queue};
+	CHECK_OK(ioctl(g->fd, DRM_IOCTL_XE_EXEC_QUEUE_DESTROY, &qd));
+	struct drm_syncobj_destroy sd = {.handle = g->done};
+	CHECK_OK(ioctl(g->fd, DRM_IOCTL_SYNCOBJ_DESTROY, &sd));
+	struct drm_xe_vm_destroy vd = {.vm_id = g->vm};
+	CHECK_OK(ioctl(g->fd, DRM_IOCTL_XE_VM_DESTROY, &vd));
+	CHECK_OK(close(g->fd));
+}
+
+static void wait_done(struct gpu *g)
+{
+	struct drm_syncobj_wait w = {.handles = (uintptr_t)&g->done, .count_handles = 1,
+				     .timeout_nsec = INT64_MAX};
+	CHECK_OK(ioctl(g->fd, DRM_IOCTL_SYNCOBJ_WAIT, &w));
+	struct drm_syncobj_array r = {.handles = (uintptr_t)&g->done, .count_handles = 1};
+	CHECK_OK(ioctl(g->fd, DRM_IOCTL_SYNCOBJ_RESET, &r));
+}
+
+/* VM_BIND MAP_USERPTR (op) of [cpu, cpu+len) at va: 0, or -1 and errno */
+static int bind_op(struct gpu *g, const void *cpu, uint64_t va, uint64_t len, uint32_t op)
+{
+	struct drm_xe_sync done = {.type = DRM_XE_SYNC_TYPE_SYNCOBJ,
+				   .flags = DRM_XE_SYNC_FLAG_SIGNAL, .handle = g->done};
+	struct drm_xe_vm_bind b = {.vm_id = g->vm, .num_binds = 1, .num_syncs = 1,
+				   .syncs = (uintptr_t)&done,
+				   .bind = {.obj_offset = (uintptr_t)cpu, .range = len, .addr = va,
+					    .op = op}};
+	int r = ioctl(g->fd, DRM_IOCTL_XE_VM_BIND, &b);
+	if (!r)
+		wait_done(g);
+	return r;
+}
+
+static int bind(struct gpu *g, const void *cpu, uint64_t va, uint64_t len)
+{
+	return bind_op(g, cpu, va, len, DRM_XE_VM_BIND_OP_MAP_USERPTR);
+}
+
+static void unbind(struct gpu *g, uint64_t va, uint64_t len)
+{
+	CHECK_OK(bind_op(g, NULL, va, len, DRM_XE_VM_BIND_OP_UNMAP));
+}
+
+/* write at cpu+at a batch storing `value` at GPU address `store`, run it from va+at */
+static void store(struct gpu *g, uint32_t *cpu, uint64_t va, uint32_t at, uint64_t store,
+		  uint32_t value)
+{
+	uint32_t *b = cpu + at / 4;
+	b[0] = MI_STORE_DWORD_IMM;
+	b[1] = (uint32_t)store;
+	b[2] = (uint32_t)(store >> 32);
+	b[3] = value;
+	b[4] = MI_BATCH_BUFFER_END;
+	struct drm_xe_sync done = {.type = DRM_XE_SYNC_TYPE_SYNCOBJ,
+				   .flags = DRM_XE_SYNC_FLAG_SIGNAL, .handle = g->done};
+	struct drm_xe_exec ex = {.exec_queue_id = g->queue, .num_syncs = 1,
+				 .syncs = (uintptr_t)&done, .address = va + at,
+				 .num_batch_buffer = 1};
+	CHECK_OK(ioctl(g->fd, DRM_IOCTL_XE_EXEC, &ex));
+	wait_done(g);
+}
+
+static void pattern(uint8_t *p, size_t n, uint8_t seed)
+{
+	for (size_t i = 0; i < n; i++)
+		p[i] = (uint8_t)(seed + i * 7);
+}
+
+static int has_pattern(const uint8_t *p, size_t n, uint8_t seed)
+{
+	for (size_t i = 0; i < n; i++)
+		if (p[i] != (uint8_t)(seed + i * 7))
+			return 0;
+	return 1;
+}
+
+/* malloc'd memory: read and written by the device through one file, then another */
+static void heap(struct gpu *g, struct gpu *other)
+{
+	uint32_t *buf = aligned_alloc(4096, SIZE);
+	CHECK(buf);
+	pattern((uint8_t *)buf + SIZE / 2, SIZE / 2, 3);
+	CHECK_OK(bind(g, buf, VA, SIZE));
+	CHECK(has_pattern((uint8_t *)buf + SIZE / 2, SIZE / 2, 3)); /* moved, not lost */
+	store(g, buf, VA, 0, VA + 0x800, 0xc0ffee);
+	CHECK(buf[0x800 / 4] == 0xc0ffee);
+	store(g, buf, VA, 0x100, VA + 0x804, 0xbeef); /* a batch written after the bind */
+	CHECK(buf[0x804 / 4] == 0xbeef);
+	/* the same pages through another file, bound at another address */
+	CHECK_OK(bind(other, buf, VA + SIZE, SIZE));
+	store(other, buf, VA + SIZE, 0x200, VA + SIZE + 0x808, 0xfeed);
+	CHECK(buf[0x808 / 4] == 0xfeed);
+	CHECK(has_pattern((uint8_t *)buf + SIZE / 2, SIZE / 2, 3));
+	unbind(g, VA, SIZE);
+	unbind(other, VA + SIZE, SIZE);
+	free(buf);
+	void *again = malloc(3 * SIZE); /* the heap goes on working */
+	CHECK(again);
+	memset(again, 1, 3 * SIZE);
+	free(again);
+}
+
+static void unreachable(struct gpu *g)
+{
+	char stack[3 * 4096];
+	char *on_stack = (char *)(((uintptr_t)stack + 4095) & ~4095ul);
+	CHECK_ERR(bind(g, on_stack, VA, 4096), EFAULT);
+	FILE *tmp = tmpfile();
+	CHECK(tmp);
+	CHECK_OK(ftruncate(fileno(tmp), 4096));
+	void *file = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fileno(tmp), 0);
+	CHECK(file != MAP_FAILED);
+	CHECK_ERR(bind(g, file, VA, 4096), EFAULT);
+	CHECK_OK(munmap(file, 4096));
+	fclose(tmp);
+	CHECK_ERR(bind(g, unmapped_page(), VA, 4096), EFAULT);
+	void *none = mmap(NULL, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	CHECK(none != MAP_FAILED);
+	CHECK_ERR(bind(g, none, VA, 4096), EFAULT);
+	CHECK_OK(munmap(none, 4096));
+	uint8_t *heap = aligned_alloc(4096, 2 * 4096);
+	CHECK(heap);
+	CHECK_ERR(bind(g, heap + 16, VA, 4096), EINVAL); /* page aligned, as xe asks */
+	free(heap);
+}
+
+/* fresh memory mapped over a binding is what the device sees from then on */
+static void replaced(struct gpu *g, int type)
+{
+	uint32_t *m = mmap(NULL, SIZE, PROT_READ | PROT_WRITE, type | MAP_ANONYMOUS, -1, 0);
+	CHECK(m != MAP_FAILED);
+	CHECK_OK(bind(g, m, VA, SIZE));
+	store(g, m, VA, 0, VA + 0x800, 1);
+	CHECK(m[0x800 / 4] == 1);
+	uint32_t *fresh = mmap(m, SIZE, PROT_READ | PROT_WRITE, type | MAP_FIXED | MAP_ANONYMOUS,
+			       -1, 0);
+	CHECK(fresh == m);
+	for (size_t i = 0; i < SIZE / 4; i++)
+		CHECK(m[i] == 0); /* fresh memory reads zeros */
+	store(g, m, VA, 0x40, VA + 0x800, 2);
+	CHECK(m[0x800 / 4] == 2);
+	unbind(g, VA, SIZE);
+	CHECK_OK(munmap(m, SIZE));
+	CHECK_ERR(bind(g, m, VA, SIZE), EFAULT); /* nothing there now */
+}
+
+/* moved by mremap: bound where it now is */
+static void moved(struct gpu *g)
+{
+	uint32_t *m = mmap(NULL, SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	CHECK(m != MAP_FAILED);
+	pattern((uint8_t *)m + SIZE / 2, SIZE / 2, 9);
+	CHECK_OK(bind(g, m, VA, SIZE));
+	unbind(g, VA, SIZE);
+	uint32_t *to = mremap(m, SIZE, 2 * SIZE, MREMAP_MAYMOVE);
+	CHECK(to != MAP_FAILED);
+	CHECK(has_pattern((uint8_t *)to + SIZE / 2, SIZE / 2, 9));
+	CHECK_OK(bind(g, to, VA, SIZE));
+	store(g, to, VA, 0, VA + 0x800, 3);
+	CHECK(to[0x800 / 4] == 3);
+	unbind(g, VA, SIZE);
+	CHECK_OK(munmap(to, 2 * SIZE));
+}
+
+/* a child's copy of private memory is its own; shared memory stays shared */
+static void forked(struct gpu *g)
+{
+	uint32_t *priv = aligned_alloc(4096, SIZE);
+	uint32_t *shared = mmap(NULL, SIZE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+				-1, 0);
+	CHECK(priv && shared != MAP_FAILED);
+	pattern((uint8_t *)priv, SIZE, 5);
+	CHECK_OK(bind(g, priv, VA, SIZE));
+	CHECK_OK(bind(g, shared, VA + SIZE, SIZE));
+	pid_t child = fork();
+	CHECK(child >= 0);
+	if (!child) {
+		int ok = has_pattern((uint8_t *)priv, SIZE, 5);
+		memset(priv, 0x55, SIZE);
+		shared[0] = 0x5eed;
+		void *more = malloc(SIZE);
+		ok &= more != NULL;
+		free(more);
+		_exit(ok ? 0 : 3);
+	}
+	int status;
+	CHECK(waitpid(child, &status, 0) == child);
+	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	CHECK(has_pattern((uint8_t *)priv, SIZE, 5)); /* the child's stores stayed its own */
+	CHECK(shared[0] == 0x5eed);
+	store(g, shared, VA + SIZE, 0x100, VA + 0x10, 7); /* the parent's binds go on */
+	CHECK(priv[0x10 / 4] == 7);
+	unbind(g, VA, SIZE);
+	unbind(g, VA + SIZE, SIZE);
+	free(priv);
+	CHECK_OK(munmap(shared, SIZE));
+}
+
+int main(void)
+{
+	struct gpu g = gpu_open(), other = gpu_open();
+	heap(&g, &other);
+	unreachable(&g);
+	replaced(&g, MAP_SHARED);
+	replaced(&g, MAP_PRIVATE);
+	moved(&g);
+	forked(&g);
+	gpu_close(&other);
+	gpu_close(&g);
+	puts("userptr ok");
+	return 0;
+}
