@@ -10,6 +10,7 @@ memory is a real memfd the client library maps and registers.
 from __future__ import annotations
 
 import mmap
+import threading
 import time
 from errno import ECANCELED, ETIME
 
@@ -179,6 +180,40 @@ def test_batch_stalls_while_invalidation_in_progress(rig: Rig) -> None:
     rig.hm[0:8] = b"new data"
     invalidate(rig.dev, rig.hm.base, PAGE_SIZE, END_REPLACED)
     rig.wait(seq)
+    assert rig.data[0:8] == b"new data"
+    assert not rig.ban_events()
+
+
+def test_invalidation_waits_for_the_jobs_submitted_before_it(
+    rig: Rig, daemon: DaemonProcess
+) -> None:
+    """START waits for a job already submitted on a VM mapping the pages, as xe's notifier
+    waits on the VM's fences: the job reads the contents it was submitted over, though it
+    can only run once replace() has begun, and replace() returns once the job is done.
+    (The job is held back by an invalidation of the next page, which a second connection
+    to the same file ends while replace() waits.)"""
+    rig.hm[0:8] = b"old data"
+    invalidate(rig.dev, rig.hm.base + PAGE_SIZE, PAGE_SIZE, START)
+    seq = rig.submit(Batch().mem_copy(DATA_VA, USERPTR_VA, PAGE_SIZE + 8).end())
+    replaced = threading.Event()
+
+    def replace() -> None:
+        rig.hm.replace(0, b"new data")
+        replaced.set()
+
+    with Device.open(daemon.socket_path, join=rig.dev.token) as joined:
+        worker = threading.Thread(target=replace)
+        worker.start()
+        try:
+            assert not replaced.wait(0.2)  # START waits for the job, which waits on page 1
+            invalidate(joined, rig.hm.base + PAGE_SIZE, PAGE_SIZE, END_REPLACED)
+        finally:
+            worker.join(timeout=30)
+    assert replaced.is_set()
+    rig.wait(seq)
+    assert rig.data[0:8] == b"old data"
+    assert rig.hm[0:8] == b"new data"
+    rig.run(Batch().mem_copy(DATA_VA, USERPTR_VA, 8).end())
     assert rig.data[0:8] == b"new data"
     assert not rig.ban_events()
 

@@ -43,8 +43,10 @@ SPECS: tuple[OpSpec, ...] = (
             "The client library's MMU notifier: host memory under [addr, addr+length) "
             "is freed or replaced; device access waits while it changes, freed pages are "
             "never read. "
-            "START returns once every aux driver that resolved those pages has let "
-            "them go (AUX_VM_INVALIDATE_DONE, or its registration ended)."
+            "START first waits (at most 5 s) for the jobs already submitted on VMs "
+            "mapping those pages, as xe's notifier does, and returns once every aux "
+            "driver that resolved those pages has let them go (AUX_VM_INVALIDATE_DONE, "
+            "or its registration ended)."
         ),
         errors=((EINVAL, "no host memory registered, or the range outside it"),),
     ),

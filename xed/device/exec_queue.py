@@ -61,6 +61,14 @@ class XeExecQueue:
     def full(self) -> bool:
         return self._pending >= MAX_PENDING_JOBS
 
+    @property
+    def last_fence(self) -> Fence | None:
+        """The fence of the latest job submitted, queued or running (jobs run in order: once
+        it signals, every earlier one has); None when the queue is idle."""
+        if self._jobs:
+            return self._jobs[-1][2]
+        return self._fence
+
     def submit(self, address: int | None, syncs: Syncs) -> None:
         """Queue a batch (None: a sync-only job that just signals after earlier work).
         Its fence is in its SIGNAL syncobjs from now on, and signals when it is done."""

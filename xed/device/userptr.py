@@ -38,6 +38,12 @@ if TYPE_CHECKING:
 
 
 
+# How long START waits for the jobs already submitted on VMs mapping the range (xe's
+# notifier waits for them: vma_userptr_invalidate); after it, a job still not done
+# stalls on the changing pages instead. xe's own job timeout is 5 s.
+JOB_WAIT = 5.0
+
+
 class UserptrBusy(Exception):
     """The range is being invalidated: wait for the notifier to finish, then retry."""
 
@@ -171,8 +177,9 @@ async def host_memory_invalidate_ioctl(xef: XeFile, args: m.XedHostMemoryInvalid
     """HOST_MEMORY_INVALIDATE: the client library's MMU notifier.
 
     Checks: no host memory, the range outside it, or an unknown event: EINVAL.
-    START holds device accesses off the pages, then waits until every aux driver handed
-    those pages has let them go; END lets accesses in again and marks the pages replaced
+    START waits for the jobs already submitted on VMs mapping those pages (_jobs_done),
+    holds device accesses off the pages, then waits until every aux driver handed those
+    pages has let them go; END lets accesses in again and marks the pages replaced
     (there, new contents) or freed (gone).
     """
     host = xef.host
@@ -189,7 +196,25 @@ async def host_memory_invalidate_ioctl(xef: XeFile, args: m.XedHostMemoryInvalid
         EINVAL,
         f"unknown notifier event {args.event}",
     )
+    if args.event == INVALIDATE_START:
+        await _jobs_done(xef, host, offset, offset + args.length)
     host.invalidate(offset, args.length, args.event)
     if args.event == INVALIDATE_START:
         await host.aux_let_go(offset, offset + args.length)
     return m.Empty()
+
+
+async def _jobs_done(xef: XeFile, host: HostArena, lo: int, hi: int) -> None:
+    """Wait (at most JOB_WAIT) for the jobs submitted so far on every VM that maps host
+    memory's [lo, hi): as xe's notifier waits on the VM's fences before the pages
+    change, a job submitted before an munmap or a new mmap reads the pages it was given,
+    never their replacement (IGT's userptr-invalidate-race subtests count on it)."""
+    fences = [
+        queue.last_fence
+        for queue in list(xef.exec_queues.values())
+        if queue.vm.maps_host(host, lo, hi)
+    ]
+    with trio.move_on_after(JOB_WAIT):
+        for fence in fences:
+            if fence is not None:
+                await fence.wait()

@@ -124,6 +124,13 @@ class XeVm:
     def vmas(self) -> list[Vma]:
         return [self._vmas[s] for s in self._starts]
 
+    def maps_host(self, host: HostArena, lo: int, hi: int) -> bool:
+        """Whether a userptr VMA maps any of host memory's [lo, hi)."""
+        return any(
+            vma.host is host and vma.bo_offset < hi and lo < vma.bo_offset + vma.end - vma.start
+            for vma in self._vmas.values()
+        )
+
     def map(
         self,
         addr: int,
