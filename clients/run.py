@@ -44,7 +44,9 @@ def environment(
 
 @contextlib.contextmanager
 def debugfs_dir(device_name: str) -> Iterator[Path]:
-    """A directory laid out as /sys/kernel/debug is for one xe device: dri/0 and dri/128."""
+    """A directory laid out as /sys/kernel/debug is for one xe device: dri/0 and dri/128;
+    beside it, `host/`: copies of the host settings IGT changes as root, which the
+    library opens instead (clients/preload/debugfs.c)."""
     with tempfile.TemporaryDirectory(prefix="xed-debugfs-") as tmp:
         root = Path(tmp) / "debugfs"
         for minor in (0, 128):
@@ -53,7 +55,31 @@ def debugfs_dir(device_name: str) -> Iterator[Path]:
             for name in _DEBUGFS_FILES:
                 (where / name).write_text("")
             (where / "name").write_text(f"xe dev={device_name} unique={device_name}\n")
+        _copy_host_settings(Path(tmp) / "host")
         yield root
+
+
+def _copy_host_settings(host: Path) -> None:
+    """What the host's virtual-terminal consoles and ftrace_dump_on_oops read now, as
+    files a program may write (reading them changes nothing)."""
+    ftrace = host / "proc/sys/kernel/ftrace_dump_on_oops"
+    ftrace.parent.mkdir(parents=True)
+    ftrace.write_text(_read_or("/proc/sys/kernel/ftrace_dump_on_oops", "0\n"))
+    consoles = Path("/sys/class/vtconsole")
+    (host / "sys/class/vtconsole").mkdir(parents=True)
+    for console in sorted(consoles.glob("vtcon*")) if consoles.is_dir() else ():
+        copy = host / "sys/class/vtconsole" / console.name
+        copy.mkdir()
+        for name in ("name", "bind"):
+            (copy / name).write_text(_read_or(str(console / name), ""))
+
+
+def _read_or(path: str, default: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return default
 
 
 def check_daemon(socket_path: Path) -> str | None:

@@ -46,6 +46,20 @@ PARTLY = {
     "xe_exec_basic": {  # its userptr subtests bind plain C memory
         "multigpu-*": ("SKIP", "it needs two devices"),
     },
+    "xe_exec_compute_mode": {  # LR-mode VMs, user fences in plain C memory
+        "many-*userptr-invalidate-race": (
+            "FAIL",
+            "it maps a file over the userptr: a file's pages are beyond the daemon's reach",
+        ),
+    },
+}
+# subtests left out of the run, and why
+LEFT_OUT = {
+    "xe_exec_compute_mode": (
+        "lr-mode-workload",
+        "a spinner reading the timestamp register, which the command streamer does not "
+        "run: it fails after 30 s",
+    ),
 }
 
 
@@ -57,6 +71,13 @@ DEVICES = {
         [device.engines]
         render = 1
         copy = 1
+        video_decode = 0
+        compute = 0
+        """,
+    "xe_exec_compute_mode": """
+        [device.engines]
+        render = 1
+        copy = 0
         video_decode = 0
         compute = 0
         """,
@@ -145,7 +166,8 @@ def test_more_xe_tests_pass_but_for_what_is_not_emulated(
 ) -> None:
     daemon = make_daemon(DEVICES.get(test))
     before = baseline(daemon)
-    done = xec_igt("run", "--socket", str(daemon.socket_path), test)
+    only = ["--run-subtest", f"*,!{LEFT_OUT[test][0]}"] if test in LEFT_OUT else []
+    done = xec_igt("run", "--socket", str(daemon.socket_path), test, *only)
     results = dict(re.findall(r"^Subtest (\S+): (\w+)", done.stdout, re.M))
     wanted = {name: expected(test, name) for name in results}
     assert results == wanted, f"{test}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"

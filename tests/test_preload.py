@@ -245,6 +245,15 @@ def test_syncobjs(daemon: DaemonProcess, program: Programs) -> None:
     passes(daemon.socket_path, program("syncobj"))
 
 
+def test_host_settings_igt_changes_as_root_are_stood_in_for(
+    daemon: DaemonProcess, program: Programs
+) -> None:
+    """The virtual terminals' console binding and ftrace_dump_on_oops, which IGT writes
+    as root, open as the stand-in's regular files: the host's stay as they were."""
+    out = passes(daemon.socket_path, program("host_settings"))
+    assert "host settings ok" in out
+
+
 # --- userptr ----------------------------------------------------------------------------
 def test_userptr_of_the_programs_own_memory(
     fresh_daemon: DaemonProcess, program: Programs

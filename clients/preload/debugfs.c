@@ -8,6 +8,12 @@
  * here every path under /sys/kernel/debug is mapped into it, and the root reports a
  * device of its own (stat.c) so that it looks mounted. Relative lookups (openat on a
  * descriptor of that directory) then go to the real directory by themselves.
+ *
+ * Run as root, IGT also changes two host settings as it starts: it unbinds the
+ * framebuffer console from its virtual terminal (/sys/class/vtconsole/vtconN/bind) and
+ * has the kernel dump ftrace on an oops (/proc/sys/kernel/ftrace_dump_on_oops). Those
+ * paths go to copies beside the stand-in (`host/`, which `xec run` fills from the host),
+ * so a test run as root leaves the host's console and kernel as they were.
  */
 #include <stdio.h>
 #include <string.h>
@@ -28,5 +34,27 @@ int debugfs_map(const char *path, struct path_info *pi)
 	int n = snprintf(pi->mapped, sizeof pi->mapped, "%s%s", root, rest);
 	if (n < 0 || (size_t)n >= sizeof pi->mapped)
 		pi->kind = PATH_OTHER; /* too long to map: the kernel answers for it */
+	return 0;
+}
+
+static const char *const host_settings[] = {
+	"/sys/class/vtconsole/",		/* a directory: everything under it */
+	"/proc/sys/kernel/ftrace_dump_on_oops", /* a file */
+};
+
+int host_setting_map(const char *path, struct path_info *pi)
+{
+	for (size_t i = 0; i < sizeof host_settings / sizeof *host_settings; i++) {
+		const char *s = host_settings[i];
+		size_t n = strlen(s);
+		if (s[n - 1] == '/' ? strncmp(path, s, n) : strcmp(path, s))
+			continue;
+		int len = snprintf(pi->mapped, sizeof pi->mapped, "%s/../host%s",
+				   xed_config()->debugfs, path);
+		if (len < 0 || (size_t)len >= sizeof pi->mapped)
+			return 0;
+		pi->kind = PATH_DEBUGFS;
+		return 1;
+	}
 	return 0;
 }

@@ -79,6 +79,8 @@ int path_classify(const char *user_path, struct path_info *pi)
 	}
 	if (!strncmp(p, "/sys/kernel/debug", 17) && (p[17] == 0 || p[17] == '/') && cfg->debugfs[0])
 		return debugfs_map(p, pi);
+	if (cfg->debugfs[0])
+		host_setting_map(p, pi);
 	return 0;
 }
 

@@ -151,7 +151,7 @@ enum path_kind {
 	PATH_NODE,	/* /dev/dri/card0 or renderD128 (`node` says which) */
 	PATH_DRI_DIR,	/* /dev/dri */
 	PATH_PROC_FD,	/* /proc/self/fd/N and the like (`fd` says which) */
-	PATH_DEBUGFS,	/* /sys/kernel/debug/...: served from config.debugfs */
+	PATH_DEBUGFS,	/* /sys/kernel/debug/..., host settings: served from the stand-in */
 	PATH_MISSING,	/* a device node this run does not have */
 };
 struct path_info {
@@ -162,6 +162,7 @@ struct path_info {
 /* classify a path the program passed (a user pointer): 0, or -errno if unreadable */
 int path_classify(const char *user_path, struct path_info *pi);
 int debugfs_map(const char *path, struct path_info *pi);
+int host_setting_map(const char *path, struct path_info *pi); /* 1: it is one (debugfs.c) */
 void node_stat(int node, struct stat *st);
 const char *node_path(int node);
 
