@@ -25,8 +25,8 @@
  * finds the program's new pages, as xe's repin does.
  *
  * A forked child gets private memory back as private: the parent's moved pages are
- * shared with the arena, so the child copies them into private pages of its own before
- * it returns from fork (memory first mapped shared stays shared, as it was).
+ * shared with the arena, so a private copy is taken as fork begins and the child puts it
+ * in place before fork returns to it (memory first mapped shared stays shared).
  *
  * Departures (README, "Running unmodified C programs"): a store another thread makes
  * while its range is being moved may be lost; libc's own munmap and madvise (free() of
@@ -55,6 +55,7 @@
 struct moved {
 	struct span at;
 	int private_copy; /* private memory before: a forked child takes a private copy */
+	void *shadow;	  /* that copy, made as fork begins (private: the child inherits it) */
 };
 
 static atomic_flag lock = ATOMIC_FLAG_INIT;
@@ -202,7 +203,7 @@ static void table_forget(uint64_t addr, uint64_t len)
 			*m = moved[--nmoved];
 			i--;
 		} else if (tail.len && nmoved < MAX_MOVED) { /* a hole in the middle */
-			moved[nmoved++] = (struct moved){tail, m->private_copy};
+			moved[nmoved++] = (struct moved){tail, m->private_copy, NULL};
 		}
 	}
 }
@@ -211,7 +212,7 @@ static void table_add(uint64_t addr, uint64_t len, uint64_t slice, int private_c
 {
 	table_forget(addr, len);
 	if (nmoved < MAX_MOVED)
-		moved[nmoved++] = (struct moved){{addr, len, slice}, private_copy};
+		moved[nmoved++] = (struct moved){{addr, len, slice}, private_copy, NULL};
 	else
 		xed_log("too many userptr ranges: %#llx is not watched", (unsigned long long)addr);
 }
@@ -403,38 +404,70 @@ void *userptr_fresh(void *where, size_t size, int prot, int flags)
 }
 
 /* --- fork ------------------------------------------------------------------------------ */
-void userptr_before_fork(void) { fork_mask = xed_lock(&lock); }
-void userptr_after_fork_parent(void) { xed_unlock(&lock, fork_mask); }
+/* As fork begins: a private copy of what was private memory, which the child inherits as
+ * it is now (the parent may write the arena's pages the moment fork returns to it, while
+ * the child is still putting its copies in place). Read from the arena, not the program's
+ * mapping, which may not be readable (PROT_NONE since). */
+void userptr_before_fork(void)
+{
+	fork_mask = xed_lock(&lock);
+	for (int i = 0; i < nmoved; i++) {
+		struct moved *m = &moved[i];
+		m->shadow = NULL;
+		if (!m->private_copy)
+			continue;
+		void *copy = sys_mmap(NULL, m->at.len, PROT_READ | PROT_WRITE,
+				      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (copy == MAP_FAILED)
+			continue;
+		if (syscall(SYS_pread64, arena, copy, m->at.len, (long)m->at.off) != (long)m->at.len)
+			sys_munmap(copy, m->at.len);
+		else
+			m->shadow = copy;
+	}
+}
 
-/* In the child: what was private memory is private again (a copy of the arena's pages,
- * put in place with one mremap each); its binds are the parent's, not the child's. */
+static void drop_shadows(void)
+{
+	for (int i = 0; i < nmoved; i++)
+		if (moved[i].shadow) {
+			sys_munmap(moved[i].shadow, moved[i].at.len); /* what was not moved away */
+			moved[i].shadow = NULL;
+		}
+}
+
+void userptr_after_fork_parent(void)
+{
+	drop_shadows();
+	xed_unlock(&lock, fork_mask);
+}
+
+/* In the child: what was private memory is private again, the copy made as fork began
+ * put in place of each piece still mapped from the arena (one mremap each, with that
+ * piece's protection); its binds are the parent's, not the child's. */
 void userptr_after_fork(void)
 {
 	int saved = errno;
 	struct seg segs[MAX_SEGS];
 	for (int i = 0; i < nmoved; i++) {
-		if (!moved[i].private_copy)
+		const struct moved *m = &moved[i];
+		if (!m->shadow)
 			continue;
-		int n = read_segs(moved[i].at.addr, moved[i].at.addr + moved[i].at.len, segs);
+		int n = read_segs(m->at.addr, m->at.addr + m->at.len, segs);
 		for (int k = 0; k < n; k++) {
 			const struct seg *s = &segs[k];
+			char *piece = (char *)m->shadow + (s->lo - m->at.addr);
 			uint64_t len = s->hi - s->lo;
 			if (s->kind != SEG_ARENA)
 				continue;
-			void *copy = sys_mmap(NULL, len, PROT_READ | PROT_WRITE,
-					      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-			if (copy == MAP_FAILED)
-				continue;
-			if (syscall(SYS_pread64, arena, copy, len, (long)s->off) != (long)len ||
-			    syscall(SYS_mprotect, copy, len, (long)s->prot) < 0 ||
-			    syscall(SYS_mremap, copy, len, len, (long)(MREMAP_MAYMOVE | MREMAP_FIXED),
-				    (void *)(uintptr_t)s->lo) == (long)MAP_FAILED) {
-				sys_munmap(copy, len);
+			if (syscall(SYS_mprotect, piece, len, (long)s->prot) < 0 ||
+			    syscall(SYS_mremap, piece, len, len, (long)(MREMAP_MAYMOVE | MREMAP_FIXED),
+				    (void *)(uintptr_t)s->lo) == (long)MAP_FAILED)
 				xed_log("fork: %#llx stays shared with the parent",
 					(unsigned long long)s->lo);
-			}
 		}
 	}
+	drop_shadows();
 	nmoved = 0;
 	xed_unlock(&lock, fork_mask);
 	errno = saved;

@@ -218,10 +218,13 @@ static void forked(struct gpu *g)
 	pattern((uint8_t *)priv, SIZE, 5);
 	CHECK_OK(bind(g, priv, VA, SIZE));
 	CHECK_OK(bind(g, shared, VA + SIZE, SIZE));
+	int go[2];
+	CHECK_OK(pipe(go));
 	pid_t child = fork();
 	CHECK(child >= 0);
-	if (!child) {
-		int ok = has_pattern((uint8_t *)priv, SIZE, 5);
+	if (!child) { /* what it had at fork, whatever the parent has written since */
+		char c;
+		int ok = read(go[0], &c, 1) == 1 && has_pattern((uint8_t *)priv, SIZE, 5);
 		memset(priv, 0x55, SIZE);
 		shared[0] = 0x5eed;
 		void *more = malloc(SIZE);
@@ -229,11 +232,16 @@ static void forked(struct gpu *g)
 		free(more);
 		_exit(ok ? 0 : 3);
 	}
+	memset(priv, 0x66, SIZE); /* at once, before the child reads */
+	CHECK(write(go[1], "g", 1) == 1);
 	int status;
 	CHECK(waitpid(child, &status, 0) == child);
 	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-	CHECK(has_pattern((uint8_t *)priv, SIZE, 5)); /* the child's stores stayed its own */
+	for (size_t i = 0; i < SIZE / 4; i++)
+		CHECK(priv[i] == 0x66666666); /* the child's stores stayed its own */
 	CHECK(shared[0] == 0x5eed);
+	close(go[0]);
+	close(go[1]);
 	store(g, shared, VA + SIZE, 0x100, VA + 0x10, 7); /* the parent's binds go on */
 	CHECK(priv[0x10 / 4] == 7);
 	unbind(g, VA, SIZE);
