@@ -160,6 +160,16 @@ class Query(enum.IntEnum):
     MMIO_REGIONS = 0x20  # the "mmap-ing mmio regions" proposal: what may be exposed
 
 
+# drm_xe_query_topology_mask.type
+DRM_XE_TOPO_DSS_GEOMETRY = 1
+DRM_XE_TOPO_DSS_COMPUTE = 2
+DRM_XE_TOPO_L3_BANK = 3
+DRM_XE_TOPO_EU_PER_DSS = 4
+DRM_XE_TOPO_SIMD16_EU_PER_DSS = 5
+# drm_xe_query_uc_fw_version.uc_type
+XE_QUERY_UC_TYPE_GUC_SUBMISSION = 0
+XE_QUERY_UC_TYPE_HUC = 1
+
 # drm_xe_query_config.info[] indices
 DRM_XE_QUERY_CONFIG_REV_AND_DEVICE_ID = 0
 DRM_XE_QUERY_CONFIG_FLAGS = 1

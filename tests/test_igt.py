@@ -46,6 +46,11 @@ PARTLY = {
     "xe_exec_basic": {  # its userptr subtests bind plain C memory
         "multigpu-*": ("SKIP", "it needs two devices"),
     },
+    "xe_query": {  # every query, the size probes as the kernel answers them
+        "multigpu-*": ("SKIP", "it needs two devices"),
+        "query-cs-cycles": ("SKIP", "ENGINE_CYCLES (a CS timestamp read) is not emulated"),
+        "query-invalid-cs-cycles": ("SKIP", "ENGINE_CYCLES is not emulated"),
+    },
     "xe_exec_compute_mode": {  # LR-mode VMs, user fences in plain C memory
         "many-*userptr-invalidate-race": (
             "FAIL",

@@ -25,9 +25,15 @@ from protocols.constants import (
     DRM_XE_QUERY_CONFIG_REV_AND_DEVICE_ID,
     DRM_XE_QUERY_CONFIG_VA_BITS,
     DRM_XE_QUERY_GT_TYPE_MAIN,
+    DRM_XE_TOPO_DSS_COMPUTE,
+    DRM_XE_TOPO_DSS_GEOMETRY,
+    DRM_XE_TOPO_L3_BANK,
+    DRM_XE_TOPO_SIMD16_EU_PER_DSS,
     PAGE_SIZE,
     XE_PLACEMENT_SYSMEM,
     XE_PLACEMENT_VRAM0,
+    XE_QUERY_UC_TYPE_GUC_SUBMISSION,
+    XE_QUERY_UC_TYPE_HUC,
     EngineClass,
     Query,
 )
@@ -234,10 +240,63 @@ def test_query_unknown_query_is_einval(dev: Device, query: int) -> None:
     assert query_errno(dev, query=query) == errno.EINVAL
 
 
-@pytest.mark.parametrize("query", [Query.GT_TOPOLOGY, Query.ENGINE_CYCLES, Query.UC_FW_VERSION])
-def test_query_not_emulated_is_einval(dev: Device, query: int) -> None:
-    """GT_TOPOLOGY, ENGINE_CYCLES, UC_FW_VERSION: not emulated, EINVAL."""
-    assert query_errno(dev, query=query) == errno.EINVAL
+def test_query_engine_cycles_is_not_emulated(dev: Device) -> None:
+    """ENGINE_CYCLES (a CS timestamp read beside the CPU's): not emulated, EINVAL."""
+    assert query_errno(dev, query=Query.ENGINE_CYCLES) == errno.EINVAL
+
+
+def test_query_gt_topology_lists_each_mask_in_xes_order(dev: Device) -> None:
+    """GT_TOPOLOGY: the GT's DSS geometry and compute masks, its L3 banks, then its EUs
+    per DSS, last (SIMD16 on an Xe2 part, which IGT checks on the last entry)."""
+    reply = dev.query(Query.GT_TOPOLOGY)
+    kinds = [(t.gt_id, t.type) for t in reply.topology]
+    assert kinds == [
+        (0, DRM_XE_TOPO_DSS_GEOMETRY),
+        (0, DRM_XE_TOPO_DSS_COMPUTE),
+        (0, DRM_XE_TOPO_L3_BANK),
+        (0, DRM_XE_TOPO_SIMD16_EU_PER_DSS),
+    ]
+    bits = {t.type: sum(bin(b).count("1") for b in t.mask) for t in reply.topology}
+    assert bits == {
+        DRM_XE_TOPO_DSS_GEOMETRY: 20,
+        DRM_XE_TOPO_DSS_COMPUTE: 20,
+        DRM_XE_TOPO_L3_BANK: 16,
+        DRM_XE_TOPO_SIMD16_EU_PER_DSS: 8,
+    }
+
+
+def uc_fw(dev: Device, **fields: int) -> m.DrmXeDeviceQueryReply:
+    asked = m.DrmXeQueryUcFwVersion(**fields)
+    reply: m.DrmXeDeviceQueryReply = dev.ioctl(
+        Op.XE_DEVICE_QUERY, m.DrmXeDeviceQuery(query=Query.UC_FW_VERSION, uc_fw_version=asked)
+    )
+    return reply
+
+
+def test_query_uc_fw_version_of_the_guc(dev: Device) -> None:
+    """UC_FW_VERSION of the GuC: its submission version (branch 0, major > 0)."""
+    version = uc_fw(dev, uc_type=XE_QUERY_UC_TYPE_GUC_SUBMISSION).uc_fw_version
+    assert version.uc_type == XE_QUERY_UC_TYPE_GUC_SUBMISSION
+    assert (version.branch_ver, version.major_ver > 0) == (0, True)
+
+
+@pytest.mark.parametrize(
+    ("fields", "err"),
+    [
+        pytest.param({"uc_type": XE_QUERY_UC_TYPE_HUC}, errno.ENODEV, id="huc-not-running"),
+        pytest.param({"uc_type": 2}, errno.EINVAL, id="unknown-uc-type"),
+        pytest.param({"pad": 1}, errno.EINVAL, id="pad"),
+        pytest.param({"pad2": 1}, errno.EINVAL, id="pad2"),
+        pytest.param({"reserved": 1}, errno.EINVAL, id="reserved"),
+        pytest.param({"uc_type": XE_QUERY_UC_TYPE_HUC, "pad": 1}, errno.EINVAL, id="mbz-first"),
+    ],
+)
+def test_query_uc_fw_version_refusals(dev: Device, fields: dict[str, int], err: int) -> None:
+    """query_uc_fw_version: a non-zero pad, pad2 or reserved is EINVAL before uc_type is
+    looked at; an unknown uc_type EINVAL; the HuC, which nothing runs here, ENODEV."""
+    with pytest.raises(XeError) as caught:
+        uc_fw(dev, **fields)
+    assert caught.value.errno == err
 
 
 @pytest.mark.parametrize("query", [Query.PXP_STATUS, Query.EU_STALL])
@@ -270,10 +329,13 @@ def test_query_every_answer_fills_only_its_field(dev: Device) -> None:
         Query.CONFIG: "config",
         Query.GT_LIST: "gt_list",
         Query.MMIO_REGIONS: "mmio_regions",
+        Query.GT_TOPOLOGY: "topology",
+        Query.UC_FW_VERSION: "uc_fw_version",
     }
+    others = ("engines", "mem_regions", "config", "gt_list", "hwconfig", "oa_units", "topology")
     for query, field in fields.items():
         reply = dev.query(query)
-        for other in ("engines", "mem_regions", "config", "gt_list", "hwconfig", "oa_units"):
+        for other in (*others, "uc_fw_version"):
             if other != field:
                 assert getattr(reply, other) == getattr(empty, other), (query, other)
 

@@ -118,6 +118,44 @@ static void mmio_region(struct rbuf *r, void *out)
 	m->count = (uint32_t)r_get_uint(r, "count");
 }
 
+/* drm_xe_query_topology_mask after drm_xe_query_topology_mask, each as long as its mask */
+static long topology(const struct rbuf *body, uint8_t *out, size_t cap)
+{
+	struct rbuf r;
+	int64_t n = list(body, "topology", &r);
+	size_t at = 0;
+	for (int64_t i = 0; i < n && !r.bad; i++) {
+		struct rbuf v;
+		size_t len = 0;
+		const char *mask = r_find(&r, "mask", &v) ? r_str(&v, &len) : NULL;
+		if (!mask || at + sizeof(struct drm_xe_query_topology_mask) + len > cap)
+			return -1;
+		struct drm_xe_query_topology_mask *t = (void *)(out + at);
+		t->gt_id = (uint16_t)r_get_uint(&r, "gt_id");
+		t->type = (uint16_t)r_get_uint(&r, "type");
+		t->num_bytes = (uint32_t)len;
+		memcpy(t->mask, mask, len);
+		at += sizeof *t + len;
+		r_skip(&r);
+	}
+	return n < 0 || r.bad ? -1 : (long)at;
+}
+
+static long uc_fw_version(const struct rbuf *body, uint8_t *out, size_t cap)
+{
+	struct drm_xe_query_uc_fw_version *u = (void *)out;
+	struct rbuf r;
+	if (cap < sizeof *u || !r_find(body, "uc_fw_version", &r))
+		return -1;
+	memset(u, 0, sizeof *u);
+	u->uc_type = (uint16_t)r_get_uint(&r, "uc_type");
+	u->branch_ver = (uint32_t)r_get_uint(&r, "branch_ver");
+	u->major_ver = (uint32_t)r_get_uint(&r, "major_ver");
+	u->minor_ver = (uint32_t)r_get_uint(&r, "minor_ver");
+	u->patch_ver = (uint32_t)r_get_uint(&r, "patch_ver");
+	return r.bad ? -1 : (long)sizeof *u;
+}
+
 /* lay the reply out in out[cap]: its size, or -1 if it cannot be laid out */
 static long layout(const struct rbuf *body, uint32_t query, uint8_t *out, size_t cap)
 {
@@ -159,6 +197,10 @@ static long layout(const struct rbuf *body, uint32_t query, uint8_t *out, size_t
 	}
 	case DRM_XE_DEVICE_QUERY_OA_UNITS:
 		return oa_units(body, out, cap);
+	case DRM_XE_DEVICE_QUERY_GT_TOPOLOGY:
+		return topology(body, out, cap);
+	case DRM_XE_DEVICE_QUERY_UC_FW_VERSION:
+		return uc_fw_version(body, out, cap);
 	default:
 		return -1;
 	}
@@ -176,6 +218,14 @@ static long layout(const struct rbuf *body, uint32_t query, uint8_t *out, size_t
 
 int xe_query(struct xed_file *f, struct drm_xe_device_query *q)
 {
+	/* UC_FW_VERSION reads the caller's struct (the firmware asked about), once the
+	 * argument's own checks and the size have passed: query_uc_fw_version's order. A
+	 * size probe or a wrong size sends zeros, which the daemon answers as for the GuC. */
+	struct drm_xe_query_uc_fw_version uc = {0};
+	if (q->query == DRM_XE_DEVICE_QUERY_UC_FW_VERSION && q->size == sizeof uc &&
+	    !q->extensions && !q->reserved[0] && !q->reserved[1] &&
+	    copy_from_user(&uc, q->data, sizeof uc))
+		return EFAULT;
 	struct xcall c;
 	int err = xc_begin(&c, f, XED_OP_XE_DEVICE_QUERY);
 	if (err)
@@ -183,8 +233,25 @@ int xe_query(struct xed_file *f, struct drm_xe_device_query *q)
 	xc_u(&c, "extensions", q->extensions);
 	xc_u(&c, "query", q->query);
 	xc_u64s(&c, "reserved", q->reserved, 2);
+	xc_key(&c, "uc_fw_version");
+	w_map(&c.w, 8);
+	w_kuint(&c.w, "uc_type", uc.uc_type);
+	w_kuint(&c.w, "pad", uc.pad);
+	w_kuint(&c.w, "branch_ver", uc.branch_ver);
+	w_kuint(&c.w, "major_ver", uc.major_ver);
+	w_kuint(&c.w, "minor_ver", uc.minor_ver);
+	w_kuint(&c.w, "patch_ver", uc.patch_ver);
+	w_kuint(&c.w, "pad2", uc.pad2);
+	w_kuint(&c.w, "reserved", uc.reserved);
 	err = xc_run(&c, -1);
-	if (!err) {
+	if (err == ENODEV && q->query == DRM_XE_DEVICE_QUERY_PXP_STATUS && q->size == 0) {
+		/* query_pxp_status answers the size probe before it looks for PXP */
+		q->size = sizeof(struct drm_xe_query_pxp_status);
+		err = 0;
+	} else if (err == ENODEV && q->query == DRM_XE_DEVICE_QUERY_PXP_STATUS &&
+		   q->size != sizeof(struct drm_xe_query_pxp_status)) {
+		err = EINVAL; /* ... and a wrong size, too */
+	} else if (!err) {
 		/* the request half of the buffer is free now: lay the answer out there */
 		long size = layout(&c.body, q->query, c.w.p, XED_CHAN_BUF / 2);
 		if (size < 0)

@@ -301,6 +301,41 @@ XED_CHECK(drm_xe_query_oa_units, 16);
 XED_AT(drm_xe_query_oa_units, num_oa_units, 8);
 XED_AT(drm_xe_query_oa_units, oa_units, 16);
 
+struct drm_xe_query_topology_mask {
+	uint16_t gt_id;
+	uint16_t type;
+	uint32_t num_bytes;
+	uint8_t mask[];
+};
+XED_CHECK(drm_xe_query_topology_mask, 8);
+#define DRM_XE_TOPO_DSS_GEOMETRY 1
+#define DRM_XE_TOPO_DSS_COMPUTE 2
+#define DRM_XE_TOPO_L3_BANK 3
+#define DRM_XE_TOPO_EU_PER_DSS 4
+#define DRM_XE_TOPO_SIMD16_EU_PER_DSS 5
+
+struct drm_xe_query_uc_fw_version {
+	uint16_t uc_type;
+	uint16_t pad;
+	uint32_t branch_ver;
+	uint32_t major_ver;
+	uint32_t minor_ver;
+	uint32_t patch_ver;
+	uint32_t pad2;
+	uint64_t reserved;
+};
+XED_CHECK(drm_xe_query_uc_fw_version, 32);
+XED_AT(drm_xe_query_uc_fw_version, pad2, 20);
+XED_AT(drm_xe_query_uc_fw_version, reserved, 24);
+#define XE_QUERY_UC_TYPE_GUC_SUBMISSION 0
+#define XE_QUERY_UC_TYPE_HUC 1
+
+struct drm_xe_query_pxp_status {
+	uint32_t status;
+	uint32_t supported_session_types;
+};
+XED_CHECK(drm_xe_query_pxp_status, 8);
+
 #define DRM_XE_DEVICE_QUERY_ENGINES 0
 #define DRM_XE_DEVICE_QUERY_MEM_REGIONS 1
 #define DRM_XE_DEVICE_QUERY_CONFIG 2

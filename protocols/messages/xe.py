@@ -8,10 +8,28 @@ from ..fields import array, blob, frozen, mbz, record, records, s64, string, u16
 
 # --- DRM_IOCTL_XE_DEVICE_QUERY -----------------------------------------------------------
 @frozen
+class DrmXeQueryUcFwVersion:
+    """struct drm_xe_query_uc_fw_version: UC_FW_VERSION's data, which the caller fills with
+    the firmware it asks about (uc_type) and the kernel with its version."""
+
+    uc_type: int = u16("XE_QUERY_UC_TYPE_GUC_SUBMISSION (0) or _HUC (1)")
+    pad: int = u16("must be zero")
+    branch_ver: int = u32()
+    major_ver: int = u32()
+    minor_ver: int = u32()
+    patch_ver: int = u32()
+    pad2: int = u32("must be zero")
+    reserved: int = u64("must be zero")
+
+
+@frozen
 class DrmXeDeviceQuery:
     extensions: int = u64("must be zero")
     query: int = u32("DRM_XE_DEVICE_QUERY_*")
     reserved: tuple[int, ...] = mbz(2)
+    uc_fw_version: DrmXeQueryUcFwVersion = record(
+        DrmXeQueryUcFwVersion, "UC_FW_VERSION: the data as the caller filled it (else zero)"
+    )
 
 
 @frozen
@@ -82,6 +100,15 @@ class DrmXeOaUnit:
 
 
 @frozen
+class DrmXeQueryTopologyMask:
+    """struct drm_xe_query_topology_mask: one mask of one GT (num_bytes is len(mask))."""
+
+    gt_id: int = u16()
+    type: int = u16("DRM_XE_TOPO_*: DSS_GEOMETRY 1, DSS_COMPUTE 2, L3_BANK 3, ...")
+    mask: bytes = blob("a bit per unit, byte 0 first", max_len=64)
+
+
+@frozen
 class DrmXeDeviceQueryReply:
     """The query's data, structured: exactly one field is filled, the one `query` asked
     for (its C layout is the uAPI's drm_xe_query_* struct, whose size the kernel's size
@@ -95,6 +122,10 @@ class DrmXeDeviceQueryReply:
     hwconfig: bytes = blob("HWCONFIG: the GuC's hwconfig table (empty: size 0)", max_len=4096)
     oa_units: tuple[DrmXeOaUnit, ...] = records(DrmXeOaUnit, "OA_UNITS", max_items=16)
     mmio_regions: tuple[DrmXeMmioRegion, ...] = records(DrmXeMmioRegion)
+    topology: tuple[DrmXeQueryTopologyMask, ...] = records(
+        DrmXeQueryTopologyMask, "GT_TOPOLOGY: every GT's masks, in the kernel's order"
+    )
+    uc_fw_version: DrmXeQueryUcFwVersion = record(DrmXeQueryUcFwVersion, "UC_FW_VERSION")
 
 
 @frozen

@@ -31,14 +31,18 @@ SPECS: tuple[OpSpec, ...] = (
         roles=frozenset({Role.DRM, Role.ADMIN}),
         doc=(
             "Engines, memory regions (sizes and used bytes), config info[], the GT "
-            "list, the hwconfig blob (empty), OA units (none), or the proposal's MMIO "
+            "list, the hwconfig blob (empty), the GT's topology masks, the GuC's "
+            "firmware version (UC_FW_VERSION: uc_fw_version as the caller filled it), "
+            "OA units (none), or the proposal's MMIO "
             "regions, as a record; a C library lays it out as the uAPI's "
             "drm_xe_query_* (the size probe, `size` != that size: EINVAL, and a data "
             "pointer it cannot write: EFAULT, or ENOSPC for MEM_REGIONS, as xe does)."
         ),
         errors=(
             MBZ,
-            (EINVAL, "unknown query; GT_TOPOLOGY, ENGINE_CYCLES, UC_FW_VERSION: not emulated"),
+            (EINVAL, "unknown query; ENGINE_CYCLES: not emulated"),
+            (EINVAL, "UC_FW_VERSION: pad, pad2 or reserved not zero, or an unknown uc_type"),
+            (ENODEV, "UC_FW_VERSION of the HuC: none is running"),
             (ENODEV, "PXP_STATUS: the device has no PXP"),
             (ENODEV, "EU_STALL: the device has no EU stall sampling"),
         ),

@@ -308,6 +308,44 @@ static void vm_exec_fence(int fd)
 	CHECK_OK(gem_close(fd, bo2));
 }
 
+/* GT_TOPOLOGY's masks back to back, each as long as it says; UC_FW_VERSION reading the
+ * caller's struct only once the size is right (EFAULT then), refusing MBZ with EINVAL */
+static void query_topology_and_firmware(int fd)
+{
+	static uint8_t data[4096];
+	struct drm_xe_device_query q = {.query = DRM_XE_DEVICE_QUERY_GT_TOPOLOGY};
+	CHECK_OK(ioctl(fd, DRM_IOCTL_XE_DEVICE_QUERY, &q));
+	CHECK(q.size > sizeof(struct drm_xe_query_topology_mask) && q.size <= sizeof data);
+	q.data = (uintptr_t)data;
+	CHECK_OK(ioctl(fd, DRM_IOCTL_XE_DEVICE_QUERY, &q));
+	uint32_t at = 0, last = 0, n = 0;
+	while (at < q.size) {
+		const struct drm_xe_query_topology_mask *t = (const void *)(data + at);
+		CHECK(t->gt_id == 0 && t->num_bytes > 0);
+		last = t->type;
+		at += sizeof *t + t->num_bytes;
+		n++;
+	}
+	CHECK(at == q.size && n == 4 && last == DRM_XE_TOPO_SIMD16_EU_PER_DSS);
+
+	struct drm_xe_query_uc_fw_version uc = {.uc_type = XE_QUERY_UC_TYPE_GUC_SUBMISSION};
+	q = (struct drm_xe_device_query){.query = DRM_XE_DEVICE_QUERY_UC_FW_VERSION};
+	CHECK_OK(ioctl(fd, DRM_IOCTL_XE_DEVICE_QUERY, &q)); /* the size: data is not read */
+	CHECK(q.size == sizeof uc);
+	q.data = (uintptr_t)bad_address();
+	CHECK_ERR(ioctl(fd, DRM_IOCTL_XE_DEVICE_QUERY, &q), EFAULT);
+	q.size = 8;
+	CHECK_ERR(ioctl(fd, DRM_IOCTL_XE_DEVICE_QUERY, &q), EINVAL); /* before the copy */
+	q.size = sizeof uc;
+	q.data = (uintptr_t)&uc;
+	CHECK_OK(ioctl(fd, DRM_IOCTL_XE_DEVICE_QUERY, &q));
+	CHECK(uc.major_ver > 0 && uc.uc_type == XE_QUERY_UC_TYPE_GUC_SUBMISSION);
+	uc.pad2 = 1;
+	CHECK_ERR(ioctl(fd, DRM_IOCTL_XE_DEVICE_QUERY, &q), EINVAL);
+	uc = (struct drm_xe_query_uc_fw_version){.uc_type = XE_QUERY_UC_TYPE_HUC};
+	CHECK_ERR(ioctl(fd, DRM_IOCTL_XE_DEVICE_QUERY, &q), ENODEV);
+}
+
 static void query(int fd)
 {
 	static const uint32_t queries[] = {DRM_XE_DEVICE_QUERY_ENGINES,
@@ -344,10 +382,17 @@ static void query(int fd)
 	CHECK(q.size == 0);
 	q = (struct drm_xe_device_query){.query = 77};
 	CHECK_ERR(ioctl(fd, DRM_IOCTL_XE_DEVICE_QUERY, &q), EINVAL);
+	/* no PXP: the size probe passes, the query itself is ENODEV (query_pxp_status) */
 	q = (struct drm_xe_device_query){.query = DRM_XE_DEVICE_QUERY_PXP_STATUS};
+	CHECK_OK(ioctl(fd, DRM_IOCTL_XE_DEVICE_QUERY, &q));
+	CHECK(q.size == sizeof(struct drm_xe_query_pxp_status));
+	q.data = (uintptr_t)data;
 	CHECK_ERR(ioctl(fd, DRM_IOCTL_XE_DEVICE_QUERY, &q), ENODEV);
+	q.size = 4;
+	CHECK_ERR(ioctl(fd, DRM_IOCTL_XE_DEVICE_QUERY, &q), EINVAL);
 	q = (struct drm_xe_device_query){.query = DRM_XE_DEVICE_QUERY_ENGINES, .extensions = 1};
 	CHECK_ERR(ioctl(fd, DRM_IOCTL_XE_DEVICE_QUERY, &q), EINVAL);
+	query_topology_and_firmware(fd);
 }
 
 static void mmio(int fd)
