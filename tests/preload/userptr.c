@@ -7,8 +7,8 @@
  * daemon cannot reach (the stack, a file's pages, nothing mapped, PROT_NONE) is EFAULT,
  * an unaligned address EINVAL. Fresh memory mapped over a binding (MAP_FIXED) is what
  * the device then sees; memory moved by mremap binds where it now is; unmapped memory
- * binds no more. A forked child's copy of private memory is its own, while shared
- * memory stays shared.
+ * binds no more, and a batch reaching it under an old binding faults. A forked child's
+ * copy of private memory is its own, while shared memory stays shared.
  */
 #include "check.h"
 
@@ -190,6 +190,27 @@ static void replaced(struct gpu *g, int type)
 	CHECK_ERR(bind(g, m, VA, SIZE), EFAULT); /* nothing there now */
 }
 
+/* unmapped under a binding: the daemon hears of it, and a batch storing there faults
+ * (the queue is banned: its next EXEC is ECANCELED) rather than reach freed pages */
+static void freed(void)
+{
+	struct gpu g = gpu_open();
+	uint32_t *batch = mmap(NULL, SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	uint32_t *target = mmap(NULL, SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	CHECK(batch != MAP_FAILED && target != MAP_FAILED);
+	CHECK_OK(bind(&g, batch, VA, SIZE));
+	CHECK_OK(bind(&g, target, VA + SIZE, SIZE));
+	store(&g, batch, VA, 0, VA + SIZE, 1);
+	CHECK(target[0] == 1);
+	CHECK_OK(munmap(target, SIZE));
+	store(&g, batch, VA, 0x40, VA + SIZE, 2); /* faults: its fence signals all the same */
+	struct drm_xe_exec ex = {.exec_queue_id = g.queue, .address = VA + 0x40,
+				 .num_batch_buffer = 1};
+	CHECK_ERR(ioctl(g.fd, DRM_IOCTL_XE_EXEC, &ex), ECANCELED);
+	CHECK_OK(munmap(batch, SIZE));
+	gpu_close(&g);
+}
+
 /* moved by mremap: bound where it now is */
 static void moved(struct gpu *g)
 {
@@ -258,6 +279,7 @@ int main(void)
 	replaced(&g, MAP_SHARED);
 	replaced(&g, MAP_PRIVATE);
 	moved(&g);
+	freed();
 	forked(&g);
 	gpu_close(&other);
 	gpu_close(&g);
