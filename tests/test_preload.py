@@ -268,6 +268,25 @@ def test_userptr_of_the_programs_own_memory(
     assert wait_for_baseline(fresh_daemon, before) == before
 
 
+def test_userptr_bind_costs_the_file_no_extra_connection(
+    fresh_daemon: DaemonProcess, program: Programs
+) -> None:
+    """The first MAP_USERPTR of a file registers the process's arena with it before the
+    VM_BIND is sent, on the file's own connection: the file has no channel after it."""
+    cmd = [sys.executable, "-m", "clients", "run", "--socket", str(fresh_daemon.socket_path)]
+    with spawn(cmd + ["--", str(program("userptr")), "hold"]) as holder:
+        assert holder.stdin is not None and holder.stdout is not None
+        word, pid = holder.stdout.readline().split()
+        assert word == "bound"
+        with Device.open(fresh_daemon.socket_path, role="admin") as admin:
+            files = [c for c in admin.admin_clients() if c.pid == int(pid)]
+        assert [(c.role, c.channels) for c in files] == [("drm", 0)]
+        holder.stdin.write("done\n")
+        holder.stdin.flush()
+        _out, err = holder.communicate(timeout=TIMEOUT)
+        assert holder.returncode == 0, err
+
+
 # --- one file, many descriptors and callers ---------------------------------------------
 def test_dup_fork_threads_share_one_file(daemon: DaemonProcess, program: Programs) -> None:
     """dup*/F_DUPFD copies, a forked child and threads all act on one drm file."""

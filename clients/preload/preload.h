@@ -225,6 +225,9 @@ int proc_maps(uint64_t lo, uint64_t hi, struct seg *segs, int max);
 /* The address a MAP_USERPTR of [addr, addr+len) names in f's host memory, the memory
  * moved there first if need be; addr itself where it cannot be (the daemon: EFAULT) */
 uint64_t userptr_address(struct xed_file *f, uint64_t addr, uint64_t len);
+/* the arena registered with f now, before a call on f begins: registering from inside
+ * one would open a channel for it */
+void userptr_register(struct xed_file *f);
 /* Around a munmap, MAP_FIXED mmap or mremap of [addr, addr+len): begin returns 1 (and
  * holds the table) if moved memory is there, reported about to change; end reports it
  * freed (`changed`) or as it was, and lets go of the table with `mask` */

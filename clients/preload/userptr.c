@@ -300,6 +300,13 @@ static int move_in(const struct seg *segs, int n, uint64_t addr, uint64_t len, u
 	return err;
 }
 
+void userptr_register(struct xed_file *f)
+{
+	uint64_t base, old = xed_lock(&lock);
+	file_base(f, &base); /* what fails here fails again, and is told, at the bind */
+	xed_unlock(&lock, old);
+}
+
 uint64_t userptr_address(struct xed_file *f, uint64_t addr, uint64_t len)
 {
 	if (!len || (addr | len) & (PAGE - 1) || addr + len < addr)

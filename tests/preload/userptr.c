@@ -271,8 +271,28 @@ static void forked(struct gpu *g)
 	CHECK_OK(munmap(shared, SIZE));
 }
 
-int main(void)
+/* `hold`: bind heap memory, say so with the pid, and wait for a line on stdin: the test
+ * looks at the daemon meanwhile (a first bind costs the file no extra connection) */
+static int hold(void)
 {
+	struct gpu g = gpu_open();
+	uint32_t *buf = aligned_alloc(4096, SIZE);
+	CHECK(buf);
+	CHECK_OK(bind(&g, buf, VA, SIZE));
+	printf("bound %d\n", (int)getpid());
+	fflush(stdout);
+	char line[8];
+	CHECK(fgets(line, sizeof line, stdin));
+	unbind(&g, VA, SIZE);
+	gpu_close(&g);
+	free(buf);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc > 1 && !strcmp(argv[1], "hold"))
+		return hold();
 	struct gpu g = gpu_open(), other = gpu_open();
 	heap(&g, &other);
 	unreachable(&g);
