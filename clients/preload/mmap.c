@@ -35,8 +35,6 @@
 #include "sys.h"
 
 #define FIRST_MAPS 4096
-#define PAGE 4096ul
-#define ROUND(len) (((uint64_t)(len) + PAGE - 1) & ~(PAGE - 1))
 
 struct map {
 	uint64_t addr, len, offset;

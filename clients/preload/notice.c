@@ -27,7 +27,6 @@
 #include "signals.h"
 #include "sys.h"
 
-#define PAGE 4096ul
 #define PER_BLOCK 8 /* devices a block remembers; more take another block */
 
 struct device {

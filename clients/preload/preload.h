@@ -28,6 +28,9 @@
 /* marks a libc function the library stands in for; exports.map is what exports it */
 #define XED_EXPORT __attribute__((visibility("default")))
 
+#define PAGE 4096ul /* the host's page: what mappings and the kernel's checks go by */
+#define ROUND(len) (((uint64_t)(len) + PAGE - 1) & ~(PAGE - 1)) /* up to whole pages */
+
 enum xed_node { XED_NODE_PRIMARY = 0, XED_NODE_RENDER = 1 };
 #define XED_DRM_MAJOR 226
 #define XED_TOKEN_MAX 64

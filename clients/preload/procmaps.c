@@ -6,6 +6,7 @@
  * may be used. Lines come in address order, so the walk stops once past the range.
  */
 #define _GNU_SOURCE
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/sysmacros.h>
@@ -13,37 +14,21 @@
 #include "preload.h"
 #include "sys.h"
 
-static const char *hex(const char *p, uint64_t *v)
-{
-	uint64_t x = 0;
-	for (;; p++) {
-		int d = *p >= '0' && *p <= '9' ? *p - '0' : *p >= 'a' && *p <= 'f' ? *p - 'a' + 10 : -1;
-		if (d < 0)
-			break;
-		x = x << 4 | (uint64_t)d;
-	}
-	*v = x;
-	return p;
-}
-
 /* "lo-hi perms offset major:minor inode   path" */
-static int parse_line(const char *p, struct seg *s)
+static int parse_line(char *p, struct seg *s)
 {
-	uint64_t major, minor, inode = 0;
-	p = hex(p, &s->lo);
+	s->lo = strtoull(p, &p, 16);
 	if (*p++ != '-')
 		return 0;
-	p = hex(p, &s->hi);
+	s->hi = strtoull(p, &p, 16);
 	if (*p++ != ' ' || strlen(p) < 5)
 		return 0;
 	s->prot = (p[0] == 'r' ? PROT_READ : 0) | (p[1] == 'w' ? PROT_WRITE : 0) |
 		  (p[2] == 'x' ? PROT_EXEC : 0);
 	s->shared = p[3] == 's';
-	p = hex(p + 5, &s->off);
-	p = hex(p + 1, &major);
-	p = hex(p + 1, &minor);
-	for (p++; *p >= '0' && *p <= '9'; p++)
-		inode = inode * 10 + (uint64_t)(*p - '0');
+	s->off = strtoull(p + 5, &p, 16);
+	unsigned long long major = strtoull(p + 1, &p, 16), minor = strtoull(p + 1, &p, 16);
+	uint64_t inode = strtoull(p, &p, 10);
 	while (*p == ' ')
 		p++;
 	s->dev = makedev(major, minor);

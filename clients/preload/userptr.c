@@ -44,7 +44,6 @@
 #include "signals.h"
 #include "sys.h"
 
-#define PAGE 4096ull
 #define SLICE_ALIGN (64ull << 10) /* a slice keeps its address's alignment to 64 KiB */
 #define ARENA_MAX (1ull << 30)
 #define ARENA_MIN (16ull << 20)
@@ -349,7 +348,7 @@ int userptr_begin(uint64_t addr, uint64_t len, uint64_t *mask)
 	if (!atomic_load(&nmoved))
 		return 0;
 	*mask = xed_lock(&lock);
-	len = (len + PAGE - 1) & ~(PAGE - 1);
+	len = ROUND(len);
 	struct span part;
 	int touched = 0;
 	for (int i = 0; i < nmoved && !touched; i++)
@@ -364,7 +363,7 @@ int userptr_begin(uint64_t addr, uint64_t len, uint64_t *mask)
 
 void userptr_end(uint64_t addr, uint64_t len, int changed, uint64_t mask)
 {
-	len = (len + PAGE - 1) & ~(PAGE - 1);
+	len = ROUND(len);
 	notify_overlaps(addr, len,
 			changed ? XED_HOST_INVALIDATE_END_FREED : XED_HOST_INVALIDATE_END_REPLACED);
 	if (changed)
@@ -374,7 +373,7 @@ void userptr_end(uint64_t addr, uint64_t len, int changed, uint64_t mask)
 
 void *userptr_fresh(void *where, size_t size, int prot, int flags)
 {
-	uint64_t addr = (uintptr_t)where, len = (size + PAGE - 1) & ~(PAGE - 1), mask;
+	uint64_t addr = (uintptr_t)where, len = ROUND(size), mask;
 	int private_copy;
 	if (!atomic_load(&nmoved) || addr & (PAGE - 1) || !len)
 		return NULL;
