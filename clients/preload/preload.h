@@ -225,12 +225,13 @@ struct seg {
 int proc_maps(uint64_t lo, uint64_t hi, struct seg *segs, int max);
 
 /* --- userptr.c: MAP_USERPTR of the program's own memory ------------------------------ */
-/* The address a MAP_USERPTR of [addr, addr+len) names in f's host memory, the memory
- * moved there first if need be; addr itself where it cannot be (the daemon: EFAULT) */
-uint64_t userptr_address(struct xed_file *f, uint64_t addr, uint64_t len);
-/* the arena registered with f now, before a call on f begins: registering from inside
- * one would open a channel for it */
-void userptr_register(struct xed_file *f);
+/* The obj_offset to send for bind o: for a MAP_USERPTR, the address its range has in
+ * f's host memory, the memory moved there first if need be; else, or where it cannot
+ * be, o's own (the daemon answers as for an address outside host memory: EFAULT) */
+uint64_t userptr_obj_offset(struct xed_file *f, const struct drm_xe_vm_bind_op *o);
+/* for a MAP_USERPTR bind o, the arena registered with f now, before a call on f begins:
+ * registering from inside one would open a channel for it */
+void userptr_register(struct xed_file *f, const struct drm_xe_vm_bind_op *o);
 /* Around a munmap, MAP_FIXED mmap or mremap of [addr, addr+len): begin returns 1 (and
  * holds the table) if moved memory is there, reported about to change; end reports it
  * freed (`changed`) or as it was, and lets go of the table with `mask` */

@@ -299,17 +299,25 @@ static int move_in(const struct seg *segs, int n, uint64_t addr, uint64_t len, u
 	return err;
 }
 
-void userptr_register(struct xed_file *f)
+static int is_userptr(const struct drm_xe_vm_bind_op *o)
 {
+	return o->op == DRM_XE_VM_BIND_OP_MAP_USERPTR && !o->obj; /* with obj: EINVAL */
+}
+
+void userptr_register(struct xed_file *f, const struct drm_xe_vm_bind_op *o)
+{
+	if (!is_userptr(o))
+		return;
 	uint64_t base, old = xed_lock(&lock);
 	file_base(f, &base); /* what fails here fails again, and is told, at the bind */
 	xed_unlock(&lock, old);
 }
 
-uint64_t userptr_address(struct xed_file *f, uint64_t addr, uint64_t len)
+uint64_t userptr_obj_offset(struct xed_file *f, const struct drm_xe_vm_bind_op *o)
 {
-	if (!len || (addr | len) & (PAGE - 1) || addr + len < addr)
-		return addr; /* the daemon refuses it, in the kernel's order */
+	uint64_t addr = o->obj_offset, len = o->range;
+	if (!is_userptr(o) || !len || (addr | len) & (PAGE - 1) || addr + len < addr)
+		return addr; /* no userptr, or one the daemon refuses in the kernel's order */
 	struct seg segs[MAX_SEGS];
 	uint64_t old = xed_lock(&lock), base = 0, slice = 0;
 	int err = file_base(f, &base);

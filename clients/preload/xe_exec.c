@@ -89,9 +89,7 @@ int xe_vm_bind(struct xcall *c, struct drm_xe_vm_bind *a)
 	w_array(&c->w, nb);
 	for (uint32_t i = 0; i < nb; i++) {
 		const struct drm_xe_vm_bind_op *o = &ops[i];
-		uint64_t obj_offset = o->obj_offset;
-		if (o->op == DRM_XE_VM_BIND_OP_MAP_USERPTR && !o->obj) /* userptr.c */
-			obj_offset = userptr_address(c->file, obj_offset, o->range);
+		uint64_t obj_offset = userptr_obj_offset(c->file, o); /* userptr.c */
 		w_map(&c->w, 12);
 		w_kuint(&c->w, "extensions", o->extensions);
 		w_kuint(&c->w, "obj", o->obj);

@@ -160,11 +160,8 @@ int xe_ioctl(struct xed_file *f, unsigned nr, void *kdata)
 		[DRM_XE_MMIO_REGION_CLOSE] = XED_OP_XE_MMIO_REGION_CLOSE,
 		[DRM_XE_VM_EXPORT] = XED_OP_XE_VM_EXPORT,
 	};
-	if (nr == DRM_XE_VM_BIND) { /* one bind inline: a userptr's arena is registered first */
-		const struct drm_xe_vm_bind *b = kdata;
-		if (b->num_binds == 1 && b->bind.op == DRM_XE_VM_BIND_OP_MAP_USERPTR && !b->bind.obj)
-			userptr_register(f);
-	}
+	if (nr == DRM_XE_VM_BIND && ((struct drm_xe_vm_bind *)kdata)->num_binds == 1)
+		userptr_register(f, &((struct drm_xe_vm_bind *)kdata)->bind); /* before the call */
 	struct xcall c;
 	int err = xc_begin(&c, f, ops[nr]);
 	if (err)
