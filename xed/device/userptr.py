@@ -209,11 +209,9 @@ async def _jobs_done(xef: XeFile, host: HostArena, lo: int, hi: int) -> None:
     memory's [lo, hi): as xe's notifier waits on the VM's fences before the pages
     change, a job submitted before an munmap or a new mmap reads the pages it was given,
     never their replacement (IGT's userptr-invalidate-race subtests count on it)."""
-    fences = [
-        queue.last_fence
-        for queue in list(xef.exec_queues.values())
-        if queue.vm.maps_host(host, lo, hi)
-    ]
+    queues = list(xef.exec_queues.values())
+    mapping = {vm for vm in {queue.vm for queue in queues} if vm.maps_host(host, lo, hi)}
+    fences = [queue.last_fence for queue in queues if queue.vm in mapping]  # each VM once
     with trio.move_on_after(JOB_WAIT):
         for fence in fences:
             if fence is not None:
