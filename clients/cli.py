@@ -323,8 +323,8 @@ def _igt_parsers(sub: Subparsers) -> None:
     run_p.add_argument(
         "--as-root", action="store_true",
         help="run a test as root even if it may touch the host (load kernel modules, "
-        "suspend, write sysfs); xe_mmap, xe_prime_self_import, xe_create, xe_exec_basic "
-        "and xe_waitfence need not",
+        "suspend, write sysfs); the tests traced to leave it alone, which a refusal "
+        "names (README: Running IGT's xe tests), need not",
     )  # fmt: skip
     _node_option(run_p, "the test")
     run_p.add_argument("test", metavar="TEST", help="an IGT test: xe_mmap, xe_prime_self_import...")

@@ -177,9 +177,7 @@ class Device(PrimeOps, RoleOps):
                 os.close(fd)
         return result
 
-    def ioctl_fds(
-        self, op: Op, args: Any, fds: Sequence[int] = ()
-    ) -> tuple[Any, tuple[int, ...]]:
+    def ioctl_fds(self, op: Op, args: Any, fds: Sequence[int] = ()) -> tuple[Any, tuple[int, ...]]:
         """Like ioctl(), but hand back the descriptors the reply carries (caller closes)."""
         result: tuple[Any, tuple[int, ...]] = self.rpc.call(op, args, fds)
         return result
@@ -531,26 +529,51 @@ class Device(PrimeOps, RoleOps):
 
     # --- exec queues and execution ----------------------------------------------------------
     def exec_queue_create(
-        self, vm: int, engine_class: int = EngineClass.RENDER, instance: int = 0, gt: int = 0
+        self,
+        vm: int,
+        engine_class: int = EngineClass.RENDER,
+        instance: int = 0,
+        gt: int = 0,
+        *,
+        width: int = 1,
     ) -> int:
-        eci = m.DrmXeEngineClassInstance(
-            engine_class=engine_class, engine_instance=instance, gt_id=gt
+        """A queue on engine `instance` of `engine_class`; `width` above 1, a parallel
+        queue whose lanes run on that instance and the width - 1 after it (each EXEC
+        then gives one batch a lane)."""
+        instances = tuple(
+            m.DrmXeEngineClassInstance(
+                engine_class=engine_class, engine_instance=instance + lane, gt_id=gt
+            )
+            for lane in range(width)
         )
         reply: m.DrmXeExecQueueCreateReply = self.ioctl(
             Op.XE_EXEC_QUEUE_CREATE,
-            m.DrmXeExecQueueCreate(width=1, num_placements=1, vm_id=vm, instances=(eci,)),
+            m.DrmXeExecQueueCreate(width=width, num_placements=1, vm_id=vm, instances=instances),
         )
         return reply.exec_queue_id
 
     def exec_queue_destroy(self, queue: int) -> None:
         self.ioctl(Op.XE_EXEC_QUEUE_DESTROY, m.DrmXeExecQueueDestroy(exec_queue_id=queue))
 
-    def exec(self, queue: int, batch_addr: int, syncs: Iterable[m.DrmXeSync] = ()) -> None:
-        """Submit the batch at GPU address `batch_addr`; returns once it is queued."""
+    def exec(
+        self, queue: int, batch_addr: int | Sequence[int], syncs: Iterable[m.DrmXeSync] = ()
+    ) -> None:
+        """Submit the batch at GPU address `batch_addr` (a parallel queue: a sequence,
+        one batch a lane); returns once it is queued."""
+        lanes: tuple[int, ...] = ()
+        if isinstance(batch_addr, int):
+            address, count = batch_addr, 1
+        else:
+            address, lanes = 0, tuple(batch_addr)
+            count = len(lanes)
         self.ioctl(
             Op.XE_EXEC,
             m.DrmXeExec(
-                exec_queue_id=queue, address=batch_addr, num_batch_buffer=1, syncs=tuple(syncs)
+                exec_queue_id=queue,
+                address=address,
+                addresses=lanes,
+                num_batch_buffer=count,
+                syncs=tuple(syncs),
             ),
         )
 

@@ -29,8 +29,17 @@ DEPARTURES: tuple[tuple[str, str], ...] = (
     ),
     (
         "Not emulated",
-        "`PREFETCH` binds, parallel submission (width above 1) and "
+        "`PREFETCH` binds and "
         "page-fault mode (`DRM_XE_VM_CREATE_FLAG_FAULT_MODE`): `EINVAL`.",
+    ),
+    (
+        "Parallel submission",
+        "a parallel queue's lanes (width above 1, on the video classes, xe's multi-LRC "
+        "ones) run one after the other, lane 0 first: the same stores as side by side, "
+        "unless one lane's batch waits for another's (the command streamer has no "
+        "semaphores). An EXEC with no batch (`num_batch_buffer` 0) on such a queue does "
+        "not read the array `address` points at, which xe copies (and faults on) even "
+        "then: the C library cannot know the queue's width there.",
     ),
     (
         "User addresses",

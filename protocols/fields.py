@@ -77,6 +77,13 @@ def array(n: int, wire: str = "u64", doc: str = "") -> Any:
     return _field((0,) * n, meta)
 
 
+def upto(n: int, wire: str = "u64", doc: str = "") -> Any:
+    """An array of at most `n` integers: where the C struct points at a count of them
+    that another field decides (a parallel EXEC's batch addresses)."""
+    meta = {"wire": f"{wire}[<={n}]", "doc": doc, "kind": "upto", "array": n, "item": wire}
+    return _field((), meta)
+
+
 def string(doc: str = "", default: str = "", max_len: int = MAX_STR) -> Any:
     return _field(default, {"wire": "str", "doc": doc, "kind": "str", "max_len": max_len})
 
@@ -104,9 +111,10 @@ def record(cls: type, doc: str = "") -> Any:
 
 
 # --- the generated methods -------------------------------------------------------------
-def _uints(value: Any, n: int, hi: int) -> bool:
-    """A tuple of exactly n ints in [0, hi] (bools and floats are not ints here)."""
-    if type(value) is not tuple or len(value) != n:
+def _uints(value: Any, n: int, hi: int, exactly: bool = True) -> bool:
+    """A tuple of exactly n ints in [0, hi] (at most n, not `exactly`; bools and floats
+    are not ints here)."""
+    if type(value) is not tuple or len(value) > n or (exactly and len(value) != n):
         return False
     for item in value:  # noqa: SIM110 - a loop costs half what all() over a generator does
         if type(item) is not int or not 0 <= item <= hi:
@@ -132,12 +140,13 @@ def _check_lines(field: attrs.Attribute[Any], g: dict[str, Any], keep: str = "")
             f"    else: raise _FieldError({message})",
             f"if not {lo} <= {name} <= {hi}: raise _FieldError({message})",
         ]
-    if kind == "array":
+    if kind in ("array", "upto"):
         n, hi = meta["array"], _INT_RANGES[meta["item"]][1]
+        exactly, count = (True, f"{n}") if kind == "array" else (False, f"at most {n}")
         return [
             f"if _type({name}) is _list: {name} = _tuple({name}){keep}",
-            f"if not _uints({name}, {n}, {hi}):",
-            f"    raise _FieldError(f'{name} must be {n} x {meta['item']}, got {{{name}!r}}')",
+            f"if not _uints({name}, {n}, {hi}, {exactly}):",
+            f"    raise _FieldError(f'{name} must be {count} x {meta['item']}, got {{{name}!r}}')",
         ]
     if kind in ("str", "bin"):
         pytype, what = ("_str", "a string of at most") if kind == "str" else ("_bytes", "at most")

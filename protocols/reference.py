@@ -83,6 +83,7 @@ _WIRE_TYPES = (
         "`u64[n]` (also `u16[n]`)",
         "array of exactly `n` such integers (`pad[]`, `reserved[]`, `info[]`)",
     ),
+    ("`u64[<=n]`", "array of at most `n` such integers"),
     ("`str`", f"UTF-8 string, at most {MAX_STR} characters unless the field has its own limit"),
     ("`bin`", f"byte string, at most {MAX_BLOB} bytes"),
     ("`Record`", "a map: one nested record (see [Nested records](#nested-records))"),

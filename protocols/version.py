@@ -1,7 +1,7 @@
 """Protocol version. A peer with another major version is refused with EPROTO."""
 
 PROTOCOL_MAJOR = 1
-PROTOCOL_MINOR = 1  # 1: DEVICE_QUERY's GT_TOPOLOGY and UC_FW_VERSION fields
+PROTOCOL_MINOR = 2  # 1: DEVICE_QUERY GT_TOPOLOGY, UC_FW_VERSION; 2: EXEC addresses
 PROTOCOL_VERSION = (PROTOCOL_MAJOR, PROTOCOL_MINOR)
 
 

@@ -130,8 +130,9 @@ def test_exec_queue_create_bind_queue(gpu: Gpu) -> None:
     dev.exec_queue_destroy(queue)
 
 
-def test_exec_queue_create_width_2_is_einval(dev: Device) -> None:
-    """Parallel submission (width 2) is not emulated: EINVAL."""
+def test_exec_queue_create_width_2_on_compute_is_einval(dev: Device) -> None:
+    """Parallel submission (width 2) on the compute class, which has no multi-LRC, is
+    EINVAL (test_exec_parallel.py: the classes that have it)."""
     vm = dev.vm_create()
     two = (eci(EngineClass.COMPUTE, 0), eci(EngineClass.COMPUTE, 1))
     err = errno_of(create_queue, dev, vm_id=vm, width=2, num_placements=1, instances=two)

@@ -18,6 +18,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -237,6 +238,14 @@ def test_ioctls(daemon: DaemonProcess, program: Programs) -> None:
 def test_bad_pointers_are_efault(daemon: DaemonProcess, program: Programs) -> None:
     """NULL, unmapped and read-only pointers in and inside ioctls: EFAULT, no SIGSEGV."""
     passes(daemon.socket_path, program("efault"))
+
+
+def test_parallel_queue_batch_addresses(make_daemon: Any, program: Programs) -> None:
+    """A parallel queue's EXEC reads its array of batch addresses from the program: every
+    lane runs; a wrong count is EINVAL before the array is read, an unreadable array
+    EFAULT, and no SIGSEGV."""
+    daemon = make_daemon("[device.engines]\nvideo_decode = 2\n")
+    passes(daemon.socket_path, program("parallel"))
 
 
 def test_syncobjs(daemon: DaemonProcess, program: Programs) -> None:

@@ -48,7 +48,7 @@ def widest(cls: type, cuts: dict[str, int] | None = None) -> Any:
         kind = meta["kind"]
         if kind == "int":
             kw[f.name] = INTS[meta["wire"]]
-        elif kind == "array":
+        elif kind in ("array", "upto"):
             kw[f.name] = (INTS[meta["item"]],) * meta["array"]
         elif kind == "str":
             kw[f.name] = WIDE_CHAR * meta["max_len"]

@@ -179,6 +179,12 @@ struct drm_xe_user_extension {
 XED_CHECK(drm_xe_user_extension, 16);
 XED_AT(drm_xe_user_extension, name, 8);
 
+#define DRM_XE_ENGINE_CLASS_RENDER 0
+#define DRM_XE_ENGINE_CLASS_COPY 1
+#define DRM_XE_ENGINE_CLASS_VIDEO_DECODE 2
+#define DRM_XE_ENGINE_CLASS_VIDEO_ENHANCE 3
+#define DRM_XE_ENGINE_CLASS_COMPUTE 4
+#define DRM_XE_ENGINE_CLASS_VM_BIND 5
 struct drm_xe_engine_class_instance {
 	uint16_t engine_class;
 	uint16_t engine_instance;

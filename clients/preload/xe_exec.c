@@ -1,7 +1,7 @@
 /*
  * xe_exec.c - the xe ioctls that carry arrays and CPU addresses: VM_BIND (its binds
- * and syncs), EXEC_QUEUE_CREATE (its engine instances), EXEC (its syncs) and
- * WAIT_USER_FENCE.
+ * and syncs), EXEC_QUEUE_CREATE (its engine instances), EXEC (its syncs, and a parallel
+ * queue's batch addresses) and WAIT_USER_FENCE.
  *
  * Each array is read from the program with copy_from_user and sent as a list: a bad
  * pointer is EFAULT here, after the checks the kernel makes before its own copy. User
@@ -179,9 +179,22 @@ int xe_exec_queue_destroy(struct xcall *c, struct drm_xe_exec_queue_destroy *a)
 	return xc_run(c, -1);
 }
 
+/* A parallel queue's EXEC (num_batch_buffer above 1): `address` points at a batch
+ * address a lane. Sent as `addresses`, or none where they cannot be read, which the
+ * daemon answers EFAULT once it knows the queue's width is num_batch_buffer (a wrong
+ * count is EINVAL first, as xe copies the array only then). */
+static uint32_t get_lanes(uint64_t *lanes, const struct drm_xe_exec *a)
+{
+	uint32_t n = a->num_batch_buffer;
+	if (n < 2 || n > MAX_INSTANCES || copy_from_user(lanes, a->address, n * sizeof *lanes))
+		return 0;
+	return n;
+}
+
 int xe_exec(struct xcall *c, struct drm_xe_exec *a)
 {
 	struct drm_xe_sync syncs[MAX_SYNCS];
+	uint64_t lanes[MAX_INSTANCES];
 	uint32_t ns = a->num_syncs;
 	int mbz = a->extensions || a->reserved[0] || a->reserved[1] || a->pad[0] || a->pad[1] ||
 		  a->pad[2];
@@ -192,6 +205,7 @@ int xe_exec(struct xcall *c, struct drm_xe_exec *a)
 	xc_u(c, "exec_queue_id", a->exec_queue_id);
 	put_syncs(c, c->file, syncs, mbz ? 0 : ns, 0, -1);
 	xc_u(c, "address", a->address);
+	xc_u64s(c, "addresses", lanes, mbz ? 0 : get_lanes(lanes, a));
 	xc_u(c, "num_batch_buffer", a->num_batch_buffer);
 	xc_u16s(c, "pad", a->pad, 3);
 	xe_reserved(c, a->reserved, 2);

@@ -3,7 +3,7 @@ with the proposed MMIO regions and xed's mmap of a fake offset."""
 
 from __future__ import annotations
 
-from ..fields import array, blob, frozen, mbz, record, records, s64, string, u16, u32, u64
+from ..fields import array, blob, frozen, mbz, record, records, s64, string, u16, u32, u64, upto
 
 
 # --- DRM_IOCTL_XE_DEVICE_QUERY -----------------------------------------------------------
@@ -303,7 +303,13 @@ class DrmXeExec:
     extensions: int = u64("must be zero")
     exec_queue_id: int = u32()
     syncs: tuple[DrmXeSync, ...] = records(DrmXeSync, "num_syncs / syncs", max_items=64)
-    address: int = u64("GPU address of the batch buffer")
+    address: int = u64("GPU address of the batch buffer (a queue of width 1)")
+    addresses: tuple[int, ...] = upto(
+        9,
+        "u64",
+        "a parallel queue's batch addresses, one a lane: the u64 array `address` points at "
+        "in the C struct, read by the library; empty for a queue of width 1",
+    )
     num_batch_buffer: int = u16("must equal the queue's width (or 0)")
     pad: tuple[int, ...] = array(3, "u16", "must be zero")
     reserved: tuple[int, ...] = mbz(2)

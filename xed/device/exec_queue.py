@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import collections
-from errno import EAGAIN, ECANCELED, EINVAL, ENOENT
+from errno import EAGAIN, ECANCELED, EFAULT, EINVAL, ENOENT
 from typing import TYPE_CHECKING
 
 import trio
@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 
 DRM_XE_EXEC_QUEUE_LOW_LATENCY_HINT = 1 << 0
 MAX_PENDING_JOBS = 4096  # beyond this EXEC answers EAGAIN rather than queue forever
+# the engine classes whose queues may be parallel (width above 1): xe's multi_lrc_mask,
+# the video classes on every platform it has; IGT assumes the same where debugfs does
+# not say (xe_engine_class_supports_multi_lrc)
+MULTI_LRC_CLASSES = frozenset((EngineClass.VIDEO_DECODE, EngineClass.VIDEO_ENHANCE))
 
 
 class XeExecQueue:
@@ -34,22 +38,25 @@ class XeExecQueue:
     10,000 records, not 10,000 tasks)."""
 
     __slots__ = (
-        "file", "device", "vm", "engine", "id", "banned", "bind",
+        "file", "device", "vm", "engine", "width", "id", "banned", "bind",
         "_jobs", "_pending", "_running", "_fence", "_worker", "_stopped",
     )  # fmt: skip
 
-    def __init__(self, xef: XeFile, vm: XeVm, eci: m.DrmXeEngineClassInstance) -> None:
+    def __init__(
+        self, xef: XeFile, vm: XeVm, eci: m.DrmXeEngineClassInstance, width: int = 1
+    ) -> None:
         self.file = xef
         self.device = xef.device
         self.vm = vm.get()
         vm.exec_queues += 1
         self.engine = eci
+        self.width = width  # batches a job runs, one a lane (parallel submission: above 1)
         self.id = 0
         self.banned = False
         # a bind queue (engine class VM_BIND): VM_BINDs name it, never an EXEC; binds are
         # made as their ioctl is answered, so it orders nothing more and has no worker
         self.bind = eci.engine_class == EngineClass.VM_BIND
-        self._jobs: collections.deque[tuple[int | None, Syncs, Fence]] | None = None
+        self._jobs: collections.deque[tuple[tuple[int, ...], Syncs, Fence]] | None = None
         self._pending = 0
         self._running = 0  # the batch the worker is on, for a crash's ban event
         self._fence: Fence | None = None  # the job the worker is on: its fence
@@ -69,15 +76,16 @@ class XeExecQueue:
             return self._jobs[-1][2]
         return self._fence
 
-    def submit(self, address: int | None, syncs: Syncs) -> None:
-        """Queue a batch (None: a sync-only job that just signals after earlier work).
-        Its fence is in its SIGNAL syncobjs from now on, and signals when it is done."""
+    def submit(self, addresses: tuple[int, ...], syncs: Syncs) -> None:
+        """Queue a job: a batch a lane (none: a sync-only job that just signals after
+        earlier work). Its fence is in its SIGNAL syncobjs from now on, and signals when
+        it is done."""
         if self._jobs is None:
             self._jobs = collections.deque()
         fence = Fence()
         syncs.submit(fence)
         self._pending += 1
-        self._jobs.append((address, syncs, fence))
+        self._jobs.append((addresses, syncs, fence))
         if self._worker is None and not self._stopped:
             self._worker = trio.CancelScope()
             self.device.start_soon(
@@ -95,7 +103,7 @@ class XeExecQueue:
             self._worker.cancel()
         if self._fence is not None:
             self._fence.signal()
-        for _address, _syncs, fence in self._jobs or ():
+        for _addresses, _syncs, fence in self._jobs or ():
             fence.signal()
 
     def destroy(self) -> None:
@@ -109,9 +117,9 @@ class XeExecQueue:
         try:
             with self._worker:
                 while self._jobs and not self._stopped:
-                    address, syncs, fence = self._jobs.popleft()
+                    addresses, syncs, fence = self._jobs.popleft()
                     self._fence = fence
-                    await self._execute(address, syncs)
+                    await self._execute(addresses, syncs)
                     fence.signal()
                     self._fence = None
                     self._pending -= 1
@@ -122,17 +130,20 @@ class XeExecQueue:
             if self._stopped:
                 self._jobs = None
 
-    async def _execute(self, address: int | None, syncs: Syncs) -> None:
+    async def _execute(self, addresses: tuple[int, ...], syncs: Syncs) -> None:
         for wait in syncs.waits:  # the scheduler runs a job once its dependencies are done
             await wait.wait()
         # a banned queue or closed VM drops the job, but its fences still signal (xe does)
-        if address is not None and not self.banned and not self.vm.closed:
-            self._running = address
+        if addresses and not self.banned and not self.vm.closed:
             self.device.crash_point("exec_queue")
             strict = self.device.dma_buf_config.strict_sync
             self.vm.touched = set() if strict else None
             try:
-                await run_batch(self.vm, address)
+                # a parallel job's lanes run one after the other: what they write is
+                # what running side by side writes, unless one waits for another
+                for address in addresses:
+                    self._running = address
+                    await run_batch(self.vm, address)
                 self.device.stats["execs"] += 1
             except GpuFault as fault:
                 self._ban(fault)
@@ -193,13 +204,15 @@ def xe_exec_queue_create_ioctl(
     - the first instance's gt_id names no GT: EINVAL
     - VM_BIND class (a bind queue): width or num_placements other than 1, or
       engine_instance other than 0: EINVAL
-    - else: width other than 1, an instance of another class or naming no engine of
-      the device: EINVAL (pad is not checked, as in calc_validate_logical_mask)
+    - else (calc_validate_logical_mask; pad is not checked): an instance of another
+      class or GT, or naming no engine of the device: EINVAL; width above 1 (parallel
+      submission: instances[j * width + i] is lane i of placement j) whose lanes are
+      not logically contiguous, each lane's instances the previous lane's plus one:
+      EINVAL; width above 1 on a class without multi-LRC (MULTI_LRC_CLASSES): EINVAL
     - no such VM, or VM closed: ENOENT
     - extensions non-zero: EINVAL
     - the file holds limits.exec_queues queues already: ENOMEM
     """
-    xe = xef.device
     refuse_if(args.flags & ~DRM_XE_EXEC_QUEUE_LOW_LATENCY_HINT, EINVAL, "unknown flags")
     refuse_if(any(args.reserved), EINVAL, "reserved must be zero")
     count = args.width * args.num_placements
@@ -217,24 +230,48 @@ def xe_exec_queue_create_ioctl(
             "a bind queue has one placement, instance 0",
         )
     else:
-        refuse_if(args.width != 1, EINVAL, "parallel submission is not emulated")
-        for eci in args.instances:  # calc_validate_logical_mask(); pad is not checked
-            refuse_if(
-                eci.engine_class != first.engine_class or not xe.has_engine(eci),
-                EINVAL,
-                f"no engine {eci.engine_class}:{eci.engine_instance} on GT {eci.gt_id}",
-            )
+        _check_placements(xef, args)
     vm = xef.vms.get(args.vm_id)
     refuse_if(vm is None or vm.closed, ENOENT, f"no VM {args.vm_id}")
     assert vm is not None
     refuse_if(args.extensions, EINVAL, "extensions must be zero")
     refuse_over(xef, "exec_queues", len(xef.exec_queues))
-    queue = XeExecQueue(xef, vm, first)
+    queue = XeExecQueue(xef, vm, first, args.width)
     queue.id = xef.exec_queue_ids.alloc()
     xef.exec_queues[queue.id] = queue
     xef.log.debug("exec_queue_created", exec_queue_id=queue.id, vm_id=args.vm_id)
     debug_event(xef, "exec_queue_create", vm_id=args.vm_id, detail=f"queue {queue.id}")
     return m.DrmXeExecQueueCreateReply(exec_queue_id=queue.id)
+
+
+def _check_placements(xef: XeFile, args: m.DrmXeExecQueueCreate) -> None:
+    """calc_validate_logical_mask(): every instance an engine of the first one's class
+    and GT; a parallel queue's lanes side by side (lane i's instances, one per
+    placement, are lane i-1's moved up by one) on a class that can run them together."""
+    first, width = args.instances[0], args.width
+    previous = 0
+    for lane in range(width):
+        instances = 0
+        for eci in args.instances[lane::width]:  # placement j's lane: [j * width + lane]
+            refuse_if(
+                eci.engine_class != first.engine_class
+                or eci.gt_id != first.gt_id
+                or not xef.device.has_engine(eci),
+                EINVAL,
+                f"no engine {eci.engine_class}:{eci.engine_instance} on GT {eci.gt_id}",
+            )
+            instances |= 1 << eci.engine_instance
+        refuse_if(
+            lane and instances != previous << 1,
+            EINVAL,
+            "parallel submission: each lane's engines must follow the previous lane's",
+        )
+        previous = instances
+    refuse_if(
+        width > 1 and first.engine_class not in MULTI_LRC_CLASSES,
+        EINVAL,
+        f"engine class {first.engine_class} has no parallel submission (multi-LRC)",
+    )
 
 
 def xe_exec_queue_destroy_ioctl(xef: XeFile, args: m.DrmXeExecQueueDestroy) -> m.Empty:
@@ -259,11 +296,16 @@ def xe_exec_ioctl(xef: XeFile, args: m.DrmXeExec) -> m.Empty:
     Checks, in order:
     - extensions, pad or reserved non-zero: EINVAL
     - no such exec queue: ENOENT
-    - num_batch_buffer neither 0 nor the queue's width (1): EINVAL
+    - num_batch_buffer neither 0 nor the queue's width: EINVAL
     - a bind queue: EINVAL
     - the queue was banned: ECANCELED
     - more than MAX_PENDING_JOBS batches outstanding: EAGAIN
     - syncs (xe_sync_entry_parse): EINVAL / ENOENT / EOPNOTSUPP, see sync.py
+    - a queue of width 1 given `addresses`: EINVAL
+    - a parallel queue (width above 1) given other than `width` addresses: EFAULT,
+      where xe's copy of the array `address` points at fails (the library sends none
+      when it cannot read them). Not with num_batch_buffer 0, where xe copies the array
+      all the same: the library cannot know the queue's width to read it
     - num_batch_buffer 0: nothing runs; the syncs signal after the queue's earlier work
     - the queue's VM was closed: ECANCELED
     """
@@ -272,13 +314,18 @@ def xe_exec_ioctl(xef: XeFile, args: m.DrmXeExec) -> m.Empty:
     queue = xef.exec_queues.get(args.exec_queue_id)
     if queue is None:
         raise IoctlError(ENOENT, f"no exec queue {args.exec_queue_id}")
-    refuse_if(args.num_batch_buffer not in (0, 1), EINVAL, "num_batch_buffer != width")
+    width = queue.width
+    refuse_if(args.num_batch_buffer not in (0, width), EINVAL, f"num_batch_buffer != width {width}")
     refuse_if(queue.bind, EINVAL, f"exec queue {queue.id} is a bind queue")
     refuse_if(queue.banned, ECANCELED, f"exec queue {queue.id} is banned")
     refuse_if(queue.full, EAGAIN, "too many batches queued")
     syncs = parse_syncs(xef, args.syncs, user_addresses=False, lr_mode=queue.vm.lr_mode)
+    refuse_if(width == 1 and args.addresses, EINVAL, "addresses are a parallel queue's")
+    addresses: tuple[int, ...] = ()
     if args.num_batch_buffer:
+        addresses = args.addresses if width > 1 else (args.address,)
+        refuse_if(len(addresses) != width, EFAULT, f"a parallel EXEC needs {width} addresses")
         refuse_if(queue.vm.closed, ECANCELED, "the VM is closed")
-    queue.submit(args.address if args.num_batch_buffer else None, syncs)
+    queue.submit(addresses, syncs)
     debug_event(xef, "exec", vm_id=queue.vm.id, addr=args.address, detail=f"queue {queue.id}")
     return m.Empty()
