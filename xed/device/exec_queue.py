@@ -135,6 +135,7 @@ class XeExecQueue:
             await wait.wait()
         # a banned queue or closed VM drops the job, but its fences still signal (xe does)
         if addresses and not self.banned and not self.vm.closed:
+            self._running = addresses[0]
             self.device.crash_point("exec_queue")
             strict = self.device.dma_buf_config.strict_sync
             self.vm.touched = set() if strict else None
