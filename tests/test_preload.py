@@ -264,6 +264,15 @@ def test_host_settings_igt_changes_as_root_are_stood_in_for(
 
 
 # --- userptr ----------------------------------------------------------------------------
+# memory for a 64 MiB arena at most (clients/preload/userptr.c tries 4 GiB, 1 GiB, 256 MiB)
+SMALL_DEVICE = """
+[device]
+system_memory = 33554432
+vram_size = 33554432
+visible_vram_size = 33554432
+"""
+
+
 def test_userptr_of_the_programs_own_memory(
     fresh_daemon: DaemonProcess, program: Programs
 ) -> None:
@@ -275,6 +284,16 @@ def test_userptr_of_the_programs_own_memory(
     before = baseline(fresh_daemon)
     assert "userptr ok" in passes(fresh_daemon.socket_path, program("userptr"))
     assert wait_for_baseline(fresh_daemon, before) == before
+
+
+def test_userptr_arena_is_used_again(make_daemon: Any, program: Programs) -> None:
+    """On a device whose memory holds a 64 MiB arena, 16 MiB bound and unmapped eight
+    times over binds every time, unmapped by the program or by libc's free(); memory
+    shared with a forked child is not handed out again. Nothing is left afterwards."""
+    daemon = make_daemon(SMALL_DEVICE)
+    before = baseline(daemon)
+    assert "reuse ok" in passes(daemon.socket_path, program("userptr_reuse"))
+    assert wait_for_baseline(daemon, before) == before
 
 
 def test_userptr_bind_costs_the_file_no_extra_connection(

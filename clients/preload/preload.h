@@ -223,6 +223,23 @@ struct seg {
 /* the mappings covering [lo, hi), clipped to it, in segs[]: their number, or -1 if there
  * is a hole, more than max pieces, or the file cannot be read */
 int proc_maps(uint64_t lo, uint64_t hi, struct seg *segs, int max);
+/* fn for every mapping, in address order, until it returns non-zero: that value, 0 once
+ * every line is read, -1 if the file could not be read whole */
+int proc_maps_each(int (*fn)(const struct seg *, void *), void *arg);
+
+/* --- arena.c: which parts of the userptr arena are taken ----------------------------- */
+int arena_table(uint64_t size); /* the table, shared with forked children: 0 or ENOMEM */
+/* A slice for [addr, addr+len), with addr's alignment to 64 KiB: 0 and *slice (*reused:
+ * some of it was taken before), or ENOMEM */
+int arena_take(uint64_t addr, uint64_t len, uint64_t *slice, int *reused);
+/* Give back what no mapping of this process reaches (the arena is memfd fd, dev:ino) and
+ * what processes gone left unpinned; gone(off, len, arg) first for each of ours. The
+ * number given back. */
+int arena_collect(int fd, dev_t dev, ino_t ino, void (*gone)(uint64_t, uint64_t, void *),
+		  void *arg);
+/* As fork begins: pin each extent of ours for which shared(off, len, arg) says a child
+ * may map it */
+void arena_pin(int (*shared)(uint64_t, uint64_t, void *), void *arg);
 
 /* --- userptr.c: MAP_USERPTR of the program's own memory ------------------------------ */
 /* The obj_offset to send for bind o: for a MAP_USERPTR, the address its range has in
@@ -237,8 +254,9 @@ void userptr_register(struct xed_file *f, const struct drm_xe_vm_bind_op *o);
  * freed (`changed`) or as it was, and lets go of the table with `mask` */
 int userptr_begin(uint64_t addr, uint64_t len, uint64_t *mask);
 void userptr_end(uint64_t addr, uint64_t len, int changed, uint64_t mask);
-/* A MAP_FIXED anonymous mmap wholly over moved memory: fresh zeroed pages of the arena
- * there (still the device's to reach), and addr; NULL where that is not the case */
+/* A MAP_FIXED anonymous mmap over moved memory: the fresh memory asked for, with zeroed
+ * pages of the arena under what was moved (still the device's to reach), and addr (or
+ * MAP_FAILED and errno); NULL where no moved memory is there */
 void *userptr_fresh(void *addr, size_t len, int prot, int flags);
 void userptr_before_fork(void);
 void userptr_after_fork_parent(void);

@@ -3,7 +3,7 @@
  *
  * Read with raw syscalls into a buffer on the stack: it runs in a fork child (before
  * fork returns to it) and with every signal blocked, where neither malloc nor stdio
- * may be used. Lines come in address order, so the walk stops once past the range.
+ * may be used. Lines come in address order, so a walk for a range stops once past it.
  */
 #define _GNU_SOURCE
 #include <stdlib.h>
@@ -42,38 +42,28 @@ static int parse_line(char *p, struct seg *s)
 	return 1;
 }
 
-int proc_maps(uint64_t lo, uint64_t hi, struct seg *segs, int max)
+int proc_maps_each(int (*fn)(const struct seg *, void *), void *arg)
 {
 	int fd = sys_openat(AT_FDCWD, "/proc/self/maps", O_RDONLY | O_CLOEXEC, 0);
 	if (fd < 0)
 		return -1;
 	char buf[4096 + 1];
 	size_t have = 0;
-	int n = 0, done = 0;
-	uint64_t at = lo;
-	while (!done) {
+	int stop = 0, whole = 0;
+	while (!stop) {
 		long got = syscall(SYS_read, fd, buf + have, sizeof buf - 1 - have);
-		if (got <= 0)
+		if (got <= 0) {
+			whole = got == 0;
 			break;
+		}
 		have += (size_t)got;
 		buf[have] = 0;
 		char *line = buf, *nl;
-		while (!done && (nl = strchr(line, '\n'))) {
+		while (!stop && (nl = strchr(line, '\n'))) {
 			*nl = 0;
 			struct seg s;
-			if (parse_line(line, &s) && s.hi > at) {
-				if (s.lo > at || n == max) {
-					done = -1; /* a hole, or too many pieces */
-				} else { /* clipped to [at, hi) */
-					s.off += at - s.lo;
-					s.lo = at;
-					if (s.hi > hi)
-						s.hi = hi;
-					segs[n++] = s;
-					at = s.hi;
-					done = at >= hi;
-				}
-			}
+			if (parse_line(line, &s))
+				stop = fn(&s, arg);
 			line = nl + 1;
 		}
 		have -= (size_t)(line - buf);
@@ -82,5 +72,36 @@ int proc_maps(uint64_t lo, uint64_t hi, struct seg *segs, int max)
 			have = 0; /* a line longer than the buffer: a path nobody binds */
 	}
 	sys_close(fd);
-	return done == 1 ? n : -1;
+	return stop || whole ? stop : -1;
+}
+
+struct covering {
+	uint64_t at, hi;
+	struct seg *segs;
+	int n, max;
+	int done; /* 1: covered; -1: a hole, or too many pieces */
+};
+
+static int cover(const struct seg *line, void *arg)
+{
+	struct covering *c = arg;
+	if (line->hi <= c->at)
+		return 0;
+	if (line->lo > c->at || c->n == c->max)
+		return c->done = -1;
+	struct seg s = *line; /* clipped to [at, hi) */
+	s.off += c->at - s.lo;
+	s.lo = c->at;
+	if (s.hi > c->hi)
+		s.hi = c->hi;
+	c->segs[c->n++] = s;
+	c->at = s.hi;
+	return c->done = c->at >= c->hi;
+}
+
+int proc_maps(uint64_t lo, uint64_t hi, struct seg *segs, int max)
+{
+	struct covering c = {lo, hi, segs, 0, max, 0};
+	proc_maps_each(cover, &c);
+	return c.done == 1 ? c.n : -1;
 }

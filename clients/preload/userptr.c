@@ -31,8 +31,8 @@
  * Departures (README, "Running unmodified C programs"): a store another thread makes
  * while its range is being moved may be lost; libc's own munmap and madvise (free() of
  * a large block, a heap trimmed) go past this library, so those pages are not reported
- * freed, and MADV_DONTNEED no longer zeroes moved memory; the arena holds at most
- * ARENA_MAX bytes, and a slice once used is not used again.
+ * freed until arena.c finds no mapping reaches them, and MADV_DONTNEED no longer zeroes
+ * moved memory; the arena holds at most ARENA_MAX bytes at once.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -44,8 +44,7 @@
 #include "signals.h"
 #include "sys.h"
 
-#define SLICE_ALIGN (64ull << 10) /* a slice keeps its address's alignment to 64 KiB */
-#define ARENA_MAX (1ull << 30)
+#define ARENA_MAX (4ull << 30)
 #define ARENA_MIN (16ull << 20)
 #define MAX_MOVED 512
 #define MAX_SEGS 16
@@ -64,7 +63,6 @@ static int arena = -1; /* the memfd, from the first bind on */
 static uint64_t arena_size;
 static dev_t arena_dev;
 static ino_t arena_ino;
-static _Atomic uint64_t *arena_next; /* a shared page: forked children take slices too */
 static __thread __attribute__((tls_model("initial-exec"))) uint64_t fork_mask;
 
 /* The mappings covering [lo, hi) (procmaps.c), the arena's told apart: their number, or
@@ -108,15 +106,13 @@ static int register_arena(struct xed_file *f, int fd, uint64_t size, uint64_t *b
 }
 
 /* The arena, made at the first bind as large as the daemon takes (a device with less
- * memory than ARENA_MAX refuses a larger one: EINVAL), registered with f. Under the lock. */
+ * memory than ARENA_MAX refuses a larger one: EINVAL; a daemon whose offset space is
+ * nearly full, ENOSPC), registered with f. Under the lock. */
 static int first_arena(struct xed_file *f, uint64_t *base)
 {
-	_Atomic uint64_t *next = sys_mmap(NULL, PAGE, PROT_READ | PROT_WRITE,
-					  MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-	if (next == MAP_FAILED)
-		return ENOMEM;
 	int err = EINVAL;
-	for (uint64_t size = ARENA_MAX; size >= ARENA_MIN && err == EINVAL; size /= 4) {
+	for (uint64_t size = ARENA_MAX; size >= ARENA_MIN && (err == EINVAL || err == ENOSPC);
+	     size /= 4) {
 		int fd = make_arena(size);
 		if (fd < 0) {
 			err = -fd;
@@ -133,14 +129,16 @@ static int first_arena(struct xed_file *f, uint64_t *base)
 			sys_close(fd);
 			break;
 		}
+		err = arena_table(size); /* arena.c */
+		if (err) {
+			sys_close(fd);
+			break;
+		}
 		arena_dev = st.st_dev;
 		arena_ino = st.st_ino;
 		arena_size = size;
-		arena_next = next;
 		arena = fd;
 	}
-	if (err)
-		sys_munmap((void *)next, PAGE);
 	return err;
 }
 
@@ -250,16 +248,59 @@ static void notify_overlaps(uint64_t addr, uint64_t len, int event)
 			notify(event, part.off, part.len);
 }
 
-/* --- moving memory in ------------------------------------------------------------------ */
-/* A slice of `len` bytes with addr's alignment to SLICE_ALIGN; 0 and ENOMEM if full. */
-static int take_slice(uint64_t addr, uint64_t len, uint64_t *slice)
+/* pwrite or pread (`nr`) of len bytes at the arena's off whole, in the pieces the kernel
+ * moves at once (at most 2 GiB less a page): 0, or -1 where memory faulted */
+static int arena_io(long nr, void *buf, uint64_t len, uint64_t off)
 {
-	uint64_t want = len + 2 * SLICE_ALIGN;
-	uint64_t at = atomic_fetch_add(arena_next, want);
-	if (want > arena_size || at > arena_size - want)
-		return ENOMEM;
-	*slice = ((at + SLICE_ALIGN - 1) & ~(SLICE_ALIGN - 1)) + (addr & (SLICE_ALIGN - 1));
+	for (uint64_t done = 0; done < len;) {
+		long got = syscall(nr, arena, (char *)buf + done, len - done, (long)(off + done));
+		if (got <= 0)
+			return -1;
+		done += (uint64_t)got;
+	}
 	return 0;
+}
+
+/* --- giving slices back ------------------------------------------------------------------ */
+/* arena.c found [off, off+len) reached by no mapping of ours: what the table still says
+ * is there went past this library (libc's own munmap), and is reported freed now */
+static void freed_unseen(uint64_t off, uint64_t len, void *arg)
+{
+	(void)arg;
+	for (int found = 1; found;) {
+		struct span part = {0, 0, 0};
+		found = 0;
+		for (int i = 0; i < nmoved && !found; i++) {
+			const struct moved *m = &moved[i];
+			uint64_t lo = off > m->at.off ? off : m->at.off;
+			uint64_t hi = off + len < m->at.off + m->at.len ? off + len : m->at.off + m->at.len;
+			if (lo < hi) {
+				part = (struct span){m->at.addr + (lo - m->at.off), hi - lo, lo};
+				found = 1;
+			}
+		}
+		if (found) {
+			notify(XED_HOST_INVALIDATE_START, part.off, part.len);
+			notify(XED_HOST_INVALIDATE_END_FREED, part.off, part.len);
+			table_forget(part.addr, part.len);
+		}
+	}
+}
+
+static int collect(void) { return arena_collect(arena, arena_dev, arena_ino, freed_unseen, NULL); }
+
+/* --- moving memory in ------------------------------------------------------------------ */
+/* A slice of `len` bytes with addr's alignment to 64 KiB: 0, or ENOMEM if full even once
+ * what nothing maps any more is given back. One with pages taken before (*reused) is
+ * reported about to change, until move_in has put the new contents there. */
+static int take_slice(uint64_t addr, uint64_t len, uint64_t *slice, int *reused)
+{
+	int err = arena_take(addr, len, slice, reused);
+	if (err == ENOMEM && collect())
+		err = arena_take(addr, len, slice, reused);
+	if (!err && *reused) /* its pages may have been reported freed: they are new ones */
+		notify(XED_HOST_INVALIDATE_START, *slice, len);
+	return err;
 }
 
 /* [addr, addr+len) into a new slice: 0 and *slice, or errno (the range left as it was,
@@ -272,11 +313,15 @@ static int move_in(const struct seg *segs, int n, uint64_t addr, uint64_t len, u
 			return EFAULT; /* memory the kernel would pin, but not ours to move */
 		private_copy |= segs[i].kind == SEG_ANON && !segs[i].shared;
 	}
-	int err = take_slice(addr, len, slice);
+	int reused = 0, err = take_slice(addr, len, slice, &reused);
 	if (err)
 		return err;
-	if (syscall(SYS_pwrite64, arena, (void *)(uintptr_t)addr, len, (long)*slice) != (long)len)
-		return EFAULT; /* a page went meanwhile, or cannot be read */
+	if (arena_io(SYS_pwrite64, (void *)(uintptr_t)addr, len, *slice))
+		err = EFAULT; /* a page went meanwhile, or cannot be read */
+	if (reused) /* the device may reach them again: as after xe's repin */
+		notify(XED_HOST_INVALIDATE_END_REPLACED, *slice, len);
+	if (err)
+		return err; /* the slice is given back when next collected: nothing maps it */
 	for (int i = 0; i < n; i++) /* arena pages bound elsewhere in it: moved again */
 		if (segs[i].kind == SEG_ARENA)
 			notify(XED_HOST_INVALIDATE_START, segs[i].off, segs[i].hi - segs[i].lo);
@@ -374,29 +419,35 @@ void userptr_end(uint64_t addr, uint64_t len, int changed, uint64_t mask)
 	len = ROUND(len);
 	notify_overlaps(addr, len,
 			changed ? XED_HOST_INVALIDATE_END_FREED : XED_HOST_INVALIDATE_END_REPLACED);
-	if (changed)
+	if (changed) {
 		table_forget(addr, len);
+		collect(); /* its slice, unless mapped elsewhere now (mremap) */
+	}
 	xed_unlock(&lock, mask);
 }
 
 void *userptr_fresh(void *where, size_t size, int prot, int flags)
 {
 	uint64_t addr = (uintptr_t)where, len = ROUND(size), mask;
-	int private_copy;
 	if (!atomic_load(&nmoved) || addr & (PAGE - 1) || !len)
 		return NULL;
 	mask = xed_lock(&lock);
-	if (!table_covers(addr, len, &private_copy)) {
+	struct span part;
+	int touched = 0;
+	for (int i = 0; i < nmoved && !touched; i++)
+		touched = overlap(&moved[i], addr, len, &part);
+	if (!touched) {
 		xed_unlock(&lock, mask);
 		return NULL;
 	}
 	notify_overlaps(addr, len, XED_HOST_INVALIDATE_START);
-	struct span part;
-	int err = 0;
+	/* the fresh memory asked for, then under what was moved the arena again, its pages
+	 * gone first so that they read zeros */
+	void *p = sys_mmap(where, size, prot, flags, -1, 0);
+	int err = p == MAP_FAILED ? errno : 0, fresh = !err;
 	for (int i = 0; i < nmoved && !err; i++) {
 		if (!overlap(&moved[i], addr, len, &part))
 			continue;
-		/* fresh memory reads zeros: the slice's pages go, then it is mapped again */
 		if (syscall(SYS_fallocate, arena, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 			    (long)part.off, (long)part.len) < 0 ||
 		    sys_mmap((void *)(uintptr_t)part.addr, part.len, prot,
@@ -406,15 +457,15 @@ void *userptr_fresh(void *where, size_t size, int prot, int flags)
 		else if ((flags & MAP_TYPE) == MAP_PRIVATE)
 			moved[i].private_copy = 1;
 	}
+	/* a piece not put back is fresh memory the device cannot reach: freed, for it */
 	notify_overlaps(addr, len,
-			err ? XED_HOST_INVALIDATE_END_FREED : XED_HOST_INVALIDATE_END_REPLACED);
-	if (err) { /* as the program asked, then: no longer the device's to reach */
+			err && fresh ? XED_HOST_INVALIDATE_END_FREED : XED_HOST_INVALIDATE_END_REPLACED);
+	if (err && fresh)
 		table_forget(addr, len);
-		xed_unlock(&lock, mask);
-		return sys_mmap(where, size, prot, flags, -1, 0);
-	}
 	xed_unlock(&lock, mask);
-	return where;
+	if (!fresh)
+		errno = err;
+	return fresh ? where : MAP_FAILED;
 }
 
 /* --- fork ------------------------------------------------------------------------------ */
@@ -422,9 +473,27 @@ void *userptr_fresh(void *where, size_t size, int prot, int flags)
  * it is now (the parent may write the arena's pages the moment fork returns to it, while
  * the child is still putting its copies in place). Read from the arena, not the program's
  * mapping, which may not be readable (PROT_NONE since). */
+/* whether a forked child may map arena [off, off+len) shared: memory mapped shared (or
+ * that the table does not know: moved by mremap) */
+static int maybe_shared(uint64_t off, uint64_t len, void *arg)
+{
+	(void)arg;
+	int known = 0;
+	for (int i = 0; i < nmoved; i++) {
+		const struct moved *m = &moved[i];
+		if (m->at.off < off + len && off < m->at.off + m->at.len) {
+			if (!m->private_copy)
+				return 1;
+			known = 1;
+		}
+	}
+	return !known;
+}
+
 void userptr_before_fork(void)
 {
 	fork_mask = xed_lock(&lock);
+	arena_pin(maybe_shared, NULL); /* a child's mapping would outlive our munmap */
 	for (int i = 0; i < nmoved; i++) {
 		struct moved *m = &moved[i];
 		m->shadow = NULL;
@@ -434,7 +503,7 @@ void userptr_before_fork(void)
 				      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 		if (copy == MAP_FAILED)
 			continue;
-		if (syscall(SYS_pread64, arena, copy, m->at.len, (long)m->at.off) != (long)m->at.len)
+		if (arena_io(SYS_pread64, copy, m->at.len, m->at.off))
 			sys_munmap(copy, m->at.len);
 		else
 			m->shadow = copy;
