@@ -64,6 +64,17 @@ def test_cs_store_dword(gpu: Gpu, data: Mapping) -> None:
     assert data.read_u64(0x10) == 0xFFFF_FFFF_1234_5678
 
 
+def test_cs_store_to_a_canonical_address(gpu: Gpu) -> None:
+    """An address with its top bit's sign extension above the VM's 48 bits (the
+    canonical form IGT xe_vm writes: 0xffff_8000_0000_0004) is the 48-bit address."""
+    high = 0x8000_0000_0000
+    bo, cpu = mapped_bo(gpu.dev, PAGE_SIZE)
+    gpu.dev.vm_bind(gpu.vm, bo, high)
+    gpu.run(Batch().store_dword(0xFFFF_0000_0000_0000 | high | 4, 0xABCD).end())
+    assert cpu.read_u64(0) >> 32 == 0xABCD
+    cpu.close()
+
+
 def test_cs_store_qword(gpu: Gpu, data: Mapping) -> None:
     """MI_STORE_DATA_IMM of a qword writes all 64 bits, little-endian."""
     gpu.run(Batch().store_qword(DATA_VA + 0x18, 0x1122_3344_5566_7788).end())

@@ -72,8 +72,11 @@ def _u32s(vm: XeVm, addr: int, count: int) -> tuple[int, ...]:
     return struct.unpack(f"<{count}I", vm.read(addr, 4 * count))
 
 
-def _addr(lo: int, hi: int) -> int:
-    return lo | (hi << 32)
+def _addr(vm: XeVm, lo: int, hi: int) -> int:
+    """A GPU address an instruction carries: the VM's va_bits of it. The bits above are
+    the sign extension of the top one (the canonical form xe and IGT write: 0xffff8...
+    for 0x8000_0000_0000 in a 48-bit VM), which the engine does not look at."""
+    return (lo | (hi << 32)) & (vm.size - 1)
 
 
 async def run_batch(vm: XeVm, address: int) -> int:
@@ -156,7 +159,7 @@ def _step(vm: XeVm, pc: int) -> int | MemCopy:
         length, dst_lo, dst_hi, src_lo, src_hi = _u32s(vm, pc + 4, 5)
         if length > _MAX_COPY:
             raise GpuFault(pc, f"MEM_COPY of {length} bytes exceeds {_MAX_COPY}")
-        return MemCopy(_addr(dst_lo, dst_hi), _addr(src_lo, src_hi), length)
+        return MemCopy(_addr(vm, dst_lo, dst_hi), _addr(vm, src_lo, src_hi), length)
     raise BadInstruction(pc, header)
 
 
@@ -170,7 +173,7 @@ def _mi(vm: XeVm, pc: int, header: int, opcode: int) -> int:
             if total not in (4, 5):
                 raise BadInstruction(pc, header)
             lo, hi, *data = _u32s(vm, pc + 4, total - 1)
-            vm.write(_addr(lo & ~0x7, hi), struct.pack(f"<{len(data)}I", *data))
+            vm.write(_addr(vm, lo & ~0x7, hi), struct.pack(f"<{len(data)}I", *data))
         return total
     if opcode == 0x20:  # MI_STORE_DATA_IMM
         total = (header & MI_SDI_LEN_DW_MASK) + 2
@@ -179,16 +182,16 @@ def _mi(vm: XeVm, pc: int, header: int, opcode: int) -> int:
         lo, hi, *data = _u32s(vm, pc + 4, total - 1)
         if header & MI_SDI_NUM_QW_BIT and len(data) % 2:
             raise BadInstruction(pc, header)
-        vm.write(_addr(lo, hi), struct.pack(f"<{len(data)}I", *data))
+        vm.write(_addr(vm, lo, hi), struct.pack(f"<{len(data)}I", *data))
         return total
     if opcode == 0x2E:  # MI_COPY_MEM_MEM: one dword
         dst_lo, dst_hi, src_lo, src_hi = _u32s(vm, pc + 4, 4)
-        vm.write(_addr(dst_lo, dst_hi), vm.read(_addr(src_lo, src_hi), 4))
+        vm.write(_addr(vm, dst_lo, dst_hi), vm.read(_addr(vm, src_lo, src_hi), 4))
         return 5
     if opcode == 0x2F:  # MI_ATOMIC
         total = (header & 0xFF) + 2
         lo, hi, *inline = _u32s(vm, pc + 4, total - 1)
-        _atomic(vm, pc, header, _addr(lo, hi), inline)
+        _atomic(vm, pc, header, _addr(vm, lo, hi), inline)
         return total
     raise BadInstruction(pc, header)
 
