@@ -38,6 +38,7 @@ from protocols.constants import (
     DRM_XE_VM_BIND_OP_MAP,
     DRM_XE_VM_BIND_OP_MAP_USERPTR,
     DRM_XE_VM_BIND_OP_UNMAP,
+    DRM_XE_VM_GET_PROPERTY_FAULTS,
     MAP_SHARED,
     PAGE_SIZE,
     PROT_READ,
@@ -449,6 +450,18 @@ class Device(PrimeOps, RoleOps):
 
     def vm_destroy(self, vm: int) -> None:
         self.ioctl(Op.XE_VM_DESTROY, m.DrmXeVmDestroy(vm_id=vm))
+
+    def vm_faults(self, vm: int) -> list[m.XeVmFault]:
+        """The page faults work on `vm` met (the first 50): VM_GET_PROPERTY(FAULTS),
+        asked for their size, then for them."""
+        args = m.DrmXeVmGetProperty(vm_id=vm, property=DRM_XE_VM_GET_PROPERTY_FAULTS)
+        reply: m.DrmXeVmGetPropertyReply = self.ioctl(Op.XE_VM_GET_PROPERTY, args)
+        if reply.size:
+            args = m.DrmXeVmGetProperty(
+                vm_id=vm, property=DRM_XE_VM_GET_PROPERTY_FAULTS, size=reply.size
+            )
+            reply = self.ioctl(Op.XE_VM_GET_PROPERTY, args)
+        return list(reply.faults)
 
     def vm_bind(
         self,

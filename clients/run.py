@@ -60,11 +60,14 @@ def debugfs_dir(device_name: str) -> Iterator[Path]:
 
 
 def _copy_host_settings(host: Path) -> None:
-    """What the host's virtual-terminal consoles and ftrace_dump_on_oops read now, as
-    files a program may write (reading them changes nothing)."""
+    """What the host's virtual-terminal consoles and ftrace_dump_on_oops read now, and
+    an empty drop_caches, as files a program may write (reading them changes nothing)."""
     ftrace = host / "proc/sys/kernel/ftrace_dump_on_oops"
     ftrace.parent.mkdir(parents=True)
     ftrace.write_text(_read_or("/proc/sys/kernel/ftrace_dump_on_oops", "0\n"))
+    drop_caches = host / "proc/sys/vm/drop_caches"  # write-only on the host: reads nothing
+    drop_caches.parent.mkdir(parents=True)
+    drop_caches.write_text("")
     consoles = Path("/sys/class/vtconsole")
     (host / "sys/class/vtconsole").mkdir(parents=True)
     for console in sorted(consoles.glob("vtcon*")) if consoles.is_dir() else ():

@@ -248,6 +248,12 @@ def test_parallel_queue_batch_addresses(make_daemon: Any, program: Programs) -> 
     passes(daemon.socket_path, program("parallel"))
 
 
+def test_vm_faults(daemon: DaemonProcess, program: Programs) -> None:
+    """VM_GET_PROPERTY(FAULTS): the size probe, a batch's fault written to `data` as
+    struct xe_vm_fault, an unwritable `data` EFAULT, the daemon's refusals."""
+    assert "vm faults ok" in passes(daemon.socket_path, program("vm_faults"))
+
+
 def test_syncobjs(daemon: DaemonProcess, program: Programs) -> None:
     """SYNCOBJ CREATE/DESTROY/WAIT/RESET/SIGNAL errno for errno, deadlines, and syncobjs
     signalled by VM_BIND and EXEC and waited on by EXEC."""

@@ -33,6 +33,7 @@ from .device import (
     userptr,
     vm,
     vm_export,
+    vm_faults,
 )
 from .device.errors import refuse_if
 from .device.file import XeFile
@@ -137,6 +138,7 @@ HANDLERS: dict[Op, Callable[..., Any]] = {
     Op.XE_VM_CREATE: vm.xe_vm_create_ioctl,
     Op.XE_VM_DESTROY: vm.xe_vm_destroy_ioctl,
     Op.XE_VM_BIND: vm.xe_vm_bind_ioctl,
+    Op.XE_VM_GET_PROPERTY: vm_faults.xe_vm_get_property_ioctl,
     Op.XE_EXEC_QUEUE_CREATE: exec_queue.xe_exec_queue_create_ioctl,
     Op.XE_EXEC_QUEUE_DESTROY: exec_queue.xe_exec_queue_destroy_ioctl,
     Op.XE_EXEC: exec_queue.xe_exec_ioctl,

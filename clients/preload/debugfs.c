@@ -11,8 +11,9 @@
  *
  * Run as root, IGT also changes two host settings as it starts: it unbinds the
  * framebuffer console from its virtual terminal (/sys/class/vtconsole/vtconN/bind) and
- * has the kernel dump ftrace on an oops (/proc/sys/kernel/ftrace_dump_on_oops). Those
- * paths go to copies beside the stand-in (`host/`, which `xec run` fills from the host),
+ * has the kernel dump ftrace on an oops (/proc/sys/kernel/ftrace_dump_on_oops); xe_vm
+ * drops the page cache (/proc/sys/vm/drop_caches). Those paths go to copies beside the
+ * stand-in (`host/`, which `xec run` fills from the host),
  * so a test run as root leaves the host's console and kernel as they were.
  */
 #include <stdio.h>
@@ -40,6 +41,7 @@ int debugfs_map(const char *path, struct path_info *pi)
 static const char *const host_settings[] = {
 	"/sys/class/vtconsole/",		/* a directory: everything under it */
 	"/proc/sys/kernel/ftrace_dump_on_oops", /* a file */
+	"/proc/sys/vm/drop_caches",		/* xe_vm drops the page cache */
 };
 
 int host_setting_map(const char *path, struct path_info *pi)

@@ -198,6 +198,7 @@ static const unsigned xe_sizes[0x60] = {
 	[DRM_XE_EXEC_QUEUE_DESTROY] = sizeof(struct drm_xe_exec_queue_destroy),
 	[DRM_XE_EXEC] = sizeof(struct drm_xe_exec),
 	[DRM_XE_WAIT_USER_FENCE] = sizeof(struct drm_xe_wait_user_fence),
+	[DRM_XE_VM_GET_PROPERTY] = sizeof(struct drm_xe_vm_get_property),
 	[DRM_XE_MMIO_REGION_OPEN] = sizeof(struct drm_xe_mmio_region_open),
 	[DRM_XE_MMIO_REGION_CLOSE] = sizeof(struct drm_xe_mmio_region_close),
 	[DRM_XE_VM_EXPORT] = sizeof(struct drm_xe_vm_export),

@@ -429,6 +429,41 @@ XED_CHECK(drm_xe_vm_destroy, 24);
 XED_AT(drm_xe_vm_destroy, pad, 4);
 XED_AT(drm_xe_vm_destroy, reserved, 8);
 
+/* VM_GET_PROPERTY(FAULTS): the page faults a VM's work met, one struct xe_vm_fault each */
+#define DRM_XE_VM_GET_PROPERTY_FAULTS 0
+struct drm_xe_vm_get_property {
+	uint64_t extensions;
+	uint32_t vm_id;
+	uint32_t property;
+	uint32_t size;
+	uint32_t pad;
+	union {
+		uint64_t data;
+		uint64_t value;
+	};
+	uint64_t reserved[3];
+};
+XED_CHECK(drm_xe_vm_get_property, 56);
+XED_AT(drm_xe_vm_get_property, vm_id, 8);
+XED_AT(drm_xe_vm_get_property, size, 16);
+XED_AT(drm_xe_vm_get_property, data, 24);
+XED_AT(drm_xe_vm_get_property, reserved, 32);
+
+struct xe_vm_fault {
+	uint64_t address;
+	uint32_t address_precision;
+	uint8_t access_type;
+	uint8_t fault_type;
+	uint8_t fault_level;
+	uint8_t pad;
+	uint64_t reserved[4];
+};
+XED_CHECK(xe_vm_fault, 48);
+XED_AT(xe_vm_fault, address_precision, 8);
+XED_AT(xe_vm_fault, access_type, 12);
+XED_AT(xe_vm_fault, fault_level, 14);
+XED_AT(xe_vm_fault, reserved, 16);
+
 #define DRM_XE_VM_BIND_OP_MAP 0x0
 #define DRM_XE_VM_BIND_OP_UNMAP 0x1
 #define DRM_XE_VM_BIND_OP_MAP_USERPTR 0x2
@@ -670,6 +705,7 @@ XED_AT(drm_xe_vm_export, reserved, 16);
 #define DRM_XE_EXEC_QUEUE_DESTROY 0x07
 #define DRM_XE_EXEC 0x09
 #define DRM_XE_WAIT_USER_FENCE 0x0a
+#define DRM_XE_VM_GET_PROPERTY 0x0f
 #define DRM_XE_MMIO_REGION_OPEN 0x20
 #define DRM_XE_MMIO_REGION_CLOSE 0x21
 #define DRM_XE_VM_EXPORT 0x22
@@ -691,6 +727,8 @@ XED_AT(drm_xe_vm_export, reserved, 16);
 #define DRM_IOCTL_XE_EXEC DRM_IOW(DRM_COMMAND_BASE + DRM_XE_EXEC, struct drm_xe_exec)
 #define DRM_IOCTL_XE_WAIT_USER_FENCE \
 	DRM_IOWR(DRM_COMMAND_BASE + DRM_XE_WAIT_USER_FENCE, struct drm_xe_wait_user_fence)
+#define DRM_IOCTL_XE_VM_GET_PROPERTY \
+	DRM_IOWR(DRM_COMMAND_BASE + DRM_XE_VM_GET_PROPERTY, struct drm_xe_vm_get_property)
 #define DRM_IOCTL_XE_MMIO_REGION_OPEN \
 	DRM_IOWR(DRM_COMMAND_BASE + DRM_XE_MMIO_REGION_OPEN, struct drm_xe_mmio_region_open)
 #define DRM_IOCTL_XE_MMIO_REGION_CLOSE \

@@ -142,6 +142,39 @@ static int vm_export(struct xcall *c, struct drm_xe_vm_export *a)
 	return err;
 }
 
+/* VM_GET_PROPERTY: asked with size 0, the size; else the faults the daemon sends,
+ * written to `data` (copy_to_user: EFAULT once the daemon has made its checks) */
+static int vm_get_property(struct xcall *c, struct drm_xe_vm_get_property *a)
+{
+	xc_u(c, "extensions", a->extensions);
+	xc_u(c, "vm_id", a->vm_id);
+	xc_u(c, "property", a->property);
+	xc_u(c, "size", a->size);
+	xc_u(c, "pad", a->pad);
+	xe_reserved(c, a->reserved, 3);
+	int err = xc_run(c, -1);
+	if (err)
+		return err;
+	if (!a->size) {
+		a->size = (uint32_t)r_get_uint(&c->body, "size");
+		return 0;
+	}
+	struct rbuf r;
+	int64_t n = r_find(&c->body, "faults", &r) ? r_array(&r) : 0;
+	for (int64_t i = 0; i < n && !err; i++) {
+		struct xe_vm_fault f = {
+			.address = r_get_uint(&r, "address"),
+			.address_precision = (uint32_t)r_get_uint(&r, "address_precision"),
+			.access_type = (uint8_t)r_get_uint(&r, "access_type"),
+			.fault_type = (uint8_t)r_get_uint(&r, "fault_type"),
+			.fault_level = (uint8_t)r_get_uint(&r, "fault_level"),
+		};
+		r_skip(&r);
+		err = copy_to_user(a->data + (uint64_t)i * sizeof f, &f, sizeof f);
+	}
+	return err;
+}
+
 int xe_ioctl(struct xed_file *f, unsigned nr, void *kdata)
 {
 	if (nr == DRM_XE_DEVICE_QUERY)
@@ -156,6 +189,7 @@ int xe_ioctl(struct xed_file *f, unsigned nr, void *kdata)
 		[DRM_XE_EXEC_QUEUE_DESTROY] = XED_OP_XE_EXEC_QUEUE_DESTROY,
 		[DRM_XE_EXEC] = XED_OP_XE_EXEC,
 		[DRM_XE_WAIT_USER_FENCE] = XED_OP_XE_WAIT_USER_FENCE,
+		[DRM_XE_VM_GET_PROPERTY] = XED_OP_XE_VM_GET_PROPERTY,
 		[DRM_XE_MMIO_REGION_OPEN] = XED_OP_XE_MMIO_REGION_OPEN,
 		[DRM_XE_MMIO_REGION_CLOSE] = XED_OP_XE_MMIO_REGION_CLOSE,
 		[DRM_XE_VM_EXPORT] = XED_OP_XE_VM_EXPORT,
@@ -176,6 +210,7 @@ int xe_ioctl(struct xed_file *f, unsigned nr, void *kdata)
 	case DRM_XE_EXEC_QUEUE_DESTROY: err = xe_exec_queue_destroy(&c, kdata); break;
 	case DRM_XE_EXEC: err = xe_exec(&c, kdata); break;
 	case DRM_XE_WAIT_USER_FENCE: err = xe_wait_user_fence(&c, kdata); break;
+	case DRM_XE_VM_GET_PROPERTY: err = vm_get_property(&c, kdata); break;
 	case DRM_XE_MMIO_REGION_OPEN: err = mmio_region_open(&c, kdata); break;
 	case DRM_XE_MMIO_REGION_CLOSE: err = mmio_region_close(&c, kdata); break;
 	case DRM_XE_VM_EXPORT: err = vm_export(&c, kdata); break;

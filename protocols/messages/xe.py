@@ -231,6 +231,35 @@ class DrmXeVmDestroy:
 
 
 @frozen
+class XeVmFault:
+    """struct xe_vm_fault: one fault the VM's work met (its u8 fields are u16 here)."""
+
+    address: int = u64("canonical address of the faulting page")
+    address_precision: int = u32("bytes the address is exact to: 4096")
+    access_type: int = u16("FAULT_ACCESS_TYPE_*: read 0, write 1, atomic 2")
+    fault_type: int = u16("FAULT_TYPE_*: not present 0, write access 1, atomic access 2")
+    fault_level: int = u16("FAULT_LEVEL_*: the page-table level, PTE 0")
+
+
+@frozen
+class DrmXeVmGetProperty:
+    extensions: int = u64("must be zero")
+    vm_id: int = u32()
+    property: int = u32("DRM_XE_VM_GET_PROPERTY_FAULTS (0)")
+    size: int = u32("0: how many bytes the property takes; else the bytes wanted")
+    pad: int = u32("must be zero")
+    reserved: tuple[int, ...] = mbz(3)
+
+
+@frozen
+class DrmXeVmGetPropertyReply:
+    size: int = u32("asked with 0, the bytes the property takes; else as given")
+    faults: tuple[XeVmFault, ...] = records(
+        XeVmFault, "the first size / 48 faults (the C struct's `data`)", max_items=50
+    )
+
+
+@frozen
 class DrmXeSync:
     extensions: int = u64("not checked (xe ignores it)")
     type: int = u32("DRM_XE_SYNC_TYPE_*")

@@ -161,6 +161,19 @@ SPECS: tuple[OpSpec, ...] = (
         ),
     ),
     OpSpec(
+        op=Op.XE_VM_GET_PROPERTY,
+        request=m.DrmXeVmGetProperty,
+        reply=m.DrmXeVmGetPropertyReply,
+        doc="A VM's property: FAULTS, the page faults its work met (the first 50).",
+        errors=(
+            MBZ,
+            (ENOENT, "no such VM"),
+            (EINVAL, "unknown property"),
+            (EINVAL, "size beyond the faults there are, or not a multiple of 48"),
+            (EFAULT, "the C library cannot write `data` (the library's copy_to_user)"),
+        ),
+    ),
+    OpSpec(
         op=Op.XE_VM_BIND,
         request=m.DrmXeVmBind,
         reply=m.Empty,

@@ -1,6 +1,6 @@
 /*
  * host_settings.c - the host settings IGT changes as root as it starts (the framebuffer
- * console's binding to its virtual terminal, ftrace_dump_on_oops) open, under the
+ * console's binding to its virtual terminal, ftrace_dump_on_oops; xe_vm's drop_caches) open, under the
  * library, as the stand-in's copies: regular files, not procfs or sysfs. Nothing is
  * written, so a broken stand-in fails this program without changing the host.
  */
@@ -31,6 +31,7 @@ static void stood_in(const char *path, long host_fs)
 int main(void)
 {
 	stood_in("/proc/sys/kernel/ftrace_dump_on_oops", PROC_SUPER_MAGIC);
+	stood_in("/proc/sys/vm/drop_caches", PROC_SUPER_MAGIC);
 	int consoles = 0;
 	DIR *d = opendir("/sys/class/vtconsole"); /* the host's list: readdir is not stood in */
 	for (struct dirent *e; d && (e = readdir(d));) {

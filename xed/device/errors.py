@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from protocols.constants import FAULT_TYPE_NOT_PRESENT
+
 
 class IoctlError(Exception):
     def __init__(self, errno: int, message: str) -> None:
@@ -17,16 +19,28 @@ def refuse_if(condition: object, errno: int, message: str) -> None:
 
 
 class GpuFault(Exception):
-    """The device touched a GPU address with nothing behind it."""
+    """The device touched a GPU address with nothing behind it, or ran something it
+    cannot. `page` is the page fault's FAULT_TYPE_* where the page tables refused the
+    access (a write: `write`), None for anything else (a runaway batch): VM_GET_PROPERTY
+    reports the first kind only."""
 
-    def __init__(self, address: int, reason: str = "unmapped address") -> None:
+    def __init__(
+        self,
+        address: int,
+        reason: str = "unmapped address",
+        *,
+        page: int | None = None,
+        write: bool = False,
+    ) -> None:
         super().__init__(f"{reason} at {address:#x}")
         self.address = address
         self.reason = reason
+        self.page = page
+        self.write = write
 
 
 class Unbound(GpuFault):
     """The GPU address is a hole: no VMA holds it."""
 
-    def __init__(self, address: int) -> None:
-        super().__init__(address)
+    def __init__(self, address: int, write: bool = False) -> None:
+        super().__init__(address, page=FAULT_TYPE_NOT_PRESENT, write=write)

@@ -18,6 +18,7 @@ from .eudebug import debug_event
 from .limits import refuse_over
 from .sync import Syncs, parse_syncs, signal_gpu_fences
 from .syncobj import Fence
+from .vm_faults import save_fault
 
 if TYPE_CHECKING:
     from .bo import XeBo
@@ -180,6 +181,7 @@ class XeExecQueue:
 
     def _ban(self, fault: GpuFault) -> None:
         self.banned = True
+        save_fault(self.vm, fault)
         if self.vm.lr_mode:
             self.vm.banned = True  # xe_vm_kill(): a long-running VM dies with its queue
         self.device.stats["bans"] += 1

@@ -23,10 +23,10 @@ import trio
 
 from protocols import SHORTAGE
 from protocols import messages as m
+from protocols.constants import FAULT_TYPE_NOT_PRESENT, PAGE_SIZE
 from protocols.constants import HOST_INVALIDATE_END_FREED as INVALIDATE_END_FREED
 from protocols.constants import HOST_INVALIDATE_END_REPLACED as INVALIDATE_END_REPLACED
 from protocols.constants import HOST_INVALIDATE_START as INVALIDATE_START
-from protocols.constants import PAGE_SIZE
 from protocols.words import Words
 
 from .errors import GpuFault, IoctlError, refuse_if
@@ -113,7 +113,7 @@ class HostArena:
     def check(self, offset: int, length: int, address: int) -> None:
         """Raise if the device may not touch [offset, offset+length) now."""
         if self.is_gone(offset, length):
-            raise GpuFault(address, "freed host memory")
+            raise GpuFault(address, "freed host memory", page=FAULT_TYPE_NOT_PRESENT)
         pages = self._pages(offset, length)
         if 1 in self.busy[pages.start : pages.stop]:
             raise UserptrBusy(self)

@@ -31,6 +31,8 @@ from protocols.constants import (
     DRM_XE_VM_CREATE_FLAG_LR_MODE,
     DRM_XE_VM_CREATE_FLAG_SCRATCH_PAGE,
     DRM_XE_VM_CREATE_FLAGS,
+    FAULT_TYPE_NOT_PRESENT,
+    FAULT_TYPE_WRITE_ACCESS,
     PAGE_SIZE,
     XE_MAX_BINDS_PER_IOCTL,
 )
@@ -49,6 +51,8 @@ if TYPE_CHECKING:
     from .vm_export import AuxRegistration, XeVmExport
 
 XE_PAT_ENTRIES = 32
+
+_WRITE = FAULT_TYPE_WRITE_ACCESS  # a write the binding refuses
 
 
 @attrs.define(eq=False)
@@ -79,6 +83,7 @@ class XeVm:
         self.exec_queues = 0
         self.refs = 1
         self.touched: set[XeBo] | None = None  # BOs the device reached, while recording
+        self.faults: list[m.XeVmFault] = []  # the first page faults (vm_faults.py)
         self._starts: list[int] = []
         self._vmas: dict[int, Vma] = {}
         self.device.counts["vm"] += 1
@@ -189,14 +194,14 @@ class XeVm:
         index = bisect.bisect_right(self._starts, pos) - 1
         while pos < end:
             if index < 0 or index >= len(self._starts):
-                raise Unbound(pos)
+                raise Unbound(pos, write)
             vma = self._vmas[self._starts[index]]
             if not vma.start <= pos < vma.end:
-                raise Unbound(pos)
+                raise Unbound(pos, write)
             if write and readonly_binds and vma.flags & DRM_XE_VM_BIND_FLAG_READONLY:
-                raise GpuFault(pos, "write to a read-only binding")
+                raise GpuFault(pos, "write to a read-only binding", page=_WRITE, write=True)
             if write and vma.bo is not None and not vma.bo.writable:
-                raise GpuFault(pos, "write to a read-only import")
+                raise GpuFault(pos, "write to a read-only import", page=_WRITE, write=True)
             n = min(end, vma.end) - pos
             if self.touched is not None and vma.bo is not None:
                 self.touched.add(vma.bo)
@@ -281,7 +286,8 @@ class XeVm:
 
 
 def _unmappable(address: int, exc: OSError) -> GpuFault:
-    return GpuFault(address, f"the device cannot map it ({errno_name(exc.errno or 0)})")
+    reason = f"the device cannot map it ({errno_name(exc.errno or 0)})"
+    return GpuFault(address, reason, page=FAULT_TYPE_NOT_PRESENT)
 
 
 def xe_vm_create_ioctl(xef: XeFile, args: m.DrmXeVmCreate) -> m.DrmXeVmCreateReply:
