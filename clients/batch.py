@@ -10,6 +10,7 @@ from protocols.constants import (
     MI_ATOMIC_INC,
     MI_ATOMIC_INC8B,
     MI_ATOMIC_INLINE_DATA,
+    MI_ATOMIC_OP_SHIFT,
     MI_BATCH_BUFFER_END,
     MI_COPY_MEM_MEM,
     MI_FLUSH_DW,
@@ -57,6 +58,15 @@ class Batch:
         return self._emit(
             MI_ATOMIC | MI_ATOMIC_ADD | MI_ATOMIC_INLINE_DATA | 2, *_lo_hi(addr), value
         )
+
+    def atomic(self, addr: int, op: int, operand: int | None = None, qword: bool = False) -> Batch:
+        """MI_ATOMIC operation `op` (its five-bit code: AND 1 ... UMIN 0xd) on the dword,
+        or with `qword` the qword, at `addr`, with `operand` inline if given."""
+        header = MI_ATOMIC | (op | (0x20 if qword else 0)) << MI_ATOMIC_OP_SHIFT
+        if operand is None:
+            return self._emit(header | 1, *_lo_hi(addr))
+        data = _lo_hi(operand) if qword else (operand,)
+        return self._emit(header | MI_ATOMIC_INLINE_DATA | (1 + len(data)), *_lo_hi(addr), *data)
 
     def mem_fence(self) -> Batch:
         return self._emit(MI_MEM_FENCE)

@@ -22,6 +22,7 @@ from protocols import Op
 from protocols import messages as m
 from protocols.constants import (
     DRM_XE_UFENCE_WAIT_FLAG_ABSTIME,
+    MI_ATOMIC,
     MI_NOOP,
     PAGE_SIZE,
     UfenceOp,
@@ -110,6 +111,60 @@ def test_cs_atomic_add(gpu: Gpu, data: Mapping) -> None:
     data.write_u32(0x40, 1000)
     gpu.run(Batch().atomic_add(DATA_VA + 0x40, 234).atomic_add(DATA_VA + 0x40, 1).end())
     assert data.read_u32(0x40) == 1235
+
+
+@pytest.mark.parametrize(
+    "op,old,operand,new",
+    [
+        (0x01, 0b1100, 0b1010, 0b1000),  # AND
+        (0x02, 0b1100, 0b1010, 0b1110),  # OR
+        (0x03, 0b1100, 0b1010, 0b0110),  # XOR
+        (0x04, 7, 9, 9),  # MOVE
+        (0x06, 0, None, 0xFFFF_FFFF),  # DEC, wrapping
+        (0x08, 10, 3, 7),  # SUB
+        (0x09, 3, 10, 7),  # RSUB
+        (0x0A, 0xFFFF_FFFF, 1, 1),  # IMAX: -1 < 1
+        (0x0B, 0xFFFF_FFFF, 1, 0xFFFF_FFFF),  # IMIN
+        (0x0C, 0xFFFF_FFFF, 1, 0xFFFF_FFFF),  # UMAX
+        (0x0D, 0xFFFF_FFFF, 1, 1),  # UMIN
+    ],
+    ids=["and", "or", "xor", "move", "dec", "sub", "rsub", "imax", "imin", "umax", "umin"],
+)
+def test_cs_atomic_operations_on_a_dword(
+    gpu: Gpu, data: Mapping, op: int, old: int, operand: int | None, new: int
+) -> None:
+    """Each MI_ATOMIC operation on a dword (signed for IMAX and IMIN), the next untouched."""
+    data.write_u32(0x50, old)
+    data.write_u32(0x54, 0x5A5A_5A5A)
+    gpu.run(Batch().atomic(DATA_VA + 0x50, op, operand).end())
+    assert (data.read_u32(0x50), data.read_u32(0x54)) == (new, 0x5A5A_5A5A)
+
+
+def test_cs_atomic_operations_on_a_qword(gpu: Gpu, data: Mapping) -> None:
+    """The qword forms take a two-dword operand: DEC borrows from the high dword, ADD
+    carries into it, IMIN compares 64-bit signed."""
+    data.write_u64(0x60, 0x1_0000_0000)
+    data.write_u64(0x68, 0xFFFF_FFFF)
+    data.write_u64(0x70, 5)
+    batch = (
+        Batch()
+        .atomic(DATA_VA + 0x60, 0x06, qword=True)
+        .atomic(DATA_VA + 0x68, 0x07, 1, qword=True)
+        .atomic(DATA_VA + 0x70, 0x0B, 0xFFFF_FFFF_FFFF_FFFE, qword=True)
+    )
+    gpu.run(batch.end())
+    assert data.read_u64(0x60) == 0xFFFF_FFFF
+    assert data.read_u64(0x68) == 0x1_0000_0000
+    assert data.read_u64(0x70) == 0xFFFF_FFFF_FFFF_FFFE
+
+
+def test_cs_atomic_without_its_operand_is_a_bad_instruction(gpu: Gpu) -> None:
+    """An operation that needs an operand, given none inline (it would come from the
+    GPRs, which are not emulated), or the 2-qword forms: the queue is banned."""
+    for header_op in (0x07, 0x47):  # ADD from the GPRs; a 16-byte form
+        queue = gpu.dev.exec_queue_create(gpu.vm)
+        gpu.wait(gpu.submit(Batch().raw(MI_ATOMIC | header_op << 8 | 1, DATA_VA, 0).end(), queue))
+    assert len(gpu.banned_queues()) == 2
 
 
 def test_cs_mem_fence_and_noop(gpu: Gpu, data: Mapping) -> None:

@@ -10,17 +10,16 @@ are therefore ordering points with nothing left to flush.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import attrs
 import trio
 
 from protocols.constants import (
-    MI_ATOMIC_ADD,
-    MI_ATOMIC_INC,
-    MI_ATOMIC_INC8B,
     MI_ATOMIC_INLINE_DATA,
     MI_ATOMIC_OP_MASK,
+    MI_ATOMIC_OP_SHIFT,
     MI_FLUSH_DW_OP_STOREDW,
     MI_SDI_LEN_DW_MASK,
     MI_SDI_NUM_QW_BIT,
@@ -197,16 +196,43 @@ def _mi(vm: XeVm, pc: int, header: int, opcode: int) -> int:
 
 
 def _atomic(vm: XeVm, pc: int, header: int, target: int, inline: list[int]) -> None:
-    op = header & MI_ATOMIC_OP_MASK
-    if op == MI_ATOMIC_INC8B:
-        (value,) = struct.unpack("<Q", vm.read(target, 8))
-        vm.write(target, struct.pack("<Q", (value + 1) & 0xFFFF_FFFF_FFFF_FFFF))
-        return
-    if op == MI_ATOMIC_INC:
-        operand = 1
-    elif op == MI_ATOMIC_ADD and header & MI_ATOMIC_INLINE_DATA and inline:
-        operand = inline[0]
-    else:
+    """MI_ATOMIC: the operation (the opcode's low five bits) on the dword or qword at
+    `target` (bits 5-6: 0 a dword, 1 a qword) and, but for INC and DEC, an operand of the
+    same size given inline (one from the GPRs is not emulated: a bad instruction)."""
+    op = (header & MI_ATOMIC_OP_MASK) >> MI_ATOMIC_OP_SHIFT
+    size = {0x00: 4, 0x20: 8}.get(op & 0x60)
+    operation = _ATOMIC_OPS.get(op & 0x1F)
+    if size is None or operation is None:
         raise BadInstruction(pc, header)
-    (value,) = struct.unpack("<I", vm.read(target, 4))
-    vm.write(target, struct.pack("<I", (value + operand) & 0xFFFF_FFFF))
+    operand = 0
+    if op & 0x1F not in _NO_OPERAND:
+        words = size // 4
+        if not header & MI_ATOMIC_INLINE_DATA or len(inline) < words:
+            raise BadInstruction(pc, header)
+        operand = inline[0] | (inline[1] << 32 if words == 2 else 0)
+    fmt, mask = ("<I", 0xFFFF_FFFF) if size == 4 else ("<Q", 0xFFFF_FFFF_FFFF_FFFF)
+    (old,) = struct.unpack(fmt, vm.read(target, size))
+    vm.write(target, struct.pack(fmt, operation(old, operand, size * 8) & mask))
+
+
+def _signed(value: int, bits: int) -> int:
+    return value - (1 << bits) if value >> (bits - 1) else value
+
+
+# MI_ATOMIC's operations: (old value, operand, bits) -> new value
+_ATOMIC_OPS: dict[int, Callable[[int, int, int], int]] = {
+    0x01: lambda old, x, bits: old & x,  # AND
+    0x02: lambda old, x, bits: old | x,  # OR
+    0x03: lambda old, x, bits: old ^ x,  # XOR
+    0x04: lambda old, x, bits: x,  # MOVE
+    0x05: lambda old, x, bits: old + 1,  # INC
+    0x06: lambda old, x, bits: old - 1,  # DEC
+    0x07: lambda old, x, bits: old + x,  # ADD
+    0x08: lambda old, x, bits: old - x,  # SUB
+    0x09: lambda old, x, bits: x - old,  # RSUB
+    0x0A: lambda old, x, bits: max(_signed(old, bits), _signed(x, bits)),  # IMAX
+    0x0B: lambda old, x, bits: min(_signed(old, bits), _signed(x, bits)),  # IMIN
+    0x0C: lambda old, x, bits: max(old, x),  # UMAX
+    0x0D: lambda old, x, bits: min(old, x),  # UMIN
+}
+_NO_OPERAND = frozenset((0x05, 0x06))  # INC, DEC
