@@ -29,6 +29,7 @@ from protocols import (
 )
 from protocols.cli import connect_timeout, socket_path
 from protocols.constants import (
+    DRM_XE_EXEC_QUEUE_GET_PROPERTY_BAN,
     DRM_XE_GEM_CPU_CACHING_WB,
     DRM_XE_GEM_CPU_CACHING_WC,
     DRM_XE_MEM_REGION_CLASS_VRAM,
@@ -564,6 +565,14 @@ class Device(PrimeOps, RoleOps):
             m.DrmXeExecQueueCreate(width=width, num_placements=1, vm_id=vm, instances=instances),
         )
         return reply.exec_queue_id
+
+    def exec_queue_banned(self, queue: int) -> bool:
+        """EXEC_QUEUE_GET_PROPERTY(BAN): whether the queue was banned (reset)."""
+        args = m.DrmXeExecQueueGetProperty(
+            exec_queue_id=queue, property=DRM_XE_EXEC_QUEUE_GET_PROPERTY_BAN
+        )
+        reply: m.DrmXeExecQueueGetPropertyReply = self.ioctl(Op.XE_EXEC_QUEUE_GET_PROPERTY, args)
+        return bool(reply.value)
 
     def exec_queue_destroy(self, queue: int) -> None:
         self.ioctl(Op.XE_EXEC_QUEUE_DESTROY, m.DrmXeExecQueueDestroy(exec_queue_id=queue))

@@ -331,3 +331,33 @@ def test_exec_on_lr_vm_runs(dev: Device) -> None:
     g.run(Batch().store_dword(BATCH_VA + 0x60, 0x1F).end())
     assert g.cpu.read_u32(0x60) == 0x1F
     g.close()
+
+
+# --- EXEC_QUEUE_GET_PROPERTY ----------------------------------------------------------------
+
+
+def get_queue_property(dev: Device, **fields: Any) -> int:
+    reply = dev.ioctl(Op.XE_EXEC_QUEUE_GET_PROPERTY, m.DrmXeExecQueueGetProperty(**fields))
+    value: int = reply.value
+    return value
+
+
+def test_exec_queue_ban_property_turns_once_a_batch_faults(gpu: Gpu) -> None:
+    """BAN is 0 for a queue that has run well (whatever `value` held going in), 1 once a
+    batch of it faulted; another queue on the same VM stays 0."""
+    other = gpu.dev.exec_queue_create(gpu.vm)
+    gpu.run(Batch().end())
+    assert get_queue_property(gpu.dev, exec_queue_id=gpu.queue, value=0xFFFF) == 0
+    gpu.wait(gpu.submit_at(0x7_0000_0000))
+    assert gpu.dev.exec_queue_banned(gpu.queue)
+    assert not gpu.dev.exec_queue_banned(other)
+
+
+def test_exec_queue_get_property_refusals(gpu: Gpu) -> None:
+    """reserved non-zero: EINVAL, before the lookup; no such queue: ENOENT; a property
+    other than BAN (0): EINVAL. extensions is not looked at, as in xe."""
+    q = gpu.queue
+    assert errno_of(get_queue_property, gpu.dev, exec_queue_id=0xFFFF, reserved=(1, 0)) == EINVAL
+    assert errno_of(get_queue_property, gpu.dev, exec_queue_id=0xFFFF) == ENOENT
+    assert errno_of(get_queue_property, gpu.dev, exec_queue_id=q, property=1) == EINVAL
+    assert get_queue_property(gpu.dev, exec_queue_id=q, extensions=1) == 0

@@ -79,6 +79,15 @@ PARTLY = {
             "a BO as large as the device's visible VRAM (256 MiB) and the prefetch beyond",
         ),
     },
+    "xe_exec_atomic": {},  # MI_ATOMIC INC and DEC on every engine and memory region
+    "xe_exec_queue_property": {  # EXEC_QUEUE_GET_PROPERTY
+        "priority-set-property": (
+            "FAIL",
+            "EXEC_QUEUE_CREATE's SET_PROPERTY extension: extension chains are not followed",
+        ),
+        "invalid-property": ("FAIL", "the SET_PROPERTY extension, as above"),
+        "*-property-min-max": ("SKIP", "the engines' sysfs scheduling settings are not emulated"),
+    },
     "xe_exec_balancer": {  # virtual and parallel queues on the video decode engines
         "many-*cm-*-userptr-invalidate-race": (
             "FAIL",

@@ -248,10 +248,11 @@ def test_parallel_queue_batch_addresses(make_daemon: Any, program: Programs) -> 
     passes(daemon.socket_path, program("parallel"))
 
 
-def test_vm_faults(daemon: DaemonProcess, program: Programs) -> None:
+def test_properties(daemon: DaemonProcess, program: Programs) -> None:
     """VM_GET_PROPERTY(FAULTS): the size probe, a batch's fault written to `data` as
-    struct xe_vm_fault, an unwritable `data` EFAULT, the daemon's refusals."""
-    assert "vm faults ok" in passes(daemon.socket_path, program("vm_faults"))
+    struct xe_vm_fault, an unwritable `data` EFAULT, the daemon's refusals;
+    EXEC_QUEUE_GET_PROPERTY(BAN) before and after the fault."""
+    assert "properties ok" in passes(daemon.socket_path, program("properties"))
 
 
 def test_syncobjs(daemon: DaemonProcess, program: Programs) -> None:

@@ -141,6 +141,7 @@ HANDLERS: dict[Op, Callable[..., Any]] = {
     Op.XE_VM_GET_PROPERTY: vm_faults.xe_vm_get_property_ioctl,
     Op.XE_EXEC_QUEUE_CREATE: exec_queue.xe_exec_queue_create_ioctl,
     Op.XE_EXEC_QUEUE_DESTROY: exec_queue.xe_exec_queue_destroy_ioctl,
+    Op.XE_EXEC_QUEUE_GET_PROPERTY: exec_queue.xe_exec_queue_get_property_ioctl,
     Op.XE_EXEC: exec_queue.xe_exec_ioctl,
     Op.XE_WAIT_USER_FENCE: ufence.xe_wait_user_fence_ioctl,
     Op.SYNCOBJ_CREATE: syncobj.drm_syncobj_create_ioctl,

@@ -196,6 +196,7 @@ static const unsigned xe_sizes[0x60] = {
 	[DRM_XE_VM_BIND] = sizeof(struct drm_xe_vm_bind),
 	[DRM_XE_EXEC_QUEUE_CREATE] = sizeof(struct drm_xe_exec_queue_create),
 	[DRM_XE_EXEC_QUEUE_DESTROY] = sizeof(struct drm_xe_exec_queue_destroy),
+	[DRM_XE_EXEC_QUEUE_GET_PROPERTY] = sizeof(struct drm_xe_exec_queue_get_property),
 	[DRM_XE_EXEC] = sizeof(struct drm_xe_exec),
 	[DRM_XE_WAIT_USER_FENCE] = sizeof(struct drm_xe_wait_user_fence),
 	[DRM_XE_VM_GET_PROPERTY] = sizeof(struct drm_xe_vm_get_property),

@@ -557,6 +557,19 @@ struct drm_xe_exec_queue_destroy {
 XED_CHECK(drm_xe_exec_queue_destroy, 24);
 XED_AT(drm_xe_exec_queue_destroy, reserved, 8);
 
+#define DRM_XE_EXEC_QUEUE_GET_PROPERTY_BAN 0
+struct drm_xe_exec_queue_get_property {
+	uint64_t extensions;
+	uint32_t exec_queue_id;
+	uint32_t property;
+	uint64_t value;
+	uint64_t reserved[2];
+};
+XED_CHECK(drm_xe_exec_queue_get_property, 40);
+XED_AT(drm_xe_exec_queue_get_property, exec_queue_id, 8);
+XED_AT(drm_xe_exec_queue_get_property, value, 16);
+XED_AT(drm_xe_exec_queue_get_property, reserved, 24);
+
 #define DRM_XE_SYNC_TYPE_SYNCOBJ 0x0
 #define DRM_XE_SYNC_TYPE_TIMELINE_SYNCOBJ 0x1
 #define DRM_XE_SYNC_TYPE_USER_FENCE 0x2
@@ -703,6 +716,7 @@ XED_AT(drm_xe_vm_export, reserved, 16);
 #define DRM_XE_VM_BIND 0x05
 #define DRM_XE_EXEC_QUEUE_CREATE 0x06
 #define DRM_XE_EXEC_QUEUE_DESTROY 0x07
+#define DRM_XE_EXEC_QUEUE_GET_PROPERTY 0x08
 #define DRM_XE_EXEC 0x09
 #define DRM_XE_WAIT_USER_FENCE 0x0a
 #define DRM_XE_VM_GET_PROPERTY 0x0f
@@ -724,6 +738,9 @@ XED_AT(drm_xe_vm_export, reserved, 16);
 	DRM_IOWR(DRM_COMMAND_BASE + DRM_XE_EXEC_QUEUE_CREATE, struct drm_xe_exec_queue_create)
 #define DRM_IOCTL_XE_EXEC_QUEUE_DESTROY \
 	DRM_IOW(DRM_COMMAND_BASE + DRM_XE_EXEC_QUEUE_DESTROY, struct drm_xe_exec_queue_destroy)
+#define DRM_IOCTL_XE_EXEC_QUEUE_GET_PROPERTY                                            \
+	DRM_IOWR(DRM_COMMAND_BASE + DRM_XE_EXEC_QUEUE_GET_PROPERTY,                     \
+		 struct drm_xe_exec_queue_get_property)
 #define DRM_IOCTL_XE_EXEC DRM_IOW(DRM_COMMAND_BASE + DRM_XE_EXEC, struct drm_xe_exec)
 #define DRM_IOCTL_XE_WAIT_USER_FENCE \
 	DRM_IOWR(DRM_COMMAND_BASE + DRM_XE_WAIT_USER_FENCE, struct drm_xe_wait_user_fence)

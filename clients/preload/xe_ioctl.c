@@ -142,6 +142,19 @@ static int vm_export(struct xcall *c, struct drm_xe_vm_export *a)
 	return err;
 }
 
+static int exec_queue_get_property(struct xcall *c, struct drm_xe_exec_queue_get_property *a)
+{
+	xc_u(c, "extensions", a->extensions);
+	xc_u(c, "exec_queue_id", a->exec_queue_id);
+	xc_u(c, "property", a->property);
+	xc_u(c, "value", a->value);
+	xe_reserved(c, a->reserved, 2);
+	int err = xc_run(c, -1);
+	if (!err)
+		a->value = r_get_uint(&c->body, "value");
+	return err;
+}
+
 /* VM_GET_PROPERTY: asked with size 0, the size; else the faults the daemon sends,
  * written to `data` (copy_to_user: EFAULT once the daemon has made its checks) */
 static int vm_get_property(struct xcall *c, struct drm_xe_vm_get_property *a)
@@ -187,6 +200,7 @@ int xe_ioctl(struct xed_file *f, unsigned nr, void *kdata)
 		[DRM_XE_VM_BIND] = XED_OP_XE_VM_BIND,
 		[DRM_XE_EXEC_QUEUE_CREATE] = XED_OP_XE_EXEC_QUEUE_CREATE,
 		[DRM_XE_EXEC_QUEUE_DESTROY] = XED_OP_XE_EXEC_QUEUE_DESTROY,
+		[DRM_XE_EXEC_QUEUE_GET_PROPERTY] = XED_OP_XE_EXEC_QUEUE_GET_PROPERTY,
 		[DRM_XE_EXEC] = XED_OP_XE_EXEC,
 		[DRM_XE_WAIT_USER_FENCE] = XED_OP_XE_WAIT_USER_FENCE,
 		[DRM_XE_VM_GET_PROPERTY] = XED_OP_XE_VM_GET_PROPERTY,
@@ -208,6 +222,7 @@ int xe_ioctl(struct xed_file *f, unsigned nr, void *kdata)
 	case DRM_XE_VM_BIND: err = xe_vm_bind(&c, kdata); break;
 	case DRM_XE_EXEC_QUEUE_CREATE: err = xe_exec_queue_create(&c, kdata); break;
 	case DRM_XE_EXEC_QUEUE_DESTROY: err = xe_exec_queue_destroy(&c, kdata); break;
+	case DRM_XE_EXEC_QUEUE_GET_PROPERTY: err = exec_queue_get_property(&c, kdata); break;
 	case DRM_XE_EXEC: err = xe_exec(&c, kdata); break;
 	case DRM_XE_WAIT_USER_FENCE: err = xe_wait_user_fence(&c, kdata); break;
 	case DRM_XE_VM_GET_PROPERTY: err = vm_get_property(&c, kdata); break;

@@ -328,6 +328,20 @@ class DrmXeExecQueueDestroy:
 
 
 @frozen
+class DrmXeExecQueueGetProperty:
+    extensions: int = u64("not checked (xe does not look at it)")
+    exec_queue_id: int = u32()
+    property: int = u32("DRM_XE_EXEC_QUEUE_GET_PROPERTY_BAN (0)")
+    value: int = u64("output in the kernel; ignored on input")
+    reserved: tuple[int, ...] = mbz(2)
+
+
+@frozen
+class DrmXeExecQueueGetPropertyReply:
+    value: int = u64("BAN: 1 once the queue was banned (reset), else 0")
+
+
+@frozen
 class DrmXeExec:
     extensions: int = u64("must be zero")
     exec_queue_id: int = u32()

@@ -237,6 +237,17 @@ SPECS: tuple[OpSpec, ...] = (
         errors=(MBZ, (ENOENT, "no such exec queue")),
     ),
     OpSpec(
+        op=Op.XE_EXEC_QUEUE_GET_PROPERTY,
+        request=m.DrmXeExecQueueGetProperty,
+        reply=m.DrmXeExecQueueGetPropertyReply,
+        doc="An exec queue's property: BAN, whether it was banned (reset).",
+        errors=(
+            (EINVAL, "reserved not zero"),
+            (ENOENT, "no such exec queue"),
+            (EINVAL, "a property other than BAN"),
+        ),
+    ),
+    OpSpec(
         op=Op.XE_EXEC,
         request=m.DrmXeExec,
         reply=m.Empty,

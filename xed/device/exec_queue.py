@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from protocols import messages as m
-from protocols.constants import EngineClass
+from protocols.constants import DRM_XE_EXEC_QUEUE_GET_PROPERTY_BAN, EngineClass
 from protocols.ops import Event
 
 from .cs import run_batch
@@ -291,6 +291,26 @@ def xe_exec_queue_destroy_ioctl(xef: XeFile, args: m.DrmXeExecQueueDestroy) -> m
     xef.log.debug("exec_queue_destroyed", exec_queue_id=args.exec_queue_id)
     debug_event(xef, "exec_queue_destroy", detail=f"queue {args.exec_queue_id}")
     return m.Empty()
+
+
+def xe_exec_queue_get_property_ioctl(
+    xef: XeFile, args: m.DrmXeExecQueueGetProperty
+) -> m.DrmXeExecQueueGetPropertyReply:
+    """DRM_IOCTL_XE_EXEC_QUEUE_GET_PROPERTY.
+
+    Checks, in order: reserved non-zero: EINVAL; no such queue: ENOENT; a property
+    other than BAN: EINVAL. BAN is 1 once the queue was banned (xe's reset status).
+    """
+    refuse_if(any(args.reserved), EINVAL, "reserved must be zero")
+    queue = xef.exec_queues.get(args.exec_queue_id)
+    if queue is None:
+        raise IoctlError(ENOENT, f"no exec queue {args.exec_queue_id}")
+    refuse_if(
+        args.property != DRM_XE_EXEC_QUEUE_GET_PROPERTY_BAN,
+        EINVAL,
+        f"no exec queue property {args.property}",
+    )
+    return m.DrmXeExecQueueGetPropertyReply(value=int(queue.banned))
 
 
 def xe_exec_ioctl(xef: XeFile, args: m.DrmXeExec) -> m.Empty:

@@ -1,7 +1,8 @@
 /*
- * vm_faults.c - VM_GET_PROPERTY(FAULTS) from C: the size probe, the faults written to
- * `data` as struct xe_vm_fault, a `data` the library cannot write EFAULT (never a
- * crash), and the daemon's refusals passed back.
+ * properties.c - the properties xe reports, from C. VM_GET_PROPERTY(FAULTS): the size
+ * probe, the faults written to `data` as struct xe_vm_fault, a `data` the library cannot
+ * write EFAULT (never a crash), the daemon's refusals passed back.
+ * EXEC_QUEUE_GET_PROPERTY(BAN): 0, then 1 once a batch of the queue faulted.
  */
 #include "check.h"
 #include "gpu.h"
@@ -15,6 +16,14 @@ static int get_property(int fd, struct drm_xe_vm_get_property *p)
 	return ioctl(fd, DRM_IOCTL_XE_VM_GET_PROPERTY, p);
 }
 
+static uint64_t banned(int fd, uint32_t queue)
+{
+	struct drm_xe_exec_queue_get_property q = {.exec_queue_id = queue, .value = 77,
+						   .property = DRM_XE_EXEC_QUEUE_GET_PROPERTY_BAN};
+	CHECK_OK(ioctl(fd, DRM_IOCTL_XE_EXEC_QUEUE_GET_PROPERTY, &q));
+	return q.value;
+}
+
 int main(void)
 {
 	struct gpu g = gpu_open();
@@ -25,7 +34,13 @@ int main(void)
 	uint32_t *m = mmap(NULL, SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	CHECK(m != MAP_FAILED);
 	CHECK_OK(bind(&g, m, VA, SIZE));
+	CHECK(banned(g.fd, g.queue) == 0);
 	store(&g, m, VA, 0, UNBOUND, 1); /* faults: the queue is banned, the fence comes */
+	CHECK(banned(g.fd, g.queue) == 1);
+	struct drm_xe_exec_queue_get_property q = {.exec_queue_id = 0xffff};
+	CHECK_ERR(ioctl(g.fd, DRM_IOCTL_XE_EXEC_QUEUE_GET_PROPERTY, &q), ENOENT);
+	q.exec_queue_id = g.queue, q.property = 1;
+	CHECK_ERR(ioctl(g.fd, DRM_IOCTL_XE_EXEC_QUEUE_GET_PROPERTY, &q), EINVAL);
 	CHECK_OK(get_property(g.fd, &p));
 	CHECK(p.size == sizeof(struct xe_vm_fault));
 
@@ -55,6 +70,6 @@ int main(void)
 	unbind(&g, VA, SIZE);
 	CHECK_OK(munmap(m, SIZE));
 	gpu_close(&g);
-	puts("vm faults ok");
+	puts("properties ok");
 	return 0;
 }
