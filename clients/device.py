@@ -30,6 +30,7 @@ from protocols import (
 from protocols.cli import connect_timeout, socket_path
 from protocols.constants import (
     DRM_XE_EXEC_QUEUE_GET_PROPERTY_BAN,
+    DRM_XE_EXEC_QUEUE_SET_PROPERTY_PRIORITY,
     DRM_XE_GEM_CPU_CACHING_WB,
     DRM_XE_GEM_CPU_CACHING_WC,
     DRM_XE_MEM_REGION_CLASS_VRAM,
@@ -550,10 +551,19 @@ class Device(PrimeOps, RoleOps):
         gt: int = 0,
         *,
         width: int = 1,
+        priority: int | None = None,
     ) -> int:
         """A queue on engine `instance` of `engine_class`; `width` above 1, a parallel
         queue whose lanes run on that instance and the width - 1 after it (each EXEC
-        then gives one batch a lane)."""
+        then gives one batch a lane); `priority` (0-2; 2 takes CAP_SYS_NICE) set
+        through the SET_PROPERTY extension, as Mesa sets a global priority."""
+        chain: tuple[m.DrmXeExtSetProperty, ...] = ()
+        if priority is not None:
+            chain = (
+                m.DrmXeExtSetProperty(
+                    property=DRM_XE_EXEC_QUEUE_SET_PROPERTY_PRIORITY, value=priority
+                ),
+            )
         instances = tuple(
             m.DrmXeEngineClassInstance(
                 engine_class=engine_class, engine_instance=instance + lane, gt_id=gt
@@ -562,7 +572,14 @@ class Device(PrimeOps, RoleOps):
         )
         reply: m.DrmXeExecQueueCreateReply = self.ioctl(
             Op.XE_EXEC_QUEUE_CREATE,
-            m.DrmXeExecQueueCreate(width=width, num_placements=1, vm_id=vm, instances=instances),
+            m.DrmXeExecQueueCreate(
+                extensions=int(bool(chain)),  # the C struct's pointer: the chain follows
+                width=width,
+                num_placements=1,
+                vm_id=vm,
+                instances=instances,
+                chain=chain,
+            ),
         )
         return reply.exec_queue_id
 

@@ -13,8 +13,11 @@ from __future__ import annotations
 DEPARTURES: tuple[tuple[str, str], ...] = (
     (
         "Extension chains",
-        "never followed: a non-zero `extensions` is `EINVAL` wherever the kernel would walk "
-        "the chain.",
+        "followed only where an op documents it (EXEC_QUEUE_CREATE's SET_PROPERTY links, "
+        "read by the client library and sent as `chain`); elsewhere a non-zero "
+        "`extensions` is `EINVAL` wherever the kernel would walk the chain. The priority "
+        "and timeslice a queue is given are checked as xe checks them and change nothing: "
+        "the emulated engines do not schedule by them.",
     ),
     (
         "Syncobjs",

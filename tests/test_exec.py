@@ -5,16 +5,20 @@ in test_exec_cs.py, so each module stays short enough to read whole.
 
 from __future__ import annotations
 
-from errno import EINVAL, ENOENT, EOPNOTSUPP
+import os
+from errno import E2BIG, EFAULT, EINVAL, ENOENT, EOPNOTSUPP, EPERM
 from typing import Any
 
 import pytest
-from helpers import BATCH_VA, WAIT, Gpu, errno_of
+from helpers import BATCH_VA, NOBODY, WAIT, ForkedChild, Gpu, errno_of, needs_root
 
-from clients import Batch, Device, user_fence
+from clients import Batch, Device, XeError, user_fence
 from protocols import Op
 from protocols import messages as m
 from protocols.constants import (
+    CHAIN_BODY_FAULT,
+    CHAIN_LINK_FAULT,
+    CHAIN_TOO_LONG,
     DRM_XE_SYNC_FLAG_SIGNAL,
     DRM_XE_SYNC_TYPE_SYNCOBJ,
     DRM_XE_SYNC_TYPE_TIMELINE_SYNCOBJ,
@@ -184,7 +188,8 @@ def test_exec_queue_create_destroyed_vm_is_enoent(dev: Device) -> None:
 
 
 def test_exec_queue_create_extensions_is_einval(dev: Device) -> None:
-    """EXEC_QUEUE_CREATE with extensions non-zero is EINVAL."""
+    """EXEC_QUEUE_CREATE with extensions non-zero but no chain read from it is EINVAL
+    (the C library always sends the links, or how reading them failed)."""
     vm = dev.vm_create()
     assert errno_of(create_queue, dev, vm_id=vm, extensions=1) == EINVAL
 
@@ -361,3 +366,103 @@ def test_exec_queue_get_property_refusals(gpu: Gpu) -> None:
     assert errno_of(get_queue_property, gpu.dev, exec_queue_id=0xFFFF) == ENOENT
     assert errno_of(get_queue_property, gpu.dev, exec_queue_id=q, property=1) == EINVAL
     assert get_queue_property(gpu.dev, exec_queue_id=q, extensions=1) == 0
+
+
+# --- EXEC_QUEUE_CREATE's extension chain (SET_PROPERTY) ---------------------------------------
+
+
+def link(prop: int = 0, value: int = 1, **fields: int) -> m.DrmXeExtSetProperty:
+    return m.DrmXeExtSetProperty(property=prop, value=value, **fields)
+
+
+def with_chain(dev: Device, vm: int, *links: m.DrmXeExtSetProperty, end: int = 0) -> int:
+    return create_queue(dev, vm_id=vm, extensions=1, chain=links, chain_end=end)
+
+
+def test_exec_queue_priority_and_timeslice_are_taken(dev: Device) -> None:
+    """Priorities 0 to 2 (HIGH as root, which holds CAP_SYS_NICE) and a timeslice in
+    range, alone or chained, on an engine queue and on a bind queue."""
+    vm = dev.vm_create()
+    for priority in (0, 1, 2):
+        assert dev.exec_queue_create(vm, priority=priority)
+    assert with_chain(dev, vm, link(1, 1), link(1, 10_000_000), link(0, 1))
+    bind = create_queue(
+        dev, vm_id=vm, instances=(eci(EngineClass.VM_BIND),), extensions=1, chain=(link(),)
+    )
+    assert bind
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        link(value=3),  # above HIGH
+        link(prop=2),  # PXP_TYPE and later: not taken
+        link(prop=15),
+        link(pad2=1),
+        link(pad=1),
+        link(name=1),
+    ],
+    ids=["priority-3", "property-2", "property-15", "property-pad", "link-pad", "name-1"],
+)
+def test_exec_queue_bad_extension_is_einval_and_makes_no_queue(
+    dev: Device, bad: m.DrmXeExtSetProperty
+) -> None:
+    """A link or property xe refuses is EINVAL, wherever it is in the chain, and no
+    queue is left: the next one made takes the lowest id."""
+    vm = dev.vm_create()
+    assert errno_of(with_chain, dev, vm, link(), bad) == EINVAL
+    assert errno_of(with_chain, dev, vm, bad) == EINVAL
+    assert dev.exec_queue_create(vm) == 1
+
+
+def test_exec_queue_chain_ends_in_the_kernels_order(dev: Device) -> None:
+    """A link that could not be read: EFAULT, after the links before it are checked; a
+    17th link: E2BIG; the VM is looked up before any of it (ENOENT)."""
+    vm = dev.vm_create()
+    assert errno_of(with_chain, dev, vm, link(), end=CHAIN_LINK_FAULT) == EFAULT
+    assert errno_of(with_chain, dev, vm, link(value=9), end=CHAIN_LINK_FAULT) == EINVAL
+    assert errno_of(with_chain, dev, vm, link(), end=CHAIN_BODY_FAULT) == EFAULT
+    assert errno_of(with_chain, dev, vm, link(name=1), end=CHAIN_BODY_FAULT) == EINVAL
+    assert errno_of(with_chain, dev, vm, end=CHAIN_LINK_FAULT) == EFAULT
+    assert errno_of(with_chain, dev, vm, *[link()] * 16, end=CHAIN_TOO_LONG) == E2BIG
+    assert errno_of(with_chain, dev, 99, link(value=9), end=CHAIN_LINK_FAULT) == ENOENT
+    assert errno_of(with_chain, dev, vm, link(), end=4) == EINVAL
+    assert errno_of(create_queue, dev, vm_id=vm, chain=(link(),)) == EINVAL  # no extensions
+    assert dev.exec_queue_create(vm) == 1
+
+
+def test_a_high_priority_takes_cap_sys_nice_now(fresh_daemon: Any) -> None:
+    """HIGH is EPERM for a process without CAP_SYS_NICE, checked as the queue is made:
+    one connected as root that dropped to uid 65534 since, as IGT's child does. NORMAL
+    is still taken, and a timeslice out of range is EINVAL without the capability."""
+    needs_root()
+
+    def work(report: Any, wait_go: Any) -> None:
+        with Device.open(fresh_daemon.socket_path) as dev:
+            vm = dev.vm_create()
+            high = dev.exec_queue_create(vm, priority=2)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            report(
+                {
+                    "high_as_root": high,
+                    "high": errno_of_call(dev.exec_queue_create, vm, priority=2),
+                    "normal": dev.exec_queue_create(vm, priority=1),
+                    "timeslice": errno_of_call(with_chain, dev, vm, link(1, 0)),
+                }
+            )
+
+    child = ForkedChild(fresh_daemon.socket_path, work)
+    result = child.report()
+    assert child.join() == 0
+    assert result == {"high_as_root": 1, "high": EPERM, "normal": 2, "timeslice": EINVAL}
+
+
+def errno_of_call(call: Any, *args: Any, **kwargs: Any) -> int:
+    """errno_of for a forked child, where pytest.raises is not wanted: 0 on success."""
+    try:
+        call(*args, **kwargs)
+    except XeError as exc:
+        return exc.errno or -1
+    return 0

@@ -220,6 +220,9 @@ def test_c_constants_match_protocols(program: Programs) -> None:
         "XED_HOST_INVALIDATE_START": constants.HOST_INVALIDATE_START,
         "XED_HOST_INVALIDATE_END_REPLACED": constants.HOST_INVALIDATE_END_REPLACED,
         "XED_HOST_INVALIDATE_END_FREED": constants.HOST_INVALIDATE_END_FREED,
+        "XED_CHAIN_LINK_FAULT": constants.CHAIN_LINK_FAULT,
+        "XED_CHAIN_BODY_FAULT": constants.CHAIN_BODY_FAULT,
+        "XED_CHAIN_TOO_LONG": constants.CHAIN_TOO_LONG,
         "XED_EVENT_PROTOCOL_ERROR": Event.PROTOCOL_ERROR,
     }
     for name, value in expected.items():

@@ -57,7 +57,7 @@ from .device.errors import IoctlError
 from .device.file import XeFile
 from .device.limits import OPENS_DESCRIPTORS, limit_hit, out_of_errno
 from .device.limits import out_of_resources as _out_of_resources
-from .device.process import peer_instance
+from .device.process import caller_pid, peer_instance
 from .hello import hello
 from .inflight import Unread, UnreadLedger
 from .ioctl import HANDLERS
@@ -185,6 +185,7 @@ class Connection:
         # exec queues' work), names the client, even where the code logging it (a BO
         # freed, a dma-buf released) knows nothing of connections.
         structlog.contextvars.bind_contextvars(client_id=self.client_id, pid=self.pid)
+        caller_pid.set(self.pid)
         self.log.info("client_connected", uid=self.uid, gid=self.gid)
         reason = "eof"
         try:

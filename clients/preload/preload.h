@@ -184,8 +184,6 @@ void xe_reserved(struct xcall *c, const uint64_t *r, uint32_t n);
 /* xe_exec.c: each fills the begun call `c` with its argument, runs it, writes back */
 int xe_vm_bind(struct xcall *c, struct drm_xe_vm_bind *a);
 int xe_exec_queue_create(struct xcall *c, struct drm_xe_exec_queue_create *a);
-/* after a successful EXEC_QUEUE_CREATE: EFAULT (and the queue gone) if its chain faulted */
-int xe_exec_queue_create_finish(struct xed_file *f, struct drm_xe_exec_queue_create *a);
 int xe_exec_queue_destroy(struct xcall *c, struct drm_xe_exec_queue_destroy *a);
 int xe_exec(struct xcall *c, struct drm_xe_exec *a);
 int xe_wait_user_fence(struct xcall *c, struct drm_xe_wait_user_fence *a);

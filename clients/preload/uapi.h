@@ -179,6 +179,20 @@ struct drm_xe_user_extension {
 XED_CHECK(drm_xe_user_extension, 16);
 XED_AT(drm_xe_user_extension, name, 8);
 
+#define DRM_XE_EXEC_QUEUE_EXTENSION_SET_PROPERTY 0
+#define DRM_XE_EXEC_QUEUE_SET_PROPERTY_PRIORITY 0
+#define DRM_XE_EXEC_QUEUE_SET_PROPERTY_TIMESLICE 1
+struct drm_xe_ext_set_property {
+	struct drm_xe_user_extension base;
+	uint32_t property;
+	uint32_t pad;
+	uint64_t value;
+	uint64_t reserved[2];
+};
+XED_CHECK(drm_xe_ext_set_property, 48);
+XED_AT(drm_xe_ext_set_property, property, 16);
+XED_AT(drm_xe_ext_set_property, value, 24);
+
 #define DRM_XE_ENGINE_CLASS_RENDER 0
 #define DRM_XE_ENGINE_CLASS_COPY 1
 #define DRM_XE_ENGINE_CLASS_VIDEO_DECODE 2

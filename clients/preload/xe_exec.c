@@ -1,7 +1,7 @@
 /*
  * xe_exec.c - the xe ioctls that carry arrays and CPU addresses: VM_BIND (its binds
- * and syncs), EXEC_QUEUE_CREATE (its engine instances), EXEC (its syncs, and a parallel
- * queue's batch addresses) and WAIT_USER_FENCE.
+ * and syncs), EXEC_QUEUE_CREATE (its engine instances and extension chain), EXEC (its
+ * syncs, and a parallel queue's batch addresses) and WAIT_USER_FENCE.
  *
  * Each array is read from the program with copy_from_user and sent as a list: a bad
  * pointer is EFAULT here, after the checks the kernel makes before its own copy. User
@@ -114,26 +114,45 @@ int xe_vm_bind(struct xcall *c, struct drm_xe_vm_bind *a)
 	return err;
 }
 
-/* Set by the last EXEC_QUEUE_CREATE of this thread whose extension chain could not be
- * read: xe walks the chain once the queue exists (exec_queue_user_extensions) and the
- * copy faults, so the queue the daemon made without it is destroyed and the answer is
- * EFAULT (xe_exec_queue_create_finish). A chain that can be read goes to the daemon,
- * which refuses any extension (EINVAL) after its other checks. */
-static __thread int chain_faulted;
+/* EXEC_QUEUE_CREATE's extension chain, read as xe walks it (exec_queue_user_extensions):
+ * each link's base, then its SET_PROPERTY body, until the last link or MAX_EXTENSIONS.
+ * The links read go to the daemon, with how the walk ended (a link or a body that
+ * faults, a 17th link), and the daemon answers each in the kernel's order: what is
+ * wrong with a link read before the fault comes first. */
+#define MAX_EXTENSIONS 16 /* xe's MAX_USER_EXTENSIONS: more is E2BIG */
+
+static uint32_t read_chain(uint64_t at, struct drm_xe_ext_set_property *links, uint32_t *n)
+{
+	for (*n = 0; at; at = links[*n - 1].base.next_extension) {
+		if (*n == MAX_EXTENSIONS)
+			return XED_CHAIN_TOO_LONG;
+		struct drm_xe_ext_set_property *l = &links[*n];
+		memset(l, 0, sizeof *l);
+		if (copy_from_user(&l->base, at, sizeof l->base))
+			return XED_CHAIN_LINK_FAULT;
+		++*n;
+		if (l->base.pad || l->base.name != DRM_XE_EXEC_QUEUE_EXTENSION_SET_PROPERTY)
+			return 0; /* refused as it is: nothing after it is read */
+		if (copy_from_user(l, at, sizeof *l))
+			return XED_CHAIN_BODY_FAULT;
+	}
+	return 0;
+}
 
 int xe_exec_queue_create(struct xcall *c, struct drm_xe_exec_queue_create *a)
 {
 	struct drm_xe_engine_class_instance eci[MAX_INSTANCES];
-	struct drm_xe_user_extension link;
-	uint32_t n = (uint32_t)a->width * a->num_placements;
+	struct drm_xe_ext_set_property links[MAX_EXTENSIONS];
+	uint32_t n = (uint32_t)a->width * a->num_placements, nl = 0, end = 0;
 	/* xe checks the flags, reserved and the count, then copies the instances */
 	if (a->flags & ~DRM_XE_EXEC_QUEUE_LOW_LATENCY_HINT || a->reserved[0] || a->reserved[1] ||
 	    !n || n > MAX_INSTANCES)
 		n = 0; /* the daemon refuses it before looking at the engines */
 	else if (copy_from_user(eci, a->instances, n * sizeof *eci))
 		return EFAULT;
-	chain_faulted = a->extensions && copy_from_user(&link, a->extensions, sizeof link);
-	xc_u(c, "extensions", chain_faulted ? 0 : a->extensions);
+	if (n)
+		end = read_chain(a->extensions, links, &nl);
+	xc_u(c, "extensions", a->extensions);
 	xc_u(c, "width", a->width);
 	xc_u(c, "num_placements", a->num_placements);
 	xc_u(c, "vm_id", a->vm_id);
@@ -149,26 +168,21 @@ int xe_exec_queue_create(struct xcall *c, struct drm_xe_exec_queue_create *a)
 		w_kuint(&c->w, "pad", eci[i].pad);
 	}
 	xe_reserved(c, a->reserved, 2);
+	xc_key(c, "chain");
+	w_array(&c->w, nl);
+	for (uint32_t i = 0; i < nl; i++) {
+		w_map(&c->w, 5);
+		w_kuint(&c->w, "name", links[i].base.name);
+		w_kuint(&c->w, "pad", links[i].base.pad);
+		w_kuint(&c->w, "property", links[i].property);
+		w_kuint(&c->w, "pad2", links[i].pad);
+		w_kuint(&c->w, "value", links[i].value);
+	}
+	xc_u(c, "chain_end", end);
 	int err = xc_run(c, -1);
 	if (!err)
 		a->exec_queue_id = (uint32_t)r_get_uint(&c->body, "exec_queue_id");
 	return err;
-}
-
-int xe_exec_queue_create_finish(struct xed_file *f, struct drm_xe_exec_queue_create *a)
-{
-	struct xcall c;
-
-	if (!chain_faulted)
-		return 0;
-	chain_faulted = 0;
-	if (!xc_begin(&c, f, XED_OP_XE_EXEC_QUEUE_DESTROY)) {
-		struct drm_xe_exec_queue_destroy made = {.exec_queue_id = a->exec_queue_id};
-		(void)xe_exec_queue_destroy(&c, &made);
-		xc_end(&c);
-	}
-	a->exec_queue_id = 0;
-	return EFAULT;
 }
 
 int xe_exec_queue_destroy(struct xcall *c, struct drm_xe_exec_queue_destroy *a)

@@ -234,7 +234,5 @@ int xe_ioctl(struct xed_file *f, unsigned nr, void *kdata)
 	xc_end(&c);
 	if (!err && nr == DRM_XE_GEM_CREATE && ((struct drm_xe_gem_create *)kdata)->extensions)
 		err = gem_create_finish(f, kdata);
-	if (!err && nr == DRM_XE_EXEC_QUEUE_CREATE)
-		err = xe_exec_queue_create_finish(f, kdata);
 	return err;
 }

@@ -302,8 +302,20 @@ class DrmXeVmBind:
 
 # --- exec queues and exec ---------------------------------------------------------------
 @frozen
+class DrmXeExtSetProperty:
+    """One link of EXEC_QUEUE_CREATE's extension chain (struct drm_xe_ext_set_property),
+    as the library read it from the program; next_extension and reserved are not sent."""
+
+    name: int = u32("the link's: DRM_XE_EXEC_QUEUE_EXTENSION_SET_PROPERTY (0)")
+    pad: int = u32("the link's: must be zero")
+    property: int = u32("DRM_XE_EXEC_QUEUE_SET_PROPERTY_PRIORITY (0) or _TIMESLICE (1)")
+    pad2: int = u32("the property's pad: must be zero")
+    value: int = u64("the priority (0-2), or the timeslice in us")
+
+
+@frozen
 class DrmXeExecQueueCreate:
-    extensions: int = u64("must be zero")
+    extensions: int = u64("non-zero: the chain below (the C struct's pointer to it)")
     width: int = u16("batch buffers per submission")
     num_placements: int = u16("engines the queue may run on")
     vm_id: int = u32()
@@ -313,6 +325,14 @@ class DrmXeExecQueueCreate:
         DrmXeEngineClassInstance, "width x num_placements engines", max_items=64
     )
     reserved: tuple[int, ...] = mbz(2)
+    chain: tuple[DrmXeExtSetProperty, ...] = records(
+        DrmXeExtSetProperty, "the links `extensions` leads to, in order", max_items=16
+    )
+    chain_end: int = u32(
+        "how the chain ends: 0 at its last link; CHAIN_LINK_FAULT, a next link that cannot "
+        "be read; CHAIN_BODY_FAULT, the last link's property that cannot be read; "
+        "CHAIN_TOO_LONG, a 17th link"
+    )
 
 
 @frozen

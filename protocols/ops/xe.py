@@ -4,6 +4,7 @@ mmap of a fake offset and unplug notice page."""
 from __future__ import annotations
 
 from errno import (
+    E2BIG,
     EACCES,
     EAGAIN,
     EBUSY,
@@ -226,6 +227,12 @@ SPECS: tuple[OpSpec, ...] = (
             (EINVAL, "width above 1 on a class without multi-LRC (all but the video ones)"),
             (EINVAL, "VM_BIND engine class (a bind queue): width, placements or instance"),
             (ENOENT, "no such VM, or VM closed"),
+            (EINVAL, "an extension: a pad, a name other than SET_PROPERTY, a property "
+             "other than PRIORITY or TIMESLICE"),
+            (EINVAL, "priority above HIGH; a timeslice outside 1 us-10 s (no CAP_SYS_NICE)"),
+            (EPERM, "priority HIGH without CAP_SYS_NICE"),
+            (EFAULT, "an extension that cannot be read"),
+            (E2BIG, "more than 16 extensions"),
             (ENOMEM, "limits.exec_queues: this client holds that many queues already"),
         ),
     ),

@@ -3,19 +3,33 @@
 from __future__ import annotations
 
 import collections
-from errno import EAGAIN, ECANCELED, EFAULT, EINVAL, ENOENT
+from errno import E2BIG, EAGAIN, ECANCELED, EFAULT, EINVAL, ENOENT, EPERM
 from typing import TYPE_CHECKING
 
 import trio
 
 from protocols import messages as m
-from protocols.constants import DRM_XE_EXEC_QUEUE_GET_PROPERTY_BAN, EngineClass
+from protocols.constants import (
+    CHAIN_BODY_FAULT,
+    CHAIN_LINK_FAULT,
+    CHAIN_TOO_LONG,
+    DRM_XE_EXEC_QUEUE_EXTENSION_SET_PROPERTY,
+    DRM_XE_EXEC_QUEUE_GET_PROPERTY_BAN,
+    DRM_XE_EXEC_QUEUE_SET_PROPERTY_PRIORITY,
+    DRM_XE_EXEC_QUEUE_SET_PROPERTY_TIMESLICE,
+    XE_EXEC_QUEUE_PRIORITY_HIGH,
+    XE_EXEC_QUEUE_PRIORITY_NORMAL,
+    XE_HW_ENGINE_TIMESLICE_MAX,
+    XE_HW_ENGINE_TIMESLICE_MIN,
+    EngineClass,
+)
 from protocols.ops import Event
 
 from .cs import run_batch
 from .errors import GpuFault, IoctlError, refuse_if
 from .eudebug import debug_event
 from .limits import refuse_over
+from .process import CAP_SYS_NICE, caller_capable
 from .sync import Syncs, parse_syncs, signal_gpu_fences
 from .syncobj import Fence
 from .vm_faults import save_fault
@@ -213,7 +227,7 @@ def xe_exec_queue_create_ioctl(
       not logically contiguous, each lane's instances the previous lane's plus one:
       EINVAL; width above 1 on a class without multi-LRC (MULTI_LRC_CLASSES): EINVAL
     - no such VM, or VM closed: ENOENT
-    - extensions non-zero: EINVAL
+    - the extension chain, link by link (_check_extensions): EINVAL, EPERM, EFAULT, E2BIG
     - the file holds limits.exec_queues queues already: ENOMEM
     """
     refuse_if(args.flags & ~DRM_XE_EXEC_QUEUE_LOW_LATENCY_HINT, EINVAL, "unknown flags")
@@ -237,7 +251,7 @@ def xe_exec_queue_create_ioctl(
     vm = xef.vms.get(args.vm_id)
     refuse_if(vm is None or vm.closed, ENOENT, f"no VM {args.vm_id}")
     assert vm is not None
-    refuse_if(args.extensions, EINVAL, "extensions must be zero")
+    _check_extensions(args)
     refuse_over(xef, "exec_queues", len(xef.exec_queues))
     queue = XeExecQueue(xef, vm, first, args.width)
     queue.id = xef.exec_queue_ids.alloc()
@@ -245,6 +259,61 @@ def xe_exec_queue_create_ioctl(
     xef.log.debug("exec_queue_created", exec_queue_id=queue.id, vm_id=args.vm_id)
     debug_event(xef, "exec_queue_create", vm_id=args.vm_id, detail=f"queue {queue.id}")
     return m.DrmXeExecQueueCreateReply(exec_queue_id=queue.id)
+
+
+def _check_extensions(args: m.DrmXeExecQueueCreate) -> None:
+    """exec_queue_user_extensions(), on the chain the library read from the program.
+
+    Link by link: a pad or a name other than SET_PROPERTY: EINVAL; a property that could
+    not be read: EFAULT; the property (_check_property). Then a link that could not be
+    read: EFAULT; a 17th: E2BIG. The properties change nothing here: the emulated engines
+    schedule no queue before another, nor slice their time."""
+    if not args.extensions:
+        refuse_if(args.chain or args.chain_end, EINVAL, "a chain without `extensions`")
+        return
+    refuse_if(not args.chain and not args.chain_end, EINVAL, "`extensions` without its chain")
+    refuse_if(args.chain_end > CHAIN_TOO_LONG, EINVAL, f"chain_end {args.chain_end}")
+    last = len(args.chain) - 1
+    for i, link in enumerate(args.chain):
+        refuse_if(
+            link.pad or link.name != DRM_XE_EXEC_QUEUE_EXTENSION_SET_PROPERTY,
+            EINVAL,
+            f"extension {i}: name {link.name}, pad {link.pad}",
+        )
+        refuse_if(
+            i == last and args.chain_end == CHAIN_BODY_FAULT,
+            EFAULT,
+            f"extension {i} cannot be read",
+        )
+        _check_property(link)
+    refuse_if(args.chain_end == CHAIN_LINK_FAULT, EFAULT, "an extension cannot be read")
+    refuse_if(args.chain_end == CHAIN_TOO_LONG, E2BIG, "more than 16 extensions")
+
+
+def _check_property(link: m.DrmXeExtSetProperty) -> None:
+    """exec_queue_user_ext_set_property(): PRIORITY or TIMESLICE, pad zero (else EINVAL);
+    a priority above HIGH: EINVAL, above NORMAL without CAP_SYS_NICE: EPERM; a timeslice
+    outside 1 us to 10 s without CAP_SYS_NICE: EINVAL."""
+    known = (DRM_XE_EXEC_QUEUE_SET_PROPERTY_PRIORITY, DRM_XE_EXEC_QUEUE_SET_PROPERTY_TIMESLICE)
+    refuse_if(
+        link.property not in known or link.pad2,
+        EINVAL,
+        f"no exec queue property {link.property} (pad {link.pad2})",
+    )
+    if link.property == DRM_XE_EXEC_QUEUE_SET_PROPERTY_PRIORITY:
+        refuse_if(link.value > XE_EXEC_QUEUE_PRIORITY_HIGH, EINVAL, f"priority {link.value}")
+        refuse_if(
+            link.value > XE_EXEC_QUEUE_PRIORITY_NORMAL and not caller_capable(CAP_SYS_NICE),
+            EPERM,
+            "a priority above normal takes CAP_SYS_NICE",
+        )
+        return
+    refuse_if(
+        not XE_HW_ENGINE_TIMESLICE_MIN <= link.value <= XE_HW_ENGINE_TIMESLICE_MAX
+        and not caller_capable(CAP_SYS_NICE),
+        EINVAL,
+        f"timeslice {link.value} us out of range",
+    )
 
 
 def _check_placements(xef: XeFile, args: m.DrmXeExecQueueCreate) -> None:

@@ -23,6 +23,7 @@ the peer's connect and our accept.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import select
 import socket
@@ -97,3 +98,24 @@ def _start_time(pid: int) -> int:
     # the command name (field 2) may hold spaces and parentheses: split after it
     after_comm = fields.rpartition(b")")[2].split()
     return int(after_comm[19]) if len(after_comm) > 19 else 0
+
+
+# The pid of the process whose request is being answered: each connection's task sets
+# its peer's, so a handler can ask what the kernel asks of `current`.
+caller_pid: contextvars.ContextVar[int] = contextvars.ContextVar("caller_pid", default=0)
+CAP_SYS_NICE = 23
+
+
+def caller_capable(cap: int) -> bool:
+    """capable(cap) of the calling process: whether `cap` is in its effective set now
+    (/proc/PID/status, read as the request is answered, so a process that dropped its
+    privileges since it connected is seen without them); False where it cannot be read."""
+    pid = caller_pid.get()
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"CapEff:"):
+                    return bool(int(line.split()[1], 16) >> cap & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
