@@ -20,7 +20,7 @@ bytecode: $(STAMP)
 
 # the C preload library for `xec run`, built into the cache `xec run` uses
 preload: $(STAMP)
-	$(BIN)/python -m clients.preload
+	@path=$$($(BIN)/python -m clients.preload) && echo "preload library (xec run): $$path"
 
 demo: $(STAMP) bytecode preload
 	$(BIN)/python -m clients.demo

@@ -367,6 +367,16 @@ XED_CHECK(drm_xe_query_pxp_status, 8);
 #define DRM_XE_DEVICE_QUERY_OA_UNITS 8
 #define DRM_XE_DEVICE_QUERY_PXP_STATUS 9
 #define DRM_XE_DEVICE_QUERY_EU_STALL 10
+/* drm_xe_query_config.info[] */
+#define DRM_XE_QUERY_CONFIG_REV_AND_DEVICE_ID 0
+#define DRM_XE_QUERY_CONFIG_FLAGS 1
+#define DRM_XE_QUERY_CONFIG_FLAG_HAS_VRAM (1 << 0)
+#define DRM_XE_QUERY_CONFIG_FLAG_HAS_LOW_LATENCY (1 << 1)
+#define DRM_XE_QUERY_CONFIG_MIN_ALIGNMENT 2
+#define DRM_XE_QUERY_CONFIG_VA_BITS 3
+#define DRM_XE_QUERY_CONFIG_MAX_EXEC_QUEUE_PRIORITY 4
+#define DRM_XE_MEM_REGION_CLASS_SYSMEM 0
+#define DRM_XE_MEM_REGION_CLASS_VRAM 1
 struct drm_xe_device_query {
 	uint64_t extensions;
 	uint32_t query;
