@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 
 from protocols.constants import (
+    MI_ARB_CHECK,
     MI_ATOMIC,
     MI_ATOMIC_ADD,
     MI_ATOMIC_INC,
@@ -12,7 +13,13 @@ from protocols.constants import (
     MI_ATOMIC_INLINE_DATA,
     MI_ATOMIC_OP_SHIFT,
     MI_BATCH_BUFFER_END,
+    MI_BATCH_BUFFER_START,
+    MI_BBS_PPGTT,
+    MI_BBS_SECOND_LEVEL,
+    MI_COND_BATCH_BUFFER_END,
+    MI_COND_MODE_SHIFT,
     MI_COPY_MEM_MEM,
+    MI_DO_COMPARE,
     MI_FLUSH_DW,
     MI_FLUSH_DW_OP_STOREDW,
     MI_MEM_FENCE,
@@ -67,6 +74,25 @@ class Batch:
             return self._emit(header | 1, *_lo_hi(addr))
         data = _lo_hi(operand) if qword else (operand,)
         return self._emit(header | MI_ATOMIC_INLINE_DATA | (1 + len(data)), *_lo_hi(addr), *data)
+
+    def arb_check(self) -> Batch:
+        """MI_ARB_CHECK: a preemption point (one dword)."""
+        return self._emit(MI_ARB_CHECK)
+
+    def batch_start(self, addr: int, second_level: bool = False) -> Batch:
+        """MI_BATCH_BUFFER_START in the VM: jump to `addr`; `second_level`, a call whose
+        MI_BATCH_BUFFER_END comes back after this instruction."""
+        flags = MI_BBS_PPGTT | (MI_BBS_SECOND_LEVEL if second_level else 0)
+        return self._emit(MI_BATCH_BUFFER_START | flags, *_lo_hi(addr))
+
+    def cond_end(self, addr: int, value: int, mode: int | None = None) -> Batch:
+        """MI_CONDITIONAL_BATCH_BUFFER_END: the batch ends unless the dword at `addr`
+        compares to `value` as `mode` says (MAD_*_IDD: 0 GT, 1 GTE, 2 LT, 3 LTE, 4 EQ,
+        5 NEQ; None, the legacy form: GT)."""
+        header = MI_COND_BATCH_BUFFER_END
+        if mode is not None:
+            header |= MI_DO_COMPARE | mode << MI_COND_MODE_SHIFT
+        return self._emit(header, value, *_lo_hi(addr))
 
     def mem_fence(self) -> Batch:
         return self._emit(MI_MEM_FENCE)

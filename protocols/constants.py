@@ -264,6 +264,13 @@ MI_ATOMIC_INC = 0x05 << MI_ATOMIC_OP_SHIFT
 MI_ATOMIC_ADD = 0x07 << MI_ATOMIC_OP_SHIFT
 MI_ATOMIC_INC8B = 0x25 << MI_ATOMIC_OP_SHIFT  # 64-bit increment
 MI_ATOMIC_INLINE_DATA = 1 << 18
+MI_ARB_CHECK = mi_instr(0x05)  # a preemption point: nothing to do here
+MI_BATCH_BUFFER_START = mi_instr(0x31, 1)  # jump to a GPU address (3 dwords)
+MI_BBS_PPGTT = 1 << 8  # in the VM (the only address space here)
+MI_BBS_SECOND_LEVEL = 1 << 22  # a call: its MI_BATCH_BUFFER_END returns here
+MI_COND_BATCH_BUFFER_END = mi_instr(0x36, 2)  # end unless a dword compares (4 dwords)
+MI_DO_COMPARE = 1 << 21
+MI_COND_MODE_SHIFT = 12  # MAD_*_IDD: 0 GT, 1 GTE, 2 LT, 3 LTE, 4 EQ, 5 NEQ: go on if true
 MI_OPCODE_MASK = 0x3F << 23
 MI_CLIENT_MASK = 0x7 << 29
 # xed's linear copy (the blitter's MEM_COPY, simplified): dw0, len, dst lo/hi, src lo/hi

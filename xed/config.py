@@ -61,6 +61,9 @@ class DeviceConfig:
     page_size: int = attrs.field(default=PAGE_SIZE, validator=_positive)
     # BAR0 doorbell pages; the last one is the PCI barrier page, the rest go one per file
     doorbell_pages: int = attrs.field(default=64, validator=_positive)
+    # how long a job of a VM not in LR mode may run before its queue is banned (xe's
+    # job_timeout_ms); a batch looping on itself (a spinner) meets it
+    job_timeout_ms: int = attrs.field(default=5000, validator=_positive)
     engines: EngineConfig = attrs.field(factory=EngineConfig)
 
     def __attrs_post_init__(self) -> None:

@@ -20,6 +20,10 @@ from protocols.constants import (
     MI_ATOMIC_INLINE_DATA,
     MI_ATOMIC_OP_MASK,
     MI_ATOMIC_OP_SHIFT,
+    MI_BBS_PPGTT,
+    MI_BBS_SECOND_LEVEL,
+    MI_COND_MODE_SHIFT,
+    MI_DO_COMPARE,
     MI_FLUSH_DW_OP_STOREDW,
     MI_SDI_LEN_DW_MASK,
     MI_SDI_NUM_QW_BIT,
@@ -38,6 +42,8 @@ if TYPE_CHECKING:
 # keep their latency and the watchdog its pings whatever a batch holds: instructions
 # (a long batch can be cancelled), and bytes moved (one MEM_COPY moves up to _MAX_COPY).
 TURN_INSTRUCTIONS = 1024
+LOOP_NAP = 0.0001  # s: a backward jump's nap (a spinner polls its end 10,000 times a second)
+MAX_BATCH_LEVELS = 2  # a batch and one second-level batch, as the engines have
 TURN_BYTES = 1 << 20
 _MAX_COPY = 256 << 20
 
@@ -78,17 +84,23 @@ def _addr(vm: XeVm, lo: int, hi: int) -> int:
     return (lo | (hi << 32)) & (vm.size - 1)
 
 
-async def run_batch(vm: XeVm, address: int) -> int:
+async def run_batch(vm: XeVm, address: int, timeout: float | None = None) -> int:
     """Run from `address` to MI_BATCH_BUFFER_END; return instructions executed.
 
     Raises GpuFault (bad address, read-only target) or BadInstruction; the caller bans
-    the queue. A batch longer than XE_MAX_BATCH_DWORDS is a runaway and faults too.
+    the queue. More than XE_MAX_BATCH_DWORDS run straight on, with no jump, is a runaway
+    and faults too. MI_BATCH_BUFFER_START jumps (a second-level one returns at its end);
+    a jump back, as a spinner loops, naps LOOP_NAP first (an emulated engine has no
+    speed to keep, and a spinner must not take a CPU), and past `timeout` seconds since
+    the batch began (xe's job timeout: None for an LR-mode VM) the job is a hang.
     """
     pc = address
-    executed = 0
+    executed = straight = 0
+    returns: list[int] = []
     turn = _Turn()
+    started = trio.current_time()
     while True:
-        if pc - address >= 4 * XE_MAX_BATCH_DWORDS:
+        if straight >= XE_MAX_BATCH_DWORDS:
             raise GpuFault(pc, "batch too long (no MI_BATCH_BUFFER_END)")
         executed += 1
         await turn.spend(instructions=1)
@@ -104,9 +116,34 @@ async def run_batch(vm: XeVm, address: int) -> int:
         if isinstance(step, MemCopy):
             await _mem_copy(vm, step, turn)
             step = XED_MEM_COPY_DWORDS
+        if isinstance(step, Jump):
+            if step.call:
+                if len(returns) >= MAX_BATCH_LEVELS - 1:
+                    raise GpuFault(pc, "batch buffers nested too deep")
+                returns.append(pc + 4 * step.length)
+            backwards = step.target <= pc
+            pc, straight = step.target, 0
+            if backwards:
+                if timeout is not None and trio.current_time() - started > timeout:
+                    raise GpuFault(pc, f"job timeout ({timeout:g} s): the batch hangs")
+                await trio.sleep(LOOP_NAP)
+            continue
         if step == 0:
-            return executed
+            if not returns:
+                return executed
+            pc, straight = returns.pop(), 0
+            continue
         pc += 4 * step
+        straight += step
+
+
+@attrs.frozen
+class Jump:
+    """MI_BATCH_BUFFER_START decoded: where to, and whether it returns."""
+
+    target: int
+    call: bool
+    length: int
 
 
 @attrs.frozen
@@ -144,15 +181,20 @@ async def _mem_copy(vm: XeVm, copy: MemCopy, turn: _Turn) -> None:
         await turn.spend(moved=n)
 
 
-def _step(vm: XeVm, pc: int) -> int | MemCopy:
+def _step(vm: XeVm, pc: int) -> int | MemCopy | Jump:
     """Execute the instruction at pc; return its length in dwords (0: batch end).
-    A MEM_COPY is only decoded, for run_batch to move in chunks."""
+    A MEM_COPY or a jump is only decoded, for run_batch to carry out."""
     (header,) = _u32s(vm, pc, 1)
     client = header >> 29
     if client == 0:
         opcode = (header >> 23) & 0x3F
         if opcode == 0x0A:  # MI_BATCH_BUFFER_END
             return 0
+        if opcode == 0x31:  # MI_BATCH_BUFFER_START
+            if header & 0xFF != 1 or not header & MI_BBS_PPGTT:
+                raise BadInstruction(pc, header)
+            lo, hi = _u32s(vm, pc + 4, 2)
+            return Jump(_addr(vm, lo & ~0x3, hi), bool(header & MI_BBS_SECOND_LEVEL), 3)
         return _mi(vm, pc, header, opcode)
     if header & 0xFFC0_0000 == XED_MEM_COPY:
         length, dst_lo, dst_hi, src_lo, src_hi = _u32s(vm, pc + 4, 5)
@@ -164,8 +206,19 @@ def _step(vm: XeVm, pc: int) -> int | MemCopy:
 
 def _mi(vm: XeVm, pc: int, header: int, opcode: int) -> int:
     """Execute one MI instruction; return its length in dwords."""
-    if opcode in (0x00, 0x09):  # MI_NOOP, MI_MEM_FENCE: stores are already visible
-        return 1
+    if opcode in (0x00, 0x09, 0x05):  # MI_NOOP, MI_MEM_FENCE, MI_ARB_CHECK
+        return 1  # stores are visible already; nothing preempts a batch here
+    if opcode == 0x36:  # MI_CONDITIONAL_BATCH_BUFFER_END
+        total = (header & 0xFF) + 2
+        if total != 4:
+            raise BadInstruction(pc, header)
+        operand, lo, hi = _u32s(vm, pc + 4, 3)
+        (value,) = _u32s(vm, _addr(vm, lo & ~0x3, hi), 1)
+        mode = (header >> MI_COND_MODE_SHIFT) & 0x7 if header & MI_DO_COMPARE else 0
+        go_on = _CONDITIONS.get(mode)
+        if go_on is None:
+            raise BadInstruction(pc, header)
+        return total if go_on(value, operand) else 0
     if opcode == 0x26:  # MI_FLUSH_DW: a fence, with an optional immediate post-sync write
         total = (header & 0x3F) + 2
         if header & MI_FLUSH_DW_OP_STOREDW:
@@ -218,6 +271,17 @@ def _atomic(vm: XeVm, pc: int, header: int, target: int, inline: list[int]) -> N
 def _signed(value: int, bits: int) -> int:
     return value - (1 << bits) if value >> (bits - 1) else value
 
+
+# MI_CONDITIONAL_BATCH_BUFFER_END's compare modes (MAD_*_IDD): the batch goes on while
+# (the dword in memory, the inline dword) holds
+_CONDITIONS: dict[int, Callable[[int, int], bool]] = {
+    0: lambda mem, data: mem > data,
+    1: lambda mem, data: mem >= data,
+    2: lambda mem, data: mem < data,
+    3: lambda mem, data: mem <= data,
+    4: lambda mem, data: mem == data,
+    5: lambda mem, data: mem != data,
+}
 
 # MI_ATOMIC's operations: (old value, operand, bits) -> new value
 _ATOMIC_OPS: dict[int, Callable[[int, int, int], int]] = {

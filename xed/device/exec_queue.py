@@ -157,9 +157,10 @@ class XeExecQueue:
             try:
                 # a parallel job's lanes run one after the other: what they write is
                 # what running side by side writes, unless one waits for another
+                timeout = None if self.vm.lr_mode else self.device.config.job_timeout_ms / 1000
                 for address in addresses:
                     self._running = address
-                    await run_batch(self.vm, address)
+                    await run_batch(self.vm, address, timeout)
                 self.device.stats["execs"] += 1
             except GpuFault as fault:
                 self._ban(fault)
