@@ -6,6 +6,7 @@ ioctl or a traceback, whatever the clients threw at it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -51,26 +52,29 @@ def start_daemon(
     ).start()
 
 
-@pytest.fixture(scope="session")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
-    """One daemon shared by the tests that only need a connection of their own."""
-    proc = start_daemon(tmp_path_factory.mktemp("shared-daemon"))
-    yield proc
-    assert proc.proc is not None and proc.proc.poll() is None, "the shared daemon died"
-    proc.stop()
-    _check_log(proc)
-    proc.cleanup()
-
-
-@pytest.fixture
-def fresh_daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
-    """A daemon of this test's own, for counting objects and descriptors."""
-    proc = start_daemon(tmp_path)
+@contextlib.contextmanager
+def serving(where: Path, config: str | None = None) -> Iterator[DaemonProcess]:
+    """A daemon for the length of the block: alive at its end, and its log clean."""
+    proc = start_daemon(where, config)
     yield proc
     assert proc.proc is not None and proc.proc.poll() is None, "the daemon died"
     proc.stop()
     _check_log(proc)
     proc.cleanup()
+
+
+@pytest.fixture(scope="session")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    """One daemon shared by the tests that only need a connection of their own."""
+    with serving(tmp_path_factory.mktemp("shared-daemon")) as proc:
+        yield proc
+
+
+@pytest.fixture
+def fresh_daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
+    """A daemon of this test's own, for counting objects and descriptors."""
+    with serving(tmp_path) as proc:
+        yield proc
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from errno import ECANCELED, EFAULT, EINVAL
 from typing import Any
 
 import pytest
-from conftest import _check_log, baseline, start_daemon
+from conftest import baseline, serving
 from helpers import BATCH_VA, FENCE, Gpu, errno_of
 from test_exec import create_queue, eci, raw_exec
 from test_lifecycle import wait_for_baseline
@@ -35,12 +35,8 @@ compute = 2
 @pytest.fixture(scope="module")
 def video(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     """One daemon with that device for the module (each test opens a file of its own)."""
-    proc = start_daemon(tmp_path_factory.mktemp("video-daemon"), DEVICE)
-    yield proc
-    assert proc.proc is not None and proc.proc.poll() is None, "the daemon died"
-    proc.stop()
-    _check_log(proc)
-    proc.cleanup()
+    with serving(tmp_path_factory.mktemp("video-daemon"), DEVICE) as proc:
+        yield proc
 
 
 @pytest.fixture
