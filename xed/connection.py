@@ -3,12 +3,11 @@
 One task per connection reads datagrams and answers them in order; ops that block
 (WAIT_USER_FENCE) run in tasks of the connection's own nursery, so a disconnect cancels
 them. Everything a connection held is released when its task ends, however it ends.
-Socket I/O goes straight to the non-blocking socket and only parks in trio when the
-kernel says EAGAIN: a round trip costs two system calls when the peer is quick.
-
-A drm connection is a drm file, or a channel of one (channels.py): a connection of
-another process acting on that file. The file's release (its own connection's EOF, the
-last close of every copy of the program's descriptor) closes its channels first.
+Socket I/O goes straight to the non-blocking socket and parks in trio only on EAGAIN:
+a round trip costs two system calls when the peer is quick. A drm connection is a drm
+file or a channel of one (channels.py: another process acting on that file); the file's
+release (its connection's EOF, the last close of the program's descriptor) closes its
+channels first.
 """
 
 from __future__ import annotations
@@ -73,11 +72,11 @@ _CUT = _MSG_TRUNC | _MSG_CTRUNC  # recvmsg's flags: what came was cut short
 _PEERCRED = struct.Struct("3i")
 EVENT_QUEUE = 256  # events a slow client may fall behind by before they are dropped
 # Blocking requests with a descriptor attached (a dma-buf op asking another daemon, up
-# to PEER_TIMEOUT) a connection may have under way at once. Each holds the descriptor it
-# lent, a copy of one the client may send again and again: unbounded, one client fills
-# the daemon's table from a single descriptor of its own. Past this the reader waits for
-# one to end before it reads on, as a thread's next ioctl waits for its last. (Over all
-# connections of one uid: [limits] lent_descriptors_per_uid, refused past it.)
+# to PEER_TIMEOUT) a connection may have under way at once. Each holds a copy of the
+# descriptor it lent, one the client may send again and again: unbounded, one client
+# fills the daemon's table from one descriptor. Past this the reader waits for one to
+# end, as a thread's next ioctl waits for its last ([limits] lent_descriptors_per_uid
+# refuses past its bound over all connections of one uid).
 LENT_IN_FLIGHT = 16
 
 
@@ -92,9 +91,9 @@ _DISPATCH = {
     )
     for op, handler in HANDLERS.items()
 }
-# op -> handler, for the ops answered in the reader's own step, with no await between the
-# request and its reply: a plain function of (file, args) that neither takes descriptors,
-# nor opens any, nor blocks. Nearly every request is one: its answer costs no coroutine.
+# op -> handler, for the ops answered in the reader's own step with no await between the
+# request and its reply (a plain function of (file, args) that neither takes descriptors,
+# nor opens any, nor blocks): nearly every request, answered with no coroutine.
 _PLAIN = {
     op: handler
     for op, (handler, takes_fds, is_async, opens) in _DISPATCH.items()
@@ -112,9 +111,9 @@ class _Disconnected(Exception):
 
 
 class _FdsRefused(Exception):
-    """A reply's descriptors cannot go to this client now: too many left unread by it
-    (or its uid), or the kernel refused them (the daemon's budget of descriptors in
-    flight, shared by every client). The request is answered EMFILE instead."""
+    """A reply's descriptors cannot go to this client now (too many left unread by it or
+    its uid, or the kernel refused them: the daemon's budget of descriptors in flight,
+    shared by every client). The request is answered EMFILE instead."""
 
     def __init__(self, reason: str, by_kernel: bool = False) -> None:
         super().__init__(reason)
@@ -214,10 +213,8 @@ class Connection:
 
     async def _read_requests(self, nursery: trio.Nursery) -> str:
         """Answer datagrams in order until the peer leaves; return why the loop ended.
-
-        The socket is read here rather than in a helper coroutine, and a plain op
-        (_PLAIN) is answered here too: two coroutines a request were a tenth of the
-        daemon's CPU per round trip."""
+        The socket is read, and a plain op (_PLAIN) answered, here rather than in helper
+        coroutines: two coroutines a request were a tenth of the daemon's CPU per call."""
         sock, proto, device = self.sock, self.proto, self.device
         by_op, unread = device.ioctl_stats.by_op, self.unread
         try:
@@ -238,12 +235,11 @@ class Connection:
                     break
                 if not parked:
                     # The request was already waiting: take it, but not before the other
-                    # tasks (exec queues, event writers, other connections) have had their
-                    # turn, or a client that never lets its socket run dry would starve
-                    # the device. A request that had to be waited for has let them run
-                    # already. Taking the turn only every few requests was tried: a
-                    # status read then overtook a disconnect not yet seen, and showed a
-                    # file its client had already closed.
+                    # tasks (exec queues, event writers, other connections) had their turn,
+                    # or a client never letting its socket run dry would starve the device
+                    # (one waited for let them run already). A turn every few requests
+                    # was tried: a status read then overtook a disconnect not yet seen,
+                    # and showed a file its client had already closed.
                     await trio.lowlevel.cancel_shielded_checkpoint()
                 fds: list[int] | tuple[int, ...]
                 if data and not ancdata and not flags & _CUT:
@@ -337,9 +333,8 @@ class Connection:
             return f"reset ({exc})"
 
     async def _lend(self, request: Request) -> bool:
-        """Count a blocking request's descriptors against the uid
-        (limits.lent_descriptors_per_uid); past it, let them go and refuse the request
-        with EMFILE."""
+        """Count a blocking request's descriptors against the uid (limits.
+        lent_descriptors_per_uid); past it, let them go and refuse the request EMFILE."""
         lent, limit = self.ledger.lent, self.device.limits.lent_descriptors_per_uid
         if lent[self.uid] < limit:
             lent[self.uid] += 1
@@ -356,9 +351,9 @@ class Connection:
         return False
 
     def _lost_descriptors(self, data: bytes) -> tuple[int, str]:
-        """Why the kernel dropped descriptors attached to a request: more than a request
-        carries (EINVAL), or no room left in our table for them (scm_detach_fds fails
-        quietly): ENOMEM, EMFILE for an op that hands a descriptor back."""
+        """Why the kernel dropped a request's descriptors: more than one carries (EINVAL),
+        or no room in our table (scm_detach_fds fails quietly): ENOMEM, EMFILE for an op
+        handing a descriptor back."""
         if not self.device.descriptors.short():
             return errno.EINVAL, "too many or malformed descriptors"
         op = peek_op(data)
@@ -442,8 +437,8 @@ class Connection:
             _close_all(fds)  # the client's copies are its own; ours go, sent or not
 
     async def _fds_refused(self, request: Request, exc: _FdsRefused) -> None:
-        """The reply's descriptors could not go: this request fails with EMFILE, and the
-        connection, whoever's fault it was, goes on."""
+        """The reply's descriptors could not go: the request fails EMFILE; the
+        connection goes on, whoever's fault it was."""
         self.device.stats["limits_hit"] += 1
         if exc.by_kernel:  # every client's replies with descriptors fail meanwhile
             self.log.warning("fds_in_flight_refused", op=request.op.name, reason=exc.reason)
