@@ -153,3 +153,65 @@ def test_an_lr_mode_vm_has_no_job_timeout(quick: DaemonProcess) -> None:
             data.write_u32(END, 0)
             dev.wait_user_fence(gpu.cpu.user_address(FENCE), 1, timeout=WAIT)
         assert not gpu.banned_queues()
+
+
+# --- registers: MI_LOAD_REGISTER_IMM/_REG, MI_STORE_REGISTER_MEM, MI_MATH, semaphores ---------
+CS_MMIO = 1 << 19
+GPR = 0x600  # CS_GPR(n) = 0x600 + 8n
+LRI = (0x22 << 23) | CS_MMIO
+LRR = (0x2A << 23) | CS_MMIO | (1 << 18) | 1
+SRM = (0x24 << 23) | CS_MMIO | 2
+MATH = 0x1A << 23
+SEMAPHORE_WAIT = (0x1C << 23) | (1 << 15) | 2  # polling
+
+
+def alu(opcode: int, op1: int = 0, op2: int = 0) -> int:
+    return opcode << 20 | op1 << 10 | op2
+
+
+def srm(reg: int, addr: int) -> tuple[int, ...]:
+    return (SRM, reg, addr & 0xFFFF_FFFF, addr >> 32)
+
+
+def test_registers_compute_and_store(gpu: Gpu, data: Any) -> None:
+    """GPRs loaded from the batch and from each other, MI_MATH's SUB and AND on them, the
+    64-bit result's two halves stored; the context timestamp counts up in a batch."""
+    batch = Batch().raw(
+        LRI | 3, GPR + 0, 50, GPR + 8, 8,  # R0 = 50, R1 = 8 (two pairs)
+        LRR, GPR + 8, GPR + 16,  # R2 = R1
+        MATH | 3,
+        alu(0x080, 0x20, 0),  # SRCA = R0
+        alu(0x080, 0x21, 2),  # SRCB = R2
+        alu(0x101),  # ACCU = SRCA - SRCB
+        alu(0x180, 3, 0x31),  # R3 = ACCU
+        *srm(GPR + 24, DATA_VA + 0x80),  # R3 low
+        *srm(GPR + 28, DATA_VA + 0x84),  # R3 high
+        LRR, 0x3A8, GPR + 32,  # R4 = CTX_TIMESTAMP
+        *srm(GPR + 32, DATA_VA + 0x88),
+    ).end()  # fmt: skip
+    gpu.run(batch)
+    assert (data.read_u32(0x80), data.read_u32(0x84)) == (42, 0)
+
+
+def test_a_semaphore_waits_for_the_cpu(gpu: Gpu, data: Any) -> None:
+    """MI_SEMAPHORE_WAIT (polling, EQ) holds the batch until the dword is what it waits
+    for; the store after it lands then."""
+    data.write_u32(0x90, 0)
+    wait = SEMAPHORE_WAIT | 4 << 12  # SAD_EQ_SDD
+    seq = gpu.submit(
+        Batch().raw(wait, 7, 0x90, DATA_VA >> 32).store_dword(DATA_VA + 0x94, 1).end()
+    )
+    time.sleep(0.2)
+    assert data.read_u32(0x94) == 0
+    data.write_u32(0x90, 7)
+    gpu.wait(seq)
+    assert data.read_u32(0x94) == 1
+
+
+def test_a_register_not_emulated_is_a_bad_instruction(gpu: Gpu) -> None:
+    """A register outside the GPRs and timestamps, or an absolute (not engine-relative)
+    offset: the queue is banned."""
+    for batch in (Batch().raw(LRI | 1, 0x2000, 1), Batch().raw(LRI & ~CS_MMIO | 1, GPR, 1)):
+        queue = gpu.dev.exec_queue_create(gpu.vm)
+        gpu.wait(gpu.submit(batch.end(), queue))
+    assert len(gpu.banned_queues()) == 2

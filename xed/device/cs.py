@@ -32,6 +32,8 @@ from protocols.constants import (
     XED_MEM_COPY_DWORDS,
 )
 
+from . import cs_regs
+from .cs_regs import Registers
 from .errors import GpuFault
 from .userptr import UserptrBusy
 
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
 TURN_INSTRUCTIONS = 1024
 LOOP_NAP = 0.0001  # s: a backward jump's nap (a spinner polls its end 10,000 times a second)
 MAX_BATCH_LEVELS = 2  # a batch and one second-level batch, as the engines have
+MI_CS_MMIO = 1 << 19  # a register offset relative to the engine's base
 TURN_BYTES = 1 << 20
 _MAX_COPY = 256 << 20
 
@@ -98,6 +101,7 @@ async def run_batch(vm: XeVm, address: int, timeout: float | None = None) -> int
     executed = straight = 0
     returns: list[int] = []
     turn = _Turn()
+    regs = Registers()
     started = trio.current_time()
     while True:
         if straight >= XE_MAX_BATCH_DWORDS:
@@ -105,7 +109,7 @@ async def run_batch(vm: XeVm, address: int, timeout: float | None = None) -> int
         executed += 1
         await turn.spend(instructions=1)
         try:
-            step = _step(vm, pc)
+            step = _step(vm, pc, regs)
         except UserptrBusy as busy:
             # host memory under a userptr is being invalidated: stall, as a GPU page
             # fault would, until the notifier is done; then run the instruction again
@@ -127,6 +131,11 @@ async def run_batch(vm: XeVm, address: int, timeout: float | None = None) -> int
                 if timeout is not None and trio.current_time() - started > timeout:
                     raise GpuFault(pc, f"job timeout ({timeout:g} s): the batch hangs")
                 await trio.sleep(LOOP_NAP)
+            continue
+        if step == WAIT:  # MI_SEMAPHORE_WAIT, not satisfied yet: poll it again
+            if timeout is not None and trio.current_time() - started > timeout:
+                raise GpuFault(pc, f"job timeout ({timeout:g} s): the batch hangs")
+            await trio.sleep(LOOP_NAP)
             continue
         if step == 0:
             if not returns:
@@ -181,7 +190,7 @@ async def _mem_copy(vm: XeVm, copy: MemCopy, turn: _Turn) -> None:
         await turn.spend(moved=n)
 
 
-def _step(vm: XeVm, pc: int) -> int | MemCopy | Jump:
+def _step(vm: XeVm, pc: int, regs: Registers) -> int | MemCopy | Jump:
     """Execute the instruction at pc; return its length in dwords (0: batch end).
     A MEM_COPY or a jump is only decoded, for run_batch to carry out."""
     (header,) = _u32s(vm, pc, 1)
@@ -195,7 +204,7 @@ def _step(vm: XeVm, pc: int) -> int | MemCopy | Jump:
                 raise BadInstruction(pc, header)
             lo, hi = _u32s(vm, pc + 4, 2)
             return Jump(_addr(vm, lo & ~0x3, hi), bool(header & MI_BBS_SECOND_LEVEL), 3)
-        return _mi(vm, pc, header, opcode)
+        return _mi(vm, pc, header, opcode, regs)
     if header & 0xFFC0_0000 == XED_MEM_COPY:
         length, dst_lo, dst_hi, src_lo, src_hi = _u32s(vm, pc + 4, 5)
         if length > _MAX_COPY:
@@ -204,8 +213,8 @@ def _step(vm: XeVm, pc: int) -> int | MemCopy | Jump:
     raise BadInstruction(pc, header)
 
 
-def _mi(vm: XeVm, pc: int, header: int, opcode: int) -> int:
-    """Execute one MI instruction; return its length in dwords."""
+def _mi(vm: XeVm, pc: int, header: int, opcode: int, regs: Registers) -> int:
+    """Execute one MI instruction; return its length in dwords (WAIT: not yet)."""
     if opcode in (0x00, 0x09, 0x05):  # MI_NOOP, MI_MEM_FENCE, MI_ARB_CHECK
         return 1  # stores are visible already; nothing preempts a batch here
     if opcode == 0x36:  # MI_CONDITIONAL_BATCH_BUFFER_END
@@ -219,6 +228,8 @@ def _mi(vm: XeVm, pc: int, header: int, opcode: int) -> int:
         if go_on is None:
             raise BadInstruction(pc, header)
         return total if go_on(value, operand) else 0
+    if opcode in _REGISTER_OPS:
+        return _REGISTER_OPS[opcode](vm, pc, header, regs)
     if opcode == 0x26:  # MI_FLUSH_DW: a fence, with an optional immediate post-sync write
         total = (header & 0x3F) + 2
         if header & MI_FLUSH_DW_OP_STOREDW:
@@ -246,6 +257,76 @@ def _mi(vm: XeVm, pc: int, header: int, opcode: int) -> int:
         _atomic(vm, pc, header, _addr(vm, lo, hi), inline)
         return total
     raise BadInstruction(pc, header)
+
+
+def _load_register_imm(vm: XeVm, pc: int, header: int, regs: Registers) -> int:
+    """MI_LOAD_REGISTER_IMM: (offset, value) pairs, engine-relative (MI_LRI_CS_MMIO)."""
+    total = (header & 0xFF) + 2
+    if not header & MI_CS_MMIO or total % 2 == 0:
+        raise BadInstruction(pc, header)
+    words = _u32s(vm, pc + 4, total - 1)
+    for offset, value in zip(words[::2], words[1::2], strict=True):
+        if not regs.write(offset & 0x7FFFFC, value):
+            raise BadInstruction(pc, header)
+    return total
+
+
+def _load_register_reg(vm: XeVm, pc: int, header: int, regs: Registers) -> int:
+    """MI_LOAD_REGISTER_REG: one register into another, both engine-relative."""
+    if header & 0xFF != 1 or header & _LRR_BOTH != _LRR_BOTH:
+        raise BadInstruction(pc, header)
+    src, dst = _u32s(vm, pc + 4, 2)
+    value = regs.read(src & 0x7FFFFC)
+    if value is None or not regs.write(dst & 0x7FFFFC, value):
+        raise BadInstruction(pc, header)
+    return 3
+
+
+def _store_register_mem(vm: XeVm, pc: int, header: int, regs: Registers) -> int:
+    """MI_STORE_REGISTER_MEM: an engine-relative register's dword to a GPU address."""
+    if header & 0xFF != 2 or not header & MI_CS_MMIO:
+        raise BadInstruction(pc, header)
+    offset, lo, hi = _u32s(vm, pc + 4, 3)
+    value = regs.read(offset & 0x7FFFFC)
+    if value is None:
+        raise BadInstruction(pc, header)
+    cs_regs.store(vm, _addr(vm, lo & ~0x3, hi), value)
+    return 4
+
+
+def _math(vm: XeVm, pc: int, header: int, regs: Registers) -> int:
+    """MI_MATH: ALU instructions on the GPRs (cs_regs.alu)."""
+    total = (header & 0xFF) + 2
+    for word in _u32s(vm, pc + 4, total - 1):
+        if not cs_regs.alu(regs, word):
+            raise BadInstruction(pc, header)
+    return total
+
+
+def _semaphore_wait(vm: XeVm, pc: int, header: int, regs: Registers) -> int:
+    """MI_SEMAPHORE_WAIT: go on once the dword at the address compares to the inline
+    one as the mode says (SAD_*_SDD, the order MI_CONDITIONAL_BATCH_BUFFER_END's modes
+    have); until then WAIT, and the streamer polls it again."""
+    total = (header & 0xFF) + 2
+    if total not in (4, 5):
+        raise BadInstruction(pc, header)
+    operand, lo, hi = _u32s(vm, pc + 4, 3)
+    holds = _CONDITIONS.get((header >> MI_COND_MODE_SHIFT) & 0x7)
+    if holds is None:
+        raise BadInstruction(pc, header)
+    (value,) = _u32s(vm, _addr(vm, lo & ~0x3, hi), 1)
+    return total if holds(value, operand) else WAIT
+
+
+_REGISTER_OPS: dict[int, Callable[[XeVm, int, int, Registers], int]] = {
+    0x22: _load_register_imm,
+    0x2A: _load_register_reg,
+    0x24: _store_register_mem,
+    0x1A: _math,
+    0x1C: _semaphore_wait,
+}
+_LRR_BOTH = MI_CS_MMIO | (1 << 18)  # MI_LOAD_REGISTER_REG's destination and source
+WAIT = -1  # _step's answer for an instruction to be run again later
 
 
 def _atomic(vm: XeVm, pc: int, header: int, target: int, inline: list[int]) -> None:
