@@ -177,11 +177,12 @@ int arena_collect(int fd, dev_t dev, ino_t ino, void (*gone)(uint64_t, uint64_t,
 			(long)dying[k].off, (long)dying[k].len);
 	}
 	table_lock();
-	for (uint32_t i = 0; i < t->n;)
-		if (t->x[i].dying)
-			erase(i);
-		else
-			i++;
+	for (int k = 0; k < n; k++) /* ours only: another collect may be mid-way through its own */
+		for (uint32_t i = 0; i < t->n; i++)
+			if (t->x[i].dying && t->x[i].off == dying[k].off) {
+				erase(i);
+				break;
+			}
 	table_unlock();
 	return n;
 }
