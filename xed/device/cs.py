@@ -128,14 +128,10 @@ async def run_batch(vm: XeVm, address: int, timeout: float | None = None) -> int
             backwards = step.target <= pc
             pc, straight = step.target, 0
             if backwards:
-                if timeout is not None and trio.current_time() - started > timeout:
-                    raise GpuFault(pc, f"job timeout ({timeout:g} s): the batch hangs")
-                await trio.sleep(LOOP_NAP)
+                await _nap(pc, started, timeout)
             continue
         if step == WAIT:  # MI_SEMAPHORE_WAIT, not satisfied yet: poll it again
-            if timeout is not None and trio.current_time() - started > timeout:
-                raise GpuFault(pc, f"job timeout ({timeout:g} s): the batch hangs")
-            await trio.sleep(LOOP_NAP)
+            await _nap(pc, started, timeout)
             continue
         if step == 0:
             if not returns:
@@ -144,6 +140,14 @@ async def run_batch(vm: XeVm, address: int, timeout: float | None = None) -> int
             continue
         pc += 4 * step
         straight += step
+
+
+async def _nap(pc: int, started: float, timeout: float | None) -> None:
+    """A batch that waits on itself (a loop, a semaphore) polls no faster than LOOP_NAP,
+    and past `timeout` seconds since it `started` it is a hang."""
+    if timeout is not None and trio.current_time() - started > timeout:
+        raise GpuFault(pc, f"job timeout ({timeout:g} s): the batch hangs")
+    await trio.sleep(LOOP_NAP)
 
 
 @attrs.frozen
@@ -290,7 +294,7 @@ def _store_register_mem(vm: XeVm, pc: int, header: int, regs: Registers) -> int:
     value = regs.read(offset & 0x7FFFFC)
     if value is None:
         raise BadInstruction(pc, header)
-    cs_regs.store(vm, _addr(vm, lo & ~0x3, hi), value)
+    vm.write(_addr(vm, lo & ~0x3, hi), struct.pack("<I", value))
     return 4
 
 

@@ -11,14 +11,9 @@ clock's ticks (query.REFERENCE_CLOCK_HZ) since the batch began.
 
 from __future__ import annotations
 
-import struct
 import time
-from typing import TYPE_CHECKING
 
 from .query import REFERENCE_CLOCK_HZ
-
-if TYPE_CHECKING:
-    from .vm import XeVm
 
 CTX_TIMESTAMP = 0x3A8
 QUEUE_TIMESTAMP = 0x4C0
@@ -115,7 +110,3 @@ def _get(regs: Registers, operand: int) -> int | None:
     if _R0 <= operand < GPR_COUNT:
         return regs.gpr[operand]
     return {_ACCU: regs.accu, _SRCA: regs.src_a, _SRCB: regs.src_b}.get(operand)
-
-
-def store(vm: XeVm, address: int, value: int) -> None:
-    vm.write(address, struct.pack("<I", value & 0xFFFF_FFFF))
