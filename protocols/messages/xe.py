@@ -3,6 +3,7 @@ with the proposed MMIO regions and xed's mmap of a fake offset."""
 
 from __future__ import annotations
 
+from ..constants import MAX_USER_EXTENSIONS
 from ..fields import array, blob, frozen, mbz, record, records, s64, string, u16, u32, u64, upto
 
 
@@ -326,7 +327,9 @@ class DrmXeExecQueueCreate:
     )
     reserved: tuple[int, ...] = mbz(2)
     chain: tuple[DrmXeExtSetProperty, ...] = records(
-        DrmXeExtSetProperty, "the links `extensions` leads to, in order", max_items=16
+        DrmXeExtSetProperty,
+        "the links `extensions` leads to, in order",
+        max_items=MAX_USER_EXTENSIONS,
     )
     chain_end: int = u32(
         "how the chain ends: 0 at its last link; CHAIN_LINK_FAULT, a next link that cannot "

@@ -17,6 +17,7 @@ from protocols.constants import (
     DRM_XE_EXEC_QUEUE_GET_PROPERTY_BAN,
     DRM_XE_EXEC_QUEUE_SET_PROPERTY_PRIORITY,
     DRM_XE_EXEC_QUEUE_SET_PROPERTY_TIMESLICE,
+    MAX_USER_EXTENSIONS,
     XE_EXEC_QUEUE_PRIORITY_HIGH,
     XE_EXEC_QUEUE_PRIORITY_NORMAL,
     XE_HW_ENGINE_TIMESLICE_MAX,
@@ -288,7 +289,9 @@ def _check_extensions(args: m.DrmXeExecQueueCreate) -> None:
         )
         _check_property(link)
     refuse_if(args.chain_end == CHAIN_LINK_FAULT, EFAULT, "an extension cannot be read")
-    refuse_if(args.chain_end == CHAIN_TOO_LONG, E2BIG, "more than 16 extensions")
+    refuse_if(
+        args.chain_end == CHAIN_TOO_LONG, E2BIG, f"more than {MAX_USER_EXTENSIONS} extensions"
+    )
 
 
 def _check_property(link: m.DrmXeExtSetProperty) -> None:

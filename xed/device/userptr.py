@@ -37,13 +37,6 @@ if TYPE_CHECKING:
     from .vm_export import AuxRegistration
 
 
-
-# How long START waits for the jobs already submitted on VMs mapping the range (xe's
-# notifier waits for them: vma_userptr_invalidate); after it, a job still not done
-# stalls on the changing pages instead. xe's own job timeout is 5 s.
-JOB_WAIT = 5.0
-
-
 class UserptrBusy(Exception):
     """The range is being invalidated: wait for the notifier to finish, then retry."""
 
@@ -205,14 +198,16 @@ async def host_memory_invalidate_ioctl(xef: XeFile, args: m.XedHostMemoryInvalid
 
 
 async def _jobs_done(xef: XeFile, host: HostArena, lo: int, hi: int) -> None:
-    """Wait (at most JOB_WAIT) for the jobs submitted so far on every VM that maps host
-    memory's [lo, hi): as xe's notifier waits on the VM's fences before the pages
-    change, a job submitted before an munmap or a new mmap reads the pages it was given,
-    never their replacement (IGT's userptr-invalidate-race subtests count on it)."""
+    """Wait for the jobs submitted so far on every VM that maps host memory's [lo, hi):
+    as xe's notifier waits on the VM's fences before the pages change, a job submitted
+    before an munmap or a new mmap reads the pages it was given, never their replacement
+    (IGT's userptr-invalidate-race subtests count on it). At most the device's job
+    timeout ([device] job_timeout_ms), which ends any job but an LR VM's; a job still
+    running then stalls on the changing pages instead."""
     queues = list(xef.exec_queues.values())
     mapping = {vm for vm in {queue.vm for queue in queues} if vm.maps_host(host, lo, hi)}
     fences = [queue.last_fence for queue in queues if queue.vm in mapping]  # each VM once
-    with trio.move_on_after(JOB_WAIT):
+    with trio.move_on_after(xef.device.config.job_timeout_ms / 1000):
         for fence in fences:
             if fence is not None:
                 await fence.wait()
