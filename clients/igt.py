@@ -39,14 +39,14 @@ from .run import run
 SUITE = "sid"
 # the test programs, and the package of libigt.so they link (no library by its name)
 ROOTS = ("igt-gpu-tools-tests", "igt-gpu-tools")
-# The preload library stands in for /dev/dri, debugfs and the two host settings IGT
-# changes as root as it starts (the console's binding to its virtual terminal and
-# ftrace_dump_on_oops: clients/preload/debugfs.c). Run as root, IGT also writes its
-# progress to the host's kernel log (/dev/kmsg), and some xe tests load and unload
-# kernel modules, suspend the machine or write other sysfs files: on a machine with a
-# real Intel GPU that is the real one. These tests were seen, traced under the library
-# (strace of every open for writing), to do nothing to the host as root but those
-# kernel log lines; any other needs --as-root.
+# The preload library stands in for /dev/dri, debugfs and the host settings IGT
+# changes as root (the console's binding to its virtual terminal, ftrace_dump_on_oops
+# and, in xe_vm, dropping the page cache: clients/preload/debugfs.c). Run as root,
+# IGT also writes its progress to the host's kernel log (/dev/kmsg), and some xe tests
+# load and unload kernel modules, suspend the machine or write other sysfs files: on a
+# machine with a real Intel GPU that is the real one. These tests were seen, traced
+# under the library (strace of every open for writing), to do nothing to the host as
+# root but those kernel log lines; any other needs --as-root.
 SAFE_AS_ROOT = frozenset(
     {
         "xe_mmap", "xe_prime_self_import", "xe_create", "xe_exec_basic", "xe_waitfence",

@@ -225,6 +225,17 @@ static int overlap(const struct moved *m, uint64_t addr, uint64_t len, struct sp
 	return 1;
 }
 
+/* The part of m whose arena place lies in [off, off+len), as overlap() gives it; 0: none */
+static int arena_overlap(const struct moved *m, uint64_t off, uint64_t len, struct span *part)
+{
+	uint64_t end = m->at.off + m->at.len, lo = off > m->at.off ? off : m->at.off;
+	uint64_t hi = off + len < end ? off + len : end;
+	if (lo >= hi)
+		return 0;
+	*part = (struct span){m->at.addr + (lo - m->at.off), hi - lo, lo};
+	return 1;
+}
+
 /* Whether the table covers [addr, addr+len) whole; *private_copy: any part was private */
 static int table_covers(uint64_t addr, uint64_t len, int *private_copy)
 {
@@ -270,15 +281,8 @@ static void freed_unseen(uint64_t off, uint64_t len, void *arg)
 	for (int found = 1; found;) {
 		struct span part = {0, 0, 0};
 		found = 0;
-		for (int i = 0; i < nmoved && !found; i++) {
-			const struct moved *m = &moved[i];
-			uint64_t lo = off > m->at.off ? off : m->at.off;
-			uint64_t hi = off + len < m->at.off + m->at.len ? off + len : m->at.off + m->at.len;
-			if (lo < hi) {
-				part = (struct span){m->at.addr + (lo - m->at.off), hi - lo, lo};
-				found = 1;
-			}
-		}
+		for (int i = 0; i < nmoved && !found; i++)
+			found = arena_overlap(&moved[i], off, len, &part);
 		if (found) {
 			notify(XED_HOST_INVALIDATE_START, part.off, part.len);
 			notify(XED_HOST_INVALIDATE_END_FREED, part.off, part.len);
@@ -469,27 +473,26 @@ void *userptr_fresh(void *where, size_t size, int prot, int flags)
 }
 
 /* --- fork ------------------------------------------------------------------------------ */
-/* As fork begins: a private copy of what was private memory, which the child inherits as
- * it is now (the parent may write the arena's pages the moment fork returns to it, while
- * the child is still putting its copies in place). Read from the arena, not the program's
- * mapping, which may not be readable (PROT_NONE since). */
-/* whether a forked child may map arena [off, off+len) shared: memory mapped shared (or
+/* Whether a forked child may map arena [off, off+len) shared: memory mapped shared (or
  * that the table does not know: moved by mremap) */
 static int maybe_shared(uint64_t off, uint64_t len, void *arg)
 {
 	(void)arg;
+	struct span part;
 	int known = 0;
-	for (int i = 0; i < nmoved; i++) {
-		const struct moved *m = &moved[i];
-		if (m->at.off < off + len && off < m->at.off + m->at.len) {
-			if (!m->private_copy)
+	for (int i = 0; i < nmoved; i++)
+		if (arena_overlap(&moved[i], off, len, &part)) {
+			if (!moved[i].private_copy)
 				return 1;
 			known = 1;
 		}
-	}
 	return !known;
 }
 
+/* As fork begins: a private copy of what was private memory, which the child inherits as
+ * it is now (the parent may write the arena's pages the moment fork returns to it, while
+ * the child is still putting its copies in place). Read from the arena, not the program's
+ * mapping, which may not be readable (PROT_NONE since). */
 void userptr_before_fork(void)
 {
 	fork_mask = xed_lock(&lock);
