@@ -76,12 +76,6 @@ PARTLY = {
     },
     "xe_exec_atomic": {},  # MI_ATOMIC INC and DEC on every engine and memory region
     "xe_exec_queue_property": {  # EXEC_QUEUE_GET_PROPERTY
-        "priority-set-property": (
-            "FAIL",
-            "its forked child drops root, then uses the drm file it inherited: the library "
-            "joins the file from a child at its first call, through the daemon's socket, "
-            "which uid 65534 may not reach (ENODEV)",
-        ),
         "*-property-min-max": ("SKIP", "the engines' sysfs scheduling settings are not emulated"),
     },
     "xe_exec_balancer": {  # virtual and parallel queues on the video decode engines

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import needs_root
 
 from clients import Device, preload, run
 from clients.daemon import DaemonProcess
@@ -258,6 +259,17 @@ def test_properties(daemon: DaemonProcess, program: Programs) -> None:
     assert "properties ok" in passes(daemon.socket_path, program("properties"))
 
 
+def test_child_that_drops_root_keeps_its_inherited_file(
+    daemon: DaemonProcess, program: Programs
+) -> None:
+    """A forked child (and a grandchild) that drops to uid 65534 before its first call
+    on the drm file it inherited: its calls still reach the daemon, whose socket uid
+    65534 cannot reach, and are checked against its rights then (a high priority is
+    EPERM without CAP_SYS_NICE), as IGT's xe_exec_queue_property does."""
+    needs_root()
+    assert "drop_root ok" in passes(daemon.socket_path, program("drop_root"))
+
+
 def test_syncobjs(daemon: DaemonProcess, program: Programs) -> None:
     """SYNCOBJ CREATE/DESTROY/WAIT/RESET/SIGNAL errno for errno, deadlines, and syncobjs
     signalled by VM_BIND and EXEC and waited on by EXEC."""
@@ -283,9 +295,7 @@ visible_vram_size = 33554432
 """
 
 
-def test_userptr_of_the_programs_own_memory(
-    fresh_daemon: DaemonProcess, program: Programs
-) -> None:
+def test_userptr_of_the_programs_own_memory(fresh_daemon: DaemonProcess, program: Programs) -> None:
     """MAP_USERPTR of heap and anonymous memory as it is: the device runs batches from
     it and stores into it, through two files; the stack, a file's pages, nothing mapped
     and PROT_NONE are EFAULT; memory mapped over a binding, moved by mremap or unmapped

@@ -131,10 +131,14 @@ static int open_channel(struct xed_file *f, struct xed_chan *ch)
 	int err = buffer(ch);
 	if (err)
 		return err;
-	int fd = connect_daemon(1);
-	if (fd < 0)
-		return -fd;
-	ch->fd = xed_private_fd(fd);
+	int fd = atomic_exchange(&f->spare, -1); /* a forked child's first channel */
+	if (fd < 0) {
+		fd = connect_daemon(1);
+		if (fd < 0)
+			return -fd;
+		fd = xed_private_fd(fd);
+	}
+	ch->fd = fd;
 	struct xcall c = {.file = f, .chan = ch};
 	err = hello(&c, f->node, f->token, NULL);
 	if (err) {
@@ -244,6 +248,22 @@ void conn_after_fork(struct xed_file *f)
 		ch->fd = -1;
 		atomic_store(&ch->state, CHAN_EMPTY);
 	}
+	/*
+	 * The child's own connection, made now with the rights it was forked with, and
+	 * greeted at its first call (open_channel). A child may give those rights up
+	 * before that call (setuid to an unprivileged user, as IGT's igt_drop_root() and
+	 * privilege-separated servers do) and then could not reach the daemon's socket;
+	 * it still holds the drm file, as the kernel's child holds the open file it
+	 * inherited, and the checks of each call are made against what it is then.
+	 */
+	int spare = atomic_exchange(&f->spare, -1);
+	if (spare >= 0)
+		sys_close(spare); /* the parent's, inherited from a fork of its own */
+	if (f->token[0]) {
+		int fd = connect_daemon(1);
+		if (fd >= 0)
+			atomic_store(&f->spare, xed_private_fd(fd));
+	}
 }
 
 void conn_release(struct xed_file *f)
@@ -255,4 +275,7 @@ void conn_release(struct xed_file *f)
 		atomic_store(&f->chans[i].state, CHAN_EMPTY);
 	}
 	atomic_store(&f->io.state, CHAN_EMPTY);
+	int spare = atomic_exchange(&f->spare, -1);
+	if (spare >= 0)
+		sys_close(spare);
 }

@@ -52,6 +52,7 @@ struct xed_file *xf_alloc(int node)
 		atomic_store(&f->notice, NULL);
 		atomic_store(&f->host_base, 0);
 		atomic_store(&f->io.state, 0);
+		atomic_store(&f->spare, -1);
 		for (int c = 0; c < XED_CHANNELS; c++) {
 			atomic_store(&f->chans[c].state, 0);
 			f->chans[c].fd = -1;

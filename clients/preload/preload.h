@@ -52,6 +52,7 @@ struct xed_file {
 	struct xed_chan io; /* the file's own connection (a private copy of the program's fd) */
 	char token[XED_TOKEN_MAX];
 	struct xed_chan chans[XED_CHANNELS]; /* channels: other threads, forked children */
+	atomic_int spare; /* a forked child's connection made at the fork, not greeted yet */
 	struct xed_notice *_Atomic notice; /* its device's (notice.c): NULL until asked for */
 	_Atomic uint64_t host_base; /* where the daemon put userptr.c's arena; 0: not yet */
 };
