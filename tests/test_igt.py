@@ -67,12 +67,13 @@ PARTLY = {
             "FAIL",
             "a debug kernel's injected bind error (FORCE_OP_ERROR), refused as an unknown flag",
         ),
-        "out-of-memory": (
+        # DEFER_BACKING: backed at the bind, refused ENOMEM there past (visible) VRAM
+        "overcommit-nonfault-vram-lr-defer": ("SUCCESS", "DEFER_BACKING, as out-of-memory"),
+        "overcommit-*": (
             "FAIL",
-            "DEFER_BACKING: a BO is backed when made, so one beyond the visible VRAM is refused "
-            "then, not at its bind",
+            "what xe does past VRAM without DEFER_BACKING (TTM's eviction to system memory) "
+            "and in page-fault mode is not emulated",
         ),
-        "overcommit-*": ("FAIL", "DEFER_BACKING and page-fault mode are not emulated"),
     },
     "xe_exec_atomic": {},  # MI_ATOMIC INC and DEC on every engine and memory region
     "xe_exec_queue_property": {  # EXEC_QUEUE_GET_PROPERTY

@@ -63,7 +63,8 @@ SPECS: tuple[OpSpec, ...] = (
             (EINVAL, "cpu_caching not WB or WC"),
             (EINVAL, "cpu_caching WB with a VRAM placement or SCANOUT"),
             (ENOENT, "vm_id names no VM of this file"),
-            (ENOMEM, "fits no region of the placement (VRAM, visible VRAM, system)"),
+            (ENOMEM, "fits no region of the placement (VRAM, visible VRAM, system); with "
+             "DEFER_BACKING at its first use instead (VM_BIND, MMAP, PRIME_HANDLE_TO_FD)"),
             RESERVE,
             (ENOMEM, "limits.bos: this client holds that many GEM handles already"),
             (ENOSPC, "larger than the fake mmap offset space (about 1 TiB)"),
@@ -113,6 +114,7 @@ SPECS: tuple[OpSpec, ...] = (
             (EINVAL, "an MMIO region: length other than the region's size"),
             (EINVAL, "the barrier page: more than 4096 bytes, private, PROT_READ/EXEC"),
             (EINVAL, "the barrier offset with host pages over 4 KiB"),
+            (ENOMEM, "a DEFER_BACKING BO that no region of its placement has room for now"),
             RESERVE_FD,
         ),
     ),
@@ -211,6 +213,7 @@ SPECS: tuple[OpSpec, ...] = (
                 "foreign buffer sealed against writes)",
             ),
             (ENOMEM, "user fence in a BO the daemon cannot map (out of descriptors or memory)"),
+            (ENOMEM, "a MAP of a DEFER_BACKING BO no region of its placement has room for"),
         ),
     ),
     OpSpec(

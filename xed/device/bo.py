@@ -13,6 +13,7 @@ from protocols import messages as m
 from protocols.constants import (
     DRM_XE_GEM_CPU_CACHING_WB,
     DRM_XE_GEM_CPU_CACHING_WC,
+    DRM_XE_GEM_CREATE_FLAG_DEFER_BACKING,
     DRM_XE_GEM_CREATE_FLAG_NEEDS_VISIBLE_VRAM,
     DRM_XE_GEM_CREATE_FLAG_SCANOUT,
     DRM_XE_GEM_CREATE_FLAGS,
@@ -57,14 +58,21 @@ class XeBo:
         cpu_caching: int,
         vm: XeVm | None,
         memfd: int | None = None,
+        deferred: list[MemRegion] | None = None,
     ) -> None:
+        # DEFER_BACKING: the placement's regions, in TTM's order, until back() charges
+        # one of them (`region` meanwhile the first, what the BO would get on an idle
+        # device); None once backed, and for every other BO
+        self._deferred = deferred
         if memfd is None:
             assert region is not None
-            region.charge(size, visible)
+            if deferred is None:
+                region.charge(size, visible)
             try:
                 memfd = create_backing("xe-bo", size)
             except OSError:
-                region.uncharge(size, visible)
+                if deferred is None:
+                    region.uncharge(size, visible)
                 raise
         self.memfd = memfd
         self.device = device
@@ -100,6 +108,23 @@ class XeBo:
         bo.import_fd = import_fd
         bo.writable = writable
         return bo
+
+    def back(self) -> None:
+        """Back a BO made with DEFER_BACKING, at its first use (a bind, a CPU mapping, an
+        export), as xe's ttm_bo_validate does: the first region of its placement with
+        room, VRAM first, as GEM_CREATE would have chosen. No room in any: ENOMEM, and
+        it stays unbacked. Nothing to do for any other BO."""
+        if self._deferred is None:
+            return
+        wants_visible = bool(self.flags & DRM_XE_GEM_CREATE_FLAG_NEEDS_VISIBLE_VRAM)
+        region = place(self._deferred, self.size, wants_visible)
+        visible = wants_visible and region.mem_class == DRM_XE_MEM_REGION_CLASS_VRAM
+        region.charge(self.size, visible)
+        self.region, self.visible, self._deferred = region, visible, None
+
+    @property
+    def backed(self) -> bool:
+        return self._deferred is None
 
     @property
     def imported(self) -> bool:
@@ -159,7 +184,7 @@ class XeBo:
         if self.import_fd is not None:
             os.close(self.import_fd)
             self.import_fd = None
-        if self.region is not None:
+        if self.region is not None and self._deferred is None:
             self.region.uncharge(self.size, self.visible)
         _log.debug("bo_freed", size=self.size, imported=self.imported)
         self.device.counts["bo"] -= 1
@@ -222,6 +247,7 @@ class XeBo:
         growing) every access of which faults SIGBUS: memory the CPU cannot reach (VRAM
         outside a small BAR), and, with imported_mmap = "xe", a foreign import, which
         xe's TTM mapping has no pages of its own to fault in for."""
+        self.back()
         if not self.cpu_visible:
             return unbacked()
         if self.imported and self.device.dma_buf_config.imported_mmap == "xe":
@@ -252,7 +278,8 @@ def xe_gem_create_ioctl(xef: XeFile, args: m.DrmXeGemCreate) -> m.DrmXeGemCreate
       1 TiB): ENOSPC, from drm_vma_offset_add in ttm_bo_init_reserved, before any
       placement is tried (IGT's xe_create create-massive-size)
     - no region of the placement can hold it (VRAM, CPU-visible VRAM on a small BAR,
-      system memory): ENOMEM, as TTM reports it
+      system memory): ENOMEM, as TTM reports it; with DEFER_BACKING, at its first use
+      instead (XeBo.back(): VM_BIND, MMAP, PRIME_HANDLE_TO_FD), not here
     - extensions non-zero: EINVAL. xe walks the chain (a user pointer) once the BO
       exists, and frees the BO if an extension fails; none is emulated here. A C
       library reads the chain itself: it asks with extensions 0 and, if the chain is
@@ -290,16 +317,27 @@ def xe_gem_create_ioctl(xef: XeFile, args: m.DrmXeGemCreate) -> m.DrmXeGemCreate
         refuse_if(vm is None or vm.closed, ENOENT, f"no VM {args.vm_id}")
     refuse_over(xef, "bos", len(xef.handles))
     refuse_if(args.size > xe.vma.space, ENOSPC, "larger than the fake mmap offset space")
-    region = _place(xe.regions_for(args.placement), args.size, visible)
+    regions = xe.regions_for(args.placement)
+    deferred = regions if args.flags & DRM_XE_GEM_CREATE_FLAG_DEFER_BACKING else None
+    region = regions[0] if deferred else place(regions, args.size, visible)
     refuse_if(args.extensions, EINVAL, "no GEM_CREATE extension is emulated")
-    bo = XeBo(xe, args.size, region, visible and region in vram, args.flags, args.cpu_caching, vm)
+    bo = XeBo(
+        xe,
+        args.size,
+        region,
+        visible and region in vram,
+        args.flags,
+        args.cpu_caching,
+        vm,
+        deferred=deferred,
+    )
     handle = xef.handle_create(bo)
     bo.put()  # the handle holds the object now
     xef.log.debug("bo_created", handle=handle, size=args.size, region=region.instance)
     return m.DrmXeGemCreateReply(handle=handle)
 
 
-def _place(regions: list[MemRegion], size: int, visible: bool) -> MemRegion:
+def place(regions: list[MemRegion], size: int, visible: bool) -> MemRegion:
     """The first region that fits, VRAM before system memory, as TTM tries them."""
     for region in regions:
         if region.fits(size, visible and region.mem_class == DRM_XE_MEM_REGION_CLASS_VRAM):

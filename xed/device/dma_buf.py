@@ -148,6 +148,8 @@ def drm_prime_handle_to_fd_ioctl(
     - the BO is private to a VM (xe_gem_prime_export): EPERM
     - a new dma-buf while this file's live exports reach limits.exported: ENOMEM (the
       dma-buf counts against its creator until it is freed, wherever it went)
+    - a BO made with DEFER_BACKING that no region of its placement has room for now:
+      ENOMEM (an importer may map it at once: it is backed here)
     A foreign import re-exports the dma-buf it came from.
     """
     refuse_if(args.flags & ~(DRM_CLOEXEC | DRM_RDWR), EINVAL, f"flags {args.flags:#x}")
@@ -161,6 +163,7 @@ def drm_prime_handle_to_fd_ioctl(
     dma_buf = bo.dma_buf
     if dma_buf is None:
         refuse_over(xef, "exported", xef.account.exported)
+        bo.back()
         dma_buf = DmaBuf(bo, writable=bool(args.flags & DRM_RDWR))
         charge_export(xef, dma_buf)
         xef.log.debug("dma_buf_exported", handle=args.handle, ino=dma_buf.ino)

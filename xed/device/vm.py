@@ -435,6 +435,9 @@ async def xe_vm_bind_ioctl(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
       BO the daemon may not write (a read-only import, a write-sealed buffer): EFAULT
     - it must wait, and this file has limits.fence_waits waits asleep already (a fence
       wait, as WAIT_USER_FENCE's and SYNCOBJ_WAIT's): ENOMEM
+    - a MAP of a BO made with DEFER_BACKING that no region of its placement has room
+      for now: ENOMEM (xe validates it in the bind job; BOs of the earlier binds of the
+      array stay backed, as xe's do)
     """
     while True:
         try:
@@ -485,6 +488,9 @@ def _vm_bind(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
     pending = syncs.unsignalled()
     if pending:
         raise _MustWait(pending)
+    for op, bo in zip(args.binds, bos, strict=True):
+        if bo is not None and op.op == DRM_XE_VM_BIND_OP_MAP:
+            bo.back()  # DEFER_BACKING: ENOMEM when nothing of its placement has room
     for op, bo in zip(args.binds, bos, strict=True):
         if op.op == DRM_XE_VM_BIND_OP_MAP:
             vm.map(op.addr, op.range, bo, op.obj_offset, op.flags)
