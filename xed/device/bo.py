@@ -123,10 +123,6 @@ class XeBo:
         self.region, self.visible, self._deferred = region, visible, None
 
     @property
-    def backed(self) -> bool:
-        return self._deferred is None
-
-    @property
     def imported(self) -> bool:
         return self.import_fd is not None
 
