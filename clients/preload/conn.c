@@ -116,9 +116,12 @@ static int connect_daemon(int cloexec)
 	while (syscall(SYS_connect, (long)fd, &sa, (long)sizeof sa) < 0) {
 		if (errno == EINTR)
 			continue;
-		xed_log("cannot reach the daemon at %s: %s", cfg->socket, strerror(errno));
+		int err = errno;
+		xed_log("cannot reach the daemon at %s: %s", cfg->socket, strerror(err));
 		sys_close(fd);
-		return -ENODEV;
+		/* a socket this user may not reach is a node it may not open, as the
+		 * kernel's /dev/dri/card0 without the rights; no daemon, no device */
+		return err == EACCES ? -EACCES : -ENODEV;
 	}
 	return fd;
 }

@@ -40,6 +40,9 @@ static void as_nobody(int fd, uint32_t vm)
 	CHECK_OK(queue_with_priority(fd, vm, PRIORITY_NORMAL, &id));
 	struct drm_xe_exec_queue_destroy qd = {.exec_queue_id = id};
 	CHECK_OK(ioctl(fd, DRM_IOCTL_XE_EXEC_QUEUE_DESTROY, &qd));
+	/* a new open is the node's: a socket uid 65534 may not reach, a node it may not open */
+	errno = 0;
+	CHECK(open("/dev/dri/card0", O_RDWR) == -1 && errno == EACCES);
 }
 
 int main(void)
