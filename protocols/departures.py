@@ -24,11 +24,14 @@ DEPARTURES: tuple[tuple[str, str], ...] = (
         "binary ones only, and they never leave their drm file: timeline syncobjs (a "
         "`TIMELINE_SYNCOBJ` sync is `EOPNOTSUPP`; TIMELINE_WAIT, QUERY, TRANSFER, "
         "TIMELINE_SIGNAL) and syncobj descriptors (HANDLE_TO_FD, FD_TO_HANDLE, sync "
-        "files) are not emulated. A VM_BIND that waits on a fence not signalled yet "
-        "answers once it has signalled and the binds are made (the caller's thread "
-        "waits; xe's binds queue and the ioctl returns at once). Binds are made as "
-        "their ioctl is answered, so a bind queue orders nothing more: two threads' "
-        "binds on one queue, the first waiting on a fence, may be made out of order.",
+        "files) are not emulated. A VM_BIND that waits on a fence not signalled yet is "
+        "queued and the ioctl returns at once, as xe's, unless one of its syncs is a "
+        "user fence: then it answers once the binds are made (the caller's thread "
+        "waits), because a C program's user fence is the preload library's to write "
+        "when the ioctl answers. A bind with nothing to wait for is made as its ioctl "
+        "is answered. Binds of two queues wait for each other where they touch the "
+        "same addresses, or a 2 MiB block of page tables nothing mapped before the "
+        "first; xe orders them by the page-table pages they update.",
     ),
     (
         "Not emulated",

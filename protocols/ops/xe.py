@@ -183,8 +183,10 @@ SPECS: tuple[OpSpec, ...] = (
         blocking=True,
         doc=(
             "Map and unmap BOs in a VM (gpuvm semantics: a MAP replaces what it covers). "
-            "A sync waiting on a syncobj fence not signalled yet makes the ioctl answer "
-            "once it has signalled and the binds are made (xe's returns at once)."
+            "A bind that must wait (a syncobj fence not signalled yet, an earlier bind "
+            "queued on its queue or over its addresses) is queued and the ioctl answers "
+            "at once, as xe's; with a user fence among its syncs, the ioctl answers once "
+            "the binds are made."
         ),
         errors=(
             MBZ,
@@ -214,6 +216,7 @@ SPECS: tuple[OpSpec, ...] = (
             ),
             (ENOMEM, "user fence in a BO the daemon cannot map (out of descriptors or memory)"),
             (ENOMEM, "a MAP of a DEFER_BACKING BO no region of its placement has room for"),
+            (EAGAIN, "it must wait, and 1024 binds of the VM are queued already"),
         ),
     ),
     OpSpec(

@@ -26,6 +26,7 @@ from protocols.constants import (
 )
 from protocols.ops import Event
 
+from .bind_queue import BindQueue
 from .cs import run_batch
 from .errors import GpuFault, IoctlError, refuse_if
 from .eudebug import debug_event
@@ -54,7 +55,7 @@ class XeExecQueue:
     10,000 records, not 10,000 tasks)."""
 
     __slots__ = (
-        "file", "device", "vm", "engine", "width", "id", "banned", "bind",
+        "file", "device", "vm", "engine", "width", "id", "banned", "bind", "binds",
         "_jobs", "_pending", "_running", "_fence", "_worker", "_stopped",
     )  # fmt: skip
 
@@ -69,9 +70,10 @@ class XeExecQueue:
         self.width = width  # batches a job runs, one a lane (parallel submission: above 1)
         self.id = 0
         self.banned = False
-        # a bind queue (engine class VM_BIND): VM_BINDs name it, never an EXEC; binds are
-        # made as their ioctl is answered, so it orders nothing more and has no worker
+        # a bind queue (engine class VM_BIND): VM_BINDs name it, never an EXEC; its binds
+        # that must wait are queued in `binds` (bind_queue.py), it has no batch worker
         self.bind = eci.engine_class == EngineClass.VM_BIND
+        self.binds: BindQueue | None = None  # a bind queue's binds that wait (made at the first)
         self._jobs: collections.deque[tuple[tuple[int, ...], Syncs, Fence]] | None = None
         self._pending = 0
         self._running = 0  # the batch the worker is on, for a crash's ban event
@@ -115,6 +117,8 @@ class XeExecQueue:
         no SYNCOBJ_WAIT waits for work that will never run (the error is nobody's to
         read: a syncobj wait reports none)."""
         self._stopped = True
+        if self.binds is not None:
+            self.binds.halt()
         if self._worker is not None:
             self._worker.cancel()
         if self._fence is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 import mmap
 from collections.abc import Iterator
-from errno import EBUSY, EFAULT, EINVAL, ENOENT
+from errno import EAGAIN, EBUSY, EFAULT, EINVAL, ENOENT
 from typing import TYPE_CHECKING
 
 import attrs
@@ -38,6 +38,7 @@ from protocols.constants import (
 )
 from protocols.words import Words
 
+from .bind_queue import BindQueue
 from .errors import GpuFault, IoctlError, Unbound, refuse_if
 from .eudebug import debug_event
 from .limits import refuse_over
@@ -46,6 +47,7 @@ from .syncobj import Fence
 
 if TYPE_CHECKING:
     from .bo import XeBo
+    from .exec_queue import XeExecQueue
     from .file import XeFile
     from .userptr import HostArena
     from .vm_export import AuxRegistration, XeVmExport
@@ -69,6 +71,21 @@ class Vma:
         return "userptr" if self.host else "bo" if self.bo else "null"
 
 
+PT_BLOCK = 1 << 21  # what one page-table page of xe's maps (512 PTEs of 4 KiB)
+# binds of one VM queued to wait, on all its queues; past it VM_BIND answers EAGAIN (as
+# EXEC past MAX_PENDING_JOBS): every new bind is checked against those queued
+MAX_QUEUED_BINDS = 1024
+
+
+def _spans_of(
+    ops: tuple[m.DrmXeVmBindOp, ...], size: int
+) -> Iterator[tuple[int, int, m.DrmXeVmBindOp]]:
+    """The addresses each bind op touches (UNMAP_ALL: wherever its BO is mapped)."""
+    for op in ops:
+        whole = op.op == DRM_XE_VM_BIND_OP_UNMAP_ALL
+        yield (0, size, op) if whole else (op.addr, op.addr + op.range, op)
+
+
 class XeVm:
     def __init__(self, xef: XeFile, flags: int) -> None:
         self.file = xef
@@ -84,6 +101,10 @@ class XeVm:
         self.refs = 1
         self.touched: set[XeBo] | None = None  # BOs the device reached, while recording
         self.faults: list[m.XeVmFault] = []  # the first page faults (vm_faults.py)
+        # VM_BINDs naming no bind queue that must wait go on the VM's own (made at the
+        # first); binds queued on any queue: their ranges and fence (bind_queue.py)
+        self.binds: BindQueue | None = None
+        self._queued: dict[Fence, tuple[BindQueue, list[tuple[int, int]]]] = {}
         self._starts: list[int] = []
         self._vmas: dict[int, Vma] = {}
         self.device.counts["vm"] += 1
@@ -107,9 +128,44 @@ class XeVm:
         it releases it."""
         if not self.closed:
             self.closed = True
+            if self.binds is not None:
+                self.binds.halt()
             self.unmap(0, self.size)
             for registration in list(self.registrations):
                 registration.vm_closed()
+
+    def queue(self, ops: tuple[m.DrmXeVmBindOp, ...], fence: Fence, on: BindQueue) -> None:
+        """Binds queued on `on`, made when `fence` signals: later ones over them wait,
+        and so do later ones in a page-table block nothing maps yet, which these binds
+        would fill in (xe's bind-execqueues-conflict: binds that update the same page
+        tables are ordered, whatever queue they are on)."""
+        spans = []
+        for start, end, op in _spans_of(ops, self.size):
+            spans.append((start, end))
+            if op.op in (DRM_XE_VM_BIND_OP_UNMAP, DRM_XE_VM_BIND_OP_UNMAP_ALL):
+                continue
+            for block in range(start & -PT_BLOCK, end, PT_BLOCK):
+                if next(self._overlapping(block, block + PT_BLOCK), None) is None:
+                    spans.append((block, block + PT_BLOCK))
+        self._queued[fence] = (on, spans)
+
+    def dequeue(self, fence: Fence) -> None:
+        self._queued.pop(fence, None)
+
+    @property
+    def queue_full(self) -> bool:
+        return len(self._queued) >= MAX_QUEUED_BINDS
+
+    def queued_over(self, ops: tuple[m.DrmXeVmBindOp, ...]) -> list[Fence]:
+        """What a new bind of `ops` waits for: of each bind queue, the latest queued bind
+        it overlaps (binds of one queue are made in order: the earlier ones are done by
+        then)."""
+        new = [(start, end) for start, end, _op in _spans_of(ops, self.size)]
+        latest: dict[BindQueue, Fence] = {}
+        for fence, (on, spans) in self._queued.items():  # in the order they were queued
+            if any(s < qe and qs < e for s, e in new for qs, qe in spans):
+                latest[on] = fence
+        return list(latest.values())
 
     @property
     def shared(self) -> bool:
@@ -409,10 +465,13 @@ class _MustWait(Exception):  # noqa: N818 - control flow, not an error
 async def xe_vm_bind_ioctl(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
     """DRM_IOCTL_XE_VM_BIND: apply an array of binds, then signal the syncs.
 
-    xe binds on a queue of its own, after the fences its syncs wait on: here the binds
-    are applied at once unless a sync waits on a syncobj fence not signalled yet; then
-    the ioctl answers once those have signalled and the binds are made (every check is
-    made again then: the caller's thread waits, where xe's would go on).
+    xe binds on a queue of its own, after the fences its syncs wait on. Here a bind with
+    nothing to wait for is made at once. One that waits (a syncobj fence not signalled
+    yet, a bind queued before it on its queue, or one of any queue over the same
+    addresses or the same new page-table block: VM.queued_over) is queued on its bind
+    queue (bind_queue.py) and the ioctl answers at once, its SIGNAL syncobjs holding
+    the bind's fence; unless it has a user fence, which a C program's library writes
+    when the ioctl answers: then the ioctl waits, and every check is made again.
 
     Checks, in order (all before anything changes):
     - no such VM: EINVAL
@@ -433,8 +492,9 @@ async def xe_vm_bind_ioctl(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
       mapping of a foreign import that faults (imported_mmap = "xe"): EFAULT; in a BO
       the daemon cannot map: ENOMEM (out of descriptors or memory), else EFAULT; in a
       BO the daemon may not write (a read-only import, a write-sealed buffer): EFAULT
-    - it must wait, and this file has limits.fence_waits waits asleep already (a fence
-      wait, as WAIT_USER_FENCE's and SYNCOBJ_WAIT's): ENOMEM
+    - it must wait with a user fence, and this file has limits.fence_waits waits asleep
+      already (a fence wait, as WAIT_USER_FENCE's and SYNCOBJ_WAIT's): ENOMEM
+    - it must wait, and MAX_QUEUED_BINDS binds of the VM are queued already: EAGAIN
     - a MAP of a BO made with DEFER_BACKING that no region of its placement has room
       for now: ENOMEM (xe validates it in the bind job; BOs of the earlier binds of the
       array stay backed, as xe's do)
@@ -458,7 +518,8 @@ def _vm_bind(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
     refuse_if(len(args.binds) > XE_MAX_BINDS_PER_IOCTL, EINVAL, "too many binds")
     for op in args.binds:
         _check_bind_op(op, xef.device.page_size)
-    if args.exec_queue_id:  # binds are made as the ioctl is answered: in order anyway
+    queue = None
+    if args.exec_queue_id:
         queue = xef.exec_queues.get(args.exec_queue_id)
         if queue is None:
             raise IoctlError(ENOENT, f"no exec queue {args.exec_queue_id}")
@@ -485,12 +546,46 @@ def _vm_bind(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
     syncs = parse_syncs(
         xef, args.syncs, user_addresses=True, allow_ufence=bool(args.binds), lr_mode=vm.lr_mode
     )
-    pending = syncs.unsignalled()
-    if pending:
-        raise _MustWait(pending)
+    owner: XeExecQueue | XeVm = queue or vm  # whose bind queue it goes on
+    binds = owner.binds
+    waits = syncs.unsignalled() + vm.queued_over(args.binds)
+    if binds is not None and binds.busy:
+        waits.append(binds.last_fence)
+    if waits and syncs.user_fences:
+        # a user fence in C memory is the library's to write when the ioctl answers:
+        # the binds must be made by then
+        raise _MustWait(waits)
+    refuse_if(waits and vm.queue_full, EAGAIN, f"{MAX_QUEUED_BINDS} binds queued on this VM")
     for op, bo in zip(args.binds, bos, strict=True):
         if bo is not None and op.op == DRM_XE_VM_BIND_OP_MAP:
             bo.back()  # DEFER_BACKING: ENOMEM when nothing of its placement has room
+    if not waits:
+        _make_binds(xef, vm, args, bos)
+        syncs.submit(Fence(True))  # done: SIGNAL syncobjs hold a signalled fence
+        signal_user_fences(xef, syncs.user_fences)
+        return m.Empty()
+    fence = Fence()
+    syncs.submit(fence)  # SIGNAL syncobjs hold the bind's fence from now on, as xe's
+    held = [bo.get() for bo in bos if bo is not None]
+    if binds is None:
+        binds = owner.binds = BindQueue(xef)
+    vm.queue(args.binds, fence, binds)
+
+    def make(apply: bool) -> None:
+        try:
+            if apply and not vm.closed and not vm.banned:  # xe drops a killed VM's binds
+                _make_binds(xef, vm, args, bos)
+        finally:
+            vm.dequeue(fence)
+            for bo in held:
+                bo.put()
+
+    binds.submit(waits, fence, make)
+    return m.Empty()
+
+
+def _make_binds(xef: XeFile, vm: XeVm, args: m.DrmXeVmBind, bos: list[XeBo | None]) -> None:
+    """Make a VM_BIND's binds, in order (every check made)."""
     for op, bo in zip(args.binds, bos, strict=True):
         if op.op == DRM_XE_VM_BIND_OP_MAP:
             vm.map(op.addr, op.range, bo, op.obj_offset, op.flags)
@@ -517,6 +612,3 @@ def _vm_bind(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
             range=op.range,
             detail="userptr" if op.op == DRM_XE_VM_BIND_OP_MAP_USERPTR else f"bo {op.obj}",
         )
-    syncs.submit(Fence(True))  # done: SIGNAL syncobjs hold a signalled fence
-    signal_user_fences(xef, syncs.user_fences)
-    return m.Empty()
