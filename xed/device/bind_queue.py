@@ -13,16 +13,25 @@ on another queue waits for it too (xe orders binds that touch the same page tabl
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import trio
+
+from protocols import messages as m
+from protocols.constants import DRM_XE_VM_BIND_OP_UNMAP, DRM_XE_VM_BIND_OP_UNMAP_ALL
 
 from .syncobj import Fence
 
 if TYPE_CHECKING:
     from .device import XeDevice
     from .file import XeFile
+    from .vm import XeVm
+
+PT_BLOCK = 1 << 21  # what one page-table page of xe's maps (512 PTEs of 4 KiB)
+# binds of one VM queued to wait, on all its queues; past it VM_BIND answers EAGAIN (as
+# EXEC past its queue's bound): every new bind is checked against those queued
+MAX_QUEUED_BINDS = 1024
 
 
 class BindQueue:
@@ -104,3 +113,54 @@ class BindQueue:
         """A bind that raised (a bug of ours): what is queued after it is dropped, with
         its fences signalled."""
         self.halt()
+
+
+class QueuedBinds:
+    """A VM's binds queued on any of its bind queues: what a later bind waits for. One
+    over the same addresses waits, and so does one in a page-table block nothing mapped
+    when a queued bind was made, which that bind will fill in (xe orders binds that
+    update the same page tables, whatever queue they are on: bind-execqueues-conflict)."""
+
+    __slots__ = ("_by_fence",)
+
+    def __init__(self) -> None:
+        # in the order they were queued: the fence, its queue, the addresses it holds
+        self._by_fence: dict[Fence, tuple[BindQueue, list[tuple[int, int]]]] = {}
+
+    @property
+    def full(self) -> bool:
+        return len(self._by_fence) >= MAX_QUEUED_BINDS
+
+    def add(self, ops: tuple[m.DrmXeVmBindOp, ...], fence: Fence, on: BindQueue, vm: XeVm) -> None:
+        spans = []
+        for start, end, op in _spans_of(ops, vm.size):
+            spans.append((start, end))
+            if op.op in (DRM_XE_VM_BIND_OP_UNMAP, DRM_XE_VM_BIND_OP_UNMAP_ALL):
+                continue
+            for block in range(start & -PT_BLOCK, end, PT_BLOCK):
+                if not vm.mapped_in(block, block + PT_BLOCK):
+                    spans.append((block, block + PT_BLOCK))
+        self._by_fence[fence] = (on, spans)
+
+    def remove(self, fence: Fence) -> None:
+        self._by_fence.pop(fence, None)
+
+    def over(self, ops: tuple[m.DrmXeVmBindOp, ...], size: int) -> list[Fence]:
+        """What a new bind of `ops` waits for: of each bind queue, the latest queued bind
+        it overlaps (a queue's binds are made in order: the earlier ones are done by
+        then)."""
+        new = [(start, end) for start, end, _op in _spans_of(ops, size)]
+        latest: dict[BindQueue, Fence] = {}
+        for fence, (on, spans) in self._by_fence.items():
+            if any(s < qe and qs < e for s, e in new for qs, qe in spans):
+                latest[on] = fence
+        return list(latest.values())
+
+
+def _spans_of(
+    ops: tuple[m.DrmXeVmBindOp, ...], size: int
+) -> Iterator[tuple[int, int, m.DrmXeVmBindOp]]:
+    """The addresses each bind op touches (UNMAP_ALL: wherever its BO is mapped)."""
+    for op in ops:
+        whole = op.op == DRM_XE_VM_BIND_OP_UNMAP_ALL
+        yield (0, size, op) if whole else (op.addr, op.addr + op.range, op)

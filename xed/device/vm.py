@@ -38,7 +38,7 @@ from protocols.constants import (
 )
 from protocols.words import Words
 
-from .bind_queue import BindQueue
+from .bind_queue import MAX_QUEUED_BINDS, BindQueue, QueuedBinds
 from .errors import GpuFault, IoctlError, Unbound, refuse_if
 from .eudebug import debug_event
 from .limits import refuse_over
@@ -71,21 +71,6 @@ class Vma:
         return "userptr" if self.host else "bo" if self.bo else "null"
 
 
-PT_BLOCK = 1 << 21  # what one page-table page of xe's maps (512 PTEs of 4 KiB)
-# binds of one VM queued to wait, on all its queues; past it VM_BIND answers EAGAIN (as
-# EXEC past MAX_PENDING_JOBS): every new bind is checked against those queued
-MAX_QUEUED_BINDS = 1024
-
-
-def _spans_of(
-    ops: tuple[m.DrmXeVmBindOp, ...], size: int
-) -> Iterator[tuple[int, int, m.DrmXeVmBindOp]]:
-    """The addresses each bind op touches (UNMAP_ALL: wherever its BO is mapped)."""
-    for op in ops:
-        whole = op.op == DRM_XE_VM_BIND_OP_UNMAP_ALL
-        yield (0, size, op) if whole else (op.addr, op.addr + op.range, op)
-
-
 class XeVm:
     def __init__(self, xef: XeFile, flags: int) -> None:
         self.file = xef
@@ -102,9 +87,9 @@ class XeVm:
         self.touched: set[XeBo] | None = None  # BOs the device reached, while recording
         self.faults: list[m.XeVmFault] = []  # the first page faults (vm_faults.py)
         # VM_BINDs naming no bind queue that must wait go on the VM's own (made at the
-        # first); binds queued on any queue: their ranges and fence (bind_queue.py)
+        # first); binds queued on any of its queues, for later ones to wait for
         self.binds: BindQueue | None = None
-        self._queued: dict[Fence, tuple[BindQueue, list[tuple[int, int]]]] = {}
+        self.queued = QueuedBinds()
         self._starts: list[int] = []
         self._vmas: dict[int, Vma] = {}
         self.device.counts["vm"] += 1
@@ -134,38 +119,9 @@ class XeVm:
             for registration in list(self.registrations):
                 registration.vm_closed()
 
-    def queue(self, ops: tuple[m.DrmXeVmBindOp, ...], fence: Fence, on: BindQueue) -> None:
-        """Binds queued on `on`, made when `fence` signals: later ones over them wait,
-        and so do later ones in a page-table block nothing maps yet, which these binds
-        would fill in (xe's bind-execqueues-conflict: binds that update the same page
-        tables are ordered, whatever queue they are on)."""
-        spans = []
-        for start, end, op in _spans_of(ops, self.size):
-            spans.append((start, end))
-            if op.op in (DRM_XE_VM_BIND_OP_UNMAP, DRM_XE_VM_BIND_OP_UNMAP_ALL):
-                continue
-            for block in range(start & -PT_BLOCK, end, PT_BLOCK):
-                if next(self._overlapping(block, block + PT_BLOCK), None) is None:
-                    spans.append((block, block + PT_BLOCK))
-        self._queued[fence] = (on, spans)
-
-    def dequeue(self, fence: Fence) -> None:
-        self._queued.pop(fence, None)
-
-    @property
-    def queue_full(self) -> bool:
-        return len(self._queued) >= MAX_QUEUED_BINDS
-
-    def queued_over(self, ops: tuple[m.DrmXeVmBindOp, ...]) -> list[Fence]:
-        """What a new bind of `ops` waits for: of each bind queue, the latest queued bind
-        it overlaps (binds of one queue are made in order: the earlier ones are done by
-        then)."""
-        new = [(start, end) for start, end, _op in _spans_of(ops, self.size)]
-        latest: dict[BindQueue, Fence] = {}
-        for fence, (on, spans) in self._queued.items():  # in the order they were queued
-            if any(s < qe and qs < e for s, e in new for qs, qe in spans):
-                latest[on] = fence
-        return list(latest.values())
+    def mapped_in(self, start: int, end: int) -> bool:
+        """Whether anything is mapped in [start, end)."""
+        return next(self._overlapping(start, end), None) is not None
 
     @property
     def shared(self) -> bool:
@@ -468,7 +424,7 @@ async def xe_vm_bind_ioctl(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
     xe binds on a queue of its own, after the fences its syncs wait on. Here a bind with
     nothing to wait for is made at once. One that waits (a syncobj fence not signalled
     yet, a bind queued before it on its queue, or one of any queue over the same
-    addresses or the same new page-table block: VM.queued_over) is queued on its bind
+    addresses or the same new page-table block: QueuedBinds.over) is queued on its bind
     queue (bind_queue.py) and the ioctl answers at once, its SIGNAL syncobjs holding
     the bind's fence; unless it has a user fence, which a C program's library writes
     when the ioctl answers: then the ioctl waits, and every check is made again.
@@ -548,14 +504,14 @@ def _vm_bind(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
     )
     owner: XeExecQueue | XeVm = queue or vm  # whose bind queue it goes on
     binds = owner.binds
-    waits = syncs.unsignalled() + vm.queued_over(args.binds)
+    waits = syncs.unsignalled() + vm.queued.over(args.binds, vm.size)
     if binds is not None and binds.busy:
         waits.append(binds.last_fence)
     if waits and syncs.user_fences:
         # a user fence in C memory is the library's to write when the ioctl answers:
         # the binds must be made by then
         raise _MustWait(waits)
-    refuse_if(waits and vm.queue_full, EAGAIN, f"{MAX_QUEUED_BINDS} binds queued on this VM")
+    refuse_if(waits and vm.queued.full, EAGAIN, f"{MAX_QUEUED_BINDS} binds queued on this VM")
     for op, bo in zip(args.binds, bos, strict=True):
         if bo is not None and op.op == DRM_XE_VM_BIND_OP_MAP:
             bo.back()  # DEFER_BACKING: ENOMEM when nothing of its placement has room
@@ -569,14 +525,14 @@ def _vm_bind(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
     held = [bo.get() for bo in bos if bo is not None]
     if binds is None:
         binds = owner.binds = BindQueue(xef)
-    vm.queue(args.binds, fence, binds)
+    vm.queued.add(args.binds, fence, binds, vm)
 
     def make(apply: bool) -> None:
         try:
             if apply and not vm.closed and not vm.banned:  # xe drops a killed VM's binds
                 _make_binds(xef, vm, args, bos)
         finally:
-            vm.dequeue(fence)
+            vm.queued.remove(fence)
             for bo in held:
                 bo.put()
 
