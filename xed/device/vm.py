@@ -529,7 +529,8 @@ def _vm_bind(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
 
     def make(apply: bool) -> None:
         try:
-            if apply and not vm.closed and not vm.banned:  # xe drops a killed VM's binds
+            # xe drops the binds of a killed VM, and of a file closed meanwhile
+            if apply and not (vm.closed or vm.banned or xef not in xef.device.files):
                 _make_binds(xef, vm, args, bos)
         finally:
             vm.queued.remove(fence)
