@@ -214,25 +214,34 @@ static void table_add(uint64_t addr, uint64_t len, uint64_t slice, int private_c
 		xed_log("too many userptr ranges: %#llx is not watched", (unsigned long long)addr);
 }
 
+/* [*lo, *lo + *n): where [a, a+alen) and [b, b+blen) meet; 0: they do not */
+static int clip(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen, uint64_t *lo, uint64_t *n)
+{
+	uint64_t start = a > b ? a : b, end = a + alen < b + blen ? a + alen : b + blen;
+	if (start >= end)
+		return 0;
+	*lo = start;
+	*n = end - start;
+	return 1;
+}
+
 /* The part of m inside [addr, addr+len), with its place in the arena in ->off; 0: none */
 static int overlap(const struct moved *m, uint64_t addr, uint64_t len, struct span *part)
 {
-	uint64_t end = m->at.addr + m->at.len, lo = addr > m->at.addr ? addr : m->at.addr;
-	uint64_t hi = addr + len < end ? addr + len : end;
-	if (lo >= hi)
+	uint64_t lo, n;
+	if (!clip(m->at.addr, m->at.len, addr, len, &lo, &n))
 		return 0;
-	*part = (struct span){lo, hi - lo, m->at.off + (lo - m->at.addr)};
+	*part = (struct span){lo, n, m->at.off + (lo - m->at.addr)};
 	return 1;
 }
 
 /* The part of m whose arena place lies in [off, off+len), as overlap() gives it; 0: none */
 static int arena_overlap(const struct moved *m, uint64_t off, uint64_t len, struct span *part)
 {
-	uint64_t end = m->at.off + m->at.len, lo = off > m->at.off ? off : m->at.off;
-	uint64_t hi = off + len < end ? off + len : end;
-	if (lo >= hi)
+	uint64_t lo, n;
+	if (!clip(m->at.off, m->at.len, off, len, &lo, &n))
 		return 0;
-	*part = (struct span){m->at.addr + (lo - m->at.off), hi - lo, lo};
+	*part = (struct span){m->at.addr + (lo - m->at.off), n, lo};
 	return 1;
 }
 

@@ -69,8 +69,9 @@ class BindQueue:
         self._jobs.append((waits, fence, make))
         if self._worker is None and not self._stopped:
             self._worker = trio.CancelScope()
+            # a bind that raises is a bug of ours: what is queued after it is dropped
             self._device.start_soon(
-                self._run, what="bind_queue", on_crash=self._crashed, log=self._file.log
+                self._run, what="bind_queue", on_crash=self.halt, log=self._file.log
             )
         elif self._stopped:
             self.halt()
@@ -108,11 +109,6 @@ class BindQueue:
                         self._last = None
         finally:
             self._worker = None  # no checkpoint since the last look at the jobs
-
-    def _crashed(self) -> None:
-        """A bind that raised (a bug of ours): what is queued after it is dropped, with
-        its fences signalled."""
-        self.halt()
 
 
 class QueuedBinds:
