@@ -117,7 +117,7 @@ class XeBo:
         if self._deferred is None:
             return
         wants_visible = bool(self.flags & DRM_XE_GEM_CREATE_FLAG_NEEDS_VISIBLE_VRAM)
-        region = place(self._deferred, self.size, wants_visible)
+        region = _place(self._deferred, self.size, wants_visible)
         visible = wants_visible and region.mem_class == DRM_XE_MEM_REGION_CLASS_VRAM
         region.charge(self.size, visible)
         self.region, self.visible, self._deferred = region, visible, None
@@ -315,7 +315,7 @@ def xe_gem_create_ioctl(xef: XeFile, args: m.DrmXeGemCreate) -> m.DrmXeGemCreate
     refuse_if(args.size > xe.vma.space, ENOSPC, "larger than the fake mmap offset space")
     regions = xe.regions_for(args.placement)
     deferred = regions if args.flags & DRM_XE_GEM_CREATE_FLAG_DEFER_BACKING else None
-    region = regions[0] if deferred else place(regions, args.size, visible)
+    region = regions[0] if deferred else _place(regions, args.size, visible)
     refuse_if(args.extensions, EINVAL, "no GEM_CREATE extension is emulated")
     bo = XeBo(
         xe,
@@ -333,7 +333,7 @@ def xe_gem_create_ioctl(xef: XeFile, args: m.DrmXeGemCreate) -> m.DrmXeGemCreate
     return m.DrmXeGemCreateReply(handle=handle)
 
 
-def place(regions: list[MemRegion], size: int, visible: bool) -> MemRegion:
+def _place(regions: list[MemRegion], size: int, visible: bool) -> MemRegion:
     """The first region that fits, VRAM before system memory, as TTM tries them."""
     for region in regions:
         if region.fits(size, visible and region.mem_class == DRM_XE_MEM_REGION_CLASS_VRAM):
