@@ -171,7 +171,7 @@ SPECS: tuple[OpSpec, ...] = (
             (EPERM, "the BO is private to a VM"),
             RESERVE_FD,
             EXPORTED,
-            (ENOMEM, "a DEFER_BACKING BO that no region of its placement has room for now"),
+            (ENOMEM, "a DEFER_BACKING BO larger than its placement, or system memory full too"),
         ),
     ),
     OpSpec(

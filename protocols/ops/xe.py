@@ -63,7 +63,8 @@ SPECS: tuple[OpSpec, ...] = (
             (EINVAL, "cpu_caching not WB or WC"),
             (EINVAL, "cpu_caching WB with a VRAM placement or SCANOUT"),
             (ENOENT, "vm_id names no VM of this file"),
-            (ENOMEM, "fits no region of the placement (VRAM, visible VRAM, system); with "
+            (ENOMEM, "larger than every region of the placement (VRAM, visible VRAM), or "
+             "VRAM full and system memory too (past VRAM, a BO is made evicted); with "
              "DEFER_BACKING at its first use instead (VM_BIND, MMAP, PRIME_HANDLE_TO_FD)"),
             RESERVE,
             (ENOMEM, "limits.bos: this client holds that many GEM handles already"),
@@ -114,7 +115,7 @@ SPECS: tuple[OpSpec, ...] = (
             (EINVAL, "an MMIO region: length other than the region's size"),
             (EINVAL, "the barrier page: more than 4096 bytes, private, PROT_READ/EXEC"),
             (EINVAL, "the barrier offset with host pages over 4 KiB"),
-            (ENOMEM, "a DEFER_BACKING BO that no region of its placement has room for now"),
+            (ENOMEM, "a DEFER_BACKING BO larger than its placement, or system memory full too"),
             RESERVE_FD,
         ),
     ),
@@ -215,7 +216,8 @@ SPECS: tuple[OpSpec, ...] = (
                 "foreign buffer sealed against writes)",
             ),
             (ENOMEM, "user fence in a BO the daemon cannot map (out of descriptors or memory)"),
-            (ENOMEM, "a MAP of a DEFER_BACKING BO no region of its placement has room for"),
+            (ENOMEM, "a MAP of an evicted or unbacked BO no room can be made for (LR mode: "
+             "the VM's own BOs stay)"),
             (EAGAIN, "it must wait, and 1024 binds of the VM are queued already"),
         ),
     ),
@@ -279,6 +281,7 @@ SPECS: tuple[OpSpec, ...] = (
             (EINVAL, "addresses given for a queue of width 1"),
             (EFAULT, "a parallel queue's batch: not `width` addresses (array unreadable)"),
             (ECANCELED, "the VM was closed"),
+            (ENOMEM, "the VM's evicted BOs do not fit VRAM back, other VMs' BOs evicted"),
         ),
     ),
     OpSpec(

@@ -24,6 +24,7 @@ from protocols.constants import (
 )
 from protocols.words import Words
 
+from . import residency
 from .errors import IoctlError, refuse_if
 from .flink import drop_name
 from .limits import refuse_over
@@ -52,34 +53,33 @@ class XeBo:
         self,
         device: XeDevice,
         size: int,
-        region: MemRegion | None,
-        visible: bool,
+        placement: tuple[MemRegion, ...],
         flags: int,
         cpu_caching: int,
         vm: XeVm | None,
         memfd: int | None = None,
-        deferred: list[MemRegion] | None = None,
+        deferred: bool = False,
     ) -> None:
-        # DEFER_BACKING: the placement's regions, in TTM's order, until back() charges
-        # one of them (`region` meanwhile the first, what the BO would get on an idle
-        # device); None once backed, and for every other BO
-        self._deferred = deferred
+        self.device = device
+        self.size = size
+        self.flags = flags
+        # the placement's regions, in TTM's order (none for a foreign import); where it
+        # is charged, and which VMs bind it: residency.py
+        self.placement = placement
+        self.wants_visible = bool(flags & DRM_XE_GEM_CREATE_FLAG_NEEDS_VISIBLE_VRAM)
+        self.region: MemRegion | None = None  # none while DEFER_BACKING leaves it unbacked
+        self.visible = False  # charged to the CPU-visible part of VRAM
+        self.bound_in: dict[XeVm, int] = {}  # VM -> how many of its VMAs map it
         if memfd is None:
-            assert region is not None
-            if deferred is None:
-                region.charge(size, visible)
+            if not deferred:
+                residency.place(self)  # ENOMEM before anything is made
             try:
                 memfd = create_backing("xe-bo", size)
             except OSError:
-                if deferred is None:
-                    region.uncharge(size, visible)
+                if self.region is not None:
+                    residency.uncharge(self)
                 raise
         self.memfd = memfd
-        self.device = device
-        self.size = size
-        self.region = region
-        self.visible = visible
-        self.flags = flags
         self.cpu_caching = cpu_caching
         self.vm = vm  # VM-private: shares the VM's reservation, never exportable
         self.refs = 1
@@ -104,23 +104,18 @@ class XeBo:
         """A BO over another daemon's pages (a foreign dma-buf import): no region of ours
         pays for it, and `import_fd` keeps the exporter's buffer alive while we use it.
         A dma-buf exported without DRM_RDWR comes read-only: the device cannot write it."""
-        bo = cls(device, size, None, False, 0, 0, None, memfd=memfd)
+        bo = cls(device, size, (), 0, 0, None, memfd=memfd)
         bo.import_fd = import_fd
         bo.writable = writable
         return bo
 
     def back(self) -> None:
-        """Back a BO made with DEFER_BACKING, at its first use (a bind, a CPU mapping, an
-        export), as xe's ttm_bo_validate does: the first region of its placement with
-        room, VRAM first, as GEM_CREATE would have chosen. No room in any: ENOMEM, and
-        it stays unbacked. Nothing to do for any other BO."""
-        if self._deferred is None:
-            return
-        wants_visible = bool(self.flags & DRM_XE_GEM_CREATE_FLAG_NEEDS_VISIBLE_VRAM)
-        region = _place(self._deferred, self.size, wants_visible)
-        visible = wants_visible and region.mem_class == DRM_XE_MEM_REGION_CLASS_VRAM
-        region.charge(self.size, visible)
-        self.region, self.visible, self._deferred = region, visible, None
+        """Back a BO made with DEFER_BACKING at its first CPU mapping or export, as
+        GEM_CREATE would have placed it (residency.place: ENOMEM, and it stays
+        unbacked, if even system memory is full). A bind validates it instead
+        (residency.validate). Nothing to do for any other BO."""
+        if self.region is None and self.placement:
+            residency.place(self)
 
     @property
     def imported(self) -> bool:
@@ -180,8 +175,8 @@ class XeBo:
         if self.import_fd is not None:
             os.close(self.import_fd)
             self.import_fd = None
-        if self.region is not None and self._deferred is None:
-            self.region.uncharge(self.size, self.visible)
+        if self.region is not None:
+            residency.uncharge(self)
         _log.debug("bo_freed", size=self.size, imported=self.imported)
         self.device.counts["bo"] -= 1
         self.device.counts["bo_bytes"] -= self.size
@@ -273,9 +268,11 @@ def xe_gem_create_ioctl(xef: XeFile, args: m.DrmXeGemCreate) -> m.DrmXeGemCreate
     - larger than the whole fake mmap offset space (DRM_FILE_PAGE_OFFSET_SIZE, about
       1 TiB): ENOSPC, from drm_vma_offset_add in ttm_bo_init_reserved, before any
       placement is tried (IGT's xe_create create-massive-size)
-    - no region of the placement can hold it (VRAM, CPU-visible VRAM on a small BAR,
-      system memory): ENOMEM, as TTM reports it; with DEFER_BACKING, at its first use
-      instead (XeBo.back(): VM_BIND, MMAP, PRIME_HANDLE_TO_FD), not here
+    - no region of the placement has room: a VRAM-only BO is made evicted, in system
+      memory, as TTM makes room by eviction (residency.py); larger than every region
+      of its placement (VRAM, CPU-visible VRAM on a small BAR with NEEDS_VISIBLE_VRAM,
+      system memory), or system memory full too: ENOMEM, as TTM reports it. With
+      DEFER_BACKING at its first use instead (VM_BIND, MMAP, PRIME_HANDLE_TO_FD)
     - extensions non-zero: EINVAL. xe walks the chain (a user pointer) once the BO
       exists, and frees the BO if an extension fails; none is emulated here. A C
       library reads the chain itself: it asks with extensions 0 and, if the chain is
@@ -313,34 +310,17 @@ def xe_gem_create_ioctl(xef: XeFile, args: m.DrmXeGemCreate) -> m.DrmXeGemCreate
         refuse_if(vm is None or vm.closed, ENOENT, f"no VM {args.vm_id}")
     refuse_over(xef, "bos", len(xef.handles))
     refuse_if(args.size > xe.vma.space, ENOSPC, "larger than the fake mmap offset space")
-    regions = xe.regions_for(args.placement)
-    deferred = regions if args.flags & DRM_XE_GEM_CREATE_FLAG_DEFER_BACKING else None
-    region = regions[0] if deferred else _place(regions, args.size, visible)
-    refuse_if(args.extensions, EINVAL, "no GEM_CREATE extension is emulated")
-    bo = XeBo(
-        xe,
-        args.size,
-        region,
-        visible and region in vram,
-        args.flags,
-        args.cpu_caching,
-        vm,
-        deferred=deferred,
-    )
+    defer = bool(args.flags & DRM_XE_GEM_CREATE_FLAG_DEFER_BACKING)
+    placement = xe.regions_for(args.placement)
+    bo = XeBo(xe, args.size, placement, args.flags, args.cpu_caching, vm, deferred=defer)
+    if args.extensions:
+        bo.put()
+        raise IoctlError(EINVAL, "no GEM_CREATE extension is emulated")
     handle = xef.handle_create(bo)
     bo.put()  # the handle holds the object now
-    xef.log.debug("bo_created", handle=handle, size=args.size, region=region.instance)
+    where = bo.region.instance if bo.region is not None else None
+    xef.log.debug("bo_created", handle=handle, size=args.size, region=where)
     return m.DrmXeGemCreateReply(handle=handle)
-
-
-def _place(regions: list[MemRegion], size: int, visible: bool) -> MemRegion:
-    """The first region that fits, VRAM before system memory, as TTM tries them."""
-    for region in regions:
-        if region.fits(size, visible and region.mem_class == DRM_XE_MEM_REGION_CLASS_VRAM):
-            return region
-    last = regions[-1]
-    last.charge(size, visible and last.mem_class == DRM_XE_MEM_REGION_CLASS_VRAM)
-    raise AssertionError("charge() of a region that does not fit must raise")
 
 
 def drm_gem_close_ioctl(xef: XeFile, args: m.DrmGemClose) -> m.Empty:

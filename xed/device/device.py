@@ -71,6 +71,7 @@ class XeDevice:
         self.identity = self._identity(config)
         self.regions = self._regions(config)
         self.mem_region_mask = sum(1 << i for i in self.regions)
+        self._placements: dict[int, tuple[MemRegion, ...]] = {}
         self.engines = tuple(self._engines(config))
         self.vma = VmaOffsetManager(config.page_size)
         self.files: set[XeFile] = set()
@@ -141,10 +142,15 @@ class XeDevice:
             for e in self.engines
         )
 
-    def regions_for(self, placement: int) -> list[MemRegion]:
-        """Regions named by a placement mask, VRAM first (TTM's preference order)."""
-        chosen = [r for i, r in self.regions.items() if placement & (1 << i)]
-        return sorted(chosen, key=lambda r: r.mem_class != DRM_XE_MEM_REGION_CLASS_VRAM)
+    def regions_for(self, placement: int) -> tuple[MemRegion, ...]:
+        """Regions named by a placement mask, VRAM first (TTM's preference order): one
+        tuple per mask, which every BO of that placement shares."""
+        found = self._placements.get(placement)
+        if found is None:  # replug() empties the cache with the regions it replaces
+            chosen = [r for i, r in self.regions.items() if placement & (1 << i)]
+            chosen.sort(key=lambda r: r.mem_class != DRM_XE_MEM_REGION_CLASS_VRAM)
+            found = self._placements[placement] = tuple(chosen)
+        return found
 
     # --- the device side runs as tasks in the daemon's nursery ------------------------
     def attach(self, nursery: trio.Nursery) -> None:
@@ -173,6 +179,7 @@ class XeDevice:
         old device's objects stay with the files that hold them, and go with them."""
         self.identity = self._identity(self.config)
         self.regions = self._regions(self.config)
+        self._placements.clear()
         self.bar0 = Bar0(self.config)
         self.notice = UnplugNotice()
         self.watcher.replug(self.notice)

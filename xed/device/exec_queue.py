@@ -26,6 +26,7 @@ from protocols.constants import (
 )
 from protocols.ops import Event
 
+from . import residency
 from .bind_queue import BindQueue
 from .cs import run_batch
 from .errors import GpuFault, IoctlError, refuse_if
@@ -408,6 +409,8 @@ def xe_exec_ioctl(xef: XeFile, args: m.DrmXeExec) -> m.Empty:
       all the same: the library cannot know the queue's width to read it
     - num_batch_buffer 0: nothing runs; the syncs signal after the queue's earlier work
     - the queue's VM was closed: ECANCELED
+    - BOs bound in the VM were evicted (residency.py), and bringing them all back into
+      VRAM, evicting other VMs' BOs, cannot make room: ENOMEM (xe_vm_validate_rebind)
     """
     refuse_if(args.extensions, EINVAL, "extensions must be zero")
     refuse_if(any(args.pad) or any(args.reserved), EINVAL, "pad and reserved must be zero")
@@ -426,6 +429,8 @@ def xe_exec_ioctl(xef: XeFile, args: m.DrmXeExec) -> m.Empty:
         addresses = args.addresses if width > 1 else (args.address,)
         refuse_if(len(addresses) != width, EFAULT, f"a parallel EXEC needs {width} addresses")
         refuse_if(queue.vm.closed, ECANCELED, "the VM is closed")
+        if queue.vm.evicted:
+            residency.validate_vm(queue.vm)  # ENOMEM when its BOs alone outgrow VRAM
     queue.submit(addresses, syncs)
     debug_event(xef, "exec", vm_id=queue.vm.id, addr=args.address, detail=f"queue {queue.id}")
     return m.Empty()

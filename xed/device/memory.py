@@ -15,6 +15,7 @@ from protocols.memfd import F_SEAL_FUTURE_WRITE, MAX_SHARED_SIZE, UnsafeMemory, 
 from .errors import IoctlError
 
 if TYPE_CHECKING:
+    from .bo import XeBo
     from .device import XeDevice
 
 U64_MAX = (1 << 64) - 1
@@ -114,6 +115,8 @@ class MemRegion:
     cpu_visible: int
     used: int = 0
     cpu_visible_used: int = 0
+    # the BOs charged here, least recently placed or validated first (residency.py)
+    lru: dict[XeBo, None] = attrs.field(factory=dict, repr=False)
 
     def charge(self, size: int, visible: bool) -> None:
         # TTM's ENOSPC reaches user space as ENOMEM (ttm_bo_validate, for compatibility)

@@ -38,6 +38,7 @@ from protocols.constants import (
 )
 from protocols.words import Words
 
+from . import residency
 from .bind_queue import MAX_QUEUED_BINDS, BindQueue, QueuedBinds
 from .errors import GpuFault, IoctlError, Unbound, refuse_if
 from .eudebug import debug_event
@@ -90,6 +91,7 @@ class XeVm:
         # first); binds queued on any of its queues, for later ones to wait for
         self.binds: BindQueue | None = None
         self.queued = QueuedBinds()
+        self.evicted: dict[XeBo, None] = {}  # BOs bound here, evicted since (residency.py)
         self._starts: list[int] = []
         self._vmas: dict[int, Vma] = {}
         self.device.counts["vm"] += 1
@@ -159,8 +161,7 @@ class XeVm:
     ) -> None:
         self.unmap(addr, length)
         vma = Vma(addr, addr + length, bo.get() if bo else None, bo_offset, flags, host)
-        bisect.insort(self._starts, addr)
-        self._vmas[addr] = vma
+        self._insert(vma, get=False)
 
     def unmap(self, addr: int, length: int) -> None:
         end = addr + length
@@ -175,14 +176,18 @@ class XeVm:
                 vma.bo.put()
 
     def _insert(self, vma: Vma, get: bool) -> None:
-        if get and vma.bo is not None:
-            vma.bo.get()
+        if vma.bo is not None:
+            if get:
+                vma.bo.get()
+            residency.bound(vma.bo, self)
         bisect.insort(self._starts, vma.start)
         self._vmas[vma.start] = vma
 
     def _remove(self, vma: Vma) -> None:
         del self._starts[bisect.bisect_left(self._starts, vma.start)]
         del self._vmas[vma.start]
+        if vma.bo is not None:
+            residency.unbound(vma.bo, self)
 
     def _overlapping(self, start: int, end: int) -> Iterator[Vma]:
         index = max(bisect.bisect_right(self._starts, start) - 1, 0)
@@ -451,9 +456,10 @@ async def xe_vm_bind_ioctl(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
     - it must wait with a user fence, and this file has limits.fence_waits waits asleep
       already (a fence wait, as WAIT_USER_FENCE's and SYNCOBJ_WAIT's): ENOMEM
     - it must wait, and MAX_QUEUED_BINDS binds of the VM are queued already: EAGAIN
-    - a MAP of a BO made with DEFER_BACKING that no region of its placement has room
-      for now: ENOMEM (xe validates it in the bind job; BOs of the earlier binds of the
-      array stay backed, as xe's do)
+    - a MAP of a BO outside its placement (evicted, or DEFER_BACKING not backed yet)
+      that no room can be made for, evicting other BOs (in LR mode: other VMs' BOs
+      only): ENOMEM (residency.validate; xe validates it in the bind job; BOs of the
+      earlier binds of the array stay validated, as xe's do)
     """
     while True:
         try:
@@ -512,9 +518,10 @@ def _vm_bind(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
         # the binds must be made by then
         raise _MustWait(waits)
     refuse_if(waits and vm.queued.full, EAGAIN, f"{MAX_QUEUED_BINDS} binds queued on this VM")
+    keep = residency.bind_keep(vm)
     for op, bo in zip(args.binds, bos, strict=True):
         if bo is not None and op.op == DRM_XE_VM_BIND_OP_MAP:
-            bo.back()  # DEFER_BACKING: ENOMEM when nothing of its placement has room
+            residency.validate(bo, keep)  # ENOMEM when no room can be made for it
     if not waits:
         _make_binds(xef, vm, args, bos)
         syncs.submit(Fence(True))  # done: SIGNAL syncobjs hold a signalled fence

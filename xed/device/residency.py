@@ -1,0 +1,184 @@
+"""Where a BO counts: TTM's placement, eviction and validation, kept as accounting.
+
+A BO's pages are its memfd wherever it is placed; its place decides which region it is
+charged to, and so which ioctls find room. xe lets TTM make room in VRAM by evicting
+idle BOs to system memory, and validates a BO (brings it back into its placement) where
+the GPU needs it resident. Emulated:
+
+- GEM_CREATE (and the first CPU map or export of a DEFER_BACKING BO) charges the first
+  region of the placement with room. A VRAM-only BO that finds none is made evicted, in
+  system memory: TTM evicts older BOs for it instead, but which BO sits outside VRAM is
+  nothing user space sees. ENOMEM only for a BO larger than its regions themselves, or
+  with system memory full too.
+- VM_BIND validates the BO of each MAP, evicting the least recently validated BOs to
+  system memory. A VM in LR mode does not evict its own BOs for it (xe_bo_validate
+  without allow_res_evict): past VRAM its bind is ENOMEM, as IGT's xe_vm overcommit-*
+  expect; another VM's BOs, LR or not, may go (xe preempts an LR VM's queues for it,
+  and its rebind worker brings them back: here, its next EXEC does).
+- EXEC validates every evicted BO bound in the queue's VM, evicting BOs of other VMs
+  only (xe_vm_validate_rebind): a VM whose bound BOs alone outgrow VRAM is ENOMEM at
+  EXEC, as overcommit-nonfault-vram-no-lr expects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from errno import ENOMEM
+from typing import TYPE_CHECKING
+
+from protocols.constants import DRM_XE_MEM_REGION_CLASS_SYSMEM, DRM_XE_MEM_REGION_CLASS_VRAM
+
+from .errors import IoctlError
+
+if TYPE_CHECKING:
+    from .bo import XeBo
+    from .memory import MemRegion
+    from .vm import XeVm
+
+Keep = Callable[["XeBo"], bool]
+
+
+def _visible_in(bo: XeBo, region: MemRegion) -> bool:
+    """Whether `bo` in `region` counts against the CPU-visible part."""
+    return bo.wants_visible and region.mem_class == DRM_XE_MEM_REGION_CLASS_VRAM
+
+
+def _system(bo: XeBo) -> MemRegion:
+    regions = bo.device.regions.values()
+    return next(r for r in regions if r.mem_class == DRM_XE_MEM_REGION_CLASS_SYSMEM)
+
+
+def _charge(bo: XeBo, region: MemRegion, visible: bool) -> None:
+    region.charge(bo.size, visible)  # ENOMEM past its room
+    region.lru[bo] = None  # last: the most recently placed
+    bo.region, bo.visible = region, visible
+
+
+def uncharge(bo: XeBo) -> None:
+    """Give back what `bo` is charged (it is freed, or moves)."""
+    region = bo.region
+    assert region is not None
+    region.uncharge(bo.size, bo.visible)
+    del region.lru[bo]
+    bo.region, bo.visible = None, False
+
+
+def evicted(bo: XeBo) -> bool:
+    """Charged outside its placement: in system memory, its placement VRAM only."""
+    return bo.region is not None and bo.region not in bo.placement
+
+
+def place(bo: XeBo) -> None:
+    """TTM's placement of a new BO (or a deferred one's first CPU map or export): the
+    first region of its placement with room; else, evicted, system memory; ENOMEM if
+    it is larger than every region of its placement, or system memory is full too."""
+    for region in bo.placement:
+        visible = _visible_in(bo, region)
+        if region.fits(bo.size, visible):
+            _charge(bo, region, visible)
+            return
+    could_hold = [
+        r
+        for r in bo.placement
+        if bo.size <= r.total and (not _visible_in(bo, r) or bo.size <= r.cpu_visible)
+    ]
+    system = _system(bo)
+    if not could_hold or system in bo.placement:
+        last = bo.placement[-1]
+        _charge(bo, last, _visible_in(bo, last))  # the region's own ENOMEM
+        raise AssertionError("charge() of a region that does not fit must raise")
+    _charge(bo, system, False)
+
+
+def validate(bo: XeBo, keep: Keep) -> None:
+    """xe_bo_validate: make `bo` resident in its placement (a deferred BO backed there),
+    evicting the least recently validated BOs that `keep` does not hold; ENOMEM if they
+    cannot make room. A BO in its placement already is only marked used; a foreign
+    import (no placement: another daemon's pages) has nothing to validate."""
+    region = bo.region
+    if not bo.placement:
+        return
+    if region is not None and region in bo.placement:
+        del region.lru[bo]
+        region.lru[bo] = None
+        return
+    for target in bo.placement:
+        visible = _visible_in(bo, target)
+        if target.fits(bo.size, visible) or _make_room(bo, target, visible, keep):
+            if region is not None:
+                uncharge(bo)
+            _charge(bo, target, visible)
+            for vm in bo.bound_in:
+                vm.evicted.pop(bo, None)
+            return
+    raise IoctlError(
+        ENOMEM, f"no room for {bo.size} bytes in the BO's placement, evicting what may be"
+    )
+
+
+def _make_room(bo: XeBo, region: MemRegion, visible: bool, keep: Keep) -> bool:
+    """Evict BOs of `region` to system memory, least recently used first, until `bo`
+    fits; nothing is evicted unless enough can be."""
+    short = region.used + bo.size - region.total
+    short_visible = region.cpu_visible_used + bo.size - region.cpu_visible if visible else 0
+    system = _system(bo)
+    room = system.total - system.used
+    victims = []
+    candidates: Iterable[XeBo] = region.lru
+    if short_visible > 0:  # visible BOs first: they free both parts
+        candidates = sorted(region.lru, key=lambda other: not other.visible)
+    for victim in candidates:
+        if short <= 0 and short_visible <= 0:
+            break
+        if victim is bo or victim.size > room or keep(victim):
+            continue
+        if short <= 0 and not victim.visible:
+            continue  # only the CPU-visible part is short: it frees none
+        victims.append(victim)
+        room -= victim.size
+        short -= victim.size
+        if victim.visible:
+            short_visible -= victim.size
+    if short > 0 or short_visible > 0:
+        return False
+    for victim in victims:
+        uncharge(victim)
+        _charge(victim, system, False)
+        for vm in victim.bound_in:
+            vm.evicted[victim] = None
+    return True
+
+
+def bind_keep(vm: XeVm) -> Keep:
+    """What a MAP bind in `vm` may not evict: the VM's own BOs, in LR mode."""
+    if vm.lr_mode:
+        return lambda other: vm in other.bound_in
+    return lambda _other: False
+
+
+def validate_vm(vm: XeVm) -> None:
+    """xe_vm_validate_rebind, at EXEC: every evicted BO bound in `vm` comes back,
+    evicting BOs of other VMs only; ENOMEM if they do not fit."""
+
+    def keep(other: XeBo) -> bool:
+        return vm in other.bound_in
+
+    for bo in list(vm.evicted):
+        validate(bo, keep)
+
+
+def bound(bo: XeBo, vm: XeVm) -> None:
+    """A VMA of `vm` maps `bo` (one more)."""
+    bo.bound_in[vm] = bo.bound_in.get(vm, 0) + 1
+    if evicted(bo):
+        vm.evicted[bo] = None
+
+
+def unbound(bo: XeBo, vm: XeVm) -> None:
+    """A VMA of `vm` over `bo` went."""
+    left = bo.bound_in[vm] - 1
+    if left:
+        bo.bound_in[vm] = left
+    else:
+        del bo.bound_in[vm]
+        vm.evicted.pop(bo, None)
