@@ -34,9 +34,11 @@ DEPARTURES: tuple[tuple[str, str], ...] = (
         "first; xe orders them by the page-table pages they update.",
     ),
     (
-        "Not emulated",
-        "`PREFETCH` binds and "
-        "page-fault mode (`DRM_XE_VM_CREATE_FLAG_FAULT_MODE`): `EINVAL`.",
+        "Page-fault mode",
+        "a `FAULT_MODE` VM's binds need no room (its BOs are backed where there is "
+        "some, and count there); its GPU faults are not replayed: one on an address no "
+        "VMA maps ends the queue, as in LR mode. `PREFETCH` moves its BOs' charge to "
+        "the region; userptr ranges it leaves as they are.",
     ),
     (
         "Parallel submission",
@@ -53,7 +55,8 @@ DEPARTURES: tuple[tuple[str, str], ...] = (
         "the connection's fake-offset space (see [User addresses](#user-addresses)), and "
         "a user fence anywhere else is `EFAULT`. The C preload library keeps such a "
         "fence itself: a VM_BIND's is written when the daemon answers, and "
-        "WAIT_USER_FENCE watches the word in the program.",
+        "WAIT_USER_FENCE watches the word in the program (and asks the daemon, once "
+        "its naps are long, whether the queue it names was reset).",
     ),
     (
         "`VM_DONTEXPAND`",

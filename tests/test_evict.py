@@ -1,8 +1,9 @@
 """TTM's eviction, as xed keeps it (xed/device/residency.py): VRAM past its room makes
 BOs evicted to system memory rather than refused; a bind brings its BO back, evicting
 the least recently used; EXEC brings back its VM's evicted BOs, evicting other VMs'
-only; an LR-mode VM's bind never evicts that VM's own BOs. What is charged where is
-read from the memory-region query, as a user with perfmon rights would.
+only; an LR-mode VM's bind never evicts that VM's own BOs; a VM in page-fault mode
+needs no room; PREFETCH moves a BO's charge. What is charged where is read from the
+memory-region query, as a user with perfmon rights would.
 """
 
 from __future__ import annotations
@@ -15,14 +16,17 @@ from conftest import baseline
 from test_lifecycle import wait_for_baseline
 
 from clients import Batch, Device
+from protocols import messages as m
 from protocols.constants import (
     DRM_XE_GEM_CREATE_FLAG_NEEDS_VISIBLE_VRAM,
+    DRM_XE_VM_BIND_OP_PREFETCH,
+    DRM_XE_VM_CREATE_FLAG_FAULT_MODE,
     DRM_XE_VM_CREATE_FLAG_LR_MODE,
     PAGE_SIZE,
     XE_PLACEMENT_VRAM0,
 )
 from tests.helpers import Gpu, errno_of
-from tests.test_gem import SMALL_BAR, SMALL_SYSMEM, MiB, regions
+from tests.test_gem import BOTH, SMALL_BAR, SMALL_SYSMEM, MiB, regions
 
 HALF = 512 * 1024  # half of the 1 MiB of VRAM (of SMALL_BAR: all of its visible part)
 FULL_BAR = """\
@@ -163,3 +167,44 @@ def test_lr_vm_keeps_its_own_and_others_give_way(full: Device) -> None:
     with full.mmap_bo(a) as view:
         assert int.from_bytes(view[4:8], "little") == 7
     gpu.close()
+
+
+def test_fault_mode_binds_past_vram(full: Device) -> None:
+    """A VM in page-fault mode needs no room: its binds past VRAM are made (the BO that
+    finds none counts in system memory), its EXEC validates nothing, and the stores
+    reach every BO."""
+    gpu = Gpu(full, LR | DRM_XE_VM_CREATE_FLAG_FAULT_MODE)
+    bos = [vram_bo(full) for _ in range(3)]
+    for i, bo in enumerate(bos):
+        full.vm_bind(gpu.vm, bo, VA + i * MiB)
+    batch = Batch()
+    for i in range(3):
+        batch.store_dword(VA + i * MiB, 0xF00 + i)
+    gpu.run(batch.end())
+    for i, bo in enumerate(bos):
+        with full.mmap_bo(bo) as view:
+            assert int.from_bytes(view[:4], "little") == 0xF00 + i
+    gpu.close()
+
+
+def test_prefetch_moves_a_bo_between_its_regions(full: Device) -> None:
+    """PREFETCH charges the BOs in its range to its region, if their placement has it:
+    to system memory and back; to a VRAM an LR VM's own BOs fill, ENOMEM."""
+    vm = full.vm_create(LR)
+    both = full.gem_create(HALF, placement=BOTH)
+    full.vm_bind(vm, both, VA)
+    system, _, _ = used(full)
+    assert used(full) == (system, HALF, 0)
+    full.vm_bind_ops(vm, [prefetch(VA, HALF, 0)])
+    assert used(full) == (system + HALF, 0, 0)
+    full.vm_bind(vm, vram_bo(full, MiB), VA + MiB)  # the VM's own: VRAM is full
+    assert errno_of(full.vm_bind_ops, vm, [prefetch(VA, HALF, 1)]) == errno.ENOMEM
+    full.vm_unbind(vm, VA + MiB, MiB)
+    full.vm_bind_ops(vm, [prefetch(VA, HALF, 1)])
+    assert used(full)[1] == HALF
+
+
+def prefetch(addr: int, size: int, region: int) -> m.DrmXeVmBindOp:
+    return m.DrmXeVmBindOp(
+        op=DRM_XE_VM_BIND_OP_PREFETCH, addr=addr, range=size, prefetch_mem_region_instance=region
+    )

@@ -70,9 +70,19 @@ PARTLY = {
         # past VRAM: an LR VM's bind (DEFER_BACKING or not), or a dma-fence VM's EXEC, is
         # ENOMEM (xed/device/residency.py)
         "overcommit-nonfault-*": ("SUCCESS", "TTM's eviction and validation, as xe's"),
-        "overcommit-fault-*": ("FAIL", "page-fault mode (FAULT_MODE VMs) is not emulated"),
+        "overcommit-fault-vram-lr-no-overcommit": (
+            "FAIL",
+            "DRM_XE_VM_CREATE_FLAG_NO_VM_OVERCOMMIT, newer than this uAPI, is an unknown flag",
+        ),
     },
     "xe_exec_atomic": {},  # MI_ATOMIC INC and DEC on every engine and memory region
+    "xe_exec_fault_mode": {  # page-fault-mode VMs: binds, rebinds, PREFETCH, invalid VAs
+        "*multi-queue*": ("SKIP", "multi-queue engines are graphics version 35's and later"),
+        "many-*invalidate-race*": (
+            "FAIL",
+            "it maps a file over the userptr: a file's pages are beyond the daemon's reach",
+        ),
+    },
     "xe_evict": {  # VRAM past its size, in one VM and several, LR and not, from threads
         "*multi-queue*": ("SKIP", "multi-queue engines are graphics version 35's and later"),
     },
@@ -120,6 +130,13 @@ DEVICES = {
         render = 1
         copy = 0
         video_decode = 2
+        compute = 0
+        """,
+    "xe_exec_fault_mode": """
+        [device.engines]
+        render = 1
+        copy = 0
+        video_decode = 0
         compute = 0
         """,
     "xe_exec_compute_mode": """

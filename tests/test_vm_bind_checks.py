@@ -167,12 +167,25 @@ def test_vm_bind_map_userptr_without_host_memory_is_efault(dev: Device) -> None:
     assert errno_of(dev.vm_bind_ops, vm, [op]) == EFAULT
 
 
-def test_vm_bind_prefetch_is_einval(dev: Device) -> None:
-    """PREFETCH is not emulated: EINVAL, even over a mapped range."""
+def test_vm_bind_prefetch_checks(dev: Device) -> None:
+    """PREFETCH with an obj, a prefetch region outside PREFETCH, a region the device
+    lacks, or one outside the placement of a BO in its range: EINVAL. Over system
+    memory, of a system-memory BO, it is accepted."""
     vm = dev.vm_create()
     bo = dev.gem_create(PAGE_SIZE)
     dev.vm_bind(vm, bo, DATA_VA)
-    assert errno_of(dev.vm_bind_ops, vm, [bind_op(op=DRM_XE_VM_BIND_OP_PREFETCH)]) == EINVAL
+    prefetch = DRM_XE_VM_BIND_OP_PREFETCH
+    assert errno_of(dev.vm_bind_ops, vm, [bind_op(op=prefetch, obj=bo)]) == EINVAL
+    assert errno_of(dev.vm_bind_ops, vm, [bind_op(obj=bo, prefetch_mem_region_instance=1)]) == (
+        EINVAL
+    )
+    for region in (2, 31, 32):
+        ops = [bind_op(op=prefetch, prefetch_mem_region_instance=region)]
+        assert errno_of(dev.vm_bind_ops, vm, ops) == EINVAL
+    ops = [bind_op(op=prefetch, prefetch_mem_region_instance=1)]  # VRAM: not its placement
+    assert errno_of(dev.vm_bind_ops, vm, ops) == EINVAL
+    dev.vm_bind_ops(vm, [bind_op(op=prefetch)])
+    dev.vm_bind_ops(vm, [bind_op(op=prefetch, addr=OTHER_VA)])  # nothing there: nothing to do
 
 
 @pytest.mark.parametrize(

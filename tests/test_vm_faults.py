@@ -15,6 +15,7 @@ from protocols import Op
 from protocols import messages as m
 from protocols.constants import (
     DRM_XE_VM_BIND_FLAG_READONLY,
+    DRM_XE_VM_CREATE_FLAG_SCRATCH_PAGE,
     FAULT_ACCESS_TYPE_READ,
     FAULT_ACCESS_TYPE_WRITE,
     FAULT_TYPE_NOT_PRESENT,
@@ -119,3 +120,22 @@ def test_refusals(gpu: Gpu) -> None:
     assert errno_of(get_property, gpu.dev, vm_id=gpu.vm, size=47) == EINVAL
     assert errno_of(get_property, gpu.dev, vm_id=gpu.vm, size=96) == EINVAL
     assert get_property(gpu.dev, vm_id=gpu.vm, size=48).size == 48
+
+
+def test_scratch_page_takes_what_would_fault(dev: Device) -> None:
+    """In a VM made with SCRATCH_PAGE a store to nothing is dropped and a load from
+    nothing reads zero: no fault is recorded, the queue runs on; a READONLY binding
+    still refuses its store."""
+    gpu = Gpu(dev, DRM_XE_VM_CREATE_FLAG_SCRATCH_PAGE)
+    bo = dev.gem_create(PAGE_SIZE)
+    dev.vm_bind(gpu.vm, bo, RO_VA)
+    with dev.mmap_bo(bo) as view:
+        view[:4] = b"\xff\xff\xff\xff"
+        gpu.run(Batch().store_dword(UNBOUND + 0x1234, 1).copy_dword(RO_VA, UNBOUND + 8).end())
+        assert bytes(view[:4]) == bytes(4)
+    assert dev.vm_faults(gpu.vm) == []
+    assert gpu.banned_queues() == []
+    dev.vm_bind(gpu.vm, bo, RO_VA + PAGE_SIZE, flags=DRM_XE_VM_BIND_FLAG_READONLY)
+    fault_on_a_new_queue(gpu, Batch().store_dword(RO_VA + PAGE_SIZE, 1).end())
+    assert [f.fault_type for f in dev.vm_faults(gpu.vm)] == [FAULT_TYPE_WRITE_ACCESS]
+    gpu.close()

@@ -32,6 +32,7 @@ from .device import (
     unplug,
     userptr,
     vm,
+    vm_bind,
     vm_export,
     vm_faults,
 )
@@ -137,7 +138,7 @@ HANDLERS: dict[Op, Callable[..., Any]] = {
     Op.XE_GEM_MMAP_OFFSET: bo.xe_gem_mmap_offset_ioctl,
     Op.XE_VM_CREATE: vm.xe_vm_create_ioctl,
     Op.XE_VM_DESTROY: vm.xe_vm_destroy_ioctl,
-    Op.XE_VM_BIND: vm.xe_vm_bind_ioctl,
+    Op.XE_VM_BIND: vm_bind.xe_vm_bind_ioctl,
     Op.XE_VM_GET_PROPERTY: vm_faults.xe_vm_get_property_ioctl,
     Op.XE_EXEC_QUEUE_CREATE: exec_queue.xe_exec_queue_create_ioctl,
     Op.XE_EXEC_QUEUE_DESTROY: exec_queue.xe_exec_queue_destroy_ioctl,

@@ -192,7 +192,7 @@ int xe_wait_user_fence(struct xcall *c, struct drm_xe_wait_user_fence *a);
 int ufence_is_local(struct xed_file *f, uint64_t addr);
 int ufence_kept_back(struct xed_file *f, const struct drm_xe_sync *s, uint32_t n, uint32_t binds);
 void ufence_signal(const struct drm_xe_sync *u);
-int ufence_wait(struct drm_xe_wait_user_fence *a);
+int ufence_wait(struct xed_file *f, struct drm_xe_wait_user_fence *a);
 
 /* --- mmap.c: mappings of device files ------------------------------------------------ */
 /* a CPU address inside a mapping of `f`, as the daemon names user memory; 0 if none */

@@ -21,6 +21,7 @@
 #include <time.h>
 
 #include "preload.h"
+#include "proto.h"
 
 #define TASK_SIZE 0x00007ffffffff000ull /* x86-64: access_ok() refuses the rest */
 
@@ -78,9 +79,29 @@ static int passes(unsigned op, uint64_t have, uint64_t want)
 	}
 }
 
-/* WAIT_USER_FENCE on a local word, once the daemon's checks passed: 0, ETIME or EFAULT;
- * the timeout written back as the kernel does (what is left of a relative one) */
-int ufence_wait(struct drm_xe_wait_user_fence *a)
+/* Whether exec queue `queue` of `f` was reset (banned): EXEC_QUEUE_GET_PROPERTY(BAN), as
+ * xe's wait looks at the queue's reset status each time the word does not pass. An
+ * answer that does not come (no channel, the daemon gone) counts as not reset. */
+static int queue_reset(struct xed_file *f, uint32_t queue)
+{
+	static const uint64_t reserved[2];
+	struct xcall c;
+	if (xc_begin(&c, f, XED_OP_XE_EXEC_QUEUE_GET_PROPERTY))
+		return 0;
+	xc_u(&c, "extensions", 0);
+	xc_u(&c, "exec_queue_id", queue);
+	xc_u(&c, "property", DRM_XE_EXEC_QUEUE_GET_PROPERTY_BAN);
+	xc_u(&c, "value", 0);
+	xe_reserved(&c, reserved, 2);
+	int reset = !xc_run(&c, -1) && r_get_uint(&c.body, "value");
+	xc_end(&c);
+	return reset;
+}
+
+/* WAIT_USER_FENCE on a local word, once the daemon's checks passed: 0, ETIME, EFAULT,
+ * or EIO once the queue it names was reset (the word not passing); the timeout written
+ * back as the kernel does (what is left of a relative one) */
+int ufence_wait(struct xed_file *f, struct drm_xe_wait_user_fence *a)
 {
 	int relative = !(a->flags & DRM_XE_UFENCE_WAIT_FLAG_ABSTIME);
 	int64_t start = now_ns(), until = INT64_MAX;
@@ -95,6 +116,9 @@ int ufence_wait(struct drm_xe_wait_user_fence *a)
 			return EFAULT;
 		if (passes(a->op, have & a->mask, want))
 			break;
+		/* asked of the daemon once the naps are long: a wait just begun costs nothing */
+		if (a->exec_queue_id && pause >= 160000 && queue_reset(f, a->exec_queue_id))
+			return EIO;
 		int64_t now = now_ns();
 		if (now >= until) {
 			if (relative)

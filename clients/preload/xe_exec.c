@@ -241,7 +241,7 @@ int xe_wait_user_fence(struct xcall *c, struct drm_xe_wait_user_fence *a)
 	xe_reserved(c, a->reserved, 2);
 	int err = xc_run(c, -1);
 	if (err == EFAULT && ufence_is_local(c->file, a->addr))
-		return ufence_wait(a); /* the daemon's checks passed; the word is ours */
+		return ufence_wait(c->file, a); /* the daemon's checks passed; the word is ours */
 	int relative = !(a->flags & DRM_XE_UFENCE_WAIT_FLAG_ABSTIME);
 	if (!err && relative)
 		a->timeout = r_get_int(&c->body, "timeout");

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from protocols import messages as m
+from protocols.constants import DRM_XE_VM_BIND_OP_PREFETCH as PREFETCH
 from protocols.constants import DRM_XE_VM_BIND_OP_UNMAP, DRM_XE_VM_BIND_OP_UNMAP_ALL
 
 from .syncobj import Fence
@@ -131,7 +132,7 @@ class QueuedBinds:
         spans = []
         for start, end, op in _spans_of(ops, vm.size):
             spans.append((start, end))
-            if op.op in (DRM_XE_VM_BIND_OP_UNMAP, DRM_XE_VM_BIND_OP_UNMAP_ALL):
+            if op.op in (DRM_XE_VM_BIND_OP_UNMAP, DRM_XE_VM_BIND_OP_UNMAP_ALL, PREFETCH):
                 continue
             for block in range(start & -PT_BLOCK, end, PT_BLOCK):
                 if not vm.mapped_in(block, block + PT_BLOCK):

@@ -170,10 +170,14 @@ class XeExecQueue:
                 self.device.stats["execs"] += 1
             except GpuFault as fault:
                 self._ban(fault)
+                if self.vm.fault_mode:
+                    # a fault nothing resolves: the job never completes, and its user
+                    # fences are never written (a waiter on the queue gets EIO)
+                    return
             finally:
                 touched, self.vm.touched = self.vm.touched, None
-            if touched:
-                self._check_cpu_windows(touched)
+                if touched:
+                    self._check_cpu_windows(touched)
         await signal_gpu_fences(self.file, syncs.user_fences, self.vm)
 
     def _check_cpu_windows(self, touched: set[XeBo]) -> None:
@@ -203,8 +207,10 @@ class XeExecQueue:
     def _ban(self, fault: GpuFault) -> None:
         self.banned = True
         save_fault(self.vm, fault)
-        if self.vm.lr_mode:
-            self.vm.banned = True  # xe_vm_kill(): a long-running VM dies with its queue
+        if self.vm.lr_mode and not self.vm.fault_mode:
+            # xe_vm_kill(): a long-running VM dies with its queue; one in page-fault
+            # mode outlives it (the failed fault ends the queue alone)
+            self.vm.banned = True
         self.device.stats["bans"] += 1
         self.file.log.warning(
             "exec_queue_banned", exec_queue_id=self.id, address=fault.address, reason=fault.reason

@@ -18,17 +18,26 @@ the GPU needs it resident. Emulated:
 - EXEC validates every evicted BO bound in the queue's VM, evicting BOs of other VMs
   only (xe_vm_validate_rebind): a VM whose bound BOs alone outgrow VRAM is ENOMEM at
   EXEC, as overcommit-nonfault-vram-no-lr expects.
+- A VM in page-fault mode needs no room: its binds back a BO where there is some, its
+  EXEC validates nothing (the GPU's faults would migrate what it touches), and PREFETCH
+  moves its BOs' charge to the region asked (xe_bo_migrate).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from errno import ENOMEM
+from collections.abc import Callable, Iterable, Sequence
+from errno import EINVAL, ENOMEM
 from typing import TYPE_CHECKING
 
-from protocols.constants import DRM_XE_MEM_REGION_CLASS_SYSMEM, DRM_XE_MEM_REGION_CLASS_VRAM
+from protocols import messages as m
+from protocols.constants import (
+    DRM_XE_MEM_REGION_CLASS_SYSMEM,
+    DRM_XE_MEM_REGION_CLASS_VRAM,
+    DRM_XE_VM_BIND_OP_MAP,
+    DRM_XE_VM_BIND_OP_PREFETCH,
+)
 
-from .errors import IoctlError
+from .errors import IoctlError, refuse_if
 
 if TYPE_CHECKING:
     from .bo import XeBo
@@ -145,7 +154,8 @@ def _make_room(bo: XeBo, region: MemRegion, visible: bool, keep: Keep) -> bool:
         uncharge(victim)
         _charge(victim, system, False)
         for vm in victim.bound_in:
-            vm.evicted[victim] = None
+            if not vm.fault_mode:  # its faults bring them back, not EXEC
+                vm.evicted[victim] = None
     return True
 
 
@@ -154,6 +164,44 @@ def bind_keep(vm: XeVm) -> Keep:
     if vm.lr_mode:
         return lambda other: vm in other.bound_in
     return lambda _other: False
+
+
+def prepare_binds(vm: XeVm, ops: Sequence[m.DrmXeVmBindOp], bos: Sequence[XeBo | None]) -> None:
+    """What a VM_BIND's ops need of memory, before any is made: each MAP's BO validated
+    (in fault mode only backed, if DEFER_BACKING left it unbacked: the GPU's faults
+    migrate it later); each PREFETCH's BOs migrated to its region. ENOMEM without room;
+    EINVAL for a PREFETCH to a region outside a BO's placement (xe_bo_can_migrate)."""
+    keep = bind_keep(vm)
+    for op, bo in zip(ops, bos, strict=True):
+        if bo is not None and op.op == DRM_XE_VM_BIND_OP_MAP:
+            if not vm.fault_mode:
+                validate(bo, keep)
+            elif bo.region is None and bo.placement:
+                place(bo)
+        elif op.op == DRM_XE_VM_BIND_OP_PREFETCH:
+            region = vm.device.regions[op.prefetch_mem_region_instance]
+            for target in vm.bos_in(op.addr, op.addr + op.range):
+                refuse_if(region not in target.placement, EINVAL, "prefetch outside placement")
+                _migrate(target, region, keep)
+
+
+def _migrate(bo: XeBo, region: MemRegion, keep: Keep) -> None:
+    """xe_bo_migrate: charge `bo` to `region` of its placement, evicting as validate()
+    does; ENOMEM without room."""
+    if bo.region is region:
+        return
+    visible = _visible_in(bo, region)
+    if not (region.fits(bo.size, visible) or _make_room(bo, region, visible, keep)):
+        raise IoctlError(ENOMEM, f"no room for {bo.size} bytes in region {region.instance}")
+    if bo.region is not None:
+        uncharge(bo)
+    _charge(bo, region, visible)
+    for vm in bo.bound_in:
+        if evicted(bo):
+            if not vm.fault_mode:
+                vm.evicted[bo] = None
+        else:
+            vm.evicted.pop(bo, None)
 
 
 def validate_vm(vm: XeVm) -> None:
@@ -170,7 +218,7 @@ def validate_vm(vm: XeVm) -> None:
 def bound(bo: XeBo, vm: XeVm) -> None:
     """A VMA of `vm` maps `bo` (one more)."""
     bo.bound_in[vm] = bo.bound_in.get(vm, 0) + 1
-    if evicted(bo):
+    if evicted(bo) and not vm.fault_mode:
         vm.evicted[bo] = None
 
 
