@@ -148,8 +148,9 @@ def drm_prime_handle_to_fd_ioctl(
     - the BO is private to a VM (xe_gem_prime_export): EPERM
     - a new dma-buf while this file's live exports reach limits.exported: ENOMEM (the
       dma-buf counts against its creator until it is freed, wherever it went)
-    - a BO made with DEFER_BACKING that no region of its placement has room for now:
-      ENOMEM (an importer may map it at once: it is backed here)
+    - a BO made with DEFER_BACKING is backed here (an importer may map it at once), as
+      GEM_CREATE places one: larger than its placement, or with system memory full
+      too: ENOMEM
     A foreign import re-exports the dma-buf it came from.
     """
     refuse_if(args.flags & ~(DRM_CLOEXEC | DRM_RDWR), EINVAL, f"flags {args.flags:#x}")

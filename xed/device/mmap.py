@@ -52,9 +52,10 @@ def xed_mmap_ioctl(xef: XeFile, args: m.XedMmap) -> tuple[m.XedMmapReply, list[i
     - the object is not mapped-allowed for this file: EACCES
     - a private (copy-on-write) mapping: EINVAL
     - an MMIO region: length other than the region's size: EINVAL
-    - a BO made with DEFER_BACKING that no region of its placement has room for now:
-      ENOMEM (xe's CPU fault would find none: VM_FAULT_OOM; here the mapping is
-      refused instead, as the pages are handed out now)
+    - a BO made with DEFER_BACKING is backed now, as GEM_CREATE places one (evicted to
+      system memory if VRAM has no room); larger than its placement, or with system
+      memory full too: ENOMEM (xe's CPU fault would find no room: VM_FAULT_OOM; here
+      the mapping is refused instead, as the pages are handed out now)
 
     The PCI barrier offset (on a discrete device) goes to xe_pci_barrier_mmap()
     instead: length zero or more than 4096 bytes, a private mapping, or PROT_READ /

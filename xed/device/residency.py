@@ -112,17 +112,34 @@ def validate(bo: XeBo, keep: Keep) -> None:
         region.lru[bo] = None
         return
     for target in bo.placement:
-        visible = _visible_in(bo, target)
-        if target.fits(bo.size, visible) or _make_room(bo, target, visible, keep):
-            if region is not None:
-                uncharge(bo)
-            _charge(bo, target, visible)
-            for vm in bo.bound_in:
-                vm.evicted.pop(bo, None)
+        if _bring(bo, target, keep):
             return
     raise IoctlError(
         ENOMEM, f"no room for {bo.size} bytes in the BO's placement, evicting what may be"
     )
+
+
+def _bring(bo: XeBo, region: MemRegion, keep: Keep) -> bool:
+    """Charge `bo` to `region` if it has room, or once _make_room() made some."""
+    visible = _visible_in(bo, region)
+    if not (region.fits(bo.size, visible) or _make_room(bo, region, visible, keep)):
+        return False
+    _move(bo, region, visible)
+    return True
+
+
+def _move(bo: XeBo, region: MemRegion, visible: bool) -> None:
+    """Charge `bo` to `region` instead, and tell each VM binding it whether it is
+    evicted now (fault-mode VMs keep no such list: their faults bring BOs back)."""
+    if bo.region is not None:
+        uncharge(bo)
+    _charge(bo, region, visible)
+    out = evicted(bo)
+    for vm in bo.bound_in:
+        if out and not vm.fault_mode:
+            vm.evicted[bo] = None
+        else:
+            vm.evicted.pop(bo, None)
 
 
 def _make_room(bo: XeBo, region: MemRegion, visible: bool, keep: Keep) -> bool:
@@ -151,11 +168,7 @@ def _make_room(bo: XeBo, region: MemRegion, visible: bool, keep: Keep) -> bool:
     if short > 0 or short_visible > 0:
         return False
     for victim in victims:
-        uncharge(victim)
-        _charge(victim, system, False)
-        for vm in victim.bound_in:
-            if not vm.fault_mode:  # its faults bring them back, not EXEC
-                vm.evicted[victim] = None
+        _move(victim, system, False)
     return True
 
 
@@ -188,20 +201,8 @@ def prepare_binds(vm: XeVm, ops: Sequence[m.DrmXeVmBindOp], bos: Sequence[XeBo |
 def _migrate(bo: XeBo, region: MemRegion, keep: Keep) -> None:
     """xe_bo_migrate: charge `bo` to `region` of its placement, evicting as validate()
     does; ENOMEM without room."""
-    if bo.region is region:
-        return
-    visible = _visible_in(bo, region)
-    if not (region.fits(bo.size, visible) or _make_room(bo, region, visible, keep)):
+    if bo.region is not region and not _bring(bo, region, keep):
         raise IoctlError(ENOMEM, f"no room for {bo.size} bytes in region {region.instance}")
-    if bo.region is not None:
-        uncharge(bo)
-    _charge(bo, region, visible)
-    for vm in bo.bound_in:
-        if evicted(bo):
-            if not vm.fault_mode:
-                vm.evicted[bo] = None
-        else:
-            vm.evicted.pop(bo, None)
 
 
 def validate_vm(vm: XeVm) -> None:

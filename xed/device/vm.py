@@ -220,9 +220,7 @@ class XeVm:
                 if not scratch:
                     raise Unbound(pos, write)
                 # the hole, up to the next VMA: the scratch page (a NULL binding's rules)
-                following = index + 1 if vma is not None and vma.end <= pos else index
-                if following < 0:
-                    following = 0
+                following = bisect.bisect_right(self._starts, pos)
                 hole_end = self._starts[following] if following < len(self._starts) else end
                 n = min(end, hole_end) - pos
                 yield Vma(pos, pos + n, None, 0, 0), 0, n
