@@ -182,6 +182,8 @@ int drm_syncobj_wait_ioctl(struct xed_file *f, void *kdata);
 int drm_syncobj_reset_ioctl(struct xed_file *f, void *kdata);
 int drm_syncobj_signal_ioctl(struct xed_file *f, void *kdata);
 void xe_reserved(struct xcall *c, const uint64_t *r, uint32_t n);
+/* xe_ioctl.c: fills the begun call `c` with its argument, runs it, writes back */
+int xe_exec_queue_get_property(struct xcall *c, struct drm_xe_exec_queue_get_property *a);
 /* xe_exec.c: each fills the begun call `c` with its argument, runs it, writes back */
 int xe_vm_bind(struct xcall *c, struct drm_xe_vm_bind *a);
 int xe_exec_queue_create(struct xcall *c, struct drm_xe_exec_queue_create *a);

@@ -84,16 +84,13 @@ static int passes(unsigned op, uint64_t have, uint64_t want)
  * answer that does not come (no channel, the daemon gone) counts as not reset. */
 static int queue_reset(struct xed_file *f, uint32_t queue)
 {
-	static const uint64_t reserved[2];
+	struct drm_xe_exec_queue_get_property ban = {
+		.exec_queue_id = queue, .property = DRM_XE_EXEC_QUEUE_GET_PROPERTY_BAN,
+	};
 	struct xcall c;
 	if (xc_begin(&c, f, XED_OP_XE_EXEC_QUEUE_GET_PROPERTY))
 		return 0;
-	xc_u(&c, "extensions", 0);
-	xc_u(&c, "exec_queue_id", queue);
-	xc_u(&c, "property", DRM_XE_EXEC_QUEUE_GET_PROPERTY_BAN);
-	xc_u(&c, "value", 0);
-	xe_reserved(&c, reserved, 2);
-	int reset = !xc_run(&c, -1) && r_get_uint(&c.body, "value");
+	int reset = !xe_exec_queue_get_property(&c, &ban) && ban.value;
 	xc_end(&c);
 	return reset;
 }

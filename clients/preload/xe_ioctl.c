@@ -142,7 +142,7 @@ static int vm_export(struct xcall *c, struct drm_xe_vm_export *a)
 	return err;
 }
 
-static int exec_queue_get_property(struct xcall *c, struct drm_xe_exec_queue_get_property *a)
+int xe_exec_queue_get_property(struct xcall *c, struct drm_xe_exec_queue_get_property *a)
 {
 	xc_u(c, "extensions", a->extensions);
 	xc_u(c, "exec_queue_id", a->exec_queue_id);
@@ -222,7 +222,7 @@ int xe_ioctl(struct xed_file *f, unsigned nr, void *kdata)
 	case DRM_XE_VM_BIND: err = xe_vm_bind(&c, kdata); break;
 	case DRM_XE_EXEC_QUEUE_CREATE: err = xe_exec_queue_create(&c, kdata); break;
 	case DRM_XE_EXEC_QUEUE_DESTROY: err = xe_exec_queue_destroy(&c, kdata); break;
-	case DRM_XE_EXEC_QUEUE_GET_PROPERTY: err = exec_queue_get_property(&c, kdata); break;
+	case DRM_XE_EXEC_QUEUE_GET_PROPERTY: err = xe_exec_queue_get_property(&c, kdata); break;
 	case DRM_XE_EXEC: err = xe_exec(&c, kdata); break;
 	case DRM_XE_WAIT_USER_FENCE: err = xe_wait_user_fence(&c, kdata); break;
 	case DRM_XE_VM_GET_PROPERTY: err = vm_get_property(&c, kdata); break;
