@@ -38,6 +38,7 @@ from .errors import GpuFault
 from .userptr import UserptrBusy
 
 if TYPE_CHECKING:
+    from .hw_engine_group import HwEngineGroup
     from .vm import XeVm
 
 # The most the streamer does between two turns of the scheduler, so that other clients
@@ -87,7 +88,9 @@ def _addr(vm: XeVm, lo: int, hi: int) -> int:
     return (lo | (hi << 32)) & (vm.size - 1)
 
 
-async def run_batch(vm: XeVm, address: int, timeout: float | None = None) -> int:
+async def run_batch(
+    vm: XeVm, address: int, timeout: float | None = None, group: HwEngineGroup | None = None
+) -> int:
     """Run from `address` to MI_BATCH_BUFFER_END; return instructions executed.
 
     Raises GpuFault (bad address, read-only target) or BadInstruction; the caller bans
@@ -95,7 +98,9 @@ async def run_batch(vm: XeVm, address: int, timeout: float | None = None) -> int
     and faults too. MI_BATCH_BUFFER_START jumps (a second-level one returns at its end);
     a jump back, as a spinner loops, naps LOOP_NAP first (an emulated engine has no
     speed to keep, and a spinner must not take a CPU), and past `timeout` seconds since
-    the batch began (xe's job timeout: None for an LR-mode VM) the job is a hang.
+    the batch began (xe's job timeout: None for an LR-mode VM) the job is a hang. A
+    page-fault-mode job of a hw engine `group` is suspended at those naps while the
+    group runs dma-fence jobs (hw_engine_group.py).
     """
     pc = address
     executed = straight = 0
@@ -128,10 +133,10 @@ async def run_batch(vm: XeVm, address: int, timeout: float | None = None) -> int
             backwards = step.target <= pc
             pc, straight = step.target, 0
             if backwards:
-                await _nap(pc, started, timeout)
+                await _nap(pc, started, timeout, group)
             continue
         if step == WAIT:  # MI_SEMAPHORE_WAIT, not satisfied yet: poll it again
-            await _nap(pc, started, timeout)
+            await _nap(pc, started, timeout, group)
             continue
         if step == 0:
             if not returns:
@@ -142,12 +147,15 @@ async def run_batch(vm: XeVm, address: int, timeout: float | None = None) -> int
         straight += step
 
 
-async def _nap(pc: int, started: float, timeout: float | None) -> None:
+async def _nap(pc: int, started: float, timeout: float | None, group: HwEngineGroup | None) -> None:
     """A batch that waits on itself (a loop, a semaphore) polls no faster than LOOP_NAP,
-    and past `timeout` seconds since it `started` it is a hang."""
+    and past `timeout` seconds since it `started` it is a hang. It is a preemption
+    point too: a faulting LR job waits there while its `group` is in DMA_FENCE mode."""
     if timeout is not None and trio.current_time() - started > timeout:
         raise GpuFault(pc, f"job timeout ({timeout:g} s): the batch hangs")
     await trio.sleep(LOOP_NAP)
+    if group is not None:
+        await group.lr_may_run()
 
 
 @attrs.frozen

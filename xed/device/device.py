@@ -26,6 +26,7 @@ from ..stats import IoctlStats
 from .eudebug import Attachment
 from .export import ExportedObject
 from .file import XeFile
+from .hw_engine_group import HwEngineGroups
 from .ids import IdAllocator
 from .limits import DescriptorReserve
 from .memory import MemRegion, reported_bytes
@@ -84,6 +85,7 @@ class XeDevice:
         self.stats: collections.Counter[str] = collections.Counter()
         self.ioctl_stats = IoctlStats()
         self.ufences = UfenceWaiters(self)
+        self.engine_groups = HwEngineGroups()  # which jobs may run on shared hardware
         self.bar0 = Bar0(config)
         self.notice = UnplugNotice()
         self.watcher = PageWatcher(self)

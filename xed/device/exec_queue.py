@@ -57,7 +57,7 @@ class XeExecQueue:
 
     __slots__ = (
         "file", "device", "vm", "engine", "width", "id", "banned", "bind", "binds",
-        "_jobs", "_pending", "_running", "_fence", "_worker", "_stopped",
+        "group", "_jobs", "_pending", "_running", "_fence", "_worker", "_stopped",
     )  # fmt: skip
 
     def __init__(
@@ -75,6 +75,10 @@ class XeExecQueue:
         # that must wait are queued in `binds` (bind_queue.py), it has no batch worker
         self.bind = eci.engine_class == EngineClass.VM_BIND
         self.binds: BindQueue | None = None  # a bind queue's binds that wait (made at the first)
+        # the engines it shares hardware with (hw_engine_group.py); a preempt-fence-mode
+        # VM's queues are in none
+        preempt_fence_mode = vm.lr_mode and not vm.fault_mode
+        self.group = None if preempt_fence_mode else xef.device.engine_groups.of(eci)
         self._jobs: collections.deque[tuple[tuple[int, ...], Syncs, Fence]] | None = None
         self._pending = 0
         self._running = 0  # the batch the worker is on, for a crash's ban event
@@ -159,14 +163,20 @@ class XeExecQueue:
             self._running = addresses[0]
             self.device.crash_point("exec_queue")
             strict = self.device.dma_buf_config.strict_sync
+            group, faulting = self.group, self.vm.fault_mode
+            if group is not None and faulting:  # suspended while dma-fence jobs run
+                await group.lr_may_run()
             self.vm.touched = set() if strict else None
             try:
+                if group is not None and not faulting:
+                    group.dma_fence_job_started()
                 # a parallel job's lanes run one after the other: what they write is
                 # what running side by side writes, unless one waits for another
                 timeout = None if self.vm.lr_mode else self.device.config.job_timeout_ms / 1000
+                suspend = group if faulting else None
                 for address in addresses:
                     self._running = address
-                    await run_batch(self.vm, address, timeout)
+                    await run_batch(self.vm, address, timeout, suspend)
                 self.device.stats["execs"] += 1
             except GpuFault as fault:
                 self._ban(fault)
@@ -175,6 +185,8 @@ class XeExecQueue:
                     # fences are never written (a waiter on the queue gets EIO)
                     return
             finally:
+                if group is not None and not faulting:
+                    group.dma_fence_job_done()
                 touched, self.vm.touched = self.vm.touched, None
                 if touched:
                     self._check_cpu_windows(touched)
