@@ -97,6 +97,21 @@ class PrimeOps:
         """DMA_BUF_IOCTL_SYNC: DMA_BUF_SYNC_START/END | READ/WRITE/RW."""
         self.ioctl(Op.DMA_BUF_IOCTL_SYNC, m.DmaBufSync(flags=flags), fds=[fd])
 
+    def dmabuf_export_sync_file(self: _Device, fd: int, flags: int = DMA_BUF_SYNC_RW) -> int:
+        """DMA_BUF_IOCTL_EXPORT_SYNC_FILE: a sync file (yours to poll, pass or close) of
+        the fences an access must wait for: WRITE in `flags`, every one; READ alone, the
+        writers'. It polls readable (POLLIN) once they are all signalled."""
+        _reply, (sync_fd,) = self.ioctl_fds(
+            Op.DMA_BUF_EXPORT_SYNC_FILE, m.DmaBufSyncFile(flags=flags), fds=[fd]
+        )
+        return sync_fd
+
+    def dmabuf_import_sync_file(self: _Device, fd: int, sync_fd: int, flags: int) -> None:
+        """DMA_BUF_IOCTL_IMPORT_SYNC_FILE: the sync file's fence joins the dma-buf's,
+        a writer's (WRITE in `flags`) or a reader's (READ)."""
+        args = m.DmaBufSyncFile(flags=flags, fd=sync_fd)
+        self.ioctl(Op.DMA_BUF_IMPORT_SYNC_FILE, args, fds=[fd, sync_fd])
+
     @contextlib.contextmanager
     def cpu_access(self: _Device, fd: int, write: bool = True) -> Iterator[None]:
         """Bracket CPU access to a mapped dma-buf, as the exporter needs for coherency."""

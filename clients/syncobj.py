@@ -19,6 +19,8 @@ from protocols import Op
 from protocols import messages as m
 from protocols.constants import (
     DRM_SYNCOBJ_CREATE_SIGNALED,
+    DRM_SYNCOBJ_FD_TO_HANDLE_FLAGS_IMPORT_SYNC_FILE,
+    DRM_SYNCOBJ_HANDLE_TO_FD_FLAGS_EXPORT_SYNC_FILE,
     DRM_SYNCOBJ_WAIT_FLAGS_WAIT_ALL,
     DRM_SYNCOBJ_WAIT_FLAGS_WAIT_FOR_SUBMIT,
     DRM_XE_SYNC_FLAG_SIGNAL,
@@ -76,6 +78,37 @@ def reset(dev: Device, handles: Iterable[int]) -> None:
 def signal(dev: Device, handles: Iterable[int]) -> None:
     """drmSyncobjSignal: each holds a signalled fence."""
     dev.ioctl(Op.SYNCOBJ_SIGNAL, m.DrmSyncobjArray(handles=_handles(handles)))
+
+
+def handle_to_fd(dev: Device, handle: int) -> int:
+    """drmSyncobjHandleToFD: the syncobj as a descriptor (yours to pass or close)."""
+    return _to_fd(dev, m.DrmSyncobjFd(handle=handle))
+
+
+def fd_to_handle(dev: Device, fd: int) -> int:
+    """drmSyncobjFDToHandle: a handle of `dev`'s file for the syncobj `fd` stands for."""
+    args = m.DrmSyncobjFd(fd=fd)
+    reply: m.DrmSyncobjFdReply = dev.ioctl(Op.SYNCOBJ_FD_TO_HANDLE, args, fds=[fd])
+    return reply.handle
+
+
+def export_sync_file(dev: Device, handle: int) -> int:
+    """drmSyncobjExportSyncFile: a sync file of the fence the syncobj holds now; it polls
+    readable (POLLIN) once that fence is signalled."""
+    flags = DRM_SYNCOBJ_HANDLE_TO_FD_FLAGS_EXPORT_SYNC_FILE
+    return _to_fd(dev, m.DrmSyncobjFd(handle=handle, flags=flags))
+
+
+def import_sync_file(dev: Device, handle: int, sync_fd: int) -> None:
+    """drmSyncobjImportSyncFile: the syncobj holds the sync file's fence from now on."""
+    flags = DRM_SYNCOBJ_FD_TO_HANDLE_FLAGS_IMPORT_SYNC_FILE
+    args = m.DrmSyncobjFd(handle=handle, flags=flags, fd=sync_fd)
+    dev.ioctl(Op.SYNCOBJ_FD_TO_HANDLE, args, fds=[sync_fd])
+
+
+def _to_fd(dev: Device, args: m.DrmSyncobjFd) -> int:
+    _reply, (fd,) = dev.ioctl_fds(Op.SYNCOBJ_HANDLE_TO_FD, args)
+    return fd
 
 
 def signal_sync(handle: int) -> m.DrmXeSync:

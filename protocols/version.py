@@ -1,7 +1,9 @@
 """Protocol version. A peer with another major version is refused with EPROTO."""
 
 PROTOCOL_MAJOR = 1
-PROTOCOL_MINOR = 2  # 1: DEVICE_QUERY GT_TOPOLOGY, UC_FW_VERSION; 2: EXEC addresses
+# minor 1: DEVICE_QUERY GT_TOPOLOGY, UC_FW_VERSION; 2: EXEC addresses; 3: syncobj
+# descriptors and sync files (SYNCOBJ_HANDLE_TO_FD, ..._SYNC_FILE)
+PROTOCOL_MINOR = 3
 PROTOCOL_VERSION = (PROTOCOL_MAJOR, PROTOCOL_MINOR)
 
 

@@ -121,6 +121,40 @@ class Gpu:
         self.cpu.close()
 
 
+# a spinner's marks in a Gpu's batch BO (below the batches, which start at 0x100)
+SPIN_START, SPIN_END, SPIN_COUNT = 0x40, 0x48, 0x50
+
+
+def start_spinner(
+    gpu: Gpu, queue: int | None = None, count: bool = False, syncs: Iterable[m.DrmXeSync] = ()
+) -> int:
+    """A spinner on `queue` (the Gpu's own by default): marks SPIN_START, then loops
+    (adding one to SPIN_COUNT each turn, if `count`) until the CPU writes 0 at SPIN_END.
+    Its user-fence value, once it runs; `syncs` go with its EXEC beside that fence."""
+    gpu.cpu.write_u32(SPIN_END, 1)
+    base = gpu.place(Batch().raw(*([0] * 32)))
+    loop = base + 16  # right after the SPIN_START mark's store
+    body = Batch().store_dword(BATCH_VA + SPIN_START, 0xC0FFEE).arb_check()
+    if count:
+        body = body.atomic_inc(BATCH_VA + SPIN_COUNT)
+    body = body.cond_end(BATCH_VA + SPIN_END, 0, mode=0).batch_start(loop)
+    offset = base - BATCH_VA
+    gpu.cpu[offset : offset + len(body)] = body.tobytes()
+    gpu._seq += 1
+    fence = user_fence(BATCH_VA + FENCE, gpu._seq)
+    gpu.dev.exec(queue or gpu.queue, base, syncs=[fence, *syncs])
+    deadline = time.monotonic() + 10
+    while gpu.cpu.read_u32(SPIN_START) != 0xC0FFEE:
+        assert time.monotonic() < deadline, "the spinner never started"
+        time.sleep(0.001)
+    return gpu._seq
+
+
+def end_spinner(gpu: Gpu, seq: int) -> None:
+    gpu.cpu.write_u32(SPIN_END, 0)
+    gpu.wait(seq)
+
+
 # --- children forked from the test process (as uid 65534, or not) ------------------------------
 
 

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from helpers import BATCH_VA, FENCE, Gpu
+from helpers import BATCH_VA, FENCE, SPIN_COUNT, Gpu, end_spinner, start_spinner
 
 from clients import Batch, Device
 from clients.daemon import DaemonProcess
@@ -22,7 +22,7 @@ from protocols.constants import (
 
 LR = DRM_XE_VM_CREATE_FLAG_LR_MODE
 FAULT = LR | DRM_XE_VM_CREATE_FLAG_FAULT_MODE
-START, END, COUNT, STORED = 0x40, 0x48, 0x50, 0x58  # marks in a Gpu's batch BO
+STORED = 0x58  # where a store lands in a Gpu's batch BO (past the spinner's marks)
 HELD = 0.3  # s: how long a held job is watched not running (never a bound on speed)
 
 
@@ -32,31 +32,6 @@ def device(fresh_daemon: DaemonProcess) -> Iterator[Device]:
     dev = Device.open(fresh_daemon.socket_path)
     yield dev
     dev.close()
-
-
-def start_spinner(gpu: Gpu, queue: int, count: bool = False) -> int:
-    """A spinner on `queue`: marks START, then loops (adding one to COUNT each turn, if
-    `count`) until the CPU writes 0 at END. Returns its user-fence value once it runs."""
-    gpu.cpu.write_u32(END, 1)
-    base = gpu.place(Batch().raw(*([0] * 32)))
-    loop = base + 16  # right after the START mark's store
-    body = Batch().store_dword(BATCH_VA + START, 0xC0FFEE).arb_check()
-    if count:
-        body = body.atomic_inc(BATCH_VA + COUNT)
-    body = body.cond_end(BATCH_VA + END, 0, mode=0).batch_start(loop)
-    offset = base - BATCH_VA
-    gpu.cpu[offset : offset + len(body)] = body.tobytes()
-    seq = gpu.submit_at(base, queue)
-    deadline = time.monotonic() + 10
-    while gpu.cpu.read_u32(START) != 0xC0FFEE:
-        assert time.monotonic() < deadline, "the spinner never started"
-        time.sleep(0.001)
-    return seq
-
-
-def end_spinner(gpu: Gpu, seq: int) -> None:
-    gpu.cpu.write_u32(END, 0)
-    gpu.wait(seq)
 
 
 def store(gpu: Gpu, queue: int) -> int:
@@ -114,12 +89,12 @@ def test_a_running_faulting_job_is_suspended_and_resumed(device: Device) -> None
     compute = device.exec_queue_create(fence_mode.vm, EngineClass.COMPUTE)
     spin = start_spinner(fence_mode, compute)
     time.sleep(0.05)  # the faulting spinner's turn under way, if any, ends
-    turns = faulting.cpu.read_u32(COUNT)
+    turns = faulting.cpu.read_u32(SPIN_COUNT)
     time.sleep(HELD)
-    assert faulting.cpu.read_u32(COUNT) == turns  # suspended
+    assert faulting.cpu.read_u32(SPIN_COUNT) == turns  # suspended
     end_spinner(fence_mode, spin)
     deadline = time.monotonic() + 10
-    while faulting.cpu.read_u32(COUNT) == turns:  # resumed
+    while faulting.cpu.read_u32(SPIN_COUNT) == turns:  # resumed
         assert time.monotonic() < deadline, "the faulting spinner was never resumed"
         time.sleep(0.001)
     end_spinner(faulting, lr_spin)

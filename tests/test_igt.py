@@ -77,6 +77,7 @@ PARTLY = {
     },
     "xe_exec_atomic": {},  # MI_ATOMIC INC and DEC on every engine and memory region
     "xe_exec_mix_modes": {},  # page-fault-mode and dma-fence jobs on one engine group
+    "xe_dma_buf_sync": {},  # sync files through syncobjs and a dma-buf's reservation
     "xe_exec_fault_mode": {  # page-fault-mode VMs: binds, rebinds, PREFETCH, invalid VAs
         "*multi-queue*": ("SKIP", "multi-queue engines are graphics version 35's and later"),
         "many-*invalidate-race*": (

@@ -276,6 +276,13 @@ def test_syncobjs(daemon: DaemonProcess, program: Programs) -> None:
     passes(daemon.socket_path, program("syncobj"))
 
 
+def test_sync_files(daemon: DaemonProcess, program: Programs) -> None:
+    """SYNCOBJ_HANDLE_TO_FD / FD_TO_HANDLE and the dma-buf's EXPORT/IMPORT_SYNC_FILE from
+    C, errno for errno (tests/test_sync_file.py holds their semantics)."""
+    out = passes(daemon.socket_path, program("sync_file"))
+    assert "sync files ok" in out
+
+
 def test_host_settings_igt_changes_as_root_are_stood_in_for(
     daemon: DaemonProcess, program: Programs
 ) -> None:

@@ -182,6 +182,9 @@ static const struct drm_ioctl_desc core_ioctls[0x100] = {
 	[0x2e] = {sizeof(struct drm_prime_handle), prime_fd_to_handle},
 	[0xbf] = {sizeof(struct drm_syncobj_create), drm_syncobj_create_ioctl},
 	[0xc0] = {sizeof(struct drm_syncobj_destroy), drm_syncobj_destroy_ioctl},
+	/* 24 bytes since `point`: an older program's 16 are zero-filled (point 0) */
+	[0xc1] = {sizeof(struct drm_syncobj_handle), drm_syncobj_handle_to_fd_ioctl},
+	[0xc2] = {sizeof(struct drm_syncobj_handle), drm_syncobj_fd_to_handle_ioctl},
 	[0xc3] = {sizeof(struct drm_syncobj_wait), drm_syncobj_wait_ioctl},
 	[0xc4] = {sizeof(struct drm_syncobj_array), drm_syncobj_reset_ioctl},
 	[0xc5] = {sizeof(struct drm_syncobj_array), drm_syncobj_signal_ioctl},

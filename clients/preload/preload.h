@@ -110,7 +110,8 @@ int xed_private_fd(int fd); /* move a descriptor of ours out of the program's wa
 void files_after_fork(void);
 
 /* --- sock.c: datagrams ------------------------------------------------------------ */
-int send_frame(int fd, const void *data, size_t len, int fd_in); /* 0 or errno */
+/* one datagram with nfds descriptors attached (each open, or EBADF): 0 or errno */
+int send_frame(int fd, const void *data, size_t len, const int *fds, int nfds);
 /* one datagram: its length (its descriptors in fds[], *nfds of them), or -errno */
 long recv_frame(int fd, void *buf, size_t cap, int *fds, int *nfds);
 long recv_queued(int fd, void *buf, size_t cap); /* a datagram already there, or -1 */
@@ -140,6 +141,9 @@ void xc_i(struct xcall *c, const char *key, int64_t v);
 void xc_u64s(struct xcall *c, const char *key, const uint64_t *v, uint32_t n);
 void xc_u16s(struct xcall *c, const char *key, const uint16_t *v, uint32_t n);
 int xc_run(struct xcall *c, int fd_in); /* the reply's errno (0: success) */
+/* xc_run with nfds descriptors attached, in that order (the daemon reads them as the op
+ * lists them): the reply's errno; EBADF if one of them is not open */
+int xc_run_fds(struct xcall *c, const int *fds, int nfds);
 int xc_take_fd(struct xcall *c);	/* the reply's first descriptor, now the caller's */
 void xc_end_fds(struct xcall *c);	/* close the reply's descriptors not taken */
 void xc_end(struct xcall *c);
@@ -175,12 +179,15 @@ int drm_ioctl(struct xed_file *f, int fd, unsigned long cmd, uint64_t arg); /* 0
 int xe_ioctl(struct xed_file *f, unsigned nr, void *kdata);		  /* 0 or errno */
 int xe_query(struct xed_file *f, struct drm_xe_device_query *q);
 int drm_version_ioctl(struct xed_file *f, void *kdata);
-/* syncobj.c: DRM core's binary syncobj ioctls, argument as ioctl.c framed it */
+/* syncobj.c: DRM core's binary syncobj ioctls (and their descriptors), argument as ioctl.c
+ * framed it */
 int drm_syncobj_create_ioctl(struct xed_file *f, void *kdata);
 int drm_syncobj_destroy_ioctl(struct xed_file *f, void *kdata);
 int drm_syncobj_wait_ioctl(struct xed_file *f, void *kdata);
 int drm_syncobj_reset_ioctl(struct xed_file *f, void *kdata);
 int drm_syncobj_signal_ioctl(struct xed_file *f, void *kdata);
+int drm_syncobj_handle_to_fd_ioctl(struct xed_file *f, void *kdata);
+int drm_syncobj_fd_to_handle_ioctl(struct xed_file *f, void *kdata);
 void xe_reserved(struct xcall *c, const uint64_t *r, uint32_t n);
 /* xe_ioctl.c: fills the begun call `c` with its argument, runs it, writes back */
 int xe_exec_queue_get_property(struct xcall *c, struct drm_xe_exec_queue_get_property *a);

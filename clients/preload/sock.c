@@ -33,22 +33,35 @@ static int lost(const char *what, int err)
 	return ENODEV;
 }
 
-int send_frame(int fd, const void *data, size_t len, int fd_in)
+/* is one of the n descriptors to attach not open? (sendmsg's EBADF does not say which
+ * descriptor it met: ours, or one passed in the argument) */
+static int any_closed(const int *fds, int n)
+{
+	for (int i = 0; i < n; i++)
+		if (sys_fcntl(fds[i], F_GETFD, 0L) < 0)
+			return 1;
+	return 0;
+}
+
+int send_frame(int fd, const void *data, size_t len, const int *fds, int nfds)
 {
 	union {
-		char buf[CMSG_SPACE(sizeof(int))];
+		char buf[CMSG_SPACE(sizeof(int) * XED_MAX_FDS)];
 		struct cmsghdr align;
 	} u;
 	struct iovec iov = {(void *)data, len};
 	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
-	if (fd_in >= 0) {
+	if (nfds < 0 || nfds > XED_MAX_FDS)
+		return EINVAL; /* more than the daemon takes with one frame */
+	if (nfds) {
+		/* one SCM_RIGHTS message, in order: the daemon reads them as the op lists them */
 		msg.msg_control = u.buf;
-		msg.msg_controllen = sizeof u.buf;
+		msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
 		struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
 		cm->cmsg_level = SOL_SOCKET;
 		cm->cmsg_type = SCM_RIGHTS;
-		cm->cmsg_len = CMSG_LEN(sizeof(int));
-		memcpy(CMSG_DATA(cm), &fd_in, sizeof(int));
+		cm->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
+		memcpy(CMSG_DATA(cm), fds, sizeof(int) * (size_t)nfds);
 	}
 	for (;;) {
 		if (syscall(SYS_sendmsg, (long)fd, &msg, (long)MSG_NOSIGNAL) >= 0)
@@ -60,8 +73,8 @@ int send_frame(int fd, const void *data, size_t len, int fd_in)
 				return ENODEV;
 			continue;
 		}
-		if (errno == EBADF && fd_in >= 0 && sys_fcntl(fd_in, F_GETFD, 0L) < 0)
-			return EBADF; /* the descriptor passed in the argument is not open */
+		if (errno == EBADF && any_closed(fds, nfds))
+			return EBADF; /* a descriptor passed in the argument is not open */
 		return lost("sendmsg", errno);
 	}
 }

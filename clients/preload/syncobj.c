@@ -1,8 +1,13 @@
 /*
  * syncobj.c - DRM core's binary syncobj ioctls (drm_syncobj.c) as daemon requests:
- * CREATE, DESTROY, WAIT, RESET and SIGNAL. The fd and timeline ones (HANDLE_TO_FD,
- * FD_TO_HANDLE, TIMELINE_WAIT, QUERY, TRANSFER, TIMELINE_SIGNAL, EVENTFD) are not
- * emulated: ioctl.c has no entry for them, so they are EINVAL as any unknown number.
+ * CREATE, DESTROY, WAIT, RESET and SIGNAL, and the descriptors HANDLE_TO_FD and
+ * FD_TO_HANDLE make: a syncobj's own (another drm file, or process, imports it) or, with
+ * EXPORT_SYNC_FILE / IMPORT_SYNC_FILE, a sync file of the fence it holds. Either is a
+ * socket the daemon holds the other end of, sent and received as SCM_RIGHTS; a sync
+ * file polls readable once its fence is signalled, so the program polls and closes it
+ * with no help from here. The timeline ones (TIMELINE_WAIT, QUERY, TRANSFER,
+ * TIMELINE_SIGNAL, EVENTFD) are not emulated: ioctl.c has no entry for them, so they
+ * are EINVAL as any unknown number.
  *
  * The handles array is read from the program with copy_from_user after the checks the
  * kernel makes before its own copy (WAIT: flags, then count; RESET and SIGNAL: pad,
@@ -116,4 +121,57 @@ int drm_syncobj_reset_ioctl(struct xed_file *f, void *kdata)
 int drm_syncobj_signal_ioctl(struct xed_file *f, void *kdata)
 {
 	return syncobj_array(f, XED_OP_SYNCOBJ_SIGNAL, kdata);
+}
+
+/* HANDLE_TO_FD and FD_TO_HANDLE: every field as the program gave it; the daemon checks
+ * pad and flags (EINVAL) first, as drm_syncobj.c does */
+static void put_syncobj_handle(struct xcall *c, const struct drm_syncobj_handle *a)
+{
+	xc_u(c, "handle", a->handle);
+	xc_u(c, "flags", a->flags);
+	xc_i(c, "fd", a->fd);
+	xc_u(c, "pad", a->pad);
+	xc_u(c, "point", a->point);
+}
+
+/* The reply's descriptor arrives close-on-exec (recv_frame), which is what the kernel
+ * makes a syncobj's file and a sync file: no flag here asks for anything else. */
+int drm_syncobj_handle_to_fd_ioctl(struct xed_file *f, void *kdata)
+{
+	struct drm_syncobj_handle *a = kdata;
+	struct xcall c;
+	int err = xc_begin(&c, f, XED_OP_SYNCOBJ_HANDLE_TO_FD);
+	if (err)
+		return err;
+	put_syncobj_handle(&c, a);
+	err = xc_run(&c, -1);
+	int fd = err ? -1 : xc_take_fd(&c);
+	xc_end(&c);
+	if (err)
+		return err;
+	if (fd < 0)
+		return EIO;
+	fd_forget(fd); /* a number just handed out: no drm file or dma-buf of ours */
+	a->fd = fd;
+	return 0;
+}
+
+/* The kernel looks the descriptor up with fdget() (sync_file_get_fence() with
+ * IMPORT_SYNC_FILE), whose failure is EINVAL there, not EBADF: so is a negative one
+ * here, without asking, and one sendmsg finds closed. */
+int drm_syncobj_fd_to_handle_ioctl(struct xed_file *f, void *kdata)
+{
+	struct drm_syncobj_handle *a = kdata;
+	if (a->fd < 0)
+		return EINVAL;
+	struct xcall c;
+	int err = xc_begin(&c, f, XED_OP_SYNCOBJ_FD_TO_HANDLE);
+	if (err)
+		return err;
+	put_syncobj_handle(&c, a);
+	err = xc_run(&c, a->fd);
+	if (!err)
+		a->handle = (uint32_t)r_get_uint(&c.body, "handle");
+	xc_end(&c);
+	return err == EBADF ? EINVAL : err;
 }

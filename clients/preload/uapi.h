@@ -110,7 +110,7 @@ XED_CHECK(drm_prime_handle, 12);
 XED_AT(drm_prime_handle, flags, 4);
 XED_AT(drm_prime_handle, fd, 8);
 
-/* drm_syncobj.c: binary syncobjs (the timeline ioctls and the fd ones are not emulated) */
+/* drm_syncobj.c: binary syncobjs and their descriptors (the timeline ioctls are not emulated) */
 #define DRM_SYNCOBJ_CREATE_SIGNALED (1 << 0)
 struct drm_syncobj_create {
 	uint32_t handle;
@@ -156,6 +156,25 @@ XED_CHECK(drm_syncobj_array, 16);
 XED_AT(drm_syncobj_array, count_handles, 8);
 XED_AT(drm_syncobj_array, pad, 12);
 
+/* HANDLE_TO_FD / FD_TO_HANDLE; `point` came later (programs built before it send the
+ * 16 bytes up to pad: drm_ioctl() zero-fills the rest, as the kernel does) */
+#define DRM_SYNCOBJ_FD_TO_HANDLE_FLAGS_IMPORT_SYNC_FILE (1 << 0)
+#define DRM_SYNCOBJ_HANDLE_TO_FD_FLAGS_EXPORT_SYNC_FILE (1 << 0)
+#define DRM_SYNCOBJ_HANDLE_TO_FD_FLAGS_TIMELINE (1 << 1)
+struct drm_syncobj_handle {
+	uint32_t handle;
+	uint32_t flags;
+	int32_t fd;
+	uint32_t pad;
+	uint64_t point;
+};
+XED_CHECK(drm_syncobj_handle, 24);
+XED_AT(drm_syncobj_handle, handle, 0);
+XED_AT(drm_syncobj_handle, flags, 4);
+XED_AT(drm_syncobj_handle, fd, 8);
+XED_AT(drm_syncobj_handle, pad, 12);
+XED_AT(drm_syncobj_handle, point, 16);
+
 #define DRM_IOCTL_VERSION DRM_IOWR(0x00, struct drm_version)
 #define DRM_IOCTL_GEM_CLOSE DRM_IOW(0x09, struct drm_gem_close)
 #define DRM_IOCTL_GEM_FLINK DRM_IOWR(0x0a, struct drm_gem_flink)
@@ -166,6 +185,8 @@ XED_AT(drm_syncobj_array, pad, 12);
 #define DRM_IOCTL_PRIME_FD_TO_HANDLE DRM_IOWR(0x2e, struct drm_prime_handle)
 #define DRM_IOCTL_SYNCOBJ_CREATE DRM_IOWR(0xbf, struct drm_syncobj_create)
 #define DRM_IOCTL_SYNCOBJ_DESTROY DRM_IOWR(0xc0, struct drm_syncobj_destroy)
+#define DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD DRM_IOWR(0xc1, struct drm_syncobj_handle)
+#define DRM_IOCTL_SYNCOBJ_FD_TO_HANDLE DRM_IOWR(0xc2, struct drm_syncobj_handle)
 #define DRM_IOCTL_SYNCOBJ_WAIT DRM_IOWR(0xc3, struct drm_syncobj_wait)
 #define DRM_IOCTL_SYNCOBJ_RESET DRM_IOWR(0xc4, struct drm_syncobj_array)
 #define DRM_IOCTL_SYNCOBJ_SIGNAL DRM_IOWR(0xc5, struct drm_syncobj_array)
@@ -786,8 +807,24 @@ struct dma_buf_sync {
 	uint64_t flags;
 };
 XED_CHECK(dma_buf_sync, 8);
+struct dma_buf_export_sync_file {
+	uint32_t flags; /* DMA_BUF_SYNC_READ / WRITE / RW */
+	int32_t fd;	/* out: the sync file */
+};
+XED_CHECK(dma_buf_export_sync_file, 8);
+XED_AT(dma_buf_export_sync_file, fd, 4);
+struct dma_buf_import_sync_file {
+	uint32_t flags;
+	int32_t fd; /* the sync file whose fence joins the dma-buf's */
+};
+XED_CHECK(dma_buf_import_sync_file, 8);
+XED_AT(dma_buf_import_sync_file, fd, 4);
 #define DMA_BUF_BASE 'b'
 #define DMA_BUF_IOCTL_SYNC XED_IOC(XED_IOC_WRITE, DMA_BUF_BASE, 0, sizeof(struct dma_buf_sync))
+#define DMA_BUF_IOCTL_EXPORT_SYNC_FILE \
+	XED_IOC(XED_IOC_READ | XED_IOC_WRITE, DMA_BUF_BASE, 2, sizeof(struct dma_buf_export_sync_file))
+#define DMA_BUF_IOCTL_IMPORT_SYNC_FILE \
+	XED_IOC(XED_IOC_WRITE, DMA_BUF_BASE, 3, sizeof(struct dma_buf_import_sync_file))
 
 /* the ioctl numbers themselves, as the uAPI headers expand them */
 _Static_assert(DRM_IOCTL_VERSION == 0xc0406400ul, "DRM_IOCTL_VERSION");
@@ -800,6 +837,8 @@ _Static_assert(DRM_IOCTL_PRIME_HANDLE_TO_FD == 0xc00c642dul, "DRM_IOCTL_PRIME_HA
 _Static_assert(DRM_IOCTL_PRIME_FD_TO_HANDLE == 0xc00c642eul, "DRM_IOCTL_PRIME_FD_TO_HANDLE");
 _Static_assert(DRM_IOCTL_SYNCOBJ_CREATE == 0xc00864bful, "DRM_IOCTL_SYNCOBJ_CREATE");
 _Static_assert(DRM_IOCTL_SYNCOBJ_DESTROY == 0xc00864c0ul, "DRM_IOCTL_SYNCOBJ_DESTROY");
+_Static_assert(DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD == 0xc01864c1ul, "DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD");
+_Static_assert(DRM_IOCTL_SYNCOBJ_FD_TO_HANDLE == 0xc01864c2ul, "DRM_IOCTL_SYNCOBJ_FD_TO_HANDLE");
 _Static_assert(DRM_IOCTL_SYNCOBJ_WAIT == 0xc02864c3ul, "DRM_IOCTL_SYNCOBJ_WAIT");
 _Static_assert(DRM_IOCTL_SYNCOBJ_RESET == 0xc01064c4ul, "DRM_IOCTL_SYNCOBJ_RESET");
 _Static_assert(DRM_IOCTL_SYNCOBJ_SIGNAL == 0xc01064c5ul, "DRM_IOCTL_SYNCOBJ_SIGNAL");
@@ -810,5 +849,7 @@ _Static_assert(DRM_IOCTL_XE_VM_BIND == 0x40886445ul, "DRM_IOCTL_XE_VM_BIND");
 _Static_assert(DRM_IOCTL_XE_EXEC == 0x40386449ul, "DRM_IOCTL_XE_EXEC");
 _Static_assert(DRM_IOCTL_XE_WAIT_USER_FENCE == 0xc048644aul, "DRM_IOCTL_XE_WAIT_USER_FENCE");
 _Static_assert(DMA_BUF_IOCTL_SYNC == 0x40086200ul, "DMA_BUF_IOCTL_SYNC");
+_Static_assert(DMA_BUF_IOCTL_EXPORT_SYNC_FILE == 0xc0086202ul, "DMA_BUF_IOCTL_EXPORT_SYNC_FILE");
+_Static_assert(DMA_BUF_IOCTL_IMPORT_SYNC_FILE == 0x40086203ul, "DMA_BUF_IOCTL_IMPORT_SYNC_FILE");
 
 #endif /* XED_UAPI_H */

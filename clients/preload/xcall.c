@@ -75,6 +75,11 @@ static int hung_up(int fd, uint8_t *buf, size_t cap, int said)
 
 int xc_run(struct xcall *c, int fd_in)
 {
+	return xc_run_fds(c, &fd_in, fd_in >= 0 ? 1 : 0);
+}
+
+int xc_run_fds(struct xcall *c, const int *fds, int nfds)
+{
 	if (c->w.overflow)
 		return EINVAL; /* more than a datagram holds: the daemon would refuse it */
 	uint8_t *m = c->w.p + c->map_at + 1;
@@ -89,7 +94,7 @@ int xc_run(struct xcall *c, int fd_in)
 	int fd = c->chan->fd;
 	uint8_t *in = c->chan->buf + XED_SEND_CAP;
 	size_t cap = XED_CHAN_BUF - XED_SEND_CAP;
-	int err = send_frame(fd, c->w.p, c->w.len, fd_in);
+	int err = send_frame(fd, c->w.p, c->w.len, fds, nfds);
 	if (err)
 		return err == ENODEV ? hung_up(fd, in, cap, 0) : err;
 	int said = 0; /* a PROTOCOL_ERROR event's errno, until our reply comes */

@@ -22,6 +22,8 @@ class XedObjectCounts:
     vm_exports: int = u32()
     aux_registrations: int = u32()
     syncobjs: int = u32()
+    sync_files: int = u32()
+    syncobj_fds: int = u32()
 
 
 @frozen

@@ -154,6 +154,23 @@ class DrmSyncobjArray:
     pad: int = u32("must be zero")
 
 
+@frozen
+class DrmSyncobjFd:
+    """struct drm_syncobj_handle (HANDLE_TO_FD, FD_TO_HANDLE). The descriptor travels
+    attached: FD_TO_HANDLE's in the request, HANDLE_TO_FD's in the reply."""
+
+    handle: int = u32("the syncobj (HANDLE_TO_FD; FD_TO_HANDLE with IMPORT_SYNC_FILE)")
+    flags: int = u32("EXPORT_SYNC_FILE (| TIMELINE) / IMPORT_SYNC_FILE")
+    fd: int = s32("the caller's number for the attached descriptor; informational")
+    pad: int = u32("must be zero")
+    point: int = u64("HANDLE_TO_FD with TIMELINE: the timeline point (0 on a binary one)")
+
+
+@frozen
+class DrmSyncobjFdReply:
+    handle: int = u32("FD_TO_HANDLE: the new handle (IMPORT_SYNC_FILE: the one given)")
+
+
 # --- PRIME and dma-buf ------------------------------------------------------------------
 @frozen
 class DrmPrimeHandle:
@@ -175,6 +192,15 @@ class DmaBufSync:
     """struct dma_buf_sync (DMA_BUF_IOCTL_SYNC) on the attached dma-buf."""
 
     flags: int = u64("DMA_BUF_SYNC_START/END | READ/WRITE/RW")
+
+
+@frozen
+class DmaBufSyncFile:
+    """struct dma_buf_export_sync_file / dma_buf_import_sync_file on the attached
+    dma-buf (IMPORT: the sync file attached second)."""
+
+    flags: int = u32("DMA_BUF_SYNC_READ / WRITE / RW")
+    fd: int = s32("the caller's number for the sync file; informational")
 
 
 @frozen

@@ -11,6 +11,7 @@ from errno import (
     ENODEV,
     ENOENT,
     ENOMEM,
+    EOPNOTSUPP,
     EPERM,
     EPROTO,
     ETIME,
@@ -157,6 +158,47 @@ SPECS: tuple[OpSpec, ...] = (
         ),
     ),
     OpSpec(
+        op=Op.SYNCOBJ_HANDLE_TO_FD,
+        request=m.DrmSyncobjFd,
+        reply=m.DrmSyncobjFdReply,
+        fds_out=1,
+        doc=(
+            "DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD: the syncobj as a descriptor another process "
+            "(or drm file) imports with FD_TO_HANDLE; with EXPORT_SYNC_FILE, a sync file "
+            "of the fence it holds now instead, which polls readable (POLLIN) once that "
+            "fence is signalled. TIMELINE (with EXPORT_SYNC_FILE) asks for `point`: 0 "
+            "is the fence a binary syncobj holds."
+        ),
+        errors=(
+            RESERVE_FD,
+            (EINVAL, "pad not zero"),
+            (EINVAL, "flags other than none, EXPORT_SYNC_FILE, EXPORT_SYNC_FILE | TIMELINE"),
+            (EINVAL, "no flags: the handle names no syncobj of this file"),
+            (ENOENT, "EXPORT_SYNC_FILE: the handle names no syncobj of this file"),
+            (EINVAL, "EXPORT_SYNC_FILE: the syncobj holds no fence, or a point above 0"),
+            (ENOMEM, "limits.exported: this client's exported objects still alive"),
+        ),
+    ),
+    OpSpec(
+        op=Op.SYNCOBJ_FD_TO_HANDLE,
+        request=m.DrmSyncobjFd,
+        reply=m.DrmSyncobjFdReply,
+        fds_in=1,
+        doc=(
+            "DRM_IOCTL_SYNCOBJ_FD_TO_HANDLE: a new handle of this file for the syncobj "
+            "the attached descriptor stands for (the same syncobj: a fence put in through "
+            "either handle is seen through both); with IMPORT_SYNC_FILE, the syncobj "
+            "`handle` holds the attached sync file's fence from now on instead."
+        ),
+        errors=(
+            (EINVAL, "pad not zero"),
+            (EINVAL, "flags other than none or IMPORT_SYNC_FILE"),
+            (EINVAL, "the descriptor is not a syncobj's (IMPORT_SYNC_FILE: not a sync file)"),
+            GONE,
+            (ENOENT, "IMPORT_SYNC_FILE: the handle names no syncobj of this file"),
+        ),
+    ),
+    OpSpec(
         op=Op.PRIME_HANDLE_TO_FD,
         request=m.DrmPrimeHandle,
         reply=m.DrmPrimeHandleReply,
@@ -237,6 +279,52 @@ SPECS: tuple[OpSpec, ...] = (
             GONE,
             (EINVAL, "flags outside DMA_BUF_SYNC_VALID_FLAGS_MASK"),
             (EINVAL, "neither READ nor WRITE"),
+        ),
+    ),
+    OpSpec(
+        op=Op.DMA_BUF_EXPORT_SYNC_FILE,
+        request=m.DmaBufSyncFile,
+        reply=m.Empty,
+        fds_in=1,
+        fds_out=1,
+        blocking=True,
+        doc=(
+            "DMA_BUF_IOCTL_EXPORT_SYNC_FILE on the attached dma-buf: a sync file of the "
+            "fences in its reservation that the access asked must wait for (WRITE: every "
+            "fence, readers' and writers'; READ: the writers'). It polls readable once "
+            "they are all signalled; with none, at once. The fences are those put in "
+            "with IMPORT_SYNC_FILE (xe's own jobs add bookkeeping fences only, which "
+            "neither export sees)."
+        ),
+        errors=(
+            LENT,
+            RESERVE_FD,
+            (EINVAL, "flags outside DMA_BUF_SYNC_RW, or neither READ nor WRITE"),
+            GONE,
+            (EINVAL, "the descriptor is not a dma-buf (or answers with untrusted memory)"),
+            (EOPNOTSUPP, "another daemon's dma-buf: its fences are that daemon's"),
+            (ENOMEM, "limits.exported: this client's exported objects still alive"),
+        ),
+    ),
+    OpSpec(
+        op=Op.DMA_BUF_IMPORT_SYNC_FILE,
+        request=m.DmaBufSyncFile,
+        reply=m.Empty,
+        fds_in=2,
+        blocking=True,
+        doc=(
+            "DMA_BUF_IOCTL_IMPORT_SYNC_FILE: the sync file attached second joins the "
+            "reservation of the dma-buf attached first, as a writer's fence (WRITE or "
+            "RW) or a reader's (READ)."
+        ),
+        errors=(
+            LENT,
+            (EINVAL, "flags outside DMA_BUF_SYNC_RW, or neither READ nor WRITE"),
+            GONE,
+            (EINVAL, "the first descriptor is not a dma-buf (or answers with untrusted memory)"),
+            (EINVAL, "the second descriptor is not a sync file"),
+            (EOPNOTSUPP, "another daemon's dma-buf: its fences are that daemon's"),
+            (ENOMEM, "the dma-buf's reservation holds MAX_FENCES unsignalled fences"),
         ),
     ),
     OpSpec(

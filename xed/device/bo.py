@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from .device import XeDevice
     from .dma_buf import DmaBuf
     from .file import XeFile
+    from .syncobj import Fence
     from .vm import XeVm
 
 
@@ -82,6 +83,8 @@ class XeBo:
         self.memfd = memfd
         self.cpu_caching = cpu_caching
         self.vm = vm  # VM-private: shares the VM's reservation, never exportable
+        # fences imported through its dma-buf (sync_file.py): (fence, a writer's?)
+        self.resv: list[tuple[Fence, bool]] | None = None
         self.refs = 1
         self.writable = True
         self.sealed = False  # its owner sealed it against writes since the import (view())

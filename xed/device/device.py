@@ -264,6 +264,8 @@ class XeDevice:
             vm_exports=self.counts["vm_export"],
             aux_registrations=sum(len(f.aux_vms) for f in self.files),
             syncobjs=self.counts["syncobj"],
+            sync_files=self.counts["sync_file"],
+            syncobj_fds=self.counts["syncobj_fd"],
         )
 
     def status(self) -> m.XedAdminStatusReply:

@@ -14,7 +14,7 @@ the foreign descriptor (and so the exporter's buffer) alive.
 from __future__ import annotations
 
 import os
-from errno import EACCES, EINVAL, ENOENT, EPERM
+from errno import EACCES, EINVAL, ENOENT, EOPNOTSUPP, EPERM
 from typing import TYPE_CHECKING, Any
 
 from protocols import messages as m
@@ -41,6 +41,7 @@ from .errors import IoctlError, refuse_if
 from .export import ExportedObject, lookup, peer_call
 from .limits import charge_export, refuse_over
 from .memory import client_memory, reopen_read_only
+from .sync_file import SyncFile, resv_add, resv_fences
 
 if TYPE_CHECKING:
     from .file import XeFile
@@ -317,3 +318,77 @@ async def dma_buf_llseek_ioctl(
     size, _writable, memfd = await _describe(xef, fd)
     os.close(memfd)
     return m.DmaBufLlseekReply(offset=size if args.whence == SEEK_END else 0)
+
+
+async def _own_dma_buf(xef: XeFile, fd: int) -> DmaBuf:
+    """This daemon's dma-buf behind `fd`: EINVAL if it is none (after asking, for a
+    descriptor of another daemon's), EOPNOTSUPP for another daemon's dma-buf, whose
+    reservation is that daemon's, as its fences are."""
+    own = xe_dma_buf_of(xef, fd)
+    if own is None:
+        _size, _writable, memfd = await _describe(xef, fd)
+        os.close(memfd)
+        raise IoctlError(EOPNOTSUPP, "another daemon's dma-buf: its fences are that daemon's")
+    return own
+
+
+def _sync_file_flags(flags: int) -> None:
+    refuse_if(flags & ~DMA_BUF_SYNC_RW, EINVAL, f"flags {flags:#x}")
+    refuse_if(not flags & DMA_BUF_SYNC_RW, EINVAL, "neither READ nor WRITE")
+
+
+async def dma_buf_export_sync_file_ioctl(
+    xef: XeFile, args: m.DmaBufSyncFile, fds: tuple[int, ...]
+) -> tuple[m.Empty, list[int]]:
+    """DMA_BUF_IOCTL_EXPORT_SYNC_FILE: a sync file of the fences of the attached
+    dma-buf's reservation that the access must wait for (WRITE: all; READ: writers').
+
+    Checks, in order:
+    - more blocking requests lending a descriptor under way for this uid than
+      limits.lent_descriptors_per_uid (checked by the server first): EMFILE
+    - the daemon is down to its descriptor reserve (limits.descriptor_reserve): EMFILE
+    - flags outside DMA_BUF_SYNC_RW, or neither READ nor WRITE: EINVAL
+    - one of ours of a device since unplugged: ENODEV
+    - not a dma-buf (or a foreign one answering with untrusted memory): EINVAL
+    - another daemon's dma-buf: EOPNOTSUPP
+    - this client's exported objects reach limits.exported: ENOMEM
+    """
+    _sync_file_flags(args.flags)
+    (fd,) = fds
+    own = await _own_dma_buf(xef, fd)
+    refuse_over(xef, "exported", xef.account.exported)
+    sync_file = SyncFile(xef.device, resv_fences(own.bo, bool(args.flags & DMA_BUF_SYNC_WRITE)))
+    charge_export(xef, sync_file)
+    return m.Empty(), [sync_file.hand_out()]
+
+
+async def dma_buf_import_sync_file_ioctl(
+    xef: XeFile, args: m.DmaBufSyncFile, fds: tuple[int, ...]
+) -> m.Empty:
+    """DMA_BUF_IOCTL_IMPORT_SYNC_FILE: the sync file (attached second) joins the
+    reservation of the dma-buf (attached first), a writer's fence with WRITE, else a
+    reader's.
+
+    Checks, in order:
+    - more blocking requests lending a descriptor under way for this uid than
+      limits.lent_descriptors_per_uid (checked by the server first): EMFILE
+    - flags outside DMA_BUF_SYNC_RW, or neither READ nor WRITE: EINVAL
+    - either one ours of a device since unplugged: ENODEV
+    - the first not a dma-buf (or a foreign one answering with untrusted memory): EINVAL
+    - the second not a sync file: EINVAL
+    - another daemon's dma-buf: EOPNOTSUPP
+    - the reservation holds sync_file.MAX_FENCES unsignalled fences: ENOMEM
+    """
+    _sync_file_flags(args.flags)
+    dma_buf_fd, sync_fd = fds
+    own = xe_dma_buf_of(xef, dma_buf_fd)
+    if own is None:  # is it a dma-buf at all? EINVAL first if not, as the kernel's
+        _size, _writable, memfd = await _describe(xef, dma_buf_fd)
+        os.close(memfd)
+    sync_file = lookup(xef.device, sync_fd)
+    refuse_if(not isinstance(sync_file, SyncFile), EINVAL, "not a sync file")
+    assert isinstance(sync_file, SyncFile)
+    refuse_if(own is None, EOPNOTSUPP, "another daemon's dma-buf: its fences are that daemon's")
+    assert own is not None
+    resv_add(own.bo, sync_file.fence, writer=bool(args.flags & DMA_BUF_SYNC_WRITE))
+    return m.Empty()

@@ -100,6 +100,13 @@ class ExportedObject:
         assert self._held is not None, "only a held object can be handed out again"
         return os.dup(self._held)
 
+    def hand_out(self) -> int:
+        """The descriptor for a reply, keeping no copy: the object lives as long as its
+        holders keep theirs (a sync file, a syncobj's descriptor)."""
+        fd = self.new_fd()
+        self.let_go()
+        return fd
+
     # --- release and peers -------------------------------------------------------------------
     def release(self) -> None:
         """Every copy of the handed-out end is closed: drop what the object held."""

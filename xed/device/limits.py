@@ -47,6 +47,8 @@ OPENS_DESCRIPTORS = frozenset(
         Op.XE_GEM_CREATE,
         Op.MMAP,
         Op.PRIME_HANDLE_TO_FD,
+        Op.SYNCOBJ_HANDLE_TO_FD,
+        Op.DMA_BUF_EXPORT_SYNC_FILE,
         Op.PRIME_FD_TO_HANDLE,
         Op.DMA_BUF_MMAP,
         Op.XE_VM_EXPORT,

@@ -7,9 +7,10 @@ with an error no syncobj ioctl reports). A syncobj's
 fence is replaced, never changed: a wait holds the fence it found, as the kernel's
 does, and a RESET or a later SIGNAL job does not disturb it.
 
-Each drm file has its own handle space (lowest free id from 1, as idr_alloc). Handles
-cannot leave their file: HANDLE_TO_FD and FD_TO_HANDLE, and timeline syncobjs, are not
-emulated.
+Each drm file has its own handle space (lowest free id from 1, as idr_alloc). A syncobj
+leaves its file as a descriptor (HANDLE_TO_FD, FD_TO_HANDLE: one syncobj, a handle in
+each file), and its fence as a sync file (EXPORT_SYNC_FILE, IMPORT_SYNC_FILE; the
+descriptors are sync_file.py's). Timeline syncobjs are not emulated.
 """
 
 from __future__ import annotations
@@ -24,12 +25,17 @@ import trio
 from protocols import messages as m
 from protocols.constants import (
     DRM_SYNCOBJ_CREATE_SIGNALED,
+    DRM_SYNCOBJ_FD_TO_HANDLE_FLAGS_IMPORT_SYNC_FILE,
+    DRM_SYNCOBJ_HANDLE_TO_FD_FLAGS_EXPORT_SYNC_FILE,
+    DRM_SYNCOBJ_HANDLE_TO_FD_FLAGS_TIMELINE,
     DRM_SYNCOBJ_WAIT_FLAGS_WAIT_ALL,
     DRM_SYNCOBJ_WAIT_FLAGS_WAIT_DEADLINE,
     DRM_SYNCOBJ_WAIT_FLAGS_WAIT_FOR_SUBMIT,
 )
 
 from .errors import IoctlError, refuse_if
+from .export import lookup as lookup_exported
+from .limits import charge_export, refuse_over
 
 if TYPE_CHECKING:
     from .file import XeFile
@@ -199,3 +205,77 @@ async def drm_syncobj_wait_ioctl(xef: XeFile, args: m.DrmSyncobjWait) -> m.DrmSy
     if not wait_all:  # the kernel looks over them in order once woken: the lowest
         first = next(i for i, f in enumerate(fences) if f is not None and f.signalled)
     return m.DrmSyncobjWaitReply(first_signaled=first)
+
+
+def drm_syncobj_handle_to_fd_ioctl(
+    xef: XeFile, args: m.DrmSyncobjFd
+) -> tuple[m.DrmSyncobjFdReply, list[int]]:
+    """DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD: the syncobj as a descriptor, or (EXPORT_SYNC_FILE)
+    a sync file of the fence it holds now.
+
+    Checks, in order:
+    - the daemon is down to its descriptor reserve (limits.descriptor_reserve): EMFILE
+    - pad not zero: EINVAL
+    - flags other than EXPORT_SYNC_FILE and TIMELINE: EINVAL
+    - EXPORT_SYNC_FILE: no such syncobj: ENOENT; `point` (TIMELINE) not 0, or the
+      syncobj holding no fence: EINVAL (drm_syncobj_find_fence on a binary syncobj)
+    - otherwise: `point` (TIMELINE) not 0: EINVAL; no such syncobj: EINVAL
+    - this client's exported objects reach limits.exported: ENOMEM
+    """
+    from .sync_file import SyncFile, SyncobjFile  # sync_file.py builds on this module
+
+    refuse_if(args.pad, EINVAL, "pad must be zero")
+    valid = (
+        DRM_SYNCOBJ_HANDLE_TO_FD_FLAGS_EXPORT_SYNC_FILE | DRM_SYNCOBJ_HANDLE_TO_FD_FLAGS_TIMELINE
+    )
+    refuse_if(args.flags & ~valid, EINVAL, f"flags {args.flags:#x}")
+    point = args.point if args.flags & DRM_SYNCOBJ_HANDLE_TO_FD_FLAGS_TIMELINE else 0
+    reply = m.DrmSyncobjFdReply(handle=args.handle)
+    if args.flags & DRM_SYNCOBJ_HANDLE_TO_FD_FLAGS_EXPORT_SYNC_FILE:
+        fence = lookup(xef, args.handle).fence
+        refuse_if(point, EINVAL, "a binary syncobj has no timeline point")
+        refuse_if(fence is None, EINVAL, f"syncobj {args.handle} holds no fence")
+        assert fence is not None
+        refuse_over(xef, "exported", xef.account.exported)
+        sync_file = SyncFile(xef.device, [fence])
+        charge_export(xef, sync_file)
+        return reply, [sync_file.hand_out()]
+    refuse_if(point, EINVAL, "a point without EXPORT_SYNC_FILE")
+    syncobj = xef.syncobjs.get(args.handle)
+    refuse_if(syncobj is None, EINVAL, f"no syncobj {args.handle}")
+    assert syncobj is not None
+    refuse_over(xef, "exported", xef.account.exported)
+    exported = SyncobjFile(xef.device, syncobj)
+    charge_export(xef, exported)
+    return reply, [exported.hand_out()]
+
+
+def drm_syncobj_fd_to_handle_ioctl(
+    xef: XeFile, args: m.DrmSyncobjFd, fds: tuple[int, ...]
+) -> m.DrmSyncobjFdReply:
+    """DRM_IOCTL_SYNCOBJ_FD_TO_HANDLE: a handle of this file for the syncobj the
+    descriptor stands for; with IMPORT_SYNC_FILE, the syncobj `handle` holds the sync
+    file's fence from now on (drm_syncobj_replace_fence).
+
+    Checks, in order:
+    - pad not zero: EINVAL
+    - flags other than IMPORT_SYNC_FILE: EINVAL
+    - one of ours of a device since unplugged: ENODEV
+    - IMPORT_SYNC_FILE: the descriptor not a sync file: EINVAL; no such syncobj: ENOENT
+    - otherwise: the descriptor not a syncobj's: EINVAL
+    """
+    from .sync_file import SyncFile, SyncobjFile
+
+    refuse_if(args.pad, EINVAL, "pad must be zero")
+    import_sync_file = DRM_SYNCOBJ_FD_TO_HANDLE_FLAGS_IMPORT_SYNC_FILE
+    refuse_if(args.flags & ~import_sync_file, EINVAL, f"flags {args.flags:#x}")
+    (fd,) = fds
+    found = lookup_exported(xef.device, fd)
+    if args.flags & import_sync_file:
+        refuse_if(not isinstance(found, SyncFile), EINVAL, "not a sync file")
+        assert isinstance(found, SyncFile)
+        lookup(xef, args.handle).replace_fence(found.fence)
+        return m.DrmSyncobjFdReply(handle=args.handle)
+    refuse_if(not isinstance(found, SyncobjFile), EINVAL, "not a syncobj's descriptor")
+    assert isinstance(found, SyncobjFile)
+    return m.DrmSyncobjFdReply(handle=xef.syncobj_create(found.syncobj))
