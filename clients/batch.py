@@ -5,6 +5,10 @@ from __future__ import annotations
 import struct
 
 from protocols.constants import (
+    MEM_COPY,
+    MEM_COPY_FIELD,
+    MEM_COPY_PAGE,
+    MEM_COPY_PAGE_MODE,
     MI_ARB_CHECK,
     MI_ATOMIC,
     MI_ATOMIC_ADD,
@@ -26,7 +30,6 @@ from protocols.constants import (
     MI_NOOP,
     MI_SDI_NUM_QW_BIT,
     MI_STORE_DATA_IMM,
-    XED_MEM_COPY,
 )
 
 
@@ -108,8 +111,43 @@ class Batch:
         return self._emit(MI_COPY_MEM_MEM, *_lo_hi(dst), *_lo_hi(src))
 
     def mem_copy(self, dst: int, src: int, length: int) -> Batch:
-        """A linear copy of `length` bytes (the blitter's MEM_COPY, simplified)."""
-        return self._emit(XED_MEM_COPY | 4, length, *_lo_hi(dst), *_lo_hi(src))
+        """Copy `length` bytes with the blitter's linear MEM_COPY, as memmove does: one
+        instruction in byte mode up to 256 KiB; beyond, whole 256-byte pages in page mode
+        (up to 64 MiB each) and one for a tail of bytes, the highest first where the
+        destination overlaps the source from above."""
+        pieces = []
+        done = 0
+        while done < length:
+            left = length - done
+            if left <= MEM_COPY_FIELD:
+                pieces.append((done, left, 0, left))
+            else:
+                pages = min(left // MEM_COPY_PAGE, MEM_COPY_FIELD)
+                pieces.append((done, pages * MEM_COPY_PAGE, MEM_COPY_PAGE_MODE, pages))
+            done += pieces[-1][1]
+        if src < dst < src + length:
+            pieces.reverse()
+        for offset, _size, mode, units in pieces:
+            self.mem_copy_raw(dst + offset, src + offset, units, mode=mode)
+        return self
+
+    def mem_copy_raw(
+        self,
+        dst: int,
+        src: int,
+        width: int,
+        height: int = 1,
+        src_pitch: int = 1,
+        dst_pitch: int = 1,
+        mode: int = 0,
+    ) -> Batch:
+        """One MEM_COPY as the hardware takes it: `width` bytes (pages, with
+        MEM_COPY_PAGE_MODE in `mode`); with MEM_COPY_MATRIX, `height` rows of them at
+        their pitches."""
+        return self._emit(
+            MEM_COPY | mode, width - 1, height - 1, src_pitch - 1, dst_pitch - 1,
+            *_lo_hi(src), *_lo_hi(dst), 0,
+        )  # fmt: skip
 
     def raw(self, *dwords: int) -> Batch:
         """Anything at all, e.g. to see the command streamer refuse it."""

@@ -276,7 +276,12 @@ MI_DO_COMPARE = 1 << 21
 MI_COND_MODE_SHIFT = 12  # MAD_*_IDD: 0 GT, 1 GTE, 2 LT, 3 LTE, 4 EQ, 5 NEQ: go on if true
 MI_OPCODE_MASK = 0x3F << 23
 MI_CLIENT_MASK = 0x7 << 29
-# xed's linear copy (the blitter's MEM_COPY, simplified): dw0, len, dst lo/hi, src lo/hi
-XED_MEM_COPY = (2 << 29) | (0x5A << 22)
-XED_MEM_COPY_DWORDS = 6
+# the blitter's MEM_COPY, as xe_migrate and IGT emit it: dw0, width - 1, height - 1, source
+# pitch - 1, destination pitch - 1, source lo/hi, destination lo/hi, MOCS (10 dwords)
+MEM_COPY = (2 << 29) | (0x5A << 22) | 8
+MEM_COPY_DWORDS = 10
+MEM_COPY_MATRIX = 1 << 17  # height + 1 rows of width + 1 units at their pitches; else one run
+MEM_COPY_PAGE_MODE = 1 << 19  # width counts 256-byte pages; else bytes
+MEM_COPY_PAGE = 256
+MEM_COPY_FIELD = 1 << 18  # width, height and pitches are 18-bit fields (of the value - 1)
 XE_MAX_BATCH_DWORDS = 1 << 20  # a batch longer than this is a runaway: the queue is banned

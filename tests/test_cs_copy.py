@@ -17,6 +17,7 @@ from clients.daemon import DaemonProcess
 from clients.mapping import Mapping
 from protocols import Op
 from protocols import messages as m
+from protocols.constants import MEM_COPY_MATRIX, MEM_COPY_PAGE_MODE
 from xed.device.cs import TURN_BYTES
 
 MiB = 1 << 20
@@ -142,3 +143,34 @@ def test_a_copy_stalled_by_an_invalidation_resumes_at_the_chunk_it_met(dev: Devi
         assert hm[0:size] == expected
     finally:
         gpu.close()
+
+
+def test_mem_copy_in_the_hardwares_modes(dev: Device) -> None:
+    """MEM_COPY as xe_migrate and IGT emit it: a matrix copy moves its rows at their
+    pitches (the bytes between rows stay), page mode counts 256-byte pages."""
+    gpu = Copier(dev, MiB)
+    try:
+        data = pattern(gpu.size, seed=11)
+        gpu.src[0 : gpu.size] = data
+        rows, width, src_pitch, dst_pitch = 3, 40, 64, 100
+        gpu.run(
+            Batch()
+            .mem_copy_raw(DST_VA, SRC_VA, width, rows, src_pitch, dst_pitch, MEM_COPY_MATRIX)
+            .mem_copy_raw(DST_VA + 4096, SRC_VA + 512, 2, mode=MEM_COPY_PAGE_MODE)
+            .end()
+        )
+        expected = bytearray(gpu.size)
+        for row in range(rows):
+            at = row * src_pitch
+            expected[row * dst_pitch : row * dst_pitch + width] = data[at : at + width]
+        expected[4096 : 4096 + 512] = data[512:1024]
+        assert gpu.dst[0 : 8192] == bytes(expected[:8192])
+    finally:
+        gpu.close()
+
+
+def test_a_mem_copy_of_another_length_is_a_bad_instruction(gpu: Gpu) -> None:
+    """Only the 10-dword MEM_COPY is one: another length field bans the queue."""
+    short = Batch().mem_copy_raw(SRC_VA, SRC_VA, 8)
+    short.dwords[-10] -= 1  # the header's length field: 7, not 8
+    gpu.expect_ban(short.end(), gpu.queue)

@@ -78,6 +78,13 @@ PARTLY = {
     "xe_exec_atomic": {},  # MI_ATOMIC INC and DEC on every engine and memory region
     "xe_exec_mix_modes": {},  # page-fault-mode and dma-fence jobs on one engine group
     "xe_dma_buf_sync": {},  # sync files through syncobjs and a dma-buf's reservation
+    "xe_spin_batch": {  # spinners on every engine, timed ones, MEM_COPY inside a spinner
+        "spin-timestamp-check": (
+            "FAIL",
+            "it wants a batch without MI_BATCH_BUFFER_END to hang the engine; xed's command "
+            "streamer faults where the batch runs past its BO (a GPU fault: the fence comes)",
+        ),
+    },
     "xe_exec_fault_mode": {  # page-fault-mode VMs: binds, rebinds, PREFETCH, invalid VAs
         "*multi-queue*": ("SKIP", "multi-queue engines are graphics version 35's and later"),
         "many-*invalidate-race*": (

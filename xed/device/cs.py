@@ -2,7 +2,8 @@
 
 It understands the instructions xed emulates (see protocols.constants): MI_NOOP,
 MI_BATCH_BUFFER_END, MI_STORE_DATA_IMM (dword and qword), MI_ATOMIC (INC, ADD, INC8B),
-MI_MEM_FENCE, MI_FLUSH_DW, MI_COPY_MEM_MEM and a linear MEM_COPY. Every store lands in
+MI_MEM_FENCE, MI_FLUSH_DW, MI_COPY_MEM_MEM and the blitter's MEM_COPY (linear or matrix,
+bytes or pages, in the layout xe_migrate and IGT emit). Every store lands in
 the BO pages the clients map, so a CPU reader sees it as soon as it happens; the fences
 are therefore ordering points with nothing left to flush.
 """
@@ -17,6 +18,12 @@ import attrs
 import trio
 
 from protocols.constants import (
+    MEM_COPY,
+    MEM_COPY_DWORDS,
+    MEM_COPY_FIELD,
+    MEM_COPY_MATRIX,
+    MEM_COPY_PAGE,
+    MEM_COPY_PAGE_MODE,
     MI_ATOMIC_INLINE_DATA,
     MI_ATOMIC_OP_MASK,
     MI_ATOMIC_OP_SHIFT,
@@ -28,8 +35,6 @@ from protocols.constants import (
     MI_SDI_LEN_DW_MASK,
     MI_SDI_NUM_QW_BIT,
     XE_MAX_BATCH_DWORDS,
-    XED_MEM_COPY,
-    XED_MEM_COPY_DWORDS,
 )
 
 from . import cs_regs
@@ -124,7 +129,7 @@ async def run_batch(
             continue
         if isinstance(step, MemCopy):
             await _mem_copy(vm, step, turn)
-            step = XED_MEM_COPY_DWORDS
+            step = MEM_COPY_DWORDS
         if isinstance(step, Jump):
             if step.call:
                 if len(returns) >= MAX_BATCH_LEVELS - 1:
@@ -169,14 +174,25 @@ class Jump:
 
 @attrs.frozen
 class MemCopy:
-    """A MEM_COPY decoded: the streamer moves it a turn's worth of bytes at a time."""
+    """A MEM_COPY decoded: `rows` runs of `length` bytes, each at its pitch past the
+    last (one run: a linear copy); the streamer moves a turn's worth at a time."""
 
     dst: int
     src: int
     length: int
+    rows: int = 1
+    dst_pitch: int = 0
+    src_pitch: int = 0
 
 
 async def _mem_copy(vm: XeVm, copy: MemCopy, turn: _Turn) -> None:
+    """Each row in turn (a matrix copy's rows are independent runs)."""
+    for row in range(copy.rows):
+        await _move(vm, copy.dst + row * copy.dst_pitch, copy.src + row * copy.src_pitch,
+                    copy.length, turn)  # fmt: skip
+
+
+async def _move(vm: XeVm, dst: int, src: int, length: int, turn: _Turn) -> None:
     """memmove() through the VM, in chunks of at most what is left of the turn.
 
     Overlap is judged in GPU addresses: a destination above an overlapping source is
@@ -186,7 +202,6 @@ async def _mem_copy(vm: XeVm, copy: MemCopy, turn: _Turn) -> None:
     cancel (the queue destroyed) lands between chunks; a fault in a later chunk leaves
     the earlier ones written, as a GPU's would.
     """
-    dst, src, length = copy.dst, copy.src, copy.length
     backwards = src < dst < src + length
     done = 0
     while done < length:
@@ -217,12 +232,27 @@ def _step(vm: XeVm, pc: int, regs: Registers) -> int | MemCopy | Jump:
             lo, hi = _u32s(vm, pc + 4, 2)
             return Jump(_addr(vm, lo & ~0x3, hi), bool(header & MI_BBS_SECOND_LEVEL), 3)
         return _mi(vm, pc, header, opcode, regs)
-    if header & 0xFFC0_0000 == XED_MEM_COPY:
-        length, dst_lo, dst_hi, src_lo, src_hi = _u32s(vm, pc + 4, 5)
-        if length > _MAX_COPY:
-            raise GpuFault(pc, f"MEM_COPY of {length} bytes exceeds {_MAX_COPY}")
-        return MemCopy(_addr(vm, dst_lo, dst_hi), _addr(vm, src_lo, src_hi), length)
+    if header & ~(MEM_COPY_MATRIX | MEM_COPY_PAGE_MODE) == MEM_COPY:
+        return _decode_mem_copy(vm, pc, header)
     raise BadInstruction(pc, header)
+
+
+def _decode_mem_copy(vm: XeVm, pc: int, header: int) -> MemCopy:
+    """MEM_COPY: a linear run of width + 1 bytes (or 256-byte pages, PAGE_MODE); MATRIX,
+    height + 1 such rows at their pitches. Each field is 18 bits; the MOCS dword is a
+    cache setting, nothing to an emulated engine. More than _MAX_COPY bytes in all is a
+    GPU fault (xed's bound on one instruction)."""
+    width, height, src_pitch, dst_pitch, src_lo, src_hi, dst_lo, dst_hi = _u32s(vm, pc + 4, 8)
+    field = MEM_COPY_FIELD - 1
+    unit = MEM_COPY_PAGE if header & MEM_COPY_PAGE_MODE else 1
+    length = ((width & field) + 1) * unit
+    rows = (height & field) + 1 if header & MEM_COPY_MATRIX else 1
+    if length * rows > _MAX_COPY:
+        raise GpuFault(pc, f"MEM_COPY of {length * rows} bytes exceeds {_MAX_COPY}")
+    return MemCopy(
+        _addr(vm, dst_lo, dst_hi), _addr(vm, src_lo, src_hi), length, rows,
+        (dst_pitch & field) + 1, (src_pitch & field) + 1,
+    )  # fmt: skip
 
 
 def _mi(vm: XeVm, pc: int, header: int, opcode: int, regs: Registers) -> int:
