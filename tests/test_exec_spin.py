@@ -14,7 +14,7 @@ from helpers import BATCH_VA, FENCE, WAIT, Gpu, errno_of
 
 from clients import Batch, Device, user_fence
 from clients.daemon import DaemonProcess
-from protocols.constants import DRM_XE_VM_CREATE_FLAG_LR_MODE, PAGE_SIZE
+from protocols.constants import DRM_XE_VM_CREATE_FLAG_LR_MODE, MI_BATCH_BUFFER_START, PAGE_SIZE
 
 DATA_VA = 0x2_0000_0000
 START, END = 0x40, 0x48  # the spinner's marks in the data BO
@@ -106,6 +106,14 @@ def test_a_second_level_batch_returns_to_its_caller(gpu: Gpu, data: Any) -> None
         .end()
     )
     assert [data.read_u32(off) for off in (0x20, 0x24, 0x28, 0x2C)] == [1, 2, 3, 0]
+
+
+def test_a_jump_without_the_ppgtt_bit_is_taken_in_the_vm(gpu: Gpu, data: Any) -> None:
+    """xe_exec_store's basic-cond-batch jumps with MI_BATCH_BUFFER_START | 1 alone: a
+    user's batch has its VM for its only address space, so the jump lands there."""
+    target = gpu.place(Batch().store_dword(DATA_VA + 0x30, 5).end())
+    gpu.run(Batch().raw(MI_BATCH_BUFFER_START, target & 0xFFFF_FFFF, target >> 32))
+    assert data.read_u32(0x30) == 5
 
 
 def test_calls_nested_too_deep_fault(gpu: Gpu) -> None:
