@@ -106,6 +106,21 @@ def import_sync_file(dev: Device, handle: int, sync_fd: int) -> None:
     dev.ioctl(Op.SYNCOBJ_FD_TO_HANDLE, args, fds=[sync_fd])
 
 
+def merge_sync_files(dev: Device, sync_fd: int, fd2: int, name: str = "") -> int:
+    """sync_merge (SYNC_IOC_MERGE): a new sync file that signals once both have."""
+    args = m.SyncMerge(name=name, fd2=fd2)
+    _reply, (merged,) = dev.ioctl_fds(Op.SYNC_FILE_MERGE, args, fds=[sync_fd, fd2])
+    return merged
+
+
+def sync_file_info(dev: Device, sync_fd: int) -> m.SyncFileInfoReply:
+    """sync_file_info (SYNC_IOC_FILE_INFO): the sync file's name, status and fences."""
+    count: m.SyncFileInfoReply = dev.ioctl(Op.SYNC_FILE_INFO, m.SyncFileInfo(), fds=[sync_fd])
+    args = m.SyncFileInfo(num_fences=count.num_fences)
+    reply: m.SyncFileInfoReply = dev.ioctl(Op.SYNC_FILE_INFO, args, fds=[sync_fd])
+    return reply
+
+
 def _to_fd(dev: Device, args: m.DrmSyncobjFd) -> int:
     _reply, (fd,) = dev.ioctl_fds(Op.SYNCOBJ_HANDLE_TO_FD, args)
     return fd

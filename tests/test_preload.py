@@ -283,6 +283,13 @@ def test_sync_files(daemon: DaemonProcess, program: Programs) -> None:
     assert "sync files ok" in out
 
 
+def test_sync_file_ioctls(daemon: DaemonProcess, program: Programs) -> None:
+    """SYNC_IOC_MERGE and SYNC_IOC_FILE_INFO on the daemon's sync files, in the kernel's
+    order of checks, while another descriptor's '>' ioctls still go to the kernel."""
+    out = passes(daemon.socket_path, program("sync_file_ioctls"))
+    assert "sync file ioctls ok" in out
+
+
 def test_host_settings_igt_changes_as_root_are_stood_in_for(
     daemon: DaemonProcess, program: Programs
 ) -> None:

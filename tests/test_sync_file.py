@@ -10,7 +10,7 @@ import os
 import select
 import time
 from collections.abc import Iterator
-from errno import EINVAL, ENOENT, ENOMEM, EOPNOTSUPP
+from errno import EINVAL, ENOENT, ENOMEM, ENOTTY, EOPNOTSUPP
 from typing import Any
 
 import pytest
@@ -147,9 +147,10 @@ def test_nothing_is_left_behind(fresh_daemon: DaemonProcess) -> None:
         fds = [syncobj.export_sync_file(dev, done), syncobj.handle_to_fd(dev, done)]
         dev.dmabuf_import_sync_file(dma_buf, fds[0], DMA_BUF_SYNC_WRITE)
         fds.append(dev.dmabuf_export_sync_file(dma_buf, DMA_BUF_SYNC_WRITE))
+        fds.append(syncobj.merge_sync_files(dev, fds[0], fds[2]))
         with Device.open(fresh_daemon.socket_path, role="admin") as adm:
             objects = adm.admin_status().objects
-            assert (objects.sync_files, objects.syncobj_fds) == (2, 1)
+            assert (objects.sync_files, objects.syncobj_fds) == (3, 1)
         for fd in fds:  # closed while the fence is still unsignalled
             os.close(fd)
         end_spinner(gpu, seq)
@@ -230,3 +231,54 @@ def test_another_daemons_dma_buf_is_eopnotsupp(make_daemon: Any) -> None:
         assert errno_of(b.dmabuf_import_sync_file, dma_buf, sync_fd, DMA_BUF_SYNC_RW) == EOPNOTSUPP
         os.close(sync_fd)
         os.close(dma_buf)
+
+
+def test_merged_sync_files_signal_once_both_have(two: tuple[Device, Device]) -> None:
+    """SYNC_IOC_MERGE: a sync file of two spinners' fences signals after the second
+    ends; SYNC_IOC_FILE_INFO tells its name, status and the fences, each once."""
+    dev, _ = two
+    first, second = Gpu(dev), Gpu(dev)
+    seq1, done1 = spinning(first)
+    seq2, done2 = spinning(second)
+    fd1, fd2 = syncobj.export_sync_file(dev, done1), syncobj.export_sync_file(dev, done2)
+    merged = syncobj.merge_sync_files(dev, fd1, fd2, name="both")
+    twice = syncobj.merge_sync_files(dev, merged, fd1)  # fd1's fence is in it already
+    info = syncobj.sync_file_info(dev, merged)
+    assert (info.name, info.status, info.num_fences) == ("both", 0, 2)
+    assert [f.status for f in info.fences] == [0, 0]
+    assert syncobj.sync_file_info(dev, twice).num_fences == 2
+    too_few = m.SyncFileInfo(num_fences=1)  # room for one of its two
+    assert errno_of(dev.ioctl, Op.SYNC_FILE_INFO, too_few, [merged]) == EINVAL
+    end_spinner(first, seq1)
+    assert readable(fd1, 10) and not readable(merged, 0.05)
+    end_spinner(second, seq2)
+    assert readable(merged, 10) and readable(twice, 10)
+    info = syncobj.sync_file_info(dev, merged)
+    assert info.status == 1 and [f.status for f in info.fences] == [1, 1]
+    # merged once signalled, the fences are gone: a signalled stub stands for them
+    assert syncobj.sync_file_info(dev, syncobj.merge_sync_files(dev, fd1, fd2)).num_fences == 1
+    for fd in (fd1, fd2, merged, twice):
+        os.close(fd)
+
+
+def test_sync_file_ioctl_refusals(two: tuple[Device, Device]) -> None:
+    dev, _ = two
+    sync_fd = syncobj.export_sync_file(dev, syncobj.create(dev, signaled=True))
+    dma_buf = dev.prime_handle_to_fd(dev.gem_create(PAGE_SIZE))
+
+    def merge(first: int, second: int, **fields: Any) -> int:
+        args = m.SyncMerge(**fields)
+        return errno_of(dev.ioctl_fds, Op.SYNC_FILE_MERGE, args, [first, second])
+
+    def info(fd: int, **fields: int) -> int:
+        return errno_of(dev.ioctl, Op.SYNC_FILE_INFO, m.SyncFileInfo(**fields), [fd])
+
+    assert merge(dma_buf, sync_fd) == ENOTTY  # the ioctl is not a dma-buf's
+    assert merge(sync_fd, sync_fd, flags=1) == EINVAL
+    assert merge(sync_fd, sync_fd, pad=1) == EINVAL
+    assert merge(sync_fd, dma_buf) == ENOENT  # fd2 is no sync file
+    assert info(dma_buf) == ENOTTY
+    assert info(sync_fd, flags=1) == EINVAL
+    assert info(sync_fd, pad=1) == EINVAL
+    for fd in (sync_fd, dma_buf):
+        os.close(fd)

@@ -8,10 +8,10 @@
  * on. Modules: sys (libc without recursion), usermem (the program's memory, never
  * faulting), wire (msgpack), conn (talking to the daemon), files (the fd table), node
  * (paths), stat, debugfs, ioctl/syncobj/xe_ioctl/xe_exec/query (translation), mmap,
- * dmabuf, config, sock and xcall (one request on one connection), notice (the device's
- * notice page), unplug (mappings falling onto zero pages when the device goes), userptr
- * (the program's own memory bound as a userptr) and procmaps (/proc/self/maps); and the
- * barrier page (barrier.c, signals.c: see barrier.h).
+ * dmabuf, syncfile (a sync file's ioctls), config, sock and xcall (one request on one
+ * connection), notice (the device's notice page), unplug (mappings falling onto zero
+ * pages when the device goes), userptr (the program's own memory bound as a userptr) and
+ * procmaps (/proc/self/maps); and the barrier page (barrier.c, signals.c: see barrier.h).
  */
 #ifndef XED_PRELOAD_H
 #define XED_PRELOAD_H
@@ -291,5 +291,10 @@ void unplug_after_fork(void);		  /* in the child: watchers for what it inherited
 int dmabuf_is(int fd); /* 1 if fd is a dma-buf of an xed daemon (asked once per fd) */
 int dmabuf_ioctl(int fd, unsigned long cmd, uint64_t arg);
 int dmabuf_mmap(int fd, void *addr, size_t len, int prot, int flags, off_t off, void **out);
+
+/* --- syncfile.c -------------------------------------------------------------------- */
+/* a sync file ioctl ('>') on a descriptor that is no drm file: 0 or errno; ENOTTY when
+ * it is none of the daemon's sync files (or no daemon answers): the kernel's to answer */
+int sync_file_ioctl(int fd, unsigned long cmd, uint64_t arg);
 
 #endif /* XED_PRELOAD_H */

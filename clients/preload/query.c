@@ -13,14 +13,6 @@
 #include "preload.h"
 #include "proto.h"
 
-/* the records of list `key`: their count, r left at the first */
-static int64_t list(const struct rbuf *body, const char *key, struct rbuf *r)
-{
-	if (!r_find(body, key, r))
-		return 0;
-	return r_array(r);
-}
-
 static void get_u64s(const struct rbuf *map, const char *key, uint64_t *out, int n)
 {
 	struct rbuf v;
@@ -73,7 +65,7 @@ static void gt(struct rbuf *r, void *out)
 static long oa_units(const struct rbuf *body, uint8_t *out, size_t cap)
 {
 	struct rbuf r;
-	int64_t n = list(body, "oa_units", &r);
+	int64_t n = r_get_array(body, "oa_units", &r);
 	size_t at = sizeof(struct drm_xe_query_oa_units);
 	if (n < 0 || at > cap)
 		return -1;
@@ -81,7 +73,7 @@ static long oa_units(const struct rbuf *body, uint8_t *out, size_t cap)
 	((struct drm_xe_query_oa_units *)out)->num_oa_units = (uint32_t)n;
 	for (int64_t i = 0; i < n && !r.bad; i++) {
 		struct rbuf engines;
-		int64_t ne = list(&r, "eci", &engines);
+		int64_t ne = r_get_array(&r, "eci", &engines);
 		size_t size = sizeof(struct drm_xe_oa_unit) + (size_t)(ne > 0 ? ne : 0) * 8;
 		if (ne < 0 || at + size > cap)
 			return -1;
@@ -122,7 +114,7 @@ static void mmio_region(struct rbuf *r, void *out)
 static long topology(const struct rbuf *body, uint8_t *out, size_t cap)
 {
 	struct rbuf r;
-	int64_t n = list(body, "topology", &r);
+	int64_t n = r_get_array(body, "topology", &r);
 	size_t at = 0;
 	for (int64_t i = 0; i < n && !r.bad; i++) {
 		struct rbuf v;
@@ -178,7 +170,7 @@ static long layout(const struct rbuf *body, uint32_t query, uint8_t *out, size_t
 		key = "mmio_regions", item = sizeof(struct drm_xe_mmio_region), fill = mmio_region;
 		break;
 	case DRM_XE_DEVICE_QUERY_CONFIG:
-		n = list(body, "config", &r);
+		n = r_get_array(body, "config", &r);
 		if (n < 0 || 8 + (size_t)n * 8 > cap)
 			return -1;
 		memset(out, 0, 8 + (size_t)n * 8);
@@ -204,16 +196,12 @@ static long layout(const struct rbuf *body, uint32_t query, uint8_t *out, size_t
 	default:
 		return -1;
 	}
-	n = list(body, key, &r);
-	if (n < 0 || 8 + (size_t)n * item > cap)
+	n = r_get_records(body, key, out + 8, item, cap - 8, fill); /* cap: half a buffer */
+	if (n < 0)
 		return -1;
-	memset(out, 0, 8 + (size_t)n * item);
+	memset(out, 0, 8);
 	*(uint32_t *)out = (uint32_t)n; /* num_engines / num_mem_regions / num_gt / ... */
-	for (int64_t i = 0; i < n && !r.bad; i++) {
-		fill(&r, out + 8 + (size_t)i * item);
-		r_skip(&r);
-	}
-	return r.bad ? -1 : (long)(8 + (size_t)n * item);
+	return (long)(8 + (size_t)n * item);
 }
 
 int xe_query(struct xed_file *f, struct drm_xe_device_query *q)

@@ -1,5 +1,6 @@
 /*
- * uapi.h - the kernel ABI the preload library translates: drm.h, xe_drm.h, dma-buf.h.
+ * uapi.h - the kernel ABI the preload library translates: drm.h, xe_drm.h, dma-buf.h,
+ * sync_file.h.
  *
  * Written here rather than included because no libc ships xe_drm.h (Debian bookworm's
  * kernel headers predate xe) and the library depends on libc alone. Layouts and ioctl
@@ -826,6 +827,51 @@ XED_AT(dma_buf_import_sync_file, fd, 4);
 #define DMA_BUF_IOCTL_IMPORT_SYNC_FILE \
 	XED_IOC(XED_IOC_WRITE, DMA_BUF_BASE, 3, sizeof(struct dma_buf_import_sync_file))
 
+/* --- sync_file.h: the ioctls of a sync file (drivers/dma-buf/sync_file.c) ---------- */
+struct sync_merge_data {
+	char name[32]; /* the merged file's; the kernel keeps 31 bytes and a NUL */
+	int32_t fd2; /* the sync file merged with this one */
+	int32_t fence; /* out: the merged sync file */
+	uint32_t flags;
+	uint32_t pad;
+};
+XED_CHECK(sync_merge_data, 48);
+XED_AT(sync_merge_data, fd2, 32);
+XED_AT(sync_merge_data, fence, 36);
+XED_AT(sync_merge_data, flags, 40);
+XED_AT(sync_merge_data, pad, 44);
+struct sync_fence_info {
+	char obj_name[32]; /* the fence's timeline */
+	char driver_name[32];
+	int32_t status; /* 1 signalled, 0 active, < 0 an error */
+	uint32_t flags;
+	uint64_t timestamp_ns; /* when it signalled */
+};
+XED_CHECK(sync_fence_info, 80);
+XED_AT(sync_fence_info, driver_name, 32);
+XED_AT(sync_fence_info, status, 64);
+XED_AT(sync_fence_info, flags, 68);
+XED_AT(sync_fence_info, timestamp_ns, 72);
+struct sync_file_info {
+	char name[32];
+	int32_t status;
+	uint32_t flags;
+	uint32_t num_fences; /* in: room at sync_fence_info (0: the count only); out: count */
+	uint32_t pad;
+	uint64_t sync_fence_info; /* a user pointer to num_fences struct sync_fence_info */
+};
+XED_CHECK(sync_file_info, 56);
+XED_AT(sync_file_info, status, 32);
+XED_AT(sync_file_info, flags, 36);
+XED_AT(sync_file_info, num_fences, 40);
+XED_AT(sync_file_info, pad, 44);
+XED_AT(sync_file_info, sync_fence_info, 48);
+#define SYNC_IOC_MAGIC '>'
+#define SYNC_IOC_MERGE \
+	XED_IOC(XED_IOC_READ | XED_IOC_WRITE, SYNC_IOC_MAGIC, 3, sizeof(struct sync_merge_data))
+#define SYNC_IOC_FILE_INFO \
+	XED_IOC(XED_IOC_READ | XED_IOC_WRITE, SYNC_IOC_MAGIC, 4, sizeof(struct sync_file_info))
+
 /* the ioctl numbers themselves, as the uAPI headers expand them */
 _Static_assert(DRM_IOCTL_VERSION == 0xc0406400ul, "DRM_IOCTL_VERSION");
 _Static_assert(DRM_IOCTL_GEM_CLOSE == 0x40086409ul, "DRM_IOCTL_GEM_CLOSE");
@@ -851,5 +897,7 @@ _Static_assert(DRM_IOCTL_XE_WAIT_USER_FENCE == 0xc048644aul, "DRM_IOCTL_XE_WAIT_
 _Static_assert(DMA_BUF_IOCTL_SYNC == 0x40086200ul, "DMA_BUF_IOCTL_SYNC");
 _Static_assert(DMA_BUF_IOCTL_EXPORT_SYNC_FILE == 0xc0086202ul, "DMA_BUF_IOCTL_EXPORT_SYNC_FILE");
 _Static_assert(DMA_BUF_IOCTL_IMPORT_SYNC_FILE == 0x40086203ul, "DMA_BUF_IOCTL_IMPORT_SYNC_FILE");
+_Static_assert(SYNC_IOC_MERGE == 0xc0303e03ul, "SYNC_IOC_MERGE");
+_Static_assert(SYNC_IOC_FILE_INFO == 0xc0383e04ul, "SYNC_IOC_FILE_INFO");
 
 #endif /* XED_UAPI_H */

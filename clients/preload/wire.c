@@ -307,3 +307,26 @@ int64_t r_get_int(const struct rbuf *map, const char *key)
 	struct rbuf v;
 	return r_find(map, key, &v) ? r_int(&v) : 0;
 }
+
+int64_t r_get_array(const struct rbuf *map, const char *key, struct rbuf *arr)
+{
+	if (r_find(map, key, arr))
+		return r_array(arr);
+	*arr = (struct rbuf){NULL, NULL, 0}; /* an empty list, read as one */
+	return 0;
+}
+
+int64_t r_get_records(const struct rbuf *map, const char *key, void *out, size_t item,
+		      size_t cap, void (*fill)(struct rbuf *, void *))
+{
+	struct rbuf r;
+	int64_t n = r_get_array(map, key, &r);
+	if (n < 0 || (uint64_t)n > cap / item)
+		return -1;
+	memset(out, 0, (size_t)n * item);
+	for (int64_t i = 0; i < n && !r.bad; i++) {
+		fill(&r, (uint8_t *)out + (size_t)i * item);
+		r_skip(&r);
+	}
+	return r.bad ? -1 : n;
+}

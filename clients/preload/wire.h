@@ -52,5 +52,13 @@ void r_skip(struct rbuf *r);
 int r_find(const struct rbuf *map, const char *key, struct rbuf *val);
 uint64_t r_get_uint(const struct rbuf *map, const char *key); /* 0 if absent */
 int64_t r_get_int(const struct rbuf *map, const char *key);
+/* The array at `key`: its count, *arr left at its first element; 0 (and *arr empty) if
+ * absent, -1 if not an array */
+int64_t r_get_array(const struct rbuf *map, const char *key, struct rbuf *arr);
+/* The records (maps) of array `key` as C structs laid out in out[cap], `item` bytes
+ * apart, each zeroed then filled by fill(record, its place): their count (0 if absent),
+ * or -1 if the array is malformed or does not fit */
+int64_t r_get_records(const struct rbuf *map, const char *key, void *out, size_t item,
+		      size_t cap, void (*fill)(struct rbuf *, void *));
 
 #endif /* XED_WIRE_H */

@@ -204,6 +204,45 @@ class DmaBufSyncFile:
 
 
 @frozen
+class SyncMerge:
+    """struct sync_merge_data (SYNC_IOC_MERGE) on the sync file attached first; the
+    other (`fd2`'s) is attached second, the merged one comes back."""
+
+    name: str = string("the merged sync file's name (31 bytes kept, as the kernel)", max_len=32)
+    fd2: int = s32("the caller's number for the second sync file; informational")
+    flags: int = u32("must be zero")
+    pad: int = u32("must be zero")
+
+
+@frozen
+class SyncFileInfo:
+    """struct sync_file_info (SYNC_IOC_FILE_INFO) on the attached sync file."""
+
+    num_fences: int = u32("0: ask only how many; else room for that many fence infos")
+    flags: int = u32("must be zero")
+    pad: int = u32("must be zero")
+
+
+@frozen
+class SyncFenceInfo:
+    """struct sync_fence_info: one fence of a sync file."""
+
+    obj_name: str = string("its timeline", max_len=32)
+    driver_name: str = string("its driver", max_len=32)
+    status: int = s32("1 signalled, 0 active")
+    flags: int = u32()
+    timestamp_ns: int = u64("when it signalled (0: not recorded by xed)")
+
+
+@frozen
+class SyncFileInfoReply:
+    name: str = string("the sync file's name", max_len=32)
+    status: int = s32("1 every fence signalled, 0 some active")
+    num_fences: int = u32("how many fences it holds")
+    fences: tuple[SyncFenceInfo, ...] = records(SyncFenceInfo, max_items=256)
+
+
+@frozen
 class DmaBufLlseek:
     """lseek(2) on the attached dma-buf: only the size can be asked for."""
 

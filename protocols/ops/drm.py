@@ -11,6 +11,7 @@ from errno import (
     ENODEV,
     ENOENT,
     ENOMEM,
+    ENOTTY,
     EOPNOTSUPP,
     EPERM,
     EPROTO,
@@ -325,6 +326,43 @@ SPECS: tuple[OpSpec, ...] = (
             (EINVAL, "the second descriptor is not a sync file"),
             (EOPNOTSUPP, "another daemon's dma-buf: its fences are that daemon's"),
             (ENOMEM, "the dma-buf's reservation holds MAX_FENCES unsignalled fences"),
+        ),
+    ),
+    OpSpec(
+        op=Op.SYNC_FILE_MERGE,
+        request=m.SyncMerge,
+        reply=m.Empty,
+        fds_in=2,
+        fds_out=1,
+        doc=(
+            "SYNC_IOC_MERGE on the sync file attached first, with `fd2`'s attached "
+            "second: a new sync file that signals once both have (their unsignalled "
+            "fences, each once)."
+        ),
+        errors=(
+            RESERVE_FD,
+            (ENOTTY, "the first descriptor is not a sync file (the ioctl is not its)"),
+            (EINVAL, "flags or pad not zero"),
+            (ENOENT, "the second descriptor is not a sync file"),
+            GONE,
+            (ENOMEM, "limits.exported: this client's exported objects still alive"),
+            (ENOMEM, "more than MAX_FENCES fences in the merged file"),
+        ),
+    ),
+    OpSpec(
+        op=Op.SYNC_FILE_INFO,
+        request=m.SyncFileInfo,
+        reply=m.SyncFileInfoReply,
+        fds_in=1,
+        doc=(
+            "SYNC_IOC_FILE_INFO on the attached sync file: its name, its status (1: every "
+            "fence signalled) and its fences; with num_fences 0, their number alone."
+        ),
+        errors=(
+            (ENOTTY, "the descriptor is not a sync file (the ioctl is not its)"),
+            (EINVAL, "flags or pad not zero"),
+            (EINVAL, "num_fences not 0 and below the number of fences"),
+            GONE,
         ),
     ),
     OpSpec(

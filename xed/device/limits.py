@@ -49,6 +49,7 @@ OPENS_DESCRIPTORS = frozenset(
         Op.PRIME_HANDLE_TO_FD,
         Op.SYNCOBJ_HANDLE_TO_FD,
         Op.DMA_BUF_EXPORT_SYNC_FILE,
+        Op.SYNC_FILE_MERGE,
         Op.PRIME_FD_TO_HANDLE,
         Op.DMA_BUF_MMAP,
         Op.XE_VM_EXPORT,

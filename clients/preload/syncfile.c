@@ -1,0 +1,194 @@
+/*
+ * syncfile.c - a sync file's own ioctls (drivers/dma-buf/sync_file.c): SYNC_IOC_MERGE and
+ * SYNC_IOC_FILE_INFO on the sync files the daemon hands out.
+ *
+ * Such a sync file (SYNCOBJ_HANDLE_TO_FD's, EXPORT_SYNC_FILE's, a merge's) is one end of
+ * a socket pair, so the kernel answers its ioctls with ENOTTY. The library asks the
+ * daemon instead, on any drm connection of this process, with the descriptor attached.
+ * The daemon answers ENOTTY for a descriptor that is none of its sync files, and the
+ * kernel is then asked after all: a real sync file (another driver's) works as before,
+ * and anything else gets the kernel's own answer. Other '>' commands (SET_DEADLINE) go
+ * to the kernel without asking: ENOTTY on a socket, as on a file that does not know them.
+ *
+ * The kernel answers ENOTTY for a descriptor that is no sync file before it reads the
+ * argument; so an argument that cannot be read is EFAULT only once the daemon has said
+ * the descriptor is its sync file (a FILE_INFO asking the count: it changes nothing).
+ */
+#include <errno.h>
+#include <string.h>
+
+#include "preload.h"
+#include "proto.h"
+#include "sys.h"
+
+/* strscpy() of the reply's string `key` into dst[size]: at most size-1 bytes and a NUL;
+ * what follows the NUL is left as it was, as the kernel leaves it */
+static void get_name(const struct rbuf *map, const char *key, char *dst, size_t size)
+{
+	struct rbuf v;
+	size_t n = 0;
+	const char *s = r_find(map, key, &v) ? r_str(&v, &n) : NULL;
+	const char *nul = s ? memchr(s, '\0', n) : NULL;
+	n = !s ? 0 : nul ? (size_t)(nul - s) : n;
+	n = n < size - 1 ? n : size - 1;
+	if (n)
+		memcpy(dst, s, n);
+	dst[n] = '\0';
+}
+
+/* one struct sync_fence_info of the reply's `fences` (zeroed before: kzalloc's) */
+static void fence_info(struct rbuf *r, void *out)
+{
+	struct sync_fence_info *f = out;
+	get_name(r, "obj_name", f->obj_name, sizeof f->obj_name);
+	get_name(r, "driver_name", f->driver_name, sizeof f->driver_name);
+	f->status = (int32_t)r_get_int(r, "status");
+	f->flags = (uint32_t)r_get_uint(r, "flags");
+	f->timestamp_ns = r_get_uint(r, "timestamp_ns");
+}
+
+/* the length of the valid UTF-8 sequence s starts with, or 0 (a NUL ends any early) */
+static size_t utf8_len(const unsigned char *s)
+{
+	unsigned lo = 0x80, hi = 0xbf; /* s[1]'s range: no overlong form, surrogate, > U+10FFFF */
+	size_t len;
+	if (s[0] < 0x80)
+		return 1;
+	if (s[0] >= 0xc2 && s[0] <= 0xdf)
+		len = 2;
+	else if (s[0] >= 0xe0 && s[0] <= 0xef)
+		len = 3, lo = s[0] == 0xe0 ? 0xa0 : lo, hi = s[0] == 0xed ? 0x9f : hi;
+	else if (s[0] >= 0xf0 && s[0] <= 0xf4)
+		len = 4, lo = s[0] == 0xf0 ? 0x90 : lo, hi = s[0] == 0xf4 ? 0x8f : hi;
+	else
+		return 0;
+	if (s[1] < lo || s[1] > hi)
+		return 0;
+	for (size_t i = 2; i < len; i++)
+		if ((s[i] & 0xc0) != 0x80)
+			return 0;
+	return len;
+}
+
+/* The name goes as a msgpack string, which the daemon decodes as UTF-8: a frame that does
+ * not decode is no request, and would never be answered. The kernel keeps any bytes;
+ * here a byte that starts no valid sequence goes as '?' (the length stays the same). */
+static void utf8_only(char *name)
+{
+	unsigned char *p = (unsigned char *)name;
+	while (*p) {
+		size_t n = utf8_len(p);
+		if (!n)
+			*p = '?', n = 1;
+		p += n;
+	}
+}
+
+/* FILE_INFO's request on fd (c begun): the reply's errno */
+static int info_run(struct xcall *c, int fd, const struct sync_file_info *a)
+{
+	xc_u(c, "num_fences", a->num_fences);
+	xc_u(c, "flags", a->flags);
+	xc_u(c, "pad", a->pad);
+	return xc_run(c, fd);
+}
+
+/* An argument that cannot be read: EFAULT on a sync file of the daemon's, else the
+ * kernel's to answer (ENOTTY here). EBADF: fd is closed, the kernel says so too. */
+static int unreadable(struct xed_file *f, int fd)
+{
+	struct xcall c;
+	struct sync_file_info count = {0};
+	int err = xc_begin(&c, f, XED_OP_SYNC_FILE_INFO);
+	if (err)
+		return err;
+	err = info_run(&c, fd, &count);
+	xc_end(&c);
+	return err == ENOTTY || err == EBADF ? ENOTTY : EFAULT;
+}
+
+/* sync_file_ioctl_merge(): the sync file attached first, fd2's second; the merged one
+ * comes back, close-on-exec as the kernel's (recv_frame makes it so) */
+static int merge(struct xed_file *f, int fd, uint64_t arg)
+{
+	struct sync_merge_data a;
+	if (copy_from_user(&a, arg, sizeof a))
+		return unreadable(f, fd);
+	a.name[sizeof a.name - 1] = '\0'; /* the kernel's: 31 bytes kept, and written back so */
+	char name[sizeof a.name];
+	memcpy(name, a.name, sizeof name);
+	utf8_only(name);
+	struct xcall c;
+	int err = xc_begin(&c, f, XED_OP_SYNC_FILE_MERGE);
+	if (err)
+		return err;
+	xc_key(&c, "name");
+	w_str(&c.w, name);
+	xc_i(&c, "fd2", a.fd2);
+	xc_u(&c, "flags", a.flags);
+	xc_u(&c, "pad", a.pad);
+	/* A negative or closed fd2 is the kernel's ENOENT, but only after its ENOTTY (fd no
+	 * sync file) and EINVAL (flags, pad): in its place goes a descriptor that is surely
+	 * no sync file, this connection's own, so the daemon answers in that order. */
+	int open2 = a.fd2 >= 0 && sys_fcntl(a.fd2, F_GETFD, 0L) >= 0;
+	int fds[2] = {fd, open2 ? a.fd2 : c.chan->fd};
+	err = xc_run_fds(&c, fds, 2);
+	int merged = err ? -1 : xc_take_fd(&c);
+	xc_end(&c);
+	if (err == EBADF) /* closed meanwhile: fd is the kernel's EBADF, fd2 its ENOENT */
+		return sys_fcntl(fd, F_GETFD, 0L) < 0 ? ENOTTY : ENOENT;
+	if (err)
+		return err;
+	if (merged < 0)
+		return EIO;
+	fd_forget(merged); /* a number just handed out: no drm file or dma-buf of ours */
+	a.fence = merged;
+	if (copy_to_user(arg, &a, sizeof a)) {
+		sys_close(merged); /* the kernel never installs it */
+		return EFAULT;
+	}
+	return 0;
+}
+
+/* sync_file_ioctl_fence_info(): the daemon checks flags, pad and the room (EINVAL); the
+ * fence infos are written before the struct, as the kernel writes them */
+static int file_info(struct xed_file *f, int fd, uint64_t arg)
+{
+	struct sync_file_info a;
+	if (copy_from_user(&a, arg, sizeof a))
+		return unreadable(f, fd);
+	struct xcall c;
+	int err = xc_begin(&c, f, XED_OP_SYNC_FILE_INFO);
+	if (err)
+		return err;
+	err = info_run(&c, fd, &a);
+	if (!err && a.num_fences) {
+		/* laid out in the request's half of the buffer, free now, as query.c does */
+		const size_t item = sizeof(struct sync_fence_info);
+		int64_t n = r_get_records(&c.body, "fences", c.w.p, item, XED_SEND_CAP, fence_info);
+		if (n < 0 || (uint64_t)n > a.num_fences)
+			err = EIO; /* an answer the program has no room for: a daemon's bug */
+		else
+			err = copy_to_user(a.sync_fence_info, c.w.p, (size_t)n * item);
+	}
+	if (!err) {
+		get_name(&c.body, "name", a.name, sizeof a.name);
+		a.status = (int32_t)r_get_int(&c.body, "status");
+		a.num_fences = (uint32_t)r_get_uint(&c.body, "num_fences");
+		err = copy_to_user(arg, &a, sizeof a);
+	}
+	xc_end(&c);
+	return err == EBADF ? ENOTTY : err; /* fd closed: the kernel's EBADF */
+}
+
+int sync_file_ioctl(int fd, unsigned long cmd, uint64_t arg)
+{
+	if (cmd != SYNC_IOC_MERGE && cmd != SYNC_IOC_FILE_INFO)
+		return ENOTTY;
+	struct xed_file *f = xf_any();
+	if (!f)
+		return ENOTTY; /* no daemon to ask: the kernel answers */
+	int err = cmd == SYNC_IOC_MERGE ? merge(f, fd, arg) : file_info(f, fd, arg);
+	xf_put(f);
+	return err;
+}
