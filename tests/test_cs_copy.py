@@ -174,3 +174,19 @@ def test_a_mem_copy_of_another_length_is_a_bad_instruction(gpu: Gpu) -> None:
     short = Batch().mem_copy_raw(SRC_VA, SRC_VA, 8)
     short.dwords[-10] -= 1  # the header's length field: 7, not 8
     gpu.expect_ban(short.end(), gpu.queue)
+
+
+def test_a_matrix_copy_of_tiny_rows_lets_a_bystander_through(
+    copier: Copier, fresh_daemon: DaemonProcess
+) -> None:
+    """A matrix MEM_COPY of 2^18 one-byte rows moves little, but each row counts as an
+    instruction of its turn: another client's calls are answered meanwhile."""
+    rows = 1 << 18
+    batch = Batch().mem_copy_raw(DST_VA, SRC_VA, 1, rows, 1, 1, MEM_COPY_MATRIX)
+    with Device.open(fresh_daemon.socket_path) as bystander:
+        bystander.version()
+        seq = copier.submit(batch.end())
+        for _ in range(20):
+            bystander.version()
+        assert copier.cpu.read_u64(FENCE) != seq, "the batch held the bystander off"
+    copier.wait(seq)

@@ -7,7 +7,7 @@ hw engine group modes have it. Other groups, and long-running VMs without faults
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from helpers import BATCH_VA, FENCE, SPIN_COUNT, Gpu, end_spinner, start_spinner
@@ -32,6 +32,20 @@ def device(fresh_daemon: DaemonProcess) -> Iterator[Device]:
     dev = Device.open(fresh_daemon.socket_path)
     yield dev
     dev.close()
+
+
+def still(read: Callable[[], int], quiet: float = 0.1) -> int:
+    """The value `read` gives once it has held still for `quiet` seconds (a turn the
+    spinner had under way when it was suspended ends first, however late it runs)."""
+    deadline = time.monotonic() + 10
+    value, since = read(), time.monotonic()
+    while time.monotonic() - since < quiet:
+        assert time.monotonic() < deadline, "the faulting spinner was never suspended"
+        time.sleep(0.005)
+        now = read()
+        if now != value:
+            value, since = now, time.monotonic()
+    return value
 
 
 def store(gpu: Gpu, queue: int) -> int:
@@ -88,8 +102,7 @@ def test_a_running_faulting_job_is_suspended_and_resumed(device: Device) -> None
     lr_spin = start_spinner(faulting, faulting.queue, count=True)
     compute = device.exec_queue_create(fence_mode.vm, EngineClass.COMPUTE)
     spin = start_spinner(fence_mode, compute)
-    time.sleep(0.05)  # the faulting spinner's turn under way, if any, ends
-    turns = faulting.cpu.read_u32(SPIN_COUNT)
+    turns = still(lambda: faulting.cpu.read_u32(SPIN_COUNT))  # its turn under way ends
     time.sleep(HELD)
     assert faulting.cpu.read_u32(SPIN_COUNT) == turns  # suspended
     end_spinner(fence_mode, spin)

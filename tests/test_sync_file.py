@@ -26,6 +26,7 @@ from protocols.constants import (
     DMA_BUF_SYNC_RW,
     DMA_BUF_SYNC_WRITE,
     DRM_SYNCOBJ_FD_TO_HANDLE_FLAGS_IMPORT_SYNC_FILE,
+    DRM_SYNCOBJ_FD_TO_HANDLE_FLAGS_TIMELINE,
     DRM_SYNCOBJ_HANDLE_TO_FD_FLAGS_EXPORT_SYNC_FILE,
     DRM_SYNCOBJ_HANDLE_TO_FD_FLAGS_TIMELINE,
     PAGE_SIZE,
@@ -34,6 +35,7 @@ from xed.device.sync_file import MAX_FENCES
 
 EXPORT = DRM_SYNCOBJ_HANDLE_TO_FD_FLAGS_EXPORT_SYNC_FILE
 IMPORT = DRM_SYNCOBJ_FD_TO_HANDLE_FLAGS_IMPORT_SYNC_FILE
+TIMELINE = DRM_SYNCOBJ_FD_TO_HANDLE_FLAGS_TIMELINE
 STORED = 0x58  # where the importer's store lands in its batch BO
 
 
@@ -62,8 +64,12 @@ def test_a_sync_file_polls_readable_once_its_fence_signals(two: tuple[Device, De
     seq, done = spinning(gpu)
     sync_fd = syncobj.export_sync_file(dev, done)
     assert not readable(sync_fd, 0.1)
+    copy = os.dup(sync_fd)
     end_spinner(gpu, seq)
     assert readable(sync_fd, 10)
+    # the signal is the end of the file: reading it takes it from nobody
+    assert os.read(copy, 16) == b"" and readable(sync_fd) and readable(copy)
+    os.close(copy)
     os.close(sync_fd)
 
 
@@ -186,7 +192,11 @@ def test_refusals(two: tuple[Device, Device], tmp_path: Any) -> None:
         return errno_of(dev.ioctl, Op.SYNCOBJ_FD_TO_HANDLE, args, [fd])
 
     assert to_handle(obj_fd, pad=1) == EINVAL
-    assert to_handle(obj_fd, flags=1 << 1) == EINVAL
+    assert to_handle(obj_fd, flags=1 << 2) == EINVAL
+    assert to_handle(obj_fd, flags=TIMELINE, point=1) == EINVAL  # a point, no sync file
+    assert to_handle(sync_fd, flags=IMPORT | TIMELINE, handle=empty, point=1) == EOPNOTSUPP
+    plain = m.DrmSyncobjFd(fd=obj_fd, flags=TIMELINE)  # point 0: the plain import
+    assert dev.ioctl(Op.SYNCOBJ_FD_TO_HANDLE, plain, [obj_fd]).handle
     assert to_handle(sync_fd) == EINVAL  # a sync file is no syncobj's descriptor
     assert to_handle(dma_buf) == EINVAL
     assert to_handle(memfd) == EINVAL
@@ -282,3 +292,34 @@ def test_sync_file_ioctl_refusals(two: tuple[Device, Device]) -> None:
     assert info(sync_fd, pad=1) == EINVAL
     for fd in (sync_fd, dma_buf):
         os.close(fd)
+
+
+def test_a_merge_past_max_fences_is_enomem_and_leaves_nothing(
+    fresh_daemon: DaemonProcess,
+) -> None:
+    """SYNC_IOC_MERGE of more than MAX_FENCES unsignalled fences is ENOMEM; neither it nor
+    the sync files closed while their fences were unsignalled leave a descriptor or an
+    object behind (what they watched with goes with them)."""
+    with Device.open(fresh_daemon.socket_path) as dev:
+        gpu = Gpu(dev)
+        seq = start_spinner(gpu)
+        noop = gpu.place(Batch().end())
+        handles = [syncobj.create(dev) for _ in range(MAX_FENCES + 1)]
+        for handle in handles:  # queued behind the spinner: each fence unsignalled
+            dev.exec(gpu.queue, noop, syncs=[syncobj.signal_sync(handle)])
+        before = baseline(fresh_daemon)
+        merged = syncobj.export_sync_file(dev, handles[0])
+        for handle in handles[1:MAX_FENCES]:
+            one = syncobj.export_sync_file(dev, handle)
+            bigger = syncobj.merge_sync_files(dev, merged, one)
+            os.close(one)
+            os.close(merged)
+            merged = bigger
+        assert syncobj.sync_file_info(dev, merged).num_fences == MAX_FENCES
+        last = syncobj.export_sync_file(dev, handles[-1])
+        assert errno_of(syncobj.merge_sync_files, dev, merged, last) == ENOMEM
+        os.close(last)
+        os.close(merged)
+        assert wait_for_baseline(fresh_daemon, before) == before  # spinner still on
+        end_spinner(gpu, seq)
+        gpu.close()

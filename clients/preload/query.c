@@ -196,6 +196,8 @@ static long layout(const struct rbuf *body, uint32_t query, uint8_t *out, size_t
 	default:
 		return -1;
 	}
+	if (cap < 8)
+		return -1;
 	n = r_get_records(body, key, out + 8, item, cap - 8, fill); /* cap: half a buffer */
 	if (n < 0)
 		return -1;

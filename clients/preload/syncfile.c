@@ -14,8 +14,11 @@
  * argument; so an argument that cannot be read is EFAULT only once the daemon has said
  * the descriptor is its sync file (a FILE_INFO asking the count: it changes nothing).
  */
+#define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "preload.h"
 #include "proto.h"
@@ -184,6 +187,11 @@ static int file_info(struct xed_file *f, int fd, uint64_t arg)
 int sync_file_ioctl(int fd, unsigned long cmd, uint64_t arg)
 {
 	if (cmd != SYNC_IOC_MERGE && cmd != SYNC_IOC_FILE_INFO)
+		return ENOTTY;
+	/* ours are sockets: another driver's sync file goes to the kernel without asking
+	 * (the daemon may be unplugged or short of descriptors: that is none of its business) */
+	struct stat st;
+	if (sys_fstatat(fd, "", &st, AT_EMPTY_PATH) < 0 || !S_ISSOCK(st.st_mode))
 		return ENOTTY;
 	struct xed_file *f = xf_any();
 	if (!f)

@@ -193,10 +193,12 @@ SPECS: tuple[OpSpec, ...] = (
         ),
         errors=(
             (EINVAL, "pad not zero"),
-            (EINVAL, "flags other than none or IMPORT_SYNC_FILE"),
+            (EINVAL, "flags other than IMPORT_SYNC_FILE and TIMELINE"),
             (EINVAL, "the descriptor is not a syncobj's (IMPORT_SYNC_FILE: not a sync file)"),
             GONE,
             (ENOENT, "IMPORT_SYNC_FILE: the handle names no syncobj of this file"),
+            (EOPNOTSUPP, "IMPORT_SYNC_FILE into a timeline point other than 0"),
+            (EINVAL, "a point (TIMELINE) without IMPORT_SYNC_FILE"),
         ),
     ),
     OpSpec(

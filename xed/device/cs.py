@@ -185,8 +185,10 @@ class MemCopy:
 
 
 async def _mem_copy(vm: XeVm, copy: MemCopy, turn: _Turn) -> None:
-    """Each row in turn (a matrix copy's rows are independent runs)."""
+    """Each row in turn (a matrix copy's rows are independent runs), each counted as an
+    instruction too: a copy of many tiny rows still lets the others have their turn."""
     for row in range(copy.rows):
+        await turn.spend(instructions=1)
         await _move(vm, copy.dst + row * copy.dst_pitch, copy.src + row * copy.src_pitch,
                     copy.length, turn)  # fmt: skip
 

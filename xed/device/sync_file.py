@@ -5,11 +5,15 @@ Both are exported objects (export.py): one end of a socketpair whose other end t
 daemon keeps, known by the inode of the end handed out, released when its last copy is
 closed. The daemon keeps no copy of its own: the holders' copies are all there is.
 
-- A SyncFile stands for one fence (several, merged, as sync_file_merge makes one: it
-  signals when all of them have). The end handed out polls readable (POLLIN) once the
-  fence is signalled, as a sync file does: the daemon then sends one byte on its end.
-  It answers nobody who speaks on the descriptor (an answer would make it poll
-  readable early), and a holder that reads the byte only fools itself.
+- A SyncFile stands for one fence (several, merged, as sync_file_merge makes one: a
+  FenceArray, signalled when all of them are). The end handed out polls readable
+  (POLLIN) once the fence is signalled, as a sync file does: the daemon then shuts its
+  own end for sending, so every copy reads the end of the file from then on, whoever
+  reads it. It answers nobody who speaks on the descriptor (an answer would make it
+  poll readable early). It watches its fences with callbacks, dropped with the file:
+  a sync file closed before its fence signals leaves nothing behind. (A holder that
+  shuts the descriptor down itself makes it look signalled: to every holder, as with
+  any shared socket; the fence the daemon knows it by is not changed.)
 - A SyncobjFile stands for a syncobj: FD_TO_HANDLE gives a new handle to the same
   syncobj, in any drm file of the device.
 - A BO's reservation (XeBo.resv) holds the fences put in through its dma-buf with
@@ -20,7 +24,8 @@ closed. The daemon keeps no copy of its own: the holders' copies are all there i
 
 from __future__ import annotations
 
-import functools
+import contextlib
+import socket
 from errno import EINVAL, ENOENT, ENOMEM, ENOTTY
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +34,7 @@ from protocols import messages as m
 from .errors import IoctlError, refuse_if
 from .export import ExportedObject, lookup
 from .limits import charge_export, refuse_over
-from .syncobj import DrmSyncobj, Fence
+from .syncobj import DrmSyncobj, Fence, FenceArray
 
 if TYPE_CHECKING:
     from .bo import XeBo
@@ -37,41 +42,60 @@ if TYPE_CHECKING:
     from .file import XeFile
 
 MAX_FENCES = 256  # unsignalled fences a reservation holds: past it, IMPORT is ENOMEM
-_SIGNALLED = b"\x01"  # what the daemon sends on a sync file's end when its fence signals
 
 
 class SyncFile(ExportedObject):
     kind = "sync_file"
 
     def __init__(self, device: XeDevice, fences: list[Fence], name: str = "") -> None:
+        parts = merged_parts(fences)
         super().__init__(device)
         self.name = name  # SYNC_IOC_MERGE's; else the kernel's driver-timeline form
-        # each fence once, the signalled ones dropped (dma_fence_unwrap_merge); none
-        # left: a signalled stub (dma_fence_get_stub), so a file always holds one
-        unique = {id(fence): fence for fence in fences if not fence.signalled}
-        self.fences = list(unique.values()) or [Fence(signalled=True)]
-        if len(self.fences) > MAX_FENCES:
-            raise IoctlError(ENOMEM, f"a sync file of more than {MAX_FENCES} fences")
-        # one fence stands for itself; several for a fence of their own (merged), which
-        # signals when the last of them does, whatever becomes of this descriptor
-        self.fence = self.fences[0] if len(self.fences) == 1 else Fence()
-        if self.fence.signalled:
+        self.fences = parts
+        # one fence stands for itself; several for an array of them, signalled once
+        # they all are, whatever becomes of this descriptor (imported elsewhere)
+        self.fence = parts[0] if len(parts) == 1 else FenceArray(parts)
+        self._waiting = [part for part in parts if not part.signalled]
+        for part in self._waiting:
+            part.add_callback(self._part_signalled)
+        if not self._waiting:
             self._tell()
-        else:
-            device.start_soon(functools.partial(self._watch, self.fences), what=self.kind)
 
-    async def _watch(self, waiting: list[Fence]) -> None:
-        for fence in waiting:
-            await fence.wait()
-        self.fence.signal()
-        self._tell()
+    def _part_signalled(self) -> None:
+        self._waiting = [part for part in self._waiting if not part.signalled]
+        if not self._waiting:
+            self._tell()
 
     def _tell(self) -> None:
+        """Every copy of the descriptor polls readable from now on, for good: our end
+        shut for sending reads as the end of the file in each (nothing any holder reads
+        can take the signal from the others)."""
         if not self.released:
-            self._send_nowait(_SIGNALLED, [])
+            with contextlib.suppress(OSError):
+                self._ours.shutdown(socket.SHUT_WR)
+
+    def release(self) -> None:
+        for part in self._waiting:  # nobody left to tell: no callback outlives the file
+            part.remove_callback(self._part_signalled)
+        self._waiting = []
 
     def _answer_peer(self, data: bytes) -> None:
         """Nobody is answered on a sync file (see the module's docstring)."""
+
+
+def merged_parts(fences: list[Fence]) -> list[Fence]:
+    """The fences a sync file of `fences` holds: each once (a fence array's parts in its
+    place), the signalled ones dropped, as dma_fence_unwrap_merge; none left, a
+    signalled stub (dma_fence_get_stub). ENOMEM past MAX_FENCES, before anything is
+    made."""
+    unique: dict[int, Fence] = {}
+    for fence in fences:
+        for part in fence.parts if isinstance(fence, FenceArray) else (fence,):
+            if not part.signalled:
+                unique[id(part)] = part
+    if len(unique) > MAX_FENCES:
+        raise IoctlError(ENOMEM, f"a sync file of more than {MAX_FENCES} fences")
+    return list(unique.values()) or [Fence(signalled=True)]
 
 
 class SyncobjFile(ExportedObject):

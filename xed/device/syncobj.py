@@ -16,8 +16,8 @@ descriptors are sync_file.py's). Timeline syncobjs are not emulated.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
-from errno import EINVAL, ENOENT, ETIME
+from collections.abc import Callable, Iterable
+from errno import EINVAL, ENOENT, EOPNOTSUPP, ETIME
 from typing import TYPE_CHECKING
 
 import trio
@@ -26,6 +26,7 @@ from protocols import messages as m
 from protocols.constants import (
     DRM_SYNCOBJ_CREATE_SIGNALED,
     DRM_SYNCOBJ_FD_TO_HANDLE_FLAGS_IMPORT_SYNC_FILE,
+    DRM_SYNCOBJ_FD_TO_HANDLE_FLAGS_TIMELINE,
     DRM_SYNCOBJ_HANDLE_TO_FD_FLAGS_EXPORT_SYNC_FILE,
     DRM_SYNCOBJ_HANDLE_TO_FD_FLAGS_TIMELINE,
     DRM_SYNCOBJ_WAIT_FLAGS_WAIT_ALL,
@@ -49,13 +50,16 @@ NONE_SIGNALLED = 0xFFFF_FFFF  # first_signaled when nothing was signalled at the
 
 
 class Fence:
-    """A dma_fence: signalled once."""
+    """A dma_fence: signalled once. Callbacks (dma_fence_add_callback) run when it is,
+    in the signalling task, and may be removed before: what a sync file watches with,
+    rather than a task of its own that would outlive its descriptor."""
 
-    __slots__ = ("signalled", "_event")
+    __slots__ = ("signalled", "_event", "_callbacks")
 
     def __init__(self, signalled: bool = False) -> None:
         self.signalled = signalled
         self._event: trio.Event | None = None
+        self._callbacks: list[Callable[[], None]] | None = None
 
     def signal(self) -> None:
         if self.signalled:
@@ -63,12 +67,52 @@ class Fence:
         self.signalled = True
         if self._event is not None:
             self._event.set()
+        callbacks, self._callbacks = self._callbacks, None
+        for callback in callbacks or ():
+            callback()
 
     async def wait(self) -> None:
         if not self.signalled:
             if self._event is None:
                 self._event = trio.Event()
             await self._event.wait()
+
+    def add_callback(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once this fence is signalled (it must not be yet)."""
+        if self._callbacks is None:
+            self._callbacks = []
+        self._callbacks.append(callback)
+
+    def remove_callback(self, callback: Callable[[], None]) -> None:
+        if self._callbacks and callback in self._callbacks:
+            self._callbacks.remove(callback)
+
+
+class FenceArray(Fence):
+    """Several fences as one (dma_fence_array, what sync_file_merge makes): signalled
+    once all its parts are. It keeps no state of its own, so nothing needs to watch the
+    parts for it: whoever holds it asks them."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: list[Fence]) -> None:  # not Fence's: `signalled` is derived
+        self._event = None
+        self._callbacks = None
+        self.parts = parts
+
+    @property
+    def signalled(self) -> bool:  # type: ignore[override]
+        return all(part.signalled for part in self.parts)
+
+    def signal(self) -> None:
+        raise AssertionError("a fence array is signalled by its parts")
+
+    async def wait(self) -> None:
+        for part in self.parts:
+            await part.wait()
+
+    def add_callback(self, callback: Callable[[], None]) -> None:
+        raise AssertionError("watch a fence array's parts")
 
 
 class DrmSyncobj:
@@ -259,23 +303,31 @@ def drm_syncobj_fd_to_handle_ioctl(
 
     Checks, in order:
     - pad not zero: EINVAL
-    - flags other than IMPORT_SYNC_FILE: EINVAL
+    - flags other than IMPORT_SYNC_FILE and TIMELINE: EINVAL
     - one of ours of a device since unplugged: ENODEV
-    - IMPORT_SYNC_FILE: the descriptor not a sync file: EINVAL; no such syncobj: ENOENT
-    - otherwise: the descriptor not a syncobj's: EINVAL
+    - IMPORT_SYNC_FILE: the descriptor not a sync file: EINVAL; no such syncobj: ENOENT;
+      a timeline `point` (TIMELINE) other than 0: EOPNOTSUPP (the kernel adds the point:
+      timeline syncobjs are not emulated)
+    - otherwise: a `point` other than 0 (TIMELINE): EINVAL; the descriptor not a
+      syncobj's: EINVAL
     """
     from .sync_file import SyncFile, SyncobjFile
 
     refuse_if(args.pad, EINVAL, "pad must be zero")
     import_sync_file = DRM_SYNCOBJ_FD_TO_HANDLE_FLAGS_IMPORT_SYNC_FILE
-    refuse_if(args.flags & ~import_sync_file, EINVAL, f"flags {args.flags:#x}")
+    timeline = DRM_SYNCOBJ_FD_TO_HANDLE_FLAGS_TIMELINE
+    refuse_if(args.flags & ~(import_sync_file | timeline), EINVAL, f"flags {args.flags:#x}")
+    point = args.point if args.flags & timeline else 0
     (fd,) = fds
     found = lookup_exported(xef.device, fd)
     if args.flags & import_sync_file:
         refuse_if(not isinstance(found, SyncFile), EINVAL, "not a sync file")
         assert isinstance(found, SyncFile)
-        lookup(xef, args.handle).replace_fence(found.fence)
+        syncobj = lookup(xef, args.handle)
+        refuse_if(point, EOPNOTSUPP, "timeline points are not emulated")
+        syncobj.replace_fence(found.fence)
         return m.DrmSyncobjFdReply(handle=args.handle)
+    refuse_if(point, EINVAL, "a point without IMPORT_SYNC_FILE")
     refuse_if(not isinstance(found, SyncobjFile), EINVAL, "not a syncobj's descriptor")
     assert isinstance(found, SyncobjFile)
     return m.DrmSyncobjFdReply(handle=xef.syncobj_create(found.syncobj))
