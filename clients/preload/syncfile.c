@@ -1,14 +1,15 @@
 /*
  * syncfile.c - a sync file's own ioctls (drivers/dma-buf/sync_file.c): SYNC_IOC_MERGE and
- * SYNC_IOC_FILE_INFO on the sync files the daemon hands out.
+ * SYNC_IOC_FILE_INFO on the sync files the daemon hands out, and SYNC_IOC_SET_DEADLINE (a
+ * hint, taken and dropped).
  *
  * Such a sync file (SYNCOBJ_HANDLE_TO_FD's, EXPORT_SYNC_FILE's, a merge's) is one end of
  * a socket pair, so the kernel answers its ioctls with ENOTTY. The library asks the
  * daemon instead, on any drm connection of this process, with the descriptor attached.
  * The daemon answers ENOTTY for a descriptor that is none of its sync files, and the
  * kernel is then asked after all: a real sync file (another driver's) works as before,
- * and anything else gets the kernel's own answer. Other '>' commands (SET_DEADLINE) go
- * to the kernel without asking: ENOTTY on a socket, as on a file that does not know them.
+ * and anything else gets the kernel's own answer. Other '>' commands go to the kernel
+ * without asking: ENOTTY on a socket, as on a file that does not know them.
  *
  * The kernel answers ENOTTY for a descriptor that is no sync file before it reads the
  * argument; so an argument that cannot be read is EFAULT only once the daemon has said
@@ -96,9 +97,10 @@ static int info_run(struct xcall *c, int fd, const struct sync_file_info *a)
 	return xc_run(c, fd);
 }
 
-/* An argument that cannot be read: EFAULT on a sync file of the daemon's, else the
- * kernel's to answer (ENOTTY here). EBADF: fd is closed, the kernel says so too. */
-static int unreadable(struct xed_file *f, int fd)
+/* is fd one of the daemon's sync files? 0 if so, ENOTTY if not (or closed), another
+ * errno if the daemon cannot say; asked with a FILE_INFO of the count, which changes
+ * nothing */
+static int ours(struct xed_file *f, int fd)
 {
 	struct xcall c;
 	struct sync_file_info count = {0};
@@ -107,7 +109,29 @@ static int unreadable(struct xed_file *f, int fd)
 		return err;
 	err = info_run(&c, fd, &count);
 	xc_end(&c);
-	return err == ENOTTY || err == EBADF ? ENOTTY : EFAULT;
+	return err == EBADF ? ENOTTY : err;
+}
+
+/* An argument that cannot be read: EFAULT on a sync file of the daemon's, else the
+ * kernel's to answer (ENOTTY here). EBADF: fd is closed, the kernel says so too. */
+static int unreadable(struct xed_file *f, int fd)
+{
+	int err = ours(f, fd);
+	return err == ENOTTY ? ENOTTY : EFAULT;
+}
+
+/* sync_file_ioctl_set_deadline(): a hint for the fence's driver to hurry; an emulated
+ * engine has no clock to raise, so once the descriptor is known for the daemon's sync
+ * file the hint is taken, and dropped */
+static int set_deadline(struct xed_file *f, int fd, uint64_t arg)
+{
+	int err = ours(f, fd);
+	if (err)
+		return err;
+	struct sync_set_deadline a;
+	if (copy_from_user(&a, arg, sizeof a))
+		return EFAULT;
+	return a.pad ? EINVAL : 0;
 }
 
 /* sync_file_ioctl_merge(): the sync file attached first, fd2's second; the merged one
@@ -186,7 +210,7 @@ static int file_info(struct xed_file *f, int fd, uint64_t arg)
 
 int sync_file_ioctl(int fd, unsigned long cmd, uint64_t arg)
 {
-	if (cmd != SYNC_IOC_MERGE && cmd != SYNC_IOC_FILE_INFO)
+	if (cmd != SYNC_IOC_MERGE && cmd != SYNC_IOC_FILE_INFO && cmd != SYNC_IOC_SET_DEADLINE)
 		return ENOTTY;
 	/* ours are sockets: another driver's sync file goes to the kernel without asking
 	 * (the daemon may be unplugged or short of descriptors: that is none of its business) */
@@ -196,7 +220,9 @@ int sync_file_ioctl(int fd, unsigned long cmd, uint64_t arg)
 	struct xed_file *f = xf_any();
 	if (!f)
 		return ENOTTY; /* no daemon to ask: the kernel answers */
-	int err = cmd == SYNC_IOC_MERGE ? merge(f, fd, arg) : file_info(f, fd, arg);
+	int err = cmd == SYNC_IOC_MERGE	       ? merge(f, fd, arg)
+		  : cmd == SYNC_IOC_FILE_INFO ? file_info(f, fd, arg)
+					      : set_deadline(f, fd, arg);
 	xf_put(f);
 	return err;
 }

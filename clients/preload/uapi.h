@@ -871,6 +871,14 @@ XED_AT(sync_file_info, sync_fence_info, 48);
 	XED_IOC(XED_IOC_READ | XED_IOC_WRITE, SYNC_IOC_MAGIC, 3, sizeof(struct sync_merge_data))
 #define SYNC_IOC_FILE_INFO \
 	XED_IOC(XED_IOC_READ | XED_IOC_WRITE, SYNC_IOC_MAGIC, 4, sizeof(struct sync_file_info))
+struct sync_set_deadline {
+	uint64_t deadline_ns; /* absolute CLOCK_MONOTONIC: a hint to the fence's driver */
+	uint64_t pad;	      /* must be zero */
+};
+XED_CHECK(sync_set_deadline, 16);
+XED_AT(sync_set_deadline, pad, 8);
+#define SYNC_IOC_SET_DEADLINE \
+	XED_IOC(XED_IOC_WRITE, SYNC_IOC_MAGIC, 5, sizeof(struct sync_set_deadline))
 
 /* the ioctl numbers themselves, as the uAPI headers expand them */
 _Static_assert(DRM_IOCTL_VERSION == 0xc0406400ul, "DRM_IOCTL_VERSION");
@@ -899,5 +907,6 @@ _Static_assert(DMA_BUF_IOCTL_EXPORT_SYNC_FILE == 0xc0086202ul, "DMA_BUF_IOCTL_EX
 _Static_assert(DMA_BUF_IOCTL_IMPORT_SYNC_FILE == 0x40086203ul, "DMA_BUF_IOCTL_IMPORT_SYNC_FILE");
 _Static_assert(SYNC_IOC_MERGE == 0xc0303e03ul, "SYNC_IOC_MERGE");
 _Static_assert(SYNC_IOC_FILE_INFO == 0xc0383e04ul, "SYNC_IOC_FILE_INFO");
+_Static_assert(SYNC_IOC_SET_DEADLINE == 0x40103e05ul, "SYNC_IOC_SET_DEADLINE");
 
 #endif /* XED_UAPI_H */

@@ -221,6 +221,14 @@ int main(void)
 	CHECK_ERR(ioctl(pipes[1], SYNC_IOC_FILE_INFO, bad_address()), ENOTTY);
 	CHECK_ERR(merge(987, b, "x", &m), EBADF);
 	CHECK_ERR(ioctl(987, SYNC_IOC_FILE_INFO, &info), EBADF);
+	/* SET_DEADLINE: a hint, taken from a sync file of the daemon's; pad must be zero */
+	struct sync_set_deadline dl = {.deadline_ns = 1};
+	CHECK_OK(ioctl(merged, SYNC_IOC_SET_DEADLINE, &dl));
+	dl.pad = 1;
+	CHECK_ERR(ioctl(merged, SYNC_IOC_SET_DEADLINE, &dl), EINVAL);
+	CHECK_ERR(ioctl(merged, SYNC_IOC_SET_DEADLINE, bad_address()), EFAULT);
+	CHECK_ERR(ioctl(pipes[1], SYNC_IOC_SET_DEADLINE, &dl), ENOTTY);
+	CHECK_ERR(ioctl(ph.fd, SYNC_IOC_SET_DEADLINE, bad_address()), ENOTTY);
 	/* another '>' number on a sync file: ENOTTY, as sync_file_ioctl() answers */
 	CHECK_ERR(ioctl(merged, XED_IOC(XED_IOC_READ | XED_IOC_WRITE, SYNC_IOC_MAGIC, 9, 8), &info),
 		  ENOTTY);
