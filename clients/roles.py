@@ -88,6 +88,13 @@ class RoleOps:
         reply: m.XedAdminClientsReply = self.ioctl(Op.ADMIN_CLIENTS, m.XedAdminClients())
         return reply.clients
 
+    def admin_gt_reset(self: Ioctls, gt_id: int = 0) -> int:
+        """Reset a GT: its queues with a job running are banned. How many were."""
+        reply: m.XedAdminGtResetReply = self.ioctl(
+            Op.ADMIN_GT_RESET, m.XedAdminGtReset(gt_id=gt_id)
+        )
+        return reply.banned
+
     def admin_unplug(self: Ioctls) -> None:
         self.ioctl(Op.ADMIN_UNPLUG, m.XedAdminUnplug())
 

@@ -2,7 +2,8 @@
 
 The library (clients/preload) is built on first use, the daemon is asked whether it
 answers (a short HELLO + VERSION, so a wrong socket is said plainly before the program
-starts), a directory standing in for /sys/kernel/debug is made, and the program runs
+starts), a directory standing in for /sys/kernel/debug is made (its gtN/force_reset
+files ask the daemon for a GT reset: gt_reset_files.py), and the program runs
 with LD_PRELOAD and the socket in its environment. Its exit status comes back as it is,
 a death by signal N as 128+N, as shells report it.
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 from . import preload
 from .device import Device
 from .errors import DaemonGone, XeError
+from .gt_reset_files import reset_files
 
 EX_UNAVAILABLE = 69  # sysexits.h: the daemon is not there
 NODES = ("card0", "renderD128")
@@ -107,7 +109,7 @@ def run(argv: Sequence[str], socket_path: Path, node: str | None = None) -> int:
         print(f"xec run: no xed daemon answers at {socket_path}: {problem}", file=sys.stderr)
         return EX_UNAVAILABLE
     nodes = (node,) if node else NODES
-    with debugfs_dir("0000:00:02.0") as debugfs:
+    with debugfs_dir("0000:00:02.0") as debugfs, reset_files(debugfs, socket_path):
         env = environment(library, socket_path, nodes, debugfs)
         try:
             child = subprocess.Popen(list(argv), env=env)

@@ -19,6 +19,7 @@ import socket
 import stat
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -167,7 +168,10 @@ def ban_lr_vm(dev: Device) -> tuple[int, int]:
         batch = Batch().raw(0x1F << 23).end().tobytes()  # an instruction nobody knows
         cpu[0x100 : 0x100 + len(batch)] = batch
         dev.exec(queue, BATCH_VA + 0x100, syncs=[user_fence(BATCH_VA, 1)])
-        dev.wait_user_fence(cpu.user_address(0), 1, timeout=WAIT_NS)  # written all the same
+        # a long-running job's user fence is never written when it faults: a wait on
+        # its queue ends EIO once the queue is banned
+        wait = partial(dev.wait_user_fence, cpu.user_address(0), 1, WAIT_NS, exec_queue=queue)
+        assert errno_of(wait) == errno.EIO
     event = dev.wait_event(timeout=SETTLE)
     assert event.event == Event.EXEC_QUEUE_BANNED
     assert event.data.exec_queue_id == queue

@@ -15,6 +15,7 @@ import os
 import socket
 import tempfile
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import attrs
@@ -246,7 +247,10 @@ def test_aux_import_after_the_exported_vm_is_banned_is_enoent(dev: Device, aux: 
             batch = Batch().raw(0x1F << 23).end().tobytes()
             cpu[0x100 : 0x100 + len(batch)] = batch
             dev.exec(queue, BATCH_VA + 0x100, syncs=[user_fence(BATCH_VA, 1)])
-            dev.wait_user_fence(cpu.user_address(0), 1, timeout=WAIT_NS)
+            # never written (a long-running job that faults): EIO once the queue is banned
+            addr = cpu.user_address(0)
+            wait = partial(dev.wait_user_fence, addr, 1, WAIT_NS, exec_queue=queue)
+            assert errno_of(wait) == errno.EIO
         assert dev.wait_event(timeout=SETTLE).event == Event.EXEC_QUEUE_BANNED
         assert errno_of(aux.aux_vm_import, fd, os.getpid()) == errno.ENOENT
         dev.exec_queue_destroy(queue)

@@ -253,7 +253,8 @@ def cmd_ctl(args: argparse.Namespace) -> int:
         return EX_USAGE
     from .ctl import run  # the admin tool's client: `xed serve` never needs it
 
-    return run(socket_path(args.socket), args.action, args.json, args.level, timeout)
+    value = str(args.gt) if args.action == "gt-reset" else args.level
+    return run(socket_path(args.socket), args.action, args.json, value, timeout)
 
 
 SOCKET_DEFAULT = "default: $XED_SOCKET, else $XDG_RUNTIME_DIR/xed/xed.sock, else /run/xed/xed.sock"
@@ -308,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("stats", "per-op calls, refusals by errno, latency percentiles"),
         ("unplug", "unplug the device: ioctls answer ENODEV, mappings read zeros"),
         ("replug", "plug a new device in (connections opened before stay ENODEV)"),
+        ("gt-reset", "reset a GT: its queues with a job running are banned"),
         ("log-level", "change the daemon's log level now"),
     ):
         action_p = ctl_sub.add_parser(
@@ -316,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
         )  # fmt: skip
         if action == "log-level":
             action_p.add_argument("level", choices=list(xlog.LEVELS), help="the new level")
+        if action == "gt-reset":
+            action_p.add_argument("--gt", type=int, default=0, metavar="N", help="the GT (0)")
         action_p.add_argument(
             "--json", action="store_true", help="one JSON document instead of text"
         )

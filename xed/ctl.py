@@ -132,6 +132,11 @@ def run(path: Path, action: str, as_json: bool, value: str | None, timeout: floa
             _ask(path, timeout, Op.ADMIN_UNPLUG, m.XedAdminUnplug())
             text = "unplugged: ioctls answer ENODEV, mappings read zeros"
             _print_done(text, {"unplugged": True}, as_json)
+        elif action == "gt-reset":
+            gt = int(value or 0)
+            reply = _ask(path, timeout, Op.ADMIN_GT_RESET, m.XedAdminGtReset(gt_id=gt))
+            text = f"gt{gt} reset: {reply.banned} queue(s) with a job running banned"
+            _print_done(text, {"gt": gt, "banned": reply.banned}, as_json)
         elif action == "replug":
             _ask(path, timeout, Op.ADMIN_REPLUG, m.XedAdminReplug())
             text = "plugged in: a new device; connections opened before stay ENODEV"

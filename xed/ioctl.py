@@ -129,6 +129,16 @@ def admin_replug_ioctl(xef: XeFile, args: m.XedAdminReplug) -> m.Empty:
     return m.Empty()
 
 
+def admin_gt_reset_ioctl(xef: XeFile, args: m.XedAdminGtReset) -> m.XedAdminGtResetReply:
+    """ADMIN_GT_RESET. Checks: gt_id names no GT of the device: EINVAL."""
+    device = xef.device
+    gts = {engine.gt_id for engine in device.engines}
+    refuse_if(args.gt_id not in gts, EINVAL, f"no GT {args.gt_id}")
+    banned = device.gt_reset(args.gt_id)
+    xef.log.warning("gt_reset", gt=args.gt_id, banned=banned)
+    return m.XedAdminGtResetReply(banned=banned)
+
+
 HANDLERS: dict[Op, Callable[..., Any]] = {
     Op.VERSION: drm_version_ioctl,
     Op.GEM_CLOSE: bo.drm_gem_close_ioctl,
@@ -184,4 +194,5 @@ HANDLERS: dict[Op, Callable[..., Any]] = {
     Op.ADMIN_OBJECTS: admin_objects_ioctl,
     Op.ADMIN_LOG_LEVEL: admin_log_level_ioctl,
     Op.ADMIN_REPLUG: admin_replug_ioctl,
+    Op.ADMIN_GT_RESET: admin_gt_reset_ioctl,
 }

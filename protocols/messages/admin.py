@@ -137,6 +137,19 @@ class XedAdminUnplug:
 
 
 @frozen
+class XedAdminGtReset:
+    """Reset a GT, as debugfs gtN/force_reset does: its queues with a job under way are
+    banned, the rest go on."""
+
+    gt_id: int = u32("the GT")
+
+
+@frozen
+class XedAdminGtResetReply:
+    banned: int = u32("queues banned: those with a job running")
+
+
+@frozen
 class XedAdminReplug:
     """Plug a new device in (an emulator's convenience, as a driver rebind): files
     opened before the unplug stay ENODEV."""

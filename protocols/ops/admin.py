@@ -50,6 +50,20 @@ SPECS: tuple[OpSpec, ...] = (
         errors=((EINVAL, "not one of debug, info, warning, error"),),
     ),
     OpSpec(
+        op=Op.ADMIN_GT_RESET,
+        request=m.XedAdminGtReset,
+        reply=m.XedAdminGtResetReply,
+        roles=frozenset({Role.ADMIN}),
+        doc=(
+            "Reset a GT (xe_gt_reset, what debugfs gtN/force_reset asks; `xec run` "
+            "serves those files): every exec queue on it with a job under way, its "
+            "batch started and not done, is banned (EXEC_QUEUE_BANNED, its job ends "
+            "as a GPU fault, later EXECs ECANCELED), as xe's GuC submission bans it; "
+            "queues with nothing running go on with what they hold."
+        ),
+        errors=((EINVAL, "gt_id names no GT"),),
+    ),
+    OpSpec(
         op=Op.ADMIN_UNPLUG,
         request=m.XedAdminUnplug,
         reply=m.Empty,

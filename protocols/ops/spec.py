@@ -85,6 +85,7 @@ class Op(enum.IntEnum):
     ADMIN_STATS = 0x184
     ADMIN_LOG_LEVEL = 0x185
     ADMIN_OBJECTS = 0x186
+    ADMIN_GT_RESET = 0x187
 
 
 class Event(enum.IntEnum):

@@ -11,7 +11,7 @@ are therefore ordering points with nothing left to flush.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import attrs
@@ -42,7 +42,6 @@ from .errors import GpuFault
 from .userptr import UserptrBusy
 
 if TYPE_CHECKING:
-    from .hw_engine_group import HwEngineGroup
     from .vm import XeVm
 
 # The most the streamer does between two turns of the scheduler, so that other clients
@@ -93,7 +92,10 @@ def _addr(vm: XeVm, lo: int, hi: int) -> int:
 
 
 async def run_batch(
-    vm: XeVm, address: int, timeout: float | None = None, group: HwEngineGroup | None = None
+    vm: XeVm,
+    address: int,
+    timeout: float | None = None,
+    preempt: Callable[[int], Awaitable[None]] | None = None,
 ) -> int:
     """Run from `address` to MI_BATCH_BUFFER_END; return instructions executed.
 
@@ -102,9 +104,9 @@ async def run_batch(
     and faults too. MI_BATCH_BUFFER_START jumps (a second-level one returns at its end);
     a jump back, as a spinner loops, naps LOOP_NAP first (an emulated engine has no
     speed to keep, and a spinner must not take a CPU), and past `timeout` seconds since
-    the batch began (xe's job timeout: None for an LR-mode VM) the job is a hang. A
-    page-fault-mode job of a hw engine `group` is suspended at those naps while the
-    group runs dma-fence jobs (hw_engine_group.py).
+    the batch began (xe's job timeout: None for an LR-mode VM) the job is a hang. Those
+    naps are the batch's preemption points: `preempt(pc)` is awaited at each (its
+    queue's: a suspension of its hw engine group, a GT reset).
     """
     pc = address
     executed = straight = 0
@@ -137,10 +139,10 @@ async def run_batch(
             backwards = step.target <= pc
             pc, straight = step.target, 0
             if backwards:
-                await _nap(pc, started, timeout, group)
+                await _nap(pc, started, timeout, preempt)
             continue
         if step == WAIT:  # MI_SEMAPHORE_WAIT, not satisfied yet: poll it again
-            await _nap(pc, started, timeout, group)
+            await _nap(pc, started, timeout, preempt)
             continue
         if step == 0:
             if not returns:
@@ -151,15 +153,17 @@ async def run_batch(
         straight += step
 
 
-async def _nap(pc: int, started: float, timeout: float | None, group: HwEngineGroup | None) -> None:
+async def _nap(
+    pc: int, started: float, timeout: float | None, preempt: Callable[[int], Awaitable[None]] | None
+) -> None:
     """A batch that waits on itself (a loop, a semaphore) polls no faster than LOOP_NAP,
     and past `timeout` seconds since it `started` it is a hang. It is a preemption
-    point too: a faulting LR job waits there while its `group` is in DMA_FENCE mode."""
+    point too (`preempt`)."""
     if timeout is not None and trio.current_time() - started > timeout:
         raise GpuFault(pc, f"job timeout ({timeout:g} s): the batch hangs")
     await trio.sleep(LOOP_NAP)
-    if group is not None:
-        await group.lr_may_run()
+    if preempt is not None:
+        await preempt(pc)
 
 
 @attrs.frozen

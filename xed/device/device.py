@@ -252,6 +252,16 @@ class XeDevice:
     def clients(self) -> list[XeFile]:
         return sorted(self.files, key=lambda f: f.client_id)
 
+    def gt_reset(self, gt_id: int) -> int:
+        """xe_gt_reset: every exec queue on the GT with a job under way is banned at its
+        next preemption point (exec_queue.py); the others go on. How many were."""
+        return sum(
+            queue.gt_reset()
+            for xef in self.files
+            for queue in xef.exec_queues.values()
+            if queue.engine.gt_id == gt_id and not queue.bind
+        )
+
     def object_counts(self) -> m.XedObjectCounts:
         return m.XedObjectCounts(
             files=len(self.files),

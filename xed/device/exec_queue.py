@@ -58,6 +58,7 @@ class XeExecQueue:
     __slots__ = (
         "file", "device", "vm", "engine", "width", "id", "banned", "bind", "binds",
         "group", "_jobs", "_pending", "_running", "_fence", "_worker", "_stopped",
+        "_in_batch", "_reset",
     )  # fmt: skip
 
     def __init__(
@@ -85,6 +86,8 @@ class XeExecQueue:
         self._fence: Fence | None = None  # the job the worker is on: its fence
         self._worker: trio.CancelScope | None = None  # while a worker task runs
         self._stopped = False  # halted or destroyed: nothing more runs
+        self._in_batch = False  # a job's batch started and not done
+        self._reset = False  # a GT reset met the job running: it ends at its next point
         self.device.counts["exec_queue"] += 1
 
     @property
@@ -167,30 +170,52 @@ class XeExecQueue:
             if group is not None and faulting:  # suspended while dma-fence jobs run
                 await group.lr_may_run()
             self.vm.touched = set() if strict else None
+            self._in_batch, self._reset = True, False  # started: a GT reset bans it
             try:
                 if group is not None and not faulting:
                     group.dma_fence_job_started()
                 # a parallel job's lanes run one after the other: what they write is
                 # what running side by side writes, unless one waits for another
                 timeout = None if self.vm.lr_mode else self.device.config.job_timeout_ms / 1000
-                suspend = group if faulting else None
                 for address in addresses:
                     self._running = address
-                    await run_batch(self.vm, address, timeout, suspend)
+                    await run_batch(self.vm, address, timeout, self._preemption_point)
                 self.device.stats["execs"] += 1
             except GpuFault as fault:
                 self._ban(fault)
-                if self.vm.fault_mode:
-                    # a fault nothing resolves: the job never completes, and its user
-                    # fences are never written (a waiter on the queue gets EIO)
+                if self.vm.lr_mode:
+                    # a long-running job's user fence is the ring's store after its
+                    # batch: a job that faults (or a GT reset stops) never writes it, and
+                    # a waiter on the queue gets EIO (a dma-fence job's comes with its
+                    # fence, error or not)
                     return
             finally:
+                self._in_batch = False
                 if group is not None and not faulting:
                     group.dma_fence_job_done()
                 touched, self.vm.touched = self.vm.touched, None
                 if touched:
                     self._check_cpu_windows(touched)
         await signal_gpu_fences(self.file, syncs.user_fences, self.vm)
+
+    async def _preemption_point(self, pc: int) -> None:
+        """Where the running batch may be stopped: by a GT reset (a GPU fault: the queue
+        is banned), or held while its hw engine group runs dma-fence jobs (a faulting
+        job of a page-fault-mode VM)."""
+        if self._reset:
+            raise GpuFault(pc, "GT reset: the job was running")
+        if self.group is not None and self.vm.fault_mode:
+            await self.group.lr_may_run()
+
+    def gt_reset(self) -> bool:
+        """Its GT is reset (xe_guc_submit's stop and start): a job under way, started and
+        not done, ends at its next preemption point as a GPU fault and the queue is
+        banned, as xe bans a queue whose job was running; jobs not started yet wait
+        for the GT to come back, as they would. True if a job was running."""
+        if not self._in_batch or self.banned or self._stopped:
+            return False
+        self._reset = True
+        return True
 
     def _check_cpu_windows(self, touched: set[XeBo]) -> None:
         """Strict mode: the device used a buffer some process is writing with the CPU
@@ -219,9 +244,10 @@ class XeExecQueue:
     def _ban(self, fault: GpuFault) -> None:
         self.banned = True
         save_fault(self.vm, fault)
-        if self.vm.lr_mode and not self.vm.fault_mode:
+        if self.vm.lr_mode and not self.vm.fault_mode and not self._reset:
             # xe_vm_kill(): a long-running VM dies with its queue; one in page-fault
-            # mode outlives it (the failed fault ends the queue alone)
+            # mode outlives it (the failed fault ends the queue alone), and so does one
+            # whose queue a GT reset banned (the GuC's reset bans the queue alone)
             self.vm.banned = True
         self.device.stats["bans"] += 1
         self.file.log.warning(
