@@ -2,8 +2,9 @@
 
 The library (clients/preload) is built on first use, the daemon is asked whether it
 answers (a short HELLO + VERSION, so a wrong socket is said plainly before the program
-starts), a directory standing in for /sys/kernel/debug is made (its gtN/force_reset
-files ask the daemon for a GT reset: gt_reset_files.py), and the program runs
+starts), a directory standing in for /sys/kernel/debug is made (what is written to its
+gtN/force_reset files asks the daemon for a GT reset: gt_reset_files.py), and the
+program runs
 with LD_PRELOAD and the socket in its environment. Its exit status comes back as it is,
 a death by signal N as 128+N, as shells report it.
 """

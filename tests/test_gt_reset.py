@@ -8,7 +8,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
-from errno import ECANCELED, EINVAL
+from errno import ECANCELED, EINVAL, EIO
 from pathlib import Path
 
 import pytest
@@ -16,7 +16,7 @@ from helpers import BATCH_VA, FENCE, Gpu, errno_of, start_spinner
 
 from clients import Batch, Device, syncobj
 from clients.daemon import DaemonProcess
-from protocols.constants import EngineClass
+from protocols.constants import DRM_XE_VM_CREATE_FLAG_LR_MODE, EngineClass
 
 STORED = 0x58  # where a store lands in a Gpu's batch BO
 
@@ -91,14 +91,15 @@ def test_a_program_resets_the_gt_through_debugfs(fresh_daemon: DaemonProcess) ->
     with Device.open(path) as dev:
         gpu = Gpu(dev)
         seq = start_spinner(gpu)
-        probe = xec_run_sh(path, f": > {reset}_sync && test -p {reset}")
+        probe = xec_run_sh(path, f": > {reset}_sync && cat {reset} && test -f {reset}")
         assert probe.returncode == 0, probe.stderr
         assert gpu.cpu.read_u64(FENCE) != seq and not gpu.banned_queues()
         done = xec_run_sh(path, f"echo 1 > {reset}")
         assert done.returncode == 0, done.stderr
         gpu.wait(seq)
         gpu.wait(seq)
-        assert gpu.ban_events(gpu.queue)
+        events = gpu.ban_events(gpu.queue)  # the reset's, not the job timeout's
+        assert [e.reason for e in events] == ["GT reset: the job was running"]
 
 
 def test_xed_ctl_gt_reset(fresh_daemon: DaemonProcess) -> None:
@@ -114,3 +115,19 @@ def test_xed_ctl_gt_reset(fresh_daemon: DaemonProcess) -> None:
         gpu.wait(seq)
     refused = subprocess.run([*ctl, "--gt", "3"], capture_output=True, text=True, timeout=60)
     assert refused.returncode == 1 and "no GT 3" in refused.stderr
+
+
+def test_jobs_behind_a_reset_lr_job_never_write_their_fences(
+    pair: tuple[Device, Device],
+) -> None:
+    """On a long-running VM the reset job, and a job queued behind it that the banned
+    queue drops, never write their user fences (the ring's stores): a wait on the queue
+    answers EIO, as xe's."""
+    dev, admin = pair
+    gpu = Gpu(dev, DRM_XE_VM_CREATE_FLAG_LR_MODE)
+    seq = start_spinner(gpu)
+    behind = gpu.submit(Batch().store_dword(BATCH_VA + STORED, 4).end())
+    assert admin.admin_gt_reset(0) == 1
+    for value in (seq, behind):
+        assert errno_of(gpu.wait, value, gpu.queue) == EIO
+    assert gpu.cpu.read_u64(FENCE) == 0 and gpu.cpu.read_u32(STORED) == 0

@@ -161,6 +161,8 @@ class XeExecQueue:
     async def _execute(self, addresses: tuple[int, ...], syncs: Syncs) -> None:
         for wait in syncs.waits:  # the scheduler runs a job once its dependencies are done
             await wait.wait()
+        if self.vm.lr_mode and (self.banned or self.vm.closed):
+            return  # dropped: a long-running job's user fence is its ring's store, never run
         # a banned queue or closed VM drops the job, but its fences still signal (xe does)
         if addresses and not self.banned and not self.vm.closed:
             self._running = addresses[0]
@@ -202,10 +204,10 @@ class XeExecQueue:
         """Where the running batch may be stopped: by a GT reset (a GPU fault: the queue
         is banned), or held while its hw engine group runs dma-fence jobs (a faulting
         job of a page-fault-mode VM)."""
-        if self._reset:
-            raise GpuFault(pc, "GT reset: the job was running")
         if self.group is not None and self.vm.fault_mode:
             await self.group.lr_may_run()
+        if self._reset:  # after a suspension too: a reset may come while it is held
+            raise GpuFault(pc, "GT reset: the job was running")
 
     def gt_reset(self) -> bool:
         """Its GT is reset (xe_guc_submit's stop and start): a job under way, started and
