@@ -66,6 +66,18 @@ def copier(fresh_daemon: DaemonProcess) -> Iterator[Copier]:
         rig.close()
 
 
+def runs_beside_a_bystander(copier: Copier, daemon: DaemonProcess, batch: Batch) -> None:
+    """Run `batch` while another client makes 20 calls: all are answered before its
+    fence signals (the batch lets the others have their turns)."""
+    with Device.open(daemon.socket_path) as bystander:
+        bystander.version()
+        seq = copier.submit(batch.end())
+        for _ in range(20):
+            bystander.version()
+        assert copier.cpu.read_u64(FENCE) != seq, "the batch held the bystander off"
+    copier.wait(seq)
+
+
 def test_a_batch_of_large_copies_lets_a_bystander_through(
     copier: Copier, fresh_daemon: DaemonProcess
 ) -> None:
@@ -76,13 +88,7 @@ def test_a_batch_of_large_copies_lets_a_bystander_through(
     batch = Batch()
     for _ in range(24):
         batch.mem_copy(DST_VA, SRC_VA, copier.size)
-    with Device.open(fresh_daemon.socket_path) as bystander:
-        bystander.version()
-        seq = copier.submit(batch.end())
-        for _ in range(20):
-            bystander.version()
-        assert copier.cpu.read_u64(FENCE) != seq, "the batch held the bystander off"
-    copier.wait(seq)
+    runs_beside_a_bystander(copier, fresh_daemon, batch)
     assert copier.dst[0 : copier.size] == data
 
 
@@ -183,10 +189,4 @@ def test_a_matrix_copy_of_tiny_rows_lets_a_bystander_through(
     instruction of its turn: another client's calls are answered meanwhile."""
     rows = 1 << 18
     batch = Batch().mem_copy_raw(DST_VA, SRC_VA, 1, rows, 1, 1, MEM_COPY_MATRIX)
-    with Device.open(fresh_daemon.socket_path) as bystander:
-        bystander.version()
-        seq = copier.submit(batch.end())
-        for _ in range(20):
-            bystander.version()
-        assert copier.cpu.read_u64(FENCE) != seq, "the batch held the bystander off"
-    copier.wait(seq)
+    runs_beside_a_bystander(copier, fresh_daemon, batch)

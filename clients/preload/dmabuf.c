@@ -108,13 +108,12 @@ static int export_sync_file(int fd, uint64_t arg)
 	struct xcall c;
 	int err = dmabuf_call(xf_any(), fd, -1, XED_OP_DMA_BUF_EXPORT_SYNC_FILE, &c, a.flags,
 			      (uint64_t)(int64_t)a.fd, 0, 0);
-	int sync = err ? -1 : xc_take_fd(&c);
+	int sync = err ? -1 : xc_take_new_fd(&c);
 	dmabuf_end(&c);
 	if (err)
 		return err;
 	if (sync < 0)
 		return EIO;
-	fd_forget(sync); /* a number just handed out: no drm file or dma-buf of ours */
 	a.fd = sync;
 	if (copy_to_user(arg, &a, sizeof a)) {
 		sys_close(sync);

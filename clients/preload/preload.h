@@ -145,6 +145,7 @@ int xc_run(struct xcall *c, int fd_in); /* the reply's errno (0: success) */
  * lists them): the reply's errno; EBADF if one of them is not open */
 int xc_run_fds(struct xcall *c, const int *fds, int nfds);
 int xc_take_fd(struct xcall *c);	/* the reply's first descriptor, now the caller's */
+int xc_take_new_fd(struct xcall *c); /* the same, a number the library knew nothing of */
 void xc_end_fds(struct xcall *c);	/* close the reply's descriptors not taken */
 void xc_end(struct xcall *c);
 /* the whole call for an argument of a handle and a pad and no reply fields (GEM_CLOSE,

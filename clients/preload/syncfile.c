@@ -160,7 +160,7 @@ static int merge(struct xed_file *f, int fd, uint64_t arg)
 	int open2 = a.fd2 >= 0 && sys_fcntl(a.fd2, F_GETFD, 0L) >= 0;
 	int fds[2] = {fd, open2 ? a.fd2 : c.chan->fd};
 	err = xc_run_fds(&c, fds, 2);
-	int merged = err ? -1 : xc_take_fd(&c);
+	int merged = err ? -1 : xc_take_new_fd(&c);
 	xc_end(&c);
 	if (err == EBADF) /* closed meanwhile: fd is the kernel's EBADF, fd2 its ENOENT */
 		return sys_fcntl(fd, F_GETFD, 0L) < 0 ? ENOTTY : ENOENT;
@@ -168,7 +168,6 @@ static int merge(struct xed_file *f, int fd, uint64_t arg)
 		return err;
 	if (merged < 0)
 		return EIO;
-	fd_forget(merged); /* a number just handed out: no drm file or dma-buf of ours */
 	a.fence = merged;
 	if (copy_to_user(arg, &a, sizeof a)) {
 		sys_close(merged); /* the kernel never installs it */

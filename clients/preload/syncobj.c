@@ -145,13 +145,12 @@ int drm_syncobj_handle_to_fd_ioctl(struct xed_file *f, void *kdata)
 		return err;
 	put_syncobj_handle(&c, a);
 	err = xc_run(&c, -1);
-	int fd = err ? -1 : xc_take_fd(&c);
+	int fd = err ? -1 : xc_take_new_fd(&c);
 	xc_end(&c);
 	if (err)
 		return err;
 	if (fd < 0)
 		return EIO;
-	fd_forget(fd); /* a number just handed out: no drm file or dma-buf of ours */
 	a->fd = fd;
 	return 0;
 }

@@ -146,6 +146,16 @@ int xc_take_fd(struct xcall *c)
 	return -1;
 }
 
+/* A descriptor the daemon hands back (a sync file, a syncobj's) is a new number of the
+ * program's: whatever the library knew of an earlier file under it is forgotten. */
+int xc_take_new_fd(struct xcall *c)
+{
+	int fd = xc_take_fd(c);
+	if (fd >= 0)
+		fd_forget(fd);
+	return fd;
+}
+
 int xc_handle_pad(struct xed_file *f, int op, uint32_t handle, uint32_t pad)
 {
 	struct xcall c;

@@ -41,7 +41,7 @@ from .errors import IoctlError, refuse_if
 from .export import ExportedObject, lookup, peer_call
 from .limits import charge_export, refuse_over
 from .memory import client_memory, reopen_read_only
-from .sync_file import SyncFile, resv_add, resv_fences
+from .sync_file import SyncFile, exported_fd, resv_add, resv_fences
 
 if TYPE_CHECKING:
     from .file import XeFile
@@ -135,6 +135,19 @@ async def _describe(xef: XeFile, fd: int) -> tuple[int, bool, int]:
         os.close(memfd)
         raise IoctlError(EINVAL, f"not a dma-buf: {exc.message}") from None
     return info.size, writable and bool(info.writable), memfd
+
+
+async def _ours_or_checked(xef: XeFile, fd: int) -> DmaBuf | None:
+    """This daemon's dma-buf behind `fd`, or None for another daemon's, asked to answer
+    as one (EINVAL, "not a dma-buf", if it does not)."""
+    own = xe_dma_buf_of(xef, fd)
+    if own is None:
+        _size, _writable, memfd = await _describe(xef, fd)
+        os.close(memfd)
+    return own
+
+
+_FOREIGN_FENCES = "another daemon's dma-buf: its fences are that daemon's"
 
 
 def drm_prime_handle_to_fd_ioctl(
@@ -294,12 +307,9 @@ async def dma_buf_sync_ioctl(xef: XeFile, args: m.DmaBufSync, fds: tuple[int, ..
     refuse_if(args.flags & ~DMA_BUF_SYNC_VALID_FLAGS_MASK, EINVAL, f"flags {args.flags:#x}")
     refuse_if(not args.flags & DMA_BUF_SYNC_RW, EINVAL, "neither READ nor WRITE")
     (fd,) = fds
-    own = xe_dma_buf_of(xef, fd)
-    if own is None:
-        _size, _writable, memfd = await _describe(xef, fd)
-        os.close(memfd)
-        return m.Empty()
-    own.sync(xef, args.flags)
+    own = await _ours_or_checked(xef, fd)
+    if own is not None:
+        own.sync(xef, args.flags)
     return m.Empty()
 
 
@@ -318,18 +328,6 @@ async def dma_buf_llseek_ioctl(
     size, _writable, memfd = await _describe(xef, fd)
     os.close(memfd)
     return m.DmaBufLlseekReply(offset=size if args.whence == SEEK_END else 0)
-
-
-async def _own_dma_buf(xef: XeFile, fd: int) -> DmaBuf:
-    """This daemon's dma-buf behind `fd`: EINVAL if it is none (after asking, for a
-    descriptor of another daemon's), EOPNOTSUPP for another daemon's dma-buf, whose
-    reservation is that daemon's, as its fences are."""
-    own = xe_dma_buf_of(xef, fd)
-    if own is None:
-        _size, _writable, memfd = await _describe(xef, fd)
-        os.close(memfd)
-        raise IoctlError(EOPNOTSUPP, "another daemon's dma-buf: its fences are that daemon's")
-    return own
 
 
 def _sync_file_flags(flags: int) -> None:
@@ -355,11 +353,11 @@ async def dma_buf_export_sync_file_ioctl(
     """
     _sync_file_flags(args.flags)
     (fd,) = fds
-    own = await _own_dma_buf(xef, fd)
-    refuse_over(xef, "exported", xef.account.exported)
-    sync_file = SyncFile(xef.device, resv_fences(own.bo, bool(args.flags & DMA_BUF_SYNC_WRITE)))
-    charge_export(xef, sync_file)
-    return m.Empty(), [sync_file.hand_out()]
+    own = await _ours_or_checked(xef, fd)
+    refuse_if(own is None, EOPNOTSUPP, _FOREIGN_FENCES)
+    assert own is not None
+    fences = resv_fences(own.bo, bool(args.flags & DMA_BUF_SYNC_WRITE))
+    return m.Empty(), [exported_fd(xef, lambda: SyncFile(xef.device, fences))]
 
 
 async def dma_buf_import_sync_file_ioctl(
@@ -381,14 +379,11 @@ async def dma_buf_import_sync_file_ioctl(
     """
     _sync_file_flags(args.flags)
     dma_buf_fd, sync_fd = fds
-    own = xe_dma_buf_of(xef, dma_buf_fd)
-    if own is None:  # is it a dma-buf at all? EINVAL first if not, as the kernel's
-        _size, _writable, memfd = await _describe(xef, dma_buf_fd)
-        os.close(memfd)
+    own = await _ours_or_checked(xef, dma_buf_fd)
     sync_file = lookup(xef.device, sync_fd)
     refuse_if(not isinstance(sync_file, SyncFile), EINVAL, "not a sync file")
     assert isinstance(sync_file, SyncFile)
-    refuse_if(own is None, EOPNOTSUPP, "another daemon's dma-buf: its fences are that daemon's")
+    refuse_if(own is None, EOPNOTSUPP, _FOREIGN_FENCES)
     assert own is not None
     resv_add(own.bo, sync_file.fence, writer=bool(args.flags & DMA_BUF_SYNC_WRITE))
     return m.Empty()

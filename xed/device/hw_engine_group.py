@@ -41,10 +41,6 @@ class HwEngineGroup:
         self.dma_fence_jobs = 0  # dma-fence jobs of the group's queues running now
         self._lr_resumed: trio.Event | None = None  # set when LR mode comes back
 
-    @property
-    def lr_mode(self) -> bool:
-        return self._lr_resumed is None
-
     def dma_fence_job_started(self) -> None:
         """A dma-fence job runs: the group's faulting LR jobs are suspended."""
         self.dma_fence_jobs += 1

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import socket
+from collections.abc import Callable
 from errno import EINVAL, ENOENT, ENOMEM, ENOTTY
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from protocols import messages as m
 
@@ -105,8 +106,15 @@ class SyncobjFile(ExportedObject):
         super().__init__(device)
         self.syncobj = syncobj
 
-    def info(self) -> Any:
-        return m.XedExportedInfo(kind=self.kind, ino=self.ino, held_by_daemon=int(self.held))
+
+def exported_fd(xef: XeFile, make: Callable[[], ExportedObject]) -> int:
+    """The descriptor of a new object `make()` builds, counted against the client until
+    it is freed (ENOMEM once its live ones reach limits.exported, before it is built)
+    and handed out with no copy kept."""
+    refuse_over(xef, "exported", xef.account.exported)
+    obj = make()
+    charge_export(xef, obj)
+    return obj.hand_out()
 
 
 # --- a BO's reservation ------------------------------------------------------------------
@@ -159,10 +167,8 @@ def sync_file_merge_ioctl(
     second = lookup(xef.device, second_fd)
     refuse_if(not isinstance(second, SyncFile), ENOENT, "fd2 is not a sync file")
     assert isinstance(second, SyncFile)
-    refuse_over(xef, "exported", xef.account.exported)
-    merged = SyncFile(xef.device, first.fences + second.fences, name=args.name[:31])
-    charge_export(xef, merged)
-    return m.Empty(), [merged.hand_out()]
+    fences = first.fences + second.fences
+    return m.Empty(), [exported_fd(xef, lambda: SyncFile(xef.device, fences, args.name[:31]))]
 
 
 def sync_file_info_ioctl(

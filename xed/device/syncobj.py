@@ -36,7 +36,6 @@ from protocols.constants import (
 
 from .errors import IoctlError, refuse_if
 from .export import lookup as lookup_exported
-from .limits import charge_export, refuse_over
 
 if TYPE_CHECKING:
     from .file import XeFile
@@ -266,7 +265,7 @@ def drm_syncobj_handle_to_fd_ioctl(
     - otherwise: `point` (TIMELINE) not 0: EINVAL; no such syncobj: EINVAL
     - this client's exported objects reach limits.exported: ENOMEM
     """
-    from .sync_file import SyncFile, SyncobjFile  # sync_file.py builds on this module
+    from .sync_file import SyncFile, SyncobjFile, exported_fd  # (builds on this module)
 
     refuse_if(args.pad, EINVAL, "pad must be zero")
     valid = (
@@ -280,18 +279,12 @@ def drm_syncobj_handle_to_fd_ioctl(
         refuse_if(point, EINVAL, "a binary syncobj has no timeline point")
         refuse_if(fence is None, EINVAL, f"syncobj {args.handle} holds no fence")
         assert fence is not None
-        refuse_over(xef, "exported", xef.account.exported)
-        sync_file = SyncFile(xef.device, [fence])
-        charge_export(xef, sync_file)
-        return reply, [sync_file.hand_out()]
+        return reply, [exported_fd(xef, lambda: SyncFile(xef.device, [fence]))]
     refuse_if(point, EINVAL, "a point without EXPORT_SYNC_FILE")
     syncobj = xef.syncobjs.get(args.handle)
     refuse_if(syncobj is None, EINVAL, f"no syncobj {args.handle}")
     assert syncobj is not None
-    refuse_over(xef, "exported", xef.account.exported)
-    exported = SyncobjFile(xef.device, syncobj)
-    charge_export(xef, exported)
-    return reply, [exported.hand_out()]
+    return reply, [exported_fd(xef, lambda: SyncobjFile(xef.device, syncobj))]
 
 
 def drm_syncobj_fd_to_handle_ioctl(
