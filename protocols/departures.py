@@ -21,10 +21,9 @@ DEPARTURES: tuple[tuple[str, str], ...] = (
     ),
     (
         "Syncobjs",
-        "binary ones only, and they never leave their drm file: timeline syncobjs (a "
-        "`TIMELINE_SYNCOBJ` sync is `EOPNOTSUPP`; TIMELINE_WAIT, QUERY, TRANSFER, "
-        "TIMELINE_SIGNAL) and syncobj descriptors (HANDLE_TO_FD, FD_TO_HANDLE, sync "
-        "files) are not emulated. A VM_BIND that waits on a fence not signalled yet is "
+        "binary ones only: timeline syncobjs (a `TIMELINE_SYNCOBJ` sync is `EOPNOTSUPP`; "
+        "TIMELINE_WAIT, QUERY, TRANSFER, TIMELINE_SIGNAL; a timeline `point` other than "
+        "0 in HANDLE_TO_FD and FD_TO_HANDLE) are not emulated. A VM_BIND that waits on a fence not signalled yet is "
         "queued and the ioctl returns at once, as xe's, unless one of its syncs is a "
         "user fence: then it answers once the binds are made (the caller's thread "
         "waits), because a C program's user fence is the preload library's to write "

@@ -176,20 +176,25 @@ def test_attach_while_the_daemon_is_out_of_descriptors_is_enomem(
     hogs: list[socket.socket] = []
     with Device.open(daemon.socket_path) as dev:
         handle = dev.gem_create(0x1000)
-        sock = socket.socket(fileno=dev.prime_handle_to_fd(handle))
-        try:
-            for _ in range(NOFILE + 16):  # connections it cannot all accept: EMFILE
-                hogs.append(socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET))
-                hogs[-1].connect(str(daemon.socket_path))
-            wait_until(lambda: daemon.open_fds() >= NOFILE, "the daemon to run out")
-            assert attach(sock).errno == ENOMEM
-        finally:
-            for hog in hogs:
-                hog.close()
-        wait_until(lambda: daemon.open_fds() < NOFILE - 8, "the hogs to be gone")
-        assert attach(sock, request_id=8).errno == 0
-        assert dev.prime_fd_to_handle(sock.fileno()) == handle
-        sock.close()
+        with socket.socket(fileno=dev.prime_handle_to_fd(handle)) as sock:
+            try:
+                for _ in range(NOFILE + 16):  # connections it cannot all accept: EMFILE
+                    hogs.append(socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET))
+                    hogs[-1].connect(str(daemon.socket_path))
+                # The backlog is taken in order: once the last is turned away, every hog
+                # is either served or refused and the table stays full. A count of the
+                # daemon's descriptors alone can pass while a new connection's task
+                # briefly opens /proc files in the last free slot, before the last
+                # accepts (seen under load: the attach then found that slot).
+                wait_until(lambda: select.select([hogs[-1]], [], [], 0)[0], "a refusal")
+                assert daemon.open_fds() >= NOFILE
+                assert attach(sock).errno == ENOMEM
+            finally:
+                for hog in hogs:
+                    hog.close()
+            wait_until(lambda: daemon.open_fds() < NOFILE - 8, "the hogs to be gone")
+            assert attach(sock, request_id=8).errno == 0
+            assert dev.prime_fd_to_handle(sock.fileno()) == handle
 
 
 # --- a flood on the descriptor ----------------------------------------------------------------
