@@ -58,6 +58,10 @@ def debugfs_dir(device_name: str) -> Iterator[Path]:
             for name in _DEBUGFS_FILES:
                 (where / name).write_text("")
             (where / "name").write_text(f"xe dev={device_name} unique={device_name}\n")
+        # sw_sync's file: IGT looks for it with access(R_OK | W_OK); opening it makes a
+        # timeline in the daemon instead (clients/preload/sw_sync.c)
+        (root / "sync").mkdir()
+        (root / "sync" / "sw_sync").write_text("")
         _copy_host_settings(Path(tmp) / "host")
         yield root
 

@@ -134,3 +134,24 @@ def signal_sync(handle: int) -> m.DrmXeSync:
 def wait_sync(handle: int) -> m.DrmXeSync:
     """An EXEC or VM_BIND sync that makes the job wait for the fence `handle` holds."""
     return m.DrmXeSync(type=DRM_XE_SYNC_TYPE_SYNCOBJ, handle=handle)
+
+
+# --- sw_sync: timelines the program signals (drivers/dma-buf/sw_sync.c) ------------------
+def sw_sync_timeline(dev: Device) -> int:
+    """sw_sync_timeline_create (open of debugfs's sync/sw_sync): a timeline at 0, as a
+    descriptor; closing its last copy signals its pending points with ENOENT."""
+    _reply, (fd,) = dev.ioctl_fds(Op.SW_SYNC_TIMELINE_CREATE, m.SwSyncTimelineCreate())
+    return fd
+
+
+def sw_sync_fence(dev: Device, timeline_fd: int, value: int) -> int:
+    """sw_sync_timeline_create_fence (SW_SYNC_IOC_CREATE_FENCE): a sync file of the
+    point `value`, signalled once the timeline reaches it."""
+    args = m.SwSyncCreateFence(value=value)
+    _reply, (fd,) = dev.ioctl_fds(Op.SW_SYNC_CREATE_FENCE, args, fds=[timeline_fd])
+    return fd
+
+
+def sw_sync_inc(dev: Device, timeline_fd: int, count: int = 1) -> None:
+    """sw_sync_timeline_inc (SW_SYNC_IOC_INC): advance the timeline by `count`."""
+    dev.ioctl(Op.SW_SYNC_INC, m.SwSyncInc(value=count), fds=[timeline_fd])

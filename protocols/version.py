@@ -2,8 +2,8 @@
 
 PROTOCOL_MAJOR = 1
 # minor 1: DEVICE_QUERY GT_TOPOLOGY, UC_FW_VERSION; 2: EXEC addresses; 3: syncobj
-# descriptors and sync files (SYNCOBJ_HANDLE_TO_FD, ..._SYNC_FILE)
-PROTOCOL_MINOR = 3
+# descriptors and sync files (SYNCOBJ_HANDLE_TO_FD, ..._SYNC_FILE); 4: sw_sync timelines
+PROTOCOL_MINOR = 4
 PROTOCOL_VERSION = (PROTOCOL_MAJOR, PROTOCOL_MINOR)
 
 

@@ -24,6 +24,7 @@ class XedObjectCounts:
     syncobjs: int = u32()
     sync_files: int = u32()
     syncobj_fds: int = u32()
+    sw_sync_timelines: int = u32()
 
 
 @frozen

@@ -242,6 +242,36 @@ class SyncFileInfoReply:
     fences: tuple[SyncFenceInfo, ...] = records(SyncFenceInfo, max_items=256)
 
 
+# --- sw_sync (drivers/dma-buf/sw_sync.c): timelines a program advances itself ---------------
+@frozen
+class SwSyncTimelineCreate:
+    """open(2) of debugfs's sync/sw_sync: a new timeline at 0, named after the caller's
+    command; it comes back as a descriptor."""
+
+
+@frozen
+class SwSyncCreateFence:
+    """struct sw_sync_create_fence_data (SW_SYNC_IOC_CREATE_FENCE) on the attached
+    timeline: a sync file of the point `value`, which comes back."""
+
+    value: int = u32("the point: signalled once the timeline reaches it")
+    name: str = string("ignored, as by the kernel", max_len=32)
+
+
+@frozen
+class SwSyncInc:
+    """SW_SYNC_IOC_INC on the attached timeline."""
+
+    value: int = u32("how far to advance the timeline (it wraps at 2^32)")
+
+
+@frozen
+class SwSyncClosed:
+    """The library closed a descriptor of the timeline whose inode is `ino`."""
+
+    ino: int = u64("the timeline descriptor's inode (fstat before the close)")
+
+
 @frozen
 class DmaBufLlseek:
     """lseek(2) on the attached dma-buf: only the size can be asked for."""

@@ -368,6 +368,67 @@ SPECS: tuple[OpSpec, ...] = (
         ),
     ),
     OpSpec(
+        op=Op.SW_SYNC_TIMELINE_CREATE,
+        request=m.SwSyncTimelineCreate,
+        reply=m.Empty,
+        fds_out=1,
+        doc=(
+            "open(2) of debugfs's `sync/sw_sync` (the kernel's validation timelines, "
+            "which IGT drives fences with): a new timeline at 0, as a descriptor. Each "
+            "fence made on it signals once INC brings the timeline to its point; when "
+            "the last copy is closed, those still unsignalled signal with ENOENT."
+        ),
+        errors=(
+            RESERVE_FD,
+            (ENOMEM, "limits.exported: this client's exported objects still alive"),
+        ),
+    ),
+    OpSpec(
+        op=Op.SW_SYNC_CREATE_FENCE,
+        request=m.SwSyncCreateFence,
+        reply=m.Empty,
+        fds_in=1,
+        fds_out=1,
+        doc=(
+            "SW_SYNC_IOC_CREATE_FENCE on the attached timeline: a sync file of the point "
+            "`value` (the same fence as an unsignalled point there already; signalled "
+            "at once if the timeline has passed it, counting as the kernel does across "
+            "the wrap at 2^32)."
+        ),
+        errors=(
+            RESERVE_FD,
+            (ENOTTY, "the descriptor is not a timeline (the ioctl is not its)"),
+            GONE,
+            (ENOMEM, "limits.exported: this client's exported objects still alive"),
+        ),
+    ),
+    OpSpec(
+        op=Op.SW_SYNC_INC,
+        request=m.SwSyncInc,
+        reply=m.Empty,
+        fds_in=1,
+        doc=(
+            "SW_SYNC_IOC_INC on the attached timeline: it advances by `value`, and every "
+            "point it reaches is signalled before the answer."
+        ),
+        errors=(
+            (ENOTTY, "the descriptor is not a timeline (the ioctl is not its)"),
+            GONE,
+        ),
+    ),
+    OpSpec(
+        op=Op.SW_SYNC_CLOSED,
+        request=m.SwSyncClosed,
+        reply=m.Empty,
+        doc=(
+            "Sent by the library after close(2) of a timeline's descriptor: if that was "
+            "its last copy the timeline is released now, as the kernel's release() runs "
+            "within the close, so its unsignalled fences have signalled (ENOENT) before "
+            "close returns. Anything else (not a timeline, copies left) changes nothing."
+        ),
+        errors=(),
+    ),
+    OpSpec(
         op=Op.DMA_BUF_LLSEEK,
         request=m.DmaBufLlseek,
         reply=m.DmaBufLlseekReply,

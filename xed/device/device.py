@@ -276,6 +276,7 @@ class XeDevice:
             syncobjs=self.counts["syncobj"],
             sync_files=self.counts["sync_file"],
             syncobj_fds=self.counts["syncobj_fd"],
+            sw_sync_timelines=self.counts["sw_sync"],
         )
 
     def status(self) -> m.XedAdminStatusReply:

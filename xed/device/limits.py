@@ -50,6 +50,8 @@ OPENS_DESCRIPTORS = frozenset(
         Op.SYNCOBJ_HANDLE_TO_FD,
         Op.DMA_BUF_EXPORT_SYNC_FILE,
         Op.SYNC_FILE_MERGE,
+        Op.SW_SYNC_TIMELINE_CREATE,
+        Op.SW_SYNC_CREATE_FENCE,
         Op.PRIME_FD_TO_HANDLE,
         Op.DMA_BUF_MMAP,
         Op.XE_VM_EXPORT,

@@ -85,18 +85,28 @@ class SyncFile(ExportedObject):
 
 
 def merged_parts(fences: list[Fence]) -> list[Fence]:
-    """The fences a sync file of `fences` holds: each once (a fence array's parts in its
-    place), the signalled ones dropped, as dma_fence_unwrap_merge; none left, a
-    signalled stub (dma_fence_get_stub). ENOMEM past MAX_FENCES, before anything is
-    made."""
-    unique: dict[int, Fence] = {}
+    """The fences a sync file of `fences` holds, as dma_fence_unwrap_merge: a fence
+    array's parts in its place, the signalled ones dropped, and of a timeline's points
+    the latest only (the device's own fences, which have no timeline, each once); none
+    left, a signalled stub (dma_fence_get_stub). ENOMEM past MAX_FENCES, before
+    anything is made."""
+    unique: dict[object, Fence] = {}
     for fence in fences:
         for part in fence.parts if isinstance(fence, FenceArray) else (fence,):
-            if not part.signalled:
-                unique[id(part)] = part
+            if part.signalled:
+                continue
+            key = id(part) if part.context is None else ("timeline", part.context)
+            kept = unique.get(key)
+            if kept is None or is_later(part.seqno, kept.seqno):
+                unique[key] = part
     if len(unique) > MAX_FENCES:
         raise IoctlError(ENOMEM, f"a sync file of more than {MAX_FENCES} fences")
     return list(unique.values()) or [Fence(signalled=True)]
+
+
+def is_later(a: int, b: int) -> bool:
+    """__dma_fence_is_later for 32-bit points: `a` comes after `b`, across the wrap."""
+    return 0 < (a - b) & 0xFFFF_FFFF < 0x8000_0000
 
 
 class SyncobjFile(ExportedObject):
@@ -135,7 +145,12 @@ def resv_add(bo: XeBo, fence: Fence, writer: bool) -> None:
 
 
 # --- the sync file's own ioctls ---------------------------------------------------------------
-_DRIVER, _TIMELINE = "xe", "xed"  # what SYNC_IOC_FILE_INFO names every fence's
+def fence_name(fence: Fence) -> str:
+    """sync_file_get_name of a sync file holding `fence` alone: driver, timeline and,
+    for a timeline's point, its context and point."""
+    if fence.context is None:
+        return f"{fence.driver_name}-{fence.timeline_name}"
+    return f"{fence.driver_name}-{fence.timeline_name}{fence.context}-{fence.seqno}"
 
 
 def _sync_file(xef: XeFile, fd: int) -> SyncFile:
@@ -178,20 +193,24 @@ def sync_file_info_ioctl(
 
     Checks, in order: not a sync file: ENOTTY (one of a device since unplugged: ENODEV);
     flags or pad not zero: EINVAL; num_fences neither 0 nor at least the number of
-    fences: EINVAL. With num_fences 0 only the number is told. Status is 1 once every
-    fence is signalled, else 0; xed records no signal time (timestamp_ns 0).
+    fences: EINVAL. With num_fences 0 only the number is told. Status, the file's and
+    each fence's, is dma_fence_get_status's: 0 active, 1 signalled, -errno signalled
+    with an error; xed records no signal time (timestamp_ns 0).
     """
     (fd,) = fds
     sync_file = _sync_file(xef, fd)
     refuse_if(args.flags or args.pad, EINVAL, "flags and pad must be zero")
     fences = sync_file.fences
-    status = int(all(fence.signalled for fence in fences))
     infos: tuple[m.SyncFenceInfo, ...] = ()
     if args.num_fences:
         refuse_if(args.num_fences < len(fences), EINVAL, f"it holds {len(fences)} fences")
         infos = tuple(
-            m.SyncFenceInfo(obj_name=_TIMELINE, driver_name=_DRIVER, status=int(f.signalled))
+            m.SyncFenceInfo(
+                obj_name=f.timeline_name[:31], driver_name=f.driver_name, status=f.status()
+            )
             for f in fences
         )
-    name = sync_file.name or f"{_DRIVER}-{_TIMELINE}"
-    return m.SyncFileInfoReply(name=name, status=status, num_fences=len(fences), fences=infos)
+    name = sync_file.name or fence_name(sync_file.fence)[:31]
+    return m.SyncFileInfoReply(
+        name=name, status=sync_file.fence.status(), num_fences=len(fences), fences=infos
+    )

@@ -49,26 +49,42 @@ NONE_SIGNALLED = 0xFFFF_FFFF  # first_signaled when nothing was signalled at the
 
 
 class Fence:
-    """A dma_fence: signalled once. Callbacks (dma_fence_add_callback) run when it is,
-    in the signalling task, and may be removed before: what a sync file watches with,
-    rather than a task of its own that would outlive its descriptor."""
+    """A dma_fence: signalled once, with an error or none (dma_fence_set_error before
+    the signal: a fence signalled by a timeline's release, say). Callbacks
+    (dma_fence_add_callback) run when it is, in the signalling task, and may be removed
+    before: what a sync file watches with, rather than a task of its own that would
+    outlive its descriptor."""
 
-    __slots__ = ("signalled", "_event", "_callbacks")
+    __slots__ = ("signalled", "error", "_event", "_callbacks", "__weakref__")
+    # what SYNC_IOC_FILE_INFO names it by (dma_fence_ops): the device's own fences
+    driver_name = "xe"
+    timeline_name = "xed"
+    context: int | None = None  # a timeline's: a merge keeps its latest point only
+    seqno = 0
 
     def __init__(self, signalled: bool = False) -> None:
         self.signalled = signalled
+        self.error = 0  # an errno, once signalled with one
         self._event: trio.Event | None = None
         self._callbacks: list[Callable[[], None]] | None = None
 
-    def signal(self) -> None:
+    def signal(self, error: int = 0) -> None:
         if self.signalled:
             return
+        self.error = error
         self.signalled = True
         if self._event is not None:
             self._event.set()
         callbacks, self._callbacks = self._callbacks, None
         for callback in callbacks or ():
             callback()
+
+    def status(self) -> int:
+        """dma_fence_get_status: 0 while unsignalled, 1 once signalled, -errno if
+        signalled with an error."""
+        if not self.signalled:
+            return 0
+        return -self.error if self.error else 1
 
     async def wait(self) -> None:
         if not self.signalled:
@@ -89,12 +105,12 @@ class Fence:
 
 class FenceArray(Fence):
     """Several fences as one (dma_fence_array, what sync_file_merge makes): signalled
-    once all its parts are. It keeps no state of its own, so nothing needs to watch the
-    parts for it: whoever holds it asks them."""
+    once all its parts are, with the first error among them. It keeps no state of its
+    own, so nothing needs to watch the parts for it: whoever holds it asks them."""
 
     __slots__ = ("parts",)
 
-    def __init__(self, parts: list[Fence]) -> None:  # not Fence's: `signalled` is derived
+    def __init__(self, parts: list[Fence]) -> None:  # not Fence's: its state is derived
         self._event = None
         self._callbacks = None
         self.parts = parts
@@ -103,7 +119,11 @@ class FenceArray(Fence):
     def signalled(self) -> bool:  # type: ignore[override]
         return all(part.signalled for part in self.parts)
 
-    def signal(self) -> None:
+    @property
+    def error(self) -> int:  # type: ignore[override]
+        return next((part.error for part in self.parts if part.error), 0)
+
+    def signal(self, error: int = 0) -> None:
         raise AssertionError("a fence array is signalled by its parts")
 
     async def wait(self) -> None:
