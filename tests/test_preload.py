@@ -507,3 +507,10 @@ def test_a_hang_up_after_protocol_error_is_that_errno(
             conn.send(encode_event(Event.PROTOCOL_ERROR, info))
         out, err = opener.communicate(timeout=TIMEOUT)
     assert (opener.returncode, out) == (0, f"errno {errno.EMFILE}\n"), err
+
+
+def test_sw_sync_timelines(daemon: DaemonProcess, program: Programs) -> None:
+    """debugfs's sync/sw_sync opens daemon timelines whose fences INC signals and whose last
+    close signals with ENOENT at once, errno for errno, from children and threads too."""
+    out = passes(daemon.socket_path, program("sw_sync"))
+    assert "sw_sync ok" in out

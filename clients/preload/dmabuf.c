@@ -82,6 +82,8 @@ int dmabuf_is(int fd)
 {
 	if (fd_kind(fd) == FD_DMABUF)
 		return 1;
+	if (fd_kind(fd) == FD_TIMELINE)
+		return 0; /* a sw_sync timeline's: no dma-buf, no need to ask */
 	int type = 0, domain = 0;
 	socklen_t len = sizeof type;
 	if (syscall(SYS_getsockopt, (long)fd, (long)SOL_SOCKET, (long)SO_TYPE, &type, &len) < 0 ||

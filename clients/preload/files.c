@@ -1,5 +1,6 @@
 /*
- * files.c - which of the program's descriptors are drm files and dma-bufs of xed.
+ * files.c - which of the program's descriptors are drm files, dma-bufs and sw_sync
+ * timelines of xed.
  *
  * The kernel shares one open file between every copy of a descriptor (dup, fork,
  * SCM_RIGHTS) and releases it at the last close; the library only needs to know, for
@@ -10,6 +11,10 @@
  * drm file record lives in a fixed slot that is only ever reused for another drm file,
  * so a lookup racing a close can read a stale slot but never freed memory, and its
  * reference count is taken with compare-and-swap from a non-zero value only.
+ *
+ * A timeline's last close releases it in the kernel, within close(2): so closing a
+ * descriptor marked as one (close, dup2/dup3 over it, close_range) tells the daemon
+ * afterwards, with the inode taken before (sw_sync.c).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -133,16 +138,18 @@ void fd_install(int fd, struct xed_file *f)
 }
 
 void fd_mark_dmabuf(int fd) { set_entry(fd, (unsigned)FD_DMABUF << KIND_SHIFT); }
+void fd_mark_timeline(int fd) { set_entry(fd, (unsigned)FD_TIMELINE << KIND_SHIFT); }
 void fd_forget(int fd) { set_entry(fd, 0); }
 
 /* newfd became a copy of oldfd */
 static void fd_copied(int oldfd, int newfd)
 {
 	struct xed_file *f = xf_get(oldfd);
+	int kind = fd_kind(oldfd);
 	if (f)
 		fd_install(newfd, f);
-	else if (fd_kind(oldfd) == FD_DMABUF)
-		fd_mark_dmabuf(newfd);
+	else if (kind == FD_DMABUF || kind == FD_TIMELINE)
+		set_entry(newfd, (unsigned)kind << KIND_SHIFT);
 	else
 		fd_forget(newfd);
 }
@@ -157,11 +164,15 @@ struct xed_file *xf_any(void)
 			if (atomic_compare_exchange_weak(&f->refs, &refs, refs + 1))
 				return f;
 	}
-	/* none open: one of our own, kept for the life of the process */
+	/* none open: one of our own, kept for the life of the process (a forked child
+	 * inherits it as it does the program's drm files: files_after_fork) */
 	struct xed_file *f = NULL;
-	int fd = xed_open_node(XED_NODE_PRIMARY, 1, &f);
-	if (fd < 0)
+	int node = xed_config()->nodes & 1 << XED_NODE_PRIMARY ? XED_NODE_PRIMARY : XED_NODE_RENDER;
+	int fd = xed_open_node(node, 1, &f);
+	if (fd < 0) {
+		errno = -fd;
 		return NULL;
+	}
 	xed_private_fd(fd);
 	struct xed_file *none = NULL;
 	if (!__atomic_compare_exchange_n(&hidden, &none, f, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
@@ -205,9 +216,14 @@ int xed_private_fd(int fd)
 /* --- the interposers ------------------------------------------------------------------ */
 XED_EXPORT int close(int fd)
 {
-	if (fd_kind(fd) != FD_NONE)
+	int kind = fd_kind(fd);
+	uint64_t timeline = kind == FD_TIMELINE ? sw_sync_ino(fd) : 0;
+	if (kind != FD_NONE)
 		fd_forget(fd); /* before the number can be handed out again */
-	return sys_close(fd);
+	int r = sys_close(fd);
+	if (timeline)
+		sw_sync_closed(timeline); /* keeps errno */
+	return r;
 }
 
 XED_EXPORT int dup(int fd)
@@ -225,9 +241,12 @@ static int dup_to(int fd, int fd2, int flags)
 		r = sys_fcntl(fd, F_GETFD, 0L);
 		return r < 0 ? -1 : fd;
 	}
+	uint64_t timeline = fd_kind(fd2) == FD_TIMELINE ? sw_sync_ino(fd2) : 0;
 	r = sys_dup3(fd, fd2, flags);
 	if (r >= 0 && (fd_kind(fd) != FD_NONE || fd_kind(fd2) != FD_NONE))
 		fd_copied(fd, fd2);
+	if (r >= 0 && timeline)
+		sw_sync_closed(timeline); /* fd2's timeline was closed by the dup */
 	return r;
 }
 
@@ -268,18 +287,53 @@ XED_EXPORT int fcntl64(int fd, int cmd, ...)
 	return do_fcntl(fd, cmd, arg);
 }
 
+/* fn(fd) for each descriptor in [lo, hi] the table knows */
+static void each_known(unsigned lo, unsigned hi, void (*fn)(int, void *), void *arg)
+{
+	for (unsigned fd = lo; fd <= hi && fd < PAGE_FDS * FD_PAGES; fd++) {
+		if (!atomic_load(&fd_pages[fd / PAGE_FDS])) {
+			fd = (fd / PAGE_FDS + 1) * PAGE_FDS - 1; /* a page never used */
+			continue;
+		}
+		if (fd_kind((int)fd) != FD_NONE)
+			fn((int)fd, arg);
+	}
+}
+
+/* the timelines close_range closes: the first CLOSE_BATCH are told to the daemon (the
+ * others it releases by itself, a little later) */
+#define CLOSE_BATCH 64
+struct closing {
+	uint64_t ino[CLOSE_BATCH];
+	int n;
+};
+
+static void note_timeline(int fd, void *arg)
+{
+	struct closing *c = arg;
+	if (fd_kind(fd) == FD_TIMELINE && c->n < CLOSE_BATCH)
+		c->ino[c->n++] = sw_sync_ino(fd);
+}
+
+static void forget(int fd, void *arg)
+{
+	(void)arg;
+	fd_forget(fd);
+}
+
 XED_EXPORT int close_range(unsigned lo, unsigned hi, int flags)
 {
+	struct closing timelines = {.n = 0};
+	int closes = !(flags & CLOSE_RANGE_CLOEXEC);
+	if (closes)
+		each_known(lo, hi, note_timeline, &timelines);
 	int r = sys_close_range(lo, hi, flags);
-	if (r == 0 && !(flags & CLOSE_RANGE_CLOEXEC))
-		for (unsigned fd = lo; fd <= hi && fd < PAGE_FDS * FD_PAGES; fd++) {
-			if (!atomic_load(&fd_pages[fd / PAGE_FDS])) {
-				fd = (fd / PAGE_FDS + 1) * PAGE_FDS - 1; /* a page never used */
-				continue;
-			}
-			if (fd_kind((int)fd) != FD_NONE)
-				fd_forget((int)fd);
-		}
+	if (r == 0 && closes) {
+		each_known(lo, hi, forget, NULL);
+		for (int i = 0; i < timelines.n; i++)
+			if (timelines.ino[i])
+				sw_sync_closed(timelines.ino[i]);
+	}
 	return r;
 }
 

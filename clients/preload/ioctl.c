@@ -8,8 +8,8 @@
  * EINVAL. Here the handler is a request to the daemon: the DRM core ioctls (VERSION,
  * GEM_CLOSE, GEM_FLINK, GEM_OPEN, PRIME) are translated below, the syncobj ones in
  * syncobj.c, the xe ones in xe_ioctl.c. Descriptors that are not ours go to the kernel
- * untouched, but for a dma-buf's ioctls (dmabuf.c) and a sync file's (syncfile.c), which
- * the daemon answers for its own.
+ * untouched, but for a dma-buf's ioctls (dmabuf.c), a sync file's (syncfile.c) and a
+ * sw_sync timeline's (sw_sync.c), which the daemon answers for its own.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -272,14 +272,14 @@ XED_EXPORT int ioctl(int fd, unsigned long cmd, ...)
 		errno = err;
 		return -1;
 	}
-	if (XED_IOC_TYPE(cmd) == SYNC_IOC_MAGIC) {
-		int err = sync_file_ioctl(fd, cmd, arg);
-		if (!err)
-			return 0;
-		if (err != ENOTTY) { /* ENOTTY: not the daemon's sync file, the kernel's to say */
-			errno = err;
-			return -1;
-		}
+	int err = XED_IOC_TYPE(cmd) == SYNC_IOC_MAGIC	   ? sync_file_ioctl(fd, cmd, arg)
+		  : XED_IOC_TYPE(cmd) == SW_SYNC_IOC_MAGIC ? sw_sync_ioctl(fd, cmd, arg)
+							   : ENOTTY;
+	if (!err)
+		return 0;
+	if (err != ENOTTY) { /* ENOTTY: not the daemon's sync file or timeline: the kernel's */
+		errno = err;
+		return -1;
 	}
 	return sys_ioctl(fd, cmd, arg);
 }

@@ -1,7 +1,7 @@
 /*
  * node.c - /dev/dri/card0 and renderD128 for a program that has no such device.
  *
- * Opening a node (by any of libc's open entry points, or by reopening a drm
+ * Opening a node (by any of libc's open entry points and creat, or by reopening a drm
  * descriptor through /proc/self/fd/N) connects to the daemon and hands the program
  * that connection as its descriptor: a new drm_file each time. stat and friends report
  * the character devices 226:0 and 226:128 the kernel's devtmpfs would; readlink of
@@ -118,8 +118,8 @@ static int do_openat(int dirfd, const char *path, int flags, mode_t mode)
 	case PATH_MISSING:
 		errno = ENOENT;
 		return -1;
-	case PATH_DEBUGFS:
-		return sys_openat(AT_FDCWD, pi.mapped, flags, mode);
+	case PATH_DEBUGFS: /* sync/sw_sync there opens a new timeline (sw_sync.c) */
+		return sw_sync_open(pi.mapped, flags, mode);
 	}
 	return sys_openat(dirfd, path, flags, mode);
 }
@@ -151,6 +151,16 @@ OPEN_VARIANT(open)
 OPEN_VARIANT(open64)
 OPENAT_VARIANT(openat)
 OPENAT_VARIANT(openat64)
+
+/* creat(2) is open(2) with these flags: libc's own calls the kernel without open() */
+XED_EXPORT int creat(const char *path, mode_t mode)
+{
+	return do_openat(AT_FDCWD, path, O_CREAT | O_WRONLY | O_TRUNC, mode);
+}
+XED_EXPORT int creat64(const char *path, mode_t mode)
+{
+	return do_openat(AT_FDCWD, path, O_CREAT | O_WRONLY | O_TRUNC, mode);
+}
 
 /* _FORTIFY_SOURCE's checked entry points: no mode (O_CREAT without one aborts) */
 XED_EXPORT int __open_2(const char *path, int flags) { return do_openat(AT_FDCWD, path, flags, 0); }

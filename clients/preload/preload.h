@@ -8,10 +8,11 @@
  * on. Modules: sys (libc without recursion), usermem (the program's memory, never
  * faulting), wire (msgpack), conn (talking to the daemon), files (the fd table), node
  * (paths), stat, debugfs, ioctl/syncobj/xe_ioctl/xe_exec/query (translation), mmap,
- * dmabuf, syncfile (a sync file's ioctls), config, sock and xcall (one request on one
- * connection), notice (the device's notice page), unplug (mappings falling onto zero
- * pages when the device goes), userptr (the program's own memory bound as a userptr) and
- * procmaps (/proc/self/maps); and the barrier page (barrier.c, signals.c: see barrier.h).
+ * dmabuf, syncfile (a sync file's ioctls), sw_sync (validation timelines), config, sock
+ * and xcall (one request on one connection), notice (the device's notice page), unplug
+ * (mappings falling onto zero pages when the device goes), userptr (the program's own
+ * memory bound as a userptr) and procmaps (/proc/self/maps); and the barrier page
+ * (barrier.c, signals.c: see barrier.h).
  */
 #ifndef XED_PRELOAD_H
 #define XED_PRELOAD_H
@@ -93,7 +94,7 @@ int copy_to_user(uint64_t dst, const void *src, size_t n); /* 0 or EFAULT */
 long string_from_user(char *dst, const char *src, size_t max);
 
 /* --- files.c: the fd table --------------------------------------------------------- */
-enum fd_kind { FD_NONE = 0, FD_DRM = 1, FD_DMABUF = 2 };
+enum fd_kind { FD_NONE = 0, FD_DRM = 1, FD_DMABUF = 2, FD_TIMELINE = 3 };
 struct xed_file *xf_alloc(int node);
 struct xed_file *xf_get(int fd); /* a reference, or NULL if fd is no drm file of ours */
 void xf_hold(struct xed_file *f);
@@ -101,8 +102,11 @@ void xf_put(struct xed_file *f);
 int fd_kind(int fd);
 void fd_install(int fd, struct xed_file *f); /* takes over a reference */
 void fd_mark_dmabuf(int fd);
+void fd_mark_timeline(int fd); /* a sw_sync timeline of the daemon's (sw_sync.c) */
 void fd_forget(int fd); /* the descriptor was closed */
-/* a drm file of this process to carry requests that need one (dma-buf ops) */
+/* a drm file of this process to carry requests that need one (dma-buf ops, sw_sync);
+ * with none open, one of the library's own, hidden and kept for the life of the process;
+ * NULL (errno: why, ENODEV if no daemon answers) if none can be had */
 struct xed_file *xf_any(void);
 /* fn(f, arg) for each drm file of this process, a reference held across the call */
 void xf_for_each(void (*fn)(struct xed_file *, void *), void *arg);
@@ -297,5 +301,15 @@ int dmabuf_mmap(int fd, void *addr, size_t len, int prot, int flags, off_t off, 
 /* a sync file ioctl ('>') on a descriptor that is no drm file: 0 or errno; ENOTTY when
  * it is none of the daemon's sync files (or no daemon answers): the kernel's to answer */
 int sync_file_ioctl(int fd, unsigned long cmd, uint64_t arg);
+
+/* --- sw_sync.c --------------------------------------------------------------------- */
+/* open(2) of a debugfs path, mapped into the stand-in: a new timeline if it is its
+ * sync/sw_sync, else that file opened; the descriptor, or -1 and errno */
+int sw_sync_open(const char *mapped, int flags, mode_t mode);
+/* a sw_sync ioctl ('W') on a descriptor that is no drm file: 0 or errno; ENOTTY when it
+ * is none of the daemon's timelines (or no daemon answers): the kernel's to answer */
+int sw_sync_ioctl(int fd, unsigned long cmd, uint64_t arg);
+uint64_t sw_sync_ino(int fd); /* a timeline descriptor's inode, before its close; 0: none */
+void sw_sync_closed(uint64_t ino); /* after it: the daemon releases it if that was the last */
 
 #endif /* XED_PRELOAD_H */

@@ -51,43 +51,6 @@ static void fence_info(struct rbuf *r, void *out)
 	f->timestamp_ns = r_get_uint(r, "timestamp_ns");
 }
 
-/* the length of the valid UTF-8 sequence s starts with, or 0 (a NUL ends any early) */
-static size_t utf8_len(const unsigned char *s)
-{
-	unsigned lo = 0x80, hi = 0xbf; /* s[1]'s range: no overlong form, surrogate, > U+10FFFF */
-	size_t len;
-	if (s[0] < 0x80)
-		return 1;
-	if (s[0] >= 0xc2 && s[0] <= 0xdf)
-		len = 2;
-	else if (s[0] >= 0xe0 && s[0] <= 0xef)
-		len = 3, lo = s[0] == 0xe0 ? 0xa0 : lo, hi = s[0] == 0xed ? 0x9f : hi;
-	else if (s[0] >= 0xf0 && s[0] <= 0xf4)
-		len = 4, lo = s[0] == 0xf0 ? 0x90 : lo, hi = s[0] == 0xf4 ? 0x8f : hi;
-	else
-		return 0;
-	if (s[1] < lo || s[1] > hi)
-		return 0;
-	for (size_t i = 2; i < len; i++)
-		if ((s[i] & 0xc0) != 0x80)
-			return 0;
-	return len;
-}
-
-/* The name goes as a msgpack string, which the daemon decodes as UTF-8: a frame that does
- * not decode is no request, and would never be answered. The kernel keeps any bytes;
- * here a byte that starts no valid sequence goes as '?' (the length stays the same). */
-static void utf8_only(char *name)
-{
-	unsigned char *p = (unsigned char *)name;
-	while (*p) {
-		size_t n = utf8_len(p);
-		if (!n)
-			*p = '?', n = 1;
-		p += n;
-	}
-}
-
 /* FILE_INFO's request on fd (c begun): the reply's errno */
 static int info_run(struct xcall *c, int fd, const struct sync_file_info *a)
 {

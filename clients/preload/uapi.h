@@ -1,6 +1,6 @@
 /*
  * uapi.h - the kernel ABI the preload library translates: drm.h, xe_drm.h, dma-buf.h,
- * sync_file.h.
+ * sync_file.h, sw_sync.h.
  *
  * Written here rather than included because no libc ships xe_drm.h (Debian bookworm's
  * kernel headers predate xe) and the library depends on libc alone. Layouts and ioctl
@@ -880,6 +880,21 @@ XED_AT(sync_set_deadline, pad, 8);
 #define SYNC_IOC_SET_DEADLINE \
 	XED_IOC(XED_IOC_WRITE, SYNC_IOC_MAGIC, 5, sizeof(struct sync_set_deadline))
 
+/* --- sw_sync.h: the validation timelines of drivers/dma-buf/sw_sync.c -------------- */
+struct sw_sync_create_fence_data {
+	uint32_t value; /* the point: signalled once the timeline reaches it */
+	char name[32];	/* unused by the kernel */
+	int32_t fence;	/* out: the new sync file */
+};
+XED_CHECK(sw_sync_create_fence_data, 40);
+XED_AT(sw_sync_create_fence_data, name, 4);
+XED_AT(sw_sync_create_fence_data, fence, 36);
+#define SW_SYNC_IOC_MAGIC 'W'
+#define SW_SYNC_IOC_CREATE_FENCE                                              \
+	XED_IOC(XED_IOC_READ | XED_IOC_WRITE, SW_SYNC_IOC_MAGIC, 0,           \
+		sizeof(struct sw_sync_create_fence_data))
+#define SW_SYNC_IOC_INC XED_IOC(XED_IOC_WRITE, SW_SYNC_IOC_MAGIC, 1, sizeof(uint32_t))
+
 /* the ioctl numbers themselves, as the uAPI headers expand them */
 _Static_assert(DRM_IOCTL_VERSION == 0xc0406400ul, "DRM_IOCTL_VERSION");
 _Static_assert(DRM_IOCTL_GEM_CLOSE == 0x40086409ul, "DRM_IOCTL_GEM_CLOSE");
@@ -908,5 +923,7 @@ _Static_assert(DMA_BUF_IOCTL_IMPORT_SYNC_FILE == 0x40086203ul, "DMA_BUF_IOCTL_IM
 _Static_assert(SYNC_IOC_MERGE == 0xc0303e03ul, "SYNC_IOC_MERGE");
 _Static_assert(SYNC_IOC_FILE_INFO == 0xc0383e04ul, "SYNC_IOC_FILE_INFO");
 _Static_assert(SYNC_IOC_SET_DEADLINE == 0x40103e05ul, "SYNC_IOC_SET_DEADLINE");
+_Static_assert(SW_SYNC_IOC_CREATE_FENCE == 0xc0285700ul, "SW_SYNC_IOC_CREATE_FENCE");
+_Static_assert(SW_SYNC_IOC_INC == 0x40045701ul, "SW_SYNC_IOC_INC");
 
 #endif /* XED_UAPI_H */

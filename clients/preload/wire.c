@@ -107,6 +107,40 @@ void w_str(struct wbuf *w, const char *s)
 	put(w, s, n);
 }
 
+/* the length of the valid UTF-8 sequence s starts with, or 0 (a NUL ends any early) */
+static size_t utf8_len(const unsigned char *s)
+{
+	unsigned lo = 0x80, hi = 0xbf; /* s[1]'s range: no overlong form, surrogate, > U+10FFFF */
+	size_t len;
+	if (s[0] < 0x80)
+		return 1;
+	if (s[0] >= 0xc2 && s[0] <= 0xdf)
+		len = 2;
+	else if (s[0] >= 0xe0 && s[0] <= 0xef)
+		len = 3, lo = s[0] == 0xe0 ? 0xa0 : lo, hi = s[0] == 0xed ? 0x9f : hi;
+	else if (s[0] >= 0xf0 && s[0] <= 0xf4)
+		len = 4, lo = s[0] == 0xf0 ? 0x90 : lo, hi = s[0] == 0xf4 ? 0x8f : hi;
+	else
+		return 0;
+	if (s[1] < lo || s[1] > hi)
+		return 0;
+	for (size_t i = 2; i < len; i++)
+		if ((s[i] & 0xc0) != 0x80)
+			return 0;
+	return len;
+}
+
+void utf8_only(char *s)
+{
+	unsigned char *p = (unsigned char *)s;
+	while (*p) {
+		size_t n = utf8_len(p);
+		if (!n)
+			*p = '?', n = 1;
+		p += n;
+	}
+}
+
 void w_kuint(struct wbuf *w, const char *key, uint64_t v)
 {
 	w_str(w, key);

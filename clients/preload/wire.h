@@ -27,6 +27,11 @@ size_t w_map32(struct wbuf *w);
 void w_uint(struct wbuf *w, uint64_t v);
 void w_int(struct wbuf *w, int64_t v);
 void w_str(struct wbuf *w, const char *s);
+/* A name the program gave (a sync file's, a fence's), made fit for w_str in place: the
+ * daemon decodes strings as UTF-8, and a frame that does not decode is no request and is
+ * never answered. The kernel keeps any bytes; here a byte that starts no valid sequence
+ * becomes '?' (the length stays the same). */
+void utf8_only(char *s);
 /* a map key followed by its value */
 void w_kuint(struct wbuf *w, const char *key, uint64_t v);
 void w_kint(struct wbuf *w, const char *key, int64_t v);
