@@ -20,11 +20,16 @@ from protocols import messages as m
 from protocols.constants import (
     DRM_SYNCOBJ_CREATE_SIGNALED,
     DRM_SYNCOBJ_FD_TO_HANDLE_FLAGS_IMPORT_SYNC_FILE,
+    DRM_SYNCOBJ_FD_TO_HANDLE_FLAGS_TIMELINE,
     DRM_SYNCOBJ_HANDLE_TO_FD_FLAGS_EXPORT_SYNC_FILE,
+    DRM_SYNCOBJ_HANDLE_TO_FD_FLAGS_TIMELINE,
+    DRM_SYNCOBJ_QUERY_FLAGS_LAST_SUBMITTED,
     DRM_SYNCOBJ_WAIT_FLAGS_WAIT_ALL,
+    DRM_SYNCOBJ_WAIT_FLAGS_WAIT_AVAILABLE,
     DRM_SYNCOBJ_WAIT_FLAGS_WAIT_FOR_SUBMIT,
     DRM_XE_SYNC_FLAG_SIGNAL,
     DRM_XE_SYNC_TYPE_SYNCOBJ,
+    DRM_XE_SYNC_TYPE_TIMELINE_SYNCOBJ,
 )
 
 from .device import Device
@@ -80,6 +85,57 @@ def signal(dev: Device, handles: Iterable[int]) -> None:
     dev.ioctl(Op.SYNCOBJ_SIGNAL, m.DrmSyncobjArray(handles=_handles(handles)))
 
 
+# --- timelines: points of a syncobj (drmSyncobjTimeline*, drmSyncobjQuery, ...Transfer) --
+def timeline_wait(
+    dev: Device,
+    handles: Iterable[int],
+    points: Iterable[int],
+    timeout_nsec: int = FOREVER,
+    wait_all: bool = False,
+    for_submit: bool = False,
+    available: bool = False,
+) -> int:
+    """drmSyncobjTimelineWait: until one (wait_all: every) point is signalled, or with
+    `available` submitted; the index of the first; XeError ETIME past the deadline."""
+    flags = (
+        (DRM_SYNCOBJ_WAIT_FLAGS_WAIT_ALL if wait_all else 0)
+        | (DRM_SYNCOBJ_WAIT_FLAGS_WAIT_FOR_SUBMIT if for_submit else 0)
+        | (DRM_SYNCOBJ_WAIT_FLAGS_WAIT_AVAILABLE if available else 0)
+    )
+    args = m.DrmSyncobjTimelineWait(
+        handles=_handles(handles), points=tuple(points), timeout_nsec=timeout_nsec, flags=flags
+    )
+    reply: m.DrmSyncobjWaitReply = dev.ioctl(Op.SYNCOBJ_TIMELINE_WAIT, args)
+    return reply.first_signaled
+
+
+def query(dev: Device, handles: Iterable[int], last_submitted: bool = False) -> list[int]:
+    """drmSyncobjQuery2: each syncobj's point: the latest signalled with every point
+    before it (last_submitted: the latest submitted)."""
+    flags = DRM_SYNCOBJ_QUERY_FLAGS_LAST_SUBMITTED if last_submitted else 0
+    args = m.DrmSyncobjTimelineArray(handles=_handles(handles), flags=flags)
+    reply: m.DrmSyncobjQueryReply = dev.ioctl(Op.SYNCOBJ_QUERY, args)
+    return list(reply.points)
+
+
+def timeline_signal(dev: Device, handles: Iterable[int], points: Iterable[int]) -> None:
+    """drmSyncobjTimelineSignal: each syncobj gets its point, signalled."""
+    args = m.DrmSyncobjTimelineArray(handles=_handles(handles), points=tuple(points))
+    dev.ioctl(Op.SYNCOBJ_TIMELINE_SIGNAL, args)
+
+
+def transfer(
+    dev: Device, dst: int, dst_point: int, src: int, src_point: int, for_submit: bool = False
+) -> None:
+    """drmSyncobjTransfer: the fence of src's src_point becomes dst's dst_point (0: the
+    fence each holds)."""
+    flags = DRM_SYNCOBJ_WAIT_FLAGS_WAIT_FOR_SUBMIT if for_submit else 0
+    args = m.DrmSyncobjTransfer(
+        src_handle=src, dst_handle=dst, src_point=src_point, dst_point=dst_point, flags=flags
+    )
+    dev.ioctl(Op.SYNCOBJ_TRANSFER, args)
+
+
 def handle_to_fd(dev: Device, handle: int) -> int:
     """drmSyncobjHandleToFD: the syncobj as a descriptor (yours to pass or close)."""
     return _to_fd(dev, m.DrmSyncobjFd(handle=handle))
@@ -92,17 +148,22 @@ def fd_to_handle(dev: Device, fd: int) -> int:
     return reply.handle
 
 
-def export_sync_file(dev: Device, handle: int) -> int:
-    """drmSyncobjExportSyncFile: a sync file of the fence the syncobj holds now; it polls
-    readable (POLLIN) once that fence is signalled."""
+def export_sync_file(dev: Device, handle: int, point: int = 0) -> int:
+    """drmSyncobjExportSyncFile: a sync file of the fence the syncobj holds now (or of
+    its point `point`); it polls readable (POLLIN) once that fence is signalled."""
     flags = DRM_SYNCOBJ_HANDLE_TO_FD_FLAGS_EXPORT_SYNC_FILE
-    return _to_fd(dev, m.DrmSyncobjFd(handle=handle, flags=flags))
+    if point:
+        flags |= DRM_SYNCOBJ_HANDLE_TO_FD_FLAGS_TIMELINE
+    return _to_fd(dev, m.DrmSyncobjFd(handle=handle, flags=flags, point=point))
 
 
-def import_sync_file(dev: Device, handle: int, sync_fd: int) -> None:
-    """drmSyncobjImportSyncFile: the syncobj holds the sync file's fence from now on."""
+def import_sync_file(dev: Device, handle: int, sync_fd: int, point: int = 0) -> None:
+    """drmSyncobjImportSyncFile: the syncobj holds the sync file's fence from now on
+    (or has it as its point `point`)."""
     flags = DRM_SYNCOBJ_FD_TO_HANDLE_FLAGS_IMPORT_SYNC_FILE
-    args = m.DrmSyncobjFd(handle=handle, flags=flags, fd=sync_fd)
+    if point:
+        flags |= DRM_SYNCOBJ_FD_TO_HANDLE_FLAGS_TIMELINE
+    args = m.DrmSyncobjFd(handle=handle, flags=flags, fd=sync_fd, point=point)
     dev.ioctl(Op.SYNCOBJ_FD_TO_HANDLE, args, fds=[sync_fd])
 
 
@@ -134,6 +195,21 @@ def signal_sync(handle: int) -> m.DrmXeSync:
 def wait_sync(handle: int) -> m.DrmXeSync:
     """An EXEC or VM_BIND sync that makes the job wait for the fence `handle` holds."""
     return m.DrmXeSync(type=DRM_XE_SYNC_TYPE_SYNCOBJ, handle=handle)
+
+
+def timeline_signal_sync(handle: int, point: int) -> m.DrmXeSync:
+    """An EXEC or VM_BIND sync that makes the job's fence the point `point` of `handle`."""
+    return m.DrmXeSync(
+        type=DRM_XE_SYNC_TYPE_TIMELINE_SYNCOBJ,
+        flags=DRM_XE_SYNC_FLAG_SIGNAL,
+        handle=handle,
+        timeline_value=point,
+    )
+
+
+def timeline_wait_sync(handle: int, point: int) -> m.DrmXeSync:
+    """An EXEC or VM_BIND sync that makes the job wait for the point `point` of `handle`."""
+    return m.DrmXeSync(type=DRM_XE_SYNC_TYPE_TIMELINE_SYNCOBJ, handle=handle, timeline_value=point)
 
 
 # --- sw_sync: timelines the program signals (drivers/dma-buf/sw_sync.c) ------------------

@@ -21,16 +21,15 @@ DEPARTURES: tuple[tuple[str, str], ...] = (
     ),
     (
         "Syncobjs",
-        "binary ones only: timeline syncobjs (a `TIMELINE_SYNCOBJ` sync is `EOPNOTSUPP`; "
-        "TIMELINE_WAIT, QUERY, TRANSFER, TIMELINE_SIGNAL; a timeline `point` other than 0"
-        " in HANDLE_TO_FD and FD_TO_HANDLE) are not emulated. A VM_BIND that waits on a "
-        "fence not signalled yet is queued and the ioctl returns at once, as xe's, unless"
-        " one of its syncs is a user fence: then it answers once the binds are made (the "
-        "caller's thread waits), because a C program's user fence is the preload "
-        "library's to write when the ioctl answers. A bind with nothing to wait for is "
-        "made as its ioctl is answered. Binds of two queues wait for each other where "
-        "they touch the same addresses, or a 2 MiB block of page tables nothing mapped "
-        "before the first; xe orders them by the page-table pages they update.",
+        "binary and timeline ones, with every DRM syncobj ioctl but EVENTFD, which "
+        "is not emulated. A VM_BIND that waits on "
+        "a fence not signalled yet is queued and the ioctl returns at once, as xe's, "
+        "unless one of its syncs is a user fence: then it answers once the binds are "
+        "made (the caller's thread waits), because a C program's user fence is the "
+        "preload library's to write when the ioctl answers. A bind with nothing to "
+        "wait for is made as its ioctl is answered. Binds of two queues wait for each "
+        "other where they touch the same addresses, or a 2 MiB block of page tables "
+        "nothing mapped before the first; xe orders them by the page-table pages they update.",
     ),
     (
         "Page-fault mode",

@@ -159,6 +159,11 @@ class LimitsConfig:
     # makes 4096 in one file, create-execqueues-*-shared 2048
     exec_queues: int = attrs.field(default=16384, validator=_positive)
     fence_waits: int = attrs.field(default=1024, validator=_positive)  # at once
+    # syncobj handles; and timeline points the file added that are not signalled yet
+    # (each keeps the points before it: a chain a client must not grow without end).
+    # Vulkan drivers keep one syncobj per semaphore and fence, a point per submission
+    syncobjs: int = attrs.field(default=65536, validator=_positive)
+    timeline_points: int = attrs.field(default=16384, validator=_positive)
     # dma-bufs and VM exports the client created that are still alive, wherever their
     # descriptors went (a swapchain or a video pipeline exports tens)
     exported: int = attrs.field(default=4096, validator=_positive)

@@ -3,7 +3,7 @@ PRIME) and the dma-buf file's."""
 
 from __future__ import annotations
 
-from ..fields import array, frozen, record, records, s32, s64, string, u32, u64
+from ..fields import array, frozen, record, records, s32, s64, string, u32, u64, upto
 
 
 # --- handshake and DRM core ------------------------------------------------------------
@@ -151,6 +151,46 @@ class DrmSyncobjArray:
     """struct drm_syncobj_array (RESET, SIGNAL); handles is the array count_handles long."""
 
     handles: tuple[DrmSyncobjHandle, ...] = records(DrmSyncobjHandle, max_items=4096)
+    pad: int = u32("must be zero")
+
+
+@frozen
+class DrmSyncobjTimelineWait:
+    """struct drm_syncobj_timeline_wait: SYNCOBJ_WAIT with a point per handle."""
+
+    handles: tuple[DrmSyncobjHandle, ...] = records(DrmSyncobjHandle, max_items=4096)
+    points: tuple[int, ...] = upto(4096, "u64", "each handle's point (none sent: 0 for each)")
+    timeout_nsec: int = s64("absolute CLOCK_MONOTONIC deadline; 0 looks once")
+    flags: int = u32("WAIT_ALL | WAIT_FOR_SUBMIT | WAIT_AVAILABLE | WAIT_DEADLINE")
+    first_signaled: int = u32("written back (not read)")
+    pad: int = u32("not checked, as in DRM")
+    deadline_nsec: int = u64("WAIT_DEADLINE: a hint for the driver (ignored)")
+
+
+@frozen
+class DrmSyncobjTimelineArray:
+    """struct drm_syncobj_timeline_array (QUERY, TIMELINE_SIGNAL)."""
+
+    handles: tuple[DrmSyncobjHandle, ...] = records(DrmSyncobjHandle, max_items=4096)
+    points: tuple[int, ...] = upto(4096, "u64", "TIMELINE_SIGNAL: each handle's point (none: 0)")
+    flags: int = u32("QUERY: LAST_SUBMITTED; TIMELINE_SIGNAL: must be zero")
+
+
+@frozen
+class DrmSyncobjQueryReply:
+    points: tuple[int, ...] = upto(4096, "u64", "each handle's point, as QUERY tells it")
+
+
+@frozen
+class DrmSyncobjTransfer:
+    """struct drm_syncobj_transfer: the fence of src_handle's src_point becomes
+    dst_handle's dst_point (0: the fence a binary syncobj holds)."""
+
+    src_handle: int = u32()
+    dst_handle: int = u32()
+    src_point: int = u64()
+    dst_point: int = u64()
+    flags: int = u32("WAIT_FOR_SUBMIT: wait (up to 5 s) for src_point to be submitted")
     pad: int = u32("must be zero")
 
 

@@ -103,11 +103,15 @@ SPECS: tuple[OpSpec, ...] = (
         request=m.DrmSyncobjCreate,
         reply=m.DrmSyncobjCreateReply,
         doc=(
-            "DRM_IOCTL_SYNCOBJ_CREATE: a binary syncobj of this file, empty or holding "
-            "a signalled fence (SIGNALED). An EXEC or VM_BIND sync of type SYNCOBJ "
-            "puts its job's fence in it (SIGNAL) or waits for the fence it holds."
+            "DRM_IOCTL_SYNCOBJ_CREATE: a syncobj of this file, empty or holding a "
+            "signalled fence (SIGNALED). An EXEC or VM_BIND sync of type SYNCOBJ puts "
+            "its job's fence in it (SIGNAL) or waits for the fence it holds; one of "
+            "type TIMELINE_SYNCOBJ does so with a point of its timeline."
         ),
-        errors=((EINVAL, "flags other than SIGNALED"),),
+        errors=(
+            (EINVAL, "flags other than SIGNALED"),
+            (ENOMEM, "limits.syncobjs: this file holds that many syncobjs (xed)"),
+        ),
     ),
     OpSpec(
         op=Op.SYNCOBJ_DESTROY,
@@ -125,11 +129,11 @@ SPECS: tuple[OpSpec, ...] = (
             "DRM_IOCTL_SYNCOBJ_WAIT: until one (or, WAIT_ALL, every) syncobj's fence is "
             "signalled, or the absolute CLOCK_MONOTONIC timeout_nsec passes. Without "
             "WAIT_FOR_SUBMIT an empty syncobj is EINVAL; with it, the wait also waits "
-            "for a fence to be put in."
+            "for a fence to be put in. No handles: answered at once, as current kernels "
+            "answer."
         ),
         errors=(
             (EINVAL, "flags other than WAIT_ALL, WAIT_FOR_SUBMIT, WAIT_DEADLINE"),
-            (EINVAL, "no handles"),
             (ENOENT, "a handle names no syncobj of this file"),
             (EINVAL, "a syncobj holds no fence (without WAIT_FOR_SUBMIT)"),
             (ETIME, "the timeout passed"),
@@ -159,6 +163,79 @@ SPECS: tuple[OpSpec, ...] = (
         ),
     ),
     OpSpec(
+        op=Op.SYNCOBJ_TIMELINE_WAIT,
+        request=m.DrmSyncobjTimelineWait,
+        reply=m.DrmSyncobjWaitReply,
+        blocking=True,
+        doc=(
+            "DRM_IOCTL_SYNCOBJ_TIMELINE_WAIT: SYNCOBJ_WAIT for a point of each syncobj "
+            "(0: the fence it holds). A point is signalled once its fence and every "
+            "point before it are. Without WAIT_FOR_SUBMIT or WAIT_AVAILABLE, a point not "
+            "submitted yet is EINVAL; with either, the wait waits for it; with "
+            "WAIT_AVAILABLE, a submitted point counts as signalled."
+        ),
+        errors=(
+            (EINVAL, "flags other than WAIT_ALL, WAIT_FOR_SUBMIT, WAIT_AVAILABLE, WAIT_DEADLINE"),
+            (EINVAL, "points sent, but not one per handle"),
+            (ENOENT, "a handle names no syncobj of this file"),
+            (EINVAL, "a point not submitted (without WAIT_FOR_SUBMIT or WAIT_AVAILABLE)"),
+            (ETIME, "the timeout passed"),
+            (ENOMEM, "[limits] fence_waits waits of this connection asleep already (xed)"),
+        ),
+    ),
+    OpSpec(
+        op=Op.SYNCOBJ_QUERY,
+        request=m.DrmSyncobjTimelineArray,
+        reply=m.DrmSyncobjQueryReply,
+        doc=(
+            "DRM_IOCTL_SYNCOBJ_QUERY: each syncobj's timeline value, the latest point "
+            "signalled with every point before it; with LAST_SUBMITTED, the latest point "
+            "submitted. 0 for a syncobj holding no timeline point."
+        ),
+        errors=(
+            (EINVAL, "flags other than LAST_SUBMITTED"),
+            (EINVAL, "no handles"),
+            (ENOENT, "a handle names no syncobj of this file"),
+        ),
+    ),
+    OpSpec(
+        op=Op.SYNCOBJ_TRANSFER,
+        request=m.DrmSyncobjTransfer,
+        reply=m.Empty,
+        blocking=True,
+        doc=(
+            "DRM_IOCTL_SYNCOBJ_TRANSFER: the fence of `src_handle` at `src_point` (0: the "
+            "fence it holds) becomes the point `dst_point` of `dst_handle` (0: the fence "
+            "it holds, replaced). With WAIT_FOR_SUBMIT, a source point not submitted yet "
+            "is waited for, up to 5 s."
+        ),
+        errors=(
+            (EINVAL, "pad not zero"),
+            (ENOENT, "dst_handle names no syncobj of this file"),
+            (EINVAL, "flags other than WAIT_FOR_SUBMIT"),
+            (ENOENT, "src_handle names no syncobj of this file"),
+            (EINVAL, "the source point not submitted (without WAIT_FOR_SUBMIT)"),
+            (ETIME, "WAIT_FOR_SUBMIT: not submitted within 5 s"),
+            (ENOMEM, "the destination holds MAX_PENDING_POINTS unsignalled points (xed)"),
+        ),
+    ),
+    OpSpec(
+        op=Op.SYNCOBJ_TIMELINE_SIGNAL,
+        request=m.DrmSyncobjTimelineArray,
+        reply=m.Empty,
+        doc=(
+            "DRM_IOCTL_SYNCOBJ_TIMELINE_SIGNAL: each syncobj gets its point, signalled "
+            "(point 0: it holds a signalled fence, as SYNCOBJ_SIGNAL)."
+        ),
+        errors=(
+            (EINVAL, "flags not zero"),
+            (EINVAL, "no handles"),
+            (ENOENT, "a handle names no syncobj of this file (none is signalled)"),
+            (EINVAL, "points sent, but not one per handle"),
+            (ENOMEM, "a syncobj holds MAX_PENDING_POINTS unsignalled points (xed)"),
+        ),
+    ),
+    OpSpec(
         op=Op.SYNCOBJ_HANDLE_TO_FD,
         request=m.DrmSyncobjFd,
         reply=m.DrmSyncobjFdReply,
@@ -167,8 +244,8 @@ SPECS: tuple[OpSpec, ...] = (
             "DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD: the syncobj as a descriptor another process "
             "(or drm file) imports with FD_TO_HANDLE; with EXPORT_SYNC_FILE, a sync file "
             "of the fence it holds now instead, which polls readable (POLLIN) once that "
-            "fence is signalled. TIMELINE (with EXPORT_SYNC_FILE) asks for `point`: 0 "
-            "is the fence a binary syncobj holds."
+            "fence is signalled. TIMELINE (with EXPORT_SYNC_FILE) asks for the fence of "
+            "`point` (0: the fence it holds)."
         ),
         errors=(
             RESERVE_FD,
@@ -176,7 +253,8 @@ SPECS: tuple[OpSpec, ...] = (
             (EINVAL, "flags other than none, EXPORT_SYNC_FILE, EXPORT_SYNC_FILE | TIMELINE"),
             (EINVAL, "no flags: the handle names no syncobj of this file"),
             (ENOENT, "EXPORT_SYNC_FILE: the handle names no syncobj of this file"),
-            (EINVAL, "EXPORT_SYNC_FILE: the syncobj holds no fence, or a point above 0"),
+            (EINVAL, "EXPORT_SYNC_FILE: no fence at the point (nothing held, not submitted)"),
+            (EINVAL, "no EXPORT_SYNC_FILE: a point other than 0"),
             (ENOMEM, "limits.exported: this client's exported objects still alive"),
         ),
     ),
@@ -189,7 +267,8 @@ SPECS: tuple[OpSpec, ...] = (
             "DRM_IOCTL_SYNCOBJ_FD_TO_HANDLE: a new handle of this file for the syncobj "
             "the attached descriptor stands for (the same syncobj: a fence put in through "
             "either handle is seen through both); with IMPORT_SYNC_FILE, the syncobj "
-            "`handle` holds the attached sync file's fence from now on instead."
+            "`handle` holds the attached sync file's fence from now on instead (with "
+            "TIMELINE and a `point`: it becomes that point)."
         ),
         errors=(
             (EINVAL, "pad not zero"),
@@ -197,8 +276,8 @@ SPECS: tuple[OpSpec, ...] = (
             (EINVAL, "the descriptor is not a syncobj's (IMPORT_SYNC_FILE: not a sync file)"),
             GONE,
             (ENOENT, "IMPORT_SYNC_FILE: the handle names no syncobj of this file"),
-            (EOPNOTSUPP, "IMPORT_SYNC_FILE into a timeline point other than 0"),
-            (EINVAL, "a point (TIMELINE) without IMPORT_SYNC_FILE"),
+            (ENOMEM, "IMPORT_SYNC_FILE at a point: limits.timeline_points pending (xed)"),
+            (EINVAL, "a point without IMPORT_SYNC_FILE"),
         ),
     ),
     OpSpec(

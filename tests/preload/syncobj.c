@@ -137,13 +137,15 @@ static void wait_rules(int fd, int other)
 	CHECK_OK(wait_on(fd, es, 2, 0, FOR_SUBMIT | DRM_SYNCOBJ_WAIT_FLAGS_WAIT_DEADLINE, &first));
 	CHECK(first == 1);
 
-	/* the kernel's order: flags, count, the array (EFAULT), the handles (ENOENT) */
+	/* the kernel's order: flags, count (none: nothing to wait for, the array unread),
+	 * the array (EFAULT), the handles (ENOENT) */
 	void *gone = unmapped_page();
 	CHECK_ERR(wait_on(fd, &sig, 1, 0, DRM_SYNCOBJ_WAIT_FLAGS_WAIT_AVAILABLE, &first), EINVAL);
 	CHECK_ERR(wait_on(fd, &sig, 1, 0, 1u << 4, &first), EINVAL);
 	CHECK_ERR(wait_on(fd, gone, 1, 0, 1u << 4, &first), EINVAL);
-	CHECK_ERR(wait_on(fd, &sig, 0, 0, 0, &first), EINVAL);
-	CHECK_ERR(wait_on(fd, gone, 0, 0, 0, &first), EINVAL);
+	CHECK(wait_on(fd, &sig, 0, 0, 0, &first) == 0);
+	CHECK(first == 0x5a5a5a5a); /* written back as it was */
+	CHECK(wait_on(fd, gone, 0, 0, 0, &first) == 0);
 	CHECK_ERR(wait_on(fd, gone, 1, 0, 0, &first), EFAULT);
 	CHECK_ERR(wait_on(fd, NULL, 2, INT64_MAX, FOR_SUBMIT, &first), EFAULT);
 	CHECK_ERR(wait_on(fd, bad_address(), 1, 0, 0, &first), EFAULT);
@@ -320,12 +322,10 @@ int main(void)
 	uint32_t r = create(render, DRM_SYNCOBJ_CREATE_SIGNALED);
 	CHECK_OK(wait1(render, r, 0, 0));
 	CHECK_OK(destroy(render, r));
-	/* the timeline ioctls of drm_syncobj.c xed does not emulate: EINVAL, as an unknown
-	 * number (HANDLE_TO_FD and FD_TO_HANDLE: sync_file.c) */
-	static const unsigned nrs[] = {0xca, 0xcb, 0xcc, 0xcd, 0xcf};
-	for (size_t i = 0; i < sizeof nrs / sizeof *nrs; i++)
-		CHECK_ERR(ioctl(fd, DRM_IOWR(nrs[i], struct drm_syncobj_wait), bad_address()),
-			  EINVAL);
+	/* the one syncobj ioctl xed does not emulate, EVENTFD: EINVAL, as an unknown number,
+	 * before its argument is read (the timeline ones: timeline.c; HANDLE_TO_FD and
+	 * FD_TO_HANDLE: sync_file.c) */
+	CHECK_ERR(ioctl(fd, DRM_IOWR(0xcf, struct drm_syncobj_wait), bad_address()), EINVAL);
 	CHECK_OK(close(render));
 	CHECK_OK(close(other));
 	CHECK_OK(close(fd));

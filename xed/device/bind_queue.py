@@ -22,7 +22,7 @@ from protocols import messages as m
 from protocols.constants import DRM_XE_VM_BIND_OP_PREFETCH as PREFETCH
 from protocols.constants import DRM_XE_VM_BIND_OP_UNMAP, DRM_XE_VM_BIND_OP_UNMAP_ALL
 
-from .syncobj import Fence
+from .fence import Fence
 
 if TYPE_CHECKING:
     from .device import XeDevice

@@ -34,8 +34,8 @@ from .vma_manager import VmaNode
 if TYPE_CHECKING:
     from .device import XeDevice
     from .dma_buf import DmaBuf
+    from .fence import Fence
     from .file import XeFile
-    from .syncobj import Fence
     from .vm import XeVm
 
 

@@ -31,10 +31,10 @@ from .bind_queue import BindQueue
 from .cs import run_batch
 from .errors import GpuFault, IoctlError, refuse_if
 from .eudebug import debug_event
+from .fence import Fence
 from .limits import refuse_over
 from .process import CAP_SYS_NICE, caller_capable
 from .sync import Syncs, parse_syncs, signal_gpu_fences
-from .syncobj import Fence
 from .vm_faults import save_fault
 
 if TYPE_CHECKING:

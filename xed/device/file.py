@@ -15,7 +15,7 @@ from protocols.ops import Event, Node, Role
 
 from . import eudebug
 from .ids import IdAllocator
-from .limits import Account
+from .limits import Account, refuse_over
 from .memory import reported_bytes
 from .process import Instance
 
@@ -153,6 +153,8 @@ class XeFile:
         vm.put()
 
     def syncobj_create(self, syncobj: DrmSyncobj) -> int:
+        """A new handle for `syncobj`: ENOMEM once this file holds limits.syncobjs."""
+        refuse_over(self, "syncobjs", len(self.syncobjs))
         handle = self._syncobj_ids.alloc()
         self.syncobjs[handle] = syncobj
         self.device.counts["syncobj"] += 1

@@ -70,12 +70,14 @@ def out_of_errno(op: Op) -> int:
 
 
 class Account:
-    """The exported objects one file created that are still alive. Each object keeps the
+    """The exported objects one file created that are still alive, and its timeline
+    points not signalled yet. Each object (and point) keeps the
     account it was charged to, so the charge goes back when the object is freed, after
     its file is gone if need be."""
 
     def __init__(self) -> None:
         self.exported = 0
+        self.points = 0  # timeline points added by the file, not signalled yet
 
 
 def refuse_over(xef: XeFile, what: str, held: int) -> None:

@@ -17,7 +17,6 @@ signals does not grow the daemon.
 
 from __future__ import annotations
 
-import itertools
 import weakref
 from errno import ENOENT, ENOTTY
 from typing import TYPE_CHECKING
@@ -26,15 +25,14 @@ from protocols import messages as m
 
 from .errors import refuse_if
 from .export import ExportedObject, lookup
-from .sync_file import SyncFile, exported_fd, is_later
-from .syncobj import Fence
+from .fence import Fence, is_later, new_context
+from .sync_file import SyncFile, exported_fd
 
 if TYPE_CHECKING:
     from .device import XeDevice
     from .file import XeFile
 
 _INT_MAX = 0x7FFF_FFFF
-_contexts = itertools.count(1)  # dma_fence_context_alloc: one per timeline, never reused
 
 
 class SyncPt(Fence):
@@ -63,7 +61,7 @@ class SyncTimeline(ExportedObject):
     def __init__(self, device: XeDevice, name: str) -> None:
         super().__init__(device)
         self.name = name  # the opener's command, as the kernel names it
-        self.context = next(_contexts)
+        self.context = new_context()
         self.value = 0
         self._points: weakref.WeakValueDictionary[int, SyncPt] = weakref.WeakValueDictionary()
 

@@ -4,7 +4,7 @@ A user fence is a word written when the job is done: an EXEC's at a GPU address 
 queue's VM, a VM_BIND's at a user address (see mmap.py). A SYNCOBJ sync names a binary
 syncobj of the file (syncobj.py): with SIGNAL it holds the job's fence from submission
 on, which signals when the job is done; without, the job waits for the fence it holds.
-Timeline syncobjs are not emulated.
+A TIMELINE_SYNCOBJ sync does the same with the point `timeline_value`.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from protocols.constants import (
 )
 
 from .errors import GpuFault, IoctlError, refuse_if
+from .fence import Fence
 from .mmap import user_memory, user_words, words_of
-from .syncobj import DrmSyncobj, Fence, lookup
+from .syncobj import DrmSyncobj, charge_points, lookup, syncobj_point_added
 from .userptr import UserptrBusy
 
 if TYPE_CHECKING:
@@ -45,16 +46,22 @@ class Syncs:
     hold its fence from submission on, the fences it must wait for before it runs."""
 
     user_fences: list[UserFence]
-    signals: list[DrmSyncobj]
+    signals: list[tuple[DrmSyncobj, int]]  # a syncobj, and the point (0: binary)
     waits: list[Fence]
+    xef: XeFile | None = None  # whose timeline points the signals add
 
     def unsignalled(self) -> list[Fence]:
         return [fence for fence in self.waits if not fence.signalled]
 
     def submit(self, fence: Fence) -> None:
-        """The job is submitted: each SIGNAL syncobj holds its fence from now on."""
-        for syncobj in self.signals:
-            syncobj.replace_fence(fence)
+        """The job is submitted: each SIGNAL syncobj holds its fence from now on, or
+        has it as its point (drm_syncobj_add_point)."""
+        for syncobj, point in self.signals:
+            if point and self.xef is not None:
+                syncobj.add_point(fence, point)
+                syncobj_point_added(self.xef, syncobj)
+            else:
+                syncobj.replace_fence(fence)
 
 
 def parse_syncs(
@@ -71,8 +78,9 @@ def parse_syncs(
       bits of addr (the union's handle is its lower half) not zero: EINVAL
     - SYNCOBJ naming no syncobj of this file: ENOENT; without SIGNAL (a wait), one
       holding no fence: EINVAL
-    - TIMELINE_SYNCOBJ: timeline_value 0: EINVAL; no such syncobj: ENOENT; else
-      EOPNOTSUPP (not emulated)
+    - TIMELINE_SYNCOBJ: timeline_value 0: EINVAL; no such syncobj: ENOENT; without
+      SIGNAL (a wait), the point not submitted: EINVAL; with SIGNAL, the file's pending
+      points at limits.timeline_points: ENOMEM (xed's)
     - USER_FENCE on a VM_BIND with no binds: EOPNOTSUPP
     - USER_FENCE without SIGNAL: EOPNOTSUPP; address not 8-byte aligned: EINVAL
     - any other type: EINVAL
@@ -84,7 +92,7 @@ def parse_syncs(
       writes): EFAULT, as copy_to_user into a read-only mapping faults
     """
     fences = []
-    signals: list[DrmSyncobj] = []
+    signals: list[tuple[DrmSyncobj, int]] = []
     waits: list[Fence] = []
     for sync in syncs:
         refuse_if(any(sync.reserved), EINVAL, "sync reserved must be zero")
@@ -93,20 +101,22 @@ def parse_syncs(
         if sync.type in (DRM_XE_SYNC_TYPE_SYNCOBJ, DRM_XE_SYNC_TYPE_TIMELINE_SYNCOBJ):
             refuse_if(lr_mode and signal, EOPNOTSUPP, "syncobjs do not signal in LR mode")
             refuse_if(sync.addr >> 32, EINVAL, "a syncobj handle is 32 bits")
-        if sync.type == DRM_XE_SYNC_TYPE_SYNCOBJ:
+        if sync.type in (DRM_XE_SYNC_TYPE_SYNCOBJ, DRM_XE_SYNC_TYPE_TIMELINE_SYNCOBJ):
+            point = 0
+            if sync.type == DRM_XE_SYNC_TYPE_TIMELINE_SYNCOBJ:
+                refuse_if(not sync.timeline_value, EINVAL, "timeline_value must not be zero")
+                point = sync.timeline_value
             syncobj = lookup(xef, sync.handle)
             if signal:
-                signals.append(syncobj)
+                if point:
+                    charge_points(xef, 1 + sum(1 for _, p in signals if p))
+                signals.append((syncobj, point))
             else:
-                fence = syncobj.fence
+                fence = syncobj.find_fence(point)
                 if fence is None:
-                    raise IoctlError(EINVAL, f"syncobj {sync.handle} holds no fence to wait on")
+                    raise IoctlError(EINVAL, f"syncobj {sync.handle} has no fence at {point}")
                 waits.append(fence)
             continue
-        if sync.type == DRM_XE_SYNC_TYPE_TIMELINE_SYNCOBJ:
-            refuse_if(not sync.timeline_value, EINVAL, "timeline_value must not be zero")
-            lookup(xef, sync.handle)
-            raise IoctlError(EOPNOTSUPP, "timeline syncobjs are not emulated")
         refuse_if(sync.type != DRM_XE_SYNC_TYPE_USER_FENCE, EINVAL, f"sync type {sync.type}")
         refuse_if(not allow_ufence, EOPNOTSUPP, "no user fence on a bind without binds")
         refuse_if(not signal, EOPNOTSUPP, "user fences only signal")
@@ -116,7 +126,7 @@ def parse_syncs(
     if user_addresses:  # xe only asks access_ok() here: this is xed's own check, last
         for user_fence in fences:
             user_words(xef, user_fence.addr, 8)
-    return Syncs(fences, signals, waits)
+    return Syncs(fences, signals, waits, xef)
 
 
 def signal_user_fences(xef: XeFile, fences: Iterable[UserFence]) -> None:

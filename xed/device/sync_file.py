@@ -34,8 +34,9 @@ from protocols import messages as m
 
 from .errors import IoctlError, refuse_if
 from .export import ExportedObject, lookup
+from .fence import Fence, FenceArray, is_later
 from .limits import charge_export, refuse_over
-from .syncobj import DrmSyncobj, Fence, FenceArray
+from .syncobj import DrmSyncobj
 
 if TYPE_CHECKING:
     from .bo import XeBo
@@ -102,11 +103,6 @@ def merged_parts(fences: list[Fence]) -> list[Fence]:
     if len(unique) > MAX_FENCES:
         raise IoctlError(ENOMEM, f"a sync file of more than {MAX_FENCES} fences")
     return list(unique.values()) or [Fence(signalled=True)]
-
-
-def is_later(a: int, b: int) -> bool:
-    """__dma_fence_is_later for 32-bit points: `a` comes after `b`, across the wrap."""
-    return 0 < (a - b) & 0xFFFF_FFFF < 0x8000_0000
 
 
 class SyncobjFile(ExportedObject):

@@ -1,23 +1,25 @@
-"""DRM syncobjs (drm_syncobj.c), binary only: a handle that holds a fence or nothing.
+"""DRM syncobjs (drm_syncobj.c): a handle that holds a fence or nothing.
 
-A Fence stands for a dma_fence: signalled once, by the job that owns it (an EXEC's
-batch, a VM_BIND), by SYNCOBJ_SIGNAL (the stub fence, signalled from birth) or by the
-queue's end (destroyed, or the device unplugged: xe signals what it will never run,
-with an error no syncobj ioctl reports). A syncobj's
-fence is replaced, never changed: a wait holds the fence it found, as the kernel's
-does, and a RESET or a later SIGNAL job does not disturb it.
+A Fence (fence.py) stands for a dma_fence: signalled once, by the job that owns it (an
+EXEC's batch, a VM_BIND), by SYNCOBJ_SIGNAL (the stub fence, signalled from birth) or
+by the queue's end (destroyed, or the device unplugged: xe signals what it will never
+run, with an error no syncobj ioctl reports). A syncobj's fence is replaced, never
+changed: a wait holds the fence it found, as the kernel's does, and a RESET or a later
+SIGNAL job does not disturb it. Given a timeline point, a syncobj holds a FenceChain
+instead, the latest point, through which the earlier ones are reached; the timeline
+ioctls are syncobj_timeline.py's.
 
 Each drm file has its own handle space (lowest free id from 1, as idr_alloc). A syncobj
 leaves its file as a descriptor (HANDLE_TO_FD, FD_TO_HANDLE: one syncobj, a handle in
 each file), and its fence as a sync file (EXPORT_SYNC_FILE, IMPORT_SYNC_FILE; the
-descriptors are sync_file.py's). Timeline syncobjs are not emulated.
+descriptors are sync_file.py's).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
-from errno import EINVAL, ENOENT, EOPNOTSUPP, ETIME
+from collections.abc import Iterable
+from errno import EINVAL, ENOENT, ETIME
 from typing import TYPE_CHECKING
 
 import trio
@@ -30,12 +32,15 @@ from protocols.constants import (
     DRM_SYNCOBJ_HANDLE_TO_FD_FLAGS_EXPORT_SYNC_FILE,
     DRM_SYNCOBJ_HANDLE_TO_FD_FLAGS_TIMELINE,
     DRM_SYNCOBJ_WAIT_FLAGS_WAIT_ALL,
+    DRM_SYNCOBJ_WAIT_FLAGS_WAIT_AVAILABLE,
     DRM_SYNCOBJ_WAIT_FLAGS_WAIT_DEADLINE,
     DRM_SYNCOBJ_WAIT_FLAGS_WAIT_FOR_SUBMIT,
 )
 
 from .errors import IoctlError, refuse_if
 from .export import lookup as lookup_exported
+from .fence import Fence, FenceChain
+from .limits import refuse_over
 
 if TYPE_CHECKING:
     from .file import XeFile
@@ -48,115 +53,57 @@ _WAIT_FLAGS = (
 NONE_SIGNALLED = 0xFFFF_FFFF  # first_signaled when nothing was signalled at the start
 
 
-class Fence:
-    """A dma_fence: signalled once, with an error or none (dma_fence_set_error before
-    the signal: a fence signalled by a timeline's release, say). Callbacks
-    (dma_fence_add_callback) run when it is, in the signalling task, and may be removed
-    before: what a sync file watches with, rather than a task of its own that would
-    outlive its descriptor."""
-
-    __slots__ = ("signalled", "error", "_event", "_callbacks", "__weakref__")
-    # what SYNC_IOC_FILE_INFO names it by (dma_fence_ops): the device's own fences
-    driver_name = "xe"
-    timeline_name = "xed"
-    context: int | None = None  # a timeline's: a merge keeps its latest point only
-    seqno = 0
-
-    def __init__(self, signalled: bool = False) -> None:
-        self.signalled = signalled
-        self.error = 0  # an errno, once signalled with one
-        self._event: trio.Event | None = None
-        self._callbacks: list[Callable[[], None]] | None = None
-
-    def signal(self, error: int = 0) -> None:
-        if self.signalled:
-            return
-        self.error = error
-        self.signalled = True
-        if self._event is not None:
-            self._event.set()
-        callbacks, self._callbacks = self._callbacks, None
-        for callback in callbacks or ():
-            callback()
-
-    def status(self) -> int:
-        """dma_fence_get_status: 0 while unsignalled, 1 once signalled, -errno if
-        signalled with an error."""
-        if not self.signalled:
-            return 0
-        return -self.error if self.error else 1
-
-    async def wait(self) -> None:
-        if not self.signalled:
-            if self._event is None:
-                self._event = trio.Event()
-            await self._event.wait()
-
-    def add_callback(self, callback: Callable[[], None]) -> None:
-        """Call `callback` once this fence is signalled (it must not be yet)."""
-        if self._callbacks is None:
-            self._callbacks = []
-        self._callbacks.append(callback)
-
-    def remove_callback(self, callback: Callable[[], None]) -> None:
-        if self._callbacks and callback in self._callbacks:
-            self._callbacks.remove(callback)
-
-
-class FenceArray(Fence):
-    """Several fences as one (dma_fence_array, what sync_file_merge makes): signalled
-    once all its parts are, with the first error among them. It keeps no state of its
-    own, so nothing needs to watch the parts for it: whoever holds it asks them."""
-
-    __slots__ = ("parts",)
-
-    def __init__(self, parts: list[Fence]) -> None:  # not Fence's: its state is derived
-        self._event = None
-        self._callbacks = None
-        self.parts = parts
-
-    @property
-    def signalled(self) -> bool:  # type: ignore[override]
-        return all(part.signalled for part in self.parts)
-
-    @property
-    def error(self) -> int:  # type: ignore[override]
-        return next((part.error for part in self.parts if part.error), 0)
-
-    def signal(self, error: int = 0) -> None:
-        raise AssertionError("a fence array is signalled by its parts")
-
-    async def wait(self) -> None:
-        for part in self.parts:
-            await part.wait()
-
-    def add_callback(self, callback: Callable[[], None]) -> None:
-        raise AssertionError("watch a fence array's parts")
-
-
 class DrmSyncobj:
-    """A binary syncobj: the fence it holds now (None: empty)."""
+    """A syncobj: the fence it holds now (None: empty). Given timeline points, it holds
+    the latest (a FenceChain), through which the earlier ones are reached."""
 
-    __slots__ = ("fence", "_submitted")
+    __slots__ = ("fence", "_changed")
 
     def __init__(self, fence: Fence | None = None) -> None:
         self.fence = fence
-        self._submitted: trio.Event | None = None  # WAIT_FOR_SUBMIT waiters of a fence
+        self._changed: trio.Event | None = None  # WAIT_FOR_SUBMIT waiters
 
     def replace_fence(self, fence: Fence | None) -> None:
         """drm_syncobj_replace_fence: from now on it holds `fence`."""
         self.fence = fence
-        if fence is not None and self._submitted is not None:
-            self._submitted.set()
-            self._submitted = None
+        if fence is not None:
+            self._tell()
 
-    async def fence_submitted(self) -> Fence:
-        """The fence it holds, waiting for one to be put in if it is empty."""
-        while self.fence is None:
-            if self._submitted is None:
-                self._submitted = trio.Event()
-            await self._submitted.wait()
-        return self.fence
+    def add_point(self, fence: Fence, point: int) -> None:
+        """drm_syncobj_add_point: `fence` becomes the point `point`, after the fence or
+        points it held (a point not after the last starts a context of its own)."""
+        head = FenceChain(self.fence, fence, point)
+        self.fence = head
+        # let go of the points right behind it already signalled (one step of the
+        # kernel's walk; a whole walk per point would make adding N points cost N^2)
+        head.collapse()
+        self._tell()
+
+    def _tell(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    def find_fence(self, point: int = 0) -> Fence | None:
+        """drm_syncobj_fence_get and dma_fence_chain_find_seqno: the fence that signals
+        once `point` has (0: the fence it holds), or None if the point is not submitted
+        (nothing held; above the latest point; a point of a binary syncobj). A point
+        signalled and let go is a signalled stub."""
+        fence = self.fence
+        if fence is None or not point:
+            return fence
+        if not isinstance(fence, FenceChain) or fence.seqno < point:
+            return None
+        found = fence.find_seqno(point)
+        return found if found is not None else Fence(signalled=True)
+
+    async def fence_submitted(self, point: int = 0) -> Fence:
+        """find_fence(point), waiting for the point to be submitted if it is not."""
+        while (fence := self.find_fence(point)) is None:
+            if self._changed is None:
+                self._changed = trio.Event()
+            await self._changed.wait()
+        return fence
 
 
 def lookup(xef: XeFile, handle: int) -> DrmSyncobj:
@@ -173,7 +120,8 @@ def _array(xef: XeFile, handles: Iterable[m.DrmSyncobjHandle]) -> list[DrmSyncob
 
 
 def drm_syncobj_create_ioctl(xef: XeFile, args: m.DrmSyncobjCreate) -> m.DrmSyncobjCreateReply:
-    """DRM_IOCTL_SYNCOBJ_CREATE. Checks: flags other than SIGNALED: EINVAL."""
+    """DRM_IOCTL_SYNCOBJ_CREATE. Checks: flags other than SIGNALED: EINVAL; this file
+    holding limits.syncobjs syncobjs: ENOMEM (xed's limit)."""
     refuse_if(args.flags & ~DRM_SYNCOBJ_CREATE_SIGNALED, EINVAL, f"flags {args.flags:#x}")
     signalled = bool(args.flags & DRM_SYNCOBJ_CREATE_SIGNALED)
     handle = xef.syncobj_create(DrmSyncobj(Fence(True) if signalled else None))
@@ -217,47 +165,70 @@ async def drm_syncobj_wait_ioctl(xef: XeFile, args: m.DrmSyncobjWait) -> m.DrmSy
 
     Checks, in order:
     - flags other than WAIT_ALL, WAIT_FOR_SUBMIT, WAIT_DEADLINE: EINVAL
-    - no handles: EINVAL
+    - no handles: nothing to wait for, answered at once (first_signaled as sent)
     - a handle naming no syncobj: ENOENT
-    - without WAIT_FOR_SUBMIT, a syncobj holding no fence: EINVAL (before any wait)
+    - then as array_wait() (every point 0): without WAIT_FOR_SUBMIT, a syncobj holding
+      no fence: EINVAL; the timeout passes: ETIME; limits.fence_waits: ENOMEM
+    """
+    refuse_if(args.flags & ~_WAIT_FLAGS, EINVAL, f"flags {args.flags:#x}")
+    if not args.handles:
+        return m.DrmSyncobjWaitReply(first_signaled=args.first_signaled)
+    syncobjs = _array(xef, args.handles)
+    points = [0] * len(syncobjs)
+    first = await array_wait(xef, syncobjs, points, args.flags, args.timeout_nsec)
+    return m.DrmSyncobjWaitReply(first_signaled=first)
+
+
+async def array_wait(
+    xef: XeFile, syncobjs: list[DrmSyncobj], points: list[int], flags: int, timeout_nsec: int
+) -> int:
+    """drm_syncobj_array_wait_timeout: until one (WAIT_ALL: every) point is signalled
+    (WAIT_AVAILABLE: submitted); the index of the first found signalled.
+
+    Checks, in order:
+    - without WAIT_FOR_SUBMIT or WAIT_AVAILABLE, a point not submitted (a syncobj
+      holding no fence, for point 0): EINVAL (before any wait)
     - the absolute CLOCK_MONOTONIC timeout_nsec passes first (0: look once): ETIME
     - this file has limits.fence_waits waits asleep already: ENOMEM (xed's limit)
     first_signaled is the index of the first fence found signalled: at the start, or,
     without WAIT_ALL, while waiting; ~0 if none was. A fence signalled by the device's
-    end (an unplug) counts as signalled, as the kernel's error fences do.
+    end (an unplug) or with an error counts as signalled, as the kernel's do.
     """
-    refuse_if(args.flags & ~_WAIT_FLAGS, EINVAL, f"flags {args.flags:#x}")
-    refuse_if(not args.handles, EINVAL, "no handles")
-    syncobjs = _array(xef, args.handles)
-    wait_all = bool(args.flags & DRM_SYNCOBJ_WAIT_FLAGS_WAIT_ALL)
-    for_submit = bool(args.flags & DRM_SYNCOBJ_WAIT_FLAGS_WAIT_FOR_SUBMIT)
-    fences: list[Fence | None] = [s.fence for s in syncobjs]
-    refuse_if(not for_submit and None in fences, EINVAL, "a syncobj holds no fence")
-    done = [f is not None and f.signalled for f in fences]
+    wait_all = bool(flags & DRM_SYNCOBJ_WAIT_FLAGS_WAIT_ALL)
+    available = bool(flags & DRM_SYNCOBJ_WAIT_FLAGS_WAIT_AVAILABLE)
+    for_submit = available or bool(flags & DRM_SYNCOBJ_WAIT_FLAGS_WAIT_FOR_SUBMIT)
+    fences = [syncobj.find_fence(point) for syncobj, point in zip(syncobjs, points, strict=True)]
+    refuse_if(not for_submit and None in fences, EINVAL, "a point not submitted (no fence)")
+
+    def ready(fence: Fence | None) -> bool:
+        return fence is not None and (available or fence.signalled)
+
+    done = [ready(fence) for fence in fences]
     first = done.index(True) if any(done) else NONE_SIGNALLED
     if all(done) or (any(done) and not wait_all):
-        return m.DrmSyncobjWaitReply(first_signaled=first)
-    refuse_if(args.timeout_nsec <= time.monotonic_ns(), ETIME, "timed out")
+        return first
+    refuse_if(timeout_nsec <= time.monotonic_ns(), ETIME, "timed out")
     signalled = trio.Event()
 
-    async def watch(index: int, syncobj: DrmSyncobj) -> None:
+    async def watch(index: int) -> None:
         fence = fences[index]
-        if fence is None:  # WAIT_FOR_SUBMIT: the first fence put in from now on
-            fence = fences[index] = await syncobj.fence_submitted()
-        await fence.wait()
+        if fence is None:  # the first fence submitted for the point from now on
+            fence = fences[index] = await syncobjs[index].fence_submitted(points[index])
+        if not available:
+            await fence.wait()
         done[index] = True
         if all(done) or not wait_all:
             signalled.set()
 
     with xef.device.ufences.asleep(xef):
         async with trio.open_nursery() as nursery:
-            for index, syncobj in enumerate(syncobjs):
+            for index in range(len(syncobjs)):
                 if not done[index]:
-                    nursery.start_soon(watch, index, syncobj)
+                    nursery.start_soon(watch, index)
             # the deadline is CLOCK_MONOTONIC nanoseconds; trio's clock is a float of
             # seconds: look again until the nanoseconds say it has passed
             while not signalled.is_set():
-                left = args.timeout_nsec - time.monotonic_ns()
+                left = timeout_nsec - time.monotonic_ns()
                 if left <= 0:
                     break
                 with trio.move_on_after(left / 1e9):
@@ -266,8 +237,8 @@ async def drm_syncobj_wait_ioctl(xef: XeFile, args: m.DrmSyncobjWait) -> m.DrmSy
     if not signalled.is_set():
         raise IoctlError(ETIME, "timed out")
     if not wait_all:  # the kernel looks over them in order once woken: the lowest
-        first = next(i for i, f in enumerate(fences) if f is not None and f.signalled)
-    return m.DrmSyncobjWaitReply(first_signaled=first)
+        first = next(i for i, fence in enumerate(fences) if ready(fence))
+    return first
 
 
 def drm_syncobj_handle_to_fd_ioctl(
@@ -280,9 +251,9 @@ def drm_syncobj_handle_to_fd_ioctl(
     - the daemon is down to its descriptor reserve (limits.descriptor_reserve): EMFILE
     - pad not zero: EINVAL
     - flags other than EXPORT_SYNC_FILE and TIMELINE: EINVAL
-    - EXPORT_SYNC_FILE: no such syncobj: ENOENT; `point` (TIMELINE) not 0, or the
-      syncobj holding no fence: EINVAL (drm_syncobj_find_fence on a binary syncobj)
-    - otherwise: `point` (TIMELINE) not 0: EINVAL; no such syncobj: EINVAL
+    - EXPORT_SYNC_FILE: no such syncobj: ENOENT; the point (`point` with TIMELINE, else
+      0) not submitted, or nothing held: EINVAL (drm_syncobj_find_fence)
+    - otherwise: `point` not 0 (TIMELINE or not): EINVAL; no such syncobj: EINVAL
     - this client's exported objects reach limits.exported: ENOMEM
     """
     from .sync_file import SyncFile, SyncobjFile, exported_fd  # (builds on this module)
@@ -295,12 +266,11 @@ def drm_syncobj_handle_to_fd_ioctl(
     point = args.point if args.flags & DRM_SYNCOBJ_HANDLE_TO_FD_FLAGS_TIMELINE else 0
     reply = m.DrmSyncobjFdReply(handle=args.handle)
     if args.flags & DRM_SYNCOBJ_HANDLE_TO_FD_FLAGS_EXPORT_SYNC_FILE:
-        fence = lookup(xef, args.handle).fence
-        refuse_if(point, EINVAL, "a binary syncobj has no timeline point")
-        refuse_if(fence is None, EINVAL, f"syncobj {args.handle} holds no fence")
+        fence = lookup(xef, args.handle).find_fence(point)
+        refuse_if(fence is None, EINVAL, f"syncobj {args.handle} has no fence at {point}")
         assert fence is not None
         return reply, [exported_fd(xef, lambda: SyncFile(xef.device, [fence]))]
-    refuse_if(point, EINVAL, "a point without EXPORT_SYNC_FILE")
+    refuse_if(args.point, EINVAL, "a point without EXPORT_SYNC_FILE")
     syncobj = xef.syncobjs.get(args.handle)
     refuse_if(syncobj is None, EINVAL, f"no syncobj {args.handle}")
     assert syncobj is not None
@@ -312,16 +282,16 @@ def drm_syncobj_fd_to_handle_ioctl(
 ) -> m.DrmSyncobjFdReply:
     """DRM_IOCTL_SYNCOBJ_FD_TO_HANDLE: a handle of this file for the syncobj the
     descriptor stands for; with IMPORT_SYNC_FILE, the syncobj `handle` holds the sync
-    file's fence from now on (drm_syncobj_replace_fence).
+    file's fence from now on (drm_syncobj_replace_fence), or, with TIMELINE and a
+    `point` other than 0, has it as that point (drm_syncobj_add_point).
 
     Checks, in order:
     - pad not zero: EINVAL
     - flags other than IMPORT_SYNC_FILE and TIMELINE: EINVAL
     - one of ours of a device since unplugged: ENODEV
     - IMPORT_SYNC_FILE: the descriptor not a sync file: EINVAL; no such syncobj: ENOENT;
-      a timeline `point` (TIMELINE) other than 0: EOPNOTSUPP (the kernel adds the point:
-      timeline syncobjs are not emulated)
-    - otherwise: a `point` other than 0 (TIMELINE): EINVAL; the descriptor not a
+      a point past limits.timeline_points pending ones of this file: ENOMEM (xed's)
+    - otherwise: `point` other than 0 (TIMELINE or not): EINVAL; the descriptor not a
       syncobj's: EINVAL
     """
     from .sync_file import SyncFile, SyncobjFile
@@ -337,10 +307,41 @@ def drm_syncobj_fd_to_handle_ioctl(
         refuse_if(not isinstance(found, SyncFile), EINVAL, "not a sync file")
         assert isinstance(found, SyncFile)
         syncobj = lookup(xef, args.handle)
-        refuse_if(point, EOPNOTSUPP, "timeline points are not emulated")
-        syncobj.replace_fence(found.fence)
+        put_fence(xef, syncobj, found.fence, point)
         return m.DrmSyncobjFdReply(handle=args.handle)
-    refuse_if(point, EINVAL, "a point without IMPORT_SYNC_FILE")
+    refuse_if(args.point, EINVAL, "a point without IMPORT_SYNC_FILE")
     refuse_if(not isinstance(found, SyncobjFile), EINVAL, "not a syncobj's descriptor")
     assert isinstance(found, SyncobjFile)
     return m.DrmSyncobjFdReply(handle=xef.syncobj_create(found.syncobj))
+
+
+def put_fence(xef: XeFile, syncobj: DrmSyncobj, fence: Fence, point: int) -> None:
+    """`fence` into `syncobj`: as the point `point`, or replacing what it holds for 0.
+    A point costs the file until it is signalled: past limits.timeline_points pending
+    ones, ENOMEM before anything changes."""
+    if not point:
+        syncobj.replace_fence(fence)
+        return
+    charge_points(xef, 1)
+    syncobj.add_point(fence, point)
+    syncobj_point_added(xef, syncobj)
+
+
+def charge_points(xef: XeFile, count: int) -> None:
+    """ENOMEM if `count` more pending points would pass limits.timeline_points."""
+    refuse_over(xef, "timeline_points", xef.account.points + count - 1)
+
+
+def syncobj_point_added(xef: XeFile, syncobj: DrmSyncobj) -> None:
+    """Count the point just added against the file until it is signalled."""
+    head = syncobj.fence
+    assert isinstance(head, FenceChain)
+    if head.signalled:
+        return
+    account = xef.account
+    account.points += 1
+
+    def signalled() -> None:
+        account.points -= 1
+
+    head.add_callback(signalled)

@@ -24,8 +24,8 @@ from . import residency
 from .bind_queue import MAX_QUEUED_BINDS, BindQueue
 from .errors import IoctlError, refuse_if
 from .eudebug import debug_event
+from .fence import Fence
 from .sync import parse_syncs, signal_user_fences
-from .syncobj import Fence
 
 if TYPE_CHECKING:
     from .bo import XeBo
