@@ -276,6 +276,15 @@ def test_syncobjs(daemon: DaemonProcess, program: Programs) -> None:
     passes(daemon.socket_path, program("syncobj"))
 
 
+def test_timeline_syncobjs(daemon: DaemonProcess, program: Programs) -> None:
+    """TIMELINE_SIGNAL, QUERY, TIMELINE_WAIT and TRANSFER errno for errno (EFAULT of each
+    user pointer in the kernel's order), WAIT_FOR_SUBMIT and WAIT_AVAILABLE, a point
+    signalled from another thread, and points signalled and waited on by VM_BIND and
+    EXEC (tests/test_syncobj_timeline.py holds their semantics)."""
+    out = passes(daemon.socket_path, program("timeline"))
+    assert "timeline ok" in out
+
+
 def test_sync_files(daemon: DaemonProcess, program: Programs) -> None:
     """SYNCOBJ_HANDLE_TO_FD / FD_TO_HANDLE and the dma-buf's EXPORT/IMPORT_SYNC_FILE from
     C, errno for errno (tests/test_sync_file.py holds their semantics)."""

@@ -6,10 +6,11 @@
  * out (even after a failure): a short, unreadable or read-only argument gets EFAULT at
  * the same point as there, a command of another type ENOTTY, an unknown DRM number
  * EINVAL. Here the handler is a request to the daemon: the DRM core ioctls (VERSION,
- * GEM_CLOSE, GEM_FLINK, GEM_OPEN, PRIME) are translated below, the syncobj ones in
- * syncobj.c, the xe ones in xe_ioctl.c. Descriptors that are not ours go to the kernel
- * untouched, but for a dma-buf's ioctls (dmabuf.c), a sync file's (syncfile.c) and a
- * sw_sync timeline's (sw_sync.c), which the daemon answers for its own.
+ * GEM_CLOSE, GEM_FLINK, GEM_OPEN, PRIME) are translated below, the syncobj ones (binary
+ * and timeline) in syncobj.c, the xe ones in xe_ioctl.c. Descriptors that are not ours
+ * go to the kernel untouched, but for a dma-buf's ioctls (dmabuf.c), a sync file's
+ * (syncfile.c) and a sw_sync timeline's (sw_sync.c), which the daemon answers for its
+ * own.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -154,7 +155,7 @@ static int get_cap(struct xed_file *f, void *kdata)
 	case DRM_CAP_TIMESTAMP_MONOTONIC: a->value = 1; return 0;
 	case DRM_CAP_PRIME: a->value = DRM_PRIME_CAP_IMPORT | DRM_PRIME_CAP_EXPORT; return 0;
 	case DRM_CAP_SYNCOBJ: a->value = 1; return 0;
-	case DRM_CAP_SYNCOBJ_TIMELINE: a->value = 0; return 0; /* not emulated */
+	case DRM_CAP_SYNCOBJ_TIMELINE: a->value = 1; return 0;
 	default: return EOPNOTSUPP;
 	}
 }
@@ -189,6 +190,11 @@ static const struct drm_ioctl_desc core_ioctls[0x100] = {
 	[0xc3] = {sizeof(struct drm_syncobj_wait), drm_syncobj_wait_ioctl},
 	[0xc4] = {sizeof(struct drm_syncobj_array), drm_syncobj_reset_ioctl},
 	[0xc5] = {sizeof(struct drm_syncobj_array), drm_syncobj_signal_ioctl},
+	/* 48 bytes since deadline_nsec: an older program's 40 are zero-filled (none) */
+	[0xca] = {sizeof(struct drm_syncobj_timeline_wait), drm_syncobj_timeline_wait_ioctl},
+	[0xcb] = {sizeof(struct drm_syncobj_timeline_array), drm_syncobj_query_ioctl},
+	[0xcc] = {sizeof(struct drm_syncobj_transfer), drm_syncobj_transfer_ioctl},
+	[0xcd] = {sizeof(struct drm_syncobj_timeline_array), drm_syncobj_timeline_signal_ioctl},
 };
 
 static const unsigned xe_sizes[0x60] = {

@@ -184,8 +184,8 @@ int drm_ioctl(struct xed_file *f, int fd, unsigned long cmd, uint64_t arg); /* 0
 int xe_ioctl(struct xed_file *f, unsigned nr, void *kdata);		  /* 0 or errno */
 int xe_query(struct xed_file *f, struct drm_xe_device_query *q);
 int drm_version_ioctl(struct xed_file *f, void *kdata);
-/* syncobj.c: DRM core's binary syncobj ioctls (and their descriptors), argument as ioctl.c
- * framed it */
+/* syncobj.c: DRM core's syncobj ioctls, binary and timeline (and their descriptors),
+ * argument as ioctl.c framed it */
 int drm_syncobj_create_ioctl(struct xed_file *f, void *kdata);
 int drm_syncobj_destroy_ioctl(struct xed_file *f, void *kdata);
 int drm_syncobj_wait_ioctl(struct xed_file *f, void *kdata);
@@ -193,6 +193,10 @@ int drm_syncobj_reset_ioctl(struct xed_file *f, void *kdata);
 int drm_syncobj_signal_ioctl(struct xed_file *f, void *kdata);
 int drm_syncobj_handle_to_fd_ioctl(struct xed_file *f, void *kdata);
 int drm_syncobj_fd_to_handle_ioctl(struct xed_file *f, void *kdata);
+int drm_syncobj_timeline_wait_ioctl(struct xed_file *f, void *kdata);
+int drm_syncobj_query_ioctl(struct xed_file *f, void *kdata);
+int drm_syncobj_transfer_ioctl(struct xed_file *f, void *kdata);
+int drm_syncobj_timeline_signal_ioctl(struct xed_file *f, void *kdata);
 void xe_reserved(struct xcall *c, const uint64_t *r, uint32_t n);
 /* xe_ioctl.c: fills the begun call `c` with its argument, runs it, writes back */
 int xe_exec_queue_get_property(struct xcall *c, struct drm_xe_exec_queue_get_property *a);

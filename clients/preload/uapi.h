@@ -111,7 +111,8 @@ XED_CHECK(drm_prime_handle, 12);
 XED_AT(drm_prime_handle, flags, 4);
 XED_AT(drm_prime_handle, fd, 8);
 
-/* drm_syncobj.c: binary syncobjs and their descriptors (the timeline ioctls are not emulated) */
+/* drm_syncobj.c: syncobjs, binary and timeline, and their descriptors (EVENTFD is not
+ * emulated) */
 #define DRM_SYNCOBJ_CREATE_SIGNALED (1 << 0)
 struct drm_syncobj_create {
 	uint32_t handle;
@@ -157,9 +158,59 @@ XED_CHECK(drm_syncobj_array, 16);
 XED_AT(drm_syncobj_array, count_handles, 8);
 XED_AT(drm_syncobj_array, pad, 12);
 
+/* TIMELINE_WAIT: SYNCOBJ_WAIT with a point per handle (`points` NULL: 0 for each). 40
+ * bytes before deadline_nsec: an older program's are zero-filled (drm_ioctl()). */
+struct drm_syncobj_timeline_wait {
+	uint64_t handles;
+	uint64_t points;
+	int64_t timeout_nsec;
+	uint32_t count_handles;
+	uint32_t flags;
+	uint32_t first_signaled;
+	uint32_t pad;
+	uint64_t deadline_nsec;
+};
+XED_CHECK(drm_syncobj_timeline_wait, 48);
+XED_AT(drm_syncobj_timeline_wait, points, 8);
+XED_AT(drm_syncobj_timeline_wait, timeout_nsec, 16);
+XED_AT(drm_syncobj_timeline_wait, count_handles, 24);
+XED_AT(drm_syncobj_timeline_wait, flags, 28);
+XED_AT(drm_syncobj_timeline_wait, first_signaled, 32);
+XED_AT(drm_syncobj_timeline_wait, pad, 36);
+XED_AT(drm_syncobj_timeline_wait, deadline_nsec, 40);
+
+/* QUERY (points written) and TIMELINE_SIGNAL (points read; NULL: 0 for each) */
+#define DRM_SYNCOBJ_QUERY_FLAGS_LAST_SUBMITTED (1 << 0)
+struct drm_syncobj_timeline_array {
+	uint64_t handles;
+	uint64_t points;
+	uint32_t count_handles;
+	uint32_t flags;
+};
+XED_CHECK(drm_syncobj_timeline_array, 24);
+XED_AT(drm_syncobj_timeline_array, points, 8);
+XED_AT(drm_syncobj_timeline_array, count_handles, 16);
+XED_AT(drm_syncobj_timeline_array, flags, 20);
+
+struct drm_syncobj_transfer {
+	uint32_t src_handle;
+	uint32_t dst_handle;
+	uint64_t src_point;
+	uint64_t dst_point;
+	uint32_t flags;
+	uint32_t pad;
+};
+XED_CHECK(drm_syncobj_transfer, 32);
+XED_AT(drm_syncobj_transfer, dst_handle, 4);
+XED_AT(drm_syncobj_transfer, src_point, 8);
+XED_AT(drm_syncobj_transfer, dst_point, 16);
+XED_AT(drm_syncobj_transfer, flags, 24);
+XED_AT(drm_syncobj_transfer, pad, 28);
+
 /* HANDLE_TO_FD / FD_TO_HANDLE; `point` came later (programs built before it send the
  * 16 bytes up to pad: drm_ioctl() zero-fills the rest, as the kernel does) */
 #define DRM_SYNCOBJ_FD_TO_HANDLE_FLAGS_IMPORT_SYNC_FILE (1 << 0)
+#define DRM_SYNCOBJ_FD_TO_HANDLE_FLAGS_TIMELINE (1 << 1)
 #define DRM_SYNCOBJ_HANDLE_TO_FD_FLAGS_EXPORT_SYNC_FILE (1 << 0)
 #define DRM_SYNCOBJ_HANDLE_TO_FD_FLAGS_TIMELINE (1 << 1)
 struct drm_syncobj_handle {
@@ -191,6 +242,10 @@ XED_AT(drm_syncobj_handle, point, 16);
 #define DRM_IOCTL_SYNCOBJ_WAIT DRM_IOWR(0xc3, struct drm_syncobj_wait)
 #define DRM_IOCTL_SYNCOBJ_RESET DRM_IOWR(0xc4, struct drm_syncobj_array)
 #define DRM_IOCTL_SYNCOBJ_SIGNAL DRM_IOWR(0xc5, struct drm_syncobj_array)
+#define DRM_IOCTL_SYNCOBJ_TIMELINE_WAIT DRM_IOWR(0xca, struct drm_syncobj_timeline_wait)
+#define DRM_IOCTL_SYNCOBJ_QUERY DRM_IOWR(0xcb, struct drm_syncobj_timeline_array)
+#define DRM_IOCTL_SYNCOBJ_TRANSFER DRM_IOWR(0xcc, struct drm_syncobj_transfer)
+#define DRM_IOCTL_SYNCOBJ_TIMELINE_SIGNAL DRM_IOWR(0xcd, struct drm_syncobj_timeline_array)
 
 /* --- xe_drm.h --------------------------------------------------------------------- */
 struct drm_xe_user_extension {
@@ -911,6 +966,11 @@ _Static_assert(DRM_IOCTL_SYNCOBJ_FD_TO_HANDLE == 0xc01864c2ul, "DRM_IOCTL_SYNCOB
 _Static_assert(DRM_IOCTL_SYNCOBJ_WAIT == 0xc02864c3ul, "DRM_IOCTL_SYNCOBJ_WAIT");
 _Static_assert(DRM_IOCTL_SYNCOBJ_RESET == 0xc01064c4ul, "DRM_IOCTL_SYNCOBJ_RESET");
 _Static_assert(DRM_IOCTL_SYNCOBJ_SIGNAL == 0xc01064c5ul, "DRM_IOCTL_SYNCOBJ_SIGNAL");
+_Static_assert(DRM_IOCTL_SYNCOBJ_TIMELINE_WAIT == 0xc03064caul, "DRM_IOCTL_SYNCOBJ_TIMELINE_WAIT");
+_Static_assert(DRM_IOCTL_SYNCOBJ_QUERY == 0xc01864cbul, "DRM_IOCTL_SYNCOBJ_QUERY");
+_Static_assert(DRM_IOCTL_SYNCOBJ_TRANSFER == 0xc02064ccul, "DRM_IOCTL_SYNCOBJ_TRANSFER");
+_Static_assert(DRM_IOCTL_SYNCOBJ_TIMELINE_SIGNAL == 0xc01864cdul,
+	       "DRM_IOCTL_SYNCOBJ_TIMELINE_SIGNAL");
 _Static_assert(DRM_IOCTL_XE_DEVICE_QUERY == 0xc0286440ul, "DRM_IOCTL_XE_DEVICE_QUERY");
 _Static_assert(DRM_IOCTL_XE_GEM_CREATE == 0xc0386441ul, "DRM_IOCTL_XE_GEM_CREATE");
 _Static_assert(DRM_IOCTL_XE_GEM_MMAP_OFFSET == 0xc0286442ul, "DRM_IOCTL_XE_GEM_MMAP_OFFSET");
