@@ -309,7 +309,9 @@ def _igt_parsers(sub: Subparsers) -> None:
         "every file is still checked against the index's SHA256",
     )  # fmt: skip
     _json_option(fetch_p)
-    list_p = _sub(igt_sub, "list", "the xe tests there are (fetched first if need be)")
+    list_p = _sub(
+        igt_sub, "list", "the xe tests there are, and the DRM core's fence tests (fetched first)"
+    )
     _json_option(list_p)
     run_p = _sub(
         igt_sub, "run", "run one IGT test against the daemon",

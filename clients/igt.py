@@ -47,14 +47,19 @@ ROOTS = ("igt-gpu-tools-tests", "igt-gpu-tools")
 # machine with a real Intel GPU that is the real one. These tests were seen, traced
 # under the library (strace of every open for writing), to do nothing to the host as
 # root but those kernel log lines; any other needs --as-root.
+# The DRM core's fence tests run too: they load sw_sync with libkmod first, and the
+# library hides the kernel's modules, so nothing is loaded.
 SAFE_AS_ROOT = frozenset(
     {
         "xe_mmap", "xe_prime_self_import", "xe_create", "xe_exec_basic", "xe_waitfence",
         "xe_exec_compute_mode", "xe_query", "xe_exec_balancer", "xe_vm", "xe_exec_atomic",
         "xe_exec_queue_property", "xe_evict", "xe_exec_fault_mode", "xe_exec_mix_modes",
         "xe_dma_buf_sync", "xe_spin_batch",
+        "sw_sync", "syncobj_basic", "syncobj_wait", "syncobj_timeline",
     }
-)
+)  # fmt: skip
+# tests of the DRM core (not xe's) that xed runs: syncobjs, sync files, sw_sync
+CORE_TESTS = ("sw_sync", "syncobj_basic", "syncobj_timeline", "syncobj_wait")
 # uname -m -> (Debian's architecture, the loader's name, the multiarch directory)
 _ARCHES = {
     "x86_64": ("amd64", "ld-linux-x86-64.so.2", "x86_64-linux-gnu"),
@@ -91,7 +96,9 @@ class Install:
         return [str(self.loader), "--library-path", self.library_path, program, *args]
 
     def xe_tests(self) -> list[str]:
-        return sorted(p.name for p in self.tests.glob("xe_*") if p.is_file())
+        """IGT's xe tests, and the DRM core's that xed answers (CORE_TESTS)."""
+        xe = sorted(p.name for p in self.tests.glob("xe_*") if p.is_file())
+        return xe + [name for name in CORE_TESTS if (self.tests / name).is_file()]
 
 
 def _arch() -> tuple[str, str, str]:
@@ -222,4 +229,3 @@ def cmd_run(
         return EX_NOPERM
     with daemon_at(socket) as (path, _daemon):
         return run(install.command(test, args), path, node)
-

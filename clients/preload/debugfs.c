@@ -14,7 +14,9 @@
  * has the kernel dump ftrace on an oops (/proc/sys/kernel/ftrace_dump_on_oops); xe_vm
  * drops the page cache (/proc/sys/vm/drop_caches). Those paths go to copies beside the
  * stand-in (`host/`, which `xec run` fills from the host),
- * so a test run as root leaves the host's console and kernel as they were.
+ * so a test run as root leaves the host's console and kernel as they were. The kernel's
+ * modules (/lib/modules) map there too, to nothing: IGT loads sw_sync with libkmod
+ * before it looks for the file, and as root that would load the host's module.
  */
 #include <stdio.h>
 #include <string.h>
@@ -42,6 +44,10 @@ static const char *const host_settings[] = {
 	"/sys/class/vtconsole/",		/* a directory: everything under it */
 	"/proc/sys/kernel/ftrace_dump_on_oops", /* a file */
 	"/proc/sys/vm/drop_caches",		/* xe_vm drops the page cache */
+	/* kernel modules: nothing in `host/` stands for them, so libkmod finds none and
+	 * IGT's modprobe (sw_sync's, the syncobj tests') loads nothing into the host */
+	"/lib/modules/",
+	"/usr/lib/modules/",
 };
 
 int host_setting_map(const char *path, struct path_info *pi)

@@ -10,9 +10,11 @@
  * goes to the kernel unchanged. The stat family lives in stat.c.
  */
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -175,6 +177,59 @@ XED_EXPORT int __openat_2(int dirfd, const char *path, int flags)
 XED_EXPORT int __openat64_2(int dirfd, const char *path, int flags)
 {
 	return do_openat(dirfd, path, flags, 0);
+}
+
+/* fopen(3) opens inside libc, past open(): a path the library maps (the debugfs stand-in,
+ * the host settings, the kernel's modules: libkmod reads modules.dep.bin so) is opened
+ * here as open() would and the stream made on it; any other goes to libc's own */
+typedef FILE *fopen_fn(const char *, const char *);
+
+static int fopen_flags(const char *mode)
+{
+	int flags = mode[0] == 'r' ? O_RDONLY : mode[0] == 'w' ? O_WRONLY | O_CREAT | O_TRUNC
+					      : O_WRONLY | O_CREAT | O_APPEND;
+	for (const char *m = mode + 1; *m && *m != ','; m++)
+		flags = *m == '+' ? (flags & ~O_ACCMODE) | O_RDWR
+			: *m == 'e' ? flags | O_CLOEXEC
+			: *m == 'x' ? flags | O_EXCL
+				    : flags;
+	return flags;
+}
+
+static FILE *do_fopen(const char *path, const char *mode, const char *real_name)
+{
+	struct path_info pi;
+	int err = path_classify(path, &pi);
+	if (err) {
+		errno = -err;
+		return NULL;
+	}
+	char m[8] = {0};
+	if (pi.kind != PATH_DEBUGFS || string_from_user(m, mode, sizeof m) < 1 ||
+	    !strchr("rwa", m[0])) {
+		fopen_fn *real = (fopen_fn *)dlsym(RTLD_NEXT, real_name);
+		if (!real) {
+			errno = ENOSYS;
+			return NULL;
+		}
+		return real(path, mode);
+	}
+	int fd = sw_sync_open(pi.mapped, fopen_flags(m), 0666);
+	if (fd < 0)
+		return NULL;
+	FILE *stream = fdopen(fd, m);
+	if (!stream) {
+		int saved = errno;
+		sys_close(fd);
+		errno = saved;
+	}
+	return stream;
+}
+
+XED_EXPORT FILE *fopen(const char *path, const char *mode) { return do_fopen(path, mode, "fopen"); }
+XED_EXPORT FILE *fopen64(const char *path, const char *mode)
+{
+	return do_fopen(path, mode, "fopen64");
 }
 
 /* --- readlink ---------------------------------------------------------------------------- */
