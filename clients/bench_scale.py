@@ -58,9 +58,9 @@ def _room_for(count: int) -> int:
     return min(count, wanted - SPARE_FDS)
 
 
-def _ready_ms(env: Mapping[str, str] | None = None) -> list[float]:
+def _ready_ms(starts: int, env: Mapping[str, str] | None = None) -> list[float]:
     times = []
-    for _ in range(READY_STARTS):
+    for _ in range(starts):
         daemon = DaemonProcess(extra_args=("--log-level", "warning"), env=env)
         start = time.perf_counter()
         daemon.start()
@@ -69,7 +69,7 @@ def _ready_ms(env: Mapping[str, str] | None = None) -> list[float]:
     return times
 
 
-def _ready_ms_installed() -> list[float]:
+def _ready_ms_installed(starts: int) -> list[float]:
     """The same for a daemon whose bytecode is cached, as an installed one's is (pip
     compiles it at install time). Under PYTHONDONTWRITEBYTECODE, which a development
     environment may set, every start compiles xed's own source again; this shows that
@@ -78,7 +78,7 @@ def _ready_ms_installed() -> list[float]:
         env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         env["PYTHONPYCACHEPREFIX"] = cache
         DaemonProcess(extra_args=("--log-level", "warning"), env=env).start().cleanup()
-        return _ready_ms(env)
+        return _ready_ms(starts, env)
 
 
 def _kind(
@@ -109,17 +109,18 @@ def _kind(
     }
 
 
-def bench_scale(connections: int, objects: int) -> dict[str, Any]:
-    """Connections, BOs, VMs and exec queues, `connections` and `objects` of each."""
+def bench_scale(connections: int, objects: int, starts: int = READY_STARTS) -> dict[str, Any]:
+    """Connections, BOs, VMs and exec queues, `connections` and `objects` of each; the
+    daemon's start to READY=1 timed `starts` times each way."""
     with tempfile.TemporaryDirectory(prefix="xed-bench-") as scratch:
-        return _bench_scale(connections, objects, Path(scratch) / "xed.toml")
+        return _bench_scale(connections, objects, starts, Path(scratch) / "xed.toml")
 
 
-def _bench_scale(connections: int, objects: int, config: Path) -> dict[str, Any]:
+def _bench_scale(connections: int, objects: int, starts: int, config: Path) -> dict[str, Any]:
     progress = Progress()
-    progress(f"daemon start to READY=1, {READY_STARTS} times each way", force=True)
-    ready = _ready_ms()
-    installed = _ready_ms_installed()
+    progress(f"daemon start to READY=1, {starts} times each way", force=True)
+    ready = _ready_ms(starts)
+    installed = _ready_ms_installed(starts)
     fitting = _room_for(connections)
     nofile = max(fitting, objects) + SPARE_FDS * 2
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]

@@ -108,6 +108,9 @@ def _bench_parsers(sub: Subparsers) -> None:
     )  # fmt: skip
     sc.add_argument("--connections", type=int, default=10_000, help="concurrent connections")
     sc.add_argument("--objects", type=int, default=10_000, help="BOs, VMs and exec queues each")
+    sc.add_argument(
+        "--starts", type=int, default=7, help="daemon starts timed to READY=1 (their median)"
+    )
     tp = _sub(bench_sub, "throughput", "ioctls per second from N client processes at once")
     _connection_options(tp)
     tp.add_argument(
@@ -418,7 +421,7 @@ def _run(args: argparse.Namespace) -> int:
         elif args.which == "scale":
             from .bench_scale import bench_scale
 
-            emit(bench_scale(args.connections, args.objects))
+            emit(bench_scale(args.connections, args.objects, args.starts))
         elif args.which == "throughput":
             from .throughput import bench_throughput
 
