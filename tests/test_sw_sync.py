@@ -247,3 +247,18 @@ async def test_a_timeline_keeps_only_the_points_something_holds() -> None:
         assert again.status() == -ENOENT
         timeline.let_go()
         nursery.cancel_scope.cancel()
+
+
+def test_a_merges_status_listed_is_its_first_fence_not_signalled_cleanly(dev: Device) -> None:
+    """FILE_INFO of a merge one of whose fences ended with ENOENT while the other is
+    pending: listing them, the file's status is the first not 1 (-ENOENT); asked for
+    the count alone, the merge's own (0: not all signalled)."""
+    timelines = [syncobj.sw_sync_timeline(dev) for _ in range(2)]
+    fences = [syncobj.sw_sync_fence(dev, t, 1) for t in timelines]
+    merged = syncobj.merge_sync_files(dev, fences[0], fences[1])
+    closed(dev, timelines[0])
+    assert status(dev, merged) == (-ENOENT, [-ENOENT, 0])
+    count = dev.ioctl(Op.SYNC_FILE_INFO, m.SyncFileInfo(), fds=[merged])
+    assert count.status == 0 and count.num_fences == 2
+    for fd in (*fences, merged, timelines[1]):
+        os.close(fd)

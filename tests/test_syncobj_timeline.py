@@ -218,8 +218,8 @@ def test_refusals(dev: Device) -> None:
 
 
 def test_limits(make_daemon: Any) -> None:
-    """limits.syncobjs handles and limits.timeline_points pending points per file:
-    ENOMEM, and a point signalled gives its room back."""
+    """limits.syncobjs handles and limits.timeline_points points per file that the
+    daemon holds: ENOMEM; a point let go of (its syncobj reset) gives its room back."""
     daemon = make_daemon("[limits]\nsyncobjs = 3\ntimeline_points = 2\n")
     with Device.open(daemon.socket_path) as dev:
         handles = [syncobj.create(dev) for _ in range(3)]
@@ -233,8 +233,11 @@ def test_limits(make_daemon: Any) -> None:
         syncobj.import_sync_file(dev, handles[1], fence, point=1)
         assert errno_of(syncobj.import_sync_file, dev, handles[2], fence, point=1) == ENOMEM
         assert errno_of(syncobj.timeline_signal, dev, [handles[2]], [1]) == ENOMEM
-        syncobj.sw_sync_inc(dev, timeline, 1)  # both signalled: room again
+        syncobj.reset(dev, [handles[0]])  # its chain let go of: room again
         syncobj.import_sync_file(dev, handles[2], fence, point=1)
+        assert errno_of(syncobj.timeline_signal, dev, [handles[0]], [1]) == ENOMEM
+        syncobj.destroy(dev, handles[1])
+        syncobj.timeline_signal(dev, [handles[0]], [1])
         for fd in (fence, timeline):
             os.close(fd)
 
@@ -277,3 +280,87 @@ def test_thousands_of_points_behind_one_fence_signal_together(dev: Device) -> No
     assert syncobj.query(dev, [tl]) == [5001] and readable(sync_fd)
     for fd in (sync_fd, fence, timeline):
         os.close(fd)
+
+
+def test_a_merge_of_two_points_waits_for_both(dev: Device) -> None:
+    """Sync files of two points of one syncobj hold the points' own fences (unwrapped,
+    as dma_fence_unwrap_merge): their merge waits for both, however far apart the
+    points are (64-bit), and FILE_INFO names the fences inside."""
+    tl = syncobj.create(dev)
+    timelines = [syncobj.sw_sync_timeline(dev) for _ in range(2)]
+    pending = [syncobj.sw_sync_fence(dev, t, 1) for t in timelines]
+    syncobj.import_sync_file(dev, tl, pending[0], point=1)
+    syncobj.import_sync_file(dev, tl, pending[1], point=0x8000_0002)
+    first = syncobj.export_sync_file(dev, tl, point=1)
+    both = syncobj.export_sync_file(dev, tl, point=0x8000_0002)
+    info = syncobj.sync_file_info(dev, both)
+    assert info.num_fences == 2 and {f.driver_name for f in info.fences} == {"sw_sync"}
+    merged = syncobj.merge_sync_files(dev, first, both)
+    assert syncobj.sync_file_info(dev, merged).num_fences == 2
+    syncobj.sw_sync_inc(dev, timelines[0], 1)
+    assert readable(first) and not readable(merged) and not readable(both)
+    syncobj.sw_sync_inc(dev, timelines[1], 1)
+    assert readable(merged) and readable(both)
+    for fd in (first, both, merged, *pending, *timelines):
+        os.close(fd)
+
+
+def test_timeline_signal_of_point_0_is_a_point_after_the_others(dev: Device) -> None:
+    """drm_syncobj_timeline_signal_ioctl adds every point, 0 included: numbered as the
+    latest, it is signalled only once the points before it are."""
+    tl = syncobj.create(dev)
+    timeline = syncobj.sw_sync_timeline(dev)
+    fence = syncobj.sw_sync_fence(dev, timeline, 1)
+    syncobj.import_sync_file(dev, tl, fence, point=1)
+    syncobj.timeline_signal(dev, [tl], [0])
+    assert syncobj.query(dev, [tl], last_submitted=True) == [1]
+    assert errno_of(syncobj.timeline_wait, dev, [tl], [1], timeout_nsec=0) == ETIME
+    assert errno_of(syncobj.wait, dev, [tl], timeout_nsec=0) == ETIME
+    syncobj.sw_sync_inc(dev, timeline, 1)
+    assert syncobj.wait(dev, [tl], timeout_nsec=0) == 0
+    for fd in (fence, timeline):
+        os.close(fd)
+
+
+def test_a_chain_let_go_of_is_freed_while_its_fences_wait() -> None:
+    """In process: a timeline point watches nothing until something waits on it, so a
+    chain nobody holds is freed at once, its fences pending or not (a RESET, a syncobj
+    destroyed); one that is waited on is told once every fence is signalled."""
+    import gc
+    import weakref
+
+    from xed.device.fence import Fence, FenceChain
+
+    pending = Fence()
+    chain = FenceChain(FenceChain(None, pending, 1), Fence(signalled=True), 2)
+    gone = weakref.ref(chain)
+    del chain
+    gc.collect()
+    assert gone() is None and not pending._callbacks
+    told: list[int] = []
+    later = Fence()
+    waited = FenceChain(FenceChain(None, pending, 1), later, 2)
+    waited.add_callback(lambda: told.append(1))
+    pending.signal()
+    assert not told and not waited.signalled  # point 2's own fence is pending
+    later.signal()
+    assert told == [1] and waited.signalled
+
+
+def test_each_syncobj_and_point_of_a_request_is_looked_up_once() -> None:
+    """A request naming one syncobj thousands of times walks its chain once."""
+    from xed.device.fence import Fence
+    from xed.device.syncobj import DrmSyncobj, find_fences
+
+    walks: list[int] = []
+
+    class Counting(DrmSyncobj):
+        __slots__ = ()
+
+        def find_fence(self, point: int = 0) -> Fence | None:
+            walks.append(point)
+            return super().find_fence(point)
+
+    one = Counting(Fence(signalled=True))
+    assert len(find_fences([one] * 4096, [0] * 4096)) == 4096
+    assert walks == [0]

@@ -159,7 +159,7 @@ class LimitsConfig:
     # makes 4096 in one file, create-execqueues-*-shared 2048
     exec_queues: int = attrs.field(default=16384, validator=_positive)
     fence_waits: int = attrs.field(default=1024, validator=_positive)  # at once
-    # syncobj handles; and timeline points the file added that are not signalled yet
+    # syncobj handles; and timeline points the file added that the daemon still holds
     # (each keeps the points before it: a chain a client must not grow without end).
     # Vulkan drivers keep one syncobj per semaphore and fence, a point per submission
     syncobjs: int = attrs.field(default=65536, validator=_positive)

@@ -63,7 +63,7 @@ class XedLimits:
     exec_queues: int = u64("exec queues per client")
     fence_waits: int = u64("WAIT_USER_FENCE calls per client at once")
     syncobjs: int = u64("syncobj handles per client")
-    timeline_points: int = u64("timeline points per client not signalled yet")
+    timeline_points: int = u64("timeline points per client the daemon still holds")
     exported: int = u64("dma-bufs and VM exports per client, while they live")
     unread_descriptors: int = u64("descriptors in replies a client has not read yet")
     unread_descriptors_per_uid: int = u64("the same, for all connections of one uid")

@@ -216,7 +216,7 @@ SPECS: tuple[OpSpec, ...] = (
             (ENOENT, "src_handle names no syncobj of this file"),
             (EINVAL, "the source point not submitted (without WAIT_FOR_SUBMIT)"),
             (ETIME, "WAIT_FOR_SUBMIT: not submitted within 5 s"),
-            (ENOMEM, "the destination holds MAX_PENDING_POINTS unsignalled points (xed)"),
+            (ENOMEM, "limits.timeline_points: this file's points the daemon holds (xed)"),
         ),
     ),
     OpSpec(
@@ -224,15 +224,16 @@ SPECS: tuple[OpSpec, ...] = (
         request=m.DrmSyncobjTimelineArray,
         reply=m.Empty,
         doc=(
-            "DRM_IOCTL_SYNCOBJ_TIMELINE_SIGNAL: each syncobj gets its point, signalled "
-            "(point 0: it holds a signalled fence, as SYNCOBJ_SIGNAL)."
+            "DRM_IOCTL_SYNCOBJ_TIMELINE_SIGNAL: each syncobj gets its point, a signalled "
+            "fence, signalled once the points before it are (point 0 too, numbered as "
+            "its latest point)."
         ),
         errors=(
             (EINVAL, "flags not zero"),
             (EINVAL, "no handles"),
             (ENOENT, "a handle names no syncobj of this file (none is signalled)"),
             (EINVAL, "points sent, but not one per handle"),
-            (ENOMEM, "a syncobj holds MAX_PENDING_POINTS unsignalled points (xed)"),
+            (ENOMEM, "limits.timeline_points: this file's points the daemon holds (xed)"),
         ),
     ),
     OpSpec(

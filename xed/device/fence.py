@@ -98,17 +98,22 @@ class FenceArray(Fence):
     once all its parts are, with the first error among them. It keeps no state of its
     own, so nothing needs to watch the parts for it: whoever holds it asks them."""
 
-    __slots__ = ("parts", "_watches")
+    __slots__ = ("parts", "_watches", "_done")
 
     def __init__(self, parts: list[Fence]) -> None:  # not Fence's: its state is derived
         self._event = None
         self._callbacks = None
         self.parts = parts
         self._watches: dict[Callable[[], None], tuple[Callable[[], None], list[Fence]]] = {}
+        self._done = 0  # parts[:_done] are signalled: a part never goes back
 
     @property
     def signalled(self) -> bool:  # type: ignore[override]
-        return all(part.signalled for part in self.parts)
+        parts, done = self.parts, self._done
+        while done < len(parts) and parts[done].signalled:
+            done += 1
+        self._done = done
+        return done == len(parts)
 
     @property
     def error(self) -> int:  # type: ignore[override]
@@ -151,14 +156,23 @@ class FenceChain(Fence):
     the syncobj held before (None once nothing before it matters). Signalled once its
     fence and every point before it are. A point later than `prev`'s continues its
     context; one that is not starts a context of its own, numbered as the later of the
-    two (dma_fence_chain_init), and a walk stops there."""
+    two (dma_fence_chain_init), and a walk stops there.
 
-    __slots__ = ("prev", "fence", "seqno", "context", "prev_seqno")
+    Its state is asked, as dma_fence_chain_signaled asks it: a point nobody waits for
+    watches nothing, so a chain let go of (a RESET, its syncobj destroyed) is freed at
+    once whatever its fences do. A callback arms it: it then watches one pending fence
+    of the chain at a time (dma_fence_chain_enable_signaling)."""
+
+    __slots__ = ("prev", "fence", "seqno", "context", "prev_seqno", "_done", "_armed")
     driver_name = "dma_fence_chain"
     timeline_name = "unbound"
 
     def __init__(self, prev: Fence | None, fence: Fence, seqno: int) -> None:
-        super().__init__()
+        self._event = None
+        self._callbacks = None
+        self.error = 0
+        self._done = False
+        self._armed: Fence | None = None  # the pending fence a callback waits on
         self.prev = prev
         self.fence = fence
         self.prev_seqno = 0
@@ -170,17 +184,54 @@ class FenceChain(Fence):
             if isinstance(prev, FenceChain):
                 seqno = max(prev.seqno, seqno)
         self.seqno = seqno
-        for part in (fence, prev):
-            if part is not None and not part.signalled:
-                part.add_callback(self._part_signalled)
-        self._part_signalled()
+
+    @property
+    def signalled(self) -> bool:  # type: ignore[override]
+        if not self._done and self._pending() is None:
+            self._done = True
+            self.prev = None  # what came before is done: let it go
+        return self._done
+
+    def _pending(self) -> Fence | None:
+        """The first fence of the chain, from this point back, not signalled yet."""
+        for node in self.walk():
+            part = _contained(node)
+            if not part.signalled:
+                return part
+        return None
+
+    def signal(self, error: int = 0) -> None:
+        raise AssertionError("a timeline point is signalled by its fences")
+
+    async def wait(self) -> None:
+        while (part := None if self.signalled else self._pending()) is not None:
+            await part.wait()
+
+    def add_callback(self, callback: Callable[[], None]) -> None:
+        if self._callbacks is None:
+            self._callbacks = []
+        self._callbacks.append(callback)
+        if self._armed is None:
+            self._part_signalled()
+
+    def remove_callback(self, callback: Callable[[], None]) -> None:
+        super().remove_callback(callback)
+        if not self._callbacks and self._armed is not None:
+            self._armed.remove_callback(self._part_signalled)
+            self._armed = None
 
     def _part_signalled(self) -> None:
-        if self.signalled or not self.fence.signalled:
+        """The fence watched is signalled: watch the next, or tell the callbacks."""
+        self._armed = None
+        if not self._callbacks:
             return
-        if self.prev is None or self.prev.signalled:
-            self.prev = None  # what came before is done: let it go
-            self.signal()
+        part = None if self.signalled else self._pending()
+        if part is not None:
+            self._armed = part
+            part.add_callback(self._part_signalled)
+            return
+        callbacks, self._callbacks = self._callbacks, None
+        _run_callbacks(callbacks)
 
     def collapse(self) -> None:
         """dma_fence_chain_walk's first step: drop the points right behind this one
@@ -215,7 +266,21 @@ class FenceChain(Fence):
                 return node
         return None
 
+    def unwrapped(self) -> list[Fence]:
+        """dma_fence_unwrap_for_each: the fences of its points not signalled yet."""
+        return [part for node in self.walk() if not (part := _contained(node)).signalled]
+
 
 def _contained(node: Fence) -> Fence:
     """dma_fence_chain_contained: a point's own fence; any other fence itself."""
     return node.fence if isinstance(node, FenceChain) else node
+
+
+def unwrap(fence: Fence) -> list[Fence]:
+    """dma_fence_unwrap_for_each: the fences inside an array or a timeline point's chain
+    (those of its points not signalled yet), else the fence itself."""
+    if isinstance(fence, FenceArray):
+        return fence.parts
+    if isinstance(fence, FenceChain):
+        return [leaf for part in fence.unwrapped() for leaf in unwrap(part)]
+    return [fence]

@@ -79,8 +79,8 @@ def parse_syncs(
     - SYNCOBJ naming no syncobj of this file: ENOENT; without SIGNAL (a wait), one
       holding no fence: EINVAL
     - TIMELINE_SYNCOBJ: timeline_value 0: EINVAL; no such syncobj: ENOENT; without
-      SIGNAL (a wait), the point not submitted: EINVAL; with SIGNAL, the file's pending
-      points at limits.timeline_points: ENOMEM (xed's)
+      SIGNAL (a wait), the point not submitted: EINVAL; with SIGNAL, the file's
+      points held at limits.timeline_points: ENOMEM (xed's)
     - USER_FENCE on a VM_BIND with no binds: EOPNOTSUPP
     - USER_FENCE without SIGNAL: EOPNOTSUPP; address not 8-byte aligned: EINVAL
     - any other type: EINVAL
@@ -94,6 +94,7 @@ def parse_syncs(
     fences = []
     signals: list[tuple[DrmSyncobj, int]] = []
     waits: list[Fence] = []
+    looked_up: dict[tuple[DrmSyncobj, int], Fence | None] = {}
     for sync in syncs:
         refuse_if(any(sync.reserved), EINVAL, "sync reserved must be zero")
         refuse_if(sync.flags & ~DRM_XE_SYNC_FLAG_SIGNAL, EINVAL, f"sync flags {sync.flags:#x}")
@@ -112,7 +113,9 @@ def parse_syncs(
                     charge_points(xef, 1 + sum(1 for _, p in signals if p))
                 signals.append((syncobj, point))
             else:
-                fence = syncobj.find_fence(point)
+                if (syncobj, point) not in looked_up:  # a chain walked once a request
+                    looked_up[syncobj, point] = syncobj.find_fence(point)
+                fence = looked_up[syncobj, point]
                 if fence is None:
                     raise IoctlError(EINVAL, f"syncobj {sync.handle} has no fence at {point}")
                 waits.append(fence)

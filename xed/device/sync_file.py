@@ -34,7 +34,7 @@ from protocols import messages as m
 
 from .errors import IoctlError, refuse_if
 from .export import ExportedObject, lookup
-from .fence import Fence, FenceArray, is_later
+from .fence import Fence, FenceArray, is_later, unwrap
 from .limits import charge_export, refuse_over
 from .syncobj import DrmSyncobj
 
@@ -86,23 +86,29 @@ class SyncFile(ExportedObject):
 
 
 def merged_parts(fences: list[Fence]) -> list[Fence]:
-    """The fences a sync file of `fences` holds, as dma_fence_unwrap_merge: a fence
-    array's parts in its place, the signalled ones dropped, and of a timeline's points
-    the latest only (the device's own fences, which have no timeline, each once); none
-    left, a signalled stub (dma_fence_get_stub). ENOMEM past MAX_FENCES, before
-    anything is made."""
+    """The fences a sync file of `fences` holds, as dma_fence_unwrap_merge: fence arrays
+    and timeline points (chains) unwrapped into the fences they hold, the signalled
+    ones dropped, and of a sw_sync timeline's points the latest only (the device's own
+    fences, which have no timeline, each once); none left, a signalled stub
+    (dma_fence_get_stub). ENOMEM past MAX_FENCES, before anything is made."""
     unique: dict[object, Fence] = {}
-    for fence in fences:
-        for part in fence.parts if isinstance(fence, FenceArray) else (fence,):
-            if part.signalled:
-                continue
-            key = id(part) if part.context is None else ("timeline", part.context)
-            kept = unique.get(key)
-            if kept is None or is_later(part.seqno, kept.seqno):
-                unique[key] = part
-    if len(unique) > MAX_FENCES:
-        raise IoctlError(ENOMEM, f"a sync file of more than {MAX_FENCES} fences")
+    for part in (leaf for fence in fences for leaf in unwrap(fence)):
+        if part.signalled:
+            continue
+        key = id(part) if part.context is None else ("timeline", part.context)
+        kept = unique.get(key)
+        if kept is None or is_later(part.seqno, kept.seqno):
+            unique[key] = part
+        if len(unique) > MAX_FENCES:
+            raise IoctlError(ENOMEM, f"a sync file of more than {MAX_FENCES} fences")
     return list(unique.values()) or [Fence(signalled=True)]
+
+
+def unwrap_merge(fence: Fence) -> Fence:
+    """dma_fence_unwrap_merge of one fence: the same signal, as one fence or an array
+    of the ones it waits for, never a chain inside a chain."""
+    parts = merged_parts([fence])
+    return parts[0] if len(parts) == 1 else FenceArray(parts)
 
 
 class SyncobjFile(ExportedObject):
@@ -191,13 +197,15 @@ def sync_file_info_ioctl(
     flags or pad not zero: EINVAL; num_fences neither 0 nor at least the number of
     fences: EINVAL. With num_fences 0 only the number is told. Status, the file's and
     each fence's, is dma_fence_get_status's: 0 active, 1 signalled, -errno signalled
-    with an error; xed records no signal time (timestamp_ns 0).
+    with an error (the file's, when its fences are listed: the first not 1); xed
+    records no signal time (timestamp_ns 0).
     """
     (fd,) = fds
     sync_file = _sync_file(xef, fd)
     refuse_if(args.flags or args.pad, EINVAL, "flags and pad must be zero")
     fences = sync_file.fences
     infos: tuple[m.SyncFenceInfo, ...] = ()
+    status = sync_file.fence.status()
     if args.num_fences:
         refuse_if(args.num_fences < len(fences), EINVAL, f"it holds {len(fences)} fences")
         infos = tuple(
@@ -206,7 +214,7 @@ def sync_file_info_ioctl(
             )
             for f in fences
         )
+        # listing them, the kernel tells the first fence's status not 1 (else 1)
+        status = next((info.status for info in infos if info.status <= 0), 1)
     name = sync_file.name or fence_name(sync_file.fence)[:31]
-    return m.SyncFileInfoReply(
-        name=name, status=sync_file.fence.status(), num_fences=len(fences), fences=infos
-    )
+    return m.SyncFileInfoReply(name=name, status=status, num_fences=len(fences), fences=infos)

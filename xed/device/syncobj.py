@@ -18,6 +18,7 @@ descriptors are sync_file.py's).
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Iterable
 from errno import EINVAL, ENOENT, ETIME
 from typing import TYPE_CHECKING
@@ -44,6 +45,7 @@ from .limits import refuse_over
 
 if TYPE_CHECKING:
     from .file import XeFile
+    from .limits import Account
 
 _WAIT_FLAGS = (
     DRM_SYNCOBJ_WAIT_FLAGS_WAIT_ALL
@@ -104,6 +106,19 @@ class DrmSyncobj:
                 self._changed = trio.Event()
             await self._changed.wait()
         return fence
+
+
+def find_fences(syncobjs: list[DrmSyncobj], points: list[int]) -> list[Fence | None]:
+    """find_fence() of each (syncobj, point), each pair looked up once: a request may
+    name one syncobj thousands of times, and a lookup walks its chain."""
+    found: dict[tuple[int, int], Fence | None] = {}
+    fences = []
+    for syncobj, point in zip(syncobjs, points, strict=True):
+        key = (id(syncobj), point)
+        if key not in found:
+            found[key] = syncobj.find_fence(point)
+        fences.append(found[key])
+    return fences
 
 
 def lookup(xef: XeFile, handle: int) -> DrmSyncobj:
@@ -197,7 +212,7 @@ async def array_wait(
     wait_all = bool(flags & DRM_SYNCOBJ_WAIT_FLAGS_WAIT_ALL)
     available = bool(flags & DRM_SYNCOBJ_WAIT_FLAGS_WAIT_AVAILABLE)
     for_submit = available or bool(flags & DRM_SYNCOBJ_WAIT_FLAGS_WAIT_FOR_SUBMIT)
-    fences = [syncobj.find_fence(point) for syncobj, point in zip(syncobjs, points, strict=True)]
+    fences = find_fences(syncobjs, points)
     refuse_if(not for_submit and None in fences, EINVAL, "a point not submitted (no fence)")
 
     def ready(fence: Fence | None) -> bool:
@@ -290,7 +305,7 @@ def drm_syncobj_fd_to_handle_ioctl(
     - flags other than IMPORT_SYNC_FILE and TIMELINE: EINVAL
     - one of ours of a device since unplugged: ENODEV
     - IMPORT_SYNC_FILE: the descriptor not a sync file: EINVAL; no such syncobj: ENOENT;
-      a point past limits.timeline_points pending ones of this file: ENOMEM (xed's)
+      a point past limits.timeline_points held for this file: ENOMEM (xed's)
     - otherwise: `point` other than 0 (TIMELINE or not): EINVAL; the descriptor not a
       syncobj's: EINVAL
     """
@@ -317,8 +332,8 @@ def drm_syncobj_fd_to_handle_ioctl(
 
 def put_fence(xef: XeFile, syncobj: DrmSyncobj, fence: Fence, point: int) -> None:
     """`fence` into `syncobj`: as the point `point`, or replacing what it holds for 0.
-    A point costs the file until it is signalled: past limits.timeline_points pending
-    ones, ENOMEM before anything changes."""
+    A point costs the file while the daemon holds it: past limits.timeline_points,
+    ENOMEM before anything changes."""
     if not point:
         syncobj.replace_fence(fence)
         return
@@ -328,20 +343,20 @@ def put_fence(xef: XeFile, syncobj: DrmSyncobj, fence: Fence, point: int) -> Non
 
 
 def charge_points(xef: XeFile, count: int) -> None:
-    """ENOMEM if `count` more pending points would pass limits.timeline_points."""
+    """ENOMEM if `count` more points would pass limits.timeline_points."""
     refuse_over(xef, "timeline_points", xef.account.points + count - 1)
 
 
 def syncobj_point_added(xef: XeFile, syncobj: DrmSyncobj) -> None:
-    """Count the point just added against the file until it is signalled."""
+    """Count the point just added against the file for as long as it lives: a chain
+    keeps its pending points, and a syncobj its latest; a signalled point behind
+    another, or a chain let go of, is freed (and given back) at once."""
     head = syncobj.fence
     assert isinstance(head, FenceChain)
-    if head.signalled:
-        return
     account = xef.account
     account.points += 1
+    weakref.finalize(head, _give_back, account)
 
-    def signalled() -> None:
-        account.points -= 1
 
-    head.add_callback(signalled)
+def _give_back(account: Account) -> None:
+    account.points -= 1

@@ -27,7 +27,8 @@ from protocols.constants import (
 
 from .errors import IoctlError, refuse_if
 from .fence import Fence, FenceChain
-from .syncobj import array_wait, charge_points, lookup, put_fence
+from .sync_file import unwrap_merge
+from .syncobj import array_wait, charge_points, lookup, put_fence, syncobj_point_added
 
 if TYPE_CHECKING:
     from .file import XeFile
@@ -88,9 +89,11 @@ def drm_syncobj_query_ioctl(
     refuse_if(not args.handles, EINVAL, "no handles")
     syncobjs = [lookup(xef, h.handle) for h in args.handles]
     last_submitted = bool(args.flags & DRM_SYNCOBJ_QUERY_FLAGS_LAST_SUBMITTED)
-    return m.DrmSyncobjQueryReply(
-        points=tuple(_query(s.fence, last_submitted) for s in syncobjs)
-    )
+    answers: dict[int, int] = {}  # each syncobj walked once, however often it is named
+    for syncobj in syncobjs:
+        if id(syncobj) not in answers:
+            answers[id(syncobj)] = _query(syncobj.fence, last_submitted)
+    return m.DrmSyncobjQueryReply(points=tuple(answers[id(s)] for s in syncobjs))
 
 
 def _query(head: Fence | None, last_submitted: bool) -> int:
@@ -118,7 +121,7 @@ async def drm_syncobj_transfer_ioctl(xef: XeFile, args: m.DrmSyncobjTransfer) ->
     - src_handle naming no syncobj: ENOENT
     - the source point not submitted: EINVAL; with WAIT_FOR_SUBMIT it is waited for,
       and ETIME if it is not within 5 s (drm_syncobj_find_fence)
-    - a point past limits.timeline_points pending ones of this file: ENOMEM (xed's)
+    - a point past limits.timeline_points held for this file: ENOMEM (xed's)
     """
     refuse_if(args.pad, EINVAL, "pad must be zero")
     dst = lookup(xef, args.dst_handle)
@@ -138,23 +141,27 @@ async def drm_syncobj_transfer_ioctl(xef: XeFile, args: m.DrmSyncobjTransfer) ->
                 fence = await src.fence_submitted(args.src_point)
         if fence is None:
             raise IoctlError(ETIME, "the point was not submitted within 5 s")
-    put_fence(xef, dst, fence, args.dst_point)
+    # a point holds the fences the source point waits for, not its chain (no chain
+    # inside a chain: dma_fence_unwrap_merge)
+    put_fence(xef, dst, unwrap_merge(fence) if args.dst_point else fence, args.dst_point)
     return m.Empty()
 
 
 def drm_syncobj_timeline_signal_ioctl(xef: XeFile, args: m.DrmSyncobjTimelineArray) -> m.Empty:
-    """DRM_IOCTL_SYNCOBJ_TIMELINE_SIGNAL: each syncobj gets its point, signalled (point
-    0: it holds a signalled fence).
+    """DRM_IOCTL_SYNCOBJ_TIMELINE_SIGNAL: each syncobj gets its point, signalled once the
+    points before it are (point 0 too: a point numbered as its latest).
 
     Checks, in order: flags not zero: EINVAL; no handles: EINVAL; a handle naming no
     syncobj: ENOENT; points sent but not one per handle: EINVAL; the points would pass
-    limits.timeline_points pending ones of this file: ENOMEM (none is signalled).
+    limits.timeline_points held for this file: ENOMEM (none is signalled).
     """
     refuse_if(args.flags, EINVAL, "flags must be zero")
     refuse_if(not args.handles, EINVAL, "no handles")
     syncobjs = [lookup(xef, h.handle) for h in args.handles]
     points = _points(args.handles, args.points)
-    charge_points(xef, sum(1 for point in points if point))  # all or none
+    charge_points(xef, len(points))  # all or none
     for syncobj, point in zip(syncobjs, points, strict=True):
-        put_fence(xef, syncobj, Fence(signalled=True), point)
+        # point 0 too is added, after what the syncobj holds (numbered as its latest)
+        syncobj.add_point(Fence(signalled=True), point)
+        syncobj_point_added(xef, syncobj)
     return m.Empty()
