@@ -262,3 +262,32 @@ def test_a_merges_status_listed_is_its_first_fence_not_signalled_cleanly(dev: De
     assert count.status == 0 and count.num_fences == 2
     for fd in (*fences, merged, timelines[1]):
         os.close(fd)
+
+
+async def test_an_inc_looks_only_at_the_points_it_reaches() -> None:
+    """In process: points are due in order of their distance from the counter (across
+    the wrap), an INC signals those it reaches, earliest first, and looks at no other;
+    points freed before they are due leave nothing behind for long."""
+    device = XeDevice(Config())
+    async with trio.open_nursery() as nursery:
+        device.attach(nursery)
+        timeline = SyncTimeline(device, "test")
+        timeline.inc(0xFFFF_FFF0)
+        order: list[int] = []
+        held = []
+        for seqno in (5, 0xFFFF_FFF8, 1, 0xFFFF_FFF2):  # 21, 8, 17 and 2 ahead
+            pt = timeline.point(seqno)
+            pt.add_callback(lambda seqno=seqno: order.append(seqno))
+            held.append(pt)
+        timeline.inc(0)
+        assert order == [] and len(timeline._due) == 4
+        timeline.inc(17)
+        assert order == [0xFFFF_FFF2, 0xFFFF_FFF8, 1]
+        for point in range(100, 10_000):
+            timeline.point(point)  # freed at once: nothing holds them
+        assert len(timeline._due) < 2 * len(timeline._points) + 64 + 2
+        timeline.inc(4)
+        assert order[-1] == 5 and held[0].signalled
+        timeline.release()
+        timeline.let_go()
+        nursery.cancel_scope.cancel()

@@ -217,6 +217,9 @@ static FILE *do_fopen(const char *path, const char *mode, const char *real_name)
 	int fd = sw_sync_open(pi.mapped, fopen_flags(m), 0666);
 	if (fd < 0)
 		return NULL;
+	/* fclose() closes inside libc, past close(): a timeline opened so is not marked (the
+	 * daemon sees its last close by itself, a moment later, not within fclose) */
+	fd_forget(fd);
 	FILE *stream = fdopen(fd, m);
 	if (!stream) {
 		int saved = errno;

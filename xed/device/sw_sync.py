@@ -17,6 +17,7 @@ signals does not grow the daemon.
 
 from __future__ import annotations
 
+import heapq
 import weakref
 from errno import ENOENT, ENOTTY
 from typing import TYPE_CHECKING
@@ -64,6 +65,11 @@ class SyncTimeline(ExportedObject):
         self.context = new_context()
         self.value = 0
         self._points: weakref.WeakValueDictionary[int, SyncPt] = weakref.WeakValueDictionary()
+        # when each pending point is due: (how far the timeline will have advanced in
+        # all, its seqno), earliest first, so an INC looks only at the points it reaches
+        # (the kernel's pt_list); entries of points since freed are skipped when due
+        self._advanced = 0
+        self._due: list[tuple[int, int]] = []
 
     def point(self, seqno: int) -> SyncPt:
         """sync_pt_create: the unsignalled point `seqno` there is, else a new one,
@@ -72,11 +78,18 @@ class SyncTimeline(ExportedObject):
         if found is not None and not found.signalled:
             return found
         pt = SyncPt(self, seqno)
-        if is_later(seqno, self.value):
-            self._points[seqno] = pt
-        else:
+        if not is_later(seqno, self.value):
             pt.signal()
+            return pt
+        self._points[seqno] = pt
+        heapq.heappush(self._due, (self._advanced + self._distance(seqno), seqno))
+        if len(self._due) > 2 * len(self._points) + 64:  # mostly points freed since
+            self._due = [(self._advanced + self._distance(n), n) for n in self._points]
+            heapq.heapify(self._due)
         return pt
+
+    def _distance(self, seqno: int) -> int:
+        return (seqno - self.value) & 0xFFFF_FFFF
 
     def inc(self, by: int) -> None:
         """SW_SYNC_IOC_INC: advance by `by`, at most INT_MAX a step as the kernel does,
@@ -88,18 +101,18 @@ class SyncTimeline(ExportedObject):
 
     def _advance(self, by: int) -> None:
         self.value = (self.value + by) & 0xFFFF_FFFF
-        reached = [
-            pt for seqno, pt in list(self._points.items()) if not is_later(seqno, self.value)
-        ]
-        reached.sort(key=lambda pt: (pt.seqno - self.value) & 0xFFFF_FFFF)
-        for pt in reached:
-            self._points.pop(pt.seqno, None)
-            pt.signal()
+        self._advanced += by
+        due = self._due
+        while due and due[0][0] <= self._advanced:
+            pt = self._points.pop(heapq.heappop(due)[1], None)
+            if pt is not None:
+                pt.signal()
 
     def release(self) -> None:
         """sw_sync_debugfs_release: every point still unsignalled ends with ENOENT."""
         points, self._points = list(self._points.values()), weakref.WeakValueDictionary()
-        for pt in points:
+        self._due = []
+        for pt in sorted(points, key=lambda pt: self._distance(pt.seqno)):
             pt.signal(ENOENT)
 
 
