@@ -55,11 +55,11 @@ SAFE_AS_ROOT = frozenset(
         "xe_exec_compute_mode", "xe_query", "xe_exec_balancer", "xe_vm", "xe_exec_atomic",
         "xe_exec_queue_property", "xe_evict", "xe_exec_fault_mode", "xe_exec_mix_modes",
         "xe_dma_buf_sync", "xe_spin_batch",
-        "sw_sync", "syncobj_basic", "syncobj_wait", "syncobj_timeline",
+        "sw_sync", "syncobj_basic", "syncobj_wait", "syncobj_timeline", "syncobj_eventfd",
     }
 )  # fmt: skip
 # tests of the DRM core (not xe's) that xed runs: syncobjs, sync files, sw_sync
-CORE_TESTS = ("sw_sync", "syncobj_basic", "syncobj_timeline", "syncobj_wait")
+CORE_TESTS = ("sw_sync", "syncobj_basic", "syncobj_eventfd", "syncobj_timeline", "syncobj_wait")
 # uname -m -> (Debian's architecture, the loader's name, the multiarch directory)
 _ARCHES = {
     "x86_64": ("amd64", "ld-linux-x86-64.so.2", "x86_64-linux-gnu"),

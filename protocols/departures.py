@@ -21,8 +21,11 @@ DEPARTURES: tuple[tuple[str, str], ...] = (
     ),
     (
         "Syncobjs",
-        "binary and timeline ones, with every DRM syncobj ioctl but EVENTFD, which "
-        "is not emulated. A VM_BIND that waits on "
+        "binary and timeline ones, with every DRM syncobj ioctl. EVENTFD is the C "
+        "library's: the daemon never writes to a client's eventfd (a full counter "
+        "would block it), so a thread of the program waits for the point on a "
+        "channel of its own (a connection per pending registration, and a wait "
+        "against limits.fence_waits) and counts the eventfd itself. A VM_BIND that waits on "
         "a fence not signalled yet is queued and the ioctl returns at once, as xe's, "
         "unless one of its syncs is a user fence: then it answers once the binds are "
         "made (the caller's thread waits), because a C program's user fence is the "

@@ -285,6 +285,14 @@ def test_timeline_syncobjs(daemon: DaemonProcess, program: Programs) -> None:
     assert "timeline ok" in out
 
 
+def test_syncobj_eventfd(daemon: DaemonProcess, program: Programs) -> None:
+    """SYNCOBJ_EVENTFD, emulated in the library: the eventfd counts 1 at once for a point
+    signalled, later for one another thread signals, with WAIT_AVAILABLE for a point
+    submitted; never for a drm file closed first; errno in drm_syncobj.c's order."""
+    out = passes(daemon.socket_path, program("eventfd"))
+    assert "eventfd ok" in out
+
+
 def test_sync_files(daemon: DaemonProcess, program: Programs) -> None:
     """SYNCOBJ_HANDLE_TO_FD / FD_TO_HANDLE and the dma-buf's EXPORT/IMPORT_SYNC_FILE from
     C, errno for errno (tests/test_sync_file.py holds their semantics)."""

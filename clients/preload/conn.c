@@ -231,6 +231,22 @@ int xc_begin(struct xcall *c, struct xed_file *f, int op)
 	return 0;
 }
 
+int xc_begin_private(struct xcall *c, struct xed_file *f, int op)
+{
+	c->file = f;
+	c->own.fd = -1;
+	c->own.buf = NULL;
+	int err = open_channel(f, &c->own);
+	if (err) {
+		drop_chan(&c->own);
+		return err;
+	}
+	c->chan = &c->own;
+	c->temporary = 1;
+	start_frame(c, (uint32_t)op);
+	return 0;
+}
+
 void xc_end(struct xcall *c)
 {
 	xc_end_fds(c);

@@ -7,10 +7,10 @@
  * the same point as there, a command of another type ENOTTY, an unknown DRM number
  * EINVAL. Here the handler is a request to the daemon: the DRM core ioctls (VERSION,
  * GEM_CLOSE, GEM_FLINK, GEM_OPEN, PRIME) are translated below, the syncobj ones (binary
- * and timeline) in syncobj.c, the xe ones in xe_ioctl.c. Descriptors that are not ours
- * go to the kernel untouched, but for a dma-buf's ioctls (dmabuf.c), a sync file's
- * (syncfile.c) and a sw_sync timeline's (sw_sync.c), which the daemon answers for its
- * own.
+ * and timeline) in syncobj.c but EVENTFD, eventfd.c's, the xe ones in xe_ioctl.c.
+ * Descriptors that are not ours go to the kernel untouched, but for a dma-buf's ioctls
+ * (dmabuf.c), a sync file's (syncfile.c) and a sw_sync timeline's (sw_sync.c), which
+ * the daemon answers for its own.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -195,6 +195,7 @@ static const struct drm_ioctl_desc core_ioctls[0x100] = {
 	[0xcb] = {sizeof(struct drm_syncobj_timeline_array), drm_syncobj_query_ioctl},
 	[0xcc] = {sizeof(struct drm_syncobj_transfer), drm_syncobj_transfer_ioctl},
 	[0xcd] = {sizeof(struct drm_syncobj_timeline_array), drm_syncobj_timeline_signal_ioctl},
+	[0xcf] = {sizeof(struct drm_syncobj_eventfd), drm_syncobj_eventfd_ioctl},
 };
 
 static const unsigned xe_sizes[0x60] = {

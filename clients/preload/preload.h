@@ -8,11 +8,11 @@
  * on. Modules: sys (libc without recursion), usermem (the program's memory, never
  * faulting), wire (msgpack), conn (talking to the daemon), files (the fd table), node
  * (paths), stat, debugfs, ioctl/syncobj/xe_ioctl/xe_exec/query (translation), mmap,
- * dmabuf, syncfile (a sync file's ioctls), sw_sync (validation timelines), config, sock
- * and xcall (one request on one connection), notice (the device's notice page), unplug
- * (mappings falling onto zero pages when the device goes), userptr (the program's own
- * memory bound as a userptr) and procmaps (/proc/self/maps); and the barrier page
- * (barrier.c, signals.c: see barrier.h).
+ * eventfd (SYNCOBJ_EVENTFD), dmabuf, syncfile (a sync file's ioctls), sw_sync
+ * (validation timelines), config, sock and xcall (one request on one connection),
+ * notice (the device's notice page), unplug (mappings falling onto zero pages when the
+ * device goes), userptr (the program's own memory bound as a userptr) and procmaps
+ * (/proc/self/maps); and the barrier page (barrier.c, signals.c: see barrier.h).
  */
 #ifndef XED_PRELOAD_H
 #define XED_PRELOAD_H
@@ -139,6 +139,9 @@ struct xcall {
 /* open a new drm file on `node`: the connection's descriptor (the program's), or -errno */
 int xed_open_node(int node, int cloexec, struct xed_file **out);
 int xc_begin(struct xcall *c, struct xed_file *f, int op); /* 0 or errno */
+/* xc_begin on a one-off channel of f, whatever else is idle: a call that may wait long
+ * (eventfd.c). c must stay where it is until xc_end; f is not used once this returns. */
+int xc_begin_private(struct xcall *c, struct xed_file *f, int op);
 void xc_key(struct xcall *c, const char *key);		  /* a top-level field follows */
 void xc_u(struct xcall *c, const char *key, uint64_t v);
 void xc_i(struct xcall *c, const char *key, int64_t v);
@@ -197,6 +200,7 @@ int drm_syncobj_timeline_wait_ioctl(struct xed_file *f, void *kdata);
 int drm_syncobj_query_ioctl(struct xed_file *f, void *kdata);
 int drm_syncobj_transfer_ioctl(struct xed_file *f, void *kdata);
 int drm_syncobj_timeline_signal_ioctl(struct xed_file *f, void *kdata);
+int drm_syncobj_eventfd_ioctl(struct xed_file *f, void *kdata); /* eventfd.c */
 void xe_reserved(struct xcall *c, const uint64_t *r, uint32_t n);
 /* xe_ioctl.c: fills the begun call `c` with its argument, runs it, writes back */
 int xe_exec_queue_get_property(struct xcall *c, struct drm_xe_exec_queue_get_property *a);

@@ -6,8 +6,7 @@
  * IMPORT_SYNC_FILE, a sync file of the fence it holds (TIMELINE: of a point). Either is
  * a socket the daemon holds the other end of, sent and received as SCM_RIGHTS; a sync
  * file polls readable once its fence is signalled, so the program polls and closes it
- * with no help from here. EVENTFD is not emulated: ioctl.c has no entry for it, so it
- * is EINVAL as any unknown number.
+ * with no help from here. EVENTFD is eventfd.c's: the library writes the eventfd.
  *
  * The handles array is read from the program with copy_from_user after the checks the
  * kernel makes before its own copy (WAIT and TIMELINE_WAIT: flags, then count; RESET

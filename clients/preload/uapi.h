@@ -192,6 +192,20 @@ XED_AT(drm_syncobj_timeline_array, points, 8);
 XED_AT(drm_syncobj_timeline_array, count_handles, 16);
 XED_AT(drm_syncobj_timeline_array, flags, 20);
 
+/* EVENTFD: the eventfd `fd` counts 1 once `point` (0: the fence held) is signalled, or
+ * with WAIT_AVAILABLE submitted (the only flag) */
+struct drm_syncobj_eventfd {
+	uint32_t handle;
+	uint32_t flags;
+	uint64_t point;
+	int32_t fd;
+	uint32_t pad;
+};
+XED_CHECK(drm_syncobj_eventfd, 24);
+XED_AT(drm_syncobj_eventfd, point, 8);
+XED_AT(drm_syncobj_eventfd, fd, 16);
+XED_AT(drm_syncobj_eventfd, pad, 20);
+
 struct drm_syncobj_transfer {
 	uint32_t src_handle;
 	uint32_t dst_handle;
@@ -246,6 +260,7 @@ XED_AT(drm_syncobj_handle, point, 16);
 #define DRM_IOCTL_SYNCOBJ_QUERY DRM_IOWR(0xcb, struct drm_syncobj_timeline_array)
 #define DRM_IOCTL_SYNCOBJ_TRANSFER DRM_IOWR(0xcc, struct drm_syncobj_transfer)
 #define DRM_IOCTL_SYNCOBJ_TIMELINE_SIGNAL DRM_IOWR(0xcd, struct drm_syncobj_timeline_array)
+#define DRM_IOCTL_SYNCOBJ_EVENTFD DRM_IOWR(0xcf, struct drm_syncobj_eventfd)
 
 /* --- xe_drm.h --------------------------------------------------------------------- */
 struct drm_xe_user_extension {
@@ -971,6 +986,7 @@ _Static_assert(DRM_IOCTL_SYNCOBJ_QUERY == 0xc01864cbul, "DRM_IOCTL_SYNCOBJ_QUERY
 _Static_assert(DRM_IOCTL_SYNCOBJ_TRANSFER == 0xc02064ccul, "DRM_IOCTL_SYNCOBJ_TRANSFER");
 _Static_assert(DRM_IOCTL_SYNCOBJ_TIMELINE_SIGNAL == 0xc01864cdul,
 	       "DRM_IOCTL_SYNCOBJ_TIMELINE_SIGNAL");
+_Static_assert(DRM_IOCTL_SYNCOBJ_EVENTFD == 0xc01864cful, "DRM_IOCTL_SYNCOBJ_EVENTFD");
 _Static_assert(DRM_IOCTL_XE_DEVICE_QUERY == 0xc0286440ul, "DRM_IOCTL_XE_DEVICE_QUERY");
 _Static_assert(DRM_IOCTL_XE_GEM_CREATE == 0xc0386441ul, "DRM_IOCTL_XE_GEM_CREATE");
 _Static_assert(DRM_IOCTL_XE_GEM_MMAP_OFFSET == 0xc0286442ul, "DRM_IOCTL_XE_GEM_MMAP_OFFSET");
