@@ -218,17 +218,7 @@ int xc_begin(struct xcall *c, struct xed_file *f, int op)
 			break;
 	}
 	/* every slot busy: a channel for this call only */
-	c->own.fd = -1;
-	c->own.buf = NULL;
-	int err = open_channel(f, &c->own);
-	if (err) {
-		drop_chan(&c->own);
-		return err;
-	}
-	c->chan = &c->own;
-	c->temporary = 1;
-	start_frame(c, (uint32_t)op);
-	return 0;
+	return xc_begin_private(c, f, op);
 }
 
 int xc_begin_private(struct xcall *c, struct xed_file *f, int op)
