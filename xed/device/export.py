@@ -23,7 +23,7 @@ import errno as errnos
 import os
 import socket
 import stat
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 import trio
@@ -57,6 +57,7 @@ _log = structlog.get_logger("xed")
 PEER_UNREAD = 4  # answers on an exported object's descriptor a peer may leave unread
 _ANC_SPACE = socket.CMSG_SPACE(MAX_FDS * 4)
 SHUT_POLL = 1.0  # seconds between looks for the last close of a descriptor shut for sending
+_Exported = TypeVar("_Exported", bound="ExportedObject")
 
 
 class ExportedObject:
@@ -250,6 +251,16 @@ def lookup(device: XeDevice, fd: int) -> ExportedObject | None:
         return None
     if device.is_gone(found.generation):
         raise IoctlError(errnos.ENODEV, f"a {found.kind} of a device since unplugged")
+    return found
+
+
+def ioctl_target(device: XeDevice, fd: int, kind: type[_Exported], what: str) -> _Exported:
+    """The object of class `kind` an ioctl was made on (a sync file's, a timeline's):
+    ENOTTY for any other descriptor, whose ioctl it is not (the library then asks the
+    kernel); ENODEV for one of a device since unplugged."""
+    found = lookup(device, fd)
+    if not isinstance(found, kind):
+        raise IoctlError(errnos.ENOTTY, f"not a {what}")
     return found
 
 

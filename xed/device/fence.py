@@ -187,24 +187,26 @@ class FenceChain(Fence):
 
     @property
     def signalled(self) -> bool:  # type: ignore[override]
-        if not self._done and self._pending() is None:
-            self._done = True
-            self.prev = None  # what came before is done: let it go
-        return self._done
+        return self._pending() is None
 
     def _pending(self) -> Fence | None:
-        """The first fence of the chain, from this point back, not signalled yet."""
+        """The first fence of the chain, from this point back, not signalled yet (None
+        once all are: then what came before is let go)."""
+        if self._done:
+            return None
         for node in self.walk():
             part = _contained(node)
             if not part.signalled:
                 return part
+        self._done = True
+        self.prev = None
         return None
 
     def signal(self, error: int = 0) -> None:
         raise AssertionError("a timeline point is signalled by its fences")
 
     async def wait(self) -> None:
-        while (part := None if self.signalled else self._pending()) is not None:
+        while (part := self._pending()) is not None:
             await part.wait()
 
     def add_callback(self, callback: Callable[[], None]) -> None:
@@ -225,7 +227,7 @@ class FenceChain(Fence):
         self._armed = None
         if not self._callbacks:
             return
-        part = None if self.signalled else self._pending()
+        part = self._pending()
         if part is not None:
             self._armed = part
             part.add_callback(self._part_signalled)

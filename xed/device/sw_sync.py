@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import heapq
 import weakref
-from errno import ENOENT, ENOTTY
+from errno import ENOENT
 from typing import TYPE_CHECKING
 
 from protocols import messages as m
 
-from .errors import refuse_if
-from .export import ExportedObject, lookup
+from .export import ExportedObject, ioctl_target
 from .fence import Fence, is_later, new_context
 from .sync_file import SyncFile, exported_fd
 
@@ -117,12 +116,8 @@ class SyncTimeline(ExportedObject):
 
 
 def _timeline(xef: XeFile, fd: int) -> SyncTimeline:
-    """The timeline the ioctl was made on: ENOTTY for any other descriptor (the ioctl
-    is sw_sync's; the library then asks the kernel)."""
-    found = lookup(xef.device, fd)
-    refuse_if(not isinstance(found, SyncTimeline), ENOTTY, "not a sw_sync timeline")
-    assert isinstance(found, SyncTimeline)
-    return found
+    """The timeline the ioctl was made on: ENOTTY for any other descriptor."""
+    return ioctl_target(xef.device, fd, SyncTimeline, "sw_sync timeline")
 
 
 def sw_sync_timeline_create_ioctl(

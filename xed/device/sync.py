@@ -26,7 +26,14 @@ from protocols.constants import (
 from .errors import GpuFault, IoctlError, refuse_if
 from .fence import Fence
 from .mmap import user_memory, user_words, words_of
-from .syncobj import DrmSyncobj, charge_points, lookup, syncobj_point_added
+from .syncobj import (
+    DrmSyncobj,
+    FoundFences,
+    charge_points,
+    find_fence_once,
+    lookup,
+    syncobj_point_added,
+)
 from .userptr import UserptrBusy
 
 if TYPE_CHECKING:
@@ -94,7 +101,7 @@ def parse_syncs(
     fences = []
     signals: list[tuple[DrmSyncobj, int]] = []
     waits: list[Fence] = []
-    looked_up: dict[tuple[DrmSyncobj, int], Fence | None] = {}
+    looked_up: FoundFences = {}
     for sync in syncs:
         refuse_if(any(sync.reserved), EINVAL, "sync reserved must be zero")
         refuse_if(sync.flags & ~DRM_XE_SYNC_FLAG_SIGNAL, EINVAL, f"sync flags {sync.flags:#x}")
@@ -113,9 +120,7 @@ def parse_syncs(
                     charge_points(xef, 1 + sum(1 for _, p in signals if p))
                 signals.append((syncobj, point))
             else:
-                if (syncobj, point) not in looked_up:  # a chain walked once a request
-                    looked_up[syncobj, point] = syncobj.find_fence(point)
-                fence = looked_up[syncobj, point]
+                fence = find_fence_once(looked_up, syncobj, point)
                 if fence is None:
                     raise IoctlError(EINVAL, f"syncobj {sync.handle} has no fence at {point}")
                 waits.append(fence)

@@ -27,13 +27,13 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import Callable
-from errno import EINVAL, ENOENT, ENOMEM, ENOTTY
+from errno import EINVAL, ENOENT, ENOMEM
 from typing import TYPE_CHECKING
 
 from protocols import messages as m
 
 from .errors import IoctlError, refuse_if
-from .export import ExportedObject, lookup
+from .export import ExportedObject, ioctl_target, lookup
 from .fence import Fence, FenceArray, is_later, unwrap
 from .limits import charge_export, refuse_over
 from .syncobj import DrmSyncobj
@@ -156,12 +156,8 @@ def fence_name(fence: Fence) -> str:
 
 
 def _sync_file(xef: XeFile, fd: int) -> SyncFile:
-    """The sync file the ioctl was made on: ENOTTY for any other descriptor (the ioctl is
-    a sync file's; the library then asks the kernel)."""
-    found = lookup(xef.device, fd)
-    refuse_if(not isinstance(found, SyncFile), ENOTTY, "not a sync file")
-    assert isinstance(found, SyncFile)
-    return found
+    """The sync file the ioctl was made on: ENOTTY for any other descriptor."""
+    return ioctl_target(xef.device, fd, SyncFile, "sync file")
 
 
 def sync_file_merge_ioctl(

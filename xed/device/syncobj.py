@@ -108,17 +108,22 @@ class DrmSyncobj:
         return fence
 
 
+FoundFences = dict[tuple[DrmSyncobj, int], Fence | None]
+
+
+def find_fence_once(found: FoundFences, syncobj: DrmSyncobj, point: int) -> Fence | None:
+    """syncobj.find_fence(point), each pair looked up once a request (`found` is the
+    request's): a request may name one syncobj thousands of times, and a lookup walks
+    its chain."""
+    if (syncobj, point) not in found:
+        found[syncobj, point] = syncobj.find_fence(point)
+    return found[syncobj, point]
+
+
 def find_fences(syncobjs: list[DrmSyncobj], points: list[int]) -> list[Fence | None]:
-    """find_fence() of each (syncobj, point), each pair looked up once: a request may
-    name one syncobj thousands of times, and a lookup walks its chain."""
-    found: dict[tuple[int, int], Fence | None] = {}
-    fences = []
-    for syncobj, point in zip(syncobjs, points, strict=True):
-        key = (id(syncobj), point)
-        if key not in found:
-            found[key] = syncobj.find_fence(point)
-        fences.append(found[key])
-    return fences
+    """find_fence() of each (syncobj, point), each pair looked up once."""
+    found: FoundFences = {}
+    return [find_fence_once(found, s, p) for s, p in zip(syncobjs, points, strict=True)]
 
 
 def lookup(xef: XeFile, handle: int) -> DrmSyncobj:
