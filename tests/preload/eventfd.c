@@ -5,7 +5,7 @@
  * signalled, and never for one left unsignalled; the errno drm_syncobj.c gives, in its
  * order of checks; a registration that outlives its drm file ends without counting.
  */
-#include "check.h"
+#include "fences.h"
 
 #include <dirent.h>
 #include <poll.h>
@@ -16,21 +16,6 @@
 #include <time.h>
 
 #define AVAILABLE DRM_SYNCOBJ_WAIT_FLAGS_WAIT_AVAILABLE
-#define SW_SYNC "/sys/kernel/debug/sync/sw_sync"
-
-static uint32_t create(int fd, uint32_t flags)
-{
-	struct drm_syncobj_create c = {.flags = flags};
-	CHECK_OK(ioctl(fd, DRM_IOCTL_SYNCOBJ_CREATE, &c));
-	CHECK(c.handle);
-	return c.handle;
-}
-
-static void destroy(int fd, uint32_t handle)
-{
-	struct drm_syncobj_destroy d = {.handle = handle};
-	CHECK_OK(ioctl(fd, DRM_IOCTL_SYNCOBJ_DESTROY, &d));
-}
 
 static int reg(int fd, uint32_t handle, uint64_t point, int efd, uint32_t flags)
 {
@@ -118,13 +103,10 @@ static void later(int fd, int efd)
  * registration only once the fence signals */
 static void available(int fd, int efd)
 {
-	int timeline = open(SW_SYNC, O_RDWR);
-	CHECK(timeline >= 0);
-	struct sw_sync_create_fence_data d = {.value = 1, .fence = -1};
-	CHECK_OK(ioctl(timeline, SW_SYNC_IOC_CREATE_FENCE, &d));
-	CHECK(d.fence >= 0);
+	int timeline = sw_sync_timeline();
+	int fence = sw_sync_fence(timeline, 1);
 	uint32_t tl = create(fd, 0);
-	struct drm_syncobj_handle imp = {.handle = tl, .fd = d.fence, .point = 4,
+	struct drm_syncobj_handle imp = {.handle = tl, .fd = fence, .point = 4,
 					 .flags = DRM_SYNCOBJ_FD_TO_HANDLE_FLAGS_IMPORT_SYNC_FILE |
 						  DRM_SYNCOBJ_FD_TO_HANDLE_FLAGS_TIMELINE};
 	CHECK_OK(ioctl(fd, DRM_IOCTL_SYNCOBJ_FD_TO_HANDLE, &imp));
@@ -139,11 +121,10 @@ static void available(int fd, int efd)
 	CHECK(counted(efd, 100) == 0);
 	CHECK_OK(signal1(fd, tl, 6));
 	CHECK(counted(efd, 5000) == 1);
-	uint32_t inc = 1;
-	CHECK_OK(ioctl(timeline, SW_SYNC_IOC_INC, &inc));
+	sw_sync_inc(timeline, 1);
 	CHECK(counted(plain, 5000) == 1);
 	CHECK_OK(close(plain));
-	CHECK_OK(close(d.fence));
+	CHECK_OK(close(fence));
 	CHECK_OK(close(timeline));
 	destroy(fd, tl);
 }

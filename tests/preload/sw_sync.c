@@ -6,7 +6,7 @@
  * in the kernel's order, a forked child and threads driving one timeline. All of it but
  * the last section runs before the program opens any drm device, as IGT's sw_sync does.
  */
-#include "check.h"
+#include "fences.h"
 
 #include <poll.h>
 #include <pthread.h>
@@ -14,33 +14,6 @@
 #include <linux/close_range.h>
 #include <stdint.h>
 #include <sys/wait.h>
-
-#define SW_SYNC "/sys/kernel/debug/sync/sw_sync"
-
-static int timeline(void)
-{
-	int fd = open(SW_SYNC, O_RDWR);
-	CHECK(fd >= 0);
-	return fd;
-}
-
-static int create_fence(int tl, uint32_t value)
-{
-	struct sw_sync_create_fence_data d = {.value = value, .fence = -1};
-	CHECK_OK(ioctl(tl, SW_SYNC_IOC_CREATE_FENCE, &d));
-	CHECK(d.fence >= 0);
-	return d.fence;
-}
-
-static void inc(int tl, uint32_t n) { CHECK_OK(ioctl(tl, SW_SYNC_IOC_INC, &n)); }
-
-static int readable(int fd, int timeout_ms)
-{
-	struct pollfd p = {.fd = fd, .events = POLLIN};
-	int n = poll(&p, 1, timeout_ms);
-	CHECK(n >= 0);
-	return n == 1 && (p.revents & POLLIN);
-}
 
 /* FILE_INFO with room for one fence: the file's status, and its fence's in *fence */
 static int status(int sync_file, int *fence)
@@ -66,7 +39,7 @@ static int next_fd(void)
 static void released(int fence)
 {
 	int fs;
-	CHECK(readable(fence, 0));
+	CHECK(readable_within(fence, 0));
 	CHECK(status(fence, &fs) == -ENOENT && fs == -ENOENT);
 }
 
@@ -74,7 +47,7 @@ static void opens(void)
 {
 	CHECK_OK(access(SW_SYNC, R_OK | W_OK));
 	int lowest = next_fd();
-	int tl = timeline();
+	int tl = sw_sync_timeline();
 	CHECK(tl == lowest); /* the lowest free number, as the kernel's open gives */
 	CHECK(!(fcntl(tl, F_GETFD) & FD_CLOEXEC));
 	int ce = open(SW_SYNC, O_RDWR | O_CLOEXEC);
@@ -88,14 +61,14 @@ static void opens(void)
 	int created = creat(SW_SYNC, 0600);
 	CHECK(created >= 0);
 	/* each a timeline of its own, at 0 */
-	int fences[] = {create_fence(tl, 1), create_fence(ce, 1), create_fence(other, 1),
-			create_fence(detour, 1), create_fence(created, 1)};
-	inc(tl, 1);
-	CHECK(readable(fences[0], 0));
+	int fences[] = {sw_sync_fence(tl, 1), sw_sync_fence(ce, 1), sw_sync_fence(other, 1),
+			sw_sync_fence(detour, 1), sw_sync_fence(created, 1)};
+	sw_sync_inc(tl, 1);
+	CHECK(readable_within(fences[0], 0));
 	for (int i = 1; i < 5; i++)
-		CHECK(!readable(fences[i], 0));
-	inc(created, 1);
-	CHECK(readable(fences[4], 0));
+		CHECK(!readable_within(fences[i], 0));
+	sw_sync_inc(created, 1);
+	CHECK(readable_within(fences[4], 0));
 	CHECK_OK(close(tl));
 	CHECK_OK(close(ce));
 	CHECK_OK(close(other));
@@ -112,31 +85,31 @@ static void opens(void)
 
 static void fences(void)
 {
-	int tl = timeline();
-	int f5 = create_fence(tl, 5), fs;
+	int tl = sw_sync_timeline();
+	int f5 = sw_sync_fence(tl, 5), fs;
 	CHECK(fcntl(f5, F_GETFD) & FD_CLOEXEC); /* the kernel's: close-on-exec */
-	CHECK(!readable(f5, 0));
+	CHECK(!readable_within(f5, 0));
 	CHECK(status(f5, &fs) == 0 && fs == 0);
-	inc(tl, 1);
-	CHECK(!readable(f5, 0));
-	inc(tl, 4);
-	CHECK(readable(f5, 0));
+	sw_sync_inc(tl, 1);
+	CHECK(!readable_within(f5, 0));
+	sw_sync_inc(tl, 4);
+	CHECK(readable_within(f5, 0));
 	CHECK(status(f5, &fs) == 1 && fs == 1);
-	int passed = create_fence(tl, 3); /* the timeline is at 5 */
-	CHECK(readable(passed, 0));
+	int passed = sw_sync_fence(tl, 3); /* the timeline is at 5 */
+	CHECK(readable_within(passed, 0));
 	CHECK(status(passed, &fs) == 1 && fs == 1);
 
 	/* two points of one timeline merged: signalled once the later one is */
-	int f7 = create_fence(tl, 7), f9 = create_fence(tl, 9);
+	int f7 = sw_sync_fence(tl, 7), f9 = sw_sync_fence(tl, 9);
 	struct sync_merge_data m = {.fd2 = f7, .fence = -1};
 	strcpy(m.name, "both");
 	CHECK_OK(ioctl(f9, SYNC_IOC_MERGE, &m));
-	CHECK(!readable(m.fence, 0));
-	inc(tl, 2);
-	CHECK(readable(f7, 0) && !readable(f9, 0) && !readable(m.fence, 0));
+	CHECK(!readable_within(m.fence, 0));
+	sw_sync_inc(tl, 2);
+	CHECK(readable_within(f7, 0) && !readable_within(f9, 0) && !readable_within(m.fence, 0));
 	CHECK(status(m.fence, &fs) == 0);
-	inc(tl, 2);
-	CHECK(readable(f9, 0) && readable(m.fence, 0));
+	sw_sync_inc(tl, 2);
+	CHECK(readable_within(f9, 0) && readable_within(m.fence, 0));
 	CHECK(status(m.fence, &fs) == 1 && fs == 1);
 
 	/* any name, 32 bytes without a NUL, not UTF-8: the kernel does not use it, and
@@ -145,10 +118,10 @@ static void fences(void)
 	memset(d.name, 0xff, sizeof d.name);
 	CHECK_OK(ioctl(tl, SW_SYNC_IOC_CREATE_FENCE, &d));
 	CHECK(d.fence >= 0 && d.value == 1 && (unsigned char)d.name[31] == 0xff);
-	CHECK(readable(d.fence, 0));
+	CHECK(readable_within(d.fence, 0));
 
 	/* the timeline closed under an unsignalled fence: signalled with ENOENT at once */
-	int f11 = create_fence(tl, 11);
+	int f11 = sw_sync_fence(tl, 11);
 	CHECK_OK(close(tl));
 	released(f11);
 	CHECK(status(f5, &fs) == 1 && fs == 1); /* those signalled before keep their status */
@@ -160,23 +133,23 @@ static void fences(void)
 /* a timeline is released at its last copy's close: dup, fcntl, dup2 over it */
 static void copies(void)
 {
-	int tl = timeline();
+	int tl = sw_sync_timeline();
 	int copy = dup(tl);
-	int f = create_fence(copy, 1);
+	int f = sw_sync_fence(copy, 1);
 	CHECK_OK(close(tl));
-	CHECK(!readable(f, 0)); /* a copy is left */
+	CHECK(!readable_within(f, 0)); /* a copy is left */
 	int again = fcntl(copy, F_DUPFD_CLOEXEC, 0);
 	CHECK(again >= 0);
 	CHECK_OK(close(copy));
-	CHECK(!readable(f, 0));
+	CHECK(!readable_within(f, 0));
 	CHECK_OK(close(again));
 	released(f);
 	CHECK_OK(close(f));
 
 	int pipes[2];
 	CHECK_OK(pipe(pipes));
-	tl = timeline();
-	f = create_fence(tl, 1);
+	tl = sw_sync_timeline();
+	f = sw_sync_fence(tl, 1);
 	CHECK(dup2(pipes[0], tl) == tl); /* closes the timeline */
 	released(f);
 	CHECK_ERR(ioctl(tl, SW_SYNC_IOC_INC, &(uint32_t){1}), ENOTTY); /* a pipe now */
@@ -186,12 +159,12 @@ static void copies(void)
 	CHECK_OK(close(pipes[1]));
 
 	/* close_range over copies made by F_DUPFD and dup2; CLOSE_RANGE_CLOEXEC closes none */
-	tl = timeline();
-	f = create_fence(tl, 1);
+	tl = sw_sync_timeline();
+	f = sw_sync_fence(tl, 1);
 	CHECK(fcntl(tl, F_DUPFD, 200) == 200 && dup2(tl, 201) == 201);
 	CHECK_OK(close(tl));
 	CHECK_OK(close_range(200, 201, CLOSE_RANGE_CLOEXEC));
-	CHECK(!readable(f, 0));
+	CHECK(!readable_within(f, 0));
 	CHECK_OK(close_range(200, 201, 0));
 	released(f);
 	CHECK_OK(close(f));
@@ -199,8 +172,8 @@ static void copies(void)
 
 static void errors(int drm)
 {
-	int tl = timeline();
-	int sync = create_fence(tl, 0);
+	int tl = sw_sync_timeline();
+	int sync = sw_sync_fence(tl, 0);
 	int pipes[2];
 	CHECK_OK(pipe(pipes));
 	struct sw_sync_create_fence_data d = {.value = 1};
@@ -231,9 +204,9 @@ static void errors(int drm)
 	CHECK_ERR(ioctl(tl, XED_IOC(XED_IOC_WRITE, SW_SYNC_IOC_MAGIC, 2, 4), &one), ENOTTY);
 	CHECK_ERR(ioctl(tl, XED_IOC(XED_IOC_WRITE, SW_SYNC_IOC_MAGIC, 1, 8), &one), ENOTTY);
 	/* the timeline still works */
-	int f = create_fence(tl, 1);
-	inc(tl, 1);
-	CHECK(readable(f, 0));
+	int f = sw_sync_fence(tl, 1);
+	sw_sync_inc(tl, 1);
+	CHECK(readable_within(f, 0));
 	int closed_tl = tl;
 	CHECK_OK(close(tl));
 	CHECK_ERR(ioctl(closed_tl, SW_SYNC_IOC_INC, &one), EBADF);
@@ -246,9 +219,9 @@ static void errors(int drm)
 /* a forked child advances the timeline it inherited: the parent's fence signals */
 static void forked(void)
 {
-	int tl = timeline();
-	int f = create_fence(tl, 1);
-	CHECK(!readable(f, 0));
+	int tl = sw_sync_timeline();
+	int f = sw_sync_fence(tl, 1);
+	CHECK(!readable_within(f, 0));
 	pid_t pid = fork();
 	CHECK(pid >= 0);
 	if (pid == 0) {
@@ -256,19 +229,19 @@ static void forked(void)
 		uint32_t one = 1;
 		_exit(ioctl(tl, SW_SYNC_IOC_INC, &one) ? 1 : 0);
 	}
-	CHECK(readable(f, 10000));
+	CHECK(readable_within(f, 10000));
 	int st;
 	CHECK(waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0);
 	/* and a child's close of its copy leaves the parent's timeline alone */
-	int f2 = create_fence(tl, 2);
+	int f2 = sw_sync_fence(tl, 2);
 	pid = fork();
 	CHECK(pid >= 0);
 	if (pid == 0)
 		_exit(close(tl) ? 1 : 0);
 	CHECK(waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0);
-	CHECK(!readable(f2, 0));
-	inc(tl, 1);
-	CHECK(readable(f2, 0));
+	CHECK(!readable_within(f2, 0));
+	sw_sync_inc(tl, 1);
+	CHECK(readable_within(f2, 0));
 	CHECK_OK(close(f));
 	CHECK_OK(close(f2));
 	CHECK_OK(close(tl));
@@ -289,8 +262,8 @@ static void *consumer(void *arg)
 	uint32_t id = (uint32_t)(uintptr_t)arg;
 	for (uint32_t i = 0; i < ROUNDS; i++) {
 		uint32_t point = i * CONSUMERS + id;
-		int f = create_fence(shared.tl, point);
-		if (!readable(f, 10000) || shared.counter != point)
+		int f = sw_sync_fence(shared.tl, point);
+		if (!readable_within(f, 10000) || shared.counter != point)
 			return (void *)1;
 		sem_post(&shared.sem);
 		CHECK_OK(close(f));
@@ -304,14 +277,14 @@ static void *producer(void *arg)
 	for (int i = 0; i < CONSUMERS * ROUNDS; i++) {
 		CHECK_OK(sem_wait(&shared.sem));
 		shared.counter++;
-		inc(shared.tl, 1);
+		sw_sync_inc(shared.tl, 1);
 	}
 	return NULL;
 }
 
 static void threads(void)
 {
-	shared.tl = timeline();
+	shared.tl = sw_sync_timeline();
 	shared.counter = 0;
 	CHECK_OK(sem_init(&shared.sem, 0, 0));
 	pthread_t t[CONSUMERS + 1];
@@ -341,11 +314,11 @@ int main(void)
 	/* with one open: the same through the program's drm file */
 	int drm = open_card();
 	errors(drm);
-	int tl = timeline();
-	int f = create_fence(tl, 2);
-	inc(tl, 2);
-	CHECK(readable(f, 0));
-	int g = create_fence(tl, 3);
+	int tl = sw_sync_timeline();
+	int f = sw_sync_fence(tl, 2);
+	sw_sync_inc(tl, 2);
+	CHECK(readable_within(f, 0));
+	int g = sw_sync_fence(tl, 3);
 	CHECK_OK(close(tl));
 	released(g);
 	CHECK_OK(close(f));

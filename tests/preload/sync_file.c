@@ -4,30 +4,15 @@
  * descriptors close-on-exec, the 16-byte struct of programs built before `point`, sync
  * files that poll readable once signalled, and no descriptor left by a failed copy-out.
  */
-#include "check.h"
+#include "fences.h"
 
 #include <poll.h>
 #include <stdint.h>
-
-static uint32_t create(int fd, uint32_t flags)
-{
-	struct drm_syncobj_create c = {.flags = flags};
-	CHECK_OK(ioctl(fd, DRM_IOCTL_SYNCOBJ_CREATE, &c));
-	return c.handle;
-}
 
 static int wait1(int fd, uint32_t h)
 {
 	struct drm_syncobj_wait w = {.handles = (uintptr_t)&h, .count_handles = 1};
 	return ioctl(fd, DRM_IOCTL_SYNCOBJ_WAIT, &w);
-}
-
-static int readable(int fd)
-{
-	struct pollfd p = {.fd = fd, .events = POLLIN};
-	int n = poll(&p, 1, 0);
-	CHECK(n >= 0);
-	return n == 1 && (p.revents & POLLIN);
 }
 
 static void *ro_page(void)
@@ -74,7 +59,7 @@ int main(void)
 		.handle = s, .flags = DRM_SYNCOBJ_HANDLE_TO_FD_FLAGS_EXPORT_SYNC_FILE, .fd = -1};
 	CHECK_OK(ioctl(fd, DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD, &h));
 	CHECK(fcntl(h.fd, F_GETFD) & FD_CLOEXEC);
-	CHECK(readable(h.fd));
+	CHECK(readable_within(h.fd, 0));
 	uint32_t t = create(other, 0);
 	in = (struct drm_syncobj_handle){
 		.handle = t, .flags = DRM_SYNCOBJ_FD_TO_HANDLE_FLAGS_IMPORT_SYNC_FILE, .fd = h.fd};
@@ -111,13 +96,13 @@ int main(void)
 	CHECK_OK(ioctl(buf, DMA_BUF_IOCTL_EXPORT_SYNC_FILE, &ex));
 	CHECK(ex.fd >= 0 && ex.flags == DMA_BUF_SYNC_RW);
 	CHECK(fcntl(ex.fd, F_GETFD) & FD_CLOEXEC);
-	CHECK(readable(ex.fd)); /* no fences */
+	CHECK(readable_within(ex.fd, 0)); /* no fences */
 	struct dma_buf_import_sync_file im = {.flags = DMA_BUF_SYNC_WRITE, .fd = sync_fd};
 	CHECK_OK(ioctl(buf, DMA_BUF_IOCTL_IMPORT_SYNC_FILE, &im));
 	CHECK_OK(close(ex.fd));
 	ex = (struct dma_buf_export_sync_file){.flags = DMA_BUF_SYNC_READ};
 	CHECK_OK(ioctl(buf, DMA_BUF_IOCTL_EXPORT_SYNC_FILE, &ex));
-	CHECK(readable(ex.fd)); /* the imported fence is signalled */
+	CHECK(readable_within(ex.fd, 0)); /* the imported fence is signalled */
 	CHECK_OK(close(ex.fd));
 	im.fd = -1;
 	CHECK_ERR(ioctl(buf, DMA_BUF_IOCTL_IMPORT_SYNC_FILE, &im), EINVAL);

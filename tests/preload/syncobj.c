@@ -4,7 +4,7 @@
  * its absolute deadline, or until another thread signals; and syncobjs between VM_BIND
  * and EXEC: the bind signals one, the batch waits on it and signals another.
  */
-#include "check.h"
+#include "fences.h"
 
 #include <pthread.h>
 #include <stdint.h>
@@ -15,27 +15,6 @@
 #define MI_BATCH_BUFFER_END (0x0Au << 23)
 #define FOR_SUBMIT DRM_SYNCOBJ_WAIT_FLAGS_WAIT_FOR_SUBMIT
 #define WAIT_ALL DRM_SYNCOBJ_WAIT_FLAGS_WAIT_ALL
-
-static int64_t now_ns(void)
-{
-	struct timespec ts;
-	CHECK_OK(clock_gettime(CLOCK_MONOTONIC, &ts));
-	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static uint32_t create(int fd, uint32_t flags)
-{
-	struct drm_syncobj_create c = {.flags = flags};
-	CHECK_OK(ioctl(fd, DRM_IOCTL_SYNCOBJ_CREATE, &c));
-	CHECK(c.handle);
-	return c.handle;
-}
-
-static int destroy(int fd, uint32_t handle)
-{
-	struct drm_syncobj_destroy d = {.handle = handle};
-	return ioctl(fd, DRM_IOCTL_SYNCOBJ_DESTROY, &d);
-}
 
 /* SYNCOBJ_WAIT on handles[n]; its first_signaled in *first (left as it was on failure) */
 static int wait_on(int fd, const uint32_t *handles, uint32_t n, int64_t timeout, uint32_t flags,
@@ -87,15 +66,15 @@ static void create_destroy(int fd)
 	CHECK(bad.handle == 0);
 	struct drm_syncobj_destroy padded = {.handle = a, .pad = 1};
 	CHECK_ERR(ioctl(fd, DRM_IOCTL_SYNCOBJ_DESTROY, &padded), EINVAL);
-	CHECK_ERR(destroy(fd, 0xdead), EINVAL); /* drm_syncobj_destroy: EINVAL, not ENOENT */
-	CHECK_OK(destroy(fd, a));
-	CHECK_ERR(destroy(fd, a), EINVAL);
+	CHECK_ERR(try_destroy(fd, 0xdead), EINVAL); /* drm_syncobj_destroy: EINVAL, not ENOENT */
+	CHECK_OK(try_destroy(fd, a));
+	CHECK_ERR(try_destroy(fd, a), EINVAL);
 	CHECK_ERR(wait1(fd, a, 0, 0), ENOENT); /* the handle is gone */
-	CHECK_OK(destroy(fd, b));
+	CHECK_OK(try_destroy(fd, b));
 	/* handles are the lowest free, as idr_alloc gives them */
 	uint32_t c = create(fd, 0);
 	CHECK(c == (a < b ? a : b));
-	CHECK_OK(destroy(fd, c));
+	CHECK_OK(try_destroy(fd, c));
 }
 
 static void wait_rules(int fd, int other)
@@ -168,8 +147,8 @@ static void wait_rules(int fd, int other)
 	CHECK(first == 0);
 	CHECK_ERR(wait_on(fd, many, 4096, 0, WAIT_ALL | FOR_SUBMIT, &first), ETIME);
 	CHECK_ERR(wait_on(fd, many, 4097, 0, 0, &first), ENOMEM);
-	CHECK_OK(destroy(fd, sig));
-	CHECK_OK(destroy(fd, empty));
+	CHECK_OK(try_destroy(fd, sig));
+	CHECK_OK(try_destroy(fd, empty));
 }
 
 static void array_rules(int fd)
@@ -206,8 +185,8 @@ static void array_rules(int fd)
 	CHECK_OK(array_op(fd, DRM_IOCTL_SYNCOBJ_RESET, both, 3));
 	CHECK_ERR(wait1(fd, s, 0, 0), EINVAL);
 	CHECK_ERR(wait1(fd, e, 0, 0), EINVAL);
-	CHECK_OK(destroy(fd, s));
-	CHECK_OK(destroy(fd, e));
+	CHECK_OK(try_destroy(fd, s));
+	CHECK_OK(try_destroy(fd, e));
 }
 
 struct waiter {
@@ -253,8 +232,8 @@ static void woken(int fd)
 		uint32_t pair[2] = {a, b};
 		CHECK_OK(array_op(fd, DRM_IOCTL_SYNCOBJ_RESET, pair, 2));
 	}
-	CHECK_OK(destroy(fd, a));
-	CHECK_OK(destroy(fd, b));
+	CHECK_OK(try_destroy(fd, a));
+	CHECK_OK(try_destroy(fd, b));
 }
 
 /* VM_BIND signals s1; the batch waits on s1 and signals s2 when it has run */
@@ -300,8 +279,8 @@ static void with_jobs(int fd)
 
 	struct drm_xe_exec_queue_destroy qd = {.exec_queue_id = qc.exec_queue_id};
 	CHECK_OK(ioctl(fd, DRM_IOCTL_XE_EXEC_QUEUE_DESTROY, &qd));
-	CHECK_OK(destroy(fd, s1));
-	CHECK_OK(destroy(fd, s2));
+	CHECK_OK(try_destroy(fd, s1));
+	CHECK_OK(try_destroy(fd, s2));
 	CHECK_OK(munmap((void *)cpu, 0x10000));
 	CHECK_OK(gem_close(fd, bo));
 	struct drm_xe_vm_destroy vd = {.vm_id = vc.vm_id};
@@ -321,7 +300,7 @@ int main(void)
 	CHECK(render >= 0);
 	uint32_t r = create(render, DRM_SYNCOBJ_CREATE_SIGNALED);
 	CHECK_OK(wait1(render, r, 0, 0));
-	CHECK_OK(destroy(render, r));
+	CHECK_OK(try_destroy(render, r));
 	/* EVENTFD is known now: its argument is read, a bad one EFAULT (the rest of it:
 	 * eventfd.c; the timeline ones: timeline.c; HANDLE_TO_FD and FD_TO_HANDLE:
 	 * sync_file.c) */

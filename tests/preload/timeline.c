@@ -6,7 +6,7 @@
  * one thread until another signals its point; and points signalled and waited on by
  * VM_BIND and EXEC (syncs of type TIMELINE_SYNCOBJ).
  */
-#include "check.h"
+#include "fences.h"
 
 #include <poll.h>
 #include <pthread.h>
@@ -21,28 +21,6 @@
 #define WAIT_ALL DRM_SYNCOBJ_WAIT_FLAGS_WAIT_ALL
 #define LAST_SUBMITTED DRM_SYNCOBJ_QUERY_FLAGS_LAST_SUBMITTED
 #define UNTOUCHED 0x5a5a5a5au
-#define SW_SYNC "/sys/kernel/debug/sync/sw_sync"
-
-static int64_t now_ns(void)
-{
-	struct timespec ts;
-	CHECK_OK(clock_gettime(CLOCK_MONOTONIC, &ts));
-	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static uint32_t create(int fd, uint32_t flags)
-{
-	struct drm_syncobj_create c = {.flags = flags};
-	CHECK_OK(ioctl(fd, DRM_IOCTL_SYNCOBJ_CREATE, &c));
-	CHECK(c.handle);
-	return c.handle;
-}
-
-static void destroy(int fd, uint32_t handle)
-{
-	struct drm_syncobj_destroy d = {.handle = handle};
-	CHECK_OK(ioctl(fd, DRM_IOCTL_SYNCOBJ_DESTROY, &d));
-}
 
 /* TIMELINE_WAIT on handles[n] at points (NULL: 0 for each); its first_signaled in
  * *first, which must be left as it was on failure */
@@ -205,27 +183,11 @@ static void signal_query_wait(int fd)
 	destroy(fd, bin);
 }
 
-static int sw_sync_fence(int timeline, uint32_t value)
-{
-	struct sw_sync_create_fence_data d = {.value = value, .fence = -1};
-	CHECK_OK(ioctl(timeline, SW_SYNC_IOC_CREATE_FENCE, &d));
-	CHECK(d.fence >= 0);
-	return d.fence;
-}
-
-static int readable(int fd)
-{
-	struct pollfd p = {.fd = fd, .events = POLLIN};
-	CHECK(poll(&p, 1, 0) >= 0);
-	return !!(p.revents & POLLIN);
-}
-
 /* a point submitted, not signalled (a sw_sync fence imported at it): WAIT_AVAILABLE
  * takes it, a wait for it does not; exported as a sync file of that point */
 static void available(int fd)
 {
-	int timeline = open(SW_SYNC, O_RDWR);
-	CHECK(timeline >= 0);
+	int timeline = sw_sync_timeline();
 	int fence = sw_sync_fence(timeline, 1);
 	uint32_t tl = create(fd, 0);
 	CHECK_OK(signal1(fd, tl, 1));
@@ -245,16 +207,15 @@ static void available(int fd)
 					 .flags = DRM_SYNCOBJ_HANDLE_TO_FD_FLAGS_EXPORT_SYNC_FILE |
 						  DRM_SYNCOBJ_HANDLE_TO_FD_FLAGS_TIMELINE};
 	CHECK_OK(ioctl(fd, DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD, &exp));
-	CHECK(exp.fd >= 0 && !readable(exp.fd));
+	CHECK(exp.fd >= 0 && !readable_within(exp.fd, 0));
 	exp.point = 5;
 	int exported = exp.fd;
 	exp.fd = -1;
 	CHECK_ERR(ioctl(fd, DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD, &exp), EINVAL);
-	uint32_t inc = 1;
-	CHECK_OK(ioctl(timeline, SW_SYNC_IOC_INC, &inc));
+	sw_sync_inc(timeline, 1);
 	CHECK_OK(twait1(fd, tl, 4, 0, 0));
 	CHECK(query1(fd, tl, 0) == 4);
-	CHECK(readable(exported));
+	CHECK(readable_within(exported, 0));
 	CHECK_OK(close(exported));
 	CHECK_OK(close(fence));
 	CHECK_OK(close(timeline));
