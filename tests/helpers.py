@@ -44,6 +44,11 @@ def peer_attach(sock: socket.socket, request_id: int = 7, timeout: float = 10.0)
     return reply
 
 
+def readable(fd: int, timeout: float = 0.0) -> bool:
+    """`fd` polls readable (a sync file: its fence signalled) within `timeout` seconds."""
+    return bool(select.select([fd], [], [], timeout)[0])
+
+
 def errno_of(call: Any, *args: Any, **kwargs: Any) -> int:
     """The errno a refused call raised (fails the test if it succeeded)."""
     with pytest.raises(XeError) as info:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gc
 import os
-import select
 import socket
 from collections.abc import Iterator
 from errno import ENOENT, ENOMEM, ENOTTY, ETIME
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 import trio
 from conftest import spawn_client
-from helpers import errno_of
+from helpers import errno_of, readable
 from test_lifecycle import baseline, wait_for_baseline
 
 from clients import Device, syncobj
@@ -27,10 +26,6 @@ from protocols import messages as m
 from xed.config import Config
 from xed.device.device import XeDevice
 from xed.device.sw_sync import SyncTimeline
-
-
-def readable(fd: int, timeout: float = 0.0) -> bool:
-    return bool(select.select([fd], [], [], timeout)[0])
 
 
 def status(dev: Device, sync_fd: int) -> tuple[int, list[int]]:

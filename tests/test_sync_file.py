@@ -7,14 +7,13 @@ left behind in the daemon."""
 from __future__ import annotations
 
 import os
-import select
 import time
 from collections.abc import Iterator
 from errno import EINVAL, ENOENT, ENOMEM, ENOTTY, EOPNOTSUPP
 from typing import Any
 
 import pytest
-from helpers import BATCH_VA, Gpu, end_spinner, errno_of, start_spinner
+from helpers import BATCH_VA, Gpu, end_spinner, errno_of, readable, start_spinner
 from test_lifecycle import baseline, wait_for_baseline
 
 from clients import Batch, Device, syncobj
@@ -37,10 +36,6 @@ EXPORT = DRM_SYNCOBJ_HANDLE_TO_FD_FLAGS_EXPORT_SYNC_FILE
 IMPORT = DRM_SYNCOBJ_FD_TO_HANDLE_FLAGS_IMPORT_SYNC_FILE
 TIMELINE = DRM_SYNCOBJ_FD_TO_HANDLE_FLAGS_TIMELINE
 STORED = 0x58  # where the importer's store lands in its batch BO
-
-
-def readable(fd: int, timeout: float = 0.0) -> bool:
-    return bool(select.select([fd], [], [], timeout)[0])
 
 
 @pytest.fixture

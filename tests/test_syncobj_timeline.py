@@ -6,7 +6,6 @@ the per-file limits; and nothing left behind."""
 from __future__ import annotations
 
 import os
-import select
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ from errno import EINVAL, ENOENT, ENOMEM, ETIME
 from typing import Any
 
 import pytest
-from helpers import Gpu, end_spinner, errno_of, start_spinner
+from helpers import Gpu, end_spinner, errno_of, readable, start_spinner
 from test_lifecycle import baseline, wait_for_baseline
 
 from clients import Device, syncobj
@@ -29,10 +28,6 @@ H = m.DrmSyncobjHandle
 def dev(fresh_daemon: DaemonProcess) -> Iterator[Device]:
     with Device.open(fresh_daemon.socket_path) as device:
         yield device
-
-
-def readable(fd: int, timeout: float = 0.0) -> bool:
-    return bool(select.select([fd], [], [], timeout)[0])
 
 
 def test_points_signalled_in_order_and_queried(dev: Device) -> None:
