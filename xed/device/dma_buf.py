@@ -38,7 +38,7 @@ from protocols.ops import Op
 
 from .bo import XeBo
 from .errors import IoctlError, refuse_if
-from .export import ExportedObject, lookup, peer_call
+from .export import ExportedObject, exported_as, lookup, peer_call
 from .limits import charge_export, refuse_over
 from .memory import client_memory, reopen_read_only
 from .sync_file import SyncFile, exported_fd, resv_add, resv_fences
@@ -380,9 +380,7 @@ async def dma_buf_import_sync_file_ioctl(
     _sync_file_flags(args.flags)
     dma_buf_fd, sync_fd = fds
     own = await _ours_or_checked(xef, dma_buf_fd)
-    sync_file = lookup(xef.device, sync_fd)
-    refuse_if(not isinstance(sync_file, SyncFile), EINVAL, "not a sync file")
-    assert isinstance(sync_file, SyncFile)
+    sync_file = exported_as(xef.device, sync_fd, SyncFile, EINVAL, "not a sync file")
     refuse_if(own is None, EOPNOTSUPP, _FOREIGN_FENCES)
     assert own is not None
     resv_add(own.bo, sync_file.fence, writer=bool(args.flags & DMA_BUF_SYNC_WRITE))

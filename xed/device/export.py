@@ -254,13 +254,14 @@ def lookup(device: XeDevice, fd: int) -> ExportedObject | None:
     return found
 
 
-def ioctl_target(device: XeDevice, fd: int, kind: type[_Exported], what: str) -> _Exported:
-    """The object of class `kind` an ioctl was made on (a sync file's, a timeline's):
-    ENOTTY for any other descriptor, whose ioctl it is not (the library then asks the
-    kernel); ENODEV for one of a device since unplugged."""
+def exported_as(
+    device: XeDevice, fd: int, kind: type[_Exported], err: int, message: str
+) -> _Exported:
+    """The object of class `kind` behind `fd` (a sync file, a timeline, an exported VM),
+    else IoctlError(err, message); ENODEV for one of a device since unplugged."""
     found = lookup(device, fd)
     if not isinstance(found, kind):
-        raise IoctlError(errnos.ENOTTY, f"not a {what}")
+        raise IoctlError(err, message)
     return found
 
 

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import heapq
 import weakref
-from errno import ENOENT
+from errno import ENOENT, ENOTTY
 from typing import TYPE_CHECKING
 
 from protocols import messages as m
 
-from .export import ExportedObject, ioctl_target
+from .export import ExportedObject, exported_as
 from .fence import Fence, is_later, new_context
 from .sync_file import SyncFile, exported_fd
 
@@ -116,8 +116,9 @@ class SyncTimeline(ExportedObject):
 
 
 def _timeline(xef: XeFile, fd: int) -> SyncTimeline:
-    """The timeline the ioctl was made on: ENOTTY for any other descriptor."""
-    return ioctl_target(xef.device, fd, SyncTimeline, "sw_sync timeline")
+    """The timeline the ioctl was made on: ENOTTY for any other descriptor (the ioctl
+    is sw_sync's; the library then asks the kernel)."""
+    return exported_as(xef.device, fd, SyncTimeline, ENOTTY, "not a sw_sync timeline")
 
 
 def sw_sync_timeline_create_ioctl(

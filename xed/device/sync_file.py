@@ -27,13 +27,13 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import Callable
-from errno import EINVAL, ENOENT, ENOMEM
+from errno import EINVAL, ENOENT, ENOMEM, ENOTTY
 from typing import TYPE_CHECKING
 
 from protocols import messages as m
 
 from .errors import IoctlError, refuse_if
-from .export import ExportedObject, ioctl_target, lookup
+from .export import ExportedObject, exported_as
 from .fence import Fence, FenceArray, is_later, unwrap
 from .limits import charge_export, refuse_over
 from .syncobj import DrmSyncobj
@@ -156,8 +156,9 @@ def fence_name(fence: Fence) -> str:
 
 
 def _sync_file(xef: XeFile, fd: int) -> SyncFile:
-    """The sync file the ioctl was made on: ENOTTY for any other descriptor."""
-    return ioctl_target(xef.device, fd, SyncFile, "sync file")
+    """The sync file the ioctl was made on: ENOTTY for any other descriptor (the ioctl is
+    a sync file's; the library then asks the kernel)."""
+    return exported_as(xef.device, fd, SyncFile, ENOTTY, "not a sync file")
 
 
 def sync_file_merge_ioctl(
@@ -177,9 +178,7 @@ def sync_file_merge_ioctl(
     first_fd, second_fd = fds
     first = _sync_file(xef, first_fd)
     refuse_if(args.flags or args.pad, EINVAL, "flags and pad must be zero")
-    second = lookup(xef.device, second_fd)
-    refuse_if(not isinstance(second, SyncFile), ENOENT, "fd2 is not a sync file")
-    assert isinstance(second, SyncFile)
+    second = exported_as(xef.device, second_fd, SyncFile, ENOENT, "fd2 is not a sync file")
     fences = first.fences + second.fences
     return m.Empty(), [exported_fd(xef, lambda: SyncFile(xef.device, fences, args.name[:31]))]
 

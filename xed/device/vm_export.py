@@ -35,7 +35,7 @@ from protocols import messages as m
 from protocols.ops import Event
 
 from .errors import GpuFault, IoctlError, refuse_if
-from .export import ExportedObject, lookup
+from .export import ExportedObject, exported_as
 from .limits import charge_export, refuse_over
 from .userptr import HostArena, UserptrBusy
 
@@ -270,9 +270,7 @@ def aux_vm_import_ioctl(
     """
     refuse_if(args.flags or any(args.reserved), EINVAL, "flags/reserved")
     (fd,) = fds
-    export = lookup(xef.device, fd)
-    refuse_if(not isinstance(export, XeVmExport), EINVAL, "not an exported VM of this daemon")
-    assert isinstance(export, XeVmExport)
+    export = exported_as(xef.device, fd, XeVmExport, EINVAL, "not an exported VM of this daemon")
     vm = export.vm
     refuse_if(vm.closed or vm.banned, ENOENT, "the VM is closed or banned")
     refuse_if(
