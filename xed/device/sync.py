@@ -29,10 +29,10 @@ from .mmap import user_memory, user_words, words_of
 from .syncobj import (
     DrmSyncobj,
     FoundFences,
+    add_point_charged,
     charge_points,
     find_fence_once,
     lookup,
-    syncobj_point_added,
 )
 from .userptr import UserptrBusy
 
@@ -65,8 +65,7 @@ class Syncs:
         has it as its point (drm_syncobj_add_point)."""
         for syncobj, point in self.signals:
             if point and self.xef is not None:
-                syncobj.add_point(fence, point)
-                syncobj_point_added(self.xef, syncobj)
+                add_point_charged(self.xef, syncobj, fence, point)
             else:
                 syncobj.replace_fence(fence)
 

@@ -343,8 +343,7 @@ def put_fence(xef: XeFile, syncobj: DrmSyncobj, fence: Fence, point: int) -> Non
         syncobj.replace_fence(fence)
         return
     charge_points(xef, 1)
-    syncobj.add_point(fence, point)
-    syncobj_point_added(xef, syncobj)
+    add_point_charged(xef, syncobj, fence, point)
 
 
 def charge_points(xef: XeFile, count: int) -> None:
@@ -352,10 +351,12 @@ def charge_points(xef: XeFile, count: int) -> None:
     refuse_over(xef, "timeline_points", xef.account.points + count - 1)
 
 
-def syncobj_point_added(xef: XeFile, syncobj: DrmSyncobj) -> None:
-    """Count the point just added against the file for as long as it lives: a chain
-    keeps its pending points, and a syncobj its latest; a signalled point behind
-    another, or a chain let go of, is freed (and given back) at once."""
+def add_point_charged(xef: XeFile, syncobj: DrmSyncobj, fence: Fence, point: int) -> None:
+    """syncobj.add_point(fence, point), the point counted against the file for as long
+    as it lives: a chain keeps its pending points, and a syncobj its latest; a signalled
+    point behind another, or a chain let go of, is freed (and given back) at once. The
+    caller checked the room (charge_points)."""
+    syncobj.add_point(fence, point)
     head = syncobj.fence
     assert isinstance(head, FenceChain)
     account = xef.account

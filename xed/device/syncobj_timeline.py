@@ -28,7 +28,7 @@ from protocols.constants import (
 from .errors import IoctlError, refuse_if
 from .fence import Fence, FenceChain
 from .sync_file import unwrap_merge
-from .syncobj import array_wait, charge_points, lookup, put_fence, syncobj_point_added
+from .syncobj import add_point_charged, array_wait, charge_points, lookup, put_fence
 
 if TYPE_CHECKING:
     from .file import XeFile
@@ -162,6 +162,5 @@ def drm_syncobj_timeline_signal_ioctl(xef: XeFile, args: m.DrmSyncobjTimelineArr
     charge_points(xef, len(points))  # all or none
     for syncobj, point in zip(syncobjs, points, strict=True):
         # point 0 too is added, after what the syncobj holds (numbered as its latest)
-        syncobj.add_point(Fence(signalled=True), point)
-        syncobj_point_added(xef, syncobj)
+        add_point_charged(xef, syncobj, Fence(signalled=True), point)
     return m.Empty()
