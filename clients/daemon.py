@@ -17,9 +17,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol
 
 from protocols.cli import EX_CONFIG, EX_NOPERM, EX_SOFTWARE, EX_UNAVAILABLE
 
@@ -27,6 +28,23 @@ from .device import Device
 
 # what a child's exit status already says, passed on as the command's own
 _PASSED_ON = (EX_UNAVAILABLE, EX_NOPERM, EX_CONFIG)
+
+
+class Child(Protocol):
+    """What of `subprocess.Popen` a started daemon is used through."""
+
+    pid: int
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+    def send_signal(self, sig: int) -> None: ...
+    def kill(self) -> None: ...
+
+
+# how a daemon may be started other than by `python -m xed`: given `xed`'s arguments, the
+# environment, the log file, the descriptor limit and whether in a session of its own
+Spawn = Callable[[list[str], Mapping[str, str], Path, "int | None", bool], Child]
 
 
 class DaemonFailed(RuntimeError):
@@ -51,9 +69,13 @@ class DaemonProcess:
         nofile: int | None = None,
         env: Mapping[str, str] | None = None,
         entry: tuple[str, ...] = ("-m", "xed"),
+        spawn: Spawn | None = None,
     ) -> None:
         """`entry`: what the interpreter runs, before `serve` and its options (a test
-        may run `-c CODE` that adjusts the daemon and then calls `xed.cli.main`)."""
+        may run `-c CODE` that adjusts the daemon and then calls `xed.cli.main`).
+        `spawn`: starts `xed serve ...` in place of `subprocess.Popen` (the test suite
+        forks its daemons from a process that has imported xed once); only with the
+        default entry."""
         self._tmp = tempfile.TemporaryDirectory(prefix="xed-")
         tmp = Path(self._tmp.name)
         self.socket_path = socket_path or tmp / "xed.sock"
@@ -72,7 +94,8 @@ class DaemonProcess:
         # load reach the daemon's limit quickly; None inherits ours
         self._nofile = nofile
         self._env = os.environ if env is None else env  # the daemon's, NOTIFY_SOCKET aside
-        self.proc: subprocess.Popen[bytes] | None = None
+        self._spawn = spawn if entry == ("-m", "xed") else None
+        self.proc: Child | None = None
         self.name = "the xed daemon"
 
     @property
@@ -86,15 +109,12 @@ class DaemonProcess:
         notify.bind(str(notify_path))
         notify.settimeout(self._ready_timeout)
         env = dict(self._env, NOTIFY_SOCKET=str(notify_path))
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                self._args,
-                stdin=subprocess.DEVNULL,
-                stderr=log,
-                env=env,
-                start_new_session=self._own_session,
-                preexec_fn=self._limit_nofile if self._nofile else None,
+        if self._spawn is not None:
+            self.proc = self._spawn(
+                self._args[3:], env, self.log_path, self._nofile, self._own_session
             )
+        else:
+            self.proc = self._popen(env)
         try:
             self._wait_ready(notify)
         except BaseException:
@@ -103,6 +123,17 @@ class DaemonProcess:
         finally:
             notify.close()
         return self
+
+    def _popen(self, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+        with open(self.log_path, "ab") as log:
+            return subprocess.Popen(
+                self._args,
+                stdin=subprocess.DEVNULL,
+                stderr=log,
+                env=env,
+                start_new_session=self._own_session,
+                preexec_fn=self._limit_nofile if self._nofile else None,
+            )
 
     def _wait_ready(self, notify: socket.socket) -> None:
         """Until READY=1 comes; DaemonFailed at once if the process exits first (with
@@ -141,14 +172,15 @@ class DaemonProcess:
         """SIGTERM, wait; returns the exit status."""
         if self.proc is None:
             return 0
-        if self.proc.poll() is None:
+        status = self.proc.poll()
+        if status is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout)
+                status = self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+                status = self.proc.wait()
+        return status
 
     def log_text(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""

@@ -26,8 +26,15 @@ pytest.register_assert_rewrite(
     "agent", "debugger_support", "dma_buf_support", "helpers", "ib_support"
 )
 from helpers import Gpu  # noqa: E402  (after the registration, or it has no effect)
+from zygote import Zygote  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+# this worker's fork server for the daemons the fixtures start (tests/zygote.py says why)
+ZYGOTE = Zygote()
+
+
+def pytest_unconfigure() -> None:
+    ZYGOTE.close()
 
 
 def _check_log(daemon: DaemonProcess) -> None:
@@ -49,6 +56,7 @@ def start_daemon(
         log_path=tmp_path / "daemon.log",
         extra_args=("--log-level", "debug"),
         nofile=nofile,
+        spawn=ZYGOTE.spawn,
     ).start()
 
 

@@ -23,6 +23,7 @@ from protocols import messages as m
 from protocols.ancillary import unpack_fds
 
 WAIT = 5_000_000_000  # ns: an upper bound, never an expectation
+LONG_WAIT = 60_000_000_000  # ns: the same, for a batch that keeps a CPU busy for seconds
 BATCH_VA = 0x1_0000_0000  # the batch BO: fence qword at offset 0, batches after it
 BATCH_BO_SIZE = 0x10000
 FENCE = 0
@@ -90,9 +91,9 @@ class Gpu:
     def submit(self, batch: Batch, queue: int | None = None) -> int:
         return self.submit_at(self.place(batch), queue)
 
-    def wait(self, seq: int, exec_queue: int = 0) -> None:
+    def wait(self, seq: int, exec_queue: int = 0, timeout: int = WAIT) -> None:
         self.dev.wait_user_fence(
-            self.cpu.user_address(FENCE), seq, timeout=WAIT, exec_queue=exec_queue
+            self.cpu.user_address(FENCE), seq, timeout=timeout, exec_queue=exec_queue
         )
 
     def run(self, batch: Batch, queue: int | None = None) -> None:

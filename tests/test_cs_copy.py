@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from helpers import FENCE, WAIT, Gpu
+from helpers import FENCE, LONG_WAIT, WAIT, Gpu
 
 from clients import Batch, Device
 from clients.daemon import DaemonProcess
@@ -75,7 +75,7 @@ def runs_beside_a_bystander(copier: Copier, daemon: DaemonProcess, batch: Batch)
         for _ in range(20):
             bystander.version()
         assert copier.cpu.read_u64(FENCE) != seq, "the batch held the bystander off"
-    copier.wait(seq)
+    copier.wait(seq, timeout=LONG_WAIT)  # ~2 s alone, and more beside the suite's load
 
 
 def test_a_batch_of_large_copies_lets_a_bystander_through(
