@@ -54,7 +54,7 @@ SAFE_AS_ROOT = frozenset(
         "xe_mmap", "xe_prime_self_import", "xe_create", "xe_exec_basic", "xe_waitfence",
         "xe_exec_compute_mode", "xe_query", "xe_exec_balancer", "xe_vm", "xe_exec_atomic",
         "xe_exec_queue_property", "xe_evict", "xe_exec_fault_mode", "xe_exec_mix_modes",
-        "xe_dma_buf_sync", "xe_spin_batch", "xe_exec_store",
+        "xe_dma_buf_sync", "xe_spin_batch", "xe_exec_store", "xe_exec_reset",
         "sw_sync", "syncobj_basic", "syncobj_wait", "syncobj_timeline", "syncobj_eventfd",
     }
 )  # fmt: skip

@@ -35,6 +35,14 @@ DEPARTURES: tuple[tuple[str, str], ...] = (
         "nothing mapped before the first; xe orders them by the page-table pages they update.",
     ),
     (
+        "Banned VMs",
+        "xe bans a VM (`xe_vm_kill`) when its rebind worker fails, such as a preempt "
+        "fence timing out behind a long-running job that does not yield. xed has no "
+        "rebind worker, so no VM is ever banned, and the `ENOENT` (VM_BIND, VM_EXPORT, "
+        "AUX_VM_IMPORT) and `ECANCELED` (EXEC) xe gives for one never come. A GPU fault "
+        "or a GT reset ends the queue alone, in every mode, as in xe.",
+    ),
+    (
         "Page-fault mode",
         "a `FAULT_MODE` VM's binds need no room (its BOs are backed where there is "
         "some, and count there); its GPU faults are not replayed: one on an address no "

@@ -92,6 +92,10 @@ PARTLY = {
             "it maps a file over the userptr: a file's pages are beyond the daemon's reach",
         ),
     },
+    "xe_exec_reset": {  # bans: spinners cancelled, GPU faults, GT resets, closes under load
+        "*multi-queue*": ("SKIP", "multi-queue engines are graphics version 35's and later"),
+        "gt-mocs-reset": ("SKIP", "debugfs gt0/mocs (the MOCS table) is not emulated"),
+    },
     "xe_exec_store": {  # stores, conditional batch ends, copies ordered by MI_MEM_FENCE
         "long-shader-bb-check": ("FAIL", "a GPGPU shader: the EUs are not emulated"),
     },
@@ -134,6 +138,10 @@ LEFT_OUT = {
         "a spinner timing itself through the timestamp register: it passes (by hand), "
         "after spinning for 30 s",
     ),
+    "xe_exec_reset": (
+        ("long-spin-*",),
+        "spinners preempted for 3 s each, by design: they pass (by hand)",
+    ),
     "xe_vm": (
         tuple(f"{shape}-*{size}" for shape in ("large", "mixed") for size in _BIG),
         "binds of 256 MiB to 2 GiB: the userptrs among them pass (by hand), at seconds "
@@ -161,6 +169,11 @@ DEVICES = {
         copy = 0
         video_decode = 2
         compute = 0
+        """,
+    # its cancel subtests wait for the job timeout to ban a spinner: 1 s, not xe's 5
+    "xe_exec_reset": """
+        [device]
+        job_timeout_ms = 1000
         """,
     # its mem-write-ordering-check maps VRAM BOs made without NEEDS_VISIBLE_VRAM: on the
     # built-in small BAR each access is SIGBUS, as on xe's, so a device whose BAR is whole

@@ -158,7 +158,7 @@ def test_vm_export_of_another_files_vm_is_einval(daemon: DaemonProcess, dev: Dev
         os.close(other.vm_export(vm))
 
 
-def ban_lr_vm(dev: Device) -> tuple[int, int]:
+def fault_lr_queue(dev: Device) -> tuple[int, int]:
     """(vm, queue): an LR-mode VM whose exec queue ran a faulting batch and was banned."""
     vm = dev.vm_create(DRM_XE_VM_CREATE_FLAG_LR_MODE)
     bo = dev.gem_create(SIZE)
@@ -178,12 +178,24 @@ def ban_lr_vm(dev: Device) -> tuple[int, int]:
     return vm, queue
 
 
-def test_vm_export_of_banned_lr_vm_is_enoent(dev: Device) -> None:
-    """An LR VM killed with its faulting queue: VM_EXPORT and VM_BIND are ENOENT."""
-    vm, queue = ban_lr_vm(dev)
-    assert errno_of(dev.vm_export, vm) == errno.ENOENT
+def test_an_lr_vm_outlives_its_faulting_queue(dev: Device) -> None:
+    """xe ends the faulting queue alone (IGT xe_exec_reset cm-cat-error unbinds after):
+    the LR VM still binds, unbinds and exports, and another queue of it still runs."""
+    vm, queue = fault_lr_queue(dev)
     other = dev.gem_create(PAGE_SIZE)
-    assert errno_of(dev.vm_bind, vm, other, BASE) == errno.ENOENT
+    dev.vm_bind(vm, other, BASE)
+    dev.vm_unbind(vm, BASE, PAGE_SIZE)
+    dev.vm_unbind(vm, BATCH_VA, SIZE)
+    dev.vm_bind(vm, other, BATCH_VA)
+    again = dev.exec_queue_create(vm)
+    with dev.mmap_bo(other) as cpu:
+        batch = Batch().store_dword(BATCH_VA + 0x80, 0xC0FFEE).end().tobytes()
+        cpu[0x100 : 0x100 + len(batch)] = batch
+        dev.exec(again, BATCH_VA + 0x100, syncs=[user_fence(BATCH_VA, 1)])
+        dev.wait_user_fence(cpu.user_address(0), 1, WAIT_NS, exec_queue=again)
+        assert cpu.read_u32(0x80) == 0xC0FFEE
+    os.close(dev.vm_export(vm))
+    dev.exec_queue_destroy(again)
     dev.exec_queue_destroy(queue)
     dev.vm_destroy(vm)
 

@@ -43,7 +43,7 @@ SPECS: tuple[OpSpec, ...] = (
             (EBUSY, "this connection has a context already"),
             (EINVAL, "not a VM descriptor of the aux driver's daemon"),
             (EPERM, "we are not the process that exported the VM"),
-            (ENOENT, "the VM is closed or banned"),
+            (ENOENT, "the VM is closed"),
         ),
     ),
     OpSpec(

@@ -31,7 +31,7 @@ SPECS: tuple[OpSpec, ...] = (
         errors=(
             (EINVAL, "pad, pad1 or reserved not zero"),
             (EINVAL, "no such VM"),
-            (ENOENT, "the VM is closed or banned"),
+            (ENOENT, "the VM is closed"),
             (EEXIST, "already exported, or registered with an aux driver"),
             RESERVE_FD,
             EXPORTED,

@@ -245,12 +245,9 @@ class XeExecQueue:
 
     def _ban(self, fault: GpuFault) -> None:
         self.banned = True
+        # the VM lives on, in every mode, as xe's does: the GuC's reset and xe's LR
+        # cleanup end the queue alone (xe_vm_kill comes from the rebind worker only)
         save_fault(self.vm, fault)
-        if self.vm.lr_mode and not self.vm.fault_mode and not self._reset:
-            # xe_vm_kill(): a long-running VM dies with its queue; one in page-fault
-            # mode outlives it (the failed fault ends the queue alone), and so does one
-            # whose queue a GT reset banned (the GuC's reset bans the queue alone)
-            self.vm.banned = True
         self.device.stats["bans"] += 1
         self.file.log.warning(
             "exec_queue_banned", exec_queue_id=self.id, address=fault.address, reason=fault.reason

@@ -70,7 +70,6 @@ class XeVm:
         self.flags = flags
         self.size = 1 << self.device.config.va_bits
         self.closed = False
-        self.banned = False  # an LR-mode VM whose queue faulted (xe_vm_kill)
         self.export: XeVmExport | None = None
         self.registrations: set[AuxRegistration] = set()
         self.exec_queues = 0

@@ -118,7 +118,7 @@ async def xe_vm_bind_ioctl(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
       ([device] page_size), zero range: EINVAL
     - exec_queue_id naming no queue of this file: ENOENT; a queue that is not a bind
       queue, or a bind queue of another VM: EINVAL
-    - VM closed or banned: ENOENT
+    - VM closed: ENOENT
     - each bind: range beyond the VM: EINVAL
     - each MAP_USERPTR: not inside this file's host memory, or over freed pages: EFAULT
     - each bind with obj: no such handle: ENOENT; range beyond the BO: EINVAL;
@@ -163,7 +163,7 @@ def _vm_bind(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
         if queue is None:
             raise IoctlError(ENOENT, f"no exec queue {args.exec_queue_id}")
         refuse_if(not queue.bind or queue.vm is not vm, EINVAL, "not a bind queue of this VM")
-    refuse_if(vm.closed or vm.banned, ENOENT, f"VM {args.vm_id} is closed or banned")
+    refuse_if(vm.closed, ENOENT, f"VM {args.vm_id} is closed")
     bos: list[XeBo | None] = []
     for op in args.binds:
         refuse_if(op.range > vm.size or op.addr > vm.size - op.range, EINVAL, "range beyond the VM")
@@ -210,8 +210,8 @@ def _vm_bind(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
 
     def make(apply: bool) -> None:
         try:
-            # xe drops the binds of a killed VM, and of a file closed meanwhile
-            if apply and not (vm.closed or vm.banned or xef not in xef.device.files):
+            # xe drops the binds of a closed VM, and of a file closed meanwhile
+            if apply and not (vm.closed or xef not in xef.device.files):
                 _make_binds(xef, vm, args, bos)
         finally:
             vm.queued.remove(fence)

@@ -232,7 +232,7 @@ def xe_vm_export_ioctl(xef: XeFile, args: m.DrmXeVmExport) -> tuple[m.Empty, lis
     - the daemon is down to its descriptor reserve (limits.descriptor_reserve): EMFILE
     - pad, pad1 or reserved non-zero: EINVAL
     - no such VM: EINVAL
-    - the VM is closed or banned: ENOENT
+    - the VM is closed: ENOENT
     - the VM is exported already, or registered with an aux driver: EEXIST
     - this file's live exports reach limits.exported: ENOMEM (the export counts against
       its creator until it is released, after the file is gone if need be)
@@ -241,7 +241,7 @@ def xe_vm_export_ioctl(xef: XeFile, args: m.DrmXeVmExport) -> tuple[m.Empty, lis
     vm = xef.vms.get(args.vm_id)
     if vm is None:
         raise IoctlError(EINVAL, f"no VM {args.vm_id}")
-    refuse_if(vm.closed or vm.banned, ENOENT, f"VM {args.vm_id} is closed or banned")
+    refuse_if(vm.closed, ENOENT, f"VM {args.vm_id} is closed")
     refuse_if(vm.export is not None or vm.registrations, EEXIST, "already exported")
     refuse_over(xef, "exported", xef.account.exported)
     export = XeVmExport(vm, xef)
@@ -263,7 +263,7 @@ def aux_vm_import_ioctl(
     - flags or reserved non-zero: EINVAL
     - not an exported VM of this daemon (a dma-buf, any other file, another daemon's
       VM descriptor): EINVAL; one of a device since unplugged (unplug.py): ENODEV
-    - the VM is closed or banned: ENOENT
+    - the VM is closed: ENOENT
     - on_behalf_of_pid is not the process that exported the VM: EPERM
     - this aux connection has registered it already: EEXIST
     The reply lists the VM's first MAX_BINDINGS bindings (what its record holds).
@@ -272,7 +272,7 @@ def aux_vm_import_ioctl(
     (fd,) = fds
     export = exported_as(xef.device, fd, XeVmExport, EINVAL, "not an exported VM of this daemon")
     vm = export.vm
-    refuse_if(vm.closed or vm.banned, ENOENT, "the VM is closed or banned")
+    refuse_if(vm.closed, ENOENT, "the VM is closed")
     refuse_if(
         args.on_behalf_of_pid != export.exporter_pid,
         EPERM,
