@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import os
 import socket
+import time
 from collections.abc import Iterator
 from errno import ENOENT, ENOMEM, ENOTTY, ETIME
 from pathlib import Path
@@ -61,6 +62,33 @@ def test_a_point_signals_once_the_timeline_reaches_it(dev: Device) -> None:
     assert info.fences[0].driver_name == "sw_sync"
     assert info.fences[0].obj_name == info.name.split("-")[1][: len(info.fences[0].obj_name)]
     for fd in (fence, passed, timeline):
+        os.close(fd)
+
+
+def test_a_point_tells_when_it_was_signalled(dev: Device) -> None:
+    """FILE_INFO's timestamp_ns: 0 while active; once signalled, the CLOCK_MONOTONIC time
+    of the signal (dma_fence_timestamp), the same at every later look; a point made
+    behind the timeline was signalled when made."""
+    timeline = syncobj.sw_sync_timeline(dev)
+    first, second = (syncobj.sw_sync_fence(dev, timeline, n) for n in (1, 2))
+    assert [f.timestamp_ns for f in syncobj.sync_file_info(dev, first).fences] == [0]
+    before = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    syncobj.sw_sync_inc(dev, timeline, 1)
+    between = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    syncobj.sw_sync_inc(dev, timeline, 1)
+    after = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    (one,) = syncobj.sync_file_info(dev, first).fences
+    (two,) = syncobj.sync_file_info(dev, second).fences
+    assert before <= one.timestamp_ns <= between <= two.timestamp_ns <= after
+    assert syncobj.sync_file_info(dev, first).fences[0].timestamp_ns == one.timestamp_ns
+    merged = syncobj.merge_sync_files(dev, first, second)
+    assert [f.timestamp_ns for f in syncobj.sync_file_info(dev, merged).fences] == [
+        two.timestamp_ns  # all signalled: a stub that tells the latest signal time
+    ]
+    passed = syncobj.sw_sync_fence(dev, timeline, 1)
+    made = syncobj.sync_file_info(dev, passed).fences[0].timestamp_ns
+    assert after <= made <= time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    for fd in (first, second, merged, passed, timeline):
         os.close(fd)
 
 

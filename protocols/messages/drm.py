@@ -271,7 +271,7 @@ class SyncFenceInfo:
     driver_name: str = string("its driver", max_len=32)
     status: int = s32("1 signalled, 0 active")
     flags: int = u32()
-    timestamp_ns: int = u64("when it signalled (0: not recorded by xed)")
+    timestamp_ns: int = u64("when it was signalled, CLOCK_MONOTONIC ns (0: active)")
 
 
 @frozen

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import time
 from collections.abc import Callable, Iterator
 
 import trio
@@ -43,9 +44,11 @@ class Fence:
     the signal: a fence signalled by a timeline's release, say). Callbacks
     (dma_fence_add_callback) run when it is, in the signalling task, and may be removed
     before: what a sync file watches with, rather than a task of its own that would
-    outlive its descriptor."""
+    outlive its descriptor. It records when it was signalled (dma_fence_timestamp:
+    CLOCK_MONOTONIC, what SYNC_IOC_FILE_INFO reports; a fence made signalled, when
+    made)."""
 
-    __slots__ = ("signalled", "error", "_event", "_callbacks", "__weakref__")
+    __slots__ = ("signalled", "error", "timestamp", "_event", "_callbacks", "__weakref__")
     # what SYNC_IOC_FILE_INFO names it by (dma_fence_ops): the device's own fences
     driver_name = "xe"
     timeline_name = "xed"
@@ -55,6 +58,7 @@ class Fence:
     def __init__(self, signalled: bool = False) -> None:
         self.signalled = signalled
         self.error = 0  # an errno, once signalled with one
+        self.timestamp = time.monotonic_ns() if signalled else 0  # ns, once signalled
         self._event: trio.Event | None = None
         self._callbacks: list[Callable[[], None]] | None = None
 
@@ -63,6 +67,7 @@ class Fence:
             return
         self.error = error
         self.signalled = True
+        self.timestamp = time.monotonic_ns()
         if self._event is not None:
             self._event.set()
         callbacks, self._callbacks = self._callbacks, None
@@ -118,6 +123,11 @@ class FenceArray(Fence):
     @property
     def error(self) -> int:  # type: ignore[override]
         return next((part.error for part in self.parts if part.error), 0)
+
+    @property
+    def timestamp(self) -> int:  # type: ignore[override]
+        """When its last part was signalled (0 until all are)."""
+        return max(part.timestamp for part in self.parts) if self.signalled else 0
 
     def signal(self, error: int = 0) -> None:
         raise AssertionError("a fence array is signalled by its parts")
@@ -188,6 +198,12 @@ class FenceChain(Fence):
     @property
     def signalled(self) -> bool:  # type: ignore[override]
         return self._pending() is None
+
+    @property
+    def timestamp(self) -> int:  # type: ignore[override]
+        """When its own fence was signalled, once the chain is (the points before it
+        are let go when signalled, so their times are not kept)."""
+        return _contained(self).timestamp if self.signalled else 0
 
     def _pending(self) -> Fence | None:
         """The first fence of the chain, from this point back, not signalled yet (None

@@ -89,11 +89,14 @@ def merged_parts(fences: list[Fence]) -> list[Fence]:
     """The fences a sync file of `fences` holds, as dma_fence_unwrap_merge: fence arrays
     and timeline points (chains) unwrapped into the fences they hold, the signalled
     ones dropped, and of a sw_sync timeline's points the latest only (the device's own
-    fences, which have no timeline, each once); none left, a signalled stub
-    (dma_fence_get_stub). ENOMEM past MAX_FENCES, before anything is made."""
+    fences, which have no timeline, each once); none left, a signalled stub that tells
+    the latest of their signal times (dma_fence_allocate_private_stub). ENOMEM past
+    MAX_FENCES, before anything is made."""
     unique: dict[object, Fence] = {}
+    latest = 0
     for part in (leaf for fence in fences for leaf in unwrap(fence)):
         if part.signalled:
+            latest = max(latest, part.timestamp)
             continue
         key = id(part) if part.context is None else ("timeline", part.context)
         kept = unique.get(key)
@@ -101,7 +104,11 @@ def merged_parts(fences: list[Fence]) -> list[Fence]:
             unique[key] = part
         if len(unique) > MAX_FENCES:
             raise IoctlError(ENOMEM, f"a sync file of more than {MAX_FENCES} fences")
-    return list(unique.values()) or [Fence(signalled=True)]
+    if unique:
+        return list(unique.values())
+    stub = Fence(signalled=True)
+    stub.timestamp = latest or stub.timestamp
+    return [stub]
 
 
 def unwrap_merge(fence: Fence) -> Fence:
@@ -192,8 +199,8 @@ def sync_file_info_ioctl(
     flags or pad not zero: EINVAL; num_fences neither 0 nor at least the number of
     fences: EINVAL. With num_fences 0 only the number is told. Status, the file's and
     each fence's, is dma_fence_get_status's: 0 active, 1 signalled, -errno signalled
-    with an error (the file's, when its fences are listed: the first not 1); xed
-    records no signal time (timestamp_ns 0).
+    with an error (the file's, when its fences are listed: the first not 1); each
+    fence's timestamp_ns is when it was signalled, CLOCK_MONOTONIC (0 while active).
     """
     (fd,) = fds
     sync_file = _sync_file(xef, fd)
@@ -205,7 +212,10 @@ def sync_file_info_ioctl(
         refuse_if(args.num_fences < len(fences), EINVAL, f"it holds {len(fences)} fences")
         infos = tuple(
             m.SyncFenceInfo(
-                obj_name=f.timeline_name[:31], driver_name=f.driver_name, status=f.status()
+                obj_name=f.timeline_name[:31],
+                driver_name=f.driver_name,
+                status=f.status(),
+                timestamp_ns=f.timestamp,
             )
             for f in fences
         )
