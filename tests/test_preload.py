@@ -293,6 +293,15 @@ def test_syncobj_eventfd(daemon: DaemonProcess, program: Programs) -> None:
     assert "eventfd ok" in out
 
 
+def test_syncobj_eventfd_beyond_the_fence_waits_limit(make_daemon: Any, program: Programs) -> None:
+    """Registrations pending past limits.fence_waits (4 here) all count once signalled:
+    the kernel's take no wait slot, so the library's waits, refused ENOMEM, are made
+    again until the daemon takes them (with no retry, four of eight never counted)."""
+    daemon = make_daemon("[limits]\nfence_waits = 4\n")
+    out = passes(daemon.socket_path, program("eventfd"), "beyond", "8")
+    assert "eventfd beyond ok" in out
+
+
 def test_sync_files(daemon: DaemonProcess, program: Programs) -> None:
     """SYNCOBJ_HANDLE_TO_FD / FD_TO_HANDLE and the dma-buf's EXPORT/IMPORT_SYNC_FILE from
     C, errno for errno (tests/test_sync_file.py holds their semantics)."""

@@ -237,6 +237,12 @@ int xc_begin_private(struct xcall *c, struct xed_file *f, int op)
 	return 0;
 }
 
+void xc_again(struct xcall *c, int op)
+{
+	xc_end_fds(c);
+	start_frame(c, (uint32_t)op);
+}
+
 void xc_end(struct xcall *c)
 {
 	xc_end_fds(c);

@@ -10,9 +10,12 @@
  * counter counts 1 before the ioctl returns. Otherwise a private copy of the eventfd
  * (the registration's reference) goes to a detached thread that makes the same wait
  * with no timeout on a one-off channel of the file of its own, and counts 1 once it
- * answers 0. Any failure of the wait (the drm file released: the daemon ends its
- * channels; the daemon gone) ends the registration without counting, as the kernel
- * frees a registration with its syncobj. The thread holds no reference on the
+ * answers 0. A wait refused because the file has limits.fence_waits waits asleep
+ * already (ENOMEM) is made again after a nap (1 ms, doubling to 100 ms): the kernel's
+ * registration takes no such slot, so it must not end for want of one. Any other
+ * failure of the wait (the drm file released: the daemon ends its channels; the daemon
+ * gone) ends the registration without counting, as the kernel frees a registration
+ * with its syncobj. The thread holds no reference on the
  * xed_file: the channel is opened before the thread starts, and the program closing
  * its drm file must release it as the kernel's close does, not be kept alive by us.
  * In a forked child there is no such thread; the copies it inherits are close-on-exec.
@@ -28,6 +31,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 
 #include "preload.h"
 #include "proto.h"
@@ -38,6 +42,7 @@
 struct registration {
 	struct xcall c; /* the wait, begun on its own channel; it must not move */
 	int efd;	/* the private copy of the program's eventfd */
+	struct drm_syncobj_eventfd args; /* what to wait for, to ask again */
 };
 
 /* the eventfd's counter += 1, unless that would block */
@@ -84,7 +89,16 @@ static int check_eventfd(int fd)
 static void *waiter(void *arg)
 {
 	struct registration *r = arg;
-	if (!xc_run(&r->c, -1))
+	long nap_ns = 1000 * 1000;
+	int err;
+	while ((err = xc_run(&r->c, -1)) == ENOMEM) {
+		struct timespec nap = {0, nap_ns};
+		nanosleep(&nap, NULL);
+		nap_ns = nap_ns * 2 > 100 * 1000 * 1000 ? 100 * 1000 * 1000 : nap_ns * 2;
+		xc_again(&r->c, XED_OP_SYNCOBJ_TIMELINE_WAIT);
+		put_wait(&r->c, &r->args, FOREVER);
+	}
+	if (!err)
 		count_one(r->efd);
 	xc_end(&r->c);
 	sys_close(r->efd);
@@ -119,6 +133,7 @@ static int watch(struct xed_file *f, const struct drm_syncobj_eventfd *a)
 	if (r == MAP_FAILED)
 		return ENOMEM;
 	int err = 0;
+	r->args = *a;
 	r->efd = sys_fcntl(a->fd, F_DUPFD_CLOEXEC, 0L);
 	if (r->efd < 0)
 		err = errno == EBADF ? EBADF : EMFILE; /* closed meanwhile by another thread */

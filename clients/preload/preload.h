@@ -142,6 +142,8 @@ int xc_begin(struct xcall *c, struct xed_file *f, int op); /* 0 or errno */
 /* xc_begin on a one-off channel of f, whatever else is idle: a call that may wait long
  * (eventfd.c). c must stay where it is until xc_end; f is not used once this returns. */
 int xc_begin_private(struct xcall *c, struct xed_file *f, int op);
+/* a new call of `op` on the channel `c` holds, once its last call is answered */
+void xc_again(struct xcall *c, int op);
 void xc_key(struct xcall *c, const char *key);		  /* a top-level field follows */
 void xc_u(struct xcall *c, const char *key, uint64_t v);
 void xc_i(struct xcall *c, const char *key, int64_t v);

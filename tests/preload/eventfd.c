@@ -4,6 +4,8 @@
  * once with WAIT_AVAILABLE for a point submitted (a sw_sync fence imported) but not
  * signalled, and never for one left unsignalled; the errno drm_syncobj.c gives, in its
  * order of checks; a registration that outlives its drm file ends without counting.
+ * `eventfd beyond N`: N registrations pending at once, more than the daemon's
+ * limits.fence_waits, each count once their points are signalled.
  */
 #include "fences.h"
 
@@ -234,9 +236,37 @@ static void forked(int fd, int efd)
 	destroy(fd, tl);
 }
 
-int main(void)
+/* n registrations pending at once (more than the file's fence_waits), each counted */
+static void beyond(int fd, int n)
+{
+	uint32_t tl = create(fd, 0);
+	int efds[64];
+	CHECK(n <= 64);
+	for (int i = 0; i < n; i++) {
+		efds[i] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+		CHECK(efds[i] >= 0);
+		CHECK_OK(reg(fd, tl, (uint64_t)i + 1, efds[i], 0));
+	}
+	for (int i = 0; i < n; i++)
+		CHECK(counted(efds[i], 0) == 0);
+	CHECK_OK(signal1(fd, tl, (uint64_t)n));
+	for (int i = 0; i < n; i++) {
+		CHECK(counted(efds[i], 5000) == 1);
+		CHECK_OK(close(efds[i]));
+	}
+	destroy(fd, tl);
+	CHECK(settles(0)); /* every registration's copy let go */
+}
+
+int main(int argc, char **argv)
 {
 	int fd = open_card();
+	if (argc == 3 && !strcmp(argv[1], "beyond")) {
+		beyond(fd, atoi(argv[2]));
+		CHECK_OK(close(fd));
+		puts("eventfd beyond ok");
+		return 0;
+	}
 	int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	CHECK(efd >= 0);
 	signalled(fd, efd);
