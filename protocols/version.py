@@ -2,8 +2,9 @@
 
 PROTOCOL_MAJOR = 1
 # minor 1: DEVICE_QUERY GT_TOPOLOGY, UC_FW_VERSION; 2: EXEC addresses; 3: syncobj
-# descriptors and sync files (SYNCOBJ_HANDLE_TO_FD, ..._SYNC_FILE); 4: sw_sync timelines
-PROTOCOL_MINOR = 4
+# descriptors and sync files (SYNCOBJ_HANDLE_TO_FD, ..._SYNC_FILE); 4: sw_sync timelines;
+# 5: SYNCOBJ_EVENTFD_REGISTER and _WAIT
+PROTOCOL_MINOR = 5
 PROTOCOL_VERSION = (PROTOCOL_MAJOR, PROTOCOL_MINOR)
 
 

@@ -288,15 +288,17 @@ def test_timeline_syncobjs(daemon: DaemonProcess, program: Programs) -> None:
 def test_syncobj_eventfd(daemon: DaemonProcess, program: Programs) -> None:
     """SYNCOBJ_EVENTFD, emulated in the library: the eventfd counts 1 at once for a point
     signalled, later for one another thread signals, with WAIT_AVAILABLE for a point
-    submitted; never for a drm file closed first; errno in drm_syncobj.c's order."""
+    submitted; never for a drm file closed first, nor for a syncobj freed first (while a
+    descriptor keeping it keeps the registration, a destroy right after included); errno
+    in drm_syncobj.c's order."""
     out = passes(daemon.socket_path, program("eventfd"))
     assert "eventfd ok" in out
 
 
 def test_syncobj_eventfd_beyond_the_fence_waits_limit(make_daemon: Any, program: Programs) -> None:
     """Registrations pending past limits.fence_waits (4 here) all count once signalled:
-    the kernel's take no wait slot, so the library's waits, refused ENOMEM, are made
-    again until the daemon takes them (with no retry, four of eight never counted)."""
+    the kernel's take no wait slot, and neither do the library's (when they waited with
+    TIMELINE_WAIT, four of eight were refused ENOMEM and never counted)."""
     daemon = make_daemon("[limits]\nfence_waits = 4\n")
     out = passes(daemon.socket_path, program("eventfd"), "beyond", "8")
     assert "eventfd beyond ok" in out

@@ -7,15 +7,15 @@
  * and WAIT_FOR_SUBMIT (| WAIT_AVAILABLE), which changes nothing; then the descriptor as
  * eventfd_ctx_fdget() takes it (EBADF if none is open there, EINVAL if it is no
  * eventfd). If that wait answered 0, the point is already signalled (or available): the
- * counter counts 1 before the ioctl returns. Otherwise a private copy of the eventfd
- * (the registration's reference) goes to a detached thread that makes the same wait
- * with no timeout on a one-off channel of the file of its own, and counts 1 once it
- * answers 0. A wait refused because the file has limits.fence_waits waits asleep
- * already (ENOMEM) is made again after a nap (1 ms, doubling to 100 ms): the kernel's
- * registration takes no such slot, so it must not end for want of one. Any other
- * failure of the wait (the drm file released: the daemon ends its channels; the daemon
- * gone) ends the registration without counting, as the kernel frees a registration
- * with its syncobj. The thread holds no reference on the
+ * counter counts 1 before the ioctl returns. Otherwise the point is registered on a
+ * one-off channel of the file of its own (SYNCOBJ_EVENTFD_REGISTER, answered before the
+ * ioctl returns, so a DESTROY the program makes next comes after it), and a private copy
+ * of the eventfd (the registration's reference) goes to a detached thread that waits on
+ * that channel (SYNCOBJ_EVENTFD_WAIT) and counts 1 once it answers 0. The daemon holds
+ * the syncobj no more than the kernel's registration does: when it is freed (its last
+ * handle destroyed, no descriptor left) the wait answers ENOENT, and, as with any other
+ * failure (the drm file released: the daemon ends its channels; the daemon gone), the
+ * registration ends without counting, as the kernel frees it with its syncobj. The thread holds no reference on the
  * xed_file: the channel is opened before the thread starts, and the program closing
  * its drm file must release it as the kernel's close does, not be kept alive by us.
  * In a forked child there is no such thread; the copies it inherits are close-on-exec.
@@ -31,7 +31,6 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <time.h>
 
 #include "preload.h"
 #include "proto.h"
@@ -42,7 +41,6 @@
 struct registration {
 	struct xcall c; /* the wait, begun on its own channel; it must not move */
 	int efd;	/* the private copy of the program's eventfd */
-	struct drm_syncobj_eventfd args; /* what to wait for, to ask again */
 };
 
 /* the eventfd's counter += 1, unless that would block */
@@ -89,16 +87,7 @@ static int check_eventfd(int fd)
 static void *waiter(void *arg)
 {
 	struct registration *r = arg;
-	long nap_ns = 1000 * 1000;
-	int err;
-	while ((err = xc_run(&r->c, -1)) == ENOMEM) {
-		struct timespec nap = {0, nap_ns};
-		nanosleep(&nap, NULL);
-		nap_ns = nap_ns * 2 > 100 * 1000 * 1000 ? 100 * 1000 * 1000 : nap_ns * 2;
-		xc_again(&r->c, XED_OP_SYNCOBJ_TIMELINE_WAIT);
-		put_wait(&r->c, &r->args, FOREVER);
-	}
-	if (!err)
+	if (!xc_run(&r->c, -1))
 		count_one(r->efd);
 	xc_end(&r->c);
 	sys_close(r->efd);
@@ -133,17 +122,23 @@ static int watch(struct xed_file *f, const struct drm_syncobj_eventfd *a)
 	if (r == MAP_FAILED)
 		return ENOMEM;
 	int err = 0;
-	r->args = *a;
 	r->efd = sys_fcntl(a->fd, F_DUPFD_CLOEXEC, 0L);
 	if (r->efd < 0)
 		err = errno == EBADF ? EBADF : EMFILE; /* closed meanwhile by another thread */
 	else
 		r->efd = xed_private_fd(r->efd);
 	if (!err)
-		err = xc_begin_private(&r->c, f, XED_OP_SYNCOBJ_TIMELINE_WAIT);
+		err = xc_begin_private(&r->c, f, XED_OP_SYNCOBJ_EVENTFD_REGISTER);
 	if (!err) {
-		put_wait(&r->c, a, FOREVER);
-		err = start_waiter(r);
+		xc_u(&r->c, "handle", a->handle);
+		xc_u(&r->c, "flags", a->flags);
+		xc_u(&r->c, "point", a->point);
+		xc_u(&r->c, "pad", 0);
+		err = xc_run(&r->c, -1);
+		if (!err) {
+			xc_again(&r->c, XED_OP_SYNCOBJ_EVENTFD_WAIT);
+			err = start_waiter(r);
+		}
 		if (!err)
 			return 0;
 		xc_end(&r->c);

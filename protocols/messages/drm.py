@@ -306,6 +306,17 @@ class SwSyncInc:
 
 
 @frozen
+class SyncobjEventfdRegister:
+    """What a SYNCOBJ_EVENTFD registration waits for (struct drm_syncobj_eventfd but the
+    eventfd, which never reaches the daemon)."""
+
+    handle: int = u32("the syncobj")
+    flags: int = u32("0 or WAIT_AVAILABLE")
+    point: int = u64("the point (0: the fence the syncobj holds)")
+    pad: int = u32("must be zero")
+
+
+@frozen
 class SwSyncClosed:
     """The library closed a descriptor of the timeline whose inode is `ino`."""
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from errno import (
     EACCES,
     EBADF,
+    EBUSY,
     EINVAL,
     EMFILE,
     ENODEV,
@@ -507,6 +508,39 @@ SPECS: tuple[OpSpec, ...] = (
             "close returns. Anything else (not a timeline, copies left) changes nothing."
         ),
         errors=(),
+    ),
+    OpSpec(
+        op=Op.SYNCOBJ_EVENTFD_REGISTER,
+        request=m.SyncobjEventfdRegister,
+        reply=m.Empty,
+        doc=(
+            "A SYNCOBJ_EVENTFD registration, which the C library makes on a channel of "
+            "the file's own before the ioctl returns, and then waits on there "
+            "(SYNCOBJ_EVENTFD_WAIT) to count the program's eventfd itself. It holds "
+            "the syncobj no more than the kernel's registration does."
+        ),
+        errors=(
+            (EINVAL, "flags other than WAIT_AVAILABLE, or pad not zero"),
+            (ENOENT, "no syncobj of that handle in this file"),
+            (EBUSY, "this connection has a registration not waited on yet"),
+        ),
+    ),
+    OpSpec(
+        op=Op.SYNCOBJ_EVENTFD_WAIT,
+        request=m.Empty,
+        reply=m.Empty,
+        blocking=True,
+        doc=(
+            "The wait on this connection's registration: answered once its point is "
+            "signalled (WAIT_AVAILABLE: submitted; a point not submitted yet is waited "
+            "for), or ENOENT once the syncobj is freed (its last handle destroyed, no "
+            "descriptor left), as the kernel frees a registration with its syncobj. It "
+            "counts against no limits.fence_waits (each registration is a connection)."
+        ),
+        errors=(
+            (EINVAL, "no registration on this connection"),
+            (ENOENT, "the syncobj was freed before the point came"),
+        ),
     ),
     OpSpec(
         op=Op.DMA_BUF_LLSEEK,

@@ -3,7 +3,9 @@
  * 1 at once for a point already signalled, later for one another thread signals, at
  * once with WAIT_AVAILABLE for a point submitted (a sw_sync fence imported) but not
  * signalled, and never for one left unsignalled; the errno drm_syncobj.c gives, in its
- * order of checks; a registration that outlives its drm file ends without counting.
+ * order of checks; a registration that outlives its drm file ends without counting, and
+ * one whose syncobj is freed (its last handle destroyed, no descriptor left) too, while
+ * a descriptor keeps the syncobj and the registration, even for a destroy right after.
  * `eventfd beyond N`: N registrations pending at once, more than the daemon's
  * limits.fence_waits, each count once their points are signalled.
  */
@@ -236,6 +238,45 @@ static void forked(int fd, int efd)
 	destroy(fd, tl);
 }
 
+static uint32_t handle_to_fd(int fd, uint32_t handle)
+{
+	struct drm_syncobj_handle h = {.handle = handle};
+	CHECK_OK(ioctl(fd, DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD, &h));
+	return (uint32_t)h.fd;
+}
+
+static uint32_t fd_to_handle(int fd, int sfd)
+{
+	struct drm_syncobj_handle h = {.fd = sfd};
+	CHECK_OK(ioctl(fd, DRM_IOCTL_SYNCOBJ_FD_TO_HANDLE, &h));
+	return h.handle;
+}
+
+/* freed with its syncobj: the registration ends uncounted, its eventfd copy let go; kept
+ * by a descriptor: it counts once the point comes through a handle imported from it */
+static void freed(int fd, int efd)
+{
+	CHECK(settles(1));
+	uint32_t tl = create(fd, 0);
+	CHECK_OK(reg(fd, tl, 1, efd, 0));
+	CHECK(eventfds() == 2);
+	destroy(fd, tl);
+	CHECK(settles(1));
+	CHECK(counted(efd, 0) == 0);
+	for (int i = 0; i < 10; i++) {
+		tl = create(fd, 0);
+		int sfd = (int)handle_to_fd(fd, tl);
+		CHECK_OK(reg(fd, tl, 1, efd, 0));
+		destroy(fd, tl); /* right after: the registration was made first */
+		uint32_t again = fd_to_handle(fd, sfd);
+		CHECK_OK(close(sfd));
+		CHECK_OK(signal1(fd, again, 1));
+		CHECK(counted(efd, 5000) == 1);
+		destroy(fd, again);
+	}
+	CHECK(settles(1));
+}
+
 /* n registrations pending at once (more than the file's fence_waits), each counted */
 static void beyond(int fd, int n)
 {
@@ -274,6 +315,7 @@ int main(int argc, char **argv)
 	available(fd, efd);
 	errors(fd, efd);
 	outlived(efd);
+	freed(fd, efd);
 	forked(fd, efd);
 	CHECK_OK(close(efd));
 	CHECK_OK(close(fd));

@@ -59,7 +59,7 @@ class DrmSyncobj:
     """A syncobj: the fence it holds now (None: empty). Given timeline points, it holds
     the latest (a FenceChain), through which the earlier ones are reached."""
 
-    __slots__ = ("fence", "_changed")
+    __slots__ = ("fence", "_changed", "__weakref__")
 
     def __init__(self, fence: Fence | None = None) -> None:
         self.fence = fence
@@ -102,10 +102,14 @@ class DrmSyncobj:
     async def fence_submitted(self, point: int = 0) -> Fence:
         """find_fence(point), waiting for the point to be submitted if it is not."""
         while (fence := self.find_fence(point)) is None:
-            if self._changed is None:
-                self._changed = trio.Event()
-            await self._changed.wait()
+            await self.changed().wait()
         return fence
+
+    def changed(self) -> trio.Event:
+        """Set when a fence or point is next added (what WAIT_FOR_SUBMIT waits on)."""
+        if self._changed is None:
+            self._changed = trio.Event()
+        return self._changed
 
 
 FoundFences = dict[tuple[DrmSyncobj, int], Fence | None]
