@@ -8,6 +8,7 @@ no limits.fence_waits slot taken; each errno; and nothing left behind."""
 from __future__ import annotations
 
 import os
+import select
 import threading
 from collections.abc import Callable, Iterator
 from errno import EBUSY, EINVAL, ENOENT, ETIME
@@ -19,7 +20,7 @@ from test_lifecycle import baseline, wait_for_baseline
 
 from clients import Device, XeError, syncobj
 from clients.daemon import DaemonProcess
-from protocols import Op
+from protocols import Op, Reply, decode_incoming, encode_request
 from protocols import messages as m
 from protocols.constants import DRM_SYNCOBJ_WAIT_FLAGS_WAIT_AVAILABLE as AVAILABLE
 
@@ -179,6 +180,27 @@ def test_one_registration_a_connection_until_waited_on(dev: Device) -> None:
     dev.ioctl(Op.SYNCOBJ_EVENTFD_WAIT, m.Empty())  # signalled: answered at once
     assert errno_of(dev.ioctl, Op.SYNCOBJ_EVENTFD_WAIT, m.Empty()) == EINVAL
     dev.ioctl(Op.SYNCOBJ_EVENTFD_REGISTER, wait_args(tl))
+    dev.ioctl(Op.SYNCOBJ_EVENTFD_WAIT, m.Empty())
+
+
+def test_no_second_registration_while_the_wait_is_pending(dev: Device) -> None:
+    """While a connection's WAIT is under way, REGISTER there is EBUSY and another WAIT
+    EINVAL: a client leaves one pending wait a connection (they take no fence_waits
+    slot, so nothing else would bound them); once answered, it registers again."""
+    tl = syncobj.create(dev)
+    dev.ioctl(Op.SYNCOBJ_EVENTFD_REGISTER, wait_args(tl, 1))
+    sock = dev.transport.sock
+    sock.send(encode_request(901, Op.SYNCOBJ_EVENTFD_WAIT, m.Empty()))
+    dev.version()  # answered after the WAIT's task ran up to its sleep: it is parked
+    assert errno_of(dev.ioctl, Op.SYNCOBJ_EVENTFD_REGISTER, wait_args(tl, 1)) == EBUSY
+    assert errno_of(dev.ioctl, Op.SYNCOBJ_EVENTFD_WAIT, m.Empty()) == EINVAL
+    syncobj.timeline_signal(dev, [tl], [1])
+    ready, _, _ = select.select([sock], [], [], ANSWERED)
+    assert ready
+    data, fds = dev.transport.recv()
+    reply = decode_incoming(data, tuple(fds), {901: Op.SYNCOBJ_EVENTFD_WAIT})
+    assert isinstance(reply, Reply) and reply.id == 901 and not reply.errno
+    dev.ioctl(Op.SYNCOBJ_EVENTFD_REGISTER, wait_args(tl, 1))
     dev.ioctl(Op.SYNCOBJ_EVENTFD_WAIT, m.Empty())
 
 

@@ -522,7 +522,7 @@ SPECS: tuple[OpSpec, ...] = (
         errors=(
             (EINVAL, "flags other than WAIT_AVAILABLE, or pad not zero"),
             (ENOENT, "no syncobj of that handle in this file"),
-            (EBUSY, "this connection has a registration not waited on yet"),
+            (EBUSY, "this connection's registration is not answered yet (waited on or not)"),
         ),
     ),
     OpSpec(
@@ -538,7 +538,7 @@ SPECS: tuple[OpSpec, ...] = (
             "counts against no limits.fence_waits (each registration is a connection)."
         ),
         errors=(
-            (EINVAL, "no registration on this connection"),
+            (EINVAL, "no registration on this connection, or its WAIT is under way"),
             (ENOENT, "the syncobj was freed before the point came"),
         ),
     ),

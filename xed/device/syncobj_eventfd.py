@@ -42,12 +42,20 @@ class Registration:
     available: bool
 
 
-# A connection's registration not waited on yet. REGISTER runs in the connection's own
-# task and puts a holder in its context; WAIT, in a task the connection starts, sees the
-# same holder (a copy of a context shares its values), as process.caller_pid is seen.
-_registered: contextvars.ContextVar[list[Registration]] = contextvars.ContextVar(
-    "eventfd_registration"
-)
+@attrs.define
+class _Slot:
+    """A connection's one registration, from REGISTER until its WAIT is answered: one
+    at a time, so the waits a client can leave pending are bounded by its connections
+    (they take no fence_waits slot)."""
+
+    registration: Registration | None = None
+    waiting: bool = False
+
+
+# REGISTER runs in the connection's own task and puts its slot in that task's context;
+# WAIT, in a task the connection starts, sees the same slot (a copy of a context shares
+# its values), as process.caller_pid is seen.
+_slot: contextvars.ContextVar[_Slot] = contextvars.ContextVar("eventfd_registration")
 
 
 def syncobj_eventfd_register_ioctl(xef: XeFile, args: m.SyncobjEventfdRegister) -> m.Empty:
@@ -56,18 +64,18 @@ def syncobj_eventfd_register_ioctl(xef: XeFile, args: m.SyncobjEventfdRegister) 
     Checks, in order:
     - flags other than WAIT_AVAILABLE, or pad not zero: EINVAL
     - no syncobj of that handle: ENOENT
-    - this connection has a registration not waited on yet: EBUSY
+    - this connection has a registration not answered yet (waited on or not): EBUSY
     """
     refuse_if(args.flags & ~DRM_SYNCOBJ_WAIT_FLAGS_WAIT_AVAILABLE, EINVAL, "bad flags")
     refuse_if(args.pad, EINVAL, "pad must be zero")
     syncobj = lookup(xef, args.handle)
-    holder = _registered.get(None)
-    if holder is None:
-        holder = []
-        _registered.set(holder)
-    refuse_if(bool(holder), EBUSY, "a registration is waiting to be waited on")
+    slot = _slot.get(None)
+    if slot is None:
+        slot = _Slot()
+        _slot.set(slot)
+    refuse_if(slot.registration is not None, EBUSY, "this connection's registration is pending")
     available = bool(args.flags & DRM_SYNCOBJ_WAIT_FLAGS_WAIT_AVAILABLE)
-    holder.append(Registration(weakref.ref(syncobj), args.handle, args.point, available))
+    slot.registration = Registration(weakref.ref(syncobj), args.handle, args.point, available)
     return m.Empty()
 
 
@@ -76,13 +84,24 @@ async def syncobj_eventfd_wait_ioctl(xef: XeFile, args: m.Empty) -> m.Empty:
     submitted).
 
     Checks, in order:
-    - no registration on this connection: EINVAL
+    - no registration on this connection, or its WAIT is under way: EINVAL
     - the syncobj freed (before or while waiting): ENOENT
+    The registration is over once the WAIT is answered, whatever the answer.
     """
-    holder = _registered.get(None)
-    refuse_if(not holder, EINVAL, "nothing registered on this connection")
-    assert holder
-    registration = holder.pop()
+    slot = _slot.get(None)
+    registration = None if slot is None or slot.waiting else slot.registration
+    if registration is None:
+        raise IoctlError(EINVAL, "nothing registered on this connection, or waited on")
+    assert slot is not None
+    slot.waiting = True
+    try:
+        await _wait(registration)
+    finally:
+        slot.registration, slot.waiting = None, False
+    return m.Empty()
+
+
+async def _wait(registration: Registration) -> None:
     syncobj = registration.syncobj()
     if syncobj is None:
         raise IoctlError(ENOENT, f"syncobj {registration.handle} was freed")
@@ -96,7 +115,7 @@ async def syncobj_eventfd_wait_ioctl(xef: XeFile, args: m.Empty) -> m.Empty:
                 raise IoctlError(ENOENT, f"syncobj {registration.handle} was freed")
             fence = current.find_fence(registration.point)
             if fence is not None and (registration.available or fence.signalled):
-                return m.Empty()
+                return
             wait = current.changed().wait if fence is None else fence.wait
             del current
             async with trio.open_nursery() as nursery:  # whichever comes first
