@@ -140,7 +140,15 @@ class DaemonProcess:
         the last line it wrote), or after the ready timeout."""
         assert self.proc is not None
         deadline = time.monotonic() + self._ready_timeout
-        exited = os.pidfd_open(self.proc.pid)
+        try:
+            exited = os.pidfd_open(self.proc.pid)
+        except ProcessLookupError:  # exited and reaped already (by a spawner, its parent)
+            status = self.proc.wait()
+            raise DaemonFailed(
+                f"{self.name} exited with status {status} before it was ready: "
+                f"{self._last_words()}",
+                status if status in _PASSED_ON else EX_SOFTWARE,
+            ) from None
         try:
             while True:
                 left = deadline - time.monotonic()

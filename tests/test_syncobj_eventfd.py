@@ -107,18 +107,32 @@ def test_wait_available_is_answered_at_submission(dev: Device, register: Any) ->
         os.close(fd)
 
 
-def test_freeing_the_syncobj_ends_it_enoent(dev: Device, register: Any) -> None:
-    """Destroyed while its point is pending, or before it is submitted: ENOENT."""
+def test_freeing_the_syncobj_ends_it_enoent_until_the_point_is_submitted(
+    dev: Device, register: Any
+) -> None:
+    """A point not submitted yet: the syncobj destroyed (nothing else holding it) ends
+    the registration, ENOENT. A point submitted: the registration holds its fence, as the
+    kernel's does, and is answered when that fence signals, whatever became of the
+    syncobj (destroyed, reset, given another fence)."""
     timeline = syncobj.sw_sync_timeline(dev)
     pending = syncobj.sw_sync_fence(dev, timeline, 1)
     submitted, empty = syncobj.create(dev), syncobj.create(dev)
+    reset, replaced = syncobj.create(dev), syncobj.create(dev)
     syncobj.import_sync_file(dev, submitted, pending, point=1)
+    for binary in (reset, replaced):
+        syncobj.import_sync_file(dev, binary, pending)
     on_fence, for_submit = register(submitted, point=1), register(empty, point=1)
-    assert on_fence.answered(STILL) is None and for_submit.answered(0) is None
+    after_reset, after_replace = register(reset), register(replaced)
     syncobj.destroy(dev, submitted)
     syncobj.destroy(dev, empty)
-    assert (on_fence.answered(), for_submit.answered()) == (ENOENT, ENOENT)
-    for fd in (pending, timeline):
+    syncobj.reset(dev, [reset])
+    later = syncobj.sw_sync_fence(dev, timeline, 2)
+    syncobj.import_sync_file(dev, replaced, later)
+    assert for_submit.answered() == ENOENT
+    assert all(r.answered(STILL) is None for r in (on_fence, after_reset, after_replace))
+    syncobj.sw_sync_inc(dev, timeline)  # the fences they registered on signal; not `later`
+    assert [r.answered() for r in (on_fence, after_reset, after_replace)] == [0, 0, 0]
+    for fd in (pending, later, timeline):
         os.close(fd)
 
 

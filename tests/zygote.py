@@ -37,7 +37,8 @@ _MAX_MESSAGE = 1 << 20
 
 def _serve(channel: socket.socket) -> dict[str, Any] | None:
     """Fork a child per request; report each child's exit. Returns None in the server
-    when the worker is gone, and the request in each child."""
+    when the worker is gone (its daemons are ended first), and the request in each
+    child."""
     children: dict[int, tuple[int, int]] = {}  # pidfd -> (pid, write end of its status)
     while True:
         readable, _, _ = select.select([channel, *children], [], [])
@@ -45,6 +46,7 @@ def _serve(channel: socket.socket) -> dict[str, Any] | None:
             if ready is channel:
                 message = channel.recv(_MAX_MESSAGE)
                 if not message:
+                    _end(children)
                     return None
                 request = json.loads(message)
                 status_read, status_write = os.pipe()
@@ -65,17 +67,26 @@ def _serve(channel: socket.socket) -> dict[str, Any] | None:
                 os.close(ready)
 
 
+def _end(children: dict[int, tuple[int, int]]) -> None:
+    """The worker is gone: no daemon of its outlives it (as none would be left running
+    by a worker that stopped them), nor is any left a zombie."""
+    for pidfd, (pid, _) in children.items():
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
 def _become(request: dict[str, Any]) -> list[str]:
     """In the child: the process `subprocess.Popen` would have started (stdin from
     /dev/null, stderr to the log, no other inherited descriptor, the given environment,
     limit and session). Returns the daemon's arguments."""
     if request["own_session"]:
         os.setsid()
-    if request["nofile"]:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (request["nofile"], request["nofile"]))
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
     os.dup2(os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644), 2)
     os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    if request["nofile"]:  # last: the server's descriptors may lie above the new limit
+        resource.setrlimit(resource.RLIMIT_NOFILE, (request["nofile"], request["nofile"]))
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
@@ -118,7 +129,10 @@ class ForkedDaemon:
                 if timeout == 0:
                     return None  # type: ignore[return-value]  # poll()'s "still running"
                 raise subprocess.TimeoutExpired(self.args, timeout or 0)
-            self.returncode = int(os.read(self._status, 64))
+            status = os.read(self._status, 64)
+            if not status:  # the server is gone without telling: it ended its children
+                raise RuntimeError(f"the fork server ended before daemon {self.pid} did")
+            self.returncode = int(status)
             os.close(self._status)
             os.close(self._pidfd)
         return self.returncode
@@ -159,6 +173,8 @@ class Zygote:
         }  # fmt: skip
         channel.send(json.dumps(request).encode())
         message, fds, _, _ = socket.recv_fds(channel, 64, 2)
+        for fd in fds:  # SCM_RIGHTS gives them inheritable: not for the tests' children
+            os.set_inheritable(fd, False)
         pidfd, status = fds
         return ForkedDaemon(["xed", *args], json.loads(message), pidfd, status)
 

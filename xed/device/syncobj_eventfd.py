@@ -5,11 +5,13 @@ file's own (SYNCOBJ_EVENTFD_REGISTER, answered at once, so a DESTROY the program
 next comes after it); a thread of the program then waits on that channel
 (SYNCOBJ_EVENTFD_WAIT) and counts the eventfd when it is answered.
 
-The kernel keeps a registration on its syncobj without a reference, and frees it with
-the syncobj: once the last handle is destroyed and no descriptor is left, it ends
-uncounted. So a registration holds the syncobj weakly, and its wait answers ENOENT when
-the syncobj is freed. It counts against no limits.fence_waits: the kernel's take no
-such slot, and each is a connection of its own, which the uid's connection limit bounds.
+As the kernel's (syncobj_eventfd_entry_func), a registration whose point is submitted
+when it is made, or once it is, holds that fence and counts when it signals (with
+WAIT_AVAILABLE, at once), whatever then becomes of the syncobj: destroyed, reset, given
+another fence. Until then it waits on the syncobj without a reference, and ends
+uncounted (ENOENT) if the syncobj is freed first: the kernel frees the registrations
+still on its list with it. It counts against no limits.fence_waits: the kernel's take
+no such slot, and each is a connection of its own, which the uid's connections bound.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from .errors import IoctlError, refuse_if
 from .syncobj import lookup
 
 if TYPE_CHECKING:
+    from .fence import Fence
     from .file import XeFile
     from .syncobj import DrmSyncobj
 
@@ -40,6 +43,7 @@ class Registration:
     handle: int
     point: int
     available: bool
+    fence: Fence | None  # the point's, if it was submitted when registered
 
 
 @attrs.define
@@ -75,7 +79,10 @@ def syncobj_eventfd_register_ioctl(xef: XeFile, args: m.SyncobjEventfdRegister) 
         _slot.set(slot)
     refuse_if(slot.registration is not None, EBUSY, "this connection's registration is pending")
     available = bool(args.flags & DRM_SYNCOBJ_WAIT_FLAGS_WAIT_AVAILABLE)
-    slot.registration = Registration(weakref.ref(syncobj), args.handle, args.point, available)
+    fence = syncobj.find_fence(args.point)
+    slot.registration = Registration(
+        weakref.ref(syncobj), args.handle, args.point, available, fence
+    )
     return m.Empty()
 
 
@@ -85,7 +92,7 @@ async def syncobj_eventfd_wait_ioctl(xef: XeFile, args: m.Empty) -> m.Empty:
 
     Checks, in order:
     - no registration on this connection, or its WAIT is under way: EINVAL
-    - the syncobj freed (before or while waiting): ENOENT
+    - the syncobj freed before the point was submitted: ENOENT
     The registration is over once the WAIT is answered, whatever the answer.
     """
     slot = _slot.get(None)
@@ -102,6 +109,14 @@ async def syncobj_eventfd_wait_ioctl(xef: XeFile, args: m.Empty) -> m.Empty:
 
 
 async def _wait(registration: Registration) -> None:
+    fence = registration.fence or await _submitted(registration)
+    if not registration.available:
+        await fence.wait()
+
+
+async def _submitted(registration: Registration) -> Fence:
+    """The point's fence once it is submitted; ENOENT if the syncobj is freed first.
+    Only a weak reference to the syncobj is held meanwhile."""
     syncobj = registration.syncobj()
     if syncobj is None:
         raise IoctlError(ENOENT, f"syncobj {registration.handle} was freed")
@@ -114,9 +129,9 @@ async def _wait(registration: Registration) -> None:
             if current is None:
                 raise IoctlError(ENOENT, f"syncobj {registration.handle} was freed")
             fence = current.find_fence(registration.point)
-            if fence is not None and (registration.available or fence.signalled):
-                return
-            wait = current.changed().wait if fence is None else fence.wait
+            if fence is not None:
+                return fence
+            changed = current.changed()
             del current
             async with trio.open_nursery() as nursery:  # whichever comes first
 
@@ -125,6 +140,6 @@ async def _wait(registration: Registration) -> None:
                     nursery.cancel_scope.cancel()
 
                 nursery.start_soon(until, freed.wait)
-                nursery.start_soon(until, wait)
+                nursery.start_soon(until, changed.wait)
     finally:
         watch.detach()  # a syncobj that outlives its registrations keeps none of them
