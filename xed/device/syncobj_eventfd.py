@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import contextvars
 import weakref
-from collections.abc import Awaitable, Callable
 from errno import EBUSY, EINVAL, ENOENT
 from typing import TYPE_CHECKING
 
 import attrs
-import trio
 
 from protocols import messages as m
 from protocols.constants import DRM_SYNCOBJ_WAIT_FLAGS_WAIT_AVAILABLE
@@ -116,30 +114,19 @@ async def _wait(registration: Registration) -> None:
 
 async def _submitted(registration: Registration) -> Fence:
     """The point's fence once it is submitted; ENOENT if the syncobj is freed first.
-    Only a weak reference to the syncobj is held meanwhile."""
-    syncobj = registration.syncobj()
-    if syncobj is None:
-        raise IoctlError(ENOENT, f"syncobj {registration.handle} was freed")
-    freed = trio.Event()
-    watch = weakref.finalize(syncobj, freed.set)
-    del syncobj  # from here on only the weak reference: the registration keeps nothing
-    try:
-        while True:
-            current = registration.syncobj()
-            if current is None:
-                raise IoctlError(ENOENT, f"syncobj {registration.handle} was freed")
-            fence = current.find_fence(registration.point)
-            if fence is not None:
-                return fence
-            changed = current.changed()
-            del current
-            async with trio.open_nursery() as nursery:  # whichever comes first
-
-                async def until(event: Callable[[], Awaitable[None]]) -> None:
-                    await event()
-                    nursery.cancel_scope.cancel()
-
-                nursery.start_soon(until, freed.wait)
-                nursery.start_soon(until, changed.wait)
-    finally:
-        watch.detach()  # a syncobj that outlives its registrations keeps none of them
+    Only a weak reference to the syncobj is held meanwhile: its freeing sets the event
+    a submission would, and the look that follows finds it gone."""
+    while True:
+        syncobj = registration.syncobj()
+        if syncobj is None:
+            raise IoctlError(ENOENT, f"syncobj {registration.handle} was freed")
+        fence = syncobj.find_fence(registration.point)
+        if fence is not None:
+            return fence
+        changed = syncobj.changed()
+        watch = weakref.finalize(syncobj, changed.set)
+        del syncobj  # from here on only the weak reference: the registration keeps nothing
+        try:
+            await changed.wait()
+        finally:
+            watch.detach()  # a syncobj that outlives its registrations keeps none of them
