@@ -10,9 +10,6 @@
 #include <stdint.h>
 #include <time.h>
 
-#define VA 0x100000000ull
-#define MI_STORE_DWORD_IMM ((0x20u << 23) | 2) /* 4 dwords: header, address, data */
-#define MI_BATCH_BUFFER_END (0x0Au << 23)
 #define FOR_SUBMIT DRM_SYNCOBJ_WAIT_FLAGS_WAIT_FOR_SUBMIT
 #define WAIT_ALL DRM_SYNCOBJ_WAIT_FLAGS_WAIT_ALL
 
@@ -239,52 +236,30 @@ static void woken(int fd)
 /* VM_BIND signals s1; the batch waits on s1 and signals s2 when it has run */
 static void with_jobs(int fd)
 {
-	struct drm_xe_vm_create vc = {0};
-	CHECK_OK(ioctl(fd, DRM_IOCTL_XE_VM_CREATE, &vc));
-	uint32_t bo = bo_create(fd, 0x10000);
-	volatile uint32_t *cpu = bo_map(fd, bo, 0x10000);
-	const uint32_t batch[] = {MI_STORE_DWORD_IMM, (uint32_t)(VA + 0x200), (uint32_t)(VA >> 32),
-				  0xc0ffee, MI_BATCH_BUFFER_END};
-	for (size_t i = 0; i < sizeof batch / sizeof *batch; i++)
-		cpu[0x100 / 4 + i] = batch[i];
+	struct job_rig rig;
+	rig_up(fd, &rig);
 	uint32_t s1 = create(fd, 0), s2 = create(fd, 0);
 
 	struct drm_xe_sync bound = {.type = DRM_XE_SYNC_TYPE_SYNCOBJ,
 				    .flags = DRM_XE_SYNC_FLAG_SIGNAL, .handle = s1};
-	struct drm_xe_vm_bind bind = {.vm_id = vc.vm_id, .num_binds = 1,
-				      .bind = {.obj = bo, .range = 0x10000, .addr = VA,
-					       .op = DRM_XE_VM_BIND_OP_MAP},
-				      .num_syncs = 1, .syncs = (uintptr_t)&bound};
-	CHECK_OK(ioctl(fd, DRM_IOCTL_XE_VM_BIND, &bind));
+	rig_bind(fd, &rig, &bound);
 	CHECK_OK(wait1(fd, s1, INT64_MAX, 0));
 
-	struct drm_xe_engine_class_instance eci = {.engine_class = 0};
-	struct drm_xe_exec_queue_create qc = {.width = 1, .num_placements = 1, .vm_id = vc.vm_id,
-					      .instances = (uintptr_t)&eci};
-	CHECK_OK(ioctl(fd, DRM_IOCTL_XE_EXEC_QUEUE_CREATE, &qc));
 	CHECK_ERR(wait1(fd, s2, 0, 0), EINVAL); /* nothing put in it yet */
 	struct drm_xe_sync syncs[2] = {
 		{.type = DRM_XE_SYNC_TYPE_SYNCOBJ, .handle = s1},
 		{.type = DRM_XE_SYNC_TYPE_SYNCOBJ, .flags = DRM_XE_SYNC_FLAG_SIGNAL, .handle = s2},
 	};
-	struct drm_xe_exec ex = {.exec_queue_id = qc.exec_queue_id, .num_syncs = 2,
-				 .syncs = (uintptr_t)syncs, .address = VA + 0x100,
-				 .num_batch_buffer = 1};
-	CHECK_OK(ioctl(fd, DRM_IOCTL_XE_EXEC, &ex));
+	rig_exec(fd, &rig, syncs, 2);
 	/* the EXEC put its job's fence in s2 before it returned: no WAIT_FOR_SUBMIT needed */
 	uint32_t first = 99;
 	CHECK_OK(wait_on(fd, &s2, 1, INT64_MAX, 0, &first));
 	CHECK(first == 0);
-	CHECK(cpu[0x200 / 4] == 0xc0ffee);
+	CHECK(rig.cpu[0x200 / 4] == 0xc0ffee);
 
-	struct drm_xe_exec_queue_destroy qd = {.exec_queue_id = qc.exec_queue_id};
-	CHECK_OK(ioctl(fd, DRM_IOCTL_XE_EXEC_QUEUE_DESTROY, &qd));
 	CHECK_OK(try_destroy(fd, s1));
 	CHECK_OK(try_destroy(fd, s2));
-	CHECK_OK(munmap((void *)cpu, 0x10000));
-	CHECK_OK(gem_close(fd, bo));
-	struct drm_xe_vm_destroy vd = {.vm_id = vc.vm_id};
-	CHECK_OK(ioctl(fd, DRM_IOCTL_XE_VM_DESTROY, &vd));
+	rig_down(fd, &rig);
 }
 
 int main(void)
