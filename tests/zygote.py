@@ -120,22 +120,28 @@ class ForkedDaemon:
         self._status = status
 
     def poll(self) -> int | None:
-        return self.wait(0) if self.returncode is None else self.returncode
+        self._collect(0)
+        return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
+        if not self._collect(timeout):
+            raise subprocess.TimeoutExpired(self.args, timeout or 0)
+        assert self.returncode is not None
+        return self.returncode
+
+    def _collect(self, timeout: float | None) -> bool:
+        """The exit status, if the server reports it within `timeout`: whether it has."""
         if self.returncode is None:
             readable, _, _ = select.select([self._status], [], [], timeout)
             if not readable:
-                if timeout == 0:
-                    return None  # type: ignore[return-value]  # poll()'s "still running"
-                raise subprocess.TimeoutExpired(self.args, timeout or 0)
+                return False
             status = os.read(self._status, 64)
             if not status:  # the server is gone without telling: it ended its children
                 raise RuntimeError(f"the fork server ended before daemon {self.pid} did")
             self.returncode = int(status)
             os.close(self._status)
             os.close(self._pidfd)
-        return self.returncode
+        return True
 
     def send_signal(self, sig: int) -> None:
         if self.returncode is None:
