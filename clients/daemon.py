@@ -143,12 +143,7 @@ class DaemonProcess:
         try:
             exited = os.pidfd_open(self.proc.pid)
         except ProcessLookupError:  # exited and reaped already (by a spawner, its parent)
-            status = self.proc.wait()
-            raise DaemonFailed(
-                f"{self.name} exited with status {status} before it was ready: "
-                f"{self._last_words()}",
-                status if status in _PASSED_ON else EX_SOFTWARE,
-            ) from None
+            raise self._exited_early() from None
         try:
             while True:
                 left = deadline - time.monotonic()
@@ -157,16 +152,20 @@ class DaemonProcess:
                     if "READY=1" in notify.recv(4096).decode().split("\n"):
                         return
                 elif exited in readable:
-                    status = self.proc.wait()
-                    raise DaemonFailed(
-                        f"{self.name} exited with status {status} before it was ready: "
-                        f"{self._last_words()}",
-                        status if status in _PASSED_ON else EX_SOFTWARE,
-                    )
+                    raise self._exited_early()
                 elif left <= 0:
                     raise DaemonFailed(f"{self.name}: no READY=1 in {self._ready_timeout:g} s")
         finally:
             os.close(exited)
+
+    def _exited_early(self) -> DaemonFailed:
+        """The process exited before READY=1: its status and the last line it wrote."""
+        assert self.proc is not None
+        status = self.proc.wait()
+        return DaemonFailed(
+            f"{self.name} exited with status {status} before it was ready: {self._last_words()}",
+            status if status in _PASSED_ON else EX_SOFTWARE,
+        )
 
     def _last_words(self) -> str:
         lines = [line for line in self.log_text().splitlines() if line.strip()]
