@@ -78,6 +78,13 @@ EVENT_QUEUE = 256  # events a slow client may fall behind by before they are dro
 # end, as a thread's next ioctl waits for its last ([limits] lent_descriptors_per_uid
 # refuses past its bound over all connections of one uid).
 LENT_IN_FLIGHT = 16
+# Blocking requests of any kind a connection may have under way beyond its file's
+# limits.fence_waits. Each is a task, and keeps its reply until the client reads it: a
+# client pipelining them without reading (80,000 took the daemon from 35 to 529 MB)
+# would park tasks without end. Past fence_waits + this the reader waits for one to end,
+# as a thread's next ioctl waits for its last; the headroom lets one connection reach
+# the fence_waits refusal (ENOMEM) and have other blocking ops under way besides.
+BLOCKING_HEADROOM = 64
 
 
 # op -> (handler, whether it takes the request's descriptors, whether it must be awaited,
@@ -175,6 +182,8 @@ class Connection:
         )
         self.joined = False  # a channel: self.xef is another connection's drm file
         self._lent = trio.Semaphore(LENT_IN_FLIGHT)  # blocking requests holding descriptors
+        self.blocking = 0  # blocking requests under way (BLOCKING_HEADROOM)
+        self._blocking_room: trio.Event | None = None  # while the reader waits for one
         self.scope = trio.CancelScope()  # cancelled by the file's release, if a channel
         self.done = trio.Event()  # set once everything of the connection is let go
 
@@ -313,6 +322,12 @@ class Connection:
                 if request is None:
                     request = Request(request_id, op, args)
                 if op in _BLOCKING:
+                    if self.blocking >= device.limits.fence_waits + BLOCKING_HEADROOM:
+                        try:
+                            await self._room_to_block()
+                        except BaseException:  # the connection ends: nobody answers it
+                            _close_all(fds)
+                            raise
                     if fds:
                         try:
                             await self._lent.acquire()
@@ -321,7 +336,9 @@ class Connection:
                             raise
                         if not await self._lend(request):
                             continue
-                    nursery.start_soon(self._answer_blocking, request, nursery.cancel_scope)
+                    self.blocking += 1
+                    xef.blocking += 1
+                    nursery.start_soon(self._answer_blocking, request, xef, nursery.cancel_scope)
                 elif fds:
                     try:
                         await self._answer(request)
@@ -444,13 +461,27 @@ class Connection:
             self.log.warning("fds_in_flight_refused", op=request.op.name, reason=exc.reason)
         await self._refuse(request.id, errno.EMFILE, exc.reason, request.op)
 
-    async def _answer_blocking(self, request: Request, connection: trio.CancelScope) -> None:
+    async def _room_to_block(self) -> None:
+        """Wait until this connection has fewer blocking requests under way than its
+        cap (BLOCKING_HEADROOM): reading stops meanwhile."""
+        while self.blocking >= self.device.limits.fence_waits + BLOCKING_HEADROOM:
+            self._blocking_room = room = trio.Event()
+            await room.wait()
+
+    async def _answer_blocking(
+        self, request: Request, xef: XeFile, connection: trio.CancelScope
+    ) -> None:
         """A blocking op, in a task of its own beside the reader."""
         try:
             await self._answer(request)
         except _Disconnected:
             connection.cancel()  # the reader will see the end of the connection too
         finally:
+            self.blocking -= 1
+            xef.blocking -= 1
+            if self._blocking_room is not None:
+                self._blocking_room.set()
+                self._blocking_room = None
             _close_all(request.fds)
             if request.fds:
                 self._lent.release()

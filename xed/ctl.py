@@ -188,6 +188,7 @@ _COLUMNS = (
     ("vm_exports", "VM EXPORTS"),
     ("aux_vms", "AUX VMS"),
     ("exported", "EXPORTED"),
+    ("blocking", "BLOCKING"),
 )
 
 

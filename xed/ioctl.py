@@ -67,9 +67,9 @@ def admin_status_ioctl(xef: XeFile, args: m.XedAdminStatus) -> m.XedAdminStatusR
     return xef.device.status()
 
 
-# XedClientInfo is 281 bytes at its widest: one datagram holds 232 of them, and any uid
+# XedClientInfo is 295 bytes at its widest: one datagram holds 221 of them, and any uid
 # may open that many connections. ADMIN_STATUS counts every one (objects.files).
-ADMIN_CLIENTS_LISTED = 224
+ADMIN_CLIENTS_LISTED = 216
 
 
 def admin_clients_ioctl(xef: XeFile, args: m.XedAdminClients) -> m.XedAdminClientsReply:

@@ -52,6 +52,7 @@ class XedClientInfo:
     exported: int = u32("dma-bufs and VM exports it created that are alive (limits.exported)")
     node: str = string("role drm: primary | render", max_len=16)
     channels: int = u32("role drm: connections of other processes acting on this file")
+    blocking: int = u32("blocking requests under way over its connections (WAIT, ...)")
 
 
 @frozen

@@ -101,6 +101,7 @@ class XeFile:
         self._syncobj_ids = IdAllocator()
         self.account = Account()  # exported objects keep it: they may outlive the file
         self.limits_warned: set[str] = set()  # limits already logged as warnings
+        self.blocking = 0  # its connections' blocking requests under way
         device.files.add(self)
 
     def info(self) -> m.XedClientInfo:
@@ -125,6 +126,7 @@ class XeFile:
             aux_vms=len(self.aux_vms),
             node=self.node.value if self.role is Role.DRM else "",
             channels=len(self.channels),
+            blocking=self.blocking,
         )
 
     # --- GEM handles (drm_gem_handle_create / _delete) ---------------------------------
