@@ -19,6 +19,8 @@ from __future__ import annotations
 import os
 import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -66,6 +68,20 @@ def _ready_ms(starts: int, env: Mapping[str, str] | None = None) -> list[float]:
         daemon.start()
         times.append((time.perf_counter() - start) * 1000)
         daemon.cleanup()
+    return times
+
+
+# the packages every xed process imports before it does anything (pyproject.toml)
+CHOSEN_PACKAGES = "import trio, msgpack, attrs, structlog"
+
+
+def _floor_ms(starts: int) -> list[float]:
+    """Start to exit of this interpreter importing CHOSEN_PACKAGES, `starts` times."""
+    times = []
+    for _ in range(starts):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", CHOSEN_PACKAGES], check=True)
+        times.append((time.perf_counter() - start) * 1000)
     return times
 
 
@@ -121,6 +137,7 @@ def _bench_scale(connections: int, objects: int, starts: int, config: Path) -> d
     progress(f"daemon start to READY=1, {starts} times each way", force=True)
     ready = _ready_ms(starts)
     installed = _ready_ms_installed(starts)
+    floor = _floor_ms(starts)
     fitting = _room_for(connections)
     nofile = max(fitting, objects) + SPARE_FDS * 2
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -181,17 +198,22 @@ def _bench_scale(connections: int, objects: int, starts: int, config: Path) -> d
         )
         for holder in holders:
             holder.close()
-    _print(results, ready, installed, connections)
+    _print(results, ready, installed, floor, connections)
     return {
         "ready_ms": statistics.median(ready),
         "ready_ms_all": ready,
         "ready_ms_installed": statistics.median(installed),
+        "ready_floor_ms": statistics.median(floor),
         **results,
     }
 
 
 def _print(
-    results: dict[str, dict[str, float]], ready: list[float], installed: list[float], asked: int
+    results: dict[str, dict[str, float]],
+    ready: list[float],
+    installed: list[float],
+    floor: list[float],
+    asked: int,
 ) -> None:
     print("many objects at once: the daemon's memory per object, time to create and release one")
     print(f"{'kind':>12} {'count':>8} {'memory each':>12} {'create':>10} {'release':>10}")
@@ -216,4 +238,8 @@ def _print(
     print(
         f"  the same with its bytecode cached, as installed: "
         f"{statistics.median(installed):.0f} ms (median of {len(installed)})"
+    )
+    print(
+        f"  floor: {statistics.median(floor):.0f} ms to start, import trio, msgpack, "
+        f"attrs and structlog, and exit (median of {len(floor)})"
     )

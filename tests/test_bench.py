@@ -64,7 +64,7 @@ def test_bench_barrier_compares_the_three_ways() -> None:
 def test_bench_scale_prints_each_kind_and_the_start_time() -> None:
     """`xec bench scale`, tiny: a row for connections, BOs, exec queues and VMs (memory
     each, create and release times), the idle queue's and the connection's cost, and the
-    daemon's start to READY=1, as run and with its bytecode cached."""
+    daemon's start to READY=1, as run and with its bytecode cached, and its floor."""
     out = xec("bench", "scale", "--connections", "20", "--objects", "20", "--starts", "2")
     for kind in ("connections", "bos", "exec_queues", "vms"):
         row = rf"^\s+{kind}\s+20\s+-?\d+\.\d\d KiB\s+\d+\.\d us\s+\d+\.\d us$"
@@ -75,6 +75,8 @@ def test_bench_scale_prints_each_kind_and_the_start_time() -> None:
     assert re.search(ready, out, re.MULTILINE), out
     installed = r"^  the same with its bytecode cached, as installed: \d+ ms \(median of 2\)$"
     assert re.search(installed, out, re.MULTILINE), out
+    floor = r"^  floor: \d+ ms to start, import trio, msgpack, attrs and structlog, and exit "
+    assert re.search(floor + r"\(median of 2\)$", out, re.MULTILINE), out
 
 
 def test_bench_rdma_compares_with_memcpy_and_an_ioctl() -> None:
