@@ -46,8 +46,12 @@ static int vm_copy(int write, void *local, uint64_t remote, size_t n)
 		return 0;
 	if (!atomic_load_explicit(&no_vm_calls, memory_order_relaxed)) {
 		struct iovec l = {local, n}, r = {(void *)(uintptr_t)remote, n};
-		long done = syscall(write ? SYS_process_vm_writev : SYS_process_vm_readv, xed_pid,
-				    &l, 1ul, &r, 1ul, 0ul);
+		/* getpid, not xed_pid: this may run before our constructor (another
+		 * library's opening a file) or in a child forked by a raw clone, and a stale
+		 * pid would read another process's memory or, 0, refuse the call for good */
+		pid_t self = (pid_t)syscall(SYS_getpid);
+		long done = syscall(write ? SYS_process_vm_writev : SYS_process_vm_readv, self, &l,
+				    1ul, &r, 1ul, 0ul);
 		if (done == (long)n)
 			return 0;
 		if (done >= 0 || errno == EFAULT)
