@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import subprocess
-import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -157,42 +156,32 @@ def run_client(socket_path: Path, code: str, *args: str, timeout: float = 60) ->
     `argv` holds the extra arguments. A failure in the child fails the test with its
     stderr.
     """
-    program = (
-        "import json, sys\n"
-        "from clients import Device, Batch, XeError, user_fence\n"
-        f"dev = Device.open({str(socket_path)!r})\n"
-        "argv = sys.argv[1:]\n"
-        "result = None\n" + textwrap.dedent(code) + "\nprint(json.dumps(result))\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", program, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-    )
-    assert done.returncode == 0, f"client failed:\n{done.stderr}"
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    code = "result = None\n" + textwrap.dedent(code) + "\nprint(json.dumps(result))\n"
+    proc = spawn_client(socket_path, code, *args)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate(timeout=10)
+        raise
+    assert proc.returncode == 0, f"client failed:\n{err}"
+    return json.loads(out.strip().splitlines()[-1])
 
 
-def spawn_client(socket_path: Path, code: str, *args: str) -> subprocess.Popen[str]:
-    """Like run_client, but running: talk to it over stdin/stdout lines."""
+def spawn_client(socket_path: Path, code: str, *args: str) -> Any:
+    """Like run_client, but running: talk to it over stdin/stdout lines.
+
+    Both fork the process from this worker's fork server (tests/zygote.py), which has
+    imported `clients` already; it behaves as `subprocess.Popen([python, -c, ...],
+    stdin=PIPE, stdout=PIPE, stderr=PIPE, text=True)` would.
+    """
     program = (
         "import json, sys\n"
         "from clients import Device, Batch, XeError, user_fence\n"
         f"dev = Device.open({str(socket_path)!r})\n"
         "argv = sys.argv[1:]\n" + textwrap.dedent(code)
     )
-    return subprocess.Popen(
-        [sys.executable, "-c", program, *args],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-    )
+    return ZYGOTE.spawn_python(program, args, dict(os.environ, PYTHONPATH=str(ROOT)), ROOT)
 
 
 def adjusted_xed(*setup: str) -> tuple[str, str]:
