@@ -244,6 +244,15 @@ def test_bad_pointers_are_efault(daemon: DaemonProcess, program: Programs) -> No
     passes(daemon.socket_path, program("efault"))
 
 
+def test_memory_is_read_without_pipes_from_before_the_constructor(
+    daemon: DaemonProcess, program: Programs
+) -> None:
+    """A copy made before the library's constructor (from .preinit_array) leaves the
+    library reading the program's memory with process_vm_readv: with pipes forbidden
+    after it, every ioctl still reads and writes back its argument."""
+    passes(daemon.socket_path, program("early_copy"))
+
+
 def test_parallel_queue_batch_addresses(make_daemon: Any, program: Programs) -> None:
     """A parallel queue's EXEC reads its array of batch addresses from the program: every
     lane runs; a wrong count is EINVAL before the array is read, an unreadable array

@@ -3,15 +3,18 @@
  * every module needs from the start: this process's pid, kept current across fork.
  *
  * The library may be called before its constructor runs (another library's
- * constructor opening a file) and from several threads at once: pthread_once makes
- * the first caller, whoever it is, read the environment.
+ * constructor opening a file, or the program's .preinit_array, before the C library
+ * has set environ) and from several threads at once: pthread_once makes the first
+ * caller, whoever it is, read the environment.
  */
 #define _GNU_SOURCE
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "preload.h"
 #include "sys.h"
@@ -44,27 +47,59 @@ static void after_fork_parent(void)
 	userptr_after_fork_parent();
 }
 
+/*
+ * The environment, where environ is not set yet: a program's .preinit_array functions
+ * run before the C library's initializer sets it, and may already open a file through
+ * us. The kernel's copy of what exec was given holds the same (its first 128 KiB).
+ */
+static char exec_env[(128 << 10) + 1];
+static long exec_env_len = -1;
+
+static const char *env(const char *name)
+{
+	if (environ)
+		return getenv(name);
+	if (exec_env_len < 0) {
+		exec_env_len = 0;
+		int fd = sys_openat(AT_FDCWD, "/proc/self/environ", O_RDONLY | O_CLOEXEC, 0);
+		while (fd >= 0 && exec_env_len < (long)sizeof exec_env - 1) {
+			long got = syscall(SYS_read, fd, exec_env + exec_env_len,
+					   sizeof exec_env - 1 - exec_env_len);
+			if (got <= 0)
+				break;
+			exec_env_len += got;
+		}
+		if (fd >= 0)
+			sys_close(fd);
+	}
+	size_t n = strlen(name);
+	for (char *p = exec_env; p < exec_env + exec_env_len; p += strlen(p) + 1)
+		if (!strncmp(p, name, n) && p[n] == '=')
+			return p + n + 1;
+	return NULL;
+}
+
 static void init(void)
 {
-	const char *s = getenv("XED_SOCKET");
-	const char *run = getenv("XDG_RUNTIME_DIR");
+	const char *s = env("XED_SOCKET");
+	const char *run = env("XDG_RUNTIME_DIR");
 	if (s && *s)
 		snprintf(config.socket, sizeof config.socket, "%s", s);
 	else if (run && *run)
 		snprintf(config.socket, sizeof config.socket, "%s/xed/xed.sock", run);
 	else
 		snprintf(config.socket, sizeof config.socket, "/run/xed/xed.sock");
-	const char *nodes = getenv("XED_PRELOAD_NODES");
+	const char *nodes = env("XED_PRELOAD_NODES");
 	if (!nodes || !*nodes)
 		config.nodes = 1 << XED_NODE_PRIMARY | 1 << XED_NODE_RENDER;
 	else {
 		config.nodes = strstr(nodes, "card0") ? 1 << XED_NODE_PRIMARY : 0;
 		config.nodes |= strstr(nodes, "renderD128") ? 1 << XED_NODE_RENDER : 0;
 	}
-	const char *dbg = getenv("XED_PRELOAD_DEBUGFS");
+	const char *dbg = env("XED_PRELOAD_DEBUGFS");
 	if (dbg)
 		snprintf(config.debugfs, sizeof config.debugfs, "%s", dbg);
-	config.debug = getenv("XED_PRELOAD_DEBUG") != NULL;
+	config.debug = env("XED_PRELOAD_DEBUG") != NULL;
 	xed_pid = (pid_t)syscall(SYS_getpid);
 	pthread_atfork(before_fork, after_fork_parent, after_fork_child);
 }
