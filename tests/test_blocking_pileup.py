@@ -1,11 +1,13 @@
 """Blocking requests a client pipelines without reading the answers.
 
 Each blocking request (SYNCOBJ_WAIT, WAIT_USER_FENCE, SYNCOBJ_EVENTFD_WAIT, ...) runs in
-a task of its own, which keeps its reply until the client reads it. A connection has at
-most limits.fence_waits + BLOCKING_HEADROOM of them under way: past that the daemon stops
-reading it until one ends, as a thread's next ioctl waits for its last. So a client that
-sends them and never reads parks a bounded number of tasks (before, 80,000 took the
-daemon from 35 to 529 MB), and once it reads, every request is answered.
+a task of its own, which keeps its reply until there is room for it in the client's
+socket. While one waits, the daemon reads no further blocking request from that
+connection, as it reads nothing while its own reply to a plain one waits. So a client
+that sends them and never reads parks a task or two (before, a task per request: 80,000
+took the daemon from 35 to 529 MB), and once it reads, every request is answered.
+Requests that wait for something else (a fence, another process) do not stop the
+reading: their own limits bound them (fence_waits, LENT_IN_FLIGHT, ...).
 """
 
 from __future__ import annotations
@@ -18,20 +20,24 @@ from typing import Any
 
 import pytest
 from conftest import baseline
+from test_aux_userptr import userptr_vm
 from test_lent_per_uid import hello
 from test_mmio import wait_until
+from test_userptr import END_REPLACED, START, invalidate
+from test_vm_export import BASE
+from test_vm_export_aux import export_import, resolved
 
 from clients import Device
 from clients.daemon import DaemonProcess
 from protocols import MAX_DATAGRAM, Op, Reply, decode_incoming, encode_request
 from protocols import messages as m
-from xed.connection import BLOCKING_HEADROOM
+from protocols.constants import PAGE_SIZE
 
 TIMEOUT = 10.0
-FENCE_WAITS = 4
-CAP = FENCE_WAITS + BLOCKING_HEADROOM
 SENT = 10_000  # each parked with its reply was ~5 KiB of the daemon's: ~50 MB unbounded
-GROWTH = 16 << 20  # what the daemon may grow by meanwhile, well above CAP tasks' cost
+GROWTH = 16 << 20  # what the daemon may grow by meanwhile, far above a few tasks' cost
+PARKED = 4  # tasks with a reply waiting at most: the one, and those already started
+SETTLE = 2.0  # how long the client then goes on reading nothing (not a time asserted)
 
 # blocking ops answered at once: nothing to wait for (0); no registration (EINVAL)
 ANSWERED_AT_ONCE = {
@@ -59,11 +65,9 @@ def _blocking(adm: Device, pid: int) -> int:
 
 
 @pytest.mark.parametrize("name", sorted(ANSWERED_AT_ONCE))
-def test_blocking_requests_never_read_stop_the_reading_at_the_cap(
-    make_daemon: Any, name: str
-) -> None:
+def test_blocking_requests_never_read_stop_the_reading(make_daemon: Any, name: str) -> None:
     op, args, expected = ANSWERED_AT_ONCE[name]
-    daemon = make_daemon(f"[limits]\nfence_waits = {FENCE_WAITS}\n")
+    daemon = make_daemon()
     before = baseline(daemon)
     rss_before = _rss(daemon)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -84,12 +88,15 @@ def test_blocking_requests_never_read_stop_the_reading_at_the_cap(
     sender.start()
     try:
         with Device.open(daemon.socket_path, role="admin") as adm:
-            # the replies fill our socket, their tasks wait for room, and the daemon
-            # stops reading at the cap rather than take all SENT
-            wait_until(lambda: _blocking(adm, os.getpid()) == CAP, "the cap to be reached")
+            # the replies fill our socket, a task waits for room for its reply, and the
+            # daemon stops reading rather than take all SENT, each parking its reply
+            wait_until(lambda: _blocking(adm, os.getpid()), "a reply to wait for room")
+            # what the daemon holds stays bounded however long the client reads
+            # nothing (without the bound it had read and parked ~8,000 within this)
+            sender.join(SETTLE)
             assert sender.is_alive(), "the daemon read every request"
+            assert _blocking(adm, os.getpid()) <= PARKED
             assert _rss(daemon) - rss_before < GROWTH
-            assert _blocking(adm, os.getpid()) == CAP  # and it stays there: we read nothing
             pending = {request_id: op for request_id in ids}
             answered: list[int] = []
             while pending:
@@ -105,3 +112,52 @@ def test_blocking_requests_never_read_stop_the_reading_at_the_cap(
         sock.close()
         sender.join(TIMEOUT)
     wait_until(lambda: baseline(daemon) == before, "the daemon to let everything go")
+
+
+RESOLVES = 200  # more than any count-based cap on blocking requests would let through
+
+
+def test_resolves_waiting_on_a_change_leave_the_ack_they_need_read(make_daemon: Any) -> None:
+    """An aux driver pipelines AUX_VM_RESOLVEs of a range the application is changing
+    (each waits for the change's END) and then the AUX_VM_INVALIDATE_DONE that lets the
+    change's START return, all on one connection: requests waiting on something other
+    than room for their reply never stop the reading, so the ack is read, START returns,
+    END lets every resolve be answered. (A cap on blocking requests under way had the
+    daemon stop reading before the ack: START, and so the application's munmap, hung.)"""
+    daemon = make_daemon("[limits]\nfence_waits = 1\n")
+    with Device.open(daemon.socket_path) as dev, Device.open(
+        daemon.socket_path, role="aux"
+    ) as aux:
+        vm, host = userptr_vm(dev)
+        handle = export_import(dev, aux, vm).vm_handle
+        resolved(aux, handle, BASE, PAGE_SIZE)
+        started = threading.Event()
+
+        def start() -> None:
+            invalidate(dev, host.base, PAGE_SIZE, START)
+            started.set()
+
+        changer = threading.Thread(target=start, daemon=True)
+        changer.start()
+        seqno = aux.wait_event(timeout=TIMEOUT).data.seqno
+        sock = aux.transport.sock
+        pending: dict[int, Op] = {}
+        resolve = m.XedAuxVmResolve(vm_handle=handle, va=BASE, length=PAGE_SIZE)
+        for request_id in range(100_000, 100_000 + RESOLVES):
+            sock.send(encode_request(request_id, Op.AUX_VM_RESOLVE, resolve))
+            pending[request_id] = Op.AUX_VM_RESOLVE
+        done = m.XedAuxVmInvalidateDone(vm_handle=handle, seqno=seqno)
+        sock.send(encode_request(200_000, Op.AUX_VM_INVALIDATE_DONE, done))
+        pending[200_000] = Op.AUX_VM_INVALIDATE_DONE
+        assert started.wait(TIMEOUT), "START never returned: the ack was not read"
+        invalidate(dev, host.base, PAGE_SIZE, END_REPLACED)
+        sock.settimeout(TIMEOUT)
+        while pending:
+            data, fds, _, _ = socket.recv_fds(sock, MAX_DATAGRAM, 8)
+            for fd in fds:
+                os.close(fd)
+            reply = decode_incoming(data, tuple(fds), pending)
+            if isinstance(reply, Reply):
+                assert reply.errno == 0, reply
+                del pending[reply.id]
+        changer.join(TIMEOUT)

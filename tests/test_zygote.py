@@ -71,7 +71,10 @@ print(json.dumps({
     "argv": sys.argv, "name": __name__, "path0": sys.path[0], "cwd": os.getcwd(),
     "fds": sorted(int(fd) for fd in os.listdir("/proc/self/fd")),
     "main": sys.modules["__main__"].__dict__.get("marker"),
+    "barrier_forked": __import__("clients.barrier").barrier._forked,
+    "path": sys.path[:2], "errors": [sys.stdin.errors, sys.stdout.errors],
 }), flush=True)
+print("a\\r\\nb\\rc", file=sys.stderr)
 for line in sys.stdin:
     print(line.strip().upper(), flush=True)
 print("to stderr", file=sys.stderr)
@@ -109,7 +112,8 @@ def test_a_forked_client_is_what_python_c_starts() -> None:
     report, answers, err, status = forked
     assert '"argv": ["-c", "3", "x y"]' in report and '"name": "__main__"' in report
     assert '"fds": [0, 1, 2, 3]' in report  # 3: the listing of /proc/self/fd itself
-    assert (answers, err, status) == (["ONE", "TWO"], "to stderr\n", 3)
+    assert '"barrier_forked": false' in report
+    assert (answers, err, status) == (["ONE", "TWO"], "a\nb\nc\nto stderr\n", 3)
 
 
 FAILURES = [

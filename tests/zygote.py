@@ -11,7 +11,9 @@ point, systemd, packaging) start theirs with `subprocess` as before.
 The suite's client snippets (conftest's run_client and spawn_client, and the agents
 built on them: ~270 processes) are forked the same way: a child runs `python -c CODE
 ARGS` as that would, with the pipes the worker made as its stdin, stdout and stderr,
-and only the imports of `clients` and `protocols` are spared.
+and only the imports of `clients` and `protocols` are spared. What still tells one
+from a started `python -c`: its parent is the server, more modules are imported, and
+every child shares the server's hash seed (set iteration order is the same in each).
 
 The worker speaks to the server over a SOCK_SEQPACKET pair: a JSON request per daemon;
 the answer carries the child's pid and, over SCM_RIGHTS, a pidfd (to signal it without
@@ -117,13 +119,22 @@ def _run_python_c(args: list[str]) -> int:
     """In a client's child: what `python -c CODE ARGS...` does with CODE, in a fresh
     __main__, with streams opened on the new stdio as the interpreter would have
     opened them (unbuffered under PYTHONUNBUFFERED, block-buffered pipes otherwise)."""
+    from clients import barrier
+
     code, *argv = args
     unbuffered = bool(os.environ.get("PYTHONUNBUFFERED"))
-    sys.stdin = _text(0, "rb")
-    sys.stdout = _text(1, "wb", 0 if unbuffered else -1, write_through=unbuffered)
-    sys.stderr = _text(2, "wb", 0, errors="backslashreplace", write_through=True)
+    like = {"encoding": sys.__stdout__.encoding, "errors": sys.__stdout__.errors}
+    sys.stdin = _text(0, "rb", **like)
+    sys.stdout = _text(1, "wb", 0 if unbuffered else -1, write_through=unbuffered, **like)
+    sys.stderr = _text(2, "wb", 0, encoding=like["encoding"], errors="backslashreplace",
+                       write_through=True)  # fmt: skip
     sys.argv = ["-c", *argv]
-    sys.path[0] = ""  # -c runs with the working directory first, not this file's
+    # -c runs with the working directory first, then $PYTHONPATH, not this file's
+    extra = [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry]
+    sys.path[0:1] = ["", *extra]
+    # set by the hook clients.barrier runs before a fork: true of this server, which
+    # has forked, and not of a process that has just started
+    barrier._forked = False
     main = types.ModuleType("__main__")
     main.__dict__["__builtins__"] = builtins
     sys.modules["__main__"] = main
@@ -252,7 +263,7 @@ class ForkedClient(ForkedDaemon):
                     open_ends.remove(fd)
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         self.wait(left)
-        out, err = (b"".join(self._output[fd]).decode() for fd in self._output)
+        out, err = (_universal(b"".join(self._output[fd])) for fd in self._output)
         for stream in (self.stdout, self.stderr):
             if stream is not None:
                 stream.close()
@@ -337,7 +348,13 @@ def _text(
     """A UTF-8 text stream on `fd`, kept by its owner (a process's sys.std*, a pipe end
     of a ForkedClient) to the end: closing the stream closes `fd` if `closefd`."""
     binary = open(fd, mode, buffering, closefd=closefd)  # noqa: SIM115 - see above
-    return io.TextIOWrapper(binary, encoding="utf-8", **text)  # type: ignore[arg-type]
+    text.setdefault("encoding", "utf-8")
+    return io.TextIOWrapper(binary, **text)  # type: ignore[arg-type]
+
+
+def _universal(data: bytes) -> str:
+    """Decoded with universal newlines, as Popen(text=True) reads."""
+    return data.decode().replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _close(*fds: int) -> None:

@@ -78,13 +78,6 @@ EVENT_QUEUE = 256  # events a slow client may fall behind by before they are dro
 # end, as a thread's next ioctl waits for its last ([limits] lent_descriptors_per_uid
 # refuses past its bound over all connections of one uid).
 LENT_IN_FLIGHT = 16
-# Blocking requests of any kind a connection may have under way beyond its file's
-# limits.fence_waits. Each is a task, and keeps its reply until the client reads it: a
-# client pipelining them without reading (80,000 took the daemon from 35 to 529 MB)
-# would park tasks without end. Past fence_waits + this the reader waits for one to end,
-# as a thread's next ioctl waits for its last; the headroom lets one connection reach
-# the fence_waits refusal (ENOMEM) and have other blocking ops under way besides.
-BLOCKING_HEADROOM = 64
 
 
 # op -> (handler, whether it takes the request's descriptors, whether it must be awaited,
@@ -182,8 +175,14 @@ class Connection:
         )
         self.joined = False  # a channel: self.xef is another connection's drm file
         self._lent = trio.Semaphore(LENT_IN_FLIGHT)  # blocking requests holding descriptors
-        self.blocking = 0  # blocking requests under way (BLOCKING_HEADROOM)
-        self._blocking_room: trio.Event | None = None  # while the reader waits for one
+        self.blocking = 0  # blocking requests under way, in tasks of their own
+        # Replies waiting for room in the client's socket: it is not reading them. Each
+        # blocking request is a task, which keeps its reply until it can go: while one
+        # waits, the reader takes no further blocking request (a client pipelining
+        # them without reading parked a task per request: 80,000 took the daemon from
+        # 35 to 529 MB), as it takes no plain one while its own reply waits for room.
+        self.parked_replies = 0
+        self._reply_sent: trio.Event | None = None  # while the reader waits for that
         self.scope = trio.CancelScope()  # cancelled by the file's release, if a channel
         self.done = trio.Event()  # set once everything of the connection is let go
 
@@ -322,9 +321,9 @@ class Connection:
                 if request is None:
                     request = Request(request_id, op, args)
                 if op in _BLOCKING:
-                    if self.blocking >= device.limits.fence_waits + BLOCKING_HEADROOM:
+                    if self.parked_replies:
                         try:
-                            await self._room_to_block()
+                            await self._replies_gone()
                         except BaseException:  # the connection ends: nobody answers it
                             _close_all(fds)
                             raise
@@ -461,12 +460,11 @@ class Connection:
             self.log.warning("fds_in_flight_refused", op=request.op.name, reason=exc.reason)
         await self._refuse(request.id, errno.EMFILE, exc.reason, request.op)
 
-    async def _room_to_block(self) -> None:
-        """Wait until this connection has fewer blocking requests under way than its
-        cap (BLOCKING_HEADROOM): reading stops meanwhile."""
-        while self.blocking >= self.device.limits.fence_waits + BLOCKING_HEADROOM:
-            self._blocking_room = room = trio.Event()
-            await room.wait()
+    async def _replies_gone(self) -> None:
+        """Wait until no reply of this connection waits for room (parked_replies)."""
+        while self.parked_replies:
+            self._reply_sent = sent = trio.Event()
+            await sent.wait()
 
     async def _answer_blocking(
         self, request: Request, xef: XeFile, connection: trio.CancelScope
@@ -479,9 +477,6 @@ class Connection:
         finally:
             self.blocking -= 1
             xef.blocking -= 1
-            if self._blocking_room is not None:
-                self._blocking_room.set()
-                self._blocking_room = None
             _close_all(request.fds)
             if request.fds:
                 self._lent.release()
@@ -597,24 +592,32 @@ class Connection:
         return True
 
     async def _send_when_room(self, data: bytes, fds: list[int]) -> None:
+        """Send once the socket has room, counted in parked_replies meanwhile."""
         unread = self.unread
         ancdata = pack_fds(fds)
         if self._send_lock is None:
             self._send_lock = trio.Lock()
-        async with self._send_lock:  # only one task may wait for room
-            while True:
-                await trio.lowlevel.wait_writable(self.sock)
-                try:
-                    if fds:
-                        self._admit(len(fds))
-                    self.sock.sendmsg([data], ancdata)
-                except BlockingIOError:
-                    continue
-                except OSError as exc:
-                    raise _send_failed(exc, fds) from exc
-                if fds or unread.count:
-                    unread.sent(len(data), len(fds))
-                return
+        self.parked_replies += 1
+        try:
+            async with self._send_lock:  # only one task may wait for room
+                while True:
+                    await trio.lowlevel.wait_writable(self.sock)
+                    try:
+                        if fds:
+                            self._admit(len(fds))
+                        self.sock.sendmsg([data], ancdata)
+                    except BlockingIOError:
+                        continue
+                    except OSError as exc:
+                        raise _send_failed(exc, fds) from exc
+                    if fds or unread.count:
+                        unread.sent(len(data), len(fds))
+                    return
+        finally:
+            self.parked_replies -= 1
+            if not self.parked_replies and self._reply_sent is not None:
+                self._reply_sent.set()
+                self._reply_sent = None
 
     def _admit(self, fds: int) -> None:
         reason = self.unread.refusal(fds)
