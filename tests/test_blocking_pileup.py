@@ -12,10 +12,12 @@ reading: their own limits bound them (fence_waits, LENT_IN_FLIGHT, ...).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
-from errno import EINVAL
+from collections.abc import Iterator
+from errno import EINVAL, ENOMEM
 from typing import Any
 
 import pytest
@@ -114,7 +116,67 @@ def test_blocking_requests_never_read_stop_the_reading(make_daemon: Any, name: s
     wait_until(lambda: baseline(daemon) == before, "the daemon to let everything go")
 
 
-RESOLVES = 200  # more than any count-based cap on blocking requests would let through
+class MidChange:
+    """An application's userptr VM imported by an aux driver, with the application's
+    change of its first page STARTed (in a thread: START waits for the aux driver's
+    ack) and the aux driver's connection to send raw requests on."""
+
+    def __init__(self, dev: Device, aux: Device) -> None:
+        self.dev = dev
+        vm, self.host = userptr_vm(dev)
+        self.handle = export_import(dev, aux, vm).vm_handle
+        resolved(aux, self.handle, BASE, PAGE_SIZE)
+        self.started = threading.Event()
+        self.changer = threading.Thread(target=self._start, daemon=True)
+        self.changer.start()
+        self.seqno = aux.wait_event(timeout=TIMEOUT).data.seqno
+        self.sock = aux.transport.sock
+        self.sock.settimeout(TIMEOUT)
+        self.pending: dict[int, Op] = {}
+
+    def _start(self) -> None:
+        invalidate(self.dev, self.host.base, PAGE_SIZE, START)
+        self.started.set()
+
+    def send(self, request_id: int, op: Op, args: Any) -> None:
+        self.sock.send(encode_request(request_id, op, args))
+        self.pending[request_id] = op
+
+    def resolve(self, request_id: int) -> None:
+        self.send(
+            request_id,
+            Op.AUX_VM_RESOLVE,
+            m.XedAuxVmResolve(vm_handle=self.handle, va=BASE, length=PAGE_SIZE),
+        )
+
+    def acknowledge(self, request_id: int) -> None:
+        done = m.XedAuxVmInvalidateDone(vm_handle=self.handle, seqno=self.seqno)
+        self.send(request_id, Op.AUX_VM_INVALIDATE_DONE, done)
+
+    def end(self) -> None:
+        self.changer.join(TIMEOUT)
+        invalidate(self.dev, self.host.base, PAGE_SIZE, END_REPLACED)
+
+    def answer(self) -> Reply:
+        """The next reply (events are let go by)."""
+        while True:
+            data, fds, _, _ = socket.recv_fds(self.sock, MAX_DATAGRAM, 8)
+            for fd in fds:
+                os.close(fd)
+            reply = decode_incoming(data, tuple(fds), self.pending)
+            if isinstance(reply, Reply):
+                del self.pending[reply.id]
+                return reply
+
+
+@contextlib.contextmanager
+def mid_change(daemon: DaemonProcess) -> Iterator[MidChange]:
+    path = daemon.socket_path
+    with Device.open(path) as dev, Device.open(path, role="aux") as aux:
+        yield MidChange(dev, aux)
+
+
+RESOLVES = 200  # resolves asleep at once, below [limits] fence_waits (1024)
 
 
 def test_resolves_waiting_on_a_change_leave_the_ack_they_need_read(make_daemon: Any) -> None:
@@ -122,42 +184,30 @@ def test_resolves_waiting_on_a_change_leave_the_ack_they_need_read(make_daemon: 
     (each waits for the change's END) and then the AUX_VM_INVALIDATE_DONE that lets the
     change's START return, all on one connection: requests waiting on something other
     than room for their reply never stop the reading, so the ack is read, START returns,
-    END lets every resolve be answered. (A cap on blocking requests under way had the
-    daemon stop reading before the ack: START, and so the application's munmap, hung.)"""
-    daemon = make_daemon("[limits]\nfence_waits = 1\n")
-    with Device.open(daemon.socket_path) as dev, Device.open(
-        daemon.socket_path, role="aux"
-    ) as aux:
-        vm, host = userptr_vm(dev)
-        handle = export_import(dev, aux, vm).vm_handle
-        resolved(aux, handle, BASE, PAGE_SIZE)
-        started = threading.Event()
-
-        def start() -> None:
-            invalidate(dev, host.base, PAGE_SIZE, START)
-            started.set()
-
-        changer = threading.Thread(target=start, daemon=True)
-        changer.start()
-        seqno = aux.wait_event(timeout=TIMEOUT).data.seqno
-        sock = aux.transport.sock
-        pending: dict[int, Op] = {}
-        resolve = m.XedAuxVmResolve(vm_handle=handle, va=BASE, length=PAGE_SIZE)
+    END lets every resolve be answered. (A cap on blocking requests under way, at
+    fence_waits + 64, had the daemon stop reading before the ack: START, and so the
+    application's munmap, hung, and closing the aux connection did not end it.)"""
+    with mid_change(make_daemon()) as change:
         for request_id in range(100_000, 100_000 + RESOLVES):
-            sock.send(encode_request(request_id, Op.AUX_VM_RESOLVE, resolve))
-            pending[request_id] = Op.AUX_VM_RESOLVE
-        done = m.XedAuxVmInvalidateDone(vm_handle=handle, seqno=seqno)
-        sock.send(encode_request(200_000, Op.AUX_VM_INVALIDATE_DONE, done))
-        pending[200_000] = Op.AUX_VM_INVALIDATE_DONE
-        assert started.wait(TIMEOUT), "START never returned: the ack was not read"
-        invalidate(dev, host.base, PAGE_SIZE, END_REPLACED)
-        sock.settimeout(TIMEOUT)
-        while pending:
-            data, fds, _, _ = socket.recv_fds(sock, MAX_DATAGRAM, 8)
-            for fd in fds:
-                os.close(fd)
-            reply = decode_incoming(data, tuple(fds), pending)
-            if isinstance(reply, Reply):
-                assert reply.errno == 0, reply
-                del pending[reply.id]
-        changer.join(TIMEOUT)
+            change.resolve(request_id)
+        change.acknowledge(200_000)
+        assert change.started.wait(TIMEOUT), "START never returned: the ack was not read"
+        change.end()
+        answers = [change.answer().errno for _ in range(RESOLVES + 1)]
+        assert answers == [0] * (RESOLVES + 1)
+
+
+def test_resolves_waiting_on_a_change_count_against_fence_waits(make_daemon: Any) -> None:
+    """AUX_VM_RESOLVEs waiting for an invalidation to end are waits asleep like any
+    other: past [limits] fence_waits of the aux file the next is ENOMEM at once (one
+    aux connection could otherwise park them without end while an application holds
+    its change open); the ones asleep are answered once the change ends."""
+    waits = 2
+    with mid_change(make_daemon(f"[limits]\nfence_waits = {waits}\n")) as change:
+        for request_id in range(1000, 1001 + waits):
+            change.resolve(request_id)
+        assert change.answer().errno == ENOMEM  # the one past the limit, the others asleep
+        change.acknowledge(2000)
+        assert change.answer().errno == 0  # the ack: START returns
+        change.end()
+        assert [change.answer().errno for _ in range(waits)] == [0] * waits

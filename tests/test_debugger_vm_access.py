@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Callable
-from errno import EFAULT, EINVAL, ENOENT
+from errno import EFAULT, EINVAL, ENOENT, ENOMEM
 from pathlib import Path
 
 import debugger_support
@@ -32,9 +32,9 @@ from debugger_support import (
 
 from clients import Device
 from clients.daemon import DaemonProcess
-from protocols import Op, Reply, decode_incoming
+from protocols import Op, Reply, decode_incoming, encode_request
 from protocols import messages as m
-from protocols.codec import to_wire
+from protocols.codec import MAX_DATAGRAM, to_wire
 from protocols.constants import PAGE_SIZE
 
 # debugger_support's fixtures, for this module's tests too
@@ -438,3 +438,41 @@ def test_userptr_access_disabled_write_across_bo_and_userptr_is_short(
 def test_userptr_access_default_is_on(daemon: DaemonProcess, dbg: Device, attached: Target) -> None:
     """Without configuration the daemon serves userptr ranges to the debugger."""
     assert dbg.debug_vm_read(attached.client_id, attached.vm, UP_VA, 4) == HOST_PATTERN[:4]
+
+
+CHANGE = """
+dev.ioctl(Op.HOST_MEMORY_INVALIDATE,
+          m.XedHostMemoryInvalidate(addr=hm.base, length=PAGE_SIZE, event={event}))
+"""
+
+
+def test_accesses_waiting_on_a_change_count_against_fence_waits(
+    make_daemon: Callable[..., DaemonProcess], targets: Callable[[DaemonProcess], Target]
+) -> None:
+    """A DEBUG_VM_ACCESS meeting host memory mid-change sleeps until the change ends,
+    a wait like any other: past [limits] fence_waits of the debugger's file the next
+    is ENOMEM at once, and the one asleep reads the page once the change ends."""
+    daemon = make_daemon("[limits]\nfence_waits = 1\n")
+    t = targets(daemon).setup()
+    with Device.open(daemon.socket_path, role="debugger") as dbg:
+        dbg.debug_attach(t.pid)
+        t.run(CHANGE.format(event=1))  # START: the page is mid-change until END
+        read = m.XedDebugVmAccess(
+            client_id=t.client_id, vm_id=t.vm, addr=UP_VA, length=16, write=0, data=b""
+        )
+        sock = dbg.transport.sock
+        sock.settimeout(30)
+        pending = {1000: Op.DEBUG_VM_ACCESS, 1001: Op.DEBUG_VM_ACCESS}
+        for request_id in pending:
+            sock.send(encode_request(request_id, Op.DEBUG_VM_ACCESS, read))
+
+        def answer() -> Reply:
+            reply = decode_incoming(sock.recv(MAX_DATAGRAM), (), pending)
+            assert isinstance(reply, Reply)
+            del pending[reply.id]
+            return reply
+
+        assert answer().errno == ENOMEM  # the second, while the first sleeps
+        t.run(CHANGE.format(event=2))  # END (the pages stay): the sleeper reads them
+        last = answer()
+        assert (last.errno, last.result.data) == (0, HOST_PATTERN[:16])

@@ -62,7 +62,7 @@ class XedLimits:
     bos: int = u64("GEM handles per client")
     vms: int = u64("VMs per client")
     exec_queues: int = u64("exec queues per client")
-    fence_waits: int = u64("WAIT_USER_FENCE calls per client at once")
+    fence_waits: int = u64("waits per client asleep at once (fence, syncobj, invalidation)")
     syncobjs: int = u64("syncobj handles per client")
     timeline_points: int = u64("timeline points per client the daemon still holds")
     exported: int = u64("dma-bufs and VM exports per client, while they live")

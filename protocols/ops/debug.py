@@ -8,6 +8,7 @@ from errno import (
     EINVAL,
     EMFILE,
     ENOENT,
+    ENOMEM,
     EPERM,
     ESRCH,
 )
@@ -104,6 +105,7 @@ SPECS: tuple[OpSpec, ...] = (
             (EINVAL, "an address with nothing bound (xe: no VMA there)"),
             (EFAULT, "a NULL binding, or a write to a read-only import"),
             (EINVAL, "a userptr range while debugger.userptr_access = false"),
+            (ENOMEM, "[limits] fence_waits waits of this connection asleep already (xed)"),
             (
                 EFAULT,
                 "freed host memory; a write to a foreign buffer sealed against writes "

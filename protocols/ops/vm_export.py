@@ -9,6 +9,7 @@ from errno import (
     EFAULT,
     EINVAL,
     ENOENT,
+    ENOMEM,
     EPERM,
 )
 
@@ -76,6 +77,7 @@ SPECS: tuple[OpSpec, ...] = (
             (EFAULT, "a hole: some address in the range is not bound (or NULL)"),
             (EFAULT, "freed host memory under a userptr range"),
             (E2BIG, "more than 8 BOs behind the range, or more than 64 bindings"),
+            (ENOMEM, "[limits] fence_waits waits of this connection asleep already (xed)"),
             RESERVE_FD,
         ),
     ),

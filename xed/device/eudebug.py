@@ -342,7 +342,8 @@ async def _access(
             n, got = _access_vma(xef, vm, addr + done, length - done, rest)
         except UserptrBusy as busy:
             retries += 1
-            await busy.arena.wait_idle()  # the notifier is done: check that part again
+            with xef.device.ufences.asleep(xef):  # ENOMEM past limits.fence_waits
+                await busy.arena.wait_idle()  # the notifier is done: check that part again
             continue
         except IoctlError:
             if not done:
