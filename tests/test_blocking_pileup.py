@@ -31,7 +31,7 @@ from test_vm_export_aux import export_import, resolved
 
 from clients import Device
 from clients.daemon import DaemonProcess
-from protocols import MAX_DATAGRAM, Op, Reply, decode_incoming, encode_request
+from protocols import MAX_DATAGRAM, EventMessage, Op, Reply, decode_incoming, encode_request
 from protocols import messages as m
 from protocols.constants import PAGE_SIZE
 
@@ -158,7 +158,7 @@ class MidChange:
         invalidate(self.dev, self.host.base, PAGE_SIZE, END_REPLACED)
 
     def answer(self) -> Reply:
-        """The next reply (events are let go by)."""
+        """The next reply (an event's seqno is kept as the one to acknowledge)."""
         while True:
             data, fds, _, _ = socket.recv_fds(self.sock, MAX_DATAGRAM, 8)
             for fd in fds:
@@ -167,6 +167,14 @@ class MidChange:
             if isinstance(reply, Reply):
                 del self.pending[reply.id]
                 return reply
+            self.seqno = reply.data.seqno
+
+    def event(self) -> None:
+        """Read the next message, an invalidation event: its seqno is the one to ack."""
+        data, fds, _, _ = socket.recv_fds(self.sock, MAX_DATAGRAM, 8)
+        message = decode_incoming(data, tuple(fds), self.pending)
+        assert isinstance(message, EventMessage), message
+        self.seqno = message.data.seqno
 
 
 @contextlib.contextmanager
@@ -211,3 +219,34 @@ def test_resolves_waiting_on_a_change_count_against_fence_waits(make_daemon: Any
         assert change.answer().errno == 0  # the ack: START returns
         change.end()
         assert [change.answer().errno for _ in range(waits)] == [0] * waits
+
+
+def test_starts_waiting_for_the_aux_driver_count_against_fence_waits(make_daemon: Any) -> None:
+    """A HOST_MEMORY_INVALIDATE START waits until every aux driver holding the pages
+    let them go, a wait asleep like any other: past [limits] fence_waits of the file the
+    next START is ENOMEM at once, with nothing held off (an aux driver that never
+    acknowledges must not let one client park STARTs without end); the one asleep
+    returns once the aux driver acknowledges."""
+    waits = 2  # MidChange's own START, asleep, and one of the channel's two
+    with mid_change(make_daemon(f"[limits]\nfence_waits = {waits}\n")) as change:
+        path = change.dev.transport.sock.getpeername()
+        with Device.open(path, join=change.dev.token) as channel:
+            sock = channel.transport.sock
+            sock.settimeout(TIMEOUT)
+            start = m.XedHostMemoryInvalidate(addr=change.host.base, length=PAGE_SIZE, event=START)
+            pending = {10: Op.HOST_MEMORY_INVALIDATE, 11: Op.HOST_MEMORY_INVALIDATE}
+            for request_id in pending:
+                sock.send(encode_request(request_id, Op.HOST_MEMORY_INVALIDATE, start))
+
+            def answer() -> int:
+                reply = decode_incoming(sock.recv(MAX_DATAGRAM), (), pending)
+                assert isinstance(reply, Reply)
+                del pending[reply.id]
+                return reply.errno
+
+            assert answer() == ENOMEM
+            change.event()  # the one asleep told the aux driver too
+            change.acknowledge(3000)  # up to its seqno: both STARTs may return
+            assert change.answer().errno == 0
+            assert change.started.wait(TIMEOUT)
+            assert answer() == 0

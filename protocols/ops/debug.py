@@ -49,7 +49,10 @@ SPECS: tuple[OpSpec, ...] = (
             "driver that resolved those pages has let them go (AUX_VM_INVALIDATE_DONE, "
             "or its registration ended)."
         ),
-        errors=((EINVAL, "no host memory registered, or the range outside it"),),
+        errors=(
+            (EINVAL, "no host memory registered, or the range outside it"),
+            (ENOMEM, "START: [limits] fence_waits waits of this file asleep already (xed)"),
+        ),
     ),
     OpSpec(
         op=Op.DEBUG_ATTACH,

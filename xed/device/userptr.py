@@ -169,7 +169,8 @@ def host_memory_register_ioctl(
 async def host_memory_invalidate_ioctl(xef: XeFile, args: m.XedHostMemoryInvalidate) -> m.Empty:
     """HOST_MEMORY_INVALIDATE: the client library's MMU notifier.
 
-    Checks: no host memory, the range outside it, or an unknown event: EINVAL.
+    Checks: no host memory, the range outside it, or an unknown event: EINVAL; a START
+    while limits.fence_waits waits of the file are asleep already: ENOMEM.
     START waits for the jobs already submitted on VMs mapping those pages (_jobs_done),
     holds device accesses off the pages, then waits until every aux driver handed those
     pages has let them go; END lets accesses in again and marks the pages replaced
@@ -189,10 +190,15 @@ async def host_memory_invalidate_ioctl(xef: XeFile, args: m.XedHostMemoryInvalid
         EINVAL,
         f"unknown notifier event {args.event}",
     )
-    if args.event == INVALIDATE_START:
+    if args.event != INVALIDATE_START:
+        host.invalidate(offset, args.length, args.event)
+        return m.Empty()
+    # a wait asleep like any other, counted before the pages are held off so that a
+    # refusal leaves nothing changed: an aux driver that never acknowledges must not
+    # let one client park STARTs without end
+    with xef.device.ufences.asleep(xef):  # ENOMEM past limits.fence_waits
         await _jobs_done(xef, host, offset, offset + args.length)
-    host.invalidate(offset, args.length, args.event)
-    if args.event == INVALIDATE_START:
+        host.invalidate(offset, args.length, args.event)
         await host.aux_let_go(offset, offset + args.length)
     return m.Empty()
 
