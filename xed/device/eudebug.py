@@ -287,6 +287,8 @@ async def debug_vm_access_ioctl(xef: XeFile, args: m.XedDebugVmAccess) -> m.XedD
     - a NULL binding: EFAULT
     - a userptr range while [debugger] userptr_access is false: EINVAL
     - freed host memory: EFAULT
+    - host memory mid-change is waited for (then the step starts over), a wait asleep
+      like any other: limits.fence_waits of this file asleep already: ENOMEM
     - a write to a foreign buffer its owner sealed against writes (the daemon cannot map
       it writable; a read of it reads), or memory the daemon cannot map at all (out of
       descriptors or maps): EFAULT
