@@ -175,7 +175,6 @@ class Connection:
         )
         self.joined = False  # a channel: self.xef is another connection's drm file
         self._lent = trio.Semaphore(LENT_IN_FLIGHT)  # blocking requests holding descriptors
-        self.blocking = 0  # blocking requests under way, in tasks of their own
         # Replies waiting for room in the client's socket: it is not reading them. Each
         # blocking request is a task, which keeps its reply until it can go: while one
         # waits, the reader takes no further blocking request (a client pipelining
@@ -335,7 +334,6 @@ class Connection:
                             raise
                         if not await self._lend(request):
                             continue
-                    self.blocking += 1
                     xef.blocking += 1
                     nursery.start_soon(self._answer_blocking, request, xef, nursery.cancel_scope)
                 elif fds:
@@ -475,7 +473,6 @@ class Connection:
         except _Disconnected:
             connection.cancel()  # the reader will see the end of the connection too
         finally:
-            self.blocking -= 1
             xef.blocking -= 1
             _close_all(request.fds)
             if request.fds:

@@ -344,8 +344,7 @@ async def _access(
             n, got = _access_vma(xef, vm, addr + done, length - done, rest)
         except UserptrBusy as busy:
             retries += 1
-            with xef.device.ufences.asleep(xef):  # ENOMEM past limits.fence_waits
-                await busy.arena.wait_idle()  # the notifier is done: check that part again
+            await busy.arena.wait_idle_for(xef)  # then that part again; ENOMEM past the limit
             continue
         except IoctlError:
             if not done:

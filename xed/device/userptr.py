@@ -114,6 +114,14 @@ class HostArena:
     async def wait_idle(self) -> None:
         await self._idle.wait()
 
+    async def wait_idle_for(self, xef: XeFile) -> None:
+        """wait_idle() in an ioctl of `xef`: a wait asleep like any other, against its
+        limits.fence_waits (ENOMEM past it), as it would be a thread asleep in the
+        kernel; unbounded, one connection could park them without end while the
+        memory's owner holds a change open."""
+        with self.file.device.ufences.asleep(xef):
+            await self._idle.wait()
+
     async def aux_let_go(self, lo: int, hi: int) -> None:
         """[lo, hi) is about to change: every aux driver handed some of its pages is told,
         and this returns once each has let them go (or its registration ended)."""

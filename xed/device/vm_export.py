@@ -326,9 +326,7 @@ async def aux_vm_resolve_ioctl(
       (bindings: one BO bound many times over): E2BIG
     Host memory under a userptr range that is being invalidated is waited for (as
     hmm_range_fault retries), and the whole range is then resolved again; the wait
-    counts against limits.fence_waits of the aux file (ENOMEM past it), as each would
-    be a thread asleep in the kernel: without it one aux connection could park
-    resolves without end while an application holds a change open.
+    counts against limits.fence_waits of the aux file (ENOMEM past it: wait_idle_for).
     """
     while True:
         registration = _registration(xef, args.vm_handle)  # again: it may end meanwhile
@@ -341,8 +339,7 @@ async def aux_vm_resolve_ioctl(
             spans, backing = _resolve(vm, args.va, args.va + args.length)
         except UserptrBusy as busy:
             xef.device.stats["userptr_retries"] += 1
-            with xef.device.ufences.asleep(xef):  # ENOMEM past limits.fence_waits
-                await busy.arena.wait_idle()
+            await busy.arena.wait_idle_for(xef)  # ENOMEM past limits.fence_waits
             continue
         break
     fds: list[int] = []
