@@ -45,6 +45,20 @@ def peer_attach(sock: socket.socket, request_id: int = 7, timeout: float = 10.0)
     return reply
 
 
+def next_reply(sock: socket.socket, pending: dict[int, Op]) -> Reply:
+    """The next reply on a raw connection to one of the requests in `pending` (id ->
+    op), taken off it; events are let go by, and descriptors closed."""
+    while True:
+        data, ancdata, _flags, _ = sock.recvmsg(MAX_DATAGRAM, socket.CMSG_SPACE(4 * MAX_FDS))
+        fds, _junk = unpack_fds(ancdata)
+        for fd in fds:
+            os.close(fd)
+        reply = decode_incoming(data, tuple(fds), pending)
+        if isinstance(reply, Reply):
+            del pending[reply.id]
+            return reply
+
+
 def readable(fd: int, timeout: float = 0.0) -> bool:
     """`fd` polls readable (a sync file: its fence signalled) within `timeout` seconds."""
     return bool(select.select([fd], [], [], timeout)[0])

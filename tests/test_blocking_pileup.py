@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from conftest import baseline
+from helpers import next_reply
 from test_aux_userptr import userptr_vm
 from test_lent_per_uid import hello
 from test_mmio import wait_until
@@ -102,10 +103,7 @@ def test_blocking_requests_never_read_stop_the_reading(make_daemon: Any, name: s
             pending = {request_id: op for request_id in ids}
             answered: list[int] = []
             while pending:
-                reply = decode_incoming(sock.recv(MAX_DATAGRAM), (), pending)
-                assert isinstance(reply, Reply)
-                del pending[reply.id]  # each answered once
-                answered.append(reply.errno)
+                answered.append(next_reply(sock, pending).errno)  # each answered once
             sender.join(TIMEOUT)
             assert not sender.is_alive() and not failed, failed
             assert answered == [expected] * SENT
@@ -158,16 +156,7 @@ class MidChange:
         invalidate(self.dev, self.host.base, PAGE_SIZE, END_REPLACED)
 
     def answer(self) -> Reply:
-        """The next reply (an event's seqno is kept as the one to acknowledge)."""
-        while True:
-            data, fds, _, _ = socket.recv_fds(self.sock, MAX_DATAGRAM, 8)
-            for fd in fds:
-                os.close(fd)
-            reply = decode_incoming(data, tuple(fds), self.pending)
-            if isinstance(reply, Reply):
-                del self.pending[reply.id]
-                return reply
-            self.seqno = reply.data.seqno
+        return next_reply(self.sock, self.pending)
 
     def event(self) -> None:
         """Read the next message, an invalidation event: its seqno is the one to ack."""
@@ -238,15 +227,9 @@ def test_starts_waiting_for_the_aux_driver_count_against_fence_waits(make_daemon
             for request_id in pending:
                 sock.send(encode_request(request_id, Op.HOST_MEMORY_INVALIDATE, start))
 
-            def answer() -> int:
-                reply = decode_incoming(sock.recv(MAX_DATAGRAM), (), pending)
-                assert isinstance(reply, Reply)
-                del pending[reply.id]
-                return reply.errno
-
-            assert answer() == ENOMEM
+            assert next_reply(sock, pending).errno == ENOMEM
             change.event()  # the one asleep told the aux driver too
             change.acknowledge(3000)  # up to its seqno: both STARTs may return
             assert change.answer().errno == 0
             assert change.started.wait(TIMEOUT)
-            assert answer() == 0
+            assert next_reply(sock, pending).errno == 0

@@ -29,12 +29,13 @@ from debugger_support import (
     access,
     errno_of,
 )
+from helpers import next_reply
 
 from clients import Device
 from clients.daemon import DaemonProcess
 from protocols import Op, Reply, decode_incoming, encode_request
 from protocols import messages as m
-from protocols.codec import MAX_DATAGRAM, to_wire
+from protocols.codec import to_wire
 from protocols.constants import PAGE_SIZE
 
 # debugger_support's fixtures, for this module's tests too
@@ -466,13 +467,7 @@ def test_accesses_waiting_on_a_change_count_against_fence_waits(
         for request_id in pending:
             sock.send(encode_request(request_id, Op.DEBUG_VM_ACCESS, read))
 
-        def answer() -> Reply:
-            reply = decode_incoming(sock.recv(MAX_DATAGRAM), (), pending)
-            assert isinstance(reply, Reply)
-            del pending[reply.id]
-            return reply
-
-        assert answer().errno == ENOMEM  # the second, while the first sleeps
+        assert next_reply(sock, pending).errno == ENOMEM  # the second, while the first sleeps
         t.run(CHANGE.format(event=2))  # END (the pages stay): the sleeper reads them
-        last = answer()
+        last = next_reply(sock, pending)
         assert (last.errno, last.result.data) == (0, HOST_PATTERN[:16])
