@@ -15,9 +15,10 @@
  * the syncobj no more than the kernel's registration does: when it is freed (its last
  * handle destroyed, no descriptor left) the wait answers ENOENT, and, as with any other
  * failure (the drm file released: the daemon ends its channels; the daemon gone), the
- * registration ends without counting, as the kernel frees it with its syncobj. The thread holds no reference on the
- * xed_file: the channel is opened before the thread starts, and the program closing
- * its drm file must release it as the kernel's close does, not be kept alive by us.
+ * registration ends without counting, as the kernel frees it with its syncobj. The
+ * thread holds no reference on the xed_file: the channel is opened before the thread
+ * starts, and the program closing its drm file must release it as the kernel's close
+ * does, not be kept alive by us.
  * In a forked child there is no such thread; the copies it inherits are close-on-exec.
  *
  * The counter is written once POLLOUT says a write would not block: a counter at its
