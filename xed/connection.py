@@ -93,11 +93,11 @@ _DISPATCH = {
 }
 # op -> handler, for the ops answered in the reader's own step with no await between the
 # request and its reply (a plain function of (file, args) that neither takes descriptors,
-# nor opens any, nor blocks): nearly every request, answered with no coroutine.
+# nor answers with any, nor blocks): nearly every request, answered with no coroutine.
 _PLAIN = {
     op: handler
     for op, (handler, takes_fds, is_async, opens) in _DISPATCH.items()
-    if not (takes_fds or is_async or opens or SPECS[op].blocking)
+    if not (takes_fds or is_async or opens or SPECS[op].blocking or SPECS[op].fds_out)
 }
 # the ops whose answer may wait (WAIT_USER_FENCE): each in a task of its own
 _BLOCKING = frozenset(op for op, spec in SPECS.items() if spec.blocking)
@@ -284,24 +284,18 @@ class Connection:
                     request_id, op, args = request.id, request.op, request.args
                 handler = _PLAIN.get(op)
                 xef = self.xef  # a channel's is another connection's, from its JOIN on
-                # device.is_gone(xef.generation), inline
-                if handler is not None and not (
-                    device.unplugged or xef.generation != device.generation
-                ):
+                # not device.is_gone(xef.generation), inline
+                if handler is not None and xef.generation == device.live_generation:
                     started = _now()
                     try:
                         if device.test_crashes:
                             device.crash_point(op.name)
-                        result = handler(xef, args)
-                        if type(result) is not tuple:  # a reply that cannot go is ours too
-                            reply = REPLY_ENCODERS[op](request_id, result)  # encode_reply()
+                        # a record: no plain op answers with descriptors; and a reply that
+                        # cannot be encoded is our bug, as a handler's exception is
+                        reply = REPLY_ENCODERS[op](request_id, handler(xef, args))
                     except Exception as exc:
                         request = request or Request(request_id, op, args)
                         await self._failed(request, exc, started)
-                        continue
-                    if type(result) is tuple:  # descriptors it already held
-                        request = request or Request(request_id, op, args)
-                        await self._send_result(request, result, started)
                         continue
                     try:  # _send_now(), inline
                         sock.send(reply)

@@ -91,9 +91,11 @@ class XeDevice:
         self.watcher = PageWatcher(self)
         nofile, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         self.views = ViewCache(views_limit(nofile))
-        self.unplugged = False
         # one more at every unplug: files of an earlier one belong to a device that went
         self.generation = 0
+        # the generation served now; None while unplugged: one comparison tells whether
+        # a file is still served (is_gone), on every request
+        self.live_generation: int | None = 0
         self._nursery: trio.Nursery | None = None
         self.test_crashes = _test_crash_points()
         if self.test_crashes:
@@ -172,8 +174,8 @@ class XeDevice:
     def unplug(self) -> None:
         """drm_dev_unplug (unplug.py): the files open now are dead for good, the device
         stops, its memory is emptied under every mapping, and clients are told."""
-        self.unplugged = True
         self.generation += 1
+        self.live_generation = None
         drm_dev_unplug(self)
 
     def replug(self) -> None:
@@ -186,11 +188,15 @@ class XeDevice:
         self.notice = UnplugNotice()
         self.watcher.replug(self.notice)
         self.start_forever(self.bar0.run_timestamp, what="bar0_timestamp")
-        self.unplugged = False
+        self.live_generation = self.generation
+
+    @property
+    def unplugged(self) -> bool:
+        return self.live_generation is None
 
     def is_gone(self, generation: int) -> bool:
         """Whether an object made at `generation` belongs to a device since unplugged."""
-        return self.unplugged or generation != self.generation
+        return generation != self.live_generation
 
     def start_soon(
         self,
