@@ -92,6 +92,7 @@ class PageWatcher:
         self.pages: set[WatchedPage] = set()
         self.lock = threading.Lock()
         self.looks = 0
+        self.tally = [0]  # barriers the pages counted since the last look ended
         self._asleep_at: int | None = device.notice.watcher_word()
         self._spare = ctypes.c_uint32(0)  # slept on while the device has no notice page
         self._sleeping_on: int | None = None
@@ -212,13 +213,18 @@ class PageWatcher:
     def _look(self, now: float, since: float, full: bool) -> bool:
         busy = False
         crashed: list[tuple[WatchedPage, Exception]] = []
+        device, tally = self.device, self.tally
+        crash_points = device.test_crashes
         for page in self.pages:
             try:
-                if self.device.test_crashes:
-                    self.device.crash_point("page_watcher")
+                if crash_points:
+                    device.crash_point("page_watcher")
                 busy |= page.look(now, since, full)
             except Exception as exc:
                 crashed.append((page, exc))
+        if tally[0]:
+            device.stats["barriers"] += tally[0]
+            tally[0] = 0
         self.looks += 1
         for page, error in crashed:
             self._crashed(page, error)
