@@ -118,7 +118,8 @@ def _bench_parsers(sub: Subparsers) -> None:
         help="how many client processes at once, one figure each (default: 1,4,16,64)",
     )  # fmt: skip
     tp.add_argument("--seconds", type=float, default=1.0, help="length of each round")
-    tp.add_argument("--rounds", type=int, default=2, help="alternating rounds per N")
+    # two rounds left each N's ratio about as noisy as the margin it is judged by
+    tp.add_argument("--rounds", type=int, default=4, help="alternating rounds per N")
     for p in (rtt, mm, bar, rd, sc, tp):
         _json_option(p)
 
