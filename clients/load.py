@@ -8,11 +8,12 @@ wrote. While they run, a separate prober process measures ioctl round trips and,
 control, round trips through a raw socket echo server running at the daemon's priority:
 what the same load does to any round trip between two processes on this machine; and
 between them the acknowledgement of barriers of its own, the figure a program that
-waits for one sees (a writer's own samples also hold its wait for a CPU among the
-other busy writers, printed apart). The
-parent shows progress, then compares every writer's count with the device's count for
-that writer's file (a barrier written but not counted is lost; counted for the wrong
-file would show as a count above what was written), and prints the table.
+waits for one sees, and beside it the last read that still saw each (the device's own
+figure lies between the two; a writer's own samples also hold its wait for a CPU among
+the other busy writers, printed apart). The parent shows progress, then compares every
+writer's count with the device's count for that writer's file (a barrier written but
+not counted is lost; counted for the wrong file would show as a count above what was
+written), and prints the table.
 
 Sessions matter to the scheduler. With autogroup (Linux's default on desktops and most
 distributions), CPU time is shared between sessions before it is shared between the
@@ -101,7 +102,7 @@ def writer(
         if ioctls and n % 2000 == 0:
             dev.version()
         if n % ACK_SAMPLE_EVERY == 0:
-            acks.append(_acknowledged(dev))
+            acks.append(_acknowledged(dev)[1])
     dev.pci_barrier_drain()
     written = dev.barriers_written
     print(
@@ -126,15 +127,22 @@ def prober(socket_path: str, echo_path: str, seconds: float, nice: int) -> None:
     _ready_then_wait_for_go()
     samples, echoes, acks = _probe(dev, echo, time.monotonic() + seconds, barriers=True)
     echo.close()
-    print(json.dumps({"samples": samples, "echo": echoes, "acks": acks, "session": os.getsid(0)}))
+    report = {
+        "samples": samples,
+        "echo": echoes,
+        "acks": [seen for _before, seen in acks],
+        "acks_before": [before for before, _seen in acks],
+        "session": os.getsid(0),
+    }
+    print(json.dumps(report))
 
 
 def _probe(
     dev: Device, echo: EchoClient, deadline: float, barriers: bool = False
-) -> tuple[list[float], list[float], list[float]]:
+) -> tuple[list[float], list[float], list[tuple[float, float]]]:
     samples: list[float] = []
     echoes: list[float] = []
-    acks: list[float] = []
+    acks: list[tuple[float, float]] = []
     while time.monotonic() < deadline:
         start = time.perf_counter()
         dev.version()
@@ -148,15 +156,20 @@ def _probe(
     return samples, echoes, acks
 
 
-def _acknowledged(dev: Device) -> float:
-    """One barrier, and the time until the device has counted it (the page reads
-    0xdeadbeef again)."""
+def _acknowledged(dev: Device) -> tuple[float, float]:
+    """One barrier, and two bounds of the time until the device counted it (the page
+    reads 0xdeadbeef again): the last read of the page that still saw the barrier, and
+    the first that saw it counted. They are a read apart, unless the scheduler took the
+    CPU away between them: the device's own figure lies between the two."""
     page = dev.pci_barrier_mapping()
-    start = time.perf_counter()
+    clock = time.perf_counter
+    start = before = clock()
     dev.pci_barrier()
-    while page.read_u32(0) != 0xDEADBEEF:
-        pass
-    return time.perf_counter() - start
+    while True:
+        at = clock()  # taken before the read: the barrier was still there after it
+        if page.read_u32(0) == 0xDEADBEEF:
+            return before - start, clock() - start
+        before = at
 
 
 def _spawn(*args: object, own_session: bool = False) -> subprocess.Popen[str]:
@@ -306,6 +319,8 @@ def _run_load(
         "rate": total / elapsed,
         "ack_p50_us": percentile(loaded["acks"], 0.5) * 1e6,
         "ack_p99_us": percentile(loaded["acks"], 0.99) * 1e6,
+        "ack_before_p50_us": percentile(loaded["acks_before"], 0.5) * 1e6,
+        "ack_before_p99_us": percentile(loaded["acks_before"], 0.99) * 1e6,
         "writer_ack_p50_us": percentile(acks, 0.5) * 1e6,
         "writer_ack_p99_us": percentile(acks, 0.99) * 1e6,
         "ioctl": _latencies(idle, loaded["samples"]),
@@ -345,6 +360,12 @@ def print_report(opts: LoadOptions, result: dict[str, Any]) -> None:
         f"acknowledgement latency: p50 {result['ack_p50_us']:.0f} us, "
         f"p99 {result['ack_p99_us']:.0f} us (the prober's barriers; target p50 <= 500 us, "
         "p99 <= 2000 us)"
+    )
+    print(
+        f"acknowledgement latency, the prober's last read before it: p50 "
+        f"{result['ack_before_p50_us']:.0f} us, p99 {result['ack_before_p99_us']:.0f} us "
+        "(the device's own figure lies between the two: they differ where the prober lost "
+        "its CPU while it read)"
     )
     print(
         f"acknowledgement latency, writers' own samples: p50 {result['writer_ack_p50_us']:.0f} "

@@ -77,6 +77,12 @@ def test_load_one_run_prints_both_acknowledgement_figures() -> None:
     out = done.stdout
     assert re.search(r"^acknowledgement latency: p50 \d+ us, p99 \d+ us \(the prober's", out, re.M)
     assert re.search(r"^acknowledgement latency, writers' own samples: p50 \d+ us", out, re.M)
+    # and the lower bounds: the prober's last read that still saw its barrier
+    before = re.search(r"^acknowledgement latency, the prober's last read before it: "
+                       r"p50 (\d+) us, p99 (\d+) us", out, re.M)  # fmt: skip
+    seen = re.search(r"^acknowledgement latency: p50 (\d+) us, p99 (\d+) us", out, re.M)
+    assert before and seen, out
+    assert int(before[1]) <= int(seen[1]) and int(before[2]) <= int(seen[2]), out
     assert re.search(r"^daemon CPU: \d+% of one core$", out, re.MULTILINE), out
     # how the kernel runs the page watcher, whatever this machine grants
     assert re.search(r"^page watcher thread: (fifo|normal|unknown)", out, re.MULTILINE), out
