@@ -46,6 +46,7 @@ from protocols.constants import (
     PROT_READ,
     PROT_WRITE,
     XE_PLACEMENT_SYSMEM,
+    XED_PCI_BARRIER_ACKS_RECORD,
     EngineClass,
     Query,
     UfenceOp,
@@ -444,6 +445,18 @@ class Device(PrimeOps, RoleOps):
         repeated number once) and wait for the page to read 0xdeadbeef again."""
         if self._barrier is not None:
             self._barrier.drain(attempts)
+
+    def pci_barrier_acks(self, record: bool = True) -> m.XedPciBarrierAcksReply:
+        """PCI_BARRIER_ACKS: when the device read this file's barriers since the last
+        call, as (running number, CLOCK_MONOTONIC ns) in `seqs` and `counted_ns` (the
+        device goes on recording if `record`, from the first call on). Compare with
+        time.monotonic_ns() taken before pci_barrier() and barriers_written after it:
+        the barrier was counted at the first time whose number reached its own."""
+        flags = XED_PCI_BARRIER_ACKS_RECORD if record else 0
+        reply: m.XedPciBarrierAcksReply = self.ioctl(
+            Op.PCI_BARRIER_ACKS, m.XedPciBarrierAcks(flags=flags)
+        )
+        return reply
 
     # --- VMs --------------------------------------------------------------------------------
     def vm_create(self, flags: int = 0) -> int:

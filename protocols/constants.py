@@ -40,6 +40,11 @@ PCI_BARRIER_IDLE = 0xDEADBEEF  # what every word of the barrier page reads back
 # device can count writes that landed between two of its looks. Any other value is one.
 PCI_BARRIER_SEQ_TAG = 0x5E00_0000
 PCI_BARRIER_SEQ_MASK = 0x00FF_FFFF
+# PCI_BARRIER_ACKS (xed's, no kernel equivalent): while this flag is set the device keeps,
+# for the file's barrier page, the time of each look that counted barriers there (at most
+# PCI_BARRIER_ACKS_KEPT between two calls); a call without it stops that
+XED_PCI_BARRIER_ACKS_RECORD = 1 << 0
+PCI_BARRIER_ACKS_KEPT = 1024
 # A u32 at this byte offset of the device's notice page (UNPLUG_NOTICE, read-only for
 # clients) is non-zero while the device's page watcher sleeps: a writer that finds it so
 # after a barrier store FUTEX_WAKEs it there, so a barrier after a quiet spell is seen at

@@ -3,7 +3,7 @@ with the proposed MMIO regions and xed's mmap of a fake offset."""
 
 from __future__ import annotations
 
-from ..constants import MAX_USER_EXTENSIONS
+from ..constants import MAX_USER_EXTENSIONS, PCI_BARRIER_ACKS_KEPT
 from ..fields import array, blob, frozen, mbz, record, records, s64, string, u16, u32, u64, upto
 
 
@@ -208,6 +208,27 @@ class XedMmapReply:
 class XedUnplugNotice:
     """The device's unplug notice page, to map read-only (no kernel equivalent: the
     kernel zaps mappings itself; here clients map memory themselves, so they are told)."""
+
+
+@frozen
+class XedPciBarrierAcks:
+    """When the device counted this file's barriers (no kernel equivalent: what the
+    kernel's device does is the hardware's; here it is the daemon's to tell, as a
+    debugfs file would)."""
+
+    flags: int = u32("XED_PCI_BARRIER_ACKS_RECORD: go on recording (else stop)")
+    pad: int = u32("must be zero")
+
+
+@frozen
+class XedPciBarrierAcksReply:
+    seqs: tuple[int, ...] = upto(
+        PCI_BARRIER_ACKS_KEPT, "u32", "the library's running number the page held then"
+    )
+    counted_ns: tuple[int, ...] = upto(
+        PCI_BARRIER_ACKS_KEPT, "u64", "when the device read it (CLOCK_MONOTONIC, ns)"
+    )
+    dropped: int = u64("counted since the last call but not kept (past the first 1024)")
 
 
 # --- VM -------------------------------------------------------------------------------

@@ -140,6 +140,30 @@ SPECS: tuple[OpSpec, ...] = (
         errors=(RESERVE_FD,),
     ),
     OpSpec(
+        op=Op.PCI_BARRIER_ACKS,
+        request=m.XedPciBarrierAcks,
+        reply=m.XedPciBarrierAcksReply,
+        doc=(
+            "No kernel equivalent (on the hardware the device counts a barrier, and only "
+            "it knows when; here it is the daemon, which can say). When the device read "
+            "this file's barriers: with XED_PCI_BARRIER_ACKS_RECORD set, the device "
+            "records, for every look that finds a barrier in the page, the running "
+            "number word 0 then held and the time of that read (CLOCK_MONOTONIC, read "
+            "between the read and the page reading 0xdeadbeef again), until a call "
+            "without the flag. Each call answers what was recorded since the previous "
+            "one (at most the first 1024; `dropped` counts the rest) and starts afresh. "
+            "A barrier stored at time t was counted at the first time after t whose "
+            "number reached the barrier's: the device's own acknowledgement latency, "
+            "which `xec load barrier` prints."
+        ),
+        errors=(
+            MBZ,
+            (EINVAL, "unknown flags"),
+            (ENOENT, "this file has no barrier page (map it first: GEM_MMAP_OFFSET with "
+             "DRM_XE_MMAP_OFFSET_FLAG_PCI_BARRIER, then MMAP)"),
+        ),
+    ),
+    OpSpec(
         op=Op.XE_VM_CREATE,
         request=m.DrmXeVmCreate,
         reply=m.DrmXeVmCreateReply,

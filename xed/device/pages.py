@@ -23,18 +23,24 @@ import fcntl
 import mmap
 import os
 import struct
+import time
+from errno import EINVAL, ENOENT
 from typing import TYPE_CHECKING
 
 import structlog
 
+from protocols import messages as m
 from protocols.constants import (
     PAGE_SIZE,
+    PCI_BARRIER_ACKS_KEPT,
     PCI_BARRIER_IDLE,
     PCI_BARRIER_SEQ_MASK,
     PCI_BARRIER_SEQ_TAG,
+    XED_PCI_BARRIER_ACKS_RECORD,
 )
 from protocols.words import Words
 
+from .errors import refuse_if
 from .memory import create_backing
 
 if TYPE_CHECKING:
@@ -48,6 +54,7 @@ _SEQ_HALF = (PCI_BARRIER_SEQ_MASK + 1) // 2
 _TAG_BITS = 0xFFFF_FFFF & ~PCI_BARRIER_SEQ_MASK  # of word 0: the library's tag
 
 LATENCY_SAMPLES = 4096
+_monotonic_ns = time.monotonic_ns
 
 
 class WatchedPage:
@@ -104,6 +111,10 @@ class BarrierPage(WatchedPage):
         self._tally = xef.device.watcher.tally
         self._last_seq = 0
         self.ack_bounds: list[float] = []  # write-to-restore latency, upper bounds (s)
+        # PCI_BARRIER_ACKS: while asked for, (number, time) of each look that counted
+        # here; None otherwise, so a page nobody asks about pays one test per count
+        self.acks: list[tuple[int, int]] | None = None
+        self.acks_dropped = 0
 
     def mmap_fd(self) -> int:
         assert self._handout is not None, "no new mapping of a closed file's page"
@@ -161,8 +172,12 @@ class BarrierPage(WatchedPage):
                     self._last_seq = word0 & PCI_BARRIER_SEQ_MASK
             else:
                 counted = 1
+            if counted and self.acks is not None:  # read, and not yet reading idle again
+                self._note_ack(_monotonic_ns())
             self._u32[0] = PCI_BARRIER_IDLE
         if full and self.view[4:] != _IDLE_REST:
+            if not counted and self.acks is not None:
+                self._note_ack(_monotonic_ns())
             counted = counted or 1  # any other word written: one barrier
             self.view[4:] = _IDLE_REST
         if counted:
@@ -172,6 +187,22 @@ class BarrierPage(WatchedPage):
                 self.ack_bounds.append(now - since)
         return True
 
+    def _note_ack(self, at: int) -> None:
+        acks = self.acks
+        assert acks is not None
+        if len(acks) < PCI_BARRIER_ACKS_KEPT:
+            acks.append((self._last_seq, at))
+        else:
+            self.acks_dropped += 1
+
+    def take_acks(self, record: bool) -> tuple[list[tuple[int, int]], int]:
+        """(The watcher's lock held.) What was recorded since the last call, and how
+        many looks were not kept; recording goes on if `record`."""
+        acks, dropped = self.acks or [], self.acks_dropped
+        self.acks = [] if record else None
+        self.acks_dropped = 0
+        return acks, dropped
+
     def summary(self) -> dict[str, float]:
         bounds = sorted(self.ack_bounds) or [0.0]
         return {
@@ -179,6 +210,23 @@ class BarrierPage(WatchedPage):
             "ack_p50_us": round(bounds[len(bounds) // 2] * 1e6, 1),
             "ack_p99_us": round(bounds[min(len(bounds) - 1, int(len(bounds) * 0.99))] * 1e6, 1),
         }
+
+
+def xed_pci_barrier_acks_ioctl(xef: XeFile, args: m.XedPciBarrierAcks) -> m.XedPciBarrierAcksReply:
+    """PCI_BARRIER_ACKS: when the device read this file's barriers (xed's: no kernel
+    equivalent). Checks: pad (EINVAL), flags (EINVAL), a barrier page (ENOENT)."""
+    refuse_if(args.pad, EINVAL, "pad not zero")
+    refuse_if(args.flags & ~XED_PCI_BARRIER_ACKS_RECORD, EINVAL, f"unknown flags {args.flags:#x}")
+    page = xef.barrier_page
+    refuse_if(page is None, ENOENT, "no barrier page: map it first")
+    assert page is not None
+    with xef.device.watcher.lock:  # the watcher appends while it looks
+        acks, dropped = page.take_acks(bool(args.flags & XED_PCI_BARRIER_ACKS_RECORD))
+    return m.XedPciBarrierAcksReply(
+        seqs=tuple(seq for seq, _at in acks),
+        counted_ns=tuple(at for _seq, at in acks),
+        dropped=dropped,
+    )
 
 
 def _reopen_writable(memfd: int) -> int:
