@@ -126,7 +126,9 @@ class BarrierPage(WatchedPage):
         return self._handout is None
 
     def orphan(self) -> None:
-        """The file closed: no new mapping can be made, existing ones go on."""
+        """The file closed: no new mapping can be made, existing ones go on; nobody can
+        ask for its barriers' times any more (PCI_BARRIER_ACKS), so none are kept."""
+        self.acks = None
         if self._handout is not None:
             os.close(self._handout)
             self._handout = None
@@ -194,7 +196,8 @@ class BarrierPage(WatchedPage):
 
     def _note_ack(self, at: int) -> None:
         acks = self.acks
-        assert acks is not None
+        if acks is None:  # orphaned since the look tested it
+            return
         if len(acks) < PCI_BARRIER_ACKS_KEPT:
             acks.append((self._last_seq, at))
         else:
