@@ -225,32 +225,50 @@ def autogroup_state() -> str:
 _POLICY_NAMES = {0: "normal", 1: "fifo", 2: "rr", 3: "batch", 5: "idle", 6: "deadline"}
 
 
-def watcher_scheduling(daemon_pid: int) -> str:
-    """How the kernel runs the daemon's page watcher thread (named xed-watcher), as
-    /proc tells: its policy, and for an ordinary thread the slice it asked for."""
+def _watcher_tid(daemon_pid: int) -> int | None:
+    """The daemon's page watcher thread (named xed-watcher); None where /proc does not
+    show it (the daemon gone, or another user's)."""
     tasks = f"/proc/{daemon_pid}/task"
     try:
-        for tid in os.listdir(tasks):
+        tids = os.listdir(tasks)
+    except OSError:
+        return None
+    for tid in tids:
+        try:
             with open(f"{tasks}/{tid}/comm") as f:
-                if f.read().strip() != "xed-watcher":
-                    continue
-            with open(f"{tasks}/{tid}/sched") as f:
-                fields = dict(
-                    (key.strip(), value.strip())
-                    for key, _, value in (line.partition(":") for line in f)
-                )
-            policy = _POLICY_NAMES.get(int(fields.get("policy", "0")), "other")
-            if policy == "fifo":
-                return "fifo (real-time: runs as soon as it wakes)"
-            slice_ms = int(fields.get("se.slice", "0")) / 1e6
-            if slice_ms <= 0.1:
-                note = "no real-time priority: a short slice instead"
-            else:
-                note = "no real-time priority nor short slice: looks wait for a CPU"
-            return f"{policy}, slice {slice_ms:g} ms ({note})"
-    except (OSError, ValueError):  # gone, or another user's process
-        pass
-    return "unknown"
+                if f.read().strip() == "xed-watcher":
+                    return int(tid)
+        except OSError:  # ended meanwhile
+            continue
+    return None
+
+
+def watcher_scheduling(daemon_pid: int) -> str:
+    """How the kernel runs the daemon's page watcher thread, as /proc tells: its
+    policy, and for an ordinary thread the slice it asked for."""
+    tid = _watcher_tid(daemon_pid)
+    if tid is None:
+        return "unknown"
+    try:
+        with open(f"/proc/{daemon_pid}/task/{tid}/sched") as f:
+            fields = dict(
+                (key.strip(), value.strip())
+                for key, _, value in (line.partition(":") for line in f)
+            )
+    except OSError:  # gone meanwhile
+        return "unknown"
+    try:
+        policy = _POLICY_NAMES.get(int(fields.get("policy", "0")), "other")
+        slice_ms = int(fields.get("se.slice", "0")) / 1e6
+    except ValueError:
+        return "unknown"
+    if policy == "fifo":
+        return "fifo (real-time: runs as soon as it wakes)"
+    if slice_ms <= 0.1:
+        note = "no real-time priority: a short slice instead"
+    else:
+        note = "no real-time priority nor short slice: looks wait for a CPU"
+    return f"{policy}, slice {slice_ms:g} ms ({note})"
 
 
 # --- one run -------------------------------------------------------------------------------
@@ -374,14 +392,8 @@ def _run_load(
 
 def _watcher_ns(pid: int, before: dict[int, int], after: dict[int, int]) -> int:
     """The CPU the daemon's page watcher thread took between two threads_cpu_ns()."""
-    for tid, ns in after.items():
-        try:
-            with open(f"/proc/{pid}/task/{tid}/comm") as f:
-                if f.read().strip() == "xed-watcher":
-                    return ns - before.get(tid, 0)
-        except OSError:  # gone meanwhile
-            continue
-    return 0
+    tid = _watcher_tid(pid)
+    return after.get(tid, 0) - before.get(tid, 0) if tid is not None else 0
 
 
 def _latencies(idle: list[float], loaded: list[float]) -> dict[str, float]:
