@@ -223,7 +223,7 @@ class XedPciBarrierAcks:
 @frozen
 class XedPciBarrierAcksReply:
     seqs: tuple[int, ...] = upto(
-        PCI_BARRIER_ACKS_KEPT, "u32", "the library's running number the page held then"
+        PCI_BARRIER_ACKS_KEPT, "u32", "the library's running number counted up to then"
     )
     counted_ns: tuple[int, ...] = upto(
         PCI_BARRIER_ACKS_KEPT, "u64", "when the device read it (CLOCK_MONOTONIC, ns)"

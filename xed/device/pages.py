@@ -175,11 +175,11 @@ class BarrierPage(WatchedPage):
             else:
                 counted = 1
             if counted and self.acks is not None:  # read, and not yet reading idle again
-                self._note_ack(_monotonic_ns())
+                self._note_ack()
             self._u32[0] = PCI_BARRIER_IDLE
         if full and not self._rest_idle():
             if not counted and self.acks is not None:
-                self._note_ack(_monotonic_ns())
+                self._note_ack()
             counted = counted or 1  # any other word written: one barrier
             self.view[4:] = _IDLE_REST
         if counted:
@@ -194,12 +194,15 @@ class BarrierPage(WatchedPage):
         # was a 4 KiB copy per page per full look (10 us a look at 65 busy pages, cold)
         return self.view.find(_IDLE_REST, 4) == 4
 
-    def _note_ack(self, at: int) -> None:
+    def _note_ack(self) -> None:
+        """(In a look, between the read of a barrier and the page's restore.) The time,
+        and the library's running number as counted now (a raw store leaves it as it
+        was), for PCI_BARRIER_ACKS."""
         acks = self.acks
         if acks is None:  # orphaned since the look tested it
             return
         if len(acks) < PCI_BARRIER_ACKS_KEPT:
-            acks.append((self._last_seq, at))
+            acks.append((self._last_seq, _monotonic_ns()))
         else:
             self.acks_dropped += 1
 
