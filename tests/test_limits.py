@@ -37,7 +37,13 @@ from protocols import (
     pack_fds,
 )
 from protocols import messages as m
-from protocols.constants import PAGE_SIZE, SEEK_END
+from protocols.constants import (
+    DRM_XE_VM_BIND_OP_MAP,
+    DRM_XE_VM_BIND_OP_UNMAP,
+    DRM_XE_VM_BIND_OP_UNMAP_ALL,
+    PAGE_SIZE,
+    SEEK_END,
+)
 from xed.device.limits import OPENS_DESCRIPTORS, out_of_errno
 from xed.ioctl import ADMIN_CLIENTS_LISTED
 
@@ -194,6 +200,60 @@ def test_an_export_outliving_its_file_is_freed_cleanly(make_daemon: Any) -> None
     finally:
         os.close(fd)
     assert settle_to(daemon, before) == before
+
+
+VMA_LIMITS = """
+[limits]
+vmas = 6
+"""
+VA = 1 << 32
+
+
+def test_vm_bind_past_limits_vmas_is_enomem(make_daemon: Any) -> None:
+    """limits.vmas counts a file's GPU mappings over all its VMs. A bind array that may
+    take it past is ENOMEM with nothing changed: a MAP counts two (it may split what it
+    lands inside), an UNMAP inside a mapping one (it splits it), an UNMAP of whole
+    mappings nothing, so a file at its limit can always unmap; another file has its own
+    count; a destroyed VM gives its mappings back."""
+    daemon = make_daemon(VMA_LIMITS)
+    before = baseline(daemon)
+    page = PAGE_SIZE
+
+    def held(dev: Device) -> int:
+        return client_info(daemon, dev.client_id).vmas
+
+    with connect(daemon) as hog, connect(daemon) as other:
+        bo = hog.gem_create(8 * page)
+        vm, vm2 = hog.vm_create(), hog.vm_create()
+        hog.vm_bind(vm, bo, VA)  # one mapping of eight pages
+        for n in range(1, 4):
+            hog.vm_bind(vm, bo, VA + n * 16 * page, size=page)
+        hog.vm_bind(vm2, bo, VA, size=page)
+        assert held(hog) == 5
+        # a MAP counts two: 5 + 2 > 6, refused before anything changes
+        assert errno_of(hog.vm_bind, vm, bo, VA + 64 * page, size=page) == ENOMEM
+        two = [
+            m.DrmXeVmBindOp(op=DRM_XE_VM_BIND_OP_UNMAP, addr=VA + 16 * page, range=page),
+            m.DrmXeVmBindOp(obj=bo, op=DRM_XE_VM_BIND_OP_MAP, addr=VA + 64 * page, range=page),
+        ]
+        assert errno_of(hog.vm_bind_ops, vm, two) == ENOMEM
+        assert held(hog) == 5 and hog.vm_unbind(vm, VA + 16 * page, page) is None
+        hog.vm_bind(vm, bo, VA + 16 * page, size=page)  # mapped again: 4 + 2 <= 6
+        # an UNMAP inside the eight pages splits them: one more, to 6
+        hog.vm_unbind(vm, VA + page, page)
+        assert held(hog) == 6
+        assert errno_of(hog.vm_unbind, vm, VA + 4 * page, page) == ENOMEM  # 7 > 6
+        hog.vm_unbind(vm, VA + 2 * page, 6 * page)  # the tail, whole: at the limit, allowed
+        assert held(hog) == 5
+        hog.vm_bind_ops(vm2, [m.DrmXeVmBindOp(obj=bo, op=DRM_XE_VM_BIND_OP_UNMAP_ALL)])
+        assert held(hog) == 4
+        assert other.vm_bind(other.vm_create(), other.gem_create(page), VA) is None
+        assert held(other) == 1  # its own count
+        hog.vm_bind(vm2, bo, VA, size=page)  # 4 + 2 <= 6
+        hog.vm_destroy(vm)  # four mappings go with it
+        assert held(hog) == 1
+    assert settle_to(daemon, before) == before
+    assert '"limit": "vmas"' in daemon.log_text()
 
 
 # --- the descriptor reserve -------------------------------------------------------------------

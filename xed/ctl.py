@@ -181,6 +181,7 @@ _COLUMNS = (
     ("bos", "BOS"),
     ("bo_bytes", "BO BYTES"),
     ("vms", "VMS"),
+    ("vmas", "VMAS"),
     ("exec_queues", "QUEUES"),
     ("mmio_regions", "MMIO"),
     ("barriers", "BARRIERS"),

@@ -10,7 +10,7 @@
 #define XED_PROTO_H
 
 #define XED_PROTOCOL_MAJOR 1
-#define XED_PROTOCOL_MINOR 6
+#define XED_PROTOCOL_MINOR 7
 #define XED_MAX_DATAGRAM (64 * 1024)
 #define XED_MAX_FDS 8
 

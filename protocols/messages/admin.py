@@ -53,6 +53,7 @@ class XedClientInfo:
     node: str = string("role drm: primary | render", max_len=16)
     channels: int = u32("role drm: connections of other processes acting on this file")
     blocking: int = u32("blocking requests under way over its connections (WAIT, ...)")
+    vmas: int = u32("GPU mappings over all its VMs (limits.vmas)")
 
 
 @frozen
@@ -62,6 +63,7 @@ class XedLimits:
     bos: int = u64("GEM handles per client")
     vms: int = u64("VMs per client")
     exec_queues: int = u64("exec queues per client")
+    vmas: int = u64("GPU mappings (VMAs) per client, over all its VMs")
     fence_waits: int = u64("waits per client asleep at once (fence, syncobj, invalidation)")
     syncobjs: int = u64("syncobj handles per client")
     timeline_points: int = u64("timeline points per client the daemon still holds")

@@ -246,6 +246,8 @@ SPECS: tuple[OpSpec, ...] = (
             (ENOMEM, "a MAP of an evicted or unbacked BO no room can be made for (LR mode: "
              "the VM's own BOs stay)"),
             (EAGAIN, "it must wait, and 1024 binds of the VM are queued already"),
+            (ENOMEM, "the binds could take the connection past limits.vmas GPU mappings "
+             "(a MAP counts two, an UNMAP inside a mapping one: what each can add)"),
         ),
     ),
     OpSpec(

@@ -85,6 +85,7 @@ class XeFile:
         self.handles: dict[int, XeBo] = {}
         self.vms: dict[int, XeVm] = {}
         self.exec_queues: dict[int, XeExecQueue] = {}
+        self.vma_count = 0  # GPU mappings over all its VMs (limits.vmas)
         # drm_prime_file_private: dma-buf (ours, or a foreign key) -> handle in this file
         self.prime_handles: dict[Any, int] = {}
         self.mmio_regions: dict[int, XeMmioRegion] = {}
@@ -127,6 +128,7 @@ class XeFile:
             node=self.node.value if self.role is Role.DRM else "",
             channels=len(self.channels),
             blocking=self.blocking,
+            vmas=self.vma_count,
         )
 
     # --- GEM handles (drm_gem_handle_create / _delete) ---------------------------------

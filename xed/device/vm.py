@@ -110,6 +110,11 @@ class XeVm:
             for registration in list(self.registrations):
                 registration.vm_closed()
 
+    def splits(self, addr: int, length: int) -> bool:
+        """Whether unmapping [addr, addr+length) would leave a mapping in two pieces."""
+        vma = next(self._overlapping(addr, addr + length), None)
+        return vma is not None and vma.start < addr and addr + length < vma.end
+
     def mapped_in(self, start: int, end: int) -> bool:
         """Whether anything is mapped in [start, end)."""
         return next(self._overlapping(start, end), None) is not None
@@ -180,10 +185,12 @@ class XeVm:
             residency.bound(vma.bo, self)
         bisect.insort(self._starts, vma.start)
         self._vmas[vma.start] = vma
+        self.file.vma_count += 1
 
     def _remove(self, vma: Vma) -> None:
         del self._starts[bisect.bisect_left(self._starts, vma.start)]
         del self._vmas[vma.start]
+        self.file.vma_count -= 1
         if vma.bo is not None:
             residency.unbound(vma.bo, self)
 

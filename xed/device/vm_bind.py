@@ -4,7 +4,7 @@ queued behind their fences (bind_queue.py), their BOs validated first (residency
 
 from __future__ import annotations
 
-from errno import EAGAIN, EFAULT, EINVAL, ENOENT
+from errno import EAGAIN, EFAULT, EINVAL, ENOENT, ENOMEM
 from typing import TYPE_CHECKING
 
 from protocols import messages as m
@@ -25,6 +25,7 @@ from .bind_queue import MAX_QUEUED_BINDS, BindQueue
 from .errors import IoctlError, refuse_if
 from .eudebug import debug_event
 from .fence import Fence
+from .limits import limit_hit
 from .sync import parse_syncs, signal_user_fences
 
 if TYPE_CHECKING:
@@ -131,6 +132,12 @@ async def xe_vm_bind_ioctl(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
     - it must wait with a user fence, and this file has limits.fence_waits waits asleep
       already (a fence wait, as WAIT_USER_FENCE's and SYNCOBJ_WAIT's): ENOMEM
     - it must wait, and MAX_QUEUED_BINDS binds of the VM are queued already: EAGAIN
+    - the binds could take this file past limits.vmas mappings over all its VMs: ENOMEM.
+      A MAP counts two (itself, and the tail of a mapping it lands inside), an UNMAP
+      strictly inside a mapping one (it splits it), others none; judged against the
+      mappings when the ioctl is made, so the last array before the limit may pass it
+      by what its MAPs split of each other, and binds queued meanwhile (at most
+      MAX_QUEUED_BINDS a VM) by theirs. A file at its limit can always unmap
     - a MAP of a BO outside its placement (evicted, or DEFER_BACKING not backed yet)
       that no room can be made for, evicting other BOs (in LR mode: other VMs' BOs
       only; in fault mode none is needed): ENOMEM; a PREFETCH to a region outside the
@@ -195,6 +202,14 @@ def _vm_bind(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
         # the binds must be made by then
         raise _MustWait(waits)
     refuse_if(waits and vm.queued.full, EAGAIN, f"{MAX_QUEUED_BINDS} binds queued on this VM")
+    added = _most_vmas_added(vm, args.binds)
+    if added and xef.vma_count + added > xef.device.limits.vmas:
+        limit_hit(xef, "vmas")
+        raise IoctlError(
+            ENOMEM,
+            f"this client holds {xef.vma_count} GPU mappings and these binds may add "
+            f"{added}: limits.vmas is {xef.device.limits.vmas}",
+        )
     residency.prepare_binds(vm, args.binds, bos)  # ENOMEM, EINVAL: see there
     if not waits:
         _make_binds(xef, vm, args, bos)
@@ -220,6 +235,18 @@ def _vm_bind(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
 
     binds.submit(waits, fence, make)
     return m.Empty()
+
+
+def _most_vmas_added(vm: XeVm, binds: tuple[m.DrmXeVmBindOp, ...]) -> int:
+    """The mappings `binds` may add (limits.vmas): a MAP or MAP_USERPTR two (itself, and
+    the tail of a mapping it lands inside), an UNMAP one if it splits a mapping."""
+    added = 0
+    for op in binds:
+        if op.op in (DRM_XE_VM_BIND_OP_MAP, DRM_XE_VM_BIND_OP_MAP_USERPTR):
+            added += 2
+        elif op.op == DRM_XE_VM_BIND_OP_UNMAP and vm.splits(op.addr, op.range):
+            added += 1
+    return added
 
 
 def _make_binds(xef: XeFile, vm: XeVm, args: m.DrmXeVmBind, bos: list[XeBo | None]) -> None:
