@@ -160,8 +160,9 @@ class LimitsConfig:
     exec_queues: int = attrs.field(default=16384, validator=_positive)
     # GPU mappings (VMAs) over all the file's VMs: each costs the daemon about 250 bytes,
     # and one client binding 4 KiB pieces made 80,000 a second with no end but the
-    # daemon's memory. Sparse residency (DXVK, vkd3d) keeps tens of thousands
-    vmas: int = attrs.field(default=1048576, validator=_positive)
+    # daemon's memory. Sparse residency (DXVK, vkd3d) keeps tens of thousands; 262144
+    # is 64 MiB of the daemon, and a 16 GiB sparse resource bound in 64 KiB tiles
+    vmas: int = attrs.field(default=262144, validator=_positive)
     fence_waits: int = attrs.field(default=1024, validator=_positive)  # at once
     # syncobj handles; and timeline points the file added that the daemon still holds
     # (each keeps the points before it: a chain a client must not grow without end).
