@@ -351,6 +351,7 @@ SPECS: tuple[OpSpec, ...] = (
             (EPERM, "the range touches registers that are never exposed"),
             (EINVAL, "not exactly a region DEVICE_QUERY(MMIO_REGIONS) lists"),
             (EBUSY, "this file already has its doorbell page"),
+            (ENOMEM, "this file holds 64 regions open already: close one first (xed)"),
             (ENOSPC, "every doorbell page is taken"),
             RESERVE,
         ),

@@ -17,7 +17,7 @@ import mmap
 import os
 import struct
 import time
-from errno import EBUSY, EINVAL, ENOENT, ENOSPC, EPERM
+from errno import EBUSY, EINVAL, ENOENT, ENOMEM, ENOSPC, EPERM
 from typing import TYPE_CHECKING
 
 import attrs
@@ -44,6 +44,7 @@ from protocols.constants import (
 from protocols.words import Words
 
 from .errors import IoctlError, refuse_if
+from .limits import limit_hit
 from .memory import create_backing, reopen_read_only
 from .pages import DoorbellPage
 
@@ -55,6 +56,11 @@ if TYPE_CHECKING:
 F_SEAL_FUTURE_WRITE = 0x0010
 TIMESTAMP_PERIOD = 0.005  # seconds between updates of the free-running timestamp
 REFERENCE_CLOCK_HZ = 19_200_000
+# regions one file may hold open at once. The info block can be opened any number of
+# times and each open costs the daemon an object, an id and a node in the device-wide
+# offset table: unbounded, one client could grow the daemon without end. A file needs
+# one info region and one doorbell; 64 leaves room for libraries opening their own.
+MAX_MMIO_REGIONS_OPEN = 64
 
 
 @attrs.frozen
@@ -261,6 +267,8 @@ def xe_mmio_region_open_ioctl(
     - the range touches a never-exposable register (irq status, GT control): EPERM
     - not exactly a region DEVICE_QUERY(MMIO_REGIONS) lists: EINVAL
     - the doorbell region when this file already has its page: EBUSY
+    - the file holds MAX_MMIO_REGIONS_OPEN (64) regions already: ENOMEM (closing one
+      makes room)
     - no doorbell page left: ENOSPC
     """
     refuse_if(args.extensions or args.pad or any(args.reserved), EINVAL, "extensions/pad/reserved")
@@ -272,6 +280,13 @@ def xe_mmio_region_open_ioctl(
         EBUSY,
         "this file already has its doorbell page",
     )
+    if len(xef.mmio_regions) >= MAX_MMIO_REGIONS_OPEN:
+        limit_hit(xef, "mmio_regions")
+        raise IoctlError(
+            ENOMEM,
+            f"this client holds {len(xef.mmio_regions)} MMIO regions: "
+            f"at most {MAX_MMIO_REGIONS_OPEN} are open per file",
+        )
     region = XeMmioRegion(xef, bar)
     region.id = xef.mmio_ids.alloc()
     xef.mmio_regions[region.id] = region

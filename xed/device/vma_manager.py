@@ -45,7 +45,12 @@ class VmaOffsetManager:
     def __init__(self, page_size: int) -> None:
         self.page_size = page_size
         self._next = FIRST_OFFSET
+        # every start handed out, in order, including those of removed nodes not swept
+        # yet: deleting from the middle of a list is O(n) in the nodes of every client,
+        # so a removal only drops the node from _nodes and the list is rebuilt once the
+        # stale starts outnumber the live ones (amortized O(1) per removal)
         self._starts: list[int] = []
+        self._stale = 0
         self._nodes: dict[int, VmaNode] = {}
 
     def __len__(self) -> int:
@@ -69,8 +74,12 @@ class VmaOffsetManager:
 
     def remove(self, node: VmaNode) -> None:
         del self._nodes[node.start]
-        index = bisect.bisect_left(self._starts, node.start)
-        del self._starts[index]
+        self._stale += 1
+        if self._stale > len(self._nodes):
+            # a dict keeps insertion order and starts are handed out increasing: its
+            # keys are the live starts, sorted, copied at C speed (no Python loop)
+            self._starts = list(self._nodes)
+            self._stale = 0
         node.allowed.clear()
 
     def nodes(self) -> list[VmaNode]:
@@ -85,5 +94,7 @@ class VmaOffsetManager:
         index = bisect.bisect_right(self._starts, offset) - 1
         if index < 0:
             return None
-        node = self._nodes[self._starts[index]]
-        return node if offset < node.start + node.size else None
+        # a stale start is a removed node's: nodes never overlap and starts are never
+        # handed out again, so no live node before it reaches `offset` either
+        node = self._nodes.get(self._starts[index])
+        return node if node is not None and offset < node.start + node.size else None
