@@ -20,9 +20,16 @@ from clients import Batch, Device, XeError, syncobj
 from clients.daemon import DaemonProcess
 from protocols import Op
 from protocols import messages as m
-from protocols.constants import DRM_XE_VM_BIND_OP_MAP, PAGE_SIZE, EngineClass
+from protocols.constants import (
+    DRM_XE_VM_BIND_FLAG_NULL,
+    DRM_XE_VM_BIND_OP_MAP,
+    DRM_XE_VM_BIND_OP_UNMAP,
+    PAGE_SIZE,
+    EngineClass,
+)
 from tests.test_syncobj import LATE_VA, stall
 from tests.test_userptr import END_REPLACED, Rig, invalidate
+from xed.device.bind_queue import MAX_QUEUED_BIND_OPS, MAX_QUEUED_SPANS
 
 BLOCK = 1 << 21  # a page-table block
 
@@ -149,4 +156,84 @@ def test_past_1024_binds_queued_on_a_vm_is_eagain(daemon: DaemonProcess) -> None
         assert e.value.errno == EAGAIN
         bind(dev, rig, bo, LATE_VA + 8 * BLOCK)  # another queue, nothing to wait for
         invalidate(dev, rig.hm.base, PAGE_SIZE, END_REPLACED)
+        rig.close()
+
+
+def unmaps(vm: int, first: int, count: int, *syncs: m.DrmXeSync) -> m.DrmXeVmBind:
+    """`count` one-page UNMAPs a page apart from `first`: one address span each."""
+    ops = tuple(
+        m.DrmXeVmBindOp(op=DRM_XE_VM_BIND_OP_UNMAP, addr=first + 2 * n * PAGE_SIZE, range=PAGE_SIZE)
+        for n in range(count)
+    )
+    return m.DrmXeVmBind(vm_id=vm, binds=ops, syncs=syncs)
+
+
+def test_queued_spans_of_a_vm_and_bind_ops_of_a_file_are_bounded(
+    fresh_daemon: DaemonProcess,
+) -> None:
+    """Binds queued on a VM hold at most MAX_QUEUED_SPANS address spans (each new bind is
+    checked against them all), and a file's queued binds at most MAX_QUEUED_BIND_OPS ops
+    over all its VMs: past either, a bind that must wait is EAGAIN; one that need not
+    wait is still made, and everything queued is made once the fence signals."""
+    before = baseline(fresh_daemon)
+    per_bind = 256  # one datagram holds them
+    with Device.open(fresh_daemon.socket_path) as dev:
+        rig, gate = stall(dev)
+        vms = [rig.vm] + [dev.vm_create() for _ in range(4)]
+        wait = syncobj.wait_sync(gate)
+        for vm in vms[:4]:
+            for n in range(MAX_QUEUED_SPANS // per_bind):
+                dev.ioctl(Op.XE_VM_BIND, unmaps(vm, LATE_VA + n * BLOCK, per_bind, wait))
+        assert 4 * MAX_QUEUED_SPANS == MAX_QUEUED_BIND_OPS  # the file is full now too
+        with pytest.raises(XeError) as spans:  # the VM's spans
+            dev.ioctl(Op.XE_VM_BIND, unmaps(vms[0], LATE_VA, 1, wait))
+        with pytest.raises(XeError) as ops:  # a VM with nothing queued: the file's ops
+            dev.ioctl(Op.XE_VM_BIND, unmaps(vms[4], LATE_VA, 1, wait))
+        assert (spans.value.errno, ops.value.errno) == (EAGAIN, EAGAIN)
+        bo = dev.gem_create(PAGE_SIZE)
+        dev.vm_bind(vms[4], bo, LATE_VA)  # nothing to wait for: made
+        dev.vm_unbind(vms[4], LATE_VA, PAGE_SIZE)
+        invalidate(dev, rig.hm.base, PAGE_SIZE, END_REPLACED)
+        last = syncobj.create(dev)
+        dev.ioctl(Op.XE_VM_BIND, unmaps(vms[0], LATE_VA, 1, syncobj.signal_sync(last)))
+        assert syncobj.wait(dev, [last]) == 0  # behind every queued bind of the VM
+        rig.close()
+    assert wait_for_baseline(fresh_daemon, before) == before
+
+
+def peak_memory_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+
+
+def test_a_queued_null_bind_over_half_the_vm_holds_little(daemon: DaemonProcess) -> None:
+    """A NULL MAP of 2^46 bytes that must wait holds its span and the two page-table
+    blocks it reaches into, not one span per 2 MiB block (33 million of them once: half
+    a minute of the event loop and gigabytes): the daemon's peak memory grows by less
+    than 64 MiB; a bind inside its range or in a block it fills waits for it, one
+    elsewhere does not."""
+    huge = 1 << 46
+    peak = peak_memory_kib(daemon.pid)
+    with Device.open(daemon.socket_path) as dev:
+        rig, gate = stall(dev)
+        queue, other = bind_queue(dev, rig), bind_queue(dev, rig)
+        null = m.DrmXeVmBindOp(
+            op=DRM_XE_VM_BIND_OP_MAP, flags=DRM_XE_VM_BIND_FLAG_NULL, addr=huge + PAGE_SIZE,
+            range=huge - 2 * PAGE_SIZE,
+        )  # fmt: skip
+        made, inside, near, apart = (syncobj.create(dev) for _ in range(4))
+        syncs = (syncobj.wait_sync(gate), syncobj.signal_sync(made))
+        dev.ioctl(
+            Op.XE_VM_BIND,
+            m.DrmXeVmBind(vm_id=rig.vm, exec_queue_id=queue, binds=(null,), syncs=syncs),
+        )
+        bo = dev.gem_create(PAGE_SIZE)
+        bind(dev, rig, bo, huge + huge // 2, other, syncobj.signal_sync(inside))
+        bind(dev, rig, bo, huge, other, syncobj.signal_sync(near))  # its first block
+        bind(dev, rig, bo, LATE_VA, 0, syncobj.signal_sync(apart))
+        assert done(dev, apart)
+        assert not any(done(dev, h) for h in (made, inside, near))
+        assert peak_memory_kib(daemon.pid) - peak < 64 * 1024
+        invalidate(dev, rig.hm.base, PAGE_SIZE, END_REPLACED)
+        syncobj.wait(dev, [made, inside, near], wait_all=True)
         rig.close()

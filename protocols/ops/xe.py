@@ -245,7 +245,8 @@ SPECS: tuple[OpSpec, ...] = (
             (ENOMEM, "user fence in a BO the daemon cannot map (out of descriptors or memory)"),
             (ENOMEM, "a MAP of an evicted or unbacked BO no room can be made for (LR mode: "
              "the VM's own BOs stay)"),
-            (EAGAIN, "it must wait, and 1024 binds of the VM are queued already"),
+            (EAGAIN, "it must wait, and 1024 binds (or 16384 address spans) of the VM are "
+             "queued already, or 65536 bind ops over the connection's VMs"),
             (ENOMEM, "the binds could take the connection past limits.vmas GPU mappings "
              "(a MAP counts two, an UNMAP inside a mapping one: what each can add)"),
         ),

@@ -12,8 +12,9 @@ on another queue waits for it too (xe orders binds that touch the same page tabl
 
 from __future__ import annotations
 
+import bisect
 import collections
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import trio
@@ -33,6 +34,14 @@ PT_BLOCK = 1 << 21  # what one page-table page of xe's maps (512 PTEs of 4 KiB)
 # binds of one VM queued to wait, on all its queues; past it VM_BIND answers EAGAIN (as
 # EXEC past its queue's bound): every new bind is checked against those queued
 MAX_QUEUED_BINDS = 1024
+# and the address spans they hold (up to three a bind op): what each new bind is checked
+# against, a bisection each (QueuedBinds.over); without it 1024 binds of 512 ops each
+# made every new bind compare 1.5 million spans with its own 512 in the event loop
+MAX_QUEUED_SPANS = 16384
+# bind ops one file has queued over all its VMs (a bind of none counts one): each keeps
+# its array until it is made, and 1024 VMs of 1024 binds of 512 ops would be half a
+# billion records
+MAX_QUEUED_BIND_OPS = 65536
 
 
 class BindQueue:
@@ -118,15 +127,23 @@ class QueuedBinds:
     when a queued bind was made, which that bind will fill in (xe orders binds that
     update the same page tables, whatever queue they are on: bind-execqueues-conflict)."""
 
-    __slots__ = ("_by_fence",)
+    __slots__ = ("_by_fence", "_file", "_spans")
 
-    def __init__(self) -> None:
-        # in the order they were queued: the fence, its queue, the addresses it holds
-        self._by_fence: dict[Fence, tuple[BindQueue, list[tuple[int, int]]]] = {}
+    def __init__(self, xef: XeFile) -> None:
+        # in the order they were queued: the fence, its queue, the addresses it holds,
+        # and the ops it counts against its file
+        self._by_fence: dict[Fence, tuple[BindQueue, list[tuple[int, int]], int]] = {}
+        self._spans = 0
+        self._file = xef
 
-    @property
-    def full(self) -> bool:
-        return len(self._by_fence) >= MAX_QUEUED_BINDS
+    def full(self, ops: int) -> bool:
+        """Whether one more bind of `ops` ops may not be queued (EAGAIN): the VM's
+        MAX_QUEUED_BINDS or MAX_QUEUED_SPANS, or the file's MAX_QUEUED_BIND_OPS."""
+        return (
+            len(self._by_fence) >= MAX_QUEUED_BINDS
+            or self._spans >= MAX_QUEUED_SPANS
+            or self._file.queued_bind_ops + max(ops, 1) > MAX_QUEUED_BIND_OPS
+        )
 
     def add(self, ops: tuple[m.DrmXeVmBindOp, ...], fence: Fence, on: BindQueue, vm: XeVm) -> None:
         spans = []
@@ -134,24 +151,56 @@ class QueuedBinds:
             spans.append((start, end))
             if op.op in (DRM_XE_VM_BIND_OP_UNMAP, DRM_XE_VM_BIND_OP_UNMAP_ALL, PREFETCH):
                 continue
-            for block in range(start & -PT_BLOCK, end, PT_BLOCK):
-                if not vm.mapped_in(block, block + PT_BLOCK):
+            # the blocks it fills in: only the first and the last can reach past its own
+            # span (the others lie inside it), so only they are held apart
+            for block in {start & -PT_BLOCK, (end - 1) & -PT_BLOCK}:
+                if (block < start or block + PT_BLOCK > end) and not vm.mapped_in(
+                    block, block + PT_BLOCK
+                ):
                     spans.append((block, block + PT_BLOCK))
-        self._by_fence[fence] = (on, spans)
+        counted = max(len(ops), 1)
+        self._by_fence[fence] = (on, spans, counted)
+        self._spans += len(spans)
+        self._file.queued_bind_ops += counted
 
     def remove(self, fence: Fence) -> None:
-        self._by_fence.pop(fence, None)
+        entry = self._by_fence.pop(fence, None)
+        if entry is not None:
+            self._spans -= len(entry[1])
+            self._file.queued_bind_ops -= entry[2]
 
     def over(self, ops: tuple[m.DrmXeVmBindOp, ...], size: int) -> list[Fence]:
         """What a new bind of `ops` waits for: of each bind queue, the latest queued bind
         it overlaps (a queue's binds are made in order: the earlier ones are done by
-        then)."""
-        new = [(start, end) for start, end, _op in _spans_of(ops, size)]
+        then). The new spans are merged into disjoint sorted ones, so each queued span
+        costs one bisection."""
+        starts, ends = _merged(_spans_of(ops, size))
+        if not starts:
+            return []
         latest: dict[BindQueue, Fence] = {}
-        for fence, (on, spans) in self._by_fence.items():
-            if any(s < qe and qs < e for s, e in new for qs, qe in spans):
-                latest[on] = fence
+        for fence, (on, spans, _ops) in self._by_fence.items():
+            for qs, qe in spans:
+                # the first merged span that ends after qs: overlaps if it starts before qe
+                i = bisect.bisect_right(ends, qs)
+                if i < len(starts) and starts[i] < qe:
+                    latest[on] = fence
+                    break
         return list(latest.values())
+
+
+def _merged(spans: Iterable[tuple[int, int, object]]) -> tuple[list[int], list[int]]:
+    """Non-empty spans merged into disjoint ones: their starts and ends, sorted."""
+    starts: list[int] = []
+    ends: list[int] = []
+    for start, end, _op in sorted(spans, key=lambda span: span[0]):
+        if start >= end:
+            continue
+        if ends and start <= ends[-1]:
+            ends[-1] = max(ends[-1], end)
+        else:
+            starts.append(start)
+            ends.append(end)
+    return starts, ends
 
 
 def _spans_of(

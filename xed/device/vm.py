@@ -79,7 +79,7 @@ class XeVm:
         # VM_BINDs naming no bind queue that must wait go on the VM's own (made at the
         # first); binds queued on any of its queues, for later ones to wait for
         self.binds: BindQueue | None = None
-        self.queued = QueuedBinds()
+        self.queued = QueuedBinds(xef)
         self.evicted: dict[XeBo, None] = {}  # BOs bound here, evicted since (residency.py)
         self._starts: list[int] = []
         self._vmas: dict[int, Vma] = {}

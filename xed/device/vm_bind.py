@@ -21,7 +21,7 @@ from protocols.constants import (
 )
 
 from . import residency
-from .bind_queue import MAX_QUEUED_BINDS, BindQueue
+from .bind_queue import MAX_QUEUED_BIND_OPS, MAX_QUEUED_BINDS, MAX_QUEUED_SPANS, BindQueue
 from .errors import IoctlError, refuse_if
 from .eudebug import debug_event
 from .fence import Fence
@@ -131,13 +131,15 @@ async def xe_vm_bind_ioctl(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
       BO the daemon may not write (a read-only import, a write-sealed buffer): EFAULT
     - it must wait with a user fence, and this file has limits.fence_waits waits asleep
       already (a fence wait, as WAIT_USER_FENCE's and SYNCOBJ_WAIT's): ENOMEM
-    - it must wait, and MAX_QUEUED_BINDS binds of the VM are queued already: EAGAIN
+    - it must wait, and MAX_QUEUED_BINDS binds (or MAX_QUEUED_SPANS address spans) of
+      the VM are queued already, or its ops would take the file's queued bind ops past
+      MAX_QUEUED_BIND_OPS over all its VMs (a bind of none counts one): EAGAIN
     - the binds could take this file past limits.vmas mappings over all its VMs: ENOMEM.
       A MAP counts two (itself, and the tail of a mapping it lands inside), an UNMAP
       strictly inside a mapping one (it splits it), others none; judged against the
       mappings when the ioctl is made, so the last array before the limit may pass it
       by what its MAPs split of each other, and binds queued meanwhile (at most
-      MAX_QUEUED_BINDS a VM) by theirs. A file at its limit can always unmap
+      MAX_QUEUED_BIND_OPS a file) by theirs. A file at its limit can always unmap
     - a MAP of a BO outside its placement (evicted, or DEFER_BACKING not backed yet)
       that no room can be made for, evicting other BOs (in LR mode: other VMs' BOs
       only; in fault mode none is needed): ENOMEM; a PREFETCH to a region outside the
@@ -201,7 +203,12 @@ def _vm_bind(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
         # a user fence in C memory is the library's to write when the ioctl answers:
         # the binds must be made by then
         raise _MustWait(waits)
-    refuse_if(waits and vm.queued.full, EAGAIN, f"{MAX_QUEUED_BINDS} binds queued on this VM")
+    refuse_if(
+        waits and vm.queued.full(len(args.binds)),
+        EAGAIN,
+        f"{MAX_QUEUED_BINDS} binds or {MAX_QUEUED_SPANS} spans queued on this VM, or "
+        f"{MAX_QUEUED_BIND_OPS} bind ops over this file's VMs",
+    )
     added = _most_vmas_added(vm, args.binds)
     if added and xef.vma_count + added > xef.device.limits.vmas:
         limit_hit(xef, "vmas")
