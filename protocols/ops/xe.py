@@ -303,7 +303,8 @@ SPECS: tuple[OpSpec, ...] = (
             (EINVAL, "num_batch_buffer not the queue's width"),
             (EINVAL, "the queue is a bind queue"),
             (ECANCELED, "the queue was banned"),
-            (EAGAIN, "too many batches outstanding on the queue"),
+            (EAGAIN, "4096 batches outstanding on the queue, or 65536 over the "
+             "connection's queues"),
             (EINVAL, "sync: reserved, unknown flags or type; more than one user fence"),
             (EOPNOTSUPP, "sync: user fence without SIGNAL"),
             (EINVAL, "sync: user fence address not 8-byte aligned"),

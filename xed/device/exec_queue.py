@@ -44,6 +44,9 @@ if TYPE_CHECKING:
 
 DRM_XE_EXEC_QUEUE_LOW_LATENCY_HINT = 1 << 0
 MAX_PENDING_JOBS = 4096  # beyond this EXEC answers EAGAIN rather than queue forever
+# and over all the queues of one file: each job costs the daemon about 460 bytes, and
+# 16384 queues of 4096 would be 30 GB
+MAX_PENDING_JOBS_PER_FILE = 65536
 # the engine classes whose queues may be parallel (width above 1): xe's multi_lrc_mask,
 # the video classes on every platform it has; IGT assumes the same where debugfs does
 # not say (xe_engine_class_supports_multi_lrc)
@@ -92,7 +95,15 @@ class XeExecQueue:
 
     @property
     def full(self) -> bool:
-        return self._pending >= MAX_PENDING_JOBS
+        return (
+            self._pending >= MAX_PENDING_JOBS
+            or self.file.pending_jobs >= MAX_PENDING_JOBS_PER_FILE
+        )
+
+    def _drop_pending(self) -> None:
+        """The queue stops: what it still counts against its file is given back."""
+        self.file.pending_jobs -= self._pending
+        self._pending = 0
 
     @property
     def last_fence(self) -> Fence | None:
@@ -111,6 +122,7 @@ class XeExecQueue:
         fence = Fence()
         syncs.submit(fence)
         self._pending += 1
+        self.file.pending_jobs += 1
         self._jobs.append((addresses, syncs, fence))
         if self._worker is None and not self._stopped:
             self._worker = trio.CancelScope()
@@ -125,6 +137,7 @@ class XeExecQueue:
         no SYNCOBJ_WAIT waits for work that will never run (the error is nobody's to
         read: a syncobj wait reports none)."""
         self._stopped = True
+        self._drop_pending()
         if self.binds is not None:
             self.binds.halt()
         if self._worker is not None:
@@ -150,7 +163,9 @@ class XeExecQueue:
                     await self._execute(addresses, syncs)
                     fence.signal()
                     self._fence = None
-                    self._pending -= 1
+                    if self._pending:  # else halted meanwhile: given back already
+                        self._pending -= 1
+                        self.file.pending_jobs -= 1
         finally:
             # no checkpoint between the last look at the jobs and this: a batch submitted
             # from now on starts a worker of its own
@@ -240,6 +255,7 @@ class XeExecQueue:
         to EIO, and later EXECs are ECANCELED."""
         self._stopped = True
         self._jobs = None
+        self._drop_pending()
         if not self.banned:
             self._ban(GpuFault(self._running, "internal error"))
 
@@ -443,7 +459,8 @@ def xe_exec_ioctl(xef: XeFile, args: m.DrmXeExec) -> m.Empty:
     - num_batch_buffer neither 0 nor the queue's width: EINVAL
     - a bind queue: EINVAL
     - the queue was banned: ECANCELED
-    - more than MAX_PENDING_JOBS batches outstanding: EAGAIN
+    - more than MAX_PENDING_JOBS batches outstanding on the queue, or
+      MAX_PENDING_JOBS_PER_FILE over all the file's queues: EAGAIN
     - syncs (xe_sync_entry_parse): EINVAL / ENOENT / EOPNOTSUPP, see sync.py
     - a queue of width 1 given `addresses`: EINVAL
     - a parallel queue (width above 1) given other than `width` addresses: EFAULT,
@@ -464,7 +481,7 @@ def xe_exec_ioctl(xef: XeFile, args: m.DrmXeExec) -> m.Empty:
     refuse_if(args.num_batch_buffer not in (0, width), EINVAL, f"num_batch_buffer != width {width}")
     refuse_if(queue.bind, EINVAL, f"exec queue {queue.id} is a bind queue")
     refuse_if(queue.banned, ECANCELED, f"exec queue {queue.id} is banned")
-    refuse_if(queue.full, EAGAIN, "too many batches queued")
+    refuse_if(queue.full, EAGAIN, "too many batches queued, on this queue or over this file's")
     syncs = parse_syncs(xef, args.syncs, user_addresses=False, lr_mode=queue.vm.lr_mode)
     refuse_if(width == 1 and args.addresses, EINVAL, "addresses are a parallel queue's")
     addresses: tuple[int, ...] = ()

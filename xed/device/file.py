@@ -87,6 +87,7 @@ class XeFile:
         self.exec_queues: dict[int, XeExecQueue] = {}
         self.vma_count = 0  # GPU mappings over all its VMs (limits.vmas)
         self.queued_bind_ops = 0  # of binds waiting on its VMs (bind_queue.py)
+        self.pending_jobs = 0  # EXECs not done yet over all its queues (exec_queue.py)
         # drm_prime_file_private: dma-buf (ours, or a foreign key) -> handle in this file
         self.prime_handles: dict[Any, int] = {}
         self.mmio_regions: dict[int, XeMmioRegion] = {}
