@@ -18,10 +18,10 @@ from typing import Any
 import attrs
 import pytest
 from conftest import baseline
-from helpers import errno_of
+from helpers import NobodyChild, errno_of, needs_root, open_to_nobody
 from test_vm_export import SETTLE, settle_to
 
-from clients import Device, XeError
+from clients import Device, XeError, syncobj
 from clients.daemon import DaemonProcess
 from clients.transport import SeqpacketTransport
 from protocols import (
@@ -254,6 +254,61 @@ def test_vm_bind_past_limits_vmas_is_enomem(make_daemon: Any) -> None:
         assert held(hog) == 1
     assert settle_to(daemon, before) == before
     assert '"limit": "vmas"' in daemon.log_text()
+
+
+UID_LIMITS = """
+[limits]
+objects_per_uid = 12
+"""
+
+
+def test_objects_per_uid_bounds_all_connections_of_a_uid(make_daemon: Any) -> None:
+    """limits.objects_per_uid counts what every connection of one uid holds together:
+    GEM handles, VMs, exec queues, GPU mappings, syncobjs, jobs not done. At the limit
+    each kind's create (and VM_BIND, EXEC) is ENOMEM on every connection of the uid,
+    whatever each holds itself; another uid has its own account; closing gives back."""
+    needs_root()
+    daemon = make_daemon(UID_LIMITS)
+    before = baseline(daemon)
+
+    def uid_held(dev: Device) -> int:
+        return client_info(daemon, dev.client_id).uid_objects
+
+    with connect(daemon) as a, connect(daemon) as b:
+        bos = [a.gem_create(PAGE_SIZE) for _ in range(4)]
+        a.vm_create()  # 5
+        bo, vm = b.gem_create(PAGE_SIZE), b.vm_create()  # 7
+        queue = b.exec_queue_create(vm)  # 8
+        syncobj.create(b)  # 9
+        b.vm_bind(vm, bo, 1 << 32)  # may add two: 9 + 2 <= 12; adds one, 10
+        bos += [a.gem_create(PAGE_SIZE) for _ in range(2)]  # 12
+        assert uid_held(a) == uid_held(b) == 12
+        assert errno_of(a.gem_create, PAGE_SIZE) == ENOMEM
+        assert errno_of(b.vm_create) == ENOMEM
+        assert errno_of(b.exec_queue_create, vm) == ENOMEM
+        assert errno_of(syncobj.create, b) == ENOMEM
+        assert errno_of(b.vm_bind, vm, bo, 1 << 33) == ENOMEM
+        nothing = m.DrmXeExec(exec_queue_id=queue, num_batch_buffer=0)
+        assert errno_of(b.ioctl, Op.XE_EXEC, nothing) == ENOMEM  # a job is one too
+        b.vm_unbind(vm, 1 << 32, PAGE_SIZE)  # at the limit a client can still unmap
+        b.ioctl(Op.XE_EXEC, nothing)  # 11 + 1
+        a.gem_close(bos.pop())
+        assert a.gem_create(PAGE_SIZE)
+
+        def other_uid(report: Any, _wait_go: Any) -> None:
+            with Device.open(name) as dev:  # uid 65534: an account of its own
+                report({"bo": dev.gem_create(PAGE_SIZE), "vm": dev.vm_create()})
+
+        name = open_to_nobody(daemon)
+        child = NobodyChild(daemon.socket_path, other_uid)
+        try:
+            assert child.report() == {"bo": 1, "vm": 1}
+        finally:
+            assert child.join() == 0
+    with connect(daemon) as fresh:
+        assert uid_held(fresh) == 0  # everything the uid held was given back
+    assert settle_to(daemon, before) == before
+    assert '"limit": "objects_per_uid"' in daemon.log_text()
 
 
 # --- the descriptor reserve -------------------------------------------------------------------

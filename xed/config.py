@@ -158,6 +158,13 @@ class LimitsConfig:
     # tens per process in Mesa and compute runtimes; IGT xe_create create-contexts
     # makes 4096 in one file, create-execqueues-*-shared 2048
     exec_queues: int = attrs.field(default=16384, validator=_positive)
+    # what one uid's files make the daemon hold together, whatever their number: GEM
+    # handles, VMs, exec queues, GPU mappings, syncobjs, jobs not done and queued bind
+    # ops, each one. Every per-file limit above bounds one connection; this bounds the
+    # uid, whose connections would otherwise multiply them (about 200 MB a connection
+    # at every default limit) until the daemon runs out of memory. About 0.25-1.2 KiB
+    # of the daemon each: at most about a GiB for one uid
+    objects_per_uid: int = attrs.field(default=1048576, validator=_positive)
     # GPU mappings (VMAs) over all the file's VMs: each costs the daemon about 250 bytes,
     # and one client binding 4 KiB pieces made 80,000 a second with no end but the
     # daemon's memory. Sparse residency (DXVK, vkd3d) keeps tens of thousands; 262144

@@ -190,6 +190,7 @@ _COLUMNS = (
     ("aux_vms", "AUX VMS"),
     ("exported", "EXPORTED"),
     ("blocking", "BLOCKING"),
+    ("uid_objects", "UID OBJECTS"),
 )
 
 

@@ -68,9 +68,9 @@ def admin_status_ioctl(xef: XeFile, args: m.XedAdminStatus) -> m.XedAdminStatusR
     return xef.device.status()
 
 
-# XedClientInfo is 305 bytes at its widest: one datagram holds 214 of them, and any uid
+# XedClientInfo is 322 bytes at its widest: one datagram holds 203 of them, and any uid
 # may open that many connections. ADMIN_STATUS counts every one (objects.files).
-ADMIN_CLIENTS_LISTED = 212
+ADMIN_CLIENTS_LISTED = 200
 
 
 def admin_clients_ioctl(xef: XeFile, args: m.XedAdminClients) -> m.XedAdminClientsReply:

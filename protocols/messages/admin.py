@@ -54,6 +54,7 @@ class XedClientInfo:
     channels: int = u32("role drm: connections of other processes acting on this file")
     blocking: int = u32("blocking requests under way over its connections (WAIT, ...)")
     vmas: int = u32("GPU mappings over all its VMs (limits.vmas)")
+    uid_objects: int = u32("what all connections of its uid hold (limits.objects_per_uid)")
 
 
 @frozen
@@ -64,6 +65,10 @@ class XedLimits:
     vms: int = u64("VMs per client")
     exec_queues: int = u64("exec queues per client")
     vmas: int = u64("GPU mappings (VMAs) per client, over all its VMs")
+    objects_per_uid: int = u64(
+        "what one uid's connections may hold together: handles, VMs, queues, mappings, "
+        "syncobjs, jobs not done, queued bind ops"
+    )
     fence_waits: int = u64("waits per client asleep at once (fence, syncobj, invalidation)")
     syncobjs: int = u64("syncobj handles per client")
     timeline_points: int = u64("timeline points per client the daemon still holds")

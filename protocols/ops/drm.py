@@ -97,6 +97,7 @@ SPECS: tuple[OpSpec, ...] = (
             (ENOENT, "no such name (never given, or the object's last handle closed)"),
             (ENOENT, "a name only files of other uids flinked, and we are not root"),
             (ENOMEM, "limits.bos: this client holds that many GEM handles already"),
+            (ENOMEM, "limits.objects_per_uid: the uid's connections hold that many together (xed)"),
         ),
     ),
     OpSpec(
@@ -112,6 +113,7 @@ SPECS: tuple[OpSpec, ...] = (
         errors=(
             (EINVAL, "flags other than SIGNALED"),
             (ENOMEM, "limits.syncobjs: this file holds that many syncobjs (xed)"),
+            (ENOMEM, "limits.objects_per_uid: the uid's connections hold that many together (xed)"),
         ),
     ),
     OpSpec(
@@ -279,6 +281,7 @@ SPECS: tuple[OpSpec, ...] = (
             GONE,
             (ENOENT, "IMPORT_SYNC_FILE: the handle names no syncobj of this file"),
             (ENOMEM, "IMPORT_SYNC_FILE at a point: limits.timeline_points pending (xed)"),
+            (ENOMEM, "a new handle: limits.syncobjs, or limits.objects_per_uid (xed)"),
             (EINVAL, "a point without IMPORT_SYNC_FILE"),
         ),
     ),
@@ -325,6 +328,7 @@ SPECS: tuple[OpSpec, ...] = (
             ),
             RESERVE,
             (ENOMEM, "limits.bos: a new handle while this client holds that many"),
+            (ENOMEM, "limits.objects_per_uid: the uid's connections hold that many together (xed)"),
         ),
     ),
     OpSpec(

@@ -68,6 +68,7 @@ SPECS: tuple[OpSpec, ...] = (
              "DEFER_BACKING at its first use instead (VM_BIND, MMAP, PRIME_HANDLE_TO_FD)"),
             RESERVE,
             (ENOMEM, "limits.bos: this client holds that many GEM handles already"),
+            (ENOMEM, "limits.objects_per_uid: the uid's connections hold that many together (xed)"),
             (ENOSPC, "larger than the fake mmap offset space (about 1 TiB)"),
             (EINVAL, "extensions not zero (no extension is emulated; checked last)"),
         ),
@@ -174,6 +175,7 @@ SPECS: tuple[OpSpec, ...] = (
             (EINVAL, "unknown flags"),
             (EINVAL, "SCRATCH_PAGE with FAULT_MODE, or FAULT_MODE without LR_MODE"),
             (ENOMEM, "limits.vms: this client holds that many VMs already"),
+            (ENOMEM, "limits.objects_per_uid: the uid's connections hold that many together (xed)"),
         ),
     ),
     OpSpec(
@@ -249,6 +251,8 @@ SPECS: tuple[OpSpec, ...] = (
              "queued already, or 65536 bind ops over the connection's VMs"),
             (ENOMEM, "the binds could take the connection past limits.vmas GPU mappings "
              "(a MAP counts two, an UNMAP inside a mapping one: what each can add)"),
+            (ENOMEM, "limits.objects_per_uid: with the mappings it may add, and its ops if "
+             "it must wait, the uid's connections would hold more together (xed)"),
         ),
     ),
     OpSpec(
@@ -272,6 +276,7 @@ SPECS: tuple[OpSpec, ...] = (
             (EFAULT, "an extension that cannot be read"),
             (E2BIG, "more than 16 extensions"),
             (ENOMEM, "limits.exec_queues: this client holds that many queues already"),
+            (ENOMEM, "limits.objects_per_uid: the uid's connections hold that many together (xed)"),
         ),
     ),
     OpSpec(
@@ -305,6 +310,8 @@ SPECS: tuple[OpSpec, ...] = (
             (ECANCELED, "the queue was banned"),
             (EAGAIN, "4096 batches outstanding on the queue, or 65536 over the "
              "connection's queues"),
+            (ENOMEM, "limits.objects_per_uid: the uid's connections hold that many "
+             "together, a job not done counting one (xed)"),
             (EINVAL, "sync: reserved, unknown flags or type; more than one user fence"),
             (EOPNOTSUPP, "sync: user fence without SIGNAL"),
             (EINVAL, "sync: user fence address not 8-byte aligned"),

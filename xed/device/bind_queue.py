@@ -162,12 +162,14 @@ class QueuedBinds:
         self._by_fence[fence] = (on, spans, counted)
         self._spans += len(spans)
         self._file.queued_bind_ops += counted
+        self._file.uid_account.objects += counted
 
     def remove(self, fence: Fence) -> None:
         entry = self._by_fence.pop(fence, None)
         if entry is not None:
             self._spans -= len(entry[1])
             self._file.queued_bind_ops -= entry[2]
+            self._file.uid_account.objects -= entry[2]
 
     def over(self, ops: tuple[m.DrmXeVmBindOp, ...], size: int) -> list[Fence]:
         """What a new bind of `ops` waits for: of each bind queue, the latest queued bind

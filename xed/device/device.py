@@ -28,7 +28,7 @@ from .export import ExportedObject
 from .file import XeFile
 from .hw_engine_group import HwEngineGroups
 from .ids import IdAllocator
-from .limits import DescriptorReserve
+from .limits import DescriptorReserve, UidAccount
 from .memory import MemRegion, reported_bytes
 from .mmio import Bar0
 from .process import Instance
@@ -82,6 +82,7 @@ class XeDevice:
         self.name_ids = IdAllocator()
         self.exported: dict[int, ExportedObject] = {}  # by inode of the handed-out end
         self.counts: collections.Counter[str] = collections.Counter()
+        self.uid_accounts: dict[int, UidAccount] = {}  # limits.objects_per_uid
         self.stats: collections.Counter[str] = collections.Counter()
         self.ioctl_stats = IoctlStats()
         self.ufences = UfenceWaiters(self)

@@ -32,7 +32,7 @@ from .cs import run_batch
 from .errors import GpuFault, IoctlError, refuse_if
 from .eudebug import debug_event
 from .fence import Fence
-from .limits import refuse_over
+from .limits import refuse_over, refuse_over_uid
 from .process import CAP_SYS_NICE, caller_capable
 from .sync import Syncs, parse_syncs, signal_gpu_fences
 from .vm_faults import save_fault
@@ -92,6 +92,7 @@ class XeExecQueue:
         self._in_batch = False  # a job's batch started and not done
         self._reset = False  # a GT reset met the job running: it ends at its next point
         self.device.counts["exec_queue"] += 1
+        self.file.uid_account.objects += 1
 
     @property
     def full(self) -> bool:
@@ -103,6 +104,7 @@ class XeExecQueue:
     def _drop_pending(self) -> None:
         """The queue stops: what it still counts against its file is given back."""
         self.file.pending_jobs -= self._pending
+        self.file.uid_account.objects -= self._pending
         self._pending = 0
 
     @property
@@ -123,6 +125,7 @@ class XeExecQueue:
         syncs.submit(fence)
         self._pending += 1
         self.file.pending_jobs += 1
+        self.file.uid_account.objects += 1
         self._jobs.append((addresses, syncs, fence))
         if self._worker is None and not self._stopped:
             self._worker = trio.CancelScope()
@@ -152,6 +155,7 @@ class XeExecQueue:
         self.vm.exec_queues -= 1
         self.vm.put()
         self.device.counts["exec_queue"] -= 1
+        self.file.uid_account.objects -= 1
 
     async def _run(self) -> None:
         assert self._worker is not None and self._jobs is not None
@@ -166,6 +170,7 @@ class XeExecQueue:
                     if self._pending:  # else halted meanwhile: given back already
                         self._pending -= 1
                         self.file.pending_jobs -= 1
+                        self.file.uid_account.objects -= 1
         finally:
             # no checkpoint between the last look at the jobs and this: a batch submitted
             # from now on starts a worker of its own
@@ -461,6 +466,8 @@ def xe_exec_ioctl(xef: XeFile, args: m.DrmXeExec) -> m.Empty:
     - the queue was banned: ECANCELED
     - more than MAX_PENDING_JOBS batches outstanding on the queue, or
       MAX_PENDING_JOBS_PER_FILE over all the file's queues: EAGAIN
+    - the file's uid holds limits.objects_per_uid objects over all its connections (a
+      job not done is one): ENOMEM
     - syncs (xe_sync_entry_parse): EINVAL / ENOENT / EOPNOTSUPP, see sync.py
     - a queue of width 1 given `addresses`: EINVAL
     - a parallel queue (width above 1) given other than `width` addresses: EFAULT,
@@ -482,6 +489,7 @@ def xe_exec_ioctl(xef: XeFile, args: m.DrmXeExec) -> m.Empty:
     refuse_if(queue.bind, EINVAL, f"exec queue {queue.id} is a bind queue")
     refuse_if(queue.banned, ECANCELED, f"exec queue {queue.id} is banned")
     refuse_if(queue.full, EAGAIN, "too many batches queued, on this queue or over this file's")
+    refuse_over_uid(xef, 1)
     syncs = parse_syncs(xef, args.syncs, user_addresses=False, lr_mode=queue.vm.lr_mode)
     refuse_if(width == 1 and args.addresses, EINVAL, "addresses are a parallel queue's")
     addresses: tuple[int, ...] = ()

@@ -15,7 +15,7 @@ from protocols.ops import Event, Node, Role
 
 from . import eudebug
 from .ids import IdAllocator
-from .limits import Account, refuse_over
+from .limits import Account, UidAccount, refuse_over
 from .memory import reported_bytes
 from .process import Instance
 
@@ -103,6 +103,8 @@ class XeFile:
         self.syncobjs: dict[int, DrmSyncobj] = {}
         self._syncobj_ids = IdAllocator()
         self.account = Account()  # exported objects keep it: they may outlive the file
+        # shared by every file of the uid (limits.objects_per_uid); objects keep the file
+        self.uid_account = device.uid_accounts.setdefault(uid, UidAccount())
         self.limits_warned: set[str] = set()  # limits already logged as warnings
         self.blocking = 0  # its connections' blocking requests under way
         device.files.add(self)
@@ -131,18 +133,21 @@ class XeFile:
             channels=len(self.channels),
             blocking=self.blocking,
             vmas=self.vma_count,
+            uid_objects=self.uid_account.objects,
         )
 
     # --- GEM handles (drm_gem_handle_create / _delete) ---------------------------------
     def handle_create(self, bo: XeBo) -> int:
         handle = self._handle_ids.alloc()
         self.handles[handle] = bo.get()
+        self.uid_account.objects += 1
         bo.mmap_node().allow(self)
         bo.handle_opened()
         return handle
 
     def handle_delete(self, handle: int) -> None:
         bo = self.handles.pop(handle)
+        self.uid_account.objects -= 1
         self._handle_ids.release(handle)
         for key in [k for k, h in self.prime_handles.items() if h == handle]:
             del self.prime_handles[key]
@@ -164,6 +169,7 @@ class XeFile:
         handle = self._syncobj_ids.alloc()
         self.syncobjs[handle] = syncobj
         self.device.counts["syncobj"] += 1
+        self.uid_account.objects += 1
         return handle
 
     def syncobj_destroy(self, handle: int) -> None:
@@ -171,6 +177,7 @@ class XeFile:
         del self.syncobjs[handle]
         self._syncobj_ids.release(handle)
         self.device.counts["syncobj"] -= 1
+        self.uid_account.objects -= 1
 
     def release_aux_vm(self, handle: int) -> None:
         self.aux_ids.release(handle)

@@ -80,13 +80,45 @@ class Account:
         self.points = 0  # timeline points added by the file, not signalled yet
 
 
+class UidAccount:
+    """What all the files of one uid make the daemon hold (limits.objects_per_uid): one
+    for each GEM handle, VM, exec queue, GPU mapping, syncobj handle, job not done and
+    queued bind op. Each is charged where it is made and given back where it goes (an
+    object outliving its file, a VM kept by an export, gives it back when freed)."""
+
+    __slots__ = ("objects",)
+
+    def __init__(self) -> None:
+        self.objects = 0
+
+
+# the [limits] fields whose objects a uid's account counts
+_UID_COUNTED = frozenset({"bos", "vms", "exec_queues", "syncobjs"})
+
+
 def refuse_over(xef: XeFile, what: str, held: int) -> None:
-    """ENOMEM if the file already holds its limit of `what` (a [limits] field)."""
+    """ENOMEM if the file already holds its limit of `what` (a [limits] field), or, for
+    what the uid's account counts, if the uid holds limits.objects_per_uid."""
     limit: int = getattr(xef.device.limits, what)
-    if held < limit:
+    if held >= limit:
+        limit_hit(xef, what)
+        raise IoctlError(ENOMEM, f"this client holds {held} {what}: limits.{what} is {limit}")
+    if what in _UID_COUNTED:
+        refuse_over_uid(xef, 1)
+
+
+def refuse_over_uid(xef: XeFile, adding: int, errno: int = ENOMEM) -> None:
+    """`errno` (ENOMEM) if `adding` more objects would take the file's uid past
+    limits.objects_per_uid over all its connections."""
+    held, limit = xef.uid_account.objects, xef.device.limits.objects_per_uid
+    if held + adding <= limit:
         return
-    limit_hit(xef, what)
-    raise IoctlError(ENOMEM, f"this client holds {held} {what}: limits.{what} is {limit}")
+    limit_hit(xef, "objects_per_uid")
+    raise IoctlError(
+        errno,
+        f"uid {xef.uid} holds {held} objects over its connections: "
+        f"limits.objects_per_uid is {limit}",
+    )
 
 
 def limit_hit(xef: XeFile, what: str) -> None:

@@ -84,6 +84,7 @@ class XeVm:
         self._starts: list[int] = []
         self._vmas: dict[int, Vma] = {}
         self.device.counts["vm"] += 1
+        xef.uid_account.objects += 1
 
     # --- lifetime ---------------------------------------------------------------------
     def get(self) -> XeVm:
@@ -95,6 +96,7 @@ class XeVm:
         if self.refs == 0:
             self.close()
             self.device.counts["vm"] -= 1
+            self.file.uid_account.objects -= 1
             self.file.log.debug("vm_freed", vm_id=self.id)
 
     def close(self) -> None:
@@ -186,11 +188,13 @@ class XeVm:
         bisect.insort(self._starts, vma.start)
         self._vmas[vma.start] = vma
         self.file.vma_count += 1
+        self.file.uid_account.objects += 1
 
     def _remove(self, vma: Vma) -> None:
         del self._starts[bisect.bisect_left(self._starts, vma.start)]
         del self._vmas[vma.start]
         self.file.vma_count -= 1
+        self.file.uid_account.objects -= 1
         if vma.bo is not None:
             residency.unbound(vma.bo, self)
 

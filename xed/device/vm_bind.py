@@ -25,7 +25,7 @@ from .bind_queue import MAX_QUEUED_BIND_OPS, MAX_QUEUED_BINDS, MAX_QUEUED_SPANS,
 from .errors import IoctlError, refuse_if
 from .eudebug import debug_event
 from .fence import Fence
-from .limits import limit_hit
+from .limits import limit_hit, refuse_over_uid
 from .sync import parse_syncs, signal_user_fences
 
 if TYPE_CHECKING:
@@ -140,6 +140,8 @@ async def xe_vm_bind_ioctl(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
       mappings when the ioctl is made, so the last array before the limit may pass it
       by what its MAPs split of each other, and binds queued meanwhile (at most
       MAX_QUEUED_BIND_OPS a file) by theirs. A file at its limit can always unmap
+    - the mappings it may add, and its ops if it must wait, would take the file's uid
+      past limits.objects_per_uid over all its connections: ENOMEM
     - a MAP of a BO outside its placement (evicted, or DEFER_BACKING not backed yet)
       that no room can be made for, evicting other BOs (in LR mode: other VMs' BOs
       only; in fault mode none is needed): ENOMEM; a PREFETCH to a region outside the
@@ -217,6 +219,9 @@ def _vm_bind(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
             f"this client holds {xef.vma_count} GPU mappings and these binds may add "
             f"{added}: limits.vmas is {xef.device.limits.vmas}",
         )
+    queued = max(len(args.binds), 1) if waits else 0
+    if added or queued:
+        refuse_over_uid(xef, added + queued)
     residency.prepare_binds(vm, args.binds, bos)  # ENOMEM, EINVAL: see there
     if not waits:
         _make_binds(xef, vm, args, bos)
