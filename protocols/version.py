@@ -5,7 +5,7 @@ PROTOCOL_MAJOR = 1
 # descriptors and sync files (SYNCOBJ_HANDLE_TO_FD, ..._SYNC_FILE); 4: sw_sync timelines;
 # 5: SYNCOBJ_EVENTFD_REGISTER and _WAIT; 6: XedClientInfo.blocking; 7: PCI_BARRIER_ACKS;
 # limits.vmas and objects_per_uid (XedLimits.vmas, .objects_per_uid; XedClientInfo.vmas,
-# .uid_objects)
+# .uid_objects; XedObjectCounts.uid_objects)
 PROTOCOL_MINOR = 7
 PROTOCOL_VERSION = (PROTOCOL_MAJOR, PROTOCOL_MINOR)
 

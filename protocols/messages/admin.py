@@ -25,6 +25,7 @@ class XedObjectCounts:
     sync_files: int = u32()
     syncobj_fds: int = u32()
     sw_sync_timelines: int = u32()
+    uid_objects: int = u64("what every uid's account holds (limits.objects_per_uid), summed")
 
 
 @frozen

@@ -284,6 +284,7 @@ class XeDevice:
             sync_files=self.counts["sync_file"],
             syncobj_fds=self.counts["syncobj_fd"],
             sw_sync_timelines=self.counts["sw_sync"],
+            uid_objects=sum(account.objects for account in self.uid_accounts.values()),
         )
 
     def status(self) -> m.XedAdminStatusReply:
