@@ -267,11 +267,27 @@ class IbDriver:
         self.rkeys[rkey] = mr
         return m.IbvRegMrReply(lkey=lkey, rkey=rkey)
 
-    def dereg_mr(self, context: Context, lkey: int) -> None:
+    async def dereg_mr(self, context: Context, lkey: int) -> None:
+        """Checks: no such lkey: ENOENT. The daemon stops watching the region's range
+        (AUX_VM_UNWATCH, as the kernel removes a region's notifier with it) unless another
+        region of the context lies over it; a registration watches at most
+        MAX_WATCHES ranges, and one that only ever registered would reach it."""
         mr = context.mrs.pop(lkey, None)
         _refuse_if(mr is None, errno.ENOENT, f"no lkey {lkey}")
         assert mr is not None
         self._drop_mr(mr)
+        end = mr.addr + mr.length
+        if context.dead or any(
+            other.addr < end and mr.addr < other.addr + other.length
+            for other in context.mrs.values()
+        ):
+            return
+        # the region is gone whatever the answer: a daemon gone takes its watches along
+        with contextlib.suppress(XeError, DaemonGone):
+            await context.link.call(
+                Op.AUX_VM_UNWATCH,
+                m.XedAuxVmRange(vm_handle=context.vm_handle, va=mr.addr, length=mr.length),
+            )
 
     def _drop_mr(self, mr: MemoryRegion) -> None:
         self.rkeys.pop(mr.rkey, None)
@@ -458,7 +474,7 @@ class IbDriver:
         if op is Op.IBV_REG_MR:
             return await self.reg_mr(context, args), context
         if op is Op.IBV_DEREG_MR:
-            self.dereg_mr(context, args.lkey)
+            await self.dereg_mr(context, args.lkey)
         elif op is Op.IBV_CREATE_QP:
             num, fd = self.create_qp(context)
             return (m.IbvCreateQpReply(qp_num=num, cq_entries=CQ_ENTRIES), [fd]), context

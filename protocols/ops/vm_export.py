@@ -78,6 +78,12 @@ SPECS: tuple[OpSpec, ...] = (
             (EFAULT, "freed host memory under a userptr range"),
             (E2BIG, "more than 8 BOs behind the range, or more than 64 bindings"),
             (ENOMEM, "[limits] fence_waits waits of this connection asleep already (xed)"),
+            (
+                ENOMEM,
+                "the registration would watch more than 4096 ranges or hold more than 4096 "
+                "pieces of host memory, or 4096 invalidations of held pages are "
+                "unacknowledged (xed: nothing is dropped to make room)",
+            ),
             RESERVE_FD,
         ),
     ),

@@ -19,12 +19,24 @@ driver maps user memory: nothing is pinned. Before those pages change, the notif
 that it let them go (AUX_VM_INVALIDATE_DONE), as mmu_interval_notifier's invalidate
 callback waits for the device; a resolve that meets pages mid-change waits for the
 change to end and revalidates, and one that meets freed pages fails with EFAULT.
+
+What one registration keeps is bounded (MAX_WATCHES, MAX_HOST_MAPS, MAX_UNACKED): past a
+bound a resolve is refused with ENOMEM, as the kernel's would be when it cannot allocate
+the notifier (ib_umem_odp_get). Nothing is dropped to make room: the aux driver would
+hear of a change that never happened, and the IB-like one retires a region for good on
+any invalidation but a userptr one. A watch goes when a bind or unbind touches its range,
+on AUX_VM_UNWATCH, or with the registration.
 """
 
 from __future__ import annotations
 
+import bisect
+import collections
+import heapq
+import itertools
 import os
-from errno import E2BIG, EEXIST, EFAULT, EINVAL, ENOENT, EPERM
+from collections.abc import Iterator
+from errno import E2BIG, EEXIST, EFAULT, EINVAL, ENOENT, ENOMEM, EPERM
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -36,7 +48,7 @@ from protocols.ops import Event
 
 from .errors import GpuFault, IoctlError, refuse_if
 from .export import ExportedObject, exported_as
-from .limits import charge_export, refuse_over
+from .limits import charge_export, limit_hit, refuse_over
 from .userptr import HostArena, UserptrBusy
 
 if TYPE_CHECKING:
@@ -52,6 +64,20 @@ MAX_SPANS: int = attrs.fields(_RESOLVE_REPLY).spans.metadata["max_items"]
 # the bindings one AUX_VM_IMPORT reply lists, likewise
 _IMPORT_REPLY: Any = m.XedAuxVmImportReply
 MAX_BINDINGS: int = attrs.fields(_IMPORT_REPLY).bindings.metadata["max_items"]
+
+# What one registration may keep; past each, AUX_VM_RESOLVE is ENOMEM. Every resolve of a
+# new range adds a watch (~140 bytes) and every bind of the VM's owner looks at them: an
+# aux driver resolving without end would grow the daemon without end. An RDMA driver
+# watches a range per memory region, and applications register a few large regions, not
+# thousands: 4096 is far past what they hold at once and under a megabyte.
+MAX_WATCHES = 4096
+# the pieces of host memory held (a resolve of a userptr range adds one per span; an
+# acknowledgement may cut one in two, which takes a change of the application's own
+# memory, so a registration may hold more, and then only resolves that hold less answer)
+MAX_HOST_MAPS = 4096
+# invalidations sent while pages were held and not acknowledged yet: a driver answers each
+# as it handles it (the IB-like one at once), so this many outstanding means it stopped
+MAX_UNACKED = 4096
 
 
 class XeVmExport(ExportedObject):
@@ -107,6 +133,147 @@ class HostMap:
         ]
 
 
+class _Ranges:
+    """Ranges (tuples starting with start, end; unique) sorted by start: those overlapping
+    a range are found by bisection, not by walking them all (a bind of the VM's owner
+    asks on every call). No range is longer than the longest, so one starting at or
+    before start - longest ends by start; the longest is the top of a max-heap of the
+    lengths present (stale tops are popped when met, and the heap is rebuilt when stale
+    entries pile up), so that ranges coming and going never cost a walk of them all."""
+
+    def __init__(self) -> None:
+        self._items: list[tuple[Any, ...]] = []
+        self._lengths: dict[int, int] = {}  # length -> how many ranges have it
+        self._heap: list[int] = []  # -length, for each length present (and stale ones)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        return iter(self._items)
+
+    def __contains__(self, item: tuple[Any, ...]) -> bool:
+        i = bisect.bisect_left(self._items, item)
+        return i < len(self._items) and self._items[i] == item
+
+    def add(self, item: tuple[Any, ...]) -> None:
+        bisect.insort(self._items, item)
+        length = item[1] - item[0]
+        if length not in self._lengths:
+            heapq.heappush(self._heap, -length)
+            if len(self._heap) > 2 * len(self._lengths) + 16:
+                self._heap = [-n for n in (*self._lengths, length)]
+                heapq.heapify(self._heap)
+        self._lengths[length] = self._lengths.get(length, 0) + 1
+
+    def remove(self, item: tuple[Any, ...]) -> None:
+        del self._items[bisect.bisect_left(self._items, item)]
+        length = item[1] - item[0]
+        if self._lengths[length] == 1:
+            del self._lengths[length]
+        else:
+            self._lengths[length] -= 1
+
+    def _longest(self) -> int:
+        while self._heap and -self._heap[0] not in self._lengths:
+            heapq.heappop(self._heap)
+        return -self._heap[0] if self._heap else 0
+
+    def overlapping(self, start: int, end: int) -> list[tuple[Any, ...]]:
+        lo = bisect.bisect_left(self._items, (start - self._longest() + 1,))
+        hi = bisect.bisect_left(self._items, (end,), lo)
+        return [r for r in self._items[lo:hi] if r[1] > start]
+
+    def inside(self, start: int, end: int) -> list[tuple[Any, ...]]:
+        lo = bisect.bisect_left(self._items, (start,))
+        hi = bisect.bisect_left(self._items, (end,), lo)  # the rest start at or past end
+        return [r for r in self._items[lo:hi] if r[1] <= end]
+
+    def clear(self) -> None:
+        self._items.clear()
+        self._lengths.clear()
+        self._heap.clear()
+
+
+# a piece of host memory held, as _Held indexes it: (va, va_end, order, HostMap)
+_Piece = tuple[int, int, int, HostMap]
+
+
+class _Held:
+    """The pieces of host memory one registration holds, indexed by GPU address: a
+    resolve, an acknowledgement or an unwatch finds the pieces it changes by bisection.
+    `order`: a piece's place among them, which a piece cut in parts keeps; a host memory
+    change reports pieces in that order. Each arena knows who holds some of its pages
+    (aux_users)."""
+
+    def __init__(self, holder: AuxRegistration) -> None:
+        self._holder = holder
+        self._index = _Ranges()
+        self._arenas: dict[HostArena, int] = {}  # pieces held in each
+        self._orders = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def pieces(self) -> list[HostMap]:
+        """In the order they were handed out (the parts of one piece, by address)."""
+        return [r[3] for r in sorted(self._index, key=lambda r: (r[2], r[0]))]
+
+    def plan(self, new: list[HostMap]) -> tuple[list[_Piece], list[_Piece]]:
+        """(pieces let go, pieces held) once `new` (pieces not overlapping one another) is
+        handed out. Pages held already at the same addresses are held once, by the new
+        piece: one invalidation each, not one per resolve. Only a piece of the same arena
+        seen at the same shift (va - lo) holds the same pages at the same addresses."""
+
+        def same(h: HostMap, n: HostMap) -> bool:
+            return h.arena is n.arena and h.va - h.lo == n.va - n.lo
+
+        gone: dict[tuple[int, int, int], _Piece] = {}
+        for n in new:
+            for piece in self._index.overlapping(n.va, n.va_end):
+                if same(piece[3], n):
+                    gone[piece[:3]] = piece
+        held: list[_Piece] = []
+        for va, end, order, h in gone.values():
+            parts = [h]
+            for n in new:
+                if same(h, n) and n.overlaps(va, end):
+                    parts = [p for part in parts for p in part.outside(n.va, n.va_end)]
+            held += [(p.va, p.va_end, order, p) for p in parts]
+        held += [(n.va, n.va_end, next(self._orders), n) for n in new]
+        return list(gone.values()), held
+
+    def apply(self, gone: list[_Piece], held: list[_Piece]) -> None:
+        for piece in gone:
+            self._index.remove(piece)
+            arena = piece[3].arena
+            self._arenas[arena] -= 1
+            if not self._arenas[arena]:
+                del self._arenas[arena]
+                arena.aux_users.discard(self._holder)
+        for piece in held:
+            self._index.add(piece)
+            arena = piece[3].arena
+            if arena not in self._arenas:
+                self._arenas[arena] = 0
+                arena.aux_users.add(self._holder)
+            self._arenas[arena] += 1
+
+    def let_go(self, start: int, end: int, seq: int) -> None:
+        """The aux driver let go of GPU range [start, end) as invalidation `seq` asked:
+        the pieces held before it was sent lose those pages (one held since keeps them)."""
+        gone: list[_Piece] = [r for r in self._index.overlapping(start, end) if r[3].since < seq]
+        held = [(p.va, p.va_end, o, p) for _, _, o, h in gone for p in h.outside(start, end)]
+        self.apply(gone, held)
+
+    def unwatch(self, start: int, end: int) -> None:
+        """Let go of the pieces inside GPU range [start, end)."""
+        self.apply(self._index.inside(start, end), [])
+
+    def clear(self) -> None:
+        self.apply(list(self._index), [])
+
+
 class AuxRegistration:
     """One aux connection's hold on a VM, the ranges it watches, and the host memory
     pages it was handed and has not yet acknowledged letting go of."""
@@ -115,27 +282,56 @@ class AuxRegistration:
         self.aux = aux
         self.vm = vm.get()
         self.handle = handle
-        self.watches: list[tuple[int, int]] = []
-        self.host_maps: list[HostMap] = []
+        # (start, end) of each range resolved since it changed; the order they came in
+        # matters to nothing (an invalidation reports the bind's range, not the watches)
+        self.watches = _Ranges()
+        self.held = _Held(self)
         self.seqno = 0  # invalidations sent
         self.acked = 0  # invalidations the aux driver has acknowledged
-        self._unacked: dict[int, tuple[int, int]] = {}  # seqno -> its range
+        # (seqno, start, end) of each invalidation sent while pages were held, oldest first
+        self._unacked: collections.deque[tuple[int, int, int]] = collections.deque()
         self._ack = trio.Event()
         self.released = False
         vm.registrations.add(self)
 
+    @property
+    def host_maps(self) -> list[HostMap]:
+        """The pieces of host memory held, in the order they were handed out."""
+        return self.held.pieces()
+
+    def refuse_over_limits(self, start: int, end: int, gone: int, held: int) -> None:
+        """ENOMEM if the resolve of [start, end) would keep more than a registration may
+        (the module's bounds): a range watched already and pages held already do not
+        count twice. `gone`, `held`: the pieces of host memory it lets go of and holds
+        (_Held.plan)."""
+        if (start, end) not in self.watches:
+            self._refuse_over("aux_watches", len(self.watches) + 1, MAX_WATCHES)
+        if held > gone:
+            self._refuse_over("aux_host_maps", len(self.held) - gone + held, MAX_HOST_MAPS)
+        self._refuse_over("aux_unacked", len(self._unacked) + 1, MAX_UNACKED)
+
+    def _refuse_over(self, what: str, wanted: int, limit: int) -> None:
+        if wanted <= limit:
+            return
+        limit_hit(self.aux, what)
+        raise IoctlError(
+            ENOMEM,
+            f"vm_handle {self.handle} holds its limit of {what} ({limit}): unwatch, "
+            "acknowledge or release first",
+        )
+
     def watch(self, start: int, end: int) -> None:
         if (start, end) not in self.watches:
-            self.watches.append((start, end))
+            self.watches.add((start, end))
 
     def touched(self, start: int, length: int, reason: str) -> None:
         """A bind or unbind covered [start, start+length): tell the aux driver once, and
         forget the watches it made stale (it resolves again if it still cares)."""
-        end = start + length
-        stale = [(s, e) for s, e in self.watches if s < end and start < e]
+        stale = self.watches.overlapping(start, start + length)
         if not stale:
             return
-        self.watches = [w for w in self.watches if w not in stale]
+        for watch in stale:
+            self.watches.remove(watch)
         self._invalidate(start, length, reason)
 
     def vm_closed(self) -> None:
@@ -145,7 +341,7 @@ class AuxRegistration:
         held are no longer held for it (nobody waits for an acknowledgement: the VM's
         memory goes now, as the kernel's notifier release does not wait either)."""
         self.watches.clear()
-        self._keep_host_maps([])
+        self._let_go_of_everything()
         self._invalidate(0, self.vm.size, "vm_closed")
 
     def host_changing(self, arena: HostArena, lo: int, hi: int) -> int:
@@ -160,8 +356,8 @@ class AuxRegistration:
 
     def _invalidate(self, va: int, length: int, reason: str) -> int:
         self.seqno += 1
-        if self.host_maps:  # an ack matters only to pages held before it was sent
-            self._unacked[self.seqno] = (va, va + length)
+        if self.held:  # an ack matters only to pages held before it was sent
+            self._unacked.append((self.seqno, va, va + length))
         self.aux.send_event(
             Event.AUX_RANGE_INVALIDATED,
             m.AuxRangeInvalidated(
@@ -172,15 +368,11 @@ class AuxRegistration:
 
     def acknowledge(self, seqno: int) -> None:
         """The aux driver let go of every range invalidated up to `seqno`."""
-        for seq in [s for s in self._unacked if s <= seqno]:
-            start, end = self._unacked.pop(seq)  # only these pages were let go
-            self._keep_host_maps(
-                [
-                    part
-                    for h in self.host_maps
-                    for part in ([h] if h.since >= seq else h.outside(start, end))
-                ]
-            )
+        while self._unacked and self._unacked[0][0] <= seqno:
+            seq, start, end = self._unacked.popleft()  # only these pages were let go
+            self.held.let_go(start, end, seq)
+        if not self.held:  # an acknowledgement lets go of held pages only: none are left
+            self._unacked.clear()
         self.acked = max(self.acked, seqno)
         self._ack.set()
         self._ack = trio.Event()
@@ -190,36 +382,22 @@ class AuxRegistration:
         while self.acked < seqno and not self.released:
             await self._ack.wait()
 
-    def hold_host(self, arena: HostArena, lo: int, hi: int, va: int) -> None:
-        """The aux driver was handed host memory [lo, hi) at `va`. Pages it held there
-        already are held once, from now on: one invalidation each, not one per resolve."""
-        new = HostMap(arena, lo, hi, va, self.seqno)
-        kept = [
-            part
-            for h in self.host_maps
-            for part in (
-                h.outside(new.va, new.va_end)
-                if h.arena is arena and h.va - h.lo == va - lo
-                else [h]
-            )
-        ]
-        self._keep_host_maps([*kept, new])
-        arena.aux_users.add(self)
-
     def unwatch(self, start: int, end: int) -> None:
         """The aux driver no longer cares about what lies inside [start, end)."""
-        self.watches = [(s, e) for s, e in self.watches if not (start <= s and e <= end)]
-        self._keep_host_maps([h for h in self.host_maps if not (start <= h.va and h.va_end <= end)])
+        for watch in self.watches.inside(start, end):
+            self.watches.remove(watch)
+        self.held.unwatch(start, end)
+        if not self.held:  # as after an acknowledgement
+            self._unacked.clear()
 
-    def _keep_host_maps(self, kept: list[HostMap]) -> None:
-        for arena in {h.arena for h in self.host_maps} - {h.arena for h in kept}:
-            arena.aux_users.discard(self)
-        self.host_maps = kept
+    def _let_go_of_everything(self) -> None:
+        self.held.clear()
+        self._unacked.clear()  # they would let go of nothing
 
     def release(self) -> None:
         self.vm.registrations.discard(self)
         self.watches.clear()
-        self._keep_host_maps([])
+        self._let_go_of_everything()
         self.released = True
         self._ack.set()  # whoever waits for this aux driver waits no more
         self.vm.put()
@@ -324,6 +502,9 @@ async def aux_vm_resolve_ioctl(
     - freed host memory under a userptr range: EFAULT
     - more than MAX_FDS distinct BOs and host memories, or more than MAX_SPANS spans
       (bindings: one BO bound many times over): E2BIG
+    - the registration would watch more than MAX_WATCHES ranges, hold more than
+      MAX_HOST_MAPS pieces of host memory, or has MAX_UNACKED invalidations of held pages
+      unacknowledged: ENOMEM (a range watched, or pages held, already count once)
     Host memory under a userptr range that is being invalidated is waited for (as
     hmm_range_fault retries), and the whole range is then resolved again; the wait
     counts against limits.fence_waits of the aux file (ENOMEM past it: wait_idle_for).
@@ -342,6 +523,13 @@ async def aux_vm_resolve_ioctl(
             await busy.arena.wait_idle_for(xef)  # ENOMEM past limits.fence_waits
             continue
         break
+    host = [
+        HostMap(memory, span.offset, span.offset + span.length, span.va, registration.seqno)
+        for span in spans
+        if isinstance(memory := backing[span.fd_index], HostArena)
+    ]
+    gone, held = registration.held.plan(host)  # checked before anything is held
+    registration.refuse_over_limits(args.va, args.va + args.length, len(gone), len(held))
     fds: list[int] = []
     try:  # the descriptors first: running out of them must leave nothing watched or held
         for memory in backing:
@@ -351,10 +539,7 @@ async def aux_vm_resolve_ioctl(
             os.close(fd)
         raise
     registration.watch(args.va, args.va + args.length)
-    for span in spans:
-        memory = backing[span.fd_index]
-        if isinstance(memory, HostArena):  # its pages are the aux driver's until it acks
-            registration.hold_host(memory, span.offset, span.offset + span.length, span.va)
+    registration.held.apply(gone, held)  # the pages are the aux driver's until it acks
     return m.XedAuxVmResolveReply(spans=tuple(spans)), fds
 
 
