@@ -7,6 +7,7 @@ EAGAIN; a queue destroyed with jobs waiting gives its count back.
 from __future__ import annotations
 
 from errno import EAGAIN
+from typing import Any
 
 from conftest import baseline
 from helpers import errno_of
@@ -20,6 +21,9 @@ from protocols.constants import PAGE_SIZE
 from tests.test_syncobj import stall
 from tests.test_userptr import END_REPLACED, invalidate
 from xed.device.exec_queue import MAX_PENDING_JOBS, MAX_PENDING_JOBS_PER_FILE
+from xed.log import RATELIMIT_BURST
+
+UNBOUND_VA = 0x7_0000_0000  # nothing is bound there: a batch there faults
 
 
 def sync_only(dev: Device, queue: int, *syncs: m.DrmXeSync) -> None:
@@ -57,3 +61,24 @@ def test_pending_jobs_are_bounded_per_queue_and_per_file(fresh_daemon: DaemonPro
         assert syncobj.wait(dev, [last]) == 0  # behind every job of that queue
         rig.close()
     assert wait_for_baseline(fresh_daemon, before) == before
+
+
+def test_warnings_a_client_causes_are_rate_limited_per_file(make_daemon: Any) -> None:
+    """A client can fault and ban queues as fast as it can make them: each ban still
+    counts (ADMIN_STATUS bans) and reaches the client, but the daemon's warning of it is
+    rate-limited per file (10 in 5 s, as the kernel's ratelimited messages), so the
+    client cannot make the daemon write without end."""
+    bans = 40
+    daemon = make_daemon()
+    with Device.open(daemon.socket_path) as dev:
+        vm, done = dev.vm_create(), syncobj.create(dev)
+        for _ in range(bans):
+            queue = dev.exec_queue_create(vm)
+            dev.exec(queue, UNBOUND_VA, syncs=[syncobj.signal_sync(done)])  # faults
+            syncobj.wait(dev, [done])
+            assert dev.exec_queue_banned(queue)
+            dev.exec_queue_destroy(queue)
+        with Device.open(daemon.socket_path, role="admin") as adm:
+            assert adm.admin_status().bans == bans
+    logged = daemon.log_text().count('"event": "exec_queue_banned"')
+    assert RATELIMIT_BURST <= logged < bans

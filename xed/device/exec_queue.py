@@ -246,7 +246,7 @@ class XeExecQueue:
             dma_buf = bo.exported_as
             if dma_buf is not None and dma_buf.cpu_writers():
                 self.device.stats["sync_violations"] += 1
-                self.file.log.warning(
+                self.file.warn(
                     "dma_buf_sync_violation",
                     exec_queue_id=self.id,
                     dma_buf=dma_buf.ino,
@@ -270,7 +270,7 @@ class XeExecQueue:
         # cleanup end the queue alone (xe_vm_kill comes from the rebind worker only)
         save_fault(self.vm, fault)
         self.device.stats["bans"] += 1
-        self.file.log.warning(
+        self.file.warn(
             "exec_queue_banned", exec_queue_id=self.id, address=fault.address, reason=fault.reason
         )
         self.file.send_event(

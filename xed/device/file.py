@@ -7,12 +7,14 @@ with the program's descriptor (connection.py). Handles, VMs, offsets are the fil
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from protocols import messages as m
 from protocols.ops import Event, Node, Role
 
+from .. import log as xlog
 from . import eudebug
 from .ids import IdAllocator
 from .limits import Account, UidAccount, refuse_over
@@ -106,6 +108,7 @@ class XeFile:
         # shared by every file of the uid (limits.objects_per_uid); objects keep the file
         self.uid_account = device.uid_accounts.setdefault(uid, UidAccount())
         self.limits_warned: set[str] = set()  # limits already logged as warnings
+        self._warnings = xlog.RateLimit()  # what its work makes the device warn of
         self.blocking = 0  # its connections' blocking requests under way
         device.files.add(self)
 
@@ -135,6 +138,17 @@ class XeFile:
             vmas=self.vma_count,
             uid_objects=self.uid_account.objects,
         )
+
+    def warn(self, event: str, **fields: Any) -> None:
+        """A warning the client's own work causes (a GPU fault it made, a race it ran):
+        rate-limited per file as the kernel's ratelimited messages are, since a client
+        repeats it as fast as it can submit. What the limit held back is logged as
+        warnings_suppressed, with a count, when the next one passes."""
+        allowed, suppressed = self._warnings(time.monotonic())
+        if suppressed:
+            self.log.warning("warnings_suppressed", count=suppressed)
+        if allowed:
+            self.log.warning(event, **fields)
 
     # --- GEM handles (drm_gem_handle_create / _delete) ---------------------------------
     def handle_create(self, bo: XeBo) -> int:

@@ -161,7 +161,7 @@ async def signal_gpu_fences(xef: XeFile, fences: Iterable[UserFence], vm: XeVm) 
                 await busy.arena.wait_idle()
                 continue
             except GpuFault as fault:
-                xef.log.warning("user_fence_fault", addr=fence.addr, reason=fault.reason)
+                xef.warn("user_fence_fault", addr=fence.addr, reason=fault.reason)
                 landed = None
             break
         if landed is not None:  # None: written nowhere (a NULL binding), or split in two
