@@ -40,7 +40,7 @@ from protocols import (
 )
 from protocols import messages as m
 from protocols.constants import PAGE_SIZE
-from xed.config import ConfigError, LimitsConfig, load
+from xed.config import DEFAULT_CONNECTIONS_PER_UID, ConfigError, LimitsConfig, load
 
 TIMEOUT = 10.0
 LIMIT = 8
@@ -369,11 +369,14 @@ def test_one_uid_connecting_until_refused_leaves_the_table_to_others(make_daemon
 # --- the settings --------------------------------------------------------------------------------
 def test_for_table_resolves_only_the_default() -> None:
     """LimitsConfig.for_table: 0 becomes three quarters of the table less the reserve
-    (at least 1); a value given is kept."""
+    (at least 1, at most DEFAULT_CONNECTIONS_PER_UID); a value given is kept."""
     assert LimitsConfig().for_table(20000).connections_per_uid == (20000 - 256) * 3 // 4
     assert LimitsConfig(descriptor_reserve=16).for_table(256).connections_per_uid == SHARE
     assert LimitsConfig().for_table(64).connections_per_uid == 1  # a table below the reserve
     assert LimitsConfig(connections_per_uid=5).for_table(20000).connections_per_uid == 5
+    # systemd's LimitNOFILE=524288: three quarters would be 5.6 GiB of connections
+    assert LimitsConfig().for_table(524288).connections_per_uid == DEFAULT_CONNECTIONS_PER_UID
+    assert LimitsConfig(connections_per_uid=100000).for_table(524288).connections_per_uid == 100000
 
 
 @pytest.mark.parametrize(

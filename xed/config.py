@@ -141,6 +141,10 @@ class AdminConfig:
     allowed_gids: tuple[int, ...] = attrs.field(default=(), converter=_to_tuple, validator=_ids)
 
 
+# the most connections_per_uid 0 means: about 1 GiB of the daemon at ~15 KiB a connection
+DEFAULT_CONNECTIONS_PER_UID = 65536
+
+
 @attrs.frozen(kw_only=True)
 class LimitsConfig:
     """What one client (one connection: the drm_file) may hold at once, what one uid may
@@ -191,7 +195,9 @@ class LimitsConfig:
     # the uid nothing. Past it a new connection is answered EMFILE and closed, as the
     # kernel's per-user instance limits answer (inotify's max_user_instances). 0: three
     # quarters of what the daemon may open (RLIMIT_NOFILE at start, less
-    # descriptor_reserve), so that one uid never takes the whole table
+    # descriptor_reserve), so that one uid never takes the whole table, and at most
+    # DEFAULT_CONNECTIONS_PER_UID: a connection costs the daemon about 15 KiB, and three
+    # quarters of systemd's LimitNOFILE=524288 would be 5.6 GiB for one uid
     connections_per_uid: int = attrs.field(default=0, validator=_non_negative)
     # blocking requests with a descriptor attached (a dma-buf op asking another daemon,
     # up to PEER_TIMEOUT) under way at once over all connections of one uid. Each holds
@@ -207,10 +213,11 @@ class LimitsConfig:
         """These limits in a daemon that may open `nofile` descriptors (its RLIMIT_NOFILE
         soft limit at start; never infinite, the kernel caps it at fs.nr_open):
         connections_per_uid 0 becomes three quarters of what descriptor_reserve leaves,
-        at least 1."""
+        at least 1 and at most DEFAULT_CONNECTIONS_PER_UID."""
         if self.connections_per_uid:
             return self
-        share = max(1, (nofile - self.descriptor_reserve) * 3 // 4)
+        share = (nofile - self.descriptor_reserve) * 3 // 4
+        share = max(1, min(share, DEFAULT_CONNECTIONS_PER_UID))
         return attrs.evolve(self, connections_per_uid=share)
 
 
