@@ -15,7 +15,8 @@ now and then.
 - forger: forged dma-bufs (a socketpair it answers itself, any size, any memfd), and
   exported descriptors abused: empty datagrams, floods, closes with answers unread.
 - hog: takes all it may (BOs to its limit, replies with descriptors left unread,
-  endless fence waits, batches of large copies), then sits there.
+  endless fence waits, batches of large copies, GPU mappings or MMIO regions to their
+  limits), then sits there.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import msgpack
 
 from protocols import PROTOCOL_VERSION, Op, encode_reply, pack_fds
 from protocols import messages as m
+from protocols.constants import DRM_XE_VM_BIND_OP_MAP as OP_MAP
 from protocols.constants import IBV_ACCESS_LOCAL_WRITE, IBV_ACCESS_REMOTE_WRITE, PAGE_SIZE
 
 from ..batch import Batch
@@ -266,6 +268,8 @@ def forger(path: str, rng: random.Random) -> None:
 
 # --- hog -------------------------------------------------------------------------------------
 def hog(path: str, rng: random.Random) -> None:
+    # first, while the daemon still has descriptors for the BO and the regions
+    checked(lambda: rng.choice((_mappings, _regions))(path))
     dev = open_device(path)
     held = 0
     while held < 100_000:  # until a limit says no
@@ -281,6 +285,44 @@ def hog(path: str, rng: random.Random) -> None:
     checked(lambda: _long_copies(path))
     checked(lambda: _endless_waits(path))
     threading.Event().wait()  # sit on it all until killed
+
+
+def _until_refused(op: Op, call: Callable[[], Any], most: int) -> int:
+    """Make `call` until the daemon says no (with an errno the op table lists for
+    `op`: anything else is unclean) or `most` times; how many it made."""
+    for made in range(most):
+        try:
+            call()
+        except XeError as exc:
+            if exc.errno not in allowed_errnos(int(op)):
+                unclean(f"{op.name} after {made}: errno {exc.errno}")
+            return made
+    return most
+
+
+def _mappings(path: str) -> None:
+    """One-page mappings of one BO, 256 a call, until a limit (limits.vmas or the
+    uid's objects) says no."""
+    dev = open_device(path)
+    vm, bo = dev.vm_create(), dev.gem_create(PAGE_SIZE)
+    starts = iter(range(VA, VA + (1 << 40), 2 * PAGE_SIZE))
+
+    def bind_many() -> None:
+        ops = [
+            m.DrmXeVmBindOp(obj=bo, op=OP_MAP, addr=next(starts), range=PAGE_SIZE)
+            for _ in range(256)
+        ]
+        dev.vm_bind_ops(vm, ops)
+
+    say(ops=_until_refused(Op.XE_VM_BIND, bind_many, 2048))
+    _KEEP.append(dev)
+
+
+def _regions(path: str) -> None:
+    """The read-only MMIO info region opened until the daemon says no."""
+    dev = open_device(path)
+    say(ops=_until_refused(Op.XE_MMIO_REGION_OPEN, lambda: dev.mmio_open("info"), 1000))
+    _KEEP.append(dev)
 
 
 def _raw(path: str) -> socket.socket:
