@@ -344,6 +344,21 @@ def test_a_client_at_the_descriptor_reserve_leaves_room_for_others(make_daemon: 
     assert "descriptors_low" in daemon.log_text()
 
 
+def test_debug_attach_at_the_descriptor_reserve_is_enomem(make_daemon: Any) -> None:
+    """DEBUG_ATTACH keeps the target's pidfd while attached: at the reserve it is ENOMEM
+    before anything is opened; once descriptors come back it attaches."""
+    daemon = make_daemon(f"[limits]\ndescriptor_reserve = {RESERVE}\n", nofile=NOFILE)
+    before = baseline(daemon)
+    with connect(daemon) as hog, connect(daemon, "debugger") as debugger:
+        bos = fill_to_reserve(hog)
+        assert errno_of(debugger.debug_attach, os.getpid()) == ENOMEM
+        for bo in bos[:8]:
+            hog.gem_close(bo)
+        assert debugger.debug_attach(os.getpid()).vms == ()
+        debugger.debug_detach(os.getpid())
+    assert settle_to(daemon, before) == before
+
+
 def test_a_full_descriptor_table_answers_new_connections(make_daemon: Any) -> None:
     """With no descriptor left at all, a new connection is accepted into the spare one
     and its HELLO answered EMFILE (a silent one gets a PROTOCOL_ERROR event) rather than

@@ -65,6 +65,7 @@ SPECS: tuple[OpSpec, ...] = (
             "from here on, until it exits."
         ),
         errors=(
+            RESERVE,
             (ESRCH, "no such process"),
             (EMFILE, "the daemon has no descriptor left for the process's pidfd"),
             (ESRCH, "no drm connection opened by that process (on this device)"),

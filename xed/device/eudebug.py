@@ -217,6 +217,8 @@ def debug_attach_ioctl(xef: XeFile, args: m.XedDebugAttach) -> m.XedDebugAttachR
     """DEBUG_ATTACH: attach to the process that has pid `pid` now (a pidfd pins it).
 
     Checks, in order:
+    - the daemon is down to its descriptor reserve (limits.descriptor_reserve, checked
+      by the server first: the pidfd is kept while attached): ENOMEM
     - no such process (or a thread id): ESRCH
     - no descriptor left in the daemon for its pidfd: EMFILE
     - no drm connection opened by that process (one opened by an earlier process that

@@ -59,6 +59,7 @@ OPENS_DESCRIPTORS = frozenset(
         Op.XE_MMIO_REGION_OPEN,
         Op.HOST_MEMORY_REGISTER,
         Op.UNPLUG_NOTICE,
+        Op.DEBUG_ATTACH,  # the target's pidfd, kept while attached
     }
 )
 
