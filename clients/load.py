@@ -45,7 +45,7 @@ from typing import Any
 
 import attrs
 
-from protocols.constants import PCI_BARRIER_SEQ_MASK
+from protocols.constants import PCI_BARRIER_SEQ_HALF, PCI_BARRIER_SEQ_MASK
 
 from .daemon import daemon_at
 from .device import Device
@@ -53,7 +53,6 @@ from .echo import EchoClient, EchoServer
 from .measure import cpu_seconds, daemon_pid, percentile, threads_cpu_ns
 from .progress import Progress, results_as_json
 
-_SEQ_HALF = (PCI_BARRIER_SEQ_MASK + 1) // 2
 ACK_SAMPLE_EVERY = 2000  # barriers between two acknowledgement-latency samples
 ACKS_ASKED_EVERY = 256  # the prober's samples between two PCI_BARRIER_ACKS (<= 1024 kept)
 PROBE_INTERVAL = 0.002  # seconds between the prober's round trips
@@ -194,7 +193,10 @@ def _counted(dev: Device, waited: list[tuple[int, int, float]]) -> list[tuple[fl
     counted, i = [], 0
     for stored, seq, seen in waited:
         # the first read whose number reached this barrier's counted it
-        while i < len(reads) and (reads[i][0] - seq) & PCI_BARRIER_SEQ_MASK >= _SEQ_HALF:
+        while (
+            i < len(reads)
+            and (reads[i][0] - seq) & PCI_BARRIER_SEQ_MASK >= PCI_BARRIER_SEQ_HALF
+        ):
             i += 1
         if i == len(reads):
             raise RuntimeError(f"the device told of no read of barrier {seq}")

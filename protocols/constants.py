@@ -40,6 +40,8 @@ PCI_BARRIER_IDLE = 0xDEADBEEF  # what every word of the barrier page reads back
 # device can count writes that landed between two of its looks. Any other value is one.
 PCI_BARRIER_SEQ_TAG = 0x5E00_0000
 PCI_BARRIER_SEQ_MASK = 0x00FF_FFFF
+# running numbers compare modulo the mask: one less than half its range ahead is later
+PCI_BARRIER_SEQ_HALF = (PCI_BARRIER_SEQ_MASK + 1) // 2
 # PCI_BARRIER_ACKS (xed's, no kernel equivalent): while this flag is set the device keeps,
 # for the file's barrier page, the time of each look that counted barriers there (at most
 # PCI_BARRIER_ACKS_KEPT between two calls); a call without it stops that

@@ -34,6 +34,7 @@ from protocols.constants import (
     PAGE_SIZE,
     PCI_BARRIER_ACKS_KEPT,
     PCI_BARRIER_IDLE,
+    PCI_BARRIER_SEQ_HALF,
     PCI_BARRIER_SEQ_MASK,
     PCI_BARRIER_SEQ_TAG,
     XED_PCI_BARRIER_ACKS_RECORD,
@@ -50,7 +51,6 @@ _log = structlog.get_logger("xed")
 F_SETLEASE = getattr(fcntl, "F_SETLEASE", 1024)
 _IDLE_PAGE = struct.pack("<I", PCI_BARRIER_IDLE) * (PAGE_SIZE // 4)
 _IDLE_REST = _IDLE_PAGE[4:]
-_SEQ_HALF = (PCI_BARRIER_SEQ_MASK + 1) // 2
 _TAG_BITS = 0xFFFF_FFFF & ~PCI_BARRIER_SEQ_MASK  # of word 0: the library's tag
 
 LATENCY_SAMPLES = 4096
@@ -169,7 +169,7 @@ class BarrierPage(WatchedPage):
                 # counts (rewriting the last number is idempotent, so a store the restore
                 # raced with can be repeated safely)
                 delta = (word0 - self._last_seq) & PCI_BARRIER_SEQ_MASK
-                if 0 < delta < _SEQ_HALF:
+                if 0 < delta < PCI_BARRIER_SEQ_HALF:
                     counted = delta
                     self._last_seq = word0 & PCI_BARRIER_SEQ_MASK
             else:
