@@ -28,6 +28,7 @@ What an attachment reaches is decided as the kernel decides it for ptrace:
 
 from __future__ import annotations
 
+import itertools
 import os
 from errno import EBUSY, EFAULT, EINVAL, EMFILE, ENFILE, ENOENT, EPERM, ESRCH
 from typing import TYPE_CHECKING, Any
@@ -195,7 +196,7 @@ def _vm_view(targets: list[XeFile]) -> tuple[m.XedDebugVm, ...]:
     for xef in targets:
         handles: dict[int, int] | None = None
         for vm_id, vm in list(xef.vms.items())[: VIEW_VMS - len(vms)]:
-            shown = vm.vmas()[: min(VIEW_BINDINGS_PER_VM, left)]
+            shown = list(itertools.islice(vm.iter_vmas(), min(VIEW_BINDINGS_PER_VM, left)))
             left -= len(shown)
             if shown and handles is None:
                 handles = _first_handles(xef)

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from .vm import XeVm
 
 Keep = Callable[["XeBo"], bool]
+Moved = Callable[["XeBo"], None]  # told of each BO charged to another region
 
 
 def _visible_in(bo: XeBo, region: MemRegion) -> bool:
@@ -99,7 +100,7 @@ def place(bo: XeBo) -> None:
     _charge(bo, system, False)
 
 
-def validate(bo: XeBo, keep: Keep) -> None:
+def validate(bo: XeBo, keep: Keep, moved: Moved | None = None) -> None:
     """xe_bo_validate: make `bo` resident in its placement (a deferred BO backed there),
     evicting the least recently validated BOs that `keep` does not hold; ENOMEM if they
     cannot make room. A BO in its placement already is only marked used; a foreign
@@ -112,23 +113,23 @@ def validate(bo: XeBo, keep: Keep) -> None:
         region.lru[bo] = None
         return
     for target in bo.placement:
-        if _bring(bo, target, keep):
+        if _bring(bo, target, keep, moved):
             return
     raise IoctlError(
         ENOMEM, f"no room for {bo.size} bytes in the BO's placement, evicting what may be"
     )
 
 
-def _bring(bo: XeBo, region: MemRegion, keep: Keep) -> bool:
+def _bring(bo: XeBo, region: MemRegion, keep: Keep, moved: Moved | None = None) -> bool:
     """Charge `bo` to `region` if it has room, or once _make_room() made some."""
     visible = _visible_in(bo, region)
-    if not (region.fits(bo.size, visible) or _make_room(bo, region, visible, keep)):
+    if not (region.fits(bo.size, visible) or _make_room(bo, region, visible, keep, moved)):
         return False
-    _move(bo, region, visible)
+    _move(bo, region, visible, moved)
     return True
 
 
-def _move(bo: XeBo, region: MemRegion, visible: bool) -> None:
+def _move(bo: XeBo, region: MemRegion, visible: bool, moved: Moved | None = None) -> None:
     """Charge `bo` to `region` instead, and tell each VM binding it whether it is
     evicted now (fault-mode VMs keep no such list: their faults bring BOs back)."""
     if bo.region is not None:
@@ -140,9 +141,13 @@ def _move(bo: XeBo, region: MemRegion, visible: bool) -> None:
             vm.evicted[bo] = None
         else:
             vm.evicted.pop(bo, None)
+    if moved is not None:
+        moved(bo)
 
 
-def _make_room(bo: XeBo, region: MemRegion, visible: bool, keep: Keep) -> bool:
+def _make_room(
+    bo: XeBo, region: MemRegion, visible: bool, keep: Keep, moved: Moved | None = None
+) -> bool:
     """Evict BOs of `region` to system memory, least recently used first, until `bo`
     fits; nothing is evicted unless enough can be."""
     short = region.used + bo.size - region.total
@@ -168,7 +173,7 @@ def _make_room(bo: XeBo, region: MemRegion, visible: bool, keep: Keep) -> bool:
     if short > 0 or short_visible > 0:
         return False
     for victim in victims:
-        _move(victim, system, False)
+        _move(victim, system, False, moved)
     return True
 
 
@@ -183,25 +188,106 @@ def prepare_binds(vm: XeVm, ops: Sequence[m.DrmXeVmBindOp], bos: Sequence[XeBo |
     """What a VM_BIND's ops need of memory, before any is made: each MAP's BO validated
     (in fault mode only backed, if DEFER_BACKING left it unbacked: the GPU's faults
     migrate it later); each PREFETCH's BOs migrated to its region. ENOMEM without room;
-    EINVAL for a PREFETCH to a region outside a BO's placement (xe_bo_can_migrate)."""
+    EINVAL for a PREFETCH to a region outside a BO's placement (xe_bo_can_migrate).
+
+    Op by op, in order, each PREFETCH's BOs in the order of their first VMA in its
+    range. A PREFETCH looks only at what earlier ones to its region did not cover
+    (_Prefetched): the BOs there were checked and migrated already, and another
+    migration of one still in the region does nothing."""
     keep = bind_keep(vm)
+    prefetched: dict[int, _Prefetched] = {}  # by region instance
+
+    def moved(bo: XeBo) -> None:
+        for done in prefetched.values():
+            done.moved(bo)
+
     for op, bo in zip(ops, bos, strict=True):
         if bo is not None and op.op == DRM_XE_VM_BIND_OP_MAP:
             if not vm.fault_mode:
-                validate(bo, keep)
+                validate(bo, keep, moved)
             elif bo.region is None and bo.placement:
                 place(bo)
+                moved(bo)
         elif op.op == DRM_XE_VM_BIND_OP_PREFETCH:
-            region = vm.device.regions[op.prefetch_mem_region_instance]
-            for target in vm.bos_in(op.addr, op.addr + op.range):
-                refuse_if(region not in target.placement, EINVAL, "prefetch outside placement")
-                _migrate(target, region, keep)
+            instance = op.prefetch_mem_region_instance
+            done = prefetched.get(instance)
+            if done is None:
+                done = prefetched[instance] = _Prefetched(vm.device.regions[instance])
+            done.prefetch(vm, op.addr, op.addr + op.range, keep, moved)
 
 
-def _migrate(bo: XeBo, region: MemRegion, keep: Keep) -> None:
+class _Prefetched:
+    """The PREFETCH ops of one VM_BIND to one region so far: the address ranges they
+    covered (disjoint, ascending) and the BOs they found there, each checked against
+    its placement and migrated to the region. Migrating one of those again is a no-op
+    while it stays in the region (_migrate; its placement does not change): `away`
+    holds those that moved since (evicted, migrated elsewhere), and while there are
+    any, an op walks all of its range (the BOs' order and errors as they were)."""
+
+    def __init__(self, region: MemRegion) -> None:
+        self.region = region
+        self.covered: list[tuple[int, int]] = []
+        self.bos: set[XeBo] = set()
+        self.away: set[XeBo] = set()
+
+    def moved(self, bo: XeBo) -> None:
+        if bo in self.bos:
+            if bo.region is self.region:
+                self.away.discard(bo)
+            else:
+                self.away.add(bo)
+
+    def prefetch(self, vm: XeVm, start: int, end: int, keep: Keep, moved: Moved) -> None:
+        gaps = self._cover(start, end)
+        if self.away:
+            for target in vm.bos_in(start, end):
+                self._migrate(target, keep, moved)
+            return
+        # BOs first seen here have their VMAs over [start, end) in the gaps only, so
+        # they come in the order of their first VMA in the range; the others are in
+        # the region still (nothing away), their migration a no-op
+        for target in (v.bo for a, b in gaps for v in vm.vmas_in(a, b) if v.bo):
+            if target in self.bos:
+                continue
+            self._migrate(target, keep, moved)
+            if self.away:  # that evicted a BO from here: the rest of the op as it was
+                rest = vm.bos_in(start, end)
+                for later in rest[rest.index(target) + 1 :]:
+                    self._migrate(later, keep, moved)
+                return
+
+    def _migrate(self, bo: XeBo, keep: Keep, moved: Moved) -> None:
+        refuse_if(self.region not in bo.placement, EINVAL, "prefetch outside placement")
+        _migrate(bo, self.region, keep, moved)
+        self.bos.add(bo)
+        self.away.discard(bo)
+
+    def _cover(self, start: int, end: int) -> list[tuple[int, int]]:
+        """The parts of [start, end) no earlier op covered, ascending; covered now."""
+        gaps: list[tuple[int, int]] = []
+        before: list[tuple[int, int]] = []
+        after: list[tuple[int, int]] = []
+        pos, low, high = start, start, end
+        for s, e in self.covered:
+            if e < start:
+                before.append((s, e))
+            elif s > end:
+                after.append((s, e))
+            else:  # overlapping or touching: merged into [low, high)
+                if s > pos:
+                    gaps.append((pos, s))
+                pos = max(pos, e)
+                low, high = min(low, s), max(high, e)
+        if pos < end:
+            gaps.append((pos, end))
+        self.covered = [*before, (low, high), *after]
+        return gaps
+
+
+def _migrate(bo: XeBo, region: MemRegion, keep: Keep, moved: Moved | None = None) -> None:
     """xe_bo_migrate: charge `bo` to `region` of its placement, evicting as validate()
     does; ENOMEM without room."""
-    if bo.region is not region and not _bring(bo, region, keep):
+    if bo.region is not region and not _bring(bo, region, keep, moved):
         raise IoctlError(ENOMEM, f"no room for {bo.size} bytes in region {region.instance}")
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 import mmap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from errno import EBUSY, EINVAL, ENOENT
 from typing import TYPE_CHECKING
 
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 XE_PAT_ENTRIES = 32
 
 _WRITE = FAULT_TYPE_WRITE_ACCESS  # a write the binding refuses
+_FEW = 32  # unmap_bo: up to this many VMAs, deleted from _starts one by one
 
 
 @attrs.define(eq=False)
@@ -81,8 +82,9 @@ class XeVm:
         self.binds: BindQueue | None = None
         self.queued = QueuedBinds(xef)
         self.evicted: dict[XeBo, None] = {}  # BOs bound here, evicted since (residency.py)
-        self._starts: list[int] = []
+        self._starts: list[int] = []  # the VMAs' starts, ascending
         self._vmas: dict[int, Vma] = {}
+        self._by_bo: dict[XeBo, set[int]] = {}  # the starts of each BO's VMAs here
         self.device.counts["vm"] += 1
         xef.uid_account.objects += 1
 
@@ -148,6 +150,16 @@ class XeVm:
     def vmas(self) -> list[Vma]:
         return [self._vmas[s] for s in self._starts]
 
+    def iter_vmas(self) -> Iterator[Vma]:
+        """The VMAs in address order, one at a time (take what you need: islice); the
+        VM must not change while it runs."""
+        return (self._vmas[s] for s in self._starts)
+
+    def vmas_in(self, start: int, end: int) -> Iterator[Vma]:
+        """The VMAs overlapping [start, end), in address order; the VM must not change
+        while it runs."""
+        return self._overlapping(start, end)
+
     def maps_host(self, host: HostArena, lo: int, hi: int) -> bool:
         """Whether a userptr VMA maps any of host memory's [lo, hi)."""
         return any(
@@ -170,8 +182,14 @@ class XeVm:
 
     def unmap(self, addr: int, length: int) -> None:
         end = addr + length
-        for vma in list(self._overlapping(addr, end)):
-            self._remove(vma)
+        first, stop = self._run(addr, end)
+        if first == stop:
+            return
+        # the VMAs overlapping the range are a run of _starts: one deletion for them all
+        gone = [self._vmas[start] for start in self._starts[first:stop]]
+        del self._starts[first:stop]
+        for vma in gone:
+            self._forget(vma)
             if vma.start < addr:  # keep the head
                 self._insert(attrs.evolve(vma, end=addr), get=True)
             if vma.end > end:  # keep the tail
@@ -180,23 +198,58 @@ class XeVm:
             if vma.bo is not None:
                 vma.bo.put()
 
+    def unmap_bo(self, bo: XeBo, unmapped: Callable[[int, int], None]) -> None:
+        """UNMAP_ALL: remove every VMA of `bo` here, in address order, calling
+        unmapped(start, end) after each (as unmap() of its range would, one by one)."""
+        starts = sorted(self._by_bo.get(bo, ()))
+        gone = [self._vmas[start] for start in starts]
+        if len(starts) <= _FEW:
+            for start in starts:
+                del self._starts[bisect.bisect_left(self._starts, start)]
+        elif starts:
+            # the list copied once around them, in slices (memcpy, not a Python loop):
+            # an array of UNMAP_ALLs each rebuilding it item by item took seconds
+            kept: list[int] = []
+            after = 0
+            for index in [bisect.bisect_left(self._starts, start) for start in starts]:
+                kept += self._starts[after:index]
+                after = index + 1
+            kept += self._starts[after:]
+            self._starts[:] = kept
+        for vma in gone:
+            self._forget(vma)
+            bo.put()
+            unmapped(vma.start, vma.end)
+
     def _insert(self, vma: Vma, get: bool) -> None:
         if vma.bo is not None:
             if get:
                 vma.bo.get()
             residency.bound(vma.bo, self)
+            self._by_bo.setdefault(vma.bo, set()).add(vma.start)
         bisect.insort(self._starts, vma.start)
         self._vmas[vma.start] = vma
         self.file.vma_count += 1
         self.file.uid_account.objects += 1
 
-    def _remove(self, vma: Vma) -> None:
-        del self._starts[bisect.bisect_left(self._starts, vma.start)]
+    def _forget(self, vma: Vma) -> None:
+        """Everything of removing `vma` but its place in _starts (the caller's)."""
         del self._vmas[vma.start]
         self.file.vma_count -= 1
         self.file.uid_account.objects -= 1
         if vma.bo is not None:
+            starts = self._by_bo[vma.bo]
+            starts.discard(vma.start)
+            if not starts:
+                del self._by_bo[vma.bo]
             residency.unbound(vma.bo, self)
+
+    def _run(self, start: int, end: int) -> tuple[int, int]:
+        """The indices [first, stop) in _starts of the VMAs overlapping [start, end)."""
+        first = bisect.bisect_right(self._starts, start) - 1
+        if first < 0 or self._vmas[self._starts[first]].end <= start:
+            first += 1
+        return first, max(first, bisect.bisect_left(self._starts, end))
 
     def _overlapping(self, start: int, end: int) -> Iterator[Vma]:
         index = max(bisect.bisect_right(self._starts, start) - 1, 0)

@@ -277,11 +277,9 @@ def _make_binds(xef: XeFile, vm: XeVm, args: m.DrmXeVmBind, bos: list[XeBo | Non
         elif op.op == DRM_XE_VM_BIND_OP_UNMAP:
             vm.unmap(op.addr, op.range)
             vm.notify_aux(op.addr, op.range, "unbind")
-        else:  # UNMAP_ALL: every VMA of this BO
-            for vma in vm.vmas():
-                if vma.bo is bo:
-                    vm.unmap(vma.start, vma.end - vma.start)
-                    vm.notify_aux(vma.start, vma.end - vma.start, "unbind")
+        else:  # UNMAP_ALL: every VMA of this BO, in address order
+            assert bo is not None
+            vm.unmap_bo(bo, lambda start, end: vm.notify_aux(start, end - start, "unbind"))
         xef.log.debug("vm_bind", vm_id=args.vm_id, op=op.op, addr=op.addr, range=op.range)
         debug_event(
             xef,

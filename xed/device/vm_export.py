@@ -477,7 +477,7 @@ def _bindings(vm: XeVm) -> tuple[m.XedAuxBinding, ...]:
             bo_size=vma.bo.size if vma.bo else 0,
             bo_offset=vma.bo_offset if vma.bo else 0,  # a NULL binding has no BO offset
         )
-        for vma in vm.vmas()[:MAX_BINDINGS]
+        for vma in itertools.islice(vm.iter_vmas(), MAX_BINDINGS)
     )
 
 
