@@ -117,6 +117,11 @@ class BindQueue:
                             make(False)
                         fence.signal()
                         self._last = None
+                    if self._jobs:
+                        # binds made back to back (all waiting for one fence) let the
+                        # others run between two; no cancel lands there: a halt
+                        # meanwhile has dropped the rest, and the loop's test sees it
+                        await trio.lowlevel.cancel_shielded_checkpoint()
         finally:
             self._worker = None  # no checkpoint since the last look at the jobs
 

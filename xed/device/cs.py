@@ -52,6 +52,9 @@ LOOP_NAP = 0.0001  # s: a backward jump's nap (a spinner polls its end 10,000 ti
 MAX_BATCH_LEVELS = 2  # a batch and one second-level batch, as the engines have
 MI_CS_MMIO = 1 << 19  # a register offset relative to the engine's base
 TURN_BYTES = 1 << 20
+# what a job's bookkeeping (its waits, fences, user fences) counts toward its worker's
+# turn, as instructions: a backlog of jobs of a NOOP each lets the others run too
+JOB_INSTRUCTIONS = 16
 _MAX_COPY = 256 << 20
 
 
@@ -60,12 +63,45 @@ class BadInstruction(GpuFault):
         super().__init__(address, f"unknown instruction {header:#010x}")
 
 
-class _Turn:
-    """The work done since the streamer last let the others run."""
+class Turn:
+    """The work a queue's worker did since it last let the others run, over all its
+    jobs: a backlog of short batches (each under a turn, so none yields on its own)
+    must not hold the others off any longer than one long batch does. A batch's work
+    not followed by a turn of its own is added here when it ends; between two jobs the
+    worker lets the others run once this makes a turn (between_jobs)."""
+
+    __slots__ = ("bytes", "instructions")
 
     def __init__(self) -> None:
         self.instructions = 0
         self.bytes = 0
+
+    async def between_jobs(self, instructions: int = JOB_INSTRUCTIONS) -> None:
+        """A job done (its bookkeeping counted as `instructions`): past either bound, let
+        every other task run. No cancel lands here: the worker is stopped where it was
+        before (in a batch, or a wait), and looks at whether it was halted next."""
+        self.instructions += instructions
+        if self.instructions >= TURN_INSTRUCTIONS or self.bytes >= TURN_BYTES:
+            self.instructions = self.bytes = 0
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+
+class _Turn:
+    """The work one batch did since the streamer last let the others run (and, through
+    `worker`, its queue's worker: see Turn)."""
+
+    __slots__ = ("bytes", "instructions", "worker")
+
+    def __init__(self, worker: Turn | None = None) -> None:
+        self.instructions = 0
+        self.bytes = 0
+        self.worker = worker
+
+    def charge(self, instructions: int = 0, moved: int = 0) -> None:
+        """Count work done within one instruction (an MI_MATH's ALU words, the dwords an
+        MI_STORE_DATA_IMM stores); the turn comes, if due, before the next one."""
+        self.instructions += instructions
+        self.bytes += moved
 
     async def spend(self, instructions: int = 0, moved: int = 0) -> None:
         """Count work; past either bound, let every other task run (and a cancel in)."""
@@ -73,7 +109,15 @@ class _Turn:
         self.bytes += moved
         if self.instructions >= TURN_INSTRUCTIONS or self.bytes >= TURN_BYTES:
             self.instructions = self.bytes = 0
+            if self.worker is not None:  # its earlier jobs' work is behind a turn too
+                self.worker.instructions = self.worker.bytes = 0
             await trio.lowlevel.checkpoint()
+
+    def hand_over(self) -> None:
+        """The batch ended: what it did since its last turn is its worker's to count."""
+        if self.worker is not None:
+            self.worker.instructions += self.instructions
+            self.worker.bytes += self.bytes
 
     @property
     def bytes_left(self) -> int:
@@ -96,6 +140,7 @@ async def run_batch(
     address: int,
     timeout: float | None = None,
     preempt: Callable[[int], Awaitable[None]] | None = None,
+    worker: Turn | None = None,
 ) -> int:
     """Run from `address` to MI_BATCH_BUFFER_END; return instructions executed.
 
@@ -107,11 +152,30 @@ async def run_batch(
     the batch began (xe's job timeout: None for an LR-mode VM) the job is a hang. Those
     naps are the batch's preemption points: `preempt(pc)` is awaited at each (its
     queue's: a suspension of its hw engine group, a GT reset).
+
+    Every TURN_INSTRUCTIONS instructions (an MI_MATH counts one more per ALU word, an
+    MI_LOAD_REGISTER_IMM one more per dword: their work grows with their length) or
+    TURN_BYTES moved (by MEM_COPY, or stored by MI_STORE_DATA_IMM), it lets the others
+    run; what it did since its last such turn counts toward `worker`'s (its queue's
+    worker: Turn) when it ends.
     """
+    turn = _Turn(worker)
+    try:
+        return await _stream(vm, address, timeout, preempt, turn)
+    finally:
+        turn.hand_over()
+
+
+async def _stream(
+    vm: XeVm,
+    address: int,
+    timeout: float | None,
+    preempt: Callable[[int], Awaitable[None]] | None,
+    turn: _Turn,
+) -> int:
     pc = address
     executed = straight = 0
     returns: list[int] = []
-    turn = _Turn()
     regs = Registers()
     started = trio.current_time()
     while True:
@@ -120,7 +184,7 @@ async def run_batch(
         executed += 1
         await turn.spend(instructions=1)
         try:
-            step = _step(vm, pc, regs)
+            step = _step(vm, pc, regs, turn)
         except UserptrBusy as busy:
             # host memory under a userptr is being invalidated: stall, as a GPU page
             # fault would, until the notifier is done; then run the instruction again
@@ -222,7 +286,7 @@ async def _move(vm: XeVm, dst: int, src: int, length: int, turn: _Turn) -> None:
         await turn.spend(moved=n)
 
 
-def _step(vm: XeVm, pc: int, regs: Registers) -> int | MemCopy | Jump:
+def _step(vm: XeVm, pc: int, regs: Registers, turn: _Turn) -> int | MemCopy | Jump:
     """Execute the instruction at pc; return its length in dwords (0: batch end).
     A MEM_COPY or a jump is only decoded, for run_batch to carry out."""
     (header,) = _u32s(vm, pc, 1)
@@ -238,7 +302,7 @@ def _step(vm: XeVm, pc: int, regs: Registers) -> int | MemCopy | Jump:
                 raise BadInstruction(pc, header)
             lo, hi = _u32s(vm, pc + 4, 2)
             return Jump(_addr(vm, lo & ~0x3, hi), bool(header & MI_BBS_SECOND_LEVEL), 3)
-        return _mi(vm, pc, header, opcode, regs)
+        return _mi(vm, pc, header, opcode, regs, turn)
     if header & ~(MEM_COPY_MATRIX | MEM_COPY_PAGE_MODE) == MEM_COPY:
         return _decode_mem_copy(vm, pc, header)
     raise BadInstruction(pc, header)
@@ -262,8 +326,9 @@ def _decode_mem_copy(vm: XeVm, pc: int, header: int) -> MemCopy:
     )  # fmt: skip
 
 
-def _mi(vm: XeVm, pc: int, header: int, opcode: int, regs: Registers) -> int:
-    """Execute one MI instruction; return its length in dwords (WAIT: not yet)."""
+def _mi(vm: XeVm, pc: int, header: int, opcode: int, regs: Registers, turn: _Turn) -> int:
+    """Execute one MI instruction; return its length in dwords (WAIT: not yet). One
+    whose work grows with its length (_BY_THE_DWORD) charges `turn` for its dwords."""
     if opcode in (0x00, 0x09, 0x05):  # MI_NOOP, MI_MEM_FENCE, MI_ARB_CHECK
         return 1  # stores are visible already; nothing preempts a batch here
     if opcode == 0x36:  # MI_CONDITIONAL_BATCH_BUFFER_END
@@ -278,7 +343,10 @@ def _mi(vm: XeVm, pc: int, header: int, opcode: int, regs: Registers) -> int:
             raise BadInstruction(pc, header)
         return total if go_on(value, operand) else 0
     if opcode in _REGISTER_OPS:
-        return _REGISTER_OPS[opcode](vm, pc, header, regs)
+        length = _REGISTER_OPS[opcode](vm, pc, header, regs)
+        if opcode in _BY_THE_DWORD:
+            turn.charge(length - 1)
+        return length
     if opcode == 0x26:  # MI_FLUSH_DW: a fence, with an optional immediate post-sync write
         total = (header & 0x3F) + 2
         if header & MI_FLUSH_DW_OP_STOREDW:
@@ -295,6 +363,7 @@ def _mi(vm: XeVm, pc: int, header: int, opcode: int, regs: Registers) -> int:
         if header & MI_SDI_NUM_QW_BIT and len(data) % 2:
             raise BadInstruction(pc, header)
         vm.write(_addr(vm, lo, hi), struct.pack(f"<{len(data)}I", *data))
+        turn.charge(moved=4 * len(data))  # up to 4 KiB: bytes moved, as a copy's
         return total
     if opcode == 0x2E:  # MI_COPY_MEM_MEM: one dword
         dst_lo, dst_hi, src_lo, src_hi = _u32s(vm, pc + 4, 4)
@@ -346,8 +415,9 @@ def _store_register_mem(vm: XeVm, pc: int, header: int, regs: Registers) -> int:
 def _math(vm: XeVm, pc: int, header: int, regs: Registers) -> int:
     """MI_MATH: ALU instructions on the GPRs (cs_regs.alu)."""
     total = (header & 0xFF) + 2
+    alu = cs_regs.alu
     for word in _u32s(vm, pc + 4, total - 1):
-        if not cs_regs.alu(regs, word):
+        if not alu(regs, word):
             raise BadInstruction(pc, header)
     return total
 
@@ -374,6 +444,9 @@ _REGISTER_OPS: dict[int, Callable[[XeVm, int, int, Registers], int]] = {
     0x1A: _math,
     0x1C: _semaphore_wait,
 }
+# MI_MATH (an ALU instruction a dword) and MI_LOAD_REGISTER_IMM (a register written a
+# pair): each dword past the header counts as one more instruction toward the turn
+_BY_THE_DWORD = frozenset((0x1A, 0x22))
 _LRR_BOTH = MI_CS_MMIO | (1 << 18)  # MI_LOAD_REGISTER_REG's destination and source
 WAIT = -1  # _step's answer for an instruction to be run again later
 

@@ -11,7 +11,9 @@ clock's ticks (query.REFERENCE_CLOCK_HZ) since the batch began.
 
 from __future__ import annotations
 
+import operator
 import time
+from collections.abc import Callable
 
 from .query import REFERENCE_CLOCK_HZ
 
@@ -53,6 +55,14 @@ class Registers:
 
 # MI_MATH's ALU operands (the low ten bits of a field)
 _R0, _SRCA, _SRCB, _ACCU, _ZF, _CF = 0x00, 0x20, 0x21, 0x31, 0x32, 0x33
+# its operations on SRCA and SRCB, into ACCU (made once: alu runs for every ALU word)
+_ALU_OPS: dict[int, Callable[[int, int], int]] = {
+    0x100: operator.add,  # ADD
+    0x101: operator.sub,  # SUB
+    0x102: operator.and_,  # AND
+    0x103: operator.or_,  # OR
+    0x104: operator.xor,  # XOR
+}
 
 
 def alu(regs: Registers, word: int) -> bool:
@@ -80,15 +90,9 @@ def alu(regs: Registers, word: int) -> bool:
         else:
             regs.src_b = value
         return True
-    ops = {
-        0x100: lambda a, b: a + b,  # ADD
-        0x101: lambda a, b: a - b,  # SUB
-        0x102: lambda a, b: a & b,  # AND
-        0x103: lambda a, b: a | b,  # OR
-        0x104: lambda a, b: a ^ b,  # XOR
-    }
-    if opcode in ops:
-        regs.accu = ops[opcode](regs.src_a, regs.src_b) & _MASK64
+    operation = _ALU_OPS.get(opcode)
+    if operation is not None:
+        regs.accu = operation(regs.src_a, regs.src_b) & _MASK64
         return True
     if opcode in (0x180, 0x580):  # STORE, STOREINV: ACCU (or a flag) into a GPR
         if op2 == _ACCU:
@@ -109,4 +113,10 @@ def alu(regs: Registers, word: int) -> bool:
 def _get(regs: Registers, operand: int) -> int | None:
     if _R0 <= operand < GPR_COUNT:
         return regs.gpr[operand]
-    return {_ACCU: regs.accu, _SRCA: regs.src_a, _SRCB: regs.src_b}.get(operand)
+    if operand == _ACCU:
+        return regs.accu
+    if operand == _SRCA:
+        return regs.src_a
+    if operand == _SRCB:
+        return regs.src_b
+    return None

@@ -28,7 +28,7 @@ from protocols.ops import Event
 
 from . import residency
 from .bind_queue import BindQueue
-from .cs import run_batch
+from .cs import Turn, run_batch
 from .errors import GpuFault, IoctlError, refuse_if
 from .eudebug import debug_event
 from .fence import Fence
@@ -159,18 +159,24 @@ class XeExecQueue:
 
     async def _run(self) -> None:
         assert self._worker is not None and self._jobs is not None
+        turn = Turn()  # the work done since the others last ran, over the jobs
         try:
             with self._worker:
                 while self._jobs and not self._stopped:
                     addresses, syncs, fence = self._jobs.popleft()
                     self._fence = fence
-                    await self._execute(addresses, syncs)
+                    await self._execute(addresses, syncs, turn)
                     fence.signal()
                     self._fence = None
                     if self._pending:  # else halted meanwhile: given back already
                         self._pending -= 1
                         self.file.pending_jobs -= 1
                         self.file.uid_account.objects -= 1
+                    if self._jobs:
+                        # a backlog of short jobs lets the others run too, once a turn's
+                        # worth is done (no cancel lands there: a halt meanwhile is seen
+                        # by the loop's test, as it would be here without it)
+                        await turn.between_jobs()
         finally:
             # no checkpoint between the last look at the jobs and this: a batch submitted
             # from now on starts a worker of its own
@@ -178,7 +184,7 @@ class XeExecQueue:
             if self._stopped:
                 self._jobs = None
 
-    async def _execute(self, addresses: tuple[int, ...], syncs: Syncs) -> None:
+    async def _execute(self, addresses: tuple[int, ...], syncs: Syncs, turn: Turn) -> None:
         for wait in syncs.waits:  # the scheduler runs a job once its dependencies are done
             await wait.wait()
         if self.vm.lr_mode and (self.banned or self.vm.closed):
@@ -201,7 +207,7 @@ class XeExecQueue:
                 timeout = None if self.vm.lr_mode else self.device.config.job_timeout_ms / 1000
                 for address in addresses:
                     self._running = address
-                    await run_batch(self.vm, address, timeout, self._preemption_point)
+                    await run_batch(self.vm, address, timeout, self._preemption_point, turn)
                 self.device.stats["execs"] += 1
             except GpuFault as fault:
                 self._ban(fault)
