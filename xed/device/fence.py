@@ -12,7 +12,7 @@ from __future__ import annotations
 import collections
 import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import trio
 
@@ -277,12 +277,30 @@ class FenceChain(Fence):
         """dma_fence_chain_find_seqno: the fence that signals once point `seqno` has;
         None when it is signalled and gone from the chain (the stub's case). The caller
         checks that `seqno` was submitted (not above this head's)."""
+        return self.find_seqnos([seqno])[seqno]
+
+    def find_seqnos(self, seqnos: Iterable[int]) -> dict[int, Fence | None]:
+        """find_seqno() of each of `seqnos`, in one walk of the chain rather than one
+        each (a TIMELINE_WAIT may name thousands of points of one chain). The walk is
+        the same whichever point is looked for, and the node found for a point is never
+        further along it than the one found for a lower point: so the highest is found
+        first, and the walk goes on from there for the next, no further than the lowest
+        needs (what it drops on the way is what a look-up of the lowest alone drops)."""
+        wanted = sorted(set(seqnos), reverse=True)
+        found: dict[int, Fence | None] = dict.fromkeys(wanted)
+        if not wanted:
+            return found
+        index = 0
         for node in self.walk():
-            if node.context != self.context or (
-                isinstance(node, FenceChain) and node.prev_seqno < seqno
+            while index < len(wanted) and (
+                node.context != self.context
+                or (isinstance(node, FenceChain) and node.prev_seqno < wanted[index])
             ):
-                return node
-        return None
+                found[wanted[index]] = node
+                index += 1
+            if index == len(wanted):
+                break  # not a step further: the walk drops points as it goes
+        return found
 
     def unwrapped(self) -> list[Fence]:
         """dma_fence_unwrap_for_each: the fences of its points not signalled yet."""

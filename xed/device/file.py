@@ -159,11 +159,16 @@ class XeFile:
         bo.handle_opened()
         return handle
 
-    def handle_delete(self, handle: int) -> None:
+    def handle_delete(self, handle: int, prime_keys: list[Any] | None = None) -> None:
+        """Drop the handle, and the dma-bufs prime_handles maps to it: `prime_keys`,
+        when the caller knows them (release(): a scan of prime_handles per handle would
+        make closing a file of many exports quadratic)."""
         bo = self.handles.pop(handle)
         self.uid_account.objects -= 1
         self._handle_ids.release(handle)
-        for key in [k for k, h in self.prime_handles.items() if h == handle]:
+        if prime_keys is None:
+            prime_keys = [k for k, h in self.prime_handles.items() if h == handle]
+        for key in prime_keys:
             del self.prime_handles[key]
         bo.mmap_node().revoke(self)
         bo.handle_closed()
@@ -207,8 +212,11 @@ class XeFile:
             self.exec_queues.pop(queue_id).destroy()
         for vm_id in list(self.vms):
             self.vm_destroy(vm_id)
+        prime_keys: dict[int, list[Any]] = {}  # each handle's, in prime_handles' order
+        for key, handle in self.prime_handles.items():
+            prime_keys.setdefault(handle, []).append(key)
         for handle in list(self.handles):
-            self.handle_delete(handle)
+            self.handle_delete(handle, prime_keys.get(handle, []))
         for handle in list(self.syncobjs):
             self.syncobj_destroy(handle)
         for exported in list(self.device.exported.values()):

@@ -99,6 +99,24 @@ class DrmSyncobj:
         found = fence.find_seqno(point)
         return found if found is not None else Fence(signalled=True)
 
+    def find_points(self, points: Iterable[int]) -> dict[int, Fence | None]:
+        """find_fence() of each of `points`, the chain walked once for them all."""
+        fence = self.fence
+        distinct = set(points)
+        if not isinstance(fence, FenceChain):
+            return {point: self.find_fence(point) for point in distinct}
+        seqnos = fence.find_seqnos(p for p in distinct if p and p <= fence.seqno)
+        found: dict[int, Fence | None] = {}
+        for point in distinct:
+            if not point:
+                found[point] = fence
+            elif point > fence.seqno:
+                found[point] = None
+            else:  # as find_fence: a point signalled and let go is a signalled stub
+                node = seqnos[point]
+                found[point] = node if node is not None else Fence(signalled=True)
+        return found
+
     async def fence_submitted(self, point: int = 0) -> Fence:
         """find_fence(point), waiting for the point to be submitted if it is not."""
         while (fence := self.find_fence(point)) is None:
@@ -125,9 +143,14 @@ def find_fence_once(found: FoundFences, syncobj: DrmSyncobj, point: int) -> Fenc
 
 
 def find_fences(syncobjs: list[DrmSyncobj], points: list[int]) -> list[Fence | None]:
-    """find_fence() of each (syncobj, point), each pair looked up once."""
-    found: FoundFences = {}
-    return [find_fence_once(found, s, p) for s, p in zip(syncobjs, points, strict=True)]
+    """find_fence() of each (syncobj, point), each pair looked up once, and each
+    syncobj's chain walked once for all its points (not once a point: thousands of
+    points of one long chain would stall every client)."""
+    wanted: dict[DrmSyncobj, list[int]] = {}
+    for syncobj, point in zip(syncobjs, points, strict=True):
+        wanted.setdefault(syncobj, []).append(point)
+    found = {syncobj: syncobj.find_points(its) for syncobj, its in wanted.items()}
+    return [found[syncobj][point] for syncobj, point in zip(syncobjs, points, strict=True)]
 
 
 def lookup(xef: XeFile, handle: int) -> DrmSyncobj:

@@ -501,7 +501,9 @@ async def aux_vm_resolve_ioctl(
     - any address of the range unbound, or bound NULL: EFAULT
     - freed host memory under a userptr range: EFAULT
     - more than MAX_FDS distinct BOs and host memories, or more than MAX_SPANS spans
-      (bindings: one BO bound many times over): E2BIG
+      (bindings: one BO bound many times over): E2BIG. The range is looked at no
+      further than its first MAX_SPANS + 1 spans: beyond them, a hole, a NULL binding,
+      freed or changing host memory, or more BOs are not looked for
     - the registration would watch more than MAX_WATCHES ranges, hold more than
       MAX_HOST_MAPS pieces of host memory, or has MAX_UNACKED invalidations of held pages
       unacknowledged: ENOMEM (a range watched, or pages held, already count once)
@@ -560,6 +562,8 @@ def _resolve(vm: XeVm, pos: int, end: int) -> tuple[list[m.XedAuxSpan], list[XeB
                     va=va, length=n, fd_index=backing.index(memory), offset=vma.bo_offset + offset
                 )
             )
+            if len(spans) > MAX_SPANS:
+                break  # E2BIG below, without walking the rest of the range
     except GpuFault as fault:  # a hole, or freed host memory
         raise IoctlError(EFAULT, f"{fault.reason} at {fault.address:#x}") from None
     refuse_if(len(backing) > MAX_FDS, E2BIG, f"{len(backing)} BOs behind the range")
