@@ -52,6 +52,7 @@ bench: $(STAMP) bytecode
 	$(BIN)/xec bench scale
 	$(BIN)/xec bench throughput
 	$(BIN)/xec bench rtt
+	$(BIN)/xec bench stalls
 	$(BIN)/xec bench mmap
 	$(BIN)/xec bench barrier
 	$(BIN)/xec bench rdma

@@ -120,7 +120,21 @@ def _bench_parsers(sub: Subparsers) -> None:
     tp.add_argument("--seconds", type=float, default=1.0, help="length of each round")
     # two rounds left each N's ratio about as noisy as the margin it is judged by
     tp.add_argument("--rounds", type=int, default=4, help="alternating rounds per N")
-    for p in (rtt, mm, bar, rd, sc, tp):
+    st = _sub(
+        bench_sub, "stalls",
+        "how long one client's worst request holds every other client up",
+        "How long one client's worst request holds every other client up: a bystander "
+        "process's VERSION round trips, idle and during each scenario's expensive "
+        "request (UNMAP_ALL, PREFETCH and UNMAP over many mappings, a backlog of jobs "
+        "released by one fence, a long TIMELINE_WAIT), each within the default limits.",
+    )  # fmt: skip
+    _connection_options(st)
+    st.add_argument(
+        "--scale", type=_scale, default=1.0,
+        help="every count at this fraction of the full size (200,000 mappings, 4096 "
+        "jobs...): 0 < SCALE <= 1",
+    )  # fmt: skip
+    for p in (rtt, mm, bar, rd, sc, tp, st):
         _json_option(p)
 
 
@@ -133,6 +147,17 @@ def _counts(text: str) -> list[int]:
     if not counts or min(counts) < 1:
         raise argparse.ArgumentTypeError(f"counts are at least 1: {text!r}")
     return counts
+
+
+def _scale(text: str) -> float:
+    """A fraction of the full size: above 0, at most 1 (past it, the daemon's limits)."""
+    try:
+        scale = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < scale <= 1:
+        raise argparse.ArgumentTypeError(f"the scale is above 0 and at most 1: {text!r}")
+    return scale
 
 
 def _load_parsers(sub: Subparsers) -> None:
@@ -427,6 +452,10 @@ def _run(args: argparse.Namespace) -> int:
             from .throughput import bench_throughput
 
             emit(bench_throughput(args.socket, args.clients, args.seconds, args.rounds))
+        elif args.which == "stalls":
+            from .bench_stalls import bench_stalls
+
+            emit(bench_stalls(args.socket, args.scale))
         else:
             emit(bench.bench_barrier(args.socket, args.count))
     return 0

@@ -178,6 +178,7 @@ NOPE_COMMANDS = [
     ["xec", "bench", "mmap"],
     ["xec", "bench", "barrier"],
     ["xec", "bench", "rdma"],
+    ["xec", "bench", "stalls"],
     ["xec", "load", "barrier"],
     ["xec", "scenario", "run", "isolation"],
     ["xec", "debug", "attach", "1"],
