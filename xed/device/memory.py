@@ -117,6 +117,8 @@ class MemRegion:
     cpu_visible_used: int = 0
     # the BOs charged here, least recently placed or validated first (residency.py)
     lru: dict[XeBo, None] = attrs.field(factory=dict, repr=False)
+    # those of them charged to the CPU-visible part, in the same order
+    visible_lru: dict[XeBo, None] = attrs.field(factory=dict, repr=False, eq=False)
 
     def charge(self, size: int, visible: bool) -> None:
         # TTM's ENOSPC reaches user space as ENOMEM (ttm_bo_validate, for compatibility)

@@ -25,7 +25,8 @@ the GPU needs it resident. Emulated:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from errno import EINVAL, ENOMEM
 from typing import TYPE_CHECKING
 
@@ -61,6 +62,8 @@ def _system(bo: XeBo) -> MemRegion:
 def _charge(bo: XeBo, region: MemRegion, visible: bool) -> None:
     region.charge(bo.size, visible)  # ENOMEM past its room
     region.lru[bo] = None  # last: the most recently placed
+    if visible:
+        region.visible_lru[bo] = None
     bo.region, bo.visible = region, visible
 
 
@@ -70,6 +73,8 @@ def uncharge(bo: XeBo) -> None:
     assert region is not None
     region.uncharge(bo.size, bo.visible)
     del region.lru[bo]
+    if bo.visible:
+        del region.visible_lru[bo]
     bo.region, bo.visible = None, False
 
 
@@ -100,30 +105,44 @@ def place(bo: XeBo) -> None:
     _charge(bo, system, False)
 
 
-def validate(bo: XeBo, keep: Keep, moved: Moved | None = None) -> None:
+def validate(
+    bo: XeBo, keep: Keep, moved: Moved | None = None, walks: _Walks | None = None
+) -> None:
     """xe_bo_validate: make `bo` resident in its placement (a deferred BO backed there),
     evicting the least recently validated BOs that `keep` does not hold; ENOMEM if they
     cannot make room. A BO in its placement already is only marked used; a foreign
-    import (no placement: another daemon's pages) has nothing to validate."""
+    import (no placement: another daemon's pages) has nothing to validate. `walks`:
+    see _Walks (validate_vm's)."""
     region = bo.region
     if not bo.placement:
         return
     if region is not None and region in bo.placement:
         del region.lru[bo]
         region.lru[bo] = None
+        if bo.visible:
+            del region.visible_lru[bo]
+            region.visible_lru[bo] = None
         return
     for target in bo.placement:
-        if _bring(bo, target, keep, moved):
+        if _bring(bo, target, keep, moved, walks):
             return
     raise IoctlError(
         ENOMEM, f"no room for {bo.size} bytes in the BO's placement, evicting what may be"
     )
 
 
-def _bring(bo: XeBo, region: MemRegion, keep: Keep, moved: Moved | None = None) -> bool:
+def _bring(
+    bo: XeBo,
+    region: MemRegion,
+    keep: Keep,
+    moved: Moved | None = None,
+    walks: _Walks | None = None,
+) -> bool:
     """Charge `bo` to `region` if it has room, or once _make_room() made some."""
     visible = _visible_in(bo, region)
-    if not (region.fits(bo.size, visible) or _make_room(bo, region, visible, keep, moved)):
+    if not (
+        region.fits(bo.size, visible) or _make_room(bo, region, visible, keep, moved, walks)
+    ):
         return False
     _move(bo, region, visible, moved)
     return True
@@ -146,35 +165,141 @@ def _move(bo: XeBo, region: MemRegion, visible: bool, moved: Moved | None = None
 
 
 def _make_room(
-    bo: XeBo, region: MemRegion, visible: bool, keep: Keep, moved: Moved | None = None
+    bo: XeBo,
+    region: MemRegion,
+    visible: bool,
+    keep: Keep,
+    moved: Moved | None = None,
+    walks: _Walks | None = None,
 ) -> bool:
     """Evict BOs of `region` to system memory, least recently used first, until `bo`
-    fits; nothing is evicted unless enough can be."""
+    fits; nothing is evicted unless enough can be. Short of the CPU-visible part, the
+    visible BOs come first (they free both parts), then, if the whole region is still
+    short, the others: each kind least recently used first. `walks` hands out the BOs
+    `keep` does not hold without going past those it does again (validate_vm)."""
     short = region.used + bo.size - region.total
     short_visible = region.cpu_visible_used + bo.size - region.cpu_visible if visible else 0
     system = _system(bo)
     room = system.total - system.used
     victims = []
-    candidates: Iterable[XeBo] = region.lru
-    if short_visible > 0:  # visible BOs first: they free both parts
-        candidates = sorted(region.lru, key=lambda other: not other.visible)
-    for victim in candidates:
-        if short <= 0 and short_visible <= 0:
-            break
-        if victim is bo or victim.size > room or keep(victim):
-            continue
-        if short <= 0 and not victim.visible:
-            continue  # only the CPU-visible part is short: it frees none
-        victims.append(victim)
-        room -= victim.size
-        short -= victim.size
-        if victim.visible:
-            short_visible -= victim.size
+    if walks is None:
+        walks = _Walks(keep, lasting=False)
+    walk = walks.of(region)
+    kinds = (walk.visible, walk.invisible) if short_visible > 0 else (walk.all,)
+    for later, kind in enumerate(kinds):
+        if later and short_visible > 0:
+            return False  # the others free none of the CPU-visible part
+        for victim in kind():
+            if short <= 0 and short_visible <= 0:
+                break
+            if victim is bo or victim.size > room:
+                continue
+            if short <= 0 and not victim.visible:
+                continue  # only the CPU-visible part is short: it frees none
+            victims.append(victim)
+            room -= victim.size
+            short -= victim.size
+            if victim.visible:
+                short_visible -= victim.size
     if short > 0 or short_visible > 0:
         return False
     for victim in victims:
         _move(victim, system, False, moved)
     return True
+
+
+class _Walks:
+    """The eviction candidates of each region for _make_room(): its BOs that `keep`
+    does not hold, least recently used first (all of them, the CPU-visible ones, the
+    others).
+
+    `lasting`: for many _make_room() in a row (validate_vm's), each region is walked
+    once for them all, so that the BOs `keep` holds are gone past once, not once a BO
+    validated. That holds what the LRU does only while nothing but those calls changes
+    the regions, and while (1) `keep` holds of each BO what it held first, (2) a BO
+    `keep` does not hold only ever leaves a region (is evicted), never comes (back):
+    what comes is what is validated, which `keep` holds. Not lasting (a single call),
+    each walk goes over the region's LRU as it is."""
+
+    def __init__(self, keep: Keep, lasting: bool = True) -> None:
+        self.keep = keep
+        self.lasting = lasting
+        self._walks: dict[int, _Walk] = {}
+
+    def of(self, region: MemRegion) -> _Walk:
+        if not self.lasting:
+            return _Walk(region, self.keep, lasting=False)
+        walk = self._walks.get(id(region))
+        if walk is None or walk.region is not region:
+            walk = self._walks[id(region)] = _Walk(region, self.keep, lasting=True)
+        return walk
+
+
+class _Walk:
+    """One region's candidates (_Walks): each of all(), visible(), invisible() yields
+    them, least recently used first."""
+
+    def __init__(self, region: MemRegion, keep: Keep, lasting: bool) -> None:
+        self.region = region
+        self.keep = keep
+        self.lasting = lasting
+        self._all: _Lasting | None = None
+        self._visible: _Lasting | None = None
+        self._invisible: _Lasting | None = None
+
+    def all(self) -> Iterator[XeBo]:
+        keep, region = self.keep, self.region
+        if not self.lasting:
+            return (bo for bo in region.lru if not keep(bo))
+        if self._all is None:
+            self._all = _Lasting(region, region.lru, lambda bo: not keep(bo))
+        return iter(self._all)
+
+    def visible(self) -> Iterator[XeBo]:
+        keep, region = self.keep, self.region
+        if not self.lasting:
+            return (bo for bo in region.visible_lru if not keep(bo))
+        if self._visible is None:
+            self._visible = _Lasting(region, region.visible_lru, lambda bo: not keep(bo))
+        return iter(self._visible)
+
+    def invisible(self) -> Iterator[XeBo]:
+        keep, region = self.keep, self.region
+        if not self.lasting:
+            return (bo for bo in region.lru if not bo.visible and not keep(bo))
+        if self._invisible is None:
+            self._invisible = _Lasting(
+                region, region.lru, lambda bo: not bo.visible and not keep(bo)
+            )
+        return iter(self._invisible)
+
+
+class _Lasting:
+    """The BOs of `bos` (a region's LRU, taken as it is at the first use) that `admit`
+    admits, found lazily and remembered, those gone from the region dropped: each
+    iteration yields those still in the region, in order, and goes on through `bos`
+    only past what earlier ones found. See _Walks for when that is the LRU's order."""
+
+    def __init__(self, region: MemRegion, bos: Iterable[XeBo], admit: Keep) -> None:
+        self.region = region
+        self.admit = admit
+        self._bos = bos
+        self._rest: Iterator[XeBo] | None = None
+        self._found: deque[XeBo] = deque()
+
+    def __iter__(self) -> Iterator[XeBo]:
+        region, found = self.region, self._found
+        while found and found[0].region is not region:
+            found.popleft()  # evicted by the call before
+        for bo in found:
+            if bo.region is region:
+                yield bo
+        if self._rest is None:
+            self._rest = iter(list(self._bos))
+        for bo in self._rest:
+            if bo.region is region and self.admit(bo):
+                found.append(bo)
+                yield bo
 
 
 def bind_keep(vm: XeVm) -> Keep:
@@ -298,8 +423,11 @@ def validate_vm(vm: XeVm) -> None:
     def keep(other: XeBo) -> bool:
         return vm in other.bound_in
 
+    # what each validate() evicts is of other VMs, what it brings back of this one: the
+    # walks of the regions go past this VM's BOs once for them all (_Walks)
+    walks = _Walks(keep)
     for bo in list(vm.evicted):
-        validate(bo, keep)
+        validate(bo, keep, walks=walks)
 
 
 def bound(bo: XeBo, vm: XeVm) -> None:
