@@ -1,11 +1,12 @@
 """Eviction at scale (xed/device/residency.py): an EXEC that brings back many BOs of its
-VM walks each region's LRU past the VM's own BOs once for them all, and a bind short
-of CPU-visible VRAM finds the visible BOs without sorting the LRU. Neither may change
-what is evicted: the residency functions are run on many BOs of several VMs next to a
-model of the code as it was (one walk of the whole LRU per BO, the LRU sorted visible
-first when the CPU-visible part is short), and every BO's place, each LRU's order, each
-VM's evicted list, the order BOs were moved in and each errno must agree. Then one
-daemon: an EXEC bringing back hundreds of BOs, its ENOMEM, and nothing left behind.
+VM, and a VM_BIND of an LR VM whose MAPs each make room, walk each region's LRU past
+the VM's own BOs once for them all, and a bind short of CPU-visible VRAM finds the
+visible BOs without sorting the LRU. None may change what is evicted: the residency
+functions are run on many BOs of several VMs next to a model of the code as it was (one
+walk of the whole LRU per BO, the LRU sorted visible first when the CPU-visible part is
+short), and every BO's place, each LRU's order, each VM's evicted list, the order BOs
+were moved in and each errno must agree. Then one daemon: an EXEC bringing back
+hundreds of BOs, its ENOMEM, and nothing left behind.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from clients import Batch, Device, XeError
 from protocols.constants import (
     DRM_XE_MEM_REGION_CLASS_SYSMEM,
     DRM_XE_MEM_REGION_CLASS_VRAM,
+    DRM_XE_VM_BIND_OP_MAP,
+    DRM_XE_VM_BIND_OP_PREFETCH,
     XE_PLACEMENT_VRAM0,
 )
 from tests.helpers import BATCH_VA, Gpu
@@ -119,6 +122,55 @@ def old_validate_vm(vm: Any) -> None:
         old_validate(bo, lambda other: vm in other.bound_in)
 
 
+def old_prepare_binds(vm: Any, ops: list[Any], bos: list[Any]) -> None:
+    """prepare_binds() as it was, for MAPs and PREFETCHes (not in fault mode): each
+    PREFETCH's BOs, in the order of their first VMA in its range, checked against
+    their placement and migrated."""
+    keep = residency.bind_keep(vm)
+    for op, bo in zip(ops, bos, strict=True):
+        if op.op == DRM_XE_VM_BIND_OP_MAP:
+            old_validate(bo, keep)
+            continue
+        region = vm.device.regions[op.prefetch_mem_region_instance]
+        for target in vm.bos_in(op.addr, op.addr + op.range):
+            if region not in target.placement:
+                raise IoctlError(errno.EINVAL, "prefetch outside placement")
+            if target.region is region:
+                continue
+            visible = residency._visible_in(target, region)
+            if not (
+                region.fits(target.size, visible)
+                or old_make_room(target, region, visible, keep, None)
+            ):
+                raise IoctlError(errno.ENOMEM, "no room")
+            old_move(target, region, visible, None)
+
+
+SLOT = 0x10000  # each VMA of a World's VM: one BO at an address of its own
+
+
+class FakeVm(Fake):
+    """What residency.py reads of a VM: its VMAs too, each one SLOT at `vmas`' key."""
+
+    def vmas_in(self, start: int, end: int) -> list[Any]:
+        vmas = sorted(self.vmas.items())
+        return [Fake(bo=bo) for addr, bo in vmas if start < addr + SLOT and addr < end]
+
+    def bos_in(self, start: int, end: int) -> list[Any]:
+        return list(dict.fromkeys(v.bo for v in self.vmas_in(start, end)))
+
+    def map(self, bo: Any) -> None:
+        self.vmas[self.next_slot * SLOT] = bo
+        self.next_slot += 1
+        residency.bound(bo, self)
+
+    def unmap(self, bo: Any) -> None:
+        """The last VMA of `bo`."""
+        addr = max(addr for addr, other in self.vmas.items() if other is bo)
+        del self.vmas[addr]
+        residency.unbound(bo, self)
+
+
 class World:
     """A device's regions, VMs and BOs, driven either by residency.py or by the model."""
 
@@ -129,14 +181,28 @@ class World:
             1: MemRegion(DRM_XE_MEM_REGION_CLASS_VRAM, 1, vram, visible),
         }
         self.device = Fake(regions=self.regions)
-        self.vms = [Fake(lr_mode=i % 3 == 1, fault_mode=False, evicted={}) for i in range(vms)]
+        self.vms = [
+            FakeVm(
+                lr_mode=i % 3 == 1,
+                fault_mode=False,
+                evicted={},
+                device=self.device,
+                vmas={},
+                next_slot=0,
+            )
+            for i in range(vms)
+        ]
         self.bos: list[Any] = []
+        self.failed: set[int] = set()  # BOs whose creation was refused
         self.moves: list[int] = []  # the moved() callback's BOs, in order
 
     def _moved(self, bo: Any) -> None:
         self.moves.append(self.bos.index(bo))
 
-    def create(self, size: int, where: tuple[int, ...], wants_visible: bool) -> int | None:
+    def create(
+        self, size: int, where: tuple[int, ...], wants_visible: bool, deferred: bool = False
+    ) -> int | None:
+        """A BO placed as GEM_CREATE's; `deferred`: left unbacked (DEFER_BACKING)."""
         bo = Fake(
             device=self.device,
             size=size,
@@ -147,15 +213,23 @@ class World:
             bound_in={},
         )
         self.bos.append(bo)
+        if deferred:
+            return None
         try:
             residency.place(bo)  # unchanged: one code for both
         except IoctlError as exc:
+            self.failed.add(len(self.bos) - 1)
             return exc.errno
         return None
 
+    def creates(self, n: int, size: int, where: tuple[int, ...], visible_every: int) -> None:
+        """`n` BOs in one step, every `visible_every`th wanting CPU-visible VRAM."""
+        for i in range(n):
+            self.create(size, where, i % visible_every == 0)
+
     def bind(self, vm: int, bo: int) -> int | None:
         the_vm, the_bo = self.vms[vm], self.bos[bo]
-        if the_bo.region is None:
+        if bo in self.failed:
             return errno.ENOENT  # a BO whose creation failed
         try:
             if self.new:
@@ -164,12 +238,44 @@ class World:
                 old_validate(the_bo, residency.bind_keep(the_vm), self._moved)
         except IoctlError as exc:
             return exc.errno
-        residency.bound(the_bo, the_vm)
+        the_vm.map(the_bo)
+        return None
+
+    def binds(self, vm: int, items: list[Any]) -> int | None:
+        """One VM_BIND: a MAP of each BO (an index; those whose creation failed left
+        out), a PREFETCH for each ("prefetch", region, first slot, end slot), in turn,
+        each checked (its BOs validated, migrated), then, if all were, each MAP made."""
+        ops: list[Any] = []
+        the_bos: list[Any] = []
+        for item in items:
+            if isinstance(item, int):
+                if item not in self.failed:
+                    ops.append(Fake(op=DRM_XE_VM_BIND_OP_MAP))
+                    the_bos.append(self.bos[item])
+                continue
+            _, region, first, end = item
+            ops.append(
+                Fake(
+                    op=DRM_XE_VM_BIND_OP_PREFETCH,
+                    addr=first * SLOT,
+                    range=(end - first) * SLOT,
+                    prefetch_mem_region_instance=region,
+                )
+            )
+            the_bos.append(None)
+        the_vm = self.vms[vm]
+        try:
+            (residency.prepare_binds if self.new else old_prepare_binds)(the_vm, ops, the_bos)
+        except IoctlError as exc:
+            return exc.errno
+        for the_bo in the_bos:
+            if the_bo is not None:
+                the_vm.map(the_bo)
         return None
 
     def unbind(self, vm: int, bo: int) -> None:
         if self.vms[vm] in self.bos[bo].bound_in:
-            residency.unbound(self.bos[bo], self.vms[vm])
+            self.vms[vm].unmap(self.bos[bo])
 
     def exec(self, vm: int) -> int | None:
         try:
@@ -182,7 +288,7 @@ class World:
         the_bo = self.bos[bo]
         for vm in list(the_bo.bound_in):
             while vm in the_bo.bound_in:
-                residency.unbound(the_bo, vm)
+                vm.unmap(the_bo)
         if the_bo.region is not None:
             (residency.uncharge if self.new else old_uncharge)(the_bo)
 
@@ -236,6 +342,8 @@ def run(world: World, ops: list[tuple[Any, ...]], freed: set[int]) -> list[Any]:
         kind, *args = op
         if kind in ("bind", "unbind") and args[1] in freed:
             continue
+        if kind == "binds":
+            args[1] = [x for x in args[1] if not isinstance(x, int) or x not in freed]
         if kind == "free":
             if args[0] in freed:
                 continue
@@ -303,6 +411,134 @@ def test_alternating_visible_binds_evict_as_before() -> None:
 
     def make(new: bool) -> World:
         return World(new, vram=1000 * K, visible=64 * K, system=64 * 1024 * K, vms=2)
+
+    compare(make, ops)
+
+
+def script_binds(seed: int, bos: int, steps: int, vms: int) -> list[tuple[Any, ...]]:
+    """A random run as script()'s, with VM_BINDs of arrays of MAPs too, most of them of
+    the LR VMs (1 and 4), of BOs in VRAM, evicted or never backed (DEFER_BACKING),
+    bound in the VM or not, some more than once in an array; and PREFETCHes among
+    them, to either region, of address ranges the VM maps BOs in."""
+    rng = random.Random(seed)
+    sizes = [K, K, 2 * K, 3 * K, 4 * K, 8 * K, 16 * K]
+    places = [(1,), (1,), (1,), (1, 0), (0, 1), (0,)]
+    ops: list[tuple[Any, ...]] = []
+    created = 0
+
+    def create() -> tuple[Any, ...]:
+        deferred = rng.random() < 0.15
+        return ("create", rng.choice(sizes), rng.choice(places), rng.random() < 0.3, deferred)
+
+    for _ in range(bos):
+        ops.append(create())
+        created += 1
+    for _ in range(steps):
+        roll = rng.random()
+        if roll < 0.2:
+            ops.append(("bind", rng.randrange(vms), rng.randrange(created)))
+        elif roll < 0.45:
+            vm = rng.choice([1, 4, 1, 4, 0, 2])
+            array = [rng.randrange(created) for _ in range(rng.randrange(1, 40))]
+            items: list[Any] = [*array, *rng.sample(array, min(len(array), rng.randrange(3)))]
+            for _ in range(rng.choice([0, 0, 1, 3])):
+                first = rng.randrange(300)
+                prefetch = ("prefetch", rng.choice([0, 1, 1]), first, first + rng.randrange(1, 40))
+                items.insert(rng.randrange(len(items) + 1), prefetch)
+            ops.append(("binds", vm, items))
+        elif roll < 0.6:
+            ops.append(("unbind", rng.randrange(vms), rng.randrange(created)))
+        elif roll < 0.75:
+            ops.append(("exec", rng.randrange(vms)))
+        elif roll < 0.9:
+            ops.append(create())
+            created += 1
+        else:
+            ops.append(("free", rng.randrange(created)))
+    return ops
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_lr_binds_evict_as_before(seed: int) -> None:
+    """As test_random_runs_evict_as_before, with arrays of MAPs: in LR mode each MAP's
+    room is made past the VM's own BOs, and may evict a BO an earlier MAP of the array
+    validated (bound only once every op is checked)."""
+    system = 3 * 1024 * 1024 if seed % 2 else 400 * K
+    ops = script_binds(seed, bos=150, steps=1200, vms=5)
+    compare(lambda new: World(new, vram=256 * K, visible=64 * K, system=system, vms=5), ops)
+
+
+def test_lr_bind_of_hundreds_evicts_as_before() -> None:
+    """LR VM 1 fills most of VRAM with 600 BOs, VM 0 the rest with 200 (sizes mixed,
+    some visible); 300 more BOs come while VRAM is full (evicted) or unbacked. One bind
+    of VM 1 maps them all: each MAP evicts VM 0's least recently used, then, VM 0's all
+    gone, the BOs earlier MAPs of the array validated (not bound yet); with MAPs of BOs
+    resident already (put last in the LRU), of one twice, of visible BOs short of the
+    CPU-visible part. Then VM 1's EXEC (its own BOs alone outgrow VRAM: ENOMEM) and
+    binds that cannot make room: ENOMEM midway, the BOs validated before staying."""
+    ops: list[tuple[Any, ...]] = [("creates", 600, K, (1,), 9), ("binds", 1, list(range(600)))]
+    for i in range(600, 800):
+        ops.append(("create", (1 + i % 3) * K, (1,), i % 5 == 0))
+    ops.append(("binds", 0, list(range(600, 800))))
+    for i in range(800, 1100):
+        ops.append(("create", (1 + i % 2) * K, (1,), i % 11 == 0, i % 4 == 0))
+    ops.append(("create", 4 * K, (1, 0), False))  # 1100: resident, in no VM
+    array = [*range(800, 900), 1100, 650, *range(900, 1000), 850, *range(1000, 1100)]
+    ops.append(("binds", 1, array))
+    ops += [("exec", 0), ("exec", 1)]
+    for i in range(1101, 1201):
+        ops.append(("create", 2 * K, (1,), i % 3 == 0))
+    ops.append(("binds", 4, list(range(1101, 1201))))
+    ops.append(("binds", 1, list(range(1101, 1201))))
+    ops.append(("create", 400 * K, (1,), False, True))  # 1201
+    ops.append(("binds", 4, [*range(1101, 1150), 1201, *range(1150, 1201)]))
+    ops += [("exec", 4), ("binds", 0, list(range(1101, 1201))), ("exec", 1)]
+
+    def make(new: bool) -> World:
+        return World(new, vram=800 * K, visible=120 * K, system=64 * 1024 * K, vms=5)
+
+    compare(make, ops)
+    results = run(make(True), ops, set())
+    errnos = [got for op, got, _ in results if op[0] in ("binds", "exec")]
+    assert errnos[0] is None  # the bind of 300
+    assert errno.ENOMEM in errnos
+
+
+def test_binds_with_prefetches_evict_as_before() -> None:
+    """PREFETCHes among the MAPs of a bind: one brings a BO into full VRAM, evicting,
+    and a later MAP needs all of VRAM, that BO too (VM 0, not LR); then in LR VM 1, a
+    PREFETCH of its own BO between MAPs that evict the BOs earlier MAPs validated."""
+    ops: list[tuple[Any, ...]] = [("creates", 8, 8 * K, (1,), 3)]
+    ops += [("bind", 2, i) for i in range(8)]  # VRAM full
+    ops += [("create", 8 * K, (1, 0), False), ("bind", 0, 8)]  # in system memory
+    ops += [("create", 8 * K, (1,), False), ("create", 64 * K, (1,), False)]  # evicted
+    ops.append(("binds", 0, [9, ("prefetch", 1, 0, 1), 10]))
+    ops += [("create", 8 * K, (1, 0), True), ("bind", 1, 11)]  # slot 0 of VM 1
+    ops += [("creates", 6, 8 * K, (1,), 2), ("bind", 1, 12)]
+    ops.append(("binds", 1, [13, 14, ("prefetch", 1, 0, 2), 15, 16, ("prefetch", 0, 0, 1), 17]))
+    ops += [("exec", 1), ("exec", 0)]
+
+    def make(new: bool) -> World:
+        return World(new, vram=64 * K, visible=32 * K, system=64 * 1024 * K, vms=5)
+
+    compare(make, ops)
+    results = run(make(True), ops, set())
+    assert [got for op, got, _ in results if op[0] == "binds"][0] is None
+
+
+def test_lr_binds_of_thousands_evict_as_before() -> None:
+    """The scale of a daemon's: LR VM 1 holds 3000 BOs, VM 0 300, and VM 1 binds 480
+    evicted BOs in one array, then VM 4 (LR) 480 more: each MAP's room past thousands
+    of kept BOs."""
+    ops: list[tuple[Any, ...]] = [("creates", 3000, K, (1,), 13)]
+    ops += [("binds", 1, list(range(j, min(j + 480, 3000)))) for j in range(0, 3000, 480)]
+    ops += [("creates", 300, K, (1,), 1000), ("binds", 0, list(range(3000, 3300)))]
+    ops += [("creates", 960, K, (1,), 7)]
+    ops += [("binds", 1, list(range(3300, 3780))), ("binds", 4, list(range(3780, 4260)))]
+    ops += [("exec", 1), ("exec", 0)]
+
+    def make(new: bool) -> World:
+        return World(new, vram=3300 * K, visible=400 * K, system=64 * 1024 * K, vms=5)
 
     compare(make, ops)
 

@@ -25,7 +25,7 @@ the GPU needs it resident. Emulated:
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from errno import EINVAL, ENOMEM
 from typing import TYPE_CHECKING
@@ -122,6 +122,8 @@ def validate(
         if bo.visible:
             del region.visible_lru[bo]
             region.visible_lru[bo] = None
+        if walks is not None:
+            walks.came(bo)
         return
     for target in bo.placement:
         if _bring(bo, target, keep, moved, walks):
@@ -144,16 +146,25 @@ def _bring(
         region.fits(bo.size, visible) or _make_room(bo, region, visible, keep, moved, walks)
     ):
         return False
-    _move(bo, region, visible, moved)
+    _move(bo, region, visible, moved, walks)
     return True
 
 
-def _move(bo: XeBo, region: MemRegion, visible: bool, moved: Moved | None = None) -> None:
+def _move(
+    bo: XeBo,
+    region: MemRegion,
+    visible: bool,
+    moved: Moved | None = None,
+    walks: _Walks | None = None,
+) -> None:
     """Charge `bo` to `region` instead, and tell each VM binding it whether it is
-    evicted now (fault-mode VMs keep no such list: their faults bring BOs back)."""
+    evicted now (fault-mode VMs keep no such list: their faults bring BOs back), and
+    `walks` that it came last in the region's LRU."""
     if bo.region is not None:
         uncharge(bo)
     _charge(bo, region, visible)
+    if walks is not None:
+        walks.came(bo)
     out = evicted(bo)
     for vm in bo.bound_in:
         if out and not vm.fault_mode:
@@ -204,7 +215,7 @@ def _make_room(
     if short > 0 or short_visible > 0:
         return False
     for victim in victims:
-        _move(victim, system, False, moved)
+        _move(victim, system, False, moved, walks)
     return True
 
 
@@ -213,13 +224,14 @@ class _Walks:
     does not hold, least recently used first (all of them, the CPU-visible ones, the
     others).
 
-    `lasting`: for many _make_room() in a row (validate_vm's), each region is walked
-    once for them all, so that the BOs `keep` holds are gone past once, not once a BO
-    validated. That holds what the LRU does only while nothing but those calls changes
-    the regions, and while (1) `keep` holds of each BO what it held first, (2) a BO
-    `keep` does not hold only ever leaves a region (is evicted), never comes (back):
-    what comes is what is validated, which `keep` holds. Not lasting (a single call),
-    each walk goes over the region's LRU as it is."""
+    `lasting`: for many _make_room() in a row (validate_vm's, a VM_BIND's), each region
+    is walked once for them all, so that the BOs `keep` holds are gone past once, not
+    once a BO validated. That holds what the LRU does while `keep` holds of each BO what
+    it held first, and while every BO put last in a region's LRU meanwhile is told
+    (came(): validate(), _move() and place() callers pass these walks on): a region's
+    LRU is then the BOs it held at the first walk, in that order, less those that came
+    since, then those, in the order they last came. Not lasting (a single call), each
+    walk goes over the region's LRU as it is."""
 
     def __init__(self, keep: Keep, lasting: bool = True) -> None:
         self.keep = keep
@@ -234,6 +246,12 @@ class _Walks:
             walk = self._walks[id(region)] = _Walk(region, self.keep, lasting=True)
         return walk
 
+    def came(self, bo: XeBo) -> None:
+        """`bo` was put last in its region's LRU (charged there, or marked used)."""
+        walk = self._walks.get(id(bo.region))
+        if walk is not None and walk.region is bo.region:
+            walk.came(bo)
+
 
 class _Walk:
     """One region's candidates (_Walks): each of all(), visible(), invisible() yields
@@ -246,6 +264,11 @@ class _Walk:
         self._all: _Lasting | None = None
         self._visible: _Lasting | None = None
         self._invisible: _Lasting | None = None
+
+    def came(self, bo: XeBo) -> None:
+        for lasting in (self._all, self._visible, self._invisible):
+            if lasting is not None:
+                lasting.came(bo)
 
     def all(self) -> Iterator[XeBo]:
         keep, region = self.keep, self.region
@@ -260,7 +283,9 @@ class _Walk:
         if not self.lasting:
             return (bo for bo in region.visible_lru if not keep(bo))
         if self._visible is None:
-            self._visible = _Lasting(region, region.visible_lru, lambda bo: not keep(bo))
+            self._visible = _Lasting(
+                region, region.visible_lru, lambda bo: bo.visible and not keep(bo)
+            )
         return iter(self._visible)
 
     def invisible(self) -> Iterator[XeBo]:
@@ -276,9 +301,10 @@ class _Walk:
 
 class _Lasting:
     """The BOs of `bos` (a region's LRU, taken as it is at the first use) that `admit`
-    admits, found lazily and remembered, those gone from the region dropped: each
-    iteration yields those still in the region, in order, and goes on through `bos`
-    only past what earlier ones found. See _Walks for when that is the LRU's order."""
+    admits, found lazily and remembered, then those admitted that came into the LRU
+    since (came()), in the order they last came: each iteration yields those still in
+    the region, in order, and goes on through `bos` only past what earlier ones found.
+    See _Walks for when that is the LRU's order."""
 
     def __init__(self, region: MemRegion, bos: Iterable[XeBo], admit: Keep) -> None:
         self.region = region
@@ -286,19 +312,38 @@ class _Lasting:
         self._bos = bos
         self._rest: Iterator[XeBo] | None = None
         self._found: deque[XeBo] = deque()
+        # admitted BOs put last in the LRU since it was taken, the last to come last
+        self._came: OrderedDict[XeBo, None] = OrderedDict()
+
+    def came(self, bo: XeBo) -> None:
+        if self._rest is None:
+            return  # the LRU is yet to be taken: as it is then, `bo` last
+        self._came.pop(bo, None)
+        if self.admit(bo):
+            self._came[bo] = None
+
+    def _in_place(self, bo: XeBo) -> bool:
+        """Whether `bo` is a candidate where the LRU as first taken has it: in the region
+        still, and admitted, not come again since (admitted, it is in _came then)."""
+        return bo.region is self.region and bo not in self._came and self.admit(bo)
 
     def __iter__(self) -> Iterator[XeBo]:
-        region, found = self.region, self._found
-        while found and found[0].region is not region:
-            found.popleft()  # evicted by the call before
+        region, found, came, in_place = self.region, self._found, self._came, self._in_place
+        while found and not in_place(found[0]):
+            found.popleft()  # evicted by the call before, or come again since
         for bo in found:
-            if bo.region is region:
+            if in_place(bo):
                 yield bo
         if self._rest is None:
             self._rest = iter(list(self._bos))
         for bo in self._rest:
-            if bo.region is region and self.admit(bo):
+            if in_place(bo):
                 found.append(bo)
+                yield bo
+        while came and next(iter(came)).region is not region:
+            came.popitem(last=False)  # gone from the region (back, it comes again)
+        for bo in came:
+            if bo.region is region:
                 yield bo
 
 
@@ -320,6 +365,10 @@ def prepare_binds(vm: XeVm, ops: Sequence[m.DrmXeVmBindOp], bos: Sequence[XeBo |
     (_Prefetched): the BOs there were checked and migrated already, and another
     migration of one still in the region does nothing."""
     keep = bind_keep(vm)
+    # in LR mode each MAP's room is made past the VM's own BOs: the walks of the regions
+    # go past them once for all the ops (_Walks; keep holds the same BOs throughout, as
+    # nothing is bound before every op is checked)
+    walks = _Walks(keep)
     prefetched: dict[int, _Prefetched] = {}  # by region instance
 
     def moved(bo: XeBo) -> None:
@@ -329,16 +378,17 @@ def prepare_binds(vm: XeVm, ops: Sequence[m.DrmXeVmBindOp], bos: Sequence[XeBo |
     for op, bo in zip(ops, bos, strict=True):
         if bo is not None and op.op == DRM_XE_VM_BIND_OP_MAP:
             if not vm.fault_mode:
-                validate(bo, keep, moved)
+                validate(bo, keep, moved, walks)
             elif bo.region is None and bo.placement:
                 place(bo)
+                walks.came(bo)
                 moved(bo)
         elif op.op == DRM_XE_VM_BIND_OP_PREFETCH:
             instance = op.prefetch_mem_region_instance
             done = prefetched.get(instance)
             if done is None:
                 done = prefetched[instance] = _Prefetched(vm.device.regions[instance])
-            done.prefetch(vm, op.addr, op.addr + op.range, keep, moved)
+            done.prefetch(vm, op.addr, op.addr + op.range, keep, moved, walks)
 
 
 class _Prefetched:
@@ -362,11 +412,13 @@ class _Prefetched:
             else:
                 self.away.add(bo)
 
-    def prefetch(self, vm: XeVm, start: int, end: int, keep: Keep, moved: Moved) -> None:
+    def prefetch(
+        self, vm: XeVm, start: int, end: int, keep: Keep, moved: Moved, walks: _Walks
+    ) -> None:
         gaps = self._cover(start, end)
         if self.away:
             for target in vm.bos_in(start, end):
-                self._migrate(target, keep, moved)
+                self._migrate(target, keep, moved, walks)
             return
         # BOs first seen here have their VMAs over [start, end) in the gaps only, so
         # they come in the order of their first VMA in the range; the others are in
@@ -374,16 +426,16 @@ class _Prefetched:
         for target in (v.bo for a, b in gaps for v in vm.vmas_in(a, b) if v.bo):
             if target in self.bos:
                 continue
-            self._migrate(target, keep, moved)
+            self._migrate(target, keep, moved, walks)
             if self.away:  # that evicted a BO from here: the rest of the op as it was
                 rest = vm.bos_in(start, end)
                 for later in rest[rest.index(target) + 1 :]:
-                    self._migrate(later, keep, moved)
+                    self._migrate(later, keep, moved, walks)
                 return
 
-    def _migrate(self, bo: XeBo, keep: Keep, moved: Moved) -> None:
+    def _migrate(self, bo: XeBo, keep: Keep, moved: Moved, walks: _Walks) -> None:
         refuse_if(self.region not in bo.placement, EINVAL, "prefetch outside placement")
-        _migrate(bo, self.region, keep, moved)
+        _migrate(bo, self.region, keep, moved, walks)
         self.bos.add(bo)
         self.away.discard(bo)
 
@@ -409,10 +461,16 @@ class _Prefetched:
         return gaps
 
 
-def _migrate(bo: XeBo, region: MemRegion, keep: Keep, moved: Moved | None = None) -> None:
+def _migrate(
+    bo: XeBo,
+    region: MemRegion,
+    keep: Keep,
+    moved: Moved | None = None,
+    walks: _Walks | None = None,
+) -> None:
     """xe_bo_migrate: charge `bo` to `region` of its placement, evicting as validate()
     does; ENOMEM without room."""
-    if bo.region is not region and not _bring(bo, region, keep, moved):
+    if bo.region is not region and not _bring(bo, region, keep, moved, walks):
         raise IoctlError(ENOMEM, f"no room for {bo.size} bytes in region {region.instance}")
 
 
