@@ -19,10 +19,12 @@ Each is one end of socketpair(AF_UNIX, SOCK_SEQPACKET); the daemon keeps the oth
 
 from __future__ import annotations
 
+import collections
 import errno as errnos
 import os
 import socket
 import stat
+import weakref
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
@@ -139,8 +141,34 @@ class ExportedObject:
         logs and counts it), the object is released, and only this object."""
         try:
             await self._serve_peers()
-        finally:
+        except BaseException:  # a crash, or the daemon going: at once
             self._release()
+            raise
+        await self._release_in_turn()
+
+    async def _release_in_turn(self) -> None:
+        """Release the object now, unless others are being released already: then in
+        their turn. A file closed with thousands of exports lets go of them all at once,
+        and every one's task wakes in one scheduler batch: the first releases its own
+        and stays on to release the others, RELEASE_BATCH between checkpoints, rather
+        than every release in that one batch stalling the other clients."""
+        queue = _release_queues.get(self.device)
+        if queue is not None:
+            queue.append(self)  # released in a later batch (unless settle() does first)
+            return
+        queue = _release_queues[self.device] = collections.deque()
+        try:
+            self._release()  # as before: a release alone is not deferred a moment
+            while True:
+                await trio.lowlevel.checkpoint()  # the others woken with it queue meanwhile
+                if not queue:
+                    break
+                for _ in range(min(RELEASE_BATCH, len(queue))):
+                    _release_contained(queue.popleft())
+        finally:
+            del _release_queues[self.device]
+            while queue:  # cancelled (the daemon going): the rest at once
+                _release_contained(queue.popleft())
 
     async def _serve_peers(self) -> None:
         waited = True
@@ -238,6 +266,23 @@ class ExportedObject:
             self._ours.sendmsg([data], pack_fds(fds))
         except OSError as exc:
             _log.debug("peer_answer_dropped", kind=self.kind, errno=exc.errno)
+
+
+RELEASE_BATCH = 128  # objects one task releases between checkpoints (ExportedObject._serve)
+# per device, the objects whose every descriptor is closed that a task is releasing
+_release_queues: weakref.WeakKeyDictionary[XeDevice, collections.deque[ExportedObject]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _release_contained(exported: ExportedObject) -> None:
+    """exported._release() for the task releasing it in its turn: a crash of ours is
+    logged and counted as the object's own task's would be, and the others go on."""
+    try:
+        exported._release()
+    except Exception:
+        exported.device.stats["task_crashes"] += 1
+        _log.exception("task_crashed", task=exported.kind)
 
 
 def lookup(device: XeDevice, fd: int) -> ExportedObject | None:

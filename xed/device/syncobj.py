@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from errno import EINVAL, ENOENT, ETIME
 from typing import TYPE_CHECKING
 
@@ -59,11 +59,12 @@ class DrmSyncobj:
     """A syncobj: the fence it holds now (None: empty). Given timeline points, it holds
     the latest (a FenceChain), through which the earlier ones are reached."""
 
-    __slots__ = ("fence", "_changed", "__weakref__")
+    __slots__ = ("fence", "_changed", "_waiters", "__weakref__")
 
     def __init__(self, fence: Fence | None = None) -> None:
         self.fence = fence
-        self._changed: trio.Event | None = None  # WAIT_FOR_SUBMIT waiters
+        self._changed: trio.Event | None = None  # TRANSFER, eventfds: set at a change
+        self._waiters: list[Callable[[], None]] | None = None  # the same, as callbacks
 
     def replace_fence(self, fence: Fence | None) -> None:
         """drm_syncobj_replace_fence: from now on it holds `fence`."""
@@ -85,6 +86,21 @@ class DrmSyncobj:
         if self._changed is not None:
             self._changed.set()
             self._changed = None
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            waiter()
+
+    def add_waiter(self, waiter: Callable[[], None]) -> None:
+        """Call `waiter` once, when a fence or point is next added (as changed() is set
+        then; a waiter that still needs another adds itself again). A syncobj wait's
+        syncobj_wait_entry, a callback rather than a task of its own."""
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+
+    def remove_waiter(self, waiter: Callable[[], None]) -> None:
+        if self._waiters and waiter in self._waiters:
+            self._waiters.remove(waiter)
 
     def find_fence(self, point: int = 0) -> Fence | None:
         """drm_syncobj_fence_get and dma_fence_chain_find_seqno: the fence that signals
@@ -146,6 +162,9 @@ def find_fences(syncobjs: list[DrmSyncobj], points: list[int]) -> list[Fence | N
     """find_fence() of each (syncobj, point), each pair looked up once, and each
     syncobj's chain walked once for all its points (not once a point: thousands of
     points of one long chain would stall every client)."""
+    if not any(points):  # SYNCOBJ_WAIT's: the fence each holds, nothing to walk
+        held = {syncobj: syncobj.find_fence(0) for syncobj in dict.fromkeys(syncobjs)}
+        return [held[syncobj] for syncobj in syncobjs]
     wanted: dict[DrmSyncobj, list[int]] = {}
     for syncobj, point in zip(syncobjs, points, strict=True):
         wanted.setdefault(syncobj, []).append(point)
@@ -247,45 +266,131 @@ async def array_wait(
     fences = find_fences(syncobjs, points)
     refuse_if(not for_submit and None in fences, EINVAL, "a point not submitted (no fence)")
 
-    def ready(fence: Fence | None) -> bool:
-        return fence is not None and (available or fence.signalled)
-
-    done = [ready(fence) for fence in fences]
+    done = _readiness(fences, available)
     first = done.index(True) if any(done) else NONE_SIGNALLED
     if all(done) or (any(done) and not wait_all):
         return first
     refuse_if(timeout_nsec <= time.monotonic_ns(), ETIME, "timed out")
-    signalled = trio.Event()
-
-    async def watch(index: int) -> None:
-        fence = fences[index]
-        if fence is None:  # the first fence submitted for the point from now on
-            fence = fences[index] = await syncobjs[index].fence_submitted(points[index])
-        if not available:
-            await fence.wait()
-        done[index] = True
-        if all(done) or not wait_all:
-            signalled.set()
-
     with xef.device.ufences.asleep(xef):
-        async with trio.open_nursery() as nursery:
-            for index in range(len(syncobjs)):
-                if not done[index]:
-                    nursery.start_soon(watch, index)
+        wait = _ArrayWait(fences, wait_all, available)
+        try:
+            wait.watch(syncobjs, points, done)
             # the deadline is CLOCK_MONOTONIC nanoseconds; trio's clock is a float of
             # seconds: look again until the nanoseconds say it has passed
-            while not signalled.is_set():
+            while not wait.signalled.is_set():
                 left = timeout_nsec - time.monotonic_ns()
                 if left <= 0:
                     break
                 with trio.move_on_after(left / 1e9):
-                    await signalled.wait()
-            nursery.cancel_scope.cancel()
-    if not signalled.is_set():
+                    await wait.signalled.wait()
+        finally:
+            wait.unwatch()  # whatever ends it: done, timed out, the connection gone
+    if not wait.signalled.is_set():
         raise IoctlError(ETIME, "timed out")
     if not wait_all:  # the kernel looks over them in order once woken: the lowest
-        first = next(i for i, fence in enumerate(fences) if ready(fence))
+        first = _readiness(fences, available).index(True)
     return first
+
+
+def _readiness(fences: list[Fence | None], available: bool) -> list[bool]:
+    """Whether each point is signalled (WAIT_AVAILABLE: submitted) now, each distinct
+    fence asked once: thousands of handles often hold one fence, and asking a timeline
+    point walks its chain."""
+    known: dict[int, bool] = {}
+    ready = []
+    for fence in fences:
+        if fence is None or available:
+            ready.append(fence is not None)
+            continue
+        state = known.get(id(fence))  # the list holds each fence: its id stays its own
+        if state is None:
+            state = known[id(fence)] = fence.signalled
+        ready.append(state)
+    return ready
+
+
+class _ArrayWait:
+    """The watches of one array_wait asleep (drm_syncobj_array_wait_timeout's entries):
+    a callback on each distinct fence still pending, for every handle that holds it, and
+    a waiter on each distinct (syncobj, point) not submitted yet. A signal wakes the
+    wait's own task once, not a task per handle; `signalled` is set once one point (with
+    WAIT_ALL: the last) is signalled (WAIT_AVAILABLE: submitted). A point submitted
+    while waiting has its fence put in `fences`, as found then."""
+
+    def __init__(self, fences: list[Fence | None], wait_all: bool, available: bool) -> None:
+        self.fences = fences
+        self.wait_all = wait_all
+        self.available = available
+        self.signalled = trio.Event()
+        self._left = 0  # points not signalled yet
+        self._fence_watches: dict[Callable[[], None], Fence] = {}
+        self._submit_watches: dict[Callable[[], None], DrmSyncobj] = {}
+
+    def watch(self, syncobjs: list[DrmSyncobj], points: list[int], done: list[bool]) -> None:
+        """Watch every point not `done`, grouped by the fence (or, not submitted yet, the
+        syncobj and point) it waits on."""
+        by_fence: dict[int, list[int]] = {}
+        by_point: dict[tuple[DrmSyncobj, int], list[int]] = {}
+        for index, fence in enumerate(self.fences):
+            if done[index]:
+                continue
+            self._left += 1
+            if fence is None:
+                by_point.setdefault((syncobjs[index], points[index]), []).append(index)
+            else:
+                by_fence.setdefault(id(fence), []).append(index)
+        for indices in by_fence.values():
+            fence = self.fences[indices[0]]
+            assert fence is not None
+            self._watch_fence(fence, len(indices))
+        for (syncobj, point), indices in by_point.items():
+            self._watch_submit(syncobj, point, indices)
+
+    def unwatch(self) -> None:
+        """Take back every callback still in place (none may run once the wait is over)."""
+        for callback, fence in self._fence_watches.items():
+            fence.remove_callback(callback)
+        for waiter, syncobj in self._submit_watches.items():
+            syncobj.remove_waiter(waiter)
+        self._fence_watches.clear()
+        self._submit_watches.clear()
+
+    def _signalled(self, count: int) -> None:
+        self._left -= count
+        if not self._left or not self.wait_all:
+            self.signalled.set()
+
+    def _watch_fence(self, fence: Fence, count: int) -> None:
+        """`count` points wait on `fence` (not signalled yet)."""
+
+        def fence_signalled() -> None:
+            if self._fence_watches.pop(fence_signalled, None) is not None:  # not over
+                self._signalled(count)
+
+        self._fence_watches[fence_signalled] = fence
+        fence.add_callback(fence_signalled)
+
+    def _watch_submit(self, syncobj: DrmSyncobj, point: int, indices: list[int]) -> None:
+        """The points at `indices` wait for `point` of `syncobj` to be submitted, then
+        (without WAIT_AVAILABLE) for its fence."""
+
+        def changed() -> None:
+            if changed not in self._submit_watches:
+                return  # the wait is over
+            fence = syncobj.find_fence(point)
+            if fence is None:  # not this point yet: the next change
+                syncobj.add_waiter(changed)
+                return
+            del self._submit_watches[changed]
+            for index in indices:
+                self.fences[index] = fence
+            if self.available or fence.signalled:
+                self._signalled(len(indices))
+            else:
+                self._watch_fence(fence, len(indices))
+
+        self._submit_watches[changed] = syncobj
+        syncobj.add_waiter(changed)
 
 
 def drm_syncobj_handle_to_fd_ioctl(
