@@ -29,6 +29,7 @@ from .errors import IoctlError, refuse_if
 from .flink import drop_name
 from .limits import refuse_over
 from .memory import MemRegion, create_backing, unbacked, write_sealed
+from .reaper import close_memory
 from .vma_manager import VmaNode
 
 if TYPE_CHECKING:
@@ -174,7 +175,7 @@ class XeBo:
         if self._view is not None:
             self.device.views.forget(self)
             self.drop_view()
-        os.close(self.memfd)
+        close_memory(self.memfd, self.size)  # a large one's pages are freed off the loop
         if self.import_fd is not None:
             os.close(self.import_fd)
             self.import_fd = None

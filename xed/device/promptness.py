@@ -66,6 +66,12 @@ def _set_slice(runtime_ns: int) -> bool:
     return int(_libc.syscall(_SYS_SCHED_SETATTR, 0, ctypes.byref(attr), 0)) == 0
 
 
+def name_thread(name: bytes) -> None:
+    """What /proc/PID/task/TID/comm shows for the calling thread (at most 15 bytes):
+    Python's thread names stay inside the interpreter."""
+    _libc.prctl(PR_SET_NAME, ctypes.c_char_p(name), 0, 0, 0)
+
+
 def hasten_thread() -> tuple[str, Callable[[], None]]:
     """Make the calling thread run promptly on wake-up, as far as it may: how (`fifo`,
     `short slice` or `normal`), and the function that undoes it (in the same thread)."""
@@ -73,7 +79,7 @@ def hasten_thread() -> tuple[str, Callable[[], None]]:
     _libc.prctl(PR_SET_TIMERSLACK, TIMER_SLACK_NS, 0, 0, 0)
     name = ctypes.create_string_buffer(16)
     _libc.prctl(PR_GET_NAME, name, 0, 0, 0)
-    _libc.prctl(PR_SET_NAME, ctypes.c_char_p(THREAD_NAME), 0, 0, 0)
+    name_thread(THREAD_NAME)
     try:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))  # 0: this thread
         how = "fifo"
