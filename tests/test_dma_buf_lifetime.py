@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -268,5 +269,12 @@ def test_one_gib_buffer_shared_by_eight_processes_is_never_copied(
         a.gem_close(small)
         _, counts = wait_for(d, lambda now: now[1].bos == 0 and now[1].dma_bufs == 0)
         assert (counts.bos, counts.dma_bufs) == (0, 0)
-    dropped = peak - shmem()
+    # the daemon's last close of a large memfd, which frees its pages, is its reaper
+    # thread's (xed/device/reaper.py): given back a moment after the BO is gone
+    dropped = 0
+    for _ in range(500):  # up to ~10 s, as wait_for
+        dropped = peak - shmem()
+        if dropped > 0.9 * GiB:
+            break
+        time.sleep(0.02)
     assert dropped > 0.9 * GiB, f"only {dropped / GiB:.2f} GiB of Shmem was given back"
