@@ -231,11 +231,13 @@ class World:
         the_vm, the_bo = self.vms[vm], self.bos[bo]
         if bo in self.failed:
             return errno.ENOENT  # a BO whose creation failed
+        keep = residency.bind_keep(the_vm)
         try:
             if self.new:
-                residency.validate(the_bo, residency.bind_keep(the_vm), self._moved)
+                walks = residency.Walks(keep, lasting=False, moved=self._moved)
+                residency.validate(the_bo, walks)
             else:
-                old_validate(the_bo, residency.bind_keep(the_vm), self._moved)
+                old_validate(the_bo, keep, self._moved)
         except IoctlError as exc:
             return exc.errno
         the_vm.map(the_bo)

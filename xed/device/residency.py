@@ -105,14 +105,12 @@ def place(bo: XeBo) -> None:
     _charge(bo, system, False)
 
 
-def validate(
-    bo: XeBo, keep: Keep, moved: Moved | None = None, walks: _Walks | None = None
-) -> None:
+def validate(bo: XeBo, walks: Walks) -> None:
     """xe_bo_validate: make `bo` resident in its placement (a deferred BO backed there),
-    evicting the least recently validated BOs that `keep` does not hold; ENOMEM if they
-    cannot make room. A BO in its placement already is only marked used; a foreign
-    import (no placement: another daemon's pages) has nothing to validate. `walks`:
-    see _Walks (validate_vm's)."""
+    evicting the least recently validated BOs that `walks.keep` does not hold; ENOMEM if
+    they cannot make room. A BO in its placement already is only marked used; a foreign
+    import (no placement: another daemon's pages) has nothing to validate. `walks`: the
+    eviction candidates, and who is told of each BO put last in an LRU (Walks)."""
     region = bo.region
     if not bo.placement:
         return
@@ -122,79 +120,51 @@ def validate(
         if bo.visible:
             del region.visible_lru[bo]
             region.visible_lru[bo] = None
-        if walks is not None:
-            walks.came(bo)
+        walks.came(bo)
         return
     for target in bo.placement:
-        if _bring(bo, target, keep, moved, walks):
+        if _bring(bo, target, walks):
             return
     raise IoctlError(
         ENOMEM, f"no room for {bo.size} bytes in the BO's placement, evicting what may be"
     )
 
 
-def _bring(
-    bo: XeBo,
-    region: MemRegion,
-    keep: Keep,
-    moved: Moved | None = None,
-    walks: _Walks | None = None,
-) -> bool:
+def _bring(bo: XeBo, region: MemRegion, walks: Walks) -> bool:
     """Charge `bo` to `region` if it has room, or once _make_room() made some."""
     visible = _visible_in(bo, region)
-    if not (
-        region.fits(bo.size, visible) or _make_room(bo, region, visible, keep, moved, walks)
-    ):
+    if not (region.fits(bo.size, visible) or _make_room(bo, region, visible, walks)):
         return False
-    _move(bo, region, visible, moved, walks)
+    _move(bo, region, visible, walks)
     return True
 
 
-def _move(
-    bo: XeBo,
-    region: MemRegion,
-    visible: bool,
-    moved: Moved | None = None,
-    walks: _Walks | None = None,
-) -> None:
+def _move(bo: XeBo, region: MemRegion, visible: bool, walks: Walks) -> None:
     """Charge `bo` to `region` instead, and tell each VM binding it whether it is
     evicted now (fault-mode VMs keep no such list: their faults bring BOs back), and
-    `walks` that it came last in the region's LRU."""
+    `walks` that it was charged there (Walks.charged)."""
     if bo.region is not None:
         uncharge(bo)
     _charge(bo, region, visible)
-    if walks is not None:
-        walks.came(bo)
     out = evicted(bo)
     for vm in bo.bound_in:
         if out and not vm.fault_mode:
             vm.evicted[bo] = None
         else:
             vm.evicted.pop(bo, None)
-    if moved is not None:
-        moved(bo)
+    walks.charged(bo)
 
 
-def _make_room(
-    bo: XeBo,
-    region: MemRegion,
-    visible: bool,
-    keep: Keep,
-    moved: Moved | None = None,
-    walks: _Walks | None = None,
-) -> bool:
+def _make_room(bo: XeBo, region: MemRegion, visible: bool, walks: Walks) -> bool:
     """Evict BOs of `region` to system memory, least recently used first, until `bo`
     fits; nothing is evicted unless enough can be. Short of the CPU-visible part, the
     visible BOs come first (they free both parts), then, if the whole region is still
-    short, the others: each kind least recently used first. `walks` hands out the BOs
-    `keep` does not hold without going past those it does again (validate_vm)."""
+    short, the others: each kind least recently used first, as `walks` hands them out."""
     short = region.used + bo.size - region.total
     short_visible = region.cpu_visible_used + bo.size - region.cpu_visible if visible else 0
     system = _system(bo)
     room = system.total - system.used
     victims = []
-    if walks is None:
-        walks = _Walks(keep, lasting=False)
     walk = walks.of(region)
     kinds = (walk.visible, walk.invisible) if short_visible > 0 else (walk.all,)
     for later, kind in enumerate(kinds):
@@ -215,11 +185,11 @@ def _make_room(
     if short > 0 or short_visible > 0:
         return False
     for victim in victims:
-        _move(victim, system, False, moved, walks)
+        _move(victim, system, False, walks)
     return True
 
 
-class _Walks:
+class Walks:
     """The eviction candidates of each region for _make_room(): its BOs that `keep`
     does not hold, least recently used first (all of them, the CPU-visible ones, the
     others).
@@ -233,9 +203,10 @@ class _Walks:
     since, then those, in the order they last came. Not lasting (a single call), each
     walk goes over the region's LRU as it is."""
 
-    def __init__(self, keep: Keep, lasting: bool = True) -> None:
+    def __init__(self, keep: Keep, lasting: bool = True, moved: Moved | None = None) -> None:
         self.keep = keep
         self.lasting = lasting
+        self.moved = moved
         self._walks: dict[int, _Walk] = {}
 
     def of(self, region: MemRegion) -> _Walk:
@@ -252,51 +223,49 @@ class _Walks:
         if walk is not None and walk.region is bo.region:
             walk.came(bo)
 
+    def charged(self, bo: XeBo) -> None:
+        """`bo` was charged to another region (moved, or placed): it came last in that
+        region's LRU, and `moved` is told."""
+        self.came(bo)
+        if self.moved is not None:
+            self.moved(bo)
+
 
 class _Walk:
-    """One region's candidates (_Walks): each of all(), visible(), invisible() yields
+    """One region's candidates (Walks): each of all(), visible(), invisible() yields
     them, least recently used first."""
 
     def __init__(self, region: MemRegion, keep: Keep, lasting: bool) -> None:
         self.region = region
         self.keep = keep
         self.lasting = lasting
-        self._all: _Lasting | None = None
-        self._visible: _Lasting | None = None
-        self._invisible: _Lasting | None = None
+        self._kinds: dict[str, _Lasting] = {}  # lasting: each kind once asked for
 
     def came(self, bo: XeBo) -> None:
-        for lasting in (self._all, self._visible, self._invisible):
-            if lasting is not None:
-                lasting.came(bo)
+        for lasting in self._kinds.values():
+            lasting.came(bo)
 
     def all(self) -> Iterator[XeBo]:
-        keep, region = self.keep, self.region
-        if not self.lasting:
-            return (bo for bo in region.lru if not keep(bo))
-        if self._all is None:
-            self._all = _Lasting(region, region.lru, lambda bo: not keep(bo))
-        return iter(self._all)
+        keep = self.keep
+        return self._kind("all", self.region.lru, lambda bo: not keep(bo))
 
     def visible(self) -> Iterator[XeBo]:
-        keep, region = self.keep, self.region
-        if not self.lasting:
-            return (bo for bo in region.visible_lru if not keep(bo))
-        if self._visible is None:
-            self._visible = _Lasting(
-                region, region.visible_lru, lambda bo: bo.visible and not keep(bo)
-            )
-        return iter(self._visible)
+        keep = self.keep
+        lru = self.region.visible_lru
+        return self._kind("visible", lru, lambda bo: bo.visible and not keep(bo))
 
     def invisible(self) -> Iterator[XeBo]:
-        keep, region = self.keep, self.region
+        keep = self.keep
+        return self._kind("invisible", self.region.lru, lambda bo: not (bo.visible or keep(bo)))
+
+    def _kind(self, kind: str, lru: Iterable[XeBo], admit: Keep) -> Iterator[XeBo]:
+        """The BOs of `lru` that `admit` admits, least recently used first."""
         if not self.lasting:
-            return (bo for bo in region.lru if not bo.visible and not keep(bo))
-        if self._invisible is None:
-            self._invisible = _Lasting(
-                region, region.lru, lambda bo: not bo.visible and not keep(bo)
-            )
-        return iter(self._invisible)
+            return (bo for bo in lru if admit(bo))
+        lasting = self._kinds.get(kind)
+        if lasting is None:
+            lasting = self._kinds[kind] = _Lasting(self.region, lru, admit)
+        return iter(lasting)
 
 
 class _Lasting:
@@ -304,7 +273,7 @@ class _Lasting:
     admits, found lazily and remembered, then those admitted that came into the LRU
     since (came()), in the order they last came: each iteration yields those still in
     the region, in order, and goes on through `bos` only past what earlier ones found.
-    See _Walks for when that is the LRU's order."""
+    See Walks for when that is the LRU's order."""
 
     def __init__(self, region: MemRegion, bos: Iterable[XeBo], admit: Keep) -> None:
         self.region = region
@@ -364,31 +333,29 @@ def prepare_binds(vm: XeVm, ops: Sequence[m.DrmXeVmBindOp], bos: Sequence[XeBo |
     range. A PREFETCH looks only at what earlier ones to its region did not cover
     (_Prefetched): the BOs there were checked and migrated already, and another
     migration of one still in the region does nothing."""
-    keep = bind_keep(vm)
-    # in LR mode each MAP's room is made past the VM's own BOs: the walks of the regions
-    # go past them once for all the ops (_Walks; keep holds the same BOs throughout, as
-    # nothing is bound before every op is checked)
-    walks = _Walks(keep)
     prefetched: dict[int, _Prefetched] = {}  # by region instance
 
     def moved(bo: XeBo) -> None:
         for done in prefetched.values():
             done.moved(bo)
 
+    # in LR mode each MAP's room is made past the VM's own BOs: the walks of the regions
+    # go past them once for all the ops (Walks; keep holds the same BOs throughout, as
+    # nothing is bound before every op is checked)
+    walks = Walks(bind_keep(vm), moved=moved)
     for op, bo in zip(ops, bos, strict=True):
         if bo is not None and op.op == DRM_XE_VM_BIND_OP_MAP:
             if not vm.fault_mode:
-                validate(bo, keep, moved, walks)
+                validate(bo, walks)
             elif bo.region is None and bo.placement:
                 place(bo)
-                walks.came(bo)
-                moved(bo)
+                walks.charged(bo)
         elif op.op == DRM_XE_VM_BIND_OP_PREFETCH:
             instance = op.prefetch_mem_region_instance
             done = prefetched.get(instance)
             if done is None:
                 done = prefetched[instance] = _Prefetched(vm.device.regions[instance])
-            done.prefetch(vm, op.addr, op.addr + op.range, keep, moved, walks)
+            done.prefetch(vm, op.addr, op.addr + op.range, walks)
 
 
 class _Prefetched:
@@ -412,13 +379,11 @@ class _Prefetched:
             else:
                 self.away.add(bo)
 
-    def prefetch(
-        self, vm: XeVm, start: int, end: int, keep: Keep, moved: Moved, walks: _Walks
-    ) -> None:
+    def prefetch(self, vm: XeVm, start: int, end: int, walks: Walks) -> None:
         gaps = self._cover(start, end)
         if self.away:
             for target in vm.bos_in(start, end):
-                self._migrate(target, keep, moved, walks)
+                self._migrate(target, walks)
             return
         # BOs first seen here have their VMAs over [start, end) in the gaps only, so
         # they come in the order of their first VMA in the range; the others are in
@@ -426,16 +391,16 @@ class _Prefetched:
         for target in (v.bo for a, b in gaps for v in vm.vmas_in(a, b) if v.bo):
             if target in self.bos:
                 continue
-            self._migrate(target, keep, moved, walks)
+            self._migrate(target, walks)
             if self.away:  # that evicted a BO from here: the rest of the op as it was
                 rest = vm.bos_in(start, end)
                 for later in rest[rest.index(target) + 1 :]:
-                    self._migrate(later, keep, moved, walks)
+                    self._migrate(later, walks)
                 return
 
-    def _migrate(self, bo: XeBo, keep: Keep, moved: Moved, walks: _Walks) -> None:
+    def _migrate(self, bo: XeBo, walks: Walks) -> None:
         refuse_if(self.region not in bo.placement, EINVAL, "prefetch outside placement")
-        _migrate(bo, self.region, keep, moved, walks)
+        _migrate(bo, self.region, walks)
         self.bos.add(bo)
         self.away.discard(bo)
 
@@ -461,16 +426,10 @@ class _Prefetched:
         return gaps
 
 
-def _migrate(
-    bo: XeBo,
-    region: MemRegion,
-    keep: Keep,
-    moved: Moved | None = None,
-    walks: _Walks | None = None,
-) -> None:
+def _migrate(bo: XeBo, region: MemRegion, walks: Walks) -> None:
     """xe_bo_migrate: charge `bo` to `region` of its placement, evicting as validate()
     does; ENOMEM without room."""
-    if bo.region is not region and not _bring(bo, region, keep, moved, walks):
+    if bo.region is not region and not _bring(bo, region, walks):
         raise IoctlError(ENOMEM, f"no room for {bo.size} bytes in region {region.instance}")
 
 
@@ -482,10 +441,10 @@ def validate_vm(vm: XeVm) -> None:
         return vm in other.bound_in
 
     # what each validate() evicts is of other VMs, what it brings back of this one: the
-    # walks of the regions go past this VM's BOs once for them all (_Walks)
-    walks = _Walks(keep)
+    # walks of the regions go past this VM's BOs once for them all (Walks)
+    walks = Walks(keep)
     for bo in list(vm.evicted):
-        validate(bo, keep, walks=walks)
+        validate(bo, walks)
 
 
 def bound(bo: XeBo, vm: XeVm) -> None:
