@@ -97,15 +97,26 @@ class UidAccount:
 _UID_COUNTED = frozenset({"bos", "vms", "exec_queues", "syncobjs"})
 
 
-def refuse_over(xef: XeFile, what: str, held: int) -> None:
-    """ENOMEM if the file already holds its limit of `what` (a [limits] field), or, for
-    what the uid's account counts, if the uid holds limits.objects_per_uid."""
-    limit: int = getattr(xef.device.limits, what)
-    if held >= limit:
-        limit_hit(xef, what)
-        raise IoctlError(ENOMEM, f"this client holds {held} {what}: limits.{what} is {limit}")
+def refuse_over(xef: XeFile, what: str, held: int, adding: int = 1) -> None:
+    """ENOMEM if `adding` more would take the file past its limit of `what` (a [limits]
+    field), or, for what the uid's account counts, the uid past limits.objects_per_uid."""
+    refuse_past(xef, what, held, getattr(xef.device.limits, what), f"limits.{what}", adding)
     if what in _UID_COUNTED:
-        refuse_over_uid(xef, 1)
+        refuse_over_uid(xef, adding)
+
+
+def refuse_past(
+    xef: XeFile, what: str, held: int, limit: int, name: str, adding: int = 1, hint: str = ""
+) -> None:
+    """ENOMEM, counted and logged as a limit (limit_hit), if `adding` more of `what` than
+    the `held` would pass `limit` (`name`: where it is set; `hint`: what makes room)."""
+    if held + adding <= limit:
+        return
+    limit_hit(xef, what)
+    more = f" and this call may add {adding}" if adding > 1 else ""
+    raise IoctlError(
+        ENOMEM, f"this client holds {held} {what}{more}: {name} is {limit}" + (hint and f"; {hint}")
+    )
 
 
 def refuse_over_uid(xef: XeFile, adding: int, errno: int = ENOMEM) -> None:

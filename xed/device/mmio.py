@@ -17,7 +17,7 @@ import mmap
 import os
 import struct
 import time
-from errno import EBUSY, EINVAL, ENOENT, ENOMEM, ENOSPC, EPERM
+from errno import EBUSY, EINVAL, ENOENT, ENOSPC, EPERM
 from typing import TYPE_CHECKING
 
 import attrs
@@ -44,7 +44,7 @@ from protocols.constants import (
 from protocols.words import Words
 
 from .errors import IoctlError, refuse_if
-from .limits import limit_hit
+from .limits import refuse_past
 from .memory import create_backing, reopen_read_only
 from .pages import DoorbellPage
 
@@ -280,13 +280,9 @@ def xe_mmio_region_open_ioctl(
         EBUSY,
         "this file already has its doorbell page",
     )
-    if len(xef.mmio_regions) >= MAX_MMIO_REGIONS_OPEN:
-        limit_hit(xef, "mmio_regions")
-        raise IoctlError(
-            ENOMEM,
-            f"this client holds {len(xef.mmio_regions)} MMIO regions: "
-            f"at most {MAX_MMIO_REGIONS_OPEN} are open per file",
-        )
+    refuse_past(
+        xef, "mmio_regions", len(xef.mmio_regions), MAX_MMIO_REGIONS_OPEN, "MAX_MMIO_REGIONS_OPEN"
+    )
     region = XeMmioRegion(xef, bar)
     region.id = xef.mmio_ids.alloc()
     xef.mmio_regions[region.id] = region

@@ -480,7 +480,7 @@ def put_fence(xef: XeFile, syncobj: DrmSyncobj, fence: Fence, point: int) -> Non
 
 def charge_points(xef: XeFile, count: int) -> None:
     """ENOMEM if `count` more points would pass limits.timeline_points."""
-    refuse_over(xef, "timeline_points", xef.account.points + count - 1)
+    refuse_over(xef, "timeline_points", xef.account.points, count)
 
 
 def add_point_charged(xef: XeFile, syncobj: DrmSyncobj, fence: Fence, point: int) -> None:

@@ -4,7 +4,7 @@ queued behind their fences (bind_queue.py), their BOs validated first (residency
 
 from __future__ import annotations
 
-from errno import EAGAIN, EFAULT, EINVAL, ENOENT, ENOMEM
+from errno import EAGAIN, EFAULT, EINVAL, ENOENT
 from typing import TYPE_CHECKING
 
 from protocols import messages as m
@@ -25,7 +25,7 @@ from .bind_queue import MAX_QUEUED_BIND_OPS, MAX_QUEUED_BINDS, MAX_QUEUED_SPANS,
 from .errors import IoctlError, refuse_if
 from .eudebug import debug_event
 from .fence import Fence
-from .limits import limit_hit, refuse_over_uid
+from .limits import refuse_over, refuse_over_uid
 from .sync import parse_syncs, signal_user_fences
 
 if TYPE_CHECKING:
@@ -212,13 +212,8 @@ def _vm_bind(xef: XeFile, args: m.DrmXeVmBind) -> m.Empty:
         f"{MAX_QUEUED_BIND_OPS} bind ops over this file's VMs",
     )
     added = _most_vmas_added(vm, args.binds)
-    if added and xef.vma_count + added > xef.device.limits.vmas:
-        limit_hit(xef, "vmas")
-        raise IoctlError(
-            ENOMEM,
-            f"this client holds {xef.vma_count} GPU mappings and these binds may add "
-            f"{added}: limits.vmas is {xef.device.limits.vmas}",
-        )
+    if added:
+        refuse_over(xef, "vmas", xef.vma_count, added)
     queued = max(len(args.binds), 1) if waits else 0
     if added or queued:
         refuse_over_uid(xef, added + queued)

@@ -36,7 +36,7 @@ import heapq
 import itertools
 import os
 from collections.abc import Iterator
-from errno import E2BIG, EEXIST, EFAULT, EINVAL, ENOENT, ENOMEM, EPERM
+from errno import E2BIG, EEXIST, EFAULT, EINVAL, ENOENT, EPERM
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -48,7 +48,7 @@ from protocols.ops import Event
 
 from .errors import GpuFault, IoctlError, refuse_if
 from .export import ExportedObject, exported_as
-from .limits import charge_export, limit_hit, refuse_over
+from .limits import charge_export, refuse_over, refuse_past
 from .userptr import HostArena, UserptrBusy
 
 if TYPE_CHECKING:
@@ -304,21 +304,13 @@ class AuxRegistration:
         (the module's bounds): a range watched already and pages held already do not
         count twice. `gone`, `held`: the pieces of host memory it lets go of and holds
         (_Held.plan)."""
+        aux, hint = self.aux, f"vm_handle {self.handle}: unwatch, acknowledge or release first"
         if (start, end) not in self.watches:
-            self._refuse_over("aux_watches", len(self.watches) + 1, MAX_WATCHES)
+            refuse_past(aux, "aux_watches", len(self.watches), MAX_WATCHES, "MAX_WATCHES", 1, hint)
         if held > gone:
-            self._refuse_over("aux_host_maps", len(self.held) - gone + held, MAX_HOST_MAPS)
-        self._refuse_over("aux_unacked", len(self._unacked) + 1, MAX_UNACKED)
-
-    def _refuse_over(self, what: str, wanted: int, limit: int) -> None:
-        if wanted <= limit:
-            return
-        limit_hit(self.aux, what)
-        raise IoctlError(
-            ENOMEM,
-            f"vm_handle {self.handle} holds its limit of {what} ({limit}): unwatch, "
-            "acknowledge or release first",
-        )
+            pieces, more = len(self.held), held - gone
+            refuse_past(aux, "aux_host_maps", pieces, MAX_HOST_MAPS, "MAX_HOST_MAPS", more, hint)
+        refuse_past(aux, "aux_unacked", len(self._unacked), MAX_UNACKED, "MAX_UNACKED", 1, hint)
 
     def watch(self, start: int, end: int) -> None:
         if (start, end) not in self.watches:
