@@ -147,9 +147,6 @@ class XeVm:
         return list(dict.fromkeys(v.bo for v in self._overlapping(start, end) if v.bo))
 
     # --- VMAs ---------------------------------------------------------------------------
-    def vmas(self) -> list[Vma]:
-        return [self._vmas[s] for s in self._starts]
-
     def iter_vmas(self) -> Iterator[Vma]:
         """The VMAs in address order, one at a time (take what you need: islice); the
         VM must not change while it runs."""
@@ -252,14 +249,9 @@ class XeVm:
         return first, max(first, bisect.bisect_left(self._starts, end))
 
     def _overlapping(self, start: int, end: int) -> Iterator[Vma]:
-        index = max(bisect.bisect_right(self._starts, start) - 1, 0)
-        while index < len(self._starts):
-            vma = self._vmas[self._starts[index]]
-            if vma.start >= end:
-                break
-            if vma.end > start:
-                yield vma
-            index += 1
+        first, stop = self._run(start, end)
+        for index in range(first, stop):
+            yield self._vmas[self._starts[index]]
 
     # --- device-side access ---------------------------------------------------------------
     def _spans(
