@@ -81,6 +81,8 @@ class XeDevice:
         self.names: dict[int, XeBo] = {}
         self.name_ids = IdAllocator()
         self.exported: dict[int, ExportedObject] = {}  # by inode of the handed-out end
+        # exported objects let go of, that one task is releasing in turns (export.py)
+        self.releasing: collections.deque[ExportedObject] | None = None
         self.counts: collections.Counter[str] = collections.Counter()
         self.uid_accounts: dict[int, UidAccount] = {}  # limits.objects_per_uid
         self.stats: collections.Counter[str] = collections.Counter()

@@ -24,7 +24,6 @@ import errno as errnos
 import os
 import socket
 import stat
-import weakref
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
@@ -152,11 +151,12 @@ class ExportedObject:
         and every one's task wakes in one scheduler batch: the first releases its own
         and stays on to release the others, RELEASE_BATCH between checkpoints, rather
         than every release in that one batch stalling the other clients."""
-        queue = _release_queues.get(self.device)
+        device = self.device
+        queue = device.releasing
         if queue is not None:
             queue.append(self)  # released in a later batch (unless settle() does first)
             return
-        queue = _release_queues[self.device] = collections.deque()
+        queue = device.releasing = collections.deque()
         try:
             self._release()  # as before: a release alone is not deferred a moment
             while True:
@@ -166,7 +166,7 @@ class ExportedObject:
                 for _ in range(min(RELEASE_BATCH, len(queue))):
                     _release_contained(queue.popleft())
         finally:
-            del _release_queues[self.device]
+            device.releasing = None
             while queue:  # cancelled (the daemon going): the rest at once
                 _release_contained(queue.popleft())
 
@@ -269,10 +269,6 @@ class ExportedObject:
 
 
 RELEASE_BATCH = 128  # objects one task releases between checkpoints (ExportedObject._serve)
-# per device, the objects whose every descriptor is closed that a task is releasing
-_release_queues: weakref.WeakKeyDictionary[XeDevice, collections.deque[ExportedObject]] = (
-    weakref.WeakKeyDictionary()
-)
 
 
 def _release_contained(exported: ExportedObject) -> None:
