@@ -491,16 +491,13 @@ class Connection:
         end. What the limit held back is logged as ioctl_refused_suppressed, with a count."""
         self.device.stats["refused"] += 1
         if xlog.enabled("debug"):  # the limit counts only what would be logged
-            allowed, suppressed = self._refusals(time.monotonic())
-            if suppressed:
-                self.log.debug("ioctl_refused_suppressed", count=suppressed)
-            if allowed:
-                self.log.debug(
-                    "ioctl_refused",
-                    op=op.name if op else None,
-                    errno=errno_name(err),
-                    reason=message,
-                )
+            self._refusals.log(
+                self.log.debug,
+                "ioctl_refused",
+                op=op.name if op else None,
+                errno=errno_name(err),
+                reason=message,
+            )
         if request_id:
             await self._send(encode_error(request_id, err, message), [])
         else:

@@ -15,6 +15,7 @@ import collections
 import contextlib
 import logging
 import sys
+import time
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
@@ -151,6 +152,15 @@ class RateLimit:
             return True, suppressed
         self.missed += 1
         return False, suppressed
+
+    def log(self, emit: Any, event: str, suppressed_as: str = "", **fields: Any) -> None:
+        """emit(event, **fields) if the limit lets it, first reporting with a count what
+        it held back since (as `suppressed_as`, by default event + "_suppressed")."""
+        allowed, suppressed = self(time.monotonic())
+        if suppressed:
+            emit(suppressed_as or f"{event}_suppressed", count=suppressed)
+        if allowed:
+            emit(event, **fields)
 
 
 def get() -> Any:

@@ -13,7 +13,6 @@ import os
 import resource
 import socket
 import stat
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -231,8 +230,4 @@ def _refuse_connection(
         log.info("turn_away_unanswered", errno=errno_name(exc.errno or 0))
     finally:
         conn.close()
-    allowed, suppressed = refusals(time.monotonic())
-    if suppressed:
-        log.info("connection_refused_suppressed", count=suppressed)
-    if allowed:
-        log.info("connection_refused", **fields)
+    refusals.log(log.info, "connection_refused", **fields)

@@ -7,7 +7,6 @@ with the program's descriptor (connection.py). Handles, VMs, offsets are the fil
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -144,11 +143,7 @@ class XeFile:
         rate-limited per file as the kernel's ratelimited messages are, since a client
         repeats it as fast as it can submit. What the limit held back is logged as
         warnings_suppressed, with a count, when the next one passes."""
-        allowed, suppressed = self._warnings(time.monotonic())
-        if suppressed:
-            self.log.warning("warnings_suppressed", count=suppressed)
-        if allowed:
-            self.log.warning(event, **fields)
+        self._warnings.log(self.log.warning, event, "warnings_suppressed", **fields)
 
     # --- GEM handles (drm_gem_handle_create / _delete) ---------------------------------
     def handle_create(self, bo: XeBo) -> int:
